@@ -1,0 +1,28 @@
+"""Install sparse_coding: `pip install -e .` (add `.[test]` for the test tools)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sparse_coding",
+    version="0.1.0",
+    description="Circuit discovery in GPT-2 small with sparse autoencoders",
+    packages=find_packages(include=["sparse_coding", "sparse_coding.*"]),
+    package_data={"sparse_coding": ["config/*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1,<3",
+        "transformers>=4.45",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.24",
+        "pyyaml>=6",
+        "numpy>=1.24",
+        "graphviz>=0.20",
+        "requests>=2.31",
+        "tqdm>=4.66",
+        "datasets>=2.19",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "tokenizers>=0.15"],
+    },
+)

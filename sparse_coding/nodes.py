@@ -1,0 +1,101 @@
+"""Node ids and the forward order of SAE sites.
+
+A *site* is where an SAE reads and is spliced: ``resid``, ``attn`` or ``mlp``.
+Ids are fixed by the design contract and used everywhere (.dot, JSON, config,
+printed output):
+
+- feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
+- error node:   ``{site}_error_{layer}``, e.g. ``mlp_error_7``
+- site key:     ``{site}_{layer}``, e.g. ``attn_4`` (config keys; an int means resid)
+"""
+
+import re
+from typing import NamedTuple
+
+SITES: tuple[str, ...] = ("resid", "attn", "mlp")
+
+# Position of each hook inside a transformer block, in forward order.
+HOOK_ORDER: dict[str, int] = {
+    "hook_resid_pre": 0,
+    "hook_attn_out": 1,
+    "hook_resid_mid": 2,
+    "hook_mlp_out": 3,
+    "hook_resid_post": 4,
+}
+
+_FEATURE_RE = re.compile(r"^(resid|attn|mlp)_(\d+)\.(\d+)$")
+_ERROR_RE = re.compile(r"^(resid|attn|mlp)_error_(\d+)$")
+_SITE_KEY_RE = re.compile(r"^(resid|attn|mlp)_(\d+)$")
+
+
+class NodeId(NamedTuple):
+    """A parsed node id; ``feature`` is None for an error node."""
+
+    site: str
+    layer: int
+    feature: int | None
+
+    def __str__(self) -> str:
+        if self.feature is None:
+            return error_id(self.site, self.layer)
+        return feature_id(self.site, self.layer, self.feature)
+
+
+def feature_id(site: str, layer: int, feature: int) -> str:
+    """Id of one SAE feature, e.g. ``resid_3.331``."""
+    return f"{site}_{layer}.{feature}"
+
+
+def error_id(site: str, layer: int) -> str:
+    """Id of a site's SAE error term, e.g. ``mlp_error_7``."""
+    return f"{site}_error_{layer}"
+
+
+def site_key(site: str, layer: int) -> str:
+    """Key of one spliced site, e.g. ``attn_4``."""
+    return f"{site}_{layer}"
+
+
+def parse_node_id(node_id: str) -> NodeId:
+    """Parse a feature or error id; raises ValueError naming the accepted forms."""
+    if match := _FEATURE_RE.match(node_id):
+        return NodeId(match[1], int(match[2]), int(match[3]))
+    if match := _ERROR_RE.match(node_id):
+        return NodeId(match[1], int(match[2]), None)
+    raise ValueError(
+        f"{node_id!r} is not a node id; expected '{{site}}_{{layer}}.{{index}}' "
+        f"(e.g. 'resid_3.331') or '{{site}}_error_{{layer}}' (e.g. 'mlp_error_7'), "
+        f"site one of {SITES}"
+    )
+
+
+def parse_site_key(key: int | str) -> tuple[str, int]:
+    """Parse a pinned-dims key: an int layer means the resid site, else ``attn_7``."""
+    if isinstance(key, bool):
+        raise ValueError(f"{key!r} is not a layer or site key")
+    if isinstance(key, int):
+        return "resid", key
+    text = str(key).strip()
+    if text.isdigit():
+        return "resid", int(text)
+    if match := _SITE_KEY_RE.match(text):
+        return match[1], int(match[2])
+    raise ValueError(
+        f"{key!r} is not a layer or site key; expected an int layer (resid site) "
+        f"or '{{site}}_{{layer}}' with site one of {SITES}, e.g. 'attn_7'"
+    )
+
+
+def hook_position(hook_name: str) -> tuple[int, int]:
+    """(layer, order within the block) of a TransformerLens hook name.
+
+    ``blocks.3.hook_resid_pre`` -> (3, 0). Sorting sites by this gives the
+    forward order in which the model computes them.
+    """
+    match = re.match(r"^blocks\.(\d+)\.(hook_\w+)$", hook_name)
+    if not match or match[2] not in HOOK_ORDER:
+        raise ValueError(
+            f"{hook_name!r} is not a supported hook; expected 'blocks.{{layer}}.HOOK' "
+            f"with HOOK one of {sorted(HOOK_ORDER)}"
+        )
+    return int(match[1]), HOOK_ORDER[match[2]]
