@@ -1,0 +1,53 @@
+"""The one wrapper every script runs through: `--config`, logging, clean errors.
+
+User-fixable problems (`SparseCodingError`) become one paragraph on stderr and
+exit status 1; anything else is a bug and keeps its traceback.
+"""
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
+from sparse_coding.errors import SparseCodingError
+
+logger = logging.getLogger("sparse_coding")
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the `--config PATH` every script takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config (default: {DEFAULT_CONFIG_PATH})"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    return parser
+
+
+def run_script(
+    main: Callable[[Config, argparse.Namespace], None],
+    description: str,
+    argv: Sequence[str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+) -> None:
+    """Parse arguments, load the config, run `main`; exit 1 with a message on user errors."""
+    parser = parser or build_parser(description)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    start = time.perf_counter()
+    try:
+        main(load_config(args.config), args)
+    except SparseCodingError as e:
+        message = " ".join(str(e).split())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted; existing graph files were left as they were", file=sys.stderr)
+        sys.exit(130)
+    logger.info("Done in %.1fs", time.perf_counter() - start)

@@ -1,0 +1,527 @@
+"""Graph files: the persistent ``.dot``, its ``.json`` twin, and the image.
+
+The ``.dot`` alone reloads the graph losslessly: besides the drawing it
+carries machine-readable attributes (names from the design contract where it
+fixes them):
+
+- graph: ``sc_format`` (version) and ``sc_metadata`` (JSON);
+- node: ``sc_site``, ``sc_layer``, ``sc_feature`` (absent for error nodes),
+  ``activation``, ``attribution``, ``hook``, ``neuronpedia_id`` (each absent
+  when None) and ``sc_annotations`` (JSON: contexts, logits, explanation);
+- edge: ``effect``.
+
+Floats are written with ``repr`` so that written -> read -> written is
+byte-identical. The ``.json`` (same stem) holds the same graph for programs
+and is preferred on load when it agrees with the ``.dot``. Every file is
+written atomically (temp file in the same folder, then ``os.replace``), and
+nothing is replaced until all new files are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparse_coding.errors import GraphFileError
+from sparse_coding.graph import Context, Graph, Node
+from sparse_coding.render import RenderOptions, dot_source, image_format, render_image
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+
+
+def model_dir(data_dir: Path, model: str) -> Path:
+    """``DATA_DIR/<sanitised model name>``: hub ids and paths become one folder name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/\\")).strip("._") or "model"
+    return Path(data_dir) / name
+
+
+def json_path_for(dot_path: Path) -> Path:
+    """The ``.json`` twin of a ``.dot`` file (same folder and stem)."""
+    return Path(dot_path).with_suffix(".json")
+
+
+# ---------------------------------------------------------------- node <-> dict
+
+
+def _annotations(node: Node) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if node.contexts:
+        data["contexts"] = [{"tokens": c.tokens, "activations": c.activations} for c in node.contexts]
+    if node.logits_up:
+        data["logits_up"] = [[t, v] for t, v in node.logits_up]
+    if node.logits_down:
+        data["logits_down"] = [[t, v] for t, v in node.logits_down]
+    if node.explanation is not None:
+        data["explanation"] = node.explanation
+    return data
+
+
+def node_to_dict(node: Node) -> dict[str, Any]:
+    """A node as the JSON object of the design contract."""
+    return {
+        "id": node.id,
+        "site": node.site,
+        "layer": node.layer,
+        "feature": node.feature,
+        "activation": node.activation,
+        "attribution": node.attribution,
+        "hook": node.hook,
+        "neuronpedia_id": node.neuronpedia_id,
+        **_annotations(node),
+    }
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def node_from_dict(data: dict[str, Any]) -> Node:
+    """Inverse of ``node_to_dict``; raises KeyError/TypeError/ValueError on bad data."""
+    return Node(
+        id=str(data["id"]),
+        site=str(data["site"]),
+        layer=int(data["layer"]),
+        feature=None if data.get("feature") is None else int(data["feature"]),
+        activation=_float_or_none(data.get("activation")),
+        attribution=_float_or_none(data.get("attribution")),
+        hook=data.get("hook"),
+        neuronpedia_id=data.get("neuronpedia_id"),
+        contexts=[Context(list(map(str, c["tokens"])), list(map(float, c["activations"]))) for c in data.get("contexts", [])],
+        logits_up=[(str(t), float(v)) for t, v in data.get("logits_up", [])],
+        logits_down=[(str(t), float(v)) for t, v in data.get("logits_down", [])],
+        explanation=data.get("explanation"),
+    )
+
+
+def graph_to_json(graph: Graph) -> str:
+    """The ``.json`` text: nodes and edges in canonical order, floats exact."""
+    data = {
+        "nodes": [node_to_dict(n) for n in graph.sorted_nodes()],
+        "edges": [{"source": e.source, "target": e.target, "effect": e.effect} for e in graph.sorted_edges()],
+        "metadata": graph.metadata,
+    }
+    return json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n"
+
+
+def graph_from_json(text: str) -> Graph:
+    """Inverse of ``graph_to_json``; raises ValueError/KeyError/TypeError on bad data."""
+    data = json.loads(text)
+    graph = Graph(metadata=dict(data.get("metadata") or {}))
+    for item in data["nodes"]:
+        graph.add_node(node_from_dict(item))
+    for item in data["edges"]:
+        graph.add_edge(str(item["source"]), str(item["target"]), float(item["effect"]))
+    return graph
+
+
+# ---------------------------------------------------------------- node <-> dot
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _node_data_attrs(node: Node) -> dict[str, str]:
+    attrs = {"sc_site": node.site, "sc_layer": str(node.layer)}
+    if node.feature is not None:
+        attrs["sc_feature"] = str(node.feature)
+    for key in ("activation", "attribution"):
+        if (value := getattr(node, key)) is not None:
+            attrs[key] = repr(value)
+    for key in ("hook", "neuronpedia_id"):
+        if (value := getattr(node, key)) is not None:
+            attrs[key] = value
+    if annotations := _annotations(node):
+        attrs["sc_annotations"] = _compact_json(annotations)
+    return attrs
+
+
+def graph_to_dot(graph: Graph, options: RenderOptions | None = None) -> str:
+    """The ``.dot`` text: the drawing plus every attribute needed to reload it."""
+    return dot_source(
+        graph,
+        options=options,
+        node_attrs={n.id: _node_data_attrs(n) for n in graph.nodes.values()},
+        edge_attrs={key: {"effect": repr(e.effect)} for key, e in graph.edges.items()},
+        graph_attrs={"sc_format": FORMAT_VERSION, "sc_metadata": _compact_json(graph.metadata)},
+    )
+
+
+def _node_from_dot(node_id: str, attrs: dict[str, str]) -> Node | None:
+    """A graph node from its .dot attributes; None for drawing-only nodes."""
+    if "sc_site" not in attrs:
+        if node_id.startswith("__") or attrs.get("style") == "invis":
+            return None
+        return Node.from_id(node_id, activation=_float_or_none(attrs.get("activation")), attribution=_float_or_none(attrs.get("attribution")))
+    data: dict[str, Any] = {
+        "id": node_id,
+        "site": attrs["sc_site"],
+        "layer": attrs["sc_layer"],
+        "feature": attrs.get("sc_feature"),
+        **{k: attrs.get(k) for k in ("activation", "attribution", "hook", "neuronpedia_id")},
+    }
+    if "sc_annotations" in attrs:
+        data.update(json.loads(attrs["sc_annotations"]))
+    return node_from_dict(data)
+
+
+def graph_from_dot(parsed: DotGraph) -> Graph:
+    """A Graph from a parsed .dot; edges without ``effect`` (layout helpers) are skipped."""
+    graph = Graph(metadata=dict(json.loads(parsed.graph_attrs.get("sc_metadata", "{}"))))
+    for node_id, attrs in parsed.nodes.items():
+        if (node := _node_from_dot(node_id, attrs)) is not None:
+            graph.add_node(node)
+    for (source, target), attrs in parsed.edges.items():
+        if "effect" in attrs and source in graph.nodes and target in graph.nodes:
+            graph.add_edge(source, target, float(attrs["effect"]))
+    return graph
+
+
+# ---------------------------------------------------------------- .dot parser
+# A small reader for the DOT language: everything this module writes, plus
+# ordinary hand-written DOT (subgraphs, edge chains, ports, comments, "a" + "b").
+# pydot is not a dependency and is slow on megabytes of HTML labels.
+
+_SCAN_RE = re.compile(
+    r"""(?P<skip>\s+|//[^\n]*|/\*.*?\*/|(?m:^\#[^\n]*))
+    |(?P<quoted>"(?:[^"\\]|\\.)*")
+    |(?P<op>->|--|[{}\[\];,=:+])
+    |(?P<bare>-?(?:\.\d+|\d+(?:\.\d*)?)|[A-Za-z_\u0080-\U0010ffff][\w\u0080-\U0010ffff]*)""",
+    re.X | re.S,
+)
+_ANGLE_RE = re.compile(r"[<>]")
+_KEYWORDS = {"graph", "digraph", "subgraph", "node", "edge", "strict"}
+
+
+@dataclass
+class DotGraph:
+    """What a .dot file says: attributes of the graph, of each node, of each edge."""
+
+    graph_attrs: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    edges: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+
+def _unquote(body: str) -> str:
+    """Inverse of ``render.quote``; backslash-newline is a line continuation."""
+
+    def one(match: re.Match[str]) -> str:
+        char = match[1]
+        return "" if char == "\n" else char if char in '"\\' else match[0]
+
+    return re.sub(r"\\(.)", one, body, flags=re.S)
+
+
+def _html_end(text: str, start: int) -> int:
+    """Index just past the ``>`` closing the HTML string opened at ``start``."""
+    depth = 0
+    for match in _ANGLE_RE.finditer(text, start):
+        depth += 1 if match[0] == "<" else -1
+        if depth == 0:
+            return match.end()
+    raise ValueError(f"unclosed HTML string at character {start}")
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    """(kind, value) pairs; kind "id" (bare, quoted or HTML), "kw" or "op"."""
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos] == "<":
+            end = _html_end(text, pos)
+            tokens.append(("id", text[pos:end]))
+            pos = end
+            continue
+        match = _SCAN_RE.match(text, pos)
+        if match is None:
+            raise ValueError(f"unexpected {text[pos : pos + 20]!r} at character {pos}")
+        pos = match.end()
+        if match["quoted"] is not None:
+            value = _unquote(match["quoted"][1:-1])
+            if len(tokens) >= 2 and tokens[-1] == ("op", "+") and tokens[-2][0] == "id":
+                tokens.pop()
+                value = tokens.pop()[1] + value  # "a" + "b" concatenation
+            tokens.append(("id", value))
+        elif match["op"]:
+            tokens.append(("op", match["op"]))
+        elif match["bare"]:
+            word = match["bare"]
+            tokens.append(("kw", word.lower()) if word.lower() in _KEYWORDS else ("id", word))
+    return tokens
+
+
+class _DotParser:
+    """Recursive descent over the DOT grammar, recording into a DotGraph."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = _tokens(text)
+        self.pos = 0
+        self.out = DotGraph()
+
+    def peek(self, offset: int = 0) -> tuple[str, str]:
+        index = self.pos + offset
+        return self.tokens[index] if index < len(self.tokens) else ("end", "")
+
+    def take(self, kind: str, value: str | None = None) -> str:
+        token = self.peek()
+        if token[0] != kind or (value is not None and token[1] != value):
+            raise ValueError(f"expected {value or kind}, found {token[1] or 'end of file'!r} (token {self.pos})")
+        self.pos += 1
+        return token[1]
+
+    def accept(self, kind: str, value: str) -> bool:
+        if self.peek() == (kind, value):
+            self.pos += 1
+            return True
+        return False
+
+    def parse(self) -> DotGraph:
+        self.accept("kw", "strict")
+        if not (self.accept("kw", "digraph") or self.accept("kw", "graph")):
+            raise ValueError("a .dot file starts with 'digraph' or 'graph'")
+        if self.peek()[0] == "id":
+            self.pos += 1
+        self.take("op", "{")
+        self.statements(top=True)
+        self.take("op", "}")
+        if self.peek()[0] != "end":
+            raise ValueError(f"unexpected {self.peek()[1]!r} after the graph")
+        return self.out
+
+    def statements(self, top: bool) -> list[str]:
+        """Statements up to the closing brace; returns the node ids mentioned."""
+        mentioned: list[str] = []
+        while self.peek() != ("op", "}"):
+            if self.peek()[0] == "end":
+                raise ValueError("missing closing '}'")
+            mentioned += self.statement(top)
+            self.accept("op", ";")
+        return mentioned
+
+    def statement(self, top: bool) -> list[str]:
+        kind, value = self.peek()
+        if kind == "kw" and value in ("graph", "node", "edge"):
+            self.pos += 1
+            attrs = self.attr_lists()
+            if value == "graph" and top:
+                self.out.graph_attrs.update(attrs)
+            return []
+        if kind == "id" and self.peek(1) == ("op", "="):
+            self.pos += 2
+            attr_value = self.take("id")
+            if top:
+                self.out.graph_attrs[value] = attr_value
+            return []
+        return self.node_or_edge()
+
+    def operand(self) -> list[str]:
+        """A node id (with optional port) or a subgraph: the node ids it stands for."""
+        if self.peek() in (("kw", "subgraph"), ("op", "{")):
+            if self.accept("kw", "subgraph") and self.peek()[0] == "id":
+                self.pos += 1
+            self.take("op", "{")
+            ids = self.statements(top=False)
+            self.take("op", "}")
+            return ids
+        node_id = self.take("id")
+        while self.accept("op", ":"):
+            self.take("id")  # port or compass point: not part of the node id
+        self.out.nodes.setdefault(node_id, {})
+        return [node_id]
+
+    def node_or_edge(self) -> list[str]:
+        chain = [self.operand()]
+        while self.peek() in (("op", "->"), ("op", "--")):
+            self.pos += 1
+            chain.append(self.operand())
+        attrs = self.attr_lists() if self.peek() == ("op", "[") else {}
+        if len(chain) == 1:
+            for node_id in chain[0]:
+                self.out.nodes[node_id].update(attrs)
+        for tails, heads in zip(chain, chain[1:]):
+            for tail in tails:
+                for head in heads:
+                    self.out.edges.setdefault((tail, head), {}).update(attrs)
+        return [node_id for ids in chain for node_id in ids]
+
+    def attr_lists(self) -> dict[str, str]:
+        attrs: dict[str, str] = {}
+        while self.accept("op", "["):
+            while not self.accept("op", "]"):
+                key = self.take("id")
+                attrs[key] = self.take("id") if self.accept("op", "=") else "true"
+                self.accept("op", ",") or self.accept("op", ";")
+        return attrs
+
+
+def parse_dot(text: str) -> DotGraph:
+    """Parse DOT text; raises ValueError naming what was expected and where."""
+    return _DotParser(text).parse()
+
+
+# ---------------------------------------------------------------- load
+
+
+def _read_dot(dot_path: Path) -> Graph:
+    try:
+        return graph_from_dot(parse_dot(dot_path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise GraphFileError(
+            f"the existing graph file {dot_path} cannot be read ({e}); it was left as it is. "
+            f"Move or repair it, or point the graph file setting elsewhere, and run again."
+        ) from e
+
+
+def _read_json(json_path: Path) -> Graph | None:
+    try:
+        return graph_from_json(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        logger.warning("ignoring unreadable %s (%s); using its .dot", json_path, e)
+        return None
+
+
+def _same_shape(a: Graph, b: Graph) -> bool:
+    return a.nodes.keys() == b.nodes.keys() and a.edges.keys() == b.edges.keys()
+
+
+def load_graph(dot_path: Path) -> Graph | None:
+    """Load a stored graph: the ``.json`` when it agrees with the ``.dot``, else the ``.dot``.
+
+    Returns:
+        The graph, or None when neither the ``.dot`` nor its ``.json`` exists.
+
+    Raises:
+        GraphFileError: the ``.dot`` exists but cannot be read (named in the
+            message), or only the ``.json`` exists and cannot be read.
+    """
+    dot_path, json_path = Path(dot_path), json_path_for(dot_path)
+    if not dot_path.exists():
+        if not json_path.exists():
+            return None
+        logger.warning("%s is missing; loading the graph from %s", dot_path, json_path)
+        if (graph := _read_json(json_path)) is None:
+            raise GraphFileError(f"the existing graph file {json_path} cannot be read and {dot_path} is missing")
+        return graph
+    from_dot = _read_dot(dot_path)
+    from_json = _read_json(json_path) if json_path.exists() else None
+    if from_json is None:
+        return from_dot
+    if _same_shape(from_dot, from_json):
+        return from_json
+    logger.warning("%s and %s disagree (edited by hand?); using the .dot", dot_path, json_path)
+    return from_dot
+
+
+# ---------------------------------------------------------------- save
+
+
+@contextlib.contextmanager
+def _temp_files(paths: list[Path]) -> Iterator[list[Path]]:
+    """One temp path beside each target; whatever is left at exit is removed."""
+    temps = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _commit(temp: Path, target: Path) -> None:
+    """Atomic replace; the new file keeps ordinary permissions (mkstemp makes 0600)."""
+    os.chmod(temp, 0o644)
+    os.replace(temp, target)
+
+
+def _render_with_fallback(graph: Graph, temp_dot: Path, temp_image: Path, fmt: str, options: RenderOptions, timeout_s: float) -> None:
+    """Render; if dot runs out of time, redraw with compact labels once."""
+    try:
+        render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
+    except GraphFileError as e:
+        if "longer than" not in str(e) or options.max_full_nodes == 0:
+            raise
+        logger.warning("dot timed out after %.0f s; redrawing with compact labels", timeout_s)
+        compact = RenderOptions(max_contexts=options.max_contexts, max_logits=options.max_logits, max_full_nodes=0, max_label_cells=0, max_spline_edges=0)
+        _write_synced(temp_dot, graph_to_dot(graph, compact))
+        render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
+
+
+def save_graph(
+    graph: Graph,
+    dot_path: Path,
+    image_path: Path | None,
+    *,
+    options: RenderOptions | None = None,
+    timeout_s: float = 120.0,
+) -> None:
+    """Write the ``.dot``, its ``.json`` and the image (svg/png by extension).
+
+    All files are written to temp files first and only then renamed over the
+    old ones, so a failure part-way leaves the previous files untouched.
+
+    Raises:
+        GraphFileError: an unknown image extension (nothing written), or dot
+            failed (the .dot and .json are saved, the old image is kept).
+    """
+    dot_path = Path(dot_path)
+    options = options or RenderOptions()
+    fmt = image_format(Path(image_path)) if image_path is not None else None
+    dot_text, json_text = graph_to_dot(graph, options), graph_to_json(graph)
+    targets = [dot_path, json_path_for(dot_path)] + ([Path(image_path)] if image_path is not None else [])
+    with _temp_files(targets) as temps:
+        _write_synced(temps[0], dot_text)
+        _write_synced(temps[1], json_text)
+        try:
+            if fmt is not None:
+                _render_with_fallback(graph, temps[0], temps[2], fmt, options, timeout_s)
+        except GraphFileError as e:
+            # The run's data is complete and valid: keep it, keep the old image.
+            _commit(temps[0], targets[0])
+            _commit(temps[1], targets[1])
+            raise GraphFileError(f"{e}; {dot_path} and its .json were saved, the image {image_path} was not updated") from e
+        for temp, target in zip(temps, targets, strict=True):
+            _commit(temp, target)
+    logger.info("saved graph (%d nodes, %d edges) to %s", len(graph.nodes), len(graph.edges), dot_path)
+
+
+def update_graph_files(
+    new: Graph,
+    dot_path: Path,
+    image_path: Path | None,
+    *,
+    options: RenderOptions | None = None,
+    timeout_s: float = 120.0,
+) -> Graph:
+    """Merge a new run's graph into the stored one and save; returns the merged graph.
+
+    Raises:
+        GraphFileError: the stored ``.dot`` is unreadable (it is not
+            overwritten) or the files cannot be written.
+    """
+    merged = load_graph(dot_path)
+    if merged is None:
+        merged = Graph()
+    merged.merge(new)
+    save_graph(merged, dot_path, image_path, options=options, timeout_s=timeout_s)
+    return merged

@@ -1,0 +1,159 @@
+"""Graphviz HTML-like node labels, and escaping that lets any token show as itself.
+
+Graphviz parses HTML-like labels with an XML parser, and SVG output is XML, so
+every token must become well-formed XML text that still looks like the token:
+
+- ``& < > " '`` become character references;
+- control characters (newline, tab, NUL, DEL, C1) cannot appear in XML 1.0 at
+  all, so they are drawn as their Unicode "control picture" (``\\n`` -> ␊) or
+  as ``\\xNN``; other code points XML forbids (lone surrogates, U+FFFE/F)
+  become ``\\uXXXX``;
+- spaces become no-break spaces so leading/trailing spaces of GPT-2 tokens
+  (" the") stay visible in a cell instead of being trimmed;
+- GPT-2 byte-level tokens (``Ġ``, ``Ċ``) and emoji are ordinary code points
+  and pass through unchanged.
+
+Labels are plain strings of the form ``<...>`` ready for a ``label=``
+attribute; the ``.dot`` writer puts them in as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sparse_coding.graph import Context, Node
+
+# Cell colours: blue for raising/activating, red for lowering, grey for zero.
+_BLUE = (33, 102, 172)
+_RED = (178, 24, 43)
+_ZERO_GREY = "#d9d9d9"
+_WHITE = (255, 255, 255)
+_MAX_EXPLANATION_CHARS = 160
+
+_XML_REFS = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;", " ": "&#160;"}
+
+
+def _visible_char(char: str) -> str:
+    """How one character appears in a label (before XML escaping)."""
+    code = ord(char)
+    if code < 0x20:
+        return chr(0x2400 + code)  # control pictures: ␀ .. ␟ (␊ for newline)
+    if code == 0x7F:
+        return "\u2421"  # ␡
+    if 0x80 <= code < 0xA0:
+        return f"\\x{code:02x}"
+    if 0xD800 <= code < 0xE000 or code in (0xFFFE, 0xFFFF):
+        return f"\\u{code:04x}"
+    return char
+
+
+def escape_text(text: str) -> str:
+    """Escape arbitrary text for an HTML-like label so that it renders as itself."""
+    out = []
+    for char in text:
+        visible = _visible_char(char)
+        out.append(_XML_REFS.get(visible, visible) if len(visible) == 1 else visible)
+    return "".join(out)
+
+
+def _mix(colour: tuple[int, int, int], strength: float) -> str:
+    """Hex colour between white (strength 0) and ``colour`` (strength 1)."""
+    s = min(max(strength, 0.0), 1.0)
+    r, g, b = (round(w + (c - w) * s) for c, w in zip(colour, _WHITE, strict=True))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _cell(text: str, bgcolor: str, strength: float, title: str | None = None) -> str:
+    """One table cell; dark backgrounds get white text so tokens stay legible."""
+    font = '<FONT COLOR="white">{}</FONT>' if strength > 0.6 else "{}"
+    tooltip = f' TITLE="{escape_text(title)}"' if title is not None else ""
+    return f'<TD BGCOLOR="{bgcolor}"{tooltip}>{font.format(escape_text(text) or " ")}</TD>'
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _header_rows(node: Node) -> list[str]:
+    """The id in bold, then hook and the numbers that placed the node here."""
+    rows = [f"<TR><TD><B>{escape_text(node.id)}</B></TD></TR>"]
+    facts = []
+    if node.hook:
+        facts.append(node.hook)
+    if node.activation is not None:
+        facts.append(f"act {_fmt(node.activation)}")
+    if node.attribution is not None:
+        facts.append(f"attr {_fmt(node.attribution)}")
+    if facts:
+        rows.append(f'<TR><TD><FONT POINT-SIZE="9">{escape_text("  ".join(facts))}</FONT></TD></TR>')
+    return rows
+
+
+def _context_row(context: Context, scale: float) -> str:
+    """One context as a strip of token cells shaded blue by activation."""
+    cells = []
+    for token, act in zip(context.tokens, context.activations, strict=True):
+        strength = act / scale if scale > 0 else 0.0
+        cells.append(_cell(token, _mix(_BLUE, strength), strength, title=_fmt(act)))
+    inner = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
+    return f"<TR><TD>{inner}</TD></TR>"
+
+
+def _logit_row(label: str, logits: Sequence[tuple[str, float]], scale: float) -> str:
+    """Next tokens as cells: blue when raised, red when lowered, grey at exactly 0."""
+    cells = [f'<TD><FONT POINT-SIZE="9">{label}</FONT></TD>']
+    for token, value in logits:
+        strength = abs(value) / scale if scale > 0 else 0.0
+        colour = _ZERO_GREY if value == 0 else _mix(_BLUE if value > 0 else _RED, strength)
+        cells.append(_cell(token, colour, strength if value != 0 else 0.0, title=_fmt(value)))
+    inner = f'<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
+    return f"<TR><TD>{inner}</TD></TR>"
+
+
+def _explanation_row(explanation: str) -> str:
+    text = explanation if len(explanation) <= _MAX_EXPLANATION_CHARS else explanation[: _MAX_EXPLANATION_CHARS - 1] + "…"
+    return f"<TR><TD><I>{escape_text(text)}</I></TD></TR>"
+
+
+def _table(rows: list[str], dotted: bool) -> str:
+    style = ' STYLE="DOTTED"' if dotted else ""
+    return f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0"{style}>{"".join(rows)}</TABLE>>'
+
+
+def node_label(node: Node, *, max_contexts: int | None = None, max_logits: int | None = None) -> str:
+    """Full HTML-like label: id, hook, contexts, next-token logits, explanation.
+
+    Args:
+        node: the node to describe.
+        max_contexts: draw at most this many contexts (TOP_K); None draws all.
+        max_logits: at most this many up- and down-weighted tokens (LOGIT_TOKENS).
+
+    Returns:
+        A ``<...>`` label string.
+    """
+    rows = _header_rows(node)
+    contexts = node.contexts[:max_contexts]
+    scale = max((a for c in contexts for a in c.activations), default=0.0)
+    rows += [_context_row(c, scale) for c in contexts if c.tokens]
+    up, down = node.logits_up[:max_logits], node.logits_down[:max_logits]
+    logit_scale = max((abs(v) for _, v in (*up, *down)), default=0.0)
+    if up:
+        rows.append(_logit_row("+", up, logit_scale))
+    if down:
+        rows.append(_logit_row("−", down, logit_scale))
+    if node.explanation:
+        rows.append(_explanation_row(node.explanation))
+    return _table(rows, dotted=node.is_error)
+
+
+def compact_label(node: Node) -> str:
+    """Small label for big graphs: id, numbers and the explanation only."""
+    rows = _header_rows(node)
+    if node.explanation:
+        rows.append(_explanation_row(node.explanation[:60]))
+    return _table(rows, dotted=node.is_error)
+
+
+def summary_label(text: str) -> str:
+    """Label of the summary node, e.g. "features explain ~73% of the effect"."""
+    return f'<<TABLE BORDER="0"><TR><TD><B>{escape_text(text)}</B></TD></TR></TABLE>>'

@@ -1,0 +1,89 @@
+"""Load the language model and tokenizer; decide device and dtype in one place."""
+
+import logging
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sparse_coding.errors import ConfigError, SparseCodingError
+
+logger = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """`name` if given (DEVICE key), else CUDA, then MPS, then CPU."""
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise ConfigError(f"DEVICE {name!r} is not a torch device; e.g. 'cuda', 'cuda:1', 'mps', 'cpu'") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"DEVICE is {name!r} but CUDA is not available here; unset DEVICE or use 'cpu'")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str | None, default: torch.dtype = torch.float32) -> torch.dtype:
+    """Torch dtype of a DTYPE / SAE_DTYPE value; `default` when unset."""
+    if name is None:
+        return default
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not supported; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model(
+    model_dir: str, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM (hub id or local folder) in eval mode, and its tokenizer.
+
+    Eager attention keeps every backward (including batched ones) supported.
+    """
+    start = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        raise SparseCodingError(
+            f"MODEL_DIR {model_dir!r} could not be loaded as a Hugging Face causal LM "
+            f"(a hub id such as 'openai-community/gpt2' or a local folder with config.json): {e}"
+        ) from e
+    if not hasattr(model, "transformer") or not hasattr(model.transformer, "h"):
+        raise SparseCodingError(
+            f"MODEL_DIR {model_dir!r} is a {type(model).__name__}; SAE splicing supports GPT-2-style "
+            f"models (model.transformer.h blocks), e.g. 'openai-community/gpt2'"
+        )
+    model.to(device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    logger.info("Loaded %s on %s (%s) in %.1fs", model_dir, device, dtype, time.perf_counter() - start)
+    return model, tokenizer
+
+
+def tokenize_prompt(
+    tokenizer: PreTrainedTokenizerBase, text: str, *, prepend_bos: bool, max_len: int | None = None
+) -> torch.Tensor:
+    """Token ids (1, pos) of one prompt, with BOS (`<|endoftext|>`) first when asked."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if prepend_bos:
+        ids = [tokenizer.bos_token_id, *ids]
+    if not ids:
+        raise ConfigError("PROMPT is empty; give it some text")
+    if max_len is not None and len(ids) > max_len:
+        raise ConfigError(
+            f"PROMPT is {len(ids)} tokens long, more than the model's context of {max_len}; shorten it"
+        )
+    return torch.tensor([ids], dtype=torch.long)

@@ -1,0 +1,206 @@
+"""Draw a Graph: Graphviz source with ranks, colours and labels, and the image.
+
+Layout: one rank per (layer, site) in forward order (resid_pre, attn,
+resid_mid, mlp, resid_post; see ``nodes.hook_position``), held in order by an
+invisible chain of rank anchors; residual-stream edges (resid -> resid) get a
+high weight so the resid features form a straight spine. Edges are blue when
+they raise the downstream value and red when they lower it, with alpha and
+width by magnitude relative to the largest edge shown. Error nodes are drawn
+dotted. ``metadata["summary"]`` becomes a summary node at the top.
+
+Big graphs degrade visibly instead of hanging: above ``max_full_nodes`` nodes
+or ``max_label_cells`` label cells the labels are compact (and the summary
+node says so), splines become straight lines, and ``dot`` always runs under a
+timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparse_coding.errors import GraphFileError
+from sparse_coding.graph import Edge, Graph, Node
+from sparse_coding.labels import compact_label, node_label, summary_label
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FORMATS = ("svg", "png")
+SUMMARY_NODE_ID = "__summary__"
+_SPINE_WEIGHT = 10
+_BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
+
+Attrs = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How much to draw; the defaults keep a 1,000-node graph under a minute.
+
+    Attributes:
+        max_contexts: contexts drawn per node (TOP_K); None draws all.
+        max_logits: up-/down-weighted tokens drawn per node (LOGIT_TOKENS).
+        max_full_nodes: above this many nodes labels are compact.
+        max_label_cells: above this many token cells in all labels, compact.
+        max_spline_edges: above this many edges, edges are straight lines.
+    """
+
+    max_contexts: int | None = None
+    max_logits: int | None = None
+    max_full_nodes: int = 300
+    max_label_cells: int = 20_000
+    max_spline_edges: int = 1_500
+
+
+def quote(value: str) -> str:
+    """A DOT double-quoted string; ``\\`` and ``"`` are escaped so it always parses."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _attr_list(attrs: Mapping[str, str]) -> str:
+    """``[k="v", label=<...>]``: HTML labels (``<...>``) are written as they are."""
+    parts = []
+    for key, value in attrs.items():
+        is_html = key == "label" and value.startswith("<") and value.endswith(">")
+        parts.append(f"{key}={value if is_html else quote(value)}")
+    return "[" + ", ".join(parts) + "]"
+
+
+def _label_cells(node: Node) -> int:
+    return sum(len(c.tokens) for c in node.contexts) + len(node.logits_up) + len(node.logits_down)
+
+
+def use_compact_labels(graph: Graph, options: RenderOptions) -> bool:
+    """True when full labels would make the image unreadable or the layout too slow."""
+    cells = sum(_label_cells(n) for n in graph.nodes.values())
+    return len(graph.nodes) > options.max_full_nodes or cells > options.max_label_cells
+
+
+def _summary_text(graph: Graph, compact: bool, options: RenderOptions) -> str | None:
+    summary = graph.metadata.get("summary")
+    parts = [str(summary)] if summary else []
+    if compact:
+        parts.append(
+            f"compact labels: {len(graph.nodes)} nodes (full labels up to "
+            f"{options.max_full_nodes} nodes / {options.max_label_cells} token cells)"
+        )
+    return "; ".join(parts) or None
+
+
+def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, str]:
+    label = compact_label(node) if compact else node_label(node, max_contexts=options.max_contexts, max_logits=options.max_logits)
+    return {"label": label, "tooltip": node.id}
+
+
+def edge_colour(effect: float, largest: float) -> str:
+    """Blue raises the downstream value, red lowers it; alpha by relative magnitude."""
+    if effect == 0 or largest <= 0:
+        return _GREY + "80"
+    alpha = round(255 * max(0.15, min(1.0, abs(effect) / largest)))
+    return f"{_BLUE if effect > 0 else _RED}{alpha:02x}"
+
+
+def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
+    rel = abs(edge.effect) / largest if largest > 0 else 0.0
+    attrs = {"color": edge_colour(edge.effect, largest), "penwidth": f"{0.5 + 2.5 * rel:.2f}"}
+    source, target = graph.nodes.get(edge.source), graph.nodes.get(edge.target)
+    if source and target and source.site == target.site == "resid":
+        attrs["weight"] = str(_SPINE_WEIGHT)
+    return attrs
+
+
+def _rank_lines(graph: Graph, node_attrs: Mapping[str, Attrs], compact: bool, options: RenderOptions) -> list[str]:
+    """One ``rank=same`` subgraph per (layer, site), each with an invisible anchor."""
+    lines: list[str] = []
+    groups: dict[tuple[int, int, int], list[Node]] = {}
+    for node in graph.sorted_nodes():
+        groups.setdefault(node.rank_key(), []).append(node)
+    anchors = []
+    for i, nodes in enumerate(groups.values()):
+        anchor = f"__rank_{i}"
+        anchors.append(anchor)
+        lines.append(f"  subgraph {quote('rank_' + str(i))} {{")
+        lines.append("    rank=same;")
+        lines.append(f'    {quote(anchor)} [style=invis, shape=point, width=0, height=0, label=""];')
+        for node in nodes:
+            attrs = {**_node_attrs(node, compact, options), **node_attrs.get(node.id, {})}
+            lines.append(f"    {quote(node.id)} {_attr_list(attrs)};")
+        lines.append("  }")
+    for upper, lower in zip(anchors, anchors[1:]):
+        lines.append(f"  {quote(upper)} -> {quote(lower)} [style=invis];")
+    return lines
+
+
+def dot_source(
+    graph: Graph,
+    *,
+    options: RenderOptions | None = None,
+    node_attrs: Mapping[str, Attrs] | None = None,
+    edge_attrs: Mapping[tuple[str, str], Attrs] | None = None,
+    graph_attrs: Attrs | None = None,
+) -> str:
+    """Graphviz source for a graph, deterministic for the same graph.
+
+    Args:
+        graph: the graph to draw.
+        options: label sizes and degradation thresholds.
+        node_attrs, edge_attrs, graph_attrs: extra attributes (e.g. the
+            machine-readable data written by ``graph_files``) merged into the
+            drawn ones; they win on a clash.
+
+    Returns:
+        DOT text; nodes and edges in the graph's canonical order.
+    """
+    options = options or RenderOptions()
+    compact = use_compact_labels(graph, options)
+    if compact:
+        logger.warning("graph has %d nodes: drawing compact labels so the image stays readable", len(graph.nodes))
+    top = {"rankdir": "TB", "newrank": "true", "charset": "UTF-8", "fontname": "Helvetica", "ranksep": "0.6"}
+    if len(graph.edges) > options.max_spline_edges:
+        top.update({"splines": "line", "mclimit": "0.1", "nslimit": "2", "nslimit1": "2"})
+    top.update(graph_attrs or {})
+    lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
+    lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')
+    lines.append("  edge [arrowsize=0.6];")
+    if text := _summary_text(graph, compact, options):
+        lines.append(f"  {quote(SUMMARY_NODE_ID)} [shape=note, sc_role=summary, label={summary_label(text)}];")
+    lines += _rank_lines(graph, node_attrs or {}, compact, options)
+    largest = max((abs(e.effect) for e in graph.edges.values()), default=0.0)
+    for edge in graph.sorted_edges():
+        attrs = {**_edge_attrs(edge, graph, largest), **(edge_attrs or {}).get((edge.source, edge.target), {})}
+        lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {_attr_list(attrs)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def image_format(image_path: Path) -> str:
+    """``svg`` or ``png`` from the file extension; anything else is a user error."""
+    fmt = image_path.suffix.lower().lstrip(".")
+    if fmt not in IMAGE_FORMATS:
+        raise GraphFileError(f"image file {image_path} has extension {image_path.suffix!r}; use one of {['.' + f for f in IMAGE_FORMATS]}")
+    return fmt
+
+
+def render_image(source_path: Path, image_path: Path, *, fmt: str, timeout_s: float = 120.0) -> None:
+    """Run ``dot`` on a source file, writing ``image_path``; bounded by a timeout.
+
+    Raises:
+        GraphFileError: dot is missing, failed, or ran past ``timeout_s``.
+    """
+    command = ["dot", f"-T{fmt}", "-o", str(image_path), str(source_path)]
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except FileNotFoundError as e:
+        raise GraphFileError("the Graphviz 'dot' program is not installed (Debian: apt-get install graphviz)") from e
+    except subprocess.TimeoutExpired as e:
+        raise GraphFileError(f"dot took longer than {timeout_s:.0f} s to draw {image_path.name}; the .dot is saved, render it with: dot -T{fmt} {source_path}") from e
+    if result.returncode != 0:
+        raise GraphFileError(f"dot could not draw {source_path}: {result.stderr.strip()[:500]}")
+    if result.stderr.strip():
+        logger.info("dot: %s", result.stderr.strip()[:500])
+    logger.info("dot drew %s in %.1f s", source_path.name, time.perf_counter() - start)

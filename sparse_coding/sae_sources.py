@@ -1,0 +1,188 @@
+"""Where SAEs come from: known releases (data), `{layer}` templates, cfg spellings.
+
+A source (the value of RESID_SAES / ATTN_SAES / MLP_SAES) is one of:
+- a known release name, e.g. ``gpt2-small-res-jb`` (see RELEASES);
+- a hub template ``owner/repo/folder_{layer}``;
+- a local template ``/path/to/folder_{layer}`` (or ``./...``, ``~/...``).
+Each resolved folder holds SAELens' ``cfg.json`` + ``sae_weights.safetensors``.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparse_coding.errors import SAELoadError
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A published SAE set: hub repo, folder and Neuronpedia templates."""
+
+    repo_id: str
+    folder: str
+    site: str
+    neuronpedia: str | None
+    # TransformerLens loaded the model with centred writing weights when
+    # training these SAEs, so their inputs have zero mean over d_model.
+    center_writing_weights: bool
+
+
+def _oai(width: str, kind: str, site: str, folder_suffix: str, neuronpedia_set: str) -> Release:
+    return Release(
+        repo_id=f"jbloom/GPT2-Small-OAI-v5-{width}-{kind}-SAEs",
+        folder=f"v5_{width}_layer_{{layer}}{folder_suffix}",
+        site=site,
+        neuronpedia=f"gpt2-small/{{layer}}-{neuronpedia_set}_{width}-oai",
+        center_writing_weights=False,
+    )
+
+
+RELEASES: dict[str, Release] = {
+    "gpt2-small-res-jb": Release(
+        repo_id="jbloom/GPT2-Small-SAEs-Reformatted",
+        folder="blocks.{layer}.hook_resid_pre",
+        site="resid",
+        neuronpedia="gpt2-small/{layer}-res-jb",
+        center_writing_weights=True,
+    ),
+    # The resid-post 32k folders alone keep a ".pt" suffix on the hub.
+    "gpt2-small-resid-post-v5-32k": _oai("32k", "resid-post", "resid", ".pt", "res_post"),
+    "gpt2-small-resid-post-v5-128k": _oai("128k", "resid-post", "resid", "", "res_post"),
+    "gpt2-small-attn-out-v5-32k": _oai("32k", "attn-out", "attn", "", "att"),
+    "gpt2-small-attn-out-v5-128k": _oai("128k", "attn-out", "attn", "", "att"),
+    "gpt2-small-mlp-out-v5-32k": _oai("32k", "mlp-out", "mlp", "", "mlp"),
+    "gpt2-small-mlp-out-v5-128k": _oai("128k", "mlp-out", "mlp", "", "mlp"),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """One layer's SAE folder: local path or (hub repo, folder in it)."""
+
+    description: str
+    local_dir: Path | None
+    repo_id: str | None
+    folder: str | None
+    neuronpedia_id: str | None
+    center_writing_weights: bool | None  # None: read from cfg.json
+
+
+def resolve_source(source: str, layer: int) -> ResolvedSource:
+    """Turn a source string and a layer into the folder that holds that SAE."""
+    if source in RELEASES:
+        release = RELEASES[source]
+        folder = release.folder.format(layer=layer)
+        neuronpedia = release.neuronpedia.format(layer=layer) if release.neuronpedia else None
+        return ResolvedSource(
+            f"{source} layer {layer} ({release.repo_id}/{folder})",
+            None,
+            release.repo_id,
+            folder,
+            neuronpedia,
+            release.center_writing_weights,
+        )
+    if "{layer}" not in source:
+        raise SAELoadError(
+            f"SAE source {source!r} is neither a known release nor a template with '{{layer}}'; "
+            f"known releases: {', '.join(RELEASES)}; or 'owner/repo/folder_{{layer}}' (hub) "
+            f"or '/path/to/folder_{{layer}}' (local)"
+        )
+    filled = source.format(layer=layer)
+    local = Path(filled).expanduser()
+    if source.startswith(("/", ".", "~")) or local.is_dir():
+        return ResolvedSource(f"{filled}", local, None, None, None, None)
+    parts = filled.split("/")
+    if len(parts) < 3:
+        raise SAELoadError(
+            f"SAE source {source!r}: {filled!r} is no local folder and no hub path "
+            f"'owner/repo/folder' (a hub template needs a folder inside the repo)"
+        )
+    return ResolvedSource(
+        f"{source} layer {layer} ({filled})", None, "/".join(parts[:2]), "/".join(parts[2:]), None, None
+    )
+
+
+def fetch_files(resolved: ResolvedSource) -> tuple[Path, Path]:
+    """Paths of (cfg.json, sae_weights.safetensors), downloading from the hub if needed."""
+    if resolved.local_dir is not None:
+        cfg, weights = resolved.local_dir / CFG_FILE, resolved.local_dir / WEIGHTS_FILE
+        for path in (cfg, weights):
+            if not path.is_file():
+                raise SAELoadError(
+                    f"SAE folder {resolved.local_dir} has no {path.name}; an SAELens folder holds "
+                    f"{CFG_FILE} and {WEIGHTS_FILE}"
+                )
+        return cfg, weights
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return tuple(
+            Path(hf_hub_download(resolved.repo_id, f"{resolved.folder}/{name}"))
+            for name in (CFG_FILE, WEIGHTS_FILE)
+        )  # type: ignore[return-value]
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise SAELoadError(
+            f"Could not fetch SAE {resolved.description} from the hub: {e}. Check the repo id and "
+            f"folder, network access, and HF_TOKEN for private repos"
+        ) from e
+
+
+# Old SAELens spelling -> current spelling.
+_RENAMED_KEYS = {"hook_point": "hook_name", "hook_point_layer": "hook_layer", "hook_point_head_index": "hook_head_index"}
+
+
+def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """One form for old and new SAELens cfg.json spellings.
+
+    Returns keys: d_in, d_sae, hook_name, activation ("relu"|"topk"|"jumprelu"),
+    k, normalize_activations ("none"|"layer_norm"), apply_b_dec_to_input,
+    prepend_bos, center_writing_weights (None if the cfg does not say),
+    neuronpedia_id.
+    """
+    cfg = {**raw, **raw.get("metadata", {})}
+    for old, new in _RENAMED_KEYS.items():
+        if old in cfg and new not in cfg:
+            cfg[new] = cfg[old]
+    for key in ("d_in", "d_sae", "hook_name"):
+        if key not in cfg:
+            raise SAELoadError(f"SAE cfg {where} lacks {key!r}; an SAELens cfg.json has d_in, d_sae, hook_name")
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    architecture = str(cfg.get("architecture") or "standard").lower()
+    activation_fn = str(cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu").lower()
+    if architecture in ("jumprelu", "jump_relu"):
+        activation = "jumprelu"
+    elif architecture == "topk" or activation_fn == "topk":
+        activation = "topk"
+    elif architecture == "standard" and activation_fn == "relu":
+        activation = "relu"
+    else:
+        raise SAELoadError(
+            f"SAE cfg {where}: architecture {architecture!r} with activation {activation_fn!r} is not "
+            f"supported; supported: standard+relu, topk, jumprelu"
+        )
+    k = kwargs.get("k", cfg.get("k"))
+    if activation == "topk" and not isinstance(k, int):
+        raise SAELoadError(f"SAE cfg {where}: a TopK SAE needs activation_fn_kwargs.k (an int), got {k!r}")
+    norm = cfg.get("normalize_activations") or "none"
+    norm = "none" if norm in (False, "False", "none", "None") else str(norm)
+    if norm not in ("none", "layer_norm"):
+        raise SAELoadError(
+            f"SAE cfg {where}: normalize_activations {norm!r} is not supported; supported: none, layer_norm"
+        )
+    model_kwargs = cfg.get("model_from_pretrained_kwargs") or {}
+    return {
+        "d_in": int(cfg["d_in"]),
+        "d_sae": int(cfg["d_sae"]),
+        "hook_name": str(cfg["hook_name"]),
+        "activation": activation,
+        "k": k if activation == "topk" else None,
+        "normalize_activations": norm,
+        "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+        "prepend_bos": bool(cfg.get("prepend_bos", True)),
+        "center_writing_weights": model_kwargs.get("center_writing_weights"),
+        "neuronpedia_id": cfg.get("neuronpedia_id"),
+    }

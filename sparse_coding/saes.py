@@ -1,0 +1,214 @@
+"""The SAE: SAELens weights and semantics, and `load_sae`.
+
+`SAE.encode` / `SAE.decode` follow SAELens exactly for the same folder, so
+feature activations match the published dashboards:
+
+    x_n   = (x - mu) / (std + eps)        if normalize_activations == "layer_norm"
+    f     = act((x_n - b_dec * apply_b_dec_to_input) @ W_enc + b_enc)
+    x_hat = (f @ W_dec + b_dec) * std + mu   (std = 1, mu = 0 without layer norm)
+
+`act` is ReLU, TopK (top-k pre-activations, then ReLU) or JumpReLU. The
+inputs are in the SAE's own convention (TransformerLens activations); the
+splicer converts the Hugging Face model's activations into it.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from sparse_coding.errors import SAELoadError
+from sparse_coding.nodes import hook_position
+from sparse_coding.sae_sources import fetch_files, normalize_cfg, resolve_source
+
+logger = logging.getLogger(__name__)
+
+LN_EPS = 1e-5
+HOOK_SITES = {
+    "hook_resid_pre": "resid",
+    "hook_resid_mid": "resid",
+    "hook_resid_post": "resid",
+    "hook_attn_out": "attn",
+    "hook_mlp_out": "mlp",
+}
+
+
+def _relu(pre: Tensor, sae: "SAE") -> Tensor:
+    return torch.relu(pre)
+
+
+def _topk(pre: Tensor, sae: "SAE") -> Tensor:
+    top = pre.topk(sae.cfg.k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+
+def _jumprelu(pre: Tensor, sae: "SAE") -> Tensor:
+    return torch.relu(pre) * (pre > sae.threshold)
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor, "SAE"], Tensor]] = {"relu": _relu, "topk": _topk, "jumprelu": _jumprelu}
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """What an SAE knows about itself (normalised from SAELens' cfg.json)."""
+
+    d_in: int
+    d_sae: int
+    hook_name: str
+    activation: str
+    k: int | None
+    normalize_activations: str
+    apply_b_dec_to_input: bool
+    prepend_bos: bool
+    center_writing_weights: bool
+    neuronpedia_id: str | None
+    source: str
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder with SAELens names and semantics."""
+
+    def __init__(self, cfg: SAEConfig, weights: dict[str, Tensor]) -> None:
+        super().__init__()
+        if cfg.activation not in ACTIVATIONS:
+            raise SAELoadError(f"SAE activation {cfg.activation!r} unknown; known: {', '.join(ACTIVATIONS)}")
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(weights["W_enc"], requires_grad=False)  # (d_in, d_sae)
+        self.b_enc = nn.Parameter(weights["b_enc"], requires_grad=False)  # (d_sae,)
+        self.W_dec = nn.Parameter(weights["W_dec"], requires_grad=False)  # (d_sae, d_in)
+        self.b_dec = nn.Parameter(weights["b_dec"], requires_grad=False)  # (d_in,)
+        threshold = weights.get("threshold")
+        self.threshold = None if threshold is None else nn.Parameter(threshold, requires_grad=False)
+        self._ln_stats: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def hook_name(self) -> str:
+        return self.cfg.hook_name
+
+    @property
+    def layer(self) -> int:
+        return hook_position(self.cfg.hook_name)[0]
+
+    @property
+    def site(self) -> str:
+        return HOOK_SITES[self.cfg.hook_name.rsplit(".", 1)[1]]
+
+    @property
+    def neuronpedia_id(self) -> str | None:
+        return self.cfg.neuronpedia_id
+
+    def normalize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(x_n, mu, std): SAELens' run-time input normalisation; identity without layer norm."""
+        if self.cfg.normalize_activations != "layer_norm":
+            return x, torch.zeros_like(x[..., :1]), torch.ones_like(x[..., :1])
+        mu = x.mean(dim=-1, keepdim=True)
+        centred = x - mu
+        std = centred.std(dim=-1, keepdim=True)
+        return centred / (std + LN_EPS), mu, std
+
+    def pre_activations(self, x_n: Tensor) -> Tensor:
+        """Encoder pre-activations (..., d_sae) of normalised inputs."""
+        sae_in = x_n - self.b_dec * self.cfg.apply_b_dec_to_input
+        return sae_in @ self.W_enc + self.b_enc
+
+    def activate(self, pre: Tensor) -> Tensor:
+        """The SAE's activation function applied to pre-activations."""
+        return ACTIVATIONS[self.cfg.activation](pre, self)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations (..., d_sae), exactly as SAELens' `SAE.encode`.
+
+        Like SAELens, a layer-norm SAE remembers this input's mean and scale so
+        that `decode` restores them.
+        """
+        x = x.to(self.W_enc.dtype)
+        x_n, mu, std = self.normalize(x)
+        self._ln_stats = (mu, std)
+        return self.activate(self.pre_activations(x_n))
+
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        """Reconstruction (..., d_in), exactly as SAELens' `SAE.decode`."""
+        out = feature_acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        if self.cfg.normalize_activations == "layer_norm":
+            if self._ln_stats is None:
+                raise RuntimeError("decode of a layer-norm SAE needs a preceding encode (as in SAELens)")
+            mu, std = self._ln_stats
+            out = out * std + mu
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+
+def load_sae(
+    source: str,
+    layer: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> SAE:
+    """Load one layer's SAE from a release name, hub template or local template.
+
+    Args:
+        source: any value valid for RESID_SAES / ATTN_SAES / MLP_SAES.
+        layer: the model layer; fills ``{layer}``.
+        device: where the weights live (default CPU).
+        dtype: weight dtype (default: as stored).
+    """
+    resolved = resolve_source(source, layer)
+    cfg_path, weights_path = fetch_files(resolved)
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SAELoadError(f"SAE cfg {cfg_path} is not readable JSON: {e}") from e
+    norm = normalize_cfg(raw, str(cfg_path))
+    try:
+        hook_position(norm["hook_name"])
+    except ValueError as e:
+        raise SAELoadError(f"SAE cfg {cfg_path}: {e}") from e
+    center = resolved.center_writing_weights
+    if center is None:
+        # TransformerLens' from_pretrained centres writing weights by default.
+        center = True if norm["center_writing_weights"] is None else bool(norm["center_writing_weights"])
+    cfg = SAEConfig(
+        **{k: v for k, v in norm.items() if k not in ("center_writing_weights", "neuronpedia_id")},
+        center_writing_weights=center,
+        neuronpedia_id=resolved.neuronpedia_id or norm["neuronpedia_id"],
+        source=resolved.description,
+    )
+    weights = _read_weights(weights_path, cfg)
+    sae = SAE(cfg, weights)
+    return sae.to(device=device or "cpu", dtype=dtype) if dtype else sae.to(device=device or "cpu")
+
+
+def _read_weights(path, cfg: SAEConfig) -> dict[str, Tensor]:
+    try:
+        weights = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise SAELoadError(f"SAE weights {path} are not a readable safetensors file: {e}") from e
+    if "log_threshold" in weights and "threshold" not in weights:
+        weights["threshold"] = weights.pop("log_threshold").exp()
+    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    if cfg.activation == "jumprelu":
+        expected["threshold"] = (cfg.d_sae,)
+    for name, shape in expected.items():
+        if name not in weights:
+            raise SAELoadError(f"SAE weights {path} lack {name!r}; expected {sorted(expected)}")
+        if tuple(weights[name].shape) != shape:
+            raise SAELoadError(
+                f"SAE weights {path}: {name} has shape {tuple(weights[name].shape)}, "
+                f"but cfg.json (d_in={cfg.d_in}, d_sae={cfg.d_sae}) implies {shape}"
+            )
+    return {name: weights[name] for name in expected}

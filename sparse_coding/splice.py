@@ -1,0 +1,265 @@
+"""Splice SAEs into a Hugging Face GPT-2: one mechanism for every algorithm.
+
+A spliced site replaces its activation x by ``decode(encode(x)) + error`` with
+``error = x - decode(encode(x))``, so the spliced model computes exactly what
+the plain model computes. Algorithms differ only in the *intervention* they
+pass to `SplicedModel.intervene`: a function ``(site, x) -> x'`` called at
+every site in forward order (record codes, zero-ablate features, make features
+and errors autograd leaves, cut a site off from its input...).
+
+Sites and their Hugging Face places (TransformerLens names):
+
+    hook_resid_pre   input of block L
+    hook_attn_out    output of block L's attention
+    hook_resid_mid   resid_pre + attn_out (spliced through the attention output)
+    hook_mlp_out     output of block L's MLP
+    hook_resid_post  output of block L
+
+SAEs trained on TransformerLens models with centred writing weights
+(`gpt2-small-res-jb`) read ``x - mean(x)``; `Site.code` does that conversion.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+from transformers.masking_utils import create_causal_mask
+
+from sparse_coding.errors import SAELoadError
+from sparse_coding.nodes import hook_position, site_key
+from sparse_coding.saes import SAE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteCode:
+    """An activation x in SAE terms: ``x = (feats * scale) @ W_dec + const + error``."""
+
+    feats: Tensor  # (..., d_sae) the SAE's own activations (as on Neuronpedia)
+    scale: Tensor  # (..., 1) coefficient of decoder rows: layer-norm std, else 1
+    error: Tensor  # (..., d_model) x - x_hat, in model space and dtype
+
+    @property
+    def values(self) -> Tensor:
+        """Node values for attribution: activation times its decoder scale."""
+        return self.feats * self.scale.to(self.feats.dtype)
+
+
+@dataclass
+class Site:
+    """One place where an SAE reads and is spliced."""
+
+    sae: SAE
+    kind: str  # "resid" | "attn" | "mlp"
+    layer: int
+
+    @property
+    def key(self) -> str:
+        return site_key(self.kind, self.layer)
+
+    @property
+    def hook(self) -> str:
+        return self.sae.hook_name.rsplit(".", 1)[1]
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return hook_position(self.sae.hook_name)
+
+    def to_sae_space(self, x: Tensor) -> Tensor:
+        """Model activation -> the SAE's input convention."""
+        x = x.to(self.sae.W_enc.dtype)
+        return x - x.mean(dim=-1, keepdim=True) if self.sae.cfg.center_writing_weights else x
+
+    def code(self, x: Tensor) -> SiteCode:
+        """Encode a model activation (..., d_model); differentiable in x."""
+        x_n, mu, std = self.sae.normalize(self.to_sae_space(x))
+        feats = self.sae.activate(self.sae.pre_activations(x_n))
+        x_hat = (feats @ self.sae.W_dec + self.sae.b_dec) * std + mu
+        if self.sae.cfg.center_writing_weights:
+            x_hat = x_hat + x.to(x_hat.dtype).mean(dim=-1, keepdim=True)
+        return SiteCode(feats, std.to(x.dtype), x - x_hat.to(x.dtype))
+
+    def selected_feats(self, x: Tensor, features: Tensor, gate: Tensor) -> Tensor:
+        """Activations (..., n) of chosen features as a differentiable function of x.
+
+        `gate` (..., n) is where those features are on in a full encode; the
+        value is pre-activation * gate, which equals ReLU, TopK and JumpReLU
+        and has their gradients, without a full-width backward.
+        """
+        x_n, _, _ = self.sae.normalize(self.to_sae_space(x))
+        sae_in = x_n - self.sae.b_dec * self.sae.cfg.apply_b_dec_to_input
+        pre = sae_in @ self.sae.W_enc[:, features] + self.sae.b_enc[features]
+        return pre * gate
+
+    def decode_rows(self, values: Tensor, features: Tensor) -> Tensor:
+        """values[..., None] * W_dec[features]: the decoded contribution of single features."""
+        return (values.to(self.sae.W_dec.dtype)[..., None] * self.sae.W_dec[features]).to(values.dtype)
+
+
+Intervention = Callable[[Site, Tensor], Tensor]
+
+
+class SplicedModel:
+    """A GPT-2 with SAEs at some sites; run it under an intervention."""
+
+    def __init__(self, model: PreTrainedModel, saes: list[SAE]) -> None:
+        self.model = model
+        n_layers, d_model = model.config.n_layer, model.config.n_embd
+        for sae in saes:
+            if sae.d_in != d_model:
+                raise SAELoadError(
+                    f"SAE {sae.cfg.source} has d_in={sae.d_in}, but the model's d_model is {d_model}"
+                )
+            if not 0 <= sae.layer < n_layers:
+                raise SAELoadError(
+                    f"SAE {sae.cfg.source} reads {sae.hook_name}, outside the model's {n_layers} layers"
+                )
+        self.sites = sorted((Site(sae, sae.site, sae.layer) for sae in saes), key=lambda s: s.order)
+        self.by_key = {site.key: site for site in self.sites}
+        if len(self.by_key) != len(self.sites):
+            raise SAELoadError("Two SAEs splice the same site; give each (site, layer) one SAE")
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.config.n_layer
+
+    @contextmanager
+    def intervene(self, intervention: Intervention) -> Iterator[None]:
+        """Call `intervention` at every site during forwards run inside the block."""
+        handles = []
+        captured: dict[int, Tensor] = {}
+        try:
+            for site in self.sites:
+                handles += self._register(site, intervention, captured)
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            captured.clear()
+
+    def _register(self, site: Site, intervention: Intervention, captured: dict[int, Tensor]) -> list:
+        block = self.model.transformer.h[site.layer]
+        if site.hook == "hook_resid_pre":
+            return [block.register_forward_pre_hook(_edit_block_input(site, intervention), with_kwargs=True)]
+        if site.hook == "hook_attn_out":
+            return [block.attn.register_forward_hook(lambda m, a, out: (intervention(site, out[0]), *out[1:]))]
+        if site.hook == "hook_mlp_out":
+            return [block.mlp.register_forward_hook(lambda m, a, out: intervention(site, out))]
+        if site.hook == "hook_resid_post":
+            return [block.register_forward_hook(_edit_output(site, intervention))]
+        # hook_resid_mid = resid_pre + attn_out: edit it through the attention output.
+        capture = _edit_block_input(site, lambda s, x: captured.__setitem__(site.layer, x) or x)
+
+        def edit_mid(module, args, out):
+            pre = captured.pop(site.layer)
+            mid = pre + out[0]
+            new_mid = intervention(site, mid)
+            return (out[0] if new_mid is mid else new_mid - pre, *out[1:])
+
+        return [
+            block.register_forward_pre_hook(capture, with_kwargs=True),
+            block.attn.register_forward_hook(edit_mid),
+        ]
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Token + position embeddings (batch, pos, d_model)."""
+        transformer = self.model.transformer
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        return transformer.wte(input_ids) + transformer.wpe(positions)
+
+    def run_blocks(
+        self, hidden: Tensor, start: int, stop: int, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Blocks [start, stop) on a residual stream (batch, pos, d_model); right padding only."""
+        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+        mask = create_causal_mask(
+            config=self.model.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            cache=None,
+            position_ids=positions,
+        )
+        for block in self.model.transformer.h[start:stop]:
+            hidden = block(hidden, None, mask, position_ids=positions)
+        return hidden
+
+    def unembed(self, resid_final: Tensor) -> Tensor:
+        """Logits of the final residual stream."""
+        return self.model.lm_head(self.model.transformer.ln_f(resid_final))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (batch, pos, d_vocab) of the whole model."""
+        hidden = self.run_blocks(self.embed(input_ids), 0, self.n_layers, attention_mask)
+        return self.unembed(hidden)
+
+    __call__ = forward
+
+
+def _edit_block_input(site: Site, intervention: Intervention) -> Callable:
+    def hook(module, args, kwargs):
+        if args:
+            return (intervention(site, args[0]), *args[1:]), kwargs
+        kwargs["hidden_states"] = intervention(site, kwargs["hidden_states"])
+        return args, kwargs
+
+    return hook
+
+
+def _edit_output(site: Site, intervention: Intervention) -> Callable:
+    def hook(module, args, out):
+        if isinstance(out, tuple):
+            return (intervention(site, out[0]), *out[1:])
+        return intervention(site, out)
+
+    return hook
+
+
+def record_codes(codes: dict[str, SiteCode]) -> Intervention:
+    """Intervention that stores every site's code and leaves activations unchanged."""
+
+    def record(site: Site, x: Tensor) -> Tensor:
+        codes[site.key] = site.code(x)
+        return x
+
+    return record
+
+
+def zero_ablation(targets: dict[str, Tensor], codes: dict[str, SiteCode] | None = None) -> Intervention:
+    """Intervention that zeroes chosen features, keeping each site's error term.
+
+    Args:
+        targets: site key -> (n, 3) long tensor of (batch row, position, feature)
+            to zero. Rows may differ, so many ablations run as one batch.
+        codes: if given, filled with every site's code of its current input.
+
+    The new activation is ``x - sum of ablated f * scale * W_dec[f]``: features
+    are re-read from the current (possibly already changed) input and the error
+    term is that input's own, as in Marks et al.
+    """
+
+    def ablate(site: Site, x: Tensor) -> Tensor:
+        if site.key not in targets and codes is None:
+            return x
+        code = site.code(x)
+        if codes is not None:
+            codes[site.key] = code
+        chosen = targets.get(site.key)
+        if chosen is None or len(chosen) == 0:
+            return x
+        rows, positions, features = chosen.unbind(-1)
+        values = code.feats[rows, positions, features] * code.scale[rows, positions, 0].to(code.feats.dtype)
+        delta = torch.zeros_like(x).index_put_(
+            (rows, positions), site.decode_rows(values, features).to(x.dtype), accumulate=True
+        )
+        return x - delta
+
+    return ablate

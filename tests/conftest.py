@@ -1,0 +1,200 @@
+"""Shared builders: a tiny GPT-2 in Hugging Face format and tiny SAEs in SAELens folders.
+
+Everything is offline: `HF_HUB_OFFLINE=1` is set before any hub library loads,
+and hub sources resolve through a temporary hub cache (`hub_cache`).
+"""
+
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+D_MODEL = 32
+N_LAYERS = 3
+D_SAE = 64
+TOPK = 6
+CORPUS = [
+    "Copyright (C) 2024 the authors. All rights reserved.",
+    "The quick brown fox jumps over the lazy dog.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "def forward(self, x): return self.linear(x) + x",
+    "In 1969 the first humans walked on the moon; it was a giant leap.",
+    "Sparse autoencoders find interpretable features in language models.",
+    "<html><body>Hello & goodbye</body></html>",
+    "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15",
+]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def build_tiny_gpt2(path: Path, *, n_layers: int = N_LAYERS, d_model: int = D_MODEL, seed: int = 0) -> Path:
+    """Save a random GPT2LMHeadModel and a byte-level BPE tokenizer at `path`."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=4,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():  # larger weights than init, so that layers matter
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.normal_(0, 0.2)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_sae_folder(
+    path: Path,
+    *,
+    hook_name: str,
+    activation: str = "relu",
+    layer_norm: bool = False,
+    spelling: str = "new",
+    d_in: int = D_MODEL,
+    d_sae: int = D_SAE,
+    k: int = TOPK,
+    center_writing_weights: bool | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write cfg.json + sae_weights.safetensors in SAELens' format.
+
+    spelling: "old" (hook_point, activation_fn_str), "new" (hook_name,
+    architecture), or "v6" (metadata block).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    weights = {
+        "W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5,
+        "b_enc": torch.randn(d_sae, generator=gen) * 0.1 - 0.1,
+        "W_dec": torch.randn(d_sae, d_in, generator=gen) / d_sae**0.5,
+        "b_dec": torch.randn(d_in, generator=gen) * 0.1,
+    }
+    if activation == "jumprelu":
+        weights["threshold"] = torch.rand(d_sae, generator=gen) * 0.3
+    cfg: dict = {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "context_size": 64, "prepend_bos": True}
+    norm = "layer_norm" if layer_norm else "none"
+    if spelling == "old":
+        layer = int(hook_name.split(".")[1])
+        cfg |= {"hook_point": hook_name, "hook_point_layer": layer, "activation_fn_str": activation,
+                "normalize_activations": norm, "apply_b_dec_to_input": True}
+        if activation == "topk":
+            cfg["activation_fn_kwargs"] = {"k": k}
+    else:
+        architecture = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}[activation]
+        cfg |= {"architecture": architecture, "apply_b_dec_to_input": True, "normalize_activations": norm}
+        if activation == "topk":
+            cfg["activation_fn_kwargs"] = {"k": k}
+        meta = {"hook_name": hook_name, "model_name": "tiny-gpt2"}
+        cfg |= {"metadata": meta} if spelling == "v6" else meta
+    if center_writing_weights is not None:
+        cfg["model_from_pretrained_kwargs"] = {"center_writing_weights": center_writing_weights}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    save_file(weights, str(path / "sae_weights.safetensors"))
+    return path
+
+
+# Site -> (hook template, write_sae_folder options): resid in the jb style,
+# attn/mlp in the OpenAI v5 style.
+SAE_STYLES = {
+    "resid": ("blocks.{layer}.hook_resid_pre", {"activation": "relu", "spelling": "old"}),
+    "attn": ("blocks.{layer}.hook_attn_out", {"activation": "topk", "layer_norm": True}),
+    "mlp": ("blocks.{layer}.hook_mlp_out", {"activation": "topk", "layer_norm": True, "spelling": "v6"}),
+}
+
+
+def write_sae_set(root: Path, site: str, n_layers: int = N_LAYERS, **overrides) -> str:
+    """SAE folders for every layer of one site; returns the local `{layer}` template."""
+    hook, options = SAE_STYLES[site]
+    for layer in range(n_layers):
+        write_sae_folder(
+            root / f"{site}_{layer}", hook_name=hook.format(layer=layer), seed=100 * layer + len(site),
+            **(options | overrides),
+        )
+    return str(root / f"{site}_{{layer}}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+@pytest.fixture(scope="session")
+def sae_templates(tmp_path_factory) -> dict[str, str]:
+    """Local `{layer}` templates for resid (ReLU, centred), attn and mlp (TopK, layer norm)."""
+    root = tmp_path_factory.mktemp("saes")
+    return {site: write_sae_set(root, site) for site in SAE_STYLES}
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face hub cache served offline; returns add(repo_id, folder_path, name_in_repo)."""
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    commit = "0" * 40
+
+    def add(repo_id: str, folder: Path, name_in_repo: str) -> None:
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        target = repo / "snapshots" / commit / name_in_repo
+        target.mkdir(parents=True, exist_ok=True)
+        for file in folder.iterdir():
+            (target / file.name).write_bytes(file.read_bytes())
+
+    return add
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir, sae_templates):
+    """make_config(**overrides) -> a validated Config for the tiny model, writing under tmp_path."""
+    from sparse_coding.config import config_from_dict
+
+    def build(**overrides):
+        return config_from_dict(_base_config(tmp_path, tiny_model_dir, sae_templates) | overrides)
+
+    return build
+
+
+def _base_config(tmp_path: Path, model_dir: Path, templates: dict[str, str]) -> dict:
+    return {
+        "MODEL_DIR": str(model_dir),
+        "RESID_SAES": templates.get("resid"),
+        "ATTN_SAES": templates.get("attn"),
+        "MLP_SAES": templates.get("mlp"),
+        "ACTS_LAYERS_SLICE": f"0:{N_LAYERS}",
+        "DATA_DIR": str(tmp_path / "data"),
+        "DEVICE": "cpu",
+        "NEURONPEDIA": False,
+        "PROMPT": "When Mary and John went to the store, John gave a drink to",
+    }
