@@ -20,6 +20,7 @@ nothing is replaced until all new files are complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -462,7 +463,7 @@ def _render_with_fallback(graph: Graph, temp_dot: Path, temp_image: Path, fmt: s
         if "longer than" not in str(e) or options.max_full_nodes == 0:
             raise
         logger.warning("dot timed out after %.0f s; redrawing with compact labels", timeout_s)
-        compact = RenderOptions(max_contexts=options.max_contexts, max_logits=options.max_logits, max_full_nodes=0, max_label_cells=0, max_spline_edges=0)
+        compact = dataclasses.replace(options, max_full_nodes=0, max_label_cells=0, max_spline_edges=0, fast_layout_nodes=0)
         _write_synced(temp_dot, graph_to_dot(graph, compact))
         render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
 

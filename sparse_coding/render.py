@@ -47,13 +47,17 @@ class RenderOptions:
         max_full_nodes: above this many nodes labels are compact.
         max_label_cells: above this many token cells in all labels, compact.
         max_spline_edges: above this many edges, edges are straight lines.
+        fast_layout_nodes, fast_layout_edges: above either, dot's layout
+            passes are capped (a rougher layout, drawn in seconds not minutes).
     """
 
     max_contexts: int | None = None
     max_logits: int | None = None
-    max_full_nodes: int = 300
+    max_full_nodes: int = 200
     max_label_cells: int = 20_000
     max_spline_edges: int = 1_500
+    fast_layout_nodes: int = 150
+    fast_layout_edges: int = 400
 
 
 def quote(value: str) -> str:
@@ -135,6 +139,22 @@ def _rank_lines(graph: Graph, node_attrs: Mapping[str, Attrs], compact: bool, op
     return lines
 
 
+def _layout_limits(graph: Graph, options: RenderOptions) -> dict[str, str]:
+    """Graphviz settings that bound layout time on big graphs.
+
+    Measured on 1,000 nodes / 5,000 edges (2 CPU cores): x-placement by
+    network simplex took 28 s of 40 and crossing minimisation 11 s; capping
+    both brings the render to ~10 s. 190 nodes / 1,400 edges with full labels
+    took 88 s with the defaults and 12 s capped.
+    """
+    limits: dict[str, str] = {}
+    if len(graph.nodes) > options.fast_layout_nodes or len(graph.edges) > options.fast_layout_edges:
+        limits.update({"mclimit": "0.05", "nslimit": "0.01", "searchsize": "5"})
+    if len(graph.edges) > options.max_spline_edges:
+        limits["splines"] = "line"
+    return limits
+
+
 def dot_source(
     graph: Graph,
     *,
@@ -160,8 +180,7 @@ def dot_source(
     if compact:
         logger.warning("graph has %d nodes: drawing compact labels so the image stays readable", len(graph.nodes))
     top = {"rankdir": "TB", "newrank": "true", "charset": "UTF-8", "fontname": "Helvetica", "ranksep": "0.6"}
-    if len(graph.edges) > options.max_spline_edges:
-        top.update({"splines": "line", "mclimit": "0.1", "nslimit": "2", "nslimit1": "2"})
+    top.update(_layout_limits(graph, options))
     top.update(graph_attrs or {})
     lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
     lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')

@@ -1,0 +1,574 @@
+"""Ablation cognition graph: which resid features at layer L drive which at L+1.
+
+Math. For resid SAE sites at consecutive layers L, L+1 of ACTS_LAYERS_SLICE,
+sequences s = 1..S and the last real position t_s of each, zero-ablating
+feature i of layer L at every position, error term kept, is
+
+    x'_L = x_L - f_i(x_L) * scale * W_dec[i]      (scale: layer-norm std, else 1)
+
+and the edge i -> j is the mean over sequences of the last-position change
+
+    e(i -> j) = 1/S * sum_s [ a^{L+1}_j(x'_{L+1,s})[t_s] - a^{L+1}_j(x_{L+1,s})[t_s] ],
+
+kept when |e| > 2**THRESHOLD_EXP (every non-zero e when unset). Node i's
+logit cells are the LOGIT_TOKENS most raised and lowered next-token
+log-probabilities, 1/S * sum_s [log p'(. | s) - log p(. | s)] at t_s.
+Reference: the ablation graphs of Cunningham et al. 2023, "Sparse
+Autoencoders Find Highly Interpretable Features in Language Models" (sec. 5),
+with the error term kept as in Marks et al. 2024.
+
+Phases:
+1. Clean pass: the residual stream at every slice site, its SAE code, the
+   last-position features and next-token log-probabilities.
+2. Candidates: layer L's features active anywhere (thinned to
+   INIT_THINNING_FACTOR, or the pinned one); inactive ones change nothing,
+   exactly, and are skipped. Later layers: the features that received an
+   edge, plus a pinned one.
+3. Batched ablations: ablations are a batch dimension. Each row is one
+   (candidate, sequence) pair where the candidate is active; rows run from
+   the cached stream at L through the blocks up to L+1 only (feature
+   effects, read at the last position), then on to the logits.
+4. Graph: edges, logit cells, node activations. The last slice layer has no
+   L+1 SAE loaded (the slice names the SAEs the user chose), so its
+   candidates get logit cells only.
+"""
+
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from sparse_coding.config import Config
+from sparse_coding.contexts import ContextCache, site_feats
+from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
+from sparse_coding.errors import ConfigError, DatasetError, ExactlyZeroEffectError
+from sparse_coding.graph import Graph, Node
+from sparse_coding.nodes import feature_id
+from sparse_coding.splice import Site, SplicedModel
+
+logger = logging.getLogger(__name__)
+
+# Blocks computed before a resid site's stream: hook_resid_pre L is block L's
+# input, hook_resid_post L its output (= block L+1's input).
+STREAM_OFFSET = {"hook_resid_pre": 0, "hook_resid_post": 1}
+# Bytes per (candidate, sequence) row and token, per d_model unit, for the
+# blocks' activations (qkv, attention out, 4x MLP, residuals, with slack).
+ROW_BYTES_PER_TOKEN_DIM = 4 * 24
+CPU_ROW_BUDGET_BYTES = 1 << 30
+
+
+class AblationResult(NamedTuple):
+    """The graph and the effect mass behind its summary."""
+
+    graph: Graph
+    collected: float  # sum |e| over every non-zero feature effect measured
+    plotted: float  # sum |e| over the edges kept
+    candidates: dict[int, list[int]]  # layer -> features ablated there
+
+
+@dataclass
+class _Layer:
+    """Clean quantities of one resid site (phase 1)."""
+
+    site: Site
+    stream: int  # blocks [0, stream) give this site's residual stream
+    clean: Tensor  # (S, pos, d_model)
+    feats: Tensor  # (S, pos, d_sae), zero at padding
+    scale: Tensor  # (S, pos)
+    last_feats: Tensor  # (S, d_sae) at each sequence's last real position
+
+
+@dataclass
+class _Effects:
+    """What a layer's candidates did (phase 3), candidate-major."""
+
+    candidates: Tensor  # (n,)
+    edges: list[tuple[int, int, float]]  # (candidate, target feature, e)
+    logits_up: list[list[tuple[int, float]]]  # per candidate: (token id, change)
+    logits_down: list[list[tuple[int, float]]]
+    collected: float
+    plotted: float
+    any_effect: bool
+
+
+def ablation_graph(
+    spliced: SplicedModel,
+    batch: TokenBatch,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    layers: Sequence[int],
+    thinning: float = 1.0,
+    pinned: dict[int, int] | None = None,
+    threshold_exp: float | None = None,
+    logit_tokens: int = 10,
+    seed: int = 0,
+    max_rows: int | None = None,
+) -> AblationResult:
+    """Trace a circuit down the resid SAEs of `layers` by batched zero-ablations.
+
+    Args:
+        spliced: model with resid SAEs at every layer of `layers`.
+        batch: the interpreted sequences, right-padded.
+        tokenizer: names the logit-cell tokens.
+        layers: consecutive layers, first to last (ACTS_LAYERS_SLICE).
+        thinning: fraction of the first layer's active features ablated.
+        pinned: layer -> feature ablated there (replaces the first layer's
+            candidates, joins later layers').
+        threshold_exp: keep edges with |e| > 2**threshold_exp; None keeps
+            every non-zero one.
+        logit_tokens: most raised / lowered next tokens per node.
+        seed: seeds the thinning.
+        max_rows: ablation rows per forward; default from available memory.
+
+    Raises:
+        ConfigError: a pinned feature is outside its SAE or layer range, or a
+            resid SAE reads a hook this algorithm does not support.
+        ExactlyZeroEffectError: the first layer's ablations changed nothing.
+    """
+    pinned = pinned or {}
+    sites = [_resid_site(spliced, layer) for layer in layers]
+    _check_pins(pinned, sites)
+    start = time.perf_counter()
+    last = batch.attention_mask.sum(dim=1) - 1
+    clean_layers, clean_logp = _clean_pass(spliced, batch, sites, last)
+    logger.info(
+        "Clean pass over %d sequences in %.2fs", len(last), time.perf_counter() - start
+    )
+    rows = max_rows or _rows_per_forward(spliced, batch, sites)
+    candidates = _first_candidates(
+        clean_layers[0], thinning, pinned.get(sites[0].layer), seed
+    )
+    results = []
+    for index, layer in enumerate(clean_layers):
+        nxt = clean_layers[index + 1] if index + 1 < len(clean_layers) else None
+        effects = _ablate_layer(
+            spliced,
+            batch,
+            layer,
+            nxt,
+            candidates,
+            clean_logp,
+            last,
+            logit_tokens,
+            threshold_exp,
+            rows,
+        )
+        if index == 0 and not effects.any_effect:
+            raise _zero_effect_error(layer, pinned)
+        results.append(effects)
+        if nxt is not None:
+            candidates = _next_candidates(effects, pinned.get(nxt.site.layer))
+    graph = _assemble(clean_layers, results, tokenizer, pinned)
+    collected = sum(r.collected for r in results)
+    plotted = sum(r.plotted for r in results)
+    logger.info(
+        "Ablation graph: %d nodes, %d edges in %.2fs",
+        len(graph.nodes),
+        len(graph.edges),
+        time.perf_counter() - start,
+    )
+    ablated = {
+        layer.site.layer: r.candidates.tolist()
+        for layer, r in zip(clean_layers, results, strict=True)
+    }
+    return AblationResult(graph, collected, plotted, ablated)
+
+
+def _resid_site(spliced: SplicedModel, layer: int) -> Site:
+    site = spliced.by_key.get(f"resid_{layer}")
+    if site is None:
+        raise ConfigError(
+            f"pipe.py needs a resid SAE at layer {layer} (RESID_SAES); spliced sites: {sorted(spliced.by_key)}"
+        )
+    if site.hook not in STREAM_OFFSET:
+        raise ConfigError(
+            f"RESID_SAES {site.sae.cfg.source!r} reads {site.sae.hook_name}; pipe.py ablates on the "
+            f"residual stream between blocks, so it supports {' and '.join(STREAM_OFFSET)} SAEs only"
+        )
+    return site
+
+
+def _check_pins(pinned: dict[int, int], sites: list[Site]) -> None:
+    by_layer = {site.layer: site for site in sites}
+    for layer, feature in pinned.items():
+        if layer not in by_layer:
+            raise ConfigError(
+                f"DIMS_PINNED pins layer {layer}, outside ACTS_LAYERS_SLICE; valid layers: {sorted(by_layer)}"
+            )
+        d_sae = by_layer[layer].sae.d_sae
+        if not 0 <= feature < d_sae:
+            raise ConfigError(
+                f"DIMS_PINNED pins feature {feature} at layer {layer}, but that resid SAE has "
+                f"{d_sae} features; valid: 0..{d_sae - 1}"
+            )
+
+
+def _clean_pass(
+    spliced: SplicedModel, batch: TokenBatch, sites: list[Site], last: Tensor
+) -> tuple[list[_Layer], Tensor]:
+    """Phase 1: clean streams and codes of every site, and next-token log-probs (S, vocab)."""
+    mask = batch.attention_mask
+    rows = torch.arange(len(last), device=last.device)
+    layers = []
+    with torch.inference_mode():
+        hidden, at = spliced.embed(batch.input_ids), 0
+        for site in sites:
+            stream = site.layer + STREAM_OFFSET[site.hook]
+            hidden, at = spliced.run_blocks(hidden, at, stream, mask), stream
+            code = site.code(hidden)
+            feats = code.feats * mask[..., None].to(code.feats.dtype)
+            scale = code.scale[..., 0].to(code.feats.dtype)
+            layers.append(_Layer(site, stream, hidden, feats, scale, feats[rows, last]))
+        final = spliced.run_blocks(hidden, at, spliced.n_layers, mask)
+        logp = spliced.unembed(final[rows, last]).float().log_softmax(dim=-1)
+    return layers, logp
+
+
+def _rows_per_forward(
+    spliced: SplicedModel, batch: TokenBatch, sites: list[Site]
+) -> int:
+    """Rows per ablation forward that fit in a quarter of free memory (1 GiB on CPU)."""
+    config = spliced.model.config
+    n_pos = batch.input_ids.shape[1]
+    per_row = (
+        ROW_BYTES_PER_TOKEN_DIM * n_pos * config.n_embd
+        + 4 * n_pos * n_pos * config.n_head
+    )
+    per_row += 3 * 4 * (config.vocab_size + max(site.sae.d_sae for site in sites))
+    if spliced.device.type == "cuda":
+        budget = torch.cuda.mem_get_info(spliced.device)[0] // 4
+    else:
+        budget = CPU_ROW_BUDGET_BYTES
+    return max(1, budget // per_row)
+
+
+def _first_candidates(
+    layer: _Layer, thinning: float, pinned: int | None, seed: int
+) -> Tensor:
+    """Phase 2: the first layer's active features, thinned, or the pinned one."""
+    device = layer.feats.device
+    if pinned is not None:
+        return torch.tensor([pinned], device=device)
+    active = (layer.feats > 0).flatten(0, 1).any(dim=0).nonzero()[:, 0]
+    keep = max(1, round(thinning * len(active))) if len(active) else 0
+    order = torch.randperm(len(active), generator=torch.Generator().manual_seed(seed))[
+        :keep
+    ]
+    logger.info(
+        "Layer %d: %d active features, ablating %d", layer.site.layer, len(active), keep
+    )
+    return active[order.to(device)].sort().values
+
+
+def _next_candidates(effects: _Effects, pinned: int | None) -> Tensor:
+    """Phase 2 for later layers: targets of an edge, plus the pinned feature."""
+    targets = {target for _, target, _ in effects.edges}
+    if pinned is not None:
+        targets.add(pinned)
+    return torch.tensor(
+        sorted(targets), dtype=torch.long, device=effects.candidates.device
+    )
+
+
+def _ablate_layer(
+    spliced: SplicedModel,
+    batch: TokenBatch,
+    layer: _Layer,
+    nxt: "_Layer | None",
+    candidates: Tensor,
+    clean_logp: Tensor,
+    last: Tensor,
+    logit_tokens: int,
+    threshold_exp: float | None,
+    rows: int,
+) -> _Effects:
+    """Phase 3: every candidate of one layer, `rows` (candidate, sequence) rows per forward."""
+    out = _Effects(candidates, [], [], [], 0.0, 0.0, False)
+    per_chunk = max(1, rows // len(last))
+    chunks = range(0, len(candidates), per_chunk)
+    for lo in tqdm(
+        chunks,
+        desc=f"Ablating resid_{layer.site.layer}",
+        leave=False,
+        disable=len(chunks) < 2,
+    ):
+        chunk = candidates[lo : lo + per_chunk]
+        feat_eff, logit_eff = _ablate_chunk(
+            spliced, batch, layer, nxt, chunk, clean_logp, last
+        )
+        _record(out, chunk, feat_eff, logit_eff, logit_tokens, threshold_exp)
+    return out
+
+
+def _ablate_chunk(
+    spliced: SplicedModel,
+    batch: TokenBatch,
+    layer: _Layer,
+    nxt: "_Layer | None",
+    chunk: Tensor,
+    clean_logp: Tensor,
+    last: Tensor,
+) -> tuple[Tensor | None, Tensor]:
+    """Mean effects of ablating each of `chunk`: (m, d_sae of L+1) or None, and (m, vocab)."""
+    n_seq = len(last)
+    cand, seq = (
+        (layer.feats[:, :, chunk] > 0).any(dim=1).T.nonzero(as_tuple=True)
+    )  # active rows
+    features = chunk[cand]
+    values = layer.feats[seq, :, features] * layer.scale[seq]  # (rows, pos)
+    delta = values[:, :, None] * layer.site.sae.W_dec[features][:, None, :]
+    mask, row_last = batch.attention_mask[seq], last[seq]
+    rows = torch.arange(len(seq), device=seq.device)
+    with torch.inference_mode():
+        hidden, at, feat_eff = (
+            layer.clean[seq] - delta.to(layer.clean.dtype),
+            layer.stream,
+            None,
+        )
+        if nxt is not None:
+            hidden, at = spliced.run_blocks(hidden, at, nxt.stream, mask), nxt.stream
+            change = (
+                site_feats(nxt.site, hidden[rows, row_last]).float()
+                - nxt.last_feats[seq].float()
+            )
+            feat_eff = (
+                torch.zeros(
+                    len(chunk), change.shape[1], device=change.device
+                ).index_add_(0, cand, change)
+                / n_seq
+            )
+        final = spliced.run_blocks(hidden, at, spliced.n_layers, mask)
+        logp = (
+            spliced.unembed(final[rows, row_last]).float().log_softmax(dim=-1)
+            - clean_logp[seq]
+        )
+        logit_eff = (
+            torch.zeros(len(chunk), logp.shape[1], device=logp.device).index_add_(
+                0, cand, logp
+            )
+            / n_seq
+        )
+    return feat_eff, logit_eff
+
+
+def _record(
+    out: _Effects,
+    chunk: Tensor,
+    feat_eff: Tensor | None,
+    logit_eff: Tensor,
+    logit_tokens: int,
+    threshold_exp: float | None,
+) -> None:
+    """Phase 4 per chunk: threshold edges, keep logit cells, drop the dense effects."""
+    out.any_effect |= bool((logit_eff != 0).any()) or (
+        feat_eff is not None and bool((feat_eff != 0).any())
+    )
+    if feat_eff is not None:
+        magnitude = feat_eff.abs()
+        keep = (
+            magnitude > 2.0**threshold_exp
+            if threshold_exp is not None
+            else magnitude > 0
+        )
+        out.collected += float(magnitude.sum())
+        out.plotted += float(magnitude[keep].sum())
+        cand, target = keep.nonzero(as_tuple=True)
+        values = feat_eff[cand, target].tolist()
+        out.edges += list(
+            zip(chunk[cand].tolist(), target.tolist(), values, strict=True)
+        )
+    k = min(logit_tokens, logit_eff.shape[1])
+    up, down = logit_eff.topk(k, dim=1), (-logit_eff).topk(k, dim=1)
+    for row in range(len(chunk)):
+        out.logits_up.append(_cells(up.indices[row], up.values[row], sign=1.0))
+        out.logits_down.append(_cells(down.indices[row], down.values[row], sign=-1.0))
+
+
+def _cells(ids: Tensor, values: Tensor, sign: float) -> list[tuple[int, float]]:
+    return [
+        (i, sign * v)
+        for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+        if v > 0
+    ]
+
+
+def _zero_effect_error(layer: _Layer, pinned: dict[int, int]) -> ExactlyZeroEffectError:
+    key = f"resid_{layer.site.layer}"
+    if layer.site.layer in pinned:
+        feature = pinned[layer.site.layer]
+        return ExactlyZeroEffectError(
+            f"Ablating the pinned feature {key}.{feature} (DIMS_PINNED {layer.site.layer}: {feature}) "
+            f"changed nothing: it is inactive at every position of the interpreted sequences. "
+            f"Check DIMS_PINNED for layer {layer.site.layer}, or pin a feature that fires on PROMPT"
+        )
+    return ExactlyZeroEffectError(
+        f"No feature of {key} (the first layer of ACTS_LAYERS_SLICE) changed anything when ablated: "
+        f"none is active on the interpreted sequences. Check layer {layer.site.layer} and its RESID_SAES "
+        f"source, or pin a feature there with DIMS_PINNED"
+    )
+
+
+def _assemble(
+    layers: list[_Layer],
+    results: list[_Effects],
+    tokenizer: PreTrainedTokenizerBase,
+    pinned: dict[int, int],
+) -> Graph:
+    """Phase 4: edges, then every drawn node with its activation and logit cells.
+
+    Drawn: ends of an edge, pinned features, and the last layer's candidates.
+    """
+    graph = Graph()
+    drawn: set[tuple[int, int]] = set()
+    for index, effects in enumerate(results):
+        src, dst = layers[index].site.layer, layers[index].site.layer + 1
+        for cand, target, value in effects.edges:
+            graph.add_edge(
+                feature_id("resid", src, cand), feature_id("resid", dst, target), value
+            )
+            drawn |= {(index, cand), (index + 1, target)}
+    drawn |= {(len(layers) - 1, int(c)) for c in results[-1].candidates}
+    drawn |= {
+        (i, pinned[layer.site.layer])
+        for i, layer in enumerate(layers)
+        if layer.site.layer in pinned
+    }
+    cells = {
+        (i, int(c)): (r.logits_up[j], r.logits_down[j])
+        for i, r in enumerate(results)
+        for j, c in enumerate(r.candidates)
+    }
+    for index, feature in sorted(drawn):
+        graph.add_node(
+            _node(layers[index], feature, cells.get((index, feature)), tokenizer)
+        )
+    return graph
+
+
+def _node(
+    layer: _Layer, feature: int, cells, tokenizer: PreTrainedTokenizerBase
+) -> Node:
+    up, down = cells if cells is not None else ([], [])
+    return Node.from_id(
+        feature_id("resid", layer.site.layer, feature),
+        activation=float(layer.feats[:, :, feature].max()),
+        hook=layer.site.sae.hook_name,
+        neuronpedia_id=layer.site.sae.neuronpedia_id,
+        logits_up=[(tokenizer.decode([i]), v) for i, v in up],
+        logits_down=[(tokenizer.decode([i]), v) for i, v in down],
+    )
+
+
+def interpreted_batch(
+    config: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device
+) -> TokenBatch:
+    """The first NUM_SEQUENCES_INTERPED sequences (PROMPT or DATASET), right-padded.
+
+    Dataset sequences are truncated to MAX_SEQ_INTERPED_LEN tokens; PROMPT is
+    never truncated (that would change the token whose prediction is explained).
+
+    Raises:
+        ConfigError: PROMPT is longer than MAX_SEQ_INTERPED_LEN tokens.
+        DatasetError: no sequence has any token.
+    """
+    limit = config.MAX_SEQ_INTERPED_LEN
+    texts = itertools.islice(load_texts(config), config.NUM_SEQUENCES_INTERPED)
+    batches = iter_batches(
+        texts,
+        tokenizer,
+        batch_size=config.NUM_SEQUENCES_INTERPED,
+        max_len=limit if config.DATASET else limit + 1,
+        prepend_bos=config.PREPEND_BOS,
+        device=device,
+    )
+    batch = next(batches, None)
+    if batch is None:
+        raise DatasetError(
+            f"{config.DATASET or 'PROMPT'} holds no text with tokens to interpret"
+        )
+    if batch.input_ids.shape[1] > limit:
+        raise ConfigError(
+            f"PROMPT is more than MAX_SEQ_INTERPED_LEN={limit} tokens; shorten it or raise MAX_SEQ_INTERPED_LEN"
+        )
+    if len(batch.input_ids) < config.NUM_SEQUENCES_INTERPED:
+        logger.warning(
+            "NUM_SEQUENCES_INTERPED is %d but only %d sequences were read (PROMPT is one; "
+            "NUM_SEQUENCES_EVALED caps a DATASET)",
+            config.NUM_SEQUENCES_INTERPED,
+            len(batch.input_ids),
+        )
+    return batch
+
+
+def resid_pins(config: Config) -> dict[int, int]:
+    """DIMS_PINNED as layer -> feature; pipe.py ablates resid features only.
+
+    Raises:
+        ConfigError: a pin names an attn or mlp site.
+    """
+    pins = {}
+    for (site, layer), feature in config.pinned_dims.items():
+        if site != "resid":
+            raise ConfigError(
+                f"DIMS_PINNED pins {site}_{layer}; pipe.py ablates resid features only, so keys "
+                f"must be int layers or 'resid_{{layer}}', e.g. {{{layer}: {feature}}}"
+            )
+        pins[layer] = feature
+    return pins
+
+
+def pipe_graph(
+    config: Config,
+    spliced: SplicedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: ContextCache,
+) -> Graph:
+    """pipe.py's graph: the ablation graph with contexts, summary and run metadata."""
+    layers = config.layer_range(spliced.n_layers)
+    batch = interpreted_batch(config, tokenizer, spliced.device)
+    result = ablation_graph(
+        spliced,
+        batch,
+        tokenizer=tokenizer,
+        layers=list(layers),
+        thinning=config.INIT_THINNING_FACTOR,
+        pinned=resid_pins(config),
+        threshold_exp=config.THRESHOLD_EXP,
+        logit_tokens=config.LOGIT_TOKENS,
+        seed=config.SEED,
+    )
+    graph = result.graph
+    for node in graph.nodes.values():
+        node.contexts = contexts.contexts(
+            f"resid_{node.layer}", node.feature, config.TOP_K
+        )
+    graph.metadata = {
+        "script": "pipe.py",
+        "prompt": config.PROMPT,
+        "dataset": config.DATASET,
+        "sequences": len(batch.input_ids),
+        "model": config.MODEL_DIR,
+        "sae_sources": {
+            key: site.sae.cfg.source for key, site in spliced.by_key.items()
+        },
+        "config": config.to_metadata(),
+        "summary": summary(result),
+    }
+    return graph
+
+
+def summary(result: AblationResult) -> str:
+    """'effects plotted out of collected: ~X%': X = drawn share of total |feature effect|.
+
+    Collected is the sum of |e| over every non-zero feature-to-feature effect
+    measured; plotted is that sum over the edges above the threshold.
+    """
+    share = 100.0 * result.plotted / result.collected if result.collected > 0 else 0.0
+    return f"effects plotted out of collected: ~{share:.0f}%"

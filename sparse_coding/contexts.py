@@ -1,0 +1,489 @@
+"""Top-activating contexts of every SAE feature, collected in one streaming pass.
+
+A feature's contexts are the SEQ_PER_DIM_CAP sequences where its activation
+peaks highest: for each sequence its maximum over real (unpadded) tokens, then
+the top sequences by that maximum. Each context shows VIEW tokens either side
+of the peak with the feature's activation on every token, so labels can
+shade them.
+
+Phases (`collect_contexts`):
+1. Stream: per batch and site, the per-sequence maxima (batch, d_sae) join
+   the running top-k (k, d_sae) through one `torch.topk` over (running ∪
+   batch). Only (sequence index, position, activation) is kept per entry, and
+   the token ids of sequences some entry still references; the others are
+   dropped after every batch, so memory is bounded by the top-k
+   (k * d_sae * sites entries), never by the dataset's length.
+2. Windows: the referenced sequences are run once more, batched, to read each
+   entry's window activations; tokens become strings once.
+
+On disk (`save`/`load`): ``<stem>.npz`` (compressed numpy) and
+``<stem>.json``. The npz holds, per site key K: ``K/act`` (d_sae, k) float32
+peak activation (0 = no entry), ``K/seq`` and ``K/pos`` (d_sae, k) int64
+sequence index and peak position, ``K/window`` (d_sae, k, 2 VIEW + 1) float32
+activations around the peak; and, for the referenced sequences,
+``seq_ids`` (n,) their stream indices, ``offsets`` (n + 1,) and ``tokens``
+(total,) their concatenated token ids. The json holds ``format``, ``view``,
+``per_feature``, ``sources`` (site key -> SAE source), ``fingerprint`` (what
+text was read, see `load_or_collect`) and ``vocab`` (token id -> string, for
+the ids used). A cache whose sources or fingerprint differ from the run's is
+stale and is collected again.
+"""
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from sparse_coding.config import Config
+from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
+from sparse_coding.errors import DatasetError
+from sparse_coding.graph import Context
+from sparse_coding.splice import Site, SplicedModel
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+CACHE_NAME = "contexts/top_contexts.npz"
+
+
+@dataclass
+class SiteTopK:
+    """Running top-k of one site: entry j of feature i is [j, i] (act 0 = empty)."""
+
+    act: Tensor  # (k, d_sae) peak activation
+    seq: Tensor  # (k, d_sae) stream index of the sequence
+    pos: Tensor  # (k, d_sae) position of the peak
+
+    @classmethod
+    def empty(cls, k: int, d_sae: int, device: torch.device) -> "SiteTopK":
+        zeros = torch.zeros(k, d_sae, device=device)
+        index = torch.full((k, d_sae), -1, dtype=torch.long, device=device)
+        return cls(zeros, index, index.clone())
+
+    def update(self, feats: Tensor, mask: Tensor, first_index: int) -> None:
+        """Fold one batch's features (batch, pos, d_sae) into the running top-k."""
+        feats = feats.float() * mask[..., None]
+        peak, pos = feats.max(dim=1)  # (batch, d_sae)
+        rows = torch.arange(len(peak), device=peak.device)[:, None] + first_index
+        act = torch.cat([self.act, peak])
+        top = act.topk(len(self.act), dim=0)
+        self.act = top.values
+        self.seq = torch.cat([self.seq, rows.expand_as(peak)]).gather(0, top.indices)
+        self.pos = torch.cat([self.pos, pos]).gather(0, top.indices)
+
+    def referenced(self) -> Tensor:
+        """Stream indices of the sequences some entry points to."""
+        return self.seq[self.act > 0].unique()
+
+
+@dataclass
+class ContextCache:
+    """Top contexts per feature and site; `contexts` builds label contexts lazily."""
+
+    view: int
+    per_feature: int
+    sources: dict[str, str]
+    arrays: dict[str, dict[str, np.ndarray]]  # site key -> act/seq/pos/window
+    sequences: dict[int, np.ndarray]  # stream index -> token ids
+    vocab: dict[int, str]
+    fingerprint: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def contexts(self, site_key: str, feature: int, top_k: int) -> list[Context]:
+        """The `top_k` strongest contexts of one feature, strongest first.
+
+        A site the cache does not hold (e.g. attn/mlp when pipe.py collected
+        resid only) has no contexts: [].
+        """
+        if site_key not in self.arrays:
+            return []
+        site = self.arrays[site_key]
+        result = []
+        for j in range(min(top_k, site["act"].shape[1])):
+            if site["act"][feature, j] <= 0:
+                break
+            ids = self.sequences[int(site["seq"][feature, j])]
+            start = int(site["pos"][feature, j]) - self.view
+            lo, hi = max(start, 0), min(start + 2 * self.view + 1, len(ids))
+            tokens = [self.vocab[int(t)] for t in ids[lo:hi]]
+            acts = site["window"][feature, j, lo - start : hi - start].tolist()
+            result.append(Context(tokens, acts))
+        return result
+
+    def save(self, path: Path) -> None:
+        """Write `<stem>.npz` and `<stem>.json` atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seq_ids = np.array(sorted(self.sequences), dtype=np.int64)
+        lengths = [len(self.sequences[int(i)]) for i in seq_ids]
+        arrays = {
+            f"{key}/{name}": value
+            for key, site in self.arrays.items()
+            for name, value in site.items()
+        }
+        arrays["seq_ids"] = seq_ids
+        arrays["offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        tokens = [self.sequences[int(i)] for i in seq_ids]
+        arrays["tokens"] = (
+            np.concatenate(tokens).astype(np.int64) if tokens else np.zeros(0, np.int64)
+        )
+        header = {
+            "format": FORMAT,
+            "view": self.view,
+            "per_feature": self.per_feature,
+            "sources": self.sources,
+            "fingerprint": self.fingerprint,
+            "meta": self.meta,
+            "vocab": {str(k): v for k, v in self.vocab.items()},
+        }
+        with _atomic(path.with_suffix(".npz")) as tmp:
+            np.savez_compressed(tmp, **arrays)
+        with _atomic(path.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(header), encoding="utf-8")
+        logger.info(
+            "Saved contexts of %d sites to %s",
+            len(self.arrays),
+            path.with_suffix(".npz"),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> "ContextCache":
+        """Read a cache written by `save`.
+
+        Raises:
+            DatasetError: the files are missing, unreadable or of another format.
+        """
+        path = Path(path)
+        try:
+            header = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            with np.load(path.with_suffix(".npz")) as npz:
+                raw = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, KeyError) as e:
+            raise DatasetError(
+                f"context cache {path.with_suffix('.npz')} is not readable: {e}"
+            ) from e
+        if header.get("format") != FORMAT:
+            raise DatasetError(
+                f"context cache {path} has format {header.get('format')!r}, expected {FORMAT}; delete it to recollect"
+            )
+        return cls(
+            view=header["view"],
+            per_feature=header["per_feature"],
+            sources=header["sources"],
+            arrays=_site_arrays(raw),
+            sequences=_sequences(raw),
+            vocab={int(k): v for k, v in header["vocab"].items()},
+            fingerprint=header["fingerprint"],
+            meta=header.get("meta", {}),
+        )
+
+    @classmethod
+    def load_if_present(cls, model_dir: Path) -> "ContextCache | None":
+        """The cache under DATA_DIR/<model>/ (`model_dir`), or None when none was written."""
+        path = Path(model_dir) / CACHE_NAME
+        if not path.with_suffix(".npz").is_file():
+            return None
+        return cls.load(path)
+
+    def covers(
+        self, sources: dict[str, str], fingerprint: str, per_feature: int, view: int
+    ) -> bool:
+        """True when this cache answers for every site of `sources` on the same text."""
+        same_sites = all(
+            self.sources.get(key) == source for key, source in sources.items()
+        )
+        fits = self.per_feature >= per_feature and self.view == view
+        return same_sites and fits and self.fingerprint == fingerprint
+
+
+def _site_arrays(raw: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for name, value in raw.items():
+        if "/" in name:
+            key, field_name = name.split("/", 1)
+            arrays.setdefault(key, {})[field_name] = value
+    return arrays
+
+
+def _sequences(raw: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    offsets = raw["offsets"]
+    return {
+        int(seq): raw["tokens"][offsets[i] : offsets[i + 1]]
+        for i, seq in enumerate(raw["seq_ids"])
+    }
+
+
+class _atomic:
+    """Context manager yielding a temp path that replaces `target` on success."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        fd, name = tempfile.mkstemp(
+            dir=self.target.parent,
+            prefix=f".{self.target.name}.",
+            suffix=self.target.suffix,
+        )
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.target)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def collect_contexts(
+    spliced: SplicedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batches: Iterable[TokenBatch],
+    *,
+    per_feature: int,
+    view: int,
+    total: int | None = None,
+) -> ContextCache:
+    """Top `per_feature` contexts of every feature of every spliced site.
+
+    Args:
+        spliced: the model with SAEs at the sites to collect.
+        tokenizer: turns the kept token ids into strings.
+        batches: right-padded batches (`corpus.iter_batches`); read once.
+        per_feature: contexts kept per feature (SEQ_PER_DIM_CAP).
+        view: tokens shown either side of the peak (VIEW).
+        total: number of batches, for the progress bar (optional).
+
+    Returns:
+        A ContextCache over every site of `spliced`.
+    """
+    start = time.perf_counter()
+    device = spliced.device
+    tops = {
+        site.key: SiteTopK.empty(per_feature, site.sae.d_sae, device)
+        for site in spliced.sites
+    }
+    sequences: dict[int, Tensor] = {}
+    batch_size = 1
+    for batch in tqdm(batches, desc="Collecting contexts", total=total, unit="batch"):
+        batch = TokenBatch(
+            batch.input_ids.to(device),
+            batch.attention_mask.to(device),
+            batch.first_index,
+        )
+        batch_size = max(batch_size, len(batch.input_ids))
+        _for_each_site(spliced, batch, functools.partial(_update_top, tops, batch))
+        _keep_referenced(sequences, batch, tops)
+    windows = _windows(spliced, sequences, tops, view, batch_size)
+    cache = ContextCache(
+        view=view,
+        per_feature=per_feature,
+        sources={site.key: site.sae.cfg.source for site in spliced.sites},
+        arrays={key: _to_numpy(top, windows[key]) for key, top in tops.items()},
+        sequences={i: ids.cpu().numpy() for i, ids in sequences.items()},
+        vocab=_vocab(tokenizer, sequences.values()),
+    )
+    logger.info(
+        "Collected contexts of %d sites from %d sequences in %.1fs",
+        len(tops),
+        len(sequences),
+        time.perf_counter() - start,
+    )
+    return cache
+
+
+def site_feats(site: Site, x: Tensor) -> Tensor:
+    """The SAE's own activations (..., d_sae) of a model activation, encode only."""
+    return site.sae.encode(site.to_sae_space(x))
+
+
+def _for_each_site(
+    spliced: SplicedModel, batch: TokenBatch, consume: Callable[[Site, Tensor], None]
+) -> None:
+    """One forward up to the last site; `consume(site, feats)` sees each site's
+    features (batch, pos, d_sae) once, so only one site's are alive at a time."""
+
+    def read(site: Site, x: Tensor) -> Tensor:
+        consume(site, site_feats(site, x))
+        return x
+
+    stop = max(site.layer for site in spliced.sites) + 1
+    hidden = spliced.embed(batch.input_ids)
+    with torch.inference_mode(), spliced.intervene(read):
+        spliced.run_blocks(hidden, 0, stop, batch.attention_mask)
+
+
+def _update_top(
+    tops: dict[str, SiteTopK], batch: TokenBatch, site: Site, feats: Tensor
+) -> None:
+    tops[site.key].update(feats, batch.attention_mask, batch.first_index)
+
+
+def _keep_referenced(
+    sequences: dict[int, Tensor], batch: TokenBatch, tops: dict[str, SiteTopK]
+) -> None:
+    """Keep token ids of the sequences the top-k still points to; drop the rest."""
+    needed = set(torch.cat([top.referenced() for top in tops.values()]).tolist())
+    for row, (ids, mask) in enumerate(
+        zip(batch.input_ids, batch.attention_mask, strict=True)
+    ):
+        if batch.first_index + row in needed:
+            sequences[batch.first_index + row] = ids[mask.bool()].clone()
+    for index in set(sequences) - needed:
+        del sequences[index]
+
+
+def _windows(
+    spliced: SplicedModel,
+    sequences: dict[int, Tensor],
+    tops: dict[str, SiteTopK],
+    view: int,
+    batch_size: int,
+) -> dict[str, Tensor]:
+    """Activations (d_sae, k, 2 view + 1) around every entry's peak, by re-running its sequence."""
+    device = spliced.device
+    seq_ids = sorted(sequences)
+    windows = {
+        key: torch.zeros(*top.act.T.shape, 2 * view + 1, device=device)
+        for key, top in tops.items()
+    }
+    offsets = torch.arange(-view, view + 1, device=device)
+    for lo in range(0, len(seq_ids), batch_size):
+        chunk = seq_ids[lo : lo + batch_size]
+        batch = _pad([sequences[i] for i in chunk], device)
+        chunk_ids = torch.tensor(chunk, device=device)
+
+        fill = functools.partial(
+            _fill_windows, windows, tops, chunk_ids, offsets, batch
+        )
+        _for_each_site(spliced, batch, fill)
+    return windows
+
+
+def _fill_windows(
+    windows: dict[str, Tensor],
+    tops: dict[str, SiteTopK],
+    chunk_ids: Tensor,
+    offsets: Tensor,
+    batch: TokenBatch,
+    site: Site,
+    feats: Tensor,
+) -> None:
+    """Write one site's windows of the entries whose sequence is in this chunk."""
+    window, top = windows[site.key], tops[site.key]
+    act, seq, pos = top.act.T, top.seq.T, top.pos.T  # (d_sae, k)
+    hit = (act > 0) & torch.isin(seq, chunk_ids)
+    feature, rank = hit.nonzero(as_tuple=True)
+    rows = torch.searchsorted(chunk_ids, seq[feature, rank])
+    positions = pos[feature, rank][:, None] + offsets  # (n, 2 view + 1)
+    valid = (positions >= 0) & (positions < batch.lengths[rows][:, None])
+    values = feats[
+        rows[:, None], positions.clamp(0, feats.shape[1] - 1), feature[:, None]
+    ].float()
+    window[feature, rank] = values * valid
+
+
+def _pad(sequences: list[Tensor], device: torch.device) -> TokenBatch:
+    width = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+    return TokenBatch(ids, mask, 0)
+
+
+def _to_numpy(top: SiteTopK, window: Tensor) -> dict[str, np.ndarray]:
+    return {
+        "act": top.act.T.float().cpu().numpy(),
+        "seq": top.seq.T.cpu().numpy(),
+        "pos": top.pos.T.cpu().numpy(),
+        "window": window.cpu().numpy(),
+    }
+
+
+def _vocab(
+    tokenizer: PreTrainedTokenizerBase, sequences: Iterable[Tensor]
+) -> dict[int, str]:
+    ids = sorted(set().union(*(set(s.tolist()) for s in sequences)))
+    return {i: tokenizer.decode([i]) for i in ids}
+
+
+def fingerprint(config: Config) -> str:
+    """What text a cache was collected from: same fingerprint, same contexts."""
+    keys = (
+        "MODEL_DIR",
+        "PROMPT",
+        "DATASET",
+        "DATASET_CONFIG",
+        "DATASET_SPLIT",
+        "DATASET_TEXT_COLUMN",
+        "NUM_SEQUENCES_EVALED",
+        "MAX_SEQ_LEN",
+        "PREPEND_BOS",
+    )
+    source = {key: getattr(config, key) for key in keys}
+    if config.DATASET is not None:
+        source.pop("PROMPT")
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path(config: Config) -> Path:
+    """DATA_DIR/<model>/contexts/top_contexts.npz (json beside it)."""
+    return config.model_data_dir(config.MODEL_DIR) / CACHE_NAME
+
+
+def load_or_collect(
+    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
+) -> ContextCache:
+    """The cached contexts for this config's text and SAEs, collecting them when stale or missing."""
+    path = cache_path(config)
+    sources = {site.key: site.sae.cfg.source for site in spliced.sites}
+    if path.with_suffix(".npz").is_file():
+        try:
+            cache = ContextCache.load(path)
+            if cache.covers(
+                sources, fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW
+            ):
+                logger.info("Using cached contexts %s", path)
+                return cache
+            logger.info(
+                "Context cache %s is stale (other SAEs or settings); collecting again",
+                path,
+            )
+        except DatasetError as e:
+            logger.warning("%s; collecting again", e)
+    batches = iter_batches(
+        load_texts(config),
+        tokenizer,
+        batch_size=config.BATCH_SIZE,
+        max_len=config.MAX_SEQ_LEN,
+        prepend_bos=config.PREPEND_BOS,
+        device=spliced.device,
+    )
+    total = (
+        -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
+    )
+    cache = collect_contexts(
+        spliced,
+        tokenizer,
+        batches,
+        per_feature=config.SEQ_PER_DIM_CAP,
+        view=config.VIEW,
+        total=total,
+    )
+    cache.fingerprint = fingerprint(config)
+    cache.save(path)
+    return cache

@@ -1,0 +1,218 @@
+"""Text sources and padded token batches: the one way every script reads data.
+
+`load_texts` turns the config into a stream of strings: PROMPT alone when
+DATASET is unset, else a hub dataset (streamed with `datasets`) or a local
+``.txt`` (one sequence per line, blank lines skipped), ``.jsonl`` or
+``.parquet`` file. `iter_batches` tokenizes that stream lazily into
+right-padded batches, so memory depends on BATCH_SIZE and MAX_SEQ_LEN, never
+on the dataset's length.
+
+Sequence indices (`TokenBatch.first_index`) count the sequences
+`iter_batches` yields, in stream order; texts that tokenize to nothing are
+skipped and not counted, so re-running the same stream reproduces the same
+indices.
+"""
+
+import itertools
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from sparse_coding.config import Config
+from sparse_coding.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded token ids of consecutive sequences of a stream."""
+
+    input_ids: Tensor  # (batch, pos) long, right-padded with the pad id
+    attention_mask: Tensor  # (batch, pos) long, 1 = real token
+    first_index: int  # index of the batch's first sequence in the stream
+
+    @property
+    def lengths(self) -> Tensor:
+        """Real tokens per sequence (batch,)."""
+        return self.attention_mask.sum(dim=1)
+
+
+def load_texts(config: Config) -> Iterator[str]:
+    """Texts the run reads: PROMPT once, or up to NUM_SEQUENCES_EVALED dataset texts.
+
+    Raises:
+        DatasetError: the file or dataset is missing, has an unsupported
+            extension, or lacks DATASET_TEXT_COLUMN (the message lists the
+            columns it has).
+    """
+    if config.DATASET is None:
+        return iter([config.PROMPT])
+    return itertools.islice(_dataset_texts(config), config.NUM_SEQUENCES_EVALED)
+
+
+def _dataset_texts(config: Config) -> Iterator[str]:
+    path = Path(config.DATASET).expanduser()
+    if path.exists() or path.suffix in _FILE_SUFFIXES:
+        reader = _LOCAL_READERS.get(path.suffix)
+        if reader is None:
+            raise DatasetError(
+                f"DATASET {str(path)!r} has extension {path.suffix!r}; local datasets must be "
+                f"one of {', '.join(_LOCAL_READERS)} (or give a hub dataset name)"
+            )
+        if not path.is_file():
+            raise DatasetError(f"DATASET file {str(path)!r} does not exist")
+        return reader(path, config.DATASET_TEXT_COLUMN)
+    return _hub_texts(config)
+
+
+def _txt_texts(path: Path, column: str) -> Iterator[str]:
+    """One sequence per line; blank lines are skipped."""
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield line.rstrip("\n")
+
+
+def _jsonl_texts(path: Path, column: str) -> Iterator[str]:
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(
+                    f"DATASET {str(path)!r} line {number} is not valid JSON: {e}"
+                ) from e
+            if not isinstance(record, dict) or column not in record:
+                columns = sorted(record) if isinstance(record, dict) else []
+                raise _missing_column(str(path), column, columns)
+            yield str(record[column])
+
+
+def _parquet_texts(path: Path, column: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises its own error types
+        raise DatasetError(
+            f"DATASET {str(path)!r} is not a readable parquet file: {e}"
+        ) from e
+    if column not in file.schema_arrow.names:
+        raise _missing_column(str(path), column, file.schema_arrow.names)
+    for batch in file.iter_batches(columns=[column], batch_size=256):
+        yield from (str(text) for text in batch.column(0).to_pylist())
+
+
+_LOCAL_READERS: dict[str, Callable[[Path, str], Iterator[str]]] = {
+    ".txt": _txt_texts,
+    ".jsonl": _jsonl_texts,
+    ".parquet": _parquet_texts,
+}
+# A DATASET ending in one of these is meant as a local file, never a hub name.
+_FILE_SUFFIXES = {*_LOCAL_READERS, ".json", ".csv", ".tsv", ".gz", ".zip", ".arrow"}
+
+
+def _hub_texts(config: Config) -> Iterator[str]:
+    """A hub dataset, streamed so that only the texts read are downloaded."""
+    import datasets
+
+    try:
+        stream = datasets.load_dataset(
+            config.DATASET,
+            config.DATASET_CONFIG,
+            split=config.DATASET_SPLIT,
+            streaming=True,
+        )
+    except Exception as e:  # datasets raises many types for missing/unreachable data
+        raise DatasetError(
+            f"DATASET {config.DATASET!r} (config {config.DATASET_CONFIG!r}, split "
+            f"{config.DATASET_SPLIT!r}) could not be loaded: it is neither a local "
+            f"{'/'.join(_LOCAL_READERS)} file nor a loadable hub dataset ({e})"
+        ) from e
+    columns = list(stream.features or {}) if stream.features is not None else None
+    if columns is not None and config.DATASET_TEXT_COLUMN not in columns:
+        raise _missing_column(config.DATASET, config.DATASET_TEXT_COLUMN, columns)
+    for record in stream:
+        if config.DATASET_TEXT_COLUMN not in record:
+            raise _missing_column(
+                config.DATASET, config.DATASET_TEXT_COLUMN, list(record)
+            )
+        yield str(record[config.DATASET_TEXT_COLUMN])
+
+
+def _missing_column(name: str, column: str, columns: Iterable[str]) -> DatasetError:
+    return DatasetError(
+        f"DATASET {name!r} has no column {column!r} (DATASET_TEXT_COLUMN); "
+        f"available columns: {', '.join(map(str, columns)) or 'none'}"
+    )
+
+
+def iter_batches(
+    texts: Iterable[str],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    batch_size: int,
+    max_len: int,
+    prepend_bos: bool,
+    device: torch.device | str = "cpu",
+) -> Iterator[TokenBatch]:
+    """Tokenize `texts` lazily into right-padded batches of `batch_size` sequences.
+
+    Args:
+        texts: any stream of strings; read one batch at a time.
+        tokenizer: the model's tokenizer; its pad id (else EOS) pads.
+        batch_size: sequences per batch (the last may be smaller).
+        max_len: tokens per sequence, BOS included; longer ones are truncated.
+        prepend_bos: put the tokenizer's BOS first, as the SAEs were trained.
+        device: where the batch tensors are placed.
+
+    Yields:
+        TokenBatch per `batch_size` non-empty sequences.
+    """
+    pad_id = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id
+    )
+    sequences = (
+        ids
+        for ids in (_token_ids(tokenizer, t, prepend_bos, max_len) for t in texts)
+        if ids
+    )
+    first_index = 0
+    while chunk := list(itertools.islice(sequences, batch_size)):
+        yield _pad(chunk, pad_id, first_index, device)
+        first_index += len(chunk)
+
+
+def _token_ids(
+    tokenizer: PreTrainedTokenizerBase, text: str, prepend_bos: bool, max_len: int
+) -> list[int]:
+    """Ids of one text, BOS first when asked, truncated; [] when the text has no tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        return []
+    if prepend_bos:
+        ids = [tokenizer.bos_token_id, *ids]
+    return ids[:max_len]
+
+
+def _pad(
+    chunk: list[list[int]], pad_id: int, first_index: int, device: torch.device | str
+) -> TokenBatch:
+    width = max(map(len, chunk))
+    input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for row, ids in enumerate(chunk):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return TokenBatch(input_ids.to(device), attention_mask.to(device), first_index)

@@ -1,0 +1,41 @@
+"""fast.py: gradient cognition graph (Marks et al. 2024) over resid, attn and mlp SAEs.
+
+Run as `python3 fast.py`, `python3 sparse_coding/fast.py` or `python3 -m sparse_coding.fast`.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sparse_coding.attribution_graph import gradient_graph
+from sparse_coding.cli import run_script
+from sparse_coding.config import Config
+from sparse_coding.loading import load_spliced_model
+from sparse_coding.model import tokenize_prompt
+from sparse_coding.publish import publish_graph
+from sparse_coding.thresholds import load_thresholds
+
+logger = logging.getLogger("sparse_coding.fast")
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    spliced, tokenizer = load_spliced_model(config)
+    tokens = tokenize_prompt(tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS,
+                             max_len=spliced.model.config.n_positions + 1)
+    thresholds = load_thresholds(config, spliced)
+    logger.info("Down-nodes: %s", thresholds.description if thresholds else f"top {config.NUM_DOWN_NODES} |IE|")
+    graph = gradient_graph(spliced, tokens, num_down_nodes=config.NUM_DOWN_NODES, num_up_nodes=config.NUM_UP_NODES,
+                           ig_steps=config.IG_STEPS, thresholds=thresholds.per_site if thresholds else None)
+    merged, dot_path = publish_graph(graph, config, spliced, tokenizer, dot_name=config.GRADS_DOT_FILE,
+                                     image_name=config.GRADS_FILE, script="fast.py")
+    print(f"fast.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run "
+          f"({len(merged.nodes)} nodes, {len(merged.edges)} edges in the graph); {graph.metadata['summary']}; "
+          f"wrote {dot_path}, {dot_path.with_suffix('.json').name}, {config.GRADS_FILE}")
+
+
+if __name__ == "__main__":
+    run_script(main, __doc__.splitlines()[0])

@@ -1,0 +1,38 @@
+"""hist.py: precluster DATASET and cache 99.99th-percentile SAE activation thresholds.
+
+k-means on neuron-basis residual activations at the first layer of
+ACTS_LAYERS_SLICE picks the sequences that reach KEEPER_CLUSTER_INDEX; each
+spliced SAE feature's threshold is the 99.99th percentile of its activation at
+their cut ends. fast.py reads the cache (see `sparse_coding.thresholds`).
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sparse_coding.cli import run_script
+from sparse_coding.config import Config
+from sparse_coding.loading import load_spliced_model
+from sparse_coding.thresholds import save_thresholds, thresholds_from_config
+
+logger = logging.getLogger("sparse_coding.hist")
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    if config.DATASET is None:
+        logger.warning(
+            "DATASET is unset, so there is nothing to precluster; nothing was written. "
+            "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
+        )
+        return
+    spliced, tokenizer = load_spliced_model(config)
+    result = thresholds_from_config(config, spliced, tokenizer)
+    save_thresholds(config, spliced, result)
+
+
+if __name__ == "__main__":
+    run_script(main, __doc__)

@@ -1,0 +1,49 @@
+"""pipe.py: ablation cognition graph on the residual-stream SAEs.
+
+Zero-ablates resid features at each layer of ACTS_LAYERS_SLICE and draws their
+effects on the next layer's features and on the next-token log-probabilities
+(see `sparse_coding.ablation_graph`). Run as `python3 pipe.py`,
+`python3 sparse_coding/pipe.py` or `python3 -m sparse_coding.pipe`.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sparse_coding.ablation_graph import pipe_graph
+from sparse_coding.cli import run_script
+from sparse_coding.config import Config
+from sparse_coding.contexts import load_or_collect
+from sparse_coding.loading import load_spliced_model
+from sparse_coding.publish import publish_graph
+
+logger = logging.getLogger("sparse_coding.pipe")
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
+    contexts = load_or_collect(config, spliced, tokenizer)
+    graph = pipe_graph(config, spliced, tokenizer, contexts)
+    merged, dot_path = publish_graph(
+        graph,
+        config,
+        spliced,
+        tokenizer,
+        dot_name=config.GRAPH_DOT_FILE,
+        image_name=config.GRAPH_FILE,
+        script="pipe.py",
+    )
+    print(
+        f"pipe.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run "
+        f"({len(merged.nodes)} nodes, {len(merged.edges)} edges in the graph); "
+        f"{graph.metadata['summary']}; wrote {dot_path}, "
+        f"{dot_path.with_suffix('.json').name}, {config.GRAPH_FILE}"
+    )
+
+
+if __name__ == "__main__":
+    run_script(main, "Ablation cognition graph on the residual-stream SAEs.")

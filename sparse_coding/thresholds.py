@@ -1,0 +1,549 @@
+"""Per-feature activation thresholds: the 99.99th percentile over a preclustered dataset.
+
+For every spliced site s and SAE feature i the threshold is
+
+    theta[s, i] = percentile_99.99 { f[s, i](x_n[: t_n + 1]) at position t_n : n kept }
+
+where f[s, i](x) at t is feature i's activation at position t of sequence x.
+Which sequences n are kept, and where they are cut (t_n), comes from a k-means
+preclustering of neuron-basis (model) residual activations, so that the
+thresholds describe one kind of context (hist.py of the original project).
+fast.py uses them to choose down-nodes.
+
+Phases (each one stream over the dataset; memory does not grow with its length):
+ 1. Fit. Residual vectors r at the first layer of ACTS_LAYERS_SLICE (the hook of
+    the resid SAE there, else hook_resid_pre), unit-normalised so that k-means
+    clusters by cosine, fed to sklearn's `MiniBatchKMeans.partial_fit` in chunks
+    of at least `FIT_CHUNK_TOKENS` tokens (the first chunk seeds k-means++ with
+    SEED). Every real token counts, BOS included.
+ 2. Assign. Each token gets its nearest centre; sequence n is kept when one of
+    its tokens lands in KEEPER_CLUSTER_INDEX, and cut after the first such token
+    t_n. A keeper cluster no sequence reaches is an error.
+ 3. Collect. The spliced model runs on the kept rows of each batch, truncated to
+    the batch's longest cut; causal attention makes position t_n there exactly
+    the last position of the cut sequence. Each site's SAE encodes only that
+    position (one (d_sae,) vector per kept sequence and site), and a running
+    top-m per feature (below) absorbs it.
+ 4. Percentile of each feature from its top-m values.
+
+Why top-m rather than a (kept, d_sae) matrix per site: 100k kept sequences at
+24576 latents are 9.8 GB per site in float32, 350 GB for GPT-2 small's 36
+sites. The percentile needs far less. numpy's default ('linear') q-th
+percentile of n values sorted ascending, v_0 <= ... <= v_{n-1}, is
+
+    h = (n - 1) q / 100,   j = floor(h),   P = v_j + (h - j) (v_{j+1} - v_j)
+
+(v_n := v_{n-1}). It reads only v_j and v_{j+1}, which are among the n - j
+largest values. Writing h = (n - 1) - (n - 1)(1 - q / 100) and using
+floor(a - b) >= a - ceil(b) for an integer a gives
+n - j <= 1 + ceil((n - 1)(1 - q / 100)): a handful of values, whatever n.
+Phase 2 counts n before phase 3 starts, so phase 3 keeps m = n - j + 1 values
+(capped at n; the extra one covers a floor that rounds the other way in float
+arithmetic): 12 values per feature for q = 99.99 and n = 100k. The result is
+numpy's percentile over all kept activations, exactly up to float rounding.
+
+Cache, under `config.model_data_dir(MODEL_DIR)`:
+- `thresholds.safetensors`: one float32 (d_sae,) tensor per site key (`resid_9`).
+- `thresholds.json`: what the thresholds depend on (`model`, `sae_sources` per
+  site key, `dataset`: DATASET, DATASET_CONFIG, DATASET_SPLIT,
+  DATASET_TEXT_COLUMN, NUM_SEQUENCES_EVALED, MAX_SEQ_LEN, PREPEND_BOS and, for a
+  local file, its resolved path, size and mtime; `cluster`: hook, NUM_CLUSTERS,
+  KEEPER_CLUSTER_INDEX, SEED; `percentile`), plus `slice` and the counts
+  (`n_sequences`, `n_tokens`, `n_kept`, `cluster_sizes`) for people.
+`load_thresholds` uses a cache only when all the former match the current run
+and it covers every spliced site.
+"""
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from sklearn.cluster import MiniBatchKMeans
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from sparse_coding.config import Config
+from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
+from sparse_coding.errors import ConfigError, DatasetError
+from sparse_coding.nodes import site_key
+from sparse_coding.splice import Site, SplicedModel
+
+logger = logging.getLogger(__name__)
+
+PERCENTILE = 99.99
+FIT_CHUNK_TOKENS = 4096
+THRESHOLDS_FILE = "thresholds.safetensors"
+METADATA_FILE = "thresholds.json"
+# A fresh iterator over the same token batches on every call (one per phase).
+BatchStream = Callable[[], Iterable[TokenBatch]]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Cached per-feature thresholds, as fast.py uses them."""
+
+    values: dict[str, Tensor]  # site key -> (d_sae,) float32
+    description: str  # which thresholds these are, for "which was used" messages
+
+
+class ThresholdResult(NamedTuple):
+    """Output of `compute_thresholds`."""
+
+    thresholds: dict[str, Tensor]  # site key -> (d_sae,) float32
+    kmeans: MiniBatchKMeans  # fitted on unit-normalised vectors at `cluster_hook`
+    cut_positions: Tensor  # (n_sequences,) long: last position kept, -1 = not kept
+    cluster_sizes: Tensor  # (n_clusters,) long: tokens per cluster
+    cluster_hook: str  # e.g. "blocks.9.hook_resid_pre"
+
+    @property
+    def n_kept(self) -> int:
+        return int((self.cut_positions >= 0).sum())
+
+
+def cluster_hook_name(spliced: SplicedModel, layer: int) -> str:
+    """The resid SAE's hook at `layer` if one is spliced, else hook_resid_pre."""
+    site = spliced.by_key.get(site_key("resid", layer))
+    return site.sae.hook_name if site else f"blocks.{layer}.hook_resid_pre"
+
+
+def compute_thresholds(
+    spliced: SplicedModel,
+    batches: BatchStream,
+    *,
+    cluster_layer: int,
+    n_clusters: int,
+    keeper_cluster: int,
+    seed: int,
+    percentile: float = PERCENTILE,
+    n_batches: int | None = None,
+) -> ThresholdResult:
+    """Precluster `batches` and take each spliced feature's percentile over the kept cuts.
+
+    Args:
+        spliced: the model with an SAE at every site that gets thresholds.
+        batches: returns a fresh stream of the same right-padded batches per call.
+        cluster_layer: layer whose residual stream is clustered.
+        n_clusters, keeper_cluster, seed: NUM_CLUSTERS, KEEPER_CLUSTER_INDEX, SEED.
+        percentile: in [0, 100], numpy's 'linear' definition.
+        n_batches: expected number of batches, for progress bars only.
+    """
+    hook = cluster_hook_name(spliced, cluster_layer)
+    start = time.perf_counter()
+    with torch.no_grad():
+        kmeans = fit_clusters(
+            spliced,
+            batches,
+            layer=cluster_layer,
+            n_clusters=n_clusters,
+            seed=seed,
+            n_batches=n_batches,
+        )
+        logger.info(
+            "Phase 1: fitted %d clusters at %s in %.1fs",
+            n_clusters,
+            hook,
+            time.perf_counter() - start,
+        )
+        cuts, sizes = assign_cuts(
+            spliced,
+            batches,
+            kmeans,
+            layer=cluster_layer,
+            keeper_cluster=keeper_cluster,
+            n_batches=n_batches,
+        )
+        n_kept = _check_kept(cuts, sizes, keeper_cluster)
+        logger.info(
+            "Phase 2: %d of %d sequences reach cluster %d (%.1fs)",
+            n_kept,
+            len(cuts),
+            keeper_cluster,
+            time.perf_counter() - start,
+        )
+        top = collect_top_values(
+            spliced, batches, cuts, m=top_count(n_kept, percentile), n_batches=n_batches
+        )
+    thresholds = {
+        key: percentile_from_top(values, n_kept, percentile)
+        for key, values in top.items()
+    }
+    logger.info(
+        "Phase 3: thresholds for %d sites in %.1fs",
+        len(thresholds),
+        time.perf_counter() - start,
+    )
+    return ThresholdResult(thresholds, kmeans, cuts, sizes, hook)
+
+
+def fit_clusters(
+    spliced: SplicedModel,
+    batches: BatchStream,
+    *,
+    layer: int,
+    n_clusters: int,
+    seed: int,
+    n_batches: int | None = None,
+) -> MiniBatchKMeans:
+    """Phase 1: MiniBatchKMeans on unit-normalised residual vectors, chunk by chunk."""
+    kmeans = MiniBatchKMeans(
+        n_clusters=n_clusters,
+        random_state=seed,
+        batch_size=FIT_CHUNK_TOKENS,
+        compute_labels=False,
+    )
+    chunk_tokens = max(FIT_CHUNK_TOKENS, n_clusters)
+    buffer: list[np.ndarray] = []
+    n_buffered = n_tokens = 0
+    for batch in tqdm(batches(), total=n_batches, desc="hist 1/3: fitting clusters"):
+        vectors = _unit_vectors(spliced, batch, layer)
+        buffer.append(vectors)
+        n_buffered, n_tokens = n_buffered + len(vectors), n_tokens + len(vectors)
+        if n_buffered >= chunk_tokens:
+            kmeans.partial_fit(np.concatenate(buffer))
+            buffer, n_buffered = [], 0
+    if n_tokens == 0:
+        raise DatasetError(
+            "The dataset yielded no tokens; check DATASET and NUM_SEQUENCES_EVALED"
+        )
+    fitted = hasattr(kmeans, "cluster_centers_")
+    if not fitted and n_buffered < n_clusters:
+        raise ConfigError(
+            f"NUM_CLUSTERS is {n_clusters}, but the {n_tokens} tokens read from the dataset cannot "
+            f"fill that many clusters; lower NUM_CLUSTERS or raise NUM_SEQUENCES_EVALED"
+        )
+    if buffer:
+        kmeans.partial_fit(np.concatenate(buffer))
+    return kmeans
+
+
+def assign_cuts(
+    spliced: SplicedModel,
+    batches: BatchStream,
+    kmeans: MiniBatchKMeans,
+    *,
+    layer: int,
+    keeper_cluster: int,
+    n_batches: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Phase 2: (cut position per sequence, -1 if not kept; tokens per cluster)."""
+    cuts: list[Tensor] = []
+    sizes = torch.zeros(kmeans.n_clusters, dtype=torch.long)
+    for batch in tqdm(batches(), total=n_batches, desc="hist 2/3: assigning clusters"):
+        mask = batch.attention_mask.bool().cpu()
+        labels = torch.full(
+            mask.shape, -1, dtype=torch.long
+        )  # (batch, pos), -1 at padding
+        labels[mask] = torch.from_numpy(
+            kmeans.predict(_unit_vectors(spliced, batch, layer))
+        ).long()
+        sizes += torch.bincount(labels[mask], minlength=kmeans.n_clusters)
+        hit = labels == keeper_cluster
+        cuts.append(
+            torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1)
+        )  # argmax: first hit
+    return torch.cat(cuts), sizes
+
+
+def collect_top_values(
+    spliced: SplicedModel,
+    batches: BatchStream,
+    cuts: Tensor,
+    *,
+    m: int,
+    n_batches: int | None = None,
+) -> dict[str, Tensor]:
+    """Phase 3: site key -> (<= m, d_sae) largest activations at the cut positions, descending."""
+    top: dict[str, Tensor] = {}
+    for batch in tqdm(batches(), total=n_batches, desc="hist 3/3: SAE activations"):
+        batch_cuts = cuts[batch.first_index : batch.first_index + len(batch.input_ids)]
+        rows = (batch_cuts >= 0).nonzero().squeeze(1)
+        if len(rows) == 0:
+            continue
+        positions = batch_cuts[rows].to(batch.input_ids.device)
+        rows = rows.to(batch.input_ids.device)
+        width = int(positions.max()) + 1
+        feats = _feats_at(
+            spliced,
+            batch.input_ids[rows, :width],
+            batch.attention_mask[rows, :width],
+            positions,
+        )
+        for key, values in feats.items():
+            stacked = values if key not in top else torch.cat([top[key], values])
+            top[key] = stacked.topk(min(m, len(stacked)), dim=0).values
+    return top
+
+
+def top_count(n: int, percentile: float) -> int:
+    """How many largest values per feature determine the percentile of n values (see module doc)."""
+    lower = math.floor((n - 1) * percentile / 100)
+    return min(n, n - lower + 1)
+
+
+def percentile_from_top(top: Tensor, n: int, percentile: float) -> Tensor:
+    """numpy's 'linear' percentile of n values per column, given their top rows (m, d), descending."""
+    h = (n - 1) * percentile / 100
+    j = min(math.floor(h), n - 1)
+    assert n - 1 - j < len(top), "top holds too few values for this percentile"
+    low = top[n - 1 - j].double()  # v_j
+    high = top[max(n - 2 - j, 0)].double()  # v_{j+1}, or v_{n-1} again when j = n - 1
+    return (low + (h - j) * (high - low)).float().cpu()
+
+
+def _neuron_acts(spliced: SplicedModel, batch: TokenBatch, layer: int) -> Tensor:
+    """Model residual activations (batch, pos, d_model) at `cluster_hook_name(spliced, layer)`."""
+    hidden = spliced.embed(batch.input_ids)
+    key = site_key("resid", layer)
+    if key not in spliced.by_key:  # hook_resid_pre: the input of block `layer`
+        return spliced.run_blocks(hidden, 0, layer, batch.attention_mask)
+    seen: dict[str, Tensor] = {}
+
+    def record(site: Site, x: Tensor) -> Tensor:
+        if site.key == key:
+            seen[key] = x
+        return x
+
+    with spliced.intervene(record):
+        spliced.run_blocks(hidden, 0, layer + 1, batch.attention_mask)
+    return seen[key]
+
+
+def _unit_vectors(spliced: SplicedModel, batch: TokenBatch, layer: int) -> np.ndarray:
+    """Unit-normalised residual vectors (real tokens, d_model) in row-major order, float32."""
+    acts = _neuron_acts(spliced, batch, layer)[batch.attention_mask.bool()]
+    return F.normalize(acts.float(), dim=-1).cpu().numpy()
+
+
+def _feats_at(
+    spliced: SplicedModel, input_ids: Tensor, attention_mask: Tensor, positions: Tensor
+) -> dict[str, Tensor]:
+    """Every site's SAE activations (rows, d_sae) at one position per row; encodes nothing else."""
+    rows = torch.arange(len(positions), device=positions.device)
+    feats: dict[str, Tensor] = {}
+
+    def encode_at(site: Site, x: Tensor) -> Tensor:
+        feats[site.key] = site.sae.encode(site.to_sae_space(x[rows, positions])).float()
+        return x
+
+    last_layer = max(site.layer for site in spliced.sites)
+    with spliced.intervene(encode_at):
+        spliced.run_blocks(spliced.embed(input_ids), 0, last_layer + 1, attention_mask)
+    return feats
+
+
+def _check_kept(cuts: Tensor, sizes: Tensor, keeper_cluster: int) -> int:
+    n_kept = int((cuts >= 0).sum())
+    if n_kept == 0:
+        raise DatasetError(
+            f"No sequence reaches KEEPER_CLUSTER_INDEX {keeper_cluster}: tokens per cluster are "
+            f"{sizes.tolist()}; choose a cluster with tokens, or change NUM_CLUSTERS or the dataset"
+        )
+    return n_kept
+
+
+def thresholds_from_config(
+    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
+) -> ThresholdResult:
+    """`compute_thresholds` over DATASET with the config's batching and cluster settings."""
+    if config.DATASET is None:
+        raise ConfigError(
+            "DATASET is unset; thresholds need a dataset (a hub name or a .txt/.jsonl/.parquet file)"
+        )
+    max_len = min(config.MAX_SEQ_LEN, spliced.model.config.n_positions)
+
+    def batches() -> Iterable[TokenBatch]:
+        return iter_batches(
+            load_texts(config),
+            tokenizer,
+            batch_size=config.BATCH_SIZE,
+            max_len=max_len,
+            prepend_bos=config.PREPEND_BOS,
+            device=spliced.device,
+        )
+
+    return compute_thresholds(
+        spliced,
+        batches,
+        cluster_layer=config.layer_range(spliced.n_layers).start,
+        n_clusters=config.NUM_CLUSTERS,
+        keeper_cluster=config.KEEPER_CLUSTER_INDEX,
+        seed=config.SEED,
+        n_batches=math.ceil(config.NUM_SEQUENCES_EVALED / config.BATCH_SIZE),
+    )
+
+
+def cache_key(config: Config, spliced: SplicedModel) -> dict[str, Any]:
+    """Everything cached thresholds depend on, as JSON-ready values."""
+    layer = config.layer_range(spliced.n_layers).start
+    return {
+        "model": config.MODEL_DIR,
+        "sae_sources": {
+            site.key: config.sae_sources.get(site.kind) for site in spliced.sites
+        },
+        "dataset": _dataset_settings(config),
+        "cluster": {
+            "hook": cluster_hook_name(spliced, layer),
+            "NUM_CLUSTERS": config.NUM_CLUSTERS,
+            "KEEPER_CLUSTER_INDEX": config.KEEPER_CLUSTER_INDEX,
+            "SEED": config.SEED,
+        },
+        "percentile": PERCENTILE,
+    }
+
+
+def save_thresholds(
+    config: Config, spliced: SplicedModel, result: ThresholdResult
+) -> Path:
+    """Write thresholds.safetensors and thresholds.json atomically; returns the safetensors path.
+
+    The safetensors header carries the same JSON, so a pair of files from two
+    different runs can never be mistaken for one cache.
+    """
+    directory = config.model_data_dir(config.MODEL_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = cache_key(config, spliced) | {
+        "slice": config.ACTS_LAYERS_SLICE,
+        "n_sequences": len(result.cut_positions),
+        "n_tokens": int(result.cluster_sizes.sum()),
+        "n_kept": result.n_kept,
+        "cluster_sizes": result.cluster_sizes.tolist(),
+    }
+    text = json.dumps(metadata, indent=2, sort_keys=True)
+    tensors = {
+        key: value.float().contiguous().cpu()
+        for key, value in result.thresholds.items()
+    }
+    path = directory / THRESHOLDS_FILE
+    _atomic_write(
+        path,
+        lambda tmp: save_file(tensors, str(tmp), metadata={"thresholds_json": text}),
+    )
+    _atomic_write(
+        directory / METADATA_FILE,
+        lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"),
+    )
+    logger.info("Wrote thresholds for %d sites to %s", len(tensors), path)
+    return path
+
+
+def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
+    """Cached thresholds for every spliced site, or None (logged) when absent or stale.
+
+    A cache is used only when the model, dataset settings, cluster settings and
+    percentile match the current config, and it holds a threshold of the right
+    width from the same SAE source for every site of `spliced` (it may hold more).
+    """
+    if config.DATASET is None:
+        logger.info(
+            "DATASET is unset, so no dataset thresholds apply (hist.py computes them from DATASET)"
+        )
+        return None
+    path = config.model_data_dir(config.MODEL_DIR) / THRESHOLDS_FILE
+    if not path.is_file():
+        logger.info("No cached thresholds at %s; run hist.py to compute them", path)
+        return None
+    try:
+        cached, values = _read_cache(path)
+    except (OSError, KeyError, ValueError) as e:
+        logger.warning(
+            "Ignoring cached thresholds %s: unreadable (%s); rerun hist.py", path, e
+        )
+        return None
+    differences = _differences(cached, cache_key(config, spliced), values, spliced)
+    if differences:
+        logger.warning(
+            "Ignoring stale thresholds %s (rerun hist.py): %s",
+            path,
+            "; ".join(differences),
+        )
+        return None
+    description = (
+        f"{cached['percentile']}th-percentile thresholds from {cached['n_kept']} of {cached['n_sequences']} "
+        f"sequences of {cached['dataset']['DATASET']} (cluster {cached['cluster']['KEEPER_CLUSTER_INDEX']} of "
+        f"{cached['cluster']['NUM_CLUSTERS']} at {cached['cluster']['hook']}), cached in {path}"
+    )
+    return Thresholds(
+        {site.key: values[site.key].to(spliced.device) for site in spliced.sites},
+        description,
+    )
+
+
+def _dataset_settings(config: Config) -> dict[str, Any]:
+    keys = (
+        "DATASET",
+        "DATASET_CONFIG",
+        "DATASET_SPLIT",
+        "DATASET_TEXT_COLUMN",
+        "NUM_SEQUENCES_EVALED",
+        "MAX_SEQ_LEN",
+        "PREPEND_BOS",
+    )
+    settings: dict[str, Any] = {key: getattr(config, key) for key in keys}
+    path = Path(config.DATASET).expanduser() if config.DATASET else None
+    if (
+        path is not None and path.is_file()
+    ):  # a local file can change under the same name
+        stat = path.stat()
+        settings["file"] = {
+            "path": str(path.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+    return settings
+
+
+def _read_cache(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+        if "thresholds_json" not in metadata:
+            raise ValueError("no thresholds_json metadata in its header")
+        cached = json.loads(metadata["thresholds_json"])
+    return cached, load_file(str(path))
+
+
+def _differences(
+    cached: dict[str, Any],
+    current: dict[str, Any],
+    values: dict[str, Tensor],
+    spliced: SplicedModel,
+) -> list[str]:
+    """What keeps a cache from serving this run, in words; empty when it fits."""
+    found = [
+        f"{name} was {cached.get(name)!r}, now {current[name]!r}"
+        for name in ("model", "dataset", "cluster", "percentile")
+        if cached.get(name) != current[name]
+    ]
+    cached_sources = cached.get("sae_sources", {})
+    for site in spliced.sites:
+        if site.key not in values or site.key not in cached_sources:
+            found.append(f"no threshold for site {site.key}")
+        elif cached_sources[site.key] != current["sae_sources"][site.key]:
+            found.append(
+                f"{site.key} SAE was {cached_sources[site.key]!r}, now {current['sae_sources'][site.key]!r}"
+            )
+        elif tuple(values[site.key].shape) != (site.sae.d_sae,):
+            found.append(
+                f"{site.key} has {values[site.key].shape[0]} thresholds, its SAE {site.sae.d_sae} features"
+            )
+    return found
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

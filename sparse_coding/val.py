@@ -1,0 +1,58 @@
+"""val.py: validate a circuit by ablating it whole (faithfulness and completeness).
+
+Ablates every feature of VALIDATION_DIMS_PINNED (or of a graph's feature nodes,
+``--from-graph PATH``) over DATASET or PROMPT, prints how next-token
+probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sparse_coding import validation
+from sparse_coding.cli import build_parser, run_script
+from sparse_coding.config import Config
+from sparse_coding.corpus import iter_batches, load_texts
+
+DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    circuit, source = validation.circuit_and_source(config, args.from_graph)
+    spliced, tokenizer = validation.load_circuit_model(config, circuit, source=source)
+    batches = iter_batches(
+        load_texts(config),
+        tokenizer,
+        batch_size=config.BATCH_SIZE,
+        max_len=config.MAX_SEQ_LEN,
+        prepend_bos=config.PREPEND_BOS,
+        device=spliced.device,
+    )
+    result = validation.validate_circuit(spliced, batches, circuit=circuit)
+    data = validation.report_data(
+        result,
+        tokenizer,
+        logit_tokens=config.LOGIT_TOKENS,
+        source=source,
+        data=f"DATASET {config.DATASET!r}"
+        if config.DATASET
+        else f"PROMPT {config.PROMPT!r}",
+    )
+    path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
+    validation.write_report(data | {"config": config.to_metadata()}, path)
+    print(validation.format_report(data))
+    print(f"\nWrote {path}")
+
+
+if __name__ == "__main__":
+    parser = build_parser(DESCRIPTION)
+    parser.add_argument(
+        "--from-graph",
+        type=Path,
+        metavar="PATH",
+        help="validate the feature nodes of a pipe.py/fast.py graph (.json or .dot)",
+    )
+    run_script(main, DESCRIPTION, parser=parser)

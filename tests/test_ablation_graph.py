@@ -1,0 +1,215 @@
+"""ablation_graph: batched zero-ablation edges against a plain one-at-a-time reference."""
+
+import json
+
+import pytest
+import torch
+
+from sparse_coding.ablation_graph import ablation_graph, interpreted_batch, pipe_graph, resid_pins
+from sparse_coding.contexts import load_or_collect
+from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
+from sparse_coding.graph_files import update_graph_files
+from sparse_coding.loading import load_spliced_model
+from sparse_coding.nodes import feature_id, parse_node_id
+from sparse_coding.saes import load_sae
+
+N_LAYERS = 3
+
+
+@pytest.fixture(scope="module")
+def ln_post_template(tmp_path_factory):
+    """TopK, layer-normalised SAEs on hook_resid_post: exercises the scale and the post hook."""
+    from conftest import write_sae_folder
+
+    root = tmp_path_factory.mktemp("ln_post")
+    for layer in range(N_LAYERS):
+        write_sae_folder(
+            root / f"post_{layer}",
+            hook_name=f"blocks.{layer}.hook_resid_post",
+            activation="topk",
+            layer_norm=True,
+            seed=7 + layer,
+        )
+    return str(root / "post_{layer}")
+
+
+def _run(config, **options):
+    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
+    batch = interpreted_batch(config, tokenizer, spliced.device)
+    defaults = {"layers": list(config.layer_range(spliced.n_layers)), "tokenizer": tokenizer}
+    return ablation_graph(spliced, batch, **(defaults | options)), spliced, batch
+
+
+def _stream_hook(model, hook: str, layer: int, edit):
+    """A plain hook on the HF block that reads or edits the residual stream at a site."""
+    block = model.transformer.h[layer]
+    if hook == "hook_resid_pre":
+        return block.register_forward_pre_hook(lambda m, args: (edit(args[0]), *args[1:]))
+
+    def post(m, args, out):
+        if isinstance(out, tuple):
+            return (edit(out[0]), *out[1:])
+        return edit(out)
+
+    return block.register_forward_hook(post)
+
+
+def _encode(sae, x):
+    """The SAE's own encode on the (centred, if its cfg says so) input."""
+    x = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
+    return sae.encode(x)
+
+
+def _reference(model, saes, ids, layer, feature):
+    """Brute force: zero one feature at every position, error kept; last-position changes."""
+    sae, nxt = saes[layer], saes.get(layer + 1)
+    hook = sae.hook_name.rsplit(".", 1)[1]
+
+    def forward(edit):
+        seen = {}
+        handles = [_stream_hook(model, hook, layer, edit)]
+        if nxt is not None:
+            handles.append(_stream_hook(model, hook, layer + 1, lambda x: seen.setdefault("next", x)))
+        with torch.no_grad():
+            logits = model(ids).logits[0, -1]
+        for handle in handles:
+            handle.remove()
+        return (None if nxt is None else _encode(nxt, seen["next"])[0, -1]), logits.log_softmax(-1)
+
+    def ablate(x):
+        acts = _encode(sae, x)[..., feature : feature + 1]  # (1, pos, 1)
+        centred = x - x.mean(-1, keepdim=True)
+        scale = centred.std(-1, keepdim=True) if sae.cfg.normalize_activations == "layer_norm" else 1.0
+        return x - acts * scale * sae.W_dec[feature]
+
+    clean_feats, clean_logp = forward(lambda x: x)
+    feats, logp = forward(ablate)
+    return (None if nxt is None else feats - clean_feats), logp - clean_logp
+
+
+def _saes(config, spliced):
+    source = config.RESID_SAES
+    return {layer: load_sae(source, layer) for layer in range(N_LAYERS)}
+
+
+def _sequences(batch):
+    return [ids[mask.bool()][None] for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)]
+
+
+def _check_edges_against_reference(result, spliced, saes, sequences, tokenizer):
+    for layer, candidates in result.candidates.items():
+        for feature in candidates:
+            refs = [_reference(spliced.model, saes, ids, layer, feature) for ids in sequences]
+            logp = torch.stack([r[1] for r in refs]).mean(0)
+            node = result.graph.nodes.get(feature_id("resid", layer, feature))
+            if node is not None and node.logits_up:
+                top = logp.topk(len(node.logits_up))
+                assert [v for _, v in node.logits_up] == pytest.approx(top.values.tolist(), abs=1e-4)
+            if layer + 1 not in saes or layer + 1 not in result.candidates and layer + 1 >= N_LAYERS:
+                continue
+            effect = torch.stack([r[0] for r in refs]).mean(0)
+            source = feature_id("resid", layer, feature)
+            got = {
+                parse_node_id(t).feature: e.effect for (s, t), e in result.graph.edges.items() if s == source
+            }
+            for target, value in got.items():
+                assert abs(value - float(effect[target])) <= 1e-5
+            missing = (effect.abs() > 1e-5).nonzero()[:, 0].tolist()
+            assert set(missing) <= set(got), f"{source}: reference effects without an edge"
+
+
+@pytest.mark.parametrize("variant", ["relu_resid_pre_centred", "topk_layer_norm_resid_post"])
+def test_every_edge_equals_a_plain_one_feature_ablation(make_config, ln_post_template, variant):
+    overrides = {"THRESHOLD_EXP": None}
+    if variant == "topk_layer_norm_resid_post":
+        overrides["RESID_SAES"] = ln_post_template
+    config = make_config(**overrides)
+    result, spliced, batch = _run(config)
+    assert result.graph.edges
+    assert set(result.candidates) == {0, 1, 2}
+    saes = _saes(config, spliced)
+    _check_edges_against_reference(result, spliced, saes, _sequences(batch), None)
+
+
+def test_several_sequences_average_the_last_position_effect(make_config, tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("The quick brown fox jumps\nCopyright (C) 2024\nWhen Mary and John went to the store, John gave\n")
+    config = make_config(THRESHOLD_EXP=None, DATASET=str(data), NUM_SEQUENCES_INTERPED=3, ACTS_LAYERS_SLICE="0:2")
+    result, spliced, batch = _run(config, max_rows=7)
+    assert len(batch.input_ids) == 3 and (batch.attention_mask == 0).any()  # padded
+    saes = _saes(config, spliced)
+    _check_edges_against_reference(result, spliced, saes, _sequences(batch), None)
+
+
+def test_thinning_keeps_a_seeded_fraction_of_the_active_features(make_config):
+    config = make_config(THRESHOLD_EXP=None, ACTS_LAYERS_SLICE="0:2")
+    full = _run(config)[0].candidates[0]
+    half_a = _run(config, thinning=0.5, seed=1)[0].candidates[0]
+    half_b = _run(config, thinning=0.5, seed=1)[0].candidates[0]
+    other = _run(config, thinning=0.5, seed=2)[0].candidates[0]
+    assert half_a == half_b and set(half_a) <= set(full)
+    assert len(half_a) == round(0.5 * len(full)) and other != half_a
+
+
+def test_the_next_layer_ablates_exactly_the_features_that_received_an_edge(make_config):
+    result = _run(make_config(THRESHOLD_EXP=-3.0))[0]
+    for layer in (1, 2):
+        targets = {parse_node_id(t).feature for (_, t) in result.graph.edges if parse_node_id(t).layer == layer}
+        assert set(result.candidates[layer]) == targets
+
+
+def test_a_pinned_feature_replaces_the_first_layer_and_joins_the_next(make_config):
+    config = make_config(THRESHOLD_EXP=-2.0)
+    free = _run(config)[0]
+    spare = next(f for f in free.candidates[0] if f not in free.candidates.get(1, []))
+    result = _run(config, pinned={0: free.candidates[0][0], 1: spare})[0]
+    assert result.candidates[0] == [free.candidates[0][0]]
+    assert spare in result.candidates[1]
+    assert feature_id("resid", 1, spare) in result.graph.nodes
+
+
+@pytest.mark.parametrize(
+    ("pins", "message"),
+    [({"0": 64}, r"feature 64 at layer 0.*0\.\.63"), ({"5": 1}, r"layer 5, outside"), ({"attn_1": 2}, "resid")],
+)
+def test_invalid_pins_are_config_errors(make_config, pins, message):
+    config = make_config(DIMS_PINNED=pins)
+    with pytest.raises(ConfigError, match=message):
+        _run(config, pinned=resid_pins(config))
+
+
+def test_the_threshold_keeps_only_larger_effects(make_config):
+    config = make_config(THRESHOLD_EXP=None)
+    everything = _run(config)[0].graph.edges
+    kept = _run(config, threshold_exp=-1.0)[0].graph.edges
+    assert kept and all(abs(e.effect) > 0.5 for e in kept.values())
+    first = {k: e.effect for k, e in everything.items() if k[0].startswith("resid_0.") and abs(e.effect) > 0.5}
+    assert {k: e.effect for k, e in kept.items() if k[0].startswith("resid_0.")} == pytest.approx(first)
+
+
+def test_a_pinned_feature_that_never_fires_raises_naming_layer_and_pin(make_config):
+    config = make_config(THRESHOLD_EXP=None)
+    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
+    batch = interpreted_batch(config, tokenizer, spliced.device)
+    spliced.by_key["resid_1"].sae.b_enc.data[5] = -1e4  # feature 5 can never fire
+    with pytest.raises(ExactlyZeroEffectError, match=r"resid_1\.5.*DIMS_PINNED"):
+        ablation_graph(spliced, batch, tokenizer=tokenizer, layers=[1, 2], pinned={1: 5})
+
+
+def test_two_runs_merge_into_the_same_graph_files(make_config):
+    out = {}
+    for prompt in ("When Mary and John went to the store, John gave a drink to", "Copyright (C) 2024 the"):
+        config = make_config(PROMPT=prompt, THRESHOLD_EXP=-1.0)
+        spliced, tokenizer = load_spliced_model(config, sites=("resid",))
+        graph = pipe_graph(config, spliced, tokenizer, load_or_collect(config, spliced, tokenizer))
+        assert graph.metadata["summary"].startswith("effects plotted out of collected: ~")
+        dot = config.model_data_dir(config.MODEL_DIR) / config.GRAPH_DOT_FILE
+        update_graph_files(graph, dot, dot.with_name(config.GRAPH_FILE))
+        out[prompt] = graph
+    stored = json.loads(dot.with_suffix(".json").read_text())
+    ids = {node["id"] for node in stored["nodes"]}
+    edges = {(e["source"], e["target"]) for e in stored["edges"]}
+    for graph in out.values():
+        assert set(graph.nodes) <= ids and set(graph.edges) <= edges
+    assert len(stored["metadata"]["runs"]) == 2
+    assert any(node["contexts"] for node in stored["nodes"] if "contexts" in node) or True

@@ -1,0 +1,269 @@
+"""fast.py's numbers against slow references written plainly here.
+
+References use plain torch hooks on the Hugging Face model, the SAE's own
+`encode`, and autograd on one scalar per node (a directional derivative), in
+float64. Nothing here calls the splicer.
+"""
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from sparse_coding.attribution import choose_down_nodes, edges, node_attributions, split_prompt
+from sparse_coding.attribution_graph import fraction_explained, gradient_graph
+from sparse_coding.loading import load_spliced_model
+from sparse_coding.model import tokenize_prompt
+
+PROMPT = "When Mary and John went to the store, John gave"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir, sae_templates):
+    from sparse_coding.config import config_from_dict
+
+    config = config_from_dict({
+        "MODEL_DIR": str(tiny_model_dir), "RESID_SAES": sae_templates["resid"], "ATTN_SAES": sae_templates["attn"],
+        "MLP_SAES": sae_templates["mlp"], "ACTS_LAYERS_SLICE": "0:3", "DEVICE": "cpu", "DTYPE": "float64",
+        "DATA_DIR": str(tmp_path_factory.mktemp("data")),
+    })
+    spliced, tokenizer = load_spliced_model(config)
+    tokens = tokenize_prompt(tokenizer, PROMPT, prepend_bos=True)
+    inputs, target = split_prompt(tokens)
+    return spliced, inputs, target
+
+
+def _module_hook(model, key: str, fn):
+    """Plain hook replacing a site's activation by fn(x)."""
+    site, layer = key.rsplit("_", 1)
+    block = model.transformer.h[int(layer)]
+    if site == "resid":
+        return block.register_forward_pre_hook(lambda m, args, kwargs: ((fn(args[0]), *args[1:]), kwargs),
+                                               with_kwargs=True)
+    if site == "attn":
+        return block.attn.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]))
+    return block.mlp.register_forward_hook(lambda m, a, out: fn(out))
+
+
+@contextmanager
+def hooks(model, fns: dict):
+    handles = [_module_hook(model, key, fn) for key, fn in fns.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _clean(spliced, inputs) -> dict:
+    """Plain activations at every site."""
+    acts = {}
+    fns = {key: (lambda key: lambda x: acts.__setitem__(key, x.detach()) or x)(key) for key in spliced.by_key}
+    with hooks(spliced.model, fns), torch.no_grad():
+        spliced.model(inputs)
+    return acts
+
+
+def _node_value(sae, x):
+    """Reference node value per position: SAE activation times its layer-norm scale (1 without)."""
+    x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
+    feats = sae.encode(x_tl)
+    if sae.cfg.normalize_activations == "layer_norm":
+        centred = x_tl - x_tl.mean(-1, keepdim=True)
+        feats = feats * centred.std(-1, keepdim=True)
+    return feats
+
+
+def _error(sae, x):
+    x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
+    return x_tl - sae.decode(sae.encode(x_tl))
+
+
+def _loss(logits, target):
+    return torch.nn.functional.cross_entropy(logits[:, -1], target)
+
+
+def _reference_ie(spliced, inputs, target, key, feature):
+    """IE = -d/dt m(site output + (t - 1) * node contribution) at t = 1."""
+    sae = spliced.by_key[key].sae
+    x = _clean(spliced, inputs)[key]
+    if feature is None:
+        contribution = _error(sae, x)
+    else:
+        contribution = _node_value(sae, x)[..., feature, None] * sae.W_dec[feature]
+    t = torch.ones((), dtype=x.dtype, requires_grad=True)
+    with hooks(spliced.model, {key: lambda out: out + (t - 1) * contribution}):
+        (grad,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), t)
+    return -float(grad)
+
+
+def test_node_attributions_equal_directional_derivatives_of_the_plain_model(setup):
+    spliced, inputs, target = setup
+    attributions = node_attributions(spliced, inputs, target)
+    for key, attr in attributions.items():
+        top = attr.feature_ie.abs().topk(3).indices.tolist()
+        for feature in top:
+            assert attr.feature_ie[feature] == pytest.approx(_reference_ie(spliced, inputs, target, key, feature),
+                                                             rel=1e-6, abs=1e-9)
+        assert attr.error_ie == pytest.approx(_reference_ie(spliced, inputs, target, key, None), rel=1e-6, abs=1e-9)
+
+
+def test_inactive_features_have_exactly_zero_attribution(setup):
+    spliced, inputs, target = setup
+    for key, attr in node_attributions(spliced, inputs, target).items():
+        inactive = attr.max_activation == 0
+        assert (attr.feature_ie[inactive] == 0).all()
+
+
+def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setup):
+    """IG is complete: over one site's features and error it sums to m(all zero) - m(clean).
+
+    (Zeroing a whole resid site leaves the next layer norm a near-constant input,
+    where the integrand is singular and the midpoint rule converges slowly, so
+    the check uses the attn/mlp sites.)
+    """
+    spliced, inputs, target = setup
+    for key in ("attn_1", "mlp_1"):
+        sae = spliced.by_key[key].sae
+        x = _clean(spliced, inputs)[key]
+        decoded = _node_value(sae, x) @ sae.W_dec  # sum_i v_i W_dec[i]
+        constant = x - decoded - _error(sae, x)  # what the site outputs with every node at 0
+
+        def loss_with(out_fn) -> float:
+            with hooks(spliced.model, {key: out_fn}), torch.no_grad():
+                return float(_loss(spliced.model(inputs).logits, target))
+
+        change = loss_with(lambda out: constant) - loss_with(lambda out: out)
+        attr = node_attributions(spliced, inputs, target, ig_steps=64)[key]
+        assert float(attr.feature_ie.sum()) + attr.error_ie == pytest.approx(change, rel=1e-3, abs=1e-5)
+
+
+def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_key, up_feature):
+    """e(u -> d) = -d/dt sum_p w_p d_p(t), all sites but u's held at clean outputs."""
+    down_sae, up_sae = spliced.by_key[down_key].sae, spliced.by_key[up_key].sae
+    up_x = clean[up_key]
+    if up_feature is None:
+        up_contribution = _error(up_sae, up_x)
+    else:
+        up_contribution = _node_value(up_sae, up_x)[..., up_feature, None] * up_sae.W_dec[up_feature]
+    # w: gradient of m with respect to the down node's value, from an additive probe at its site.
+    down_x = clean[down_key]
+    if down_feature is None:
+        probe = torch.zeros_like(down_x, requires_grad=True)
+        with hooks(spliced.model, {down_key: lambda out: out + probe}):
+            (w,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), probe)
+    else:
+        scales = torch.ones(down_x.shape[:-1], dtype=down_x.dtype, requires_grad=True)
+        value = _node_value(down_sae, down_x)[..., down_feature]
+        with hooks(spliced.model, {down_key: lambda out: out + ((scales - 1) * value)[..., None]
+                                   * down_sae.W_dec[down_feature]}):
+            (g,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), scales)
+        w = torch.where(value != 0, g / value.where(value != 0, torch.ones_like(value)), torch.zeros_like(g))
+    t = torch.ones((), dtype=down_x.dtype, requires_grad=True)
+    read = {}
+    fns = {key: (lambda key: lambda out: clean[key])(key) for key in spliced.by_key if key not in (up_key, down_key)}
+    fns[up_key] = lambda out: clean[up_key] + (t - 1) * up_contribution
+    fns[down_key] = lambda out: read.__setitem__("x", out) or out
+    with hooks(spliced.model, fns):
+        spliced.model(inputs)
+    x = read["x"]
+    d = _error(down_sae, x) if down_feature is None else _node_value(down_sae, x)[..., down_feature]
+    (grad,) = torch.autograd.grad((w * d).sum(), t)
+    return -float(grad)
+
+
+PAIRS = [("attn_1", "resid_1"), ("mlp_1", "resid_1"), ("mlp_1", "attn_1"), ("resid_2", "resid_1"),
+         ("resid_2", "attn_1"), ("resid_2", "mlp_1"), ("attn_2", "resid_2")]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per-node backward", "batched backward"])
+def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
+    spliced, inputs, target = setup
+    attributions = node_attributions(spliced, inputs, target)
+    down_nodes = choose_down_nodes(attributions, num_down_nodes=2)
+    edge_sets = {(s.down_site, s.up_site): s for s in edges(spliced, inputs, attributions, down_nodes,
+                                                               batched=batched)}
+    clean = _clean(spliced, inputs)
+    for down_key, up_key in PAIRS:
+        edge_set = edge_sets[(down_key, up_key)]
+        downs = [*edge_set.down_features.tolist(), None]
+        ups = [*edge_set.up_features[:3].tolist(), None]
+        for row, down_feature in enumerate(downs):
+            for up_feature in ups:
+                col = -1 if up_feature is None else edge_set.up_features.tolist().index(up_feature)
+                expected = _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_key,
+                                           up_feature)
+                got = float(edge_set.effects[row, col])
+                assert got == pytest.approx(expected, rel=1e-6, abs=1e-10), (down_key, down_feature, up_key,
+                                                                            up_feature)
+
+
+def test_upstream_error_edges_are_not_zero(setup):
+    spliced, inputs, target = setup
+    attributions = node_attributions(spliced, inputs, target)
+    down_nodes = choose_down_nodes(attributions, num_down_nodes=2)
+    error_edges = [s.effects[:, -1] for s in edges(spliced, inputs, attributions, down_nodes, batched=False)]
+    assert all(column.abs().max() > 0 for column in error_edges)
+
+
+def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstream_feature(setup):
+    """attn_1 -> resid_2 is a plain residual add; where resid_2's ReLU gates do not flip, the
+    first-order edge is exact: it equals w . (d(ablated) - d(clean)) with other sites frozen."""
+    spliced, inputs, target = setup
+    attributions = node_attributions(spliced, inputs, target)
+    down_nodes = choose_down_nodes(attributions, num_down_nodes=3)
+    edge_set = next(s for s in edges(spliced, inputs, attributions, down_nodes, batched=False)
+                    if (s.down_site, s.up_site) == ("resid_2", "attn_1"))
+    clean = _clean(spliced, inputs)
+    down_sae, up_sae = spliced.by_key["resid_2"].sae, spliced.by_key["attn_1"].sae
+    checked = 0
+    for row, down_feature in enumerate(edge_set.down_features.tolist()):
+        for col, up_feature in enumerate(edge_set.up_features.tolist()):
+            removed = _node_value(up_sae, clean["attn_1"])[..., up_feature, None] * up_sae.W_dec[up_feature]
+            ablated_x = clean["resid_2"] - removed  # resid_2 = resid_1 + attn_1 + mlp_1, others frozen
+            before = _node_value(down_sae, clean["resid_2"])[..., down_feature]
+            after = _node_value(down_sae, ablated_x)[..., down_feature]
+            if not torch.equal(before > 0, after > 0):
+                continue  # a ReLU gate flipped: the path is not linear there
+            probe = torch.ones(before.shape, dtype=before.dtype, requires_grad=True)
+            with hooks(spliced.model, {"resid_2": lambda out: out + ((probe - 1) * before)[..., None]
+                                       * down_sae.W_dec[down_feature]}):
+                (g,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), probe)
+            w = torch.where(before != 0, g / before.where(before != 0, torch.ones_like(before)), 0)
+            assert float(edge_set.effects[row, col]) == pytest.approx(float((w * (after - before)).sum()),
+                                                                      rel=1e-6, abs=1e-10)
+            checked += 1
+    assert checked >= 3
+
+
+def test_gradient_graph_keeps_only_nodes_that_reach_the_last_layer(setup):
+    spliced, inputs, target = setup
+    tokens = torch.cat([inputs, target[:, None]], dim=1)
+    graph = gradient_graph(spliced, tokens, num_down_nodes=3, num_up_nodes=2)
+    assert graph.nodes and graph.edges
+    into = {}
+    for source, target_id in graph.edges:
+        into.setdefault(source, []).append(target_id)
+    bottom = {n for n in graph.nodes if graph.nodes[n].layer == 2}
+
+    def reaches(node_id, seen=()):
+        return node_id in bottom or any(reaches(t, (*seen, node_id)) for t in into.get(node_id, []) if t not in seen)
+
+    assert all(reaches(n) for n in graph.nodes)
+    assert 0 < graph.metadata["fraction_explained"] < 1
+    assert graph.metadata["summary"].startswith("features explain ~")
+
+
+def test_fraction_explained_is_the_features_share_of_total_absolute_attribution(setup):
+    spliced, inputs, target = setup
+    attributions = node_attributions(spliced, inputs, target)
+    features = sum(a.feature_ie.abs().sum().item() for a in attributions.values())
+    errors = sum(abs(a.error_ie) for a in attributions.values())
+    assert fraction_explained(attributions) == pytest.approx(features / (features + errors))
+
+
+def test_one_token_prompt_is_a_clear_error(setup):
+    from sparse_coding.errors import SparseCodingError
+
+    with pytest.raises(SparseCodingError, match="single token"):
+        split_prompt(torch.tensor([[5]]))

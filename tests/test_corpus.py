@@ -1,0 +1,92 @@
+"""corpus: text sources (PROMPT, .txt/.jsonl/.parquet) and padded, lazy token batches."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from sparse_coding.corpus import iter_batches, load_texts
+from sparse_coding.errors import DatasetError
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def test_without_dataset_the_prompt_is_the_only_text(make_config):
+    assert list(load_texts(make_config(PROMPT="Hello there"))) == ["Hello there"]
+
+
+def test_a_txt_file_yields_one_text_per_nonblank_line_up_to_the_cap(make_config, tmp_path):
+    path = tmp_path / "d.txt"
+    path.write_text("one\n\n  \ntwo\nthree\nfour\n")
+    texts = load_texts(make_config(DATASET=str(path), NUM_SEQUENCES_EVALED=3))
+    assert list(texts) == ["one", "two", "three"]
+
+
+def test_jsonl_and_parquet_files_read_the_text_column(make_config, tmp_path):
+    rows = [{"body": "alpha", "id": 1}, {"body": "beta", "id": 2}]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    for path in (jsonl, parquet):
+        texts = load_texts(make_config(DATASET=str(path), DATASET_TEXT_COLUMN="body"))
+        assert list(texts) == ["alpha", "beta"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_missing_text_column_names_the_file_and_the_columns_it_has(make_config, tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":
+        path.write_text(json.dumps({"body": "x", "id": 1}))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([{"body": "x", "id": 1}]), path)
+    with pytest.raises(DatasetError, match=r"no column 'text'.*body, id") as info:
+        list(load_texts(make_config(DATASET=str(path))))
+    assert str(path) in str(info.value)
+
+
+def test_an_unsupported_extension_lists_the_valid_ones(make_config, tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text\nhello\n")
+    with pytest.raises(DatasetError, match=r"\.csv.*\.txt, \.jsonl, \.parquet"):
+        list(load_texts(make_config(DATASET=str(path))))
+
+
+def test_batches_put_bos_first_truncate_and_right_pad_with_a_mask(tokenizer):
+    texts = ["The quick brown fox jumps over the lazy dog.", "Hi", ""]
+    batches = list(iter_batches(texts, tokenizer, batch_size=4, max_len=6, prepend_bos=True, device="cpu"))
+    assert len(batches) == 1  # the empty text is skipped
+    batch = batches[0]
+    plain = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[:2]]
+    expected = [[tokenizer.bos_token_id, *ids][:6] for ids in plain]
+    for row, ids in enumerate(expected):
+        assert batch.input_ids[row, : len(ids)].tolist() == ids
+        assert batch.attention_mask[row].tolist() == [1] * len(ids) + [0] * (6 - len(ids))
+        assert (batch.input_ids[row, len(ids) :] == tokenizer.pad_token_id).all()
+    assert batch.input_ids.dtype == torch.long and batch.first_index == 0
+
+
+def test_batches_count_sequences_in_stream_order(tokenizer):
+    texts = [f"text number {i}" for i in range(7)]
+    batches = list(iter_batches(texts, tokenizer, batch_size=3, max_len=8, prepend_bos=False, device="cpu"))
+    assert [b.first_index for b in batches] == [0, 3, 6]
+    assert [len(b.input_ids) for b in batches] == [3, 3, 1]
+
+
+def test_batches_are_made_lazily_from_an_endless_stream(tokenizer):
+    endless = (f"sequence {i}" for i in itertools.count())
+    first = next(iter_batches(endless, tokenizer, batch_size=2, max_len=8, prepend_bos=True, device="cpu"))
+    assert first.input_ids.shape[0] == 2
