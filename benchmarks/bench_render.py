@@ -19,12 +19,35 @@ from sparse_coding.graph import Context, Graph, Node
 from sparse_coding.graph_files import load_graph, save_graph
 from sparse_coding.nodes import SITES
 
-_WORDS = ["Ġthe", "Ġcat", "Ċ", "&", "<", ">", '"', "'", "\\", "{", "}", "😀", "\t", "Ġ<|endoftext|>", "ing", "ĠParis"]
+_WORDS = [
+    "Ġthe",
+    "Ġcat",
+    "Ċ",
+    "&",
+    "<",
+    ">",
+    '"',
+    "'",
+    "\\",
+    "{",
+    "}",
+    "😀",
+    "\t",
+    "Ġ<|endoftext|>",
+    "ing",
+    "ĠParis",
+]
 
 
 def random_node(rng: random.Random, layer: int, site: str, index: int) -> Node:
     """A feature node with full, randomly filled annotations."""
-    contexts = [Context([rng.choice(_WORDS) for _ in range(17)], [rng.random() * 5 for _ in range(17)]) for _ in range(5)]
+    contexts = [
+        Context(
+            [rng.choice(_WORDS) for _ in range(17)],
+            [rng.random() * 5 for _ in range(17)],
+        )
+        for _ in range(5)
+    ]
     return Node.from_id(
         f"{site}_{layer}.{index}",
         activation=rng.random() * 10,
@@ -40,7 +63,12 @@ def random_node(rng: random.Random, layer: int, site: str, index: int) -> Node:
 def random_graph(n_nodes: int, n_edges: int, seed: int = 0) -> Graph:
     """Nodes spread over 12 layers x 3 sites; edges always point forward."""
     rng = random.Random(seed)
-    graph = Graph(metadata={"prompt": "benchmark", "summary": "features explain ~50% of the effect"})
+    graph = Graph(
+        metadata={
+            "prompt": "benchmark",
+            "summary": "features explain ~50% of the effect",
+        }
+    )
     for i in range(n_nodes):
         graph.add_node(random_node(rng, rng.randrange(12), rng.choice(SITES), i))
     ordered = graph.sorted_nodes()
@@ -73,7 +101,8 @@ def main() -> None:
 
     print(f"graph: {len(graph.nodes)} nodes, {len(graph.edges)} edges, full labels; files in {out}")
     print(f"build:               {built - start:6.2f} s")
-    print(f"save .dot + .json:   {saved - built:6.2f} s  ({(out / 'graph.dot').stat().st_size / 1e6:.1f} MB .dot)")
+    size_mb = (out / "graph.dot").stat().st_size / 1e6
+    print(f"save .dot + .json:   {saved - built:6.2f} s  ({size_mb:.1f} MB .dot)")
     print(f"save + render {args.format}:  {rendered - saved:6.2f} s")
     print(f"load (parse .dot + .json): {loaded - rendered:6.2f} s")
 

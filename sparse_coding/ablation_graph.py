@@ -138,13 +138,9 @@ def ablation_graph(
     start = time.perf_counter()
     last = batch.attention_mask.sum(dim=1) - 1
     clean_layers, clean_logp = _clean_pass(spliced, batch, sites, last)
-    logger.info(
-        "Clean pass over %d sequences in %.2fs", len(last), time.perf_counter() - start
-    )
+    logger.info("Clean pass over %d sequences in %.2fs", len(last), time.perf_counter() - start)
     rows = max_rows or _rows_per_forward(spliced, batch, sites)
-    candidates = _first_candidates(
-        clean_layers[0], thinning, pinned.get(sites[0].layer), seed
-    )
+    candidates = _first_candidates(clean_layers[0], thinning, pinned.get(sites[0].layer), seed)
     results = []
     for index, layer in enumerate(clean_layers):
         nxt = clean_layers[index + 1] if index + 1 < len(clean_layers) else None
@@ -175,8 +171,7 @@ def ablation_graph(
         time.perf_counter() - start,
     )
     ablated = {
-        layer.site.layer: r.candidates.tolist()
-        for layer, r in zip(clean_layers, results, strict=True)
+        layer.site.layer: r.candidates.tolist() for layer, r in zip(clean_layers, results, strict=True)
     }
     return AblationResult(graph, collected, plotted, ablated)
 
@@ -185,7 +180,8 @@ def _resid_site(spliced: SplicedModel, layer: int) -> Site:
     site = spliced.by_key.get(f"resid_{layer}")
     if site is None:
         raise ConfigError(
-            f"pipe.py needs a resid SAE at layer {layer} (RESID_SAES); spliced sites: {sorted(spliced.by_key)}"
+            f"pipe.py needs a resid SAE at layer {layer} (RESID_SAES); "
+            f"spliced sites: {sorted(spliced.by_key)}"
         )
     if site.hook not in STREAM_OFFSET:
         raise ConfigError(
@@ -231,16 +227,11 @@ def _clean_pass(
     return layers, logp
 
 
-def _rows_per_forward(
-    spliced: SplicedModel, batch: TokenBatch, sites: list[Site]
-) -> int:
+def _rows_per_forward(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> int:
     """Rows per ablation forward that fit in a quarter of free memory (1 GiB on CPU)."""
     config = spliced.model.config
     n_pos = batch.input_ids.shape[1]
-    per_row = (
-        ROW_BYTES_PER_TOKEN_DIM * n_pos * config.n_embd
-        + 4 * n_pos * n_pos * config.n_head
-    )
+    per_row = ROW_BYTES_PER_TOKEN_DIM * n_pos * config.n_embd + 4 * n_pos * n_pos * config.n_head
     per_row += 3 * 4 * (config.vocab_size + max(site.sae.d_sae for site in sites))
     if spliced.device.type == "cuda":
         budget = torch.cuda.mem_get_info(spliced.device)[0] // 4
@@ -249,21 +240,15 @@ def _rows_per_forward(
     return max(1, budget // per_row)
 
 
-def _first_candidates(
-    layer: _Layer, thinning: float, pinned: int | None, seed: int
-) -> Tensor:
+def _first_candidates(layer: _Layer, thinning: float, pinned: int | None, seed: int) -> Tensor:
     """Phase 2: the first layer's active features, thinned, or the pinned one."""
     device = layer.feats.device
     if pinned is not None:
         return torch.tensor([pinned], device=device)
     active = (layer.feats > 0).flatten(0, 1).any(dim=0).nonzero()[:, 0]
     keep = max(1, round(thinning * len(active))) if len(active) else 0
-    order = torch.randperm(len(active), generator=torch.Generator().manual_seed(seed))[
-        :keep
-    ]
-    logger.info(
-        "Layer %d: %d active features, ablating %d", layer.site.layer, len(active), keep
-    )
+    order = torch.randperm(len(active), generator=torch.Generator().manual_seed(seed))[:keep]
+    logger.info("Layer %d: %d active features, ablating %d", layer.site.layer, len(active), keep)
     return active[order.to(device)].sort().values
 
 
@@ -272,9 +257,7 @@ def _next_candidates(effects: _Effects, pinned: int | None) -> Tensor:
     targets = {target for _, target, _ in effects.edges}
     if pinned is not None:
         targets.add(pinned)
-    return torch.tensor(
-        sorted(targets), dtype=torch.long, device=effects.candidates.device
-    )
+    return torch.tensor(sorted(targets), dtype=torch.long, device=effects.candidates.device)
 
 
 def _ablate_layer(
@@ -300,9 +283,7 @@ def _ablate_layer(
         disable=len(chunks) < 2,
     ):
         chunk = candidates[lo : lo + per_chunk]
-        feat_eff, logit_eff = _ablate_chunk(
-            spliced, batch, layer, nxt, chunk, clean_logp, last
-        )
+        feat_eff, logit_eff = _ablate_chunk(spliced, batch, layer, nxt, chunk, clean_logp, last)
         _record(out, chunk, feat_eff, logit_eff, logit_tokens, threshold_exp)
     return out
 
@@ -318,9 +299,7 @@ def _ablate_chunk(
 ) -> tuple[Tensor | None, Tensor]:
     """Mean effects of ablating each of `chunk`: (m, d_sae of L+1) or None, and (m, vocab)."""
     n_seq = len(last)
-    cand, seq = (
-        (layer.feats[:, :, chunk] > 0).any(dim=1).T.nonzero(as_tuple=True)
-    )  # active rows
+    cand, seq = (layer.feats[:, :, chunk] > 0).any(dim=1).T.nonzero(as_tuple=True)  # active rows
     features = chunk[cand]
     values = layer.feats[seq, :, features] * layer.scale[seq]  # (rows, pos)
     delta = values[:, :, None] * layer.site.sae.W_dec[features][:, None, :]
@@ -334,26 +313,15 @@ def _ablate_chunk(
         )
         if nxt is not None:
             hidden, at = spliced.run_blocks(hidden, at, nxt.stream, mask), nxt.stream
-            change = (
-                site_feats(nxt.site, hidden[rows, row_last]).float()
-                - nxt.last_feats[seq].float()
-            )
+            change = site_feats(nxt.site, hidden[rows, row_last]).float() - nxt.last_feats[seq].float()
             feat_eff = (
-                torch.zeros(
-                    len(chunk), change.shape[1], device=change.device
-                ).index_add_(0, cand, change)
+                torch.zeros(len(chunk), change.shape[1], device=change.device).index_add_(0, cand, change)
                 / n_seq
             )
         final = spliced.run_blocks(hidden, at, spliced.n_layers, mask)
-        logp = (
-            spliced.unembed(final[rows, row_last]).float().log_softmax(dim=-1)
-            - clean_logp[seq]
-        )
+        logp = spliced.unembed(final[rows, row_last]).float().log_softmax(dim=-1) - clean_logp[seq]
         logit_eff = (
-            torch.zeros(len(chunk), logp.shape[1], device=logp.device).index_add_(
-                0, cand, logp
-            )
-            / n_seq
+            torch.zeros(len(chunk), logp.shape[1], device=logp.device).index_add_(0, cand, logp) / n_seq
         )
     return feat_eff, logit_eff
 
@@ -367,23 +335,15 @@ def _record(
     threshold_exp: float | None,
 ) -> None:
     """Phase 4 per chunk: threshold edges, keep logit cells, drop the dense effects."""
-    out.any_effect |= bool((logit_eff != 0).any()) or (
-        feat_eff is not None and bool((feat_eff != 0).any())
-    )
+    out.any_effect |= bool((logit_eff != 0).any()) or (feat_eff is not None and bool((feat_eff != 0).any()))
     if feat_eff is not None:
         magnitude = feat_eff.abs()
-        keep = (
-            magnitude > 2.0**threshold_exp
-            if threshold_exp is not None
-            else magnitude > 0
-        )
+        keep = magnitude > 2.0**threshold_exp if threshold_exp is not None else magnitude > 0
         out.collected += float(magnitude.sum())
         out.plotted += float(magnitude[keep].sum())
         cand, target = keep.nonzero(as_tuple=True)
         values = feat_eff[cand, target].tolist()
-        out.edges += list(
-            zip(chunk[cand].tolist(), target.tolist(), values, strict=True)
-        )
+        out.edges += list(zip(chunk[cand].tolist(), target.tolist(), values, strict=True))
     k = min(logit_tokens, logit_eff.shape[1])
     up, down = logit_eff.topk(k, dim=1), (-logit_eff).topk(k, dim=1)
     for row in range(len(chunk)):
@@ -392,11 +352,7 @@ def _record(
 
 
 def _cells(ids: Tensor, values: Tensor, sign: float) -> list[tuple[int, float]]:
-    return [
-        (i, sign * v)
-        for i, v in zip(ids.tolist(), values.tolist(), strict=True)
-        if v > 0
-    ]
+    return [(i, sign * v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v > 0]
 
 
 def _zero_effect_error(layer: _Layer, pinned: dict[int, int]) -> ExactlyZeroEffectError:
@@ -430,31 +386,21 @@ def _assemble(
     for index, effects in enumerate(results):
         src, dst = layers[index].site.layer, layers[index].site.layer + 1
         for cand, target, value in effects.edges:
-            graph.add_edge(
-                feature_id("resid", src, cand), feature_id("resid", dst, target), value
-            )
+            graph.add_edge(feature_id("resid", src, cand), feature_id("resid", dst, target), value)
             drawn |= {(index, cand), (index + 1, target)}
     drawn |= {(len(layers) - 1, int(c)) for c in results[-1].candidates}
-    drawn |= {
-        (i, pinned[layer.site.layer])
-        for i, layer in enumerate(layers)
-        if layer.site.layer in pinned
-    }
+    drawn |= {(i, pinned[layer.site.layer]) for i, layer in enumerate(layers) if layer.site.layer in pinned}
     cells = {
         (i, int(c)): (r.logits_up[j], r.logits_down[j])
         for i, r in enumerate(results)
         for j, c in enumerate(r.candidates)
     }
     for index, feature in sorted(drawn):
-        graph.add_node(
-            _node(layers[index], feature, cells.get((index, feature)), tokenizer)
-        )
+        graph.add_node(_node(layers[index], feature, cells.get((index, feature)), tokenizer))
     return graph
 
 
-def _node(
-    layer: _Layer, feature: int, cells, tokenizer: PreTrainedTokenizerBase
-) -> Node:
+def _node(layer: _Layer, feature: int, cells, tokenizer: PreTrainedTokenizerBase) -> Node:
     up, down = cells if cells is not None else ([], [])
     return Node.from_id(
         feature_id("resid", layer.site.layer, feature),
@@ -466,9 +412,7 @@ def _node(
     )
 
 
-def interpreted_batch(
-    config: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device
-) -> TokenBatch:
+def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> TokenBatch:
     """The first NUM_SEQUENCES_INTERPED sequences (PROMPT or DATASET), right-padded.
 
     Dataset sequences are truncated to MAX_SEQ_INTERPED_LEN tokens; PROMPT is
@@ -490,12 +434,11 @@ def interpreted_batch(
     )
     batch = next(batches, None)
     if batch is None:
-        raise DatasetError(
-            f"{config.DATASET or 'PROMPT'} holds no text with tokens to interpret"
-        )
+        raise DatasetError(f"{config.DATASET or 'PROMPT'} holds no text with tokens to interpret")
     if batch.input_ids.shape[1] > limit:
         raise ConfigError(
-            f"PROMPT is more than MAX_SEQ_INTERPED_LEN={limit} tokens; shorten it or raise MAX_SEQ_INTERPED_LEN"
+            f"PROMPT is more than MAX_SEQ_INTERPED_LEN={limit} tokens; "
+            f"shorten it or raise MAX_SEQ_INTERPED_LEN"
         )
     if len(batch.input_ids) < config.NUM_SEQUENCES_INTERPED:
         logger.warning(
@@ -546,18 +489,14 @@ def pipe_graph(
     )
     graph = result.graph
     for node in graph.nodes.values():
-        node.contexts = contexts.contexts(
-            f"resid_{node.layer}", node.feature, config.TOP_K
-        )
+        node.contexts = contexts.contexts(f"resid_{node.layer}", node.feature, config.TOP_K)
     graph.metadata = {
         "script": "pipe.py",
         "prompt": config.PROMPT,
         "dataset": config.DATASET,
         "sequences": len(batch.input_ids),
         "model": config.MODEL_DIR,
-        "sae_sources": {
-            key: site.sae.cfg.source for key, site in spliced.by_key.items()
-        },
+        "sae_sources": {key: site.sae.cfg.source for key, site in spliced.by_key.items()},
         "config": config.to_metadata(),
         "summary": summary(result),
     }

@@ -261,25 +261,33 @@ def edges(
 def _down_node_grads(
     down: Site, x: Tensor, attr: SiteAttribution, features: Tensor, leaves: list[Tensor], *, batched: bool
 ) -> list[Tensor]:
-    """d(sum_p grad_d m . d)/d(leaf) for each down-node; each item has a leading row per down-node."""
+    """d(sum_p grad_d m . d)/d(leaf) for each down-node; each item has a leading row per down-node.
+
+    Feature rows read only their own encoder columns; the error row is the one
+    backward through the full-width encoder.
+    """
     gate = (attr.leaves.values.new_zeros(x.shape[0], down.sae.d_sae)
             .index_put((attr.leaves.positions, attr.leaves.features), torch.ones_like(attr.leaves.values)))
     grad_dense = torch.zeros_like(gate).index_put((attr.leaves.positions, attr.leaves.features), attr.grad_values)
     node_values = down.selected_feats(x, features, gate[:, features].to(down.sae.W_enc.dtype)).to(x.dtype)
     node_values = node_values * _scale(down, x)  # (pos, n): value = activation * scale
-    error = down.code(x).error  # (pos, d_model)
     n = len(features)
-    seeds_v = torch.zeros(n + 1, *node_values.shape, dtype=x.dtype, device=x.device)
-    seeds_v[torch.arange(n), :, torch.arange(n)] = grad_dense[:, features].T
-    seeds_e = torch.zeros(n + 1, *error.shape, dtype=x.dtype, device=x.device)
-    seeds_e[n] = attr.grad_error
+    seeds = torch.zeros(n, *node_values.shape, dtype=x.dtype, device=x.device)
+    seeds[torch.arange(n), :, torch.arange(n)] = grad_dense[:, features].T
+    feature_rows = _vjps(node_values, leaves, seeds, batched=batched) if n else [
+        leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
+    error_row = _vjps(down.code(x).error, leaves, attr.grad_error[None], batched=False)
+    return [torch.cat([f, e]) for f, e in zip(feature_rows, error_row)]
+
+
+def _vjps(output: Tensor, leaves: list[Tensor], seeds: Tensor, *, batched: bool) -> list[Tensor]:
+    """Vector-Jacobian products of `output` for each seed (rows), as one vmapped backward or a loop."""
     if batched:
-        grads = torch.autograd.grad([node_values, error], leaves, [seeds_v, seeds_e], retain_graph=True,
-                                    is_grads_batched=True, allow_unused=True)
-        return [g if g is not None else leaf.new_zeros(n + 1, *leaf.shape) for g, leaf in zip(grads, leaves)]
-    per_node = [torch.autograd.grad([node_values, error], leaves, [seeds_v[r], seeds_e[r]], retain_graph=True,
-                                    allow_unused=True) for r in range(n + 1)]
-    return [torch.stack([row[i] if row[i] is not None else torch.zeros_like(leaf) for row in per_node])
+        grads = torch.autograd.grad(output, leaves, seeds, retain_graph=True, is_grads_batched=True,
+                                    allow_unused=True)
+        return [g if g is not None else leaf.new_zeros(len(seeds), *leaf.shape) for g, leaf in zip(grads, leaves)]
+    rows = [torch.autograd.grad(output, leaves, seed, retain_graph=True, allow_unused=True) for seed in seeds]
+    return [torch.stack([row[i] if row[i] is not None else torch.zeros_like(leaf) for row in rows])
             for i, leaf in enumerate(leaves)]
 
 

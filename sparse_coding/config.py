@@ -196,7 +196,7 @@ def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(
                 f"Config key {key}{where} must be {_type_name(target)}, got {value!r} "
-                f"({type(value).__name__}); quote it in YAML, e.g. {key}: \"9:12\""
+                f'({type(value).__name__}); quote it in YAML, e.g. {key}: "9:12"'
             )
         return value
     if typing.get_origin(target) is dict:
@@ -265,8 +265,19 @@ def _parse_slice(text: str) -> tuple[int | None, int | None]:
 def _check_values(config: Config, where: str) -> None:
     """Range checks that need no model."""
     _parse_slice(config.ACTS_LAYERS_SLICE)
-    positive = ("NUM_SEQUENCES_INTERPED", "NUM_UP_NODES", "NUM_DOWN_NODES", "IG_STEPS", "NUM_SEQUENCES_EVALED",
-                "MAX_SEQ_LEN", "MAX_SEQ_INTERPED_LEN", "BATCH_SIZE", "TOP_K", "SEQ_PER_DIM_CAP", "NUM_CLUSTERS")
+    positive = (
+        "NUM_SEQUENCES_INTERPED",
+        "NUM_UP_NODES",
+        "NUM_DOWN_NODES",
+        "IG_STEPS",
+        "NUM_SEQUENCES_EVALED",
+        "MAX_SEQ_LEN",
+        "MAX_SEQ_INTERPED_LEN",
+        "BATCH_SIZE",
+        "TOP_K",
+        "SEQ_PER_DIM_CAP",
+        "NUM_CLUSTERS",
+    )
     for key in positive:
         if getattr(config, key) < 1:
             raise ConfigError(f"Config key {key}{where} must be at least 1, got {getattr(config, key)}")
@@ -288,4 +299,6 @@ def _check_values(config: Config, where: str) -> None:
         if value is not None and value not in DTYPES:
             raise ConfigError(f"Config key {key}{where} is {value!r}; valid: {', '.join(DTYPES)}")
     if not config.sae_sources:
-        raise ConfigError(f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source")
+        raise ConfigError(
+            f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
+        )

@@ -8,10 +8,10 @@ shade them.
 
 Phases (`collect_contexts`):
 1. Stream: per batch and site, the per-sequence maxima (batch, d_sae) join
-   the running top-k (k, d_sae) through one `torch.topk` over (running ∪
-   batch). Only (sequence index, position, activation) is kept per entry, and
-   the token ids of sequences some entry still references; the others are
-   dropped after every batch, so memory is bounded by the top-k
+   the running top-k (k, d_sae) through one stable sort over (running ∪
+   batch), so ties go to the earlier sequence. Only (sequence index,
+   position, activation) is kept per entry, and the token ids of sequences
+   some entry still references; the others are dropped after every batch, so memory is bounded by the top-k
    (k * d_sae * sites entries), never by the dataset's length.
 2. Windows: the referenced sequences are run once more, batched, to read each
    entry's window activations; tokens become strings once.
@@ -78,10 +78,12 @@ class SiteTopK:
         peak, pos = feats.max(dim=1)  # (batch, d_sae)
         rows = torch.arange(len(peak), device=peak.device)[:, None] + first_index
         act = torch.cat([self.act, peak])
-        top = act.topk(len(self.act), dim=0)
-        self.act = top.values
-        self.seq = torch.cat([self.seq, rows.expand_as(peak)]).gather(0, top.indices)
-        self.pos = torch.cat([self.pos, pos]).gather(0, top.indices)
+        # A stable sort, not topk: on ties the earlier sequence (kept first) wins.
+        values, order = act.sort(dim=0, descending=True, stable=True)
+        k = len(self.act)
+        self.act, order = values[:k], order[:k]
+        self.seq = torch.cat([self.seq, rows.expand_as(peak)]).gather(0, order)
+        self.pos = torch.cat([self.pos, pos]).gather(0, order)
 
     def referenced(self) -> Tensor:
         """Stream indices of the sequences some entry points to."""
@@ -128,17 +130,11 @@ class ContextCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         seq_ids = np.array(sorted(self.sequences), dtype=np.int64)
         lengths = [len(self.sequences[int(i)]) for i in seq_ids]
-        arrays = {
-            f"{key}/{name}": value
-            for key, site in self.arrays.items()
-            for name, value in site.items()
-        }
+        arrays = {f"{key}/{name}": value for key, site in self.arrays.items() for name, value in site.items()}
         arrays["seq_ids"] = seq_ids
         arrays["offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         tokens = [self.sequences[int(i)] for i in seq_ids]
-        arrays["tokens"] = (
-            np.concatenate(tokens).astype(np.int64) if tokens else np.zeros(0, np.int64)
-        )
+        arrays["tokens"] = np.concatenate(tokens).astype(np.int64) if tokens else np.zeros(0, np.int64)
         header = {
             "format": FORMAT,
             "view": self.view,
@@ -171,12 +167,11 @@ class ContextCache:
             with np.load(path.with_suffix(".npz")) as npz:
                 raw = {name: npz[name] for name in npz.files}
         except (OSError, ValueError, KeyError) as e:
-            raise DatasetError(
-                f"context cache {path.with_suffix('.npz')} is not readable: {e}"
-            ) from e
+            raise DatasetError(f"context cache {path.with_suffix('.npz')} is not readable: {e}") from e
         if header.get("format") != FORMAT:
             raise DatasetError(
-                f"context cache {path} has format {header.get('format')!r}, expected {FORMAT}; delete it to recollect"
+                f"context cache {path} has format {header.get('format')!r}, expected {FORMAT}; "
+                f"delete it to recollect"
             )
         return cls(
             view=header["view"],
@@ -197,13 +192,9 @@ class ContextCache:
             return None
         return cls.load(path)
 
-    def covers(
-        self, sources: dict[str, str], fingerprint: str, per_feature: int, view: int
-    ) -> bool:
+    def covers(self, sources: dict[str, str], fingerprint: str, per_feature: int, view: int) -> bool:
         """True when this cache answers for every site of `sources` on the same text."""
-        same_sites = all(
-            self.sources.get(key) == source for key, source in sources.items()
-        )
+        same_sites = all(self.sources.get(key) == source for key, source in sources.items())
         fits = self.per_feature >= per_feature and self.view == view
         return same_sites and fits and self.fingerprint == fingerprint
 
@@ -219,10 +210,7 @@ def _site_arrays(raw: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]
 
 def _sequences(raw: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
     offsets = raw["offsets"]
-    return {
-        int(seq): raw["tokens"][offsets[i] : offsets[i + 1]]
-        for i, seq in enumerate(raw["seq_ids"])
-    }
+    return {int(seq): raw["tokens"][offsets[i] : offsets[i + 1]] for i, seq in enumerate(raw["seq_ids"])}
 
 
 class _atomic:
@@ -272,10 +260,7 @@ def collect_contexts(
     """
     start = time.perf_counter()
     device = spliced.device
-    tops = {
-        site.key: SiteTopK.empty(per_feature, site.sae.d_sae, device)
-        for site in spliced.sites
-    }
+    tops = {site.key: SiteTopK.empty(per_feature, site.sae.d_sae, device) for site in spliced.sites}
     sequences: dict[int, Tensor] = {}
     batch_size = 1
     for batch in tqdm(batches, desc="Collecting contexts", total=total, unit="batch"):
@@ -310,9 +295,7 @@ def site_feats(site: Site, x: Tensor) -> Tensor:
     return site.sae.encode(site.to_sae_space(x))
 
 
-def _for_each_site(
-    spliced: SplicedModel, batch: TokenBatch, consume: Callable[[Site, Tensor], None]
-) -> None:
+def _for_each_site(spliced: SplicedModel, batch: TokenBatch, consume: Callable[[Site, Tensor], None]) -> None:
     """One forward up to the last site; `consume(site, feats)` sees each site's
     features (batch, pos, d_sae) once, so only one site's are alive at a time."""
 
@@ -326,20 +309,14 @@ def _for_each_site(
         spliced.run_blocks(hidden, 0, stop, batch.attention_mask)
 
 
-def _update_top(
-    tops: dict[str, SiteTopK], batch: TokenBatch, site: Site, feats: Tensor
-) -> None:
+def _update_top(tops: dict[str, SiteTopK], batch: TokenBatch, site: Site, feats: Tensor) -> None:
     tops[site.key].update(feats, batch.attention_mask, batch.first_index)
 
 
-def _keep_referenced(
-    sequences: dict[int, Tensor], batch: TokenBatch, tops: dict[str, SiteTopK]
-) -> None:
+def _keep_referenced(sequences: dict[int, Tensor], batch: TokenBatch, tops: dict[str, SiteTopK]) -> None:
     """Keep token ids of the sequences the top-k still points to; drop the rest."""
     needed = set(torch.cat([top.referenced() for top in tops.values()]).tolist())
-    for row, (ids, mask) in enumerate(
-        zip(batch.input_ids, batch.attention_mask, strict=True)
-    ):
+    for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask, strict=True)):
         if batch.first_index + row in needed:
             sequences[batch.first_index + row] = ids[mask.bool()].clone()
     for index in set(sequences) - needed:
@@ -356,19 +333,14 @@ def _windows(
     """Activations (d_sae, k, 2 view + 1) around every entry's peak, by re-running its sequence."""
     device = spliced.device
     seq_ids = sorted(sequences)
-    windows = {
-        key: torch.zeros(*top.act.T.shape, 2 * view + 1, device=device)
-        for key, top in tops.items()
-    }
+    windows = {key: torch.zeros(*top.act.T.shape, 2 * view + 1, device=device) for key, top in tops.items()}
     offsets = torch.arange(-view, view + 1, device=device)
     for lo in range(0, len(seq_ids), batch_size):
         chunk = seq_ids[lo : lo + batch_size]
         batch = _pad([sequences[i] for i in chunk], device)
         chunk_ids = torch.tensor(chunk, device=device)
 
-        fill = functools.partial(
-            _fill_windows, windows, tops, chunk_ids, offsets, batch
-        )
+        fill = functools.partial(_fill_windows, windows, tops, chunk_ids, offsets, batch)
         _for_each_site(spliced, batch, fill)
     return windows
 
@@ -390,9 +362,7 @@ def _fill_windows(
     rows = torch.searchsorted(chunk_ids, seq[feature, rank])
     positions = pos[feature, rank][:, None] + offsets  # (n, 2 view + 1)
     valid = (positions >= 0) & (positions < batch.lengths[rows][:, None])
-    values = feats[
-        rows[:, None], positions.clamp(0, feats.shape[1] - 1), feature[:, None]
-    ].float()
+    values = feats[rows[:, None], positions.clamp(0, feats.shape[1] - 1), feature[:, None]].float()
     window[feature, rank] = values * valid
 
 
@@ -414,9 +384,7 @@ def _to_numpy(top: SiteTopK, window: Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def _vocab(
-    tokenizer: PreTrainedTokenizerBase, sequences: Iterable[Tensor]
-) -> dict[int, str]:
+def _vocab(tokenizer: PreTrainedTokenizerBase, sequences: Iterable[Tensor]) -> dict[int, str]:
     ids = sorted(set().union(*(set(s.tolist()) for s in sequences)))
     return {i: tokenizer.decode([i]) for i in ids}
 
@@ -454,9 +422,7 @@ def load_or_collect(
     if path.with_suffix(".npz").is_file():
         try:
             cache = ContextCache.load(path)
-            if cache.covers(
-                sources, fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW
-            ):
+            if cache.covers(sources, fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW):
                 logger.info("Using cached contexts %s", path)
                 return cache
             logger.info(
@@ -473,9 +439,7 @@ def load_or_collect(
         prepend_bos=config.PREPEND_BOS,
         device=spliced.device,
     )
-    total = (
-        -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
-    )
+    total = -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
     cache = collect_contexts(
         spliced,
         tokenizer,

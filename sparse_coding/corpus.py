@@ -88,9 +88,7 @@ def _jsonl_texts(path: Path, column: str) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetError(
-                    f"DATASET {str(path)!r} line {number} is not valid JSON: {e}"
-                ) from e
+                raise DatasetError(f"DATASET {str(path)!r} line {number} is not valid JSON: {e}") from e
             if not isinstance(record, dict) or column not in record:
                 columns = sorted(record) if isinstance(record, dict) else []
                 raise _missing_column(str(path), column, columns)
@@ -103,9 +101,7 @@ def _parquet_texts(path: Path, column: str) -> Iterator[str]:
     try:
         file = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises its own error types
-        raise DatasetError(
-            f"DATASET {str(path)!r} is not a readable parquet file: {e}"
-        ) from e
+        raise DatasetError(f"DATASET {str(path)!r} is not a readable parquet file: {e}") from e
     if column not in file.schema_arrow.names:
         raise _missing_column(str(path), column, file.schema_arrow.names)
     for batch in file.iter_batches(columns=[column], batch_size=256):
@@ -143,9 +139,7 @@ def _hub_texts(config: Config) -> Iterator[str]:
         raise _missing_column(config.DATASET, config.DATASET_TEXT_COLUMN, columns)
     for record in stream:
         if config.DATASET_TEXT_COLUMN not in record:
-            raise _missing_column(
-                config.DATASET, config.DATASET_TEXT_COLUMN, list(record)
-            )
+            raise _missing_column(config.DATASET, config.DATASET_TEXT_COLUMN, list(record))
         yield str(record[config.DATASET_TEXT_COLUMN])
 
 
@@ -178,25 +172,15 @@ def iter_batches(
     Yields:
         TokenBatch per `batch_size` non-empty sequences.
     """
-    pad_id = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else tokenizer.eos_token_id
-    )
-    sequences = (
-        ids
-        for ids in (_token_ids(tokenizer, t, prepend_bos, max_len) for t in texts)
-        if ids
-    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sequences = (ids for ids in (_token_ids(tokenizer, t, prepend_bos, max_len) for t in texts) if ids)
     first_index = 0
     while chunk := list(itertools.islice(sequences, batch_size)):
         yield _pad(chunk, pad_id, first_index, device)
         first_index += len(chunk)
 
 
-def _token_ids(
-    tokenizer: PreTrainedTokenizerBase, text: str, prepend_bos: bool, max_len: int
-) -> list[int]:
+def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str, prepend_bos: bool, max_len: int) -> list[int]:
     """Ids of one text, BOS first when asked, truncated; [] when the text has no tokens."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
@@ -206,9 +190,7 @@ def _token_ids(
     return ids[:max_len]
 
 
-def _pad(
-    chunk: list[list[int]], pad_id: int, first_index: int, device: torch.device | str
-) -> TokenBatch:
+def _pad(chunk: list[list[int]], pad_id: int, first_index: int, device: torch.device | str) -> TokenBatch:
     width = max(map(len, chunk))
     input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)

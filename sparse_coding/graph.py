@@ -71,7 +71,13 @@ class Node:
     def from_id(cls, node_id: str, **attrs: Any) -> Node:
         """Build a node whose site, layer and feature are parsed from its id."""
         parsed = parse_node_id(node_id)
-        return cls(id=node_id, site=parsed.site, layer=parsed.layer, feature=parsed.feature, **attrs)
+        return cls(
+            id=node_id,
+            site=parsed.site,
+            layer=parsed.layer,
+            feature=parsed.feature,
+            **attrs,
+        )
 
     @property
     def is_error(self) -> bool:
@@ -93,6 +99,46 @@ class Node:
             except ValueError:
                 pass  # an unknown hook name still ranks by site and layer
         return (layer, order, SITES.index(self.site))
+
+    def annotations(self) -> dict[str, Any]:
+        """The non-empty annotation fields, as JSON-ready values."""
+        data: dict[str, Any] = {}
+        if self.contexts:
+            data["contexts"] = [{"tokens": c.tokens, "activations": c.activations} for c in self.contexts]
+        if self.logits_up:
+            data["logits_up"] = [[t, v] for t, v in self.logits_up]
+        if self.logits_down:
+            data["logits_down"] = [[t, v] for t, v in self.logits_down]
+        if self.explanation is not None:
+            data["explanation"] = self.explanation
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        """The node as the JSON object of the design contract."""
+        keys = ("id", "site", "layer", "feature", "activation", "attribution")
+        data = {key: getattr(self, key) for key in (*keys, "hook", "neuronpedia_id")}
+        return {**data, **self.annotations()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Node:
+        """Inverse of ``to_dict``; raises KeyError/TypeError/ValueError on bad data."""
+        contexts = data.get("contexts", [])
+        return cls(
+            id=str(data["id"]),
+            site=str(data["site"]),
+            layer=int(data["layer"]),
+            feature=_int_or_none(data.get("feature")),
+            activation=_float_or_none(data.get("activation")),
+            attribution=_float_or_none(data.get("attribution")),
+            hook=_str_or_none(data.get("hook")),
+            neuronpedia_id=_str_or_none(data.get("neuronpedia_id")),
+            contexts=[
+                Context([str(t) for t in c["tokens"]], [float(a) for a in c["activations"]]) for c in contexts
+            ],
+            logits_up=_pairs(data.get("logits_up", [])),
+            logits_down=_pairs(data.get("logits_down", [])),
+            explanation=_str_or_none(data.get("explanation")),
+        )
 
     def merge(self, newer: Node) -> None:
         """Fold a newer measurement of the same node into this one, in place.
@@ -167,8 +213,33 @@ class Graph:
         missing = len(order)
         return sorted(
             self.edges.values(),
-            key=lambda e: (order.get(e.source, missing), e.source, order.get(e.target, missing), e.target),
+            key=lambda e: (
+                order.get(e.source, missing),
+                e.source,
+                order.get(e.target, missing),
+                e.target,
+            ),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``.json`` object of the design contract, in canonical order."""
+        return {
+            "nodes": [node.to_dict() for node in self.sorted_nodes()],
+            "edges": [
+                {"source": e.source, "target": e.target, "effect": e.effect} for e in self.sorted_edges()
+            ],
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Graph:
+        """Inverse of ``to_dict``; raises KeyError/TypeError/ValueError on bad data."""
+        graph = cls(metadata=dict(data.get("metadata") or {}))
+        for item in data["nodes"]:
+            graph.add_node(Node.from_dict(item))
+        for item in data["edges"]:
+            graph.add_edge(str(item["source"]), str(item["target"]), float(item["effect"]))
+        return graph
 
 
 def _id_key(node: Node) -> tuple[int, int, str]:
@@ -199,3 +270,19 @@ def _merge_metadata(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, A
     merged.update(copy.deepcopy(_run_record(newer)))
     merged["runs"] = runs
     return merged
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _pairs(items: Any) -> list[tuple[str, float]]:
+    return [(str(token), float(value)) for token, value in items]

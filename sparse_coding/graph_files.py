@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -32,18 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graph import Context, Graph, Node
-from sparse_coding.render import RenderOptions, dot_source, image_format, render_image
+from sparse_coding.graph import Graph, Node
+from sparse_coding.render import RenderOptions, RenderTimeout, dot_source, image_format, render_image
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
-
-
-def model_dir(data_dir: Path, model: str) -> Path:
-    """``DATA_DIR/<sanitised model name>``: hub ids and paths become one folder name."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/\\")).strip("._") or "model"
-    return Path(data_dir) / name
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def json_path_for(dot_path: Path) -> Path:
@@ -51,85 +47,35 @@ def json_path_for(dot_path: Path) -> Path:
     return Path(dot_path).with_suffix(".json")
 
 
-# ---------------------------------------------------------------- node <-> dict
-
-
-def _annotations(node: Node) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    if node.contexts:
-        data["contexts"] = [{"tokens": c.tokens, "activations": c.activations} for c in node.contexts]
-    if node.logits_up:
-        data["logits_up"] = [[t, v] for t, v in node.logits_up]
-    if node.logits_down:
-        data["logits_down"] = [[t, v] for t, v in node.logits_down]
-    if node.explanation is not None:
-        data["explanation"] = node.explanation
-    return data
-
-
-def node_to_dict(node: Node) -> dict[str, Any]:
-    """A node as the JSON object of the design contract."""
-    return {
-        "id": node.id,
-        "site": node.site,
-        "layer": node.layer,
-        "feature": node.feature,
-        "activation": node.activation,
-        "attribution": node.attribution,
-        "hook": node.hook,
-        "neuronpedia_id": node.neuronpedia_id,
-        **_annotations(node),
-    }
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def node_from_dict(data: dict[str, Any]) -> Node:
-    """Inverse of ``node_to_dict``; raises KeyError/TypeError/ValueError on bad data."""
-    return Node(
-        id=str(data["id"]),
-        site=str(data["site"]),
-        layer=int(data["layer"]),
-        feature=None if data.get("feature") is None else int(data["feature"]),
-        activation=_float_or_none(data.get("activation")),
-        attribution=_float_or_none(data.get("attribution")),
-        hook=data.get("hook"),
-        neuronpedia_id=data.get("neuronpedia_id"),
-        contexts=[Context(list(map(str, c["tokens"])), list(map(float, c["activations"]))) for c in data.get("contexts", [])],
-        logits_up=[(str(t), float(v)) for t, v in data.get("logits_up", [])],
-        logits_down=[(str(t), float(v)) for t, v in data.get("logits_down", [])],
-        explanation=data.get("explanation"),
-    )
+# ---------------------------------------------------------------- .json
 
 
 def graph_to_json(graph: Graph) -> str:
     """The ``.json`` text: nodes and edges in canonical order, floats exact."""
-    data = {
-        "nodes": [node_to_dict(n) for n in graph.sorted_nodes()],
-        "edges": [{"source": e.source, "target": e.target, "effect": e.effect} for e in graph.sorted_edges()],
-        "metadata": graph.metadata,
-    }
-    return json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n"
+    return json_text(graph.to_dict(), indent=1) + "\n"
 
 
 def graph_from_json(text: str) -> Graph:
     """Inverse of ``graph_to_json``; raises ValueError/KeyError/TypeError on bad data."""
-    data = json.loads(text)
-    graph = Graph(metadata=dict(data.get("metadata") or {}))
-    for item in data["nodes"]:
-        graph.add_node(node_from_dict(item))
-    for item in data["edges"]:
-        graph.add_edge(str(item["source"]), str(item["target"]), float(item["effect"]))
-    return graph
+    return Graph.from_dict(json.loads(text))
 
 
 # ---------------------------------------------------------------- node <-> dot
 
 
-def _compact_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+def _float(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """JSON that keeps Unicode readable but is always encodable as UTF-8.
+
+    A lone surrogate (a broken token) is written as its ``\\udXXX`` escape,
+    which reads back as itself; other values fall back to ``str``.
+    """
+    separators = (",", ":") if indent is None else (",", ": ")
+    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, default=str)
+    return _SURROGATE_RE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 def _node_data_attrs(node: Node) -> dict[str, str]:
@@ -142,8 +88,8 @@ def _node_data_attrs(node: Node) -> dict[str, str]:
     for key in ("hook", "neuronpedia_id"):
         if (value := getattr(node, key)) is not None:
             attrs[key] = value
-    if annotations := _annotations(node):
-        attrs["sc_annotations"] = _compact_json(annotations)
+    if annotations := node.annotations():
+        attrs["sc_annotations"] = json_text(annotations)
     return attrs
 
 
@@ -154,7 +100,10 @@ def graph_to_dot(graph: Graph, options: RenderOptions | None = None) -> str:
         options=options,
         node_attrs={n.id: _node_data_attrs(n) for n in graph.nodes.values()},
         edge_attrs={key: {"effect": repr(e.effect)} for key, e in graph.edges.items()},
-        graph_attrs={"sc_format": FORMAT_VERSION, "sc_metadata": _compact_json(graph.metadata)},
+        graph_attrs={
+            "sc_format": FORMAT_VERSION,
+            "sc_metadata": json_text(graph.metadata),
+        },
     )
 
 
@@ -163,7 +112,11 @@ def _node_from_dot(node_id: str, attrs: dict[str, str]) -> Node | None:
     if "sc_site" not in attrs:
         if node_id.startswith("__") or attrs.get("style") == "invis":
             return None
-        return Node.from_id(node_id, activation=_float_or_none(attrs.get("activation")), attribution=_float_or_none(attrs.get("attribution")))
+        return Node.from_id(
+            node_id,
+            activation=_float(attrs.get("activation")),
+            attribution=_float(attrs.get("attribution")),
+        )
     data: dict[str, Any] = {
         "id": node_id,
         "site": attrs["sc_site"],
@@ -173,11 +126,16 @@ def _node_from_dot(node_id: str, attrs: dict[str, str]) -> Node | None:
     }
     if "sc_annotations" in attrs:
         data.update(json.loads(attrs["sc_annotations"]))
-    return node_from_dict(data)
+    return Node.from_dict(data)
 
 
-def graph_from_dot(parsed: DotGraph) -> Graph:
-    """A Graph from a parsed .dot; edges without ``effect`` (layout helpers) are skipped."""
+def graph_from_dot(text: str) -> Graph:
+    """A Graph from .dot text; nodes and edges without data (layout helpers) are skipped.
+
+    Raises:
+        ValueError, KeyError, TypeError: the text is not a graph this module reads.
+    """
+    parsed = parse_dot(text)
     graph = Graph(metadata=dict(json.loads(parsed.graph_attrs.get("sc_metadata", "{}"))))
     for node_id, attrs in parsed.nodes.items():
         if (node := _node_from_dot(node_id, attrs)) is not None:
@@ -198,7 +156,7 @@ _SCAN_RE = re.compile(
     |(?P<quoted>"(?:[^"\\]|\\.)*")
     |(?P<op>->|--|[{}\[\];,=:+])
     |(?P<bare>-?(?:\.\d+|\d+(?:\.\d*)?)|[A-Za-z_\u0080-\U0010ffff][\w\u0080-\U0010ffff]*)""",
-    re.X | re.S,
+    re.VERBOSE | re.DOTALL,
 )
 _ANGLE_RE = re.compile(r"[<>]")
 _KEYWORDS = {"graph", "digraph", "subgraph", "node", "edge", "strict"}
@@ -220,7 +178,7 @@ def _unquote(body: str) -> str:
         char = match[1]
         return "" if char == "\n" else char if char in '"\\' else match[0]
 
-    return re.sub(r"\\(.)", one, body, flags=re.S)
+    return re.sub(r"\\(.)", one, body, flags=re.DOTALL)
 
 
 def _html_end(text: str, start: int) -> int:
@@ -276,7 +234,9 @@ class _DotParser:
     def take(self, kind: str, value: str | None = None) -> str:
         token = self.peek()
         if token[0] != kind or (value is not None and token[1] != value):
-            raise ValueError(f"expected {value or kind}, found {token[1] or 'end of file'!r} (token {self.pos})")
+            raise ValueError(
+                f"expected {value or kind}, found {token[1] or 'end of file'!r} (token {self.pos})"
+            )
         self.pos += 1
         return token[1]
 
@@ -349,7 +309,7 @@ class _DotParser:
         if len(chain) == 1:
             for node_id in chain[0]:
                 self.out.nodes[node_id].update(attrs)
-        for tails, heads in zip(chain, chain[1:]):
+        for tails, heads in itertools.pairwise(chain):
             for tail in tails:
                 for head in heads:
                     self.out.edges.setdefault((tail, head), {}).update(attrs)
@@ -375,7 +335,7 @@ def parse_dot(text: str) -> DotGraph:
 
 def _read_dot(dot_path: Path) -> Graph:
     try:
-        return graph_from_dot(parse_dot(dot_path.read_text(encoding="utf-8")))
+        return graph_from_dot(dot_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise GraphFileError(
             f"the existing graph file {dot_path} cannot be read ({e}); it was left as it is. "
@@ -386,7 +346,14 @@ def _read_dot(dot_path: Path) -> Graph:
 def _read_json(json_path: Path) -> Graph | None:
     try:
         return graph_from_json(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (
+        OSError,
+        UnicodeDecodeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as e:
         logger.warning("ignoring unreadable %s (%s); using its .dot", json_path, e)
         return None
 
@@ -411,7 +378,9 @@ def load_graph(dot_path: Path) -> Graph | None:
             return None
         logger.warning("%s is missing; loading the graph from %s", dot_path, json_path)
         if (graph := _read_json(json_path)) is None:
-            raise GraphFileError(f"the existing graph file {json_path} cannot be read and {dot_path} is missing")
+            raise GraphFileError(
+                f"the existing graph file {json_path} cannot be read and {dot_path} is missing"
+            )
         return graph
     from_dot = _read_dot(dot_path)
     from_json = _read_json(json_path) if json_path.exists() else None
@@ -455,15 +424,28 @@ def _commit(temp: Path, target: Path) -> None:
     os.replace(temp, target)
 
 
-def _render_with_fallback(graph: Graph, temp_dot: Path, temp_image: Path, fmt: str, options: RenderOptions, timeout_s: float) -> None:
+def _render_with_fallback(
+    graph: Graph,
+    temp_dot: Path,
+    temp_image: Path,
+    fmt: str,
+    options: RenderOptions,
+    timeout_s: float,
+) -> None:
     """Render; if dot runs out of time, redraw with compact labels once."""
     try:
         render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
-    except GraphFileError as e:
-        if "longer than" not in str(e) or options.max_full_nodes == 0:
+    except RenderTimeout:
+        if options.max_full_nodes == 0:
             raise
         logger.warning("dot timed out after %.0f s; redrawing with compact labels", timeout_s)
-        compact = dataclasses.replace(options, max_full_nodes=0, max_label_cells=0, max_spline_edges=0, fast_layout_nodes=0)
+        compact = dataclasses.replace(
+            options,
+            max_full_nodes=0,
+            max_label_cells=0,
+            max_spline_edges=0,
+            fast_layout_nodes=0,
+        )
         _write_synced(temp_dot, graph_to_dot(graph, compact))
         render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
 
@@ -500,10 +482,17 @@ def save_graph(
             # The run's data is complete and valid: keep it, keep the old image.
             _commit(temps[0], targets[0])
             _commit(temps[1], targets[1])
-            raise GraphFileError(f"{e}; {dot_path} and its .json were saved, the image {image_path} was not updated") from e
+            raise GraphFileError(
+                f"{e}; {dot_path} and its .json were saved, the image {image_path} was not updated"
+            ) from e
         for temp, target in zip(temps, targets, strict=True):
             _commit(temp, target)
-    logger.info("saved graph (%d nodes, %d edges) to %s", len(graph.nodes), len(graph.edges), dot_path)
+    logger.info(
+        "saved graph (%d nodes, %d edges) to %s",
+        len(graph.nodes),
+        len(graph.edges),
+        dot_path,
+    )
 
 
 def update_graph_files(

@@ -30,7 +30,14 @@ _ZERO_GREY = "#d9d9d9"
 _WHITE = (255, 255, 255)
 _MAX_EXPLANATION_CHARS = 160
 
-_XML_REFS = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;", " ": "&#160;"}
+_XML_REFS = {
+    "&": "&amp;",
+    "<": "&lt;",
+    ">": "&gt;",
+    '"': "&quot;",
+    "'": "&#39;",
+    "\u00a0": "&#160;",
+}
 
 
 def _visible_char(char: str) -> str:
@@ -47,13 +54,14 @@ def _visible_char(char: str) -> str:
     return char
 
 
+def visible_text(text: str) -> str:
+    """Text as drawn: controls as pictures or ``\\xNN``, spaces as no-break spaces."""
+    return "".join(_visible_char(char) for char in text).replace(" ", "\u00a0")
+
+
 def escape_text(text: str) -> str:
     """Escape arbitrary text for an HTML-like label so that it renders as itself."""
-    out = []
-    for char in text:
-        visible = _visible_char(char)
-        out.append(_XML_REFS.get(visible, visible) if len(visible) == 1 else visible)
-    return "".join(out)
+    return "".join(_XML_REFS.get(char, char) for char in visible_text(text))
 
 
 def _mix(colour: tuple[int, int, int], strength: float) -> str:
@@ -95,7 +103,9 @@ def _context_row(context: Context, scale: float) -> str:
     for token, act in zip(context.tokens, context.activations, strict=True):
         strength = act / scale if scale > 0 else 0.0
         cells.append(_cell(token, _mix(_BLUE, strength), strength, title=_fmt(act)))
-    inner = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
+    inner = (
+        f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
+    )
     return f"<TR><TD>{inner}</TD></TR>"
 
 
@@ -106,12 +116,18 @@ def _logit_row(label: str, logits: Sequence[tuple[str, float]], scale: float) ->
         strength = abs(value) / scale if scale > 0 else 0.0
         colour = _ZERO_GREY if value == 0 else _mix(_BLUE if value > 0 else _RED, strength)
         cells.append(_cell(token, colour, strength if value != 0 else 0.0, title=_fmt(value)))
-    inner = f'<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
+    inner = (
+        f'<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
+    )
     return f"<TR><TD>{inner}</TD></TR>"
 
 
 def _explanation_row(explanation: str) -> str:
-    text = explanation if len(explanation) <= _MAX_EXPLANATION_CHARS else explanation[: _MAX_EXPLANATION_CHARS - 1] + "…"
+    text = (
+        explanation
+        if len(explanation) <= _MAX_EXPLANATION_CHARS
+        else explanation[: _MAX_EXPLANATION_CHARS - 1] + "…"
+    )
     return f"<TR><TD><I>{escape_text(text)}</I></TD></TR>"
 
 

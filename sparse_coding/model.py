@@ -24,7 +24,9 @@ def resolve_device(name: str | None = None) -> torch.device:
         try:
             device = torch.device(name)
         except RuntimeError as e:
-            raise ConfigError(f"DEVICE {name!r} is not a torch device; e.g. 'cuda', 'cuda:1', 'mps', 'cpu'") from e
+            raise ConfigError(
+                f"DEVICE {name!r} is not a torch device; e.g. 'cuda', 'cuda:1', 'mps', 'cpu'"
+            ) from e
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"DEVICE is {name!r} but CUDA is not available here; unset DEVICE or use 'cpu'")
         return device

@@ -58,9 +58,9 @@ def site_key(site: str, layer: int) -> str:
 
 def parse_node_id(node_id: str) -> NodeId:
     """Parse a feature or error id; raises ValueError naming the accepted forms."""
-    if match := _FEATURE_RE.match(node_id):
+    if match := _FEATURE_RE.fullmatch(node_id):
         return NodeId(match[1], int(match[2]), int(match[3]))
-    if match := _ERROR_RE.match(node_id):
+    if match := _ERROR_RE.fullmatch(node_id):
         return NodeId(match[1], int(match[2]), None)
     raise ValueError(
         f"{node_id!r} is not a node id; expected '{{site}}_{{layer}}.{{index}}' "
@@ -92,7 +92,7 @@ def hook_position(hook_name: str) -> tuple[int, int]:
     ``blocks.3.hook_resid_pre`` -> (3, 0). Sorting sites by this gives the
     forward order in which the model computes them.
     """
-    match = re.match(r"^blocks\.(\d+)\.(hook_\w+)$", hook_name)
+    match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", hook_name)
     if not match or match[2] not in HOOK_ORDER:
         raise ValueError(
             f"{hook_name!r} is not a supported hook; expected 'blocks.{{layer}}.HOOK' "

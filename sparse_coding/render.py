@@ -16,6 +16,7 @@ timeout.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import subprocess
 import time
@@ -35,6 +36,10 @@ _SPINE_WEIGHT = 10
 _BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
 
 Attrs = Mapping[str, str]
+
+
+class RenderTimeout(GraphFileError):
+    """``dot`` ran past its timeout: the graph is too big to draw in time."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,9 @@ def use_compact_labels(graph: Graph, options: RenderOptions) -> bool:
 def _summary_text(graph: Graph, compact: bool, options: RenderOptions) -> str | None:
     summary = graph.metadata.get("summary")
     parts = [str(summary)] if summary else []
-    if compact:
+    if compact and options.max_full_nodes == 0:
+        parts.append("compact labels: full labels took too long to draw")
+    elif compact:
         parts.append(
             f"compact labels: {len(graph.nodes)} nodes (full labels up to "
             f"{options.max_full_nodes} nodes / {options.max_label_cells} token cells)"
@@ -96,7 +103,11 @@ def _summary_text(graph: Graph, compact: bool, options: RenderOptions) -> str | 
 
 
 def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, str]:
-    label = compact_label(node) if compact else node_label(node, max_contexts=options.max_contexts, max_logits=options.max_logits)
+    label = (
+        compact_label(node)
+        if compact
+        else node_label(node, max_contexts=options.max_contexts, max_logits=options.max_logits)
+    )
     return {"label": label, "tooltip": node.id}
 
 
@@ -110,14 +121,19 @@ def edge_colour(effect: float, largest: float) -> str:
 
 def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
     rel = abs(edge.effect) / largest if largest > 0 else 0.0
-    attrs = {"color": edge_colour(edge.effect, largest), "penwidth": f"{0.5 + 2.5 * rel:.2f}"}
+    attrs = {
+        "color": edge_colour(edge.effect, largest),
+        "penwidth": f"{0.5 + 2.5 * rel:.2f}",
+    }
     source, target = graph.nodes.get(edge.source), graph.nodes.get(edge.target)
     if source and target and source.site == target.site == "resid":
         attrs["weight"] = str(_SPINE_WEIGHT)
     return attrs
 
 
-def _rank_lines(graph: Graph, node_attrs: Mapping[str, Attrs], compact: bool, options: RenderOptions) -> list[str]:
+def _rank_lines(
+    graph: Graph, node_attrs: Mapping[str, Attrs], compact: bool, options: RenderOptions
+) -> list[str]:
     """One ``rank=same`` subgraph per (layer, site), each with an invisible anchor."""
     lines: list[str] = []
     groups: dict[tuple[int, int, int], list[Node]] = {}
@@ -131,10 +147,13 @@ def _rank_lines(graph: Graph, node_attrs: Mapping[str, Attrs], compact: bool, op
         lines.append("    rank=same;")
         lines.append(f'    {quote(anchor)} [style=invis, shape=point, width=0, height=0, label=""];')
         for node in nodes:
-            attrs = {**_node_attrs(node, compact, options), **node_attrs.get(node.id, {})}
+            attrs = {
+                **_node_attrs(node, compact, options),
+                **node_attrs.get(node.id, {}),
+            }
             lines.append(f"    {quote(node.id)} {_attr_list(attrs)};")
         lines.append("  }")
-    for upper, lower in zip(anchors, anchors[1:]):
+    for upper, lower in itertools.pairwise(anchors):
         lines.append(f"  {quote(upper)} -> {quote(lower)} [style=invis];")
     return lines
 
@@ -178,19 +197,33 @@ def dot_source(
     options = options or RenderOptions()
     compact = use_compact_labels(graph, options)
     if compact:
-        logger.warning("graph has %d nodes: drawing compact labels so the image stays readable", len(graph.nodes))
-    top = {"rankdir": "TB", "newrank": "true", "charset": "UTF-8", "fontname": "Helvetica", "ranksep": "0.6"}
+        logger.warning(
+            "graph has %d nodes: drawing compact labels so the image stays readable",
+            len(graph.nodes),
+        )
+    top = {
+        "rankdir": "TB",
+        "newrank": "true",
+        "charset": "UTF-8",
+        "fontname": "Helvetica",
+        "ranksep": "0.6",
+    }
     top.update(_layout_limits(graph, options))
     top.update(graph_attrs or {})
     lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
     lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')
     lines.append("  edge [arrowsize=0.6];")
     if text := _summary_text(graph, compact, options):
-        lines.append(f"  {quote(SUMMARY_NODE_ID)} [shape=note, sc_role=summary, label={summary_label(text)}];")
+        lines.append(
+            f"  {quote(SUMMARY_NODE_ID)} [shape=note, sc_role=summary, label={summary_label(text)}];"
+        )
     lines += _rank_lines(graph, node_attrs or {}, compact, options)
     largest = max((abs(e.effect) for e in graph.edges.values()), default=0.0)
     for edge in graph.sorted_edges():
-        attrs = {**_edge_attrs(edge, graph, largest), **(edge_attrs or {}).get((edge.source, edge.target), {})}
+        attrs = {
+            **_edge_attrs(edge, graph, largest),
+            **(edge_attrs or {}).get((edge.source, edge.target), {}),
+        }
         lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {_attr_list(attrs)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -200,7 +233,10 @@ def image_format(image_path: Path) -> str:
     """``svg`` or ``png`` from the file extension; anything else is a user error."""
     fmt = image_path.suffix.lower().lstrip(".")
     if fmt not in IMAGE_FORMATS:
-        raise GraphFileError(f"image file {image_path} has extension {image_path.suffix!r}; use one of {['.' + f for f in IMAGE_FORMATS]}")
+        choices = [f".{f}" for f in IMAGE_FORMATS]
+        raise GraphFileError(
+            f"image file {image_path} has extension {image_path.suffix!r}; use one of {choices}"
+        )
     return fmt
 
 
@@ -208,16 +244,22 @@ def render_image(source_path: Path, image_path: Path, *, fmt: str, timeout_s: fl
     """Run ``dot`` on a source file, writing ``image_path``; bounded by a timeout.
 
     Raises:
-        GraphFileError: dot is missing, failed, or ran past ``timeout_s``.
+        RenderTimeout: dot ran past ``timeout_s``.
+        GraphFileError: dot is missing or failed.
     """
     command = ["dot", f"-T{fmt}", "-o", str(image_path), str(source_path)]
     start = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as e:
-        raise GraphFileError("the Graphviz 'dot' program is not installed (Debian: apt-get install graphviz)") from e
+        raise GraphFileError(
+            "the Graphviz 'dot' program is not installed (Debian: apt-get install graphviz)"
+        ) from e
     except subprocess.TimeoutExpired as e:
-        raise GraphFileError(f"dot took longer than {timeout_s:.0f} s to draw {image_path.name}; the .dot is saved, render it with: dot -T{fmt} {source_path}") from e
+        raise RenderTimeout(
+            f"dot took longer than {timeout_s:.0f} s to draw the graph (too big to draw in time; "
+            f"raise the timeout or draw fewer nodes)"
+        ) from e
     if result.returncode != 0:
         raise GraphFileError(f"dot could not draw {source_path}: {result.stderr.strip()[:500]}")
     if result.stderr.strip():

@@ -132,7 +132,11 @@ def fetch_files(resolved: ResolvedSource) -> tuple[Path, Path]:
 
 
 # Old SAELens spelling -> current spelling.
-_RENAMED_KEYS = {"hook_point": "hook_name", "hook_point_layer": "hook_layer", "hook_point_head_index": "hook_head_index"}
+_RENAMED_KEYS = {
+    "hook_point": "hook_name",
+    "hook_point_layer": "hook_layer",
+    "hook_point_head_index": "hook_head_index",
+}
 
 
 def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -149,7 +153,9 @@ def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
             cfg[new] = cfg[old]
     for key in ("d_in", "d_sae", "hook_name"):
         if key not in cfg:
-            raise SAELoadError(f"SAE cfg {where} lacks {key!r}; an SAELens cfg.json has d_in, d_sae, hook_name")
+            raise SAELoadError(
+                f"SAE cfg {where} lacks {key!r}; an SAELens cfg.json has d_in, d_sae, hook_name"
+            )
     kwargs = cfg.get("activation_fn_kwargs") or {}
     architecture = str(cfg.get("architecture") or "standard").lower()
     activation_fn = str(cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu").lower()

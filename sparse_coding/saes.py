@@ -50,7 +50,11 @@ def _jumprelu(pre: Tensor, sae: "SAE") -> Tensor:
     return torch.relu(pre) * (pre > sae.threshold)
 
 
-ACTIVATIONS: dict[str, Callable[[Tensor, "SAE"], Tensor]] = {"relu": _relu, "topk": _topk, "jumprelu": _jumprelu}
+ACTIVATIONS: dict[str, Callable[[Tensor, "SAE"], Tensor]] = {
+    "relu": _relu,
+    "topk": _topk,
+    "jumprelu": _jumprelu,
+}
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,12 @@ def _read_weights(path, cfg: SAEConfig) -> dict[str, Tensor]:
         raise SAELoadError(f"SAE weights {path} are not a readable safetensors file: {e}") from e
     if "log_threshold" in weights and "threshold" not in weights:
         weights["threshold"] = weights.pop("log_threshold").exp()
-    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    expected = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
     if cfg.activation == "jumprelu":
         expected["threshold"] = (cfg.d_sae,)
     for name, shape in expected.items():

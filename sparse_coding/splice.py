@@ -151,7 +151,9 @@ class SplicedModel:
         if site.hook == "hook_resid_pre":
             return [block.register_forward_pre_hook(_edit_block_input(site, intervention), with_kwargs=True)]
         if site.hook == "hook_attn_out":
-            return [block.attn.register_forward_hook(lambda m, a, out: (intervention(site, out[0]), *out[1:]))]
+            return [
+                block.attn.register_forward_hook(lambda m, a, out: (intervention(site, out[0]), *out[1:]))
+            ]
         if site.hook == "hook_mlp_out":
             return [block.mlp.register_forward_hook(lambda m, a, out: intervention(site, out))]
         if site.hook == "hook_resid_post":

@@ -127,7 +127,7 @@ def compute_thresholds(
     percentile: float = PERCENTILE,
     n_batches: int | None = None,
 ) -> ThresholdResult:
-    """Precluster `batches` and take each spliced feature's percentile over the kept cuts.
+    """Precluster `batches`; each spliced feature's percentile over the kept cuts.
 
     Args:
         spliced: the model with an SAE at every site that gets thresholds.
@@ -141,47 +141,18 @@ def compute_thresholds(
     start = time.perf_counter()
     with torch.no_grad():
         kmeans = fit_clusters(
-            spliced,
-            batches,
-            layer=cluster_layer,
-            n_clusters=n_clusters,
-            seed=seed,
-            n_batches=n_batches,
+            spliced, batches, layer=cluster_layer, n_clusters=n_clusters, seed=seed, n_batches=n_batches
         )
-        logger.info(
-            "Phase 1: fitted %d clusters at %s in %.1fs",
-            n_clusters,
-            hook,
-            time.perf_counter() - start,
-        )
+        logger.info("Phase 1: %d clusters at %s (%.1fs)", n_clusters, hook, _since(start))
         cuts, sizes = assign_cuts(
-            spliced,
-            batches,
-            kmeans,
-            layer=cluster_layer,
-            keeper_cluster=keeper_cluster,
-            n_batches=n_batches,
+            spliced, batches, kmeans, layer=cluster_layer, keeper_cluster=keeper_cluster, n_batches=n_batches
         )
-        n_kept = _check_kept(cuts, sizes, keeper_cluster)
-        logger.info(
-            "Phase 2: %d of %d sequences reach cluster %d (%.1fs)",
-            n_kept,
-            len(cuts),
-            keeper_cluster,
-            time.perf_counter() - start,
-        )
-        top = collect_top_values(
-            spliced, batches, cuts, m=top_count(n_kept, percentile), n_batches=n_batches
-        )
-    thresholds = {
-        key: percentile_from_top(values, n_kept, percentile)
-        for key, values in top.items()
-    }
-    logger.info(
-        "Phase 3: thresholds for %d sites in %.1fs",
-        len(thresholds),
-        time.perf_counter() - start,
-    )
+        n_kept = int((cuts >= 0).sum())
+        logger.info("Phase 2: %d of %d sequences kept (%.1fs)", n_kept, len(cuts), _since(start))
+        m = top_count(n_kept, percentile)
+        top = collect_top_values(spliced, batches, cuts, m=m, n_batches=n_batches)
+    thresholds = {key: percentile_from_top(v, n_kept, percentile) for key, v in top.items()}
+    logger.info("Phase 3: %d sites' thresholds (%.1fs)", len(thresholds), _since(start))
     return ThresholdResult(thresholds, kmeans, cuts, sizes, hook)
 
 
@@ -195,34 +166,24 @@ def fit_clusters(
     n_batches: int | None = None,
 ) -> MiniBatchKMeans:
     """Phase 1: MiniBatchKMeans on unit-normalised residual vectors, chunk by chunk."""
-    kmeans = MiniBatchKMeans(
-        n_clusters=n_clusters,
-        random_state=seed,
-        batch_size=FIT_CHUNK_TOKENS,
-        compute_labels=False,
-    )
-    chunk_tokens = max(FIT_CHUNK_TOKENS, n_clusters)
-    buffer: list[np.ndarray] = []
-    n_buffered = n_tokens = 0
+    kmeans = MiniBatchKMeans(n_clusters, random_state=seed, batch_size=FIT_CHUNK_TOKENS, compute_labels=False)
+    chunk: list[np.ndarray] = []
+    n_chunk = n_tokens = 0
     for batch in tqdm(batches(), total=n_batches, desc="hist 1/3: fitting clusters"):
-        vectors = _unit_vectors(spliced, batch, layer)
-        buffer.append(vectors)
-        n_buffered, n_tokens = n_buffered + len(vectors), n_tokens + len(vectors)
-        if n_buffered >= chunk_tokens:
-            kmeans.partial_fit(np.concatenate(buffer))
-            buffer, n_buffered = [], 0
+        chunk.append(_unit_vectors(spliced, batch, layer))
+        n_chunk, n_tokens = n_chunk + len(chunk[-1]), n_tokens + len(chunk[-1])
+        if n_chunk >= max(FIT_CHUNK_TOKENS, n_clusters):
+            kmeans.partial_fit(np.concatenate(chunk))
+            chunk, n_chunk = [], 0
     if n_tokens == 0:
-        raise DatasetError(
-            "The dataset yielded no tokens; check DATASET and NUM_SEQUENCES_EVALED"
-        )
-    fitted = hasattr(kmeans, "cluster_centers_")
-    if not fitted and n_buffered < n_clusters:
+        raise DatasetError("DATASET yielded no tokens; check DATASET and its texts")
+    if not hasattr(kmeans, "cluster_centers_") and n_chunk < n_clusters:
         raise ConfigError(
-            f"NUM_CLUSTERS is {n_clusters}, but the {n_tokens} tokens read from the dataset cannot "
-            f"fill that many clusters; lower NUM_CLUSTERS or raise NUM_SEQUENCES_EVALED"
+            f"NUM_CLUSTERS is {n_clusters}, but the dataset gave only {n_tokens} tokens "
+            f"to cluster; lower NUM_CLUSTERS or raise NUM_SEQUENCES_EVALED"
         )
-    if buffer:
-        kmeans.partial_fit(np.concatenate(buffer))
+    if chunk:
+        kmeans.partial_fit(np.concatenate(chunk))
     return kmeans
 
 
@@ -235,73 +196,71 @@ def assign_cuts(
     keeper_cluster: int,
     n_batches: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Phase 2: (cut position per sequence, -1 if not kept; tokens per cluster)."""
+    """Phase 2: cut position per sequence (-1: not kept) and tokens per cluster.
+
+    Raises:
+        DatasetError: no sequence reaches `keeper_cluster`.
+    """
     cuts: list[Tensor] = []
     sizes = torch.zeros(kmeans.n_clusters, dtype=torch.long)
     for batch in tqdm(batches(), total=n_batches, desc="hist 2/3: assigning clusters"):
         mask = batch.attention_mask.bool().cpu()
-        labels = torch.full(
-            mask.shape, -1, dtype=torch.long
-        )  # (batch, pos), -1 at padding
-        labels[mask] = torch.from_numpy(
-            kmeans.predict(_unit_vectors(spliced, batch, layer))
-        ).long()
+        labels = torch.full(mask.shape, -1)  # (batch, pos); -1 at padding
+        labels[mask] = torch.from_numpy(kmeans.predict(_unit_vectors(spliced, batch, layer))).long()
         sizes += torch.bincount(labels[mask], minlength=kmeans.n_clusters)
         hit = labels == keeper_cluster
-        cuts.append(
-            torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1)
-        )  # argmax: first hit
+        # argmax returns the first maximum: the first token in the keeper cluster.
+        cuts.append(torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1))
+    if not any(bool((c >= 0).any()) for c in cuts):
+        raise DatasetError(
+            f"No sequence reaches KEEPER_CLUSTER_INDEX {keeper_cluster}: tokens per "
+            f"cluster are {sizes.tolist()}; choose a cluster with tokens, or change "
+            f"NUM_CLUSTERS, SEED or the dataset"
+        )
     return torch.cat(cuts), sizes
 
 
 def collect_top_values(
-    spliced: SplicedModel,
-    batches: BatchStream,
-    cuts: Tensor,
-    *,
-    m: int,
-    n_batches: int | None = None,
+    spliced: SplicedModel, batches: BatchStream, cuts: Tensor, *, m: int, n_batches: int | None = None
 ) -> dict[str, Tensor]:
-    """Phase 3: site key -> (<= m, d_sae) largest activations at the cut positions, descending."""
+    """Phase 3: site key -> (<= m, d_sae) largest activations at the cuts, descending."""
     top: dict[str, Tensor] = {}
     for batch in tqdm(batches(), total=n_batches, desc="hist 3/3: SAE activations"):
         batch_cuts = cuts[batch.first_index : batch.first_index + len(batch.input_ids)]
-        rows = (batch_cuts >= 0).nonzero().squeeze(1)
+        rows = (batch_cuts >= 0).nonzero().squeeze(1).to(batch.input_ids.device)
         if len(rows) == 0:
             continue
-        positions = batch_cuts[rows].to(batch.input_ids.device)
-        rows = rows.to(batch.input_ids.device)
-        width = int(positions.max()) + 1
-        feats = _feats_at(
-            spliced,
-            batch.input_ids[rows, :width],
-            batch.attention_mask[rows, :width],
-            positions,
-        )
-        for key, values in feats.items():
+        positions = batch_cuts.to(rows.device)[rows]
+        width = int(positions.max()) + 1  # later tokens cannot change earlier positions
+        ids, mask = batch.input_ids[rows, :width], batch.attention_mask[rows, :width]
+        for key, values in _feats_at(spliced, ids, mask, positions).items():
             stacked = values if key not in top else torch.cat([top[key], values])
             top[key] = stacked.topk(min(m, len(stacked)), dim=0).values
     return top
 
 
 def top_count(n: int, percentile: float) -> int:
-    """How many largest values per feature determine the percentile of n values (see module doc)."""
-    lower = math.floor((n - 1) * percentile / 100)
-    return min(n, n - lower + 1)
+    """How many largest of n values fix their percentile (see the module doc)."""
+    return min(n, n - math.floor((n - 1) * percentile / 100) + 1)
 
 
 def percentile_from_top(top: Tensor, n: int, percentile: float) -> Tensor:
-    """numpy's 'linear' percentile of n values per column, given their top rows (m, d), descending."""
+    """numpy's 'linear' percentile of n values per column, from their top rows.
+
+    Args:
+        top: (m, d) the m largest of the n values of each column, descending,
+            with m >= top_count(n, percentile).
+    """
     h = (n - 1) * percentile / 100
     j = min(math.floor(h), n - 1)
     assert n - 1 - j < len(top), "top holds too few values for this percentile"
     low = top[n - 1 - j].double()  # v_j
-    high = top[max(n - 2 - j, 0)].double()  # v_{j+1}, or v_{n-1} again when j = n - 1
+    high = top[max(n - 2 - j, 0)].double()  # v_{j+1}; v_{n-1} again when j = n - 1
     return (low + (h - j) * (high - low)).float().cpu()
 
 
 def _neuron_acts(spliced: SplicedModel, batch: TokenBatch, layer: int) -> Tensor:
-    """Model residual activations (batch, pos, d_model) at `cluster_hook_name(spliced, layer)`."""
+    """Model activations (batch, pos, d_model) at `cluster_hook_name(spliced, layer)`."""
     hidden = spliced.embed(batch.input_ids)
     key = site_key("resid", layer)
     if key not in spliced.by_key:  # hook_resid_pre: the input of block `layer`
@@ -319,7 +278,7 @@ def _neuron_acts(spliced: SplicedModel, batch: TokenBatch, layer: int) -> Tensor
 
 
 def _unit_vectors(spliced: SplicedModel, batch: TokenBatch, layer: int) -> np.ndarray:
-    """Unit-normalised residual vectors (real tokens, d_model) in row-major order, float32."""
+    """Unit-normalised residual vectors (real tokens, d_model), row-major, float32."""
     acts = _neuron_acts(spliced, batch, layer)[batch.attention_mask.bool()]
     return F.normalize(acts.float(), dim=-1).cpu().numpy()
 
@@ -327,12 +286,13 @@ def _unit_vectors(spliced: SplicedModel, batch: TokenBatch, layer: int) -> np.nd
 def _feats_at(
     spliced: SplicedModel, input_ids: Tensor, attention_mask: Tensor, positions: Tensor
 ) -> dict[str, Tensor]:
-    """Every site's SAE activations (rows, d_sae) at one position per row; encodes nothing else."""
+    """Every site's SAE activations (rows, d_sae) at one position per row, and no more."""
     rows = torch.arange(len(positions), device=positions.device)
     feats: dict[str, Tensor] = {}
 
     def encode_at(site: Site, x: Tensor) -> Tensor:
-        feats[site.key] = site.sae.encode(site.to_sae_space(x[rows, positions])).float()
+        x_at = site.to_sae_space(x[rows, positions])
+        feats[site.key] = site.sae.encode(x_at).float()
         return x
 
     last_layer = max(site.layer for site in spliced.sites)
@@ -341,14 +301,8 @@ def _feats_at(
     return feats
 
 
-def _check_kept(cuts: Tensor, sizes: Tensor, keeper_cluster: int) -> int:
-    n_kept = int((cuts >= 0).sum())
-    if n_kept == 0:
-        raise DatasetError(
-            f"No sequence reaches KEEPER_CLUSTER_INDEX {keeper_cluster}: tokens per cluster are "
-            f"{sizes.tolist()}; choose a cluster with tokens, or change NUM_CLUSTERS or the dataset"
-        )
-    return n_kept
+def _since(start: float) -> float:
+    return time.perf_counter() - start
 
 
 def thresholds_from_config(
@@ -387,9 +341,7 @@ def cache_key(config: Config, spliced: SplicedModel) -> dict[str, Any]:
     layer = config.layer_range(spliced.n_layers).start
     return {
         "model": config.MODEL_DIR,
-        "sae_sources": {
-            site.key: config.sae_sources.get(site.kind) for site in spliced.sites
-        },
+        "sae_sources": {site.key: config.sae_sources.get(site.kind) for site in spliced.sites},
         "dataset": _dataset_settings(config),
         "cluster": {
             "hook": cluster_hook_name(spliced, layer),
@@ -401,9 +353,7 @@ def cache_key(config: Config, spliced: SplicedModel) -> dict[str, Any]:
     }
 
 
-def save_thresholds(
-    config: Config, spliced: SplicedModel, result: ThresholdResult
-) -> Path:
+def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResult) -> Path:
     """Write thresholds.safetensors and thresholds.json atomically; returns the safetensors path.
 
     The safetensors header carries the same JSON, so a pair of files from two
@@ -419,19 +369,10 @@ def save_thresholds(
         "cluster_sizes": result.cluster_sizes.tolist(),
     }
     text = json.dumps(metadata, indent=2, sort_keys=True)
-    tensors = {
-        key: value.float().contiguous().cpu()
-        for key, value in result.thresholds.items()
-    }
+    tensors = {key: value.float().contiguous().cpu() for key, value in result.thresholds.items()}
     path = directory / THRESHOLDS_FILE
-    _atomic_write(
-        path,
-        lambda tmp: save_file(tensors, str(tmp), metadata={"thresholds_json": text}),
-    )
-    _atomic_write(
-        directory / METADATA_FILE,
-        lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"),
-    )
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"thresholds_json": text}))
+    _atomic_write(directory / METADATA_FILE, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     logger.info("Wrote thresholds for %d sites to %s", len(tensors), path)
     return path
 
@@ -444,9 +385,7 @@ def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
     width from the same SAE source for every site of `spliced` (it may hold more).
     """
     if config.DATASET is None:
-        logger.info(
-            "DATASET is unset, so no dataset thresholds apply (hist.py computes them from DATASET)"
-        )
+        logger.info("DATASET is unset, so no dataset thresholds apply (hist.py computes them from DATASET)")
         return None
     path = config.model_data_dir(config.MODEL_DIR) / THRESHOLDS_FILE
     if not path.is_file():
@@ -455,27 +394,19 @@ def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
     try:
         cached, values = _read_cache(path)
     except (OSError, KeyError, ValueError) as e:
-        logger.warning(
-            "Ignoring cached thresholds %s: unreadable (%s); rerun hist.py", path, e
-        )
+        logger.warning("Ignoring cached thresholds %s: unreadable (%s); rerun hist.py", path, e)
         return None
     differences = _differences(cached, cache_key(config, spliced), values, spliced)
     if differences:
-        logger.warning(
-            "Ignoring stale thresholds %s (rerun hist.py): %s",
-            path,
-            "; ".join(differences),
-        )
+        logger.warning("Ignoring stale thresholds %s (rerun hist.py): %s", path, "; ".join(differences))
         return None
+    cluster = cached["cluster"]
     description = (
         f"{cached['percentile']}th-percentile thresholds from {cached['n_kept']} of {cached['n_sequences']} "
-        f"sequences of {cached['dataset']['DATASET']} (cluster {cached['cluster']['KEEPER_CLUSTER_INDEX']} of "
-        f"{cached['cluster']['NUM_CLUSTERS']} at {cached['cluster']['hook']}), cached in {path}"
+        f"sequences of {cached['dataset']['DATASET']} (cluster {cluster['KEEPER_CLUSTER_INDEX']} of "
+        f"{cluster['NUM_CLUSTERS']} at {cluster['hook']}), cached in {path}"
     )
-    return Thresholds(
-        {site.key: values[site.key].to(spliced.device) for site in spliced.sites},
-        description,
-    )
+    return Thresholds({site.key: values[site.key].to(spliced.device) for site in spliced.sites}, description)
 
 
 def _dataset_settings(config: Config) -> dict[str, Any]:
@@ -490,15 +421,9 @@ def _dataset_settings(config: Config) -> dict[str, Any]:
     )
     settings: dict[str, Any] = {key: getattr(config, key) for key in keys}
     path = Path(config.DATASET).expanduser() if config.DATASET else None
-    if (
-        path is not None and path.is_file()
-    ):  # a local file can change under the same name
+    if path is not None and path.is_file():  # a local file can change under the same name
         stat = path.stat()
-        settings["file"] = {
-            "path": str(path.resolve()),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-        }
+        settings["file"] = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return settings
 
 
@@ -514,10 +439,7 @@ def _read_cache(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 
 def _differences(
-    cached: dict[str, Any],
-    current: dict[str, Any],
-    values: dict[str, Tensor],
-    spliced: SplicedModel,
+    cached: dict[str, Any], current: dict[str, Any], values: dict[str, Tensor], spliced: SplicedModel
 ) -> list[str]:
     """What keeps a cache from serving this run, in words; empty when it fits."""
     found = [

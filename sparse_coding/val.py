@@ -37,9 +37,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
         tokenizer,
         logit_tokens=config.LOGIT_TOKENS,
         source=source,
-        data=f"DATASET {config.DATASET!r}"
-        if config.DATASET
-        else f"PROMPT {config.PROMPT!r}",
+        data=f"DATASET {config.DATASET!r}" if config.DATASET else f"PROMPT {config.PROMPT!r}",
     )
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
     validation.write_report(data | {"config": config.to_metadata()}, path)

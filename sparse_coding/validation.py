@@ -1,56 +1,46 @@
-r"""Validate a circuit by ablating it whole: next-token change, loss, faithfulness, completeness.
+r"""Validate a circuit by ablating it whole: next-token change, faithfulness, completeness.
 
-A circuit is a set of SAE features, site key -> indices (``{"resid_3": [331, 12]}``).
-Every variant below runs the model with the SAEs of the circuit's sites spliced,
-SAE error terms kept, and features re-read from each site's current (possibly
-already changed) input, as `splice.zero_ablation` does.
-
-Metric (Marks et al. 2024, "Sparse Feature Circuits", arXiv:2403.19647, sec. 4):
-the mean cross-entropy of the actual next token over every real (non-pad)
-position t whose next token t+1 is real too, pooled over all N such positions:
+A circuit is a set of SAE features, site key -> indices (``{"resid_3": [331]}``).
+Every variant runs with the SAEs of the circuit's sites spliced, error terms
+kept, and features re-read from each site's current input (as
+`splice.zero_ablation` does). The metric, as in Marks et al. (2024), "Sparse
+Feature Circuits" (arXiv:2403.19647), is the mean cross-entropy of the actual
+next token over the N real (non-pad) positions t whose token t+1 is real too:
 
     m(X) = 1/N  sum_s sum_{t < len_s - 1}  -log p_X(x_{s,t+1} | x_{s,<=t})
 
-Variants X:
-
     M        the full model (spliced = plain)
-    zero     the circuit's features zeroed at every position (the reported "ablated")
-    C        at every site the circuit touches, every feature *not* in the circuit
-             mean-ablated; the circuit's features kept
+    zero     the circuit's features zeroed at every position (the "ablated" run)
+    C        at the circuit's sites, every feature *not* in it mean-ablated
     M \ C    the circuit's features mean-ablated, everything else kept
     empty    every feature of the circuit's sites mean-ablated
 
-Mean-ablating a feature set S at a site, with ``x = (f * scale) @ W_dec + const + error``:
+Mean-ablating features S at a site (``x = (f * scale) @ W_dec + const + error``)
+gives ``x' = x + sum_{i in S} (mean_i - f_i) * scale * W_dec[i]``, mean_i being
+feature i's mean activation over every real token evaluated (BOS included).
 
-    x' = x + sum_{i in S} (mean_i - f_i) * scale * W_dec[i]
+    faithfulness = (m(C)     - m(empty)) / (m(M) - m(empty))  1: C recovers M
+    completeness = (m(M \ C) - m(empty)) / (m(M) - m(empty))  0: C is complete
 
-where mean_i is feature i's mean activation over every real token of the
-evaluated data (including BOS). Then
-
-    faithfulness = (m(C)     - m(empty)) / (m(M) - m(empty))   1: the circuit alone recovers M
-    completeness = (m(M \ C) - m(empty)) / (m(M) - m(empty))   0: the circuit is complete
-
-(completeness is the faithfulness of the complement, as in Marks et al.; unlike
-there, error terms are never ablated). Both are NaN (JSON null) when
-m(M) = m(empty). Also reported: mean CE clean = m(M) and ablated = m(zero);
-mean KL(clean || zero) over every real position; the next-token distribution
-after each sequence's last real token, averaged over sequences (with PROMPT:
-the prompt's own).
+Completeness is the faithfulness of the complement, as in Marks et al. (who
+also ablate error terms; here they are always kept). Both are NaN (JSON null)
+when m(M) = m(empty). Also measured: CE clean m(M) and ablated m(zero); mean
+KL(clean || zero) over every real position; the next-token distribution after
+each sequence's last real token, averaged over sequences.
 
 Phases:
-    1. means: a clean pass over the data sums each circuit site's features over real tokens.
-    2. evaluation: per batch, the clean forward and the four ablated ones, summed in float64.
-    3. ratios: faithfulness and completeness from the four metric values.
+    1. means: a clean pass sums each circuit site's features over real tokens.
+    2. evaluation: per batch, the clean forward and the four ablated ones.
+    3. ratios: faithfulness and completeness from the summed metric values.
 
-``validation.json`` (`report_data`): ``circuit`` (site key -> indices),
-``source`` (where the circuit came from), ``data`` (PROMPT or DATASET),
-``n_sequences``, ``n_predictions`` (N), ``n_tokens`` (real tokens: means and
-KL), ``ablation`` and ``baseline`` (the ablations used, in words),
-``ce_clean``, ``ce_ablated``, ``kl_clean_ablated``, ``metric`` ({``full``,
-``circuit``, ``without_circuit``, ``empty``}: m(M), m(C), m(M \ C),
-m(empty)), ``faithfulness``, ``completeness``, ``next_token`` ({``clean_top``,
-``increases``, ``decreases``, ``ablated_top``}: lists of {``token``, ``id``,
-``clean``, ``ablated``, ``change``}), ``config`` (every key's value).
+``validation.json`` (`report_data` plus ``config``): ``circuit``, ``source``,
+``data``, ``n_sequences``, ``n_predictions`` (N), ``n_tokens`` (real tokens),
+``ablation``/``baseline`` (in words), ``ce_clean``, ``ce_ablated``,
+``kl_clean_ablated``, ``metric`` (``full``, ``circuit``, ``without_circuit``,
+``empty``: m(M), m(C), m(M \ C), m(empty)), ``faithfulness``,
+``completeness``, ``next_token`` (``clean_top``, ``increases``, ``decreases``,
+``ablated_top``: rows of ``token``, ``id``, ``clean``, ``ablated``,
+``change``), ``config`` (every config key).
 """
 
 import json
@@ -60,6 +50,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -84,10 +75,11 @@ logger = logging.getLogger(__name__)
 Circuit = dict[str, list[int]]  # site key ("attn_7") -> feature indices
 ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
 BASELINE = (
-    "mean ablation: each feature set to its mean activation over the real tokens "
-    "evaluated, SAE error terms kept"
+    "mean ablation (each feature set to its mean activation over the real tokens "
+    "evaluated), SAE error terms kept"
 )
 VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
+_BAD_JSON = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError)
 
 
 class ValidationResult(NamedTuple):
@@ -99,13 +91,11 @@ class ValidationResult(NamedTuple):
     n_tokens: int  # real tokens (feature means, KL)
     ce_clean: float
     ce_ablated: float
-    kl: float  # mean KL(clean || zero-ablated) per real position
+    kl: float  # mean KL(clean || zero-ablated) per real token
     metric: dict[str, float]  # "full", "circuit", "without_circuit", "empty"
     faithfulness: float
     completeness: float
-    probs_clean: (
-        Tensor  # next-token distribution after the last token, mean over sequences
-    )
+    probs_clean: Tensor  # p(next token) after the last token, mean over sequences
     probs_ablated: Tensor
 
 
@@ -119,183 +109,155 @@ def circuit_from_config(config: Config) -> Circuit:
             "VALIDATION_DIMS_PINNED is unset; pin the circuit to validate, e.g. "
             "{9: [331, 12], 'attn_10': [5]}, or pass --from-graph PATH"
         )
-    return {
-        site_key(*key): sorted(set(dims))
-        for key, dims in config.validation_dims.items()
-    }
+    pins = config.validation_dims.items()
+    return {site_key(*key): sorted(set(dims)) for key, dims in pins}
 
 
 def circuit_from_graph(graph: Graph, path: Path) -> Circuit:
-    """The feature nodes of a pipe.py/fast.py graph; error and non-SAE nodes are skipped."""
+    """The feature nodes of a pipe.py/fast.py graph; error and other nodes skipped."""
     circuit: Circuit = {}
-    skipped = 0
     for node_id in graph.nodes:
         try:
             site, layer, feature = parse_node_id(node_id)
-        except ValueError:
-            feature = None
-        if feature is None:
-            skipped += 1
+        except ValueError:  # e.g. a logit node
             continue
-        circuit.setdefault(site_key(site, layer), []).append(feature)
-    if not circuit:
-        raise GraphFileError(
-            f"graph file {path} has no feature nodes ('{{site}}_{{layer}}.{{index}}') to validate"
-        )
-    logger.info(
-        "Graph %s: %d feature nodes; %d error/other nodes skipped",
-        path,
-        sum(map(len, circuit.values())),
-        skipped,
-    )
-    return {key: sorted(set(dims)) for key, dims in sorted(circuit.items())}
-
-
-def circuit_and_source(config: Config, graph_path: Path | None) -> tuple[Circuit, str]:
-    """The circuit of a graph file when given, else of VALIDATION_DIMS_PINNED; and its source."""
-    if graph_path is None:
-        return circuit_from_config(config), "VALIDATION_DIMS_PINNED"
-    return circuit_from_graph(
-        read_graph(graph_path), graph_path
-    ), f"graph file {graph_path}"
+        if feature is not None:
+            circuit.setdefault(site_key(site, layer), []).append(feature)
+    n_features = sum(map(len, circuit.values()))
+    if not n_features:
+        raise GraphFileError(f"graph file {path} has no feature nodes to validate")
+    skipped = len(graph.nodes) - n_features
+    logger.info("%s: %d feature nodes, %d others skipped", path, n_features, skipped)
+    return {key: sorted(dims) for key, dims in sorted(circuit.items())}
 
 
 def read_graph(path: Path) -> Graph:
     """A pipe.py/fast.py graph from its ``.json`` or ``.dot`` file."""
     if path.suffix not in (".json", ".dot"):
-        raise GraphFileError(
-            f"graph file {path} must end in .json or .dot (as pipe.py/fast.py write)"
-        )
+        raise GraphFileError(f"graph file {path} must end in .json or .dot")
     if not path.is_file():
         raise GraphFileError(f"graph file {path} does not exist")
     if path.suffix == ".dot":
         return load_graph(path)
     try:
         return graph_from_json(path.read_text(encoding="utf-8"))
-    except (
-        OSError,
-        UnicodeDecodeError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-    ) as e:
-        raise GraphFileError(
-            f"graph file {path} is not a readable graph JSON ({e!r})"
-        ) from e
+    except _BAD_JSON as e:
+        raise GraphFileError(f"graph file {path} is not graph JSON ({e!r})") from e
+
+
+def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, str]:
+    """The circuit of `graph` if given, else of VALIDATION_DIMS_PINNED; and its source."""
+    if graph is None:
+        return circuit_from_config(config), "VALIDATION_DIMS_PINNED"
+    return circuit_from_graph(read_graph(graph), graph), f"graph file {graph}"
 
 
 def load_circuit_model(
     config: Config, circuit: Circuit, *, source: str = "VALIDATION_DIMS_PINNED"
 ) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
-    """MODEL_DIR with exactly the circuit's SAEs spliced; bad pins raise ConfigError naming them.
+    """MODEL_DIR with exactly the circuit's SAEs spliced.
 
     Args:
-        source: where the circuit came from, for error messages.
+        source: where the circuit came from, named in errors.
+
+    Raises:
+        ConfigError: a pinned site has no SAE source, lies outside
+            ACTS_LAYERS_SLICE, or pins an index beyond its SAE's width.
     """
-    sources = config.sae_sources
-    unset = [key for key in circuit if parse_site_key(key)[0] not in sources]
+    keys = {key: parse_site_key(key) for key in circuit}
+    unset = [
+        f"{site.upper()}_SAES for {key!r}"
+        for key, (site, _) in keys.items()
+        if site not in config.sae_sources
+    ]
     if unset:
-        keys = ", ".join(
-            f"{parse_site_key(k)[0].upper()}_SAES (for {k!r})" for k in unset
-        )
-        raise ConfigError(
-            f"{source} pins features at sites without an SAE source: {keys} unset; set them"
-        )
+        raise ConfigError(f"{source} pins sites whose SAE key is unset: {', '.join(unset)}")
     device, dtype = resolve_device(config.DEVICE), resolve_dtype(config.DTYPE)
     model, tokenizer = load_model(config.MODEL_DIR, device, dtype)
-    _check_layers(
-        circuit,
-        config.layer_range(model.config.n_layer),
-        config.ACTS_LAYERS_SLICE,
-        source,
-    )
+    layers = config.layer_range(model.config.n_layer)
+    outside = [repr(key) for key, (_, layer) in keys.items() if layer not in layers]
+    if outside:
+        raise ConfigError(
+            f"{source} pins {', '.join(outside)}, outside ACTS_LAYERS_SLICE "
+            f"{config.ACTS_LAYERS_SLICE!r} (layers {layers.start}..{layers.stop - 1}); "
+            f"widen the slice or drop them"
+        )
     sae_dtype = resolve_dtype(config.SAE_DTYPE, dtype)
-    keys = [parse_site_key(key) for key in circuit]
     saes = [
-        load_sae(sources[site], layer, device, sae_dtype)
-        for site, layer in tqdm(keys, desc="Loading SAEs", leave=False)
+        load_sae(config.sae_sources[site], layer, device, sae_dtype)
+        for site, layer in tqdm(keys.values(), desc="Loading SAEs", leave=False)
     ]
     spliced = SplicedModel(model, saes)
     check_circuit(spliced, circuit, source=source)
     return spliced, tokenizer
 
 
-def _check_layers(
-    circuit: Circuit, layers: range, slice_text: str, source: str
-) -> None:
-    outside = [key for key in circuit if parse_site_key(key)[1] not in layers]
-    if outside:
-        raise ConfigError(
-            f"{source} pins layers outside ACTS_LAYERS_SLICE {slice_text!r} (layers "
-            f"{layers.start}..{layers.stop - 1}): {', '.join(map(repr, outside))}; widen the slice or drop them"
-        )
-
-
-def check_circuit(
-    spliced: SplicedModel, circuit: Circuit, *, source: str = "circuit"
-) -> None:
+def check_circuit(spliced: SplicedModel, circuit: Circuit, *, source: str) -> None:
     """Every pinned site is spliced and every index lies within its SAE's width."""
-    missing = [key for key in circuit if key not in spliced.by_key]
+    missing = [repr(key) for key in circuit if key not in spliced.by_key]
     if missing:
         raise ConfigError(
-            f"{source} pins sites with no SAE spliced: {', '.join(map(repr, missing))}; "
-            f"spliced sites: {', '.join(spliced.by_key) or 'none'} (does the SAE's hook read another layer?)"
+            f"{source} pins {', '.join(missing)}, which no spliced SAE reads; spliced: "
+            f"{', '.join(spliced.by_key) or 'none'} (does an SAE read another hook?)"
         )
+    widths = {key: spliced.by_key[key].sae.d_sae for key in circuit}
     bad = [
-        f"{key!r} index {index} (width {spliced.by_key[key].sae.d_sae}, valid 0..{spliced.by_key[key].sae.d_sae - 1})"
+        f"{key!r} index {index} (width {widths[key]}, valid 0..{widths[key] - 1})"
         for key, dims in circuit.items()
         for index in dims
-        if not 0 <= index < spliced.by_key[key].sae.d_sae
+        if not 0 <= index < widths[key]
     ]
     if bad:
-        raise ConfigError(
-            f"{source} pins features beyond their SAE's width: {'; '.join(bad)}"
-        )
+        raise ConfigError(f"{source} pins features beyond their SAE: {'; '.join(bad)}")
 
 
 # ---------------------------------------------------------------- interventions
 
 
-def mean_ablation(
-    features: dict[str, Tensor], means: dict[str, Tensor]
-) -> Intervention:
+def mean_ablation(features: dict[str, Tensor], means: dict[str, Tensor]) -> Intervention:
     """Intervention that sets chosen features to their means at every position.
 
     Args:
-        features: site key -> (n,) long feature indices to mean-ablate.
+        features: site key -> (d_sae,) bool mask of the features to mean-ablate.
         means: site key -> (d_sae,) mean activation of every feature.
 
-    ``x' = x + ((mean - f) * scale) @ W_dec`` over the chosen features: the
-    site's constant part and error term stay as they are.
+    ``x' = x + scale * (mean[S] @ W_dec[S] - sum of active f_i W_dec[i], i in S)``:
+    the means' part is one vector, the rest needs only the active features'
+    decoder rows; the site's constant term and error are unchanged.
     """
 
     def ablate(site: Site, x: Tensor) -> Tensor:
         chosen = features.get(site.key)
-        if chosen is None or len(chosen) == 0:
+        if chosen is None or not chosen.any():
             return x
         code = site.code(x)
-        shift = (means[site.key][chosen] - code.feats[..., chosen]) * code.scale.to(
-            code.feats.dtype
+        scale = code.scale.to(code.feats.dtype)  # (batch, pos, 1)
+        active = (code.feats != 0) & chosen
+        rows, positions, feats = active.nonzero().unbind(-1)
+        values = code.feats[active] * scale[rows, positions, 0]
+        decoded = torch.zeros_like(x).index_put_(
+            (rows, positions), site.decode_rows(values, feats).to(x.dtype), accumulate=True
         )
-        return x + (shift @ site.sae.W_dec[chosen]).to(x.dtype)  # (batch, pos, d_model)
+        constant = torch.where(chosen, means[site.key], 0) @ site.sae.W_dec  # (d_model,)
+        return x + (scale * constant).to(x.dtype) - decoded
 
     return ablate
 
 
 def _summing_features(sums: dict[str, Tensor], real: Tensor) -> Intervention:
-    """Intervention adding each summed site's features over real tokens into `sums` (float64)."""
+    """Intervention adding each site's features over real tokens into `sums`."""
 
     def record(site: Site, x: Tensor) -> Tensor:
         if site.key in sums:
-            sums[site.key] += site.code(x).feats[real].sum(dim=0, dtype=torch.float64)
+            feats = site.code(x).feats[real]  # (n_real, d_sae)
+            sums[site.key] += feats.sum(dim=0, dtype=torch.float64)
         return x
 
     return record
 
 
 def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
-    """(n, 3) rows (batch row, position, feature): every circuit feature at every real token."""
+    """(n, 3) rows (batch row, position, feature): each circuit feature, each real token."""
     where = real.nonzero()  # (n_real, 2)
     targets = {}
     for key, dims in circuit.items():
@@ -305,6 +267,20 @@ def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
     return targets
 
 
+def _mean_ablations(
+    spliced: SplicedModel, circuit: Circuit, means: dict[str, Tensor]
+) -> dict[str, Intervention]:
+    """The interventions of m(C), m(M \\ C) and m(empty), keyed as VARIANTS."""
+    inside = {}
+    for key, dims in circuit.items():
+        inside[key] = torch.zeros(spliced.by_key[key].sae.d_sae, dtype=torch.bool, device=spliced.device)
+        inside[key][dims] = True
+    outside = {key: ~mask for key, mask in inside.items()}
+    every = {key: torch.ones_like(mask) for key, mask in inside.items()}
+    chosen = (outside, inside, every)
+    return {name: mean_ablation(f, means) for name, f in zip(VARIANTS, chosen, strict=True)}
+
+
 # ---------------------------------------------------------------- the passes
 
 
@@ -312,62 +288,62 @@ def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
 def feature_means(
     spliced: SplicedModel, batches: Iterable[TokenBatch], sites: Iterable[str]
 ) -> dict[str, Tensor]:
-    """Each feature's mean activation (d_sae,) over the real tokens of `batches`, per site key."""
-    sums = {
-        key: torch.zeros(
-            spliced.by_key[key].sae.d_sae, dtype=torch.float64, device=spliced.device
-        )
-        for key in sites
-    }
+    """Each feature's mean activation (d_sae,) over the real tokens, per site key.
+
+    Runs the blocks only up to the last of `sites`: nothing after it is needed.
+    """
+    saes = {key: spliced.by_key[key].sae for key in sites}
+    sums = {key: sae.b_enc.new_zeros(sae.d_sae, dtype=torch.float64) for key, sae in saes.items()}
+    stop = 1 + max((sae.layer for sae in saes.values()), default=-1)
     n_tokens = 0
-    for batch in tqdm(batches, desc="Feature means", leave=False):
+    for batch in tqdm(batches, desc="Feature means", unit="batch", leave=False):
         real = batch.attention_mask.bool()
         with spliced.intervene(_summing_features(sums, real)):
-            spliced(batch.input_ids, batch.attention_mask)
+            spliced.run_blocks(spliced.embed(batch.input_ids), 0, stop, batch.attention_mask)
         n_tokens += int(real.sum())
     if n_tokens == 0:
         raise DatasetError("the evaluated data has no tokens; check PROMPT or DATASET")
-    return {
-        key: (total / n_tokens).to(spliced.by_key[key].sae.W_dec.dtype)
-        for key, total in sums.items()
-    }
+    return {key: (total / n_tokens).to(saes[key].W_dec.dtype) for key, total in sums.items()}
 
 
+@dataclass
 class _Sums:
-    """float64 running sums over batches."""
+    """Running float64 sums over batches."""
 
-    def __init__(self, d_vocab: int) -> None:
-        self.ce = dict.fromkeys(("full", "zero", *VARIANTS), 0.0)
-        self.kl = 0.0
-        self.n_predictions = self.n_tokens = self.n_sequences = 0
-        self.probs_clean = torch.zeros(d_vocab, dtype=torch.float64)
-        self.probs_ablated = torch.zeros(d_vocab, dtype=torch.float64)
+    probs_clean: Tensor  # (d_vocab,)
+    probs_ablated: Tensor  # (d_vocab,)
+    ce: dict[str, float] = field(default_factory=dict)  # variant -> summed CE
+    kl: float = 0.0
+    n_predictions: int = 0
+    n_tokens: int = 0
+    n_sequences: int = 0
 
 
-def _log_probs(
-    spliced: SplicedModel, batch: TokenBatch, intervention: Intervention | None = None
-) -> Tensor:
+def _log_probs(spliced: SplicedModel, batch: TokenBatch, intervention: Intervention | None = None) -> Tensor:
+    """log p (batch, pos, d_vocab) in float32, under `intervention` if given."""
     if intervention is None:
-        return F.log_softmax(
-            spliced(batch.input_ids, batch.attention_mask).float(), dim=-1
-        )
+        logits = spliced(batch.input_ids, batch.attention_mask)
+        return F.log_softmax(logits.float(), dim=-1)
     with spliced.intervene(intervention):
         return _log_probs(spliced, batch)
 
 
 def _cross_entropy_sum(log_probs: Tensor, batch: TokenBatch) -> float:
     """Sum of -log p(next token) over positions whose next token is real."""
-    has_target = batch.attention_mask[
-        :, 1:
-    ].bool()  # right padding: t+1 real implies t real
+    has_target = batch.attention_mask[:, 1:].bool()  # right padding: t is real too
     nll = -log_probs[:, :-1].gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     return float(nll[has_target].sum(dtype=torch.float64))
 
 
 def _last_probs(log_probs: Tensor, batch: TokenBatch) -> Tensor:
+    """Sum over sequences of p(next token) after each one's last real token."""
     last = batch.attention_mask.sum(dim=1) - 1
     rows = torch.arange(len(last), device=last.device)
     return log_probs[rows, last].exp().sum(dim=0, dtype=torch.float64).cpu()
+
+
+def _add(sums: _Sums, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
+    sums.ce[name] = sums.ce.get(name, 0.0) + _cross_entropy_sum(log_probs, batch)
 
 
 def _add_batch(
@@ -377,50 +353,22 @@ def _add_batch(
     ablations: dict[str, Intervention],
     sums: _Sums,
 ) -> None:
-    """The clean, zero-ablated and mean-ablated forwards of one batch, added into `sums`."""
+    """Phase 2 for one batch: clean, zeroed and mean-ablated forwards into `sums`."""
     real = batch.attention_mask.bool()
     clean = _log_probs(spliced, batch)
     zeroed = _log_probs(spliced, batch, zero_ablation(_zero_targets(circuit, real)))
-    kl = F.kl_div(zeroed, clean, log_target=True, reduction="none").sum(
-        dim=-1
-    )  # (batch, pos)
+    kl = F.kl_div(zeroed, clean, log_target=True, reduction="none").sum(dim=-1)
     sums.kl += float(kl[real].sum(dtype=torch.float64))
-    sums.ce["full"] += _cross_entropy_sum(clean, batch)
-    sums.ce["zero"] += _cross_entropy_sum(zeroed, batch)
+    _add(sums, "full", clean, batch)
+    _add(sums, "zero", zeroed, batch)
     sums.probs_clean += _last_probs(clean, batch)
     sums.probs_ablated += _last_probs(zeroed, batch)
-    del clean, zeroed, kl
+    del clean, zeroed, kl  # from here on, one vocabulary-sized tensor at a time
     for name, intervention in ablations.items():
-        sums.ce[name] += _cross_entropy_sum(
-            _log_probs(spliced, batch, intervention), batch
-        )
+        _add(sums, name, _log_probs(spliced, batch, intervention), batch)
     sums.n_predictions += int(batch.attention_mask[:, 1:].sum())
     sums.n_tokens += int(real.sum())
     sums.n_sequences += len(real)
-
-
-def _mean_ablations(
-    spliced: SplicedModel, circuit: Circuit, means: dict[str, Tensor]
-) -> dict[str, Intervention]:
-    """The interventions of m(C), m(M \\ C) and m(empty)."""
-    inside, outside, every = {}, {}, {}
-    for key, dims in circuit.items():
-        keep = torch.zeros(
-            spliced.by_key[key].sae.d_sae, dtype=torch.bool, device=spliced.device
-        )
-        keep[dims] = True
-        inside[key], outside[key], every[key] = (
-            keep.nonzero()[:, 0],
-            (~keep).nonzero()[:, 0],
-            keep.new_ones(len(keep)).nonzero()[:, 0],
-        )
-    return dict(
-        zip(
-            VARIANTS,
-            (mean_ablation(f, means) for f in (outside, inside, every)),
-            strict=True,
-        )
-    )
 
 
 @torch.no_grad()
@@ -431,36 +379,32 @@ def validate_circuit(
     circuit: Circuit,
     means: dict[str, Tensor] | None = None,
 ) -> ValidationResult:
-    """Ablate `circuit` whole over `batches` (right-padded); see the module docstring.
+    """Ablate `circuit` whole over right-padded `batches` (see the module docstring).
 
     Args:
-        batches: token batches; held as token ids for the two passes (8 bytes a token).
-        circuit: site key -> feature indices; an empty list still makes the site
-            part of m(C) and m(empty) (the empty circuit).
-        means: site key -> (d_sae,) mean activations; default: computed from `batches`.
+        batches: token batches, kept as token ids for both passes (8 bytes a token).
+        circuit: site key -> feature indices; a site with an empty list is still
+            part of m(C) and m(empty) (so ``{key: []}`` is the empty circuit).
+        means: site key -> (d_sae,) means to ablate to; default: from `batches`.
     """
-    check_circuit(spliced, circuit)
+    check_circuit(spliced, circuit, source="circuit")
     batches = list(batches)
     start = time.perf_counter()
-    means = means if means is not None else feature_means(spliced, batches, circuit)
-    logger.info(
-        "Phase 1: feature means over %d batches in %.1fs",
-        len(batches),
-        time.perf_counter() - start,
-    )
+    if means is None:
+        means = feature_means(spliced, batches, circuit)
+    logger.info("Phase 1, feature means: %.1fs", time.perf_counter() - start)
     start = time.perf_counter()
     ablations = _mean_ablations(spliced, circuit, means)
-    sums = _Sums(spliced.model.config.vocab_size)
+    d_vocab = spliced.model.config.vocab_size
+    sums = _Sums(*torch.zeros(2, d_vocab, dtype=torch.float64))
     for batch in tqdm(batches, desc="Validating", unit="batch"):
         _add_batch(spliced, batch, circuit, ablations, sums)
-    logger.info(
-        "Phase 2: 5 forwards per batch over %d batches in %.1fs",
-        len(batches),
-        time.perf_counter() - start,
-    )
+    n = len(batches)
+    logger.info("Phase 2, 5 forwards x %d batches: %.1fs", n, time.perf_counter() - start)
     if sums.n_predictions == 0:
         raise DatasetError(
-            "the evaluated text has no next token to predict; PROMPT or DATASET needs 2+ tokens per sequence"
+            "the evaluated text has no next token to predict; PROMPT or DATASET "
+            "sequences need at least 2 tokens"
         )
     return _result(circuit, sums)
 
@@ -468,17 +412,14 @@ def validate_circuit(
 def _result(circuit: Circuit, sums: _Sums) -> ValidationResult:
     """Phase 3: means of the sums, faithfulness and completeness."""
     ce = {name: total / sums.n_predictions for name, total in sums.ce.items()}
-    metric = {"full": ce["full"], **{name: ce[name] for name in VARIANTS}}
+    metric = {name: ce[name] for name in ("full", *VARIANTS)}
     span = metric["full"] - metric["empty"]
     if span == 0:
-        logger.warning(
-            "m(M) = m(empty): mean-ablating the circuit's sites changes nothing, so the ratios are undefined"
-        )
-    ratio = (
-        (lambda value: (value - metric["empty"]) / span)
-        if span
-        else (lambda value: math.nan)
-    )
+        logger.warning("m(M) = m(empty): faithfulness and completeness are undefined")
+
+    def ratio(value: float) -> float:
+        return (value - metric["empty"]) / span if span else math.nan
+
     return ValidationResult(
         circuit=circuit,
         n_sequences=sums.n_sequences,
@@ -511,19 +452,14 @@ def next_token_changes(
         "decreases": [i for i in (-change).topk(k).indices if change[i] < 0],
         "ablated_top": ablated.topk(k).indices,
     }
-    return {
-        name: [
-            {
-                "token": tokenizer.decode([int(i)]),
-                "id": int(i),
-                "clean": float(clean[i]),
-                "ablated": float(ablated[i]),
-                "change": float(change[i]),
-            }
-            for i in ids
-        ]
-        for name, ids in picks.items()
-    }
+
+    def row(i: Tensor) -> dict[str, Any]:
+        token, values = tokenizer.decode([int(i)]), (clean[i], ablated[i], change[i])
+        return {"token": token, "id": int(i)} | dict(
+            zip(("clean", "ablated", "change"), map(float, values), strict=True)
+        )
+
+    return {name: [row(i) for i in ids] for name, ids in picks.items()}
 
 
 def report_data(
@@ -534,7 +470,7 @@ def report_data(
     source: str,
     data: str,
 ) -> dict[str, Any]:
-    """The JSON-ready report (fields in the module docstring, less ``config``)."""
+    """The JSON-ready report: validation.json's fields but ``config``."""
     return {
         "circuit": result.circuit,
         "source": source,
@@ -548,82 +484,76 @@ def report_data(
         "ce_ablated": result.ce_ablated,
         "kl_clean_ablated": result.kl,
         "metric": result.metric,
-        "faithfulness": _finite_or_none(result.faithfulness),
-        "completeness": _finite_or_none(result.completeness),
+        "faithfulness": result.faithfulness if math.isfinite(result.faithfulness) else None,
+        "completeness": result.completeness if math.isfinite(result.completeness) else None,
         "next_token": next_token_changes(result, tokenizer, logit_tokens),
     }
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def write_report(data: dict[str, Any], path: Path) -> Path:
-    """Write `data` as JSON atomically (temp file + rename)."""
+    """Write `data` as strict JSON, atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(
-                data, file, indent=1, ensure_ascii=False, allow_nan=False, default=str
-            )
+            json.dump(data, file, indent=1, ensure_ascii=False, allow_nan=False)
         os.replace(temp, path)
     finally:
         Path(temp).unlink(missing_ok=True)
     return path
 
 
+_TITLES = {
+    "clean_top": "base (clean) top tokens",
+    "increases": "largest increases",
+    "decreases": "largest decreases",
+    "ablated_top": "altered (ablated) top tokens",
+}
+
+
 def format_report(data: dict[str, Any]) -> str:
-    """The report as researchers read it (from `report_data`'s dict)."""
+    """The report as researchers read it, from `report_data`'s dict."""
+    n_features = sum(map(len, data["circuit"].values()))
     circuit = "; ".join(f"{key}.{dims}" for key, dims in data["circuit"].items())
     lines = [
-        f"Circuit ({sum(map(len, data['circuit'].values()))} features, from {data['source']}): {circuit}",
-        (
-            f"Data: {data['data']} ({data['n_sequences']} sequences, "
-            f"{data['n_tokens']} tokens, {data['n_predictions']} next-token predictions)"
-        ),
+        f"Circuit ({n_features} features, from {data['source']}): {circuit}",
+        f"Data: {data['data']}",
+        f"  {data['n_sequences']} sequence(s), {data['n_tokens']} tokens, "
+        + f"{data['n_predictions']} next-token predictions",
         f"Ablation: {data['ablation']}",
         "",
-        f"Next-token probabilities after the last token (mean over {data['n_sequences']} sequences):",
+        "Next-token probabilities after the last token (clean -> ablated):",
     ]
-    titles = {
-        "clean_top": "base (clean) top tokens",
-        "increases": "largest increases",
-        "decreases": "largest decreases",
-        "ablated_top": "altered (ablated) top tokens",
-    }
-    for name, title in titles.items():
-        lines.append(f"  {title}:" + ("" if data["next_token"][name] else " none"))
+    for name, title in _TITLES.items():
+        rows = data["next_token"][name]
+        lines.append(f"  {title}:" + ("" if rows else " none"))
         lines += [
-            f"    {row['token']!r:>16}  {row['clean']:.4f} -> {row['ablated']:.4f}  ({row['change']:+.4f})"
-            for row in data["next_token"][name]
+            f"    {r['token']!r:>16}  {r['clean']:.4f} -> {r['ablated']:.4f}  ({r['change']:+.4f})"
+            for r in rows
         ]
-    metric = data["metric"]
-    lines += [
+    return "\n".join(lines + _metric_lines(data))
+
+
+def _metric_lines(data: dict[str, Any]) -> list[str]:
+    m, ce_change = data["metric"], data["ce_ablated"] - data["ce_clean"]
+    return [
         "",
-        (
-            f"Mean cross-entropy: clean {data['ce_clean']:.4f}, ablated "
-            f"{data['ce_ablated']:.4f} ({data['ce_ablated'] - data['ce_clean']:+.4f})"
-        ),
+        f"Mean cross-entropy: clean {data['ce_clean']:.4f}, "
+        + f"ablated {data['ce_ablated']:.4f} ({ce_change:+.4f})",
         f"Mean KL(clean || ablated) per token: {data['kl_clean_ablated']:.6f}",
         "",
-        "Faithfulness and completeness (Marks et al. 2024), m = mean next-token cross-entropy;",
-        f"baseline: {data['baseline']}:",
-        f"  m(M)     full model                        {metric['full']:.4f}",
-        f"  m(C)     circuit only (rest mean-ablated)  {metric['circuit']:.4f}",
-        f"  m(M\\C)   circuit mean-ablated              {metric['without_circuit']:.4f}",
-        f"  m(empty) every feature mean-ablated        {metric['empty']:.4f}",
+        "Faithfulness and completeness (Marks et al. 2024), m = mean next-token CE;",
+        f"baseline: {data['baseline']}",
+        f"  m(M)      full model                        {m['full']:.4f}",
+        f"  m(C)      circuit only (rest mean-ablated)  {m['circuit']:.4f}",
+        f"  m(M\\C)    circuit mean-ablated              {m['without_circuit']:.4f}",
+        f"  m(empty)  every feature mean-ablated        {m['empty']:.4f}",
         "  faithfulness = (m(C) - m(empty)) / (m(M) - m(empty)) = "
         + _ratio_text(data["faithfulness"], "1: the circuit alone recovers the model"),
         "  completeness = (m(M\\C) - m(empty)) / (m(M) - m(empty)) = "
         + _ratio_text(data["completeness"], "0: the circuit is complete"),
     ]
-    return "\n".join(lines)
 
 
 def _ratio_text(value: float | None, meaning: str) -> str:
-    return (
-        "undefined (m(M) = m(empty))" if value is None else f"{value:.4f}  ({meaning})"
-    )
+    return "undefined, m(M) = m(empty)" if value is None else f"{value:.4f}  ({meaning})"

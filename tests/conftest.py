@@ -101,8 +101,13 @@ def write_sae_folder(
     norm = "layer_norm" if layer_norm else "none"
     if spelling == "old":
         layer = int(hook_name.split(".")[1])
-        cfg |= {"hook_point": hook_name, "hook_point_layer": layer, "activation_fn_str": activation,
-                "normalize_activations": norm, "apply_b_dec_to_input": True}
+        cfg |= {
+            "hook_point": hook_name,
+            "hook_point_layer": layer,
+            "activation_fn_str": activation,
+            "normalize_activations": norm,
+            "apply_b_dec_to_input": True,
+        }
         if activation == "topk":
             cfg["activation_fn_kwargs"] = {"k": k}
     else:
@@ -134,7 +139,9 @@ def write_sae_set(root: Path, site: str, n_layers: int = N_LAYERS, **overrides) 
     hook, options = SAE_STYLES[site]
     for layer in range(n_layers):
         write_sae_folder(
-            root / f"{site}_{layer}", hook_name=hook.format(layer=layer), seed=100 * layer + len(site),
+            root / f"{site}_{layer}",
+            hook_name=hook.format(layer=layer),
+            seed=100 * layer + len(site),
             **(options | overrides),
         )
     return str(root / f"{site}_{{layer}}")

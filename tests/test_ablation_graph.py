@@ -105,7 +105,7 @@ def _check_edges_against_reference(result, spliced, saes, sequences, tokenizer):
             if node is not None and node.logits_up:
                 top = logp.topk(len(node.logits_up))
                 assert [v for _, v in node.logits_up] == pytest.approx(top.values.tolist(), abs=1e-4)
-            if layer + 1 not in saes or layer + 1 not in result.candidates and layer + 1 >= N_LAYERS:
+            if layer + 1 not in result.candidates:
                 continue
             effect = torch.stack([r[0] for r in refs]).mean(0)
             source = feature_id("resid", layer, feature)
@@ -133,8 +133,12 @@ def test_every_edge_equals_a_plain_one_feature_ablation(make_config, ln_post_tem
 
 def test_several_sequences_average_the_last_position_effect(make_config, tmp_path):
     data = tmp_path / "d.txt"
-    data.write_text("The quick brown fox jumps\nCopyright (C) 2024\nWhen Mary and John went to the store, John gave\n")
-    config = make_config(THRESHOLD_EXP=None, DATASET=str(data), NUM_SEQUENCES_INTERPED=3, ACTS_LAYERS_SLICE="0:2")
+    data.write_text(
+        "The quick brown fox jumps\nCopyright (C) 2024\nWhen Mary and John went to the store, John gave\n"
+    )
+    config = make_config(
+        THRESHOLD_EXP=None, DATASET=str(data), NUM_SEQUENCES_INTERPED=3, ACTS_LAYERS_SLICE="0:2"
+    )
     result, spliced, batch = _run(config, max_rows=7)
     assert len(batch.input_ids) == 3 and (batch.attention_mask == 0).any()  # padded
     saes = _saes(config, spliced)
@@ -154,7 +158,9 @@ def test_thinning_keeps_a_seeded_fraction_of_the_active_features(make_config):
 def test_the_next_layer_ablates_exactly_the_features_that_received_an_edge(make_config):
     result = _run(make_config(THRESHOLD_EXP=-3.0))[0]
     for layer in (1, 2):
-        targets = {parse_node_id(t).feature for (_, t) in result.graph.edges if parse_node_id(t).layer == layer}
+        targets = {
+            parse_node_id(t).feature for (_, t) in result.graph.edges if parse_node_id(t).layer == layer
+        }
         assert set(result.candidates[layer]) == targets
 
 
@@ -170,7 +176,11 @@ def test_a_pinned_feature_replaces_the_first_layer_and_joins_the_next(make_confi
 
 @pytest.mark.parametrize(
     ("pins", "message"),
-    [({"0": 64}, r"feature 64 at layer 0.*0\.\.63"), ({"5": 1}, r"layer 5, outside"), ({"attn_1": 2}, "resid")],
+    [
+        ({"0": 64}, r"feature 64 at layer 0.*0\.\.63"),
+        ({"5": 1}, r"layer 5, outside"),
+        ({"attn_1": 2}, "resid"),
+    ],
 )
 def test_invalid_pins_are_config_errors(make_config, pins, message):
     config = make_config(DIMS_PINNED=pins)
@@ -183,7 +193,9 @@ def test_the_threshold_keeps_only_larger_effects(make_config):
     everything = _run(config)[0].graph.edges
     kept = _run(config, threshold_exp=-1.0)[0].graph.edges
     assert kept and all(abs(e.effect) > 0.5 for e in kept.values())
-    first = {k: e.effect for k, e in everything.items() if k[0].startswith("resid_0.") and abs(e.effect) > 0.5}
+    first = {
+        k: e.effect for k, e in everything.items() if k[0].startswith("resid_0.") and abs(e.effect) > 0.5
+    }
     assert {k: e.effect for k, e in kept.items() if k[0].startswith("resid_0.")} == pytest.approx(first)
 
 

@@ -22,11 +22,18 @@ PROMPT = "When Mary and John went to the store, John gave"
 def setup(tmp_path_factory, tiny_model_dir, sae_templates):
     from sparse_coding.config import config_from_dict
 
-    config = config_from_dict({
-        "MODEL_DIR": str(tiny_model_dir), "RESID_SAES": sae_templates["resid"], "ATTN_SAES": sae_templates["attn"],
-        "MLP_SAES": sae_templates["mlp"], "ACTS_LAYERS_SLICE": "0:3", "DEVICE": "cpu", "DTYPE": "float64",
-        "DATA_DIR": str(tmp_path_factory.mktemp("data")),
-    })
+    config = config_from_dict(
+        {
+            "MODEL_DIR": str(tiny_model_dir),
+            "RESID_SAES": sae_templates["resid"],
+            "ATTN_SAES": sae_templates["attn"],
+            "MLP_SAES": sae_templates["mlp"],
+            "ACTS_LAYERS_SLICE": "0:3",
+            "DEVICE": "cpu",
+            "DTYPE": "float64",
+            "DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        }
+    )
     spliced, tokenizer = load_spliced_model(config)
     tokens = tokenize_prompt(tokenizer, PROMPT, prepend_bos=True)
     inputs, target = split_prompt(tokens)
@@ -38,8 +45,9 @@ def _module_hook(model, key: str, fn):
     site, layer = key.rsplit("_", 1)
     block = model.transformer.h[int(layer)]
     if site == "resid":
-        return block.register_forward_pre_hook(lambda m, args, kwargs: ((fn(args[0]), *args[1:]), kwargs),
-                                               with_kwargs=True)
+        return block.register_forward_pre_hook(
+            lambda m, args, kwargs: ((fn(args[0]), *args[1:]), kwargs), with_kwargs=True
+        )
     if site == "attn":
         return block.attn.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]))
     return block.mlp.register_forward_hook(lambda m, a, out: fn(out))
@@ -103,9 +111,12 @@ def test_node_attributions_equal_directional_derivatives_of_the_plain_model(setu
     for key, attr in attributions.items():
         top = attr.feature_ie.abs().topk(3).indices.tolist()
         for feature in top:
-            assert attr.feature_ie[feature] == pytest.approx(_reference_ie(spliced, inputs, target, key, feature),
-                                                             rel=1e-6, abs=1e-9)
-        assert attr.error_ie == pytest.approx(_reference_ie(spliced, inputs, target, key, None), rel=1e-6, abs=1e-9)
+            assert attr.feature_ie[feature] == pytest.approx(
+                _reference_ie(spliced, inputs, target, key, feature), rel=1e-6, abs=1e-9
+            )
+        assert attr.error_ie == pytest.approx(
+            _reference_ie(spliced, inputs, target, key, None), rel=1e-6, abs=1e-9
+        )
 
 
 def test_inactive_features_have_exactly_zero_attribution(setup):
@@ -123,6 +134,7 @@ def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setu
     the check uses the attn/mlp sites.)
     """
     spliced, inputs, target = setup
+    attributions = node_attributions(spliced, inputs, target, ig_steps=32)
     for key in ("attn_1", "mlp_1"):
         sae = spliced.by_key[key].sae
         x = _clean(spliced, inputs)[key]
@@ -134,7 +146,7 @@ def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setu
                 return float(_loss(spliced.model(inputs).logits, target))
 
         change = loss_with(lambda out: constant) - loss_with(lambda out: out)
-        attr = node_attributions(spliced, inputs, target, ig_steps=64)[key]
+        attr = attributions[key]
         assert float(attr.feature_ie.sum()) + attr.error_ie == pytest.approx(change, rel=1e-3, abs=1e-5)
 
 
@@ -155,13 +167,19 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
     else:
         scales = torch.ones(down_x.shape[:-1], dtype=down_x.dtype, requires_grad=True)
         value = _node_value(down_sae, down_x)[..., down_feature]
-        with hooks(spliced.model, {down_key: lambda out: out + ((scales - 1) * value)[..., None]
-                                   * down_sae.W_dec[down_feature]}):
+        with hooks(
+            spliced.model,
+            {down_key: lambda out: out + ((scales - 1) * value)[..., None] * down_sae.W_dec[down_feature]},
+        ):
             (g,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), scales)
         w = torch.where(value != 0, g / value.where(value != 0, torch.ones_like(value)), torch.zeros_like(g))
     t = torch.ones((), dtype=down_x.dtype, requires_grad=True)
     read = {}
-    fns = {key: (lambda key: lambda out: clean[key])(key) for key in spliced.by_key if key not in (up_key, down_key)}
+    fns = {
+        key: (lambda key: lambda out: clean[key])(key)
+        for key in spliced.by_key
+        if key not in (up_key, down_key)
+    }
     fns[up_key] = lambda out: clean[up_key] + (t - 1) * up_contribution
     fns[down_key] = lambda out: read.__setitem__("x", out) or out
     with hooks(spliced.model, fns):
@@ -172,8 +190,15 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
     return -float(grad)
 
 
-PAIRS = [("attn_1", "resid_1"), ("mlp_1", "resid_1"), ("mlp_1", "attn_1"), ("resid_2", "resid_1"),
-         ("resid_2", "attn_1"), ("resid_2", "mlp_1"), ("attn_2", "resid_2")]
+PAIRS = [
+    ("attn_1", "resid_1"),
+    ("mlp_1", "resid_1"),
+    ("mlp_1", "attn_1"),
+    ("resid_2", "resid_1"),
+    ("resid_2", "attn_1"),
+    ("resid_2", "mlp_1"),
+    ("attn_2", "resid_2"),
+]
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["per-node backward", "batched backward"])
@@ -181,8 +206,9 @@ def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
     spliced, inputs, target = setup
     attributions = node_attributions(spliced, inputs, target)
     down_nodes = choose_down_nodes(attributions, num_down_nodes=2)
-    edge_sets = {(s.down_site, s.up_site): s for s in edges(spliced, inputs, attributions, down_nodes,
-                                                               batched=batched)}
+    edge_sets = {
+        (s.down_site, s.up_site): s for s in edges(spliced, inputs, attributions, down_nodes, batched=batched)
+    }
     clean = _clean(spliced, inputs)
     for down_key, up_key in PAIRS:
         edge_set = edge_sets[(down_key, up_key)]
@@ -191,11 +217,16 @@ def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
         for row, down_feature in enumerate(downs):
             for up_feature in ups:
                 col = -1 if up_feature is None else edge_set.up_features.tolist().index(up_feature)
-                expected = _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_key,
-                                           up_feature)
+                expected = _reference_edge(
+                    spliced, inputs, target, clean, down_key, down_feature, up_key, up_feature
+                )
                 got = float(edge_set.effects[row, col])
-                assert got == pytest.approx(expected, rel=1e-6, abs=1e-10), (down_key, down_feature, up_key,
-                                                                            up_feature)
+                assert got == pytest.approx(expected, rel=1e-6, abs=1e-10), (
+                    down_key,
+                    down_feature,
+                    up_key,
+                    up_feature,
+                )
 
 
 def test_upstream_error_edges_are_not_zero(setup):
@@ -212,8 +243,11 @@ def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstre
     spliced, inputs, target = setup
     attributions = node_attributions(spliced, inputs, target)
     down_nodes = choose_down_nodes(attributions, num_down_nodes=3)
-    edge_set = next(s for s in edges(spliced, inputs, attributions, down_nodes, batched=False)
-                    if (s.down_site, s.up_site) == ("resid_2", "attn_1"))
+    edge_set = next(
+        s
+        for s in edges(spliced, inputs, attributions, down_nodes, batched=False)
+        if (s.down_site, s.up_site) == ("resid_2", "attn_1")
+    )
     clean = _clean(spliced, inputs)
     down_sae, up_sae = spliced.by_key["resid_2"].sae, spliced.by_key["attn_1"].sae
     checked = 0
@@ -226,12 +260,19 @@ def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstre
             if not torch.equal(before > 0, after > 0):
                 continue  # a ReLU gate flipped: the path is not linear there
             probe = torch.ones(before.shape, dtype=before.dtype, requires_grad=True)
-            with hooks(spliced.model, {"resid_2": lambda out: out + ((probe - 1) * before)[..., None]
-                                       * down_sae.W_dec[down_feature]}):
+            with hooks(
+                spliced.model,
+                {
+                    "resid_2": lambda out: (
+                        out + ((probe - 1) * before)[..., None] * down_sae.W_dec[down_feature]
+                    )
+                },
+            ):
                 (g,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), probe)
             w = torch.where(before != 0, g / before.where(before != 0, torch.ones_like(before)), 0)
-            assert float(edge_set.effects[row, col]) == pytest.approx(float((w * (after - before)).sum()),
-                                                                      rel=1e-6, abs=1e-10)
+            assert float(edge_set.effects[row, col]) == pytest.approx(
+                float((w * (after - before)).sum()), rel=1e-6, abs=1e-10
+            )
             checked += 1
     assert checked >= 3
 
@@ -247,7 +288,9 @@ def test_gradient_graph_keeps_only_nodes_that_reach_the_last_layer(setup):
     bottom = {n for n in graph.nodes if graph.nodes[n].layer == 2}
 
     def reaches(node_id, seen=()):
-        return node_id in bottom or any(reaches(t, (*seen, node_id)) for t in into.get(node_id, []) if t not in seen)
+        return node_id in bottom or any(
+            reaches(t, (*seen, node_id)) for t in into.get(node_id, []) if t not in seen
+        )
 
     assert all(reaches(n) for n in graph.nodes)
     assert 0 < graph.metadata["fraction_explained"] < 1

@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -100,20 +101,41 @@ def test_a_slice_outside_the_models_layers_is_an_error_once_the_model_is_known(t
 
 @pytest.mark.parametrize(
     ("text", "n_layers", "layers"),
-    [("9:12", 12, range(9, 12)), (":", 3, range(3)), ("1:", 3, range(1, 3)), ("-2:", 12, range(10, 12)),
-     (":-1", 3, range(2)), ("0:3", 3, range(3))],
+    [
+        ("9:12", 12, range(9, 12)),
+        (":", 3, range(3)),
+        ("1:", 3, range(1, 3)),
+        ("-2:", 12, range(10, 12)),
+        (":-1", 3, range(2)),
+        ("0:3", 3, range(3)),
+    ],
 )
 def test_a_valid_slice_selects_layers_like_a_python_slice(text, n_layers, layers):
     config = config_from_dict({"ACTS_LAYERS_SLICE": text, "RESID_SAES": "x_{layer}"})
-    assert config.layer_range(n_layers) == layers == range(n_layers)[slice(*[int(p) if p else None for p in text.split(":")])]
+    assert (
+        config.layer_range(n_layers)
+        == layers
+        == range(n_layers)[slice(*[int(p) if p else None for p in text.split(":")])]
+    )
 
 
 @pytest.mark.parametrize(
     "value",
-    ["[1, 2]", "{9: 'a'}", "{9: [1.5]}", "{9: []}", "{9: [true]}", "{9: [-1]}", "{foo_9: [1]}", "{9: {1: 2}}"],
+    [
+        "[1, 2]",
+        "{9: 'a'}",
+        "{9: [1.5]}",
+        "{9: []}",
+        "{9: [true]}",
+        "{9: [-1]}",
+        "{foo_9: [1]}",
+        "{9: {1: 2}}",
+    ],
 )
 def test_validation_dims_must_map_layers_to_lists_of_ints(tmp_path, capsys, value):
-    message = fail_through_script(write_config(tmp_path, MINIMAL + f"VALIDATION_DIMS_PINNED: {value}\n"), capsys)
+    message = fail_through_script(
+        write_config(tmp_path, MINIMAL + f"VALIDATION_DIMS_PINNED: {value}\n"), capsys
+    )
     assert "VALIDATION_DIMS_PINNED" in message and "e.g." in message
 
 
@@ -125,8 +147,11 @@ def test_dims_pinned_must_map_each_layer_to_one_int(tmp_path, capsys, value):
 
 def test_pinned_dims_accept_int_layers_and_site_keys():
     config = config_from_dict(
-        {"RESID_SAES": "x_{layer}", "DIMS_PINNED": {9: 331, "mlp_10": [5]},
-         "VALIDATION_DIMS_PINNED": {9: [331, 12], "attn_10": [5], "resid_11": 7}}
+        {
+            "RESID_SAES": "x_{layer}",
+            "DIMS_PINNED": {9: 331, "mlp_10": [5]},
+            "VALIDATION_DIMS_PINNED": {9: [331, 12], "attn_10": [5], "resid_11": 7},
+        }
     )
     assert config.pinned_dims == {("resid", 9): 331, ("mlp", 10): 5}
     assert config.validation_dims == {("resid", 9): [331, 12], ("attn", 10): [5], ("resid", 11): [7]}
@@ -134,9 +159,14 @@ def test_pinned_dims_accept_int_layers_and_site_keys():
 
 @pytest.mark.parametrize(
     ("line", "key"),
-    [("DTYPE: float8", "DTYPE"), ("SAE_DTYPE: int8", "SAE_DTYPE"), ("BATCH_SIZE: 0", "BATCH_SIZE"),
-     ("INIT_THINNING_FACTOR: 1.5", "INIT_THINNING_FACTOR"), ("KEEPER_CLUSTER_INDEX: 8", "KEEPER_CLUSTER_INDEX"),
-     ("VIEW: -1", "VIEW")],
+    [
+        ("DTYPE: float8", "DTYPE"),
+        ("SAE_DTYPE: int8", "SAE_DTYPE"),
+        ("BATCH_SIZE: 0", "BATCH_SIZE"),
+        ("INIT_THINNING_FACTOR: 1.5", "INIT_THINNING_FACTOR"),
+        ("KEEPER_CLUSTER_INDEX: 8", "KEEPER_CLUSTER_INDEX"),
+        ("VIEW: -1", "VIEW"),
+    ],
 )
 def test_out_of_range_values_name_the_key_and_the_valid_range(tmp_path, capsys, line, key):
     message = fail_through_script(write_config(tmp_path, MINIMAL + line + "\n"), capsys)
@@ -144,7 +174,9 @@ def test_out_of_range_values_name_the_key_and_the_valid_range(tmp_path, capsys, 
 
 
 def test_a_config_without_any_sae_source_is_an_error(tmp_path, capsys):
-    message = fail_through_script(write_config(tmp_path, "RESID_SAES: null\nATTN_SAES: ''\nMLP_SAES: None\n"), capsys)
+    message = fail_through_script(
+        write_config(tmp_path, "RESID_SAES: null\nATTN_SAES: ''\nMLP_SAES: None\n"), capsys
+    )
     assert all(key in message for key in ("RESID_SAES", "ATTN_SAES", "MLP_SAES"))
 
 
@@ -163,8 +195,12 @@ def test_a_good_config_reaches_main_with_script_flags(tmp_path):
     parser = build_parser("test script")
     parser.add_argument("--extra", type=int, default=0)
     seen = {}
-    run_script(lambda config, args: seen.update(seed=config.SEED, extra=args.extra), "test script",
-               argv=["--config", str(path), "--extra", "4", "--quiet"], parser=parser)
+    run_script(
+        lambda config, args: seen.update(seed=config.SEED, extra=args.extra),
+        "test script",
+        argv=["--config", str(path), "--extra", "4", "--quiet"],
+        parser=parser,
+    )
     assert seen == {"seed": 3, "extra": 4}
 
 
@@ -213,7 +249,9 @@ def test_the_shipped_config_loads_with_the_documented_defaults(caplog):
         config = load_config(DEFAULT_CONFIG_PATH)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert config.sae_sources == {
-        "resid": "gpt2-small-res-jb", "attn": "gpt2-small-attn-out-v5-32k", "mlp": "gpt2-small-mlp-out-v5-32k"
+        "resid": "gpt2-small-res-jb",
+        "attn": "gpt2-small-attn-out-v5-32k",
+        "mlp": "gpt2-small-mlp-out-v5-32k",
     }
     assert config.layer_range(12) == range(9, 12)
     assert config.PREPEND_BOS is True and config.MODEL_DIR == "openai-community/gpt2"
@@ -251,15 +289,39 @@ def test_a_real_process_exits_1_with_one_paragraph_and_no_traceback(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: Config key NUM_UP_NODES")
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_each_script_exits_1_naming_a_missing_config(tmp_path, script):
-    if not (REPO / "sparse_coding" / f"{script}.py").is_file():
-        pytest.skip(f"sparse_coding/{script}.py is not written yet")
+def script_path(name: str) -> Path:
+    path = REPO / "sparse_coding" / f"{name}.py"
+    if not path.is_file():
+        pytest.skip(f"sparse_coding/{name}.py is not written yet")
+    return path
+
+
+def test_fast_py_run_as_a_file_exits_1_naming_a_missing_config(tmp_path):
     missing = tmp_path / "missing.yaml"
-    result = run_python([str(REPO / "sparse_coding" / f"{script}.py"), "--config", str(missing)], cwd=tmp_path)
+    result = run_python([str(script_path("fast")), "--config", str(missing)], cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert str(missing) in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: Config file {missing} does not exist; pass --config PATH to a YAML file"
+    )
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_exits_1_with_one_paragraph_on_a_bad_config(tmp_path, capsys, monkeypatch, name):
+    path = write_config(tmp_path, MINIMAL + "ACTS_LAYERS_SLICE: '9-12'\n")
+    script = script_path(name)
+    monkeypatch.setattr(sys, "argv", [str(script), "--config", str(path)])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a script run as a file prepends the repo
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(script), run_name="__main__")  # in-process: imports are already paid for
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        "error: ACTS_LAYERS_SLICE '9-12' is not a slice; write 'start:stop' like a Python slice, "
+        "e.g. '9:12', '0:12' or ':'"
+    ]
 
 
 def test_config_from_dict_raises_config_error_for_bad_values():

@@ -71,9 +71,14 @@ VARIANTS = [
 
 @pytest.mark.parametrize("apply_b_dec", [True, False], ids=["b_dec_in", "no_b_dec_in"])
 @pytest.mark.parametrize(("activation", "layer_norm", "spelling"), VARIANTS)
-def test_encode_and_decode_follow_the_saelens_formulas(tmp_path, activation, layer_norm, spelling, apply_b_dec):
+def test_encode_and_decode_follow_the_saelens_formulas(
+    tmp_path, activation, layer_norm, spelling, apply_b_dec
+):
     folder = write_sae_folder(
-        tmp_path / "sae_2", hook_name="blocks.2.hook_mlp_out", activation=activation, layer_norm=layer_norm,
+        tmp_path / "sae_2",
+        hook_name="blocks.2.hook_mlp_out",
+        activation=activation,
+        layer_norm=layer_norm,
         spelling=spelling,
     )
     set_cfg(folder, apply_b_dec_to_input=apply_b_dec)
@@ -114,8 +119,13 @@ def test_an_sae_knows_its_shapes_hook_site_and_layer(tmp_path, spelling):
 
 @pytest.mark.parametrize(
     ("hook", "site"),
-    [("hook_resid_pre", "resid"), ("hook_resid_mid", "resid"), ("hook_resid_post", "resid"),
-     ("hook_attn_out", "attn"), ("hook_mlp_out", "mlp")],
+    [
+        ("hook_resid_pre", "resid"),
+        ("hook_resid_mid", "resid"),
+        ("hook_resid_post", "resid"),
+        ("hook_attn_out", "attn"),
+        ("hook_mlp_out", "mlp"),
+    ],
 )
 def test_every_supported_hook_maps_to_its_site(tmp_path, hook, site):
     sae = load_sae(template(write_sae_folder(tmp_path / "sae_2", hook_name=f"blocks.2.{hook}")), 2)
@@ -124,7 +134,9 @@ def test_every_supported_hook_maps_to_its_site(tmp_path, hook, site):
 
 def test_a_local_template_fills_the_layer_and_reads_neuronpedia_id_from_cfg(tmp_path):
     for layer in (0, 1):
-        folder = write_sae_folder(tmp_path / f"sae_{layer}", hook_name=f"blocks.{layer}.hook_resid_pre", seed=layer)
+        folder = write_sae_folder(
+            tmp_path / f"sae_{layer}", hook_name=f"blocks.{layer}.hook_resid_pre", seed=layer
+        )
         set_cfg(folder, neuronpedia_id=f"tiny/{layer}-res")
     source = str(tmp_path / "sae_{layer}")
     sae0, sae1 = load_sae(source, 0), load_sae(source, 1)
@@ -134,8 +146,12 @@ def test_a_local_template_fills_the_layer_and_reads_neuronpedia_id_from_cfg(tmp_
 
 
 def test_center_writing_weights_follows_model_from_pretrained_kwargs(tmp_path):
-    kept = write_sae_folder(tmp_path / "a_0", hook_name="blocks.0.hook_resid_pre", center_writing_weights=False)
-    centred = write_sae_folder(tmp_path / "b_0", hook_name="blocks.0.hook_resid_pre", center_writing_weights=True)
+    kept = write_sae_folder(
+        tmp_path / "a_0", hook_name="blocks.0.hook_resid_pre", center_writing_weights=False
+    )
+    centred = write_sae_folder(
+        tmp_path / "b_0", hook_name="blocks.0.hook_resid_pre", center_writing_weights=True
+    )
     unsaid = write_sae_folder(tmp_path / "c_0", hook_name="blocks.0.hook_resid_pre")
     assert load_sae(template(kept), 0).cfg.center_writing_weights is False
     assert load_sae(template(centred), 0).cfg.center_writing_weights is True
@@ -143,14 +159,17 @@ def test_center_writing_weights_follows_model_from_pretrained_kwargs(tmp_path):
 
 
 def test_bfloat16_stores_the_weights_in_bfloat16_and_encodes_float32_inputs(tmp_path):
-    folder = write_sae_folder(tmp_path / "sae_0", hook_name="blocks.0.hook_mlp_out", activation="topk", layer_norm=True)
+    folder = write_sae_folder(
+        tmp_path / "sae_0", hook_name="blocks.0.hook_mlp_out", activation="topk", layer_norm=True
+    )
     sae = load_sae(template(folder), 0, dtype=torch.bfloat16)
     assert {p.dtype for p in sae.parameters()} == {torch.bfloat16}
     x = torch.randn(2, 3, D_MODEL)
     acts = sae.encode(x)
     assert acts.dtype == torch.bfloat16
     expected, _, _ = reference_encode(
-        x, load_file(str(folder / "sae_weights.safetensors")),
+        x,
+        load_file(str(folder / "sae_weights.safetensors")),
         {"layer_norm": True, "apply_b_dec_to_input": True, "activation": "topk", "k": TOPK},
     )
     assert ((acts.float() - expected).abs() <= 0.05 * expected.abs().max()).all()
@@ -256,7 +275,9 @@ def test_a_release_name_loads_from_the_hub_cache_with_its_neuronpedia_id(tmp_pat
 
 
 def test_a_hub_template_resolves_the_layer_through_the_hub_cache(tmp_path, hub_cache):
-    folder = write_sae_folder(tmp_path / "sae_1", hook_name="blocks.1.hook_resid_pre", center_writing_weights=False)
+    folder = write_sae_folder(
+        tmp_path / "sae_1", hook_name="blocks.1.hook_resid_pre", center_writing_weights=False
+    )
     hub_cache(JB_REPO, folder, "blocks.1.hook_resid_pre")
     sae = load_sae(f"{JB_REPO}/blocks.{{layer}}.hook_resid_pre", 1)
     assert (sae.hook_name, sae.layer) == ("blocks.1.hook_resid_pre", 1)

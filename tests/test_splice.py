@@ -136,7 +136,11 @@ def hook_count(model: torch.nn.Module) -> int:
 def test_five_hooks_are_spliced_in_forward_order(spliced):
     assert [site.key for site in spliced.sites] == FORWARD_ORDER
     assert {site.hook for site in spliced.sites} == {
-        "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"
+        "hook_resid_pre",
+        "hook_attn_out",
+        "hook_resid_mid",
+        "hook_mlp_out",
+        "hook_resid_post",
     }
     calls = []
     with spliced.intervene(lambda site, x: calls.append(site.key) or x):
@@ -177,7 +181,9 @@ def test_decode_plus_error_at_every_site_gives_the_plain_model_logits(spliced, r
 
     with spliced.intervene(lambda site, x: reconstructions[site.key]):
         without_error = spliced(PROMPT_IDS)
-    assert (without_error - plain).abs().max() > 1e-2, "the error term must matter for this check to mean anything"
+    assert (without_error - plain).abs().max() > 1e-2, (
+        "the error term must matter for this check to mean anything"
+    )
 
 
 def test_site_codes_match_the_sae_encoding_of_hf_activations(spliced):
@@ -227,7 +233,9 @@ def test_batched_zero_ablation_equals_separate_hooked_forwards_per_row(spliced):
         {"attn_0": active["attn_0"][10:11], "mlp_2": active["mlp_2"][-1:]},
     ]
     targets = {
-        key: torch.tensor([(row, p, f) for row, plan in enumerate(plans) for p, f in plan.get(key, [])]).long()
+        key: torch.tensor(
+            [(row, p, f) for row, plan in enumerate(plans) for p, f in plan.get(key, [])]
+        ).long()
         for key in {key for plan in plans for key in plan}
     }
     ids = PROMPT_IDS.expand(len(plans), -1)
@@ -238,7 +246,9 @@ def test_batched_zero_ablation_equals_separate_hooked_forwards_per_row(spliced):
     sites = spliced.by_key
     for row, plan in enumerate(plans):
         edits = {
-            (sites[key].hook, sites[key].layer): (lambda x, sae=sites[key].sae, pairs=pairs: sae_ablate(sae, x, pairs))
+            (sites[key].hook, sites[key].layer): (
+                lambda x, sae=sites[key].sae, pairs=pairs: sae_ablate(sae, x, pairs)
+            )
             for key, pairs in plan.items()
         }
         with torch.no_grad():

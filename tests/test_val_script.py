@@ -42,6 +42,7 @@ def run_val(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, *args],
+        check=False,
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -55,9 +56,7 @@ def stored_report(tmp_path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_val_prints_the_report_and_writes_validation_json_over_a_dataset(
-    tmp_path, write_config
-):
+def test_val_prints_the_report_and_writes_validation_json_over_a_dataset(tmp_path, write_config):
     dataset = tmp_path / "texts.txt"
     dataset.write_text("\n".join(TEXTS) + "\n")
     config = write_config(
@@ -89,9 +88,7 @@ def test_val_prints_the_report_and_writes_validation_json_over_a_dataset(
     assert len(report["next_token"]["clean_top"]) == 3
 
 
-def test_val_from_graph_validates_the_feature_nodes_of_a_hand_written_graph(
-    tmp_path, write_config
-):
+def test_val_from_graph_validates_the_feature_nodes_of_a_hand_written_graph(tmp_path, write_config):
     graph = {
         "nodes": [
             {"id": "resid_1.7", "site": "resid", "layer": 1, "feature": 7},
@@ -122,16 +119,12 @@ def test_val_from_graph_validates_the_feature_nodes_of_a_hand_written_graph(
     assert report["n_sequences"] == 1
 
 
-def test_bad_pins_exit_non_zero_with_one_paragraph_and_no_traceback(
-    tmp_path, write_config
-):
+def test_bad_pins_exit_non_zero_with_one_paragraph_and_no_traceback(tmp_path, write_config):
     config = write_config(VALIDATION_DIMS_PINNED={"attn_1": [3, 999]})
     done = run_val("val.py", "--config", str(config), "-q", cwd=REPO / "sparse_coding")
 
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    (message,) = [
-        line for line in done.stderr.splitlines() if line.startswith("error:")
-    ]
+    (message,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert "'attn_1' index 999 (width 64, valid 0..63)" in message
     assert not list((tmp_path / "data").glob("*/validation.json"))

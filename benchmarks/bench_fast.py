@@ -1,0 +1,172 @@
+"""Benchmark fast.py's phases on GPT-2-small-shaped random weights with real-size SAEs.
+
+    python3 benchmarks/bench_fast.py [--device cuda] [--slice 0:12] [--baseline-nodes 12]
+
+Random weights: GPT2Config() defaults; resid SAEs 24576-latent ReLU on
+hook_resid_pre (encoder bias calibrated so ~80 features fire per token, like
+real SAEs); attn/mlp SAEs 32768-latent TopK-32 with layer-normalised inputs.
+12-token prompt, NUM_DOWN_NODES 5. Prints time per phase, peak memory, pass
+counts, and the edge phase against the original tool's method: per down-node,
+a backward through the whole (uncut) spliced model, plus one more forward and
+backward per intermediate site to subtract indirect paths. That baseline runs
+on --baseline-nodes down-nodes and is extrapolated to all of them.
+"""
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sparse_coding import attribution  # noqa: E402
+from sparse_coding.attribution import choose_down_nodes, edges, node_attributions, split_prompt, upstream_sites  # noqa: E402
+from sparse_coding.attribution_graph import build_graph  # noqa: E402
+from sparse_coding.saes import SAE, SAEConfig  # noqa: E402
+from sparse_coding.splice import Site, SplicedModel  # noqa: E402
+
+COUNTS = {"forward": 0, "backward": 0}
+
+
+def random_sae(hook: str, d_sae: int, topk: bool, device: str, gen: torch.Generator) -> SAE:
+    d_in = 768
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=hook, activation="topk" if topk else "relu", k=32 if topk else None,
+                    normalize_activations="layer_norm" if topk else "none", apply_b_dec_to_input=True,
+                    prepend_bos=True, center_writing_weights=not topk, neuronpedia_id=None, source=f"random {hook}")
+    weights = {"W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5, "b_enc": torch.zeros(d_sae),
+               "W_dec": torch.randn(d_sae, d_in, generator=gen) / d_in**0.5, "b_dec": torch.zeros(d_in)}
+    return SAE(cfg, weights).to(device)
+
+
+def calibrate_relu_biases(spliced: SplicedModel, inputs: torch.Tensor, active_per_token: int = 80) -> None:
+    """Set ReLU encoder biases so that about `active_per_token` features fire, as in trained SAEs."""
+    def calibrate(site: Site, x: torch.Tensor) -> torch.Tensor:
+        if site.sae.cfg.activation == "relu":
+            pre = site.sae.pre_activations(site.to_sae_space(x))
+            q = 1 - active_per_token / site.sae.d_sae
+            site.sae.b_enc -= torch.quantile(pre.flatten().float()[:1_000_000], q)
+        return x
+
+    with torch.no_grad(), spliced.intervene(calibrate):
+        spliced(inputs)
+
+
+def baseline_edges(spliced: SplicedModel, inputs, attributions, down_nodes, n_nodes: int) -> tuple[float, int]:
+    """Original method: per down-node, uncut full forward + backward, plus a pass per intermediate site."""
+    pairs = [(site, int(f)) for site in spliced.sites if upstream_sites(spliced, site)
+             for f in down_nodes[site.key]]
+    start = time.perf_counter()
+    for site, feature in pairs[:n_nodes]:
+        ups = upstream_sites(spliced, site)
+        for _ in range(1 + max(0, len(ups) - 1)):  # total effect, then one pass per indirect path
+            leaves = {u.key: attributions[u.key].leaves.values.clone().requires_grad_() for u in ups}
+            read = {}
+
+            def splice(s: Site, x: torch.Tensor) -> torch.Tensor:
+                if s.key == site.key:
+                    read["x"] = x
+                code = s.code(x)  # every site is spliced: x = decode(encode(x)) + error
+                x = x - code.error + code.error
+                if s.key not in leaves:
+                    return x
+                lv = attributions[s.key].leaves
+                return x + lv.decode(s, leaves[s.key]) - lv.decode(s, leaves[s.key].detach())
+
+            with torch.enable_grad(), spliced.intervene(splice):
+                logits = spliced(inputs)
+                gate = torch.ones(read["x"].shape[1], 1, device=inputs.device)
+                value = site.selected_feats(read["x"][0], torch.tensor([feature], device=inputs.device), gate)
+                torch.autograd.grad(value.sum() + 0 * logits.sum(), list(leaves.values()), allow_unused=True)
+    elapsed = time.perf_counter() - start
+    return elapsed * len(pairs) / min(n_nodes, len(pairs)), len(pairs)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--slice", default="0:12")
+    parser.add_argument("--baseline-nodes", type=int, default=12)
+    parser.add_argument("--num-down-nodes", type=int, default=5)
+    args = parser.parse_args()
+    device = args.device
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    start, stop = (int(p) for p in args.slice.split(":"))
+
+    t0 = time.perf_counter()
+    model = GPT2LMHeadModel(GPT2Config(attn_implementation="eager")).to(device).eval().requires_grad_(False)
+    saes = []
+    for layer in range(start, stop):
+        saes.append(random_sae(f"blocks.{layer}.hook_resid_pre", 24576, False, device, gen))
+        saes.append(random_sae(f"blocks.{layer}.hook_attn_out", 32768, True, device, gen))
+        saes.append(random_sae(f"blocks.{layer}.hook_mlp_out", 32768, True, device, gen))
+    spliced = SplicedModel(model, saes)
+    tokens = torch.randint(0, 50257, (1, 13), generator=gen).to(device)
+    inputs, target = split_prompt(tokens)
+    calibrate_relu_biases(spliced, inputs)
+    sync(device)
+    load_s = time.perf_counter() - t0
+
+    real_grad = torch.autograd.grad
+
+    def counted_grad(*a, **k):
+        COUNTS["backward"] += 1
+        return real_grad(*a, **k)
+
+    attribution.torch.autograd.grad = counted_grad
+    model.transformer.h[0].register_forward_pre_hook(lambda m, a: COUNTS.__setitem__("forward", COUNTS["forward"] + 1))
+
+    t0 = time.perf_counter()
+    attrs = node_attributions(spliced, inputs, target)
+    sync(device)
+    nodes_s = time.perf_counter() - t0
+    node_counts = dict(COUNTS)
+    down = choose_down_nodes(attrs, num_down_nodes=args.num_down_nodes)
+    n_down = sum(len(v) + 1 for k, v in down.items() if upstream_sites(spliced, spliced.by_key[k]))
+    timings = {}
+    for batched in (False, True):
+        COUNTS.update(forward=0, backward=0)
+        t0 = time.perf_counter()
+        edge_sets = edges(spliced, inputs, attrs, down, batched=batched)
+        sync(device)
+        timings[batched] = (time.perf_counter() - t0, dict(COUNTS))
+    attribution.torch.autograd.grad = real_grad
+    baseline_s, n_pairs = baseline_edges(spliced, inputs, attrs, down, args.baseline_nodes)
+
+    t0 = time.perf_counter()
+    graph = build_graph(spliced, attrs, edge_sets, num_up_nodes=5)
+    from sparse_coding.graph_files import save_graph
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_graph(graph, Path(tmp) / "g.dot", Path(tmp) / "g.svg")
+    render_s = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    best = min(timings.values(), key=lambda t: t[0])[0]
+    active = {k: int((a.leaves.values != 0).sum()) for k, a in list(attrs.items())[:3]}
+    print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
+          f"slice {args.slice}, {len(spliced.sites)} sites, 12-token prompt; active entries e.g. {active}")
+    print(f"load (random weights, calibration) {load_s:.2f}s")
+    print(f"nodes: {nodes_s:.2f}s  ({node_counts['forward']} forward, {node_counts['backward']} backward)")
+    for batched, (secs, counts) in timings.items():
+        print(f"edges {'batched (vmap)' if batched else 'per-node    '}: {secs:.2f}s  ({counts['forward']} forward, "
+              f"{counts['backward']} backward) for {n_down} down-nodes incl. error nodes")
+    print(f"edges, original method (extrapolated from {min(args.baseline_nodes, n_pairs)} of {n_pairs} "
+          f"feature down-nodes): {baseline_s:.2f}s")
+    print(f"edge speed-up over original: {baseline_s / best:.1f}x; edges / nodes phase: {best / nodes_s:.2f}x")
+    print(f"graph build + save + render ({len(graph.nodes)} nodes, {len(graph.edges)} edges): {render_s:.2f}s")
+    print(f"peak memory: {peak:.2f} GiB ({'CUDA allocated' if device.startswith('cuda') else 'max RSS'})")
+
+
+if __name__ == "__main__":
+    main()

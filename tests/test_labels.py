@@ -1,0 +1,142 @@
+"""Labels: every token renders as itself; the .dot parses and the SVG is valid XML."""
+
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparse_coding.graph import Context, Graph, Node
+from sparse_coding.graph_files import graph_from_dot, graph_to_dot
+from sparse_coding.labels import (
+    compact_label,
+    escape_text,
+    node_label,
+    summary_label,
+    visible_text,
+)
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def svg_texts(dot_text: str) -> list[str]:
+    """Render with the real dot and return every text element of the SVG."""
+    result = subprocess.run(["dot", "-Tsvg"], input=dot_text.encode(), capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    root = ET.fromstring(result.stdout)
+    return [el.text or "" for el in root.iter(f"{SVG}text")]
+
+
+def labelled_graph(tokens: list[str], explanation: str | None = None) -> Graph:
+    graph = Graph(metadata={"summary": "features explain ~50% of the effect"})
+    graph.add_node(
+        Node.from_id(
+            "resid_0.1",
+            activation=1.0,
+            contexts=[Context(tokens, [float(i) for i in range(len(tokens))])],
+            logits_up=[(t, 1.0) for t in tokens],
+            logits_down=[(t, -1.0) for t in tokens],
+            explanation=explanation,
+        )
+    )
+    return graph
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a&b", "a&amp;b"),
+        ("<tag>", "&lt;tag&gt;"),
+        ("\"'", "&quot;&#39;"),
+        (" the", "&#160;the"),
+        ("\n", "\u240a"),
+        ("\t", "\u2409"),
+        ("\x00\x1b", "\u2400\u241b"),
+        ("\x7f", "\u2421"),
+        ("\x85", "\\x85"),
+        ("\ud800", "\\ud800"),
+        ("\ufffe", "\\ufffe"),
+        ("ĠĊ😀{}\\", "ĠĊ😀{}\\"),
+    ],
+)
+def test_escape_text_makes_each_character_visible_and_xml_safe(text, expected):
+    assert escape_text(text) == expected
+
+
+def test_label_shows_id_hook_numbers_contexts_logits_and_explanation():
+    node = Node.from_id(
+        "resid_3.331",
+        activation=2.5,
+        attribution=-0.25,
+        hook="blocks.3.hook_resid_pre",
+        contexts=[Context(["Ġthe", "Ġcat"], [0.0, 2.0])],
+        logits_up=[("Ġdog", 1.5), ("Ġzero", 0.0)],
+        logits_down=[("Ġsat", -0.75)],
+        explanation="cats & dogs",
+    )
+    label = node_label(node)
+    assert label.startswith("<<TABLE") and label.endswith("</TABLE>>")
+    for text in [
+        "resid_3.331",
+        "blocks.3.hook_resid_pre",
+        "act&#160;2.5",
+        "attr&#160;-0.25",
+    ]:
+        assert text in label
+    assert 'BGCOLOR="#ffffff" TITLE="0">Ġthe' in label  # zero activation: white
+    assert 'BGCOLOR="#2166ac"' in label  # max activation and largest logit: full blue
+    assert 'BGCOLOR="#d9d9d9" TITLE="0">Ġzero' in label  # exactly zero: grey
+    assert 'BGCOLOR="#d8' in label  # -0.75 of 1.5: half-strength red
+    assert "<I>cats&#160;&amp;&#160;dogs</I>" in label
+
+
+def test_label_limits_contexts_and_logits():
+    node = Node.from_id(
+        "attn_1.2",
+        contexts=[Context([f"c{i}"], [1.0]) for i in range(5)],
+        logits_up=[(f"u{i}", 1.0) for i in range(5)],
+    )
+    label = node_label(node, max_contexts=2, max_logits=3)
+    assert "c1" in label and "c2" not in label
+    assert "u2" in label and "u3" not in label
+
+
+def test_error_nodes_are_dotted_and_compact_labels_drop_contexts():
+    error = Node.from_id("mlp_error_7", attribution=0.5)
+    assert 'STYLE="DOTTED"' in node_label(error)
+    feature = Node.from_id("mlp_7.1", contexts=[Context(["tok"], [1.0])])
+    assert 'STYLE="DOTTED"' not in node_label(feature)
+    assert "tok" in node_label(feature) and "tok" not in compact_label(feature)
+
+
+def test_summary_label_escapes_its_text():
+    assert "~73%&#160;&lt;x&gt;" in summary_label("~73% <x>")
+
+
+NASTY = ["&", "<", ">", '"', "'", "\n", "\t", "\x00", "\\", "{", "}", "😀", "Ġthe", "Ċ"]
+
+
+def test_nasty_tokens_render_as_themselves_in_svg():
+    texts = svg_texts(graph_to_dot(labelled_graph(NASTY, explanation="<&>")))
+    for token in NASTY:
+        assert visible_text(token) in texts
+    assert "<&>" in texts
+
+
+token_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), min_size=1, max_size=8)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tokens=st.lists(token_text, min_size=1, max_size=6), explanation=token_text)
+def test_arbitrary_unicode_tokens_parse_render_and_round_trip(tokens, explanation):
+    graph = labelled_graph(tokens, explanation)
+    dot_text = graph_to_dot(graph)
+    # dot parses it (-Tcanon) and the SVG is well-formed XML (ET raises otherwise).
+    canon = subprocess.run(["dot", "-Tcanon"], input=dot_text.encode(), capture_output=True, timeout=60)
+    assert canon.returncode == 0, canon.stderr.decode()
+    texts = svg_texts(dot_text)
+    for token in tokens:
+        assert visible_text(token).strip() in "\n".join(texts)
+    # The machine-readable attributes bring every token back exactly.
+    assert graph_from_dot(dot_text) == graph

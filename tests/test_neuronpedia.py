@@ -1,0 +1,261 @@
+"""Neuronpedia client against a real HTTP server on 127.0.0.1 (no internet)."""
+
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sparse_coding.graph import Graph, Node
+from sparse_coding.neuronpedia import annotate_graph, feature_url, parse_feature
+
+SET = "gpt2-small/3-res-jb"
+SECRET = "sk-test-secret-key-123"
+FEATURE = {
+    "explanations": [{"description": "  mentions of cats "}],
+    "pos_str": ["Ġcat", "Ġkitten"],
+    "pos_values": [1.5, 1.25],
+    "neg_str": ["Ġdog"],
+    "neg_values": [-0.5],
+}
+
+
+class FakeNeuronpedia(BaseHTTPRequestHandler):
+    """Answers by feature index: 1 ok, 2 404, 3 429 then ok, 4 500, 5 bad JSON, 6 slow."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        server = self.server
+        with server.lock:
+            server.requests.append((self.path, dict(self.headers)))
+            server.in_flight += 1
+            server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        try:
+            self.answer(int(self.path.rsplit("/", 1)[-1]))
+        finally:
+            with server.lock:
+                server.in_flight -= 1
+
+    def answer(self, index: int) -> None:
+        server = self.server
+        if index == 2:
+            return self.reply(404, b'{"error": "not found"}')
+        if index == 3 and server.hits.setdefault(index, 0) == 0:
+            server.hits[index] = 1
+            return self.reply(429, b"slow down", {"Retry-After": str(server.retry_after)})
+        if index == 4:
+            return self.reply(500, b"oops")
+        if index == 5:
+            return self.reply(200, b'{"explanations": [')
+        if index == 6:
+            time.sleep(1.0)
+        if index >= 100:
+            time.sleep(0.05)
+        self.reply(200, json.dumps(FEATURE).encode())
+
+    def reply(self, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeNeuronpedia)
+    httpd.daemon_threads = True
+    httpd.lock = threading.Lock()
+    httpd.requests, httpd.hits = [], {}
+    httpd.in_flight = httpd.max_in_flight = 0
+    httpd.retry_after = 0
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_key(monkeypatch):
+    monkeypatch.delenv("NEURONPEDIA_API_KEY", raising=False)
+
+
+def graph_of(*indices: int) -> Graph:
+    graph = Graph()
+    for index in indices:
+        graph.add_node(Node.from_id(f"resid_3.{index}", neuronpedia_id=SET))
+    return graph
+
+
+def annotate(graph: Graph, server, cache: Path, **kwargs):
+    options = dict(base_url=server.url, cache_dir=cache, timeout_s=0.3, retries=2, backoff_s=0.01)
+    return annotate_graph(graph, **{**options, **kwargs})
+
+
+def test_feature_url_follows_the_api():
+    assert (
+        feature_url("https://www.neuronpedia.org/", SET, 331)
+        == "https://www.neuronpedia.org/api/feature/gpt2-small/3-res-jb/331"
+    )
+
+
+def test_a_found_feature_fills_explanation_and_logits(server, tmp_path):
+    graph = graph_of(1)
+    stats = annotate(graph, server, tmp_path)
+    node = graph.nodes["resid_3.1"]
+    assert node.explanation == "mentions of cats"
+    assert node.logits_up == [("Ġcat", 1.5), ("Ġkitten", 1.25)]
+    assert node.logits_down == [("Ġdog", -0.5)]
+    assert [path for path, _ in server.requests] == ["/api/feature/gpt2-small/3-res-jb/1"]
+    assert "x-api-key" not in {k.lower() for k in server.requests[0][1]}
+    assert (stats.fetched, stats.requests) == (1, 1)
+
+
+def test_logits_already_on_the_node_are_kept(server, tmp_path):
+    graph = graph_of(1)
+    graph.nodes["resid_3.1"].logits_up = [("mine", 9.0)]
+    annotate(graph, server, tmp_path)
+    assert graph.nodes["resid_3.1"].logits_up == [("mine", 9.0)]
+    assert graph.nodes["resid_3.1"].explanation == "mentions of cats"
+
+
+def test_the_key_is_sent_but_never_logged_or_cached(server, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("NEURONPEDIA_API_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    annotate(graph_of(1, 2, 4), server, tmp_path)
+    assert all(headers.get("x-api-key") == SECRET for _, headers in server.requests)
+    assert SECRET not in caplog.text
+    for file in tmp_path.rglob("*"):
+        if file.is_file():
+            assert SECRET not in file.read_text(encoding="utf-8")
+
+
+def test_a_missing_feature_is_drawn_plain_and_cached(server, tmp_path, caplog):
+    graph = graph_of(2)
+    annotate(graph, server, tmp_path)
+    assert graph.nodes["resid_3.2"].explanation is None
+    assert "404" in caplog.text
+    server.requests.clear()
+    annotate(graph_of(2), server, tmp_path)
+    assert server.requests == []
+
+
+def test_429_is_retried_honouring_retry_after(server, tmp_path):
+    server.retry_after = 1
+    graph = graph_of(3)
+    start = time.perf_counter()
+    annotate(graph, server, tmp_path, max_backoff_s=5)
+    assert time.perf_counter() - start >= 0.9
+    assert len(server.requests) == 2
+    assert graph.nodes["resid_3.3"].explanation == "mentions of cats"
+
+
+def test_retry_after_is_capped_by_max_backoff(server, tmp_path):
+    server.retry_after = 30
+    start = time.perf_counter()
+    annotate(graph_of(3), server, tmp_path, max_backoff_s=0.05)
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize(
+    ("index", "kind", "requests"),
+    [(4, "HTTP 500", 3), (5, "malformed JSON", 1), (6, "timeout", 1)],
+)
+def test_failures_leave_the_node_plain_with_one_warning(server, tmp_path, caplog, index, kind, requests):
+    graph = graph_of(index)
+    stats = annotate(graph, server, tmp_path)
+    assert graph.nodes[f"resid_3.{index}"].explanation is None
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and kind in warnings[0].getMessage()
+    assert (stats.failed, len(server.requests)) == (1, requests)
+    assert not list(tmp_path.rglob("*.json"))  # failures are not cached
+
+
+def test_connection_refused_stops_after_a_few_failures(tmp_path, caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    graph = graph_of(*range(1, 11))
+    stats = annotate_graph(
+        graph,
+        base_url=f"http://127.0.0.1:{port}",
+        cache_dir=tmp_path,
+        timeout_s=0.3,
+        max_workers=1,
+        max_network_failures=3,
+    )
+    assert stats.requests == 3 and stats.failed == 10
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "no connection" in warnings[0].getMessage()
+
+
+def test_a_mixed_graph_never_raises_and_warns_once(server, tmp_path, caplog):
+    graph = graph_of(1, 2, 4, 5)
+    graph.add_node(Node.from_id("mlp_error_3", neuronpedia_id=SET))  # error: skipped
+    graph.add_node(Node.from_id("attn_3.1"))  # no neuronpedia_id: skipped
+    stats = annotate(graph, server, tmp_path)
+    assert stats.features == 4
+    assert graph.nodes["resid_3.1"].explanation == "mentions of cats"
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "3 of 4" in warnings[0].getMessage()
+
+
+def test_many_nodes_are_fetched_concurrently_and_cached(server, tmp_path):
+    graph = graph_of(*range(100, 300))
+    start = time.perf_counter()
+    cold = annotate(graph, server, tmp_path, max_workers=8, timeout_s=10)
+    elapsed = time.perf_counter() - start
+    assert (cold.requests, cold.fetched) == (200, 200)
+    assert server.max_in_flight > 1
+    assert elapsed < 200 * 0.05  # serial round trips would take at least this
+    server.requests.clear()
+    warm = annotate(graph_of(*range(100, 300)), server, tmp_path)
+    assert (warm.requests, warm.from_cache) == (0, 200)
+    assert server.requests == []
+
+
+def test_annotated_nodes_are_not_requested_again(server, tmp_path):
+    graph = graph_of(1)
+    graph.nodes["resid_3.1"].explanation = "known"
+    graph.nodes["resid_3.1"].logits_up = [("a", 1.0)]
+    assert annotate(graph, server, tmp_path).requests == 0
+
+
+def test_disabled_sends_nothing(server, tmp_path):
+    graph = graph_of(1)
+    stats = annotate(graph, server, tmp_path, enabled=False)
+    assert stats.requests == 0 and server.requests == []
+    assert graph.nodes["resid_3.1"].explanation is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"explanations": None, "pos_str": "x", "pos_values": None},
+        {
+            "explanations": [{"description": 3}, "x"],
+            "pos_str": [1, "a"],
+            "pos_values": [1, True],
+        },
+    ],
+)
+def test_parse_feature_tolerates_odd_shapes(data):
+    info = parse_feature(data)
+    assert info.explanation is None and info.logits_up == [] and info.logits_down == []
+
+
+def test_parse_feature_rejects_non_objects():
+    with pytest.raises(TypeError):
+        parse_feature([1, 2])
