@@ -297,33 +297,51 @@ def _ablate_chunk(
     clean_logp: Tensor,
     last: Tensor,
 ) -> tuple[Tensor | None, Tensor]:
-    """Mean effects of ablating each of `chunk`: (m, d_sae of L+1) or None, and (m, vocab)."""
-    n_seq = len(last)
-    cand, seq = (layer.feats[:, :, chunk] > 0).any(dim=1).T.nonzero(as_tuple=True)  # active rows
+    """Mean effects of ablating each of `chunk`: (m, d_sae of L+1) or None, and (m, vocab).
+
+    Rows are the (candidate, sequence) pairs where the candidate fires; the
+    others contribute exactly zero to the mean and are not run.
+    """
+    cand, seq = (layer.feats[:, :, chunk] > 0).any(dim=1).T.nonzero(as_tuple=True)
+    if len(seq) == 0:  # no candidate here fires anywhere: every effect is exactly 0
+        device = clean_logp.device
+        feat_eff = None if nxt is None else torch.zeros(len(chunk), nxt.site.sae.d_sae, device=device)
+        return feat_eff, torch.zeros(len(chunk), clean_logp.shape[1], device=device)
     features = chunk[cand]
     values = layer.feats[seq, :, features] * layer.scale[seq]  # (rows, pos)
-    delta = values[:, :, None] * layer.site.sae.W_dec[features][:, None, :]
-    mask, row_last = batch.attention_mask[seq], last[seq]
+    delta = values[:, :, None] * layer.site.sae.W_dec[features][:, None, :]  # (rows, pos, d_model)
+    hidden = layer.clean[seq] - delta.to(layer.clean.dtype)
+    change, logp = _run_rows(spliced, hidden, layer, nxt, seq, batch.attention_mask[seq], last[seq])
+    logit_eff = _mean_per_candidate(logp - clean_logp[seq], cand, len(chunk), len(last))
+    feat_eff = None if nxt is None else _mean_per_candidate(change, cand, len(chunk), len(last))
+    return feat_eff, logit_eff
+
+
+def _run_rows(
+    spliced: SplicedModel,
+    hidden: Tensor,
+    layer: _Layer,
+    nxt: "_Layer | None",
+    seq: Tensor,
+    mask: Tensor,
+    row_last: Tensor,
+) -> tuple[Tensor | None, Tensor]:
+    """Ablated streams -> (next-layer feature changes (rows, d_sae) or None, log-probs (rows, vocab))."""
     rows = torch.arange(len(seq), device=seq.device)
+    change, at = None, layer.stream
     with torch.inference_mode():
-        hidden, at, feat_eff = (
-            layer.clean[seq] - delta.to(layer.clean.dtype),
-            layer.stream,
-            None,
-        )
         if nxt is not None:
             hidden, at = spliced.run_blocks(hidden, at, nxt.stream, mask), nxt.stream
             change = site_feats(nxt.site, hidden[rows, row_last]).float() - nxt.last_feats[seq].float()
-            feat_eff = (
-                torch.zeros(len(chunk), change.shape[1], device=change.device).index_add_(0, cand, change)
-                / n_seq
-            )
         final = spliced.run_blocks(hidden, at, spliced.n_layers, mask)
-        logp = spliced.unembed(final[rows, row_last]).float().log_softmax(dim=-1) - clean_logp[seq]
-        logit_eff = (
-            torch.zeros(len(chunk), logp.shape[1], device=logp.device).index_add_(0, cand, logp) / n_seq
-        )
-    return feat_eff, logit_eff
+        logp = spliced.unembed(final[rows, row_last]).float().log_softmax(dim=-1)
+    return change, logp
+
+
+def _mean_per_candidate(rows: Tensor, cand: Tensor, n_cand: int, n_seq: int) -> Tensor:
+    """(rows, width) -> (n_cand, width): sum each candidate's rows, divide by all sequences."""
+    out = torch.zeros(n_cand, rows.shape[1], device=rows.device)
+    return out.index_add_(0, cand, rows) / n_seq
 
 
 def _record(

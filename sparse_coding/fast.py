@@ -29,7 +29,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     thresholds = load_thresholds(config, spliced)
     logger.info("Down-nodes: %s", thresholds.description if thresholds else f"top {config.NUM_DOWN_NODES} |IE|")
     graph = gradient_graph(spliced, tokens, num_down_nodes=config.NUM_DOWN_NODES, num_up_nodes=config.NUM_UP_NODES,
-                           ig_steps=config.IG_STEPS, thresholds=thresholds.per_site if thresholds else None)
+                           ig_steps=config.IG_STEPS, thresholds=thresholds.values if thresholds else None)
     merged, dot_path = publish_graph(graph, config, spliced, tokenizer, dot_name=config.GRADS_DOT_FILE,
                                      image_name=config.GRADS_FILE, script="fast.py")
     print(f"fast.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run "

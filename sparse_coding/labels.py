@@ -37,6 +37,9 @@ _XML_REFS = {
     '"': "&quot;",
     "'": "&#39;",
     "\u00a0": "&#160;",
+    # Graphviz's HTML lexer rejects some texts made of brackets alone (e.g. "]").
+    "[": "&#91;",
+    "]": "&#93;",
 }
 
 

@@ -232,16 +232,27 @@ def mean_ablation(features: dict[str, Tensor], means: dict[str, Tensor]) -> Inte
             return x
         code = site.code(x)
         scale = code.scale.to(code.feats.dtype)  # (batch, pos, 1)
-        active = (code.feats != 0) & chosen
-        rows, positions, feats = active.nonzero().unbind(-1)
-        values = code.feats[active] * scale[rows, positions, 0]
-        decoded = torch.zeros_like(x).index_put_(
-            (rows, positions), site.decode_rows(values, feats).to(x.dtype), accumulate=True
-        )
+        removed = _decode_active(site, code.feats * chosen * scale).to(x.dtype)
         constant = torch.where(chosen, means[site.key], 0) @ site.sae.W_dec  # (d_model,)
-        return x + (scale * constant).to(x.dtype) - decoded
+        return x + (scale * constant).to(x.dtype) - removed
 
     return ablate
+
+
+def _decode_active(site: Site, values: Tensor) -> Tensor:
+    """values (batch, pos, d_sae) @ W_dec, through the nonzero entries' decoder rows.
+
+    Trained SAEs activate a few dozen features per token, so the rows cost
+    far less than the dense product; when they would not (more rows than
+    the dense product's memory, e.g. random SAEs), the dense product is used.
+    """
+    active = values != 0
+    if int(active.sum()) * site.sae.d_in > values.numel():
+        return values @ site.sae.W_dec
+    rows, positions, feats = active.nonzero().unbind(-1)
+    decoded = site.decode_rows(values[active], feats)  # (n_active, d_model)
+    out = values.new_zeros(*values.shape[:-1], site.sae.d_in)
+    return out.index_put_((rows, positions), decoded, accumulate=True)
 
 
 def _summing_features(sums: dict[str, Tensor], real: Tensor) -> Intervention:
