@@ -7,15 +7,15 @@ For every spliced site s and SAE feature i the threshold is
 where f[s, i](x) at t is feature i's activation at position t of sequence x.
 Which sequences n are kept, and where they are cut (t_n), comes from a k-means
 preclustering of neuron-basis (model) residual activations, so that the
-thresholds describe one kind of context (hist.py of the original project).
-fast.py uses them to choose down-nodes.
+thresholds describe one kind of context. fast.py uses them to choose down-nodes.
 
 Phases (each one stream over the dataset; memory does not grow with its length):
  1. Fit. Residual vectors r at the first layer of ACTS_LAYERS_SLICE (the hook of
     the resid SAE there, else hook_resid_pre), unit-normalised so that k-means
     clusters by cosine, fed to sklearn's `MiniBatchKMeans.partial_fit` in chunks
     of at least `FIT_CHUNK_TOKENS` tokens (the first chunk seeds k-means++ with
-    SEED). Every real token counts, BOS included.
+    SEED). Every real token counts, BOS included: BOS vectors are all alike, so
+    one cluster is mostly BOS, and keeping it cuts every sequence to BOS alone.
  2. Assign. Each token gets its nearest centre; sequence n is kept when one of
     its tokens lands in KEEPER_CLUSTER_INDEX, and cut after the first such token
     t_n. A keeper cluster no sequence reaches is an error.
@@ -49,9 +49,11 @@ Cache, under `config.model_data_dir(MODEL_DIR)`:
   DATASET_TEXT_COLUMN, NUM_SEQUENCES_EVALED, MAX_SEQ_LEN, PREPEND_BOS and, for a
   local file, its resolved path, size and mtime; `cluster`: hook, NUM_CLUSTERS,
   KEEPER_CLUSTER_INDEX, SEED; `percentile`), plus `slice` and the counts
-  (`n_sequences`, `n_tokens`, `n_kept`, `cluster_sizes`) for people.
+  (`n_sequences`, `n_tokens`, `n_kept`, `cluster_sizes`) for people. The
+  safetensors header holds the same JSON (`thresholds_json`), and that copy is
+  the one read, so two files from different runs are never taken as one cache.
 `load_thresholds` uses a cache only when all the former match the current run
-and it covers every spliced site.
+and it covers every spliced site (it may cover more).
 """
 
 import json
@@ -66,6 +68,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from sklearn.cluster import MiniBatchKMeans
 from torch import Tensor
@@ -84,6 +87,7 @@ PERCENTILE = 99.99
 FIT_CHUNK_TOKENS = 4096
 THRESHOLDS_FILE = "thresholds.safetensors"
 METADATA_FILE = "thresholds.json"
+DATASET_KEYS = ("DATASET", "DATASET_CONFIG", "DATASET_SPLIT", "DATASET_TEXT_COLUMN")
 # A fresh iterator over the same token batches on every call (one per phase).
 BatchStream = Callable[[], Iterable[TokenBatch]]
 
@@ -410,15 +414,7 @@ def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
 
 
 def _dataset_settings(config: Config) -> dict[str, Any]:
-    keys = (
-        "DATASET",
-        "DATASET_CONFIG",
-        "DATASET_SPLIT",
-        "DATASET_TEXT_COLUMN",
-        "NUM_SEQUENCES_EVALED",
-        "MAX_SEQ_LEN",
-        "PREPEND_BOS",
-    )
+    keys = DATASET_KEYS + ("NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN", "PREPEND_BOS")
     settings: dict[str, Any] = {key: getattr(config, key) for key in keys}
     path = Path(config.DATASET).expanduser() if config.DATASET else None
     if path is not None and path.is_file():  # a local file can change under the same name
@@ -428,8 +424,6 @@ def _dataset_settings(config: Config) -> dict[str, Any]:
 
 
 def _read_cache(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as file:
         metadata = file.metadata() or {}
         if "thresholds_json" not in metadata:
@@ -442,11 +436,9 @@ def _differences(
     cached: dict[str, Any], current: dict[str, Any], values: dict[str, Tensor], spliced: SplicedModel
 ) -> list[str]:
     """What keeps a cache from serving this run, in words; empty when it fits."""
-    found = [
-        f"{name} was {cached.get(name)!r}, now {current[name]!r}"
-        for name in ("model", "dataset", "cluster", "percentile")
-        if cached.get(name) != current[name]
-    ]
+    found: list[str] = []
+    for name in ("model", "dataset", "cluster", "percentile"):
+        found += _changes(name, cached.get(name), current[name])
     cached_sources = cached.get("sae_sources", {})
     for site in spliced.sites:
         if site.key not in values or site.key not in cached_sources:
@@ -460,6 +452,16 @@ def _differences(
                 f"{site.key} has {values[site.key].shape[0]} thresholds, its SAE {site.sae.d_sae} features"
             )
     return found
+
+
+def _changes(name: str, old: Any, new: Any) -> list[str]:
+    """'name.key was X, now Y' for each differing entry (dicts one level deep)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(old.keys() | new.keys())
+        return [
+            f"{name}.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
+        ]
+    return [] if old == new else [f"{name} was {old!r}, now {new!r}"]
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:

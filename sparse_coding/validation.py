@@ -474,12 +474,7 @@ def next_token_changes(
 
 
 def report_data(
-    result: ValidationResult,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    logit_tokens: int,
-    source: str,
-    data: str,
+    result: ValidationResult, tokenizer: PreTrainedTokenizerBase, *, logit_tokens: int, source: str, data: str
 ) -> dict[str, Any]:
     """The JSON-ready report: validation.json's fields but ``config``."""
     return {

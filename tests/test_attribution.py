@@ -310,3 +310,16 @@ def test_one_token_prompt_is_a_clear_error(setup):
 
     with pytest.raises(SparseCodingError, match="single token"):
         split_prompt(torch.tensor([[5]]))
+
+
+def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_position(setup):
+    spliced, inputs, target = setup
+    attributions = node_attributions(spliced, inputs, target)
+    clean = _clean(spliced, inputs)
+    thresholds = {key: torch.full((site.sae.d_sae,), 0.05, dtype=torch.float64) for key, site in spliced.by_key.items()}
+    chosen = choose_down_nodes(attributions, num_down_nodes=1, thresholds=thresholds)
+    for key, site in spliced.by_key.items():
+        x = clean[key]
+        x_tl = x - x.mean(-1, keepdim=True) if site.sae.cfg.center_writing_weights else x
+        expected = (site.sae.encode(x_tl)[0, -1] > 0.05).nonzero().flatten()
+        assert torch.equal(chosen[key], expected)

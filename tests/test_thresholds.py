@@ -294,10 +294,10 @@ def test_load_thresholds_returns_a_fresh_cache(saved):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"NUM_SEQUENCES_EVALED": 19}, "dataset was"),
-        ({"DATASET_TEXT_COLUMN": "id"}, "dataset was"),
-        ({"SEED": 1}, "cluster was"),
-        ({"KEEPER_CLUSTER_INDEX": 1}, "cluster was"),
+        ({"NUM_SEQUENCES_EVALED": 19}, "dataset.NUM_SEQUENCES_EVALED was 20, now 19"),
+        ({"DATASET_TEXT_COLUMN": "id"}, "dataset.DATASET_TEXT_COLUMN was 'text', now 'id'"),
+        ({"SEED": 1}, "cluster.SEED was 0, now 1"),
+        ({"KEEPER_CLUSTER_INDEX": 1}, "cluster.KEEPER_CLUSTER_INDEX was 0, now 1"),
     ],
 )
 def test_load_thresholds_ignores_a_cache_made_with_other_settings(saved, caplog, change, message):
@@ -340,7 +340,7 @@ def test_load_thresholds_ignores_a_cache_after_the_dataset_file_changed(saved, t
         file.write(json.dumps({"text": "One more line."}) + "\n")
     with caplog.at_level(logging.WARNING):
         assert load_thresholds(config, spliced) is None
-    assert "'size'" in caplog.text
+    assert "dataset.file was" in caplog.text
 
 
 def test_load_thresholds_without_a_cache_or_a_dataset_returns_none(hist_config, caplog):

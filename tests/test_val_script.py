@@ -41,13 +41,7 @@ def write_config(tmp_path, tiny_model_dir, sae_templates):
 def run_val(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, *args],
-        check=False,
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -60,9 +54,7 @@ def test_val_prints_the_report_and_writes_validation_json_over_a_dataset(tmp_pat
     dataset = tmp_path / "texts.txt"
     dataset.write_text("\n".join(TEXTS) + "\n")
     config = write_config(
-        VALIDATION_DIMS_PINNED={0: [1, 2], "attn_1": [3], "mlp_2": [4, 5]},
-        DATASET=str(dataset),
-        BATCH_SIZE=2,
+        VALIDATION_DIMS_PINNED={0: [1, 2], "attn_1": [3], "mlp_2": [4, 5]}, DATASET=str(dataset), BATCH_SIZE=2
     )
     done = run_val(str(SCRIPT), "--config", str(config), "-q")
 

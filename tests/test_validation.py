@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from sparse_coding.corpus import iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graph import Graph, Node
+from sparse_coding.graph_files import graph_to_dot
 from sparse_coding.validation import (
     circuit_from_config,
     circuit_from_graph,
@@ -276,10 +277,7 @@ def test_circuit_from_graph_keeps_feature_nodes_and_skips_error_nodes():
     graph = Graph()
     for node_id in ("resid_1.4", "attn_2.9", "resid_1.2", "mlp_error_2"):
         graph.add_node(Node.from_id(node_id))
-    assert circuit_from_graph(graph, Path("g.json")) == {
-        "attn_2": [9],
-        "resid_1": [2, 4],
-    }
+    assert circuit_from_graph(graph, Path("g.json")) == {"attn_2": [9], "resid_1": [2, 4]}
 
 
 def test_a_graph_without_feature_nodes_is_a_graph_file_error():
@@ -301,15 +299,21 @@ def test_read_graph_reads_a_hand_written_json_and_names_bad_files(tmp_path):
         read_graph(tmp_path / "missing.dot")
 
 
+def test_read_graph_reads_a_dot_file_as_pipe_and_fast_write_it(tmp_path):
+    graph = Graph()
+    for node_id in ("resid_1.4", "attn_2.9", "attn_error_2"):
+        graph.add_node(Node.from_id(node_id))
+    graph.add_edge("resid_1.4", "attn_2.9", 0.25)
+    path = tmp_path / "graph.dot"
+    path.write_text(graph_to_dot(graph))
+    assert circuit_from_graph(read_graph(path), path) == {"attn_2": [9], "resid_1": [4]}
+
+
 @pytest.mark.parametrize(
     ("pins", "slice_", "message"),
     [
         ({"attn_1": [64]}, "0:3", r"'attn_1' index 64 \(width 64, valid 0..63\)"),
-        (
-            {2: [1], "mlp_1": [2]},
-            "0:2",
-            r"'resid_2', outside ACTS_LAYERS_SLICE '0:2' \(layers 0..1\)",
-        ),
+        ({2: [1], "mlp_1": [2]}, "0:2", r"'resid_2', outside ACTS_LAYERS_SLICE '0:2' \(layers 0..1\)"),
     ],
 )
 def test_bad_pins_raise_a_config_error_naming_key_layer_index_and_width(make_config, pins, slice_, message):
