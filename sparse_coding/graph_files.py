@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,6 +286,14 @@ def save_graph(
     dot_path = Path(dot_path)
     options = options or RenderOptions()
     fmt = image_format(Path(image_path)) if image_path is not None else None
+    if fmt is not None and shutil.which("dot") is None:
+        logger.warning(
+            "Graphviz 'dot' is not installed (Debian: apt-get install graphviz; macOS: brew "
+            "install graphviz): writing %s and its .json without the image %s",
+            dot_path,
+            image_path,
+        )
+        fmt, image_path = None, None
     dot_text, json_text = graph_to_dot(graph, options), graph_to_json(graph)
     targets = [dot_path, json_path_for(dot_path)] + ([Path(image_path)] if image_path is not None else [])
     with _temp_files(targets) as temps:

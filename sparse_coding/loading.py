@@ -5,12 +5,11 @@ import os
 import time
 
 import torch
-
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
-from sparse_coding.errors import SAELoadError
+from sparse_coding.errors import SAELoadError, SparseCodingError
 from sparse_coding.model import load_model, resolve_device, resolve_dtype
 from sparse_coding.sae_sources import fetch_files, resolve_source
 from sparse_coding.saes import SAE, load_sae
@@ -80,8 +79,9 @@ def check_memory(sources: dict[str, str], layers: range, device: torch.device, d
     if free and needed > free:
         raise SparseCodingError(
             f"The {len(files)} SAEs for ACTS_LAYERS_SLICE layers {layers.start}:{layers.stop} need about "
-            f"{needed / 2**30:.1f} GiB at {dtype}, but {device} has {free / 2**30:.1f} GiB free. Set SAE_DTYPE "
-            f"to bfloat16 (halves it), narrow ACTS_LAYERS_SLICE, or unset a site (ATTN_SAES/MLP_SAES)"
+            f"{needed / 2**30:.1f} GiB at {dtype}, but {device} has {free / 2**30:.1f} GiB free. "
+            f"Set SAE_DTYPE to bfloat16 (halves it), narrow ACTS_LAYERS_SLICE, or unset a site "
+            f"(ATTN_SAES/MLP_SAES)"
         )
 
 

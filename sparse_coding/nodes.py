@@ -73,7 +73,7 @@ def parse_site_key(key: int | str) -> tuple[str, int]:
     """Parse a pinned-dims key: an int layer means the resid site, else ``attn_7``."""
     if isinstance(key, bool):
         raise ValueError(f"{key!r} is not a layer or site key")
-    if isinstance(key, int):
+    if isinstance(key, int) and key >= 0:
         return "resid", key
     text = str(key).strip()
     if text.isdigit():

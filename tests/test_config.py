@@ -139,7 +139,7 @@ def test_validation_dims_must_map_layers_to_lists_of_ints(tmp_path, capsys, valu
     assert "VALIDATION_DIMS_PINNED" in message and "e.g." in message
 
 
-@pytest.mark.parametrize("value", ["{9: [1, 2]}", "{9: 'a'}", "{9: 2.0}", "[3]", "{attn_x: 1}"])
+@pytest.mark.parametrize("value", ["{9: [1, 2]}", "{9: 'a'}", "{9: 2.0}", "[3]", "{attn_x: 1}", "{-1: 3}"])
 def test_dims_pinned_must_map_each_layer_to_one_int(tmp_path, capsys, value):
     message = fail_through_script(write_config(tmp_path, MINIMAL + f"DIMS_PINNED: {value}\n"), capsys)
     assert "DIMS_PINNED" in message and "e.g." in message

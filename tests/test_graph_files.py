@@ -282,3 +282,14 @@ def test_lone_surrogates_and_odd_metadata_survive(paths):
     loaded = load_graph(dot)
     assert loaded.nodes == graph.nodes and loaded.metadata["path"] == "/x"
     assert graph_to_dot(loaded) == graph_to_dot(loaded)
+
+
+def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(tmp_path, monkeypatch, caplog):
+    from sparse_coding import graph_files
+
+    monkeypatch.setattr(graph_files.shutil, "which", lambda name: None)
+    graph = Graph()
+    graph.add_node(Node.from_id("resid_1.2", activation=1.0))
+    graph_files.save_graph(graph, tmp_path / "g.dot", tmp_path / "g.svg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot", "g.json"]
+    assert "not installed" in caplog.text

@@ -88,7 +88,7 @@ def test_a_malformed_node_id_names_both_accepted_forms(bad):
     assert repr(bad) in message and "resid_3.331" in message and "mlp_error_7" in message
 
 
-@pytest.mark.parametrize("bad", ["attn", "attn_", "foo_3", "attn_3.1", "3.5", "-1x", True, None])
+@pytest.mark.parametrize("bad", ["attn", "attn_", "foo_3", "attn_3.1", "3.5", "-1x", -1, "-1", True, None])
 def test_a_malformed_site_key_names_the_accepted_forms(bad):
     with pytest.raises(ValueError, match="layer"):
         parse_site_key(bad)

@@ -184,6 +184,17 @@ def test_sae_dtype_config_key_reaches_the_spliced_saes(make_config):
     assert next(spliced.model.parameters()).dtype == torch.float32
 
 
+def test_saes_that_do_not_fit_the_device_stop_before_loading_and_say_what_to_change(make_config, monkeypatch):
+    import sparse_coding.loading as loading
+    from sparse_coding.errors import SparseCodingError
+
+    monkeypatch.setattr(loading, "_free_bytes", lambda device: 1024)
+    monkeypatch.setattr(loading, "load_sae", lambda *a, **k: pytest.fail("loaded an SAE after the check"))
+    with pytest.raises(SparseCodingError) as info:
+        loading.load_spliced_model(make_config())
+    assert all(key in str(info.value) for key in ("SAE_DTYPE", "ACTS_LAYERS_SLICE", "9 SAEs"))
+
+
 # --- Errors ------------------------------------------------------------------
 
 

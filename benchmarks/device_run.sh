@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One GPU session's checks: CUDA-vs-CPU agreement, then the fast.py and pipe.py benchmarks.
+# Usage on a GPU machine, from the repo root: bash benchmarks/device_run.sh [OUT_DIR]
+set -u
+out=${1:-.}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
+nvidia-smi -L
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+timeout 90 python3 benchmarks/check_cuda_matches_cpu.py 2>"$out/check.err" | tee "$out/check.txt"
+tail -3 "$out/check.err"
+timeout 200 python3 benchmarks/bench_fast.py --device cuda --slice 0:12 --baseline-nodes 30 2>"$out/fast.err" \
+  | tee "$out/fast.txt"
+tail -3 "$out/fast.err"
+timeout 150 python3 benchmarks/bench_pipe.py --device cuda --loop-subset 40 2>"$out/pipe.err" | tee "$out/pipe.txt"
+tail -3 "$out/pipe.err"
