@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
-from transformers.masking_utils import create_causal_mask
 
 from sparse_coding.errors import SAELoadError
 from sparse_coding.nodes import hook_position, site_key
@@ -183,13 +182,7 @@ class SplicedModel:
     ) -> Tensor:
         """Blocks [start, stop) on a residual stream (batch, pos, d_model); right padding only."""
         positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
-        mask = create_causal_mask(
-            config=self.model.config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            cache=None,
-            position_ids=positions,
-        )
+        mask = additive_causal_mask(hidden, attention_mask)
         for block in self.model.transformer.h[start:stop]:
             hidden = block(hidden, None, mask, position_ids=positions)
         return hidden
@@ -204,6 +197,20 @@ class SplicedModel:
         return self.unembed(hidden)
 
     __call__ = forward
+
+
+def additive_causal_mask(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """(batch, 1, pos, pos) mask added to attention scores: 0 where a query may look, dtype-min elsewhere.
+
+    Built here rather than through transformers' mask helpers, whose signature
+    changes between versions.
+    """
+    n_pos = hidden.shape[1]
+    allowed = torch.ones(n_pos, n_pos, dtype=torch.bool, device=hidden.device).tril()[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]
+    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+    return torch.where(allowed, zero, torch.finfo(hidden.dtype).min)
 
 
 def _edit_block_input(site: Site, intervention: Intervention) -> Callable:
