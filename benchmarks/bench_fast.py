@@ -25,7 +25,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sparse_coding import attribution  # noqa: E402
-from sparse_coding.attribution import choose_down_nodes, edges, node_attributions, split_prompt, upstream_sites  # noqa: E402
+from sparse_coding.attribution import (  # noqa: E402
+    choose_down_nodes,
+    edges,
+    node_attributions,
+    split_prompt,
+    upstream_sites,
+)
 from sparse_coding.attribution_graph import build_graph  # noqa: E402
 from sparse_coding.saes import SAE, SAEConfig  # noqa: E402
 from sparse_coding.splice import Site, SplicedModel  # noqa: E402
@@ -35,16 +41,31 @@ COUNTS = {"forward": 0, "backward": 0}
 
 def random_sae(hook: str, d_sae: int, topk: bool, device: str, gen: torch.Generator) -> SAE:
     d_in = 768
-    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=hook, activation="topk" if topk else "relu", k=32 if topk else None,
-                    normalize_activations="layer_norm" if topk else "none", apply_b_dec_to_input=True,
-                    prepend_bos=True, center_writing_weights=not topk, neuronpedia_id=None, source=f"random {hook}")
-    weights = {"W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5, "b_enc": torch.zeros(d_sae),
-               "W_dec": torch.randn(d_sae, d_in, generator=gen) / d_in**0.5, "b_dec": torch.zeros(d_in)}
+    cfg = SAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        hook_name=hook,
+        activation="topk" if topk else "relu",
+        k=32 if topk else None,
+        normalize_activations="layer_norm" if topk else "none",
+        apply_b_dec_to_input=True,
+        prepend_bos=True,
+        center_writing_weights=not topk,
+        neuronpedia_id=None,
+        source=f"random {hook}",
+    )
+    weights = {
+        "W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5,
+        "b_enc": torch.zeros(d_sae),
+        "W_dec": torch.randn(d_sae, d_in, generator=gen) / d_in**0.5,
+        "b_dec": torch.zeros(d_in),
+    }
     return SAE(cfg, weights).to(device)
 
 
 def calibrate_relu_biases(spliced: SplicedModel, inputs: torch.Tensor, active_per_token: int = 80) -> None:
     """Set ReLU encoder biases so that about `active_per_token` features fire, as in trained SAEs."""
+
     def calibrate(site: Site, x: torch.Tensor) -> torch.Tensor:
         if site.sae.cfg.activation == "relu":
             pre = site.sae.pre_activations(site.to_sae_space(x))
@@ -56,10 +77,16 @@ def calibrate_relu_biases(spliced: SplicedModel, inputs: torch.Tensor, active_pe
         spliced(inputs)
 
 
-def baseline_edges(spliced: SplicedModel, inputs, attributions, down_nodes, n_nodes: int) -> tuple[float, int]:
+def baseline_edges(
+    spliced: SplicedModel, inputs, attributions, down_nodes, n_nodes: int
+) -> tuple[float, int]:
     """Original method: per down-node, uncut full forward + backward, plus a pass per intermediate site."""
-    pairs = [(site, int(f)) for site in spliced.sites if upstream_sites(spliced, site)
-             for f in down_nodes[site.key]]
+    pairs = [
+        (site, int(f))
+        for site in spliced.sites
+        if upstream_sites(spliced, site)
+        for f in down_nodes[site.key]
+    ]
     start = time.perf_counter()
     for site, feature in pairs[:n_nodes]:
         ups = upstream_sites(spliced, site)
@@ -124,7 +151,9 @@ def main() -> None:
         return real_grad(*a, **k)
 
     attribution.torch.autograd.grad = counted_grad
-    model.transformer.h[0].register_forward_pre_hook(lambda m, a: COUNTS.__setitem__("forward", COUNTS["forward"] + 1))
+    model.transformer.h[0].register_forward_pre_hook(
+        lambda m, a: COUNTS.__setitem__("forward", COUNTS["forward"] + 1)
+    )
 
     t0 = time.perf_counter()
     attrs = node_attributions(spliced, inputs, target)
@@ -150,21 +179,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_graph(graph, Path(tmp) / "g.dot", Path(tmp) / "g.svg")
     render_s = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.startswith("cuda")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
     best = min(timings.values(), key=lambda t: t[0])[0]
     active = {k: int((a.leaves.values != 0).sum()) for k, a in list(attrs.items())[:3]}
-    print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
-          f"slice {args.slice}, {len(spliced.sites)} sites, 12-token prompt; active entries e.g. {active}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
+        f"slice {args.slice}, {len(spliced.sites)} sites, 12-token prompt; active entries e.g. {active}"
+    )
     print(f"load (random weights, calibration) {load_s:.2f}s")
     print(f"nodes: {nodes_s:.2f}s  ({node_counts['forward']} forward, {node_counts['backward']} backward)")
     for batched, (secs, counts) in timings.items():
-        print(f"edges {'batched (vmap)' if batched else 'per-node    '}: {secs:.2f}s  ({counts['forward']} forward, "
-              f"{counts['backward']} backward) for {n_down} down-nodes incl. error nodes")
-    print(f"edges, original method (extrapolated from {min(args.baseline_nodes, n_pairs)} of {n_pairs} "
-          f"feature down-nodes): {baseline_s:.2f}s")
-    print(f"edge speed-up over original: {baseline_s / best:.1f}x; edges / nodes phase: {best / nodes_s:.2f}x")
-    print(f"graph build + save + render ({len(graph.nodes)} nodes, {len(graph.edges)} edges): {render_s:.2f}s")
+        print(
+            f"edges {'batched (vmap)' if batched else 'per-node    '}: {secs:.2f}s  "
+            f"({counts['forward']} forward, {counts['backward']} backward) "
+            f"for {n_down} down-nodes incl. error nodes"
+        )
+    print(
+        f"edges, original method (extrapolated from {min(args.baseline_nodes, n_pairs)} of {n_pairs} "
+        f"feature down-nodes): {baseline_s:.2f}s"
+    )
+    print(
+        f"edge speed-up over original: {baseline_s / best:.1f}x; edges / nodes phase: {best / nodes_s:.2f}x"
+    )
+    print(
+        f"graph build + save + render ({len(graph.nodes)} nodes, {len(graph.edges)} edges): {render_s:.2f}s"
+    )
     print(f"peak memory: {peak:.2f} GiB ({'CUDA allocated' if device.startswith('cuda') else 'max RSS'})")
 
 

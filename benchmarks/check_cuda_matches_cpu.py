@@ -10,8 +10,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -24,9 +22,16 @@ from sparse_coding.model import tokenize_prompt  # noqa: E402
 
 
 def attributions_on(device: str, root: Path, templates: dict[str, str]):
-    config = config_from_dict({"MODEL_DIR": str(root / "model"), "RESID_SAES": templates["resid"],
-                               "ATTN_SAES": templates["attn"], "MLP_SAES": templates["mlp"],
-                               "ACTS_LAYERS_SLICE": "0:3", "DEVICE": device})
+    config = config_from_dict(
+        {
+            "MODEL_DIR": str(root / "model"),
+            "RESID_SAES": templates["resid"],
+            "ATTN_SAES": templates["attn"],
+            "MLP_SAES": templates["mlp"],
+            "ACTS_LAYERS_SLICE": "0:3",
+            "DEVICE": device,
+        }
+    )
     spliced, tokenizer = load_spliced_model(config)
     tokens = tokenize_prompt(tokenizer, "When Mary and John went to the store, John gave", prepend_bos=True)
     inputs, target = split_prompt(tokens.to(spliced.device))
@@ -42,14 +47,24 @@ def main() -> None:
     templates = {site: write_sae_set(root / "saes", site) for site in ("resid", "attn", "mlp")}
     cpu_attrs, down, cpu_model, cpu_inputs = attributions_on("cpu", root, templates)
     gpu_attrs, _, gpu_model, gpu_inputs = attributions_on("cuda", root, templates)
-    node_diff = max(float((cpu_attrs[k].feature_ie - gpu_attrs[k].feature_ie.cpu()).abs().max()) for k in cpu_attrs)
+    node_diff = max(
+        float((cpu_attrs[k].feature_ie - gpu_attrs[k].feature_ie.cpu()).abs().max()) for k in cpu_attrs
+    )
     print(f"max |IE(cpu) - IE(cuda)| over features: {node_diff:.2e}")
     cpu_edges = edges(cpu_model, cpu_inputs, cpu_attrs, down, batched=False)
     for batched in (False, True):
-        gpu_edges = edges(gpu_model, gpu_inputs, gpu_attrs, {k: v.cuda() for k, v in down.items()}, batched=batched)
-        diff = max(float((a.effects - b.effects.cpu()).abs().max()) for a, b in zip(cpu_edges, gpu_edges))
+        gpu_edges = edges(
+            gpu_model, gpu_inputs, gpu_attrs, {k: v.cuda() for k, v in down.items()}, batched=batched
+        )
+        diff = max(
+            float((a.effects - b.effects.cpu()).abs().max())
+            for a, b in zip(cpu_edges, gpu_edges, strict=True)
+        )
         scale = max(float(a.effects.abs().max()) for a in cpu_edges)
-        print(f"edges {'batched' if batched else 'per-node'} on cuda vs cpu: max diff {diff:.2e} (largest edge {scale:.2e})")
+        print(
+            f"edges {'batched' if batched else 'per-node'} on cuda vs cpu: max diff {diff:.2e} "
+            f"(largest edge {scale:.2e})"
+        )
 
 
 if __name__ == "__main__":

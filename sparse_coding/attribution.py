@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sparse_coding.errors import SparseCodingError
-from sparse_coding.splice import Site, SiteCode, SplicedModel, record_codes
+from sparse_coding.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
 
 logger = logging.getLogger(__name__)
 
@@ -135,17 +135,29 @@ def node_attributions(
         keys = list(leaves)
         grads = torch.autograd.grad(m, [value_leaves[k] for k in keys] + [error_leaves[k] for k in keys])
     _check_finite(grads)
-    grad_v, grad_e = dict(zip(keys, grads[: len(keys)])), dict(zip(keys, grads[len(keys) :]))
+    grad_v, grad_e = (
+        dict(zip(keys, grads[: len(keys)], strict=True)),
+        dict(zip(keys, grads[len(keys) :], strict=True)),
+    )
     if ig_steps > 1:
         ig_v, ig_e = _integrated_gradients(spliced, inputs, target, leaves, ig_steps)
     else:
         ig_v, ig_e = grad_v, grad_e
-    return {key: _site_attribution(spliced.by_key[key], leaves[key], codes[key], grad_v[key], grad_e[key],
-                                   ig_v[key], ig_e[key]) for key in keys}
+    return {
+        key: _site_attribution(
+            spliced.by_key[key], leaves[key], codes[key], grad_v[key], grad_e[key], ig_v[key], ig_e[key]
+        )
+        for key in keys
+    }
 
 
 def _site_attribution(
-    site: Site, leaves: SiteLeaves, code: SiteCode, grad_v: Tensor, grad_e: Tensor, ie_grad_v: Tensor,
+    site: Site,
+    leaves: SiteLeaves,
+    code: SiteCode,
+    grad_v: Tensor,
+    grad_e: Tensor,
+    ie_grad_v: Tensor,
     ie_grad_e: Tensor,
 ) -> SiteAttribution:
     d_sae = site.sae.d_sae
@@ -167,18 +179,21 @@ def _integrated_gradients(
         lv = leaves[key]
         v = (alphas[:, None] * lv.values).requires_grad_()  # (steps, nnz)
         e = (alphas[:, None, None] * lv.error).requires_grad_()  # (steps, pos, d_model)
-
-        def interpolate(site: Site, x: Tensor, key: str = key, v: Tensor = v, e: Tensor = e) -> Tensor:
-            if site.key != key:
-                return x
-            return lv.decode(site, v) + lv.const + e
-
-        with torch.enable_grad(), spliced.intervene(interpolate):
+        with torch.enable_grad(), spliced.intervene(_replace_site(key, lv, v, e)):
             m = metric(spliced(batch), target.expand(steps)).sum()
             gv, ge = torch.autograd.grad(m, [v, e])
         _check_finite((gv, ge))
         mean_v[key], mean_e[key] = gv.mean(0), ge.mean(0)
     return mean_v, mean_e
+
+
+def _replace_site(key: str, leaves: SiteLeaves, values: Tensor, error: Tensor) -> Intervention:
+    """Intervention that rebuilds one site from given node values and error, leaving the others."""
+
+    def replace(site: Site, x: Tensor) -> Tensor:
+        return leaves.decode(site, values) + leaves.const + error if site.key == key else x
+
+    return replace
 
 
 def _check_finite(grads) -> None:
@@ -252,8 +267,14 @@ def edges(
         for down in tqdm([s for s in spliced.sites if upstream_sites(spliced, s)], desc="Edges", leave=False):
             ups = upstream_sites(spliced, down)
             leaves = [value_leaves[u.key] for u in ups] + [error_leaves[u.key] for u in ups]
-            rows = _down_node_grads(down, site_inputs[down.key][0], attributions[down.key], down_nodes[down.key],
-                                    leaves, batched=batched)
+            rows = _down_node_grads(
+                down,
+                site_inputs[down.key][0],
+                attributions[down.key],
+                down_nodes[down.key],
+                leaves,
+                batched=batched,
+            )
             results += _edge_sets(down, down_nodes[down.key], ups, attributions, rows)
     return results
 
@@ -266,29 +287,41 @@ def _down_node_grads(
     Feature rows read only their own encoder columns; the error row is the one
     backward through the full-width encoder.
     """
-    gate = (attr.leaves.values.new_zeros(x.shape[0], down.sae.d_sae)
-            .index_put((attr.leaves.positions, attr.leaves.features), torch.ones_like(attr.leaves.values)))
-    grad_dense = torch.zeros_like(gate).index_put((attr.leaves.positions, attr.leaves.features), attr.grad_values)
+    gate = attr.leaves.values.new_zeros(x.shape[0], down.sae.d_sae).index_put(
+        (attr.leaves.positions, attr.leaves.features), torch.ones_like(attr.leaves.values)
+    )
+    grad_dense = torch.zeros_like(gate).index_put(
+        (attr.leaves.positions, attr.leaves.features), attr.grad_values
+    )
     node_values = down.selected_feats(x, features, gate[:, features].to(down.sae.W_enc.dtype)).to(x.dtype)
     node_values = node_values * _scale(down, x)  # (pos, n): value = activation * scale
     n = len(features)
     seeds = torch.zeros(n, *node_values.shape, dtype=x.dtype, device=x.device)
     seeds[torch.arange(n), :, torch.arange(n)] = grad_dense[:, features].T
-    feature_rows = _vjps(node_values, leaves, seeds, batched=batched) if n else [
-        leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
+    feature_rows = (
+        _vjps(node_values, leaves, seeds, batched=batched)
+        if n
+        else [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
+    )
     error_row = _vjps(down.code(x).error, leaves, attr.grad_error[None], batched=False)
-    return [torch.cat([f, e]) for f, e in zip(feature_rows, error_row)]
+    return [torch.cat([f, e]) for f, e in zip(feature_rows, error_row, strict=True)]
 
 
 def _vjps(output: Tensor, leaves: list[Tensor], seeds: Tensor, *, batched: bool) -> list[Tensor]:
     """Vector-Jacobian products of `output` for each seed (rows), as one vmapped backward or a loop."""
     if batched:
-        grads = torch.autograd.grad(output, leaves, seeds, retain_graph=True, is_grads_batched=True,
-                                    allow_unused=True)
-        return [g if g is not None else leaf.new_zeros(len(seeds), *leaf.shape) for g, leaf in zip(grads, leaves)]
+        grads = torch.autograd.grad(
+            output, leaves, seeds, retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+        return [
+            g if g is not None else leaf.new_zeros(len(seeds), *leaf.shape)
+            for g, leaf in zip(grads, leaves, strict=True)
+        ]
     rows = [torch.autograd.grad(output, leaves, seed, retain_graph=True, allow_unused=True) for seed in seeds]
-    return [torch.stack([row[i] if row[i] is not None else torch.zeros_like(leaf) for row in rows])
-            for i, leaf in enumerate(leaves)]
+    return [
+        torch.stack([row[i] if row[i] is not None else torch.zeros_like(leaf) for row in rows])
+        for i, leaf in enumerate(leaves)
+    ]
 
 
 def _scale(site: Site, x: Tensor) -> Tensor:
@@ -298,7 +331,11 @@ def _scale(site: Site, x: Tensor) -> Tensor:
 
 
 def _edge_sets(
-    down: Site, features: Tensor, ups: list[Site], attributions: dict[str, SiteAttribution], rows: list[Tensor]
+    down: Site,
+    features: Tensor,
+    ups: list[Site],
+    attributions: dict[str, SiteAttribution],
+    rows: list[Tensor],
 ) -> list[EdgeSet]:
     """Turn leaf gradients into effects (0 - u) summed per upstream feature and position."""
     n_up = len(ups)
@@ -309,7 +346,9 @@ def _edge_sets(
         per_entry = grad_v * -lv.values  # (n+1, nnz)
         up_features = lv.features.unique()
         column = torch.searchsorted(up_features, lv.features)
-        feature_effects = per_entry.new_zeros(len(features) + 1, len(up_features)).index_add(1, column, per_entry)
+        feature_effects = per_entry.new_zeros(len(features) + 1, len(up_features)).index_add(
+            1, column, per_entry
+        )
         error_effects = (grad_e * -lv.error).sum((1, 2))[:, None]
         effects = torch.cat([feature_effects, error_effects], dim=1).float()
         sets.append(EdgeSet(down.key, features, up.key, up_features, effects))

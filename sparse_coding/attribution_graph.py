@@ -53,8 +53,12 @@ def gradient_graph(
         edge_sets = edges(spliced, inputs, attributions, down_nodes, batched=batched)
     graph = build_graph(spliced, attributions, edge_sets, num_up_nodes=num_up_nodes)
     graph.metadata["fraction_explained"] = fraction_explained(attributions)
-    graph.metadata["summary"] = f"features explain ~{100 * graph.metadata['fraction_explained']:.0f}% of the effect"
-    graph.metadata["down_node_selection"] = "thresholds" if thresholds else f"top {num_down_nodes} |attribution|"
+    graph.metadata["summary"] = (
+        f"features explain ~{100 * graph.metadata['fraction_explained']:.0f}% of the effect"
+    )
+    graph.metadata["down_node_selection"] = (
+        "thresholds" if thresholds else f"top {num_down_nodes} |attribution|"
+    )
     return graph
 
 

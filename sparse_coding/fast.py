@@ -24,17 +24,35 @@ logger = logging.getLogger("sparse_coding.fast")
 
 def main(config: Config, args: argparse.Namespace) -> None:
     spliced, tokenizer = load_spliced_model(config)
-    tokens = tokenize_prompt(tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS,
-                             max_len=spliced.model.config.n_positions + 1)
+    tokens = tokenize_prompt(
+        tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS, max_len=spliced.model.config.n_positions + 1
+    )
     thresholds = load_thresholds(config, spliced)
-    logger.info("Down-nodes: %s", thresholds.description if thresholds else f"top {config.NUM_DOWN_NODES} |IE|")
-    graph = gradient_graph(spliced, tokens, num_down_nodes=config.NUM_DOWN_NODES, num_up_nodes=config.NUM_UP_NODES,
-                           ig_steps=config.IG_STEPS, thresholds=thresholds.values if thresholds else None)
-    merged, dot_path = publish_graph(graph, config, spliced, tokenizer, dot_name=config.GRADS_DOT_FILE,
-                                     image_name=config.GRADS_FILE, script="fast.py")
-    print(f"fast.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run "
-          f"({len(merged.nodes)} nodes, {len(merged.edges)} edges in the graph); {graph.metadata['summary']}; "
-          f"wrote {dot_path}, {dot_path.with_suffix('.json').name}, {config.GRADS_FILE}")
+    logger.info(
+        "Down-nodes: %s", thresholds.description if thresholds else f"top {config.NUM_DOWN_NODES} |IE|"
+    )
+    graph = gradient_graph(
+        spliced,
+        tokens,
+        num_down_nodes=config.NUM_DOWN_NODES,
+        num_up_nodes=config.NUM_UP_NODES,
+        ig_steps=config.IG_STEPS,
+        thresholds=thresholds.values if thresholds else None,
+    )
+    merged, dot_path = publish_graph(
+        graph,
+        config,
+        spliced,
+        tokenizer,
+        dot_name=config.GRADS_DOT_FILE,
+        image_name=config.GRADS_FILE,
+        script="fast.py",
+    )
+    print(
+        f"fast.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run "
+        f"({len(merged.nodes)} nodes, {len(merged.edges)} edges in the graph); {graph.metadata['summary']}; "
+        f"wrote {dot_path}, {dot_path.with_suffix('.json').name}, {config.GRADS_FILE}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,5 +34,7 @@ def add_logit_effects(
                 node.logits_down = _cells(tokenizer, down.indices[i], -down.values[i])
 
 
-def _cells(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, values: torch.Tensor) -> list[tuple[str, float]]:
-    return [(tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, values)]
+def _cells(
+    tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, values: torch.Tensor
+) -> list[tuple[str, float]]:
+    return [(tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, values, strict=True)]

@@ -47,8 +47,12 @@ def publish_graph(
     add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
     from sparse_coding.neuronpedia import annotate_graph
 
-    annotate_graph(graph, enabled=config.NEURONPEDIA, base_url=config.NEURONPEDIA_URL,
-                   cache_dir=config.DATA_DIR / "neuronpedia_cache")
+    annotate_graph(
+        graph,
+        enabled=config.NEURONPEDIA,
+        base_url=config.NEURONPEDIA_URL,
+        cache_dir=config.DATA_DIR / "neuronpedia_cache",
+    )
     dot_path = out_dir / dot_name
     merged = update_graph_files(graph, dot_path, out_dir / image_name)
     return merged, dot_path

@@ -121,7 +121,7 @@ def test_node_attributions_equal_directional_derivatives_of_the_plain_model(setu
 
 def test_inactive_features_have_exactly_zero_attribution(setup):
     spliced, inputs, target = setup
-    for key, attr in node_attributions(spliced, inputs, target).items():
+    for attr in node_attributions(spliced, inputs, target).values():
         inactive = attr.max_activation == 0
         assert (attr.feature_ie[inactive] == 0).all()
 
@@ -316,7 +316,9 @@ def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_pos
     spliced, inputs, target = setup
     attributions = node_attributions(spliced, inputs, target)
     clean = _clean(spliced, inputs)
-    thresholds = {key: torch.full((site.sae.d_sae,), 0.05, dtype=torch.float64) for key, site in spliced.by_key.items()}
+    thresholds = {
+        key: torch.full((site.sae.d_sae,), 0.05, dtype=torch.float64) for key, site in spliced.by_key.items()
+    }
     chosen = choose_down_nodes(attributions, num_down_nodes=1, thresholds=thresholds)
     for key, site in spliced.by_key.items():
         x = clean[key]

@@ -13,9 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _write_config(tmp_path: Path, tiny_model_dir: Path, sae_templates: dict, **overrides) -> Path:
     raw = {
-        "MODEL_DIR": str(tiny_model_dir), "RESID_SAES": sae_templates["resid"], "ATTN_SAES": sae_templates["attn"],
-        "MLP_SAES": sae_templates["mlp"], "ACTS_LAYERS_SLICE": "0:3", "DEVICE": "cpu", "NEURONPEDIA": False,
-        "DATA_DIR": str(tmp_path / "data"), "NUM_DOWN_NODES": 2, "NUM_UP_NODES": 2,
+        "MODEL_DIR": str(tiny_model_dir),
+        "RESID_SAES": sae_templates["resid"],
+        "ATTN_SAES": sae_templates["attn"],
+        "MLP_SAES": sae_templates["mlp"],
+        "ACTS_LAYERS_SLICE": "0:3",
+        "DEVICE": "cpu",
+        "NEURONPEDIA": False,
+        "DATA_DIR": str(tmp_path / "data"),
+        "NUM_DOWN_NODES": 2,
+        "NUM_UP_NODES": 2,
         "PROMPT": "When Mary and John went to the store, John gave a drink to Mary",
     } | overrides
     path = tmp_path / "config.yaml"
@@ -25,10 +32,14 @@ def _write_config(tmp_path: Path, tiny_model_dir: Path, sae_templates: dict, **o
 
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
-def test_fast_writes_dot_json_and_svg_and_a_second_prompt_merges_into_them(tmp_path, tiny_model_dir, sae_templates):
+def test_fast_writes_dot_json_and_svg_and_a_second_prompt_merges_into_them(
+    tmp_path, tiny_model_dir, sae_templates
+):
     config = _write_config(tmp_path, tiny_model_dir, sae_templates)
     first = _run("sparse_coding/fast.py", "--config", str(config))
     assert first.returncode == 0, first.stderr
@@ -42,7 +53,9 @@ def test_fast_writes_dot_json_and_svg_and_a_second_prompt_merges_into_them(tmp_p
     assert 'effect="' in dot.read_text()
     first_edges = {(e["source"], e["target"]) for e in graph["edges"]}
 
-    config = _write_config(tmp_path, tiny_model_dir, sae_templates, PROMPT="The quick brown fox jumps over the lazy")
+    config = _write_config(
+        tmp_path, tiny_model_dir, sae_templates, PROMPT="The quick brown fox jumps over the lazy"
+    )
     second = _run("-m", "sparse_coding.fast", "--config", str(config))
     assert second.returncode == 0, second.stderr
     merged = json.loads(js.read_text())
@@ -59,7 +72,9 @@ def test_fast_runs_from_inside_the_package_folder(tmp_path, tiny_model_dir, sae_
     assert "features explain ~" in result.stdout
 
 
-def test_a_one_token_prompt_exits_with_one_paragraph_and_no_traceback(tmp_path, tiny_model_dir, sae_templates):
+def test_a_one_token_prompt_exits_with_one_paragraph_and_no_traceback(
+    tmp_path, tiny_model_dir, sae_templates
+):
     config = _write_config(tmp_path, tiny_model_dir, sae_templates, PROMPT="a", PREPEND_BOS=False)
     result = _run("sparse_coding/fast.py", "--config", str(config))
     assert result.returncode == 1
@@ -67,7 +82,9 @@ def test_a_one_token_prompt_exits_with_one_paragraph_and_no_traceback(tmp_path, 
     assert "PROMPT" in result.stderr.strip().splitlines()[-1]
 
 
-def test_a_slice_outside_the_model_exits_with_a_message_naming_the_key(tmp_path, tiny_model_dir, sae_templates):
+def test_a_slice_outside_the_model_exits_with_a_message_naming_the_key(
+    tmp_path, tiny_model_dir, sae_templates
+):
     config = _write_config(tmp_path, tiny_model_dir, sae_templates, ACTS_LAYERS_SLICE="5:9")
     result = _run("sparse_coding/fast.py", "--config", str(config))
     assert result.returncode == 1

@@ -284,7 +284,9 @@ def test_lone_surrogates_and_odd_metadata_survive(paths):
     assert graph_to_dot(loaded) == graph_to_dot(loaded)
 
 
-def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(tmp_path, monkeypatch, caplog):
+def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(
+    tmp_path, monkeypatch, caplog
+):
     from sparse_coding import graph_files
 
     monkeypatch.setattr(graph_files.shutil, "which", lambda name: None)
