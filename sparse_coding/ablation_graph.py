@@ -413,16 +413,19 @@ def _assemble(
         for i, r in enumerate(results)
         for j, c in enumerate(r.candidates)
     }
+    max_acts = [layer.feats.amax(dim=(0, 1)).tolist() for layer in layers]  # one device sync per layer
     for index, feature in sorted(drawn):
-        graph.add_node(_node(layers[index], feature, cells.get((index, feature)), tokenizer))
+        graph.add_node(
+            _node(layers[index], feature, max_acts[index][feature], cells.get((index, feature)), tokenizer)
+        )
     return graph
 
 
-def _node(layer: _Layer, feature: int, cells, tokenizer: PreTrainedTokenizerBase) -> Node:
+def _node(layer: _Layer, feature: int, activation: float, cells, tokenizer: PreTrainedTokenizerBase) -> Node:
     up, down = cells if cells is not None else ([], [])
     return Node.from_id(
         feature_id("resid", layer.site.layer, feature),
-        activation=float(layer.feats[:, :, feature].max()),
+        activation=activation,
         hook=layer.site.sae.hook_name,
         neuronpedia_id=layer.site.sae.neuronpedia_id,
         logits_up=[(tokenizer.decode([i]), v) for i, v in up],

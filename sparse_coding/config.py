@@ -229,6 +229,11 @@ def _coerce_pinned(key: str, value: Any, value_type: Any, where: str) -> dict[st
                 f"Config key {key}{where}: {layer_key!r} pins {items}; pipe.py pins one feature "
                 f"per layer, e.g. {example}"
             )
+        if f"{site}_{layer}" in result:
+            raise ConfigError(
+                f"Config key {key}{where} names site {site}_{layer} twice ({layer_key!r} repeats it; "
+                f"an int layer means resid_{layer}); give each site one entry"
+            )
         result[f"{site}_{layer}"] = list(items) if wants_list else items[0]
     return result
 

@@ -41,6 +41,15 @@ def load_spliced_model(
         for layer in tqdm(layers, desc=f"Loading {site} SAEs", leave=False)
     ]
     logger.info("Loaded %d SAEs in %.1fs", len(saes), time.perf_counter() - start)
+    mismatched = [sae.cfg.source for sae in saes if sae.cfg.prepend_bos != config.PREPEND_BOS]
+    if mismatched:
+        logger.warning(
+            "PREPEND_BOS is %s, but %d SAE(s) were trained the other way (e.g. %s); activations at the "
+            "first positions may differ from their dashboards",
+            config.PREPEND_BOS,
+            len(mismatched),
+            mismatched[0],
+        )
     return SplicedModel(model, saes), tokenizer
 
 

@@ -327,3 +327,10 @@ def test_every_script_exits_1_with_one_paragraph_on_a_bad_config(tmp_path, capsy
 def test_config_from_dict_raises_config_error_for_bad_values():
     with pytest.raises(ConfigError, match="BATCH_SIZE"):
         config_from_dict({"RESID_SAES": "x_{layer}", "BATCH_SIZE": "eight"})
+
+
+def test_a_site_named_twice_in_pinned_dims_is_an_error_not_a_silent_overwrite():
+    from sparse_coding.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="resid_9 twice"):
+        config_from_dict({"RESID_SAES": "x", "VALIDATION_DIMS_PINNED": {9: [1], "resid_9": [2]}})
