@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
-from sparse_coding.contexts import ContextCache, site_feats
+from sparse_coding.contexts import site_feats
 from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
 from sparse_coding.errors import ConfigError, DatasetError, ExactlyZeroEffectError
 from sparse_coding.graph import Graph, Node
@@ -488,13 +488,8 @@ def resid_pins(config: Config) -> dict[int, int]:
     return pins
 
 
-def pipe_graph(
-    config: Config,
-    spliced: SplicedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    contexts: ContextCache,
-) -> Graph:
-    """pipe.py's graph: the ablation graph with contexts, summary and run metadata."""
+def pipe_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase) -> Graph:
+    """pipe.py's graph: the ablation graph of the config's sequences, with its summary."""
     layers = config.layer_range(spliced.n_layers)
     batch = interpreted_batch(config, tokenizer, spliced.device)
     result = ablation_graph(
@@ -509,16 +504,9 @@ def pipe_graph(
         seed=config.SEED,
     )
     graph = result.graph
-    for node in graph.nodes.values():
-        node.contexts = contexts.contexts(f"resid_{node.layer}", node.feature, config.TOP_K)
     graph.metadata = {
-        "script": "pipe.py",
-        "prompt": config.PROMPT,
         "dataset": config.DATASET,
         "sequences": len(batch.input_ids),
-        "model": config.MODEL_DIR,
-        "sae_sources": {key: site.sae.cfg.source for key, site in spliced.by_key.items()},
-        "config": config.to_metadata(),
         "summary": summary(result),
     }
     return graph

@@ -184,14 +184,6 @@ class ContextCache:
             meta=header.get("meta", {}),
         )
 
-    @classmethod
-    def load_if_present(cls, model_dir: Path) -> "ContextCache | None":
-        """The cache under DATA_DIR/<model>/ (`model_dir`), or None when none was written."""
-        path = Path(model_dir) / CACHE_NAME
-        if not path.with_suffix(".npz").is_file():
-            return None
-        return cls.load(path)
-
     def covers(self, sources: dict[str, str], fingerprint: str, per_feature: int, view: int) -> bool:
         """True when this cache answers for every site of `sources` on the same text."""
         same_sites = all(self.sources.get(key) == source for key, source in sources.items())

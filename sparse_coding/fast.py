@@ -14,6 +14,7 @@ if __package__ in (None, ""):  # run as a file: make the package importable
 from sparse_coding.attribution_graph import gradient_graph
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
+from sparse_coding.contexts import load_or_collect
 from sparse_coding.loading import load_spliced_model
 from sparse_coding.model import tokenize_prompt
 from sparse_coding.publish import publish_graph
@@ -39,11 +40,13 @@ def main(config: Config, args: argparse.Namespace) -> None:
         ig_steps=config.IG_STEPS,
         thresholds=thresholds.values if thresholds else None,
     )
+    contexts = load_or_collect(config, spliced, tokenizer)
     merged, dot_path = publish_graph(
         graph,
         config,
         spliced,
         tokenizer,
+        contexts=contexts,
         dot_name=config.GRADS_DOT_FILE,
         image_name=config.GRADS_FILE,
         script="fast.py",

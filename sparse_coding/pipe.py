@@ -27,12 +27,13 @@ logger = logging.getLogger("sparse_coding.pipe")
 def main(config: Config, args: argparse.Namespace) -> None:
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))
     contexts = load_or_collect(config, spliced, tokenizer)
-    graph = pipe_graph(config, spliced, tokenizer, contexts)
+    graph = pipe_graph(config, spliced, tokenizer)
     merged, dot_path = publish_graph(
         graph,
         config,
         spliced,
         tokenizer,
+        contexts=contexts,
         dot_name=config.GRAPH_DOT_FILE,
         image_name=config.GRAPH_FILE,
         script="pipe.py",

@@ -1,7 +1,7 @@
 """Label a freshly computed graph and merge it into the graph files of a run.
 
-Shared by pipe.py and fast.py: metadata, top-activating contexts (when a
-contexts cache exists), direct logit effects, Neuronpedia explanations, then
+Shared by pipe.py and fast.py: metadata, top-activating contexts, direct
+logit effects, Neuronpedia explanations, then
 `graph_files.update_graph_files` (atomic .dot + .json + image).
 """
 
@@ -11,9 +11,11 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
+from sparse_coding.contexts import ContextCache
 from sparse_coding.graph import Graph
 from sparse_coding.graph_files import update_graph_files
 from sparse_coding.logit_lens import add_logit_effects
+from sparse_coding.neuronpedia import annotate_graph
 from sparse_coding.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ def publish_graph(
     spliced: SplicedModel,
     tokenizer: PreTrainedTokenizerBase,
     *,
+    contexts: ContextCache | None,
     dot_name: str,
     image_name: str,
     script: str,
@@ -43,10 +46,11 @@ def publish_graph(
     """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name>; returns (merged graph, .dot path)."""
     graph.metadata.update(run_metadata(config, spliced, script))
     out_dir = config.model_data_dir(config.MODEL_DIR)
-    _add_contexts(graph, out_dir, config.TOP_K)
+    if contexts is not None:
+        for node in graph.nodes.values():
+            if node.feature is not None and not node.contexts:
+                node.contexts = contexts.contexts(f"{node.site}_{node.layer}", node.feature, config.TOP_K)
     add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
-    from sparse_coding.neuronpedia import annotate_graph
-
     annotate_graph(
         graph,
         enabled=config.NEURONPEDIA,
@@ -56,15 +60,3 @@ def publish_graph(
     dot_path = out_dir / dot_name
     merged = update_graph_files(graph, dot_path, out_dir / image_name)
     return merged, dot_path
-
-
-def _add_contexts(graph: Graph, out_dir: Path, top_k: int) -> None:
-    from sparse_coding.contexts import ContextCache
-
-    cache = ContextCache.load_if_present(out_dir)
-    if cache is None:
-        logger.info("No contexts cache in %s (pipe.py writes one); labels show no contexts", out_dir)
-        return
-    for node in graph.nodes.values():
-        if node.feature is not None and not node.contexts:
-            node.contexts = cache.contexts(f"{node.site}_{node.layer}", node.feature, top_k)

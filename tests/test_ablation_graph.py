@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from sparse_coding.ablation_graph import ablation_graph, interpreted_batch, pipe_graph, resid_pins
-from sparse_coding.contexts import load_or_collect
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graph_files import update_graph_files
 from sparse_coding.loading import load_spliced_model
@@ -213,7 +212,7 @@ def test_two_runs_merge_into_the_same_graph_files(make_config):
     for prompt in ("When Mary and John went to the store, John gave a drink to", "Copyright (C) 2024 the"):
         config = make_config(PROMPT=prompt, THRESHOLD_EXP=-1.0)
         spliced, tokenizer = load_spliced_model(config, sites=("resid",))
-        graph = pipe_graph(config, spliced, tokenizer, load_or_collect(config, spliced, tokenizer))
+        graph = pipe_graph(config, spliced, tokenizer)
         assert graph.metadata["summary"].startswith("effects plotted out of collected: ~")
         dot = config.model_data_dir(config.MODEL_DIR) / config.GRAPH_DOT_FILE
         update_graph_files(graph, dot, None)  # drawing is tested in test_pipe_script

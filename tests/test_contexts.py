@@ -119,4 +119,3 @@ def test_load_or_collect_writes_once_and_reuses_the_cache(dataset_config):
     again = load_or_collect(dataset_config, spliced, tokenizer)
     assert path.stat().st_mtime_ns == stamp
     assert again.contexts("resid_0", 3, 3) == first.contexts("resid_0", 3, 3)
-    assert ContextCache.load_if_present(dataset_config.model_data_dir(dataset_config.MODEL_DIR)) is not None

@@ -39,7 +39,7 @@ def write_config(tmp_path, tiny_model_dir, sae_templates):
 
 
 def run_val(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )

@@ -138,6 +138,15 @@ def plain_stats(model, sequences, edits):
 # ---------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP waits on a busy 2-core machine (100x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def loaded(make_config):
     config = make_config(VALIDATION_DIMS_PINNED={key: [0] for key in SITES})
