@@ -27,8 +27,10 @@ held fixed:
 One "cut" forward serves every down-node: each site outputs
 ``sum v W_dec + const + e`` from fresh leaves and ignores its input, so a
 backward from d stops at the sites directly upstream of it. Backwards for one
-site's down-nodes can run as one batched backward (vmap) or one by one; the
-faster choice depends on the device (see benchmarks/bench_fast.py).
+site's down-nodes run as one batched backward (vmap over at most
+MAX_BATCHED_ROWS seeds), which measured faster than one backward per node on
+both a 2-core CPU and an H100 (benchmarks/bench_fast.py); the per-node loop
+remains as the low-memory path.
 
 Phases: 1. clean run, codes per site; 2. node attributions; 3. down-nodes;
 4. edges; 5. graph: top up-nodes per down-node, pruning to what reaches the
@@ -47,6 +49,9 @@ from sparse_coding.errors import SparseCodingError
 from sparse_coding.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
 
 logger = logging.getLogger(__name__)
+
+# Down-nodes per vmapped backward: bounds the batch's extra memory.
+MAX_BATCHED_ROWS = 64
 
 
 @dataclass
@@ -308,14 +313,26 @@ def _down_node_grads(
 
 
 def _vjps(output: Tensor, leaves: list[Tensor], seeds: Tensor, *, batched: bool) -> list[Tensor]:
-    """Vector-Jacobian products of `output` for each seed (rows), as one vmapped backward or a loop."""
+    """Vector-Jacobian products of `output` for each seed (rows), as vmapped backwards or a loop.
+
+    Batching multiplies the backward's memory by its rows, so at most
+    MAX_BATCHED_ROWS seeds go through one backward (thresholds can pick many).
+    """
     if batched:
-        grads = torch.autograd.grad(
-            output, leaves, seeds, retain_graph=True, is_grads_batched=True, allow_unused=True
-        )
+        chunks = [
+            torch.autograd.grad(
+                output, leaves, chunk, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+            for chunk in seeds.split(MAX_BATCHED_ROWS)
+        ]
         return [
-            g if g is not None else leaf.new_zeros(len(seeds), *leaf.shape)
-            for g, leaf in zip(grads, leaves, strict=True)
+            torch.cat(
+                [
+                    c[i] if c[i] is not None else leaf.new_zeros(len(c_seeds), *leaf.shape)
+                    for c, c_seeds in zip(chunks, seeds.split(MAX_BATCHED_ROWS), strict=True)
+                ]
+            )
+            for i, leaf in enumerate(leaves)
         ]
     rows = [torch.autograd.grad(output, leaves, seed, retain_graph=True, allow_unused=True) for seed in seeds]
     return [

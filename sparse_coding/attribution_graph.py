@@ -34,23 +34,22 @@ def gradient_graph(
     num_up_nodes: int,
     ig_steps: int = 1,
     thresholds: dict[str, torch.Tensor] | None = None,
-    batched_edges: bool | None = None,
+    batched_edges: bool = True,
 ) -> Graph:
     """The whole fast.py computation for one prompt (1, pos) -> Graph.
 
     Args:
         thresholds: per site key, activation thresholds that choose down-nodes
             (hist.py); sites without one use the NUM_DOWN_NODES largest |IE|.
-        batched_edges: one vmapped backward per site (True) or one backward
-            per down-node (False); None picks batched on CUDA.
+        batched_edges: vmapped backwards per site (True, faster) or one
+            backward per down-node (False, least memory).
     """
     inputs, target = split_prompt(tokens.to(spliced.device))
     with timed("Node attributions"):
         attributions = node_attributions(spliced, inputs, target, ig_steps=ig_steps)
     down_nodes = choose_down_nodes(attributions, num_down_nodes=num_down_nodes, thresholds=thresholds)
-    batched = spliced.device.type == "cuda" if batched_edges is None else batched_edges
     with timed("Edges"):
-        edge_sets = edges(spliced, inputs, attributions, down_nodes, batched=batched)
+        edge_sets = edges(spliced, inputs, attributions, down_nodes, batched=batched_edges)
     graph = build_graph(spliced, attributions, edge_sets, num_up_nodes=num_up_nodes)
     graph.metadata["fraction_explained"] = fraction_explained(attributions)
     graph.metadata["summary"] = (

@@ -3,6 +3,7 @@
 import logging
 import os
 import time
+from collections.abc import Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -31,16 +32,9 @@ def load_spliced_model(
     model_dtype = resolve_dtype(config.DTYPE)
     model, tokenizer = load_model(config.MODEL_DIR, device, model_dtype)
     layers = layers if layers is not None else config.layer_range(model.config.n_layer)
-    sources = {site: src for site, src in config.sae_sources.items() if sites is None or site in sites}
-    sae_dtype = resolve_dtype(config.SAE_DTYPE, model_dtype)
-    check_memory(sources, layers, device, sae_dtype)
-    start = time.perf_counter()
-    saes = [
-        _checked(load_sae(source, layer, device=device, dtype=sae_dtype), site, layer, source)
-        for site, source in sources.items()
-        for layer in tqdm(layers, desc=f"Loading {site} SAEs", leave=False)
-    ]
-    logger.info("Loaded %d SAEs in %.1fs", len(saes), time.perf_counter() - start)
+    chosen = [site for site in config.sae_sources if sites is None or site in sites]
+    pairs = [(site, layer) for site in chosen for layer in layers]
+    saes = load_saes(config, pairs, device, resolve_dtype(config.SAE_DTYPE, model_dtype))
     mismatched = [sae.cfg.source for sae in saes if sae.cfg.prepend_bos != config.PREPEND_BOS]
     if mismatched:
         logger.warning(
@@ -51,6 +45,34 @@ def load_spliced_model(
             mismatched[0],
         )
     return SplicedModel(model, saes), tokenizer
+
+
+def load_saes(
+    config: Config, sites: Iterable[tuple[str, int]], device: torch.device, dtype: torch.dtype
+) -> list[SAE]:
+    """Load the SAE of each (site, layer) of `sites`, in order, from the config's sources.
+
+    Checks first that they fit the device (`check_memory`), then that each SAE
+    reads the site and layer it was loaded for.
+
+    Args:
+        sites: (site, layer) pairs, e.g. ``[("resid", 9), ("attn", 10)]``; every
+            site must have a source in `config.sae_sources`.
+        dtype: the SAEs' dtype (SAE_DTYPE resolved against the model's).
+
+    Raises:
+        SparseCodingError: the SAEs would not fit the device.
+        SAELoadError: an SAE reads another site's hook or another layer.
+    """
+    sources = [(site, layer, config.sae_sources[site]) for site, layer in sites]
+    check_memory([(source, layer) for _, layer, source in sources], device, dtype)
+    start = time.perf_counter()
+    saes = [
+        _checked(load_sae(source, layer, device=device, dtype=dtype), site, layer, source)
+        for site, layer, source in tqdm(sources, desc="Loading SAEs", leave=False)
+    ]
+    logger.info("Loaded %d SAEs in %.1fs", len(saes), time.perf_counter() - start)
+    return saes
 
 
 def _checked(sae: SAE, site: str, layer: int, source: str) -> SAE:
@@ -74,24 +96,33 @@ def _checked(sae: SAE, site: str, layer: int, source: str) -> SAE:
 ACTIVATION_MARGIN_BYTES = 64 * 2**20
 
 
-def check_memory(sources: dict[str, str], layers: range, device: torch.device, dtype: torch.dtype) -> None:
+def check_memory(saes: list[tuple[str, int]], device: torch.device, dtype: torch.dtype) -> None:
     """Stop before loading when the SAEs would not fit the device, saying what to change.
+
+    Args:
+        saes: (source, layer) of each SAE to load.
 
     The estimate is the SAE weight files' size at SAE_DTYPE plus a margin per
     SAE; free memory is the device's (CUDA) or the machine's available RAM.
     """
-    files = [fetch_files(resolve_source(source, layer))[1] for source in sources.values() for layer in layers]
+    files = [fetch_files(resolve_source(source, layer))[1] for source, layer in saes]
     stored = sum(path.stat().st_size for path in files)
     needed = stored * torch.finfo(dtype).bits // 32 + ACTIVATION_MARGIN_BYTES * len(files)
     free = _free_bytes(device)
     logger.info("SAEs need ~%.1f GiB at %s; %.1f GiB free on %s", needed / 2**30, dtype, free / 2**30, device)
     if free and needed > free:
         raise SparseCodingError(
-            f"The {len(files)} SAEs for ACTS_LAYERS_SLICE layers {layers.start}:{layers.stop} need about "
+            f"The {len(files)} SAEs for ACTS_LAYERS_SLICE layers {_span(saes)} need about "
             f"{needed / 2**30:.1f} GiB at {dtype}, but {device} has {free / 2**30:.1f} GiB free. "
             f"Set SAE_DTYPE to bfloat16 (halves it), narrow ACTS_LAYERS_SLICE, or unset a site "
             f"(ATTN_SAES/MLP_SAES)"
         )
+
+
+def _span(saes: list[tuple[str, int]]) -> str:
+    """'start:stop' of the layers of `saes` (ACTS_LAYERS_SLICE's when they fill it)."""
+    layers = [layer for _, layer in saes]
+    return f"{min(layers)}:{max(layers) + 1}"
 
 
 def _free_bytes(device: torch.device) -> int:

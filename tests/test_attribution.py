@@ -325,3 +325,16 @@ def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_pos
         x_tl = x - x.mean(-1, keepdim=True) if site.sae.cfg.center_writing_weights else x
         expected = (site.sae.encode(x_tl)[0, -1] > 0.05).nonzero().flatten()
         assert torch.equal(chosen[key], expected)
+
+
+def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch):
+    from sparse_coding import attribution
+
+    spliced, inputs, target = setup
+    attributions = node_attributions(spliced, inputs, target)
+    down_nodes = choose_down_nodes(attributions, num_down_nodes=3)
+    per_node = edges(spliced, inputs, attributions, down_nodes, batched=False)
+    monkeypatch.setattr(attribution, "MAX_BATCHED_ROWS", 2)
+    chunked = edges(spliced, inputs, attributions, down_nodes, batched=True)
+    for a, b in zip(per_node, chunked, strict=True):
+        torch.testing.assert_close(a.effects, b.effects, rtol=1e-9, atol=1e-12)
