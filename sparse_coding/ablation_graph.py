@@ -33,7 +33,6 @@ Phases:
    candidates get logit cells only.
 """
 
-import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -45,10 +44,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.config import Config
 from sparse_coding.contexts import site_feats
-from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
-from sparse_coding.errors import ConfigError, DatasetError, ExactlyZeroEffectError
+from sparse_coding.corpus import TokenBatch
+from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graph import Graph, Node
 from sparse_coding.nodes import feature_id
 from sparse_coding.splice import Site, SplicedModel
@@ -431,92 +429,3 @@ def _node(layer: _Layer, feature: int, activation: float, cells, tokenizer: PreT
         logits_up=[(tokenizer.decode([i]), v) for i, v in up],
         logits_down=[(tokenizer.decode([i]), v) for i, v in down],
     )
-
-
-def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> TokenBatch:
-    """The first NUM_SEQUENCES_INTERPED sequences (PROMPT or DATASET), right-padded.
-
-    Dataset sequences are truncated to MAX_SEQ_INTERPED_LEN tokens; PROMPT is
-    never truncated (that would change the token whose prediction is explained).
-
-    Raises:
-        ConfigError: PROMPT is longer than MAX_SEQ_INTERPED_LEN tokens.
-        DatasetError: no sequence has any token.
-    """
-    limit = config.MAX_SEQ_INTERPED_LEN
-    texts = itertools.islice(load_texts(config), config.NUM_SEQUENCES_INTERPED)
-    batches = iter_batches(
-        texts,
-        tokenizer,
-        batch_size=config.NUM_SEQUENCES_INTERPED,
-        max_len=limit if config.DATASET else limit + 1,
-        prepend_bos=config.PREPEND_BOS,
-        device=device,
-    )
-    batch = next(batches, None)
-    if batch is None:
-        raise DatasetError(f"{config.DATASET or 'PROMPT'} holds no text with tokens to interpret")
-    if batch.input_ids.shape[1] > limit:
-        raise ConfigError(
-            f"PROMPT is more than MAX_SEQ_INTERPED_LEN={limit} tokens; "
-            f"shorten it or raise MAX_SEQ_INTERPED_LEN"
-        )
-    if len(batch.input_ids) < config.NUM_SEQUENCES_INTERPED:
-        logger.warning(
-            "NUM_SEQUENCES_INTERPED is %d but only %d sequences were read (PROMPT is one; "
-            "NUM_SEQUENCES_EVALED caps a DATASET)",
-            config.NUM_SEQUENCES_INTERPED,
-            len(batch.input_ids),
-        )
-    return batch
-
-
-def resid_pins(config: Config) -> dict[int, int]:
-    """DIMS_PINNED as layer -> feature; pipe.py ablates resid features only.
-
-    Raises:
-        ConfigError: a pin names an attn or mlp site.
-    """
-    pins = {}
-    for (site, layer), feature in config.pinned_dims.items():
-        if site != "resid":
-            raise ConfigError(
-                f"DIMS_PINNED pins {site}_{layer}; pipe.py ablates resid features only, so keys "
-                f"must be int layers or 'resid_{{layer}}', e.g. {{{layer}: {feature}}}"
-            )
-        pins[layer] = feature
-    return pins
-
-
-def pipe_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase) -> Graph:
-    """pipe.py's graph: the ablation graph of the config's sequences, with its summary."""
-    layers = config.layer_range(spliced.n_layers)
-    batch = interpreted_batch(config, tokenizer, spliced.device)
-    result = ablation_graph(
-        spliced,
-        batch,
-        tokenizer=tokenizer,
-        layers=list(layers),
-        thinning=config.INIT_THINNING_FACTOR,
-        pinned=resid_pins(config),
-        threshold_exp=config.THRESHOLD_EXP,
-        logit_tokens=config.LOGIT_TOKENS,
-        seed=config.SEED,
-    )
-    graph = result.graph
-    graph.metadata = {
-        "dataset": config.DATASET,
-        "sequences": len(batch.input_ids),
-        "summary": summary(result),
-    }
-    return graph
-
-
-def summary(result: AblationResult) -> str:
-    """'effects plotted out of collected: ~X%': X = drawn share of total |feature effect|.
-
-    Collected is the sum of |e| over every non-zero feature-to-feature effect
-    measured; plotted is that sum over the edges above the threshold.
-    """
-    share = 100.0 * result.plotted / result.collected if result.collected > 0 else 0.0
-    return f"effects plotted out of collected: ~{share:.0f}%"

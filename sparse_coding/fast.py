@@ -18,7 +18,7 @@ from sparse_coding.contexts import load_or_collect
 from sparse_coding.loading import load_spliced_model
 from sparse_coding.model import tokenize_prompt
 from sparse_coding.publish import publish_graph
-from sparse_coding.thresholds import load_thresholds
+from sparse_coding.threshold_cache import load_thresholds
 
 logger = logging.getLogger("sparse_coding.fast")
 

@@ -3,7 +3,8 @@
 k-means on neuron-basis residual activations at the first layer of
 ACTS_LAYERS_SLICE picks the sequences that reach KEEPER_CLUSTER_INDEX; each
 spliced SAE feature's threshold is the 99.99th percentile of its activation at
-their cut ends. fast.py reads the cache (see `sparse_coding.thresholds`).
+their cut ends (see `sparse_coding.thresholds`). fast.py reads the cache
+(`sparse_coding.threshold_cache`).
 """
 
 import argparse
@@ -17,7 +18,8 @@ if __package__ in (None, ""):  # run as a file: make the package importable
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
 from sparse_coding.loading import load_spliced_model
-from sparse_coding.thresholds import save_thresholds, thresholds_from_config
+from sparse_coding.threshold_cache import save_thresholds
+from sparse_coding.thresholds import thresholds_from_config
 
 logger = logging.getLogger("sparse_coding.hist")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sparse_coding.ablation_graph import pipe_graph
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
 from sparse_coding.contexts import load_or_collect
 from sparse_coding.loading import load_spliced_model
+from sparse_coding.pipe_graph import pipe_graph
 from sparse_coding.publish import publish_graph
 
 logger = logging.getLogger("sparse_coding.pipe")

@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
-from sparse_coding.contexts import ContextCache
+from sparse_coding.context_cache import ContextCache
 from sparse_coding.graph import Graph
 from sparse_coding.graph_files import update_graph_files
 from sparse_coding.logit_lens import add_logit_effects

@@ -12,17 +12,19 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sparse_coding import validation
+from sparse_coding.circuits import circuit_and_source, load_circuit_model
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 from sparse_coding.corpus import iter_batches, load_texts
+from sparse_coding.validation import validate_circuit
+from sparse_coding.validation_report import format_report, report_data, write_report
 
 DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    circuit, source = validation.circuit_and_source(config, args.from_graph)
-    spliced, tokenizer = validation.load_circuit_model(config, circuit, source=source)
+    circuit, source = circuit_and_source(config, args.from_graph)
+    spliced, tokenizer = load_circuit_model(config, circuit, source=source)
     batches = iter_batches(
         load_texts(config),
         tokenizer,
@@ -31,8 +33,8 @@ def main(config: Config, args: argparse.Namespace) -> None:
         prepend_bos=config.PREPEND_BOS,
         device=spliced.device,
     )
-    result = validation.validate_circuit(spliced, batches, circuit=circuit)
-    data = validation.report_data(
+    result = validate_circuit(spliced, batches, circuit=circuit)
+    data = report_data(
         result,
         tokenizer,
         logit_tokens=config.LOGIT_TOKENS,
@@ -40,8 +42,8 @@ def main(config: Config, args: argparse.Namespace) -> None:
         data=f"DATASET {config.DATASET!r}" if config.DATASET else f"PROMPT {config.PROMPT!r}",
     )
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
-    validation.write_report(data | {"config": config.to_metadata()}, path)
-    print(validation.format_report(data))
+    write_report(data | {"config": config.to_metadata()}, path)
+    print(format_report(data))
     print(f"\nWrote {path}")
 
 

@@ -33,53 +33,31 @@ Phases:
     2. evaluation: per batch, the clean forward and the four ablated ones.
     3. ratios: faithfulness and completeness from the summed metric values.
 
-``validation.json`` (`report_data` plus ``config``): ``circuit``, ``source``,
-``data``, ``n_sequences``, ``n_predictions`` (N), ``n_tokens`` (real tokens),
-``ablation``/``baseline`` (in words), ``ce_clean``, ``ce_ablated``,
-``kl_clean_ablated``, ``metric`` (``full``, ``circuit``, ``without_circuit``,
-``empty``: m(M), m(C), m(M \ C), m(empty)), ``faithfulness``,
-``completeness``, ``next_token`` (``clean_top``, ``increases``, ``decreases``,
-``ablated_top``: rows of ``token``, ``id``, ``clean``, ``ablated``,
-``change``), ``config`` (every config key).
+Where the circuit comes from (config pins, graph files) and the model it is
+validated on are in `sparse_coding.circuits`; validation.json and the printed
+report in `sparse_coding.validation_report`.
 """
 
-import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.config import Config
+from sparse_coding.circuits import Circuit, check_circuit
 from sparse_coding.corpus import TokenBatch
-from sparse_coding.errors import ConfigError, DatasetError, GraphFileError
-from sparse_coding.graph import Graph
-from sparse_coding.graph_files import graph_from_json, load_graph
-from sparse_coding.model import load_model, resolve_device, resolve_dtype
-from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
-from sparse_coding.saes import load_sae
+from sparse_coding.errors import DatasetError
 from sparse_coding.splice import Intervention, Site, SplicedModel, zero_ablation
 
 logger = logging.getLogger(__name__)
 
-Circuit = dict[str, list[int]]  # site key ("attn_7") -> feature indices
-ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
-BASELINE = (
-    "mean ablation (each feature set to its mean activation over the real tokens "
-    "evaluated), SAE error terms kept"
-)
 VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
-_BAD_JSON = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError)
 
 
 class ValidationResult(NamedTuple):
@@ -97,118 +75,6 @@ class ValidationResult(NamedTuple):
     completeness: float
     probs_clean: Tensor  # p(next token) after the last token, mean over sequences
     probs_ablated: Tensor
-
-
-# ---------------------------------------------------------------- the circuit
-
-
-def circuit_from_config(config: Config) -> Circuit:
-    """VALIDATION_DIMS_PINNED as site key -> sorted, distinct feature indices."""
-    if not config.validation_dims:
-        raise ConfigError(
-            "VALIDATION_DIMS_PINNED is unset; pin the circuit to validate, e.g. "
-            "{9: [331, 12], 'attn_10': [5]}, or pass --from-graph PATH"
-        )
-    pins = config.validation_dims.items()
-    return {site_key(*key): sorted(set(dims)) for key, dims in pins}
-
-
-def circuit_from_graph(graph: Graph, path: Path) -> Circuit:
-    """The feature nodes of a pipe.py/fast.py graph; error and other nodes skipped."""
-    circuit: Circuit = {}
-    for node_id in graph.nodes:
-        try:
-            site, layer, feature = parse_node_id(node_id)
-        except ValueError:  # e.g. a logit node
-            continue
-        if feature is not None:
-            circuit.setdefault(site_key(site, layer), []).append(feature)
-    n_features = sum(map(len, circuit.values()))
-    if not n_features:
-        raise GraphFileError(f"graph file {path} has no feature nodes to validate")
-    skipped = len(graph.nodes) - n_features
-    logger.info("%s: %d feature nodes, %d others skipped", path, n_features, skipped)
-    return {key: sorted(dims) for key, dims in sorted(circuit.items())}
-
-
-def read_graph(path: Path) -> Graph:
-    """A pipe.py/fast.py graph from its ``.json`` or ``.dot`` file."""
-    if path.suffix not in (".json", ".dot"):
-        raise GraphFileError(f"graph file {path} must end in .json or .dot")
-    if not path.is_file():
-        raise GraphFileError(f"graph file {path} does not exist")
-    if path.suffix == ".dot":
-        return load_graph(path)
-    try:
-        return graph_from_json(path.read_text(encoding="utf-8"))
-    except _BAD_JSON as e:
-        raise GraphFileError(f"graph file {path} is not graph JSON ({e!r})") from e
-
-
-def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, str]:
-    """The circuit of `graph` if given, else of VALIDATION_DIMS_PINNED; and its source."""
-    if graph is None:
-        return circuit_from_config(config), "VALIDATION_DIMS_PINNED"
-    return circuit_from_graph(read_graph(graph), graph), f"graph file {graph}"
-
-
-def load_circuit_model(
-    config: Config, circuit: Circuit, *, source: str = "VALIDATION_DIMS_PINNED"
-) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
-    """MODEL_DIR with exactly the circuit's SAEs spliced.
-
-    Args:
-        source: where the circuit came from, named in errors.
-
-    Raises:
-        ConfigError: a pinned site has no SAE source, lies outside
-            ACTS_LAYERS_SLICE, or pins an index beyond its SAE's width.
-    """
-    keys = {key: parse_site_key(key) for key in circuit}
-    unset = [
-        f"{site.upper()}_SAES for {key!r}"
-        for key, (site, _) in keys.items()
-        if site not in config.sae_sources
-    ]
-    if unset:
-        raise ConfigError(f"{source} pins sites whose SAE key is unset: {', '.join(unset)}")
-    device, dtype = resolve_device(config.DEVICE), resolve_dtype(config.DTYPE)
-    model, tokenizer = load_model(config.MODEL_DIR, device, dtype)
-    layers = config.layer_range(model.config.n_layer)
-    outside = [repr(key) for key, (_, layer) in keys.items() if layer not in layers]
-    if outside:
-        raise ConfigError(
-            f"{source} pins {', '.join(outside)}, outside ACTS_LAYERS_SLICE "
-            f"{config.ACTS_LAYERS_SLICE!r} (layers {layers.start}..{layers.stop - 1}); "
-            f"widen the slice or drop them"
-        )
-    sae_dtype = resolve_dtype(config.SAE_DTYPE, dtype)
-    saes = [
-        load_sae(config.sae_sources[site], layer, device, sae_dtype)
-        for site, layer in tqdm(keys.values(), desc="Loading SAEs", leave=False)
-    ]
-    spliced = SplicedModel(model, saes)
-    check_circuit(spliced, circuit, source=source)
-    return spliced, tokenizer
-
-
-def check_circuit(spliced: SplicedModel, circuit: Circuit, *, source: str) -> None:
-    """Every pinned site is spliced and every index lies within its SAE's width."""
-    missing = [repr(key) for key in circuit if key not in spliced.by_key]
-    if missing:
-        raise ConfigError(
-            f"{source} pins {', '.join(missing)}, which no spliced SAE reads; spliced: "
-            f"{', '.join(spliced.by_key) or 'none'} (does an SAE read another hook?)"
-        )
-    widths = {key: spliced.by_key[key].sae.d_sae for key in circuit}
-    bad = [
-        f"{key!r} index {index} (width {widths[key]}, valid 0..{widths[key] - 1})"
-        for key, dims in circuit.items()
-        for index in dims
-        if not 0 <= index < widths[key]
-    ]
-    if bad:
-        raise ConfigError(f"{source} pins features beyond their SAE: {'; '.join(bad)}")
 
 
 # ---------------------------------------------------------------- interventions
@@ -445,121 +311,3 @@ def _result(circuit: Circuit, sums: _Sums) -> ValidationResult:
         probs_clean=sums.probs_clean / sums.n_sequences,
         probs_ablated=sums.probs_ablated / sums.n_sequences,
     )
-
-
-# ---------------------------------------------------------------- the report
-
-
-def next_token_changes(
-    result: ValidationResult, tokenizer: PreTrainedTokenizerBase, k: int
-) -> dict[str, list[dict[str, Any]]]:
-    """Top-k clean tokens, largest increases and decreases, top-k ablated tokens."""
-    clean, ablated = result.probs_clean, result.probs_ablated
-    change = ablated - clean
-    k = min(k, len(clean))
-    picks = {
-        "clean_top": clean.topk(k).indices,
-        "increases": [i for i in change.topk(k).indices if change[i] > 0],
-        "decreases": [i for i in (-change).topk(k).indices if change[i] < 0],
-        "ablated_top": ablated.topk(k).indices,
-    }
-
-    def row(i: Tensor) -> dict[str, Any]:
-        token, values = tokenizer.decode([int(i)]), (clean[i], ablated[i], change[i])
-        return {"token": token, "id": int(i)} | dict(
-            zip(("clean", "ablated", "change"), map(float, values), strict=True)
-        )
-
-    return {name: [row(i) for i in ids] for name, ids in picks.items()}
-
-
-def report_data(
-    result: ValidationResult, tokenizer: PreTrainedTokenizerBase, *, logit_tokens: int, source: str, data: str
-) -> dict[str, Any]:
-    """The JSON-ready report: validation.json's fields but ``config``."""
-    return {
-        "circuit": result.circuit,
-        "source": source,
-        "data": data,
-        "n_sequences": result.n_sequences,
-        "n_predictions": result.n_predictions,
-        "n_tokens": result.n_tokens,
-        "ablation": ABLATION,
-        "baseline": BASELINE,
-        "ce_clean": result.ce_clean,
-        "ce_ablated": result.ce_ablated,
-        "kl_clean_ablated": result.kl,
-        "metric": result.metric,
-        "faithfulness": result.faithfulness if math.isfinite(result.faithfulness) else None,
-        "completeness": result.completeness if math.isfinite(result.completeness) else None,
-        "next_token": next_token_changes(result, tokenizer, logit_tokens),
-    }
-
-
-def write_report(data: dict[str, Any], path: Path) -> Path:
-    """Write `data` as strict JSON, atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=1, ensure_ascii=False, allow_nan=False)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
-    return path
-
-
-_TITLES = {
-    "clean_top": "base (clean) top tokens",
-    "increases": "largest increases",
-    "decreases": "largest decreases",
-    "ablated_top": "altered (ablated) top tokens",
-}
-
-
-def format_report(data: dict[str, Any]) -> str:
-    """The report as researchers read it, from `report_data`'s dict."""
-    n_features = sum(map(len, data["circuit"].values()))
-    circuit = "; ".join(f"{key}.{dims}" for key, dims in data["circuit"].items())
-    lines = [
-        f"Circuit ({n_features} features, from {data['source']}): {circuit}",
-        f"Data: {data['data']}",
-        f"  {data['n_sequences']} sequence(s), {data['n_tokens']} tokens, "
-        + f"{data['n_predictions']} next-token predictions",
-        f"Ablation: {data['ablation']}",
-        "",
-        "Next-token probabilities after the last token (clean -> ablated):",
-    ]
-    for name, title in _TITLES.items():
-        rows = data["next_token"][name]
-        lines.append(f"  {title}:" + ("" if rows else " none"))
-        lines += [
-            f"    {r['token']!r:>16}  {r['clean']:.4f} -> {r['ablated']:.4f}  ({r['change']:+.4f})"
-            for r in rows
-        ]
-    return "\n".join(lines + _metric_lines(data))
-
-
-def _metric_lines(data: dict[str, Any]) -> list[str]:
-    m, ce_change = data["metric"], data["ce_ablated"] - data["ce_clean"]
-    return [
-        "",
-        f"Mean cross-entropy: clean {data['ce_clean']:.4f}, "
-        + f"ablated {data['ce_ablated']:.4f} ({ce_change:+.4f})",
-        f"Mean KL(clean || ablated) per token: {data['kl_clean_ablated']:.6f}",
-        "",
-        "Faithfulness and completeness (Marks et al. 2024), m = mean next-token CE;",
-        f"baseline: {data['baseline']}",
-        f"  m(M)      full model                        {m['full']:.4f}",
-        f"  m(C)      circuit only (rest mean-ablated)  {m['circuit']:.4f}",
-        f"  m(M\\C)    circuit mean-ablated              {m['without_circuit']:.4f}",
-        f"  m(empty)  every feature mean-ablated        {m['empty']:.4f}",
-        "  faithfulness = (m(C) - m(empty)) / (m(M) - m(empty)) = "
-        + _ratio_text(data["faithfulness"], "1: the circuit alone recovers the model"),
-        "  completeness = (m(M\\C) - m(empty)) / (m(M) - m(empty)) = "
-        + _ratio_text(data["completeness"], "0: the circuit is complete"),
-    ]
-
-
-def _ratio_text(value: float | None, meaning: str) -> str:
-    return "undefined, m(M) = m(empty)" if value is None else f"{value:.4f}  ({meaning})"

@@ -18,12 +18,11 @@ from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.loading import load_spliced_model
 from sparse_coding.saes import load_sae
+from sparse_coding.threshold_cache import load_thresholds, save_thresholds
 from sparse_coding.thresholds import (
     assign_cuts,
     fit_clusters,
-    load_thresholds,
     percentile_from_top,
-    save_thresholds,
     thresholds_from_config,
     top_count,
 )

@@ -13,21 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sparse_coding.circuits import circuit_from_config, circuit_from_graph, load_circuit_model, read_graph
 from sparse_coding.corpus import iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graph import Graph, Node
 from sparse_coding.graph_files import graph_to_dot
-from sparse_coding.validation import (
-    circuit_from_config,
-    circuit_from_graph,
-    feature_means,
-    format_report,
-    load_circuit_model,
-    read_graph,
-    report_data,
-    validate_circuit,
-    write_report,
-)
+from sparse_coding.validation import feature_means, validate_circuit
+from sparse_coding.validation_report import format_report, report_data, write_report
 
 TEXTS = [
     "When Mary and John went to the store, John gave a drink to",
