@@ -39,7 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
 from sparse_coding.context_cache import ContextCache
-from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
+from sparse_coding.corpus import TokenBatch, config_batches
 from sparse_coding.errors import DatasetError
 from sparse_coding.splice import Site, SplicedModel
 
@@ -275,13 +275,8 @@ def load_or_collect(
             )
         except DatasetError as e:
             logger.warning("%s; collecting again", e)
-    batches = iter_batches(
-        load_texts(config),
-        tokenizer,
-        batch_size=config.BATCH_SIZE,
-        max_len=config.MAX_SEQ_LEN,
-        prepend_bos=config.PREPEND_BOS,
-        device=spliced.device,
+    batches = config_batches(
+        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
     total = -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
     cache = collect_contexts(

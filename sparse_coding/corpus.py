@@ -180,6 +180,24 @@ def iter_batches(
         first_index += len(chunk)
 
 
+def config_batches(
+    config: Config, tokenizer: PreTrainedTokenizerBase, *, device: torch.device | str, context_len: int
+) -> Iterator[TokenBatch]:
+    """The config's text (DATASET, else PROMPT) as BATCH_SIZE batches of at most MAX_SEQ_LEN tokens.
+
+    `context_len` (the model's n_positions) caps MAX_SEQ_LEN so no sequence
+    overruns the model's position embeddings.
+    """
+    return iter_batches(
+        load_texts(config),
+        tokenizer,
+        batch_size=config.BATCH_SIZE,
+        max_len=min(config.MAX_SEQ_LEN, context_len),
+        prepend_bos=config.PREPEND_BOS,
+        device=device,
+    )
+
+
 def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str, prepend_bos: bool, max_len: int) -> list[int]:
     """Ids of one text, BOS first when asked, truncated; [] when the text has no tokens."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

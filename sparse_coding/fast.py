@@ -14,7 +14,6 @@ if __package__ in (None, ""):  # run as a file: make the package importable
 from sparse_coding.attribution_graph import gradient_graph
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
-from sparse_coding.contexts import load_or_collect
 from sparse_coding.loading import load_spliced_model
 from sparse_coding.model import tokenize_prompt
 from sparse_coding.publish import publish_graph
@@ -40,22 +39,16 @@ def main(config: Config, args: argparse.Namespace) -> None:
         ig_steps=config.IG_STEPS,
         thresholds=thresholds.values if thresholds else None,
     )
-    contexts = load_or_collect(config, spliced, tokenizer)
-    merged, dot_path = publish_graph(
+    published = publish_graph(
         graph,
         config,
         spliced,
         tokenizer,
-        contexts=contexts,
         dot_name=config.GRADS_DOT_FILE,
         image_name=config.GRADS_FILE,
         script="fast.py",
     )
-    print(
-        f"fast.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run "
-        f"({len(merged.nodes)} nodes, {len(merged.edges)} edges in the graph); {graph.metadata['summary']}; "
-        f"wrote {dot_path}, {dot_path.with_suffix('.json').name}, {config.GRADS_FILE}"
-    )
+    print(published.line)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ effects on the next layer's features and on the next-token log-probabilities
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -16,34 +15,24 @@ if __package__ in (None, ""):  # run as a file: make the package importable
 
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
-from sparse_coding.contexts import load_or_collect
 from sparse_coding.loading import load_spliced_model
 from sparse_coding.pipe_graph import pipe_graph
 from sparse_coding.publish import publish_graph
 
-logger = logging.getLogger("sparse_coding.pipe")
-
 
 def main(config: Config, args: argparse.Namespace) -> None:
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))
-    contexts = load_or_collect(config, spliced, tokenizer)
     graph = pipe_graph(config, spliced, tokenizer)
-    merged, dot_path = publish_graph(
+    published = publish_graph(
         graph,
         config,
         spliced,
         tokenizer,
-        contexts=contexts,
         dot_name=config.GRAPH_DOT_FILE,
         image_name=config.GRAPH_FILE,
         script="pipe.py",
     )
-    print(
-        f"pipe.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run "
-        f"({len(merged.nodes)} nodes, {len(merged.edges)} edges in the graph); "
-        f"{graph.metadata['summary']}; wrote {dot_path}, "
-        f"{dot_path.with_suffix('.json').name}, {config.GRAPH_FILE}"
-    )
+    print(published.line)
 
 
 if __name__ == "__main__":

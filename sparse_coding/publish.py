@@ -7,11 +7,13 @@ logit effects, Neuronpedia explanations, then
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
 from sparse_coding.context_cache import ContextCache
+from sparse_coding.contexts import load_or_collect
 from sparse_coding.graph import Graph
 from sparse_coding.graph_files import update_graph_files
 from sparse_coding.logit_lens import add_logit_effects
@@ -32,24 +34,28 @@ def run_metadata(config: Config, spliced: SplicedModel, script: str) -> dict:
     }
 
 
+class Published(NamedTuple):
+    """What a run wrote: the merged graph, its .dot, and a line for the terminal."""
+
+    merged: Graph
+    dot_path: Path
+    line: str
+
+
 def publish_graph(
     graph: Graph,
     config: Config,
     spliced: SplicedModel,
     tokenizer: PreTrainedTokenizerBase,
     *,
-    contexts: ContextCache | None,
     dot_name: str,
     image_name: str,
     script: str,
-) -> tuple[Graph, Path]:
-    """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name>; returns (merged graph, .dot path)."""
+) -> Published:
+    """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image)."""
     graph.metadata.update(run_metadata(config, spliced, script))
     out_dir = config.model_data_dir(config.MODEL_DIR)
-    if contexts is not None:
-        for node in graph.nodes.values():
-            if node.feature is not None and not node.contexts:
-                node.contexts = contexts.contexts(f"{node.site}_{node.layer}", node.feature, config.TOP_K)
+    add_contexts(graph, load_or_collect(config, spliced, tokenizer), config.TOP_K)
     add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
     annotate_graph(
         graph,
@@ -59,4 +65,16 @@ def publish_graph(
     )
     dot_path = out_dir / dot_name
     merged = update_graph_files(graph, dot_path, out_dir / image_name)
-    return merged, dot_path
+    line = (
+        f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
+        f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; wrote {dot_path}, "
+        f"{dot_path.with_suffix('.json').name}, {image_name}"
+    )
+    return Published(merged, dot_path, line)
+
+
+def add_contexts(graph: Graph, contexts: ContextCache, top_k: int) -> None:
+    """Top-activating contexts on every feature node that has none."""
+    for node in graph.nodes.values():
+        if node.feature is not None and not node.contexts:
+            node.contexts = contexts.contexts(f"{node.site}_{node.layer}", node.feature, top_k)

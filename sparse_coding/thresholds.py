@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
-from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
+from sparse_coding.corpus import TokenBatch, config_batches
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.nodes import site_key
 from sparse_coding.splice import Site, SplicedModel
@@ -291,16 +291,10 @@ def thresholds_from_config(
         raise ConfigError(
             "DATASET is unset; thresholds need a dataset (a hub name or a .txt/.jsonl/.parquet file)"
         )
-    max_len = min(config.MAX_SEQ_LEN, spliced.model.config.n_positions)
 
     def batches() -> Iterable[TokenBatch]:
-        return iter_batches(
-            load_texts(config),
-            tokenizer,
-            batch_size=config.BATCH_SIZE,
-            max_len=max_len,
-            prepend_bos=config.PREPEND_BOS,
-            device=spliced.device,
+        return config_batches(
+            config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
         )
 
     return compute_thresholds(

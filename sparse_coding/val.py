@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as a file: make the package importable
 from sparse_coding.circuits import circuit_and_source, load_circuit_model
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
-from sparse_coding.corpus import iter_batches, load_texts
+from sparse_coding.corpus import config_batches
 from sparse_coding.validation import validate_circuit
 from sparse_coding.validation_report import format_report, report_data, write_report
 
@@ -25,13 +25,8 @@ DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, complete
 def main(config: Config, args: argparse.Namespace) -> None:
     circuit, source = circuit_and_source(config, args.from_graph)
     spliced, tokenizer = load_circuit_model(config, circuit, source=source)
-    batches = iter_batches(
-        load_texts(config),
-        tokenizer,
-        batch_size=config.BATCH_SIZE,
-        max_len=config.MAX_SEQ_LEN,
-        prepend_bos=config.PREPEND_BOS,
-        device=spliced.device,
+    batches = config_batches(
+        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
     result = validate_circuit(spliced, batches, circuit=circuit)
     data = report_data(
