@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from random_weights import calibrate_relu_biases, random_sae  # noqa: E402
 
 from sparse_coding import attribution  # noqa: E402
 from sparse_coding.attribution import (  # noqa: E402
@@ -33,48 +35,9 @@ from sparse_coding.attribution import (  # noqa: E402
     upstream_sites,
 )
 from sparse_coding.attribution_graph import build_graph  # noqa: E402
-from sparse_coding.saes import SAE, SAEConfig  # noqa: E402
 from sparse_coding.splice import Site, SplicedModel  # noqa: E402
 
 COUNTS = {"forward": 0, "backward": 0}
-
-
-def random_sae(hook: str, d_sae: int, topk: bool, device: str, gen: torch.Generator) -> SAE:
-    d_in = 768
-    cfg = SAEConfig(
-        d_in=d_in,
-        d_sae=d_sae,
-        hook_name=hook,
-        activation="topk" if topk else "relu",
-        k=32 if topk else None,
-        normalize_activations="layer_norm" if topk else "none",
-        apply_b_dec_to_input=True,
-        prepend_bos=True,
-        center_writing_weights=not topk,
-        neuronpedia_id=None,
-        source=f"random {hook}",
-    )
-    weights = {
-        "W_enc": torch.randn(d_in, d_sae, generator=gen) / d_in**0.5,
-        "b_enc": torch.zeros(d_sae),
-        "W_dec": torch.randn(d_sae, d_in, generator=gen) / d_in**0.5,
-        "b_dec": torch.zeros(d_in),
-    }
-    return SAE(cfg, weights).to(device)
-
-
-def calibrate_relu_biases(spliced: SplicedModel, inputs: torch.Tensor, active_per_token: int = 80) -> None:
-    """Set ReLU encoder biases so that about `active_per_token` features fire, as in trained SAEs."""
-
-    def calibrate(site: Site, x: torch.Tensor) -> torch.Tensor:
-        if site.sae.cfg.activation == "relu":
-            pre = site.sae.pre_activations(site.to_sae_space(x))
-            q = 1 - active_per_token / site.sae.d_sae
-            site.sae.b_enc -= torch.quantile(pre.flatten().float()[:1_000_000], q)
-        return x
-
-    with torch.no_grad(), spliced.intervene(calibrate):
-        spliced(inputs)
 
 
 def baseline_edges(
