@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1,<3",
-        "transformers>=4.45",
+        "transformers>=5.0,<6",
         "safetensors>=0.4",
         "huggingface_hub>=0.24",
         "pyyaml>=6",

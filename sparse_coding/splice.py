@@ -184,7 +184,8 @@ class SplicedModel:
         positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
         mask = additive_causal_mask(hidden, attention_mask)
         for block in self.model.transformer.h[start:stop]:
-            hidden = block(hidden, None, mask, position_ids=positions)
+            out = block(hidden, None, mask, position_ids=positions)
+            hidden = out[0] if isinstance(out, tuple) else out  # some transformers versions return a tuple
         return hidden
 
     def unembed(self, resid_final: Tensor) -> Tensor:
