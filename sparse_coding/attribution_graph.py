@@ -99,9 +99,15 @@ def _top_edges(edge_set: EdgeSet, num_up_nodes: int) -> list[tuple[str, str, flo
     for row, down_id in enumerate(down_ids):
         effects = edge_set.effects[row]
         features = effects[:-1]
-        k = min(num_up_nodes, len(features))
-        chosen = set(features.topk(k).indices.tolist()) | set((-features).topk(k).indices.tolist())
-        result += [(up_ids[c], down_id, float(features[c])) for c in sorted(chosen) if features[c] != 0]
+        positive = features.clamp(min=0)
+        negative = (-features).clamp(min=0)
+        chosen = {
+            int(c)
+            for side in (positive, negative)
+            for c in side.topk(min(num_up_nodes, len(side))).indices
+            if side[c] > 0
+        }
+        result += [(up_ids[c], down_id, float(features[c])) for c in sorted(chosen)]
         if effects[-1] != 0:
             result.append((error_id(up_site, up_layer), down_id, float(effects[-1])))
     return result

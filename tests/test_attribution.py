@@ -338,3 +338,15 @@ def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch
     chunked = edges(spliced, inputs, attributions, down_nodes, batched=True)
     for a, b in zip(per_node, chunked, strict=True):
         torch.testing.assert_close(a.effects, b.effects, rtol=1e-9, atol=1e-12)
+
+
+def test_top_edges_keep_the_most_positive_and_most_negative_apart():
+    from sparse_coding.attribution import EdgeSet
+    from sparse_coding.attribution_graph import _top_edges
+
+    # Rows: down feature 7, then the down error node; last column: the upstream error.
+    effects = torch.tensor([[-5.0, -4.0, -3.0, 0.0, 1.0, 0.0], [0.0] * 6])
+    edge_set = EdgeSet("resid_2", torch.tensor([7]), "resid_1", torch.tensor([10, 11, 12, 13, 14]), effects)
+    kept = {(source, value) for source, _, value in _top_edges(edge_set, num_up_nodes=2)}
+    # Two most negative (-5, -4); only one positive exists (1); zeros and the zero error are not edges.
+    assert kept == {("resid_1.10", -5.0), ("resid_1.11", -4.0), ("resid_1.14", 1.0)}
