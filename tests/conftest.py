@@ -193,12 +193,13 @@ def make_config(tmp_path, tiny_model_dir, sae_templates):
     from sparse_coding.config import config_from_dict
 
     def build(**overrides):
-        return config_from_dict(_base_config(tmp_path, tiny_model_dir, sae_templates) | overrides)
+        return config_from_dict(tiny_config_dict(tmp_path, tiny_model_dir, sae_templates) | overrides)
 
     return build
 
 
-def _base_config(tmp_path: Path, model_dir: Path, templates: dict[str, str]) -> dict:
+def tiny_config_dict(tmp_path: Path, model_dir: Path, templates: dict[str, str]) -> dict:
+    """Config keys (as in the YAML) for the tiny model with all three sites, writing under tmp_path."""
     return {
         "MODEL_DIR": str(model_dir),
         "RESID_SAES": templates.get("resid"),

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import tiny_config_dict
 
 from sparse_coding.attribution import choose_down_nodes, edges, node_attributions, split_prompt
 from sparse_coding.attribution_graph import fraction_explained, gradient_graph
@@ -22,18 +23,8 @@ PROMPT = "When Mary and John went to the store, John gave"
 def setup(tmp_path_factory, tiny_model_dir, sae_templates):
     from sparse_coding.config import config_from_dict
 
-    config = config_from_dict(
-        {
-            "MODEL_DIR": str(tiny_model_dir),
-            "RESID_SAES": sae_templates["resid"],
-            "ATTN_SAES": sae_templates["attn"],
-            "MLP_SAES": sae_templates["mlp"],
-            "ACTS_LAYERS_SLICE": "0:3",
-            "DEVICE": "cpu",
-            "DTYPE": "float64",
-            "DATA_DIR": str(tmp_path_factory.mktemp("data")),
-        }
-    )
+    data = tmp_path_factory.mktemp("data")
+    config = config_from_dict(tiny_config_dict(data, tiny_model_dir, sae_templates) | {"DTYPE": "float64"})
     spliced, tokenizer = load_spliced_model(config)
     tokens = tokenize_prompt(tokenizer, PROMPT, prepend_bos=True)
     inputs, target = split_prompt(tokens)

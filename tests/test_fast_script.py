@@ -7,24 +7,21 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import yaml
+from conftest import tiny_config_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _write_config(tmp_path: Path, tiny_model_dir: Path, sae_templates: dict, **overrides) -> Path:
-    raw = {
-        "MODEL_DIR": str(tiny_model_dir),
-        "RESID_SAES": sae_templates["resid"],
-        "ATTN_SAES": sae_templates["attn"],
-        "MLP_SAES": sae_templates["mlp"],
-        "ACTS_LAYERS_SLICE": "0:3",
-        "DEVICE": "cpu",
-        "NEURONPEDIA": False,
-        "DATA_DIR": str(tmp_path / "data"),
-        "NUM_DOWN_NODES": 2,
-        "NUM_UP_NODES": 2,
-        "PROMPT": "When Mary and John went to the store, John gave a drink to Mary",
-    } | overrides
+    raw = (
+        tiny_config_dict(tmp_path, tiny_model_dir, sae_templates)
+        | {
+            "NUM_DOWN_NODES": 2,
+            "NUM_UP_NODES": 2,
+            "PROMPT": "When Mary and John went to the store, John gave a drink to Mary",
+        }
+        | overrides
+    )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
