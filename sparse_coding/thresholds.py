@@ -14,8 +14,9 @@ Phases (each one stream over the dataset; memory does not grow with its length):
     the resid SAE there, else hook_resid_pre), unit-normalised so that k-means
     clusters by cosine, fed to sklearn's `MiniBatchKMeans.partial_fit` in chunks
     of at least `FIT_CHUNK_TOKENS` tokens (the first chunk seeds k-means++ with
-    SEED). Every real token counts, BOS included: BOS vectors are all alike, so
-    one cluster is mostly BOS, and keeping it cuts every sequence to BOS alone.
+    SEED). Every real token counts except a leading BOS: BOS vectors are all
+    alike (the attention sink), so they would fill a cluster of their own, and
+    keeping that cluster would cut every sequence to BOS alone.
  2. Assign. Each token gets its nearest centre; sequence n is kept when one of
     its tokens lands in KEEPER_CLUSTER_INDEX, and cut after the first such token
     t_n. A keeper cluster no sequence reaches is an error.
@@ -182,8 +183,8 @@ def assign_cuts(
     cuts: list[Tensor] = []
     sizes = torch.zeros(kmeans.n_clusters, dtype=torch.long)
     for batch in tqdm(batches(), total=n_batches, desc="hist 2/3: assigning clusters"):
-        mask = batch.attention_mask.bool().cpu()
-        labels = torch.full(mask.shape, -1)  # (batch, pos); -1 at padding
+        mask = _cluster_tokens(batch, spliced).cpu()
+        labels = torch.full(mask.shape, -1)  # (batch, pos); -1 at padding and BOS
         labels[mask] = torch.from_numpy(kmeans.predict(_unit_vectors(spliced, batch, layer))).long()
         sizes += torch.bincount(labels[mask], minlength=kmeans.n_clusters)
         hit = labels == keeper_cluster
@@ -255,9 +256,17 @@ def _neuron_acts(spliced: SplicedModel, batch: TokenBatch, layer: int) -> Tensor
     return seen[key]
 
 
+def _cluster_tokens(batch: TokenBatch, spliced: SplicedModel) -> Tensor:
+    """(batch, pos) bool: the tokens that are clustered — real ones, except a leading BOS."""
+    leading_bos = batch.input_ids[:, :1] == spliced.model.config.bos_token_id
+    mask = batch.attention_mask.bool().clone()
+    mask[:, :1] &= ~leading_bos
+    return mask
+
+
 def _unit_vectors(spliced: SplicedModel, batch: TokenBatch, layer: int) -> np.ndarray:
-    """Unit-normalised residual vectors (real tokens, d_model), row-major, float32."""
-    acts = _neuron_acts(spliced, batch, layer)[batch.attention_mask.bool()]
+    """Unit-normalised residual vectors (clustered tokens, d_model), row-major, float32."""
+    acts = _neuron_acts(spliced, batch, layer)[_cluster_tokens(batch, spliced)]
     return F.normalize(acts.float(), dim=-1).cpu().numpy()
 
 

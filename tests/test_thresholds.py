@@ -143,12 +143,16 @@ def hooked_acts(model, ids: list[int], hooks: list[str]) -> dict[str, torch.Tens
 
 
 def token_labels(config, kmeans, hook: str) -> list[np.ndarray]:
-    """Per text, the fitted model's predict on each unit-normalised token vector at `hook`."""
+    """Per text, the fitted model's predict on each unit-normalised token vector at `hook`.
+
+    The leading BOS is not clustered: it gets label -1.
+    """
     model, tokenizer = plain_model(config)
     labels = []
     for text in TEXTS:
-        acts = hooked_acts(model, token_ids(tokenizer, text), [hook])[hook].numpy()
-        labels.append(kmeans.predict(acts / np.linalg.norm(acts, axis=1, keepdims=True)))
+        acts = hooked_acts(model, token_ids(tokenizer, text), [hook])[hook].numpy()[1:]
+        predicted = kmeans.predict(acts / np.linalg.norm(acts, axis=1, keepdims=True))
+        labels.append(np.concatenate([[-1], predicted]))
     return labels
 
 
@@ -252,7 +256,8 @@ def test_the_top_count_stays_small_for_large_datasets():
 def test_num_clusters_above_the_token_count_is_a_config_error(hist_config):
     config = hist_config(NUM_SEQUENCES_EVALED=2, MAX_SEQ_LEN=3, NUM_CLUSTERS=7)
     spliced, tokenizer = load_spliced_model(config)
-    with pytest.raises(ConfigError, match="NUM_CLUSTERS is 7.* 6 tokens"):
+    # 2 sequences of 3 tokens, their leading BOS not clustered: 4 tokens.
+    with pytest.raises(ConfigError, match="NUM_CLUSTERS is 7.* 4 tokens"):
         thresholds_from_config(config, spliced, tokenizer)
 
 
