@@ -70,7 +70,7 @@ def _float(value: str | None) -> float | None:
 def json_text(value: Any, indent: int | None = None) -> str:
     """JSON that keeps Unicode readable but is always encodable as UTF-8.
 
-    A lone surrogate (a broken token) is written as its ``\\udXXX`` escape,
+    A lone surrogate (a broken token) is written as its ``\\udc80``-style escape,
     which reads back as itself; other values fall back to ``str``.
     """
     separators = (",", ":") if indent is None else (",", ": ")

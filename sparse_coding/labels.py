@@ -7,7 +7,7 @@ every token must become well-formed XML text that still looks like the token:
 - control characters (newline, tab, NUL, DEL, C1) cannot appear in XML 1.0 at
   all, so they are drawn as their Unicode "control picture" (``\\n`` -> ␊) or
   as ``\\xNN``; other code points XML forbids (lone surrogates, U+FFFE/F)
-  become ``\\uXXXX``;
+  become ``\\ufffe``-style escapes;
 - spaces become no-break spaces so leading/trailing spaces of GPT-2 tokens
   (" the") stay visible in a cell instead of being trimmed;
 - GPT-2 byte-level tokens (``Ġ``, ``Ċ``) and emoji are ordinary code points
