@@ -16,7 +16,7 @@ updated (never duplicated), and a node keeps its richest annotations.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_node_id
@@ -140,6 +140,11 @@ class Node:
             explanation=_str_or_none(data.get("explanation")),
         )
 
+    def copy(self) -> Node:
+        """A copy whose lists are its own; their items (str, float tuples, Context) are never mutated."""
+        lists = {"contexts": list(self.contexts), "logits_up": list(self.logits_up)}
+        return replace(self, **lists, logits_down=list(self.logits_down))
+
     def merge(self, newer: Node) -> None:
         """Fold a newer measurement of the same node into this one, in place.
 
@@ -153,7 +158,7 @@ class Node:
             value = getattr(newer, f.name)
             if value is None or (isinstance(value, list) and not value):
                 continue
-            setattr(self, f.name, copy.deepcopy(value))
+            setattr(self, f.name, list(value) if isinstance(value, list) else value)
 
 
 @dataclass
@@ -184,7 +189,7 @@ class Graph:
         if node.id in self.nodes:
             self.nodes[node.id].merge(node)
         else:
-            self.nodes[node.id] = copy.deepcopy(node)
+            self.nodes[node.id] = node.copy()
 
     def add_edge(self, source: str, target: str, effect: float) -> None:
         """Add or update the edge source -> target; an edge is never duplicated."""
