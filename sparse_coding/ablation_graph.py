@@ -44,7 +44,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.contexts import site_feats
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graph import Graph, Node
@@ -330,7 +329,7 @@ def _run_rows(
     with torch.inference_mode():
         if nxt is not None:
             hidden, at = spliced.run_blocks(hidden, at, nxt.stream, mask), nxt.stream
-            change = site_feats(nxt.site, hidden[rows, row_last]).float() - nxt.last_feats[seq].float()
+            change = nxt.site.feats(hidden[rows, row_last]).float() - nxt.last_feats[seq].float()
         final = spliced.run_blocks(hidden, at, spliced.n_layers, mask)
         logp = spliced.unembed(final[rows, row_last]).float().log_softmax(dim=-1)
     return change, logp

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graph import Graph
-from sparse_coding.graph_files import graph_from_json, load_graph
+from sparse_coding.graph_files import load_graph
 from sparse_coding.loading import load_saes
 from sparse_coding.model import load_model, resolve_device, resolve_dtype
 from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
@@ -24,7 +24,6 @@ from sparse_coding.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 Circuit = dict[str, list[int]]  # site key ("attn_7") -> feature indices
-_BAD_JSON = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError)
 
 
 def circuit_from_config(config: Config) -> Circuit:
@@ -60,14 +59,10 @@ def read_graph(path: Path) -> Graph:
     """A pipe.py/fast.py graph from its ``.json`` or ``.dot`` file."""
     if path.suffix not in (".json", ".dot"):
         raise GraphFileError(f"graph file {path} must end in .json or .dot")
-    if not path.is_file():
+    graph = load_graph(path) if path.is_file() else None
+    if graph is None:
         raise GraphFileError(f"graph file {path} does not exist")
-    if path.suffix == ".dot":
-        return load_graph(path)
-    try:
-        return graph_from_json(path.read_text(encoding="utf-8"))
-    except _BAD_JSON as e:
-        raise GraphFileError(f"graph file {path} is not graph JSON ({e!r})") from e
+    return graph
 
 
 def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, str]:

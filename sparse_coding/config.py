@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
 DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 
 
 @dataclass(frozen=True)
@@ -301,8 +301,8 @@ def _check_values(config: Config, where: str) -> None:
         )
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)
-        if value is not None and value not in DTYPES:
-            raise ConfigError(f"Config key {key}{where} is {value!r}; valid: {', '.join(DTYPES)}")
+        if value is not None and value not in DTYPE_NAMES:
+            raise ConfigError(f"Config key {key}{where} is {value!r}; valid: {', '.join(DTYPE_NAMES)}")
     if not config.sae_sources:
         raise ConfigError(
             f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"

@@ -134,17 +134,12 @@ def collect_contexts(
     return cache
 
 
-def site_feats(site: Site, x: Tensor) -> Tensor:
-    """The SAE's own activations (..., d_sae) of a model activation, encode only."""
-    return site.sae.encode(site.to_sae_space(x))
-
-
 def _for_each_site(spliced: SplicedModel, batch: TokenBatch, consume: Callable[[Site, Tensor], None]) -> None:
     """One forward up to the last site; `consume(site, feats)` sees each site's
     features (batch, pos, d_sae) once, so only one site's are alive at a time."""
 
     def read(site: Site, x: Tensor) -> Tensor:
-        consume(site, site_feats(site, x))
+        consume(site, site.feats(x))
         return x
 
     stop = max(site.layer for site in spliced.sites) + 1

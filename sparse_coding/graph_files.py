@@ -181,6 +181,8 @@ def _same_shape(a: Graph, b: Graph) -> bool:
 def load_graph(dot_path: Path) -> Graph | None:
     """Load a stored graph: the ``.json`` when it agrees with the ``.dot``, else the ``.dot``.
 
+    Either file of the pair may be named: ``graph.json`` loads as ``graph.dot`` does.
+
     Returns:
         The graph, or None when neither the ``.dot`` nor its ``.json`` exists.
 
@@ -188,7 +190,10 @@ def load_graph(dot_path: Path) -> Graph | None:
         GraphFileError: the ``.dot`` exists but cannot be read (named in the
             message), or only the ``.json`` exists and cannot be read.
     """
-    dot_path, json_path = Path(dot_path), json_path_for(dot_path)
+    dot_path = Path(dot_path)
+    if dot_path.suffix == ".json":
+        dot_path = dot_path.with_suffix(".dot")
+    json_path = json_path_for(dot_path)
     if not dot_path.exists():
         if not json_path.exists():
             return None

@@ -74,6 +74,10 @@ class Site:
         x = x.to(self.sae.W_enc.dtype)
         return x - x.mean(dim=-1, keepdim=True) if self.sae.cfg.center_writing_weights else x
 
+    def feats(self, x: Tensor) -> Tensor:
+        """The SAE's own activations (..., d_sae) of a model activation; encode only."""
+        return self.sae.encode(self.to_sae_space(x))
+
     def code(self, x: Tensor) -> SiteCode:
         """Encode a model activation (..., d_model); differentiable in x."""
         x_n, mu, std = self.sae.normalize(self.to_sae_space(x))
