@@ -24,7 +24,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from random_weights import calibrate_relu_biases, random_sae  # noqa: E402
+from random_weights import IdNames, calibrate_relu_biases, random_sae  # noqa: E402
 
 from sparse_coding import attribution  # noqa: E402
 from sparse_coding.attribution import (  # noqa: E402
@@ -76,13 +76,6 @@ def baseline_edges(
                 torch.autograd.grad(value.sum() + 0 * logits.sum(), list(leaves.values()), allow_unused=True)
     elapsed = time.perf_counter() - start
     return elapsed * len(pairs) / min(n_nodes, len(pairs)), len(pairs)
-
-
-class _IdNames:
-    """Stands in for a tokenizer: names token ids (no download)."""
-
-    def decode(self, ids: list[int]) -> str:
-        return f"<{ids[0]}>"
 
 
 def sync(device: str) -> None:
@@ -148,7 +141,7 @@ def main() -> None:
     graph = build_graph(spliced, attrs, edge_sets, num_up_nodes=5)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    add_logit_effects(graph, spliced, _IdNames(), n_tokens=10)
+    add_logit_effects(graph, spliced, IdNames(), n_tokens=10)
     sync(device)
     logits_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ import resource
 import time
 
 import torch
+from random_weights import IdNames
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -37,13 +38,6 @@ LAYERS = [9, 10, 11]
 D_SAE = 24576
 ACTIVE_PER_TOKEN = 75
 N_TOKENS = 12
-
-
-class _IdNames:
-    """Stands in for a tokenizer: names token ids (no download)."""
-
-    def decode(self, ids: list[int]) -> str:
-        return f"<{ids[0]}>"
 
 
 def _random_sae(layer: int, d_model: int, gen: torch.Generator) -> SAE:
@@ -162,12 +156,12 @@ def main() -> None:
         f"{N_TOKENS}-token prompt"
     )
 
-    ablation_graph(spliced, batch, tokenizer=_IdNames(), layers=LAYERS[-1:], threshold_exp=None)  # warm-up
+    ablation_graph(spliced, batch, tokenizer=IdNames(), layers=LAYERS[-1:], threshold_exp=None)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     start = time.perf_counter()
-    result = ablation_graph(spliced, batch, tokenizer=_IdNames(), layers=LAYERS, threshold_exp=None)
+    result = ablation_graph(spliced, batch, tokenizer=IdNames(), layers=LAYERS, threshold_exp=None)
     _sync(device)
     batched_s = time.perf_counter() - start
     n_cand = {layer: len(c) for layer, c in result.candidates.items()}
