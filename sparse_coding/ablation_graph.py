@@ -49,6 +49,7 @@ from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graph import Graph, Node
 from sparse_coding.nodes import feature_id
 from sparse_coding.splice import Site, SplicedModel
+from sparse_coding.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,16 @@ class _Layer:
     feats: Tensor  # (S, pos, d_sae), zero at padding
     scale: Tensor  # (S, pos)
     last_feats: Tensor  # (S, d_sae) at each sequence's last real position
+
+
+@dataclass
+class _Clean:
+    """Phase 1's results for all slice sites."""
+
+    layers: list[_Layer]
+    logp: Tensor  # (S, vocab) next-token log-probs at each last real position
+    cache: PrefixCache  # clean keys and values of blocks from the first site on
+    last: Tensor  # (S,) last real position of each sequence
 
 
 @dataclass
@@ -133,26 +144,15 @@ def ablation_graph(
     sites = [_resid_site(spliced, layer) for layer in layers]
     _check_pins(pinned, sites)
     start = time.perf_counter()
-    last = batch.attention_mask.sum(dim=1) - 1
-    clean_layers, clean_logp = _clean_pass(spliced, batch, sites, last)
-    logger.info("Clean pass over %d sequences in %.2fs", len(last), time.perf_counter() - start)
+    clean = _clean_pass(spliced, batch, sites)
+    logger.info("Clean pass over %d sequences in %.2fs", len(clean.last), time.perf_counter() - start)
     rows = max_rows or _rows_per_forward(spliced, batch, sites)
+    clean_layers = clean.layers
     candidates = _first_candidates(clean_layers[0], thinning, pinned.get(sites[0].layer), seed)
     results = []
     for index, layer in enumerate(clean_layers):
         nxt = clean_layers[index + 1] if index + 1 < len(clean_layers) else None
-        effects = _ablate_layer(
-            spliced,
-            batch,
-            layer,
-            nxt,
-            candidates,
-            clean_logp,
-            last,
-            logit_tokens,
-            threshold_exp,
-            rows,
-        )
+        effects = _ablate_layer(spliced, clean, layer, nxt, candidates, logit_tokens, threshold_exp, rows)
         if index == 0 and not effects.any_effect:
             raise _zero_effect_error(layer, pinned)
         results.append(effects)
@@ -203,25 +203,32 @@ def _check_pins(pinned: dict[int, int], sites: list[Site]) -> None:
             )
 
 
-def _clean_pass(
-    spliced: SplicedModel, batch: TokenBatch, sites: list[Site], last: Tensor
-) -> tuple[list[_Layer], Tensor]:
-    """Phase 1: clean streams and codes of every site, and next-token log-probs (S, vocab)."""
+def _clean_pass(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> "_Clean":
+    """Phase 1: every site's clean code, next-token log-probs, and the keys and values of
+    every block after the first site (what ablated rows reuse before their first change)."""
     mask = batch.attention_mask
+    last = mask.sum(dim=1) - 1
     rows = torch.arange(len(last), device=last.device)
+    streams = {site.layer + STREAM_OFFSET[site.hook]: site for site in sites}
     layers = []
+    cache = PrefixCache(min(streams), [], [])
+    blocks = spliced.model.transformer.h
     with torch.inference_mode():
-        hidden, at = spliced.embed(batch.input_ids), 0
-        for site in sites:
-            stream = site.layer + STREAM_OFFSET[site.hook]
-            hidden, at = spliced.run_blocks(hidden, at, stream, mask), stream
-            code = site.code(hidden)
-            feats = code.feats * mask[..., None].to(code.feats.dtype)
-            scale = code.scale[..., 0].to(code.feats.dtype)
-            layers.append(_Layer(site, stream, hidden, feats, scale, feats[rows, last]))
-        final = spliced.run_blocks(hidden, at, spliced.n_layers, mask)
-        logp = spliced.unembed(final[rows, last]).float().log_softmax(dim=-1)
-    return layers, logp
+        hidden = spliced.run_blocks(spliced.embed(batch.input_ids), 0, cache.start, mask)
+        for block in range(cache.start, spliced.n_layers + 1):
+            if block in streams:
+                site = streams[block]
+                code = site.code(hidden)
+                feats = code.feats * mask[..., None].to(code.feats.dtype)
+                scale = code.scale[..., 0].to(code.feats.dtype)
+                layers.append(_Layer(site, block, hidden, feats, scale, feats[rows, last]))
+            if block < spliced.n_layers:
+                keys, values = block_keys_values(blocks[block], hidden)
+                cache.keys.append(keys)
+                cache.values.append(values)
+                hidden = spliced.run_blocks(hidden, block, block + 1, mask)
+        logp = spliced.unembed(hidden[rows, last]).float().log_softmax(dim=-1)
+    return _Clean(layers, logp, cache, last)
 
 
 def _rows_per_forward(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> int:
@@ -259,19 +266,17 @@ def _next_candidates(effects: _Effects, pinned: int | None) -> Tensor:
 
 def _ablate_layer(
     spliced: SplicedModel,
-    batch: TokenBatch,
+    clean: _Clean,
     layer: _Layer,
     nxt: "_Layer | None",
     candidates: Tensor,
-    clean_logp: Tensor,
-    last: Tensor,
     logit_tokens: int,
     threshold_exp: float | None,
     rows: int,
 ) -> _Effects:
     """Phase 3: every candidate of one layer, `rows` (candidate, sequence) rows per forward."""
     out = _Effects(candidates, [], [], [], 0.0, 0.0, False)
-    per_chunk = max(1, rows // len(last))
+    per_chunk = max(1, rows // len(clean.last))
     chunks = range(0, len(candidates), per_chunk)
     for lo in tqdm(
         chunks,
@@ -280,65 +285,71 @@ def _ablate_layer(
         disable=len(chunks) < 2,
     ):
         chunk = candidates[lo : lo + per_chunk]
-        feat_eff, logit_eff = _ablate_chunk(spliced, batch, layer, nxt, chunk, clean_logp, last)
+        with torch.inference_mode():
+            feat_eff, logit_eff = _ablate_chunk(spliced, clean, layer, nxt, chunk)
         _record(out, chunk, feat_eff, logit_eff, logit_tokens, threshold_exp)
     return out
 
 
 def _ablate_chunk(
-    spliced: SplicedModel,
-    batch: TokenBatch,
-    layer: _Layer,
-    nxt: "_Layer | None",
-    chunk: Tensor,
-    clean_logp: Tensor,
-    last: Tensor,
+    spliced: SplicedModel, clean: _Clean, layer: _Layer, nxt: "_Layer | None", chunk: Tensor
 ) -> tuple[Tensor | None, Tensor]:
     """Mean effects of ablating each of `chunk`: (m, d_sae of L+1) or None, and (m, vocab).
 
     Rows are the (candidate, sequence) pairs where the candidate fires; the
     others contribute exactly zero to the mean and are not run.
     """
-    cand, seq = (layer.feats[:, :, chunk] > 0).any(dim=1).T.nonzero(as_tuple=True)
+    n_seq, n_vocab = clean.logp.shape
+    fires = layer.feats[:, :, chunk] > 0  # (S, pos, m)
+    cand, seq = fires.any(dim=1).T.nonzero(as_tuple=True)
     if len(seq) == 0:  # no candidate here fires anywhere: every effect is exactly 0
-        device = clean_logp.device
+        device = clean.logp.device
         feat_eff = None if nxt is None else torch.zeros(len(chunk), nxt.site.sae.d_sae, device=device)
-        return feat_eff, torch.zeros(len(chunk), clean_logp.shape[1], device=device)
-    features = chunk[cand]
-    values = layer.feats[seq, :, features] * layer.scale[seq]  # (rows, pos)
-    delta = values[:, :, None] * layer.site.sae.W_dec[features][:, None, :]  # (rows, pos, d_model)
-    hidden = layer.clean[seq] - delta.to(layer.clean.dtype)
-    change, logp = _run_rows(spliced, hidden, layer, nxt, seq, batch.attention_mask[seq], last[seq])
-    logit_eff = _mean_per_candidate(logp - clean_logp[seq], cand, len(chunk), len(last))
-    feat_eff = None if nxt is None else _mean_per_candidate(change, cand, len(chunk), len(last))
+        return feat_eff, torch.zeros(len(chunk), n_vocab, device=device)
+    first = fires[seq, :, cand].int().argmax(dim=1)  # where each row's stream first changes
+    first, order = first.sort(stable=True)
+    cand, seq = cand[order], seq[order]
+    change, logp = _run_rows(spliced, clean, layer, nxt, chunk[cand], seq, first)
+    logit_eff = _mean_per_candidate(logp.sub_(clean.logp.index_select(0, seq)), cand, len(chunk), n_seq)
+    feat_eff = None if nxt is None else _mean_per_candidate(change, cand, len(chunk), n_seq)
     return feat_eff, logit_eff
 
 
 def _run_rows(
     spliced: SplicedModel,
-    hidden: Tensor,
+    clean: _Clean,
     layer: _Layer,
     nxt: "_Layer | None",
+    features: Tensor,
     seq: Tensor,
-    mask: Tensor,
-    row_last: Tensor,
+    first: Tensor,
 ) -> tuple[Tensor | None, Tensor]:
-    """Ablated streams -> (next-layer feature changes (rows, d_sae) or None, log-probs (rows, vocab))."""
-    rows = torch.arange(len(seq), device=seq.device)
-    change, at = None, layer.stream
-    with torch.inference_mode():
-        if nxt is not None:
-            hidden, at = spliced.run_blocks(hidden, at, nxt.stream, mask), nxt.stream
-            change = nxt.site.feats(hidden[rows, row_last]).float() - nxt.last_feats[seq].float()
-        final = spliced.run_blocks(hidden, at, spliced.n_layers, mask)
-        logp = spliced.unembed(final[rows, row_last]).float().log_softmax(dim=-1)
+    """Rows sorted by `first` -> (next-layer feature changes (rows, d_sae) or None, log-probs (rows, vocab)).
+
+    Rows sharing a first changed position form one group that runs only its
+    suffix of positions, reusing the clean keys and values before it.
+    """
+    blocks = spliced.model.transformer.h
+    suffixes = Suffixes(first, seq, clean.last[seq])
+    row_features = features[suffixes.row]
+    at_token = (suffixes.seq, suffixes.pos)
+    values = layer.feats[(*at_token, row_features)] * layer.scale[at_token]
+    delta = layer.site.decode_rows(values, row_features)
+    hidden = layer.clean[at_token] - delta.to(layer.clean.dtype)
+    at, change = layer.stream, None
+    if nxt is not None:
+        hidden = run_suffix(blocks[at : nxt.stream], hidden, suffixes, clean.cache, at)
+        change = nxt.site.feats(hidden[suffixes.read]).float() - nxt.last_feats[seq].float()
+        at = nxt.stream
+    final = run_suffix(blocks[at:], hidden, suffixes, clean.cache, at, read=True)
+    logp = spliced.unembed(final).float().log_softmax(dim=-1)
     return change, logp
 
 
 def _mean_per_candidate(rows: Tensor, cand: Tensor, n_cand: int, n_seq: int) -> Tensor:
     """(rows, width) -> (n_cand, width): sum each candidate's rows, divide by all sequences."""
     out = torch.zeros(n_cand, rows.shape[1], device=rows.device)
-    return out.index_add_(0, cand, rows) / n_seq
+    return out.index_add_(0, cand, rows, alpha=1 / n_seq)
 
 
 def _record(
@@ -350,28 +361,32 @@ def _record(
     threshold_exp: float | None,
 ) -> None:
     """Phase 4 per chunk: threshold edges, keep logit cells, drop the dense effects."""
-    out.any_effect |= bool((logit_eff != 0).any()) or (feat_eff is not None and bool((feat_eff != 0).any()))
     if feat_eff is not None:
         magnitude = feat_eff.abs()
         keep = magnitude > 2.0**threshold_exp if threshold_exp is not None else magnitude > 0
-        out.collected += float(magnitude.sum())
+        collected = float(magnitude.sum())
+        out.collected += collected
+        out.any_effect |= collected > 0
         out.plotted += float(magnitude[keep].sum())
         cand, target = keep.nonzero(as_tuple=True)
         values = feat_eff[cand, target].tolist()
         out.edges += list(zip(chunk[cand].tolist(), target.tolist(), values, strict=True))
     k = min(logit_tokens, logit_eff.shape[1])
-    up, down = logit_eff.topk(k, dim=1), (-logit_eff).topk(k, dim=1)
+    up, down = logit_eff.topk(k, dim=1), logit_eff.topk(k, dim=1, largest=False)
     # One device-to-host copy per chunk, not four per candidate.
     up_ids, up_values, down_ids, down_values = (
         t.cpu() for t in (up.indices, up.values, down.indices, down.values)
     )
+    out.any_effect |= k > 0 and bool((up_values[:, 0] > 0).any() or (down_values[:, 0] < 0).any())
     for row in range(len(chunk)):
-        out.logits_up.append(_cells(up_ids[row], up_values[row], sign=1.0))
-        out.logits_down.append(_cells(down_ids[row], down_values[row], sign=-1.0))
+        out.logits_up.append(_cells(up_ids[row], up_values[row], raised=True))
+        out.logits_down.append(_cells(down_ids[row], down_values[row], raised=False))
 
 
-def _cells(ids: Tensor, values: Tensor, sign: float) -> list[tuple[int, float]]:
-    return [(i, sign * v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v > 0]
+def _cells(ids: Tensor, values: Tensor, raised: bool) -> list[tuple[int, float]]:
+    """(token id, change) pairs that moved the stated way."""
+    pairs = zip(ids.tolist(), values.tolist(), strict=True)
+    return [(i, v) for i, v in pairs if (v > 0 if raised else v < 0)]
 
 
 def _zero_effect_error(layer: _Layer, pinned: dict[int, int]) -> ExactlyZeroEffectError:

@@ -105,6 +105,9 @@ def _check_edges_against_reference(result, spliced, saes, sequences, tokenizer):
             if node is not None and node.logits_up:
                 top = logp.topk(len(node.logits_up))
                 assert [v for _, v in node.logits_up] == pytest.approx(top.values.tolist(), abs=1e-4)
+            if node is not None and node.logits_down:
+                bottom = logp.topk(len(node.logits_down), largest=False)
+                assert [v for _, v in node.logits_down] == pytest.approx(bottom.values.tolist(), abs=1e-4)
             if layer + 1 not in result.candidates:
                 continue
             effect = torch.stack([r[0] for r in refs]).mean(0)

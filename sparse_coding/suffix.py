@@ -1,0 +1,187 @@
+"""Run GPT-2 blocks only where an edit of the residual stream can change anything.
+
+An edit that first touches position p leaves every position before p
+unchanged in all later blocks, because attention is causal. Their keys and
+values are the clean run's, so a block needs only the suffix p.. of an edited
+row, attending to the cached clean prefix. When a row is read at one position
+after the last block, that block computes the query, attention output and MLP
+of that position alone.
+
+Rows are grouped by p. All rows' suffix tokens lie in one flat
+(tokens, d_model) matrix, so layer norms, projections and MLPs run as one
+large matrix product per block; only attention works group by group.
+
+This is the incremental decoding of language-model serving, written on the
+block's own modules (`ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp`)
+rather than on transformers' cache classes, whose interface changes between
+versions. It equals `SplicedModel.run_blocks` (Hugging Face's GPT2Block) to
+float rounding; `tests/test_suffix.py` checks both read modes against it.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.activations import NewGELUActivation
+
+
+@dataclass
+class PrefixCache:
+    """Clean keys and values of blocks [start, start + len(keys)) for S sequences."""
+
+    start: int
+    keys: list[Tensor]  # per block: (S, n_head, pos, head_dim)
+    values: list[Tensor]
+
+
+@dataclass
+class _Group:
+    offset: int  # first computed position
+    n_pos: int  # positions offset .. offset + n_pos - 1
+    seq: Tensor  # (rows,) cached sequence each row continues
+    tokens: slice  # the group's rows * n_pos tokens in the flat stream, row-major
+    read: Tensor  # (rows,) position each row is read at, counted from offset
+
+
+class Suffixes:
+    """Layout of rows that equal the clean run before their first changed position.
+
+    Rows must come sorted by that position; each row is computed up to its
+    read position (the sequence's last real one), padded to its group's longest.
+    """
+
+    def __init__(self, first: Tensor, seq: Tensor, read: Tensor) -> None:
+        """first, seq, read: (rows,) first changed position, cached sequence, absolute read position."""
+        self.groups: list[_Group] = []
+        offsets, sizes = (t.tolist() for t in first.unique_consecutive(return_counts=True))
+        seqs, positions, rows, reads = [], [], [], []
+        row, token = 0, 0
+        for offset, size in zip(offsets, sizes, strict=True):
+            group_read = read[row : row + size] - offset
+            n_pos = int(group_read.max()) + 1
+            tokens = slice(token, token + size * n_pos)
+            group = _Group(offset, n_pos, seq[row : row + size], tokens, group_read)
+            self.groups.append(group)
+            in_group = torch.arange(size, device=seq.device)
+            seqs.append(group.seq.repeat_interleave(n_pos))
+            positions.append((offset + torch.arange(n_pos, device=seq.device)).repeat(size))
+            rows.append((row + in_group).repeat_interleave(n_pos))
+            reads.append(token + in_group * n_pos + group_read)
+            row, token = row + size, tokens.stop
+        self.seq = torch.cat(seqs)  # (tokens,) per flat token: cached sequence,
+        self.pos = torch.cat(positions)  # absolute position,
+        self.row = torch.cat(rows)  # and row
+        self.read = torch.cat(reads)  # (rows,) flat token each row is read at
+
+def block_keys_values(block: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """A block's attention keys and values (..., n_head, pos, head_dim) for its input (..., pos, d_model)."""
+    keys, values = _project_keys_values(block, block.ln_1(hidden)).split(hidden.shape[-1], dim=-1)
+    return _heads(block, keys), _heads(block, values)
+
+
+def run_suffix(
+    blocks: Sequence[nn.Module],
+    hidden: Tensor,
+    suffixes: Suffixes,
+    cache: PrefixCache,
+    first_block: int,
+    read: bool = False,
+) -> Tensor:
+    """Blocks `first_block`, ... on the flat suffix tokens `hidden` (tokens, d_model).
+
+    With `read`, the last block computes only each row's read position and
+    the result is (rows, d_model); otherwise it is (tokens, d_model).
+    """
+    last = len(blocks) - 1 if read else len(blocks)
+    for index in range(last):
+        hidden = _block(blocks[index], hidden, suffixes, cache, first_block + index)
+    if not read:
+        return hidden
+    if not blocks:
+        return hidden[suffixes.read]
+    return _block_at(blocks[last], hidden, suffixes, cache, first_block + last)
+
+
+def _block(block: nn.Module, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int) -> Tensor:
+    """One block on every suffix token; group queries sit at absolute positions offset + i."""
+    d_model = hidden.shape[-1]
+    qkv = block.attn.c_attn(block.ln_1(hidden))
+    mixed = []
+    for group in suffixes.groups:
+        queries, keys, values = qkv[group.tokens].unflatten(0, (-1, group.n_pos)).split(d_model, dim=-1)
+        prefix_keys, prefix_values = _prefix(cache, index, group)
+        keys = torch.cat([prefix_keys, _heads(block, keys)], dim=2)
+        values = torch.cat([prefix_values, _heads(block, values)], dim=2)
+        key_pos = torch.arange(group.offset + group.n_pos, device=hidden.device)
+        allowed = key_pos[None, :] <= key_pos[group.offset :, None]  # query i sits at offset + i
+        out = _attend(block, _heads(block, queries), keys, values, allowed[None, None])
+        mixed.append(_merge_heads(out).flatten(0, 1))
+    hidden = hidden + block.attn.c_proj(torch.cat(mixed))
+    return hidden + _mlp(block, block.ln_2(hidden))
+
+
+def _block_at(block: nn.Module, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int) -> Tensor:
+    """One block computed at each row's read position only: (rows, d_model)."""
+    d_model = hidden.shape[-1]
+    normed = block.ln_1(hidden)
+    kv = _project_keys_values(block, normed)
+    projection = block.attn.c_attn
+    queries = F.linear(normed[suffixes.read], projection.weight[:, :d_model].T, projection.bias[:d_model])
+    mixed, row = [], 0
+    for group in suffixes.groups:
+        n_rows = len(group.seq)
+        keys, values = kv[group.tokens].unflatten(0, (n_rows, group.n_pos)).split(d_model, dim=-1)
+        prefix_keys, prefix_values = _prefix(cache, index, group)
+        keys = torch.cat([prefix_keys, _heads(block, keys)], dim=2)
+        values = torch.cat([prefix_values, _heads(block, values)], dim=2)
+        key_pos = torch.arange(group.offset + group.n_pos, device=hidden.device)
+        allowed = key_pos[None, :] <= (group.offset + group.read)[:, None]  # (rows, keys)
+        group_queries = _heads(block, queries[row : row + n_rows, None])
+        out = _attend(block, group_queries, keys, values, allowed[:, None, None])
+        mixed.append(_merge_heads(out)[:, 0])
+        row += n_rows
+    at = hidden[suffixes.read] + block.attn.c_proj(torch.cat(mixed))
+    return at + _mlp(block, block.ln_2(at))
+
+
+def _project_keys_values(block: nn.Module, normed: Tensor) -> Tensor:
+    """The key and value columns of the block's qkv projection: (..., 2 * d_model)."""
+    d_model = normed.shape[-1]
+    projection = block.attn.c_attn
+    return F.linear(normed, projection.weight[:, d_model:].T, projection.bias[d_model:])
+
+
+def _prefix(cache: PrefixCache, block: int, group: _Group) -> tuple[Tensor, Tensor]:
+    index = block - cache.start
+    return cache.keys[index][group.seq, :, : group.offset], cache.values[index][group.seq, :, : group.offset]
+
+
+def _attend(block: nn.Module, queries: Tensor, keys: Tensor, values: Tensor, allowed: Tensor) -> Tensor:
+    """Softmax attention (rows, n_head, n_query, head_dim) with GPT-2's scaling; float32 softmax."""
+    attn = block.attn
+    scale = attn.head_dim**-0.5 if attn.scale_attn_weights else 1.0
+    if attn.scale_attn_by_inverse_layer_idx:
+        scale /= float(attn.layer_idx + 1)
+    scores = (queries @ keys.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return scores.softmax(dim=-1, dtype=torch.float32).to(values.dtype) @ values
+
+
+def _mlp(block: nn.Module, x: Tensor) -> Tensor:
+    """The block's MLP; transformers' gelu_new runs as torch's one fused tanh GELU (same function)."""
+    mlp = block.mlp
+    if type(mlp.act) is NewGELUActivation:
+        return mlp.c_proj(F.gelu(mlp.c_fc(x), approximate="tanh"))
+    return mlp(x)
+
+
+def _heads(block: nn.Module, x: Tensor) -> Tensor:
+    """(..., pos, d_model) -> (..., n_head, pos, head_dim)."""
+    return x.unflatten(-1, (-1, block.attn.head_dim)).transpose(-2, -3)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """(..., n_head, pos, head_dim) -> (..., pos, d_model)."""
+    return x.transpose(-2, -3).flatten(-2)
