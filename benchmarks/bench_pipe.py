@@ -136,6 +136,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--loop-subset", type=int, default=25, help="loop candidates per layer (0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threshold-exp",
+        type=float,
+        default=None,
+        help="THRESHOLD_EXP (default unset: every non-zero effect is an edge, all work done)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device)
@@ -161,7 +167,9 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     start = time.perf_counter()
-    result = ablation_graph(spliced, batch, tokenizer=IdNames(), layers=LAYERS, threshold_exp=None)
+    result = ablation_graph(
+        spliced, batch, tokenizer=IdNames(), layers=LAYERS, threshold_exp=args.threshold_exp
+    )
     _sync(device)
     batched_s = time.perf_counter() - start
     n_cand = {layer: len(c) for layer, c in result.candidates.items()}
@@ -196,8 +204,10 @@ def main() -> None:
                 continue
             effect = (feats - clean_feats[layer + 1]).float()
             source = feature_id("resid", layer, feature)
+            cut = 0.0 if args.threshold_exp is None else 2.0**args.threshold_exp
             expected = {
-                feature_id("resid", layer + 1, int(t)): float(effect[t]) for t in effect.nonzero()[:, 0]
+                feature_id("resid", layer + 1, int(t)): float(effect[t])
+                for t in (effect.abs() > cut).nonzero()[:, 0]
             }
             got = {t: e.effect for (s, t), e in result.graph.edges.items() if s == source}
             keys = set(expected) | set(got)

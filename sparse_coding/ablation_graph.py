@@ -27,7 +27,11 @@ Phases:
 3. Batched ablations: ablations are a batch dimension. Each row is one
    (candidate, sequence) pair where the candidate is active; rows run from
    the cached stream at L through the blocks up to L+1 only (feature
-   effects, read at the last position), then on to the logits.
+   effects, read at the last position), then on to the logits. A row is
+   computed only from the first position its candidate fires at, on the
+   clean keys and values of earlier positions, and the last block only at
+   the read position (`suffix.py`). First-layer candidates that keep no
+   edge are never drawn, so their rows skip the logit pass.
 4. Graph: edges, logit cells, node activations. The last slice layer has no
    L+1 SAE loaded (the slice names the SAEs the user chose), so its
    candidates get logit cells only.
@@ -152,7 +156,13 @@ def ablation_graph(
     results = []
     for index, layer in enumerate(clean_layers):
         nxt = clean_layers[index + 1] if index + 1 < len(clean_layers) else None
-        effects = _ablate_layer(spliced, clean, layer, nxt, candidates, logit_tokens, threshold_exp, rows)
+        # Only the first layer's candidates may go undrawn (no edge kept, not pinned);
+        # later candidates are edge targets or pinned, so all of them get logit cells.
+        drawn_only = index == 0 and nxt is not None
+        pin = pinned.get(layer.site.layer) if drawn_only else None
+        effects = _ablate_layer(
+            spliced, clean, layer, nxt, candidates, logit_tokens, threshold_exp, rows, drawn_only, pin
+        )
         if index == 0 and not effects.any_effect:
             raise _zero_effect_error(layer, pinned)
         results.append(effects)
@@ -273,8 +283,16 @@ def _ablate_layer(
     logit_tokens: int,
     threshold_exp: float | None,
     rows: int,
+    drawn_only: bool,
+    pinned: int | None,
 ) -> _Effects:
-    """Phase 3: every candidate of one layer, `rows` (candidate, sequence) rows per forward."""
+    """Phase 3: every candidate of one layer, `rows` (candidate, sequence) rows per forward.
+
+    With `drawn_only`, logit cells are computed only for candidates that keep
+    an edge or are pinned (the others are not drawn), unless no candidate of
+    the chunk changed any feature: then all, so that the zero-effect check
+    stays exact.
+    """
     out = _Effects(candidates, [], [], [], 0.0, 0.0, False)
     per_chunk = max(1, rows // len(clean.last))
     chunks = range(0, len(candidates), per_chunk)
@@ -286,64 +304,78 @@ def _ablate_layer(
     ):
         chunk = candidates[lo : lo + per_chunk]
         with torch.inference_mode():
-            feat_eff, logit_eff = _ablate_chunk(spliced, clean, layer, nxt, chunk)
-        _record(out, chunk, feat_eff, logit_eff, logit_tokens, threshold_exp)
+            ablated = _Ablated.of(clean, layer, chunk)
+            wanted = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
+            if nxt is not None:
+                feat_eff = ablated.run_to_next(spliced, clean, nxt)
+                has_edge, changed = _record_edges(out, chunk, feat_eff, threshold_exp)
+                if drawn_only and changed:
+                    wanted = has_edge if pinned is None else has_edge | (chunk == pinned)
+            logit_eff = ablated.logit_effects(spliced, clean, wanted)
+        _record_logits(out, wanted, logit_eff, logit_tokens)
     return out
 
 
-def _ablate_chunk(
-    spliced: SplicedModel, clean: _Clean, layer: _Layer, nxt: "_Layer | None", chunk: Tensor
-) -> tuple[Tensor | None, Tensor]:
-    """Mean effects of ablating each of `chunk`: (m, d_sae of L+1) or None, and (m, vocab).
+class _Ablated:
+    """A chunk's (candidate, sequence) rows where the candidate fires, run block by block.
 
-    Rows are the (candidate, sequence) pairs where the candidate fires; the
-    others contribute exactly zero to the mean and are not run.
+    Rows where a candidate is inactive contribute exactly zero to its mean
+    effect and are not run. Rows sharing a first changed position form one
+    group that runs only its suffix of positions (`suffix.run_suffix`).
     """
-    n_seq, n_vocab = clean.logp.shape
-    fires = layer.feats[:, :, chunk] > 0  # (S, pos, m)
-    cand, seq = fires.any(dim=1).T.nonzero(as_tuple=True)
-    if len(seq) == 0:  # no candidate here fires anywhere: every effect is exactly 0
-        device = clean.logp.device
-        feat_eff = None if nxt is None else torch.zeros(len(chunk), nxt.site.sae.d_sae, device=device)
-        return feat_eff, torch.zeros(len(chunk), n_vocab, device=device)
-    first = fires[seq, :, cand].int().argmax(dim=1)  # where each row's stream first changes
-    first, order = first.sort(stable=True)
-    cand, seq = cand[order], seq[order]
-    change, logp = _run_rows(spliced, clean, layer, nxt, chunk[cand], seq, first)
-    logit_eff = _mean_per_candidate(logp.sub_(clean.logp.index_select(0, seq)), cand, len(chunk), n_seq)
-    feat_eff = None if nxt is None else _mean_per_candidate(change, cand, len(chunk), n_seq)
-    return feat_eff, logit_eff
 
+    def __init__(self, chunk: Tensor, cand: Tensor, seq: Tensor, first: Tensor, clean: _Clean) -> None:
+        self.chunk, self.cand, self.seq = chunk, cand, seq
+        self.suffixes = Suffixes(first, seq, clean.last[seq]) if len(seq) else None
+        self.hidden: Tensor | None = None  # flat (tokens, d_model) suffix streams
+        self.at = 0  # blocks [0, at) are applied to `hidden`
 
-def _run_rows(
-    spliced: SplicedModel,
-    clean: _Clean,
-    layer: _Layer,
-    nxt: "_Layer | None",
-    features: Tensor,
-    seq: Tensor,
-    first: Tensor,
-) -> tuple[Tensor | None, Tensor]:
-    """Rows sorted by `first` -> (next-layer feature changes (rows, d_sae) or None, log-probs (rows, vocab)).
+    @classmethod
+    def of(cls, clean: _Clean, layer: _Layer, chunk: Tensor) -> "_Ablated":
+        """Rows of `chunk`, sorted by first changed position, ablated at `layer`."""
+        fires = layer.feats[:, :, chunk] > 0  # (S, pos, m)
+        cand, seq = fires.any(dim=1).T.nonzero(as_tuple=True)
+        first = fires[seq, :, cand].int().argmax(dim=1)  # where each row's stream first changes
+        first, order = first.sort(stable=True)
+        ablated = cls(chunk, cand[order], seq[order], first, clean)
+        if ablated.suffixes is not None:
+            suffixes, features = ablated.suffixes, chunk[ablated.cand][ablated.suffixes.row]
+            at_token = (suffixes.seq, suffixes.pos)
+            values = layer.feats[(*at_token, features)] * layer.scale[at_token]
+            delta = layer.site.decode_rows(values, features)
+            ablated.hidden, ablated.at = layer.clean[at_token] - delta.to(layer.clean.dtype), layer.stream
+        return ablated
 
-    Rows sharing a first changed position form one group that runs only its
-    suffix of positions, reusing the clean keys and values before it.
-    """
-    blocks = spliced.model.transformer.h
-    suffixes = Suffixes(first, seq, clean.last[seq])
-    row_features = features[suffixes.row]
-    at_token = (suffixes.seq, suffixes.pos)
-    values = layer.feats[(*at_token, row_features)] * layer.scale[at_token]
-    delta = layer.site.decode_rows(values, row_features)
-    hidden = layer.clean[at_token] - delta.to(layer.clean.dtype)
-    at, change = layer.stream, None
-    if nxt is not None:
-        hidden = run_suffix(blocks[at : nxt.stream], hidden, suffixes, clean.cache, at)
-        change = nxt.site.feats(hidden[suffixes.read]).float() - nxt.last_feats[seq].float()
-        at = nxt.stream
-    final = run_suffix(blocks[at:], hidden, suffixes, clean.cache, at, read=True)
-    logp = spliced.unembed(final).float().log_softmax(dim=-1)
-    return change, logp
+    def run_to_next(self, spliced: SplicedModel, clean: _Clean, nxt: _Layer) -> Tensor:
+        """Blocks up to the next site; mean feature changes there (m, d_sae), read at the last position."""
+        n_seq, d_sae = len(clean.last), nxt.site.sae.d_sae
+        if self.suffixes is None:  # no candidate fires anywhere: every effect is exactly 0
+            return torch.zeros(len(self.chunk), d_sae, device=clean.logp.device)
+        blocks = spliced.model.transformer.h[self.at : nxt.stream]
+        self.hidden = run_suffix(blocks, self.hidden, self.suffixes, clean.cache, self.at)
+        self.at = nxt.stream
+        feats = nxt.site.feats(self.hidden[self.suffixes.read]).float()
+        change = feats - nxt.last_feats[self.seq].float()
+        return _mean_per_candidate(change, self.cand, len(self.chunk), n_seq)
+
+    def logit_effects(self, spliced: SplicedModel, clean: _Clean, wanted: Tensor) -> Tensor:
+        """Mean next-token log-prob changes (wanted candidates, vocab), running only their rows."""
+        n_seq, n_vocab = clean.logp.shape
+        out_rows = wanted.nonzero()[:, 0]
+        keep = wanted[self.cand]
+        if self.suffixes is None or not keep.any():
+            return torch.zeros(len(out_rows), n_vocab, device=clean.logp.device)
+        suffixes, hidden = self.suffixes, self.hidden
+        if not keep.all():
+            suffixes, tokens = suffixes.subset(keep)
+            hidden = hidden[tokens]
+        blocks = spliced.model.transformer.h[self.at :]
+        final = run_suffix(blocks, hidden, suffixes, clean.cache, self.at, read=True)
+        logp = spliced.unembed(final).float().log_softmax(dim=-1)
+        seq, cand = self.seq[keep], self.cand[keep]
+        position = torch.cumsum(wanted, 0) - 1  # candidate index -> row of the output
+        change = logp.sub_(clean.logp.index_select(0, seq))
+        return _mean_per_candidate(change, position[cand], len(out_rows), n_seq)
 
 
 def _mean_per_candidate(rows: Tensor, cand: Tensor, n_cand: int, n_seq: int) -> Tensor:
@@ -352,25 +384,28 @@ def _mean_per_candidate(rows: Tensor, cand: Tensor, n_cand: int, n_seq: int) -> 
     return out.index_add_(0, cand, rows, alpha=1 / n_seq)
 
 
-def _record(
-    out: _Effects,
-    chunk: Tensor,
-    feat_eff: Tensor | None,
-    logit_eff: Tensor,
-    logit_tokens: int,
-    threshold_exp: float | None,
-) -> None:
-    """Phase 4 per chunk: threshold edges, keep logit cells, drop the dense effects."""
-    if feat_eff is not None:
-        magnitude = feat_eff.abs()
-        keep = magnitude > 2.0**threshold_exp if threshold_exp is not None else magnitude > 0
-        collected = float(magnitude.sum())
-        out.collected += collected
-        out.any_effect |= collected > 0
-        out.plotted += float(magnitude[keep].sum())
-        cand, target = keep.nonzero(as_tuple=True)
-        values = feat_eff[cand, target].tolist()
-        out.edges += list(zip(chunk[cand].tolist(), target.tolist(), values, strict=True))
+def _record_edges(
+    out: _Effects, chunk: Tensor, feat_eff: Tensor, threshold_exp: float | None
+) -> tuple[Tensor, bool]:
+    """Phase 4 per chunk: threshold edges, drop the dense effects.
+
+    Returns which candidates kept an edge (m,) and whether any feature changed at all.
+    """
+    magnitude = feat_eff.abs()
+    keep = magnitude > 2.0**threshold_exp if threshold_exp is not None else magnitude > 0
+    collected = float(magnitude.sum())
+    out.collected += collected
+    out.any_effect |= collected > 0
+    out.plotted += float(magnitude[keep].sum())
+    cand, target = keep.nonzero(as_tuple=True)
+    values = feat_eff[cand, target].tolist()
+    out.edges += list(zip(chunk[cand].tolist(), target.tolist(), values, strict=True))
+    has_edge = torch.zeros(len(chunk), dtype=torch.bool, device=chunk.device)
+    return has_edge.index_fill_(0, cand.unique(), True), collected > 0
+
+
+def _record_logits(out: _Effects, wanted: Tensor, logit_eff: Tensor, logit_tokens: int) -> None:
+    """Phase 4 per chunk: the most raised and lowered tokens of each wanted candidate; none for others."""
     k = min(logit_tokens, logit_eff.shape[1])
     up, down = logit_eff.topk(k, dim=1), logit_eff.topk(k, dim=1, largest=False)
     # One device-to-host copy per chunk, not four per candidate.
@@ -378,9 +413,15 @@ def _record(
         t.cpu() for t in (up.indices, up.values, down.indices, down.values)
     )
     out.any_effect |= k > 0 and bool((up_values[:, 0] > 0).any() or (down_values[:, 0] < 0).any())
-    for row in range(len(chunk)):
+    row = 0
+    for is_wanted in wanted.tolist():
+        if not is_wanted:
+            out.logits_up.append([])
+            out.logits_down.append([])
+            continue
         out.logits_up.append(_cells(up_ids[row], up_values[row], raised=True))
         out.logits_down.append(_cells(down_ids[row], down_values[row], raised=False))
+        row += 1
 
 
 def _cells(ids: Tensor, values: Tensor, raised: bool) -> list[tuple[int, float]]:

@@ -55,12 +55,14 @@ class Suffixes:
     def __init__(self, first: Tensor, seq: Tensor, read: Tensor) -> None:
         """first, seq, read: (rows,) first changed position, cached sequence, absolute read position."""
         self.groups: list[_Group] = []
-        offsets, sizes = (t.tolist() for t in first.unique_consecutive(return_counts=True))
-        seqs, positions, rows, reads = [], [], [], []
+        offsets, sizes = first.unique_consecutive(return_counts=True)
+        group_of_row = torch.arange(len(sizes), device=first.device).repeat_interleave(sizes)
+        spans = torch.zeros_like(sizes).scatter_reduce_(0, group_of_row, read - first, "amax") + 1
+        offsets, sizes, spans = offsets.tolist(), sizes.tolist(), spans.tolist()  # one device sync
+        seqs, positions, rows, reads, starts = [], [], [], [], []
         row, token = 0, 0
-        for offset, size in zip(offsets, sizes, strict=True):
+        for offset, size, n_pos in zip(offsets, sizes, spans, strict=True):
             group_read = read[row : row + size] - offset
-            n_pos = int(group_read.max()) + 1
             tokens = slice(token, token + size * n_pos)
             group = _Group(offset, n_pos, seq[row : row + size], tokens, group_read)
             self.groups.append(group)
@@ -68,12 +70,21 @@ class Suffixes:
             seqs.append(group.seq.repeat_interleave(n_pos))
             positions.append((offset + torch.arange(n_pos, device=seq.device)).repeat(size))
             rows.append((row + in_group).repeat_interleave(n_pos))
-            reads.append(token + in_group * n_pos + group_read)
+            starts.append(token + in_group * n_pos)
+            reads.append(starts[-1] + group_read)
             row, token = row + size, tokens.stop
         self.seq = torch.cat(seqs)  # (tokens,) per flat token: cached sequence,
         self.pos = torch.cat(positions)  # absolute position,
         self.row = torch.cat(rows)  # and row
         self.read = torch.cat(reads)  # (rows,) flat token each row is read at
+        self._rows = (first, seq, read, torch.cat(starts))
+
+    def subset(self, keep: Tensor) -> tuple["Suffixes", Tensor]:
+        """The layout of the rows where `keep` (rows,) holds, and each of its tokens' index in this one."""
+        first, seq, read, start = self._rows
+        sub = Suffixes(first[keep], seq[keep], read[keep])
+        rows = keep.nonzero()[:, 0][sub.row]
+        return sub, start[rows] + sub.pos - first[rows]
 
 def block_keys_values(block: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """A block's attention keys and values (..., n_head, pos, head_dim) for its input (..., pos, d_model)."""

@@ -202,6 +202,25 @@ def test_the_threshold_keeps_only_larger_effects(make_config):
     assert {k: e.effect for k, e in kept.items() if k[0].startswith("resid_0.")} == pytest.approx(first)
 
 
+def test_under_a_threshold_drawn_first_layer_nodes_keep_exact_logit_cells(make_config, tmp_path):
+    """Undrawn first-layer candidates skip the logit pass; the drawn ones' cells are still exact."""
+    data = tmp_path / "d.txt"
+    data.write_text("The quick brown fox jumps\nCopyright (C) 2024\nWhen Mary and John went to the store\n")
+    config = make_config(DATASET=str(data), NUM_SEQUENCES_INTERPED=3)
+    result, spliced, batch = _run(config, threshold_exp=-1.0)
+    drawn = [f for f in result.candidates[0] if feature_id("resid", 0, f) in result.graph.nodes]
+    assert 0 < len(drawn) < len(result.candidates[0])
+    saes = _saes(config, spliced)
+    for feature in drawn:
+        refs = [_reference(spliced.model, saes, ids, 0, feature) for ids in _sequences(batch)]
+        logp = torch.stack([r[1] for r in refs]).mean(0)
+        node = result.graph.nodes[feature_id("resid", 0, feature)]
+        assert node.logits_up and node.logits_down
+        top, bottom = logp.topk(len(node.logits_up)), logp.topk(len(node.logits_down), largest=False)
+        assert [v for _, v in node.logits_up] == pytest.approx(top.values.tolist(), abs=1e-4)
+        assert [v for _, v in node.logits_down] == pytest.approx(bottom.values.tolist(), abs=1e-4)
+
+
 def test_a_pinned_feature_that_never_fires_raises_naming_layer_and_pin(make_config):
     config = make_config(THRESHOLD_EXP=None)
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))

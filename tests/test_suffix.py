@@ -100,3 +100,19 @@ def test_no_blocks_reads_the_stream_itself():
     out = run_suffix([], flat, suffixes, PrefixCache(0, [], []), 0, read=True)
     assert torch.equal(out, flat[suffixes.read])
     assert suffixes.pos[suffixes.read].tolist() == [5, 3]
+
+
+def test_a_subset_of_rows_continues_from_the_same_streams():
+    spliced = SplicedModel(_model(), [])
+    with torch.inference_mode():
+        hidden, mask, cache = _clean(spliced)
+        seq, first, edited = _edited_rows(hidden, n_rows=30)
+        last = mask.sum(dim=1)[seq] - 1
+        suffixes = Suffixes(first, seq, last)
+        blocks = spliced.model.transformer.h[START:]
+        after_one = run_suffix(blocks[:1], edited[suffixes.row, suffixes.pos], suffixes, cache, START)
+        keep = torch.rand(len(seq)) < 0.5
+        sub, tokens = suffixes.subset(keep)
+        out = run_suffix(blocks[1:], after_one[tokens], sub, cache, START + 1, read=True)
+        reference = spliced.run_blocks(edited[keep], START, spliced.n_layers, mask[seq[keep]])
+    assert (out - reference[torch.arange(int(keep.sum())), last[keep]]).abs().max() < 1e-5
