@@ -18,20 +18,19 @@ Autoencoders Find Highly Interpretable Features in Language Models" (sec. 5),
 with the error term kept as in Marks et al. 2024.
 
 Phases:
-1. Clean pass: the residual stream at every slice site, its SAE code, the
-   last-position features and next-token log-probabilities.
+1. Clean pass (`ablation_rows.clean_run`): the residual stream at every
+   slice site, its SAE code, the last-position features, next-token
+   log-probabilities, and the keys and values of every later block.
 2. Candidates: layer L's features active anywhere (thinned to
    INIT_THINNING_FACTOR, or the pinned one); inactive ones change nothing,
    exactly, and are skipped. Later layers: the features that received an
    edge, plus a pinned one.
-3. Batched ablations: ablations are a batch dimension. Each row is one
-   (candidate, sequence) pair where the candidate is active; rows run from
-   the cached stream at L through the blocks up to L+1 only (feature
-   effects, read at the last position), then on to the logits. A row is
-   computed only from the first position its candidate fires at, on the
-   clean keys and values of earlier positions, and the last block only at
-   the read position (`suffix.py`). First-layer candidates that keep no
-   edge are never drawn, so their rows skip the logit pass.
+3. Batched ablations (`ablation_rows.AblatedRows`): ablations are a batch
+   dimension, one row per (candidate, sequence) pair where the candidate is
+   active. Rows run from the cached stream at L through the blocks up to
+   L+1 only (feature effects, read at the last position), then on to the
+   logits. First-layer candidates that keep no edge are never drawn, so
+   their rows skip the logit pass.
 4. Graph: edges, logit cells, node activations. The last slice layer has no
    L+1 SAE loaded (the slice names the SAEs the user chose), so its
    candidates get logit cells only.
@@ -48,22 +47,21 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from sparse_coding.ablation_rows import (
+    STREAM_OFFSET,
+    AblatedRows,
+    CleanRun,
+    ResidLayer,
+    clean_run,
+    rows_per_forward,
+)
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graph import Graph, Node
 from sparse_coding.nodes import feature_id
 from sparse_coding.splice import Site, SplicedModel
-from sparse_coding.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
 
 logger = logging.getLogger(__name__)
-
-# Blocks computed before a resid site's stream: hook_resid_pre L is block L's
-# input, hook_resid_post L its output (= block L+1's input).
-STREAM_OFFSET = {"hook_resid_pre": 0, "hook_resid_post": 1}
-# Bytes per (candidate, sequence) row and token, per d_model unit, for the
-# blocks' activations (qkv, attention out, 4x MLP, residuals, with slack).
-ROW_BYTES_PER_TOKEN_DIM = 4 * 24
-CPU_ROW_BUDGET_BYTES = 1 << 30
 
 
 class AblationResult(NamedTuple):
@@ -73,28 +71,6 @@ class AblationResult(NamedTuple):
     collected: float  # sum |e| over every non-zero feature effect measured
     plotted: float  # sum |e| over the edges kept
     candidates: dict[int, list[int]]  # layer -> features ablated there
-
-
-@dataclass
-class _Layer:
-    """Clean quantities of one resid site (phase 1)."""
-
-    site: Site
-    stream: int  # blocks [0, stream) give this site's residual stream
-    clean: Tensor  # (S, pos, d_model)
-    feats: Tensor  # (S, pos, d_sae), zero at padding
-    scale: Tensor  # (S, pos)
-    last_feats: Tensor  # (S, d_sae) at each sequence's last real position
-
-
-@dataclass
-class _Clean:
-    """Phase 1's results for all slice sites."""
-
-    layers: list[_Layer]
-    logp: Tensor  # (S, vocab) next-token log-probs at each last real position
-    cache: PrefixCache  # clean keys and values of blocks from the first site on
-    last: Tensor  # (S,) last real position of each sequence
 
 
 @dataclass
@@ -148,9 +124,9 @@ def ablation_graph(
     sites = [_resid_site(spliced, layer) for layer in layers]
     _check_pins(pinned, sites)
     start = time.perf_counter()
-    clean = _clean_pass(spliced, batch, sites)
+    clean = clean_run(spliced, batch, sites)
     logger.info("Clean pass over %d sequences in %.2fs", len(clean.last), time.perf_counter() - start)
-    rows = max_rows or _rows_per_forward(spliced, batch, sites)
+    rows = max_rows or rows_per_forward(spliced, batch, sites)
     clean_layers = clean.layers
     candidates = _first_candidates(clean_layers[0], thinning, pinned.get(sites[0].layer), seed)
     results = []
@@ -213,48 +189,7 @@ def _check_pins(pinned: dict[int, int], sites: list[Site]) -> None:
             )
 
 
-def _clean_pass(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> "_Clean":
-    """Phase 1: every site's clean code, next-token log-probs, and the keys and values of
-    every block after the first site (what ablated rows reuse before their first change)."""
-    mask = batch.attention_mask
-    last = mask.sum(dim=1) - 1
-    rows = torch.arange(len(last), device=last.device)
-    streams = {site.layer + STREAM_OFFSET[site.hook]: site for site in sites}
-    layers = []
-    cache = PrefixCache(min(streams), [], [])
-    blocks = spliced.model.transformer.h
-    with torch.inference_mode():
-        hidden = spliced.run_blocks(spliced.embed(batch.input_ids), 0, cache.start, mask)
-        for block in range(cache.start, spliced.n_layers + 1):
-            if block in streams:
-                site = streams[block]
-                code = site.code(hidden)
-                feats = code.feats * mask[..., None].to(code.feats.dtype)
-                scale = code.scale[..., 0].to(code.feats.dtype)
-                layers.append(_Layer(site, block, hidden, feats, scale, feats[rows, last]))
-            if block < spliced.n_layers:
-                keys, values = block_keys_values(blocks[block], hidden)
-                cache.keys.append(keys)
-                cache.values.append(values)
-                hidden = spliced.run_blocks(hidden, block, block + 1, mask)
-        logp = spliced.unembed(hidden[rows, last]).float().log_softmax(dim=-1)
-    return _Clean(layers, logp, cache, last)
-
-
-def _rows_per_forward(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> int:
-    """Rows per ablation forward that fit in a quarter of free memory (1 GiB on CPU)."""
-    config = spliced.model.config
-    n_pos = batch.input_ids.shape[1]
-    per_row = ROW_BYTES_PER_TOKEN_DIM * n_pos * config.n_embd + 4 * n_pos * n_pos * config.n_head
-    per_row += 3 * 4 * (config.vocab_size + max(site.sae.d_sae for site in sites))
-    if spliced.device.type == "cuda":
-        budget = torch.cuda.mem_get_info(spliced.device)[0] // 4
-    else:
-        budget = CPU_ROW_BUDGET_BYTES
-    return max(1, budget // per_row)
-
-
-def _first_candidates(layer: _Layer, thinning: float, pinned: int | None, seed: int) -> Tensor:
+def _first_candidates(layer: ResidLayer, thinning: float, pinned: int | None, seed: int) -> Tensor:
     """Phase 2: the first layer's active features, thinned, or the pinned one."""
     device = layer.feats.device
     if pinned is not None:
@@ -276,9 +211,9 @@ def _next_candidates(effects: _Effects, pinned: int | None) -> Tensor:
 
 def _ablate_layer(
     spliced: SplicedModel,
-    clean: _Clean,
-    layer: _Layer,
-    nxt: "_Layer | None",
+    clean: CleanRun,
+    layer: ResidLayer,
+    nxt: "ResidLayer | None",
     candidates: Tensor,
     logit_tokens: int,
     threshold_exp: float | None,
@@ -304,7 +239,7 @@ def _ablate_layer(
     ):
         chunk = candidates[lo : lo + per_chunk]
         with torch.inference_mode():
-            ablated = _Ablated.of(clean, layer, chunk)
+            ablated = AblatedRows(clean, layer, chunk)
             wanted = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
             if nxt is not None:
                 feat_eff = ablated.run_to_next(spliced, clean, nxt)
@@ -314,74 +249,6 @@ def _ablate_layer(
             logit_eff = ablated.logit_effects(spliced, clean, wanted)
         _record_logits(out, wanted, logit_eff, logit_tokens)
     return out
-
-
-class _Ablated:
-    """A chunk's (candidate, sequence) rows where the candidate fires, run block by block.
-
-    Rows where a candidate is inactive contribute exactly zero to its mean
-    effect and are not run. Rows sharing a first changed position form one
-    group that runs only its suffix of positions (`suffix.run_suffix`).
-    """
-
-    def __init__(self, chunk: Tensor, cand: Tensor, seq: Tensor, first: Tensor, clean: _Clean) -> None:
-        self.chunk, self.cand, self.seq = chunk, cand, seq
-        self.suffixes = Suffixes(first, seq, clean.last[seq]) if len(seq) else None
-        self.hidden: Tensor | None = None  # flat (tokens, d_model) suffix streams
-        self.at = 0  # blocks [0, at) are applied to `hidden`
-
-    @classmethod
-    def of(cls, clean: _Clean, layer: _Layer, chunk: Tensor) -> "_Ablated":
-        """Rows of `chunk`, sorted by first changed position, ablated at `layer`."""
-        fires = layer.feats[:, :, chunk] > 0  # (S, pos, m)
-        cand, seq = fires.any(dim=1).T.nonzero(as_tuple=True)
-        first = fires[seq, :, cand].int().argmax(dim=1)  # where each row's stream first changes
-        first, order = first.sort(stable=True)
-        ablated = cls(chunk, cand[order], seq[order], first, clean)
-        if ablated.suffixes is not None:
-            suffixes, features = ablated.suffixes, chunk[ablated.cand][ablated.suffixes.row]
-            at_token = (suffixes.seq, suffixes.pos)
-            values = layer.feats[(*at_token, features)] * layer.scale[at_token]
-            delta = layer.site.decode_rows(values, features)
-            ablated.hidden, ablated.at = layer.clean[at_token] - delta.to(layer.clean.dtype), layer.stream
-        return ablated
-
-    def run_to_next(self, spliced: SplicedModel, clean: _Clean, nxt: _Layer) -> Tensor:
-        """Blocks up to the next site; mean feature changes there (m, d_sae), read at the last position."""
-        n_seq, d_sae = len(clean.last), nxt.site.sae.d_sae
-        if self.suffixes is None:  # no candidate fires anywhere: every effect is exactly 0
-            return torch.zeros(len(self.chunk), d_sae, device=clean.logp.device)
-        blocks = spliced.model.transformer.h[self.at : nxt.stream]
-        self.hidden = run_suffix(blocks, self.hidden, self.suffixes, clean.cache, self.at)
-        self.at = nxt.stream
-        feats = nxt.site.feats(self.hidden[self.suffixes.read]).float()
-        change = feats - nxt.last_feats[self.seq].float()
-        return _mean_per_candidate(change, self.cand, len(self.chunk), n_seq)
-
-    def logit_effects(self, spliced: SplicedModel, clean: _Clean, wanted: Tensor) -> Tensor:
-        """Mean next-token log-prob changes (wanted candidates, vocab), running only their rows."""
-        n_seq, n_vocab = clean.logp.shape
-        out_rows = wanted.nonzero()[:, 0]
-        keep = wanted[self.cand]
-        if self.suffixes is None or not keep.any():
-            return torch.zeros(len(out_rows), n_vocab, device=clean.logp.device)
-        suffixes, hidden = self.suffixes, self.hidden
-        if not keep.all():
-            suffixes, tokens = suffixes.subset(keep)
-            hidden = hidden[tokens]
-        blocks = spliced.model.transformer.h[self.at :]
-        final = run_suffix(blocks, hidden, suffixes, clean.cache, self.at, read=True)
-        logp = spliced.unembed(final).float().log_softmax(dim=-1)
-        seq, cand = self.seq[keep], self.cand[keep]
-        position = torch.cumsum(wanted, 0) - 1  # candidate index -> row of the output
-        change = logp.sub_(clean.logp.index_select(0, seq))
-        return _mean_per_candidate(change, position[cand], len(out_rows), n_seq)
-
-
-def _mean_per_candidate(rows: Tensor, cand: Tensor, n_cand: int, n_seq: int) -> Tensor:
-    """(rows, width) -> (n_cand, width): sum each candidate's rows, divide by all sequences."""
-    out = torch.zeros(n_cand, rows.shape[1], device=rows.device)
-    return out.index_add_(0, cand, rows, alpha=1 / n_seq)
 
 
 def _record_edges(
@@ -430,7 +297,7 @@ def _cells(ids: Tensor, values: Tensor, raised: bool) -> list[tuple[int, float]]
     return [(i, v) for i, v in pairs if (v > 0 if raised else v < 0)]
 
 
-def _zero_effect_error(layer: _Layer, pinned: dict[int, int]) -> ExactlyZeroEffectError:
+def _zero_effect_error(layer: ResidLayer, pinned: dict[int, int]) -> ExactlyZeroEffectError:
     key = f"resid_{layer.site.layer}"
     if layer.site.layer in pinned:
         feature = pinned[layer.site.layer]
@@ -447,7 +314,7 @@ def _zero_effect_error(layer: _Layer, pinned: dict[int, int]) -> ExactlyZeroEffe
 
 
 def _assemble(
-    layers: list[_Layer],
+    layers: list[ResidLayer],
     results: list[_Effects],
     tokenizer: PreTrainedTokenizerBase,
     pinned: dict[int, int],
@@ -478,7 +345,9 @@ def _assemble(
     return graph
 
 
-def _node(layer: _Layer, feature: int, activation: float, cells, tokenizer: PreTrainedTokenizerBase) -> Node:
+def _node(
+    layer: ResidLayer, feature: int, activation: float, cells, tokenizer: PreTrainedTokenizerBase
+) -> Node:
     up, down = cells if cells is not None else ([], [])
     return Node.from_id(
         feature_id("resid", layer.site.layer, feature),

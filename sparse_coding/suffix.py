@@ -86,6 +86,7 @@ class Suffixes:
         rows = keep.nonzero()[:, 0][sub.row]
         return sub, start[rows] + sub.pos - first[rows]
 
+
 def block_keys_values(block: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """A block's attention keys and values (..., n_head, pos, head_dim) for its input (..., pos, d_model)."""
     keys, values = _project_keys_values(block, block.ln_1(hidden)).split(hidden.shape[-1], dim=-1)

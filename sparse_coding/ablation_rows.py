@@ -1,0 +1,157 @@
+"""Exact zero-ablations of many resid features at once, for the ablation graph.
+
+A row is one (candidate feature, sequence) pair where the feature fires. Its
+residual stream at layer L is the clean one minus the feature's decoded
+contribution at every position (error term kept); rows run as a batch from
+there. Three things keep that cheap and exact:
+
+- rows where the feature never fires change nothing and are not run;
+- a row is computed only from the first position its feature fires at; the
+  positions before are unchanged, so it reuses their clean keys and values
+  (`suffix.py`), and the last block computes only the read position;
+- feature effects need only the blocks up to the next site, so the logit
+  pass (the remaining blocks and the unembedding) runs separately, only for
+  the candidates whose logit cells are wanted.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparse_coding.corpus import TokenBatch
+from sparse_coding.splice import Site, SplicedModel
+from sparse_coding.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
+
+# Blocks computed before a resid site's stream: hook_resid_pre L is block L's
+# input, hook_resid_post L its output (= block L+1's input).
+STREAM_OFFSET = {"hook_resid_pre": 0, "hook_resid_post": 1}
+# Bytes per (candidate, sequence) row and token, per d_model unit, for the
+# blocks' activations (qkv, attention out, 4x MLP, residuals, with slack).
+ROW_BYTES_PER_TOKEN_DIM = 4 * 24
+CPU_ROW_BUDGET_BYTES = 1 << 30
+
+
+@dataclass
+class ResidLayer:
+    """Clean quantities of one resid site."""
+
+    site: Site
+    stream: int  # blocks [0, stream) give this site's residual stream
+    clean: Tensor  # (S, pos, d_model)
+    feats: Tensor  # (S, pos, d_sae), zero at padding
+    scale: Tensor  # (S, pos)
+    last_feats: Tensor  # (S, d_sae) at each sequence's last real position
+
+
+@dataclass
+class CleanRun:
+    """The clean run every ablation row starts from."""
+
+    layers: list[ResidLayer]
+    logp: Tensor  # (S, vocab) next-token log-probs at each last real position
+    cache: PrefixCache  # clean keys and values of blocks from the first site on
+    last: Tensor  # (S,) last real position of each sequence
+
+
+def clean_run(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> CleanRun:
+    """Every site's clean code, next-token log-probs, and the keys and values of
+    every block after the first site (what ablated rows reuse before their first change)."""
+    mask = batch.attention_mask
+    last = mask.sum(dim=1) - 1
+    rows = torch.arange(len(last), device=last.device)
+    streams = {site.layer + STREAM_OFFSET[site.hook]: site for site in sites}
+    layers = []
+    cache = PrefixCache(min(streams), [], [])
+    blocks = spliced.model.transformer.h
+    with torch.inference_mode():
+        hidden = spliced.run_blocks(spliced.embed(batch.input_ids), 0, cache.start, mask)
+        for block in range(cache.start, spliced.n_layers + 1):
+            if block in streams:
+                site = streams[block]
+                code = site.code(hidden)
+                feats = code.feats * mask[..., None].to(code.feats.dtype)
+                scale = code.scale[..., 0].to(code.feats.dtype)
+                layers.append(ResidLayer(site, block, hidden, feats, scale, feats[rows, last]))
+            if block < spliced.n_layers:
+                keys, values = block_keys_values(blocks[block], hidden)
+                cache.keys.append(keys)
+                cache.values.append(values)
+                hidden = spliced.run_blocks(hidden, block, block + 1, mask)
+        logp = spliced.unembed(hidden[rows, last]).float().log_softmax(dim=-1)
+    return CleanRun(layers, logp, cache, last)
+
+
+def rows_per_forward(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> int:
+    """Rows per ablation forward that fit in a quarter of free memory (1 GiB on CPU)."""
+    config = spliced.model.config
+    n_pos = batch.input_ids.shape[1]
+    per_row = ROW_BYTES_PER_TOKEN_DIM * n_pos * config.n_embd + 4 * n_pos * n_pos * config.n_head
+    per_row += 3 * 4 * (config.vocab_size + max(site.sae.d_sae for site in sites))
+    if spliced.device.type == "cuda":
+        budget = torch.cuda.mem_get_info(spliced.device)[0] // 4
+    else:
+        budget = CPU_ROW_BUDGET_BYTES
+    return max(1, budget // per_row)
+
+
+class AblatedRows:
+    """One chunk of a layer's candidates, ablated: their rows, run block by block.
+
+    Rows are sorted by first changed position, the layout `Suffixes` needs.
+    """
+
+    def __init__(self, clean: CleanRun, layer: ResidLayer, chunk: Tensor) -> None:
+        self.chunk = chunk
+        fires = layer.feats[:, :, chunk] > 0  # (S, pos, m)
+        cand, seq = fires.any(dim=1).T.nonzero(as_tuple=True)
+        first = fires[seq, :, cand].int().argmax(dim=1)  # where each row's stream first changes
+        first, order = first.sort(stable=True)
+        self.cand, self.seq = cand[order], seq[order]
+        self.at = layer.stream  # blocks [0, at) are applied to `hidden`
+        self.suffixes: Suffixes | None = None  # stays None when no candidate fires anywhere
+        self.hidden: Tensor | None = None  # flat (tokens, d_model) suffix streams
+        if len(self.seq):
+            self.suffixes = Suffixes(first, self.seq, clean.last[self.seq])
+            at_token = (self.suffixes.seq, self.suffixes.pos)
+            features = chunk[self.cand][self.suffixes.row]
+            values = layer.feats[(*at_token, features)] * layer.scale[at_token]
+            delta = layer.site.decode_rows(values, features)
+            self.hidden = layer.clean[at_token] - delta.to(layer.clean.dtype)
+
+    def run_to_next(self, spliced: SplicedModel, clean: CleanRun, nxt: ResidLayer) -> Tensor:
+        """Blocks up to the next site; mean feature changes there (m, d_sae), read at the last position."""
+        n_seq, d_sae = len(clean.last), nxt.site.sae.d_sae
+        if self.suffixes is None:  # no candidate fires anywhere: every effect is exactly 0
+            return torch.zeros(len(self.chunk), d_sae, device=clean.logp.device)
+        blocks = spliced.model.transformer.h[self.at : nxt.stream]
+        self.hidden = run_suffix(blocks, self.hidden, self.suffixes, clean.cache, self.at)
+        self.at = nxt.stream
+        feats = nxt.site.feats(self.hidden[self.suffixes.read]).float()
+        change = feats - nxt.last_feats[self.seq].float()
+        return _mean_per_candidate(change, self.cand, len(self.chunk), n_seq)
+
+    def logit_effects(self, spliced: SplicedModel, clean: CleanRun, wanted: Tensor) -> Tensor:
+        """Mean next-token log-prob changes (wanted candidates, vocab), running only their rows."""
+        n_seq, n_vocab = clean.logp.shape
+        out_rows = wanted.nonzero()[:, 0]
+        keep = wanted[self.cand]
+        if self.suffixes is None or not keep.any():
+            return torch.zeros(len(out_rows), n_vocab, device=clean.logp.device)
+        suffixes, hidden = self.suffixes, self.hidden
+        if not keep.all():
+            suffixes, tokens = suffixes.subset(keep)
+            hidden = hidden[tokens]
+        blocks = spliced.model.transformer.h[self.at :]
+        final = run_suffix(blocks, hidden, suffixes, clean.cache, self.at, read=True)
+        logp = spliced.unembed(final).float().log_softmax(dim=-1)
+        seq, cand = self.seq[keep], self.cand[keep]
+        position = torch.cumsum(wanted, 0) - 1  # candidate index -> row of the output
+        change = logp.sub_(clean.logp.index_select(0, seq))
+        return _mean_per_candidate(change, position[cand], len(out_rows), n_seq)
+
+
+def _mean_per_candidate(rows: Tensor, cand: Tensor, n_cand: int, n_seq: int) -> Tensor:
+    """(rows, width) -> (n_cand, width): sum each candidate's rows, divide by all sequences."""
+    out = torch.zeros(n_cand, rows.shape[1], device=rows.device)
+    return out.index_add_(0, cand, rows, alpha=1 / n_seq)
