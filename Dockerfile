@@ -14,7 +14,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     HF_HOME=/root/.cache/huggingface
 
-# render.py draws graphs with Graphviz' `dot`.
+# graphs/render.py draws graphs with Graphviz' `dot`.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends graphviz \
     && rm -rf /var/lib/apt/lists/*

@@ -26,18 +26,18 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from random_weights import IdNames, calibrate_relu_biases, random_sae  # noqa: E402
 
-from sparse_coding import attribution  # noqa: E402
-from sparse_coding.attribution import (  # noqa: E402
+from sparse_coding.algorithms import attribution  # noqa: E402
+from sparse_coding.algorithms.attribution import (  # noqa: E402
     choose_down_nodes,
     edges,
     node_attributions,
     split_prompt,
     upstream_sites,
 )
-from sparse_coding.attribution_graph import build_graph  # noqa: E402
-from sparse_coding.graph_files import save_graph  # noqa: E402
-from sparse_coding.logit_lens import add_logit_effects  # noqa: E402
-from sparse_coding.splice import Site, SplicedModel  # noqa: E402
+from sparse_coding.algorithms.attribution_graph import build_graph  # noqa: E402
+from sparse_coding.graphs.graph_files import save_graph  # noqa: E402
+from sparse_coding.labels.logit_lens import add_logit_effects  # noqa: E402
+from sparse_coding.splicing.splice import Site, SplicedModel  # noqa: E402
 
 COUNTS = {"forward": 0, "backward": 0}
 

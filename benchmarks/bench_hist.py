@@ -24,9 +24,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from random_weights import calibrate_relu_biases, random_sae  # noqa: E402
 
+from sparse_coding.algorithms.thresholds import compute_thresholds, top_count  # noqa: E402
 from sparse_coding.corpus import TokenBatch  # noqa: E402
-from sparse_coding.splice import SplicedModel  # noqa: E402
-from sparse_coding.thresholds import compute_thresholds, top_count  # noqa: E402
+from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
 
 BOS = 50256
 

@@ -28,11 +28,11 @@ from random_weights import IdNames
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from sparse_coding.ablation_graph import ablation_graph
+from sparse_coding.algorithms.ablation_graph import ablation_graph
 from sparse_coding.corpus import TokenBatch
+from sparse_coding.models.saes import SAE, SAEConfig
 from sparse_coding.nodes import feature_id
-from sparse_coding.saes import SAE, SAEConfig
-from sparse_coding.splice import SplicedModel
+from sparse_coding.splicing.splice import SplicedModel
 
 LAYERS = [9, 10, 11]
 D_SAE = 24576

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sparse_coding.graph import Context, Graph, Node
-from sparse_coding.graph_files import load_graph, save_graph
+from sparse_coding.graphs.graph import Context, Graph, Node
+from sparse_coding.graphs.graph_files import load_graph, save_graph
 from sparse_coding.nodes import SITES
 
 _WORDS = [

@@ -15,10 +15,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import build_tiny_gpt2, write_sae_set  # noqa: E402
 
-from sparse_coding.attribution import choose_down_nodes, edges, node_attributions, split_prompt  # noqa: E402
+from sparse_coding.algorithms.attribution import choose_down_nodes, edges, node_attributions, split_prompt  # noqa: E402
 from sparse_coding.config import config_from_dict  # noqa: E402
-from sparse_coding.loading import load_spliced_model  # noqa: E402
-from sparse_coding.model import tokenize_prompt  # noqa: E402
+from sparse_coding.models.gpt2 import tokenize_prompt  # noqa: E402
+from sparse_coding.models.loading import load_spliced_model  # noqa: E402
 
 
 def attributions_on(device: str, root: Path, templates: dict[str, str]):

@@ -7,8 +7,8 @@ Real SAEs fire sparsely; random ReLU encoders fire on half their latents, so
 
 import torch
 
-from sparse_coding.saes import SAE, SAEConfig
-from sparse_coding.splice import Site, SplicedModel
+from sparse_coding.models.saes import SAE, SAEConfig
+from sparse_coding.splicing.splice import Site, SplicedModel
 
 
 def random_sae(hook: str, d_sae: int, topk: bool, device: str, gen: torch.Generator) -> SAE:

@@ -8,16 +8,16 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sparse_coding.attribution_graph import gradient_graph
+from sparse_coding.algorithms.attribution_graph import gradient_graph
+from sparse_coding.algorithms.threshold_cache import load_thresholds
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
-from sparse_coding.loading import load_spliced_model
-from sparse_coding.model import tokenize_prompt
-from sparse_coding.publish import publish_graph
-from sparse_coding.threshold_cache import load_thresholds
+from sparse_coding.graphs.publish import publish_graph
+from sparse_coding.models.gpt2 import tokenize_prompt
+from sparse_coding.models.loading import load_spliced_model
 
 logger = logging.getLogger("sparse_coding.fast")
 

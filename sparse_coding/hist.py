@@ -3,8 +3,8 @@
 k-means on neuron-basis residual activations at the first layer of
 ACTS_LAYERS_SLICE picks the sequences that reach KEEPER_CLUSTER_INDEX; each
 spliced SAE feature's threshold is the 99.99th percentile of its activation at
-their cut ends (see `sparse_coding.thresholds`). fast.py reads the cache
-(`sparse_coding.threshold_cache`).
+their cut ends (see `sparse_coding.algorithms.thresholds`). fast.py reads the cache
+(`sparse_coding.algorithms.threshold_cache`).
 """
 
 import argparse
@@ -12,14 +12,14 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from sparse_coding.algorithms.threshold_cache import save_thresholds
+from sparse_coding.algorithms.thresholds import thresholds_from_config
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
-from sparse_coding.loading import load_spliced_model
-from sparse_coding.threshold_cache import save_thresholds
-from sparse_coding.thresholds import thresholds_from_config
+from sparse_coding.models.loading import load_spliced_model
 
 logger = logging.getLogger("sparse_coding.hist")
 

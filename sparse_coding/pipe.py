@@ -2,7 +2,7 @@
 
 Zero-ablates resid features at each layer of ACTS_LAYERS_SLICE and draws their
 effects on the next layer's features and on the next-token log-probabilities
-(see `sparse_coding.ablation_graph`). Run as `python3 pipe.py`,
+(see `sparse_coding.algorithms.ablation_graph`). Run as `python3 pipe.py`,
 `python3 sparse_coding/pipe.py` or `python3 -m sparse_coding.pipe`.
 """
 
@@ -10,14 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from sparse_coding.algorithms.pipe_graph import pipe_graph
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
-from sparse_coding.loading import load_spliced_model
-from sparse_coding.pipe_graph import pipe_graph
-from sparse_coding.publish import publish_graph
+from sparse_coding.graphs.publish import publish_graph
+from sparse_coding.models.loading import load_spliced_model
 
 
 def main(config: Config, args: argparse.Namespace) -> None:

@@ -9,15 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sparse_coding.circuits import circuit_and_source, load_circuit_model
+from sparse_coding.algorithms.circuits import circuit_and_source, load_circuit_model
+from sparse_coding.algorithms.validation import validate_circuit
+from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 from sparse_coding.corpus import config_batches
-from sparse_coding.validation import validate_circuit
-from sparse_coding.validation_report import format_report, report_data, write_report
 
 DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import tiny_config_dict
 
-from sparse_coding.attribution import choose_down_nodes, edges, node_attributions, split_prompt
-from sparse_coding.attribution_graph import fraction_explained, gradient_graph
-from sparse_coding.loading import load_spliced_model
-from sparse_coding.model import tokenize_prompt
+from sparse_coding.algorithms.attribution import choose_down_nodes, edges, node_attributions, split_prompt
+from sparse_coding.algorithms.attribution_graph import fraction_explained, gradient_graph
+from sparse_coding.models.gpt2 import tokenize_prompt
+from sparse_coding.models.loading import load_spliced_model
 
 PROMPT = "When Mary and John went to the store, John gave"
 
@@ -319,7 +319,7 @@ def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_pos
 
 
 def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch):
-    from sparse_coding import attribution
+    from sparse_coding.algorithms import attribution
 
     spliced, inputs, target = setup
     attributions = node_attributions(spliced, inputs, target)
@@ -332,8 +332,8 @@ def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch
 
 
 def test_top_edges_keep_the_most_positive_and_most_negative_apart():
-    from sparse_coding.attribution import EdgeSet
-    from sparse_coding.attribution_graph import _top_edges
+    from sparse_coding.algorithms.attribution import EdgeSet
+    from sparse_coding.algorithms.attribution_graph import _top_edges
 
     # Rows: down feature 7, then the down error node; last column: the upstream error.
     effects = torch.tensor([[-5.0, -4.0, -3.0, 0.0, 1.0, 0.0], [0.0] * 6])

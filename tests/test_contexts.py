@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from sparse_coding.context_cache import ContextCache
-from sparse_coding.contexts import cache_path, collect_contexts, load_or_collect
 from sparse_coding.corpus import iter_batches, load_texts
-from sparse_coding.loading import load_spliced_model
-from sparse_coding.saes import load_sae
+from sparse_coding.labels.context_cache import ContextCache
+from sparse_coding.labels.contexts import cache_path, collect_contexts, load_or_collect
+from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.models.saes import load_sae
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

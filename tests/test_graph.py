@@ -2,7 +2,7 @@
 
 import pytest
 
-from sparse_coding.graph import Context, Graph, Node
+from sparse_coding.graphs.graph import Context, Graph, Node
 
 
 def feature(node_id: str, **attrs) -> Node:

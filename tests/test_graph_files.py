@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sparse_coding import graph_files
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graph import Context, Graph, Node
-from sparse_coding.graph_files import (
+from sparse_coding.graphs import graph_files
+from sparse_coding.graphs.graph import Context, Graph, Node
+from sparse_coding.graphs.graph_files import (
     graph_from_dot,
     graph_to_dot,
     load_graph,
@@ -18,7 +18,7 @@ from sparse_coding.graph_files import (
     save_graph,
     update_graph_files,
 )
-from sparse_coding.render import RenderTimeout
+from sparse_coding.graphs.render import RenderTimeout
 
 
 def run_graph(prompt: str = "The cat", effect: float = 0.5, extra: str | None = None) -> Graph:
@@ -287,7 +287,7 @@ def test_lone_surrogates_and_odd_metadata_survive(paths):
 def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(
     tmp_path, monkeypatch, caplog
 ):
-    from sparse_coding import graph_files
+    from sparse_coding.graphs import graph_files
 
     monkeypatch.setattr(graph_files.shutil, "which", lambda name: None)
     graph = Graph()

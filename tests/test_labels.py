@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparse_coding.graph import Context, Graph, Node
-from sparse_coding.graph_files import graph_from_dot, graph_to_dot
-from sparse_coding.labels import (
+from sparse_coding.graphs.graph import Context, Graph, Node
+from sparse_coding.graphs.graph_files import graph_from_dot, graph_to_dot
+from sparse_coding.labels.labels import (
     compact_label,
     escape_text,
     node_label,

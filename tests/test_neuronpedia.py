@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_coding.graph import Graph, Node
-from sparse_coding.neuronpedia import annotate_graph, feature_url, parse_feature
+from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.labels.neuronpedia import annotate_graph, feature_url, parse_feature
 
 SET = "gpt2-small/3-res-jb"
 SECRET = "sk-test-secret-key-123"

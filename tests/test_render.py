@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sparse_coding import render
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graph import Context, Graph, Node
-from sparse_coding.graph_files import graph_from_dot, graph_to_dot
-from sparse_coding.render import (
+from sparse_coding.graphs import render
+from sparse_coding.graphs.graph import Context, Graph, Node
+from sparse_coding.graphs.graph_files import graph_from_dot, graph_to_dot
+from sparse_coding.graphs.render import (
     RenderOptions,
     dot_source,
     edge_colour,

@@ -14,9 +14,9 @@ import torch
 from conftest import write_sae_folder
 
 from sparse_coding.config import config_from_dict
-from sparse_coding.loading import load_spliced_model
-from sparse_coding.saes import load_sae
-from sparse_coding.splice import record_codes
+from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.models.saes import load_sae
+from sparse_coding.splicing.splice import record_codes
 
 sae_lens = pytest.importorskip("sae_lens")
 transformer_lens = pytest.importorskip("transformer_lens")

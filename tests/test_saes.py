@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sparse_coding.errors import SAELoadError
-from sparse_coding.saes import load_sae
+from sparse_coding.models.saes import load_sae
 
 JB_REPO = "jbloom/GPT2-Small-SAEs-Reformatted"
 
@@ -176,7 +176,7 @@ def test_bfloat16_stores_the_weights_in_bfloat16_and_encodes_float32_inputs(tmp_
 
 
 def test_sae_dtype_config_key_reaches_the_spliced_saes(make_config):
-    from sparse_coding.loading import load_spliced_model
+    from sparse_coding.models.loading import load_spliced_model
 
     spliced, _ = load_spliced_model(make_config(SAE_DTYPE="bfloat16", ACTS_LAYERS_SLICE="1:2"))
     assert [site.key for site in spliced.sites] == ["resid_1", "attn_1", "mlp_1"]
@@ -185,7 +185,7 @@ def test_sae_dtype_config_key_reaches_the_spliced_saes(make_config):
 
 
 def test_saes_that_do_not_fit_the_device_stop_before_loading_and_say_what_to_change(make_config, monkeypatch):
-    import sparse_coding.loading as loading
+    import sparse_coding.models.loading as loading
     from sparse_coding.errors import SparseCodingError
 
     monkeypatch.setattr(loading, "_free_bytes", lambda device: 1024)

@@ -1,6 +1,6 @@
 """Splicing checked against the plain Hugging Face model and plain torch hooks.
 
-The references here never go through `sparse_coding.splice`: activations are
+The references here never go through `sparse_coding.splicing.splice`: activations are
 captured and edited with hooks written in this file, SAEs are applied with
 their own `encode`/`decode`, and TransformerLens' centred writing weights are
 rebuilt by hand on a copy of the model.
@@ -16,9 +16,9 @@ from conftest import write_sae_folder, write_sae_set
 from torch import Tensor
 from transformers import GPT2LMHeadModel
 
-from sparse_coding.loading import load_spliced_model
-from sparse_coding.saes import SAE
-from sparse_coding.splice import Site, SiteCode, SplicedModel, record_codes, zero_ablation
+from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.models.saes import SAE
+from sparse_coding.splicing.splice import Site, SiteCode, SplicedModel, record_codes, zero_ablation
 
 TOLERANCE = 1e-4
 PROMPT_IDS = torch.tensor([[0, 17, 42, 99, 7, 250, 3, 61, 128, 5]])
@@ -404,7 +404,7 @@ def test_sites_of_uncentred_saes_read_the_raw_activation(spliced):
 
 
 def test_sae_folders_without_model_kwargs_default_to_centred_inputs(five_hook_templates):
-    from sparse_coding.saes import load_sae
+    from sparse_coding.models.saes import load_sae
 
     sae = load_sae(five_hook_templates["resid"], 0)
     assert Path(five_hook_templates["resid"].format(layer=0)).is_dir()

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from sparse_coding.splice import SplicedModel
-from sparse_coding.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
+from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.splicing.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
 
 LENGTHS = [10, 7, 4]  # real tokens of each sequence, right-padded to 10
 START = 1  # the cache begins at block 1 of 4

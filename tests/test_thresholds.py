@@ -13,19 +13,19 @@ from hypothesis import strategies as st
 from sklearn.cluster import MiniBatchKMeans
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sparse_coding.config import config_from_dict
-from sparse_coding.corpus import iter_batches, load_texts
-from sparse_coding.errors import ConfigError, DatasetError
-from sparse_coding.loading import load_spliced_model
-from sparse_coding.saes import load_sae
-from sparse_coding.threshold_cache import load_thresholds, save_thresholds
-from sparse_coding.thresholds import (
+from sparse_coding.algorithms.threshold_cache import load_thresholds, save_thresholds
+from sparse_coding.algorithms.thresholds import (
     assign_cuts,
     fit_clusters,
     percentile_from_top,
     thresholds_from_config,
     top_count,
 )
+from sparse_coding.config import config_from_dict
+from sparse_coding.corpus import iter_batches, load_texts
+from sparse_coding.errors import ConfigError, DatasetError
+from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.models.saes import load_sae
 
 SUBJECTS = ["The cat", "A young engineer", "My neighbour", "The old sailor"]
 ACTIONS = [

@@ -1,8 +1,8 @@
-"""validation.py against plainly written forwards on the Hugging Face model.
+"""algorithms.validation against plainly written forwards on the Hugging Face model.
 
 The reference encodes with formulas written here from the SAE's weights, edits
 activations with plain torch forward hooks on the HF GPT-2, and runs every
-sequence alone (no padding), so it shares nothing with splice.py or batching.
+sequence alone (no padding), so it shares nothing with splicing or batching.
 """
 
 import json
@@ -13,13 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparse_coding.circuits import circuit_from_config, circuit_from_graph, load_circuit_model, read_graph
+from sparse_coding.algorithms.circuits import (
+    circuit_from_config,
+    circuit_from_graph,
+    load_circuit_model,
+    read_graph,
+)
+from sparse_coding.algorithms.validation import feature_means, validate_circuit
+from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
 from sparse_coding.corpus import iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
-from sparse_coding.graph import Graph, Node
-from sparse_coding.graph_files import graph_to_dot
-from sparse_coding.validation import feature_means, validate_circuit
-from sparse_coding.validation_report import format_report, report_data, write_report
+from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.graph_files import graph_to_dot
 
 TEXTS = [
     "When Mary and John went to the store, John gave a drink to",

@@ -23,7 +23,7 @@ from sparse_coding.nodes import parse_site_key
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
 DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")

@@ -44,7 +44,7 @@ arithmetic): 12 values per feature for q = 99.99 and n = 100k. The result is
 numpy's percentile over all kept activations, exactly up to float rounding.
 
 The thresholds' cache (`thresholds.safetensors`, `thresholds.json`) is read
-and written by `sparse_coding.threshold_cache`.
+and written by `sparse_coding.algorithms.threshold_cache`.
 """
 
 import logging
@@ -65,7 +65,7 @@ from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, config_batches
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.nodes import site_key
-from sparse_coding.splice import Site, SplicedModel
+from sparse_coding.splicing.splice import Site, SplicedModel
 
 logger = logging.getLogger(__name__)
 

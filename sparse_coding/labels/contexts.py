@@ -16,7 +16,7 @@ Phases (`collect_contexts`):
 2. Windows: the referenced sequences are run once more, batched, to read each
    entry's window activations; tokens become strings once.
 
-The collected contexts are a `sparse_coding.context_cache.ContextCache`,
+The collected contexts are a `sparse_coding.labels.context_cache.ContextCache`,
 which also holds their on-disk format. A cache whose SAE sources or
 fingerprint (see `load_or_collect`) differ from the run's is stale and is
 collected again.
@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
-from sparse_coding.context_cache import ContextCache
 from sparse_coding.corpus import TokenBatch, config_batches
 from sparse_coding.errors import DatasetError
-from sparse_coding.splice import Site, SplicedModel
+from sparse_coding.labels.context_cache import ContextCache
+from sparse_coding.splicing.splice import Site, SplicedModel
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from sparse_coding.errors import ConfigError, SparseCodingError
 
 logger = logging.getLogger(__name__)
 
-# The names config.py validates, as torch dtypes.
+# The dtype names the config validates, as torch dtypes.
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 

@@ -8,8 +8,8 @@ dashboards do). All shown features of a site are done in one matmul.
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.graph import Graph
-from sparse_coding.splice import SplicedModel
+from sparse_coding.graphs.graph import Graph
+from sparse_coding.splicing.splice import SplicedModel
 
 
 def add_logit_effects(

@@ -23,7 +23,7 @@ from typing import Any
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.validation import ValidationResult
+from sparse_coding.algorithms.validation import ValidationResult
 
 ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
 BASELINE = (

@@ -47,7 +47,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.ablation_rows import (
+from sparse_coding.algorithms.ablation_rows import (
     STREAM_OFFSET,
     AblatedRows,
     CleanRun,
@@ -57,9 +57,9 @@ from sparse_coding.ablation_rows import (
 )
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
-from sparse_coding.graph import Graph, Node
+from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import feature_id
-from sparse_coding.splice import Site, SplicedModel
+from sparse_coding.splicing.splice import Site, SplicedModel
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from sparse_coding.attribution import (
+from sparse_coding.algorithms.attribution import (
     EdgeSet,
     SiteAttribution,
     choose_down_nodes,
@@ -19,9 +19,9 @@ from sparse_coding.attribution import (
     split_prompt,
     timed,
 )
-from sparse_coding.graph import Graph, Node
+from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import error_id, feature_id, parse_node_id
-from sparse_coding.splice import SplicedModel
+from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sparse_coding.algorithms.thresholds import PERCENTILE, ThresholdResult, cluster_hook_name
 from sparse_coding.config import Config
-from sparse_coding.splice import SplicedModel
-from sparse_coding.thresholds import PERCENTILE, ThresholdResult, cluster_hook_name
+from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graph import Edge, Graph, Node
-from sparse_coding.labels import compact_label, node_label, summary_label
+from sparse_coding.graphs.graph import Edge, Graph, Node
+from sparse_coding.labels.labels import compact_label, node_label, summary_label
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ Phases:
     3. ratios: faithfulness and completeness from the summed metric values.
 
 Where the circuit comes from (config pins, graph files) and the model it is
-validated on are in `sparse_coding.circuits`; validation.json and the printed
-report in `sparse_coding.validation_report`.
+validated on are in `sparse_coding.algorithms.circuits`; validation.json and the printed
+report in `sparse_coding.algorithms.validation_report`.
 """
 
 import logging
@@ -50,10 +50,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sparse_coding.circuits import Circuit, check_circuit
+from sparse_coding.algorithms.circuits import Circuit, check_circuit
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import DatasetError
-from sparse_coding.splice import Intervention, Site, SplicedModel, zero_ablation
+from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
 
 logger = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sparse_coding.dot_parser import parse_dot
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graph import Graph, Node
-from sparse_coding.render import RenderOptions, RenderTimeout, dot_source, image_format, render_image
+from sparse_coding.graphs.dot_parser import parse_dot
+from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.render import RenderOptions, RenderTimeout, dot_source, image_format, render_image
 
 logger = logging.getLogger(__name__)
 

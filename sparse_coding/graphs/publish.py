@@ -12,13 +12,13 @@ from typing import NamedTuple
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
-from sparse_coding.context_cache import ContextCache
-from sparse_coding.contexts import load_or_collect
-from sparse_coding.graph import Graph
-from sparse_coding.graph_files import update_graph_files
-from sparse_coding.logit_lens import add_logit_effects
-from sparse_coding.neuronpedia import annotate_graph
-from sparse_coding.splice import SplicedModel
+from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.graph_files import update_graph_files
+from sparse_coding.labels.context_cache import ContextCache
+from sparse_coding.labels.contexts import load_or_collect
+from sparse_coding.labels.logit_lens import add_logit_effects
+from sparse_coding.labels.neuronpedia import annotate_graph
+from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 

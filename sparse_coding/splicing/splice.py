@@ -29,8 +29,8 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from sparse_coding.errors import SAELoadError
+from sparse_coding.models.saes import SAE
 from sparse_coding.nodes import hook_position, site_key
-from sparse_coding.saes import SAE
 
 logger = logging.getLogger(__name__)
 

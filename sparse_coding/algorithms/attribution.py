@@ -46,7 +46,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sparse_coding.errors import SparseCodingError
-from sparse_coding.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
+from sparse_coding.splicing.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
 
 logger = logging.getLogger(__name__)
 

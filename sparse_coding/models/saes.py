@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from sparse_coding.errors import SAELoadError
+from sparse_coding.models.sae_sources import fetch_files, normalize_cfg, resolve_source
 from sparse_coding.nodes import hook_position
-from sparse_coding.sae_sources import fetch_files, normalize_cfg, resolve_source
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ there. Three things keep that cheap and exact:
 - rows where the feature never fires change nothing and are not run;
 - a row is computed only from the first position its feature fires at; the
   positions before are unchanged, so it reuses their clean keys and values
-  (`suffix.py`), and the last block computes only the read position;
+  (`splicing.suffix`), and the last block computes only the read position;
 - feature effects need only the blocks up to the next site, so the logit
   pass (the remaining blocks and the unembedding) runs separately, only for
   the candidates whose logit cells are wanted.
@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from sparse_coding.corpus import TokenBatch
-from sparse_coding.splice import Site, SplicedModel
-from sparse_coding.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
+from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.splicing.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
 
 # Blocks computed before a resid site's stream: hook_resid_pre L is block L's
 # input, hook_resid_post L its output (= block L+1's input).

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sparse_coding.graph import Context, Node
+from sparse_coding.graphs.graph import Context, Node
 
 # Cell colours: blue for raising/activating, red for lowering, grey for zero.
 _BLUE = (33, 102, 172)

@@ -14,12 +14,12 @@ from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError, GraphFileError
-from sparse_coding.graph import Graph
-from sparse_coding.graph_files import load_graph
-from sparse_coding.loading import load_saes
-from sparse_coding.model import load_model, resolve_device, resolve_dtype
+from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.graph_files import load_graph
+from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
+from sparse_coding.models.loading import load_saes
 from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
-from sparse_coding.splice import SplicedModel
+from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 

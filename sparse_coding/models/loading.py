@@ -11,10 +11,10 @@ from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
 from sparse_coding.errors import SAELoadError, SparseCodingError
-from sparse_coding.model import load_model, resolve_device, resolve_dtype
-from sparse_coding.sae_sources import fetch_files, resolve_source
-from sparse_coding.saes import SAE, load_sae
-from sparse_coding.splice import SplicedModel
+from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
+from sparse_coding.models.sae_sources import fetch_files, resolve_source
+from sparse_coding.models.saes import SAE, load_sae
+from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import requests
 
-from sparse_coding.graph import Graph, Node
+from sparse_coding.graphs.graph import Graph, Node
 
 logger = logging.getLogger(__name__)
 

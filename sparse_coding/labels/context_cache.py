@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sparse_coding.errors import DatasetError
-from sparse_coding.graph import Context
+from sparse_coding.graphs.graph import Context
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import logging
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.ablation_graph import AblationResult, ablation_graph
+from sparse_coding.algorithms.ablation_graph import AblationResult, ablation_graph
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
 from sparse_coding.errors import ConfigError, DatasetError
-from sparse_coding.graph import Graph
-from sparse_coding.splice import SplicedModel
+from sparse_coding.graphs.graph import Graph
+from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 

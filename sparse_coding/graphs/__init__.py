@@ -1,0 +1,1 @@
+"""The one graph type, its files (.dot/.json, merged across runs), drawing, and publishing."""

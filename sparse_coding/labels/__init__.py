@@ -1,0 +1,1 @@
+"""What a node shows: top-activating contexts, logit cells, Neuronpedia explanations."""
