@@ -1,22 +1,27 @@
-"""Check that fast.py's node and edge attributions on CUDA match CPU (tiny random model).
+"""Check that fast.py's attributions and pipe.py's ablation graph on CUDA match CPU (tiny random model).
 
     python3 benchmarks/check_cuda_matches_cpu.py
 
-Builds the test suite's tiny GPT-2 and SAEs, runs attribution on both devices
-in float32 and prints the largest differences. Needs a CUDA device.
+Builds the test suite's tiny GPT-2 and SAEs, runs attribution and the
+ablation graph on both devices in float32 and prints the largest
+differences. Needs a CUDA device.
 """
 
 import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import build_tiny_gpt2, write_sae_set  # noqa: E402
 
+from sparse_coding.algorithms.ablation_graph import ablation_graph  # noqa: E402
 from sparse_coding.algorithms.attribution import choose_down_nodes, edges, node_attributions, split_prompt  # noqa: E402
 from sparse_coding.config import config_from_dict  # noqa: E402
+from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.models.gpt2 import tokenize_prompt  # noqa: E402
 from sparse_coding.models.loading import load_spliced_model  # noqa: E402
 
@@ -39,6 +44,39 @@ def attributions_on(device: str, root: Path, templates: dict[str, str]):
     down = choose_down_nodes({k: a for k, a in attrs.items()}, num_down_nodes=3)
     down_cpu = {k: v.cpu() for k, v in down.items()}
     return attrs, down_cpu, spliced, inputs
+
+
+def ablation_on(device: str, root: Path, templates: dict[str, str]):
+    config = config_from_dict(
+        {
+            "MODEL_DIR": str(root / "model"),
+            "RESID_SAES": templates["resid"],
+            "ACTS_LAYERS_SLICE": "0:3",
+            "DEVICE": device,
+        }
+    )
+    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
+    text = "When Mary and John went to the store, John gave"
+    ids = tokenize_prompt(tokenizer, text, prepend_bos=True).to(spliced.device)
+    batch = TokenBatch(ids, torch.ones_like(ids), 0)
+    return ablation_graph(spliced, batch, tokenizer=tokenizer, layers=[0, 1, 2], threshold_exp=None).graph
+
+
+def compare_ablation_graphs(root: Path, templates: dict[str, str]) -> None:
+    cpu, gpu = (ablation_on(device, root, templates) for device in ("cpu", "cuda"))
+    effect = {name: {k: e.effect for k, e in g.edges.items()} for name, g in (("cpu", cpu), ("gpu", gpu))}
+    edge_diff = max(
+        abs(effect["cpu"].get(k, 0.0) - effect["gpu"].get(k, 0.0)) for k in set(cpu.edges) | set(gpu.edges)
+    )
+    cell_diff = max(
+        abs(a - b)
+        for node_id, node in cpu.nodes.items()
+        for (_, a), (_, b) in zip(node.logits_up, gpu.nodes[node_id].logits_up, strict=False)
+    )
+    print(
+        f"pipe.py ablation graph on cuda vs cpu: {len(cpu.edges)} / {len(gpu.edges)} edges, "
+        f"max edge diff {edge_diff:.2e}, max logit cell diff {cell_diff:.2e}"
+    )
 
 
 def main() -> None:
@@ -65,6 +103,7 @@ def main() -> None:
             f"edges {'batched' if batched else 'per-node'} on cuda vs cpu: max diff {diff:.2e} "
             f"(largest edge {scale:.2e})"
         )
+    compare_ablation_graphs(root, templates)
 
 
 if __name__ == "__main__":

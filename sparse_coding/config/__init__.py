@@ -95,7 +95,8 @@ class Config:
         if not (0 <= start < stop <= n_layers):
             raise ConfigError(
                 f"ACTS_LAYERS_SLICE {self.ACTS_LAYERS_SLICE!r} selects no layers of a model "
-                f"with {n_layers} layers; valid slices lie within '0:{n_layers}', e.g. '9:12' or ':'"
+                f"with {n_layers} layers; valid slices lie within '0:{n_layers}', "
+                f"e.g. '{max(0, n_layers - 3)}:{n_layers}' or ':'"
             )
         return range(start, stop)
 
