@@ -11,9 +11,14 @@ and every logit cell of the batched run is checked against the loop.
 
 The loop runs, per candidate, one whole-model forward with a plain hook that
 subtracts f_i * W_dec[i] at every position, the next layer's SAE encode and a
-log-softmax, exactly what a straightforward implementation does. When it
-would be too slow it runs on the first --loop-subset candidates of each layer
-and its time is extrapolated to all of them (printed as such).
+log-softmax, and turns them into the same graph entries (edges, a node with
+its logit cells), exactly what a straightforward implementation does; both
+timings include building the graph. When it would be too slow it runs on the
+first --loop-subset candidates of each layer and its time is extrapolated to
+all of them (printed as such).
+
+With --threshold-exp, first-layer features that keep no edge are not drawn,
+so the batched run skips their logit pass; the loop still runs everything.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from sparse_coding.algorithms.ablation_graph import ablation_graph
 from sparse_coding.corpus import TokenBatch
+from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.models.saes import SAE, SAEConfig
 from sparse_coding.nodes import feature_id
 from sparse_coding.splicing.splice import SplicedModel
@@ -38,6 +44,7 @@ LAYERS = [9, 10, 11]
 D_SAE = 24576
 ACTIVE_PER_TOKEN = 75
 N_TOKENS = 12
+LOGIT_TOKENS = 10  # ablation_graph's default
 
 
 def _random_sae(layer: int, d_model: int, gen: torch.Generator) -> SAE:
@@ -126,6 +133,23 @@ def _clean(model, spliced: SplicedModel, ids: Tensor) -> tuple[dict[int, Tensor]
     return feats, logp
 
 
+def _compare(batched: Graph, loop: Graph) -> tuple[float, float]:
+    """Largest edge and logit-cell differences over the loop's candidates (drawn ones for cells)."""
+    max_diff, max_logit_diff = 0.0, 0.0
+    for source, node in loop.nodes.items():
+        expected = {t: e.effect for (s, t), e in loop.edges.items() if s == source}
+        got = {t: e.effect for (s, t), e in batched.edges.items() if s == source}
+        max_diff = max(
+            [max_diff, *(abs(expected.get(k, 0.0) - got.get(k, 0.0)) for k in set(expected) | set(got))]
+        )
+        drawn = batched.nodes.get(source)
+        if drawn is not None:
+            for ours, theirs in ((drawn.logits_up, node.logits_up), (drawn.logits_down, node.logits_down)):
+                diffs = [abs(a - b) for (_, a), (_, b) in zip(ours, theirs, strict=False)]
+                max_logit_diff = max([max_logit_diff, *diffs])
+    return max_diff, max_logit_diff
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -184,34 +208,34 @@ def main() -> None:
     )
 
     clean_feats, clean_logp = _clean(model, spliced, ids)
-    loop_s, done, max_diff, max_logit_diff = 0.0, 0, 0.0, 0.0
+    cut = 0.0 if args.threshold_exp is None else 2.0**args.threshold_exp
+    loop_graph, names = Graph(), IdNames()
+    loop_s, done = 0.0, 0
     for layer, candidates in result.candidates.items():
         subset = candidates if args.loop_subset == 0 else candidates[: args.loop_subset]
         for feature in subset:
             _sync(device)
             start = time.perf_counter()
+            # What a loop does per candidate to give the same graph: a forward, then its
+            # edges and logit cells.
             feats, logp = _loop_reference(model, spliced, ids, layer, feature)
+            source = feature_id("resid", layer, feature)
+            if feats is not None:
+                effect = (feats - clean_feats[layer + 1]).float()
+                targets = (effect.abs() > cut).nonzero()[:, 0]
+                for target, value in zip(targets.tolist(), effect[targets].tolist(), strict=True):
+                    loop_graph.add_edge(source, feature_id("resid", layer + 1, target), value)
+            change = logp - clean_logp
+            up, down = change.topk(LOGIT_TOKENS), change.topk(LOGIT_TOKENS, largest=False)
+            cells = [
+                [(names.decode([i]), v) for i, v in zip(t.indices.tolist(), t.values.tolist(), strict=True)]
+                for t in (up, down)
+            ]
+            loop_graph.add_node(Node.from_id(source, logits_up=cells[0], logits_down=cells[1]))
             _sync(device)
             loop_s += time.perf_counter() - start
             done += 1
-            node = result.graph.nodes.get(feature_id("resid", layer, feature))
-            if node is not None and node.logits_up:
-                top = (logp - clean_logp).topk(len(node.logits_up)).values.tolist()
-                max_logit_diff = max(
-                    max_logit_diff, max(abs(a - b) for (_, a), b in zip(node.logits_up, top, strict=True))
-                )
-            if feats is None:
-                continue
-            effect = (feats - clean_feats[layer + 1]).float()
-            source = feature_id("resid", layer, feature)
-            cut = 0.0 if args.threshold_exp is None else 2.0**args.threshold_exp
-            expected = {
-                feature_id("resid", layer + 1, int(t)): float(effect[t])
-                for t in (effect.abs() > cut).nonzero()[:, 0]
-            }
-            got = {t: e.effect for (s, t), e in result.graph.edges.items() if s == source}
-            keys = set(expected) | set(got)
-            max_diff = max([max_diff, *(abs(expected.get(k, 0.0) - got.get(k, 0.0)) for k in keys)])
+    max_diff, max_logit_diff = _compare(result.graph, loop_graph)
     loop_total = loop_s / done * total
     how = "measured on all" if done == total else f"measured on {done}, extrapolated to all {total}"
     print(

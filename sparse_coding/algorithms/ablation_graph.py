@@ -327,15 +327,18 @@ def _assemble(
     drawn: set[tuple[int, int]] = set()
     for index, effects in enumerate(results):
         src, dst = layers[index].site.layer, layers[index].site.layer + 1
+        sources = {c: feature_id("resid", src, c) for c in {c for c, _, _ in effects.edges}}
+        targets = {t: feature_id("resid", dst, t) for t in {t for _, t, _ in effects.edges}}
         for cand, target, value in effects.edges:
-            graph.add_edge(feature_id("resid", src, cand), feature_id("resid", dst, target), value)
-            drawn |= {(index, cand), (index + 1, target)}
-    drawn |= {(len(layers) - 1, int(c)) for c in results[-1].candidates}
-    drawn |= {(i, pinned[layer.site.layer]) for i, layer in enumerate(layers) if layer.site.layer in pinned}
+            graph.add_edge(sources[cand], targets[target], value)
+        drawn.update((index, c) for c in sources)
+        drawn.update((index + 1, t) for t in targets)
+    drawn.update((len(layers) - 1, c) for c in results[-1].candidates.tolist())
+    drawn.update((i, pinned[lay.site.layer]) for i, lay in enumerate(layers) if lay.site.layer in pinned)
     cells = {
-        (i, int(c)): (r.logits_up[j], r.logits_down[j])
+        (i, c): (r.logits_up[j], r.logits_down[j])
         for i, r in enumerate(results)
-        for j, c in enumerate(r.candidates)
+        for j, c in enumerate(r.candidates.tolist())
     }
     max_acts = [layer.feats.amax(dim=(0, 1)).tolist() for layer in layers]  # one device sync per layer
     for index, feature in sorted(drawn):
