@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.labels.neuronpedia import annotate_graph, feature_url, parse_feature
+from sparse_coding.labels.neuronpedia import (
+    FOUND_TTL_S,
+    MISSING_TTL_S,
+    annotate_graph,
+    feature_url,
+    parse_feature,
+)
 
 SET = "gpt2-small/3-res-jb"
 SECRET = "sk-test-secret-key-123"
@@ -209,6 +216,31 @@ def test_a_mixed_graph_never_raises_and_warns_once(server, tmp_path, caplog):
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert "3 of 4" in warnings[0].getMessage()
+
+
+def _age_cache(cache: Path, seconds: float) -> None:
+    for file in cache.rglob("*.json"):
+        stamp = time.time() - seconds
+        os.utime(file, (stamp, stamp))
+
+
+@pytest.mark.parametrize(("index", "ttl"), [(2, MISSING_TTL_S), (1, FOUND_TTL_S)], ids=["missing", "found"])
+def test_a_cached_answer_is_asked_again_once_it_expires(server, tmp_path, index, ttl):
+    annotate(graph_of(index), server, tmp_path)
+    _age_cache(tmp_path, ttl - 3600)
+    server.requests.clear()
+    annotate(graph_of(index), server, tmp_path)
+    assert server.requests == []  # still fresh
+    _age_cache(tmp_path, ttl + 3600)
+    annotate(graph_of(index), server, tmp_path)
+    assert len(server.requests) == 1
+
+
+def test_each_server_has_its_own_cache(server, tmp_path):
+    annotate(graph_of(1), server, tmp_path)
+    server.requests.clear()
+    other = annotate(graph_of(1), server, tmp_path, base_url=server.url + "/mirror")
+    assert other.fetched == 1 and len(server.requests) == 1
 
 
 def test_many_nodes_are_fetched_concurrently_and_cached(server, tmp_path):

@@ -8,8 +8,10 @@ never a dependency of a run:
 
 - every request has a timeout; 429 and 5xx are retried with exponential
   backoff, honouring ``Retry-After``;
-- answers (including "feature not found") are cached on disk, so a feature is
-  fetched once across runs;
+- answers (including "feature not found") are cached on disk, one folder per
+  server, so a feature is fetched once across runs; a "not found" is asked
+  again after a week and an answer after a month, as Neuronpedia adds and
+  revises explanations;
 - requests run concurrently in a thread pool, and after a few network-level
   failures (no network, refused, timed out) the rest are skipped, so an
   offline run costs one timeout, not one per node;
@@ -44,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://www.neuronpedia.org"
 API_KEY_ENV = "NEURONPEDIA_API_KEY"
+# Age after which a cached answer is fetched again.
+MISSING_TTL_S = 7 * 24 * 3600
+FOUND_TTL_S = 30 * 24 * 3600
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
@@ -121,15 +126,24 @@ def parse_feature(data: Any, max_logits: int = 10) -> FeatureInfo:
 # ---------------------------------------------------------------- cache
 
 
+def server_cache_dir(cache_dir: Path, base_url: str) -> Path:
+    """The cache folder of one server: answers of another server (a self-hosted one) never mix in."""
+    server = base_url.split("://", 1)[-1].strip("/")
+    return Path(cache_dir) / re.sub(r"[^\w.-]", "_", server)
+
+
 def _cache_path(cache_dir: Path, neuronpedia_id: str, index: int) -> Path:
     parts = [re.sub(r"[^\w.-]", "_", p) for p in neuronpedia_id.strip("/").split("/") if p]
     return Path(cache_dir).joinpath(*parts, f"{int(index)}.json")
 
 
 def _read_cache(path: Path) -> FeatureInfo | None | bool:
-    """The cached info, None for a cached "not found", False when not cached or unreadable."""
+    """The cached info, None for a cached "not found", False when not cached, expired or unreadable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        age = time.time() - path.stat().st_mtime
+        if age > (MISSING_TTL_S if data.get("missing") else FOUND_TTL_S):
+            return False
         if data.get("missing"):
             return None
         up, down = data.get("logits_up", []), data.get("logits_down", [])
@@ -310,7 +324,8 @@ def annotate_graph(
         graph: annotated in place.
         enabled: False skips Neuronpedia entirely (offline runs).
         base_url: Neuronpedia server, e.g. a self-hosted instance.
-        cache_dir: folder of the on-disk cache (one small JSON per feature).
+        cache_dir: folder of the on-disk cache (a folder per server, one small
+            JSON per feature).
         api_key: sent as ``x-api-key``; defaults to ``$NEURONPEDIA_API_KEY``.
         timeout_s: per-request timeout (connect and read).
         max_workers: concurrent requests.
@@ -341,7 +356,7 @@ def annotate_graph(
         max_logits,
         max_network_failures,
     )
-    results, failures = _lookup_all(client, Path(cache_dir), keys, max_workers, stats)
+    results, failures = _lookup_all(client, server_cache_dir(cache_dir, base_url), keys, max_workers, stats)
     for node in nodes:
         if (info := results.get((str(node.neuronpedia_id), int(node.feature)))) is not None:  # type: ignore[arg-type]
             _apply(node, info)
