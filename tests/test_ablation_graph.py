@@ -246,3 +246,14 @@ def test_two_runs_merge_into_the_same_graph_files(make_config):
     for graph in out.values():
         assert set(graph.nodes) <= ids and set(graph.edges) <= edges
     assert len(stored["metadata"]["runs"]) == 2
+
+
+@pytest.mark.parametrize("dtypes", [{"DTYPE": "bfloat16"}, {"SAE_DTYPE": "bfloat16"}], ids=["model", "saes"])
+def test_bfloat16_runs_close_to_float32(make_config, dtypes):
+    exact = _run(make_config(), threshold_exp=-3.0)[0].graph.edges
+    rounded = _run(make_config(**dtypes), threshold_exp=-3.0)[0].graph.edges
+    common = set(exact) & set(rounded)
+    assert len(common) >= 0.9 * len(exact)
+    assert max(abs(exact[k].effect - rounded[k].effect) for k in common) < 0.1 * max(
+        abs(e.effect) for e in exact.values()
+    )
