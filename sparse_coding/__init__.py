@@ -1,7 +1,41 @@
 """sparse_coding: circuit discovery in GPT-2 small with sparse autoencoders.
 
-Importing the package does nothing beyond defining names; the scripts
-(`pipe.py`, `fast.py`, `val.py`, `hist.py`) and notebooks call into its modules.
+The scripts (`pipe.py`, `fast.py`, `val.py`, `hist.py`) are thin front doors;
+from a notebook, the names below are one import away
+(``from sparse_coding import load_config, load_spliced_model, ...``). They load
+on first use, so importing the package stays cheap.
 """
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_config": "sparse_coding.config",
+    "Config": "sparse_coding.config",
+    "load_spliced_model": "sparse_coding.models.loading",
+    "load_sae": "sparse_coding.models.saes",
+    "tokenize_prompt": "sparse_coding.models.gpt2",
+    "SplicedModel": "sparse_coding.splicing.splice",
+    "record_codes": "sparse_coding.splicing.splice",
+    "zero_ablation": "sparse_coding.splicing.splice",
+    "gradient_graph": "sparse_coding.algorithms.attribution_graph",
+    "ablation_graph": "sparse_coding.algorithms.ablation_graph",
+    "validate_circuit": "sparse_coding.algorithms.validation",
+    "compute_thresholds": "sparse_coding.algorithms.thresholds",
+    "Graph": "sparse_coding.graphs.graph",
+    "load_graph": "sparse_coding.graphs.graph_files",
+    "save_graph": "sparse_coding.graphs.graph_files",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sparse_coding' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
