@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 from sparse_coding.algorithms.attribution_graph import gradient_graph
 from sparse_coding.algorithms.threshold_cache import load_thresholds

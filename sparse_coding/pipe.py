@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 from sparse_coding.algorithms.pipe_graph import pipe_graph
 from sparse_coding.cli import run_script
