@@ -324,6 +324,20 @@ def test_every_script_exits_1_with_one_paragraph_on_a_bad_config(tmp_path, capsy
     ]
 
 
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_script_run_as_a_file_puts_the_repo_not_its_folder_on_the_path(tmp_path, monkeypatch, name):
+    """Its folder holds config/, models/, labels/...: on sys.path they would shadow top-level modules."""
+    script = script_path(name)
+    folder = str(script.parent)
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    monkeypatch.setattr(sys, "path", [folder, "", *sys.path])  # what `python3 X.py` and a notebook give
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(script), run_name="__main__")
+    assert folder not in sys.path and sys.path[0] == str(script.parent.parent)
+    assert "" in sys.path  # the working directory (not the script's folder) stays
+
+
 def test_config_from_dict_raises_config_error_for_bad_values():
     with pytest.raises(ConfigError, match="BATCH_SIZE"):
         config_from_dict({"RESID_SAES": "x_{layer}", "BATCH_SIZE": "eight"})
