@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU session's checks: CUDA-vs-CPU agreement, then the fast.py and pipe.py benchmarks.
+# One GPU session's checks: CUDA-vs-CPU agreement (fast.py and pipe.py), then the fast.py and pipe.py
+# benchmarks (pipe.py with every edge kept, and with a threshold that leaves ~10% of first-layer features drawn).
 # Usage on a GPU machine, from the repo root: bash benchmarks/device_run.sh [OUT_DIR]
 set -u
 out=${1:-.}
@@ -13,3 +14,6 @@ timeout 200 python3 benchmarks/bench_fast.py --device cuda --slice 0:12 --baseli
 tail -3 "$out/fast.err"
 timeout 150 python3 benchmarks/bench_pipe.py --device cuda --loop-subset 40 2>"$out/pipe.err" | tee "$out/pipe.txt"
 tail -3 "$out/pipe.err"
+timeout 150 python3 benchmarks/bench_pipe.py --device cuda --loop-subset 40 --threshold-exp -10 \
+  2>"$out/pipe_threshold.err" | tee "$out/pipe_threshold.txt"
+tail -3 "$out/pipe_threshold.err"
