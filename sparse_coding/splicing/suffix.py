@@ -122,14 +122,12 @@ def _block(block: nn.Module, hidden: Tensor, suffixes: Suffixes, cache: PrefixCa
     qkv = block.attn.c_attn(block.ln_1(hidden))
     mixed = []
     for group in suffixes.groups:
-        queries, keys, values = qkv[group.tokens].unflatten(0, (-1, group.n_pos)).split(d_model, dim=-1)
-        prefix_keys, prefix_values = _prefix(cache, index, group)
-        keys = torch.cat([prefix_keys, _heads(block, keys)], dim=2)
-        values = torch.cat([prefix_values, _heads(block, values)], dim=2)
-        key_pos = torch.arange(group.offset + group.n_pos, device=hidden.device)
-        allowed = key_pos[None, :] <= key_pos[group.offset :, None]  # query i sits at offset + i
-        out = _attend(block, _heads(block, queries), keys, values, allowed[None, None])
-        mixed.append(_merge_heads(out).flatten(0, 1))
+        group_qkv = qkv[group.tokens].unflatten(0, (-1, group.n_pos))
+        query_pos = group.offset + torch.arange(group.n_pos, device=hidden.device)[None]
+        out = _attend_group(
+            block, cache, index, group, group_qkv[..., :d_model], group_qkv[..., d_model:], query_pos
+        )
+        mixed.append(out.flatten(0, 1))
     hidden = hidden + block.attn.c_proj(torch.cat(mixed))
     return hidden + _mlp(block, block.ln_2(hidden))
 
@@ -141,19 +139,14 @@ def _block_at(block: nn.Module, hidden: Tensor, suffixes: Suffixes, cache: Prefi
     kv = _project_keys_values(block, normed)
     projection = block.attn.c_attn
     queries = F.linear(normed[suffixes.read], projection.weight[:, :d_model].T, projection.bias[:d_model])
-    mixed, row = [], 0
-    for group in suffixes.groups:
-        n_rows = len(group.seq)
-        keys, values = kv[group.tokens].unflatten(0, (n_rows, group.n_pos)).split(d_model, dim=-1)
-        prefix_keys, prefix_values = _prefix(cache, index, group)
-        keys = torch.cat([prefix_keys, _heads(block, keys)], dim=2)
-        values = torch.cat([prefix_values, _heads(block, values)], dim=2)
-        key_pos = torch.arange(group.offset + group.n_pos, device=hidden.device)
-        allowed = key_pos[None, :] <= (group.offset + group.read)[:, None]  # (rows, keys)
-        group_queries = _heads(block, queries[row : row + n_rows, None])
-        out = _attend(block, group_queries, keys, values, allowed[:, None, None])
-        mixed.append(_merge_heads(out)[:, 0])
-        row += n_rows
+    mixed = []
+    per_group = queries.split([len(group.seq) for group in suffixes.groups])
+    for group, group_queries in zip(suffixes.groups, per_group, strict=True):
+        group_kv = kv[group.tokens].unflatten(0, (len(group.seq), group.n_pos))
+        query_pos = (group.offset + group.read)[:, None]
+        mixed.append(
+            _attend_group(block, cache, index, group, group_queries[:, None], group_kv, query_pos)[:, 0]
+        )
     at = hidden[suffixes.read] + block.attn.c_proj(torch.cat(mixed))
     return at + _mlp(block, block.ln_2(at))
 
@@ -165,9 +158,28 @@ def _project_keys_values(block: nn.Module, normed: Tensor) -> Tensor:
     return F.linear(normed, projection.weight[:, d_model:].T, projection.bias[d_model:])
 
 
-def _prefix(cache: PrefixCache, block: int, group: _Group) -> tuple[Tensor, Tensor]:
-    index = block - cache.start
-    return cache.keys[index][group.seq, :, : group.offset], cache.values[index][group.seq, :, : group.offset]
+def _attend_group(
+    block: nn.Module,
+    cache: PrefixCache,
+    index: int,
+    group: _Group,
+    queries: Tensor,
+    suffix_kv: Tensor,
+    query_pos: Tensor,
+) -> Tensor:
+    """A group's attention over its cached clean prefix and its own suffix keys and values.
+
+    queries (rows, n_query, d_model) sit at absolute positions query_pos
+    (rows or 1, n_query); suffix_kv (rows, n_pos, 2 * d_model). Returns
+    (rows, n_query, d_model).
+    """
+    keys, values = suffix_kv.split(queries.shape[-1], dim=-1)
+    start, cached = index - cache.start, (group.seq, slice(None), slice(None, group.offset))
+    keys = torch.cat([cache.keys[start][cached], _heads(block, keys)], dim=2)
+    values = torch.cat([cache.values[start][cached], _heads(block, values)], dim=2)
+    key_pos = torch.arange(group.offset + group.n_pos, device=queries.device)
+    allowed = key_pos <= query_pos[..., None]  # (rows or 1, n_query, keys)
+    return _merge_heads(_attend(block, _heads(block, queries), keys, values, allowed[:, None]))
 
 
 def _attend(block: nn.Module, queries: Tensor, keys: Tensor, values: Tensor, allowed: Tensor) -> Tensor:
