@@ -25,9 +25,11 @@ from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.models.gpt2 import tokenize_prompt  # noqa: E402
 from sparse_coding.models.loading import load_spliced_model  # noqa: E402
 
+PROMPT = "When Mary and John went to the store, John gave"
 
-def attributions_on(device: str, root: Path, templates: dict[str, str]):
-    config = config_from_dict(
+
+def _config(device: str, root: Path, templates: dict[str, str]):
+    return config_from_dict(
         {
             "MODEL_DIR": str(root / "model"),
             "RESID_SAES": templates["resid"],
@@ -37,8 +39,11 @@ def attributions_on(device: str, root: Path, templates: dict[str, str]):
             "DEVICE": device,
         }
     )
-    spliced, tokenizer = load_spliced_model(config)
-    tokens = tokenize_prompt(tokenizer, "When Mary and John went to the store, John gave", prepend_bos=True)
+
+
+def attributions_on(device: str, root: Path, templates: dict[str, str]):
+    spliced, tokenizer = load_spliced_model(_config(device, root, templates))
+    tokens = tokenize_prompt(tokenizer, PROMPT, prepend_bos=True)
     inputs, target = split_prompt(tokens.to(spliced.device))
     attrs = node_attributions(spliced, inputs, target)
     down = choose_down_nodes({k: a for k, a in attrs.items()}, num_down_nodes=3)
@@ -47,17 +52,8 @@ def attributions_on(device: str, root: Path, templates: dict[str, str]):
 
 
 def ablation_on(device: str, root: Path, templates: dict[str, str]):
-    config = config_from_dict(
-        {
-            "MODEL_DIR": str(root / "model"),
-            "RESID_SAES": templates["resid"],
-            "ACTS_LAYERS_SLICE": "0:3",
-            "DEVICE": device,
-        }
-    )
-    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
-    text = "When Mary and John went to the store, John gave"
-    ids = tokenize_prompt(tokenizer, text, prepend_bos=True).to(spliced.device)
+    spliced, tokenizer = load_spliced_model(_config(device, root, templates), sites=("resid",))
+    ids = tokenize_prompt(tokenizer, PROMPT, prepend_bos=True).to(spliced.device)
     batch = TokenBatch(ids, torch.ones_like(ids), 0)
     return ablation_graph(spliced, batch, tokenizer=tokenizer, layers=[0, 1, 2], threshold_exp=None).graph
 
