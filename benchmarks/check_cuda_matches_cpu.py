@@ -23,7 +23,7 @@ from sparse_coding.algorithms.attribution import choose_down_nodes, edges, node_
 from sparse_coding.config import config_from_dict  # noqa: E402
 from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.models.gpt2 import tokenize_prompt  # noqa: E402
-from sparse_coding.models.loading import load_spliced_model  # noqa: E402
+from sparse_coding.pipelines.loading import load_spliced_model  # noqa: E402
 
 PROMPT = "When Mary and John went to the store, John gave"
 

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_config": "sparse_coding.config",
     "Config": "sparse_coding.config",
-    "load_spliced_model": "sparse_coding.models.loading",
+    "load_spliced_model": "sparse_coding.pipelines.loading",
     "load_sae": "sparse_coding.models.saes",
     "tokenize_prompt": "sparse_coding.models.gpt2",
     "SplicedModel": "sparse_coding.splicing.splice",

@@ -1,9 +1,10 @@
 """Text sources and padded token batches: the one way every script reads data.
 
-`load_texts` turns the config into a stream of strings: PROMPT alone when
-DATASET is unset, else a hub dataset (streamed with `datasets`) or a local
-``.txt`` (one sequence per line, blank lines skipped), ``.jsonl`` or
-``.parquet`` file. `iter_batches` tokenizes that stream lazily into
+`load_texts` turns a `TextSource` into a stream of strings: the prompt alone
+when no dataset is set, else a hub dataset (streamed with `datasets`) or a
+local ``.txt`` (one sequence per line, blank lines skipped), ``.jsonl`` or
+``.parquet`` file. (`sparse_coding.pipelines.inputs` builds the source from
+the config's PROMPT and DATASET keys.) `iter_batches` tokenizes that stream lazily into
 right-padded batches, so memory depends on BATCH_SIZE and MAX_SEQ_LEN, never
 on the dataset's length.
 
@@ -24,7 +25,6 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.config import Config
 from sparse_coding.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -44,21 +44,33 @@ class TokenBatch:
         return self.attention_mask.sum(dim=1)
 
 
-def load_texts(config: Config) -> Iterator[str]:
-    """Texts the run reads: PROMPT once, or up to NUM_SEQUENCES_EVALED dataset texts.
+@dataclass(frozen=True)
+class TextSource:
+    """Where a run's text comes from; named after the config keys that set it."""
+
+    prompt: str  # PROMPT: the only text when `dataset` is None
+    dataset: str | None  # DATASET: hub name or local .txt/.jsonl/.parquet path
+    dataset_config: str | None  # DATASET_CONFIG
+    split: str  # DATASET_SPLIT
+    text_column: str  # DATASET_TEXT_COLUMN
+    max_sequences: int  # NUM_SEQUENCES_EVALED: dataset texts read at most
+
+
+def load_texts(source: TextSource) -> Iterator[str]:
+    """Texts the run reads: the prompt once, or up to `max_sequences` dataset texts.
 
     Raises:
         DatasetError: the file or dataset is missing, has an unsupported
             extension, or lacks DATASET_TEXT_COLUMN (the message lists the
             columns it has).
     """
-    if config.DATASET is None:
-        return iter([config.PROMPT])
-    return itertools.islice(_dataset_texts(config), config.NUM_SEQUENCES_EVALED)
+    if source.dataset is None:
+        return iter([source.prompt])
+    return itertools.islice(_dataset_texts(source), source.max_sequences)
 
 
-def _dataset_texts(config: Config) -> Iterator[str]:
-    path = Path(config.DATASET).expanduser()
+def _dataset_texts(source: TextSource) -> Iterator[str]:
+    path = Path(source.dataset).expanduser()
     if path.exists() or path.suffix in _FILE_SUFFIXES:
         reader = _LOCAL_READERS.get(path.suffix)
         if reader is None:
@@ -68,8 +80,8 @@ def _dataset_texts(config: Config) -> Iterator[str]:
             )
         if not path.is_file():
             raise DatasetError(f"DATASET file {str(path)!r} does not exist")
-        return reader(path, config.DATASET_TEXT_COLUMN)
-    return _hub_texts(config)
+        return reader(path, source.text_column)
+    return _hub_texts(source)
 
 
 def _txt_texts(path: Path, column: str) -> Iterator[str]:
@@ -117,30 +129,30 @@ _LOCAL_READERS: dict[str, Callable[[Path, str], Iterator[str]]] = {
 _FILE_SUFFIXES = {*_LOCAL_READERS, ".json", ".csv", ".tsv", ".gz", ".zip", ".arrow"}
 
 
-def _hub_texts(config: Config) -> Iterator[str]:
+def _hub_texts(source: TextSource) -> Iterator[str]:
     """A hub dataset, streamed so that only the texts read are downloaded."""
     import datasets
 
     try:
         stream = datasets.load_dataset(
-            config.DATASET,
-            config.DATASET_CONFIG,
-            split=config.DATASET_SPLIT,
+            source.dataset,
+            source.dataset_config,
+            split=source.split,
             streaming=True,
         )
     except Exception as e:  # datasets raises many types for missing/unreachable data
         raise DatasetError(
-            f"DATASET {config.DATASET!r} (config {config.DATASET_CONFIG!r}, split "
-            f"{config.DATASET_SPLIT!r}) could not be loaded: it is neither a local "
+            f"DATASET {source.dataset!r} (config {source.dataset_config!r}, split "
+            f"{source.split!r}) could not be loaded: it is neither a local "
             f"{'/'.join(_LOCAL_READERS)} file nor a loadable hub dataset ({e})"
         ) from e
     columns = list(stream.features or {}) if stream.features is not None else None
-    if columns is not None and config.DATASET_TEXT_COLUMN not in columns:
-        raise _missing_column(config.DATASET, config.DATASET_TEXT_COLUMN, columns)
+    if columns is not None and source.text_column not in columns:
+        raise _missing_column(source.dataset, source.text_column, columns)
     for record in stream:
-        if config.DATASET_TEXT_COLUMN not in record:
-            raise _missing_column(config.DATASET, config.DATASET_TEXT_COLUMN, list(record))
-        yield str(record[config.DATASET_TEXT_COLUMN])
+        if source.text_column not in record:
+            raise _missing_column(source.dataset, source.text_column, list(record))
+        yield str(record[source.text_column])
 
 
 def _missing_column(name: str, column: str, columns: Iterable[str]) -> DatasetError:
@@ -178,24 +190,6 @@ def iter_batches(
     while chunk := list(itertools.islice(sequences, batch_size)):
         yield _pad(chunk, pad_id, first_index, device)
         first_index += len(chunk)
-
-
-def config_batches(
-    config: Config, tokenizer: PreTrainedTokenizerBase, *, device: torch.device | str, context_len: int
-) -> Iterator[TokenBatch]:
-    """The config's text (DATASET, else PROMPT) as BATCH_SIZE batches of at most MAX_SEQ_LEN tokens.
-
-    `context_len` (the model's n_positions) caps MAX_SEQ_LEN so no sequence
-    overruns the model's position embeddings.
-    """
-    return iter_batches(
-        load_texts(config),
-        tokenizer,
-        batch_size=config.BATCH_SIZE,
-        max_len=min(config.MAX_SEQ_LEN, context_len),
-        prepend_bos=config.PREPEND_BOS,
-        device=device,
-    )
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str, prepend_bos: bool, max_len: int) -> list[int]:

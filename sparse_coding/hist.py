@@ -4,11 +4,10 @@ k-means on neuron-basis residual activations at the first layer of
 ACTS_LAYERS_SLICE picks the sequences that reach KEEPER_CLUSTER_INDEX; each
 spliced SAE feature's threshold is the 99.99th percentile of its activation at
 their cut ends (see `sparse_coding.algorithms.thresholds`). fast.py reads the cache
-(`sparse_coding.algorithms.threshold_cache`).
+(`sparse_coding.pipelines.threshold_cache`).
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -17,26 +16,18 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.algorithms.threshold_cache import save_thresholds
-from sparse_coding.algorithms.thresholds import thresholds_from_config
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
-from sparse_coding.models.loading import load_spliced_model
 
-logger = logging.getLogger("sparse_coding.hist")
+DESCRIPTION = "Precluster DATASET and cache 99.99th-percentile SAE activation thresholds for fast.py."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    if config.DATASET is None:
-        logger.warning(
-            "DATASET is unset, so there is nothing to precluster; nothing was written. "
-            "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
-        )
-        return
-    spliced, tokenizer = load_spliced_model(config)
-    result = thresholds_from_config(config, spliced, tokenizer)
-    save_thresholds(config, spliced, result)
+    from sparse_coding.pipelines.hist import run_hist
+
+    path = run_hist(config)
+    print(f"hist.py: wrote {path}" if path else "hist.py: DATASET is unset; nothing written")
 
 
 if __name__ == "__main__":
-    run_script(main, __doc__)
+    run_script(main, DESCRIPTION)

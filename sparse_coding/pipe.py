@@ -15,27 +15,17 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.algorithms.pipe_graph import pipe_graph
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
-from sparse_coding.graphs.publish import publish_graph
-from sparse_coding.models.loading import load_spliced_model
+
+DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
-    graph = pipe_graph(config, spliced, tokenizer)
-    published = publish_graph(
-        graph,
-        config,
-        spliced,
-        tokenizer,
-        dot_name=config.GRAPH_DOT_FILE,
-        image_name=config.GRAPH_FILE,
-        script="pipe.py",
-    )
-    print(published.line)
+    from sparse_coding.pipelines.pipe import run_pipe
+
+    print(run_pipe(config))
 
 
 if __name__ == "__main__":
-    run_script(main, "Ablation cognition graph on the residual-stream SAEs.")
+    run_script(main, DESCRIPTION)

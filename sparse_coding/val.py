@@ -14,37 +14,20 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.algorithms.circuits import circuit_and_source, load_circuit_model
-from sparse_coding.algorithms.validation import validate_circuit
-from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
-from sparse_coding.corpus import config_batches
 
 DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    circuit, source = circuit_and_source(config, args.from_graph)
-    spliced, tokenizer = load_circuit_model(config, circuit, source=source)
-    batches = config_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-    )
-    result = validate_circuit(spliced, batches, circuit=circuit)
-    data = report_data(
-        result,
-        tokenizer,
-        logit_tokens=config.LOGIT_TOKENS,
-        source=source,
-        data=f"DATASET {config.DATASET!r}" if config.DATASET else f"PROMPT {config.PROMPT!r}",
-    )
-    path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
-    write_report(data | {"config": config.to_metadata()}, path)
-    print(format_report(data))
-    print(f"\nWrote {path}")
+    from sparse_coding.pipelines.val import run_val
+
+    print(run_val(config, args.from_graph))
 
 
-if __name__ == "__main__":
+def parser() -> argparse.ArgumentParser:
+    """val.py's arguments: the common ones and `--from-graph`."""
     parser = build_parser(DESCRIPTION)
     parser.add_argument(
         "--from-graph",
@@ -52,4 +35,8 @@ if __name__ == "__main__":
         metavar="PATH",
         help="validate the feature nodes of a pipe.py/fast.py graph (.json or .dot)",
     )
-    run_script(main, DESCRIPTION, parser=parser)
+    return parser
+
+
+if __name__ == "__main__":
+    run_script(main, DESCRIPTION, parser=parser())

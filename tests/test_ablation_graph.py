@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from sparse_coding.algorithms.ablation_graph import ablation_graph
-from sparse_coding.algorithms.pipe_graph import interpreted_batch, pipe_graph, resid_pins
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph_files import update_graph_files
-from sparse_coding.models.loading import load_spliced_model
 from sparse_coding.models.saes import load_sae
 from sparse_coding.nodes import feature_id, parse_node_id
+from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.pipe import interpreted_batch, pipe_graph, resid_pins
 
 N_LAYERS = 3
 

@@ -14,7 +14,7 @@ from conftest import tiny_config_dict
 from sparse_coding.algorithms.attribution import choose_down_nodes, edges, node_attributions, split_prompt
 from sparse_coding.algorithms.attribution_graph import fraction_explained, gradient_graph
 from sparse_coding.models.gpt2 import tokenize_prompt
-from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.pipelines.loading import load_spliced_model
 
 PROMPT = "When Mary and John went to the store, John gave"
 

@@ -5,9 +5,11 @@ import torch
 
 from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.labels.context_cache import ContextCache
-from sparse_coding.labels.contexts import cache_path, collect_contexts, load_or_collect
-from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.models.saes import load_sae
+from sparse_coding.pipelines.inputs import text_source
+from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.publish import cache_path, load_or_collect
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -29,7 +31,7 @@ def dataset_config(make_config, tmp_path):
 
 def _collect(config, spliced, tokenizer):
     batches = iter_batches(
-        load_texts(config),
+        load_texts(text_source(config)),
         tokenizer,
         batch_size=config.BATCH_SIZE,
         max_len=config.MAX_SEQ_LEN,

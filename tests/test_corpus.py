@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.errors import DatasetError
+from sparse_coding.pipelines.inputs import text_source
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +20,13 @@ def tokenizer(tiny_model_dir):
 
 
 def test_without_dataset_the_prompt_is_the_only_text(make_config):
-    assert list(load_texts(make_config(PROMPT="Hello there"))) == ["Hello there"]
+    assert list(load_texts(text_source(make_config(PROMPT="Hello there")))) == ["Hello there"]
 
 
 def test_a_txt_file_yields_one_text_per_nonblank_line_up_to_the_cap(make_config, tmp_path):
     path = tmp_path / "d.txt"
     path.write_text("one\n\n  \ntwo\nthree\nfour\n")
-    texts = load_texts(make_config(DATASET=str(path), NUM_SEQUENCES_EVALED=3))
+    texts = load_texts(text_source(make_config(DATASET=str(path), NUM_SEQUENCES_EVALED=3)))
     assert list(texts) == ["one", "two", "three"]
 
 
@@ -39,7 +40,7 @@ def test_jsonl_and_parquet_files_read_the_text_column(make_config, tmp_path):
     parquet = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet)
     for path in (jsonl, parquet):
-        texts = load_texts(make_config(DATASET=str(path), DATASET_TEXT_COLUMN="body"))
+        texts = load_texts(text_source(make_config(DATASET=str(path), DATASET_TEXT_COLUMN="body")))
         assert list(texts) == ["alpha", "beta"]
 
 
@@ -54,7 +55,7 @@ def test_a_missing_text_column_names_the_file_and_the_columns_it_has(make_config
 
         pq.write_table(pa.Table.from_pylist([{"body": "x", "id": 1}]), path)
     with pytest.raises(DatasetError, match=r"no column 'text'.*body, id") as info:
-        list(load_texts(make_config(DATASET=str(path))))
+        list(load_texts(text_source(make_config(DATASET=str(path)))))
     assert str(path) in str(info.value)
 
 
@@ -62,7 +63,7 @@ def test_an_unsupported_extension_lists_the_valid_ones(make_config, tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text\nhello\n")
     with pytest.raises(DatasetError, match=r"\.csv.*\.txt, \.jsonl, \.parquet"):
-        list(load_texts(make_config(DATASET=str(path))))
+        list(load_texts(text_source(make_config(DATASET=str(path)))))
 
 
 def test_batches_put_bos_first_truncate_and_right_pad_with_a_mask(tokenizer):

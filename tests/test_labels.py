@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import graph_from_dot, graph_to_dot
-from sparse_coding.labels.labels import (
+from sparse_coding.graphs.markup import (
     compact_label,
     escape_text,
     node_label,

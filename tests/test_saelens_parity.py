@@ -14,8 +14,8 @@ import torch
 from conftest import write_sae_folder
 
 from sparse_coding.config import config_from_dict
-from sparse_coding.models.loading import load_spliced_model
 from sparse_coding.models.saes import load_sae
+from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.splicing.splice import record_codes
 
 sae_lens = pytest.importorskip("sae_lens")

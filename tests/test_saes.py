@@ -176,7 +176,7 @@ def test_bfloat16_stores_the_weights_in_bfloat16_and_encodes_float32_inputs(tmp_
 
 
 def test_sae_dtype_config_key_reaches_the_spliced_saes(make_config):
-    from sparse_coding.models.loading import load_spliced_model
+    from sparse_coding.pipelines.loading import load_spliced_model
 
     spliced, _ = load_spliced_model(make_config(SAE_DTYPE="bfloat16", ACTS_LAYERS_SLICE="1:2"))
     assert [site.key for site in spliced.sites] == ["resid_1", "attn_1", "mlp_1"]
@@ -187,11 +187,12 @@ def test_sae_dtype_config_key_reaches_the_spliced_saes(make_config):
 def test_saes_that_do_not_fit_the_device_stop_before_loading_and_say_what_to_change(make_config, monkeypatch):
     import sparse_coding.models.loading as loading
     from sparse_coding.errors import SparseCodingError
+    from sparse_coding.pipelines.loading import load_spliced_model
 
     monkeypatch.setattr(loading, "_free_bytes", lambda device: 1024)
     monkeypatch.setattr(loading, "load_sae", lambda *a, **k: pytest.fail("loaded an SAE after the check"))
     with pytest.raises(SparseCodingError) as info:
-        loading.load_spliced_model(make_config())
+        load_spliced_model(make_config())
     assert all(key in str(info.value) for key in ("SAE_DTYPE", "ACTS_LAYERS_SLICE", "9 SAEs"))
 
 

@@ -16,8 +16,8 @@ from conftest import write_sae_folder, write_sae_set
 from torch import Tensor
 from transformers import GPT2LMHeadModel
 
-from sparse_coding.models.loading import load_spliced_model
 from sparse_coding.models.saes import SAE
+from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.splicing.splice import Site, SiteCode, SplicedModel, record_codes, zero_ablation
 
 TOLERANCE = 1e-4

@@ -13,19 +13,20 @@ from hypothesis import strategies as st
 from sklearn.cluster import MiniBatchKMeans
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sparse_coding.algorithms.threshold_cache import load_thresholds, save_thresholds
 from sparse_coding.algorithms.thresholds import (
     assign_cuts,
     fit_clusters,
     percentile_from_top,
-    thresholds_from_config,
     top_count,
 )
 from sparse_coding.config import config_from_dict
 from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.errors import ConfigError, DatasetError
-from sparse_coding.models.loading import load_spliced_model
 from sparse_coding.models.saes import load_sae
+from sparse_coding.pipelines.hist import thresholds_from_config
+from sparse_coding.pipelines.inputs import text_source
+from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.threshold_cache import load_thresholds, save_thresholds
 
 SUBJECTS = ["The cat", "A young engineer", "My neighbour", "The old sailor"]
 ACTIONS = [
@@ -90,7 +91,12 @@ def saved(tmp_path_factory, tiny_model_dir, sae_templates):
 def config_batches(config, tokenizer):
     """The config's token batches, a fresh stream per call."""
     return lambda: iter_batches(
-        load_texts(config), tokenizer, batch_size=7, max_len=MAX_SEQ_LEN, prepend_bos=True, device="cpu"
+        load_texts(text_source(config)),
+        tokenizer,
+        batch_size=7,
+        max_len=MAX_SEQ_LEN,
+        prepend_bos=True,
+        device="cpu",
     )
 
 
@@ -329,7 +335,8 @@ def test_load_thresholds_ignores_a_cache_from_another_sae_source(saved, tmp_path
 def test_load_thresholds_ignores_a_cache_that_lacks_a_site(saved, caplog):
     build, _, _ = saved
     config = build()
-    wider = load_spliced_model(config, layers=range(N_LAYERS))[0]  # sites at layer 0 too
+    every_layer = [(site, layer) for site in ("resid", "attn", "mlp") for layer in range(N_LAYERS)]
+    wider = load_spliced_model(config, pairs=every_layer)[0]  # sites at layer 0 too
     with caplog.at_level(logging.WARNING):
         assert load_thresholds(config, wider) is None
     assert "no threshold for site resid_0" in caplog.text

@@ -13,18 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparse_coding.algorithms.circuits import (
+from sparse_coding.algorithms.validation import feature_means, validate_circuit
+from sparse_coding.corpus import iter_batches
+from sparse_coding.errors import ConfigError, GraphFileError
+from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.graph_files import graph_to_dot
+from sparse_coding.pipelines.val import (
     circuit_from_config,
     circuit_from_graph,
     load_circuit_model,
     read_graph,
 )
-from sparse_coding.algorithms.validation import feature_means, validate_circuit
-from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
-from sparse_coding.corpus import iter_batches
-from sparse_coding.errors import ConfigError, GraphFileError
-from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.graph_files import graph_to_dot
+from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 
 TEXTS = [
     "When Mary and John went to the store, John gave a drink to",

@@ -44,7 +44,7 @@ arithmetic): 12 values per feature for q = 99.99 and n = 100k. The result is
 numpy's percentile over all kept activations, exactly up to float rounding.
 
 The thresholds' cache (`thresholds.safetensors`, `thresholds.json`) is read
-and written by `sparse_coding.algorithms.threshold_cache`.
+and written by `sparse_coding.pipelines.threshold_cache`.
 """
 
 import logging
@@ -59,10 +59,8 @@ import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.config import Config
-from sparse_coding.corpus import TokenBatch, config_batches
+from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.nodes import site_key
 from sparse_coding.splicing.splice import Site, SplicedModel
@@ -290,28 +288,3 @@ def _feats_at(
 
 def _since(start: float) -> float:
     return time.perf_counter() - start
-
-
-def thresholds_from_config(
-    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
-) -> ThresholdResult:
-    """`compute_thresholds` over DATASET with the config's batching and cluster settings."""
-    if config.DATASET is None:
-        raise ConfigError(
-            "DATASET is unset; thresholds need a dataset (a hub name or a .txt/.jsonl/.parquet file)"
-        )
-
-    def batches() -> Iterable[TokenBatch]:
-        return config_batches(
-            config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-        )
-
-    return compute_thresholds(
-        spliced,
-        batches,
-        cluster_layer=config.layer_range(spliced.n_layers).start,
-        n_clusters=config.NUM_CLUSTERS,
-        keeper_cluster=config.KEEPER_CLUSTER_INDEX,
-        seed=config.SEED,
-        n_batches=math.ceil(config.NUM_SEQUENCES_EVALED / config.BATCH_SIZE),
-    )

@@ -35,7 +35,7 @@ Phases:
 
 Where the circuit comes from (config pins, graph files) and the model it is
 validated on are in `sparse_coding.algorithms.circuits`; validation.json and the printed
-report in `sparse_coding.algorithms.validation_report`.
+report in `sparse_coding.pipelines.val_report`.
 """
 
 import logging
@@ -50,12 +50,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sparse_coding.algorithms.circuits import Circuit, check_circuit
 from sparse_coding.corpus import TokenBatch
-from sparse_coding.errors import DatasetError
+from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
 
 logger = logging.getLogger(__name__)
+
+Circuit = dict[str, list[int]]  # site key ("attn_7") -> sorted feature indices
 
 VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
 
@@ -311,3 +312,22 @@ def _result(circuit: Circuit, sums: _Sums) -> ValidationResult:
         probs_clean=sums.probs_clean / sums.n_sequences,
         probs_ablated=sums.probs_ablated / sums.n_sequences,
     )
+
+
+def check_circuit(spliced: SplicedModel, circuit: Circuit, *, source: str) -> None:
+    """Every pinned site is spliced and every index lies within its SAE's width."""
+    missing = [repr(key) for key in circuit if key not in spliced.by_key]
+    if missing:
+        raise ConfigError(
+            f"{source} pins {', '.join(missing)}, which no spliced SAE reads; spliced: "
+            f"{', '.join(spliced.by_key) or 'none'} (does an SAE read another hook?)"
+        )
+    widths = {key: spliced.by_key[key].sae.d_sae for key in circuit}
+    bad = [
+        f"{key!r} index {index} (width {widths[key]}, valid 0..{widths[key] - 1})"
+        for key, dims in circuit.items()
+        for index in dims
+        if not 0 <= index < widths[key]
+    ]
+    if bad:
+        raise ConfigError(f"{source} pins features beyond their SAE: {'; '.join(bad)}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Edge, Graph, Node
-from sparse_coding.labels.labels import compact_label, node_label, summary_label
+from sparse_coding.graphs.markup import compact_label, node_label, summary_label
 
 logger = logging.getLogger(__name__)
 

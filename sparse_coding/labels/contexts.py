@@ -18,18 +18,15 @@ Phases (`collect_contexts`):
 
 The collected contexts are a `sparse_coding.labels.context_cache.ContextCache`,
 which also holds their on-disk format. A cache whose SAE sources or
-fingerprint (see `load_or_collect`) differ from the run's is stale and is
-collected again.
+fingerprint (see `sparse_coding.pipelines.publish`) differ from the run's is
+stale and is collected again.
 """
 
 import functools
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,15 +34,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.config import Config
-from sparse_coding.corpus import TokenBatch, config_batches
-from sparse_coding.errors import DatasetError
+from sparse_coding.corpus import TokenBatch
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.splicing.splice import Site, SplicedModel
 
 logger = logging.getLogger(__name__)
 
-CACHE_NAME = "contexts/top_contexts.npz"
 
 
 @dataclass
@@ -226,62 +220,3 @@ def _to_numpy(top: SiteTopK, window: Tensor) -> dict[str, np.ndarray]:
 def _vocab(tokenizer: PreTrainedTokenizerBase, sequences: Iterable[Tensor]) -> dict[int, str]:
     ids = sorted(set().union(*(set(s.tolist()) for s in sequences)))
     return {i: tokenizer.decode([i]) for i in ids}
-
-
-def fingerprint(config: Config) -> str:
-    """What text a cache was collected from: same fingerprint, same contexts."""
-    keys = (
-        "MODEL_DIR",
-        "PROMPT",
-        "DATASET",
-        "DATASET_CONFIG",
-        "DATASET_SPLIT",
-        "DATASET_TEXT_COLUMN",
-        "NUM_SEQUENCES_EVALED",
-        "MAX_SEQ_LEN",
-        "PREPEND_BOS",
-    )
-    source = {key: getattr(config, key) for key in keys}
-    if config.DATASET is not None:
-        source.pop("PROMPT")
-    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cache_path(config: Config) -> Path:
-    """DATA_DIR/<model>/contexts/top_contexts.npz (json beside it)."""
-    return config.model_data_dir(config.MODEL_DIR) / CACHE_NAME
-
-
-def load_or_collect(
-    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
-) -> ContextCache:
-    """The cached contexts for this config's text and SAEs, collecting them when stale or missing."""
-    path = cache_path(config)
-    sources = {site.key: site.sae.cfg.source for site in spliced.sites}
-    if path.with_suffix(".npz").is_file():
-        try:
-            cache = ContextCache.load(path)
-            if cache.covers(sources, fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW):
-                logger.info("Using cached contexts %s", path)
-                return cache
-            logger.info(
-                "Context cache %s is stale (other SAEs or settings); collecting again",
-                path,
-            )
-        except DatasetError as e:
-            logger.warning("%s; collecting again", e)
-    batches = config_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-    )
-    total = -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
-    cache = collect_contexts(
-        spliced,
-        tokenizer,
-        batches,
-        per_feature=config.SEQ_PER_DIM_CAP,
-        view=config.VIEW,
-        total=total,
-    )
-    cache.fingerprint = fingerprint(config)
-    cache.save(path)
-    return cache

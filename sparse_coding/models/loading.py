@@ -1,75 +1,44 @@
-"""From a Config to a spliced model: the one loading path every script shares."""
+"""Load the SAEs of chosen (site, layer) pairs, after checking that they fit the device."""
 
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.config import Config
 from sparse_coding.errors import SAELoadError, SparseCodingError
-from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
 from sparse_coding.models.sae_sources import fetch_files, resolve_source
 from sparse_coding.models.saes import SAE, load_sae
-from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 
 
-def load_spliced_model(
-    config: Config, sites: tuple[str, ...] | None = None, layers: range | None = None
-) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
-    """Load MODEL_DIR and the SAEs of `sites` (default: every configured site).
-
-    Only the layers of ACTS_LAYERS_SLICE (or `layers`) get SAEs. An SAE whose
-    hook is not of the site it was configured for, or whose layer differs from
-    the one asked for, is an error that names the config key.
-    """
-    device = resolve_device(config.DEVICE)
-    model_dtype = resolve_dtype(config.DTYPE)
-    model, tokenizer = load_model(config.MODEL_DIR, device, model_dtype)
-    layers = layers if layers is not None else config.layer_range(model.config.n_layer)
-    chosen = [site for site in config.sae_sources if sites is None or site in sites]
-    pairs = [(site, layer) for site in chosen for layer in layers]
-    saes = load_saes(config, pairs, device, resolve_dtype(config.SAE_DTYPE, model_dtype))
-    mismatched = [sae.cfg.source for sae in saes if sae.cfg.prepend_bos != config.PREPEND_BOS]
-    if mismatched:
-        logger.warning(
-            "PREPEND_BOS is %s, but %d SAE(s) were trained the other way (e.g. %s); activations at the "
-            "first positions may differ from their dashboards",
-            config.PREPEND_BOS,
-            len(mismatched),
-            mismatched[0],
-        )
-    return SplicedModel(model, saes), tokenizer
-
-
 def load_saes(
-    config: Config, sites: Iterable[tuple[str, int]], device: torch.device, dtype: torch.dtype
+    sources: Mapping[str, str], sites: Iterable[tuple[str, int]], device: torch.device, dtype: torch.dtype
 ) -> list[SAE]:
-    """Load the SAE of each (site, layer) of `sites`, in order, from the config's sources.
+    """Load the SAE of each (site, layer) of `sites`, in order, from `sources`.
 
     Checks first that they fit the device (`check_memory`), then that each SAE
     reads the site and layer it was loaded for.
 
     Args:
+        sources: site -> SAE source (a RESID_SAES/ATTN_SAES/MLP_SAES value).
         sites: (site, layer) pairs, e.g. ``[("resid", 9), ("attn", 10)]``; every
-            site must have a source in `config.sae_sources`.
+            site must have a source in `sources`.
         dtype: the SAEs' dtype (SAE_DTYPE resolved against the model's).
 
     Raises:
         SparseCodingError: the SAEs would not fit the device.
         SAELoadError: an SAE reads another site's hook or another layer.
     """
-    sources = [(site, layer, config.sae_sources[site]) for site, layer in sites]
-    check_memory([(source, layer) for _, layer, source in sources], device, dtype)
+    chosen = [(site, layer, sources[site]) for site, layer in sites]
+    check_memory([(source, layer) for _, layer, source in chosen], device, dtype)
     start = time.perf_counter()
     saes = [
         _checked(load_sae(source, layer, device=device, dtype=dtype), site, layer, source)
-        for site, layer, source in tqdm(sources, desc="Loading SAEs", leave=False)
+        for site, layer, source in tqdm(chosen, desc="Loading SAEs", leave=False)
     ]
     logger.info("Loaded %d SAEs in %.1fs", len(saes), time.perf_counter() - start)
     return saes

@@ -1,10 +1,12 @@
 """Label a freshly computed graph and merge it into the graph files of a run.
 
-Shared by pipe.py and fast.py: metadata, top-activating contexts, direct
-logit effects, Neuronpedia explanations, then
-`graph_files.update_graph_files` (atomic .dot + .json + image).
+Shared by pipe.py and fast.py: metadata, top-activating contexts (from the
+contexts cache, collected when stale), direct logit effects, Neuronpedia
+explanations, then `graph_files.update_graph_files` (.dot + .json + image).
 """
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -12,15 +14,19 @@ from typing import NamedTuple
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
+from sparse_coding.errors import DatasetError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.labels.context_cache import ContextCache
-from sparse_coding.labels.contexts import load_or_collect
+from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.labels.neuronpedia import annotate_graph
+from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
+
+CONTEXTS_CACHE = "contexts/top_contexts.npz"
 
 
 def run_metadata(config: Config, spliced: SplicedModel, script: str) -> dict:
@@ -78,3 +84,62 @@ def add_contexts(graph: Graph, contexts: ContextCache, top_k: int) -> None:
     for node in graph.nodes.values():
         if node.feature is not None and not node.contexts:
             node.contexts = contexts.contexts(f"{node.site}_{node.layer}", node.feature, top_k)
+
+
+def fingerprint(config: Config) -> str:
+    """What text a cache was collected from: same fingerprint, same contexts."""
+    keys = (
+        "MODEL_DIR",
+        "PROMPT",
+        "DATASET",
+        "DATASET_CONFIG",
+        "DATASET_SPLIT",
+        "DATASET_TEXT_COLUMN",
+        "NUM_SEQUENCES_EVALED",
+        "MAX_SEQ_LEN",
+        "PREPEND_BOS",
+    )
+    source = {key: getattr(config, key) for key in keys}
+    if config.DATASET is not None:
+        source.pop("PROMPT")
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path(config: Config) -> Path:
+    """DATA_DIR/<model>/contexts/top_contexts.npz (json beside it)."""
+    return config.model_data_dir(config.MODEL_DIR) / CONTEXTS_CACHE
+
+
+def load_or_collect(
+    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
+) -> ContextCache:
+    """The cached contexts for this config's text and SAEs, collecting them when stale or missing."""
+    path = cache_path(config)
+    sources = {site.key: site.sae.cfg.source for site in spliced.sites}
+    if path.with_suffix(".npz").is_file():
+        try:
+            cache = ContextCache.load(path)
+            if cache.covers(sources, fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW):
+                logger.info("Using cached contexts %s", path)
+                return cache
+            logger.info(
+                "Context cache %s is stale (other SAEs or settings); collecting again",
+                path,
+            )
+        except DatasetError as e:
+            logger.warning("%s; collecting again", e)
+    batches = config_batches(
+        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+    )
+    total = -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
+    cache = collect_contexts(
+        spliced,
+        tokenizer,
+        batches,
+        per_feature=config.SEQ_PER_DIM_CAP,
+        view=config.VIEW,
+        total=total,
+    )
+    cache.fingerprint = fingerprint(config)
+    cache.save(path)
+    return cache

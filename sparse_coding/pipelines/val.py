@@ -1,10 +1,11 @@
-"""The circuit val.py validates: where it comes from, and the model it needs.
+"""val.py's run: the circuit from the config or a graph file, its SAEs, the report.
 
-Kept apart from `validation` (the ablation maths) because reading a circuit
-is file and config handling: VALIDATION_DIMS_PINNED or a pipe.py/fast.py
-graph file becomes a `Circuit`, site key -> sorted feature indices
-(``{"resid_3": [331]}``), and `load_circuit_model` splices exactly the SAEs
-of its sites, checking every pin against the config and the SAEs' widths.
+VALIDATION_DIMS_PINNED or a pipe.py/fast.py graph file becomes a `Circuit`
+(site key -> sorted feature indices, ``{"resid_3": [331]}``); the model is
+loaded with exactly the SAEs of its sites; `validate_circuit`
+(`sparse_coding.algorithms.validation`, which defines the measures) runs over
+DATASET or PROMPT; the report is printed and written to
+DATA_DIR/<model>/validation.json.
 """
 
 import logging
@@ -12,18 +13,38 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from sparse_coding.algorithms.validation import Circuit, check_circuit, validate_circuit
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
-from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
-from sparse_coding.models.loading import load_saes
 from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
+from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 
-Circuit = dict[str, list[int]]  # site key ("attn_7") -> feature indices
+
+def run_val(config: Config, from_graph: Path | None = None) -> str:
+    """Validate the circuit of `from_graph` (else VALIDATION_DIMS_PINNED); returns the printed report."""
+    circuit, source = circuit_and_source(config, from_graph)
+    spliced, tokenizer = load_circuit_model(config, circuit, source=source)
+    batches = config_batches(
+        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+    )
+    result = validate_circuit(spliced, batches, circuit=circuit)
+    data = report_data(
+        result,
+        tokenizer,
+        logit_tokens=config.LOGIT_TOKENS,
+        source=source,
+        data=f"DATASET {config.DATASET!r}" if config.DATASET else f"PROMPT {config.PROMPT!r}",
+    )
+    path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
+    write_report(data | {"config": config.to_metadata()}, path)
+    return f"{format_report(data)}\n\nWrote {path}"
 
 
 def circuit_from_config(config: Config) -> Circuit:
@@ -75,55 +96,26 @@ def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, str
 def load_circuit_model(
     config: Config, circuit: Circuit, *, source: str = "VALIDATION_DIMS_PINNED"
 ) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
-    """MODEL_DIR with exactly the circuit's SAEs spliced.
-
-    Args:
-        source: where the circuit came from, named in errors.
+    """MODEL_DIR with exactly the circuit's SAEs spliced, every pin checked.
 
     Raises:
         ConfigError: a pinned site has no SAE source, lies outside
             ACTS_LAYERS_SLICE, or pins an index beyond its SAE's width.
-        SAELoadError: a pinned site's SAE reads another site or layer.
-        SparseCodingError: the SAEs would not fit the device.
     """
-    keys = {key: parse_site_key(key) for key in circuit}
-    unset = [
-        f"{site.upper()}_SAES for {key!r}"
-        for key, (site, _) in keys.items()
-        if site not in config.sae_sources
-    ]
-    if unset:
-        raise ConfigError(f"{source} pins sites whose SAE key is unset: {', '.join(unset)}")
-    device, dtype = resolve_device(config.DEVICE), resolve_dtype(config.DTYPE)
-    model, tokenizer = load_model(config.MODEL_DIR, device, dtype)
-    layers = config.layer_range(model.config.n_layer)
-    outside = [repr(key) for key, (_, layer) in keys.items() if layer not in layers]
+    pairs = [parse_site_key(key) for key in circuit]
+    spliced, tokenizer = load_spliced_model(config, pairs=pairs, source=source)
+    check_within_slice(config, pairs, spliced.n_layers, source)
+    check_circuit(spliced, circuit, source=source)
+    return spliced, tokenizer
+
+
+def check_within_slice(config: Config, pairs: list[tuple[str, int]], n_layers: int, source: str) -> None:
+    """Every pinned layer lies within ACTS_LAYERS_SLICE."""
+    layers = config.layer_range(n_layers)
+    outside = [repr(site_key(site, layer)) for site, layer in pairs if layer not in layers]
     if outside:
         raise ConfigError(
             f"{source} pins {', '.join(outside)}, outside ACTS_LAYERS_SLICE "
             f"{config.ACTS_LAYERS_SLICE!r} (layers {layers.start}..{layers.stop - 1}); "
             f"widen the slice or drop them"
         )
-    saes = load_saes(config, keys.values(), device, resolve_dtype(config.SAE_DTYPE, dtype))
-    spliced = SplicedModel(model, saes)
-    check_circuit(spliced, circuit, source=source)
-    return spliced, tokenizer
-
-
-def check_circuit(spliced: SplicedModel, circuit: Circuit, *, source: str) -> None:
-    """Every pinned site is spliced and every index lies within its SAE's width."""
-    missing = [repr(key) for key in circuit if key not in spliced.by_key]
-    if missing:
-        raise ConfigError(
-            f"{source} pins {', '.join(missing)}, which no spliced SAE reads; spliced: "
-            f"{', '.join(spliced.by_key) or 'none'} (does an SAE read another hook?)"
-        )
-    widths = {key: spliced.by_key[key].sae.d_sae for key in circuit}
-    bad = [
-        f"{key!r} index {index} (width {widths[key]}, valid 0..{widths[key] - 1})"
-        for key, dims in circuit.items()
-        for index in dims
-        if not 0 <= index < widths[key]
-    ]
-    if bad:
-        raise ConfigError(f"{source} pins features beyond their SAE: {'; '.join(bad)}")

@@ -1,9 +1,10 @@
-"""pipe.py's run: from a Config to the ablation graph, with its summary.
+"""pipe.py's run: from a Config to the published ablation graph.
 
-Kept apart from `ablation_graph` (the algorithm, which takes a spliced model,
-a token batch and keyword options) because this is the config glue: which
-sequences are interpreted (PROMPT or the first NUM_SEQUENCES_INTERPED of
-DATASET), which resid features DIMS_PINNED pins, and the graph's metadata.
+The algorithm is `sparse_coding.algorithms.ablation_graph` (spliced model,
+token batch and keyword options in, graph out); this is its config glue:
+which sequences are interpreted (PROMPT or the first NUM_SEQUENCES_INTERPED
+of DATASET), which resid features DIMS_PINNED pins, the graph's summary, and
+publishing it.
 """
 
 import itertools
@@ -17,9 +18,28 @@ from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.graphs.graph import Graph
+from sparse_coding.pipelines.inputs import text_source
+from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
+
+
+def run_pipe(config: Config) -> str:
+    """Build pipe.py's graph on the resid SAEs and publish it; returns the closing line."""
+    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
+    graph = pipe_graph(config, spliced, tokenizer)
+    published = publish_graph(
+        graph,
+        config,
+        spliced,
+        tokenizer,
+        dot_name=config.GRAPH_DOT_FILE,
+        image_name=config.GRAPH_FILE,
+        script="pipe.py",
+    )
+    return published.line
 
 
 def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> TokenBatch:
@@ -33,7 +53,7 @@ def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device
         DatasetError: no sequence has any token.
     """
     limit = config.MAX_SEQ_INTERPED_LEN
-    texts = itertools.islice(load_texts(config), config.NUM_SEQUENCES_INTERPED)
+    texts = itertools.islice(load_texts(text_source(config)), config.NUM_SEQUENCES_INTERPED)
     batches = iter_batches(
         texts,
         tokenizer,

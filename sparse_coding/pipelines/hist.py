@@ -1,0 +1,61 @@
+"""hist.py's run: DATASET's preclustered thresholds, computed and cached for fast.py.
+
+The maths (k-means preclustering, exact percentiles from a running top-m)
+is `sparse_coding.algorithms.thresholds`; the cache format is
+`sparse_coding.pipelines.threshold_cache`.
+"""
+
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds
+from sparse_coding.config import Config
+from sparse_coding.corpus import TokenBatch
+from sparse_coding.errors import ConfigError
+from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.threshold_cache import save_thresholds
+from sparse_coding.splicing.splice import SplicedModel
+
+logger = logging.getLogger(__name__)
+
+
+def run_hist(config: Config) -> Path | None:
+    """Compute and cache the thresholds of every site of the slice; None when DATASET is unset."""
+    if config.DATASET is None:
+        logger.warning(
+            "DATASET is unset, so there is nothing to precluster; nothing was written. "
+            "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
+        )
+        return None
+    spliced, tokenizer = load_spliced_model(config)
+    return save_thresholds(config, spliced, thresholds_from_config(config, spliced, tokenizer))
+
+
+def thresholds_from_config(
+    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
+) -> ThresholdResult:
+    """`compute_thresholds` over DATASET with the config's batching and cluster settings."""
+    if config.DATASET is None:
+        raise ConfigError(
+            "DATASET is unset; thresholds need a dataset (a hub name or a .txt/.jsonl/.parquet file)"
+        )
+
+    def batches() -> Iterable[TokenBatch]:
+        return config_batches(
+            config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+        )
+
+    return compute_thresholds(
+        spliced,
+        batches,
+        cluster_layer=config.layer_range(spliced.n_layers).start,
+        n_clusters=config.NUM_CLUSTERS,
+        keeper_cluster=config.KEEPER_CLUSTER_INDEX,
+        seed=config.SEED,
+        n_batches=math.ceil(config.NUM_SEQUENCES_EVALED / config.BATCH_SIZE),
+    )
