@@ -9,6 +9,7 @@ setup(
     packages=find_packages(include=["sparse_coding", "sparse_coding.*"]),
     package_data={"sparse_coding": ["config/*.yaml"]},
     python_requires=">=3.10",
+    entry_points={"console_scripts": ["sparse-coding=sparse_coding.cli:main"]},
     install_requires=[
         "torch>=2.1,<3",
         "transformers>=5.0,<6",

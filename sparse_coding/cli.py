@@ -1,10 +1,13 @@
 """The one wrapper every script runs through: `--config`, logging, clean errors.
 
 User-fixable problems (`SparseCodingError`) become one paragraph on stderr and
-exit status 1; anything else is a bug and keeps its traceback.
+exit status 1; anything else is a bug and keeps its traceback. The scripts
+import their pipeline inside `main`, so `--help` and config errors never wait
+for torch. `main` is the `sparse-coding pipe|fast|val|hist` console command.
 """
 
 import argparse
+import importlib
 import logging
 import sys
 import time
@@ -16,9 +19,17 @@ from sparse_coding.errors import SparseCodingError
 logger = logging.getLogger("sparse_coding")
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
+SCRIPTS = {
+    "pipe": "sparse_coding.pipe",
+    "fast": "sparse_coding.fast",
+    "val": "sparse_coding.val",
+    "hist": "sparse_coding.hist",
+}
+
+
+def build_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
     """An argument parser with the `--config PATH` every script takes."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config (default: {DEFAULT_CONFIG_PATH})"
     )
@@ -51,3 +62,14 @@ def run_script(
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
     logger.info("Done in %.1fs", time.perf_counter() - start)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py or hist.py."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SCRIPTS:
+        names = "|".join(SCRIPTS)
+        print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [...]", file=sys.stderr)
+        print(f"  {names}: the four scripts; 'sparse-coding SCRIPT --help' says more", file=sys.stderr)
+        sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
+    importlib.import_module(SCRIPTS[argv[0]]).run(argv[1:], prog=f"sparse-coding {argv[0]}")

@@ -5,6 +5,7 @@ Run as `python3 fast.py`, `python3 sparse_coding/fast.py` or `python3 -m sparse_
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
@@ -12,7 +13,7 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.cli import run_script
+from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 
 DESCRIPTION = "Gradient cognition graph (Marks et al. 2024) over resid, attn and mlp SAEs."
@@ -24,5 +25,10 @@ def main(config: Config, args: argparse.Namespace) -> None:
     print(run_fast(config))
 
 
+def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Parse the common arguments and run; `sparse-coding fast` calls this too."""
+    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog))
+
+
 if __name__ == "__main__":
-    run_script(main, DESCRIPTION)
+    run()

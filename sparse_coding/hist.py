@@ -9,6 +9,7 @@ their cut ends (see `sparse_coding.algorithms.thresholds`). fast.py reads the ca
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
@@ -16,7 +17,7 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.cli import run_script
+from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 
 DESCRIPTION = "Precluster DATASET and cache 99.99th-percentile SAE activation thresholds for fast.py."
@@ -29,5 +30,10 @@ def main(config: Config, args: argparse.Namespace) -> None:
     print(f"hist.py: wrote {path}" if path else "hist.py: DATASET is unset; nothing written")
 
 
+def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Parse the common arguments and run; `sparse-coding hist` calls this too."""
+    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog))
+
+
 if __name__ == "__main__":
-    run_script(main, DESCRIPTION)
+    run()

@@ -8,6 +8,7 @@ effects on the next layer's features and on the next-token log-probabilities
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
@@ -15,7 +16,7 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.cli import run_script
+from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 
 DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
@@ -27,5 +28,10 @@ def main(config: Config, args: argparse.Namespace) -> None:
     print(run_pipe(config))
 
 
+def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Parse the common arguments and run; `sparse-coding pipe` calls this too."""
+    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog))
+
+
 if __name__ == "__main__":
-    run_script(main, DESCRIPTION)
+    run()

@@ -7,6 +7,7 @@ probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import the package, not its folders as top-level names
@@ -26,17 +27,17 @@ def main(config: Config, args: argparse.Namespace) -> None:
     print(run_val(config, args.from_graph))
 
 
-def parser() -> argparse.ArgumentParser:
-    """val.py's arguments: the common ones and `--from-graph`."""
-    parser = build_parser(DESCRIPTION)
+def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Parse val.py's arguments (the common ones and `--from-graph`) and run it."""
+    parser = build_parser(DESCRIPTION, prog)
     parser.add_argument(
         "--from-graph",
         type=Path,
         metavar="PATH",
         help="validate the feature nodes of a pipe.py/fast.py graph (.json or .dot)",
     )
-    return parser
+    run_script(main, DESCRIPTION, argv, parser=parser)
 
 
 if __name__ == "__main__":
-    run_script(main, DESCRIPTION, parser=parser())
+    run()

@@ -24,3 +24,43 @@ def test_importing_the_package_loads_no_torch():
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         sparse_coding.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("script", ["pipe", "fast", "val", "hist"])
+def test_the_console_command_hands_each_script_its_own_arguments(script, capsys):
+    from sparse_coding.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([script, "--help"])
+    assert done.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith(f"usage: sparse-coding {script} ") and "--config" in usage
+    assert ("--from-graph" in usage) == (script == "val")
+
+
+def test_the_console_command_without_a_script_lists_the_scripts(capsys):
+    from sparse_coding.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["plot"])
+    assert done.value.code == 2
+    assert "sparse-coding {pipe|fast|val|hist}" in capsys.readouterr().err
+
+
+def test_the_installed_package_declares_the_console_command():
+    from importlib.metadata import entry_points
+
+    (command,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "sparse-coding"]
+    assert command.value == "sparse_coding.cli:main"
+
+
+def test_python_m_sparse_coding_answers_help_without_importing_torch():
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['sparse_coding', 'fast', '--help']\n"
+        "try:\n    runpy.run_module('sparse_coding', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: sparse-coding fast" in out.stdout and out.stdout.strip().endswith("False")
