@@ -29,7 +29,7 @@ def dataset_config(make_config, tmp_path):
     return make_config(DATASET=str(path), BATCH_SIZE=3, SEQ_PER_DIM_CAP=3, VIEW=2, ACTS_LAYERS_SLICE="0:2")
 
 
-def _collect(config, spliced, tokenizer):
+def _collect(config, spliced, tokenizer, features=None):
     batches = iter_batches(
         load_texts(text_source(config)),
         tokenizer,
@@ -38,7 +38,9 @@ def _collect(config, spliced, tokenizer):
         prepend_bos=True,
         device="cpu",
     )
-    return collect_contexts(spliced, tokenizer, batches, per_feature=config.SEQ_PER_DIM_CAP, view=config.VIEW)
+    return collect_contexts(
+        spliced, tokenizer, batches, features=features, per_feature=config.SEQ_PER_DIM_CAP, view=config.VIEW
+    )
 
 
 def _brute_force(config, model, tokenizer, layer):
@@ -59,19 +61,26 @@ def _brute_force(config, model, tokenizer, layer):
     return out
 
 
-def test_top_contexts_equal_a_brute_force_scan_without_padding_leaks(dataset_config):
+@pytest.mark.parametrize("asked", [None, {"resid_1": [40, 3, 17, 3]}], ids=["every_feature", "some_features"])
+def test_top_contexts_equal_a_brute_force_scan_without_padding_leaks(dataset_config, asked):
     config = dataset_config
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))
-    cache = _collect(config, spliced, tokenizer)
+    cache = _collect(config, spliced, tokenizer, asked)
     k, view = config.SEQ_PER_DIM_CAP, config.VIEW
-    for layer in (0, 1):
+    d_sae = spliced.by_key["resid_0"].sae.d_sae
+    wanted = asked or {f"resid_{layer}": list(range(d_sae)) for layer in (0, 1)}
+    assert set(cache.arrays) == set(wanted)
+    for key, features in wanted.items():
+        layer = int(key.split("_")[1])
         scans = _brute_force(config, spliced.model, tokenizer, layer)
-        for feature in range(spliced.by_key[f"resid_{layer}"].sae.d_sae):
+        rows = {int(f): row for row, f in enumerate(cache.arrays[key]["features"])}
+        assert sorted(rows) == sorted(set(features))
+        for feature in features:
             peaks = [(float(acts[:, feature].max()), s) for s, (_, acts) in enumerate(scans)]
             expected = sorted((p[0] for p in peaks if p[0] > 0), reverse=True)[:k]
-            got = cache.contexts(f"resid_{layer}", feature, k)
+            got = cache.contexts(key, feature, k)
             assert [max(c.activations) for c in got] == pytest.approx(expected, abs=1e-5)
-            chosen = cache.arrays[f"resid_{layer}"]["seq"][feature]  # ties may pick either sequence
+            chosen = cache.arrays[key]["seq"][rows[feature]]  # ties may pick either sequence
             for context, seq in zip(got, chosen, strict=False):
                 ids, acts = scans[seq]
                 pos = int(acts[:, feature].argmax())
@@ -107,18 +116,35 @@ def test_the_cache_round_trips_and_detects_stale_sources(dataset_config, tmp_pat
     loaded = ContextCache.load(tmp_path / "c.npz")
     for feature in range(8):
         assert loaded.contexts("resid_1", feature, 3) == cache.contexts("resid_1", feature, 3)
-    sources = dict(cache.sources)
-    assert loaded.covers(sources, cache.fingerprint, 3, 2)
-    assert not loaded.covers(sources | {"resid_0": "/elsewhere/resid_{layer}"}, cache.fingerprint, 3, 2)
-    assert not loaded.covers(sources, cache.fingerprint, 5, 2)
+    assert loaded.covers(cache.fingerprint, 3, 2)
+    assert not loaded.covers(cache.fingerprint, 5, 2) and not loaded.covers("other text", 3, 2)
+    moved = loaded.for_sources(cache.sources | {"resid_0": "/elsewhere/resid_{layer}"})
+    assert set(moved.arrays) == {"resid_1"} and moved.contexts("resid_0", 3, 3) == []
 
 
-def test_load_or_collect_writes_once_and_reuses_the_cache(dataset_config):
+def test_load_or_collect_reads_the_text_only_for_features_it_lacks(dataset_config, monkeypatch):
+    import sparse_coding.pipelines.publish as publish
+
     spliced, tokenizer = load_spliced_model(dataset_config, sites=("resid",))
-    first = load_or_collect(dataset_config, spliced, tokenizer)
+    asked = []
+
+    def recording(*args, features, **kwargs):
+        asked.append(features)
+        return collect_contexts(*args, features=features, **kwargs)
+
+    monkeypatch.setattr(publish, "collect_contexts", recording)
+    first = load_or_collect(dataset_config, spliced, tokenizer, features={"resid_0": [1, 2]})
     path = cache_path(dataset_config)
     assert path.is_file() and path.with_suffix(".json").is_file()
+    grown = load_or_collect(dataset_config, spliced, tokenizer, features={"resid_0": [2, 3], "resid_1": [5]})
     stamp = path.stat().st_mtime_ns
-    again = load_or_collect(dataset_config, spliced, tokenizer)
+    again = load_or_collect(dataset_config, spliced, tokenizer, features={"resid_0": [1, 3], "resid_1": [5]})
+    assert asked == [{"resid_0": [1, 2]}, {"resid_0": [3], "resid_1": [5]}]  # the third read no text
     assert path.stat().st_mtime_ns == stamp
-    assert again.contexts("resid_0", 3, 3) == first.contexts("resid_0", 3, 3)
+    full = _collect(dataset_config, spliced, tokenizer)  # every feature at once, as a reference
+    for key, feature in [("resid_0", 1), ("resid_0", 2), ("resid_0", 3), ("resid_1", 5)]:
+        got, expected = again.contexts(key, feature, 3), full.contexts(key, feature, 3)
+        assert [c.tokens for c in got] == [c.tokens for c in expected]
+        for context, reference in zip(got, expected, strict=True):
+            assert context.activations == pytest.approx(reference.activations, abs=1e-5)
+    assert first.contexts("resid_0", 2, 3) == grown.contexts("resid_0", 2, 3)

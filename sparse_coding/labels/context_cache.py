@@ -4,24 +4,30 @@ Kept apart from `contexts` (the streaming collection) because this is what
 pipe.py and fast.py read back: a `ContextCache` turns the stored arrays into
 label contexts, and `save`/`load` are its file format, written atomically.
 
+A cache holds the features that were asked for (the nodes of the graphs
+published so far), not every feature of every site, and grows with each run
+(`merged`): row r of a site is feature ``features[r]``.
+
 On disk (`save`/`load`): ``<stem>.npz`` (compressed numpy) and
-``<stem>.json``. The npz holds, per site key K: ``K/act`` (d_sae, k) float32
-peak activation (0 = no entry), ``K/seq`` and ``K/pos`` (d_sae, k) int64
-sequence index and peak position, ``K/window`` (d_sae, k, 2 VIEW + 1) float32
-activations around the peak; and, for the referenced sequences,
+``<stem>.json``. The npz holds, per site key K: ``K/features`` (n,) int64
+sorted feature indices, ``K/act`` (n, k) float32 peak activation (0 = no
+entry), ``K/seq`` and ``K/pos`` (n, k) int64 sequence index and peak
+position, ``K/window`` (n, k, 2 VIEW + 1) float32 activations around the
+peak; and, for the referenced sequences,
 ``seq_ids`` (n,) their stream indices, ``offsets`` (n + 1,) and ``tokens``
 (total,) their concatenated token ids. The json holds ``format``, ``view``,
 ``per_feature``, ``sources`` (site key -> SAE source), ``fingerprint`` (what
 text was read, see `contexts.fingerprint`) and ``vocab`` (token id -> string,
-for the ids used). A cache whose sources or fingerprint differ from the run's
-fails `covers`, and `contexts.load_or_collect` collects again.
+for the ids used). A cache whose fingerprint or settings differ from the run's
+fails `covers`; a site whose SAE source changed is dropped (`for_sources`);
+`sparse_coding.pipelines.publish.load_or_collect` then collects what is missing.
 """
 
 import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +37,8 @@ from sparse_coding.graphs.graph import Context
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
+ARRAY_NAMES = ("features", "act", "seq", "pos", "window")
 
 
 @dataclass
@@ -41,7 +48,7 @@ class ContextCache:
     view: int
     per_feature: int
     sources: dict[str, str]
-    arrays: dict[str, dict[str, np.ndarray]]  # site key -> act/seq/pos/window
+    arrays: dict[str, dict[str, np.ndarray]]  # site key -> features/act/seq/pos/window
     sequences: dict[int, np.ndarray]  # stream index -> token ids
     vocab: dict[int, str]
     fingerprint: str = ""
@@ -50,23 +57,48 @@ class ContextCache:
     def contexts(self, site_key: str, feature: int, top_k: int) -> list[Context]:
         """The `top_k` strongest contexts of one feature, strongest first.
 
-        A site the cache does not hold (e.g. attn/mlp when pipe.py collected
-        resid only) has no contexts: [].
+        A feature or site the cache does not hold has no contexts: [].
         """
-        if site_key not in self.arrays:
+        site = self.arrays.get(site_key)
+        row = None if site is None else _row(site["features"], feature)
+        if row is None:
             return []
-        site = self.arrays[site_key]
         result = []
         for j in range(min(top_k, site["act"].shape[1])):
-            if site["act"][feature, j] <= 0:
+            if site["act"][row, j] <= 0:
                 break
-            ids = self.sequences[int(site["seq"][feature, j])]
-            start = int(site["pos"][feature, j]) - self.view
+            ids = self.sequences[int(site["seq"][row, j])]
+            start = int(site["pos"][row, j]) - self.view
             lo, hi = max(start, 0), min(start + 2 * self.view + 1, len(ids))
             tokens = [self.vocab[int(t)] for t in ids[lo:hi]]
-            acts = site["window"][feature, j, lo - start : hi - start].tolist()
+            acts = site["window"][row, j, lo - start : hi - start].tolist()
             result.append(Context(tokens, acts))
         return result
+
+    def missing(self, site_key: str, features: list[int]) -> list[int]:
+        """The sorted distinct `features` of one site that the cache was never asked for."""
+        held = self.arrays.get(site_key, {}).get("features", np.zeros(0, np.int64))
+        return sorted(set(features) - set(held.tolist()))
+
+    def for_sources(self, sources: dict[str, str]) -> "ContextCache":
+        """This cache without the sites whose SAE source differs from `sources` (site key -> source)."""
+        kept = {key: site for key, site in self.arrays.items() if self.sources.get(key) == sources.get(key)}
+        return replace(self, arrays=kept, sources={key: self.sources[key] for key in kept})
+
+    def merged(self, other: "ContextCache") -> "ContextCache":
+        """The union of two caches of the same text and settings (`other`'s rows win on overlap)."""
+        arrays = dict(self.arrays)
+        for key, site in other.arrays.items():
+            arrays[key] = _merge_rows(self.arrays[key], site) if key in self.arrays else site
+        referenced = {int(s) for site in arrays.values() for s in site["seq"][site["act"] > 0]}
+        sequences = {i: ids for i, ids in (self.sequences | other.sequences).items() if i in referenced}
+        return replace(
+            self,
+            arrays=arrays,
+            sources=self.sources | other.sources,
+            sequences=sequences,
+            vocab=self.vocab | other.vocab,
+        )
 
     def save(self, path: Path) -> None:
         """Write `<stem>.npz` and `<stem>.json` atomically (temp file + rename)."""
@@ -128,11 +160,23 @@ class ContextCache:
             meta=header.get("meta", {}),
         )
 
-    def covers(self, sources: dict[str, str], fingerprint: str, per_feature: int, view: int) -> bool:
-        """True when this cache answers for every site of `sources` on the same text."""
-        same_sites = all(self.sources.get(key) == source for key, source in sources.items())
-        fits = self.per_feature >= per_feature and self.view == view
-        return same_sites and fits and self.fingerprint == fingerprint
+    def covers(self, fingerprint: str, per_feature: int, view: int) -> bool:
+        """True when this cache was collected from the same text with enough contexts per feature."""
+        return self.fingerprint == fingerprint and self.per_feature >= per_feature and self.view == view
+
+
+def _row(features: np.ndarray, feature: int) -> int | None:
+    """Row of `feature` in a site's sorted `features`, None when absent."""
+    row = int(np.searchsorted(features, feature))
+    return row if row < len(features) and features[row] == feature else None
+
+
+def _merge_rows(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One site's rows of both, sorted by feature; `new`'s row of a feature in both wins."""
+    keep = ~np.isin(old["features"], new["features"])
+    joined = {name: np.concatenate([old[name][keep], new[name]]) for name in ARRAY_NAMES}
+    order = np.argsort(joined["features"], kind="stable")
+    return {name: value[order] for name, value in joined.items()}
 
 
 def _site_arrays(raw: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

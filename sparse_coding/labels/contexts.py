@@ -1,4 +1,9 @@
-"""Top-activating contexts of every SAE feature, collected in one streaming pass.
+"""Top-activating contexts of chosen SAE features, collected in one streaming pass.
+
+Only the features asked for are collected (a graph's nodes: a few dozen of
+the tens of thousands per site), only their sites are encoded, and for ReLU
+and JumpReLU SAEs only their encoder columns are read; the forward stops at
+the last asked site.
 
 A feature's contexts are the SEQ_PER_DIM_CAP sequences where its activation
 peaks highest: for each sequence its maximum over real (unpadded) tokens, then
@@ -7,12 +12,13 @@ of the peak with the feature's activation on every token, so labels can
 shade them.
 
 Phases (`collect_contexts`):
-1. Stream: per batch and site, the per-sequence maxima (batch, d_sae) join
-   the running top-k (k, d_sae) through one stable sort over (running ∪
-   batch), so ties go to the earlier sequence. Only (sequence index,
+1. Stream: per batch and site, the per-sequence maxima (batch, n) of the n
+   asked features join the running top-k (k, n) through one stable sort over
+   (running ∪ batch), so ties go to the earlier sequence. Only (sequence index,
    position, activation) is kept per entry, and the token ids of sequences
-   some entry still references; the others are dropped after every batch, so memory is bounded by the top-k
-   (k * d_sae * sites entries), never by the dataset's length.
+   some entry still references; the others are dropped after every batch, so
+   memory is bounded by the top-k (k * n entries per site), never by the
+   dataset's length.
 2. Windows: the referenced sequences are run once more, batched, to read each
    entry's window activations; tokens become strings once.
 
@@ -25,7 +31,7 @@ stale and is collected again.
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,20 +50,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SiteTopK:
-    """Running top-k of one site: entry j of feature i is [j, i] (act 0 = empty)."""
+    """Running top-k of one site's asked features: entry j of the r-th is [j, r] (act 0 = empty)."""
 
-    act: Tensor  # (k, d_sae) peak activation
-    seq: Tensor  # (k, d_sae) stream index of the sequence
-    pos: Tensor  # (k, d_sae) position of the peak
+    features: Tensor  # (n,) the asked feature indices, sorted
+    act: Tensor  # (k, n) peak activation
+    seq: Tensor  # (k, n) stream index of the sequence
+    pos: Tensor  # (k, n) position of the peak
 
     @classmethod
-    def empty(cls, k: int, d_sae: int, device: torch.device) -> "SiteTopK":
-        zeros = torch.zeros(k, d_sae, device=device)
-        index = torch.full((k, d_sae), -1, dtype=torch.long, device=device)
-        return cls(zeros, index, index.clone())
+    def empty(cls, k: int, features: Tensor) -> "SiteTopK":
+        zeros = torch.zeros(k, len(features), device=features.device)
+        index = torch.full((k, len(features)), -1, dtype=torch.long, device=features.device)
+        return cls(features, zeros, index, index.clone())
 
     def update(self, feats: Tensor, mask: Tensor, first_index: int) -> None:
-        """Fold one batch's features (batch, pos, d_sae) into the running top-k."""
+        """Fold one batch's activations (batch, pos, n) of the asked features into the running top-k."""
         feats = feats.float() * mask[..., None]
         peak, pos = feats.max(dim=1)  # (batch, d_sae)
         rows = torch.arange(len(peak), device=peak.device)[:, None] + first_index
@@ -79,28 +86,39 @@ def collect_contexts(
     tokenizer: PreTrainedTokenizerBase,
     batches: Iterable[TokenBatch],
     *,
+    features: Mapping[str, list[int]] | None = None,
     per_feature: int,
     view: int,
     total: int | None = None,
 ) -> ContextCache:
-    """Top `per_feature` contexts of every feature of every spliced site.
+    """Top `per_feature` contexts of the asked features.
 
     Args:
         spliced: the model with SAEs at the sites to collect.
         tokenizer: turns the kept token ids into strings.
+        features: site key -> feature indices to collect (default: every
+            feature of every spliced site); sites not named are not encoded.
         batches: right-padded batches (`corpus.iter_batches`); read once.
         per_feature: contexts kept per feature (SEQ_PER_DIM_CAP).
         view: tokens shown either side of the peak (VIEW).
         total: number of batches, for the progress bar (optional).
 
     Returns:
-        A ContextCache over every site of `spliced`.
+        A ContextCache over the asked features.
     """
     start = time.perf_counter()
     device = spliced.device
-    tops = {site.key: SiteTopK.empty(per_feature, site.sae.d_sae, device) for site in spliced.sites}
+    if features is None:
+        features = {site.key: list(range(site.sae.d_sae)) for site in spliced.sites}
+    tops = {
+        key: SiteTopK.empty(per_feature, torch.tensor(sorted(set(dims)), dtype=torch.long, device=device))
+        for key, dims in features.items()
+        if dims
+    }
     sequences: dict[int, Tensor] = {}
     batch_size = 1
+    if not tops:
+        return ContextCache(view, per_feature, sources={}, arrays={}, sequences={}, vocab={})
     for batch in tqdm(batches, desc="Collecting contexts", total=total, unit="batch"):
         batch = TokenBatch(
             batch.input_ids.to(device),
@@ -108,19 +126,20 @@ def collect_contexts(
             batch.first_index,
         )
         batch_size = max(batch_size, len(batch.input_ids))
-        _for_each_site(spliced, batch, functools.partial(_update_top, tops, batch))
+        _for_each_site(spliced, batch, tops, functools.partial(_update_top, tops, batch))
         _keep_referenced(sequences, batch, tops)
     windows = _windows(spliced, sequences, tops, view, batch_size)
     cache = ContextCache(
         view=view,
         per_feature=per_feature,
-        sources={site.key: site.sae.cfg.source for site in spliced.sites},
+        sources={key: spliced.by_key[key].sae.cfg.source for key in tops},
         arrays={key: _to_numpy(top, windows[key]) for key, top in tops.items()},
         sequences={i: ids.cpu().numpy() for i, ids in sequences.items()},
         vocab=_vocab(tokenizer, sequences.values()),
     )
     logger.info(
-        "Collected contexts of %d sites from %d sequences in %.1fs",
+        "Collected contexts of %d features at %d sites from %d sequences in %.1fs",
+        sum(len(top.features) for top in tops.values()),
         len(tops),
         len(sequences),
         time.perf_counter() - start,
@@ -128,15 +147,21 @@ def collect_contexts(
     return cache
 
 
-def _for_each_site(spliced: SplicedModel, batch: TokenBatch, consume: Callable[[Site, Tensor], None]) -> None:
-    """One forward up to the last site; `consume(site, feats)` sees each site's
-    features (batch, pos, d_sae) once, so only one site's are alive at a time."""
+def _for_each_site(
+    spliced: SplicedModel,
+    batch: TokenBatch,
+    tops: dict[str, SiteTopK],
+    consume: Callable[[Site, Tensor], None],
+) -> None:
+    """One forward up to the last asked site; `consume(site, feats)` sees each asked
+    site's activations (batch, pos, n) of its asked features once."""
 
     def read(site: Site, x: Tensor) -> Tensor:
-        consume(site, site.feats(x))
+        if site.key in tops:
+            consume(site, site.feats_of(x, tops[site.key].features))
         return x
 
-    stop = max(site.layer for site in spliced.sites) + 1
+    stop = max(spliced.by_key[key].layer for key in tops) + 1
     hidden = spliced.embed(batch.input_ids)
     with torch.inference_mode(), spliced.intervene(read):
         spliced.run_blocks(hidden, 0, stop, batch.attention_mask)
@@ -174,7 +199,7 @@ def _windows(
         chunk_ids = torch.tensor(chunk, device=device)
 
         fill = functools.partial(_fill_windows, windows, tops, chunk_ids, offsets, batch)
-        _for_each_site(spliced, batch, fill)
+        _for_each_site(spliced, batch, tops, fill)
     return windows
 
 
@@ -210,6 +235,7 @@ def _pad(sequences: list[Tensor], device: torch.device) -> TokenBatch:
 
 def _to_numpy(top: SiteTopK, window: Tensor) -> dict[str, np.ndarray]:
     return {
+        "features": top.features.cpu().numpy(),
         "act": top.act.T.float().cpu().numpy(),
         "seq": top.seq.T.cpu().numpy(),
         "pos": top.pos.T.cpu().numpy(),

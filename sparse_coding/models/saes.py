@@ -123,10 +123,12 @@ class SAE(nn.Module):
         std = centred.std(dim=-1, keepdim=True)
         return centred / (std + LN_EPS), mu, std
 
-    def pre_activations(self, x_n: Tensor) -> Tensor:
-        """Encoder pre-activations (..., d_sae) of normalised inputs."""
+    def pre_activations(self, x_n: Tensor, features: Tensor | None = None) -> Tensor:
+        """Encoder pre-activations (..., d_sae) of normalised inputs; (..., n) of `features` only."""
         sae_in = x_n - self.b_dec * self.cfg.apply_b_dec_to_input
-        return sae_in @ self.W_enc + self.b_enc
+        if features is None:
+            return sae_in @ self.W_enc + self.b_enc
+        return sae_in @ self.W_enc[:, features] + self.b_enc[features]
 
     def activate(self, pre: Tensor) -> Tensor:
         """The SAE's activation function applied to pre-activations."""
@@ -142,6 +144,20 @@ class SAE(nn.Module):
         x_n, mu, std = self.normalize(x)
         self._ln_stats = (mu, std)
         return self.activate(self.pre_activations(x_n))
+
+    def encode_features(self, x: Tensor, features: Tensor) -> Tensor:
+        """Activations (..., n) of the chosen `features`, equal to `encode(x)[..., features]`.
+
+        ReLU and JumpReLU act on each feature alone, so only the chosen encoder
+        columns are read (the labels pass asks for a graph's few nodes out of
+        tens of thousands); TopK compares all features, so it encodes in full.
+        """
+        if self.cfg.activation == "topk":
+            return self.encode(x)[..., features]
+        x_n, _, _ = self.normalize(x.to(self.W_enc.dtype))
+        pre = self.pre_activations(x_n, features)
+        acts = torch.relu(pre)
+        return acts * (pre > self.threshold[features]) if self.cfg.activation == "jumprelu" else acts
 
     def decode(self, feature_acts: Tensor) -> Tensor:
         """Reconstruction (..., d_in), exactly as SAELens' `SAE.decode`."""

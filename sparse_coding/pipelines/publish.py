@@ -61,7 +61,9 @@ def publish_graph(
     """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image)."""
     graph.metadata.update(run_metadata(config, spliced, script))
     out_dir = config.model_data_dir(config.MODEL_DIR)
-    add_contexts(graph, load_or_collect(config, spliced, tokenizer), config.TOP_K)
+    add_contexts(
+        graph, load_or_collect(config, spliced, tokenizer, features=wanted_features(graph)), config.TOP_K
+    )
     add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
     annotate_graph(
         graph,
@@ -77,6 +79,15 @@ def publish_graph(
         f"{dot_path.with_suffix('.json').name}, {image_name}"
     )
     return Published(merged, dot_path, line)
+
+
+def wanted_features(graph: Graph) -> dict[str, list[int]]:
+    """Site key -> the features of `graph`'s nodes that have no contexts yet."""
+    wanted: dict[str, list[int]] = {}
+    for node in graph.nodes.values():
+        if node.feature is not None and not node.contexts:
+            wanted.setdefault(f"{node.site}_{node.layer}", []).append(node.feature)
+    return wanted
 
 
 def add_contexts(graph: Graph, contexts: ContextCache, top_k: int) -> None:
@@ -111,35 +122,70 @@ def cache_path(config: Config) -> Path:
 
 
 def load_or_collect(
-    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
+    config: Config,
+    spliced: SplicedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    features: dict[str, list[int]],
 ) -> ContextCache:
-    """The cached contexts for this config's text and SAEs, collecting them when stale or missing."""
+    """Contexts of `features` (site key -> indices) on the config's text, from the cache where it has them.
+
+    The features the cache lacks (or holds from another SAE source) are
+    collected in one pass over the text and merged in, so the cache grows with
+    what the graphs ask for and a rerun of the same graph reads no text.
+    """
     path = cache_path(config)
     sources = {site.key: site.sae.cfg.source for site in spliced.sites}
-    if path.with_suffix(".npz").is_file():
-        try:
-            cache = ContextCache.load(path)
-            if cache.covers(sources, fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW):
-                logger.info("Using cached contexts %s", path)
-                return cache
-            logger.info(
-                "Context cache %s is stale (other SAEs or settings); collecting again",
-                path,
-            )
-        except DatasetError as e:
-            logger.warning("%s; collecting again", e)
+    cache = _usable_cache(path, config, sources)
+    missing = {key: cache.missing(key, dims) for key, dims in features.items() if key in sources}
+    missing = {key: dims for key, dims in missing.items() if dims}
+    if not missing:
+        logger.info("Contexts of all %d asked features are cached in %s", _count(features), path)
+        return cache
+    logger.info(
+        "Collecting contexts of %d features (%d cached)", _count(missing), _count(features) - _count(missing)
+    )
     batches = config_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
     total = -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
-    cache = collect_contexts(
+    fresh = collect_contexts(
         spliced,
         tokenizer,
         batches,
+        features=missing,
         per_feature=config.SEQ_PER_DIM_CAP,
         view=config.VIEW,
         total=total,
     )
-    cache.fingerprint = fingerprint(config)
+    cache = cache.merged(fresh)
     cache.save(path)
     return cache
+
+
+def _usable_cache(path: Path, config: Config, sources: dict[str, str]) -> ContextCache:
+    """The cache at `path` if it was collected from the same text and settings, else an empty one."""
+    empty = ContextCache(
+        config.VIEW,
+        config.SEQ_PER_DIM_CAP,
+        sources={},
+        arrays={},
+        sequences={},
+        vocab={},
+        fingerprint=fingerprint(config),
+    )
+    if not path.with_suffix(".npz").is_file():
+        return empty
+    try:
+        cache = ContextCache.load(path)
+    except DatasetError as e:
+        logger.warning("%s; collecting again", e)
+        return empty
+    if not cache.covers(fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW):
+        logger.info("Context cache %s is stale (other text or settings); collecting again", path)
+        return empty
+    return cache.for_sources(sources)
+
+
+def _count(features: dict[str, list[int]]) -> int:
+    return sum(map(len, features.values()))

@@ -78,6 +78,10 @@ class Site:
         """The SAE's own activations (..., d_sae) of a model activation; encode only."""
         return self.sae.encode(self.to_sae_space(x))
 
+    def feats_of(self, x: Tensor, features: Tensor) -> Tensor:
+        """The SAE's own activations (..., n) of the chosen `features` only."""
+        return self.sae.encode_features(self.to_sae_space(x), features)
+
     def code(self, x: Tensor) -> SiteCode:
         """Encode a model activation (..., d_model); differentiable in x."""
         x_n, mu, std = self.sae.normalize(self.to_sae_space(x))
