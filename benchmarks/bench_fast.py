@@ -1,6 +1,7 @@
 """Benchmark fast.py's phases on GPT-2-small-shaped random weights with real-size SAEs.
 
     python3 benchmarks/bench_fast.py [--device cuda] [--slice 0:12] [--baseline-nodes 12]
+                                      [--label-sequences 32]
 
 Random weights: GPT2Config() defaults; resid SAEs 24576-latent ReLU on
 hook_resid_pre (encoder bias calibrated so ~80 features fire per token, like
@@ -10,6 +11,10 @@ counts, and the edge phase against the original tool's method: per down-node,
 a backward through the whole (uncut) spliced model, plus one more forward and
 backward per intermediate site to subtract indirect paths. That baseline runs
 on --baseline-nodes down-nodes and is extrapolated to all of them.
+
+The labels phase collects top contexts over --label-sequences random 64-token
+sequences twice: for the graph's feature nodes (what publishing does) and, for
+comparison, for every feature of every site (what it did before).
 """
 
 import argparse
@@ -35,8 +40,11 @@ from sparse_coding.algorithms.attribution import (  # noqa: E402
     upstream_sites,
 )
 from sparse_coding.algorithms.attribution_graph import build_graph  # noqa: E402
+from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.graphs.graph_files import save_graph  # noqa: E402
+from sparse_coding.labels.contexts import collect_contexts  # noqa: E402
 from sparse_coding.labels.logit_lens import add_logit_effects  # noqa: E402
+from sparse_coding.pipelines.publish import wanted_features  # noqa: E402
 from sparse_coding.splicing.splice import Site, SplicedModel  # noqa: E402
 
 COUNTS = {"forward": 0, "backward": 0}
@@ -78,6 +86,19 @@ def baseline_edges(
     return elapsed * len(pairs) / min(n_nodes, len(pairs)), len(pairs)
 
 
+def contexts_seconds(spliced: SplicedModel, n_sequences: int, features, gen: torch.Generator) -> float:
+    """Seconds to collect top-10 contexts of `features` (None: all) over random 64-token sequences."""
+    batches = [
+        TokenBatch(ids.to(spliced.device), torch.ones_like(ids).to(spliced.device), first)
+        for first in range(0, n_sequences, 8)
+        for ids in [torch.randint(0, 50257, (min(8, n_sequences - first), 64), generator=gen)]
+    ]
+    start = time.perf_counter()
+    collect_contexts(spliced, IdNames(), batches, features=features, per_feature=10, view=5)
+    sync(str(spliced.device))
+    return time.perf_counter() - start
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -89,6 +110,7 @@ def main() -> None:
     parser.add_argument("--slice", default="0:12")
     parser.add_argument("--baseline-nodes", type=int, default=12)
     parser.add_argument("--num-down-nodes", type=int, default=5)
+    parser.add_argument("--label-sequences", type=int, default=32)
     args = parser.parse_args()
     device = args.device
     torch.manual_seed(0)
@@ -144,6 +166,9 @@ def main() -> None:
     add_logit_effects(graph, spliced, IdNames(), n_tokens=10)
     sync(device)
     logits_s = time.perf_counter() - t0
+    wanted = wanted_features(graph)
+    graph_contexts_s = contexts_seconds(spliced, args.label_sequences, wanted, gen)
+    every_contexts_s = contexts_seconds(spliced, args.label_sequences, None, gen)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         save_graph(graph, Path(tmp) / "g.dot", Path(tmp) / "g.svg")
@@ -177,6 +202,12 @@ def main() -> None:
     print(
         f"graph build {build_s:.2f}s; labels/logits (all {len(graph.nodes)} nodes, one matmul per site) "
         f"{logits_s:.2f}s; save + render ({len(graph.edges)} edges) {render_s:.2f}s"
+    )
+    print(
+        f"labels/contexts over {args.label_sequences} x 64 tokens: graph's {sum(map(len, wanted.values()))} "
+        f"feature nodes at {len(wanted)} sites {graph_contexts_s:.2f}s; every feature of every site "
+        f"({sum(site.sae.d_sae for site in spliced.sites)} features, {len(spliced.sites)} sites) "
+        f"{every_contexts_s:.2f}s"
     )
     print(f"peak memory: {peak:.2f} GiB ({'CUDA allocated' if device.startswith('cuda') else 'max RSS'})")
 

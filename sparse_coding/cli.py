@@ -10,11 +10,11 @@ import argparse
 import importlib
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
 from sparse_coding.errors import SparseCodingError
+from sparse_coding.phases import PhaseTimer
 
 logger = logging.getLogger("sparse_coding")
 
@@ -51,7 +51,7 @@ def run_script(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    start = time.perf_counter()
+    args.phases = PhaseTimer()
     try:
         main(load_config(args.config), args)
     except SparseCodingError as e:
@@ -61,7 +61,7 @@ def run_script(
     except KeyboardInterrupt:
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
-    logger.info("Done in %.1fs", time.perf_counter() - start)
+    logger.info("Done in %.1fs; wall time by phase:\n%s", args.phases.total(), args.phases.table())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,9 +20,10 @@ DESCRIPTION = "Gradient cognition graph (Marks et al. 2024) over resid, attn and
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    from sparse_coding.pipelines.fast import run_fast
+    with args.phases.phase("import"):
+        from sparse_coding.pipelines.fast import run_fast
 
-    print(run_fast(config))
+    print(run_fast(config, args.phases))
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

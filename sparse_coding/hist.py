@@ -24,9 +24,10 @@ DESCRIPTION = "Precluster DATASET and cache 99.99th-percentile SAE activation th
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    from sparse_coding.pipelines.hist import run_hist
+    with args.phases.phase("import"):
+        from sparse_coding.pipelines.hist import run_hist
 
-    path = run_hist(config)
+    path = run_hist(config, args.phases)
     print(f"hist.py: wrote {path}" if path else "hist.py: DATASET is unset; nothing written")
 
 

@@ -23,9 +23,10 @@ DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    from sparse_coding.pipelines.pipe import run_pipe
+    with args.phases.phase("import"):
+        from sparse_coding.pipelines.pipe import run_pipe
 
-    print(run_pipe(config))
+    print(run_pipe(config, args.phases))
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

@@ -22,9 +22,10 @@ DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, complete
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    from sparse_coding.pipelines.val import run_val
+    with args.phases.phase("import"):
+        from sparse_coding.pipelines.val import run_val
 
-    print(run_val(config, args.from_graph))
+    print(run_val(config, args.phases, from_graph=args.from_graph))
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

@@ -49,6 +49,10 @@ def test_pipe_writes_dot_json_and_svg(tmp_path, tiny_model_dir, sae_templates):
     assert graph["edges"] and all(abs(e["effect"]) > 0.5 for e in graph["edges"])
     assert graph["metadata"]["summary"].startswith("effects plotted out of collected: ~")
     assert "effect=" in (out / "cognition_graph.dot").read_text()
+    phases = graph["metadata"]["phases"]
+    expected = ["import", "model load", "SAE load", "compute: ablation graph", "labels: contexts"]
+    assert list(phases)[:5] == expected
+    assert all(seconds >= 0 for seconds in phases.values())
 
 
 def test_a_bad_config_exits_nonzero_with_one_paragraph_and_no_traceback(

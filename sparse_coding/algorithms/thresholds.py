@@ -47,16 +47,17 @@ The thresholds' cache (`thresholds.safetensors`, `thresholds.json`) is read
 and written by `sparse_coding.pipelines.threshold_cache`.
 """
 
+from __future__ import annotations
+
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import MiniBatchKMeans
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -64,6 +65,9 @@ from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.nodes import site_key
 from sparse_coding.splicing.splice import Site, SplicedModel
+
+if TYPE_CHECKING:  # scikit-learn loads only when hist.py clusters (fast.py reads its cache without it)
+    from sklearn.cluster import MiniBatchKMeans
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +147,8 @@ def fit_clusters(
     n_batches: int | None = None,
 ) -> MiniBatchKMeans:
     """Phase 1: MiniBatchKMeans on unit-normalised residual vectors, chunk by chunk."""
+    from sklearn.cluster import MiniBatchKMeans
+
     kmeans = MiniBatchKMeans(n_clusters, random_state=seed, batch_size=FIT_CHUNK_TOKENS, compute_labels=False)
     chunk: list[np.ndarray] = []
     n_chunk = n_tokens = 0

@@ -11,6 +11,7 @@ import logging
 from sparse_coding.algorithms.attribution_graph import gradient_graph
 from sparse_coding.config import Config
 from sparse_coding.models.gpt2 import tokenize_prompt
+from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.threshold_cache import load_thresholds
@@ -18,9 +19,10 @@ from sparse_coding.pipelines.threshold_cache import load_thresholds
 logger = logging.getLogger(__name__)
 
 
-def run_fast(config: Config) -> str:
+def run_fast(config: Config, phases: PhaseTimer | None = None) -> str:
     """Build fast.py's graph over every configured site of the slice and publish it."""
-    spliced, tokenizer = load_spliced_model(config)
+    phases = phases or PhaseTimer()
+    spliced, tokenizer = load_spliced_model(config, phases=phases)
     tokens = tokenize_prompt(
         tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS, max_len=spliced.model.config.n_positions + 1
     )
@@ -28,14 +30,15 @@ def run_fast(config: Config) -> str:
     logger.info(
         "Down-nodes: %s", thresholds.description if thresholds else f"top {config.NUM_DOWN_NODES} |IE|"
     )
-    graph = gradient_graph(
-        spliced,
-        tokens,
-        num_down_nodes=config.NUM_DOWN_NODES,
-        num_up_nodes=config.NUM_UP_NODES,
-        ig_steps=config.IG_STEPS,
-        thresholds=thresholds.values if thresholds else None,
-    )
+    with phases.phase("compute: gradient graph"):
+        graph = gradient_graph(
+            spliced,
+            tokens,
+            num_down_nodes=config.NUM_DOWN_NODES,
+            num_up_nodes=config.NUM_UP_NODES,
+            ig_steps=config.IG_STEPS,
+            thresholds=thresholds.values if thresholds else None,
+        )
     published = publish_graph(
         graph,
         config,
@@ -44,5 +47,6 @@ def run_fast(config: Config) -> str:
         dot_name=config.GRADS_DOT_FILE,
         image_name=config.GRADS_FILE,
         script="fast.py",
+        phases=phases,
     )
     return published.line

@@ -16,6 +16,7 @@ from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresho
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
+from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.threshold_cache import save_thresholds
@@ -24,7 +25,7 @@ from sparse_coding.splicing.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 
-def run_hist(config: Config) -> Path | None:
+def run_hist(config: Config, phases: PhaseTimer | None = None) -> Path | None:
     """Compute and cache the thresholds of every site of the slice; None when DATASET is unset."""
     if config.DATASET is None:
         logger.warning(
@@ -32,8 +33,12 @@ def run_hist(config: Config) -> Path | None:
             "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
         )
         return None
-    spliced, tokenizer = load_spliced_model(config)
-    return save_thresholds(config, spliced, thresholds_from_config(config, spliced, tokenizer))
+    phases = phases or PhaseTimer()
+    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    with phases.phase("compute: thresholds"):
+        result = thresholds_from_config(config, spliced, tokenizer)
+    with phases.phase("write"):
+        return save_thresholds(config, spliced, result)
 
 
 def thresholds_from_config(

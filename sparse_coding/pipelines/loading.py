@@ -16,6 +16,7 @@ from sparse_coding.errors import ConfigError
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
 from sparse_coding.models.loading import load_saes
 from sparse_coding.nodes import site_key
+from sparse_coding.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def load_spliced_model(
     *,
     pairs: Collection[tuple[str, int]] | None = None,
     source: str = "ACTS_LAYERS_SLICE",
+    phases: PhaseTimer | None = None,
 ) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
     """MODEL_DIR with the SAEs of `pairs`, or of `sites` at every layer of ACTS_LAYERS_SLICE.
 
@@ -36,6 +38,7 @@ def load_spliced_model(
         pairs: explicit (site, layer) pairs, e.g. ``[("resid", 9), ("attn", 10)]``;
             each site must have an SAE source.
         source: what asked for `pairs` (e.g. "VALIDATION_DIMS_PINNED"), named in errors.
+        phases: times "model load" and "SAE load" when given.
 
     Raises:
         ConfigError: a pair's site has no SAE source.
@@ -44,13 +47,16 @@ def load_spliced_model(
     """
     if pairs is not None:
         _check_sources(config, pairs, source)
+    phases = phases or PhaseTimer()
     device = resolve_device(config.DEVICE)
     model_dtype = resolve_dtype(config.DTYPE)
-    model, tokenizer = load_model(config.MODEL_DIR, device, model_dtype)
+    with phases.phase("model load"):
+        model, tokenizer = load_model(config.MODEL_DIR, device, model_dtype)
     if pairs is None:
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
         pairs = [(site, layer) for site in chosen for layer in config.layer_range(model.config.n_layer)]
-    saes = load_saes(config.sae_sources, pairs, device, resolve_dtype(config.SAE_DTYPE, model_dtype))
+    with phases.phase("SAE load"):
+        saes = load_saes(config.sae_sources, pairs, device, resolve_dtype(config.SAE_DTYPE, model_dtype))
     mismatched = [sae.cfg.source for sae in saes if sae.cfg.prepend_bos != config.PREPEND_BOS]
     if mismatched:
         logger.warning(

@@ -18,6 +18,7 @@ from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.graphs.graph import Graph
+from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import text_source
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import publish_graph
@@ -26,10 +27,12 @@ from sparse_coding.splicing.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 
-def run_pipe(config: Config) -> str:
+def run_pipe(config: Config, phases: PhaseTimer | None = None) -> str:
     """Build pipe.py's graph on the resid SAEs and publish it; returns the closing line."""
-    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
-    graph = pipe_graph(config, spliced, tokenizer)
+    phases = phases or PhaseTimer()
+    spliced, tokenizer = load_spliced_model(config, sites=("resid",), phases=phases)
+    with phases.phase("compute: ablation graph"):
+        graph = pipe_graph(config, spliced, tokenizer)
     published = publish_graph(
         graph,
         config,
@@ -38,6 +41,7 @@ def run_pipe(config: Config) -> str:
         dot_name=config.GRAPH_DOT_FILE,
         image_name=config.GRAPH_FILE,
         script="pipe.py",
+        phases=phases,
     )
     return published.line
 

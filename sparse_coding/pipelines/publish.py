@@ -21,6 +21,7 @@ from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.labels.neuronpedia import annotate_graph
+from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.splicing.splice import SplicedModel
 
@@ -57,22 +58,32 @@ def publish_graph(
     dot_name: str,
     image_name: str,
     script: str,
+    phases: PhaseTimer | None = None,
 ) -> Published:
-    """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image)."""
+    """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image).
+
+    `phases` times the labels and the writing; the phases up to writing go
+    into the graph's metadata (``phases``, seconds).
+    """
+    phases = phases or PhaseTimer()
     graph.metadata.update(run_metadata(config, spliced, script))
     out_dir = config.model_data_dir(config.MODEL_DIR)
-    add_contexts(
-        graph, load_or_collect(config, spliced, tokenizer, features=wanted_features(graph)), config.TOP_K
-    )
-    add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
-    annotate_graph(
-        graph,
-        enabled=config.NEURONPEDIA,
-        base_url=config.NEURONPEDIA_URL,
-        cache_dir=config.DATA_DIR / "neuronpedia_cache",
-    )
+    with phases.phase("labels: contexts"):
+        contexts = load_or_collect(config, spliced, tokenizer, features=wanted_features(graph))
+        add_contexts(graph, contexts, config.TOP_K)
+    with phases.phase("labels: logit cells"):
+        add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
+    with phases.phase("labels: Neuronpedia"):
+        annotate_graph(
+            graph,
+            enabled=config.NEURONPEDIA,
+            base_url=config.NEURONPEDIA_URL,
+            cache_dir=config.DATA_DIR / "neuronpedia_cache",
+        )
+    graph.metadata["phases"] = phases.metadata()
     dot_path = out_dir / dot_name
-    merged = update_graph_files(graph, dot_path, out_dir / image_name)
+    with phases.phase("write and render"):
+        merged = update_graph_files(graph, dot_path, out_dir / image_name)
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; wrote {dot_path}, "

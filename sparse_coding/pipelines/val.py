@@ -19,6 +19,7 @@ from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
+from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
@@ -27,14 +28,16 @@ from sparse_coding.splicing.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 
-def run_val(config: Config, from_graph: Path | None = None) -> str:
+def run_val(config: Config, phases: PhaseTimer | None = None, *, from_graph: Path | None = None) -> str:
     """Validate the circuit of `from_graph` (else VALIDATION_DIMS_PINNED); returns the printed report."""
+    phases = phases or PhaseTimer()
     circuit, source = circuit_and_source(config, from_graph)
-    spliced, tokenizer = load_circuit_model(config, circuit, source=source)
+    spliced, tokenizer = load_circuit_model(config, circuit, source=source, phases=phases)
     batches = config_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
-    result = validate_circuit(spliced, batches, circuit=circuit)
+    with phases.phase("compute: validation"):
+        result = validate_circuit(spliced, batches, circuit=circuit)
     data = report_data(
         result,
         tokenizer,
@@ -94,7 +97,11 @@ def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, str
 
 
 def load_circuit_model(
-    config: Config, circuit: Circuit, *, source: str = "VALIDATION_DIMS_PINNED"
+    config: Config,
+    circuit: Circuit,
+    *,
+    source: str = "VALIDATION_DIMS_PINNED",
+    phases: PhaseTimer | None = None,
 ) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
     """MODEL_DIR with exactly the circuit's SAEs spliced, every pin checked.
 
@@ -103,7 +110,7 @@ def load_circuit_model(
             ACTS_LAYERS_SLICE, or pins an index beyond its SAE's width.
     """
     pairs = [parse_site_key(key) for key in circuit]
-    spliced, tokenizer = load_spliced_model(config, pairs=pairs, source=source)
+    spliced, tokenizer = load_spliced_model(config, pairs=pairs, source=source, phases=phases)
     check_within_slice(config, pairs, spliced.n_layers, source)
     check_circuit(spliced, circuit, source=source)
     return spliced, tokenizer

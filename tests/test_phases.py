@@ -1,0 +1,32 @@
+"""The phase table: phases in the order they ran, time outside them, the total."""
+
+import time
+
+from sparse_coding.phases import PhaseTimer
+
+
+def test_phases_add_up_in_order_and_the_rest_is_other():
+    timer = PhaseTimer()
+    with timer.phase("load"):
+        time.sleep(0.02)
+    with timer.phase("compute"):
+        time.sleep(0.01)
+    with timer.phase("load"):  # a phase that runs twice adds up
+        time.sleep(0.02)
+    time.sleep(0.02)
+    assert list(timer.seconds) == ["load", "compute"]
+    assert timer.seconds["load"] >= 0.04 and timer.seconds["compute"] >= 0.01
+    rows = timer.table().splitlines()
+    assert [row.split()[0] for row in rows] == ["load", "compute", "other", "total"]
+    seconds = [float(row.split()[1].rstrip("s")) for row in rows]
+    assert seconds[2] >= 0.015 and abs(sum(seconds[:3]) - seconds[3]) < 0.02
+
+
+def test_a_phase_that_raises_is_still_timed():
+    timer = PhaseTimer()
+    try:
+        with timer.phase("write"):
+            raise OSError("disk full")
+    except OSError:
+        pass
+    assert "write" in timer.metadata()
