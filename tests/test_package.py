@@ -64,3 +64,16 @@ def test_python_m_sparse_coding_answers_help_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "usage: sparse-coding fast" in out.stdout and out.stdout.strip().endswith("False")
+
+
+def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("IG_STEPS: many\n")
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['sparse_coding', 'pipe', '--config', {str(bad)!r}]\n"
+        "try:\n    runpy.run_module('sparse_coding', run_name='__main__')\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "IG_STEPS" in out.stderr and out.stdout.split() == ["1", "False"]

@@ -208,14 +208,16 @@ def load_sae(
         neuronpedia_id=resolved.neuronpedia_id or norm["neuronpedia_id"],
         source=resolved.description,
     )
-    weights = _read_weights(weights_path, cfg)
-    sae = SAE(cfg, weights)
-    return sae.to(device=device or "cpu", dtype=dtype) if dtype else sae.to(device=device or "cpu")
+    weights = _read_weights(weights_path, cfg, torch.device(device or "cpu"))
+    if dtype is not None:
+        weights = {name: value.to(dtype) for name, value in weights.items()}
+    return SAE(cfg, weights)
 
 
-def _read_weights(path, cfg: SAEConfig) -> dict[str, Tensor]:
+def _read_weights(path, cfg: SAEConfig, device: torch.device) -> dict[str, Tensor]:
+    """The weight tensors, read from the file straight onto `device`, checked against the cfg."""
     try:
-        weights = load_file(str(path))
+        weights = load_file(str(path), device=str(device))
     except Exception as e:  # safetensors raises its own error types
         raise SAELoadError(f"SAE weights {path} are not a readable safetensors file: {e}") from e
     if "log_threshold" in weights and "threshold" not in weights:
