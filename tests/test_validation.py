@@ -23,6 +23,7 @@ from sparse_coding.algorithms.validation import feature_means, validate_circuit
 from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
 from sparse_coding.corpus import iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
+from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import graph_to_dot
 
@@ -346,5 +347,9 @@ def test_the_report_is_strict_json_with_undefined_ratios_as_null(loaded, tmp_pat
     assert stored["metric"]["full"] == pytest.approx(result.ce_clean)
     assert len(stored["next_token"]["clean_top"]) == 4
     assert all(row["change"] < 0 for row in stored["next_token"]["decreases"])
-    assert "undefined" in format_report(data)
+    assert all(row["ablated"] > row["clean"] for row in stored["next_token"]["increases"])
+    assert stored["sign_convention"] == SIGN_CONVENTIONS["val.py"]
+    text = format_report(data)
+    assert "undefined" in text
+    assert "increases (more likely when ablated" in text and "decreases (less likely when ablated" in text
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind

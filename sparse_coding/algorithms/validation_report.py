@@ -10,7 +10,8 @@ tokens to show, how to word the ablation, and the strict-JSON file.
 ``empty``: m(M), m(C), m(M \ C), m(empty)), ``faithfulness``,
 ``completeness`` (null when undefined), ``next_token`` (``clean_top``,
 ``increases``, ``decreases``, ``ablated_top``: rows of ``token``, ``id``,
-``clean``, ``ablated``, ``change``), ``config`` (every config key).
+``clean``, ``ablated``, ``change`` = ablated - clean), ``sign_convention`` (what
+each quantity's sign means, `graphs.conventions`), ``config`` (every config key).
 """
 
 import json
@@ -24,6 +25,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.validation import ValidationResult
+from sparse_coding.graphs.conventions import sign_convention
 
 ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
 BASELINE = (
@@ -75,6 +77,7 @@ def report_data(
         "faithfulness": result.faithfulness if math.isfinite(result.faithfulness) else None,
         "completeness": result.completeness if math.isfinite(result.completeness) else None,
         "next_token": next_token_changes(result, tokenizer, logit_tokens),
+        "sign_convention": sign_convention("val.py"),
     }
 
 
@@ -93,8 +96,8 @@ def write_report(data: dict[str, Any], path: Path) -> Path:
 
 _TITLES = {
     "clean_top": "base (clean) top tokens",
-    "increases": "largest increases",
-    "decreases": "largest decreases",
+    "increases": "largest increases (more likely when ablated: the circuit suppressed them)",
+    "decreases": "largest decreases (less likely when ablated: the circuit promoted them)",
     "ablated_top": "altered (ablated) top tokens",
 }
 
@@ -110,7 +113,7 @@ def format_report(data: dict[str, Any]) -> str:
         + f"{data['n_predictions']} next-token predictions",
         f"Ablation: {data['ablation']}",
         "",
-        "Next-token probabilities after the last token (clean -> ablated):",
+        "Next-token probabilities after the last token (clean -> ablated, change = ablated - clean):",
     ]
     for name, title in _TITLES.items():
         rows = data["next_token"][name]

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
+from sparse_coding.graphs.conventions import sign_convention
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.labels.context_cache import ContextCache
@@ -24,9 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 def run_metadata(config: Config, spliced: SplicedModel, script: str) -> dict:
-    """What shaped a graph: script, prompt, model, SAE sources and config values."""
+    """What shaped a graph: script, prompt, model, SAE sources, config values, and what its signs mean."""
     return {
         "script": script,
+        "sign_convention": sign_convention(script),
         "prompt": config.PROMPT,
         "model": config.MODEL_DIR,
         "sae_sources": {site.key: site.sae.cfg.source for site in spliced.sites},
