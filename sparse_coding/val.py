@@ -3,6 +3,8 @@
 Ablates every feature of VALIDATION_DIMS_PINNED (or of a graph's feature nodes,
 ``--from-graph PATH``) over DATASET or PROMPT, prints how next-token
 probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
+Faithfulness is measured on the model with every SAE site of ACTS_LAYERS_SLICE
+spliced; VALIDATION_ERRORS says whether error terms outside the circuit are kept.
 """
 
 import argparse
@@ -25,12 +27,14 @@ DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, complete
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    circuit, source = circuit_and_source(config, args.from_graph)
-    spliced, tokenizer = load_circuit_model(config, circuit, source=source)
+    circuit, circuit_errors, source = circuit_and_source(config, args.from_graph)
+    spliced, tokenizer = load_circuit_model(config, circuit, circuit_errors=circuit_errors, source=source)
     batches = config_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
-    result = validate_circuit(spliced, batches, circuit=circuit)
+    result = validate_circuit(
+        spliced, batches, circuit=circuit, circuit_errors=circuit_errors, errors=config.VALIDATION_ERRORS
+    )
     data = report_data(
         result,
         tokenizer,

@@ -3,11 +3,13 @@
 Kept apart from `validation` (the ablation maths) because reading a circuit
 is file and config handling: VALIDATION_DIMS_PINNED or a pipe.py/fast.py
 graph file becomes a `Circuit`, site key -> sorted feature indices
-(``{"resid_3": [331]}``), and `load_circuit_model` splices exactly the SAEs
-of its sites, checking every pin against the config and the SAEs' widths.
+(``{"resid_3": [331]}``), with a graph's error nodes as site keys beside it,
+and `load_circuit_model` splices every SAE site of ACTS_LAYERS_SLICE (Marks et
+al.'s M), checking every pin against the config and the SAEs' widths.
 """
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -16,8 +18,7 @@ from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
-from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
-from sparse_coding.models.loading import load_saes
+from sparse_coding.models.loading import load_spliced_model
 from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
 from sparse_coding.splicing.splice import SplicedModel
 
@@ -65,19 +66,38 @@ def read_graph(path: Path) -> Graph:
     return graph
 
 
-def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, str]:
-    """The circuit of `graph` if given, else of VALIDATION_DIMS_PINNED; and its source."""
+def error_nodes_from_graph(graph: Graph) -> list[str]:
+    """Site keys of a graph's error nodes (``mlp_error_7`` -> ``mlp_7``): the circuit's error terms."""
+    keys = set()
+    for node_id in graph.nodes:
+        try:
+            site, layer, feature = parse_node_id(node_id)
+        except ValueError:  # e.g. a logit node
+            continue
+        if feature is None:
+            keys.add(site_key(site, layer))
+    return sorted(keys)
+
+
+def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, list[str], str]:
+    """The circuit of `graph` if given (features, error nodes), else of VALIDATION_DIMS_PINNED; its source."""
     if graph is None:
-        return circuit_from_config(config), "VALIDATION_DIMS_PINNED"
-    return circuit_from_graph(read_graph(graph), graph), f"graph file {graph}"
+        return circuit_from_config(config), [], "VALIDATION_DIMS_PINNED"
+    read = read_graph(graph)
+    return circuit_from_graph(read, graph), error_nodes_from_graph(read), f"graph file {graph}"
 
 
 def load_circuit_model(
-    config: Config, circuit: Circuit, *, source: str = "VALIDATION_DIMS_PINNED"
+    config: Config,
+    circuit: Circuit,
+    *,
+    circuit_errors: Collection[str] = (),
+    source: str = "VALIDATION_DIMS_PINNED",
 ) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
-    """MODEL_DIR with exactly the circuit's SAEs spliced.
+    """MODEL_DIR with every configured SAE site of ACTS_LAYERS_SLICE spliced, checked against the circuit.
 
     Args:
+        circuit_errors: site keys of the circuit's error nodes.
         source: where the circuit came from, named in errors.
 
     Raises:
@@ -86,7 +106,7 @@ def load_circuit_model(
         SAELoadError: a pinned site's SAE reads another site or layer.
         SparseCodingError: the SAEs would not fit the device.
     """
-    keys = {key: parse_site_key(key) for key in circuit}
+    keys = {key: parse_site_key(key) for key in [*circuit, *circuit_errors]}
     unset = [
         f"{site.upper()}_SAES for {key!r}"
         for key, (site, _) in keys.items()
@@ -94,9 +114,8 @@ def load_circuit_model(
     ]
     if unset:
         raise ConfigError(f"{source} pins sites whose SAE key is unset: {', '.join(unset)}")
-    device, dtype = resolve_device(config.DEVICE), resolve_dtype(config.DTYPE)
-    model, tokenizer = load_model(config.MODEL_DIR, device, dtype)
-    layers = config.layer_range(model.config.n_layer)
+    spliced, tokenizer = load_spliced_model(config)
+    layers = config.layer_range(spliced.n_layers)
     outside = [repr(key) for key, (_, layer) in keys.items() if layer not in layers]
     if outside:
         raise ConfigError(
@@ -104,15 +123,15 @@ def load_circuit_model(
             f"{config.ACTS_LAYERS_SLICE!r} (layers {layers.start}..{layers.stop - 1}); "
             f"widen the slice or drop them"
         )
-    saes = load_saes(config, keys.values(), device, resolve_dtype(config.SAE_DTYPE, dtype))
-    spliced = SplicedModel(model, saes)
-    check_circuit(spliced, circuit, source=source)
+    check_circuit(spliced, circuit, source=source, circuit_errors=circuit_errors)
     return spliced, tokenizer
 
 
-def check_circuit(spliced: SplicedModel, circuit: Circuit, *, source: str) -> None:
-    """Every pinned site is spliced and every index lies within its SAE's width."""
-    missing = [repr(key) for key in circuit if key not in spliced.by_key]
+def check_circuit(
+    spliced: SplicedModel, circuit: Circuit, *, source: str, circuit_errors: Collection[str] = ()
+) -> None:
+    """Every pinned site (and error node's site) is spliced and every index lies within its SAE's width."""
+    missing = [repr(key) for key in [*circuit, *circuit_errors] if key not in spliced.by_key]
     if missing:
         raise ConfigError(
             f"{source} pins {', '.join(missing)}, which no spliced SAE reads; spliced: "
