@@ -1,9 +1,10 @@
-"""hist.py: precluster DATASET and cache 99.99th-percentile SAE activation thresholds.
+"""hist.py: precluster DATASET and cache percentile SAE activation thresholds.
 
 k-means on neuron-basis residual activations at the first layer of
 ACTS_LAYERS_SLICE picks the sequences that reach KEEPER_CLUSTER_INDEX; each
-spliced SAE feature's threshold is the 99.99th percentile of its activation at
-their cut ends (see `sparse_coding.algorithms.thresholds`). fast.py reads the cache
+spliced SAE feature's threshold is the THRESHOLD_PERCENTILE (99.99th) percentile
+of its activation at their cut ends, with a warning when too few sequences were
+kept for it to resolve (see `sparse_coding.algorithms.thresholds`). fast.py reads the cache
 (`sparse_coding.algorithms.threshold_cache`).
 """
 
