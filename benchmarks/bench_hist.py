@@ -76,7 +76,7 @@ def main() -> None:
     began = time.perf_counter()
     result = compute_thresholds(
         spliced, batches, cluster_layer=start, n_clusters=args.clusters, keeper_cluster=1, seed=0,
-        n_batches=-(-args.sequences // args.batch_size),
+        percentile=99.99, n_batches=-(-args.sequences // args.batch_size),
     )  # fmt: skip
     elapsed = time.perf_counter() - began
     n_tokens = int(result.cluster_sizes.sum())

@@ -221,11 +221,11 @@ def main() -> None:
             feats, logp = _loop_reference(model, spliced, ids, layer, feature)
             source = feature_id("resid", layer, feature)
             if feats is not None:
-                effect = (feats - clean_feats[layer + 1]).float()
+                effect = (clean_feats[layer + 1] - feats).float()  # clean - ablated
                 targets = (effect.abs() > cut).nonzero()[:, 0]
                 for target, value in zip(targets.tolist(), effect[targets].tolist(), strict=True):
                     loop_graph.add_edge(source, feature_id("resid", layer + 1, target), value)
-            change = logp - clean_logp
+            change = clean_logp - logp
             up, down = change.topk(LOGIT_TOKENS), change.topk(LOGIT_TOKENS, largest=False)
             cells = [
                 [(names.decode([i]), v) for i, v in zip(t.indices.tolist(), t.values.tolist(), strict=True)]

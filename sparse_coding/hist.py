@@ -1,10 +1,11 @@
-"""hist.py: precluster DATASET and cache 99.99th-percentile SAE activation thresholds.
+"""hist.py: precluster DATASET and cache percentile SAE activation thresholds.
 
 k-means on neuron-basis residual activations at the first layer of
 ACTS_LAYERS_SLICE picks the sequences that reach KEEPER_CLUSTER_INDEX; each
-spliced SAE feature's threshold is the 99.99th percentile of its activation at
-their cut ends (see `sparse_coding.algorithms.thresholds`). fast.py reads the cache
-(`sparse_coding.pipelines.threshold_cache`).
+spliced SAE feature's threshold is the THRESHOLD_PERCENTILE (99.99th) percentile
+of its activation at their cut ends, with a warning when too few sequences were
+kept for it to resolve (see `sparse_coding.algorithms.thresholds`). fast.py reads
+the cache (`sparse_coding.pipelines.threshold_cache`).
 """
 
 import argparse
@@ -20,7 +21,7 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 
-DESCRIPTION = "Precluster DATASET and cache 99.99th-percentile SAE activation thresholds for fast.py."
+DESCRIPTION = "Precluster DATASET and cache percentile SAE activation thresholds for fast.py."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:

@@ -211,3 +211,30 @@ def tiny_config_dict(tmp_path: Path, model_dir: Path, templates: dict[str, str])
         "NEURONPEDIA": False,
         "PROMPT": "When Mary and John went to the store, John gave a drink to",
     }
+
+
+class MpsLikeDtypes:
+    """Dispatch mode that fails on any float64 tensor, as Apple's MPS backend does.
+
+    Forces the code's float64 accumulation onto the CPU path: only tensors
+    lifted from NumPy arrays (CPU by construction) may be float64.
+    """
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                results = out if isinstance(out, (tuple, list)) else (out,)
+                if func is not torch.ops.aten.lift_fresh.default and any(
+                    isinstance(r, torch.Tensor) and r.dtype == torch.float64 for r in results
+                ):
+                    raise TypeError(f"{func} made a float64 tensor; MPS has no float64")
+                return out
+
+        self.mode = Mode()
+        return self.mode.__enter__()
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
+
 SCRIPT = Path(__file__).resolve().parents[1] / "sparse_coding" / "pipe.py"
 
 
@@ -48,6 +50,7 @@ def test_pipe_writes_dot_json_and_svg(tmp_path, tiny_model_dir, sae_templates):
     graph = json.loads((out / "cognition_graph.json").read_text())
     assert graph["edges"] and all(abs(e["effect"]) > 0.5 for e in graph["edges"])
     assert graph["metadata"]["summary"].startswith("effects plotted out of collected: ~")
+    assert graph["metadata"]["sign_convention"] == SIGN_CONVENTIONS["pipe.py"]
     assert "effect=" in (out / "cognition_graph.dot").read_text()
     phases = graph["metadata"]["phases"]
     expected = ["import", "model load", "SAE load", "compute: ablation graph", "labels: contexts"]

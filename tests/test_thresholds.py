@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import D_MODEL, N_LAYERS, write_sae_folder, write_sae_set
+from conftest import D_MODEL, N_LAYERS, MpsLikeDtypes, write_sae_folder, write_sae_set
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import MiniBatchKMeans
@@ -17,6 +17,7 @@ from sparse_coding.algorithms.thresholds import (
     assign_cuts,
     fit_clusters,
     percentile_from_top,
+    samples_to_resolve,
     top_count,
 )
 from sparse_coding.config import config_from_dict
@@ -177,7 +178,7 @@ def interesting_keeper(labels: list[np.ndarray], n_clusters: int) -> int:
     return max(range(n_clusters), key=score)
 
 
-def brute_force_percentiles(config, spliced, cuts: list[int]) -> dict[str, np.ndarray]:
+def brute_force_percentiles(config, spliced, cuts: list[int], percentile: float) -> dict[str, np.ndarray]:
     """numpy percentile of SAE.encode at the last token of each cut sequence, run alone."""
     model, tokenizer = plain_model(config)
     sources = {"resid": config.RESID_SAES, "attn": config.ATTN_SAES, "mlp": config.MLP_SAES}
@@ -193,7 +194,7 @@ def brute_force_percentiles(config, spliced, cuts: list[int]) -> dict[str, np.nd
             x = x - x.mean() if sae.cfg.center_writing_weights else x
             with torch.no_grad():
                 rows[key].append(sae.encode(x).numpy())
-    return {key: np.percentile(np.stack(values), 99.99, axis=0) for key, values in rows.items()}
+    return {key: np.percentile(np.stack(values), percentile, axis=0) for key, values in rows.items()}
 
 
 def resid_override(tmp_path, hook: str | None) -> dict:
@@ -231,11 +232,38 @@ def test_thresholds_equal_numpy_percentiles_of_brute_force_sae_activations(saved
     config = build()
     cuts = first_hits(token_labels(config, result.kmeans, result.cluster_hook), config.KEEPER_CLUSTER_INDEX)
 
-    expected = brute_force_percentiles(config, spliced, cuts)
+    expected = brute_force_percentiles(config, spliced, cuts, 99.99)
 
     assert set(result.thresholds) == set(expected) == {site.key for site in spliced.sites}
     for key, values in expected.items():
         np.testing.assert_allclose(result.thresholds[key].numpy(), values, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_threshold_percentile_sets_the_percentile_and_warns_only_when_too_few_were_kept(saved, caplog):
+    """99.99 over a handful of kept sequences cannot resolve (hist.py says so); 50 can."""
+    build, spliced, default = saved
+    config = build(THRESHOLD_PERCENTILE=50.0)
+    tokenizer = AutoTokenizer.from_pretrained(config.MODEL_DIR)
+    with caplog.at_level(logging.WARNING):
+        result = thresholds_from_config(config, spliced, tokenizer)
+    assert "THRESHOLD_PERCENTILE" not in caplog.text
+    cuts = first_hits(token_labels(config, result.kmeans, result.cluster_hook), config.KEEPER_CLUSTER_INDEX)
+    for key, values in brute_force_percentiles(config, spliced, cuts, 50.0).items():
+        np.testing.assert_allclose(result.thresholds[key].numpy(), values, rtol=1e-5, atol=1e-5, err_msg=key)
+    with caplog.at_level(logging.WARNING):
+        thresholds_from_config(build(), spliced, tokenizer)
+    expected = f"needs at least 10000 kept sequences to resolve, but only {default.n_kept} of {len(TEXTS)}"
+    assert expected in caplog.text
+    stored = json.loads((build().model_data_dir(build().MODEL_DIR) / "thresholds.json").read_text())
+    assert stored["percentile"] == 99.99 and stored["percentile_resolved"] is False
+
+
+@pytest.mark.parametrize("percentile", [0.0, 50.0, 90.0, 99.0, 99.9, 99.99, 99.999])
+def test_samples_to_resolve_is_the_fewest_whose_top_share_holds_one_value(percentile):
+    """n values put n * (100 - q) / 100 of them above the q-th percentile; at least one is needed."""
+    n = samples_to_resolve(percentile)
+    assert n * (100 - percentile) / 100 >= 1 - 1e-9
+    assert n == 1 or (n - 1) * (100 - percentile) / 100 < 1 - 1e-9
 
 
 @settings(max_examples=60, deadline=None)
@@ -252,6 +280,13 @@ def test_percentile_from_the_top_values_equals_numpy_percentile_of_all(values, p
 
     expected = np.percentile(column.astype(np.float64), percentile)
     np.testing.assert_allclose(result.numpy()[0], expected, rtol=1e-6, atol=1e-4)
+
+
+def test_percentiles_make_no_float64_tensor_so_they_run_on_mps():
+    top = torch.tensor([[5.0, 2.0], [4.0, 1.0], [3.0, 0.5]])
+    with MpsLikeDtypes():
+        result = percentile_from_top(top, 10, 95.0)  # h = 8.55: between v_8 and v_9
+    np.testing.assert_allclose(result.numpy(), [4.55, 1.55], rtol=1e-6)
 
 
 def test_the_top_count_stays_small_for_large_datasets():
@@ -308,6 +343,7 @@ def test_load_thresholds_returns_a_fresh_cache(saved):
         ({"DATASET_TEXT_COLUMN": "id"}, "dataset.DATASET_TEXT_COLUMN was 'text', now 'id'"),
         ({"SEED": 1}, "cluster.SEED was 0, now 1"),
         ({"KEEPER_CLUSTER_INDEX": 1}, "cluster.KEEPER_CLUSTER_INDEX was 0, now 1"),
+        ({"THRESHOLD_PERCENTILE": 99.0}, "percentile was 99.99, now 99.0"),
     ],
 )
 def test_load_thresholds_ignores_a_cache_made_with_other_settings(saved, caplog, change, message):

@@ -69,6 +69,8 @@ def test_val_prints_the_report_and_writes_validation_json_over_a_dataset(tmp_pat
         "faithfulness =",
         "completeness =",
         "baseline: mean ablation",
+        "M = the model with every SAE site of the slice spliced (9: ",
+        "errors: SAE error terms kept at every site",
     ):
         assert words in done.stdout
     report = stored_report(tmp_path)
@@ -108,6 +110,7 @@ def test_val_from_graph_validates_the_feature_nodes_of_a_hand_written_graph(tmp_
     assert f"graph file {graph_path}" in done.stdout
     report = stored_report(tmp_path)
     assert report["circuit"] == {"mlp_2": [3], "resid_1": [7]}
+    assert report["circuit_errors"] == ["mlp_2"]
     assert report["n_sequences"] == 1
 
 

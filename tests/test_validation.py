@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MpsLikeDtypes
 
-from sparse_coding.algorithms.validation import feature_means, validate_circuit
+from sparse_coding.algorithms.validation import SiteMeans, feature_means, validate_circuit
 from sparse_coding.corpus import iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
+from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import graph_to_dot
 from sparse_coding.pipelines.val import (
@@ -100,21 +102,32 @@ def zero_edit(sae, features):
     return edit
 
 
-def mean_edit(sae, features, means):
+def plain_error(sae, x):
+    """x - the SAE's own reconstruction (SAELens encode/decode), in model space."""
+    centre = x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else 0
+    return x - (sae.decode(sae.encode(x - centre)) + centre)
+
+
+def mean_edit(sae, features, means, error_mean=None):
+    """Features set to their means; with `error_mean`, the error term too."""
+
     def edit(x):
         feats, scale = plain_code(sae, x)
-        return x + ((means[features] - feats[..., features]) * scale) @ sae.W_dec[features]
+        out = x + ((means[features] - feats[..., features]) * scale) @ sae.W_dec[features]
+        return out if error_mean is None else out - plain_error(sae, x) + error_mean
 
     return edit
 
 
 def plain_means(model, saes, sequences):
-    """Mean activation of every feature over every token, one sequence at a time."""
+    """Mean activation of every feature and mean error over every token, one sequence at a time."""
     sums = {key: 0 for key in saes}
+    errors = {key: 0 for key in saes}
 
     def recorder(key):
         def edit(x):
             sums[key] = sums[key] + plain_code(saes[key], x)[0][0].sum(0)
+            errors[key] = errors[key] + plain_error(saes[key], x)[0].sum(0)
             return x
 
         return edit
@@ -122,7 +135,9 @@ def plain_means(model, saes, sequences):
     for ids in sequences:
         plain_log_probs(model, ids, {key: recorder(key) for key in saes})
     n_tokens = sum(len(ids) for ids in sequences)
-    return {key: total / n_tokens for key, total in sums.items()}
+    return {key: total / n_tokens for key, total in sums.items()}, {
+        key: total / n_tokens for key, total in errors.items()
+    }
 
 
 def plain_stats(model, sequences, edits):
@@ -165,7 +180,7 @@ def unpadded(batches):
 
 def active_circuit(spliced, tokenizer, per_site=3):
     """The most active features per site on TEXTS (so that ablating them matters)."""
-    means = feature_means(spliced, batches_of(tokenizer, TEXTS, 2), SITES)
+    means = feature_means(spliced, batches_of(tokenizer, TEXTS, 2), SITES).features
     return {key: sorted(means[key].topk(per_site).indices.tolist()) for key in SITES}
 
 
@@ -203,43 +218,60 @@ def test_padding_changes_nothing_a_padded_batch_equals_one_sequence_at_a_time(lo
     together = validate_circuit(spliced, batches_of(tokenizer, TEXTS, 5), circuit=circuit)
     alone = validate_circuit(spliced, batches_of(tokenizer, TEXTS, 1), circuit=circuit)
 
-    for name in ("ce_clean", "ce_ablated", "kl", "faithfulness", "completeness"):
+    for name in ("ce_clean", "ce_ablated", "kl"):
         assert getattr(together, name) == pytest.approx(getattr(alone, name), abs=TOL)
+    for name in ("faithfulness", "completeness"):  # ratios: m(M) - m(empty) may be small
+        assert getattr(together, name) == pytest.approx(getattr(alone, name), rel=1e-4, abs=TOL)
     assert together.metric == pytest.approx(alone.metric, abs=TOL)
     torch.testing.assert_close(together.probs_ablated, alone.probs_ablated, atol=TOL, rtol=0)
     assert together.n_tokens == alone.n_tokens
 
 
-def test_mean_ablation_metrics_match_a_plain_mean_ablation_forward(loaded):
+@pytest.mark.parametrize("errors", ["keep", "ablate"])
+def test_mean_ablation_metrics_match_plain_mean_ablation_forwards_at_every_site(loaded, errors):
+    """M splices every site (9 here, the circuit uses 4); C and empty mean-ablate at all of them."""
     spliced, tokenizer = loaded
     circuit = active_circuit(spliced, tokenizer, per_site=2)
+    circuit_errors = ["mlp_2"]
     batches = batches_of(tokenizer, TEXTS, 2)
-    result = validate_circuit(spliced, batches, circuit=circuit)
+    result = validate_circuit(spliced, batches, circuit=circuit, circuit_errors=circuit_errors, errors=errors)
 
     sequences = unpadded(batches)
-    saes = {key: spliced.by_key[key].sae for key in SITES}
-    means = plain_means(spliced.model, saes, sequences)
-    every = {key: list(range(saes[key].d_sae)) for key in SITES}
-    outside = {key: sorted(set(every[key]) - set(circuit[key])) for key in SITES}
+    saes = {site.key: site.sae for site in spliced.sites}
+    assert len(saes) == 9 and set(circuit) < set(saes)
+    means, error_means = plain_means(spliced.model, saes, sequences)
+    every = {key: list(range(sae.d_sae)) for key, sae in saes.items()}
+    inside = {key: circuit.get(key, []) for key in saes}
+    outside = {key: sorted(set(every[key]) - set(inside[key])) for key in saes}
 
-    def m(features):
-        edits = {key: mean_edit(saes[key], features[key], means[key]) for key in SITES}
+    def m(features, ablated_errors):
+        if errors == "keep":
+            ablated_errors = set()
+        edits = {}
+        for key, sae in saes.items():
+            error_mean = error_means[key] if key in ablated_errors else None
+            edits[key] = mean_edit(sae, features[key], means[key], error_mean)
         return plain_stats(spliced.model, sequences, edits)[0]
 
-    full, empty = plain_stats(spliced.model, sequences, {})[0], m(every)
-    with_circuit, without_circuit = m(outside), m(circuit)
+    full = plain_stats(spliced.model, sequences, {})[0]
+    empty = m(every, set(saes))
+    with_circuit = m(outside, set(saes) - set(circuit_errors))
+    without_circuit = m(inside, set(circuit_errors))
     assert result.metric["full"] == pytest.approx(full, abs=TOL)
     assert result.metric["empty"] == pytest.approx(empty, abs=TOL)
     assert result.metric["circuit"] == pytest.approx(with_circuit, abs=TOL)
     assert result.metric["without_circuit"] == pytest.approx(without_circuit, abs=TOL)
     assert abs(full - empty) > 1e-2  # the ratios are well defined
-    assert result.faithfulness == pytest.approx((with_circuit - empty) / (full - empty), abs=1e-4)
-    assert result.completeness == pytest.approx((without_circuit - empty) / (full - empty), abs=1e-4)
+    for got, value in ((result.faithfulness, with_circuit), (result.completeness, without_circuit)):
+        ratio = (value - empty) / (full - empty)
+        # TOL on each of the three metrics, propagated through the ratio
+        assert got == pytest.approx(ratio, abs=(2 + 2 * abs(ratio)) * TOL / abs(full - empty))
+    assert result.sites == list(saes) and result.errors == errors
 
 
 def test_the_circuit_of_all_features_is_faithful_and_complete(loaded):
     spliced, tokenizer = loaded
-    circuit = {key: list(range(spliced.by_key[key].sae.d_sae)) for key in SITES}
+    circuit = {site.key: list(range(site.sae.d_sae)) for site in spliced.sites}
     result = validate_circuit(spliced, batches_of(tokenizer, TEXTS, 3), circuit=circuit)
 
     assert result.faithfulness == pytest.approx(1.0, abs=1e-6)
@@ -260,7 +292,10 @@ def test_the_empty_circuit_is_unfaithful_and_removing_it_changes_nothing(loaded)
 def test_given_means_replace_the_data_means(loaded):
     spliced, tokenizer = loaded
     circuit = {"resid_0": [1, 2], "attn_1": [3]}
-    zeros = {key: torch.zeros(spliced.by_key[key].sae.d_sae) for key in circuit}
+    zeros = SiteMeans(
+        {site.key: torch.zeros(site.sae.d_sae) for site in spliced.sites},
+        {site.key: torch.zeros(site.sae.d_in) for site in spliced.sites},
+    )
     result = validate_circuit(spliced, batches_of(tokenizer, TEXTS[:2], 2), circuit=circuit, means=zeros)
     # With zero "means", M \ C is exactly the zero ablation of the circuit.
     assert result.metric["without_circuit"] == pytest.approx(result.ce_ablated, abs=TOL)
@@ -272,6 +307,12 @@ def test_given_means_replace_the_data_means(loaded):
 def test_circuit_from_config_reads_int_layers_and_site_keys(make_config):
     config = make_config(VALIDATION_DIMS_PINNED={1: [5, 3, 5], "attn_2": [7]})
     assert circuit_from_config(config) == {"resid_1": [3, 5], "attn_2": [7]}
+
+
+def test_validation_errors_accepts_keep_or_ablate_and_names_them_otherwise(make_config):
+    assert make_config(VALIDATION_ERRORS="ablate").VALIDATION_ERRORS == "ablate"
+    with pytest.raises(ConfigError, match="VALIDATION_ERRORS is 'drop'; valid: keep, ablate"):
+        make_config(VALIDATION_ERRORS="drop")
 
 
 def test_an_unset_circuit_is_a_config_error_that_suggests_the_key(make_config):
@@ -346,5 +387,19 @@ def test_the_report_is_strict_json_with_undefined_ratios_as_null(loaded, tmp_pat
     assert stored["metric"]["full"] == pytest.approx(result.ce_clean)
     assert len(stored["next_token"]["clean_top"]) == 4
     assert all(row["change"] < 0 for row in stored["next_token"]["decreases"])
-    assert "undefined" in format_report(data)
+    assert all(row["ablated"] > row["clean"] for row in stored["next_token"]["increases"])
+    assert stored["sign_convention"] == SIGN_CONVENTIONS["val.py"]
+    text = format_report(data)
+    assert "undefined" in text
+    assert "increases (more likely when ablated" in text and "decreases (less likely when ablated" in text
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+
+
+def test_validation_makes_no_float64_tensor_so_it_runs_on_mps(loaded):
+    """MPS has no float64: sums accumulate in float64 on the CPU only (NumPy)."""
+    spliced, tokenizer = loaded
+    batches = batches_of(tokenizer, TEXTS[:3], 2)
+    expected = validate_circuit(spliced, batches, circuit={"resid_0": [1]}, errors="ablate")
+    with MpsLikeDtypes():
+        result = validate_circuit(spliced, batches, circuit={"resid_0": [1]}, errors="ablate")
+    assert result.metric == expected.metric

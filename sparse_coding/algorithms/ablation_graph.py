@@ -6,28 +6,33 @@ feature i of layer L at every position, error term kept, is
 
     x'_L = x_L - f_i(x_L) * scale * W_dec[i]      (scale: layer-norm std, else 1)
 
-and the edge i -> j is the mean over sequences of the last-position change
+and the edge i -> j is the mean over sequences of the last-position change,
+clean minus ablated (positive: i raises j; `graphs.conventions`),
 
-    e(i -> j) = 1/S * sum_s [ a^{L+1}_j(x'_{L+1,s})[t_s] - a^{L+1}_j(x_{L+1,s})[t_s] ],
+    e(i -> j) = 1/S * sum_s [ a^{L+1}_j(x_{L+1,s})[t_s] - a^{L+1}_j(x'_{L+1,s})[t_s] ],
 
 kept when |e| > 2**THRESHOLD_EXP (every non-zero e when unset). Node i's
-logit cells are the LOGIT_TOKENS most raised and lowered next-token
-log-probabilities, 1/S * sum_s [log p'(. | s) - log p(. | s)] at t_s.
+logit cells are the LOGIT_TOKENS most up- and down-weighted next tokens,
+1/S * sum_s [log p(. | s) - log p'(. | s)] at t_s (up: i raises the token's
+log-probability, as in the seed tool's "logits most upweighted by that
+dimension"). Clean values come from the same numerical path as ablated ones
+(`ablation_rows`), so an ablation that changes nothing gives exactly 0.
+
 Reference: the ablation graphs of Cunningham et al. 2023, "Sparse
 Autoencoders Find Highly Interpretable Features in Language Models" (sec. 5),
 with the error term kept as in Marks et al. 2024.
 
 Phases:
 1. Clean pass (`ablation_rows.clean_run`): the residual stream at every
-   slice site, its SAE code, the last-position features, next-token
-   log-probabilities, and the keys and values of every later block.
+   slice site, its SAE code, and the keys and values of every later block.
 2. Candidates: layer L's features active anywhere (thinned to
    INIT_THINNING_FACTOR, or the pinned one); inactive ones change nothing,
    exactly, and are skipped. Later layers: the features that received an
    edge, plus a pinned one.
 3. Batched ablations (`ablation_rows.AblatedRows`): ablations are a batch
    dimension, one row per (candidate, sequence) pair where the candidate is
-   active. Rows run from the cached stream at L through the blocks up to
+   active, plus unablated base rows to compare with. Rows run from the
+   cached stream at L through the blocks up to
    L+1 only (feature effects, read at the last position), then on to the
    logits. First-layer candidates that keep no edge are never drawn, so
    their rows skip the logit pass.
@@ -111,7 +116,7 @@ def ablation_graph(
             candidates, joins later layers').
         threshold_exp: keep edges with |e| > 2**threshold_exp; None keeps
             every non-zero one.
-        logit_tokens: most raised / lowered next tokens per node.
+        logit_tokens: most up- / down-weighted next tokens per node.
         seed: seeds the thinning.
         max_rows: ablation rows per forward; default from available memory.
 
@@ -242,11 +247,11 @@ def _ablate_layer(
             ablated = AblatedRows(clean, layer, chunk)
             wanted = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
             if nxt is not None:
-                feat_eff = ablated.run_to_next(spliced, clean, nxt)
+                feat_eff = ablated.run_to_next(spliced, nxt)
                 has_edge, changed = _record_edges(out, chunk, feat_eff, threshold_exp)
                 if drawn_only and changed:
                     wanted = has_edge if pinned is None else has_edge | (chunk == pinned)
-            logit_eff = ablated.logit_effects(spliced, clean, wanted)
+            logit_eff = ablated.logit_effects(spliced, wanted)
         _record_logits(out, wanted, logit_eff, logit_tokens)
     return out
 

@@ -12,6 +12,16 @@ there. Three things keep that cheap and exact:
 - feature effects need only the blocks up to the next site, so the logit
   pass (the remaining blocks and the unembedding) runs separately, only for
   the candidates whose logit cells are wanted.
+
+Baselines: an effect is clean minus ablated (positive: the feature raised the
+quantity; see `graphs.conventions`), and the clean value comes from the same
+numerical path as the ablated one: each chunk also runs one unablated *base
+row* per (sequence, first changed position) among its rows, in the same
+batch. Blocks run from a cached prefix on part of a sequence round
+differently from Hugging Face's blocks over the whole of it (float32
+softmax, other matrix shapes): ~2e-5 in float32 but ~0.2 in bfloat16 at
+GPT-2's residual scale, noise that would become edges. Against its base
+row, an ablation that changes nothing changes every effect by exactly 0.
 """
 
 from dataclasses import dataclass
@@ -41,7 +51,6 @@ class ResidLayer:
     clean: Tensor  # (S, pos, d_model)
     feats: Tensor  # (S, pos, d_sae), zero at padding
     scale: Tensor  # (S, pos)
-    last_feats: Tensor  # (S, d_sae) at each sequence's last real position
 
 
 @dataclass
@@ -49,17 +58,15 @@ class CleanRun:
     """The clean run every ablation row starts from."""
 
     layers: list[ResidLayer]
-    logp: Tensor  # (S, vocab) next-token log-probs at each last real position
     cache: PrefixCache  # clean keys and values of blocks from the first site on
     last: Tensor  # (S,) last real position of each sequence
 
 
 def clean_run(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> CleanRun:
-    """Every site's clean code, next-token log-probs, and the keys and values of
-    every block after the first site (what ablated rows reuse before their first change)."""
+    """Every site's clean code and the keys and values of every block after the
+    first site (what ablated rows reuse before their first change)."""
     mask = batch.attention_mask
     last = mask.sum(dim=1) - 1
-    rows = torch.arange(len(last), device=last.device)
     streams = {site.layer + STREAM_OFFSET[site.hook]: site for site in sites}
     layers = []
     cache = PrefixCache(min(streams), [], [])
@@ -72,14 +79,13 @@ def clean_run(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> Cl
                 code = site.code(hidden)
                 feats = code.feats * mask[..., None].to(code.feats.dtype)
                 scale = code.scale[..., 0].to(code.feats.dtype)
-                layers.append(ResidLayer(site, block, hidden, feats, scale, feats[rows, last]))
+                layers.append(ResidLayer(site, block, hidden, feats, scale))
             if block < spliced.n_layers:
                 keys, values = block_keys_values(blocks[block], hidden)
                 cache.keys.append(keys)
                 cache.values.append(values)
                 hidden = spliced.run_blocks(hidden, block, block + 1, mask)
-        logp = spliced.unembed(hidden[rows, last]).float().log_softmax(dim=-1)
-    return CleanRun(layers, logp, cache, last)
+    return CleanRun(layers, cache, last)
 
 
 def rows_per_forward(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]) -> int:
@@ -96,59 +102,85 @@ def rows_per_forward(spliced: SplicedModel, batch: TokenBatch, sites: list[Site]
 
 
 class AblatedRows:
-    """One chunk of a layer's candidates, ablated: their rows, run block by block.
+    """One chunk of a layer's candidates, ablated: their rows and base rows, run block by block.
 
     Rows are sorted by first changed position, the layout `Suffixes` needs.
+    A base row (candidate -1) is a sequence left unablated from a position on.
     """
 
     def __init__(self, clean: CleanRun, layer: ResidLayer, chunk: Tensor) -> None:
         self.chunk = chunk
+        self.cache, self.n_seq = clean.cache, len(clean.last)
         fires = layer.feats[:, :, chunk] > 0  # (S, pos, m)
         cand, seq = fires.any(dim=1).T.nonzero(as_tuple=True)
         first = fires[seq, :, cand].int().argmax(dim=1)  # where each row's stream first changes
+        cand, seq, first, base = _with_base_rows(cand, seq, first, self.n_seq)
         first, order = first.sort(stable=True)
         self.cand, self.seq = cand[order], seq[order]
+        rank = torch.empty_like(order).index_copy_(0, order, torch.arange(len(order), device=order.device))
+        self.base = rank[base[order]]  # (rows,) the row holding each row's unablated copy
         self.at = layer.stream  # blocks [0, at) are applied to `hidden`
         self.suffixes: Suffixes | None = None  # stays None when no candidate fires anywhere
         self.hidden: Tensor | None = None  # flat (tokens, d_model) suffix streams
         if len(self.seq):
             self.suffixes = Suffixes(first, self.seq, clean.last[self.seq])
             at_token = (self.suffixes.seq, self.suffixes.pos)
-            features = chunk[self.cand][self.suffixes.row]
-            values = layer.feats[(*at_token, features)] * layer.scale[at_token]
+            cand_at = self.cand[self.suffixes.row]
+            features = chunk[cand_at.clamp(min=0)]
+            values = layer.feats[(*at_token, features)] * layer.scale[at_token] * (cand_at >= 0)
             delta = layer.site.decode_rows(values, features)
             self.hidden = layer.clean[at_token] - delta.to(layer.clean.dtype)
 
-    def run_to_next(self, spliced: SplicedModel, clean: CleanRun, nxt: ResidLayer) -> Tensor:
-        """Blocks up to the next site; mean feature changes there (m, d_sae), read at the last position."""
-        n_seq, d_sae = len(clean.last), nxt.site.sae.d_sae
+    def run_to_next(self, spliced: SplicedModel, nxt: ResidLayer) -> Tensor:
+        """Blocks up to the next site; mean clean - ablated features (m, d_sae) there, last position."""
         if self.suffixes is None:  # no candidate fires anywhere: every effect is exactly 0
-            return torch.zeros(len(self.chunk), d_sae, device=clean.logp.device)
+            return torch.zeros(len(self.chunk), nxt.site.sae.d_sae, device=self.chunk.device)
         blocks = spliced.model.transformer.h[self.at : nxt.stream]
-        self.hidden = run_suffix(blocks, self.hidden, self.suffixes, clean.cache, self.at)
+        self.hidden = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at)
         self.at = nxt.stream
         feats = nxt.site.feats(self.hidden[self.suffixes.read]).float()
-        change = feats - nxt.last_feats[self.seq].float()
-        return _mean_per_candidate(change, self.cand, len(self.chunk), n_seq)
+        return self._mean_change(feats, self.base, self.cand, len(self.chunk))
 
-    def logit_effects(self, spliced: SplicedModel, clean: CleanRun, wanted: Tensor) -> Tensor:
-        """Mean next-token log-prob changes (wanted candidates, vocab), running only their rows."""
-        n_seq, n_vocab = clean.logp.shape
+    def logit_effects(self, spliced: SplicedModel, wanted: Tensor) -> Tensor:
+        """Mean clean - ablated next-token log-probs (wanted candidates, vocab), running only their rows."""
         out_rows = wanted.nonzero()[:, 0]
-        keep = wanted[self.cand]
+        n_vocab = spliced.model.config.vocab_size
+        ablated = self.cand >= 0
+        keep = ablated & wanted[self.cand.clamp(min=0)]
         if self.suffixes is None or not keep.any():
-            return torch.zeros(len(out_rows), n_vocab, device=clean.logp.device)
+            return torch.zeros(len(out_rows), n_vocab, device=wanted.device)
+        keep = keep.index_fill(0, self.base[keep], True)  # and the base rows they compare with
         suffixes, hidden = self.suffixes, self.hidden
         if not keep.all():
             suffixes, tokens = suffixes.subset(keep)
             hidden = hidden[tokens]
         blocks = spliced.model.transformer.h[self.at :]
-        final = run_suffix(blocks, hidden, suffixes, clean.cache, self.at, read=True)
+        final = run_suffix(blocks, hidden, suffixes, self.cache, self.at, read=True)
         logp = spliced.unembed(final).float().log_softmax(dim=-1)
-        seq, cand = self.seq[keep], self.cand[keep]
+        kept_index = torch.cumsum(keep, 0) - 1  # row -> row among the kept ones
         position = torch.cumsum(wanted, 0) - 1  # candidate index -> row of the output
-        change = logp.sub_(clean.logp.index_select(0, seq))
-        return _mean_per_candidate(change, position[cand], len(out_rows), n_seq)
+        cand = self.cand[keep]
+        out_cand = torch.where(cand >= 0, position[cand.clamp(min=0)], -1)
+        return self._mean_change(logp, kept_index[self.base[keep]], out_cand, len(out_rows))
+
+    def _mean_change(self, values: Tensor, base: Tensor, cand: Tensor, n_out: int) -> Tensor:
+        """(rows, width) read values -> (n_out, width) mean of base - ablated per candidate."""
+        ablated = cand >= 0
+        change = values[base[ablated]] - values[ablated]  # clean - ablated
+        return _mean_per_candidate(change, cand[ablated], n_out, self.n_seq)
+
+
+def _with_base_rows(
+    cand: Tensor, seq: Tensor, first: Tensor, n_seq: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rows plus one base row (candidate -1) per distinct (first, seq); and each row's base row index."""
+    pairs, base = (first * n_seq + seq).unique(return_inverse=True)
+    n_rows, n_base = len(cand), len(pairs)
+    cand = torch.cat([cand, cand.new_full((n_base,), -1)])
+    seq = torch.cat([seq, pairs % n_seq])
+    first = torch.cat([first, pairs // n_seq])
+    base = torch.cat([base, torch.arange(n_base, device=base.device)]) + n_rows
+    return cand, seq, first, base
 
 
 def _mean_per_candidate(rows: Tensor, cand: Tensor, n_cand: int, n_seq: int) -> Tensor:

@@ -1,8 +1,8 @@
-"""Per-feature activation thresholds: the 99.99th percentile over a preclustered dataset.
+"""Per-feature activation thresholds: a high percentile (THRESHOLD_PERCENTILE) over a preclustered dataset.
 
 For every spliced site s and SAE feature i the threshold is
 
-    theta[s, i] = percentile_99.99 { f[s, i](x_n[: t_n + 1]) at position t_n : n kept }
+    theta[s, i] = percentile_q { f[s, i](x_n[: t_n + 1]) at position t_n : n kept }   (q = 99.99 by default)
 
 where f[s, i](x) at t is feature i's activation at position t of sequence x.
 Which sequences n are kept, and where they are cut (t_n), comes from a k-means
@@ -43,6 +43,11 @@ Phase 2 counts n before phase 3 starts, so phase 3 keeps m = n - j + 1 values
 arithmetic): 12 values per feature for q = 99.99 and n = 100k. The result is
 numpy's percentile over all kept activations, exactly up to float rounding.
 
+A percentile q resolves only when the top (100 - q)% of the n values holds at
+least one of them, n >= 100 / (100 - q) (`samples_to_resolve`): q = 99.99
+needs 10,000 kept sequences. Below that, it is interpolated between the two
+largest values, i.e. about the maximum, and `sparse_coding.pipelines.hist` warns.
+
 The thresholds' cache (`thresholds.safetensors`, `thresholds.json`) is read
 and written by `sparse_coding.pipelines.threshold_cache`.
 """
@@ -71,7 +76,6 @@ if TYPE_CHECKING:  # scikit-learn loads only when hist.py clusters (fast.py read
 
 logger = logging.getLogger(__name__)
 
-PERCENTILE = 99.99
 FIT_CHUNK_TOKENS = 4096
 # A fresh iterator over the same token batches on every call (one per phase).
 BatchStream = Callable[[], Iterable[TokenBatch]]
@@ -105,7 +109,7 @@ def compute_thresholds(
     n_clusters: int,
     keeper_cluster: int,
     seed: int,
-    percentile: float = PERCENTILE,
+    percentile: float,
     n_batches: int | None = None,
 ) -> ThresholdResult:
     """Precluster `batches`; each spliced feature's percentile over the kept cuts.
@@ -222,6 +226,13 @@ def collect_top_values(
     return top
 
 
+def samples_to_resolve(percentile: float) -> int:
+    """Fewest values whose top (100 - percentile)% holds one: below it, the percentile is ~the maximum."""
+    if percentile >= 100:
+        return 1  # the maximum, by definition
+    return math.ceil(round(100 / (100 - percentile), 9))
+
+
 def top_count(n: int, percentile: float) -> int:
     """How many largest of n values fix their percentile (see the module doc)."""
     return min(n, n - math.floor((n - 1) * percentile / 100) + 1)
@@ -237,9 +248,9 @@ def percentile_from_top(top: Tensor, n: int, percentile: float) -> Tensor:
     h = (n - 1) * percentile / 100
     j = min(math.floor(h), n - 1)
     assert n - 1 - j < len(top), "top holds too few values for this percentile"
-    low = top[n - 1 - j].double()  # v_j
-    high = top[max(n - 2 - j, 0)].double()  # v_{j+1}; v_{n-1} again when j = n - 1
-    return (low + (h - j) * (high - low)).float().cpu()
+    low = top[n - 1 - j].float()  # v_j; float32, not float64: MPS has none
+    high = top[max(n - 2 - j, 0)].float()  # v_{j+1}; v_{n-1} again when j = n - 1
+    return (low + (h - j) * (high - low)).cpu()
 
 
 def _neuron_acts(spliced: SplicedModel, batch: TokenBatch, layer: int) -> Tensor:

@@ -1,50 +1,60 @@
 r"""Validate a circuit by ablating it whole: next-token change, faithfulness, completeness.
 
-A circuit is a set of SAE features, site key -> indices (``{"resid_3": [331]}``).
-Every variant runs with the SAEs of the circuit's sites spliced, error terms
-kept, and features re-read from each site's current input (as
-`splice.zero_ablation` does). The metric, as in Marks et al. (2024), "Sparse
-Feature Circuits" (arXiv:2403.19647), is the mean cross-entropy of the actual
-next token over the N real (non-pad) positions t whose token t+1 is real too:
+A circuit is a set of SAE features, site key -> indices (``{"resid_3": [331]}``),
+optionally with error nodes (site keys whose SAE error term belongs to it).
+Following Marks et al. (2024), "Sparse Feature Circuits" (arXiv:2403.19647),
+M is the model with *every* spliced SAE site (val.py splices every site of
+ACTS_LAYERS_SLICE), so that m(empty), and with it faithfulness, does not depend
+on which sites a circuit happens to use. Features are re-read from each site's
+current input (as `splice.zero_ablation` does). The metric is the mean
+cross-entropy of the actual next token over the N real (non-pad) positions t
+whose token t+1 is real too:
 
     m(X) = 1/N  sum_s sum_{t < len_s - 1}  -log p_X(x_{s,t+1} | x_{s,<=t})
 
-    M        the full model (spliced = plain)
+    M        the full model: every site spliced (spliced = plain)
     zero     the circuit's features zeroed at every position (the "ablated" run)
-    C        at the circuit's sites, every feature *not* in it mean-ablated
+    C        every feature *not* in the circuit mean-ablated, at every site
     M \ C    the circuit's features mean-ablated, everything else kept
-    empty    every feature of the circuit's sites mean-ablated
+    empty    every feature of every site mean-ablated
 
 Mean-ablating features S at a site (``x = (f * scale) @ W_dec + const + error``)
 gives ``x' = x + sum_{i in S} (mean_i - f_i) * scale * W_dec[i]``, mean_i being
 feature i's mean activation over every real token evaluated (BOS included).
+Error terms are kept (``errors="keep"``, Marks et al.'s default), or with
+``errors="ablate"`` mean-ablated too where their features are: in C at every
+site whose error node is not in the circuit, in empty at every site, in M \ C
+at the circuit's error nodes (``x' = x - error + mean error``).
 
     faithfulness = (m(C)     - m(empty)) / (m(M) - m(empty))  1: C recovers M
     completeness = (m(M \ C) - m(empty)) / (m(M) - m(empty))  0: C is complete
 
-Completeness is the faithfulness of the complement, as in Marks et al. (who
-also ablate error terms; here they are always kept). Both are NaN (JSON null)
-when m(M) = m(empty). Also measured: CE clean m(M) and ablated m(zero); mean
-KL(clean || zero) over every real position; the next-token distribution after
-each sequence's last real token, averaged over sequences.
+Both are NaN (JSON null) when m(M) = m(empty). Also measured: CE clean m(M)
+and ablated m(zero); mean KL(clean || zero) over every real position; the
+next-token distribution after each sequence's last real token, averaged over
+sequences.
+
+Sums are taken in float32 per batch on the device and accumulated in float64
+on the CPU (NumPy): MPS has no float64.
 
 Phases:
-    1. means: a clean pass sums each circuit site's features over real tokens.
+    1. means: a clean pass sums every site's features and errors over real tokens.
     2. evaluation: per batch, the clean forward and the four ablated ones.
     3. ratios: faithfulness and completeness from the summed metric values.
 
 Where the circuit comes from (config pins, graph files) and the model it is
-validated on are in `sparse_coding.algorithms.circuits`; validation.json and the printed
+validated on are in `sparse_coding.pipelines.val`; validation.json and the printed
 report in `sparse_coding.pipelines.val_report`.
 """
 
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -59,12 +69,23 @@ logger = logging.getLogger(__name__)
 Circuit = dict[str, list[int]]  # site key ("attn_7") -> sorted feature indices
 
 VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
+ERROR_MODES = ("keep", "ablate")
+
+
+class SiteMeans(NamedTuple):
+    """What mean ablation sets a site's parts to: means over the real tokens evaluated."""
+
+    features: dict[str, Tensor]  # site key -> (d_sae,) mean activation
+    errors: dict[str, Tensor]  # site key -> (d_model,) mean SAE error term
 
 
 class ValidationResult(NamedTuple):
     """Everything measured; probabilities are (d_vocab,) float64 on the CPU."""
 
     circuit: Circuit
+    circuit_errors: list[str]  # site keys whose error node is in the circuit
+    sites: list[str]  # every spliced site: what M splices and C, empty mean-ablate
+    errors: str  # "keep" | "ablate": what happens to error terms outside the circuit
     n_sequences: int
     n_predictions: int  # N: positions with a real next token
     n_tokens: int  # real tokens (feature means, KL)
@@ -81,27 +102,37 @@ class ValidationResult(NamedTuple):
 # ---------------------------------------------------------------- interventions
 
 
-def mean_ablation(features: dict[str, Tensor], means: dict[str, Tensor]) -> Intervention:
-    """Intervention that sets chosen features to their means at every position.
+def mean_ablation(
+    features: dict[str, Tensor], means: SiteMeans, errors: Collection[str] = ()
+) -> Intervention:
+    """Intervention that sets chosen features (and error terms) to their means at every position.
 
     Args:
         features: site key -> (d_sae,) bool mask of the features to mean-ablate.
-        means: site key -> (d_sae,) mean activation of every feature.
+        means: every site's feature and error means.
+        errors: site keys whose error term is mean-ablated too.
 
     ``x' = x + scale * (mean[S] @ W_dec[S] - sum of active f_i W_dec[i], i in S)``:
     the means' part is one vector, the rest needs only the active features'
-    decoder rows; the site's constant term and error are unchanged.
+    decoder rows; the site's constant term is unchanged, and its error too
+    unless listed (then ``- error + mean error``).
     """
 
     def ablate(site: Site, x: Tensor) -> Tensor:
         chosen = features.get(site.key)
-        if chosen is None or not chosen.any():
+        on_features = chosen is not None and bool(chosen.any())
+        on_error = site.key in errors
+        if not (on_features or on_error):
             return x
         code = site.code(x)
-        scale = code.scale.to(code.feats.dtype)  # (batch, pos, 1)
-        removed = _decode_active(site, code.feats * chosen * scale).to(x.dtype)
-        constant = torch.where(chosen, means[site.key], 0) @ site.sae.W_dec  # (d_model,)
-        return x + (scale * constant).to(x.dtype) - removed
+        if on_features:
+            scale = code.scale.to(code.feats.dtype)  # (batch, pos, 1)
+            removed = _decode_active(site, code.feats * chosen * scale).to(x.dtype)
+            constant = torch.where(chosen, means.features[site.key], 0) @ site.sae.W_dec  # (d_model,)
+            x = x + (scale * constant).to(x.dtype) - removed
+        if on_error:
+            x = x - code.error + means.errors[site.key].to(x.dtype)
+        return x
 
     return ablate
 
@@ -122,16 +153,22 @@ def _decode_active(site: Site, values: Tensor) -> Tensor:
     return out.index_put_((rows, positions), decoded, accumulate=True)
 
 
-def _summing_features(sums: dict[str, Tensor], real: Tensor) -> Intervention:
-    """Intervention adding each site's features over real tokens into `sums`."""
+def _summing_parts(sums: SiteMeans, real: Tensor) -> Intervention:
+    """Intervention adding each site's features and errors over real tokens into `sums` (NumPy, CPU)."""
 
     def record(site: Site, x: Tensor) -> Tensor:
-        if site.key in sums:
-            feats = site.code(x).feats[real]  # (n_real, d_sae)
-            sums[site.key] += feats.sum(dim=0, dtype=torch.float64)
+        if site.key in sums.features:
+            code = site.code(x)
+            sums.features[site.key] += _cpu_total(code.feats[real])  # (n_real, d_sae) summed
+            sums.errors[site.key] += _cpu_total(code.error[real])
         return x
 
     return record
+
+
+def _cpu_total(values: Tensor) -> np.ndarray:
+    """Column sums in float32 on the device, as float64 on the CPU (MPS has no float64)."""
+    return values.float().sum(dim=0).cpu().numpy().astype(np.float64)
 
 
 def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
@@ -146,50 +183,65 @@ def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
 
 
 def _mean_ablations(
-    spliced: SplicedModel, circuit: Circuit, means: dict[str, Tensor]
+    spliced: SplicedModel, circuit: Circuit, circuit_errors: Collection[str], means: SiteMeans, errors: str
 ) -> dict[str, Intervention]:
-    """The interventions of m(C), m(M \\ C) and m(empty), keyed as VARIANTS."""
+    """The interventions of m(C), m(M \\ C) and m(empty), keyed as VARIANTS, over every spliced site."""
     inside = {}
-    for key, dims in circuit.items():
-        inside[key] = torch.zeros(spliced.by_key[key].sae.d_sae, dtype=torch.bool, device=spliced.device)
-        inside[key][dims] = True
+    for site in spliced.sites:
+        inside[site.key] = torch.zeros(site.sae.d_sae, dtype=torch.bool, device=spliced.device)
+        inside[site.key][circuit.get(site.key, [])] = True
     outside = {key: ~mask for key, mask in inside.items()}
     every = {key: torch.ones_like(mask) for key, mask in inside.items()}
-    chosen = (outside, inside, every)
-    return {name: mean_ablation(f, means) for name, f in zip(VARIANTS, chosen, strict=True)}
+    all_sites = set(inside)
+    if errors == "ablate":
+        ablated_errors = (all_sites - set(circuit_errors), set(circuit_errors), all_sites)
+    else:
+        ablated_errors = (set(), set(), set())
+    chosen = zip(VARIANTS, (outside, inside, every), ablated_errors, strict=True)
+    return {name: mean_ablation(f, means, e) for name, f, e in chosen}
 
 
 # ---------------------------------------------------------------- the passes
 
 
 @torch.no_grad()
-def feature_means(
-    spliced: SplicedModel, batches: Iterable[TokenBatch], sites: Iterable[str]
-) -> dict[str, Tensor]:
-    """Each feature's mean activation (d_sae,) over the real tokens, per site key.
+def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: Iterable[str]) -> SiteMeans:
+    """Each feature's mean activation (d_sae,) and the mean error term (d_model,) over the real tokens.
 
     Runs the blocks only up to the last of `sites`: nothing after it is needed.
     """
     saes = {key: spliced.by_key[key].sae for key in sites}
-    sums = {key: sae.b_enc.new_zeros(sae.d_sae, dtype=torch.float64) for key, sae in saes.items()}
+    sums = SiteMeans(
+        {key: np.zeros(sae.d_sae) for key, sae in saes.items()},
+        {key: np.zeros(sae.d_in) for key, sae in saes.items()},
+    )
     stop = 1 + max((sae.layer for sae in saes.values()), default=-1)
     n_tokens = 0
     for batch in tqdm(batches, desc="Feature means", unit="batch", leave=False):
         real = batch.attention_mask.bool()
-        with spliced.intervene(_summing_features(sums, real)):
+        with spliced.intervene(_summing_parts(sums, real)):
             spliced.run_blocks(spliced.embed(batch.input_ids), 0, stop, batch.attention_mask)
         n_tokens += int(real.sum())
     if n_tokens == 0:
         raise DatasetError("the evaluated data has no tokens; check PROMPT or DATASET")
-    return {key: (total / n_tokens).to(saes[key].W_dec.dtype) for key, total in sums.items()}
+
+    def means(totals: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        return {
+            key: torch.from_numpy((total / n_tokens).astype(np.float32)).to(
+                spliced.device, saes[key].W_dec.dtype
+            )
+            for key, total in totals.items()
+        }
+
+    return SiteMeans(means(sums.features), means(sums.errors))
 
 
 @dataclass
 class _Sums:
-    """Running float64 sums over batches."""
+    """Running float64 sums over batches, on the CPU."""
 
-    probs_clean: Tensor  # (d_vocab,)
-    probs_ablated: Tensor  # (d_vocab,)
+    probs_clean: np.ndarray  # (d_vocab,)
+    probs_ablated: np.ndarray  # (d_vocab,)
     ce: dict[str, float] = field(default_factory=dict)  # variant -> summed CE
     kl: float = 0.0
     n_predictions: int = 0
@@ -210,14 +262,14 @@ def _cross_entropy_sum(log_probs: Tensor, batch: TokenBatch) -> float:
     """Sum of -log p(next token) over positions whose next token is real."""
     has_target = batch.attention_mask[:, 1:].bool()  # right padding: t is real too
     nll = -log_probs[:, :-1].gather(-1, batch.input_ids[:, 1:, None])[..., 0]
-    return float(nll[has_target].sum(dtype=torch.float64))
+    return float(nll[has_target].sum())
 
 
-def _last_probs(log_probs: Tensor, batch: TokenBatch) -> Tensor:
+def _last_probs(log_probs: Tensor, batch: TokenBatch) -> np.ndarray:
     """Sum over sequences of p(next token) after each one's last real token."""
     last = batch.attention_mask.sum(dim=1) - 1
     rows = torch.arange(len(last), device=last.device)
-    return log_probs[rows, last].exp().sum(dim=0, dtype=torch.float64).cpu()
+    return _cpu_total(log_probs[rows, last].exp())
 
 
 def _add(sums: _Sums, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
@@ -236,7 +288,7 @@ def _add_batch(
     clean = _log_probs(spliced, batch)
     zeroed = _log_probs(spliced, batch, zero_ablation(_zero_targets(circuit, real)))
     kl = F.kl_div(zeroed, clean, log_target=True, reduction="none").sum(dim=-1)
-    sums.kl += float(kl[real].sum(dtype=torch.float64))
+    sums.kl += float(kl[real].sum())
     _add(sums, "full", clean, batch)
     _add(sums, "zero", zeroed, batch)
     sums.probs_clean += _last_probs(clean, batch)
@@ -255,26 +307,33 @@ def validate_circuit(
     batches: Iterable[TokenBatch],
     *,
     circuit: Circuit,
-    means: dict[str, Tensor] | None = None,
+    circuit_errors: Collection[str] = (),
+    errors: str = "keep",
+    means: SiteMeans | None = None,
 ) -> ValidationResult:
     """Ablate `circuit` whole over right-padded `batches` (see the module docstring).
 
     Args:
+        spliced: M, the model with every SAE site that C and empty mean-ablate.
         batches: token batches, kept as token ids for both passes (8 bytes a token).
-        circuit: site key -> feature indices; a site with an empty list is still
-            part of m(C) and m(empty) (so ``{key: []}`` is the empty circuit).
-        means: site key -> (d_sae,) means to ablate to; default: from `batches`.
+        circuit: site key -> feature indices (``{}`` is the empty circuit).
+        circuit_errors: site keys whose error node is in the circuit.
+        errors: "keep" (error terms never ablated) or "ablate" (mean-ablated
+            outside the circuit, as its features are; see the module docstring).
+        means: every site's means to ablate to; default: from `batches`.
     """
-    check_circuit(spliced, circuit, source="circuit")
+    check_circuit(spliced, circuit, source="circuit", circuit_errors=circuit_errors)
+    if errors not in ERROR_MODES:
+        raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
     batches = list(batches)
     start = time.perf_counter()
     if means is None:
-        means = feature_means(spliced, batches, circuit)
+        means = feature_means(spliced, batches, spliced.by_key)
     logger.info("Phase 1, feature means: %.1fs", time.perf_counter() - start)
     start = time.perf_counter()
-    ablations = _mean_ablations(spliced, circuit, means)
+    ablations = _mean_ablations(spliced, circuit, circuit_errors, means, errors)
     d_vocab = spliced.model.config.vocab_size
-    sums = _Sums(*torch.zeros(2, d_vocab, dtype=torch.float64))
+    sums = _Sums(np.zeros(d_vocab), np.zeros(d_vocab))
     for batch in tqdm(batches, desc="Validating", unit="batch"):
         _add_batch(spliced, batch, circuit, ablations, sums)
     n = len(batches)
@@ -284,10 +343,12 @@ def validate_circuit(
             "the evaluated text has no next token to predict; PROMPT or DATASET "
             "sequences need at least 2 tokens"
         )
-    return _result(circuit, sums)
+    return _result(circuit, sorted(circuit_errors), list(spliced.by_key), errors, sums)
 
 
-def _result(circuit: Circuit, sums: _Sums) -> ValidationResult:
+def _result(
+    circuit: Circuit, circuit_errors: list[str], sites: list[str], errors: str, sums: _Sums
+) -> ValidationResult:
     """Phase 3: means of the sums, faithfulness and completeness."""
     ce = {name: total / sums.n_predictions for name, total in sums.ce.items()}
     metric = {name: ce[name] for name in ("full", *VARIANTS)}
@@ -300,6 +361,9 @@ def _result(circuit: Circuit, sums: _Sums) -> ValidationResult:
 
     return ValidationResult(
         circuit=circuit,
+        circuit_errors=circuit_errors,
+        sites=sites,
+        errors=errors,
         n_sequences=sums.n_sequences,
         n_predictions=sums.n_predictions,
         n_tokens=sums.n_tokens,
@@ -309,14 +373,16 @@ def _result(circuit: Circuit, sums: _Sums) -> ValidationResult:
         metric=metric,
         faithfulness=ratio(metric["circuit"]),
         completeness=ratio(metric["without_circuit"]),
-        probs_clean=sums.probs_clean / sums.n_sequences,
-        probs_ablated=sums.probs_ablated / sums.n_sequences,
+        probs_clean=torch.from_numpy(sums.probs_clean / sums.n_sequences),
+        probs_ablated=torch.from_numpy(sums.probs_ablated / sums.n_sequences),
     )
 
 
-def check_circuit(spliced: SplicedModel, circuit: Circuit, *, source: str) -> None:
-    """Every pinned site is spliced and every index lies within its SAE's width."""
-    missing = [repr(key) for key in circuit if key not in spliced.by_key]
+def check_circuit(
+    spliced: SplicedModel, circuit: Circuit, *, source: str, circuit_errors: Collection[str] = ()
+) -> None:
+    """Every pinned site (and error node's site) is spliced and every index lies within its SAE's width."""
+    missing = [repr(key) for key in [*circuit, *circuit_errors] if key not in spliced.by_key]
     if missing:
         raise ConfigError(
             f"{source} pins {', '.join(missing)}, which no spliced SAE reads; spliced: "

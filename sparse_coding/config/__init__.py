@@ -27,6 +27,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
 DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
+VALIDATION_ERROR_MODES = ("keep", "ablate")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Config:
     NUM_UP_NODES: int = 5
     NUM_DOWN_NODES: int = 5
     VALIDATION_DIMS_PINNED: dict[str, list[int]] | None = None
+    VALIDATION_ERRORS: str = "keep"
     IG_STEPS: int = 1
     # Model, prompt and data.
     MODEL_DIR: str = "openai-community/gpt2"
@@ -80,6 +82,7 @@ class Config:
     # hist.py preclustering.
     NUM_CLUSTERS: int = 8
     KEEPER_CLUSTER_INDEX: int = 0
+    THRESHOLD_PERCENTILE: float = 99.99
     # Hardware.
     DEVICE: str | None = None
     DTYPE: str = "float32"
@@ -299,6 +302,15 @@ def _check_values(config: Config, where: str) -> None:
         raise ConfigError(
             f"Config key KEEPER_CLUSTER_INDEX{where} is {config.KEEPER_CLUSTER_INDEX}, but "
             f"NUM_CLUSTERS is {config.NUM_CLUSTERS}; valid: 0..{config.NUM_CLUSTERS - 1}"
+        )
+    if not 0 <= config.THRESHOLD_PERCENTILE <= 100:
+        raise ConfigError(
+            f"Config key THRESHOLD_PERCENTILE{where} must lie in [0, 100], got {config.THRESHOLD_PERCENTILE}"
+        )
+    if config.VALIDATION_ERRORS not in VALIDATION_ERROR_MODES:
+        raise ConfigError(
+            f"Config key VALIDATION_ERRORS{where} is {config.VALIDATION_ERRORS!r}; "
+            f"valid: {', '.join(VALIDATION_ERROR_MODES)}"
         )
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)

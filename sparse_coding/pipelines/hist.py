@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds
+from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds, samples_to_resolve
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
@@ -55,12 +55,27 @@ def thresholds_from_config(
             config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
         )
 
-    return compute_thresholds(
+    result = compute_thresholds(
         spliced,
         batches,
         cluster_layer=config.layer_range(spliced.n_layers).start,
         n_clusters=config.NUM_CLUSTERS,
         keeper_cluster=config.KEEPER_CLUSTER_INDEX,
         seed=config.SEED,
+        percentile=config.THRESHOLD_PERCENTILE,
         n_batches=math.ceil(config.NUM_SEQUENCES_EVALED / config.BATCH_SIZE),
     )
+    needed = samples_to_resolve(config.THRESHOLD_PERCENTILE)
+    if result.n_kept < needed:
+        logger.warning(
+            "THRESHOLD_PERCENTILE %s needs at least %d kept sequences to resolve, but only %d of %d "
+            "(NUM_SEQUENCES_EVALED) reached KEEPER_CLUSTER_INDEX %d: each threshold is about its "
+            "feature's maximum over those %d. Raise NUM_SEQUENCES_EVALED or lower THRESHOLD_PERCENTILE",
+            config.THRESHOLD_PERCENTILE,
+            needed,
+            result.n_kept,
+            len(result.cut_positions),
+            config.KEEPER_CLUSTER_INDEX,
+            result.n_kept,
+        )
+    return result

@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
 from sparse_coding.errors import DatasetError
+from sparse_coding.graphs.conventions import sign_convention
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.labels.context_cache import ContextCache
@@ -31,9 +32,10 @@ CONTEXTS_CACHE = "contexts/top_contexts.npz"
 
 
 def run_metadata(config: Config, spliced: SplicedModel, script: str) -> dict:
-    """What shaped a graph: script, prompt, model, SAE sources and config values."""
+    """What shaped a graph: script, prompt, model, SAE sources, config values, and what its signs mean."""
     return {
         "script": script,
+        "sign_convention": sign_convention(script),
         "prompt": config.PROMPT,
         "model": config.MODEL_DIR,
         "sae_sources": {site.key: site.sae.cfg.source for site in spliced.sites},

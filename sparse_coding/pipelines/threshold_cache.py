@@ -10,8 +10,10 @@ Cache, under `config.model_data_dir(MODEL_DIR)`:
   site key, `dataset`: DATASET, DATASET_CONFIG, DATASET_SPLIT,
   DATASET_TEXT_COLUMN, NUM_SEQUENCES_EVALED, MAX_SEQ_LEN, PREPEND_BOS and, for a
   local file, its resolved path, size and mtime; `cluster`: hook, NUM_CLUSTERS,
-  KEEPER_CLUSTER_INDEX, SEED; `percentile`), plus `slice` and the counts
-  (`n_sequences`, `n_tokens`, `n_kept`, `cluster_sizes`) for people. The
+  KEEPER_CLUSTER_INDEX, SEED; `percentile`: THRESHOLD_PERCENTILE), plus `slice`,
+  the counts (`n_sequences`, `n_tokens`, `n_kept`, `cluster_sizes`) and
+  `percentile_resolved` (`samples_to_resolve`: whether n_kept was enough for the
+  percentile to lie below the maximum) for people. The
   safetensors header holds the same JSON (`thresholds_json`), and that copy is
   the one read, so two files from different runs are never taken as one cache.
 `load_thresholds` uses a cache only when all the former match the current run
@@ -29,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from sparse_coding.algorithms.thresholds import PERCENTILE, ThresholdResult, cluster_hook_name
+from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name, samples_to_resolve
 from sparse_coding.config import Config
 from sparse_coding.splicing.splice import SplicedModel
 
@@ -61,7 +63,7 @@ def cache_key(config: Config, spliced: SplicedModel) -> dict[str, Any]:
             "KEEPER_CLUSTER_INDEX": config.KEEPER_CLUSTER_INDEX,
             "SEED": config.SEED,
         },
-        "percentile": PERCENTILE,
+        "percentile": config.THRESHOLD_PERCENTILE,
     }
 
 
@@ -79,6 +81,7 @@ def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResu
         "n_tokens": int(result.cluster_sizes.sum()),
         "n_kept": result.n_kept,
         "cluster_sizes": result.cluster_sizes.tolist(),
+        "percentile_resolved": result.n_kept >= samples_to_resolve(config.THRESHOLD_PERCENTILE),
     }
     text = json.dumps(metadata, indent=2, sort_keys=True)
     tensors = {key: value.float().contiguous().cpu() for key, value in result.thresholds.items()}

@@ -1,14 +1,16 @@
 """val.py's run: the circuit from the config or a graph file, its SAEs, the report.
 
 VALIDATION_DIMS_PINNED or a pipe.py/fast.py graph file becomes a `Circuit`
-(site key -> sorted feature indices, ``{"resid_3": [331]}``); the model is
-loaded with exactly the SAEs of its sites; `validate_circuit`
+(site key -> sorted feature indices, ``{"resid_3": [331]}``), with a graph's
+error nodes as site keys beside it; the model is loaded with every SAE site
+of ACTS_LAYERS_SLICE (Marks et al.'s M); `validate_circuit`
 (`sparse_coding.algorithms.validation`, which defines the measures) runs over
 DATASET or PROMPT; the report is printed and written to
 DATA_DIR/<model>/validation.json.
 """
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -31,13 +33,17 @@ logger = logging.getLogger(__name__)
 def run_val(config: Config, phases: PhaseTimer | None = None, *, from_graph: Path | None = None) -> str:
     """Validate the circuit of `from_graph` (else VALIDATION_DIMS_PINNED); returns the printed report."""
     phases = phases or PhaseTimer()
-    circuit, source = circuit_and_source(config, from_graph)
-    spliced, tokenizer = load_circuit_model(config, circuit, source=source, phases=phases)
+    circuit, circuit_errors, source = circuit_and_source(config, from_graph)
+    spliced, tokenizer = load_circuit_model(
+        config, circuit, circuit_errors=circuit_errors, source=source, phases=phases
+    )
     batches = config_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
     with phases.phase("compute: validation"):
-        result = validate_circuit(spliced, batches, circuit=circuit)
+        result = validate_circuit(
+            spliced, batches, circuit=circuit, circuit_errors=circuit_errors, errors=config.VALIDATION_ERRORS
+        )
     data = report_data(
         result,
         tokenizer,
@@ -89,30 +95,56 @@ def read_graph(path: Path) -> Graph:
     return graph
 
 
-def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, str]:
-    """The circuit of `graph` if given, else of VALIDATION_DIMS_PINNED; and its source."""
+def error_nodes_from_graph(graph: Graph) -> list[str]:
+    """Site keys of a graph's error nodes (``mlp_error_7`` -> ``mlp_7``): the circuit's error terms."""
+    keys = set()
+    for node_id in graph.nodes:
+        try:
+            site, layer, feature = parse_node_id(node_id)
+        except ValueError:  # e.g. a logit node
+            continue
+        if feature is None:
+            keys.add(site_key(site, layer))
+    return sorted(keys)
+
+
+def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, list[str], str]:
+    """The circuit of `graph` if given (features, error nodes), else of VALIDATION_DIMS_PINNED; its source."""
     if graph is None:
-        return circuit_from_config(config), "VALIDATION_DIMS_PINNED"
-    return circuit_from_graph(read_graph(graph), graph), f"graph file {graph}"
+        return circuit_from_config(config), [], "VALIDATION_DIMS_PINNED"
+    read = read_graph(graph)
+    return circuit_from_graph(read, graph), error_nodes_from_graph(read), f"graph file {graph}"
 
 
 def load_circuit_model(
     config: Config,
     circuit: Circuit,
     *,
+    circuit_errors: Collection[str] = (),
     source: str = "VALIDATION_DIMS_PINNED",
     phases: PhaseTimer | None = None,
 ) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
-    """MODEL_DIR with exactly the circuit's SAEs spliced, every pin checked.
+    """MODEL_DIR with every configured SAE site of ACTS_LAYERS_SLICE spliced, checked against the circuit.
+
+    Args:
+        circuit_errors: site keys of the circuit's error nodes.
+        source: where the circuit came from, named in errors.
 
     Raises:
         ConfigError: a pinned site has no SAE source, lies outside
             ACTS_LAYERS_SLICE, or pins an index beyond its SAE's width.
     """
-    pairs = [parse_site_key(key) for key in circuit]
-    spliced, tokenizer = load_spliced_model(config, pairs=pairs, source=source, phases=phases)
+    pairs = [parse_site_key(key) for key in [*circuit, *circuit_errors]]
+    unset = [
+        f"{site.upper()}_SAES for {site_key(site, layer)!r}"
+        for site, layer in pairs
+        if site not in config.sae_sources
+    ]
+    if unset:
+        raise ConfigError(f"{source} pins sites whose SAE key is unset: {', '.join(unset)}")
+    spliced, tokenizer = load_spliced_model(config, phases=phases)
     check_within_slice(config, pairs, spliced.n_layers, source)
-    check_circuit(spliced, circuit, source=source)
+    check_circuit(spliced, circuit, source=source, circuit_errors=circuit_errors)
     return spliced, tokenizer
 
 

@@ -5,12 +5,14 @@ tokens to show, how to word the ablation, and the strict-JSON file.
 
 ``validation.json`` (`report_data` plus ``config``): ``circuit``, ``source``,
 ``data``, ``n_sequences``, ``n_predictions`` (N), ``n_tokens`` (real tokens),
-``ablation``/``baseline`` (in words), ``ce_clean``, ``ce_ablated``,
+``ablation``/``baseline``/``model``/``errors`` (in words: what was ablated
+and what held fixed), ``sites`` (every spliced site), ``circuit_errors``, ``ce_clean``, ``ce_ablated``,
 ``kl_clean_ablated``, ``metric`` (``full``, ``circuit``, ``without_circuit``,
 ``empty``: m(M), m(C), m(M \ C), m(empty)), ``faithfulness``,
 ``completeness`` (null when undefined), ``next_token`` (``clean_top``,
 ``increases``, ``decreases``, ``ablated_top``: rows of ``token``, ``id``,
-``clean``, ``ablated``, ``change``), ``config`` (every config key).
+``clean``, ``ablated``, ``change`` = ablated - clean), ``sign_convention`` (what
+each quantity's sign means, `graphs.conventions`), ``config`` (every config key).
 """
 
 import json
@@ -24,12 +26,30 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.validation import ValidationResult
+from sparse_coding.graphs.conventions import sign_convention
 
 ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
-BASELINE = (
-    "mean ablation (each feature set to its mean activation over the real tokens "
-    "evaluated), SAE error terms kept"
-)
+BASELINE = "mean ablation (each feature set to its mean activation over the real tokens evaluated)"
+ERRORS = {
+    "keep": "SAE error terms kept at every site in every run (VALIDATION_ERRORS: keep)",
+    "ablate": (
+        "SAE error terms mean-ablated like features (VALIDATION_ERRORS: ablate): in m(C) at every site "
+        "whose error node is not in the circuit, in m(empty) at every site, in m(M\\C) at the circuit's "
+        "error nodes"
+    ),
+}
+
+
+def held_fixed(result: ValidationResult) -> dict[str, str]:
+    """What M is and what happened to the error terms, in words."""
+    return {
+        "model": (
+            f"M = the model with every SAE site of the slice spliced ({len(result.sites)}: "
+            f"{', '.join(result.sites)}); m(C) and m(empty) mean-ablate features at all of them"
+        ),
+        "errors": ERRORS[result.errors]
+        + (f"; circuit error nodes: {', '.join(result.circuit_errors)}" if result.circuit_errors else ""),
+    }
 
 
 def next_token_changes(
@@ -61,6 +81,8 @@ def report_data(
     """The JSON-ready report: validation.json's fields but ``config``."""
     return {
         "circuit": result.circuit,
+        "circuit_errors": result.circuit_errors,
+        "sites": result.sites,
         "source": source,
         "data": data,
         "n_sequences": result.n_sequences,
@@ -68,6 +90,7 @@ def report_data(
         "n_tokens": result.n_tokens,
         "ablation": ABLATION,
         "baseline": BASELINE,
+        **held_fixed(result),
         "ce_clean": result.ce_clean,
         "ce_ablated": result.ce_ablated,
         "kl_clean_ablated": result.kl,
@@ -75,6 +98,7 @@ def report_data(
         "faithfulness": result.faithfulness if math.isfinite(result.faithfulness) else None,
         "completeness": result.completeness if math.isfinite(result.completeness) else None,
         "next_token": next_token_changes(result, tokenizer, logit_tokens),
+        "sign_convention": sign_convention("val.py"),
     }
 
 
@@ -93,8 +117,8 @@ def write_report(data: dict[str, Any], path: Path) -> Path:
 
 _TITLES = {
     "clean_top": "base (clean) top tokens",
-    "increases": "largest increases",
-    "decreases": "largest decreases",
+    "increases": "largest increases (more likely when ablated: the circuit suppressed them)",
+    "decreases": "largest decreases (less likely when ablated: the circuit promoted them)",
     "ablated_top": "altered (ablated) top tokens",
 }
 
@@ -110,7 +134,7 @@ def format_report(data: dict[str, Any]) -> str:
         + f"{data['n_predictions']} next-token predictions",
         f"Ablation: {data['ablation']}",
         "",
-        "Next-token probabilities after the last token (clean -> ablated):",
+        "Next-token probabilities after the last token (clean -> ablated, change = ablated - clean):",
     ]
     for name, title in _TITLES.items():
         rows = data["next_token"][name]
@@ -132,6 +156,8 @@ def _metric_lines(data: dict[str, Any]) -> list[str]:
         "",
         "Faithfulness and completeness (Marks et al. 2024), m = mean next-token CE;",
         f"baseline: {data['baseline']}",
+        f"{data['model']}",
+        f"errors: {data['errors']}",
         f"  m(M)      full model                        {m['full']:.4f}",
         f"  m(C)      circuit only (rest mean-ablated)  {m['circuit']:.4f}",
         f"  m(M\\C)    circuit mean-ablated              {m['without_circuit']:.4f}",

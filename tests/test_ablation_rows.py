@@ -1,0 +1,44 @@
+"""ablation_rows: clean and ablated rows share one numerical path; no-op ablations change nothing."""
+
+import pytest
+import torch
+
+from sparse_coding.algorithms.ablation_rows import AblatedRows, clean_run
+from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.pipe import interpreted_batch
+
+
+@pytest.fixture(scope="module")
+def post_template(tmp_path_factory):
+    """hook_resid_post SAEs: the last one reads the model's final stream (no block after it)."""
+    from conftest import write_sae_folder
+
+    root = tmp_path_factory.mktemp("post")
+    for layer in range(3):
+        write_sae_folder(root / f"post_{layer}", hook_name=f"blocks.{layer}.hook_resid_post", seed=3 + layer)
+    return str(root / "post_{layer}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("hook", ["resid_pre", "resid_post"])
+def test_a_row_whose_ablation_changes_nothing_changes_every_effect_by_exactly_zero(
+    make_config, post_template, dtype, hook
+):
+    """A firing feature with a zero decoder row: ablating it leaves the stream bit-identical."""
+    overrides = {"DTYPE": dtype} | ({"RESID_SAES": post_template} if hook == "resid_post" else {})
+    config = make_config(**overrides)
+    spliced, tokenizer = load_spliced_model(config, sites=("resid",))
+    batch = interpreted_batch(config, tokenizer, spliced.device)
+    sites = [spliced.by_key[f"resid_{layer}"] for layer in range(3)]
+    for index in (0, 1):  # rows of layer 0 and 1: their logit passes start at different streams
+        layer_feats = clean_run(spliced, batch, sites).layers[index].feats
+        fired = (layer_feats > 0).flatten(0, 1).any(0).nonzero()[:, 0]
+        silent, loud = fired[0], fired[1]
+        sites[index].sae.W_dec.data[silent] = 0
+        clean = clean_run(spliced, batch, sites)
+        with torch.inference_mode():
+            rows = AblatedRows(clean, clean.layers[index], torch.stack([silent, loud]))
+            feature_change = rows.run_to_next(spliced, clean.layers[index + 1])
+            logit_change = rows.logit_effects(spliced, torch.ones(2, dtype=torch.bool))
+        assert (feature_change[0] == 0).all() and (logit_change[0] == 0).all()
+        assert feature_change[1].abs().max() > 0 and logit_change[1].abs().max() > 0
