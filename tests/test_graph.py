@@ -94,7 +94,9 @@ def test_merge_keeps_every_run_apart_and_draws_the_mean():
     merged = Graph()
     merged.merge(one_run("r1", "one", {("resid_0.1", "resid_1.2"): 1.0}, attribution=0.5))
     merged.merge(
-        one_run("r2", "two", {("resid_0.1", "resid_1.2"): 4.0, ("resid_1.2", "resid_2.3"): 2.0}, attribution=1.5)
+        one_run(
+            "r2", "two", {("resid_0.1", "resid_1.2"): 4.0, ("resid_1.2", "resid_2.3"): 2.0}, attribution=1.5
+        )
     )
     merged.merge(one_run("r3", "three", {("resid_0.1", "resid_1.2"): 7.0}, attribution=-2.0))
     shared = merged.edges[("resid_0.1", "resid_1.2")]

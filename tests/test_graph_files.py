@@ -1,6 +1,8 @@
 """Graph files: the canonical .json, derived .dot, imports, per-run merges, refusals, atomic writes."""
 
+import errno
 import hashlib
+import io
 import itertools
 import json
 import shutil
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sparse_coding import storage
-from sparse_coding.errors import GraphFileError, SparseCodingError
+from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
 from sparse_coding.graphs import graph_files
 from sparse_coding.graphs.graph import Context, Graph, Node, run_record
 from sparse_coding.graphs.graph_files import (
@@ -150,7 +152,9 @@ def test_runs_merge_apart_and_edges_are_drawn_at_their_mean_with_the_count(paths
     data = json.loads(js.read_text(encoding="utf-8"))
     entry = next(e for e in data["edges"] if e["source"] == "resid_3.331")
     assert entry["n_runs"] == 2 and entry["effect"] == -0.125
-    edge_line = next(line for line in dot.read_text(encoding="utf-8").splitlines() if '"resid_3.331" ->' in line)
+    edge_line = next(
+        line for line in dot.read_text(encoding="utf-8").splitlines() if '"resid_3.331" ->' in line
+    )
     assert "measured by 2 runs, drawn at their mean" in edge_line
     assert "prompt" not in data["metadata"] and data["metadata"]["summary"].startswith("2 runs")
     assert f"run {first}" in data["metadata"]["summary"] and f"run {second}" in data["metadata"]["summary"]
@@ -343,3 +347,133 @@ def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(
     graph_files.save_graph(graph, tmp_path / "g.dot", tmp_path / "g.svg")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["g.dot", "g.json"]
     assert "not installed" in caplog.text
+
+
+def test_a_dot_edited_by_hand_is_imported_with_a_warning_never_discarded(paths, caplog):
+    dot, js, svg = paths
+    update_graph_files(run_graph(prompt="one", effect=0.5), dot, svg)
+    text = dot.read_text(encoding="utf-8")
+    assert text.count('effect="0.5"') == 1
+    dot.write_text(text.replace('effect="0.5"', 'effect="0.9"'), encoding="utf-8")
+    loaded = load_graph(dot)
+    assert "was edited after sparse_coding wrote it" in caplog.text
+    edited = loaded.edges[("resid_3.331", "resid_4.2")]
+    assert edited.effect == 0.9 and loaded.runs[-1]["script"] == "edited by hand" and len(loaded.runs) == 2
+    assert edited.runs == {loaded.runs[1]["id"]: 0.9}
+    untouched = loaded.edges[("mlp_error_3", "resid_4.2")]
+    assert untouched.runs == {loaded.runs[0]["id"]: -0.2}  # unedited values keep their run
+    merged = update_graph_files(run_graph(prompt="two", effect=0.3), dot, svg)
+    assert merged.edges[("resid_3.331", "resid_4.2")].effect == (0.9 + 0.3) / 2
+    caplog.clear()
+    assert load_graph(dot) == merged and "was edited" not in caplog.text
+
+
+def test_a_dot_without_its_json_is_imported_keeping_edges_without_effect(paths):
+    dot, js, svg = paths
+    dot.parent.mkdir(parents=True)
+    hand_made = """digraph notes {
+      label="my notes";
+      "resid_3.331" [activation=2];
+      "resid_4.2";
+      "resid_3.331" -> "resid_4.2" [effect=0.75];
+      "resid_4.2" -> "attn_5.7" [color=green];
+      idea [shape=note, label="check this"];
+      idea -> "resid_3.331";
+    }"""
+    dot.write_text(hand_made, encoding="utf-8")
+    merged = update_graph_files(run_graph(prompt="new"), dot, svg)
+    imported, run = (r["id"] for r in merged.runs)
+    assert merged.runs[0]["script"] == "imported" and merged.runs[0]["file"] == "graph.dot"
+    edge = merged.edges[("resid_3.331", "resid_4.2")]
+    assert edge.runs == {imported: 0.75, run: 0.5}
+    assert merged.nodes["resid_3.331"].runs[imported] == {"activation": 2.0}
+    assert merged.user.edges == {("resid_4.2", "attn_5.7"): {"color": "green"}, ("idea", "resid_3.331"): {}}
+    assert merged.user.nodes == {"idea": {"shape": "note", "label": "check this"}}
+    assert merged.user.graph_attrs == {"label": "my notes"}
+    written = parse_dot(dot.read_text(encoding="utf-8"))
+    assert written.edges[("resid_4.2", "attn_5.7")] == {"color": "green"}
+    assert written.nodes["idea"]["label"] == "check this" and written.graph_attrs["label"] == "my notes"
+    assert json.loads(js.read_text(encoding="utf-8"))["user_drawing"]["nodes"]["idea"]["shape"] == "note"
+    assert load_graph(dot) == merged
+
+
+def test_a_seed_graph_grows_with_its_nodes_mapped_to_this_tools_ids(paths):
+    dot, js, svg = paths
+    dot.parent.mkdir(parents=True)
+    seed = """digraph G {
+      "Effects plotted out of collected: ~46.3%" [shape=box];
+      "9.331" [label=<<TABLE><TR><TD>9.331</TD></TR></TABLE>>, shape=plaintext];
+      "10.5" [label="10.5", shape=plaintext];
+      "resid_error_9.0" [label="resid_error_9.0"];
+      "9.331" -> "10.5" [color="#0000FF80"];
+      "resid_error_9.0" -> "10.5" [color="#FF000040"];
+    }"""
+    dot.write_text(seed, encoding="utf-8")
+    run = Graph(metadata={"prompt": "The cat", "summary": "new run"})
+    run.add_node(Node.from_id("resid_9.331", activation=3.0))
+    run.add_node(Node.from_id("resid_10.5", activation=1.0))
+    run.add_edge("resid_9.331", "resid_10.5", 0.4)
+    merged = update_graph_files(run, dot, svg)
+    assert set(merged.nodes) == {"resid_9.331", "resid_10.5", "resid_error_9"}
+    assert merged.user.edges == {
+        ("resid_9.331", "resid_10.5"): {"color": "#0000FF80"},
+        ("resid_error_9", "resid_10.5"): {"color": "#FF000040"},
+    }
+    assert list(merged.user.nodes) == ["Effects plotted out of collected: ~46.3%"]
+    assert merged.edges[("resid_9.331", "resid_10.5")].effect == 0.4
+    text = dot.read_text(encoding="utf-8")
+    assert '"resid_error_9" -> "resid_10.5" [color="#FF000040"]' in text  # the seed's drawn edge kept
+    assert '"resid_9.331" -> "resid_10.5" [color="#0000FF80"]' not in text  # replaced by the measured one
+    ET.parse(svg)
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    ["", "   \n", 'digraph G { label="my notes" }', "digraph { a -> b }", 'digraph { rankdir=LR; "x y" }'],
+)
+def test_a_dot_the_tool_cannot_read_as_a_graph_is_refused_and_left_as_it_is(paths, foreign):
+    dot, js, svg = paths
+    dot.parent.mkdir(parents=True)
+    dot.write_text(foreign, encoding="utf-8")
+    svg.write_text("<svg>the user's own drawing</svg>", encoding="utf-8")
+    with pytest.raises(GraphFileError, match=str(dot)) as refused:
+        update_graph_files(run_graph(), dot, svg)
+    assert "left as it is" in str(refused.value)
+    assert dot.read_text(encoding="utf-8") == foreign
+    assert svg.read_text(encoding="utf-8") == "<svg>the user's own drawing</svg>" and not js.exists()
+
+
+@pytest.mark.parametrize(
+    ("dot_name", "image_name", "message"),
+    [
+        ("same.svg", "same.svg", "would overwrite the graph file same.svg"),
+        ("g.dot", "g.json", "would overwrite the graph file g.json"),
+        ("g.json", "g.svg", "the name of its own canonical .json"),
+        ("g.dot", "g.jpg", r"\.jpg"),
+    ],
+)
+def test_colliding_output_names_are_refused_before_any_work(tmp_path, dot_name, image_name, message):
+    with pytest.raises(GraphFileError, match=message):
+        check_output_names(tmp_path / dot_name, tmp_path / image_name)
+    with pytest.raises(GraphFileError, match=message):
+        update_graph_files(run_graph(), tmp_path / dot_name, tmp_path / image_name)
+    assert list(tmp_path.iterdir()) == []
+    check_output_names(tmp_path / "g.dot", tmp_path / "g.svg")
+
+
+def test_a_full_disk_is_a_clear_error_naming_the_folder_and_the_old_files_stay(paths, monkeypatch):
+    dot, js, svg = paths
+    update_graph_files(run_graph(prompt="old"), dot, svg)
+    before = snapshot(dot, js, svg)
+
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "open", lambda *a, **k: FullDisk(), raising=False)
+    with pytest.raises(StorageError) as full:
+        update_graph_files(run_graph(prompt="new", extra="attn_5.7"), dot, svg)
+    assert str(dot.parent) in str(full.value) and "No space left on device" in str(full.value)
+    assert "previous files there were left as they were" in str(full.value)
+    assert snapshot(dot, js, svg) == before
+    assert no_temp_files(dot.parent)
