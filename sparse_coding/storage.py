@@ -102,6 +102,17 @@ def _storage_error(target: Path, e: OSError) -> StorageError:
 # ---------------------------------------------------------------- temps and commits
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT until the block ends, so a temp file is never created without being tracked."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _new_temp(target: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -195,7 +206,8 @@ class Commit:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 remove_stale_temps(target.parent)
-                self.temps[target] = _new_temp(target)
+                with _signals_held():
+                    self.temps[target] = _new_temp(target)
             except OSError as e:
                 raise _storage_error(target, e) from e
         return self.temps[target]
@@ -225,8 +237,8 @@ class Commit:
                 os.chmod(temp, mode)
             if self.journal is not None and len(self.temps) > 1:
                 renames = [[str(temp), str(target)] for target, temp in self.temps.items()]
+                self.decided = True  # from here on, the journal (once it exists) decides
                 write_atomic(self.journal, json.dumps({"renames": renames}))
-                self.decided = True
             for target, temp in self.temps.items():
                 os.replace(temp, target)
             for folder in {target.parent for target in self.temps}:
@@ -246,7 +258,12 @@ class Commit:
             if exc_type is None:
                 self.apply()
         finally:
-            if not self.decided:
+            if self.decided and self.journal is not None and self.journal.exists():
+                with contextlib.suppress(
+                    OSError
+                ):  # interrupted after the journal: finish now, or the next reader will
+                    recover(self.journal)
+            else:
                 for temp in self.temps.values():
                     temp.unlink(missing_ok=True)
             self.temps.clear()
