@@ -15,8 +15,9 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
 
 from sparse_coding.algorithms.attribution_graph import gradient_graph
 from sparse_coding.algorithms.threshold_cache import load_thresholds
-from sparse_coding.cli import run_script
+from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
+from sparse_coding.graphs.graph_files import check_output_names
 from sparse_coding.graphs.publish import publish_graph
 from sparse_coding.models.gpt2 import tokenize_prompt
 from sparse_coding.models.loading import load_spliced_model
@@ -25,6 +26,8 @@ logger = logging.getLogger("sparse_coding.fast")
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    out_dir = config.model_data_dir(config.MODEL_DIR)
+    check_output_names(out_dir / config.GRADS_DOT_FILE, out_dir / config.GRADS_FILE)
     spliced, tokenizer = load_spliced_model(config)
     tokens = tokenize_prompt(
         tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS, max_len=spliced.model.config.n_positions + 1
@@ -49,9 +52,10 @@ def main(config: Config, args: argparse.Namespace) -> None:
         dot_name=config.GRADS_DOT_FILE,
         image_name=config.GRADS_FILE,
         script="fast.py",
+        new_graph=args.new_graph,
     )
     print(published.line)
 
 
 if __name__ == "__main__":
-    run_script(main, __doc__.splitlines()[0])
+    run_script(main, __doc__.splitlines()[0], parser=build_parser(__doc__.splitlines()[0], graph_output=True))

@@ -16,13 +16,16 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path.insert(0, str(_here.parent))
 
 from sparse_coding.algorithms.pipe_graph import pipe_graph
-from sparse_coding.cli import run_script
+from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
+from sparse_coding.graphs.graph_files import check_output_names
 from sparse_coding.graphs.publish import publish_graph
 from sparse_coding.models.loading import load_spliced_model
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    out_dir = config.model_data_dir(config.MODEL_DIR)
+    check_output_names(out_dir / config.GRAPH_DOT_FILE, out_dir / config.GRAPH_FILE)
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))
     graph = pipe_graph(config, spliced, tokenizer)
     published = publish_graph(
@@ -33,9 +36,11 @@ def main(config: Config, args: argparse.Namespace) -> None:
         dot_name=config.GRAPH_DOT_FILE,
         image_name=config.GRAPH_FILE,
         script="pipe.py",
+        new_graph=args.new_graph,
     )
     print(published.line)
 
 
 if __name__ == "__main__":
-    run_script(main, "Ablation cognition graph on the residual-stream SAEs.")
+    DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
+    run_script(main, DESCRIPTION, parser=build_parser(DESCRIPTION, graph_output=True))

@@ -25,7 +25,7 @@ DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, complete
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    circuit, source = circuit_and_source(config, args.from_graph)
+    circuit, source = circuit_and_source(config, args.from_graph, args.run)
     spliced, tokenizer = load_circuit_model(config, circuit, source=source)
     batches = config_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
@@ -51,5 +51,11 @@ if __name__ == "__main__":
         type=Path,
         metavar="PATH",
         help="validate the feature nodes of a pipe.py/fast.py graph (.json or .dot)",
+    )
+    parser.add_argument(
+        "--run",
+        metavar="ID",
+        help="with --from-graph: only the nodes of this run (ids are listed in the graph's .json and "
+        "summary node); default: the nodes of all runs",
     )
     run_script(main, DESCRIPTION, parser=parser)

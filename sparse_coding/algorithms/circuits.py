@@ -37,10 +37,15 @@ def circuit_from_config(config: Config) -> Circuit:
     return {site_key(*key): sorted(set(dims)) for key, dims in pins}
 
 
-def circuit_from_graph(graph: Graph, path: Path) -> Circuit:
-    """The feature nodes of a pipe.py/fast.py graph; error and other nodes skipped."""
+def circuit_from_graph(graph: Graph, path: Path, run: str | None = None) -> Circuit:
+    """The feature nodes of a pipe.py/fast.py graph (of one run, if given); error and other nodes skipped.
+
+    Raises:
+        GraphFileError: the graph has no such run, or no feature node to validate.
+    """
+    node_ids = graph.nodes.keys() if run is None else graph.run_node_ids(_known_run(graph, path, run))
     circuit: Circuit = {}
-    for node_id in graph.nodes:
+    for node_id in node_ids:
         try:
             site, layer, feature = parse_node_id(node_id)
         except ValueError:  # e.g. a logit node
@@ -49,10 +54,29 @@ def circuit_from_graph(graph: Graph, path: Path) -> Circuit:
             circuit.setdefault(site_key(site, layer), []).append(feature)
     n_features = sum(map(len, circuit.values()))
     if not n_features:
-        raise GraphFileError(f"graph file {path} has no feature nodes to validate")
-    skipped = len(graph.nodes) - n_features
-    logger.info("%s: %d feature nodes, %d others skipped", path, n_features, skipped)
+        raise GraphFileError(f"graph file {path} has no feature nodes to validate ({runs_text(graph, run)})")
+    skipped = len(node_ids) - n_features
+    logger.info(
+        "%s (%s): %d feature nodes, %d others skipped", path, runs_text(graph, run), n_features, skipped
+    )
     return {key: sorted(dims) for key, dims in sorted(circuit.items())}
+
+
+def _known_run(graph: Graph, path: Path, run: str) -> str:
+    ids = [str(record.get("id")) for record in graph.runs]
+    if run not in ids:
+        raise GraphFileError(
+            f"graph file {path} has no run {run!r}; its runs are: {', '.join(ids) or 'none'}"
+        )
+    return run
+
+
+def runs_text(graph: Graph, run: str | None) -> str:
+    """Which runs' nodes are validated, in words: 'run X' or 'all 3 runs: X, Y, Z'."""
+    if run is not None:
+        return f"run {run}"
+    ids = [str(record.get("id")) for record in graph.runs]
+    return f"all {len(ids)} runs: {', '.join(ids)}" if ids else "all its nodes"
 
 
 def read_graph(path: Path) -> Graph:
@@ -65,11 +89,18 @@ def read_graph(path: Path) -> Graph:
     return graph
 
 
-def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, str]:
-    """The circuit of `graph` if given, else of VALIDATION_DIMS_PINNED; and its source."""
+def circuit_and_source(config: Config, graph: Path | None, run: str | None = None) -> tuple[Circuit, str]:
+    """The circuit of `graph` (of its run `run`, default all runs) if given, else of VALIDATION_DIMS_PINNED.
+
+    Returns:
+        The circuit and where it came from, in words (which runs, for a graph).
+    """
     if graph is None:
+        if run is not None:
+            raise ConfigError("--run picks a run of a graph file; give the graph with --from-graph PATH")
         return circuit_from_config(config), "VALIDATION_DIMS_PINNED"
-    return circuit_from_graph(read_graph(graph), graph), f"graph file {graph}"
+    stored = read_graph(graph)
+    return circuit_from_graph(stored, graph, run), f"graph file {graph} ({runs_text(stored, run)})"
 
 
 def load_circuit_model(

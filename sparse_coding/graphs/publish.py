@@ -51,8 +51,12 @@ def publish_graph(
     dot_name: str,
     image_name: str,
     script: str,
+    new_graph: bool = False,
 ) -> Published:
-    """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image)."""
+    """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image).
+
+    `new_graph` sets the stored graph aside and starts a new one (``--new-graph``).
+    """
     graph.metadata.update(run_metadata(config, spliced, script))
     out_dir = config.model_data_dir(config.MODEL_DIR)
     add_contexts(graph, load_or_collect(config, spliced, tokenizer), config.TOP_K)
@@ -64,7 +68,7 @@ def publish_graph(
         cache_dir=config.DATA_DIR / "neuronpedia_cache",
     )
     dot_path = out_dir / dot_name
-    merged = update_graph_files(graph, dot_path, out_dir / image_name)
+    merged = update_graph_files(graph, dot_path, out_dir / image_name, new_graph=new_graph)
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; wrote {dot_path}, "
