@@ -343,14 +343,13 @@ def safe_path(base: Path, *parts: str) -> Path:
 def path_identity(path: Path) -> dict[str, Any]:
     """What tells a changed file from the same one: resolved path, size, mtime (of each file in a folder)."""
     path = Path(path).expanduser().resolve()
+    if not path.exists():
+        return {"path": str(path), "missing": True}
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    stats = [(p, p.stat()) for p in files]
-    return {
-        "path": str(path),
-        "files": [
-            [str(p.relative_to(path)) if p != path else "", s.st_size, s.st_mtime_ns] for p, s in stats
-        ],
-    }
+    entries = [
+        [str(p.relative_to(path)) if p != path else "", p.stat().st_size, p.stat().st_mtime_ns] for p in files
+    ]
+    return {"path": str(path), "files": entries}
 
 
 def dataset_identity(dataset: str | None, *, revision: str | None = None) -> dict[str, Any] | None:
@@ -369,29 +368,64 @@ def model_identity(model: str) -> dict[str, Any]:
     return {"name": model}
 
 
+def sae_identity(source: str | None, weights: Path | None) -> dict[str, Any]:
+    """One SAE: its configured source and its weights file identity (a hub file resolves to its blob)."""
+    return {"source": source, "weights": None if weights is None else path_identity(weights)}
+
+
 def cache_fingerprint(
     *,
     model: str,
-    sae_weights: Mapping[str, Path | None],
-    dataset: dict[str, Any] | None,
+    saes: Mapping[str, dict[str, Any]],
+    dataset: str | None,
+    revision: str | None = None,
     settings: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Everything a cache depends on, JSON-ready: equal fingerprints mean the cache is valid.
+    """Everything a cache depends on, JSON-ready: a cache serves a run whose fingerprint has no `differences`.
 
     Args:
         model: MODEL_DIR.
-        sae_weights: site key -> the SAE's weights file (None when unknown).
-        dataset: `dataset_identity` of the text read (None for PROMPT).
-        settings: every other value that shapes the cache (sources, sizes, seeds).
+        saes: site key -> `sae_identity` of every SAE the cache holds values of.
+        dataset, revision: DATASET (a local path or a hub name) and its revision; None for PROMPT.
+        settings: named groups of every other value that shapes the cache
+            (e.g. ``{"dataset": {...}, "cluster": {...}}``).
     """
     return {
         "model": model_identity(model),
-        "sae_weights": {
-            key: None if path is None else path_identity(path) for key, path in sorted(sae_weights.items())
-        },
-        "dataset": dataset,
-        "settings": dict(settings),
+        "saes": dict(sorted(saes.items())),
+        "dataset_identity": dataset_identity(dataset, revision=revision),
+        **settings,
     }
+
+
+def fingerprint_differences(cached: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """What keeps a cache from serving a run, in words ('dataset.MAX_SEQ_LEN was 64, now 32'); [] when none.
+
+    SAEs are compared for the sites both hold: a cache may hold more sites,
+    and the caller says which sites it lacks.
+    """
+    found: list[str] = []
+    for name in sorted(current.keys() - {"saes"}):
+        found += _changes(name, cached.get(name), current[name])
+    cached_saes = cached.get("saes") or {}
+    for key, sae in current["saes"].items():
+        if key not in cached_saes:
+            continue
+        if cached_saes[key].get("source") != sae["source"]:
+            found.append(f"{key} SAE was {cached_saes[key].get('source')!r}, now {sae['source']!r}")
+        elif cached_saes[key].get("weights") != sae["weights"]:
+            found.append(f"{key} SAE weights changed on disk ({(sae['weights'] or {}).get('path')})")
+    return found
+
+
+def _changes(name: str, old: Any, new: Any) -> list[str]:
+    """'name.key was X, now Y' for each differing entry (dicts one level deep)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(old.keys() | new.keys())
+        return [
+            f"{name}.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
+        ]
+    return [] if old == new else [f"{name} was {old!r}, now {new!r}"]
 
 
 def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:

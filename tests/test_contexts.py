@@ -5,7 +5,7 @@ import torch
 
 from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.labels.context_cache import ContextCache
-from sparse_coding.labels.contexts import cache_path, collect_contexts, load_or_collect
+from sparse_coding.labels.contexts import cache_path, collect_contexts, fingerprint, load_or_collect
 from sparse_coding.models.loading import load_spliced_model
 from sparse_coding.models.saes import load_sae
 
@@ -105,17 +105,25 @@ def test_the_cache_round_trips_and_detects_stale_sources(dataset_config, tmp_pat
     loaded = ContextCache.load(tmp_path / "c.npz")
     for feature in range(8):
         assert loaded.contexts("resid_1", feature, 3) == cache.contexts("resid_1", feature, 3)
-    sources = dict(cache.sources)
-    assert loaded.covers(sources, cache.fingerprint, 3, 2)
-    assert not loaded.covers(sources | {"resid_0": "/elsewhere/resid_{layer}"}, cache.fingerprint, 3, 2)
-    assert not loaded.covers(sources, cache.fingerprint, 5, 2)
+    current = fingerprint(dataset_config, spliced)
+    cache.fingerprint = current
+    cache.save(tmp_path / "c.npz")
+    loaded = ContextCache.load(tmp_path / "c.npz")
+    assert loaded.stale_reasons(current, 3, 2) == []
+    moved = current | {
+        "saes": current["saes"] | {"resid_0": {"source": "/elsewhere/resid_{layer}", "weights": None}}
+    }
+    assert loaded.stale_reasons(moved, 3, 2) == [
+        f"resid_0 SAE was {cache.sources['resid_0']!r}, now '/elsewhere/resid_{{layer}}'"
+    ]
+    assert loaded.stale_reasons(current, 5, 2) == ["SEQ_PER_DIM_CAP was 3, now 5"]
 
 
 def test_load_or_collect_writes_once_and_reuses_the_cache(dataset_config):
     spliced, tokenizer = load_spliced_model(dataset_config, sites=("resid",))
     first = load_or_collect(dataset_config, spliced, tokenizer)
     path = cache_path(dataset_config)
-    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert path.is_file() and not path.with_suffix(".json").exists()  # one file: header inside
     stamp = path.stat().st_mtime_ns
     again = load_or_collect(dataset_config, spliced, tokenizer)
     assert path.stat().st_mtime_ns == stamp

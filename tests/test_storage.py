@@ -112,25 +112,31 @@ def test_a_read_only_or_unwritable_folder_is_an_error_naming_it(tmp_path, monkey
     assert (tmp_path / "a").read_text() == "old"
 
 
-def test_the_fingerprint_changes_when_a_local_file_is_edited_in_place(tmp_path):
-    corpus = tmp_path / "corpus.txt"
+def fingerprint(corpus: Path, weights: Path, **settings) -> dict:
+    saes = {"resid_0": storage.sae_identity("my/saes_{layer}", weights)}
+    return storage.cache_fingerprint(model="gpt2", saes=saes, dataset=str(corpus), settings=settings)
+
+
+def test_the_fingerprint_sees_a_corpus_or_weights_file_edited_in_place(tmp_path):
+    corpus, weights = tmp_path / "corpus.txt", tmp_path / "sae_weights.safetensors"
     corpus.write_text("one\n")
-    before = storage.cache_fingerprint(
-        model="gpt2",
-        sae_weights={"resid_0": None},
-        dataset=storage.dataset_identity(str(corpus)),
-        settings={},
+    weights.write_bytes(b"w1")
+    before = fingerprint(corpus, weights, text={"MAX_SEQ_LEN": 64})
+    assert (
+        storage.fingerprint_differences(before, fingerprint(corpus, weights, text={"MAX_SEQ_LEN": 64})) == []
     )
     stat = corpus.stat()
-    corpus.write_text("two\n")  # same size, same name
+    corpus.write_text("two\n")  # same size, same name: only the mtime tells
     os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    after = storage.cache_fingerprint(
-        model="gpt2",
-        sae_weights={"resid_0": None},
-        dataset=storage.dataset_identity(str(corpus)),
-        settings={},
+    (difference,) = storage.fingerprint_differences(
+        before, fingerprint(corpus, weights, text={"MAX_SEQ_LEN": 64})
     )
-    assert storage.fingerprint_digest(before) != storage.fingerprint_digest(after)
+    assert difference.startswith("dataset_identity.local was")
+    weights.write_bytes(b"w22")
+    changed = storage.fingerprint_differences(before, fingerprint(corpus, weights, text={"MAX_SEQ_LEN": 32}))
+    assert "text.MAX_SEQ_LEN was 64, now 32" in changed and any(
+        "resid_0 SAE weights changed" in c for c in changed
+    )
     assert storage.dataset_identity("Skylion007/openwebtext", revision="abc") == {
         "hub": "Skylion007/openwebtext",
         "revision": "abc",

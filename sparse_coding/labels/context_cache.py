@@ -4,34 +4,38 @@ Kept apart from `contexts` (the streaming collection) because this is what
 pipe.py and fast.py read back: a `ContextCache` turns the stored arrays into
 label contexts, and `save`/`load` are its file format, written atomically.
 
-On disk (`save`/`load`): ``<stem>.npz`` (compressed numpy) and
-``<stem>.json``. The npz holds, per site key K: ``K/act`` (d_sae, k) float32
+On disk (`save`/`load`): one ``<stem>.npz`` (compressed numpy), written
+atomically by `sparse_coding.storage`, so arrays and header can never come
+from two runs. It holds, per site key K: ``K/act`` (d_sae, k) float32
 peak activation (0 = no entry), ``K/seq`` and ``K/pos`` (d_sae, k) int64
 sequence index and peak position, ``K/window`` (d_sae, k, 2 VIEW + 1) float32
-activations around the peak; and, for the referenced sequences,
-``seq_ids`` (n,) their stream indices, ``offsets`` (n + 1,) and ``tokens``
-(total,) their concatenated token ids. The json holds ``format``, ``view``,
-``per_feature``, ``sources`` (site key -> SAE source), ``fingerprint`` (what
-text was read, see `contexts.fingerprint`) and ``vocab`` (token id -> string,
-for the ids used). A cache whose sources or fingerprint differ from the run's
-fails `covers`, and `contexts.load_or_collect` collects again.
+activations around the peak; for the referenced sequences, ``seq_ids`` (n,)
+their stream indices, ``offsets`` (n + 1,) and ``tokens`` (total,) their
+concatenated token ids; and ``header`` (uint8, UTF-8 JSON): ``format``,
+``view``, ``per_feature``, ``sources`` (site key -> SAE source),
+``fingerprint`` (`storage.cache_fingerprint`: model, every SAE's source and
+weights file, the dataset's identity, the text settings; see
+`contexts.fingerprint`) and ``vocab`` (token id -> string, for the ids used).
+A cache that `stale_reasons` finds fault with (another SAE, an edited corpus,
+fewer contexts per feature) is collected again by `contexts.load_or_collect`.
 """
 
+import io
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from sparse_coding import storage
 from sparse_coding.errors import DatasetError
 from sparse_coding.graphs.graph import Context
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -44,7 +48,7 @@ class ContextCache:
     arrays: dict[str, dict[str, np.ndarray]]  # site key -> act/seq/pos/window
     sequences: dict[int, np.ndarray]  # stream index -> token ids
     vocab: dict[int, str]
-    fingerprint: str = ""
+    fingerprint: dict[str, Any] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
     def contexts(self, site_key: str, feature: int, top_k: int) -> list[Context]:
@@ -69,9 +73,8 @@ class ContextCache:
         return result
 
     def save(self, path: Path) -> None:
-        """Write `<stem>.npz` and `<stem>.json` atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write `<stem>.npz`, arrays and header in one file, atomically."""
+        path = Path(path).with_suffix(".npz")
         seq_ids = np.array(sorted(self.sequences), dtype=np.int64)
         lengths = [len(self.sequences[int(i)]) for i in seq_ids]
         arrays = {f"{key}/{name}": value for key, site in self.arrays.items() for name, value in site.items()}
@@ -88,30 +91,26 @@ class ContextCache:
             "meta": self.meta,
             "vocab": {str(k): v for k, v in self.vocab.items()},
         }
-        with _atomic(path.with_suffix(".npz")) as tmp:
-            np.savez_compressed(tmp, **arrays)
-        with _atomic(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(header), encoding="utf-8")
-        logger.info(
-            "Saved contexts of %d sites to %s",
-            len(self.arrays),
-            path.with_suffix(".npz"),
-        )
+        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        storage.write_atomic(path, buffer.getvalue())
+        logger.info("Saved contexts of %d sites to %s", len(self.arrays), path)
 
     @classmethod
     def load(cls, path: Path) -> "ContextCache":
         """Read a cache written by `save`.
 
         Raises:
-            DatasetError: the files are missing, unreadable or of another format.
+            DatasetError: the file is missing, unreadable or of another format.
         """
-        path = Path(path)
+        path = Path(path).with_suffix(".npz")
         try:
-            header = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-            with np.load(path.with_suffix(".npz")) as npz:
+            with np.load(path) as npz:
                 raw = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, KeyError) as e:
-            raise DatasetError(f"context cache {path.with_suffix('.npz')} is not readable: {e}") from e
+            header = json.loads(raw.pop("header").tobytes().decode("utf-8")) if "header" in raw else {}
+        except (OSError, ValueError, KeyError, EOFError) as e:
+            raise DatasetError(f"context cache {path} is not readable: {e}") from e
         if header.get("format") != FORMAT:
             raise DatasetError(
                 f"context cache {path} has format {header.get('format')!r}, expected {FORMAT}; "
@@ -128,11 +127,18 @@ class ContextCache:
             meta=header.get("meta", {}),
         )
 
-    def covers(self, sources: dict[str, str], fingerprint: str, per_feature: int, view: int) -> bool:
-        """True when this cache answers for every site of `sources` on the same text."""
-        same_sites = all(self.sources.get(key) == source for key, source in sources.items())
-        fits = self.per_feature >= per_feature and self.view == view
-        return same_sites and fits and self.fingerprint == fingerprint
+    def stale_reasons(self, fingerprint: dict[str, Any], per_feature: int, view: int) -> list[str]:
+        """Why this cache cannot answer for a run with `fingerprint`, in words; [] when it can.
+
+        It may hold more sites than the run uses, and more contexts per feature.
+        """
+        reasons = [f"no contexts for site {key}" for key in fingerprint["saes"] if key not in self.arrays]
+        reasons += storage.fingerprint_differences(self.fingerprint, fingerprint)
+        if self.per_feature < per_feature:
+            reasons.append(f"SEQ_PER_DIM_CAP was {self.per_feature}, now {per_feature}")
+        if self.view != view:
+            reasons.append(f"VIEW was {self.view}, now {view}")
+        return reasons
 
 
 def _site_arrays(raw: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -147,26 +153,3 @@ def _site_arrays(raw: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]
 def _sequences(raw: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
     offsets = raw["offsets"]
     return {int(seq): raw["tokens"][offsets[i] : offsets[i + 1]] for i, seq in enumerate(raw["seq_ids"])}
-
-
-class _atomic:
-    """Context manager yielding a temp path that replaces `target` on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(
-            dir=self.target.parent,
-            prefix=f".{self.target.name}.",
-            suffix=self.target.suffix,
-        )
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)

@@ -23,13 +23,12 @@ collected again.
 """
 
 import functools
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from sparse_coding import storage
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, config_batches
 from sparse_coding.errors import DatasetError
@@ -228,23 +228,19 @@ def _vocab(tokenizer: PreTrainedTokenizerBase, sequences: Iterable[Tensor]) -> d
     return {i: tokenizer.decode([i]) for i in ids}
 
 
-def fingerprint(config: Config) -> str:
-    """What text a cache was collected from: same fingerprint, same contexts."""
-    keys = (
-        "MODEL_DIR",
-        "PROMPT",
-        "DATASET",
-        "DATASET_CONFIG",
-        "DATASET_SPLIT",
-        "DATASET_TEXT_COLUMN",
-        "NUM_SEQUENCES_EVALED",
-        "MAX_SEQ_LEN",
-        "PREPEND_BOS",
+def fingerprint(config: Config, spliced: SplicedModel) -> dict[str, Any]:
+    """What a cache's contexts depend on (`storage.cache_fingerprint`): model, SAEs, text and its settings."""
+    keys = ("DATASET_CONFIG", "DATASET_SPLIT", "DATASET_TEXT_COLUMN", "NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN")
+    text = {key: getattr(config, key) for key in keys} if config.DATASET else {"PROMPT": config.PROMPT}
+    saes = {
+        site.key: storage.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
+    }
+    return storage.cache_fingerprint(
+        model=config.MODEL_DIR,
+        saes=saes,
+        dataset=config.DATASET,
+        settings={"text": text | {"PREPEND_BOS": config.PREPEND_BOS}},
     )
-    source = {key: getattr(config, key) for key in keys}
-    if config.DATASET is not None:
-        source.pop("PROMPT")
-    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_path(config: Config) -> Path:
@@ -257,17 +253,15 @@ def load_or_collect(
 ) -> ContextCache:
     """The cached contexts for this config's text and SAEs, collecting them when stale or missing."""
     path = cache_path(config)
-    sources = {site.key: site.sae.cfg.source for site in spliced.sites}
-    if path.with_suffix(".npz").is_file():
+    current = fingerprint(config, spliced)
+    if path.is_file():
         try:
             cache = ContextCache.load(path)
-            if cache.covers(sources, fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW):
+            reasons = cache.stale_reasons(current, config.SEQ_PER_DIM_CAP, config.VIEW)
+            if not reasons:
                 logger.info("Using cached contexts %s", path)
                 return cache
-            logger.info(
-                "Context cache %s is stale (other SAEs or settings); collecting again",
-                path,
-            )
+            logger.info("Context cache %s is stale (%s); collecting again", path, "; ".join(reasons))
         except DatasetError as e:
             logger.warning("%s; collecting again", e)
     batches = config_batches(
@@ -282,6 +276,6 @@ def load_or_collect(
         view=config.VIEW,
         total=total,
     )
-    cache.fingerprint = fingerprint(config)
+    cache.fingerprint = current
     cache.save(path)
     return cache
