@@ -320,9 +320,9 @@ def file_lock(path: Path, *, what: str) -> Iterator[None]:
 
 
 def safe_component(text: str) -> str:
-    """One path component from arbitrary text: no separators, never ``.`` or ``..``."""
-    cleaned = re.sub(r"[^\w.-]", "_", text)
-    return "_" if cleaned.strip(".") == "" else cleaned
+    """One path component from arbitrary text: no separators, never ``.`` or ``..`` (they become ``%2E``)."""
+    cleaned = re.sub(r"[^\w.-]", "_", text) or "_"
+    return "%2E" * len(cleaned) if cleaned.strip(".") == "" else cleaned
 
 
 def safe_path(base: Path, *parts: str) -> Path:
