@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_coding import storage
-from sparse_coding.errors import GraphFileError
+from sparse_coding.errors import GraphFileError, StorageError
 from sparse_coding.graphs.dot_parser import DotGraph, parse_dot
 from sparse_coding.graphs.graph import Edge, Graph, Node, new_run_id, run_record
 from sparse_coding.graphs.render import (
@@ -411,7 +411,11 @@ def load_graph(dot_path: Path) -> Graph | None:
         dot_path = dot_path.with_suffix(".dot")
     if not dot_path.exists() and not json_path_for(dot_path).exists():
         return None
-    with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"):
+    try:
+        with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"):
+            return _load(dot_path)
+    except StorageError:  # a read-only folder: nothing can be writing there
+        logger.info("cannot lock %s (read-only folder?); reading it without the lock", dot_path)
         return _load(dot_path)
 
 

@@ -1,8 +1,9 @@
 """Label a freshly computed graph and merge it into the graph files of a run.
 
-Shared by pipe.py and fast.py: metadata, top-activating contexts, direct
-logit effects, Neuronpedia explanations, then
-`graph_files.update_graph_files` (atomic .dot + .json + image).
+Shared by pipe.py and fast.py: metadata (this run's record), top-activating
+contexts, direct logit effects, Neuronpedia explanations, then
+`graph_files.update_graph_files` (locked merge into the canonical .json, the
+.dot and image redrawn, all in one crash-consistent commit).
 """
 
 import logging
