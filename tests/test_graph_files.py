@@ -90,13 +90,14 @@ def test_the_dot_alone_reloads_the_graph_losslessly(paths):
 
 def test_the_json_is_canonical_and_the_dot_says_it_is_derived(paths):
     dot, js, svg = paths
-    save_graph(stored_graph(), dot, svg)
+    graph = stored_graph()
+    save_graph(graph, dot, svg)
     data = json.loads(js.read_text(encoding="utf-8"))
     assert data["format"] == 2
     assert data["derived"] == {"dot": "graph.dot", "dot_sha256": hashlib.sha256(dot.read_bytes()).hexdigest()}
     assert dot.read_text(encoding="utf-8").startswith("// Drawn by sparse_coding from its canonical .json")
     dot.unlink()
-    assert load_graph(dot) == stored_graph()  # the .json alone is the graph
+    assert load_graph(dot) == graph  # the .json alone is the graph
 
 
 def test_files_follow_the_design_contract(paths):
@@ -383,7 +384,7 @@ def test_a_dot_without_its_json_is_imported_keeping_edges_without_effect(paths):
     dot.write_text(hand_made, encoding="utf-8")
     merged = update_graph_files(run_graph(prompt="new"), dot, svg)
     imported, run = (r["id"] for r in merged.runs)
-    assert merged.runs[0]["script"] == "imported" and merged.runs[0]["file"] == "graph.dot"
+    assert merged.runs[0]["script"] == "imported" and merged.runs[0]["imported_from"] == "graph.dot"
     edge = merged.edges[("resid_3.331", "resid_4.2")]
     assert edge.runs == {imported: 0.75, run: 0.5}
     assert merged.nodes["resid_3.331"].runs[imported] == {"activation": 2.0}
@@ -477,3 +478,15 @@ def test_a_full_disk_is_a_clear_error_naming_the_folder_and_the_old_files_stay(p
     assert "previous files there were left as they were" in str(full.value)
     assert snapshot(dot, js, svg) == before
     assert no_temp_files(dot.parent)
+
+
+def test_a_pair_written_before_runs_were_kept_apart_loads_from_its_dot_keeping_its_run(paths):
+    dot, js, svg = paths
+    dot.parent.mkdir(parents=True)
+    dot.write_text(graph_to_dot(run_graph(prompt="old run", effect=0.5)), encoding="utf-8")
+    stale = run_graph(prompt="old run", effect=9.0).to_dict()  # a crash between the old two renames
+    js.write_text(json.dumps(stale), encoding="utf-8")  # no "format": written by the old code
+    loaded = load_graph(dot)
+    (run,) = loaded.runs
+    assert run["prompt"] == "old run" and run["imported_from"] == "graph.dot"
+    assert loaded.edges[("resid_3.331", "resid_4.2")].runs == {run["id"]: 0.5}

@@ -365,9 +365,14 @@ def _read_json(json_path: Path) -> tuple[Graph, dict[str, Any]]:
 
 
 def _tie_imported(graph: Graph, dot_path: Path, script: str) -> Graph:
-    """Give values the file did not tie to a run (imported or edited by hand) a run of their own."""
+    """Give values the file did not tie to a run (imported or edited by hand) a run of their own.
+
+    A graph written before runs were kept apart describes its last run at the
+    top of its metadata: that description becomes the imported run's record.
+    """
     if graph.untied():
-        graph.add_run(run_record({"script": script, "file": dot_path.name}))
+        described = {} if graph.runs else graph.metadata
+        graph.add_run(run_record({"script": script, **described, "imported_from": dot_path.name}))
     return graph
 
 
