@@ -96,6 +96,10 @@ def test_the_json_is_canonical_and_the_dot_says_it_is_derived(paths):
     assert data["format"] == 2
     assert data["derived"] == {"dot": "graph.dot", "dot_sha256": hashlib.sha256(dot.read_bytes()).hexdigest()}
     assert dot.read_text(encoding="utf-8").startswith("// Drawn by sparse_coding from its canonical .json")
+    assert (
+        "<!-- Drawn by sparse_coding from its canonical .json twin (same name) -->\n<svg" in svg.read_text()
+    )
+    ET.parse(svg)
     dot.unlink()
     assert load_graph(dot) == graph  # the .json alone is the graph
 

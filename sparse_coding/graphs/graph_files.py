@@ -2,7 +2,8 @@
 
 One store per graph. ``<stem>.json`` (beside the ``.dot``, same stem) is the
 truth; the ``.dot`` and the image are drawn from it, say so in a header
-comment, and are rebuilt on every write. All three are replaced in one
+comment (the ``.dot`` and an ``.svg``; a ``.png`` has none), and are rebuilt
+on every write. All three are replaced in one
 crash-consistent commit (`sparse_coding.storage.Commit`), under an
 exclusive lock (``.<name>.dot.lock`` beside the ``.dot``) held for the whole
 read-merge-write, so concurrent runs merge one after the other and a killed
@@ -79,6 +80,7 @@ FORMAT = 2
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _SEED_FEATURE_RE = re.compile(r"^(\d+)\.(\d+)$")  # seed tool: "9.331" is resid layer 9, feature 331
 _SEED_ERROR_RE = re.compile(r"^(resid|attn|mlp)_error_(\d+)(?:\.\d+)?$")
+DERIVED_NOTE = "Drawn by sparse_coding from its canonical .json twin (same name)"
 _GRAPH_FILE_KEYS = "GRAPH_DOT_FILE/GRAPH_FILE (pipe.py) or GRADS_DOT_FILE/GRADS_FILE (fast.py)"
 
 
@@ -209,11 +211,7 @@ def graph_to_dot(graph: Graph, options: RenderOptions | None = None) -> str:
     )
     if user := _user_lines(graph):
         text = text.removesuffix("}\n") + "\n".join(user) + "\n}\n"
-    header = (
-        "// Drawn by sparse_coding from its canonical .json twin (same name); edits made here are "
-        "detected and imported on the next run.\n"
-    )
-    return header + text
+    return f"// {DERIVED_NOTE}; edits made here are detected and imported on the next run.\n" + text
 
 
 def import_node_id(name: str) -> str | None:
@@ -458,6 +456,9 @@ def _draw(
         text = graph_to_dot(graph, compact)
         commit.write(dot_path, text)
         render_image(commit.temp(dot_path), commit.temp(image_path), fmt=fmt, timeout_s=timeout_s)
+    if fmt == "svg":
+        svg = commit.temp(image_path).read_text(encoding="utf-8")
+        commit.write(image_path, re.sub(r"(<svg\b)", rf"<!-- {DERIVED_NOTE} -->\n\1", svg, count=1))
     return text
 
 
