@@ -15,13 +15,13 @@ import pytest
 from sparse_coding import storage
 from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
 from sparse_coding.graphs import graph_files
+from sparse_coding.graphs.dot_parser import parse_dot
 from sparse_coding.graphs.graph import Context, Graph, Node, run_record
 from sparse_coding.graphs.graph_files import (
     check_output_names,
     graph_from_dot,
     graph_to_dot,
     load_graph,
-    parse_dot,
     save_graph,
     update_graph_files,
 )
