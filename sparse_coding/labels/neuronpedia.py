@@ -11,7 +11,8 @@ never a dependency of a run:
 - answers (including "feature not found") are cached on disk, one folder per
   server, so a feature is fetched once across runs; a "not found" is asked
   again after a week and an answer after a month, as Neuronpedia adds and
-  revises explanations;
+  revises explanations; cache paths are built with `storage.safe_path`, so
+  an SAE cfg's ``neuronpedia_id`` (``../../x``) never leads out of the cache;
 - requests run concurrently in a thread pool, and after a few network-level
   failures (no network, refused, timed out) the rest are skipped, so an
   offline run costs one timeout, not one per node;
