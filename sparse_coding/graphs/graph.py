@@ -431,13 +431,16 @@ def run_record(metadata: dict[str, Any], run_id: str | None = None) -> dict[str,
 
 
 def graph_summary(runs: list[dict[str, Any]]) -> str:
-    """The summary node's text: how many runs of which script, and the latest ones."""
+    """The summary node's text: one run's own summary, or how many runs of which script; then the runs."""
     scripts = Counter(str(run.get("script", "unknown")) for run in runs)
     counts = ", ".join(f"{script} x{n}" for script, n in sorted(scripts.items()))
-    lines = [
-        f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({counts}); a value measured by several "
-        f"runs is drawn at their mean (count in its tooltip)"
-    ]
+    if len(runs) == 1:
+        lines = [str(runs[0].get("summary", ""))]
+    else:
+        lines = [
+            f"{len(runs)} runs ({counts}); a value measured by several runs is drawn at their mean "
+            f"(count in its tooltip)"
+        ]
     if len(runs) > _RUNS_LISTED:
         lines.append(f"{len(runs) - _RUNS_LISTED} earlier runs are listed in the .json")
     for run in runs[-_RUNS_LISTED:]:
