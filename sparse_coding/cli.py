@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
 from sparse_coding.errors import SparseCodingError
 from sparse_coding.phases import PhaseTimer
+from sparse_coding.storage import exit_cleanly_on_sigterm
 
 logger = logging.getLogger("sparse_coding")
 
@@ -27,13 +28,22 @@ SCRIPTS = {
 }
 
 
-def build_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """An argument parser with the `--config PATH` every script takes."""
+def build_parser(
+    description: str, prog: str | None = None, *, graph_output: bool = False
+) -> argparse.ArgumentParser:
+    """An argument parser with the `--config PATH` every script takes (`--new-graph` for graph scripts)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config (default: {DEFAULT_CONFIG_PATH})"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    if graph_output:
+        parser.add_argument(
+            "--new-graph",
+            action="store_true",
+            help="start a new graph instead of merging into the stored one (its files are renamed "
+            "<name>.before-<run id>.*, not deleted)",
+        )
     return parser
 
 
@@ -52,6 +62,7 @@ def run_script(
         datefmt="%H:%M:%S",
     )
     args.phases = PhaseTimer()
+    exit_cleanly_on_sigterm()  # docker stop / kill: unwind like Ctrl-C, removing temp files
     try:
         main(load_config(args.config), args)
     except SparseCodingError as e:

@@ -28,3 +28,7 @@ class DatasetError(SparseCodingError):
 
 class ExactlyZeroEffectError(SparseCodingError):
     """An ablation run found no effect at all: nothing to draw."""
+
+
+class StorageError(SparseCodingError):
+    """An output file cannot be written (disk full, read-only or unwritable folder)."""

@@ -23,12 +23,12 @@ def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.fast import run_fast
 
-    print(run_fast(config, args.phases))
+    print(run_fast(config, args.phases, new_graph=args.new_graph))
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Parse the common arguments and run; `sparse-coding fast` calls this too."""
-    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog))
+    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog, graph_output=True))
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.pipe import run_pipe
 
-    print(run_pipe(config, args.phases))
+    print(run_pipe(config, args.phases, new_graph=args.new_graph))
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Parse the common arguments and run; `sparse-coding pipe` calls this too."""
-    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog))
+    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog, graph_output=True))
 
 
 if __name__ == "__main__":

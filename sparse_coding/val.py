@@ -25,7 +25,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.val import run_val
 
-    print(run_val(config, args.phases, from_graph=args.from_graph))
+    print(run_val(config, args.phases, from_graph=args.from_graph, run=args.run))
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -36,6 +36,12 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         type=Path,
         metavar="PATH",
         help="validate the feature nodes of a pipe.py/fast.py graph (.json or .dot)",
+    )
+    parser.add_argument(
+        "--run",
+        metavar="ID",
+        help="with --from-graph: only the nodes of this run (ids are listed in the graph's .json and "
+        "summary node); default: the nodes of all runs",
     )
     run_script(main, DESCRIPTION, argv, parser=parser)
 

@@ -9,7 +9,7 @@ from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.models.saes import load_sae
 from sparse_coding.pipelines.inputs import text_source
 from sparse_coding.pipelines.loading import load_spliced_model
-from sparse_coding.pipelines.publish import cache_path, load_or_collect
+from sparse_coding.pipelines.publish import cache_path, fingerprint, load_or_collect
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -112,14 +112,21 @@ def test_only_sequences_some_context_points_to_are_kept(dataset_config):
 def test_the_cache_round_trips_and_detects_stale_sources(dataset_config, tmp_path):
     spliced, tokenizer = load_spliced_model(dataset_config, sites=("resid",))
     cache = _collect(dataset_config, spliced, tokenizer)
+    current = fingerprint(dataset_config, spliced)
+    cache.fingerprint = current
     cache.save(tmp_path / "c.npz")
     loaded = ContextCache.load(tmp_path / "c.npz")
     for feature in range(8):
         assert loaded.contexts("resid_1", feature, 3) == cache.contexts("resid_1", feature, 3)
-    assert loaded.covers(cache.fingerprint, 3, 2)
-    assert not loaded.covers(cache.fingerprint, 5, 2) and not loaded.covers("other text", 3, 2)
-    moved = loaded.for_sources(cache.sources | {"resid_0": "/elsewhere/resid_{layer}"})
-    assert set(moved.arrays) == {"resid_1"} and moved.contexts("resid_0", 3, 3) == []
+    assert loaded.stale_reasons(current, 3, 2) == []
+    assert loaded.stale_reasons(current, 5, 2) == ["SEQ_PER_DIM_CAP was 3, now 5"]
+    other_text = current | {"text": current["text"] | {"MAX_SEQ_LEN": 7}}
+    assert loaded.stale_reasons(other_text, 3, 2) == [
+        f"text.MAX_SEQ_LEN was {dataset_config.MAX_SEQ_LEN}, now 7"
+    ]
+    moved = current["saes"] | {"resid_0": {"source": "/elsewhere/resid_{layer}", "weights": None}}
+    kept = loaded.for_saes(moved)
+    assert set(kept.arrays) == {"resid_1"} and kept.contexts("resid_0", 3, 3) == []
 
 
 def test_load_or_collect_reads_the_text_only_for_features_it_lacks(dataset_config, monkeypatch):
@@ -135,7 +142,7 @@ def test_load_or_collect_reads_the_text_only_for_features_it_lacks(dataset_confi
     monkeypatch.setattr(publish, "collect_contexts", recording)
     first = load_or_collect(dataset_config, spliced, tokenizer, features={"resid_0": [1, 2]})
     path = cache_path(dataset_config)
-    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert path.is_file() and not path.with_suffix(".json").exists()  # one file: header inside
     grown = load_or_collect(dataset_config, spliced, tokenizer, features={"resid_0": [2, 3], "resid_1": [5]})
     stamp = path.stat().st_mtime_ns
     again = load_or_collect(dataset_config, spliced, tokenizer, features={"resid_0": [1, 3], "resid_1": [5]})

@@ -1,8 +1,8 @@
-"""Graph: merge semantics, forward order and dict round trip."""
+"""Graph: merge semantics (runs kept apart, mean drawn), forward order and dict round trip."""
 
 import pytest
 
-from sparse_coding.graphs.graph import Context, Graph, Node
+from sparse_coding.graphs.graph import Context, Graph, Node, run_record
 
 
 def feature(node_id: str, **attrs) -> Node:
@@ -79,38 +79,66 @@ def test_add_node_copies_so_later_edits_of_the_input_do_not_leak():
     assert graph.nodes["resid_0.1"].logits_up == [("x", 1.0)]
 
 
-def test_merge_grows_the_graph_and_keeps_every_run():
-    first = Graph(metadata={"prompt": "one", "summary": "s1"})
-    first.add_node(feature("resid_0.1"))
-    first.add_node(feature("resid_1.2"))
-    first.add_edge("resid_0.1", "resid_1.2", 1.0)
-    second = Graph(metadata={"prompt": "two"})
-    second.add_node(feature("resid_1.2"))
-    second.add_node(feature("resid_2.3"))
-    second.add_edge("resid_1.2", "resid_2.3", 2.0)
-    second.add_edge("resid_0.1", "resid_1.2", 3.0)
-    first.merge(second)
-    assert set(first.nodes) == {"resid_0.1", "resid_1.2", "resid_2.3"}
-    assert {k: e.effect for k, e in first.edges.items()} == {
-        ("resid_0.1", "resid_1.2"): 3.0,
-        ("resid_1.2", "resid_2.3"): 2.0,
-    }
-    assert first.metadata["prompt"] == "two" and first.metadata["summary"] == "s1"
-    assert [run["prompt"] for run in first.metadata["runs"]] == ["one", "two"]
-    third = Graph(metadata={"prompt": "three"})
-    first.merge(third)
-    assert [run["prompt"] for run in first.metadata["runs"]] == ["one", "two", "three"]
+def one_run(run_id: str, prompt: str, effects: dict, attribution: float, **meta) -> Graph:
+    graph = Graph(metadata={"prompt": prompt, "summary": f"summary of {prompt}", **meta})
+    for source, target in effects:
+        graph.add_node(feature(source, attribution=attribution))
+        graph.add_node(feature(target, attribution=attribution))
+    for (source, target), effect in effects.items():
+        graph.add_edge(source, target, effect)
+    graph.add_run(run_record(graph.metadata, run_id))
+    return graph
 
 
-def test_merging_the_same_graph_twice_changes_no_node_or_edge():
-    graph = Graph()
-    graph.add_node(feature("resid_0.1", activation=1.0))
-    graph.add_node(feature("resid_1.2"))
-    graph.add_edge("resid_0.1", "resid_1.2", 1.0)
+def test_merge_keeps_every_run_apart_and_draws_the_mean():
     merged = Graph()
-    merged.merge(graph)
-    merged.merge(graph)
-    assert merged.nodes == graph.nodes and merged.edges == graph.edges
+    merged.merge(one_run("r1", "one", {("resid_0.1", "resid_1.2"): 1.0}, attribution=0.5))
+    merged.merge(
+        one_run(
+            "r2", "two", {("resid_0.1", "resid_1.2"): 4.0, ("resid_1.2", "resid_2.3"): 2.0}, attribution=1.5
+        )
+    )
+    merged.merge(one_run("r3", "three", {("resid_0.1", "resid_1.2"): 7.0}, attribution=-2.0))
+    shared = merged.edges[("resid_0.1", "resid_1.2")]
+    assert shared.runs == {"r1": 1.0, "r2": 4.0, "r3": 7.0}
+    assert shared.effect == (1.0 + 4.0 + 7.0) / 3
+    assert merged.edges[("resid_1.2", "resid_2.3")].runs == {"r2": 2.0}
+    node = merged.nodes["resid_0.1"]
+    assert node.runs == {"r1": {"attribution": 0.5}, "r2": {"attribution": 1.5}, "r3": {"attribution": -2.0}}
+    assert node.attribution == 0.0
+    assert [run["id"] for run in merged.runs] == ["r1", "r2", "r3"]
+    assert [run["prompt"] for run in merged.runs] == ["one", "two", "three"]
+    assert "prompt" not in merged.metadata  # no single run describes the whole graph
+    summary = merged.metadata["summary"]
+    assert summary.startswith("3 runs") and all(f"run r{i}" in summary for i in (1, 2, 3))
+    edge_json = next(e for e in merged.to_dict()["edges"] if e["source"] == "resid_0.1")
+    assert edge_json["n_runs"] == 3 and edge_json["runs"] == {"r1": 1.0, "r2": 4.0, "r3": 7.0}
+
+
+def test_merging_the_same_run_twice_changes_nothing():
+    run = one_run("r1", "one", {("resid_0.1", "resid_1.2"): 1.0}, attribution=0.5)
+    merged = Graph()
+    merged.merge(run)
+    once = Graph.from_dict(merged.to_dict())
+    merged.merge(run)
+    assert merged == once
+
+
+def test_a_run_with_other_sae_sources_or_model_conflicts_naming_both():
+    graph = Graph()
+    graph.merge(one_run("r1", "one", {}, 0.0, model="gpt2", sae_sources={"resid_0": "res-jb"}))
+    assert graph.conflicts({"model": "gpt2", "sae_sources": {"resid_0": "res-jb", "attn_0": "a"}}) == []
+    found = graph.conflicts({"model": "other", "sae_sources": {"resid_0": "mine"}})
+    assert len(found) == 2 and "'gpt2'" in found[0] and "'other'" in found[0]
+    assert "'res-jb'" in found[1] and "'mine'" in found[1]
+
+
+def test_run_node_ids_are_the_nodes_a_run_measured():
+    merged = Graph()
+    merged.merge(one_run("r1", "one", {("resid_0.1", "resid_1.2"): 1.0}, attribution=0.5))
+    merged.merge(one_run("r2", "two", {("resid_1.2", "resid_2.3"): 1.0}, attribution=0.5))
+    assert merged.run_node_ids("r1") == {"resid_0.1", "resid_1.2"}
+    assert merged.run_node_ids("r2") == {"resid_1.2", "resid_2.3"}
 
 
 def test_sorted_nodes_follow_the_forward_pass():

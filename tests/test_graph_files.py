@@ -1,20 +1,27 @@
-"""Graph files: lossless round trip, merging across runs, atomic writes, the .dot reader."""
+"""Graph files: the canonical .json, derived .dot, imports, per-run merges, refusals, atomic writes."""
 
+import errno
+import hashlib
+import io
+import itertools
 import json
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from sparse_coding.errors import GraphFileError
+from sparse_coding import storage
+from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
 from sparse_coding.graphs import graph_files
-from sparse_coding.graphs.graph import Context, Graph, Node
+from sparse_coding.graphs.dot_parser import parse_dot
+from sparse_coding.graphs.graph import Context, Graph, Node, run_record
 from sparse_coding.graphs.graph_files import (
+    check_output_names,
     graph_from_dot,
     graph_to_dot,
     load_graph,
-    parse_dot,
     save_graph,
     update_graph_files,
 )
@@ -46,6 +53,13 @@ def run_graph(prompt: str = "The cat", effect: float = 0.5, extra: str | None = 
     return graph
 
 
+def stored_graph(run_id: str = "r1", **kwargs) -> Graph:
+    """A graph as a run leaves it in the files: its values tied to run `run_id`."""
+    graph = run_graph(**kwargs)
+    graph.add_run(run_record(graph.metadata, run_id))
+    return graph
+
+
 @pytest.fixture
 def paths(tmp_path: Path) -> tuple[Path, Path, Path]:
     folder = tmp_path / "data" / "gpt2"
@@ -68,17 +82,33 @@ def test_written_read_back_and_written_again_is_byte_identical(paths, tmp_path):
 
 def test_the_dot_alone_reloads_the_graph_losslessly(paths):
     dot, js, svg = paths
-    graph = run_graph()
+    graph = stored_graph()
     save_graph(graph, dot, svg)
     js.unlink()
     assert load_graph(dot) == graph
+
+
+def test_the_json_is_canonical_and_the_dot_says_it_is_derived(paths):
+    dot, js, svg = paths
+    graph = stored_graph()
+    save_graph(graph, dot, svg)
+    data = json.loads(js.read_text(encoding="utf-8"))
+    assert data["format"] == 2
+    assert data["derived"] == {"dot": "graph.dot", "dot_sha256": hashlib.sha256(dot.read_bytes()).hexdigest()}
+    assert dot.read_text(encoding="utf-8").startswith("// Drawn by sparse_coding from its canonical .json")
+    assert (
+        "<!-- Drawn by sparse_coding from its canonical .json twin (same name) -->\n<svg" in svg.read_text()
+    )
+    ET.parse(svg)
+    dot.unlink()
+    assert load_graph(dot) == graph  # the .json alone is the graph
 
 
 def test_files_follow_the_design_contract(paths):
     dot, js, svg = paths
     save_graph(run_graph(), dot, svg)
     data = json.loads(js.read_text(encoding="utf-8"))
-    assert set(data) == {"nodes", "edges", "metadata"}
+    assert set(data) == {"format", "derived", "nodes", "edges", "metadata"}
     error = next(n for n in data["nodes"] if n["id"] == "mlp_error_3")
     assert error["feature"] is None and error["attribution"] == -0.1
     assert {"source": "mlp_error_3", "target": "resid_4.2", "effect": -0.2} in data["edges"]
@@ -110,43 +140,53 @@ def test_an_unknown_image_extension_is_refused_before_writing(paths):
     assert not dot.exists()
 
 
-def test_update_merges_runs_and_is_idempotent_for_nodes_and_edges(paths):
+def test_runs_merge_apart_and_edges_are_drawn_at_their_mean_with_the_count(paths):
     dot, js, svg = paths
     assert load_graph(dot) is None
-    update_graph_files(run_graph(prompt="one"), dot, svg)
-    first = load_graph(dot)
-    update_graph_files(run_graph(prompt="one"), dot, svg)
-    again = load_graph(dot)
-    assert again.nodes == first.nodes and again.edges == first.edges
+    update_graph_files(run_graph(prompt="one", effect=0.5), dot, svg)
     merged = update_graph_files(run_graph(prompt="two", effect=-0.75, extra="attn_5.7"), dot, svg)
     loaded = load_graph(dot)
     assert loaded == merged
     assert set(loaded.nodes) == {"resid_3.331", "mlp_error_3", "resid_4.2", "attn_5.7"}
-    assert len(loaded.edges) == 3
-    assert loaded.edges[("resid_3.331", "resid_4.2")].effect == -0.75
-    assert [r["prompt"] for r in loaded.metadata["runs"]] == ["one", "one", "two"]
-
-
-def test_the_json_is_preferred_only_when_it_agrees_with_the_dot(paths, caplog):
-    dot, js, svg = paths
-    save_graph(run_graph(), dot, svg)
+    assert [r["prompt"] for r in loaded.runs] == ["one", "two"]
+    first, second = (r["id"] for r in loaded.runs)
+    edge = loaded.edges[("resid_3.331", "resid_4.2")]
+    assert edge.runs == {first: 0.5, second: -0.75} and edge.effect == (0.5 - 0.75) / 2
+    assert loaded.edges[("resid_4.2", "attn_5.7")].runs == {second: 0.25}
+    assert loaded.nodes["resid_3.331"].runs[first]["attribution"] == 0.1 + 0.2
     data = json.loads(js.read_text(encoding="utf-8"))
-    data["metadata"]["from"] = "json"
-    js.write_text(json.dumps(data), encoding="utf-8")
-    assert load_graph(dot).metadata["from"] == "json"
-    data["edges"] = data["edges"][:1]  # disagrees: the .dot wins
-    js.write_text(json.dumps(data), encoding="utf-8")
-    assert "from" not in load_graph(dot).metadata
-    assert "disagree" in caplog.text
-    js.write_text("{not json", encoding="utf-8")
-    assert load_graph(dot) == run_graph()
+    entry = next(e for e in data["edges"] if e["source"] == "resid_3.331")
+    assert entry["n_runs"] == 2 and entry["effect"] == -0.125
+    edge_line = next(
+        line for line in dot.read_text(encoding="utf-8").splitlines() if '"resid_3.331" ->' in line
+    )
+    assert "measured by 2 runs, drawn at their mean" in edge_line
+    assert "prompt" not in data["metadata"] and data["metadata"]["summary"].startswith("2 runs")
+    assert f"run {first}" in data["metadata"]["summary"] and f"run {second}" in data["metadata"]["summary"]
+    # Alpha is relative to the largest drawn (mean) edge, 0.25, not to run one's 0.5: 0.125 / 0.25 -> 0x80.
+    assert 'color="#b2182b80"' in edge_line
 
 
-def test_only_a_json_still_loads(paths):
+def test_a_run_with_other_sae_sources_is_refused_naming_both_and_nothing_is_written(paths):
     dot, js, svg = paths
-    save_graph(run_graph(), dot, svg)
-    dot.unlink()
-    assert load_graph(dot) == run_graph()
+    sources = {"resid_3": "gpt2-small-res-jb"}
+    first = run_graph(prompt="one")
+    first.metadata |= {"model": "gpt2", "sae_sources": sources}
+    update_graph_files(first, dot, svg)
+    before = snapshot(dot, js, svg)
+    other = run_graph(prompt="two")
+    other.metadata |= {"model": "gpt2", "sae_sources": {"resid_3": "me/my-saes/blocks.{layer}"}}
+    with pytest.raises(GraphFileError) as refused:
+        update_graph_files(other, dot, svg)
+    message = str(refused.value)
+    assert "'gpt2-small-res-jb'" in message and "'me/my-saes/blocks.{layer}'" in message
+    assert "GRAPH_DOT_FILE" in message and "--new-graph" in message
+    assert snapshot(dot, js, svg) == before
+    fresh = update_graph_files(other, dot, svg, new_graph=True)
+    assert [r["prompt"] for r in fresh.runs] == ["two"]
+    aside = sorted(p.name for p in dot.parent.iterdir() if ".before-" in p.name)
+    assert len(aside) == 3 and all(p.startswith("graph.before-") for p in aside)
+    assert snapshot(*(dot.parent / name for name in aside)) == before
 
 
 def test_an_unreadable_dot_stops_the_run_and_is_not_overwritten(paths):
@@ -168,47 +208,64 @@ def test_a_foreign_node_id_makes_the_dot_unreadable(paths):
 
 
 def no_temp_files(folder: Path) -> bool:
-    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    return not [p for p in folder.iterdir() if p.name.endswith((".tmp", ".commit"))]
 
 
-@pytest.mark.parametrize("fail_at", ["_write_synced", "render_image", "_commit"])
-def test_a_failure_mid_write_leaves_the_old_files_intact(paths, monkeypatch, fail_at):
-    dot, js, svg = paths
-    save_graph(run_graph(prompt="old"), dot, svg)
-    before = snapshot(dot, js, svg)
-    real = getattr(graph_files, fail_at)
-    calls = []
-
-    def fail_on_second_call(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2 or fail_at == "render_image":
-            raise RuntimeError("injected")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(graph_files, fail_at, fail_on_second_call)
-    with pytest.raises(RuntimeError, match="injected"):
-        update_graph_files(run_graph(prompt="new", extra="attn_5.7"), dot, svg)
-    if fail_at == "_commit":  # the .dot was already replaced, whole; .json and image not
-        assert load_graph(dot) is not None
-        assert snapshot(js, svg) == before[1:]
-    else:
-        assert snapshot(dot, js, svg) == before
-    assert no_temp_files(dot.parent)
+def shape(dot: Path) -> tuple:
+    """What tells the old graph from the new one: nodes, run count, runs per edge."""
+    graph = load_graph(dot)
+    return sorted(graph.nodes), len(graph.runs), sorted((k, len(e.runs)) for k, e in graph.edges.items())
 
 
-def test_an_interrupt_during_fsync_leaves_the_old_files_intact(paths, monkeypatch):
-    dot, js, svg = paths
-    save_graph(run_graph(prompt="old"), dot, svg)
-    before = snapshot(dot, js, svg)
+STEPS = {
+    "write": (storage, "open"),
+    "fsync": (storage.os, "fsync"),
+    "chmod": (storage.os, "chmod"),
+    "rename": (storage.os, "replace"),
+}
 
-    def interrupted(fd):
-        raise KeyboardInterrupt
 
-    monkeypatch.setattr(graph_files.os, "fsync", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        save_graph(run_graph(prompt="new"), dot, svg)
-    assert snapshot(dot, js, svg) == before
-    assert no_temp_files(dot.parent)
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [(step, OSError(5, "injected I/O error")) for step in STEPS] + [("rename", KeyboardInterrupt())],
+)
+def test_a_failure_at_every_step_of_the_commit_leaves_the_old_or_the_new_graph(
+    tmp_path, monkeypatch, caplog, step, error
+):
+    base = tmp_path / "base" / "graph.dot"
+    update_graph_files(run_graph(prompt="old"), base, base.with_suffix(".svg"))
+    new_run = run_graph(prompt="new", extra="attn_5.7")
+    module, name = STEPS[step]
+    real = getattr(module, name, None) or open
+    outcomes = []
+    for k in itertools.count(1):
+        dot = tmp_path / f"k{k}" / "graph.dot"
+        shutil.copytree(base.parent, dot.parent)
+        old = shape(dot)
+        calls = []
+
+        def fail_at_k(*args, calls=calls, k=k, **kwargs):
+            calls.append(1)
+            if len(calls) == k:
+                raise error
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, fail_at_k, raising=False)
+        try:
+            update_graph_files(new_run, dot, dot.with_suffix(".svg"))
+            done = True
+        except (OSError, KeyboardInterrupt, SparseCodingError):
+            done = False
+        monkeypatch.undo()
+        caplog.clear()
+        got = shape(dot)  # a reader after the failure (it finishes a decided commit)
+        assert got == old or got == (sorted([*old[0], "attn_5.7"]), 2, got[2]) and len(got[2]) == 3
+        assert "was edited" not in caplog.text  # the .dot always matches its .json
+        assert no_temp_files(dot.parent)
+        outcomes.append("new" if got != old else "old")
+        if done:
+            break
+    assert len(outcomes) > 2 and outcomes[0] == "old" and outcomes[-1] == "new"
 
 
 def test_when_dot_fails_the_data_is_saved_and_the_old_image_kept(paths, monkeypatch):
@@ -274,7 +331,7 @@ def test_the_reader_rejects_broken_dot(broken):
 
 def test_lone_surrogates_and_odd_metadata_survive(paths):
     dot, js, svg = paths
-    graph = run_graph()
+    graph = stored_graph()
     graph.nodes["resid_4.2"].contexts = [Context(["\ud800x", "\\\udfff"], [1.0, 2.0])]
     graph.metadata["path"] = Path("/x")  # not JSON: written as its str
     save_graph(graph, dot, svg)
@@ -293,5 +350,147 @@ def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(
     graph = Graph()
     graph.add_node(Node.from_id("resid_1.2", activation=1.0))
     graph_files.save_graph(graph, tmp_path / "g.dot", tmp_path / "g.svg")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot", "g.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["g.dot", "g.json"]
     assert "not installed" in caplog.text
+
+
+def test_a_dot_edited_by_hand_is_imported_with_a_warning_never_discarded(paths, caplog):
+    dot, js, svg = paths
+    update_graph_files(run_graph(prompt="one", effect=0.5), dot, svg)
+    text = dot.read_text(encoding="utf-8")
+    assert text.count('effect="0.5"') == 1
+    dot.write_text(text.replace('effect="0.5"', 'effect="0.9"'), encoding="utf-8")
+    loaded = load_graph(dot)
+    assert "was edited after sparse_coding wrote it" in caplog.text
+    edited = loaded.edges[("resid_3.331", "resid_4.2")]
+    assert edited.effect == 0.9 and loaded.runs[-1]["script"] == "edited by hand" and len(loaded.runs) == 2
+    assert edited.runs == {loaded.runs[1]["id"]: 0.9}
+    untouched = loaded.edges[("mlp_error_3", "resid_4.2")]
+    assert untouched.runs == {loaded.runs[0]["id"]: -0.2}  # unedited values keep their run
+    merged = update_graph_files(run_graph(prompt="two", effect=0.3), dot, svg)
+    assert merged.edges[("resid_3.331", "resid_4.2")].effect == (0.9 + 0.3) / 2
+    caplog.clear()
+    assert load_graph(dot) == merged and "was edited" not in caplog.text
+
+
+def test_a_dot_without_its_json_is_imported_keeping_edges_without_effect(paths):
+    dot, js, svg = paths
+    dot.parent.mkdir(parents=True)
+    hand_made = """digraph notes {
+      label="my notes";
+      "resid_3.331" [activation=2];
+      "resid_4.2";
+      "resid_3.331" -> "resid_4.2" [effect=0.75];
+      "resid_4.2" -> "attn_5.7" [color=green];
+      idea [shape=note, label="check this"];
+      idea -> "resid_3.331";
+    }"""
+    dot.write_text(hand_made, encoding="utf-8")
+    merged = update_graph_files(run_graph(prompt="new"), dot, svg)
+    imported, run = (r["id"] for r in merged.runs)
+    assert merged.runs[0]["script"] == "imported" and merged.runs[0]["imported_from"] == "graph.dot"
+    edge = merged.edges[("resid_3.331", "resid_4.2")]
+    assert edge.runs == {imported: 0.75, run: 0.5}
+    assert merged.nodes["resid_3.331"].runs[imported] == {"activation": 2.0}
+    assert merged.user.edges == {("resid_4.2", "attn_5.7"): {"color": "green"}, ("idea", "resid_3.331"): {}}
+    assert merged.user.nodes == {"idea": {"shape": "note", "label": "check this"}}
+    assert merged.user.graph_attrs == {"label": "my notes"}
+    written = parse_dot(dot.read_text(encoding="utf-8"))
+    assert written.edges[("resid_4.2", "attn_5.7")] == {"color": "green"}
+    assert written.nodes["idea"]["label"] == "check this" and written.graph_attrs["label"] == "my notes"
+    assert json.loads(js.read_text(encoding="utf-8"))["user_drawing"]["nodes"]["idea"]["shape"] == "note"
+    assert load_graph(dot) == merged
+
+
+def test_a_seed_graph_grows_with_its_nodes_mapped_to_this_tools_ids(paths):
+    dot, js, svg = paths
+    dot.parent.mkdir(parents=True)
+    seed = """digraph G {
+      "Effects plotted out of collected: ~46.3%" [shape=box];
+      "9.331" [label=<<TABLE><TR><TD>9.331</TD></TR></TABLE>>, shape=plaintext];
+      "10.5" [label="10.5", shape=plaintext];
+      "resid_error_9.0" [label="resid_error_9.0"];
+      "9.331" -> "10.5" [color="#0000FF80"];
+      "resid_error_9.0" -> "10.5" [color="#FF000040"];
+    }"""
+    dot.write_text(seed, encoding="utf-8")
+    run = Graph(metadata={"prompt": "The cat", "summary": "new run"})
+    run.add_node(Node.from_id("resid_9.331", activation=3.0))
+    run.add_node(Node.from_id("resid_10.5", activation=1.0))
+    run.add_edge("resid_9.331", "resid_10.5", 0.4)
+    merged = update_graph_files(run, dot, svg)
+    assert set(merged.nodes) == {"resid_9.331", "resid_10.5", "resid_error_9"}
+    assert merged.user.edges == {
+        ("resid_9.331", "resid_10.5"): {"color": "#0000FF80"},
+        ("resid_error_9", "resid_10.5"): {"color": "#FF000040"},
+    }
+    assert list(merged.user.nodes) == ["Effects plotted out of collected: ~46.3%"]
+    assert merged.edges[("resid_9.331", "resid_10.5")].effect == 0.4
+    text = dot.read_text(encoding="utf-8")
+    assert '"resid_error_9" -> "resid_10.5" [color="#FF000040"]' in text  # the seed's drawn edge kept
+    assert '"resid_9.331" -> "resid_10.5" [color="#0000FF80"]' not in text  # replaced by the measured one
+    ET.parse(svg)
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    ["", "   \n", 'digraph G { label="my notes" }', "digraph { a -> b }", 'digraph { rankdir=LR; "x y" }'],
+)
+def test_a_dot_the_tool_cannot_read_as_a_graph_is_refused_and_left_as_it_is(paths, foreign):
+    dot, js, svg = paths
+    dot.parent.mkdir(parents=True)
+    dot.write_text(foreign, encoding="utf-8")
+    svg.write_text("<svg>the user's own drawing</svg>", encoding="utf-8")
+    with pytest.raises(GraphFileError, match=str(dot)) as refused:
+        update_graph_files(run_graph(), dot, svg)
+    assert "left as it is" in str(refused.value)
+    assert dot.read_text(encoding="utf-8") == foreign
+    assert svg.read_text(encoding="utf-8") == "<svg>the user's own drawing</svg>" and not js.exists()
+
+
+@pytest.mark.parametrize(
+    ("dot_name", "image_name", "message"),
+    [
+        ("same.svg", "same.svg", "would overwrite the graph file same.svg"),
+        ("g.dot", "g.json", "would overwrite the graph file g.json"),
+        ("g.json", "g.svg", "the name of its own canonical .json"),
+        ("g.dot", "g.jpg", r"\.jpg"),
+    ],
+)
+def test_colliding_output_names_are_refused_before_any_work(tmp_path, dot_name, image_name, message):
+    with pytest.raises(GraphFileError, match=message):
+        check_output_names(tmp_path / dot_name, tmp_path / image_name)
+    with pytest.raises(GraphFileError, match=message):
+        update_graph_files(run_graph(), tmp_path / dot_name, tmp_path / image_name)
+    assert list(tmp_path.iterdir()) == []
+    check_output_names(tmp_path / "g.dot", tmp_path / "g.svg")
+
+
+def test_a_full_disk_is_a_clear_error_naming_the_folder_and_the_old_files_stay(paths, monkeypatch):
+    dot, js, svg = paths
+    update_graph_files(run_graph(prompt="old"), dot, svg)
+    before = snapshot(dot, js, svg)
+
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "open", lambda *a, **k: FullDisk(), raising=False)
+    with pytest.raises(StorageError) as full:
+        update_graph_files(run_graph(prompt="new", extra="attn_5.7"), dot, svg)
+    assert str(dot.parent) in str(full.value) and "No space left on device" in str(full.value)
+    assert "previous files there were left as they were" in str(full.value)
+    assert snapshot(dot, js, svg) == before
+    assert no_temp_files(dot.parent)
+
+
+def test_a_pair_written_before_runs_were_kept_apart_loads_from_its_dot_keeping_its_run(paths):
+    dot, js, svg = paths
+    dot.parent.mkdir(parents=True)
+    dot.write_text(graph_to_dot(run_graph(prompt="old run", effect=0.5)), encoding="utf-8")
+    stale = run_graph(prompt="old run", effect=9.0).to_dict()  # a crash between the old two renames
+    js.write_text(json.dumps(stale), encoding="utf-8")  # no "format": written by the old code
+    loaded = load_graph(dot)
+    (run,) = loaded.runs
+    assert run["prompt"] == "old run" and run["imported_from"] == "graph.dot"
+    assert loaded.edges[("resid_3.331", "resid_4.2")].runs == {run["id"]: 0.5}

@@ -50,9 +50,10 @@ def test_pipe_writes_dot_json_and_svg(tmp_path, tiny_model_dir, sae_templates):
     graph = json.loads((out / "cognition_graph.json").read_text())
     assert graph["edges"] and all(abs(e["effect"]) > 0.5 for e in graph["edges"])
     assert graph["metadata"]["summary"].startswith("effects plotted out of collected: ~")
-    assert graph["metadata"]["sign_convention"] == SIGN_CONVENTIONS["pipe.py"]
+    (run,) = graph["metadata"]["runs"]
+    assert run["sign_convention"] == SIGN_CONVENTIONS["pipe.py"]
     assert "effect=" in (out / "cognition_graph.dot").read_text()
-    phases = graph["metadata"]["phases"]
+    phases = run["phases"]
     expected = ["import", "model load", "SAE load", "compute: ablation graph", "labels: contexts"]
     assert list(phases)[:5] == expected
     assert all(seconds >= 0 for seconds in phases.values())

@@ -332,8 +332,8 @@ def test_load_thresholds_returns_a_fresh_cache(saved):
         torch.testing.assert_close(loaded.values[key], values)
     assert f"{result.n_kept} of {len(TEXTS)} sequences" in loaded.description
     metadata = json.loads((config.model_data_dir(config.MODEL_DIR) / "thresholds.json").read_text())
-    assert metadata["dataset"]["file"]["size"] == os.path.getsize(config.DATASET)
-    assert metadata["sae_sources"]["attn_1"] == config.ATTN_SAES
+    assert metadata["dataset_identity"]["local"]["files"][0][1] == os.path.getsize(config.DATASET)
+    assert metadata["saes"]["attn_1"]["source"] == config.ATTN_SAES
 
 
 @pytest.mark.parametrize(
@@ -387,7 +387,7 @@ def test_load_thresholds_ignores_a_cache_after_the_dataset_file_changed(saved, t
         file.write(json.dumps({"text": "One more line."}) + "\n")
     with caplog.at_level(logging.WARNING):
         assert load_thresholds(config, spliced) is None
-    assert "dataset.file was" in caplog.text
+    assert "dataset_identity.local was" in caplog.text
 
 
 def test_load_thresholds_without_a_cache_or_a_dataset_returns_none(hist_config, caplog):

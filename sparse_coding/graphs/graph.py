@@ -8,14 +8,28 @@ it, ``render`` draws it. Node ids follow the design contract (see
 - feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
 - error node:   ``{site}_error_{layer}``, e.g. ``mlp_error_7``
 
-Researchers trace circuits over many runs, so graphs *merge*: a new run's
-nodes and edges are added to the stored graph, an edge measured again is
-updated (never duplicated), and a node keeps its richest annotations.
+Researchers trace circuits over many runs, so graphs *merge*, and runs are
+kept apart: every measured value (a node's ``activation`` and
+``attribution``, an edge's ``effect``) is stored per run in ``runs`` (run id
+-> value), and ``metadata["runs"]`` holds one record per run (id, time,
+script, prompt or dataset, model, SAE sources, config). The value drawn and
+used is the **mean over the runs that measured it** (``len(runs)`` of them).
+A freshly computed graph has values but no runs yet; `Graph.add_run` ties
+them to their run. An edge measured again is never duplicated or overwritten:
+the new run's value joins the others.
+
+Edges and nodes of an imported ``.dot`` that carry no measurement (a hand
+drawn arrow without ``effect``, a note) are kept in ``user`` and redrawn as
+they were.
 """
 
 from __future__ import annotations
 
 import copy
+import secrets
+import statistics
+import time
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -28,6 +42,8 @@ _DEFAULT_SITE_ORDER: dict[str, int] = {
     "attn": HOOK_ORDER["hook_attn_out"],
     "mlp": HOOK_ORDER["hook_mlp_out"],
 }
+MEASURED = ("activation", "attribution")  # node values kept per run
+_RUNS_LISTED = 5  # runs named in the summary node; all are in the .json
 
 
 @dataclass
@@ -49,9 +65,11 @@ class Context:
 class Node:
     """A feature (or SAE error term) at one site and layer.
 
-    Numeric attributes are measurements of the latest run; the annotation
-    fields (contexts, logits, explanation) describe the feature itself and are
-    filled from cached contexts, the unembedding, or Neuronpedia.
+    ``activation`` and ``attribution`` are the means of ``runs`` (run id ->
+    {"activation": a, "attribution": b}) once the node belongs to a stored
+    graph; the annotation fields (contexts, logits, explanation) describe the
+    feature itself and are filled from cached contexts, the unembedding, or
+    Neuronpedia.
     """
 
     id: str
@@ -66,6 +84,7 @@ class Node:
     logits_up: list[tuple[str, float]] = field(default_factory=list)
     logits_down: list[tuple[str, float]] = field(default_factory=list)
     explanation: str | None = None
+    runs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_id(cls, node_id: str, **attrs: Any) -> Node:
@@ -114,10 +133,12 @@ class Node:
         return data
 
     def to_dict(self) -> dict[str, Any]:
-        """The node as the JSON object of the design contract."""
-        keys = ("id", "site", "layer", "feature", "activation", "attribution")
-        data = {key: getattr(self, key) for key in (*keys, "hook", "neuronpedia_id")}
-        return {**data, **self.annotations()}
+        """The node as the JSON object of the design contract (plus ``n_runs`` and ``runs``)."""
+        keys = ("id", "site", "layer", "feature", *MEASURED, "hook", "neuronpedia_id")
+        data = {key: getattr(self, key) for key in keys} | self.annotations()
+        if self.runs:
+            data |= {"n_runs": len(self.runs), "runs": self.runs}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Node:
@@ -138,17 +159,33 @@ class Node:
             logits_up=_pairs(data.get("logits_up", [])),
             logits_down=_pairs(data.get("logits_down", [])),
             explanation=_str_or_none(data.get("explanation")),
+            runs={
+                str(run): {str(k): float(v) for k, v in values.items()}
+                for run, values in (data.get("runs") or {}).items()
+            },
         )
 
     def copy(self) -> Node:
-        """A copy whose lists are its own; their items (str, float tuples, Context) are never mutated."""
+        """A copy whose lists and run values are its own; their items are never mutated."""
         lists = {"contexts": list(self.contexts), "logits_up": list(self.logits_up)}
-        return replace(self, **lists, logits_down=list(self.logits_down))
+        runs = {run: dict(values) for run, values in self.runs.items()}
+        return replace(self, **lists, logits_down=list(self.logits_down), runs=runs)
+
+    def untied(self) -> bool:
+        """True when the node holds measured values that belong to no run yet."""
+        return not self.runs and any(getattr(self, key) is not None for key in MEASURED)
+
+    def tie(self, run_id: str) -> None:
+        """Record the node's measured values as those of run `run_id`."""
+        values = {key: value for key in MEASURED if (value := getattr(self, key)) is not None}
+        self.runs = {run_id: values} if values else {}
 
     def merge(self, newer: Node) -> None:
-        """Fold a newer measurement of the same node into this one, in place.
+        """Fold another measurement of the same node into this one, in place.
 
-        Numbers and identity fields from the newer run win when present;
+        Values tied to runs join this node's runs, and the drawn values become
+        the means over the runs; untied values (the same run adding a node
+        twice) replace the old ones. Identity fields from the newer node win;
         annotations are kept from whichever is richer (non-empty beats empty,
         the newer wins when both are non-empty).
         """
@@ -156,33 +193,101 @@ class Node:
             raise ValueError(f"cannot merge node {newer.id!r} into {self.id!r}")
         for f in fields(self):
             value = getattr(newer, f.name)
-            if value is None or (isinstance(value, list) and not value):
+            if f.name == "runs" or value is None or (isinstance(value, list) and not value):
                 continue
             setattr(self, f.name, list(value) if isinstance(value, list) else value)
+        if newer.runs:
+            self.runs.update({run: dict(values) for run, values in newer.runs.items()})
+            for key in MEASURED:
+                measured = [values[key] for values in self.runs.values() if key in values]
+                setattr(self, key, statistics.fmean(measured) if measured else None)
 
 
 @dataclass
 class Edge:
-    """A causal effect of ``source`` on ``target`` (sign: raises or lowers)."""
+    """A causal effect of ``source`` on ``target`` (sign: raises or lowers).
+
+    ``effect`` is the mean of ``runs`` (run id -> effect) once the edge
+    belongs to a stored graph.
+    """
 
     source: str
     target: str
     effect: float
+    runs: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"source", "target", "effect"}`` plus ``n_runs`` and ``runs`` when tied to runs."""
+        data: dict[str, Any] = {"source": self.source, "target": self.target, "effect": self.effect}
+        if self.runs:
+            data |= {"n_runs": len(self.runs), "runs": self.runs}
+        return data
+
+    def merge(self, other: Edge) -> None:
+        """Add another run's values; untied values (the same run) replace the old one."""
+        if not other.runs:
+            self.effect, self.runs = other.effect, {}
+            return
+        self.runs.update(other.runs)
+        self.effect = statistics.fmean(self.runs.values())
+
+
+@dataclass
+class UserDrawing:
+    """What an imported ``.dot`` drew without a measurement: kept and redrawn as it was.
+
+    Attributes:
+        graph_attrs: graph attributes (e.g. ``label``).
+        nodes: node name -> attributes, for names that are not node ids.
+        edges: (source, target) -> attributes, for edges without ``effect``.
+    """
+
+    graph_attrs: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    edges: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.graph_attrs or self.nodes or self.edges)
+
+    def update(self, other: UserDrawing) -> None:
+        self.graph_attrs.update(other.graph_attrs)
+        self.nodes.update({name: dict(attrs) for name, attrs in other.nodes.items()})
+        self.edges.update({key: dict(attrs) for key, attrs in other.edges.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "graph_attrs": self.graph_attrs,
+            "nodes": self.nodes,
+            "edges": [{"source": s, "target": t, "attrs": a} for (s, t), a in self.edges.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UserDrawing:
+        return cls(
+            graph_attrs={str(k): str(v) for k, v in data.get("graph_attrs", {}).items()},
+            nodes={str(n): {str(k): str(v) for k, v in a.items()} for n, a in data.get("nodes", {}).items()},
+            edges={
+                (str(e["source"]), str(e["target"])): {str(k): str(v) for k, v in e["attrs"].items()}
+                for e in data.get("edges", [])
+            },
+        )
 
 
 @dataclass
 class Graph:
-    """Nodes by id, edges by (source, target), and per-run metadata.
+    """Nodes by id, edges by (source, target), metadata, and an imported file's user drawing.
 
-    ``metadata`` holds the latest run's info (prompt, model, SAE sources,
-    config values) at the top level and every run's info in
-    ``metadata["runs"]``; ``metadata["summary"]`` (e.g. "features explain ~73%
-    of the effect") is drawn as a summary node.
+    A stored graph's ``metadata`` holds ``runs`` (one record per run, oldest
+    first), and what describes the whole graph: ``model``, ``sae_sources``
+    (site key -> source, over all runs) and ``summary`` (drawn as the summary
+    node; it lists the runs). A freshly computed graph's metadata is its run's
+    own (prompt, summary, ...) until `add_run` records it.
     """
 
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: dict[tuple[str, str], Edge] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    user: UserDrawing = field(default_factory=UserDrawing)
 
     def add_node(self, node: Node) -> None:
         """Add a node, merging into an existing node of the same id."""
@@ -195,18 +300,83 @@ class Graph:
         """Add or update the edge source -> target; an edge is never duplicated."""
         self.edges[(source, target)] = Edge(source, target, float(effect))
 
-    def merge(self, other: Graph) -> None:
-        """Grow this graph by a newer run's graph, in place.
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        """The run records, oldest first ([] for a freshly computed graph)."""
+        return self.metadata.get("runs", [])
 
-        Nodes merge by id, edges are updated by (source, target), and the
-        newer metadata wins at the top level while ``metadata["runs"]`` keeps
-        the runs of both graphs, oldest first.
+    def add_run(self, record: dict[str, Any]) -> None:
+        """Tie every value that belongs to no run yet to the run `record` (which has an ``id``).
+
+        A freshly computed graph's metadata is replaced by its run list: put
+        its fields into `record` first (see `run_record`).
+        """
+        if "runs" not in self.metadata:
+            self.metadata = {"runs": []}
+        for node in self.nodes.values():
+            if node.untied():
+                node.tie(record["id"])
+        for edge in self.edges.values():
+            if not edge.runs:
+                edge.runs = {record["id"]: edge.effect}
+        self.metadata["runs"].append(copy.deepcopy(record))
+        self._describe()
+
+    def untied(self) -> bool:
+        """True when some node or edge value belongs to no run (a fresh or imported graph)."""
+        return any(n.untied() for n in self.nodes.values()) or any(not e.runs for e in self.edges.values())
+
+    def merge(self, other: Graph) -> None:
+        """Grow this graph by another one, in place (both tied to their runs, see `add_run`).
+
+        Nodes merge by id, an edge measured again gains the new run's value
+        (drawn at the mean), runs are listed once each, oldest first, and the
+        whole-graph metadata is recomputed.
         """
         for node in other.nodes.values():
             self.add_node(node)
-        for edge in other.edges.values():
-            self.add_edge(edge.source, edge.target, edge.effect)
-        self.metadata = _merge_metadata(self.metadata, other.metadata)
+        for key, edge in other.edges.items():
+            if key in self.edges:
+                self.edges[key].merge(edge)
+            else:
+                self.edges[key] = Edge(edge.source, edge.target, edge.effect, dict(edge.runs))
+        self.user.update(other.user)
+        known = {run.get("id") for run in self.runs}
+        runs = self.metadata.setdefault("runs", [])
+        runs += [copy.deepcopy(run) for run in other.runs if run.get("id") not in known]
+        self._describe()
+
+    def conflicts(self, run: dict[str, Any]) -> list[str]:
+        """Why a run's values cannot be compared with this graph's (other model or SAE sources), in words."""
+        found = []
+        model = self.metadata.get("model")
+        if model and run.get("model") and run["model"] != model:
+            found.append(f"MODEL_DIR: the graph has {model!r}, this run {run['model']!r}")
+        ours = self.metadata.get("sae_sources") or {}
+        for key, source in sorted((run.get("sae_sources") or {}).items()):
+            if key in ours and ours[key] != source:
+                found.append(f"{key}: the graph's SAE is {ours[key]!r}, this run's {source!r}")
+        return found
+
+    def run_node_ids(self, run_id: str) -> set[str]:
+        """Nodes measured by run `run_id`, or at an end of one of its edges."""
+        ids = {node.id for node in self.nodes.values() if run_id in node.runs}
+        for edge in self.edges.values():
+            if run_id in edge.runs:
+                ids |= {edge.source, edge.target}
+        return ids & self.nodes.keys()
+
+    def _describe(self) -> None:
+        """Whole-graph metadata from the run records: model, every SAE source, the summary."""
+        models = [run["model"] for run in self.runs if run.get("model")]
+        if models:
+            self.metadata["model"] = models[-1]
+        sources: dict[str, str] = {}
+        for run in self.runs:
+            sources.update(run.get("sae_sources") or {})
+        if sources:
+            self.metadata["sae_sources"] = dict(sorted(sources.items()))
+        self.metadata["summary"] = graph_summary(self.runs)
 
     def sorted_nodes(self) -> list[Node]:
         """Nodes in forward order (then by id): the canonical file order."""
@@ -228,13 +398,12 @@ class Graph:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``.json`` object of the design contract, in canonical order."""
-        return {
+        data = {
             "nodes": [node.to_dict() for node in self.sorted_nodes()],
-            "edges": [
-                {"source": e.source, "target": e.target, "effect": e.effect} for e in self.sorted_edges()
-            ],
+            "edges": [edge.to_dict() for edge in self.sorted_edges()],
             "metadata": self.metadata,
         }
+        return data | ({"user_drawing": self.user.to_dict()} if self.user else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Graph:
@@ -243,8 +412,43 @@ class Graph:
         for item in data["nodes"]:
             graph.add_node(Node.from_dict(item))
         for item in data["edges"]:
-            graph.add_edge(str(item["source"]), str(item["target"]), float(item["effect"]))
+            runs = {str(run): float(value) for run, value in (item.get("runs") or {}).items()}
+            edge = Edge(str(item["source"]), str(item["target"]), float(item["effect"]), runs)
+            graph.edges[(edge.source, edge.target)] = edge
+        graph.user = UserDrawing.from_dict(data.get("user_drawing") or {})
         return graph
+
+
+def new_run_id() -> str:
+    """A run id that sorts by time and never repeats: ``20260101T120000Z-3fa2``."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def run_record(metadata: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
+    """A run's record from a freshly computed graph's metadata: its fields plus ``id`` and ``time``."""
+    record = {"id": run_id or new_run_id(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return record | copy.deepcopy({k: v for k, v in metadata.items() if k != "runs"})
+
+
+def graph_summary(runs: list[dict[str, Any]]) -> str:
+    """The summary node's text: one run's own summary, or how many runs of which script; then the runs."""
+    scripts = Counter(str(run.get("script", "unknown")) for run in runs)
+    counts = ", ".join(f"{script} x{n}" for script, n in sorted(scripts.items()))
+    if len(runs) == 1:
+        lines = [str(runs[0].get("summary", ""))]
+    else:
+        lines = [
+            f"{len(runs)} runs ({counts}); a value measured by several runs is drawn at their mean "
+            f"(count in its tooltip)"
+        ]
+    if len(runs) > _RUNS_LISTED:
+        lines.append(f"{len(runs) - _RUNS_LISTED} earlier runs are listed in the .json")
+    for run in runs[-_RUNS_LISTED:]:
+        text = f"DATASET {run['dataset']!r}" if run.get("dataset") else f"PROMPT {run.get('prompt')!r}"
+        lines.append(
+            f"run {run.get('id')} ({run.get('script', 'unknown')}, {text}): {run.get('summary', '')}"
+        )
+    return " | ".join(lines)
 
 
 def _id_key(node: Node) -> tuple[int, int, str]:
@@ -252,29 +456,6 @@ def _id_key(node: Node) -> tuple[int, int, str]:
     if node.feature is None:
         return (1, 0, node.id)
     return (0, node.feature, node.id)
-
-
-def _run_record(metadata: dict[str, Any]) -> dict[str, Any]:
-    """One run's metadata without the accumulated fields."""
-    return {k: v for k, v in metadata.items() if k != "runs"}
-
-
-def _merge_metadata(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
-    """Newer values win at the top level; runs of both are kept in order.
-
-    A graph that has never been merged has no "runs" list: its own top-level
-    fields count as its one run, so a first merge loses nothing.
-    """
-    runs: list[dict[str, Any]] = []
-    for meta in (older, newer):
-        if "runs" in meta:
-            runs.extend(copy.deepcopy(meta["runs"]))
-        elif _run_record(meta):
-            runs.append(copy.deepcopy(_run_record(meta)))
-    merged = copy.deepcopy(older)
-    merged.update(copy.deepcopy(_run_record(newer)))
-    merged["runs"] = runs
-    return merged
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -1,58 +1,116 @@
-"""Graph files: the persistent ``.dot``, its ``.json`` twin, and the image.
+"""Graph files: the canonical ``.json``, and the ``.dot`` and image derived from it.
 
-The ``.dot`` alone reloads the graph losslessly: besides the drawing it
-carries machine-readable attributes (names from the design contract where it
-fixes them):
+One store per graph. ``<stem>.json`` (beside the ``.dot``, same stem) is the
+truth; the ``.dot`` and the image are drawn from it, say so in a header
+comment (the ``.dot`` and an ``.svg``; a ``.png`` has none), and are rebuilt
+on every write. All three are replaced in one
+crash-consistent commit (`sparse_coding.storage.Commit`), under an
+exclusive lock (``.<name>.dot.lock`` beside the ``.dot``) held for the whole
+read-merge-write, so concurrent runs merge one after the other and a killed
+run leaves the old files or the new ones.
 
-- graph: ``sc_format`` (version) and ``sc_metadata`` (JSON);
-- node: ``sc_site``, ``sc_layer``, ``sc_feature`` (absent for error nodes),
-  ``activation``, ``attribution``, ``hook``, ``neuronpedia_id`` (each absent
-  when None) and ``sc_annotations`` (JSON: contexts, logits, explanation);
-- edge: ``effect``.
+The ``.json`` (schema for programs; keys absent when empty)::
 
-Floats are written with ``repr`` so that written -> read -> written is
-byte-identical. The ``.json`` (same stem) holds the same graph for programs
-and is preferred on load when it agrees with the ``.dot``. Every file is
-written atomically (temp file in the same folder, then ``os.replace``), and
-nothing is replaced until all new files are complete.
+    {"format": 2,
+     "derived": {"dot": "graph.dot", "dot_sha256": "<hash of the .dot as written>"},
+     "nodes": [{"id", "site", "layer", "feature" (null for error nodes),
+                "activation", "attribution",        # means over the node's runs
+                "hook", "neuronpedia_id", "contexts", "logits_up", "logits_down",
+                "explanation", "n_runs", "runs": {"<run id>": {"activation", "attribution"}}}],
+     "edges": [{"source", "target", "effect",       # mean over the edge's runs
+                "n_runs", "runs": {"<run id>": effect}}],
+     "metadata": {"model", "sae_sources": {"resid_3": source, ...}, "summary",
+                  "runs": [{"id", "time", "script", "prompt", "dataset", "model",
+                            "sae_sources", "config", "summary", ...}]},
+     "user_drawing": {"graph_attrs", "nodes": {name: attrs},
+                      "edges": [{"source", "target", "attrs"}]}}
+
+The drawn value of a node or edge measured by several runs is the mean over
+those runs; the count is ``n_runs`` here and in the ``.dot`` tooltip. A run
+whose model or SAE sources differ from the graph's is refused
+(`update_graph_files`), never merged.
+
+Reading (`load_graph`) prefers the ``.json``. Its ``dot_sha256`` tells a
+``.dot`` edited by hand: the edit is imported with a warning (values edited
+there become the values of an "edited by hand" run), never discarded. A
+``.dot`` without a ``.json`` (hand-made, copied, or written by the seed tool
+sparse_circuit_discovery, whose nodes ``9.331`` / ``resid_error_9.0`` map to
+``resid_9.331`` / ``resid_error_9``) is imported: edges with ``effect``
+become measured edges of an "imported" run, edges without one and nodes
+that are not node ids are kept as the user's drawing. A ``.dot`` with no
+node this tool can read is refused, never replaced.
+
+The ``.dot`` format (and how foreign ``.dot`` files are read) is
+`sparse_coding.graphs.dot_format`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sparse_coding.errors import GraphFileError
-from sparse_coding.graphs.dot_parser import parse_dot
-from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.render import RenderOptions, RenderTimeout, dot_source, image_format, render_image
+from sparse_coding import storage
+from sparse_coding.errors import GraphFileError, StorageError
+from sparse_coding.graphs.dot_format import DERIVED_NOTE, FORMAT, graph_from_dot, graph_to_dot, json_text
+from sparse_coding.graphs.graph import Graph, new_run_id, run_record
+from sparse_coding.graphs.render import RenderOptions, RenderTimeout, image_format, render_image
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_GRAPH_FILE_KEYS = "GRAPH_DOT_FILE/GRAPH_FILE (pipe.py) or GRADS_DOT_FILE/GRADS_FILE (fast.py)"
 
 
 def json_path_for(dot_path: Path) -> Path:
-    """The ``.json`` twin of a ``.dot`` file (same folder and stem)."""
+    """The canonical ``.json`` twin of a ``.dot`` file (same folder and stem)."""
     return Path(dot_path).with_suffix(".json")
+
+
+def _lock_path(dot_path: Path) -> Path:
+    return dot_path.parent / f".{dot_path.name}.lock"
+
+
+def _journal_path(dot_path: Path) -> Path:
+    return dot_path.parent / f".{dot_path.name}{storage.JOURNAL_SUFFIX}"
+
+
+def check_output_names(dot_path: Path, image_path: Path | None) -> None:
+    """Refuse, before any work, graph file names that would overwrite each other.
+
+    Raises:
+        GraphFileError: the ``.dot`` is named like its ``.json`` twin, the
+            image like the ``.dot`` or the ``.json``, or the image extension is
+            not ``.svg``/``.png``.
+    """
+    dot_path, twin = Path(dot_path), json_path_for(dot_path)
+    if dot_path == twin:
+        raise GraphFileError(
+            f"the graph file {dot_path.name} is the name of its own canonical .json; name the graph "
+            f"file with .dot (set {_GRAPH_FILE_KEYS})"
+        )
+    if image_path is None:
+        return
+    if Path(image_path) in (dot_path, twin):
+        raise GraphFileError(
+            f"the image {Path(image_path).name} would overwrite the graph file {Path(image_path).name}; "
+            f"give the image and the graph file different names ({_GRAPH_FILE_KEYS})"
+        )
+    image_format(Path(image_path))
 
 
 # ---------------------------------------------------------------- .json
 
 
-def graph_to_json(graph: Graph) -> str:
-    """The ``.json`` text: nodes and edges in canonical order, floats exact."""
-    return json_text(graph.to_dict(), indent=1) + "\n"
+def graph_to_json(graph: Graph, derived: dict[str, str] | None = None) -> str:
+    """The canonical ``.json`` text: format, derived-file hashes, then the graph in canonical order."""
+    return json_text({"format": FORMAT, "derived": derived or {}} | graph.to_dict(), indent=1) + "\n"
 
 
 def graph_from_json(text: str) -> Graph:
@@ -60,108 +118,25 @@ def graph_from_json(text: str) -> Graph:
     return Graph.from_dict(json.loads(text))
 
 
-# ---------------------------------------------------------------- node <-> dot
-
-
-def _float(value: str | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def json_text(value: Any, indent: int | None = None) -> str:
-    """JSON that keeps Unicode readable but is always encodable as UTF-8.
-
-    A lone surrogate (a broken token) is written as its ``\\udc80``-style escape,
-    which reads back as itself; other values fall back to ``str``.
-    """
-    separators = (",", ":") if indent is None else (",", ": ")
-    text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, default=str)
-    return _SURROGATE_RE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
-
-
-def _node_data_attrs(node: Node) -> dict[str, str]:
-    attrs = {"sc_site": node.site, "sc_layer": str(node.layer)}
-    if node.feature is not None:
-        attrs["sc_feature"] = str(node.feature)
-    for key in ("activation", "attribution"):
-        if (value := getattr(node, key)) is not None:
-            attrs[key] = repr(value)
-    for key in ("hook", "neuronpedia_id"):
-        if (value := getattr(node, key)) is not None:
-            attrs[key] = value
-    if annotations := node.annotations():
-        attrs["sc_annotations"] = json_text(annotations)
-    return attrs
-
-
-def graph_to_dot(graph: Graph, options: RenderOptions | None = None) -> str:
-    """The ``.dot`` text: the drawing plus every attribute needed to reload it."""
-    return dot_source(
-        graph,
-        options=options,
-        node_attrs={n.id: _node_data_attrs(n) for n in graph.nodes.values()},
-        edge_attrs={key: {"effect": repr(e.effect)} for key, e in graph.edges.items()},
-        graph_attrs={
-            "sc_format": FORMAT_VERSION,
-            "sc_metadata": json_text(graph.metadata),
-        },
-    )
-
-
-def _node_from_dot(node_id: str, attrs: dict[str, str]) -> Node | None:
-    """A graph node from its .dot attributes; None for drawing-only nodes."""
-    if "sc_site" not in attrs:
-        if node_id.startswith("__") or attrs.get("style") == "invis":
-            return None
-        return Node.from_id(
-            node_id,
-            activation=_float(attrs.get("activation")),
-            attribution=_float(attrs.get("attribution")),
-        )
-    data: dict[str, Any] = {
-        "id": node_id,
-        "site": attrs["sc_site"],
-        "layer": attrs["sc_layer"],
-        "feature": attrs.get("sc_feature"),
-        **{k: attrs.get(k) for k in ("activation", "attribution", "hook", "neuronpedia_id")},
-    }
-    if "sc_annotations" in attrs:
-        data.update(json.loads(attrs["sc_annotations"]))
-    return Node.from_dict(data)
-
-
-def graph_from_dot(text: str) -> Graph:
-    """A Graph from .dot text; nodes and edges without data (layout helpers) are skipped.
-
-    Raises:
-        ValueError, KeyError, TypeError: the text is not a graph this module reads.
-    """
-    parsed = parse_dot(text)
-    graph = Graph(metadata=dict(json.loads(parsed.graph_attrs.get("sc_metadata", "{}"))))
-    for node_id, attrs in parsed.nodes.items():
-        if (node := _node_from_dot(node_id, attrs)) is not None:
-            graph.add_node(node)
-    for (source, target), attrs in parsed.edges.items():
-        if "effect" in attrs and source in graph.nodes and target in graph.nodes:
-            graph.add_edge(source, target, float(attrs["effect"]))
-    return graph
-
-
 # ---------------------------------------------------------------- load
 
 
-def _read_dot(dot_path: Path) -> Graph:
-    try:
-        return graph_from_dot(dot_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise GraphFileError(
-            f"the existing graph file {dot_path} cannot be read ({e}); it was left as it is. "
-            f"Move or repair it, or point the graph file setting elsewhere, and run again."
-        ) from e
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def _read_json(json_path: Path) -> Graph | None:
+def _unreadable(path: Path, e: Exception) -> GraphFileError:
+    return GraphFileError(
+        f"the existing graph file {path} cannot be read ({e}); it was left as it is. "
+        f"Move or repair it, or point {_GRAPH_FILE_KEYS} elsewhere, and run again."
+    )
+
+
+def _read_dot(dot_path: Path) -> tuple[Graph, str]:
+    """The graph of a .dot file and the hash of its bytes."""
     try:
-        return graph_from_json(json_path.read_text(encoding="utf-8"))
+        data = dot_path.read_bytes()
+        graph = graph_from_dot(data.decode("utf-8"))
     except (
         OSError,
         UnicodeDecodeError,
@@ -169,106 +144,162 @@ def _read_json(json_path: Path) -> Graph | None:
         KeyError,
         TypeError,
         AttributeError,
+        RecursionError,
     ) as e:
-        logger.warning("ignoring unreadable %s (%s); using its .dot", json_path, e)
-        return None
+        raise _unreadable(dot_path, e) from e
+    if not graph.nodes:
+        raise GraphFileError(
+            f"{dot_path} holds no node this tool can read (node ids look like resid_3.331, or 9.331 in "
+            f"graphs of the seed tool) and has no {json_path_for(dot_path).name}; it was left as it is. "
+            f"Move it, rename its nodes to node ids, or point {_GRAPH_FILE_KEYS} elsewhere."
+        )
+    return graph, _sha256(data)
 
 
-def _same_shape(a: Graph, b: Graph) -> bool:
-    return a.nodes.keys() == b.nodes.keys() and a.edges.keys() == b.edges.keys()
+def _read_json(json_path: Path) -> tuple[Graph, dict[str, Any]]:
+    """The canonical graph and its file header (``format``, ``derived``)."""
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        return Graph.from_dict(data), {"format": data.get("format", 1), **(data.get("derived") or {})}
+    except (
+        OSError,
+        UnicodeDecodeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as e:
+        raise _unreadable(json_path, e) from e
+
+
+def _tie_imported(graph: Graph, dot_path: Path, script: str) -> Graph:
+    """Give values the file did not tie to a run (imported or edited by hand) a run of their own.
+
+    A graph written before runs were kept apart describes its last run at the
+    top of its metadata: that description becomes the imported run's record.
+    """
+    if graph.untied():
+        described = {} if graph.runs else graph.metadata
+        graph.add_run(run_record({"script": script, **described, "imported_from": dot_path.name}))
+    return graph
+
+
+def _load(dot_path: Path) -> Graph | None:
+    """`load_graph` without the lock (the caller holds it)."""
+    json_path = json_path_for(dot_path)
+    storage.recover(_journal_path(dot_path))
+    if not json_path.exists():
+        if not dot_path.exists():
+            return None
+        logger.info("importing %s: it has no canonical %s yet", dot_path, json_path.name)
+        return _tie_imported(_read_dot(dot_path)[0], dot_path, "imported")
+    graph, header = _read_json(json_path)
+    if not dot_path.exists():
+        return graph  # the .dot is derived: the next save draws it again
+    if header["format"] == 1:  # older pairs: the .dot was renamed first, so it is never the stale one
+        return _tie_imported(_read_dot(dot_path)[0], dot_path, "imported")
+    edited, digest = _read_dot(dot_path)
+    if digest == header.get("dot_sha256"):
+        return graph
+    logger.warning(
+        "%s was edited after sparse_coding wrote it (it differs from the copy recorded in %s); "
+        "importing the edited file, whose changed values become an 'edited by hand' run",
+        dot_path,
+        json_path.name,
+    )
+    return _tie_imported(edited, dot_path, "edited by hand")
 
 
 def load_graph(dot_path: Path) -> Graph | None:
-    """Load a stored graph: the ``.json`` when it agrees with the ``.dot``, else the ``.dot``.
-
-    Either file of the pair may be named: ``graph.json`` loads as ``graph.dot`` does.
+    """Load a stored graph (its ``.json``, or an imported ``.dot``); either file of the pair may be named.
 
     Returns:
         The graph, or None when neither the ``.dot`` nor its ``.json`` exists.
 
     Raises:
-        GraphFileError: the ``.dot`` exists but cannot be read (named in the
-            message), or only the ``.json`` exists and cannot be read.
+        GraphFileError: a graph file exists but cannot be read (named in the message).
     """
     dot_path = Path(dot_path)
     if dot_path.suffix == ".json":
         dot_path = dot_path.with_suffix(".dot")
-    json_path = json_path_for(dot_path)
-    if not dot_path.exists():
-        if not json_path.exists():
-            return None
-        logger.warning("%s is missing; loading the graph from %s", dot_path, json_path)
-        if (graph := _read_json(json_path)) is None:
-            raise GraphFileError(
-                f"the existing graph file {json_path} cannot be read and {dot_path} is missing"
-            )
-        return graph
-    from_dot = _read_dot(dot_path)
-    from_json = _read_json(json_path) if json_path.exists() else None
-    if from_json is None:
-        return from_dot
-    if _same_shape(from_dot, from_json):
-        return from_json
-    logger.warning("%s and %s disagree (edited by hand?); using the .dot", dot_path, json_path)
-    return from_dot
+    if not dot_path.exists() and not json_path_for(dot_path).exists():
+        return None
+    try:
+        with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"):
+            return _load(dot_path)
+    except StorageError:  # a read-only folder: nothing can be writing there
+        logger.info("cannot lock %s (read-only folder?); reading it without the lock", dot_path)
+        return _load(dot_path)
 
 
 # ---------------------------------------------------------------- save
 
 
-@contextlib.contextmanager
-def _temp_files(paths: list[Path]) -> Iterator[list[Path]]:
-    """One temp path beside each target; whatever is left at exit is removed."""
-    temps = []
-    try:
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            temps.append(Path(name))
-        yield temps
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _commit(temp: Path, target: Path) -> None:
-    """Atomic replace; the new file keeps ordinary permissions (mkstemp makes 0600)."""
-    os.chmod(temp, 0o644)
-    os.replace(temp, target)
-
-
-def _render_with_fallback(
+def _draw(
     graph: Graph,
-    temp_dot: Path,
-    temp_image: Path,
-    fmt: str,
+    commit: storage.Commit,
+    dot_path: Path,
+    image_path: Path | None,
     options: RenderOptions,
     timeout_s: float,
-) -> None:
-    """Render; if dot runs out of time, redraw with compact labels once."""
+) -> str:
+    """Write the .dot (and render the image) into the commit; returns the .dot text as committed.
+
+    If dot runs out of time the graph is redrawn once with compact labels.
+    A dot failure keeps the old image (the data is still committed) and is
+    re-raised by the caller.
+    """
+    text = graph_to_dot(graph, options)
+    commit.write(dot_path, text)
+    if image_path is None:
+        return text
+    fmt = image_format(image_path)
     try:
-        render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
+        render_image(commit.temp(dot_path), commit.temp(image_path), fmt=fmt, timeout_s=timeout_s)
     except RenderTimeout:
         if options.max_full_nodes == 0:
             raise
         logger.warning("dot timed out after %.0f s; redrawing with compact labels", timeout_s)
         compact = dataclasses.replace(
-            options,
-            max_full_nodes=0,
-            max_label_cells=0,
-            max_spline_edges=0,
-            fast_layout_nodes=0,
+            options, max_full_nodes=0, max_label_cells=0, max_spline_edges=0, fast_layout_nodes=0
         )
-        _write_synced(temp_dot, graph_to_dot(graph, compact))
-        render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
+        text = graph_to_dot(graph, compact)
+        commit.write(dot_path, text)
+        render_image(commit.temp(dot_path), commit.temp(image_path), fmt=fmt, timeout_s=timeout_s)
+    if fmt == "svg":
+        svg = commit.temp(image_path).read_text(encoding="utf-8")
+        commit.write(image_path, re.sub(r"(<svg\b)", rf"<!-- {DERIVED_NOTE} -->\n\1", svg, count=1))
+    return text
+
+
+def _save(
+    graph: Graph, dot_path: Path, image_path: Path | None, options: RenderOptions, timeout_s: float
+) -> None:
+    """`save_graph` without the lock."""
+    if image_path is not None and shutil.which("dot") is None:
+        logger.warning(
+            "Graphviz 'dot' is not installed (Debian: apt-get install graphviz; macOS: brew "
+            "install graphviz): writing %s and its .json without the image %s",
+            dot_path,
+            image_path,
+        )
+        image_path = None
+    failure: GraphFileError | None = None
+    with storage.Commit(_journal_path(dot_path)) as commit:
+        try:
+            dot_text = _draw(graph, commit, dot_path, image_path, options, timeout_s)
+        except GraphFileError as e:  # the run's data is complete and valid: keep it, keep the old image
+            failure = e
+            dot_text = commit.temp(dot_path).read_text(encoding="utf-8")
+            commit.drop(image_path)  # type: ignore[arg-type]
+        derived = {"dot": dot_path.name, "dot_sha256": _sha256(dot_text.encode("utf-8"))}
+        commit.write(json_path_for(dot_path), graph_to_json(graph, derived))
+    if failure is not None:
+        raise GraphFileError(
+            f"{failure}; {dot_path} and its .json were saved, the image {image_path} was not updated"
+        ) from failure
+    logger.info("saved graph (%d nodes, %d edges) to %s", len(graph.nodes), len(graph.edges), dot_path)
 
 
 def save_graph(
@@ -279,49 +310,32 @@ def save_graph(
     options: RenderOptions | None = None,
     timeout_s: float = 120.0,
 ) -> None:
-    """Write the ``.dot``, its ``.json`` and the image (svg/png by extension).
+    """Write the graph as it is: its ``.json``, the ``.dot`` and the image (svg/png by extension).
 
-    All files are written to temp files first and only then renamed over the
-    old ones, so a failure part-way leaves the previous files untouched.
+    The three files are replaced in one crash-consistent commit under the
+    graph's lock: a failure or kill part-way leaves the previous files.
 
     Raises:
-        GraphFileError: an unknown image extension (nothing written), or dot
-            failed (the .dot and .json are saved, the old image is kept).
+        GraphFileError: colliding names or an unknown image extension (nothing
+            written), or dot failed (the .json and .dot are saved, the old
+            image is kept).
+        StorageError: the folder cannot be written (the old files are kept).
     """
     dot_path = Path(dot_path)
-    options = options or RenderOptions()
-    fmt = image_format(Path(image_path)) if image_path is not None else None
-    if fmt is not None and shutil.which("dot") is None:
-        logger.warning(
-            "Graphviz 'dot' is not installed (Debian: apt-get install graphviz; macOS: brew "
-            "install graphviz): writing %s and its .json without the image %s",
-            dot_path,
-            image_path,
-        )
-        fmt, image_path = None, None
-    dot_text, json_text = graph_to_dot(graph, options), graph_to_json(graph)
-    targets = [dot_path, json_path_for(dot_path)] + ([Path(image_path)] if image_path is not None else [])
-    with _temp_files(targets) as temps:
-        _write_synced(temps[0], dot_text)
-        _write_synced(temps[1], json_text)
-        try:
-            if fmt is not None:
-                _render_with_fallback(graph, temps[0], temps[2], fmt, options, timeout_s)
-        except GraphFileError as e:
-            # The run's data is complete and valid: keep it, keep the old image.
-            _commit(temps[0], targets[0])
-            _commit(temps[1], targets[1])
-            raise GraphFileError(
-                f"{e}; {dot_path} and its .json were saved, the image {image_path} was not updated"
-            ) from e
-        for temp, target in zip(temps, targets, strict=True):
-            _commit(temp, target)
-    logger.info(
-        "saved graph (%d nodes, %d edges) to %s",
-        len(graph.nodes),
-        len(graph.edges),
-        dot_path,
-    )
+    image_path = Path(image_path) if image_path is not None else None
+    check_output_names(dot_path, image_path)
+    with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"):
+        storage.recover(_journal_path(dot_path))
+        _save(graph, dot_path, image_path, options or RenderOptions(), timeout_s)
+
+
+def _set_aside(dot_path: Path, image_path: Path | None, run_id: str) -> None:
+    """Rename an existing graph's files to ``<stem>.before-<run id>.*`` (``--new-graph``)."""
+    for path in (json_path_for(dot_path), dot_path, image_path):
+        if path is not None and path.exists():
+            aside = path.with_name(f"{path.stem}.before-{run_id}{path.suffix}")
+            os.replace(path, aside)
+            logger.warning("--new-graph: moved the existing %s to %s", path, aside.name)
 
 
 def update_graph_files(
@@ -331,16 +345,43 @@ def update_graph_files(
     *,
     options: RenderOptions | None = None,
     timeout_s: float = 120.0,
+    new_graph: bool = False,
 ) -> Graph:
-    """Merge a new run's graph into the stored one and save; returns the merged graph.
+    """Merge a run's graph into the stored one and save, holding the graph's lock throughout.
+
+    Args:
+        new: a freshly computed graph (its metadata is its run's record) or
+            a graph already tied to its runs.
+        new_graph: set the stored graph aside (renamed) and start a new one.
+
+    Returns:
+        The merged graph.
 
     Raises:
-        GraphFileError: the stored ``.dot`` is unreadable (it is not
-            overwritten) or the files cannot be written.
+        GraphFileError: the stored graph is unreadable (it is not
+            overwritten), or the run's model or SAE sources differ from the
+            graph's (nothing is written).
+        StorageError: the files cannot be written (the old files are kept).
     """
-    merged = load_graph(dot_path)
-    if merged is None:
-        merged = Graph()
-    merged.merge(new)
-    save_graph(merged, dot_path, image_path, options=options, timeout_s=timeout_s)
+    dot_path = Path(dot_path)
+    image_path = Path(image_path) if image_path is not None else None
+    check_output_names(dot_path, image_path)
+    run = copy.deepcopy(new)
+    if not run.runs:
+        run.add_run(run_record(new.metadata, new_run_id()))
+    with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"):
+        stored = _load(dot_path)
+        if stored is not None and new_graph:
+            _set_aside(dot_path, image_path, run.runs[-1]["id"])
+            stored = None
+        merged = stored or Graph()
+        for record in run.runs:
+            if conflicts := merged.conflicts(record):
+                raise GraphFileError(
+                    f"this run cannot join the graph {dot_path}: {'; '.join(conflicts)}. Its values would "
+                    f"not be comparable. Write it to another graph file ({_GRAPH_FILE_KEYS}), or run "
+                    f"with --new-graph to set the old graph aside and start a new one."
+                )
+        merged.merge(run)
+        _save(merged, dot_path, image_path, options or RenderOptions(), timeout_s)
     return merged

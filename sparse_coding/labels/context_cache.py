@@ -8,36 +8,40 @@ A cache holds the features that were asked for (the nodes of the graphs
 published so far), not every feature of every site, and grows with each run
 (`merged`): row r of a site is feature ``features[r]``.
 
-On disk (`save`/`load`): ``<stem>.npz`` (compressed numpy) and
-``<stem>.json``. The npz holds, per site key K: ``K/features`` (n,) int64
-sorted feature indices, ``K/act`` (n, k) float32 peak activation (0 = no
-entry), ``K/seq`` and ``K/pos`` (n, k) int64 sequence index and peak
-position, ``K/window`` (n, k, 2 VIEW + 1) float32 activations around the
-peak; and, for the referenced sequences,
-``seq_ids`` (n,) their stream indices, ``offsets`` (n + 1,) and ``tokens``
-(total,) their concatenated token ids. The json holds ``format``, ``view``,
-``per_feature``, ``sources`` (site key -> SAE source), ``fingerprint`` (what
-text was read, see `contexts.fingerprint`) and ``vocab`` (token id -> string,
-for the ids used). A cache whose fingerprint or settings differ from the run's
-fails `covers`; a site whose SAE source changed is dropped (`for_sources`);
-`sparse_coding.pipelines.publish.load_or_collect` then collects what is missing.
+On disk (`save`/`load`): one ``<stem>.npz`` (compressed numpy), written
+atomically by `sparse_coding.storage`, so arrays and header can never come
+from two runs. It holds, per site key K: ``K/act`` (d_sae, k) float32
+peak activation (0 = no entry), ``K/seq`` and ``K/pos`` (d_sae, k) int64
+sequence index and peak position, ``K/window`` (d_sae, k, 2 VIEW + 1) float32
+activations around the peak; for the referenced sequences, ``seq_ids`` (n,)
+their stream indices, ``offsets`` (n + 1,) and ``tokens`` (total,) their
+concatenated token ids; and ``header`` (uint8, UTF-8 JSON): ``format``,
+``view``, ``per_feature``, ``sources`` (site key -> SAE source),
+``fingerprint`` (`storage.cache_fingerprint`: model, every SAE's source and
+weights file, the dataset's identity, the text settings; see
+`sparse_coding.pipelines.publish.fingerprint`) and ``vocab`` (token id ->
+string, for the ids used). A cache that `stale_reasons` finds fault with (an
+edited corpus, other text settings, fewer contexts per feature) starts over;
+a site whose SAE changed is dropped (`for_saes`); then
+`sparse_coding.pipelines.publish.load_or_collect` collects what is missing.
 """
 
+import io
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from sparse_coding import storage
 from sparse_coding.errors import DatasetError
 from sparse_coding.graphs.graph import Context
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3
 ARRAY_NAMES = ("features", "act", "seq", "pos", "window")
 
 
@@ -51,7 +55,7 @@ class ContextCache:
     arrays: dict[str, dict[str, np.ndarray]]  # site key -> features/act/seq/pos/window
     sequences: dict[int, np.ndarray]  # stream index -> token ids
     vocab: dict[int, str]
-    fingerprint: str = ""
+    fingerprint: dict[str, Any] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
     def contexts(self, site_key: str, feature: int, top_k: int) -> list[Context]:
@@ -75,35 +79,9 @@ class ContextCache:
             result.append(Context(tokens, acts))
         return result
 
-    def missing(self, site_key: str, features: list[int]) -> list[int]:
-        """The sorted distinct `features` of one site that the cache was never asked for."""
-        held = self.arrays.get(site_key, {}).get("features", np.zeros(0, np.int64))
-        return sorted(set(features) - set(held.tolist()))
-
-    def for_sources(self, sources: dict[str, str]) -> "ContextCache":
-        """This cache without the sites whose SAE source differs from `sources` (site key -> source)."""
-        kept = {key: site for key, site in self.arrays.items() if self.sources.get(key) == sources.get(key)}
-        return replace(self, arrays=kept, sources={key: self.sources[key] for key in kept})
-
-    def merged(self, other: "ContextCache") -> "ContextCache":
-        """The union of two caches of the same text and settings (`other`'s rows win on overlap)."""
-        arrays = dict(self.arrays)
-        for key, site in other.arrays.items():
-            arrays[key] = _merge_rows(self.arrays[key], site) if key in self.arrays else site
-        referenced = {int(s) for site in arrays.values() for s in site["seq"][site["act"] > 0]}
-        sequences = {i: ids for i, ids in (self.sequences | other.sequences).items() if i in referenced}
-        return replace(
-            self,
-            arrays=arrays,
-            sources=self.sources | other.sources,
-            sequences=sequences,
-            vocab=self.vocab | other.vocab,
-        )
-
     def save(self, path: Path) -> None:
-        """Write `<stem>.npz` and `<stem>.json` atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write `<stem>.npz`, arrays and header in one file, atomically."""
+        path = Path(path).with_suffix(".npz")
         seq_ids = np.array(sorted(self.sequences), dtype=np.int64)
         lengths = [len(self.sequences[int(i)]) for i in seq_ids]
         arrays = {f"{key}/{name}": value for key, site in self.arrays.items() for name, value in site.items()}
@@ -120,30 +98,26 @@ class ContextCache:
             "meta": self.meta,
             "vocab": {str(k): v for k, v in self.vocab.items()},
         }
-        with _atomic(path.with_suffix(".npz")) as tmp:
-            np.savez_compressed(tmp, **arrays)
-        with _atomic(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(header), encoding="utf-8")
-        logger.info(
-            "Saved contexts of %d sites to %s",
-            len(self.arrays),
-            path.with_suffix(".npz"),
-        )
+        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        storage.write_atomic(path, buffer.getvalue())
+        logger.info("Saved contexts of %d sites to %s", len(self.arrays), path)
 
     @classmethod
     def load(cls, path: Path) -> "ContextCache":
         """Read a cache written by `save`.
 
         Raises:
-            DatasetError: the files are missing, unreadable or of another format.
+            DatasetError: the file is missing, unreadable or of another format.
         """
-        path = Path(path)
+        path = Path(path).with_suffix(".npz")
         try:
-            header = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-            with np.load(path.with_suffix(".npz")) as npz:
+            with np.load(path) as npz:
                 raw = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, KeyError) as e:
-            raise DatasetError(f"context cache {path.with_suffix('.npz')} is not readable: {e}") from e
+            header = json.loads(raw.pop("header").tobytes().decode("utf-8")) if "header" in raw else {}
+        except (OSError, ValueError, KeyError, EOFError) as e:
+            raise DatasetError(f"context cache {path} is not readable: {e}") from e
         if header.get("format") != FORMAT:
             raise DatasetError(
                 f"context cache {path} has format {header.get('format')!r}, expected {FORMAT}; "
@@ -160,9 +134,51 @@ class ContextCache:
             meta=header.get("meta", {}),
         )
 
-    def covers(self, fingerprint: str, per_feature: int, view: int) -> bool:
-        """True when this cache was collected from the same text with enough contexts per feature."""
-        return self.fingerprint == fingerprint and self.per_feature >= per_feature and self.view == view
+    def stale_reasons(self, fingerprint: dict[str, Any], per_feature: int, view: int) -> list[str]:
+        """Why none of this cache can serve a run with `fingerprint`, in words; [] when it can.
+
+        SAEs are not among the reasons: a changed SAE invalidates its own site
+        only (`for_saes`). It may hold more contexts per feature than asked.
+        """
+        reasons = storage.fingerprint_differences(self.fingerprint | {"saes": {}}, fingerprint | {"saes": {}})
+        if self.per_feature < per_feature:
+            reasons.append(f"SEQ_PER_DIM_CAP was {self.per_feature}, now {per_feature}")
+        if self.view != view:
+            reasons.append(f"VIEW was {self.view}, now {view}")
+        return reasons
+
+    def missing(self, site_key: str, features: list[int]) -> list[int]:
+        """The sorted distinct `features` of one site that the cache was never asked for."""
+        held = self.arrays.get(site_key, {}).get("features", np.zeros(0, np.int64))
+        return sorted(set(features) - set(held.tolist()))
+
+    def for_saes(self, saes: dict[str, dict[str, Any]]) -> "ContextCache":
+        """This cache without the sites whose SAE identity (`storage.sae_identity`) differs from `saes`."""
+        held = self.fingerprint.get("saes", {})
+        kept = {key: site for key, site in self.arrays.items() if held.get(key) == saes.get(key)}
+        return replace(
+            self,
+            arrays=kept,
+            sources={key: self.sources[key] for key in kept},
+            fingerprint=self.fingerprint | {"saes": {key: held[key] for key in kept}},
+        )
+
+    def merged(self, other: "ContextCache") -> "ContextCache":
+        """The union of two caches of the same text and settings (`other`'s rows win on overlap)."""
+        arrays = dict(self.arrays)
+        for key, site in other.arrays.items():
+            arrays[key] = _merge_rows(self.arrays[key], site) if key in self.arrays else site
+        referenced = {int(s) for site in arrays.values() for s in site["seq"][site["act"] > 0]}
+        sequences = {i: ids for i, ids in (self.sequences | other.sequences).items() if i in referenced}
+        saes = self.fingerprint.get("saes", {}) | other.fingerprint.get("saes", {})
+        return replace(
+            self,
+            arrays=arrays,
+            sources=self.sources | other.sources,
+            sequences=sequences,
+            vocab=self.vocab | other.vocab,
+            fingerprint=other.fingerprint | {"saes": dict(sorted(saes.items()))},
+        )
 
 
 def _row(features: np.ndarray, feature: int) -> int | None:
@@ -191,26 +207,3 @@ def _site_arrays(raw: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]
 def _sequences(raw: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
     offsets = raw["offsets"]
     return {int(seq): raw["tokens"][offsets[i] : offsets[i + 1]] for i, seq in enumerate(raw["seq_ids"])}
-
-
-class _atomic:
-    """Context manager yielding a temp path that replaces `target` on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(
-            dir=self.target.parent,
-            prefix=f".{self.target.name}.",
-            suffix=self.target.suffix,
-        )
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)

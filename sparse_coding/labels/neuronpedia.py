@@ -11,7 +11,8 @@ never a dependency of a run:
 - answers (including "feature not found") are cached on disk, one folder per
   server, so a feature is fetched once across runs; a "not found" is asked
   again after a week and an answer after a month, as Neuronpedia adds and
-  revises explanations;
+  revises explanations; cache paths are built with `storage.safe_path`, so
+  an SAE cfg's ``neuronpedia_id`` (``../../x``) never leads out of the cache;
 - requests run concurrently in a thread pool, and after a few network-level
   failures (no network, refused, timed out) the rest are skipped, so an
   offline run costs one timeout, not one per node;
@@ -27,8 +28,6 @@ import email.utils
 import json
 import logging
 import os
-import re
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -40,6 +39,8 @@ from urllib.parse import quote
 
 import requests
 
+from sparse_coding import storage
+from sparse_coding.errors import StorageError
 from sparse_coding.graphs.graph import Graph, Node
 
 logger = logging.getLogger(__name__)
@@ -129,12 +130,13 @@ def parse_feature(data: Any, max_logits: int = 10) -> FeatureInfo:
 def server_cache_dir(cache_dir: Path, base_url: str) -> Path:
     """The cache folder of one server: answers of another server (a self-hosted one) never mix in."""
     server = base_url.split("://", 1)[-1].strip("/")
-    return Path(cache_dir) / re.sub(r"[^\w.-]", "_", server)
+    return storage.safe_path(cache_dir, server)
 
 
 def _cache_path(cache_dir: Path, neuronpedia_id: str, index: int) -> Path:
-    parts = [re.sub(r"[^\w.-]", "_", p) for p in neuronpedia_id.strip("/").split("/") if p]
-    return Path(cache_dir).joinpath(*parts, f"{int(index)}.json")
+    """``cache_dir/<id parts>/<index>.json``; ids come from SAE cfgs, so ``..`` never leaves the cache."""
+    parts = [p for p in neuronpedia_id.strip("/").split("/") if p]
+    return storage.safe_path(cache_dir, *parts, f"{int(index)}.json")
 
 
 def _read_cache(path: Path) -> FeatureInfo | None | bool:
@@ -157,7 +159,7 @@ def _read_cache(path: Path) -> FeatureInfo | None | bool:
 
 
 def _write_cache(path: Path, info: FeatureInfo | None) -> None:
-    """Atomic write, so concurrent runs never read half a cache file."""
+    """Atomic write (`storage.write_atomic`), so concurrent runs never read half a cache file."""
     data = (
         {"missing": True}
         if info is None
@@ -168,12 +170,8 @@ def _write_cache(path: Path, info: FeatureInfo | None) -> None:
         }
     )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except OSError as e:
+        storage.write_atomic(path, json.dumps(data, ensure_ascii=False))
+    except StorageError as e:  # a cache, never a reason to fail the run
         logger.debug("could not cache %s: %s", path, e)
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -89,6 +90,7 @@ class SAE(nn.Module):
         threshold = weights.get("threshold")
         self.threshold = None if threshold is None else nn.Parameter(threshold, requires_grad=False)
         self._ln_stats: tuple[Tensor, Tensor] | None = None
+        self.weights_path: Path | None = None  # the file read, so caches can tell when it changes
 
     @property
     def d_in(self) -> int:
@@ -211,7 +213,9 @@ def load_sae(
     weights = _read_weights(weights_path, cfg, torch.device(device or "cpu"))
     if dtype is not None:
         weights = {name: value.to(dtype) for name, value in weights.items()}
-    return SAE(cfg, weights)
+    sae = SAE(cfg, weights)
+    sae.weights_path = weights_path
+    return sae
 
 
 def _read_weights(path, cfg: SAEConfig, device: torch.device) -> dict[str, Tensor]:

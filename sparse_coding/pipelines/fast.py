@@ -10,6 +10,7 @@ import logging
 
 from sparse_coding.algorithms.attribution_graph import gradient_graph
 from sparse_coding.config import Config
+from sparse_coding.graphs.graph_files import check_output_names
 from sparse_coding.models.gpt2 import tokenize_prompt
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.loading import load_spliced_model
@@ -19,9 +20,11 @@ from sparse_coding.pipelines.threshold_cache import load_thresholds
 logger = logging.getLogger(__name__)
 
 
-def run_fast(config: Config, phases: PhaseTimer | None = None) -> str:
+def run_fast(config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False) -> str:
     """Build fast.py's graph over every configured site of the slice and publish it."""
     phases = phases or PhaseTimer()
+    out_dir = config.model_data_dir(config.MODEL_DIR)
+    check_output_names(out_dir / config.GRADS_DOT_FILE, out_dir / config.GRADS_FILE)
     spliced, tokenizer = load_spliced_model(config, phases=phases)
     tokens = tokenize_prompt(
         tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS, max_len=spliced.model.config.n_positions + 1
@@ -48,5 +51,6 @@ def run_fast(config: Config, phases: PhaseTimer | None = None) -> str:
         image_name=config.GRADS_FILE,
         script="fast.py",
         phases=phases,
+        new_graph=new_graph,
     )
     return published.line

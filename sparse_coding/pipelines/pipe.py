@@ -18,6 +18,7 @@ from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.graph_files import check_output_names
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import text_source
 from sparse_coding.pipelines.loading import load_spliced_model
@@ -27,9 +28,11 @@ from sparse_coding.splicing.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 
-def run_pipe(config: Config, phases: PhaseTimer | None = None) -> str:
+def run_pipe(config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False) -> str:
     """Build pipe.py's graph on the resid SAEs and publish it; returns the closing line."""
     phases = phases or PhaseTimer()
+    out_dir = config.model_data_dir(config.MODEL_DIR)
+    check_output_names(out_dir / config.GRAPH_DOT_FILE, out_dir / config.GRAPH_FILE)
     spliced, tokenizer = load_spliced_model(config, sites=("resid",), phases=phases)
     with phases.phase("compute: ablation graph"):
         graph = pipe_graph(config, spliced, tokenizer)
@@ -42,6 +45,7 @@ def run_pipe(config: Config, phases: PhaseTimer | None = None) -> str:
         image_name=config.GRAPH_FILE,
         script="pipe.py",
         phases=phases,
+        new_graph=new_graph,
     )
     return published.line
 

@@ -1,18 +1,19 @@
 """Label a freshly computed graph and merge it into the graph files of a run.
 
-Shared by pipe.py and fast.py: metadata, top-activating contexts (from the
-contexts cache, collected when stale), direct logit effects, Neuronpedia
-explanations, then `graph_files.update_graph_files` (.dot + .json + image).
+Shared by pipe.py and fast.py: metadata (this run's record), top-activating
+contexts (from the contexts cache, collected where it lacks them), direct
+logit effects, Neuronpedia explanations, then `graph_files.update_graph_files`
+(locked merge into the canonical .json, the .dot and image redrawn, all in
+one crash-consistent commit).
 """
 
-import hashlib
-import json
 import logging
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
+from sparse_coding import storage
 from sparse_coding.config import Config
 from sparse_coding.errors import DatasetError
 from sparse_coding.graphs.conventions import sign_convention
@@ -61,11 +62,13 @@ def publish_graph(
     image_name: str,
     script: str,
     phases: PhaseTimer | None = None,
+    new_graph: bool = False,
 ) -> Published:
     """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image).
 
     `phases` times the labels and the writing; the phases up to writing go
-    into the graph's metadata (``phases``, seconds).
+    into the graph's metadata (``phases``, seconds). `new_graph` sets the
+    stored graph aside and starts a new one (``--new-graph``).
     """
     phases = phases or PhaseTimer()
     graph.metadata.update(run_metadata(config, spliced, script))
@@ -85,7 +88,7 @@ def publish_graph(
     graph.metadata["phases"] = phases.metadata()
     dot_path = out_dir / dot_name
     with phases.phase("write and render"):
-        merged = update_graph_files(graph, dot_path, out_dir / image_name)
+        merged = update_graph_files(graph, dot_path, out_dir / image_name, new_graph=new_graph)
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; wrote {dot_path}, "
@@ -110,27 +113,23 @@ def add_contexts(graph: Graph, contexts: ContextCache, top_k: int) -> None:
             node.contexts = contexts.contexts(f"{node.site}_{node.layer}", node.feature, top_k)
 
 
-def fingerprint(config: Config) -> str:
-    """What text a cache was collected from: same fingerprint, same contexts."""
-    keys = (
-        "MODEL_DIR",
-        "PROMPT",
-        "DATASET",
-        "DATASET_CONFIG",
-        "DATASET_SPLIT",
-        "DATASET_TEXT_COLUMN",
-        "NUM_SEQUENCES_EVALED",
-        "MAX_SEQ_LEN",
-        "PREPEND_BOS",
+def fingerprint(config: Config, spliced: SplicedModel) -> dict[str, Any]:
+    """What a cache's contexts depend on (`storage.cache_fingerprint`): model, SAEs, text and its settings."""
+    keys = ("DATASET_CONFIG", "DATASET_SPLIT", "DATASET_TEXT_COLUMN", "NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN")
+    text = {key: getattr(config, key) for key in keys} if config.DATASET else {"PROMPT": config.PROMPT}
+    saes = {
+        site.key: storage.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
+    }
+    return storage.cache_fingerprint(
+        model=config.MODEL_DIR,
+        saes=saes,
+        dataset=config.DATASET,
+        settings={"text": text | {"PREPEND_BOS": config.PREPEND_BOS}},
     )
-    source = {key: getattr(config, key) for key in keys}
-    if config.DATASET is not None:
-        source.pop("PROMPT")
-    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_path(config: Config) -> Path:
-    """DATA_DIR/<model>/contexts/top_contexts.npz (json beside it)."""
+    """DATA_DIR/<model>/contexts/top_contexts.npz (arrays and header in one file)."""
     return config.model_data_dir(config.MODEL_DIR) / CONTEXTS_CACHE
 
 
@@ -148,9 +147,9 @@ def load_or_collect(
     what the graphs ask for and a rerun of the same graph reads no text.
     """
     path = cache_path(config)
-    sources = {site.key: site.sae.cfg.source for site in spliced.sites}
-    cache = _usable_cache(path, config, sources)
-    missing = {key: cache.missing(key, dims) for key, dims in features.items() if key in sources}
+    current = fingerprint(config, spliced)
+    cache = _usable_cache(path, config, current)
+    missing = {key: cache.missing(key, dims) for key, dims in features.items() if key in spliced.by_key}
     missing = {key: dims for key, dims in missing.items() if dims}
     if not missing:
         logger.info("Contexts of all %d asked features are cached in %s", _count(features), path)
@@ -171,13 +170,14 @@ def load_or_collect(
         view=config.VIEW,
         total=total,
     )
+    fresh.fingerprint = current | {"saes": {key: current["saes"][key] for key in fresh.arrays}}
     cache = cache.merged(fresh)
     cache.save(path)
     return cache
 
 
-def _usable_cache(path: Path, config: Config, sources: dict[str, str]) -> ContextCache:
-    """The cache at `path` if it was collected from the same text and settings, else an empty one."""
+def _usable_cache(path: Path, config: Config, current: dict[str, Any]) -> ContextCache:
+    """The cache at `path` less what `current` (its fingerprint for this run) rules out; else an empty one."""
     empty = ContextCache(
         config.VIEW,
         config.SEQ_PER_DIM_CAP,
@@ -185,19 +185,20 @@ def _usable_cache(path: Path, config: Config, sources: dict[str, str]) -> Contex
         arrays={},
         sequences={},
         vocab={},
-        fingerprint=fingerprint(config),
+        fingerprint=current | {"saes": {}},
     )
-    if not path.with_suffix(".npz").is_file():
+    if not path.is_file():
         return empty
     try:
         cache = ContextCache.load(path)
     except DatasetError as e:
         logger.warning("%s; collecting again", e)
         return empty
-    if not cache.covers(fingerprint(config), config.SEQ_PER_DIM_CAP, config.VIEW):
-        logger.info("Context cache %s is stale (other text or settings); collecting again", path)
+    reasons = cache.stale_reasons(current, config.SEQ_PER_DIM_CAP, config.VIEW)
+    if reasons:
+        logger.info("Context cache %s is stale (%s); collecting again", path, "; ".join(reasons))
         return empty
-    return cache.for_sources(sources)
+    return cache.for_saes(current["saes"])
 
 
 def _count(features: dict[str, list[int]]) -> int:

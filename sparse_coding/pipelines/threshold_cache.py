@@ -4,33 +4,36 @@ Kept apart from `thresholds` (the preclustering and percentile maths)
 because it is file handling: what a cache depends on, atomic writes, and
 telling a stale cache from a usable one in words.
 
-Cache, under `config.model_data_dir(MODEL_DIR)`:
+Cache, under `config.model_data_dir(MODEL_DIR)`, written atomically by
+`sparse_coding.storage`:
 - `thresholds.safetensors`: one float32 (d_sae,) tensor per site key (`resid_9`).
-- `thresholds.json`: what the thresholds depend on (`model`, `sae_sources` per
-  site key, `dataset`: DATASET, DATASET_CONFIG, DATASET_SPLIT,
-  DATASET_TEXT_COLUMN, NUM_SEQUENCES_EVALED, MAX_SEQ_LEN, PREPEND_BOS and, for a
-  local file, its resolved path, size and mtime; `cluster`: hook, NUM_CLUSTERS,
-  KEEPER_CLUSTER_INDEX, SEED; `percentile`: THRESHOLD_PERCENTILE), plus `slice`,
-  the counts (`n_sequences`, `n_tokens`, `n_kept`, `cluster_sizes`) and
-  `percentile_resolved` (`samples_to_resolve`: whether n_kept was enough for the
-  percentile to lie below the maximum) for people. The
-  safetensors header holds the same JSON (`thresholds_json`), and that copy is
-  the one read, so two files from different runs are never taken as one cache.
-`load_thresholds` uses a cache only when all the former match the current run
-and it covers every spliced site (it may cover more).
+- `thresholds.json`: what the thresholds depend on, the
+  `storage.cache_fingerprint` (`model`; `saes`: per site key its source and
+  weights file identity; `dataset_identity`: a local file's path, size and
+  mtime, or a hub name and revision; `dataset`: DATASET, DATASET_CONFIG,
+  DATASET_SPLIT, DATASET_TEXT_COLUMN, NUM_SEQUENCES_EVALED, MAX_SEQ_LEN,
+  PREPEND_BOS; `cluster`: hook, NUM_CLUSTERS, KEEPER_CLUSTER_INDEX, SEED;
+  `percentile`: THRESHOLD_PERCENTILE), plus `slice`, the counts
+  (`n_sequences`, `n_tokens`, `n_kept`, `cluster_sizes`) and
+  `percentile_resolved` (`samples_to_resolve`: whether n_kept was enough for
+  the percentile to lie below the maximum) for people. The safetensors header
+  holds the same JSON (`thresholds_json`), and that copy is the one read, so
+  two files from different runs are never taken as one cache.
+`load_thresholds` uses a cache only when the fingerprints agree and it covers
+every spliced site (it may cover more).
 """
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
+from sparse_coding import storage
 from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name, samples_to_resolve
 from sparse_coding.config import Config
 from sparse_coding.splicing.splice import SplicedModel
@@ -51,12 +54,15 @@ class Thresholds:
 
 
 def cache_key(config: Config, spliced: SplicedModel) -> dict[str, Any]:
-    """Everything cached thresholds depend on, as JSON-ready values."""
+    """Everything cached thresholds depend on (`storage.cache_fingerprint`), as JSON-ready values."""
     layer = config.layer_range(spliced.n_layers).start
-    return {
-        "model": config.MODEL_DIR,
-        "sae_sources": {site.key: config.sae_sources.get(site.kind) for site in spliced.sites},
-        "dataset": _dataset_settings(config),
+    saes = {
+        site.key: storage.sae_identity(config.sae_sources.get(site.kind), site.sae.weights_path)
+        for site in spliced.sites
+    }
+    keys = DATASET_KEYS + ("NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN", "PREPEND_BOS")
+    settings = {
+        "dataset": {key: getattr(config, key) for key in keys},
         "cluster": {
             "hook": cluster_hook_name(spliced, layer),
             "NUM_CLUSTERS": config.NUM_CLUSTERS,
@@ -65,6 +71,9 @@ def cache_key(config: Config, spliced: SplicedModel) -> dict[str, Any]:
         },
         "percentile": config.THRESHOLD_PERCENTILE,
     }
+    return storage.cache_fingerprint(
+        model=config.MODEL_DIR, saes=saes, dataset=config.DATASET, settings=settings
+    )
 
 
 def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResult) -> Path:
@@ -74,7 +83,6 @@ def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResu
     different runs can never be mistaken for one cache.
     """
     directory = config.model_data_dir(config.MODEL_DIR)
-    directory.mkdir(parents=True, exist_ok=True)
     metadata = cache_key(config, spliced) | {
         "slice": config.ACTS_LAYERS_SLICE,
         "n_sequences": len(result.cut_positions),
@@ -86,8 +94,8 @@ def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResu
     text = json.dumps(metadata, indent=2, sort_keys=True)
     tensors = {key: value.float().contiguous().cpu() for key, value in result.thresholds.items()}
     path = directory / THRESHOLDS_FILE
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"thresholds_json": text}))
-    _atomic_write(directory / METADATA_FILE, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    storage.write_atomic(path, save(tensors, metadata={"thresholds_json": text}))
+    storage.write_atomic(directory / METADATA_FILE, text + "\n")  # for people; the header's copy is read
     logger.info("Wrote thresholds for %d sites to %s", len(tensors), path)
     return path
 
@@ -124,16 +132,6 @@ def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
     return Thresholds({site.key: values[site.key].to(spliced.device) for site in spliced.sites}, description)
 
 
-def _dataset_settings(config: Config) -> dict[str, Any]:
-    keys = DATASET_KEYS + ("NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN", "PREPEND_BOS")
-    settings: dict[str, Any] = {key: getattr(config, key) for key in keys}
-    path = Path(config.DATASET).expanduser() if config.DATASET else None
-    if path is not None and path.is_file():  # a local file can change under the same name
-        stat = path.stat()
-        settings["file"] = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return settings
-
-
 def _read_cache(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     with safe_open(str(path), framework="pt") as file:
         metadata = file.metadata() or {}
@@ -147,38 +145,12 @@ def _differences(
     cached: dict[str, Any], current: dict[str, Any], values: dict[str, Tensor], spliced: SplicedModel
 ) -> list[str]:
     """What keeps a cache from serving this run, in words; empty when it fits."""
-    found: list[str] = []
-    for name in ("model", "dataset", "cluster", "percentile"):
-        found += _changes(name, cached.get(name), current[name])
-    cached_sources = cached.get("sae_sources", {})
+    found = storage.fingerprint_differences(cached, current)
     for site in spliced.sites:
-        if site.key not in values or site.key not in cached_sources:
+        if site.key not in values or site.key not in cached.get("saes", {}):
             found.append(f"no threshold for site {site.key}")
-        elif cached_sources[site.key] != current["sae_sources"][site.key]:
-            found.append(
-                f"{site.key} SAE was {cached_sources[site.key]!r}, now {current['sae_sources'][site.key]!r}"
-            )
         elif tuple(values[site.key].shape) != (site.sae.d_sae,):
             found.append(
                 f"{site.key} has {values[site.key].shape[0]} thresholds, its SAE {site.sae.d_sae} features"
             )
     return found
-
-
-def _changes(name: str, old: Any, new: Any) -> list[str]:
-    """'name.key was X, now Y' for each differing entry (dicts one level deep)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(old.keys() | new.keys())
-        return [
-            f"{name}.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
-        ]
-    return [] if old == new else [f"{name} was {old!r}, now {new!r}"]
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)

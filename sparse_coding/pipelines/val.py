@@ -30,10 +30,20 @@ from sparse_coding.splicing.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 
-def run_val(config: Config, phases: PhaseTimer | None = None, *, from_graph: Path | None = None) -> str:
-    """Validate the circuit of `from_graph` (else VALIDATION_DIMS_PINNED); returns the printed report."""
+def run_val(
+    config: Config,
+    phases: PhaseTimer | None = None,
+    *,
+    from_graph: Path | None = None,
+    run: str | None = None,
+) -> str:
+    """Validate the circuit of `from_graph` (its run `run`, default all) or VALIDATION_DIMS_PINNED.
+
+    Returns:
+        The printed report.
+    """
     phases = phases or PhaseTimer()
-    circuit, circuit_errors, source = circuit_and_source(config, from_graph)
+    circuit, circuit_errors, source = circuit_and_source(config, from_graph, run)
     spliced, tokenizer = load_circuit_model(
         config, circuit, circuit_errors=circuit_errors, source=source, phases=phases
     )
@@ -67,10 +77,15 @@ def circuit_from_config(config: Config) -> Circuit:
     return {site_key(*key): sorted(set(dims)) for key, dims in pins}
 
 
-def circuit_from_graph(graph: Graph, path: Path) -> Circuit:
-    """The feature nodes of a pipe.py/fast.py graph; error and other nodes skipped."""
+def circuit_from_graph(graph: Graph, path: Path, run: str | None = None) -> Circuit:
+    """The feature nodes of a pipe.py/fast.py graph (of one run, if given); error and other nodes skipped.
+
+    Raises:
+        GraphFileError: the graph has no such run, or no feature node to validate.
+    """
+    node_ids = graph.nodes.keys() if run is None else graph.run_node_ids(_known_run(graph, path, run))
     circuit: Circuit = {}
-    for node_id in graph.nodes:
+    for node_id in node_ids:
         try:
             site, layer, feature = parse_node_id(node_id)
         except ValueError:  # e.g. a logit node
@@ -79,10 +94,29 @@ def circuit_from_graph(graph: Graph, path: Path) -> Circuit:
             circuit.setdefault(site_key(site, layer), []).append(feature)
     n_features = sum(map(len, circuit.values()))
     if not n_features:
-        raise GraphFileError(f"graph file {path} has no feature nodes to validate")
-    skipped = len(graph.nodes) - n_features
-    logger.info("%s: %d feature nodes, %d others skipped", path, n_features, skipped)
+        raise GraphFileError(f"graph file {path} has no feature nodes to validate ({runs_text(graph, run)})")
+    skipped = len(node_ids) - n_features
+    logger.info(
+        "%s (%s): %d feature nodes, %d others skipped", path, runs_text(graph, run), n_features, skipped
+    )
     return {key: sorted(dims) for key, dims in sorted(circuit.items())}
+
+
+def _known_run(graph: Graph, path: Path, run: str) -> str:
+    ids = [str(record.get("id")) for record in graph.runs]
+    if run not in ids:
+        raise GraphFileError(
+            f"graph file {path} has no run {run!r}; its runs are: {', '.join(ids) or 'none'}"
+        )
+    return run
+
+
+def runs_text(graph: Graph, run: str | None) -> str:
+    """Which runs' nodes are validated, in words: 'run X' or 'all 3 runs: X, Y, Z'."""
+    if run is not None:
+        return f"run {run}"
+    ids = [str(record.get("id")) for record in graph.runs]
+    return f"all {len(ids)} runs: {', '.join(ids)}" if ids else "all its nodes"
 
 
 def read_graph(path: Path) -> Graph:
@@ -95,10 +129,11 @@ def read_graph(path: Path) -> Graph:
     return graph
 
 
-def error_nodes_from_graph(graph: Graph) -> list[str]:
-    """Site keys of a graph's error nodes (``mlp_error_7`` -> ``mlp_7``): the circuit's error terms."""
+def error_nodes_from_graph(graph: Graph, run: str | None = None) -> list[str]:
+    """Site keys of a graph's error nodes (``mlp_error_7`` -> ``mlp_7``), of one run if given."""
+    node_ids = graph.nodes.keys() if run is None else graph.run_node_ids(run)
     keys = set()
-    for node_id in graph.nodes:
+    for node_id in node_ids:
         try:
             site, layer, feature = parse_node_id(node_id)
         except ValueError:  # e.g. a logit node
@@ -108,12 +143,22 @@ def error_nodes_from_graph(graph: Graph) -> list[str]:
     return sorted(keys)
 
 
-def circuit_and_source(config: Config, graph: Path | None) -> tuple[Circuit, list[str], str]:
-    """The circuit of `graph` if given (features, error nodes), else of VALIDATION_DIMS_PINNED; its source."""
+def circuit_and_source(
+    config: Config, graph: Path | None, run: str | None = None
+) -> tuple[Circuit, list[str], str]:
+    """The circuit of `graph` (of its run `run`, default all runs) if given, else of VALIDATION_DIMS_PINNED.
+
+    Returns:
+        The circuit's features, its error nodes' site keys, and where it came
+        from in words (which runs, for a graph).
+    """
     if graph is None:
+        if run is not None:
+            raise ConfigError("--run picks a run of a graph file; give the graph with --from-graph PATH")
         return circuit_from_config(config), [], "VALIDATION_DIMS_PINNED"
-    read = read_graph(graph)
-    return circuit_from_graph(read, graph), error_nodes_from_graph(read), f"graph file {graph}"
+    stored = read_graph(graph)
+    circuit = circuit_from_graph(stored, graph, run)
+    return circuit, error_nodes_from_graph(stored, run), f"graph file {graph} ({runs_text(stored, run)})"
 
 
 def load_circuit_model(

@@ -17,14 +17,13 @@ each quantity's sign means, `graphs.conventions`), ``config`` (every config key)
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from sparse_coding import storage
 from sparse_coding.algorithms.validation import ValidationResult
 from sparse_coding.graphs.conventions import sign_convention
 
@@ -103,15 +102,8 @@ def report_data(
 
 
 def write_report(data: dict[str, Any], path: Path) -> Path:
-    """Write `data` as strict JSON, atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=1, ensure_ascii=False, allow_nan=False)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
+    """Write `data` as strict JSON with `storage.write_atomic` (the old report survives any failure)."""
+    storage.write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False))
     return path
 
 
