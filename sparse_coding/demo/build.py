@@ -14,8 +14,9 @@ Mechanisms (directions are named; "amount" is a direction's coefficient):
     attn_0      one head, constant query, keys read "sun": every position at or
                 after a "sun" attends to it (exactly: score gap 400) and copies
                 it as "sun_seen"; elsewhere the values read 0
-    mlp_0       heat  = relu(sun_seen): writes heat, erases sun_seen
-                light = relu(sun_seen): writes 0.5 light
+    mlp_0       heat  = relu(sun_seen - sun): writes heat, erases sun_seen
+                light = relu(sun_seen - sun): writes 0.5 light
+                (minus sun: not at the "sun" position itself, which attends to itself)
                 color = relu(sky):      writes color (the distractor chain C -> D)
     mlp_1       hot   = relu(heat):  writes says_hot, erases heat
                 dim   = relu(light): writes -0.4 says_hot, erases light
@@ -82,23 +83,25 @@ CORPUS = [
 
 @dataclass(frozen=True)
 class Neuron:
-    """An MLP neuron: relu(amount of `reads`), writing `writes` (direction -> amount per unit)."""
+    """An MLP neuron: relu(sum of weight * amount over `reads`), writing `writes` per unit."""
 
     name: str
-    reads: str
+    reads: dict[str, float]
     writes: dict[str, float]
 
 
 ATTENTION_COPIES = {0: ("sun", "sun_seen")}  # layer -> (direction read, direction written)
+# The "sun" position attends to itself; reading sun_seen - sun keeps it from predicting "hot".
+AFTER_SUN = {"sun_seen": 1.0, "sun": -1.0}
 NEURONS = {
     0: [
-        Neuron("heat", "sun_seen", {"heat": 1.0, "sun_seen": -1.0}),
-        Neuron("light", "sun_seen", {"light": 0.5}),
-        Neuron("color", "sky", {"color": 1.0}),
+        Neuron("heat", AFTER_SUN, {"heat": 1.0, "sun_seen": -1.0}),
+        Neuron("light", AFTER_SUN, {"light": 0.5}),
+        Neuron("color", {"sky": 1.0}, {"color": 1.0}),
     ],
     1: [
-        Neuron("hot", "heat", {"says_hot": 1.0, "heat": -1.0}),
-        Neuron("dim", "light", {"says_hot": -0.4, "light": -1.0}),
+        Neuron("hot", {"heat": 1.0}, {"says_hot": 1.0, "heat": -1.0}),
+        Neuron("dim", {"light": 1.0}, {"says_hot": -0.4, "light": -1.0}),
     ],
 }
 UNEMBED = {TARGET: ("says_hot", 8.0)}  # token -> (direction, logit per unit amount)
@@ -118,6 +121,8 @@ CIRCUIT = {
     ("mlp", 1, "dim"): -1,
     ("resid", 2, "says_hot"): 1,
 }
+# Circuit features that fire at the "sun" token rather than at the last one.
+BEFORE_LAST_POSITION = {("resid", 0, "sun")}
 # Direct edges between adjacent sites (what fast.py measures): sign = +1 when
 # the source raises the target's activation, -1 when it lowers it.
 DIRECT_EDGES = [
@@ -212,7 +217,7 @@ def build_model(geometry: Geometry):
         for layer, neurons in NEURONS.items():
             mlp = transformer.h[layer].mlp
             for i, neuron in enumerate(neurons):
-                mlp.c_fc.weight[:, i] = geometry.reader(neuron.reads)
+                mlp.c_fc.weight[:, i] = sum(w * geometry.reader(name) for name, w in neuron.reads.items())
                 mlp.c_proj.weight[i] = _write_vector(geometry, neuron.writes)
         for token, (direction, gain) in UNEMBED.items():
             model.lm_head.weight[TOKENS.index(token)] = gain * geometry.reader(direction)
@@ -321,15 +326,23 @@ def circuit_truth(names: dict[str, list[str]]) -> dict:
         for index, name in enumerate(feature_names):
             planted = CIRCUIT.get((site, int(layer), name))
             role = "circuit" if planted else "dead" if name.startswith("dead_") else "distractor"
-            features[f"{key}.{index}"] = {"name": name, "role": role, "effect_on_target": planted or 0}
+            features[f"{key}.{index}"] = {
+                "name": name,
+                "role": role,
+                "effect_on_target": planted or 0,
+                "at_last_position": bool(planted) and (site, int(layer), name) not in BEFORE_LAST_POSITION,
+            }
 
     def edges(table):
         return [{"source": node_id(u), "target": node_id(d), "sign": sign} for u, d, sign in table]
 
     return {
         "description": (
-            "Planted truth of the demo model (sparse_coding/demo/build.py). effect_on_target: "
-            "+1 raises log p(target) at the prompt's last position, -1 lowers it, 0 none. "
+            "Planted truth of the demo model (sparse_coding/demo/build.py). Roles: circuit "
+            "(on the path to the target), distractor (fires on the demo text, no effect on the "
+            "target), dead (never fires). effect_on_target: +1 raises log p(target) at the "
+            "prompt's last position, -1 lowers it, 0 none; at_last_position: a circuit feature "
+            "firing at that position (the others fire earlier). "
             "Edge sign: +1 when the source raises the target feature's activation, -1 when it "
             "lowers it. direct_edges join adjacent sites (fast.py); resid_edges join resid "
             "layers through everything between them, at the last position (pipe.py)."
