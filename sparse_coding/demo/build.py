@@ -18,8 +18,8 @@ Mechanisms (directions are named; "amount" is a direction's coefficient):
                 light = relu(sun_seen - sun): writes 0.5 light
                 (minus sun: not at the "sun" position itself, which attends to itself)
                 color = relu(sky):      writes color (the distractor chain C -> D)
-    mlp_1       hot   = relu(heat):  writes says_hot, erases heat
-                dim   = relu(light): writes -0.4 says_hot, erases light
+    mlp_1       says_hot = relu(heat):  writes says_hot, erases heat
+                dim      = relu(light): writes -0.4 says_hot, erases light
     unembedding logit("hot") = 8 * says_hot; every other logit is 0
     attn_1, attn_2, mlp_2: zero (so resid_2 is what the unembedding reads)
 
@@ -100,7 +100,7 @@ NEURONS = {
         Neuron("color", {"sky": 1.0}, {"color": 1.0}),
     ],
     1: [
-        Neuron("hot", {"heat": 1.0}, {"says_hot": 1.0, "heat": -1.0}),
+        Neuron("says_hot", {"heat": 1.0}, {"says_hot": 1.0, "heat": -1.0}),
         Neuron("dim", {"light": 1.0}, {"says_hot": -0.4, "light": -1.0}),
     ],
 }
@@ -117,7 +117,7 @@ CIRCUIT = {
     ("mlp", 0, "light"): -1,
     ("resid", 1, "heat"): 1,
     ("resid", 1, "light"): -1,
-    ("mlp", 1, "hot"): 1,
+    ("mlp", 1, "says_hot"): 1,
     ("mlp", 1, "dim"): -1,
     ("resid", 2, "says_hot"): 1,
 }
@@ -131,9 +131,9 @@ DIRECT_EDGES = [
     (("attn", 0, "sun_seen"), ("mlp", 0, "light"), 1),
     (("mlp", 0, "heat"), ("resid", 1, "heat"), 1),
     (("mlp", 0, "light"), ("resid", 1, "light"), 1),
-    (("resid", 1, "heat"), ("mlp", 1, "hot"), 1),
+    (("resid", 1, "heat"), ("mlp", 1, "says_hot"), 1),
     (("resid", 1, "light"), ("mlp", 1, "dim"), 1),
-    (("mlp", 1, "hot"), ("resid", 2, "says_hot"), 1),
+    (("mlp", 1, "says_hot"), ("resid", 2, "says_hot"), 1),
     (("mlp", 1, "dim"), ("resid", 2, "says_hot"), -1),
 ]
 # Layer-to-layer resid edges at the last position (what pipe.py measures).
@@ -205,7 +205,7 @@ def build_model(geometry: Geometry):
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if not name.endswith("ln_1.weight") and not name.endswith("ln_2.weight") and name != "transformer.ln_f.weight":
+            if not _is_layer_norm_gain(name):  # layer norms stay the identity (gain 1, bias 0)
                 param.zero_()
         transformer = model.transformer
         transformer.wpe.weight[:] = BIAS_NORM * geometry.vector("bias")
@@ -222,6 +222,10 @@ def build_model(geometry: Geometry):
         for token, (direction, gain) in UNEMBED.items():
             model.lm_head.weight[TOKENS.index(token)] = gain * geometry.reader(direction)
     return model.eval()
+
+
+def _is_layer_norm_gain(name: str) -> bool:
+    return name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
 
 
 def _plant_copy_head(attn, geometry: Geometry, read: str, write: str) -> None:
@@ -263,8 +267,9 @@ def build_sae(site: str, layer: int, geometry: Geometry, rng: np.random.Generato
     live = site_dictionary(site, layer, geometry)
     width = SAE_WIDTHS[site]
     n_dead = width - len(live)
-    dead_dirs = torch.from_numpy(rng.standard_normal((n_dead, len(geometry.unused)))).float()
-    dead = {f"dead_{k}": sum(c * pair_vector(p) for c, p in zip(row, geometry.unused, strict=True)) for k, row in enumerate(dead_dirs)}
+    unused = torch.stack([pair_vector(p) for p in geometry.unused])  # (n_unused, d_in)
+    mixtures = torch.from_numpy(rng.standard_normal((n_dead, len(unused)))).float()
+    dead = {f"dead_{k}": row @ unused for k, row in enumerate(mixtures)}
     names = [*live, *dead]
     order = rng.permutation(width)
     names = [names[i] for i in order]
