@@ -73,6 +73,10 @@ def test_build_reproduces_the_committed_files(tmp_path):
             assert ours.read_bytes() == theirs.read_bytes(), relative
 
 
+def test_demo_config_validates_the_documented_circuit():
+    assert demo_config(Path("unused")).VALIDATION_DIMS_PINNED == _circuit_pins(CIRCUIT)
+
+
 def test_demo_files_stay_small():
     size = sum(p.stat().st_size for p in DEMO_DIR.rglob("*") if p.is_file() and "output" not in p.parts)
     assert size < 5 * 2**20
@@ -114,9 +118,8 @@ def test_fast_nodes_are_the_circuit_and_error_nodes_only(fast_graph):
 
 
 def test_planted_features_rank_first_by_attribution_at_their_sites(tmp_path):
+    from sparse_coding import load_spliced_model, tokenize_prompt
     from sparse_coding.algorithms.attribution import node_attributions, split_prompt
-    from sparse_coding.models.gpt2 import tokenize_prompt
-    from sparse_coding.models.loading import load_spliced_model
 
     spliced, tokenizer = load_spliced_model(demo_config(tmp_path))
     inputs, target = split_prompt(tokenize_prompt(tokenizer, TRUTH["prompt"], prepend_bos=True))
@@ -130,9 +133,7 @@ def test_planted_features_rank_first_by_attribution_at_their_sites(tmp_path):
 
 def test_fast_attribution_sign_matches_a_real_ablation(fast_graph, tmp_path):
     """Positive attribution = removing the feature raises the loss (checked by ablating it)."""
-    from sparse_coding.models.gpt2 import tokenize_prompt
-    from sparse_coding.models.loading import load_spliced_model
-    from sparse_coding.splicing.splice import zero_ablation
+    from sparse_coding import load_spliced_model, tokenize_prompt, zero_ablation
 
     spliced, tokenizer = load_spliced_model(demo_config(tmp_path))
     tokens = tokenize_prompt(tokenizer, TRUTH["prompt"], prepend_bos=True)
@@ -183,10 +184,10 @@ RANDOM_TOLERANCE = 0.05  # measured: |faithfulness| < 0.01 for random circuits
 
 def _circuit_pins(nodes) -> dict[str, list[int]]:
     pins: dict[str, list[int]] = {}
-    for node in sorted(nodes):
+    for node in nodes:
         key, feature = node.split(".")
         pins.setdefault(key, []).append(int(feature))
-    return pins
+    return {key: sorted(features) for key, features in pins.items()}
 
 
 def test_val_planted_circuit_is_faithful_and_complete(tmp_path):
@@ -211,16 +212,12 @@ def test_val_random_circuit_of_the_same_size_is_not_faithful(tmp_path):
 
 def test_hist_thresholds_select_the_planted_features_as_down_nodes(tmp_path):
     """Features over hist.py's thresholds at the prompt's last token are the circuit's there."""
-    from sparse_coding.algorithms.threshold_cache import load_thresholds
-    from sparse_coding.models.gpt2 import tokenize_prompt
-    from sparse_coding.models.loading import load_spliced_model
-    from sparse_coding.splicing.splice import record_codes
+    from sparse_coding import load_spliced_model, record_codes, tokenize_prompt
 
     config = demo_config(tmp_path)
     run("hist", config)
+    thresholds = load_file(str(config.model_data_dir(config.MODEL_DIR) / "thresholds.safetensors"))
     spliced, tokenizer = load_spliced_model(config)
-    thresholds = load_thresholds(config, spliced)
-    assert thresholds is not None, "fast.py would not use hist.py's cache"
     inputs = tokenize_prompt(tokenizer, TRUTH["prompt"], prepend_bos=True)[:, :-1]
     codes = {}
     with torch.no_grad(), spliced.intervene(record_codes(codes)):
@@ -228,7 +225,7 @@ def test_hist_thresholds_select_the_planted_features_as_down_nodes(tmp_path):
     over = {
         f"{key}.{int(i)}"
         for key, code in codes.items()
-        for i in (code.feats[0, -1] > thresholds.values[key]).nonzero().flatten()
+        for i in (code.feats[0, -1] > thresholds[key]).nonzero().flatten()
     }
     assert over == {n for n in CIRCUIT if FEATURES[n]["at_last_position"]}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sparse_coding import gradient_graph, load_config, load_spliced_model, tokenize_prompt, validate_circuit
-from sparse_coding.corpus import config_batches
+from sparse_coding.corpus import iter_batches
 
 config = load_config("sparse_coding/config/demo_config.yaml")
 spliced, tokenizer = load_spliced_model(config)  # the model + 9 SAEs (resid, attn, mlp x 3 layers)
@@ -58,7 +58,8 @@ for node, feature in truth["features"].items():
     if feature["role"] == "circuit":
         key, index = node.split(".")
         circuit.setdefault(key, []).append(int(index))
-batches = list(config_batches(config, tokenizer, device=spliced.device, context_len=32))
+texts = Path(config.DATASET).read_text().splitlines()
+batches = list(iter_batches(texts, tokenizer, batch_size=8, max_len=32, prepend_bos=True))
 with torch.no_grad():
     result = validate_circuit(spliced, batches, circuit=circuit)
 print(f"faithfulness {result.faithfulness:.4f}, completeness {result.completeness:.4f}")
