@@ -178,8 +178,11 @@ def test_pipe_edges_carry_the_planted_signs(pipe_graph):
 
 # ------------------------------------------------------------------ val.py
 
-FAITHFUL_TOLERANCE = 0.01  # measured: faithfulness 1.0000, completeness 0.0000
-RANDOM_TOLERANCE = 0.05  # measured: |faithfulness| < 0.01 for random circuits
+# Layer-norm coupling between features is ~1e-4 in the demo model. Measured:
+# planted faithfulness 1 - 6e-7, completeness 2e-5; random circuits (5 seeds)
+# |faithfulness| < 2e-6.
+FAITHFUL_TOLERANCE = 1e-3
+RANDOM_TOLERANCE = 1e-3
 
 
 def _circuit_pins(nodes) -> dict[str, list[int]]:
