@@ -29,11 +29,12 @@ Why it is exact where the tests need it:
   by ~1e-4, so readers see amounts, not unit vectors.
 - Directions use disjoint coordinate pairs (e_2k - e_2k+1): mean-free, so
   layer norm does not mix them, and readers of one ignore the others exactly.
-- Hard attention gives every position not holding "sun" exactly zero weight
-  at the last position, and attn_1/attn_2 move nothing: features at other
-  positions (the distractors) have exactly zero effect on the prediction.
-- Every reader erases what it consumes, so the last position holds only
-  circuit features.
+- attn_0's keys and values read only "sun" and attn_1/attn_2 move nothing,
+  so nothing else at another position reaches the last one: the distractors
+  there have exactly zero effect (and zero gradient) on the prediction.
+- The neurons that read sun_seen, heat and light at the last position erase
+  them, so that position holds only circuit features (anything else there
+  would couple to the prediction through the layer norms' scale).
 - SAEs are JumpReLU with zero encoder bias and exact (dual-basis) encoders:
   a feature's activation is its direction's amount.
 """
