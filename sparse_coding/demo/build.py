@@ -48,6 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 SEED = 0
 D_MODEL = 64
@@ -173,21 +175,16 @@ def pair_vector(pair: int) -> torch.Tensor:
 # ----------------------------------------------------------------- the model
 
 
-def build_tokenizer():
+def build_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer over TOKENS, saved as tokenizer.json (loads offline)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(TOKENS)}, unk_token=BOS))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=BOS, unk_token=BOS)
 
 
-def build_model(geometry: Geometry):
+def build_model(geometry: Geometry) -> GPT2LMHeadModel:
     """The GPT2LMHeadModel implementing ATTENTION_COPIES, NEURONS and UNEMBED."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     config = GPT2Config(
         vocab_size=len(TOKENS),
         n_positions=N_POSITIONS,
@@ -229,7 +226,7 @@ def _is_layer_norm_gain(name: str) -> bool:
     return name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
 
 
-def _plant_copy_head(attn, geometry: Geometry, read: str, write: str) -> None:
+def _plant_copy_head(attn: torch.nn.Module, geometry: Geometry, read: str, write: str) -> None:
     """Constant query, keys = ATTENTION_SCORE * amount of `read`, values copy it into `write`.
 
     c_attn maps ln(x) to [q | k | v] (Conv1D: x @ W + b); head coordinate 0
@@ -339,7 +336,7 @@ def circuit_truth(names: dict[str, list[str]]) -> dict:
                 "at_last_position": bool(planted) and (site, int(layer), name) not in BEFORE_LAST_POSITION,
             }
 
-    def edges(table):
+    def edges(table: list) -> list[dict]:
         return [{"source": node_id(u), "target": node_id(d), "sign": sign} for u, d, sign in table]
 
     return {
