@@ -7,7 +7,9 @@ setup(
     version="0.1.0",
     description="Circuit discovery in GPT-2 small with sparse autoencoders",
     packages=find_packages(include=["sparse_coding", "sparse_coding.*"]),
-    package_data={"sparse_coding": ["config/*.yaml"]},
+    package_data={
+        "sparse_coding": ["config/*.yaml", "demo/*.json", "demo/*.txt", "demo/model/*", "demo/saes/*/*"]
+    },
     python_requires=">=3.10",
     entry_points={"console_scripts": ["sparse-coding=sparse_coding.cli:main"]},
     install_requires=[

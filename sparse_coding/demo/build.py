@@ -1,0 +1,391 @@
+"""Build the planted-circuit demo: a 3-layer GPT-2 whose weights implement known mechanisms.
+
+Run ``python3 -m sparse_coding.demo.build [OUT_DIR]`` (default: this folder).
+Everything follows from `SEED`; the files are committed, so nobody needs to run it.
+
+The model (`model/`, a real `GPT2LMHeadModel` with a word-level tokenizer),
+one SAE per site (`saes/{site}_{layer}/`, SAELens folders) and the truth
+(`circuit.json`) are written from the tables below. Prompt: "the sky is blue
+and the sun is hot"; the explained token is "hot", predicted at the last "is".
+
+Mechanisms (directions are named; "amount" is a direction's coefficient):
+
+    embedding   each content token writes its own direction ("is" and BOS none)
+    attn_0      one head, constant query, keys read "sun": every position at or
+                after a "sun" attends to it (exactly: score gap 400) and copies
+                it as "sun_seen"; elsewhere the values read 0
+    mlp_0       heat  = relu(sun_seen - sun): writes heat, erases sun_seen
+                light = relu(sun_seen - sun): writes 0.5 light
+                (minus sun: not at the "sun" position itself, which attends to itself)
+                color = relu(sky):      writes color (the distractor chain C -> D)
+    mlp_1       says_hot = relu(heat):  writes says_hot, erases heat
+                dim      = relu(light): writes -0.4 says_hot, erases light
+    unembedding logit("hot") = 8 * says_hot; every other logit is 0
+    attn_1, attn_2, mlp_2: zero (so resid_2 is what the unembedding reads)
+
+Why it is exact where the tests need it:
+- A large constant direction (`BIAS_NORM`, through the position embeddings)
+  makes every layer norm almost linear: content of size ~1 changes its scale
+  by ~1e-4, so readers see amounts, not unit vectors.
+- Directions use disjoint coordinate pairs (e_2k - e_2k+1): mean-free, so
+  layer norm does not mix them, and readers of one ignore the others exactly.
+- attn_0's keys and values read only "sun" and attn_1/attn_2 move nothing,
+  so nothing else at another position reaches the last one: the distractors
+  there have exactly zero effect (and zero gradient) on the prediction.
+- The neurons that read sun_seen, heat and light at the last position erase
+  them, so that position holds only circuit features (anything else there
+  would couple to the prediction through the layer norms' scale).
+- SAEs are JumpReLU with zero encoder bias and exact (dual-basis) encoders:
+  a feature's activation is its direction's amount.
+"""
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+SEED = 0
+D_MODEL = 64
+N_LAYERS = 3
+N_POSITIONS = 32
+BIAS_NORM = 100.0  # amount of the constant "bias" direction at every position
+SAE_THRESHOLD = 0.05  # JumpReLU threshold of every SAE feature
+SAE_WIDTHS = {"resid": 24, "attn": 8, "mlp": 8}
+BOS = "<|endoftext|>"
+
+TOKENS = [BOS, "the", "sky", "is", "blue", "and", "sun", "hot", "ice", "cold", "grass", "green"]
+CONTENT_FREE = {BOS, "is"}  # tokens whose embedding is the bias direction only
+CONCEPTS = ["sun_seen", "heat", "light", "says_hot", "color"]
+DIRECTIONS = ["bias", *[t for t in TOKENS if t not in CONTENT_FREE], *CONCEPTS]
+
+PROMPT = "the sky is blue and the sun is hot"
+TARGET = "hot"
+# The first line is pipe.py's sequence (it ends where "hot" is predicted).
+CORPUS = [
+    "the sky is blue and the sun is",
+    "the sun is hot",
+    "the ice is cold",
+    "the sky is blue",
+    "the grass is green",
+    "the sky is blue and the sun is hot",
+    "the ice is cold and the sun is hot",
+    "the grass is green and the sun is hot",
+    "the sky is blue and the grass is green",
+    "the ice is cold and the sky is blue",
+    "the grass is green and the ice is cold",
+    "the sky is blue and the ice is cold and the sun is hot",
+]
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """An MLP neuron: relu(sum of weight * amount over `reads`), writing `writes` per unit."""
+
+    name: str
+    reads: dict[str, float]
+    writes: dict[str, float]
+
+
+ATTENTION_COPIES = {0: ("sun", "sun_seen")}  # layer -> (direction read, direction written)
+# The "sun" position attends to itself; reading sun_seen - sun keeps it from predicting "hot".
+AFTER_SUN = {"sun_seen": 1.0, "sun": -1.0}
+NEURONS = {
+    0: [
+        Neuron("heat", AFTER_SUN, {"heat": 1.0, "sun_seen": -1.0}),
+        Neuron("light", AFTER_SUN, {"light": 0.5}),
+        Neuron("color", {"sky": 1.0}, {"color": 1.0}),
+    ],
+    1: [
+        Neuron("says_hot", {"heat": 1.0}, {"says_hot": 1.0, "heat": -1.0}),
+        Neuron("dim", {"light": 1.0}, {"says_hot": -0.4, "light": -1.0}),
+    ],
+}
+UNEMBED = {TARGET: ("says_hot", 8.0)}  # token -> (direction, logit per unit amount)
+ATTENTION_SCORE = 400.0  # attention score of a "sun" position (all others score 0)
+
+# The planted circuit: (site, layer, feature name) -> its effect on the target
+# (+1 raises log p("hot"), -1 lowers it); feature names are direction names
+# at resid/attn sites and neuron names at mlp sites.
+CIRCUIT = {
+    ("resid", 0, "sun"): 1,
+    ("attn", 0, "sun_seen"): 1,
+    ("mlp", 0, "heat"): 1,
+    ("mlp", 0, "light"): -1,
+    ("resid", 1, "heat"): 1,
+    ("resid", 1, "light"): -1,
+    ("mlp", 1, "says_hot"): 1,
+    ("mlp", 1, "dim"): -1,
+    ("resid", 2, "says_hot"): 1,
+}
+# Circuit features that fire at the "sun" token rather than at the last one.
+BEFORE_LAST_POSITION = {("resid", 0, "sun")}
+# Direct edges between adjacent sites (what fast.py measures): sign = +1 when
+# the source raises the target's activation, -1 when it lowers it.
+DIRECT_EDGES = [
+    (("resid", 0, "sun"), ("attn", 0, "sun_seen"), 1),
+    (("attn", 0, "sun_seen"), ("mlp", 0, "heat"), 1),
+    (("attn", 0, "sun_seen"), ("mlp", 0, "light"), 1),
+    (("mlp", 0, "heat"), ("resid", 1, "heat"), 1),
+    (("mlp", 0, "light"), ("resid", 1, "light"), 1),
+    (("resid", 1, "heat"), ("mlp", 1, "says_hot"), 1),
+    (("resid", 1, "light"), ("mlp", 1, "dim"), 1),
+    (("mlp", 1, "says_hot"), ("resid", 2, "says_hot"), 1),
+    (("mlp", 1, "dim"), ("resid", 2, "says_hot"), -1),
+]
+# Layer-to-layer resid edges at the last position (what pipe.py measures).
+RESID_EDGES = [
+    (("resid", 0, "sun"), ("resid", 1, "heat"), 1),
+    (("resid", 0, "sun"), ("resid", 1, "light"), 1),
+    (("resid", 1, "heat"), ("resid", 2, "says_hot"), 1),
+    (("resid", 1, "light"), ("resid", 2, "says_hot"), -1),
+]
+
+
+class Geometry:
+    """Seeded placement of named directions on disjoint coordinate pairs."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        pairs = rng.permutation(D_MODEL // 2)
+        self.pair = {name: int(p) for name, p in zip(DIRECTIONS, pairs, strict=False)}
+        self.unused = [int(p) for p in pairs[len(DIRECTIONS) :]]
+
+    def vector(self, name: str) -> torch.Tensor:
+        """The direction (d_model,): +1 and -1 on its coordinate pair (mean-free)."""
+        return pair_vector(self.pair[name])
+
+    def reader(self, name: str) -> torch.Tensor:
+        """w with w . ln(x) = the amount of `name` in x (layer norm scale of the bias direction)."""
+        ln_scale = (D_MODEL / (2 * BIAS_NORM**2)) ** 0.5  # ln(x) = x * ln_scale, content << bias
+        return self.vector(name) / (2 * ln_scale)
+
+
+def pair_vector(pair: int) -> torch.Tensor:
+    v = torch.zeros(D_MODEL)
+    v[2 * pair], v[2 * pair + 1] = 1.0, -1.0
+    return v
+
+
+# ----------------------------------------------------------------- the model
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over TOKENS, saved as tokenizer.json (loads offline)."""
+    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(TOKENS)}, unk_token=BOS))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=BOS, unk_token=BOS)
+
+
+def build_model(geometry: Geometry) -> GPT2LMHeadModel:
+    """The GPT2LMHeadModel implementing ATTENTION_COPIES, NEURONS and UNEMBED."""
+    config = GPT2Config(
+        vocab_size=len(TOKENS),
+        n_positions=N_POSITIONS,
+        n_embd=D_MODEL,
+        n_layer=N_LAYERS,
+        n_head=1,
+        n_inner=max(len(n) for n in NEURONS.values()),
+        activation_function="relu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not _is_layer_norm_gain(name):  # layer norms stay the identity (gain 1, bias 0)
+                param.zero_()
+        transformer = model.transformer
+        transformer.wpe.weight[:] = BIAS_NORM * geometry.vector("bias")
+        for index, token in enumerate(TOKENS):
+            if token not in CONTENT_FREE:
+                transformer.wte.weight[index] = geometry.vector(token)
+        for layer, (read, write) in ATTENTION_COPIES.items():
+            _plant_copy_head(transformer.h[layer].attn, geometry, read, write)
+        for layer, neurons in NEURONS.items():
+            mlp = transformer.h[layer].mlp
+            for i, neuron in enumerate(neurons):
+                mlp.c_fc.weight[:, i] = sum(w * geometry.reader(name) for name, w in neuron.reads.items())
+                mlp.c_proj.weight[i] = _write_vector(geometry, neuron.writes)
+        for token, (direction, gain) in UNEMBED.items():
+            model.lm_head.weight[TOKENS.index(token)] = gain * geometry.reader(direction)
+    return model.eval()
+
+
+def _is_layer_norm_gain(name: str) -> bool:
+    return name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
+
+
+def _plant_copy_head(attn: torch.nn.Module, geometry: Geometry, read: str, write: str) -> None:
+    """Constant query, keys = ATTENTION_SCORE * amount of `read`, values copy it into `write`.
+
+    c_attn maps ln(x) to [q | k | v] (Conv1D: x @ W + b); head coordinate 0
+    carries the score, coordinate 1 the copied amount.
+    """
+    d = D_MODEL
+    attn.c_attn.bias[0] = 1.0  # q = e_0 at every position
+    attn.c_attn.weight[:, d] = ATTENTION_SCORE * d**0.5 * geometry.reader(read)  # k_0, before / sqrt(d_head)
+    attn.c_attn.weight[:, 2 * d + 1] = geometry.reader(read)  # v_1 = amount of `read`
+    attn.c_proj.weight[1] = geometry.vector(write)
+
+
+def _write_vector(geometry: Geometry, writes: dict[str, float]) -> torch.Tensor:
+    return sum((amount * geometry.vector(name) for name, amount in writes.items()), torch.zeros(D_MODEL))
+
+
+# ------------------------------------------------------------------ the SAEs
+
+
+def site_dictionary(site: str, layer: int, geometry: Geometry) -> dict[str, torch.Tensor]:
+    """Feature name -> decoder row for the features that can fire at one site."""
+    if site == "resid":
+        return {name: geometry.vector(name) for name in DIRECTIONS if name != "bias"}
+    if site == "attn":
+        return {write: geometry.vector(write) for _, write in ATTENTION_COPIES.values()}
+    return {n.name: _write_vector(geometry, n.writes) for n in NEURONS.get(layer, [])}
+
+
+def build_sae(site: str, layer: int, geometry: Geometry, rng: np.random.Generator) -> tuple[dict, list[str]]:
+    """SAELens weights of one site and the name of each feature index ("dead_k" for dead ones).
+
+    Live features: decoder = the planted vector, encoder = its dual basis, so
+    the activation is the planted amount. Dead features read and write random
+    mixtures of unused coordinate pairs, which nothing ever writes.
+    """
+    live = site_dictionary(site, layer, geometry)
+    width = SAE_WIDTHS[site]
+    n_dead = width - len(live)
+    unused = torch.stack([pair_vector(p) for p in geometry.unused])  # (n_unused, d_in)
+    mixtures = torch.from_numpy(rng.standard_normal((n_dead, len(unused)))).float()
+    dead = {f"dead_{k}": row @ unused for k, row in enumerate(mixtures)}
+    names = [*live, *dead]
+    order = rng.permutation(width)
+    names = [names[i] for i in order]
+    decoder = torch.stack([(live | dead)[name] for name in names])  # (d_sae, d_in)
+    weights = {
+        "W_enc": _dual_basis(decoder),  # (d_in, d_sae)
+        "b_enc": torch.zeros(width),
+        "W_dec": decoder.contiguous(),
+        "b_dec": BIAS_NORM * geometry.vector("bias") if site == "resid" else torch.zeros(D_MODEL),
+        "threshold": torch.full((width,), SAE_THRESHOLD),
+    }
+    return weights, names
+
+
+def _dual_basis(decoder: torch.Tensor) -> torch.Tensor:
+    """Encoder (d_in, d_sae) with decoder @ encoder = identity; float64 round-off dropped.
+
+    Entries below 1e-9 are exactly zero in the planted geometry (the rows live
+    on disjoint coordinate pairs); keeping them would make features that share
+    no coordinates interact by ~1e-17.
+    """
+    dual = torch.linalg.pinv(decoder.double())
+    return dual.where(dual.abs() > 1e-9, 0.0).float().contiguous()
+
+
+HOOKS = {"resid": "hook_resid_pre", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+
+
+def sae_cfg(site: str, layer: int) -> dict:
+    """cfg.json in SAELens' format (JumpReLU, no input normalisation, no centring)."""
+    return {
+        "architecture": "jumprelu",
+        "d_in": D_MODEL,
+        "d_sae": SAE_WIDTHS[site],
+        "dtype": "float32",
+        "hook_name": f"blocks.{layer}.{HOOKS[site]}",
+        "model_name": "planted-demo-gpt2",
+        "context_size": N_POSITIONS,
+        "prepend_bos": True,
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "model_from_pretrained_kwargs": {"center_writing_weights": False},
+    }
+
+
+# ------------------------------------------------------------------ the truth
+
+
+def circuit_truth(names: dict[str, list[str]]) -> dict:
+    """circuit.json: every feature's role, the planted edges with signs, the prompt."""
+
+    def node_id(key: tuple[str, int, str]) -> str:
+        site, layer, name = key
+        return f"{site}_{layer}.{names[f'{site}_{layer}'].index(name)}"
+
+    features = {}
+    for key, feature_names in names.items():
+        site, layer = key.rsplit("_", 1)
+        for index, name in enumerate(feature_names):
+            planted = CIRCUIT.get((site, int(layer), name))
+            role = "circuit" if planted else "dead" if name.startswith("dead_") else "distractor"
+            features[f"{key}.{index}"] = {
+                "name": name,
+                "role": role,
+                "effect_on_target": planted or 0,
+                "at_last_position": bool(planted) and (site, int(layer), name) not in BEFORE_LAST_POSITION,
+            }
+
+    def edges(table: list) -> list[dict]:
+        return [{"source": node_id(u), "target": node_id(d), "sign": sign} for u, d, sign in table]
+
+    return {
+        "description": (
+            "Planted truth of the demo model (sparse_coding/demo/build.py). Roles: circuit "
+            "(on the path to the target), distractor (fires on the demo text, no effect on the "
+            "target), dead (never fires). effect_on_target: +1 raises log p(target) at the "
+            "prompt's last position, -1 lowers it, 0 none; at_last_position: a circuit feature "
+            "firing at that position (the others fire earlier). "
+            "Edge sign: +1 when the source raises the target feature's activation, -1 when it "
+            "lowers it. direct_edges join adjacent sites (fast.py); resid_edges join resid "
+            "layers through everything between them, at the last position (pipe.py)."
+        ),
+        "prompt": PROMPT,
+        "target": TARGET,
+        "features": features,
+        "direct_edges": edges(DIRECT_EDGES),
+        "resid_edges": edges(RESID_EDGES),
+    }
+
+
+# ------------------------------------------------------------------ writing
+
+
+def build(out_dir: Path) -> None:
+    """Write model/, saes/, circuit.json and corpus.txt under `out_dir`."""
+    rng = np.random.default_rng(SEED)
+    geometry = Geometry(rng)
+    model_dir = out_dir / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    build_model(geometry).save_pretrained(model_dir)
+    build_tokenizer().save_pretrained(model_dir)
+    names = {}
+    for site in HOOKS:
+        for layer in range(N_LAYERS):
+            weights, names[f"{site}_{layer}"] = build_sae(site, layer, geometry, rng)
+            folder = out_dir / "saes" / f"{site}_{layer}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "cfg.json").write_text(json.dumps(sae_cfg(site, layer), indent=2) + "\n")
+            save_file(weights, str(folder / "sae_weights.safetensors"))
+    (out_dir / "circuit.json").write_text(json.dumps(circuit_truth(names), indent=2) + "\n")
+    (out_dir / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", nargs="?", type=Path, default=Path(__file__).resolve().parent)
+    build(parser.parse_args(argv).out_dir)
+
+
+if __name__ == "__main__":
+    main()
