@@ -42,4 +42,7 @@ def test_editing_a_local_corpus_in_place_recollects_the_contexts(make_config, tm
     # The reference: the edited corpus collected from scratch, in a folder with no cache.
     fresh_config = make_config(**settings, DATA_DIR=str(tmp_path / "fresh"))
     assert not cache_path(fresh_config).exists()
-    assert after == all_contexts(load_or_collect(fresh_config, spliced, tokenizer, features=FEATURES)) and after != before
+    assert (
+        after == all_contexts(load_or_collect(fresh_config, spliced, tokenizer, features=FEATURES))
+        and after != before
+    )

@@ -17,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sparse_coding.config import Config, config_from_dict
+from sparse_coding.phases import PhaseTimer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "sparse_coding" / "demo"
@@ -35,9 +36,10 @@ def demo_config(data_dir: Path, **overrides) -> Config:
 
 
 def run(script: str, config: Config, **args) -> None:
-    """A script's main() in-process, as `python3 sparse_coding/<script>.py` would call it."""
+    """A script's main() in-process, with the arguments its parser would give it."""
     module = __import__(f"sparse_coding.{script}", fromlist=["main"])
-    module.main(config, argparse.Namespace(**args))
+    defaults = {"phases": PhaseTimer(), "new_graph": False, "from_graph": None, "run": None}
+    module.main(config, argparse.Namespace(**(defaults | args)))
 
 
 def output(config: Config, name: str) -> dict:
@@ -168,7 +170,6 @@ def test_pipe_keeps_exactly_the_planted_resid_edges(pipe_graph):
     assert drawn == {(e["source"], e["target"]) for e in TRUTH["resid_edges"]}
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 16's pipe.py sign (clean - ablated)")
 def test_pipe_edges_carry_the_planted_signs(pipe_graph):
     effects = {(e["source"], e["target"]): e["effect"] for e in pipe_graph["edges"]}
     for edge in TRUTH["resid_edges"]:
@@ -234,7 +235,7 @@ def test_hist_thresholds_select_the_planted_features_as_down_nodes(tmp_path):
 
     run("fast", config)
     graph = output(config, "cognition_graph_grads.json")
-    assert graph["metadata"]["down_node_selection"] == "thresholds"
+    assert graph["metadata"]["runs"][-1]["down_node_selection"] == "thresholds"
     assert {n["id"] for n in graph["nodes"] if n["feature"] is not None} == CIRCUIT
 
 
