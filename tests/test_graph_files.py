@@ -18,7 +18,6 @@ from sparse_coding.graphs.graph_files import (
     save_graph,
     update_graph_files,
 )
-from sparse_coding.graphs.render import RenderTimeout
 
 
 def run_graph(prompt: str = "The cat", effect: float = 0.5, extra: str | None = None) -> Graph:
@@ -171,7 +170,7 @@ def no_temp_files(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("fail_at", ["_write_synced", "render_image", "_commit"])
+@pytest.mark.parametrize("fail_at", ["_write_synced", "draw_image", "_commit"])
 def test_a_failure_mid_write_leaves_the_old_files_intact(paths, monkeypatch, fail_at):
     dot, js, svg = paths
     save_graph(run_graph(prompt="old"), dot, svg)
@@ -181,7 +180,7 @@ def test_a_failure_mid_write_leaves_the_old_files_intact(paths, monkeypatch, fai
 
     def fail_on_second_call(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2 or fail_at == "render_image":
+        if len(calls) == 2 or fail_at == "draw_image":
             raise RuntimeError("injected")
         return real(*args, **kwargs)
 
@@ -219,30 +218,12 @@ def test_when_dot_fails_the_data_is_saved_and_the_old_image_kept(paths, monkeypa
     def broken(*args, **kwargs):
         raise GraphFileError("dot could not draw it")
 
-    monkeypatch.setattr(graph_files, "render_image", broken)
+    monkeypatch.setattr(graph_files, "draw_image", broken)
     with pytest.raises(GraphFileError, match="were saved"):
         save_graph(run_graph(prompt="new"), dot, svg)
     assert load_graph(dot).metadata["prompt"] == "new"
     assert svg.read_bytes() == old_svg
     assert no_temp_files(dot.parent)
-
-
-def test_a_dot_timeout_redraws_with_compact_labels(paths, monkeypatch):
-    dot, js, svg = paths
-    real = graph_files.render_image
-    calls = []
-
-    def slow_first(source, image, *, fmt, timeout_s):
-        calls.append(source.read_text(encoding="utf-8"))
-        if len(calls) == 1:
-            raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
-        real(source, image, fmt=fmt, timeout_s=timeout_s)
-
-    monkeypatch.setattr(graph_files, "render_image", slow_first)
-    save_graph(run_graph(), dot, svg, timeout_s=5)
-    assert "Ġcat</" in calls[0] and "Ġcat</" not in calls[1]
-    assert "compact&#160;labels" in dot.read_text(encoding="utf-8")
-    assert load_graph(dot) == run_graph()  # compact drawing, same data
 
 
 def test_the_reader_handles_ordinary_hand_written_dot():

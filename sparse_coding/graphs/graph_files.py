@@ -20,7 +20,6 @@ nothing is replaced until all new files are complete.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from typing import Any
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.dot_parser import parse_dot
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.render import RenderOptions, RenderTimeout, dot_source, image_format, render_image
+from sparse_coding.graphs.render import RenderOptions, dot_source, draw_image, image_format
 
 logger = logging.getLogger(__name__)
 
@@ -245,32 +244,6 @@ def _commit(temp: Path, target: Path) -> None:
     os.replace(temp, target)
 
 
-def _render_with_fallback(
-    graph: Graph,
-    temp_dot: Path,
-    temp_image: Path,
-    fmt: str,
-    options: RenderOptions,
-    timeout_s: float,
-) -> None:
-    """Render; if dot runs out of time, redraw with compact labels once."""
-    try:
-        render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
-    except RenderTimeout:
-        if options.max_full_nodes == 0:
-            raise
-        logger.warning("dot timed out after %.0f s; redrawing with compact labels", timeout_s)
-        compact = dataclasses.replace(
-            options,
-            max_full_nodes=0,
-            max_label_cells=0,
-            max_spline_edges=0,
-            fast_layout_nodes=0,
-        )
-        _write_synced(temp_dot, graph_to_dot(graph, compact))
-        render_image(temp_dot, temp_image, fmt=fmt, timeout_s=timeout_s)
-
-
 def save_graph(
     graph: Graph,
     dot_path: Path,
@@ -306,7 +279,7 @@ def save_graph(
         _write_synced(temps[1], json_text)
         try:
             if fmt is not None:
-                _render_with_fallback(graph, temps[0], temps[2], fmt, options, timeout_s)
+                draw_image(graph, temps[2], fmt=fmt, options=options, timeout_s=timeout_s)
         except GraphFileError as e:
             # The run's data is complete and valid: keep it, keep the old image.
             _commit(temps[0], targets[0])
