@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Circuit discovery in GPT-2 small with sparse autoencoders",
     packages=find_packages(include=["sparse_coding", "sparse_coding.*"]),
-    package_data={"sparse_coding": ["config/*.yaml"]},
+    package_data={"sparse_coding": ["config/*.yaml", "graphs/viewer.js", "graphs/viewer.css"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1,<3",
@@ -23,6 +23,6 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "tokenizers>=0.15"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "tokenizers>=0.15", "selenium>=4.10"],
     },
 )

@@ -70,17 +70,21 @@ def run_count(metadata: dict[str, Any]) -> int:
     return len(runs) if isinstance(runs, list) and runs else 1
 
 
-def caption_text(metadata: dict[str, Any]) -> str:
-    """One line naming the script, prompt or dataset, threshold and number of runs."""
-    script = graph_script(metadata)
-    config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
+def run_text(run: dict[str, Any]) -> str:
+    """One run's script, prompt (or dataset) and threshold, from its metadata."""
+    script = graph_script(run)
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
     parts = [script or "graph"]
     if config.get("DATASET"):
         parts.append(f"dataset {config['DATASET']}")
-    elif metadata.get("prompt") is not None:
-        parts.append(f"prompt {str(metadata['prompt'])!r}")
+    elif run.get("prompt") is not None:
+        parts.append(f"prompt {str(run['prompt'])!r}")
     if (threshold := _threshold_text(script, config)) is not None:
         parts.append(f"threshold: {threshold}")
-    runs = run_count(metadata)
-    parts.append(f"{runs} run" + ("" if runs == 1 else "s"))
     return "; ".join(parts)
+
+
+def caption_text(metadata: dict[str, Any]) -> str:
+    """One line naming the latest run's script, prompt or dataset, threshold, and the number of runs."""
+    runs = run_count(metadata)
+    return f"{run_text(metadata)}; {runs} run" + ("" if runs == 1 else "s")

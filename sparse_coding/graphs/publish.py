@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files
+from sparse_coding.graphs.viewer import write_viewer
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.labels.contexts import load_or_collect
 from sparse_coding.labels.logit_lens import add_logit_effects
@@ -65,6 +66,7 @@ def publish_graph(
     )
     dot_path = out_dir / dot_name
     merged = update_graph_files(graph, dot_path, out_dir / image_name)
+    write_viewer(merged, (out_dir / image_name).with_suffix(".html"))
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; wrote {dot_path}, "
