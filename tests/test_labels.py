@@ -126,7 +126,9 @@ def test_compact_labels_keep_the_top_context_around_its_peak_and_a_few_logits():
 
 def test_identical_context_rows_are_drawn_once():
     row = Context(["same", "row"], [1.0, 2.0])
-    node = Node.from_id("mlp_7.1", contexts=[row, Context(["other"], [1.0]), Context(["same", "row"], [3.0, 1.0])])
+    node = Node.from_id(
+        "mlp_7.1", contexts=[row, Context(["other"], [1.0]), Context(["same", "row"], [3.0, 1.0])]
+    )
     label = node_label(node)
     assert label.count(">same<") == 1 and label.count(">other<") == 1
 

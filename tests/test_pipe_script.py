@@ -49,6 +49,9 @@ def test_pipe_writes_dot_json_and_svg(tmp_path, tiny_model_dir, sae_templates):
     assert graph["edges"] and all(abs(e["effect"]) > 0.5 for e in graph["edges"])
     assert graph["metadata"]["summary"].startswith("effects plotted out of collected: ~")
     assert "effect=" in (out / "cognition_graph.dot").read_text()
+    page = (out / "cognition_graph.html").read_text(encoding="utf-8")  # the viewer, beside the image
+    assert all(node["id"] in page for node in graph["nodes"])
+    assert "act_d(clean) - act_d(u ablated)" in (out / "cognition_graph.svg").read_text(encoding="utf-8")
 
 
 def test_a_bad_config_exits_nonzero_with_one_paragraph_and_no_traceback(

@@ -9,7 +9,7 @@
  * Every label is set with textContent or drawn with fillText, so a token
  * such as "<script>" is shown, never parsed. The state a test needs is kept
  * on root.dataset (visibleNodes, visibleEdges, threshold, searchMatches,
- * selected, firstRenderMs, applyMs).
+ * selected, pathNodes, firstRenderMs, applyMs).
  */
 (function () {
   "use strict";
@@ -263,6 +263,7 @@
       root.dataset.visibleNodes = visibleNodes;
       root.dataset.visibleEdges = visibleEdges;
       root.dataset.threshold = String(state.threshold);
+      root.dataset.pathNodes = p ? Object.keys(p[0]).length : "";
       if (state.selected >= 0) sideNode(state.selected); else sideInfo();
       draw();
       root.dataset.applyMs = (performance.now() - t0).toFixed(2);
