@@ -153,7 +153,12 @@ def colour_scale(graph: Graph) -> float:
     return max(feature or [abs(e.effect) for e in graph.edges.values()], default=0.0)
 
 
-def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
+def _edge_attrs(edge: Edge, graph: Graph, largest: float, wrapped: bool) -> dict[str, str]:
+    """Colour, width and tooltip; weight 10 for the resid spine, 0 everywhere once rows wrap.
+
+    In a wrapped drawing an edge spans several rows; any pull to straighten it
+    stacks the rows of one layer side by side again (a staircase as wide as the strip).
+    """
     rel = min(1.0, abs(edge.effect) / largest) if largest > 0 else 0.0
     attrs = {
         "color": edge_colour(edge.effect, largest),
@@ -161,7 +166,9 @@ def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
         "tooltip": f"{edge.source} → {edge.target}: effect {edge.effect:.4g}",
     }
     source, target = graph.nodes.get(edge.source), graph.nodes.get(edge.target)
-    if source and target and source.site == target.site == "resid":
+    if wrapped:
+        attrs["weight"] = "0"
+    elif source and target and source.site == target.site == "resid":
         attrs["weight"] = str(_SPINE_WEIGHT)
     return attrs
 
@@ -183,12 +190,12 @@ def drawn_rows(graph: Graph, options: RenderOptions) -> list[list[Node]]:
 
 
 def _rank_lines(
-    graph: Graph, node_attrs: Mapping[str, Attrs], compact: bool, options: RenderOptions
+    rows: list[list[Node]], node_attrs: Mapping[str, Attrs], compact: bool, options: RenderOptions
 ) -> list[str]:
     """One ``rank=same`` subgraph per drawn row, each with an invisible anchor."""
     lines: list[str] = []
     anchors = []
-    for i, nodes in enumerate(drawn_rows(graph, options)):
+    for i, nodes in enumerate(rows):
         anchor = f"__rank_{i}"
         anchors.append(anchor)
         lines.append(f"  subgraph {quote('rank_' + str(i))} {{")
@@ -270,11 +277,13 @@ def dot_source(
         lines.append(
             f"  {quote(SUMMARY_NODE_ID)} [shape=note, sc_role=summary, label={summary_label(str(summary))}];"
         )
-    lines += _rank_lines(graph, node_attrs or {}, compact, options)
+    rows = drawn_rows(graph, options)
+    wrapped = len(rows) > len({node.rank_key() for node in graph.nodes.values()})
+    lines += _rank_lines(rows, node_attrs or {}, compact, options)
     largest = colour_scale(graph)
     for edge in graph.sorted_edges():
         attrs = {
-            **_edge_attrs(edge, graph, largest),
+            **_edge_attrs(edge, graph, largest, wrapped),
             **(edge_attrs or {}).get((edge.source, edge.target), {}),
         }
         lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {_attr_list(attrs)};")

@@ -448,10 +448,7 @@
         state.matchSet = {};
         nodes.forEach(function (n, i) {
           var hit = n.id.toLowerCase().indexOf(q) >= 0 || n.contexts.some(function (c) {
-            return c.tokens.some(function (t) {
-              var token = String(t).toLowerCase();
-              return token.indexOf(q) >= 0 || token.replace(/^\u0120/, " ").trim() === q;
-            });
+            return c.tokens.some(function (t) { return String(t).toLowerCase().indexOf(q) >= 0; });
           });
           if (hit) { state.matches.push(i); state.matchSet[i] = true; }
         });
