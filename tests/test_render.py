@@ -232,11 +232,11 @@ def test_a_pruned_image_keeps_every_edge_in_the_dot_and_json(tmp_path):
 def test_a_dot_timeout_redraws_with_compact_labels_and_fewer_edges_and_does_not_fail(tmp_path, monkeypatch):
     real, sources = render.render_image, []
 
-    def slow_first(source, image, *, fmt, timeout_s):
+    def slow_first(source, image, *, fmt, timeout_s, pinned):
         sources.append(source.read_text(encoding="utf-8"))
         if len(sources) == 1:
             raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
-        real(source, image, fmt=fmt, timeout_s=timeout_s)
+        real(source, image, fmt=fmt, timeout_s=timeout_s, pinned=pinned)
 
     monkeypatch.setattr(render, "render_image", slow_first)
     graph = big_graph(12, 20)
@@ -247,21 +247,26 @@ def test_a_dot_timeout_redraws_with_compact_labels_and_fewer_edges_and_does_not_
     assert (tmp_path / "g.svg").is_file()
 
 
-def _aspect(graph: Graph, options: RenderOptions) -> float:
-    pos = layout(dot_source(graph, options=options))
-    xs = [pos[n][0] for n in graph.nodes]
-    ys = [pos[n][1] for n in graph.nodes]
-    return (max(xs) - min(xs) + 100) / (max(ys) - min(ys) + 50)
+def _svg_aspect(svg_path: Path) -> float:
+    root = ET.parse(svg_path).getroot()
+    return float(root.get("width").removesuffix("pt")) / float(root.get("height").removesuffix("pt"))
 
 
-def test_wide_ranks_wrap_to_a_readable_aspect():
-    graph = Graph()
-    for i in range(120):  # two ranks of 60, as a pipe.py graph of two layers
+def test_wide_ranks_wrap_to_a_readable_aspect(tmp_path):
+    graph = Graph(metadata={"script": "pipe.py"})
+    for i in range(240):  # two ranks of 120, as a pipe.py graph of two layers (compact, pinned)
         graph.add_node(Node.from_id(f"resid_{i % 2}.{i}", hook=f"blocks.{i % 2}.hook_resid_pre"))
-    for i in range(0, 120, 2):
-        graph.add_edge(f"resid_0.{i}", f"resid_1.{i + 1}", 1.0)
-    assert _aspect(graph, RenderOptions(max_row_nodes=1000)) > 20  # the strip
-    assert _aspect(graph, RenderOptions()) < 4
+    for i in range(0, 240, 2):
+        graph.add_edge(f"resid_0.{i}", f"resid_1.{(i * 7 + 1) % 240}", 1.0)
+    draw_image(graph, tmp_path / "strip.svg", fmt="svg", options=RenderOptions(max_row_nodes=1000))
+    draw_image(graph, tmp_path / "wrapped.svg", fmt="svg")
+    assert _svg_aspect(tmp_path / "strip.svg") > 10
+    assert 0.5 < _svg_aspect(tmp_path / "wrapped.svg") < 3
+
+
+def test_a_small_graph_keeps_dots_own_layout_and_curved_edges():
+    assert not render.pinned_layout(chain_graph(), RenderOptions())
+    assert render.pinned_layout(big_graph(12, 20), RenderOptions(max_full_nodes=10))
 
 
 def test_edges_and_logit_cells_carry_their_numbers_as_svg_tooltips(tmp_path):

@@ -13,16 +13,20 @@ and runs, above the legend; ``metadata["summary"]`` becomes a summary node.
 
 Big graphs degrade visibly instead of hanging or failing: above
 ``max_full_nodes`` nodes or ``max_label_cells`` label cells the labels are
-compact, splines become straight lines, ``dot`` always runs under a timeout,
-and ``draw_image`` draws only the ``max_drawn_edges`` strongest edges (the
-caption says so; the ``.dot``/``.json``/``.html`` keep every edge). If ``dot``
-still runs out of time, it redraws with compact labels and fewer edges.
+compact, and ``dot`` always runs under a timeout. ``draw_image`` draws only
+the ``max_drawn_edges`` strongest edges (the caption says so; the
+``.dot``/``.json``/``.html`` keep every edge); a big or wrapped drawing is laid
+out by ``dot`` without its edges and the edges are then drawn straight
+between the pinned nodes (``neato -n2``), which takes seconds where dot's
+edge routing took minutes. If Graphviz still runs out of time, it redraws
+with compact labels and fewer edges.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import subprocess
@@ -153,12 +157,8 @@ def colour_scale(graph: Graph) -> float:
     return max(feature or [abs(e.effect) for e in graph.edges.values()], default=0.0)
 
 
-def _edge_attrs(edge: Edge, graph: Graph, largest: float, wrapped: bool) -> dict[str, str]:
-    """Colour, width and tooltip; weight 10 for the resid spine, 0 everywhere once rows wrap.
-
-    In a wrapped drawing an edge spans several rows; any pull to straighten it
-    stacks the rows of one layer side by side again (a staircase as wide as the strip).
-    """
+def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
+    """Colour, width and tooltip; weight 10 for the resid spine."""
     rel = min(1.0, abs(edge.effect) / largest) if largest > 0 else 0.0
     attrs = {
         "color": edge_colour(edge.effect, largest),
@@ -166,9 +166,7 @@ def _edge_attrs(edge: Edge, graph: Graph, largest: float, wrapped: bool) -> dict
         "tooltip": f"{edge.source} → {edge.target}: effect {edge.effect:.4g}",
     }
     source, target = graph.nodes.get(edge.source), graph.nodes.get(edge.target)
-    if wrapped:
-        attrs["weight"] = "0"
-    elif source and target and source.site == target.site == "resid":
+    if source and target and source.site == target.site == "resid":
         attrs["weight"] = str(_SPINE_WEIGHT)
     return attrs
 
@@ -200,7 +198,15 @@ def _rank_lines(
         anchors.append(anchor)
         lines.append(f"  subgraph {quote('rank_' + str(i))} {{")
         lines.append("    rank=same;")
-        lines.append(f'    {quote(anchor)} [style=invis, shape=point, width=0, height=0, label=""];')
+        attrs = {
+            "style": "invis",
+            "shape": "point",
+            "width": "0",
+            "height": "0",
+            "label": "",
+            **node_attrs.get(anchor, {}),
+        }
+        lines.append(f"    {quote(anchor)} {_attr_list(attrs)};")
         for node in nodes:
             attrs = {
                 **_node_attrs(node, compact, options),
@@ -237,6 +243,7 @@ def dot_source(
     edge_attrs: Mapping[tuple[str, str], Attrs] | None = None,
     graph_attrs: Attrs | None = None,
     notes: Sequence[str] = (),
+    positions: Mapping[str, str] | None = None,
 ) -> str:
     """Graphviz source for a graph, deterministic for the same graph.
 
@@ -247,6 +254,8 @@ def dot_source(
             machine-readable data written by ``graph_files``) merged into the
             drawn ones; they win on a clash.
         notes: extra caption lines (e.g. which edges the image leaves out).
+        positions: node name -> ``"x,y"`` from ``layout_positions``: every
+            node is pinned there and edges are straight (``neato -n2``).
 
     Returns:
         DOT text; nodes and edges in the graph's canonical order.
@@ -267,23 +276,21 @@ def dot_source(
         "fontname": "Helvetica",
         "ranksep": "0.6",
     }
-    top.update(_layout_limits(graph, options))
+    top.update(_layout_limits(graph, options) if positions is None else {"splines": "line"})
     top.update(_caption_attrs(graph, notes))
     top.update(graph_attrs or {})
     lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
     lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')
     lines.append("  edge [arrowsize=0.6];")
+    pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
     if summary := graph.metadata.get("summary"):
-        lines.append(
-            f"  {quote(SUMMARY_NODE_ID)} [shape=note, sc_role=summary, label={summary_label(str(summary))}];"
-        )
-    rows = drawn_rows(graph, options)
-    wrapped = len(rows) > len({node.rank_key() for node in graph.nodes.values()})
-    lines += _rank_lines(rows, node_attrs or {}, compact, options)
+        attrs = {"shape": "note", "sc_role": "summary", "label": summary_label(str(summary))}
+        lines.append(f"  {quote(SUMMARY_NODE_ID)} {_attr_list({**attrs, **pins.get(SUMMARY_NODE_ID, {})})};")
+    lines += _rank_lines(drawn_rows(graph, options), {**pins, **(node_attrs or {})}, compact, options)
     largest = colour_scale(graph)
     for edge in graph.sorted_edges():
         attrs = {
-            **_edge_attrs(edge, graph, largest, wrapped),
+            **_edge_attrs(edge, graph, largest),
             **(edge_attrs or {}).get((edge.source, edge.target), {}),
         }
         lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {_attr_list(attrs)};")
@@ -302,14 +309,13 @@ def image_format(image_path: Path) -> str:
     return fmt
 
 
-def render_image(source_path: Path, image_path: Path, *, fmt: str, timeout_s: float = 120.0) -> None:
-    """Run ``dot`` on a source file, writing ``image_path``; bounded by a timeout.
+def _run_graphviz(command: list[str], source_path: Path, timeout_s: float) -> str:
+    """Run a Graphviz program on ``source_path`` under a timeout; returns its stdout.
 
     Raises:
-        RenderTimeout: dot ran past ``timeout_s``.
-        GraphFileError: dot is missing or failed.
+        RenderTimeout: it ran past ``timeout_s``.
+        GraphFileError: Graphviz is missing or the program failed.
     """
-    command = ["dot", f"-T{fmt}", "-o", str(image_path), str(source_path)]
     start = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -325,8 +331,28 @@ def render_image(source_path: Path, image_path: Path, *, fmt: str, timeout_s: fl
     if result.returncode != 0:
         raise GraphFileError(f"dot could not draw {source_path}: {result.stderr.strip()[:500]}")
     if result.stderr.strip():
-        logger.info("dot: %s", result.stderr.strip()[:500])
-    logger.info("dot drew %s in %.1f s", source_path.name, time.perf_counter() - start)
+        logger.info("%s: %s", command[0], result.stderr.strip()[:500])
+    logger.info("%s drew %s in %.1f s", command[0], source_path.name, time.perf_counter() - start)
+    return result.stdout
+
+
+def render_image(
+    source_path: Path, image_path: Path, *, fmt: str, timeout_s: float = 120.0, pinned: bool = False
+) -> None:
+    """Draw a source file into ``image_path`` with ``dot`` (or, ``pinned``, at its nodes' ``pos``).
+
+    Raises:
+        RenderTimeout: Graphviz ran past ``timeout_s``.
+        GraphFileError: Graphviz is missing or failed.
+    """
+    engine = ["neato", "-n2"] if pinned else ["dot"]
+    _run_graphviz([*engine, f"-T{fmt}", "-o", str(image_path), str(source_path)], source_path, timeout_s)
+
+
+def layout_positions(source_path: Path, timeout_s: float) -> dict[str, str]:
+    """Every node's ``"x,y"`` (points) as ``dot`` lays out the source."""
+    laid_out = json.loads(_run_graphviz(["dot", "-Tjson", str(source_path)], source_path, timeout_s))
+    return {o["name"]: o["pos"] for o in laid_out.get("objects", []) if "pos" in o}
 
 
 def strongest_edges(graph: Graph, n_edges: int) -> Graph:
@@ -345,14 +371,33 @@ def _pruning_note(shown: Graph, total: int) -> list[str]:
     ]
 
 
+def pinned_layout(graph: Graph, options: RenderOptions) -> bool:
+    """Big or wrapped drawings place nodes without their edges, then draw edges as straight lines.
+
+    dot routes every edge through each row it crosses, so with hundreds of
+    edges per row (or rows wrapped, where an edge crosses many) the rows
+    stretch side by side to tens of thousands of points and the layout takes
+    minutes; laying out the nodes alone takes seconds.
+    """
+    wrapped = len(drawn_rows(graph, options)) > len({node.rank_key() for node in graph.nodes.values()})
+    return wrapped or use_compact_labels(graph, options) or len(graph.edges) > options.max_spline_edges
+
+
 def _draw_once(graph: Graph, image_path: Path, fmt: str, options: RenderOptions, timeout_s: float) -> None:
     """Draw the strongest ``options.max_drawn_edges`` edges of ``graph`` into ``image_path``."""
     shown = strongest_edges(graph, options.max_drawn_edges)
-    source = dot_source(shown, options=options, notes=_pruning_note(shown, len(graph.edges)))
+    notes = _pruning_note(shown, len(graph.edges))
     with tempfile.TemporaryDirectory(prefix="sc_draw_") as folder:
         source_path = Path(folder) / "drawing.dot"
+        positions = None
+        if pinned := pinned_layout(shown, options):
+            source_path.write_text(
+                dot_source(strongest_edges(shown, 0), options=options, notes=notes), "utf-8"
+            )
+            positions = layout_positions(source_path, timeout_s)
+        source = dot_source(shown, options=options, notes=notes, positions=positions)
         source_path.write_text(source, encoding="utf-8")
-        render_image(source_path, image_path, fmt=fmt, timeout_s=timeout_s)
+        render_image(source_path, image_path, fmt=fmt, timeout_s=timeout_s, pinned=pinned)
 
 
 def draw_image(
