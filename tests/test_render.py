@@ -219,6 +219,9 @@ def test_a_graph_over_the_layout_budget_draws_its_strongest_edges_and_says_so(tm
     assert sorted(k for k in drawn if "__rank" not in k) == sorted(
         f"{e.source}->{e.target}" for e in strongest
     )
+    groups = ET.parse(tmp_path / "g.svg").getroot().iter(f"{SVG}g")
+    drawn_nodes = {g.find(f"{SVG}title").text for g in groups if g.get("class") == "node"}
+    assert drawn_nodes == {e.source for e in strongest} | {e.target for e in strongest}  # the rest had edges
     assert f"strongest of {len(graph.edges)} edges" in svg_text(tmp_path / "g.svg").replace("\xa0", " ")
 
 

@@ -264,10 +264,6 @@ def dot_source(
     compact = use_compact_labels(graph, options)
     notes = list(notes)
     if compact:
-        logger.warning(
-            "graph has %d nodes: drawing compact labels so the image stays readable",
-            len(graph.nodes),
-        )
         notes.append(_compact_note(graph, options))
     top = {
         "rankdir": "TB",
@@ -356,18 +352,28 @@ def layout_positions(source_path: Path, timeout_s: float) -> dict[str, str]:
 
 
 def strongest_edges(graph: Graph, n_edges: int) -> Graph:
-    """The graph with only its ``n_edges`` largest-|effect| edges (every node kept)."""
+    """The graph with only its ``n_edges`` largest-|effect| edges and the nodes they join.
+
+    Nodes that have no edge in the whole graph stay; nodes whose every edge
+    was cut go, as in the viewer's slider.
+    """
+    if len(graph.edges) <= n_edges:
+        return graph
     kept = sorted(graph.edges.values(), key=lambda e: -abs(e.effect))[:n_edges]
-    return Graph(nodes=graph.nodes, edges={(e.source, e.target): e for e in kept}, metadata=graph.metadata)
+    joined = {e.source for e in kept} | {e.target for e in kept}
+    with_edges = {e.source for e in graph.edges.values()} | {e.target for e in graph.edges.values()}
+    nodes = {k: n for k, n in graph.nodes.items() if k in joined or k not in with_edges}
+    return Graph(nodes=nodes, edges={(e.source, e.target): e for e in kept}, metadata=graph.metadata)
 
 
-def _pruning_note(shown: Graph, total: int) -> list[str]:
-    if len(shown.edges) == total:
+def _pruning_note(shown: Graph, graph: Graph) -> list[str]:
+    if len(shown.edges) == len(graph.edges):
         return []
-    weakest = min(abs(e.effect) for e in shown.edges.values())
+    weakest = min((abs(e.effect) for e in shown.edges.values()), default=0.0)
     return [
-        f"image shows the {len(shown.edges):,} strongest of {total:,} edges (|effect| >= {weakest:.3g}); "
-        f"the .json, .dot and .html hold every edge"
+        f"image shows the {len(shown.edges):,} strongest of {len(graph.edges):,} edges "
+        f"(|effect| >= {weakest:.3g}) and {len(shown.nodes):,} of {len(graph.nodes):,} nodes; "
+        f"the .json, .dot and .html hold them all"
     ]
 
 
@@ -386,14 +392,17 @@ def pinned_layout(graph: Graph, options: RenderOptions) -> bool:
 def _draw_once(graph: Graph, image_path: Path, fmt: str, options: RenderOptions, timeout_s: float) -> None:
     """Draw the strongest ``options.max_drawn_edges`` edges of ``graph`` into ``image_path``."""
     shown = strongest_edges(graph, options.max_drawn_edges)
-    notes = _pruning_note(shown, len(graph.edges))
+    notes = _pruning_note(shown, graph)
+    if use_compact_labels(shown, options):
+        logger.warning("drawing %d nodes with compact labels to stay readable", len(shown.nodes))
+    if notes:
+        logger.warning("graph has %d edges: %s", len(graph.edges), notes[0])
     with tempfile.TemporaryDirectory(prefix="sc_draw_") as folder:
         source_path = Path(folder) / "drawing.dot"
         positions = None
         if pinned := pinned_layout(shown, options):
-            source_path.write_text(
-                dot_source(strongest_edges(shown, 0), options=options, notes=notes), "utf-8"
-            )
+            nodes_only = Graph(nodes=shown.nodes, metadata=shown.metadata)
+            source_path.write_text(dot_source(nodes_only, options=options, notes=notes), "utf-8")
             positions = layout_positions(source_path, timeout_s)
         source = dot_source(shown, options=options, notes=notes, positions=positions)
         source_path.write_text(source, encoding="utf-8")

@@ -109,10 +109,7 @@
     root.appendChild(main);
     var ctx = canvas.getContext("2d");
 
-    function sideInfo() {
-      side.textContent = "";
-      side.appendChild(el("div", "sc-caption", data.caption));
-      if (data.summary) side.appendChild(el("div", "sc-summary", data.summary));
+    function legendBox() {
       var legend = el("div", "sc-legend");
       data.legend.forEach(function (entry) {
         var row = el("div", "sc-legend-row");
@@ -120,7 +117,14 @@
         row.appendChild(el("span", null, " " + entry[1]));
         legend.appendChild(row);
       });
-      side.appendChild(legend);
+      return legend;
+    }
+
+    function sideInfo() {
+      side.textContent = "";
+      side.appendChild(el("div", "sc-caption", data.caption));
+      if (data.summary) side.appendChild(el("div", "sc-summary", data.summary));
+      side.appendChild(legendBox());
       if (data.runs.length) {
         var runs = el("div", "sc-runs");
         runs.appendChild(el("div", "sc-heading", "runs merged in this graph"));
@@ -205,6 +209,8 @@
           nodes[e[0]].id + " → " + nodes[e[1]].id + ": " + fmt(e[2])));
       });
       side.appendChild(list);
+      side.appendChild(el("div", "sc-heading", "legend"));
+      side.appendChild(legendBox());
     }
 
     /* ---------------------------------------------------------------- filters */
