@@ -182,8 +182,14 @@ def test_the_image_has_a_caption_and_the_legend_of_its_script(script):
     config = {"THRESHOLD_EXP": 5.0, "NUM_DOWN_NODES": 5, "NUM_UP_NODES": 3}
     graph = chain_graph()
     graph.metadata.update({"script": script, "prompt": "Copyright (C)", "config": config, "runs": runs})
-    source = dot_source(graph)
-    threshold = "|effect| > 2**5.0 = 32" if script == "pipe.py" else "5 down-nodes per site, 3 up-nodes"
+    source = dot_source(graph).replace("<BR/>", "&#160;")  # legend lines wrap at spaces
+    threshold = (
+        "|effect| > 2**5.0 = 32"
+        if script == "pipe.py"
+        else (
+            "5 down-nodes per site, each with its 3 most positive and most negative edges per upstream site"
+        )
+    )
     assert escape_text(f"{script}; prompt 'Copyright (C)'; threshold: {threshold}") in source
     assert escape_text("; 2 runs") in source
     for sentence in SIGN_CONVENTIONS[script].values():

@@ -58,8 +58,8 @@ def _threshold_text(script: str | None, config: dict[str, Any]) -> str | None:
         return "every non-zero effect" if exp is None else f"|effect| > 2**{exp} = {2.0 ** float(exp):.3g}"
     if script == "fast.py":
         return (
-            f"{config.get('NUM_DOWN_NODES')} down-nodes per site, "
-            f"{config.get('NUM_UP_NODES')} up-nodes per sign and site"
+            f"{config.get('NUM_DOWN_NODES')} down-nodes per site, each with its "
+            f"{config.get('NUM_UP_NODES')} most positive and most negative edges per upstream site"
         )
     return None
 

@@ -19,6 +19,7 @@ attribute; the ``.dot`` writer puts them in as they are.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from sparse_coding.graphs.graph import Context, Node
@@ -33,6 +34,7 @@ _MAX_EXPLANATION_CHARS = 160
 _COMPACT_CONTEXT_RADIUS = 4
 _COMPACT_LOGITS = 5
 _COMPACT_EXPLANATION_CHARS = 60
+_LEGEND_WIDTH = 72  # characters per legend line, so the legend is not wider than a small graph
 
 _XML_REFS = {
     "&": "&amp;",
@@ -205,8 +207,9 @@ def caption_label(caption: str, notes: Sequence[str], legend: Sequence[tuple[str
     rows = [f'<TR><TD COLSPAN="2" ALIGN="LEFT"><B>{escape_text(caption)}</B></TD></TR>']
     rows += [f'<TR><TD COLSPAN="2" ALIGN="LEFT">{escape_text(note)}</TD></TR>' for note in notes]
     for symbol, meaning in legend:
+        lines = "<BR/>".join(escape_text(line) for line in textwrap.wrap(meaning, _LEGEND_WIDTH))
         rows.append(
-            f'<TR><TD ALIGN="RIGHT"><FONT POINT-SIZE="9"><B>{escape_text(symbol)}</B></FONT></TD>'
-            f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">{escape_text(meaning)}</FONT></TD></TR>'
+            f'<TR><TD ALIGN="RIGHT" VALIGN="TOP"><FONT POINT-SIZE="9"><B>{escape_text(symbol)}</B></FONT>'
+            f'</TD><TD ALIGN="LEFT" BALIGN="LEFT"><FONT POINT-SIZE="9">{lines}</FONT></TD></TR>'
         )
     return f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">{"".join(rows)}</TABLE>>'
