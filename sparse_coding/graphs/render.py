@@ -35,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Edge, Graph, Node
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 IMAGE_FORMATS = ("svg", "png")
 SUMMARY_NODE_ID = "__summary__"
 _SPINE_WEIGHT = 10
+_RANKSEP_IN = 0.6
 _BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
 
 Attrs = Mapping[str, str]
@@ -74,7 +76,8 @@ class RenderOptions:
         fallback_drawn_edges: edges drawn when the budgeted drawing still
             runs out of time (with compact labels).
         max_row_nodes: nodes per row before a rank wraps; None chooses it
-            from the node count for a roughly 2:1 image.
+            for a roughly 2:1 image.
+        min_row_nodes: a rank never wraps below this many nodes per row.
     """
 
     max_contexts: int | None = None
@@ -87,6 +90,7 @@ class RenderOptions:
     max_drawn_edges: int = 2_000
     fallback_drawn_edges: int = 300
     max_row_nodes: int | None = None
+    min_row_nodes: int = 8
 
 
 def quote(value: str) -> str:
@@ -172,10 +176,13 @@ def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
 
 
 def row_width(n_nodes: int, options: RenderOptions) -> int:
-    """Nodes per drawn row: ~sqrt(n) keeps a wrapped graph near 2:1 (boxes are ~2.5x wider than tall)."""
+    """Nodes per drawn row: ~sqrt(n) keeps a wrapped graph near 2:1 for boxes ~2.5x wider than tall.
+
+    A pinned drawing refits it to the boxes' measured size (``_fitted_row_width``).
+    """
     if options.max_row_nodes is not None:
         return options.max_row_nodes
-    return max(8, math.ceil(math.sqrt(0.8 * n_nodes)))
+    return max(options.min_row_nodes, math.ceil(math.sqrt(0.8 * n_nodes)))
 
 
 def drawn_rows(graph: Graph, options: RenderOptions) -> list[list[Node]]:
@@ -254,7 +261,7 @@ def dot_source(
             machine-readable data written by ``graph_files``) merged into the
             drawn ones; they win on a clash.
         notes: extra caption lines (e.g. which edges the image leaves out).
-        positions: node name -> ``"x,y"`` from ``layout_positions``: every
+        positions: node name -> ``"x,y"`` (points, from ``layout_boxes``): every
             node is pinned there and edges are straight (``neato -n2``).
 
     Returns:
@@ -270,7 +277,7 @@ def dot_source(
         "newrank": "true",
         "charset": "UTF-8",
         "fontname": "Helvetica",
-        "ranksep": "0.6",
+        "ranksep": str(_RANKSEP_IN),
     }
     top.update(_layout_limits(graph, options) if positions is None else {"splines": "line"})
     top.update(_caption_attrs(graph, notes))
@@ -345,10 +352,32 @@ def render_image(
     _run_graphviz([*engine, f"-T{fmt}", "-o", str(image_path), str(source_path)], source_path, timeout_s)
 
 
-def layout_positions(source_path: Path, timeout_s: float) -> dict[str, str]:
-    """Every node's ``"x,y"`` (points) as ``dot`` lays out the source."""
+class Box(NamedTuple):
+    """A node as ``dot`` laid it out: centre and size, in points."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def layout_boxes(source_path: Path, timeout_s: float) -> dict[str, Box]:
+    """Every node's box as ``dot`` lays out the source."""
     laid_out = json.loads(_run_graphviz(["dot", "-Tjson", str(source_path)], source_path, timeout_s))
-    return {o["name"]: o["pos"] for o in laid_out.get("objects", []) if "pos" in o}
+    boxes = {}
+    for o in laid_out.get("objects", []):
+        if "pos" in o:
+            x, y = (float(v) for v in o["pos"].split(","))
+            boxes[o["name"]] = Box(x, y, 72 * float(o.get("width", 0)), 72 * float(o.get("height", 0)))
+    return boxes
+
+
+def _fitted_row_width(boxes: Mapping[str, Box], n_nodes: int, options: RenderOptions) -> int:
+    """Nodes per row for a ~2:1 image from the boxes' median size: k w = 2 (n / k) (h + ranksep)."""
+    sizes = sorted((b.width, b.height) for name, b in boxes.items() if not name.startswith("__"))
+    width, height = sizes[len(sizes) // 2] if sizes else (1.0, 1.0)
+    k = math.sqrt(2 * n_nodes * (height + 72 * _RANKSEP_IN) / max(width, 1.0))
+    return max(options.min_row_nodes, math.ceil(k))
 
 
 def strongest_edges(graph: Graph, n_edges: int) -> Graph:
@@ -389,6 +418,19 @@ def pinned_layout(graph: Graph, options: RenderOptions) -> bool:
     return wrapped or use_compact_labels(graph, options) or len(graph.edges) > options.max_spline_edges
 
 
+def _pinned_positions(
+    graph: Graph, notes: list[str], options: RenderOptions, path: Path, timeout_s: float
+) -> tuple[dict[str, str], RenderOptions]:
+    """Lay out the nodes alone, rows fitted to the boxes' measured size: (name -> "x,y", options used)."""
+    nodes_only = Graph(nodes=graph.nodes, metadata=graph.metadata)
+    if options.max_row_nodes is None:
+        path.write_text(dot_source(nodes_only, options=options, notes=notes), encoding="utf-8")
+        width = _fitted_row_width(layout_boxes(path, timeout_s), len(graph.nodes), options)
+        options = dataclasses.replace(options, max_row_nodes=width)
+    path.write_text(dot_source(nodes_only, options=options, notes=notes), encoding="utf-8")
+    return {name: f"{b.x},{b.y}" for name, b in layout_boxes(path, timeout_s).items()}, options
+
+
 def _draw_once(graph: Graph, image_path: Path, fmt: str, options: RenderOptions, timeout_s: float) -> None:
     """Draw the strongest ``options.max_drawn_edges`` edges of ``graph`` into ``image_path``."""
     shown = strongest_edges(graph, options.max_drawn_edges)
@@ -401,9 +443,7 @@ def _draw_once(graph: Graph, image_path: Path, fmt: str, options: RenderOptions,
         source_path = Path(folder) / "drawing.dot"
         positions = None
         if pinned := pinned_layout(shown, options):
-            nodes_only = Graph(nodes=shown.nodes, metadata=shown.metadata)
-            source_path.write_text(dot_source(nodes_only, options=options, notes=notes), "utf-8")
-            positions = layout_positions(source_path, timeout_s)
+            positions, options = _pinned_positions(shown, notes, options, source_path, timeout_s)
         source = dot_source(shown, options=options, notes=notes, positions=positions)
         source_path.write_text(source, encoding="utf-8")
         render_image(source_path, image_path, fmt=fmt, timeout_s=timeout_s, pinned=pinned)
