@@ -66,9 +66,7 @@ def main() -> None:
     finally:
         driver.quit()
     size = page.stat().st_size / 1e6
-    print(
-        f"graph: {len(graph.nodes)} nodes, {len(graph.edges)} edges; page {size:.1f} MB at {page}"
-    )
+    print(f"graph: {len(graph.nodes)} nodes, {len(graph.edges)} edges; page {size:.1f} MB at {page}")
     print(
         f"first render (file:// load to load event): median {statistics.median(loads):.2f} s, "
         f"max {max(loads):.2f} s over {args.repeats} loads; of which parse + layout + draw "

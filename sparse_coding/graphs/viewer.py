@@ -19,11 +19,11 @@ script sets every label with ``textContent``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import tempfile
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -130,10 +130,16 @@ def script_safe_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def viewer_fragment(graph_json: dict[str, Any]) -> str:
-    """The viewer as one HTML fragment (style, root element, data, script) for a page or a notebook cell."""
+def viewer_fragment(graph_json: dict[str, Any], *, root_id: str | None = None) -> str:
+    """The viewer as one HTML fragment (style, root element, data, script) for a page or a notebook cell.
+
+    Args:
+        graph_json: the graph's canonical JSON form (``Graph.to_dict()``).
+        root_id: the root element's id; by default a fresh one, so the same
+            graph shown twice in one notebook gets two working viewers.
+    """
     data = script_safe_json(viewer_data(graph_json))
-    root_id = "sc-viewer-" + hashlib.sha1(data.encode("utf-8")).hexdigest()[:12]
+    root_id = root_id or f"sc-viewer-{uuid.uuid4().hex[:12]}"
     boot = (
         "(function () { var t0 = performance.now();"
         f' var root = document.getElementById("{root_id}");'
@@ -158,7 +164,7 @@ def viewer_page(graph_json: dict[str, Any]) -> str:
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\n"
         f'<title>{safe_title}</title></head>\n<body class="sc-page">\n'
-        f"{viewer_fragment(graph_json)}</body></html>\n"
+        f"{viewer_fragment(graph_json, root_id='sc-viewer')}</body></html>\n"
     )
 
 
