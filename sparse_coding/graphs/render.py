@@ -71,8 +71,11 @@ class RenderOptions:
             passes are capped (a rougher layout, drawn in seconds not minutes).
         max_drawn_edges: the layout budget: the image draws at most this many
             edges, the strongest by |effect|. Measured with
-            ``benchmarks/bench_render.py --budget`` on a 2-core CPU: 612
-            compact nodes with 2,000 edges take ~25 s, with 4,000 ~60 s.
+            ``benchmarks/bench_render.py --budget`` (612 compact nodes, PNG)
+            on a 2-core CPU: 500 / 1,000 / 2,000 / 3,000 / 4,000 edges take
+            4.0 / 7.0 / 8.2 / 9.6 / 10.8 s of Graphviz CPU, 17 / 48 / 62 /
+            79 / 90 s wall with the machine at load ~7: 2,000 stays within
+            half the 120 s timeout even then.
         fallback_drawn_edges: edges drawn when the budgeted drawing still
             runs out of time (with compact labels).
         max_row_nodes: nodes per row before a rank wraps; None chooses it
