@@ -1,4 +1,4 @@
-"""Render: colours, ranks in forward order, the spine, degradation, the dot timeout."""
+"""Render and drawing: colours, ranks, caption and legend, degradation, the layout budget, timeouts."""
 
 import json
 import subprocess
@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graphs import render
+from sparse_coding.graphs import drawing, render
 from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
+from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import graph_from_dot, graph_to_dot, load_graph, save_graph
 from sparse_coding.graphs.render import (
     RenderOptions,
     RenderTimeout,
     dot_source,
-    draw_image,
     edge_colour,
     image_format,
     render_image,
@@ -239,7 +239,7 @@ def test_a_pruned_image_keeps_every_edge_in_the_dot_and_json(tmp_path):
 
 
 def test_a_dot_timeout_redraws_with_compact_labels_and_fewer_edges_and_does_not_fail(tmp_path, monkeypatch):
-    real, sources = render.render_image, []
+    real, sources = drawing.render_image, []
 
     def slow_first(source, image, *, fmt, timeout_s, pinned):
         sources.append(source.read_text(encoding="utf-8"))
@@ -247,7 +247,7 @@ def test_a_dot_timeout_redraws_with_compact_labels_and_fewer_edges_and_does_not_
             raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
         real(source, image, fmt=fmt, timeout_s=timeout_s, pinned=pinned)
 
-    monkeypatch.setattr(render, "render_image", slow_first)
+    monkeypatch.setattr(drawing, "render_image", slow_first)
     graph = big_graph(12, 20)
     options = RenderOptions(max_drawn_edges=50, fallback_drawn_edges=5)
     draw_image(graph, tmp_path / "g.svg", fmt="svg", options=options, timeout_s=5)
@@ -274,8 +274,8 @@ def test_wide_ranks_wrap_to_a_readable_aspect(tmp_path):
 
 
 def test_a_small_graph_keeps_dots_own_layout_and_curved_edges():
-    assert not render.pinned_layout(chain_graph(), RenderOptions())
-    assert render.pinned_layout(big_graph(12, 20), RenderOptions(max_full_nodes=10))
+    assert not drawing.pinned_layout(chain_graph(), RenderOptions())
+    assert drawing.pinned_layout(big_graph(12, 20), RenderOptions(max_full_nodes=10))
 
 
 def test_edges_and_logit_cells_carry_their_numbers_as_svg_tooltips(tmp_path):

@@ -32,8 +32,9 @@ from typing import Any
 
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.dot_parser import parse_dot
+from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.render import RenderOptions, dot_source, draw_image, image_format
+from sparse_coding.graphs.render import RenderOptions, dot_source, image_format
 
 logger = logging.getLogger(__name__)
 
