@@ -8,7 +8,15 @@ setup(
     description="Circuit discovery in GPT-2 small with sparse autoencoders",
     packages=find_packages(include=["sparse_coding", "sparse_coding.*"]),
     package_data={
-        "sparse_coding": ["config/*.yaml", "demo/*.json", "demo/*.txt", "demo/model/*", "demo/saes/*/*"]
+        "sparse_coding": [
+            "config/*.yaml",
+            "graphs/viewer.js",
+            "graphs/viewer.css",
+            "demo/*.json",
+            "demo/*.txt",
+            "demo/model/*",
+            "demo/saes/*/*",
+        ]
     },
     python_requires=">=3.10",
     entry_points={"console_scripts": ["sparse-coding=sparse_coding.cli:main"]},
@@ -26,6 +34,6 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "tokenizers>=0.15"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "tokenizers>=0.15", "selenium>=4.10"],
     },
 )

@@ -19,6 +19,11 @@ all of them (printed as such).
 
 With --threshold-exp, first-layer features that keep no edge are not drawn,
 so the batched run skips their logit pass; the loop still runs everything.
+
+With --draw DIR the loop is skipped: the batched graph (every non-zero edge
+by default, ~600 nodes / ~40,000 edges) is saved as pipe.py saves it (.dot,
+.json, image within the layout budget, .html viewer) and the compute, layout
+and total times are printed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import logging
 import resource
 import time
+from pathlib import Path
 
 import torch
 from random_weights import IdNames
@@ -36,6 +42,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from sparse_coding.algorithms.ablation_graph import ablation_graph
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.graph_files import save_graph
+from sparse_coding.graphs.viewer import write_viewer
 from sparse_coding.models.saes import SAE, SAEConfig
 from sparse_coding.nodes import feature_id
 from sparse_coding.splicing.splice import SplicedModel
@@ -150,6 +158,21 @@ def _compare(batched: Graph, loop: Graph) -> tuple[float, float]:
     return max_diff, max_logit_diff
 
 
+def _draw(graph: Graph, out: Path, compute_s: float) -> None:
+    """Save the graph's files as pipe.py does and print compute, layout and total time."""
+    graph.metadata.update({"script": "pipe.py", "prompt": "random tokens", "config": {"THRESHOLD_EXP": None}})
+    start = time.perf_counter()
+    save_graph(graph, out / "cognition_graph.dot", out / "cognition_graph.png")
+    layout_s = time.perf_counter() - start
+    write_viewer(graph, out / "cognition_graph.html")
+    viewer_s = time.perf_counter() - start - layout_s
+    total_s = compute_s + layout_s + viewer_s
+    print(
+        f"drawn: {len(graph.nodes)} nodes, {len(graph.edges)} edges; compute {compute_s:.1f} s, "
+        f"save + layout {layout_s:.1f} s, viewer {viewer_s:.1f} s, total {total_s:.1f} s; files in {out}"
+    )
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -165,6 +188,9 @@ def main() -> None:
         type=float,
         default=None,
         help="THRESHOLD_EXP (default unset: every non-zero effect is an edge, all work done)",
+    )
+    parser.add_argument(
+        "--draw", type=Path, default=None, help="save the graph and image here; skip the loop"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -206,6 +232,10 @@ def main() -> None:
     print(
         f"batched: {batched_s:.2f} s for {total} ablations {n_cand}, {len(result.graph.edges)} edges; {peak}"
     )
+
+    if args.draw is not None:
+        _draw(result.graph, args.draw, batched_s)
+        return
 
     clean_feats, clean_logp = _clean(model, spliced, ids)
     cut = 0.0 if args.threshold_exp is None else 2.0**args.threshold_exp

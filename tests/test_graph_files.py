@@ -25,7 +25,6 @@ from sparse_coding.graphs.graph_files import (
     save_graph,
     update_graph_files,
 )
-from sparse_coding.graphs.render import RenderTimeout
 
 
 def run_graph(prompt: str = "The cat", effect: float = 0.5, extra: str | None = None) -> Graph:
@@ -185,8 +184,9 @@ def test_a_run_with_other_sae_sources_is_refused_naming_both_and_nothing_is_writ
     fresh = update_graph_files(other, dot, svg, new_graph=True)
     assert [r["prompt"] for r in fresh.runs] == ["two"]
     aside = sorted(p.name for p in dot.parent.iterdir() if ".before-" in p.name)
-    assert len(aside) == 3 and all(p.startswith("graph.before-") for p in aside)
-    assert snapshot(*(dot.parent / name for name in aside)) == before
+    assert len(aside) == 4 and all(p.startswith("graph.before-") for p in aside)
+    set_aside = {Path(name).suffix: dot.parent / name for name in aside}  # .dot .html .json .svg
+    assert snapshot(set_aside[".dot"], set_aside[".json"], set_aside[".svg"]) == before
 
 
 def test_an_unreadable_dot_stops_the_run_and_is_not_overwritten(paths):
@@ -276,30 +276,12 @@ def test_when_dot_fails_the_data_is_saved_and_the_old_image_kept(paths, monkeypa
     def broken(*args, **kwargs):
         raise GraphFileError("dot could not draw it")
 
-    monkeypatch.setattr(graph_files, "render_image", broken)
+    monkeypatch.setattr(graph_files, "draw_image", broken)
     with pytest.raises(GraphFileError, match="were saved"):
         save_graph(run_graph(prompt="new"), dot, svg)
     assert load_graph(dot).metadata["prompt"] == "new"
     assert svg.read_bytes() == old_svg
     assert no_temp_files(dot.parent)
-
-
-def test_a_dot_timeout_redraws_with_compact_labels(paths, monkeypatch):
-    dot, js, svg = paths
-    real = graph_files.render_image
-    calls = []
-
-    def slow_first(source, image, *, fmt, timeout_s):
-        calls.append(source.read_text(encoding="utf-8"))
-        if len(calls) == 1:
-            raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
-        real(source, image, fmt=fmt, timeout_s=timeout_s)
-
-    monkeypatch.setattr(graph_files, "render_image", slow_first)
-    save_graph(run_graph(), dot, svg, timeout_s=5)
-    assert "Ġcat</" in calls[0] and "Ġcat</" not in calls[1]
-    assert "compact&#160;labels" in dot.read_text(encoding="utf-8")
-    assert load_graph(dot) == run_graph()  # compact drawing, same data
 
 
 def test_the_reader_handles_ordinary_hand_written_dot():
@@ -350,7 +332,8 @@ def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(
     graph = Graph()
     graph.add_node(Node.from_id("resid_1.2", activation=1.0))
     graph_files.save_graph(graph, tmp_path / "g.dot", tmp_path / "g.svg")
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["g.dot", "g.json"]
+    written = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert written == ["g.dot", "g.html", "g.json"]
     assert "not installed" in caplog.text
 
 

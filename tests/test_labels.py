@@ -84,9 +84,9 @@ def test_label_shows_id_hook_numbers_contexts_logits_and_explanation():
         "attr&#160;-0.25",
     ]:
         assert text in label
-    assert 'BGCOLOR="#ffffff" TITLE="0">Ġthe' in label  # zero activation: white
+    assert 'BGCOLOR="#ffffff" TITLE="0" HREF="">Ġthe' in label  # zero activation: white
     assert 'BGCOLOR="#2166ac"' in label  # max activation and largest logit: full blue
-    assert 'BGCOLOR="#d9d9d9" TITLE="0">Ġzero' in label  # exactly zero: grey
+    assert 'BGCOLOR="#d9d9d9" TITLE="0" HREF="">Ġzero' in label  # exactly zero: grey
     assert 'BGCOLOR="#d8' in label  # -0.75 of 1.5: half-strength red
     assert "<I>cats&#160;&amp;&#160;dogs</I>" in label
 
@@ -102,12 +102,35 @@ def test_label_limits_contexts_and_logits():
     assert "u2" in label and "u3" not in label
 
 
-def test_error_nodes_are_dotted_and_compact_labels_drop_contexts():
+def test_error_nodes_are_dotted():
     error = Node.from_id("mlp_error_7", attribution=0.5)
     assert 'STYLE="DOTTED"' in node_label(error)
     feature = Node.from_id("mlp_7.1", contexts=[Context(["tok"], [1.0])])
     assert 'STYLE="DOTTED"' not in node_label(feature)
-    assert "tok" in node_label(feature) and "tok" not in compact_label(feature)
+
+
+def test_compact_labels_keep_the_top_context_around_its_peak_and_a_few_logits():
+    tokens = [f"t{i}x" for i in range(11)]
+    peak_at_5 = [1.0 - abs(i - 5) / 10 for i in range(11)]
+    feature = Node.from_id(
+        "mlp_7.1",
+        contexts=[Context(tokens, peak_at_5), Context(["second"], [9.0])],
+        logits_up=[(f"u{i}x", 1.0) for i in range(8)],
+        logits_down=[(f"d{i}x", -1.0) for i in range(8)],
+    )
+    label = compact_label(feature)
+    assert all(f"t{i}x<" in label for i in range(1, 10))
+    assert "t0x<" not in label and "t10x<" not in label and "second" not in label
+    assert "u4x<" in label and "u5x<" not in label and "d4x<" in label and "d5x<" not in label
+
+
+def test_identical_context_rows_are_drawn_once():
+    row = Context(["same", "row"], [1.0, 2.0])
+    node = Node.from_id(
+        "mlp_7.1", contexts=[row, Context(["other"], [1.0]), Context(["same", "row"], [3.0, 1.0])]
+    )
+    label = node_label(node)
+    assert label.count(">same<") == 1 and label.count(">other<") == 1
 
 
 def test_summary_label_escapes_its_text():

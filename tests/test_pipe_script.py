@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import yaml
@@ -57,6 +58,11 @@ def test_pipe_writes_dot_json_and_svg(tmp_path, tiny_model_dir, sae_templates):
     expected = ["import", "model load", "SAE load", "compute: ablation graph", "labels: contexts"]
     assert list(phases)[:5] == expected
     assert all(seconds >= 0 for seconds in phases.values())
+    page = (out / "cognition_graph.html").read_text(encoding="utf-8")  # the viewer, beside the image
+    assert all(node["id"] in page for node in graph["nodes"])
+    svg = ET.parse(out / "cognition_graph.svg").getroot()
+    drawn = " ".join(t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text")).replace("\xa0", " ")
+    assert "act_d(clean) - act_d(u zero-ablated)" in drawn  # the legend of pipe.py's sign convention
 
 
 def test_a_bad_config_exits_nonzero_with_one_paragraph_and_no_traceback(

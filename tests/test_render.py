@@ -1,4 +1,4 @@
-"""Render: colours, ranks in forward order, the spine, degradation, the dot timeout."""
+"""Render and drawing: colours, ranks, caption and legend, degradation, the layout budget, timeouts."""
 
 import json
 import subprocess
@@ -8,16 +8,23 @@ from pathlib import Path
 import pytest
 
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graphs import render
+from sparse_coding.graphs import drawing, render
+from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
+from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Context, Graph, Node
-from sparse_coding.graphs.graph_files import graph_from_dot, graph_to_dot
+from sparse_coding.graphs.graph_files import graph_from_dot, graph_to_dot, load_graph, save_graph
+from sparse_coding.graphs.markup import escape_text
 from sparse_coding.graphs.render import (
     RenderOptions,
+    RenderTimeout,
     dot_source,
     edge_colour,
     image_format,
     render_image,
 )
+
+SVG = "{http://www.w3.org/2000/svg}"
+XLINK_TITLE = "{http://www.w3.org/1999/xlink}title"
 
 
 def layout(dot_text: str) -> dict:
@@ -67,7 +74,8 @@ def test_ranks_follow_the_forward_pass_top_to_bottom():
 
 def test_edges_carry_colour_and_the_residual_spine_is_weighted():
     source = dot_source(chain_graph())
-    assert '"resid_0.1" -> "resid_1.5" [color="#2166acff", penwidth="3.00", weight="10"]' in source
+    spine = next(line for line in source.splitlines() if '"resid_0.1" -> "resid_1.5"' in line)
+    assert 'color="#2166acff", penwidth="3.00"' in spine and 'weight="10"' in spine
     assert '"attn_0.2" -> "mlp_0.3" [color="#b2182b40"' in source
     assert "weight" not in next(line for line in source.splitlines() if '"attn_0.2" ->' in line)
 
@@ -106,10 +114,11 @@ def big_graph(n_nodes: int, n_edges: int) -> Graph:
 def test_big_graphs_get_compact_labels_and_say_so():
     options = RenderOptions(max_full_nodes=10, fast_layout_nodes=10, max_spline_edges=5)
     source = dot_source(big_graph(12, 20), options=options)
-    assert "Ġtok" not in source and "compact&#160;labels" in source
+    assert "compact&#160;labels" in source
+    assert source.count(">Ġtok<") == 12 * 5  # compact: the peak (first of equal tokens) and 4 after it
     assert 'nslimit="0.01"' in source and 'splines="line"' in source
     small = dot_source(big_graph(5, 3), options=options)
-    assert "Ġtok" in small and "compact" not in small and "nslimit" not in small
+    assert small.count(">Ġtok<") == 5 * 11 and "compact" not in small and "nslimit" not in small
 
 
 def test_too_many_label_cells_also_degrade():
@@ -150,3 +159,131 @@ def test_dot_errors_name_the_file(tmp_path):
     bad.write_text("digraph { a -> }", encoding="utf-8")
     with pytest.raises(GraphFileError, match="bad.dot"):
         render_image(bad, tmp_path / "g.svg", fmt="svg")
+
+
+def svg_edges(svg_path: Path) -> dict[str, str]:
+    """Drawn edge ("a->b") -> its tooltip, from a rendered SVG."""
+    root = ET.parse(svg_path).getroot()
+    edges = {}
+    for group in root.iter(f"{SVG}g"):
+        if group.get("class") == "edge":
+            links = [a.get(XLINK_TITLE) for a in group.iter(f"{SVG}a")]
+            edges[group.find(f"{SVG}title").text.replace("&#45;", "-")] = links[0] if links else ""
+    return edges
+
+
+def svg_text(svg_path: Path) -> str:
+    return " ".join(t.text or "" for t in ET.parse(svg_path).getroot().iter(f"{SVG}text"))
+
+
+@pytest.mark.parametrize("script", ["pipe.py", "fast.py"])
+def test_the_image_has_a_caption_and_the_legend_of_its_script(script):
+    config = {"THRESHOLD_EXP": 5.0, "NUM_DOWN_NODES": 5, "NUM_UP_NODES": 3}
+    runs = [{"script": script, "prompt": "Copyright (C)", "config": config}] * 2
+    graph = chain_graph()
+    graph.metadata.update({"script": script, "prompt": "Copyright (C)", "config": config, "runs": runs})
+    source = dot_source(graph).replace("<BR/>", "&#160;")  # legend lines wrap at spaces
+    threshold = (
+        "|effect| > 2**5.0 = 32"
+        if script == "pipe.py"
+        else (
+            "5 down-nodes per site, each with its 3 most positive and most negative edges per upstream site"
+        )
+    )
+    assert escape_text(f"{script}; prompt 'Copyright (C)'; threshold: {threshold}") in source
+    assert escape_text("; 2 runs") in source
+    for sentence in SIGN_CONVENTIONS[script].values():
+        assert escape_text(sentence) in source
+    assert escape_text("dotted box") in source and escape_text("opacity, width") in source
+    other = "fast.py" if script == "pipe.py" else "pipe.py"
+    assert escape_text(SIGN_CONVENTIONS[other]["edge"]) not in source
+
+
+def test_edge_opacity_is_scaled_over_feature_edges_not_error_edges():
+    graph = chain_graph()
+    graph.add_edge("mlp_error_0", "resid_1.4", 10.0)  # the largest edge, as error edges often are
+    source = dot_source(graph)
+    line = {(e.source, e.target): e for e in graph.edges.values()}
+    assert line and 'color="#2166acff"' in _edge_line(
+        source, "resid_0.1", "resid_1.5"
+    )  # 2.0: largest feature edge
+    assert 'color="#b2182b40"' in _edge_line(source, "attn_0.2", "mlp_0.3")  # -0.5 of 2.0
+    assert 'color="#2166acff"' in _edge_line(source, "mlp_error_0", "resid_1.4")  # capped
+
+
+def _edge_line(source: str, a: str, b: str) -> str:
+    return next(line for line in source.splitlines() if f'"{a}" -> "{b}"' in line)
+
+
+def test_a_graph_over_the_layout_budget_draws_its_strongest_edges_and_says_so(tmp_path):
+    graph = big_graph(12, 30)
+    for k, edge in enumerate(graph.sorted_edges()):
+        edge.effect = (-1) ** k * (k + 1) / 7
+    strongest = sorted(graph.edges.values(), key=lambda e: abs(e.effect), reverse=True)[:4]
+    draw_image(graph, tmp_path / "g.svg", fmt="svg", options=RenderOptions(max_drawn_edges=4))
+    drawn = svg_edges(tmp_path / "g.svg")
+    assert sorted(k for k in drawn if "__rank" not in k) == sorted(
+        f"{e.source}->{e.target}" for e in strongest
+    )
+    groups = ET.parse(tmp_path / "g.svg").getroot().iter(f"{SVG}g")
+    drawn_nodes = {g.find(f"{SVG}title").text for g in groups if g.get("class") == "node"}
+    assert drawn_nodes == {e.source for e in strongest} | {e.target for e in strongest}  # the rest had edges
+    assert f"strongest of {len(graph.edges)} edges" in svg_text(tmp_path / "g.svg").replace("\xa0", " ")
+
+
+def test_a_pruned_image_keeps_every_edge_in_the_dot_and_json(tmp_path):
+    graph = big_graph(12, 30)
+    save_graph(graph, tmp_path / "g.dot", tmp_path / "g.svg", options=RenderOptions(max_drawn_edges=4))
+    assert load_graph(tmp_path / "g.dot") == graph
+    assert len([k for k in svg_edges(tmp_path / "g.svg") if "__rank" not in k]) == 4
+
+
+def test_a_dot_timeout_redraws_with_compact_labels_and_fewer_edges_and_does_not_fail(tmp_path, monkeypatch):
+    real, sources = drawing.render_image, []
+
+    def slow_first(source, image, *, fmt, timeout_s, pinned):
+        sources.append(source.read_text(encoding="utf-8"))
+        if len(sources) == 1:
+            raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
+        real(source, image, fmt=fmt, timeout_s=timeout_s, pinned=pinned)
+
+    monkeypatch.setattr(drawing, "render_image", slow_first)
+    graph = big_graph(12, 20)
+    options = RenderOptions(max_drawn_edges=50, fallback_drawn_edges=5)
+    draw_image(graph, tmp_path / "g.svg", fmt="svg", options=options, timeout_s=5)
+    assert "compact&#160;labels" not in sources[0] and "compact&#160;labels" in sources[1]
+    assert [s.count("effect ") for s in sources] == [len(graph.edges), 5]
+    assert (tmp_path / "g.svg").is_file()
+
+
+def _svg_aspect(svg_path: Path) -> float:
+    root = ET.parse(svg_path).getroot()
+    return float(root.get("width").removesuffix("pt")) / float(root.get("height").removesuffix("pt"))
+
+
+def test_wide_ranks_wrap_to_a_readable_aspect(tmp_path):
+    graph = Graph(metadata={"script": "pipe.py"})
+    for i in range(240):  # two ranks of 120, as a pipe.py graph of two layers (compact, pinned)
+        graph.add_node(Node.from_id(f"resid_{i % 2}.{i}", hook=f"blocks.{i % 2}.hook_resid_pre"))
+    for i in range(0, 240, 2):
+        graph.add_edge(f"resid_0.{i}", f"resid_1.{(i * 7 + 1) % 240}", 1.0)
+    draw_image(graph, tmp_path / "strip.svg", fmt="svg", options=RenderOptions(max_row_nodes=1000))
+    draw_image(graph, tmp_path / "wrapped.svg", fmt="svg")
+    assert _svg_aspect(tmp_path / "strip.svg") > 10
+    assert 0.5 < _svg_aspect(tmp_path / "wrapped.svg") < 3
+
+
+def test_a_small_graph_keeps_dots_own_layout_and_curved_edges():
+    assert not drawing.pinned_layout(chain_graph(), RenderOptions())
+    assert drawing.pinned_layout(big_graph(12, 20), RenderOptions(max_full_nodes=10))
+
+
+def test_edges_and_logit_cells_carry_their_numbers_as_svg_tooltips(tmp_path):
+    graph = chain_graph()
+    graph.nodes["resid_0.1"].logits_up = [("Ġdog", 0.125)]
+    dot = tmp_path / "g.dot"
+    dot.write_text(dot_source(graph), encoding="utf-8")
+    render_image(dot, tmp_path / "g.svg", fmt="svg", timeout_s=60)
+    assert svg_edges(tmp_path / "g.svg")["attn_0.2->mlp_0.3"] == "attn_0.2 → mlp_0.3: effect -0.5"
+    titles = [a.get(XLINK_TITLE) for a in ET.parse(tmp_path / "g.svg").getroot().iter(f"{SVG}a")]
+    assert "0.125" in titles

@@ -3,7 +3,8 @@
 One store per graph. ``<stem>.json`` (beside the ``.dot``, same stem) is the
 truth; the ``.dot`` and the image are drawn from it, say so in a header
 comment (the ``.dot`` and an ``.svg``; a ``.png`` has none), and are rebuilt
-on every write. All three are replaced in one
+on every write, as is the interactive page ``<image stem>.html``
+(`sparse_coding.graphs.viewer`). All three are replaced in one
 crash-consistent commit (`sparse_coding.storage.Commit`), under an
 exclusive lock (``.<name>.dot.lock`` beside the ``.dot``) held for the whole
 read-merge-write, so concurrent runs merge one after the other and a killed
@@ -47,7 +48,6 @@ The ``.dot`` format (and how foreign ``.dot`` files are read) is
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import logging
@@ -60,8 +60,10 @@ from typing import Any
 from sparse_coding import storage
 from sparse_coding.errors import GraphFileError, StorageError
 from sparse_coding.graphs.dot_format import DERIVED_NOTE, FORMAT, graph_from_dot, graph_to_dot, json_text
+from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Graph, new_run_id, run_record
-from sparse_coding.graphs.render import RenderOptions, RenderTimeout, image_format, render_image
+from sparse_coding.graphs.render import RenderOptions, image_format
+from sparse_coding.graphs.viewer import viewer_page
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,12 @@ def check_output_names(dot_path: Path, image_path: Path | None) -> None:
             f"the graph file {dot_path.name} is the name of its own canonical .json; name the graph "
             f"file with .dot (set {_GRAPH_FILE_KEYS})"
         )
+    page = viewer_path_for(dot_path, image_path)
+    if page in (dot_path, twin):
+        raise GraphFileError(
+            f"the graph file {dot_path.name} is the name of its own viewer page {page.name}; name the "
+            f"graph file with .dot (set {_GRAPH_FILE_KEYS})"
+        )
     if image_path is None:
         return
     if Path(image_path) in (dot_path, twin):
@@ -103,6 +111,11 @@ def check_output_names(dot_path: Path, image_path: Path | None) -> None:
             f"give the image and the graph file different names ({_GRAPH_FILE_KEYS})"
         )
     image_format(Path(image_path))
+
+
+def viewer_path_for(dot_path: Path, image_path: Path | None) -> Path:
+    """The interactive page beside the image (`sparse_coding.graphs.viewer`): ``<image stem>.html``."""
+    return Path(image_path if image_path is not None else dot_path).with_suffix(".html")
 
 
 # ---------------------------------------------------------------- .json
@@ -244,29 +257,18 @@ def _draw(
     options: RenderOptions,
     timeout_s: float,
 ) -> str:
-    """Write the .dot (and render the image) into the commit; returns the .dot text as committed.
+    """Write the .dot (and draw the image) into the commit; returns the .dot text as committed.
 
-    If dot runs out of time the graph is redrawn once with compact labels.
-    A dot failure keeps the old image (the data is still committed) and is
-    re-raised by the caller.
+    The .dot holds every node and edge; the image is drawn within a layout
+    budget (`sparse_coding.graphs.drawing`). A dot failure keeps the old image
+    (the data is still committed) and is re-raised by the caller.
     """
     text = graph_to_dot(graph, options)
     commit.write(dot_path, text)
     if image_path is None:
         return text
     fmt = image_format(image_path)
-    try:
-        render_image(commit.temp(dot_path), commit.temp(image_path), fmt=fmt, timeout_s=timeout_s)
-    except RenderTimeout:
-        if options.max_full_nodes == 0:
-            raise
-        logger.warning("dot timed out after %.0f s; redrawing with compact labels", timeout_s)
-        compact = dataclasses.replace(
-            options, max_full_nodes=0, max_label_cells=0, max_spline_edges=0, fast_layout_nodes=0
-        )
-        text = graph_to_dot(graph, compact)
-        commit.write(dot_path, text)
-        render_image(commit.temp(dot_path), commit.temp(image_path), fmt=fmt, timeout_s=timeout_s)
+    draw_image(graph, commit.temp(image_path), fmt=fmt, options=options, timeout_s=timeout_s)
     if fmt == "svg":
         svg = commit.temp(image_path).read_text(encoding="utf-8")
         commit.write(image_path, re.sub(r"(<svg\b)", rf"<!-- {DERIVED_NOTE} -->\n\1", svg, count=1))
@@ -294,7 +296,9 @@ def _save(
             dot_text = commit.temp(dot_path).read_text(encoding="utf-8")
             commit.drop(image_path)  # type: ignore[arg-type]
         derived = {"dot": dot_path.name, "dot_sha256": _sha256(dot_text.encode("utf-8"))}
-        commit.write(json_path_for(dot_path), graph_to_json(graph, derived))
+        canonical = graph_to_json(graph, derived)
+        commit.write(json_path_for(dot_path), canonical)
+        commit.write(viewer_path_for(dot_path, image_path), viewer_page(json.loads(canonical)))
     if failure is not None:
         raise GraphFileError(
             f"{failure}; {dot_path} and its .json were saved, the image {image_path} was not updated"
@@ -331,7 +335,7 @@ def save_graph(
 
 def _set_aside(dot_path: Path, image_path: Path | None, run_id: str) -> None:
     """Rename an existing graph's files to ``<stem>.before-<run id>.*`` (``--new-graph``)."""
-    for path in (json_path_for(dot_path), dot_path, image_path):
+    for path in (json_path_for(dot_path), dot_path, image_path, viewer_path_for(dot_path, image_path)):
         if path is not None and path.exists():
             aside = path.with_name(f"{path.stem}.before-{run_id}{path.suffix}")
             os.replace(path, aside)

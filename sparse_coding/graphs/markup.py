@@ -19,6 +19,7 @@ attribute; the ``.dot`` writer puts them in as they are.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from sparse_coding.graphs.graph import Context, Node
@@ -29,6 +30,11 @@ _RED = (178, 24, 43)
 _ZERO_GREY = "#d9d9d9"
 _WHITE = (255, 255, 255)
 _MAX_EXPLANATION_CHARS = 160
+# Compact labels (big graphs) keep a window of the top context and a few logits.
+_COMPACT_CONTEXT_RADIUS = 4
+_COMPACT_LOGITS = 5
+_COMPACT_EXPLANATION_CHARS = 60
+_LEGEND_WIDTH = 72  # characters per legend line, so the legend is not wider than a small graph
 
 _XML_REFS = {
     "&": "&amp;",
@@ -77,7 +83,8 @@ def _mix(colour: tuple[int, int, int], strength: float) -> str:
 def _cell(text: str, bgcolor: str, strength: float, title: str | None = None) -> str:
     """One table cell; dark backgrounds get white text so tokens stay legible."""
     font = '<FONT COLOR="white">{}</FONT>' if strength > 0.6 else "{}"
-    tooltip = f' TITLE="{escape_text(title)}"' if title is not None else ""
+    # Graphviz writes a cell's TITLE into the SVG only for a link; an empty HREF makes a bare tooltip.
+    tooltip = f' TITLE="{escape_text(title)}" HREF=""' if title is not None else ""
     return f'<TD BGCOLOR="{bgcolor}"{tooltip}>{font.format(escape_text(text) or " ")}</TD>'
 
 
@@ -125,12 +132,8 @@ def _logit_row(label: str, logits: Sequence[tuple[str, float]], scale: float) ->
     return f"<TR><TD>{inner}</TD></TR>"
 
 
-def _explanation_row(explanation: str) -> str:
-    text = (
-        explanation
-        if len(explanation) <= _MAX_EXPLANATION_CHARS
-        else explanation[: _MAX_EXPLANATION_CHARS - 1] + "…"
-    )
+def _explanation_row(explanation: str, max_chars: int) -> str:
+    text = explanation if len(explanation) <= max_chars else explanation[: max_chars - 1] + "…"
     return f"<TR><TD><I>{escape_text(text)}</I></TD></TR>"
 
 
@@ -139,8 +142,42 @@ def _table(rows: list[str], dotted: bool) -> str:
     return f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0"{style}>{"".join(rows)}</TABLE>>'
 
 
+def unique_contexts(contexts: Sequence[Context]) -> list[Context]:
+    """Contexts with repeated token rows dropped (the first is kept), order kept."""
+    seen: set[tuple[str, ...]] = set()
+    unique = []
+    for context in contexts:
+        if context.tokens and tuple(context.tokens) not in seen:
+            seen.add(tuple(context.tokens))
+            unique.append(context)
+    return unique
+
+
+def _around_peak(context: Context, radius: int) -> Context:
+    """The tokens within ``radius`` of the context's most activating token."""
+    peak = max(range(len(context.activations)), key=context.activations.__getitem__)
+    lo, hi = max(0, peak - radius), peak + radius + 1
+    return Context(context.tokens[lo:hi], context.activations[lo:hi])
+
+
+def _label(node: Node, contexts: Sequence[Context], max_logits: int | None, explanation_chars: int) -> str:
+    """The box: header, context strips, + / − logit rows, explanation."""
+    rows = _header_rows(node)
+    scale = max((a for c in contexts for a in c.activations), default=0.0)
+    rows += [_context_row(c, scale) for c in contexts]
+    up, down = node.logits_up[:max_logits], node.logits_down[:max_logits]
+    logit_scale = max((abs(v) for _, v in (*up, *down)), default=0.0)
+    if up:
+        rows.append(_logit_row("+", up, logit_scale))
+    if down:
+        rows.append(_logit_row("−", down, logit_scale))
+    if node.explanation:
+        rows.append(_explanation_row(node.explanation, explanation_chars))
+    return _table(rows, dotted=node.is_error)
+
+
 def node_label(node: Node, *, max_contexts: int | None = None, max_logits: int | None = None) -> str:
-    """Full HTML-like label: id, hook, contexts, next-token logits, explanation.
+    """Full HTML-like label: id, hook, contexts (each distinct row once), logits, explanation.
 
     Args:
         node: the node to describe.
@@ -150,29 +187,31 @@ def node_label(node: Node, *, max_contexts: int | None = None, max_logits: int |
     Returns:
         A ``<...>`` label string.
     """
-    rows = _header_rows(node)
-    contexts = node.contexts[:max_contexts]
-    scale = max((a for c in contexts for a in c.activations), default=0.0)
-    rows += [_context_row(c, scale) for c in contexts if c.tokens]
-    up, down = node.logits_up[:max_logits], node.logits_down[:max_logits]
-    logit_scale = max((abs(v) for _, v in (*up, *down)), default=0.0)
-    if up:
-        rows.append(_logit_row("+", up, logit_scale))
-    if down:
-        rows.append(_logit_row("−", down, logit_scale))
-    if node.explanation:
-        rows.append(_explanation_row(node.explanation))
-    return _table(rows, dotted=node.is_error)
+    contexts = unique_contexts(node.contexts)[:max_contexts]
+    return _label(node, contexts, max_logits, _MAX_EXPLANATION_CHARS)
 
 
 def compact_label(node: Node) -> str:
-    """Small label for big graphs: id, numbers and the explanation only."""
-    rows = _header_rows(node)
-    if node.explanation:
-        rows.append(_explanation_row(node.explanation[:60]))
-    return _table(rows, dotted=node.is_error)
+    """Small label for big graphs: id, numbers, the top context around its peak, a few logits."""
+    contexts = [_around_peak(c, _COMPACT_CONTEXT_RADIUS) for c in unique_contexts(node.contexts)[:1]]
+    return _label(node, contexts, _COMPACT_LOGITS, _COMPACT_EXPLANATION_CHARS)
 
 
 def summary_label(text: str) -> str:
     """Label of the summary node, e.g. "features explain ~73% of the effect"."""
     return f'<<TABLE BORDER="0"><TR><TD><B>{escape_text(text)}</B></TD></TR></TABLE>>'
+
+
+def caption_label(caption: str, notes: Sequence[str], legend: Sequence[tuple[str, str]]) -> str:
+    """The image's caption (bold), its notes, then the legend as symbol / meaning rows."""
+    rows = [f'<TR><TD COLSPAN="2" ALIGN="LEFT"><B>{escape_text(caption)}</B></TD></TR>']
+    rows += [f'<TR><TD COLSPAN="2" ALIGN="LEFT">{escape_text(note)}</TD></TR>' for note in notes]
+    for symbol, meaning in legend:
+        lines = "<BR/>".join(
+            escape_text(line) for line in textwrap.wrap(meaning, _LEGEND_WIDTH, break_on_hyphens=False)
+        )
+        rows.append(
+            f'<TR><TD ALIGN="RIGHT" VALIGN="TOP"><FONT POINT-SIZE="9"><B>{escape_text(symbol)}</B></FONT>'
+            f'</TD><TD ALIGN="LEFT" BALIGN="LEFT"><FONT POINT-SIZE="9">{lines}</FONT></TD></TR>'
+        )
+    return f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">{"".join(rows)}</TABLE>>'

@@ -2,37 +2,43 @@
 
 Layout: one rank per (layer, site) in forward order (resid_pre, attn,
 resid_mid, mlp, resid_post; see ``nodes.hook_position``), held in order by an
-invisible chain of rank anchors; residual-stream edges (resid -> resid) get a
-high weight so the resid features form a straight spine. Edges are blue when
-they raise the downstream value and red when they lower it, with alpha and
-width by magnitude relative to the largest edge shown. Error nodes are drawn
-dotted. ``metadata["summary"]`` becomes a summary node at the top.
+invisible chain of rank anchors; a rank wider than the row width wraps onto
+several rows, so a 300-feature layer is not an 18,000 pt strip. Residual-stream
+edges (resid -> resid) get a high weight so the resid features form a straight
+spine. Edges are blue when the upstream node pushes the downstream one up and
+red when down (``conventions``), with alpha and width by magnitude relative to
+the largest feature edge (error-node edges, often the largest, are capped).
+Error nodes are drawn dotted. A caption names the script, prompt, threshold
+and runs, above the legend; ``metadata["summary"]`` becomes a summary node.
 
-Big graphs degrade visibly instead of hanging: above ``max_full_nodes`` nodes
-or ``max_label_cells`` label cells the labels are compact (and the summary
-node says so), splines become straight lines, and ``dot`` always runs under a
-timeout.
+Big graphs degrade visibly instead of hanging: above ``max_full_nodes``
+nodes or ``max_label_cells`` label cells the labels are compact, splines
+become straight lines, and Graphviz always runs under a timeout.
+``drawing.draw_image`` turns a graph into its image within the layout budget.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Edge, Graph, Node
-from sparse_coding.graphs.markup import compact_label, node_label, summary_label
+from sparse_coding.graphs.legend import caption_text, graph_script, legend_entries
+from sparse_coding.graphs.markup import caption_label, compact_label, node_label, summary_label
 
 logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("svg", "png")
 SUMMARY_NODE_ID = "__summary__"
 _SPINE_WEIGHT = 10
+RANKSEP_IN = 0.6
 _BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
 
 Attrs = Mapping[str, str]
@@ -54,6 +60,18 @@ class RenderOptions:
         max_spline_edges: above this many edges, edges are straight lines.
         fast_layout_nodes, fast_layout_edges: above either, dot's layout
             passes are capped (a rougher layout, drawn in seconds not minutes).
+        max_drawn_edges: the layout budget: the image draws at most this many
+            edges, the strongest by |effect|. Measured with
+            ``benchmarks/bench_render.py --budget`` (612 compact nodes, PNG)
+            on a 2-core CPU: 500 / 1,000 / 2,000 / 3,000 / 4,000 edges take
+            4.0 / 7.0 / 8.2 / 9.6 / 10.8 s of Graphviz CPU, 17 / 48 / 62 /
+            79 / 90 s wall with the machine at load ~7: 2,000 stays within
+            half the 120 s timeout even then.
+        fallback_drawn_edges: edges drawn when the budgeted drawing still
+            runs out of time (with compact labels).
+        max_row_nodes: nodes per row before a rank wraps; None chooses it
+            for a roughly 2:1 image.
+        min_row_nodes: a rank never wraps below this many nodes per row.
     """
 
     max_contexts: int | None = None
@@ -63,6 +81,10 @@ class RenderOptions:
     max_spline_edges: int = 1_500
     fast_layout_nodes: int = 150
     fast_layout_edges: int = 400
+    max_drawn_edges: int = 2_000
+    fallback_drawn_edges: int = 300
+    max_row_nodes: int | None = None
+    min_row_nodes: int = 8
 
 
 def quote(value: str) -> str:
@@ -89,17 +111,20 @@ def use_compact_labels(graph: Graph, options: RenderOptions) -> bool:
     return len(graph.nodes) > options.max_full_nodes or cells > options.max_label_cells
 
 
-def _summary_text(graph: Graph, compact: bool, options: RenderOptions) -> str | None:
-    summary = graph.metadata.get("summary")
-    parts = [str(summary)] if summary else []
-    if compact and options.max_full_nodes == 0:
-        parts.append("compact labels: full labels took too long to draw")
-    elif compact:
-        parts.append(
-            f"compact labels: {len(graph.nodes)} nodes (full labels up to "
-            f"{options.max_full_nodes} nodes / {options.max_label_cells} token cells)"
-        )
-    return "; ".join(parts) or None
+def _compact_note(graph: Graph, options: RenderOptions) -> str:
+    if options.max_full_nodes == 0:
+        return "compact labels: full labels took too long to draw"
+    return (
+        f"compact labels: {len(graph.nodes)} nodes (full labels up to "
+        f"{options.max_full_nodes} nodes / {options.max_label_cells} token cells)"
+    )
+
+
+def _caption_attrs(graph: Graph, notes: Sequence[str]) -> dict[str, str]:
+    """The graph label: caption, notes and the legend for the graph's script, at the top."""
+    legend = legend_entries(graph_script(graph.metadata))
+    label = caption_label(caption_text(graph.metadata), notes, legend)
+    return {"label": label, "labelloc": "t", "labeljust": "l"}
 
 
 def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, str]:
@@ -112,18 +137,31 @@ def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, 
 
 
 def edge_colour(effect: float, largest: float) -> str:
-    """Blue raises the downstream value, red lowers it; alpha by relative magnitude."""
+    """Blue pushes the downstream node up, red down; alpha by magnitude (capped at ``largest``)."""
     if effect == 0 or largest <= 0:
         return _GREY + "80"
     alpha = round(255 * max(0.15, min(1.0, abs(effect) / largest)))
     return f"{_BLUE if effect > 0 else _RED}{alpha:02x}"
 
 
+def _touches_error(edge: Edge, graph: Graph) -> bool:
+    ends = (graph.nodes.get(edge.source), graph.nodes.get(edge.target))
+    return any(node is not None and node.is_error for node in ends)
+
+
+def colour_scale(graph: Graph) -> float:
+    """The |effect| drawn at full colour: the largest feature edge (any edge if none)."""
+    feature = [abs(e.effect) for e in graph.edges.values() if not _touches_error(e, graph)]
+    return max(feature or [abs(e.effect) for e in graph.edges.values()], default=0.0)
+
+
 def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
-    rel = abs(edge.effect) / largest if largest > 0 else 0.0
+    """Colour, width and tooltip; weight 10 for the resid spine."""
+    rel = min(1.0, abs(edge.effect) / largest) if largest > 0 else 0.0
     attrs = {
         "color": edge_colour(edge.effect, largest),
         "penwidth": f"{0.5 + 2.5 * rel:.2f}",
+        "tooltip": f"{edge.source} → {edge.target}: effect {edge.effect:.4g}",
     }
     source, target = graph.nodes.get(edge.source), graph.nodes.get(edge.target)
     if source and target and source.site == target.site == "resid":
@@ -131,21 +169,45 @@ def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
     return attrs
 
 
-def _rank_lines(
-    graph: Graph, node_attrs: Mapping[str, Attrs], compact: bool, options: RenderOptions
-) -> list[str]:
-    """One ``rank=same`` subgraph per (layer, site), each with an invisible anchor."""
-    lines: list[str] = []
+def row_width(n_nodes: int, options: RenderOptions) -> int:
+    """Nodes per drawn row: ~sqrt(n) keeps a wrapped graph near 2:1 for boxes ~2.5x wider than tall.
+
+    A pinned drawing refits it to the boxes' measured size (``_fitted_row_width``).
+    """
+    if options.max_row_nodes is not None:
+        return options.max_row_nodes
+    return max(options.min_row_nodes, math.ceil(math.sqrt(0.8 * n_nodes)))
+
+
+def drawn_rows(graph: Graph, options: RenderOptions) -> list[list[Node]]:
+    """Nodes by (layer, site) in forward order, each rank cut into rows of ``row_width``."""
     groups: dict[tuple[int, int, int], list[Node]] = {}
     for node in graph.sorted_nodes():
         groups.setdefault(node.rank_key(), []).append(node)
+    width = row_width(len(graph.nodes), options)
+    return [nodes[i : i + width] for nodes in groups.values() for i in range(0, len(nodes), width)]
+
+
+def _rank_lines(
+    rows: list[list[Node]], node_attrs: Mapping[str, Attrs], compact: bool, options: RenderOptions
+) -> list[str]:
+    """One ``rank=same`` subgraph per drawn row, each with an invisible anchor."""
+    lines: list[str] = []
     anchors = []
-    for i, nodes in enumerate(groups.values()):
+    for i, nodes in enumerate(rows):
         anchor = f"__rank_{i}"
         anchors.append(anchor)
         lines.append(f"  subgraph {quote('rank_' + str(i))} {{")
         lines.append("    rank=same;")
-        lines.append(f'    {quote(anchor)} [style=invis, shape=point, width=0, height=0, label=""];')
+        attrs = {
+            "style": "invis",
+            "shape": "point",
+            "width": "0",
+            "height": "0",
+            "label": "",
+            **node_attrs.get(anchor, {}),
+        }
+        lines.append(f"    {quote(anchor)} {_attr_list(attrs)};")
         for node in nodes:
             attrs = {
                 **_node_attrs(node, compact, options),
@@ -181,6 +243,8 @@ def dot_source(
     node_attrs: Mapping[str, Attrs] | None = None,
     edge_attrs: Mapping[tuple[str, str], Attrs] | None = None,
     graph_attrs: Attrs | None = None,
+    notes: Sequence[str] = (),
+    positions: Mapping[str, str] | None = None,
 ) -> str:
     """Graphviz source for a graph, deterministic for the same graph.
 
@@ -190,35 +254,37 @@ def dot_source(
         node_attrs, edge_attrs, graph_attrs: extra attributes (e.g. the
             machine-readable data written by ``graph_files``) merged into the
             drawn ones; they win on a clash.
+        notes: extra caption lines (e.g. which edges the image leaves out).
+        positions: node name -> ``"x,y"`` (points, from ``layout_boxes``): every
+            node is pinned there and edges are straight (``neato -n2``).
 
     Returns:
         DOT text; nodes and edges in the graph's canonical order.
     """
     options = options or RenderOptions()
     compact = use_compact_labels(graph, options)
+    notes = list(notes)
     if compact:
-        logger.warning(
-            "graph has %d nodes: drawing compact labels so the image stays readable",
-            len(graph.nodes),
-        )
+        notes.append(_compact_note(graph, options))
     top = {
         "rankdir": "TB",
         "newrank": "true",
         "charset": "UTF-8",
         "fontname": "Helvetica",
-        "ranksep": "0.6",
+        "ranksep": str(RANKSEP_IN),
     }
-    top.update(_layout_limits(graph, options))
+    top.update(_layout_limits(graph, options) if positions is None else {"splines": "line"})
+    top.update(_caption_attrs(graph, notes))
     top.update(graph_attrs or {})
     lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
     lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')
     lines.append("  edge [arrowsize=0.6];")
-    if text := _summary_text(graph, compact, options):
-        lines.append(
-            f"  {quote(SUMMARY_NODE_ID)} [shape=note, sc_role=summary, label={summary_label(text)}];"
-        )
-    lines += _rank_lines(graph, node_attrs or {}, compact, options)
-    largest = max((abs(e.effect) for e in graph.edges.values()), default=0.0)
+    pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
+    if summary := graph.metadata.get("summary"):
+        attrs = {"shape": "note", "sc_role": "summary", "label": summary_label(str(summary))}
+        lines.append(f"  {quote(SUMMARY_NODE_ID)} {_attr_list({**attrs, **pins.get(SUMMARY_NODE_ID, {})})};")
+    lines += _rank_lines(drawn_rows(graph, options), {**pins, **(node_attrs or {})}, compact, options)
+    largest = colour_scale(graph)
     for edge in graph.sorted_edges():
         attrs = {
             **_edge_attrs(edge, graph, largest),
@@ -240,14 +306,13 @@ def image_format(image_path: Path) -> str:
     return fmt
 
 
-def render_image(source_path: Path, image_path: Path, *, fmt: str, timeout_s: float = 120.0) -> None:
-    """Run ``dot`` on a source file, writing ``image_path``; bounded by a timeout.
+def run_graphviz(command: list[str], source_path: Path, timeout_s: float) -> str:
+    """Run a Graphviz program on ``source_path`` under a timeout; returns its stdout.
 
     Raises:
-        RenderTimeout: dot ran past ``timeout_s``.
-        GraphFileError: dot is missing or failed.
+        RenderTimeout: it ran past ``timeout_s``.
+        GraphFileError: Graphviz is missing or the program failed.
     """
-    command = ["dot", f"-T{fmt}", "-o", str(image_path), str(source_path)]
     start = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -263,5 +328,19 @@ def render_image(source_path: Path, image_path: Path, *, fmt: str, timeout_s: fl
     if result.returncode != 0:
         raise GraphFileError(f"dot could not draw {source_path}: {result.stderr.strip()[:500]}")
     if result.stderr.strip():
-        logger.info("dot: %s", result.stderr.strip()[:500])
-    logger.info("dot drew %s in %.1f s", source_path.name, time.perf_counter() - start)
+        logger.info("%s: %s", command[0], result.stderr.strip()[:500])
+    logger.info("%s drew %s in %.1f s", command[0], source_path.name, time.perf_counter() - start)
+    return result.stdout
+
+
+def render_image(
+    source_path: Path, image_path: Path, *, fmt: str, timeout_s: float = 120.0, pinned: bool = False
+) -> None:
+    """Draw a source file into ``image_path`` with ``dot`` (or, ``pinned``, at its nodes' ``pos``).
+
+    Raises:
+        RenderTimeout: Graphviz ran past ``timeout_s``.
+        GraphFileError: Graphviz is missing or failed.
+    """
+    engine = ["neato", "-n2"] if pinned else ["dot"]
+    run_graphviz([*engine, f"-T{fmt}", "-o", str(image_path), str(source_path)], source_path, timeout_s)
