@@ -217,8 +217,8 @@ def test_an_unknown_key_warns_with_the_nearest_valid_key(tmp_path, caplog):
     assert any("COMPLETELY_ELSE" in w for w in warnings), warnings
 
 
-@pytest.mark.parametrize("spelling", ["THRESHOLD_EXP: null", "THRESHOLD_EXP: None", "THRESHOLD_EXP: ~", ""])
-def test_null_none_and_a_missing_key_all_mean_unset(tmp_path, spelling):
+@pytest.mark.parametrize("spelling", ["THRESHOLD_EXP: null", "THRESHOLD_EXP: None", "THRESHOLD_EXP: ~"])
+def test_null_and_none_unset_an_optional_key(tmp_path, spelling):
     config = load_config(write_config(tmp_path, MINIMAL + spelling + "\n"))
     assert config.THRESHOLD_EXP is None
     assert config.DEVICE is None and config.DATASET is None
@@ -229,7 +229,7 @@ def test_unsetting_a_key_with_a_default_keeps_the_default(tmp_path, value):
     config = load_config(write_config(tmp_path, MINIMAL + f"NUM_UP_NODES: {value}\nMLP_SAES: {value}\n"))
     assert config.NUM_UP_NODES == Config.NUM_UP_NODES
     assert config.MLP_SAES is None
-    assert config.sae_sources == {"resid": "gpt2-small-res-jb"}
+    assert config.sae_sources == {"resid": "gpt2-small-res-jb", "attn": Config.ATTN_SAES}
 
 
 def test_a_relative_data_dir_is_relative_to_the_config_file(tmp_path):

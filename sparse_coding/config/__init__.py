@@ -1,8 +1,12 @@
 """One frozen, validated config object for every script.
 
 `load_config(path)` reads `central_config.yaml`, checks every key once and
-returns a `Config`. `null`, `None` and a missing key all mean "unset". Unknown
-keys warn with the nearest valid key, so a typo never silently does nothing.
+returns a `Config`. The dataclass below holds every default; the shipped YAML
+only restates them. A key left out takes its default; `null` (or `None`, or
+empty) unsets a key where unset means something (THRESHOLD_EXP, an SAE site,
+DATASET...) and keeps the default elsewhere. An unknown key warns, with the
+valid key it is a near-misspelling of; keys of the seed tool's config that
+this tool does not use are named together in one info line (`seed.py`).
 Checks that need the model or the SAEs (layer range, SAE width) are methods
 here too, called once those are loaded.
 """
@@ -12,12 +16,14 @@ import difflib
 import logging
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import parse_site_key
 
@@ -27,21 +33,24 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
 DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
+# difflib ratio above which an unknown key is a misspelling of a known one:
+# NUM_UP_NODE -> NUM_UP_NODES (0.96), never NUM_WORKERS -> NUM_UP_NODES (0.61).
+MISSPELLING_RATIO = 0.85
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every key of central_config.yaml; see the comments there for meaning.
+    """Every key of central_config.yaml with its default; see the comments there for meaning.
 
-    A key typed `X | None` is unset (None) when missing or null; other keys
-    fall back to the defaults below.
+    A missing key takes the default below. A key typed `X | None` is unset
+    (None) when null; other keys keep their default when null.
     """
 
     # Key hyperparameters.
     ACTS_LAYERS_SLICE: str = "9:12"
     INIT_THINNING_FACTOR: float = 1.0
     NUM_SEQUENCES_INTERPED: int = 1
-    THRESHOLD_EXP: float | None = None
+    THRESHOLD_EXP: float | None = 5.0
     DIMS_PINNED: dict[str, int] | None = None
     NUM_UP_NODES: int = 5
     NUM_DOWN_NODES: int = 5
@@ -61,15 +70,15 @@ class Config:
     PREPEND_BOS: bool = True
     SEED: int = 0
     # SAEs per site.
-    RESID_SAES: str | None = None
-    ATTN_SAES: str | None = None
-    MLP_SAES: str | None = None
+    RESID_SAES: str | None = "gpt2-small-res-jb"
+    ATTN_SAES: str | None = "gpt2-small-attn-out-v5-32k"
+    MLP_SAES: str | None = "gpt2-small-mlp-out-v5-32k"
     # Output files.
     DATA_DIR: Path = DEFAULT_DATA_DIR
     GRAPH_FILE: str = "cognition_graph.svg"
     GRAPH_DOT_FILE: str = "cognition_graph.dot"
-    GRADS_FILE: str = "cognition_graph_grads.svg"
-    GRADS_DOT_FILE: str = "cognition_graph_grads.dot"
+    GRADS_FILE: str = "grads_graph.svg"
+    GRADS_DOT_FILE: str = "grads_graph.dot"
     # Labels.
     LOGIT_TOKENS: int = 10
     TOP_K: int = 6
@@ -152,12 +161,10 @@ def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Co
     """Validate a mapping of keys (as in the YAML) into a Config."""
     where = f" in {source_path}" if source_path else ""
     known = {f.name: f for f in dataclasses.fields(Config) if f.name != "source_path"}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = _seed_sae_defaults(raw, where)
     for key, value in raw.items():
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            logger.warning("Unknown config key %r%s ignored%s", key, where, hint)
+            _warn_unknown(str(key), known, where)
             continue
         if _is_unset(value):
             if _is_optional(known[key].type):
@@ -171,6 +178,31 @@ def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Co
     config = Config(**values, source_path=source_path)
     _check_values(config, where)
     return config
+
+
+def _seed_sae_defaults(raw: dict[str, Any], where: str) -> dict[str, str]:
+    """Report the seed keys not used here; a seed config without SAE keys gets the seed's SAEs."""
+    line = unused_seed_keys_line(map(str, raw))
+    if line:
+        logger.info("%s%s", line, where)
+    if not is_seed_config(map(str, raw)) or any(key in raw for key in SEED_SAES):
+        return {}
+    logger.info(
+        "Seed config%s names no SAE source: using the SAEs the seed ran on, %s",
+        where,
+        ", ".join(f"{key}: {source}" for key, source in SEED_SAES.items()),
+    )
+    return dict(SEED_SAES)
+
+
+def _warn_unknown(key: str, known: Iterable[str], where: str) -> None:
+    """Warn about a key nobody reads; suggest a key only for a near-misspelling."""
+    if is_unused_seed_key(key):
+        return
+    upper = key.upper()
+    close = [upper] if upper in known else difflib.get_close_matches(upper, known, n=1, cutoff=MISSPELLING_RATIO)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    logger.warning("Unknown config key %r%s ignored%s", key, where, hint)
 
 
 def _is_unset(value: Any) -> bool:
