@@ -131,7 +131,9 @@ def test_a_seed_config_without_sae_keys_runs_on_the_seeds_128k_sets_and_says_so(
         "attn": "gpt2-small-attn-out-v5-128k",
         "mlp": "gpt2-small-mlp-out-v5-128k",
     }
-    assert any("gpt2-small-resid-post-v5-128k" in r.getMessage() for r in records if r.levelno == logging.INFO)
+    assert any(
+        "gpt2-small-resid-post-v5-128k" in r.getMessage() for r in records if r.levelno == logging.INFO
+    )
 
 
 def test_a_seed_config_naming_an_sae_site_keeps_its_choice(tmp_path, caplog):

@@ -16,7 +16,7 @@ import difflib
 import logging
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,12 +195,12 @@ def _seed_sae_defaults(raw: dict[str, Any], where: str) -> dict[str, str]:
     return dict(SEED_SAES)
 
 
-def _warn_unknown(key: str, known: Iterable[str], where: str) -> None:
+def _warn_unknown(key: str, known: Collection[str], where: str) -> None:
     """Warn about a key nobody reads; suggest a key only for a near-misspelling."""
     if is_unused_seed_key(key):
         return
     upper = key.upper()
-    close = [upper] if upper in known else difflib.get_close_matches(upper, known, n=1, cutoff=MISSPELLING_RATIO)
+    close = [upper] if upper in known else difflib.get_close_matches(upper, known, cutoff=MISSPELLING_RATIO)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     logger.warning("Unknown config key %r%s ignored%s", key, where, hint)
 

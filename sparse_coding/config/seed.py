@@ -41,7 +41,10 @@ UNUSED_SEED_KEYS: dict[str, tuple[str, ...]] = {
         "ATTN_TOKEN_FILE",
         "MLP_TOKEN_FILE",
     ),
-    "the Jacobian graph has no counterpart; fast.py draws the gradient graph": ("JACOBIANS_FILE", "JACOBIANS_DOT_FILE"),
+    "the Jacobian graph has no counterpart; fast.py draws the gradient graph": (
+        "JACOBIANS_FILE",
+        "JACOBIANS_DOT_FILE",
+    ),
     "question-answering evals have no counterpart": (
         "NUM_QUESTIONS_INTERPED",
         "MAX_NEW_TOKENS",
