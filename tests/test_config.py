@@ -86,13 +86,13 @@ def test_an_unquoted_slice_read_by_yaml_as_a_number_suggests_quoting(tmp_path, c
     assert "ACTS_LAYERS_SLICE" in message and "quote" in message
 
 
-@pytest.mark.parametrize("text", ["9-12", "9:12:1", "a:b", "nine"])
+@pytest.mark.parametrize("text", ["9-12", "a:b", "nine", "1:2:3:4"])
 def test_a_slice_that_does_not_parse_shows_valid_slices(tmp_path, capsys, text):
     message = fail_through_script(write_config(tmp_path, MINIMAL + f"ACTS_LAYERS_SLICE: '{text}'\n"), capsys)
     assert "ACTS_LAYERS_SLICE" in message and text in message and "'9:12'" in message
 
 
-@pytest.mark.parametrize("text", ["0:5", "3:3", "2:1", "4:", "-5:"])
+@pytest.mark.parametrize("text", ["3:3", "2:1", "4:", "-5:-4", "5:12"])
 def test_a_slice_outside_the_models_layers_is_an_error_once_the_model_is_known(tmp_path, capsys, text):
     path = write_config(tmp_path, MINIMAL + f"ACTS_LAYERS_SLICE: '{text}'\n")
     message = fail_through_script(path, capsys, check=lambda config: config.layer_range(3))
@@ -108,6 +108,9 @@ def test_a_slice_outside_the_models_layers_is_an_error_once_the_model_is_known(t
         ("-2:", 12, range(10, 12)),
         (":-1", 3, range(2)),
         ("0:3", 3, range(3)),
+        ("1:12", 3, range(1, 3)),
+        ("-5:", 3, range(3)),
+        ("-12:-1", 3, range(2)),
     ],
 )
 def test_a_valid_slice_selects_layers_like_a_python_slice(text, n_layers, layers):
@@ -117,6 +120,25 @@ def test_a_valid_slice_selects_layers_like_a_python_slice(text, n_layers, layers
         == layers
         == range(n_layers)[slice(*[int(p) if p else None for p in text.split(":")])]
     )
+
+
+def test_a_slice_cut_to_the_models_layers_says_so(caplog):
+    config = config_from_dict({"ACTS_LAYERS_SLICE": "1:12", "RESID_SAES": "x_{layer}"})
+    with caplog.at_level(logging.INFO, logger="sparse_coding"):
+        assert config.layer_range(3) == range(1, 3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "ACTS_LAYERS_SLICE '1:12' on a model with 3 layers selects layers 1..2, as Python slices"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sparse_coding"):
+        config_from_dict({"ACTS_LAYERS_SLICE": "1:3", "RESID_SAES": "x_{layer}"}).layer_range(3)
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("text", ["0:12:2", "9:12:1", "::-1"])
+def test_a_slice_with_a_step_is_refused_with_the_reason(tmp_path, capsys, text):
+    message = fail_through_script(write_config(tmp_path, MINIMAL + f"ACTS_LAYERS_SLICE: '{text}'\n"), capsys)
+    assert text in message and "step" in message and "consecutive" in message
 
 
 @pytest.mark.parametrize(

@@ -96,18 +96,28 @@ class Config:
     source_path: Path | None = field(default=None, compare=False)
 
     def layer_range(self, n_layers: int) -> range:
-        """The layers ACTS_LAYERS_SLICE selects in a model of `n_layers` blocks."""
+        """The layers ACTS_LAYERS_SLICE selects in a model of `n_layers` blocks, as Python slices.
+
+        A bound past the model's layers is cut as Python cuts it ('1:12' on 3
+        layers is 1..2), and the log says so; a slice selecting nothing is an error.
+        """
         start, stop = _parse_slice(self.ACTS_LAYERS_SLICE)
-        start = 0 if start is None else start
-        stop = n_layers if stop is None else stop
-        start, stop = (start + n_layers if start < 0 else start), (stop + n_layers if stop < 0 else stop)
-        if not (0 <= start < stop <= n_layers):
+        layers = range(n_layers)[start:stop]
+        if not layers:
             raise ConfigError(
                 f"ACTS_LAYERS_SLICE {self.ACTS_LAYERS_SLICE!r} selects no layers of a model "
                 f"with {n_layers} layers; valid slices lie within '0:{n_layers}', "
                 f"e.g. '{max(0, n_layers - 3)}:{n_layers}' or ':'"
             )
-        return range(start, stop)
+        if any(bound is not None and not -n_layers <= bound <= n_layers for bound in (start, stop)):
+            logger.info(
+                "ACTS_LAYERS_SLICE %r on a model with %d layers selects layers %d..%d, as Python slices",
+                self.ACTS_LAYERS_SLICE,
+                n_layers,
+                layers[0],
+                layers[-1],
+            )
+        return layers
 
     @property
     def sae_sources(self) -> dict[str, str]:
@@ -288,16 +298,24 @@ def _type_name(target: Any) -> str:
 
 
 def _parse_slice(text: str) -> tuple[int | None, int | None]:
+    """'start:stop' as Python reads it; a step is refused, since every script needs consecutive layers."""
     parts = text.split(":")
     try:
-        if len(parts) != 2:
-            raise ValueError
-        return tuple(int(p) if p.strip() else None for p in parts)  # type: ignore[return-value]
+        bounds = [int(p) if p.strip() else None for p in parts]
     except ValueError:
+        bounds = []
+    if len(parts) == 3 and len(bounds) == 3:
+        raise ConfigError(
+            f"ACTS_LAYERS_SLICE {text!r} has a step; pipe.py ablates each layer into the next and "
+            f"fast.py connects adjacent sites, so the layers must be consecutive: write 'start:stop', "
+            f"e.g. '9:12', '0:12' or ':'"
+        )
+    if len(parts) != 2 or len(bounds) != 2:
         raise ConfigError(
             f"ACTS_LAYERS_SLICE {text!r} is not a slice; write 'start:stop' like a Python "
             f"slice, e.g. '9:12', '0:12' or ':'"
-        ) from None
+        )
+    return bounds[0], bounds[1]
 
 
 def _check_values(config: Config, where: str) -> None:
