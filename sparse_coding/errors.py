@@ -28,3 +28,7 @@ class DatasetError(SparseCodingError):
 
 class ExactlyZeroEffectError(SparseCodingError):
     """An ablation run found no effect at all: nothing to draw."""
+
+
+class EmptyResultError(SparseCodingError):
+    """A run would write a result with nothing in it (e.g. every edge below THRESHOLD_EXP)."""

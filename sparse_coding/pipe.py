@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path.insert(0, str(_here.parent))
 
 from sparse_coding.algorithms.pipe_graph import pipe_graph
-from sparse_coding.cli import run_script
+from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 from sparse_coding.graphs.publish import publish_graph
 from sparse_coding.models.loading import load_spliced_model
@@ -24,7 +24,7 @@ from sparse_coding.models.loading import load_spliced_model
 
 def main(config: Config, args: argparse.Namespace) -> None:
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))
-    graph = pipe_graph(config, spliced, tokenizer)
+    graph = pipe_graph(config, spliced, tokenizer, allow_empty=args.allow_empty)
     published = publish_graph(
         graph,
         config,
@@ -37,5 +37,13 @@ def main(config: Config, args: argparse.Namespace) -> None:
     print(published.line)
 
 
+DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
+
 if __name__ == "__main__":
-    run_script(main, "Ablation cognition graph on the residual-stream SAEs.")
+    parser = build_parser(DESCRIPTION)
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="when THRESHOLD_EXP keeps no edge, warn and write the graph anyway (default: exit 1)",
+    )
+    run_script(main, DESCRIPTION, parser=parser)

@@ -86,7 +86,7 @@ def default_hub(hub_cache, tiny_model_dir, sae_templates, tmp_path, monkeypatch)
     return data_dir
 
 
-@pytest.mark.parametrize(("script", "extra"), [("fast", [])])
+@pytest.mark.parametrize(("script", "extra"), [("fast", []), ("pipe", ["--allow-empty"])])
 def test_a_config_holding_only_the_slice_runs_on_the_default_saes(
     default_hub, tmp_path, monkeypatch, capsys, script, extra
 ):

@@ -64,6 +64,11 @@ from sparse_coding.splicing.splice import Site, SplicedModel
 logger = logging.getLogger(__name__)
 
 
+# How many of the largest effects a result keeps, to tell a user whose
+# THRESHOLD_EXP drops every edge which value would keep this many.
+LARGEST_KEPT = 100
+
+
 class AblationResult(NamedTuple):
     """The graph and the effect mass behind its summary."""
 
@@ -71,6 +76,7 @@ class AblationResult(NamedTuple):
     collected: float  # sum |e| over every non-zero feature effect measured
     plotted: float  # sum |e| over the edges kept
     candidates: dict[int, list[int]]  # layer -> features ablated there
+    largest_effects: list[float]  # the LARGEST_KEPT largest |e| measured, descending
 
 
 @dataclass
@@ -84,6 +90,7 @@ class _Effects:
     collected: float
     plotted: float
     any_effect: bool
+    largest: Tensor  # (<= LARGEST_KEPT,) the largest |e| so far, descending
 
 
 def ablation_graph(
@@ -156,7 +163,8 @@ def ablation_graph(
     ablated = {
         layer.site.layer: r.candidates.tolist() for layer, r in zip(clean_layers, results, strict=True)
     }
-    return AblationResult(graph, collected, plotted, ablated)
+    largest = torch.cat([r.largest for r in results]).sort(descending=True).values[:LARGEST_KEPT]
+    return AblationResult(graph, collected, plotted, ablated, largest.tolist())
 
 
 def _resid_site(spliced: SplicedModel, layer: int) -> Site:
@@ -228,7 +236,7 @@ def _ablate_layer(
     the chunk changed any feature: then all, so that the zero-effect check
     stays exact.
     """
-    out = _Effects(candidates, [], [], [], 0.0, 0.0, False)
+    out = _Effects(candidates, [], [], [], 0.0, 0.0, False, torch.zeros(0, device=candidates.device))
     per_chunk = max(1, rows // len(clean.last))
     chunks = range(0, len(candidates), per_chunk)
     for lo in tqdm(
@@ -264,6 +272,8 @@ def _record_edges(
     out.collected += collected
     out.any_effect |= collected > 0
     out.plotted += float(magnitude[keep].sum())
+    seen = torch.cat([out.largest, magnitude.flatten().float()])
+    out.largest = seen.topk(min(LARGEST_KEPT, len(seen))).values
     cand, target = keep.nonzero(as_tuple=True)
     values = feat_eff[cand, target].tolist()
     out.edges += list(zip(chunk[cand].tolist(), target.tolist(), values, strict=True))

@@ -8,6 +8,7 @@ DATASET), which resid features DIMS_PINNED pins, and the graph's metadata.
 
 import itertools
 import logging
+import math
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -15,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from sparse_coding.algorithms.ablation_graph import AblationResult, ablation_graph
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
-from sparse_coding.errors import ConfigError, DatasetError
+from sparse_coding.errors import ConfigError, DatasetError, EmptyResultError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.splicing.splice import SplicedModel
 
@@ -77,8 +78,15 @@ def resid_pins(config: Config) -> dict[int, int]:
     return pins
 
 
-def pipe_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase) -> Graph:
-    """pipe.py's graph: the ablation graph of the config's sequences, with its summary."""
+def pipe_graph(
+    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase, *, allow_empty: bool = False
+) -> Graph:
+    """pipe.py's graph: the ablation graph of the config's sequences, with its summary.
+
+    Raises:
+        EmptyResultError: THRESHOLD_EXP dropped every edge and `allow_empty`
+            is false (with it, the same message is a warning).
+    """
     layers = config.layer_range(spliced.n_layers)
     batch = interpreted_batch(config, tokenizer, spliced.device)
     result = ablation_graph(
@@ -92,6 +100,11 @@ def pipe_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedToken
         logit_tokens=config.LOGIT_TOKENS,
         seed=config.SEED,
     )
+    if len(layers) > 1 and not result.graph.edges:
+        message = empty_graph_message(config.THRESHOLD_EXP, result.largest_effects)
+        if not allow_empty:
+            raise EmptyResultError(f"{message}; or pass --allow-empty to write the graph without edges")
+        logger.warning("%s; writing the graph without edges (--allow-empty)", message)
     graph = result.graph
     graph.metadata = {
         "dataset": config.DATASET,
@@ -99,6 +112,22 @@ def pipe_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedToken
         "summary": summary(result),
     }
     return graph
+
+
+def empty_graph_message(threshold_exp: float | None, largest: list[float]) -> str:
+    """Why no edge was kept, and the THRESHOLD_EXP that would keep the largest effects measured."""
+    nonzero = [e for e in largest if e > 0]
+    if not nonzero:
+        return "No ablation changed any next-layer feature, so the graph has no edges"
+    kept = nonzero[-1]  # the smallest of the (up to LARGEST_KEPT) largest effects
+    exponent = math.floor(10 * math.log2(kept)) / 10
+    if 2.0**exponent >= kept:  # edges need |e| > 2**THRESHOLD_EXP
+        exponent = round(exponent - 0.1, 1)
+    return (
+        f"THRESHOLD_EXP {threshold_exp} (|effect| > {2.0**threshold_exp:.3g}) keeps no edge: the largest "
+        f"effect measured is {nonzero[0]:.3g}; THRESHOLD_EXP: {exponent} would keep the top {len(nonzero)} "
+        f"edges (null keeps every non-zero effect)"
+    )
 
 
 def summary(result: AblationResult) -> str:

@@ -24,9 +24,10 @@ feature i's mean activation over every real token evaluated (BOS included).
 
 Completeness is the faithfulness of the complement, as in Marks et al. (who
 also ablate error terms; here they are always kept). Both are NaN (JSON null)
-when m(M) = m(empty). Also measured: CE clean m(M) and ablated m(zero); mean
-KL(clean || zero) over every real position; the next-token distribution after
-each sequence's last real token, averaged over sequences.
+when |m(M) - m(empty)| < MIN_METRIC_SPAN, with a warning. Also measured: CE
+clean m(M) and ablated m(zero); mean KL(clean || zero) over every real
+position; the next-token distribution after each sequence's last real token,
+averaged over sequences.
 
 Phases:
     1. means: a clean pass sums each circuit site's features over real tokens.
@@ -58,6 +59,9 @@ from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
+# Below this |m(M) - m(empty)| (nats of mean CE) the ratios divide noise by
+# noise (a 1e-4 change in m(C) would move faithfulness by 0.1): undefined.
+MIN_METRIC_SPAN = 1e-3
 
 
 class ValidationResult(NamedTuple):
@@ -291,11 +295,17 @@ def _result(circuit: Circuit, sums: _Sums) -> ValidationResult:
     ce = {name: total / sums.n_predictions for name, total in sums.ce.items()}
     metric = {name: ce[name] for name in ("full", *VARIANTS)}
     span = metric["full"] - metric["empty"]
-    if span == 0:
-        logger.warning("m(M) = m(empty): faithfulness and completeness are undefined")
+    meaningful = abs(span) >= MIN_METRIC_SPAN
+    if not meaningful:
+        logger.warning(
+            "|m(M) - m(empty)| = %.2g nats is below %g: mean-ablating these sites barely changes the loss, "
+            "so faithfulness and completeness are undefined (reported as null)",
+            abs(span),
+            MIN_METRIC_SPAN,
+        )
 
     def ratio(value: float) -> float:
-        return (value - metric["empty"]) / span if span else math.nan
+        return (value - metric["empty"]) / span if meaningful else math.nan
 
     return ValidationResult(
         circuit=circuit,

@@ -144,4 +144,4 @@ def _metric_lines(data: dict[str, Any]) -> list[str]:
 
 
 def _ratio_text(value: float | None, meaning: str) -> str:
-    return "undefined, m(M) = m(empty)" if value is None else f"{value:.4f}  ({meaning})"
+    return "undefined, m(M) ~ m(empty)" if value is None else f"{value:.4f}  ({meaning})"
