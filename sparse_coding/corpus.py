@@ -57,6 +57,22 @@ def load_texts(config: Config) -> Iterator[str]:
     return itertools.islice(_dataset_texts(config), config.NUM_SEQUENCES_EVALED)
 
 
+def interpreted_texts(config: Config) -> Iterator[str]:
+    """The texts pipe.py and val.py explain (INTERP_SOURCE), logging which, with the first one."""
+    source = config.interp_source
+    texts = iter([config.PROMPT]) if source == "prompt" else load_texts(config)
+    first = next(texts, None)
+    if first is None:
+        return iter(())
+    logger.info(
+        "Interpreting %s (INTERP_SOURCE: %s); first sequence: %r",
+        "PROMPT" if source == "prompt" else f"DATASET {config.DATASET!r}",
+        source,
+        first if len(first) <= 200 else first[:200] + "…",
+    )
+    return itertools.chain([first], texts)
+
+
 def _dataset_texts(config: Config) -> Iterator[str]:
     path = Path(config.DATASET).expanduser()
     if path.exists() or path.suffix in _FILE_SUFFIXES:
@@ -181,15 +197,20 @@ def iter_batches(
 
 
 def config_batches(
-    config: Config, tokenizer: PreTrainedTokenizerBase, *, device: torch.device | str, context_len: int
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    device: torch.device | str,
+    context_len: int,
+    texts: Iterable[str] | None = None,
 ) -> Iterator[TokenBatch]:
-    """The config's text (DATASET, else PROMPT) as BATCH_SIZE batches of at most MAX_SEQ_LEN tokens.
+    """`texts` (default: the config's DATASET, else PROMPT) as BATCH_SIZE batches of <= MAX_SEQ_LEN tokens.
 
     `context_len` (the model's n_positions) caps MAX_SEQ_LEN so no sequence
     overruns the model's position embeddings.
     """
     return iter_batches(
-        load_texts(config),
+        load_texts(config) if texts is None else texts,
         tokenizer,
         batch_size=config.BATCH_SIZE,
         max_len=min(config.MAX_SEQ_LEN, context_len),

@@ -19,7 +19,7 @@ from sparse_coding.algorithms.validation import validate_circuit
 from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
-from sparse_coding.corpus import config_batches
+from sparse_coding.corpus import config_batches, interpreted_texts
 
 DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
 
@@ -28,7 +28,11 @@ def main(config: Config, args: argparse.Namespace) -> None:
     circuit, source = circuit_and_source(config, args.from_graph)
     spliced, tokenizer = load_circuit_model(config, circuit, source=source)
     batches = config_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+        config,
+        tokenizer,
+        device=spliced.device,
+        context_len=spliced.model.config.n_positions,
+        texts=interpreted_texts(config),
     )
     result = validate_circuit(spliced, batches, circuit=circuit)
     data = report_data(
@@ -36,7 +40,9 @@ def main(config: Config, args: argparse.Namespace) -> None:
         tokenizer,
         logit_tokens=config.LOGIT_TOKENS,
         source=source,
-        data=f"DATASET {config.DATASET!r}" if config.DATASET else f"PROMPT {config.PROMPT!r}",
+        data=f"DATASET {config.DATASET!r}"
+        if config.interp_source == "dataset"
+        else f"PROMPT {config.PROMPT!r}",
     )
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
     write_report(data | {"config": config.to_metadata()}, path)

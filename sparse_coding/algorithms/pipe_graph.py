@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.ablation_graph import AblationResult, ablation_graph
 from sparse_coding.config import Config
-from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
+from sparse_coding.corpus import TokenBatch, interpreted_texts, iter_batches
 from sparse_coding.errors import ConfigError, DatasetError, EmptyResultError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.splicing.splice import SplicedModel
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> TokenBatch:
-    """The first NUM_SEQUENCES_INTERPED sequences (PROMPT or DATASET), right-padded.
+    """The first NUM_SEQUENCES_INTERPED sequences (PROMPT or DATASET, per INTERP_SOURCE), right-padded.
 
     Dataset sequences are truncated to MAX_SEQ_INTERPED_LEN tokens; PROMPT is
     never truncated (that would change the token whose prediction is explained).
@@ -34,18 +34,21 @@ def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device
         DatasetError: no sequence has any token.
     """
     limit = config.MAX_SEQ_INTERPED_LEN
-    texts = itertools.islice(load_texts(config), config.NUM_SEQUENCES_INTERPED)
+    from_dataset = config.interp_source == "dataset"
+    texts = itertools.islice(interpreted_texts(config), config.NUM_SEQUENCES_INTERPED)
     batches = iter_batches(
         texts,
         tokenizer,
         batch_size=config.NUM_SEQUENCES_INTERPED,
-        max_len=limit if config.DATASET else limit + 1,
+        max_len=limit if from_dataset else limit + 1,
         prepend_bos=config.PREPEND_BOS,
         device=device,
     )
     batch = next(batches, None)
     if batch is None:
-        raise DatasetError(f"{config.DATASET or 'PROMPT'} holds no text with tokens to interpret")
+        raise DatasetError(
+            f"{config.DATASET if from_dataset else 'PROMPT'} holds no text with tokens to interpret"
+        )
     if batch.input_ids.shape[1] > limit:
         raise ConfigError(
             f"PROMPT is more than MAX_SEQ_INTERPED_LEN={limit} tokens; "
@@ -108,6 +111,11 @@ def pipe_graph(
     graph = result.graph
     graph.metadata = {
         "dataset": config.DATASET,
+        "interp_source": config.interp_source,
+        "interpreted": [
+            tokenizer.decode(ids[mask.bool()])
+            for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
+        ],
         "sequences": len(batch.input_ids),
         "summary": summary(result),
     }

@@ -33,6 +33,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
 DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
+INTERP_SOURCES = ("prompt", "dataset")
 # difflib ratio above which an unknown key is a misspelling of a known one:
 # NUM_UP_NODE -> NUM_UP_NODES (0.96), never NUM_WORKERS -> NUM_UP_NODES (0.61).
 MISSPELLING_RATIO = 0.85
@@ -63,6 +64,7 @@ class Config:
     DATASET_CONFIG: str | None = None
     DATASET_SPLIT: str = "train"
     DATASET_TEXT_COLUMN: str = "text"
+    INTERP_SOURCE: str | None = None
     NUM_SEQUENCES_EVALED: int = 100
     MAX_SEQ_LEN: int = 128
     MAX_SEQ_INTERPED_LEN: int = 64
@@ -118,6 +120,11 @@ class Config:
                 layers[-1],
             )
         return layers
+
+    @property
+    def interp_source(self) -> str:
+        """What pipe.py and val.py explain: INTERP_SOURCE, else the seed's rule (DATASET when set)."""
+        return self.INTERP_SOURCE or ("dataset" if self.DATASET is not None else "prompt")
 
     @property
     def sae_sources(self) -> dict[str, str]:
@@ -345,6 +352,13 @@ def _check_values(config: Config, where: str) -> None:
             f"Config key INIT_THINNING_FACTOR{where} must lie in (0, 1] (the kept fraction "
             f"of first-layer features), got {config.INIT_THINNING_FACTOR}"
         )
+    if config.INTERP_SOURCE not in (None, *INTERP_SOURCES):
+        raise ConfigError(
+            f"Config key INTERP_SOURCE{where} is {config.INTERP_SOURCE!r}; valid: "
+            f"{', '.join(INTERP_SOURCES)} or null (DATASET when set, else PROMPT)"
+        )
+    if config.INTERP_SOURCE == "dataset" and config.DATASET is None:
+        raise ConfigError(f"Config key INTERP_SOURCE{where} is 'dataset' but DATASET is unset; set DATASET")
     if config.KEEPER_CLUSTER_INDEX >= config.NUM_CLUSTERS:
         raise ConfigError(
             f"Config key KEEPER_CLUSTER_INDEX{where} is {config.KEEPER_CLUSTER_INDEX}, but "
