@@ -20,11 +20,13 @@ from sparse_coding.config import Config
 from sparse_coding.graphs.publish import publish_graph
 from sparse_coding.models.gpt2 import tokenize_prompt
 from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.pipelines.preflight import preflight
 
 logger = logging.getLogger("sparse_coding.fast")
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    preflight(config, graph_files=(config.GRADS_DOT_FILE, config.GRADS_FILE), min_prompt_tokens=2)
     spliced, tokenizer = load_spliced_model(config)
     tokens = tokenize_prompt(
         tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS, max_len=spliced.model.config.n_positions + 1

@@ -22,6 +22,7 @@ from sparse_coding.algorithms.thresholds import thresholds_from_config
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config
 from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.pipelines.preflight import preflight
 
 logger = logging.getLogger("sparse_coding.hist")
 
@@ -33,6 +34,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
             "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
         )
         return
+    preflight(config)
     spliced, tokenizer = load_spliced_model(config)
     result = thresholds_from_config(config, spliced, tokenizer)
     save_thresholds(config, spliced, result)

@@ -20,9 +20,11 @@ from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 from sparse_coding.graphs.publish import publish_graph
 from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.pipelines.preflight import preflight
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    preflight(config, graph_files=(config.GRAPH_DOT_FILE, config.GRAPH_FILE), sites=("resid",))
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))
     graph = pipe_graph(config, spliced, tokenizer, allow_empty=args.allow_empty)
     published = publish_graph(

@@ -20,12 +20,15 @@ from sparse_coding.algorithms.validation_report import format_report, report_dat
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 from sparse_coding.corpus import config_batches, interpreted_texts
+from sparse_coding.nodes import parse_site_key
+from sparse_coding.pipelines.preflight import preflight
 
 DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
     circuit, source = circuit_and_source(config, args.from_graph)
+    preflight(config, sae_sites=[parse_site_key(key) for key in circuit])
     spliced, tokenizer = load_circuit_model(config, circuit, source=source)
     batches = config_batches(
         config,
