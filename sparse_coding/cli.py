@@ -1,19 +1,26 @@
 """The one wrapper every script runs through: `--config`, logging, clean errors.
 
-User-fixable problems (`SparseCodingError`) become one paragraph on stderr and
-exit status 1; anything else is a bug and keeps its traceback.
+User-fixable problems (`SparseCodingError`, and a full disk, read-only mount
+or missing permission) become one paragraph on stderr and exit status 1;
+anything else is a bug and keeps its traceback.
 """
 
 import argparse
+import errno
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
 from sparse_coding.errors import SparseCodingError
 
 logger = logging.getLogger("sparse_coding")
+
+# OSErrors that come from the machine, not from a bug: a full disk or quota,
+# a read-only mount, missing permissions. Any other OSError keeps its traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -44,10 +51,21 @@ def run_script(
     try:
         main(load_config(args.config), args)
     except SparseCodingError as e:
-        message = " ".join(str(e).split())
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(e))
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        _fail(
+            f"{e.filename or 'a file'}: {e.strerror}; files already there were left as they were. "
+            f"Free space or set DATA_DIR to a folder you can write"
+        )
     except KeyboardInterrupt:
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
     logger.info("Done in %.1fs", time.perf_counter() - start)
+
+
+def _fail(message: str) -> NoReturn:
+    """One paragraph on stderr, exit status 1."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(1)

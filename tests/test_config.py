@@ -370,3 +370,47 @@ def test_a_site_named_twice_in_pinned_dims_is_an_error_not_a_silent_overwrite():
 
     with pytest.raises(ConfigError, match="resid_9 twice"):
         config_from_dict({"RESID_SAES": "x", "VALIDATION_DIMS_PINNED": {9: [1], "resid_9": [2]}})
+
+
+# --- YAML edge cases ----------------------------------------------------------
+
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        for prev, name in zip("abcdefgh", "bcdefghi")
+    )
+    + "PROMPT: *i\n"
+)
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_without_printing_it(tmp_path, capsys):
+    import time
+
+    assert len(ALIAS_BOMB) < 1100
+    start = time.perf_counter()
+    message = fail_through_script(write_config(tmp_path, ALIAS_BOMB), capsys)
+    assert time.perf_counter() - start < 2
+    assert "expands to more than" in message and len(message) < 400
+
+
+def test_a_huge_wrong_value_is_shown_shortened(tmp_path, capsys):
+    message = fail_through_script(write_config(tmp_path, "SEED: [" + ", ".join(["1"] * 5000) + "]\n"), capsys)
+    assert "SEED" in message and len(message) < 400
+
+
+def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(tmp_path, capsys):
+    message = fail_through_script(write_config(tmp_path, "SEED: 1\nPROMPT: hi\nSEED: 2\n"), capsys)
+    assert "'SEED' is given twice" in message and "line 1" in message and "line 3" in message
+
+
+def test_a_config_path_that_is_a_folder_says_so(tmp_path, capsys):
+    message = fail_through_script(tmp_path, capsys)
+    assert "is a folder" in message and str(tmp_path) in message
+
+
+def test_deeply_nested_yaml_is_one_paragraph(tmp_path, capsys):
+    message = fail_through_script(
+        write_config(tmp_path, "PROMPT: " + "[" * 50_000 + "]" * 50_000 + "\n"), capsys
+    )
+    assert str(tmp_path) in message

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
+from sparse_coding.config.yaml_file import read_yaml, shown
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import parse_site_key
 
@@ -34,6 +33,29 @@ DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
 DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 INTERP_SOURCES = ("prompt", "dataset")
+# Valid ranges of integer keys. The upper bounds are far above any useful
+# value and keep a typo (an extra digit run) from becoming an out-of-memory
+# error or an overflow deep inside a run: SEED seeds NumPy (< 2**32), VIEW and
+# TOP_K size label tables, IG_STEPS multiplies the backward passes.
+INT_RANGES = {
+    "NUM_SEQUENCES_INTERPED": (1, 10_000),
+    "NUM_UP_NODES": (1, 100_000),
+    "NUM_DOWN_NODES": (1, 100_000),
+    "IG_STEPS": (1, 1_000),
+    "NUM_SEQUENCES_EVALED": (1, 10**9),
+    "MAX_SEQ_LEN": (1, 1_000_000),
+    "MAX_SEQ_INTERPED_LEN": (1, 1_000_000),
+    "BATCH_SIZE": (1, 65_536),
+    "TOP_K": (1, 1_000),
+    "SEQ_PER_DIM_CAP": (1, 10_000),
+    "NUM_CLUSTERS": (1, 100_000),
+    "LOGIT_TOKENS": (0, 1_000),
+    "VIEW": (0, 1_000),
+    "KEEPER_CLUSTER_INDEX": (0, 100_000),
+    "SEED": (0, 2**32 - 1),
+}
+# |THRESHOLD_EXP| beyond this makes 2**THRESHOLD_EXP 0 or inf in float32 (2**128).
+MAX_ABS_THRESHOLD_EXP = 100.0
 # difflib ratio above which an unknown key is a misspelling of a known one:
 # NUM_UP_NODE -> NUM_UP_NODES (0.96), never NUM_WORKERS -> NUM_UP_NODES (0.61).
 MISSPELLING_RATIO = 0.85
@@ -107,7 +129,7 @@ class Config:
         layers = range(n_layers)[start:stop]
         if not layers:
             raise ConfigError(
-                f"ACTS_LAYERS_SLICE {self.ACTS_LAYERS_SLICE!r} selects no layers of a model "
+                f"ACTS_LAYERS_SLICE {shown(self.ACTS_LAYERS_SLICE)} selects no layers of a model "
                 f"with {n_layers} layers; valid slices lie within '0:{n_layers}', "
                 f"e.g. '{max(0, n_layers - 3)}:{n_layers}' or ':'"
             )
@@ -158,19 +180,14 @@ class Config:
 def load_config(path: str | Path | None = None) -> Config:
     """Read and validate a YAML config (default: the central config)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist; pass --config PATH to a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"Config file {path} is not valid YAML{where}: {problem}") from e
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"Config file {path} must be a mapping of KEY: value, got {type(raw).__name__}")
+        raise ConfigError(
+            f"Config file {path} must be a mapping of KEY: value lines, "
+            f"got a {type(raw).__name__}: {shown(raw)}"
+        )
     return config_from_dict(raw, source_path=path)
 
 
@@ -217,9 +234,12 @@ def _warn_unknown(key: str, known: Collection[str], where: str) -> None:
     if is_unused_seed_key(key):
         return
     upper = key.upper()
-    close = [upper] if upper in known else difflib.get_close_matches(upper, known, cutoff=MISSPELLING_RATIO)
+    if upper in known:
+        close = [upper]
+    else:  # pasted text (a long key) is no misspelling, and slow to match
+        close = difflib.get_close_matches(upper, known, cutoff=MISSPELLING_RATIO) if len(key) <= 100 else []
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    logger.warning("Unknown config key %r%s ignored%s", key, where, hint)
+    logger.warning("Unknown config key %s%s ignored%s", shown(key), where, hint)
 
 
 def _is_unset(value: Any) -> bool:
@@ -229,7 +249,7 @@ def _is_unset(value: Any) -> bool:
 def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
     """Check `value` against the field type; name key, type and value when wrong."""
     target = _strip_optional(annotation)
-    bad = ConfigError(f"Config key {key}{where} must be {_type_name(target)}, got {value!r}")
+    bad = ConfigError(f"Config key {key}{where} must be {_type_name(target)}, got {shown(value)}")
     if target is bool:
         if not isinstance(value, bool):
             raise bad
@@ -245,7 +265,7 @@ def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
     if target in (str, Path):
         if not isinstance(value, str):
             raise ConfigError(
-                f"Config key {key}{where} must be {_type_name(target)}, got {value!r} "
+                f"Config key {key}{where} must be {_type_name(target)}, got {shown(value)} "
                 f'({type(value).__name__}); quote it in YAML, e.g. {key}: "9:12"'
             )
         return value
@@ -260,7 +280,9 @@ def _coerce_pinned(key: str, value: Any, value_type: Any, where: str) -> dict[st
     shape = "{layer: [index, ...]}" if wants_list else "{layer: index}"
     example = "{9: [331, 12], 'attn_10': [5]}" if wants_list else "{9: 331, 'mlp_10': 5}"
     if not isinstance(value, dict):
-        raise ConfigError(f"Config key {key}{where} must be a mapping {shape}, e.g. {example}; got {value!r}")
+        raise ConfigError(
+            f"Config key {key}{where} must be a mapping {shape}, e.g. {example}; got {shown(value)}"
+        )
     result: dict[str, Any] = {}
     for layer_key, dims in value.items():
         try:
@@ -270,18 +292,18 @@ def _coerce_pinned(key: str, value: Any, value_type: Any, where: str) -> dict[st
         items = dims if isinstance(dims, list) else [dims]
         if not items or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in items):
             raise ConfigError(
-                f"Config key {key}{where}: {layer_key!r} must map to "
+                f"Config key {key}{where}: {shown(layer_key)} must map to "
                 f"{'a list of non-negative ints' if wants_list else 'one non-negative int'}, "
-                f"got {dims!r}; e.g. {example}"
+                f"got {shown(dims)}; e.g. {example}"
             )
         if not wants_list and len(items) != 1:
             raise ConfigError(
-                f"Config key {key}{where}: {layer_key!r} pins {items}; pipe.py pins one feature "
+                f"Config key {key}{where}: {shown(layer_key)} pins {shown(items)}; pipe.py pins one feature "
                 f"per layer, e.g. {example}"
             )
         if f"{site}_{layer}" in result:
             raise ConfigError(
-                f"Config key {key}{where} names site {site}_{layer} twice ({layer_key!r} repeats it; "
+                f"Config key {key}{where} names site {site}_{layer} twice ({shown(layer_key)} repeats it; "
                 f"an int layer means resid_{layer}); give each site one entry"
             )
         result[f"{site}_{layer}"] = list(items) if wants_list else items[0]
@@ -313,13 +335,13 @@ def _parse_slice(text: str) -> tuple[int | None, int | None]:
         bounds = []
     if len(parts) == 3 and len(bounds) == 3:
         raise ConfigError(
-            f"ACTS_LAYERS_SLICE {text!r} has a step; pipe.py ablates each layer into the next and "
+            f"ACTS_LAYERS_SLICE {shown(text)} has a step; pipe.py ablates each layer into the next and "
             f"fast.py connects adjacent sites, so the layers must be consecutive: write 'start:stop', "
             f"e.g. '9:12', '0:12' or ':'"
         )
     if len(parts) != 2 or len(bounds) != 2:
         raise ConfigError(
-            f"ACTS_LAYERS_SLICE {text!r} is not a slice; write 'start:stop' like a Python "
+            f"ACTS_LAYERS_SLICE {shown(text)} is not a slice; write 'start:stop' like a Python "
             f"slice, e.g. '9:12', '0:12' or ':'"
         )
     return bounds[0], bounds[1]
@@ -328,25 +350,15 @@ def _parse_slice(text: str) -> tuple[int | None, int | None]:
 def _check_values(config: Config, where: str) -> None:
     """Range checks that need no model."""
     _parse_slice(config.ACTS_LAYERS_SLICE)
-    positive = (
-        "NUM_SEQUENCES_INTERPED",
-        "NUM_UP_NODES",
-        "NUM_DOWN_NODES",
-        "IG_STEPS",
-        "NUM_SEQUENCES_EVALED",
-        "MAX_SEQ_LEN",
-        "MAX_SEQ_INTERPED_LEN",
-        "BATCH_SIZE",
-        "TOP_K",
-        "SEQ_PER_DIM_CAP",
-        "NUM_CLUSTERS",
-    )
-    for key in positive:
-        if getattr(config, key) < 1:
-            raise ConfigError(f"Config key {key}{where} must be at least 1, got {getattr(config, key)}")
-    for key in ("LOGIT_TOKENS", "VIEW", "KEEPER_CLUSTER_INDEX"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"Config key {key}{where} must be at least 0, got {getattr(config, key)}")
+    for key, (low, high) in INT_RANGES.items():
+        value = getattr(config, key)
+        if not low <= value <= high:
+            raise ConfigError(f"Config key {key}{where} must lie in {low}..{high}, got {shown(value)}")
+    if config.THRESHOLD_EXP is not None and not abs(config.THRESHOLD_EXP) <= MAX_ABS_THRESHOLD_EXP:
+        raise ConfigError(
+            f"Config key THRESHOLD_EXP{where} must lie in -{MAX_ABS_THRESHOLD_EXP}..{MAX_ABS_THRESHOLD_EXP} "
+            f"(2**THRESHOLD_EXP is the edge threshold) or be null, got {config.THRESHOLD_EXP}"
+        )
     if not 0 < config.INIT_THINNING_FACTOR <= 1:
         raise ConfigError(
             f"Config key INIT_THINNING_FACTOR{where} must lie in (0, 1] (the kept fraction "
@@ -354,7 +366,7 @@ def _check_values(config: Config, where: str) -> None:
         )
     if config.INTERP_SOURCE not in (None, *INTERP_SOURCES):
         raise ConfigError(
-            f"Config key INTERP_SOURCE{where} is {config.INTERP_SOURCE!r}; valid: "
+            f"Config key INTERP_SOURCE{where} is {shown(config.INTERP_SOURCE)}; valid: "
             f"{', '.join(INTERP_SOURCES)} or null (DATASET when set, else PROMPT)"
         )
     if config.INTERP_SOURCE == "dataset" and config.DATASET is None:
@@ -367,7 +379,7 @@ def _check_values(config: Config, where: str) -> None:
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)
         if value is not None and value not in DTYPE_NAMES:
-            raise ConfigError(f"Config key {key}{where} is {value!r}; valid: {', '.join(DTYPE_NAMES)}")
+            raise ConfigError(f"Config key {key}{where} is {shown(value)}; valid: {', '.join(DTYPE_NAMES)}")
     if not config.sae_sources:
         raise ConfigError(
             f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
