@@ -35,7 +35,7 @@ def one_paragraph(capsys, path, main=lambda config, args: None) -> str:
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        ("- a\n- list\n".encode(), "mapping"),
+        (b"- a\n- list\n", "mapping"),
         (b"just a string\n", "mapping"),
         (bytes(range(256)), "UTF-8"),
         ("SEED: 1\n".encode("utf-16"), "UTF-8"),

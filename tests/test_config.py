@@ -378,7 +378,7 @@ ALIAS_BOMB = (
     "a: &a [x, x, x, x, x, x, x, x, x]\n"
     + "".join(
         f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
-        for prev, name in zip("abcdefgh", "bcdefghi")
+        for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
     )
     + "PROMPT: *i\n"
 )
