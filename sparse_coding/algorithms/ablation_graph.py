@@ -60,6 +60,7 @@ from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import feature_id
 from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.tokens import token_text
 
 logger = logging.getLogger(__name__)
 
@@ -367,6 +368,6 @@ def _node(
         activation=activation,
         hook=layer.site.sae.hook_name,
         neuronpedia_id=layer.site.sae.neuronpedia_id,
-        logits_up=[(tokenizer.decode([i]), v) for i, v in up],
-        logits_down=[(tokenizer.decode([i]), v) for i, v in down],
+        logits_up=[(token_text(tokenizer, i), v) for i, v in up],
+        logits_down=[(token_text(tokenizer, i), v) for i, v in down],
     )

@@ -24,6 +24,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.validation import ValidationResult
+from sparse_coding.tokens import token_text
 
 ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
 BASELINE = (
@@ -47,7 +48,7 @@ def next_token_changes(
     }
 
     def row(i: Tensor) -> dict[str, Any]:
-        token, values = tokenizer.decode([int(i)]), (clean[i], ablated[i], change[i])
+        token, values = token_text(tokenizer, int(i)), (clean[i], ablated[i], change[i])
         return {"token": token, "id": int(i)} | dict(
             zip(("clean", "ablated", "change"), map(float, values), strict=True)
         )

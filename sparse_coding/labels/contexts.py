@@ -42,6 +42,7 @@ from sparse_coding.corpus import TokenBatch, config_batches
 from sparse_coding.errors import DatasetError
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.tokens import token_text
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def _to_numpy(top: SiteTopK, window: Tensor) -> dict[str, np.ndarray]:
 
 def _vocab(tokenizer: PreTrainedTokenizerBase, sequences: Iterable[Tensor]) -> dict[int, str]:
     ids = sorted(set().union(*(set(s.tolist()) for s in sequences)))
-    return {i: tokenizer.decode([i]) for i in ids}
+    return {i: token_text(tokenizer, i) for i in ids}
 
 
 def fingerprint(config: Config) -> str:
