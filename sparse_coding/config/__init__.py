@@ -20,6 +20,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
 from sparse_coding.config.yaml_file import read_yaml, shown
@@ -174,7 +175,16 @@ class Config:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values.pop("source_path")
         values["DATA_DIR"] = str(self.DATA_DIR)
+        values["NEURONPEDIA_URL"] = redact_url(self.NEURONPEDIA_URL)
         return values
+
+
+def redact_url(url: str) -> str:
+    """`url` without credentials (``https://user:pass@host`` -> ``https://host``), for logs and files."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def load_config(path: str | Path | None = None) -> Config:
