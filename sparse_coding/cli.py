@@ -1,5 +1,8 @@
 """The one wrapper every script runs through: `--config`, logging, clean errors.
 
+The scripts import the heavy modules (torch, transformers) inside their
+`main`, after parsing, so `--help` answers at once.
+
 User-fixable problems (`SparseCodingError`, and a full disk, read-only mount
 or missing permission) become one paragraph on stderr and exit status 1;
 anything else is a bug and keeps its traceback.
@@ -9,6 +12,7 @@ import argparse
 import errno
 import logging
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -23,13 +27,34 @@ logger = logging.getLogger("sparse_coding")
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the `--config PATH` every script takes."""
-    parser = argparse.ArgumentParser(description=description)
+def build_parser(
+    description: str,
+    *,
+    outputs: Sequence[str] = (),
+    keys: Sequence[str] = (),
+    section: str | None = None,
+) -> argparse.ArgumentParser:
+    """An argument parser with the `--config PATH` and `-q` every script takes.
+
+    Args:
+        outputs: what the script writes, shown under --help.
+        keys: the config keys that shape its result, shown under --help.
+        section: the README section that explains it.
+    """
+    epilog = [
+        f"writes (under DATA_DIR/<model>/): {', '.join(outputs)}" if outputs else "",
+        f"config keys that matter: {', '.join(keys)}" if keys else "",
+        f'README: section "{section}"' if section else "",
+    ]
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="\n".join(textwrap.fill(line, 79, subsequent_indent="  ") for line in epilog if line) or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config (default: {DEFAULT_CONFIG_PATH})"
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no progress bars")
     return parser
 
 

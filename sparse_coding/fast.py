@@ -13,19 +13,21 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.algorithms.attribution_graph import gradient_graph
-from sparse_coding.algorithms.threshold_cache import load_thresholds
-from sparse_coding.cli import run_script
+from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
-from sparse_coding.graphs.publish import publish_graph
-from sparse_coding.models.gpt2 import tokenize_prompt
-from sparse_coding.models.loading import load_spliced_model
-from sparse_coding.pipelines.preflight import preflight
 
 logger = logging.getLogger("sparse_coding.fast")
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    # Imported here, after parsing, so that --help answers without loading torch.
+    from sparse_coding.algorithms.attribution_graph import gradient_graph
+    from sparse_coding.algorithms.threshold_cache import load_thresholds
+    from sparse_coding.graphs.publish import publish_graph
+    from sparse_coding.models.gpt2 import tokenize_prompt
+    from sparse_coding.models.loading import load_spliced_model
+    from sparse_coding.pipelines.preflight import preflight
+
     preflight(config, graph_files=(config.GRADS_DOT_FILE, config.GRADS_FILE), min_prompt_tokens=2)
     spliced, tokenizer = load_spliced_model(config)
     tokens = tokenize_prompt(
@@ -56,4 +58,21 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_script(main, __doc__.splitlines()[0])
+    parser = build_parser(
+        __doc__.splitlines()[0],
+        outputs=["GRADS_DOT_FILE (.dot) + its .json, GRADS_FILE (image), merged into earlier runs'"],
+        keys=[
+            "ACTS_LAYERS_SLICE",
+            "PROMPT",
+            "RESID_SAES",
+            "ATTN_SAES",
+            "MLP_SAES",
+            "NUM_DOWN_NODES",
+            "NUM_UP_NODES",
+            "IG_STEPS",
+            "DATASET (hist.py thresholds, contexts)",
+            "SAE_DTYPE",
+        ],
+        section="fast.py — gradient cognition graph",
+    )
+    run_script(main, __doc__.splitlines()[0], parser=parser)

@@ -17,28 +17,57 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.algorithms.threshold_cache import save_thresholds
-from sparse_coding.algorithms.thresholds import thresholds_from_config
-from sparse_coding.cli import run_script
+from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
-from sparse_coding.models.loading import load_spliced_model
-from sparse_coding.pipelines.preflight import preflight
 
 logger = logging.getLogger("sparse_coding.hist")
+DESCRIPTION = __doc__.splitlines()[0]
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
     if config.DATASET is None:
         logger.warning(
-            "DATASET is unset, so there is nothing to precluster; nothing was written. "
+            "DATASET is unset, so there is nothing to precluster. "
             "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
         )
+        print("hist.py: DATASET is unset; nothing was written")
         return
+    # Imported here, after parsing, so that --help answers without loading torch.
+    from sparse_coding.algorithms.threshold_cache import METADATA_FILE, save_thresholds
+    from sparse_coding.algorithms.thresholds import thresholds_from_config
+    from sparse_coding.models.loading import load_spliced_model
+    from sparse_coding.pipelines.preflight import preflight
+
     preflight(config)
     spliced, tokenizer = load_spliced_model(config)
     result = thresholds_from_config(config, spliced, tokenizer)
-    save_thresholds(config, spliced, result)
+    path = save_thresholds(config, spliced, result)
+    print(
+        f"hist.py: thresholds for {len(result.thresholds)} sites from {result.n_kept} of "
+        f"{len(result.cut_positions)} sequences (cluster {config.KEEPER_CLUSTER_INDEX} of "
+        f"{config.NUM_CLUSTERS}); wrote {path}, {METADATA_FILE}"
+    )
 
 
 if __name__ == "__main__":
-    run_script(main, __doc__)
+    parser = build_parser(
+        DESCRIPTION,
+        outputs=["thresholds.safetensors + thresholds.json (read by fast.py)"],
+        keys=[
+            "DATASET",
+            "DATASET_CONFIG",
+            "DATASET_SPLIT",
+            "DATASET_TEXT_COLUMN",
+            "NUM_SEQUENCES_EVALED",
+            "MAX_SEQ_LEN",
+            "ACTS_LAYERS_SLICE",
+            "NUM_CLUSTERS",
+            "KEEPER_CLUSTER_INDEX",
+            "SEED",
+            "RESID_SAES",
+            "ATTN_SAES",
+            "MLP_SAES",
+        ],
+        section="hist.py — dataset thresholds for fast.py",
+    )
+    run_script(main, DESCRIPTION, parser=parser)

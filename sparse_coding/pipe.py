@@ -15,15 +15,19 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.algorithms.pipe_graph import pipe_graph
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
-from sparse_coding.graphs.publish import publish_graph
-from sparse_coding.models.loading import load_spliced_model
-from sparse_coding.pipelines.preflight import preflight
+
+DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    # Imported here, after parsing, so that --help answers without loading torch.
+    from sparse_coding.algorithms.pipe_graph import pipe_graph
+    from sparse_coding.graphs.publish import publish_graph
+    from sparse_coding.models.loading import load_spliced_model
+    from sparse_coding.pipelines.preflight import preflight
+
     preflight(config, graph_files=(config.GRAPH_DOT_FILE, config.GRAPH_FILE), sites=("resid",))
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))
     graph = pipe_graph(config, spliced, tokenizer, allow_empty=args.allow_empty)
@@ -39,10 +43,27 @@ def main(config: Config, args: argparse.Namespace) -> None:
     print(published.line)
 
 
-DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
-
 if __name__ == "__main__":
-    parser = build_parser(DESCRIPTION)
+    parser = build_parser(
+        DESCRIPTION,
+        outputs=["GRAPH_DOT_FILE (.dot) + its .json, GRAPH_FILE (image), merged into earlier runs'"],
+        keys=[
+            "ACTS_LAYERS_SLICE",
+            "PROMPT",
+            "DATASET",
+            "INTERP_SOURCE",
+            "RESID_SAES",
+            "THRESHOLD_EXP",
+            "INIT_THINNING_FACTOR",
+            "DIMS_PINNED",
+            "NUM_SEQUENCES_INTERPED",
+            "MAX_SEQ_INTERPED_LEN",
+            "LOGIT_TOKENS",
+            "TOP_K",
+            "VIEW",
+        ],
+        section="pipe.py — ablation cognition graph",
+    )
     parser.add_argument(
         "--allow-empty",
         action="store_true",

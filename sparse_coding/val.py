@@ -1,8 +1,8 @@
 """val.py: validate a circuit by ablating it whole (faithfulness and completeness).
 
 Ablates every feature of VALIDATION_DIMS_PINNED (or of a graph's feature nodes,
-``--from-graph PATH``) over DATASET or PROMPT, prints how next-token
-probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
+``--from-graph PATH``) over DATASET or PROMPT (INTERP_SOURCE), prints how
+next-token probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
 """
 
 import argparse
@@ -14,19 +14,21 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.algorithms.circuits import circuit_and_source, load_circuit_model
-from sparse_coding.algorithms.validation import validate_circuit
-from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
-from sparse_coding.corpus import config_batches, interpreted_texts
-from sparse_coding.nodes import parse_site_key
-from sparse_coding.pipelines.preflight import preflight
 
 DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    # Imported here, after parsing, so that --help answers without loading torch.
+    from sparse_coding.algorithms.circuits import circuit_and_source, load_circuit_model
+    from sparse_coding.algorithms.validation import validate_circuit
+    from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
+    from sparse_coding.corpus import config_batches, interpreted_texts
+    from sparse_coding.nodes import parse_site_key
+    from sparse_coding.pipelines.preflight import preflight
+
     circuit, source = circuit_and_source(config, args.from_graph)
     preflight(config, sae_sites=[parse_site_key(key) for key in circuit])
     spliced, tokenizer = load_circuit_model(config, circuit, source=source)
@@ -54,7 +56,25 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = build_parser(DESCRIPTION)
+    parser = build_parser(
+        DESCRIPTION,
+        outputs=["validation.json"],
+        keys=[
+            "VALIDATION_DIMS_PINNED (or --from-graph)",
+            "PROMPT",
+            "DATASET",
+            "INTERP_SOURCE",
+            "NUM_SEQUENCES_EVALED",
+            "MAX_SEQ_LEN",
+            "BATCH_SIZE",
+            "ACTS_LAYERS_SLICE",
+            "RESID_SAES",
+            "ATTN_SAES",
+            "MLP_SAES",
+            "LOGIT_TOKENS",
+        ],
+        section="val.py — validate a circuit",
+    )
     parser.add_argument(
         "--from-graph",
         type=Path,

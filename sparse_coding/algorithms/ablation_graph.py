@@ -44,7 +44,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.ablation_rows import (
@@ -59,6 +58,7 @@ from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import feature_id
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
 from sparse_coding.tokens import token_text
 
@@ -240,7 +240,7 @@ def _ablate_layer(
     out = _Effects(candidates, [], [], [], 0.0, 0.0, False, torch.zeros(0, device=candidates.device))
     per_chunk = max(1, rows // len(clean.last))
     chunks = range(0, len(candidates), per_chunk)
-    for lo in tqdm(
+    for lo in progress(
         chunks,
         desc=f"Ablating resid_{layer.site.layer}",
         leave=False,

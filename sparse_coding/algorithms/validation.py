@@ -49,11 +49,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sparse_coding.algorithms.circuits import Circuit, check_circuit
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import DatasetError
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def feature_means(
     sums = {key: sae.b_enc.new_zeros(sae.d_sae, dtype=torch.float64) for key, sae in saes.items()}
     stop = 1 + max((sae.layer for sae in saes.values()), default=-1)
     n_tokens = 0
-    for batch in tqdm(batches, desc="Feature means", unit="batch", leave=False):
+    for batch in progress(batches, desc="Feature means", unit="batch", leave=False):
         real = batch.attention_mask.bool()
         with spliced.intervene(_summing_features(sums, real)):
             spliced.run_blocks(spliced.embed(batch.input_ids), 0, stop, batch.attention_mask)
@@ -278,7 +278,7 @@ def validate_circuit(
     ablations = _mean_ablations(spliced, circuit, means)
     d_vocab = spliced.model.config.vocab_size
     sums = _Sums(*torch.zeros(2, d_vocab, dtype=torch.float64))
-    for batch in tqdm(batches, desc="Validating", unit="batch"):
+    for batch in progress(batches, desc="Validating", unit="batch"):
         _add_batch(spliced, batch, circuit, ablations, sums)
     n = len(batches)
     logger.info("Phase 2, 5 forwards x %d batches: %.1fs", n, time.perf_counter() - start)

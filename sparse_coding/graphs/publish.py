@@ -6,6 +6,7 @@ logit effects, Neuronpedia explanations, then
 """
 
 import logging
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -65,10 +66,13 @@ def publish_graph(
     )
     dot_path = out_dir / dot_name
     merged = update_graph_files(graph, dot_path, out_dir / image_name)
+    written = [str(dot_path), dot_path.with_suffix(".json").name]
+    if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
+        written.append(image_name)
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
-        f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; wrote {dot_path}, "
-        f"{dot_path.with_suffix('.json').name}, {image_name}"
+        f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; "
+        f"wrote {', '.join(written)}"
     )
     return Published(merged, dot_path, line)
 

@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, config_batches
 from sparse_coding.errors import DatasetError
 from sparse_coding.labels.context_cache import ContextCache
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
 from sparse_coding.tokens import token_text
 
@@ -108,7 +108,7 @@ def collect_contexts(
     tops = {site.key: SiteTopK.empty(per_feature, site.sae.d_sae, device) for site in spliced.sites}
     sequences: dict[int, Tensor] = {}
     batch_size = 1
-    for batch in tqdm(batches, desc="Collecting contexts", total=total, unit="batch"):
+    for batch in progress(batches, desc="Collecting contexts", total=total, unit="batch"):
         batch = TokenBatch(
             batch.input_ids.to(device),
             batch.attention_mask.to(device),

@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterable
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
@@ -14,6 +13,7 @@ from sparse_coding.errors import SAELoadError, SparseCodingError
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
 from sparse_coding.models.sae_sources import fetch_files, resolve_source
 from sparse_coding.models.saes import SAE, load_sae
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def load_saes(
     start = time.perf_counter()
     saes = [
         _checked(load_sae(source, layer, device=device, dtype=dtype), site, layer, source)
-        for site, layer, source in tqdm(sources, desc="Loading SAEs", leave=False)
+        for site, layer, source in progress(sources, desc="Loading SAEs", leave=False)
     ]
     logger.info("Loaded %d SAEs in %.1fs", len(saes), time.perf_counter() - start)
     return saes
