@@ -216,3 +216,21 @@ def test_any_cfg_json_normalises_or_is_an_sae_load_error(edit):
         normalize_cfg(json.loads(json.dumps(cfg, default=str)), "cfg.json")
     except SAELoadError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("g.json", '{"nodes": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("g.dot", "digraph G { " + "subgraph { " * 5_000 + "}" * 5_000 + "}"),
+        ("g.dot", 'digraph G { "resid_1.2"; "resid_2.3"; "resid_1.2" -> "resid_2.3" [effect="inf"] }'),
+        ("g.json", '{"nodes": [], "edges": [{"source": "resid_1.2", "target": "resid_2.3", "effect": NaN}]}'),
+    ],
+)
+def test_a_deeply_nested_or_non_finite_graph_file_is_a_graph_file_error(tmp_path, name, text):
+    from sparse_coding.errors import GraphFileError
+    from sparse_coding.graphs.graph_files import load_graph
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(GraphFileError, match=name.split(".")[1]):
+        load_graph(tmp_path / "g.dot")

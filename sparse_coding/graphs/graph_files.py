@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -56,15 +57,25 @@ def graph_to_json(graph: Graph) -> str:
 
 
 def graph_from_json(text: str) -> Graph:
-    """Inverse of ``graph_to_json``; raises ValueError/KeyError/TypeError on bad data."""
-    return Graph.from_dict(json.loads(text))
+    """Inverse of ``graph_to_json``; raises ValueError/KeyError/TypeError on bad data (inf, nan too)."""
+    return Graph.from_dict(json.loads(text, parse_constant=_refuse_constant))
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
 
 
 # ---------------------------------------------------------------- node <-> dot
 
 
 def _float(value: str | None) -> float | None:
-    return None if value is None else float(value)
+    """A stored number; inf and nan are no effect or activation a run writes (ValueError)."""
+    if value is None:
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"non-finite number {value!r}")
+    return number
 
 
 def json_text(value: Any, indent: int | None = None) -> str:
@@ -142,7 +153,7 @@ def graph_from_dot(text: str) -> Graph:
             graph.add_node(node)
     for (source, target), attrs in parsed.edges.items():
         if "effect" in attrs and source in graph.nodes and target in graph.nodes:
-            graph.add_edge(source, target, float(attrs["effect"]))
+            graph.add_edge(source, target, _float(attrs["effect"]))
     return graph
 
 
@@ -152,7 +163,7 @@ def graph_from_dot(text: str) -> Graph:
 def _read_dot(dot_path: Path) -> Graph:
     try:
         return graph_from_dot(dot_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise GraphFileError(
             f"the existing graph file {dot_path} cannot be read ({e}); it was left as it is. "
             f"Move or repair it, or point the graph file setting elsewhere, and run again."
@@ -169,6 +180,7 @@ def _read_json(json_path: Path) -> Graph | None:
         KeyError,
         TypeError,
         AttributeError,
+        RecursionError,  # nesting no graph of ours has
     ) as e:
         logger.warning("ignoring unreadable %s (%s); using its .dot", json_path, e)
         return None
