@@ -234,3 +234,25 @@ def test_a_deeply_nested_or_non_finite_graph_file_is_a_graph_file_error(tmp_path
     (tmp_path / name).write_text(text)
     with pytest.raises(GraphFileError, match=name.split(".")[1]):
         load_graph(tmp_path / "g.dot")
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage", b'{"no": "header"}' * 3])
+def test_a_corrupt_thresholds_cache_is_ignored_with_a_warning(make_config, tmp_path, caplog, content):
+    from sparse_coding.algorithms.threshold_cache import THRESHOLDS_FILE, load_thresholds
+
+    config = make_config(DATASET=str(tmp_path / "d.txt"))
+    out = config.model_data_dir(config.MODEL_DIR)
+    out.mkdir(parents=True)
+    (out / THRESHOLDS_FILE).write_bytes(content)
+    assert load_thresholds(config, None) is None
+    assert "Ignoring cached thresholds" in caplog.text
+
+
+@pytest.mark.parametrize(("header", "npz"), [("[1, 2]", b""), ('{"format": 1}', b"PK\x03\x04 not a zip")])
+def test_a_corrupt_contexts_cache_is_a_dataset_error_so_it_is_collected_again(tmp_path, header, npz):
+    from sparse_coding.labels.context_cache import ContextCache
+
+    (tmp_path / "c.json").write_text(header)
+    (tmp_path / "c.npz").write_bytes(npz)
+    with pytest.raises(DatasetError, match="context cache"):
+        ContextCache.load(tmp_path / "c")

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,12 +111,12 @@ class ContextCache:
             header = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
             with np.load(path.with_suffix(".npz")) as npz:
                 raw = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise DatasetError(f"context cache {path.with_suffix('.npz')} is not readable: {e}") from e
-        if header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        if found != FORMAT:
             raise DatasetError(
-                f"context cache {path} has format {header.get('format')!r}, expected {FORMAT}; "
-                f"delete it to recollect"
+                f"context cache {path} has format {found!r}, expected {FORMAT}; delete it to recollect"
             )
         return cls(
             view=header["view"],
