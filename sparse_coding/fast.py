@@ -20,15 +20,17 @@ logger = logging.getLogger("sparse_coding.fast")
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    # Imported here, after parsing, so that --help answers without loading torch.
+    # Checks first, heavy imports after: importing torch alone takes seconds, --help none.
+    from sparse_coding.pipelines.preflight import preflight
+
+    preflight(config, graph_files=(config.GRADS_DOT_FILE, config.GRADS_FILE), min_prompt_tokens=2)
+
     from sparse_coding.algorithms.attribution_graph import gradient_graph
     from sparse_coding.algorithms.threshold_cache import load_thresholds
     from sparse_coding.graphs.publish import publish_graph
     from sparse_coding.models.gpt2 import tokenize_prompt
     from sparse_coding.models.loading import load_spliced_model
-    from sparse_coding.pipelines.preflight import preflight
 
-    preflight(config, graph_files=(config.GRADS_DOT_FILE, config.GRADS_FILE), min_prompt_tokens=2)
     spliced, tokenizer = load_spliced_model(config)
     tokens = tokenize_prompt(
         tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS, max_len=spliced.model.config.n_positions + 1

@@ -32,13 +32,15 @@ def main(config: Config, args: argparse.Namespace) -> None:
         )
         print("hist.py: DATASET is unset; nothing was written")
         return
-    # Imported here, after parsing, so that --help answers without loading torch.
-    from sparse_coding.algorithms.threshold_cache import METADATA_FILE, save_thresholds
-    from sparse_coding.algorithms.thresholds import thresholds_from_config
-    from sparse_coding.models.loading import load_spliced_model
+    # Checks first, heavy imports after: importing torch alone takes seconds, --help none.
     from sparse_coding.pipelines.preflight import preflight
 
     preflight(config)
+
+    from sparse_coding.algorithms.threshold_cache import METADATA_FILE, save_thresholds
+    from sparse_coding.algorithms.thresholds import thresholds_from_config
+    from sparse_coding.models.loading import load_spliced_model
+
     spliced, tokenizer = load_spliced_model(config)
     result = thresholds_from_config(config, spliced, tokenizer)
     path = save_thresholds(config, spliced, result)

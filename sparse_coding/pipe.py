@@ -22,13 +22,15 @@ DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
-    # Imported here, after parsing, so that --help answers without loading torch.
-    from sparse_coding.algorithms.pipe_graph import pipe_graph
-    from sparse_coding.graphs.publish import publish_graph
-    from sparse_coding.models.loading import load_spliced_model
+    # Checks first, heavy imports after: importing torch alone takes seconds, --help none.
     from sparse_coding.pipelines.preflight import preflight
 
     preflight(config, graph_files=(config.GRAPH_DOT_FILE, config.GRAPH_FILE), sites=("resid",))
+
+    from sparse_coding.algorithms.pipe_graph import pipe_graph
+    from sparse_coding.graphs.publish import publish_graph
+    from sparse_coding.models.loading import load_spliced_model
+
     spliced, tokenizer = load_spliced_model(config, sites=("resid",))
     graph = pipe_graph(config, spliced, tokenizer, allow_empty=args.allow_empty)
     published = publish_graph(

@@ -130,3 +130,35 @@ def test_without_network_a_missing_model_fails_in_seconds(tmp_path, hub_cache, m
 
 def test_a_run_whose_files_are_all_there_passes(tmp_path, tiny_model_dir, sae_templates, make_config):
     preflight(make_config(), graph_files=("g.dot", "g.svg"), min_prompt_tokens=2)
+
+
+@pytest.mark.parametrize("script", ["pipe", "fast", "hist"])
+def test_offline_a_missing_model_fails_before_torch_is_even_imported(tmp_path, script):
+    import os
+    import subprocess
+
+    (tmp_path / "c.yaml").write_text("DATA_DIR: out\nDATASET: d.txt\n")
+    env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            str(REPO / "sparse_coding" / f"{script}.py"),
+            "--config",
+            "c.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "openai-community/gpt2" in errors[0] and str(tmp_path / "hub") in errors[0]
+    imported = {
+        line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "torch" not in imported
