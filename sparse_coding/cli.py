@@ -1,16 +1,21 @@
 """The one wrapper every script runs through: `--config`, logging, clean errors.
 
-User-fixable problems (`SparseCodingError`) become one paragraph on stderr and
-exit status 1; anything else is a bug and keeps its traceback. The scripts
-import their pipeline inside `main`, so `--help` and config errors never wait
-for torch. `main` is the `sparse-coding pipe|fast|val|hist` console command.
+User-fixable problems (`SparseCodingError`, and a full disk, read-only mount
+or missing permission) become one paragraph on stderr and exit status 1;
+anything else is a bug and keeps its traceback. The scripts run their
+preflight checks and import their pipeline inside `main`, so `--help` and
+config errors never wait for torch. `main` is the `sparse-coding
+pipe|fast|val|hist` console command.
 """
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
 from sparse_coding.errors import SparseCodingError
@@ -19,6 +24,13 @@ from sparse_coding.storage import exit_cleanly_on_sigterm
 
 logger = logging.getLogger("sparse_coding")
 
+# OSErrors that come from the machine, not from a bug: a full disk or quota,
+# a read-only mount, missing permissions. Any other OSError keeps its traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+# OSErrors that come from the machine, not from a bug: a full disk or quota,
+# a read-only mount, missing permissions. Any other OSError keeps its traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 SCRIPTS = {
     "pipe": "sparse_coding.pipe",
@@ -29,14 +41,38 @@ SCRIPTS = {
 
 
 def build_parser(
-    description: str, prog: str | None = None, *, graph_output: bool = False
+    description: str,
+    prog: str | None = None,
+    *,
+    graph_output: bool = False,
+    outputs: Sequence[str] = (),
+    keys: Sequence[str] = (),
+    section: str | None = None,
 ) -> argparse.ArgumentParser:
-    """An argument parser with the `--config PATH` every script takes (`--new-graph` for graph scripts)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    """An argument parser with the `--config PATH` and `-q` every script takes.
+
+    Args:
+        prog: the program name in usage lines (``sparse-coding pipe``).
+        graph_output: add `--new-graph` (pipe.py, fast.py).
+        outputs: what the script writes, shown under --help.
+        keys: the config keys that shape its result, shown under --help.
+        section: the README section that explains it.
+    """
+    epilog = [
+        f"writes (under DATA_DIR/<model>/): {', '.join(outputs)}" if outputs else "",
+        f"config keys that matter: {', '.join(keys)}" if keys else "",
+        f'README: section "{section}"' if section else "",
+    ]
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="\n".join(textwrap.fill(line, 79, subsequent_indent="  ") for line in epilog if line) or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config (default: {DEFAULT_CONFIG_PATH})"
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no progress bars")
     if graph_output:
         parser.add_argument(
             "--new-graph",
@@ -66,13 +102,24 @@ def run_script(
     try:
         main(load_config(args.config), args)
     except SparseCodingError as e:
-        message = " ".join(str(e).split())
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(e))
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        _fail(
+            f"{e.filename or 'a file'}: {e.strerror}; files already there were left as they were. "
+            f"Free space or set DATA_DIR to a folder you can write"
+        )
     except KeyboardInterrupt:
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
     logger.info("Done in %.1fs; wall time by phase:\n%s", args.phases.total(), args.phases.table())
+
+
+def _fail(message: str) -> NoReturn:
+    """One paragraph on stderr, exit status 1."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

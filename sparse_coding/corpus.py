@@ -14,6 +14,7 @@ skipped and not counted, so re-running the same stream reproduces the same
 indices.
 """
 
+import contextlib
 import itertools
 import json
 import logging
@@ -86,14 +87,27 @@ def _dataset_texts(source: TextSource) -> Iterator[str]:
 
 def _txt_texts(path: Path, column: str) -> Iterator[str]:
     """One sequence per line; blank lines are skipped."""
-    with path.open(encoding="utf-8") as lines:
+    with _utf8_lines(path) as lines:
         for line in lines:
             if line.strip():
                 yield line.rstrip("\n")
 
 
+@contextlib.contextmanager
+def _utf8_lines(path: Path) -> Iterator[Iterator[str]]:
+    """The file's lines; bytes that are not UTF-8 (binary, UTF-16) are a DatasetError."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            yield lines
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"DATASET {str(path)!r} is not UTF-8 text (byte {e.start} of a chunk is "
+            f"{e.object[e.start]:#04x}; binary, or saved as UTF-16?); save it as UTF-8"
+        ) from e
+
+
 def _jsonl_texts(path: Path, column: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as lines:
+    with _utf8_lines(path) as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

@@ -20,6 +20,10 @@ DESCRIPTION = "Gradient cognition graph (Marks et al. 2024) over resid, attn and
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    with args.phases.phase("preflight"):
+        from sparse_coding.pipelines.preflight import preflight
+
+        preflight(config, graph_files=(config.GRADS_DOT_FILE, config.GRADS_FILE), min_prompt_tokens=2)
     with args.phases.phase("import"):
         from sparse_coding.pipelines.fast import run_fast
 
@@ -27,8 +31,27 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
-    """Parse the common arguments and run; `sparse-coding fast` calls this too."""
-    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog, graph_output=True))
+    """Parse fast.py's arguments and run it; `sparse-coding fast` calls this too."""
+    parser = build_parser(
+        DESCRIPTION,
+        prog,
+        graph_output=True,
+        outputs=["GRADS_DOT_FILE (.dot) + .json + .html, GRADS_FILE (image), merged into earlier runs'"],
+        keys=[
+            "ACTS_LAYERS_SLICE",
+            "PROMPT",
+            "RESID_SAES",
+            "ATTN_SAES",
+            "MLP_SAES",
+            "NUM_DOWN_NODES",
+            "NUM_UP_NODES",
+            "IG_STEPS",
+            "DATASET (hist.py thresholds, contexts)",
+            "SAE_DTYPE",
+        ],
+        section="fast.py — gradient cognition graph",
+    )
+    run_script(main, DESCRIPTION, argv, parser=parser)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the cache (`sparse_coding.pipelines.threshold_cache`).
 """
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,20 +22,53 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 
+logger = logging.getLogger("sparse_coding.hist")
 DESCRIPTION = "Precluster DATASET and cache percentile SAE activation thresholds for fast.py."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    if config.DATASET is None:
+        logger.warning(
+            "DATASET is unset, so there is nothing to precluster. "
+            "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
+        )
+        print("hist.py: DATASET is unset; nothing was written")
+        return
+    with args.phases.phase("preflight"):
+        from sparse_coding.pipelines.preflight import preflight
+
+        preflight(config)
     with args.phases.phase("import"):
         from sparse_coding.pipelines.hist import run_hist
 
-    path = run_hist(config, args.phases)
-    print(f"hist.py: wrote {path}" if path else "hist.py: DATASET is unset; nothing written")
+    print(run_hist(config, args.phases))
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
-    """Parse the common arguments and run; `sparse-coding hist` calls this too."""
-    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog))
+    """Parse hist.py's arguments and run it; `sparse-coding hist` calls this too."""
+    parser = build_parser(
+        DESCRIPTION,
+        prog,
+        outputs=["thresholds.safetensors + thresholds.json (read by fast.py)"],
+        keys=[
+            "DATASET",
+            "DATASET_CONFIG",
+            "DATASET_SPLIT",
+            "DATASET_TEXT_COLUMN",
+            "NUM_SEQUENCES_EVALED",
+            "MAX_SEQ_LEN",
+            "ACTS_LAYERS_SLICE",
+            "NUM_CLUSTERS",
+            "KEEPER_CLUSTER_INDEX",
+            "THRESHOLD_PERCENTILE",
+            "SEED",
+            "RESID_SAES",
+            "ATTN_SAES",
+            "MLP_SAES",
+        ],
+        section="hist.py — dataset thresholds for fast.py",
+    )
+    run_script(main, DESCRIPTION, argv, parser=parser)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,46 @@ DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    with args.phases.phase("preflight"):
+        from sparse_coding.pipelines.preflight import preflight
+
+        preflight(config, graph_files=(config.GRAPH_DOT_FILE, config.GRAPH_FILE), sites=("resid",))
     with args.phases.phase("import"):
         from sparse_coding.pipelines.pipe import run_pipe
 
-    print(run_pipe(config, args.phases, new_graph=args.new_graph))
+    print(run_pipe(config, args.phases, new_graph=args.new_graph, allow_empty=args.allow_empty))
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
-    """Parse the common arguments and run; `sparse-coding pipe` calls this too."""
-    run_script(main, DESCRIPTION, argv, parser=build_parser(DESCRIPTION, prog, graph_output=True))
+    """Parse pipe.py's arguments and run it; `sparse-coding pipe` calls this too."""
+    parser = build_parser(
+        DESCRIPTION,
+        prog,
+        graph_output=True,
+        outputs=["GRAPH_DOT_FILE (.dot) + .json + .html, GRAPH_FILE (image), merged into earlier runs'"],
+        keys=[
+            "ACTS_LAYERS_SLICE",
+            "PROMPT",
+            "DATASET",
+            "INTERP_SOURCE",
+            "RESID_SAES",
+            "THRESHOLD_EXP",
+            "INIT_THINNING_FACTOR",
+            "DIMS_PINNED",
+            "NUM_SEQUENCES_INTERPED",
+            "MAX_SEQ_INTERPED_LEN",
+            "LOGIT_TOKENS",
+            "TOP_K",
+            "VIEW",
+        ],
+        section="pipe.py — ablation cognition graph",
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="when THRESHOLD_EXP keeps no edge, warn and write the graph anyway (default: exit 1)",
+    )
+    run_script(main, DESCRIPTION, argv, parser=parser)
 
 
 if __name__ == "__main__":

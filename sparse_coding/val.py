@@ -1,8 +1,8 @@
 """val.py: validate a circuit by ablating it whole (faithfulness and completeness).
 
 Ablates every feature of VALIDATION_DIMS_PINNED (or of a graph's feature nodes,
-``--from-graph PATH``) over DATASET or PROMPT, prints how next-token
-probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
+``--from-graph PATH``) over DATASET or PROMPT (INTERP_SOURCE), prints how
+next-token probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
 """
 
 import argparse
@@ -22,6 +22,10 @@ DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, complete
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
+    with args.phases.phase("preflight"):
+        from sparse_coding.pipelines.preflight import preflight
+
+        preflight(config)
     with args.phases.phase("import"):
         from sparse_coding.pipelines.val import run_val
 
@@ -29,8 +33,28 @@ def main(config: Config, args: argparse.Namespace) -> None:
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
-    """Parse val.py's arguments (the common ones and `--from-graph`) and run it."""
-    parser = build_parser(DESCRIPTION, prog)
+    """Parse val.py's arguments (the common ones, `--from-graph`, `--run`) and run it."""
+    parser = build_parser(
+        DESCRIPTION,
+        prog,
+        outputs=["validation.json"],
+        keys=[
+            "VALIDATION_DIMS_PINNED (or --from-graph)",
+            "VALIDATION_ERRORS",
+            "PROMPT",
+            "DATASET",
+            "INTERP_SOURCE",
+            "NUM_SEQUENCES_EVALED",
+            "MAX_SEQ_LEN",
+            "BATCH_SIZE",
+            "ACTS_LAYERS_SLICE",
+            "RESID_SAES",
+            "ATTN_SAES",
+            "MLP_SAES",
+            "LOGIT_TOKENS",
+        ],
+        section="val.py — validate a circuit",
+    )
     parser.add_argument(
         "--from-graph",
         type=Path,

@@ -86,13 +86,13 @@ def test_an_unquoted_slice_read_by_yaml_as_a_number_suggests_quoting(tmp_path, c
     assert "ACTS_LAYERS_SLICE" in message and "quote" in message
 
 
-@pytest.mark.parametrize("text", ["9-12", "9:12:1", "a:b", "nine"])
+@pytest.mark.parametrize("text", ["9-12", "a:b", "nine", "1:2:3:4"])
 def test_a_slice_that_does_not_parse_shows_valid_slices(tmp_path, capsys, text):
     message = fail_through_script(write_config(tmp_path, MINIMAL + f"ACTS_LAYERS_SLICE: '{text}'\n"), capsys)
     assert "ACTS_LAYERS_SLICE" in message and text in message and "'9:12'" in message
 
 
-@pytest.mark.parametrize("text", ["0:5", "3:3", "2:1", "4:", "-5:"])
+@pytest.mark.parametrize("text", ["3:3", "2:1", "4:", "-5:-4", "5:12"])
 def test_a_slice_outside_the_models_layers_is_an_error_once_the_model_is_known(tmp_path, capsys, text):
     path = write_config(tmp_path, MINIMAL + f"ACTS_LAYERS_SLICE: '{text}'\n")
     message = fail_through_script(path, capsys, check=lambda config: config.layer_range(3))
@@ -108,6 +108,9 @@ def test_a_slice_outside_the_models_layers_is_an_error_once_the_model_is_known(t
         ("-2:", 12, range(10, 12)),
         (":-1", 3, range(2)),
         ("0:3", 3, range(3)),
+        ("1:12", 3, range(1, 3)),
+        ("-5:", 3, range(3)),
+        ("-12:-1", 3, range(2)),
     ],
 )
 def test_a_valid_slice_selects_layers_like_a_python_slice(text, n_layers, layers):
@@ -117,6 +120,25 @@ def test_a_valid_slice_selects_layers_like_a_python_slice(text, n_layers, layers
         == layers
         == range(n_layers)[slice(*[int(p) if p else None for p in text.split(":")])]
     )
+
+
+def test_a_slice_cut_to_the_models_layers_says_so(caplog):
+    config = config_from_dict({"ACTS_LAYERS_SLICE": "1:12", "RESID_SAES": "x_{layer}"})
+    with caplog.at_level(logging.INFO, logger="sparse_coding"):
+        assert config.layer_range(3) == range(1, 3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "ACTS_LAYERS_SLICE '1:12' on a model with 3 layers selects layers 1..2, as Python slices"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sparse_coding"):
+        config_from_dict({"ACTS_LAYERS_SLICE": "1:3", "RESID_SAES": "x_{layer}"}).layer_range(3)
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("text", ["0:12:2", "9:12:1", "::-1"])
+def test_a_slice_with_a_step_is_refused_with_the_reason(tmp_path, capsys, text):
+    message = fail_through_script(write_config(tmp_path, MINIMAL + f"ACTS_LAYERS_SLICE: '{text}'\n"), capsys)
+    assert text in message and "step" in message and "consecutive" in message
 
 
 @pytest.mark.parametrize(
@@ -217,8 +239,8 @@ def test_an_unknown_key_warns_with_the_nearest_valid_key(tmp_path, caplog):
     assert any("COMPLETELY_ELSE" in w for w in warnings), warnings
 
 
-@pytest.mark.parametrize("spelling", ["THRESHOLD_EXP: null", "THRESHOLD_EXP: None", "THRESHOLD_EXP: ~", ""])
-def test_null_none_and_a_missing_key_all_mean_unset(tmp_path, spelling):
+@pytest.mark.parametrize("spelling", ["THRESHOLD_EXP: null", "THRESHOLD_EXP: None", "THRESHOLD_EXP: ~"])
+def test_null_and_none_unset_an_optional_key(tmp_path, spelling):
     config = load_config(write_config(tmp_path, MINIMAL + spelling + "\n"))
     assert config.THRESHOLD_EXP is None
     assert config.DEVICE is None and config.DATASET is None
@@ -229,7 +251,7 @@ def test_unsetting_a_key_with_a_default_keeps_the_default(tmp_path, value):
     config = load_config(write_config(tmp_path, MINIMAL + f"NUM_UP_NODES: {value}\nMLP_SAES: {value}\n"))
     assert config.NUM_UP_NODES == Config.NUM_UP_NODES
     assert config.MLP_SAES is None
-    assert config.sae_sources == {"resid": "gpt2-small-res-jb"}
+    assert config.sae_sources == {"resid": "gpt2-small-res-jb", "attn": Config.ATTN_SAES}
 
 
 def test_a_relative_data_dir_is_relative_to_the_config_file(tmp_path):
@@ -348,3 +370,47 @@ def test_a_site_named_twice_in_pinned_dims_is_an_error_not_a_silent_overwrite():
 
     with pytest.raises(ConfigError, match="resid_9 twice"):
         config_from_dict({"RESID_SAES": "x", "VALIDATION_DIMS_PINNED": {9: [1], "resid_9": [2]}})
+
+
+# --- YAML edge cases ----------------------------------------------------------
+
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "PROMPT: *i\n"
+)
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_without_printing_it(tmp_path, capsys):
+    import time
+
+    assert len(ALIAS_BOMB) < 1100
+    start = time.perf_counter()
+    message = fail_through_script(write_config(tmp_path, ALIAS_BOMB), capsys)
+    assert time.perf_counter() - start < 2
+    assert "expands to more than" in message and len(message) < 400
+
+
+def test_a_huge_wrong_value_is_shown_shortened(tmp_path, capsys):
+    message = fail_through_script(write_config(tmp_path, "SEED: [" + ", ".join(["1"] * 5000) + "]\n"), capsys)
+    assert "SEED" in message and len(message) < 400
+
+
+def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(tmp_path, capsys):
+    message = fail_through_script(write_config(tmp_path, "SEED: 1\nPROMPT: hi\nSEED: 2\n"), capsys)
+    assert "'SEED' is given twice" in message and "line 1" in message and "line 3" in message
+
+
+def test_a_config_path_that_is_a_folder_says_so(tmp_path, capsys):
+    message = fail_through_script(tmp_path, capsys)
+    assert "is a folder" in message and str(tmp_path) in message
+
+
+def test_deeply_nested_yaml_is_one_paragraph(tmp_path, capsys):
+    message = fail_through_script(
+        write_config(tmp_path, "PROMPT: " + "[" * 50_000 + "]" * 50_000 + "\n"), capsys
+    )
+    assert str(tmp_path) in message

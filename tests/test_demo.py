@@ -38,8 +38,19 @@ def demo_config(data_dir: Path, **overrides) -> Config:
 def run(script: str, config: Config, **args) -> None:
     """A script's main() in-process, with the arguments its parser would give it."""
     module = __import__(f"sparse_coding.{script}", fromlist=["main"])
-    defaults = {"phases": PhaseTimer(), "new_graph": False, "from_graph": None, "run": None}
+    defaults = {
+        "phases": PhaseTimer(),
+        "new_graph": False,
+        "allow_empty": False,
+        "from_graph": None,
+        "run": None,
+    }
     module.main(config, argparse.Namespace(**(defaults | args)))
+
+
+def grads_json(config: Config) -> str:
+    """fast.py's canonical graph file name."""
+    return Path(config.GRADS_DOT_FILE).with_suffix(".json").name
 
 
 def output(config: Config, name: str) -> dict:
@@ -91,7 +102,7 @@ def test_demo_files_stay_small():
 def fast_graph(tmp_path_factory) -> dict:
     config = demo_config(tmp_path_factory.mktemp("fast"))
     run("fast", config)
-    return output(config, "cognition_graph_grads.json")
+    return output(config, grads_json(config))
 
 
 def test_fast_finds_every_planted_edge_with_its_sign(fast_graph):
@@ -234,7 +245,7 @@ def test_hist_thresholds_select_the_planted_features_as_down_nodes(tmp_path):
     assert over == {n for n in CIRCUIT if FEATURES[n]["at_last_position"]}
 
     run("fast", config)
-    graph = output(config, "cognition_graph_grads.json")
+    graph = output(config, grads_json(config))
     assert graph["metadata"]["runs"][-1]["down_node_selection"] == "thresholds"
     assert {n["id"] for n in graph["nodes"] if n["feature"] is not None} == CIRCUIT
 

@@ -41,7 +41,7 @@ def test_fast_writes_dot_json_and_svg_and_a_second_prompt_merges_into_them(
     first = _run("sparse_coding/fast.py", "--config", str(config))
     assert first.returncode == 0, first.stderr
     out_dir = next((tmp_path / "data").iterdir())
-    dot, js, svg = (out_dir / f"cognition_graph_grads.{ext}" for ext in ("dot", "json", "svg"))
+    dot, js, svg = (out_dir / f"grads_graph.{ext}" for ext in ("dot", "json", "svg"))
     assert dot.exists() and svg.exists()
     ElementTree.parse(svg)
     graph = json.loads(js.read_text())

@@ -50,14 +50,16 @@ def labelled_graph(tokens: list[str], explanation: str | None = None) -> Graph:
         ("<tag>", "&lt;tag&gt;"),
         ("\"'", "&quot;&#39;"),
         (" the", "&#160;the"),
-        ("\n", "\u240a"),
-        ("\t", "\u2409"),
-        ("\x00\x1b", "\u2400\u241b"),
-        ("\x7f", "\u2421"),
-        ("\x85", "\\x85"),
-        ("\ud800", "\\ud800"),
-        ("\ufffe", "\\ufffe"),
-        ("ĠĊ😀{}\\", "ĠĊ😀{}\\"),
+        ("\n", "&lt;0x0A&gt;"),
+        ("\t", "&lt;0x09&gt;"),
+        ("\x00\x1b", "&lt;0x00&gt;&lt;0x1B&gt;"),
+        ("\x7f", "&lt;0x7F&gt;"),
+        ("\x85", "&lt;0x85&gt;"),
+        ("\ud800", "&lt;U+D800&gt;"),
+        ("\ufffe", "&lt;U+FFFE&gt;"),
+        ("a\u202eb", "a&lt;U+202E&gt;b"),
+        ("\u200b\u00ad\u2066", "&lt;U+200B&gt;&lt;U+00AD&gt;&lt;U+2066&gt;"),
+        ("ĠĊ😀{}\\", "ĠĊ😀{}\\\\"),
     ],
 )
 def test_escape_text_makes_each_character_visible_and_xml_safe(text, expected):
@@ -137,7 +139,27 @@ def test_summary_label_escapes_its_text():
     assert "~73%&#160;&lt;x&gt;" in summary_label("~73% <x>")
 
 
-NASTY = ["&", "<", ">", '"', "'", "\n", "\t", "\x00", "\\", "{", "}", "😀", "Ġthe", "Ċ"]
+NASTY = [
+    "&",
+    "<",
+    ">",
+    '"',
+    "'",
+    "\n",
+    "\t",
+    "\x00",
+    "\\",
+    "{",
+    "}",
+    "😀",
+    "Ġthe",
+    "Ċ",
+    "\\N",
+    "\\G",
+    "\\L",
+    "a\\Nb",
+    "\u202eevil",
+]
 
 
 def test_nasty_tokens_render_as_themselves_in_svg():
@@ -145,6 +167,8 @@ def test_nasty_tokens_render_as_themselves_in_svg():
     for token in NASTY:
         assert visible_text(token) in texts
     assert "<&>" in texts
+    # Graphviz escapes are drawn as written, never as the node id or graph name.
+    assert {"\\N", "\\G", "\\L", "a\\Nb", "<U+202E>evil"} <= set(texts)
 
 
 token_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), min_size=1, max_size=8)

@@ -59,6 +59,18 @@ class FakeNeuronpedia(BaseHTTPRequestHandler):
             return self.reply(200, b'{"explanations": [')
         if index == 6:
             time.sleep(1.0)
+        if index == 7:  # redirect to another host name of this same server
+            return self.reply(
+                302, b"", {"Location": f"http://localhost:{server.server_address[1]}/api/feature/x/1"}
+            )
+        if index == 8:
+            return self.reply(200, b'{"explanations": [], "junk": "' + b"x" * 5_000_000 + b'"}')
+        if index == 9:
+            return self.reply(200, json.dumps({"explanations": [{"description": "long " * 4000}]}).encode())
+        if index == 10:
+            return self.reply(503, b"busy", {"Retry-After": "540"})
+        if index == 11:
+            return self.trickle(json.dumps(FEATURE).encode())
         if index >= 100:
             time.sleep(0.05)
         self.reply(200, json.dumps(FEATURE).encode())
@@ -71,6 +83,19 @@ class FakeNeuronpedia(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def trickle(self, body: bytes) -> None:
+        """One byte every 0.2 s: each read is well within a socket timeout, the whole far beyond."""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up, as it should
 
     def log_message(self, *args):
         pass
@@ -291,3 +316,61 @@ def test_parse_feature_tolerates_odd_shapes(data):
 def test_parse_feature_rejects_non_objects():
     with pytest.raises(TypeError):
         parse_feature([1, 2])
+
+
+# --- Faults and secrets (one local server per fault) ---------------------------
+
+
+def test_the_api_key_is_dropped_on_a_redirect_to_another_host(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURONPEDIA_API_KEY", SECRET)
+    annotate(graph_of(7), server, tmp_path, timeout_s=5)
+    (first, first_headers), (second, second_headers) = server.requests
+    assert first.endswith("/7") and first_headers.get("x-api-key") == SECRET
+    assert second == "/api/feature/x/1" and "x-api-key" not in {k.lower() for k in second_headers}
+
+
+def test_credentials_in_the_url_never_reach_logs_metadata_or_cache_paths(server, tmp_path, caplog):
+    from sparse_coding.config import config_from_dict
+
+    url = server.url.replace("http://", "http://user:hunter2@")
+    with caplog.at_level(logging.DEBUG):
+        annotate(graph_of(1, 4), server, tmp_path, base_url=url)
+    assert "hunter2" not in caplog.text
+    assert not [p for p in tmp_path.rglob("*") if "hunter2" in str(p)]
+    metadata = config_from_dict({"NEURONPEDIA_URL": url}).to_metadata()
+    assert "hunter2" not in json.dumps(metadata) and metadata["NEURONPEDIA_URL"] == server.url
+
+
+def test_a_huge_body_leaves_the_node_plain_without_failing(server, tmp_path, caplog):
+    graph = graph_of(8)
+    stats = annotate(graph, server, tmp_path, timeout_s=10)
+    assert stats.failed == 1 and graph.nodes["resid_3.8"].explanation is None
+    assert "response too large" in caplog.text
+
+
+def test_a_long_explanation_is_cut_with_an_ellipsis(server, tmp_path):
+    from sparse_coding.labels.neuronpedia import MAX_EXPLANATION_CHARS
+
+    graph = graph_of(9)
+    annotate(graph, server, tmp_path, timeout_s=5)
+    explanation = graph.nodes["resid_3.9"].explanation
+    assert len(explanation) == MAX_EXPLANATION_CHARS and explanation.endswith("…")
+    assert explanation[:-1] == ("long " * 4000).strip()[: MAX_EXPLANATION_CHARS - 1]
+
+
+def test_the_run_spends_at_most_its_budget_then_says_how_many_were_left(server, tmp_path, caplog):
+    graph = graph_of(10, *range(200, 220))  # Retry-After: 540 on the first, the rest fine but queued
+    start = time.perf_counter()
+    stats = annotate(
+        graph, server, tmp_path, timeout_s=5, retries=5, max_backoff_s=600, budget_s=1.0, max_workers=1
+    )
+    assert time.perf_counter() - start < 3
+    assert stats.failed >= 1
+    assert "time budget spent" in caplog.text and f"of {len(graph.nodes)} features" in caplog.text
+
+
+def test_a_trickling_server_holds_a_request_no_longer_than_its_deadline(server, tmp_path, caplog):
+    start = time.perf_counter()
+    stats = annotate(graph_of(11), server, tmp_path, timeout_s=1.0, retries=0)
+    assert time.perf_counter() - start < 2.5  # the body alone would take ~40 s
+    assert stats.failed == 1 and "timeout" in caplog.text

@@ -55,8 +55,15 @@ def test_pipe_writes_dot_json_and_svg(tmp_path, tiny_model_dir, sae_templates):
     assert run["sign_convention"] == SIGN_CONVENTIONS["pipe.py"]
     assert "effect=" in (out / "cognition_graph.dot").read_text()
     phases = run["phases"]
-    expected = ["import", "model load", "SAE load", "compute: ablation graph", "labels: contexts"]
-    assert list(phases)[:5] == expected
+    expected = [
+        "preflight",
+        "import",
+        "model load",
+        "SAE load",
+        "compute: ablation graph",
+        "labels: contexts",
+    ]
+    assert list(phases)[:6] == expected
     assert all(seconds >= 0 for seconds in phases.values())
     page = (out / "cognition_graph.html").read_text(encoding="utf-8")  # the viewer, beside the image
     assert all(node["id"] in page for node in graph["nodes"])

@@ -49,7 +49,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.ablation_rows import (
@@ -64,9 +63,16 @@ from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import feature_id
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.tokens import token_text
 
 logger = logging.getLogger(__name__)
+
+
+# How many of the largest effects a result keeps, to tell a user whose
+# THRESHOLD_EXP drops every edge which value would keep this many.
+LARGEST_KEPT = 100
 
 
 class AblationResult(NamedTuple):
@@ -76,6 +82,7 @@ class AblationResult(NamedTuple):
     collected: float  # sum |e| over every non-zero feature effect measured
     plotted: float  # sum |e| over the edges kept
     candidates: dict[int, list[int]]  # layer -> features ablated there
+    largest_effects: list[float]  # the LARGEST_KEPT largest |e| measured, descending
 
 
 @dataclass
@@ -89,6 +96,7 @@ class _Effects:
     collected: float
     plotted: float
     any_effect: bool
+    largest: Tensor  # (<= LARGEST_KEPT,) the largest |e| so far, descending
 
 
 def ablation_graph(
@@ -161,7 +169,8 @@ def ablation_graph(
     ablated = {
         layer.site.layer: r.candidates.tolist() for layer, r in zip(clean_layers, results, strict=True)
     }
-    return AblationResult(graph, collected, plotted, ablated)
+    largest = torch.cat([r.largest for r in results]).sort(descending=True).values[:LARGEST_KEPT]
+    return AblationResult(graph, collected, plotted, ablated, largest.tolist())
 
 
 def _resid_site(spliced: SplicedModel, layer: int) -> Site:
@@ -233,10 +242,10 @@ def _ablate_layer(
     the chunk changed any feature: then all, so that the zero-effect check
     stays exact.
     """
-    out = _Effects(candidates, [], [], [], 0.0, 0.0, False)
+    out = _Effects(candidates, [], [], [], 0.0, 0.0, False, torch.zeros(0, device=candidates.device))
     per_chunk = max(1, rows // len(clean.last))
     chunks = range(0, len(candidates), per_chunk)
-    for lo in tqdm(
+    for lo in progress(
         chunks,
         desc=f"Ablating resid_{layer.site.layer}",
         leave=False,
@@ -269,6 +278,8 @@ def _record_edges(
     out.collected += collected
     out.any_effect |= collected > 0
     out.plotted += float(magnitude[keep].sum())
+    seen = torch.cat([out.largest, magnitude.flatten().float()])
+    out.largest = seen.topk(min(LARGEST_KEPT, len(seen))).values
     cand, target = keep.nonzero(as_tuple=True)
     values = feat_eff[cand, target].tolist()
     out.edges += list(zip(chunk[cand].tolist(), target.tolist(), values, strict=True))
@@ -362,6 +373,6 @@ def _node(
         activation=activation,
         hook=layer.site.sae.hook_name,
         neuronpedia_id=layer.site.sae.neuronpedia_id,
-        logits_up=[(tokenizer.decode([i]), v) for i, v in up],
-        logits_down=[(tokenizer.decode([i]), v) for i, v in down],
+        logits_up=[(token_text(tokenizer, i), v) for i, v in up],
+        logits_down=[(token_text(tokenizer, i), v) for i, v in down],
     )

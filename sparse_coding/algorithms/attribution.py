@@ -43,9 +43,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sparse_coding.errors import SparseCodingError
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _integrated_gradients(
     alphas = (torch.arange(steps, device=inputs.device) + 0.5) / steps
     batch = inputs.expand(steps, -1)
     mean_v, mean_e = {}, {}
-    for key in tqdm(leaves, desc="Integrated gradients", leave=False):
+    for key in progress(leaves, desc="Integrated gradients", leave=False):
         lv = leaves[key]
         v = (alphas[:, None] * lv.values).requires_grad_()  # (steps, nnz)
         e = (alphas[:, None, None] * lv.error).requires_grad_()  # (steps, pos, d_model)
@@ -269,7 +269,9 @@ def edges(
     with torch.enable_grad():
         with spliced.intervene(cut):
             spliced.run_blocks(spliced.embed(inputs), 0, spliced.sites[-1].order[0] + 1)
-        for down in tqdm([s for s in spliced.sites if upstream_sites(spliced, s)], desc="Edges", leave=False):
+        for down in progress(
+            [s for s in spliced.sites if upstream_sites(spliced, s)], desc="Edges", leave=False
+        ):
             ups = upstream_sites(spliced, down)
             leaves = [value_leaves[u.key] for u in ups] + [error_leaves[u.key] for u in ups]
             rows = _down_node_grads(

@@ -64,11 +64,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.nodes import site_key
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
 
 if TYPE_CHECKING:  # scikit-learn loads only when hist.py clusters (fast.py reads its cache without it)
@@ -156,7 +156,7 @@ def fit_clusters(
     kmeans = MiniBatchKMeans(n_clusters, random_state=seed, batch_size=FIT_CHUNK_TOKENS, compute_labels=False)
     chunk: list[np.ndarray] = []
     n_chunk = n_tokens = 0
-    for batch in tqdm(batches(), total=n_batches, desc="hist 1/3: fitting clusters"):
+    for batch in progress(batches(), total=n_batches, desc="hist 1/3: fitting clusters"):
         chunk.append(_unit_vectors(spliced, batch, layer))
         n_chunk, n_tokens = n_chunk + len(chunk[-1]), n_tokens + len(chunk[-1])
         if n_chunk >= max(FIT_CHUNK_TOKENS, n_clusters):
@@ -190,7 +190,7 @@ def assign_cuts(
     """
     cuts: list[Tensor] = []
     sizes = torch.zeros(kmeans.n_clusters, dtype=torch.long)
-    for batch in tqdm(batches(), total=n_batches, desc="hist 2/3: assigning clusters"):
+    for batch in progress(batches(), total=n_batches, desc="hist 2/3: assigning clusters"):
         mask = _cluster_tokens(batch, spliced).cpu()
         labels = torch.full(mask.shape, -1)  # (batch, pos); -1 at padding and BOS
         labels[mask] = torch.from_numpy(kmeans.predict(_unit_vectors(spliced, batch, layer))).long()
@@ -212,7 +212,7 @@ def collect_top_values(
 ) -> dict[str, Tensor]:
     """Phase 3: site key -> (<= m, d_sae) largest activations at the cuts, descending."""
     top: dict[str, Tensor] = {}
-    for batch in tqdm(batches(), total=n_batches, desc="hist 3/3: SAE activations"):
+    for batch in progress(batches(), total=n_batches, desc="hist 3/3: SAE activations"):
         batch_cuts = cuts[batch.first_index : batch.first_index + len(batch.input_ids)]
         rows = (batch_cuts >= 0).nonzero().squeeze(1).to(batch.input_ids.device)
         if len(rows) == 0:

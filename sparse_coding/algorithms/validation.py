@@ -29,10 +29,10 @@ at the circuit's error nodes (``x' = x - error + mean error``).
     faithfulness = (m(C)     - m(empty)) / (m(M) - m(empty))  1: C recovers M
     completeness = (m(M \ C) - m(empty)) / (m(M) - m(empty))  0: C is complete
 
-Both are NaN (JSON null) when m(M) = m(empty). Also measured: CE clean m(M)
-and ablated m(zero); mean KL(clean || zero) over every real position; the
-next-token distribution after each sequence's last real token, averaged over
-sequences.
+Both are NaN (JSON null) when |m(M) - m(empty)| < MIN_METRIC_SPAN, with a
+warning. Also measured: CE clean m(M) and ablated m(zero); mean KL(clean ||
+zero) over every real position; the next-token distribution after each
+sequence's last real token, averaged over sequences.
 
 Sums are taken in float32 per batch on the device and accumulated in float64
 on the CPU (NumPy): MPS has no float64.
@@ -58,10 +58,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, DatasetError
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ Circuit = dict[str, list[int]]  # site key ("attn_7") -> sorted feature indices
 
 VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
 ERROR_MODES = ("keep", "ablate")
+# Below this |m(M) - m(empty)| (nats of mean CE) the ratios divide noise by
+# noise (a 1e-4 change in m(C) would move faithfulness by 0.1): undefined.
+MIN_METRIC_SPAN = 1e-3
 
 
 class SiteMeans(NamedTuple):
@@ -217,7 +220,7 @@ def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: I
     )
     stop = 1 + max((sae.layer for sae in saes.values()), default=-1)
     n_tokens = 0
-    for batch in tqdm(batches, desc="Feature means", unit="batch", leave=False):
+    for batch in progress(batches, desc="Feature means", unit="batch", leave=False):
         real = batch.attention_mask.bool()
         with spliced.intervene(_summing_parts(sums, real)):
             spliced.run_blocks(spliced.embed(batch.input_ids), 0, stop, batch.attention_mask)
@@ -334,7 +337,7 @@ def validate_circuit(
     ablations = _mean_ablations(spliced, circuit, circuit_errors, means, errors)
     d_vocab = spliced.model.config.vocab_size
     sums = _Sums(np.zeros(d_vocab), np.zeros(d_vocab))
-    for batch in tqdm(batches, desc="Validating", unit="batch"):
+    for batch in progress(batches, desc="Validating", unit="batch"):
         _add_batch(spliced, batch, circuit, ablations, sums)
     n = len(batches)
     logger.info("Phase 2, 5 forwards x %d batches: %.1fs", n, time.perf_counter() - start)
@@ -353,11 +356,17 @@ def _result(
     ce = {name: total / sums.n_predictions for name, total in sums.ce.items()}
     metric = {name: ce[name] for name in ("full", *VARIANTS)}
     span = metric["full"] - metric["empty"]
-    if span == 0:
-        logger.warning("m(M) = m(empty): faithfulness and completeness are undefined")
+    meaningful = abs(span) >= MIN_METRIC_SPAN
+    if not meaningful:
+        logger.warning(
+            "|m(M) - m(empty)| = %.2g nats is below %g: mean-ablating these sites barely changes the loss, "
+            "so faithfulness and completeness are undefined (reported as null)",
+            abs(span),
+            MIN_METRIC_SPAN,
+        )
 
     def ratio(value: float) -> float:
-        return (value - metric["empty"]) / span if span else math.nan
+        return (value - metric["empty"]) / span if meaningful else math.nan
 
     return ValidationResult(
         circuit=circuit,

@@ -1,8 +1,12 @@
 """One frozen, validated config object for every script.
 
 `load_config(path)` reads `central_config.yaml`, checks every key once and
-returns a `Config`. `null`, `None` and a missing key all mean "unset". Unknown
-keys warn with the nearest valid key, so a typo never silently does nothing.
+returns a `Config`. The dataclass below holds every default; the shipped YAML
+only restates them. A key left out takes its default; `null` (or `None`, or
+empty) unsets a key where unset means something (THRESHOLD_EXP, an SAE site,
+DATASET...) and keeps the default elsewhere. An unknown key warns, with the
+valid key it is a near-misspelling of; keys of the seed tool's config that
+this tool does not use are named together in one info line (`seed.py`).
 Checks that need the model or the SAEs (layer range, SAE width) are methods
 here too, called once those are loaded.
 """
@@ -12,12 +16,14 @@ import difflib
 import logging
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import yaml
-
+from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
+from sparse_coding.config.yaml_file import read_yaml, shown
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import parse_site_key
 
@@ -28,21 +34,48 @@ DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
 DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 VALIDATION_ERROR_MODES = ("keep", "ablate")
+INTERP_SOURCES = ("prompt", "dataset")
+# Valid ranges of integer keys. The upper bounds are far above any useful
+# value and keep a typo (an extra digit run) from becoming an out-of-memory
+# error or an overflow deep inside a run: SEED seeds NumPy (< 2**32), VIEW and
+# TOP_K size label tables, IG_STEPS multiplies the backward passes.
+INT_RANGES = {
+    "NUM_SEQUENCES_INTERPED": (1, 10_000),
+    "NUM_UP_NODES": (1, 100_000),
+    "NUM_DOWN_NODES": (1, 100_000),
+    "IG_STEPS": (1, 1_000),
+    "NUM_SEQUENCES_EVALED": (1, 10**9),
+    "MAX_SEQ_LEN": (1, 1_000_000),
+    "MAX_SEQ_INTERPED_LEN": (1, 1_000_000),
+    "BATCH_SIZE": (1, 65_536),
+    "TOP_K": (1, 1_000),
+    "SEQ_PER_DIM_CAP": (1, 10_000),
+    "NUM_CLUSTERS": (1, 100_000),
+    "LOGIT_TOKENS": (0, 1_000),
+    "VIEW": (0, 1_000),
+    "KEEPER_CLUSTER_INDEX": (0, 100_000),
+    "SEED": (0, 2**32 - 1),
+}
+# |THRESHOLD_EXP| beyond this makes 2**THRESHOLD_EXP 0 or inf in float32 (2**128).
+MAX_ABS_THRESHOLD_EXP = 100.0
+# difflib ratio above which an unknown key is a misspelling of a known one:
+# NUM_UP_NODE -> NUM_UP_NODES (0.96), never NUM_WORKERS -> NUM_UP_NODES (0.61).
+MISSPELLING_RATIO = 0.85
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every key of central_config.yaml; see the comments there for meaning.
+    """Every key of central_config.yaml with its default; see the comments there for meaning.
 
-    A key typed `X | None` is unset (None) when missing or null; other keys
-    fall back to the defaults below.
+    A missing key takes the default below. A key typed `X | None` is unset
+    (None) when null; other keys keep their default when null.
     """
 
     # Key hyperparameters.
     ACTS_LAYERS_SLICE: str = "9:12"
     INIT_THINNING_FACTOR: float = 1.0
     NUM_SEQUENCES_INTERPED: int = 1
-    THRESHOLD_EXP: float | None = None
+    THRESHOLD_EXP: float | None = 5.0
     DIMS_PINNED: dict[str, int] | None = None
     NUM_UP_NODES: int = 5
     NUM_DOWN_NODES: int = 5
@@ -56,6 +89,7 @@ class Config:
     DATASET_CONFIG: str | None = None
     DATASET_SPLIT: str = "train"
     DATASET_TEXT_COLUMN: str = "text"
+    INTERP_SOURCE: str | None = None
     NUM_SEQUENCES_EVALED: int = 100
     MAX_SEQ_LEN: int = 128
     MAX_SEQ_INTERPED_LEN: int = 64
@@ -63,15 +97,15 @@ class Config:
     PREPEND_BOS: bool = True
     SEED: int = 0
     # SAEs per site.
-    RESID_SAES: str | None = None
-    ATTN_SAES: str | None = None
-    MLP_SAES: str | None = None
+    RESID_SAES: str | None = "gpt2-small-res-jb"
+    ATTN_SAES: str | None = "gpt2-small-attn-out-v5-32k"
+    MLP_SAES: str | None = "gpt2-small-mlp-out-v5-32k"
     # Output files.
     DATA_DIR: Path = DEFAULT_DATA_DIR
     GRAPH_FILE: str = "cognition_graph.svg"
     GRAPH_DOT_FILE: str = "cognition_graph.dot"
-    GRADS_FILE: str = "cognition_graph_grads.svg"
-    GRADS_DOT_FILE: str = "cognition_graph_grads.dot"
+    GRADS_FILE: str = "grads_graph.svg"
+    GRADS_DOT_FILE: str = "grads_graph.dot"
     # Labels.
     LOGIT_TOKENS: int = 10
     TOP_K: int = 6
@@ -90,18 +124,33 @@ class Config:
     source_path: Path | None = field(default=None, compare=False)
 
     def layer_range(self, n_layers: int) -> range:
-        """The layers ACTS_LAYERS_SLICE selects in a model of `n_layers` blocks."""
+        """The layers ACTS_LAYERS_SLICE selects in a model of `n_layers` blocks, as Python slices.
+
+        A bound past the model's layers is cut as Python cuts it ('1:12' on 3
+        layers is 1..2), and the log says so; a slice selecting nothing is an error.
+        """
         start, stop = _parse_slice(self.ACTS_LAYERS_SLICE)
-        start = 0 if start is None else start
-        stop = n_layers if stop is None else stop
-        start, stop = (start + n_layers if start < 0 else start), (stop + n_layers if stop < 0 else stop)
-        if not (0 <= start < stop <= n_layers):
+        layers = range(n_layers)[start:stop]
+        if not layers:
             raise ConfigError(
-                f"ACTS_LAYERS_SLICE {self.ACTS_LAYERS_SLICE!r} selects no layers of a model "
+                f"ACTS_LAYERS_SLICE {shown(self.ACTS_LAYERS_SLICE)} selects no layers of a model "
                 f"with {n_layers} layers; valid slices lie within '0:{n_layers}', "
                 f"e.g. '{max(0, n_layers - 3)}:{n_layers}' or ':'"
             )
-        return range(start, stop)
+        if any(bound is not None and not -n_layers <= bound <= n_layers for bound in (start, stop)):
+            logger.info(
+                "ACTS_LAYERS_SLICE %r on a model with %d layers selects layers %d..%d, as Python slices",
+                self.ACTS_LAYERS_SLICE,
+                n_layers,
+                layers[0],
+                layers[-1],
+            )
+        return layers
+
+    @property
+    def interp_source(self) -> str:
+        """What pipe.py and val.py explain: INTERP_SOURCE, else the seed's rule (DATASET when set)."""
+        return self.INTERP_SOURCE or ("dataset" if self.DATASET is not None else "prompt")
 
     @property
     def sae_sources(self) -> dict[str, str]:
@@ -129,25 +178,29 @@ class Config:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values.pop("source_path")
         values["DATA_DIR"] = str(self.DATA_DIR)
+        values["NEURONPEDIA_URL"] = redact_url(self.NEURONPEDIA_URL)
         return values
+
+
+def redact_url(url: str) -> str:
+    """`url` without credentials (``https://user:pass@host`` -> ``https://host``), for logs and files."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def load_config(path: str | Path | None = None) -> Config:
     """Read and validate a YAML config (default: the central config)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist; pass --config PATH to a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"Config file {path} is not valid YAML{where}: {problem}") from e
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"Config file {path} must be a mapping of KEY: value, got {type(raw).__name__}")
+        raise ConfigError(
+            f"Config file {path} must be a mapping of KEY: value lines, "
+            f"got a {type(raw).__name__}: {shown(raw)}"
+        )
     return config_from_dict(raw, source_path=path)
 
 
@@ -155,12 +208,10 @@ def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Co
     """Validate a mapping of keys (as in the YAML) into a Config."""
     where = f" in {source_path}" if source_path else ""
     known = {f.name: f for f in dataclasses.fields(Config) if f.name != "source_path"}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = _seed_sae_defaults(raw, where)
     for key, value in raw.items():
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            logger.warning("Unknown config key %r%s ignored%s", key, where, hint)
+            _warn_unknown(str(key), known, where)
             continue
         if _is_unset(value):
             if _is_optional(known[key].type):
@@ -176,6 +227,34 @@ def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Co
     return config
 
 
+def _seed_sae_defaults(raw: dict[str, Any], where: str) -> dict[str, str]:
+    """Report the seed keys not used here; a seed config without SAE keys gets the seed's SAEs."""
+    line = unused_seed_keys_line(map(str, raw))
+    if line:
+        logger.info("%s%s", line, where)
+    if not is_seed_config(map(str, raw)) or any(key in raw for key in SEED_SAES):
+        return {}
+    logger.info(
+        "Seed config%s names no SAE source: using the SAEs the seed ran on, %s",
+        where,
+        ", ".join(f"{key}: {source}" for key, source in SEED_SAES.items()),
+    )
+    return dict(SEED_SAES)
+
+
+def _warn_unknown(key: str, known: Collection[str], where: str) -> None:
+    """Warn about a key nobody reads; suggest a key only for a near-misspelling."""
+    if is_unused_seed_key(key):
+        return
+    upper = key.upper()
+    if upper in known:
+        close = [upper]
+    else:  # pasted text (a long key) is no misspelling, and slow to match
+        close = difflib.get_close_matches(upper, known, cutoff=MISSPELLING_RATIO) if len(key) <= 100 else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    logger.warning("Unknown config key %s%s ignored%s", shown(key), where, hint)
+
+
 def _is_unset(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
 
@@ -183,7 +262,7 @@ def _is_unset(value: Any) -> bool:
 def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
     """Check `value` against the field type; name key, type and value when wrong."""
     target = _strip_optional(annotation)
-    bad = ConfigError(f"Config key {key}{where} must be {_type_name(target)}, got {value!r}")
+    bad = ConfigError(f"Config key {key}{where} must be {_type_name(target)}, got {shown(value)}")
     if target is bool:
         if not isinstance(value, bool):
             raise bad
@@ -199,7 +278,7 @@ def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
     if target in (str, Path):
         if not isinstance(value, str):
             raise ConfigError(
-                f"Config key {key}{where} must be {_type_name(target)}, got {value!r} "
+                f"Config key {key}{where} must be {_type_name(target)}, got {shown(value)} "
                 f'({type(value).__name__}); quote it in YAML, e.g. {key}: "9:12"'
             )
         return value
@@ -214,7 +293,9 @@ def _coerce_pinned(key: str, value: Any, value_type: Any, where: str) -> dict[st
     shape = "{layer: [index, ...]}" if wants_list else "{layer: index}"
     example = "{9: [331, 12], 'attn_10': [5]}" if wants_list else "{9: 331, 'mlp_10': 5}"
     if not isinstance(value, dict):
-        raise ConfigError(f"Config key {key}{where} must be a mapping {shape}, e.g. {example}; got {value!r}")
+        raise ConfigError(
+            f"Config key {key}{where} must be a mapping {shape}, e.g. {example}; got {shown(value)}"
+        )
     result: dict[str, Any] = {}
     for layer_key, dims in value.items():
         try:
@@ -224,18 +305,18 @@ def _coerce_pinned(key: str, value: Any, value_type: Any, where: str) -> dict[st
         items = dims if isinstance(dims, list) else [dims]
         if not items or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in items):
             raise ConfigError(
-                f"Config key {key}{where}: {layer_key!r} must map to "
+                f"Config key {key}{where}: {shown(layer_key)} must map to "
                 f"{'a list of non-negative ints' if wants_list else 'one non-negative int'}, "
-                f"got {dims!r}; e.g. {example}"
+                f"got {shown(dims)}; e.g. {example}"
             )
         if not wants_list and len(items) != 1:
             raise ConfigError(
-                f"Config key {key}{where}: {layer_key!r} pins {items}; pipe.py pins one feature "
+                f"Config key {key}{where}: {shown(layer_key)} pins {shown(items)}; pipe.py pins one feature "
                 f"per layer, e.g. {example}"
             )
         if f"{site}_{layer}" in result:
             raise ConfigError(
-                f"Config key {key}{where} names site {site}_{layer} twice ({layer_key!r} repeats it; "
+                f"Config key {key}{where} names site {site}_{layer} twice ({shown(layer_key)} repeats it; "
                 f"an int layer means resid_{layer}); give each site one entry"
             )
         result[f"{site}_{layer}"] = list(items) if wants_list else items[0]
@@ -259,45 +340,50 @@ def _type_name(target: Any) -> str:
 
 
 def _parse_slice(text: str) -> tuple[int | None, int | None]:
+    """'start:stop' as Python reads it; a step is refused, since every script needs consecutive layers."""
     parts = text.split(":")
     try:
-        if len(parts) != 2:
-            raise ValueError
-        return tuple(int(p) if p.strip() else None for p in parts)  # type: ignore[return-value]
+        bounds = [int(p) if p.strip() else None for p in parts]
     except ValueError:
+        bounds = []
+    if len(parts) == 3 and len(bounds) == 3:
         raise ConfigError(
-            f"ACTS_LAYERS_SLICE {text!r} is not a slice; write 'start:stop' like a Python "
+            f"ACTS_LAYERS_SLICE {shown(text)} has a step; pipe.py ablates each layer into the next and "
+            f"fast.py connects adjacent sites, so the layers must be consecutive: write 'start:stop', "
+            f"e.g. '9:12', '0:12' or ':'"
+        )
+    if len(parts) != 2 or len(bounds) != 2:
+        raise ConfigError(
+            f"ACTS_LAYERS_SLICE {shown(text)} is not a slice; write 'start:stop' like a Python "
             f"slice, e.g. '9:12', '0:12' or ':'"
-        ) from None
+        )
+    return bounds[0], bounds[1]
 
 
 def _check_values(config: Config, where: str) -> None:
     """Range checks that need no model."""
     _parse_slice(config.ACTS_LAYERS_SLICE)
-    positive = (
-        "NUM_SEQUENCES_INTERPED",
-        "NUM_UP_NODES",
-        "NUM_DOWN_NODES",
-        "IG_STEPS",
-        "NUM_SEQUENCES_EVALED",
-        "MAX_SEQ_LEN",
-        "MAX_SEQ_INTERPED_LEN",
-        "BATCH_SIZE",
-        "TOP_K",
-        "SEQ_PER_DIM_CAP",
-        "NUM_CLUSTERS",
-    )
-    for key in positive:
-        if getattr(config, key) < 1:
-            raise ConfigError(f"Config key {key}{where} must be at least 1, got {getattr(config, key)}")
-    for key in ("LOGIT_TOKENS", "VIEW", "KEEPER_CLUSTER_INDEX"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"Config key {key}{where} must be at least 0, got {getattr(config, key)}")
+    for key, (low, high) in INT_RANGES.items():
+        value = getattr(config, key)
+        if not low <= value <= high:
+            raise ConfigError(f"Config key {key}{where} must lie in {low}..{high}, got {shown(value)}")
+    if config.THRESHOLD_EXP is not None and not abs(config.THRESHOLD_EXP) <= MAX_ABS_THRESHOLD_EXP:
+        raise ConfigError(
+            f"Config key THRESHOLD_EXP{where} must lie in -{MAX_ABS_THRESHOLD_EXP}..{MAX_ABS_THRESHOLD_EXP} "
+            f"(2**THRESHOLD_EXP is the edge threshold) or be null, got {config.THRESHOLD_EXP}"
+        )
     if not 0 < config.INIT_THINNING_FACTOR <= 1:
         raise ConfigError(
             f"Config key INIT_THINNING_FACTOR{where} must lie in (0, 1] (the kept fraction "
             f"of first-layer features), got {config.INIT_THINNING_FACTOR}"
         )
+    if config.INTERP_SOURCE not in (None, *INTERP_SOURCES):
+        raise ConfigError(
+            f"Config key INTERP_SOURCE{where} is {shown(config.INTERP_SOURCE)}; valid: "
+            f"{', '.join(INTERP_SOURCES)} or null (DATASET when set, else PROMPT)"
+        )
+    if config.INTERP_SOURCE == "dataset" and config.DATASET is None:
+        raise ConfigError(f"Config key INTERP_SOURCE{where} is 'dataset' but DATASET is unset; set DATASET")
     if config.KEEPER_CLUSTER_INDEX >= config.NUM_CLUSTERS:
         raise ConfigError(
             f"Config key KEEPER_CLUSTER_INDEX{where} is {config.KEEPER_CLUSTER_INDEX}, but "
@@ -315,7 +401,7 @@ def _check_values(config: Config, where: str) -> None:
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)
         if value is not None and value not in DTYPE_NAMES:
-            raise ConfigError(f"Config key {key}{where} is {value!r}; valid: {', '.join(DTYPE_NAMES)}")
+            raise ConfigError(f"Config key {key}{where} is {shown(value)}; valid: {', '.join(DTYPE_NAMES)}")
     if not config.sae_sources:
         raise ConfigError(
             f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"

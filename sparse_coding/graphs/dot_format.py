@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from typing import Any
 
 from sparse_coding.graphs.dot_parser import DotGraph, parse_dot
-from sparse_coding.graphs.graph import Edge, Graph, Node
+from sparse_coding.graphs.graph import Edge, Graph, Node, finite
 from sparse_coding.graphs.render import RenderOptions, dot_source, quote
 from sparse_coding.nodes import parse_node_id
 
@@ -48,7 +49,13 @@ def json_text(value: Any, indent: int | None = None) -> str:
 
 
 def _float(value: str | None) -> float | None:
-    return None if value is None else float(value)
+    """A stored number; inf and nan are no effect or activation a run writes (ValueError)."""
+    if value is None:
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"non-finite number {value!r}")
+    return number
 
 
 def _runs_text(n_runs: int) -> str:
@@ -154,7 +161,7 @@ def _node_from_dot(node_id: str, attrs: dict[str, str]) -> Node:
 
 
 def _edge_from_dot(source: str, target: str, attrs: dict[str, str]) -> Edge:
-    effect = float(attrs["effect"])
+    effect = finite(attrs["effect"])
     edge = Edge(source, target, effect)
     if "sc_runs" in attrs:
         runs = {str(run): float(value) for run, value in json.loads(attrs["sc_runs"]).items()}

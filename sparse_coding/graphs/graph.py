@@ -26,6 +26,7 @@ they were.
 from __future__ import annotations
 
 import copy
+import math
 import secrets
 import statistics
 import time
@@ -413,7 +414,7 @@ class Graph:
             graph.add_node(Node.from_dict(item))
         for item in data["edges"]:
             runs = {str(run): float(value) for run, value in (item.get("runs") or {}).items()}
-            edge = Edge(str(item["source"]), str(item["target"]), float(item["effect"]), runs)
+            edge = Edge(str(item["source"]), str(item["target"]), finite(item["effect"]), runs)
             graph.edges[(edge.source, edge.target)] = edge
         graph.user = UserDrawing.from_dict(data.get("user_drawing") or {})
         return graph
@@ -472,3 +473,11 @@ def _str_or_none(value: Any) -> str | None:
 
 def _pairs(items: Any) -> list[tuple[str, float]]:
     return [(str(token), float(value)) for token, value in items]
+
+
+def finite(value: object) -> float:
+    """A stored number as a float; inf and nan are no value a run writes (ValueError)."""
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"non-finite number {value!r}")
+    return number

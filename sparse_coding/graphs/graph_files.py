@@ -127,8 +127,12 @@ def graph_to_json(graph: Graph, derived: dict[str, str] | None = None) -> str:
 
 
 def graph_from_json(text: str) -> Graph:
-    """Inverse of ``graph_to_json``; raises ValueError/KeyError/TypeError on bad data."""
-    return Graph.from_dict(json.loads(text))
+    """Inverse of ``graph_to_json``; raises ValueError/KeyError/TypeError on bad data (inf, nan too)."""
+    return Graph.from_dict(json.loads(text, parse_constant=_refuse_constant))
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
 
 
 # ---------------------------------------------------------------- load
@@ -157,7 +161,7 @@ def _read_dot(dot_path: Path) -> tuple[Graph, str]:
         KeyError,
         TypeError,
         AttributeError,
-        RecursionError,
+        RecursionError,  # nesting no graph of ours has
     ) as e:
         raise _unreadable(dot_path, e) from e
     if not graph.nodes:
@@ -279,6 +283,7 @@ def _save(
     graph: Graph, dot_path: Path, image_path: Path | None, options: RenderOptions, timeout_s: float
 ) -> None:
     """`save_graph` without the lock."""
+    page = viewer_path_for(dot_path, image_path)
     if image_path is not None and shutil.which("dot") is None:
         logger.warning(
             "Graphviz 'dot' is not installed (Debian: apt-get install graphviz; macOS: brew "
@@ -298,7 +303,7 @@ def _save(
         derived = {"dot": dot_path.name, "dot_sha256": _sha256(dot_text.encode("utf-8"))}
         canonical = graph_to_json(graph, derived)
         commit.write(json_path_for(dot_path), canonical)
-        commit.write(viewer_path_for(dot_path, image_path), viewer_page(json.loads(canonical)))
+        commit.write(page, viewer_page(json.loads(canonical)))
     if failure is not None:
         raise GraphFileError(
             f"{failure}; {dot_path} and its .json were saved, the image {image_path} was not updated"

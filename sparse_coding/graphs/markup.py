@@ -3,11 +3,16 @@
 Graphviz parses HTML-like labels with an XML parser, and SVG output is XML, so
 every token must become well-formed XML text that still looks like the token:
 
-- ``& < > " '`` become character references;
-- control characters (newline, tab, NUL, DEL, C1) cannot appear in XML 1.0 at
-  all, so they are drawn as their Unicode "control picture" (``\\n`` -> ␊) or
-  as ``\\xNN``; other code points XML forbids (lone surrogates, U+FFFE/F)
-  become ``\\ufffe``-style escapes;
+- ``& < > " '`` become character references, and a backslash is doubled:
+  Graphviz replaces ``\\N``, ``\\G`` and ``\\L`` in labels (the node id,
+  the graph name) even in HTML-like labels, so a token ``\\N`` would
+  otherwise be drawn as the node's id;
+- control characters (newline, tab, NUL, DEL, C1), which XML 1.0 forbids or
+  fonts draw as nothing, are drawn as their code in ASCII (``<0x0A>``), the
+  notation `sparse_coding.tokens` uses for bytes of split characters;
+  invisible format characters (bidi controls such as U+202E, zero-width
+  spaces, soft hyphens) and code points XML forbids (lone surrogates,
+  U+FFFE/F) are drawn as ``<U+202E>``, so none can hide or reorder text;
 - spaces become no-break spaces so leading/trailing spaces of GPT-2 tokens
   (" the") stay visible in a cell instead of being trimmed;
 - GPT-2 byte-level tokens (``Ġ``, ``Ċ``) and emoji are ordinary code points
@@ -20,6 +25,7 @@ attribute; the ``.dot`` writer puts them in as they are.
 from __future__ import annotations
 
 import textwrap
+import unicodedata
 from collections.abc import Sequence
 
 from sparse_coding.graphs.graph import Context, Node
@@ -46,25 +52,25 @@ _XML_REFS = {
     # Graphviz's HTML lexer rejects some texts made of brackets alone (e.g. "]").
     "[": "&#91;",
     "]": "&#93;",
+    "\\": "\\\\",  # Graphviz's escString: \\N would be drawn as the node id
 }
+# Unicode categories drawn as escapes: format characters (bidi controls,
+# zero-width spaces, soft hyphen) and line/paragraph separators.
+_INVISIBLE = {"Cf", "Zl", "Zp"}
 
 
 def _visible_char(char: str) -> str:
     """How one character appears in a label (before XML escaping)."""
     code = ord(char)
-    if code < 0x20:
-        return chr(0x2400 + code)  # control pictures: ␀ .. ␟ (␊ for newline)
-    if code == 0x7F:
-        return "\u2421"  # ␡
-    if 0x80 <= code < 0xA0:
-        return f"\\x{code:02x}"
-    if 0xD800 <= code < 0xE000 or code in (0xFFFE, 0xFFFF):
-        return f"\\u{code:04x}"
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return f"<0x{code:02X}>"
+    if 0xD800 <= code < 0xE000 or code in (0xFFFE, 0xFFFF) or unicodedata.category(char) in _INVISIBLE:
+        return f"<U+{code:04X}>"
     return char
 
 
 def visible_text(text: str) -> str:
-    """Text as drawn: controls as pictures or ``\\xNN``, spaces as no-break spaces."""
+    """Text as drawn: controls as ``<0x0A>``, invisible characters as ``<U+202E>``, spaces as no-break."""
     return "".join(_visible_char(char) for char in text).replace(" ", "\u00a0")
 
 

@@ -29,6 +29,7 @@ a site whose SAE changed is dropped (`for_saes`); then
 import io
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,12 @@ class ContextCache:
             with np.load(path) as npz:
                 raw = {name: npz[name] for name in npz.files}
             header = json.loads(raw.pop("header").tobytes().decode("utf-8")) if "header" in raw else {}
-        except (OSError, ValueError, KeyError, EOFError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise DatasetError(f"context cache {path} is not readable: {e}") from e
-        if header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        if found != FORMAT:
             raise DatasetError(
-                f"context cache {path} has format {header.get('format')!r}, expected {FORMAT}; "
-                f"delete it to recollect"
+                f"context cache {path} has format {found!r}, expected {FORMAT}; delete it to recollect"
             )
         return cls(
             view=header["view"],

@@ -37,12 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.labels.context_cache import ContextCache
+from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.tokens import token_text
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def collect_contexts(
     batch_size = 1
     if not tops:
         return ContextCache(view, per_feature, sources={}, arrays={}, sequences={}, vocab={})
-    for batch in tqdm(batches, desc="Collecting contexts", total=total, unit="batch"):
+    for batch in progress(batches, desc="Collecting contexts", total=total, unit="batch"):
         batch = TokenBatch(
             batch.input_ids.to(device),
             batch.attention_mask.to(device),
@@ -245,4 +246,4 @@ def _to_numpy(top: SiteTopK, window: Tensor) -> dict[str, np.ndarray]:
 
 def _vocab(tokenizer: PreTrainedTokenizerBase, sequences: Iterable[Tensor]) -> dict[int, str]:
     ids = sorted(set().union(*(set(s.tolist()) for s in sequences)))
-    return {i: tokenizer.decode([i]) for i in ids}
+    return {i: token_text(tokenizer, i) for i in ids}

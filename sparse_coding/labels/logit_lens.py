@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokens import token_text
 
 
 def add_logit_effects(
@@ -37,4 +38,4 @@ def add_logit_effects(
 def _cells(
     tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, values: torch.Tensor
 ) -> list[tuple[str, float]]:
-    return [(tokenizer.decode([int(i)]), float(v)) for i, v in zip(ids, values, strict=True)]
+    return [(token_text(tokenizer, int(i)), float(v)) for i, v in zip(ids, values, strict=True)]

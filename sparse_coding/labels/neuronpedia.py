@@ -6,8 +6,13 @@ For every feature node with a ``neuronpedia_id`` (the SAE set, e.g.
 explanation (and its logits if it has none). Neuronpedia is a convenience,
 never a dependency of a run:
 
-- every request has a timeout; 429 and 5xx are retried with exponential
-  backoff, honouring ``Retry-After``;
+- every request has a total deadline (a server trickling bytes cannot hold
+  it longer than ``timeout_s``) and a body size cap; 429 and 5xx are retried
+  with exponential backoff, honouring ``Retry-After`` up to a cap; and the
+  whole run spends at most ``budget_s`` (30 s) on Neuronpedia, then goes on
+  without it, saying how many features were left unannotated;
+- explanations and token strings are cut to a length a label can show, with
+  an ellipsis;
 - answers (including "feature not found") are cached on disk, one folder per
   server, so a feature is fetched once across runs; a "not found" is asked
   again after a week and an answer after a month, as Neuronpedia adds and
@@ -19,7 +24,9 @@ never a dependency of a run:
 - any failure leaves the node drawn without annotations and ends in a single
   summarised warning;
 - the API key (``NEURONPEDIA_API_KEY``, header ``x-api-key``) is only ever put
-  in request headers: never logged, cached or written.
+  in headers of requests to the configured host (a redirect to another host
+  drops it), never logged, cached or written; credentials in the base URL
+  (``https://user:pass@host``) are never logged either (`redact_url`).
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
 from sparse_coding import storage
+from sparse_coding.config import redact_url
 from sparse_coding.errors import StorageError
 from sparse_coding.graphs.graph import Graph, Node
 
@@ -47,6 +55,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://www.neuronpedia.org"
 API_KEY_ENV = "NEURONPEDIA_API_KEY"
+API_KEY_HEADER = "x-api-key"
+# A feature's JSON is ~50 KB; anything far larger is not a feature.
+MAX_BODY_BYTES = 2_000_000
+# Longer explanations or token strings are cut (with "…"): a label shows ~160 characters.
+MAX_EXPLANATION_CHARS = 500
+MAX_TOKEN_CHARS = 64
+# Seconds a whole run may spend on Neuronpedia (waits and retries included).
+DEFAULT_BUDGET_S = 30.0
 # Age after which a cached answer is fetched again.
 MISSING_TTL_S = 7 * 24 * 3600
 FOUND_TTL_S = 30 * 24 * 3600
@@ -94,7 +110,7 @@ def _pairs(strings: Any, values: Any, limit: int) -> list[tuple[str, float]]:
     pairs = []
     for token, value in zip(strings, values, strict=False):
         if isinstance(token, str) and isinstance(value, int | float) and not isinstance(value, bool):
-            pairs.append((token, float(value)))
+            pairs.append((_cut(token, MAX_TOKEN_CHARS), float(value)))
     return pairs[:limit]
 
 
@@ -105,8 +121,13 @@ def _explanation(data: dict[str, Any]) -> str | None:
             and isinstance(item.get("description"), str)
             and item["description"].strip()
         ):
-            return item["description"].strip()
+            return _cut(item["description"].strip(), MAX_EXPLANATION_CHARS)
     return None
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` - 1 characters and an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_feature(data: Any, max_logits: int = 10) -> FeatureInfo:
@@ -193,6 +214,37 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
+class _KeyOnlyToHost(requests.Session):
+    """A session that drops the API key when a redirect leaves the configured origin.
+
+    requests strips ``Authorization`` on such redirects but keeps custom
+    headers such as ``x-api-key``; this strips that too.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__()
+        self.origin = _origin(base_url)
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if _origin(str(prepared_request.url)) != self.origin:
+            prepared_request.headers.pop(API_KEY_HEADER, None)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One HTTP answer, its body read in full (within the size cap and deadline)."""
+
+    status: int
+    body: bytes
+    retry_after: float | None
+
+
 @dataclass
 class _Client:
     """Shared settings and state of one annotation run (thread-safe counters)."""
@@ -205,6 +257,7 @@ class _Client:
     max_backoff_s: float
     max_logits: int
     max_network_failures: int
+    deadline: float  # time.monotonic() when the run's Neuronpedia budget is spent
     requests_sent: int = 0
     network_failures: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -212,45 +265,72 @@ class _Client:
 
     def session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
-            self.local.session = requests.Session()
+            self.local.session = _KeyOnlyToHost(self.base_url)
         return self.local.session
 
     def offline(self) -> bool:
         with self.lock:
             return self.network_failures >= self.max_network_failures
 
-    def get(self, url: str) -> requests.Response:
+    def remaining(self) -> float:
+        """Seconds left of the run's budget; FetchError when none are."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise FetchError("skipped: Neuronpedia time budget spent", network=True)
+        return left
+
+    def get(self, url: str) -> _Answer:
         if self.offline():
             raise FetchError("skipped", "Neuronpedia unreachable earlier in this run", network=True)
+        timeout = min(self.timeout_s, self.remaining())
         with self.lock:
             self.requests_sent += 1
         try:
-            return self.session().get(url, headers=self.headers, timeout=self.timeout_s)
-        except requests.RequestException as e:
+            with self.session().get(url, headers=self.headers, timeout=timeout, stream=True) as response:
+                body = _read_body(response, time.monotonic() + timeout)
+                return _Answer(response.status_code, body, _retry_after(response))
+        except (requests.RequestException, TimeoutError) as e:
             with self.lock:
                 self.network_failures += 1
-            kind = "timeout" if isinstance(e, requests.Timeout) else "no connection"
+            kind = "timeout" if isinstance(e, (requests.Timeout, TimeoutError)) else "no connection"
             raise FetchError(kind, type(e).__name__, network=True) from e
 
     def fetch(self, neuronpedia_id: str, index: int) -> FeatureInfo | None:
         """The feature's info, or None when Neuronpedia does not have it (404)."""
         url = feature_url(self.base_url, neuronpedia_id, index)
+        shown_url = redact_url(url)
         for attempt in range(self.retries + 1):
-            response = self.get(url)
-            if response.status_code == 404:
+            answer = self.get(url)
+            if answer.status == 404:
                 return None
-            if response.status_code in _RETRY_STATUS and attempt < self.retries:
-                wait = _retry_after(response)
-                wait = self.backoff_s * 2**attempt if wait is None else wait
-                time.sleep(min(wait, self.max_backoff_s))
+            if answer.status in _RETRY_STATUS and attempt < self.retries:
+                wait = self.backoff_s * 2**attempt if answer.retry_after is None else answer.retry_after
+                time.sleep(min(wait, self.max_backoff_s, self.remaining()))
                 continue
-            if response.status_code != 200:
-                raise FetchError(f"HTTP {response.status_code}", url)
+            if answer.status != 200:
+                raise FetchError(f"HTTP {answer.status}", shown_url)
             try:
-                return parse_feature(response.json(), self.max_logits)
+                return parse_feature(json.loads(answer.body), self.max_logits)
             except (ValueError, TypeError) as e:
-                raise FetchError("malformed JSON", url) from e
+                raise FetchError("malformed JSON", shown_url) from e
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _read_body(response: requests.Response, deadline: float) -> bytes:
+    """The whole body, read a chunk at a time so that neither its size nor its duration is unbounded.
+
+    Raises:
+        FetchError: over MAX_BODY_BYTES.
+        TimeoutError: not finished by `deadline` (a server trickling bytes).
+    """
+    body = bytearray()
+    while chunk := response.raw.read1(65536, decode_content=True):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise FetchError("response too large", f"over {MAX_BODY_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise TimeoutError("body not received within the request deadline")
+    return bytes(body)
 
 
 # ---------------------------------------------------------------- graph
@@ -312,6 +392,7 @@ def annotate_graph(
     max_backoff_s: float = 30.0,
     max_logits: int = 10,
     max_network_failures: int = 3,
+    budget_s: float = DEFAULT_BUDGET_S,
 ) -> AnnotationStats:
     """Fill explanations (and missing logits) of feature nodes from Neuronpedia.
 
@@ -325,13 +406,15 @@ def annotate_graph(
         cache_dir: folder of the on-disk cache (a folder per server, one small
             JSON per feature).
         api_key: sent as ``x-api-key``; defaults to ``$NEURONPEDIA_API_KEY``.
-        timeout_s: per-request timeout (connect and read).
+        timeout_s: per-request deadline (connect, headers and body together).
         max_workers: concurrent requests.
         retries, backoff_s, max_backoff_s: retries on 429/5xx, waiting
             ``backoff_s * 2**attempt`` or ``Retry-After``, at most ``max_backoff_s``.
         max_logits: up-/down-weighted tokens kept per feature.
         max_network_failures: after this many network-level failures the
             remaining features are skipped.
+        budget_s: seconds the whole call may spend on Neuronpedia; features
+            still unfetched then are skipped (and counted in the warning).
 
     Returns:
         Counts of features looked up, cache hits, fetches, failures and requests.
@@ -346,15 +429,17 @@ def annotate_graph(
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
     client = _Client(
         base_url,
-        {"x-api-key": key} if key else {},
+        {API_KEY_HEADER: key} if key else {},
         timeout_s,
         retries,
         backoff_s,
         max_backoff_s,
         max_logits,
         max_network_failures,
+        time.monotonic() + budget_s,
     )
-    results, failures = _lookup_all(client, server_cache_dir(cache_dir, base_url), keys, max_workers, stats)
+    cache = server_cache_dir(cache_dir, redact_url(base_url))
+    results, failures = _lookup_all(client, cache, keys, max_workers, stats)
     for node in nodes:
         if (info := results.get((str(node.neuronpedia_id), int(node.feature)))) is not None:  # type: ignore[arg-type]
             _apply(node, info)

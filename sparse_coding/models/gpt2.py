@@ -15,23 +15,38 @@ logger = logging.getLogger(__name__)
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
+def available_devices() -> list[str]:
+    """Device types usable on this machine, best first."""
+    mps = getattr(torch.backends, "mps", None)
+    return [
+        name
+        for name, usable in (
+            ("cuda", torch.cuda.is_available()),
+            ("mps", bool(mps and mps.is_available())),
+            ("cpu", True),
+        )
+        if usable
+    ]
+
+
 def resolve_device(name: str | None = None) -> torch.device:
-    """`name` if given (DEVICE key), else CUDA, then MPS, then CPU."""
-    if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError as e:
-            raise ConfigError(
-                f"DEVICE {name!r} is not a torch device; e.g. 'cuda', 'cuda:1', 'mps', 'cpu'"
-            ) from e
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"DEVICE is {name!r} but CUDA is not available here; unset DEVICE or use 'cpu'")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """`name` if given (DEVICE key) and usable here, else CUDA, then MPS, then CPU."""
+    usable = available_devices()
+    if not name:
+        return torch.device(usable[0])
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"DEVICE {name!r} is not a torch device; valid here: {', '.join(usable)}") from e
+    if device.type not in usable:
+        raise ConfigError(
+            f"DEVICE is {name!r} but {device.type} is not available here; unset DEVICE or use one of "
+            f"{', '.join(usable)}"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"DEVICE is {name!r}; this machine has {count} CUDA device(s), cuda:0..{count - 1}")
+    return device
 
 
 def resolve_dtype(name: str | None, default: torch.dtype = torch.float32) -> torch.dtype:
@@ -59,6 +74,11 @@ def load_model(
             f"MODEL_DIR {model_dir!r} could not be loaded as a Hugging Face causal LM "
             f"(a hub id such as 'openai-community/gpt2' or a local folder with config.json): {e}"
         ) from e
+    if len(tokenizer) > model.config.vocab_size:
+        raise SparseCodingError(
+            f"MODEL_DIR {model_dir!r}: its tokenizer has {len(tokenizer)} tokens but the model's "
+            f"embedding only {model.config.vocab_size}; the tokenizer belongs to another model"
+        )
     if not hasattr(model, "transformer") or not hasattr(model.transformer, "h"):
         raise SparseCodingError(
             f"MODEL_DIR {model_dir!r} is a {type(model).__name__}; SAE splicing supports GPT-2-style "

@@ -6,11 +6,11 @@ import time
 from collections.abc import Iterable, Mapping
 
 import torch
-from tqdm.auto import tqdm
 
 from sparse_coding.errors import SAELoadError, SparseCodingError
 from sparse_coding.models.sae_sources import fetch_files, resolve_source
 from sparse_coding.models.saes import SAE, load_sae
+from sparse_coding.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def load_saes(
     start = time.perf_counter()
     saes = [
         _checked(load_sae(source, layer, device=device, dtype=dtype), site, layer, source)
-        for site, layer, source in tqdm(chosen, desc="Loading SAEs", leave=False)
+        for site, layer, source in progress(chosen, desc="Loading SAEs", leave=False)
     ]
     logger.info("Loaded %d SAEs in %.1fs", len(saes), time.perf_counter() - start)
     return saes

@@ -7,10 +7,12 @@ A source (the value of RESID_SAES / ATTN_SAES / MLP_SAES) is one of:
 Each resolved folder holds SAELens' ``cfg.json`` + ``sae_weights.safetensors``.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import SAELoadError
 
 CFG_FILE = "cfg.json"
@@ -131,6 +133,23 @@ def fetch_files(resolved: ResolvedSource) -> tuple[Path, Path]:
         ) from e
 
 
+def _mapping(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """An optional object field of the cfg ({} when absent or null)."""
+    value = cfg.get(key) or {}
+    if not isinstance(value, dict):
+        raise SAELoadError(f"SAE cfg {where}: {key} must be an object, got {shown(value)}")
+    return value
+
+
+def _size(cfg: dict[str, Any], key: str, where: str) -> int:
+    """A positive integer size (d_in, d_sae); JSON may write it as 768.0."""
+    value = cfg[key]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value != int(value) or value < 1:
+        raise SAELoadError(f"SAE cfg {where}: {key} must be a positive integer, got {shown(value)}")
+    return int(value)
+
+
 # Old SAELens spelling -> current spelling.
 _RENAMED_KEYS = {
     "hook_point": "hook_name",
@@ -147,7 +166,9 @@ def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
     prepend_bos, center_writing_weights (None if the cfg does not say),
     neuronpedia_id.
     """
-    cfg = {**raw, **raw.get("metadata", {})}
+    if not isinstance(raw, dict):
+        raise SAELoadError(f"SAE cfg {where} must be a JSON object, got {shown(raw)}")
+    cfg = {**raw, **_mapping(raw, "metadata", where)}
     for old, new in _RENAMED_KEYS.items():
         if old in cfg and new not in cfg:
             cfg[new] = cfg[old]
@@ -156,7 +177,8 @@ def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
             raise SAELoadError(
                 f"SAE cfg {where} lacks {key!r}; an SAELens cfg.json has d_in, d_sae, hook_name"
             )
-    kwargs = cfg.get("activation_fn_kwargs") or {}
+    kwargs = _mapping(cfg, "activation_fn_kwargs", where)
+    d_in, d_sae = _size(cfg, "d_in", where), _size(cfg, "d_sae", where)
     architecture = str(cfg.get("architecture") or "standard").lower()
     activation_fn = str(cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu").lower()
     if architecture in ("jumprelu", "jump_relu"):
@@ -171,24 +193,29 @@ def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
             f"supported; supported: standard+relu, topk, jumprelu"
         )
     k = kwargs.get("k", cfg.get("k"))
-    if activation == "topk" and not isinstance(k, int):
-        raise SAELoadError(f"SAE cfg {where}: a TopK SAE needs activation_fn_kwargs.k (an int), got {k!r}")
+    if activation == "topk" and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d_sae):
+        raise SAELoadError(
+            f"SAE cfg {where}: a TopK SAE needs activation_fn_kwargs.k, an int in 1..d_sae={d_sae}, "
+            f"got {shown(k)}"
+        )
     norm = cfg.get("normalize_activations") or "none"
     norm = "none" if norm in (False, "False", "none", "None") else str(norm)
     if norm not in ("none", "layer_norm"):
         raise SAELoadError(
             f"SAE cfg {where}: normalize_activations {norm!r} is not supported; supported: none, layer_norm"
         )
-    model_kwargs = cfg.get("model_from_pretrained_kwargs") or {}
+    model_kwargs = _mapping(cfg, "model_from_pretrained_kwargs", where)
+    if not isinstance(cfg["hook_name"], str):
+        raise SAELoadError(f"SAE cfg {where}: hook_name must be a string, got {shown(cfg['hook_name'])}")
     return {
-        "d_in": int(cfg["d_in"]),
-        "d_sae": int(cfg["d_sae"]),
-        "hook_name": str(cfg["hook_name"]),
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "hook_name": cfg["hook_name"],
         "activation": activation,
         "k": k if activation == "topk" else None,
         "normalize_activations": norm,
         "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
         "prepend_bos": bool(cfg.get("prepend_bos", True)),
         "center_writing_weights": model_kwargs.get("center_writing_weights"),
-        "neuronpedia_id": cfg.get("neuronpedia_id"),
+        "neuronpedia_id": cfg["neuronpedia_id"] if isinstance(cfg.get("neuronpedia_id"), str) else None,
     }

@@ -8,7 +8,6 @@ is `sparse_coding.algorithms.thresholds`; the cache format is
 import logging
 import math
 from collections.abc import Iterable
-from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
@@ -19,26 +18,25 @@ from sparse_coding.errors import ConfigError
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.pipelines.loading import load_spliced_model
-from sparse_coding.pipelines.threshold_cache import save_thresholds
+from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_thresholds
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 
 
-def run_hist(config: Config, phases: PhaseTimer | None = None) -> Path | None:
-    """Compute and cache the thresholds of every site of the slice; None when DATASET is unset."""
-    if config.DATASET is None:
-        logger.warning(
-            "DATASET is unset, so there is nothing to precluster; nothing was written. "
-            "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
-        )
-        return None
+def run_hist(config: Config, phases: PhaseTimer | None = None) -> str:
+    """Compute and cache the thresholds of every site of the slice (DATASET set); returns the closing line."""
     phases = phases or PhaseTimer()
     spliced, tokenizer = load_spliced_model(config, phases=phases)
     with phases.phase("compute: thresholds"):
         result = thresholds_from_config(config, spliced, tokenizer)
     with phases.phase("write"):
-        return save_thresholds(config, spliced, result)
+        path = save_thresholds(config, spliced, result)
+    return (
+        f"hist.py: thresholds for {len(result.thresholds)} sites from {result.n_kept} of "
+        f"{len(result.cut_positions)} sequences (cluster {config.KEEPER_CLUSTER_INDEX} of "
+        f"{config.NUM_CLUSTERS}); wrote {path}, {METADATA_FILE}"
+    )
 
 
 def thresholds_from_config(

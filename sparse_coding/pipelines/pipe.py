@@ -9,18 +9,19 @@ publishing it.
 
 import itertools
 import logging
+import math
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.ablation_graph import AblationResult, ablation_graph
 from sparse_coding.config import Config
-from sparse_coding.corpus import TokenBatch, iter_batches, load_texts
-from sparse_coding.errors import ConfigError, DatasetError
+from sparse_coding.corpus import TokenBatch, iter_batches
+from sparse_coding.errors import ConfigError, DatasetError, EmptyResultError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import check_output_names
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import text_source
+from sparse_coding.pipelines.inputs import interpreted_texts
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.splicing.splice import SplicedModel
@@ -28,14 +29,16 @@ from sparse_coding.splicing.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 
-def run_pipe(config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False) -> str:
+def run_pipe(
+    config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False, allow_empty: bool = False
+) -> str:
     """Build pipe.py's graph on the resid SAEs and publish it; returns the closing line."""
     phases = phases or PhaseTimer()
     out_dir = config.model_data_dir(config.MODEL_DIR)
     check_output_names(out_dir / config.GRAPH_DOT_FILE, out_dir / config.GRAPH_FILE)
     spliced, tokenizer = load_spliced_model(config, sites=("resid",), phases=phases)
     with phases.phase("compute: ablation graph"):
-        graph = pipe_graph(config, spliced, tokenizer)
+        graph = pipe_graph(config, spliced, tokenizer, allow_empty=allow_empty)
     published = publish_graph(
         graph,
         config,
@@ -51,7 +54,7 @@ def run_pipe(config: Config, phases: PhaseTimer | None = None, *, new_graph: boo
 
 
 def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> TokenBatch:
-    """The first NUM_SEQUENCES_INTERPED sequences (PROMPT or DATASET), right-padded.
+    """The first NUM_SEQUENCES_INTERPED sequences (PROMPT or DATASET, per INTERP_SOURCE), right-padded.
 
     Dataset sequences are truncated to MAX_SEQ_INTERPED_LEN tokens; PROMPT is
     never truncated (that would change the token whose prediction is explained).
@@ -61,18 +64,21 @@ def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device
         DatasetError: no sequence has any token.
     """
     limit = config.MAX_SEQ_INTERPED_LEN
-    texts = itertools.islice(load_texts(text_source(config)), config.NUM_SEQUENCES_INTERPED)
+    from_dataset = config.interp_source == "dataset"
+    texts = itertools.islice(interpreted_texts(config), config.NUM_SEQUENCES_INTERPED)
     batches = iter_batches(
         texts,
         tokenizer,
         batch_size=config.NUM_SEQUENCES_INTERPED,
-        max_len=limit if config.DATASET else limit + 1,
+        max_len=limit if from_dataset else limit + 1,
         prepend_bos=config.PREPEND_BOS,
         device=device,
     )
     batch = next(batches, None)
     if batch is None:
-        raise DatasetError(f"{config.DATASET or 'PROMPT'} holds no text with tokens to interpret")
+        raise DatasetError(
+            f"{config.DATASET if from_dataset else 'PROMPT'} holds no text with tokens to interpret"
+        )
     if batch.input_ids.shape[1] > limit:
         raise ConfigError(
             f"PROMPT is more than MAX_SEQ_INTERPED_LEN={limit} tokens; "
@@ -105,8 +111,15 @@ def resid_pins(config: Config) -> dict[int, int]:
     return pins
 
 
-def pipe_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase) -> Graph:
-    """pipe.py's graph: the ablation graph of the config's sequences, with its summary."""
+def pipe_graph(
+    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase, *, allow_empty: bool = False
+) -> Graph:
+    """pipe.py's graph: the ablation graph of the config's sequences, with its summary.
+
+    Raises:
+        EmptyResultError: THRESHOLD_EXP dropped every edge and `allow_empty`
+            is false (with it, the same message is a warning).
+    """
     layers = config.layer_range(spliced.n_layers)
     batch = interpreted_batch(config, tokenizer, spliced.device)
     result = ablation_graph(
@@ -120,13 +133,39 @@ def pipe_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedToken
         logit_tokens=config.LOGIT_TOKENS,
         seed=config.SEED,
     )
+    if len(layers) > 1 and not result.graph.edges:
+        message = empty_graph_message(config.THRESHOLD_EXP, result.largest_effects)
+        if not allow_empty:
+            raise EmptyResultError(f"{message}; or pass --allow-empty to write the graph without edges")
+        logger.warning("%s; writing the graph without edges (--allow-empty)", message)
     graph = result.graph
     graph.metadata = {
         "dataset": config.DATASET,
+        "interp_source": config.interp_source,
+        "interpreted": [
+            tokenizer.decode(ids[mask.bool()])
+            for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)
+        ],
         "sequences": len(batch.input_ids),
         "summary": summary(result),
     }
     return graph
+
+
+def empty_graph_message(threshold_exp: float | None, largest: list[float]) -> str:
+    """Why no edge was kept, and the THRESHOLD_EXP that would keep the largest effects measured."""
+    nonzero = [e for e in largest if e > 0]
+    if not nonzero:
+        return "No ablation changed any next-layer feature, so the graph has no edges"
+    kept = nonzero[-1]  # the smallest of the (up to LARGEST_KEPT) largest effects
+    exponent = math.floor(10 * math.log2(kept)) / 10
+    if 2.0**exponent >= kept:  # edges need |e| > 2**THRESHOLD_EXP
+        exponent = round(exponent - 0.1, 1)
+    return (
+        f"THRESHOLD_EXP {threshold_exp} (|effect| > {2.0**threshold_exp:.3g}) keeps no edge: the largest "
+        f"effect measured is {nonzero[0]:.3g}; THRESHOLD_EXP: {exponent} would keep the top {len(nonzero)} "
+        f"edges (null keeps every non-zero effect)"
+    )
 
 
 def summary(result: AblationResult) -> str:

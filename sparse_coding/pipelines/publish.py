@@ -8,6 +8,7 @@ one crash-consistent commit).
 """
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ from sparse_coding.config import Config
 from sparse_coding.errors import DatasetError
 from sparse_coding.graphs.conventions import sign_convention
 from sparse_coding.graphs.graph import Graph
-from sparse_coding.graphs.graph_files import update_graph_files
+from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
@@ -89,10 +90,14 @@ def publish_graph(
     dot_path = out_dir / dot_name
     with phases.phase("write and render"):
         merged = update_graph_files(graph, dot_path, out_dir / image_name, new_graph=new_graph)
+    written = [str(dot_path), dot_path.with_suffix(".json").name]
+    if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
+        written.append(image_name)
+    written.append(viewer_path_for(dot_path, out_dir / image_name).name)
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
-        f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; wrote {dot_path}, "
-        f"{dot_path.with_suffix('.json').name}, {image_name}"
+        f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; "
+        f"wrote {', '.join(written)}"
     )
     return Published(merged, dot_path, line)
 

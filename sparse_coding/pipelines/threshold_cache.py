@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
 
@@ -116,10 +116,10 @@ def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
         return None
     try:
         cached, values = _read_cache(path)
-    except (OSError, KeyError, ValueError) as e:
+        differences = _differences(cached, cache_key(config, spliced), values, spliced)
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, SafetensorError) as e:
         logger.warning("Ignoring cached thresholds %s: unreadable (%s); rerun hist.py", path, e)
         return None
-    differences = _differences(cached, cache_key(config, spliced), values, spliced)
     if differences:
         logger.warning("Ignoring stale thresholds %s (rerun hist.py): %s", path, "; ".join(differences))
         return None

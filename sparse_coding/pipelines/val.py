@@ -22,7 +22,7 @@ from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.inputs import config_batches, interpreted_texts
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 from sparse_coding.splicing.splice import SplicedModel
@@ -48,7 +48,11 @@ def run_val(
         config, circuit, circuit_errors=circuit_errors, source=source, phases=phases
     )
     batches = config_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+        config,
+        tokenizer,
+        device=spliced.device,
+        context_len=spliced.model.config.n_positions,
+        texts=interpreted_texts(config),
     )
     with phases.phase("compute: validation"):
         result = validate_circuit(
@@ -59,7 +63,9 @@ def run_val(
         tokenizer,
         logit_tokens=config.LOGIT_TOKENS,
         source=source,
-        data=f"DATASET {config.DATASET!r}" if config.DATASET else f"PROMPT {config.PROMPT!r}",
+        data=f"DATASET {config.DATASET!r}"
+        if config.interp_source == "dataset"
+        else f"PROMPT {config.PROMPT!r}",
     )
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
     write_report(data | {"config": config.to_metadata()}, path)

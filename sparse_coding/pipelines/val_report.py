@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from sparse_coding import storage
 from sparse_coding.algorithms.validation import ValidationResult
 from sparse_coding.graphs.conventions import sign_convention
+from sparse_coding.tokens import token_text
 
 ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
 BASELINE = "mean ablation (each feature set to its mean activation over the real tokens evaluated)"
@@ -66,7 +67,7 @@ def next_token_changes(
     }
 
     def row(i: Tensor) -> dict[str, Any]:
-        token, values = tokenizer.decode([int(i)]), (clean[i], ablated[i], change[i])
+        token, values = token_text(tokenizer, int(i)), (clean[i], ablated[i], change[i])
         return {"token": token, "id": int(i)} | dict(
             zip(("clean", "ablated", "change"), map(float, values), strict=True)
         )
@@ -162,4 +163,4 @@ def _metric_lines(data: dict[str, Any]) -> list[str]:
 
 
 def _ratio_text(value: float | None, meaning: str) -> str:
-    return "undefined, m(M) = m(empty)" if value is None else f"{value:.4f}  ({meaning})"
+    return "undefined, m(M) ~ m(empty)" if value is None else f"{value:.4f}  ({meaning})"

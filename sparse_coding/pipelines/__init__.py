@@ -1,0 +1,1 @@
+"""One module per script: the code that reads Config, loads, runs the algorithms and writes."""

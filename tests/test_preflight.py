@@ -1,0 +1,164 @@
+"""Fail before the work: what the config and the files can tell stops a run before anything loads."""
+
+import runpy
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config_dict
+
+from sparse_coding.config import config_from_dict
+from sparse_coding.errors import SparseCodingError
+from sparse_coding.pipelines.preflight import preflight
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Loading the model at all fails the test: every check must come first."""
+    import sparse_coding.pipelines.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the failing check")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+def _fail_script(tmp_path, capsys, monkeypatch, script: str, raw: dict) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--config", str(path), "-q"])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO / "sparse_coding" / f"{script}.py"), run_name="__main__")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    return line
+
+
+def _raw(tmp_path, tiny_model_dir, sae_templates, **overrides) -> dict:
+    return tiny_config_dict(tmp_path, tiny_model_dir, sae_templates) | overrides
+
+
+def _out_dir(tmp_path) -> Path:
+    return next(iter((tmp_path / "data").iterdir()), None) or (tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    ("script", "overrides", "words"),
+    [
+        ("pipe", {"GRAPH_FILE": "graph.jpg"}, "'.jpg'"),
+        ("fast", {"GRADS_FILE": "graph.pdf"}, "'.pdf'"),
+        ("fast", {"PROMPT": "a", "PREPEND_BOS": False}, "needs at least 2"),
+        ("pipe", {"MODEL_DIR": "./no_such_model"}, "folder"),
+        ("hist", {"DATASET": "x.txt", "MODEL_DIR": "/no/such/model"}, "not found"),
+    ],
+)
+def test_a_check_from_the_config_fails_before_the_model_loads(
+    tmp_path, tiny_model_dir, sae_templates, capsys, monkeypatch, nothing_loads, script, overrides, words
+):
+    line = _fail_script(
+        tmp_path, capsys, monkeypatch, script, _raw(tmp_path, tiny_model_dir, sae_templates, **overrides)
+    )
+    assert words in line, line
+
+
+def test_an_existing_graph_file_that_cannot_be_read_fails_before_the_model_loads(
+    tmp_path, tiny_model_dir, sae_templates, capsys, monkeypatch, nothing_loads
+):
+    raw = _raw(tmp_path, tiny_model_dir, sae_templates)
+    out = config_from_dict(raw).model_data_dir(raw["MODEL_DIR"])
+    out.mkdir(parents=True)
+    (out / "grads_graph.dot").write_text("this is { not a graph")
+    line = _fail_script(tmp_path, capsys, monkeypatch, "fast", raw)
+    assert "grads_graph.dot" in line
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_the_model_loads(
+    tmp_path, tiny_model_dir, sae_templates, capsys, monkeypatch, nothing_loads
+):
+    (tmp_path / "a_file").write_text("")
+    raw = _raw(tmp_path, tiny_model_dir, sae_templates, DATA_DIR=str(tmp_path / "a_file"))
+    line = _fail_script(tmp_path, capsys, monkeypatch, "pipe", raw)
+    assert "cannot be written" in line and "DATA_DIR" in line
+
+
+def test_offline_a_model_missing_from_the_cache_fails_in_seconds_naming_it_and_the_cache(tmp_path, hub_cache):
+    config = config_from_dict({"DATA_DIR": str(tmp_path / "data")})  # the default hub model and SAEs
+    start = time.perf_counter()
+    with pytest.raises(SparseCodingError) as info:
+        preflight(config)
+    assert time.perf_counter() - start < 2
+    message = str(info.value)
+    assert (
+        "HF_HUB_OFFLINE" in message
+        and "openai-community/gpt2" in message
+        and str(tmp_path / "hub") in message
+    )
+
+
+def test_offline_a_missing_sae_is_named_once_with_its_repo(tmp_path, hub_cache, tiny_model_dir):
+    hub_cache("openai-community/gpt2", tiny_model_dir, "")
+    config = config_from_dict({"DATA_DIR": str(tmp_path / "data"), "ACTS_LAYERS_SLICE": "1:2"})
+    with pytest.raises(SparseCodingError) as info:
+        preflight(config, sites=("resid",))
+    message = str(info.value)
+    assert message.count("gpt2-small-res-jb layer 1") == 1 and "jbloom/GPT2-Small-SAEs-Reformatted" in message
+    assert "attn" not in message
+
+
+def test_without_network_a_missing_model_fails_in_seconds(tmp_path, hub_cache, monkeypatch):
+    import socket
+
+    import huggingface_hub.constants as constants
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused at once
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    start = time.perf_counter()
+    with pytest.raises(SparseCodingError, match="cannot be reached"):
+        preflight(config_from_dict({"DATA_DIR": str(tmp_path / "data")}))
+    assert time.perf_counter() - start < 5
+    closed.close()
+
+
+def test_a_run_whose_files_are_all_there_passes(tmp_path, tiny_model_dir, sae_templates, make_config):
+    preflight(make_config(), graph_files=("g.dot", "g.svg"), min_prompt_tokens=2)
+
+
+@pytest.mark.parametrize("script", ["pipe", "fast", "hist"])
+def test_offline_a_missing_model_fails_before_torch_is_even_imported(tmp_path, script):
+    import os
+    import subprocess
+
+    (tmp_path / "c.yaml").write_text("DATA_DIR: out\nDATASET: d.txt\n")
+    env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            str(REPO / "sparse_coding" / f"{script}.py"),
+            "--config",
+            "c.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "openai-community/gpt2" in errors[0] and str(tmp_path / "hub") in errors[0]
+    imported = {
+        line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "torch" not in imported
