@@ -11,10 +11,20 @@ import pytest
 import torch
 from conftest import tiny_config_dict
 
-from sparse_coding.algorithms.attribution import choose_down_nodes, edges, node_attributions, split_prompt
-from sparse_coding.algorithms.attribution_graph import fraction_explained, gradient_graph
-from sparse_coding.models.gpt2 import tokenize_prompt
+from sparse_coding.algorithms.attribution import node_attributions
+from sparse_coding.algorithms.attribution_edges import edges
+from sparse_coding.algorithms.attribution_graph import (
+    GraphOptions,
+    choose_down_nodes,
+    fraction_explained,
+    gradient_graph,
+    summarize,
+)
+from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.pairs import Pair, example_batches, tokenize_pair
+
+CE = METRICS["cross_entropy"]
 
 PROMPT = "When Mary and John went to the store, John gave"
 
@@ -26,9 +36,19 @@ def setup(tmp_path_factory, tiny_model_dir, sae_templates):
     data = tmp_path_factory.mktemp("data")
     config = config_from_dict(tiny_config_dict(data, tiny_model_dir, sae_templates) | {"DTYPE": "float64"})
     spliced, tokenizer = load_spliced_model(config)
-    tokens = tokenize_prompt(tokenizer, PROMPT, prepend_bos=True)
-    inputs, target = split_prompt(tokens)
-    return spliced, inputs, target
+    example = tokenize_pair(Pair(PROMPT), tokenizer, prepend_bos=True, max_len=64)
+    (batch,) = example_batches([example], batch_size=1, pad_id=0, device="cpu")
+    return spliced, batch, batch.input_ids, batch.answers
+
+
+def _attributions(spliced, batch, **options):
+    return node_attributions(spliced, batch, metric=CE, **options)
+
+
+def _down_nodes(attributions, n: int, thresholds=None):
+    return choose_down_nodes(
+        summarize([attributions]), GraphOptions(CE, num_down_nodes=n), thresholds=thresholds
+    )
 
 
 def _module_hook(model, key: str, fn):
@@ -97,24 +117,24 @@ def _reference_ie(spliced, inputs, target, key, feature):
 
 
 def test_node_attributions_equal_directional_derivatives_of_the_plain_model(setup):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
     for key, attr in attributions.items():
-        top = attr.feature_ie.abs().topk(3).indices.tolist()
+        top = attr.feature_ie[0].abs().topk(3).indices.tolist()
         for feature in top:
-            assert attr.feature_ie[feature] == pytest.approx(
+            assert attr.feature_ie[0, feature] == pytest.approx(
                 _reference_ie(spliced, inputs, target, key, feature), rel=1e-6, abs=1e-9
             )
-        assert attr.error_ie == pytest.approx(
+        assert float(attr.error_ie[0]) == pytest.approx(
             _reference_ie(spliced, inputs, target, key, None), rel=1e-6, abs=1e-9
         )
 
 
 def test_inactive_features_have_exactly_zero_attribution(setup):
-    spliced, inputs, target = setup
-    for attr in node_attributions(spliced, inputs, target).values():
+    spliced, batch, inputs, target = setup
+    for attr in _attributions(spliced, batch).values():
         inactive = attr.max_activation == 0
-        assert (attr.feature_ie[inactive] == 0).all()
+        assert (attr.feature_ie[0, inactive] == 0).all()
 
 
 def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setup):
@@ -124,8 +144,8 @@ def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setu
     where the integrand is singular and the midpoint rule converges slowly, so
     the check uses the attn/mlp sites.)
     """
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target, ig_steps=32)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch, ig_steps=32)
     for key in ("attn_1", "mlp_1"):
         sae = spliced.by_key[key].sae
         x = _clean(spliced, inputs)[key]
@@ -138,7 +158,7 @@ def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setu
 
         change = loss_with(lambda out: constant) - loss_with(lambda out: out)
         attr = attributions[key]
-        assert float(attr.feature_ie.sum()) + attr.error_ie == pytest.approx(change, rel=1e-3, abs=1e-5)
+        assert float(attr.feature_ie.sum() + attr.error_ie.sum()) == pytest.approx(change, rel=1e-3, abs=1e-5)
 
 
 def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_key, up_feature):
@@ -194,11 +214,11 @@ PAIRS = [
 
 @pytest.mark.parametrize("batched", [False, True], ids=["per-node backward", "batched backward"])
 def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=2)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    down_nodes = _down_nodes(attributions, 2)
     edge_sets = {
-        (s.down_site, s.up_site): s for s in edges(spliced, inputs, attributions, down_nodes, batched=batched)
+        (s.down_site, s.up_site): s for s in edges(spliced, batch, attributions, down_nodes, batched=batched)
     }
     clean = _clean(spliced, inputs)
     for down_key, up_key in PAIRS:
@@ -221,22 +241,22 @@ def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
 
 
 def test_upstream_error_edges_are_not_zero(setup):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=2)
-    error_edges = [s.effects[:, -1] for s in edges(spliced, inputs, attributions, down_nodes, batched=False)]
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    down_nodes = _down_nodes(attributions, 2)
+    error_edges = [s.effects[:, -1] for s in edges(spliced, batch, attributions, down_nodes, batched=False)]
     assert all(column.abs().max() > 0 for column in error_edges)
 
 
 def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstream_feature(setup):
     """attn_1 -> resid_2 is a plain residual add; where resid_2's ReLU gates do not flip, the
     first-order edge is exact: it equals w . (d(ablated) - d(clean)) with other sites frozen."""
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=3)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    down_nodes = _down_nodes(attributions, 3)
     edge_set = next(
         s
-        for s in edges(spliced, inputs, attributions, down_nodes, batched=False)
+        for s in edges(spliced, batch, attributions, down_nodes, batched=False)
         if (s.down_site, s.up_site) == ("resid_2", "attn_1")
     )
     clean = _clean(spliced, inputs)
@@ -269,9 +289,8 @@ def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstre
 
 
 def test_gradient_graph_keeps_only_nodes_that_reach_the_last_layer(setup):
-    spliced, inputs, target = setup
-    tokens = torch.cat([inputs, target[:, None]], dim=1)
-    graph = gradient_graph(spliced, tokens, num_down_nodes=3, num_up_nodes=2)
+    spliced, batch, inputs, target = setup
+    graph = gradient_graph(spliced, [batch], GraphOptions(CE, num_down_nodes=3, num_up_nodes=2))
     assert graph.nodes and graph.edges
     into = {}
     for source, target_id in graph.edges:
@@ -289,28 +308,31 @@ def test_gradient_graph_keeps_only_nodes_that_reach_the_last_layer(setup):
 
 
 def test_fraction_explained_is_the_features_share_of_total_absolute_attribution(setup):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
     features = sum(a.feature_ie.abs().sum().item() for a in attributions.values())
-    errors = sum(abs(a.error_ie) for a in attributions.values())
-    assert fraction_explained(attributions) == pytest.approx(features / (features + errors))
+    errors = sum(abs(float(a.error_ie[0])) for a in attributions.values())
+    assert fraction_explained(summarize([attributions])) == pytest.approx(features / (features + errors))
 
 
-def test_one_token_prompt_is_a_clear_error(setup):
-    from sparse_coding.errors import SparseCodingError
+def test_one_token_prompt_is_a_clear_error(tiny_model_dir):
+    from transformers import AutoTokenizer
 
-    with pytest.raises(SparseCodingError, match="single token"):
-        split_prompt(torch.tensor([[5]]))
+    from sparse_coding.errors import DatasetError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(DatasetError, match="single token"):
+        tokenize_pair(Pair("a"), tokenizer, prepend_bos=False, max_len=64)
 
 
 def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_position(setup):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
     clean = _clean(spliced, inputs)
     thresholds = {
         key: torch.full((site.sae.d_sae,), 0.05, dtype=torch.float64) for key, site in spliced.by_key.items()
     }
-    chosen = choose_down_nodes(attributions, num_down_nodes=1, thresholds=thresholds)
+    chosen = _down_nodes(attributions, 1, thresholds=thresholds)
     for key, site in spliced.by_key.items():
         x = clean[key]
         x_tl = x - x.mean(-1, keepdim=True) if site.sae.cfg.center_writing_weights else x
@@ -319,20 +341,20 @@ def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_pos
 
 
 def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch):
-    from sparse_coding.algorithms import attribution
+    from sparse_coding.algorithms import attribution_edges
 
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=3)
-    per_node = edges(spliced, inputs, attributions, down_nodes, batched=False)
-    monkeypatch.setattr(attribution, "MAX_BATCHED_ROWS", 2)
-    chunked = edges(spliced, inputs, attributions, down_nodes, batched=True)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    down_nodes = _down_nodes(attributions, 3)
+    per_node = edges(spliced, batch, attributions, down_nodes, batched=False)
+    monkeypatch.setattr(attribution_edges, "MAX_BATCHED_ROWS", 2)
+    chunked = edges(spliced, batch, attributions, down_nodes, batched=True)
     for a, b in zip(per_node, chunked, strict=True):
         torch.testing.assert_close(a.effects, b.effects, rtol=1e-9, atol=1e-12)
 
 
 def test_top_edges_keep_the_most_positive_and_most_negative_apart():
-    from sparse_coding.algorithms.attribution import EdgeSet
+    from sparse_coding.algorithms.attribution_edges import EdgeSet
     from sparse_coding.algorithms.attribution_graph import _top_edges
 
     # Rows: down feature 7, then the down error node; last column: the upstream error.

@@ -27,6 +27,13 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
 DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
+# Keys with a fixed set of values (the algorithms that read them check the same names).
+CHOICES = {
+    "METRIC": ("cross_entropy", "logit_diff", "logprob"),
+    "BASELINE": ("zero", "patch", "mean"),
+    "SELECTION": ("topk", "threshold"),
+    "NODE_ESTIMATOR": ("gradient", "exact"),
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,18 @@ class Config:
     NUM_DOWN_NODES: int = 5
     VALIDATION_DIMS_PINNED: dict[str, list[int]] | None = None
     IG_STEPS: int = 1
+    # fast.py: examples, metric, baseline, selection, estimator.
+    PATCH_PROMPT: str | None = None
+    ANSWER: str | None = None
+    PATCH_ANSWER: str | None = None
+    PAIRS_FILE: str | None = None
+    NUM_EXAMPLES: int = 32
+    METRIC: str = "cross_entropy"
+    BASELINE: str = "zero"
+    SELECTION: str = "topk"
+    NODE_THRESHOLD: float = 0.1
+    EDGE_THRESHOLD: float = 0.01
+    NODE_ESTIMATOR: str = "gradient"
     # Model, prompt and data.
     MODEL_DIR: str = "openai-community/gpt2"
     PROMPT: str = "Copyright (C)"
@@ -276,6 +295,7 @@ def _check_values(config: Config, where: str) -> None:
         "NUM_UP_NODES",
         "NUM_DOWN_NODES",
         "IG_STEPS",
+        "NUM_EXAMPLES",
         "NUM_SEQUENCES_EVALED",
         "MAX_SEQ_LEN",
         "MAX_SEQ_INTERPED_LEN",
@@ -300,6 +320,10 @@ def _check_values(config: Config, where: str) -> None:
             f"Config key KEEPER_CLUSTER_INDEX{where} is {config.KEEPER_CLUSTER_INDEX}, but "
             f"NUM_CLUSTERS is {config.NUM_CLUSTERS}; valid: 0..{config.NUM_CLUSTERS - 1}"
         )
+    for key, valid in CHOICES.items():
+        if getattr(config, key) not in valid:
+            raise ConfigError(f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)}")
+    _check_examples(config, where)
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)
         if value is not None and value not in DTYPE_NAMES:
@@ -308,3 +332,29 @@ def _check_values(config: Config, where: str) -> None:
         raise ConfigError(
             f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
         )
+
+
+def _check_examples(config: Config, where: str) -> None:
+    """fast.py's example keys: one source of examples, and what each metric/baseline needs."""
+    if config.PAIRS_FILE is not None and config.PATCH_PROMPT is not None:
+        raise ConfigError(
+            f"PAIRS_FILE and PATCH_PROMPT{where} are both set; give pairs in PAIRS_FILE or one pair as "
+            f"PROMPT + PATCH_PROMPT, not both"
+        )
+    if config.PATCH_ANSWER is not None and config.PATCH_PROMPT is None:
+        raise ConfigError(f"PATCH_ANSWER{where} is set without PATCH_PROMPT; set PATCH_PROMPT too")
+    if config.PATCH_PROMPT is not None and (config.ANSWER is None) != (config.PATCH_ANSWER is None):
+        raise ConfigError(
+            f"ANSWER and PATCH_ANSWER{where}: set both (the prompts are inputs, the answers follow them) "
+            f"or neither (each prompt's last token is its answer)"
+        )
+    has_patch = config.PAIRS_FILE is not None or config.PATCH_PROMPT is not None
+    for key, needs in (("METRIC", "logit_diff"), ("BASELINE", "patch")):
+        if getattr(config, key) == needs and not has_patch:
+            raise ConfigError(
+                f"Config key {key}{where} is {needs!r}, which needs patch prompts; set PATCH_PROMPT "
+                f"or PAIRS_FILE"
+            )
+    for key in ("NODE_THRESHOLD", "EDGE_THRESHOLD"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"Config key {key}{where} must be at least 0, got {getattr(config, key)}")

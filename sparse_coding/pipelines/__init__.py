@@ -1,0 +1,1 @@
+"""One module per script: the only code that reads Config, calls loaders, algorithms, labels and writers."""

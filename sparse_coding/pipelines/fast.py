@@ -1,0 +1,109 @@
+"""fast.py's pipeline: config -> examples -> gradient graph (Marks et al. 2024) -> graph files.
+
+Examples come from PAIRS_FILE (NUM_EXAMPLES JSONL rows), else from PROMPT
+(+ PATCH_PROMPT, ANSWER, PATCH_ANSWER) as one example; they are batched by
+BATCH_SIZE. METRIC, BASELINE, IG_STEPS, SELECTION (NUM_DOWN_NODES /
+NUM_UP_NODES or NODE_THRESHOLD / EDGE_THRESHOLD) and NODE_ESTIMATOR shape the
+graph; hist.py's cached thresholds, when they match the run, choose down-nodes.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
+from sparse_coding.algorithms.metrics import metric_for
+from sparse_coding.algorithms.threshold_cache import load_thresholds
+from sparse_coding.algorithms.validation import feature_means
+from sparse_coding.config import Config
+from sparse_coding.corpus import config_batches
+from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.publish import publish_graph
+from sparse_coding.models.loading import load_spliced_model
+from sparse_coding.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
+from sparse_coding.splicing.splice import SplicedModel
+
+logger = logging.getLogger(__name__)
+
+
+def config_pairs(config: Config) -> list[Pair]:
+    """NUM_EXAMPLES rows of PAIRS_FILE, else the one example PROMPT (+ PATCH_PROMPT, answers) gives."""
+    if config.PAIRS_FILE is not None:
+        return read_pairs_file(Path(config.PAIRS_FILE).expanduser(), config.NUM_EXAMPLES)
+    return [Pair(config.PROMPT, config.PATCH_PROMPT, config.ANSWER, config.PATCH_ANSWER)]
+
+
+def config_example_batches(
+    config: Config, tokenizer: PreTrainedTokenizerBase, *, device: torch.device, context_len: int
+) -> list[ExampleBatch]:
+    """The config's examples, tokenized by `pairs`' rule and right-padded into BATCH_SIZE batches."""
+    examples = [
+        tokenize_pair(pair, tokenizer, prepend_bos=config.PREPEND_BOS, max_len=context_len)
+        for pair in config_pairs(config)
+    ]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return example_batches(examples, batch_size=config.BATCH_SIZE, pad_id=pad_id, device=device)
+
+
+def graph_options(config: Config, *, has_patch_answers: bool) -> GraphOptions:
+    """The GraphOptions of the config's keys of the same names."""
+    return GraphOptions(
+        metric=metric_for(config.METRIC, has_patch_answers=has_patch_answers),
+        baseline=config.BASELINE,
+        ig_steps=config.IG_STEPS,
+        selection=config.SELECTION,
+        num_down_nodes=config.NUM_DOWN_NODES,
+        num_up_nodes=config.NUM_UP_NODES,
+        node_threshold=config.NODE_THRESHOLD,
+        edge_threshold=config.EDGE_THRESHOLD,
+        exact=config.NODE_ESTIMATOR == "exact",
+    )
+
+
+def baseline_means(
+    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, torch.Tensor] | None:
+    """BASELINE mean: every site's feature means over DATASET (else PROMPT), as val.py computes them."""
+    if config.BASELINE != "mean":
+        return None
+    batches = config_batches(config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions)
+    return feature_means(spliced, batches, spliced.by_key)
+
+
+def fast_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase) -> Graph:
+    """The gradient graph of the config's examples, unlabelled."""
+    batches = config_example_batches(
+        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+    )
+    options = graph_options(config, has_patch_answers=batches[0].patch_answers is not None)
+    thresholds = load_thresholds(config, spliced)
+    logger.info("Down-nodes: %s", thresholds.description if thresholds else options.selection)
+    graph = gradient_graph(
+        spliced,
+        batches,
+        options,
+        means=baseline_means(config, spliced, tokenizer),
+        thresholds=thresholds.values if thresholds else None,
+    )
+    graph.metadata["examples"] = (
+        f"PAIRS_FILE {config.PAIRS_FILE}" if config.PAIRS_FILE else "PROMPT" + (" + PATCH_PROMPT" * bool(config.PATCH_PROMPT))
+    )
+    return graph
+
+
+def main(config: Config, args: argparse.Namespace) -> None:
+    """fast.py: build, label and publish the gradient graph; print one summary line."""
+    spliced, tokenizer = load_spliced_model(config)
+    published = publish_graph(
+        fast_graph(config, spliced, tokenizer),
+        config,
+        spliced,
+        tokenizer,
+        dot_name=config.GRADS_DOT_FILE,
+        image_name=config.GRADS_FILE,
+        script="fast.py",
+    )
+    print(published.line)
