@@ -172,6 +172,16 @@ def _input_and_answer(
     return ids, answer_id
 
 
+def token_batch(tokens: Tensor, patch_tokens: Tensor | None = None) -> ExampleBatch:
+    """Unpadded prompts (batch, pos) as one batch: each row's last token is its answer."""
+    if tokens.shape[1] < 2:
+        raise DatasetError("a prompt needs at least two tokens: the input and the answer after it")
+    mask = torch.ones_like(tokens[:, :-1])
+    if patch_tokens is None:
+        return ExampleBatch(tokens[:, :-1], mask, tokens[:, -1], None, None)
+    return ExampleBatch(tokens[:, :-1], mask, tokens[:, -1], patch_tokens[:, :-1], patch_tokens[:, -1])
+
+
 def example_batches(
     examples: Sequence[Example], *, batch_size: int, pad_id: int, device: torch.device | str
 ) -> list[ExampleBatch]:

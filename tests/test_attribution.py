@@ -5,11 +5,9 @@ References use plain torch hooks on the Hugging Face model, the SAE's own
 float64. Nothing here calls the splicer.
 """
 
-from contextlib import contextmanager
-
 import pytest
 import torch
-from conftest import tiny_config_dict
+from conftest import hooks, node_value, plain_activations, sae_error, tiny_config_dict
 
 from sparse_coding.algorithms.attribution import node_attributions
 from sparse_coding.algorithms.attribution_edges import edges
@@ -51,53 +49,6 @@ def _down_nodes(attributions, n: int, thresholds=None):
     )
 
 
-def _module_hook(model, key: str, fn):
-    """Plain hook replacing a site's activation by fn(x)."""
-    site, layer = key.rsplit("_", 1)
-    block = model.transformer.h[int(layer)]
-    if site == "resid":
-        return block.register_forward_pre_hook(
-            lambda m, args, kwargs: ((fn(args[0]), *args[1:]), kwargs), with_kwargs=True
-        )
-    if site == "attn":
-        return block.attn.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]))
-    return block.mlp.register_forward_hook(lambda m, a, out: fn(out))
-
-
-@contextmanager
-def hooks(model, fns: dict):
-    handles = [_module_hook(model, key, fn) for key, fn in fns.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _clean(spliced, inputs) -> dict:
-    """Plain activations at every site."""
-    acts = {}
-    fns = {key: (lambda key: lambda x: acts.__setitem__(key, x.detach()) or x)(key) for key in spliced.by_key}
-    with hooks(spliced.model, fns), torch.no_grad():
-        spliced.model(inputs)
-    return acts
-
-
-def _node_value(sae, x):
-    """Reference node value per position: SAE activation times its layer-norm scale (1 without)."""
-    x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
-    feats = sae.encode(x_tl)
-    if sae.cfg.normalize_activations == "layer_norm":
-        centred = x_tl - x_tl.mean(-1, keepdim=True)
-        feats = feats * centred.std(-1, keepdim=True)
-    return feats
-
-
-def _error(sae, x):
-    x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
-    return x_tl - sae.decode(sae.encode(x_tl))
-
-
 def _loss(logits, target):
     return torch.nn.functional.cross_entropy(logits[:, -1], target)
 
@@ -105,11 +56,11 @@ def _loss(logits, target):
 def _reference_ie(spliced, inputs, target, key, feature):
     """IE = -d/dt m(site output + (t - 1) * node contribution) at t = 1."""
     sae = spliced.by_key[key].sae
-    x = _clean(spliced, inputs)[key]
+    x = plain_activations(spliced, inputs)[key]
     if feature is None:
-        contribution = _error(sae, x)
+        contribution = sae_error(sae, x)
     else:
-        contribution = _node_value(sae, x)[..., feature, None] * sae.W_dec[feature]
+        contribution = node_value(sae, x)[..., feature, None] * sae.W_dec[feature]
     t = torch.ones((), dtype=x.dtype, requires_grad=True)
     with hooks(spliced.model, {key: lambda out: out + (t - 1) * contribution}):
         (grad,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), t)
@@ -148,9 +99,9 @@ def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setu
     attributions = _attributions(spliced, batch, ig_steps=32)
     for key in ("attn_1", "mlp_1"):
         sae = spliced.by_key[key].sae
-        x = _clean(spliced, inputs)[key]
-        decoded = _node_value(sae, x) @ sae.W_dec  # sum_i v_i W_dec[i]
-        constant = x - decoded - _error(sae, x)  # what the site outputs with every node at 0
+        x = plain_activations(spliced, inputs)[key]
+        decoded = node_value(sae, x) @ sae.W_dec  # sum_i v_i W_dec[i]
+        constant = x - decoded - sae_error(sae, x)  # what the site outputs with every node at 0
 
         def loss_with(out_fn) -> float:
             with hooks(spliced.model, {key: out_fn}), torch.no_grad():
@@ -166,9 +117,9 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
     down_sae, up_sae = spliced.by_key[down_key].sae, spliced.by_key[up_key].sae
     up_x = clean[up_key]
     if up_feature is None:
-        up_contribution = _error(up_sae, up_x)
+        up_contribution = sae_error(up_sae, up_x)
     else:
-        up_contribution = _node_value(up_sae, up_x)[..., up_feature, None] * up_sae.W_dec[up_feature]
+        up_contribution = node_value(up_sae, up_x)[..., up_feature, None] * up_sae.W_dec[up_feature]
     # w: gradient of m with respect to the down node's value, from an additive probe at its site.
     down_x = clean[down_key]
     if down_feature is None:
@@ -177,7 +128,7 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
             (w,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), probe)
     else:
         scales = torch.ones(down_x.shape[:-1], dtype=down_x.dtype, requires_grad=True)
-        value = _node_value(down_sae, down_x)[..., down_feature]
+        value = node_value(down_sae, down_x)[..., down_feature]
         with hooks(
             spliced.model,
             {down_key: lambda out: out + ((scales - 1) * value)[..., None] * down_sae.W_dec[down_feature]},
@@ -196,7 +147,7 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
     with hooks(spliced.model, fns):
         spliced.model(inputs)
     x = read["x"]
-    d = _error(down_sae, x) if down_feature is None else _node_value(down_sae, x)[..., down_feature]
+    d = sae_error(down_sae, x) if down_feature is None else node_value(down_sae, x)[..., down_feature]
     (grad,) = torch.autograd.grad((w * d).sum(), t)
     return -float(grad)
 
@@ -220,7 +171,7 @@ def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
     edge_sets = {
         (s.down_site, s.up_site): s for s in edges(spliced, batch, attributions, down_nodes, batched=batched)
     }
-    clean = _clean(spliced, inputs)
+    clean = plain_activations(spliced, inputs)
     for down_key, up_key in PAIRS:
         edge_set = edge_sets[(down_key, up_key)]
         downs = [*edge_set.down_features.tolist(), None]
@@ -259,15 +210,15 @@ def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstre
         for s in edges(spliced, batch, attributions, down_nodes, batched=False)
         if (s.down_site, s.up_site) == ("resid_2", "attn_1")
     )
-    clean = _clean(spliced, inputs)
+    clean = plain_activations(spliced, inputs)
     down_sae, up_sae = spliced.by_key["resid_2"].sae, spliced.by_key["attn_1"].sae
     checked = 0
     for row, down_feature in enumerate(edge_set.down_features.tolist()):
         for col, up_feature in enumerate(edge_set.up_features.tolist()):
-            removed = _node_value(up_sae, clean["attn_1"])[..., up_feature, None] * up_sae.W_dec[up_feature]
+            removed = node_value(up_sae, clean["attn_1"])[..., up_feature, None] * up_sae.W_dec[up_feature]
             ablated_x = clean["resid_2"] - removed  # resid_2 = resid_1 + attn_1 + mlp_1, others frozen
-            before = _node_value(down_sae, clean["resid_2"])[..., down_feature]
-            after = _node_value(down_sae, ablated_x)[..., down_feature]
+            before = node_value(down_sae, clean["resid_2"])[..., down_feature]
+            after = node_value(down_sae, ablated_x)[..., down_feature]
             if not torch.equal(before > 0, after > 0):
                 continue  # a ReLU gate flipped: the path is not linear there
             probe = torch.ones(before.shape, dtype=before.dtype, requires_grad=True)
@@ -328,7 +279,7 @@ def test_one_token_prompt_is_a_clear_error(tiny_model_dir):
 def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_position(setup):
     spliced, batch, inputs, target = setup
     attributions = _attributions(spliced, batch)
-    clean = _clean(spliced, inputs)
+    clean = plain_activations(spliced, inputs)
     thresholds = {
         key: torch.full((site.sae.d_sae,), 0.05, dtype=torch.float64) for key, site in spliced.by_key.items()
     }

@@ -186,7 +186,9 @@ def site_leaves(
     if base_x is None:
         leaves.base_error = torch.zeros_like(code.error)
     else:
-        leaves.base_error = base_x - leaves.decode(site, leaves.base_values) - leaves.const
+        # = base_x - decode(base) - const, written as a change so that base_x = x gives exactly e
+        change = (base_x - x) - (leaves.decode(site, leaves.base_values) - leaves.decode(site, leaves.values))
+        leaves.base_error = code.error + change
     return leaves
 
 
@@ -277,11 +279,12 @@ def _site_attribution(
     ie_grad_e: Tensor,
 ) -> SiteAttribution:
     """Phase 3 for one site: IE per example, grad . (a' - a) summed over positions."""
-    per_entry = (ie_grad_v * (leaves.base_values - leaves.values)).float()
+    dtype = torch.promote_types(leaves.values.dtype, torch.float32)  # sums of bf16 terms lose too much
+    per_entry = (ie_grad_v * (leaves.base_values - leaves.values)).to(dtype)
     feature_ie = per_entry.new_zeros(len(batch), site.sae.d_sae).index_put(
         (leaves.rows, leaves.features), per_entry, accumulate=True
     )
-    error_ie = (ie_grad_e * (leaves.base_error - leaves.error)).float().sum((1, 2))
+    error_ie = (ie_grad_e * (leaves.base_error - leaves.error)).to(dtype).sum((1, 2))
     feats = (code.feats * batch.attention_mask[..., None]).float()
     last = feats[torch.arange(len(batch), device=feats.device), batch.last]
     return SiteAttribution(leaves, grad_v, grad_e, feature_ie, error_ie, feats.amax((0, 1)), last)

@@ -48,6 +48,11 @@ class EdgeSet:
     up_features: Tensor  # (m,) columns; the last column is the upstream error node
     effects: Tensor  # (n + 1, m + 1), summed over the batch's examples
 
+    def scaled(self, factor: float) -> "EdgeSet":
+        return EdgeSet(
+            self.down_site, self.down_features, self.up_site, self.up_features, self.effects * factor
+        )
+
 
 def upstream_sites(spliced: SplicedModel, down: Site) -> list[Site]:
     """Sites directly upstream of `down`: the nearest resid site before it and the attn/mlp sites between."""
@@ -191,6 +196,7 @@ def _edge_sets(
             1, column, per_entry
         )
         error_effects = (grad_e * (lv.base_error - lv.error)).sum((1, 2, 3))[:, None]
-        effects = torch.cat([feature_effects, error_effects], dim=1).float()
+        effects = torch.cat([feature_effects, error_effects], dim=1)
+        effects = effects.to(torch.promote_types(effects.dtype, torch.float32))
         sets.append(EdgeSet(down.key, features, up.key, up_features, effects))
     return sets

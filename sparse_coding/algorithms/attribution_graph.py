@@ -156,13 +156,19 @@ def choose_down_nodes(
 
 
 def mean_edges(per_batch: list[list[EdgeSet]], n_examples: int) -> list[EdgeSet]:
-    """Phase 4: each edge's mean over examples (batches' sums added, divided by their number)."""
-    first = per_batch[0]
-    totals = [sum(sets[i].effects for sets in per_batch) / n_examples for i in range(len(first))]
-    return [
-        EdgeSet(s.down_site, s.down_features, s.up_site, s.up_features, total)
-        for s, total in zip(first, totals, strict=True)
-    ]
+    """Phase 4: each edge's mean over examples; batches' columns (upstream features) are aligned first."""
+    return [_aligned_sum(sets).scaled(1 / n_examples) for sets in zip(*per_batch, strict=True)]
+
+
+def _aligned_sum(sets: tuple[EdgeSet, ...]) -> EdgeSet:
+    """One site pair's edge sets of several batches added, over the union of their upstream features."""
+    first = sets[0]
+    columns = torch.cat([s.up_features for s in sets]).unique()
+    total = first.effects.new_zeros(first.effects.shape[0], len(columns) + 1)
+    for s in sets:
+        total[:, torch.searchsorted(columns, s.up_features)] += s.effects[:, :-1]
+        total[:, -1] += s.effects[:, -1]
+    return EdgeSet(first.down_site, first.down_features, first.up_site, columns, total)
 
 
 def fraction_explained(summaries: dict[str, NodeSummary]) -> float:

@@ -33,13 +33,17 @@ class Metric:
     sign_convention: str
 
 
+def _at_least_float32(logits: Tensor) -> Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _cross_entropy(logits: Tensor, answers: Tensor, patch_answers: Tensor | None) -> Tensor:
-    return F.cross_entropy(logits.float(), answers, reduction="none")
+    return F.cross_entropy(_at_least_float32(logits), answers, reduction="none")
 
 
 def _logit_diff(logits: Tensor, answers: Tensor, patch_answers: Tensor | None) -> Tensor:
     assert patch_answers is not None, "checked by metric_for"
-    picked = logits.float().gather(1, torch.stack([patch_answers, answers], dim=1))
+    picked = _at_least_float32(logits).gather(1, torch.stack([patch_answers, answers], dim=1))
     return picked[:, 0] - picked[:, 1]
 
 

@@ -322,7 +322,9 @@ def _check_values(config: Config, where: str) -> None:
         )
     for key, valid in CHOICES.items():
         if getattr(config, key) not in valid:
-            raise ConfigError(f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)}")
+            raise ConfigError(
+                f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)}"
+            )
     _check_examples(config, where)
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)

@@ -69,7 +69,9 @@ def baseline_means(
     """BASELINE mean: every site's feature means over DATASET (else PROMPT), as val.py computes them."""
     if config.BASELINE != "mean":
         return None
-    batches = config_batches(config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions)
+    batches = config_batches(
+        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+    )
     return feature_means(spliced, batches, spliced.by_key)
 
 
@@ -88,10 +90,15 @@ def fast_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedToken
         means=baseline_means(config, spliced, tokenizer),
         thresholds=thresholds.values if thresholds else None,
     )
-    graph.metadata["examples"] = (
-        f"PAIRS_FILE {config.PAIRS_FILE}" if config.PAIRS_FILE else "PROMPT" + (" + PATCH_PROMPT" * bool(config.PATCH_PROMPT))
-    )
+    graph.metadata["examples"] = examples_source(config)
     return graph
+
+
+def examples_source(config: Config) -> str:
+    """Where the examples came from, for the graph's metadata."""
+    if config.PAIRS_FILE:
+        return f"PAIRS_FILE {config.PAIRS_FILE}"
+    return "PROMPT + PATCH_PROMPT" if config.PATCH_PROMPT else "PROMPT"
 
 
 def main(config: Config, args: argparse.Namespace) -> None:

@@ -252,7 +252,7 @@ def zero_ablation(
     codes: dict[str, SiteCode] | None = None,
     values: dict[str, Tensor] | None = None,
 ) -> Intervention:
-    """Intervention that zeroes chosen features (or sets them to given values), keeping each site's error term.
+    """Intervention that zeroes chosen features (or sets them to given values), keeping the error term.
 
     Args:
         targets: site key -> (n, 3) long tensor of (batch row, position, feature)
