@@ -15,11 +15,12 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path.insert(0, str(_here.parent))
 
 from sparse_coding.algorithms.circuits import circuit_and_source, load_circuit_model
-from sparse_coding.algorithms.validation import validate_circuit
+from sparse_coding.algorithms.validation import feature_means, validate_circuit
 from sparse_coding.algorithms.validation_report import format_report, report_data, write_report
 from sparse_coding.cli import build_parser, run_script
 from sparse_coding.config import Config
 from sparse_coding.corpus import config_batches
+from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 
 DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
 
@@ -27,10 +28,12 @@ DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, complete
 def main(config: Config, args: argparse.Namespace) -> None:
     circuit, source = circuit_and_source(config, args.from_graph)
     spliced, tokenizer = load_circuit_model(config, circuit, source=source)
-    batches = config_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+    batches = list(
+        config_batches(config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions)
     )
-    result = validate_circuit(spliced, batches, circuit=circuit)
+    means = feature_means(spliced, batches, circuit)
+    result = validate_circuit(spliced, batches, circuit=circuit, means=means)
+    pairs = pairs_report(config, spliced, tokenizer, circuit=circuit, means=means, graph=args.from_graph)
     data = report_data(
         result,
         tokenizer,
@@ -39,8 +42,10 @@ def main(config: Config, args: argparse.Namespace) -> None:
         data=f"DATASET {config.DATASET!r}" if config.DATASET else f"PROMPT {config.PROMPT!r}",
     )
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
-    write_report(data | {"config": config.to_metadata()}, path)
+    write_report(data | {"pairs": pairs, "config": config.to_metadata()}, path)
     print(format_report(data))
+    if pairs is not None:
+        print(format_pairs_report(pairs))
     print(f"\nWrote {path}")
 
 

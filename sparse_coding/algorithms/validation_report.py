@@ -10,7 +10,9 @@ tokens to show, how to word the ablation, and the strict-JSON file.
 ``empty``: m(M), m(C), m(M \ C), m(empty)), ``faithfulness``,
 ``completeness`` (null when undefined), ``next_token`` (``clean_top``,
 ``increases``, ``decreases``, ``ablated_top``: rows of ``token``, ``id``,
-``clean``, ``ablated``, ``change``), ``config`` (every config key).
+``clean``, ``ablated``, ``change``), ``pairs`` (faithfulness on fast.py's
+examples with the graph's metric, `pipelines.val_pairs`; null when not run),
+``config`` (every config key).
 """
 
 import json
