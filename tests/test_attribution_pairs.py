@@ -360,3 +360,29 @@ def test_exact_node_effects_equal_patching_one_node_at_a_time(loaded, pair, base
                         _plain_loss(spliced, one, CE, {key: lambda out: out + delta}) - clean_losses[b]
                     )
                 assert float(got[key][i]) == pytest.approx(expected, rel=1e-6, abs=1e-10), (key, feature)
+
+
+def test_mean_baseline_node_effects_move_every_feature_to_its_mean_times_the_scale(loaded, pair):
+    spliced, _ = loaded
+    batch = token_batch(pair[0])
+    gen = torch.Generator().manual_seed(5)
+    means = {
+        key: torch.rand(site.sae.d_sae, generator=gen, dtype=torch.float64)
+        for key, site in spliced.by_key.items()
+    }
+    attributions = node_attributions(spliced, batch, metric=CE, baseline="mean", means=means)
+    clean = plain_activations(spliced, batch.input_ids)
+    for key in ("resid_1", "mlp_2"):
+        sae, attr = spliced.by_key[key].sae, attributions[key]
+        value = node_value(sae, clean[key])
+        inactive = int((value[0] == 0).all(0).nonzero()[0])  # off everywhere: only its mean moves it
+        for feature in [inactive, *attr.feature_ie[0].abs().topk(2).indices.tolist()]:
+            scale = 1.0
+            if sae.cfg.normalize_activations == "layer_norm":
+                scale = (clean[key] - clean[key].mean(-1, keepdim=True)).std(-1, keepdim=True)
+            direction = (means[key][feature] * scale - value[..., feature, None]) * sae.W_dec[feature]
+            expected = _derivative(spliced, batch, CE, key, direction)
+            assert float(attr.feature_ie[0, feature]) == pytest.approx(expected, rel=1e-6, abs=1e-10)
+        assert float(attr.error_ie[0]) == pytest.approx(
+            _derivative(spliced, batch, CE, key, -sae_error(sae, clean[key])), rel=1e-6, abs=1e-10
+        )

@@ -90,19 +90,13 @@ def gradient_graph(
     """
     n_examples = sum(len(batch) for batch in batches)
     with timed(f"Node attributions ({n_examples} examples, {len(batches)} batches)"):
-        per_batch = [
-            node_attributions(
-                spliced, batch, metric=options.metric, baseline=options.baseline, means=means,
-                ig_steps=options.ig_steps,
-            )
-            for batch in batches
-        ]  # fmt: skip
+        per_batch = [_node_phase(spliced, batch, options, means) for batch in batches]
     summaries = summarize(per_batch)
     down_nodes = choose_down_nodes(summaries, options, thresholds=thresholds)
     with timed("Edges"):
         edge_sets = mean_edges(
             [
-                edges(spliced, b, a, down_nodes, batched=options.batched_edges, ig_steps=options.ig_steps)
+                _edge_phase(spliced, b, a, down_nodes, options)
                 for b, a in zip(batches, per_batch, strict=True)
             ],
             n_examples,
@@ -114,6 +108,33 @@ def gradient_graph(
         with timed("Exact node effects"):
             graph.metadata["exact"] = exact_check(spliced, batches, per_batch, summaries, down_nodes, options)
     return graph
+
+
+def _node_phase(
+    spliced: SplicedModel, batch: ExampleBatch, options: GraphOptions, means: dict[str, Tensor] | None
+) -> dict[str, SiteAttribution]:
+    """Phase 1 for one batch."""
+    return node_attributions(
+        spliced,
+        batch,
+        metric=options.metric,
+        baseline=options.baseline,
+        means=means,
+        ig_steps=options.ig_steps,
+    )
+
+
+def _edge_phase(
+    spliced: SplicedModel,
+    batch: ExampleBatch,
+    attributions: dict[str, SiteAttribution],
+    down_nodes: dict[str, Tensor],
+    options: GraphOptions,
+) -> list[EdgeSet]:
+    """Phase 4 for one batch: edges summed over its examples."""
+    return edges(
+        spliced, batch, attributions, down_nodes, batched=options.batched_edges, ig_steps=options.ig_steps
+    )
 
 
 def summarize(per_batch: list[dict[str, SiteAttribution]]) -> dict[str, NodeSummary]:
