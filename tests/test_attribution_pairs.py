@@ -386,3 +386,20 @@ def test_mean_baseline_node_effects_move_every_feature_to_its_mean_times_the_sca
         assert float(attr.error_ie[0]) == pytest.approx(
             _derivative(spliced, batch, CE, key, -sae_error(sae, clean[key])), rel=1e-6, abs=1e-10
         )
+
+
+def test_down_nodes_from_thresholds_are_logged_and_recorded_per_site(loaded, pair, caplog):
+    import logging
+
+    from sparse_coding.algorithms.attribution_graph import gradient_graph
+
+    spliced, _ = loaded
+    batch = token_batch(pair[0])
+    thresholds = {key: torch.full((site.sae.d_sae,), 0.05) for key, site in spliced.by_key.items()}
+    with caplog.at_level(logging.INFO):
+        graph = gradient_graph(spliced, [batch], GraphOptions(CE), thresholds=thresholds)
+    summary = summarize([node_attributions(spliced, batch, metric=CE)])
+    counts = {key: int((s.last_activation > 0.05).any(0).sum()) for key, s in summary.items()}
+    assert graph.metadata["down_nodes_per_site"] == counts
+    logged = ", ".join(f"{key}: {n}" for key, n in counts.items())
+    assert f"Down-nodes from hist.py thresholds per site: {logged}" in caplog.text
