@@ -32,18 +32,20 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from random_weights import IdNames, calibrate_relu_biases, random_sae  # noqa: E402
 
 from sparse_coding.algorithms import attribution  # noqa: E402
-from sparse_coding.algorithms.attribution import (  # noqa: E402
+from sparse_coding.algorithms.attribution import node_attributions  # noqa: E402
+from sparse_coding.algorithms.attribution_edges import edges, upstream_sites  # noqa: E402
+from sparse_coding.algorithms.attribution_graph import (  # noqa: E402
+    GraphOptions,
+    build_graph,
     choose_down_nodes,
-    edges,
-    node_attributions,
-    split_prompt,
-    upstream_sites,
+    summarize,
 )
-from sparse_coding.algorithms.attribution_graph import build_graph  # noqa: E402
+from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
 from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.graphs.graph_files import save_graph  # noqa: E402
 from sparse_coding.labels.contexts import collect_contexts  # noqa: E402
 from sparse_coding.labels.logit_lens import add_logit_effects  # noqa: E402
+from sparse_coding.pairs import token_batch  # noqa: E402
 from sparse_coding.pipelines.publish import wanted_features  # noqa: E402
 from sparse_coding.splicing.splice import Site, SplicedModel  # noqa: E402
 
@@ -126,7 +128,8 @@ def main() -> None:
         saes.append(random_sae(f"blocks.{layer}.hook_mlp_out", 32768, True, device, gen))
     spliced = SplicedModel(model, saes)
     tokens = torch.randint(0, 50257, (1, 13), generator=gen).to(device)
-    inputs, target = split_prompt(tokens)
+    batch = token_batch(tokens)
+    inputs = batch.input_ids
     calibrate_relu_biases(spliced, inputs)
     sync(device)
     load_s = time.perf_counter() - t0
@@ -143,24 +146,26 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    attrs = node_attributions(spliced, inputs, target)
+    options = GraphOptions(METRICS["cross_entropy"], num_down_nodes=args.num_down_nodes, num_up_nodes=5)
+    attrs = node_attributions(spliced, batch, metric=options.metric)
     sync(device)
     nodes_s = time.perf_counter() - t0
     node_counts = dict(COUNTS)
-    down = choose_down_nodes(attrs, num_down_nodes=args.num_down_nodes)
+    summaries = summarize([attrs])
+    down = choose_down_nodes(summaries, options)
     n_down = sum(len(v) + 1 for k, v in down.items() if upstream_sites(spliced, spliced.by_key[k]))
     timings = {}
     for batched in (False, True):
         COUNTS.update(forward=0, backward=0)
         t0 = time.perf_counter()
-        edge_sets = edges(spliced, inputs, attrs, down, batched=batched)
+        edge_sets = edges(spliced, batch, attrs, down, batched=batched)
         sync(device)
         timings[batched] = (time.perf_counter() - t0, dict(COUNTS))
     attribution.torch.autograd.grad = real_grad
     baseline_s, n_pairs = baseline_edges(spliced, inputs, attrs, down, args.baseline_nodes)
 
     t0 = time.perf_counter()
-    graph = build_graph(spliced, attrs, edge_sets, num_up_nodes=5)
+    graph = build_graph(spliced, summaries, edge_sets, options)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     add_logit_effects(graph, spliced, IdNames(), n_tokens=10)

@@ -19,10 +19,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import build_tiny_gpt2, write_sae_set  # noqa: E402
 
 from sparse_coding.algorithms.ablation_graph import ablation_graph  # noqa: E402
-from sparse_coding.algorithms.attribution import choose_down_nodes, edges, node_attributions, split_prompt  # noqa: E402
+from sparse_coding.algorithms.attribution import node_attributions  # noqa: E402
+from sparse_coding.algorithms.attribution_edges import edges  # noqa: E402
+from sparse_coding.algorithms.attribution_graph import GraphOptions, choose_down_nodes, summarize  # noqa: E402
+from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
 from sparse_coding.config import config_from_dict  # noqa: E402
 from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.models.gpt2 import tokenize_prompt  # noqa: E402
+from sparse_coding.pairs import token_batch  # noqa: E402
 from sparse_coding.pipelines.loading import load_spliced_model  # noqa: E402
 
 PROMPT = "When Mary and John went to the store, John gave"
@@ -44,11 +48,12 @@ def _config(device: str, root: Path, templates: dict[str, str]):
 def attributions_on(device: str, root: Path, templates: dict[str, str]):
     spliced, tokenizer = load_spliced_model(_config(device, root, templates))
     tokens = tokenize_prompt(tokenizer, PROMPT, prepend_bos=True)
-    inputs, target = split_prompt(tokens.to(spliced.device))
-    attrs = node_attributions(spliced, inputs, target)
-    down = choose_down_nodes({k: a for k, a in attrs.items()}, num_down_nodes=3)
+    batch = token_batch(tokens.to(spliced.device))
+    metric = METRICS["cross_entropy"]
+    attrs = node_attributions(spliced, batch, metric=metric)
+    down = choose_down_nodes(summarize([attrs]), GraphOptions(metric, num_down_nodes=3))
     down_cpu = {k: v.cpu() for k, v in down.items()}
-    return attrs, down_cpu, spliced, inputs
+    return attrs, down_cpu, spliced, batch
 
 
 def ablation_on(device: str, root: Path, templates: dict[str, str]):

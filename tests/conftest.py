@@ -7,6 +7,7 @@ and hub sources resolve through a temporary hub cache (`hub_cache`).
 import json
 import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -266,3 +267,53 @@ def browser():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
+# ---------------------------------------------------------------- plain references
+# Slow references for the attribution tests: plain torch hooks on the Hugging
+# Face model and the SAE's own encode/decode; nothing here calls the splicer.
+
+
+def module_hook(model, key: str, fn):
+    """Plain hook replacing a site's activation by fn(x)."""
+    site, layer = key.rsplit("_", 1)
+    block = model.transformer.h[int(layer)]
+    if site == "resid":
+        return block.register_forward_pre_hook(
+            lambda m, args, kwargs: ((fn(args[0]), *args[1:]), kwargs), with_kwargs=True
+        )
+    if site == "attn":
+        return block.attn.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]))
+    return block.mlp.register_forward_hook(lambda m, a, out: fn(out))
+
+
+@contextmanager
+def hooks(model, fns: dict):
+    handles = [module_hook(model, key, fn) for key, fn in fns.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def plain_activations(spliced, inputs) -> dict:
+    """Plain activations (no splicing) at every site of `spliced`."""
+    acts = {}
+    fns = {key: (lambda key: lambda x: acts.__setitem__(key, x.detach()) or x)(key) for key in spliced.by_key}
+    with hooks(spliced.model, fns), torch.no_grad():
+        spliced.model(inputs)
+    return acts
+
+
+def node_value(sae, x):
+    """Reference node value per position: SAE activation times its layer-norm scale (1 without)."""
+    x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
+    feats = sae.encode(x_tl)
+    if sae.cfg.normalize_activations == "layer_norm":
+        centred = x_tl - x_tl.mean(-1, keepdim=True)
+        feats = feats * centred.std(-1, keepdim=True)
+    return feats
+
+
+def sae_error(sae, x):
+    x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
+    return x_tl - sae.decode(sae.encode(x_tl))

@@ -5,16 +5,24 @@ References use plain torch hooks on the Hugging Face model, the SAE's own
 float64. Nothing here calls the splicer.
 """
 
-from contextlib import contextmanager
-
 import pytest
 import torch
-from conftest import tiny_config_dict
+from conftest import hooks, node_value, plain_activations, sae_error, tiny_config_dict
 
-from sparse_coding.algorithms.attribution import choose_down_nodes, edges, node_attributions, split_prompt
-from sparse_coding.algorithms.attribution_graph import fraction_explained, gradient_graph
-from sparse_coding.models.gpt2 import tokenize_prompt
+from sparse_coding.algorithms.attribution import node_attributions
+from sparse_coding.algorithms.attribution_edges import edges
+from sparse_coding.algorithms.attribution_graph import (
+    GraphOptions,
+    choose_down_nodes,
+    fraction_explained,
+    gradient_graph,
+    summarize,
+)
+from sparse_coding.algorithms.metrics import METRICS
+from sparse_coding.pairs import Pair, example_batches, tokenize_pair
 from sparse_coding.pipelines.loading import load_spliced_model
+
+CE = METRICS["cross_entropy"]
 
 PROMPT = "When Mary and John went to the store, John gave"
 
@@ -26,56 +34,19 @@ def setup(tmp_path_factory, tiny_model_dir, sae_templates):
     data = tmp_path_factory.mktemp("data")
     config = config_from_dict(tiny_config_dict(data, tiny_model_dir, sae_templates) | {"DTYPE": "float64"})
     spliced, tokenizer = load_spliced_model(config)
-    tokens = tokenize_prompt(tokenizer, PROMPT, prepend_bos=True)
-    inputs, target = split_prompt(tokens)
-    return spliced, inputs, target
+    example = tokenize_pair(Pair(PROMPT), tokenizer, prepend_bos=True, max_len=64)
+    (batch,) = example_batches([example], batch_size=1, pad_id=0, device="cpu")
+    return spliced, batch, batch.input_ids, batch.answers
 
 
-def _module_hook(model, key: str, fn):
-    """Plain hook replacing a site's activation by fn(x)."""
-    site, layer = key.rsplit("_", 1)
-    block = model.transformer.h[int(layer)]
-    if site == "resid":
-        return block.register_forward_pre_hook(
-            lambda m, args, kwargs: ((fn(args[0]), *args[1:]), kwargs), with_kwargs=True
-        )
-    if site == "attn":
-        return block.attn.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]))
-    return block.mlp.register_forward_hook(lambda m, a, out: fn(out))
+def _attributions(spliced, batch, **options):
+    return node_attributions(spliced, batch, metric=CE, **options)
 
 
-@contextmanager
-def hooks(model, fns: dict):
-    handles = [_module_hook(model, key, fn) for key, fn in fns.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _clean(spliced, inputs) -> dict:
-    """Plain activations at every site."""
-    acts = {}
-    fns = {key: (lambda key: lambda x: acts.__setitem__(key, x.detach()) or x)(key) for key in spliced.by_key}
-    with hooks(spliced.model, fns), torch.no_grad():
-        spliced.model(inputs)
-    return acts
-
-
-def _node_value(sae, x):
-    """Reference node value per position: SAE activation times its layer-norm scale (1 without)."""
-    x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
-    feats = sae.encode(x_tl)
-    if sae.cfg.normalize_activations == "layer_norm":
-        centred = x_tl - x_tl.mean(-1, keepdim=True)
-        feats = feats * centred.std(-1, keepdim=True)
-    return feats
-
-
-def _error(sae, x):
-    x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
-    return x_tl - sae.decode(sae.encode(x_tl))
+def _down_nodes(attributions, n: int, thresholds=None):
+    return choose_down_nodes(
+        summarize([attributions]), GraphOptions(CE, num_down_nodes=n), thresholds=thresholds
+    )
 
 
 def _loss(logits, target):
@@ -85,11 +56,11 @@ def _loss(logits, target):
 def _reference_ie(spliced, inputs, target, key, feature):
     """IE = -d/dt m(site output + (t - 1) * node contribution) at t = 1."""
     sae = spliced.by_key[key].sae
-    x = _clean(spliced, inputs)[key]
+    x = plain_activations(spliced, inputs)[key]
     if feature is None:
-        contribution = _error(sae, x)
+        contribution = sae_error(sae, x)
     else:
-        contribution = _node_value(sae, x)[..., feature, None] * sae.W_dec[feature]
+        contribution = node_value(sae, x)[..., feature, None] * sae.W_dec[feature]
     t = torch.ones((), dtype=x.dtype, requires_grad=True)
     with hooks(spliced.model, {key: lambda out: out + (t - 1) * contribution}):
         (grad,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), t)
@@ -97,24 +68,24 @@ def _reference_ie(spliced, inputs, target, key, feature):
 
 
 def test_node_attributions_equal_directional_derivatives_of_the_plain_model(setup):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
     for key, attr in attributions.items():
-        top = attr.feature_ie.abs().topk(3).indices.tolist()
+        top = attr.feature_ie[0].abs().topk(3).indices.tolist()
         for feature in top:
-            assert attr.feature_ie[feature] == pytest.approx(
+            assert attr.feature_ie[0, feature] == pytest.approx(
                 _reference_ie(spliced, inputs, target, key, feature), rel=1e-6, abs=1e-9
             )
-        assert attr.error_ie == pytest.approx(
+        assert float(attr.error_ie[0]) == pytest.approx(
             _reference_ie(spliced, inputs, target, key, None), rel=1e-6, abs=1e-9
         )
 
 
 def test_inactive_features_have_exactly_zero_attribution(setup):
-    spliced, inputs, target = setup
-    for attr in node_attributions(spliced, inputs, target).values():
+    spliced, batch, inputs, target = setup
+    for attr in _attributions(spliced, batch).values():
         inactive = attr.max_activation == 0
-        assert (attr.feature_ie[inactive] == 0).all()
+        assert (attr.feature_ie[0, inactive] == 0).all()
 
 
 def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setup):
@@ -124,13 +95,13 @@ def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setu
     where the integrand is singular and the midpoint rule converges slowly, so
     the check uses the attn/mlp sites.)
     """
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target, ig_steps=32)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch, ig_steps=32)
     for key in ("attn_1", "mlp_1"):
         sae = spliced.by_key[key].sae
-        x = _clean(spliced, inputs)[key]
-        decoded = _node_value(sae, x) @ sae.W_dec  # sum_i v_i W_dec[i]
-        constant = x - decoded - _error(sae, x)  # what the site outputs with every node at 0
+        x = plain_activations(spliced, inputs)[key]
+        decoded = node_value(sae, x) @ sae.W_dec  # sum_i v_i W_dec[i]
+        constant = x - decoded - sae_error(sae, x)  # what the site outputs with every node at 0
 
         def loss_with(out_fn) -> float:
             with hooks(spliced.model, {key: out_fn}), torch.no_grad():
@@ -138,7 +109,7 @@ def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setu
 
         change = loss_with(lambda out: constant) - loss_with(lambda out: out)
         attr = attributions[key]
-        assert float(attr.feature_ie.sum()) + attr.error_ie == pytest.approx(change, rel=1e-3, abs=1e-5)
+        assert float(attr.feature_ie.sum() + attr.error_ie.sum()) == pytest.approx(change, rel=1e-3, abs=1e-5)
 
 
 def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_key, up_feature):
@@ -146,9 +117,9 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
     down_sae, up_sae = spliced.by_key[down_key].sae, spliced.by_key[up_key].sae
     up_x = clean[up_key]
     if up_feature is None:
-        up_contribution = _error(up_sae, up_x)
+        up_contribution = sae_error(up_sae, up_x)
     else:
-        up_contribution = _node_value(up_sae, up_x)[..., up_feature, None] * up_sae.W_dec[up_feature]
+        up_contribution = node_value(up_sae, up_x)[..., up_feature, None] * up_sae.W_dec[up_feature]
     # w: gradient of m with respect to the down node's value, from an additive probe at its site.
     down_x = clean[down_key]
     if down_feature is None:
@@ -157,7 +128,7 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
             (w,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), probe)
     else:
         scales = torch.ones(down_x.shape[:-1], dtype=down_x.dtype, requires_grad=True)
-        value = _node_value(down_sae, down_x)[..., down_feature]
+        value = node_value(down_sae, down_x)[..., down_feature]
         with hooks(
             spliced.model,
             {down_key: lambda out: out + ((scales - 1) * value)[..., None] * down_sae.W_dec[down_feature]},
@@ -176,7 +147,7 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
     with hooks(spliced.model, fns):
         spliced.model(inputs)
     x = read["x"]
-    d = _error(down_sae, x) if down_feature is None else _node_value(down_sae, x)[..., down_feature]
+    d = sae_error(down_sae, x) if down_feature is None else node_value(down_sae, x)[..., down_feature]
     (grad,) = torch.autograd.grad((w * d).sum(), t)
     return -float(grad)
 
@@ -194,13 +165,13 @@ PAIRS = [
 
 @pytest.mark.parametrize("batched", [False, True], ids=["per-node backward", "batched backward"])
 def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=2)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    down_nodes = _down_nodes(attributions, 2)
     edge_sets = {
-        (s.down_site, s.up_site): s for s in edges(spliced, inputs, attributions, down_nodes, batched=batched)
+        (s.down_site, s.up_site): s for s in edges(spliced, batch, attributions, down_nodes, batched=batched)
     }
-    clean = _clean(spliced, inputs)
+    clean = plain_activations(spliced, inputs)
     for down_key, up_key in PAIRS:
         edge_set = edge_sets[(down_key, up_key)]
         downs = [*edge_set.down_features.tolist(), None]
@@ -221,33 +192,33 @@ def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
 
 
 def test_upstream_error_edges_are_not_zero(setup):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=2)
-    error_edges = [s.effects[:, -1] for s in edges(spliced, inputs, attributions, down_nodes, batched=False)]
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    down_nodes = _down_nodes(attributions, 2)
+    error_edges = [s.effects[:, -1] for s in edges(spliced, batch, attributions, down_nodes, batched=False)]
     assert all(column.abs().max() > 0 for column in error_edges)
 
 
 def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstream_feature(setup):
     """attn_1 -> resid_2 is a plain residual add; where resid_2's ReLU gates do not flip, the
     first-order edge is exact: it equals w . (d(ablated) - d(clean)) with other sites frozen."""
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=3)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    down_nodes = _down_nodes(attributions, 3)
     edge_set = next(
         s
-        for s in edges(spliced, inputs, attributions, down_nodes, batched=False)
+        for s in edges(spliced, batch, attributions, down_nodes, batched=False)
         if (s.down_site, s.up_site) == ("resid_2", "attn_1")
     )
-    clean = _clean(spliced, inputs)
+    clean = plain_activations(spliced, inputs)
     down_sae, up_sae = spliced.by_key["resid_2"].sae, spliced.by_key["attn_1"].sae
     checked = 0
     for row, down_feature in enumerate(edge_set.down_features.tolist()):
         for col, up_feature in enumerate(edge_set.up_features.tolist()):
-            removed = _node_value(up_sae, clean["attn_1"])[..., up_feature, None] * up_sae.W_dec[up_feature]
+            removed = node_value(up_sae, clean["attn_1"])[..., up_feature, None] * up_sae.W_dec[up_feature]
             ablated_x = clean["resid_2"] - removed  # resid_2 = resid_1 + attn_1 + mlp_1, others frozen
-            before = _node_value(down_sae, clean["resid_2"])[..., down_feature]
-            after = _node_value(down_sae, ablated_x)[..., down_feature]
+            before = node_value(down_sae, clean["resid_2"])[..., down_feature]
+            after = node_value(down_sae, ablated_x)[..., down_feature]
             if not torch.equal(before > 0, after > 0):
                 continue  # a ReLU gate flipped: the path is not linear there
             probe = torch.ones(before.shape, dtype=before.dtype, requires_grad=True)
@@ -269,9 +240,8 @@ def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstre
 
 
 def test_gradient_graph_keeps_only_nodes_that_reach_the_last_layer(setup):
-    spliced, inputs, target = setup
-    tokens = torch.cat([inputs, target[:, None]], dim=1)
-    graph = gradient_graph(spliced, tokens, num_down_nodes=3, num_up_nodes=2)
+    spliced, batch, inputs, target = setup
+    graph = gradient_graph(spliced, [batch], GraphOptions(CE, num_down_nodes=3, num_up_nodes=2))
     assert graph.nodes and graph.edges
     into = {}
     for source, target_id in graph.edges:
@@ -289,28 +259,31 @@ def test_gradient_graph_keeps_only_nodes_that_reach_the_last_layer(setup):
 
 
 def test_fraction_explained_is_the_features_share_of_total_absolute_attribution(setup):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
     features = sum(a.feature_ie.abs().sum().item() for a in attributions.values())
-    errors = sum(abs(a.error_ie) for a in attributions.values())
-    assert fraction_explained(attributions) == pytest.approx(features / (features + errors))
+    errors = sum(abs(float(a.error_ie[0])) for a in attributions.values())
+    assert fraction_explained(summarize([attributions])) == pytest.approx(features / (features + errors))
 
 
-def test_one_token_prompt_is_a_clear_error(setup):
-    from sparse_coding.errors import SparseCodingError
+def test_one_token_prompt_is_a_clear_error(tiny_model_dir):
+    from transformers import AutoTokenizer
 
-    with pytest.raises(SparseCodingError, match="single token"):
-        split_prompt(torch.tensor([[5]]))
+    from sparse_coding.errors import DatasetError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(DatasetError, match="single token"):
+        tokenize_pair(Pair("a"), tokenizer, prepend_bos=False, max_len=64)
 
 
 def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_position(setup):
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    clean = _clean(spliced, inputs)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    clean = plain_activations(spliced, inputs)
     thresholds = {
         key: torch.full((site.sae.d_sae,), 0.05, dtype=torch.float64) for key, site in spliced.by_key.items()
     }
-    chosen = choose_down_nodes(attributions, num_down_nodes=1, thresholds=thresholds)
+    chosen = _down_nodes(attributions, 1, thresholds=thresholds)
     for key, site in spliced.by_key.items():
         x = clean[key]
         x_tl = x - x.mean(-1, keepdim=True) if site.sae.cfg.center_writing_weights else x
@@ -319,20 +292,20 @@ def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_pos
 
 
 def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch):
-    from sparse_coding.algorithms import attribution
+    from sparse_coding.algorithms import attribution_edges
 
-    spliced, inputs, target = setup
-    attributions = node_attributions(spliced, inputs, target)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=3)
-    per_node = edges(spliced, inputs, attributions, down_nodes, batched=False)
-    monkeypatch.setattr(attribution, "MAX_BATCHED_ROWS", 2)
-    chunked = edges(spliced, inputs, attributions, down_nodes, batched=True)
+    spliced, batch, inputs, target = setup
+    attributions = _attributions(spliced, batch)
+    down_nodes = _down_nodes(attributions, 3)
+    per_node = edges(spliced, batch, attributions, down_nodes, batched=False)
+    monkeypatch.setattr(attribution_edges, "MAX_BATCHED_ROWS", 2)
+    chunked = edges(spliced, batch, attributions, down_nodes, batched=True)
     for a, b in zip(per_node, chunked, strict=True):
         torch.testing.assert_close(a.effects, b.effects, rtol=1e-9, atol=1e-12)
 
 
 def test_top_edges_keep_the_most_positive_and_most_negative_apart():
-    from sparse_coding.algorithms.attribution import EdgeSet
+    from sparse_coding.algorithms.attribution_edges import EdgeSet
     from sparse_coding.algorithms.attribution_graph import _top_edges
 
     # Rows: down feature 7, then the down error node; last column: the upstream error.

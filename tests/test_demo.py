@@ -131,16 +131,17 @@ def test_fast_nodes_are_the_circuit_and_error_nodes_only(fast_graph):
 
 
 def test_planted_features_rank_first_by_attribution_at_their_sites(tmp_path):
-    from sparse_coding import load_spliced_model, tokenize_prompt
-    from sparse_coding.algorithms.attribution import node_attributions, split_prompt
+    from sparse_coding import METRICS, load_spliced_model, token_batch, tokenize_prompt
+    from sparse_coding.algorithms.attribution import node_attributions
 
     spliced, tokenizer = load_spliced_model(demo_config(tmp_path))
-    inputs, target = split_prompt(tokenize_prompt(tokenizer, TRUTH["prompt"], prepend_bos=True))
-    for key, attr in node_attributions(spliced, inputs, target).items():
+    batch = token_batch(tokenize_prompt(tokenizer, TRUTH["prompt"], prepend_bos=True))
+    for key, attr in node_attributions(spliced, batch, metric=METRICS["cross_entropy"]).items():
         planted = [int(n.split(".")[1]) for n in CIRCUIT if n.startswith(f"{key}.")]
-        ranked = attr.feature_ie.abs().argsort(descending=True).tolist()
+        ie = attr.feature_ie[0].abs()  # the one example
+        ranked = ie.argsort(descending=True).tolist()
         assert sorted(ranked[: len(planted)]) == sorted(planted), key
-        others = attr.feature_ie.abs()[ranked[len(planted) :]]
+        others = ie[ranked[len(planted) :]]
         assert (others == 0).all(), f"{key}: a non-circuit feature has attribution {others.max()}"
 
 

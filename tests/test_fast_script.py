@@ -87,3 +87,67 @@ def test_a_slice_outside_the_model_exits_with_a_message_naming_the_key(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "ACTS_LAYERS_SLICE" in result.stderr
+
+
+def _pairs_file(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+PAIR = {
+    "clean_prefix": "When Mary and John went to the store, John gave a drink",
+    "patch_prefix": "When John and Mary went to the store, Mary gave a drink",
+    "clean_answer": " to",
+    "patch_answer": " the",
+}
+
+
+def test_fast_on_a_pairs_file_records_metric_baseline_examples_and_exact_check(
+    tmp_path, tiny_model_dir, sae_templates
+):
+    rows = [
+        PAIR,
+        PAIR
+        | {
+            "clean_prefix": "The quick brown fox jumps over",
+            "patch_prefix": "The quick brown dog jumps over",
+        },
+    ]
+    config = _write_config(
+        tmp_path,
+        tiny_model_dir,
+        sae_templates,
+        PAIRS_FILE=str(_pairs_file(tmp_path, rows)),
+        METRIC="logit_diff",
+        BASELINE="patch",
+        SELECTION="threshold",
+        NODE_THRESHOLD=0.1,
+        EDGE_THRESHOLD=0.05,
+        NODE_ESTIMATOR="exact",
+        IG_STEPS=2,
+        BATCH_SIZE=1,
+    )
+    result = _run("sparse_coding/fast.py", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "correlation of the estimates with the exact effects" in result.stderr
+    out_dir = next((tmp_path / "data").iterdir())
+    metadata = json.loads((out_dir / "grads_graph.json").read_text())["metadata"]
+    run = metadata["runs"][-1] if "runs" in metadata else metadata
+    assert run["n_examples"] == 2 and run["metric"] == "logit_diff" and run["baseline"] == "patch"
+    assert "supports the clean answer" in run["sign_convention"]["node attribution"]
+    assert -1 <= run["exact"]["correlation"] <= 1
+    assert set(run["node_std"]) and all(value >= 0 for value in run["node_std"].values())
+
+
+def test_a_pairs_file_row_with_a_multi_token_answer_exits_1_naming_the_row(
+    tmp_path, tiny_model_dir, sae_templates
+):
+    rows = [PAIR, PAIR | {"clean_answer": " 1969 the first humans"}]
+    config = _write_config(
+        tmp_path, tiny_model_dir, sae_templates, PAIRS_FILE=str(_pairs_file(tmp_path, rows))
+    )
+    result = _run("sparse_coding/fast.py", "--config", str(config))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "PAIRS_FILE pairs.jsonl line 2 clean answer" in result.stderr

@@ -57,6 +57,7 @@ def test_quiet_logging_hides_progress_bars():
 
 def test_the_closing_line_names_no_image_when_graphviz_is_missing(make_config, monkeypatch, capsys):
     """Without dot the image is not written, so the summary must not name it."""
+    from sparse_coding import METRICS, GraphOptions, token_batch
     from sparse_coding.algorithms.attribution_graph import gradient_graph
     from sparse_coding.models.gpt2 import tokenize_prompt
     from sparse_coding.pipelines.loading import load_spliced_model
@@ -64,9 +65,9 @@ def test_the_closing_line_names_no_image_when_graphviz_is_missing(make_config, m
 
     config = make_config(ACTS_LAYERS_SLICE="0:1", NUM_DOWN_NODES=1, NUM_UP_NODES=1)
     spliced, tokenizer = load_spliced_model(config)
-    graph = gradient_graph(
-        spliced, tokenize_prompt(tokenizer, config.PROMPT, prepend_bos=True), num_down_nodes=1, num_up_nodes=1
-    )
+    batch = token_batch(tokenize_prompt(tokenizer, config.PROMPT, prepend_bos=True))
+    options = GraphOptions(METRICS["cross_entropy"], num_down_nodes=1, num_up_nodes=1)
+    graph = gradient_graph(spliced, [batch], options)
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: None if name == "dot" else real_which(name))
     published = publish_graph(

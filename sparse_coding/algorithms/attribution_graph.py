@@ -1,100 +1,319 @@
-"""Turn node and edge attributions into the gradient cognition graph (fast.py's graph).
+"""Turn node and edge attributions over many examples into the gradient cognition graph (fast.py's).
 
-Per down-node and upstream site it keeps the NUM_UP_NODES most positive and
-most negative feature edges plus the upstream error's edge, prunes to what
-reaches the slice's last layer (traced up from the bottom), and records the
-features' share of total |attribution| as the summary.
+Phases:
+    1. node attributions per batch of examples (one forward and backward each);
+    2. aggregation: per node, the mean and standard deviation over examples
+       (positions summed within an example);
+    3. down-nodes per site: SELECTION topk, the NUM_DOWN_NODES largest |mean|
+       (or the features over hist.py's cached thresholds at some example's
+       last position); SELECTION threshold, |mean| > NODE_THRESHOLD;
+    4. edges per batch, then their mean over examples;
+    5. optionally (exact) the down-nodes' exact effects, and the correlation
+       of the linear estimates with them;
+    6. graph: per down-node and upstream site the NUM_UP_NODES most positive
+       and most negative feature edges plus the upstream error's edge (topk),
+       or every edge with |mean| > EDGE_THRESHOLD (threshold); pruned to what
+       reaches the slice's last layer; the features' share of total
+       |attribution| as the summary.
 """
 
 import logging
+import math
+from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from sparse_coding.algorithms.attribution import (
-    EdgeSet,
-    SiteAttribution,
-    choose_down_nodes,
-    edges,
-    node_attributions,
-    split_prompt,
-    timed,
-)
+from sparse_coding.algorithms.attribution import SiteAttribution, node_attributions, timed
+from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
+from sparse_coding.algorithms.attribution_exact import exact_effects
+from sparse_coding.algorithms.metrics import Metric, sign_convention
+from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import error_id, feature_id, parse_node_id
+from sparse_coding.pairs import ExampleBatch
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 
+SELECTIONS = ("topk", "threshold")
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """How fast.py's graph is estimated and selected (the config keys of the same names)."""
+
+    metric: Metric
+    baseline: str = "zero"
+    ig_steps: int = 1
+    selection: str = "topk"
+    num_down_nodes: int = 5
+    num_up_nodes: int = 5
+    node_threshold: float | None = None
+    edge_threshold: float | None = None
+    exact: bool = False
+    batched_edges: bool = True  # vmapped backwards per site (faster) or one per down-node (least memory)
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"SELECTION {self.selection!r} is unknown; valid: {', '.join(SELECTIONS)}")
+        if self.selection == "threshold" and (self.node_threshold is None or self.edge_threshold is None):
+            raise ConfigError("SELECTION threshold needs NODE_THRESHOLD and EDGE_THRESHOLD")
+
+
+@dataclass
+class NodeSummary:
+    """One site's node attributions over all examples."""
+
+    mean: Tensor  # (d_sae,)
+    std: Tensor  # (d_sae,) population std over examples
+    error_mean: float
+    error_std: float
+    max_activation: Tensor  # (d_sae,)
+    last_activation: Tensor  # (n_examples, d_sae)
+
 
 def gradient_graph(
     spliced: SplicedModel,
-    tokens: torch.Tensor,
+    batches: list[ExampleBatch],
+    options: GraphOptions,
     *,
-    num_down_nodes: int,
-    num_up_nodes: int,
-    ig_steps: int = 1,
-    thresholds: dict[str, torch.Tensor] | None = None,
-    batched_edges: bool = True,
+    means: dict[str, Tensor] | None = None,
+    thresholds: dict[str, Tensor] | None = None,
 ) -> Graph:
-    """The whole fast.py computation for one prompt (1, pos) -> Graph.
+    """The whole fast.py computation over batches of examples -> Graph.
 
     Args:
+        means: per site key, (d_sae,) feature means (BASELINE mean).
         thresholds: per site key, activation thresholds that choose down-nodes
-            (hist.py); sites without one use the NUM_DOWN_NODES largest |IE|.
-        batched_edges: vmapped backwards per site (True, faster) or one
-            backward per down-node (False, least memory).
+            (hist.py); sites without one use SELECTION.
     """
-    inputs, target = split_prompt(tokens.to(spliced.device))
-    with timed("Node attributions"):
-        attributions = node_attributions(spliced, inputs, target, ig_steps=ig_steps)
-    down_nodes = choose_down_nodes(attributions, num_down_nodes=num_down_nodes, thresholds=thresholds)
+    n_examples = sum(len(batch) for batch in batches)
+    with timed(f"Node attributions ({n_examples} examples, {len(batches)} batches)"):
+        per_batch = [_node_phase(spliced, batch, options, means) for batch in batches]
+    summaries = summarize(per_batch)
+    down_nodes = choose_down_nodes(summaries, options, thresholds=thresholds)
     with timed("Edges"):
-        edge_sets = edges(spliced, inputs, attributions, down_nodes, batched=batched_edges)
-    graph = build_graph(spliced, attributions, edge_sets, num_up_nodes=num_up_nodes)
-    graph.metadata["fraction_explained"] = fraction_explained(attributions)
-    graph.metadata["summary"] = (
-        f"features explain ~{100 * graph.metadata['fraction_explained']:.0f}% of the effect"
-    )
-    graph.metadata["down_node_selection"] = (
-        "thresholds" if thresholds else f"top {num_down_nodes} |attribution|"
-    )
+        edge_sets = mean_edges(
+            [
+                _edge_phase(spliced, b, a, down_nodes, options)
+                for b, a in zip(batches, per_batch, strict=True)
+            ],
+            n_examples,
+        )
+    graph = build_graph(spliced, summaries, edge_sets, options)
+    graph.metadata |= _metadata(summaries, down_nodes, options, n_examples, thresholds)
+    graph.metadata["node_std"] = {node_id: _std(summaries, node_id) for node_id in graph.nodes}
+    if options.exact:
+        with timed("Exact node effects"):
+            graph.metadata["exact"] = exact_check(spliced, batches, per_batch, summaries, down_nodes, options)
     return graph
 
 
-def fraction_explained(attributions: dict[str, SiteAttribution]) -> float:
-    """Features' share of total |attribution| (errors explain the rest)."""
-    features = sum(float(a.feature_ie.abs().sum()) for a in attributions.values())
-    errors = sum(abs(a.error_ie) for a in attributions.values())
+def _node_phase(
+    spliced: SplicedModel, batch: ExampleBatch, options: GraphOptions, means: dict[str, Tensor] | None
+) -> dict[str, SiteAttribution]:
+    """Phase 1 for one batch."""
+    return node_attributions(
+        spliced,
+        batch,
+        metric=options.metric,
+        baseline=options.baseline,
+        means=means,
+        ig_steps=options.ig_steps,
+    )
+
+
+def _edge_phase(
+    spliced: SplicedModel,
+    batch: ExampleBatch,
+    attributions: dict[str, SiteAttribution],
+    down_nodes: dict[str, Tensor],
+    options: GraphOptions,
+) -> list[EdgeSet]:
+    """Phase 4 for one batch: edges summed over its examples."""
+    return edges(
+        spliced, batch, attributions, down_nodes, batched=options.batched_edges, ig_steps=options.ig_steps
+    )
+
+
+def summarize(per_batch: list[dict[str, SiteAttribution]]) -> dict[str, NodeSummary]:
+    """Phase 2: per site, mean and std over every example of every batch."""
+    summaries = {}
+    for key in per_batch[0]:
+        features = torch.cat([attrs[key].feature_ie for attrs in per_batch])  # (n_examples, d_sae)
+        errors = torch.cat([attrs[key].error_ie for attrs in per_batch])
+        summaries[key] = NodeSummary(
+            features.mean(0),
+            features.std(0, correction=0),
+            float(errors.mean()),
+            float(errors.std(correction=0)),
+            torch.stack([attrs[key].max_activation for attrs in per_batch]).amax(0),
+            torch.cat([attrs[key].last_activation for attrs in per_batch]),
+        )
+    return summaries
+
+
+def choose_down_nodes(
+    summaries: dict[str, NodeSummary], options: GraphOptions, *, thresholds: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Phase 3: per site, the down-node features by hist.py's thresholds, else by SELECTION."""
+    chosen = {}
+    for key, summary in summaries.items():
+        scores = summary.mean.abs()
+        if thresholds is not None and key in thresholds:
+            over = summary.last_activation > thresholds[key].to(summary.last_activation)
+            chosen[key] = over.any(0).nonzero().flatten()
+        elif options.selection == "threshold":
+            chosen[key] = (scores > options.node_threshold).nonzero().flatten()
+        else:
+            chosen[key] = (
+                scores.topk(min(options.num_down_nodes, int((scores > 0).sum()))).indices.sort().values
+            )
+    if thresholds:
+        counts = ", ".join(f"{key}: {len(chosen[key])}" for key in summaries if key in thresholds)
+        logger.info("Down-nodes from hist.py thresholds per site: %s", counts)
+    return chosen
+
+
+def mean_edges(per_batch: list[list[EdgeSet]], n_examples: int) -> list[EdgeSet]:
+    """Phase 4: each edge's mean over examples; batches' columns (upstream features) are aligned first."""
+    return [_aligned_sum(sets).scaled(1 / n_examples) for sets in zip(*per_batch, strict=True)]
+
+
+def _aligned_sum(sets: tuple[EdgeSet, ...]) -> EdgeSet:
+    """One site pair's edge sets of several batches added, over the union of their upstream features."""
+    first = sets[0]
+    columns = torch.cat([s.up_features for s in sets]).unique()
+    total = first.effects.new_zeros(first.effects.shape[0], len(columns) + 1)
+    for s in sets:
+        total[:, torch.searchsorted(columns, s.up_features)] += s.effects[:, :-1]
+        total[:, -1] += s.effects[:, -1]
+    return EdgeSet(first.down_site, first.down_features, first.up_site, columns, total)
+
+
+def fraction_explained(summaries: dict[str, NodeSummary]) -> float:
+    """Features' share of total |mean attribution| (errors explain the rest)."""
+    features = sum(float(s.mean.abs().sum()) for s in summaries.values())
+    errors = sum(abs(s.error_mean) for s in summaries.values())
     return features / (features + errors) if features + errors > 0 else 0.0
+
+
+def exact_check(
+    spliced: SplicedModel,
+    batches: list[ExampleBatch],
+    per_batch: list[dict[str, SiteAttribution]],
+    summaries: dict[str, NodeSummary],
+    down_nodes: dict[str, Tensor],
+    options: GraphOptions,
+) -> dict:
+    """Phase 5: exact mean effects of the down-nodes and their correlation with the estimates."""
+    n_examples = sum(len(batch) for batch in batches)
+    sums = [
+        exact_effects(spliced, b, a, down_nodes, metric=options.metric)
+        for b, a in zip(batches, per_batch, strict=True)
+    ]
+    exact = torch.cat([sum(s[key] for s in sums) / n_examples for key in down_nodes])
+    estimate = torch.cat([summaries[key].mean[features] for key, features in down_nodes.items()])
+    correlation = (
+        float(torch.corrcoef(torch.stack([estimate, exact.to(estimate)]))[0, 1])
+        if len(exact) > 1
+        else math.nan
+    )
+    logger.info(
+        "Exact mode: %d nodes, correlation of the estimates with the exact effects %.4f",
+        len(exact),
+        correlation,
+    )
+    ids = [feature_id(*_site_layer(key), int(f)) for key, features in down_nodes.items() for f in features]
+    return {
+        "correlation": None if math.isnan(correlation) else correlation,
+        "effects": {node_id: float(v) for node_id, v in zip(ids, exact, strict=True)},
+    }
+
+
+def _metadata(
+    summaries: dict[str, NodeSummary],
+    down_nodes: dict[str, Tensor],
+    options: GraphOptions,
+    n_examples: int,
+    thresholds: dict[str, Tensor] | None,
+) -> dict:
+    share = fraction_explained(summaries)
+    return {
+        "fraction_explained": share,
+        "summary": f"features explain ~{100 * share:.0f}% of the effect",
+        "n_examples": n_examples,
+        "metric": options.metric.name,
+        "baseline": options.baseline,
+        "ig_steps": options.ig_steps,
+        "sign_convention": sign_convention(options.metric),
+        "down_node_selection": "thresholds" if thresholds else _selection_text(options),
+        "down_nodes_per_site": {key: len(features) for key, features in down_nodes.items()},
+    }
+
+
+def _selection_text(options: GraphOptions) -> str:
+    if options.selection == "threshold":
+        return (
+            f"|mean attribution| > {options.node_threshold}; edges |mean effect| > {options.edge_threshold}"
+        )
+    return f"top {options.num_down_nodes} |mean attribution|; top {options.num_up_nodes} edges each sign"
+
+
+def _std(summaries: dict[str, NodeSummary], node_id: str) -> float:
+    parsed = parse_node_id(node_id)
+    summary = summaries[f"{parsed.site}_{parsed.layer}"]
+    return summary.error_std if parsed.feature is None else float(summary.std[parsed.feature])
 
 
 def build_graph(
     spliced: SplicedModel,
-    attributions: dict[str, SiteAttribution],
+    summaries: dict[str, NodeSummary],
     edge_sets: list[EdgeSet],
-    *,
-    num_up_nodes: int,
+    options: GraphOptions,
 ) -> Graph:
-    """Phase 5: kept edges, pruned to what reaches the last layer, with node attributes."""
-    kept = [edge for edge_set in edge_sets for edge in _top_edges(edge_set, num_up_nodes)]
+    """Phase 6: kept edges, pruned to what reaches the last layer, with node attributes."""
+    kept = [edge for edge_set in edge_sets for edge in _kept_edges(edge_set, options)]
     bottom_layer = max(site.layer for site in spliced.sites)
     bottom = {target for _, target, _ in kept if parse_node_id(target).layer == bottom_layer}
     reached, kept_edges = _trace_up(bottom, kept)
     graph = Graph()
     for node_id in sorted(reached):
-        graph.add_node(_node(spliced, attributions, node_id))
+        graph.add_node(_node(spliced, summaries, node_id))
     for source, target, effect in kept_edges:
         graph.add_edge(source, target, effect)
     return graph
 
 
-def _top_edges(edge_set: EdgeSet, num_up_nodes: int) -> list[tuple[str, str, float]]:
-    """The most positive and most negative feature edges per down-node, plus the error edge."""
+def _kept_edges(edge_set: EdgeSet, options: GraphOptions) -> list[tuple[str, str, float]]:
+    """The edges SELECTION keeps: per-sign top NUM_UP_NODES, or |effect| > EDGE_THRESHOLD."""
+    if options.selection == "threshold":
+        return _threshold_edges(edge_set, options.edge_threshold)
+    return _top_edges(edge_set, options.num_up_nodes)
+
+
+def _edge_ids(edge_set: EdgeSet) -> tuple[list[str], list[str]]:
+    """Ids of the rows (down features, then the down error) and columns (up features, then the up error)."""
     down_site, down_layer = _site_layer(edge_set.down_site)
     up_site, up_layer = _site_layer(edge_set.up_site)
     down_ids = [feature_id(down_site, down_layer, int(f)) for f in edge_set.down_features]
-    down_ids.append(error_id(down_site, down_layer))
     up_ids = [feature_id(up_site, up_layer, int(f)) for f in edge_set.up_features]
+    return [*down_ids, error_id(down_site, down_layer)], [*up_ids, error_id(up_site, up_layer)]
+
+
+def _threshold_edges(edge_set: EdgeSet, threshold: float) -> list[tuple[str, str, float]]:
+    down_ids, up_ids = _edge_ids(edge_set)
+    rows, cols = (edge_set.effects.abs() > threshold).nonzero(as_tuple=True)
+    return [
+        (up_ids[c], down_ids[r], float(edge_set.effects[r, c]))
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True)
+    ]
+
+
+def _top_edges(edge_set: EdgeSet, num_up_nodes: int) -> list[tuple[str, str, float]]:
+    """The most positive and most negative feature edges per down-node, plus the error edge."""
+    down_ids, up_ids = _edge_ids(edge_set)
     result = []
     for row, down_id in enumerate(down_ids):
         effects = edge_set.effects[row]
@@ -109,7 +328,7 @@ def _top_edges(edge_set: EdgeSet, num_up_nodes: int) -> list[tuple[str, str, flo
         }
         result += [(up_ids[c], down_id, float(features[c])) for c in sorted(chosen)]
         if effects[-1] != 0:
-            result.append((error_id(up_site, up_layer), down_id, float(effects[-1])))
+            result.append((up_ids[-1], down_id, float(effects[-1])))
     return result
 
 
@@ -135,16 +354,16 @@ def _site_layer(key: str) -> tuple[str, int]:
     return site, int(layer)
 
 
-def _node(spliced: SplicedModel, attributions: dict[str, SiteAttribution], node_id: str) -> Node:
+def _node(spliced: SplicedModel, summaries: dict[str, NodeSummary], node_id: str) -> Node:
     parsed = parse_node_id(node_id)
     site = spliced.by_key[f"{parsed.site}_{parsed.layer}"]
-    attr = attributions[site.key]
+    summary = summaries[site.key]
     common = {"hook": site.sae.hook_name, "neuronpedia_id": site.sae.neuronpedia_id}
     if parsed.feature is None:
-        return Node.from_id(node_id, attribution=attr.error_ie, **common)
+        return Node.from_id(node_id, attribution=summary.error_mean, **common)
     return Node.from_id(
         node_id,
-        activation=float(attr.max_activation[parsed.feature]),
-        attribution=float(attr.feature_ie[parsed.feature]),
+        activation=float(summary.max_activation[parsed.feature]),
+        attribution=float(summary.mean[parsed.feature]),
         **common,
     )

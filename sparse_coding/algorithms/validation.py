@@ -185,7 +185,7 @@ def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
     return targets
 
 
-def _mean_ablations(
+def mean_ablations(
     spliced: SplicedModel, circuit: Circuit, circuit_errors: Collection[str], means: SiteMeans, errors: str
 ) -> dict[str, Intervention]:
     """The interventions of m(C), m(M \\ C) and m(empty), keyed as VARIANTS, over every spliced site."""
@@ -334,7 +334,7 @@ def validate_circuit(
         means = feature_means(spliced, batches, spliced.by_key)
     logger.info("Phase 1, feature means: %.1fs", time.perf_counter() - start)
     start = time.perf_counter()
-    ablations = _mean_ablations(spliced, circuit, circuit_errors, means, errors)
+    ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)
     d_vocab = spliced.model.config.vocab_size
     sums = _Sums(np.zeros(d_vocab), np.zeros(d_vocab))
     for batch in progress(batches, desc="Validating", unit="batch"):

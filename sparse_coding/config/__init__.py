@@ -44,6 +44,7 @@ INT_RANGES = {
     "NUM_UP_NODES": (1, 100_000),
     "NUM_DOWN_NODES": (1, 100_000),
     "IG_STEPS": (1, 1_000),
+    "NUM_EXAMPLES": (1, 10**9),
     "NUM_SEQUENCES_EVALED": (1, 10**9),
     "MAX_SEQ_LEN": (1, 1_000_000),
     "MAX_SEQ_INTERPED_LEN": (1, 1_000_000),
@@ -61,6 +62,13 @@ MAX_ABS_THRESHOLD_EXP = 100.0
 # difflib ratio above which an unknown key is a misspelling of a known one:
 # NUM_UP_NODE -> NUM_UP_NODES (0.96), never NUM_WORKERS -> NUM_UP_NODES (0.61).
 MISSPELLING_RATIO = 0.85
+# Keys with a fixed set of values (the algorithms that read them check the same names).
+CHOICES = {
+    "METRIC": ("cross_entropy", "logit_diff", "logprob"),
+    "BASELINE": ("zero", "patch", "mean"),
+    "SELECTION": ("topk", "threshold"),
+    "NODE_ESTIMATOR": ("gradient", "exact"),
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,18 @@ class Config:
     VALIDATION_DIMS_PINNED: dict[str, list[int]] | None = None
     VALIDATION_ERRORS: str = "keep"
     IG_STEPS: int = 1
+    # fast.py: examples, metric, baseline, selection, estimator.
+    PATCH_PROMPT: str | None = None
+    ANSWER: str | None = None
+    PATCH_ANSWER: str | None = None
+    PAIRS_FILE: str | None = None
+    NUM_EXAMPLES: int = 32
+    METRIC: str = "cross_entropy"
+    BASELINE: str = "zero"
+    SELECTION: str = "topk"
+    NODE_THRESHOLD: float = 0.1
+    EDGE_THRESHOLD: float = 0.01
+    NODE_ESTIMATOR: str = "gradient"
     # Model, prompt and data.
     MODEL_DIR: str = "openai-community/gpt2"
     PROMPT: str = "Copyright (C)"
@@ -398,6 +418,12 @@ def _check_values(config: Config, where: str) -> None:
             f"Config key VALIDATION_ERRORS{where} is {config.VALIDATION_ERRORS!r}; "
             f"valid: {', '.join(VALIDATION_ERROR_MODES)}"
         )
+    for key, valid in CHOICES.items():
+        if getattr(config, key) not in valid:
+            raise ConfigError(
+                f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)}"
+            )
+    _check_examples(config, where)
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)
         if value is not None and value not in DTYPE_NAMES:
@@ -406,3 +432,29 @@ def _check_values(config: Config, where: str) -> None:
         raise ConfigError(
             f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
         )
+
+
+def _check_examples(config: Config, where: str) -> None:
+    """fast.py's example keys: one source of examples, and what each metric/baseline needs."""
+    if config.PAIRS_FILE is not None and config.PATCH_PROMPT is not None:
+        raise ConfigError(
+            f"PAIRS_FILE and PATCH_PROMPT{where} are both set; give pairs in PAIRS_FILE or one pair as "
+            f"PROMPT + PATCH_PROMPT, not both"
+        )
+    if config.PATCH_ANSWER is not None and config.PATCH_PROMPT is None:
+        raise ConfigError(f"PATCH_ANSWER{where} is set without PATCH_PROMPT; set PATCH_PROMPT too")
+    if config.PATCH_PROMPT is not None and (config.ANSWER is None) != (config.PATCH_ANSWER is None):
+        raise ConfigError(
+            f"ANSWER and PATCH_ANSWER{where}: set both (the prompts are inputs, the answers follow them) "
+            f"or neither (each prompt's last token is its answer)"
+        )
+    has_patch = config.PAIRS_FILE is not None or config.PATCH_PROMPT is not None
+    for key, needs in (("METRIC", "logit_diff"), ("BASELINE", "patch")):
+        if getattr(config, key) == needs and not has_patch:
+            raise ConfigError(
+                f"Config key {key}{where} is {needs!r}, which needs patch prompts; set PATCH_PROMPT "
+                f"or PAIRS_FILE"
+            )
+    for key in ("NODE_THRESHOLD", "EDGE_THRESHOLD"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"Config key {key}{where} must be at least 0, got {getattr(config, key)}")

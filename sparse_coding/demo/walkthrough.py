@@ -14,7 +14,16 @@ from pathlib import Path
 
 import torch
 
-from sparse_coding import gradient_graph, load_config, load_spliced_model, tokenize_prompt, validate_circuit
+from sparse_coding import (
+    METRICS,
+    GraphOptions,
+    gradient_graph,
+    load_config,
+    load_spliced_model,
+    token_batch,
+    tokenize_prompt,
+    validate_circuit,
+)
 from sparse_coding.corpus import iter_batches
 
 config = load_config("sparse_coding/config/demo_config.yaml")
@@ -29,7 +38,8 @@ print(tokenizer.convert_ids_to_tokens(tokens[0]))
 # feature were removed; positive = the feature supports "hot".
 
 # %%
-graph = gradient_graph(spliced, tokens, num_down_nodes=3, num_up_nodes=3)
+options = GraphOptions(METRICS["cross_entropy"], num_down_nodes=3, num_up_nodes=3)
+graph = gradient_graph(spliced, [token_batch(tokens)], options)
 for node in sorted(graph.nodes.values(), key=lambda n: -abs(n.attribution or 0)):
     name = truth["features"].get(node.id, {}).get("name", "(SAE error)")
     print(f"{node.id:12} {name:10} attribution {node.attribution:+.4f}")

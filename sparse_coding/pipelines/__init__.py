@@ -1,1 +1,1 @@
-"""One module per script: the code that reads Config, loads, runs the algorithms and writes."""
+"""One module per script: the only code that reads Config, calls loaders, algorithms, labels and writers."""

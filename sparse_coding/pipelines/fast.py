@@ -1,47 +1,115 @@
-"""fast.py's run: from a Config to the published gradient graph.
+"""fast.py's pipeline: config -> examples -> gradient graph (Marks et al. 2024) -> graph files.
 
-The algorithm is `sparse_coding.algorithms.attribution_graph` (Marks et al.
-2024; the formulas live in `sparse_coding.algorithms.attribution`); this is
-its config glue: the prompt's tokens, hist.py's cached thresholds when they
-apply, and publishing the graph.
+Examples come from PAIRS_FILE (NUM_EXAMPLES JSONL rows), else from PROMPT
+(+ PATCH_PROMPT, ANSWER, PATCH_ANSWER) as one example; they are batched by
+BATCH_SIZE. METRIC, BASELINE, IG_STEPS, SELECTION (NUM_DOWN_NODES /
+NUM_UP_NODES or NODE_THRESHOLD / EDGE_THRESHOLD) and NODE_ESTIMATOR shape the
+graph; hist.py's cached thresholds, when they match the run, choose down-nodes.
 """
 
 import logging
+from pathlib import Path
 
-from sparse_coding.algorithms.attribution_graph import gradient_graph
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
+from sparse_coding.algorithms.metrics import metric_for
+from sparse_coding.algorithms.validation import feature_means
 from sparse_coding.config import Config
+from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import check_output_names
-from sparse_coding.models.gpt2 import tokenize_prompt
+from sparse_coding.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
 from sparse_coding.phases import PhaseTimer
+from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.threshold_cache import load_thresholds
+from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 
 
+def config_pairs(config: Config) -> list[Pair]:
+    """NUM_EXAMPLES rows of PAIRS_FILE, else the one example PROMPT (+ PATCH_PROMPT, answers) gives."""
+    if config.PAIRS_FILE is not None:
+        return read_pairs_file(Path(config.PAIRS_FILE).expanduser(), config.NUM_EXAMPLES)
+    return [Pair(config.PROMPT, config.PATCH_PROMPT, config.ANSWER, config.PATCH_ANSWER)]
+
+
+def config_example_batches(
+    config: Config, tokenizer: PreTrainedTokenizerBase, *, device: torch.device, context_len: int
+) -> list[ExampleBatch]:
+    """The config's examples, tokenized by `pairs`' rule and right-padded into BATCH_SIZE batches."""
+    examples = [
+        tokenize_pair(pair, tokenizer, prepend_bos=config.PREPEND_BOS, max_len=context_len)
+        for pair in config_pairs(config)
+    ]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return example_batches(examples, batch_size=config.BATCH_SIZE, pad_id=pad_id, device=device)
+
+
+def graph_options(config: Config, *, has_patch_answers: bool) -> GraphOptions:
+    """The GraphOptions of the config's keys of the same names."""
+    return GraphOptions(
+        metric=metric_for(config.METRIC, has_patch_answers=has_patch_answers),
+        baseline=config.BASELINE,
+        ig_steps=config.IG_STEPS,
+        selection=config.SELECTION,
+        num_down_nodes=config.NUM_DOWN_NODES,
+        num_up_nodes=config.NUM_UP_NODES,
+        node_threshold=config.NODE_THRESHOLD,
+        edge_threshold=config.EDGE_THRESHOLD,
+        exact=config.NODE_ESTIMATOR == "exact",
+    )
+
+
+def baseline_means(
+    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, torch.Tensor] | None:
+    """BASELINE mean: every site's feature means over DATASET (else PROMPT), as val.py computes them."""
+    if config.BASELINE != "mean":
+        return None
+    batches = config_batches(
+        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+    )
+    return feature_means(spliced, batches, spliced.by_key).features
+
+
+def fast_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase) -> Graph:
+    """The gradient graph of the config's examples, unlabelled."""
+    batches = config_example_batches(
+        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
+    )
+    options = graph_options(config, has_patch_answers=batches[0].patch_answers is not None)
+    thresholds = load_thresholds(config, spliced)
+    logger.info("Down-nodes: %s", thresholds.description if thresholds else options.selection)
+    graph = gradient_graph(
+        spliced,
+        batches,
+        options,
+        means=baseline_means(config, spliced, tokenizer),
+        thresholds=thresholds.values if thresholds else None,
+    )
+    graph.metadata["examples"] = examples_source(config)
+    return graph
+
+
+def examples_source(config: Config) -> str:
+    """Where the examples came from, for the graph's metadata."""
+    if config.PAIRS_FILE:
+        return f"PAIRS_FILE {config.PAIRS_FILE}"
+    return "PROMPT + PATCH_PROMPT" if config.PATCH_PROMPT else "PROMPT"
+
+
 def run_fast(config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False) -> str:
-    """Build fast.py's graph over every configured site of the slice and publish it."""
+    """Build fast.py's graph over every configured site of the slice and publish it; the closing line."""
     phases = phases or PhaseTimer()
     out_dir = config.model_data_dir(config.MODEL_DIR)
     check_output_names(out_dir / config.GRADS_DOT_FILE, out_dir / config.GRADS_FILE)
     spliced, tokenizer = load_spliced_model(config, phases=phases)
-    tokens = tokenize_prompt(
-        tokenizer, config.PROMPT, prepend_bos=config.PREPEND_BOS, max_len=spliced.model.config.n_positions + 1
-    )
-    thresholds = load_thresholds(config, spliced)
-    logger.info(
-        "Down-nodes: %s", thresholds.description if thresholds else f"top {config.NUM_DOWN_NODES} |IE|"
-    )
     with phases.phase("compute: gradient graph"):
-        graph = gradient_graph(
-            spliced,
-            tokens,
-            num_down_nodes=config.NUM_DOWN_NODES,
-            num_up_nodes=config.NUM_UP_NODES,
-            ig_steps=config.IG_STEPS,
-            thresholds=thresholds.values if thresholds else None,
-        )
+        graph = fast_graph(config, spliced, tokenizer)
     published = publish_graph(
         graph,
         config,

@@ -72,7 +72,9 @@ def publish_graph(
     stored graph aside and starts a new one (``--new-graph``).
     """
     phases = phases or PhaseTimer()
+    computed = graph.metadata.get("sign_convention", {})  # e.g. fast.py's metric-specific sentences
     graph.metadata.update(run_metadata(config, spliced, script))
+    graph.metadata["sign_convention"] |= computed
     out_dir = config.model_data_dir(config.MODEL_DIR)
     with phases.phase("labels: contexts"):
         contexts = load_or_collect(config, spliced, tokenizer, features=wanted_features(graph))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from sparse_coding.algorithms.validation import Circuit, check_circuit, validate_circuit
+from sparse_coding.algorithms.validation import Circuit, check_circuit, feature_means, validate_circuit
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
@@ -24,6 +24,7 @@ from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, interpreted_texts
 from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 from sparse_coding.splicing.splice import SplicedModel
 
@@ -47,16 +48,33 @@ def run_val(
     spliced, tokenizer = load_circuit_model(
         config, circuit, circuit_errors=circuit_errors, source=source, phases=phases
     )
-    batches = config_batches(
-        config,
-        tokenizer,
-        device=spliced.device,
-        context_len=spliced.model.config.n_positions,
-        texts=interpreted_texts(config),
+    batches = list(
+        config_batches(
+            config,
+            tokenizer,
+            device=spliced.device,
+            context_len=spliced.model.config.n_positions,
+            texts=interpreted_texts(config),
+        )
     )
     with phases.phase("compute: validation"):
+        means = feature_means(spliced, batches, spliced.by_key)
         result = validate_circuit(
-            spliced, batches, circuit=circuit, circuit_errors=circuit_errors, errors=config.VALIDATION_ERRORS
+            spliced,
+            batches,
+            circuit=circuit,
+            circuit_errors=circuit_errors,
+            errors=config.VALIDATION_ERRORS,
+            means=means,
+        )
+        pairs = pairs_report(
+            config,
+            spliced,
+            tokenizer,
+            circuit=circuit,
+            circuit_errors=circuit_errors,
+            means=means,
+            graph=from_graph,
         )
     data = report_data(
         result,
@@ -68,8 +86,9 @@ def run_val(
         else f"PROMPT {config.PROMPT!r}",
     )
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
-    write_report(data | {"config": config.to_metadata()}, path)
-    return f"{format_report(data)}\n\nWrote {path}"
+    write_report(data | {"pairs": pairs, "config": config.to_metadata()}, path)
+    pairs_text = "" if pairs is None else f"\n{format_pairs_report(pairs)}"
+    return f"{format_report(data)}{pairs_text}\n\nWrote {path}"
 
 
 def circuit_from_config(config: Config) -> Circuit:

@@ -11,8 +11,10 @@ and what held fixed), ``sites`` (every spliced site), ``circuit_errors``, ``ce_c
 ``empty``: m(M), m(C), m(M \ C), m(empty)), ``faithfulness``,
 ``completeness`` (null when undefined), ``next_token`` (``clean_top``,
 ``increases``, ``decreases``, ``ablated_top``: rows of ``token``, ``id``,
-``clean``, ``ablated``, ``change`` = ablated - clean), ``sign_convention`` (what
-each quantity's sign means, `graphs.conventions`), ``config`` (every config key).
+``clean``, ``ablated``, ``change`` = ablated - clean), ``pairs`` (faithfulness
+on fast.py's examples with the graph's metric, `pipelines.val_pairs`; null when
+not run), ``sign_convention`` (what each quantity's sign means,
+`graphs.conventions`), ``config`` (every config key).
 """
 
 import json

@@ -251,13 +251,19 @@ def record_codes(codes: dict[str, SiteCode]) -> Intervention:
     return record
 
 
-def zero_ablation(targets: dict[str, Tensor], codes: dict[str, SiteCode] | None = None) -> Intervention:
-    """Intervention that zeroes chosen features, keeping each site's error term.
+def zero_ablation(
+    targets: dict[str, Tensor],
+    codes: dict[str, SiteCode] | None = None,
+    values: dict[str, Tensor] | None = None,
+) -> Intervention:
+    """Intervention that zeroes chosen features (or sets them to given values), keeping the error term.
 
     Args:
         targets: site key -> (n, 3) long tensor of (batch row, position, feature)
             to zero. Rows may differ, so many ablations run as one batch.
         codes: if given, filled with every site's code of its current input.
+        values: site key -> (n,) node values (activation * scale) to set the
+            targets to instead of 0 (activation patching).
 
     The new activation is ``x - sum of ablated f * scale * W_dec[f]``: features
     are re-read from the current (possibly already changed) input and the error
@@ -274,9 +280,11 @@ def zero_ablation(targets: dict[str, Tensor], codes: dict[str, SiteCode] | None 
         if chosen is None or len(chosen) == 0:
             return x
         rows, positions, features = chosen.unbind(-1)
-        values = code.feats[rows, positions, features] * code.scale[rows, positions, 0].to(code.feats.dtype)
+        removed = code.feats[rows, positions, features] * code.scale[rows, positions, 0].to(code.feats.dtype)
+        if values is not None and site.key in values:
+            removed = removed - values[site.key].to(removed.dtype)
         delta = torch.zeros_like(x).index_put_(
-            (rows, positions), site.decode_rows(values, features).to(x.dtype), accumulate=True
+            (rows, positions), site.decode_rows(removed, features).to(x.dtype), accumulate=True
         )
         return x - delta
 

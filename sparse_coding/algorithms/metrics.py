@@ -1,0 +1,96 @@
+"""fast.py's metrics, each written as a loss: lower = the model favours the clean answer more.
+
+Attributions estimate loss(node at its baseline) - loss(clean), so for every
+metric a positive attribution means the node supports the answer (removing it
+would raise the loss). Per example, at the last real position of the clean
+input (logits (batch, vocab)):
+
+    cross_entropy  -log p(answer)                        (today's metric)
+    logprob        -log p(answer); reported as log p     (same attributions)
+    logit_diff     logit(patch_answer) - logit(answer)   (Marks et al.'s default)
+
+`SIGN_CONVENTIONS` holds the sentence each graph's metadata records.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sparse_coding.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric as a loss of last-position logits; `reported_sign` turns the loss into the metric's value."""
+
+    name: str
+    loss: Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (logits, answers, patch_answers) -> (batch,)
+    reported_sign: float
+    needs_patch_answer: bool
+    sign_convention: str
+
+
+def _at_least_float32(logits: Tensor) -> Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _cross_entropy(logits: Tensor, answers: Tensor, patch_answers: Tensor | None) -> Tensor:
+    return F.cross_entropy(_at_least_float32(logits), answers, reduction="none")
+
+
+def _logit_diff(logits: Tensor, answers: Tensor, patch_answers: Tensor | None) -> Tensor:
+    assert patch_answers is not None, "checked by metric_for"
+    picked = _at_least_float32(logits).gather(1, torch.stack([patch_answers, answers], dim=1))
+    return picked[:, 0] - picked[:, 1]
+
+
+_SUPPORTS = "positive = the node supports the clean answer (removing it would raise the loss)"
+METRICS: dict[str, Metric] = {
+    "cross_entropy": Metric(
+        "cross_entropy",
+        _cross_entropy,
+        1.0,
+        False,
+        f"cross-entropy of the answer with the node at its baseline minus clean; {_SUPPORTS}",
+    ),
+    "logprob": Metric(
+        "logprob",
+        _cross_entropy,
+        -1.0,
+        False,
+        f"log p(answer) clean minus log p(answer) with the node at its baseline; {_SUPPORTS}",
+    ),
+    "logit_diff": Metric(
+        "logit_diff",
+        _logit_diff,
+        1.0,
+        True,
+        "logit(patch answer) - logit(answer), with the node at its baseline minus clean; "
+        f"{_SUPPORTS}: it favours the clean answer over the patch answer",
+    ),
+}
+
+
+def metric_for(name: str, *, has_patch_answers: bool) -> Metric:
+    """The metric called `name` (METRIC key), checked against the examples it will read."""
+    if name not in METRICS:
+        raise ConfigError(f"METRIC {name!r} is unknown; valid: {', '.join(METRICS)}")
+    metric = METRICS[name]
+    if metric.needs_patch_answer and not has_patch_answers:
+        raise ConfigError(
+            f"METRIC {name} compares the answer with a patch answer; set PATCH_PROMPT (and optionally "
+            f"PATCH_ANSWER) or PAIRS_FILE, or use METRIC cross_entropy"
+        )
+    return metric
+
+
+def sign_convention(metric: Metric) -> dict[str, str]:
+    """What the numbers of a fast.py graph mean, for its metadata."""
+    return {
+        "node attribution": metric.sign_convention + "; mean over examples, positions summed",
+        "edge": f"the upstream node's effect on that quantity through the downstream node only; {_SUPPORTS}",
+        "logit cells": "W_dec . W_U of the feature: blue = its decoder direction promotes the token",
+    }

@@ -1,0 +1,66 @@
+r"""Faithfulness of a circuit on fast.py's examples, with fast.py's metric (Marks et al. 2024).
+
+The metric m is the fast.py graph's (`metrics`: a loss of each example's
+answer at its clean input's last real position), averaged over the examples;
+the ablations are val.py's (`validation`: features outside the circuit, or
+all features, mean-ablated at the circuit's sites, error terms kept):
+
+    faithfulness = (m(C) - m(empty)) / (m(M) - m(empty))     1: C recovers M
+
+NaN (JSON null) when m(M) = m(empty). Patch inputs are not used here: the
+circuit is validated on the clean inputs, as the graph's metric reads them.
+"""
+
+import math
+from collections.abc import Collection, Iterable
+from typing import NamedTuple
+
+import torch
+
+from sparse_coding.algorithms.attribution import losses
+from sparse_coding.algorithms.metrics import Metric
+from sparse_coding.algorithms.validation import Circuit, SiteMeans, mean_ablations
+from sparse_coding.pairs import ExampleBatch
+from sparse_coding.splicing.splice import SplicedModel
+
+
+class PairFaithfulness(NamedTuple):
+    """m(M), m(C), m(empty) as mean losses over the examples, and the ratio."""
+
+    metric: str
+    n_examples: int
+    full: float
+    circuit: float
+    empty: float
+    faithfulness: float
+
+
+@torch.no_grad()
+def pair_faithfulness(
+    spliced: SplicedModel,
+    batches: Iterable[ExampleBatch],
+    *,
+    circuit: Circuit,
+    circuit_errors: Collection[str] = (),
+    errors: str = "keep",
+    metric: Metric,
+    means: SiteMeans,
+) -> PairFaithfulness:
+    """Faithfulness of `circuit` over `batches` with `metric` (see the module docstring).
+
+    C and the empty circuit are val.py's (`validation.mean_ablations`): every
+    spliced site mean-ablated outside the circuit, error terms per `errors`.
+    """
+    ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)
+    sums = {"full": 0.0, "circuit": 0.0, "empty": 0.0}
+    n_examples = 0
+    for batch in batches:
+        sums["full"] += float(losses(spliced, batch, metric).sum())
+        for name in ("circuit", "empty"):
+            with spliced.intervene(ablations[name]):
+                sums[name] += float(losses(spliced, batch, metric).sum())
+        n_examples += len(batch)
+    m = {name: total / n_examples for name, total in sums.items()}
+    span = m["full"] - m["empty"]
+    ratio = (m["circuit"] - m["empty"]) / span if span else math.nan
+    return PairFaithfulness(metric.name, n_examples, m["full"], m["circuit"], m["empty"], ratio)
