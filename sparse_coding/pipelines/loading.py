@@ -46,7 +46,7 @@ def load_spliced_model(
         SparseCodingError: the model cannot be loaded or the SAEs would not fit.
     """
     if pairs is not None:
-        _check_sources(config, pairs, source)
+        check_sources(config, pairs, source)
     phases = phases or PhaseTimer()
     device = resolve_device(config.DEVICE)
     model_dtype = resolve_dtype(config.DTYPE)
@@ -69,7 +69,8 @@ def load_spliced_model(
     return SplicedModel(model, saes), tokenizer
 
 
-def _check_sources(config: Config, pairs: Collection[tuple[str, int]], source: str) -> None:
+def check_sources(config: Config, pairs: Collection[tuple[str, int]], source: str) -> None:
+    """Every (site, layer) pair has an SAE source, else a ConfigError naming the unset keys."""
     unset = [
         f"{site.upper()}_SAES for {site_key(site, layer)!r}"
         for site, layer in pairs

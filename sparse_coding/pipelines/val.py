@@ -23,7 +23,7 @@ from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, interpreted_texts
-from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.loading import check_sources, load_spliced_model
 from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 from sparse_coding.splicing.splice import SplicedModel
@@ -205,13 +205,7 @@ def load_circuit_model(
             ACTS_LAYERS_SLICE, or pins an index beyond its SAE's width.
     """
     pairs = [parse_site_key(key) for key in [*circuit, *circuit_errors]]
-    unset = [
-        f"{site.upper()}_SAES for {site_key(site, layer)!r}"
-        for site, layer in pairs
-        if site not in config.sae_sources
-    ]
-    if unset:
-        raise ConfigError(f"{source} pins sites whose SAE key is unset: {', '.join(unset)}")
+    check_sources(config, pairs, source)
     spliced, tokenizer = load_spliced_model(config, phases=phases)
     check_within_slice(config, pairs, spliced.n_layers, source)
     check_circuit(spliced, circuit, source=source, circuit_errors=circuit_errors)
