@@ -446,9 +446,8 @@ def graph_summary(runs: list[dict[str, Any]]) -> str:
         lines.append(f"{len(runs) - _RUNS_LISTED} earlier runs are listed in the .json")
     for run in runs[-_RUNS_LISTED:]:
         text = f"DATASET {run['dataset']!r}" if run.get("dataset") else f"PROMPT {run.get('prompt')!r}"
-        lines.append(
-            f"run {run.get('id')} ({run.get('script', 'unknown')}, {text}): {run.get('summary', '')}"
-        )
+        own = f": {run.get('summary', '')}" if len(runs) > 1 else ""  # one run: its summary leads
+        lines.append(f"run {run.get('id')} ({run.get('script', 'unknown')}, {text}){own}")
     return " | ".join(lines)
 
 

@@ -86,13 +86,22 @@ def run_text(run: dict[str, Any]) -> str:
     script = graph_script(run)
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
     parts = [script or "graph"]
-    if config.get("DATASET"):
-        parts.append(f"dataset {config['DATASET']}")
-    elif run.get("prompt") is not None:
-        parts.append(f"prompt {str(run['prompt'])!r}")
+    parts.append(_text_shown(script, run, config))
     if (threshold := _threshold_text(script, config)) is not None:
         parts.append(f"threshold: {threshold}")
     return "; ".join(parts)
+
+
+def _text_shown(script: str | None, run: dict[str, Any], config: dict[str, Any]) -> str:
+    """What the run explained: fast.py its examples, pipe.py and val.py the text INTERP_SOURCE picks."""
+    if script == "fast.py":
+        if config.get("PAIRS_FILE"):
+            return f"pairs file {config['PAIRS_FILE']}"
+        return f"prompt {str(run.get('prompt'))!r}"
+    source = config.get("INTERP_SOURCE") or ("dataset" if config.get("DATASET") else "prompt")
+    if source == "dataset" and config.get("DATASET"):
+        return f"dataset {config['DATASET']}"
+    return f"prompt {str(run.get('prompt'))!r}"
 
 
 def caption_text(metadata: dict[str, Any]) -> str:
