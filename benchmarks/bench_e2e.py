@@ -6,7 +6,7 @@ Writes (once, into --work) a GPT-2-small-shaped random model in Hugging Face
 format and real-size random SAEs in SAELens folders (resid 24576 ReLU with
 calibrated biases, attn/mlp 32768 TopK-32 layer-norm), then runs each script
 as a subprocess `--runs` times on slice 9:12 and a 10-token prompt:
-fast.py, pipe.py with THRESHOLD_EXP 5, and pipe.py with every non-zero edge.
+fast.py, pipe.py with THRESHOLD_EXP -6 (see RUNS), and pipe.py with every non-zero edge.
 Prints the phase table that every run logs (min / median over the runs) and
 the wall time measured around the process.
 """
@@ -39,7 +39,9 @@ PROMPT = "The Eiffel Tower is in the city of Paris"
 ROW = re.compile(r"^\s+(.+?)\s+([\d.]+)s\s+[\d.]+%$")
 RUNS = {
     "fast.py": ("fast.py", {}),
-    "pipe.py (THRESHOLD_EXP 5)": ("pipe.py", {"THRESHOLD_EXP": 5.0}),
+    # Random weights move features far less than trained ones (largest effect ~0.04 here),
+    # so THRESHOLD_EXP 5 would keep no edge (exit 1); -6 keeps about the top 100.
+    "pipe.py (THRESHOLD_EXP -6)": ("pipe.py", {"THRESHOLD_EXP": -6.0}),
     "pipe.py (every non-zero edge)": ("pipe.py", {"THRESHOLD_EXP": None}),
 }
 
