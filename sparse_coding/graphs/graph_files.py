@@ -149,20 +149,16 @@ def _unreadable(path: Path, e: Exception) -> GraphFileError:
     )
 
 
+# What reading a damaged or foreign graph file raises (RecursionError: nesting no graph of ours has).
+UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
+
+
 def _read_dot(dot_path: Path) -> tuple[Graph, str]:
     """The graph of a .dot file and the hash of its bytes."""
     try:
         data = dot_path.read_bytes()
         graph = graph_from_dot(data.decode("utf-8"))
-    except (
-        OSError,
-        UnicodeDecodeError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        RecursionError,  # nesting no graph of ours has
-    ) as e:
+    except UNREADABLE as e:
         raise _unreadable(dot_path, e) from e
     if not graph.nodes:
         raise GraphFileError(
@@ -178,15 +174,7 @@ def _read_json(json_path: Path) -> tuple[Graph, dict[str, Any]]:
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
         return Graph.from_dict(data), {"format": data.get("format", 1), **(data.get("derived") or {})}
-    except (
-        OSError,
-        UnicodeDecodeError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        RecursionError,
-    ) as e:
+    except UNREADABLE as e:
         raise _unreadable(json_path, e) from e
 
 

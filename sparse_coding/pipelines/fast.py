@@ -18,7 +18,6 @@ from sparse_coding.algorithms.metrics import metric_for
 from sparse_coding.algorithms.validation import feature_means
 from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph
-from sparse_coding.graphs.graph_files import check_output_names
 from sparse_coding.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
@@ -105,8 +104,6 @@ def examples_source(config: Config) -> str:
 def run_fast(config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False) -> str:
     """Build fast.py's graph over every configured site of the slice and publish it; the closing line."""
     phases = phases or PhaseTimer()
-    out_dir = config.model_data_dir(config.MODEL_DIR)
-    check_output_names(out_dir / config.GRADS_DOT_FILE, out_dir / config.GRADS_FILE)
     spliced, tokenizer = load_spliced_model(config, phases=phases)
     with phases.phase("compute: gradient graph"):
         graph = fast_graph(config, spliced, tokenizer)

@@ -19,7 +19,6 @@ from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, iter_batches
 from sparse_coding.errors import ConfigError, DatasetError, EmptyResultError
 from sparse_coding.graphs.graph import Graph
-from sparse_coding.graphs.graph_files import check_output_names
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import interpreted_texts
 from sparse_coding.pipelines.loading import load_spliced_model
@@ -34,8 +33,6 @@ def run_pipe(
 ) -> str:
     """Build pipe.py's graph on the resid SAEs and publish it; returns the closing line."""
     phases = phases or PhaseTimer()
-    out_dir = config.model_data_dir(config.MODEL_DIR)
-    check_output_names(out_dir / config.GRAPH_DOT_FILE, out_dir / config.GRAPH_FILE)
     spliced, tokenizer = load_spliced_model(config, sites=("resid",), phases=phases)
     with phases.phase("compute: ablation graph"):
         graph = pipe_graph(config, spliced, tokenizer, allow_empty=allow_empty)

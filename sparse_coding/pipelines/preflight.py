@@ -16,8 +16,7 @@ from pathlib import Path
 
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError, GraphFileError, SparseCodingError
-from sparse_coding.graphs.graph_files import load_graph
-from sparse_coding.graphs.render import image_format
+from sparse_coding.graphs.graph_files import check_output_names, load_graph
 from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, resolve_source
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ def preflight(
     out_dir = config.model_data_dir(config.MODEL_DIR)
     if graph_files is not None:
         dot_name, image_name = graph_files
-        image_format(out_dir / image_name)
+        check_output_names(out_dir / dot_name, out_dir / image_name)
         load_graph(out_dir / dot_name)
     check_writable(out_dir)
     model_dir = local_model_dir(config.MODEL_DIR)
