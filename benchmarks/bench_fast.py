@@ -13,11 +13,15 @@ backward per intermediate site to subtract indirect paths. That baseline runs
 on --baseline-nodes down-nodes and is extrapolated to all of them.
 
 The labels phase collects top contexts over --label-sequences random 64-token
-sequences twice: for the graph's feature nodes (what publishing does) and, for
-comparison, for every feature of every site (what it did before).
+sequences: for the graph's feature nodes (what publishing does), for every
+feature of every site (what it did before), and for as many randomly picked
+features per site (they fire sparsely, as trained SAE features do; the graph's
+features on random weights fire on ~40% of tokens). The bare forward over the
+same tokens is the floor of any labels pass.
 """
 
 import argparse
+import logging
 import resource
 import sys
 import tempfile
@@ -88,15 +92,48 @@ def baseline_edges(
     return elapsed * len(pairs) / min(n_nodes, len(pairs)), len(pairs)
 
 
-def contexts_seconds(spliced: SplicedModel, n_sequences: int, features, gen: torch.Generator) -> float:
-    """Seconds to collect top-10 contexts of `features` (None: all) over random 64-token sequences."""
-    batches = [
+def label_batches(spliced: SplicedModel, n_sequences: int, gen: torch.Generator) -> list[TokenBatch]:
+    """Random 64-token sequences, 8 per batch, as the labels pass reads a dataset."""
+    return [
         TokenBatch(ids.to(spliced.device), torch.ones_like(ids).to(spliced.device), first)
         for first in range(0, n_sequences, 8)
         for ids in [torch.randint(0, 50257, (min(8, n_sequences - first), 64), generator=gen)]
     ]
+
+
+class FullWidthCount(logging.Handler):
+    """Reads collect_contexts' debug lines: tokens that took the full-width TopK encode, per site."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.used = self.of = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "full-width TopK" in (message := record.getMessage()):
+            used, of = (int(w) for w in message.split(":")[1].split()[:3:2])
+            self.used, self.of = self.used + used, self.of + of
+
+
+def contexts_seconds(spliced: SplicedModel, batches: list[TokenBatch], features) -> tuple[float, float]:
+    """Seconds to collect top-10 contexts of `features` (None: all), and the fraction of
+    TopK-site tokens that needed the full-width encode."""
+    counter = FullWidthCount()
+    logger = logging.getLogger("sparse_coding.labels.contexts")
+    logger.addHandler(counter)
+    logger.setLevel(logging.DEBUG)
     start = time.perf_counter()
     collect_contexts(spliced, IdNames(), batches, features=features, per_feature=10, view=5)
+    sync(str(spliced.device))
+    logger.removeHandler(counter)
+    return time.perf_counter() - start, counter.used / max(counter.of, 1)
+
+
+def forward_seconds(spliced: SplicedModel, batches: list[TokenBatch]) -> float:
+    """The floor of any labels pass: the bare model's forward over the same tokens."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            spliced.run_blocks(spliced.embed(batch.input_ids), 0, spliced.n_layers, batch.attention_mask)
     sync(str(spliced.device))
     return time.perf_counter() - start
 
@@ -172,8 +209,17 @@ def main() -> None:
     sync(device)
     logits_s = time.perf_counter() - t0
     wanted = wanted_features(graph)
-    graph_contexts_s = contexts_seconds(spliced, args.label_sequences, wanted, gen)
-    every_contexts_s = contexts_seconds(spliced, args.label_sequences, None, gen)
+    label_data = label_batches(spliced, args.label_sequences, gen)
+    forward_s = forward_seconds(spliced, label_data)
+    graph_contexts_s, graph_full = contexts_seconds(spliced, label_data, wanted)
+    every_contexts_s, _ = contexts_seconds(spliced, label_data, None)
+    # The graph's features fire on ~40% of random tokens here (a random GPT-2's activations barely
+    # vary across tokens); trained SAE features fire far more sparsely, like random feature picks.
+    picks = {
+        key: torch.randperm(spliced.by_key[key].sae.d_sae, generator=gen)[: len(dims)].tolist()
+        for key, dims in wanted.items()
+    }
+    picked_contexts_s, picked_full = contexts_seconds(spliced, label_data, picks)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         save_graph(graph, Path(tmp) / "g.dot", Path(tmp) / "g.svg")
@@ -212,7 +258,12 @@ def main() -> None:
         f"labels/contexts over {args.label_sequences} x 64 tokens: graph's {sum(map(len, wanted.values()))} "
         f"feature nodes at {len(wanted)} sites {graph_contexts_s:.2f}s; every feature of every site "
         f"({sum(site.sae.d_sae for site in spliced.sites)} features, {len(spliced.sites)} sites) "
-        f"{every_contexts_s:.2f}s"
+        f"{every_contexts_s:.2f}s; the bare model's forward over the same tokens {forward_s:.2f}s; "
+        f"{graph_full:.0%} of the tokens at TopK sites took the full-width encode for the graph's nodes"
+    )
+    print(
+        f"labels/contexts for as many randomly picked features per site (sparse, like trained ones): "
+        f"{picked_contexts_s:.2f}s, {picked_full:.0%} of the TopK-site tokens took the full-width encode"
     )
     print(f"peak memory: {peak:.2f} GiB ({'CUDA allocated' if device.startswith('cuda') else 'max RSS'})")
 

@@ -32,5 +32,7 @@ class ExactlyZeroEffectError(SparseCodingError):
 
 class StorageError(SparseCodingError):
     """An output file cannot be written (disk full, read-only or unwritable folder)."""
+
+
 class EmptyResultError(SparseCodingError):
     """A run would write a result with nothing in it (e.g. every edge below THRESHOLD_EXP)."""

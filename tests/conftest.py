@@ -239,6 +239,8 @@ class MpsLikeDtypes:
 
     def __exit__(self, *exc):
         return self.mode.__exit__(*exc)
+
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -267,6 +269,8 @@ def browser():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
+
+
 # ---------------------------------------------------------------- plain references
 # Slow references for the attribution tests: plain torch hooks on the Hugging
 # Face model and the SAE's own encode/decode; nothing here calls the splicer.

@@ -1,7 +1,11 @@
 """contexts: streamed top-k contexts against a brute-force scan of a small .txt dataset."""
 
+import logging
+import random
+
 import pytest
 import torch
+from conftest import hooks
 
 from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.labels.context_cache import ContextCache
@@ -155,3 +159,57 @@ def test_load_or_collect_reads_the_text_only_for_features_it_lacks(dataset_confi
         for context, reference in zip(got, expected, strict=True):
             assert context.activations == pytest.approx(reference.activations, abs=1e-5)
     assert first.contexts("resid_0", 2, 3) == grown.contexts("resid_0", 2, 3)
+
+
+def _topk_texts(n: int) -> list[str]:
+    words = "the cat dog sat ran on a mat rug and then it was red blue big small over under".split()
+    rng = random.Random(0)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+
+
+def test_topk_contexts_equal_a_full_encode_of_every_token(make_config, tmp_path, caplog):
+    """TopK sites: most tokens skip the full-width encode, and the result is still exact."""
+    texts = _topk_texts(150)
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(texts) + "\n")
+    config = make_config(
+        DATASET=str(path),
+        NUM_SEQUENCES_EVALED=len(texts),
+        BATCH_SIZE=4,
+        SEQ_PER_DIM_CAP=3,
+        VIEW=2,
+        ACTS_LAYERS_SLICE="0:2",
+    )
+    spliced, tokenizer = load_spliced_model(config, sites=("attn", "mlp"))
+    asked = {"attn_0": [5, 1, 9], "mlp_1": [0, 7]}
+    with caplog.at_level(logging.DEBUG, logger="sparse_coding.labels.contexts"):
+        cache = _collect(config, spliced, tokenizer, asked)
+    full_width = [r.getMessage() for r in caplog.records if "full-width TopK" in r.getMessage()]
+    assert len(full_width) == 2
+    for message in full_width:  # "<site>: <m> of <n> tokens needed ..."
+        used, of = (int(w) for w in message.split(":")[1].split()[:3:2])
+        assert used < of / 2, message
+
+    k, view = config.SEQ_PER_DIM_CAP, config.VIEW
+    scans = {key: [] for key in asked}  # per text: (ids, SAE activations (pos, d_sae)) at each site
+    for text in texts:
+        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids]])
+        seen = {}
+        record = {key: (lambda key: lambda x: seen.__setitem__(key, x) or x)(key) for key in asked}
+        with hooks(spliced.model, record), torch.no_grad():
+            spliced.model(ids)
+        for key in asked:
+            scans[key].append((ids[0].tolist(), spliced.by_key[key].sae.encode(seen[key])[0]))
+    for key, features in asked.items():
+        assert any(cache.contexts(key, feature, k) for feature in features)
+        for feature in features:  # sorted is stable: on ties the earlier sequence comes first
+            peaks = [float(acts[:, feature].max()) for _, acts in scans[key]]
+            order = sorted((s for s in range(len(peaks)) if peaks[s] > 0), key=lambda s: -peaks[s])[:k]
+            got = cache.contexts(key, feature, k)
+            assert [max(c.activations) for c in got] == pytest.approx([peaks[s] for s in order], abs=1e-5)
+            for context, seq in zip(got, order, strict=True):
+                ids, acts = scans[key][seq]
+                pos = int(acts[:, feature].argmax())
+                lo, hi = max(pos - view, 0), min(pos + view + 1, len(ids))
+                assert context.tokens == [tokenizer.decode([i]) for i in ids[lo:hi]]
+                assert context.activations == pytest.approx(acts[lo:hi, feature].tolist(), abs=1e-5)

@@ -97,6 +97,8 @@ def test_encode_and_decode_follow_the_saelens_formulas(
     assert torch.allclose(sae(x), reference_decode(expected, weights, mean, std), atol=1e-5)
     chosen = torch.tensor([7, 0, 3, 3, 40])  # any order, repeats allowed
     assert torch.allclose(sae.encode_features(x, chosen), expected[..., chosen], atol=1e-5)
+    every = torch.arange(sae.d_sae)  # TopK: many features take the full encode's path
+    assert torch.allclose(sae.encode_features(x, every), expected, atol=1e-5)
 
 
 def test_jumprelu_reads_a_log_threshold_as_saelens_stores_it(tmp_path):

@@ -1,9 +1,8 @@
 """Top-activating contexts of chosen SAE features, collected in one streaming pass.
 
 Only the features asked for are collected (a graph's nodes: a few dozen of
-the tens of thousands per site), only their sites are encoded, and for ReLU
-and JumpReLU SAEs only their encoder columns are read; the forward stops at
-the last asked site.
+the tens of thousands per site), only their sites are encoded, and the
+forward stops at the last asked site.
 
 A feature's contexts are the SEQ_PER_DIM_CAP sequences where its activation
 peaks highest: for each sequence its maximum over real (unpadded) tokens, then
@@ -11,16 +10,25 @@ the top sequences by that maximum. Each context shows VIEW tokens either side
 of the peak with the feature's activation on every token, so labels can
 shade them.
 
-Phases (`collect_contexts`):
-1. Stream: per batch and site, the per-sequence maxima (batch, n) of the n
-   asked features join the running top-k (k, n) through one stable sort over
-   (running ∪ batch), so ties go to the earlier sequence. Only (sequence index,
-   position, activation) is kept per entry, and the token ids of sequences
-   some entry still references; the others are dropped after every batch, so
-   memory is bounded by the top-k (k * n entries per site), never by the
-   dataset's length.
-2. Windows: the referenced sequences are run once more, batched, to read each
-   entry's window activations; tokens become strings once.
+Per batch and site, the per-sequence maxima (batch, n) of the n asked
+features and the windows around them join the running top-k (k, n) through
+one stable sort over (running ∪ batch), so ties go to the earlier sequence.
+Only (sequence index, position, activation, window) is kept per entry, and the
+token ids of sequences some entry still references; the others are dropped
+after every batch, so memory is bounded by the top-k (k * n entries per
+site), never by the dataset's length.
+
+What one batch costs at a site:
+- ReLU and JumpReLU act on each feature alone: only the asked encoder columns
+  are read (`SAE.encode_features`).
+- TopK compares all features, so a token's exact activations need the
+  full-width encode, which only some tokens pay. An asked feature is
+  certainly 0 at a token where its pre-activation is <= 0, or below the k-th
+  largest pre-activation of a fixed 1/8 of the other features (then k features
+  beat it). Of the rest, only tokens within VIEW of one whose activation could
+  beat its feature's running floor (the k-th peak so far) matter: the windows
+  of entries that may enter. Those tokens take the full encode; every other
+  token reads n + d_sae / 8 columns. The floors rise as the stream goes on.
 
 The collected contexts are a `sparse_coding.labels.context_cache.ContextCache`,
 which also holds their on-disk format. A cache whose SAE sources or
@@ -28,10 +36,9 @@ fingerprint (see `sparse_coding.pipelines.publish`) differ from the run's is
 stale and is collected again.
 """
 
-import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +54,8 @@ from sparse_coding.tokens import token_text
 
 logger = logging.getLogger(__name__)
 
+# A TopK site's cheap membership bound reads this fraction (1 / PROBE_FRACTION) of its encoder.
+PROBE_FRACTION = 8
 
 
 @dataclass
@@ -57,17 +66,27 @@ class SiteTopK:
     act: Tensor  # (k, n) peak activation
     seq: Tensor  # (k, n) stream index of the sequence
     pos: Tensor  # (k, n) position of the peak
+    window: Tensor  # (k, n, 2 view + 1) activations around the peak (0 beyond the sequence)
 
     @classmethod
-    def empty(cls, k: int, features: Tensor) -> "SiteTopK":
+    def empty(cls, k: int, features: Tensor, view: int) -> "SiteTopK":
         zeros = torch.zeros(k, len(features), device=features.device)
         index = torch.full((k, len(features)), -1, dtype=torch.long, device=features.device)
-        return cls(features, zeros, index, index.clone())
+        window = torch.zeros(k, len(features), 2 * view + 1, device=features.device)
+        return cls(features, zeros, index, index.clone(), window)
+
+    @property
+    def view(self) -> int:
+        return self.window.shape[-1] // 2
+
+    def floor(self) -> Tensor:
+        """(n,) the peak a sequence must beat to enter each feature's top-k."""
+        return self.act[-1]
 
     def update(self, feats: Tensor, mask: Tensor, first_index: int) -> None:
         """Fold one batch's activations (batch, pos, n) of the asked features into the running top-k."""
         feats = feats.float() * mask[..., None]
-        peak, pos = feats.max(dim=1)  # (batch, d_sae)
+        peak, pos = feats.max(dim=1)  # (batch, n)
         rows = torch.arange(len(peak), device=peak.device)[:, None] + first_index
         act = torch.cat([self.act, peak])
         # A stable sort, not topk: on ties the earlier sequence (kept first) wins.
@@ -76,6 +95,8 @@ class SiteTopK:
         self.act, order = values[:k], order[:k]
         self.seq = torch.cat([self.seq, rows.expand_as(peak)]).gather(0, order)
         self.pos = torch.cat([self.pos, pos]).gather(0, order)
+        window = torch.cat([self.window, _windows_at(feats, pos, mask.sum(dim=1), self.view)])
+        self.window = window.gather(0, order[..., None].expand(-1, -1, window.shape[-1]))
 
     def referenced(self) -> Tensor:
         """Stream indices of the sequences some entry points to."""
@@ -112,29 +133,29 @@ def collect_contexts(
     if features is None:
         features = {site.key: list(range(site.sae.d_sae)) for site in spliced.sites}
     tops = {
-        key: SiteTopK.empty(per_feature, torch.tensor(sorted(set(dims)), dtype=torch.long, device=device))
+        key: SiteTopK.empty(per_feature, torch.tensor(sorted(set(dims)), device=device), view)
         for key, dims in features.items()
         if dims
     }
     sequences: dict[int, Tensor] = {}
-    batch_size = 1
     if not tops:
         return ContextCache(view, per_feature, sources={}, arrays={}, sequences={}, vocab={})
+    full_width = {key: 0 for key in tops}
+    tokens = 0
     for batch in progress(batches, desc="Collecting contexts", total=total, unit="batch"):
         batch = TokenBatch(
             batch.input_ids.to(device),
             batch.attention_mask.to(device),
             batch.first_index,
         )
-        batch_size = max(batch_size, len(batch.input_ids))
-        _for_each_site(spliced, batch, tops, functools.partial(_update_top, tops, batch))
+        tokens += int(batch.attention_mask.sum())
+        _stream_batch(spliced, batch, tops, full_width)
         _keep_referenced(sequences, batch, tops)
-    windows = _windows(spliced, sequences, tops, view, batch_size)
     cache = ContextCache(
         view=view,
         per_feature=per_feature,
         sources={key: spliced.by_key[key].sae.cfg.source for key in tops},
-        arrays={key: _to_numpy(top, windows[key]) for key, top in tops.items()},
+        arrays={key: _to_numpy(top) for key, top in tops.items()},
         sequences={i: ids.cpu().numpy() for i, ids in sequences.items()},
         vocab=_vocab(tokenizer, sequences.values()),
     )
@@ -145,21 +166,23 @@ def collect_contexts(
         len(sequences),
         time.perf_counter() - start,
     )
+    for key, count in full_width.items():
+        if spliced.by_key[key].sae.cfg.activation == "topk":
+            logger.debug("%s: %d of %d tokens needed the full-width TopK encode", key, count, tokens)
     return cache
 
 
-def _for_each_site(
-    spliced: SplicedModel,
-    batch: TokenBatch,
-    tops: dict[str, SiteTopK],
-    consume: Callable[[Site, Tensor], None],
+def _stream_batch(
+    spliced: SplicedModel, batch: TokenBatch, tops: dict[str, SiteTopK], full_width: dict[str, int]
 ) -> None:
-    """One forward up to the last asked site; `consume(site, feats)` sees each asked
-    site's activations (batch, pos, n) of its asked features once."""
+    """One forward up to the last asked site; each asked site's top-k takes this batch."""
 
     def read(site: Site, x: Tensor) -> Tensor:
         if site.key in tops:
-            consume(site, site.feats_of(x, tops[site.key].features))
+            top = tops[site.key]
+            feats, encoded = _asked_activations(site, x, top, batch.attention_mask)
+            full_width[site.key] += encoded
+            top.update(feats, batch.attention_mask, batch.first_index)
         return x
 
     stop = max(spliced.by_key[key].layer for key in tops) + 1
@@ -168,8 +191,43 @@ def _for_each_site(
         spliced.run_blocks(hidden, 0, stop, batch.attention_mask)
 
 
-def _update_top(tops: dict[str, SiteTopK], batch: TokenBatch, site: Site, feats: Tensor) -> None:
-    tops[site.key].update(feats, batch.attention_mask, batch.first_index)
+def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tuple[Tensor, int]:
+    """(batch, pos, n) activations of the asked features, exact wherever they can reach the
+    top-k, and how many tokens took the full-width encode (see the module docstring)."""
+    asked, real = top.features, mask.bool()
+    if site.sae.cfg.activation != "topk":
+        return site.feats_of(x, asked), 0
+    if 4 * len(asked) > site.sae.d_sae:  # most columns asked: bounding them costs a full encode too
+        return site.feats_of(x, asked), int(real.sum())
+    pre = site.pre_of(x, asked)
+    probe = _probe_columns(site.sae.d_sae, asked)
+    kth_of_probe = site.pre_of(x, probe).topk(site.sae.cfg.k, dim=-1).values[..., -1:]
+    uncertain = (pre > 0) & (pre >= kth_of_probe)  # else ReLU or k probe features make it 0
+    could_peak = (uncertain & (pre > top.floor())).any(dim=-1) & real
+    width = 2 * top.view + 1
+    near = torch.nn.functional.max_pool1d(could_peak[:, None].float(), width, stride=1, padding=top.view)
+    exact = uncertain.any(dim=-1) & (near[:, 0] > 0) & real
+    feats = torch.zeros(*x.shape[:-1], len(asked), dtype=site.sae.W_enc.dtype, device=x.device)
+    if exact.any():
+        feats[exact] = site.feats_of(x[exact], asked)
+    return feats, int(exact.sum())
+
+
+def _probe_columns(d_sae: int, asked: Tensor) -> Tensor:
+    """The first d_sae / PROBE_FRACTION features not asked: their k-th largest pre-activation
+    is at most the token's TopK threshold, so an asked feature below it is certainly off."""
+    free = torch.ones(d_sae, dtype=torch.bool, device=asked.device)
+    free[asked] = False
+    return free.nonzero()[: d_sae // PROBE_FRACTION, 0]
+
+
+def _windows_at(feats: Tensor, pos: Tensor, lengths: Tensor, view: int) -> Tensor:
+    """(batch, n, 2 view + 1) activations around each sequence's peak `pos` (batch, n)."""
+    offsets = torch.arange(-view, view + 1, device=feats.device)
+    positions = pos[..., None] + offsets  # (batch, n, width)
+    valid = (positions >= 0) & (positions < lengths[:, None, None])
+    index = positions.clamp(0, feats.shape[1] - 1).transpose(1, 2)  # (batch, width, n)
+    return feats.gather(1, index).transpose(1, 2) * valid
 
 
 def _keep_referenced(sequences: dict[int, Tensor], batch: TokenBatch, tops: dict[str, SiteTopK]) -> None:
@@ -182,65 +240,13 @@ def _keep_referenced(sequences: dict[int, Tensor], batch: TokenBatch, tops: dict
         del sequences[index]
 
 
-def _windows(
-    spliced: SplicedModel,
-    sequences: dict[int, Tensor],
-    tops: dict[str, SiteTopK],
-    view: int,
-    batch_size: int,
-) -> dict[str, Tensor]:
-    """Activations (d_sae, k, 2 view + 1) around every entry's peak, by re-running its sequence."""
-    device = spliced.device
-    seq_ids = sorted(sequences)
-    windows = {key: torch.zeros(*top.act.T.shape, 2 * view + 1, device=device) for key, top in tops.items()}
-    offsets = torch.arange(-view, view + 1, device=device)
-    for lo in range(0, len(seq_ids), batch_size):
-        chunk = seq_ids[lo : lo + batch_size]
-        batch = _pad([sequences[i] for i in chunk], device)
-        chunk_ids = torch.tensor(chunk, device=device)
-
-        fill = functools.partial(_fill_windows, windows, tops, chunk_ids, offsets, batch)
-        _for_each_site(spliced, batch, tops, fill)
-    return windows
-
-
-def _fill_windows(
-    windows: dict[str, Tensor],
-    tops: dict[str, SiteTopK],
-    chunk_ids: Tensor,
-    offsets: Tensor,
-    batch: TokenBatch,
-    site: Site,
-    feats: Tensor,
-) -> None:
-    """Write one site's windows of the entries whose sequence is in this chunk."""
-    window, top = windows[site.key], tops[site.key]
-    act, seq, pos = top.act.T, top.seq.T, top.pos.T  # (d_sae, k)
-    hit = (act > 0) & torch.isin(seq, chunk_ids)
-    feature, rank = hit.nonzero(as_tuple=True)
-    rows = torch.searchsorted(chunk_ids, seq[feature, rank])
-    positions = pos[feature, rank][:, None] + offsets  # (n, 2 view + 1)
-    valid = (positions >= 0) & (positions < batch.lengths[rows][:, None])
-    values = feats[rows[:, None], positions.clamp(0, feats.shape[1] - 1), feature[:, None]].float()
-    window[feature, rank] = values * valid
-
-
-def _pad(sequences: list[Tensor], device: torch.device) -> TokenBatch:
-    width = max(len(s) for s in sequences)
-    ids = torch.zeros(len(sequences), width, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
-    return TokenBatch(ids, mask, 0)
-
-
-def _to_numpy(top: SiteTopK, window: Tensor) -> dict[str, np.ndarray]:
+def _to_numpy(top: SiteTopK) -> dict[str, np.ndarray]:
     return {
         "features": top.features.cpu().numpy(),
         "act": top.act.T.float().cpu().numpy(),
         "seq": top.seq.T.cpu().numpy(),
         "pos": top.pos.T.cpu().numpy(),
-        "window": window.cpu().numpy(),
+        "window": top.window.transpose(0, 1).cpu().numpy(),
     }
 
 

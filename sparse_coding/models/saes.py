@@ -147,17 +147,31 @@ class SAE(nn.Module):
         self._ln_stats = (mu, std)
         return self.activate(self.pre_activations(x_n))
 
+    def feature_pre_activations(self, x: Tensor, features: Tensor) -> Tensor:
+        """Pre-activations (..., n) of the chosen `features` of raw inputs: n encoder columns read.
+
+        Every activation is at most ReLU of its pre-activation, so this bounds
+        a TopK feature's value without the full-width encode.
+        """
+        x_n, _, _ = self.normalize(x.to(self.W_enc.dtype))
+        return self.pre_activations(x_n, features)
+
     def encode_features(self, x: Tensor, features: Tensor) -> Tensor:
         """Activations (..., n) of the chosen `features`, equal to `encode(x)[..., features]`.
 
         ReLU and JumpReLU act on each feature alone, so only the chosen encoder
         columns are read (the labels pass asks for a graph's few nodes out of
-        tens of thousands); TopK compares all features, so it encodes in full.
+        tens of thousands); TopK compares all features, so it takes the full
+        pre-activations, then reads only the chosen features' membership.
         """
-        if self.cfg.activation == "topk":
+        if self.cfg.activation == "topk" and len(features) * self.cfg.k > self.d_sae:
             return self.encode(x)[..., features]
-        x_n, _, _ = self.normalize(x.to(self.W_enc.dtype))
-        pre = self.pre_activations(x_n, features)
+        if self.cfg.activation == "topk":
+            x_n, _, _ = self.normalize(x.to(self.W_enc.dtype))
+            pre = self.pre_activations(x_n)
+            chosen = (pre.topk(self.cfg.k, dim=-1).indices[..., None] == features).any(dim=-2)
+            return torch.relu(pre[..., features]) * chosen
+        pre = self.feature_pre_activations(x, features)
         acts = torch.relu(pre)
         return acts * (pre > self.threshold[features]) if self.cfg.activation == "jumprelu" else acts
 

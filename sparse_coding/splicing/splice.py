@@ -82,6 +82,10 @@ class Site:
         """The SAE's own activations (..., n) of the chosen `features` only."""
         return self.sae.encode_features(self.to_sae_space(x), features)
 
+    def pre_of(self, x: Tensor, features: Tensor) -> Tensor:
+        """Encoder pre-activations (..., n) of the chosen `features` only."""
+        return self.sae.feature_pre_activations(self.to_sae_space(x), features)
+
     def code(self, x: Tensor) -> SiteCode:
         """Encode a model activation (..., d_model); differentiable in x."""
         x_n, mu, std = self.sae.normalize(self.to_sae_space(x))
@@ -98,10 +102,7 @@ class Site:
         value is pre-activation * gate, which equals ReLU, TopK and JumpReLU
         and has their gradients, without a full-width backward.
         """
-        x_n, _, _ = self.sae.normalize(self.to_sae_space(x))
-        sae_in = x_n - self.sae.b_dec * self.sae.cfg.apply_b_dec_to_input
-        pre = sae_in @ self.sae.W_enc[:, features] + self.sae.b_enc[features]
-        return pre * gate
+        return self.pre_of(x, features) * gate
 
     def decode_rows(self, values: Tensor, features: Tensor) -> Tensor:
         """values[..., None] * W_dec[features]: the decoded contribution of single features."""
