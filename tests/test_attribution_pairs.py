@@ -11,7 +11,7 @@ from conftest import hooks, node_value, plain_activations, sae_error, tiny_confi
 
 from sparse_coding.algorithms.attribution import losses, node_attributions
 from sparse_coding.algorithms.attribution_edges import edges, upstream_sites
-from sparse_coding.algorithms.attribution_exact import exact_effects
+from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
 from sparse_coding.algorithms.attribution_graph import GraphOptions, choose_down_nodes, mean_edges, summarize
 from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.pairs import Pair, example_batches, token_batch, tokenize_pair
@@ -360,6 +360,37 @@ def test_exact_node_effects_equal_patching_one_node_at_a_time(loaded, pair, base
                         _plain_loss(spliced, one, CE, {key: lambda out: out + delta}) - clean_losses[b]
                     )
                 assert float(got[key][i]) == pytest.approx(expected, rel=1e-6, abs=1e-10), (key, feature)
+
+
+@pytest.mark.parametrize("baseline", ["zero", "patch"])
+def test_exact_error_effects_equal_patching_each_sites_error_alone(loaded, pair, baseline):
+    spliced, _ = loaded
+    clean_tokens, patch_tokens = pair
+    batch = token_batch(
+        torch.cat([clean_tokens, clean_tokens.roll(1, 1)]), torch.cat([patch_tokens, patch_tokens.roll(1, 1)])
+    )
+    attributions = node_attributions(spliced, batch, metric=LOGIT_DIFF, baseline=baseline)
+    keys = ["resid_0", "attn_1", "mlp_2"]
+    got = exact_error_effects(spliced, batch, attributions, keys, metric=LOGIT_DIFF)
+    clean = plain_activations(spliced, batch.input_ids)
+    patch = plain_activations(spliced, batch.patch_ids)
+    with torch.no_grad():
+        for key in keys:
+            sae = spliced.by_key[key].sae
+            # A patch baseline moves the error node (the site's output minus its features' part)
+            # from the clean run's to the patch run's; zero takes away the SAE error.
+            if baseline == "patch":
+                change = (patch[key] - _decoded(sae, patch[key])) - (clean[key] - _decoded(sae, clean[key]))
+            else:
+                change = -sae_error(sae, clean[key])
+            expected = 0.0
+            for b in range(2):
+                one = batch.select(torch.tensor([b]))
+                delta = change[b : b + 1]
+                patched = _plain_loss(spliced, one, LOGIT_DIFF, {key: lambda out: out + delta})  # noqa: B023
+                expected += float(patched - _plain_loss(spliced, one, LOGIT_DIFF))
+            assert abs(expected) > 1e-6, key  # the error moves the metric here
+            assert float(got[key]) == pytest.approx(expected, rel=1e-5, abs=1e-8), key
 
 
 def test_mean_baseline_node_effects_move_every_feature_to_its_mean_times_the_scale(loaded, pair):

@@ -137,6 +137,9 @@ def test_fast_on_a_pairs_file_records_metric_baseline_examples_and_exact_check(
     assert run["n_examples"] == 2 and run["metric"] == "logit_diff" and run["baseline"] == "patch"
     assert "supports the clean answer" in run["sign_convention"]["node attribution"]
     assert -1 <= run["exact"]["correlation"] <= 1
+    checked = set(run["exact"]["effects"])
+    assert {"resid_error_0", "attn_error_1", "mlp_error_2"} <= checked  # every site's error node
+    assert any("_error_" not in node_id for node_id in checked)
     assert set(run["node_std"]) and all(value >= 0 for value in run["node_std"].values())
 
 

@@ -1,15 +1,18 @@
 """Exact node effects by activation patching, to check the linear estimates on small slices.
 
-For a feature node u and an example, the exact effect is
+For a node u (a feature, or a site's error) and an example, the exact effect is
 
-    m(u at its baseline at every position of the example) - m(clean)
+    m(u at its baseline at every real position of the example) - m(clean)
 
 with features re-read from each site's current input and error terms kept
 (`splice.zero_ablation`, given the baseline values), so the attribution-
-patching or IG estimate of `attribution` approximates it to first order.
-Each (node, example) pair where u is active clean or at baseline is one row
-of a batch, the rows running in chunks of `ablation_rows.rows_per_forward`
-(pairs where u is inactive change nothing and are not run).
+patching or IG estimate of `attribution` approximates it to first order. An
+error node at its baseline adds (baseline error - clean error) to its site's
+output (the baseline error of `attribution.site_leaves`), which leaves that
+site's features as they are. Each (node, example)
+pair is one row of a batch, the rows running in chunks of
+`ablation_rows.rows_per_forward` (pairs where a feature is inactive clean and
+at baseline change nothing and are not run).
 """
 
 import logging
@@ -86,3 +89,38 @@ def _run_rows(
         chunk_values[key] = values[key][inside]
     with spliced.intervene(zero_ablation(chunk_targets, values=chunk_values)):
         return losses(spliced, batch.select(example[rows.start : rows.stop]), metric)
+
+
+def exact_error_effects(
+    spliced: SplicedModel,
+    batch: ExampleBatch,
+    attributions: dict[str, SiteAttribution],
+    keys: list[str],
+    *,
+    metric: Metric,
+) -> dict[str, Tensor]:
+    """Per site key, the exact effect () of its error node, summed over the batch's examples."""
+    n = len(batch)
+    site_of_row = torch.arange(len(keys), device=batch.input_ids.device).repeat_interleave(n)
+    example = torch.arange(n, device=batch.input_ids.device).repeat(len(keys))
+    real = batch.attention_mask[..., None].bool()
+    leaves = {key: attributions[key].leaves for key in keys}
+    deltas = {key: (lv.base_error - lv.error) * real for key, lv in leaves.items()}
+    chunk = rows_per_forward(spliced, batch, spliced.sites)
+    changes = []
+    with torch.no_grad():
+        clean = losses(spliced, batch, metric)
+        for start in range(0, len(example), chunk):
+            rows = slice(start, start + chunk)
+
+            def patch(site, x: Tensor, rows: slice = rows) -> Tensor:
+                if site.key not in deltas:
+                    return x
+                chosen = (site_of_row[rows] == keys.index(site.key))[:, None, None]
+                return x + (deltas[site.key][example[rows]] * chosen).to(x.dtype)
+
+            with spliced.intervene(patch):
+                changes.append(losses(spliced, batch.select(example[rows]), metric) - clean[example[rows]])
+    per_row = torch.cat(changes) if changes else clean.new_zeros(0)
+    sums = clean.new_zeros(len(keys)).index_add(0, site_of_row, per_row)
+    return dict(zip(keys, sums, strict=True))

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sparse_coding.algorithms.attribution import SiteAttribution, node_attributions, timed
 from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
-from sparse_coding.algorithms.attribution_exact import exact_effects
+from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
 from sparse_coding.algorithms.metrics import Metric, sign_convention
 from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.graph import Graph, Node
@@ -207,29 +207,45 @@ def exact_check(
     down_nodes: dict[str, Tensor],
     options: GraphOptions,
 ) -> dict:
-    """Phase 5: exact mean effects of the down-nodes and their correlation with the estimates."""
+    """Phase 5: exact mean effects of the down-nodes and every site's error node, and their
+    correlation with the estimates."""
     n_examples = sum(len(batch) for batch in batches)
+    keys = list(down_nodes)
     sums = [
-        exact_effects(spliced, b, a, down_nodes, metric=options.metric)
+        (
+            exact_effects(spliced, b, a, down_nodes, metric=options.metric),
+            exact_error_effects(spliced, b, a, keys, metric=options.metric),
+        )
         for b, a in zip(batches, per_batch, strict=True)
     ]
-    exact = torch.cat([sum(s[key] for s in sums) / n_examples for key in down_nodes])
-    estimate = torch.cat([summaries[key].mean[features] for key, features in down_nodes.items()])
-    correlation = (
-        float(torch.corrcoef(torch.stack([estimate, exact.to(estimate)]))[0, 1])
-        if len(exact) > 1
-        else math.nan
-    )
+    features = torch.cat([sum(f[key] for f, _ in sums) / n_examples for key in keys])
+    errors = torch.stack([sum(e[key] for _, e in sums) / n_examples for key in keys])
+    exact = torch.cat([features, errors.to(features)])
+    feature_estimates = torch.cat([summaries[key].mean[f] for key, f in down_nodes.items()])
+    error_estimates = feature_estimates.new_tensor([summaries[key].error_mean for key in keys])
+    estimate = torch.cat([feature_estimates, error_estimates])
+    correlation = _correlation(estimate, exact)
     logger.info(
-        "Exact mode: %d nodes, correlation of the estimates with the exact effects %.4f",
+        "Exact mode: %d nodes (%d features, %d errors), correlation of the estimates with the exact "
+        "effects %.4f (features only %.4f)",
         len(exact),
+        len(features),
+        len(errors),
         correlation,
+        _correlation(estimate[: len(features)], features),
     )
-    ids = [feature_id(*_site_layer(key), int(f)) for key, features in down_nodes.items() for f in features]
+    ids = [feature_id(*_site_layer(key), int(f)) for key, dims in down_nodes.items() for f in dims]
+    ids += [error_id(*_site_layer(key)) for key in keys]
     return {
         "correlation": None if math.isnan(correlation) else correlation,
         "effects": {node_id: float(v) for node_id, v in zip(ids, exact, strict=True)},
     }
+
+
+def _correlation(estimate: Tensor, exact: Tensor) -> float:
+    if len(exact) < 2:
+        return math.nan
+    return float(torch.corrcoef(torch.stack([estimate.float(), exact.float()]))[0, 1])
 
 
 def _metadata(
