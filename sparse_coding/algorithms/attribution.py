@@ -30,6 +30,7 @@ active in the clean run or the baseline; 3. node attributions. Edges are in
 """
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from torch import Tensor
 
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.errors import ConfigError, SparseCodingError
+from sparse_coding.models.saes import grouped_rows_sum
 from sparse_coding.pairs import ExampleBatch
 from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
@@ -71,10 +73,14 @@ class SiteLeaves:
 
     def decode(self, site: Site, values: Tensor) -> Tensor:
         """sum_i v_i W_dec[i] per token: (..., batch, pos, d_model) for values (..., nnz)."""
-        rows = site.decode_rows(values, self.features)  # (..., nnz, d_model)
-        batch, n_pos, d_model = self.const.shape
-        out = rows.new_zeros(*values.shape[:-1], batch * n_pos, d_model)
-        return out.index_add(-2, self.tokens, rows).unflatten(-2, (batch, n_pos))
+        batch, n_pos, _ = self.const.shape
+        lead = values.shape[:-1]  # e.g. (steps,) on an IG path
+        n_lead = math.prod(lead)
+        n_tokens = batch * n_pos
+        tokens = (torch.arange(n_lead, device=values.device)[:, None] * n_tokens + self.tokens).flatten()
+        features = self.features.repeat(n_lead)
+        summed = grouped_rows_sum(site.sae.W_dec, features, values.flatten(), tokens, n_lead * n_tokens)
+        return summed.to(values.dtype).reshape(*lead, batch, n_pos, -1)
 
     def output(self, site: Site, values: Tensor, error: Tensor) -> Tensor:
         """The site's output rebuilt from node values (..., nnz) and error (..., batch, pos, d_model)."""

@@ -29,7 +29,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from sparse_coding.errors import SAELoadError
-from sparse_coding.models.saes import SAE
+from sparse_coding.models.saes import SAE, decoder_sum
 from sparse_coding.nodes import hook_position, site_key
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Site:
         """Encode a model activation (..., d_model); differentiable in x."""
         x_n, mu, std = self.sae.normalize(self.to_sae_space(x))
         feats = self.sae.activate(self.sae.pre_activations(x_n))
-        x_hat = (feats @ self.sae.W_dec + self.sae.b_dec) * std + mu
+        x_hat = (decoder_sum(feats, self.sae.W_dec) + self.sae.b_dec) * std + mu
         if self.sae.cfg.center_writing_weights:
             x_hat = x_hat + x.to(x_hat.dtype).mean(dim=-1, keepdim=True)
         return SiteCode(feats, std.to(x.dtype), x - x_hat.to(x.dtype))
