@@ -119,11 +119,16 @@ def _down_node_grads(
 
     x is the down site's input (steps, batch, pos, d_model). Feature rows read
     only their own encoder columns, gated where the feature is on at x; the
-    error row is the one backward through the full-width encoder.
+    error row reads those of every feature on at x (`Site.error_at`).
     """
     lv = attr.leaves
-    code = down.code(x)
-    gate = (code.feats[..., features] != 0).to(down.sae.W_enc.dtype)
+    tokens, on = _active_entries(down, x, lv)
+    column = torch.full((down.sae.d_sae,), -1, dtype=torch.long, device=x.device)
+    column[features] = torch.arange(len(features), device=x.device)
+    hit = column[on] >= 0
+    gate = torch.zeros(x[..., 0].numel(), len(features), dtype=down.sae.W_enc.dtype, device=x.device)
+    gate[tokens[hit], column[on[hit]]] = 1
+    gate = gate.view(*x.shape[:-1], len(features))
     grad_dense = lv.values.new_zeros(*x.shape[1:3], down.sae.d_sae).index_put(
         (lv.rows, lv.positions, lv.features), attr.grad_values
     )
@@ -137,9 +142,23 @@ def _down_node_grads(
         if n
         else [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
     )
-    error_seed = attr.grad_error.expand_as(code.error)[None]
-    error_row = _vjps(code.error, leaves, error_seed, batched=False)
+    error = down.error_at(x, tokens, on)
+    error_row = _vjps(error, leaves, attr.grad_error.expand_as(error)[None], batched=False)
     return [torch.cat([f, e]) for f, e in zip(feature_rows, error_row, strict=True)]
+
+
+def _active_entries(down: Site, x: Tensor, leaves) -> tuple[Tensor, Tensor]:
+    """(flat token, feature) of the features on at x (steps, batch, pos, d_model), token-sorted.
+
+    At the clean point alone (one step) x is the clean run's input, whose
+    active entries the leaves hold; along an IG path the gates are re-read.
+    """
+    if x.shape[0] == 1:
+        on = leaves.values != 0
+        return leaves.tokens[on], leaves.features[on]
+    with torch.no_grad():
+        feats = down.code(x).feats
+    return feats.reshape(-1, feats.shape[-1]).nonzero(as_tuple=True)
 
 
 def _vjps(output: Tensor, leaves: list[Tensor], seeds: Tensor, *, batched: bool) -> list[Tensor]:

@@ -29,7 +29,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from sparse_coding.errors import SAELoadError
-from sparse_coding.models.saes import SAE, decoder_sum
+from sparse_coding.models.saes import SAE, decoder_sum, grouped_rows_sum
 from sparse_coding.nodes import hook_position, site_key
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,24 @@ class Site:
         and has their gradients, without a full-width backward.
         """
         return self.pre_of(x, features) * gate
+
+    def error_at(self, x: Tensor, tokens: Tensor, features: Tensor) -> Tensor:
+        """The SAE error x - x_hat (..., d_model), differentiable in x, with the active entries
+        held fixed: `features` on at `tokens` (flat indices over x's leading dims, sorted).
+
+        Given x's own active entries, equal to `code(x).error` and, as every
+        activation function's gate is piecewise constant, with its gradient
+        (almost everywhere); but only those entries' encoder columns and
+        decoder rows are read: no full-width product, forward or backward.
+        """
+        x_n, mu, std = self.sae.normalize(self.to_sae_space(x))
+        sae_in = (x_n - self.sae.b_dec * self.sae.cfg.apply_b_dec_to_input).flatten(0, -2)
+        pre = (sae_in[tokens] * self.sae.W_enc[:, features].T).sum(-1) + self.sae.b_enc[features]
+        decoded = grouped_rows_sum(self.sae.W_dec, features, pre, tokens, len(sae_in)).view_as(x_n)
+        x_hat = (decoded + self.sae.b_dec) * std + mu
+        if self.sae.cfg.center_writing_weights:
+            x_hat = x_hat + x.to(x_hat.dtype).mean(dim=-1, keepdim=True)
+        return x - x_hat.to(x.dtype)
 
     def decode_rows(self, values: Tensor, features: Tensor) -> Tensor:
         """values[..., None] * W_dec[features]: the decoded contribution of single features."""
