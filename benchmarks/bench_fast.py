@@ -45,6 +45,7 @@ from sparse_coding.algorithms.attribution_graph import (  # noqa: E402
     summarize,
 )
 from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
+from sparse_coding.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.graphs.graph_files import save_graph  # noqa: E402
 from sparse_coding.labels.contexts import collect_contexts  # noqa: E402
@@ -144,6 +145,7 @@ def sync(device: str) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the scripts do (sparse_coding.allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--slice", default="0:12")

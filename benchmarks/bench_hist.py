@@ -25,6 +25,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from random_weights import calibrate_relu_biases, random_sae  # noqa: E402
 
 from sparse_coding.algorithms.thresholds import compute_thresholds, top_count  # noqa: E402
+from sparse_coding.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
 
@@ -48,6 +49,7 @@ def random_batches(n_sequences: int, batch_size: int, max_len: int, device: str)
 
 
 def main() -> None:
+    keep_freed_memory()  # as the scripts do (sparse_coding.allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sequences", type=int, default=2000)

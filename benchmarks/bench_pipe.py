@@ -40,6 +40,7 @@ from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sparse_coding.algorithms.ablation_graph import ablation_graph
+from sparse_coding.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import save_graph
@@ -179,6 +180,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the scripts do (sparse_coding.allocator)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--loop-subset", type=int, default=25, help="loop candidates per layer (0: all)")
