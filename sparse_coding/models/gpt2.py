@@ -1,5 +1,6 @@
 """Load the language model and tokenizer; decide device and dtype in one place."""
 
+import functools
 import logging
 import time
 
@@ -58,6 +59,16 @@ def resolve_dtype(name: str | None, default: torch.dtype = torch.float32) -> tor
     return DTYPES[name]
 
 
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model_dir: str) -> PreTrainedTokenizerBase:
+    """MODEL_DIR's tokenizer, read once per process: preflight checks PROMPT with it and
+    `load_model` reuses it. A tokenizer without a pad token pads with its eos token."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     model_dir: str, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -67,7 +78,7 @@ def load_model(
     """
     start = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_tokenizer(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
     except (OSError, ValueError) as e:
         raise SparseCodingError(
@@ -86,8 +97,6 @@ def load_model(
         )
     model.to(device).eval()
     model.requires_grad_(False)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     logger.info("Loaded %s on %s (%s) in %.1fs", model_dir, device, dtype, time.perf_counter() - start)
     return model, tokenizer
 

@@ -153,10 +153,10 @@ def check_hub_files(files: dict[str, list[tuple[str, str]]]) -> None:
 
 def check_prompt_length(config: Config, min_tokens: int) -> None:
     """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone."""
-    from transformers import AutoTokenizer
+    from sparse_coding.models.gpt2 import load_tokenizer  # torch and transformers: only when asked
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.MODEL_DIR)
+        tokenizer = load_tokenizer(config.MODEL_DIR)
     except (OSError, ValueError):
         return  # load_model reports an unloadable MODEL_DIR with its own message
     n_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + int(config.PREPEND_BOS)
