@@ -1,5 +1,7 @@
 """Graph: merge semantics (runs kept apart, mean drawn), forward order and dict round trip."""
 
+import copy
+
 import pytest
 
 from sparse_coding.graphs.graph import Context, Graph, Node, run_record
@@ -113,6 +115,22 @@ def test_merge_keeps_every_run_apart_and_draws_the_mean():
     assert summary.startswith("3 runs") and all(f"run r{i}" in summary for i in (1, 2, 3))
     edge_json = next(e for e in merged.to_dict()["edges"] if e["source"] == "resid_0.1")
     assert edge_json["n_runs"] == 3 and edge_json["runs"] == {"r1": 1.0, "r2": 4.0, "r3": 7.0}
+
+
+def test_a_copy_ties_and_merges_as_a_deep_copy_would_and_leaves_the_original_alone():
+    fresh = Graph(metadata={"prompt": "p", "sae_sources": {"resid_0": "a"}})
+    fresh.add_node(feature("resid_0.1", attribution=0.5, logits_up=[("x", 1.0)]))
+    fresh.add_node(feature("resid_1.2", attribution=0.25))
+    fresh.add_edge("resid_0.1", "resid_1.2", 3.0)
+    before = copy.deepcopy(fresh.to_dict())
+    record = run_record(fresh.metadata, "r1")
+    copied, deep = fresh.copy(), copy.deepcopy(fresh)
+    for graph in (copied, deep):
+        graph.add_run(record)
+        graph.merge(one_run("r2", "two", {("resid_0.1", "resid_1.2"): 5.0}, attribution=1.0))
+        graph.nodes["resid_0.1"].logits_up.append(("y", 2.0))
+    assert copied.to_dict() == deep.to_dict()
+    assert fresh.to_dict() == before and fresh.untied()
 
 
 def test_merging_the_same_run_twice_changes_nothing():

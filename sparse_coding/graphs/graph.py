@@ -290,6 +290,17 @@ class Graph:
     metadata: dict[str, Any] = field(default_factory=dict)
     user: UserDrawing = field(default_factory=UserDrawing)
 
+    def copy(self) -> Graph:
+        """A copy that tying and merging leave the original alone: nodes as `Node.copy`, edges
+        with their own run values, metadata and hand-drawn parts deep-copied (a deep copy of
+        every edge took ~2 s on a 59k-edge graph)."""
+        return Graph(
+            nodes={key: node.copy() for key, node in self.nodes.items()},
+            edges={key: Edge(e.source, e.target, e.effect, dict(e.runs)) for key, e in self.edges.items()},
+            metadata=copy.deepcopy(self.metadata),
+            user=copy.deepcopy(self.user),
+        )
+
     def add_node(self, node: Node) -> None:
         """Add a node, merging into an existing node of the same id."""
         if node.id in self.nodes:

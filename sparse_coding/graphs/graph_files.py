@@ -47,7 +47,6 @@ The ``.dot`` format (and how foreign ``.dot`` files are read) is
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -363,7 +362,7 @@ def update_graph_files(
     dot_path = Path(dot_path)
     image_path = Path(image_path) if image_path is not None else None
     check_output_names(dot_path, image_path)
-    run = copy.deepcopy(new)
+    run = new.copy()
     if not run.runs:
         run.add_run(run_record(new.metadata, new_run_id()))
     with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"):
