@@ -25,9 +25,9 @@ What one batch costs at a site:
   full-width encode, which only some tokens pay. An asked feature is
   certainly 0 at a token where its pre-activation is <= 0, or below the k-th
   largest pre-activation of a fixed 1/8 of the other features (then k features
-  beat it). Of the rest, only tokens within VIEW of one whose activation could
-  beat its feature's running floor (the k-th peak so far) matter: the windows
-  of entries that may enter. Those tokens take the full encode; every other
+  beat it). Of the rest, a feature's value matters only within VIEW of a token
+  where it could beat its running floor (the k-th peak so far): the windows of
+  entries that may enter. Those tokens take the full encode; every other
   token reads n + d_sae / 8 columns. The floors rise as the stream goes on.
 
 The collected contexts are a `sparse_coding.labels.context_cache.ContextCache`,
@@ -203,10 +203,12 @@ def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tu
     probe = _probe_columns(site.sae.d_sae, asked)
     kth_of_probe = site.pre_of(x, probe).topk(site.sae.cfg.k, dim=-1).values[..., -1:]
     uncertain = (pre > 0) & (pre >= kth_of_probe)  # else ReLU or k probe features make it 0
-    could_peak = (uncertain & (pre > top.floor())).any(dim=-1) & real
+    could_peak = uncertain & (pre > top.floor()) & real[..., None]  # (batch, pos, n)
     width = 2 * top.view + 1
-    near = torch.nn.functional.max_pool1d(could_peak[:, None].float(), width, stride=1, padding=top.view)
-    exact = uncertain.any(dim=-1) & (near[:, 0] > 0) & real
+    near = torch.nn.functional.max_pool1d(  # per feature: within VIEW of its own possible peak
+        could_peak.transpose(1, 2).float(), width, stride=1, padding=top.view
+    ).transpose(1, 2)
+    exact = (uncertain & (near > 0)).any(dim=-1) & real
     feats = torch.zeros(*x.shape[:-1], len(asked), dtype=site.sae.W_enc.dtype, device=x.device)
     if exact.any():
         feats[exact] = site.feats_of(x[exact], asked)
