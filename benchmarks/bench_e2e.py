@@ -1,11 +1,12 @@
 """Whole-process time of fast.py and pipe.py as a researcher runs them, phase by phase.
 
-    python3 benchmarks/bench_e2e.py [--runs 3] [--work DIR] [--device cpu]
+    python3 benchmarks/bench_e2e.py [--runs 3] [--work DIR] [--device cpu] [--slice 9:12]
 
 Writes (once, into --work) a GPT-2-small-shaped random model in Hugging Face
 format and real-size random SAEs in SAELens folders (resid 24576 ReLU with
 calibrated biases, attn/mlp 32768 TopK-32 layer-norm), then runs each script
-as a subprocess `--runs` times on slice 9:12 and a 10-token prompt:
+as a subprocess `--runs` times on `--slice` (SAEs are written for its layers) and a
+10-token prompt:
 fast.py, pipe.py with THRESHOLD_EXP -6 (see RUNS), and pipe.py with every non-zero edge.
 Prints the phase table that every run logs (min / median over the runs) and
 the wall time measured around the process.
@@ -34,7 +35,6 @@ from sparse_coding.models.saes import SAE  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = range(9, 12)
 PROMPT = "The Eiffel Tower is in the city of Paris"
 ROW = re.compile(r"^\s+(.+?)\s+([\d.]+)s\s+[\d.]+%$")
 RUNS = {
@@ -86,33 +86,36 @@ def write_sae(sae: SAE, folder: Path) -> None:
     save_file(weights, str(folder / "sae_weights.safetensors"))
 
 
-def build(work: Path) -> None:
-    """The random model and SAEs, written once (a marker file says they are complete)."""
-    if (work / "complete").is_file():
+def build(work: Path, layers: range) -> None:
+    """The random model and the slice's SAEs, written once (marker files say what is complete)."""
+    if not (work / "complete").is_file():
+        write_model(work / "model")
+        (work / "complete").write_text("ok")
+    missing = [layer for layer in layers if not (work / "saes" / f"layers_{layer}_complete").is_file()]
+    if not missing:
         return
-    write_model(work / "model")
-    gen = torch.Generator().manual_seed(0)
     shapes = (("resid_pre", 24576, False), ("attn_out", 32768, True), ("mlp_out", 32768, True))
-    saes = [
-        random_sae(f"blocks.{layer}.hook_{hook}", d_sae, topk, "cpu", gen)
-        for layer in LAYERS
-        for hook, d_sae, topk in shapes
-    ]
+    saes = []
+    for layer in missing:  # seeded per layer: the same SAEs whichever slice built them
+        gen = torch.Generator().manual_seed(layer)
+        saes += [random_sae(f"blocks.{layer}.hook_{hook}", d, topk, "cpu", gen) for hook, d, topk in shapes]
     model = GPT2LMHeadModel.from_pretrained(work / "model", attn_implementation="eager").eval()
-    calibrate_relu_biases(SplicedModel(model, saes), torch.randint(0, 300, (1, 11), generator=gen))
+    ids = torch.randint(0, 300, (1, 11), generator=torch.Generator().manual_seed(0))
+    calibrate_relu_biases(SplicedModel(model, saes), ids)
     for sae in saes:
         site = {"resid_pre": "resid", "attn_out": "attn", "mlp_out": "mlp"}[sae.hook_name.split("hook_")[1]]
         write_sae(sae, work / "saes" / f"{site}_{sae.layer}")
-    (work / "complete").write_text("ok")
+    for layer in missing:
+        (work / "saes" / f"layers_{layer}_complete").write_text("ok")
 
 
-def config_file(work: Path, device: str, overrides: dict) -> Path:
+def config_file(work: Path, device: str, layers: range, overrides: dict) -> Path:
     config = {
         "MODEL_DIR": str(work / "model"),
         "RESID_SAES": str(work / "saes" / "resid_{layer}"),
         "ATTN_SAES": str(work / "saes" / "attn_{layer}"),
         "MLP_SAES": str(work / "saes" / "mlp_{layer}"),
-        "ACTS_LAYERS_SLICE": f"{LAYERS.start}:{LAYERS.stop}",
+        "ACTS_LAYERS_SLICE": f"{layers.start}:{layers.stop}",
         "PROMPT": PROMPT,
         "DEVICE": device,
         "NEURONPEDIA": False,
@@ -145,12 +148,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sparse_coding_bench_e2e")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--slice", default="9:12")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    build(args.work)
+    layers = range(*(int(part) for part in args.slice.split(":")))
+    build(args.work, layers)
     for title, (script, overrides) in RUNS.items():
-        runs = [run_once(script, config_file(args.work, args.device, overrides)) for _ in range(args.runs)]
-        print(f"\n{title}, slice 9:12, {args.device}, {args.runs} runs: min / median seconds")
+        configs = [config_file(args.work, args.device, layers, overrides) for _ in range(args.runs)]
+        runs = [run_once(script, config) for config in configs]
+        print(f"\n{title}, slice {args.slice}, {args.device}, {args.runs} runs: min / median seconds")
         names = list(dict.fromkeys(name for _, phases in runs for name in phases))
         for name in names:
             values = [phases.get(name, 0.0) for _, phases in runs]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's checks: CUDA-vs-CPU agreement (fast.py and pipe.py), then the fast.py and pipe.py
-# benchmarks (pipe.py with every edge kept, and with a threshold that leaves ~10% of first-layer features drawn).
+# benchmarks (pipe.py with every edge kept, and with a threshold that leaves ~10% of first-layer features drawn),
+# fast.py's 32 pairs batched vs one at a time (9:12 and 0:12), and whole-process phases on slice 0:12.
 # Usage on a GPU machine, from the repo root: bash benchmarks/device_run.sh [OUT_DIR]
 set -u
 out=${1:-.}
@@ -17,3 +18,11 @@ tail -3 "$out/pipe.err"
 timeout 150 python3 benchmarks/bench_pipe.py --device cuda --loop-subset 40 --threshold-exp -10 \
   2>"$out/pipe_threshold.err" | tee "$out/pipe_threshold.txt"
 tail -3 "$out/pipe_threshold.err"
+timeout 120 python3 benchmarks/bench_sfc.py --device cuda --slice 9:12 --loop-examples 4 2>"$out/sfc.err" \
+  | tee "$out/sfc.txt"
+tail -3 "$out/sfc.err"
+timeout 150 python3 benchmarks/bench_sfc.py --device cuda --slice 0:12 --loop-examples 4 2>"$out/sfc012.err" \
+  | tee "$out/sfc012.txt"
+tail -3 "$out/sfc012.err"
+timeout 240 python3 benchmarks/bench_e2e.py --device cuda --slice 0:12 --runs 1 2>"$out/e2e.err" | tee "$out/e2e.txt"
+tail -3 "$out/e2e.err"
