@@ -104,6 +104,7 @@ def exact_error_effects(
     site_of_row = torch.arange(len(keys), device=batch.input_ids.device).repeat_interleave(n)
     example = torch.arange(n, device=batch.input_ids.device).repeat(len(keys))
     real = batch.attention_mask[..., None].bool()
+    index = {key: i for i, key in enumerate(keys)}
     leaves = {key: attributions[key].leaves for key in keys}
     deltas = {key: (lv.base_error - lv.error) * real for key, lv in leaves.items()}
     chunk = rows_per_forward(spliced, batch, spliced.sites)
@@ -116,7 +117,7 @@ def exact_error_effects(
             def patch(site, x: Tensor, rows: slice = rows) -> Tensor:
                 if site.key not in deltas:
                     return x
-                chosen = (site_of_row[rows] == keys.index(site.key))[:, None, None]
+                chosen = (site_of_row[rows] == index[site.key])[:, None, None]
                 return x + (deltas[site.key][example[rows]] * chosen).to(x.dtype)
 
             with spliced.intervene(patch):

@@ -162,10 +162,19 @@ class SAE(nn.Module):
 
     def pre_activations(self, x_n: Tensor, features: Tensor | None = None) -> Tensor:
         """Encoder pre-activations (..., d_sae) of normalised inputs; (..., n) of `features` only."""
-        sae_in = x_n - self.b_dec * self.cfg.apply_b_dec_to_input
+        sae_in = self._sae_in(x_n)
         if features is None:
             return sae_in @ self.W_enc + self.b_enc
         return sae_in @ self.W_enc[:, features] + self.b_enc[features]
+
+    def entry_pre_activations(self, x_n: Tensor, tokens: Tensor, features: Tensor) -> Tensor:
+        """Pre-activations (nnz,) of single entries: feature features[i] at flat token tokens[i]
+        of normalised inputs (..., d_in); one encoder column per entry."""
+        sae_in = self._sae_in(x_n).flatten(0, -2)
+        return (sae_in[tokens] * self.W_enc[:, features].T).sum(-1) + self.b_enc[features]
+
+    def _sae_in(self, x_n: Tensor) -> Tensor:
+        return x_n - self.b_dec * self.cfg.apply_b_dec_to_input
 
     def activate(self, pre: Tensor) -> Tensor:
         """The SAE's activation function applied to pre-activations."""

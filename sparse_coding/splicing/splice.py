@@ -90,10 +90,8 @@ class Site:
         """Encode a model activation (..., d_model); differentiable in x."""
         x_n, mu, std = self.sae.normalize(self.to_sae_space(x))
         feats = self.sae.activate(self.sae.pre_activations(x_n))
-        x_hat = (decoder_sum(feats, self.sae.W_dec) + self.sae.b_dec) * std + mu
-        if self.sae.cfg.center_writing_weights:
-            x_hat = x_hat + x.to(x_hat.dtype).mean(dim=-1, keepdim=True)
-        return SiteCode(feats, std.to(x.dtype), x - x_hat.to(x.dtype))
+        error = self._error(x, decoder_sum(feats, self.sae.W_dec), mu, std)
+        return SiteCode(feats, std.to(x.dtype), error)
 
     def selected_feats(self, x: Tensor, features: Tensor, gate: Tensor) -> Tensor:
         """Activations (..., n) of chosen features as a differentiable function of x.
@@ -114,9 +112,13 @@ class Site:
         decoder rows are read: no full-width product, forward or backward.
         """
         x_n, mu, std = self.sae.normalize(self.to_sae_space(x))
-        sae_in = (x_n - self.sae.b_dec * self.sae.cfg.apply_b_dec_to_input).flatten(0, -2)
-        pre = (sae_in[tokens] * self.sae.W_enc[:, features].T).sum(-1) + self.sae.b_enc[features]
-        decoded = grouped_rows_sum(self.sae.W_dec, features, pre, tokens, len(sae_in)).view_as(x_n)
+        pre = self.sae.entry_pre_activations(x_n, tokens, features)
+        n_tokens = x_n[..., 0].numel()
+        decoded = grouped_rows_sum(self.sae.W_dec, features, pre, tokens, n_tokens).view_as(x_n)
+        return self._error(x, decoded, mu, std)
+
+    def _error(self, x: Tensor, decoded: Tensor, mu: Tensor, std: Tensor) -> Tensor:
+        """x - x_hat in model space, from the decoded feature sum (..., d_in) and x's LN stats."""
         x_hat = (decoded + self.sae.b_dec) * std + mu
         if self.sae.cfg.center_writing_weights:
             x_hat = x_hat + x.to(x_hat.dtype).mean(dim=-1, keepdim=True)
