@@ -5,7 +5,7 @@ A batched CPU run allocates and frees many tensors of tens of MB (one
 latent SAE). glibc serves blocks above its mmap threshold (at most 32 MB by
 default) with fresh mmaps and unmaps them on free, so every such tensor is
 zero-filled page by page on first touch: on the 2-core benchmark machine that
-was 40% of fast.py's 0:12 compute (`benchmarks/bench_sfc.py`, 66.5 s -> 39.1 s
+was 40% of fast.py's 0:12 compute (`benchmarks/bench_sfc.py --slice 0:12`, batched: 66.8 s -> 38.7 s
 with the thresholds raised). Raising the mmap and trim thresholds keeps those
 blocks in the heap for the next tensor. The price is that the process keeps
 its peak memory until it exits; scripts accept it, and a notebook may call
