@@ -29,13 +29,16 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from random_weights import calibrate_relu_biases, random_sae  # noqa: E402
+from random_weights import calibrate_saes, random_sae  # noqa: E402
 
+from sparse_coding.models.gpt2 import load_model  # noqa: E402
 from sparse_coding.models.saes import SAE  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The Eiffel Tower is in the city of Paris"
+# Written into each layer's marker: SAEs built by an older random_weights recipe are rebuilt.
+SAE_RECIPE = "random_weights.calibrate_saes: b_dec centred, ReLU biases calibrated"
 ROW = re.compile(r"^\s+(.+?)\s+([\d.]+)s\s+[\d.]+%$")
 RUNS = {
     "fast.py": ("fast.py", {}),
@@ -86,12 +89,17 @@ def write_sae(sae: SAE, folder: Path) -> None:
     save_file(weights, str(folder / "sae_weights.safetensors"))
 
 
+def _built(marker: Path) -> bool:
+    """The layer's SAEs are on disk and come from this SAE_RECIPE."""
+    return marker.is_file() and marker.read_text() == SAE_RECIPE
+
+
 def build(work: Path, layers: range) -> None:
     """The random model and the slice's SAEs, written once (marker files say what is complete)."""
     if not (work / "complete").is_file():
         write_model(work / "model")
         (work / "complete").write_text("ok")
-    missing = [layer for layer in layers if not (work / "saes" / f"layers_{layer}_complete").is_file()]
+    missing = [layer for layer in layers if not _built(work / "saes" / f"layers_{layer}_complete")]
     if not missing:
         return
     shapes = (("resid_pre", 24576, False), ("attn_out", 32768, True), ("mlp_out", 32768, True))
@@ -99,14 +107,14 @@ def build(work: Path, layers: range) -> None:
     for layer in missing:  # seeded per layer: the same SAEs whichever slice built them
         gen = torch.Generator().manual_seed(layer)
         saes += [random_sae(f"blocks.{layer}.hook_{hook}", d, topk, "cpu", gen) for hook, d, topk in shapes]
-    model = GPT2LMHeadModel.from_pretrained(work / "model", attn_implementation="eager").eval()
-    ids = torch.randint(0, 300, (1, 11), generator=torch.Generator().manual_seed(0))
-    calibrate_relu_biases(SplicedModel(model, saes), ids)
+    model, _ = load_model(str(work / "model"), torch.device("cpu"))
+    ids = torch.randint(0, 300, (8, 64), generator=torch.Generator().manual_seed(0))  # 512 tokens
+    calibrate_saes(SplicedModel(model, saes), ids)
     for sae in saes:
         site = {"resid_pre": "resid", "attn_out": "attn", "mlp_out": "mlp"}[sae.hook_name.split("hook_")[1]]
         write_sae(sae, work / "saes" / f"{site}_{sae.layer}")
     for layer in missing:
-        (work / "saes" / f"layers_{layer}_complete").write_text("ok")
+        (work / "saes" / f"layers_{layer}_complete").write_text(SAE_RECIPE)
 
 
 def config_file(work: Path, device: str, layers: range, overrides: dict) -> Path:

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from random_weights import calibrate_relu_biases, random_sae  # noqa: E402
+from random_weights import calibrate_saes, random_gpt2, random_sae  # noqa: E402
 
 from sparse_coding.algorithms.thresholds import compute_thresholds, top_count  # noqa: E402
 from sparse_coding.allocator import keep_freed_memory  # noqa: E402
@@ -60,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config()).to(args.device).eval().requires_grad_(False)
+    model = random_gpt2(args.device)
     start, stop = map(int, args.slice.split(":"))
     gen = torch.Generator().manual_seed(0)
     saes = [
@@ -71,7 +70,7 @@ def main() -> None:
     ]  # fmt: skip
     spliced = SplicedModel(model, saes)
     batches = random_batches(args.sequences, args.batch_size, args.max_len, args.device)
-    calibrate_relu_biases(spliced, next(iter(batches())).input_ids)
+    calibrate_saes(spliced, next(iter(batches())).input_ids)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

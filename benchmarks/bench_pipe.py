@@ -35,9 +35,8 @@ import time
 from pathlib import Path
 
 import torch
-from random_weights import IdNames
+from random_weights import IdNames, random_gpt2
 from torch import Tensor
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from sparse_coding.algorithms.ablation_graph import ablation_graph
 from sparse_coding.allocator import keep_freed_memory  # noqa: E402
@@ -199,7 +198,7 @@ def main() -> None:
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
-    model = GPT2LMHeadModel(GPT2Config(attn_implementation="eager")).eval().requires_grad_(False)
+    model = random_gpt2("cpu")
     saes = [_random_sae(layer, model.config.n_embd, gen) for layer in LAYERS]
     model.to(device)
     spliced = SplicedModel(model, [sae.to(device) for sae in saes])

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from random_weights import calibrate_relu_biases, random_sae  # noqa: E402
+from random_weights import calibrate_saes, random_gpt2, random_sae  # noqa: E402
 
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph  # noqa: E402
 from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
@@ -35,7 +34,7 @@ N_TOKENS = 12
 
 
 def spliced_random_gpt2(layers: range, device: str, gen: torch.Generator) -> SplicedModel:
-    model = GPT2LMHeadModel(GPT2Config(attn_implementation="eager")).to(device).eval().requires_grad_(False)
+    model = random_gpt2(device)
     saes = []
     for layer in layers:
         saes.append(random_sae(f"blocks.{layer}.hook_resid_pre", 24576, False, device, gen))
@@ -76,7 +75,7 @@ def main() -> None:
     start, stop = (int(p) for p in args.slice.split(":"))
     spliced = spliced_random_gpt2(range(start, stop), args.device, gen)
     clean, patch = random_pairs(args.examples, gen, args.device)
-    calibrate_relu_biases(spliced, clean[:, :-1])
+    calibrate_saes(spliced, clean[:, :-1])
     options = GraphOptions(METRICS["logit_diff"], baseline="patch", num_down_nodes=5, num_up_nodes=5)
     batches = [
         token_batch(clean[i : i + args.batch_size], patch[i : i + args.batch_size])

@@ -1,14 +1,26 @@
 """GPT-2-small-shaped SAEs with random weights, for benchmarks (nothing to download).
 
-Real SAEs fire sparsely; random ReLU encoders fire on half their latents, so
-`calibrate_relu_biases` lowers each ReLU SAE's encoder bias until about
-`active_per_token` features fire, as in trained SAEs.
+Real SAEs fire sparsely and on different features at different tokens. Random
+ones do neither: ReLU encoders fire on half their latents, and a random GPT-2's
+activations share one large direction at every token, so an uncentred encoder
+picks the same features everywhere (the TopK ones fired on ~40% of tokens).
+`calibrate_saes` therefore does what training does: b_dec becomes the mean of
+the SAE's (normalised) inputs, which training initialises it to (the geometric
+median in OpenAI's and SAELens' recipes), and each ReLU SAE's encoder bias drops
+until about `active_per_token` features fire.
 """
 
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from sparse_coding.models.saes import SAE, SAEConfig
+from sparse_coding.models.transformer import GPT2
 from sparse_coding.splicing.splice import Site, SplicedModel
+
+
+def random_gpt2(device: str) -> GPT2:
+    """GPT-2 small's shape with transformers' random initialisation (GPT2Config() defaults)."""
+    return GPT2.from_transformers(GPT2LMHeadModel(GPT2Config())).to(device)
 
 
 def random_sae(hook: str, d_sae: int, topk: bool, device: str, gen: torch.Generator) -> SAE:
@@ -28,12 +40,15 @@ def random_sae(hook: str, d_sae: int, topk: bool, device: str, gen: torch.Genera
     return SAE(cfg, weights).to(device)
 
 
-def calibrate_relu_biases(spliced: SplicedModel, ids: torch.Tensor, active_per_token: int = 80) -> None:
-    """Set ReLU encoder biases so that about `active_per_token` features fire on `ids`."""
+def calibrate_saes(spliced: SplicedModel, ids: torch.Tensor, active_per_token: int = 80) -> None:
+    """Centre every SAE on its inputs over `ids` (b_dec = their mean) and set ReLU encoder
+    biases so that about `active_per_token` features fire."""
 
     def calibrate(site: Site, x: torch.Tensor) -> torch.Tensor:
+        x_n = site.sae.normalize(site.to_sae_space(x))[0]
+        site.sae.b_dec.copy_(x_n.flatten(0, -2).mean(0))
         if site.sae.cfg.activation == "relu":
-            pre = site.sae.pre_activations(site.to_sae_space(x))
+            pre = site.sae.pre_activations(x_n)
             q = 1 - active_per_token / site.sae.d_sae
             site.sae.b_enc -= torch.quantile(pre.flatten().float()[:1_000_000], q)
         return x

@@ -17,6 +17,8 @@ _EXPORTS = {
     "load_spliced_model": "sparse_coding.pipelines.loading",
     "load_sae": "sparse_coding.models.saes",
     "tokenize_prompt": "sparse_coding.models.gpt2",
+    "load_model": "sparse_coding.models.gpt2",
+    "GPT2": "sparse_coding.models.transformer",
     "SplicedModel": "sparse_coding.splicing.splice",
     "record_codes": "sparse_coding.splicing.splice",
     "zero_ablation": "sparse_coding.splicing.splice",

@@ -272,8 +272,21 @@ def browser():
 
 
 # ---------------------------------------------------------------- plain references
-# Slow references for the attribution tests: plain torch hooks on the Hugging
-# Face model and the SAE's own encode/decode; nothing here calls the splicer.
+# Slow references for the attribution tests: plain torch hooks on the model
+# and the SAE's own encode/decode; nothing here calls the splicer. (That the
+# model computes what transformers' GPT2LMHeadModel computes, at every site,
+# is tests/test_transformer.py's job; `hf_twin` gives that model.)
+
+
+def hf_twin(model):
+    """transformers' GPT2LMHeadModel (eager attention) with the weights of our GPT2 `model`."""
+    from dataclasses import asdict
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    twin = GPT2LMHeadModel(GPT2Config(**asdict(model.config), attn_implementation="eager"))
+    twin.load_state_dict(model.state_dict())
+    return twin.to(model.dtype).eval().requires_grad_(False)
 
 
 def module_hook(model, key: str, fn):
@@ -281,12 +294,8 @@ def module_hook(model, key: str, fn):
     site, layer = key.rsplit("_", 1)
     block = model.transformer.h[int(layer)]
     if site == "resid":
-        return block.register_forward_pre_hook(
-            lambda m, args, kwargs: ((fn(args[0]), *args[1:]), kwargs), with_kwargs=True
-        )
-    if site == "attn":
-        return block.attn.register_forward_hook(lambda m, a, out: (fn(out[0]), *out[1:]))
-    return block.mlp.register_forward_hook(lambda m, a, out: fn(out))
+        return block.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
+    return (block.attn if site == "attn" else block.mlp).register_forward_hook(lambda m, a, out: fn(out))
 
 
 @contextmanager

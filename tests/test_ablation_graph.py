@@ -71,7 +71,7 @@ def _reference(model, saes, ids, layer, feature):
         if nxt is not None:
             handles.append(_stream_hook(model, hook, layer + 1, lambda x: seen.setdefault("next", x)))
         with torch.no_grad():
-            logits = model(ids).logits[0, -1]
+            logits = model(ids)[0, -1]
         for handle in handles:
             handle.remove()
         return (None if nxt is None else _encode(nxt, seen["next"])[0, -1]), logits.log_softmax(-1)

@@ -63,7 +63,7 @@ def _reference_ie(spliced, inputs, target, key, feature):
         contribution = node_value(sae, x)[..., feature, None] * sae.W_dec[feature]
     t = torch.ones((), dtype=x.dtype, requires_grad=True)
     with hooks(spliced.model, {key: lambda out: out + (t - 1) * contribution}):
-        (grad,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), t)
+        (grad,) = torch.autograd.grad(_loss(spliced.model(inputs), target), t)
     return -float(grad)
 
 
@@ -105,7 +105,7 @@ def test_integrated_gradients_sum_to_the_change_from_zeroing_the_whole_site(setu
 
         def loss_with(out_fn) -> float:
             with hooks(spliced.model, {key: out_fn}), torch.no_grad():
-                return float(_loss(spliced.model(inputs).logits, target))
+                return float(_loss(spliced.model(inputs), target))
 
         change = loss_with(lambda out: constant) - loss_with(lambda out: out)
         attr = attributions[key]
@@ -125,7 +125,7 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
     if down_feature is None:
         probe = torch.zeros_like(down_x, requires_grad=True)
         with hooks(spliced.model, {down_key: lambda out: out + probe}):
-            (w,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), probe)
+            (w,) = torch.autograd.grad(_loss(spliced.model(inputs), target), probe)
     else:
         scales = torch.ones(down_x.shape[:-1], dtype=down_x.dtype, requires_grad=True)
         value = node_value(down_sae, down_x)[..., down_feature]
@@ -133,7 +133,7 @@ def _reference_edge(spliced, inputs, target, clean, down_key, down_feature, up_k
             spliced.model,
             {down_key: lambda out: out + ((scales - 1) * value)[..., None] * down_sae.W_dec[down_feature]},
         ):
-            (g,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), scales)
+            (g,) = torch.autograd.grad(_loss(spliced.model(inputs), target), scales)
         w = torch.where(value != 0, g / value.where(value != 0, torch.ones_like(value)), torch.zeros_like(g))
     t = torch.ones((), dtype=down_x.dtype, requires_grad=True)
     read = {}
@@ -230,7 +230,7 @@ def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstre
                     )
                 },
             ):
-                (g,) = torch.autograd.grad(_loss(spliced.model(inputs).logits, target), probe)
+                (g,) = torch.autograd.grad(_loss(spliced.model(inputs), target), probe)
             w = torch.where(before != 0, g / before.where(before != 0, torch.ones_like(before)), 0)
             assert float(edge_set.effects[row, col]) == pytest.approx(
                 float((w * (after - before)).sum()), rel=1e-6, abs=1e-10

@@ -50,9 +50,7 @@ def _loss(logits, batch, metric) -> torch.Tensor:
 
 def _plain_loss(spliced, batch, metric, fns=None) -> torch.Tensor:
     with hooks(spliced.model, fns or {}):
-        return _loss(
-            spliced.model(batch.input_ids, attention_mask=batch.attention_mask).logits, batch, metric
-        )
+        return _loss(spliced.model(batch.input_ids, attention_mask=batch.attention_mask), batch, metric)
 
 
 def _decoded(sae, x):
@@ -101,7 +99,7 @@ def test_a_patch_equal_to_the_clean_input_gives_every_node_and_edge_zero_effect(
 def test_logit_diff_is_the_patch_answer_logit_minus_the_answer_logit(loaded, pair):
     spliced, _ = loaded
     batch = token_batch(*pair)
-    logits = spliced.model(batch.input_ids).logits[0, -1]
+    logits = spliced.model(batch.input_ids)[0, -1]
     expected = logits[batch.patch_answers[0]] - logits[batch.answers[0]]
     assert float(losses(spliced, batch, LOGIT_DIFF)[0]) == pytest.approx(float(expected), rel=1e-12)
 
@@ -144,9 +142,9 @@ def test_a_feature_that_raises_the_answer_logit_has_positive_attribution_under_e
     contribution = node_value(sae, x)[..., feature, None] * sae.W_dec[feature]
     answer = batch.answers[0]
     with torch.no_grad():
-        clean_logit = spliced.model(batch.input_ids).logits[0, -1, answer]
+        clean_logit = spliced.model(batch.input_ids)[0, -1, answer]
         with hooks(spliced.model, {"mlp_2": lambda out: out - contribution}):
-            removed_logit = spliced.model(batch.input_ids).logits[0, -1, answer]
+            removed_logit = spliced.model(batch.input_ids)[0, -1, answer]
     assert clean_logit > removed_logit, "the planted feature promotes the answer"
     for metric in METRICS.values():
         attr = node_attributions(spliced, batch, metric=metric)["mlp_2"]

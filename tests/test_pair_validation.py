@@ -60,7 +60,7 @@ def test_pair_faithfulness_equals_plain_mean_ablated_forwards(tmp_path, tiny_mod
 
     def m(fns) -> float:
         with hooks(spliced.model, fns), torch.no_grad():
-            logits = spliced.model(batch.input_ids).logits[:, -1]
+            logits = spliced.model(batch.input_ids)[:, -1]
         return float(metric.loss(logits, batch.answers, batch.patch_answers).mean())
 
     full = m({})

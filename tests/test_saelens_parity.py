@@ -79,7 +79,7 @@ def test_spliced_features_equal_saelens_encode_of_transformerlens_activations(
         logits, cache = model.run_with_cache(ids)
     # center_unembed shifts each position's logits by a constant: compare log-probabilities.
     torch.testing.assert_close(
-        logits.log_softmax(-1), spliced.model(ids).logits.log_softmax(-1), rtol=1e-4, atol=1e-4
+        logits.log_softmax(-1), spliced.model(ids).log_softmax(-1), rtol=1e-4, atol=1e-4
     )
     for key, site in spliced.by_key.items():
         theirs = sae_lens.SAE.load_from_disk(sae_templates[site.kind].format(layer=site.layer), device="cpu")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_sae_folder, write_sae_set
+from conftest import hf_twin, write_sae_folder, write_sae_set
 from torch import Tensor
 from transformers import GPT2LMHeadModel
 
@@ -152,14 +152,14 @@ def test_the_spliced_model_without_intervention_computes_the_hf_logits(spliced):
     ids = torch.cat([PROMPT_IDS, PROMPT_IDS.flip(-1)])
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0  # right padding
-    reference = spliced.model(ids, attention_mask=mask).logits
+    reference = hf_twin(spliced.model)(ids, attention_mask=mask).logits
     ours = spliced(ids, mask)
     assert torch.allclose(ours[0], reference[0], atol=TOLERANCE)
     assert torch.allclose(ours[1, :7], reference[1, :7], atol=TOLERANCE)
 
 
 def test_decode_plus_error_at_every_site_gives_the_plain_model_logits(spliced, record_property):
-    plain = spliced.model(PROMPT_IDS).logits
+    plain = spliced.model(PROMPT_IDS)
     reconstructions: dict[str, Tensor] = {}
 
     def decode_plus_error(site: Site, x: Tensor) -> Tensor:
@@ -187,7 +187,7 @@ def test_decode_plus_error_at_every_site_gives_the_plain_model_logits(spliced, r
 
 
 def test_site_codes_match_the_sae_encoding_of_hf_activations(spliced):
-    reference = hf_forward_with_edits(spliced.model, PROMPT_IDS, {})
+    reference = hf_forward_with_edits(hf_twin(spliced.model), PROMPT_IDS, {})
     codes: dict[str, SiteCode] = {}
     with spliced.intervene(record_codes(codes)):
         logits = spliced(PROMPT_IDS)
@@ -201,7 +201,7 @@ def test_site_codes_match_the_sae_encoding_of_hf_activations(spliced):
 
 
 def test_site_code_error_is_the_activation_minus_the_sae_reconstruction(spliced):
-    reference = hf_forward_with_edits(spliced.model, PROMPT_IDS, {})
+    reference = hf_forward_with_edits(hf_twin(spliced.model), PROMPT_IDS, {})
     for site in spliced.sites:
         x = reference[(site.hook, site.layer)]
         sae = site.sae
@@ -242,7 +242,7 @@ def test_batched_zero_ablation_equals_separate_hooked_forwards_per_row(spliced):
     with torch.no_grad(), spliced.intervene(zero_ablation(targets)):
         batched = spliced(ids)
 
-    clean = spliced.model(PROMPT_IDS).logits[0]
+    clean = spliced.model(PROMPT_IDS)[0]
     sites = spliced.by_key
     for row, plan in enumerate(plans):
         edits = {
@@ -252,7 +252,7 @@ def test_batched_zero_ablation_equals_separate_hooked_forwards_per_row(spliced):
             for key, pairs in plan.items()
         }
         with torch.no_grad():
-            expected = hf_forward_with_edits(spliced.model, PROMPT_IDS, edits)["logits"][0]
+            expected = hf_forward_with_edits(hf_twin(spliced.model), PROMPT_IDS, edits)["logits"][0]
         assert torch.allclose(batched[row], expected, atol=TOLERANCE), f"row {row}"
         if plan:
             assert (expected - clean).abs().max() > 1e-3, f"row {row}: ablation had no visible effect"
@@ -285,7 +285,7 @@ def test_hooks_are_removed_when_the_block_raises(spliced):
 
 
 def test_hooks_are_removed_when_the_intervention_raises(spliced):
-    plain = spliced.model(PROMPT_IDS).logits
+    plain = spliced.model(PROMPT_IDS)
     before = hook_count(spliced.model)
 
     def broken(site: Site, x: Tensor) -> Tensor:
@@ -296,7 +296,7 @@ def test_hooks_are_removed_when_the_intervention_raises(spliced):
     with pytest.raises(ValueError), spliced.intervene(broken):
         spliced(PROMPT_IDS)
     assert hook_count(spliced.model) == before
-    assert torch.equal(spliced.model(PROMPT_IDS).logits, plain)
+    assert torch.equal(spliced.model(PROMPT_IDS), plain)
 
 
 # --- Gradients --------------------------------------------------------------
@@ -317,7 +317,9 @@ def test_leaves_spliced_in_as_x_plus_v_minus_v_detach_receive_the_hf_activation_
         return edit
 
     keys = [(site.hook, site.layer) for site in spliced.sites]
-    reference = hf_forward_with_edits(spliced.model, PROMPT_IDS, {key: add_zero(key) for key in keys})
+    reference = hf_forward_with_edits(
+        hf_twin(spliced.model), PROMPT_IDS, {key: add_zero(key) for key in keys}
+    )
     last_token_log_prob(reference["logits"]).backward()
 
     leaves: dict[str, Tensor] = {}
@@ -370,7 +372,7 @@ def centre_writing_weights(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
 
 
 def test_hf_activations_minus_their_mean_equal_a_centred_weights_model(spliced):
-    model = copy.deepcopy(spliced.model).double()  # float64: the identity holds to rounding
+    model = hf_twin(spliced.model).double()  # float64: the identity holds to rounding
     plain = hf_forward_with_edits(model, PROMPT_IDS, {})
     centred = hf_forward_with_edits(centre_writing_weights(model), PROMPT_IDS, {})
     hooks = [key for key in plain if key != "logits"]
@@ -383,8 +385,8 @@ def test_hf_activations_minus_their_mean_equal_a_centred_weights_model(spliced):
 
 
 def test_site_to_sae_space_is_transformerlens_centring(spliced):
-    centred = hf_forward_with_edits(centre_writing_weights(spliced.model), PROMPT_IDS, {})
-    plain = hf_forward_with_edits(spliced.model, PROMPT_IDS, {})
+    centred = hf_forward_with_edits(centre_writing_weights(hf_twin(spliced.model)), PROMPT_IDS, {})
+    plain = hf_forward_with_edits(hf_twin(spliced.model), PROMPT_IDS, {})
     checked = 0
     for site in spliced.sites:
         if not site.sae.cfg.center_writing_weights:

@@ -1,9 +1,11 @@
-"""`suffix.run_suffix` against Hugging Face's GPT2Block run over whole edited sequences."""
+"""`suffix.run_suffix` against whole edited sequences through `SplicedModel.run_blocks`
+(whose blocks equal transformers' GPT2Block: tests/test_transformer.py)."""
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from sparse_coding.models.transformer import GPT2
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.splicing.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
 
@@ -11,7 +13,7 @@ LENGTHS = [10, 7, 4]  # real tokens of each sequence, right-padded to 10
 START = 1  # the cache begins at block 1 of 4
 
 
-def _model(**overrides) -> GPT2LMHeadModel:
+def _model(**overrides) -> GPT2:
     config = GPT2Config(
         vocab_size=50, n_positions=16, n_embd=32, n_layer=4, n_head=4, attn_implementation="eager"
     )
@@ -21,7 +23,7 @@ def _model(**overrides) -> GPT2LMHeadModel:
     for param in model.parameters():
         if param.ndim == 2:
             param.normal_(0, 0.2)
-    return model
+    return GPT2.from_transformers(model)
 
 
 def _clean(spliced: SplicedModel) -> tuple[torch.Tensor, torch.Tensor, PrefixCache]:

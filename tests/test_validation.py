@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MpsLikeDtypes
+from conftest import MpsLikeDtypes, module_hook
 
 from sparse_coding.algorithms.validation import SiteMeans, feature_means, validate_circuit
 from sparse_coding.corpus import iter_batches
@@ -60,27 +60,8 @@ def plain_code(sae, x):
 
 
 def hook_sites(model, edits):
-    """Register edit(x) -> x at each site key on the plain HF model; returns handles."""
-    handles = []
-    for key, edit in edits.items():
-        site, layer = key.split("_")
-        block = model.transformer.h[int(layer)]
-        if site == "resid":
-
-            def pre(module, args, kwargs, edit=edit):
-                if args:
-                    return (edit(args[0]), *args[1:]), kwargs
-                kwargs["hidden_states"] = edit(kwargs["hidden_states"])
-                return args, kwargs
-
-            handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
-        elif site == "attn":
-            handles.append(
-                block.attn.register_forward_hook(lambda m, a, out, edit=edit: (edit(out[0]), *out[1:]))
-            )
-        else:
-            handles.append(block.mlp.register_forward_hook(lambda m, a, out, edit=edit: edit(out)))
-    return handles
+    """Register edit(x) -> x at each site key on the plain model; returns handles."""
+    return [module_hook(model, key, edit) for key, edit in edits.items()]
 
 
 def plain_log_probs(model, ids, edits):
@@ -88,7 +69,7 @@ def plain_log_probs(model, ids, edits):
     handles = hook_sites(model, edits)
     try:
         with torch.no_grad():
-            return F.log_softmax(model(ids[None]).logits[0].float(), dim=-1)
+            return F.log_softmax(model(ids[None])[0].float(), dim=-1)
     finally:
         for handle in handles:
             handle.remove()

@@ -3,12 +3,14 @@
 import functools
 import logging
 import time
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sparse_coding.config import DTYPE_NAMES
 from sparse_coding.errors import ConfigError, SparseCodingError
+from sparse_coding.models.transformer import GPT2, GPT2Config
 
 logger = logging.getLogger(__name__)
 
@@ -71,34 +73,72 @@ def load_tokenizer(model_dir: str) -> PreTrainedTokenizerBase:
 
 def load_model(
     model_dir: str, device: torch.device, dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM (hub id or local folder) in eval mode, and its tokenizer.
+) -> tuple[GPT2, PreTrainedTokenizerBase]:
+    """A GPT-2 (hub id or local folder in Hugging Face format) in eval mode, and its tokenizer.
 
-    Eager attention keeps every backward (including batched ones) supported.
+    The safetensors weights are read straight onto `device` and cast to `dtype`
+    once; the model is built on the meta device, so nothing is initialised and
+    then overwritten (see `models.transformer` for why not transformers' class).
     """
     start = time.perf_counter()
     try:
         tokenizer = load_tokenizer(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+        config_path, weights_path = _model_files(model_dir)
     except (OSError, ValueError) as e:
         raise SparseCodingError(
-            f"MODEL_DIR {model_dir!r} could not be loaded as a Hugging Face causal LM "
+            f"MODEL_DIR {model_dir!r} could not be loaded as a Hugging Face GPT-2 "
             f"(a hub id such as 'openai-community/gpt2' or a local folder with config.json): {e}"
         ) from e
-    if len(tokenizer) > model.config.vocab_size:
+    config = GPT2Config.from_file(config_path)
+    if len(tokenizer) > config.vocab_size:
         raise SparseCodingError(
             f"MODEL_DIR {model_dir!r}: its tokenizer has {len(tokenizer)} tokens but the model's "
-            f"embedding only {model.config.vocab_size}; the tokenizer belongs to another model"
+            f"embedding only {config.vocab_size}; the tokenizer belongs to another model"
         )
-    if not hasattr(model, "transformer") or not hasattr(model.transformer, "h"):
-        raise SparseCodingError(
-            f"MODEL_DIR {model_dir!r} is a {type(model).__name__}; SAE splicing supports GPT-2-style "
-            f"models (model.transformer.h blocks), e.g. 'openai-community/gpt2'"
-        )
-    model.to(device).eval()
-    model.requires_grad_(False)
+    state = _read_weights(weights_path, device)
+    state = {
+        name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state.items()
+    }
+    model = GPT2.from_state_dict(config, state, f"MODEL_DIR {model_dir!r} ({weights_path.name})")
     logger.info("Loaded %s on %s (%s) in %.1fs", model_dir, device, dtype, time.perf_counter() - start)
     return model, tokenizer
+
+
+# Weight files a Hugging Face GPT-2 folder may hold, preferred first.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _model_files(model_dir: str) -> tuple[Path, Path]:
+    """config.json and the weights file of a local folder or a hub repo (downloaded or cached)."""
+    folder = Path(model_dir)
+    if folder.is_dir():
+        weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+        if not (folder / "config.json").is_file() or not weights:
+            raise OSError(f"the folder needs config.json and one of {', '.join(WEIGHT_FILES)}")
+        return folder / "config.json", weights[0]
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        config = Path(hf_hub_download(model_dir, "config.json"))
+        for name in WEIGHT_FILES:
+            try:
+                return config, Path(hf_hub_download(model_dir, name))
+            except LocalEntryNotFoundError:
+                raise  # offline and not cached: say so, not "missing"
+            except EntryNotFoundError:
+                continue
+    except (HfHubHTTPError, LocalEntryNotFoundError) as e:
+        raise OSError(str(e)) from e
+    raise OSError(f"the repo has config.json but none of {', '.join(WEIGHT_FILES)}")
+
+
+def _read_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path, device=str(device))
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 def tokenize_prompt(

@@ -1,4 +1,4 @@
-"""Splice SAEs into a Hugging Face GPT-2: one mechanism for every algorithm.
+"""Splice SAEs into GPT-2 (`models.transformer.GPT2`): one mechanism for every algorithm.
 
 A spliced site replaces its activation x by ``decode(encode(x)) + error`` with
 ``error = x - decode(encode(x))``, so the spliced model computes exactly what
@@ -7,7 +7,7 @@ pass to `SplicedModel.intervene`: a function ``(site, x) -> x'`` called at
 every site in forward order (record codes, zero-ablate features, make features
 and errors autograd leaves, cut a site off from its input...).
 
-Sites and their Hugging Face places (TransformerLens names):
+Sites and their places in the model (TransformerLens names):
 
     hook_resid_pre   input of block L
     hook_attn_out    output of block L's attention
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel
 
 from sparse_coding.errors import SAELoadError
 from sparse_coding.models.saes import SAE, decoder_sum, grouped_rows_sum
+from sparse_coding.models.transformer import GPT2, causal_mask
 from sparse_coding.nodes import hook_position, site_key
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ Intervention = Callable[[Site, Tensor], Tensor]
 class SplicedModel:
     """A GPT-2 with SAEs at some sites; run it under an intervention."""
 
-    def __init__(self, model: PreTrainedModel, saes: list[SAE]) -> None:
+    def __init__(self, model: GPT2, saes: list[SAE]) -> None:
         self.model = model
         n_layers, d_model = model.config.n_layer, model.config.n_embd
         for sae in saes:
@@ -177,26 +177,21 @@ class SplicedModel:
     def _register(self, site: Site, intervention: Intervention, captured: dict[int, Tensor]) -> list:
         block = self.model.transformer.h[site.layer]
         if site.hook == "hook_resid_pre":
-            return [block.register_forward_pre_hook(_edit_block_input(site, intervention), with_kwargs=True)]
-        if site.hook == "hook_attn_out":
-            return [
-                block.attn.register_forward_hook(lambda m, a, out: (intervention(site, out[0]), *out[1:]))
-            ]
-        if site.hook == "hook_mlp_out":
-            return [block.mlp.register_forward_hook(lambda m, a, out: intervention(site, out))]
-        if site.hook == "hook_resid_post":
-            return [block.register_forward_hook(_edit_output(site, intervention))]
+            return [block.register_forward_pre_hook(_edit_block_input(site, intervention))]
+        outputs = {"hook_attn_out": block.attn, "hook_mlp_out": block.mlp, "hook_resid_post": block}
+        if site.hook in outputs:
+            return [outputs[site.hook].register_forward_hook(lambda m, a, out: intervention(site, out))]
         # hook_resid_mid = resid_pre + attn_out: edit it through the attention output.
         capture = _edit_block_input(site, lambda s, x: captured.__setitem__(site.layer, x) or x)
 
         def edit_mid(module, args, out):
             pre = captured.pop(site.layer)
-            mid = pre + out[0]
+            mid = pre + out
             new_mid = intervention(site, mid)
-            return (out[0] if new_mid is mid else new_mid - pre, *out[1:])
+            return out if new_mid is mid else new_mid - pre
 
         return [
-            block.register_forward_pre_hook(capture, with_kwargs=True),
+            block.register_forward_pre_hook(capture),
             block.attn.register_forward_hook(edit_mid),
         ]
 
@@ -210,11 +205,9 @@ class SplicedModel:
         self, hidden: Tensor, start: int, stop: int, attention_mask: Tensor | None = None
     ) -> Tensor:
         """Blocks [start, stop) on a residual stream (batch, pos, d_model); right padding only."""
-        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
-        mask = additive_causal_mask(hidden, attention_mask)
+        allowed = causal_mask(hidden.shape[1], attention_mask, hidden.device)
         for block in self.model.transformer.h[start:stop]:
-            out = block(hidden, None, mask, position_ids=positions)
-            hidden = out[0] if isinstance(out, tuple) else out  # some transformers versions return a tuple
+            hidden = block(hidden, allowed)
         return hidden
 
     def unembed(self, resid_final: Tensor) -> Tensor:
@@ -229,35 +222,11 @@ class SplicedModel:
     __call__ = forward
 
 
-def additive_causal_mask(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """(batch, 1, pos, pos) mask added to attention scores: 0 where a query may look, dtype-min elsewhere.
-
-    Built here rather than through transformers' mask helpers, whose signature
-    changes between versions.
-    """
-    n_pos = hidden.shape[1]
-    allowed = torch.ones(n_pos, n_pos, dtype=torch.bool, device=hidden.device).tril()[None, None]
-    if attention_mask is not None:
-        allowed = allowed & attention_mask.bool()[:, None, None, :]
-    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-    return torch.where(allowed, zero, torch.finfo(hidden.dtype).min)
-
-
 def _edit_block_input(site: Site, intervention: Intervention) -> Callable:
-    def hook(module, args, kwargs):
-        if args:
-            return (intervention(site, args[0]), *args[1:]), kwargs
-        kwargs["hidden_states"] = intervention(site, kwargs["hidden_states"])
-        return args, kwargs
+    """A forward pre-hook on a block replacing its input (resid_pre) by intervention(site, x)."""
 
-    return hook
-
-
-def _edit_output(site: Site, intervention: Intervention) -> Callable:
-    def hook(module, args, out):
-        if isinstance(out, tuple):
-            return (intervention(site, out[0]), *out[1:])
-        return intervention(site, out)
+    def hook(module, args):
+        return (intervention(site, args[0]), *args[1:])
 
     return hook
 

@@ -12,10 +12,10 @@ Rows are grouped by p. All rows' suffix tokens lie in one flat
 large matrix product per block; only attention works group by group.
 
 This is the incremental decoding of language-model serving, written on the
-block's own modules (`ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp`)
-rather than on transformers' cache classes, whose interface changes between
-versions. It equals `SplicedModel.run_blocks` (Hugging Face's GPT2Block) to
-float rounding; `tests/test_suffix.py` checks both read modes against it.
+block's own modules (`ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp`) and
+the attention of `models.transformer.attend`. It equals
+`SplicedModel.run_blocks` to float rounding; `tests/test_suffix.py` checks
+both read modes against it.
 """
 
 from collections.abc import Sequence
@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from transformers.activations import NewGELUActivation
+from torch import Tensor
+
+from sparse_coding.models.transformer import Block, attend
 
 
 @dataclass
@@ -87,14 +88,14 @@ class Suffixes:
         return sub, start[rows] + sub.pos - first[rows]
 
 
-def block_keys_values(block: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor]:
+def block_keys_values(block: Block, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """A block's attention keys and values (..., n_head, pos, head_dim) for its input (..., pos, d_model)."""
     keys, values = _project_keys_values(block, block.ln_1(hidden)).split(hidden.shape[-1], dim=-1)
-    return _heads(block, keys), _heads(block, values)
+    return block.attn.heads(keys), block.attn.heads(values)
 
 
 def run_suffix(
-    blocks: Sequence[nn.Module],
+    blocks: Sequence[Block],
     hidden: Tensor,
     suffixes: Suffixes,
     cache: PrefixCache,
@@ -116,7 +117,7 @@ def run_suffix(
     return _block_at(blocks[last], hidden, suffixes, cache, first_block + last)
 
 
-def _block(block: nn.Module, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int) -> Tensor:
+def _block(block: Block, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int) -> Tensor:
     """One block on every suffix token; group queries sit at absolute positions offset + i."""
     d_model = hidden.shape[-1]
     qkv = block.attn.c_attn(block.ln_1(hidden))
@@ -129,10 +130,10 @@ def _block(block: nn.Module, hidden: Tensor, suffixes: Suffixes, cache: PrefixCa
         )
         mixed.append(out.flatten(0, 1))
     hidden = hidden + block.attn.c_proj(torch.cat(mixed))
-    return hidden + _mlp(block, block.ln_2(hidden))
+    return hidden + block.mlp(block.ln_2(hidden))
 
 
-def _block_at(block: nn.Module, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int) -> Tensor:
+def _block_at(block: Block, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int) -> Tensor:
     """One block computed at each row's read position only: (rows, d_model)."""
     d_model = hidden.shape[-1]
     normed = block.ln_1(hidden)
@@ -148,10 +149,10 @@ def _block_at(block: nn.Module, hidden: Tensor, suffixes: Suffixes, cache: Prefi
             _attend_group(block, cache, index, group, group_queries[:, None], group_kv, query_pos)[:, 0]
         )
     at = hidden[suffixes.read] + block.attn.c_proj(torch.cat(mixed))
-    return at + _mlp(block, block.ln_2(at))
+    return at + block.mlp(block.ln_2(at))
 
 
-def _project_keys_values(block: nn.Module, normed: Tensor) -> Tensor:
+def _project_keys_values(block: Block, normed: Tensor) -> Tensor:
     """The key and value columns of the block's qkv projection: (..., 2 * d_model)."""
     d_model = normed.shape[-1]
     projection = block.attn.c_attn
@@ -159,7 +160,7 @@ def _project_keys_values(block: nn.Module, normed: Tensor) -> Tensor:
 
 
 def _attend_group(
-    block: nn.Module,
+    block: Block,
     cache: PrefixCache,
     index: int,
     group: _Group,
@@ -175,37 +176,9 @@ def _attend_group(
     """
     keys, values = suffix_kv.split(queries.shape[-1], dim=-1)
     start, cached = index - cache.start, (group.seq, slice(None), slice(None, group.offset))
-    keys = torch.cat([cache.keys[start][cached], _heads(block, keys)], dim=2)
-    values = torch.cat([cache.values[start][cached], _heads(block, values)], dim=2)
+    keys = torch.cat([cache.keys[start][cached], block.attn.heads(keys)], dim=2)
+    values = torch.cat([cache.values[start][cached], block.attn.heads(values)], dim=2)
     key_pos = torch.arange(group.offset + group.n_pos, device=queries.device)
     allowed = key_pos <= query_pos[..., None]  # (rows or 1, n_query, keys)
-    return _merge_heads(_attend(block, _heads(block, queries), keys, values, allowed[:, None]))
-
-
-def _attend(block: nn.Module, queries: Tensor, keys: Tensor, values: Tensor, allowed: Tensor) -> Tensor:
-    """Softmax attention (rows, n_head, n_query, head_dim) with GPT-2's scaling; float32 softmax."""
-    attn = block.attn
-    scale = attn.head_dim**-0.5 if attn.scale_attn_weights else 1.0
-    if attn.scale_attn_by_inverse_layer_idx:
-        scale /= float(attn.layer_idx + 1)
-    scores = (queries @ keys.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    return scores.softmax(dim=-1, dtype=torch.float32).to(values.dtype) @ values
-
-
-def _mlp(block: nn.Module, x: Tensor) -> Tensor:
-    """The block's MLP; transformers' gelu_new runs as torch's one fused tanh GELU (same function)."""
-    mlp = block.mlp
-    if type(mlp.act) is NewGELUActivation:
-        return mlp.c_proj(F.gelu(mlp.c_fc(x), approximate="tanh"))
-    return mlp(x)
-
-
-def _heads(block: nn.Module, x: Tensor) -> Tensor:
-    """(..., pos, d_model) -> (..., n_head, pos, head_dim)."""
-    return x.unflatten(-1, (-1, block.attn.head_dim)).transpose(-2, -3)
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    """(..., n_head, pos, head_dim) -> (..., pos, d_model)."""
-    return x.transpose(-2, -3).flatten(-2)
+    mixed = attend(block.attn.heads(queries), keys, values, allowed[:, None], block.attn.scale)
+    return mixed.transpose(-2, -3).flatten(-2)

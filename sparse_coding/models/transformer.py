@@ -1,0 +1,244 @@
+"""GPT-2 as a small torch module, read top to bottom, with Hugging Face's parameter names.
+
+Why not `transformers.GPT2LMHeadModel`: importing transformers' model classes
+costs seconds before any work starts (its modeling utilities pull in
+torch.distributed, dynamo and more), and every script pays it. This module is
+the eager GPT-2 computation only: embeddings, pre-layer-norm blocks of causal
+self-attention and MLP, final layer norm, tied unembedding. Its state dict
+has the names of a `GPT2LMHeadModel` (`transformer.h.0.attn.c_attn.weight`,
+...), so a Hugging Face checkpoint loads as it is (`models.gpt2.load_model`),
+and `tests/test_transformer.py` checks logits, every site's activation and
+gradients against `GPT2LMHeadModel` itself.
+
+Hook points (see `sparse_coding.splicing.splice`): `transformer.h[L]`'s input
+(resid_pre) and output (resid_post), `.attn`'s output (attn_out, a tensor) and
+`.mlp`'s output (mlp_out).
+"""
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparse_coding.errors import SparseCodingError
+
+# config.json activation_function -> the function (gelu_new is tanh-approximated GELU).
+ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    """The fields of a Hugging Face GPT-2 config.json that the computation uses."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    tie_word_embeddings: bool = True
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> "GPT2Config":
+        """The config of a config.json's contents; `source` names the file in errors."""
+        model_type = values.get("model_type", "gpt2")
+        if model_type != "gpt2":
+            raise SparseCodingError(
+                f"{source}: model_type is {model_type!r}; SAE splicing supports GPT-2 models "
+                f"(model_type 'gpt2'), e.g. 'openai-community/gpt2'"
+            )
+        if values.get("add_cross_attention"):
+            raise SparseCodingError(
+                f"{source}: add_cross_attention is set; only decoder-only GPT-2 is supported"
+            )
+        config = cls(**{f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None})
+        if config.activation_function not in ACTIVATIONS:
+            raise SparseCodingError(
+                f"{source}: activation_function {config.activation_function!r} is not supported; "
+                f"valid: {', '.join(ACTIVATIONS)}"
+            )
+        if config.n_embd % config.n_head:
+            raise SparseCodingError(
+                f"{source}: n_embd {config.n_embd} is not a multiple of n_head {config.n_head}"
+            )
+        return config
+
+    @classmethod
+    def from_file(cls, path: Path) -> "GPT2Config":
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SparseCodingError(f"{path}: not a readable config.json ({e})") from e
+        return cls.from_dict(values, str(path))
+
+
+class Projection(nn.Module):
+    """An affine map stored as Hugging Face's GPT-2 `Conv1D`: weight (in, out), bias (out,)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.empty(n_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.T, self.bias)
+
+
+def attend(queries: Tensor, keys: Tensor, values: Tensor, allowed: Tensor, scale: float) -> Tensor:
+    """Softmax attention (..., n_head, n_query, head_dim); `allowed` broadcasts to the scores
+    (..., n_query, n_key). The softmax runs in at least float32 (bfloat16 models too)."""
+    scores = (queries @ keys.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    softmax_dtype = torch.promote_types(scores.dtype, torch.float32)
+    return scores.softmax(dim=-1, dtype=softmax_dtype).to(values.dtype) @ values
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention; returns its output projection (hook_attn_out)."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.layer_idx = layer_idx
+        self.scale = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scale /= float(layer_idx + 1)
+        self.c_attn = Projection(config.n_embd, 3 * config.n_embd)
+        self.c_proj = Projection(config.n_embd, config.n_embd)
+
+    def heads(self, x: Tensor) -> Tensor:
+        """(..., pos, d_model) -> (..., n_head, pos, head_dim)."""
+        return x.unflatten(-1, (-1, self.head_dim)).transpose(-2, -3)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """x (batch, pos, d_model) after ln_1; allowed (batch or 1, 1, pos, pos)."""
+        queries, keys, values = (self.heads(part) for part in self.c_attn(x).chunk(3, dim=-1))
+        mixed = attend(queries, keys, values, allowed, self.scale)
+        return self.c_proj(mixed.transpose(-2, -3).flatten(-2))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = Projection(config.n_embd, inner)
+        self.c_proj = Projection(inner, config.n_embd)
+        self.act = ACTIVATIONS[config.activation_function]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    """resid_mid = resid_pre + attn(ln_1(resid_pre)); resid_post = resid_mid + mlp(ln_2(resid_mid))."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = Attention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, hidden: Tensor, allowed: Tensor) -> Tensor:
+        hidden = hidden + self.attn(self.ln_1(hidden), allowed)
+        return hidden + self.mlp(self.ln_2(hidden))
+
+
+class Trunk(nn.Module):
+    """What `GPT2LMHeadModel.transformer` holds: embeddings, blocks, final layer norm."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.h = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+
+class GPT2(nn.Module):
+    """GPT-2 with a language-model head; `forward` returns logits (batch, pos, vocab)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = Trunk(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits; `attention_mask` (batch, pos) marks real tokens (right padding)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        hidden = self.transformer.wte(input_ids) + self.transformer.wpe(positions)[None]
+        allowed = causal_mask(input_ids.shape[1], attention_mask, input_ids.device)
+        for block in self.transformer.h:
+            hidden = block(hidden, allowed)
+        return self.lm_head(self.transformer.ln_f(hidden))
+
+    @classmethod
+    def from_state_dict(cls, config: GPT2Config, state: dict[str, Tensor], source: str) -> "GPT2":
+        """The model with `state`'s tensors as its parameters (no copies, no random init).
+
+        Accepts both a `GPT2LMHeadModel`'s names and a `GPT2Model`'s (no
+        `transformer.` prefix, as on the hub's openai-community/gpt2), and drops
+        the causal-mask buffers old checkpoints carry (`attn.bias`).
+        """
+        names = {}
+        for name, tensor in state.items():
+            if name.endswith((".attn.bias", ".attn.masked_bias")):
+                continue
+            names[name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"] = tensor
+        if config.tie_word_embeddings:
+            names.pop("lm_head.weight", None)
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {name for name, _ in model.named_parameters()}
+        missing, unexpected = sorted(expected - set(names)), sorted(set(names) - expected)
+        if missing or unexpected:
+            raise SparseCodingError(
+                f"{source}: the weights do not fit a GPT-2 of its config.json "
+                f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+                f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''})"
+            )
+        model.load_state_dict(names, assign=True, strict=False)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.transformer.wte.weight
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_transformers(cls, hf_model: nn.Module) -> "GPT2":
+        """The same weights as a loaded `transformers` GPT-2 (for notebooks and tests)."""
+        config = GPT2Config.from_dict(hf_model.config.to_dict(), type(hf_model).__name__)
+        state = {name: tensor.detach() for name, tensor in hf_model.state_dict().items()}
+        return cls.from_state_dict(config, state, type(hf_model).__name__)
+
+
+def causal_mask(n_pos: int, attention_mask: Tensor | None, device: torch.device) -> Tensor:
+    """(batch or 1, 1, pos, pos) bool: where a query may attend (earlier real tokens and itself)."""
+    allowed = torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]
+    return allowed
