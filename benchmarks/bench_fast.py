@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from random_weights import IdNames, calibrate_relu_biases, random_sae  # noqa: E402
+from random_weights import IdNames, calibrate_saes, random_gpt2, random_sae  # noqa: E402
 
 from sparse_coding.algorithms import attribution  # noqa: E402
 from sparse_coding.algorithms.attribution import node_attributions  # noqa: E402
@@ -102,23 +101,32 @@ def label_batches(spliced: SplicedModel, n_sequences: int, gen: torch.Generator)
     ]
 
 
-class FullWidthCount(logging.Handler):
-    """Reads collect_contexts' debug lines: tokens that took the full-width TopK encode, per site."""
+class TopKReads(logging.Handler):
+    """Reads collect_contexts' debug lines: per TopK site, the tokens that needed exact
+    membership and the encoder columns read (% of a full-width encode of every token)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.used = self.of = 0
+        self.exact = self.of = 0
+        self.shares: list[float] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "full-width TopK" in (message := record.getMessage()):
-            used, of = (int(w) for w in message.split(":")[1].split()[:3:2])
-            self.used, self.of = self.used + used, self.of + of
+        if "exact TopK membership" in (message := record.getMessage()):
+            exact, of = (int(w) for w in message.split(":")[1].split()[:3:2])
+            self.exact, self.of = self.exact + exact, self.of + of
+            self.shares.append(float(message.split("read: ")[1].split("%")[0]) / 100)
+
+    def summary(self) -> str:
+        share = sum(self.shares) / max(len(self.shares), 1)
+        return (
+            f"TopK sites read {share:.0%} of a full-width encode of every token "
+            f"({self.exact / max(self.of, 1):.0%} of their tokens needed exact membership)"
+        )
 
 
-def contexts_seconds(spliced: SplicedModel, batches: list[TokenBatch], features) -> tuple[float, float]:
-    """Seconds to collect top-10 contexts of `features` (None: all), and the fraction of
-    TopK-site tokens that needed the full-width encode."""
-    counter = FullWidthCount()
+def contexts_seconds(spliced: SplicedModel, batches: list[TokenBatch], features) -> tuple[float, str]:
+    """Seconds to collect top-10 contexts of `features` (None: all), and what the TopK sites read."""
+    counter = TopKReads()
     logger = logging.getLogger("sparse_coding.labels.contexts")
     logger.addHandler(counter)
     logger.setLevel(logging.DEBUG)
@@ -126,7 +134,7 @@ def contexts_seconds(spliced: SplicedModel, batches: list[TokenBatch], features)
     collect_contexts(spliced, IdNames(), batches, features=features, per_feature=10, view=5)
     sync(str(spliced.device))
     logger.removeHandler(counter)
-    return time.perf_counter() - start, counter.used / max(counter.of, 1)
+    return time.perf_counter() - start, counter.summary()
 
 
 def forward_seconds(spliced: SplicedModel, batches: list[TokenBatch]) -> float:
@@ -152,6 +160,12 @@ def main() -> None:
     parser.add_argument("--baseline-nodes", type=int, default=12)
     parser.add_argument("--num-down-nodes", type=int, default=5)
     parser.add_argument("--label-sequences", type=int, default=32)
+    parser.add_argument(
+        "--width-scale",
+        type=float,
+        default=1.0,
+        help="multiply every SAE's width (does labels scale with it?)",
+    )
     args = parser.parse_args()
     device = args.device
     torch.manual_seed(0)
@@ -159,17 +173,18 @@ def main() -> None:
     start, stop = (int(p) for p in args.slice.split(":"))
 
     t0 = time.perf_counter()
-    model = GPT2LMHeadModel(GPT2Config(attn_implementation="eager")).to(device).eval().requires_grad_(False)
+    model = random_gpt2(device)
     saes = []
+    resid_width, topk_width = (int(args.width_scale * width) for width in (24576, 32768))
     for layer in range(start, stop):
-        saes.append(random_sae(f"blocks.{layer}.hook_resid_pre", 24576, False, device, gen))
-        saes.append(random_sae(f"blocks.{layer}.hook_attn_out", 32768, True, device, gen))
-        saes.append(random_sae(f"blocks.{layer}.hook_mlp_out", 32768, True, device, gen))
+        saes.append(random_sae(f"blocks.{layer}.hook_resid_pre", resid_width, False, device, gen))
+        saes.append(random_sae(f"blocks.{layer}.hook_attn_out", topk_width, True, device, gen))
+        saes.append(random_sae(f"blocks.{layer}.hook_mlp_out", topk_width, True, device, gen))
     spliced = SplicedModel(model, saes)
     tokens = torch.randint(0, 50257, (1, 13), generator=gen).to(device)
     batch = token_batch(tokens)
     inputs = batch.input_ids
-    calibrate_relu_biases(spliced, inputs)
+    calibrate_saes(spliced, torch.randint(0, 50257, (8, 64), generator=gen))  # 512 random tokens
     sync(device)
     load_s = time.perf_counter() - t0
 
@@ -235,7 +250,8 @@ def main() -> None:
     active = {k: int((a.leaves.values != 0).sum()) for k, a in list(attrs.items())[:3]}
     print(
         f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}), "
-        f"slice {args.slice}, {len(spliced.sites)} sites, 12-token prompt; active entries e.g. {active}"
+        f"slice {args.slice}, {len(spliced.sites)} sites (widths {resid_width} ReLU, {topk_width} TopK), "
+        f"12-token prompt; active entries e.g. {active}"
     )
     print(f"load (random weights, calibration) {load_s:.2f}s")
     print(f"nodes: {nodes_s:.2f}s  ({node_counts['forward']} forward, {node_counts['backward']} backward)")
@@ -261,11 +277,11 @@ def main() -> None:
         f"feature nodes at {len(wanted)} sites {graph_contexts_s:.2f}s; every feature of every site "
         f"({sum(site.sae.d_sae for site in spliced.sites)} features, {len(spliced.sites)} sites) "
         f"{every_contexts_s:.2f}s; the bare model's forward over the same tokens {forward_s:.2f}s; "
-        f"{graph_full:.0%} of the tokens at TopK sites took the full-width encode for the graph's nodes"
+        f"for the graph's nodes, {graph_full}"
     )
     print(
         f"labels/contexts for as many randomly picked features per site (sparse, like trained ones): "
-        f"{picked_contexts_s:.2f}s, {picked_full:.0%} of the TopK-site tokens took the full-width encode"
+        f"{picked_contexts_s:.2f}s; {picked_full}"
     )
     print(f"peak memory: {peak:.2f} GiB ({'CUDA allocated' if device.startswith('cuda') else 'max RSS'})")
 

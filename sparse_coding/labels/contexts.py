@@ -21,14 +21,16 @@ site), never by the dataset's length.
 What one batch costs at a site:
 - ReLU and JumpReLU act on each feature alone: only the asked encoder columns
   are read (`SAE.encode_features`).
-- TopK compares all features, so a token's exact activations need the
-  full-width encode, which only some tokens pay. An asked feature is
-  certainly 0 at a token where its pre-activation is <= 0, or below the k-th
-  largest pre-activation of a fixed 1/8 of the other features (then k features
-  beat it). Of the rest, a feature's value matters only within VIEW of a token
-  where it could beat its running floor (the k-th peak so far): the windows of
-  entries that may enter. Those tokens take the full encode; every other
-  token reads n + d_sae / 8 columns. The floors rise as the stream goes on.
+- TopK compares all features: an asked feature is on where fewer than k
+  others have a larger pre-activation. Every token reads the n asked columns
+  and a fixed 1/8 of the others (the probe). An asked feature is certainly 0
+  where its pre-activation is <= 0 or below the probe's k-th largest (then k
+  features beat it). Of the rest, a feature's value matters only within VIEW
+  of a token where it could beat its running floor (the k-th peak so far):
+  the windows of entries that may enter. Only those tokens read further, the
+  other columns in chunks of 1/8, and each stops once every asked feature
+  there has met k larger ones; only tokens where one is really on read the
+  whole width. The floors rise as the stream goes on.
 
 The collected contexts are a `sparse_coding.labels.context_cache.ContextCache`,
 which also holds their on-disk format. A cache whose SAE sources or
@@ -54,7 +56,7 @@ from sparse_coding.tokens import token_text
 
 logger = logging.getLogger(__name__)
 
-# A TopK site's cheap membership bound reads this fraction (1 / PROBE_FRACTION) of its encoder.
+# A TopK site's membership bound (the probe), and each further chunk, read 1 / PROBE_FRACTION of its encoder.
 PROBE_FRACTION = 8
 
 
@@ -140,7 +142,7 @@ def collect_contexts(
     sequences: dict[int, Tensor] = {}
     if not tops:
         return ContextCache(view, per_feature, sources={}, arrays={}, sequences={}, vocab={})
-    full_width = {key: 0 for key in tops}
+    reads = {key: [0, 0] for key in tops}  # per site: tokens that needed exact TopK membership, columns read
     tokens = 0
     for batch in progress(batches, desc="Collecting contexts", total=total, unit="batch"):
         batch = TokenBatch(
@@ -149,7 +151,7 @@ def collect_contexts(
             batch.first_index,
         )
         tokens += int(batch.attention_mask.sum())
-        _stream_batch(spliced, batch, tops, full_width)
+        _stream_batch(spliced, batch, tops, reads)
         _keep_referenced(sequences, batch, tops)
     cache = ContextCache(
         view=view,
@@ -166,22 +168,30 @@ def collect_contexts(
         len(sequences),
         time.perf_counter() - start,
     )
-    for key, count in full_width.items():
+    for key, (exact, columns) in reads.items():
         if spliced.by_key[key].sae.cfg.activation == "topk":
-            logger.debug("%s: %d of %d tokens needed the full-width TopK encode", key, count, tokens)
+            logger.debug(
+                "%s: %d of %d tokens needed exact TopK membership; encoder columns read: %.1f%% of a "
+                "full-width encode of every token",
+                key,
+                exact,
+                tokens,
+                100 * columns / max(tokens * spliced.by_key[key].sae.d_sae, 1),
+            )
     return cache
 
 
 def _stream_batch(
-    spliced: SplicedModel, batch: TokenBatch, tops: dict[str, SiteTopK], full_width: dict[str, int]
+    spliced: SplicedModel, batch: TokenBatch, tops: dict[str, SiteTopK], reads: dict[str, list[int]]
 ) -> None:
     """One forward up to the last asked site; each asked site's top-k takes this batch."""
 
     def read(site: Site, x: Tensor) -> Tensor:
         if site.key in tops:
             top = tops[site.key]
-            feats, encoded = _asked_activations(site, x, top, batch.attention_mask)
-            full_width[site.key] += encoded
+            feats, exact, columns = _asked_activations(site, x, top, batch.attention_mask)
+            reads[site.key][0] += exact
+            reads[site.key][1] += columns
             top.update(feats, batch.attention_mask, batch.first_index)
         return x
 
@@ -191,18 +201,21 @@ def _stream_batch(
         spliced.run_blocks(hidden, 0, stop, batch.attention_mask)
 
 
-def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tuple[Tensor, int]:
+def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tuple[Tensor, int, int]:
     """(batch, pos, n) activations of the asked features, exact wherever they can reach the
-    top-k, and how many tokens took the full-width encode (see the module docstring)."""
+    top-k; how many tokens needed exact TopK membership, and how many encoder columns were
+    read in all (see the module docstring)."""
     asked, real = top.features, mask.bool()
+    n_real = int(real.sum())
     if site.sae.cfg.activation != "topk":
-        return site.feats_of(x, asked), 0
+        return site.feats_of(x, asked), 0, n_real * len(asked)
     if 4 * len(asked) > site.sae.d_sae:  # most columns asked: bounding them costs a full encode too
-        return site.feats_of(x, asked), int(real.sum())
+        return site.feats_of(x, asked), n_real, n_real * site.sae.d_sae
+    k = site.sae.cfg.k
     pre = site.pre_of(x, asked)
-    probe = _probe_columns(site.sae.d_sae, asked)
-    kth_of_probe = site.pre_of(x, probe).topk(site.sae.cfg.k, dim=-1).values[..., -1:]
-    uncertain = (pre > 0) & (pre >= kth_of_probe)  # else ReLU or k probe features make it 0
+    probe, *rest = _free_columns(site.sae.d_sae, asked).split(max(site.sae.d_sae // PROBE_FRACTION, 1))
+    probe_top = site.pre_of(x, probe).topk(k, dim=-1).values  # (batch, pos, k)
+    uncertain = (pre > 0) & (pre >= probe_top[..., -1:])  # else ReLU or k probe features make it 0
     could_peak = uncertain & (pre > top.floor()) & real[..., None]  # (batch, pos, n)
     width = 2 * top.view + 1
     near = torch.nn.functional.max_pool1d(  # per feature: within VIEW of its own possible peak
@@ -210,17 +223,56 @@ def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tu
     ).transpose(1, 2)
     exact = (uncertain & (near > 0)).any(dim=-1) & real
     feats = torch.zeros(*x.shape[:-1], len(asked), dtype=site.sae.W_enc.dtype, device=x.device)
+    columns = n_real * (len(asked) + len(probe))
     if exact.any():
-        feats[exact] = site.feats_of(x[exact], asked)
-    return feats, int(exact.sum())
+        pre, open_ = pre[exact], uncertain[exact]
+        beaten = _count_above(probe_top[exact], pre, k) + _count_above(
+            pre.topk(min(k, len(asked))).values, pre, k
+        )
+        feats[exact], read = _topk_membership(site, x[exact], pre, open_ & (beaten < k), beaten, rest)
+        columns += read
+    return feats, int(exact.sum()), columns
 
 
-def _probe_columns(d_sae: int, asked: Tensor) -> Tensor:
-    """The first d_sae / PROBE_FRACTION features not asked: their k-th largest pre-activation
-    is at most the token's TopK threshold, so an asked feature below it is certainly off."""
+def _topk_membership(
+    site: Site, x: Tensor, pre: Tensor, open_: Tensor, beaten: Tensor, chunks: list[Tensor]
+) -> tuple[Tensor, int]:
+    """Exact TopK activations (m, n) of the asked features at m tokens, and the columns read.
+
+    A feature is on where fewer than k others have a larger pre-activation.
+    `beaten` (m, n) counts those found so far (probe and asked features);
+    `open_` marks the pairs not yet settled. The remaining encoder columns are
+    read chunk by chunk, only at tokens with an open pair: most uncertain
+    features meet k larger ones within a chunk or two, and only tokens where
+    an asked feature is really on read the whole width. Equal pre-activations
+    at the k-th place (which TopK breaks arbitrarily) count as not beating.
+    """
+    k, read = site.sae.cfg.k, 0
+    rows = open_.any(dim=-1).nonzero()[:, 0]
+    for chunk in chunks:
+        if len(rows) == 0:
+            break
+        chunk_top = site.pre_of(x[rows], chunk).topk(min(k, len(chunk)), dim=-1).values
+        beaten[rows] += _count_above(chunk_top, pre[rows], k)
+        read += len(rows) * len(chunk)
+        open_[rows] &= beaten[rows] < k
+        rows = rows[open_[rows].any(dim=-1)]
+    return torch.relu(pre) * (beaten < k), read  # beaten < k: a pair that stayed open to the end
+
+
+def _count_above(top_values: Tensor, thresholds: Tensor, k: int) -> Tensor:
+    """(m, n): how many of each row's values exceed each threshold, capped at k; `top_values`
+    (m, >= min(k, count)) are the row's largest, which is all a count capped at k needs."""
+    return (top_values[..., :, None] > thresholds[..., None, :]).sum(dim=-2).clamp_(max=k)
+
+
+def _free_columns(d_sae: int, asked: Tensor) -> Tensor:
+    """The features not asked, in index order: the first d_sae / PROBE_FRACTION are the probe,
+    whose k-th largest pre-activation is at most the token's TopK threshold, so an asked
+    feature below it is certainly off."""
     free = torch.ones(d_sae, dtype=torch.bool, device=asked.device)
     free[asked] = False
-    return free.nonzero()[: d_sae // PROBE_FRACTION, 0]
+    return free.nonzero()[:, 0]
 
 
 def _windows_at(feats: Tensor, pos: Tensor, lengths: Tensor, view: int) -> Tensor:
