@@ -38,7 +38,7 @@ from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The Eiffel Tower is in the city of Paris"
 # Written into each layer's marker: SAEs built by an older random_weights recipe are rebuilt.
-SAE_RECIPE = "random_weights.calibrate_saes: b_dec centred, ReLU biases calibrated"
+SAE_RECIPE = "random_weights.calibrate_saes: b_dec centred on 512 tokens, ReLU biases on 11"
 ROW = re.compile(r"^\s+(.+?)\s+([\d.]+)s\s+[\d.]+%$")
 RUNS = {
     "fast.py": ("fast.py", {}),
@@ -108,8 +108,12 @@ def build(work: Path, layers: range) -> None:
         gen = torch.Generator().manual_seed(layer)
         saes += [random_sae(f"blocks.{layer}.hook_{hook}", d, topk, "cpu", gen) for hook, d, topk in shapes]
     model, _ = load_model(str(work / "model"), torch.device("cpu"))
-    ids = torch.randint(0, 300, (8, 64), generator=torch.Generator().manual_seed(0))  # 512 tokens
-    calibrate_saes(SplicedModel(model, saes), ids)
+    gen = torch.Generator().manual_seed(0)
+    prompt_like, text = (
+        torch.randint(0, 300, (1, 11), generator=gen),
+        torch.randint(0, 300, (8, 64), generator=gen),
+    )
+    calibrate_saes(SplicedModel(model, saes), prompt_like, centre_on=text)
     for sae in saes:
         site = {"resid_pre": "resid", "attn_out": "attn", "mlp_out": "mlp"}[sae.hook_name.split("hook_")[1]]
         write_sae(sae, work / "saes" / f"{site}_{sae.layer}")

@@ -184,7 +184,7 @@ def main() -> None:
     tokens = torch.randint(0, 50257, (1, 13), generator=gen).to(device)
     batch = token_batch(tokens)
     inputs = batch.input_ids
-    calibrate_saes(spliced, torch.randint(0, 50257, (8, 64), generator=gen))  # 512 random tokens
+    calibrate_saes(spliced, inputs, torch.randint(0, 50257, (8, 64), generator=gen))  # 512 random tokens
     sync(device)
     load_s = time.perf_counter() - t0
 

@@ -70,7 +70,8 @@ def main() -> None:
     ]  # fmt: skip
     spliced = SplicedModel(model, saes)
     batches = random_batches(args.sequences, args.batch_size, args.max_len, args.device)
-    calibrate_saes(spliced, next(iter(batches())).input_ids)
+    first = next(iter(batches())).input_ids
+    calibrate_saes(spliced, first, centre_on=first)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

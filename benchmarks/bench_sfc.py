@@ -75,7 +75,7 @@ def main() -> None:
     start, stop = (int(p) for p in args.slice.split(":"))
     spliced = spliced_random_gpt2(range(start, stop), args.device, gen)
     clean, patch = random_pairs(args.examples, gen, args.device)
-    calibrate_saes(spliced, clean[:, :-1])
+    calibrate_saes(spliced, clean[:, :-1], clean[:, :-1])
     options = GraphOptions(METRICS["logit_diff"], baseline="patch", num_down_nodes=5, num_up_nodes=5)
     batches = [
         token_batch(clean[i : i + args.batch_size], patch[i : i + args.batch_size])

@@ -5,9 +5,10 @@ ones do neither: ReLU encoders fire on half their latents, and a random GPT-2's
 activations share one large direction at every token, so an uncentred encoder
 picks the same features everywhere (the TopK ones fired on ~40% of tokens).
 `calibrate_saes` therefore does what training does: b_dec becomes the mean of
-the SAE's (normalised) inputs, which training initialises it to (the geometric
-median in OpenAI's and SAELens' recipes), and each ReLU SAE's encoder bias drops
-until about `active_per_token` features fire.
+the SAE's (normalised) inputs over random text, which training initialises it
+to (the geometric median in OpenAI's and SAELens' recipes), and each ReLU SAE's
+encoder bias drops until about `active_per_token` features fire on the
+benchmark's prompts.
 """
 
 import torch
@@ -40,21 +41,28 @@ def random_sae(hook: str, d_sae: int, topk: bool, device: str, gen: torch.Genera
     return SAE(cfg, weights).to(device)
 
 
-def calibrate_saes(spliced: SplicedModel, ids: torch.Tensor, active_per_token: int = 80) -> None:
-    """Centre every SAE on its inputs over `ids` (b_dec = their mean) and set ReLU encoder
-    biases so that about `active_per_token` features fire."""
+def calibrate_saes(
+    spliced: SplicedModel, ids: torch.Tensor, centre_on: torch.Tensor, active_per_token: int = 80
+) -> None:
+    """Centre every SAE on its inputs over the token ids `centre_on` (b_dec = their mean), then
+    set ReLU encoder biases so that about `active_per_token` features fire on `ids` (the
+    benchmark's prompts: a random GPT-2's activations drift with position, so a bias set on
+    other lengths would fire more or less on them)."""
 
-    def calibrate(site: Site, x: torch.Tensor) -> torch.Tensor:
-        x_n = site.sae.normalize(site.to_sae_space(x))[0]
-        site.sae.b_dec.copy_(x_n.flatten(0, -2).mean(0))
+    def centre(site: Site, x: torch.Tensor) -> torch.Tensor:
+        site.sae.b_dec.copy_(site.sae.normalize(site.to_sae_space(x))[0].flatten(0, -2).mean(0))
+        return x
+
+    def set_bias(site: Site, x: torch.Tensor) -> torch.Tensor:
         if site.sae.cfg.activation == "relu":
-            pre = site.sae.pre_activations(x_n)
+            pre = site.sae.pre_activations(site.sae.normalize(site.to_sae_space(x))[0])
             q = 1 - active_per_token / site.sae.d_sae
             site.sae.b_enc -= torch.quantile(pre.flatten().float()[:1_000_000], q)
         return x
 
-    with torch.no_grad(), spliced.intervene(calibrate):
-        spliced(ids)
+    for intervention, tokens in ((centre, centre_on), (set_bias, ids)):
+        with torch.no_grad(), spliced.intervene(intervention):
+            spliced(tokens)
 
 
 class IdNames:

@@ -164,14 +164,24 @@ class Trunk(nn.Module):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        # Uninitialised (`_weight`): the weights come from a checkpoint, and nn.Embedding's own
+        # normal_ init on the meta device would import torch._dynamo (~2 s).
+        self.wte = nn.Embedding(
+            config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd)
+        )
+        self.wpe = nn.Embedding(
+            config.n_positions, config.n_embd, _weight=torch.empty(config.n_positions, config.n_embd)
+        )
         self.h = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
 class GPT2(nn.Module):
-    """GPT-2 with a language-model head; `forward` returns logits (batch, pos, vocab)."""
+    """GPT-2 with a language-model head; `forward` returns logits (batch, pos, vocab).
+
+    Built uninitialised: load it with `from_state_dict`, `from_transformers` or
+    `models.gpt2.load_model`.
+    """
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
