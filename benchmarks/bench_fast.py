@@ -15,9 +15,11 @@ on --baseline-nodes down-nodes and is extrapolated to all of them.
 The labels phase collects top contexts over --label-sequences random 64-token
 sequences: for the graph's feature nodes (what publishing does), for every
 feature of every site (what it did before), and for as many randomly picked
-features per site (they fire sparsely, as trained SAE features do; the graph's
-features on random weights fire on ~40% of tokens). The bare forward over the
-same tokens is the floor of any labels pass.
+features per site (the graph's features are the ones that fire on its prompt,
+so some fire often; random picks fire more rarely). The bare forward over the
+same tokens is the floor of any labels pass. TopK sites report how much of
+their encoder they read; --width-scale multiplies every SAE's width, to see
+what of the labels phase grows with it.
 """
 
 import argparse
@@ -230,8 +232,6 @@ def main() -> None:
     forward_s = forward_seconds(spliced, label_data)
     graph_contexts_s, graph_full = contexts_seconds(spliced, label_data, wanted)
     every_contexts_s, _ = contexts_seconds(spliced, label_data, None)
-    # The graph's features fire on ~40% of random tokens here (a random GPT-2's activations barely
-    # vary across tokens); trained SAE features fire far more sparsely, like random feature picks.
     picks = {
         key: torch.randperm(spliced.by_key[key].sae.d_sae, generator=gen)[: len(dims)].tolist()
         for key, dims in wanted.items()

@@ -155,3 +155,18 @@ def test_a_folder_without_weights_says_what_it_needs(tmp_path, tiny_model_dir):
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
     with pytest.raises(SparseCodingError, match="model.safetensors"):
         load_model(str(folder), torch.device("cpu"))
+
+
+def test_a_hub_repo_with_only_pytorch_model_bin_loads_offline_from_the_cache(
+    tmp_path, tiny_model_dir, hub_cache
+):
+    hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    folder = tmp_path / "bin_only"
+    folder.mkdir()
+    torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    hub_cache("someone/old-gpt2", folder, "")
+    model, _ = load_model("someone/old-gpt2", torch.device("cpu"))
+    ids = torch.randint(0, 40, (1, 7))
+    assert torch.allclose(model(ids), hf(ids).logits, rtol=1e-5, atol=1e-5)

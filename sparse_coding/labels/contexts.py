@@ -213,8 +213,8 @@ def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tu
         return site.feats_of(x, asked), n_real, n_real * site.sae.d_sae
     k = site.sae.cfg.k
     pre = site.pre_of(x, asked)
-    probe, *rest = _free_columns(site.sae.d_sae, asked).split(max(site.sae.d_sae // PROBE_FRACTION, 1))
-    probe_top = site.pre_of(x, probe).topk(k, dim=-1).values  # (batch, pos, k)
+    probe, *rest = _chunks(site.sae.d_sae, asked)
+    probe_top = _chunk_top(site, x, probe, k)  # (batch, pos, k)
     uncertain = (pre > 0) & (pre >= probe_top[..., -1:])  # else ReLU or k probe features make it 0
     could_peak = uncertain & (pre > top.floor()) & real[..., None]  # (batch, pos, n)
     width = 2 * top.view + 1
@@ -223,7 +223,7 @@ def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tu
     ).transpose(1, 2)
     exact = (uncertain & (near > 0)).any(dim=-1) & real
     feats = torch.zeros(*x.shape[:-1], len(asked), dtype=site.sae.W_enc.dtype, device=x.device)
-    columns = n_real * (len(asked) + len(probe))
+    columns = n_real * (len(asked) + _width(probe))
     if exact.any():
         pre, open_ = pre[exact], uncertain[exact]
         beaten = _count_above(probe_top[exact], pre, k) + _count_above(
@@ -235,7 +235,7 @@ def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tu
 
 
 def _topk_membership(
-    site: Site, x: Tensor, pre: Tensor, open_: Tensor, beaten: Tensor, chunks: list[Tensor]
+    site: Site, x: Tensor, pre: Tensor, open_: Tensor, beaten: Tensor, chunks: list["_Chunk"]
 ) -> tuple[Tensor, int]:
     """Exact TopK activations (m, n) of the asked features at m tokens, and the columns read.
 
@@ -252,9 +252,8 @@ def _topk_membership(
     for chunk in chunks:
         if len(rows) == 0:
             break
-        chunk_top = site.pre_of(x[rows], chunk).topk(min(k, len(chunk)), dim=-1).values
-        beaten[rows] += _count_above(chunk_top, pre[rows], k)
-        read += len(rows) * len(chunk)
+        beaten[rows] += _count_above(_chunk_top(site, x[rows], chunk, k), pre[rows], k)
+        read += len(rows) * _width(chunk)
         open_[rows] &= beaten[rows] < k
         rows = rows[open_[rows].any(dim=-1)]
     return torch.relu(pre) * (beaten < k), read  # beaten < k: a pair that stayed open to the end
@@ -266,13 +265,33 @@ def _count_above(top_values: Tensor, thresholds: Tensor, k: int) -> Tensor:
     return (top_values[..., :, None] > thresholds[..., None, :]).sum(dim=-2).clamp_(max=k)
 
 
-def _free_columns(d_sae: int, asked: Tensor) -> Tensor:
-    """The features not asked, in index order: the first d_sae / PROBE_FRACTION are the probe,
-    whose k-th largest pre-activation is at most the token's TopK threshold, so an asked
-    feature below it is certainly off."""
-    free = torch.ones(d_sae, dtype=torch.bool, device=asked.device)
-    free[asked] = False
-    return free.nonzero()[:, 0]
+# A contiguous range of encoder columns (a view of W_enc: no copy) and the asked features in it,
+# counted from its start.
+_Chunk = tuple[slice, Tensor]
+
+
+def _chunks(d_sae: int, asked: Tensor) -> list[_Chunk]:
+    """The encoder in ranges of d_sae / PROBE_FRACTION columns. The first is the probe: the
+    k-th largest pre-activation of its features (the asked ones left out) is at most the
+    token's TopK threshold, so an asked feature below it is certainly off."""
+    width = max(d_sae // PROBE_FRACTION, 1)
+    return [
+        (slice(start, min(start + width, d_sae)), asked[(asked >= start) & (asked < start + width)] - start)
+        for start in range(0, d_sae, width)
+    ]
+
+
+def _chunk_top(site: Site, x: Tensor, chunk: _Chunk, k: int) -> Tensor:
+    """(..., min(k, width)) the largest pre-activations of the chunk's features that were not asked
+    (-inf where fewer remain); asked features are compared with each other separately."""
+    columns, asked_inside = chunk
+    pre = site.pre_of(x, columns)
+    pre[..., asked_inside] = float("-inf")
+    return pre.topk(min(k, pre.shape[-1]), dim=-1).values
+
+
+def _width(chunk: _Chunk) -> int:
+    return chunk[0].stop - chunk[0].start
 
 
 def _windows_at(feats: Tensor, pos: Tensor, lengths: Tensor, view: int) -> Tensor:

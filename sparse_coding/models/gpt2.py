@@ -121,16 +121,20 @@ def _model_files(model_dir: str) -> tuple[Path, Path]:
 
     try:
         config = Path(hf_hub_download(model_dir, "config.json"))
-        for name in WEIGHT_FILES:
-            try:
-                return config, Path(hf_hub_download(model_dir, name))
-            except LocalEntryNotFoundError:
-                raise  # offline and not cached: say so, not "missing"
-            except EntryNotFoundError:
-                continue
     except (HfHubHTTPError, LocalEntryNotFoundError) as e:
         raise OSError(str(e)) from e
-    raise OSError(f"the repo has config.json but none of {', '.join(WEIGHT_FILES)}")
+    missing = []
+    for name in WEIGHT_FILES:
+        try:
+            return config, Path(hf_hub_download(model_dir, name))
+        except EntryNotFoundError as e:  # not in the repo, or (offline) not in the cache
+            missing.append(e)
+        except HfHubHTTPError as e:
+            raise OSError(str(e)) from e
+    offline = [e for e in missing if isinstance(e, LocalEntryNotFoundError)]
+    raise OSError(
+        str(offline[0]) if offline else f"the repo has config.json but none of {', '.join(WEIGHT_FILES)}"
+    )
 
 
 def _read_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:

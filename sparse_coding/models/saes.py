@@ -160,8 +160,9 @@ class SAE(nn.Module):
         std = centred.std(dim=-1, keepdim=True)
         return centred / (std + LN_EPS), mu, std
 
-    def pre_activations(self, x_n: Tensor, features: Tensor | None = None) -> Tensor:
-        """Encoder pre-activations (..., d_sae) of normalised inputs; (..., n) of `features` only."""
+    def pre_activations(self, x_n: Tensor, features: Tensor | slice | None = None) -> Tensor:
+        """Encoder pre-activations (..., d_sae) of normalised inputs; (..., n) of `features` only
+        (indices, or a slice: a view of the encoder, no gather)."""
         sae_in = self._sae_in(x_n)
         if features is None:
             return sae_in @ self.W_enc + self.b_enc
@@ -191,7 +192,7 @@ class SAE(nn.Module):
         self._ln_stats = (mu, std)
         return self.activate(self.pre_activations(x_n))
 
-    def feature_pre_activations(self, x: Tensor, features: Tensor) -> Tensor:
+    def feature_pre_activations(self, x: Tensor, features: Tensor | slice) -> Tensor:
         """Pre-activations (..., n) of the chosen `features` of raw inputs: n encoder columns read.
 
         Every activation is at most ReLU of its pre-activation, so this bounds

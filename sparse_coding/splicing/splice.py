@@ -82,7 +82,7 @@ class Site:
         """The SAE's own activations (..., n) of the chosen `features` only."""
         return self.sae.encode_features(self.to_sae_space(x), features)
 
-    def pre_of(self, x: Tensor, features: Tensor) -> Tensor:
+    def pre_of(self, x: Tensor, features: Tensor | slice) -> Tensor:
         """Encoder pre-activations (..., n) of the chosen `features` only."""
         return self.sae.feature_pre_activations(self.to_sae_space(x), features)
 
