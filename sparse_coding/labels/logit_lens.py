@@ -2,7 +2,8 @@
 
 A feature's effect on the logits is its decoder row through the unembedding,
 W_dec[i] @ W_U (ignoring the final layer norm's scale, as Neuronpedia's
-dashboards do). All shown features of a site are done in one matmul.
+dashboards do). All shown features, of every site, are done in one matmul, so
+the unembedding (the largest matrix) is read once.
 """
 
 import torch
@@ -20,19 +21,26 @@ def add_logit_effects(
     if n_tokens == 0:
         return
     unembed = spliced.model.lm_head.weight  # (d_vocab, d_model)
-    by_site: dict[str, list] = {}
-    for node in graph.nodes.values():
-        if node.feature is not None and not node.logits_up and f"{node.site}_{node.layer}" in spliced.by_key:
-            by_site.setdefault(f"{node.site}_{node.layer}", []).append(node)
+    nodes = [
+        node
+        for node in graph.nodes.values()
+        if node.feature is not None and not node.logits_up and f"{node.site}_{node.layer}" in spliced.by_key
+    ]
+    if not nodes:
+        return
     with torch.no_grad():
-        for key, nodes in by_site.items():
-            rows = spliced.by_key[key].sae.W_dec[[n.feature for n in nodes]].to(unembed.dtype)
-            effects = rows @ unembed.T  # (n_nodes, d_vocab)
-            k = min(n_tokens, effects.shape[1])
-            up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
-            for i, node in enumerate(nodes):
-                node.logits_up = _cells(tokenizer, up.indices[i], up.values[i])
-                node.logits_down = _cells(tokenizer, down.indices[i], -down.values[i])
+        rows = torch.stack(
+            [
+                spliced.by_key[f"{node.site}_{node.layer}"].sae.W_dec[node.feature].to(unembed.dtype)
+                for node in nodes
+            ]
+        )
+        effects = rows @ unembed.T  # (n_nodes, d_vocab)
+        k = min(n_tokens, effects.shape[1])
+        up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
+    for i, node in enumerate(nodes):
+        node.logits_up = _cells(tokenizer, up.indices[i], up.values[i])
+        node.logits_down = _cells(tokenizer, down.indices[i], -down.values[i])
 
 
 def _cells(
