@@ -121,8 +121,23 @@ def viewer_path_for(dot_path: Path, image_path: Path | None) -> Path:
 
 
 def graph_to_json(graph: Graph, derived: dict[str, str] | None = None) -> str:
-    """The canonical ``.json`` text: format, derived-file hashes, then the graph in canonical order."""
-    return json_text({"format": FORMAT, "derived": derived or {}} | graph.to_dict(), indent=1) + "\n"
+    """The canonical ``.json`` text: format, derived-file hashes, then the graph in canonical order.
+
+    One node or edge per line, so a diff of two runs reads record by record;
+    each record is written by json's C encoder (an indented dump runs the pure
+    Python one: 2 s for 20,000 edges).
+    """
+    data = {"format": FORMAT, "derived": derived or {}} | graph.to_dict()
+    fields = [
+        f'"{key}": '
+        + (
+            "[\n" + ",\n".join(json_text(record) for record in value) + "\n]"
+            if key in ("nodes", "edges")
+            else json_text(value)
+        )
+        for key, value in data.items()
+    ]
+    return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
 def graph_from_json(text: str) -> Graph:
