@@ -61,7 +61,7 @@ from sparse_coding.errors import GraphFileError, StorageError
 from sparse_coding.graphs.dot_format import DERIVED_NOTE, FORMAT, graph_from_dot, graph_to_dot, json_text
 from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Graph, new_run_id, run_record
-from sparse_coding.graphs.render import RenderOptions, image_format
+from sparse_coding.graphs.render import RenderOptions, image_format, shared_labels
 from sparse_coding.graphs.viewer import viewer_page
 
 logger = logging.getLogger(__name__)
@@ -269,12 +269,13 @@ def _draw(
     budget (`sparse_coding.graphs.drawing`). A dot failure keeps the old image
     (the data is still committed) and is re-raised by the caller.
     """
-    text = graph_to_dot(graph, options)
-    commit.write(dot_path, text)
-    if image_path is None:
-        return text
-    fmt = image_format(image_path)
-    draw_image(graph, commit.temp(image_path), fmt=fmt, options=options, timeout_s=timeout_s)
+    with shared_labels():
+        text = graph_to_dot(graph, options)
+        commit.write(dot_path, text)
+        if image_path is None:
+            return text
+        fmt = image_format(image_path)
+        draw_image(graph, commit.temp(image_path), fmt=fmt, options=options, timeout_s=timeout_s)
     if fmt == "svg":
         svg = commit.temp(image_path).read_text(encoding="utf-8")
         commit.write(image_path, re.sub(r"(<svg\b)", rf"<!-- {DERIVED_NOTE} -->\n\1", svg, count=1))

@@ -19,12 +19,14 @@ become straight lines, and Graphviz always runs under a timeout.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import logging
 import math
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,12 +129,32 @@ def _caption_attrs(graph: Graph, notes: Sequence[str]) -> dict[str, str]:
     return {"label": label, "labelloc": "t", "labeljust": "l"}
 
 
+# Node label markup by (node id, compact, max_contexts, max_logits), while `shared_labels` is open.
+_LABELS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sparse_coding_labels", default=None)
+
+
+@contextlib.contextmanager
+def shared_labels() -> Iterator[None]:
+    """Build each node's label once for all the `dot_source` calls inside (one save writes the
+    .dot and lays out the image up to three times: 0.3 s per call for 330 full nodes)."""
+    token = _LABELS.set({})
+    try:
+        yield
+    finally:
+        _LABELS.reset(token)
+
+
 def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, str]:
-    label = (
-        compact_label(node)
-        if compact
-        else node_label(node, max_contexts=options.max_contexts, max_logits=options.max_logits)
-    )
+    cache, key = _LABELS.get(), (node.id, compact, options.max_contexts, options.max_logits)
+    label = cache.get(key) if cache is not None else None
+    if label is None:
+        label = (
+            compact_label(node)
+            if compact
+            else node_label(node, max_contexts=options.max_contexts, max_logits=options.max_logits)
+        )
+        if cache is not None:
+            cache[key] = label
     return {"label": label, "tooltip": node.id}
 
 
