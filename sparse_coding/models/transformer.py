@@ -112,9 +112,7 @@ class Attention(nn.Module):
 
     def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
-        self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        self.layer_idx = layer_idx
         self.scale = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= float(layer_idx + 1)
