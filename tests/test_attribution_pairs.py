@@ -325,21 +325,32 @@ def test_ig_node_effects_with_a_patch_baseline_sum_to_the_change_from_patching_t
         )
 
 
+def _shifted_pair_batch(pair):
+    """Two examples of equal length: the pair, and the pair shifted by one token."""
+    clean, patch = pair
+    return token_batch(torch.cat([clean, clean.roll(1, 1)]), torch.cat([patch, patch.roll(1, 1)]))
+
+
+def _summed_change(spliced, batch, metric, key: str, delta: torch.Tensor) -> float:
+    """Sum over the examples, each run alone with plain hooks, of m(key's output + delta[b]) - m(clean)."""
+    total = 0.0
+    for b in range(len(batch)):
+        one, shift = batch.select(torch.tensor([b])), delta[b : b + 1]
+        patched = _plain_loss(spliced, one, metric, {key: lambda out: out + shift})  # noqa: B023
+        total += float(patched - _plain_loss(spliced, one, metric))
+    return total
+
+
 @pytest.mark.parametrize("baseline", ["zero", "patch"])
 def test_exact_node_effects_equal_patching_one_node_at_a_time(loaded, pair, baseline):
     spliced, tokenizer = loaded
-    clean_tokens, patch_tokens = pair
-    # Two examples of equal length: the pair, and the pair shifted by one token.
-    batch = token_batch(
-        torch.cat([clean_tokens, clean_tokens.roll(1, 1)]), torch.cat([patch_tokens, patch_tokens.roll(1, 1)])
-    )
+    batch = _shifted_pair_batch(pair)
     attributions = node_attributions(spliced, batch, metric=CE, baseline=baseline)
     nodes = {key: attr.feature_ie.abs().sum(0).topk(2).indices for key, attr in attributions.items()}
     got = exact_effects(spliced, batch, attributions, nodes, metric=CE)
     clean = plain_activations(spliced, batch.input_ids)
     patch = plain_activations(spliced, batch.patch_ids)
     with torch.no_grad():
-        clean_losses = [_plain_loss(spliced, batch.select(torch.tensor([b])), CE) for b in range(2)]
         for key, features in nodes.items():
             sae = spliced.by_key[key].sae
             base = (
@@ -348,25 +359,15 @@ def test_exact_node_effects_equal_patching_one_node_at_a_time(loaded, pair, base
                 else torch.zeros_like(node_value(sae, clean[key]))
             )
             for i, feature in enumerate(features.tolist()):
-                expected = 0.0
-                for b in range(2):
-                    delta = (base - node_value(sae, clean[key]))[b : b + 1, :, feature, None] * sae.W_dec[
-                        feature
-                    ]
-                    one = batch.select(torch.tensor([b]))
-                    expected += float(
-                        _plain_loss(spliced, one, CE, {key: lambda out: out + delta}) - clean_losses[b]
-                    )
+                delta = (base - node_value(sae, clean[key]))[..., feature, None] * sae.W_dec[feature]
+                expected = _summed_change(spliced, batch, CE, key, delta)
                 assert float(got[key][i]) == pytest.approx(expected, rel=1e-6, abs=1e-10), (key, feature)
 
 
 @pytest.mark.parametrize("baseline", ["zero", "patch"])
 def test_exact_error_effects_equal_patching_each_sites_error_alone(loaded, pair, baseline):
     spliced, _ = loaded
-    clean_tokens, patch_tokens = pair
-    batch = token_batch(
-        torch.cat([clean_tokens, clean_tokens.roll(1, 1)]), torch.cat([patch_tokens, patch_tokens.roll(1, 1)])
-    )
+    batch = _shifted_pair_batch(pair)
     attributions = node_attributions(spliced, batch, metric=LOGIT_DIFF, baseline=baseline)
     keys = ["resid_0", "attn_1", "mlp_2"]
     got = exact_error_effects(spliced, batch, attributions, keys, metric=LOGIT_DIFF)
@@ -381,12 +382,7 @@ def test_exact_error_effects_equal_patching_each_sites_error_alone(loaded, pair,
                 change = (patch[key] - _decoded(sae, patch[key])) - (clean[key] - _decoded(sae, clean[key]))
             else:
                 change = -sae_error(sae, clean[key])
-            expected = 0.0
-            for b in range(2):
-                one = batch.select(torch.tensor([b]))
-                delta = change[b : b + 1]
-                patched = _plain_loss(spliced, one, LOGIT_DIFF, {key: lambda out: out + delta})  # noqa: B023
-                expected += float(patched - _plain_loss(spliced, one, LOGIT_DIFF))
+            expected = _summed_change(spliced, batch, LOGIT_DIFF, key, change)
             assert abs(expected) > 1e-6, key  # the error moves the metric here
             assert float(got[key]) == pytest.approx(expected, rel=1e-5, abs=1e-8), key
 

@@ -31,6 +31,18 @@ def _hf_model(**overrides) -> GPT2LMHeadModel:
     return model
 
 
+def _model_folder(folder, tiny_model_dir, *, config_changes=None, copy_weights=True):
+    """A model folder with the tiny model's tokenizer, its config.json (changed as asked) and,
+    with `copy_weights`, its model.safetensors."""
+    folder.mkdir()
+    config = json.loads((tiny_model_dir / "config.json").read_text()) | (config_changes or {})
+    (folder / "config.json").write_text(json.dumps(config))
+    if copy_weights:
+        (folder / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes())
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
 def _activations(model, ids, mask) -> dict:
     """Every block's input, attention output, MLP output and output, by plain torch hooks."""
     acts, handles = {}, []
@@ -116,43 +128,28 @@ def test_a_gpt2model_checkpoint_with_mask_buffers_loads_as_the_hub_gpt2_does(tmp
     }
     n_pos = hf.config.n_positions
     state |= {f"h.{i}.attn.bias": torch.ones(1, 1, n_pos, n_pos).tril() for i in range(hf.config.n_layer)}
-    folder = tmp_path / "hub_style"
-    folder.mkdir()
+    folder = _model_folder(tmp_path / "hub_style", tiny_model_dir, copy_weights=False)
     save_file({name: t.contiguous() for name, t in state.items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(hf.config.to_dict()))
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
     model, _ = load_model(str(folder), torch.device("cpu"))
     ids = torch.randint(0, 40, (2, 9))
     assert torch.allclose(model(ids), hf(ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_a_model_that_is_not_gpt2_is_named_with_its_file(tmp_path, tiny_model_dir):
-    folder = tmp_path / "llama"
-    folder.mkdir()
-    config = json.loads((tiny_model_dir / "config.json").read_text()) | {"model_type": "llama"}
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes())
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    folder = _model_folder(tmp_path / "llama", tiny_model_dir, config_changes={"model_type": "llama"})
     with pytest.raises(SparseCodingError, match=r"config\.json: model_type is 'llama'.*GPT-2"):
         load_model(str(folder), torch.device("cpu"))
 
 
 def test_weights_of_another_shape_name_the_missing_tensors(tmp_path, tiny_model_dir):
-    folder = tmp_path / "short"
-    folder.mkdir()
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(config | {"n_layer": config["n_layer"] + 1}))
-    (folder / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes())
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    n_layer = json.loads((tiny_model_dir / "config.json").read_text())["n_layer"]
+    folder = _model_folder(tmp_path / "short", tiny_model_dir, config_changes={"n_layer": n_layer + 1})
     with pytest.raises(SparseCodingError, match=r"model\.safetensors.*missing \['transformer\.h\.\d+\."):
         load_model(str(folder), torch.device("cpu"))
 
 
 def test_a_folder_without_weights_says_what_it_needs(tmp_path, tiny_model_dir):
-    folder = tmp_path / "no_weights"
-    folder.mkdir()
-    (folder / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    folder = _model_folder(tmp_path / "no_weights", tiny_model_dir, copy_weights=False)
     with pytest.raises(SparseCodingError, match="model.safetensors"):
         load_model(str(folder), torch.device("cpu"))
 
@@ -161,11 +158,8 @@ def test_a_hub_repo_with_only_pytorch_model_bin_loads_offline_from_the_cache(
     tmp_path, tiny_model_dir, hub_cache
 ):
     hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
-    folder = tmp_path / "bin_only"
-    folder.mkdir()
+    folder = _model_folder(tmp_path / "bin_only", tiny_model_dir, copy_weights=False)
     torch.save(hf.state_dict(), folder / "pytorch_model.bin")
-    (folder / "config.json").write_text((tiny_model_dir / "config.json").read_text())
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
     hub_cache("someone/old-gpt2", folder, "")
     model, _ = load_model("someone/old-gpt2", torch.device("cpu"))
     ids = torch.randint(0, 40, (1, 7))

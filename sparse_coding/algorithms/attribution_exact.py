@@ -99,7 +99,8 @@ def exact_error_effects(
     *,
     metric: Metric,
 ) -> dict[str, Tensor]:
-    """Per site key, the exact effect () of its error node, summed over the batch's examples."""
+    """Per site key, the exact effect of its error node (see the module docstring), summed over the
+    batch's examples."""
     n = len(batch)
     site_of_row = torch.arange(len(keys), device=batch.input_ids.device).repeat_interleave(n)
     example = torch.arange(n, device=batch.input_ids.device).repeat(len(keys))

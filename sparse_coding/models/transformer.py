@@ -123,11 +123,15 @@ class Attention(nn.Module):
         """(..., pos, d_model) -> (..., n_head, pos, head_dim)."""
         return x.unflatten(-1, (-1, self.head_dim)).transpose(-2, -3)
 
+    @staticmethod
+    def merge_heads(x: Tensor) -> Tensor:
+        """(..., n_head, pos, head_dim) -> (..., pos, d_model)."""
+        return x.transpose(-2, -3).flatten(-2)
+
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         """x (batch, pos, d_model) after ln_1; allowed (batch or 1, 1, pos, pos)."""
         queries, keys, values = (self.heads(part) for part in self.c_attn(x).chunk(3, dim=-1))
-        mixed = attend(queries, keys, values, allowed, self.scale)
-        return self.c_proj(mixed.transpose(-2, -3).flatten(-2))
+        return self.c_proj(self.merge_heads(attend(queries, keys, values, allowed, self.scale)))
 
 
 class MLP(nn.Module):
@@ -197,14 +201,28 @@ class GPT2(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits; `attention_mask` (batch, pos) marks real tokens (right padding)."""
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Token + position embeddings (batch, pos, d_model)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        hidden = self.transformer.wte(input_ids) + self.transformer.wpe(positions)[None]
-        allowed = causal_mask(input_ids.shape[1], attention_mask, input_ids.device)
-        for block in self.transformer.h:
+        return self.transformer.wte(input_ids) + self.transformer.wpe(positions)[None]
+
+    def run_blocks(
+        self, hidden: Tensor, start: int, stop: int, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Blocks [start, stop) on a residual stream (batch, pos, d_model); `attention_mask`
+        (batch, pos) marks real tokens (right padding only)."""
+        allowed = causal_mask(hidden.shape[1], attention_mask, hidden.device)
+        for block in self.transformer.h[start:stop]:
             hidden = block(hidden, allowed)
-        return self.lm_head(self.transformer.ln_f(hidden))
+        return hidden
+
+    def unembed(self, resid_final: Tensor) -> Tensor:
+        """Logits of the final residual stream."""
+        return self.lm_head(self.transformer.ln_f(resid_final))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (batch, pos, vocab)."""
+        return self.unembed(self.run_blocks(self.embed(input_ids), 0, self.config.n_layer, attention_mask))
 
     @classmethod
     def from_state_dict(cls, config: GPT2Config, state: dict[str, Tensor], source: str) -> "GPT2":

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from sparse_coding.errors import SAELoadError
 from sparse_coding.models.saes import SAE, decoder_sum, grouped_rows_sum
-from sparse_coding.models.transformer import GPT2, causal_mask
+from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import hook_position, site_key
 
 logger = logging.getLogger(__name__)
@@ -197,27 +197,22 @@ class SplicedModel:
 
     def embed(self, input_ids: Tensor) -> Tensor:
         """Token + position embeddings (batch, pos, d_model)."""
-        transformer = self.model.transformer
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
-        return transformer.wte(input_ids) + transformer.wpe(positions)
+        return self.model.embed(input_ids)
 
     def run_blocks(
         self, hidden: Tensor, start: int, stop: int, attention_mask: Tensor | None = None
     ) -> Tensor:
-        """Blocks [start, stop) on a residual stream (batch, pos, d_model); right padding only."""
-        allowed = causal_mask(hidden.shape[1], attention_mask, hidden.device)
-        for block in self.model.transformer.h[start:stop]:
-            hidden = block(hidden, allowed)
-        return hidden
+        """Blocks [start, stop) on a residual stream (batch, pos, d_model), under the active
+        intervention; right padding only."""
+        return self.model.run_blocks(hidden, start, stop, attention_mask)
 
     def unembed(self, resid_final: Tensor) -> Tensor:
         """Logits of the final residual stream."""
-        return self.model.lm_head(self.model.transformer.ln_f(resid_final))
+        return self.model.unembed(resid_final)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits (batch, pos, d_vocab) of the whole model."""
-        hidden = self.run_blocks(self.embed(input_ids), 0, self.n_layers, attention_mask)
-        return self.unembed(hidden)
+        """Logits (batch, pos, d_vocab) of the whole model, under the active intervention."""
+        return self.model(input_ids, attention_mask)
 
     __call__ = forward
 

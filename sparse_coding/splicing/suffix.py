@@ -180,5 +180,6 @@ def _attend_group(
     values = torch.cat([cache.values[start][cached], block.attn.heads(values)], dim=2)
     key_pos = torch.arange(group.offset + group.n_pos, device=queries.device)
     allowed = key_pos <= query_pos[..., None]  # (rows or 1, n_query, keys)
-    mixed = attend(block.attn.heads(queries), keys, values, allowed[:, None], block.attn.scale)
-    return mixed.transpose(-2, -3).flatten(-2)
+    return block.attn.merge_heads(
+        attend(block.attn.heads(queries), keys, values, allowed[:, None], block.attn.scale)
+    )
