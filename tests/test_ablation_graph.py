@@ -199,11 +199,15 @@ def test_the_threshold_keeps_only_larger_effects(make_config):
     first = {
         k: e.effect for k, e in everything.items() if k[0].startswith("resid_0.") and abs(e.effect) > 0.5
     }
-    assert {k: e.effect for k, e in kept.items() if k[0].startswith("resid_0.")} == pytest.approx(first)
+    # The thresholded run reads its first layer's effects through the read-position-only path.
+    assert {k: e.effect for k, e in kept.items() if k[0].startswith("resid_0.")} == pytest.approx(
+        first, abs=1e-5
+    )
 
 
-def test_under_a_threshold_drawn_first_layer_nodes_keep_exact_logit_cells(make_config, tmp_path):
-    """Undrawn first-layer candidates skip the logit pass; the drawn ones' cells are still exact."""
+def test_under_a_threshold_drawn_first_layer_nodes_keep_exact_edges_and_logit_cells(make_config, tmp_path):
+    """Undrawn first-layer candidates skip the logit pass, and the feature pass computes only the
+    read position; the drawn ones' edges and cells are still exact."""
     data = tmp_path / "d.txt"
     data.write_text("The quick brown fox jumps\nCopyright (C) 2024\nWhen Mary and John went to the store\n")
     config = make_config(DATASET=str(data), NUM_SEQUENCES_INTERPED=3)
@@ -215,6 +219,11 @@ def test_under_a_threshold_drawn_first_layer_nodes_keep_exact_logit_cells(make_c
         refs = [_reference(spliced.model, saes, ids, 0, feature) for ids in _sequences(batch)]
         logp = torch.stack([r[1] for r in refs]).mean(0)
         node = result.graph.nodes[feature_id("resid", 0, feature)]
+        effect = torch.stack([r[0] for r in refs]).mean(0)
+        source = feature_id("resid", 0, feature)
+        got = {parse_node_id(t).feature: e.effect for (s, t), e in result.graph.edges.items() if s == source}
+        assert set(got) == set((effect.abs() > 0.5).nonzero()[:, 0].tolist())
+        assert list(got.values()) == pytest.approx(effect[list(got)].tolist(), abs=1e-5)
         assert node.logits_up and node.logits_down
         top, bottom = logp.topk(len(node.logits_up)), logp.topk(len(node.logits_down), largest=False)
         assert [v for _, v in node.logits_up] == pytest.approx(top.values.tolist(), abs=1e-4)

@@ -19,10 +19,11 @@ def post_template(tmp_path_factory):
     return str(root / "post_{layer}")
 
 
+@pytest.mark.parametrize("keep_stream", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("hook", ["resid_pre", "resid_post"])
 def test_a_row_whose_ablation_changes_nothing_changes_every_effect_by_exactly_zero(
-    make_config, post_template, dtype, hook
+    make_config, post_template, dtype, hook, keep_stream
 ):
     """A firing feature with a zero decoder row: ablating it leaves the stream bit-identical."""
     overrides = {"DTYPE": dtype} | ({"RESID_SAES": post_template} if hook == "resid_post" else {})
@@ -38,7 +39,7 @@ def test_a_row_whose_ablation_changes_nothing_changes_every_effect_by_exactly_ze
         clean = clean_run(spliced, batch, sites)
         with torch.inference_mode():
             rows = AblatedRows(clean, clean.layers[index], torch.stack([silent, loud]))
-            feature_change = rows.run_to_next(spliced, clean.layers[index + 1])
+            feature_change = rows.run_to_next(spliced, clean.layers[index + 1], keep_stream)
             logit_change = rows.logit_effects(spliced, torch.ones(2, dtype=torch.bool))
         assert (feature_change[0] == 0).all() and (logit_change[0] == 0).all()
         assert feature_change[1].abs().max() > 0 and logit_change[1].abs().max() > 0

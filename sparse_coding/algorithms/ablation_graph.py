@@ -243,6 +243,9 @@ def _ablate_layer(
     stays exact.
     """
     out = _Effects(candidates, [], [], [], 0.0, 0.0, False, torch.zeros(0, device=candidates.device))
+    # The logit pass wants nearly every row unless a threshold leaves most first-layer
+    # candidates undrawn; only then is redoing its blocks for the few cheaper than carrying all.
+    keep_stream = not drawn_only or threshold_exp is None
     per_chunk = max(1, rows // len(clean.last))
     chunks = range(0, len(candidates), per_chunk)
     for lo in progress(
@@ -256,7 +259,7 @@ def _ablate_layer(
             ablated = AblatedRows(clean, layer, chunk)
             wanted = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
             if nxt is not None:
-                feat_eff = ablated.run_to_next(spliced, nxt)
+                feat_eff = ablated.run_to_next(spliced, nxt, keep_stream)
                 has_edge, changed = _record_edges(out, chunk, feat_eff, threshold_exp)
                 if drawn_only and changed:
                     wanted = has_edge if pinned is None else has_edge | (chunk == pinned)

@@ -11,7 +11,9 @@ there. Three things keep that cheap and exact:
   (`splicing.suffix`), and the last block computes only the read position;
 - feature effects need only the blocks up to the next site, so the logit
   pass (the remaining blocks and the unembedding) runs separately, only for
-  the candidates whose logit cells are wanted.
+  the candidates whose logit cells are wanted; when few are wanted, the
+  blocks up to the next site compute only the read position at the last of
+  them, and the logit pass redoes those blocks for its rows alone.
 
 Baselines: an effect is clean minus ablated (positive: the feature raised the
 quantity; see `graphs.conventions`), and the clean value comes from the same
@@ -131,14 +133,25 @@ class AblatedRows:
             delta = layer.site.decode_rows(values, features)
             self.hidden = layer.clean[at_token] - delta.to(layer.clean.dtype)
 
-    def run_to_next(self, spliced: SplicedModel, nxt: ResidLayer) -> Tensor:
-        """Blocks up to the next site; mean clean - ablated features (m, d_sae) there, last position."""
+    def run_to_next(self, spliced: SplicedModel, nxt: ResidLayer, keep_stream: bool) -> Tensor:
+        """Blocks up to the next site; mean clean - ablated features (m, d_sae) there, last position.
+
+        With `keep_stream`, every suffix token is carried to the next site, where
+        the logit pass goes on from. Without, the last block computes only the
+        read positions (about a sixth of the work elsewhere: keys and values),
+        and the logit pass starts again from the ablated stream for the few
+        candidates it wants.
+        """
         if self.suffixes is None:  # no candidate fires anywhere: every effect is exactly 0
             return torch.zeros(len(self.chunk), nxt.site.sae.d_sae, device=self.chunk.device)
         blocks = spliced.model.transformer.h[self.at : nxt.stream]
-        self.hidden = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at)
-        self.at = nxt.stream
-        feats = nxt.site.feats(self.hidden[self.suffixes.read]).float()
+        if keep_stream:
+            self.hidden = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at)
+            self.at = nxt.stream
+            read = self.hidden[self.suffixes.read]
+        else:
+            read = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at, read=True)
+        feats = nxt.site.feats(read).float()
         return self._mean_change(feats, self.base, self.cand, len(self.chunk))
 
     def logit_effects(self, spliced: SplicedModel, wanted: Tensor) -> Tensor:
