@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sparse_coding.algorithms.ablation_graph import ablation_graph
+from sparse_coding.algorithms.ablation_graph import LARGEST_KEPT, _largest, ablation_graph
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.models.saes import load_sae
@@ -282,3 +282,15 @@ def test_bfloat16_edges_match_a_float32_brute_force(make_config, dtypes):
         errors.append(float((got - reference).abs().max()))
         largest = max(largest, float(reference.abs().max()))
     assert max(errors) <= BF16_TOLERANCE * largest, (max(errors), largest)
+
+
+def test_the_largest_effects_kept_over_chunks_equal_one_top_k_over_all_of_them():
+    """The bound from row maxima never drops a value of the true top LARGEST_KEPT, ties included."""
+    gen = torch.Generator().manual_seed(0)
+    chunks = [torch.randint(0, 6, (rows, 40), generator=gen).float() for rows in (3, 150, 1, 120)]
+    chunks += [torch.rand(400, 40, generator=gen), torch.zeros(200, 40)]
+    largest = torch.zeros(0)
+    for index, chunk in enumerate(chunks):
+        largest = _largest(largest, chunk)
+        seen = torch.cat([c.flatten() for c in chunks[: index + 1]])
+        assert torch.equal(largest, seen.topk(min(LARGEST_KEPT, len(seen))).values)
