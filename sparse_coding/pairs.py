@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.errors import DatasetError
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ def _pair_row(line: str, where: str) -> Pair:
     return Pair(*(row[name] for name in PAIR_FIELDS), where=where)
 
 
-def tokenize_pair(
-    pair: Pair, tokenizer: PreTrainedTokenizerBase, *, prepend_bos: bool, max_len: int
-) -> Example:
+def tokenize_pair(pair: Pair, tokenizer: Tokenizer, *, prepend_bos: bool, max_len: int) -> Example:
     """Token ids of one pair by the module's rule; errors name the pair.
 
     Raises:
@@ -141,7 +139,7 @@ def tokenize_pair(
 
 
 def _input_and_answer(
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     prefix: str,
     answer: str | None,
     prepend_bos: bool,

@@ -8,7 +8,7 @@ Neuronpedia do. (Control and invisible characters are escaped where text is
 drawn, by `sparse_coding.graphs.markup.visible_text`.)
 """
 
-from transformers import PreTrainedTokenizerBase
+from sparse_coding.tokenizer import Tokenizer
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -26,7 +26,7 @@ def _byte_level_alphabet() -> dict[str, int]:
 _BYTE_OF_CHAR = _byte_level_alphabet()
 
 
-def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
+def token_text(tokenizer: Tokenizer, token_id: int) -> str:
     """The token's text; bytes of a split multi-byte character as ``<0xE2>``."""
     text = tokenizer.decode([token_id])
     if "\ufffd" not in text:

@@ -194,7 +194,8 @@ def test_topk_contexts_equal_a_full_encode_of_every_token(make_config, tmp_path,
     k, view = config.SEQ_PER_DIM_CAP, config.VIEW
     scans = {key: [] for key in asked}  # per text: (ids, SAE activations (pos, d_sae)) at each site
     for text in texts:
-        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids]])
+        text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([[tokenizer.bos_token_id, *text_ids]])
         seen = {}
         record = {key: (lambda key: lambda x: seen.__setitem__(key, x) or x)(key) for key in asked}
         with hooks(spliced.model, record), torch.no_grad():

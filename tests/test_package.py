@@ -3,10 +3,13 @@
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import sparse_coding
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sparse_coding.__all__)
@@ -18,6 +21,20 @@ def test_each_notebook_name_is_the_object_its_module_defines(name):
 def test_importing_the_package_loads_no_torch():
     code = "import sys, sparse_coding; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_scripts_and_the_demo_tokenizer_load_without_transformers():
+    """Importing transformers cost every start 1-2 s; `sparse_coding.tokenizer` reads the files without it."""
+    code = (
+        "import sys\n"
+        "import sparse_coding.pipelines.pipe, sparse_coding.pipelines.fast\n"
+        "import sparse_coding.pipelines.val, sparse_coding.pipelines.hist\n"
+        "from sparse_coding.models.gpt2 import load_tokenizer, tokenize_prompt\n"
+        "tokenize_prompt(load_tokenizer('sparse_coding/demo/model'), 'the sky is blue', prepend_bos=True)\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
 
 

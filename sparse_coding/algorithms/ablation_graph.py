@@ -49,7 +49,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.ablation_rows import (
     STREAM_OFFSET,
@@ -65,6 +64,7 @@ from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import feature_id
 from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def ablation_graph(
     spliced: SplicedModel,
     batch: TokenBatch,
     *,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     layers: Sequence[int],
     thinning: float = 1.0,
     pinned: dict[int, int] | None = None,
@@ -349,7 +349,7 @@ def _zero_effect_error(layer: ResidLayer, pinned: dict[int, int]) -> ExactlyZero
 def _assemble(
     layers: list[ResidLayer],
     results: list[_Effects],
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     pinned: dict[int, int],
 ) -> Graph:
     """Phase 4: edges, then every drawn node with its activation and logit cells.
@@ -381,9 +381,7 @@ def _assemble(
     return graph
 
 
-def _node(
-    layer: ResidLayer, feature: int, activation: float, cells, tokenizer: PreTrainedTokenizerBase
-) -> Node:
+def _node(layer: ResidLayer, feature: int, activation: float, cells, tokenizer: Tokenizer) -> Node:
     up, down = cells if cells is not None else ([], [])
     return Node.from_id(
         feature_id("resid", layer.site.layer, feature),

@@ -46,12 +46,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class SiteTopK:
 
 def collect_contexts(
     spliced: SplicedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     batches: Iterable[TokenBatch],
     *,
     features: Mapping[str, list[int]] | None = None,
@@ -323,6 +323,6 @@ def _to_numpy(top: SiteTopK) -> dict[str, np.ndarray]:
     }
 
 
-def _vocab(tokenizer: PreTrainedTokenizerBase, sequences: Iterable[Tensor]) -> dict[int, str]:
+def _vocab(tokenizer: Tokenizer, sequences: Iterable[Tensor]) -> dict[int, str]:
     ids = sorted(set().union(*(set(s.tolist()) for s in sequences)))
     return {i: token_text(tokenizer, i) for i in ids}

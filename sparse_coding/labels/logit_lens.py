@@ -7,16 +7,14 @@ the unembedding (the largest matrix) is read once.
 """
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
 
 
-def add_logit_effects(
-    graph: Graph, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase, *, n_tokens: int
-) -> None:
+def add_logit_effects(graph: Graph, spliced: SplicedModel, tokenizer: Tokenizer, *, n_tokens: int) -> None:
     """Fill logits_up / logits_down of every feature node of `graph` that has none."""
     if n_tokens == 0:
         return
@@ -43,7 +41,5 @@ def add_logit_effects(
         node.logits_down = _cells(tokenizer, down.indices[i], -down.values[i])
 
 
-def _cells(
-    tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, values: torch.Tensor
-) -> list[tuple[str, float]]:
+def _cells(tokenizer: Tokenizer, ids: torch.Tensor, values: torch.Tensor) -> list[tuple[str, float]]:
     return [(token_text(tokenizer, int(i)), float(v)) for i, v in zip(ids, values, strict=True)]

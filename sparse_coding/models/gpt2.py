@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from sparse_coding.config import DTYPE_NAMES
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.transformer import GPT2, GPT2Config
+from sparse_coding.tokenizer import Tokenizer, UnreproducedTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,19 @@ def resolve_dtype(name: str | None, default: torch.dtype = torch.float32) -> tor
 
 
 @functools.lru_cache(maxsize=4)
-def load_tokenizer(model_dir: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(model_dir: str) -> Tokenizer:
     """MODEL_DIR's tokenizer, read once per process: preflight checks PROMPT with it and
-    `load_model` reuses it. A tokenizer without a pad token pads with its eos token."""
+    `load_model` reuses it. A tokenizer without a pad token pads with its eos token.
+
+    `Tokenizer` unless the files are a case it does not reproduce (see
+    `sparse_coding.tokenizer`); those load with transformers, imported only then.
+    """
+    try:
+        return Tokenizer.from_pretrained(model_dir)
+    except UnreproducedTokenizer as e:
+        logger.debug("MODEL_DIR %r: %s; loading its tokenizer with transformers", model_dir, e)
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -73,7 +83,7 @@ def load_tokenizer(model_dir: str) -> PreTrainedTokenizerBase:
 
 def load_model(
     model_dir: str, device: torch.device, dtype: torch.dtype = torch.float32
-) -> tuple[GPT2, PreTrainedTokenizerBase]:
+) -> tuple[GPT2, Tokenizer]:
     """A GPT-2 (hub id or local folder in Hugging Face format) in eval mode, and its tokenizer.
 
     The safetensors weights are read straight onto `device` and cast to `dtype`
@@ -146,7 +156,7 @@ def _read_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def tokenize_prompt(
-    tokenizer: PreTrainedTokenizerBase, text: str, *, prepend_bos: bool, max_len: int | None = None
+    tokenizer: Tokenizer, text: str, *, prepend_bos: bool, max_len: int | None = None
 ) -> torch.Tensor:
     """Token ids (1, pos) of one prompt, with BOS (`<|endoftext|>`) first when asked."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
 from sparse_coding.algorithms.metrics import metric_for
@@ -25,6 +24,7 @@ from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.threshold_cache import load_thresholds
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def config_pairs(config: Config) -> list[Pair]:
 
 
 def config_example_batches(
-    config: Config, tokenizer: PreTrainedTokenizerBase, *, device: torch.device, context_len: int
+    config: Config, tokenizer: Tokenizer, *, device: torch.device, context_len: int
 ) -> list[ExampleBatch]:
     """The config's examples, tokenized by `pairs`' rule and right-padded into BATCH_SIZE batches."""
     examples = [
@@ -64,7 +64,7 @@ def graph_options(config: Config, *, has_patch_answers: bool) -> GraphOptions:
 
 
 def baseline_means(
-    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
+    config: Config, spliced: SplicedModel, tokenizer: Tokenizer
 ) -> dict[str, torch.Tensor] | None:
     """BASELINE mean: every site's feature means over DATASET (else PROMPT), as val.py computes them."""
     if config.BASELINE != "mean":
@@ -75,7 +75,7 @@ def baseline_means(
     return feature_means(spliced, batches, spliced.by_key).features
 
 
-def fast_graph(config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase) -> Graph:
+def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> Graph:
     """The gradient graph of the config's examples, unlabelled."""
     batches = config_example_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions

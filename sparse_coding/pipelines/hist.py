@@ -9,8 +9,6 @@ import logging
 import math
 from collections.abc import Iterable
 
-from transformers import PreTrainedTokenizerBase
-
 from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds, samples_to_resolve
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch
@@ -20,6 +18,7 @@ from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_thresholds
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +38,7 @@ def run_hist(config: Config, phases: PhaseTimer | None = None) -> str:
     )
 
 
-def thresholds_from_config(
-    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase
-) -> ThresholdResult:
+def thresholds_from_config(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> ThresholdResult:
     """`compute_thresholds` over DATASET with the config's batching and cluster settings."""
     if config.DATASET is None:
         raise ConfigError(

@@ -5,10 +5,10 @@ import logging
 from collections.abc import Iterable, Iterator
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.config import Config
 from sparse_coding.corpus import TextSource, TokenBatch, iter_batches, load_texts
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def interpreted_texts(config: Config) -> Iterator[str]:
 
 def config_batches(
     config: Config,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     *,
     device: torch.device | str,
     context_len: int,

@@ -9,8 +9,6 @@ MODEL_DIR with exactly those SAEs spliced.
 import logging
 from collections.abc import Collection
 
-from transformers import PreTrainedTokenizerBase
-
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
@@ -18,6 +16,7 @@ from sparse_coding.models.loading import load_saes
 from sparse_coding.nodes import site_key
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ def load_spliced_model(
     pairs: Collection[tuple[str, int]] | None = None,
     source: str = "ACTS_LAYERS_SLICE",
     phases: PhaseTimer | None = None,
-) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
+) -> tuple[SplicedModel, Tokenizer]:
     """MODEL_DIR with the SAEs of `pairs`, or of `sites` at every layer of ACTS_LAYERS_SLICE.
 
     Args:

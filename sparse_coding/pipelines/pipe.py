@@ -12,7 +12,6 @@ import logging
 import math
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding.algorithms.ablation_graph import AblationResult, ablation_graph
 from sparse_coding.config import Config
@@ -24,6 +23,7 @@ from sparse_coding.pipelines.inputs import interpreted_texts
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def run_pipe(
     return published.line
 
 
-def interpreted_batch(config: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> TokenBatch:
+def interpreted_batch(config: Config, tokenizer: Tokenizer, device: torch.device) -> TokenBatch:
     """The first NUM_SEQUENCES_INTERPED sequences (PROMPT or DATASET, per INTERP_SOURCE), right-padded.
 
     Dataset sequences are truncated to MAX_SEQ_INTERPED_LEN tokens; PROMPT is
@@ -109,7 +109,7 @@ def resid_pins(config: Config) -> dict[int, int]:
 
 
 def pipe_graph(
-    config: Config, spliced: SplicedModel, tokenizer: PreTrainedTokenizerBase, *, allow_empty: bool = False
+    config: Config, spliced: SplicedModel, tokenizer: Tokenizer, *, allow_empty: bool = False
 ) -> Graph:
     """pipe.py's graph: the ablation graph of the config's sequences, with its summary.
 

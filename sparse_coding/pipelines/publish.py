@@ -12,8 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from transformers import PreTrainedTokenizerBase
-
 from sparse_coding import storage
 from sparse_coding.config import Config
 from sparse_coding.errors import DatasetError
@@ -26,6 +24,7 @@ from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def publish_graph(
     graph: Graph,
     config: Config,
     spliced: SplicedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     *,
     dot_name: str,
     image_name: str,
@@ -144,7 +143,7 @@ def cache_path(config: Config) -> Path:
 def load_or_collect(
     config: Config,
     spliced: SplicedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     *,
     features: dict[str, list[int]],
 ) -> ContextCache:

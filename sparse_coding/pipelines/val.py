@@ -13,8 +13,6 @@ import logging
 from collections.abc import Collection
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
-
 from sparse_coding.algorithms.validation import Circuit, check_circuit, feature_means, validate_circuit
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError, GraphFileError
@@ -27,6 +25,7 @@ from sparse_coding.pipelines.loading import check_sources, load_spliced_model
 from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ def load_circuit_model(
     circuit_errors: Collection[str] = (),
     source: str = "VALIDATION_DIMS_PINNED",
     phases: PhaseTimer | None = None,
-) -> tuple[SplicedModel, PreTrainedTokenizerBase]:
+) -> tuple[SplicedModel, Tokenizer]:
     """MODEL_DIR with every configured SAE site of ACTS_LAYERS_SLICE spliced, checked against the circuit.
 
     Args:

@@ -12,8 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
-
 from sparse_coding.algorithms.metrics import metric_for
 from sparse_coding.algorithms.pair_validation import pair_faithfulness
 from sparse_coding.algorithms.validation import Circuit, SiteMeans
@@ -22,6 +20,7 @@ from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.pipelines.fast import config_example_batches, examples_source
 from sparse_coding.pipelines.val_report import BASELINE
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ def graph_metric(path: Path | None) -> str | None:
 def pairs_report(
     config: Config,
     spliced: SplicedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     *,
     circuit: Circuit,
     circuit_errors: list[str],

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from sparse_coding import storage
 from sparse_coding.algorithms.validation import ValidationResult
 from sparse_coding.graphs.conventions import sign_convention
+from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
 
 ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
@@ -55,7 +55,7 @@ def held_fixed(result: ValidationResult) -> dict[str, str]:
 
 
 def next_token_changes(
-    result: ValidationResult, tokenizer: PreTrainedTokenizerBase, k: int
+    result: ValidationResult, tokenizer: Tokenizer, k: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Top-k clean tokens, largest increases and decreases, top-k ablated tokens."""
     clean, ablated = result.probs_clean, result.probs_ablated
@@ -78,7 +78,7 @@ def next_token_changes(
 
 
 def report_data(
-    result: ValidationResult, tokenizer: PreTrainedTokenizerBase, *, logit_tokens: int, source: str, data: str
+    result: ValidationResult, tokenizer: Tokenizer, *, logit_tokens: int, source: str, data: str
 ) -> dict[str, Any]:
     """The JSON-ready report: validation.json's fields but ``config``."""
     return {
