@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.splicing.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
+from sparse_coding.splicing.suffix import PrefixCache, SparseEdit, Suffixes, block_keys_values, run_suffix
 
 LENGTHS = [10, 7, 4]  # real tokens of each sequence, right-padded to 10
 START = 1  # the cache begins at block 1 of 4
@@ -78,6 +78,35 @@ def test_suffix_rows_equal_whole_sequences_through_the_hf_blocks(overrides):
     assert (every[real] - expected[real]).abs().max() < 1e-5
     assert (at_read - reference[torch.arange(len(seq)), last]).abs().max() < 1e-5
     assert len(suffixes.groups) == len(first.unique())
+
+
+def test_a_sparse_edit_takes_unchanged_keys_from_the_cache_and_equals_whole_sequences():
+    """pipe.py's rows change the stream only where their feature fires: the first block projects keys
+    and values there alone; every mode, and a subset of the rows, still equals the whole sequences."""
+    spliced = SplicedModel(_model(), [])
+    with torch.inference_mode():
+        hidden, mask, cache = _clean(spliced)
+        seq, first, edited = _edited_rows(hidden, n_rows=40)
+        last = mask.sum(dim=1)[seq] - 1
+        suffixes = Suffixes(first, seq, last)
+        flat = edited[suffixes.row, suffixes.pos]
+        edit = SparseEdit(hidden, (flat != hidden[suffixes.seq, suffixes.pos]).any(dim=-1))
+        blocks = spliced.model.transformer.h[START:]
+        every = run_suffix(blocks, flat, suffixes, cache, START, edit=edit)
+        at_read = run_suffix(blocks, flat, suffixes, cache, START, read=True, edit=edit)
+        one_block = run_suffix(blocks[:1], flat, suffixes, cache, START, read=True, edit=edit)
+        keep = torch.rand(len(seq)) < 0.5
+        sub, tokens = suffixes.subset(keep)
+        subset = run_suffix(blocks, flat[tokens], sub, cache, START, read=True, edit=edit.subset(tokens))
+        reference = spliced.run_blocks(edited, START, spliced.n_layers, mask[seq])
+        after_one = spliced.run_blocks(edited, START, START + 1, mask[seq])
+    rows = torch.arange(len(seq))
+    assert 0.2 < edit.changed.float().mean() < 0.6  # sparse: most suffix tokens are unchanged
+    real = suffixes.pos <= last[suffixes.row]
+    assert (every[real] - reference[suffixes.row, suffixes.pos][real]).abs().max() < 1e-5
+    assert (at_read - reference[rows, last]).abs().max() < 1e-5
+    assert (one_block - after_one[rows, last]).abs().max() < 1e-5
+    assert (subset - reference[rows[keep], last[keep]]).abs().max() < 1e-5
 
 
 def test_a_later_first_block_reads_its_own_cached_keys():

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.splicing.splice import Site, SplicedModel
-from sparse_coding.splicing.suffix import PrefixCache, Suffixes, block_keys_values, run_suffix
+from sparse_coding.splicing.suffix import PrefixCache, SparseEdit, Suffixes, block_keys_values, run_suffix
 
 # Blocks computed before a resid site's stream: hook_resid_pre L is block L's
 # input, hook_resid_post L its output (= block L+1's input).
@@ -124,6 +124,7 @@ class AblatedRows:
         self.at = layer.stream  # blocks [0, at) are applied to `hidden`
         self.suffixes: Suffixes | None = None  # stays None when no candidate fires anywhere
         self.hidden: Tensor | None = None  # flat (tokens, d_model) suffix streams
+        self.edit: SparseEdit | None = None  # where `hidden` differs from the clean run, while at its layer
         if len(self.seq):
             self.suffixes = Suffixes(first, self.seq, clean.last[self.seq])
             at_token = (self.suffixes.seq, self.suffixes.pos)
@@ -132,6 +133,7 @@ class AblatedRows:
             values = layer.feats[(*at_token, features)] * layer.scale[at_token] * (cand_at >= 0)
             delta = layer.site.decode_rows(values, features)
             self.hidden = layer.clean[at_token] - delta.to(layer.clean.dtype)
+            self.edit = SparseEdit(layer.clean, values != 0)
 
     def run_to_next(self, spliced: SplicedModel, nxt: ResidLayer, keep_stream: bool) -> Tensor:
         """Blocks up to the next site; mean clean - ablated features (m, d_sae) there, last position.
@@ -146,11 +148,11 @@ class AblatedRows:
             return torch.zeros(len(self.chunk), nxt.site.sae.d_sae, device=self.chunk.device)
         blocks = spliced.model.transformer.h[self.at : nxt.stream]
         if keep_stream:
-            self.hidden = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at)
-            self.at = nxt.stream
+            self.hidden = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at, edit=self.edit)
+            self.at, self.edit = nxt.stream, None
             read = self.hidden[self.suffixes.read]
         else:
-            read = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at, read=True)
+            read = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at, True, self.edit)
         feats = nxt.site.feats(read).float()
         return self._mean_change(feats, self.base, self.cand, len(self.chunk))
 
@@ -163,12 +165,12 @@ class AblatedRows:
         if self.suffixes is None or not keep.any():
             return torch.zeros(len(out_rows), n_vocab, device=wanted.device)
         keep = keep.index_fill(0, self.base[keep], True)  # and the base rows they compare with
-        suffixes, hidden = self.suffixes, self.hidden
+        suffixes, hidden, edit = self.suffixes, self.hidden, self.edit
         if not keep.all():
             suffixes, tokens = suffixes.subset(keep)
-            hidden = hidden[tokens]
+            hidden, edit = hidden[tokens], edit and edit.subset(tokens)
         blocks = spliced.model.transformer.h[self.at :]
-        final = run_suffix(blocks, hidden, suffixes, self.cache, self.at, read=True)
+        final = run_suffix(blocks, hidden, suffixes, self.cache, self.at, read=True, edit=edit)
         logp = spliced.unembed(final).float().log_softmax(dim=-1)
         kept_index = torch.cumsum(keep, 0) - 1  # row -> row among the kept ones
         position = torch.cumsum(wanted, 0) - 1  # candidate index -> row of the output

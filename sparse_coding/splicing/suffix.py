@@ -7,6 +7,11 @@ row, attending to the cached clean prefix. When a row is read at one position
 after the last block, that block computes the query, attention output and MLP
 of that position alone.
 
+When the edit changes only a few positions of the first block's input (a
+feature zeroed where it fires), that block's keys and values elsewhere are
+the cached clean ones too, and only the changed tokens are projected
+(`SparseEdit`).
+
 Rows are grouped by p. All rows' suffix tokens lie in one flat
 (tokens, d_model) matrix, so layer norms, projections and MLPs run as one
 large matrix product per block; only attention works group by group.
@@ -88,6 +93,25 @@ class Suffixes:
         return sub, start[rows] + sub.pos - first[rows]
 
 
+@dataclass
+class SparseEdit:
+    """Where the rows' stream at the first block's input differs from the clean run.
+
+    The first block's keys and values equal the clean run's at every other
+    token, so they come from the cache, and only the `changed` tokens are
+    projected: as the cached value plus (projection of the edited stream -
+    projection of the clean one), both in one matrix product, so that an edit
+    which changes nothing adds exactly 0 and its row equals its base row.
+    """
+
+    clean: Tensor  # (S, pos, d_model) the clean stream at the first block's input
+    changed: Tensor  # (tokens,) bool, over the flat suffix tokens
+
+    def subset(self, tokens: Tensor) -> "SparseEdit":
+        """The edit over the tokens `tokens` (indices into this layout), as `Suffixes.subset` keeps them."""
+        return SparseEdit(self.clean, self.changed[tokens])
+
+
 def block_keys_values(block: Block, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """A block's attention keys and values (..., n_head, pos, head_dim) for its input (..., pos, d_model)."""
     keys, values = _project_keys_values(block, block.ln_1(hidden)).split(hidden.shape[-1], dim=-1)
@@ -101,45 +125,65 @@ def run_suffix(
     cache: PrefixCache,
     first_block: int,
     read: bool = False,
+    edit: SparseEdit | None = None,
 ) -> Tensor:
     """Blocks `first_block`, ... on the flat suffix tokens `hidden` (tokens, d_model).
 
     With `read`, the last block computes only each row's read position and
-    the result is (rows, d_model); otherwise it is (tokens, d_model).
+    the result is (rows, d_model); otherwise it is (tokens, d_model). With
+    `edit`, `hidden` differs from the clean run only at its changed tokens,
+    and the first block projects keys and values only there.
     """
     last = len(blocks) - 1 if read else len(blocks)
     for index in range(last):
-        hidden = _block(blocks[index], hidden, suffixes, cache, first_block + index)
+        hidden = _block(blocks[index], hidden, suffixes, cache, first_block + index, edit)
+        edit = None  # after a block, every suffix token may differ
     if not read:
         return hidden
     if not blocks:
         return hidden[suffixes.read]
-    return _block_at(blocks[last], hidden, suffixes, cache, first_block + last)
+    return _block_at(blocks[last], hidden, suffixes, cache, first_block + last, edit)
 
 
-def _block(block: Block, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int) -> Tensor:
+def _block(
+    block: Block, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int, edit: SparseEdit | None
+) -> Tensor:
     """One block on every suffix token; group queries sit at absolute positions offset + i."""
     d_model = hidden.shape[-1]
-    qkv = block.attn.c_attn(block.ln_1(hidden))
+    normed = block.ln_1(hidden)
+    if edit is None:
+        qkv = block.attn.c_attn(normed)
+        queries, kv = qkv[:, :d_model], qkv[:, d_model:]
+    else:
+        queries = _project_queries(block, normed)
+        kv = _edited_keys_values(block, hidden, suffixes, cache, index, edit)
     mixed = []
     for group in suffixes.groups:
-        group_qkv = qkv[group.tokens].unflatten(0, (-1, group.n_pos))
+        rows_pos = (-1, group.n_pos)
         query_pos = group.offset + torch.arange(group.n_pos, device=hidden.device)[None]
         out = _attend_group(
-            block, cache, index, group, group_qkv[..., :d_model], group_qkv[..., d_model:], query_pos
+            block,
+            cache,
+            index,
+            group,
+            queries[group.tokens].unflatten(0, rows_pos),
+            kv[group.tokens].unflatten(0, rows_pos),
+            query_pos,
         )
         mixed.append(out.flatten(0, 1))
     hidden = hidden + block.attn.c_proj(torch.cat(mixed))
     return hidden + block.mlp(block.ln_2(hidden))
 
 
-def _block_at(block: Block, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int) -> Tensor:
+def _block_at(
+    block: Block, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int, edit: SparseEdit | None
+) -> Tensor:
     """One block computed at each row's read position only: (rows, d_model)."""
-    d_model = hidden.shape[-1]
-    normed = block.ln_1(hidden)
-    kv = _project_keys_values(block, normed)
-    projection = block.attn.c_attn
-    queries = F.linear(normed[suffixes.read], projection.weight[:, :d_model].T, projection.bias[:d_model])
+    if edit is None:
+        kv = _project_keys_values(block, block.ln_1(hidden))
+    else:
+        kv = _edited_keys_values(block, hidden, suffixes, cache, index, edit)
+    queries = _project_queries(block, block.ln_1(hidden[suffixes.read]))
     mixed = []
     per_group = queries.split([len(group.seq) for group in suffixes.groups])
     for group, group_queries in zip(suffixes.groups, per_group, strict=True):
@@ -150,6 +194,32 @@ def _block_at(block: Block, hidden: Tensor, suffixes: Suffixes, cache: PrefixCac
         )
     at = hidden[suffixes.read] + block.attn.c_proj(torch.cat(mixed))
     return at + block.mlp(block.ln_2(at))
+
+
+def _project_queries(block: Block, normed: Tensor) -> Tensor:
+    """The query columns of the block's qkv projection: (..., d_model)."""
+    d_model = normed.shape[-1]
+    projection = block.attn.c_attn
+    return F.linear(normed, projection.weight[:, :d_model].T, projection.bias[:d_model])
+
+
+def _edited_keys_values(
+    block: Block, hidden: Tensor, suffixes: Suffixes, cache: PrefixCache, index: int, edit: SparseEdit
+) -> Tensor:
+    """Keys and values (tokens, 2 * d_model) of a sparsely edited stream: cached, corrected where changed."""
+    start = index - cache.start
+    kv = torch.cat(
+        [
+            cache.keys[start][suffixes.seq, :, suffixes.pos].flatten(1),
+            cache.values[start][suffixes.seq, :, suffixes.pos].flatten(1),
+        ],
+        dim=1,
+    )
+    changed = edit.changed.nonzero()[:, 0]
+    clean = edit.clean[suffixes.seq[changed], suffixes.pos[changed]]
+    both = _project_keys_values(block, block.ln_1(torch.cat([hidden[changed], clean.to(hidden.dtype)])))
+    edited, unedited = both.split(len(changed))
+    return kv.index_add_(0, changed, edited - unedited)
 
 
 def _project_keys_values(block: Block, normed: Tensor) -> Tensor:
