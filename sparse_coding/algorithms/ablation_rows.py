@@ -179,10 +179,19 @@ class AblatedRows:
         return self._mean_change(logp, kept_index[self.base[keep]], out_cand, len(out_rows))
 
     def _mean_change(self, values: Tensor, base: Tensor, cand: Tensor, n_out: int) -> Tensor:
-        """(rows, width) read values -> (n_out, width) mean of base - ablated per candidate."""
-        ablated = cand >= 0
-        change = values[base[ablated]] - values[ablated]  # clean - ablated
-        return _mean_per_candidate(change, cand[ablated], n_out, self.n_seq)
+        """(rows, width) read values -> (n_out, width) mean of base - ablated per candidate.
+
+        One sparse product: each ablated row adds +1/S times its base row and
+        -1/S times itself to its candidate's output row, so `values` is read
+        once, with no gathered copies (half the time of gathering, on a CPU).
+        """
+        ablated = (cand >= 0).nonzero()[:, 0]
+        n = len(ablated)
+        weights = torch.full((2 * n,), 1 / self.n_seq, device=values.device, dtype=values.dtype)
+        weights[n:] = -1 / self.n_seq
+        entries = torch.stack([cand[ablated].repeat(2), torch.cat([base[ablated], ablated])])
+        mean = torch.sparse_coo_tensor(entries, weights, (n_out, len(values)), check_invariants=False)
+        return torch.sparse.mm(mean, values)
 
 
 def _with_base_rows(
@@ -196,9 +205,3 @@ def _with_base_rows(
     first = torch.cat([first, pairs // n_seq])
     base = torch.cat([base, torch.arange(n_base, device=base.device)]) + n_rows
     return cand, seq, first, base
-
-
-def _mean_per_candidate(rows: Tensor, cand: Tensor, n_cand: int, n_seq: int) -> Tensor:
-    """(rows, width) -> (n_cand, width): sum each candidate's rows, divide by all sequences."""
-    out = torch.zeros(n_cand, rows.shape[1], device=rows.device)
-    return out.index_add_(0, cand, rows, alpha=1 / n_seq)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -164,8 +165,8 @@ class SAE(nn.Module):
         """Encoder pre-activations (..., d_sae) of normalised inputs; (..., n) of `features` only
         (indices, or a slice: a view of the encoder, no gather)."""
         sae_in = self._sae_in(x_n)
-        if features is None:
-            return sae_in @ self.W_enc + self.b_enc
+        if features is None:  # the bias added inside the product: no second pass over (..., d_sae)
+            return F.linear(sae_in, self.W_enc.T, self.b_enc)
         return sae_in @ self.W_enc[:, features] + self.b_enc[features]
 
     def entry_pre_activations(self, x_n: Tensor, tokens: Tensor, features: Tensor) -> Tensor:
