@@ -7,7 +7,7 @@ format and real-size random SAEs in SAELens folders (resid 24576 ReLU with
 calibrated biases, attn/mlp 32768 TopK-32 layer-norm), then runs each script
 as a subprocess `--runs` times on `--slice` (SAEs are written for its layers) and a
 10-token prompt:
-fast.py, pipe.py with THRESHOLD_EXP -6 (see RUNS), and pipe.py with every non-zero edge.
+fast.py, pipe.py with THRESHOLD_EXP -6 and -7.9 (see RUNS), and pipe.py with every non-zero edge.
 Prints the phase table that every run logs (min / median over the runs) and
 the wall time measured around the process.
 """
@@ -40,11 +40,14 @@ PROMPT = "The Eiffel Tower is in the city of Paris"
 # Written into each layer's marker: SAEs built by an older random_weights recipe are rebuilt.
 SAE_RECIPE = "random_weights.calibrate_saes: b_dec centred on 512 tokens, ReLU biases on 11"
 ROW = re.compile(r"^\s+(.+?)\s+([\d.]+)s\s+[\d.]+%$")
+PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB")
 RUNS = {
     "fast.py": ("fast.py", {}),
-    # Random weights move features far less than trained ones (largest effect ~0.04 here),
-    # so THRESHOLD_EXP 5 would keep no edge (exit 1); -6 keeps about the top 100.
+    # Random weights move features far less than trained ones (largest effect ~0.02 here),
+    # so THRESHOLD_EXP 5 would keep no edge (exit 1). -6 keeps the few largest (2 edges);
+    # -7.9 is what pipe.py names for the top 100 first-layer edges (224 edges, 81 nodes).
     "pipe.py (THRESHOLD_EXP -6)": ("pipe.py", {"THRESHOLD_EXP": -6.0}),
+    "pipe.py (THRESHOLD_EXP -7.9)": ("pipe.py", {"THRESHOLD_EXP": -7.9}),
     "pipe.py (every non-zero edge)": ("pipe.py", {"THRESHOLD_EXP": None}),
 }
 
@@ -152,6 +155,8 @@ def run_once(script: str, config: Path) -> tuple[float, dict[str, float]]:
         sys.exit(f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}")
     table = done.stderr[done.stderr.index("wall time by phase:") :].splitlines()[1:]
     phases = {m[1]: float(m[2]) for line in table if (m := ROW.match(line))}
+    if peak := PEAK.search(done.stderr):  # CUDA runs: torch.cuda.max_memory_allocated
+        phases["peak GPU memory (GiB)"] = float(peak[1])
     return wall, phases
 
 

@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
-# One GPU session's checks: CUDA-vs-CPU agreement (fast.py and pipe.py), then the fast.py and pipe.py
-# benchmarks (pipe.py with every edge kept, and with a threshold that leaves ~10% of first-layer features drawn),
-# fast.py's 32 pairs batched vs one at a time (9:12 and 0:12), and whole-process phases on slice 0:12.
-# Usage on a GPU machine, from the repo root: bash benchmarks/device_run.sh [OUT_DIR]
+# A GPU session's checks, in two parts that each fit one 10-minute device call (timeouts sum to <= 540 s).
+#   part 1 (issue 18, run this first): CUDA-vs-CPU agreement of fast.py and pipe.py; whole-process phases
+#          and peak GPU memory of fast.py and pipe.py on slice 0:12 (bench_e2e); pipe.py's batched
+#          ablations against its one-feature-per-forward loop.
+#   part 2: fast.py's benchmarks on 0:12, pipe.py with a threshold that leaves ~10% of first-layer
+#          features drawn, and fast.py's 32 pairs batched vs one at a time (9:12 and 0:12).
+# Usage on a GPU machine, from the repo root: bash benchmarks/device_run.sh OUT_DIR 1|2
 set -u
 out=${1:-.}
+part=${2:-1}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
 nvidia-smi -L
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-timeout 90 python3 benchmarks/check_cuda_matches_cpu.py 2>"$out/check.err" | tee "$out/check.txt"
-tail -3 "$out/check.err"
-timeout 200 python3 benchmarks/bench_fast.py --device cuda --slice 0:12 --baseline-nodes 30 2>"$out/fast.err" \
-  | tee "$out/fast.txt"
-tail -3 "$out/fast.err"
-timeout 150 python3 benchmarks/bench_pipe.py --device cuda --loop-subset 40 2>"$out/pipe.err" | tee "$out/pipe.txt"
-tail -3 "$out/pipe.err"
-timeout 150 python3 benchmarks/bench_pipe.py --device cuda --loop-subset 40 --threshold-exp -10 \
-  2>"$out/pipe_threshold.err" | tee "$out/pipe_threshold.txt"
-tail -3 "$out/pipe_threshold.err"
-timeout 120 python3 benchmarks/bench_sfc.py --device cuda --slice 9:12 --loop-examples 4 2>"$out/sfc.err" \
-  | tee "$out/sfc.txt"
-tail -3 "$out/sfc.err"
-timeout 150 python3 benchmarks/bench_sfc.py --device cuda --slice 0:12 --loop-examples 4 2>"$out/sfc012.err" \
-  | tee "$out/sfc012.txt"
-tail -3 "$out/sfc012.err"
-timeout 240 python3 benchmarks/bench_e2e.py --device cuda --slice 0:12 --runs 1 2>"$out/e2e.err" | tee "$out/e2e.txt"
-tail -3 "$out/e2e.err"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+run() {  # run NAME SECONDS COMMAND...: stdout to NAME.txt (and shown), stderr to NAME.err (tail shown)
+  local name=$1 seconds=$2
+  shift 2
+  timeout "$seconds" "$@" 2>"$out/$name.err" | tee "$out/$name.txt"
+  tail -3 "$out/$name.err"
+}
+if [ "$part" = 1 ]; then
+  run check 80 python3 benchmarks/check_cuda_matches_cpu.py
+  run e2e 300 python3 benchmarks/bench_e2e.py --device cuda --slice 0:12 --runs 3
+  run pipe 150 python3 benchmarks/bench_pipe.py --device cuda --loop-subset 40
+else
+  run fast 180 python3 benchmarks/bench_fast.py --device cuda --slice 0:12 --baseline-nodes 30
+  run pipe_threshold 120 python3 benchmarks/bench_pipe.py --device cuda --loop-subset 40 --threshold-exp -10
+  run sfc 100 python3 benchmarks/bench_sfc.py --device cuda --slice 9:12 --loop-examples 4
+  run sfc012 140 python3 benchmarks/bench_sfc.py --device cuda --slice 0:12 --loop-examples 4
+fi

@@ -116,7 +116,16 @@ def run_script(
     except KeyboardInterrupt:
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
-    logger.info("Done in %.1fs; wall time by phase:\n%s", args.phases.total(), args.phases.table())
+    total = args.phases.total()
+    logger.info("Done in %.1fs%s; wall time by phase:\n%s", total, _peak_gpu_memory(), args.phases.table())
+
+
+def _peak_gpu_memory() -> str:
+    """' (peak GPU memory X GiB)' when the run used CUDA, else ''; never imports torch itself."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return ""
+    return f" (peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB)"
 
 
 def exit_without_teardown() -> NoReturn:

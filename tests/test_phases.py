@@ -30,3 +30,16 @@ def test_a_phase_that_raises_is_still_timed():
     except OSError:
         pass
     assert "write" in timer.metadata()
+
+
+def test_the_done_line_names_peak_gpu_memory_only_after_cuda_was_used(monkeypatch):
+    """benchmarks/bench_e2e.py reads this line for the issue's GPU memory bound."""
+    import torch
+
+    from sparse_coding import cli
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert cli._peak_gpu_memory() == ""
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2**30)
+    assert cli._peak_gpu_memory() == " (peak GPU memory 3.00 GiB)"
