@@ -110,7 +110,7 @@ def _loop_reference(model, spliced: SplicedModel, ids: Tensor, layer: int, featu
             model.transformer.h[layer + 1].register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
         )
     with torch.inference_mode():
-        logits = model(ids).logits[0, -1]
+        logits = model(ids)[0, -1]
         feats = None if nxt is None else nxt.sae.encode(nxt.to_sae_space(seen["x"]))[0, -1]
     for handle in handles:
         handle.remove()
@@ -129,7 +129,7 @@ def _clean(model, spliced: SplicedModel, ids: Tensor) -> tuple[dict[int, Tensor]
 
     handles = [model.transformer.h[layer].register_forward_pre_hook(keep(layer)) for layer in LAYERS[1:]]
     with torch.inference_mode():
-        logp = model(ids).logits[0, -1].float().log_softmax(-1)
+        logp = model(ids)[0, -1].float().log_softmax(-1)
         feats = {
             layer: spliced.by_key[f"resid_{layer}"].sae.encode(
                 spliced.by_key[f"resid_{layer}"].to_sae_space(x)
