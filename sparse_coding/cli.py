@@ -16,6 +16,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from sparse_coding.allocator import keep_freed_memory
@@ -128,19 +129,40 @@ def _peak_gpu_memory() -> str:
     return f" (peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB)"
 
 
-def exit_without_teardown() -> NoReturn:
-    """End a finished script's process now, with status 0.
+def exit_without_teardown(*programs: str) -> None:
+    """End a finished script's process now, with status 0, if it was started to run `programs`.
 
     Python's teardown of an imported torch takes about 0.5 s (2-core CPU:
     `python3 -c "import torch"` 2.3-2.9 s, 1.8-2.1 s when it ends like this).
     When a script returns, every output file is committed and closed, so only
-    stdio and logging are left to flush. Only the front doors call this, never
-    `run_script`, which notebooks and tests call in-process.
+    stdio and logging are left to flush. `programs` are the finishing front
+    door's file and module names; a run inside another program (a notebook's
+    `%run`, runpy in a test) returns instead, since ending there would end
+    the notebook's kernel.
     """
+    if not _started_as(programs):
+        return
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _started_as(programs: Sequence[str]) -> bool:
+    """Whether the interpreter's own command line (`sys.orig_argv`) ran one of `programs`:
+    a script file (compared resolved, or by name for a console command) or a `-m` module."""
+    args = iter(getattr(sys, "orig_argv", [])[1:])
+    for arg in args:
+        if arg == "-m":
+            return next(args, None) in programs
+        if arg in ("-X", "-W"):
+            next(args, None)
+        elif arg == "-c" or arg == "-":
+            return False
+        elif not arg.startswith("-"):
+            script = Path(arg)
+            return any(script.name == name or script.resolve() == Path(name).resolve() for name in programs)
+    return False
 
 
 def _fail(message: str) -> NoReturn:
@@ -149,9 +171,9 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
+def main(argv: Sequence[str] | None = None) -> None:
     """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py or hist.py, then
-    end the process (`exit_without_teardown`)."""
+    end the process when it was started as that command (`exit_without_teardown`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SCRIPTS:
         names = "|".join(SCRIPTS)
@@ -159,4 +181,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         print(f"  {names}: the four scripts; 'sparse-coding SCRIPT --help' says more", file=sys.stderr)
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     importlib.import_module(SCRIPTS[argv[0]]).run(argv[1:], prog=f"sparse-coding {argv[0]}")
-    exit_without_teardown()
+    exit_without_teardown("sparse-coding", "sparse_coding")

@@ -67,4 +67,4 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 if __name__ == "__main__":
     run()
-    exit_without_teardown()
+    exit_without_teardown(__file__, "sparse_coding.pipe")

@@ -72,4 +72,4 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 if __name__ == "__main__":
     run()
-    exit_without_teardown()
+    exit_without_teardown(__file__, "sparse_coding.val")

@@ -94,3 +94,25 @@ def test_a_config_error_is_reported_before_torch_is_imported(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "IG_STEPS" in out.stderr and out.stdout.split() == ["1", "False"]
+
+
+@pytest.mark.parametrize(
+    ("orig_argv", "started"),
+    [
+        (["python3", "SCRIPT", "--config", "c.yaml"], True),
+        (["python3", "-X", "importtime", "-u", "SCRIPT"], True),
+        (["python3", "-m", "sparse_coding.pipe", "-q"], True),
+        (["/usr/bin/python3", "/usr/local/bin/sparse-coding", "pipe"], True),
+        (["python3", "-m", "pytest", "tests"], False),  # runpy of the script inside a test
+        (["python", "-m", "ipykernel_launcher", "-f", "kernel.json"], False),  # a notebook's %run
+        (["python3", "-c", "import runpy"], False),
+        (["python3", "other.py"], False),
+    ],
+)
+def test_a_script_skips_python_teardown_only_as_the_process_own_program(monkeypatch, orig_argv, started):
+    """os._exit inside a notebook kernel or a test run would end that process too."""
+    from sparse_coding import cli
+
+    script = str(REPO / "sparse_coding" / "pipe.py")
+    monkeypatch.setattr(sys, "orig_argv", [script if arg == "SCRIPT" else arg for arg in orig_argv])
+    assert cli._started_as((script, "sparse_coding.pipe", "sparse-coding")) is started
