@@ -27,11 +27,13 @@ tokenizer_config.json, special_tokens_map.json and tokenizer.json's
 default). Anything else (no tokenizer.json, another class, a
 tokenizer_config.json key outside `_KNOWN_KEYS` or at a value not reproduced,
 such as add_bos_token true, truncation or padding in tokenizer.json) raises
-`UnreproducedTokenizer`; `models.gpt2.load_tokenizer` loads those with
+`UnreproducedTokenizer`; `load_tokenizer` loads those with
 transformers. tests/test_tokenizer.py checks both against AutoTokenizer.
 """
 
+import functools
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,8 @@ from tokenizers.models import BPE
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
 
 # tokenizer_class values (tokenizer_config.json, else config.json) whose tokenizer.json loads as it is,
 # and those for which transformers rebuilds a GPT-2 byte-level BPE from it.
@@ -330,3 +334,24 @@ def _add_tokens(
             token.special = True
     if tokens:
         backend.add_tokens(tokens)
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model_dir: str) -> Tokenizer:
+    """MODEL_DIR's tokenizer, read once per process: preflight checks PROMPT with it (before
+    torch is imported) and `load_model` reuses it. A tokenizer without a pad token pads with
+    its eos token.
+
+    `Tokenizer` unless the files are a case it does not reproduce (see
+    this module's docstring); those load with transformers, imported only then.
+    """
+    try:
+        return Tokenizer.from_pretrained(model_dir)
+    except UnreproducedTokenizer as e:
+        logger.debug("MODEL_DIR %r: %s; loading its tokenizer with transformers", model_dir, e)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -162,3 +162,24 @@ def test_offline_a_missing_model_fails_before_torch_is_even_imported(tmp_path, s
         line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
     }
     assert "torch" not in imported
+
+
+def test_a_too_short_prompt_fails_before_torch_is_imported(tmp_path, tiny_model_dir, sae_templates):
+    import subprocess
+
+    raw = _raw(tmp_path, tiny_model_dir, sae_templates, PROMPT="a", PREPEND_BOS=False)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "sparse_coding" / "fast.py"), "--config", "c.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1 and "needs at least 2" in done.stderr
+    imported = {
+        line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "torch" not in imported and "transformers" not in imported

@@ -1,6 +1,5 @@
 """Load the language model and tokenizer; decide device and dtype in one place."""
 
-import functools
 import logging
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ import torch
 from sparse_coding.config import DTYPE_NAMES
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.transformer import GPT2, GPT2Config
-from sparse_coding.tokenizer import Tokenizer, UnreproducedTokenizer
+from sparse_coding.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,26 +58,6 @@ def resolve_dtype(name: str | None, default: torch.dtype = torch.float32) -> tor
     if name not in DTYPES:
         raise ConfigError(f"dtype {name!r} is not supported; valid: {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(model_dir: str) -> Tokenizer:
-    """MODEL_DIR's tokenizer, read once per process: preflight checks PROMPT with it and
-    `load_model` reuses it. A tokenizer without a pad token pads with its eos token.
-
-    `Tokenizer` unless the files are a case it does not reproduce (see
-    `sparse_coding.tokenizer`); those load with transformers, imported only then.
-    """
-    try:
-        return Tokenizer.from_pretrained(model_dir)
-    except UnreproducedTokenizer as e:
-        logger.debug("MODEL_DIR %r: %s; loading its tokenizer with transformers", model_dir, e)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_model(

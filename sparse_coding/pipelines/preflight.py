@@ -153,7 +153,7 @@ def check_hub_files(files: dict[str, list[tuple[str, str]]]) -> None:
 
 def check_prompt_length(config: Config, min_tokens: int) -> None:
     """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone."""
-    from sparse_coding.models.gpt2 import load_tokenizer  # torch: only when asked
+    from sparse_coding.tokenizer import load_tokenizer  # no torch: a short PROMPT fails at once
 
     try:
         tokenizer = load_tokenizer(config.MODEL_DIR)
