@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sparse_coding.algorithms import ablation_rows
 from sparse_coding.algorithms.ablation_rows import AblatedRows, clean_run
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.pipe import interpreted_batch
@@ -43,3 +44,21 @@ def test_a_row_whose_ablation_changes_nothing_changes_every_effect_by_exactly_ze
             logit_change = rows.logit_effects(spliced, torch.ones(2, dtype=torch.bool))
         assert (feature_change[0] == 0).all() and (logit_change[0] == 0).all()
         assert feature_change[1].abs().max() > 0 and logit_change[1].abs().max() > 0
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse-product", "gathered"])
+def test_mean_change_is_the_per_candidate_mean_of_base_minus_ablated(monkeypatch, sparse):
+    """Against a loop over rows; the gathered form serves devices without sparse kernels."""
+    monkeypatch.setattr(ablation_rows, "SPARSE_DEVICES", ("cpu",) if sparse else ())
+    gen = torch.Generator().manual_seed(0)
+    n_seq, n_cand, width = 3, 5, 7
+    cand = torch.tensor([0, 2, 2, 4, 1, 0, -1, -1, -1, 4])  # -1: base rows (6..8)
+    base = torch.tensor([6, 7, 8, 6, 7, 8, 6, 7, 8, 8])
+    values = torch.randn(len(cand), width, generator=gen)
+    expected = torch.zeros(n_cand, width)
+    for row in range(len(cand)):
+        if cand[row] >= 0:
+            expected[cand[row]] += (values[base[row]] - values[row]) / n_seq
+    got = ablation_rows.mean_change(values, base, cand, n_cand, n_seq)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert (got[3] == 0).all()  # a candidate without rows changes nothing

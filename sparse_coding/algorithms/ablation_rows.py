@@ -42,6 +42,8 @@ STREAM_OFFSET = {"hook_resid_pre": 0, "hook_resid_post": 1}
 # blocks' activations (qkv, attention out, 4x MLP, residuals, with slack).
 ROW_BYTES_PER_TOKEN_DIM = 4 * 24
 CPU_ROW_BUDGET_BYTES = 1 << 30
+# Devices with the sparse-dense product `mean_change` uses.
+SPARSE_DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -154,7 +156,7 @@ class AblatedRows:
         else:
             read = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at, True, self.edit)
         feats = nxt.site.feats(read).float()
-        return self._mean_change(feats, self.base, self.cand, len(self.chunk))
+        return mean_change(feats, self.base, self.cand, len(self.chunk), self.n_seq)
 
     def logit_effects(self, spliced: SplicedModel, wanted: Tensor) -> Tensor:
         """Mean clean - ablated next-token log-probs (wanted candidates, vocab), running only their rows."""
@@ -176,22 +178,7 @@ class AblatedRows:
         position = torch.cumsum(wanted, 0) - 1  # candidate index -> row of the output
         cand = self.cand[keep]
         out_cand = torch.where(cand >= 0, position[cand.clamp(min=0)], -1)
-        return self._mean_change(logp, kept_index[self.base[keep]], out_cand, len(out_rows))
-
-    def _mean_change(self, values: Tensor, base: Tensor, cand: Tensor, n_out: int) -> Tensor:
-        """(rows, width) read values -> (n_out, width) mean of base - ablated per candidate.
-
-        One sparse product: each ablated row adds +1/S times its base row and
-        -1/S times itself to its candidate's output row, so `values` is read
-        once, with no gathered copies (half the time of gathering, on a CPU).
-        """
-        ablated = (cand >= 0).nonzero()[:, 0]
-        n = len(ablated)
-        weights = torch.full((2 * n,), 1 / self.n_seq, device=values.device, dtype=values.dtype)
-        weights[n:] = -1 / self.n_seq
-        entries = torch.stack([cand[ablated].repeat(2), torch.cat([base[ablated], ablated])])
-        mean = torch.sparse_coo_tensor(entries, weights, (n_out, len(values)), check_invariants=False)
-        return torch.sparse.mm(mean, values)
+        return mean_change(logp, kept_index[self.base[keep]], out_cand, len(out_rows), self.n_seq)
 
 
 def _with_base_rows(
@@ -205,3 +192,25 @@ def _with_base_rows(
     first = torch.cat([first, pairs // n_seq])
     base = torch.cat([base, torch.arange(n_base, device=base.device)]) + n_rows
     return cand, seq, first, base
+
+
+def mean_change(values: Tensor, base: Tensor, cand: Tensor, n_out: int, n_seq: int) -> Tensor:
+    """(rows, width) read values -> (n_out, width): per candidate, the mean over all n_seq
+    sequences of base row - ablated row (rows with cand -1 are base rows only).
+
+    One sparse product: each ablated row adds +1/S times its base row and
+    -1/S times itself to its candidate's output row, so `values` is read once,
+    with no gathered copies (half the time of gathering, on a CPU). Devices
+    without sparse kernels (MPS before torch 2.10) gather instead.
+    """
+    ablated = (cand >= 0).nonzero()[:, 0]
+    if values.device.type not in SPARSE_DEVICES:
+        change = values[base[ablated]] - values[ablated]
+        out = torch.zeros(n_out, values.shape[1], device=values.device, dtype=values.dtype)
+        return out.index_add_(0, cand[ablated], change, alpha=1 / n_seq)
+    n = len(ablated)
+    weights = torch.full((2 * n,), 1 / n_seq, device=values.device, dtype=values.dtype)
+    weights[n:] = -1 / n_seq
+    entries = torch.stack([cand[ablated].repeat(2), torch.cat([base[ablated], ablated])])
+    mean = torch.sparse_coo_tensor(entries, weights, (n_out, len(values)), check_invariants=False)
+    return torch.sparse.mm(mean, values)
