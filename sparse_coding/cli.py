@@ -129,23 +129,33 @@ def _peak_gpu_memory() -> str:
     return f" (peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB)"
 
 
-def exit_without_teardown(*programs: str) -> None:
-    """End a finished script's process now, with status 0, if it was started to run `programs`.
+def run_as_program(run: Callable[[], None], *programs: str) -> None:
+    """A front door's `__main__`: `run`, then end the process at once, with run's exit status,
+    if the process was started to run one of `programs` (the front door's file and module).
 
     Python's teardown of an imported torch takes about 0.5 s (2-core CPU:
     `python3 -c "import torch"` 2.3-2.9 s, 1.8-2.1 s when it ends like this).
-    When a script returns, every output file is committed and closed, so only
-    stdio and logging are left to flush. `programs` are the finishing front
-    door's file and module names; a run inside another program (a notebook's
-    `%run`, runpy in a test) returns instead, since ending there would end
-    the notebook's kernel.
+    When a script returns or exits with a message, every output file is
+    committed and closed, so only stdio and logging are left to flush. A run
+    inside another program (a notebook's `%run`, runpy in a test) returns or
+    raises as usual, since ending there would end the notebook's kernel.
     """
-    if not _started_as(programs):
-        return
+    try:
+        run()
+    except SystemExit as e:
+        if not _started_as(programs):
+            raise
+        status = e.code
+    else:
+        if not _started_as(programs):
+            return
+        status = 0
+    if isinstance(status, str):  # sys.exit("message"): Python prints it and exits 1
+        print(status, file=sys.stderr)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status if isinstance(status, int) else int(status is not None))
 
 
 def _started_as(programs: Sequence[str]) -> bool:
@@ -173,12 +183,12 @@ def _fail(message: str) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py or hist.py, then
-    end the process when it was started as that command (`exit_without_teardown`)."""
+    end the process when it was started as that command (`run_as_program`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SCRIPTS:
         names = "|".join(SCRIPTS)
         print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [...]", file=sys.stderr)
         print(f"  {names}: the four scripts; 'sparse-coding SCRIPT --help' says more", file=sys.stderr)
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
-    importlib.import_module(SCRIPTS[argv[0]]).run(argv[1:], prog=f"sparse-coding {argv[0]}")
-    exit_without_teardown("sparse-coding", "sparse_coding")
+    script, prog = importlib.import_module(SCRIPTS[argv[0]]), f"sparse-coding {argv[0]}"
+    run_as_program(lambda: script.run(argv[1:], prog=prog), "sparse-coding", "sparse_coding")

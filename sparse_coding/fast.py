@@ -13,7 +13,7 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.cli import build_parser, exit_without_teardown, run_script
+from sparse_coding.cli import build_parser, run_as_program, run_script
 from sparse_coding.config import Config
 
 DESCRIPTION = "Gradient cognition graph (Marks et al. 2024) over resid, attn and mlp SAEs."
@@ -55,5 +55,4 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run()
-    exit_without_teardown(__file__, "sparse_coding.fast")
+    run_as_program(run, __file__, "sparse_coding.fast")

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a file: import the package, not its fold
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from sparse_coding.cli import build_parser, exit_without_teardown, run_script
+from sparse_coding.cli import build_parser, run_as_program, run_script
 from sparse_coding.config import Config
 
 logger = logging.getLogger("sparse_coding.hist")
@@ -72,5 +72,4 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run()
-    exit_without_teardown(__file__, "sparse_coding.hist")
+    run_as_program(run, __file__, "sparse_coding.hist")

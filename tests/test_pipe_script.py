@@ -46,7 +46,7 @@ def _run(config_path: Path) -> subprocess.CompletedProcess:
 def test_pipe_writes_dot_json_and_svg(tmp_path, tiny_model_dir, sae_templates):
     done = _run(_write_config(tmp_path, tiny_model_dir, sae_templates))
     assert done.returncode == 0, done.stderr
-    # The process ends without Python's teardown (cli.exit_without_teardown): its piped stdout still arrives.
+    # The process ends without Python's teardown (cli.run_as_program): its piped stdout still arrives.
     assert done.stdout.startswith("pipe.py: ") and "cognition_graph.dot" in done.stdout
     out = next((tmp_path / "data").iterdir())
     assert (out / "cognition_graph.dot").is_file() and (out / "cognition_graph.svg").is_file()
