@@ -7,7 +7,7 @@ format and real-size random SAEs in SAELens folders (resid 24576 ReLU with
 calibrated biases, attn/mlp 32768 TopK-32 layer-norm), then runs each script
 as a subprocess `--runs` times on `--slice` (SAEs are written for its layers) and a
 10-token prompt:
-fast.py, pipe.py with THRESHOLD_EXP -6 and -7.9 (see RUNS), and pipe.py with every non-zero edge.
+fast.py, pipe.py with THRESHOLD_EXP 5, -6 and -7.9 (see RUNS), and pipe.py with every non-zero edge.
 Prints the phase table that every run logs (min / median over the runs) and
 the wall time measured around the process.
 """
@@ -42,13 +42,15 @@ SAE_RECIPE = "random_weights.calibrate_saes: b_dec centred on 512 tokens, ReLU b
 ROW = re.compile(r"^\s+(.+?)\s+([\d.]+)s\s+[\d.]+%$")
 PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB")
 RUNS = {
-    "fast.py": ("fast.py", {}),
-    # Random weights move features far less than trained ones (largest effect ~0.02 here),
-    # so THRESHOLD_EXP 5 would keep no edge (exit 1). -6 keeps the few largest (2 edges);
-    # -7.9 is what pipe.py names for the top 100 first-layer edges (224 edges, 81 nodes).
-    "pipe.py (THRESHOLD_EXP -6)": ("pipe.py", {"THRESHOLD_EXP": -6.0}),
-    "pipe.py (THRESHOLD_EXP -7.9)": ("pipe.py", {"THRESHOLD_EXP": -7.9}),
-    "pipe.py (every non-zero edge)": ("pipe.py", {"THRESHOLD_EXP": None}),
+    "fast.py": ("fast.py", {}, []),
+    # Random weights move features far less than trained ones (largest effect ~0.02 here):
+    # THRESHOLD_EXP 5 keeps no edge, which exits 1 unless --allow-empty (an empty graph).
+    # -6 keeps the few largest (2 edges); -7.9 is what pipe.py names for the top 100
+    # first-layer edges (224 edges, 81 nodes).
+    "pipe.py (THRESHOLD_EXP 5, --allow-empty)": ("pipe.py", {"THRESHOLD_EXP": 5.0}, ["--allow-empty"]),
+    "pipe.py (THRESHOLD_EXP -6)": ("pipe.py", {"THRESHOLD_EXP": -6.0}, []),
+    "pipe.py (THRESHOLD_EXP -7.9)": ("pipe.py", {"THRESHOLD_EXP": -7.9}, []),
+    "pipe.py (every non-zero edge)": ("pipe.py", {"THRESHOLD_EXP": None}, []),
 }
 
 
@@ -141,11 +143,11 @@ def config_file(work: Path, device: str, layers: range, overrides: dict) -> Path
     return path
 
 
-def run_once(script: str, config: Path) -> tuple[float, dict[str, float]]:
+def run_once(script: str, config: Path, extra: list[str]) -> tuple[float, dict[str, float]]:
     """Wall seconds around the process, and the phase table it logged."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, str(REPO / "sparse_coding" / script), "--config", str(config)],
+        [sys.executable, str(REPO / "sparse_coding" / script), "--config", str(config), *extra],
         capture_output=True,
         text=True,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())},
@@ -170,9 +172,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     layers = range(*(int(part) for part in args.slice.split(":")))
     build(args.work, layers)
-    for title, (script, overrides) in RUNS.items():
+    for title, (script, overrides, extra) in RUNS.items():
         configs = [config_file(args.work, args.device, layers, overrides) for _ in range(args.runs)]
-        runs = [run_once(script, config) for config in configs]
+        runs = [run_once(script, config, extra) for config in configs]
         print(f"\n{title}, slice {args.slice}, {args.device}, {args.runs} runs: min / median seconds")
         names = list(dict.fromkeys(name for _, phases in runs for name in phases))
         for name in names:

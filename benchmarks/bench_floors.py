@@ -76,7 +76,7 @@ def matmul_rate(rows: int = 840, d_in: int = 768, d_out: int = 24576) -> float:
 def compute_flops(work: Path, layers: range) -> dict[str, tuple[float, float]]:
     """Per run: (matrix-product GFLOP, seconds) of its compute phase, in this process (min of 2)."""
     out = {}
-    for title, (script, overrides) in RUNS.items():
+    for title, (script, overrides, _) in RUNS.items():
         config = load_config(config_file(work, "cpu", layers, overrides))
         sites = ("resid",) if script == "pipe.py" else None
         spliced, tokenizer = load_spliced_model(config, sites=sites)
