@@ -117,7 +117,7 @@ def main() -> None:
     print(f"matrix products: {rate:.0f} GFLOP/s (840 x 768 @ 768 x 24576, float32)")
     print("compute phases in-process (min of 2 after a warm-up) and their matrix-product floor:")
     for title, (gflop, seconds) in compute_flops(args.work, layers).items():
-        print(f"  {title:<32} {seconds:6.2f} s, {gflop:7.1f} GFLOP = {gflop / rate:5.2f} s at that rate")
+        print(f"  {title:<42} {seconds:6.2f} s, {gflop:7.1f} GFLOP = {gflop / rate:5.2f} s at that rate")
 
 
 if __name__ == "__main__":
