@@ -79,6 +79,23 @@ def test_written_read_back_and_written_again_is_byte_identical(paths, tmp_path):
     assert snapshot(dot, js) == snapshot(again, again.with_suffix(".json"))
 
 
+def test_a_dot_as_written_is_not_parsed_again_and_an_empty_graph_reloads(paths, monkeypatch):
+    """Its hash matches the .json's record, so loading reads the .json alone (a 328-node .dot took
+    0.2-0.3 s to parse, twice a run); an empty graph (pipe.py --allow-empty) reloads as well."""
+    dot, _, svg = paths
+    save_graph(stored_graph(), dot, svg)
+    empty = Graph(metadata={"prompt": "p"})
+    empty.add_run(run_record(empty.metadata, "r0"))
+    save_graph(empty, dot.with_name("empty.dot"), None)
+
+    def refuse(text):
+        raise AssertionError("a .dot whose hash the .json records was parsed")
+
+    monkeypatch.setattr(graph_files, "graph_from_dot", refuse)
+    assert load_graph(dot).to_dict() == stored_graph().to_dict()
+    assert not load_graph(dot.with_name("empty.dot")).nodes
+
+
 def test_the_dot_alone_reloads_the_graph_losslessly(paths):
     dot, js, svg = paths
     graph = stored_graph()

@@ -167,20 +167,22 @@ def _unreadable(path: Path, e: Exception) -> GraphFileError:
 UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
-def _read_dot(dot_path: Path) -> tuple[Graph, str]:
-    """The graph of a .dot file and the hash of its bytes."""
+def _read_dot(dot_path: Path, data: bytes | None = None) -> Graph:
+    """The graph of a .dot file, parsed from `data` when the caller has read its bytes."""
     try:
-        data = dot_path.read_bytes()
+        data = dot_path.read_bytes() if data is None else data
         graph = graph_from_dot(data.decode("utf-8"))
     except UNREADABLE as e:
         raise _unreadable(dot_path, e) from e
     if not graph.nodes:
+        json_path = json_path_for(dot_path)
+        beside = "differs from" if json_path.exists() else "has no"
         raise GraphFileError(
             f"{dot_path} holds no node this tool can read (node ids look like resid_3.331, or 9.331 in "
-            f"graphs of the seed tool) and has no {json_path_for(dot_path).name}; it was left as it is. "
+            f"graphs of the seed tool) and {beside} {json_path.name}; it was left as it is. "
             f"Move it, rename its nodes to node ids, or point {_GRAPH_FILE_KEYS} elsewhere."
         )
-    return graph, _sha256(data)
+    return graph
 
 
 def _read_json(json_path: Path) -> tuple[Graph, dict[str, Any]]:
@@ -212,15 +214,19 @@ def _load(dot_path: Path) -> Graph | None:
         if not dot_path.exists():
             return None
         logger.info("importing %s: it has no canonical %s yet", dot_path, json_path.name)
-        return _tie_imported(_read_dot(dot_path)[0], dot_path, "imported")
+        return _tie_imported(_read_dot(dot_path), dot_path, "imported")
     graph, header = _read_json(json_path)
     if not dot_path.exists():
         return graph  # the .dot is derived: the next save draws it again
     if header["format"] == 1:  # older pairs: the .dot was renamed first, so it is never the stale one
-        return _tie_imported(_read_dot(dot_path)[0], dot_path, "imported")
-    edited, digest = _read_dot(dot_path)
-    if digest == header.get("dot_sha256"):
-        return graph
+        return _tie_imported(_read_dot(dot_path), dot_path, "imported")
+    try:
+        data = dot_path.read_bytes()
+    except UNREADABLE as e:
+        raise _unreadable(dot_path, e) from e
+    if _sha256(data) == header.get("dot_sha256"):
+        return graph  # the .dot sparse_coding wrote: parsing it would give the .json's graph again
+    edited = _read_dot(dot_path, data)
     logger.warning(
         "%s was edited after sparse_coding wrote it (it differs from the copy recorded in %s); "
         "importing the edited file, whose changed values become an 'edited by hand' run",
