@@ -160,7 +160,10 @@ def run_as_program(run: Callable[[], None], *programs: str) -> None:
 
 def _started_as(programs: Sequence[str]) -> bool:
     """Whether the interpreter's own command line (`sys.orig_argv`) ran one of `programs`:
-    a script file (compared resolved, or by name for a console command) or a `-m` module."""
+    a script file (compared resolved, or by name for a console command) or a `-m` module,
+    and no interactive prompt follows it (`python3 -i`, PYTHONINSPECT)."""
+    if sys.flags.inspect:
+        return False
     args = iter(getattr(sys, "orig_argv", [])[1:])
     for arg in args:
         if arg == "-m":

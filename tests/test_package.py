@@ -1,6 +1,7 @@
 """The package's notebook names: one import away, loaded lazily."""
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,23 @@ def test_a_script_skips_python_teardown_only_as_the_process_own_program(monkeypa
     script = str(REPO / "sparse_coding" / "pipe.py")
     monkeypatch.setattr(sys, "orig_argv", [script if arg == "SCRIPT" else arg for arg in orig_argv])
     assert cli._started_as((script, "sparse_coding.pipe", "sparse-coding")) is started
+
+
+def test_python_i_keeps_its_prompt_after_the_script(tmp_path):
+    """`python3 -i pipe.py` leaves the researcher at a prompt with the run's names: no early exit."""
+    script = tmp_path / "probe.py"
+    script.write_text("from sparse_coding import cli\nprint(cli._started_as([__file__]))\n")
+
+    def started(**env: str) -> str:
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ | {"PYTHONPATH": str(REPO), **env},
+            input="",  # the interactive prompt, if any, reads end of input and exits
+        )
+        return done.stdout.split()[0]
+
+    assert started() == "True"
+    assert started(PYTHONINSPECT="1") == "False"
