@@ -151,7 +151,7 @@ class Tokenizer:
         OSError when the hub cannot be asked, ValueError for a file that is not
         a JSON object.
         """
-        files = {name: _tokenizer_file(model_dir, name) for name in ("config.json", "tokenizer.json")}
+        files = {name: model_file(model_dir, name) for name in ("config.json", "tokenizer.json")}
         missing = [name for name, path in files.items() if path is None]
         if missing:
             raise UnreproducedTokenizer(f"{model_dir} has no {' and no '.join(missing)}")
@@ -161,7 +161,7 @@ class Tokenizer:
             raise UnreproducedTokenizer(
                 f"{config_file}: model_type is {config.get('model_type')!r}, not 'gpt2'"
             )
-        settings_file = _tokenizer_file(model_dir, "tokenizer_config.json")
+        settings_file = model_file(model_dir, "tokenizer_config.json")
         settings = _read_json(settings_file) if settings_file is not None else {}
         where = settings_file or "tokenizer_config.json"
         _check_settings(settings, where)
@@ -186,9 +186,9 @@ class Tokenizer:
         return cls(backend, {key: None if value is None else str(value) for key, value in special.items()})
 
 
-def _tokenizer_file(model_dir: str, name: str) -> Path | None:
-    """`name` in a local folder or hub repo (downloaded or cached); None where it has none, or
-    where (offline) the cache lacks it, as transformers' optional files."""
+def model_file(model_dir: str, name: str) -> Path | None:
+    """`name` in MODEL_DIR, a local folder or hub repo (downloaded or cached); None where it has
+    none, or where (offline) the cache lacks it. OSError when the hub cannot be asked."""
     folder = Path(model_dir)
     if folder.is_dir():
         return folder / name if (folder / name).is_file() else None
@@ -260,7 +260,7 @@ def _added_and_special_tokens(
         for index, fields in settings["added_tokens_decoder"].items():
             added[int(index)] = _added_token(fields, "tokenizer_config.json added_tokens_decoder")
     else:
-        map_file = _tokenizer_file(model_dir, "special_tokens_map.json")
+        map_file = model_file(model_dir, "special_tokens_map.json")
         for key, value in (_read_json(map_file) if map_file is not None else {}).items():
             if key not in _SPECIAL:
                 raise UnreproducedTokenizer(f"{map_file}: key {key}")
@@ -269,7 +269,7 @@ def _added_and_special_tokens(
                     {k: v for k, v in value.items() if k != "special"}, str(map_file), special=True
                 )
             values[key] = value
-        if _tokenizer_file(model_dir, "added_tokens.json") is not None:
+        if model_file(model_dir, "added_tokens.json") is not None:
             raise UnreproducedTokenizer(f"{model_dir} has a legacy added_tokens.json")
         for entry in serialized.get("added_tokens", []):
             fields = {k: v for k, v in entry.items() if k != "id"}

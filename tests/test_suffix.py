@@ -56,6 +56,14 @@ def _edited_rows(hidden: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch
     return seq, first, edited
 
 
+def _suffix_rows(hidden: torch.Tensor, mask: torch.Tensor, n_rows: int):
+    """Edited rows of `hidden` laid out as suffixes: seq, first, edited, read position, Suffixes, flat."""
+    seq, first, edited = _edited_rows(hidden, n_rows)
+    last = mask.sum(dim=1)[seq] - 1
+    suffixes = Suffixes(first, seq, last)
+    return seq, first, edited, last, suffixes, edited[suffixes.row, suffixes.pos]
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"scale_attn_by_inverse_layer_idx": True, "activation_function": "relu"}],
@@ -65,11 +73,8 @@ def test_suffix_rows_equal_whole_sequences_through_the_hf_blocks(overrides):
     spliced = SplicedModel(_model(**overrides), [])
     with torch.inference_mode():
         hidden, mask, cache = _clean(spliced)
-        seq, first, edited = _edited_rows(hidden, n_rows=40)
+        seq, first, edited, last, suffixes, flat = _suffix_rows(hidden, mask, n_rows=40)
         reference = spliced.run_blocks(edited, START, spliced.n_layers, mask[seq])
-        last = mask.sum(dim=1)[seq] - 1
-        suffixes = Suffixes(first, seq, last)
-        flat = edited[suffixes.row, suffixes.pos]
         blocks = spliced.model.transformer.h[START:]
         every = run_suffix(blocks, flat, suffixes, cache, START)
         at_read = run_suffix(blocks, flat, suffixes, cache, START, read=True)
@@ -86,10 +91,7 @@ def test_a_sparse_edit_takes_unchanged_keys_from_the_cache_and_equals_whole_sequ
     spliced = SplicedModel(_model(), [])
     with torch.inference_mode():
         hidden, mask, cache = _clean(spliced)
-        seq, first, edited = _edited_rows(hidden, n_rows=40)
-        last = mask.sum(dim=1)[seq] - 1
-        suffixes = Suffixes(first, seq, last)
-        flat = edited[suffixes.row, suffixes.pos]
+        seq, _, edited, last, suffixes, flat = _suffix_rows(hidden, mask, n_rows=40)
         edit = SparseEdit(hidden, (flat != hidden[suffixes.seq, suffixes.pos]).any(dim=-1))
         blocks = spliced.model.transformer.h[START:]
         every = run_suffix(blocks, flat, suffixes, cache, START, edit=edit)
@@ -114,11 +116,8 @@ def test_a_later_first_block_reads_its_own_cached_keys():
     with torch.inference_mode():
         hidden, mask, cache = _clean(spliced)
         after_one = spliced.run_blocks(hidden, START, START + 1, mask)
-        seq, first, edited = _edited_rows(after_one, n_rows=12)
+        seq, _, edited, last, suffixes, flat = _suffix_rows(after_one, mask, n_rows=12)
         reference = spliced.run_blocks(edited, START + 1, spliced.n_layers, mask[seq])
-        last = mask.sum(dim=1)[seq] - 1
-        suffixes = Suffixes(first, seq, last)
-        flat = edited[suffixes.row, suffixes.pos]
         blocks = spliced.model.transformer.h[START + 1 :]
         out = run_suffix(blocks, flat, suffixes, cache, START + 1, read=True)
     assert (out - reference[torch.arange(len(seq)), last]).abs().max() < 1e-5
@@ -137,11 +136,9 @@ def test_a_subset_of_rows_continues_from_the_same_streams():
     spliced = SplicedModel(_model(), [])
     with torch.inference_mode():
         hidden, mask, cache = _clean(spliced)
-        seq, first, edited = _edited_rows(hidden, n_rows=30)
-        last = mask.sum(dim=1)[seq] - 1
-        suffixes = Suffixes(first, seq, last)
+        seq, _, edited, last, suffixes, flat = _suffix_rows(hidden, mask, n_rows=30)
         blocks = spliced.model.transformer.h[START:]
-        after_one = run_suffix(blocks[:1], edited[suffixes.row, suffixes.pos], suffixes, cache, START)
+        after_one = run_suffix(blocks[:1], flat, suffixes, cache, START)
         keep = torch.rand(len(seq)) < 0.5
         sub, tokens = suffixes.subset(keep)
         out = run_suffix(blocks[1:], after_one[tokens], sub, cache, START + 1, read=True)

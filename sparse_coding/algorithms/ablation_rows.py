@@ -154,7 +154,9 @@ class AblatedRows:
             self.at, self.edit = nxt.stream, None
             read = self.hidden[self.suffixes.read]
         else:
-            read = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at, True, self.edit)
+            read = run_suffix(
+                blocks, self.hidden, self.suffixes, self.cache, self.at, read=True, edit=self.edit
+            )
         feats = nxt.site.feats(read).float()
         return mean_change(feats, self.base, self.cand, len(self.chunk), self.n_seq)
 

@@ -167,10 +167,17 @@ def _unreadable(path: Path, e: Exception) -> GraphFileError:
 UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise _unreadable(path, e) from e
+
+
 def _read_dot(dot_path: Path, data: bytes | None = None) -> Graph:
     """The graph of a .dot file, parsed from `data` when the caller has read its bytes."""
+    data = _read_bytes(dot_path) if data is None else data
     try:
-        data = dot_path.read_bytes() if data is None else data
         graph = graph_from_dot(data.decode("utf-8"))
     except UNREADABLE as e:
         raise _unreadable(dot_path, e) from e
@@ -220,10 +227,7 @@ def _load(dot_path: Path) -> Graph | None:
         return graph  # the .dot is derived: the next save draws it again
     if header["format"] == 1:  # older pairs: the .dot was renamed first, so it is never the stale one
         return _tie_imported(_read_dot(dot_path), dot_path, "imported")
-    try:
-        data = dot_path.read_bytes()
-    except UNREADABLE as e:
-        raise _unreadable(dot_path, e) from e
+    data = _read_bytes(dot_path)
     if _sha256(data) == header.get("dot_sha256"):
         return graph  # the .dot sparse_coding wrote: parsing it would give the .json's graph again
     edited = _read_dot(dot_path, data)

@@ -9,7 +9,7 @@ import torch
 from sparse_coding.config import DTYPE_NAMES
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.transformer import GPT2, GPT2Config
-from sparse_coding.tokenizer import Tokenizer, load_tokenizer
+from sparse_coding.tokenizer import Tokenizer, load_tokenizer, model_file
 
 logger = logging.getLogger(__name__)
 
@@ -99,31 +99,13 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def _model_files(model_dir: str) -> tuple[Path, Path]:
     """config.json and the weights file of a local folder or a hub repo (downloaded or cached)."""
-    folder = Path(model_dir)
-    if folder.is_dir():
-        weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
-        if not (folder / "config.json").is_file() or not weights:
-            raise OSError(f"the folder needs config.json and one of {', '.join(WEIGHT_FILES)}")
-        return folder / "config.json", weights[0]
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        config = Path(hf_hub_download(model_dir, "config.json"))
-    except (HfHubHTTPError, LocalEntryNotFoundError) as e:
-        raise OSError(str(e)) from e
-    missing = []
-    for name in WEIGHT_FILES:
-        try:
-            return config, Path(hf_hub_download(model_dir, name))
-        except EntryNotFoundError as e:  # not in the repo, or (offline) not in the cache
-            missing.append(e)
-        except HfHubHTTPError as e:
-            raise OSError(str(e)) from e
-    offline = [e for e in missing if isinstance(e, LocalEntryNotFoundError)]
-    raise OSError(
-        str(offline[0]) if offline else f"the repo has config.json but none of {', '.join(WEIGHT_FILES)}"
-    )
+    config = model_file(model_dir, "config.json")
+    weights = next((path for name in WEIGHT_FILES if (path := model_file(model_dir, name))), None)
+    if config is None or weights is None:
+        raise OSError(
+            f"it needs config.json and one of {', '.join(WEIGHT_FILES)} (offline, in the Hugging Face cache)"
+        )
+    return config, weights
 
 
 def _read_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
