@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
+from sparse_coding.config.steering import CurveSpec, FeatureEdit, parse_curve, parse_steer
 from sparse_coding.config.yaml_file import read_yaml, shown
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import parse_site_key
@@ -56,6 +57,8 @@ INT_RANGES = {
     "VIEW": (0, 1_000),
     "KEEPER_CLUSTER_INDEX": (0, 100_000),
     "SEED": (0, 2**32 - 1),
+    "MAX_NEW_TOKENS": (1, 1_000_000),
+    "NUM_RETURN_SEQUENCES": (1, 10_000),
 }
 # |THRESHOLD_EXP| beyond this makes 2**THRESHOLD_EXP 0 or inf in float32 (2**128).
 MAX_ABS_THRESHOLD_EXP = 100.0
@@ -137,6 +140,13 @@ class Config:
     NUM_CLUSTERS: int = 8
     KEEPER_CLUSTER_INDEX: int = 0
     THRESHOLD_PERCENTILE: float = 99.99
+    # steer.py: interventions (parsed by config/steering.py), generation, response curve.
+    STEER: tuple[FeatureEdit, ...] = field(default=(), metadata={"parse": parse_steer})
+    CURVE: CurveSpec | None = field(default=None, metadata={"parse": parse_curve})
+    MAX_NEW_TOKENS: int = 40
+    NUM_RETURN_SEQUENCES: int = 1
+    TEMPERATURE: float = 0.0
+    TOP_P: float = 1.0
     # Hardware.
     DEVICE: str | None = None
     DTYPE: str = "float32"
@@ -197,6 +207,8 @@ class Config:
         """JSON-ready key values, for graph and result metadata."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values.pop("source_path")
+        values["STEER"] = [dataclasses.asdict(edit) for edit in self.STEER]
+        values["CURVE"] = None if self.CURVE is None else dataclasses.asdict(self.CURVE)
         values["DATA_DIR"] = str(self.DATA_DIR)
         values["NEURONPEDIA_URL"] = redact_url(self.NEURONPEDIA_URL)
         return values
@@ -237,7 +249,8 @@ def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Co
             if _is_optional(known[key].type):
                 values[key] = None
             continue
-        values[key] = _coerce(key, value, known[key].type, where)
+        parse = known[key].metadata.get("parse")
+        values[key] = parse(value, key, where) if parse else _coerce(key, value, known[key].type, where)
     if "DATA_DIR" in values:
         data_dir = Path(values["DATA_DIR"]).expanduser()
         base = source_path.parent if source_path else Path.cwd()
@@ -424,6 +437,7 @@ def _check_values(config: Config, where: str) -> None:
                 f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)}"
             )
     _check_examples(config, where)
+    _check_generation(config, where)
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)
         if value is not None and value not in DTYPE_NAMES:
@@ -431,6 +445,20 @@ def _check_values(config: Config, where: str) -> None:
     if not config.sae_sources:
         raise ConfigError(
             f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
+        )
+
+
+def _check_generation(config: Config, where: str) -> None:
+    """steer.py's sampling keys."""
+    if not 0 <= config.TEMPERATURE <= 100:
+        raise ConfigError(
+            f"Config key TEMPERATURE{where} must lie in 0..100 (0 = greedy decoding), "
+            f"got {config.TEMPERATURE}"
+        )
+    if not 0 < config.TOP_P <= 1:
+        raise ConfigError(
+            f"Config key TOP_P{where} must lie in (0, 1] (the probability mass sampled from), "
+            f"got {config.TOP_P}"
         )
 
 

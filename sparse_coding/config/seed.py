@@ -47,8 +47,6 @@ UNUSED_SEED_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "question-answering evals have no counterpart": (
         "NUM_QUESTIONS_INTERPED",
-        "MAX_NEW_TOKENS",
-        "NUM_RETURN_SEQUENCES",
         "NUM_SHOT",
     ),
 }

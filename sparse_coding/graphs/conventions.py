@@ -57,9 +57,30 @@ SIGN_CONVENTIONS: dict[str, dict[str, str]] = {
             "no better than every feature mean-ablated (the circuit is complete)"
         ),
     },
+    "steer.py": {
+        "intervention": (
+            "set v: the feature's activation becomes v; scale c: it is multiplied by c; add v: "
+            "v * W_dec[i] is added whether the feature fires or not (times the input's layer-norm std "
+            "for SAEs with layer-normalised inputs, so v is in the feature's activation units); each "
+            "changes the site by (new - old activation) * decoder row, the SAE error term kept"
+        ),
+        "change": (
+            "p(steered) - p(clean) of a next token, both models reading the clean continuation: "
+            "'rose' = more likely under the intervention, 'fell' = less likely"
+        ),
+        "kl": "KL(clean || steered) of the next-token distributions in nats, on the clean continuation",
+        "activation": (
+            "the SAE's own activation (as on Neuronpedia) on the clean continuation, without (clean) and "
+            "with (steered) the intervention; an intervened feature's steered value is after its edit"
+        ),
+        "curve": (
+            "x = the swept value (set: the activation, scale: the factor, add: v); y = each watched "
+            "feature's activation at the prompt's last token and log p(answer) after it"
+        ),
+    },
 }
 
 
 def sign_convention(script: str) -> dict[str, str]:
-    """The sentences of `script` ("pipe.py", "fast.py", "val.py"), a copy for metadata."""
+    """The sentences of `script` ("pipe.py", "fast.py", "val.py", "steer.py"), a copy for metadata."""
     return dict(SIGN_CONVENTIONS[script])

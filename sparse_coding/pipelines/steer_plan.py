@@ -1,0 +1,222 @@
+"""What steer.py will do, decided and checked before the model and the SAEs load.
+
+The interventions come from STEER, or from a graph (``--from-graph``: its
+`top` strongest feature nodes, by |attribution| (fast.py) or else their
+largest |edge effect| (pipe.py), each set, scaled or steered alike, the
+graph's other feature nodes watched); a response curve from CURVE
+(``--curve``). The prompts are the texts pipe.py reads: PROMPT, or the first
+NUM_SEQUENCES_INTERPED rows of DATASET (INTERP_SOURCE), each at most
+MAX_SEQ_INTERPED_LEN tokens.
+
+Checked here, each with one message naming the key, the value and what is
+valid: every node's site has an SAE source, its index lies within that SAE's
+width (its cfg.json), every listed position lies within every prompt, and
+the curve's answer is one token.
+"""
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparse_coding.config import Config
+from sparse_coding.config.steering import CurveSpec, FeatureEdit, Positions
+from sparse_coding.corpus import TokenBatch, iter_batches
+from sparse_coding.errors import ConfigError, GraphFileError
+from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.graph_files import load_graph
+from sparse_coding.models.sae_sources import fetch_files, normalize_cfg, resolve_source
+from sparse_coding.nodes import parse_node_id
+from sparse_coding.pipelines.inputs import interpreted_texts
+from sparse_coding.tokenizer import Tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOP = 5
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    """--from-graph PATH --top K --set V | --scale X | --add X."""
+
+    path: Path
+    top: int = DEFAULT_TOP
+    kind: str = "set"
+    value: float = 0.0
+
+
+@dataclass(frozen=True)
+class SteerPlan:
+    """The checked interventions, watched nodes, curve and prompts of one steer.py run."""
+
+    edits: tuple[FeatureEdit, ...]
+    watch: tuple[str, ...]  # other feature nodes whose activations are reported
+    curve: CurveSpec | None  # set: draw a response curve instead of generating
+    source: str  # where the interventions come from, in words
+    texts: list[str]
+    batch: TokenBatch  # the prompts, right-padded
+    answer_id: int | None  # the curve's answer token
+
+    @property
+    def nodes(self) -> list[str]:
+        """Every feature node the run reads, intervened first."""
+        curve = [] if self.curve is None else [self.curve.node, *self.curve.watch]
+        return list(dict.fromkeys([*(edit.node for edit in self.edits), *self.watch, *curve]))
+
+    @property
+    def pairs(self) -> list[tuple[str, int]]:
+        """The (site, layer) SAEs to load: those of the nodes, no others."""
+        return list(dict.fromkeys(parse_node_id(node)[:2] for node in self.nodes))
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        """Each prompt's token ids, unpadded."""
+        ids, lengths = self.batch.input_ids.tolist(), self.batch.lengths.tolist()
+        return [row[:n] for row, n in zip(ids, lengths, strict=True)]
+
+
+def plan_steering(config: Config, *, graph: GraphChoice | None = None, curve: bool = False) -> SteerPlan:
+    """The run's plan, checked against the SAEs' cfg.json and the tokenized prompts.
+
+    Raises:
+        ConfigError, GraphFileError, SAELoadError: one message naming what to change.
+    """
+    if curve and config.CURVE is None:
+        raise ConfigError(
+            "--curve draws the response curve of the CURVE key, which is unset; set it, e.g. "
+            "CURVE: {node: 'mlp_0.4', from: 0.0, to: 1.0, steps: 11, watch: ['mlp_1.6'], answer: ' hot'}"
+        )
+    if graph is not None:
+        edits, watch, source = graph_edits(graph)
+    else:
+        edits, watch, source = config.STEER, (), "STEER"
+    if not curve and not edits:
+        raise ConfigError(
+            "Nothing to steer: STEER is empty; give interventions, e.g. STEER: [{node: 'resid_9.331', "
+            "set: 0.0}], or --from-graph GRAPH, or --curve for the CURVE key"
+        )
+    tokenizer = load_tokenizer(config.MODEL_DIR)
+    texts = list(itertools.islice(interpreted_texts(config), config.NUM_SEQUENCES_INTERPED))
+    batch = _prompt_batch(config, tokenizer, texts)
+    plan = SteerPlan(
+        edits=() if curve else tuple(edits),
+        watch=() if curve else tuple(w for w in watch if w not in {e.node for e in edits}),
+        curve=config.CURVE if curve else None,
+        source="CURVE" if curve else source,
+        texts=texts,
+        batch=batch,
+        answer_id=_answer_id(tokenizer, config.CURVE.answer) if curve and config.CURVE.answer else None,
+    )
+    check_plan(config, plan)
+    return plan
+
+
+def _prompt_batch(config: Config, tokenizer: Tokenizer, texts: list[str]) -> TokenBatch:
+    batches = iter_batches(
+        texts,
+        tokenizer,
+        batch_size=max(1, len(texts)),
+        max_len=config.MAX_SEQ_INTERPED_LEN,
+        prepend_bos=config.PREPEND_BOS,
+    )
+    batch = next(batches, None)
+    if batch is None:
+        raise ConfigError(f"{config.interp_source.upper()} gives no text with tokens to steer; check it")
+    return batch
+
+
+def _answer_id(tokenizer: Tokenizer, answer: str) -> int:
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ConfigError(
+            f"CURVE answer {answer!r} is {len(ids)} tokens ({ids}); give one token, with its leading "
+            f"space where the text has one (e.g. ' hot')"
+        )
+    return ids[0]
+
+
+def check_plan(config: Config, plan: SteerPlan) -> None:
+    """Every node's SAE source is set and wide enough; every position lies within every prompt."""
+    unset = sorted({f"{site.upper()}_SAES" for site, _ in plan.pairs if site not in config.sae_sources})
+    if unset:
+        nodes = [node for node in plan.nodes if parse_node_id(node).site.upper() + "_SAES" in unset]
+        raise ConfigError(f"{plan.source} names {', '.join(nodes)}, but {', '.join(unset)} is unset; set it")
+    widths = {pair: sae_width(config.sae_sources[pair[0]], pair[1]) for pair in plan.pairs}
+    for node in plan.nodes:
+        site, layer, feature = parse_node_id(node)
+        if feature >= widths[site, layer]:
+            raise ConfigError(
+                f"{plan.source} names {node}, beyond its SAE ({config.sae_sources[site]} layer {layer} has "
+                f"{widths[site, layer]} features: valid indices 0..{widths[site, layer] - 1})"
+            )
+    positioned = [(e.node, e.positions) for e in plan.edits]
+    if plan.curve is not None:
+        positioned.append((plan.curve.node, plan.curve.positions))
+    for node, positions in positioned:
+        _check_positions(plan, node, positions)
+
+
+def _check_positions(plan: SteerPlan, node: str, positions: Positions) -> None:
+    if isinstance(positions, str):
+        return
+    for text, n in zip(plan.texts, plan.batch.lengths.tolist(), strict=True):
+        outside = [p for p in positions if not -n <= p < n]
+        if outside:
+            raise ConfigError(
+                f"{plan.source}: {node} at position(s) {outside}, beyond the prompt {text[:60]!r} "
+                f"({n} tokens, BOS = 0): valid {-n}..{n - 1} (negative counts from its end); "
+                f"use 'generated' for the new tokens"
+            )
+
+
+def sae_width(source: str, layer: int) -> int:
+    """d_sae of one layer's SAE, from its cfg.json (the weights are not read)."""
+    cfg_path, _ = fetch_files(resolve_source(source, layer))
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"SAE cfg {cfg_path} is not readable JSON: {e}") from e
+    return normalize_cfg(raw, str(cfg_path))["d_sae"]
+
+
+def graph_edits(choice: GraphChoice) -> tuple[list[FeatureEdit], list[str], str]:
+    """The graph's `top` strongest feature nodes as edits, its other feature nodes as watched ones."""
+    if choice.path.suffix not in (".json", ".dot"):
+        raise GraphFileError(f"graph file {choice.path} must end in .json or .dot")
+    graph = load_graph(choice.path) if choice.path.is_file() else None
+    if graph is None:
+        raise GraphFileError(f"graph file {choice.path} does not exist")
+    ranked = sorted(_feature_strengths(graph).items(), key=lambda item: (-item[1], item[0]))
+    if not ranked:
+        raise GraphFileError(f"graph file {choice.path} has no feature nodes to steer")
+    edits = []
+    for node_id, _ in ranked[: choice.top]:
+        node, _, position = node_id.partition("@")
+        positions: Positions = (int(position),) if position else "all"
+        edits.append(FeatureEdit(node, choice.kind, choice.value, positions))
+    watch = [node_id.partition("@")[0] for node_id, _ in ranked[choice.top :]]
+    how = "|attribution|" if any(n.attribution is not None for n in graph.nodes.values()) else "|effect|"
+    source = f"graph file {choice.path} (its {len(edits)} strongest feature nodes by {how})"
+    logger.info("%s: steering %s", source, ", ".join(e.node for e in edits))
+    return edits, list(dict.fromkeys(watch)), source
+
+
+def _feature_strengths(graph: Graph) -> dict[str, float]:
+    """Feature node id -> |attribution| when the graph has attributions, else its largest |edge effect|."""
+    features = {}
+    for node_id, node in graph.nodes.items():
+        try:
+            feature = parse_node_id(node_id.partition("@")[0]).feature
+        except ValueError:  # a logit or other non-feature node
+            continue
+        if feature is not None:
+            features[node_id] = node
+    if any(node.attribution is not None for node in features.values()):
+        return {node_id: abs(node.attribution or 0.0) for node_id, node in features.items()}
+    strengths = dict.fromkeys(features, 0.0)
+    for edge in graph.edges.values():
+        for end in (edge.source, edge.target):
+            if end in strengths:
+                strengths[end] = max(strengths[end], abs(edge.effect))
+    return strengths
