@@ -34,6 +34,7 @@ setup(
         "tqdm>=4.66",
         "datasets>=2.19",
         "scikit-learn>=1.3",
+        "matplotlib>=3.7",  # steer.py's response-curve plots
     ],
     extras_require={
         "test": [

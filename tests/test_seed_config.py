@@ -87,6 +87,8 @@ HONOURED = {
     "GRADS_DOT_FILE": "grads_graph.dot",
     "VALIDATION_DIMS_PINNED": {"resid_9": [331, 12]},
     "DIMS_PINNED": {"resid_9": 331},
+    "MAX_NEW_TOKENS": 1,
+    "NUM_RETURN_SEQUENCES": 1,
 }
 UNUSED = [
     "PROJECTION_FACTOR",

@@ -128,6 +128,7 @@ class SteerResult(NamedTuple):
     clean_tokens: Tensor  # (rows, steps)
     steered_tokens: Tensor  # (rows, steps)
     kl: Tensor  # (rows, steps) KL(clean || steered) of the next token, on the clean continuation
+    chosen: TokenChanges  # the clean continuation's own tokens, (rows, steps, 1)
     rose: TokenChanges  # largest p_steered - p_clean
     fell: TokenChanges  # most negative p_steered - p_clean
     activations: dict[str, tuple[Tensor, Tensor]]  # node -> (clean, steered), (rows, width + steps)
@@ -172,7 +173,7 @@ def steer(
         logits[name], acts[name] = read_under_edits(
             spliced, rows, clean, chosen, watch_of(nodes, clean.device)
         )
-    kl, rose, fell = _step_changes(logits["clean"], logits["steered"], top_tokens)
+    kl, chosen, rose, fell = _step_changes(logits["clean"], logits["steered"], clean, top_tokens)
     activations = {}
     for key, features in watch_of(nodes, "cpu").items():
         site, layer = key.rsplit("_", 1)
@@ -182,7 +183,7 @@ def steer(
                 acts["clean"][key][..., column].cpu(),
                 acts["steered"][key][..., column].cpu(),
             )
-    return SteerResult(rows, clean.cpu(), steered.cpu(), kl, rose, fell, activations)
+    return SteerResult(rows, clean.cpu(), steered.cpu(), kl, chosen, rose, fell, activations)
 
 
 def read_under_edits(
@@ -199,8 +200,11 @@ def read_under_edits(
     return spliced.model.unembed(hidden[:, rows.width - 1 : -1]).float(), record
 
 
-def _step_changes(clean: Tensor, steered: Tensor, k: int) -> tuple[Tensor, TokenChanges, TokenChanges]:
-    """KL(clean || steered) per row and step, and the k tokens that rose and fell most."""
+def _step_changes(
+    clean: Tensor, steered: Tensor, tokens: Tensor, k: int
+) -> tuple[Tensor, TokenChanges, TokenChanges, TokenChanges]:
+    """KL(clean || steered) per row and step; the probabilities of `tokens` (rows, steps), and of
+    the k tokens that rose and fell most."""
     log_clean, log_steered = F.log_softmax(clean, dim=-1), F.log_softmax(steered, dim=-1)
     kl = F.kl_div(log_steered, log_clean, log_target=True, reduction="none").sum(-1)
     p_clean, p_steered = log_clean.exp(), log_steered.exp()
@@ -210,4 +214,9 @@ def _step_changes(clean: Tensor, steered: Tensor, k: int) -> tuple[Tensor, Token
     def changes(ids: Tensor) -> TokenChanges:
         return TokenChanges(ids.cpu(), p_clean.gather(-1, ids).cpu(), p_steered.gather(-1, ids).cpu())
 
-    return kl.cpu(), changes(change.topk(k).indices), changes((-change).topk(k).indices)
+    return (
+        kl.cpu(),
+        changes(tokens[..., None]),
+        changes(change.topk(k).indices),
+        changes((-change).topk(k).indices),
+    )

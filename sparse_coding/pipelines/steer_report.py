@@ -4,10 +4,11 @@
 positions, in words), ``watched``, ``generation`` (decoding settings),
 ``sequences`` (per prompt and return sequence: ``prompt``, ``clean`` and
 ``steered`` text and token ids, ``steps``: per generated step the clean
-token, ``kl`` and the tokens that ``rose`` and ``fell`` most as rows of
-``token``, ``id``, ``clean``, ``steered``, ``change``; ``activations``: per
-node, clean and steered, at the prompt's last token and the mean over the
-continuation), ``sign_convention``, ``config``.
+token with its probability clean and steered (``p_clean``, ``p_steered``),
+``kl`` and the tokens that ``rose`` and ``fell`` most as rows of ``token``,
+``id``, ``clean``, ``steered``, ``change``; ``activations``: per node, clean
+and steered, at the prompt's last token and the mean over the continuation),
+``sign_convention``, ``config``.
 
 ``response_curve.json``: ``node``, ``kind``, ``positions``, ``values``,
 ``prompts``, ``watched`` (node -> per prompt, per value), ``answer``,
@@ -62,6 +63,8 @@ def _sequence(
         {
             "step": step,
             "token": token_text(tokenizer, token),
+            "p_clean": float(result.chosen.clean[row, step, 0]),
+            "p_steered": float(result.chosen.steered[row, step, 0]),
             "kl": float(result.kl[row, step]),
             "rose": _token_rows(result.rose, row, step, tokenizer, sign=1),
             "fell": _token_rows(result.fell, row, step, tokenizer, sign=-1),
@@ -122,11 +125,13 @@ def _sequence_lines(sequence: dict, n_samples: int) -> list[str]:
         f"Prompt {sequence['prompt']!r}{sample}",
         f"  clean:   {sequence['clean']!r}",
         f"  steered: {sequence['steered']!r}",
-        f"  {'step':>4}  {'clean token':<16} {'KL':>8}  rose (p steered - p clean) | fell",
+        f"  {'step':>4}  {'clean token':<16} {'p clean':>8} {'p steered':>9} {'KL':>8}  "
+        f"rose (p steered - p clean) | fell",
     ]
     for step in sequence["steps"]:
         rose, fell = (_changes_text(step[name][:SHOWN_PER_STEP]) for name in ("rose", "fell"))
-        lines.append(f"  {step['step'] + 1:>4}  {step['token']!r:<16} {step['kl']:>8.4f}  {rose} | {fell}")
+        probs = f"{step['p_clean']:>8.4f} {step['p_steered']:>9.4f} {step['kl']:>8.4f}"
+        lines.append(f"  {step['step'] + 1:>4}  {step['token']!r:<16} {probs}  {rose} | {fell}")
     lines.append("  activations, clean -> steered: at the prompt's last token; mean over the continuation")
     for node, acts in sequence["activations"].items():
         mark = "*" if acts["intervened"] else " "
