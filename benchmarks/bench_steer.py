@@ -9,7 +9,8 @@ layer (random_weights.py, calibrated so ~80 features fire per token). Prompts
 of 12 random tokens (BOS first). Printed:
 
 1. tokens/s of greedy generation with the key/value cache, batch 1 and 8,
-   --new-tokens new tokens: the plain model (no hooks), one intervened site
+   --new-tokens new tokens, with the SAEs of the intervened sites alone
+   spliced (as steer.py loads them): the plain model (no hooks), one intervened site
    (resid_9 set to 0: a ReLU site reads one encoder column; attn_10 set to 0:
    a TopK site encodes in full, to know the top k), and all nine sites (one
    feature set to 0 each); the ratio to plain is the cost of intervening;
@@ -89,6 +90,12 @@ def timed_generation(spliced, prompts, sampling, edits, device, repeats=1) -> tu
     return min(times), tokens
 
 
+def only(spliced: SplicedModel, edits: list[FeatureEdit] | None) -> SplicedModel:
+    """The model with the SAEs of `edits`' sites alone, as steer.py loads it (plain: none)."""
+    keys = {edit.site_key for edit in edits or []}
+    return SplicedModel(spliced.model, [site.sae for site in spliced.sites if site.key in keys])
+
+
 def generation_speed(spliced, prompts, device, new_tokens, repeats) -> None:
     ids = prompts.to(device)
     one_relu = [FeatureEdit(f"resid_9.{firing(spliced, 'resid_9', ids)}", "set", 0.0)]
@@ -101,10 +108,14 @@ def generation_speed(spliced, prompts, device, new_tokens, repeats) -> None:
     )
     for batch in (1, 8):
         rows = left_padded(prompts[:batch].tolist(), 50256, device)
-        plain_s, plain_tokens = timed_generation(spliced, rows, Sampling(new_tokens), None, device, repeats)
+        plain_s, plain_tokens = timed_generation(
+            only(spliced, None), rows, Sampling(new_tokens), None, device, repeats
+        )
         print(f"  batch {batch}, {'plain':<24} {batch * new_tokens / plain_s:8.1f} tokens/s")
         for name, edits in cases.items():
-            seconds, tokens = timed_generation(spliced, rows, Sampling(new_tokens), edits, device, repeats)
+            seconds, tokens = timed_generation(
+                only(spliced, edits), rows, Sampling(new_tokens), edits, device, repeats
+            )
             changed = (tokens != plain_tokens).float().mean()
             print(
                 f"  batch {batch}, {name:<24} {batch * new_tokens / seconds:8.1f} tokens/s  "

@@ -1,7 +1,7 @@
 """steer.py: test what a graph claims by intervening: set, scale or steer features and generate.
 
-Applies the STEER interventions (or a graph's strongest feature nodes,
-``--from-graph PATH``) while generating from PROMPT or DATASET rows, and
+Applies the STEER interventions (or ``--node ID``'s, or a graph's strongest
+feature nodes, ``--from-graph PATH``) while generating from PROMPT or DATASET rows, and
 prints the clean and steered continuations side by side with the tokens whose
 probability rose and fell most at each step; ``--curve`` sweeps the CURVE key's
 intervention instead and draws the response of watched features and the
@@ -23,37 +23,43 @@ from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
 
 DESCRIPTION = "Set, scale or steer features and generate; or draw a response curve (--curve)."
-GRAPH_EDITS = ("set", "scale", "add")
+EDIT_KINDS = ("set", "scale", "add")
 
 
 def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("preflight"):
         from sparse_coding.pipelines.steer_plan import plan_steering
 
-        plan = plan_steering(config, graph=graph_choice(args), curve=args.curve)
+        plan = plan_steering(config, command_line=command_line_edits(args), curve=args.curve)
     with args.phases.phase("import"):
         from sparse_coding.pipelines.steer import run_steer
 
     print(run_steer(config, plan, args.phases))
 
 
-def graph_choice(args: argparse.Namespace):
-    """--from-graph and its options as a GraphChoice (None without a graph)."""
-    from sparse_coding.pipelines.steer_plan import DEFAULT_TOP, GraphChoice
+def command_line_edits(args: argparse.Namespace):
+    """--node or --from-graph with their options as CommandLineEdits (None: the STEER key)."""
+    from sparse_coding.pipelines.steer_plan import DEFAULT_TOP, CommandLineEdits
 
-    given = [f"--{kind}" for kind in GRAPH_EDITS if getattr(args, kind) is not None]
-    if args.from_graph is None:
+    given = [f"--{kind}" for kind in EDIT_KINDS if getattr(args, kind) is not None]
+    nodes = tuple(args.node or ())
+    if args.from_graph is None and not nodes:
         if given or args.top is not None:
             raise ConfigError(
-                f"{', '.join(given + ['--top'] * (args.top is not None))} choose(s) a graph's nodes; "
-                f"give the graph with --from-graph PATH, or put the interventions in STEER"
+                f"{', '.join([*given, *['--top'] * (args.top is not None)])} choose(s) the intervention of "
+                f"--node ID or --from-graph PATH; give one of those, or put the interventions in STEER"
             )
         return None
+    if args.from_graph is not None and nodes:
+        raise ConfigError("--node and --from-graph both choose the nodes to steer; give one of them")
+    if args.top is not None and not args.from_graph:
+        raise ConfigError("--top picks a graph's strongest nodes; give the graph with --from-graph PATH")
     if args.curve:
-        raise ConfigError("--curve sweeps the CURVE key's node; drop --from-graph, or drop --curve")
-    kind = next((kind for kind in GRAPH_EDITS if getattr(args, kind) is not None), "set")
+        raise ConfigError("--curve sweeps the CURVE key's node; drop --node/--from-graph, or drop --curve")
+    kind = next((kind for kind in EDIT_KINDS if getattr(args, kind) is not None), "set")
     value = getattr(args, kind) if getattr(args, kind) is not None else 0.0
-    return GraphChoice(args.from_graph, DEFAULT_TOP if args.top is None else args.top, kind, value)
+    top = DEFAULT_TOP if args.top is None else args.top
+    return CommandLineEdits(nodes, args.from_graph, top, kind, value)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -63,7 +69,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         prog,
         outputs=["steering.json", "with --curve: response_curve.json, .png, .svg"],
         keys=[
-            "STEER (or --from-graph)",
+            "STEER (or --node, --from-graph)",
             "CURVE (with --curve)",
             "MAX_NEW_TOKENS",
             "NUM_RETURN_SEQUENCES",
@@ -90,12 +96,17 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         "instead of STEER; its other feature nodes are watched",
     )
     parser.add_argument("--top", type=int, metavar="K", help="with --from-graph: how many nodes (default 5)")
-    edit = parser.add_mutually_exclusive_group()
-    edit.add_argument("--set", type=float, metavar="V", help="with --from-graph: set them to V (default: 0)")
-    edit.add_argument("--scale", type=float, metavar="X", help="with --from-graph: multiply them by X")
-    edit.add_argument(
-        "--add", type=float, metavar="X", help="with --from-graph: add X times their decoder rows"
+    parser.add_argument(
+        "--node",
+        action="append",
+        metavar="ID",
+        help="intervene on this feature (e.g. resid_9.331, or resid_9.331@7 at one position) instead of "
+        "STEER; repeat for several",
     )
+    edit = parser.add_mutually_exclusive_group()
+    edit.add_argument("--set", type=float, metavar="V", help="with --node/--from-graph: set to V (default 0)")
+    edit.add_argument("--scale", type=float, metavar="X", help="with --node/--from-graph: multiply by X")
+    edit.add_argument("--add", type=float, metavar="X", help="with --node/--from-graph: add X * decoder row")
     parser.add_argument(
         "--curve", action="store_true", help="draw the response curve of the CURVE key instead of generating"
     )

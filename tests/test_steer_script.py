@@ -38,7 +38,7 @@ def demo_raw(data_dir: Path, **overrides) -> dict:
 def run_steer(config: Config, **args) -> None:
     from sparse_coding.steer import main
 
-    defaults = {"phases": PhaseTimer(), "from_graph": None, "top": None, "curve": False}
+    defaults = {"phases": PhaseTimer(), "from_graph": None, "node": None, "top": None, "curve": False}
     defaults |= {"set": None, "scale": None, "add": None}
     main(config, argparse.Namespace(**(defaults | args)))
 
@@ -190,3 +190,14 @@ def test_a_bad_steer_key_names_the_key_through_the_wrapper(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_script(lambda config, args: None, "probe", argv=["--config", str(path), "-q"])
     assert "STEER" in capsys.readouterr().err
+
+
+def test_node_on_the_command_line_replaces_steer(tmp_path):
+    config = config_from_dict(demo_raw(tmp_path))
+    run_steer(config, node=["mlp_1.6", "attn_0.4@8", "mlp_1.6"], add=1.5)
+    data = output(config, "steering.json")
+    assert data["source"] == "--node"
+    assert [(e["node"], e["kind"], e["value"], e["positions"]) for e in data["interventions"]] == [
+        ("mlp_1.6", "add", 1.5, "all"),
+        ("attn_0.4", "add", 1.5, [8]),
+    ]

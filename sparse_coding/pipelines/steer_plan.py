@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_coding.config import Config
-from sparse_coding.config.steering import CurveSpec, FeatureEdit, Positions
+from sparse_coding.config.steering import CurveSpec, FeatureEdit, Positions, parse_edit
 from sparse_coding.corpus import TokenBatch, iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
@@ -37,10 +37,12 @@ DEFAULT_TOP = 5
 
 
 @dataclass(frozen=True)
-class GraphChoice:
-    """--from-graph PATH --top K --set V | --scale X | --add X."""
+class CommandLineEdits:
+    """Interventions given on the command line instead of STEER: ``--node ID ...`` or
+    ``--from-graph PATH --top K``, each with ``--set V | --scale X | --add X`` (default set 0)."""
 
-    path: Path
+    nodes: tuple[str, ...] = ()
+    graph: Path | None = None
     top: int = DEFAULT_TOP
     kind: str = "set"
     value: float = 0.0
@@ -76,7 +78,9 @@ class SteerPlan:
         return [row[:n] for row, n in zip(ids, lengths, strict=True)]
 
 
-def plan_steering(config: Config, *, graph: GraphChoice | None = None, curve: bool = False) -> SteerPlan:
+def plan_steering(
+    config: Config, *, command_line: CommandLineEdits | None = None, curve: bool = False
+) -> SteerPlan:
     """The run's plan, checked against the SAEs' cfg.json and the tokenized prompts.
 
     Raises:
@@ -87,8 +91,10 @@ def plan_steering(config: Config, *, graph: GraphChoice | None = None, curve: bo
             "--curve draws the response curve of the CURVE key, which is unset; set it, e.g. "
             "CURVE: {node: 'mlp_0.4', from: 0.0, to: 1.0, steps: 11, watch: ['mlp_1.6'], answer: ' hot'}"
         )
-    if graph is not None:
-        edits, watch, source = graph_edits(graph)
+    if command_line is not None and command_line.graph is not None:
+        edits, watch, source = graph_edits(command_line)
+    elif command_line is not None:
+        edits, watch, source = node_edits(command_line), (), "--node"
     else:
         edits, watch, source = config.STEER, (), "STEER"
     if not curve and not edits:
@@ -180,16 +186,23 @@ def sae_width(source: str, layer: int) -> int:
     return normalize_cfg(raw, str(cfg_path))["d_sae"]
 
 
-def graph_edits(choice: GraphChoice) -> tuple[list[FeatureEdit], list[str], str]:
+def node_edits(choice: CommandLineEdits) -> list[FeatureEdit]:
+    """--node ids, each with the command line's intervention (a repeated id once)."""
+    edits = [parse_edit({"node": node, choice.kind: choice.value}, f"--node {node}") for node in choice.nodes]
+    return list(dict.fromkeys(edits))
+
+
+def graph_edits(choice: CommandLineEdits) -> tuple[list[FeatureEdit], list[str], str]:
     """The graph's `top` strongest feature nodes as edits, its other feature nodes as watched ones."""
-    if choice.path.suffix not in (".json", ".dot"):
-        raise GraphFileError(f"graph file {choice.path} must end in .json or .dot")
-    graph = load_graph(choice.path) if choice.path.is_file() else None
+    path = choice.graph
+    if path.suffix not in (".json", ".dot"):
+        raise GraphFileError(f"graph file {path} must end in .json or .dot")
+    graph = load_graph(path) if path.is_file() else None
     if graph is None:
-        raise GraphFileError(f"graph file {choice.path} does not exist")
+        raise GraphFileError(f"graph file {path} does not exist")
     ranked = sorted(_feature_strengths(graph).items(), key=lambda item: (-item[1], item[0]))
     if not ranked:
-        raise GraphFileError(f"graph file {choice.path} has no feature nodes to steer")
+        raise GraphFileError(f"graph file {path} has no feature nodes to steer")
     edits = []
     for node_id, _ in ranked[: choice.top]:
         node, _, position = node_id.partition("@")
@@ -197,7 +210,7 @@ def graph_edits(choice: GraphChoice) -> tuple[list[FeatureEdit], list[str], str]
         edits.append(FeatureEdit(node, choice.kind, choice.value, positions))
     watch = [node_id.partition("@")[0] for node_id, _ in ranked[choice.top :]]
     how = "|attribution|" if any(n.attribution is not None for n in graph.nodes.values()) else "|effect|"
-    source = f"graph file {choice.path} (its {len(edits)} strongest feature nodes by {how})"
+    source = f"graph file {path} (its {len(edits)} strongest feature nodes by {how})"
     logger.info("%s: steering %s", source, ", ".join(e.node for e in edits))
     return edits, list(dict.fromkeys(watch)), source
 
