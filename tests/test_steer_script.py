@@ -201,3 +201,19 @@ def test_node_on_the_command_line_replaces_steer(tmp_path):
         ("mlp_1.6", "add", 1.5, "all"),
         ("attn_0.4", "add", 1.5, [8]),
     ]
+
+
+def test_the_viewers_commands_run_as_given(tmp_path):
+    from sparse_coding.config.steering import FeatureEdit, steer_commands
+    from sparse_coding.steer import run
+
+    lines = dict(steer_commands("attn_0.4"))
+    path = tmp_path / "steer.yaml"
+    path.write_text(yaml.safe_dump(demo_raw(tmp_path)))
+    command = lines["ablate"].split()
+    assert command[:2] == ["sparse-coding", "steer"]
+    run([*command[2:], "--config", str(path), "-q"])
+    data = json.loads(next(tmp_path.rglob("steering.json")).read_text())
+    assert [(e["node"], e["kind"], e["value"]) for e in data["interventions"]] == [("attn_0.4", "set", 0.0)]
+    pasted = config_from_dict(demo_raw(tmp_path) | yaml.safe_load(lines["config"]))
+    assert pasted.STEER == (FeatureEdit("attn_0.4", "set", 0.0),)

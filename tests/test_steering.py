@@ -207,6 +207,7 @@ def test_a_response_curve_equals_one_plain_hooked_forward_per_value(spliced, kin
         f"mlp_2.{firing_feature(spliced, 'mlp_2')}",
         "attn_1.2",
         f"resid_0.{firing_feature(spliced, 'resid_0')}",
+        node,  # the swept feature itself: read at its new value
     )
     spec = CurveSpec(node, kind, -1.0, 3.0, 7, watch, "x")
     ids = torch.zeros(len(PROMPTS), max(map(len, PROMPTS)), dtype=torch.long)

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_coding.algorithms.steering import Watch, site_edits, steering, watch_of
+from sparse_coding.algorithms.steering import Watch, edited_activations, site_edits, watch_of
 from sparse_coding.config.steering import CurveSpec, kind_factors
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.nodes import parse_node_id
-from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.splicing.splice import FeatureEdits, Intervention, Site, SplicedModel, feature_edits
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +92,34 @@ def _row_chunks(batch: TokenBatch, values: Tensor) -> list[range]:
     return [range(i, min(i + MAX_ROWS, n_rows)) for i in range(0, n_rows, MAX_ROWS)]
 
 
-def _reading_last(watch: Watch, record: dict[str, Tensor], lengths: Tensor, edits: dict | None = None):
+def _reading_last(
+    watch: Watch, record: dict[str, Tensor], lengths: Tensor, edits: dict[str, FeatureEdits] | None = None
+) -> Intervention:
     """Intervention applying `edits` that records the watched features at each row's last real
-    token, (rows, k) per site."""
-    full: dict[str, Tensor] = {}
-    inner = steering(edits or {}, watch=watch, record=full)
+    token, (rows, k) per site (an edited feature at its new value); only that token is encoded."""
+    edits = edits or {}
+    apply = feature_edits(edits)
     rows = torch.arange(len(lengths), device=lengths.device)
 
-    def read(site, x: Tensor) -> Tensor:
-        out = inner(site, x)
-        if site.key in full:
-            record[site.key] = full.pop(site.key)[rows, lengths - 1]
-        return out
+    def read(site: Site, x: Tensor) -> Tensor:
+        if site.key in watch:
+            last = x[rows, lengths - 1][:, None]  # (rows, 1, d_model)
+            at_last = _at_last(edits.get(site.key), lengths)
+            record[site.key] = edited_activations(site, last, watch[site.key], at_last)[:, 0]
+        return apply(site, x)
 
     return read
+
+
+def _at_last(edits: FeatureEdits | None, lengths: Tensor) -> FeatureEdits | None:
+    """The entries of `edits` at each row's last real token, at position 0 of a one-token input."""
+    if edits is None:
+        return None
+    keep = edits.positions == lengths[edits.rows] - 1
+    rows = edits.rows[keep]
+    return FeatureEdits(
+        rows, torch.zeros_like(rows), edits.features[keep], edits.factor[keep], edits.offset[keep]
+    )
 
 
 def _sweep_rows(

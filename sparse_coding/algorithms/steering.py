@@ -85,7 +85,7 @@ def watch_of(nodes: Sequence[str], device: torch.device | str) -> Watch:
     return {key: torch.tensor(features, device=device) for key, features in grouped.items()}
 
 
-def _edited_acts(site: Site, x: Tensor, features: Tensor, edits: FeatureEdits | None) -> Tensor:
+def edited_activations(site: Site, x: Tensor, features: Tensor, edits: FeatureEdits | None) -> Tensor:
     """(batch, n, k) activations of `features` in x, the edited entries at their new value."""
     acts = site.feats_of(x, features).float()
     if edits is None or len(edits.rows) == 0:
@@ -107,7 +107,7 @@ def steering(
 
     def intervene(site: Site, x: Tensor) -> Tensor:
         if record is not None and watch and site.key in watch:
-            record[site.key] = _edited_acts(site, x, watch[site.key], edits.get(site.key))
+            record[site.key] = edited_activations(site, x, watch[site.key], edits.get(site.key))
         return apply(site, x)
 
     return intervene

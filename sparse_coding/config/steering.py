@@ -219,3 +219,20 @@ def parse_curve(value: Any, key: str, where: str) -> CurveSpec:
     start = _number(entry.get("from", 0.0), f"{here}: from")
     stop = _number(entry.get("to", 1.0), f"{here}: to")
     return CurveSpec(node, kind, start, stop, steps, watched, answer, positions)
+
+
+def steer_commands(node_id: str) -> list[tuple[str, str]]:
+    """What a viewer offers to copy for a feature node: the steer.py commands that ablate it and
+    double it, and the STEER lines that ablate it; [] for error nodes and other ids.
+
+    The commands use the default config (central_config.yaml); add ``--config PATH`` for another.
+    """
+    try:
+        parse_feature_node(node_id, "node")
+    except ConfigError:
+        return []
+    return [
+        ("ablate", f"sparse-coding steer --node {node_id} --set 0"),
+        ("double", f"sparse-coding steer --node {node_id} --scale 2"),
+        ("config", f'STEER:\n  - {{node: "{node_id}", set: 0.0}}'),
+    ]

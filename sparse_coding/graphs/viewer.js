@@ -3,7 +3,7 @@
  * scGraphViewer.init(root, data) builds the toolbar, the canvas and the side
  * panel inside `root` from the page data written by viewer.py:
  *   data.nodes: [{id, hook, row, error, activation, attribution, contexts,
- *                 up, down, explanation, url, runs}]
+ *                 up, down, explanation, url, steer, runs}]
  *   data.edges: [[sourceIndex, targetIndex, effect, runs]]
  *   data.rows, data.runs, data.caption, data.legend, data.summary
  * Every label is set with textContent or drawn with fillText, so a token
@@ -163,6 +163,47 @@
       return row;
     }
 
+    // steer.py commands for the selected feature (viewer.py's `steer`: [label, text] pairs), each
+    // with a copy button; the clipboard API where the page may use it, else a selected textarea.
+    function steerBox(lines) {
+      var box = el("div", "sc-steer");
+      box.appendChild(el("div", "sc-heading", "test it with steer.py (add --config PATH for yours)"));
+      lines.forEach(function (line) {
+        var row = el("div", "sc-steer-row");
+        var button = el("button", "sc-copy", "copy");
+        button.title = "copy the " + line[0] + " command";
+        button.addEventListener("click", function () { copyText(line[1], button); });
+        row.appendChild(el("span", "sc-steer-label", line[0]));
+        row.appendChild(el("pre", "sc-steer-code", line[1]));
+        row.appendChild(button);
+        box.appendChild(row);
+      });
+      return box;
+    }
+
+    function copyText(text, button) {
+      var done = function () {
+        button.textContent = "copied";
+        setTimeout(function () { button.textContent = "copy"; }, 1500);
+      };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(text).then(done, function () { copyBySelection(text) && done(); });
+      } else if (copyBySelection(text)) {
+        done();
+      }
+    }
+
+    function copyBySelection(text) {
+      var area = el("textarea", "sc-copy-area");
+      area.value = text;
+      root.appendChild(area);
+      area.select();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      root.removeChild(area);
+      return ok;
+    }
+
     function sideNode(i) {
       var n = nodes[i];
       side.textContent = "";
@@ -178,6 +219,7 @@
         side.appendChild(link);
       }
       if (n.explanation) side.appendChild(el("div", "sc-explanation", n.explanation));
+      if (n.steer && n.steer.length) side.appendChild(steerBox(n.steer));
       var maxAct = 0;
       n.contexts.forEach(function (c) { c.activations.forEach(function (a) { maxAct = Math.max(maxAct, a); }); });
       var contexts = el("div", "sc-contexts");

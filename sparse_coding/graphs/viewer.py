@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_coding import storage
+from sparse_coding.config.steering import steer_commands
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.legend import caption_text, graph_script, legend_entries, run_text
 
@@ -110,6 +111,7 @@ def viewer_data(graph_json: dict[str, Any]) -> dict[str, Any]:
                 "down": _cells(node.logits_down),
                 "explanation": node.explanation,
                 "url": _page_url(node, metadata),
+                "steer": [list(line) for line in steer_commands(node.id)],
                 "runs": _run_indices(item, run_index),
             }
             for item, node in nodes
