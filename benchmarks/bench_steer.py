@@ -1,6 +1,7 @@
 """Benchmark steer.py: generation speed with interventions, the key/value cache, a response curve.
 
-    python3 benchmarks/bench_steer.py [--device cuda] [--new-tokens 64] [--recompute-tokens 256] [--repeats 3]
+    python3 benchmarks/bench_steer.py [--device cuda] [--new-tokens 64] [--recompute-tokens 256]
+                                       [--repeats 3] [--threads N]
 
 Not a test. GPT-2-small-shaped random weights (GPT2Config() defaults, no
 download); slice 9:12 with a 24576-latent ReLU SAE on hook_resid_pre and
@@ -179,10 +180,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--recompute-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3, help="generation timings: the fastest of this many")
+    parser.add_argument("--repeats", type=int, default=3, help="timings: the fastest of this many rounds")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (on a busy machine, 1 avoids threads waiting on each other)",
+    )
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     spliced, prompts = build(args.device, gen)
     print(f"device {args.device}, {torch.get_num_threads()} threads")

@@ -9,6 +9,7 @@ a response curve (`algorithms.response_curve`) writes
 """
 
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sparse_coding import storage
@@ -67,7 +68,7 @@ def _run_generation(
     data = steering_data(result, plan, tokenizer, sampling)
     path = config.model_data_dir(config.MODEL_DIR) / STEERING_FILE
     with phases.phase("write"):
-        storage.write_atomic(path, to_json(data | {"config": config.to_metadata()}))
+        storage.write_atomic(path, to_json(data | run_record(config)))
     return f"{format_steering_report(data)}\n\nWrote {path}"
 
 
@@ -84,8 +85,14 @@ def _run_curve(
     data = curve_data(result, plan, tokenizer)
     stem = config.model_data_dir(config.MODEL_DIR) / CURVE_STEM
     with phases.phase("write"):
-        paths = write_curve(data | {"config": config.to_metadata()}, stem)
+        paths = write_curve(data | run_record(config), stem)
     return f"{format_curve_report(data)}\n\nWrote {', '.join(map(str, paths))}"
+
+
+def run_record(config: Config) -> dict:
+    """What every steer.py file records of its run: script, time, processes (one), config."""
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"run": {"script": "steer.py", "time": when, "world_size": 1}, "config": config.to_metadata()}
 
 
 def _sampling(config: Config, spliced: SplicedModel, plan: SteerPlan) -> Sampling:

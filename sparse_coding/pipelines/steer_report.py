@@ -8,11 +8,11 @@ token with its probability clean and steered (``p_clean``, ``p_steered``),
 ``kl`` and the tokens that ``rose`` and ``fell`` most as rows of ``token``,
 ``id``, ``clean``, ``steered``, ``change``; ``activations``: per node, clean
 and steered, at the prompt's last token and the mean over the continuation),
-``sign_convention``, ``config``.
+``sign_convention``, ``run`` (script, time, world_size: 1), ``config``.
 
 ``response_curve.json``: ``node``, ``kind``, ``positions``, ``values``,
 ``prompts``, ``watched`` (node -> per prompt, per value), ``answer``,
-``answer_logprob``, ``top_tokens`` (per prompt and value), ``sign_convention``, ``config``.
+``answer_logprob``, ``top_tokens`` (per prompt and value), ``sign_convention``, ``run``, ``config``.
 """
 
 import json
