@@ -16,6 +16,7 @@ Phases of `response_curve`:
 """
 
 import logging
+import time
 from typing import NamedTuple
 
 import torch
@@ -62,6 +63,7 @@ def response_curve(
         answer_id: the token whose log-probability is recorded.
         top_tokens: next tokens recorded per prompt and value.
     """
+    began = time.perf_counter()
     values = torch.tensor(spec.values, device=spliced.device)
     start = parse_node_id(spec.node).layer
     lengths = batch.attention_mask.sum(1)
@@ -84,6 +86,12 @@ def response_curve(
             watched[node] = by_site[key][:, column].view(len(lengths), len(values)).cpu()
     top = log_probs.topk(min(top_tokens, log_probs.shape[-1]), dim=-1)
     answer = None if answer_id is None else log_probs[..., answer_id].cpu()
+    logger.info(
+        "Response curve: %d values x %d prompts in %.1fs",
+        len(values),
+        len(lengths),
+        time.perf_counter() - began,
+    )
     return CurveResult(spec.values, watched, answer, top.indices.cpu(), top.values.exp().cpu())
 
 

@@ -22,6 +22,7 @@ Phases of `steer`:
 """
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -159,6 +160,7 @@ def steer(
     """
     sampling = sampling or Sampling()
     rows = prompts.repeat(num_return_sequences)
+    start = time.perf_counter()
     clean = generate(spliced, rows, sampling, desc="Clean generation").tokens
     steered = generate(
         spliced,
@@ -167,6 +169,10 @@ def steer(
         intervention_at=lambda columns: steering(site_edits(edits, columns, rows.lengths)),
         desc="Steered generation",
     ).tokens
+    logger.info(
+        "Phase 1, generation (%d rows x %d tokens, twice): %.1fs", *clean.shape, time.perf_counter() - start
+    )
+    start = time.perf_counter()
     nodes = list(dict.fromkeys([*(edit.node for edit in edits), *watch]))
     logits, acts = {}, {}
     for name, chosen in (("clean", ()), ("steered", edits)):
@@ -174,16 +180,17 @@ def steer(
             spliced, rows, clean, chosen, watch_of(nodes, clean.device)
         )
     kl, chosen, rose, fell = _step_changes(logits["clean"], logits["steered"], clean, top_tokens)
-    activations = {}
+    logger.info("Phase 2, comparison on the clean text: %.1fs", time.perf_counter() - start)
+    return SteerResult(rows, clean.cpu(), steered.cpu(), kl, chosen, rose, fell, _by_node(nodes, acts))
+
+
+def _by_node(nodes: Sequence[str], acts: dict[str, dict[str, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:
+    """node -> (clean, steered) activations (rows, positions) on the CPU, from each run's per-site record."""
+    out = {}
     for key, features in watch_of(nodes, "cpu").items():
-        site, layer = key.rsplit("_", 1)
         for column, feature in enumerate(features.tolist()):
-            node = f"{site}_{layer}.{feature}"
-            activations[node] = (
-                acts["clean"][key][..., column].cpu(),
-                acts["steered"][key][..., column].cpu(),
-            )
-    return SteerResult(rows, clean.cpu(), steered.cpu(), kl, chosen, rose, fell, activations)
+            out[f"{key}.{feature}"] = tuple(acts[run][key][..., column].cpu() for run in ("clean", "steered"))
+    return out
 
 
 def read_under_edits(
