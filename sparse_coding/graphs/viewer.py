@@ -28,7 +28,8 @@ from typing import Any
 
 from sparse_coding import storage
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.legend import caption_text, graph_script, legend_entries, run_text
+from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
+from sparse_coding.graphs.markup import shown_logits
 
 NEURONPEDIA_PAGES = "https://www.neuronpedia.org"
 
@@ -49,9 +50,8 @@ def _run_indices(item: dict[str, Any], run_index: dict[str, int]) -> list[int] |
 
 
 def _run_labels(metadata: dict[str, Any]) -> list[str]:
-    """One line per merged run: script and prompt (or dataset)."""
-    runs = metadata.get("runs") or []
-    return [f"{i}: {run_text(run)}" for i, run in enumerate(runs)]
+    """One line per merged run: id, script, prompt (or dataset) and how it chose its nodes."""
+    return [run_label(run) for run in metadata.get("runs") or []]
 
 
 def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:
@@ -69,7 +69,8 @@ def _finite(value: float | None) -> float | None:
 
 
 def _cells(pairs: list[tuple[str, float]]) -> list[list[Any]]:
-    return [[token, _finite(value) or 0.0] for token, value in pairs]
+    """The logit cells the image draws (`markup.shown_logits`), non-finite values as 0."""
+    return [[token, _finite(value) or 0.0] for token, value in shown_logits(pairs)]
 
 
 def _row_label(node: Node) -> str:
@@ -82,7 +83,7 @@ def viewer_data(graph_json: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``nodes`` (forward order, each with its row), ``edges`` as
         ``[source index, target index, effect, runs]``, row labels, run
-        labels, caption, legend and summary.
+        labels, caption lines and legend (the image's, from `legend`).
     """
     metadata = dict(graph_json.get("metadata") or {})
     nodes = [(item, Node.from_dict(item)) for item in graph_json["nodes"]]
@@ -121,9 +122,8 @@ def viewer_data(graph_json: dict[str, Any]) -> dict[str, Any]:
         ],
         "rows": rows,
         "runs": _run_labels(metadata),
-        "caption": caption_text(metadata),
-        "legend": [list(entry) for entry in legend_entries(graph_script(metadata))],
-        "summary": metadata.get("summary"),
+        "caption": caption_lines(metadata),
+        "legend": [list(entry) for entry in legend_entries(metadata)],
     }
 
 

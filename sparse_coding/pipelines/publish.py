@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from sparse_coding import storage
 from sparse_coding.config import Config
 from sparse_coding.errors import DatasetError
-from sparse_coding.graphs.conventions import sign_convention
+from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
 from sparse_coding.labels.context_cache import ContextCache
@@ -31,15 +31,19 @@ logger = logging.getLogger(__name__)
 CONTEXTS_CACHE = "contexts/top_contexts.npz"
 
 
-def run_metadata(config: Config, spliced: SplicedModel, script: str) -> dict:
-    """What shaped a graph: script, prompt, model, SAE sources, config values, and what its signs mean."""
+def run_metadata(config: Config, sae_sources: dict[str, str], script: str, selection: str | None = None) -> dict:
+    """What shaped a graph: script, prompt, model, SAE sources, config values, and what its numbers mean.
+
+    `selection` is the graph's ``down_node_selection`` (fast.py: "thresholds" when hist.py chose them).
+    """
+    settings = config.to_metadata()
     return {
         "script": script,
-        "sign_convention": sign_convention(script),
+        "sign_convention": sentences(script, settings | {"down_node_selection": selection}),
         "prompt": config.PROMPT,
         "model": config.MODEL_DIR,
-        "sae_sources": {site.key: site.sae.cfg.source for site in spliced.sites},
-        "config": config.to_metadata(),
+        "sae_sources": sae_sources,
+        "config": settings,
     }
 
 
@@ -70,9 +74,8 @@ def publish_graph(
     stored graph aside and starts a new one (``--new-graph``).
     """
     phases = phases or PhaseTimer()
-    computed = graph.metadata.get("sign_convention", {})  # e.g. fast.py's metric-specific sentences
-    graph.metadata.update(run_metadata(config, spliced, script))
-    graph.metadata["sign_convention"] |= computed
+    sources = {site.key: site.sae.cfg.source for site in spliced.sites}
+    graph.metadata.update(run_metadata(config, sources, script, graph.metadata.get("down_node_selection")))
     out_dir = config.model_data_dir(config.MODEL_DIR)
     with phases.phase("labels: contexts"):
         contexts = load_or_collect(config, spliced, tokenizer, features=wanted_features(graph))
