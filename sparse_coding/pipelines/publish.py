@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 CONTEXTS_CACHE = "contexts/top_contexts.npz"
 
 
-def run_metadata(config: Config, sae_sources: dict[str, str], script: str, selection: str | None = None) -> dict:
+def run_metadata(
+    config: Config, sae_sources: dict[str, str], script: str, selection: str | None = None
+) -> dict:
     """What shaped a graph: script, prompt, model, SAE sources, config values, and what its numbers mean.
 
     `selection` is the graph's ``down_node_selection`` (fast.py: "thresholds" when hist.py chose them).

@@ -30,6 +30,7 @@ from sparse_coding.graphs.conventions import sentences
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
 
+
 def held_fixed(result: ValidationResult) -> dict[str, str]:
     """What M is and what happened to the error terms, in words."""
     return {
