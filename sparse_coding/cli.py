@@ -31,10 +31,6 @@ logger = logging.getLogger("sparse_coding")
 # a read-only mount, missing permissions. Any other OSError keeps its traceback.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
-# OSErrors that come from the machine, not from a bug: a full disk or quota,
-# a read-only mount, missing permissions. Any other OSError keeps its traceback.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
 SCRIPTS = {
     "pipe": "sparse_coding.pipe",
     "fast": "sparse_coding.fast",
@@ -72,10 +68,12 @@ def build_parser(
         epilog="\n".join(textwrap.fill(line, 79, subsequent_indent="  ") for line in epilog if line) or None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config (default: {DEFAULT_CONFIG_PATH})"
+    parser.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG_PATH})")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no progress bars")
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="log details too, e.g. the wall time of every phase"
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no progress bars")
     if graph_output:
         parser.add_argument(
             "--new-graph",
@@ -87,24 +85,34 @@ def build_parser(
 
 
 def run_script(
-    main: Callable[[Config, argparse.Namespace], None],
+    main: Callable[[Config, argparse.Namespace], str],
     description: str,
     argv: Sequence[str] | None = None,
     parser: argparse.ArgumentParser | None = None,
 ) -> None:
-    """Parse arguments, load the config, run `main`; exit 1 with a message on user errors."""
+    """Parse arguments, load the config, run `main`; exit 1 with a message on user errors.
+
+    `main` returns the run's summary line, printed last, after the log's
+    closing line (its phase timings are logged with ``-v``).
+    """
     parser = parser or build_parser(description)
     args = parser.parse_args(argv)
+    from tqdm.contrib.logging import logging_redirect_tqdm  # after --help, which stays instant
+
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.verbose:
+        logger.setLevel(logging.DEBUG)
     args.phases = PhaseTimer()
+    args.config_given = args.config is not None
     keep_freed_memory()  # batched CPU work reuses freed blocks instead of re-faulting them
     exit_cleanly_on_sigterm()  # docker stop / kill: unwind like Ctrl-C, removing temp files
     try:
-        main(load_config(args.config), args)
+        with logging_redirect_tqdm():  # a log line during a progress bar gets a line of its own
+            line = main(load_config(args.config or DEFAULT_CONFIG_PATH), args)
     except SparseCodingError as e:
         _fail(str(e))
     except OSError as e:
@@ -117,8 +125,9 @@ def run_script(
     except KeyboardInterrupt:
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
-    total = args.phases.total()
-    logger.info("Done in %.1fs%s; wall time by phase:\n%s", total, _peak_gpu_memory(), args.phases.table())
+    logger.info("Done in %.1fs%s", args.phases.total(), _peak_gpu_memory())
+    logger.debug("Wall time by phase:\n%s", args.phases.table())
+    print(line)
 
 
 def _peak_gpu_memory() -> str:

@@ -377,7 +377,7 @@ def run_graphviz(command: list[str], source_path: Path, timeout_s: float) -> str
         raise GraphFileError(f"dot could not draw {source_path}: {result.stderr.strip()[:500]}")
     if result.stderr.strip():
         logger.info("%s: %s", command[0], result.stderr.strip()[:500])
-    logger.info("%s drew %s in %.1f s", command[0], source_path.name, time.perf_counter() - start)
+    logger.debug("%s drew %s in %.1f s", command[0], source_path.name, time.perf_counter() - start)
     return result.stdout
 
 

@@ -49,11 +49,10 @@ def preflight(
         load_graph(out_dir / dot_name)
     check_writable(out_dir)
     model_dir = local_model_dir(config.MODEL_DIR)
-    n_layers = model_layer_count(config)
     unlisted = ""
     if sae_sites is None:
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
-        layers = config.layer_range(n_layers) if n_layers is not None else _explicit_layers(config)
+        layers = layers_before_loading(config)
         sae_sites = [(site, layer) for site in chosen for layer in layers or []]
         if layers is None and chosen:
             unlisted = (
@@ -110,6 +109,12 @@ def model_layer_count(config: Config) -> int | None:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # the loader reports it with its own message
     return KNOWN_MODELS.get(config.MODEL_DIR, (None, None))[0]
+
+
+def layers_before_loading(config: Config) -> range | None:
+    """The layers ACTS_LAYERS_SLICE selects, known before the model loads; None when not yet known."""
+    n_layers = model_layer_count(config)
+    return config.layer_range(n_layers) if n_layers is not None else _explicit_layers(config)
 
 
 def _explicit_layers(config: Config) -> range | None:

@@ -22,7 +22,7 @@ from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.inputs import config_batches, expected_batches
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -172,7 +172,6 @@ def load_or_collect(
     batches = config_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
-    total = -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
     fresh = collect_contexts(
         spliced,
         tokenizer,
@@ -180,7 +179,7 @@ def load_or_collect(
         features=missing,
         per_feature=config.SEQ_PER_DIM_CAP,
         view=config.VIEW,
-        total=total,
+        total=expected_batches(config),
     )
     fresh.fingerprint = current | {"saes": {key: current["saes"][key] for key in fresh.arrays}}
     cache = cache.merged(fresh)
