@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sparse_coding.graphs.conventions import SCRIPTS, sentences
@@ -90,14 +91,19 @@ def _cut(text: str, n_chars: int) -> str:
     return text if len(text) <= n_chars else text[: n_chars - 1] + "…"
 
 
+def _short(name: str) -> str:
+    """A local file by its name (the .json holds the path), a hub dataset as it is."""
+    return Path(name).name if Path(name).is_absolute() else name
+
+
 def text_shown(run: dict[str, Any]) -> str:
     """What the run explained: fast.py its examples, pipe.py and val.py the text INTERP_SOURCE picks."""
     config = _settings(run)
     if graph_script(run) == "fast.py" and config.get("PAIRS_FILE"):
-        return f"pairs file {config['PAIRS_FILE']}"
+        return f"pairs file {_short(str(config['PAIRS_FILE']))}"
     source = config.get("INTERP_SOURCE") or ("dataset" if config.get("DATASET") else "prompt")
     if graph_script(run) != "fast.py" and source == "dataset" and config.get("DATASET"):
-        return f"dataset {config['DATASET']}"
+        return f"dataset {_short(str(config['DATASET']))}"
     return f"prompt {_cut(str(run.get('prompt')), _PROMPT_CHARS)!r}"
 
 
