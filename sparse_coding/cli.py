@@ -142,10 +142,9 @@ def run_as_program(run: Callable[[], None], *programs: str) -> None:
     """A front door's `__main__`: `run`, then end the process at once, with run's exit status,
     if the process was started to run one of `programs` (the front door's file and module).
 
-    Python's teardown of an imported torch takes about 0.5 s (2-core CPU:
-    `python3 -c "import torch"` 2.3-2.9 s, 1.8-2.1 s when it ends like this).
-    When a script returns or exits with a message, every output file is
-    committed and closed, so only stdio and logging are left to flush. A run
+    Python's teardown of an imported torch is a noticeable part of a short run
+    (docs/benchmarks.md). When a script returns or exits with a message, every
+    output file is committed and closed, so only stdio and logging are left to flush. A run
     inside another program (a notebook's `%run`, runpy in a test) returns or
     raises as usual, since ending there would end the notebook's kernel.
     """

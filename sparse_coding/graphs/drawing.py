@@ -5,8 +5,8 @@
 1. lay out the graph alone (``dot -Tjson0``): node boxes and, for small
    graphs, dot's edge splines. A big or wrapped graph is laid out without its
    edges, rows fitted to the boxes' measured size for a ~2:1 picture, and its
-   edges are later drawn straight: dot's routing of hundreds of edges through
-   every row took minutes and stretched rows to tens of thousands of points;
+   edges are later drawn straight: dot routes every edge through each row it
+   crosses, which stretches rows side by side and makes the layout slow;
 2. measure the caption + legend block wrapped two ways, beside the graph (a
    narrow column) or below it (the graph's width), and keep the arrangement
    that shows the graph largest in a 4:3 window;
@@ -71,7 +71,7 @@ class Layout(NamedTuple):
 
 def layout(source_path: Path, timeout_s: float) -> Layout:
     """Boxes, edge splines and bounding box of a source as ``dot`` lays it out (json0: positions and
-    sizes without the drawing operations, an eighth of json's bytes and a third of its time)."""
+    sizes without the drawing operations, much smaller and faster than json)."""
     laid_out = json.loads(run_graphviz(["dot", "-Tjson0", str(source_path)], source_path, timeout_s))
     boxes, names = {}, {}
     for o in laid_out.get("objects", []):
@@ -127,8 +127,7 @@ def pinned_layout(graph: Graph, options: RenderOptions) -> bool:
 
     dot routes every edge through each row it crosses, so with hundreds of
     edges per row (or rows wrapped, where an edge crosses many) the rows
-    stretch side by side to tens of thousands of points and the layout takes
-    minutes; laying out the nodes alone takes seconds.
+    stretch side by side and the layout is slow; the nodes alone are quick.
     """
     wrapped = len(drawn_rows(graph, options)) > len({node.rank_key() for node in graph.nodes.values()})
     return wrapped or use_compact_labels(graph, options) or len(graph.edges) > options.max_spline_edges

@@ -71,14 +71,11 @@ class RenderOptions:
         max_label_cells: above this many token cells in all labels, compact.
         max_spline_edges: above this many edges, edges are straight lines.
         fast_layout_nodes, fast_layout_edges: above either, dot's layout
-            passes are capped (a rougher layout, drawn in seconds not minutes).
+            passes are capped (a rougher layout, drawn much sooner).
         max_drawn_edges: the layout budget: the image draws at most this many
-            edges, the strongest by |effect|. Measured with
-            ``benchmarks/bench_render.py --budget`` (612 compact nodes, PNG)
-            on a 2-core CPU: 500 / 1,000 / 2,000 / 3,000 / 4,000 edges take
-            4.0 / 7.0 / 8.2 / 9.6 / 10.8 s of Graphviz CPU, 17 / 48 / 62 /
-            79 / 90 s wall with the machine at load ~7: 2,000 stays within
-            half the 120 s timeout even then.
+            edges, the strongest by |effect|; chosen with
+            ``benchmarks/bench_render.py --budget`` (docs/benchmarks.md) to stay
+            well within the Graphviz timeout on a loaded 2-core CPU.
         fallback_drawn_edges: edges drawn when the budgeted drawing still
             runs out of time (with compact labels).
         max_row_nodes: nodes per row before a rank wraps; None chooses it
@@ -151,7 +148,7 @@ _LABELS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sparse_co
 @contextlib.contextmanager
 def shared_labels() -> Iterator[None]:
     """Build each node's label once for all the `dot_source` calls inside (one save writes the
-    .dot and lays out the image up to three times: 0.3 s per call for 330 full nodes)."""
+    .dot and lays out the image several times)."""
     token = _LABELS.set({})
     try:
         yield
@@ -258,13 +255,8 @@ def _rank_lines(
 
 
 def _layout_limits(graph: Graph, options: RenderOptions) -> dict[str, str]:
-    """Graphviz settings that bound layout time on big graphs.
-
-    Measured on 1,000 nodes / 5,000 edges (2 CPU cores): x-placement by
-    network simplex took 28 s of 40 and crossing minimisation 11 s; capping
-    both brings the render to ~10 s. 190 nodes / 1,400 edges with full labels
-    took 88 s with the defaults and 12 s capped.
-    """
+    """Graphviz settings that bound layout time on big graphs: dot's x-placement (network simplex)
+    and crossing minimisation dominate there, so both are capped (docs/benchmarks.md)."""
     limits: dict[str, str] = {}
     if len(graph.nodes) > options.fast_layout_nodes or len(graph.edges) > options.fast_layout_edges:
         limits.update({"mclimit": "0.05", "nslimit": "0.01", "searchsize": "5"})

@@ -1,14 +1,15 @@
-"""One self-contained HTML page per graph, for exploring it by clicking (issue 17).
+"""One self-contained HTML page per graph, for exploring it by clicking.
 
 The page is ``<stem>.html`` beside the image: the graph's data as inline JSON,
 ``viewer.css`` and ``viewer.js`` inlined, no CDN and no request, so it opens
 from ``file://`` on an air-gapped server and inside a Jupyter output cell
-(``IPython.display.HTML(viewer_fragment(graph.to_dict()))``). Layout as in the
-static image: one row per site and layer in forward order.
+(``IPython.display.HTML(viewer_fragment(graph.to_dict()))``). It opens on the
+strongest edges of a big graph, each site and layer in forward order, wrapped
+to the window (``viewer.js``).
 
-The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (about 500
-lines, package data): no registry library to vendor or pin, and a canvas
-draws 5,000 edges in a few milliseconds where 5,000 SVG elements would not.
+The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (package
+data): no registry library to vendor or pin, and a canvas redraws thousands of
+edges per frame where as many SVG elements would not (docs/benchmarks.md).
 
 Everything the page shows is read from the canonical JSON form through
 ``viewer_data``, the one adapter to change when that schema changes. Labels

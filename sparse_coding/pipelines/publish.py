@@ -85,7 +85,7 @@ def publish_graph(
     with phases.phase("labels: logit cells"):
         add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
     with phases.phase("labels: Neuronpedia"):
-        if config.NEURONPEDIA:  # requests takes ~0.2 s to import: only runs that ask for it pay
+        if config.NEURONPEDIA:  # only runs that ask for annotations import requests
             from sparse_coding.labels.neuronpedia import annotate_graph
 
             annotate_graph(
