@@ -36,6 +36,7 @@ SCRIPTS = {
     "fast": "sparse_coding.fast",
     "val": "sparse_coding.val",
     "hist": "sparse_coding.hist",
+    "demo": "sparse_coding.demo.run",
 }
 
 
@@ -193,13 +194,17 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py or hist.py, then
+    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py, hist.py or the demo, then
     end the process when it was started as that command (`run_as_program`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SCRIPTS:
         names = "|".join(SCRIPTS)
-        print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [...]", file=sys.stderr)
-        print(f"  {names}: the four scripts; 'sparse-coding SCRIPT --help' says more", file=sys.stderr)
+        print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [-v] [...]", file=sys.stderr)
+        print(
+            "  pipe|fast|val|hist: the four scripts; demo: the offline demo into a folder; "
+            "'sparse-coding SCRIPT --help' says more",
+            file=sys.stderr,
+        )
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     script, prog = importlib.import_module(SCRIPTS[argv[0]]), f"sparse-coding {argv[0]}"
     run_as_program(lambda: script.run(argv[1:], prog=prog), "sparse-coding", "sparse_coding")

@@ -122,7 +122,7 @@ def test_the_json_is_canonical_and_the_dot_says_it_is_derived(paths):
     assert load_graph(dot) == graph  # the .json alone is the graph
 
 
-def test_files_follow_the_design_contract(paths):
+def test_files_follow_docs_design(paths):
     dot, js, svg = paths
     save_graph(run_graph(), dot, svg)
     data = json.loads(js.read_text(encoding="utf-8"))

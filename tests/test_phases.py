@@ -33,7 +33,7 @@ def test_a_phase_that_raises_is_still_timed():
 
 
 def test_the_done_line_names_peak_gpu_memory_only_after_cuda_was_used(monkeypatch):
-    """benchmarks/bench_e2e.py reads this line for the issue's GPU memory bound."""
+    """benchmarks/bench_e2e.py reads this line for the run's peak GPU memory."""
     import torch
 
     from sparse_coding import cli

@@ -2,7 +2,7 @@
 
 One ``Graph`` type is built by every algorithm (pipe.py ablations, fast.py
 attributions) and is independent of Graphviz: ``graph_files`` reads and writes
-it, ``render`` draws it. Node ids follow the design contract (see
+it, ``render`` draws it. Node ids follow docs/design.md (see
 ``sparse_coding.nodes``):
 
 - feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
@@ -134,7 +134,7 @@ class Node:
         return data
 
     def to_dict(self) -> dict[str, Any]:
-        """The node as the JSON object of the design contract (plus ``n_runs`` and ``runs``)."""
+        """The node as the JSON object of docs/design.md (plus ``n_runs`` and ``runs``)."""
         keys = ("id", "site", "layer", "feature", *MEASURED, "hook", "neuronpedia_id")
         data = {key: getattr(self, key) for key in keys} | self.annotations()
         if self.runs:
@@ -409,7 +409,7 @@ class Graph:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``.json`` object of the design contract, in canonical order."""
+        """The ``.json`` object of docs/design.md, in canonical order."""
         data = {
             "nodes": [node.to_dict() for node in self.sorted_nodes()],
             "edges": [edge.to_dict() for edge in self.sorted_edges()],
