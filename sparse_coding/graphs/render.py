@@ -46,6 +46,13 @@ RANKSEP_IN = 0.6
 _BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
 
 Attrs = Mapping[str, str]
+_GRAPH_ATTRS = {
+    "rankdir": "TB",
+    "newrank": "true",
+    "charset": "UTF-8",
+    "fontname": "Helvetica",
+    "ranksep": str(RANKSEP_IN),
+}
 
 
 class Placement(NamedTuple):
@@ -299,21 +306,14 @@ def dot_source(
     options = options or RenderOptions()
     compact = use_compact_labels(graph, options)
     notes = [*notes, _compact_note(graph, options)] if compact else list(notes)
-    top = {
-        "rankdir": "TB",
-        "newrank": "true",
-        "charset": "UTF-8",
-        "fontname": "Helvetica",
-        "ranksep": str(RANKSEP_IN),
-    }
     if positions is None:
-        top.update(_layout_limits(graph, options))
+        top = _layout_limits(graph, options)
     else:
-        top["splines"] = "true" if splines else "line"
+        top = {"splines": "true" if splines else "line"}
     if legend is True:
         label = legend_markup(graph, notes, options.legend_chars)
         top.update({"label": label, "labelloc": "b", "labeljust": "l"})
-    top.update(graph_attrs or {})
+    top = _GRAPH_ATTRS | top | dict(graph_attrs or {})
     lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
     lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')
     lines.append("  edge [arrowsize=0.6];")
