@@ -67,6 +67,7 @@ CHOICES = {
     "BASELINE": ("zero", "patch", "mean"),
     "SELECTION": ("topk", "threshold"),
     "NODE_ESTIMATOR": ("gradient", "exact"),
+    "NODE_POSITIONS": ("sum", "each"),
 }
 
 
@@ -101,6 +102,7 @@ class Config:
     NODE_THRESHOLD: float = 0.1
     EDGE_THRESHOLD: float = 0.01
     NODE_ESTIMATOR: str = "gradient"
+    NODE_POSITIONS: str = "sum"
     # Model, prompt and data.
     MODEL_DIR: str = "openai-community/gpt2"
     PROMPT: str = "Copyright (C)"

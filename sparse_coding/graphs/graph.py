@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_node_id
+from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_positioned_id, split_position
 
 # Where a site sits inside its block when the node carries no hook name. The
 # resid default is hook_resid_pre: the default resid SAEs (res-jb) read there.
@@ -89,8 +89,8 @@ class Node:
 
     @classmethod
     def from_id(cls, node_id: str, **attrs: Any) -> Node:
-        """Build a node whose site, layer and feature are parsed from its id."""
-        parsed = parse_node_id(node_id)
+        """Build a node whose site, layer and feature are parsed from its id (``@position`` allowed)."""
+        parsed, _ = parse_positioned_id(node_id)
         return cls(
             id=node_id,
             site=parsed.site,
@@ -98,6 +98,11 @@ class Node:
             feature=parsed.feature,
             **attrs,
         )
+
+    @property
+    def position(self) -> int | None:
+        """The token position of a positioned node (``resid_9.331@7`` -> 7); None for a summed node."""
+        return split_position(self.id)[1]
 
     @property
     def is_error(self) -> bool:
@@ -429,6 +434,17 @@ class Graph:
             graph.edges[(edge.source, edge.target)] = edge
         graph.user = UserDrawing.from_dict(data.get("user_drawing") or {})
         return graph
+
+
+def prompt_tokens(metadata: dict[str, Any]) -> list[str] | None:
+    """The token strings of the prompt a graph was computed on (BOS first when prepended): a fresh
+    graph's own ``prompt_tokens``, else its latest run's that has them; None if none does."""
+    if metadata.get("prompt_tokens"):
+        return list(metadata["prompt_tokens"])
+    for run in reversed(metadata.get("runs") or []):
+        if run.get("prompt_tokens"):
+            return list(run["prompt_tokens"])
+    return None
 
 
 def new_run_id() -> str:
