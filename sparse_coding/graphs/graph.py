@@ -422,6 +422,25 @@ class Graph:
         }
         return data | ({"user_drawing": self.user.to_dict()} if self.user else {})
 
+    def to_pandas(self, *, per_run: bool = False) -> tuple[Any, Any]:
+        """(nodes, edges) as pandas DataFrames (needs ``pip install -e ".[analysis]"``).
+
+        Nodes: id, site, layer, feature, position (None when summed), activation,
+        attribution, hook, neuronpedia_id, explanation, n_runs; edges: source,
+        target, effect, n_runs. With `per_run`, one row per run value instead
+        (a ``run`` column; values measured by that run).
+        """
+        from sparse_coding.graphs.tables import graph_frames
+
+        return graph_frames(self, per_run=per_run)
+
+    def to_networkx(self) -> Any:
+        """A networkx DiGraph: node attributes as in `to_pandas`, edge attributes ``effect`` and
+        ``abs_effect`` (needs ``pip install -e ".[analysis]"``)."""
+        from sparse_coding.graphs.tables import graph_networkx
+
+        return graph_networkx(self)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Graph:
         """Inverse of ``to_dict``; raises KeyError/TypeError/ValueError on bad data."""

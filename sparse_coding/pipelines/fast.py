@@ -92,17 +92,22 @@ def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> G
         thresholds=thresholds.values if thresholds else None,
     )
     graph.metadata["examples"] = examples_source(config)
-    graph.metadata |= prompt_metadata(batches[0], tokenizer)
+    graph.metadata |= prompt_metadata(spliced, batches[0], tokenizer)
     return graph
 
 
-def prompt_metadata(batch: ExampleBatch, tokenizer: Tokenizer) -> dict:
-    """The first example's tokens (BOS = position 0 when prepended) and the answer the metric explains."""
+def prompt_metadata(spliced: SplicedModel, batch: ExampleBatch, tokenizer: Tokenizer) -> dict:
+    """The first example's tokens (BOS = position 0 when prepended), the answer the metric explains
+    and the model's probability of it."""
     ids = batch.input_ids[0, : int(batch.attention_mask[0].sum())].tolist()
+    answer = int(batch.answers[0])
+    with torch.no_grad():
+        logits = spliced(batch.input_ids[:1], batch.attention_mask[:1])[0, batch.last[0]]
     return {
         "prompt_tokens": [tokenizer.decode([token]) for token in ids],
-        "answer_token": tokenizer.decode([int(batch.answers[0])]),
-        "answer_token_id": int(batch.answers[0]),
+        "answer_token": tokenizer.decode([answer]),
+        "answer_token_id": answer,
+        "answer_probability": float(torch.softmax(logits.float(), -1)[answer]),
     }
 
 
