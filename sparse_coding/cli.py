@@ -37,8 +37,8 @@ SCRIPTS = {
     "val": "sparse_coding.val",
     "hist": "sparse_coding.hist",
     "demo": "sparse_coding.demo.run",
-    "export": "sparse_coding.sharing.export",
-    "upload": "sparse_coding.sharing.upload",
+    "export": "sparse_coding.export",
+    "upload": "sparse_coding.upload",
 }
 
 

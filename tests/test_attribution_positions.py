@@ -11,7 +11,7 @@ features.
 
 import pytest
 import torch
-from conftest import hooks, node_value, plain_activations, sae_error, tiny_config_dict
+from conftest import float64_prompt, hooks, node_value, plain_activations, sae_error
 
 from sparse_coding.algorithms.attribution_edges import upstream_sites
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
@@ -19,7 +19,6 @@ from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import error_id, feature_id, with_position
 from sparse_coding.pairs import Pair, example_batches, tokenize_pair
-from sparse_coding.pipelines.loading import load_spliced_model
 
 CE = METRICS["cross_entropy"]
 PROMPT = "When Mary and John went to the store, John gave"
@@ -27,14 +26,7 @@ PROMPT = "When Mary and John went to the store, John gave"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir, sae_templates):
-    from sparse_coding.config import config_from_dict
-
-    data = tmp_path_factory.mktemp("data")
-    config = config_from_dict(tiny_config_dict(data, tiny_model_dir, sae_templates) | {"DTYPE": "float64"})
-    spliced, tokenizer = load_spliced_model(config)
-    example = tokenize_pair(Pair(PROMPT), tokenizer, prepend_bos=True, max_len=64)
-    (batch,) = example_batches([example], batch_size=1, pad_id=0, device="cpu")
-    return spliced, batch
+    return float64_prompt(tmp_path_factory, tiny_model_dir, sae_templates, PROMPT)
 
 
 def _loss(spliced, batch, fns):

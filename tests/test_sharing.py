@@ -11,10 +11,10 @@ import pytest
 
 from sparse_coding.config import load_config
 from sparse_coding.errors import GraphFileError
+from sparse_coding.export import export_graph
+from sparse_coding.export import run as export_run
 from sparse_coding.graphs.graph import Graph, Node, run_record
 from sparse_coding.graphs.graph_files import load_graph
-from sparse_coding.sharing.export import export_graph
-from sparse_coding.sharing.export import run as export_run
 from sparse_coding.sharing.neuronpedia_graph import NODE_KINDS, graph_schema, to_neuronpedia
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 
 from sparse_coding.errors import ConfigError
 from sparse_coding.sharing.upload import UploadError, api_base, upload
-from sparse_coding.sharing.upload import run as upload_run
+from sparse_coding.upload import run as upload_run
 
 KEY = "np-secret-key"
 

@@ -5,11 +5,12 @@ import dataclasses
 import logging
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from sparse_coding.config import config_from_dict, load_config
+from sparse_coding.config import load_config
 from sparse_coding.sharing.wandb_runs import log_run, wandb_settings
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "sparse_coding" / "config" / "demo_config.yaml"
@@ -29,6 +30,8 @@ def _records(path: Path):
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         pos += 7
+        if pos + length > len(data):  # still being written
+            return
         if kind == 0 and length == 0:  # zero padding to the block's end
             pos += left - 7
             continue
@@ -38,6 +41,17 @@ def _records(path: Path):
             record.ParseFromString(buffer)
             yield record
             buffer = b""
+
+
+def _finished_records(path: Path, wait_s: float = 30.0) -> list:
+    """The run file's records once its closing `exit` record is on disk (W&B's writer is another
+    process, which may still be flushing when `finish` returns)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = list(_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
 
 
 def test_an_offline_fast_run_logs_config_summary_and_the_graph_artifact(tmp_path, monkeypatch):
@@ -52,7 +66,7 @@ def test_an_offline_fast_run_logs_config_summary_and_the_graph_artifact(tmp_path
     )
     run_fast(config)
     (run_file,) = (tmp_path / "data" / "demo_model" / "wandb").glob("offline-run-*/run-*.wandb")
-    records = list(_records(run_file))
+    records = _finished_records(run_file)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.project == "sc-test"
     config_keys = {item.key for item in run.config.update}
@@ -73,17 +87,17 @@ def test_an_offline_fast_run_logs_config_summary_and_the_graph_artifact(tmp_path
 def test_settings_come_from_the_config_else_the_environment(monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "from-env")
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert wandb_settings(config_from_dict({})) == {"project": "from-env", "mode": "disabled"}
-    assert wandb_settings(config_from_dict({"WANDB_PROJECT": "p", "WANDB_MODE": "offline"}))["project"] == "p"
+    assert wandb_settings(None, None, None) == {"project": "from-env", "mode": "disabled"}
+    assert wandb_settings("p", None, "offline") == {"project": "p", "mode": "offline"}
     monkeypatch.delenv("WANDB_PROJECT")
-    assert wandb_settings(config_from_dict({})) is None
+    assert wandb_settings(None, "me", None) is None
 
 
 def test_a_missing_package_or_a_failing_service_is_a_warning(tmp_path, monkeypatch, caplog):
-    config = config_from_dict({"WANDB_PROJECT": "p", "WANDB_MODE": "offline"})
+    settings = {"project": "p", "mode": "offline"}
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with caplog.at_level(logging.WARNING):
-        log_run(config, script="fast.py", summary={}, files=[], out_dir=tmp_path)
+        log_run(settings, run_config={}, script="fast.py", summary={}, files=[], out_dir=tmp_path)
     assert "wandb is not installed" in caplog.text
 
     class Broken:
@@ -93,5 +107,5 @@ def test_a_missing_package_or_a_failing_service_is_a_warning(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "wandb", Broken())
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        log_run(config, script="fast.py", summary={}, files=[], out_dir=tmp_path)
+        log_run(settings, run_config={}, script="fast.py", summary={}, files=[], out_dir=tmp_path)
     assert "W&B logging failed (ConnectionError: service unreachable)" in caplog.text

@@ -23,7 +23,7 @@ from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
-from sparse_coding.sharing.wandb_runs import log_run
+from sparse_coding.sharing.wandb_runs import log_run, wandb_settings
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -102,7 +102,7 @@ def publish_graph(
     if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
         written.append(image_name)
     written.append(viewer_path_for(dot_path, out_dir / image_name).name)
-    log_run(
+    log_config_run(
         config,
         script=script,
         summary=run_summary(graph, merged),
@@ -116,6 +116,12 @@ def publish_graph(
         f"wrote {', '.join(written)}"
     )
     return Published(merged, dot_path, line)
+
+
+def log_config_run(config: Config, **run: Any) -> None:
+    """`wandb_runs.log_run` with the config's W&B keys and values (nothing without a project)."""
+    settings = wandb_settings(config.WANDB_PROJECT, config.WANDB_ENTITY, config.WANDB_MODE)
+    log_run(settings, run_config=config.to_metadata(), **run)
 
 
 def run_summary(graph: Graph, merged: Graph) -> dict[str, Any]:

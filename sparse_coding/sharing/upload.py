@@ -1,4 +1,4 @@
-"""`sparse-coding upload FILE [--dry-run]`: put a Neuronpedia graph file on Neuronpedia.
+"""Put a Neuronpedia graph file on Neuronpedia (`sparse-coding upload FILE`, `sparse_coding/upload.py`).
 
 Neuronpedia's three steps (its routes /api/graph/signed-put and /api/graph/save-to-db):
 1. POST {NEURONPEDIA_URL}/api/graph/signed-put with header ``x-api-key`` and
@@ -15,25 +15,20 @@ Built on urllib3 directly (its Retry and Timeout); small on purpose.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 
-from sparse_coding.cli import build_parser, run_script
-from sparse_coding.config import Config, redact_url
+from sparse_coding.config import redact_url
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.sharing.neuronpedia_graph import NAME_RE
 
 logger = logging.getLogger(__name__)
 
-DESCRIPTION = "Upload a Neuronpedia graph file (<stem>.neuronpedia.json) with NEURONPEDIA_API_KEY."
 MIN_BYTES, MAX_BYTES = 1024, 200 * 1024 * 1024  # Neuronpedia's signed-put route
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 RETRIES = urllib3.Retry(
@@ -165,31 +160,3 @@ def _check(step: str, response: urllib3.BaseHTTPResponse, host: str | None) -> N
     }
     reason = reasons.get(status, response.data[:200].decode("utf-8", "replace"))
     raise UploadError(f"{step}: {host} answered {status}: {reason}")
-
-
-def main(config: Config, args: argparse.Namespace) -> str:
-    path = Path(args.file)
-    data, metadata = check_file(path)
-    base = api_base(config.NEURONPEDIA_URL)
-    if args.dry_run:
-        return (
-            f"upload --dry-run: {path} ({len(data)} bytes, slug {metadata['slug']}, scan {metadata['scan']}) "
-            f"would go to {redact_url(base)}; nothing sent"
-        )
-    api_key = os.environ.get("NEURONPEDIA_API_KEY")
-    if not api_key:
-        raise ConfigError(
-            "NEURONPEDIA_API_KEY is unset; set it to your Neuronpedia API key (or use --dry-run)"
-        )
-    reply = upload(path, base_url=base, api_key=api_key)
-    return f"upload: {path.name} saved on {redact_url(base)}: {reply.get('url') or reply}"
-
-
-def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
-    """Parse upload's arguments and run it; `sparse-coding upload` calls this."""
-    parser = build_parser(DESCRIPTION, prog, keys=["NEURONPEDIA_URL"], section="Sharing graphs")
-    parser.add_argument("file", help="a <stem>.neuronpedia.json file (sparse-coding export --to neuronpedia)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="check the file and say where it would go; send nothing"
-    )
-    run_script(main, DESCRIPTION, argv, parser=parser)

@@ -18,17 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sparse_coding.config import Config
-
 logger = logging.getLogger(__name__)
 
 
-def wandb_settings(config: Config) -> dict[str, str] | None:
-    """project, entity and mode from the config keys, else the environment; None without a project."""
+def wandb_settings(project: str | None, entity: str | None, mode: str | None) -> dict[str, str] | None:
+    """project, entity and mode (the config keys), else the environment's; None without a project."""
     values = {
-        "project": config.WANDB_PROJECT or os.environ.get("WANDB_PROJECT"),
-        "entity": config.WANDB_ENTITY or os.environ.get("WANDB_ENTITY"),
-        "mode": config.WANDB_MODE or os.environ.get("WANDB_MODE"),
+        "project": project or os.environ.get("WANDB_PROJECT"),
+        "entity": entity or os.environ.get("WANDB_ENTITY"),
+        "mode": mode or os.environ.get("WANDB_MODE"),
     }
     if not values["project"]:
         return None
@@ -36,16 +34,17 @@ def wandb_settings(config: Config) -> dict[str, str] | None:
 
 
 def log_run(
-    config: Config,
+    settings: dict[str, str] | None,
     *,
+    run_config: Mapping[str, Any],
     script: str,
     summary: Mapping[str, Any],
     files: list[Path],
     image: Path | None = None,
     out_dir: Path,
 ) -> None:
-    """Log one run (see the module doc); a warning, never an exception, when W&B cannot."""
-    settings = wandb_settings(config)
+    """Log one run (see the module doc) with `settings` (`wandb_settings`; None: W&B off); a warning,
+    never an exception, when W&B cannot."""
     if settings is None:
         return
     try:
@@ -56,18 +55,18 @@ def log_run(
         )
         return
     try:  # any failure of the service or the package: the run's own outputs are written already
-        _log(wandb, settings, config, script, summary, files, image, out_dir)
+        _log(wandb, settings, run_config, script, summary, files, image, out_dir)
     except Exception as e:  # noqa: BLE001
         logger.warning("W&B logging failed (%s: %s); the run's files are written", type(e).__name__, e)
 
 
-def _log(wandb, settings, config, script, summary, files, image, out_dir) -> None:
+def _log(wandb, settings, run_config, script, summary, files, image, out_dir) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         **settings,
         dir=os.environ.get("WANDB_DIR") or str(out_dir),
         job_type=script.removesuffix(".py"),
-        config=config.to_metadata(),
+        config=dict(run_config),
     )
     try:
         run.summary.update(dict(summary))

@@ -1,4 +1,4 @@
-"""`sparse-coding export GRAPH --to neuronpedia|csv|parquet [--slug S] [--out DIR]`.
+"""`sparse-coding export GRAPH --to neuronpedia|csv|parquet [--slug S] [--out DIR]`: a thin front door.
 
 Writes beside the graph (or into --out): ``<stem>.neuronpedia.json`` (Neuronpedia's
 attribution-graph file, `neuronpedia_graph`), or ``<stem>.nodes.csv`` +
@@ -16,26 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sparse_coding import storage
-from sparse_coding.cli import build_parser, run_script
+from sparse_coding.cli import build_parser, run_as_program, run_script
 from sparse_coding.config import Config
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graphs.graph import Graph
-from sparse_coding.graphs.graph_files import load_graph
+from sparse_coding.pipelines.circuit import read_graph
 
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = "Export a graph to Neuronpedia's attribution-graph JSON, or to CSV / parquet tables."
 FORMATS = ("neuronpedia", "csv", "parquet")
-
-
-def read_graph(path: Path) -> Graph:
-    """A stored graph from its .json (or .dot); GraphFileError naming the file when there is none."""
-    if path.suffix not in (".json", ".dot"):
-        raise GraphFileError(f"graph file {path} must end in .json or .dot")
-    graph = load_graph(path) if path.exists() else None
-    if graph is None:
-        raise GraphFileError(f"graph file {path} does not exist")
-    return graph
 
 
 def default_slug(path: Path) -> str:
@@ -91,3 +80,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--slug", help="Neuronpedia slug ([A-Za-z0-9_.-]; default: the file's stem)")
     parser.add_argument("--out", type=Path, help="folder to write into (default: beside the graph)")
     run_script(main, DESCRIPTION, argv, parser=parser)
+
+
+if __name__ == "__main__":
+    run_as_program(run, __file__, "sparse_coding.export")
