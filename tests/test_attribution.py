@@ -305,13 +305,13 @@ def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch
 
 def test_top_edges_keep_the_most_positive_and_most_negative_apart():
     from sparse_coding.algorithms.attribution_edges import EdgeSet
-    from sparse_coding.algorithms.attribution_graph import _top_edges
+    from sparse_coding.algorithms.circuit_selection import top_edges
 
     # Rows: the down error node (slot -1), then down feature 7; first column: the upstream error.
     effects = torch.tensor([[0.0] * 6, [0.0, -5.0, -4.0, -3.0, 0.0, 1.0]])
     edge_set = EdgeSet(
         "resid_2", torch.tensor([-1, 7]), "resid_1", torch.tensor([-1, 10, 11, 12, 13, 14]), effects
     )
-    kept = {(source, value) for source, _, value in _top_edges(edge_set, num_up_nodes=2)}
+    kept = {(source, value) for source, _, value in top_edges(edge_set, num_up_nodes=2)}
     # Two most negative (-5, -4); only one positive exists (1); zeros and the zero error are not edges.
     assert kept == {(("resid_1", 10), -5.0), (("resid_1", 11), -4.0), (("resid_1", 14), 1.0)}

@@ -36,10 +36,11 @@ from torch import Tensor
 from sparse_coding.algorithms.attribution import SiteAttribution, node_attributions, timed
 from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
+from sparse_coding.algorithms.circuit_selection import build_graph, site_layer
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.algorithms.node_slots import NODE_POSITIONS, SUMMED, NodeLayout, layout_for
 from sparse_coding.errors import ConfigError
-from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.graph import Graph
 from sparse_coding.nodes import error_id, feature_id
 from sparse_coding.pairs import ExampleBatch
 from sparse_coding.splicing.splice import SplicedModel
@@ -47,8 +48,6 @@ from sparse_coding.splicing.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 SELECTIONS = ("topk", "threshold")
-Slot = tuple[str, int]  # (site key, slot): one node
-KeptEdge = tuple[Slot, Slot, float]  # (upstream, downstream, effect)
 
 
 @dataclass(frozen=True)
@@ -322,8 +321,8 @@ def exact_check(
         correlation,
         _correlation(estimate[: len(features)], features),
     )
-    ids = [feature_id(*_site_layer(key), int(f)) for key, dims in down_nodes.items() for f in dims]
-    ids += [error_id(*_site_layer(key)) for key in keys]
+    ids = [feature_id(*site_layer(key), int(f)) for key, dims in down_nodes.items() for f in dims]
+    ids += [error_id(*site_layer(key)) for key in keys]
     return {
         "correlation": None if math.isnan(correlation) else correlation,
         "effects": {node_id: float(v) for node_id, v in zip(ids, exact, strict=True)},
@@ -364,102 +363,3 @@ def _selection_text(options: GraphOptions) -> str:
             f"{options.edge_threshold} between such nodes"
         )
     return f"top {options.num_down_nodes} |mean attribution|; top {options.num_up_nodes} edges each sign"
-
-
-def build_graph(
-    spliced: SplicedModel,
-    summaries: dict[str, NodeSummary],
-    edge_sets: list[EdgeSet],
-    options: GraphOptions,
-    layout: NodeLayout = SUMMED,
-) -> Graph:
-    """Phase 6: kept nodes and edges (SELECTION's rule), with node attributes and each node's std."""
-    if options.selection == "threshold":
-        nodes = marks_nodes(summaries, options.node_threshold)
-        kept = [edge for edge_set in edge_sets for edge in _threshold_edges(edge_set, options.edge_threshold)]
-        kept = [(up, down, value) for up, down, value in kept if up in nodes and down in nodes]
-    else:
-        kept = [edge for edge_set in edge_sets for edge in _top_edges(edge_set, options.num_up_nodes)]
-        bottom_layer = max(site.layer for site in spliced.sites)
-        bottom = {down for _, down, _ in kept if _site_layer(down[0])[1] == bottom_layer}
-        nodes, kept = _trace_up(bottom, kept)
-    graph = Graph()
-    ids = {node: layout.node_id(*node) for node in nodes}
-    for node in sorted(nodes):
-        graph.add_node(_node(spliced, summaries[node[0]], layout, node, ids[node]))
-    for up, down, effect in kept:
-        graph.add_edge(ids[up], ids[down], effect)
-    graph.metadata["node_std"] = {
-        ids[node]: float(summaries[node[0]].std_of(torch.tensor([node[1]]))[0]) for node in sorted(nodes)
-    }
-    return graph
-
-
-def marks_nodes(summaries: dict[str, NodeSummary], threshold: float) -> set[Slot]:
-    """Every feature and error node with |mean attribution| > threshold (Marks et al.'s nodes)."""
-    return {
-        (key, int(slot))
-        for key, summary in summaries.items()
-        for slot in summary.slots[summary.mean.abs() > threshold].tolist()
-    }
-
-
-def _threshold_edges(edge_set: EdgeSet, threshold: float) -> list[KeptEdge]:
-    rows, cols = (edge_set.effects.abs() > threshold).nonzero(as_tuple=True)
-    return [_edge(edge_set, r, c) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
-
-
-def _edge(edge_set: EdgeSet, row: int, col: int) -> KeptEdge:
-    up = (edge_set.up_site, int(edge_set.up_slots[col]))
-    down = (edge_set.down_site, int(edge_set.down_slots[row]))
-    return up, down, float(edge_set.effects[row, col])
-
-
-def _top_edges(edge_set: EdgeSet, num_up_nodes: int) -> list[KeptEdge]:
-    """The most positive and most negative feature edges per down-node, plus the nonzero error edges."""
-    is_feature = edge_set.up_slots >= 0
-    result = []
-    for row in range(len(edge_set.down_slots)):
-        effects = edge_set.effects[row]
-        features = torch.where(is_feature, effects, torch.zeros_like(effects))
-        chosen = {
-            int(c)
-            for side in (features.clamp(min=0), (-features).clamp(min=0))
-            for c in side.topk(min(num_up_nodes, len(side))).indices
-            if side[c] > 0
-        }
-        chosen |= {int(c) for c in ((~is_feature) & (effects != 0)).nonzero().flatten()}
-        result += [_edge(edge_set, row, c) for c in sorted(chosen)]
-    return result
-
-
-def _trace_up(bottom: set[Slot], edges_: list[KeptEdge]) -> tuple[set[Slot], list[KeptEdge]]:
-    """Nodes and edges with a path to a bottom node."""
-    into: dict[Slot, list[KeptEdge]] = {}
-    for edge in edges_:
-        into.setdefault(edge[1], []).append(edge)
-    reached, frontier, kept = set(bottom), list(bottom), []
-    while frontier:
-        for edge in into.get(frontier.pop(), []):
-            kept.append(edge)
-            if edge[0] not in reached:
-                reached.add(edge[0])
-                frontier.append(edge[0])
-    return reached, kept
-
-
-def _site_layer(key: str) -> tuple[str, int]:
-    site, layer = key.rsplit("_", 1)
-    return site, int(layer)
-
-
-def _node(spliced: SplicedModel, summary: NodeSummary, layout: NodeLayout, node: Slot, node_id: str) -> Node:
-    """A node with its mean attribution and largest activation (at its position, when positioned)."""
-    key, slot = node
-    site = spliced.by_key[key]
-    common = {"hook": site.sae.hook_name, "neuronpedia_id": site.sae.neuronpedia_id}
-    attribution = float(summary.mean_of(torch.tensor([slot]))[0])
-    if slot < 0:
-        return Node.from_id(node_id, attribution=attribution, **common)
-    activation = summary.position_activation[slot % layout.n, slot // layout.n]
-    return Node.from_id(node_id, activation=float(activation), attribution=attribution, **common)
