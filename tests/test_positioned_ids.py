@@ -64,3 +64,25 @@ def test_the_viewer_gets_a_token_axis_only_when_every_node_is_positioned():
     assert data["tokens"] == tokens
     assert sorted(node["position"] for node in data["nodes"]) == [2, 3]
     assert viewer_data(_graph(["resid_1.5@2", "attn_2.7"], tokens=tokens).to_dict())["tokens"] is None
+
+
+def test_the_page_lays_positioned_nodes_out_in_token_order(browser, tmp_path):
+    from sparse_coding.graphs.viewer import write_viewer
+
+    tokens = ["<|endoftext|>", " the", " sky", " is", " blue"]
+    ids = ["resid_1.5@4", "resid_1.5@2", "attn_2.7@3", "resid_1.9@2", "mlp_error_2@1"]
+    graph = _graph(ids, [("resid_1.5@2", "attn_2.7@3"), ("resid_1.9@2", "attn_2.7@3")], tokens=tokens)
+    path = write_viewer(graph, tmp_path / "positions.html")
+    browser.get(path.as_uri())
+    root = browser.find_element("css selector", ".sc-viewer")
+    assert int(root.get_attribute("data-visible-nodes")) == len(ids)
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    x = {
+        node_id: browser.execute_script(
+            "return arguments[0].scViewer.screenPoint(arguments[1])[0]", root, node_id
+        )
+        for node_id in ids
+    }
+    assert x["mlp_error_2@1"] < x["resid_1.5@2"] < x["attn_2.7@3"] < x["resid_1.5@4"]
+    assert x["resid_1.9@2"] < x["attn_2.7@3"]
+    browser.save_screenshot(str(tmp_path / "positions.png"))
