@@ -97,8 +97,8 @@ def only(spliced: SplicedModel, edits: list[FeatureEdit] | None) -> SplicedModel
 
 
 def generation_speed(spliced, prompts, device, new_tokens, repeats) -> None:
-    """Each case's fastest of `repeats` rounds; a round runs every case once, so a busy machine
-    slows them alike."""
+    """Each case's fastest of `repeats` rounds; a round runs every case once (each round starting
+    with the next case), so a busy machine slows them alike."""
     ids = prompts.to(device)
     cases = {
         "plain": None,
@@ -116,8 +116,10 @@ def generation_speed(spliced, prompts, device, new_tokens, repeats) -> None:
         best, tokens = {}, {}
         for name, edits in cases.items():  # warm-up
             timed_generation(models[name], rows, Sampling(2), edits, device)
-        for _ in range(repeats):
-            for name, edits in cases.items():
+        for round_ in range(repeats):
+            names = list(cases)
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # rotated
+                edits = cases[name]
                 seconds, tokens[name] = timed_generation(
                     models[name], rows, Sampling(new_tokens), edits, device
                 )
@@ -189,6 +191,7 @@ def main() -> None:
         type=int,
         help="torch threads (on a busy machine, 1 avoids threads waiting on each other)",
     )
+    parser.add_argument("--cpu-time", action="store_true", help="time by process CPU time (CPU device only)")
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_grad_enabled(False)
@@ -197,6 +200,7 @@ def main() -> None:
     if args.cpu_time:
         assert args.device == "cpu", "--cpu-time measures CPU work; on a GPU use wall time"
         CLOCK[0] = time.process_time
+    torch.manual_seed(0)  # the random GPT-2's initialisation
     gen = torch.Generator().manual_seed(0)
     spliced, prompts = build(args.device, gen)
     clock = "process CPU time" if args.cpu_time else "wall time"

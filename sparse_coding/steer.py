@@ -26,7 +26,7 @@ DESCRIPTION = "Set, scale or steer features and generate; or draw a response cur
 EDIT_KINDS = ("set", "scale", "add")
 
 
-def main(config: Config, args: argparse.Namespace) -> None:
+def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("preflight"):
         from sparse_coding.pipelines.steer_plan import plan_steering
 
@@ -34,7 +34,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.steer import run_steer
 
-    print(run_steer(config, plan, args.phases))
+    return run_steer(config, plan, args.phases)
 
 
 def command_line_edits(args: argparse.Namespace):
@@ -86,7 +86,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
             "MLP_SAES",
             "LOGIT_TOKENS",
         ],
-        section="steer.py — intervene and generate",
+        section="steer.py — test a graph by intervening",
     )
     parser.add_argument(
         "--from-graph",

@@ -29,9 +29,10 @@ RELATIVE_KEYS = ("MODEL_DIR", "DATASET", "RESID_SAES", "ATTN_SAES", "MLP_SAES")
 
 
 def demo_raw(data_dir: Path, **overrides) -> dict:
-    """demo_config.yaml's keys with its working-directory paths made absolute and DATA_DIR moved."""
+    """demo_config.yaml's keys with its paths made absolute (they are relative to its folder) and
+    DATA_DIR moved."""
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
-    raw |= {key: str(REPO / raw[key]) for key in RELATIVE_KEYS}
+    raw |= {key: os.path.normpath(DEMO_CONFIG.parent / raw[key]) for key in RELATIVE_KEYS}
     return raw | {"DATA_DIR": str(data_dir), "MAX_NEW_TOKENS": 2} | overrides
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from sparse_coding.algorithms.generation import Sampling
 from sparse_coding.algorithms.response_curve import CurveResult
 from sparse_coding.algorithms.steering import SteerResult, TokenChanges
-from sparse_coding.graphs.conventions import sign_convention
+from sparse_coding.graphs.conventions import sentences
 from sparse_coding.pipelines.steer_plan import SteerPlan
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
@@ -51,7 +51,7 @@ def steering_data(result: SteerResult, plan: SteerPlan, tokenizer: Tokenizer, sa
         "generation": asdict(sampling)
         | {"decoding": "greedy" if sampling.greedy else "sampled", "return_sequences": n_samples},
         "sequences": sequences,
-        "sign_convention": sign_convention("steer.py"),
+        "sign_convention": sentences("steer.py"),
     }
 
 
@@ -170,7 +170,7 @@ def curve_data(result: CurveResult, plan: SteerPlan, tokenizer: Tokenizer) -> di
         "answer": spec.answer,
         "answer_logprob": table(result.answer_logprob),
         "top_tokens": top,
-        "sign_convention": sign_convention("steer.py"),
+        "sign_convention": sentences("steer.py"),
     }
 
 
