@@ -111,7 +111,7 @@ def steer_error(tmp_path, capsys, monkeypatch, argv=(), **overrides) -> str:
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    (line,) = err.strip().splitlines()
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]  # log lines may precede it
     return line
 
 
