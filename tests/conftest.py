@@ -211,6 +211,7 @@ def tiny_config_dict(tmp_path: Path, model_dir: Path, templates: dict[str, str])
         "DEVICE": "cpu",
         "NEURONPEDIA": False,
         "PROMPT": "When Mary and John went to the store, John gave a drink to",
+        "PREPEND_BOS": True,  # as the tiny SAEs' cfgs say; unset, it is settled when they load
     }
 
 
@@ -330,3 +331,19 @@ def node_value(sae, x):
 def sae_error(sae, x):
     x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
     return x_tl - sae.decode(sae.encode(x_tl))
+
+
+@pytest.fixture(scope="session")
+def published_folders(tmp_path_factory) -> list:
+    """Tiny stand-ins of openai-community/gpt2 and every published SAE set, in their hub layouts."""
+    from hub_layouts import write_published
+
+    return write_published(tmp_path_factory.mktemp("published"))
+
+
+@pytest.fixture
+def real_hub(hub_cache, published_folders, tmp_path) -> Path:
+    """A hub cache (offline) holding `published_folders` under their real repo ids; returns its path."""
+    for repo_id, folder, name_in_repo in published_folders:
+        hub_cache(repo_id, folder, name_in_repo)
+    return tmp_path / "hub"

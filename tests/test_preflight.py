@@ -108,7 +108,8 @@ def test_offline_a_missing_sae_is_named_once_with_its_repo(tmp_path, hub_cache, 
     with pytest.raises(SparseCodingError) as info:
         preflight(config, sites=("resid",))
     message = str(info.value)
-    assert message.count("gpt2-small-res-jb layer 1") == 1 and "jbloom/GPT2-Small-SAEs-Reformatted" in message
+    assert message.count("gpt2-small-resid-post-v5-32k layer 1") == 1
+    assert "jbloom/GPT2-Small-OAI-v5-32k-resid-post-SAEs" in message
     assert "attn" not in message
 
 

@@ -92,5 +92,8 @@ def sign_convention(metric: Metric) -> dict[str, str]:
     return {
         "node attribution": metric.sign_convention + "; mean over examples, positions summed",
         "edge": f"the upstream node's effect on that quantity through the downstream node only; {_SUPPORTS}",
-        "logit cells": "W_dec . W_U of the feature: blue = its decoder direction promotes the token",
+        "logit cells": (
+            "direct logit effect of W_dec[feature], centred and times the final layer norm's gain, "
+            "through W_U (its 1/std left out; tokens rank as on Neuronpedia): blue = promotes the token"
+        ),
     }

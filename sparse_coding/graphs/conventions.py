@@ -36,7 +36,8 @@ SIGN_CONVENTIONS: dict[str, dict[str, str]] = {
             "positive = u supports the answer through d"
         ),
         "logit cells": (
-            "W_dec[feature] . W_U (direct effect on the logits, final layer norm ignored): "
+            "direct logit effect of W_dec[feature], centred and times the final layer norm's gain, "
+            "through W_U (its 1/std left out; tokens rank as on Neuronpedia): "
             "blue = the feature promotes the token, red = it suppresses it"
         ),
         "node activation": "the feature's largest activation over the prompt's positions",

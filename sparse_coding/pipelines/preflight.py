@@ -15,15 +15,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sparse_coding.config import Config
+from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import ConfigError, GraphFileError, SparseCodingError
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
-from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, resolve_source
+from sparse_coding.hub import why_hub_cannot_be_asked
+from sparse_coding.models.bos import settle_prepend_bos
+from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, read_cfg, resolve_source
 
 logger = logging.getLogger(__name__)
-
-# Seconds to wait for the hub before calling the network unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
-
 
 def preflight(
     config: Config,
@@ -58,8 +57,9 @@ def preflight(
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
         sae_sites = [(site, layer) for site in chosen for layer in layers]
     check_hub_files(_hub_files(config, model_dir, sae_sites or []))
+    prepend_bos = settled_prepend_bos(config, sae_sites or [])
     if min_prompt_tokens:
-        check_prompt_length(config, min_prompt_tokens)
+        check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -95,16 +95,42 @@ def local_model_dir(model_dir: str) -> Path | None:
 
 
 def _model_config(model_id: str, model_dir: Path | None) -> dict | None:
-    """The model's config.json, if it is local or cached (for its layer count)."""
+    """The model's config.json, if it is local or cached (for its layer count).
+
+    Raises:
+        ConfigError: it is JSON but not an object of settings with a usable n_layer.
+    """
     from huggingface_hub import try_to_load_from_cache
 
     path = model_dir / "config.json" if model_dir else try_to_load_from_cache(model_id, "config.json")
     if not isinstance(path, (str, Path)):
         return None
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # the loader reports it with its own message
+    n_layer = values.get("n_layer", 12) if isinstance(values, dict) else None
+    if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer < 1:
+        raise ConfigError(
+            f"MODEL_DIR {model_id!r}: {path} holds {shown(values)}; a model's config.json is a JSON object "
+            f"of settings such as n_layer (a positive integer), n_embd and vocab_size, as on the hub"
+        )
+    return values
+
+
+def settled_prepend_bos(config: Config, sae_sites: Iterable[tuple[str, int]]) -> bool:
+    """PREPEND_BOS as the run will use it, from the SAEs' cfg.json files alone (`models.bos`).
+
+    Raises:
+        ConfigError: PREPEND_BOS is unset and the SAEs were trained both ways.
+        SAELoadError: an SAE's cfg.json is missing or not an SAELens cfg.
+    """
+    trained = {}
+    for site, layer in sae_sites:
+        if site in config.sae_sources:
+            resolved = resolve_source(config.sae_sources[site], layer)
+            trained[resolved.description] = read_cfg(resolved)[1]["prepend_bos"]
+    return settle_prepend_bos(config.PREPEND_BOS, trained)[0]
 
 
 def _hub_files(
@@ -136,11 +162,8 @@ def check_hub_files(files: dict[str, list[tuple[str, str]]]) -> None:
     ]
     if not missing:
         return
-    if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    elif (problem := _hub_unreachable(constants.ENDPOINT)) is not None:
-        why = f"the hub {constants.ENDPOINT} cannot be reached ({problem})"
-    else:
+    why = why_hub_cannot_be_asked()
+    if why is None:
         return
     repos = sorted({repo for what in missing for repo, _ in files[what]})
     raise SparseCodingError(
@@ -151,28 +174,25 @@ def check_hub_files(files: dict[str, list[tuple[str, str]]]) -> None:
     )
 
 
-def check_prompt_length(config: Config, min_tokens: int) -> None:
-    """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone."""
-    from sparse_coding.tokenizer import load_tokenizer  # no torch: a short PROMPT fails at once
+def check_prompt_length(
+    config: Config, min_tokens: int, prepend_bos: bool, model_config: dict | None = None
+) -> None:
+    """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone, once the
+    tokenizer is known to belong to the model of `model_config` (its config.json)."""
+    from sparse_coding.tokenizer import check_tokenizer, load_tokenizer  # no torch: fails at once
 
     try:
         tokenizer = load_tokenizer(config.MODEL_DIR)
     except (OSError, ValueError):
         return  # load_model reports an unloadable MODEL_DIR with its own message
-    n_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + int(config.PREPEND_BOS)
+    vocab_size = (model_config or {}).get("vocab_size")
+    if isinstance(vocab_size, int):
+        bos_token_id = model_config.get("bos_token_id")
+        bos_token_id = bos_token_id if isinstance(bos_token_id, int) else None
+        check_tokenizer(tokenizer, config.MODEL_DIR, vocab_size=vocab_size, bos_token_id=bos_token_id)
+    n_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + int(prepend_bos)
     if n_tokens < min_tokens:
         raise ConfigError(
             f"PROMPT {config.PROMPT[:80]!r} has {n_tokens} token(s), BOS included; fast.py explains the "
             f"prompt's last token from the tokens before it, so it needs at least {min_tokens}"
         )
-
-
-def _hub_unreachable(endpoint: str) -> str | None:
-    """None when the hub answers within HUB_PROBE_TIMEOUT_S, else why not."""
-    import requests
-
-    try:
-        requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=False)
-    except requests.RequestException as e:
-        return type(e).__name__
-    return None

@@ -21,7 +21,7 @@ from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, interpreted_texts
-from sparse_coding.pipelines.loading import check_sources, load_spliced_model
+from sparse_coding.pipelines.loading import check_sources, load_spliced_model, settled
 from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 from sparse_coding.splicing.splice import SplicedModel
@@ -47,6 +47,7 @@ def run_val(
     spliced, tokenizer = load_circuit_model(
         config, circuit, circuit_errors=circuit_errors, source=source, phases=phases
     )
+    config = settled(config, spliced)
     batches = list(
         config_batches(
             config,
@@ -205,7 +206,7 @@ def load_circuit_model(
     """
     pairs = [parse_site_key(key) for key in [*circuit, *circuit_errors]]
     check_sources(config, pairs, source)
-    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    spliced, tokenizer = load_spliced_model(config, phases=phases, script="val")
     check_within_slice(config, pairs, spliced.n_layers, source)
     check_circuit(spliced, circuit, source=source, circuit_errors=circuit_errors)
     return spliced, tokenizer
