@@ -1,7 +1,7 @@
 """Measure the working memory of fast.py's and pipe.py's passes per SAE site, against the memory check.
 
     python3 benchmarks/bench_memory.py [--width 32768] [--layers 2] [--rows 8] [--positions 20]
-                                       [--phase fast|contexts|pipe] [--sae-dtype float32]
+                                       [--phase fast|contexts|val|pipe] [--sae-dtype float32]
 
 GPT-2-small-shaped random model and OpenAI-v5-style SAEs (TopK-32, layer
 norm) at resid_post / attn_out / mlp_out of the last --layers layers (pipe:
@@ -101,6 +101,14 @@ def run_phase(spliced: SplicedModel, phase: str, rows: int, positions: int) -> N
             None if os.environ.get("ALL_FEATURES") else {site.key: list(range(10)) for site in spliced.sites}
         )
         collect_contexts(spliced, IdNames(), [batch], features=features, per_feature=10, view=5)
+    elif phase == "val":
+        from sparse_coding.algorithms.validation import feature_means, validate_circuit
+        from sparse_coding.corpus import TokenBatch
+
+        batches = [TokenBatch(ids, torch.ones_like(ids), 0)]
+        means = feature_means(spliced, batches, spliced.by_key)
+        circuit = {spliced.sites[0].key: [0, 1, 2]}
+        validate_circuit(spliced, batches, circuit=circuit, means=means)
     else:
         from sparse_coding.algorithms.ablation_graph import ablation_graph
         from sparse_coding.corpus import TokenBatch
@@ -116,7 +124,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--positions", type=int, default=20)
-    parser.add_argument("--phase", choices=("fast", "contexts", "pipe"), default="fast")
+    parser.add_argument("--phase", choices=("fast", "contexts", "val", "pipe"), default="fast")
     parser.add_argument("--sae-dtype", default="float32")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -169,21 +169,15 @@ def sae_templates(tmp_path_factory) -> dict[str, str]:
 def hub_cache(tmp_path, monkeypatch):
     """A Hugging Face hub cache served offline; returns add(repo_id, folder_path, name_in_repo)."""
     import huggingface_hub.constants as constants
+    from hub_layouts import add_to_hub_cache
 
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    commit = "0" * 40
 
     def add(repo_id: str, folder: Path, name_in_repo: str) -> None:
-        repo = cache / f"models--{repo_id.replace('/', '--')}"
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / "main").write_text(commit)
-        target = repo / "snapshots" / commit / name_in_repo
-        target.mkdir(parents=True, exist_ok=True)
-        for file in folder.iterdir():
-            (target / file.name).write_bytes(file.read_bytes())
+        add_to_hub_cache(cache, repo_id, folder, name_in_repo)
 
     return add
 

@@ -292,3 +292,16 @@ def write_published(
                                            seed=1000 * index + layer)  # fmt: skip
             entries.append((published.repo_id, local, folder))
     return entries
+
+
+def add_to_hub_cache(cache: Path, repo_id: str, folder: Path, name_in_repo: str) -> None:
+    """Put `folder`'s files at `name_in_repo` of `repo_id` in a Hugging Face hub cache (one commit)."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    target = repo / "snapshots" / commit / name_in_repo
+    target.mkdir(parents=True, exist_ok=True)
+    for file in folder.iterdir():
+        if file.is_file():
+            (target / file.name).write_bytes(file.read_bytes())

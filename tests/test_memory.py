@@ -1,6 +1,7 @@
 """The memory check's arithmetic: SAE weights at their final dtype plus the script's working set."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,24 +39,26 @@ def test_an_sae_weighs_its_tensors_at_the_run_dtype(dtype, size):
     assert sae_weight_bytes(jump, dtype) == (2 * 768 * 32768 + 2 * 32768 + 768) * size
 
 
-def test_the_working_set_is_dense_arrays_per_site_and_per_pass_times_the_tokens():
+def test_the_working_set_is_dense_arrays_per_site_and_per_pass_and_logits_times_the_tokens():
     cfgs = full_slice(32768)
-    for kind, (per_site, per_pass) in PASS_COPIES.items():
+    for kind, (per_site, per_pass, logits) in PASS_COPIES.items():
         one = Pass(kind, rows=8, positions=20)
-        dense = 8 * 20 * 32768 * 4
-        assert estimate(cfgs, torch.float32, [one]).working == int(dense * (per_site * 36 + per_pass)) + (
-            MODEL_MARGIN_BYTES
-        )
+        tokens = 8 * 20 * 4
+        expected = int(tokens * 32768 * (per_site * 36 + per_pass) + tokens * 50257 * logits)
+        assert estimate(cfgs, torch.float32, [one], d_vocab=50257).working == expected + MODEL_MARGIN_BYTES
     # The largest pass counts, not their sum.
     small, large = Pass("encode", 8, 128), Pass("attribution", 1, 5)
-    both = estimate(cfgs, torch.float32, [small, large]).working
-    assert both == max(estimate(cfgs, torch.float32, [p]).working for p in (small, large))
+    both = estimate(cfgs, torch.float32, [small, large], d_vocab=50257).working
+    assert both == max(estimate(cfgs, torch.float32, [p], d_vocab=50257).working for p in (small, large))
 
 
 def test_pipe_reserves_its_ablation_row_budget_on_a_cpu_only():
     cfgs = full_slice(32768)[::3]
     passes = [Pass("encode", 1, 6), Pass("ablation", 0, 0)]
-    cpu, cuda = (estimate(cfgs, torch.float32, passes, device).working for device in ("cpu", "cuda"))
+    cpu, cuda = (
+        estimate(cfgs, torch.float32, passes, d_vocab=50257, device_type=device).working
+        for device in ("cpu", "cuda")
+    )
     assert cpu - cuda == 1 << 30
 
 
@@ -63,8 +66,9 @@ def test_each_script_counts_its_own_passes():
     config = config_from_dict({"BATCH_SIZE": 8, "MAX_SEQ_LEN": 128, "NUM_SEQUENCES_INTERPED": 2})
     assert script_passes(config, "fast", prompt_tokens=5) == [Pass("attribution", 1, 5)]
     with_data = config_from_dict({"DATASET": "d.txt", "MAX_SEQ_LEN": 100})
-    assert script_passes(with_data, "fast", 5) == [Pass("attribution", 1, 5), Pass("encode", 8, 100)]
+    assert script_passes(with_data, "fast", 5) == [Pass("attribution", 1, 5), Pass("labels", 8, 100)]
     assert script_passes(config, "pipe", 5) == [Pass("encode", 2, 5), Pass("ablation", 0, 0)]
+    assert script_passes(config, "val", 5) == [Pass("validation", 8, 128)]
     assert script_passes(config, "hist", 5) == script_passes(config, None, 5) == [Pass("encode", 8, 128)]
 
 
@@ -89,3 +93,20 @@ def test_saes_that_do_not_fit_are_refused_naming_the_sizes_and_the_fixes(monkeyp
     assert "36 SAEs" in message and "0:12" in message and "weights 6.75 GiB" in message
     assert all(key in message for key in ("SAE_DTYPE", "ACTS_LAYERS_SLICE", "BATCH_SIZE"))
     loading.check_memory(full_slice(32768), list(range(12)), torch.device("cuda"), torch.bfloat16)
+
+
+def test_the_readme_memory_table_is_what_the_check_computes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("#### Memory", 1)[1].split("| script | SAEs |", 1)[1].split("\n\n", 1)[0]
+    rows = [row.strip("|").split("|") for row in table.strip().splitlines()[2:]]
+    assert len(rows) >= 8
+    for script, n_saes, width, dtype, weights, working, total in ([c.strip() for c in row] for row in rows):
+        sites = 1 if script.startswith("pipe") else 3
+        raw = {"DATASET": "texts.txt"} if "DATASET" in script else {}
+        passes = script_passes(config_from_dict(raw), script.split(".")[0], prompt_tokens=4)
+        d_sae = {"32k": 32768, "128k": 131072}[width]
+        cfgs = [cfg for cfg in full_slice(d_sae) if sites == 3 or cfg.hook_name.endswith("hook_resid_post")]
+        need = estimate(cfgs, getattr(torch, dtype), passes, d_vocab=50257)
+        assert len(cfgs) == int(n_saes)
+        shown = [f"{value / GIB:.2f}" for value in (need.weights, need.working, need.total)]
+        assert shown == [weights, working, total], script

@@ -31,6 +31,7 @@ def load_saes(
     device: torch.device,
     dtype: torch.dtype,
     passes: Sequence[Pass] = (),
+    d_vocab: int = 50257,
 ) -> list[SAE]:
     """Load the SAE of each (site, layer) of `sites`, in order, from `sources`.
 
@@ -42,7 +43,8 @@ def load_saes(
         sites: (site, layer) pairs, e.g. ``[("resid", 9), ("attn", 10)]``; every
             site must have a source in `sources`.
         dtype: the SAEs' dtype (SAE_DTYPE resolved against the model's).
-        passes: the batched passes the script makes (`models.memory.script_passes`).
+        passes: the batched passes the script makes (`pipelines.loading.script_passes`).
+        d_vocab: the model's vocabulary (the passes' logits).
 
     Raises:
         SparseCodingError: the SAEs would not fit the device.
@@ -50,7 +52,7 @@ def load_saes(
     """
     chosen = [(site, layer, sources[site]) for site, layer in sites]
     cfgs = read_configs(sources, [(site, layer) for site, layer, _ in chosen])
-    check_memory(cfgs, [layer for _, layer, _ in chosen], device, dtype, passes)
+    check_memory(cfgs, [layer for _, layer, _ in chosen], device, dtype, passes, d_vocab)
     start = time.perf_counter()
     saes = [
         _checked(load_sae(source, layer, device=device, dtype=dtype), site, layer, source)
@@ -81,6 +83,7 @@ def check_memory(
     device: torch.device,
     dtype: torch.dtype,
     passes: Sequence[Pass] = (),
+    d_vocab: int = 50257,
 ) -> None:
     """Stop before loading when the SAEs would not fit the device, saying what to change.
 
@@ -90,7 +93,7 @@ def check_memory(
     """
     if not cfgs:
         return
-    needed = estimate(cfgs, dtype, passes, device.type)
+    needed = estimate(cfgs, dtype, passes, d_vocab=d_vocab, device_type=device.type)
     free = _free_bytes(device)
     logger.info(
         "SAEs need ~%.2f GiB at %s (weights %.2f GiB, working set %.2f GiB); %.1f GiB free on %s",

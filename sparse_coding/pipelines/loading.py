@@ -95,17 +95,19 @@ def check_sources(config: Config, pairs: Collection[tuple[str, int]], source: st
 
 def script_passes(config: Config, script: str | None, prompt_tokens: int) -> list[Pass]:
     """The batched passes `script` ("fast", "pipe", "val", "hist"; None: a notebook's encode of
-    DATASET batches) makes with `config`, for the memory check; `prompt_tokens`: PROMPT's tokens,
-    BOS included."""
+    DATASET batches) makes with `config`, for the memory check (`models.memory`); `prompt_tokens`:
+    PROMPT's tokens, BOS included."""
     dataset = Pass("encode", config.BATCH_SIZE, config.MAX_SEQ_LEN)
+    labels = [Pass("labels", config.BATCH_SIZE, config.MAX_SEQ_LEN)] if config.DATASET else []
     if script == "fast":
         n_examples = config.NUM_EXAMPLES if config.PAIRS_FILE else 1
         positions = config.MAX_SEQ_LEN if config.PAIRS_FILE else prompt_tokens
-        labels = [dataset] if config.DATASET or config.BASELINE == "mean" else []
-        return [Pass("attribution", min(config.BATCH_SIZE, n_examples), positions), *labels]
+        means = [dataset] if config.BASELINE == "mean" else []
+        return [Pass("attribution", min(config.BATCH_SIZE, n_examples), positions), *labels, *means]
     if script == "pipe":
         rows, limit = config.NUM_SEQUENCES_INTERPED, config.MAX_SEQ_INTERPED_LEN
         positions = limit if config.interp_source == "dataset" else max(prompt_tokens, 1)
-        labels = [dataset] if config.DATASET else []
         return [Pass("encode", rows, positions), Pass("ablation", 0, 0), *labels]
+    if script == "val":
+        return [Pass("validation", config.BATCH_SIZE, config.MAX_SEQ_LEN)]
     return [dataset]
