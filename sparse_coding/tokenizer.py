@@ -44,6 +44,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from sparse_coding.errors import ConfigError
+from sparse_coding.hub import hub_file, why_hub_cannot_be_asked
 
 if TYPE_CHECKING:
     import torch
@@ -151,11 +152,14 @@ class Tokenizer:
         """The tokenizer of a local folder or hub repo, as transformers 5 builds it (see the module).
 
         Raises UnreproducedTokenizer for files outside the reproduced cases,
-        OSError when the hub cannot be asked, ValueError for a file that is not
-        a JSON object.
+        OSError when the hub cannot be asked and the cache lacks a file, ValueError
+        for a file that is not a JSON object.
         """
         files = {name: model_file(model_dir, name) for name in ("config.json", "tokenizer.json")}
         missing = [name for name, path in files.items() if path is None]
+        if missing and not Path(model_dir).is_dir() and (why := why_hub_cannot_be_asked()) is not None:
+            # transformers would retry the hub for each file: say it now
+            raise OSError(f"the Hugging Face cache lacks {' and '.join(missing)} of {model_dir}, and {why}")
         if missing:
             raise UnreproducedTokenizer(f"{model_dir} has no {' and no '.join(missing)}")
         config_file, json_file = files["config.json"], files["tokenizer.json"]
@@ -196,8 +200,6 @@ def model_file(model_dir: str, name: str) -> Path | None:
     folder = Path(model_dir)
     if folder.is_dir():
         return folder / name if (folder / name).is_file() else None
-    from sparse_coding.hub import hub_file
-
     return hub_file(model_dir, name, what=f"MODEL_DIR {model_dir}", required=False)
 
 
