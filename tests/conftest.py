@@ -327,6 +327,21 @@ def sae_error(sae, x):
     return x_tl - sae.decode(sae.encode(x_tl))
 
 
+@pytest.fixture
+def unreachable_hub(hub_cache, monkeypatch):
+    """Online, but the hub is a local port that refuses every connection at once."""
+    import socket
+
+    import huggingface_hub.constants as constants
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    yield
+    closed.close()
+
+
 @pytest.fixture(scope="session")
 def published_folders(tmp_path_factory) -> list:
     """Tiny stand-ins of openai-community/gpt2 and every published SAE set, in their hub layouts."""

@@ -113,20 +113,11 @@ def test_offline_a_missing_sae_is_named_once_with_its_repo(tmp_path, hub_cache, 
     assert "attn" not in message
 
 
-def test_without_network_a_missing_model_fails_in_seconds(tmp_path, hub_cache, monkeypatch):
-    import socket
-
-    import huggingface_hub.constants as constants
-
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused at once
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+def test_without_network_a_missing_model_fails_in_seconds(tmp_path, unreachable_hub):
     start = time.perf_counter()
     with pytest.raises(SparseCodingError, match="cannot be reached"):
         preflight(config_from_dict({"DATA_DIR": str(tmp_path / "data")}))
     assert time.perf_counter() - start < 5
-    closed.close()
 
 
 def test_a_run_whose_files_are_all_there_passes(tmp_path, tiny_model_dir, sae_templates, make_config):

@@ -155,28 +155,33 @@ def _job(release: str, layer: int) -> str:
     return f"{release}|{PUBLISHED[release].hook.format(layer=layer)}"
 
 
-@pytest.mark.parametrize("release", PUBLISHED)
-def test_features_and_errors_equal_saelens_on_transformerlens_activations_both_ways(parity, release):
+def _compared(parity, release: str, models: tuple[str, ...]):
+    """(where, the project's (input, feats, error, reconstruction), the oracle's tensors by name) of
+    every layer, sequence and oracle model."""
     theirs, _, ours, _ = parity
     for layer in LAYERS:
         for index in range(2):
-            _, feats, error, _ = ours.values[release, layer, index]
-            for model in ("processed", "as_trained"):
+            for model in models:
                 where = f"{_job(release, layer)}|{model}|{index}"
-                torch.testing.assert_close(feats, theirs[f"{where}|feats"], **TOL, msg=where)
-                torch.testing.assert_close(error, theirs[f"{where}|error"], **TOL, msg=where)
+                names = ("x", "feats", "error", "recon")
+                yield where, ours.values[release, layer, index], [theirs[f"{where}|{n}"] for n in names]
+
+
+@pytest.mark.parametrize("release", PUBLISHED)
+def test_features_and_errors_equal_saelens_on_transformerlens_activations_both_ways(parity, release):
+    for where, (_, feats, error, _), (_, their_feats, their_error, _) in _compared(
+        parity, release, ("processed", "as_trained")
+    ):
+        torch.testing.assert_close(feats, their_feats, **TOL, msg=where)
+        torch.testing.assert_close(error, their_error, **TOL, msg=where)
 
 
 @pytest.mark.parametrize("release", PUBLISHED)
 def test_inputs_and_reconstructions_equal_saelens_in_the_saes_own_convention(parity, release):
     """With the model loaded as SAELens says the SAE was trained (model_from_pretrained_kwargs)."""
-    theirs, _, ours, _ = parity
-    for layer in LAYERS:
-        for index in range(2):
-            x, _, _, recon = ours.values[release, layer, index]
-            where = f"{_job(release, layer)}|as_trained|{index}"
-            torch.testing.assert_close(x, theirs[f"{where}|x"], **TOL, msg=where)
-            torch.testing.assert_close(recon, theirs[f"{where}|recon"], **TOL, msg=where)
+    for where, (x, _, _, recon), (their_x, _, _, their_recon) in _compared(parity, release, ("as_trained",)):
+        torch.testing.assert_close(x, their_x, **TOL, msg=where)
+        torch.testing.assert_close(recon, their_recon, **TOL, msg=where)
 
 
 @pytest.mark.parametrize("release", PUBLISHED)

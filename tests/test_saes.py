@@ -310,17 +310,12 @@ def test_a_hub_source_missing_from_the_cache_is_an_sae_load_error_offline(tmp_pa
         load_sae("someone/absent/layer_{layer}", 0)
 
 
-def test_without_network_load_sae_fails_in_seconds_naming_the_file_and_the_cache(hub_cache, monkeypatch):
+def test_without_network_load_sae_fails_in_seconds_naming_the_file_and_the_cache(unreachable_hub):
     """A notebook's load_sae without network: one short probe of the hub, not the hub library's retries."""
-    import socket
     import time
 
     import huggingface_hub.constants as constants
 
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
     start = time.perf_counter()
     with pytest.raises(SAELoadError) as info:
         load_sae("gpt2-small-res-jb", 4)
@@ -328,7 +323,6 @@ def test_without_network_load_sae_fails_in_seconds_naming_the_file_and_the_cache
     message = str(info.value)
     assert "cannot be reached" in message and "blocks.4.hook_resid_pre/cfg.json" in message
     assert constants.HF_HUB_CACHE in message and JB_REPO in message
-    closed.close()
 
 
 def test_a_cfg_json_of_random_bytes_names_the_file_and_what_it_should_hold(tmp_path):
