@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparse_coding"
 # may import itself and any unit of an earlier group, never a later one.
 LAYERS: list[tuple[str, ...]] = [
     ("allocator", "errors", "phases", "progress"),
-    ("hub",),
+    ("hub_files",),
     ("tokenizer",),
     ("tokens",),
     ("nodes",),

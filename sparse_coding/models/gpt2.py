@@ -113,7 +113,7 @@ def _model_files(model_dir: str) -> tuple[Path, Path]:
     config = model_file(model_dir, "config.json")
     weights = next((path for name in WEIGHT_FILES if (path := model_file(model_dir, name))), None)
     if config is None or weights is None:
-        from sparse_coding.hub import why_hub_cannot_be_asked
+        from sparse_coding.hub_files import why_hub_cannot_be_asked
 
         why = None if Path(model_dir).is_dir() else why_hub_cannot_be_asked()
         raise OSError(

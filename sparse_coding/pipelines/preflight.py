@@ -18,7 +18,7 @@ from sparse_coding.config import Config
 from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import ConfigError, GraphFileError, SparseCodingError
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
-from sparse_coding.hub import why_hub_cannot_be_asked
+from sparse_coding.hub_files import why_hub_cannot_be_asked
 from sparse_coding.models.bos import settle_prepend_bos
 from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, read_cfg, resolve_source
 
