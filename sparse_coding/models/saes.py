@@ -286,8 +286,8 @@ def load_sae(
             before it moves to `device`.
 
     Raises:
-        SAELoadError: the files are missing, unreadable, or do not fit each other.
-        SparseCodingError: a hub file is not cached and the hub cannot be asked.
+        SAELoadError: the files are missing, unreadable, or do not fit each other; a hub file is
+            not cached and the hub cannot be asked (said at once, without retries).
     """
     cfg = read_sae_config(source, layer)
     weights_path = fetch_file(resolve_source(source, layer), WEIGHTS_FILE)

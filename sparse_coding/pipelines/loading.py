@@ -70,9 +70,8 @@ def load_spliced_model(
         warn_bos_mismatch(prepend_bos, mismatched)
         prompt_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + prepend_bos
         passes = script_passes(config, script, prompt_tokens)
-        saes = load_saes(
-            config.sae_sources, pairs, device, resolve_dtype(config.SAE_DTYPE, model_dtype), passes
-        )
+        sae_dtype = resolve_dtype(config.SAE_DTYPE, model_dtype)
+        saes = load_saes(config.sae_sources, pairs, device, sae_dtype, passes, model.config.vocab_size)
     return SplicedModel(model, saes, prepend_bos), tokenizer
 
 
