@@ -95,12 +95,23 @@ def test_saes_that_do_not_fit_are_refused_naming_the_sizes_and_the_fixes(monkeyp
     loading.check_memory(full_slice(32768), list(range(12)), torch.device("cuda"), torch.bfloat16)
 
 
-def test_the_readme_memory_table_is_what_the_check_computes():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    table = readme.split("#### Memory", 1)[1].split("| script | SAEs |", 1)[1].split("\n\n", 1)[0]
-    rows = [row.strip("|").split("|") for row in table.strip().splitlines()[2:]]
+def _table_rows(text: str, after: str, header: str) -> list[list[str]]:
+    table = text.split(after, 1)[1].split(header, 1)[1].split("\n\n", 1)[0]
+    return [[c.strip() for c in row.strip("|").split("|")] for row in table.strip().splitlines()[2:]]
+
+
+def test_the_documented_memory_tables_are_what_the_check_computes():
+    root = Path(__file__).resolve().parents[1]
+    rows = _table_rows((root / "docs" / "sae_sources.md").read_text(encoding="utf-8"), "## Memory", "| script |")
     assert len(rows) >= 8
-    for script, n_saes, width, dtype, weights, working, total in ([c.strip() for c in row] for row in rows):
+    totals = {(script, width, dtype): total for script, _, width, dtype, _, _, total in rows}
+    readme_rows = _table_rows((root / "README.md").read_text(encoding="utf-8"), "### Memory", "| script, SAEs |")
+    assert len(readme_rows) == 3
+    for label, fp32, bf16 in readme_rows:  # e.g. "fast.py, 36 x 32k", "7.03 GiB", "3.65 GiB"
+        script, width = label.split(",")[0], label.rsplit(" ", 1)[1]
+        assert totals.get((script, width, "float32"), fp32.split()[0]) == fp32.split()[0], label
+        assert totals[(script, width, "bfloat16")] == bf16.split()[0], label
+    for script, n_saes, width, dtype, weights, working, total in rows:
         sites = 1 if script.startswith("pipe") else 3
         raw = {"DATASET": "texts.txt"} if "DATASET" in script else {}
         passes = script_passes(config_from_dict(raw), script.split(".")[0], prompt_tokens=4)

@@ -3,9 +3,9 @@
 A run that cannot succeed should say so in its first second, not after
 minutes of loading: an image extension dot cannot draw, an existing graph file
 that cannot be read, an output folder that cannot be written, a local
-MODEL_DIR that does not exist, and — offline or without network — a model or
-SAE missing from the Hugging Face cache (one message naming what to download
-and where the cache is, instead of a retry per file).
+MODEL_DIR that does not exist, and — offline or without network — anything
+missing from the Hugging Face cache (one message listing every download with
+its size, `downloads`, instead of a retry per file).
 """
 
 import json
@@ -16,13 +16,14 @@ from pathlib import Path
 
 from sparse_coding.config import Config
 from sparse_coding.config.yaml_file import shown
-from sparse_coding.errors import ConfigError, GraphFileError, SparseCodingError
+from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
-from sparse_coding.hub_files import why_hub_cannot_be_asked
 from sparse_coding.models.bos import settle_prepend_bos
-from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, read_cfg, resolve_source
+from sparse_coding.models.sae_sources import read_cfg, resolve_source
+from sparse_coding.pipelines.downloads import KNOWN_MODELS, check_downloads, model_download, sae_downloads
 
 logger = logging.getLogger(__name__)
+
 
 def preflight(
     config: Config,
@@ -52,12 +53,19 @@ def preflight(
     check_writable(out_dir)
     model_dir = local_model_dir(config.MODEL_DIR)
     model_config = _model_config(config.MODEL_DIR, model_dir)
-    if sae_sites is None and model_config is not None:
-        layers = config.layer_range(int(model_config.get("n_layer", 0)))
+    unlisted = ""
+    if sae_sites is None:
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
-        sae_sites = [(site, layer) for site in chosen for layer in layers]
-    check_hub_files(_hub_files(config, model_dir, sae_sites or []))
-    prepend_bos = settled_prepend_bos(config, sae_sites or [])
+        layers = layers_before_loading(config, model_config)
+        sae_sites = [(site, layer) for site in chosen for layer in layers or []]
+        if layers is None and chosen:
+            unlisted = (
+                f"; and the {', '.join(chosen)} SAEs of ACTS_LAYERS_SLICE (listed once config.json is cached)"
+            )
+    sae_sites = list(sae_sites)
+    downloads = [] if model_dir is not None else [model_download(config.MODEL_DIR)]
+    check_downloads(downloads + sae_downloads(config, sae_sites), unlisted)
+    prepend_bos = settled_prepend_bos(config, sae_sites)
     if min_prompt_tokens:
         check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config)
 
@@ -133,45 +141,28 @@ def settled_prepend_bos(config: Config, sae_sites: Iterable[tuple[str, int]]) ->
     return settle_prepend_bos(config.PREPEND_BOS, trained)[0]
 
 
-def _hub_files(
-    config: Config, model_dir: Path | None, sae_sites: Iterable[tuple[str, int]]
-) -> dict[str, list[tuple[str, str]]]:
-    """What -> (repo id, file) of every hub file the run needs."""
-    files: dict[str, list[tuple[str, str]]] = {}
-    if model_dir is None:
-        files[f"model {config.MODEL_DIR}"] = [(config.MODEL_DIR, "config.json")]
-    for site, layer in sae_sites:
-        if site not in config.sae_sources:
-            continue  # the loader names the unset key
-        resolved = resolve_source(config.sae_sources[site], layer)
-        if resolved.repo_id is not None:
-            files[f"SAE {resolved.description}"] = [
-                (resolved.repo_id, f"{resolved.folder}/{name}") for name in (CFG_FILE, WEIGHTS_FILE)
-            ]
-    return files
+def model_layer_count(config: Config, model_config: dict | None = None) -> int | None:
+    """MODEL_DIR's number of blocks before loading it: from its config.json (local or cached), or
+    the table of known hub models; None when neither says."""
+    if model_config is None:
+        model_config = _model_config(config.MODEL_DIR, local_model_dir(config.MODEL_DIR))
+    if model_config is not None:
+        return int(model_config.get("n_layer", 12))
+    return KNOWN_MODELS.get(config.MODEL_DIR, (None, None))[0]
 
 
-def check_hub_files(files: dict[str, list[tuple[str, str]]]) -> None:
-    """Stop when a needed hub file is not cached and the hub cannot be asked (offline or unreachable)."""
-    from huggingface_hub import constants, try_to_load_from_cache
+def layers_before_loading(config: Config, model_config: dict | None = None) -> range | None:
+    """The layers ACTS_LAYERS_SLICE selects, known before the model loads; None when not yet known."""
+    n_layers = model_layer_count(config, model_config)
+    return config.layer_range(n_layers) if n_layers is not None else _explicit_layers(config)
 
-    missing = [
-        what
-        for what, pairs in files.items()
-        if not all(isinstance(try_to_load_from_cache(repo, name), str) for repo, name in pairs)
-    ]
-    if not missing:
-        return
-    why = why_hub_cannot_be_asked()
-    if why is None:
-        return
-    repos = sorted({repo for what in missing for repo, _ in files[what]})
-    raise SparseCodingError(
-        f"{why}, and the Hugging Face cache {constants.HF_HUB_CACHE} lacks {len(missing)} of the "
-        f"downloads this run needs: {'; '.join(missing)}. Download them where there is network "
-        f"(e.g. `hf download {repos[0]}`{' ...' if len(repos) > 1 else ''}) into that cache "
-        f"(HF_HUB_CACHE), then run again"
-    )
+
+def _explicit_layers(config: Config) -> range | None:
+    """The slice's layers when both its bounds are given and non-negative (no model needed)."""
+    start, stop = (text.strip() for text in config.ACTS_LAYERS_SLICE.split(":")[:2])
+    if start.isdigit() and stop.isdigit():
+        return range(int(start), int(stop))
+    return None
 
 
 def check_prompt_length(
