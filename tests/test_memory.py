@@ -102,10 +102,12 @@ def _table_rows(text: str, after: str, header: str) -> list[list[str]]:
 
 def test_the_documented_memory_tables_are_what_the_check_computes():
     root = Path(__file__).resolve().parents[1]
-    rows = _table_rows((root / "docs" / "sae_sources.md").read_text(encoding="utf-8"), "## Memory", "| script |")
+    docs = (root / "docs" / "sae_sources.md").read_text(encoding="utf-8")
+    rows = _table_rows(docs, "## Memory", "| script |")
     assert len(rows) >= 8
     totals = {(script, width, dtype): total for script, _, width, dtype, _, _, total in rows}
-    readme_rows = _table_rows((root / "README.md").read_text(encoding="utf-8"), "### Memory", "| script, SAEs |")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    readme_rows = _table_rows(readme, "### Memory", "| script, SAEs |")
     assert len(readme_rows) == 3
     for label, fp32, bf16 in readme_rows:  # e.g. "fast.py, 36 x 32k", "7.03 GiB", "3.65 GiB"
         script, width = label.split(",")[0], label.rsplit(" ", 1)[1]

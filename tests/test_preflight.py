@@ -189,7 +189,8 @@ def test_offline_one_message_lists_every_download_with_sizes_and_the_demo(tmp_pa
         preflight(config_from_dict({"DATA_DIR": str(tmp_path / "data")}))  # default model, SAEs, 9:12
     message = str(info.value)
     assert "lacks 10 of the downloads" in message and "openai-community/gpt2" in message
-    for release in ("gpt2-small-resid-post-v5-32k", "gpt2-small-attn-out-v5-32k", "gpt2-small-mlp-out-v5-32k"):
+    defaults = ("gpt2-small-resid-post-v5-32k", "gpt2-small-attn-out-v5-32k", "gpt2-small-mlp-out-v5-32k")
+    for release in defaults:
         for layer in (9, 10, 11):
             assert f"{release} layer {layer}" in message
             assert f"'{RELEASES[release].folder.format(layer=layer)}/*'" in message  # in its hf command
