@@ -16,7 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparse_coding"
 # Units (a top-level module or a folder) in import order, lowest first. A unit
 # may import itself and any unit of an earlier group, never a later one.
 LAYERS: list[tuple[str, ...]] = [
-    ("allocator", "errors", "phases", "progress", "tokenizer"),
+    ("allocator", "errors", "phases", "progress"),
+    ("hub_files",),
+    ("tokenizer",),
     ("tokens",),
     ("nodes",),
     ("storage",),

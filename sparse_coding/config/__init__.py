@@ -120,10 +120,10 @@ class Config:
     MAX_SEQ_LEN: int = 128
     MAX_SEQ_INTERPED_LEN: int = 64
     BATCH_SIZE: int = 8
-    PREPEND_BOS: bool = True
+    PREPEND_BOS: bool | None = None
     SEED: int = 0
     # SAEs per site.
-    RESID_SAES: str | None = "gpt2-small-res-jb"
+    RESID_SAES: str | None = "gpt2-small-resid-post-v5-32k"
     ATTN_SAES: str | None = "gpt2-small-attn-out-v5-32k"
     MLP_SAES: str | None = "gpt2-small-mlp-out-v5-32k"
     # Output files.
@@ -183,6 +183,18 @@ class Config:
                 layers[-1],
             )
         return layers
+
+    @property
+    def prepend_bos(self) -> bool:
+        """PREPEND_BOS as a run uses it. An unset key is settled against the SAEs' cfg.json when
+        they load (`pipelines.loading.settled`); reading it before then is an error, not a guess."""
+        if self.PREPEND_BOS is None:
+            raise ConfigError(
+                "PREPEND_BOS is unset, so it follows the SAEs' cfg (prepend_bos), which is known once they "
+                "load: use `settled(config, spliced)` (sparse_coding.pipelines.loading) after "
+                "load_spliced_model, or set PREPEND_BOS to true or false"
+            )
+        return self.PREPEND_BOS
 
     @property
     def interp_source(self) -> str:

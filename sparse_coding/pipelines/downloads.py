@@ -20,12 +20,11 @@ from typing import NamedTuple
 
 from sparse_coding.config import Config
 from sparse_coding.errors import SparseCodingError
+from sparse_coding.hub_files import why_hub_cannot_be_asked
 from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, resolve_source
 
 logger = logging.getLogger(__name__)
 
-# Seconds to wait for the hub before calling the network unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
 MODEL_FILES = ("config.json", "tokenizer.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # one of them
 MODEL_FETCH = ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors")
@@ -136,11 +135,8 @@ def check_downloads(downloads: list[Download], unlisted: str = "") -> None:
     missing = [d for d in downloads if not _cached(d)]
     if not missing:
         return
-    if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    elif (problem := _hub_unreachable(constants.ENDPOINT)) is not None:
-        why = f"the hub {constants.ENDPOINT} cannot be reached ({problem})"
-    else:
+    why = why_hub_cannot_be_asked()
+    if why is None:
         total = sum(d.mb for d in missing if d.mb is not None)
         if total:
             logger.info(
@@ -148,14 +144,3 @@ def check_downloads(downloads: list[Download], unlisted: str = "") -> None:
             )
         return
     raise SparseCodingError(missing_message(missing, why, str(Path(constants.HF_HUB_CACHE)), unlisted))
-
-
-def _hub_unreachable(endpoint: str) -> str | None:
-    """None when the hub answers within HUB_PROBE_TIMEOUT_S, else why not."""
-    import requests
-
-    try:
-        requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=False)
-    except requests.RequestException as e:
-        return type(e).__name__
-    return None
