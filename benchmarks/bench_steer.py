@@ -15,10 +15,12 @@ of 12 random tokens (BOS first). Printed:
    (resid_9 set to 0: a ReLU site reads one encoder column; attn_10 set to 0:
    a TopK site encodes in full, to know the top k), and all nine sites (one
    feature set to 0 each); the ratio to plain is the cost of intervening;
-2. --recompute-tokens tokens with the cache against recomputing the whole
+2. the intervention's own work per decode step at one ReLU and one TopK site
+   (the model not run), the most stable of these numbers on a shared machine;
+3. --recompute-tokens tokens with the cache against recomputing the whole
    prefix every step (one full forward per token, batch 1); the tokens are
    checked equal;
-3. a response curve: 32 values of resid_9's feature scaled from 0 to 2,
+4. a response curve: 32 values of resid_9's feature scaled from 0 to 2,
    8 watched features at layers 10 and 11, one batch (`response_curve`).
 """
 
@@ -132,6 +134,30 @@ def generation_speed(spliced, prompts, device, new_tokens, repeats) -> None:
             )
 
 
+def edit_cost(spliced, prompts, device, repeats) -> None:
+    """The intervention's own work in one decode step (one new token per row), without the model:
+    the per-step positions, the hook's edit, at one ReLU and one TopK site."""
+    ids = prompts.to(device)
+    print("one intervened site's work per decode step (set 0), alone:")
+    for key in ("resid_9", "attn_10"):
+        site, edits = spliced.by_key[key], [FeatureEdit(f"{key}.{firing(spliced, key, ids)}", "set", 0.0)]
+        for batch in (1, 8):
+            rows = left_padded(prompts[:batch].tolist(), 50256, device)
+            columns, x = (
+                rows.token_index(PROMPT_TOKENS, PROMPT_TOKENS + 1),
+                torch.randn(batch, 1, 768, device=device),
+            )
+            best = float("inf")
+            for _ in range(repeats):
+                sync(device)
+                start = CLOCK[0]()
+                for _ in range(100):
+                    steering(site_edits(edits, columns, rows.lengths))(site, x)
+                sync(device)
+                best = min(best, (CLOCK[0]() - start) / 100)
+            print(f"  {key} ({site.sae.cfg.activation}), batch {batch}: {best * 1e3:.2f} ms")
+
+
 def recompute(spliced, ids: list[int], steps: int) -> list[int]:
     """Greedy decoding by one full forward of the whole text per new token."""
     ids = list(ids)
@@ -206,6 +232,7 @@ def main() -> None:
     clock = "process CPU time" if args.cpu_time else "wall time"
     print(f"device {args.device}, {torch.get_num_threads()} threads, timed by {clock}")
     generation_speed(spliced, prompts, args.device, args.new_tokens, args.repeats)
+    edit_cost(spliced, prompts, args.device, args.repeats)
     cache_speedup(spliced, prompts, args.device, args.recompute_tokens)
     curve_time(spliced, prompts, args.device, args.repeats)
 

@@ -15,7 +15,6 @@ the curve's answer is one token.
 """
 
 import itertools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,10 @@ from sparse_coding.corpus import TokenBatch, iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
-from sparse_coding.models.sae_sources import fetch_files, normalize_cfg, resolve_source
+from sparse_coding.models.sae_sources import read_cfg, resolve_source
 from sparse_coding.nodes import parse_node_id
 from sparse_coding.pipelines.inputs import interpreted_texts
+from sparse_coding.pipelines.preflight import preflight, settled_prepend_bos
 from sparse_coding.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -86,45 +86,57 @@ def plan_steering(
     Raises:
         ConfigError, GraphFileError, SAELoadError: one message naming what to change.
     """
-    if curve and config.CURVE is None:
-        raise ConfigError(
-            "--curve draws the response curve of the CURVE key, which is unset; set it, e.g. "
-            "CURVE: {node: 'mlp_0.4', from: 0.0, to: 1.0, steps: 11, watch: ['mlp_1.6'], answer: ' hot'}"
-        )
-    if command_line is not None and command_line.graph is not None:
-        edits, watch, source = graph_edits(command_line)
-    elif command_line is not None:
-        edits, watch, source = node_edits(command_line), (), "--node"
-    else:
-        edits, watch, source = config.STEER, (), "STEER"
-    if not curve and not edits:
-        raise ConfigError(
-            "Nothing to steer: STEER is empty; give interventions, e.g. STEER: [{node: 'resid_9.331', "
-            "set: 0.0}], or --from-graph GRAPH, or --curve for the CURVE key"
-        )
+    edits, watch, source = _interventions(config, command_line, curve)
+    curve_spec = config.CURVE if curve else None
+    nodes = [e.node for e in edits] + list(watch) + ([curve_spec.node, *curve_spec.watch] if curve else [])
+    pairs = list(dict.fromkeys(parse_node_id(node)[:2] for node in nodes))
+    check_sources_set(config, nodes, pairs, source)
+    preflight(config, sae_sites=pairs)
     tokenizer = load_tokenizer(config.MODEL_DIR)
     texts = list(itertools.islice(interpreted_texts(config), config.NUM_SEQUENCES_INTERPED))
-    batch = _prompt_batch(config, tokenizer, texts)
     plan = SteerPlan(
-        edits=() if curve else tuple(edits),
-        watch=() if curve else tuple(w for w in watch if w not in {e.node for e in edits}),
-        curve=config.CURVE if curve else None,
-        source="CURVE" if curve else source,
+        edits=tuple(edits),
+        watch=tuple(w for w in watch if w not in {e.node for e in edits}),
+        curve=curve_spec,
+        source=source,
         texts=texts,
-        batch=batch,
-        answer_id=_answer_id(tokenizer, config.CURVE.answer) if curve and config.CURVE.answer else None,
+        batch=_prompt_batch(config, tokenizer, texts, settled_prepend_bos(config, pairs)),
+        answer_id=_answer_id(tokenizer, curve_spec.answer) if curve and curve_spec.answer else None,
     )
     check_plan(config, plan)
     return plan
 
 
-def _prompt_batch(config: Config, tokenizer: Tokenizer, texts: list[str]) -> TokenBatch:
+def _interventions(
+    config: Config, command_line: CommandLineEdits | None, curve: bool
+) -> tuple[list[FeatureEdit], list[str], str]:
+    """(edits, watched nodes, where they come from): none for a curve, else the command line's or STEER."""
+    if curve:
+        if config.CURVE is None:
+            raise ConfigError(
+                "--curve draws the response curve of the CURVE key, which is unset; set it, e.g. "
+                "CURVE: {node: 'mlp_0.4', from: 0.0, to: 1.0, steps: 11, watch: ['mlp_1.6'], answer: ' hot'}"
+            )
+        return [], [], "CURVE"
+    if command_line is not None and command_line.graph is not None:
+        return graph_edits(command_line)
+    if command_line is not None:
+        return node_edits(command_line), [], "--node"
+    if not config.STEER:
+        raise ConfigError(
+            "Nothing to steer: STEER is empty; give interventions, e.g. STEER: [{node: 'resid_9.331', "
+            "set: 0.0}], or --node ID, or --from-graph GRAPH, or --curve for the CURVE key"
+        )
+    return list(config.STEER), [], "STEER"
+
+
+def _prompt_batch(config: Config, tokenizer: Tokenizer, texts: list[str], prepend_bos: bool) -> TokenBatch:
     batches = iter_batches(
         texts,
         tokenizer,
         batch_size=max(1, len(texts)),
         max_len=config.MAX_SEQ_INTERPED_LEN,
-        prepend_bos=config.PREPEND_BOS,
+        prepend_bos=prepend_bos,
     )
     batch = next(batches, None)
     if batch is None:
@@ -142,12 +154,18 @@ def _answer_id(tokenizer: Tokenizer, answer: str) -> int:
     return ids[0]
 
 
-def check_plan(config: Config, plan: SteerPlan) -> None:
-    """Every node's SAE source is set and wide enough; every position lies within every prompt."""
-    unset = sorted({f"{site.upper()}_SAES" for site, _ in plan.pairs if site not in config.sae_sources})
+def check_sources_set(config: Config, nodes: list[str], pairs: list[tuple[str, int]], source: str) -> None:
+    """Every node's site has an SAE source (RESID_SAES, ATTN_SAES, MLP_SAES)."""
+    unset = sorted({f"{site.upper()}_SAES" for site, _ in pairs if site not in config.sae_sources})
     if unset:
-        nodes = [node for node in plan.nodes if parse_node_id(node).site.upper() + "_SAES" in unset]
-        raise ConfigError(f"{plan.source} names {', '.join(nodes)}, but {', '.join(unset)} is unset; set it")
+        named = [node for node in nodes if f"{parse_node_id(node).site.upper()}_SAES" in unset]
+        raise ConfigError(
+            f"{source} names {', '.join(dict.fromkeys(named))}, but {', '.join(unset)} is unset; set it"
+        )
+
+
+def check_plan(config: Config, plan: SteerPlan) -> None:
+    """Every node's index lies within its SAE's width; every position lies within every prompt."""
     widths = {pair: sae_width(config.sae_sources[pair[0]], pair[1]) for pair in plan.pairs}
     for node in plan.nodes:
         site, layer, feature = parse_node_id(node)
@@ -177,13 +195,8 @@ def _check_positions(plan: SteerPlan, node: str, positions: Positions) -> None:
 
 
 def sae_width(source: str, layer: int) -> int:
-    """d_sae of one layer's SAE, from its cfg.json (the weights are not read)."""
-    cfg_path, _ = fetch_files(resolve_source(source, layer))
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"SAE cfg {cfg_path} is not readable JSON: {e}") from e
-    return normalize_cfg(raw, str(cfg_path))["d_sae"]
+    """d_sae of one layer's SAE, from its cfg.json (no weights read)."""
+    return read_cfg(resolve_source(source, layer))[1]["d_sae"]
 
 
 def node_edits(choice: CommandLineEdits) -> list[FeatureEdit]:
