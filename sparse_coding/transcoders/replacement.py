@@ -133,33 +133,37 @@ def frozen_forward(
     embeds: Tensor,
     mlp_leaves: Tensor,
     *,
-    stop: int | None = None,
-) -> tuple[Tensor, Tensor | None]:
+    read_layer: int | None = None,
+) -> Tensor:
     """The replacement model's linear forward over the first n = len(embeds) positions.
 
     Args:
         embeds: (n, d_model) token embeddings (the positional embeddings are added here).
-        mlp_leaves: (>= stop, n, d_model) MLP outputs without their skip connections.
-        stop: run blocks [0, stop) (default: all, then the final layer norm).
+        mlp_leaves: (>= L, n, d_model) MLP outputs of the blocks run, without their skip connections.
+        read_layer: return block L's transcoder input (blocks < L run whole, then L's attention);
+            None runs every block and returns the final layer norm's output.
 
     Returns:
-        (transcoder inputs of blocks [0, stop) (stop, n, d_model), final normalised stream
-        (n, d_model) when every block ran, else None).
+        (n, d_model): the transcoder input of `read_layer`, or the final normalised stream.
     """
     n = embeds.shape[0]
-    stop = model.config.n_layer if stop is None else stop
     h = embeds + model.transformer.wpe.weight[:n]
-    inputs = []
-    for layer, block in enumerate(model.transformer.h[:stop]):
+    for layer, block in enumerate(model.transformer.h):
         x1 = frozen_layer_norm(h, block.ln_1, frozen.ln1[layer, :n])
         h_mid = h + attention_with_pattern(block.attn, x1, frozen.patterns[layer, :, :n, :n])
-        inputs.append(transcoder_input(h_mid, frozen.ln2[layer, :n], _hook(transcoders, layer)))
+        x = transcoder_input(h_mid, frozen.ln2[layer, :n], _hook(transcoders, layer))
+        if layer == read_layer:
+            return x
         skip = transcoders.skip(layer)
-        h = h_mid + mlp_leaves[layer] + (inputs[-1] @ skip.T if skip is not None else 0)
-    if stop < model.config.n_layer:
-        return torch.stack(inputs), None
-    final = frozen_layer_norm(h, model.transformer.ln_f, frozen.lnf[:n])
-    return torch.stack(inputs), final
+        h = h_mid + mlp_leaves[layer] + (x @ skip.T if skip is not None else 0)
+    return frozen_layer_norm(h, model.transformer.ln_f, frozen.lnf[:n])
+
+
+def mlp_leaves(replacement: "Replacement", transcoders: TranscoderSet) -> Tensor:
+    """(n_layers, pos, d_model) the frozen forward's MLP inputs rebuilt from their parts:
+    constant + the features' decoded rows + error (equal to the clean outputs less skips)."""
+    decoded = decode_features(transcoders, replacement.features, replacement.mlp_out.shape)
+    return replacement.constant + decoded.to(replacement.constant.dtype) + replacement.errors
 
 
 @torch.no_grad()
