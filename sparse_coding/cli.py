@@ -5,7 +5,7 @@ or missing permission) become one paragraph on stderr and exit status 1;
 anything else is a bug and keeps its traceback. The scripts run their
 preflight checks and import their pipeline inside `main`, so `--help` and
 config errors never wait for torch. `main` is the `sparse-coding
-pipe|fast|val|hist` console command.
+pipe|fast|val|hist|trace` console command.
 """
 
 import argparse
@@ -40,6 +40,7 @@ SCRIPTS = {
     "fast": "sparse_coding.fast",
     "val": "sparse_coding.val",
     "hist": "sparse_coding.hist",
+    "trace": "sparse_coding.trace",
 }
 
 
@@ -185,13 +186,13 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py or hist.py, then
+    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py, hist.py or trace.py, then
     end the process when it was started as that command (`run_as_program`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SCRIPTS:
         names = "|".join(SCRIPTS)
         print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [...]", file=sys.stderr)
-        print(f"  {names}: the four scripts; 'sparse-coding SCRIPT --help' says more", file=sys.stderr)
+        print(f"  {names}: the scripts; 'sparse-coding SCRIPT --help' says more", file=sys.stderr)
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     script, prog = importlib.import_module(SCRIPTS[argv[0]]), f"sparse-coding {argv[0]}"
     run_as_program(lambda: script.run(argv[1:], prog=prog), "sparse-coding", "sparse_coding")

@@ -14,7 +14,7 @@ import pytest
 from sparse_coding.progress import progress
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("pipe", "fast", "val", "hist")
+SCRIPTS = ("pipe", "fast", "val", "hist", "trace")
 
 
 def _help(script: str) -> subprocess.CompletedProcess:

@@ -104,16 +104,25 @@ def edge_scores(adjacency: Tensor, logit_weights: Tensor) -> Tensor:
 
 
 def prune(
-    adjacency: Tensor, logit_weights: Tensor, counts: NodeCounts, *, node_share: float, edge_share: float
+    adjacency: Tensor,
+    logit_weights: Tensor,
+    counts: NodeCounts,
+    *,
+    node_share: float,
+    edge_share: float,
+    influence: Tensor | None = None,
 ) -> Pruned:
-    """The nodes and edges kept at `node_share` / `edge_share` of the influence (module docstring)."""
-    influence = node_influence(adjacency, logit_weights)
+    """The nodes and edges kept at `node_share` / `edge_share` of the influence (module docstring);
+    `influence` is `node_influence(adjacency, logit_weights)` when already computed."""
+    influence = node_influence(adjacency, logit_weights) if influence is None else influence
     nodes = influence >= share_threshold(influence, node_share)
     nodes[counts.token_slice.start :] = True
-    kept = adjacency * nodes[:, None] * nodes[None, :]
-    scores = edge_scores(kept, logit_weights)
-    edges = scores >= share_threshold(scores, edge_share)
-    edges &= kept != 0
+    # Edge scores within the kept nodes: the submatrix holds every non-zero entry of the masked graph.
+    chosen = torch.nonzero(nodes).flatten()
+    kept = adjacency[chosen][:, chosen]
+    scores = edge_scores(kept, logit_weights[chosen])
+    edges = torch.zeros_like(adjacency, dtype=torch.bool)
+    edges[chosen[:, None], chosen[None, :]] = (scores >= share_threshold(scores, edge_share)) & (kept != 0)
     inner = counts.token_slice.start  # features and error nodes
     while True:
         before = nodes.clone()
@@ -128,6 +137,13 @@ def graph_scores(adjacency: Tensor, logit_weights: Tensor, counts: NodeCounts) -
     """(replacement score, completeness score) of a graph (module docstring)."""
     normalized = normalize_rows(adjacency)
     influence = total_influence(normalized, logit_weights)
+    return scores_of(normalized, influence, logit_weights, counts)
+
+
+def scores_of(
+    normalized: Tensor, influence: Tensor, logit_weights: Tensor, counts: NodeCounts
+) -> tuple[float, float]:
+    """`graph_scores` from the normalised adjacency and the influence, when already computed."""
     tokens = influence[counts.token_slice].sum()
     errors = influence[counts.error_slice].sum()
     replacement = tokens / (tokens + errors).clamp(min=1e-10)

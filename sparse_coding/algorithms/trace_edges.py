@@ -134,15 +134,16 @@ def _batch_rows(
     n_layers, n_pos, _ = srcs.errors.shape
     read = None if layer == n_layers else layer
     embeds = srcs.embeds[:n].detach().requires_grad_()
-    leaves = srcs.leaves[:layer, :n].detach().requires_grad_()
+    # One leaf per layer: slices of one stacked leaf would each fill a whole-stack gradient backward.
+    leaves = [srcs.leaves[t, :n].detach().requires_grad_() for t in range(layer)]
     cotangents = vectors.new_zeros(len(pos), n, vectors.shape[-1])
     cotangents[torch.arange(len(pos)), pos] = vectors.to(cotangents.dtype)
     with torch.enable_grad():
         out = frozen_forward(model, transcoders, replacement.frozen, embeds, leaves, read_layer=read)
-        wrt = (embeds, leaves) if layer else (embeds,)  # layer 0 reads no MLP output
-        grads = torch.autograd.grad(out, wrt, cotangents, is_grads_batched=True)
-    g_embeds = grads[0]
-    g_leaves = grads[1] if layer else leaves.new_zeros(len(pos), 0, n, leaves.shape[-1])
+        g_embeds, *g_layers = torch.autograd.grad(out, [embeds, *leaves], cotangents, is_grads_batched=True)
+    g_leaves = (
+        torch.stack(g_layers, dim=1) if g_layers else embeds.new_zeros(len(pos), 0, n, embeds.shape[-1])
+    )
     rows = vectors.new_zeros(len(pos), srcs.n_columns)
     first_error = srcs.n_features
     errors = (g_leaves * srcs.errors[:layer, :n]).sum(-1)  # (b, layer, n)

@@ -29,10 +29,11 @@ from torch import Tensor
 from sparse_coding.algorithms.influence import (
     NodeCounts,
     Pruned,
-    graph_scores,
-    node_influence,
+    normalize_rows,
     partial_influence,
     prune,
+    scores_of,
+    total_influence,
 )
 from sparse_coding.algorithms.trace_edges import Sources, Targets, edge_rows, sources
 from sparse_coding.models.transformer import GPT2
@@ -123,16 +124,17 @@ def trace_graph(
     counts = NodeCounts(len(kept), n_layers * n_pos, n_pos, len(logits.token_ids))
     weights = torch.zeros(counts.total, dtype=adjacency.dtype)
     weights[-counts.logits :] = logits.probabilities.cpu().to(adjacency.dtype)
-    pruned = prune(
-        adjacency, weights, counts, node_share=options.node_threshold, edge_share=options.edge_threshold
-    )
-    scores = graph_scores(adjacency, weights, counts)
+    normalized = normalize_rows(adjacency)
+    influence = total_influence(normalized, weights)
+    scores = scores_of(normalized, influence, weights, counts)
+    del normalized
+    shares = {"node_share": options.node_threshold, "edge_share": options.edge_threshold}
+    pruned = prune(adjacency, weights, counts, **shares, influence=influence)
     phases["pruning"] = time.perf_counter() - start
     features = ActiveFeatures(*(column[kept] for column in replacement.features))
     return TraceGraph(
-        replacement, features, logits, adjacency, counts, node_influence(adjacency, weights), pruned, *scores,
-        transcoders.kind, phases,
-    )  # fmt: skip
+        replacement, features, logits, adjacency, counts, influence, pruned, *scores, transcoders.kind, phases
+    )
 
 
 def _adjacency(

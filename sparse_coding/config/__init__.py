@@ -125,11 +125,12 @@ class Config:
     # trace.py: transcoders, pruning, logit nodes, batching.
     TRANSCODERS: str | None = "gpt2-small-transcoders"
     TRANSCODER_LAZY_DECODERS: bool | None = None
+    TRACE_PROMPT: str | None = None
     TRACE_NODE_THRESHOLD: float = 0.8
     TRACE_EDGE_THRESHOLD: float = 0.98
     TRACE_LOGIT_MASS: float = 0.95
     TRACE_MAX_LOGITS: int = 10
-    TRACE_MAX_FEATURE_NODES: int | None = 8192
+    TRACE_MAX_FEATURE_NODES: int | None = 4096
     TRACE_BATCH_SIZE: int = 256
     # Output files.
     DATA_DIR: Path = DEFAULT_DATA_DIR

@@ -42,6 +42,35 @@ SIGN_CONVENTIONS: dict[str, dict[str, str]] = {
         "node activation": "the feature's largest activation over the prompt's positions",
         "colour": COLOURS,
     },
+    "trace.py": {
+        "edge": (
+            "direct effect of u on d in the local replacement model (transcoders in place of the MLPs, "
+            "with error nodes; attention patterns and layer-norm scales frozen at the prompt's run): "
+            "u's value times the derivative of d's pre-activation (for a logit: the logit minus the mean "
+            "logit) along paths through no other node: positive = u raises d"
+        ),
+        "node attribution": (
+            "influence on the logits (circuit-tracer): the probability-weighted share of the logits' "
+            "inputs that flows from the node along all paths, each edge counted as its share of its "
+            "target's |inputs|; unsigned"
+        ),
+        "node activation": (
+            "a feature's activation at its position; a logit's probability; an error node's norm"
+        ),
+        "replacement score": (
+            "influence of the token embeddings / (that + influence of the error nodes): 1 = the "
+            "tokens reach the logits through features only"
+        ),
+        "completeness score": (
+            "influence-weighted mean over nodes of the share of a node's input that comes from "
+            "no error node"
+        ),
+        "logit cells": (
+            "W_dec[feature] @ W_U (a cross-layer feature's decoders summed over the layers it writes; "
+            "final layer norm ignored): blue = the feature promotes the token, red = it suppresses it"
+        ),
+        "colour": COLOURS,
+    },
     "val.py": {
         "change": (
             "p(ablated) - p(clean) of the next token after the last token: 'increases' are tokens the "
@@ -61,5 +90,5 @@ SIGN_CONVENTIONS: dict[str, dict[str, str]] = {
 
 
 def sign_convention(script: str) -> dict[str, str]:
-    """The sentences of `script` ("pipe.py", "fast.py", "val.py"), a copy for metadata."""
+    """The sentences of `script` ("pipe.py", "fast.py", "trace.py", "val.py"), a copy for metadata."""
     return dict(SIGN_CONVENTIONS[script])

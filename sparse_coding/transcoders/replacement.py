@@ -20,6 +20,7 @@ implements it:
    logits exactly.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -131,7 +132,7 @@ def frozen_forward(
     transcoders: TranscoderSet,
     frozen: Frozen,
     embeds: Tensor,
-    mlp_leaves: Tensor,
+    mlp_leaves: Tensor | Sequence[Tensor],
     *,
     read_layer: int | None = None,
 ) -> Tensor:
@@ -139,14 +140,15 @@ def frozen_forward(
 
     Args:
         embeds: (n, d_model) token embeddings (the positional embeddings are added here).
-        mlp_leaves: (>= L, n, d_model) MLP outputs of the blocks run, without their skip connections.
+        mlp_leaves: (>= L, n, d_model) MLP outputs of the blocks run, without their skip connections
+            (a stacked tensor or one tensor per layer).
         read_layer: return block L's transcoder input (blocks < L run whole, then L's attention);
             None runs every block and returns the final layer norm's output.
 
     Returns:
         (n, d_model): the transcoder input of `read_layer`, or the final normalised stream.
     """
-    n = embeds.shape[0]
+    n = embeds.shape[-2]
     h = embeds + model.transformer.wpe.weight[:n]
     for layer, block in enumerate(model.transformer.h):
         x1 = frozen_layer_norm(h, block.ln_1, frozen.ln1[layer, :n])

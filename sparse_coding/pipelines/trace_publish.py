@@ -1,0 +1,159 @@
+"""trace.py's graph as the project's Graph, labelled and written: the one module that ties
+the transcoder attribution graph to the graph files, image and viewer.
+
+Only the pruned graph goes into the files: its nodes (ids as in
+`sparse_coding.nodes`) and its edges, each with the signed direct effect.
+Node values: `activation` (a feature's activation, a logit's probability, an
+error node's norm), `attribution` (influence on the logits). Labels: logit
+cells for features (their decoder rows through the unembedding), the token
+of each embedding and logit node as its explanation. The graph's metadata
+holds the sign convention, the replacement and completeness scores, the
+logit targets and the prompt's tokens.
+"""
+
+import logging
+import shutil
+
+import torch
+
+from sparse_coding.algorithms.trace_graph import TraceGraph
+from sparse_coding.config import Config
+from sparse_coding.graphs.conventions import sign_convention
+from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
+from sparse_coding.models.transformer import GPT2
+from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, positioned_id
+from sparse_coding.phases import PhaseTimer
+from sparse_coding.pipelines.trace import trace_prompt
+from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.tokens import token_text
+from sparse_coding.transcoders.transcoder import TranscoderSet
+
+logger = logging.getLogger(__name__)
+
+
+def node_records(tg: TraceGraph, tokenizer: Tokenizer) -> list[Node]:
+    """Every node of the (unpruned) graph, in adjacency order, with its values."""
+    rep = tg.replacement
+    n_layers, n_pos = rep.errors.shape[:2]
+    nodes = [
+        Node(positioned_id(feature_id(tg.kind, layer, index), pos), tg.kind, layer, index, activation=act,
+             hook=f"blocks.{layer}.hook_mlp_out")
+        for layer, pos, index, act in zip(*(column.tolist() for column in tg.features), strict=True)
+    ]  # fmt: skip
+    norms = rep.errors.norm(dim=-1).tolist()  # (n_layers, pos)
+    nodes += [
+        Node(positioned_id(error_id("mlp", layer), pos), "mlp", layer, None, activation=norms[layer][pos],
+             hook=f"blocks.{layer}.hook_mlp_out")
+        for layer in range(n_layers) for pos in range(n_pos)
+    ]  # fmt: skip
+    nodes += [
+        Node(embed_id(pos), "embed", 0, token, explanation=f"token {pos}: {token_text(tokenizer, token)!r}")
+        for pos, token in enumerate(rep.input_ids.tolist())
+    ]
+    for node, influence in zip(nodes, tg.influence.tolist(), strict=False):
+        node.attribution = influence
+    logits = zip(tg.logits.token_ids.tolist(), tg.logits.probabilities.tolist(), strict=True)
+    nodes += [
+        Node(logit_id(token), "logit", n_layers, token, activation=prob,
+             explanation=f"output {token_text(tokenizer, token)!r} (p={prob:.3f})")
+        for token, prob in logits
+    ]  # fmt: skip
+    return nodes
+
+
+def to_graph(tg: TraceGraph, tokenizer: Tokenizer) -> Graph:
+    """The pruned graph: kept nodes, and kept edges source -> target with their direct effect."""
+    nodes = node_records(tg, tokenizer)
+    graph = Graph()
+    for i in torch.nonzero(tg.pruned.node_mask).flatten().tolist():
+        graph.add_node(nodes[i])
+    targets, sources = torch.nonzero(tg.pruned.edge_mask, as_tuple=True)
+    effects = tg.adjacency[targets, sources].tolist()
+    for t, s, effect in zip(targets.tolist(), sources.tolist(), effects, strict=True):
+        graph.add_edge(nodes[s].id, nodes[t].id, effect)
+    return graph
+
+
+@torch.no_grad()
+def add_logit_cells(
+    graph: Graph, tg: TraceGraph, transcoders: TranscoderSet, model: GPT2, tokenizer: Tokenizer, n_tokens: int
+) -> None:
+    """Most promoted and suppressed next tokens of every feature node: its decoder rows (summed over
+    the layers it writes to) through the unembedding, all features in one product per layer."""
+    features = [node for node in graph.nodes.values() if node.site == tg.kind]
+    if n_tokens == 0 or not features:
+        return
+    unembed = model.lm_head.weight  # (d_vocab, d_model)
+    for layer in {node.layer for node in features}:
+        chosen = [node for node in features if node.layer == layer]
+        index = torch.tensor([node.feature for node in chosen])
+        rows = sum(transcoders.decoder_rows(layer, t, index) for t in transcoders.targets(layer))
+        effects = rows.to(unembed.dtype) @ unembed.T
+        k = min(n_tokens, effects.shape[1])
+        up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
+        for i, node in enumerate(chosen):
+            node.logits_up = _cells(tokenizer, up.indices[i], up.values[i])
+            node.logits_down = _cells(tokenizer, down.indices[i], -down.values[i])
+
+
+def _cells(tokenizer: Tokenizer, ids: torch.Tensor, values: torch.Tensor) -> list[tuple[str, float]]:
+    return [(token_text(tokenizer, int(i)), float(v)) for i, v in zip(ids, values, strict=True)]
+
+
+def trace_metadata(tg: TraceGraph, config: Config, tokenizer: Tokenizer, transcoders: TranscoderSet) -> dict:
+    """What shaped the graph and what its numbers mean (the run's record once merged)."""
+    top = [
+        {"token_id": int(t), "token": token_text(tokenizer, int(t)), "probability": round(float(p), 6)}
+        for t, p in zip(tg.logits.token_ids, tg.logits.probabilities, strict=True)
+    ]
+    kept_nodes, kept_edges = int(tg.pruned.node_mask.sum()), int(tg.pruned.edge_mask.sum())
+    summary = (
+        f"explains {top[0]['token']!r} (p={top[0]['probability']:.3f}) and {len(top) - 1} more next tokens; "
+        f"{kept_nodes} of {tg.counts.total} nodes kept; replacement score {tg.replacement_score:.3f}, "
+        f"completeness score {tg.completeness_score:.3f}"
+    )
+    return {
+        "script": "trace.py",
+        "sign_convention": sign_convention("trace.py"),
+        "prompt": trace_prompt(config),
+        "prompt_tokens": [token_text(tokenizer, int(t)) for t in tg.replacement.input_ids],
+        "model": config.MODEL_DIR,
+        "sae_sources": {"transcoders": config.TRANSCODERS},
+        "transcoders": transcoders.describe(),
+        "replacement_score": tg.replacement_score,
+        "completeness_score": tg.completeness_score,
+        "logit_targets": top,
+        "counts": {
+            "active_features": len(tg.replacement.features.layer),
+            **tg.counts._asdict(),
+            "kept_nodes": kept_nodes,
+            "kept_edges": kept_edges,
+        },  # fmt: skip
+        "config": config.to_metadata(),
+        "summary": summary,
+    }
+
+
+def publish_trace(
+    tg: TraceGraph, config: Config, model: GPT2, tokenizer: Tokenizer, transcoders: TranscoderSet, *,
+    phases: PhaseTimer, new_graph: bool = False,
+) -> str:  # fmt: skip
+    """Label the pruned graph and merge it into DATA_DIR/<model>/TRACE_DOT_FILE (+ .json, image, viewer)."""
+    with phases.phase("labels: logit cells"):
+        graph = to_graph(tg, tokenizer)
+        add_logit_cells(graph, tg, transcoders, model, tokenizer, config.LOGIT_TOKENS)
+    graph.metadata = trace_metadata(tg, config, tokenizer, transcoders)
+    graph.metadata["phases"] = phases.metadata() | {f"trace: {k}": round(v, 3) for k, v in tg.phases.items()}
+    out_dir = config.model_data_dir(config.MODEL_DIR)
+    dot_path, image_path = out_dir / config.TRACE_DOT_FILE, out_dir / config.TRACE_FILE
+    with phases.phase("write and render"):
+        merged = update_graph_files(graph, dot_path, image_path, new_graph=new_graph)
+    written = [str(dot_path), dot_path.with_suffix(".json").name]
+    if shutil.which("dot") is not None:
+        written.append(image_path.name)
+    written.append(viewer_path_for(dot_path, image_path).name)
+    return (
+        f"trace.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
+        f"{len(merged.edges)} edges in the graph); {graph.metadata['summary']}; wrote {', '.join(written)}"
+    )
