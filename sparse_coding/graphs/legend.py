@@ -93,7 +93,10 @@ def run_text(run: dict[str, Any]) -> str:
 
 
 def _text_shown(script: str | None, run: dict[str, Any], config: dict[str, Any]) -> str:
-    """What the run explained: fast.py its examples, pipe.py and val.py the text INTERP_SOURCE picks."""
+    """What the run explained: fast.py its examples, trace.py its prompt, pipe.py and val.py the text
+    INTERP_SOURCE picks."""
+    if script == "trace.py":
+        return f"prompt {str(run.get('prompt'))!r}"
     if script == "fast.py":
         if config.get("PAIRS_FILE"):
             return f"pairs file {config['PAIRS_FILE']}"
