@@ -12,11 +12,16 @@ gradient g_t at every E[p] and M[T, p], and every direct effect follows:
     error node (T, p) -> t: g_t(M[T, p]) . error[T, p]
     token embedding p -> t: g_t(E[p]) . W_E[token_p]
 
-(A[t, s]: positive = s raises t.) Many targets share one backward pass: the
-cotangents of a batch go through `torch.autograd.grad(..., is_grads_batched=True)`
-(a vmap over the backward), as circuit-tracer injects a batch of rows. Targets
-are grouped by layer and sorted by position, so a batch's pass runs only the
-blocks below its layer and the positions up to its last target (causal).
+(A[t, s]: positive = s raises t.) Many targets share one backward pass, as
+circuit-tracer injects a batch of rows: the pass is the frozen model's
+transposed map, written out block by block (`replacement.*_adjoint`): the
+gradient at M[T] is the residual stream's gradient after block T, so each
+layer's contractions happen on the way down, and nothing is stored. Hand
+written rather than autograd's batched backward (vmap), which measured three
+times the matrix products' own cost here; the tests check every edge against
+autograd's Jacobian of the frozen forward. Targets are batched by position,
+deepest layer first: a target joins the sweep at its own layer, and the sweep
+runs only the positions up to the batch's last.
 
 Columns follow `algorithms.influence.NodeCounts`: features, error nodes
 (layer-major), token embeddings, logits (which are no sources).
@@ -31,10 +36,19 @@ from torch import Tensor
 
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.progress import progress
-from sparse_coding.transcoders.replacement import Replacement, frozen_forward, mlp_leaves
+from sparse_coding.transcoders.replacement import (
+    Frozen,
+    Replacement,
+    attention_adjoint,
+    input_adjoint,
+    layer_norm_adjoint,
+)
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
 logger = logging.getLogger(__name__)
+
+# Target rows computed and batched backward passes run, for benchmarks.
+COUNTS = {"rows": 0, "passes": 0}
 
 
 class Targets(NamedTuple):
@@ -54,7 +68,6 @@ class Sources:
     ]  # target layer T -> (pos, max_n, d) scaled rows, (pos, max_n) cols
     errors: Tensor  # (n_layers, pos, d)
     embeds: Tensor  # (pos, d)
-    leaves: Tensor  # (n_layers, pos, d) the frozen forward's MLP inputs at the clean run
     n_features: int
 
     @property
@@ -78,8 +91,7 @@ def sources(transcoders: TranscoderSet, replacement: Replacement) -> Sources:
         rows = torch.cat([transcoders.decoder_rows(s, target, f.index[cols]) for cols, s in parts])
         rows = (rows * f.activation[columns, None].to(rows.dtype)).to(replacement.embeds.dtype)
         decoders[target] = _by_position(rows, columns, f.pos[columns], n_pos, d_model)
-    leaves = mlp_leaves(replacement, transcoders)
-    return Sources(decoders, replacement.errors, replacement.embeds, leaves, len(f.layer))
+    return Sources(decoders, replacement.errors, replacement.embeds, len(f.layer))
 
 
 def _by_position(
@@ -103,58 +115,62 @@ def edge_rows(
     *, batch_size: int,
 ) -> Tensor:  # fmt: skip
     """The rows (m, n_columns) of direct effects on `targets`, `batch_size` targets per backward pass."""
-    order = torch.argsort(targets.layer * (replacement.embeds.shape[0] + 1) + targets.pos, stable=True)
+    n_layers = srcs.errors.shape[0]
+    order = torch.argsort(targets.pos * (n_layers + 1) + n_layers - targets.layer, stable=True)
     rows = torch.zeros(len(order), srcs.n_columns, dtype=replacement.embeds.dtype)
-    batches = _batches(targets.layer[order], batch_size)
-    for start, stop in progress(batches, desc="Edges (batched backward passes)", leave=False):
-        chosen = order[start:stop]
-        layer = int(targets.layer[chosen[0]])
-        rows[chosen] = _batch_rows(model, transcoders, replacement, srcs, layer, targets.pos[chosen],
-                                   targets.vector[chosen]).cpu()  # fmt: skip
-    logger.info("%d edge rows in %d batched backward passes", len(order), len(batches))
+    starts = range(0, len(order), batch_size)
+    for start in progress(starts, desc="Edges (batched backward passes)", leave=False):
+        chosen = order[start : start + batch_size]
+        chosen = chosen[torch.argsort(targets.layer[chosen], descending=True, stable=True)]
+        rows[chosen] = _sweep(model, transcoders, replacement.frozen, srcs, targets.layer[chosen],
+                              targets.pos[chosen], targets.vector[chosen]).cpu()  # fmt: skip
+    logger.info("%d edge rows in %d batched backward passes", len(order), len(starts))
+    COUNTS["rows"] += len(order)
+    COUNTS["passes"] += len(starts)
     return rows
 
 
-def _batches(layers: Tensor, batch_size: int) -> list[tuple[int, int]]:
-    """(start, stop) spans of at most `batch_size` consecutive targets of one layer."""
-    spans, start = [], 0
-    bounds = torch.nonzero(layers[1:] != layers[:-1]).flatten().tolist()
-    for end in [*(b + 1 for b in bounds), len(layers)]:
-        spans += [(s, min(s + batch_size, end)) for s in range(start, end, batch_size)]
-        start = end
-    return spans
-
-
-def _batch_rows(
-    model: GPT2, transcoders: TranscoderSet, replacement: Replacement, srcs: Sources, layer: int,
-    pos: Tensor, vectors: Tensor,
+def _sweep(
+    model: GPT2, transcoders: TranscoderSet, frozen: Frozen, srcs: Sources, layers: Tensor, pos: Tensor,
+    vectors: Tensor,
 ) -> Tensor:  # fmt: skip
-    """Rows (b, n_columns) of targets all reading `layer` (n_layers: the logits) at positions `pos`."""
+    """Rows (b, n_columns) of targets sorted by layer, deepest first (n_layers: logits): one backward
+    sweep from the top, each target joining at its layer's transcoder input."""
+    n_layers, n_pos, d_model = srcs.errors.shape
     n = int(pos.max()) + 1
-    n_layers, n_pos, _ = srcs.errors.shape
-    read = None if layer == n_layers else layer
-    embeds = srcs.embeds[:n].detach().requires_grad_()
-    # One leaf per layer: slices of one stacked leaf would each fill a whole-stack gradient backward.
-    leaves = [srcs.leaves[t, :n].detach().requires_grad_() for t in range(layer)]
-    cotangents = vectors.new_zeros(len(pos), n, vectors.shape[-1])
-    cotangents[torch.arange(len(pos)), pos] = vectors.to(cotangents.dtype)
-    with torch.enable_grad():
-        out = frozen_forward(model, transcoders, replacement.frozen, embeds, leaves, read_layer=read)
-        g_embeds, *g_layers = torch.autograd.grad(out, [embeds, *leaves], cotangents, is_grads_batched=True)
-    g_leaves = (
-        torch.stack(g_layers, dim=1) if g_layers else embeds.new_zeros(len(pos), 0, n, embeds.shape[-1])
-    )
+    injected = vectors.new_zeros(len(pos), n, d_model)
+    injected[torch.arange(len(pos)), pos] = vectors.to(injected.dtype)
     rows = vectors.new_zeros(len(pos), srcs.n_columns)
-    first_error = srcs.n_features
-    errors = (g_leaves * srcs.errors[:layer, :n]).sum(-1)  # (b, layer, n)
-    error_cols = first_error + torch.arange(layer)[:, None] * n_pos + torch.arange(n)[None, :]
-    rows[:, error_cols.flatten()] = errors.flatten(1)
-    embed_cols = first_error + n_layers * n_pos + torch.arange(n)
-    rows[:, embed_cols] = (g_embeds * srcs.embeds[:n]).sum(-1)
-    for target in range(layer):
-        if target in srcs.decoders:
-            decoded, cols = srcs.decoders[target]
-            effects = torch.einsum("bpd,pnd->bpn", g_leaves[:, target], decoded[:n])  # (b, n, max_n)
-            keep = cols[:n] >= 0
-            rows.index_add_(1, cols[:n][keep], effects[:, keep])
+    grad = torch.zeros_like(injected)  # gradient at the residual stream, rows in order
+    logits = int((layers == n_layers).sum())
+    ln_f = model.transformer.ln_f
+    grad[:logits] = layer_norm_adjoint(injected[:logits], frozen.lnf[:n], ln_f.weight)
+    for layer in range(min(int(layers.max()), n_layers - 1), -1, -1):
+        above, here = int((layers > layer).sum()), int((layers >= layer).sum())
+        _contract(rows[:above], grad[:above], srcs, layer, n)  # the MLP output's gradient is the stream's
+        skip = transcoders.skip(layer)
+        into_x = grad[:here] @ skip if skip is not None else torch.zeros_like(grad[:here])
+        into_x[above:] += injected[above:here]
+        hook = transcoders.input_hook(layer) if layer in transcoders.layers else "ln2.hook_normalized"
+        mid = grad[:here] + input_adjoint(into_x, frozen.ln2[layer, :n], hook)
+        block = model.transformer.h[layer]
+        attn = attention_adjoint(block.attn, mid, frozen.patterns[layer, :, :n, :n])
+        grad[:here] = mid + layer_norm_adjoint(attn, frozen.ln1[layer, :n], block.ln_1.weight)
+    first_embed = srcs.n_features + n_layers * n_pos
+    rows[:, first_embed : first_embed + n] = (grad * srcs.embeds[:n]).sum(-1)
     return rows
+
+
+def _contract(rows: Tensor, grad: Tensor, srcs: Sources, layer: int, n: int) -> None:
+    """Add the direct effects through MLP output `layer` (gradient `grad` (b, n, d)) to `rows`:
+    its error nodes' and the features that write there."""
+    if not len(rows):
+        return
+    n_pos = srcs.errors.shape[1]
+    first = srcs.n_features + layer * n_pos
+    rows[:, first : first + n] = (grad * srcs.errors[layer, :n]).sum(-1)
+    if layer in srcs.decoders:
+        decoded, cols = srcs.decoders[layer]
+        effects = torch.einsum("bpd,pnd->bpn", grad, decoded[:n])  # (b, n, max_n)
+        keep = cols[:n] >= 0
+        rows.index_add_(1, cols[:n][keep], effects[:, keep])

@@ -4,9 +4,11 @@ the transcoder attribution graph to the graph files, image and viewer.
 Only the pruned graph goes into the files: its nodes (ids as in
 `sparse_coding.nodes`) and its edges, each with the signed direct effect.
 Node values: `activation` (a feature's activation, a logit's probability, an
-error node's norm), `attribution` (influence on the logits). Labels: logit
-cells for features (their decoder rows through the unembedding), the token
-of each embedding and logit node as its explanation. The graph's metadata
+error node's norm), `attribution` (influence on the logits). Labels:
+features' top-activating contexts on DATASET (else the prompt) and logit
+cells (their decoder rows through the unembedding); the token of each
+embedding and logit node as its explanation. Neuronpedia explanations: none
+of the transcoder sources names its Neuronpedia set, so none are fetched. The graph's metadata
 holds the sign convention, the replacement and completeness scores, the
 logit targets and the prompt's tokens.
 """
@@ -21,9 +23,11 @@ from sparse_coding.config import Config
 from sparse_coding.graphs.conventions import sign_convention
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
+from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts, site_key
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, positioned_id
 from sparse_coding.phases import PhaseTimer
+from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.pipelines.trace import trace_prompt
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
@@ -101,6 +105,37 @@ def _cells(tokenizer: Tokenizer, ids: torch.Tensor, values: torch.Tensor) -> lis
     return [(token_text(tokenizer, int(i)), float(v)) for i, v in zip(ids, values, strict=True)]
 
 
+def add_contexts(
+    graph: Graph,
+    tg: TraceGraph,
+    transcoders: TranscoderSet,
+    model: GPT2,
+    tokenizer: Tokenizer,
+    config: Config,
+) -> None:
+    """Top-activating contexts (TOP_K of the SEQ_PER_DIM_CAP collected, VIEW either side) of feature nodes."""
+    nodes = [node for node in graph.nodes.values() if node.site == tg.kind]
+    wanted: dict[int, list[int]] = {}
+    for node in nodes:
+        wanted.setdefault(node.layer, []).append(node.feature)
+    if not wanted:
+        return
+    batches = config_batches(
+        config, tokenizer, device=transcoders.device, context_len=model.config.n_positions
+    )
+    cache = collect_transcoder_contexts(
+        model,
+        transcoders,
+        tokenizer,
+        batches,
+        features=wanted,
+        per_feature=config.SEQ_PER_DIM_CAP,
+        view=config.VIEW,
+    )
+    for node in nodes:
+        node.contexts = cache.contexts(site_key(tg.kind, node.layer), node.feature, config.TOP_K)
+
+
 def trace_metadata(tg: TraceGraph, config: Config, tokenizer: Tokenizer, transcoders: TranscoderSet) -> dict:
     """What shaped the graph and what its numbers mean (the run's record once merged)."""
     top = [
@@ -140,8 +175,10 @@ def publish_trace(
     phases: PhaseTimer, new_graph: bool = False,
 ) -> str:  # fmt: skip
     """Label the pruned graph and merge it into DATA_DIR/<model>/TRACE_DOT_FILE (+ .json, image, viewer)."""
+    graph = to_graph(tg, tokenizer)
+    with phases.phase("labels: contexts"):
+        add_contexts(graph, tg, transcoders, model, tokenizer, config)
     with phases.phase("labels: logit cells"):
-        graph = to_graph(tg, tokenizer)
         add_logit_cells(graph, tg, transcoders, model, tokenizer, config.LOGIT_TOKENS)
     graph.metadata = trace_metadata(tg, config, tokenizer, transcoders)
     graph.metadata["phases"] = phases.metadata() | {f"trace: {k}": round(v, 3) for k, v in tg.phases.items()}

@@ -161,6 +161,25 @@ def frozen_forward(
     return frozen_layer_norm(h, model.transformer.ln_f, frozen.lnf[:n])
 
 
+def layer_norm_adjoint(g: Tensor, scale: Tensor, gain: Tensor | None = None) -> Tensor:
+    """Transpose of x -> (x - mean(x)) / scale * gain (the frozen layer norm's linear part) applied to g."""
+    g = g / scale if gain is None else g * gain / scale
+    return g - g.mean(dim=-1, keepdim=True)
+
+
+def attention_adjoint(attn: nn.Module, g: Tensor, pattern: Tensor) -> Tensor:
+    """Transpose of x -> attention_with_pattern(attn, x, pattern)'s linear part applied to g (..., pos, d)."""
+    d_model = g.shape[-1]
+    per_head = attn.heads(g @ attn.c_proj.weight.T)
+    values = attn.merge_heads(pattern.transpose(-1, -2) @ per_head)
+    return values @ attn.c_attn.weight[:, 2 * d_model :].T
+
+
+def input_adjoint(g: Tensor, scale: Tensor, hook: str) -> Tensor:
+    """Transpose of h_mid -> transcoder_input(h_mid) applied to g."""
+    return g if hook == "hook_resid_mid" else layer_norm_adjoint(g, scale)
+
+
 def mlp_leaves(replacement: "Replacement", transcoders: TranscoderSet) -> Tensor:
     """(n_layers, pos, d_model) the frozen forward's MLP inputs rebuilt from their parts:
     constant + the features' decoded rows + error (equal to the clean outputs less skips)."""
