@@ -1,7 +1,7 @@
 """Benchmark trace.py's phases on GPT-2-small-shaped random weights with real-size transcoders.
 
     python3 benchmarks/bench_trace.py [--device cuda] [--tokens 16 64] [--kinds tc clt]
-                                      [--active 64] [--cap 4096] [--batch 256]
+                                      [--active 64] [--cap 2048] [--batch 256]
 
 Random weights: GPT2Config() defaults. Per-layer transcoders ("tc"): 12 x 24576
 ReLU features reading ln2.hook_normalized, as Dunefsky et al.'s; a cross-layer
@@ -61,11 +61,12 @@ def random_transcoders(kind: str, device: str) -> TranscoderSet:
     gen, width = torch.Generator().manual_seed(0), WIDTHS[kind]
     layers = {}
     for layer in range(N_LAYERS):
-        n_sources = layer + 1 if kind == "clt" else 1
-        cfg = LayerConfig(kind, D_MODEL, width, D_MODEL, "topk" if kind == "clt" else "relu",
-                          128 if kind == "clt" else None,
-                          "hook_resid_mid" if kind == "clt" else "ln2.hook_normalized", n_sources)  # fmt: skip
-        decoder = (GeneratedRows(n_sources * width, gen) if kind == "clt" else
+        clt = kind == "clt"
+        n_sources = layer + 1 if clt else 1
+        hook = "hook_resid_mid" if clt else "ln2.hook_normalized"
+        activation, k = ("topk", 128) if clt else ("relu", None)
+        cfg = LayerConfig(kind, D_MODEL, width, D_MODEL, activation, k, hook, n_sources)
+        decoder = (GeneratedRows(n_sources * width, gen) if clt else
                    torch.randn(width, D_MODEL, generator=gen) * 0.05 / D_MODEL**0.5)  # fmt: skip
         w_enc = torch.randn(D_MODEL, width, generator=gen) / D_MODEL**0.5
         layers[layer] = LayerWeights(cfg, w_enc.to(device), torch.zeros(width, device=device), None, None,
@@ -92,7 +93,8 @@ def peak_memory_gib(device: str) -> float:
 
 def bench(model, kind: str, n_tokens: int, args) -> None:
     transcoders = random_transcoders(kind, args.device)
-    ids = torch.randint(0, model.config.vocab_size - 1, (n_tokens,), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size - 1, (n_tokens,), generator=gen)
     ids[0] = model.config.bos_token_id
     ids = ids.to(args.device)
     calibrate(model, transcoders, ids, args.active)
@@ -128,7 +130,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--kinds", nargs="+", default=["tc", "clt"], choices=list(WIDTHS))
     parser.add_argument("--active", type=int, default=64, help="features firing per token and layer")
-    parser.add_argument("--cap", default="4096", help="TRACE_MAX_FEATURE_NODES, or 'none'")
+    parser.add_argument("--cap", default="2048", help="TRACE_MAX_FEATURE_NODES, or 'none'")
     parser.add_argument("--batch", type=int, default=256, help="TRACE_BATCH_SIZE")
     args = parser.parse_args()
     args.cap = None if args.cap == "none" else int(args.cap)
@@ -136,8 +138,9 @@ def main() -> None:
     keep_freed_memory()
     torch.manual_seed(0)
     model = random_gpt2(args.device)
-    print(f"device {args.device}, {torch.get_num_threads()} threads, ~{args.active} active features per token "
-          f"and layer, cap {args.cap}, batch {args.batch}")  # fmt: skip
+    threads = torch.get_num_threads()
+    print(f"device {args.device}, {threads} threads, ~{args.active} active features per token and layer, "
+          f"cap {args.cap}, batch {args.batch}")  # fmt: skip
     for kind in args.kinds:
         for n_tokens in args.tokens:
             bench(model, kind, n_tokens, args)

@@ -150,14 +150,15 @@ def _sweep(
         _contract(rows[:above], grad[:above], srcs, layer, n)  # the MLP output's gradient is the stream's
         skip = transcoders.skip(layer)
         into_x = grad[:here] @ skip if skip is not None else torch.zeros_like(grad[:here])
-        into_x[above:] += injected[above:here]
+        into_x[above:] += injected[above:here]  # the targets read at this layer join here
         hook = transcoders.input_hook(layer) if layer in transcoders.layers else "ln2.hook_normalized"
-        mid = grad[:here] + input_adjoint(into_x, frozen.ln2[layer, :n], hook)
+        mid = grad[:here]  # a view: updated in place, as the stream's gradient before block `layer`
+        mid += input_adjoint(into_x, frozen.ln2[layer, :n], hook)
         block = model.transformer.h[layer]
         attn = attention_adjoint(block.attn, mid, frozen.patterns[layer, :, :n, :n])
-        grad[:here] = mid + layer_norm_adjoint(attn, frozen.ln1[layer, :n], block.ln_1.weight)
+        mid += layer_norm_adjoint(attn, frozen.ln1[layer, :n], block.ln_1.weight)
     first_embed = srcs.n_features + n_layers * n_pos
-    rows[:, first_embed : first_embed + n] = (grad * srcs.embeds[:n]).sum(-1)
+    rows[:, first_embed : first_embed + n] = torch.einsum("bpd,pd->bp", grad, srcs.embeds[:n])
     return rows
 
 
@@ -168,7 +169,7 @@ def _contract(rows: Tensor, grad: Tensor, srcs: Sources, layer: int, n: int) -> 
         return
     n_pos = srcs.errors.shape[1]
     first = srcs.n_features + layer * n_pos
-    rows[:, first : first + n] = (grad * srcs.errors[layer, :n]).sum(-1)
+    rows[:, first : first + n] = torch.einsum("bpd,pd->bp", grad, srcs.errors[layer, :n])
     if layer in srcs.decoders:
         decoded, cols = srcs.decoders[layer]
         effects = torch.einsum("bpd,pnd->bpn", grad, decoded[:n])  # (b, n, max_n)

@@ -130,7 +130,7 @@ class Config:
     TRACE_EDGE_THRESHOLD: float = 0.98
     TRACE_LOGIT_MASS: float = 0.95
     TRACE_MAX_LOGITS: int = 10
-    TRACE_MAX_FEATURE_NODES: int | None = 4096
+    TRACE_MAX_FEATURE_NODES: int | None = 2048
     TRACE_BATCH_SIZE: int = 256
     # Output files.
     DATA_DIR: Path = DEFAULT_DATA_DIR

@@ -7,8 +7,9 @@ the unembedding (the largest matrix) is read once.
 """
 
 import torch
+from torch import Tensor
 
-from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
@@ -33,9 +34,18 @@ def add_logit_effects(graph: Graph, spliced: SplicedModel, tokenizer: Tokenizer,
                 for node in nodes
             ]
         )
-        effects = rows @ unembed.T  # (n_nodes, d_vocab)
-        k = min(n_tokens, effects.shape[1])
-        up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
+        set_logit_cells(nodes, rows, unembed, tokenizer, n_tokens=n_tokens)
+
+
+@torch.no_grad()
+def set_logit_cells(
+    nodes: list[Node], rows: Tensor, unembed: Tensor, tokenizer: Tokenizer, *, n_tokens: int
+) -> None:
+    """Fill each node's logits_up / logits_down from its decoder row (rows (n, d_model)) through the
+    unembedding (d_vocab, d_model): the `n_tokens` most promoted and most suppressed tokens."""
+    effects = rows.to(unembed.dtype) @ unembed.T  # (n_nodes, d_vocab)
+    k = min(n_tokens, effects.shape[1])
+    up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
     for i, node in enumerate(nodes):
         node.logits_up = _cells(tokenizer, up.indices[i], up.values[i])
         node.logits_down = _cells(tokenizer, down.indices[i], -down.values[i])

@@ -23,6 +23,7 @@ from sparse_coding.config import Config
 from sparse_coding.graphs.conventions import sign_convention
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
+from sparse_coding.labels.logit_lens import set_logit_cells
 from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts, site_key
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, positioned_id
@@ -93,16 +94,7 @@ def add_logit_cells(
         chosen = [node for node in features if node.layer == layer]
         index = torch.tensor([node.feature for node in chosen])
         rows = sum(transcoders.decoder_rows(layer, t, index) for t in transcoders.targets(layer))
-        effects = rows.to(unembed.dtype) @ unembed.T
-        k = min(n_tokens, effects.shape[1])
-        up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
-        for i, node in enumerate(chosen):
-            node.logits_up = _cells(tokenizer, up.indices[i], up.values[i])
-            node.logits_down = _cells(tokenizer, down.indices[i], -down.values[i])
-
-
-def _cells(tokenizer: Tokenizer, ids: torch.Tensor, values: torch.Tensor) -> list[tuple[str, float]]:
-    return [(token_text(tokenizer, int(i)), float(v)) for i, v in zip(ids, values, strict=True)]
+        set_logit_cells(chosen, rows, unembed, tokenizer, n_tokens=n_tokens)
 
 
 def add_contexts(

@@ -168,10 +168,15 @@ def layer_norm_adjoint(g: Tensor, scale: Tensor, gain: Tensor | None = None) -> 
 
 
 def attention_adjoint(attn: nn.Module, g: Tensor, pattern: Tensor) -> Tensor:
-    """Transpose of x -> attention_with_pattern(attn, x, pattern)'s linear part applied to g (..., pos, d)."""
-    d_model = g.shape[-1]
-    per_head = attn.heads(g @ attn.c_proj.weight.T)
-    values = attn.merge_heads(pattern.transpose(-1, -2) @ per_head)
+    """Transpose of x -> attention_with_pattern(attn, x, pattern)'s linear part applied to g (b, pos, d).
+
+    Each head's pattern mixes positions for every row at once: one (pos, pos) @ (pos, b * head_dim)
+    product per head instead of b small ones."""
+    b, n, d_model = g.shape
+    n_head = pattern.shape[0]
+    per_head = (g @ attn.c_proj.weight.T).view(b, n, n_head, -1).permute(2, 1, 0, 3).reshape(n_head, n, -1)
+    mixed = torch.bmm(pattern.transpose(-1, -2), per_head)  # (n_head, pos, b * head_dim)
+    values = mixed.view(n_head, n, b, -1).permute(2, 1, 0, 3).reshape(b, n, d_model)
     return values @ attn.c_attn.weight[:, 2 * d_model :].T
 
 
