@@ -12,8 +12,10 @@ biases are calibrated so that about --active features fire per token and
 layer on each prompt. --cap is TRACE_MAX_FEATURE_NODES ("none": every active
 feature). Prints, per (kind, tokens): time per phase (forward = clean run,
 features and source vectors; edges; pruning and scores; labels = logit
-cells; write = graph files with the image), peak memory, active features,
-rows computed and batched backward passes per row.
+cells; write = graph files with the image), the process's CPU seconds (user +
+system: on a shared machine the wall times swing with other processes' load,
+CPU time much less), peak memory, active features, rows computed and batched
+backward passes per row.
 """
 
 import argparse
@@ -85,6 +87,11 @@ def calibrate(model, transcoders: TranscoderSet, ids: torch.Tensor, active: int)
         weights.b_enc -= torch.quantile(pre[keep.to(pre.device)], 1 - active / transcoders.d_sae)
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_memory_gib(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**30
@@ -99,6 +106,7 @@ def bench(model, kind: str, n_tokens: int, args) -> None:
     ids = ids.to(args.device)
     calibrate(model, transcoders, ids, args.active)
     rows_before = trace_edges.COUNTS["rows"], trace_edges.COUNTS["passes"]
+    cpu_before = cpu_seconds()
     start = time.perf_counter()
     options = TraceOptions(max_feature_nodes=args.cap, batch_size=args.batch)
     graph = trace_graph(model, transcoders, ids, bos_token_id=model.config.bos_token_id, options=options)
@@ -114,8 +122,9 @@ def bench(model, kind: str, n_tokens: int, args) -> None:
     rows = trace_edges.COUNTS["rows"] - rows_before[0]
     passes = trace_edges.COUNTS["passes"] - rows_before[1]
     phases = graph.phases | {"labels": labels, "write": write}
+    cpu = cpu_seconds() - cpu_before
     print(
-        f"{kind:>3} {n_tokens:>3} tokens: {compute + labels + write:6.1f} s  "
+        f"{kind:>3} {n_tokens:>3} tokens: {compute + labels + write:6.1f} s (cpu {cpu:.0f} s)  "
         + "  ".join(f"{name} {seconds:.1f}" for name, seconds in phases.items())
         + f"  | active {len(graph.replacement.features.layer)}, rows {rows}, passes {passes} "
         f"({passes / max(rows, 1):.4f} per row), kept {int(graph.pruned.node_mask.sum())} nodes / "
