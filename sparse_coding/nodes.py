@@ -1,7 +1,7 @@
 """Node ids and the forward order of SAE sites.
 
 A *site* is where an SAE reads and is spliced: ``resid``, ``attn`` or ``mlp``.
-Ids are fixed by the design contract and used everywhere (.dot, JSON, config,
+Ids are fixed by docs/design.md and used everywhere (.dot, JSON, config,
 printed output):
 
 - feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
@@ -67,8 +67,9 @@ def site_key(site: str, layer: int) -> str:
     return f"{site}_{layer}"
 
 
-class PositionedId(NamedTuple):
-    """Any node id, parsed: ``kind`` is "feature", "error", "embed" or "logit"; ``index`` is the
+class AnyNodeId(NamedTuple):
+    """Any node id (trace.py's included), parsed: ``kind`` is "feature", "error", "embed" or "logit";
+    ``index`` is the
     feature index (a logit's token id); ``position`` is None for summed nodes and logits."""
 
     kind: str
@@ -76,11 +77,6 @@ class PositionedId(NamedTuple):
     layer: int | None
     index: int | None
     position: int | None
-
-
-def positioned_id(node_id: str, position: int) -> str:
-    """The id of `node_id` at one token position, e.g. ``tc_3.12@5``."""
-    return f"{node_id}@{position}"
 
 
 def embed_id(position: int) -> str:
@@ -107,20 +103,20 @@ def parse_node_id(node_id: str) -> NodeId:
     )
 
 
-def parse_positioned_id(node_id: str) -> PositionedId:
+def parse_any_id(node_id: str) -> AnyNodeId:
     """Parse any node id: features and errors (summed or ``@{position}``), ``embed@{pos}``,
     ``logit_{token id}``; raises ValueError naming the accepted forms."""
     if match := _EMBED_RE.fullmatch(node_id):
-        return PositionedId("embed", None, None, None, int(match[1]))
+        return AnyNodeId("embed", None, None, None, int(match[1]))
     if match := _LOGIT_RE.fullmatch(node_id):
-        return PositionedId("logit", None, None, int(match[1]), None)
+        return AnyNodeId("logit", None, None, int(match[1]), None)
     try:
         site, layer, index = parse_node_id(node_id)
     except ValueError as e:
         raise ValueError(f"{e}; or 'embed@{{position}}', or 'logit_{{token id}}'") from None
-    suffix = node_id.rpartition("@")[2] if "@" in node_id else None
-    position = int(suffix) if suffix is not None else None
-    return PositionedId("feature" if index is not None else "error", site, layer, index, position)
+    return AnyNodeId(
+        "feature" if index is not None else "error", site, layer, index, split_position(node_id)[1]
+    )
 
 
 def parse_site_key(key: int | str) -> tuple[str, int]:
@@ -153,3 +149,26 @@ def hook_position(hook_name: str) -> tuple[int, int]:
             f"with HOOK one of {sorted(HOOK_ORDER)}"
         )
     return int(match[1]), HOOK_ORDER[match[2]]
+
+
+# Positioned nodes: an id may end in ``@{position}`` (token index, BOS = 0),
+# e.g. ``resid_9.331@7`` or ``mlp_error_9@7``; summed nodes carry no suffix.
+_POSITION_RE = re.compile(r"^(.+)@(\d+)$")
+
+
+def with_position(node_id: str, position: int | None) -> str:
+    """``node_id`` at token `position` (``resid_9.331@7``); unchanged for None (a summed node)."""
+    return node_id if position is None else f"{node_id}@{position}"
+
+
+def split_position(node_id: str) -> tuple[str, int | None]:
+    """(id without its ``@position``, the position or None): ``resid_9.331@7`` -> (``resid_9.331``, 7)."""
+    if match := _POSITION_RE.fullmatch(node_id):
+        return match[1], int(match[2])
+    return node_id, None
+
+
+def parse_positioned_id(node_id: str) -> tuple[NodeId, int | None]:
+    """A feature or error id with an optional ``@position``; ValueError as `parse_node_id`."""
+    base, position = split_position(node_id)
+    return parse_node_id(base), position

@@ -19,19 +19,22 @@ from sparse_coding.config import Config
 DESCRIPTION = "Attribution graph through transcoders: features, errors, tokens and logits per position."
 
 
-def main(config: Config, args: argparse.Namespace) -> None:
+def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("preflight"):
-        from sparse_coding.pipelines.preflight import check_hub_files, preflight
-        from sparse_coding.pipelines.trace import transcoder_hub_files
+        from sparse_coding.pipelines.preflight import preflight
+        from sparse_coding.pipelines.trace import transcoder_downloads
 
         preflight(
-            config, graph_files=(config.TRACE_DOT_FILE, config.TRACE_FILE), sites=(), min_prompt_tokens=1
+            config,
+            graph_files=(config.TRACE_DOT_FILE, config.TRACE_FILE),
+            sites=(),
+            min_prompt_tokens=1,
+            extra_downloads=transcoder_downloads(config),
         )
-        check_hub_files(transcoder_hub_files(config))
     with args.phases.phase("import"):
         from sparse_coding.pipelines.trace import run_trace
 
-    print(run_trace(config, args.phases, new_graph=args.new_graph))
+    return run_trace(config, args.phases, new_graph=args.new_graph)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

@@ -1,7 +1,6 @@
 """Defaults live in one place: the Config dataclass; the shipped YAML and the README restate them."""
 
 import dataclasses
-import functools
 import json
 import re
 import runpy
@@ -13,7 +12,6 @@ import requests
 import yaml
 
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, config_from_dict, load_config
-from sparse_coding.models.sae_sources import RELEASES
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(Config) if f.name != "source_path"]
@@ -36,16 +34,19 @@ def readme_defaults() -> dict[str, str]:
 def test_the_readme_table_lists_every_key_with_the_dataclass_default():
     documented = readme_defaults()
     assert sorted(documented) == sorted(FIELDS)
+    # As if written in the shipped config, so DATA_DIR resolves against its folder, as its default does.
+    default = config_from_dict({}, source_path=DEFAULT_CONFIG_PATH)
     for key, text in documented.items():
-        # As if written in the shipped config, so DATA_DIR resolves against its folder.
         value = getattr(config_from_dict({key: yaml.safe_load(text)}, source_path=DEFAULT_CONFIG_PATH), key)
-        assert value == getattr(Config(), key), f"README says {key} defaults to {text}"
+        assert value == getattr(default, key), f"README says {key} defaults to {text}"
 
 
 def test_the_shipped_config_restates_the_dataclass_defaults():
     assert sorted(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))) == sorted(FIELDS)
     shipped = load_config(DEFAULT_CONFIG_PATH)
-    assert {key: getattr(shipped, key) for key in FIELDS} == {key: getattr(Config(), key) for key in FIELDS}
+    keys = [key for key in FIELDS if key != "DATA_DIR"]  # the shipped config writes to sparse_coding/data
+    assert {key: getattr(shipped, key) for key in keys} == {key: getattr(Config(), key) for key in keys}
+    assert shipped.DATA_DIR == DEFAULT_CONFIG_PATH.parent.parent / "data"
 
 
 def test_a_key_left_out_takes_the_default_and_null_unsets_where_unset_means_something(tmp_path):
@@ -54,7 +55,7 @@ def test_a_key_left_out_takes_the_default_and_null_unsets_where_unset_means_some
     config = load_config(path)
     assert config.THRESHOLD_EXP is None and config.ATTN_SAES is None
     assert config.NUM_UP_NODES == Config().NUM_UP_NODES
-    assert config.sae_sources == {"resid": "gpt2-small-res-jb", "mlp": "gpt2-small-mlp-out-v5-32k"}
+    assert config.sae_sources == {"resid": "gpt2-small-resid-post-v5-32k", "mlp": "gpt2-small-mlp-out-v5-32k"}
     path.write_text("ACTS_LAYERS_SLICE: '0:2'\n")
     assert load_config(path).THRESHOLD_EXP == 5.0
 
@@ -63,21 +64,11 @@ def test_a_key_left_out_takes_the_default_and_null_unsets_where_unset_means_some
 
 
 @pytest.fixture
-def default_hub(hub_cache, tiny_model_dir, sae_templates, tmp_path, monkeypatch):
-    """The default model and SAE releases served from the hub cache by tiny stand-ins, offline."""
-    hub_cache(Config().MODEL_DIR, tiny_model_dir, "")
-    for site, key in (("resid", "RESID_SAES"), ("attn", "ATTN_SAES"), ("mlp", "MLP_SAES")):
-        release = RELEASES[getattr(Config(), key)]
-        for layer in range(3):
-            hub_cache(
-                release.repo_id,
-                Path(sae_templates[site].format(layer=layer)),
-                release.folder.format(layer=layer),
-            )
+def default_hub(real_hub, tmp_path, monkeypatch):
+    """The default model and SAE releases served offline from a hub cache in their real layouts."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # The default DATA_DIR is inside the package: send this run's outputs to tmp_path instead.
+    # A config without DATA_DIR (the tests' mine.yaml in tmp_path) writes to data/ beside itself.
     data_dir = tmp_path / "data"
-    monkeypatch.setattr(Config, "__init__", functools.partialmethod(Config.__init__, DATA_DIR=data_dir))
 
     def no_network(*args, **kwargs):
         raise requests.ConnectionError("no network in tests")

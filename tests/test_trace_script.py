@@ -9,7 +9,7 @@ from transcoder_files import write_set
 
 from sparse_coding.algorithms.trace_graph import trace_graph
 from sparse_coding.models.gpt2 import load_model, tokenize_prompt
-from sparse_coding.nodes import parse_positioned_id
+from sparse_coding.nodes import parse_any_id
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.trace import trace_options
 from sparse_coding.transcoders.loading import load_transcoders
@@ -32,7 +32,7 @@ def test_the_graph_file_holds_the_pruned_graph_with_positioned_ids(tmp_path, mak
     graph = trace_graph(model, tcs, ids, bos_token_id=tokenizer.bos_token_id, options=trace_options(config))
     assert len(written["nodes"]) == int(graph.pruned.node_mask.sum())
     assert len(written["edges"]) == int(graph.pruned.edge_mask.sum())
-    kinds = {parse_positioned_id(node["id"]).kind for node in written["nodes"]}
+    kinds = {parse_any_id(node["id"]).kind for node in written["nodes"]}
     assert kinds <= {"feature", "error", "embed", "logit"} and {"embed", "logit"} <= kinds
     assert all(node["site"] == "clt" for node in written["nodes"] if node["id"].startswith("clt_"))
     run = written["metadata"]["runs"][0]

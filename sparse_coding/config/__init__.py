@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sparse_coding.config.paths import DEFAULT_DATA_DIR_NAME, PACKAGE_DIR, data_dir, resolve_paths
 from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
 from sparse_coding.config.yaml_file import read_yaml, shown
 from sparse_coding.errors import ConfigError
@@ -29,9 +30,7 @@ from sparse_coding.nodes import parse_site_key
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
-DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 VALIDATION_ERROR_MODES = ("keep", "ablate")
 INTERP_SOURCES = ("prompt", "dataset")
@@ -70,7 +69,10 @@ CHOICES = {
     "BASELINE": ("zero", "patch", "mean"),
     "SELECTION": ("topk", "threshold"),
     "NODE_ESTIMATOR": ("gradient", "exact"),
+    "NODE_POSITIONS": ("sum", "each"),
 }
+# Keys that may be unset (null) but, when set, take one of these values.
+OPTIONAL_CHOICES = {"WANDB_MODE": ("online", "offline", "disabled")}
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class Config:
     NODE_THRESHOLD: float = 0.1
     EDGE_THRESHOLD: float = 0.01
     NODE_ESTIMATOR: str = "gradient"
+    NODE_POSITIONS: str = "sum"
     # Model, prompt and data.
     MODEL_DIR: str = "openai-community/gpt2"
     PROMPT: str = "Copyright (C)"
@@ -116,10 +119,10 @@ class Config:
     MAX_SEQ_LEN: int = 128
     MAX_SEQ_INTERPED_LEN: int = 64
     BATCH_SIZE: int = 8
-    PREPEND_BOS: bool = True
+    PREPEND_BOS: bool | None = None
     SEED: int = 0
     # SAEs per site.
-    RESID_SAES: str | None = "gpt2-small-res-jb"
+    RESID_SAES: str | None = "gpt2-small-resid-post-v5-32k"
     ATTN_SAES: str | None = "gpt2-small-attn-out-v5-32k"
     MLP_SAES: str | None = "gpt2-small-mlp-out-v5-32k"
     # trace.py: transcoders, pruning, logit nodes, batching.
@@ -133,7 +136,7 @@ class Config:
     TRACE_MAX_FEATURE_NODES: int | None = 2048
     TRACE_BATCH_SIZE: int = 256
     # Output files.
-    DATA_DIR: Path = DEFAULT_DATA_DIR
+    DATA_DIR: Path = Path(DEFAULT_DATA_DIR_NAME)  # beside the config file (`paths.data_dir`)
     GRAPH_FILE: str = "cognition_graph.svg"
     GRAPH_DOT_FILE: str = "cognition_graph.dot"
     GRADS_FILE: str = "grads_graph.svg"
@@ -147,6 +150,10 @@ class Config:
     SEQ_PER_DIM_CAP: int = 10
     NEURONPEDIA: bool = True
     NEURONPEDIA_URL: str = "https://www.neuronpedia.org"
+    # Weights & Biases (the seed's keys): a project turns logging on.
+    WANDB_PROJECT: str | None = None
+    WANDB_ENTITY: str | None = None
+    WANDB_MODE: str | None = None
     # hist.py preclustering.
     NUM_CLUSTERS: int = 8
     KEEPER_CLUSTER_INDEX: int = 0
@@ -182,6 +189,18 @@ class Config:
         return layers
 
     @property
+    def prepend_bos(self) -> bool:
+        """PREPEND_BOS as a run uses it. An unset key is settled against the SAEs' cfg.json when
+        they load (`pipelines.loading.settled`); reading it before then is an error, not a guess."""
+        if self.PREPEND_BOS is None:
+            raise ConfigError(
+                "PREPEND_BOS is unset, so it follows the SAEs' cfg (prepend_bos), which is known once they "
+                "load: use `settled(config, spliced)` (sparse_coding.pipelines.loading) after "
+                "load_spliced_model, or set PREPEND_BOS to true or false"
+            )
+        return self.PREPEND_BOS
+
+    @property
     def interp_source(self) -> str:
         """What pipe.py and val.py explain: INTERP_SOURCE, else the seed's rule (DATASET when set)."""
         return self.INTERP_SOURCE or ("dataset" if self.DATASET is not None else "prompt")
@@ -203,8 +222,10 @@ class Config:
         return {parse_site_key(k): v for k, v in (self.VALIDATION_DIMS_PINNED or {}).items()}
 
     def model_data_dir(self, model_name: str) -> Path:
-        """DATA_DIR/<sanitised model name>/, where every output of a run goes."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name.strip("/"))
+        """DATA_DIR/<sanitised model name>/, where every output of a run goes: a hub id as it is
+        (``openai-community_gpt2``), a local folder by its last two parts (``demo_model``)."""
+        name = "/".join(Path(model_name).parts[-2:]) if Path(model_name).is_absolute() else model_name
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
         return self.DATA_DIR / safe.strip("._")
 
     def to_metadata(self) -> dict[str, Any]:
@@ -252,10 +273,8 @@ def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Co
                 values[key] = None
             continue
         values[key] = _coerce(key, value, known[key].type, where)
-    if "DATA_DIR" in values:
-        data_dir = Path(values["DATA_DIR"]).expanduser()
-        base = source_path.parent if source_path else Path.cwd()
-        values["DATA_DIR"] = (data_dir if data_dir.is_absolute() else base / data_dir).resolve()
+    base = source_path.resolve().parent if source_path else Path.cwd()
+    values = resolve_paths(values, base) | {"DATA_DIR": data_dir(values.get("DATA_DIR"), base)}
     config = Config(**values, source_path=source_path)
     _check_values(config, where)
     return config
@@ -436,6 +455,11 @@ def _check_values(config: Config, where: str) -> None:
         if getattr(config, key) not in valid:
             raise ConfigError(
                 f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)}"
+            )
+    for key, valid in OPTIONAL_CHOICES.items():
+        if getattr(config, key) not in (None, *valid):
+            raise ConfigError(
+                f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)} or null"
             )
     _check_examples(config, where)
     for key in ("DTYPE", "SAE_DTYPE"):

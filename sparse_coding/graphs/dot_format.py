@@ -28,7 +28,7 @@ from typing import Any
 from sparse_coding.graphs.dot_parser import DotGraph, parse_dot
 from sparse_coding.graphs.graph import Edge, Graph, Node, finite
 from sparse_coding.graphs.render import RenderOptions, dot_source, quote
-from sparse_coding.nodes import parse_node_id
+from sparse_coding.nodes import parse_positioned_id
 
 FORMAT = 2  # of the .dot and the .json together
 DERIVED_NOTE = "Drawn by sparse_coding from its canonical .json twin (same name)"
@@ -123,7 +123,7 @@ def import_node_id(name: str) -> str | None:
     if match := _SEED_ERROR_RE.match(name):
         return f"{match[1]}_error_{match[2]}"
     try:
-        parse_node_id(name)
+        parse_positioned_id(name)
     except ValueError:
         return None
     return name

@@ -2,7 +2,7 @@
 
 One ``Graph`` type is built by every algorithm (pipe.py ablations, fast.py
 attributions) and is independent of Graphviz: ``graph_files`` reads and writes
-it, ``render`` draws it. Node ids follow the design contract (see
+it, ``render`` draws it. Node ids follow docs/design.md (see
 ``sparse_coding.nodes``):
 
 - feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_node_id
+from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_positioned_id, split_position
 
 # Where a site sits inside its block when the node carries no hook name. The
 # resid default is hook_resid_pre: the default resid SAEs (res-jb) read there.
@@ -93,8 +93,8 @@ class Node:
 
     @classmethod
     def from_id(cls, node_id: str, **attrs: Any) -> Node:
-        """Build a node whose site, layer and feature are parsed from its id."""
-        parsed = parse_node_id(node_id)
+        """Build a node whose site, layer and feature are parsed from its id (``@position`` allowed)."""
+        parsed, _ = parse_positioned_id(node_id)
         return cls(
             id=node_id,
             site=parsed.site,
@@ -102,6 +102,11 @@ class Node:
             feature=parsed.feature,
             **attrs,
         )
+
+    @property
+    def position(self) -> int | None:
+        """The token position of a positioned node (``resid_9.331@7`` -> 7); None for a summed node."""
+        return split_position(self.id)[1]
 
     @property
     def is_error(self) -> bool:
@@ -138,7 +143,7 @@ class Node:
         return data
 
     def to_dict(self) -> dict[str, Any]:
-        """The node as the JSON object of the design contract (plus ``n_runs`` and ``runs``)."""
+        """The node as the JSON object of docs/design.md (plus ``n_runs`` and ``runs``)."""
         keys = ("id", "site", "layer", "feature", *MEASURED, "hook", "neuronpedia_id")
         data = {key: getattr(self, key) for key in keys} | self.annotations()
         if self.runs:
@@ -413,13 +418,32 @@ class Graph:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``.json`` object of the design contract, in canonical order."""
+        """The ``.json`` object of docs/design.md, in canonical order."""
         data = {
             "nodes": [node.to_dict() for node in self.sorted_nodes()],
             "edges": [edge.to_dict() for edge in self.sorted_edges()],
             "metadata": self.metadata,
         }
         return data | ({"user_drawing": self.user.to_dict()} if self.user else {})
+
+    def to_pandas(self, *, per_run: bool = False) -> tuple[Any, Any]:
+        """(nodes, edges) as pandas DataFrames (needs ``pip install -e ".[analysis]"``).
+
+        Nodes: id, site, layer, feature, position (None when summed), activation,
+        attribution, hook, neuronpedia_id, explanation, n_runs; edges: source,
+        target, effect, n_runs. With `per_run`, one row per run value instead
+        (a ``run`` column; values measured by that run).
+        """
+        from sparse_coding.graphs.tables import graph_frames
+
+        return graph_frames(self, per_run=per_run)
+
+    def to_networkx(self) -> Any:
+        """A networkx DiGraph: node attributes as in `to_pandas`, edge attributes ``effect`` and
+        ``abs_effect`` (needs ``pip install -e ".[analysis]"``)."""
+        from sparse_coding.graphs.tables import graph_networkx
+
+        return graph_networkx(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Graph:
@@ -433,6 +457,17 @@ class Graph:
             graph.edges[(edge.source, edge.target)] = edge
         graph.user = UserDrawing.from_dict(data.get("user_drawing") or {})
         return graph
+
+
+def prompt_tokens(metadata: dict[str, Any]) -> list[str] | None:
+    """The token strings of the prompt a graph was computed on (BOS first when prepended): a fresh
+    graph's own ``prompt_tokens``, else its latest run's that has them; None if none does."""
+    if metadata.get("prompt_tokens"):
+        return list(metadata["prompt_tokens"])
+    for run in reversed(metadata.get("runs") or []):
+        if run.get("prompt_tokens"):
+            return list(run["prompt_tokens"])
+    return None
 
 
 def new_run_id() -> str:

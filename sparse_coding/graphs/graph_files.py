@@ -353,11 +353,18 @@ def save_graph(
 
 def _set_aside(dot_path: Path, image_path: Path | None, run_id: str) -> None:
     """Rename an existing graph's files to ``<stem>.before-<run id>.*`` (``--new-graph``)."""
+    moved = []
     for path in (json_path_for(dot_path), dot_path, image_path, viewer_path_for(dot_path, image_path)):
         if path is not None and path.exists():
-            aside = path.with_name(f"{path.stem}.before-{run_id}{path.suffix}")
-            os.replace(path, aside)
-            logger.warning("--new-graph: moved the existing %s to %s", path, aside.name)
+            os.replace(path, path.with_name(f"{path.stem}.before-{run_id}{path.suffix}"))
+            moved.append(path.suffix)
+    if moved:
+        logger.info(
+            "--new-graph: set the existing graph aside as %s.before-%s{%s}",
+            dot_path.parent / dot_path.stem,
+            run_id,
+            ",".join(moved),
+        )
 
 
 def update_graph_files(

@@ -1,14 +1,15 @@
-"""One self-contained HTML page per graph, for exploring it by clicking (issue 17).
+"""One self-contained HTML page per graph, for exploring it by clicking.
 
 The page is ``<stem>.html`` beside the image: the graph's data as inline JSON,
 ``viewer.css`` and ``viewer.js`` inlined, no CDN and no request, so it opens
 from ``file://`` on an air-gapped server and inside a Jupyter output cell
-(``IPython.display.HTML(viewer_fragment(graph.to_dict()))``). Layout as in the
-static image: one row per site and layer in forward order.
+(``IPython.display.HTML(viewer_fragment(graph.to_dict()))``). It opens on the
+strongest edges of a big graph, each site and layer in forward order, wrapped
+to the window (``viewer.js``).
 
-The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (about 500
-lines, package data): no registry library to vendor or pin, and a canvas
-draws 5,000 edges in a few milliseconds where 5,000 SVG elements would not.
+The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (package
+data): no registry library to vendor or pin, and a canvas redraws thousands of
+edges per frame where as many SVG elements would not (docs/benchmarks.md).
 
 Everything the page shows is read from the canonical JSON form through
 ``viewer_data``, the one adapter to change when that schema changes. Labels
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sparse_coding import storage
-from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.legend import caption_text, graph_script, legend_entries, run_text
+from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
+from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
+from sparse_coding.graphs.markup import shown_logits
 
 NEURONPEDIA_PAGES = "https://www.neuronpedia.org"
 
@@ -49,9 +51,8 @@ def _run_indices(item: dict[str, Any], run_index: dict[str, int]) -> list[int] |
 
 
 def _run_labels(metadata: dict[str, Any]) -> list[str]:
-    """One line per merged run: script and prompt (or dataset)."""
-    runs = metadata.get("runs") or []
-    return [f"{i}: {run_text(run)}" for i, run in enumerate(runs)]
+    """One line per merged run: id, script, prompt (or dataset) and how it chose its nodes."""
+    return [run_label(run) for run in metadata.get("runs") or []]
 
 
 def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:
@@ -69,7 +70,8 @@ def _finite(value: float | None) -> float | None:
 
 
 def _cells(pairs: list[tuple[str, float]]) -> list[list[Any]]:
-    return [[token, _finite(value) or 0.0] for token, value in pairs]
+    """The logit cells the image draws (`markup.shown_logits`), non-finite values as 0."""
+    return [[token, _finite(value) or 0.0] for token, value in shown_logits(pairs)]
 
 
 def _row_label(node: Node) -> str:
@@ -82,7 +84,7 @@ def viewer_data(graph_json: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``nodes`` (forward order, each with its row), ``edges`` as
         ``[source index, target index, effect, runs]``, row labels, run
-        labels, caption, legend and summary.
+        labels, caption lines and legend (the image's, from `legend`).
     """
     metadata = dict(graph_json.get("metadata") or {})
     nodes = [(item, Node.from_dict(item)) for item in graph_json["nodes"]]
@@ -97,6 +99,7 @@ def viewer_data(graph_json: dict[str, Any]) -> dict[str, Any]:
         "nodes": [
             {
                 "id": node.id,
+                "position": node.position,
                 "hook": node.hook,
                 "row": row_of[node.rank_key()],
                 "error": node.is_error,
@@ -121,10 +124,19 @@ def viewer_data(graph_json: dict[str, Any]) -> dict[str, Any]:
         ],
         "rows": rows,
         "runs": _run_labels(metadata),
-        "caption": caption_text(metadata),
-        "legend": [list(entry) for entry in legend_entries(graph_script(metadata))],
-        "summary": metadata.get("summary"),
+        "caption": caption_lines(metadata),
+        "legend": [list(entry) for entry in legend_entries(metadata)],
+        "tokens": _token_axis(metadata, [node for _, node in nodes]),
     }
+
+
+def _token_axis(metadata: dict[str, Any], nodes: list[Node]) -> list[str] | None:
+    """The prompt's tokens when every node is positioned (the page then draws a token axis), else None."""
+    tokens = prompt_tokens(metadata)
+    positions = [node.position for node in nodes]
+    if not tokens or not positions or None in positions or max(positions) >= len(tokens):
+        return None
+    return tokens
 
 
 def script_safe_json(value: Any) -> str:

@@ -6,7 +6,6 @@ is `sparse_coding.algorithms.thresholds`; the cache format is
 """
 
 import logging
-import math
 from collections.abc import Iterable
 
 from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds, samples_to_resolve
@@ -14,8 +13,8 @@ from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import config_batches
-from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.inputs import config_batches, expected_batches
+from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_thresholds
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
@@ -26,7 +25,8 @@ logger = logging.getLogger(__name__)
 def run_hist(config: Config, phases: PhaseTimer | None = None) -> str:
     """Compute and cache the thresholds of every site of the slice (DATASET set); returns the closing line."""
     phases = phases or PhaseTimer()
-    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    spliced, tokenizer = load_spliced_model(config, phases=phases, script="hist")
+    config = settled(config, spliced)
     with phases.phase("compute: thresholds"):
         result = thresholds_from_config(config, spliced, tokenizer)
     with phases.phase("write"):
@@ -58,7 +58,7 @@ def thresholds_from_config(config: Config, spliced: SplicedModel, tokenizer: Tok
         keeper_cluster=config.KEEPER_CLUSTER_INDEX,
         seed=config.SEED,
         percentile=config.THRESHOLD_PERCENTILE,
-        n_batches=math.ceil(config.NUM_SEQUENCES_EVALED / config.BATCH_SIZE),
+        n_batches=expected_batches(config),
     )
     needed = samples_to_resolve(config.THRESHOLD_PERCENTILE)
     if result.n_kept < needed:

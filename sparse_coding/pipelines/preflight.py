@@ -3,9 +3,9 @@
 A run that cannot succeed should say so in its first second, not after
 minutes of loading: an image extension dot cannot draw, an existing graph file
 that cannot be read, an output folder that cannot be written, a local
-MODEL_DIR that does not exist, and — offline or without network — a model or
-SAE missing from the Hugging Face cache (one message naming what to download
-and where the cache is, instead of a retry per file).
+MODEL_DIR that does not exist, and — offline or without network — anything
+missing from the Hugging Face cache (one message listing every download with
+its size, `downloads`, instead of a retry per file).
 """
 
 import json
@@ -15,14 +15,20 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sparse_coding.config import Config
-from sparse_coding.errors import ConfigError, GraphFileError, SparseCodingError
+from sparse_coding.config.yaml_file import shown
+from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
-from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, resolve_source
+from sparse_coding.models.bos import settle_prepend_bos
+from sparse_coding.models.sae_sources import read_cfg, resolve_source
+from sparse_coding.pipelines.downloads import (
+    KNOWN_MODELS,
+    Download,
+    check_downloads,
+    model_download,
+    sae_downloads,
+)
 
 logger = logging.getLogger(__name__)
-
-# Seconds to wait for the hub before calling the network unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 def preflight(
@@ -32,6 +38,7 @@ def preflight(
     sites: Iterable[str] | None = None,
     sae_sites: Iterable[tuple[str, int]] | None = None,
     min_prompt_tokens: int = 0,
+    extra_downloads: Iterable[Download] = (),
 ) -> None:
     """Fail now, with one message, on what would fail after loading.
 
@@ -41,6 +48,8 @@ def preflight(
             ACTS_LAYERS_SLICE (default: every configured site).
         sae_sites: instead, exactly the (site, layer) SAEs it loads.
         min_prompt_tokens: PROMPT's fewest tokens, BOS included (fast.py: 2).
+        extra_downloads: hub downloads beyond the model and SAEs (trace.py's transcoders), listed
+            in the same offline message.
 
     Raises:
         SparseCodingError: the first problem found, naming the key or file.
@@ -53,13 +62,21 @@ def preflight(
     check_writable(out_dir)
     model_dir = local_model_dir(config.MODEL_DIR)
     model_config = _model_config(config.MODEL_DIR, model_dir)
-    if sae_sites is None and model_config is not None:
-        layers = config.layer_range(int(model_config.get("n_layer", 0)))
+    unlisted = ""
+    if sae_sites is None:
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
-        sae_sites = [(site, layer) for site in chosen for layer in layers]
-    check_hub_files(_hub_files(config, model_dir, sae_sites or []))
+        layers = layers_before_loading(config, model_config)
+        sae_sites = [(site, layer) for site in chosen for layer in layers or []]
+        if layers is None and chosen:
+            unlisted = (
+                f"; and the {', '.join(chosen)} SAEs of ACTS_LAYERS_SLICE (listed once config.json is cached)"
+            )
+    sae_sites = list(sae_sites)
+    downloads = [] if model_dir is not None else [model_download(config.MODEL_DIR)]
+    check_downloads(downloads + sae_downloads(config, sae_sites) + list(extra_downloads), unlisted)
+    prepend_bos = settled_prepend_bos(config, sae_sites)
     if min_prompt_tokens:
-        check_prompt_length(config, min_prompt_tokens)
+        check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -95,84 +112,87 @@ def local_model_dir(model_dir: str) -> Path | None:
 
 
 def _model_config(model_id: str, model_dir: Path | None) -> dict | None:
-    """The model's config.json, if it is local or cached (for its layer count)."""
+    """The model's config.json, if it is local or cached (for its layer count).
+
+    Raises:
+        ConfigError: it is JSON but not an object of settings with a usable n_layer.
+    """
     from huggingface_hub import try_to_load_from_cache
 
     path = model_dir / "config.json" if model_dir else try_to_load_from_cache(model_id, "config.json")
     if not isinstance(path, (str, Path)):
         return None
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # the loader reports it with its own message
+    n_layer = values.get("n_layer", 12) if isinstance(values, dict) else None
+    if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer < 1:
+        raise ConfigError(
+            f"MODEL_DIR {model_id!r}: {path} holds {shown(values)}; a model's config.json is a JSON object "
+            f"of settings such as n_layer (a positive integer), n_embd and vocab_size, as on the hub"
+        )
+    return values
 
 
-def _hub_files(
-    config: Config, model_dir: Path | None, sae_sites: Iterable[tuple[str, int]]
-) -> dict[str, list[tuple[str, str]]]:
-    """What -> (repo id, file) of every hub file the run needs."""
-    files: dict[str, list[tuple[str, str]]] = {}
-    if model_dir is None:
-        files[f"model {config.MODEL_DIR}"] = [(config.MODEL_DIR, "config.json")]
+def settled_prepend_bos(config: Config, sae_sites: Iterable[tuple[str, int]]) -> bool:
+    """PREPEND_BOS as the run will use it, from the SAEs' cfg.json files alone (`models.bos`).
+
+    Raises:
+        ConfigError: PREPEND_BOS is unset and the SAEs were trained both ways.
+        SAELoadError: an SAE's cfg.json is missing or not an SAELens cfg.
+    """
+    trained = {}
     for site, layer in sae_sites:
-        if site not in config.sae_sources:
-            continue  # the loader names the unset key
-        resolved = resolve_source(config.sae_sources[site], layer)
-        if resolved.repo_id is not None:
-            files[f"SAE {resolved.description}"] = [
-                (resolved.repo_id, f"{resolved.folder}/{name}") for name in (CFG_FILE, WEIGHTS_FILE)
-            ]
-    return files
+        if site in config.sae_sources:
+            resolved = resolve_source(config.sae_sources[site], layer)
+            trained[resolved.description] = read_cfg(resolved)[1]["prepend_bos"]
+    return settle_prepend_bos(config.PREPEND_BOS, trained)[0]
 
 
-def check_hub_files(files: dict[str, list[tuple[str, str]]]) -> None:
-    """Stop when a needed hub file is not cached and the hub cannot be asked (offline or unreachable)."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    missing = [
-        what
-        for what, pairs in files.items()
-        if not all(isinstance(try_to_load_from_cache(repo, name), str) for repo, name in pairs)
-    ]
-    if not missing:
-        return
-    if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    elif (problem := _hub_unreachable(constants.ENDPOINT)) is not None:
-        why = f"the hub {constants.ENDPOINT} cannot be reached ({problem})"
-    else:
-        return
-    repos = sorted({repo for what in missing for repo, _ in files[what]})
-    raise SparseCodingError(
-        f"{why}, and the Hugging Face cache {constants.HF_HUB_CACHE} lacks {len(missing)} of the "
-        f"downloads this run needs: {'; '.join(missing)}. Download them where there is network "
-        f"(e.g. `hf download {repos[0]}`{' ...' if len(repos) > 1 else ''}) into that cache "
-        f"(HF_HUB_CACHE), then run again"
-    )
+def model_layer_count(config: Config, model_config: dict | None = None) -> int | None:
+    """MODEL_DIR's number of blocks before loading it: from its config.json (local or cached), or
+    the table of known hub models; None when neither says."""
+    if model_config is None:
+        model_config = _model_config(config.MODEL_DIR, local_model_dir(config.MODEL_DIR))
+    if model_config is not None:
+        return int(model_config.get("n_layer", 12))
+    return KNOWN_MODELS.get(config.MODEL_DIR, (None, None))[0]
 
 
-def check_prompt_length(config: Config, min_tokens: int) -> None:
-    """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone."""
-    from sparse_coding.tokenizer import load_tokenizer  # no torch: a short PROMPT fails at once
+def layers_before_loading(config: Config, model_config: dict | None = None) -> range | None:
+    """The layers ACTS_LAYERS_SLICE selects, known before the model loads; None when not yet known."""
+    n_layers = model_layer_count(config, model_config)
+    return config.layer_range(n_layers) if n_layers is not None else _explicit_layers(config)
+
+
+def _explicit_layers(config: Config) -> range | None:
+    """The slice's layers when both its bounds are given and non-negative (no model needed)."""
+    start, stop = (text.strip() for text in config.ACTS_LAYERS_SLICE.split(":")[:2])
+    if start.isdigit() and stop.isdigit():
+        return range(int(start), int(stop))
+    return None
+
+
+def check_prompt_length(
+    config: Config, min_tokens: int, prepend_bos: bool, model_config: dict | None = None
+) -> None:
+    """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone, once the
+    tokenizer is known to belong to the model of `model_config` (its config.json)."""
+    from sparse_coding.tokenizer import check_tokenizer, load_tokenizer  # no torch: fails at once
 
     try:
         tokenizer = load_tokenizer(config.MODEL_DIR)
     except (OSError, ValueError):
         return  # load_model reports an unloadable MODEL_DIR with its own message
-    n_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + int(config.PREPEND_BOS)
+    vocab_size = (model_config or {}).get("vocab_size")
+    if isinstance(vocab_size, int):
+        bos_token_id = model_config.get("bos_token_id")
+        bos_token_id = bos_token_id if isinstance(bos_token_id, int) else None
+        check_tokenizer(tokenizer, config.MODEL_DIR, vocab_size=vocab_size, bos_token_id=bos_token_id)
+    n_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + int(prepend_bos)
     if n_tokens < min_tokens:
         raise ConfigError(
             f"PROMPT {config.PROMPT[:80]!r} has {n_tokens} token(s), BOS included; fast.py explains the "
             f"prompt's last token from the tokens before it, so it needs at least {min_tokens}"
         )
-
-
-def _hub_unreachable(endpoint: str) -> str | None:
-    """None when the hub answers within HUB_PROBE_TIMEOUT_S, else why not."""
-    import requests
-
-    try:
-        requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=False)
-    except requests.RequestException as e:
-        return type(e).__name__
-    return None

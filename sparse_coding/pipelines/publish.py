@@ -15,14 +15,15 @@ from typing import Any, NamedTuple
 from sparse_coding import storage
 from sparse_coding.config import Config
 from sparse_coding.errors import DatasetError
-from sparse_coding.graphs.conventions import sign_convention
+from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.inputs import config_batches, expected_batches
+from sparse_coding.sharing.wandb_runs import log_run, wandb_settings
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -31,15 +32,21 @@ logger = logging.getLogger(__name__)
 CONTEXTS_CACHE = "contexts/top_contexts.npz"
 
 
-def run_metadata(config: Config, spliced: SplicedModel, script: str) -> dict:
-    """What shaped a graph: script, prompt, model, SAE sources, config values, and what its signs mean."""
+def run_metadata(
+    config: Config, sae_sources: dict[str, str], script: str, selection: str | None = None
+) -> dict:
+    """What shaped a graph: script, prompt, model, SAE sources, config values, and what its numbers mean.
+
+    `selection` is the graph's ``down_node_selection`` (fast.py: "thresholds" when hist.py chose them).
+    """
+    settings = config.to_metadata()
     return {
         "script": script,
-        "sign_convention": sign_convention(script),
+        "sign_convention": sentences(script, settings | {"down_node_selection": selection}),
         "prompt": config.PROMPT,
         "model": config.MODEL_DIR,
-        "sae_sources": {site.key: site.sae.cfg.source for site in spliced.sites},
-        "config": config.to_metadata(),
+        "sae_sources": sae_sources,
+        "config": settings,
     }
 
 
@@ -70,9 +77,8 @@ def publish_graph(
     stored graph aside and starts a new one (``--new-graph``).
     """
     phases = phases or PhaseTimer()
-    computed = graph.metadata.get("sign_convention", {})  # e.g. fast.py's metric-specific sentences
-    graph.metadata.update(run_metadata(config, spliced, script))
-    graph.metadata["sign_convention"] |= computed
+    sources = {site.key: site.sae.cfg.source for site in spliced.sites}
+    graph.metadata.update(run_metadata(config, sources, script, graph.metadata.get("down_node_selection")))
     out_dir = config.model_data_dir(config.MODEL_DIR)
     with phases.phase("labels: contexts"):
         contexts = load_or_collect(config, spliced, tokenizer, features=wanted_features(graph))
@@ -80,7 +86,7 @@ def publish_graph(
     with phases.phase("labels: logit cells"):
         add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
     with phases.phase("labels: Neuronpedia"):
-        if config.NEURONPEDIA:  # requests takes ~0.2 s to import: only runs that ask for it pay
+        if config.NEURONPEDIA:  # only runs that ask for annotations import requests
             from sparse_coding.labels.neuronpedia import annotate_graph
 
             annotate_graph(
@@ -96,12 +102,41 @@ def publish_graph(
     if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
         written.append(image_name)
     written.append(viewer_path_for(dot_path, out_dir / image_name).name)
+    log_config_run(
+        config,
+        script=script,
+        summary=run_summary(graph, merged),
+        files=[dot_path.with_suffix(".json"), viewer_path_for(dot_path, out_dir / image_name)],
+        image=out_dir / image_name,
+        out_dir=out_dir,
+    )
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; "
         f"wrote {', '.join(written)}"
     )
     return Published(merged, dot_path, line)
+
+
+def log_config_run(config: Config, **run: Any) -> None:
+    """`wandb_runs.log_run` with the config's W&B keys and values (nothing without a project)."""
+    settings = wandb_settings(config.WANDB_PROJECT, config.WANDB_ENTITY, config.WANDB_MODE)
+    log_run(settings, run_config=config.to_metadata(), **run)
+
+
+def run_summary(graph: Graph, merged: Graph) -> dict[str, Any]:
+    """A run's summary numbers for W&B: this run's and the merged graph's size, explained share, timings."""
+    summary = {
+        "nodes": len(graph.nodes),
+        "edges": len(graph.edges),
+        "graph_nodes": len(merged.nodes),
+        "graph_edges": len(merged.edges),
+    }
+    if graph.metadata.get("fraction_explained") is not None:
+        summary["fraction_explained"] = graph.metadata["fraction_explained"]
+    phases = graph.metadata.get("phases") or {}
+    timings = {f"seconds/{name}": value for name, value in phases.items() if isinstance(value, (int, float))}
+    return summary | timings
 
 
 def wanted_features(graph: Graph) -> dict[str, list[int]]:
@@ -167,7 +202,6 @@ def load_or_collect(
     batches = config_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
-    total = -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
     fresh = collect_contexts(
         spliced,
         tokenizer,
@@ -175,7 +209,7 @@ def load_or_collect(
         features=missing,
         per_feature=config.SEQ_PER_DIM_CAP,
         view=config.VIEW,
-        total=total,
+        total=expected_batches(config),
     )
     fresh.fingerprint = current | {"saes": {key: current["saes"][key] for key in fresh.arrays}}
     cache = cache.merged(fresh)

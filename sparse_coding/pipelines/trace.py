@@ -6,6 +6,7 @@ and batching (`algorithms.trace_graph`). `pipelines.trace_publish` turns the
 result into the project's Graph and writes it.
 """
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sparse_coding.errors import ConfigError
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype, tokenize_prompt
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.phases import PhaseTimer
+from sparse_coding.pipelines.downloads import Download
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.transcoders.loading import load_transcoders
 from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer
@@ -42,17 +44,18 @@ def trace_prompt(config: Config) -> str:
     return config.TRACE_PROMPT if config.TRACE_PROMPT is not None else config.PROMPT
 
 
-def transcoder_hub_files(config: Config) -> dict[str, list[tuple[str, str]]]:
-    """What -> (repo, file) of every hub file TRANSCODERS needs (for preflight's offline check)."""
+def transcoder_downloads(config: Config) -> list[Download]:
+    """Every hub download TRANSCODERS needs, one per layer (for preflight's offline check)."""
     if not config.TRANSCODERS:
         raise ConfigError("TRANSCODERS is unset; trace.py needs transcoders, e.g. 'gpt2-small-transcoders'")
     n_layers = _model_layers(config.MODEL_DIR)
-    files = {}
+    downloads = []
     for layer in release_layers(config.TRANSCODERS, n_layers):
         resolved = resolve_layer(config.TRANSCODERS, layer)
         if needed := hub_files(resolved):
-            files[f"transcoder {resolved.description}"] = needed
-    return files
+            names = tuple(name for _, name in needed)
+            downloads.append(Download(f"transcoder {resolved.description}", needed[0][0], names, names, None))
+    return downloads
 
 
 def _model_layers(model_dir: str) -> int:
@@ -83,9 +86,15 @@ def load_trace_inputs(
             dtype=resolve_dtype(config.SAE_DTYPE, dtype), lazy_decoders=config.TRANSCODER_LAZY_DECODERS,
         )  # fmt: skip
     ids = tokenize_prompt(
-        tokenizer, trace_prompt(config), prepend_bos=config.PREPEND_BOS, max_len=model.config.n_positions
+        tokenizer, trace_prompt(config), prepend_bos=trace_prepend_bos(config), max_len=model.config.n_positions
     )
     return model, tokenizer, transcoders, ids[0].to(device)
+
+
+def trace_prepend_bos(config: Config) -> bool:
+    """PREPEND_BOS for trace.py: the key when set, else True. The transcoders' files record no BOS
+    convention the way SAE cfgs do; circuit-tracer always prepends it, and BOS carries no nodes."""
+    return True if config.PREPEND_BOS is None else config.PREPEND_BOS
 
 
 def compute_trace(
@@ -95,7 +104,7 @@ def compute_trace(
     phases = phases or PhaseTimer()
     model, tokenizer, transcoders, ids = load_trace_inputs(config, phases)
     with phases.phase("compute: attribution graph"):
-        bos = tokenizer.bos_token_id if config.PREPEND_BOS else None
+        bos = tokenizer.bos_token_id if trace_prepend_bos(config) else None
         graph = trace_graph(model, transcoders, ids, bos_token_id=bos, options=trace_options(config))
     for name, seconds in graph.phases.items():
         logger.info("trace %s: %.1fs", name, seconds)
@@ -107,5 +116,6 @@ def run_trace(config: Config, phases: PhaseTimer | None = None, *, new_graph: bo
     from sparse_coding.pipelines.trace_publish import publish_trace
 
     phases = phases or PhaseTimer()
+    config = dataclasses.replace(config, PREPEND_BOS=trace_prepend_bos(config))
     graph, model, tokenizer, transcoders = compute_trace(config, phases)
     return publish_trace(graph, config, model, tokenizer, transcoders, phases=phases, new_graph=new_graph)

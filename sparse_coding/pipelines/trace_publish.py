@@ -20,15 +20,15 @@ import torch
 
 from sparse_coding.algorithms.trace_graph import TraceGraph
 from sparse_coding.config import Config
-from sparse_coding.graphs.conventions import sign_convention
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
 from sparse_coding.labels.logit_lens import set_logit_cells
 from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts, site_key
 from sparse_coding.models.transformer import GPT2
-from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, positioned_id
+from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, with_position
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.publish import run_metadata
 from sparse_coding.pipelines.trace import trace_prompt
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
@@ -42,13 +42,13 @@ def node_records(tg: TraceGraph, tokenizer: Tokenizer) -> list[Node]:
     rep = tg.replacement
     n_layers, n_pos = rep.errors.shape[:2]
     nodes = [
-        Node(positioned_id(feature_id(tg.kind, layer, index), pos), tg.kind, layer, index, activation=act,
+        Node(with_position(feature_id(tg.kind, layer, index), pos), tg.kind, layer, index, activation=act,
              hook=f"blocks.{layer}.hook_mlp_out")
         for layer, pos, index, act in zip(*(column.tolist() for column in tg.features), strict=True)
     ]  # fmt: skip
     norms = rep.errors.norm(dim=-1).tolist()  # (n_layers, pos)
     nodes += [
-        Node(positioned_id(error_id("mlp", layer), pos), "mlp", layer, None, activation=norms[layer][pos],
+        Node(with_position(error_id("mlp", layer), pos), "mlp", layer, None, activation=norms[layer][pos],
              hook=f"blocks.{layer}.hook_mlp_out")
         for layer in range(n_layers) for pos in range(n_pos)
     ]  # fmt: skip
@@ -85,16 +85,16 @@ def add_logit_cells(
     graph: Graph, tg: TraceGraph, transcoders: TranscoderSet, model: GPT2, tokenizer: Tokenizer, n_tokens: int
 ) -> None:
     """Most promoted and suppressed next tokens of every feature node: its decoder rows (summed over
-    the layers it writes to) through the unembedding, all features in one product per layer."""
+    the layers it writes to) through the final layer norm's gain and the unembedding, as the
+    dashboards rank them (`labels.logit_lens`), all features in one product per layer."""
     features = [node for node in graph.nodes.values() if node.site == tg.kind]
     if n_tokens == 0 or not features:
         return
-    unembed = model.lm_head.weight  # (d_vocab, d_model)
     for layer in {node.layer for node in features}:
         chosen = [node for node in features if node.layer == layer]
         index = torch.tensor([node.feature for node in chosen])
         rows = sum(transcoders.decoder_rows(layer, t, index) for t in transcoders.targets(layer))
-        set_logit_cells(chosen, rows, unembed, tokenizer, n_tokens=n_tokens)
+        set_logit_cells(chosen, rows, model, tokenizer, n_tokens=n_tokens)
 
 
 def add_contexts(
@@ -140,13 +140,9 @@ def trace_metadata(tg: TraceGraph, config: Config, tokenizer: Tokenizer, transco
         f"{kept_nodes} of {tg.counts.total} nodes kept; replacement score {tg.replacement_score:.3f}, "
         f"completeness score {tg.completeness_score:.3f}"
     )
-    return {
-        "script": "trace.py",
-        "sign_convention": sign_convention("trace.py"),
+    return run_metadata(config, {"transcoders": config.TRANSCODERS}, "trace.py") | {
         "prompt": trace_prompt(config),
         "prompt_tokens": [token_text(tokenizer, int(t)) for t in tg.replacement.input_ids],
-        "model": config.MODEL_DIR,
-        "sae_sources": {"transcoders": config.TRANSCODERS},
         "transcoders": transcoders.describe(),
         "replacement_score": tg.replacement_score,
         "completeness_score": tg.completeness_score,
@@ -157,7 +153,6 @@ def trace_metadata(tg: TraceGraph, config: Config, tokenizer: Tokenizer, transco
             "kept_nodes": kept_nodes,
             "kept_edges": kept_edges,
         },  # fmt: skip
-        "config": config.to_metadata(),
         "summary": summary,
     }
 

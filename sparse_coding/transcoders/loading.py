@@ -15,7 +15,7 @@ import time
 import torch
 
 from sparse_coding.errors import TranscoderLoadError
-from sparse_coding.models.loading import ACTIVATION_MARGIN_BYTES, _free_bytes
+from sparse_coding.models.loading import _free_bytes
 from sparse_coding.progress import progress
 from sparse_coding.transcoders.files import tensor_names
 from sparse_coding.transcoders.layouts import LayerWeights, read_layer
@@ -25,6 +25,8 @@ from sparse_coding.transcoders.transcoder import TranscoderSet
 logger = logging.getLogger(__name__)
 
 DECODER_NAMES = ("W_dec",)
+# Working memory per transcoder layer beyond its weights (its active rows and products).
+LAYER_MARGIN_BYTES = 64 * 2**20
 
 
 def load_transcoders(
@@ -99,7 +101,7 @@ def check_memory(files: list[dict], device: torch.device, dtype: torch.dtype, *,
     plus a working margin per layer, against the device's free memory.
     """
     stored = sum(_stored_bytes(path, lazy) for paths in files for path in paths.values())
-    needed = stored * torch.finfo(dtype).bits // 32 + ACTIVATION_MARGIN_BYTES * len(files)
+    needed = stored * torch.finfo(dtype).bits // 32 + LAYER_MARGIN_BYTES * len(files)
     free = _free_bytes(device)
     logger.info(
         "Transcoders need ~%.1f GiB at %s; %.1f GiB free on %s", needed / 2**30, dtype, free / 2**30, device
