@@ -86,7 +86,10 @@ def load_trace_inputs(
             dtype=resolve_dtype(config.SAE_DTYPE, dtype), lazy_decoders=config.TRANSCODER_LAZY_DECODERS,
         )  # fmt: skip
     ids = tokenize_prompt(
-        tokenizer, trace_prompt(config), prepend_bos=trace_prepend_bos(config), max_len=model.config.n_positions
+        tokenizer,
+        trace_prompt(config),
+        prepend_bos=trace_prepend_bos(config),
+        max_len=model.config.n_positions,
     )
     return model, tokenizer, transcoders, ids[0].to(device)
 
