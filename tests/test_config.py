@@ -16,7 +16,7 @@ from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, config_from_dict, 
 from sparse_coding.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("pipe", "fast", "val", "hist", "steer")
+SCRIPTS = ("pipe", "fast", "val", "hist", "steer", "trace")
 FIELDS = [f.name for f in dataclasses.fields(Config) if f.name != "source_path"]
 MINIMAL = "RESID_SAES: gpt2-small-res-jb\n"
 

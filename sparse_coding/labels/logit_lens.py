@@ -23,7 +23,7 @@ unembedding (the largest matrix) is read once.
 import torch
 from torch import Tensor
 
-from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
@@ -53,9 +53,19 @@ def add_logit_effects(graph: Graph, spliced: SplicedModel, tokenizer: Tokenizer,
         rows = torch.stack(
             [spliced.by_key[f"{node.site}_{node.layer}"].sae.W_dec[node.feature] for node in nodes]
         )
-        effects = direct_logit_effects(spliced.model, rows)  # (n_nodes, d_vocab)
-        k = min(n_tokens, effects.shape[1])
-        up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
+        set_logit_cells(nodes, rows, spliced.model, tokenizer, n_tokens=n_tokens)
+
+
+@torch.no_grad()
+def set_logit_cells(
+    nodes: list[Node], rows: Tensor, model: GPT2, tokenizer: Tokenizer, *, n_tokens: int
+) -> None:
+    """Fill each node's logits_up / logits_down from its decoder row (rows (n, d_model)) through the
+    final layer norm's gain and the unembedding (`direct_logit_effects`): the `n_tokens` most
+    promoted and most suppressed tokens."""
+    effects = direct_logit_effects(model, rows)  # (n_nodes, d_vocab)
+    k = min(n_tokens, effects.shape[1])
+    up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
     for i, node in enumerate(nodes):
         node.logits_up = _cells(tokenizer, up.indices[i], up.values[i])
         node.logits_down = _cells(tokenizer, down.indices[i], -down.values[i])

@@ -47,19 +47,20 @@ DEMO_HINT = (
 
 
 class Download(NamedTuple):
-    """One thing a run fetches from the hub: what it is, its repo, its files (any one of a tuple), size."""
+    """One thing a run fetches from the hub: what it is, its repo, its files (any one of a tuple), the
+    patterns `hf download --include` fetches it by (empty: a model, fetched by file name), size."""
 
     what: str
     repo_id: str
     files: tuple[str | tuple[str, ...], ...]
-    folder: str | None
+    includes: tuple[str, ...]
     mb: int | None
 
 
 def model_download(model_id: str) -> Download:
     """MODEL_DIR as a hub download: config, weights and tokenizer."""
     mb = KNOWN_MODELS.get(model_id, (None, None))[1]
-    return Download(f"model {model_id}", model_id, (*MODEL_FILES, WEIGHT_FILES), None, mb)
+    return Download(f"model {model_id}", model_id, (*MODEL_FILES, WEIGHT_FILES), (), mb)
 
 
 def sae_downloads(config: Config, sae_sites: Iterable[tuple[str, int]]) -> list[Download]:
@@ -77,7 +78,7 @@ def sae_downloads(config: Config, sae_sites: Iterable[tuple[str, int]]) -> list[
                     f"SAE {resolved.description}",
                     resolved.repo_id,
                     files,
-                    resolved.folder,
+                    (f"{resolved.folder}/*",),
                     SAE_MB.get(source),
                 )
             )
@@ -102,10 +103,10 @@ def _fetch_commands(missing: list[Download]) -> str:
     folders: dict[str, list[str]] = {}
     commands = []
     for download in missing:
-        if download.folder is None:  # a model: its files, not every format the repo holds
+        if not download.includes:  # a model: its files, not every format the repo holds
             commands.append(f"hf download {download.repo_id} {' '.join(MODEL_FETCH)}")
         else:
-            folders.setdefault(download.repo_id, []).append(f"'{download.folder}/*'")
+            folders.setdefault(download.repo_id, []).extend(f"'{glob}'" for glob in download.includes)
     commands += [f"hf download {repo} --include {' '.join(globs)}" for repo, globs in folders.items()]
     return "; ".join(commands)
 

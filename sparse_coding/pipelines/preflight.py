@@ -20,7 +20,13 @@ from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
 from sparse_coding.models.bos import settle_prepend_bos
 from sparse_coding.models.sae_sources import read_cfg, resolve_source
-from sparse_coding.pipelines.downloads import KNOWN_MODELS, check_downloads, model_download, sae_downloads
+from sparse_coding.pipelines.downloads import (
+    KNOWN_MODELS,
+    Download,
+    check_downloads,
+    model_download,
+    sae_downloads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,7 @@ def preflight(
     sites: Iterable[str] | None = None,
     sae_sites: Iterable[tuple[str, int]] | None = None,
     min_prompt_tokens: int = 0,
+    extra_downloads: Iterable[Download] = (),
 ) -> None:
     """Fail now, with one message, on what would fail after loading.
 
@@ -41,6 +48,8 @@ def preflight(
             ACTS_LAYERS_SLICE (default: every configured site).
         sae_sites: instead, exactly the (site, layer) SAEs it loads.
         min_prompt_tokens: PROMPT's fewest tokens, BOS included (fast.py: 2).
+        extra_downloads: hub downloads beyond the model and SAEs (trace.py's transcoders), listed
+            in the same offline message.
 
     Raises:
         SparseCodingError: the first problem found, naming the key or file.
@@ -64,7 +73,7 @@ def preflight(
             )
     sae_sites = list(sae_sites)
     downloads = [] if model_dir is not None else [model_download(config.MODEL_DIR)]
-    check_downloads(downloads + sae_downloads(config, sae_sites), unlisted)
+    check_downloads(downloads + sae_downloads(config, sae_sites) + list(extra_downloads), unlisted)
     prepend_bos = settled_prepend_bos(config, sae_sites)
     if min_prompt_tokens:
         check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config)
