@@ -25,7 +25,7 @@ from typing import Any
 
 from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import ConfigError
-from sparse_coding.nodes import parse_node_id, site_key
+from sparse_coding.nodes import SITES, parse_node_id, site_key
 
 KINDS = ("set", "scale", "add")
 POSITION_WORDS = ("all", "prompt", "generated")
@@ -114,6 +114,12 @@ def parse_feature_node(text: Any, where: str) -> tuple[str, int | None]:
         parsed = parse_node_id(node)
     except ValueError as e:
         raise ConfigError(f"{where}: unknown node: {e}") from e
+    if parsed.site not in SITES:
+        raise ConfigError(
+            f"{where}: {node!r} is a transcoder feature; steer.py steers SAE features (sites "
+            f"{', '.join(SITES)}) so far; edit transcoder features from a notebook with "
+            f"sparse_coding.transcoders.interventions.transcoder_interventions"
+        )
     if parsed.feature is None:
         raise ConfigError(
             f"{where}: {node!r} is an SAE error node; only features ('{{site}}_{{layer}}.{{index}}', "

@@ -26,7 +26,7 @@ from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.models.sae_sources import read_cfg, resolve_source
-from sparse_coding.nodes import parse_node_id
+from sparse_coding.nodes import SITES, parse_node_id
 from sparse_coding.pipelines.inputs import interpreted_texts
 from sparse_coding.pipelines.preflight import preflight, settled_prepend_bos
 from sparse_coding.tokenizer import Tokenizer, load_tokenizer
@@ -215,7 +215,10 @@ def graph_edits(choice: CommandLineEdits) -> tuple[list[FeatureEdit], list[str],
         raise GraphFileError(f"graph file {path} does not exist")
     ranked = sorted(_feature_strengths(graph).items(), key=lambda item: (-item[1], item[0]))
     if not ranked:
-        raise GraphFileError(f"graph file {path} has no feature nodes to steer")
+        raise GraphFileError(
+            f"graph file {path} has no SAE feature nodes ({', '.join(SITES)}) to steer; transcoder "
+            f"graphs (trace.py) are not steerable by steer.py yet"
+        )
     edits = []
     for node_id, _ in ranked[: choice.top]:
         node, _, position = node_id.partition("@")
@@ -233,10 +236,10 @@ def _feature_strengths(graph: Graph) -> dict[str, float]:
     features = {}
     for node_id, node in graph.nodes.items():
         try:
-            feature = parse_node_id(node_id.partition("@")[0]).feature
-        except ValueError:  # a logit or other non-feature node
+            site, _, feature = parse_node_id(node_id.partition("@")[0])
+        except ValueError:  # a logit, embedding or other non-feature node
             continue
-        if feature is not None:
+        if feature is not None and site in SITES:  # SAE features; transcoder features are not steered
             features[node_id] = node
     if any(node.attribution is not None for node in features.values()):
         return {node_id: abs(node.attribution or 0.0) for node_id, node in features.items()}
