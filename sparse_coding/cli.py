@@ -23,13 +23,9 @@ from sparse_coding.allocator import keep_freed_memory
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
 from sparse_coding.errors import SparseCodingError
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.storage import exit_cleanly_on_sigterm
+from sparse_coding.storage import exit_cleanly_on_sigterm, full_disk_text
 
 logger = logging.getLogger("sparse_coding")
-
-# OSErrors that come from the machine, not from a bug: a full disk or quota,
-# a read-only mount, missing permissions. Any other OSError keeps its traceback.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 # OSErrors that come from the machine, not from a bug: a full disk or quota,
 # a read-only mount, missing permissions. Any other OSError keeps its traceback.
@@ -110,15 +106,24 @@ def run_script(
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
-        _fail(
-            f"{e.filename or 'a file'}: {e.strerror}; files already there were left as they were. "
-            f"Free space or set DATA_DIR to a folder you can write"
-        )
+        _fail(_environment_error(e))
     except KeyboardInterrupt:
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
     total = args.phases.total()
     logger.info("Done in %.1fs%s; wall time by phase:\n%s", total, _peak_gpu_memory(), args.phases.table())
+
+
+def _environment_error(e: OSError) -> str:
+    """A full disk, read-only mount or missing permission, in words: the file, its folder, the space free."""
+    where = Path(e.filename) if e.filename else None
+    space = ""
+    if where is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        space = f"; {full_disk_text(where.parent, None)} in its folder {where.parent}"
+    return (
+        f"{where or 'a file'}: {e.strerror}{space}; files already there were left as they were. "
+        f"Free space or set DATA_DIR to a folder you can write"
+    )
 
 
 def _peak_gpu_memory() -> str:

@@ -25,7 +25,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("preflight"):
         from sparse_coding.pipelines.preflight import preflight
 
-        preflight(config)
+        preflight(config, examples=True)
     with args.phases.phase("import"):
         from sparse_coding.pipelines.val import run_val
 

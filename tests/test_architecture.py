@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tokens",),
     ("nodes",),
     ("storage",),
-    ("corpus", "pairs"),
+    ("cache", "corpus", "pairs"),
     ("config",),
     ("models",),
     ("splicing",),

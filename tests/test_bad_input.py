@@ -239,13 +239,14 @@ def test_a_deeply_nested_or_non_finite_graph_file_is_a_graph_file_error(tmp_path
 
 @pytest.mark.parametrize("content", [b"\x00garbage", b'{"no": "header"}' * 3])
 def test_a_corrupt_thresholds_cache_is_ignored_with_a_warning(make_config, tmp_path, caplog, content):
+    from sparse_coding.pipelines.loading import load_spliced_model
     from sparse_coding.pipelines.threshold_cache import THRESHOLDS_FILE, load_thresholds
 
     config = make_config(DATASET=str(tmp_path / "d.txt"))
     out = config.model_data_dir(config.MODEL_DIR)
     out.mkdir(parents=True)
     (out / THRESHOLDS_FILE).write_bytes(content)
-    assert load_thresholds(config, None) is None
+    assert load_thresholds(config, load_spliced_model(config, sites=("resid",))[0]) is None
     assert "Ignoring cached thresholds" in caplog.text
 
 

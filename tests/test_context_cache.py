@@ -38,7 +38,7 @@ def test_editing_a_local_corpus_in_place_recollects_the_contexts(make_config, tm
     os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with caplog.at_level(logging.INFO):
         after = all_contexts(load_or_collect(config, spliced, tokenizer, features=FEATURES))
-    assert "is stale (dataset_identity.local was" in caplog.text
+    assert "is stale: dataset_identity.local was" in caplog.text
     # The reference: the edited corpus collected from scratch, in a folder with no cache.
     fresh_config = make_config(**settings, DATA_DIR=str(tmp_path / "fresh"))
     assert not cache_path(fresh_config).exists()
