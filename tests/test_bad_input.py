@@ -226,6 +226,11 @@ def test_any_cfg_json_normalises_or_is_an_sae_load_error(edit):
         ("g.dot", "digraph G { " + "subgraph { " * 5_000 + "}" * 5_000 + "}"),
         ("g.dot", 'digraph G { "resid_1.2"; "resid_2.3"; "resid_1.2" -> "resid_2.3" [effect="inf"] }'),
         ("g.json", '{"nodes": [], "edges": [{"source": "resid_1.2", "target": "resid_2.3", "effect": NaN}]}'),
+        ("g.json", '{"nodes": [], "edges": [{"source": "resid_1.2", "target": "resid_2", "effect": 1e400}]}'),
+        ("g.json", '{"nodes": [], "edges": [{"source": "resid_1.2", "target": "resid_2", "effect": 1.0}]}'),
+        ("g.json", '{"nodes": [], "edges": [], "metadata": {"runs": "one run"}}'),
+        ("g.json", '{"nodes": [], "edges": [], "metadata": {"runs": [{"id": 3}]}}'),
+        ("g.json", '{"nodes": [{"id": "resid_1.2", "site": "resid", "layer": "1"}], "edges": []}'),
     ],
 )
 def test_a_deeply_nested_or_non_finite_graph_file_is_a_graph_file_error(tmp_path, name, text):

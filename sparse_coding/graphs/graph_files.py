@@ -245,9 +245,10 @@ def _drawing_failed(
     if free is not None and free < _FULL_DISK_BYTES:
         return StorageError(
             f"Graphviz could not write the image {image_path.name} in the folder {image_path.parent} "
-            f"({e}): the disk is full; {storage.full_disk_text(image_path.parent, needed)} besides the "
-            f"image. Free some space or set DATA_DIR to another disk. Nothing was written: the graph "
-            f"files there were left as they were."
+            f"({e}): the disk is full. Besides the image, the graph's .json, .dot and page need about "
+            f"{storage.megabytes(needed)} there, and {storage.megabytes(free)} are free. Free some space "
+            f"or set DATA_DIR to another disk. Nothing was written: the graph files there were left as "
+            f"they were."
         )
     return GraphFileError(f"{e}; nothing was written: the graph files there were left as they were")
 
