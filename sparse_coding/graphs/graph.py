@@ -260,7 +260,7 @@ class Graph:
         """
         records = {
             "nodes": [_ENCODE(node.to_dict()) for node in self.sorted_nodes()],
-            "edges": [_edge_line(edge) for edge in self.sorted_edges()],
+            "edges": _edge_lines(self.sorted_edges()),
         }
         data = dict(header or {}) | {"nodes": None, "edges": None, "metadata": self.metadata}
         if self.user:
@@ -300,14 +300,21 @@ def _check_ends(graph: Graph) -> None:
                 raise ValueError(f"the edge {source} -> {target} names the node {end}, which the graph lacks")
 
 
-def _edge_line(edge: Edge) -> str:
+def _edge_lines(edges: list[Edge]) -> list[str]:
     """``json.dumps(edge.to_dict())`` with compact separators, written out for an edge's few keys."""
-    q, number = encode_basestring, float.__repr__
-    head = f'{{"source":{q(edge.source)},"target":{q(edge.target)},"effect":{number(float(edge.effect))}'
-    if not edge.runs:
-        return head + "}"
-    runs = ",".join(f"{q(run)}:{number(float(value))}" for run, value in edge.runs.items())
-    return f'{head},"n_runs":{len(edge.runs)},"runs":{{{runs}}}}}'
+    q, number, lines = encode_basestring, float.__repr__, []
+    quoted: dict[str, str] = {}  # run ids: the same few on every edge
+    for edge in edges:
+        head = f'{{"source":{q(edge.source)},"target":{q(edge.target)},"effect":{number(float(edge.effect))}'
+        if not edge.runs:
+            lines.append(head + "}")
+            continue
+        runs = ",".join(
+            f"{quoted.get(run) or quoted.setdefault(run, q(run))}:{number(float(value))}"
+            for run, value in edge.runs.items()
+        )
+        lines.append(f'{head},"n_runs":{len(edge.runs)},"runs":{{{runs}}}}}')
+    return lines
 
 
 def new_run_id() -> str:

@@ -321,8 +321,14 @@ def _write(
     except ValueError as e:
         raise GraphFileError(f"the graph for {dot_path} cannot be saved: {e}; nothing was written") from e
     json_path, page = json_path_for(dot_path), viewer_path_for(dot_path, image_path)
+    in_order = Graph(  # the same nodes and edges in file order: each writer's sort is then one pass
+        nodes={node.id: node for node in graph.sorted_nodes()},
+        edges={(edge.source, edge.target): edge for edge in graph.sorted_edges()},
+        metadata=graph.metadata,
+        user=graph.user,
+    )
     with storage.Commit() as commit:
-        texts = _draw(graph, commit, image_path, options, timeout_s)
+        texts = _draw(in_order, commit, image_path, options, timeout_s)
         if image_path is not None and image_path.suffix.lower() == ".svg":
             svg = commit.temp(image_path).read_text(encoding="utf-8")
             texts["image"] = re.sub(r"(<svg\b)", rf"<!-- {DERIVED_NOTE} -->\n\1", svg, count=1)

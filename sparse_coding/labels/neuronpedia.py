@@ -15,11 +15,12 @@ never a dependency of a run:
 - explanations and token strings are cut to a length a label can show, with
   an ellipsis; values that are not finite numbers are dropped;
 - answers, including "not found" (a 404, or a 200 whose body is ``null`` or
-  ``[]``: Neuronpedia's feature route answers so for a feature it does not
-  have), are cached on disk, one `sparse_coding.cache.Cache` file per feature
-  and one folder per server, so a feature is fetched once across runs; a "not
-  found" is asked again after a week and an answer after a month, as
-  Neuronpedia adds and revises explanations. Cache paths are built with
+  ``[]``: older versions of Neuronpedia's feature route built the 404 body
+  without returning it, so they answer ``null``), are cached on disk, one
+  `sparse_coding.cache.Cache` file per feature and one folder per server, so
+  a feature is fetched once across runs; a "not found" is asked again after a
+  week and an answer after a month, as Neuronpedia adds and revises
+  explanations. Cache paths are built with
   `storage.safe_path`, so an SAE cfg's ``neuronpedia_id`` (``../../x``) never
   leads out of the cache, and a link there only leaves that feature uncached;
 - requests run concurrently in a thread pool, and after a few network-level
