@@ -1,9 +1,11 @@
 # sparse_coding on a GPU server. Build and run from the repo root:
 #   docker build -t sparse-coding .
-#   mkdir -p run && cp sparse_coding/config/central_config.yaml run/config.yaml   # edit it
+#   mkdir -p run ~/.cache/huggingface     # create both first: a missing host folder is created as root
+#   cp sparse_coding/config/central_config.yaml run/config.yaml   # edit it
 #   docker run --gpus all --rm -e HF_TOKEN --user "$(id -u):$(id -g)" \
 #     -v ~/.cache/huggingface:/cache/huggingface -v "$PWD/run:/work" \
 #     sparse-coding [pipe|fast|val|hist] [--help]
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/run:/work" sparse-coding demo   # into run/demo
 # /work holds your config.yaml and (with DATA_DIR: "data" in it) the graphs, owned
 # by you; the package's own sparse_coding/config stays inside the image.
 # transformers 5 needs torch >= 2.6; pick another CUDA build with --build-arg BASE_IMAGE=...
@@ -16,7 +18,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HF_HOME=/cache/huggingface \
     SPARSE_CODING_WORK=/work
 
-# graphs/render.py draws graphs with Graphviz' `dot` (the base image's Debian version).
+# graphs/render.py draws graphs with Graphviz' `dot` (the Ubuntu package of the base image).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends graphviz \

@@ -8,7 +8,7 @@ calibrated biases, attn/mlp 32768 TopK-32 layer-norm), then runs each script
 as a subprocess `--runs` times on `--slice` (SAEs are written for its layers) and a
 10-token prompt:
 fast.py, pipe.py with THRESHOLD_EXP 5, -6 and -7.9 (see RUNS), and pipe.py with every non-zero edge.
-Prints the phase table that every run logs (min / median over the runs) and
+Prints the phase table that every run logs with -v (min / median over the runs) and
 the wall time measured around the process.
 """
 
@@ -147,7 +147,7 @@ def run_once(script: str, config: Path, extra: list[str]) -> tuple[float, dict[s
     """Wall seconds around the process, and the phase table it logged."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, str(REPO / "sparse_coding" / script), "--config", str(config), *extra],
+        [sys.executable, str(REPO / "sparse_coding" / script), "--config", str(config), "-v", *extra],
         capture_output=True,
         text=True,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())},
@@ -155,7 +155,7 @@ def run_once(script: str, config: Path, extra: list[str]) -> tuple[float, dict[s
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    table = done.stderr[done.stderr.index("wall time by phase:") :].splitlines()[1:]
+    table = done.stderr[done.stderr.index("Wall time by phase:") :].splitlines()[1:]
     phases = {m[1]: float(m[2]) for line in table if (m := ROW.match(line))}
     if peak := PEAK.search(done.stderr):  # CUDA runs: torch.cuda.max_memory_allocated
         phases["peak GPU memory (GiB)"] = float(peak[1])

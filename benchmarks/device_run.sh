@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A GPU session's checks, in two parts that each fit one 10-minute device call (timeouts sum to <= 540 s).
-#   part 1 (issue 18, run this first): CUDA-vs-CPU agreement of fast.py and pipe.py; whole-process phases
+#   part 1 (run this first): CUDA-vs-CPU agreement of fast.py and pipe.py; whole-process phases
 #          and peak GPU memory of fast.py and pipe.py on slice 0:12 (bench_e2e); pipe.py's batched
 #          ablations against its one-feature-per-forward loop.
 #   part 2: fast.py's benchmarks on 0:12, pipe.py with a threshold that leaves ~10% of first-layer

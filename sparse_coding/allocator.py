@@ -4,9 +4,9 @@ A batched CPU run allocates and frees many tensors of tens of MB (one
 (tokens, d_sae) activation is 54 MB for 32 twelve-token examples and a 32768-
 latent SAE). glibc serves blocks above its mmap threshold (at most 32 MB by
 default) with fresh mmaps and unmaps them on free, so every such tensor is
-zero-filled page by page on first touch: on the 2-core benchmark machine that
-was 40% of fast.py's 0:12 compute (`benchmarks/bench_sfc.py --slice 0:12`, batched: 66.8 s -> 38.7 s
-with the thresholds raised). Raising the mmap and trim thresholds keeps those
+zero-filled page by page on first touch, a large share of a batched CPU run's
+compute (measured with `benchmarks/bench_sfc.py --slice 0:12`, docs/benchmarks.md).
+Raising the mmap and trim thresholds keeps those
 blocks in the heap for the next tensor. The price is that the process keeps
 its peak memory until it exits; scripts accept it, and a notebook may call
 this too. Elsewhere (not glibc, or CUDA tensors, which PyTorch caches

@@ -36,6 +36,7 @@ SCRIPTS = {
     "fast": "sparse_coding.fast",
     "val": "sparse_coding.val",
     "hist": "sparse_coding.hist",
+    "demo": "sparse_coding.demo.run",
 }
 
 
@@ -68,10 +69,12 @@ def build_parser(
         epilog="\n".join(textwrap.fill(line, 79, subsequent_indent="  ") for line in epilog if line) or None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config", default=str(DEFAULT_CONFIG_PATH), help=f"YAML config (default: {DEFAULT_CONFIG_PATH})"
+    parser.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG_PATH})")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no progress bars")
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="log details too, e.g. the wall time of every phase"
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no progress bars")
     if graph_output:
         parser.add_argument(
             "--new-graph",
@@ -83,24 +86,34 @@ def build_parser(
 
 
 def run_script(
-    main: Callable[[Config, argparse.Namespace], None],
+    main: Callable[[Config, argparse.Namespace], str],
     description: str,
     argv: Sequence[str] | None = None,
     parser: argparse.ArgumentParser | None = None,
 ) -> None:
-    """Parse arguments, load the config, run `main`; exit 1 with a message on user errors."""
+    """Parse arguments, load the config, run `main`; exit 1 with a message on user errors.
+
+    `main` returns the run's summary line, printed last, after the log's
+    closing line (its phase timings are logged with ``-v``).
+    """
     parser = parser or build_parser(description)
     args = parser.parse_args(argv)
+    from tqdm.contrib.logging import logging_redirect_tqdm  # after --help, which stays instant
+
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.verbose:
+        logger.setLevel(logging.DEBUG)
     args.phases = PhaseTimer()
+    args.config_given = args.config is not None
     keep_freed_memory()  # batched CPU work reuses freed blocks instead of re-faulting them
     exit_cleanly_on_sigterm()  # docker stop / kill: unwind like Ctrl-C, removing temp files
     try:
-        main(load_config(args.config), args)
+        with logging_redirect_tqdm():  # a log line during a progress bar gets a line of its own
+            line = main(load_config(args.config or DEFAULT_CONFIG_PATH), args)
     except SparseCodingError as e:
         _fail(str(e))
     except OSError as e:
@@ -110,8 +123,9 @@ def run_script(
     except KeyboardInterrupt:
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
-    total = args.phases.total()
-    logger.info("Done in %.1fs%s; wall time by phase:\n%s", total, _peak_gpu_memory(), args.phases.table())
+    logger.info("Done in %.1fs%s", args.phases.total(), _peak_gpu_memory())
+    logger.debug("Wall time by phase:\n%s", args.phases.table())
+    print(line)
 
 
 def _environment_error(e: OSError) -> str:
@@ -138,10 +152,9 @@ def run_as_program(run: Callable[[], None], *programs: str) -> None:
     """A front door's `__main__`: `run`, then end the process at once, with run's exit status,
     if the process was started to run one of `programs` (the front door's file and module).
 
-    Python's teardown of an imported torch takes about 0.5 s (2-core CPU:
-    `python3 -c "import torch"` 2.3-2.9 s, 1.8-2.1 s when it ends like this).
-    When a script returns or exits with a message, every output file is
-    committed and closed, so only stdio and logging are left to flush. A run
+    Python's teardown of an imported torch is a noticeable part of a short run
+    (docs/benchmarks.md). When a script returns or exits with a message, every
+    output file is committed and closed, so only stdio and logging are left to flush. A run
     inside another program (a notebook's `%run`, runpy in a test) returns or
     raises as usual, since ending there would end the notebook's kernel.
     """
@@ -190,13 +203,17 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py or hist.py, then
+    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py, hist.py or the demo, then
     end the process when it was started as that command (`run_as_program`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SCRIPTS:
         names = "|".join(SCRIPTS)
-        print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [...]", file=sys.stderr)
-        print(f"  {names}: the four scripts; 'sparse-coding SCRIPT --help' says more", file=sys.stderr)
+        print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [-v] [...]", file=sys.stderr)
+        print(
+            "  pipe|fast|val|hist: the four scripts; demo: the offline demo into a folder; "
+            "'sparse-coding SCRIPT --help' says more",
+            file=sys.stderr,
+        )
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     script, prog = importlib.import_module(SCRIPTS[argv[0]]), f"sparse-coding {argv[0]}"
     run_as_program(lambda: script.run(argv[1:], prog=prog), "sparse-coding", "sparse_coding")

@@ -70,6 +70,33 @@ def load_texts(source: TextSource) -> Iterator[str]:
     return itertools.islice(_dataset_texts(source), source.max_sequences)
 
 
+# A local text file up to this size is counted (for progress totals) before it is read.
+COUNTED_FILE_BYTES = 64 * 2**20
+
+
+def count_texts(source: TextSource) -> int | None:
+    """How many texts `load_texts` yields, where that is cheap to know: the prompt, a local
+    .txt/.jsonl file up to COUNTED_FILE_BYTES (its non-blank lines), a parquet file (its row
+    count); None for hub datasets and bigger files. For progress totals only."""
+    if source.dataset is None:
+        return 1
+    path = Path(source.dataset).expanduser()
+    if not path.is_file():
+        return None
+    if path.suffix in (".txt", ".jsonl") and path.stat().st_size <= COUNTED_FILE_BYTES:
+        count = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            count = pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # pyarrow raises its own error types; reading reports them
+            return None
+    else:
+        return None
+    return min(count, source.max_sequences)
+
+
 def _dataset_texts(source: TextSource) -> Iterator[str]:
     path = Path(source.dataset).expanduser()
     if path.exists() or path.suffix in _FILE_SUFFIXES:

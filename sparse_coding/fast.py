@@ -19,7 +19,7 @@ from sparse_coding.config import Config
 DESCRIPTION = "Gradient cognition graph (Marks et al. 2024) over resid, attn and mlp SAEs."
 
 
-def main(config: Config, args: argparse.Namespace) -> None:
+def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("preflight"):
         from sparse_coding.pipelines.preflight import preflight
 
@@ -29,7 +29,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.fast import run_fast
 
-    print(run_fast(config, args.phases, new_graph=args.new_graph))
+    return run_fast(config, args.phases, new_graph=args.new_graph)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

@@ -26,14 +26,13 @@ logger = logging.getLogger("sparse_coding.hist")
 DESCRIPTION = "Precluster DATASET and cache percentile SAE activation thresholds for fast.py."
 
 
-def main(config: Config, args: argparse.Namespace) -> None:
+def main(config: Config, args: argparse.Namespace) -> str:
     if config.DATASET is None:
         logger.warning(
             "DATASET is unset, so there is nothing to precluster. "
             "Set DATASET to a hub dataset or a .txt/.jsonl/.parquet file"
         )
-        print("hist.py: DATASET is unset; nothing was written")
-        return
+        return "hist.py: DATASET is unset; nothing was written"
     with args.phases.phase("preflight"):
         from sparse_coding.pipelines.preflight import preflight
 
@@ -41,7 +40,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.hist import run_hist
 
-    print(run_hist(config, args.phases))
+    return run_hist(config, args.phases)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

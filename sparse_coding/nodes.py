@@ -1,7 +1,7 @@
 """Node ids and the forward order of SAE sites.
 
 A *site* is where an SAE reads and is spliced: ``resid``, ``attn`` or ``mlp``.
-Ids are fixed by the design contract and used everywhere (.dot, JSON, config,
+Ids are fixed by docs/design.md and used everywhere (.dot, JSON, config,
 printed output):
 
 - feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``

@@ -2,8 +2,8 @@
 
 The script wrapper times the whole process; pipelines time their phases
 (imports, model load, SAE load, compute, labels, write and render) with
-`PhaseTimer.phase`, the table is logged at the end of every run, and the
-phases before writing go into the graph's metadata.
+`PhaseTimer.phase`; the run's last log line gives its total, the table is
+logged with ``-v``, and the phases before writing go into the graph's metadata.
 """
 
 import time

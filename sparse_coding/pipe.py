@@ -22,7 +22,7 @@ from sparse_coding.config import Config
 DESCRIPTION = "Ablation cognition graph on the residual-stream SAEs."
 
 
-def main(config: Config, args: argparse.Namespace) -> None:
+def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("preflight"):
         from sparse_coding.pipelines.preflight import preflight
 
@@ -30,7 +30,7 @@ def main(config: Config, args: argparse.Namespace) -> None:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.pipe import run_pipe
 
-    print(run_pipe(config, args.phases, new_graph=args.new_graph, allow_empty=args.allow_empty))
+    return run_pipe(config, args.phases, new_graph=args.new_graph, allow_empty=args.allow_empty)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

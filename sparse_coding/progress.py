@@ -1,12 +1,20 @@
-"""Progress bars that follow the log level: shown at INFO, hidden by `-q`.
+"""Progress bars that follow the log level, end at 100%, and never garble a log.
 
 Every long loop wraps its iterable in `progress` instead of tqdm directly, so
 one switch (the "sparse_coding" logger's level, set by the script wrapper)
 hides them all, and a notebook that logs at WARNING gets no bars either.
+Bars are drawn only where they redraw in place (a terminal, a notebook): in
+a log redirected to a file their carriage returns would glue log lines onto
+bar fragments. A total is an estimate (e.g. NUM_SEQUENCES_EVALED / BATCH_SIZE
+for a hub dataset); when the data ends before it, the bar's total becomes
+what was done, so a finished bar reads 100%. The script wrapper routes log
+lines through tqdm (`logging_redirect_tqdm`), so a log line printed while a
+bar runs gets a line of its own.
 """
 
 import logging
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -15,6 +23,26 @@ T = TypeVar("T")
 
 
 def progress(iterable: Iterable[T], *, disable: bool = False, **options: Any) -> Iterable[T]:
-    """tqdm over `iterable`, disabled when `disable` or the package logs below INFO."""
+    """tqdm over `iterable`, off when `disable`, below INFO, or where bars cannot redraw in place."""
     quiet = not logging.getLogger("sparse_coding").isEnabledFor(logging.INFO)
-    return tqdm(iterable, disable=disable or quiet, **options)
+    if disable or quiet or not bars_redraw():
+        return iterable
+    return _finishing(tqdm(iterable, **options))
+
+
+def bars_redraw() -> bool:
+    """True on a terminal or in a notebook kernel; False when stderr goes to a file or pipe."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def _finishing(bar: tqdm) -> Iterator[T]:
+    """`bar`'s items; when they run out before its estimated total, the total becomes the count."""
+    try:
+        for item in bar.iterable:
+            yield item
+            bar.update()
+        if bar.total is not None and bar.n < bar.total:
+            bar.total = bar.n
+            bar.refresh()
+    finally:
+        bar.close()

@@ -21,15 +21,24 @@ from sparse_coding.config import Config
 DESCRIPTION = "Ablate a circuit whole: next-token change, faithfulness, completeness."
 
 
-def main(config: Config, args: argparse.Namespace) -> None:
+def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("preflight"):
+        from sparse_coding.pipelines.circuit import (
+            check_pins_before_loading,
+            circuit_and_source,
+            config_for_graph,
+        )
         from sparse_coding.pipelines.preflight import preflight
 
+        if args.from_graph is not None:
+            config = config_for_graph(config, args.from_graph, explicit=args.config_given)
+        circuit, errors, source = circuit_and_source(config, args.from_graph, args.run)
+        check_pins_before_loading(config, [*circuit, *errors], source)
         preflight(config, examples=True)
     with args.phases.phase("import"):
         from sparse_coding.pipelines.val import run_val
 
-    print(run_val(config, args.phases, from_graph=args.from_graph, run=args.run))
+    return run_val(config, args.phases, from_graph=args.from_graph, run=args.run)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -59,7 +68,8 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         "--from-graph",
         type=Path,
         metavar="PATH",
-        help="validate the feature nodes of a pipe.py/fast.py graph (.json or .dot)",
+        help="validate the feature nodes of a pipe.py/fast.py graph (.json or .dot); without --config, with "
+        "the settings of the graph's latest run (its model, SAEs, slice and text)",
     )
     parser.add_argument(
         "--run",

@@ -25,14 +25,12 @@ DEMO_CONFIG = REPO / "sparse_coding" / "config" / "demo_config.yaml"
 TRUTH = json.loads((DEMO_DIR / "circuit.json").read_text())
 FEATURES = TRUTH["features"]
 CIRCUIT = {node for node, f in FEATURES.items() if f["role"] == "circuit"}
-RELATIVE_KEYS = ("MODEL_DIR", "DATASET", "RESID_SAES", "ATTN_SAES", "MLP_SAES")
 
 
 def demo_config(data_dir: Path, **overrides) -> Config:
-    """demo_config.yaml with its working-directory paths made absolute and DATA_DIR moved."""
+    """demo_config.yaml (its paths read against its own folder) with DATA_DIR moved."""
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
-    raw |= {key: str(REPO / raw[key]) for key in RELATIVE_KEYS}
-    return config_from_dict(raw | {"DATA_DIR": str(data_dir)} | overrides)
+    return config_from_dict(raw | {"DATA_DIR": str(data_dir)} | overrides, source_path=DEMO_CONFIG)
 
 
 def run(script: str, config: Config, **args) -> None:

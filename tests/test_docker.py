@@ -79,3 +79,35 @@ def test_the_entrypoint_runs_any_other_command(tmp_path):
 
 def test_the_entrypoint_is_executable():
     assert os.access(ENTRYPOINT, os.X_OK)
+
+
+def test_the_entrypoint_runs_the_offline_demo_into_the_mounted_folder(tmp_path):
+    """`docker run IMAGE demo`: fast.py, pipe.py and val.py on the demo, from /work, written into it."""
+    done = _entry(["demo"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "demo" / "demo_model"
+    for name in ("grads_graph.svg", "cognition_graph.svg", "validation.json"):
+        assert (out / name).is_file(), name
+    assert "faithfulness" in done.stdout and (tmp_path / "demo" / "config.yaml").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write any folder")
+def test_an_empty_cache_folder_the_user_cannot_write_stops_the_run_with_the_fix(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o555)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "HF_HOME": str(cache),
+    }
+    done = subprocess.run(
+        ["sh", str(ENTRYPOINT), "fast"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 1 and "mkdir -p ~/.cache/huggingface" in done.stderr
+
+
+def test_every_documented_docker_run_creates_the_cache_folder_first():
+    """Docker creates a missing host folder as root; the README says to make it first."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    docker = readme[readme.index("## Docker") :]
+    assert "mkdir -p run ~/.cache/huggingface" in docker[: docker.index("docker run")]

@@ -135,7 +135,9 @@ def test_fast_on_a_pairs_file_records_metric_baseline_examples_and_exact_check(
     metadata = json.loads((out_dir / "grads_graph.json").read_text())["metadata"]
     run = metadata["runs"][-1] if "runs" in metadata else metadata
     assert run["n_examples"] == 2 and run["metric"] == "logit_diff" and run["baseline"] == "patch"
-    assert "supports the clean answer" in run["sign_convention"]["node attribution"]
+    meaning = run["sign_convention"]["node attribution"]
+    assert "logit difference" in meaning and "patch prompt" in meaning and "integrated-gradients" in meaning
+    assert "|attribution| > 0.1" in run["sign_convention"]["nodes"]
     assert -1 <= run["exact"]["correlation"] <= 1
     checked = set(run["exact"]["effects"])
     assert {"resid_error_0", "attn_error_1", "mlp_error_2"} <= checked  # every site's error node

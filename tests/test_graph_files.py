@@ -86,7 +86,7 @@ def test_a_derived_dot_is_never_parsed_and_an_empty_graph_reloads(paths, monkeyp
     """Loading reads the .json alone, even beside an edited .dot; an empty graph (pipe.py
     --allow-empty) reloads as well."""
     dot, _, svg = paths
-    graph = stored_graph()
+    graph = stored_graph()  # one run record: its time is compared below, so it is made once
     expected = graph.to_dict()
     save_graph(graph, dot, svg)
     dot.write_text(dot.read_text(encoding="utf-8") + "// my note\n", encoding="utf-8")
@@ -138,7 +138,7 @@ def test_the_json_is_canonical_and_the_dot_says_it_is_derived(paths):
     assert load_graph(dot) == graph  # the .json alone is the graph
 
 
-def test_files_follow_the_design_contract(paths):
+def test_files_follow_docs_design(paths):
     dot, js, svg = paths
     save_graph(run_graph(), dot, svg)
     data = json.loads(js.read_text(encoding="utf-8"))

@@ -20,7 +20,7 @@ sites = st.sampled_from(SITES)
 indices = st.integers(min_value=0, max_value=10**6)
 
 
-def test_ids_follow_the_design_contract():
+def test_ids_follow_docs_design():
     assert feature_id("resid", 3, 331) == "resid_3.331"
     assert feature_id("attn", 4, 112) == "attn_4.112"
     assert error_id("mlp", 7) == "mlp_error_7"

@@ -28,5 +28,10 @@ def test_setup_requires_urllib3_2_for_deadline_reads():
     assert "1.26.18" not in _install_requires()["urllib3"].specifier
 
 
-def test_readme_names_no_unreachable_wheel_host():
-    assert "download.pytorch.org" not in (REPO / "README.md").read_text(encoding="utf-8")
+def test_readme_gives_pytorchs_own_cpu_install_command():
+    """A CPU-only Linux install takes PyTorch's CPU wheels as PyTorch documents it (pytorch.org,
+    "Get started": pip, Linux, CPU), not PyPI's CUDA wheel."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    install = readme[readme.index("## Install") : readme.index("## Quick start")]
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in install
+    assert install.index("download.pytorch.org/whl/cpu") < install.index("pip install -e .")

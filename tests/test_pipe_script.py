@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
+from sparse_coding.graphs.conventions import sentences
 
 SCRIPT = Path(__file__).resolve().parents[1] / "sparse_coding" / "pipe.py"
 
@@ -54,7 +54,8 @@ def test_pipe_writes_dot_json_and_svg(tmp_path, tiny_model_dir, sae_templates):
     assert graph["edges"] and all(abs(e["effect"]) > 0.5 for e in graph["edges"])
     assert graph["metadata"]["summary"].startswith("effects plotted out of collected: ~")
     (run,) = graph["metadata"]["runs"]
-    assert run["sign_convention"] == SIGN_CONVENTIONS["pipe.py"]
+    assert run["sign_convention"] == sentences("pipe.py", run["config"])
+    assert "act_d(clean) - act_d(u zero-ablated)" in run["sign_convention"]["edge"]
     assert "effect=" in (out / "cognition_graph.dot").read_text()
     phases = run["phases"]
     expected = [

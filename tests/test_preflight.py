@@ -240,3 +240,43 @@ def test_a_too_short_prompt_fails_before_torch_is_imported(tmp_path, tiny_model_
         line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
     }
     assert "torch" not in imported and "transformers" not in imported
+
+
+def _sae_mb(d_sae: int, d_in: int = 768) -> float:
+    """sae_weights.safetensors of a float32 SAE: W_enc, W_dec, b_enc, b_dec."""
+    return 4 * (2 * d_in * d_sae + d_sae + d_in) / 1e6
+
+
+def test_offline_one_message_lists_every_download_with_sizes_and_the_demo(tmp_path, hub_cache):
+    from sparse_coding.models.sae_sources import RELEASES
+
+    with pytest.raises(SparseCodingError) as info:
+        preflight(config_from_dict({"DATA_DIR": str(tmp_path / "data")}))  # default model, SAEs, 9:12
+    message = str(info.value)
+    assert "lacks 10 of the downloads" in message and "openai-community/gpt2" in message
+    for release in ("gpt2-small-res-jb", "gpt2-small-attn-out-v5-32k", "gpt2-small-mlp-out-v5-32k"):
+        for layer in (9, 10, 11):
+            assert f"{release} layer {layer}" in message
+            assert f"'{RELEASES[release].folder.format(layer=layer)}/*'" in message  # in its hf command
+    # GPT-2 small's weights (~550 MB) and nine float32 SAEs, 24576 or 32768 latents wide.
+    total_gb = (550 + 3 * (_sae_mb(24576) + 2 * _sae_mb(32768))) / 1000
+    assert f"about {total_gb:.1f} GB" in message
+    assert "hf download openai-community/gpt2 config.json" in message
+    assert "demo_config.yaml" in message
+
+
+def test_offline_a_cached_model_config_without_its_weights_is_still_a_missing_download(
+    tmp_path, hub_cache, tiny_model_dir
+):
+    only_config = tmp_path / "only_config"
+    only_config.mkdir()
+    (only_config / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    hub_cache("openai-community/gpt2", only_config, "")
+    config = config_from_dict(
+        {"DATA_DIR": str(tmp_path / "data"), "ACTS_LAYERS_SLICE": "1:2", "ATTN_SAES": None}
+    )
+    with pytest.raises(SparseCodingError) as info:
+        preflight(config)
+    message = str(info.value)
+    assert "model openai-community/gpt2" in message and "gpt2-small-res-jb layer 1" in message
+    assert "lacks 3 of the downloads" in message  # the model, resid 1, mlp 1: all at once

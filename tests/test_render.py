@@ -9,7 +9,7 @@ import pytest
 
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs import drawing, render
-from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
+from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.dot_format import graph_to_dot
 from sparse_coding.graphs.dot_import import graph_from_dot
 from sparse_coding.graphs.drawing import draw_image
@@ -71,7 +71,6 @@ def test_ranks_follow_the_forward_pass_top_to_bottom():
     assert y["resid_0.1"] > y["attn_0.2"] > y["mlp_0.3"] > y["resid_1.4"] > y["attn_1.6"]
     assert y["mlp_0.3"] == y["mlp_error_0"]
     assert y["resid_1.4"] == y["resid_1.5"]
-    assert y["__summary__"] >= y["resid_0.1"]
 
 
 def test_edges_carry_colour_and_the_residual_spine_is_weighted():
@@ -82,7 +81,7 @@ def test_edges_carry_colour_and_the_residual_spine_is_weighted():
     assert "weight" not in next(line for line in source.splitlines() if '"attn_0.2" ->' in line)
 
 
-def test_svg_draws_error_nodes_dotted_and_the_summary(tmp_path):
+def test_svg_draws_error_nodes_dotted_and_the_summary_in_the_caption(tmp_path):
     dot = tmp_path / "g.dot"
     dot.write_text(dot_source(chain_graph()), encoding="utf-8")
     render_image(dot, tmp_path / "g.svg", fmt="svg", timeout_s=60)
@@ -92,8 +91,7 @@ def test_svg_draws_error_nodes_dotted_and_the_summary(tmp_path):
     dashes = [p.get("stroke-dasharray") for p in groups["mlp_error_0"].iter(f"{ns}polygon")]
     assert any(dashes)
     assert not any(p.get("stroke-dasharray") for p in groups["mlp_0.3"].iter(f"{ns}polygon"))
-    texts = " ".join(t.text or "" for t in groups["__summary__"].iter(f"{ns}text"))
-    assert "73%" in texts
+    assert "73%" in svg_text(tmp_path / "g.svg")
 
 
 def big_graph(n_nodes: int, n_edges: int) -> Graph:
@@ -185,24 +183,20 @@ def svg_text(svg_path: Path) -> str:
 @pytest.mark.parametrize("script", ["pipe.py", "fast.py"])
 def test_the_image_has_a_caption_and_the_legend_of_its_script(script):
     config = {"THRESHOLD_EXP": 5.0, "NUM_DOWN_NODES": 5, "NUM_UP_NODES": 3}
-    runs = [{"script": script, "prompt": "Copyright (C)", "config": config}] * 2
+    run = {"script": script, "prompt": "Copyright (C)", "config": config}
+    runs = [run | {"id": "a", "sign_convention": sentences(script, config)}, run | {"id": "b"}]
     graph = chain_graph()
-    graph.metadata.update({"script": script, "prompt": "Copyright (C)", "config": config, "runs": runs})
+    graph.metadata.update({"runs": runs})
     source = dot_source(graph).replace("<BR/>", "&#160;")  # legend lines wrap at spaces
-    threshold = (
-        "|effect| > 2**5.0 = 32"
-        if script == "pipe.py"
-        else (
-            "5 down-nodes per site, each with its 3 most positive and most negative edges per upstream site"
-        )
-    )
-    assert escape_text(f"{script}; prompt 'Copyright (C)'; threshold: {threshold}") in source
-    assert escape_text("; 2 runs") in source
-    for sentence in SIGN_CONVENTIONS[script].values():
-        assert escape_text(sentence) in source
-    assert escape_text("dotted box") in source and escape_text("opacity, width") in source
+    choice = "edges |effect| > 2**5.0" if script == "pipe.py" else "top 5 down-nodes per site"
+    assert escape_text(f"2 runs merged ({script} x2): prompt 'Copyright (C)' (2 runs)") in source
+    assert escape_text(f"nodes: {choice} (2 runs)") in source
+    for sentence in sentences(script, config).values():
+        if sentence != sentences(script, config)["nodes"]:  # the node choice is in the caption, short
+            assert escape_text(sentence) in source
+    assert escape_text("dotted box") in source and escape_text("opacity and width") in source
     other = "fast.py" if script == "pipe.py" else "pipe.py"
-    assert escape_text(SIGN_CONVENTIONS[other]["edge"]) not in source
+    assert escape_text(sentences(other)["edge"]) not in source
 
 
 def test_edge_opacity_is_scaled_over_feature_edges_not_error_edges():
@@ -232,7 +226,7 @@ def test_a_graph_over_the_layout_budget_draws_its_strongest_edges_and_says_so(tm
         f"{e.source}->{e.target}" for e in strongest
     )
     groups = ET.parse(tmp_path / "g.svg").getroot().iter(f"{SVG}g")
-    drawn_nodes = {g.find(f"{SVG}title").text for g in groups if g.get("class") == "node"}
+    drawn_nodes = {g.find(f"{SVG}title").text for g in groups if g.get("class") == "node"} - {"__legend__"}
     assert drawn_nodes == {e.source for e in strongest} | {e.target for e in strongest}  # the rest had edges
     assert f"strongest of {len(graph.edges)} edges" in svg_text(tmp_path / "g.svg").replace("\xa0", " ")
 

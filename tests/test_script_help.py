@@ -1,7 +1,5 @@
-"""What every run says: --help at once (no torch) with outputs, keys and README section; -q hides bars."""
+"""What every run says: --help at once (no torch) with outputs, keys and README section."""
 
-import io
-import logging
 import os
 import re
 import shutil
@@ -10,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from sparse_coding.progress import progress
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("pipe", "fast", "val", "hist")
@@ -41,18 +37,6 @@ def test_help_imports_no_torch_and_names_outputs_keys_and_its_readme_section(scr
     assert "writes (under DATA_DIR/<model>/)" in text and "config keys that matter" in text
     section = re.search(r'README: section "(.+)"', text)[1]
     assert f"### {section}" in (REPO / "README.md").read_text(encoding="utf-8")
-
-
-def test_quiet_logging_hides_progress_bars():
-    logger = logging.getLogger("sparse_coding")
-    old = logger.level
-    try:
-        logger.setLevel(logging.WARNING)
-        assert progress(range(3), file=io.StringIO()).disable
-        logger.setLevel(logging.INFO)
-        assert not progress(range(3), file=io.StringIO()).disable
-    finally:
-        logger.setLevel(old)
 
 
 def test_the_closing_line_names_no_image_when_graphviz_is_missing(make_config, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import pytest
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, update_graph_files
-from sparse_coding.pipelines.val import circuit_and_source
+from sparse_coding.pipelines.circuit import circuit_and_source
 
 
 def merged_graph(dot: Path) -> list[str]:

@@ -17,15 +17,11 @@ from conftest import MpsLikeDtypes, module_hook
 from sparse_coding.algorithms.validation import SiteMeans, feature_means, validate_circuit
 from sparse_coding.corpus import iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
-from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
+from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import graph_to_dot
-from sparse_coding.pipelines.val import (
-    circuit_from_config,
-    circuit_from_graph,
-    load_circuit_model,
-    read_graph,
-)
+from sparse_coding.pipelines.circuit import circuit_from_config, circuit_from_graph, read_graph
+from sparse_coding.pipelines.val import load_circuit_model
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 
 TEXTS = [
@@ -369,7 +365,8 @@ def test_the_report_is_strict_json_with_undefined_ratios_as_null(loaded, tmp_pat
     assert len(stored["next_token"]["clean_top"]) == 4
     assert all(row["change"] < 0 for row in stored["next_token"]["decreases"])
     assert all(row["ablated"] > row["clean"] for row in stored["next_token"]["increases"])
-    assert stored["sign_convention"] == SIGN_CONVENTIONS["val.py"]
+    assert stored["sign_convention"] == sentences("val.py", {"VALIDATION_ERRORS": "keep"})
+    assert stored["errors"].startswith(stored["sign_convention"]["errors"])
     text = format_report(data)
     assert "undefined" in text
     assert "increases (more likely when ablated" in text and "decreases (less likely when ablated" in text

@@ -270,7 +270,7 @@ def test_hostile_labels_are_shown_as_text_and_never_run(browser, tmp_path):
     ]
     assert tokens == [t.replace("\n", "\u240a") for t in HOSTILE]
     assert browser.execute_script("return window.__pwned === undefined")
-    assert browser.title.startswith("pipe.py; prompt")
+    assert browser.title.startswith("pipe.py, prompt")
 
 
 def test_two_viewers_in_one_page_work_apart_as_in_a_notebook(browser, tmp_path):

@@ -292,7 +292,7 @@ def _record_edges(
 def _largest(largest: Tensor, magnitude: Tensor) -> Tensor:
     """The LARGEST_KEPT largest values of `largest` (descending) and `magnitude` (m, width), descending.
 
-    A top-k over all m x width values costs ~0.1 s a chunk on a CPU. Each row's
+    A top-k over all m x width values is slow on a CPU. Each row's
     maximum is a distinct value, so at least LARGEST_KEPT values are >= the
     LARGEST_KEPT-th largest of the row maxima and `largest`; only those are sorted.
     """

@@ -27,7 +27,7 @@ from torch import Tensor
 from sparse_coding.algorithms.attribution import SiteAttribution, node_attributions, timed
 from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
-from sparse_coding.algorithms.metrics import Metric, sign_convention
+from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import error_id, feature_id, parse_node_id
@@ -263,7 +263,6 @@ def _metadata(
         "metric": options.metric.name,
         "baseline": options.baseline,
         "ig_steps": options.ig_steps,
-        "sign_convention": sign_convention(options.metric),
         "down_node_selection": "thresholds" if thresholds else _selection_text(options),
         "down_nodes_per_site": {key: len(features) for key, features in down_nodes.items()},
     }

@@ -9,7 +9,8 @@ input (logits (batch, vocab)):
     logprob        -log p(answer); reported as log p     (same attributions)
     logit_diff     logit(patch_answer) - logit(answer)   (Marks et al.'s default)
 
-`SIGN_CONVENTIONS` holds the sentence each graph's metadata records.
+What the values mean in words (for metadata, legends and reports) is written
+once, in `sparse_coding.graphs.conventions.sentences`.
 """
 
 from collections.abc import Callable
@@ -30,7 +31,6 @@ class Metric:
     loss: Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (logits, answers, patch_answers) -> (batch,)
     reported_sign: float
     needs_patch_answer: bool
-    sign_convention: str
 
 
 def _at_least_float32(logits: Tensor) -> Tensor:
@@ -47,30 +47,10 @@ def _logit_diff(logits: Tensor, answers: Tensor, patch_answers: Tensor | None) -
     return picked[:, 0] - picked[:, 1]
 
 
-_SUPPORTS = "positive = the node supports the clean answer (removing it would raise the loss)"
 METRICS: dict[str, Metric] = {
-    "cross_entropy": Metric(
-        "cross_entropy",
-        _cross_entropy,
-        1.0,
-        False,
-        f"cross-entropy of the answer with the node at its baseline minus clean; {_SUPPORTS}",
-    ),
-    "logprob": Metric(
-        "logprob",
-        _cross_entropy,
-        -1.0,
-        False,
-        f"log p(answer) clean minus log p(answer) with the node at its baseline; {_SUPPORTS}",
-    ),
-    "logit_diff": Metric(
-        "logit_diff",
-        _logit_diff,
-        1.0,
-        True,
-        "logit(patch answer) - logit(answer), with the node at its baseline minus clean; "
-        f"{_SUPPORTS}: it favours the clean answer over the patch answer",
-    ),
+    "cross_entropy": Metric("cross_entropy", _cross_entropy, 1.0, False),
+    "logprob": Metric("logprob", _cross_entropy, -1.0, False),
+    "logit_diff": Metric("logit_diff", _logit_diff, 1.0, True),
 }
 
 
@@ -85,12 +65,3 @@ def metric_for(name: str, *, has_patch_answers: bool) -> Metric:
             f"PATCH_ANSWER) or PAIRS_FILE, or use METRIC cross_entropy"
         )
     return metric
-
-
-def sign_convention(metric: Metric) -> dict[str, str]:
-    """What the numbers of a fast.py graph mean, for its metadata."""
-    return {
-        "node attribution": metric.sign_convention + "; mean over examples, positions summed",
-        "edge": f"the upstream node's effect on that quantity through the downstream node only; {_SUPPORTS}",
-        "logit cells": "W_dec . W_U of the feature: blue = its decoder direction promotes the token",
-    }

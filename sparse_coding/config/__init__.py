@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sparse_coding.config.checks import PATH_KEYS, check_files_and_servers, check_path_text
+from sparse_coding.config.paths import DEFAULT_DATA_DIR_NAME, PACKAGE_DIR, data_dir, resolve_paths
 from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
 from sparse_coding.config.yaml_file import read_yaml, shown
 from sparse_coding.errors import ConfigError
@@ -31,9 +32,7 @@ from sparse_coding.nodes import parse_site_key
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PACKAGE_DIR / "config" / "central_config.yaml"
-DEFAULT_DATA_DIR = PACKAGE_DIR / "data"
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 VALIDATION_ERROR_MODES = ("keep", "ablate")
 INTERP_SOURCES = ("prompt", "dataset")
@@ -123,7 +122,7 @@ class Config:
     ATTN_SAES: str | None = "gpt2-small-attn-out-v5-32k"
     MLP_SAES: str | None = "gpt2-small-mlp-out-v5-32k"
     # Output files.
-    DATA_DIR: Path = DEFAULT_DATA_DIR
+    DATA_DIR: Path = Path(DEFAULT_DATA_DIR_NAME)  # beside the config file (`paths.data_dir`)
     GRAPH_FILE: str = "cognition_graph.svg"
     GRAPH_DOT_FILE: str = "cognition_graph.dot"
     GRADS_FILE: str = "grads_graph.svg"
@@ -191,8 +190,10 @@ class Config:
         return {parse_site_key(k): v for k, v in (self.VALIDATION_DIMS_PINNED or {}).items()}
 
     def model_data_dir(self, model_name: str) -> Path:
-        """DATA_DIR/<sanitised model name>/, where every output of a run goes."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name.strip("/"))
+        """DATA_DIR/<sanitised model name>/, where every output of a run goes: a hub id as it is
+        (``openai-community_gpt2``), a local folder by its last two parts (``demo_model``)."""
+        name = "/".join(Path(model_name).parts[-2:]) if Path(model_name).is_absolute() else model_name
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
         return self.DATA_DIR / safe.strip("._")
 
     def to_metadata(self) -> dict[str, Any]:
@@ -240,10 +241,8 @@ def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Co
                 values[key] = None
             continue
         values[key] = _coerce(key, value, known[key].type, where)
-    if "DATA_DIR" in values:
-        data_dir = Path(values["DATA_DIR"]).expanduser()
-        base = source_path.parent if source_path else Path.cwd()
-        values["DATA_DIR"] = (data_dir if data_dir.is_absolute() else base / data_dir).resolve()
+    base = source_path.resolve().parent if source_path else Path.cwd()
+    values = resolve_paths(values, base) | {"DATA_DIR": data_dir(values.get("DATA_DIR"), base)}
     config = Config(**values, source_path=source_path)
     _check_values(config, where)
     return config

@@ -1,48 +1,134 @@
-"""What each script's numbers and colours mean: one sentence per quantity, as data.
+"""What a graph's or report's numbers and colours mean: the one source of those sentences.
 
-One meaning everywhere: blue (positive) = the node pushes what is
-downstream of it up, red (negative) = down, opacity = magnitude. Each
-graph's metadata records its script's sentences as ``sign_convention``,
-val.py's report records its own, and the images' legend is drawn from the
-same sentences, so a graph pasted into a paper says what it means.
+`sentences(script, settings)` words them for the script that made the result
+and the settings that shaped it (fast.py: METRIC, BASELINE, IG_STEPS and how
+down-nodes were chosen; pipe.py: THRESHOLD_EXP and pins; val.py:
+VALIDATION_ERRORS). A graph's metadata records them as ``sign_convention``,
+val.py's report too, and the image legend and the viewer legend are drawn
+from that record, so a picture pasted into a paper says what its graph's
+file says.
+
+One sign rule underlies them: positive (blue) means the upstream node pushes
+what is downstream of it up; for fast.py, what is downstream is the answer
+(positive = supports it), for pipe.py the downstream feature's activation.
 """
 
-COLOURS = (
-    "blue = positive (the upstream node pushes the downstream quantity up), red = negative; "
-    "opacity = magnitude relative to the largest feature edge shown"
-)
+from __future__ import annotations
 
-SIGN_CONVENTIONS: dict[str, dict[str, str]] = {
-    "pipe.py": {
+from collections.abc import Mapping
+from typing import Any
+
+SCRIPTS = ("pipe.py", "fast.py", "val.py")
+METRIC_TEXT = {
+    "cross_entropy": "m = cross-entropy of the answer, -log p(answer)",
+    "logprob": "m = -log p(answer), as cross-entropy (METRIC logprob reports log p)",
+    "logit_diff": "m = logit difference, logit(patch answer) - logit(answer)",
+}
+BASELINE_TEXT = {
+    "zero": "zero",
+    "patch": "its value on the patch prompt",
+    "mean": "its mean activation over DATASET",
+}
+_OPACITY = "opacity and width = |value| relative to the largest feature edge drawn"
+
+
+def sentences(script: str, settings: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """What each quantity of `script`'s result means, given the config values that shaped it.
+
+    Args:
+        script: "pipe.py", "fast.py" or "val.py".
+        settings: config keys as a run records them (``config.to_metadata()``);
+            missing keys take their defaults. fast.py also reads
+            ``down_node_selection`` ("thresholds" when hist.py chose the down-nodes).
+
+    Returns:
+        Quantity -> sentence, e.g. ``{"edge": ..., "colour": ...}``.
+    """
+    settings = settings or {}
+    if script == "fast.py":
+        return _fast(settings)
+    if script == "pipe.py":
+        return _pipe(settings)
+    if script == "val.py":
+        return _val(settings)
+    raise ValueError(f"no sentences for script {script!r}; known: {', '.join(SCRIPTS)}")
+
+
+def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
+    metric = str(settings.get("METRIC") or "cross_entropy")
+    baseline = str(settings.get("BASELINE") or "zero")
+    steps = int(settings.get("IG_STEPS") or 1)
+    estimate = "first-order estimate" if steps == 1 else f"integrated-gradients estimate ({steps} steps)"
+    return {
+        "colour": f"blue = supports the answer through this path, red = works against it; {_OPACITY}",
         "edge": (
-            "effect of u -> d = act_d(clean) - act_d(u zero-ablated) at the last position, mean over "
-            "sequences (u ablated at every position, SAE error terms kept): positive = u raises d"
-        ),
-        "logit cells": (
-            "log p(token | clean) - log p(token | feature zero-ablated) after the last token: "
-            "blue = the feature up-weights the token, red = it down-weights it"
-        ),
-        "node activation": "the feature's largest activation over the interpreted positions",
-        "colour": COLOURS,
-    },
-    "fast.py": {
-        "node attribution": (
-            "grad_a m . (0 - a), m = cross-entropy of the prompt's last token (first-order effect of "
-            "removing the node on the loss): positive = the node supports the answer (removing it would "
-            "raise the loss)"
-        ),
-        "edge": (
-            "attribution of u through d alone (residual stream only, other sites held fixed): "
+            "u's attribution through d alone (residual stream only, other SAE sites held fixed): "
             "positive = u supports the answer through d"
         ),
+        "node attribution": (
+            f"{estimate} of m(node at {BASELINE_TEXT.get(baseline, baseline)}) - m(clean), "
+            f"{METRIC_TEXT.get(metric, metric)}; summed over positions, mean over examples: "
+            f"positive = the node supports the answer"
+        ),
+        "node activation": "the feature's largest activation over the prompt's positions",
         "logit cells": (
             "W_dec[feature] . W_U (direct effect on the logits, final layer norm ignored): "
             "blue = the feature promotes the token, red = it suppresses it"
         ),
-        "node activation": "the feature's largest activation over the prompt's positions",
-        "colour": COLOURS,
-    },
-    "val.py": {
+        "nodes": fast_selection(settings),
+    }
+
+
+def fast_selection(settings: Mapping[str, Any]) -> str:
+    """How a fast.py run chose its down-nodes and edges, in the config's terms."""
+    if settings.get("down_node_selection") == "thresholds":
+        percentile = settings.get("THRESHOLD_PERCENTILE", 99.99)
+        return (
+            f"down-nodes: features above hist.py's {percentile}th-percentile thresholds at the last "
+            f"position; edges: the {settings.get('NUM_UP_NODES', 5)} most positive and most negative "
+            f"per upstream site"
+        )
+    if settings.get("SELECTION") == "threshold":
+        return (
+            f"down-nodes: |attribution| > {settings.get('NODE_THRESHOLD', 0.1)}; edges: |effect| > "
+            f"{settings.get('EDGE_THRESHOLD', 0.01)}"
+        )
+    return (
+        f"down-nodes: the {settings.get('NUM_DOWN_NODES', 5)} largest |attribution| per site; edges: the "
+        f"{settings.get('NUM_UP_NODES', 5)} most positive and most negative per upstream site"
+    )
+
+
+def _pipe(settings: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "colour": f"blue = the upstream feature raises the downstream one, red = lowers it; {_OPACITY}",
+        "edge": (
+            "act_d(clean) - act_d(u zero-ablated) at the last position, mean over sequences (u ablated at "
+            "every position, SAE error terms kept): positive = u raises d"
+        ),
+        "node activation": "the feature's largest activation over the interpreted positions",
+        "logit cells": (
+            "log p(token | clean) - log p(token | feature zero-ablated) after the last token: "
+            "blue = the feature up-weights the token, red = it down-weights it"
+        ),
+        "nodes": pipe_selection(settings),
+    }
+
+
+def pipe_selection(settings: Mapping[str, Any]) -> str:
+    """How a pipe.py run chose its edges, in the config's terms."""
+    exp = settings.get("THRESHOLD_EXP", 5.0)
+    kept = "every non-zero effect" if exp is None else f"|effect| > 2**{exp} = {2.0 ** float(exp):.3g}"
+    start = "the pinned feature" if settings.get("DIMS_PINNED") else "the first layer's active features"
+    return f"edges: {kept}; ablated: {start}, then every feature an edge reached"
+
+
+def _val(settings: Mapping[str, Any]) -> dict[str, str]:
+    errors = str(settings.get("VALIDATION_ERRORS") or "keep")
+    return {
+        "ablation": "the circuit's features zeroed at every position, SAE error terms kept",
+        "baseline": "mean ablation (each feature set to its mean activation over the real tokens evaluated)",
+        "errors": _VAL_ERRORS.get(errors, errors),
         "change": (
             "p(ablated) - p(clean) of the next token after the last token: 'increases' are tokens the "
             "ablation makes more likely (the circuit suppressed them), 'decreases' tokens it makes "
@@ -56,10 +142,14 @@ SIGN_CONVENTIONS: dict[str, dict[str, str]] = {
             "(m(M \\ C) - m(empty)) / (m(M) - m(empty)): 0 = without the circuit the model is "
             "no better than every feature mean-ablated (the circuit is complete)"
         ),
-    },
+    }
+
+
+_VAL_ERRORS = {
+    "keep": "SAE error terms kept at every site in every run (VALIDATION_ERRORS: keep)",
+    "ablate": (
+        "SAE error terms mean-ablated like features (VALIDATION_ERRORS: ablate): in m(C) at every site "
+        "whose error node is not in the circuit, in m(empty) at every site, in m(M\\C) at the circuit's "
+        "error nodes"
+    ),
 }
-
-
-def sign_convention(script: str) -> dict[str, str]:
-    """The sentences of `script` ("pipe.py", "fast.py", "val.py"), a copy for metadata."""
-    return dict(SIGN_CONVENTIONS[script])

@@ -179,7 +179,7 @@ class Node:
         return data
 
     def to_dict(self) -> dict[str, Any]:
-        """The node as the JSON object of the design contract (plus ``n_runs`` and ``runs``)."""
+        """The node as the JSON object of docs/design.md (plus ``n_runs`` and ``runs``)."""
         keys = ("id", "site", "layer", "feature", *MEASURED, "hook", "neuronpedia_id")
         data = {key: getattr(self, key) for key in keys} | self.annotations()
         if self.runs:

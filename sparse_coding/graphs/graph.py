@@ -3,8 +3,8 @@
 One ``Graph`` type is built by every algorithm (pipe.py ablations, fast.py
 attributions) and is independent of Graphviz: it serialises itself
 (``to_json``/``from_json``, the canonical file `graph_files` writes),
-``render`` draws it and ``viewer`` shows it. Node ids follow the design
-contract (see ``sparse_coding.nodes``):
+``render`` draws it and ``viewer`` shows it. Node ids follow docs/design.md
+(see ``sparse_coding.nodes``):
 
 - feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
 - error node:   ``{site}_error_{layer}``, e.g. ``mlp_error_7``
@@ -208,7 +208,7 @@ class Graph:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``.json`` object of the design contract, in canonical order."""
+        """The ``.json`` object of docs/design.md, in canonical order."""
         data = {
             "nodes": [node.to_dict() for node in self.sorted_nodes()],
             "edges": [edge.to_dict() for edge in self.sorted_edges()],

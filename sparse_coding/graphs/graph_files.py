@@ -296,6 +296,7 @@ def _check_derived(path: Path, stored: Stored | None) -> str | None:
 
 def _keep_before(paths: list[Path], run_id: str) -> None:
     """``--new-graph``: keep the existing files as ``<stem>.before-<run id><ext>`` (hard links, or copies)."""
+    kept = []
     for path in paths:
         if os.path.lexists(path):
             aside = path.with_name(f"{path.stem}.before-{run_id}{path.suffix}")
@@ -303,7 +304,11 @@ def _keep_before(paths: list[Path], run_id: str) -> None:
                 os.link(path, aside, follow_symlinks=False)
             except OSError:
                 shutil.copy2(path, aside, follow_symlinks=False)
-            logger.warning("--new-graph: kept the existing %s as %s", path, aside.name)
+            kept.append(path.suffix)
+    if kept:
+        stem = paths[0].parent / paths[0].stem
+        aside = f"{stem}.before-{run_id}{{{','.join(kept)}}}"
+        logger.info("--new-graph: set the existing graph aside as %s", aside)
 
 
 def _write(

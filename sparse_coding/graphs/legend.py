@@ -1,19 +1,41 @@
-"""The legend and caption drawn with every graph, in the image and the HTML viewer.
+"""The caption and legend drawn with every graph, in the image and the HTML viewer.
 
-A PNG pasted into a paper must explain itself: what an arrow, its colour and
-opacity, a box's rows and a dotted box mean, for the script that made the
-graph, and which script, prompt (or dataset), threshold and runs it shows.
-The sign sentences come from ``conventions.SIGN_CONVENTIONS`` so the wording
-lives in one place.
+A picture pasted into a paper must explain itself: what an arrow, its colour
+and opacity, a box's rows and a dotted box mean (the legend), and which
+script, text and node choice it shows (the caption). The legend's sentences
+are the graph's own ``sign_convention`` record, written by
+`conventions.sentences` when the run was made, so legend and metadata agree.
+A merged graph's caption summarises its runs in a few lines; every run is in
+the ``.json`` and listed by the viewer.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, NamedTuple
 
-from sparse_coding.graphs.conventions import SIGN_CONVENTIONS
+from sparse_coding.graphs.conventions import SCRIPTS, sentences
 
-_GENERIC_EDGE = "edge u -> d: positive (blue): u pushes d up, negative (red): u pushes d down"
+_GENERIC = {
+    "edge": "edge u -> d: positive (blue): u pushes d up, negative (red): u pushes d down",
+    "colour": "blue = positive, red = negative",
+}
+# Legend rows: sentence key -> the symbol it explains, in drawing order.
+_ROWS = {
+    "colour": "colour",
+    "edge": "arrow",
+    "node attribution": "attr",
+    "node activation": "act",
+    "logit cells": "+ / − cells",
+}
+_BOX = (
+    "a feature, site_layer.index; rows: hook and numbers, top-activating contexts (tokens shaded "
+    "blue by activation), + / − next-token cells, Neuronpedia explanation"
+)
+_DOTTED = "SAE error node: what the SAE misses at that site"
+_PROMPT_CHARS = 60  # a prompt longer than this is cut in the caption (the .json holds it whole)
 
 
 class LegendEntry(NamedTuple):
@@ -23,10 +45,17 @@ class LegendEntry(NamedTuple):
     meaning: str
 
 
+def runs_of(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The graph's run records, oldest first; a never-merged graph's metadata is its one run."""
+    runs = metadata.get("runs")
+    if isinstance(runs, list) and runs:
+        return [run for run in runs if isinstance(run, dict)] or [metadata]
+    return [metadata]
+
+
 def latest_run(metadata: dict[str, Any]) -> dict[str, Any]:
     """The record of the graph's latest run (`graph_files` keeps them in ``runs``); else the metadata."""
-    runs = metadata.get("runs")
-    return runs[-1] if isinstance(runs, list) and runs and isinstance(runs[-1], dict) else metadata
+    return runs_of(metadata)[-1]
 
 
 def graph_script(metadata: dict[str, Any]) -> str | None:
@@ -35,76 +64,106 @@ def graph_script(metadata: dict[str, Any]) -> str | None:
     return str(script) if script else None
 
 
-def legend_entries(script: str | None) -> list[LegendEntry]:
-    """What each mark means for graphs made by ``script`` (generic when unknown)."""
-    signs = SIGN_CONVENTIONS.get(script or "", {})
-    entries = [
-        LegendEntry("arrow", signs.get("edge", _GENERIC_EDGE)),
-        LegendEntry("colour", signs.get("colour", "blue = positive, red = negative")),
-        LegendEntry(
-            "opacity, width",
-            "|effect| relative to the largest feature edge (error-node edges are capped at full colour)",
-        ),
-        LegendEntry(
-            "box",
-            "a feature, site_layer.index; rows: hook and numbers, top-activating contexts "
-            "(tokens shaded blue by activation), + / − next-token cells, Neuronpedia explanation",
-        ),
-    ]
-    entries += [
-        LegendEntry(key.removeprefix("node "), signs[key])
-        for key in ("node activation", "node attribution")
-        if key in signs
-    ]
-    if "logit cells" in signs:
-        entries.append(LegendEntry("+ / − cells", signs["logit cells"]))
-    entries.append(LegendEntry("dotted box", "SAE error node: what the SAE misses at that site"))
+def _settings(run: dict[str, Any]) -> dict[str, Any]:
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    return config | {"down_node_selection": run.get("down_node_selection")}
+
+
+def meaning(run: dict[str, Any]) -> dict[str, str]:
+    """A run's sentences: its recorded ``sign_convention``, else `conventions.sentences` for its script."""
+    recorded = run.get("sign_convention")
+    if isinstance(recorded, dict) and recorded:
+        return {str(k): str(v) for k, v in recorded.items()}
+    script = graph_script(run)
+    return sentences(script, _settings(run)) if script in SCRIPTS else dict(_GENERIC)
+
+
+def legend_entries(metadata: dict[str, Any]) -> list[LegendEntry]:
+    """What each mark means, from the latest run's sentences (the graph's metadata)."""
+    signs = meaning(latest_run(metadata))
+    entries = [LegendEntry(symbol, signs[key]) for key, symbol in _ROWS.items() if key in signs]
+    entries.append(LegendEntry("box", _BOX))
+    entries.append(LegendEntry("dotted box", _DOTTED))
     return entries
 
 
-def _threshold_text(script: str | None, config: dict[str, Any]) -> str | None:
-    """How the graph was thresholded, in the config's own terms."""
-    if script == "pipe.py":
-        exp = config.get("THRESHOLD_EXP")
-        return "every non-zero effect" if exp is None else f"|effect| > 2**{exp} = {2.0 ** float(exp):.3g}"
-    if script == "fast.py":
-        return (
-            f"{config.get('NUM_DOWN_NODES')} down-nodes per site, each with its "
-            f"{config.get('NUM_UP_NODES')} most positive and most negative edges per upstream site"
-        )
-    return None
+def _cut(text: str, n_chars: int) -> str:
+    return text if len(text) <= n_chars else text[: n_chars - 1] + "…"
 
 
-def run_count(metadata: dict[str, Any]) -> int:
-    """How many runs the graph merges (a never-merged graph is one run)."""
-    runs = metadata.get("runs")
-    return len(runs) if isinstance(runs, list) and runs else 1
+def _short(name: str) -> str:
+    """A local file by its name (the .json holds the path), a hub dataset as it is."""
+    return Path(name).name if Path(name).is_absolute() else name
 
 
-def run_text(run: dict[str, Any]) -> str:
-    """One run's script, prompt (or dataset) and threshold, from its metadata."""
-    script = graph_script(run)
-    config = run.get("config") if isinstance(run.get("config"), dict) else {}
-    parts = [script or "graph"]
-    parts.append(_text_shown(script, run, config))
-    if (threshold := _threshold_text(script, config)) is not None:
-        parts.append(f"threshold: {threshold}")
-    return "; ".join(parts)
-
-
-def _text_shown(script: str | None, run: dict[str, Any], config: dict[str, Any]) -> str:
+def text_shown(run: dict[str, Any]) -> str:
     """What the run explained: fast.py its examples, pipe.py and val.py the text INTERP_SOURCE picks."""
-    if script == "fast.py":
-        if config.get("PAIRS_FILE"):
-            return f"pairs file {config['PAIRS_FILE']}"
-        return f"prompt {str(run.get('prompt'))!r}"
+    config = _settings(run)
+    if graph_script(run) == "fast.py" and config.get("PAIRS_FILE"):
+        return f"pairs file {_short(str(config['PAIRS_FILE']))}"
     source = config.get("INTERP_SOURCE") or ("dataset" if config.get("DATASET") else "prompt")
-    if source == "dataset" and config.get("DATASET"):
-        return f"dataset {config['DATASET']}"
-    return f"prompt {str(run.get('prompt'))!r}"
+    if graph_script(run) != "fast.py" and source == "dataset" and config.get("DATASET"):
+        return f"dataset {_short(str(config['DATASET']))}"
+    return f"prompt {_cut(str(run.get('prompt')), _PROMPT_CHARS)!r}"
+
+
+def selection_text(run: dict[str, Any]) -> str:
+    """How the run chose its nodes, in a few words (the full sentence is its ``nodes`` meaning)."""
+    config, script = _settings(run), graph_script(run)
+    if script == "pipe.py":
+        exp = config.get("THRESHOLD_EXP", 5.0)
+        kept = "every non-zero edge" if exp is None else f"edges |effect| > 2**{exp}"
+        return kept + (", from the pinned feature" if config.get("DIMS_PINNED") else "")
+    if script != "fast.py":
+        return "nodes as imported"
+    if config.get("down_node_selection") == "thresholds":
+        percentile = config.get("THRESHOLD_PERCENTILE", 99.99)
+        return f"down-nodes above hist.py's {percentile}th-percentile thresholds"
+    if config.get("SELECTION") == "threshold":
+        return f"down-nodes |attribution| > {config.get('NODE_THRESHOLD', 0.1)}"
+    return f"top {config.get('NUM_DOWN_NODES', 5)} down-nodes per site"
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """One run in a line, distinct for distinct runs: id, script, text, node choice."""
+    parts = [f"run {run.get('id')}" if run.get("id") else "run", graph_script(run) or "graph"]
+    return ", ".join([*parts, text_shown(run), selection_text(run)])
+
+
+def _counted(items: Iterable[str], most: int = 2) -> str:
+    """'a (3 runs), b (1 run)', the `most` commonest, then how many others."""
+    counts = Counter(items).most_common()
+    shown = [f"{item} ({n} run{'s' if n > 1 else ''})" for item, n in counts[:most]]
+    rest = len(counts) - most
+    return "; ".join(shown) + (f"; {rest} more in the .json" if rest > 0 else "")
+
+
+def caption_lines(metadata: dict[str, Any]) -> list[str]:
+    """The caption: what the graph shows and how its nodes were chosen; a line or two per topic.
+
+    One run: script and text, its node choice, its own summary. Several runs:
+    how many of which script, their texts and node choices counted, how
+    values are combined, and the latest run's summary.
+    """
+    runs = runs_of(metadata)
+    latest = runs[-1]
+    if len(runs) == 1:
+        lines = [f"{graph_script(latest) or 'graph'}, {text_shown(latest)}", meaning(latest).get("nodes")]
+        return [line for line in (*lines, latest.get("summary")) if line]
+    scripts = Counter(graph_script(run) or "graph" for run in runs)
+    lines = [
+        f"{len(runs)} runs merged ({', '.join(f'{s} x{n}' for s, n in scripts.items())}): "
+        + _counted(text_shown(run) for run in runs),
+        "nodes: " + _counted(selection_text(run) for run in runs),
+        "a value measured by several runs is drawn at their mean"
+        + (f"; latest run: {latest['summary']}" if latest.get("summary") else ""),
+    ]
+    signs = {tuple(sorted((k, v) for k, v in meaning(run).items() if k != "nodes")) for run in runs}
+    if len(signs) > 1:
+        lines.append("runs measured different quantities (METRIC, BASELINE...); the legend is the latest's")
+    return lines
 
 
 def caption_text(metadata: dict[str, Any]) -> str:
-    """One line naming the latest run's script, prompt or dataset, threshold, and the number of runs."""
-    runs = run_count(metadata)
-    return f"{run_text(latest_run(metadata))}; {runs} run" + ("" if runs == 1 else "s")
+    """The caption's first line: a title for the viewer page."""
+    return caption_lines(metadata)[0]

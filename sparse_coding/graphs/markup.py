@@ -30,17 +30,15 @@ from collections.abc import Sequence
 
 from sparse_coding.graphs.graph import Context, Node
 
-# Cell colours: blue for raising/activating, red for lowering, grey for zero.
+# Cell colours: blue for raising/activating, red for lowering.
 _BLUE = (33, 102, 172)
 _RED = (178, 24, 43)
-_ZERO_GREY = "#d9d9d9"
 _WHITE = (255, 255, 255)
 _MAX_EXPLANATION_CHARS = 160
 # Compact labels (big graphs) keep a window of the top context and a few logits.
 _COMPACT_CONTEXT_RADIUS = 4
 _COMPACT_LOGITS = 5
 _COMPACT_EXPLANATION_CHARS = 60
-_LEGEND_WIDTH = 72  # characters per legend line, so the legend is not wider than a small graph
 
 _XML_REFS = {
     "&": "&amp;",
@@ -125,13 +123,17 @@ def _context_row(context: Context, scale: float) -> str:
     return f"<TR><TD>{inner}</TD></TR>"
 
 
+def shown_logits(cells: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The logit cells worth drawing: a value of exactly 0 says nothing about its token."""
+    return [(token, value) for token, value in cells if value != 0]
+
+
 def _logit_row(label: str, logits: Sequence[tuple[str, float]], scale: float) -> str:
-    """Next tokens as cells: blue when raised, red when lowered, grey at exactly 0."""
+    """Next tokens as cells: blue when raised, red when lowered."""
     cells = [f'<TD><FONT POINT-SIZE="9">{label}</FONT></TD>']
     for token, value in logits:
         strength = abs(value) / scale if scale > 0 else 0.0
-        colour = _ZERO_GREY if value == 0 else _mix(_BLUE if value > 0 else _RED, strength)
-        cells.append(_cell(token, colour, strength if value != 0 else 0.0, title=_fmt(value)))
+        cells.append(_cell(token, _mix(_BLUE if value > 0 else _RED, strength), strength, title=_fmt(value)))
     inner = (
         f'<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
     )
@@ -171,7 +173,7 @@ def _label(node: Node, contexts: Sequence[Context], max_logits: int | None, expl
     rows = _header_rows(node)
     scale = max((a for c in contexts for a in c.activations), default=0.0)
     rows += [_context_row(c, scale) for c in contexts]
-    up, down = node.logits_up[:max_logits], node.logits_down[:max_logits]
+    up, down = (shown_logits(cells)[:max_logits] for cells in (node.logits_up, node.logits_down))
     logit_scale = max((abs(v) for _, v in (*up, *down)), default=0.0)
     if up:
         rows.append(_logit_row("+", up, logit_scale))
@@ -208,16 +210,33 @@ def summary_label(text: str) -> str:
     return f'<<TABLE BORDER="0"><TR><TD><B>{escape_text(text)}</B></TD></TR></TABLE>>'
 
 
-def caption_label(caption: str, notes: Sequence[str], legend: Sequence[tuple[str, str]]) -> str:
-    """The image's caption (bold), its notes, then the legend as symbol / meaning rows."""
-    rows = [f'<TR><TD COLSPAN="2" ALIGN="LEFT"><B>{escape_text(caption)}</B></TD></TR>']
-    rows += [f'<TR><TD COLSPAN="2" ALIGN="LEFT">{escape_text(note)}</TD></TR>' for note in notes]
+def _wrapped(text: str, width: int) -> str:
+    """Text wrapped at `width` characters, lines joined by ``<BR/>``."""
+    lines = textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+    return "<BR/>".join(escape_text(line) for line in lines)
+
+
+def legend_label(
+    caption: Sequence[str], notes: Sequence[str], legend: Sequence[tuple[str, str]], width: int
+) -> str:
+    """The caption (first line bold), its notes, then the legend as symbol / meaning rows.
+
+    Args:
+        width: characters per line; every line of the block is wrapped to it
+            (the meanings to `width` minus the symbol column).
+    """
+    rows = []
+    for i, line in enumerate([*caption, *notes]):
+        text = _wrapped(line, width)
+        size = 11 if i == 0 else 10
+        text = f"<B>{text}</B>" if i == 0 else text
+        cell = f'<TD COLSPAN="2" ALIGN="LEFT" BALIGN="LEFT"><FONT POINT-SIZE="{size}">{text}</FONT></TD>'
+        rows.append(f"<TR>{cell}</TR>")
+    symbol_chars = max((len(symbol) for symbol, _ in legend), default=0)
     for symbol, meaning in legend:
-        lines = "<BR/>".join(
-            escape_text(line) for line in textwrap.wrap(meaning, _LEGEND_WIDTH, break_on_hyphens=False)
-        )
         rows.append(
             f'<TR><TD ALIGN="RIGHT" VALIGN="TOP"><FONT POINT-SIZE="9"><B>{escape_text(symbol)}</B></FONT>'
-            f'</TD><TD ALIGN="LEFT" BALIGN="LEFT"><FONT POINT-SIZE="9">{lines}</FONT></TD></TR>'
+            f'</TD><TD ALIGN="LEFT" BALIGN="LEFT"><FONT POINT-SIZE="9">'
+            f"{_wrapped(meaning, max(20, width - symbol_chars))}</FONT></TD></TR>"
         )
     return f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">{"".join(rows)}</TABLE>>'

@@ -1,15 +1,16 @@
-"""Draw a Graph: Graphviz source with ranks, colours and labels, and the image.
+"""Graphviz source for a Graph: ranks, colours, labels, caption and legend; and running Graphviz.
 
 Layout: one rank per (layer, site) in forward order (resid_pre, attn,
 resid_mid, mlp, resid_post; see ``nodes.hook_position``), held in order by an
 invisible chain of rank anchors; a rank wider than the row width wraps onto
 several rows, so a 300-feature layer is not an 18,000 pt strip. Residual-stream
 edges (resid -> resid) get a high weight so the resid features form a straight
-spine. Edges are blue when the upstream node pushes the downstream one up and
-red when down (``conventions``), with alpha and width by magnitude relative to
-the largest feature edge (error-node edges, often the largest, are capped).
-Error nodes are drawn dotted. A caption names the script, prompt, threshold
-and runs, above the legend; ``metadata["summary"]`` becomes a summary node.
+spine. Edge colours follow the graph's own sentences (``legend``): blue
+positive, red negative, with alpha and width by magnitude relative to the
+largest feature edge (error-node edges, often the largest, are capped).
+Error nodes are drawn dotted. The caption and legend form one block: the
+graph label at the bottom of a ``.dot``, or a node that ``drawing`` places
+beside or below the laid-out graph in an image.
 
 Big graphs degrade visibly instead of hanging: above ``max_full_nodes``
 nodes or ``max_label_cells`` label cells the labels are compact, splines
@@ -29,21 +30,37 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Edge, Graph, Node
-from sparse_coding.graphs.legend import caption_text, graph_script, legend_entries
-from sparse_coding.graphs.markup import caption_label, compact_label, node_label, summary_label
+from sparse_coding.graphs.legend import caption_lines, legend_entries
+from sparse_coding.graphs.markup import compact_label, legend_label, node_label
 
 logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("svg", "png")
-SUMMARY_NODE_ID = "__summary__"
+LEGEND_NODE_ID = "__legend__"
 _SPINE_WEIGHT = 10
 RANKSEP_IN = 0.6
 _BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
 
 Attrs = Mapping[str, str]
+_GRAPH_ATTRS = {
+    "rankdir": "TB",
+    "newrank": "true",
+    "charset": "UTF-8",
+    "fontname": "Helvetica",
+    "ranksep": str(RANKSEP_IN),
+}
+
+
+class Placement(NamedTuple):
+    """Where the caption + legend block goes in a pinned drawing: its centre (``"x,y"``, points) and the
+    characters per line it is wrapped to."""
+
+    pos: str
+    chars: int
 
 
 class RenderTimeout(GraphFileError):
@@ -61,19 +78,20 @@ class RenderOptions:
         max_label_cells: above this many token cells in all labels, compact.
         max_spline_edges: above this many edges, edges are straight lines.
         fast_layout_nodes, fast_layout_edges: above either, dot's layout
-            passes are capped (a rougher layout, drawn in seconds not minutes).
+            passes are capped (a rougher layout, drawn much sooner).
         max_drawn_edges: the layout budget: the image draws at most this many
-            edges, the strongest by |effect|. Measured with
-            ``benchmarks/bench_render.py --budget`` (612 compact nodes, PNG)
-            on a 2-core CPU: 500 / 1,000 / 2,000 / 3,000 / 4,000 edges take
-            4.0 / 7.0 / 8.2 / 9.6 / 10.8 s of Graphviz CPU, 17 / 48 / 62 /
-            79 / 90 s wall with the machine at load ~7: 2,000 stays within
-            half the 120 s timeout even then.
+            edges, the strongest by |effect|; chosen with
+            ``benchmarks/bench_render.py --budget`` (docs/benchmarks.md) to stay
+            well within the Graphviz timeout on a loaded 2-core CPU.
         fallback_drawn_edges: edges drawn when the budgeted drawing still
             runs out of time (with compact labels).
         max_row_nodes: nodes per row before a rank wraps; None chooses it
             for a roughly 2:1 image.
         min_row_nodes: a rank never wraps below this many nodes per row.
+        max_inches: an image wider than this (or taller than 3/4 of it) is
+            scaled down to fit, so that it opens whole in a 1600 x 1200 px window.
+        png_dpi: pixels per inch of PNG images (twice a screen's 96: sharp when zoomed).
+        legend_chars: characters per line of a legend placed beside the graph.
     """
 
     max_contexts: int | None = None
@@ -87,6 +105,9 @@ class RenderOptions:
     fallback_drawn_edges: int = 300
     max_row_nodes: int | None = None
     min_row_nodes: int = 8
+    max_inches: float = 16.0
+    png_dpi: int = 192
+    legend_chars: int = 60
 
 
 def quote(value: str) -> str:
@@ -122,11 +143,9 @@ def _compact_note(graph: Graph, options: RenderOptions) -> str:
     )
 
 
-def _caption_attrs(graph: Graph, notes: Sequence[str]) -> dict[str, str]:
-    """The graph label: caption, notes and the legend for the graph's script, at the top."""
-    legend = legend_entries(graph_script(graph.metadata))
-    label = caption_label(caption_text(graph.metadata), notes, legend)
-    return {"label": label, "labelloc": "t", "labeljust": "l"}
+def legend_markup(graph: Graph, notes: Sequence[str], chars: int) -> str:
+    """The caption + legend block of a graph as an HTML-like label, wrapped at `chars` characters."""
+    return legend_label(caption_lines(graph.metadata), notes, legend_entries(graph.metadata), chars)
 
 
 # Node label markup by (node id, compact, max_contexts, max_logits), while `shared_labels` is open.
@@ -136,7 +155,7 @@ _LABELS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sparse_co
 @contextlib.contextmanager
 def shared_labels() -> Iterator[None]:
     """Build each node's label once for all the `dot_source` calls inside (one save writes the
-    .dot and lays out the image up to three times: 0.3 s per call for 330 full nodes)."""
+    .dot and lays out the image several times)."""
     token = _LABELS.set({})
     try:
         yield
@@ -243,13 +262,8 @@ def _rank_lines(
 
 
 def _layout_limits(graph: Graph, options: RenderOptions) -> dict[str, str]:
-    """Graphviz settings that bound layout time on big graphs.
-
-    Measured on 1,000 nodes / 5,000 edges (2 CPU cores): x-placement by
-    network simplex took 28 s of 40 and crossing minimisation 11 s; capping
-    both brings the render to ~10 s. 190 nodes / 1,400 edges with full labels
-    took 88 s with the defaults and 12 s capped.
-    """
+    """Graphviz settings that bound layout time on big graphs: dot's x-placement (network simplex)
+    and crossing minimisation dominate there, so both are capped (docs/benchmarks.md)."""
     limits: dict[str, str] = {}
     if len(graph.nodes) > options.fast_layout_nodes or len(graph.edges) > options.fast_layout_edges:
         limits.update({"mclimit": "0.05", "nslimit": "0.01", "searchsize": "5"})
@@ -267,6 +281,8 @@ def dot_source(
     graph_attrs: Attrs | None = None,
     notes: Sequence[str] = (),
     positions: Mapping[str, str] | None = None,
+    splines: Mapping[tuple[str, str], str] | None = None,
+    legend: bool | Placement = True,
 ) -> str:
     """Graphviz source for a graph, deterministic for the same graph.
 
@@ -277,40 +293,42 @@ def dot_source(
             machine-readable data written by ``graph_files``) merged into the
             drawn ones; they win on a clash.
         notes: extra caption lines (e.g. which edges the image leaves out).
-        positions: node name -> ``"x,y"`` (points, from ``layout_boxes``): every
-            node is pinned there and edges are straight (``neato -n2``).
+        positions: node name -> ``"x,y"`` (points, from ``drawing.layout``):
+            every node is pinned there (``neato -n2``).
+        splines: (source, target) -> dot's spline for the edge (with
+            `positions`); edges without one are straight.
+        legend: the caption + legend block: True draws it as the graph's
+            label (below), False leaves it out, a `Placement` pins it as a node.
 
     Returns:
         DOT text; nodes and edges in the graph's canonical order.
     """
     options = options or RenderOptions()
     compact = use_compact_labels(graph, options)
-    notes = list(notes)
-    if compact:
-        notes.append(_compact_note(graph, options))
-    top = {
-        "rankdir": "TB",
-        "newrank": "true",
-        "charset": "UTF-8",
-        "fontname": "Helvetica",
-        "ranksep": str(RANKSEP_IN),
-    }
-    top.update(_layout_limits(graph, options) if positions is None else {"splines": "line"})
-    top.update(_caption_attrs(graph, notes))
-    top.update(graph_attrs or {})
+    notes = [*notes, _compact_note(graph, options)] if compact else list(notes)
+    if positions is None:
+        top = _layout_limits(graph, options)
+    else:
+        top = {"splines": "true" if splines else "line"}
+    if legend is True:
+        label = legend_markup(graph, notes, options.legend_chars)
+        top.update({"label": label, "labelloc": "b", "labeljust": "l"})
+    top = _GRAPH_ATTRS | top | dict(graph_attrs or {})
     lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
     lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')
     lines.append("  edge [arrowsize=0.6];")
     pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
-    if summary := graph.metadata.get("summary"):
-        attrs = {"shape": "note", "sc_role": "summary", "label": summary_label(str(summary))}
-        lines.append(f"  {quote(SUMMARY_NODE_ID)} {_attr_list({**attrs, **pins.get(SUMMARY_NODE_ID, {})})};")
+    if isinstance(legend, Placement):
+        attrs = {"label": legend_markup(graph, notes, legend.chars), "pos": f"{legend.pos}!"}
+        lines.append(f"  {quote(LEGEND_NODE_ID)} {_attr_list(attrs)};")
     lines += _rank_lines(drawn_rows(graph, options), {**pins, **(node_attrs or {})}, compact, options)
-    largest = colour_scale(graph)
+    largest, splines = colour_scale(graph), splines or {}
     for edge in graph.sorted_edges():
+        key = (edge.source, edge.target)
         attrs = {
             **_edge_attrs(edge, graph, largest),
-            **(edge_attrs or {}).get((edge.source, edge.target), {}),
+            **({"pos": splines[key]} if key in splines else {}),
+            **(edge_attrs or {}).get(key, {}),
         }
         lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {_attr_list(attrs)};")
     lines.append("}")
@@ -351,7 +369,7 @@ def run_graphviz(command: list[str], source_path: Path, timeout_s: float) -> str
         raise GraphFileError(f"dot could not draw {source_path}: {result.stderr.strip()[:500]}")
     if result.stderr.strip():
         logger.info("%s: %s", command[0], result.stderr.strip()[:500])
-    logger.info("%s drew %s in %.1f s", command[0], source_path.name, time.perf_counter() - start)
+    logger.debug("%s drew %s in %.1f s", command[0], source_path.name, time.perf_counter() - start)
     return result.stdout
 
 

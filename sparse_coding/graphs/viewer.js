@@ -5,7 +5,13 @@
  *   data.nodes: [{id, hook, row, error, activation, attribution, contexts,
  *                 up, down, explanation, url, runs}]
  *   data.edges: [[sourceIndex, targetIndex, effect, runs]]
- *   data.rows, data.runs, data.caption, data.legend, data.summary
+ *   data.rows, data.runs, data.caption (lines), data.legend
+ * It opens on a readable view of any graph: above INITIAL_EDGES edges the
+ * slider starts at the |effect| that shows the strongest INITIAL_EDGES (one
+ * click on "all edges" or the slider shows the rest); the shown nodes are
+ * laid out again on every change, each site and layer in forward order and
+ * wrapped into lines that fit the window at a legible zoom; the view starts
+ * at the top, at that zoom or larger.
  * Every label is set with textContent or drawn with fillText, so a token
  * such as "<script>" is shown, never parsed. The state a test needs is kept
  * on root.dataset (visibleNodes, visibleEdges, threshold, searchMatches,
@@ -14,6 +20,7 @@
 (function () {
   "use strict";
   var NODE_W = 130, NODE_H = 34, GAP_X = 14, ROW_H = 96, SLIDER_STEPS = 1000;
+  var INITIAL_EDGES = 300, LEGIBLE_ZOOM = 0.8, MAX_ZOOM = 1.5, LABEL_W = 90;
   var BLUE = [33, 102, 172], RED = [178, 24, 43];
 
   function el(tag, className, text) {
@@ -38,28 +45,39 @@
     return "rgba(" + rgb[0] + "," + rgb[1] + "," + rgb[2] + "," + alpha.toFixed(3) + ")";
   }
 
-  /* Forward-order rows; within a row, nodes sit at the mean x of their upstream neighbours. */
-  function layout(nodes, edges, nRows) {
-    var rows = [], up = nodes.map(function () { return []; });
-    for (var r = 0; r < nRows; r++) rows.push([]);
-    nodes.forEach(function (n, i) { rows[n.row].push(i); n.x = 0; n.y = n.row * ROW_H; });
-    edges.forEach(function (e) { up[e[1]].push(e[0]); });
-    rows.forEach(function (row, r) {
+  /* The shown nodes in lines: each row (site and layer) in forward order, wrapped after `perLine`
+   * boxes. A row that fits one line is ordered by the mean x of its upstream neighbours (fewer
+   * crossings); a wrapped row puts its strongest nodes (summed |effect| of shown edges) first. */
+  function layout(nodes, edges, nRows, nodeOn, edgeOn, perLine) {
+    var byRow = [], up = nodes.map(function () { return []; });
+    var strength = new Float64Array(nodes.length), lines = [];
+    for (var r = 0; r < nRows; r++) byRow.push([]);
+    nodes.forEach(function (n, i) { n.placed = false; if (nodeOn[i]) byRow[n.row].push(i); });
+    edges.forEach(function (e, k) {
+      if (!edgeOn[k]) return;
+      up[e[1]].push(e[0]);
+      strength[e[0]] += Math.abs(e[2]); strength[e[1]] += Math.abs(e[2]);
+    });
+    byRow.forEach(function (row, r) {
+      if (!row.length) return;
       var key = row.map(function (i, k) {
-        var xs = up[i].filter(function (j) { return nodes[j].row < r; });
+        if (row.length > perLine) return -strength[i];
+        var xs = up[i].filter(function (j) { return nodes[j].placed; });
         if (!xs.length) return k * (NODE_W + GAP_X);
         return xs.reduce(function (s, j) { return s + nodes[j].x; }, 0) / xs.length;
       });
       var order = row.map(function (i, k) { return k; });
-      if (r > 0) order.sort(function (a, b) { return key[a] - key[b] || a - b; });
-      var width = row.length * (NODE_W + GAP_X) - GAP_X;
-      rows[r] = order.map(function (k, pos) {
-        var n = nodes[row[k]];
-        n.x = pos * (NODE_W + GAP_X) - width / 2;
-        return row[k];
-      });
+      order.sort(function (a, b) { return key[a] - key[b] || a - b; });
+      for (var start = 0; start < order.length; start += perLine) {
+        var chunk = order.slice(start, start + perLine).map(function (k) { return row[k]; });
+        var width = chunk.length * (NODE_W + GAP_X) - GAP_X, y = lines.length * ROW_H;
+        chunk.forEach(function (i, pos) {
+          nodes[i].x = pos * (NODE_W + GAP_X) - width / 2; nodes[i].y = y; nodes[i].placed = true;
+        });
+        lines.push({ row: r, first: start === 0, nodes: chunk, y: y });
+      }
     });
-    return rows;
+    return lines;
   }
 
   function init(root, data) {
@@ -70,7 +88,7 @@
       if (!nodes[e[0]].error && !nodes[e[1]].error) scale = Math.max(scale, Math.abs(e[2]));
     });
     if (scale === 0) scale = absSorted.length ? absSorted[absSorted.length - 1] : 1;
-    var rows = layout(nodes, edges, data.rows.length);
+    var lines = [], perLine = 8;
     var state = {
       threshold: 0, showErrors: true, runsOn: data.runs.map(function () { return true; }),
       selected: -1, hoverNode: -1, hoverEdge: -1, matches: null,
@@ -92,8 +110,9 @@
     errorLabel.appendChild(errorBox);
     errorLabel.appendChild(document.createTextNode(" error nodes"));
     var fitButton = el("button", "sc-fit", "fit");
+    var allButton = el("button", "sc-all", "all edges");
     var counts = el("span", "sc-counts");
-    [search, el("span", "sc-label", "|effect| ≥"), slider, thresholdText, errorLabel, fitButton, counts]
+    [search, el("span", "sc-label", "|effect| ≥"), slider, thresholdText, allButton, errorLabel, fitButton, counts]
       .forEach(function (e) { bar.appendChild(e); });
 
     var main = el("div", "sc-main");
@@ -122,8 +141,7 @@
 
     function sideInfo() {
       side.textContent = "";
-      side.appendChild(el("div", "sc-caption", data.caption));
-      if (data.summary) side.appendChild(el("div", "sc-summary", data.summary));
+      data.caption.forEach(function (line, k) { side.appendChild(el("div", k ? "sc-summary" : "sc-caption", line)); });
       side.appendChild(legendBox());
       if (data.runs.length) {
         var runs = el("div", "sc-runs");
@@ -259,6 +277,7 @@
         if (on) visibleNodes++;
         return on;
       });
+      lines = layout(nodes, edges, data.rows.length, state.nodeOn, state.edgeOn, perLine);
       if (state.selected >= 0 && !state.nodeOn[state.selected]) state.selected = -1;
       var p = state.selected >= 0 ? paths(state.selected) : null;
       state.pathNodes = p && p[0];
@@ -284,16 +303,34 @@
       canvas.style.height = stage.clientHeight + "px";
     }
 
-    function fit() {
+    /* The placed nodes' extent, with room for the row labels on the left. */
+    function extent() {
       var xs = [], ys = [];
-      nodes.forEach(function (n, i) { if (state.nodeOn[i] !== false) { xs.push(n.x); ys.push(n.y); } });
-      if (!xs.length) return;
-      var x0 = Math.min.apply(null, xs) - 90, x1 = Math.max.apply(null, xs) + NODE_W + 10;
-      var y0 = Math.min.apply(null, ys) - 20, y1 = Math.max.apply(null, ys) + NODE_H + 20;
+      nodes.forEach(function (n, i) { if (state.nodeOn[i] && n.placed) { xs.push(n.x); ys.push(n.y); } });
+      if (!xs.length) return null;
+      return [Math.min.apply(null, xs) - LABEL_W, Math.min.apply(null, ys) - 20,
+        Math.max.apply(null, xs) + NODE_W + 10, Math.max.apply(null, ys) + NODE_H + 20];
+    }
+
+    function fit(maxZoom) {
+      var box = extent();
+      if (!box) return;
       var w = stage.clientWidth || 800, h = stage.clientHeight || 600;
-      state.zoom = Math.min(w / (x1 - x0), h / (y1 - y0), 2);
-      state.tx = (w - (x1 - x0) * state.zoom) / 2 - x0 * state.zoom;
-      state.ty = (h - (y1 - y0) * state.zoom) / 2 - y0 * state.zoom;
+      state.zoom = Math.min(w / (box[2] - box[0]), h / (box[3] - box[1]), maxZoom);
+      state.tx = (w - (box[2] - box[0]) * state.zoom) / 2 - box[0] * state.zoom;
+      state.ty = (h - (box[3] - box[1]) * state.zoom) / 2 - box[1] * state.zoom;
+    }
+
+    /* The first view: the whole graph if it fits at a legible zoom, else its top at that zoom. */
+    function firstView() {
+      var box = extent();
+      if (!box) return;
+      var w = stage.clientWidth || 800, h = stage.clientHeight || 600;
+      var zoom = Math.min(w / (box[2] - box[0]), h / (box[3] - box[1]), MAX_ZOOM);
+      if (zoom >= LEGIBLE_ZOOM) { fit(MAX_ZOOM); return; }
+      state.zoom = LEGIBLE_ZOOM;
+      state.tx = Math.max(0, (w - (box[2] - box[0]) * state.zoom) / 2) - box[0] * state.zoom;
+      state.ty = -box[1] * state.zoom;
     }
 
     function drawEdges(dimmed) {
@@ -335,7 +372,9 @@
         ctx.font = "bold 12px Helvetica, Arial, sans-serif";
         ctx.fillText(n.id, n.x + 5, n.y + 14, NODE_W - 10);
         ctx.font = "10px Helvetica, Arial, sans-serif";
-        ctx.fillText("act " + fmt(n.activation) + "  attr " + fmt(n.attribution), n.x + 5, n.y + 28, NODE_W - 10);
+        var facts = [n.activation === null ? "" : "act " + fmt(n.activation),
+          n.attribution === null ? "" : "attr " + fmt(n.attribution)];
+        ctx.fillText(facts.join("  ").trim(), n.x + 5, n.y + 28, NODE_W - 10);
       }
       ctx.globalAlpha = 1;
     }
@@ -358,12 +397,11 @@
       }
       ctx.fillStyle = "#666666";
       ctx.font = "11px Helvetica, Arial, sans-serif";
-      rows.forEach(function (row, r) {
-        var visibleRow = row.filter(function (i) { return state.nodeOn[i]; });
-        if (!visibleRow.length) return;
-        ctx.fillText(data.rows[r], nodes[row[0]].x - 86, r * ROW_H + 20, 80);
+      lines.forEach(function (line) {
+        if (line.first) ctx.fillText(data.rows[line.row], nodes[line.nodes[0]].x - 86, line.y + 20, 80);
       });
-      nodes.forEach(function (n, i) { if (state.nodeOn[i]) drawNode(n, i); });
+      nodes.forEach(function (n, i) { if (state.nodeOn[i] && n.placed) drawNode(n, i); });
+      root.dataset.zoom = state.zoom.toFixed(3);
       ctx.setLineDash([]);
     }
 
@@ -382,11 +420,11 @@
 
     function nodeAt(p) {
       var r = Math.floor(p[1] / ROW_H);
-      if (r < 0 || r >= rows.length || p[1] - r * ROW_H > NODE_H) return -1;
-      var row = rows[r];
-      for (var k = 0; k < row.length; k++) {
-        var n = nodes[row[k]];
-        if (state.nodeOn[row[k]] && p[0] >= n.x && p[0] <= n.x + NODE_W) return row[k];
+      if (r < 0 || r >= lines.length || p[1] - r * ROW_H > NODE_H) return -1;
+      var line = lines[r].nodes;
+      for (var k = 0; k < line.length; k++) {
+        var n = nodes[line[k]];
+        if (p[0] >= n.x && p[0] <= n.x + NODE_W) return line[k];
       }
       return -1;
     }
@@ -497,7 +535,10 @@
       apply();
     });
     errorBox.addEventListener("change", function () { state.showErrors = errorBox.checked; apply(); });
-    fitButton.addEventListener("click", function () { fit(); draw(); });
+    fitButton.addEventListener("click", function () { fit(2); draw(); });
+    allButton.addEventListener("click", function () {
+      slider.value = 0; state.threshold = 0; apply(); fit(2); draw();
+    });
     search.addEventListener("input", runSearch);
     search.addEventListener("keydown", function (evt) {
       if (evt.key === "Enter" && state.matches && state.matches.length) select(state.matches[0], true);
@@ -505,8 +546,14 @@
     if (window.ResizeObserver) new ResizeObserver(function () { resize(); draw(); }).observe(stage);
 
     resize();
+    perLine = Math.max(4, Math.floor(((stage.clientWidth || 800) / LEGIBLE_ZOOM - LABEL_W) / (NODE_W + GAP_X)));
+    if (absSorted.length > INITIAL_EDGES) {
+      var first = absSorted.length - INITIAL_EDGES;
+      state.threshold = absSorted[first];
+      slider.value = Math.ceil(first / absSorted.length * SLIDER_STEPS);
+    }
     apply();
-    fit();
+    firstView();
     draw();
     root.scViewer = {
       screenPoint: function (id) {
@@ -514,6 +561,15 @@
         var box = canvas.getBoundingClientRect(), n = nodes[i];
         return [box.left + state.tx + (n.x + NODE_W / 2) * state.zoom,
           box.top + state.ty + (n.y + NODE_H / 2) * state.zoom];
+      },
+      screenBoxes: function () {
+        var box = canvas.getBoundingClientRect(), out = [];
+        nodes.forEach(function (n, i) {
+          if (!state.nodeOn[i] || !n.placed) return;
+          out.push([n.id, box.left + state.tx + n.x * state.zoom, box.top + state.ty + n.y * state.zoom,
+            NODE_W * state.zoom, NODE_H * state.zoom]);
+        });
+        return out;
       },
       centreOn: function (id) {
         centreOn(nodes.findIndex(function (n) { return n.id === id; }));

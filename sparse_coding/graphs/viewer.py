@@ -1,14 +1,15 @@
-"""One self-contained HTML page per graph, for exploring it by clicking (issue 17).
+"""One self-contained HTML page per graph, for exploring it by clicking.
 
 The page is ``<stem>.html`` beside the image: the graph's data as inline JSON,
 ``viewer.css`` and ``viewer.js`` inlined, no CDN and no request, so it opens
 from ``file://`` on an air-gapped server and inside a Jupyter output cell
-(``IPython.display.HTML(viewer_fragment(graph))``). Layout as in the
-static image: one row per site and layer in forward order.
+(``IPython.display.HTML(viewer_fragment(graph))``). It opens on the
+strongest edges of a big graph, each site and layer in forward order, wrapped
+to the window (``viewer.js``).
 
-The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (about 500
-lines, package data): no registry library to vendor or pin, and a canvas
-draws 5,000 edges in a few milliseconds where 5,000 SVG elements would not.
+The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (package
+data): no registry library to vendor or pin, and a canvas redraws thousands of
+edges per frame where as many SVG elements would not (docs/benchmarks.md).
 
 Everything the page shows is read from the `Graph` through ``viewer_data``,
 the one adapter to change when the graph changes. Labels are data, never
@@ -27,7 +28,8 @@ from typing import Any
 
 from sparse_coding import storage
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.legend import caption_text, graph_script, legend_entries, run_text
+from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
+from sparse_coding.graphs.markup import shown_logits
 
 NEURONPEDIA_PAGES = "https://www.neuronpedia.org"
 
@@ -45,9 +47,8 @@ def _run_indices(runs: dict[str, Any], run_index: dict[str, int]) -> list[int] |
 
 
 def _run_labels(metadata: dict[str, Any]) -> list[str]:
-    """One line per merged run: script and prompt (or dataset)."""
-    runs = metadata.get("runs") or []
-    return [f"{i}: {run_text(run)}" for i, run in enumerate(runs)]
+    """One line per merged run: id, script, prompt (or dataset) and how it chose its nodes."""
+    return [run_label(run) for run in metadata.get("runs") or []]
 
 
 def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:
@@ -60,7 +61,8 @@ def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:
 
 
 def _cells(pairs: list[tuple[str, float]]) -> list[list[Any]]:
-    return [[token, value] for token, value in pairs]
+    """The logit cells the image draws (`markup.shown_logits`)."""
+    return [[token, value] for token, value in shown_logits(pairs)]
 
 
 def _row_label(node: Node) -> str:
@@ -91,7 +93,7 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
         ``nodes`` (forward order, each with its row), ``edges`` as
         ``[source index, target index, effect, runs]`` (runs: indices into the
         run list, or null for a value of no run), row labels, run labels,
-        caption, legend and summary.
+        caption lines and legend (the image's, from `legend`).
     """
     metadata = graph.metadata
     nodes = graph.sorted_nodes()
@@ -111,9 +113,8 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
         ],
         "rows": rows,
         "runs": _run_labels(metadata),
-        "caption": caption_text(metadata),
-        "legend": [list(entry) for entry in legend_entries(graph_script(metadata))],
-        "summary": metadata.get("summary"),
+        "caption": caption_lines(metadata),
+        "legend": [list(entry) for entry in legend_entries(metadata)],
     }
 
 

@@ -19,7 +19,7 @@ from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.inputs import config_batches, warn_unknown_prompts
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.threshold_cache import load_thresholds
@@ -105,6 +105,7 @@ def run_fast(config: Config, phases: PhaseTimer | None = None, *, new_graph: boo
     """Build fast.py's graph over every configured site of the slice and publish it; the closing line."""
     phases = phases or PhaseTimer()
     spliced, tokenizer = load_spliced_model(config, phases=phases)
+    warn_unknown_prompts(config, tokenizer, examples=True)
     with phases.phase("compute: gradient graph"):
         graph = fast_graph(config, spliced, tokenizer)
     published = publish_graph(

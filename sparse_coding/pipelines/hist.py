@@ -6,7 +6,6 @@ is `sparse_coding.algorithms.thresholds`; the cache format is
 """
 
 import logging
-import math
 from collections.abc import Iterable
 
 from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds, samples_to_resolve
@@ -14,7 +13,7 @@ from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.inputs import config_batches, expected_batches
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_thresholds
 from sparse_coding.splicing.splice import SplicedModel
@@ -58,7 +57,7 @@ def thresholds_from_config(config: Config, spliced: SplicedModel, tokenizer: Tok
         keeper_cluster=config.KEEPER_CLUSTER_INDEX,
         seed=config.SEED,
         percentile=config.THRESHOLD_PERCENTILE,
-        n_batches=math.ceil(config.NUM_SEQUENCES_EVALED / config.BATCH_SIZE),
+        n_batches=expected_batches(config),
     )
     needed = samples_to_resolve(config.THRESHOLD_PERCENTILE)
     if result.n_kept < needed:

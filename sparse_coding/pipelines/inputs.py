@@ -2,12 +2,13 @@
 
 import itertools
 import logging
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
 
 from sparse_coding.config import Config
-from sparse_coding.corpus import TextSource, TokenBatch, iter_batches, load_texts
+from sparse_coding.corpus import TextSource, TokenBatch, count_texts, iter_batches, load_texts
 from sparse_coding.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -62,3 +63,53 @@ def config_batches(
         prepend_bos=config.PREPEND_BOS,
         device=device,
     )
+
+
+def expected_batches(config: Config) -> int:
+    """How many batches `config_batches` yields, for progress totals: from the data where it can be
+    counted (`corpus.count_texts`), else NUM_SEQUENCES_EVALED / BATCH_SIZE (an upper bound)."""
+    source = text_source(config)
+    count = count_texts(source)
+    return math.ceil((source.max_sequences if count is None else count) / config.BATCH_SIZE)
+
+
+def warn_unknown_words(tokenizer: Tokenizer, text: str, key: str = "PROMPT") -> list[str]:
+    """Warn when words of `text` are unknown to the tokenizer (read as a special token such as
+    ``<|endoftext|>``, as a small word-level vocabulary does); returns those words.
+
+    GPT-2's byte-level tokenizer knows every string, so this only fires for
+    other vocabularies, where such a prompt explains little.
+    """
+    specials = {token for token in (tokenizer.bos_token, tokenizer.eos_token) if token}
+    special_ids = {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id) if i is not None}
+    unknown = [
+        word
+        for word in text.split()
+        if word not in specials and special_ids & set(tokenizer(word, add_special_tokens=False)["input_ids"])
+    ]
+    if unknown:
+        total = len(text.split())
+        logger.warning(
+            "%s: %d of its %d words are unknown to MODEL_DIR's tokenizer and are read as %s: %s; "
+            "results on it say little. Use words the tokenizer knows",
+            key,
+            len(unknown),
+            total,
+            " / ".join(sorted(specials)),
+            ", ".join(repr(word) for word in unknown[:10]),
+        )
+    return unknown
+
+
+def warn_unknown_prompts(config: Config, tokenizer: Tokenizer, *, examples: bool = False) -> None:
+    """`warn_unknown_words` on the prompts a run explains: fast.py's PROMPT and PATCH_PROMPT
+    (`examples`, unless PAIRS_FILE gives them), pipe.py's and val.py's PROMPT when INTERP_SOURCE picks it."""
+    if examples and config.PAIRS_FILE is None:
+        prompts = {"PROMPT": config.PROMPT, "PATCH_PROMPT": config.PATCH_PROMPT}
+    elif not examples and config.interp_source == "prompt":
+        prompts = {"PROMPT": config.PROMPT}
+    else:
+        prompts = {}
+    for key, text in prompts.items():
+        if text:
+            warn_unknown_words(tokenizer, text, key)

@@ -19,7 +19,7 @@ from sparse_coding.corpus import TokenBatch, iter_batches
 from sparse_coding.errors import ConfigError, DatasetError, EmptyResultError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import interpreted_texts
+from sparse_coding.pipelines.inputs import interpreted_texts, warn_unknown_prompts
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.splicing.splice import SplicedModel
@@ -34,6 +34,7 @@ def run_pipe(
     """Build pipe.py's graph on the resid SAEs and publish it; returns the closing line."""
     phases = phases or PhaseTimer()
     spliced, tokenizer = load_spliced_model(config, sites=("resid",), phases=phases)
+    warn_unknown_prompts(config, tokenizer)
     with phases.phase("compute: ablation graph"):
         graph = pipe_graph(config, spliced, tokenizer, allow_empty=allow_empty)
     published = publish_graph(

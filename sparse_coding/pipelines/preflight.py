@@ -6,8 +6,8 @@ that cannot be read (read as strictly as the merge reads it: an edge to a
 missing node, a non-finite number, runs of the wrong type), an output folder
 that cannot be written or that a link leads out of DATA_DIR, a PAIRS_FILE that
 is not JSON Lines text, a local MODEL_DIR that does not exist, and — offline
-or without network — a model or SAE missing from the Hugging Face cache (one
-message naming what to download and where the cache is, instead of a retry
+or without network — anything missing from the Hugging Face cache (one
+message listing every download with its size, `downloads`, instead of a retry
 per file).
 """
 
@@ -19,14 +19,11 @@ from pathlib import Path
 
 from sparse_coding import storage
 from sparse_coding.config import Config
-from sparse_coding.errors import ConfigError, GraphFileError, SparseCodingError
+from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
-from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, resolve_source
+from sparse_coding.pipelines.downloads import KNOWN_MODELS, check_downloads, model_download, sae_downloads
 
 logger = logging.getLogger(__name__)
-
-# Seconds to wait for the hub before calling the network unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 def preflight(
@@ -62,12 +59,17 @@ def preflight(
 
         read_pairs_file(Path(config.PAIRS_FILE).expanduser(), config.NUM_EXAMPLES)
     model_dir = local_model_dir(config.MODEL_DIR)
-    model_config = _model_config(config.MODEL_DIR, model_dir)
-    if sae_sites is None and model_config is not None:
-        layers = config.layer_range(int(model_config.get("n_layer", 0)))
+    unlisted = ""
+    if sae_sites is None:
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
-        sae_sites = [(site, layer) for site in chosen for layer in layers]
-    check_hub_files(_hub_files(config, model_dir, sae_sites or []))
+        layers = layers_before_loading(config)
+        sae_sites = [(site, layer) for site in chosen for layer in layers or []]
+        if layers is None and chosen:
+            unlisted = (
+                f"; and the {', '.join(chosen)} SAEs of ACTS_LAYERS_SLICE (listed once config.json is cached)"
+            )
+    downloads = [] if model_dir is not None else [model_download(config.MODEL_DIR)]
+    check_downloads(downloads + sae_downloads(config, sae_sites), unlisted)
     if min_prompt_tokens:
         check_prompt_length(config, min_prompt_tokens)
 
@@ -77,6 +79,7 @@ def check_writable(data_dir: Path, out_dir: Path) -> None:
     takes a file."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        storage.check_inside(data_dir, out_dir)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as e:
@@ -84,7 +87,6 @@ def check_writable(data_dir: Path, out_dir: Path) -> None:
             f"The output folder {out_dir} (DATA_DIR/<model>) cannot be written: {e.strerror or e}; "
             f"set DATA_DIR to a folder you can write"
         ) from e
-    storage.check_inside(data_dir, out_dir)
 
 
 def local_model_dir(model_dir: str) -> Path | None:
@@ -106,61 +108,33 @@ def local_model_dir(model_dir: str) -> Path | None:
     return path
 
 
-def _model_config(model_id: str, model_dir: Path | None) -> dict | None:
-    """The model's config.json, if it is local or cached (for its layer count)."""
+def model_layer_count(config: Config) -> int | None:
+    """MODEL_DIR's number of blocks before loading it: from its config.json (local or cached), or
+    the table of known hub models; None when neither says."""
     from huggingface_hub import try_to_load_from_cache
 
-    path = model_dir / "config.json" if model_dir else try_to_load_from_cache(model_id, "config.json")
-    if not isinstance(path, (str, Path)):
-        return None
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # the loader reports it with its own message
+    model_dir = local_model_dir(config.MODEL_DIR)
+    path = model_dir / "config.json" if model_dir else try_to_load_from_cache(config.MODEL_DIR, "config.json")
+    if isinstance(path, (str, Path)):
+        try:
+            return int(json.loads(Path(path).read_text(encoding="utf-8"))["n_layer"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # the loader reports it with its own message
+    return KNOWN_MODELS.get(config.MODEL_DIR, (None, None))[0]
 
 
-def _hub_files(
-    config: Config, model_dir: Path | None, sae_sites: Iterable[tuple[str, int]]
-) -> dict[str, list[tuple[str, str]]]:
-    """What -> (repo id, file) of every hub file the run needs."""
-    files: dict[str, list[tuple[str, str]]] = {}
-    if model_dir is None:
-        files[f"model {config.MODEL_DIR}"] = [(config.MODEL_DIR, "config.json")]
-    for site, layer in sae_sites:
-        if site not in config.sae_sources:
-            continue  # the loader names the unset key
-        resolved = resolve_source(config.sae_sources[site], layer)
-        if resolved.repo_id is not None:
-            files[f"SAE {resolved.description}"] = [
-                (resolved.repo_id, f"{resolved.folder}/{name}") for name in (CFG_FILE, WEIGHTS_FILE)
-            ]
-    return files
+def layers_before_loading(config: Config) -> range | None:
+    """The layers ACTS_LAYERS_SLICE selects, known before the model loads; None when not yet known."""
+    n_layers = model_layer_count(config)
+    return config.layer_range(n_layers) if n_layers is not None else _explicit_layers(config)
 
 
-def check_hub_files(files: dict[str, list[tuple[str, str]]]) -> None:
-    """Stop when a needed hub file is not cached and the hub cannot be asked (offline or unreachable)."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    missing = [
-        what
-        for what, pairs in files.items()
-        if not all(isinstance(try_to_load_from_cache(repo, name), str) for repo, name in pairs)
-    ]
-    if not missing:
-        return
-    if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    elif (problem := _hub_unreachable(constants.ENDPOINT)) is not None:
-        why = f"the hub {constants.ENDPOINT} cannot be reached ({problem})"
-    else:
-        return
-    repos = sorted({repo for what in missing for repo, _ in files[what]})
-    raise SparseCodingError(
-        f"{why}, and the Hugging Face cache {constants.HF_HUB_CACHE} lacks {len(missing)} of the "
-        f"downloads this run needs: {'; '.join(missing)}. Download them where there is network "
-        f"(e.g. `hf download {repos[0]}`{' ...' if len(repos) > 1 else ''}) into that cache "
-        f"(HF_HUB_CACHE), then run again"
-    )
+def _explicit_layers(config: Config) -> range | None:
+    """The slice's layers when both its bounds are given and non-negative (no model needed)."""
+    start, stop = (text.strip() for text in config.ACTS_LAYERS_SLICE.split(":")[:2])
+    if start.isdigit() and stop.isdigit():
+        return range(int(start), int(stop))
+    return None
 
 
 def check_prompt_length(config: Config, min_tokens: int) -> None:
@@ -177,14 +151,3 @@ def check_prompt_length(config: Config, min_tokens: int) -> None:
             f"PROMPT {config.PROMPT[:80]!r} has {n_tokens} token(s), BOS included; fast.py explains the "
             f"prompt's last token from the tokens before it, so it needs at least {min_tokens}"
         )
-
-
-def _hub_unreachable(endpoint: str) -> str | None:
-    """None when the hub answers within HUB_PROBE_TIMEOUT_S, else why not."""
-    import requests
-
-    try:
-        requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=False)
-    except requests.RequestException as e:
-        return type(e).__name__
-    return None

@@ -18,14 +18,14 @@ from typing import Any, NamedTuple
 from sparse_coding import cache as caches
 from sparse_coding.config import Config
 from sparse_coding.errors import StorageError
-from sparse_coding.graphs.conventions import sign_convention
+from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
 from sparse_coding.labels.context_cache import ContextCache, contexts_cache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.inputs import config_batches
+from sparse_coding.pipelines.inputs import config_batches, expected_batches
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -34,15 +34,21 @@ logger = logging.getLogger(__name__)
 CONTEXTS_CACHE = "contexts/top_contexts.npz"
 
 
-def run_metadata(config: Config, spliced: SplicedModel, script: str) -> dict:
-    """What shaped a graph: script, prompt, model, SAE sources, config values, and what its signs mean."""
+def run_metadata(
+    config: Config, sae_sources: dict[str, str], script: str, selection: str | None = None
+) -> dict:
+    """What shaped a graph: script, prompt, model, SAE sources, config values, and what its numbers mean.
+
+    `selection` is the graph's ``down_node_selection`` (fast.py: "thresholds" when hist.py chose them).
+    """
+    settings = config.to_metadata()
     return {
         "script": script,
-        "sign_convention": sign_convention(script),
+        "sign_convention": sentences(script, settings | {"down_node_selection": selection}),
         "prompt": config.PROMPT,
         "model": config.MODEL_DIR,
-        "sae_sources": {site.key: site.sae.cfg.source for site in spliced.sites},
-        "config": config.to_metadata(),
+        "sae_sources": sae_sources,
+        "config": settings,
     }
 
 
@@ -73,9 +79,8 @@ def publish_graph(
     stored graph aside and starts a new one (``--new-graph``).
     """
     phases = phases or PhaseTimer()
-    computed = graph.metadata.get("sign_convention", {})  # e.g. fast.py's metric-specific sentences
-    graph.metadata.update(run_metadata(config, spliced, script))
-    graph.metadata["sign_convention"] |= computed
+    sources = {site.key: site.sae.cfg.source for site in spliced.sites}
+    graph.metadata.update(run_metadata(config, sources, script, graph.metadata.get("down_node_selection")))
     out_dir = config.model_data_dir(config.MODEL_DIR)
     with phases.phase("labels: contexts"):
         contexts, grown = collect_missing(config, spliced, tokenizer, features=wanted_features(graph))
@@ -84,7 +89,7 @@ def publish_graph(
     with phases.phase("labels: logit cells"):
         add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
     with phases.phase("labels: Neuronpedia"):
-        if config.NEURONPEDIA:  # requests takes ~0.2 s to import: only runs that ask for it pay
+        if config.NEURONPEDIA:  # only runs that ask for annotations import requests
             from sparse_coding.labels.neuronpedia import annotate_graph
 
             cache_dir = config.DATA_DIR / "neuronpedia_cache"
@@ -209,7 +214,6 @@ def collect_missing(
     batches = config_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
-    total = -(-config.NUM_SEQUENCES_EVALED // config.BATCH_SIZE) if config.DATASET else 1
     fresh = collect_contexts(
         spliced,
         tokenizer,
@@ -217,7 +221,7 @@ def collect_missing(
         features=missing,
         per_feature=config.SEQ_PER_DIM_CAP,
         view=config.VIEW,
-        total=total,
+        total=expected_batches(config),
     )
     fresh.fingerprint = current | {"saes": {key: current["saes"][key] for key in fresh.arrays}}
     cache = cache.merged(fresh)

@@ -16,9 +16,9 @@ from sparse_coding.algorithms.metrics import metric_for
 from sparse_coding.algorithms.pair_validation import pair_faithfulness
 from sparse_coding.algorithms.validation import Circuit, SiteMeans
 from sparse_coding.config import Config
+from sparse_coding.graphs.conventions import METRIC_TEXT, sentences
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.pipelines.fast import config_example_batches, examples_source
-from sparse_coding.pipelines.val_report import BASELINE
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -68,7 +68,8 @@ def pairs_report(
     return result._asdict() | {
         "faithfulness": faithfulness,
         "examples": examples_source(config),
-        "ablation": BASELINE,
+        "ablation": sentences("val.py")["baseline"],
+        "metric_meaning": METRIC_TEXT[metric.name],
     }
 
 

@@ -26,20 +26,9 @@ from torch import Tensor
 
 from sparse_coding import storage
 from sparse_coding.algorithms.validation import ValidationResult
-from sparse_coding.graphs.conventions import sign_convention
+from sparse_coding.graphs.conventions import sentences
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
-
-ABLATION = "the circuit's features zeroed at every position, SAE error terms kept"
-BASELINE = "mean ablation (each feature set to its mean activation over the real tokens evaluated)"
-ERRORS = {
-    "keep": "SAE error terms kept at every site in every run (VALIDATION_ERRORS: keep)",
-    "ablate": (
-        "SAE error terms mean-ablated like features (VALIDATION_ERRORS: ablate): in m(C) at every site "
-        "whose error node is not in the circuit, in m(empty) at every site, in m(M\\C) at the circuit's "
-        "error nodes"
-    ),
-}
 
 
 def held_fixed(result: ValidationResult) -> dict[str, str]:
@@ -49,7 +38,7 @@ def held_fixed(result: ValidationResult) -> dict[str, str]:
             f"M = the model with every SAE site of the slice spliced ({len(result.sites)}: "
             f"{', '.join(result.sites)}); m(C) and m(empty) mean-ablate features at all of them"
         ),
-        "errors": ERRORS[result.errors]
+        "errors": sentences("val.py", {"VALIDATION_ERRORS": result.errors})["errors"]
         + (f"; circuit error nodes: {', '.join(result.circuit_errors)}" if result.circuit_errors else ""),
     }
 
@@ -81,6 +70,7 @@ def report_data(
     result: ValidationResult, tokenizer: Tokenizer, *, logit_tokens: int, source: str, data: str
 ) -> dict[str, Any]:
     """The JSON-ready report: validation.json's fields but ``config``."""
+    meaning = sentences("val.py", {"VALIDATION_ERRORS": result.errors})
     return {
         "circuit": result.circuit,
         "circuit_errors": result.circuit_errors,
@@ -90,8 +80,8 @@ def report_data(
         "n_sequences": result.n_sequences,
         "n_predictions": result.n_predictions,
         "n_tokens": result.n_tokens,
-        "ablation": ABLATION,
-        "baseline": BASELINE,
+        "ablation": meaning["ablation"],
+        "baseline": meaning["baseline"],
         **held_fixed(result),
         "ce_clean": result.ce_clean,
         "ce_ablated": result.ce_ablated,
@@ -100,7 +90,7 @@ def report_data(
         "faithfulness": result.faithfulness if math.isfinite(result.faithfulness) else None,
         "completeness": result.completeness if math.isfinite(result.completeness) else None,
         "next_token": next_token_changes(result, tokenizer, logit_tokens),
-        "sign_convention": sign_convention("val.py"),
+        "sign_convention": meaning,
     }
 
 
