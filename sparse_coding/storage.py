@@ -81,8 +81,9 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def megabytes(n_bytes: float) -> str:
-    return f"{n_bytes / 1e6:.1f} MB"
+def size_text(n_bytes: float) -> str:
+    """'3.4 MB', or '120 kB' below a tenth of a megabyte."""
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:.0f} kB"
 
 
 def free_space(folder: Path) -> int | None:
@@ -99,8 +100,8 @@ def free_space(folder: Path) -> int | None:
 def full_disk_text(folder: Path, needed: int | None) -> str:
     """'this write needs about N MB there and M MB are free' (the parts that are known)."""
     free = free_space(folder)
-    need = f"this run's files need about {megabytes(needed)} there" if needed else ""
-    have = f"{megabytes(free)} are free" if free is not None else ""
+    need = f"this run's files need about {size_text(needed)} there" if needed else ""
+    have = f"{size_text(free)} are free" if free is not None else ""
     return " and ".join(part for part in (need, have) if part)
 
 
@@ -257,10 +258,7 @@ class Commit:
         temp = self.temp(target)
         payload = data.encode("utf-8") if isinstance(data, str) else data
         try:
-            with open(temp, "wb") as file:
-                file.write(payload)
-                file.flush()
-                os.fsync(file.fileno())
+            fill(temp, payload)
         except OSError as e:
             raise storage_error(Path(target), e, self.written + len(payload)) from e
         self.written += len(payload)
@@ -295,6 +293,15 @@ class Commit:
                 shutil.rmtree(folder, ignore_errors=True)
             self.temps.clear()
             self.scratches.clear()
+
+
+def fill(temp: Path, data: bytes, *, sync: bool = True, append: bool = False) -> None:
+    """Write (or append) `data` to a temp file of a `Commit`, fsynced unless `sync` is False."""
+    with open(temp, "ab" if append else "wb") as file:
+        file.write(data)
+        if sync:
+            file.flush()
+            os.fsync(file.fileno())
 
 
 def write_atomic(path: Path, data: bytes | str, *, inside: Path | None = None) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from sparse_coding import storage
 from sparse_coding.errors import GraphFileError, StorageError
-from sparse_coding.graphs import graph_files
+from sparse_coding.graphs import graph_writer
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, save_graph, update_graph_files
 
@@ -116,11 +116,11 @@ def test_a_disk_that_fills_while_the_graph_is_drawn_changes_nothing_and_a_retry_
         def no_space(*args, **kwargs):
             raise GraphFileError("dot could not draw drawing.dot: gvwrite_no_z problem 1")
 
-        monkeypatch.setattr(graph_files, "draw_image", no_space)
+        monkeypatch.setattr(graph_writer, "draw_image", no_space)
     with pytest.raises(StorageError) as full:
         update_graph_files(big, dot, svg)
     message = str(full.value)
-    assert str(folder) in message and "MB are free" in message and "need about" in message
+    assert str(folder) in message and "B are free" in message and "need" in message
     assert files_of(folder) == before  # the old graph, page and image: all of them, unchanged
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
@@ -137,7 +137,7 @@ def test_the_image_and_texts_must_fit_before_anything_is_replaced(tmp_path, monk
     monkeypatch.setattr(storage, "free_space", lambda folder: 10)
     with pytest.raises(StorageError, match="lacks the room") as full:
         update_graph_files(run_graph("second"), dot, None)
-    assert "0.0 MB are free" in str(full.value) and str(tmp_path) in str(full.value)
+    assert "0 kB are free" in str(full.value) and str(tmp_path) in str(full.value)
     assert files_of(tmp_path) == before
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from sparse_coding import storage
 from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
-from sparse_coding.graphs import dot_import, graph_files
+from sparse_coding.graphs import dot_import, graph_files, graph_writer
 from sparse_coding.graphs.dot_format import graph_to_dot
 from sparse_coding.graphs.dot_import import graph_from_dot
 from sparse_coding.graphs.dot_parser import parse_dot
@@ -320,7 +320,7 @@ def test_when_dot_fails_nothing_is_written_and_a_retry_adds_the_run_once(paths, 
     def broken(*args, **kwargs):
         raise GraphFileError("dot could not draw it")
 
-    monkeypatch.setattr(graph_files, "draw_image", broken)
+    monkeypatch.setattr(graph_writer, "draw_image", broken)
     run = run_graph(prompt="new")
     with pytest.raises(GraphFileError, match="nothing was written"):
         update_graph_files(run, dot, svg)
@@ -373,7 +373,6 @@ def test_lone_surrogates_and_odd_metadata_survive(paths):
 def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(
     tmp_path, monkeypatch, caplog
 ):
-    from sparse_coding.graphs import graph_files
 
     monkeypatch.setattr(graph_files.shutil, "which", lambda name: None)
     graph = Graph()

@@ -46,8 +46,10 @@ def _node_data_attrs(node: Node) -> dict[str, str]:
 def _edge_lines(graph: Graph) -> list[str]:
     """Every measured edge: colour, ``effect`` and, for several runs, a tooltip counting them."""
     largest, lines = colour_scale(graph), []
+    names = {node_id: quote(node_id) for node_id in graph.nodes}  # each quoted once, not once per edge
     for edge in graph.sorted_edges():
-        source, target = quote(edge.source), quote(edge.target)
+        source = names.get(edge.source) or quote(edge.source)
+        target = names.get(edge.target) or quote(edge.target)
         attrs = f'color="{edge_colour(edge.effect, largest)}", effect="{edge.effect!r}"'
         if len(edge.runs) > 1:
             tip = f"{edge.source} -> {edge.target}: effect {edge.effect:.4g}, {_runs_text(len(edge.runs))}"

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import secrets
 import time
@@ -193,18 +194,16 @@ class Graph:
         """Nodes in forward order (then by id): the canonical file order."""
         return sorted(self.nodes.values(), key=lambda n: (n.rank_key(), _id_key(n)))
 
-    def sorted_edges(self) -> list[Edge]:
-        """Edges ordered by their source's, then their target's, node order."""
-        order = {node.id: i for i, node in enumerate(self.sorted_nodes())}
-        missing = len(order)
+    def sorted_edges(self, order: dict[str, int] | None = None) -> list[Edge]:
+        """Edges ordered by their source's, then their target's, node order (`order`: node id ->
+        position in `sorted_nodes`, when the caller has it); ends that are no node sort last, by id."""
+        order = order or {node.id: i for i, node in enumerate(self.sorted_nodes())}
+        n = len(order) + 1
+        if all(s in order and t in order for s, t in self.edges):  # one int per edge: the fast key
+            return sorted(self.edges.values(), key=lambda e: order[e.source] * n + order[e.target])
         return sorted(
             self.edges.values(),
-            key=lambda e: (
-                order.get(e.source, missing),
-                e.source,
-                order.get(e.target, missing),
-                e.target,
-            ),
+            key=lambda e: (order.get(e.source, n), e.source, order.get(e.target, n), e.target),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,21 +234,13 @@ class Graph:
     def check(self) -> None:
         """Raise ValueError naming the first value no graph file may hold (see `from_dict`)."""
         for node in self.nodes.values():
-            for key in MEASURED:
-                if (value := getattr(node, key)) is not None:
-                    finite(value, f"node {node.id} {key}")
-            for run, values in node.runs.items():
-                for key, value in values.items():
-                    finite(value, f"node {node.id} run {run} {key}")
-            for context in node.contexts:
-                for value in context.activations:
-                    finite(value, f"node {node.id} context activation")
-            for _, value in node.logits_up + node.logits_down:
-                finite(value, f"node {node.id} logit value")
-        for edge in self.edges.values():
-            finite(edge.effect, f"edge {edge.source} -> {edge.target} effect")
-            for run, value in edge.runs.items():
-                finite(value, f"edge {edge.source} -> {edge.target} run {run}")
+            if not _all_finite(_numbers(node)):
+                _name_bad_value(node)
+        edges = list(self.edges.values())
+        if not _all_finite([e.effect for e in edges] + [v for e in edges for v in e.runs.values()]):
+            for edge in edges:
+                for run, value in [("", edge.effect), *edge.runs.items()]:
+                    finite(value, f"edge {edge.source} -> {edge.target} {f'run {run}' if run else 'effect'}")
         _check_ends(self)
 
     def to_json(self, header: Mapping[str, Any] | None = None) -> str:
@@ -292,6 +283,37 @@ def _finite_float(literal: str) -> float:
     return finite(float(literal), f"the number {literal[:40]}")
 
 
+def _numbers(node: Node) -> list[Any]:
+    """Every number a node holds."""
+    values = [getattr(node, key) for key in MEASURED if getattr(node, key) is not None]
+    values += [value for values_ in node.runs.values() for value in values_.values()]
+    values += [value for context in node.contexts for value in context.activations]
+    return values + [value for _, value in node.logits_up + node.logits_down]
+
+
+def _all_finite(values: list[Any]) -> bool:
+    """Every value a finite int or float (fast; `_name_bad_value` says which one is not)."""
+    try:
+        return all(map(math.isfinite, values)) and not any(isinstance(v, bool) for v in values)
+    except TypeError:
+        return False
+
+
+def _name_bad_value(node: Node) -> None:
+    """Raise the ValueError of `finite` for the node's first value that is no finite number."""
+    for key in MEASURED:
+        if (value := getattr(node, key)) is not None:
+            finite(value, f"node {node.id} {key}")
+    for run, values in node.runs.items():
+        for key, value in values.items():
+            finite(value, f"node {node.id} run {run} {key}")
+    for context in node.contexts:
+        for value in context.activations:
+            finite(value, f"node {node.id} context activation")
+    for _, value in node.logits_up + node.logits_down:
+        finite(value, f"node {node.id} logit value")
+
+
 def _check_ends(graph: Graph) -> None:
     """Every edge joins two nodes of the graph."""
     for source, target in graph.edges:
@@ -309,11 +331,12 @@ def _edge_lines(edges: list[Edge]) -> list[str]:
         if not edge.runs:
             lines.append(head + "}")
             continue
-        runs = ",".join(
-            f"{quoted.get(run) or quoted.setdefault(run, q(run))}:{number(float(value))}"
-            for run, value in edge.runs.items()
-        )
-        lines.append(f'{head},"n_runs":{len(edge.runs)},"runs":{{{runs}}}}}')
+        runs = []
+        for run, value in edge.runs.items():
+            if (key := quoted.get(run)) is None:
+                key = quoted[run] = q(run)
+            runs.append(f"{key}:{number(float(value))}")
+        lines.append(f'{head},"n_runs":{len(runs)},"runs":{{{",".join(runs)}}}}}')
     return lines
 
 

@@ -4,73 +4,46 @@
 (`Graph.to_json`); the ``.dot`` (`dot_format`), the image (svg/png by
 extension, `drawing`) and the interactive page ``<image stem>.html``
 (`viewer`) are drawn from it on every write and never read back. The
-``.json`` starts with a header::
+``.json``::
 
     {"format": 3,
-     "derived": {"<file name>": {"sha256": "<hash as written>", "previous": "<hash it replaced>"}},
-     "nodes": [...], "edges": [...], "metadata": {...}, "user_drawing": {...}}
+     "nodes": [...], "edges": [...], "metadata": {...}, "user_drawing": {...},
+     "derived": {"<file name>": {"sha256": "<hash as written>", "previous": "<hash it replaced>"}}}
 
-Writing (`update_graph_files`: read, merge, write, under the graph's lock
-``.<dot name>.lock``, so concurrent runs merge one after the other):
+(nodes, edges and metadata as `Graph.to_dict` gives them; ``derived`` is
+what tells an edited derived file from a stale one, see `graph_writer`).
 
-1. every check that can fail runs first: names, the stored graph's
-   validity, the run's model and SAEs against the graph's, the merged
-   graph's values (`Graph.check`);
-2. all four files are drawn to temp files beside their targets (the image by
-   Graphviz, the others in a worker thread meanwhile) and the free space is
-   checked; a failure here leaves every file as it was, so a retry adds the
-   run once;
-3. a derived file on disk whose hash is neither the one the ``.json``
-   recorded nor the one that file replaced was changed by someone else: it is
-   moved aside as ``<stem>.edited-<time><ext>`` with a warning (an imported
-   ``.dot`` and its drawings as ``<stem>.imported-<time><ext>``), never parsed
-   and never lost;
-4. commit: the ``.json`` is renamed over its target first (the commit
-   point), then the ``.dot``, the image and the page. A crash between them
-   leaves the new ``.json`` beside derived files of the previous write: their
-   hashes are the ``previous`` ones the new ``.json`` recorded, so the next
-   write knows them for stale (not edited) and redraws them. A crash before
-   the commit point leaves the previous files and a retry adds the run once;
-   after it, the run is in the graph.
+`update_graph_files` reads, merges and writes under the graph's lock
+(``.<dot name>.lock``), so concurrent runs merge one after the other; the
+checks that can fail all run before any file is replaced, and the ``.json``
+is renamed into place before the files drawn from it (`graph_writer` gives
+the order and why a crash anywhere leaves a graph the next run completes).
 
 Reading (`load_graph`) reads the ``.json`` alone, without a lock (a rename
 replaces it whole). A ``.dot`` with no ``.json`` (hand-made, or written by
 the seed tool sparse_circuit_discovery) is imported once (`dot_import`), as
-is the ``.dot`` of a format-1 pair (written before the ``.json`` was the
-graph). A graph file that cannot be read is an error that names it, and it is
-never overwritten. ``--new-graph`` keeps the old files as
-``<stem>.before-<run id><ext>`` (hard links, or copies) and then commits the
-new graph as above.
+is the ``.dot`` of a format-1 pair (written when the ``.dot`` carried the
+data). A graph file that cannot be read is an error that names it, and it is
+never overwritten.
 """
 
 from __future__ import annotations
 
-import contextvars
-import hashlib
-import json
 import logging
-import os
-import re
 import shutil
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparse_coding import storage
-from sparse_coding.errors import GraphFileError, StorageError
-from sparse_coding.graphs.dot_format import DERIVED_NOTE, FORMAT, graph_to_dot
+from sparse_coding.errors import GraphFileError
+from sparse_coding.graphs.dot_format import FORMAT
 from sparse_coding.graphs.dot_import import import_dot
-from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Graph, loads_strict, new_run_id, run_record
-from sparse_coding.graphs.render import RenderOptions, image_format, shared_labels
-from sparse_coding.graphs.viewer import viewer_page
+from sparse_coding.graphs.graph_writer import Stored, Targets, write_graph
+from sparse_coding.graphs.render import RenderOptions, image_format
 
 logger = logging.getLogger(__name__)
 
 _GRAPH_FILE_KEYS = "GRAPH_DOT_FILE/GRAPH_FILE (pipe.py) or GRADS_DOT_FILE/GRADS_FILE (fast.py)"
-# Below this many free bytes, a Graphviz failure to write the image is taken for a full disk.
-_FULL_DISK_BYTES = 8 * 2**20
 
 
 def json_path_for(dot_path: Path) -> Path:
@@ -118,16 +91,6 @@ def check_output_names(dot_path: Path, image_path: Path | None) -> None:
 
 
 # ---------------------------------------------------------------- read
-
-
-@dataclass
-class Stored:
-    """A stored graph and what its ``.json`` says of the derived files beside it."""
-
-    graph: Graph
-    derived: dict[str, dict[str, str | None]] = field(default_factory=dict)  # name -> sha256, previous
-    legacy: bool = False  # format 1 or 2: derived files it does not record are this tool's
-    imported: bool = False  # read from a .dot alone
 
 
 def _unreadable(path: Path, e: Exception) -> GraphFileError:
@@ -206,172 +169,11 @@ def load_graph(dot_path: Path) -> Graph | None:
     return None if stored is None else stored.graph
 
 
-# ---------------------------------------------------------------- draw
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _texts(graph: Graph, options: RenderOptions) -> dict[str, str]:
-    """The .dot, the page and the .json body (without its header), as text."""
-    return {"dot": graph_to_dot(graph, options), "page": viewer_page(graph), "json": graph.to_json()}
-
-
-def _draw(
-    graph: Graph, commit: storage.Commit, image_path: Path | None, options: RenderOptions, timeout_s: float
-) -> dict[str, str]:
-    """Draw the image into its temp (Graphviz, in this thread) while a worker writes the texts."""
-    with shared_labels(), ThreadPoolExecutor(1, thread_name_prefix="graph_files") as pool:
-        texts = pool.submit(contextvars.copy_context().run, _texts, graph, options)
-        if image_path is not None:
-            try:
-                work = commit.scratch(image_path.with_name(image_path.name + ".drawing"))
-                draw_image(
-                    graph, commit.temp(image_path), fmt=image_format(image_path), options=options,
-                    timeout_s=timeout_s, work_dir=work,
-                )  # fmt: skip
-            except GraphFileError as e:
-                raise _drawing_failed(image_path, e, texts.result()) from e
-        return texts.result()
-
-
-def _drawing_failed(
-    image_path: Path, e: GraphFileError, texts: dict[str, str]
-) -> StorageError | GraphFileError:
-    """Graphviz's failure, as a full disk when the folder has (almost) no space left."""
-    needed = sum(len(text.encode("utf-8")) for text in texts.values())
-    free = storage.free_space(image_path.parent)
-    if free is not None and free < _FULL_DISK_BYTES:
-        return StorageError(
-            f"Graphviz could not write the image {image_path.name} in the folder {image_path.parent} "
-            f"({e}): the disk is full. Besides the image, the graph's .json, .dot and page need about "
-            f"{storage.megabytes(needed)} there, and {storage.megabytes(free)} are free. Free some space "
-            f"or set DATA_DIR to another disk. Nothing was written: the graph files there were left as "
-            f"they were."
-        )
-    return GraphFileError(f"{e}; nothing was written: the graph files there were left as they were")
-
-
-# ---------------------------------------------------------------- commit
-
-
-def _set_aside(path: Path, why: str) -> Path:
-    """Rename `path` to ``<stem>.<why>-<time><ext>`` (a free name) and return the new path."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.stem}.{why}-{stamp}{path.suffix}")
-    for n in range(2, 1000):
-        if not os.path.lexists(aside):
-            break
-        aside = path.with_name(f"{path.stem}.{why}-{stamp}-{n}{path.suffix}")
-    os.replace(path, aside)
-    return aside
-
-
-def _check_derived(path: Path, stored: Stored | None) -> str | None:
-    """The hash of `path` when it is this tool's (current or stale); else move it aside (None)."""
-    if not os.path.lexists(path):
-        return None
-    entry = (stored.derived if stored else {}).get(path.name)
-    digest = _sha256(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
-    if digest is not None and entry is not None and digest in (entry.get("sha256"), entry.get("previous")):
-        if digest != entry.get("sha256"):
-            logger.info(
-                "redrawing %s: a run was stopped after saving the graph and before redrawing it", path
-            )
-        return digest
-    if digest is not None and entry is None and stored is not None and stored.legacy:
-        return digest  # written by an older version, which recorded the .dot alone
-    why = "imported" if stored is not None and stored.imported else "edited"
-    aside = _set_aside(path, why)
-    logger.warning(
-        "%s was not written by sparse_coding for this graph (changed by hand, or another program's); it "
-        "was moved aside as %s and is drawn again from %s",
-        path,
-        aside.name,
-        json_path_for(path).name if stored and not stored.imported else "the imported graph",
-    )
-    return None
-
-
-def _keep_before(paths: list[Path], run_id: str) -> None:
-    """``--new-graph``: keep the existing files as ``<stem>.before-<run id><ext>`` (hard links, or copies)."""
-    kept = []
-    for path in paths:
-        if os.path.lexists(path):
-            aside = path.with_name(f"{path.stem}.before-{run_id}{path.suffix}")
-            try:
-                os.link(path, aside, follow_symlinks=False)
-            except OSError:
-                shutil.copy2(path, aside, follow_symlinks=False)
-            kept.append(path.suffix)
-    if kept:
-        stem = paths[0].parent / paths[0].stem
-        aside = f"{stem}.before-{run_id}{{{','.join(kept)}}}"
-        logger.info("--new-graph: set the existing graph aside as %s", aside)
-
-
-def _write(
-    graph: Graph,
-    dot_path: Path,
-    image_path: Path | None,
-    options: RenderOptions,
-    timeout_s: float,
-    stored: Stored | None,
-    new_graph_id: str | None = None,
-) -> None:
-    """Draw every file to a temp, check, then commit: the .json first, then the derived files."""
-    try:
-        graph.check()
-    except ValueError as e:
-        raise GraphFileError(f"the graph for {dot_path} cannot be saved: {e}; nothing was written") from e
-    json_path, page = json_path_for(dot_path), viewer_path_for(dot_path, image_path)
-    in_order = Graph(  # the same nodes and edges in file order: each writer's sort is then one pass
-        nodes={node.id: node for node in graph.sorted_nodes()},
-        edges={(edge.source, edge.target): edge for edge in graph.sorted_edges()},
-        metadata=graph.metadata,
-        user=graph.user,
-    )
-    with storage.Commit() as commit:
-        texts = _draw(in_order, commit, image_path, options, timeout_s)
-        if image_path is not None and image_path.suffix.lower() == ".svg":
-            svg = commit.temp(image_path).read_text(encoding="utf-8")
-            texts["image"] = re.sub(r"(<svg\b)", rf"<!-- {DERIVED_NOTE} -->\n\1", svg, count=1)
-        files = {dot_path: texts["dot"].encode("utf-8"), page: texts["page"].encode("utf-8")}
-        if image_path is not None:
-            files[image_path] = texts["image"].encode("utf-8") if "image" in texts else None
-        body = texts["json"].encode("utf-8")
-        _check_space(dot_path.parent, [*files.values(), body])
-        for path, data in files.items():
-            if data is not None:
-                commit.write(path, data)
-        derived = {p.name: {"sha256": _sha256(d or commit.temp(p).read_bytes())} for p, d in files.items()}
-        if new_graph_id is not None:
-            _keep_before([json_path, *files], new_graph_id)
-        else:
-            for path in files:
-                derived[path.name]["previous"] = _check_derived(path, stored)
-        if image_path is None and stored is not None:
-            derived |= {name: e for name, e in stored.derived.items() if name not in derived}
-        header = f'{{\n"format": {FORMAT},\n"derived": {json.dumps(derived, separators=(",", ":"))},\n'
-        commit.write(json_path, header.encode("utf-8") + body.removeprefix(b"{\n"))
-        commit.apply(order=[json_path, dot_path, *([image_path] if image_path else []), page])
-    logger.info("saved graph (%d nodes, %d edges) to %s", len(graph.nodes), len(graph.edges), json_path)
-
-
-def _check_space(folder: Path, contents: list[bytes | None]) -> None:
-    """Refuse before writing when the folder lacks the room for this write's files."""
-    needed = sum(len(c) for c in contents if c is not None)
-    free = storage.free_space(folder)
-    if free is not None and free < needed:
-        raise StorageError(
-            f"the folder {folder} lacks the room for this run's graph files: "
-            f"{storage.full_disk_text(folder, needed)}; free some space or set DATA_DIR to another disk. "
-            f"Nothing was written: the graph files there were left as they were."
-        )
-
-
 # ---------------------------------------------------------------- save, update
+
+
+def _targets(dot_path: Path, image_path: Path | None) -> Targets:
+    return Targets(json_path_for(dot_path), dot_path, image_path, viewer_path_for(dot_path, image_path))
 
 
 def _image_or_none(dot_path: Path, image_path: Path | None) -> Path | None:
@@ -410,8 +212,8 @@ def save_graph(
             stored = read_stored(dot_path)
         except GraphFileError:
             stored = None  # overwritten as it is asked; its derived files are moved aside
-        image_path = _image_or_none(dot_path, image_path)
-        _write(graph, dot_path, image_path, options or RenderOptions(), timeout_s, stored)
+        targets = _targets(dot_path, _image_or_none(dot_path, image_path))
+        write_graph(graph, targets, options or RenderOptions(), timeout_s, stored)
 
 
 def _merged(graph: Graph, run: Graph, dot_path: Path) -> Graph:
@@ -464,6 +266,6 @@ def update_graph_files(
         if stored is not None and not new_graph:
             merged = _merged(stored.graph, run, dot_path)
         set_aside = run.runs[-1]["id"] if new_graph and stored is not None else None
-        image_path = _image_or_none(dot_path, image_path)
-        _write(merged, dot_path, image_path, options or RenderOptions(), timeout_s, stored, set_aside)
+        targets = _targets(dot_path, _image_or_none(dot_path, image_path))
+        write_graph(merged, targets, options or RenderOptions(), timeout_s, stored, set_aside)
     return merged
