@@ -16,6 +16,7 @@ setup(
             "demo/*.txt",
             "demo/model/*",
             "demo/saes/*/*",
+            "sharing/*.json",
         ]
     },
     python_requires=">=3.10",
@@ -37,7 +38,16 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
+        # Graph.to_pandas / to_networkx, `sparse-coding export --to csv|parquet`.
+        "analysis": ["pandas>=2", "networkx>=3", "pyarrow>=14"],
+        # W&B logging of runs (WANDB_PROJECT); without it a run warns and goes on.
+        "wandb": ["wandb>=0.17"],
         "test": [
+            "pandas>=2",
+            "networkx>=3",
+            "pyarrow>=14",
+            "jsonschema>=4",  # tests/test_sharing.py validates the Neuronpedia export
+            "wandb>=0.17",  # tests/test_wandb_runs.py logs an offline run
             "pytest>=8",
             "hypothesis>=6.100",
             "ruff>=0.5",

@@ -37,6 +37,8 @@ SCRIPTS = {
     "val": "sparse_coding.val",
     "hist": "sparse_coding.hist",
     "demo": "sparse_coding.demo.run",
+    "export": "sparse_coding.export",
+    "upload": "sparse_coding.upload",
 }
 
 
@@ -211,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [-v] [...]", file=sys.stderr)
         print(
             "  pipe|fast|val|hist: the four scripts; demo: the offline demo into a folder; "
+            "export: a graph to Neuronpedia's format or tables; upload: a Neuronpedia graph file; "
             "'sparse-coding SCRIPT --help' says more",
             file=sys.stderr,
         )

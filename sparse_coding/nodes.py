@@ -99,3 +99,26 @@ def hook_position(hook_name: str) -> tuple[int, int]:
             f"with HOOK one of {sorted(HOOK_ORDER)}"
         )
     return int(match[1]), HOOK_ORDER[match[2]]
+
+
+# Positioned nodes: an id may end in ``@{position}`` (token index, BOS = 0),
+# e.g. ``resid_9.331@7`` or ``mlp_error_9@7``; summed nodes carry no suffix.
+_POSITION_RE = re.compile(r"^(.+)@(\d+)$")
+
+
+def with_position(node_id: str, position: int | None) -> str:
+    """``node_id`` at token `position` (``resid_9.331@7``); unchanged for None (a summed node)."""
+    return node_id if position is None else f"{node_id}@{position}"
+
+
+def split_position(node_id: str) -> tuple[str, int | None]:
+    """(id without its ``@position``, the position or None): ``resid_9.331@7`` -> (``resid_9.331``, 7)."""
+    if match := _POSITION_RE.fullmatch(node_id):
+        return match[1], int(match[2])
+    return node_id, None
+
+
+def parse_positioned_id(node_id: str) -> tuple[NodeId, int | None]:
+    """A feature or error id with an optional ``@position``; ValueError as `parse_node_id`."""
+    base, position = split_position(node_id)
+    return parse_node_id(base), position

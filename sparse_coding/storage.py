@@ -296,8 +296,13 @@ class Commit:
 
 
 def fill(temp: Path, data: bytes, *, sync: bool = True, append: bool = False) -> None:
-    """Write (or append) `data` to a temp file of a `Commit`, fsynced unless `sync` is False."""
-    with open(temp, "ab" if append else "wb") as file:
+    """Write (or append) `data` to a temp file of a `Commit`, fsynced unless `sync` is False.
+
+    The temp must exist: one removed meanwhile (the commit was given up) is not created again.
+    """
+    with open(temp, "ab" if append else "r+b") as file:
+        if not append:
+            file.truncate()
         file.write(data)
         if sync:
             file.flush()

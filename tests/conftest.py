@@ -308,6 +308,20 @@ def hooks(model, fns: dict):
             h.remove()
 
 
+def float64_prompt(tmp_path_factory, model_dir: Path, templates: dict[str, str], prompt: str):
+    """(spliced model in float64 with every tiny SAE site, the prompt as one example batch)."""
+    from sparse_coding.config import config_from_dict
+    from sparse_coding.pairs import Pair, example_batches, tokenize_pair
+    from sparse_coding.pipelines.loading import load_spliced_model
+
+    data = tmp_path_factory.mktemp("data")
+    config = config_from_dict(tiny_config_dict(data, model_dir, templates) | {"DTYPE": "float64"})
+    spliced, tokenizer = load_spliced_model(config)
+    example = tokenize_pair(Pair(prompt), tokenizer, prepend_bos=True, max_len=64)
+    (batch,) = example_batches([example], batch_size=1, pad_id=0, device="cpu")
+    return spliced, batch
+
+
 def plain_activations(spliced, inputs) -> dict:
     """Plain activations (no splicing) at every site of `spliced`."""
     acts = {}

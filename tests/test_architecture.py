@@ -1,7 +1,7 @@
 """The package's imports run one way: each layer imports only the layers before it.
 
 Read from the folder names: foundation -> config -> models -> splicing ->
-graphs -> algorithms -> labels -> pipelines -> cli -> scripts. The check
+graphs -> algorithms -> labels -> sharing -> pipelines -> cli -> scripts. The check
 walks every module's import statements (ast, nothing is imported), so a
 back-arrow fails here before it tangles the package.
 """
@@ -27,13 +27,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("graphs",),
     ("algorithms",),
     ("labels",),
+    ("sharing",),
     ("pipelines",),
     ("cli",),
-    ("pipe", "fast", "val", "hist", "__main__", "demo"),
+    ("pipe", "fast", "val", "hist", "export", "upload", "__main__", "demo"),
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # Only these read the Config object: everything below takes explicit arguments.
-CONFIG_READERS = {"pipelines", "cli", "pipe", "fast", "val", "hist", "__main__", "demo"}
+CONFIG_READERS = {"pipelines", "cli", "pipe", "fast", "val", "hist", "export", "upload", "__main__", "demo"}
 CONFIG_NAMES = {"Config", "load_config", "config_from_dict"}
 
 

@@ -62,7 +62,7 @@ def test_the_console_command_without_a_script_lists_the_scripts(capsys):
     with pytest.raises(SystemExit) as done:
         main(["plot"])
     assert done.value.code == 2
-    assert "sparse-coding {pipe|fast|val|hist|demo}" in capsys.readouterr().err
+    assert "sparse-coding {pipe|fast|val|hist|demo|export|upload}" in capsys.readouterr().err
 
 
 def test_the_installed_package_declares_the_console_command():

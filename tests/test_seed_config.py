@@ -78,6 +78,9 @@ NUM_RETURN_SEQUENCES: 1
 NUM_SHOT: 6
 """
 HONOURED = {
+    "WANDB_PROJECT": "sparse_coding",
+    "WANDB_ENTITY": "someone",
+    "WANDB_MODE": "offline",
     "ACTS_LAYERS_SLICE": "9:12",
     "NUM_UP_NODES": 1,
     "NUM_DOWN_NODES": 1,
@@ -94,7 +97,6 @@ UNUSED = [
     "LAMBDA_L1",
     "TRAINING_BATCH_SIZE",
     "NUM_WORKERS",
-    "WANDB_MODE",
     "ACTS_DATA_FILE",
     "JACOBIANS_DOT_FILE",
     "NUM_SHOT",
@@ -120,7 +122,7 @@ def test_the_unused_seed_keys_are_named_in_one_info_line_with_their_reasons(tmp_
     lines = [r.getMessage() for r in records if "not used by sparse_coding" in r.getMessage()]
     assert len(lines) == 1
     assert all(key in lines[0] for key in UNUSED), lines[0]
-    assert "RESID_SAES/ATTN_SAES/MLP_SAES" in lines[0] and "W&B" in lines[0]
+    assert "RESID_SAES/ATTN_SAES/MLP_SAES" in lines[0] and "WANDB" not in lines[0]
     assert "NUM_UP_NODES" not in lines[0] and "GRADS_FILE" not in lines[0]
 
 

@@ -118,6 +118,9 @@ def test_a_full_disk_names_the_folder_the_space_needed_and_the_space_free(tmp_pa
         def __exit__(self, *exc):
             self.file.close()
 
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -69,7 +69,10 @@ CHOICES = {
     "BASELINE": ("zero", "patch", "mean"),
     "SELECTION": ("topk", "threshold"),
     "NODE_ESTIMATOR": ("gradient", "exact"),
+    "NODE_POSITIONS": ("sum", "each"),
 }
+# Keys that may be unset (null) but, when set, take one of these values.
+OPTIONAL_CHOICES = {"WANDB_MODE": ("online", "offline", "disabled")}
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Config:
     NODE_THRESHOLD: float = 0.1
     EDGE_THRESHOLD: float = 0.01
     NODE_ESTIMATOR: str = "gradient"
+    NODE_POSITIONS: str = "sum"
     # Model, prompt and data.
     MODEL_DIR: str = "openai-community/gpt2"
     PROMPT: str = "Copyright (C)"
@@ -134,6 +138,10 @@ class Config:
     SEQ_PER_DIM_CAP: int = 10
     NEURONPEDIA: bool = True
     NEURONPEDIA_URL: str = "https://www.neuronpedia.org"
+    # Weights & Biases (the seed's keys): a project turns logging on.
+    WANDB_PROJECT: str | None = None
+    WANDB_ENTITY: str | None = None
+    WANDB_MODE: str | None = None
     # hist.py preclustering.
     NUM_CLUSTERS: int = 8
     KEEPER_CLUSTER_INDEX: int = 0
@@ -427,6 +435,11 @@ def _check_values(config: Config, where: str) -> None:
         if getattr(config, key) not in valid:
             raise ConfigError(
                 f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)}"
+            )
+    for key, valid in OPTIONAL_CHOICES.items():
+        if getattr(config, key) not in (None, *valid):
+            raise ConfigError(
+                f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)} or null"
             )
     _check_examples(config, where)
     check_files_and_servers({f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, where)

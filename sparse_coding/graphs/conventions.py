@@ -67,16 +67,26 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
         ),
         "node attribution": (
             f"{estimate} of m(node at {BASELINE_TEXT.get(baseline, baseline)}) - m(clean), "
-            f"{METRIC_TEXT.get(metric, metric)}; summed over positions, mean over examples: "
+            f"{METRIC_TEXT.get(metric, metric)}; {_positions_text(settings)}, mean over examples: "
             f"positive = the node supports the answer"
         ),
-        "node activation": "the feature's largest activation over the prompt's positions",
+        "node activation": (
+            "the feature's largest activation at the node's position (id @position, BOS = 0)"
+            if settings.get("NODE_POSITIONS") == "each"
+            else "the feature's largest activation over the prompt's positions"
+        ),
         "logit cells": (
             "W_dec[feature] . W_U (direct effect on the logits, final layer norm ignored): "
             "blue = the feature promotes the token, red = it suppresses it"
         ),
         "nodes": fast_selection(settings),
     }
+
+
+def _positions_text(settings: Mapping[str, Any]) -> str:
+    if settings.get("NODE_POSITIONS") == "each":
+        return "one node per token position (id @position, BOS = 0)"
+    return "summed over positions"
 
 
 def fast_selection(settings: Mapping[str, Any]) -> str:
@@ -90,8 +100,10 @@ def fast_selection(settings: Mapping[str, Any]) -> str:
         )
     if settings.get("SELECTION") == "threshold":
         return (
-            f"down-nodes: |attribution| > {settings.get('NODE_THRESHOLD', 0.1)}; edges: |effect| > "
-            f"{settings.get('EDGE_THRESHOLD', 0.01)}"
+            f"Marks et al.: nodes (features and errors) with |attribution| > "
+            f"{settings.get('NODE_THRESHOLD', 0.1)}; edges between two such nodes with |effect| > "
+            f"{settings.get('EDGE_THRESHOLD', 0.01)}, read at the (example, position) entries whose own "
+            f"|attribution| passes the node threshold"
         )
     return (
         f"down-nodes: the {settings.get('NUM_DOWN_NODES', 5)} largest |attribution| per site; edges: the "

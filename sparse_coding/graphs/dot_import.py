@@ -30,7 +30,7 @@ from typing import Any
 
 from sparse_coding.graphs.dot_parser import DotGraph, parse_dot
 from sparse_coding.graphs.graph import MEASURED, Edge, Graph, Node, finite, loads_strict, run_record
-from sparse_coding.nodes import parse_node_id
+from sparse_coding.nodes import parse_positioned_id
 
 _SEED_FEATURE_RE = re.compile(r"^(\d+)\.(\d+)$")  # seed tool: "9.331" is resid layer 9, feature 331
 _SEED_ERROR_RE = re.compile(r"^(resid|attn|mlp)_error_(\d+)(?:\.\d+)?$")
@@ -43,7 +43,7 @@ def import_node_id(name: str) -> str | None:
     if match := _SEED_ERROR_RE.match(name):
         return f"{match[1]}_error_{match[2]}"
     try:
-        parse_node_id(name)
+        parse_positioned_id(name)
     except ValueError:
         return None
     return name

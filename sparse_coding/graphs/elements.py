@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_node_id
+from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_positioned_id, split_position
 
 # Where a site sits inside its block when the node carries no hook name. The
 # resid default is hook_resid_pre: the default resid SAEs (res-jb) read there.
@@ -140,9 +140,14 @@ class Node:
 
     @classmethod
     def from_id(cls, node_id: str, **attrs: Any) -> Node:
-        """Build a node whose site, layer and feature are parsed from its id."""
-        parsed = parse_node_id(node_id)
+        """Build a node whose site, layer and feature are parsed from its id (``@position`` allowed)."""
+        parsed, _ = parse_positioned_id(node_id)
         return cls(id=node_id, site=parsed.site, layer=parsed.layer, feature=parsed.feature, **attrs)
+
+    @property
+    def position(self) -> int | None:
+        """The token position of a positioned node (``resid_9.331@7`` -> 7); None for a summed node."""
+        return split_position(self.id)[1]
 
     @property
     def is_error(self) -> bool:

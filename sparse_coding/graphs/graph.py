@@ -66,6 +66,7 @@ __all__ = [
     "UserDrawing",
     "finite",
     "new_run_id",
+    "prompt_tokens",
     "run_record",
 ]
 
@@ -215,6 +216,25 @@ class Graph:
         }
         return data | ({"user_drawing": self.user.to_dict()} if self.user else {})
 
+    def to_pandas(self, *, per_run: bool = False) -> tuple[Any, Any]:
+        """(nodes, edges) as pandas DataFrames (needs ``pip install -e ".[analysis]"``).
+
+        Nodes: id, site, layer, feature, position (None when summed), activation,
+        attribution, hook, neuronpedia_id, explanation, n_runs; edges: source,
+        target, effect, n_runs. With `per_run`, one row per run value instead
+        (a ``run`` column; values measured by that run).
+        """
+        from sparse_coding.graphs.tables import graph_frames
+
+        return graph_frames(self, per_run=per_run)
+
+    def to_networkx(self) -> Any:
+        """A networkx DiGraph: node attributes as in `to_pandas`, edge attributes ``effect`` and
+        ``abs_effect`` (needs ``pip install -e ".[analysis]"``)."""
+        from sparse_coding.graphs.tables import graph_networkx
+
+        return graph_networkx(self)
+
     @classmethod
     def from_dict(cls, data: object) -> Graph:
         """Inverse of ``to_dict``, strict: a ValueError names the node, edge, run or field that is wrong."""
@@ -338,6 +358,17 @@ def _edge_lines(edges: list[Edge]) -> list[str]:
             runs.append(f"{key}:{number(float(value))}")
         lines.append(f'{head},"n_runs":{len(runs)},"runs":{{{",".join(runs)}}}}}')
     return lines
+
+
+def prompt_tokens(metadata: dict[str, Any]) -> list[str] | None:
+    """The token strings of the prompt a graph was computed on (BOS first when prepended): a fresh
+    graph's own ``prompt_tokens``, else its latest run's that has them; None if none does."""
+    if metadata.get("prompt_tokens"):
+        return list(metadata["prompt_tokens"])
+    for run in reversed(metadata.get("runs") or []):
+        if run.get("prompt_tokens"):
+            return list(run["prompt_tokens"])
+    return None
 
 
 def new_run_id() -> str:

@@ -130,21 +130,37 @@ def _draw_all(
     temps = {path: commit.temp(path) for path in (targets.dot, targets.json, targets.page)}
     with shared_labels(), ThreadPoolExecutor(1, thread_name_prefix="graph_writer") as pool:
         texts = pool.submit(contextvars.copy_context().run, _write_texts, graph, options, targets, temps)
-        if targets.image is None:
-            return texts.result()[0]
-        image, image_temp = targets.image, commit.temp(targets.image)
         try:
-            work = commit.scratch(image.with_name(image.name + ".drawing"))
-            fmt = image_format(image)
-            draw_image(graph, image_temp, fmt=fmt, options=options, timeout_s=timeout_s, work_dir=work)
-        except GraphFileError as e:
-            raise _drawing_failed(image, image_temp, e, texts) from e
-        hashes = texts.result()[0]
+            if targets.image is None:
+                return texts.result()[0]
+            image, image_temp = targets.image, commit.temp(targets.image)
+            try:
+                work = commit.scratch(image.with_name(image.name + ".drawing"))
+                fmt = image_format(image)
+                draw_image(graph, image_temp, fmt=fmt, options=options, timeout_s=timeout_s, work_dir=work)
+            except GraphFileError as e:
+                raise _drawing_failed(image, image_temp, e, texts) from e
+            hashes = texts.result()[0]
+        finally:
+            _wait(texts)
     data = image_temp.read_bytes()
     if image.suffix.lower() == ".svg":
         data = re.sub(rb"(<svg\b)", f"<!-- {DERIVED_NOTE} -->\n".encode() + rb"\1", data, count=1)
     storage.fill(image_temp, data)
     return hashes | {image.name: _sha256(data)}
+
+
+def _wait(texts: Future) -> None:
+    """Let the worker finish before the commit removes its temps, even through Ctrl-C or SIGTERM
+    (it writes for well under a second; the interruption is raised again afterwards)."""
+    interrupted = None
+    while not texts.done():
+        try:
+            texts.exception()
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
 
 
 def _drawing_failed(image: Path, temp: Path, e: GraphFileError, texts: Future) -> SparseCodingError:

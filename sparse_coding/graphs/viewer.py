@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_coding import storage
-from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
 from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
 from sparse_coding.graphs.markup import shown_logits
 
@@ -72,6 +72,7 @@ def _row_label(node: Node) -> str:
 def _node_data(node: Node, row: int, metadata: dict[str, Any], run_index: dict[str, int]) -> dict[str, Any]:
     return {
         "id": node.id,
+        "position": node.position,
         "hook": node.hook,
         "row": row,
         "error": node.is_error,
@@ -115,7 +116,17 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
         "runs": _run_labels(metadata),
         "caption": caption_lines(metadata),
         "legend": [list(entry) for entry in legend_entries(metadata)],
+        "tokens": _token_axis(metadata, nodes),
     }
+
+
+def _token_axis(metadata: dict[str, Any], nodes: list[Node]) -> list[str] | None:
+    """The prompt's tokens when every node is positioned (the page then draws a token axis), else None."""
+    tokens = prompt_tokens(metadata)
+    positions = [node.position for node in nodes]
+    if not tokens or not positions or None in positions or max(positions) >= len(tokens):
+        return None
+    return tokens
 
 
 def script_safe_json(value: Any) -> str:

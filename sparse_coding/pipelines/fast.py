@@ -3,8 +3,8 @@
 Examples come from PAIRS_FILE (NUM_EXAMPLES JSONL rows), else from PROMPT
 (+ PATCH_PROMPT, ANSWER, PATCH_ANSWER) as one example; they are batched by
 BATCH_SIZE. METRIC, BASELINE, IG_STEPS, SELECTION (NUM_DOWN_NODES /
-NUM_UP_NODES or NODE_THRESHOLD / EDGE_THRESHOLD) and NODE_ESTIMATOR shape the
-graph; hist.py's cached thresholds, when they match the run, choose down-nodes.
+NUM_UP_NODES or NODE_THRESHOLD / EDGE_THRESHOLD), NODE_POSITIONS and
+NODE_ESTIMATOR shape the graph; hist.py's cached thresholds, when they match the run, choose down-nodes.
 """
 
 import logging
@@ -60,6 +60,7 @@ def graph_options(config: Config, *, has_patch_answers: bool) -> GraphOptions:
         node_threshold=config.NODE_THRESHOLD,
         edge_threshold=config.EDGE_THRESHOLD,
         exact=config.NODE_ESTIMATOR == "exact",
+        node_positions=config.NODE_POSITIONS,
     )
 
 
@@ -91,7 +92,23 @@ def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> G
         thresholds=thresholds.values if thresholds else None,
     )
     graph.metadata["examples"] = examples_source(config)
+    graph.metadata |= prompt_metadata(spliced, batches[0], tokenizer)
     return graph
+
+
+def prompt_metadata(spliced: SplicedModel, batch: ExampleBatch, tokenizer: Tokenizer) -> dict:
+    """The first example's tokens (BOS = position 0 when prepended), the answer the metric explains
+    and the model's probability of it."""
+    ids = batch.input_ids[0, : int(batch.attention_mask[0].sum())].tolist()
+    answer = int(batch.answers[0])
+    with torch.no_grad():
+        logits = spliced(batch.input_ids[:1], batch.attention_mask[:1])[0, batch.last[0]]
+    return {
+        "prompt_tokens": [tokenizer.decode([token]) for token in ids],
+        "answer_token": tokenizer.decode([answer]),
+        "answer_token_id": answer,
+        "answer_probability": float(torch.softmax(logits.float(), -1)[answer]),
+    }
 
 
 def examples_source(config: Config) -> str:

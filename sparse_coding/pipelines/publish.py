@@ -26,6 +26,7 @@ from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
+from sparse_coding.sharing.wandb_runs import log_run, wandb_settings
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -107,12 +108,41 @@ def publish_graph(
     if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
         written.append(image_name)
     written.append(viewer_path_for(dot_path, out_dir / image_name).name)
+    log_config_run(
+        config,
+        script=script,
+        summary=run_summary(graph, merged),
+        files=[dot_path.with_suffix(".json"), viewer_path_for(dot_path, out_dir / image_name)],
+        image=out_dir / image_name,
+        out_dir=out_dir,
+    )
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; "
         f"wrote {', '.join(written)}"
     )
     return Published(merged, dot_path, line)
+
+
+def log_config_run(config: Config, **run: Any) -> None:
+    """`wandb_runs.log_run` with the config's W&B keys and values (nothing without a project)."""
+    settings = wandb_settings(config.WANDB_PROJECT, config.WANDB_ENTITY, config.WANDB_MODE)
+    log_run(settings, run_config=config.to_metadata(), **run)
+
+
+def run_summary(graph: Graph, merged: Graph) -> dict[str, Any]:
+    """A run's summary numbers for W&B: this run's and the merged graph's size, explained share, timings."""
+    summary = {
+        "nodes": len(graph.nodes),
+        "edges": len(graph.edges),
+        "graph_nodes": len(merged.nodes),
+        "graph_edges": len(merged.edges),
+    }
+    if graph.metadata.get("fraction_explained") is not None:
+        summary["fraction_explained"] = graph.metadata["fraction_explained"]
+    phases = graph.metadata.get("phases") or {}
+    timings = {f"seconds/{name}": value for name, value in phases.items() if isinstance(value, (int, float))}
+    return summary | timings
 
 
 def wanted_features(graph: Graph) -> dict[str, list[int]]:

@@ -24,6 +24,7 @@ from sparse_coding.pipelines.circuit import (
 )
 from sparse_coding.pipelines.inputs import config_batches, interpreted_texts, warn_unknown_prompts
 from sparse_coding.pipelines.loading import check_sources, load_spliced_model
+from sparse_coding.pipelines.publish import log_config_run
 from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 from sparse_coding.splicing.splice import SplicedModel
@@ -89,6 +90,9 @@ def run_val(
     )
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
     write_report(data | {"pairs": pairs, "config": config.to_metadata()}, path)
+    numbers = {"faithfulness": result.faithfulness, "completeness": result.completeness, "kl": result.kl}
+    timings = {f"seconds/{name}": value for name, value in phases.metadata().items()}
+    log_config_run(config, script="val.py", summary=numbers | timings, files=[path], out_dir=path.parent)
     pairs_text = "" if pairs is None else f"\n{format_pairs_report(pairs)}"
     return f"{format_report(data)}{pairs_text}\n\nWrote {path}"
 
