@@ -79,6 +79,17 @@ class _InOrder(Graph):
         return list(self.edges.values())
 
 
+def _in_order(graph: Graph) -> _InOrder:
+    nodes = graph.sorted_nodes()
+    order = {node.id: i for i, node in enumerate(nodes)}
+    return _InOrder(
+        nodes={node.id: node for node in nodes},
+        edges={(e.source, e.target): e for e in graph.sorted_edges(order)},
+        metadata=graph.metadata,
+        user=graph.user,
+    )
+
+
 @dataclass(frozen=True)
 class Targets:
     """The four files of one graph."""
@@ -102,6 +113,7 @@ def _write_texts(
     """The worker's part: the .dot and the page written whole, the .json all but its record of the
     derived files (`write_graph` appends it). Returns the .dot's and page's hashes by name, and the
     bytes written."""
+    graph = _in_order(graph)
     texts = {  # the .dot last: its labels are the image's, which the drawing builds meanwhile
         targets.json: graph.to_json({"format": FORMAT}).encode("utf-8").removesuffix(b"\n}\n"),
         targets.page: viewer_page(graph).encode("utf-8"),
@@ -257,17 +269,9 @@ def write_graph(
         graph.check()
     except ValueError as e:
         raise GraphFileError(f"the graph for {targets.dot} cannot be saved: {e}; nothing was written") from e
-    nodes = graph.sorted_nodes()
-    order = {node.id: i for i, node in enumerate(nodes)}
-    in_order = _InOrder(
-        nodes={node.id: node for node in nodes},
-        edges={(e.source, e.target): e for e in graph.sorted_edges(order)},
-        metadata=graph.metadata,
-        user=graph.user,
-    )
     derived_files = [p for p in (targets.dot, targets.image, targets.page) if p is not None]
     with storage.Commit() as commit:
-        hashes = _draw_all(in_order, commit, targets, options, timeout_s)
+        hashes = _draw_all(graph, commit, targets, options, timeout_s)
         derived = {name: {"sha256": digest} for name, digest in hashes.items()}
         if new_graph_id is not None:
             _keep_before([targets.json, *derived_files], new_graph_id)

@@ -330,7 +330,6 @@ def annotate_graph(
         max_backoff_s,
         max_network_failures,
         time.monotonic() + budget_s,
-        workers=max_workers,
     )
     try:
         cache: Path | None = server_cache_dir(cache_dir, redact_url(base_url))

@@ -213,19 +213,22 @@ class Client:
     max_backoff_s: float
     max_network_failures: int
     deadline: float  # time.monotonic() when the run's budget is spent
-    workers: int = 8
     requests_sent: int = 0
     network_failures: int = 0
     retried_sources: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    local: threading.local = field(default_factory=threading.local)
 
-    def __post_init__(self) -> None:
-        retry = _Retry(
-            total=None, connect=0, read=False, other=0, status=self.retries, status_forcelist=RETRY_STATUS,
-            backoff_factor=self.backoff_s, backoff_max=self.max_backoff_s, raise_on_status=False,
-            respect_retry_after_header=True,
-        )  # fmt: skip
-        self.session = _KeyOnlyToHost(self.base_url, retry, self.workers)
+    def session(self) -> requests.Session:
+        """This thread's session (a requests Session is not shared between threads)."""
+        if not hasattr(self.local, "session"):
+            retry = _Retry(
+                total=None, connect=0, read=False, other=0, status=self.retries,
+                status_forcelist=RETRY_STATUS, backoff_factor=self.backoff_s,
+                backoff_max=self.max_backoff_s, raise_on_status=False, respect_retry_after_header=True,
+            )  # fmt: skip
+            self.local.session = _KeyOnlyToHost(self.base_url, retry, pool_size=1)
+        return self.local.session
 
     def count_request(self) -> None:
         with self.lock:
@@ -260,7 +263,7 @@ class Client:
         exchange = _Exchange(self, source, _Deadline(self.timeout_s, self.deadline))
         _EXCHANGE.current = exchange
         try:
-            with self.session.get(url, headers=self.headers, timeout=timeout, stream=True) as response:
+            with self.session().get(url, headers=self.headers, timeout=timeout, stream=True) as response:
                 return Answer(response.status_code, _read_body(response, exchange.deadline))
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             with self.lock:
