@@ -9,6 +9,7 @@ graph file is refused with a sentence, never half-loaded.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field, fields, replace
@@ -27,6 +28,19 @@ MEASURED = ("activation", "attribution")  # node values kept per run
 
 
 # ---------------------------------------------------------------- strict readers of JSON values
+
+
+def loads_strict(text_: str | bytes) -> Any:
+    """JSON as graph files are read: NaN, Infinity and numbers too large for a float are refused."""
+    return json.loads(text_, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"the number {name} is not finite")
+
+
+def _finite_float(literal: str) -> float:
+    return finite(float(literal), f"the number {literal[:40]}")
 
 
 def finite(value: object, what: str = "a stored number") -> float:

@@ -52,6 +52,7 @@ from sparse_coding.graphs.elements import (
     Node,
     UserDrawing,
     finite,
+    loads_strict,
     mapping,
     sequence,
     text,
@@ -65,6 +66,7 @@ __all__ = [
     "Node",
     "UserDrawing",
     "finite",
+    "loads_strict",
     "new_run_id",
     "prompt_tokens",
     "run_record",
@@ -288,19 +290,6 @@ class Graph:
     def from_json(cls, text_: str | bytes) -> Graph:
         """Inverse of ``to_json``; raises ValueError naming what is wrong (header keys are ignored)."""
         return cls.from_dict(loads_strict(text_))
-
-
-def loads_strict(text_: str | bytes) -> Any:
-    """JSON as `Graph.from_json` reads it: NaN, Infinity and numbers too large for a float are refused."""
-    return json.loads(text_, parse_constant=_refuse_constant, parse_float=_finite_float)
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"the number {name} is not finite")
-
-
-def _finite_float(literal: str) -> float:
-    return finite(float(literal), f"the number {literal[:40]}")
 
 
 def _numbers(node: Node) -> list[Any]:

@@ -321,22 +321,14 @@ def annotate_graph(
         logger.info("Neuronpedia annotations %s", "off" if not enabled else "not needed")
         return stats
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    headers = {API_KEY_HEADER: key} if key else {}
     client = Client(
-        base_url,
-        {API_KEY_HEADER: key} if key else {},
-        timeout_s,
-        retries,
-        backoff_s,
-        max_backoff_s,
-        max_network_failures,
+        base_url, headers, timeout_s, retries, backoff_s, max_backoff_s, max_network_failures,
         time.monotonic() + budget_s,
+    )  # fmt: skip
+    results, failures = _lookup_all(
+        client, _server_cache(cache_dir, base_url), keys, max_workers, max_logits, stats
     )
-    try:
-        cache: Path | None = server_cache_dir(cache_dir, redact_url(base_url))
-    except StorageError as e:
-        logger.warning("Neuronpedia answers are not cached this run: %s", e)
-        cache = None
-    results, failures = _lookup_all(client, cache, keys, max_workers, max_logits, stats)
     if not defer_cache:
         _save(stats.answers)
     for node in nodes:
@@ -346,12 +338,18 @@ def annotate_graph(
     _warn_failures(failures, len(keys))
     logger.info(
         "Neuronpedia: %d features, %d cached, %d fetched, %d requests",
-        stats.features,
-        stats.from_cache,
-        stats.fetched,
-        stats.requests,
-    )
+        stats.features, stats.from_cache, stats.fetched, stats.requests,
+    )  # fmt: skip
     return stats
+
+
+def _server_cache(cache_dir: Path, base_url: str) -> Path | None:
+    """The server's cache folder; None (with a warning) when a link leads it out of `cache_dir`."""
+    try:
+        return server_cache_dir(cache_dir, redact_url(base_url))
+    except StorageError as e:
+        logger.warning("Neuronpedia answers are not cached this run: %s", e)
+        return None
 
 
 def _lookup_all(

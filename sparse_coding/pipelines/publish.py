@@ -86,19 +86,10 @@ def publish_graph(
     with phases.phase("labels: contexts"):
         contexts, grown = collect_missing(config, spliced, tokenizer, features=wanted_features(graph))
         add_contexts(graph, contexts, config.TOP_K)
-    answers: list = []
     with phases.phase("labels: logit cells"):
         add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
     with phases.phase("labels: Neuronpedia"):
-        if config.NEURONPEDIA:  # only runs that ask for annotations import requests
-            from sparse_coding.labels.neuronpedia import annotate_graph
-
-            cache_dir = config.DATA_DIR / "neuronpedia_cache"
-            answers = annotate_graph(
-                graph, base_url=config.NEURONPEDIA_URL, cache_dir=cache_dir, defer_cache=True
-            ).answers
-        else:
-            logger.info("Neuronpedia annotations off (NEURONPEDIA: false)")
+        answers = neuronpedia_answers(graph, config)
     graph.metadata["phases"] = phases.metadata()
     dot_path = out_dir / dot_name
     with phases.phase("write and render"):
@@ -122,6 +113,19 @@ def publish_graph(
         f"wrote {', '.join(written)}"
     )
     return Published(merged, dot_path, line)
+
+
+def neuronpedia_answers(graph: Graph, config: Config) -> list[tuple[caches.Cache, Any]]:
+    """Annotate `graph` from Neuronpedia (when NEURONPEDIA is on); returns the answers to cache."""
+    if not config.NEURONPEDIA:
+        logger.info("Neuronpedia annotations off (NEURONPEDIA: false)")
+        return []
+    from sparse_coding.labels.neuronpedia import annotate_graph  # only runs that ask import requests
+
+    cache_dir = config.DATA_DIR / "neuronpedia_cache"
+    return annotate_graph(
+        graph, base_url=config.NEURONPEDIA_URL, cache_dir=cache_dir, defer_cache=True
+    ).answers
 
 
 def log_config_run(config: Config, **run: Any) -> None:
