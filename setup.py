@@ -16,6 +16,7 @@ setup(
             "demo/*.txt",
             "demo/model/*",
             "demo/saes/*/*",
+            "demo/transcoders/*/*",
             "sharing/*.json",
         ]
     },

@@ -5,7 +5,7 @@ or missing permission) become one paragraph on stderr and exit status 1;
 anything else is a bug and keeps its traceback. The scripts run their
 preflight checks and import their pipeline inside `main`, so `--help` and
 config errors never wait for torch. `main` is the `sparse-coding
-pipe|fast|val|hist` console command.
+pipe|fast|val|hist|trace` console command.
 """
 
 import argparse
@@ -36,6 +36,7 @@ SCRIPTS = {
     "fast": "sparse_coding.fast",
     "val": "sparse_coding.val",
     "hist": "sparse_coding.hist",
+    "trace": "sparse_coding.trace",
     "demo": "sparse_coding.demo.run",
     "export": "sparse_coding.export",
     "upload": "sparse_coding.upload",
@@ -205,14 +206,15 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py, hist.py or the demo, then
-    end the process when it was started as that command (`run_as_program`)."""
+    """`sparse-coding SCRIPT [--config PATH] ...`: run a script (pipe.py, fast.py, val.py, hist.py,
+    trace.py, ...) or the demo, then end the process when it was started as that command
+    (`run_as_program`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SCRIPTS:
         names = "|".join(SCRIPTS)
         print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [-v] [...]", file=sys.stderr)
         print(
-            "  pipe|fast|val|hist: the four scripts; demo: the offline demo into a folder; "
+            "  pipe|fast|val|hist|trace: the scripts; demo: the offline demo into a folder; "
             "export: a graph to Neuronpedia's format or tables; upload: a Neuronpedia graph file; "
             "'sparse-coding SCRIPT --help' says more",
             file=sys.stderr,

@@ -61,6 +61,7 @@ def _out_dir(tmp_path) -> Path:
         ("hist", {"DATASET": "x.txt", "MODEL_DIR": "/no/such/model"}, "not found"),
         ("fast", {"GRADS_FILE": "../../escape.svg"}, "Config key GRADS_FILE"),
         ("pipe", {"GRAPH_DOT_FILE": "sub/graph.dot"}, "Config key GRAPH_DOT_FILE"),
+        ("pipe", {"TRACE_FILE": "../trace.svg"}, "Config key TRACE_FILE"),
         ("fast", {"GRADS_FILE": "graph.jpg"}, "Config key GRADS_FILE"),
         ("pipe", {"NEURONPEDIA_URL": "http://[::1"}, "Config key NEURONPEDIA_URL"),
         ("fast", {"NODE_THRESHOLD": float("nan")}, "must be a finite number, got nan"),
@@ -165,24 +166,16 @@ def test_offline_a_missing_sae_is_named_once_with_its_repo(tmp_path, hub_cache, 
     with pytest.raises(SparseCodingError) as info:
         preflight(config, sites=("resid",))
     message = str(info.value)
-    assert message.count("gpt2-small-res-jb layer 1") == 1 and "jbloom/GPT2-Small-SAEs-Reformatted" in message
+    assert message.count("gpt2-small-resid-post-v5-32k layer 1") == 1
+    assert "jbloom/GPT2-Small-OAI-v5-32k-resid-post-SAEs" in message
     assert "attn" not in message
 
 
-def test_without_network_a_missing_model_fails_in_seconds(tmp_path, hub_cache, monkeypatch):
-    import socket
-
-    import huggingface_hub.constants as constants
-
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused at once
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+def test_without_network_a_missing_model_fails_in_seconds(tmp_path, unreachable_hub):
     start = time.perf_counter()
     with pytest.raises(SparseCodingError, match="cannot be reached"):
         preflight(config_from_dict({"DATA_DIR": str(tmp_path / "data")}))
     assert time.perf_counter() - start < 5
-    closed.close()
 
 
 def test_a_run_whose_files_are_all_there_passes(tmp_path, tiny_model_dir, sae_templates, make_config):
@@ -254,12 +247,13 @@ def test_offline_one_message_lists_every_download_with_sizes_and_the_demo(tmp_pa
         preflight(config_from_dict({"DATA_DIR": str(tmp_path / "data")}))  # default model, SAEs, 9:12
     message = str(info.value)
     assert "lacks 10 of the downloads" in message and "openai-community/gpt2" in message
-    for release in ("gpt2-small-res-jb", "gpt2-small-attn-out-v5-32k", "gpt2-small-mlp-out-v5-32k"):
+    defaults = ("gpt2-small-resid-post-v5-32k", "gpt2-small-attn-out-v5-32k", "gpt2-small-mlp-out-v5-32k")
+    for release in defaults:
         for layer in (9, 10, 11):
             assert f"{release} layer {layer}" in message
             assert f"'{RELEASES[release].folder.format(layer=layer)}/*'" in message  # in its hf command
-    # GPT-2 small's weights (~550 MB) and nine float32 SAEs, 24576 or 32768 latents wide.
-    total_gb = (550 + 3 * (_sae_mb(24576) + 2 * _sae_mb(32768))) / 1000
+    # GPT-2 small's weights (~550 MB) and nine float32 SAEs, 32768 latents wide.
+    total_gb = (550 + 9 * _sae_mb(32768)) / 1000
     assert f"about {total_gb:.1f} GB" in message
     assert "hf download openai-community/gpt2 config.json" in message
     assert "demo_config.yaml" in message
@@ -278,5 +272,5 @@ def test_offline_a_cached_model_config_without_its_weights_is_still_a_missing_do
     with pytest.raises(SparseCodingError) as info:
         preflight(config)
     message = str(info.value)
-    assert "model openai-community/gpt2" in message and "gpt2-small-res-jb layer 1" in message
+    assert "model openai-community/gpt2" in message and "gpt2-small-resid-post-v5-32k layer 1" in message
     assert "lacks 3 of the downloads" in message  # the model, resid 1, mlp 1: all at once

@@ -146,7 +146,7 @@ def test_a_seed_config_naming_an_sae_site_keeps_its_choice(tmp_path, caplog):
 def test_a_config_without_sae_keys_that_is_not_a_seeds_takes_the_default_releases(tmp_path, caplog):
     config, _ = load(tmp_path, 'ACTS_LAYERS_SLICE: "9:12"\n', caplog)
     assert config.sae_sources == {
-        "resid": "gpt2-small-res-jb",
+        "resid": "gpt2-small-resid-post-v5-32k",
         "attn": "gpt2-small-attn-out-v5-32k",
         "mlp": "gpt2-small-mlp-out-v5-32k",
     }

@@ -57,6 +57,8 @@ INT_RANGES = {
     "VIEW": (0, 1_000),
     "KEEPER_CLUSTER_INDEX": (0, 100_000),
     "SEED": (0, 2**32 - 1),
+    "TRACE_MAX_LOGITS": (1, 1_000),
+    "TRACE_BATCH_SIZE": (1, 65_536),
 }
 # |THRESHOLD_EXP| beyond this makes 2**THRESHOLD_EXP 0 or inf in float32 (2**128).
 MAX_ABS_THRESHOLD_EXP = 100.0
@@ -119,18 +121,30 @@ class Config:
     MAX_SEQ_LEN: int = 128
     MAX_SEQ_INTERPED_LEN: int = 64
     BATCH_SIZE: int = 8
-    PREPEND_BOS: bool = True
+    PREPEND_BOS: bool | None = None
     SEED: int = 0
     # SAEs per site.
-    RESID_SAES: str | None = "gpt2-small-res-jb"
+    RESID_SAES: str | None = "gpt2-small-resid-post-v5-32k"
     ATTN_SAES: str | None = "gpt2-small-attn-out-v5-32k"
     MLP_SAES: str | None = "gpt2-small-mlp-out-v5-32k"
+    # trace.py: transcoders, pruning, logit nodes, batching.
+    TRANSCODERS: str | None = "gpt2-small-transcoders"
+    TRANSCODER_LAZY_DECODERS: bool | None = None
+    TRACE_PROMPT: str | None = None
+    TRACE_NODE_THRESHOLD: float = 0.8
+    TRACE_EDGE_THRESHOLD: float = 0.98
+    TRACE_LOGIT_MASS: float = 0.95
+    TRACE_MAX_LOGITS: int = 10
+    TRACE_MAX_FEATURE_NODES: int | None = 2048
+    TRACE_BATCH_SIZE: int = 256
     # Output files.
     DATA_DIR: Path = Path(DEFAULT_DATA_DIR_NAME)  # beside the config file (`paths.data_dir`)
     GRAPH_FILE: str = "cognition_graph.svg"
     GRAPH_DOT_FILE: str = "cognition_graph.dot"
     GRADS_FILE: str = "grads_graph.svg"
     GRADS_DOT_FILE: str = "grads_graph.dot"
+    TRACE_FILE: str = "trace_graph.svg"
+    TRACE_DOT_FILE: str = "trace_graph.dot"
     # Labels.
     LOGIT_TOKENS: int = 10
     TOP_K: int = 6
@@ -175,6 +189,18 @@ class Config:
                 layers[-1],
             )
         return layers
+
+    @property
+    def prepend_bos(self) -> bool:
+        """PREPEND_BOS as a run uses it. An unset key is settled against the SAEs' cfg.json when
+        they load (`pipelines.loading.settled`); reading it before then is an error, not a guess."""
+        if self.PREPEND_BOS is None:
+            raise ConfigError(
+                "PREPEND_BOS is unset, so it follows the SAEs' cfg (prepend_bos), which is known once they "
+                "load: use `settled(config, spliced)` (sparse_coding.pipelines.loading) after "
+                "load_spliced_model, or set PREPEND_BOS to true or false"
+            )
+        return self.PREPEND_BOS
 
     @property
     def interp_source(self) -> str:
@@ -450,6 +476,22 @@ def _check_values(config: Config, where: str) -> None:
     if not config.sae_sources:
         raise ConfigError(
             f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
+        )
+    _check_trace(config, where)
+
+
+def _check_trace(config: Config, where: str) -> None:
+    """trace.py's shares lie in (0, 1]; its node cap, when set, is positive."""
+    for key in ("TRACE_NODE_THRESHOLD", "TRACE_EDGE_THRESHOLD", "TRACE_LOGIT_MASS"):
+        if not 0 < getattr(config, key) <= 1:
+            raise ConfigError(
+                f"Config key {key}{where} is a share of the total and must lie in (0, 1], "
+                f"got {getattr(config, key)}"
+            )
+    if config.TRACE_MAX_FEATURE_NODES is not None and not 1 <= config.TRACE_MAX_FEATURE_NODES <= 10**7:
+        raise ConfigError(
+            f"Config key TRACE_MAX_FEATURE_NODES{where} must lie in 1..10000000 or be null (every active "
+            f"feature), got {config.TRACE_MAX_FEATURE_NODES}"
         )
 
 

@@ -1,6 +1,7 @@
 """Checks of the config keys that name files and servers: what a run writes and where it connects.
 
-- Output names (GRAPH_FILE, GRAPH_DOT_FILE, GRADS_FILE, GRADS_DOT_FILE) are
+- Output names (GRAPH_FILE, GRAPH_DOT_FILE, GRADS_FILE, GRADS_DOT_FILE,
+  TRACE_FILE, TRACE_DOT_FILE) are
   one file name inside DATA_DIR/<model>/ (no folder part, not ``.`` or
   ``..``), or an absolute path the user chose; an image name ends in a format
   Graphviz draws here (``.svg``, ``.png``).
@@ -15,11 +16,11 @@ from urllib.parse import urlsplit
 from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import ConfigError
 
-IMAGE_KEYS = ("GRAPH_FILE", "GRADS_FILE")
-OUTPUT_KEYS = (*IMAGE_KEYS, "GRAPH_DOT_FILE", "GRADS_DOT_FILE")
+IMAGE_KEYS = ("GRAPH_FILE", "GRADS_FILE", "TRACE_FILE")
+OUTPUT_KEYS = (*IMAGE_KEYS, "GRAPH_DOT_FILE", "GRADS_DOT_FILE", "TRACE_DOT_FILE")
 IMAGE_SUFFIXES = (".svg", ".png")
 SAE_KEYS = ("RESID_SAES", "ATTN_SAES", "MLP_SAES")
-PATH_KEYS = (*OUTPUT_KEYS, *SAE_KEYS, "DATA_DIR", "MODEL_DIR", "DATASET", "PAIRS_FILE")
+PATH_KEYS = (*OUTPUT_KEYS, *SAE_KEYS, "DATA_DIR", "MODEL_DIR", "DATASET", "PAIRS_FILE", "TRANSCODERS")
 
 
 def check_path_text(key: str, value: str, where: str) -> None:

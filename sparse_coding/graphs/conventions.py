@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-SCRIPTS = ("pipe.py", "fast.py", "val.py")
+SCRIPTS = ("pipe.py", "fast.py", "trace.py", "val.py")
 METRIC_TEXT = {
     "cross_entropy": "m = cross-entropy of the answer, -log p(answer)",
     "logprob": "m = -log p(answer), as cross-entropy (METRIC logprob reports log p)",
@@ -36,7 +36,7 @@ def sentences(script: str, settings: Mapping[str, Any] | None = None) -> dict[st
     """What each quantity of `script`'s result means, given the config values that shaped it.
 
     Args:
-        script: "pipe.py", "fast.py" or "val.py".
+        script: "pipe.py", "fast.py", "trace.py" or "val.py".
         settings: config keys as a run records them (``config.to_metadata()``);
             missing keys take their defaults. fast.py also reads
             ``down_node_selection`` ("thresholds" when hist.py chose the down-nodes).
@@ -49,6 +49,8 @@ def sentences(script: str, settings: Mapping[str, Any] | None = None) -> dict[st
         return _fast(settings)
     if script == "pipe.py":
         return _pipe(settings)
+    if script == "trace.py":
+        return _trace(settings)
     if script == "val.py":
         return _val(settings)
     raise ValueError(f"no sentences for script {script!r}; known: {', '.join(SCRIPTS)}")
@@ -76,7 +78,8 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
             else "the feature's largest activation over the prompt's positions"
         ),
         "logit cells": (
-            "W_dec[feature] . W_U (direct effect on the logits, final layer norm ignored): "
+            "direct logit effect of W_dec[feature], centred and times the final layer norm's gain, "
+            "through W_U (its 1/std left out; tokens rank as on Neuronpedia): "
             "blue = the feature promotes the token, red = it suppresses it"
         ),
         "nodes": fast_selection(settings),
@@ -133,6 +136,42 @@ def pipe_selection(settings: Mapping[str, Any]) -> str:
     kept = "every non-zero effect" if exp is None else f"|effect| > 2**{exp} = {2.0 ** float(exp):.3g}"
     start = "the pinned feature" if settings.get("DIMS_PINNED") else "the first layer's active features"
     return f"edges: {kept}; ablated: {start}, then every feature an edge reached"
+
+
+def _trace(settings: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "colour": f"blue = u raises d (for a logit: the logit), red = lowers it; {_OPACITY}",
+        "edge": (
+            "direct effect of u on d in the local replacement model (transcoders in place of the MLPs, "
+            "with error nodes; attention patterns and layer-norm scales frozen at the prompt's run): "
+            "u's value times the derivative of d's pre-activation (for a logit: the logit minus the mean "
+            "logit) along paths through no other node: positive = u raises d"
+        ),
+        "node attribution": (
+            "influence on the logits (circuit-tracer): the probability-weighted share of the logits' "
+            "inputs that flows from the node along all paths, each edge counted as its share of its "
+            "target's |inputs|; unsigned"
+        ),
+        "node activation": (
+            "a feature's activation at its position; a logit's probability; an error node's norm"
+        ),
+        "replacement score": (
+            "influence of the token embeddings / (that + influence of the error nodes): 1 = the "
+            "tokens reach the logits through features only"
+        ),
+        "completeness score": (
+            "influence-weighted mean over nodes of the share of a node's input that comes from no error node"
+        ),
+        "logit cells": (
+            "decoder row (a cross-layer feature's decoders summed over the layers it writes), centred and "
+            "times the final layer norm's gain, through W_U (tokens rank as on Neuronpedia): "
+            "blue = the feature promotes the token, red = it suppresses it"
+        ),
+        "nodes": (
+            f"pruned by influence: nodes carrying {settings.get('TRACE_NODE_THRESHOLD', 0.8)} and edges "
+            f"carrying {settings.get('TRACE_EDGE_THRESHOLD', 0.98)} of the cumulative influence"
+        ),
+    }
 
 
 def _val(settings: Mapping[str, Any]) -> dict[str, str]:

@@ -23,6 +23,10 @@ _DEFAULT_SITE_ORDER: dict[str, int] = {
     "resid": HOOK_ORDER["hook_resid_pre"],
     "attn": HOOK_ORDER["hook_attn_out"],
     "mlp": HOOK_ORDER["hook_mlp_out"],
+    # trace.py's nodes: token embeddings before block 0, transcoder features where the MLP writes.
+    "embed": -1,
+    "tc": HOOK_ORDER["hook_mlp_out"],
+    "clt": HOOK_ORDER["hook_mlp_out"],
 }
 MEASURED = ("activation", "attribution")  # node values kept per run
 
@@ -182,7 +186,7 @@ class Node:
                 layer, order = hook_position(self.hook)
             except ValueError:
                 pass  # an unknown hook name still ranks by site and layer
-        return (layer, order, SITES.index(self.site))
+        return (layer, order, SITES.index(self.site) if self.site in SITES else len(SITES))
 
     def annotations(self) -> dict[str, Any]:
         """The non-empty annotation fields, as JSON-ready values."""

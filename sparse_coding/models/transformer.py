@@ -80,9 +80,14 @@ class GPT2Config:
     @classmethod
     def from_file(cls, path: Path) -> "GPT2Config":
         try:
-            values = json.loads(path.read_text())
+            values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise SparseCodingError(f"{path}: not a readable config.json ({e})") from e
+        if not isinstance(values, dict):
+            raise SparseCodingError(
+                f"{path} holds a JSON {type(values).__name__}; a model's config.json is an object of "
+                f"settings such as n_layer, n_embd and vocab_size"
+            )
         return cls.from_dict(values, str(path))
 
 
@@ -228,27 +233,13 @@ class GPT2(nn.Module):
     def from_state_dict(cls, config: GPT2Config, state: dict[str, Tensor], source: str) -> "GPT2":
         """The model with `state`'s tensors as its parameters (no copies, no random init).
 
-        Accepts both a `GPT2LMHeadModel`'s names and a `GPT2Model`'s (no
-        `transformer.` prefix, as on the hub's openai-community/gpt2), and drops
-        the causal-mask buffers old checkpoints carry (`attn.bias`).
+        Accepts a `GPT2LMHeadModel`'s names and a `GPT2Model`'s (see `checkpoint_names`).
         """
-        names = {}
-        for name, tensor in state.items():
-            if name.endswith((".attn.bias", ".attn.masked_bias")):
-                continue
-            names[name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"] = tensor
-        if config.tie_word_embeddings:
-            names.pop("lm_head.weight", None)
+        mapping = checkpoint_names(list(state), config.tie_word_embeddings)
+        names = {ours: state[theirs] for theirs, ours in mapping.items()}
         with torch.device("meta"):
             model = cls(config)
-        expected = {name for name, _ in model.named_parameters()}
-        missing, unexpected = sorted(expected - set(names)), sorted(set(names) - expected)
-        if missing or unexpected:
-            raise SparseCodingError(
-                f"{source}: the weights do not fit a GPT-2 of its config.json "
-                f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
-                f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''})"
-            )
+        check_shapes(model, {name: tuple(tensor.shape) for name, tensor in names.items()}, source)
         model.load_state_dict(names, assign=True, strict=False)
         if config.tie_word_embeddings:
             model.lm_head.weight = model.transformer.wte.weight
@@ -260,6 +251,52 @@ class GPT2(nn.Module):
         config = GPT2Config.from_dict(hf_model.config.to_dict(), type(hf_model).__name__)
         state = {name: tensor.detach() for name, tensor in hf_model.state_dict().items()}
         return cls.from_state_dict(config, state, type(hf_model).__name__)
+
+
+def checkpoint_names(names: list[str], tied: bool) -> dict[str, str]:
+    """Checkpoint tensor name -> `GPT2` parameter name, for the tensors the model uses.
+
+    A `GPT2LMHeadModel`'s names are kept; a `GPT2Model`'s (no `transformer.` prefix, as on the
+    hub's openai-community/gpt2) get it; the causal-mask buffers old checkpoints carry
+    (`attn.bias`, `attn.masked_bias`) and a tied `lm_head.weight` are left out.
+    """
+    mapping = {}
+    for name in names:
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or (tied and name == "lm_head.weight"):
+            continue
+        mapping[name] = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
+    return mapping
+
+
+# config.json keys that size each kind of parameter, named when a shape disagrees.
+_SIZE_KEYS = {
+    "wte": "vocab_size, n_embd",
+    "lm_head": "vocab_size, n_embd",
+    "wpe": "n_positions, n_embd",
+    "mlp.c_": "n_inner, n_embd",
+}
+
+
+def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """The checkpoint's tensors (`GPT2` names -> shapes) are exactly the parameters of `model` (built
+    on the meta device from config.json), else one message naming the tensors and config keys."""
+    expected = {name: tuple(param.shape) for name, param in model.named_parameters()}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise SparseCodingError(
+            f"{source}: the weights do not fit a GPT-2 of its config.json "
+            f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+            f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''})"
+        )
+    wrong = [name for name in expected if shapes[name] != expected[name]]
+    if wrong:
+        name = wrong[0]
+        keys = next((keys for part, keys in _SIZE_KEYS.items() if part in name), "n_embd")
+        raise SparseCodingError(
+            f"{source}: {len(wrong)} weight(s) do not have the shapes config.json implies, e.g. {name} is "
+            f"{list(shapes[name])} but config.json ({keys}) makes it {list(expected[name])}; the config "
+            f"and the weights belong to different models"
+        )
 
 
 def causal_mask(n_pos: int, attention_mask: Tensor | None, device: torch.device) -> Tensor:

@@ -20,7 +20,7 @@ from sparse_coding.graphs.graph import Graph
 from sparse_coding.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, warn_unknown_prompts
-from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.threshold_cache import load_thresholds
 from sparse_coding.splicing.splice import SplicedModel
@@ -41,7 +41,7 @@ def config_example_batches(
 ) -> list[ExampleBatch]:
     """The config's examples, tokenized by `pairs`' rule and right-padded into BATCH_SIZE batches."""
     examples = [
-        tokenize_pair(pair, tokenizer, prepend_bos=config.PREPEND_BOS, max_len=context_len)
+        tokenize_pair(pair, tokenizer, prepend_bos=config.prepend_bos, max_len=context_len)
         for pair in config_pairs(config)
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -121,7 +121,8 @@ def examples_source(config: Config) -> str:
 def run_fast(config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False) -> str:
     """Build fast.py's graph over every configured site of the slice and publish it; the closing line."""
     phases = phases or PhaseTimer()
-    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    spliced, tokenizer = load_spliced_model(config, phases=phases, script="fast")
+    config = settled(config, spliced)
     warn_unknown_prompts(config, tokenizer, examples=True)
     with phases.phase("compute: gradient graph"):
         graph = fast_graph(config, spliced, tokenizer)

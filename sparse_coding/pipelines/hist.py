@@ -14,7 +14,7 @@ from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
-from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_thresholds
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 def run_hist(config: Config, phases: PhaseTimer | None = None) -> str:
     """Compute and cache the thresholds of every site of the slice (DATASET set); returns the closing line."""
     phases = phases or PhaseTimer()
-    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    spliced, tokenizer = load_spliced_model(config, phases=phases, script="hist")
+    config = settled(config, spliced)
     with phases.phase("compute: thresholds"):
         result = thresholds_from_config(config, spliced, tokenizer)
     with phases.phase("write"):

@@ -23,7 +23,7 @@ from sparse_coding.pipelines.circuit import (
     circuit_and_source,
 )
 from sparse_coding.pipelines.inputs import config_batches, interpreted_texts, warn_unknown_prompts
-from sparse_coding.pipelines.loading import check_sources, load_spliced_model
+from sparse_coding.pipelines.loading import check_sources, load_spliced_model, settled
 from sparse_coding.pipelines.publish import log_config_run
 from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
@@ -50,6 +50,7 @@ def run_val(
     spliced, tokenizer = load_circuit_model(
         config, circuit, circuit_errors=circuit_errors, source=source, phases=phases
     )
+    config = settled(config, spliced)
     warn_unknown_prompts(config, tokenizer)
     batches = list(
         config_batches(
@@ -118,7 +119,7 @@ def load_circuit_model(
     pairs = [parse_site_key(key) for key in [*circuit, *circuit_errors]]
     check_sources(config, pairs, source)
     check_pins_before_loading(config, [*circuit, *circuit_errors], source)
-    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    spliced, tokenizer = load_spliced_model(config, phases=phases, script="val")
     check_within_slice(config, pairs, config.layer_range(spliced.n_layers), source)
     check_circuit(spliced, circuit, source=source, circuit_errors=circuit_errors)
     return spliced, tokenizer

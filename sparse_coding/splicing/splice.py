@@ -70,8 +70,9 @@ class Site:
         return hook_position(self.sae.hook_name)
 
     def to_sae_space(self, x: Tensor) -> Tensor:
-        """Model activation -> the SAE's input convention."""
-        x = x.to(self.sae.W_enc.dtype)
+        """Model activation -> the SAE's input convention, in at least float32 (`SAE.input_dtype`):
+        only the encoder product runs at SAE_DTYPE."""
+        x = x.to(torch.promote_types(x.dtype, self.sae.input_dtype))
         return x - x.mean(dim=-1, keepdim=True) if self.sae.cfg.center_writing_weights else x
 
     def feats(self, x: Tensor) -> Tensor:
@@ -119,7 +120,7 @@ class Site:
 
     def _error(self, x: Tensor, decoded: Tensor, mu: Tensor, std: Tensor) -> Tensor:
         """x - x_hat in model space, from the decoded feature sum (..., d_in) and x's LN stats."""
-        x_hat = (decoded + self.sae.b_dec) * std + mu
+        x_hat = (decoded.to(mu.dtype) + self.sae.b_dec) * std + mu
         if self.sae.cfg.center_writing_weights:
             x_hat = x_hat + x.to(x_hat.dtype).mean(dim=-1, keepdim=True)
         return x - x_hat.to(x.dtype)
@@ -135,8 +136,9 @@ Intervention = Callable[[Site, Tensor], Tensor]
 class SplicedModel:
     """A GPT-2 with SAEs at some sites; run it under an intervention."""
 
-    def __init__(self, model: GPT2, saes: list[SAE]) -> None:
+    def __init__(self, model: GPT2, saes: list[SAE], prepend_bos: bool = True) -> None:
         self.model = model
+        self.prepend_bos = prepend_bos  # whether inputs start with BOS, as its SAEs were trained
         n_layers, d_model = model.config.n_layer, model.config.n_embd
         for sae in saes:
             if sae.d_in != d_model:
