@@ -32,7 +32,8 @@ setup(
         "numpy>=1.24",
         "graphviz>=0.20",
         "requests>=2.31",
-        "urllib3>=2",  # Neuronpedia bodies are read with read1 under a deadline
+        "urllib3>=2",  # Neuronpedia: Retry, and bodies read with read1 under a deadline
+        "filelock>=3.12",  # graph locks (sparse_coding/storage.py); huggingface_hub needs it too
         "tqdm>=4.66",
         "datasets>=2.19",
         "scikit-learn>=1.3",

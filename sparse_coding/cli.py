@@ -23,7 +23,7 @@ from sparse_coding.allocator import keep_freed_memory
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
 from sparse_coding.errors import SparseCodingError
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.storage import exit_cleanly_on_sigterm
+from sparse_coding.storage import exit_cleanly_on_sigterm, full_disk_text
 
 logger = logging.getLogger("sparse_coding")
 
@@ -123,16 +123,25 @@ def run_script(
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
-        _fail(
-            f"{e.filename or 'a file'}: {e.strerror}; files already there were left as they were. "
-            f"Free space or set DATA_DIR to a folder you can write"
-        )
+        _fail(_environment_error(e))
     except KeyboardInterrupt:
         print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
     logger.info("Done in %.1fs%s", args.phases.total(), _peak_gpu_memory())
     logger.debug("Wall time by phase:\n%s", args.phases.table())
     print(line)
+
+
+def _environment_error(e: OSError) -> str:
+    """A full disk, read-only mount or missing permission, in words: the file, its folder, the space free."""
+    where = Path(e.filename) if e.filename else None
+    space = ""
+    if where is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        space = f"; {full_disk_text(where.parent, None)} in its folder {where.parent}"
+    return (
+        f"{where or 'a file'}: {e.strerror}{space}; files already there were left as they were. "
+        f"Free space or set DATA_DIR to a folder you can write"
+    )
 
 
 def _peak_gpu_memory() -> str:

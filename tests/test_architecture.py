@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tokens",),
     ("nodes",),
     ("storage",),
-    ("corpus", "pairs"),
+    ("cache", "corpus", "pairs"),
     ("config",),
     ("models",),
     ("transcoders",),

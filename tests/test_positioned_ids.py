@@ -60,10 +60,10 @@ def test_val_reads_positioned_nodes_as_their_features_at_every_position():
 
 def test_the_viewer_gets_a_token_axis_only_when_every_node_is_positioned():
     tokens = ["<|endoftext|>", " the", " sky", " is"]
-    data = viewer_data(_graph(["resid_1.5@2", "attn_2.7@3"], tokens=tokens).to_dict())
+    data = viewer_data(_graph(["resid_1.5@2", "attn_2.7@3"], tokens=tokens))
     assert data["tokens"] == tokens
     assert sorted(node["position"] for node in data["nodes"]) == [2, 3]
-    assert viewer_data(_graph(["resid_1.5@2", "attn_2.7"], tokens=tokens).to_dict())["tokens"] is None
+    assert viewer_data(_graph(["resid_1.5@2", "attn_2.7"], tokens=tokens))["tokens"] is None
 
 
 def test_the_page_lays_positioned_nodes_out_in_token_order(browser, tmp_path):

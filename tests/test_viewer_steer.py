@@ -21,7 +21,7 @@ def small_graph() -> Graph:
 
 
 def test_page_data_carries_steer_commands_for_features_and_none_for_error_nodes():
-    nodes = {node["id"]: node for node in viewer_data(small_graph().to_dict())["nodes"]}
+    nodes = {node["id"]: node for node in viewer_data(small_graph())["nodes"]}
     assert nodes["mlp_error_1"]["steer"] == []
     lines = dict(nodes["attn_1.3"]["steer"])
     assert lines["ablate"] == "sparse-coding steer --node attn_1.3 --set 0"

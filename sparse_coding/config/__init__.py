@@ -14,6 +14,7 @@ here too, called once those are loaded.
 import dataclasses
 import difflib
 import logging
+import math
 import types
 import typing
 from collections.abc import Collection
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sparse_coding.config.checks import PATH_KEYS, check_files_and_servers, check_path_text
 from sparse_coding.config.paths import DEFAULT_DATA_DIR_NAME, PACKAGE_DIR, data_dir, resolve_paths
 from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
 from sparse_coding.config.steering import CurveSpec, FeatureEdit, parse_curve, parse_steer
@@ -340,6 +342,8 @@ def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
     if target is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):  # YAML's .nan and .inf: no key means them, and JSON cannot hold them
+            raise ConfigError(f"Config key {key}{where} must be a finite number, got {shown(value)}")
         return float(value)
     if target in (str, Path):
         if not isinstance(value, str):
@@ -347,6 +351,8 @@ def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
                 f"Config key {key}{where} must be {_type_name(target)}, got {shown(value)} "
                 f'({type(value).__name__}); quote it in YAML, e.g. {key}: "9:12"'
             )
+        if key in PATH_KEYS:
+            check_path_text(key, value, where)
         return value
     if typing.get_origin(target) is dict:
         return _coerce_pinned(key, value, typing.get_args(target)[1], where)
@@ -476,6 +482,7 @@ def _check_values(config: Config, where: str) -> None:
             )
     _check_examples(config, where)
     _check_generation(config, where)
+    check_files_and_servers({f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, where)
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)
         if value is not None and value not in DTYPE_NAMES:

@@ -2,10 +2,13 @@
 
 A run that cannot succeed should say so in its first second, not after
 minutes of loading: an image extension dot cannot draw, an existing graph file
-that cannot be read, an output folder that cannot be written, a local
-MODEL_DIR that does not exist, and — offline or without network — anything
-missing from the Hugging Face cache (one message listing every download with
-its size, `downloads`, instead of a retry per file).
+that cannot be read (read as strictly as the merge reads it: an edge to a
+missing node, a non-finite number, runs of the wrong type), an output folder
+that cannot be written or that a link leads out of DATA_DIR, a PAIRS_FILE that
+is not JSON Lines text, a local MODEL_DIR that does not exist, and — offline
+or without network — anything missing from the Hugging Face cache (one
+message listing every download with its size, `downloads`, instead of a retry
+per file).
 """
 
 import json
@@ -14,6 +17,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from sparse_coding import storage
 from sparse_coding.config import Config
 from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import ConfigError, GraphFileError
@@ -38,6 +42,7 @@ def preflight(
     sites: Iterable[str] | None = None,
     sae_sites: Iterable[tuple[str, int]] | None = None,
     min_prompt_tokens: int = 0,
+    examples: bool = False,
     extra_downloads: Iterable[Download] = (),
 ) -> None:
     """Fail now, with one message, on what would fail after loading.
@@ -48,6 +53,7 @@ def preflight(
             ACTS_LAYERS_SLICE (default: every configured site).
         sae_sites: instead, exactly the (site, layer) SAEs it loads.
         min_prompt_tokens: PROMPT's fewest tokens, BOS included (fast.py: 2).
+        examples: the script reads PAIRS_FILE when it is set (fast.py, val.py).
         extra_downloads: hub downloads beyond the model and SAEs (trace.py's transcoders), listed
             in the same offline message.
 
@@ -55,11 +61,15 @@ def preflight(
         SparseCodingError: the first problem found, naming the key or file.
     """
     out_dir = config.model_data_dir(config.MODEL_DIR)
+    check_writable(config.DATA_DIR, out_dir)
     if graph_files is not None:
         dot_name, image_name = graph_files
         check_output_names(out_dir / dot_name, out_dir / image_name)
         load_graph(out_dir / dot_name)
-    check_writable(out_dir)
+    if examples and config.PAIRS_FILE is not None:
+        from sparse_coding.pairs import read_pairs_file  # imports torch: only runs that read pairs pay
+
+        read_pairs_file(Path(config.PAIRS_FILE).expanduser(), config.NUM_EXAMPLES)
     model_dir = local_model_dir(config.MODEL_DIR)
     model_config = _model_config(config.MODEL_DIR, model_dir)
     unlisted = ""
@@ -79,10 +89,12 @@ def preflight(
         check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config)
 
 
-def check_writable(out_dir: Path) -> None:
-    """The run's output folder exists (or can be made) and takes a file."""
+def check_writable(data_dir: Path, out_dir: Path) -> None:
+    """The run's output folder exists (or can be made), lies inside DATA_DIR (no link leads out) and
+    takes a file."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        storage.check_inside(data_dir, out_dir)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as e:
