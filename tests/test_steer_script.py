@@ -19,7 +19,6 @@ import yaml
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config, config_from_dict
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.graph_files import graph_to_json
 from sparse_coding.phases import PhaseTimer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +147,7 @@ def write_graph(path: Path) -> Path:
     attributions = {"attn_0.4": -2.0, "mlp_1.6": 1.5, "resid_0.16": 0.5, "mlp_0.3": 0.1, "mlp_error_1": 9.0}
     for node_id, attribution in attributions.items():
         graph.add_node(Node.from_id(node_id, attribution=attribution))
-    path.write_text(graph_to_json(graph))
+    path.write_text(graph.to_json())
     return path
 
 

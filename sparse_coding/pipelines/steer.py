@@ -118,11 +118,11 @@ def _pad_id(tokenizer: Tokenizer) -> int:
 
 
 def write_curve(data: dict, stem: Path) -> list[Path]:
-    """``stem``.json, .png and .svg, replaced together."""
+    """``stem``.json, .png and .svg, each written whole (`storage.Commit`)."""
     paths = [stem.with_suffix(suffix) for suffix in (".json", ".png", ".svg")]
     images = curve_images(data)
-    with storage.Commit(stem.parent / f".{stem.name}.commit") as commit:
-        commit.write(paths[0], to_json(data))
+    with storage.Commit() as commit:  # renamed in this order: the .json last, once its images are in place
         commit.write(paths[1], images["png"])
         commit.write(paths[2], images["svg"])
+        commit.write(paths[0], to_json(data))
     return paths
