@@ -85,13 +85,11 @@ def run_phase(spliced: SplicedModel, phase: str, rows: int, positions: int) -> N
     ids = torch.randint(0, 50257, (rows, positions + 1), generator=gen)
     if phase == "fast":
         from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
-        from sparse_coding.algorithms.metrics import metric_for
+        from sparse_coding.algorithms.metrics import METRICS
         from sparse_coding.pairs import ExampleBatch
 
         batch = ExampleBatch(ids[:, :-1], torch.ones_like(ids[:, :-1]), ids[:, -1], None, None)
-        gradient_graph(
-            spliced, [batch], GraphOptions(metric=metric_for("cross_entropy", has_patch_answers=False))
-        )
+        gradient_graph(spliced, [batch], GraphOptions(metric=METRICS["cross_entropy"]))
     elif phase == "contexts":
         from sparse_coding.corpus import TokenBatch
         from sparse_coding.labels.contexts import collect_contexts

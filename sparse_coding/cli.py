@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from sparse_coding.allocator import keep_freed_memory
-from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
+from sparse_coding.config import DEFAULT_CONFIG_PATH, FIELDS, Config, load_config
+from sparse_coding.config.schema import script_keys
 from sparse_coding.errors import SparseCodingError
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.storage import exit_cleanly_on_sigterm, full_disk_text
@@ -50,7 +51,7 @@ def build_parser(
     *,
     graph_output: bool = False,
     outputs: Sequence[str] = (),
-    keys: Sequence[str] = (),
+    script: str | None = None,
     section: str | None = None,
 ) -> argparse.ArgumentParser:
     """An argument parser with the `--config PATH` and `-q` every script takes.
@@ -59,12 +60,14 @@ def build_parser(
         prog: the program name in usage lines (``sparse-coding pipe``).
         graph_output: add `--new-graph` (pipe.py, fast.py).
         outputs: what the script writes, shown under --help.
-        keys: the config keys that shape its result, shown under --help.
+        script: its name (``fast``): the config keys that shape its result are shown under --help.
         section: the README section that explains it.
     """
     epilog = [
         f"writes (under DATA_DIR/<model>/): {', '.join(outputs)}" if outputs else "",
-        f"config keys that matter: {', '.join(keys)}" if keys else "",
+        f"config keys that matter: {', '.join(script_keys(FIELDS, script))} (and those of every script)"
+        if script
+        else "",
         f'README: section "{section}"' if section else "",
     ]
     parser = argparse.ArgumentParser(

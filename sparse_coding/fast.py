@@ -39,18 +39,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         prog,
         graph_output=True,
         outputs=["GRADS_DOT_FILE (.dot) + .json + .html, GRADS_FILE (image), merged into earlier runs'"],
-        keys=[
-            "ACTS_LAYERS_SLICE",
-            "PROMPT",
-            "RESID_SAES",
-            "ATTN_SAES",
-            "MLP_SAES",
-            "NUM_DOWN_NODES",
-            "NUM_UP_NODES",
-            "IG_STEPS",
-            "DATASET (hist.py thresholds, contexts)",
-            "SAE_DTYPE",
-        ],
+        script="fast",
         section="fast.py — gradient cognition graph",
     )
     run_script(main, DESCRIPTION, argv, parser=parser)

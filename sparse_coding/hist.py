@@ -49,22 +49,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         DESCRIPTION,
         prog,
         outputs=["thresholds.safetensors + thresholds.json (read by fast.py)"],
-        keys=[
-            "DATASET",
-            "DATASET_CONFIG",
-            "DATASET_SPLIT",
-            "DATASET_TEXT_COLUMN",
-            "NUM_SEQUENCES_EVALED",
-            "MAX_SEQ_LEN",
-            "ACTS_LAYERS_SLICE",
-            "NUM_CLUSTERS",
-            "KEEPER_CLUSTER_INDEX",
-            "THRESHOLD_PERCENTILE",
-            "SEED",
-            "RESID_SAES",
-            "ATTN_SAES",
-            "MLP_SAES",
-        ],
+        script="hist",
         section="hist.py — dataset thresholds for fast.py",
     )
     run_script(main, DESCRIPTION, argv, parser=parser)

@@ -40,21 +40,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         prog,
         graph_output=True,
         outputs=["GRAPH_DOT_FILE (.dot) + .json + .html, GRAPH_FILE (image), merged into earlier runs'"],
-        keys=[
-            "ACTS_LAYERS_SLICE",
-            "PROMPT",
-            "DATASET",
-            "INTERP_SOURCE",
-            "RESID_SAES",
-            "THRESHOLD_EXP",
-            "INIT_THINNING_FACTOR",
-            "DIMS_PINNED",
-            "NUM_SEQUENCES_INTERPED",
-            "MAX_SEQ_INTERPED_LEN",
-            "LOGIT_TOKENS",
-            "TOP_K",
-            "VIEW",
-        ],
+        script="pipe",
         section="pipe.py — ablation cognition graph",
     )
     parser.add_argument(

@@ -44,18 +44,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         prog,
         graph_output=True,
         outputs=["TRACE_DOT_FILE (.dot) + .json + .html, TRACE_FILE (image), merged into earlier runs'"],
-        keys=[
-            "TRACE_PROMPT (else PROMPT)",
-            "TRANSCODERS",
-            "TRACE_NODE_THRESHOLD",
-            "TRACE_EDGE_THRESHOLD",
-            "TRACE_LOGIT_MASS",
-            "TRACE_MAX_LOGITS",
-            "TRACE_MAX_FEATURE_NODES",
-            "TRACE_BATCH_SIZE",
-            "TRANSCODER_LAZY_DECODERS",
-            "SAE_DTYPE",
-        ],
+        script="trace",
         section="trace.py — transcoder attribution graph",
     )
     run_script(main, DESCRIPTION, argv, parser=parser)

@@ -36,7 +36,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Parse upload's arguments and run it; `sparse-coding upload` calls this."""
-    parser = build_parser(DESCRIPTION, prog, keys=["NEURONPEDIA_URL"], section="Sharing graphs")
+    parser = build_parser(DESCRIPTION, prog, section="Sharing graphs")
     parser.add_argument("file", help="a <stem>.neuronpedia.json file (sparse-coding export --to neuronpedia)")
     parser.add_argument(
         "--dry-run", action="store_true", help="check the file and say where it would go; send nothing"

@@ -47,21 +47,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
         DESCRIPTION,
         prog,
         outputs=["validation.json"],
-        keys=[
-            "VALIDATION_DIMS_PINNED (or --from-graph)",
-            "VALIDATION_ERRORS",
-            "PROMPT",
-            "DATASET",
-            "INTERP_SOURCE",
-            "NUM_SEQUENCES_EVALED",
-            "MAX_SEQ_LEN",
-            "BATCH_SIZE",
-            "ACTS_LAYERS_SLICE",
-            "RESID_SAES",
-            "ATTN_SAES",
-            "MLP_SAES",
-            "LOGIT_TOKENS",
-        ],
+        script="val",
         section="val.py — validate a circuit",
     )
     parser.add_argument(

@@ -1,9 +1,9 @@
-"""Defaults live in one place: the Config dataclass; the shipped YAML and the README restate them."""
+"""The config's schema is its fields: the shipped YAML, the README's table and --help follow them."""
 
-import dataclasses
 import json
 import re
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,42 +11,75 @@ import pytest
 import requests
 import yaml
 
-from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, config_from_dict, load_config
+from sparse_coding.config import DEFAULT_CONFIG_PATH, FIELDS, Config, config_from_dict, load_config
+from sparse_coding.config.schema import choices, config_table, script_keys, yaml_text
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = [f.name for f in dataclasses.fields(Config) if f.name != "source_path"]
+NAMES = [f.name for f in FIELDS]
 
 
-def readme_defaults() -> dict[str, str]:
-    """key -> the YAML text of its default, from the README's config table."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    table = text.split("| key | default | meaning |", 1)[1].split("\n\n", 1)[0]
-    defaults = {}
-    for row in table.strip().splitlines()[1:]:
-        keys_cell, default_cell = re.split(r"(?<!\\)\|", row)[1:3]
-        keys = re.findall(r"`([A-Z_]+)`", keys_cell)
-        values = re.findall(r"`([^`]*)`", default_cell)
-        assert len(keys) == len(values), f"README row {row!r}: one default per key"
-        defaults |= dict(zip(keys, values, strict=True))
-    return defaults
+def yaml_blocks() -> dict[str, str]:
+    """key -> the comment lines above the run of keys it belongs to in the shipped YAML."""
+    blocks, comment, run_started = {}, [], False
+    for line in DEFAULT_CONFIG_PATH.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            if run_started:
+                comment, run_started = [], False
+            comment.append(line.lstrip("# "))
+        elif re.match(r"[A-Z_]+:", line):
+            blocks[line.split(":")[0]] = " ".join(comment)
+            run_started = True
+        elif not line.strip():
+            comment, run_started = [], False
+    return blocks
 
 
-def test_the_readme_table_lists_every_key_with_the_dataclass_default():
-    documented = readme_defaults()
-    assert sorted(documented) == sorted(FIELDS)
-    # As if written in the shipped config, so DATA_DIR resolves against its folder, as its default does.
+def test_the_readme_table_is_generated_from_the_fields():
+    assert config_table(FIELDS) in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_default_reads_back_as_written_in_the_table():
     default = config_from_dict({}, source_path=DEFAULT_CONFIG_PATH)
-    for key, text in documented.items():
-        value = getattr(config_from_dict({key: yaml.safe_load(text)}, source_path=DEFAULT_CONFIG_PATH), key)
-        assert value == getattr(default, key), f"README says {key} defaults to {text}"
+    for field in FIELDS:
+        written = {field.name: yaml.safe_load(yaml_text(field.default))}
+        assert getattr(config_from_dict(written, source_path=DEFAULT_CONFIG_PATH), field.name) == getattr(
+            default, field.name
+        ), field.name
 
 
-def test_the_shipped_config_restates_the_dataclass_defaults():
-    assert sorted(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))) == sorted(FIELDS)
+def test_every_field_has_a_one_line_meaning_and_names_real_scripts():
+    for field in FIELDS:
+        assert 10 < len(field.metadata["meaning"]) <= 95 and "\n" not in field.metadata["meaning"], field.name
+        assert field.metadata["scripts"] and set(field.metadata["scripts"]) <= {
+            "pipe", "fast", "val", "hist", "steer", "trace"
+        }  # fmt: skip
+
+
+def test_the_shipped_config_restates_the_defaults_in_the_fields_order():
+    assert list(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))) == NAMES
     shipped = load_config(DEFAULT_CONFIG_PATH)
-    keys = [key for key in FIELDS if key != "DATA_DIR"]  # the shipped config writes to sparse_coding/data
+    keys = [key for key in NAMES if key != "DATA_DIR"]  # the shipped config writes to sparse_coding/data
     assert {key: getattr(shipped, key) for key in keys} == {key: getattr(Config(), key) for key in keys}
     assert shipped.DATA_DIR == DEFAULT_CONFIG_PATH.parent.parent / "data"
+
+
+def test_the_shipped_config_comments_every_key_and_names_every_choice():
+    blocks = yaml_blocks()
+    for field in FIELDS:
+        assert blocks[field.name], f"{field.name} has no comment in central_config.yaml"
+        missing = [c for c in choices(field.type) if c not in blocks[field.name]]
+        assert not missing, f"central_config.yaml's comment on {field.name} does not name {missing}"
+
+
+def test_help_lists_the_keys_the_fields_give_each_script():
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "sparse_coding" / "fast.py"), "--help"], capture_output=True, text=True,
+        env=env, check=True, timeout=60,
+    )  # fmt: skip
+    listed = re.search(r"config keys that matter: (.+?) \(and those", " ".join(done.stdout.split("\n  ")))[1]
+    assert listed.split(", ") == script_keys(FIELDS, "fast")
+    assert "NUM_UP_NODES" in listed and "TRACE_PROMPT" not in listed
 
 
 def test_a_key_left_out_takes_the_default_and_null_unsets_where_unset_means_something(tmp_path):

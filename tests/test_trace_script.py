@@ -7,11 +7,10 @@ import pytest
 import torch
 from transcoder_files import write_set
 
-from sparse_coding.algorithms.trace_graph import trace_graph
+from sparse_coding.algorithms.trace_graph import TraceOptions, trace_graph
 from sparse_coding.models.gpt2 import load_model, tokenize_prompt
 from sparse_coding.nodes import parse_any_id
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.pipelines.trace import trace_options
 from sparse_coding.transcoders.loading import load_transcoders
 
 
@@ -29,7 +28,13 @@ def test_the_graph_file_holds_the_pruned_graph_with_positioned_ids(tmp_path, mak
     model, tokenizer = load_model(config.MODEL_DIR, torch.device("cpu"))
     tcs = load_transcoders(template, n_layers=3, d_model=model.config.n_embd)
     ids = tokenize_prompt(tokenizer, config.TRACE_PROMPT, prepend_bos=True)[0]
-    graph = trace_graph(model, tcs, ids, bos_token_id=tokenizer.bos_token_id, options=trace_options(config))
+    graph = trace_graph(
+        model,
+        tcs,
+        ids,
+        bos_token_id=tokenizer.bos_token_id,
+        options=config.options(TraceOptions, prefix="TRACE_"),
+    )
     assert len(written["nodes"]) == int(graph.pruned.node_mask.sum())
     assert len(written["edges"]) == int(graph.pruned.edge_mask.sum())
     kinds = {parse_any_id(node["id"]).kind for node in written["nodes"]}

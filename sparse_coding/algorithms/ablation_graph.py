@@ -58,10 +58,11 @@ from sparse_coding.algorithms.ablation_rows import (
     clean_run,
     rows_per_forward,
 )
+from sparse_coding.config import DEFAULTS
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.nodes import feature_id
+from sparse_coding.nodes import feature_id, site_key
 from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
 from sparse_coding.tokenizer import Tokenizer
@@ -105,11 +106,11 @@ def ablation_graph(
     *,
     tokenizer: Tokenizer,
     layers: Sequence[int],
-    thinning: float = 1.0,
+    thinning: float = DEFAULTS.INIT_THINNING_FACTOR,
     pinned: dict[int, int] | None = None,
     threshold_exp: float | None = None,
-    logit_tokens: int = 10,
-    seed: int = 0,
+    logit_tokens: int = DEFAULTS.LOGIT_TOKENS,
+    seed: int = DEFAULTS.SEED,
     max_rows: int | None = None,
 ) -> AblationResult:
     """Trace a circuit down the resid SAEs of `layers` by batched zero-ablations.
@@ -174,7 +175,7 @@ def ablation_graph(
 
 
 def _resid_site(spliced: SplicedModel, layer: int) -> Site:
-    site = spliced.by_key.get(f"resid_{layer}")
+    site = spliced.by_key.get(site_key("resid", layer))
     if site is None:
         raise ConfigError(
             f"pipe.py needs a resid SAE at layer {layer} (RESID_SAES); "
@@ -250,7 +251,7 @@ def _ablate_layer(
     chunks = range(0, len(candidates), per_chunk)
     for lo in progress(
         chunks,
-        desc=f"Ablating resid_{layer.site.layer}",
+        desc=f"Ablating {layer.site.key}",
         leave=False,
         disable=len(chunks) < 2,
     ):
@@ -331,7 +332,7 @@ def _cells(ids: Tensor, values: Tensor, raised: bool) -> list[tuple[int, float]]
 
 
 def _zero_effect_error(layer: ResidLayer, pinned: dict[int, int]) -> ExactlyZeroEffectError:
-    key = f"resid_{layer.site.layer}"
+    key = layer.site.key
     if layer.site.layer in pinned:
         feature = pinned[layer.site.layer]
         return ExactlyZeroEffectError(

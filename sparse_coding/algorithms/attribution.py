@@ -16,7 +16,7 @@ example. Node attribution of a against its baseline a' (per example):
 
     IE(a) = sum over positions of grad_a m . (a' - a)   ~  m(a -> a') - m(clean)
 
-so positive = the node supports the answer. Baselines (`BASELINES`):
+so positive = the node supports the answer. Baselines (`Baseline`):
 zero (a' = 0); patch (a' = the patch input's own features; the error's
 baseline is whatever makes the site output the patch run's activation, so
 that moving every node of a site to its baseline is the patch run there);
@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from sparse_coding.algorithms.metrics import Metric
+from sparse_coding.config.schema import Baseline
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.saes import grouped_rows_sum
 from sparse_coding.pairs import ExampleBatch
@@ -45,8 +46,6 @@ from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
 
 logger = logging.getLogger(__name__)
-
-BASELINES = ("zero", "patch", "mean")
 
 
 @dataclass
@@ -139,12 +138,10 @@ def all_leaves(
     spliced: SplicedModel,
     batch: ExampleBatch,
     *,
-    baseline: str,
+    baseline: Baseline,
     means: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, SiteLeaves], dict[str, SiteCode]]:
     """Phases 1-2: every site's leaves against the baseline, and the clean codes."""
-    if baseline not in BASELINES:
-        raise ConfigError(f"BASELINE {baseline!r} is unknown; valid: {', '.join(BASELINES)}")
     codes, inputs = site_runs(spliced, batch.input_ids, batch.attention_mask)
     patch_codes, patch_inputs = {}, {}
     if baseline == "patch":

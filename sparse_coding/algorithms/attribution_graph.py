@@ -38,8 +38,9 @@ from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
 from sparse_coding.algorithms.circuit_selection import build_graph, site_layer
 from sparse_coding.algorithms.metrics import Metric
-from sparse_coding.algorithms.node_slots import NODE_POSITIONS, SUMMED, NodeLayout, layout_for
-from sparse_coding.errors import ConfigError
+from sparse_coding.algorithms.node_slots import SUMMED, NodeLayout, layout_for
+from sparse_coding.config import DEFAULTS
+from sparse_coding.config.schema import Baseline, NodePositions, Selection
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.nodes import error_id, feature_id
 from sparse_coding.pairs import ExampleBatch
@@ -47,39 +48,23 @@ from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
 
-SELECTIONS = ("topk", "threshold")
-
 
 @dataclass(frozen=True)
 class GraphOptions:
-    """How fast.py's graph is estimated and selected (the config keys of the same names)."""
+    """How fast.py's graph is estimated and selected: the config keys of the same names (valid values,
+    as a Config holds them; `Config.options` builds one), defaults from the config's."""
 
     metric: Metric
-    baseline: str = "zero"
-    ig_steps: int = 1
-    selection: str = "topk"
-    num_down_nodes: int = 5
-    num_up_nodes: int = 5
-    node_threshold: float | None = None
-    edge_threshold: float | None = None
-    exact: bool = False
-    node_positions: str = "sum"
+    baseline: Baseline = DEFAULTS.BASELINE
+    ig_steps: int = DEFAULTS.IG_STEPS
+    selection: Selection = DEFAULTS.SELECTION
+    num_down_nodes: int = DEFAULTS.NUM_DOWN_NODES
+    num_up_nodes: int = DEFAULTS.NUM_UP_NODES
+    node_threshold: float = DEFAULTS.NODE_THRESHOLD
+    edge_threshold: float = DEFAULTS.EDGE_THRESHOLD
+    node_estimator: str = DEFAULTS.NODE_ESTIMATOR  # "exact": also patch each down-node (summed nodes)
+    node_positions: NodePositions = DEFAULTS.NODE_POSITIONS
     batched_edges: bool = True  # vmapped backwards per site (faster) or one per down-node (least memory)
-
-    def __post_init__(self) -> None:
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"SELECTION {self.selection!r} is unknown; valid: {', '.join(SELECTIONS)}")
-        if self.selection == "threshold" and (self.node_threshold is None or self.edge_threshold is None):
-            raise ConfigError("SELECTION threshold needs NODE_THRESHOLD and EDGE_THRESHOLD")
-        if self.node_positions not in NODE_POSITIONS:
-            raise ConfigError(
-                f"NODE_POSITIONS {self.node_positions!r} is unknown; valid: {', '.join(NODE_POSITIONS)}"
-            )
-        if self.exact and self.node_positions == "each":
-            raise ConfigError(
-                "NODE_ESTIMATOR exact patches a feature at every position, so it checks summed nodes "
-                "only; use NODE_POSITIONS sum with it, or NODE_ESTIMATOR gradient"
-            )
 
     @property
     def gate(self) -> float | None:
@@ -143,7 +128,7 @@ def gradient_graph(
         )
     graph = build_graph(spliced, summaries, edge_sets, options, layout)
     graph.metadata |= _metadata(summaries, down_nodes, options, n_examples, thresholds)
-    if options.exact:
+    if options.node_estimator == "exact":
         with timed("Exact node effects"):
             graph.metadata["exact"] = exact_check(spliced, batches, per_batch, summaries, down_nodes, options)
     return graph

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from sparse_coding.config import DEFAULTS
 from sparse_coding.models.transformer import KVCache
 from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Intervention, SplicedModel
@@ -37,12 +38,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to pick each new token: greedy (temperature 0) or sampled with temperature and top_p."""
+    """How to pick each new token: greedy (temperature 0) or sampled with temperature and top_p (the
+    config keys of the same names; `Config.options` builds one), defaults from the config's."""
 
-    max_new_tokens: int = 40
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
+    max_new_tokens: int = DEFAULTS.MAX_NEW_TOKENS
+    temperature: float = DEFAULTS.TEMPERATURE
+    top_p: float = DEFAULTS.TOP_P
+    seed: int = DEFAULTS.SEED
 
     @property
     def greedy(self) -> bool:

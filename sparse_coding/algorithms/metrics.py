@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_coding.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class Metric:
@@ -42,7 +40,7 @@ def _cross_entropy(logits: Tensor, answers: Tensor, patch_answers: Tensor | None
 
 
 def _logit_diff(logits: Tensor, answers: Tensor, patch_answers: Tensor | None) -> Tensor:
-    assert patch_answers is not None, "checked by metric_for"
+    assert patch_answers is not None, "the config's METRIC check asks for patch prompts"
     picked = _at_least_float32(logits).gather(1, torch.stack([patch_answers, answers], dim=1))
     return picked[:, 0] - picked[:, 1]
 
@@ -52,16 +50,3 @@ METRICS: dict[str, Metric] = {
     "logprob": Metric("logprob", _cross_entropy, -1.0, False),
     "logit_diff": Metric("logit_diff", _logit_diff, 1.0, True),
 }
-
-
-def metric_for(name: str, *, has_patch_answers: bool) -> Metric:
-    """The metric called `name` (METRIC key), checked against the examples it will read."""
-    if name not in METRICS:
-        raise ConfigError(f"METRIC {name!r} is unknown; valid: {', '.join(METRICS)}")
-    metric = METRICS[name]
-    if metric.needs_patch_answer and not has_patch_answers:
-        raise ConfigError(
-            f"METRIC {name} compares the answer with a patch answer; set PATCH_PROMPT (and optionally "
-            f"PATCH_ANSWER) or PAIRS_FILE, or use METRIC cross_entropy"
-        )
-    return metric

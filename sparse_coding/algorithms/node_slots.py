@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparse_coding.config.schema import NodePositions
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import error_id, feature_id, with_position
-
-NODE_POSITIONS = ("sum", "each")
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,8 @@ class NodeLayout:
         return with_position(base, position if self.positioned else None)
 
 
-def layout_for(node_positions: str, widths: list[int]) -> NodeLayout:
+def layout_for(node_positions: NodePositions, widths: list[int]) -> NodeLayout:
     """The layout of NODE_POSITIONS over batches of the given token widths (each: all the same)."""
-    if node_positions not in NODE_POSITIONS:
-        raise ConfigError(f"NODE_POSITIONS {node_positions!r} is unknown; valid: {', '.join(NODE_POSITIONS)}")
     if node_positions == "sum":
         return NodeLayout()
     if len(set(widths)) > 1:

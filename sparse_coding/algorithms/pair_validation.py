@@ -20,6 +20,8 @@ import torch
 from sparse_coding.algorithms.attribution import losses
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.algorithms.validation import Circuit, SiteMeans, mean_ablations
+from sparse_coding.config import DEFAULTS
+from sparse_coding.config.schema import ErrorMode
 from sparse_coding.pairs import ExampleBatch
 from sparse_coding.splicing.splice import SplicedModel
 
@@ -42,7 +44,7 @@ def pair_faithfulness(
     *,
     circuit: Circuit,
     circuit_errors: Collection[str] = (),
-    errors: str = "keep",
+    errors: ErrorMode = DEFAULTS.VALIDATION_ERRORS,
     metric: Metric,
     means: SiteMeans,
 ) -> PairFaithfulness:

@@ -36,6 +36,7 @@ from sparse_coding.algorithms.influence import (
     total_influence,
 )
 from sparse_coding.algorithms.trace_edges import Sources, Targets, edge_rows, sources
+from sparse_coding.config import DEFAULTS
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.transcoders.replacement import ActiveFeatures, Replacement, replace
 from sparse_coding.transcoders.transcoder import TranscoderSet
@@ -48,14 +49,15 @@ RANK_EVERY_BATCHES = 4
 
 @dataclass(frozen=True)
 class TraceOptions:
-    """Keyword options of `trace_graph` (the TRACE_* config keys of the same meaning)."""
+    """Keyword options of `trace_graph`: the TRACE_* config keys of the same names (valid values;
+    `Config.options` builds one), defaults from the config's."""
 
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
-    logit_mass: float = 0.95
-    max_logits: int = 10
-    max_feature_nodes: int | None = None
-    batch_size: int = 256
+    node_threshold: float = DEFAULTS.TRACE_NODE_THRESHOLD
+    edge_threshold: float = DEFAULTS.TRACE_EDGE_THRESHOLD
+    logit_mass: float = DEFAULTS.TRACE_LOGIT_MASS
+    max_logits: int = DEFAULTS.TRACE_MAX_LOGITS
+    max_feature_nodes: int | None = DEFAULTS.TRACE_MAX_FEATURE_NODES
+    batch_size: int = DEFAULTS.TRACE_BATCH_SIZE
 
 
 class LogitTargets(NamedTuple):

@@ -59,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparse_coding.config import DEFAULTS
+from sparse_coding.config.schema import ErrorMode
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.progress import progress
@@ -69,7 +71,6 @@ logger = logging.getLogger(__name__)
 Circuit = dict[str, list[int]]  # site key ("attn_7") -> sorted feature indices
 
 VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
-ERROR_MODES = ("keep", "ablate")
 # Below this |m(M) - m(empty)| (nats of mean CE) the ratios divide noise by
 # noise (a 1e-4 change in m(C) would move faithfulness by 0.1): undefined.
 MIN_METRIC_SPAN = 1e-3
@@ -88,7 +89,7 @@ class ValidationResult(NamedTuple):
     circuit: Circuit
     circuit_errors: list[str]  # site keys whose error node is in the circuit
     sites: list[str]  # every spliced site: what M splices and C, empty mean-ablate
-    errors: str  # "keep" | "ablate": what happens to error terms outside the circuit
+    errors: ErrorMode  # what happens to error terms outside the circuit
     n_sequences: int
     n_predictions: int  # N: positions with a real next token
     n_tokens: int  # real tokens (feature means, KL)
@@ -186,7 +187,11 @@ def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
 
 
 def mean_ablations(
-    spliced: SplicedModel, circuit: Circuit, circuit_errors: Collection[str], means: SiteMeans, errors: str
+    spliced: SplicedModel,
+    circuit: Circuit,
+    circuit_errors: Collection[str],
+    means: SiteMeans,
+    errors: ErrorMode,
 ) -> dict[str, Intervention]:
     """The interventions of m(C), m(M \\ C) and m(empty), keyed as VARIANTS, over every spliced site."""
     inside = {}
@@ -311,7 +316,7 @@ def validate_circuit(
     *,
     circuit: Circuit,
     circuit_errors: Collection[str] = (),
-    errors: str = "keep",
+    errors: ErrorMode = DEFAULTS.VALIDATION_ERRORS,
     means: SiteMeans | None = None,
 ) -> ValidationResult:
     """Ablate `circuit` whole over right-padded `batches` (see the module docstring).
@@ -326,8 +331,6 @@ def validate_circuit(
         means: every site's means to ablate to; default: from `batches`.
     """
     check_circuit(spliced, circuit, source="circuit", circuit_errors=circuit_errors)
-    if errors not in ERROR_MODES:
-        raise ValueError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
     batches = list(batches)
     start = time.perf_counter()
     if means is None:
@@ -350,7 +353,7 @@ def validate_circuit(
 
 
 def _result(
-    circuit: Circuit, circuit_errors: list[str], sites: list[str], errors: str, sums: _Sums
+    circuit: Circuit, circuit_errors: list[str], sites: list[str], errors: ErrorMode, sums: _Sums
 ) -> ValidationResult:
     """Phase 3: means of the sums, faithfulness and completeness."""
     ce = {name: total / sums.n_predictions for name, total in sums.ce.items()}

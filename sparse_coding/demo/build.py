@@ -55,6 +55,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from sparse_coding.nodes import site_key
+
 SEED = 0
 D_MODEL = 64
 N_LAYERS = 3
@@ -457,8 +459,8 @@ def build(out_dir: Path) -> None:
     names = {}
     for site in HOOKS:
         for layer in range(N_LAYERS):
-            weights, names[f"{site}_{layer}"] = build_sae(site, layer, geometry, rng)
-            folder = out_dir / "saes" / f"{site}_{layer}"
+            weights, names[site_key(site, layer)] = build_sae(site, layer, geometry, rng)
+            folder = out_dir / "saes" / site_key(site, layer)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "cfg.json").write_text(json.dumps(sae_cfg(site, layer), indent=2) + "\n")
             save_file(weights, str(folder / "sae_weights.safetensors"))

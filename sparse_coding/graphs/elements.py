@@ -15,7 +15,14 @@ import statistics
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_positioned_id, split_position
+from sparse_coding.nodes import (
+    HOOK_ORDER,
+    SITES,
+    hook_position,
+    parse_positioned_id,
+    site_key,
+    split_position,
+)
 
 # Where a site sits inside its block when the node carries no hook name. The
 # resid default is hook_resid_pre: the default resid SAEs (res-jb) read there.
@@ -166,6 +173,11 @@ class Node:
     def position(self) -> int | None:
         """The token position of a positioned node (``resid_9.331@7`` -> 7); None for a summed node."""
         return split_position(self.id)[1]
+
+    @property
+    def site_key(self) -> str:
+        """The node's site and layer, ``attn_4`` (`nodes.site_key`)."""
+        return site_key(self.site, self.layer)
 
     @property
     def is_error(self) -> bool:

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from sparse_coding import storage
+from sparse_coding.config.schema import NEURONPEDIA_URL
 from sparse_coding.config.steering import steer_commands
 from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
 from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
 from sparse_coding.graphs.markup import shown_logits
-
-NEURONPEDIA_PAGES = "https://www.neuronpedia.org"
 
 
 def _asset(name: str) -> str:
@@ -57,7 +56,7 @@ def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:
     if node.feature is None or not node.neuronpedia_id:
         return None
     config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
-    base = str(config.get("NEURONPEDIA_URL") or NEURONPEDIA_PAGES).rstrip("/")
+    base = str(config.get("NEURONPEDIA_URL") or NEURONPEDIA_URL).rstrip("/")
     return f"{base}/{node.neuronpedia_id.strip('/')}/{node.feature}"
 
 

@@ -45,14 +45,12 @@ def add_logit_effects(graph: Graph, spliced: SplicedModel, tokenizer: Tokenizer,
     nodes = [
         node
         for node in graph.nodes.values()
-        if node.feature is not None and not node.logits_up and f"{node.site}_{node.layer}" in spliced.by_key
+        if node.feature is not None and not node.logits_up and node.site_key in spliced.by_key
     ]
     if not nodes:
         return
     with torch.no_grad():
-        rows = torch.stack(
-            [spliced.by_key[f"{node.site}_{node.layer}"].sae.W_dec[node.feature] for node in nodes]
-        )
+        rows = torch.stack([spliced.by_key[node.site_key].sae.W_dec[node.feature] for node in nodes])
         set_logit_cells(nodes, rows, spliced.model, tokenizer, n_tokens=n_tokens)
 
 

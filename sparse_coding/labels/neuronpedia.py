@@ -51,13 +51,13 @@ from urllib.parse import quote
 from sparse_coding import storage
 from sparse_coding.cache import Cache, Stored
 from sparse_coding.config import redact_url
+from sparse_coding.config.schema import NEURONPEDIA_URL
 from sparse_coding.errors import StorageError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.labels.neuronpedia_http import API_KEY_HEADER, Client, FetchError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://www.neuronpedia.org"
 API_KEY_ENV = "NEURONPEDIA_API_KEY"
 # Longer explanations or token strings are cut (with "…"): a label shows ~160 characters.
 MAX_EXPLANATION_CHARS = 500
@@ -272,7 +272,7 @@ def annotate_graph(
     graph: Graph,
     *,
     enabled: bool = True,
-    base_url: str = DEFAULT_BASE_URL,
+    base_url: str = NEURONPEDIA_URL,
     cache_dir: Path,
     api_key: str | None = None,
     timeout_s: float = 10.0,

@@ -23,17 +23,13 @@ from sparse_coding.corpus import TokenBatch
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.labels.contexts import SiteTopK, _keep_referenced, _to_numpy, _vocab
 from sparse_coding.models.transformer import GPT2
+from sparse_coding.nodes import site_key
 from sparse_coding.progress import progress
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.transcoders.replacement import layer_scale, transcoder_input
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
 logger = logging.getLogger(__name__)
-
-
-def site_key(kind: str, layer: int) -> str:
-    """Key of a transcoder layer's contexts, e.g. ``tc_3``."""
-    return f"{kind}_{layer}"
 
 
 def asked_activations(transcoders: TranscoderSet, layer: int, x: Tensor, features: Tensor) -> Tensor:

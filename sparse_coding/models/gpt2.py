@@ -2,11 +2,12 @@
 
 import logging
 import time
+import typing
 from pathlib import Path
 
 import torch
 
-from sparse_coding.config import DTYPE_NAMES
+from sparse_coding.config.schema import DtypeName
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.transformer import GPT2, GPT2Config, check_shapes, checkpoint_names
 from sparse_coding.models.weights import load_pickled, load_safetensors, safetensors_shapes
@@ -15,7 +16,7 @@ from sparse_coding.tokenizer import Tokenizer, check_tokenizer, load_tokenizer, 
 logger = logging.getLogger(__name__)
 
 # The dtype names the config validates, as torch dtypes.
-DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in typing.get_args(DtypeName)}
 
 
 def available_devices() -> list[str]:

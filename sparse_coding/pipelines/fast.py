@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
-from sparse_coding.algorithms.metrics import metric_for
+from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.algorithms.validation import feature_means
 from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph
@@ -48,22 +48,6 @@ def config_example_batches(
     return example_batches(examples, batch_size=config.BATCH_SIZE, pad_id=pad_id, device=device)
 
 
-def graph_options(config: Config, *, has_patch_answers: bool) -> GraphOptions:
-    """The GraphOptions of the config's keys of the same names."""
-    return GraphOptions(
-        metric=metric_for(config.METRIC, has_patch_answers=has_patch_answers),
-        baseline=config.BASELINE,
-        ig_steps=config.IG_STEPS,
-        selection=config.SELECTION,
-        num_down_nodes=config.NUM_DOWN_NODES,
-        num_up_nodes=config.NUM_UP_NODES,
-        node_threshold=config.NODE_THRESHOLD,
-        edge_threshold=config.EDGE_THRESHOLD,
-        exact=config.NODE_ESTIMATOR == "exact",
-        node_positions=config.NODE_POSITIONS,
-    )
-
-
 def baseline_means(
     config: Config, spliced: SplicedModel, tokenizer: Tokenizer
 ) -> dict[str, torch.Tensor] | None:
@@ -81,7 +65,7 @@ def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> G
     batches = config_example_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
-    options = graph_options(config, has_patch_answers=batches[0].patch_answers is not None)
+    options = config.options(GraphOptions, metric=METRICS[config.METRIC])
     thresholds = load_thresholds(config, spliced)
     logger.info("Down-nodes: %s", thresholds.description if thresholds else options.selection)
     graph = gradient_graph(

@@ -18,6 +18,7 @@ from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch, iter_batches
 from sparse_coding.errors import ConfigError, DatasetError, EmptyResultError
 from sparse_coding.graphs.graph import Graph
+from sparse_coding.nodes import site_key
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import interpreted_texts, warn_unknown_prompts
 from sparse_coding.pipelines.loading import load_spliced_model, settled
@@ -103,7 +104,7 @@ def resid_pins(config: Config) -> dict[int, int]:
     for (site, layer), feature in config.pinned_dims.items():
         if site != "resid":
             raise ConfigError(
-                f"DIMS_PINNED pins {site}_{layer}; pipe.py ablates resid features only, so keys "
+                f"DIMS_PINNED pins {site_key(site, layer)}; pipe.py ablates resid features only, so keys "
                 f"must be int layers or 'resid_{{layer}}', e.g. {{{layer}: {feature}}}"
             )
         pins[layer] = feature

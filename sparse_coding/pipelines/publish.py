@@ -154,7 +154,7 @@ def wanted_features(graph: Graph) -> dict[str, list[int]]:
     wanted: dict[str, list[int]] = {}
     for node in graph.nodes.values():
         if node.feature is not None and not node.contexts:
-            wanted.setdefault(f"{node.site}_{node.layer}", []).append(node.feature)
+            wanted.setdefault(node.site_key, []).append(node.feature)
     return wanted
 
 
@@ -162,7 +162,7 @@ def add_contexts(graph: Graph, contexts: ContextCache, top_k: int) -> None:
     """Top-activating contexts on every feature node that has none."""
     for node in graph.nodes.values():
         if node.feature is not None and not node.contexts:
-            node.contexts = contexts.contexts(f"{node.site}_{node.layer}", node.feature, top_k)
+            node.contexts = contexts.contexts(node.site_key, node.feature, top_k)
 
 
 def _save_caches(pending: list[tuple[caches.Cache, Any] | None]) -> None:

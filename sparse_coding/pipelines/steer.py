@@ -103,7 +103,7 @@ def _sampling(config: Config, spliced: SplicedModel, plan: SteerPlan) -> Samplin
             f"MAX_NEW_TOKENS {config.MAX_NEW_TOKENS} after a prompt of {longest} tokens exceeds the model's "
             f"context of {context} positions; set MAX_NEW_TOKENS to at most {max(1, context - longest)}"
         )
-    sampling = Sampling(config.MAX_NEW_TOKENS, config.TEMPERATURE, config.TOP_P, config.SEED)
+    sampling = config.options(Sampling)
     if sampling.greedy and config.NUM_RETURN_SEQUENCES > 1:
         logger.info(
             "NUM_RETURN_SEQUENCES is %d but decoding is greedy (TEMPERATURE 0): the continuations would "

@@ -27,18 +27,6 @@ from sparse_coding.transcoders.transcoder import TranscoderSet
 logger = logging.getLogger(__name__)
 
 
-def trace_options(config: Config) -> TraceOptions:
-    """The TraceOptions of the config's TRACE_* keys."""
-    return TraceOptions(
-        node_threshold=config.TRACE_NODE_THRESHOLD,
-        edge_threshold=config.TRACE_EDGE_THRESHOLD,
-        logit_mass=config.TRACE_LOGIT_MASS,
-        max_logits=config.TRACE_MAX_LOGITS,
-        max_feature_nodes=config.TRACE_MAX_FEATURE_NODES,
-        batch_size=config.TRACE_BATCH_SIZE,
-    )
-
-
 def trace_prompt(config: Config) -> str:
     """The text trace.py explains the next token of."""
     return config.TRACE_PROMPT if config.TRACE_PROMPT is not None else config.PROMPT
@@ -108,7 +96,9 @@ def compute_trace(
     model, tokenizer, transcoders, ids = load_trace_inputs(config, phases)
     with phases.phase("compute: attribution graph"):
         bos = tokenizer.bos_token_id if trace_prepend_bos(config) else None
-        graph = trace_graph(model, transcoders, ids, bos_token_id=bos, options=trace_options(config))
+        graph = trace_graph(
+            model, transcoders, ids, bos_token_id=bos, options=config.options(TraceOptions, prefix="TRACE_")
+        )
     for name, seconds in graph.phases.items():
         logger.info("trace %s: %.1fs", name, seconds)
     return graph, model, tokenizer, transcoders

@@ -12,10 +12,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sparse_coding.algorithms.metrics import metric_for
+from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.algorithms.pair_validation import pair_faithfulness
 from sparse_coding.algorithms.validation import Circuit, SiteMeans
 from sparse_coding.config import Config
+from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.conventions import METRIC_TEXT, sentences
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.pipelines.fast import config_example_batches, examples_source
@@ -54,7 +55,12 @@ def pairs_report(
     batches = config_example_batches(
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
-    metric = metric_for(name or config.METRIC, has_patch_answers=batches[0].patch_answers is not None)
+    metric = METRICS[name or config.METRIC]
+    if metric.needs_patch_answer and batches[0].patch_answers is None:  # the graph's metric, not METRIC's
+        raise ConfigError(
+            f"the graph's metric {metric.name} compares the answer with a patch answer; set PATCH_PROMPT "
+            f"or PAIRS_FILE to validate on fast.py's examples"
+        )
     result = pair_faithfulness(
         spliced,
         batches,
