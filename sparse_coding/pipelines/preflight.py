@@ -147,8 +147,11 @@ def _model_config(model_id: str, model_dir: Path | None) -> dict | None:
     return values
 
 
-def settled_prepend_bos(config: Config, sae_sites: Iterable[tuple[str, int]]) -> bool:
-    """PREPEND_BOS as the run will use it, from the SAEs' cfg.json files alone (`models.bos`).
+def settled_prepend_bos(
+    config: Config, sae_sites: Iterable[tuple[str, int]], *, transcoders: bool = False
+) -> bool:
+    """PREPEND_BOS as the run will use it, from the SAEs' cfg.json files alone (`models.bos`), and
+    TRANSCODERS' convention when the run splices them.
 
     Raises:
         ConfigError: PREPEND_BOS is unset and the SAEs were trained both ways.
@@ -159,6 +162,10 @@ def settled_prepend_bos(config: Config, sae_sites: Iterable[tuple[str, int]]) ->
         if site in config.sae_sources:
             resolved = resolve_source(config.sae_sources[site], layer)
             trained[resolved.description] = read_cfg(resolved)[1]["prepend_bos"]
+    if transcoders and config.TRANSCODERS:
+        from sparse_coding.transcoders.sources import transcoders_bos  # imports torch
+
+        trained |= transcoders_bos(config.TRANSCODERS)
     return settle_prepend_bos(config.PREPEND_BOS, trained)[0]
 
 

@@ -15,13 +15,14 @@ import torch
 from sparse_coding.algorithms.trace_graph import TraceGraph, TraceOptions, trace_graph
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
+from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype, tokenize_prompt
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.downloads import Download
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.transcoders.loading import load_transcoders
-from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer
+from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer, transcoders_bos
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
 logger = logging.getLogger(__name__)
@@ -95,9 +96,13 @@ def load_trace_inputs(
 
 
 def trace_prepend_bos(config: Config) -> bool:
-    """PREPEND_BOS for trace.py: the key when set, else True. The transcoders' files record no BOS
-    convention the way SAE cfgs do; circuit-tracer always prepends it, and BOS carries no nodes."""
-    return True if config.PREPEND_BOS is None else config.PREPEND_BOS
+    """PREPEND_BOS for trace.py: unset, as TRANSCODERS were trained (`sources.trained_prepend_bos`;
+    True when nothing records it, as circuit-tracer always prepends it); set, the key, with a
+    warning when the transcoders were trained the other way."""
+    trained = {} if not config.TRANSCODERS else transcoders_bos(config.TRANSCODERS)
+    value, mismatched = settle_prepend_bos(config.PREPEND_BOS, trained)
+    warn_bos_mismatch(value, mismatched)
+    return value
 
 
 def compute_trace(
