@@ -125,7 +125,7 @@ class TranscoderSite:
 
     def decode(self, values: Tensor) -> Tensor:
         """values (..., d_sae) @ W_dec[source -> target], reading only the rows of non-zero columns."""
-        columns = values.flatten(0, -2).ne(0).any(0).nonzero()[:, 0]
+        columns = values.reshape(-1, values.shape[-1]).ne(0).any(0).nonzero()[:, 0]
         rows = self.transcoders.decoder_rows(self.layer, self.target, columns)
         return values[..., columns].to(rows.dtype) @ rows
 
