@@ -175,7 +175,7 @@ def test_dunefsky_transcoder_features_point_at_neuronpedias_tres_dc_sets(trace_g
     assert neuronpedia_set("gpt2-small-transcoders-arena", 3) == "gpt2-small/3-tres-dc"
     assert neuronpedia_set("gpt2-small-clt-relu-sp8", 3) is None
     with_sets = [name for name, release in RELEASES.items() if release.neuronpedia]
-    assert with_sets == ["gpt2-small-transcoders", "gpt2-small-transcoders-original", "gpt2-small-transcoders-arena"]
+    assert with_sets == [f"gpt2-small-transcoders{suffix}" for suffix in ("", "-original", "-arena")]
     graph = load_graph(trace_graph_file)
     for node in graph.nodes.values():
         if node.site == "tc":
