@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 IMAGE_FORMATS = ("svg", "png")
 LEGEND_NODE_ID = "__legend__"
 _SPINE_WEIGHT = 10
+POSITIONED_ROW = 16  # positioned nodes per drawn row before a rank wraps: a 16-token prompt's embeddings
 RANKSEP_IN = 0.6
 _BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
 
@@ -221,12 +222,22 @@ def row_width(n_nodes: int, options: RenderOptions) -> int:
 
 
 def drawn_rows(graph: Graph, options: RenderOptions) -> list[list[Node]]:
-    """Nodes by (layer, site) in forward order, each rank cut into rows of ``row_width``."""
-    groups: dict[tuple[int, int, int], list[Node]] = {}
+    """Nodes by layer and place in the block in forward order (a transcoder layer's features and MLP
+    errors together), each rank cut into rows of ``row_width``. Positioned nodes keep token order, and a
+    rank of them wraps only past ``POSITIONED_ROW`` nodes, so a short prompt's tokens stay on one row."""
+    groups: dict[tuple[int, int], list[Node]] = {}
     for node in graph.sorted_nodes():
-        groups.setdefault(node.rank_key(), []).append(node)
+        groups.setdefault(node.rank_key()[:2], []).append(node)
     width = row_width(len(graph.nodes), options)
-    return [nodes[i : i + width] for nodes in groups.values() for i in range(0, len(nodes), width)]
+    rows = []
+    for nodes in groups.values():
+        if all(node.position is not None for node in nodes):
+            nodes = sorted(nodes, key=lambda node: node.position)  # stable: forward order within a token
+            size = max(width, min(len(nodes), POSITIONED_ROW))
+        else:
+            size = width
+        rows += [nodes[i : i + size] for i in range(0, len(nodes), size)]
+    return rows
 
 
 def _rank_lines(
