@@ -168,3 +168,18 @@ def test_the_image_draws_a_trace_graphs_tokens_in_order_and_a_layers_errors_besi
     assert rows[0] == embeds  # 15 positioned nodes: one row, in token order
     assert set(rows[1]) == {"tc_0.3@2", "tc_0.1@4", "mlp_error_0@4"} and rows[1][0] == "tc_0.3@2"
     assert rows[-1] == ["logit_11", "logit_262"]
+
+
+def test_the_legend_names_a_trace_graphs_mlp_error_nodes_and_an_sae_graphs_sae_errors():
+    from sparse_coding.graphs.conventions import sentences
+    from sparse_coding.graphs.legend import legend_entries
+
+    def dotted(run):
+        return dict(legend_entries({"runs": [run]}))["dotted box"]
+
+    trace = {"script": "trace.py", "sign_convention": sentences("trace.py")}
+    older = {"script": "trace.py", "sign_convention": {"edge": "recorded before boxes were worded"}}
+    assert dotted(trace).startswith("MLP error node") and "SAE" not in dotted(trace)
+    assert dotted(older) == dotted(trace)
+    assert dotted({"script": "fast.py", "sign_convention": sentences("fast.py")}).startswith("SAE error node")
+    assert "transcoder feature" in dict(legend_entries({"runs": [trace]}))["box"]

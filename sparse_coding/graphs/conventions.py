@@ -174,6 +174,15 @@ def _trace(settings: Mapping[str, Any]) -> dict[str, str]:
             f"pruned by influence: nodes carrying {settings.get('TRACE_NODE_THRESHOLD', 0.8)} and edges "
             f"carrying {settings.get('TRACE_EDGE_THRESHOLD', 0.98)} of the cumulative influence"
         ),
+        "box": (
+            "a transcoder feature tc_layer.index@position (clt_: cross-layer, read at that layer), a token "
+            "embedding embed@position or a logit logit_tokenid; rows: id, numbers, top-activating contexts, "
+            "+ / − next-token cells, Neuronpedia explanation"
+        ),
+        "error node": (
+            "MLP error node mlp_error_layer@position: the MLP's output minus its transcoders' "
+            "reconstruction at that position"
+        ),
     }
 
 

@@ -79,11 +79,16 @@ def meaning(run: dict[str, Any]) -> dict[str, str]:
 
 
 def legend_entries(metadata: dict[str, Any]) -> list[LegendEntry]:
-    """What each mark means, from the latest run's sentences (the graph's metadata)."""
-    signs = meaning(latest_run(metadata))
+    """What each mark means, from the latest run's sentences (the graph's metadata); boxes as its
+    script words them (trace.py: transcoder features, embeddings, logits, MLP error nodes), else
+    SAE features and error nodes."""
+    run = latest_run(metadata)
+    signs = meaning(run)
     entries = [LegendEntry(symbol, signs[key]) for key, symbol in _ROWS.items() if key in signs]
-    entries.append(LegendEntry("box", _BOX))
-    entries.append(LegendEntry("dotted box", _DOTTED))
+    script = graph_script(run)
+    boxes = sentences(script, _settings(run)) if script in SCRIPTS else {}  # graphs recorded before
+    entries.append(LegendEntry("box", signs.get("box") or boxes.get("box") or _BOX))
+    entries.append(LegendEntry("dotted box", signs.get("error node") or boxes.get("error node") or _DOTTED))
     return entries
 
 
