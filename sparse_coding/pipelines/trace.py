@@ -95,13 +95,14 @@ def load_trace_inputs(
     return model, tokenizer, transcoders, ids[0].to(device)
 
 
-def trace_prepend_bos(config: Config) -> bool:
+def trace_prepend_bos(config: Config, *, warn: bool = False) -> bool:
     """PREPEND_BOS for trace.py: unset, as TRANSCODERS were trained (`sources.trained_prepend_bos`;
-    True when nothing records it, as circuit-tracer always prepends it); set, the key, with a
-    warning when the transcoders were trained the other way."""
+    True when nothing records it, as circuit-tracer always prepends it); set, the key (`warn`:
+    saying so when the transcoders were trained the other way)."""
     trained = {} if not config.TRANSCODERS else transcoders_bos(config.TRANSCODERS)
     value, mismatched = settle_prepend_bos(config.PREPEND_BOS, trained)
-    warn_bos_mismatch(value, mismatched)
+    if warn:
+        warn_bos_mismatch(value, mismatched)
     return value
 
 
@@ -124,6 +125,6 @@ def run_trace(config: Config, phases: PhaseTimer | None = None, *, new_graph: bo
     from sparse_coding.pipelines.trace_publish import publish_trace
 
     phases = phases or PhaseTimer()
-    config = dataclasses.replace(config, PREPEND_BOS=trace_prepend_bos(config))
+    config = dataclasses.replace(config, PREPEND_BOS=trace_prepend_bos(config, warn=True))
     graph, model, tokenizer, transcoders = compute_trace(config, phases)
     return publish_trace(graph, config, model, tokenizer, transcoders, phases=phases, new_graph=new_graph)
