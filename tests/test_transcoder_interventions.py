@@ -13,8 +13,10 @@ from conftest import D_MODEL
 from transcoder_files import D_TC, SPARSIFY_K, write_set
 
 from sparse_coding.algorithms.generation import Sampling, left_padded
+from sparse_coding.algorithms.response_curve import response_curve
 from sparse_coding.algorithms.steering import read_under_edits, site_edits, steer, steering, watch_of
-from sparse_coding.config.steering import FeatureEdit
+from sparse_coding.config.steering import CurveSpec, FeatureEdit
+from sparse_coding.corpus import iter_batches
 from sparse_coding.models.gpt2 import load_model
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.transcoders.loading import load_transcoders
@@ -63,12 +65,15 @@ def reference_mask(positions, n_tokens: int, prompt_len: int) -> torch.Tensor:
     return torch.tensor([i in wanted for i in range(n_tokens)])
 
 
-def reference_forward(model, layout, weights, ids, edits, prompt_len, read=None):
-    """Logits (pos, vocab) of one prompt under `edits` by plain hooks; `read` gets edited activations."""
+def reference_forward(model, layout, weights, ids, edits, prompt_len, read=None, seen=None):
+    """Logits (pos, vocab) of one prompt under `edits` by plain hooks; `read` gets edited activations,
+    `seen` every layer's activations (pos, d_tc) as the edits leave its input."""
     h_mid, pending = {}, {}
 
     def on_mlp(layer):
         def hook(module, args, out):
+            if seen is not None:
+                seen[layer] = reference_acts(layout, weights[layer], h_mid[layer][0])
             for edit in edits:
                 kind, source, feature = (
                     edit.node[: edit.node.index("_")],
@@ -182,3 +187,36 @@ def test_a_cross_layer_feature_writes_every_later_mlp_output(model, tmp_path):
     assert list(spliced.by_key) == ["clt_0", "clt_1", "clt_2"] and all(
         s.reads for s in spliced.by_key.values()
     )
+
+
+def test_a_response_curve_reads_what_the_reference_reads(spliced_set, tiny_model_dir):
+    from sparse_coding.tokenizer import load_tokenizer
+
+    spliced, layout, weights = spliced_set
+    prefix = KINDS[layout]
+    spec = CurveSpec(
+        f"{prefix}_1.5", "add", 0.0, 6.0, 4, watch=(f"{prefix}_2.1", f"{prefix}_0.7"), answer="x"
+    )
+    batch = next(
+        iter_batches(
+            ["a b c d e", "f g"],
+            load_tokenizer(str(tiny_model_dir)),
+            batch_size=2,
+            max_len=16,
+            prepend_bos=True,
+        )
+    )
+    result = response_curve(spliced, batch, spec, answer_id=7)
+    for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask, strict=True)):
+        ids = ids[mask.bool()].tolist()
+        for column, value in enumerate(spec.values):
+            seen = {}
+            edit = FeatureEdit(spec.node, "add", value, "all")
+            logits = reference_forward(spliced.model, layout, weights, ids, [edit], len(ids), seen=seen)
+            for node in spec.watch:
+                layer, feature = map(int, node.split("_")[1].split("."))
+                got = result.watched[node][row, column]
+                assert float(got) == pytest.approx(float(seen[layer][-1, feature]), rel=1e-5, abs=1e-6)
+            expected = torch.log_softmax(logits[-1], -1)[7]
+            assert float(result.answer_logprob[row, column]) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+    assert result.watched[spec.watch[0]].std() > 1e-4  # the sweep moves the downstream feature
