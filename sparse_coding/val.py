@@ -66,6 +66,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
             "RESID_SAES",
             "ATTN_SAES",
             "MLP_SAES",
+            "TRANSCODERS (a trace.py graph's features)",
             "LOGIT_TOKENS",
         ],
         section="val.py — validate a circuit",
