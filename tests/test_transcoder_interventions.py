@@ -217,6 +217,6 @@ def test_a_response_curve_reads_what_the_reference_reads(spliced_set, tiny_model
                 layer, feature = map(int, node.split("_")[1].split("."))
                 got = result.watched[node][row, column]
                 assert float(got) == pytest.approx(float(seen[layer][-1, feature]), rel=1e-5, abs=1e-6)
-            expected = torch.log_softmax(logits[-1], -1)[7]
-            assert float(result.answer_logprob[row, column]) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+            expected = float(torch.log_softmax(logits[-1], -1)[7])
+            assert float(result.answer_logprob[row, column]) == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert result.watched[spec.watch[0]].std() > 1e-4  # the sweep moves the downstream feature

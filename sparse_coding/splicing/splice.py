@@ -69,6 +69,7 @@ class Site:
     sae: SAE
     kind: str  # "resid" | "attn" | "mlp"
     layer: int
+    reads = True  # the one site of its key (a cross-layer transcoder's key has several; not a field)
 
     @property
     def key(self) -> str:
@@ -81,8 +82,6 @@ class Site:
     @property
     def order(self) -> tuple[int, int]:
         return hook_position(self.sae.hook_name)
-
-    reads = True  # the one site of its key (transcoder sites of a key write to several places)
 
     @property
     def d_sae(self) -> int:
