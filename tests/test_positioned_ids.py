@@ -183,3 +183,27 @@ def test_the_legend_names_a_trace_graphs_mlp_error_nodes_and_an_sae_graphs_sae_e
     assert dotted(older) == dotted(trace)
     assert dotted({"script": "fast.py", "sign_convention": sentences("fast.py")}).startswith("SAE error node")
     assert "transcoder feature" in dict(legend_entries({"runs": [trace]}))["box"]
+
+
+def test_a_merged_trace_graphs_caption_says_how_each_run_pruned():
+    from sparse_coding.graphs.legend import caption_lines
+
+    runs = [
+        {"id": str(i), "script": "trace.py", "prompt": "p", "config": {"TRACE_NODE_THRESHOLD": share}}
+        for i, share in enumerate((0.8, 0.95))
+    ]
+    nodes_line = caption_lines({"runs": runs})[1]
+    assert "0.8 / 0.98 of the influence" in nodes_line and "0.95 / 0.98" in nodes_line
+
+
+def test_a_wrapped_rank_of_features_and_errors_is_drawn_pinned():
+    """Wrapped rows are laid out without edges (dot would stretch them): a rank holding a layer's
+    features and errors counts as one rank."""
+    from sparse_coding.graphs.drawing import pinned_layout
+    from sparse_coding.graphs.render import RenderOptions
+
+    graph = _trace_graph(["a", "b", "c", "d", "e"])
+    for index in range(4):
+        graph.add_node(Node.from_id(f"tc_0.{10 + index}@4", activation=1.0, hook="blocks.0.hook_mlp_out"))
+    assert not pinned_layout(graph, RenderOptions(max_row_nodes=8))  # the layer's 7 nodes fit one row
+    assert pinned_layout(graph, RenderOptions(max_row_nodes=4))

@@ -120,6 +120,9 @@ def selection_text(run: dict[str, Any]) -> str:
         exp = config.get("THRESHOLD_EXP", 5.0)
         kept = "every non-zero edge" if exp is None else f"edges |effect| > 2**{exp}"
         return kept + (", from the pinned feature" if config.get("DIMS_PINNED") else "")
+    if script == "trace.py":
+        nodes, edges = config.get("TRACE_NODE_THRESHOLD", 0.8), config.get("TRACE_EDGE_THRESHOLD", 0.98)
+        return f"pruned to {nodes} / {edges} of the influence (nodes / edges)"
     if script != "fast.py":
         return "nodes as imported"
     if config.get("down_node_selection") == "thresholds":

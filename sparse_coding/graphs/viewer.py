@@ -31,6 +31,7 @@ from sparse_coding.config.steering import steer_commands
 from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
 from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
 from sparse_coding.graphs.markup import shown_logits
+from sparse_coding.graphs.render import drawn_rank
 from sparse_coding.nodes import parse_any_id
 
 NEURONPEDIA_PAGES = "https://www.neuronpedia.org"
@@ -74,11 +75,6 @@ def _row_label(node: Node) -> str:
     return node.hook or _ROW_LABELS.get(node.site) or f"{node.site} {node.layer}"
 
 
-def _row_key(node: Node) -> tuple[int, int]:
-    """A drawn row: one layer and place in the block (a transcoder layer's features and errors share it)."""
-    return node.rank_key()[:2]
-
-
 def _column(node: Node, tokens: list[str] | None) -> int | None:
     """The token column of a node on a token axis: its position; a logit's, the last token's."""
     if node.position is not None or not tokens:
@@ -119,15 +115,15 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
     """
     metadata = graph.metadata
     nodes = graph.sorted_nodes()
-    row_of = {key: row for row, key in enumerate(sorted({_row_key(node) for node in nodes}))}
+    row_of = {key: row for row, key in enumerate(sorted({drawn_rank(node) for node in nodes}))}
     rows = [""] * len(row_of)
     for node in nodes:
-        rows[row_of[_row_key(node)]] = rows[row_of[_row_key(node)]] or _row_label(node)
+        rows[row_of[drawn_rank(node)]] = rows[row_of[drawn_rank(node)]] or _row_label(node)
     index = {node.id: i for i, node in enumerate(nodes)}
     run_index = {str(run.get("id")): i for i, run in enumerate(metadata.get("runs") or [])}
     tokens = _token_axis(metadata, nodes)
     return {
-        "nodes": [_node_data(node, row_of[_row_key(node)], metadata, run_index, tokens) for node in nodes],
+        "nodes": [_node_data(node, row_of[drawn_rank(node)], metadata, run_index, tokens) for node in nodes],
         "edges": [
             [index[e.source], index[e.target], e.effect, _run_indices(e.runs, run_index)]
             for e in graph.sorted_edges()
