@@ -160,9 +160,10 @@ def check_together(values: dict[str, Any], where: str) -> None:
             f"Config key KEEPER_CLUSTER_INDEX{where} is {values['KEEPER_CLUSTER_INDEX']}, but "
             f"NUM_CLUSTERS is {values['NUM_CLUSTERS']}; valid: 0..{values['NUM_CLUSTERS'] - 1}"
         )
-    if not any(values[key] for key in ("RESID_SAES", "ATTN_SAES", "MLP_SAES")):
+    if not any(values[key] for key in ("RESID_SAES", "ATTN_SAES", "MLP_SAES", "TRANSCODERS")):
         raise ConfigError(
-            f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
+            f"RESID_SAES, ATTN_SAES, MLP_SAES and TRANSCODERS{where} are all unset; set at least one SAE "
+            f"source (or TRANSCODERS, for trace.py alone)"
         )
     if values["NODE_ESTIMATOR"] == "exact" and values["NODE_POSITIONS"] == "each":
         raise ConfigError(
