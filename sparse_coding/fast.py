@@ -27,7 +27,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.fast import run_fast
 
-    return run_fast(config, args.phases, new_graph=args.new_graph)
+    return run_fast(config, args.phases, new_graph=args.new_graph, resume=args.resume)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

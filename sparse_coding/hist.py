@@ -40,7 +40,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.hist import run_hist
 
-    return run_hist(config, args.phases)
+    return run_hist(config, args.phases, resume=args.resume)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

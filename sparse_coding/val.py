@@ -38,7 +38,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.val import run_val
 
-    return run_val(config, args.phases, from_graph=args.from_graph, run=args.run)
+    return run_val(config, args.phases, from_graph=args.from_graph, run=args.run, resume=args.resume)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

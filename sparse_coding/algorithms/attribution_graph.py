@@ -19,19 +19,23 @@ Phases:
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from sparse_coding.algorithms.attribution import SiteAttribution, node_attributions, timed
 from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
+from sparse_coding.algorithms.attribution_totals import EdgeTotals, NodeSummary, NodeTotals
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import error_id, feature_id, parse_node_id
 from sparse_coding.pairs import ExampleBatch
+from sparse_coding.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
@@ -61,18 +65,6 @@ class GraphOptions:
             raise ConfigError("SELECTION threshold needs NODE_THRESHOLD and EDGE_THRESHOLD")
 
 
-@dataclass
-class NodeSummary:
-    """One site's node attributions over all examples."""
-
-    mean: Tensor  # (d_sae,)
-    std: Tensor  # (d_sae,) population std over examples
-    error_mean: float
-    error_std: float
-    max_activation: Tensor  # (d_sae,)
-    last_activation: Tensor  # (n_examples, d_sae)
-
-
 def gradient_graph(
     spliced: SplicedModel,
     batches: list[ExampleBatch],
@@ -83,30 +75,56 @@ def gradient_graph(
 ) -> Graph:
     """The whole fast.py computation over batches of examples -> Graph.
 
+    Phases 1-2, 4 and 5 fold each batch into running totals
+    (`attribution_totals`, `sharding.run_pass`): under torchrun each rank
+    computes its share of the batches and the totals are added over the ranks.
+
     Args:
         means: per site key, (d_sae,) feature means (BASELINE mean).
         thresholds: per site key, activation thresholds that choose down-nodes
             (hist.py); sites without one use SELECTION.
     """
     n_examples = sum(len(batch) for batch in batches)
+    kept: dict[int, dict[str, SiteAttribution]] = {}  # this rank's batches' phase 1, reused by 4 and 5
+
+    def attributions(index: int, batch: ExampleBatch) -> dict[str, SiteAttribution]:
+        if index not in kept:  # not yet, or computed before a resumed run's checkpoint
+            kept[index] = _node_phase(spliced, batch, options, means)
+        return kept[index]
+
     with timed(f"Node attributions ({n_examples} examples, {len(batches)} batches)"):
-        per_batch = [_node_phase(spliced, batch, options, means) for batch in batches]
-    summaries = summarize(per_batch)
+        nodes = run_pass(
+            "fast: nodes",
+            batches,
+            empty=lambda: NodeTotals.for_model(spliced),
+            add=lambda totals, i, batch: totals.add(attributions(i, batch)),
+            desc="Node attributions",
+            total=len(batches),
+            leave=False,
+        )
+    summaries = nodes.summaries(spliced.device)
     down_nodes = choose_down_nodes(summaries, options, thresholds=thresholds)
     with timed("Edges"):
-        edge_sets = mean_edges(
-            [
-                _edge_phase(spliced, b, a, down_nodes, options)
-                for b, a in zip(batches, per_batch, strict=True)
-            ],
-            n_examples,
+        edge_totals = run_pass(
+            "fast: edges",
+            batches,
+            empty=EdgeTotals,
+            add=lambda totals, i, batch: totals.add(
+                _edge_phase(spliced, batch, attributions(i, batch), down_nodes, options)
+            ),
+            desc="Edges of the examples",
+            total=len(batches),
+            leave=False,
         )
+    edge_sets = edge_totals.means(n_examples, spliced.device)
     graph = build_graph(spliced, summaries, edge_sets, options)
     graph.metadata |= _metadata(summaries, down_nodes, options, n_examples, thresholds)
     graph.metadata["node_std"] = {node_id: _std(summaries, node_id) for node_id in graph.nodes}
     if options.exact:
         with timed("Exact node effects"):
-            graph.metadata["exact"] = exact_check(spliced, batches, per_batch, summaries, down_nodes, options)
+            graph.metadata["exact"] = exact_check(
+                spliced, batches, attributions, summaries, down_nodes, options
+            )
     return graph
 
 
@@ -138,20 +156,11 @@ def _edge_phase(
 
 
 def summarize(per_batch: list[dict[str, SiteAttribution]]) -> dict[str, NodeSummary]:
-    """Phase 2: per site, mean and std over every example of every batch."""
-    summaries = {}
-    for key in per_batch[0]:
-        features = torch.cat([attrs[key].feature_ie for attrs in per_batch])  # (n_examples, d_sae)
-        errors = torch.cat([attrs[key].error_ie for attrs in per_batch])
-        summaries[key] = NodeSummary(
-            features.mean(0),
-            features.std(0, correction=0),
-            float(errors.mean()),
-            float(errors.std(correction=0)),
-            torch.stack([attrs[key].max_activation for attrs in per_batch]).amax(0),
-            torch.cat([attrs[key].last_activation for attrs in per_batch]),
-        )
-    return summaries
+    """Phase 2 on one process's batches: per site, mean and std over every example of every batch."""
+    totals = NodeTotals.empty_like(per_batch[0])
+    for attributions in per_batch:
+        totals.add(attributions)
+    return totals.summaries(next(iter(per_batch[0].values())).feature_ie.device)
 
 
 def choose_down_nodes(
@@ -162,8 +171,8 @@ def choose_down_nodes(
     for key, summary in summaries.items():
         scores = summary.mean.abs()
         if thresholds is not None and key in thresholds:
-            over = summary.last_activation > thresholds[key].to(summary.last_activation)
-            chosen[key] = over.any(0).nonzero().flatten()
+            over = summary.max_last_activation > thresholds[key].to(summary.max_last_activation)
+            chosen[key] = over.nonzero().flatten()
         elif options.selection == "threshold":
             chosen[key] = (scores > options.node_threshold).nonzero().flatten()
         else:
@@ -177,19 +186,11 @@ def choose_down_nodes(
 
 
 def mean_edges(per_batch: list[list[EdgeSet]], n_examples: int) -> list[EdgeSet]:
-    """Phase 4: each edge's mean over examples; batches' columns (upstream features) are aligned first."""
-    return [_aligned_sum(sets).scaled(1 / n_examples) for sets in zip(*per_batch, strict=True)]
-
-
-def _aligned_sum(sets: tuple[EdgeSet, ...]) -> EdgeSet:
-    """One site pair's edge sets of several batches added, over the union of their upstream features."""
-    first = sets[0]
-    columns = torch.cat([s.up_features for s in sets]).unique()
-    total = first.effects.new_zeros(first.effects.shape[0], len(columns) + 1)
-    for s in sets:
-        total[:, torch.searchsorted(columns, s.up_features)] += s.effects[:, :-1]
-        total[:, -1] += s.effects[:, -1]
-    return EdgeSet(first.down_site, first.down_features, first.up_site, columns, total)
+    """Phase 4 on one process's batches: each edge's mean over examples, batches' columns aligned first."""
+    totals = EdgeTotals()
+    for sets in per_batch:
+        totals.add(sets)
+    return totals.means(n_examples, per_batch[0][0].effects.device)
 
 
 def fraction_explained(summaries: dict[str, NodeSummary]) -> float:
@@ -202,25 +203,39 @@ def fraction_explained(summaries: dict[str, NodeSummary]) -> float:
 def exact_check(
     spliced: SplicedModel,
     batches: list[ExampleBatch],
-    per_batch: list[dict[str, SiteAttribution]],
+    attributions: Callable[[int, ExampleBatch], dict[str, SiteAttribution]],
     summaries: dict[str, NodeSummary],
     down_nodes: dict[str, Tensor],
     options: GraphOptions,
 ) -> dict:
     """Phase 5: exact mean effects of the down-nodes and every site's error node, and their
-    correlation with the estimates."""
+    correlation with the estimates. `attributions(index, batch)` gives a batch's phase 1."""
     n_examples = sum(len(batch) for batch in batches)
     keys = list(down_nodes)
-    sums = [
-        (
-            exact_effects(spliced, b, a, down_nodes, metric=options.metric),
-            exact_error_effects(spliced, b, a, keys, metric=options.metric),
+
+    def add(sums: Sums, index: int, batch: ExampleBatch) -> None:
+        attrs = attributions(index, batch)
+        features = exact_effects(spliced, batch, attrs, down_nodes, metric=options.metric)
+        errors = exact_error_effects(spliced, batch, attrs, keys, metric=options.metric)
+        for key in keys:
+            sums.values["features"][key] += features[key].detach().cpu().double().numpy()
+            sums.values["errors"][key] += float(errors[key])
+
+    def empty() -> Sums:
+        return Sums(
+            {
+                "features": {key: np.zeros(len(down_nodes[key])) for key in keys},
+                "errors": dict.fromkeys(keys, 0.0),
+            }
         )
-        for b, a in zip(batches, per_batch, strict=True)
-    ]
-    features = torch.cat([sum(f[key] for f, _ in sums) / n_examples for key in keys])
-    errors = torch.stack([sum(e[key] for _, e in sums) / n_examples for key in keys])
-    exact = torch.cat([features, errors.to(features)])
+
+    sums = run_pass(
+        "fast: exact", batches, empty=empty, add=add, desc="Exact effects", total=len(batches)
+    ).values
+    features = torch.from_numpy(np.concatenate([sums["features"][key] for key in keys]) / n_examples).float()
+    errors = torch.tensor([sums["errors"][key] / n_examples for key in keys])
+    exact = torch.cat([features, errors.to(features)]).to(spliced.device)
+    features = exact[: len(features)]
     feature_estimates = torch.cat([summaries[key].mean[f] for key, f in down_nodes.items()])
     error_estimates = feature_estimates.new_tensor([summaries[key].error_mean for key in keys])
     estimate = torch.cat([feature_estimates, error_estimates])

@@ -48,6 +48,7 @@ INT_RANGES = {
     "MAX_SEQ_LEN": (1, 1_000_000),
     "MAX_SEQ_INTERPED_LEN": (1, 1_000_000),
     "BATCH_SIZE": (1, 65_536),
+    "CHECKPOINT_EVERY": (0, 10**9),
     "TOP_K": (1, 1_000),
     "SEQ_PER_DIM_CAP": (1, 10_000),
     "NUM_CLUSTERS": (1, 100_000),
@@ -115,6 +116,7 @@ class Config:
     BATCH_SIZE: int = 8
     PREPEND_BOS: bool = True
     SEED: int = 0
+    CHECKPOINT_EVERY: int = 100
     # SAEs per site.
     RESID_SAES: str | None = "gpt2-small-res-jb"
     ATTN_SAES: str | None = "gpt2-small-attn-out-v5-32k"

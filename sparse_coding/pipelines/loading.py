@@ -9,6 +9,7 @@ MODEL_DIR with exactly those SAEs spliced.
 import logging
 from collections.abc import Collection
 
+from sparse_coding import distributed
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
@@ -47,7 +48,7 @@ def load_spliced_model(
     if pairs is not None:
         check_sources(config, pairs, source)
     phases = phases or PhaseTimer()
-    device = resolve_device(config.DEVICE)
+    device = distributed.local_device(resolve_device(config.DEVICE))  # under torchrun: this rank's GPU
     model_dtype = resolve_dtype(config.DTYPE)
     with phases.phase("model load"):
         model, tokenizer = load_model(config.MODEL_DIR, device, model_dtype)
