@@ -69,7 +69,7 @@ class RunCheckpoint:
         """
         saved = self.passes.get(name) if distributed.is_main() else None
         position, done = distributed.broadcast((saved["position"], saved["done"]) if saved else (0, False))
-        state = saved["state"] if saved else None
+        state = _loaded(saved["state"]) if saved else None
         if done:
             state = distributed.broadcast(state)
         return position, done, state
@@ -78,13 +78,26 @@ class RunCheckpoint:
         """Record pass `name`'s reduced `state` after `position` batches (rank 0 writes; no-op when off)."""
         if self.every <= 0 or not distributed.is_main():
             return
-        import torch
-
-        self.passes[name] = {"position": position, "done": done, "state": distributed.to_cpu(state)}
-        buffer = io.BytesIO()
-        torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "passes": self.passes}, buffer)
-        storage.write_atomic(self.path, buffer.getvalue())
+        # Serialized now: the pass goes on changing its state (and a finished pass's result) afterwards.
+        self.passes[name] = {"position": position, "done": done, "state": _dumped(distributed.to_cpu(state))}
+        storage.write_atomic(
+            self.path, _dumped({"format": FORMAT, "fingerprint": self.fingerprint, "passes": self.passes})
+        )
         logger.debug("Checkpoint %s: %s at batch %d%s", self.path, name, position, " (done)" if done else "")
+
+
+def _dumped(value: Any) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def _loaded(data: bytes) -> Any:
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def current() -> RunCheckpoint | None:
@@ -132,10 +145,8 @@ def _opened(path: Path, fingerprint: dict[str, Any], resume: bool) -> tuple[dict
     if not resume:
         logger.info("Starting over: %s holds an earlier run's checkpoint (--resume continues it)", path)
         return {}, None
-    import torch
-
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = _loaded(path.read_bytes())
         passes, cached = saved["passes"], saved["fingerprint"]
         found = saved["format"]
     except Exception as e:  # a foreign or damaged file: torch, pickle and zip raise many types

@@ -312,7 +312,7 @@ def first_failure() -> bool:
             os.environ["MASTER_ADDR"],
             int(os.environ["MASTER_PORT"]),
             is_master=False,
-            timeout=datetime.timedelta(seconds=5),
+            timeout=datetime.timedelta(seconds=2),
         )
         key = f"{_FAILURE_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
         key += f"/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
