@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 600.0
 _FAILURE_KEY = "sparse_coding/failures"
+_failure_store = None  # set by `session`
 
 
 class DistributedError(SparseCodingError):
@@ -112,6 +113,8 @@ def session(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
             f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within {timeout_s:.0f} s "
             f"(torchrun's rendezvous; on several machines every one needs the same --rdzv-endpoint): {e}"
         ) from e
+    global _failure_store
+    _failure_store = _store_client()  # opened while every rank is up: without torchrun, rank 0 hosts it
     logger.info("%d ranks (%s), timeout %.0f s", dist.get_world_size(), backend, timeout_s)
     yield
     # Left only when every rank got here; a failing run just exits, since tearing the group
@@ -302,23 +305,30 @@ def move(value: Any, device: torch.device | str) -> Any:
 
 def first_failure() -> bool:
     """Whether this process should print the run's error: always without torchrun; under it, only
-    the first rank to report one (counted in torchrun's store, so N ranks failing alike print once)."""
+    the first rank to report one (counted in the rendezvous store, so N ranks failing alike print once)."""
     if launched_world_size() <= 1:
         return True
     try:
-        import torch.distributed as dist
-
-        store = dist.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            is_master=False,
-            timeout=datetime.timedelta(seconds=2),
-        )
+        store = _failure_store or _agent_store()
+        if store is None:
+            return True
         key = f"{_FAILURE_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
-        key += f"/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        return store.add(key, 1) == 1
+        return store.add(f"{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
     except Exception:  # no store to ask (it went down with its host): better twice than never
         return True
+
+
+def _agent_store():
+    """A client of torchrun's own store, which outlives every rank; None when another launcher started us."""
+    return _store_client() if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+
+
+def _store_client():
+    """A client of the rendezvous store at MASTER_ADDR:MASTER_PORT."""
+    import torch.distributed as dist
+
+    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    return dist.TCPStore(address, port, is_master=False, timeout=datetime.timedelta(seconds=2))
 
 
 def failure_prefix() -> str:

@@ -33,7 +33,7 @@ import sklearn.cluster  # noqa: E402, F401
 import sparse_coding.pipelines.fast  # noqa: E402, F401
 import sparse_coding.pipelines.hist  # noqa: E402, F401
 import sparse_coding.pipelines.val  # noqa: E402, F401
-from sparse_coding import checkpoints, cli  # noqa: E402
+from sparse_coding import checkpoints, cli, distributed  # noqa: E402
 
 
 def free_port() -> int:
@@ -74,7 +74,8 @@ def kill_when_saving(name: str, position, when: str) -> None:
     save = checkpoints.RunCheckpoint.save
 
     def saving(self, pass_name, at, state, *, done=False):
-        hit = pass_name == name and (done if position == "done" else at == position and not done)
+        at_point = pass_name == name and (done if position == "done" else at == position and not done)
+        hit = at_point and distributed.is_main()  # every rank calls save; rank 0 writes
         if hit and when == "before":
             os.kill(os.getpid(), signal.SIGKILL)
         save(self, pass_name, at, state, done=done)
