@@ -209,8 +209,8 @@ def _collective(what: str, call, *args, **kwargs) -> None:
         call(*args, **kwargs)
     except RuntimeError as e:  # DistBackendError and gloo's timeouts/closed connections are RuntimeErrors
         raise DistributedError(
-            f"rank {rank()} of {world_size()} lost the other ranks during {what}: one of them stopped "
-            f"(its message says why) or took longer than --timeout ({e})"
+            f"another rank stopped (its own message says why) or did not reach the {what} "
+            f"within --timeout seconds ({e})"
         ) from e
 
 

@@ -85,13 +85,7 @@ def gradient_graph(
             (hist.py); sites without one use SELECTION.
     """
     n_examples = sum(len(batch) for batch in batches)
-    kept: dict[int, dict[str, SiteAttribution]] = {}  # this rank's batches' phase 1, reused by 4 and 5
-
-    def attributions(index: int, batch: ExampleBatch) -> dict[str, SiteAttribution]:
-        if index not in kept:  # not yet, or computed before a resumed run's checkpoint
-            kept[index] = _node_phase(spliced, batch, options, means)
-        return kept[index]
-
+    attributions = _kept_attributions(spliced, options, means)
     with timed(f"Node attributions ({n_examples} examples, {len(batches)} batches)"):
         nodes = run_pass(
             "fast: nodes",
@@ -126,6 +120,21 @@ def gradient_graph(
                 spliced, batches, attributions, summaries, down_nodes, options
             )
     return graph
+
+
+def _kept_attributions(
+    spliced: SplicedModel, options: GraphOptions, means: dict[str, Tensor] | None
+) -> Callable[[int, ExampleBatch], dict[str, SiteAttribution]]:
+    """`attributions(index, batch)`: phase 1 of this rank's batch at `index`, computed once and kept
+    for phases 4 and 5 (computed again only for batches done before a resumed run's checkpoint)."""
+    kept: dict[int, dict[str, SiteAttribution]] = {}
+
+    def attributions(index: int, batch: ExampleBatch) -> dict[str, SiteAttribution]:
+        if index not in kept:
+            kept[index] = _node_phase(spliced, batch, options, means)
+        return kept[index]
+
+    return attributions
 
 
 def _node_phase(

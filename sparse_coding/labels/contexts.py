@@ -174,7 +174,6 @@ def collect_contexts(
         "contexts", batches, empty=empty, add=add, desc="Collecting contexts", total=total, device=device
     )
     tops, sequences = state.tops, state.sequences
-    reads, tokens = state.counts["reads"], state.counts["tokens"]
     cache = ContextCache(
         view=view,
         per_feature=per_feature,
@@ -190,7 +189,14 @@ def collect_contexts(
         len(sequences),
         time.perf_counter() - start,
     )
-    for key, (exact, columns) in reads.items():
+    _log_reads(spliced, state.counts)
+    return cache
+
+
+def _log_reads(spliced: SplicedModel, counts: dict) -> None:
+    """Per TopK site, how many tokens needed exact membership and how much of the encoder was read."""
+    tokens = counts["tokens"]
+    for key, (exact, columns) in counts["reads"].items():
         if spliced.by_key[key].sae.cfg.activation == "topk":
             logger.debug(
                 "%s: %d of %d tokens needed exact TopK membership; encoder columns read: %.1f%% of a "
@@ -200,7 +206,6 @@ def collect_contexts(
                 tokens,
                 100 * columns / max(tokens * spliced.by_key[key].sae.d_sae, 1),
             )
-    return cache
 
 
 @dataclass
