@@ -135,8 +135,9 @@ def run_setup(args: argparse.Namespace, ranks: int, threads: int) -> dict:
     """Start one set-up as its own process(es); its rank 0's results."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out.json"
-        passed = ["--slice", args.slice, "--pairs", str(args.pairs), "--sequences", str(args.sequences)]
-        passed += ["--batch-size", str(args.batch_size), "--device", args.device, "--max-len", str(args.max_len)]
+        sizes = {"--pairs": args.pairs, "--batch-size": args.batch_size, "--sequences": args.sequences}
+        sizes |= {"--max-len": args.max_len, "--slice": args.slice, "--device": args.device}
+        passed = [str(word) for pair in sizes.items() for word in pair]
         passed += ["--worker", "--threads", str(threads), "--out", str(out)]
         launcher = [sys.executable]
         if ranks > 1:

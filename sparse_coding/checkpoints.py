@@ -5,9 +5,10 @@ computation (`sparse_coding.pipelines.resume` builds it from the config).
 Inside it, each pass over the data (`sparse_coding.sharding.run_pass`) saves
 its reduced state (sums, candidate heaps, cluster statistics) and its
 position in the data every CHECKPOINT_EVERY batches, and its final state when
-it ends, so that a run killed at any point loses at most that many batches:
-with ``--resume`` each finished pass is read back and the interrupted one
-continues where its last checkpoint stood.
+it ends (passes shorter than that save nothing), so that a run killed at any
+point loses at most that many batches of a pass: with ``--resume`` each
+finished pass is read back and the interrupted one continues where its last
+checkpoint stood.
 
 The file is DATA_DIR/<model>/checkpoints/<script>.ckpt (``hist.ckpt``), one
 per script, written by rank 0 alone, atomically (`storage.write_atomic`), so

@@ -30,7 +30,7 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -148,30 +148,28 @@ def local_device(device: torch.device) -> torch.device:
 def all_sum(values: T) -> T:
     """Every rank's `values` added up, in float64: the same nesting of dicts, lists, dataclasses,
     numpy arrays, tensors (returned on their own device and dtype), floats and ints."""
-    dist = _dist()
-    if dist is None:
-        return values
-    import torch
-
-    leaves: list[Any] = []
-    _collect(values, leaves)
-    flat = torch.cat([_as_float64(leaf).flatten() for leaf in leaves]) if leaves else torch.zeros(0)
-    _collective("all-reduce (sum)", dist.all_reduce, flat)
-    return _rebuild(values, iter(_split(flat, leaves)))
+    return _all_reduce(values, "sum")
 
 
 def all_max(values: T) -> T:
     """Every rank's `values` (as `all_sum` takes them) combined by element-wise maximum."""
+    return _all_reduce(values, "max")
+
+
+def _all_reduce(values: T, op: str) -> T:
+    """`values`' leaves as one float64 vector, all-reduced by `op` ("sum", "max"), put back in place."""
     dist = _dist()
     if dist is None:
         return values
     import torch
 
     leaves: list[Any] = []
-    _collect(values, leaves)
+    map_leaves(values, leaves.append)
     flat = torch.cat([_as_float64(leaf).flatten() for leaf in leaves]) if leaves else torch.zeros(0)
-    _collective("all-reduce (max)", dist.all_reduce, flat, op=dist.ReduceOp.MAX)
-    return _rebuild(values, iter(_split(flat, leaves)))
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+    _collective(f"all-reduce ({op})", dist.all_reduce, flat, op=reduce_op)
+    reduced = iter(_split(flat, leaves))
+    return map_leaves(values, lambda _: next(reduced))
 
 
 def all_gather(value: T) -> list[T]:
@@ -214,20 +212,6 @@ def _collective(what: str, call, *args, **kwargs) -> None:
         ) from e
 
 
-def _collect(value: Any, leaves: list[Any]) -> None:
-    if isinstance(value, dict):
-        for item in value.values():
-            _collect(item, leaves)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _collect(item, leaves)
-    elif is_dataclass(value) and not isinstance(value, type):
-        for f in fields(value):
-            _collect(getattr(value, f.name), leaves)
-    else:
-        leaves.append(value)
-
-
 def _as_float64(leaf: Any) -> torch.Tensor:
     import numpy as np
     import torch
@@ -264,16 +248,19 @@ def _split(flat: torch.Tensor, leaves: list[Any]) -> list[Any]:
     return out
 
 
-def _rebuild(value: Any, leaves: Iterator[Any]) -> Any:
+def map_leaves(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """`value` rebuilt with `fn` applied to each leaf: dicts, lists, tuples (NamedTuples too) and
+    dataclasses (their init fields) are walked, in order; anything else is a leaf."""
     if isinstance(value, dict):
-        return {key: _rebuild(item, leaves) for key, item in value.items()}
+        return {key: map_leaves(item, fn) for key, item in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple
-        return type(value)(*(_rebuild(item, leaves) for item in value))
+        return type(value)(*(map_leaves(item, fn) for item in value))
     if isinstance(value, (list, tuple)):
-        return type(value)(_rebuild(item, leaves) for item in value)
+        return type(value)(map_leaves(item, fn) for item in value)
     if is_dataclass(value) and not isinstance(value, type):
-        return replace(value, **{f.name: _rebuild(getattr(value, f.name), leaves) for f in fields(value)})
-    return next(leaves)
+        walked = {f.name: map_leaves(getattr(value, f.name), fn) for f in fields(value) if f.init}
+        return replace(value, **walked)
+    return fn(value)
 
 
 def to_cpu(value: Any) -> Any:
@@ -282,22 +269,10 @@ def to_cpu(value: Any) -> Any:
 
 
 def move(value: Any, device: torch.device | str) -> Any:
-    """`value` with every tensor in it on `device`; dicts, lists, tuples and dataclasses are walked."""
+    """`value` with every tensor in it on `device` (walked as `map_leaves` walks it)."""
     import torch
 
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device)
-    if isinstance(value, dict):
-        return {key: move(item, device) for key, item in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple
-        return type(value)(*(move(item, device) for item in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(move(item, device) for item in value)
-    if is_dataclass(value) and not isinstance(value, type):
-        return replace(
-            value, **{f.name: move(getattr(value, f.name), device) for f in fields(value) if f.init}
-        )
-    return value
+    return map_leaves(value, lambda leaf: leaf.detach().to(device) if torch.is_tensor(leaf) else leaf)
 
 
 # ---------------------------------------------------------------- failures

@@ -17,7 +17,9 @@ rank where the state says so, e.g. sums). At each checkpoint
 stream) the state is reduced and saved by rank 0, and the other ranks start
 again from an empty state, so the saved state is the run's and does not
 depend on how many ranks made it. An interrupted pass resumes on rank 0
-from it, at the batch after the checkpoint.
+from it, at the batch after the checkpoint. A finished pass saves its result
+too, when it was at least CHECKPOINT_EVERY batches long (a shorter one is
+simply run again: a one-prompt fast.py writes no checkpoint).
 
 The stream is read by every rank: tokenizing is cheap beside the model, and
 it keeps the batches (and so the results) independent of the rank count.
@@ -94,7 +96,7 @@ def run_pass(
             if rank != 0:
                 state = empty()
     state = state.reduce()
-    if checkpoint:
+    if checkpoint and end >= every:  # a pass shorter than CHECKPOINT_EVERY is redone, not saved
         checkpoint.save(key, end, state, done=True)
     return state
 

@@ -27,17 +27,21 @@ def hist_config(make_config, tmp_path):
     return build
 
 
-def killed_after_saves(monkeypatch, count: int) -> None:
+def interrupted_hist(config, monkeypatch, saves: int) -> None:
+    """Run hist.py until its checkpoint has been written `saves` times, then stop it."""
     save = checkpoints.RunCheckpoint.save
     saved = []
 
     def save_then_stop(self, name, position, state, *, done=False):
         save(self, name, position, state, done=done)
         saved.append(name)
-        if len(saved) == count:
+        if len(saved) == saves:
             raise Killed
 
-    monkeypatch.setattr(checkpoints.RunCheckpoint, "save", save_then_stop)
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoints.RunCheckpoint, "save", save_then_stop)
+        with pytest.raises(Killed):
+            run_hist(config)
 
 
 def test_resume_continues_from_the_checkpoint_and_ends_with_the_uninterrupted_result(
@@ -46,10 +50,7 @@ def test_resume_continues_from_the_checkpoint_and_ends_with_the_uninterrupted_re
     config = hist_config()
     reference = hist_config(DATA_DIR=str(config.DATA_DIR) + "_reference")
     run_hist(reference)
-    with monkeypatch.context() as patch:
-        killed_after_saves(patch, 8)  # phase 1: 4 saves and its end; phase 2: at batches 2, 4, 6
-        with pytest.raises(Killed):
-            run_hist(config)
+    interrupted_hist(config, monkeypatch, 8)  # phase 1: 4 saves and its end; phase 2: at batches 2, 4, 6
     assert checkpoint_path(config, "hist.py").is_file()
 
     with caplog.at_level("INFO", logger="sparse_coding"):
@@ -67,10 +68,7 @@ def test_resume_continues_from_the_checkpoint_and_ends_with_the_uninterrupted_re
 
 def test_a_checkpoint_of_other_settings_is_refused_naming_each_difference(hist_config, monkeypatch):
     config = hist_config()
-    with monkeypatch.context() as patch:
-        killed_after_saves(patch, 1)
-        with pytest.raises(Killed):
-            run_hist(config)
+    interrupted_hist(config, monkeypatch, 1)
     path = checkpoint_path(config, "hist.py")
     other = hist_config(NUM_CLUSTERS=4, MAX_SEQ_LEN=32)
 
@@ -87,10 +85,7 @@ def test_a_checkpoint_of_other_settings_is_refused_naming_each_difference(hist_c
 
 def test_an_edited_dataset_file_is_a_difference_too(hist_config, monkeypatch):
     config = hist_config()
-    with monkeypatch.context() as patch:
-        killed_after_saves(patch, 1)
-        with pytest.raises(Killed):
-            run_hist(config)
+    interrupted_hist(config, monkeypatch, 1)
     with open(config.DATASET, "a") as file:
         file.write("one more line\n")
 

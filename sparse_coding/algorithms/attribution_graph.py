@@ -41,6 +41,8 @@ from sparse_coding.splicing.splice import SplicedModel
 logger = logging.getLogger(__name__)
 
 SELECTIONS = ("topk", "threshold")
+# Batches (per rank) whose phase 1 is kept for phases 4-5; a batch beyond them is computed again.
+KEPT_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -125,14 +127,18 @@ def gradient_graph(
 def _kept_attributions(
     spliced: SplicedModel, options: GraphOptions, means: dict[str, Tensor] | None
 ) -> Callable[[int, ExampleBatch], dict[str, SiteAttribution]]:
-    """`attributions(index, batch)`: phase 1 of this rank's batch at `index`, computed once and kept
-    for phases 4 and 5 (computed again only for batches done before a resumed run's checkpoint)."""
+    """`attributions(index, batch)`: phase 1 of this rank's batch at `index`. The first KEPT_BATCHES
+    are kept for phases 4 and 5; the others (and those done before a resumed run's checkpoint) are
+    computed again there, so memory does not grow with the number of examples."""
     kept: dict[int, dict[str, SiteAttribution]] = {}
 
     def attributions(index: int, batch: ExampleBatch) -> dict[str, SiteAttribution]:
-        if index not in kept:
-            kept[index] = _node_phase(spliced, batch, options, means)
-        return kept[index]
+        if index in kept:
+            return kept[index]
+        computed = _node_phase(spliced, batch, options, means)
+        if len(kept) < KEPT_BATCHES:
+            kept[index] = computed
+        return computed
 
     return attributions
 
