@@ -16,6 +16,8 @@ setup(
             "demo/*.txt",
             "demo/model/*",
             "demo/saes/*/*",
+            "demo/transcoders/*/*",
+            "sharing/*.json",
         ]
     },
     python_requires=">=3.10",
@@ -30,13 +32,24 @@ setup(
         "numpy>=1.24",
         "graphviz>=0.20",
         "requests>=2.31",
-        "urllib3>=2",  # Neuronpedia bodies are read with read1 under a deadline
+        "urllib3>=2",  # Neuronpedia: Retry, and bodies read with read1 under a deadline
+        "filelock>=3.12",  # graph locks (sparse_coding/storage.py); huggingface_hub needs it too
         "tqdm>=4.66",
         "datasets>=2.19",
         "scikit-learn>=1.3",
+        "matplotlib>=3.7",  # steer.py's response-curve plots
     ],
     extras_require={
+        # Graph.to_pandas / to_networkx, `sparse-coding export --to csv|parquet`.
+        "analysis": ["pandas>=2", "networkx>=3", "pyarrow>=14"],
+        # W&B logging of runs (WANDB_PROJECT); without it a run warns and goes on.
+        "wandb": ["wandb>=0.17"],
         "test": [
+            "pandas>=2",
+            "networkx>=3",
+            "pyarrow>=14",
+            "jsonschema>=4",  # tests/test_sharing.py validates the Neuronpedia export
+            "wandb>=0.17",  # tests/test_wandb_runs.py logs an offline run
             "pytest>=8",
             "hypothesis>=6.100",
             "ruff>=0.5",

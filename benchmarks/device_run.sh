@@ -30,7 +30,7 @@ elif [ "$part" = 3 ]; then
   run sfc1000 150 python3 benchmarks/bench_sfc.py --device cuda --slice 0:12 --examples 1000 --loop-examples 2
   run scale 150 python3 benchmarks/bench_scale.py --device cuda:0 --slice 11:12
   run scale012 150 python3 benchmarks/bench_scale.py --device cuda:0 --slice 0:12
-  for extra in steer trace; do  # other branches' benchmarks, once merged
+  for extra in steer trace; do  # steer.py's and trace.py's, where this checkout has them
     if [ -f "benchmarks/bench_$extra.py" ]; then run "$extra" 40 python3 "benchmarks/bench_$extra.py" --device cuda; fi
   done
 else

@@ -1,16 +1,16 @@
 #!/bin/sh
 # The image's entry point:
-#   docker run IMAGE [pipe|fast|val|hist] [ARGS...]   one of the scripts (default fast)
-#   docker run IMAGE demo [DIR]                       the offline demo into DIR (default /work/demo)
-#   docker run IMAGE --help                           fast.py's help
-#   docker run IMAGE COMMAND [ARGS...]                any other command, e.g. bash
+#   docker run IMAGE [pipe|fast|val|hist|steer] [ARGS...]   one of the scripts (default fast)
+#   docker run IMAGE demo [DIR]                             the offline demo into DIR (default /work/demo)
+#   docker run IMAGE --help                                 fast.py's help
+#   docker run IMAGE COMMAND [ARGS...]                      any other command, e.g. bash
 # Without --config, a config at $SPARSE_CODING_WORK/config.yaml (default
 # /work/config.yaml, the folder to mount) is used when there is one.
 set -e
 work="${SPARSE_CODING_WORK:-/work}"
 script=fast
 case "${1:-}" in
-    pipe | fast | val | hist) script=$1; shift ;;
+    pipe | fast | val | hist | steer) script=$1; shift ;;
     demo)
         shift
         if [ $# -eq 0 ]; then set -- "$work/demo"; fi

@@ -1,6 +1,6 @@
 """sparse_coding: circuit discovery in GPT-2 small with sparse autoencoders.
 
-The scripts (`pipe.py`, `fast.py`, `val.py`, `hist.py`) are thin front doors;
+The scripts (`pipe.py`, `fast.py`, `val.py`, `hist.py`, `steer.py`) are thin front doors;
 from a notebook, the names below are one import away
 (``from sparse_coding import load_config, load_spliced_model, ...``). They load
 on first use, so importing the package stays cheap.
@@ -29,6 +29,14 @@ _EXPORTS = {
     "ablation_graph": "sparse_coding.algorithms.ablation_graph",
     "validate_circuit": "sparse_coding.algorithms.validation",
     "compute_thresholds": "sparse_coding.algorithms.thresholds",
+    "steer": "sparse_coding.algorithms.steering",
+    "response_curve": "sparse_coding.algorithms.response_curve",
+    "generate": "sparse_coding.algorithms.generation",
+    "left_padded": "sparse_coding.algorithms.generation",
+    "Sampling": "sparse_coding.algorithms.generation",
+    "FeatureEdit": "sparse_coding.config.steering",
+    "CurveSpec": "sparse_coding.config.steering",
+    "feature_edits": "sparse_coding.splicing.splice",
     "Graph": "sparse_coding.graphs.graph",
     "load_graph": "sparse_coding.graphs.graph_files",
     "save_graph": "sparse_coding.graphs.graph_files",

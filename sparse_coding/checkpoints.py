@@ -11,9 +11,9 @@ finished pass is read back and the interrupted one continues where its last
 checkpoint stood.
 
 The file is DATA_DIR/<model>/checkpoints/<script>.ckpt (``hist.ckpt``), one
-per script, written by rank 0 alone, atomically (`storage.write_atomic`), so
-a kill mid-write leaves the previous checkpoint. It holds ``format``,
-``fingerprint`` (`storage.cache_fingerprint`: the model's and SAEs' files,
+per script, written by rank 0 alone, atomically (a `sparse_coding.cache.Cache`,
+so a kill mid-write leaves the previous checkpoint). It holds ``format``,
+``fingerprint`` (`cache.cache_fingerprint`: the model's and SAEs' files,
 the dataset's identity, every config key but CHECKPOINT_EVERY, and the
 script's inputs such as PAIRS_FILE or ``--from-graph``) and, per pass, its
 ``position`` (global batches done), ``done`` and ``state``. A checkpoint whose
@@ -36,7 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sparse_coding import distributed, storage
+from sparse_coding import distributed
+from sparse_coding.cache import Cache
 from sparse_coding.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,11 @@ _current: contextvars.ContextVar[RunCheckpoint | None] = contextvars.ContextVar(
 
 
 class RunCheckpoint:
-    """One run's checkpoint file: what rank 0 has saved so far, and saving more."""
+    """One run's checkpoint file (a `cache.Cache` keyed by the run's fingerprint): what rank 0 has
+    saved so far, and saving more."""
 
-    def __init__(self, path: Path, fingerprint: dict[str, Any], every: int, passes: dict[str, dict]) -> None:
-        self.path = path
-        self.fingerprint = fingerprint
+    def __init__(self, store: Cache[dict[str, dict]], every: int, passes: dict[str, dict]) -> None:
+        self.store = store
         self.every = every  # CHECKPOINT_EVERY: 0 = never save
         self.passes = passes  # rank 0: pass name -> {"position", "done", "state"}; other ranks: {}
         self._names: Counter[str] = Counter()
@@ -81,10 +82,23 @@ class RunCheckpoint:
             return
         # Serialized now: the pass goes on changing its state (and a finished pass's result) afterwards.
         self.passes[name] = {"position": position, "done": done, "state": _dumped(distributed.to_cpu(state))}
-        storage.write_atomic(
-            self.path, _dumped({"format": FORMAT, "fingerprint": self.fingerprint, "passes": self.passes})
-        )
-        logger.debug("Checkpoint %s: %s at batch %d%s", self.path, name, position, " (done)" if done else "")
+        self.store.save(self.passes)
+        logger.debug("Checkpoint %s: %s at batch %d%s", self.store.path, name, position, " (done)" * done)
+
+
+def checkpoint_file(path: Path, fingerprint: dict[str, Any], *, inside: Path | None = None) -> Cache[dict]:
+    """The checkpoint file at `path` of a run whose result depends on `fingerprint`."""
+
+    def encode(passes: dict[str, dict], key: dict[str, Any]) -> bytes:
+        return _dumped({"format": FORMAT, "fingerprint": key, "passes": passes})
+
+    def decode(data: bytes) -> tuple[dict[str, Any], dict[str, dict]]:
+        saved = _loaded(data)
+        if saved["format"] != FORMAT:
+            raise ValueError(f"format {saved['format']!r}, this version writes {FORMAT}")
+        return saved["fingerprint"], saved["passes"]
+
+    return Cache(path, fingerprint, encode, decode, inside=inside)
 
 
 def _dumped(value: Any) -> bytes:
@@ -96,9 +110,13 @@ def _dumped(value: Any) -> bytes:
 
 
 def _loaded(data: bytes) -> Any:
+    """What `_dumped` wrote; a foreign or damaged file is a ValueError (torch, pickle, zip raise others)."""
     import torch
 
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(str(e)) from e
 
 
 def current() -> RunCheckpoint | None:
@@ -107,14 +125,11 @@ def current() -> RunCheckpoint | None:
 
 
 @contextlib.contextmanager
-def checkpointed(
-    path: Path, fingerprint: dict[str, Any], *, every: int, resume: bool
-) -> Iterator[RunCheckpoint]:
-    """Checkpoint the dataset passes run inside the block in `path`; on success, remove the checkpoint.
+def checkpointed(store: Cache[dict[str, dict]], *, every: int, resume: bool) -> Iterator[RunCheckpoint]:
+    """Checkpoint the dataset passes run inside the block in `store`; on success, remove the file.
 
     Args:
-        path: the checkpoint file (rank 0's).
-        fingerprint: what the run's result depends on (`storage.cache_fingerprint`).
+        store: the checkpoint file (`checkpoint_file`), rank 0's.
         every: CHECKPOINT_EVERY (0: save nothing).
         resume: continue from the checkpoint on disk (``--resume``), else start over.
 
@@ -122,50 +137,40 @@ def checkpointed(
         ConfigError: ``--resume`` and the checkpoint on disk is unreadable or
             was written by a run with other settings (each named).
     """
-    passes, problem = _opened(path, fingerprint, resume) if distributed.is_main() else ({}, None)
+    passes, problem = _opened(store, resume) if distributed.is_main() else ({}, None)
     problem = distributed.broadcast(problem)
     if problem:
         raise ConfigError(problem)
-    checkpoint = RunCheckpoint(path, fingerprint, every, passes)
+    checkpoint = RunCheckpoint(store, every, passes)
     token = _current.set(checkpoint)
     try:
         yield checkpoint
     finally:
         _current.reset(token)
-    if distributed.is_main() and path.exists():
-        path.unlink()
-        logger.info("Run finished; removed its checkpoint %s", path)
+    if distributed.is_main() and store.path.exists():
+        store.path.unlink()
+        logger.info("Run finished; removed its checkpoint %s", store.path)
 
 
-def _opened(path: Path, fingerprint: dict[str, Any], resume: bool) -> tuple[dict[str, dict], str | None]:
+def _opened(store: Cache[dict[str, dict]], resume: bool) -> tuple[dict[str, dict], str | None]:
     """(the saved passes to resume, None), or ({}, why the checkpoint cannot be resumed)."""
-    if not path.is_file():
-        if resume:
-            logger.info("--resume: no checkpoint at %s; starting from the beginning", path)
-        return {}, None
+    path = store.path
     if not resume:
-        logger.info("Starting over: %s holds an earlier run's checkpoint (--resume continues it)", path)
+        if path.is_file():
+            logger.info("Starting over: %s holds an earlier run's checkpoint (--resume continues it)", path)
         return {}, None
-    try:
-        saved = _loaded(path.read_bytes())
-        passes, cached = saved["passes"], saved["fingerprint"]
-        found = saved["format"]
-    except Exception as e:  # a foreign or damaged file: torch, pickle and zip raise many types
-        return {}, f"checkpoint {path} cannot be read ({e}); run without --resume to start over"
-    if found != FORMAT:
-        return (
-            {},
-            f"checkpoint {path} has format {found!r}, this version writes {FORMAT}; run without --resume",
-        )
-    differences = storage.fingerprint_differences(cached, fingerprint)
-    if differences:
+    lookup = store.load()
+    if lookup.problem == "absent":
+        logger.info("--resume: no checkpoint at %s; starting from the beginning", path)
+        return {}, None
+    if lookup.value is None:
         return {}, (
-            f"checkpoint {path} was written by a run with other settings: {'; '.join(differences)}. "
-            f"Restore them to resume, or run without --resume to start over (the checkpoint is then replaced)"
+            f"checkpoint {path} cannot be resumed, it is {lookup.problem}. Restore the settings it was "
+            f"written with to resume, or run without --resume to start over (the checkpoint is then replaced)"
         )
     done = ", ".join(
         f"{name} " + ("done" if entry["done"] else f"at batch {entry['position']}")
-        for name, entry in passes.items()
+        for name, entry in lookup.value.items()
     )
     logger.info("Resuming from checkpoint %s: %s", path, done or "no pass saved yet")
-    return passes, None
+    return lookup.value, None

@@ -5,7 +5,7 @@ or missing permission) become one paragraph on stderr and exit status 1;
 anything else is a bug and keeps its traceback. The scripts run their
 preflight checks and import their pipeline inside `main`, so `--help` and
 config errors never wait for torch. `main` is the `sparse-coding
-pipe|fast|val|hist` console command.
+pipe|fast|val|hist|steer|trace` console command.
 """
 
 import argparse
@@ -24,7 +24,7 @@ from sparse_coding.allocator import keep_freed_memory
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, load_config
 from sparse_coding.errors import SparseCodingError
 from sparse_coding.phases import PhaseTimer
-from sparse_coding.storage import exit_cleanly_on_sigterm
+from sparse_coding.storage import exit_cleanly_on_sigterm, full_disk_text
 
 logger = logging.getLogger("sparse_coding")
 
@@ -37,7 +37,11 @@ SCRIPTS = {
     "fast": "sparse_coding.fast",
     "val": "sparse_coding.val",
     "hist": "sparse_coding.hist",
+    "steer": "sparse_coding.steer",
+    "trace": "sparse_coding.trace",
     "demo": "sparse_coding.demo.run",
+    "export": "sparse_coding.export",
+    "upload": "sparse_coding.upload",
 }
 
 
@@ -46,6 +50,7 @@ def build_parser(
     prog: str | None = None,
     *,
     graph_output: bool = False,
+    dataset_passes: bool = False,
     outputs: Sequence[str] = (),
     keys: Sequence[str] = (),
     section: str | None = None,
@@ -55,6 +60,8 @@ def build_parser(
     Args:
         prog: the program name in usage lines (``sparse-coding pipe``).
         graph_output: add `--new-graph` (pipe.py, fast.py).
+        dataset_passes: add `--resume` and `--timeout`: the script's passes over data run
+            under torchrun and resume from checkpoints (pipe.py, fast.py, val.py, hist.py).
         outputs: what the script writes, shown under --help.
         keys: the config keys that shape its result, shown under --help.
         section: the README section that explains it.
@@ -76,19 +83,21 @@ def build_parser(
     loudness.add_argument(
         "-v", "--verbose", action="store_true", help="log details too, e.g. the wall time of every phase"
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the dataset passes of a killed run from their checkpoint (CHECKPOINT_EVERY; README "
-        '"Scaling out"); without it a run starts over',
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=distributed.DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="under torchrun: seconds a rank waits for the others before the run ends (default: %(default)s)",
-    )
+    if dataset_passes:
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the dataset passes of a killed run from their checkpoint (CHECKPOINT_EVERY; "
+            'README "Scaling out"); without it a run starts over',
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=distributed.DEFAULT_TIMEOUT_S,
+            metavar="SECONDS",
+            help="under torchrun: seconds a rank waits for the others before the run ends (default: "
+            "%(default)s)",
+        )
     if graph_output:
         parser.add_argument(
             "--new-graph",
@@ -127,7 +136,12 @@ def run_script(
     keep_freed_memory()  # batched CPU work reuses freed blocks instead of re-faulting them
     exit_cleanly_on_sigterm()  # docker stop / kill: unwind like Ctrl-C, removing temp files
     try:
-        with distributed.session(args.timeout), logging_redirect_tqdm():
+        if not hasattr(args, "timeout") and distributed.launched_world_size() > 1:
+            raise SparseCodingError(
+                f"{parser.prog} runs as one process; start it without torchrun (torchrun shares the "
+                f"dataset passes of pipe.py, fast.py, val.py and hist.py)"
+            )
+        with distributed.session(getattr(args, "timeout", None)), logging_redirect_tqdm():
             # a log line during a progress bar gets a line of its own
             line = main(load_config(args.config or DEFAULT_CONFIG_PATH), args)
     except SparseCodingError as e:
@@ -136,10 +150,7 @@ def run_script(
         if e.errno not in ENVIRONMENT_ERRNOS:
             _claim_failure()
             raise
-        _fail(
-            f"{e.filename or 'a file'}: {e.strerror}; files already there were left as they were. "
-            f"Free space or set DATA_DIR to a folder you can write"
-        )
+        _fail(_environment_error(e))
     except KeyboardInterrupt:
         if distributed.first_failure():
             print("interrupted; existing graph files were left as they were", file=sys.stderr)
@@ -158,6 +169,18 @@ def _claim_failure() -> None:
     quiet and its traceback is the one printed."""
     if distributed.launched_world_size() > 1:
         distributed.first_failure()
+
+
+def _environment_error(e: OSError) -> str:
+    """A full disk, read-only mount or missing permission, in words: the file, its folder, the space free."""
+    where = Path(e.filename) if e.filename else None
+    space = ""
+    if where is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        space = f"; {full_disk_text(where.parent, None)} in its folder {where.parent}"
+    return (
+        f"{where or 'a file'}: {e.strerror}{space}; files already there were left as they were. "
+        f"Free space or set DATA_DIR to a folder you can write"
+    )
 
 
 def _peak_gpu_memory() -> str:
@@ -224,14 +247,16 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`sparse-coding SCRIPT [--config PATH] ...`: run pipe.py, fast.py, val.py, hist.py or the demo, then
-    end the process when it was started as that command (`run_as_program`)."""
+    """`sparse-coding SCRIPT [--config PATH] ...`: run a script (pipe.py, fast.py, val.py, hist.py,
+    steer.py, trace.py, ...) or the demo, then end the process when it was started as that command
+    (`run_as_program`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SCRIPTS:
         names = "|".join(SCRIPTS)
         print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [-v] [...]", file=sys.stderr)
         print(
-            "  pipe|fast|val|hist: the four scripts; demo: the offline demo into a folder; "
+            "  pipe|fast|val|hist|steer|trace: the scripts; demo: the offline demo into a folder; "
+            "export: a graph to Neuronpedia's format or tables; upload: a Neuronpedia graph file; "
             "'sparse-coding SCRIPT --help' says more",
             file=sys.stderr,
         )

@@ -86,14 +86,14 @@ def is_main() -> bool:
 
 
 @contextlib.contextmanager
-def session(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
+def session(timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     """Join torchrun's process group for the block (when launched by it with WORLD_SIZE > 1).
 
     Args:
         timeout_s: how long a collective waits for the other ranks before it
-            fails (`DistributedError`) instead of hanging.
+            fails (`DistributedError`) instead of hanging; None: nothing to join.
     """
-    if launched_world_size() <= 1:
+    if launched_world_size() <= 1 or timeout_s is None:
         yield
         return
     import torch

@@ -36,3 +36,7 @@ class StorageError(SparseCodingError):
 
 class EmptyResultError(SparseCodingError):
     """A run would write a result with nothing in it (e.g. every edge below THRESHOLD_EXP)."""
+
+
+class TranscoderLoadError(SparseCodingError):
+    """A transcoder source (TRANSCODERS) cannot be found, read, or does not fit the model."""

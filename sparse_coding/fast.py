@@ -23,7 +23,9 @@ def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("preflight"):
         from sparse_coding.pipelines.preflight import preflight
 
-        preflight(config, graph_files=(config.GRADS_DOT_FILE, config.GRADS_FILE), min_prompt_tokens=2)
+        preflight(
+            config, graph_files=(config.GRADS_DOT_FILE, config.GRADS_FILE), min_prompt_tokens=2, examples=True
+        )
     with args.phases.phase("import"):
         from sparse_coding.pipelines.fast import run_fast
 
@@ -35,6 +37,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(
         DESCRIPTION,
         prog,
+        dataset_passes=True,
         graph_output=True,
         outputs=["GRADS_DOT_FILE (.dot) + .json + .html, GRADS_FILE (image), merged into earlier runs'"],
         keys=[

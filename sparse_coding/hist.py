@@ -48,6 +48,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(
         DESCRIPTION,
         prog,
+        dataset_passes=True,
         outputs=["thresholds.safetensors + thresholds.json (read by fast.py)"],
         keys=[
             "DATASET",

@@ -7,12 +7,21 @@ printed output):
 - feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
 - error node:   ``{site}_error_{layer}``, e.g. ``mlp_error_7``
 - site key:     ``{site}_{layer}``, e.g. ``attn_4`` (config keys; an int means resid)
+
+Positioned nodes (one token position each, BOS = 0) add ``@{position}``:
+``resid_9.331@7``, ``mlp_error_9@7``. Transcoder graphs (trace.py) also have
+per-layer transcoder features ``tc_{layer}.{index}@{pos}``, cross-layer
+transcoder features ``clt_{layer}.{index}@{pos}`` (layer = the layer the
+feature reads), token embeddings ``embed@{pos}`` and output logits
+``logit_{token id}`` (at the last position).
 """
 
 import re
 from typing import NamedTuple
 
 SITES: tuple[str, ...] = ("resid", "attn", "mlp")
+# Feature kinds of transcoder graphs: per-layer transcoders and cross-layer transcoders.
+TRANSCODER_KINDS: tuple[str, ...] = ("tc", "clt")
 
 # Position of each hook inside a transformer block, in forward order.
 HOOK_ORDER: dict[str, int] = {
@@ -23,8 +32,10 @@ HOOK_ORDER: dict[str, int] = {
     "hook_resid_post": 4,
 }
 
-_FEATURE_RE = re.compile(r"^(resid|attn|mlp)_(\d+)\.(\d+)$")
-_ERROR_RE = re.compile(r"^(resid|attn|mlp)_error_(\d+)$")
+_FEATURE_RE = re.compile(r"^(resid|attn|mlp|tc|clt)_(\d+)\.(\d+)(?:@(\d+))?$")
+_ERROR_RE = re.compile(r"^(resid|attn|mlp)_error_(\d+)(?:@(\d+))?$")
+_EMBED_RE = re.compile(r"^embed@(\d+)$")
+_LOGIT_RE = re.compile(r"^logit_(\d+)$")
 _SITE_KEY_RE = re.compile(r"^(resid|attn|mlp)_(\d+)$")
 
 
@@ -56,8 +67,31 @@ def site_key(site: str, layer: int) -> str:
     return f"{site}_{layer}"
 
 
+class AnyNodeId(NamedTuple):
+    """Any node id (trace.py's included), parsed: ``kind`` is "feature", "error", "embed" or "logit";
+    ``index`` is the
+    feature index (a logit's token id); ``position`` is None for summed nodes and logits."""
+
+    kind: str
+    site: str | None
+    layer: int | None
+    index: int | None
+    position: int | None
+
+
+def embed_id(position: int) -> str:
+    """Id of the token embedding at `position`, e.g. ``embed@0``."""
+    return f"embed@{position}"
+
+
+def logit_id(token_id: int) -> str:
+    """Id of the output logit of a token (at the last position), e.g. ``logit_262``."""
+    return f"logit_{token_id}"
+
+
 def parse_node_id(node_id: str) -> NodeId:
-    """Parse a feature or error id; raises ValueError naming the accepted forms."""
+    """Parse a feature or error id (an ``@{position}`` suffix is accepted and dropped; see
+    `parse_positioned_id`); raises ValueError naming the accepted forms."""
     if match := _FEATURE_RE.fullmatch(node_id):
         return NodeId(match[1], int(match[2]), int(match[3]))
     if match := _ERROR_RE.fullmatch(node_id):
@@ -65,7 +99,23 @@ def parse_node_id(node_id: str) -> NodeId:
     raise ValueError(
         f"{node_id!r} is not a node id; expected '{{site}}_{{layer}}.{{index}}' "
         f"(e.g. 'resid_3.331') or '{{site}}_error_{{layer}}' (e.g. 'mlp_error_7'), "
-        f"site one of {SITES}"
+        f"site one of {SITES + TRANSCODER_KINDS}, optionally '@{{position}}' (e.g. 'tc_3.12@5')"
+    )
+
+
+def parse_any_id(node_id: str) -> AnyNodeId:
+    """Parse any node id: features and errors (summed or ``@{position}``), ``embed@{pos}``,
+    ``logit_{token id}``; raises ValueError naming the accepted forms."""
+    if match := _EMBED_RE.fullmatch(node_id):
+        return AnyNodeId("embed", None, None, None, int(match[1]))
+    if match := _LOGIT_RE.fullmatch(node_id):
+        return AnyNodeId("logit", None, None, int(match[1]), None)
+    try:
+        site, layer, index = parse_node_id(node_id)
+    except ValueError as e:
+        raise ValueError(f"{e}; or 'embed@{{position}}', or 'logit_{{token id}}'") from None
+    return AnyNodeId(
+        "feature" if index is not None else "error", site, layer, index, split_position(node_id)[1]
     )
 
 
@@ -99,3 +149,26 @@ def hook_position(hook_name: str) -> tuple[int, int]:
             f"with HOOK one of {sorted(HOOK_ORDER)}"
         )
     return int(match[1]), HOOK_ORDER[match[2]]
+
+
+# Positioned nodes: an id may end in ``@{position}`` (token index, BOS = 0),
+# e.g. ``resid_9.331@7`` or ``mlp_error_9@7``; summed nodes carry no suffix.
+_POSITION_RE = re.compile(r"^(.+)@(\d+)$")
+
+
+def with_position(node_id: str, position: int | None) -> str:
+    """``node_id`` at token `position` (``resid_9.331@7``); unchanged for None (a summed node)."""
+    return node_id if position is None else f"{node_id}@{position}"
+
+
+def split_position(node_id: str) -> tuple[str, int | None]:
+    """(id without its ``@position``, the position or None): ``resid_9.331@7`` -> (``resid_9.331``, 7)."""
+    if match := _POSITION_RE.fullmatch(node_id):
+        return match[1], int(match[2])
+    return node_id, None
+
+
+def parse_positioned_id(node_id: str) -> tuple[NodeId, int | None]:
+    """A feature or error id with an optional ``@position``; ValueError as `parse_node_id`."""
+    base, position = split_position(node_id)
+    return parse_node_id(base), position

@@ -87,12 +87,20 @@ def read_pairs_file(path: Path, limit: int) -> list[Pair]:
     if not path.is_file():
         raise DatasetError(f"PAIRS_FILE {str(path)!r} does not exist")
     pairs = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if len(pairs) == limit:
-                break
-            if line.strip():
-                pairs.append(_pair_row(line, f"PAIRS_FILE {path.name} line {number}"))
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if len(pairs) == limit:
+                    break
+                if line.strip():
+                    pairs.append(_pair_row(line, f"PAIRS_FILE {path.name} line {number}"))
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"PAIRS_FILE {str(path)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} near line "
+            f"{number + 1}); it must be JSON Lines, one object per line with the strings "
+            f"{', '.join(PAIR_FIELDS)}"
+        ) from e
     if not pairs:
         raise DatasetError(f"PAIRS_FILE {str(path)!r} has no rows")
     return pairs

@@ -40,6 +40,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(
         DESCRIPTION,
         prog,
+        dataset_passes=True,
         graph_output=True,
         outputs=["GRAPH_DOT_FILE (.dot) + .json + .html, GRAPH_FILE (image), merged into earlier runs'"],
         keys=[

@@ -1,56 +1,52 @@
-"""Writing files so that no run ever leaves a half-written, mixed or foreign file.
+"""Files under DATA_DIR: whole-file writes, locks, caches, and paths that stay inside.
 
-Every file the tool writes goes through `Commit` (or `write_atomic`, a
-one-file commit):
+- Writes. Every file is written to a temp file beside its target (named
+  ``.{target}.{pid}.{random}.tmp``, created exclusively, so never through a
+  link), flushed, fsynced and given the permissions the umask allows, then
+  renamed over the target (`write_atomic`; `Commit` for several files renamed
+  in a chosen order). A rename replaces a link at the target, it never writes
+  through it. Temps of a failed or interrupted write are removed on the way
+  out (exceptions, Ctrl-C, SIGTERM); a SIGKILL's are removed by the next
+  write in that folder (`remove_stale_temps`, by the dead process id).
+- A full disk, read-only or unwritable folder is a `StorageError` that names
+  the folder, and for a full disk the space the write needed and the space
+  free; the previous files are left as they were.
+- Locks: `file_lock` is a `filelock` lock on a file beside the data, refused
+  when that name is a symbolic link.
+- Paths built from data (`safe_path`) and paths a run writes (`check_inside`)
+  must resolve inside their base folder, so no link leads a write out of
+  DATA_DIR.
+- Caches (`sparse_coding.cache`) write through `write_atomic`.
 
-1. each new file is written to a temp file in its target's folder, with a
-   unique name ``.{target}.{pid}.{random}.tmp``, flushed and fsynced, and
-   given the permissions the user's umask allows (0666 & ~umask);
-2. a commit of several files first writes a *journal* (itself atomically):
-   the list of temp -> target renames. Once the journal exists the commit is
-   decided: `recover` rolls an interrupted commit forward, so a reader after
-   a crash at any point sees all old files or all new ones, never a mix;
-3. the temps are renamed over their targets, each folder is fsynced, and
-   the journal is removed.
-
-Temp files of dead processes (killed runs) are removed by the next commit in
-the same folder (`remove_stale_temps`). A disk-full or read-only folder is a
-`StorageError` naming the folder; the previous files are left as they were.
-
-Also here, because every writer needs them: `file_lock` (an exclusive fcntl
-lock beside a file, for read-merge-write), `safe_path` (keeps paths built
-from data inside their base folder) and the cache fingerprint helpers
-(`path_identity`, `dataset_identity`, `cache_fingerprint`).
+Nothing here imports a POSIX-only module: `import sparse_coding` works on Windows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
-import json
 import logging
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+
+import filelock
 
 from sparse_coding.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
-JOURNAL_SUFFIX = ".commit"
 _UMASK_LOCK = threading.Lock()
 
 
-# ---------------------------------------------------------------- permissions and folders
+# ---------------------------------------------------------------- permissions, folders, errors
 
 
 def _umask() -> int:
@@ -71,7 +67,7 @@ def file_mode() -> int:
 
 
 def _fsync_folder(folder: Path) -> None:
-    """Make renames in `folder` durable; file systems that cannot sync folders are skipped."""
+    """Make renames in `folder` durable; systems that cannot sync folders (Windows) are skipped."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -79,24 +75,81 @@ def _fsync_folder(folder: Path) -> None:
     try:
         os.fsync(fd)
     except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
             raise
     finally:
         os.close(fd)
 
 
-def _storage_error(target: Path, e: OSError) -> StorageError:
+def size_text(n_bytes: float) -> str:
+    """'3.4 MB', or '120 kB' below a tenth of a megabyte."""
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:.0f} kB"
+
+
+def free_space(folder: Path) -> int | None:
+    """Bytes free in `folder` (or its nearest existing parent); None when unknown."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def full_disk_text(folder: Path, needed: int | None) -> str:
+    """'this write needs about N MB there and M MB are free' (the parts that are known)."""
+    free = free_space(folder)
+    need = f"this run's files need about {size_text(needed)} there" if needed else ""
+    have = f"{size_text(free)} are free" if free is not None else ""
+    return " and ".join(part for part in (need, have) if part)
+
+
+def storage_error(target: Path, e: OSError, needed: int | None = None) -> StorageError:
+    """A `StorageError` for a failed write of `target`: the folder, the reason and the fix."""
+    target = Path(target)
     reason = os.strerror(e.errno) if e.errno else str(e)
-    hint = {
-        errno.ENOSPC: "free some space",
-        errno.EDQUOT: "free some space (disk quota)",
-        errno.EROFS: "the folder is on a read-only file system; choose another DATA_DIR",
-        errno.EACCES: "the folder is not writable by this user; fix its permissions or use another DATA_DIR",
-    }.get(e.errno or 0, "check the folder")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"{full_disk_text(target.parent, needed)}; free some space or set DATA_DIR to another disk"
+    elif e.errno == errno.EROFS:
+        hint = "the folder is on a read-only file system; choose another DATA_DIR"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        hint = "the folder is not writable by this user; fix its permissions or use another DATA_DIR"
+    else:
+        hint = "check the folder"
     return StorageError(
         f"could not write {target.name} in the folder {target.parent}: {reason}; {hint}. "
         f"The previous files there were left as they were."
     )
+
+
+# ---------------------------------------------------------------- paths
+
+
+def safe_component(text: str) -> str:
+    """One path component from arbitrary text: no separators, never ``.`` or ``..`` (they become ``%2E``)."""
+    cleaned = re.sub(r"[^\w.-]", "_", text) or "_"
+    return "%2E" * len(cleaned) if cleaned.strip(".") == "" else cleaned
+
+
+def check_inside(base: Path, path: Path) -> Path:
+    """`path` when it resolves inside `base` (links followed), else a StorageError naming both."""
+    base, path = Path(base), Path(path)
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise StorageError(
+            f"{path} leads outside {base} (through a symbolic link); sparse_coding writes only inside "
+            f"DATA_DIR. Remove the link, or set DATA_DIR to the folder you want written"
+        )
+    return path
+
+
+def safe_path(base: Path, *parts: str) -> Path:
+    """``base/part/...`` with every part sanitised (`safe_component`) and checked inside `base`.
+
+    Raises:
+        StorageError: the path would leave `base` through a link.
+    """
+    return check_inside(base, Path(base).joinpath(*(safe_component(p) for p in parts)))
 
 
 # ---------------------------------------------------------------- temps and commits
@@ -104,22 +157,22 @@ def _storage_error(target: Path, e: OSError) -> StorageError:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT until the block ends, so a temp file is never created without being tracked."""
-    held = {signal.SIGTERM, signal.SIGINT}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Hold SIGTERM/SIGINT (where the platform can) while a temp is created and recorded."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = mask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _new_temp(target: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(name)
+        mask(signal.SIG_SETMASK, previous)
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs; on systems without POSIX signals, always True (nothing is removed)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would end the process on Windows
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -130,9 +183,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Remove temp files left in `folder` by processes that no longer run.
-
-    Temps named by a pending journal are kept: `recover` needs them.
+    """Remove temp files and folders left in `folder` by processes that no longer run (a SIGKILL).
 
     Returns:
         How many were removed.
@@ -141,114 +192,91 @@ def remove_stale_temps(folder: Path) -> int:
         entries = list(Path(folder).iterdir())
     except OSError:
         return 0
-    pending = {
-        temp for journal in entries if journal.name.endswith(JOURNAL_SUFFIX) for temp, _ in _renames(journal)
-    }
     removed = 0
     for path in entries:
         match = _TEMP_RE.match(path.name)
-        if match and path not in pending and not _pid_alive(int(match["pid"])):
-            with contextlib.suppress(OSError):
+        if not match or _pid_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
                 path.unlink()
-                removed += 1
+            removed += 1
     if removed:
         logger.info("removed %d temp files of interrupted runs from %s", removed, folder)
     return removed
 
 
-def _renames(journal: Path) -> list[tuple[Path, Path]]:
-    """The (temp, target) pairs a journal records; [] when it is unreadable."""
-    try:
-        data = json.loads(journal.read_text(encoding="utf-8"))
-        return [(Path(temp), Path(target)) for temp, target in data["renames"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def recover(journal: Path) -> bool:
-    """Finish a commit that a crash interrupted after its journal was written.
-
-    Returns:
-        True when a commit was rolled forward.
-    """
-    if not journal.exists():
-        return False
-    renames = _renames(journal)
-    for temp, target in renames:
-        if temp.exists():
-            os.replace(temp, target)
-    for folder in {target.parent for _, target in renames}:
-        _fsync_folder(folder)
-    journal.unlink(missing_ok=True)
-    _fsync_folder(journal.parent)
-    logger.warning("finished an interrupted write of %s", ", ".join(str(t) for _, t in renames))
-    return True
-
-
 class Commit:
-    """Several files replaced together: all new or all old, even after a kill.
+    """New files written to temps beside their targets, then renamed over them together.
 
-    Use as ``with Commit(journal) as commit: commit.write(path, data)``; the
-    files are replaced when the block ends without an exception, and every
-    temp file left is removed in any case. ``journal`` may be None for a
-    single-file commit (one rename is atomic by itself).
+    Use as ``with Commit() as commit: commit.write(path, data)``: the targets
+    are replaced when the block ends without an exception (`apply`, in the
+    order written, or the order given to `apply`), and every temp left is
+    removed in any case. A file is never half-written; a crash part-way
+    through the renames leaves some targets new and some old, so callers
+    that need more say which file is renamed first (see `graph_files`).
     """
 
-    def __init__(self, journal: Path | None = None) -> None:
-        self.journal = journal
-        self.temps: dict[Path, Path] = {}  # target -> temp
-        self.decided = False  # the journal is written: the temps belong to `recover` now
+    def __init__(self) -> None:
+        self.temps: dict[Path, Path] = {}  # target -> temp file
+        self.scratches: list[Path] = []  # temp folders, never renamed
+        self.written = 0  # bytes, for the full-disk message
+        self.cleaned: set[Path] = set()  # folders whose stale temps were removed
+
+    def _new(self, name: Path, folder: bool) -> Path:
+        name = Path(name)
+        try:
+            name.parent.mkdir(parents=True, exist_ok=True)
+            if name.parent not in self.cleaned:
+                remove_stale_temps(name.parent)
+                self.cleaned.add(name.parent)
+            prefix, where = f".{name.name}.{os.getpid()}.", name.parent
+            with _signals_held():
+                if folder:
+                    temp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=where))
+                    self.scratches.append(temp)
+                else:
+                    fd, temp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=where)
+                    os.close(fd)
+                    temp = self.temps[name] = Path(temp_name)
+        except OSError as e:
+            raise storage_error(name, e, self.written) from e
+        return temp
 
     def temp(self, target: Path) -> Path:
-        """The temp file that will replace `target` (created empty; fill it, e.g. by a subprocess)."""
-        target = Path(target)
-        if target not in self.temps:
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                remove_stale_temps(target.parent)
-                with _signals_held():
-                    self.temps[target] = _new_temp(target)
-            except OSError as e:
-                raise _storage_error(target, e) from e
-        return self.temps[target]
+        """The (empty) temp file that will replace `target`: fill it, e.g. by a subprocess."""
+        return self.temps.get(Path(target)) or self._new(target, folder=False)
+
+    def scratch(self, name: Path) -> Path:
+        """A temp folder beside `name` for work files; removed with the temps, never renamed."""
+        return self._new(name, folder=True)
 
     def write(self, target: Path, data: bytes | str) -> None:
         """Write `data` (str as UTF-8) as the new content of `target`, fsynced."""
         temp = self.temp(target)
         payload = data.encode("utf-8") if isinstance(data, str) else data
         try:
-            with open(temp, "wb") as file:
-                file.write(payload)
-                file.flush()
-                os.fsync(file.fileno())
+            fill(temp, payload)
         except OSError as e:
-            raise _storage_error(Path(target), e) from e
+            raise storage_error(Path(target), e, self.written + len(payload)) from e
+        self.written += len(payload)
 
-    def drop(self, target: Path) -> None:
-        """Leave `target` as it is (its temp is removed)."""
-        if (temp := self.temps.pop(Path(target), None)) is not None:
-            temp.unlink(missing_ok=True)
-
-    def apply(self) -> None:
-        """Replace every target by its temp; with several files, through the journal."""
+    def apply(self, order: Sequence[Path] = ()) -> None:
+        """Rename every temp over its target (those in `order` first, in that order) and sync the folders."""
         mode = file_mode()
+        targets = [Path(t) for t in order if Path(t) in self.temps]
+        targets += [t for t in self.temps if t not in targets]
         try:
-            for temp in self.temps.values():
-                os.chmod(temp, mode)
-            if self.journal is not None and len(self.temps) > 1:
-                renames = [[str(temp), str(target)] for target, temp in self.temps.items()]
-                self.decided = True  # from here on, the journal (once it exists) decides
-                write_atomic(self.journal, json.dumps({"renames": renames}))
-            for target, temp in self.temps.items():
-                os.replace(temp, target)
-            for folder in {target.parent for target in self.temps}:
+            for target in targets:
+                os.chmod(self.temps[target], mode)
+                os.replace(self.temps[target], target)
+                del self.temps[target]
+            for folder in {target.parent for target in targets}:
                 _fsync_folder(folder)
         except OSError as e:
-            raise _storage_error(next(iter(self.temps), Path(".")), e) from e
-        if self.decided:
-            self.journal.unlink(missing_ok=True)
-            self.decided = False
-        self.temps.clear()
+            raise storage_error(targets[0] if targets else Path("."), e) from e
 
     def __enter__(self) -> Commit:
         return self
@@ -258,23 +286,41 @@ class Commit:
             if exc_type is None:
                 self.apply()
         finally:
-            if self.decided and self.journal is not None and self.journal.exists():
-                with contextlib.suppress(
-                    OSError
-                ):  # interrupted after the journal: finish now, or the next reader will
-                    recover(self.journal)
-            else:
-                for temp in self.temps.values():
-                    temp.unlink(missing_ok=True)
+            for temp in self.temps.values():
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+            for folder in self.scratches:
+                shutil.rmtree(folder, ignore_errors=True)
             self.temps.clear()
+            self.scratches.clear()
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
+def fill(temp: Path, data: bytes, *, sync: bool = True, append: bool = False) -> None:
+    """Write (or append) `data` to a temp file of a `Commit`, fsynced unless `sync` is False.
+
+    The temp must exist: one removed meanwhile (the commit was given up) is not created again.
+    """
+    with open(temp, "ab" if append else "r+b") as file:
+        if not append:
+            file.truncate()
+        file.write(data)
+        if sync:
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def write_atomic(path: Path, data: bytes | str, *, inside: Path | None = None) -> None:
     """Replace `path` by `data` atomically (unique temp, fsync, rename, folder fsync, umask mode).
 
+    Args:
+        inside: when given, the folder `path` is in must resolve inside it.
+
     Raises:
-        StorageError: the folder is full, read-only or not writable (named in the message).
+        StorageError: the folder is full, read-only, not writable, or leads outside `inside`.
     """
+    if inside is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        check_inside(inside, Path(path).parent)
     with Commit() as commit:
         commit.write(Path(path), data)
 
@@ -294,141 +340,32 @@ def exit_cleanly_on_sigterm() -> None:
 
 @contextlib.contextmanager
 def file_lock(path: Path, *, what: str) -> Iterator[None]:
-    """Hold an exclusive fcntl lock on `path` (created if needed), waiting (logged) while another has it.
+    """Hold an exclusive lock on `path` (a `filelock` lock file, created if needed), logging a wait.
 
     Args:
-        path: the lock file (kept afterwards: removing it would let two runs lock different files).
-        what: what is locked, for the log line ("the graph g.dot").
-    """
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
-    except OSError as e:
-        raise _storage_error(Path(path), e) from e
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another run to finish writing %s (lock %s)", what, path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------- paths built from data
-
-
-def safe_component(text: str) -> str:
-    """One path component from arbitrary text: no separators, never ``.`` or ``..`` (they become ``%2E``)."""
-    cleaned = re.sub(r"[^\w.-]", "_", text) or "_"
-    return "%2E" * len(cleaned) if cleaned.strip(".") == "" else cleaned
-
-
-def safe_path(base: Path, *parts: str) -> Path:
-    """``base/part/...`` with every part sanitised; a result outside `base` (a symlink) is refused.
+        path: the lock file; kept afterwards. A symbolic link there is refused, never followed.
+        what: what is locked, for the log line ("the graph g.json").
 
     Raises:
-        StorageError: the path would leave `base`.
+        StorageError: the lock file is a link, or its folder cannot be written.
     """
-    path = Path(base).joinpath(*(safe_component(p) for p in parts))
-    if not path.resolve().is_relative_to(Path(base).resolve()):
-        raise StorageError(f"{path} leads outside {base} (through a link); remove the link or move {base}")
-    return path
-
-
-# ---------------------------------------------------------------- cache fingerprints
-
-
-def path_identity(path: Path) -> dict[str, Any]:
-    """What tells a changed file from the same one: resolved path, size, mtime (of each file in a folder)."""
-    path = Path(path).expanduser().resolve()
-    if not path.exists():
-        return {"path": str(path), "missing": True}
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    entries = [
-        [str(p.relative_to(path)) if p != path else "", p.stat().st_size, p.stat().st_mtime_ns] for p in files
-    ]
-    return {"path": str(path), "files": entries}
-
-
-def dataset_identity(dataset: str | None, *, revision: str | None = None) -> dict[str, Any] | None:
-    """A local dataset by its files' identity, a hub dataset by name and revision; None without a dataset."""
-    if dataset is None:
-        return None
-    if Path(dataset).expanduser().exists():
-        return {"local": path_identity(Path(dataset))}
-    return {"hub": dataset, "revision": revision}
-
-
-def model_identity(model: str) -> dict[str, Any]:
-    """A hub model by name; a local model folder also by its files' identity."""
-    if Path(model).expanduser().is_dir():
-        return {"name": model, "local": path_identity(Path(model))}
-    return {"name": model}
-
-
-def sae_identity(source: str | None, weights: Path | None) -> dict[str, Any]:
-    """One SAE: its configured source and its weights file identity (a hub file resolves to its blob)."""
-    return {"source": source, "weights": None if weights is None else path_identity(weights)}
-
-
-def cache_fingerprint(
-    *,
-    model: str,
-    saes: Mapping[str, dict[str, Any]],
-    dataset: str | None,
-    revision: str | None = None,
-    settings: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Everything a cache depends on, JSON-ready: a cache serves a run whose fingerprint has no `differences`.
-
-    Args:
-        model: MODEL_DIR.
-        saes: site key -> `sae_identity` of every SAE the cache holds values of.
-        dataset, revision: DATASET (a local path or a hub name) and its revision; None for PROMPT.
-        settings: named groups of every other value that shapes the cache
-            (e.g. ``{"dataset": {...}, "cluster": {...}}``).
-    """
-    return {
-        "model": model_identity(model),
-        "saes": dict(sorted(saes.items())),
-        "dataset_identity": dataset_identity(dataset, revision=revision),
-        **settings,
-    }
-
-
-def fingerprint_differences(cached: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """What keeps a cache from serving a run, in words ('dataset.MAX_SEQ_LEN was 64, now 32'); [] when none.
-
-    SAEs are compared for the sites both hold: a cache may hold more sites,
-    and the caller says which sites it lacks.
-    """
-    found: list[str] = []
-    for name in sorted(current.keys() - {"saes"}):
-        found += _changes(name, cached.get(name), current[name])
-    cached_saes = cached.get("saes") or {}
-    for key, sae in current["saes"].items():
-        if key not in cached_saes:
-            continue
-        if cached_saes[key].get("source") != sae["source"]:
-            found.append(f"{key} SAE was {cached_saes[key].get('source')!r}, now {sae['source']!r}")
-        elif cached_saes[key].get("weights") != sae["weights"]:
-            found.append(f"{key} SAE weights changed on disk ({(sae['weights'] or {}).get('path')})")
-    return found
-
-
-def _changes(name: str, old: Any, new: Any) -> list[str]:
-    """'name.key was X, now Y' for each differing entry (dicts one level deep)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(old.keys() | new.keys())
-        return [
-            f"{name}.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
-        ]
-    return [] if old == new else [f"{name} was {old!r}, now {new!r}"]
-
-
-def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:
-    """A short hash of a fingerprint, for file headers and logs."""
-    text = json.dumps(fingerprint, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    path = Path(path)
+    if path.is_symlink():
+        raise StorageError(
+            f"the lock file {path} is a symbolic link (to {os.readlink(path)}); sparse_coding never "
+            f"writes through links. Remove the link and run again"
+        )
+    lock = filelock.FileLock(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            logger.info("waiting for another run to finish writing %s (lock %s)", what, path)
+            lock.acquire()
+    except OSError as e:
+        raise storage_error(path, e) from e
+    try:
+        yield
+    finally:
+        lock.release()

@@ -14,7 +14,8 @@ and that has a tokenizer.json, when tokenizer_config.json's `tokenizer_class`
 - `TokenizersBackend` or `PreTrainedTokenizerFast` (the demo model):
   tokenizer.json as it is;
 - `GPT2Tokenizer`, `GPT2TokenizerFast` or none (the hub's
-  openai-community/gpt2): transformers keeps only tokenizer.json's vocab,
+  openai-community/gpt2, whose tokenizer.json is in the 2020 format: a
+  `model` without `type`, vocab and merges only): transformers keeps only tokenizer.json's vocab,
   merges and post-processor and rebuilds the rest (`GPT2Tokenizer.__init__`):
   a plain BPE, no normalizer, a byte-level pre-tokenizer whose
   add_prefix_space is tokenizer_config.json's (default false), not the
@@ -41,6 +42,9 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import AddedToken, decoders, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
+
+from sparse_coding.errors import ConfigError
+from sparse_coding.hub_files import hub_file, why_hub_cannot_be_asked
 
 if TYPE_CHECKING:
     import torch
@@ -148,11 +152,14 @@ class Tokenizer:
         """The tokenizer of a local folder or hub repo, as transformers 5 builds it (see the module).
 
         Raises UnreproducedTokenizer for files outside the reproduced cases,
-        OSError when the hub cannot be asked, ValueError for a file that is not
-        a JSON object.
+        OSError when the hub cannot be asked and the cache lacks a file, ValueError
+        for a file that is not a JSON object.
         """
         files = {name: model_file(model_dir, name) for name in ("config.json", "tokenizer.json")}
         missing = [name for name, path in files.items() if path is None]
+        if missing and not Path(model_dir).is_dir() and (why := why_hub_cannot_be_asked()) is not None:
+            # transformers would retry the hub for each file: say it now
+            raise OSError(f"the Hugging Face cache lacks {' and '.join(missing)} of {model_dir}, and {why}")
         if missing:
             raise UnreproducedTokenizer(f"{model_dir} has no {' and no '.join(missing)}")
         config_file, json_file = files["config.json"], files["tokenizer.json"]
@@ -187,20 +194,13 @@ class Tokenizer:
 
 
 def model_file(model_dir: str, name: str) -> Path | None:
-    """`name` in MODEL_DIR, a local folder or hub repo (downloaded or cached); None where it has
-    none, or where (offline) the cache lacks it. OSError when the hub cannot be asked."""
+    """`name` in MODEL_DIR, a local folder or hub repo (cached or downloaded); None where it has
+    none, or where the cache lacks it and the hub cannot be asked (offline or unreachable: one
+    short probe, not a retry per file). OSError when the hub answers with an error."""
     folder = Path(model_dir)
     if folder.is_dir():
         return folder / name if (folder / name).is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
-
-    try:
-        return Path(hf_hub_download(model_dir, name))
-    except EntryNotFoundError:  # not in the repo, or (offline) not in the cache
-        return None
-    except HfHubHTTPError as e:
-        raise OSError(str(e)) from e
+    return hub_file(model_dir, name, what=f"MODEL_DIR {model_dir}", required=False)
 
 
 def _read_json(path: Path) -> dict:
@@ -289,7 +289,10 @@ def _added_and_special_tokens(
 def _gpt2_backend(serialized: dict, settings: dict, json_file: Path) -> Backend:
     """tokenizer.json's vocab, merges and post-processor in `GPT2Tokenizer`'s own pipeline."""
     model = serialized.get("model", {})
-    if model.get("type") != "BPE":
+    # tokenizers before 0.9 wrote no model type; the hub's openai-community/gpt2 file (2020) is such a
+    # BPE: vocab and merges only.
+    untyped_bpe = "type" not in model and {"vocab", "merges"} <= set(model)
+    if model.get("type") != "BPE" and not untyped_bpe:
         raise UnreproducedTokenizer(f"{json_file}: model type {model.get('type')!r} for a GPT2Tokenizer")
     vocab = model["vocab"]
     if isinstance(vocab, list):
@@ -336,7 +339,42 @@ def _add_tokens(
         backend.add_tokens(tokens)
 
 
-@functools.lru_cache(maxsize=4)
+# Text any GPT-2 tokenizer encodes to at least one token.
+_PROBE_TEXT = "the"
+
+
+def check_tokenizer(
+    tokenizer: "Tokenizer", model_dir: str, *, vocab_size: int, bos_token_id: int | None
+) -> None:
+    """The tokenizer can encode text and belongs to the model of config.json (`vocab_size`,
+    `bos_token_id`), else a message naming MODEL_DIR's tokenizer and what it needs.
+
+    A folder without tokenizer files gets an empty tokenizer from transformers
+    (every text becomes no token); one copied from another model has other ids.
+
+    Raises:
+        ConfigError: the tokenizer is empty or belongs to another model.
+    """
+    files = "tokenizer.json (or vocab.json and merges.txt) of the model, as on the hub"
+    if len(tokenizer) < 2 or not tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]:
+        raise ConfigError(
+            f"MODEL_DIR {model_dir!r} has no usable tokenizer (it encodes {_PROBE_TEXT!r} to no token, "
+            f"{len(tokenizer)} entries); the folder needs the {files}"
+        )
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(
+            f"MODEL_DIR {model_dir!r}: its tokenizer has {len(tokenizer)} tokens but the model's embedding "
+            f"(config.json vocab_size) only {vocab_size}; the tokenizer belongs to another model; the "
+            f"folder needs the {files}"
+        )
+    if bos_token_id is not None and tokenizer.bos_token_id != bos_token_id:
+        raise ConfigError(
+            f"MODEL_DIR {model_dir!r}: its tokenizer's BOS token {tokenizer.bos_token!r} has id "
+            f"{tokenizer.bos_token_id}, but config.json says bos_token_id {bos_token_id}; the tokenizer "
+            f"belongs to another model; the folder needs the {files}"
+        )
+
+
 def load_tokenizer(model_dir: str) -> Tokenizer:
     """MODEL_DIR's tokenizer, read once per process: preflight checks PROMPT with it (before
     torch is imported) and `load_model` reuses it. A tokenizer without a pad token pads with
@@ -345,6 +383,15 @@ def load_tokenizer(model_dir: str) -> Tokenizer:
     `Tokenizer` unless the files are a case it does not reproduce (see
     this module's docstring); those load with transformers, imported only then.
     """
+    if Path(model_dir).is_dir():
+        return _load_tokenizer(model_dir, None)
+    from huggingface_hub import constants
+
+    return _load_tokenizer(model_dir, constants.HF_HUB_CACHE)  # a hub id means what that cache holds
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(model_dir: str, hub_cache: str | None) -> Tokenizer:
     try:
         return Tokenizer.from_pretrained(model_dir)
     except UnreproducedTokenizer as e:

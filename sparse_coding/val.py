@@ -34,7 +34,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
             config = config_for_graph(config, args.from_graph, explicit=args.config_given)
         circuit, errors, source = circuit_and_source(config, args.from_graph, args.run)
         check_pins_before_loading(config, [*circuit, *errors], source)
-        preflight(config)
+        preflight(config, examples=True)
     with args.phases.phase("import"):
         from sparse_coding.pipelines.val import run_val
 
@@ -46,6 +46,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(
         DESCRIPTION,
         prog,
+        dataset_passes=True,
         outputs=["validation.json"],
         keys=[
             "VALIDATION_DIMS_PINNED (or --from-graph)",

@@ -169,21 +169,15 @@ def sae_templates(tmp_path_factory) -> dict[str, str]:
 def hub_cache(tmp_path, monkeypatch):
     """A Hugging Face hub cache served offline; returns add(repo_id, folder_path, name_in_repo)."""
     import huggingface_hub.constants as constants
+    from hub_layouts import add_to_hub_cache
 
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    commit = "0" * 40
 
     def add(repo_id: str, folder: Path, name_in_repo: str) -> None:
-        repo = cache / f"models--{repo_id.replace('/', '--')}"
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / "main").write_text(commit)
-        target = repo / "snapshots" / commit / name_in_repo
-        target.mkdir(parents=True, exist_ok=True)
-        for file in folder.iterdir():
-            (target / file.name).write_bytes(file.read_bytes())
+        add_to_hub_cache(cache, repo_id, folder, name_in_repo)
 
     return add
 
@@ -211,6 +205,7 @@ def tiny_config_dict(tmp_path: Path, model_dir: Path, templates: dict[str, str])
         "DEVICE": "cpu",
         "NEURONPEDIA": False,
         "PROMPT": "When Mary and John went to the store, John gave a drink to",
+        "PREPEND_BOS": True,  # as the tiny SAEs' cfgs say; unset, it is settled when they load
     }
 
 
@@ -308,6 +303,20 @@ def hooks(model, fns: dict):
             h.remove()
 
 
+def float64_prompt(tmp_path_factory, model_dir: Path, templates: dict[str, str], prompt: str):
+    """(spliced model in float64 with every tiny SAE site, the prompt as one example batch)."""
+    from sparse_coding.config import config_from_dict
+    from sparse_coding.pairs import Pair, example_batches, tokenize_pair
+    from sparse_coding.pipelines.loading import load_spliced_model
+
+    data = tmp_path_factory.mktemp("data")
+    config = config_from_dict(tiny_config_dict(data, model_dir, templates) | {"DTYPE": "float64"})
+    spliced, tokenizer = load_spliced_model(config)
+    example = tokenize_pair(Pair(prompt), tokenizer, prepend_bos=True, max_len=64)
+    (batch,) = example_batches([example], batch_size=1, pad_id=0, device="cpu")
+    return spliced, batch
+
+
 def plain_activations(spliced, inputs) -> dict:
     """Plain activations (no splicing) at every site of `spliced`."""
     acts = {}
@@ -330,3 +339,34 @@ def node_value(sae, x):
 def sae_error(sae, x):
     x_tl = x - x.mean(-1, keepdim=True) if sae.cfg.center_writing_weights else x
     return x_tl - sae.decode(sae.encode(x_tl))
+
+
+@pytest.fixture
+def unreachable_hub(hub_cache, monkeypatch):
+    """Online, but the hub is a local port that refuses every connection at once."""
+    import socket
+
+    import huggingface_hub.constants as constants
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    yield
+    closed.close()
+
+
+@pytest.fixture(scope="session")
+def published_folders(tmp_path_factory) -> list:
+    """Tiny stand-ins of openai-community/gpt2 and every published SAE set, in their hub layouts."""
+    from hub_layouts import write_published
+
+    return write_published(tmp_path_factory.mktemp("published"))
+
+
+@pytest.fixture
+def real_hub(hub_cache, published_folders, tmp_path) -> Path:
+    """A hub cache (offline) holding `published_folders` under their real repo ids; returns its path."""
+    for repo_id, folder, name_in_repo in published_folders:
+        hub_cache(repo_id, folder, name_in_repo)
+    return tmp_path / "hub"

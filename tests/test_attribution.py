@@ -7,7 +7,7 @@ float64. Nothing here calls the splicer.
 
 import pytest
 import torch
-from conftest import hooks, node_value, plain_activations, sae_error, tiny_config_dict
+from conftest import float64_prompt, hooks, node_value, plain_activations, sae_error
 
 from sparse_coding.algorithms.attribution import node_attributions
 from sparse_coding.algorithms.attribution_edges import edges
@@ -19,8 +19,7 @@ from sparse_coding.algorithms.attribution_graph import (
     summarize,
 )
 from sparse_coding.algorithms.metrics import METRICS
-from sparse_coding.pairs import Pair, example_batches, tokenize_pair
-from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pairs import Pair, tokenize_pair
 
 CE = METRICS["cross_entropy"]
 
@@ -29,13 +28,7 @@ PROMPT = "When Mary and John went to the store, John gave"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir, sae_templates):
-    from sparse_coding.config import config_from_dict
-
-    data = tmp_path_factory.mktemp("data")
-    config = config_from_dict(tiny_config_dict(data, tiny_model_dir, sae_templates) | {"DTYPE": "float64"})
-    spliced, tokenizer = load_spliced_model(config)
-    example = tokenize_pair(Pair(PROMPT), tokenizer, prepend_bos=True, max_len=64)
-    (batch,) = example_batches([example], batch_size=1, pad_id=0, device="cpu")
+    spliced, batch = float64_prompt(tmp_path_factory, tiny_model_dir, sae_templates, PROMPT)
     return spliced, batch, batch.input_ids, batch.answers
 
 
@@ -174,11 +167,13 @@ def test_edges_equal_explicit_jacobians_with_other_sites_frozen(setup, batched):
     clean = plain_activations(spliced, inputs)
     for down_key, up_key in PAIRS:
         edge_set = edge_sets[(down_key, up_key)]
-        downs = [*edge_set.down_features.tolist(), None]
-        ups = [*edge_set.up_features[:3].tolist(), None]
-        for row, down_feature in enumerate(downs):
+        up_slots = edge_set.up_slots.tolist()
+        assert edge_set.down_slots[0] == -1 and up_slots[0] == -1, "summed errors are slot -1, first"
+        ups = [None, *up_slots[1:4]]
+        for row, slot in enumerate(edge_set.down_slots.tolist()):
+            down_feature = None if slot < 0 else slot
             for up_feature in ups:
-                col = -1 if up_feature is None else edge_set.up_features.tolist().index(up_feature)
+                col = up_slots.index(-1 if up_feature is None else up_feature)
                 expected = _reference_edge(
                     spliced, inputs, target, clean, down_key, down_feature, up_key, up_feature
                 )
@@ -195,7 +190,9 @@ def test_upstream_error_edges_are_not_zero(setup):
     spliced, batch, inputs, target = setup
     attributions = _attributions(spliced, batch)
     down_nodes = _down_nodes(attributions, 2)
-    error_edges = [s.effects[:, -1] for s in edges(spliced, batch, attributions, down_nodes, batched=False)]
+    error_edges = [
+        s.effects[:, s.up_slots == -1] for s in edges(spliced, batch, attributions, down_nodes, batched=False)
+    ]
     assert all(column.abs().max() > 0 for column in error_edges)
 
 
@@ -213,8 +210,10 @@ def test_edge_over_a_linear_path_equals_the_change_from_zero_ablating_the_upstre
     clean = plain_activations(spliced, inputs)
     down_sae, up_sae = spliced.by_key["resid_2"].sae, spliced.by_key["attn_1"].sae
     checked = 0
-    for row, down_feature in enumerate(edge_set.down_features.tolist()):
-        for col, up_feature in enumerate(edge_set.up_features.tolist()):
+    for row, down_feature in enumerate(edge_set.down_slots.tolist()):
+        for col, up_feature in enumerate(edge_set.up_slots.tolist()):
+            if down_feature < 0 or up_feature < 0:
+                continue  # error nodes
             removed = node_value(up_sae, clean["attn_1"])[..., up_feature, None] * up_sae.W_dec[up_feature]
             ablated_x = clean["resid_2"] - removed  # resid_2 = resid_1 + attn_1 + mlp_1, others frozen
             before = node_value(down_sae, clean["resid_2"])[..., down_feature]
@@ -288,7 +287,7 @@ def test_cached_thresholds_choose_the_features_active_above_them_at_the_last_pos
         x = clean[key]
         x_tl = x - x.mean(-1, keepdim=True) if site.sae.cfg.center_writing_weights else x
         expected = (site.sae.encode(x_tl)[0, -1] > 0.05).nonzero().flatten()
-        assert torch.equal(chosen[key], expected)
+        assert torch.equal(chosen[key][chosen[key] >= 0], expected)
 
 
 def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch):
@@ -306,11 +305,13 @@ def test_batched_edges_split_into_chunks_equal_per_node_edges(setup, monkeypatch
 
 def test_top_edges_keep_the_most_positive_and_most_negative_apart():
     from sparse_coding.algorithms.attribution_edges import EdgeSet
-    from sparse_coding.algorithms.attribution_graph import _top_edges
+    from sparse_coding.algorithms.circuit_selection import top_edges
 
-    # Rows: down feature 7, then the down error node; last column: the upstream error.
-    effects = torch.tensor([[-5.0, -4.0, -3.0, 0.0, 1.0, 0.0], [0.0] * 6])
-    edge_set = EdgeSet("resid_2", torch.tensor([7]), "resid_1", torch.tensor([10, 11, 12, 13, 14]), effects)
-    kept = {(source, value) for source, _, value in _top_edges(edge_set, num_up_nodes=2)}
+    # Rows: the down error node (slot -1), then down feature 7; first column: the upstream error.
+    effects = torch.tensor([[0.0] * 6, [0.0, -5.0, -4.0, -3.0, 0.0, 1.0]])
+    edge_set = EdgeSet(
+        "resid_2", torch.tensor([-1, 7]), "resid_1", torch.tensor([-1, 10, 11, 12, 13, 14]), effects
+    )
+    kept = {(source, value) for source, _, value in top_edges(edge_set, num_up_nodes=2)}
     # Two most negative (-5, -4); only one positive exists (1); zeros and the zero error are not edges.
-    assert kept == {("resid_1.10", -5.0), ("resid_1.11", -4.0), ("resid_1.14", 1.0)}
+    assert kept == {(("resid_1", 10), -5.0), (("resid_1", 11), -4.0), (("resid_1", 14), 1.0)}

@@ -176,10 +176,15 @@ def test_many_examples_in_padded_batches_give_the_mean_of_single_example_effects
     down = choose_down_nodes(summary, options)
     for key, site_summary in summary.items():
         ies = torch.cat([a[key].feature_ie for a in alone])  # (3, d_sae)
-        torch.testing.assert_close(site_summary.mean, ies.mean(0), rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(site_summary.std, ies.std(0, correction=0), rtol=1e-7, atol=1e-12)
+        every = torch.arange(ies.shape[1])
+        torch.testing.assert_close(site_summary.mean_of(every), ies.mean(0), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            site_summary.std_of(every), ies.std(0, correction=0), rtol=1e-7, atol=1e-12
+        )
         errors = torch.cat([a[key].error_ie for a in alone])
-        assert site_summary.error_mean == pytest.approx(float(errors.mean()), rel=1e-9)
+        assert float(site_summary.mean_of(torch.tensor([-1]))[0]) == pytest.approx(
+            float(errors.mean()), rel=1e-9
+        )
     expected: dict = {}
     for b, a in zip(singles, alone, strict=True):
         for key, value in _edge_values(edges(spliced, b, a, down, batched=True)).items():
@@ -216,7 +221,7 @@ def _edge_values(edge_sets) -> dict:
         (s.down_site, row, s.up_site, column): float(s.effects[row, col])
         for s in edge_sets
         for row in range(s.effects.shape[0])
-        for col, column in enumerate([*s.up_features.tolist(), None])
+        for col, column in enumerate(s.up_slots.tolist())
     }
 
 
@@ -275,8 +280,10 @@ def test_ig_edges_equal_the_explicit_path_integral_of_the_direct_effect(loaded, 
     alphas = (torch.arange(4, dtype=torch.float64) + 0.5) / 4
     for down_key, up_key in (("resid_2", "attn_1"), ("resid_2", "resid_1"), ("mlp_1", "attn_1")):
         edge_set = edge_sets[(down_key, up_key)]
-        for row, down_feature in enumerate(edge_set.down_features.tolist()):
-            for col, up_feature in enumerate(edge_set.up_features[:2].tolist()):
+        for row, down_feature in enumerate(edge_set.down_slots.tolist()):
+            for col, up_feature in enumerate(edge_set.up_slots[:3].tolist()):
+                if down_feature < 0 or up_feature < 0:
+                    continue  # error nodes
                 expected = _path_edge(
                     spliced, batch, clean, down_key, down_feature, up_key, up_feature, alphas
                 )
@@ -296,9 +303,8 @@ def test_ig_edges_into_a_node_converge_to_its_exact_direct_change_as_steps_grow(
     attributions = node_attributions(spliced, batch, metric=CE)
     down_key = "resid_2"
     down = {key: torch.zeros(0, dtype=torch.long) for key in attributions}
-    down[down_key] = choose_down_nodes(summarize([attributions]), GraphOptions(CE, num_down_nodes=2))[
-        down_key
-    ]
+    chosen = choose_down_nodes(summarize([attributions]), GraphOptions(CE, num_down_nodes=2))[down_key]
+    down[down_key] = chosen[chosen >= 0]  # features only: rows are then the features
     sae = spliced.by_key[down_key].sae
     ups = [site.key for site in upstream_sites(spliced, spliced.by_key[down_key])]
     at_baseline = sum(

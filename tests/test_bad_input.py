@@ -226,6 +226,11 @@ def test_any_cfg_json_normalises_or_is_an_sae_load_error(edit):
         ("g.dot", "digraph G { " + "subgraph { " * 5_000 + "}" * 5_000 + "}"),
         ("g.dot", 'digraph G { "resid_1.2"; "resid_2.3"; "resid_1.2" -> "resid_2.3" [effect="inf"] }'),
         ("g.json", '{"nodes": [], "edges": [{"source": "resid_1.2", "target": "resid_2.3", "effect": NaN}]}'),
+        ("g.json", '{"nodes": [], "edges": [{"source": "resid_1.2", "target": "resid_2", "effect": 1e400}]}'),
+        ("g.json", '{"nodes": [], "edges": [{"source": "resid_1.2", "target": "resid_2", "effect": 1.0}]}'),
+        ("g.json", '{"nodes": [], "edges": [], "metadata": {"runs": "one run"}}'),
+        ("g.json", '{"nodes": [], "edges": [], "metadata": {"runs": [{"id": 3}]}}'),
+        ("g.json", '{"nodes": [{"id": "resid_1.2", "site": "resid", "layer": "1"}], "edges": []}'),
     ],
 )
 def test_a_deeply_nested_or_non_finite_graph_file_is_a_graph_file_error(tmp_path, name, text):
@@ -239,13 +244,14 @@ def test_a_deeply_nested_or_non_finite_graph_file_is_a_graph_file_error(tmp_path
 
 @pytest.mark.parametrize("content", [b"\x00garbage", b'{"no": "header"}' * 3])
 def test_a_corrupt_thresholds_cache_is_ignored_with_a_warning(make_config, tmp_path, caplog, content):
+    from sparse_coding.pipelines.loading import load_spliced_model
     from sparse_coding.pipelines.threshold_cache import THRESHOLDS_FILE, load_thresholds
 
     config = make_config(DATASET=str(tmp_path / "d.txt"))
     out = config.model_data_dir(config.MODEL_DIR)
     out.mkdir(parents=True)
     (out / THRESHOLDS_FILE).write_bytes(content)
-    assert load_thresholds(config, None) is None
+    assert load_thresholds(config, load_spliced_model(config, sites=("resid",))[0]) is None
     assert "Ignoring cached thresholds" in caplog.text
 
 

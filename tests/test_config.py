@@ -16,7 +16,7 @@ from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, config_from_dict, 
 from sparse_coding.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("pipe", "fast", "val", "hist")
+SCRIPTS = ("pipe", "fast", "val", "hist", "steer", "trace")
 FIELDS = [f.name for f in dataclasses.fields(Config) if f.name != "source_path"]
 MINIMAL = "RESID_SAES: gpt2-small-res-jb\n"
 
@@ -271,12 +271,12 @@ def test_the_shipped_config_loads_with_the_documented_defaults(caplog):
         config = load_config(DEFAULT_CONFIG_PATH)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert config.sae_sources == {
-        "resid": "gpt2-small-res-jb",
+        "resid": "gpt2-small-resid-post-v5-32k",
         "attn": "gpt2-small-attn-out-v5-32k",
         "mlp": "gpt2-small-mlp-out-v5-32k",
     }
     assert config.layer_range(12) == range(9, 12)
-    assert config.PREPEND_BOS is True and config.MODEL_DIR == "openai-community/gpt2"
+    assert config.PREPEND_BOS is None and config.MODEL_DIR == "openai-community/gpt2"
     assert config.DATA_DIR == (DEFAULT_CONFIG_PATH.parent.parent / "data").resolve()
 
 

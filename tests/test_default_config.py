@@ -12,7 +12,6 @@ import requests
 import yaml
 
 from sparse_coding.config import DEFAULT_CONFIG_PATH, Config, config_from_dict, load_config
-from sparse_coding.models.sae_sources import RELEASES
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(Config) if f.name != "source_path"]
@@ -56,7 +55,7 @@ def test_a_key_left_out_takes_the_default_and_null_unsets_where_unset_means_some
     config = load_config(path)
     assert config.THRESHOLD_EXP is None and config.ATTN_SAES is None
     assert config.NUM_UP_NODES == Config().NUM_UP_NODES
-    assert config.sae_sources == {"resid": "gpt2-small-res-jb", "mlp": "gpt2-small-mlp-out-v5-32k"}
+    assert config.sae_sources == {"resid": "gpt2-small-resid-post-v5-32k", "mlp": "gpt2-small-mlp-out-v5-32k"}
     path.write_text("ACTS_LAYERS_SLICE: '0:2'\n")
     assert load_config(path).THRESHOLD_EXP == 5.0
 
@@ -65,17 +64,8 @@ def test_a_key_left_out_takes_the_default_and_null_unsets_where_unset_means_some
 
 
 @pytest.fixture
-def default_hub(hub_cache, tiny_model_dir, sae_templates, tmp_path, monkeypatch):
-    """The default model and SAE releases served from the hub cache by tiny stand-ins, offline."""
-    hub_cache(Config().MODEL_DIR, tiny_model_dir, "")
-    for site, key in (("resid", "RESID_SAES"), ("attn", "ATTN_SAES"), ("mlp", "MLP_SAES")):
-        release = RELEASES[getattr(Config(), key)]
-        for layer in range(3):
-            hub_cache(
-                release.repo_id,
-                Path(sae_templates[site].format(layer=layer)),
-                release.folder.format(layer=layer),
-            )
+def default_hub(real_hub, tmp_path, monkeypatch):
+    """The default model and SAE releases served offline from a hub cache in their real layouts."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # A config without DATA_DIR (the tests' mine.yaml in tmp_path) writes to data/ beside itself.
     data_dir = tmp_path / "data"

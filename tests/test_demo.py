@@ -257,3 +257,47 @@ def test_walkthrough_runs(monkeypatch):
     monkeypatch.chdir(REPO)
     namespace = runpy.run_path(str(DEMO_DIR / "walkthrough.py"))
     assert namespace["result"].faithfulness == pytest.approx(1.0, abs=FAITHFUL_TOLERANCE)
+
+
+# ------------------------------------------------------------------ trace.py
+
+
+@pytest.fixture(scope="module")
+def trace_graph_json(tmp_path_factory) -> dict:
+    config = demo_config(tmp_path_factory.mktemp("trace"))
+    run("trace", config)
+    return output(config, Path(config.TRACE_DOT_FILE).with_suffix(".json").name)
+
+
+def test_trace_recovers_the_planted_path_from_sun_to_hot_with_its_signs(trace_graph_json):
+    effects = {(e["source"], e["target"]): e["effect"] for e in trace_graph_json["edges"]}
+    for edge in TRUTH["trace"]["edges"]:
+        key = (edge["source"], edge["target"])
+        assert key in effects, f"planted edge {key} missing"
+        assert effects[key] * edge["sign"] > 0, (key, effects[key])
+
+
+def damping_path(edge: dict) -> bool:
+    """Whether a planted trace edge touches the light -> dim path that damps "hot"."""
+    names = TRUTH["trace"]["transcoder_features"]
+    return any(names.get(end.split("@")[0]) in ("light", "dim") for end in (edge["source"], edge["target"]))
+
+
+def test_trace_at_the_default_threshold_keeps_the_main_path_only(tmp_path):
+    config = demo_config(tmp_path, TRACE_NODE_THRESHOLD=Config().TRACE_NODE_THRESHOLD)
+    run("trace", config)
+    graph = output(config, Path(config.TRACE_DOT_FILE).with_suffix(".json").name)
+    kept = {(e["source"], e["target"]) for e in graph["edges"]}
+    planted = TRUTH["trace"]["edges"]
+    assert {(e["source"], e["target"]) for e in planted if not damping_path(e)} == kept
+    assert all(damping_path(e) for e in planted if (e["source"], e["target"]) not in kept)
+
+
+def test_trace_keeps_only_planted_features_and_explains_hot_through_them(trace_graph_json):
+    planted = {end for edge in TRUTH["trace"]["edges"] for end in (edge["source"], edge["target"])}
+    features = {n["id"] for n in trace_graph_json["nodes"] if n["site"] == "tc"}
+    assert features == {node for node in planted if node.startswith("tc_")}
+    run = trace_graph_json["metadata"]["runs"][0]
+    assert run["logit_targets"][0]["token"] == TRUTH["target"]
+    # The transcoders are the MLPs: the error nodes carry (almost) nothing.
+    assert run["replacement_score"] > 0.999 and run["completeness_score"] > 0.999

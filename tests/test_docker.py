@@ -53,7 +53,12 @@ def _entry(args: list[str], work: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     ("args", "script"),
-    [(["--help"], "fast.py"), (["pipe", "--help"], "pipe.py"), (["hist", "-h"], "hist.py")],
+    [
+        (["--help"], "fast.py"),
+        (["pipe", "--help"], "pipe.py"),
+        (["hist", "-h"], "hist.py"),
+        (["steer", "-h"], "steer.py"),
+    ],
 )
 def test_the_entrypoint_runs_a_script_and_help_works(tmp_path, args, script):
     done = _entry(args, tmp_path)

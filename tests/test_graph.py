@@ -1,8 +1,11 @@
-"""Graph: merge semantics (runs kept apart, mean drawn), forward order and dict round trip."""
+"""Graph: merge semantics (runs kept apart, mean drawn), forward order, and its .json read back exactly."""
 
 import copy
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparse_coding.graphs.graph import Context, Graph, Node, run_record
 
@@ -201,3 +204,63 @@ def test_dict_round_trip_is_exact():
     graph.add_node(feature("mlp_error_2"))
     graph.add_edge("mlp_error_2", "resid_3.331", 0.3)
     assert Graph.from_dict(graph.to_dict()) == graph
+
+
+# ---------------------------------------------------------------- the .json: what is written reads back
+
+FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64)
+TEXT = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=6)  # lone surrogates too
+NODE_IDS = st.builds(
+    lambda site, layer, feature: (
+        f"{site}_{layer}.{feature}" if feature is not None else f"{site}_error_{layer}"
+    ),
+    st.sampled_from(["resid", "attn", "mlp"]),
+    st.integers(0, 11),
+    st.none() | st.integers(0, 50_000),
+)
+
+
+@st.composite
+def graphs(draw) -> Graph:
+    """Random graphs as runs leave them: annotated nodes, edges between them, runs, odd metadata."""
+    graph = Graph(metadata={"prompt": draw(TEXT), "config": {"TOP_K": draw(st.integers())}})
+    for node_id in draw(st.lists(NODE_IDS, min_size=1, max_size=8, unique=True)):
+        tokens = draw(st.lists(TEXT, max_size=3))
+        context = Context(tokens, [draw(FINITE) for _ in tokens])
+        graph.add_node(
+            feature(
+                node_id,
+                activation=draw(st.none() | FINITE),
+                attribution=draw(st.none() | FINITE),
+                hook=draw(st.none() | TEXT),
+                contexts=[context] if tokens else [],
+                logits_up=draw(st.lists(st.tuples(TEXT, FINITE), max_size=2)),
+                explanation=draw(st.none() | TEXT),
+            )
+        )
+    ids = list(graph.nodes)
+    for source, target in draw(st.lists(st.tuples(st.sampled_from(ids), st.sampled_from(ids)), max_size=10)):
+        graph.add_edge(source, target, draw(FINITE))
+    if draw(st.booleans()):
+        graph.add_run(run_record(graph.metadata, draw(TEXT)))
+    return graph
+
+
+@settings(max_examples=150, deadline=None)
+@given(graph=graphs())
+def test_every_graph_the_writer_writes_the_reader_reads_back_as_it_was(graph):
+    graph.check()
+    text = graph.to_json()
+    text.encode("utf-8")  # a file: lone surrogates are escaped
+    assert Graph.from_json(text) == graph
+    assert Graph.from_json(text).to_json() == text
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_the_writer_refuses_what_the_reader_would_refuse(value):
+    graph = Graph()
+    graph.add_node(feature("resid_0.1", activation=value))
+    with pytest.raises(ValueError, match="resid_0.1 activation"):
+        graph.check()
+    with pytest.raises(ValueError):
+        graph.to_json()

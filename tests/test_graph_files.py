@@ -1,4 +1,4 @@
-"""Graph files: the canonical .json, derived .dot, imports, per-run merges, refusals, atomic writes."""
+"""Graph files: the canonical .json, the derived .dot/image/page, imports, per-run merges, refusals."""
 
 import errno
 import hashlib
@@ -14,17 +14,20 @@ import pytest
 
 from sparse_coding import storage
 from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
-from sparse_coding.graphs import graph_files
+from sparse_coding.graphs import dot_import, graph_files, graph_writer
+from sparse_coding.graphs.dot_format import graph_to_dot
+from sparse_coding.graphs.dot_import import graph_from_dot
 from sparse_coding.graphs.dot_parser import parse_dot
 from sparse_coding.graphs.graph import Context, Graph, Node, run_record
 from sparse_coding.graphs.graph_files import (
     check_output_names,
-    graph_from_dot,
-    graph_to_dot,
     load_graph,
     save_graph,
     update_graph_files,
 )
+
+# A graph as the version before this one wrote it (.json format 2, the .dot carrying the data too).
+OLD_FILES = Path(__file__).parent / "data" / "format2"
 
 
 def run_graph(prompt: str = "The cat", effect: float = 0.5, extra: str | None = None) -> Graph:
@@ -79,31 +82,41 @@ def test_written_read_back_and_written_again_is_byte_identical(paths, tmp_path):
     assert snapshot(dot, js) == snapshot(again, again.with_suffix(".json"))
 
 
-def test_a_dot_as_written_is_not_parsed_again_and_an_empty_graph_reloads(paths, monkeypatch):
-    """Its hash matches the .json's record, so loading reads the .json alone (a 328-node .dot took
-    0.2-0.3 s to parse, twice a run); an empty graph (pipe.py --allow-empty) reloads as well."""
+def test_a_derived_dot_is_never_parsed_and_an_empty_graph_reloads(paths, monkeypatch):
+    """Loading reads the .json alone, even beside an edited .dot; an empty graph (pipe.py
+    --allow-empty) reloads as well."""
     dot, _, svg = paths
     graph = stored_graph()  # one run record: its time is compared below, so it is made once
     expected = graph.to_dict()
     save_graph(graph, dot, svg)
+    dot.write_text(dot.read_text(encoding="utf-8") + "// my note\n", encoding="utf-8")
     empty = Graph(metadata={"prompt": "p"})
     empty.add_run(run_record(empty.metadata, "r0"))
     save_graph(empty, dot.with_name("empty.dot"), None)
 
-    def refuse(text):
-        raise AssertionError("a .dot whose hash the .json records was parsed")
+    def refuse(*args):
+        raise AssertionError("a derived .dot was parsed")
 
-    monkeypatch.setattr(graph_files, "graph_from_dot", refuse)
+    monkeypatch.setattr(dot_import, "parse_dot", refuse)
     assert load_graph(dot).to_dict() == expected
     assert not load_graph(dot.with_name("empty.dot")).nodes
 
 
-def test_the_dot_alone_reloads_the_graph_losslessly(paths):
+def test_a_dot_of_ours_without_its_json_is_imported_with_its_numbers(paths):
     dot, js, svg = paths
     graph = stored_graph()
     save_graph(graph, dot, svg)
     js.unlink()
-    assert load_graph(dot) == graph
+    imported = load_graph(dot)
+    (run,) = imported.runs
+    assert run["script"] == "imported" and run["imported_from"] == "graph.dot"
+    assert {k: e.effect for k, e in imported.edges.items()} == {k: e.effect for k, e in graph.edges.items()}
+    for node_id, node in graph.nodes.items():
+        assert (imported.nodes[node_id].activation, imported.nodes[node_id].attribution) == (
+            node.activation,
+            node.attribution,
+        )
+        assert imported.nodes[node_id].hook == node.hook
 
 
 def test_the_json_is_canonical_and_the_dot_says_it_is_derived(paths):
@@ -111,8 +124,11 @@ def test_the_json_is_canonical_and_the_dot_says_it_is_derived(paths):
     graph = stored_graph()
     save_graph(graph, dot, svg)
     data = json.loads(js.read_text(encoding="utf-8"))
-    assert data["format"] == 2
-    assert data["derived"] == {"dot": "graph.dot", "dot_sha256": hashlib.sha256(dot.read_bytes()).hexdigest()}
+    assert data["format"] == 3
+    assert data["derived"] == {
+        path.name: {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "previous": None}
+        for path in (dot, svg, dot.with_suffix(".html"))
+    }
     assert dot.read_text(encoding="utf-8").startswith("// Drawn by sparse_coding from its canonical .json")
     assert (
         "<!-- Drawn by sparse_coding from its canonical .json twin (same name) -->\n<svg" in svg.read_text()
@@ -139,8 +155,11 @@ def test_files_follow_docs_design(paths):
     }
     assert parsed.nodes["resid_3.331"]["activation"] == "2.5"
     assert parsed.nodes["resid_4.2"]["attribution"] == "-1e-12"
-    # Graphviz's own rewrite of the file still reloads as the same graph.
-    assert graph_from_dot(canon.stdout) == run_graph()
+    # Graphviz's own rewrite of the file still imports with the same numbers.
+    imported = graph_from_dot(canon.stdout)
+    assert {k: e.effect for k, e in imported.edges.items()} == {
+        (s, t): e["effect"] for s, t, e in [(e["source"], e["target"], e) for e in data["edges"]]
+    }
     ET.parse(svg)
 
 
@@ -251,6 +270,8 @@ STEPS = {
 def test_a_failure_at_every_step_of_the_commit_leaves_the_old_or_the_new_graph(
     tmp_path, monkeypatch, caplog, step, error
 ):
+    """Failing the k-th call of a step, for every k: the .json is the old graph or the new one; the
+    next run finds the derived files current or stale (never 'edited') and adds its run once."""
     base = tmp_path / "base" / "graph.dot"
     update_graph_files(run_graph(prompt="old"), base, base.with_suffix(".svg"))
     new_run = run_graph(prompt="new", extra="attn_5.7")
@@ -276,31 +297,38 @@ def test_a_failure_at_every_step_of_the_commit_leaves_the_old_or_the_new_graph(
         except (OSError, KeyboardInterrupt, SparseCodingError):
             done = False
         monkeypatch.undo()
-        caplog.clear()
-        got = shape(dot)  # a reader after the failure (it finishes a decided commit)
+        got = shape(dot)
         assert got == old or got == (sorted([*old[0], "attn_5.7"]), 2, got[2]) and len(got[2]) == 3
-        assert "was edited" not in caplog.text  # the .dot always matches its .json
         assert no_temp_files(dot.parent)
         outcomes.append("new" if got != old else "old")
+        caplog.clear()
+        update_graph_files(run_graph(prompt="next"), dot, dot.with_suffix(".svg"))
+        assert "moved aside" not in caplog.text and not [
+            p for p in dot.parent.iterdir() if ".edited-" in p.name
+        ]
+        assert len(load_graph(dot).runs) == got[1] + 1
         if done:
             break
     assert len(outcomes) > 2 and outcomes[0] == "old" and outcomes[-1] == "new"
 
 
-def test_when_dot_fails_the_data_is_saved_and_the_old_image_kept(paths, monkeypatch):
+def test_when_dot_fails_nothing_is_written_and_a_retry_adds_the_run_once(paths, monkeypatch):
     dot, js, svg = paths
-    save_graph(run_graph(prompt="old"), dot, svg)
-    old_svg = svg.read_bytes()
+    update_graph_files(run_graph(prompt="old"), dot, svg)
+    before = snapshot(dot, js, svg, dot.with_suffix(".html"))
 
     def broken(*args, **kwargs):
         raise GraphFileError("dot could not draw it")
 
-    monkeypatch.setattr(graph_files, "draw_image", broken)
-    with pytest.raises(GraphFileError, match="were saved"):
-        save_graph(run_graph(prompt="new"), dot, svg)
-    assert load_graph(dot).metadata["prompt"] == "new"
-    assert svg.read_bytes() == old_svg
+    monkeypatch.setattr(graph_writer, "draw_image", broken)
+    run = run_graph(prompt="new")
+    with pytest.raises(GraphFileError, match="nothing was written"):
+        update_graph_files(run, dot, svg)
+    assert snapshot(dot, js, svg, dot.with_suffix(".html")) == before
     assert no_temp_files(dot.parent)
+    monkeypatch.undo()
+    update_graph_files(run, dot, svg)
+    assert [r["prompt"] for r in load_graph(dot).runs] == ["old", "new"]
 
 
 def test_the_reader_handles_ordinary_hand_written_dot():
@@ -336,16 +364,15 @@ def test_lone_surrogates_and_odd_metadata_survive(paths):
     graph.nodes["resid_4.2"].contexts = [Context(["\ud800x", "\\\udfff"], [1.0, 2.0])]
     graph.metadata["path"] = Path("/x")  # not JSON: written as its str
     save_graph(graph, dot, svg)
-    js.unlink()
     loaded = load_graph(dot)
     assert loaded.nodes == graph.nodes and loaded.metadata["path"] == "/x"
     assert graph_to_dot(loaded) == graph_to_dot(loaded)
+    dot.read_text(encoding="utf-8")  # the drawing is UTF-8 too
 
 
 def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(
     tmp_path, monkeypatch, caplog
 ):
-    from sparse_coding.graphs import graph_files
 
     monkeypatch.setattr(graph_files.shutil, "which", lambda name: None)
     graph = Graph()
@@ -356,23 +383,23 @@ def test_without_graphviz_the_dot_and_json_are_written_and_the_image_is_skipped(
     assert "not installed" in caplog.text
 
 
-def test_a_dot_edited_by_hand_is_imported_with_a_warning_never_discarded(paths, caplog):
+@pytest.mark.parametrize("suffix", [".dot", ".svg", ".html"])
+def test_a_derived_file_edited_by_hand_is_moved_aside_with_a_warning_never_parsed(paths, caplog, suffix):
     dot, js, svg = paths
     update_graph_files(run_graph(prompt="one", effect=0.5), dot, svg)
-    text = dot.read_text(encoding="utf-8")
-    assert text.count('effect="0.5"') == 1
-    dot.write_text(text.replace('effect="0.5"', 'effect="0.9"'), encoding="utf-8")
-    loaded = load_graph(dot)
-    assert "was edited after sparse_coding wrote it" in caplog.text
-    edited = loaded.edges[("resid_3.331", "resid_4.2")]
-    assert edited.effect == 0.9 and loaded.runs[-1]["script"] == "edited by hand" and len(loaded.runs) == 2
-    assert edited.runs == {loaded.runs[1]["id"]: 0.9}
-    untouched = loaded.edges[("mlp_error_3", "resid_4.2")]
-    assert untouched.runs == {loaded.runs[0]["id"]: -0.2}  # unedited values keep their run
+    edited = dot.with_suffix(suffix)
+    text = edited.read_text(encoding="utf-8").replace("0.5", "0.9") + "\n<!-- mine -->\n"
+    edited.write_text(text, encoding="utf-8")
     merged = update_graph_files(run_graph(prompt="two", effect=0.3), dot, svg)
-    assert merged.edges[("resid_3.331", "resid_4.2")].effect == (0.9 + 0.3) / 2
+    assert merged.edges[("resid_3.331", "resid_4.2")].effect == (0.5 + 0.3) / 2  # the edit is not read
+    (aside,) = [p for p in dot.parent.iterdir() if ".edited-" in p.name]
+    assert aside.name.startswith("graph.edited-") and aside.suffix == suffix
+    assert aside.read_text(encoding="utf-8") == text
+    assert f"moved aside as {aside.name}" in caplog.text
+    assert "<!-- mine -->" not in edited.read_text(encoding="utf-8")  # drawn again from the .json
     caplog.clear()
-    assert load_graph(dot) == merged and "was edited" not in caplog.text
+    update_graph_files(run_graph(prompt="three"), dot, svg)
+    assert "moved aside" not in caplog.text
 
 
 def test_a_dot_without_its_json_is_imported_keeping_edges_without_effect(paths):
@@ -402,6 +429,8 @@ def test_a_dot_without_its_json_is_imported_keeping_edges_without_effect(paths):
     assert written.nodes["idea"]["label"] == "check this" and written.graph_attrs["label"] == "my notes"
     assert json.loads(js.read_text(encoding="utf-8"))["user_drawing"]["nodes"]["idea"]["shape"] == "note"
     assert load_graph(dot) == merged
+    (original,) = [p for p in dot.parent.iterdir() if ".imported-" in p.name]
+    assert original.read_text(encoding="utf-8") == hand_made  # imported once, never lost
 
 
 def test_a_seed_graph_grows_with_its_nodes_mapped_to_this_tools_ids(paths):
@@ -486,13 +515,30 @@ def test_a_full_disk_is_a_clear_error_naming_the_folder_and_the_old_files_stay(p
     assert no_temp_files(dot.parent)
 
 
-def test_a_pair_written_before_runs_were_kept_apart_loads_from_its_dot_keeping_its_run(paths):
+def test_a_format_1_pair_loads_from_its_dot_through_the_import_keeping_its_run(paths):
     dot, js, svg = paths
     dot.parent.mkdir(parents=True)
-    dot.write_text(graph_to_dot(run_graph(prompt="old run", effect=0.5)), encoding="utf-8")
+    shutil.copy(OLD_FILES / "graph.dot", dot)  # the .dot carried the data then
     stale = run_graph(prompt="old run", effect=9.0).to_dict()  # a crash between the old two renames
     js.write_text(json.dumps(stale), encoding="utf-8")  # no "format": written by the old code
     loaded = load_graph(dot)
     (run,) = loaded.runs
-    assert run["prompt"] == "old run" and run["imported_from"] == "graph.dot"
-    assert loaded.edges[("resid_3.331", "resid_4.2")].runs == {run["id"]: 0.5}
+    assert run["id"] == "r1" and run["prompt"] == "old run"
+    assert loaded.edges[("resid_3.331", "resid_4.2")].runs == {"r1": 0.5}
+    assert loaded == Graph.from_json((OLD_FILES / "graph.json").read_text(encoding="utf-8"))
+
+
+def test_a_format_2_pair_loads_from_its_json_and_its_dot_is_redrawn_not_moved_aside(paths, caplog):
+    dot, js, svg = paths
+    shutil.copytree(OLD_FILES, dot.parent)  # written by the version before (.json format 2)
+    svg.write_text("<svg>drawn by the older version</svg>", encoding="utf-8")
+    graph = load_graph(dot)
+    assert [r["id"] for r in graph.runs] == ["r1"] and graph.edges[("resid_3.331", "resid_4.2")].effect == 0.5
+    merged = update_graph_files(run_graph(prompt="new"), dot, svg)
+    assert len(merged.runs) == 2 and "moved aside" not in caplog.text
+    assert sorted(p.name for p in dot.parent.iterdir() if not p.name.startswith(".")) == [
+        "graph.dot",
+        "graph.html",
+        "graph.json",
+        "graph.svg",
+    ]

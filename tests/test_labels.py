@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sparse_coding.graphs.dot_format import graph_to_dot
 from sparse_coding.graphs.graph import Context, Graph, Node
-from sparse_coding.graphs.graph_files import graph_from_dot, graph_to_dot
 from sparse_coding.graphs.markup import (
     compact_label,
     escape_text,
@@ -185,5 +185,5 @@ def test_arbitrary_unicode_tokens_parse_render_and_round_trip(tokens, explanatio
     texts = svg_texts(dot_text)
     for token in tokens:
         assert visible_text(token).strip() in "\n".join(texts)
-    # The machine-readable attributes bring every token back exactly.
-    assert graph_from_dot(dot_text) == graph
+    # The canonical .json brings every token back exactly.
+    assert Graph.from_json(graph.to_json()) == graph

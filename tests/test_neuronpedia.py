@@ -32,7 +32,8 @@ FEATURE = {
 
 
 class FakeNeuronpedia(BaseHTTPRequestHandler):
-    """Answers by feature index: 1 ok, 2 404, 3 429 then ok, 4 500, 5 bad JSON, 6 slow."""
+    """Answers by feature index: 1 ok, 2 404, 3 429 then ok, 4 500, 5 bad JSON, 6 slow, 12 200 null,
+    13 200 [], 14-16 drip the status line / headers / body; every feature of an "unknown/..." set: 500."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         server = self.server
@@ -41,7 +42,10 @@ class FakeNeuronpedia(BaseHTTPRequestHandler):
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
         try:
-            self.answer(int(self.path.rsplit("/", 1)[-1]))
+            if "/api/feature/unknown/" in self.path:
+                self.reply(500, b'{"error": "unknown source"}')
+            else:
+                self.answer(int(self.path.rsplit("/", 1)[-1]))
         finally:
             with server.lock:
                 server.in_flight -= 1
@@ -71,6 +75,10 @@ class FakeNeuronpedia(BaseHTTPRequestHandler):
             return self.reply(503, b"busy", {"Retry-After": "540"})
         if index == 11:
             return self.trickle(json.dumps(FEATURE).encode())
+        if index in (12, 13):  # Neuronpedia's answer for a feature it does not have
+            return self.reply(200, b"null" if index == 12 else b"[]")
+        if index in (14, 15, 16):
+            return self.drip(("status line", "headers", "body")[index - 14])
         if index >= 100:
             time.sleep(0.05)
         self.reply(200, json.dumps(FEATURE).encode())
@@ -96,6 +104,28 @@ class FakeNeuronpedia(BaseHTTPRequestHandler):
                 time.sleep(0.2)
         except OSError:
             pass  # the client gave up, as it should
+
+    def drip(self, phase: str) -> None:
+        """Send one part of the answer a byte every 0.2 s (the rest at once): ~20 s in all."""
+        body = json.dumps(FEATURE).encode()
+        parts = {
+            "status line": b"HTTP/1.1 200 OK" + b" " * 100 + b"\r\n",
+            "headers": f"Content-Length: {len(body)}\r\nX-Pad: {'x' * 100}\r\n\r\n".encode(),
+            "body": body,
+        }
+        if phase != "status line":
+            parts["status line"] = b"HTTP/1.1 200 OK\r\n"
+        try:
+            for name, part in parts.items():
+                chunks = [part[i : i + 1] for i in range(len(part))] if name == phase else [part]
+                for chunk in chunks:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    if name == phase:
+                        time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up, as it should
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -201,7 +231,7 @@ def test_retry_after_is_capped_by_max_backoff(server, tmp_path):
 
 @pytest.mark.parametrize(
     ("index", "kind", "requests"),
-    [(4, "HTTP 500", 3), (5, "malformed JSON", 1), (6, "timeout", 1)],
+    [(4, "HTTP 500", 2), (5, "malformed JSON", 1), (6, "timeout", 1)],
 )
 def test_failures_leave_the_node_plain_with_one_warning(server, tmp_path, caplog, index, kind, requests):
     graph = graph_of(index)
@@ -374,3 +404,56 @@ def test_a_trickling_server_holds_a_request_no_longer_than_its_deadline(server, 
     stats = annotate(graph_of(11), server, tmp_path, timeout_s=1.0, retries=0)
     assert time.perf_counter() - start < 2.5  # the body alone would take ~40 s
     assert stats.failed == 1 and "timeout" in caplog.text
+
+
+@pytest.mark.parametrize(("index", "phase"), [(14, "status line"), (15, "headers"), (16, "body")])
+def test_the_deadline_covers_every_phase_of_the_exchange(server, tmp_path, caplog, index, phase):
+    """A server dripping the status line or the headers (each byte well within a socket timeout)
+    is cut at the deadline as a dripping body is."""
+    start = time.perf_counter()
+    stats = annotate(graph_of(index), server, tmp_path, timeout_s=1.0, retries=0)
+    assert time.perf_counter() - start < 2.5, phase  # the phase alone takes ~20 s
+    assert stats.failed == 1 and "timeout" in caplog.text
+
+
+def test_a_server_that_never_accepts_the_connection_is_cut_at_the_deadline(tmp_path, caplog):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.create_connection(("127.0.0.1", port), timeout=5)]  # fills a backlog of 0
+        start = time.perf_counter()
+        stats = annotate_graph(
+            graph_of(1), base_url=f"http://127.0.0.1:{port}", cache_dir=tmp_path, timeout_s=1.0, retries=0
+        )
+        elapsed = time.perf_counter() - start
+        for sock in queued:
+            sock.close()
+    assert elapsed < 2.5 and stats.failed == 1
+
+
+@pytest.mark.parametrize("index", [12, 13], ids=["null", "empty list"])
+def test_a_200_of_null_or_an_empty_list_is_not_found_and_cached_as_such(server, tmp_path, caplog, index):
+    graph = graph_of(index)
+    stats = annotate(graph, server, tmp_path)
+    assert graph.nodes[f"resid_3.{index}"].explanation is None
+    assert "malformed" not in caplog.text and "not on Neuronpedia" in caplog.text
+    assert stats.failed == 0 and stats.fetched == 1
+    (cached,) = tmp_path.rglob(f"{index}.json")
+    assert json.loads(cached.read_text()) == {"missing": True}
+    server.requests.clear()
+    again = annotate(graph_of(index), server, tmp_path)
+    assert server.requests == [] and again.from_cache == 1
+
+
+def test_a_server_error_is_retried_at_most_once_per_run_per_source(server, tmp_path, caplog):
+    graph = Graph()
+    for layer, source in enumerate(["unknown/a", "unknown/b"]):
+        for index in range(5):
+            graph.add_node(Node.from_id(f"resid_{layer}.{index}", neuronpedia_id=source))
+    start = time.perf_counter()
+    stats = annotate(graph, server, tmp_path, retries=3, max_workers=1, backoff_s=0.5)
+    per_source = {s: sum(f"/unknown/{s}/" in path for path, _ in server.requests) for s in "ab"}
+    assert per_source == {"a": 5 + 1, "b": 5 + 1}  # each feature once, one retry per source
+    assert stats.failed == 10 and time.perf_counter() - start < 5
+    assert not list(tmp_path.rglob("*.json"))  # failures are not cached

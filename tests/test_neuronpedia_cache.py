@@ -56,3 +56,20 @@ def test_hostile_neuronpedia_ids_write_nothing_outside_the_cache_folder(tmp_path
     assert len([p for p in after if p.is_relative_to(cache)]) == len(HOSTILE_IDS)  # one per id: none collide
     again = Graph(nodes={k: Node.from_id(k, neuronpedia_id=n.neuronpedia_id) for k, n in graph.nodes.items()})
     assert annotate_graph(again, base_url=server_url, cache_dir=cache).from_cache == len(HOSTILE_IDS)
+
+
+@pytest.mark.parametrize("where", ["server folder", "set folder"])
+def test_a_link_in_the_cache_folder_leaves_features_uncached_and_never_fails_the_run(
+    tmp_path, server_url, where
+):
+    cache, outside = tmp_path / "data" / "neuronpedia_cache", tmp_path / "outside"
+    outside.mkdir()
+    server = cache / server_url.split("://", 1)[1].replace(":", "_")
+    link = server if where == "server folder" else server / "gpt2-small"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    graph = Graph()
+    graph.add_node(Node.from_id("resid_3.7", neuronpedia_id="gpt2-small/3-res-jb"))
+    stats = annotate_graph(graph, base_url=server_url, cache_dir=cache)
+    assert graph.nodes["resid_3.7"].explanation and stats.fetched == 1
+    assert list(outside.rglob("*")) == [] and list(cache.rglob("*.json")) == []

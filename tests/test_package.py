@@ -44,7 +44,7 @@ def test_an_unknown_name_is_an_attribute_error():
         sparse_coding.nope  # noqa: B018
 
 
-@pytest.mark.parametrize("script", ["pipe", "fast", "val", "hist"])
+@pytest.mark.parametrize("script", ["pipe", "fast", "val", "hist", "steer", "trace"])
 def test_the_console_command_hands_each_script_its_own_arguments(script, capsys):
     from sparse_coding.cli import main
 
@@ -53,7 +53,7 @@ def test_the_console_command_hands_each_script_its_own_arguments(script, capsys)
     assert done.value.code == 0
     usage = capsys.readouterr().out
     assert usage.startswith(f"usage: sparse-coding {script} ") and "--config" in usage
-    assert ("--from-graph" in usage) == (script == "val")
+    assert ("--from-graph" in usage) == (script in ("val", "steer"))
 
 
 def test_the_console_command_without_a_script_lists_the_scripts(capsys):
@@ -62,7 +62,7 @@ def test_the_console_command_without_a_script_lists_the_scripts(capsys):
     with pytest.raises(SystemExit) as done:
         main(["plot"])
     assert done.value.code == 2
-    assert "sparse-coding {pipe|fast|val|hist|demo}" in capsys.readouterr().err
+    assert "sparse-coding {pipe|fast|val|hist|steer|trace|demo|export|upload}" in capsys.readouterr().err
 
 
 def test_the_installed_package_declares_the_console_command():

@@ -176,7 +176,7 @@ def test_the_legend_of_image_and_viewer_says_what_the_metadata_says(tmp_path, me
     texts = [t.text or "" for t in ET.parse(tmp_path / "g.svg").getroot().iter(f"{SVG}text")]
     drawn = " ".join(texts).replace("\xa0", " ")
     recorded = metadata["sign_convention"]
-    shown = dict(viewer_data(graph.to_dict())["legend"])
+    shown = dict(viewer_data(graph)["legend"])
     for key, sentence in recorded.items():
         if key != "nodes":  # how nodes were chosen is the caption's, in short
             assert sentence in drawn, key
@@ -199,10 +199,10 @@ def test_run_labels_say_how_each_run_chose_its_nodes_and_differ_when_the_runs_di
     ]
     graph = Graph(metadata={"runs": runs})
     graph.add_node(Node.from_id("resid_0.1"))
-    labels = viewer_data(graph.to_dict())["runs"]
+    labels = viewer_data(graph)["runs"]
     assert len(set(labels)) == 2
     assert "top 3 down-nodes per site" in labels[0] and "hist.py" in labels[1]
-    caption = " ".join(viewer_data(graph.to_dict())["caption"])
+    caption = " ".join(viewer_data(graph)["caption"])
     assert "2 runs merged" in caption and "(1 run)" in caption
 
 

@@ -1,5 +1,6 @@
 """Fail before the work: what the config and the files can tell stops a run before anything loads."""
 
+import json
 import runpy
 import sys
 import time
@@ -11,6 +12,7 @@ from conftest import tiny_config_dict
 
 from sparse_coding.config import config_from_dict
 from sparse_coding.errors import SparseCodingError
+from sparse_coding.graphs.graph import Graph, Node, run_record
 from sparse_coding.pipelines.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +59,14 @@ def _out_dir(tmp_path) -> Path:
         ("fast", {"PROMPT": "a", "PREPEND_BOS": False}, "needs at least 2"),
         ("pipe", {"MODEL_DIR": "./no_such_model"}, "folder"),
         ("hist", {"DATASET": "x.txt", "MODEL_DIR": "/no/such/model"}, "not found"),
+        ("fast", {"GRADS_FILE": "../../escape.svg"}, "Config key GRADS_FILE"),
+        ("pipe", {"GRAPH_DOT_FILE": "sub/graph.dot"}, "Config key GRAPH_DOT_FILE"),
+        ("pipe", {"TRACE_FILE": "../trace.svg"}, "Config key TRACE_FILE"),
+        ("fast", {"GRADS_FILE": "graph.jpg"}, "Config key GRADS_FILE"),
+        ("pipe", {"NEURONPEDIA_URL": "http://[::1"}, "Config key NEURONPEDIA_URL"),
+        ("fast", {"NODE_THRESHOLD": float("nan")}, "must be a finite number, got nan"),
+        ("fast", {"EDGE_THRESHOLD": float("inf")}, "must be a finite number, got inf"),
+        ("pipe", {"DATA_DIR": "/tmp/data\x00dir"}, "holds a NUL byte"),
     ],
 )
 def test_a_check_from_the_config_fails_before_the_model_loads(
@@ -77,6 +87,54 @@ def test_an_existing_graph_file_that_cannot_be_read_fails_before_the_model_loads
     (out / "grads_graph.dot").write_text("this is { not a graph")
     line = _fail_script(tmp_path, capsys, monkeypatch, "fast", raw)
     assert "grads_graph.dot" in line
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda data: data["metadata"].update(runs="a string"), "metadata.runs is 'a string', not a list"),
+        (lambda data: data["edges"][0].update(target="resid_9.9"), "names the node resid_9.9"),
+        (lambda data: data["nodes"][0].update(activation=1e400), "not a finite number"),
+    ],
+)
+def test_a_stored_graph_json_of_the_wrong_shape_fails_before_the_model_loads(
+    tmp_path, tiny_model_dir, sae_templates, capsys, monkeypatch, nothing_loads, change, words
+):
+    raw = _raw(tmp_path, tiny_model_dir, sae_templates)
+    out = config_from_dict(raw).model_data_dir(raw["MODEL_DIR"])
+    graph = Graph(metadata={"prompt": "p"})
+    graph.add_node(Node.from_id("resid_1.0", activation=1.0))
+    graph.add_node(Node.from_id("resid_2.0", activation=1.0))
+    graph.add_edge("resid_1.0", "resid_2.0", 0.5)
+    graph.add_run(run_record(graph.metadata, "r1"))
+    data = graph.to_dict()
+    change(data)
+    out.mkdir(parents=True)
+    (out / "grads_graph.json").write_text(json.dumps(data).replace("Infinity", "1e400"))
+    line = _fail_script(tmp_path, capsys, monkeypatch, "fast", raw)
+    assert "grads_graph.json" in line and words in line, line
+
+
+def test_a_binary_pairs_file_fails_before_the_model_loads(
+    tmp_path, tiny_model_dir, sae_templates, capsys, monkeypatch, nothing_loads
+):
+    (tmp_path / "pairs.jsonl").write_bytes(bytes(range(256)) * 4)
+    raw = _raw(tmp_path, tiny_model_dir, sae_templates, PAIRS_FILE=str(tmp_path / "pairs.jsonl"))
+    line = _fail_script(tmp_path, capsys, monkeypatch, "fast", raw)
+    assert "PAIRS_FILE" in line and "not UTF-8 text" in line and "JSON Lines" in line
+
+
+def test_an_output_folder_a_link_leads_out_of_data_dir_fails_before_the_model_loads(
+    tmp_path, tiny_model_dir, sae_templates, capsys, monkeypatch, nothing_loads
+):
+    raw = _raw(tmp_path, tiny_model_dir, sae_templates)
+    out = config_from_dict(raw).model_data_dir(raw["MODEL_DIR"])
+    (tmp_path / "elsewhere").mkdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.symlink_to(tmp_path / "elsewhere")
+    line = _fail_script(tmp_path, capsys, monkeypatch, "pipe", raw)
+    assert "leads outside" in line and str(out) in line
+    assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
 def test_an_output_folder_that_cannot_be_written_fails_before_the_model_loads(
@@ -108,24 +166,16 @@ def test_offline_a_missing_sae_is_named_once_with_its_repo(tmp_path, hub_cache, 
     with pytest.raises(SparseCodingError) as info:
         preflight(config, sites=("resid",))
     message = str(info.value)
-    assert message.count("gpt2-small-res-jb layer 1") == 1 and "jbloom/GPT2-Small-SAEs-Reformatted" in message
+    assert message.count("gpt2-small-resid-post-v5-32k layer 1") == 1
+    assert "jbloom/GPT2-Small-OAI-v5-32k-resid-post-SAEs" in message
     assert "attn" not in message
 
 
-def test_without_network_a_missing_model_fails_in_seconds(tmp_path, hub_cache, monkeypatch):
-    import socket
-
-    import huggingface_hub.constants as constants
-
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused at once
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+def test_without_network_a_missing_model_fails_in_seconds(tmp_path, unreachable_hub):
     start = time.perf_counter()
     with pytest.raises(SparseCodingError, match="cannot be reached"):
         preflight(config_from_dict({"DATA_DIR": str(tmp_path / "data")}))
     assert time.perf_counter() - start < 5
-    closed.close()
 
 
 def test_a_run_whose_files_are_all_there_passes(tmp_path, tiny_model_dir, sae_templates, make_config):
@@ -197,12 +247,13 @@ def test_offline_one_message_lists_every_download_with_sizes_and_the_demo(tmp_pa
         preflight(config_from_dict({"DATA_DIR": str(tmp_path / "data")}))  # default model, SAEs, 9:12
     message = str(info.value)
     assert "lacks 10 of the downloads" in message and "openai-community/gpt2" in message
-    for release in ("gpt2-small-res-jb", "gpt2-small-attn-out-v5-32k", "gpt2-small-mlp-out-v5-32k"):
+    defaults = ("gpt2-small-resid-post-v5-32k", "gpt2-small-attn-out-v5-32k", "gpt2-small-mlp-out-v5-32k")
+    for release in defaults:
         for layer in (9, 10, 11):
             assert f"{release} layer {layer}" in message
             assert f"'{RELEASES[release].folder.format(layer=layer)}/*'" in message  # in its hf command
-    # GPT-2 small's weights (~550 MB) and nine float32 SAEs, 24576 or 32768 latents wide.
-    total_gb = (550 + 3 * (_sae_mb(24576) + 2 * _sae_mb(32768))) / 1000
+    # GPT-2 small's weights (~550 MB) and nine float32 SAEs, 32768 latents wide.
+    total_gb = (550 + 9 * _sae_mb(32768)) / 1000
     assert f"about {total_gb:.1f} GB" in message
     assert "hf download openai-community/gpt2 config.json" in message
     assert "demo_config.yaml" in message
@@ -221,5 +272,5 @@ def test_offline_a_cached_model_config_without_its_weights_is_still_a_missing_do
     with pytest.raises(SparseCodingError) as info:
         preflight(config)
     message = str(info.value)
-    assert "model openai-community/gpt2" in message and "gpt2-small-res-jb layer 1" in message
+    assert "model openai-community/gpt2" in message and "gpt2-small-resid-post-v5-32k layer 1" in message
     assert "lacks 3 of the downloads" in message  # the model, resid 1, mlp 1: all at once

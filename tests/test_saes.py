@@ -308,3 +308,53 @@ def test_a_hub_source_missing_from_the_cache_is_an_sae_load_error_offline(tmp_pa
         load_sae("gpt2-small-res-jb", 2)
     with pytest.raises(SAELoadError, match="someone/absent"):
         load_sae("someone/absent/layer_{layer}", 0)
+
+
+def test_without_network_load_sae_fails_in_seconds_naming_the_file_and_the_cache(unreachable_hub):
+    """A notebook's load_sae without network: one short probe of the hub, not the hub library's retries."""
+    import time
+
+    import huggingface_hub.constants as constants
+
+    start = time.perf_counter()
+    with pytest.raises(SAELoadError) as info:
+        load_sae("gpt2-small-res-jb", 4)
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert "cannot be reached" in message and "blocks.4.hook_resid_pre/cfg.json" in message
+    assert constants.HF_HUB_CACHE in message and JB_REPO in message
+
+
+def test_a_cfg_json_of_random_bytes_names_the_file_and_what_it_should_hold(tmp_path):
+    folder = write_sae_folder(tmp_path / "sae_0", hook_name="blocks.0.hook_resid_pre")
+    (folder / "cfg.json").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SAELoadError) as info:
+        load_sae(template(folder), 0)
+    assert str(folder / "cfg.json") in str(info.value) and "JSON object with d_in, d_sae" in str(info.value)
+
+
+def test_bfloat16_topk_keeps_the_float32_supports_on_activations_with_outliers_and_an_offset(tmp_path):
+    """Centring and layer norm run in float32, the encoder product in bfloat16: on activations with
+    two outlier dimensions and a shared offset (rounded to bfloat16 first, the small dimensions
+    lose most of their bits before centring) every token whose float32 TopK is separated from its
+    next feature by more than bfloat16's product rounding keeps its support."""
+    d_in, d_sae, k = 256, 512, 16
+    folder = write_sae_folder(
+        tmp_path / "sae_0", hook_name="blocks.0.hook_mlp_out", activation="topk", layer_norm=True,
+        d_in=d_in, d_sae=d_sae, k=k,
+    )  # fmt: skip
+    exact = load_sae(template(folder), 0)
+    with torch.no_grad():  # weights a bfloat16 SAE holds exactly, so that only the arithmetic differs
+        for param in exact.parameters():
+            param.copy_(param.bfloat16().float())
+    half = load_sae(template(folder), 0, dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, d_in, generator=gen) * 3.0 + 300.0  # bfloat16's spacing at 300 is 2
+    x[:, 7] += 300.0
+    x[:, 99] -= 75.0
+    pre = exact.pre_activations(exact.normalize(x)[0])
+    top = pre.topk(k + 1, dim=-1).values
+    separated = (top[:, k - 1] - top[:, k]) > 2**-6 * top[:, k - 1].abs()
+    assert separated.sum() > 20
+    supports = [(sae.encode(x) > 0)[separated] for sae in (exact, half)]
+    assert torch.equal(supports[0], supports[1])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("pipe", "fast", "val", "hist")
+SCRIPTS = ("pipe", "fast", "val", "hist", "steer", "trace")
 
 
 def _help(script: str) -> subprocess.CompletedProcess:

@@ -78,6 +78,9 @@ NUM_RETURN_SEQUENCES: 1
 NUM_SHOT: 6
 """
 HONOURED = {
+    "WANDB_PROJECT": "sparse_coding",
+    "WANDB_ENTITY": "someone",
+    "WANDB_MODE": "offline",
     "ACTS_LAYERS_SLICE": "9:12",
     "NUM_UP_NODES": 1,
     "NUM_DOWN_NODES": 1,
@@ -87,6 +90,8 @@ HONOURED = {
     "GRADS_DOT_FILE": "grads_graph.dot",
     "VALIDATION_DIMS_PINNED": {"resid_9": [331, 12]},
     "DIMS_PINNED": {"resid_9": 331},
+    "MAX_NEW_TOKENS": 1,
+    "NUM_RETURN_SEQUENCES": 1,
 }
 UNUSED = [
     "PROJECTION_FACTOR",
@@ -94,7 +99,6 @@ UNUSED = [
     "LAMBDA_L1",
     "TRAINING_BATCH_SIZE",
     "NUM_WORKERS",
-    "WANDB_MODE",
     "ACTS_DATA_FILE",
     "JACOBIANS_DOT_FILE",
     "NUM_SHOT",
@@ -120,7 +124,7 @@ def test_the_unused_seed_keys_are_named_in_one_info_line_with_their_reasons(tmp_
     lines = [r.getMessage() for r in records if "not used by sparse_coding" in r.getMessage()]
     assert len(lines) == 1
     assert all(key in lines[0] for key in UNUSED), lines[0]
-    assert "RESID_SAES/ATTN_SAES/MLP_SAES" in lines[0] and "W&B" in lines[0]
+    assert "RESID_SAES/ATTN_SAES/MLP_SAES" in lines[0] and "WANDB" not in lines[0]
     assert "NUM_UP_NODES" not in lines[0] and "GRADS_FILE" not in lines[0]
 
 
@@ -144,7 +148,7 @@ def test_a_seed_config_naming_an_sae_site_keeps_its_choice(tmp_path, caplog):
 def test_a_config_without_sae_keys_that_is_not_a_seeds_takes_the_default_releases(tmp_path, caplog):
     config, _ = load(tmp_path, 'ACTS_LAYERS_SLICE: "9:12"\n', caplog)
     assert config.sae_sources == {
-        "resid": "gpt2-small-res-jb",
+        "resid": "gpt2-small-resid-post-v5-32k",
         "attn": "gpt2-small-attn-out-v5-32k",
         "mlp": "gpt2-small-mlp-out-v5-32k",
     }

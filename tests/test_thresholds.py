@@ -77,6 +77,7 @@ def saved(tmp_path_factory, tiny_model_dir, sae_templates):
         "DATA_DIR": str(root / "data"),
         "DEVICE": "cpu",
         "NEURONPEDIA": False,
+        "PREPEND_BOS": True,
     } | hist_settings(write_dataset(root / "texts.jsonl"))
 
     def build(**overrides):

@@ -214,6 +214,23 @@ def test_a_hub_repo_loads_offline_from_the_cache(tmp_path, bpe_files, hub_cache)
     assert_same(ours, reference("someone/gpt2-like"))
 
 
+def test_the_hubs_gpt2_layout_of_2020_takes_the_fast_path_and_equals_transformers(tmp_path, hub_cache):
+    """openai-community/gpt2 as the hub serves it: a tokenizer.json whose model has no "type" (vocab and
+    merges only), <|endoftext|> the last id with normalized true, tokenizer_config.json
+    {"model_max_length": 1024}, no tokenizer_class anywhere."""
+    from hub_layouts import GPT2_REPO, write_gpt2_repo
+
+    folder = write_gpt2_repo(tmp_path / "gpt2")
+    serialized = json.loads((folder / "tokenizer.json").read_text())
+    assert "type" not in serialized["model"] and serialized["added_tokens"][0]["normalized"] is True
+    assert serialized["added_tokens"][0]["id"] == max(serialized["model"]["vocab"].values())
+    hub_cache(GPT2_REPO, folder, "")
+    ours = load_tokenizer(GPT2_REPO)
+    assert isinstance(ours, Tokenizer)
+    assert_same(ours, reference(GPT2_REPO))
+    assert ours.bos_token_id == ours.eos_token_id == len(ours) - 1
+
+
 def test_a_hub_repo_missing_from_the_offline_cache_is_an_oserror(hub_cache):
     with pytest.raises(OSError):
         load_tokenizer("someone/not-downloaded")

@@ -66,7 +66,7 @@ def page(tmp_path_factory):
     """A 60-node graph's page on disk, with its JSON form."""
     graph = random_graph(60, 200)
     path = write_viewer(graph, tmp_path_factory.mktemp("viewer") / "graph.html")
-    return path, graph.to_dict()
+    return path, graph.to_dict()  # the expected counts are computed from the graph's JSON form
 
 
 def opened(browser, path: Path):
@@ -108,7 +108,7 @@ def test_embedded_json_cannot_end_the_script_and_reads_back_the_same():
 
 def test_page_data_has_every_node_in_forward_rows_and_every_edge():
     graph = random_graph(30, 60)
-    data = viewer_data(graph.to_dict())
+    data = viewer_data(graph)
     ids = [n["id"] for n in data["nodes"]]
     assert sorted(ids) == sorted(graph.nodes)
     rows = {n["id"]: n["row"] for n in data["nodes"]}
@@ -224,7 +224,7 @@ def test_a_run_filter_hides_what_only_that_run_measured(browser, tmp_path):
         both = {"run-a": edge["effect"], "run-b": edge["effect"]}
         edge["runs"] = {"run-a": edge["effect"]} if k % 3 == 0 else both
     path = tmp_path / "runs.html"
-    path.write_text(viewer_page(graph_json), encoding="utf-8")
+    path.write_text(viewer_page(Graph.from_dict(graph_json)), encoding="utf-8")
     root = opened(browser, path)
     runs = root.find_elements("css selector", ".sc-run input")
     assert len(runs) == 2 and "prompt 'b'" in root.find_elements("css selector", ".sc-run")[1].text
@@ -274,7 +274,7 @@ def test_hostile_labels_are_shown_as_text_and_never_run(browser, tmp_path):
 
 
 def test_two_viewers_in_one_page_work_apart_as_in_a_notebook(browser, tmp_path):
-    small, other = random_graph(10, 12, seed=1).to_dict(), random_graph(14, 20, seed=2).to_dict()
+    small, other = random_graph(10, 12, seed=1), random_graph(14, 20, seed=2)
     cells = [viewer_fragment(small), viewer_fragment(other), viewer_fragment(small)]  # one graph shown twice
     path = tmp_path / "notebook.html"
     path.write_text(f"<html><body>{''.join(cells)}</body></html>", encoding="utf-8")

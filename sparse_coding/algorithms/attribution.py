@@ -104,6 +104,9 @@ class SiteAttribution:
     error_ie: Tensor  # (batch,)
     max_activation: Tensor  # (d_sae,) largest activation over real tokens
     last_activation: Tensor  # (batch, d_sae) activation at each example's last real position
+    entry_ie: Tensor  # (nnz,) IE of each leaf entry (example, position, feature) of `leaves`
+    error_entry_ie: Tensor  # (batch, pos) IE of the error at each token
+    position_activation: Tensor  # (pos, d_sae) largest activation at each position over the examples
 
 
 def losses(spliced: SplicedModel, batch: ExampleBatch, metric: Metric, repeat: int = 1) -> Tensor:
@@ -290,10 +293,22 @@ def _site_attribution(
     feature_ie = per_entry.new_zeros(len(batch), site.sae.d_sae).index_put(
         (leaves.rows, leaves.features), per_entry, accumulate=True
     )
-    error_ie = (ie_grad_e * (leaves.base_error - leaves.error)).to(dtype).sum((1, 2))
+    error_entry_ie = (ie_grad_e * (leaves.base_error - leaves.error)).to(dtype).sum(2)
     feats = (code.feats * batch.attention_mask[..., None]).float()
     last = feats[torch.arange(len(batch), device=feats.device), batch.last]
-    return SiteAttribution(leaves, grad_v, grad_e, feature_ie, error_ie, feats.amax((0, 1)), last)
+    by_position = feats.amax(0)
+    return SiteAttribution(
+        leaves,
+        grad_v,
+        grad_e,
+        feature_ie,
+        error_entry_ie.sum(1),
+        by_position.amax(0),
+        last,
+        per_entry,
+        error_entry_ie,
+        by_position,
+    )
 
 
 def check_finite(grads) -> None:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from sparse_coding.algorithms.attribution import SiteAttribution
+from sparse_coding.algorithms.node_slots import SUMMED, NodeLayout
 from sparse_coding.pairs import ExampleBatch
 from sparse_coding.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
@@ -40,18 +41,19 @@ MAX_BATCHED_ROWS = 64
 
 @dataclass
 class EdgeSet:
-    """Edges into one site's down-nodes: effects[row, col], rows = down-nodes (features, then the error)."""
+    """Edges into one site's down-nodes: effects[row, col] from up-node `col` into down-node `row`.
+
+    Nodes are slots (`node_slots`): errors (negative) sort before features.
+    """
 
     down_site: str
-    down_features: Tensor  # (n,) the last row is the site's error node
+    down_slots: Tensor  # (n,) sorted
     up_site: str
-    up_features: Tensor  # (m,) columns; the last column is the upstream error node
-    effects: Tensor  # (n + 1, m + 1), summed over the batch's examples
+    up_slots: Tensor  # (m,) sorted
+    effects: Tensor  # (n, m), summed over the batch's examples
 
     def scaled(self, factor: float) -> "EdgeSet":
-        return EdgeSet(
-            self.down_site, self.down_features, self.up_site, self.up_features, self.effects * factor
-        )
+        return EdgeSet(self.down_site, self.down_slots, self.up_site, self.up_slots, self.effects * factor)
 
 
 def upstream_sites(spliced: SplicedModel, down: Site) -> list[Site]:
@@ -77,8 +79,17 @@ def edges(
     *,
     batched: bool,
     ig_steps: int = 1,
+    layout: NodeLayout = SUMMED,
+    node_threshold: float | None = None,
 ) -> list[EdgeSet]:
-    """Direct effects into every down-node from its upstream sites' features and errors."""
+    """Direct effects into every down-node from its upstream sites' features and errors.
+
+    Args:
+        down_nodes: per site key, the sorted slots of its down-nodes.
+        node_threshold: None, or Marks et al.'s gate: a down-node's effect is
+            read only at the (example, position) entries whose own |IE|
+            exceeds it.
+    """
     some = next(iter(attributions.values())).leaves
     alphas = path_alphas(ig_steps, batch.input_ids.device, some.values.dtype)
     paths = {key: attr.leaves.path(alphas) for key, attr in attributions.items()}
@@ -100,51 +111,95 @@ def edges(
         for down in progress(downs, desc="Edges", leave=False):
             ups = upstream_sites(spliced, down)
             leaves = [value_leaves[u.key] for u in ups] + [error_leaves[u.key] for u in ups]
+            slots = down_nodes[down.key]
+            masks = seed_masks(attributions[down.key], slots, layout, node_threshold)
             rows = _down_node_grads(
                 down,
                 site_inputs[down.key],
                 attributions[down.key],
-                down_nodes[down.key],
+                slots,
+                masks,
                 leaves,
+                layout,
                 batched=batched,
             )
-            results += _edge_sets(down, down_nodes[down.key], ups, attributions, rows)
+            results += _edge_sets(down, slots, ups, attributions, rows, layout)
     return results
 
 
-def _down_node_grads(
-    down: Site, x: Tensor, attr: SiteAttribution, features: Tensor, leaves: list[Tensor], *, batched: bool
-) -> list[Tensor]:
-    """d(sum grad_d m . d)/d(leaf) for each down-node; each item has a leading row per down-node.
+def seed_masks(attr: SiteAttribution, slots: Tensor, layout: NodeLayout, threshold: float | None) -> Tensor:
+    """(len(slots), batch, pos): the tokens whose value of each down-node seeds its backward.
 
-    x is the down site's input (steps, batch, pos, d_model). Feature rows read
-    only their own encoder columns, gated where the feature is on at x; the
-    error row reads those of every feature on at x (`Site.error_at`).
+    A slot covers its own position (every position when summed); with a
+    threshold, only the entries whose own |IE| exceeds it.
     """
     lv = attr.leaves
+    batch, n_pos = attr.error_entry_ie.shape
+    masks = attr.error_entry_ie.new_zeros(len(slots), batch, n_pos)
+    if not len(slots):
+        return masks
+    n_errors = int((slots < 0).sum())
+    errors_on = attr.error_entry_ie.abs() > (threshold if threshold is not None else -1.0)
+    masks[:n_errors] = layout.positions_mask(slots[:n_errors], n_pos)[:, None, :] * errors_on
+    entry_slots = layout.feature_slots(lv.features, lv.positions)
+    index = torch.searchsorted(slots, entry_slots).clamp(max=len(slots) - 1)
+    hit = slots[index] == entry_slots
+    if threshold is not None:
+        hit &= attr.entry_ie.abs() > threshold
+    masks[index[hit], lv.rows[hit], lv.positions[hit]] = 1
+    return masks
+
+
+def _down_node_grads(
+    down: Site,
+    x: Tensor,
+    attr: SiteAttribution,
+    slots: Tensor,
+    masks: Tensor,
+    leaves: list[Tensor],
+    layout: NodeLayout,
+    *,
+    batched: bool,
+) -> list[Tensor]:
+    """d(sum_tokens mask . grad_d m . d)/d(leaf) for each down-node (slot); each item has a leading
+    row per slot, in the slots' order (errors first).
+
+    x is the down site's input (steps, batch, pos, d_model). Feature rows read
+    only their own encoder columns, gated where the feature is on at x; error
+    rows read those of every feature on at x (`Site.error_at`).
+    """
+    lv = attr.leaves
+    n_errors = int((slots < 0).sum())
+    features, column = layout.features_of(slots[n_errors:]).unique(return_inverse=True)
     tokens, on = _active_entries(down, x, lv)
-    column = torch.full((down.sae.d_sae,), -1, dtype=torch.long, device=x.device)
-    column[features] = torch.arange(len(features), device=x.device)
-    hit = column[on] >= 0
+    index = torch.full((down.sae.d_sae,), -1, dtype=torch.long, device=x.device)
+    index[features] = torch.arange(len(features), device=x.device)
+    hit = index[on] >= 0
     gate = torch.zeros(x[..., 0].numel(), len(features), dtype=down.sae.W_enc.dtype, device=x.device)
-    gate[tokens[hit], column[on[hit]]] = 1
+    gate[tokens[hit], index[on[hit]]] = 1
     gate = gate.view(*x.shape[:-1], len(features))
     grad_dense = lv.values.new_zeros(*x.shape[1:3], down.sae.d_sae).index_put(
         (lv.rows, lv.positions, lv.features), attr.grad_values
     )
     node_values = down.selected_feats(x, features, gate).to(x.dtype)
     node_values = node_values * _scale(down, x)  # (steps, batch, pos, n): value = activation * scale
-    n = len(features)
+    n = len(column)
     seeds = torch.zeros(n, *node_values.shape, dtype=x.dtype, device=x.device)
-    seeds[torch.arange(n), ..., torch.arange(n)] = grad_dense[..., features].movedim(-1, 0)[:, None]
+    seed_values = grad_dense[..., features[column]].movedim(-1, 0) * masks[n_errors:].to(x.dtype)
+    seeds[torch.arange(n), ..., column] = seed_values[:, None]
     feature_rows = (
         _vjps(node_values, leaves, seeds, batched=batched)
         if n
         else [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
     )
     error = down.error_at(x, tokens, on)
-    error_row = _vjps(error, leaves, attr.grad_error.expand_as(error)[None], batched=False)
-    return [torch.cat([f, e]) for f, e in zip(feature_rows, error_row, strict=True)]
+    error_seeds = attr.grad_error[None, None] * masks[:n_errors, None, ..., None].to(x.dtype)
+    error_rows = (
+        _vjps(error, leaves, error_seeds.expand(-1, *error.shape), batched=batched)
+        if n_errors
+        else [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
+    )
+    return [torch.cat([e, f]) for e, f in zip(error_rows, feature_rows, strict=True)]
 
 
 def _active_entries(down: Site, x: Tensor, leaves) -> tuple[Tensor, Tensor]:
@@ -198,25 +253,27 @@ def _scale(site: Site, x: Tensor) -> Tensor:
 
 def _edge_sets(
     down: Site,
-    features: Tensor,
+    slots: Tensor,
     ups: list[Site],
     attributions: dict[str, SiteAttribution],
     rows: list[Tensor],
+    layout: NodeLayout,
 ) -> list[EdgeSet]:
-    """Turn leaf gradients (mean over path steps) into effects (u' - u) summed per upstream feature."""
+    """Turn leaf gradients (mean over path steps) into effects (u' - u) summed per upstream slot."""
     n_up = len(ups)
     sets = []
     for i, up in enumerate(ups):
         lv = attributions[up.key].leaves
-        grad_v, grad_e = rows[i].mean(1), rows[n_up + i].mean(1)  # (n+1, nnz), (n+1, batch, pos, d_model)
-        per_entry = grad_v * (lv.base_values - lv.values)  # (n+1, nnz)
-        up_features = lv.features.unique()
-        column = torch.searchsorted(up_features, lv.features)
-        feature_effects = per_entry.new_zeros(len(features) + 1, len(up_features)).index_add(
-            1, column, per_entry
+        grad_v, grad_e = rows[i].mean(1), rows[n_up + i].mean(1)  # (n, nnz), (n, batch, pos, d_model)
+        per_entry = grad_v * (lv.base_values - lv.values)  # (n, nnz)
+        per_token = (grad_e * (lv.base_error - lv.error)).sum(-1).flatten(1)  # (n, batch * pos) errors
+        positions = torch.arange(lv.const.shape[1], device=slots.device).repeat(lv.const.shape[0])
+        entry_slots = torch.cat(
+            [layout.feature_slots(lv.features, lv.positions), layout.error_slots(positions)]
         )
-        error_effects = (grad_e * (lv.base_error - lv.error)).sum((1, 2, 3))[:, None]
-        effects = torch.cat([feature_effects, error_effects], dim=1)
-        effects = effects.to(torch.promote_types(effects.dtype, torch.float32))
-        sets.append(EdgeSet(down.key, features, up.key, up_features, effects))
+        up_slots, column = entry_slots.unique(return_inverse=True)
+        values = torch.cat([per_entry, per_token], dim=1)
+        values = values.to(torch.promote_types(values.dtype, torch.float32))
+        effects = values.new_zeros(len(slots), len(up_slots)).index_add(1, column, values)
+        sets.append(EdgeSet(down.key, slots, up.key, up_slots, effects))
     return sets

@@ -1,20 +1,33 @@
 """Turn node and edge attributions over many examples into the gradient cognition graph (fast.py's).
 
+Nodes are summed over token positions (NODE_POSITIONS sum: ``resid_9.331``)
+or kept per position (each: ``resid_9.331@7``, examples of one length), as
+slots (`node_slots`).
+
 Phases:
     1. node attributions per batch of examples (one forward and backward each);
-    2. aggregation: per node, the mean and standard deviation over examples
-       (positions summed within an example);
+    2. aggregation: per node, the mean and standard deviation over examples;
     3. down-nodes per site: SELECTION topk, the NUM_DOWN_NODES largest |mean|
-       (or the features over hist.py's cached thresholds at some example's
-       last position); SELECTION threshold, |mean| > NODE_THRESHOLD;
-    4. edges per batch, then their mean over examples;
+       feature nodes and every error node (or the features over hist.py's
+       cached thresholds at some example's last position); SELECTION
+       threshold, Marks et al.'s nodes: every feature and error node with
+       |mean| > NODE_THRESHOLD;
+    4. edges per batch, then their mean over examples; with SELECTION
+       threshold a down-node's edges are read only at the (example,
+       position) entries whose own |IE| exceeds NODE_THRESHOLD, as
+       Marks et al.'s code (saprmarks/feature-circuits, `get_circuit`) does;
     5. optionally (exact) the down-nodes' exact effects, and the correlation
        of the linear estimates with them;
-    6. graph: per down-node and upstream site the NUM_UP_NODES most positive
-       and most negative feature edges plus the upstream error's edge (topk),
-       or every edge with |mean| > EDGE_THRESHOLD (threshold); pruned to what
-       reaches the slice's last layer; the features' share of total
-       |attribution| as the summary.
+    6. graph: topk, per down-node and upstream site the NUM_UP_NODES most
+       positive and most negative feature edges plus the upstream error
+       edges, pruned to what reaches the slice's last layer; threshold
+       (Marks et al. 2024, section 3), the nodes of phase 3 and the edges
+       with |mean| > EDGE_THRESHOLD whose both ends are such nodes; the
+       features' share of total |attribution| as the summary.
+
+Phases 1-2, 4 and 5 fold each batch into running totals
+(`attribution_totals`, `sharding.run_pass`): under torchrun each rank
+computes its share of the batches and the totals are added over the ranks.
 """
 
 import logging
@@ -30,10 +43,12 @@ from sparse_coding.algorithms.attribution import SiteAttribution, node_attributi
 from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
 from sparse_coding.algorithms.attribution_totals import EdgeTotals, NodeSummary, NodeTotals
+from sparse_coding.algorithms.circuit_selection import build_graph, site_layer
 from sparse_coding.algorithms.metrics import Metric
+from sparse_coding.algorithms.node_slots import NODE_POSITIONS, SUMMED, NodeLayout, layout_for
 from sparse_coding.errors import ConfigError
-from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.nodes import error_id, feature_id, parse_node_id
+from sparse_coding.graphs.graph import Graph
+from sparse_coding.nodes import error_id, feature_id
 from sparse_coding.pairs import ExampleBatch
 from sparse_coding.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
@@ -58,6 +73,7 @@ class GraphOptions:
     node_threshold: float | None = None
     edge_threshold: float | None = None
     exact: bool = False
+    node_positions: str = "sum"
     batched_edges: bool = True  # vmapped backwards per site (faster) or one per down-node (least memory)
 
     def __post_init__(self) -> None:
@@ -65,6 +81,20 @@ class GraphOptions:
             raise ConfigError(f"SELECTION {self.selection!r} is unknown; valid: {', '.join(SELECTIONS)}")
         if self.selection == "threshold" and (self.node_threshold is None or self.edge_threshold is None):
             raise ConfigError("SELECTION threshold needs NODE_THRESHOLD and EDGE_THRESHOLD")
+        if self.node_positions not in NODE_POSITIONS:
+            raise ConfigError(
+                f"NODE_POSITIONS {self.node_positions!r} is unknown; valid: {', '.join(NODE_POSITIONS)}"
+            )
+        if self.exact and self.node_positions == "each":
+            raise ConfigError(
+                "NODE_ESTIMATOR exact patches a feature at every position, so it checks summed nodes "
+                "only; use NODE_POSITIONS sum with it, or NODE_ESTIMATOR gradient"
+            )
+
+    @property
+    def gate(self) -> float | None:
+        """Marks et al.'s per-entry gate on down-nodes' edges (SELECTION threshold), else None."""
+        return self.node_threshold if self.selection == "threshold" else None
 
 
 def gradient_graph(
@@ -77,45 +107,40 @@ def gradient_graph(
 ) -> Graph:
     """The whole fast.py computation over batches of examples -> Graph.
 
-    Phases 1-2, 4 and 5 fold each batch into running totals
-    (`attribution_totals`, `sharding.run_pass`): under torchrun each rank
-    computes its share of the batches and the totals are added over the ranks.
-
     Args:
         means: per site key, (d_sae,) feature means (BASELINE mean).
         thresholds: per site key, activation thresholds that choose down-nodes
             (hist.py); sites without one use SELECTION.
     """
     n_examples = sum(len(batch) for batch in batches)
+    layout = layout_for(options.node_positions, [int(n) for b in batches for n in b.attention_mask.sum(1)])
     attributions = _kept_attributions(spliced, options, means)
     with timed(f"Node attributions ({n_examples} examples, {len(batches)} batches)"):
         nodes = run_pass(
             "fast: nodes",
             batches,
-            empty=lambda: NodeTotals.for_model(spliced),
+            empty=lambda: NodeTotals.for_model(spliced, layout),
             add=lambda totals, i, batch: totals.add(attributions(i, batch)),
             desc="Node attributions",
             total=len(batches),
             leave=False,
         )
     summaries = nodes.summaries(spliced.device)
-    down_nodes = choose_down_nodes(summaries, options, thresholds=thresholds)
+    down_nodes = choose_down_nodes(summaries, options, thresholds=thresholds, layout=layout)
     with timed("Edges"):
         edge_totals = run_pass(
             "fast: edges",
             batches,
             empty=EdgeTotals,
             add=lambda totals, i, batch: totals.add(
-                _edge_phase(spliced, batch, attributions(i, batch), down_nodes, options)
+                _edge_phase(spliced, batch, attributions(i, batch), down_nodes, options, layout)
             ),
             desc="Edges of the examples",
             total=len(batches),
             leave=False,
         )
-    edge_sets = edge_totals.means(n_examples, spliced.device)
-    graph = build_graph(spliced, summaries, edge_sets, options)
+    graph = build_graph(spliced, summaries, edge_totals.means(n_examples, spliced.device), options, layout)
     graph.metadata |= _metadata(summaries, down_nodes, options, n_examples, thresholds)
-    graph.metadata["node_std"] = {node_id: _std(summaries, node_id) for node_id in graph.nodes}
     if options.exact:
         with timed("Exact node effects"):
             graph.metadata["exact"] = exact_check(
@@ -163,39 +188,59 @@ def _edge_phase(
     attributions: dict[str, SiteAttribution],
     down_nodes: dict[str, Tensor],
     options: GraphOptions,
+    layout: NodeLayout,
 ) -> list[EdgeSet]:
     """Phase 4 for one batch: edges summed over its examples."""
     return edges(
-        spliced, batch, attributions, down_nodes, batched=options.batched_edges, ig_steps=options.ig_steps
+        spliced,
+        batch,
+        attributions,
+        down_nodes,
+        batched=options.batched_edges,
+        ig_steps=options.ig_steps,
+        layout=layout,
+        node_threshold=options.gate,
     )
 
 
-def summarize(per_batch: list[dict[str, SiteAttribution]]) -> dict[str, NodeSummary]:
-    """Phase 2 on one process's batches: per site, mean and std over every example of every batch."""
-    totals = NodeTotals.empty_like(per_batch[0])
+def summarize(
+    per_batch: list[dict[str, SiteAttribution]], layout: NodeLayout = SUMMED
+) -> dict[str, NodeSummary]:
+    """Phase 2 on one process's batches: per site and node (slot), mean and std over every example."""
+    totals = NodeTotals.empty_like(per_batch[0], layout)
     for attributions in per_batch:
         totals.add(attributions)
-    return totals.summaries(next(iter(per_batch[0].values())).feature_ie.device)
+    return totals.summaries(next(iter(per_batch[0].values())).entry_ie.device)
 
 
 def choose_down_nodes(
-    summaries: dict[str, NodeSummary], options: GraphOptions, *, thresholds: dict[str, Tensor] | None = None
+    summaries: dict[str, NodeSummary],
+    options: GraphOptions,
+    *,
+    thresholds: dict[str, Tensor] | None = None,
+    layout: NodeLayout = SUMMED,
 ) -> dict[str, Tensor]:
-    """Phase 3: per site, the down-node features by hist.py's thresholds, else by SELECTION."""
+    """Phase 3: per site, the sorted slots of the down-nodes, by hist.py's thresholds, else by SELECTION."""
     chosen = {}
     for key, summary in summaries.items():
-        scores = summary.mean.abs()
+        scores, errors = summary.mean.abs(), summary.slots[summary.slots < 0]
+        if options.selection == "threshold" and not (thresholds and key in thresholds):
+            chosen[key] = summary.slots[scores > options.node_threshold]
+            continue
         if thresholds is not None and key in thresholds:
             over = summary.max_last_activation > thresholds[key].to(summary.max_last_activation)
-            chosen[key] = over.nonzero().flatten()
-        elif options.selection == "threshold":
-            chosen[key] = (scores > options.node_threshold).nonzero().flatten()
+            features = over.nonzero().flatten()
+            last = torch.full_like(features, layout.n_positions - 1)
+            picked = layout.feature_slots(features, last)
         else:
-            chosen[key] = (
-                scores.topk(min(options.num_down_nodes, int((scores > 0).sum()))).indices.sort().values
-            )
+            feature_scores = torch.where(summary.slots >= 0, scores, torch.zeros_like(scores))
+            top = feature_scores.topk(min(options.num_down_nodes, int((feature_scores > 0).sum()))).indices
+            picked = summary.slots[top]
+        chosen[key] = torch.cat([errors, picked]).unique()
     if thresholds:
-        counts = ", ".join(f"{key}: {len(chosen[key])}" for key in summaries if key in thresholds)
+        counts = ", ".join(
+            f"{key}: {int((chosen[key] >= 0).sum())}" for key in summaries if key in thresholds
+        )
         logger.info("Down-nodes from hist.py thresholds per site: %s", counts)
     return chosen
 
@@ -209,9 +254,9 @@ def mean_edges(per_batch: list[list[EdgeSet]], n_examples: int) -> list[EdgeSet]
 
 
 def fraction_explained(summaries: dict[str, NodeSummary]) -> float:
-    """Features' share of total |mean attribution| (errors explain the rest)."""
-    features = sum(float(s.mean.abs().sum()) for s in summaries.values())
-    errors = sum(abs(s.error_mean) for s in summaries.values())
+    """Features' share of total |mean attribution| over the nodes (errors explain the rest)."""
+    features = sum(float(s.mean[s.slots >= 0].abs().sum()) for s in summaries.values())
+    errors = sum(float(s.mean[s.slots < 0].abs().sum()) for s in summaries.values())
     return features / (features + errors) if features + errors > 0 else 0.0
 
 
@@ -226,6 +271,7 @@ def exact_check(
     """Phase 5: exact mean effects of the down-nodes and every site's error node, and their
     correlation with the estimates. `attributions(index, batch)` gives a batch's phase 1."""
     n_examples = sum(len(batch) for batch in batches)
+    down_nodes = {key: slots[slots >= 0] for key, slots in down_nodes.items()}  # summed: slot = feature
     keys = list(down_nodes)
 
     def add(sums: Sums, index: int, batch: ExampleBatch) -> None:
@@ -237,12 +283,8 @@ def exact_check(
             sums.values["errors"][key] += float(errors[key])
 
     def empty() -> Sums:
-        return Sums(
-            {
-                "features": {key: np.zeros(len(down_nodes[key])) for key in keys},
-                "errors": dict.fromkeys(keys, 0.0),
-            }
-        )
+        features = {key: np.zeros(len(down_nodes[key])) for key in keys}
+        return Sums({"features": features, "errors": dict.fromkeys(keys, 0.0)})
 
     sums = run_pass(
         "fast: exact", batches, empty=empty, add=add, desc="Exact effects", total=len(batches)
@@ -251,8 +293,8 @@ def exact_check(
     errors = torch.tensor([sums["errors"][key] / n_examples for key in keys])
     exact = torch.cat([features, errors.to(features)]).to(spliced.device)
     features = exact[: len(features)]
-    feature_estimates = torch.cat([summaries[key].mean[f] for key, f in down_nodes.items()])
-    error_estimates = feature_estimates.new_tensor([summaries[key].error_mean for key in keys])
+    feature_estimates = torch.cat([summaries[key].mean_of(f) for key, f in down_nodes.items()])
+    error_estimates = torch.cat([summaries[key].mean_of(torch.tensor([-1])) for key in keys])
     estimate = torch.cat([feature_estimates, error_estimates])
     correlation = _correlation(estimate, exact)
     logger.info(
@@ -264,8 +306,8 @@ def exact_check(
         correlation,
         _correlation(estimate[: len(features)], features),
     )
-    ids = [feature_id(*_site_layer(key), int(f)) for key, dims in down_nodes.items() for f in dims]
-    ids += [error_id(*_site_layer(key)) for key in keys]
+    ids = [feature_id(*site_layer(key), int(f)) for key, dims in down_nodes.items() for f in dims]
+    ids += [error_id(*site_layer(key)) for key in keys]
     return {
         "correlation": None if math.isnan(correlation) else correlation,
         "effects": {node_id: float(v) for node_id, v in zip(ids, exact, strict=True)},
@@ -293,122 +335,16 @@ def _metadata(
         "metric": options.metric.name,
         "baseline": options.baseline,
         "ig_steps": options.ig_steps,
+        "node_positions": options.node_positions,
         "down_node_selection": "thresholds" if thresholds else _selection_text(options),
-        "down_nodes_per_site": {key: len(features) for key, features in down_nodes.items()},
+        "down_nodes_per_site": {key: int((slots >= 0).sum()) for key, slots in down_nodes.items()},
     }
 
 
 def _selection_text(options: GraphOptions) -> str:
     if options.selection == "threshold":
         return (
-            f"|mean attribution| > {options.node_threshold}; edges |mean effect| > {options.edge_threshold}"
+            f"Marks et al.: nodes |mean attribution| > {options.node_threshold}, edges |mean effect| > "
+            f"{options.edge_threshold} between such nodes"
         )
     return f"top {options.num_down_nodes} |mean attribution|; top {options.num_up_nodes} edges each sign"
-
-
-def _std(summaries: dict[str, NodeSummary], node_id: str) -> float:
-    parsed = parse_node_id(node_id)
-    summary = summaries[f"{parsed.site}_{parsed.layer}"]
-    return summary.error_std if parsed.feature is None else float(summary.std[parsed.feature])
-
-
-def build_graph(
-    spliced: SplicedModel,
-    summaries: dict[str, NodeSummary],
-    edge_sets: list[EdgeSet],
-    options: GraphOptions,
-) -> Graph:
-    """Phase 6: kept edges, pruned to what reaches the last layer, with node attributes."""
-    kept = [edge for edge_set in edge_sets for edge in _kept_edges(edge_set, options)]
-    bottom_layer = max(site.layer for site in spliced.sites)
-    bottom = {target for _, target, _ in kept if parse_node_id(target).layer == bottom_layer}
-    reached, kept_edges = _trace_up(bottom, kept)
-    graph = Graph()
-    for node_id in sorted(reached):
-        graph.add_node(_node(spliced, summaries, node_id))
-    for source, target, effect in kept_edges:
-        graph.add_edge(source, target, effect)
-    return graph
-
-
-def _kept_edges(edge_set: EdgeSet, options: GraphOptions) -> list[tuple[str, str, float]]:
-    """The edges SELECTION keeps: per-sign top NUM_UP_NODES, or |effect| > EDGE_THRESHOLD."""
-    if options.selection == "threshold":
-        return _threshold_edges(edge_set, options.edge_threshold)
-    return _top_edges(edge_set, options.num_up_nodes)
-
-
-def _edge_ids(edge_set: EdgeSet) -> tuple[list[str], list[str]]:
-    """Ids of the rows (down features, then the down error) and columns (up features, then the up error)."""
-    down_site, down_layer = _site_layer(edge_set.down_site)
-    up_site, up_layer = _site_layer(edge_set.up_site)
-    down_ids = [feature_id(down_site, down_layer, int(f)) for f in edge_set.down_features]
-    up_ids = [feature_id(up_site, up_layer, int(f)) for f in edge_set.up_features]
-    return [*down_ids, error_id(down_site, down_layer)], [*up_ids, error_id(up_site, up_layer)]
-
-
-def _threshold_edges(edge_set: EdgeSet, threshold: float) -> list[tuple[str, str, float]]:
-    down_ids, up_ids = _edge_ids(edge_set)
-    rows, cols = (edge_set.effects.abs() > threshold).nonzero(as_tuple=True)
-    return [
-        (up_ids[c], down_ids[r], float(edge_set.effects[r, c]))
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True)
-    ]
-
-
-def _top_edges(edge_set: EdgeSet, num_up_nodes: int) -> list[tuple[str, str, float]]:
-    """The most positive and most negative feature edges per down-node, plus the error edge."""
-    down_ids, up_ids = _edge_ids(edge_set)
-    result = []
-    for row, down_id in enumerate(down_ids):
-        effects = edge_set.effects[row]
-        features = effects[:-1]
-        positive = features.clamp(min=0)
-        negative = (-features).clamp(min=0)
-        chosen = {
-            int(c)
-            for side in (positive, negative)
-            for c in side.topk(min(num_up_nodes, len(side))).indices
-            if side[c] > 0
-        }
-        result += [(up_ids[c], down_id, float(features[c])) for c in sorted(chosen)]
-        if effects[-1] != 0:
-            result.append((up_ids[-1], down_id, float(effects[-1])))
-    return result
-
-
-def _trace_up(
-    bottom: set[str], edges_: list[tuple[str, str, float]]
-) -> tuple[set[str], list[tuple[str, str, float]]]:
-    """Nodes and edges with a path to a bottom node."""
-    into: dict[str, list[tuple[str, str, float]]] = {}
-    for edge in edges_:
-        into.setdefault(edge[1], []).append(edge)
-    reached, frontier, kept = set(bottom), list(bottom), []
-    while frontier:
-        for edge in into.get(frontier.pop(), []):
-            kept.append(edge)
-            if edge[0] not in reached:
-                reached.add(edge[0])
-                frontier.append(edge[0])
-    return reached, kept
-
-
-def _site_layer(key: str) -> tuple[str, int]:
-    site, layer = key.rsplit("_", 1)
-    return site, int(layer)
-
-
-def _node(spliced: SplicedModel, summaries: dict[str, NodeSummary], node_id: str) -> Node:
-    parsed = parse_node_id(node_id)
-    site = spliced.by_key[f"{parsed.site}_{parsed.layer}"]
-    summary = summaries[site.key]
-    common = {"hook": site.sae.hook_name, "neuronpedia_id": site.sae.neuronpedia_id}
-    if parsed.feature is None:
-        return Node.from_id(node_id, attribution=summary.error_mean, **common)
-    return Node.from_id(
-        node_id,
-        activation=float(summary.max_activation[parsed.feature]),
-        attribution=float(summary.mean[parsed.feature]),
-        **common,
-    )

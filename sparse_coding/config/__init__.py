@@ -14,6 +14,7 @@ here too, called once those are loaded.
 import dataclasses
 import difflib
 import logging
+import math
 import types
 import typing
 from collections.abc import Collection
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sparse_coding.config.checks import PATH_KEYS, check_files_and_servers, check_path_text
 from sparse_coding.config.paths import DEFAULT_DATA_DIR_NAME, PACKAGE_DIR, data_dir, resolve_paths
 from sparse_coding.config.seed import SEED_SAES, is_seed_config, is_unused_seed_key, unused_seed_keys_line
+from sparse_coding.config.steering import CurveSpec, FeatureEdit, parse_curve, parse_steer
 from sparse_coding.config.yaml_file import read_yaml, shown
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import parse_site_key
@@ -56,6 +59,10 @@ INT_RANGES = {
     "VIEW": (0, 1_000),
     "KEEPER_CLUSTER_INDEX": (0, 100_000),
     "SEED": (0, 2**32 - 1),
+    "MAX_NEW_TOKENS": (1, 1_000_000),
+    "NUM_RETURN_SEQUENCES": (1, 10_000),
+    "TRACE_MAX_LOGITS": (1, 1_000),
+    "TRACE_BATCH_SIZE": (1, 65_536),
 }
 # |THRESHOLD_EXP| beyond this makes 2**THRESHOLD_EXP 0 or inf in float32 (2**128).
 MAX_ABS_THRESHOLD_EXP = 100.0
@@ -68,7 +75,10 @@ CHOICES = {
     "BASELINE": ("zero", "patch", "mean"),
     "SELECTION": ("topk", "threshold"),
     "NODE_ESTIMATOR": ("gradient", "exact"),
+    "NODE_POSITIONS": ("sum", "each"),
 }
+# Keys that may be unset (null) but, when set, take one of these values.
+OPTIONAL_CHOICES = {"WANDB_MODE": ("online", "offline", "disabled")}
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ class Config:
     NODE_THRESHOLD: float = 0.1
     EDGE_THRESHOLD: float = 0.01
     NODE_ESTIMATOR: str = "gradient"
+    NODE_POSITIONS: str = "sum"
     # Model, prompt and data.
     MODEL_DIR: str = "openai-community/gpt2"
     PROMPT: str = "Copyright (C)"
@@ -114,19 +125,31 @@ class Config:
     MAX_SEQ_LEN: int = 128
     MAX_SEQ_INTERPED_LEN: int = 64
     BATCH_SIZE: int = 8
-    PREPEND_BOS: bool = True
+    PREPEND_BOS: bool | None = None
     SEED: int = 0
     CHECKPOINT_EVERY: int = 100
     # SAEs per site.
-    RESID_SAES: str | None = "gpt2-small-res-jb"
+    RESID_SAES: str | None = "gpt2-small-resid-post-v5-32k"
     ATTN_SAES: str | None = "gpt2-small-attn-out-v5-32k"
     MLP_SAES: str | None = "gpt2-small-mlp-out-v5-32k"
+    # trace.py: transcoders, pruning, logit nodes, batching.
+    TRANSCODERS: str | None = "gpt2-small-transcoders"
+    TRANSCODER_LAZY_DECODERS: bool | None = None
+    TRACE_PROMPT: str | None = None
+    TRACE_NODE_THRESHOLD: float = 0.8
+    TRACE_EDGE_THRESHOLD: float = 0.98
+    TRACE_LOGIT_MASS: float = 0.95
+    TRACE_MAX_LOGITS: int = 10
+    TRACE_MAX_FEATURE_NODES: int | None = 2048
+    TRACE_BATCH_SIZE: int = 256
     # Output files.
     DATA_DIR: Path = Path(DEFAULT_DATA_DIR_NAME)  # beside the config file (`paths.data_dir`)
     GRAPH_FILE: str = "cognition_graph.svg"
     GRAPH_DOT_FILE: str = "cognition_graph.dot"
     GRADS_FILE: str = "grads_graph.svg"
     GRADS_DOT_FILE: str = "grads_graph.dot"
+    TRACE_FILE: str = "trace_graph.svg"
+    TRACE_DOT_FILE: str = "trace_graph.dot"
     # Labels.
     LOGIT_TOKENS: int = 10
     TOP_K: int = 6
@@ -134,10 +157,21 @@ class Config:
     SEQ_PER_DIM_CAP: int = 10
     NEURONPEDIA: bool = True
     NEURONPEDIA_URL: str = "https://www.neuronpedia.org"
+    # Weights & Biases (the seed's keys): a project turns logging on.
+    WANDB_PROJECT: str | None = None
+    WANDB_ENTITY: str | None = None
+    WANDB_MODE: str | None = None
     # hist.py preclustering.
     NUM_CLUSTERS: int = 8
     KEEPER_CLUSTER_INDEX: int = 0
     THRESHOLD_PERCENTILE: float = 99.99
+    # steer.py: interventions (parsed by config/steering.py), generation, response curve.
+    STEER: tuple[FeatureEdit, ...] = field(default=(), metadata={"parse": parse_steer})
+    CURVE: CurveSpec | None = field(default=None, metadata={"parse": parse_curve})
+    MAX_NEW_TOKENS: int = 40
+    NUM_RETURN_SEQUENCES: int = 1
+    TEMPERATURE: float = 0.0
+    TOP_P: float = 1.0
     # Hardware.
     DEVICE: str | None = None
     DTYPE: str = "float32"
@@ -167,6 +201,18 @@ class Config:
                 layers[-1],
             )
         return layers
+
+    @property
+    def prepend_bos(self) -> bool:
+        """PREPEND_BOS as a run uses it. An unset key is settled against the SAEs' cfg.json when
+        they load (`pipelines.loading.settled`); reading it before then is an error, not a guess."""
+        if self.PREPEND_BOS is None:
+            raise ConfigError(
+                "PREPEND_BOS is unset, so it follows the SAEs' cfg (prepend_bos), which is known once they "
+                "load: use `settled(config, spliced)` (sparse_coding.pipelines.loading) after "
+                "load_spliced_model, or set PREPEND_BOS to true or false"
+            )
+        return self.PREPEND_BOS
 
     @property
     def interp_source(self) -> str:
@@ -200,6 +246,8 @@ class Config:
         """JSON-ready key values, for graph and result metadata."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values.pop("source_path")
+        values["STEER"] = [dataclasses.asdict(edit) for edit in self.STEER]
+        values["CURVE"] = None if self.CURVE is None else dataclasses.asdict(self.CURVE)
         values["DATA_DIR"] = str(self.DATA_DIR)
         values["NEURONPEDIA_URL"] = redact_url(self.NEURONPEDIA_URL)
         return values
@@ -240,7 +288,8 @@ def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Co
             if _is_optional(known[key].type):
                 values[key] = None
             continue
-        values[key] = _coerce(key, value, known[key].type, where)
+        parse = known[key].metadata.get("parse")
+        values[key] = parse(value, key, where) if parse else _coerce(key, value, known[key].type, where)
     base = source_path.resolve().parent if source_path else Path.cwd()
     values = resolve_paths(values, base) | {"DATA_DIR": data_dir(values.get("DATA_DIR"), base)}
     config = Config(**values, source_path=source_path)
@@ -295,6 +344,8 @@ def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
     if target is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):  # YAML's .nan and .inf: no key means them, and JSON cannot hold them
+            raise ConfigError(f"Config key {key}{where} must be a finite number, got {shown(value)}")
         return float(value)
     if target in (str, Path):
         if not isinstance(value, str):
@@ -302,6 +353,8 @@ def _coerce(key: str, value: Any, annotation: Any, where: str) -> Any:
                 f"Config key {key}{where} must be {_type_name(target)}, got {shown(value)} "
                 f'({type(value).__name__}); quote it in YAML, e.g. {key}: "9:12"'
             )
+        if key in PATH_KEYS:
+            check_path_text(key, value, where)
         return value
     if typing.get_origin(target) is dict:
         return _coerce_pinned(key, value, typing.get_args(target)[1], where)
@@ -424,7 +477,14 @@ def _check_values(config: Config, where: str) -> None:
             raise ConfigError(
                 f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)}"
             )
+    for key, valid in OPTIONAL_CHOICES.items():
+        if getattr(config, key) not in (None, *valid):
+            raise ConfigError(
+                f"Config key {key}{where} is {getattr(config, key)!r}; valid: {', '.join(valid)} or null"
+            )
     _check_examples(config, where)
+    _check_generation(config, where)
+    check_files_and_servers({f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, where)
     for key in ("DTYPE", "SAE_DTYPE"):
         value = getattr(config, key)
         if value is not None and value not in DTYPE_NAMES:
@@ -432,6 +492,36 @@ def _check_values(config: Config, where: str) -> None:
     if not config.sae_sources:
         raise ConfigError(
             f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
+        )
+    _check_trace(config, where)
+
+
+def _check_trace(config: Config, where: str) -> None:
+    """trace.py's shares lie in (0, 1]; its node cap, when set, is positive."""
+    for key in ("TRACE_NODE_THRESHOLD", "TRACE_EDGE_THRESHOLD", "TRACE_LOGIT_MASS"):
+        if not 0 < getattr(config, key) <= 1:
+            raise ConfigError(
+                f"Config key {key}{where} is a share of the total and must lie in (0, 1], "
+                f"got {getattr(config, key)}"
+            )
+    if config.TRACE_MAX_FEATURE_NODES is not None and not 1 <= config.TRACE_MAX_FEATURE_NODES <= 10**7:
+        raise ConfigError(
+            f"Config key TRACE_MAX_FEATURE_NODES{where} must lie in 1..10000000 or be null (every active "
+            f"feature), got {config.TRACE_MAX_FEATURE_NODES}"
+        )
+
+
+def _check_generation(config: Config, where: str) -> None:
+    """steer.py's sampling keys."""
+    if not 0 <= config.TEMPERATURE <= 100:
+        raise ConfigError(
+            f"Config key TEMPERATURE{where} must lie in 0..100 (0 = greedy decoding), "
+            f"got {config.TEMPERATURE}"
+        )
+    if not 0 < config.TOP_P <= 1:
+        raise ConfigError(
+            f"Config key TOP_P{where} must lie in (0, 1] (the probability mass sampled from), "
+            f"got {config.TOP_P}"
         )
 
 

@@ -1,6 +1,6 @@
 """Where a config's paths point: relative to the config file, never to the working directory.
 
-Every relative path in a config (MODEL_DIR, DATASET, PAIRS_FILE, the SAE
+Every relative path in a config (MODEL_DIR, DATASET, PAIRS_FILE, the SAE and transcoder
 templates, DATA_DIR) is read against the folder of the config file that
 holds it, so a run gives the same result from any working directory; a
 config given as a dict (a notebook) reads against the working directory. A
@@ -27,7 +27,7 @@ DEFAULT_DATA_DIR_NAME = "data"
 INSTALLED_FALLBACK = "sparse_coding_data"
 _EXPLICIT = ("/", "~", "./", "../")
 _LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
-_SAE_KEYS = ("RESID_SAES", "ATTN_SAES", "MLP_SAES")
+_SAE_KEYS = ("RESID_SAES", "ATTN_SAES", "MLP_SAES", "TRANSCODERS")
 
 
 def _is_path(key: str, value: str, base: Path) -> bool:

@@ -2,7 +2,7 @@
 
 The seed's central_config.yaml shares most keys with this tool and means the
 same by them; the rest name things this tool does differently (SAE weight
-files, intermediate data files) or does not do (SAE training, W&B, question
+files, intermediate data files) or does not do (SAE training, question
 answering). Those are listed here with the reason, so a seed config loads
 with one info line instead of a warning per key, and a key the seed knew is
 never "corrected" to a different key of ours.
@@ -19,7 +19,7 @@ UNUSED_SEED_KEYS: dict[str, tuple[str, ...]] = {
         *_SAE_FILE_KEYS,
         *(f"{site}_{key}" for site in ("ATTN", "MLP") for key in _SAE_FILE_KEYS),
     ),
-    "training and W&B keys have no counterpart: SAEs come trained": (
+    "training keys have no counterpart: SAEs come trained": (
         "LAMBDA_L1",
         "LEARNING_RATE",
         "TRAINING_BATCH_SIZE",
@@ -28,9 +28,6 @@ UNUSED_SEED_KEYS: dict[str, tuple[str, ...]] = {
         "LOG_EVERY_N_STEPS",
         "EPOCHS",
         "SYNC_DIST_LOGGING",
-        "WANDB_PROJECT",
-        "WANDB_ENTITY",
-        "WANDB_MODE",
     ),
     "intermediate data files are caches under DATA_DIR/<model>/ here": (
         "PROMPT_IDS_FILE",
@@ -47,8 +44,6 @@ UNUSED_SEED_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "question-answering evals have no counterpart": (
         "NUM_QUESTIONS_INTERPED",
-        "MAX_NEW_TOKENS",
-        "NUM_RETURN_SEQUENCES",
         "NUM_SHOT",
     ),
 }

@@ -4,8 +4,9 @@ Run ``python3 -m sparse_coding.demo.build [OUT_DIR]`` (default: this folder).
 Everything follows from `SEED`; the files are committed, so nobody needs to run it.
 
 The model (`model/`, a real `GPT2LMHeadModel` with a word-level tokenizer),
-one SAE per site (`saes/{site}_{layer}/`, SAELens folders) and the truth
-(`circuit.json`) are written from the tables below. Prompt: "the sky is blue
+one SAE per site (`saes/{site}_{layer}/`, SAELens folders), one transcoder per
+MLP (`transcoders/mlp_{layer}/`, SAELens "transcoder" folders, for trace.py)
+and the truth (`circuit.json`) are written from the tables below. Prompt: "the sky is blue
 and the sun is hot"; the explained token is "hot", predicted at the last "is".
 
 Mechanisms (directions are named; "amount" is a direction's coefficient):
@@ -37,6 +38,9 @@ Why it is exact where the tests need it:
   would couple to the prediction through the layer norms' scale).
 - SAEs are JumpReLU with zero encoder bias and exact (dual-basis) encoders:
   a feature's activation is its direction's amount.
+- Transcoders are the MLPs themselves: feature i is neuron i (encoder = c_fc's
+  column, decoder = c_proj's row, ReLU on ln_2's output, whose gain is 1 and
+  bias 0), padded with dead features, so their errors are zero up to rounding.
 """
 
 import argparse
@@ -313,10 +317,87 @@ def sae_cfg(site: str, layer: int) -> dict:
     }
 
 
+# ------------------------------------------------------------ the transcoders
+
+TRANSCODER_WIDTH = 8  # features per layer: the neurons, then dead ones (zero encoder, bias -1)
+
+
+def build_transcoder(model: GPT2LMHeadModel, layer: int) -> tuple[dict, list[str]]:
+    """SAELens transcoder weights equal to layer `layer`'s MLP, and each feature's name."""
+    mlp = model.transformer.h[layer].mlp
+    names = [n.name for n in NEURONS.get(layer, [])]
+    n_inner = mlp.c_fc.weight.shape[1]
+    names += [f"dead_{k}" for k in range(TRANSCODER_WIDTH - len(names))]
+    w_enc = torch.zeros(D_MODEL, TRANSCODER_WIDTH)
+    w_dec = torch.zeros(TRANSCODER_WIDTH, D_MODEL)
+    b_enc = torch.full((TRANSCODER_WIDTH,), -1.0)
+    w_enc[:, :n_inner] = mlp.c_fc.weight.detach()  # Conv1D: (d_model, n_inner)
+    w_dec[:n_inner] = mlp.c_proj.weight.detach()
+    b_enc[:n_inner] = mlp.c_fc.bias.detach()
+    weights = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": mlp.c_proj.bias.detach().clone()}
+    return weights, names
+
+
+def transcoder_cfg(layer: int) -> dict:
+    """cfg.json of SAELens' transcoder architecture: reads ln2.hook_normalized, writes hook_mlp_out."""
+    return {
+        "architecture": "transcoder",
+        "d_in": D_MODEL,
+        "d_sae": TRANSCODER_WIDTH,
+        "d_out": D_MODEL,
+        "dtype": "float32",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+        "hook_layer_out": layer,
+        "metadata": {
+            "hook_name": f"blocks.{layer}.ln2.hook_normalized",
+            "model_name": "planted-demo-gpt2",
+            "prepend_bos": True,
+            "context_size": N_POSITIONS,
+        },
+    }
+
+
 # ------------------------------------------------------------------ the truth
 
 
-def circuit_truth(names: dict[str, list[str]]) -> dict:
+# trace.py's path to "hot" at the prompt's last position ("... the sun is"): the "sun" token's
+# embedding reaches mlp_0's heat and light neurons through the attention copy, heat feeds
+# mlp_1's says_hot, light its dim neuron; both write the unembedding direction of "hot".
+TRACE_PROMPT = "the sky is blue and the sun is"
+TRACE_EDGES = [
+    (("embed", "sun"), (0, "heat"), 1),
+    (("embed", "sun"), (0, "light"), 1),
+    ((0, "heat"), (1, "says_hot"), 1),
+    ((0, "light"), (1, "dim"), 1),
+    ((1, "says_hot"), ("logit", TARGET), 1),
+    ((1, "dim"), ("logit", TARGET), -1),
+]
+
+
+def trace_truth(transcoder_names: dict[int, list[str]]) -> dict:
+    """circuit.json's trace.py part: node ids of the planted path in TRACE_PROMPT, and its edges."""
+    words = ["<|endoftext|>", *TRACE_PROMPT.split()]
+    last = len(words) - 1
+
+    def node_id(end: tuple) -> str:
+        if end[0] == "embed":
+            return f"embed@{words.index(end[1])}"
+        if end[0] == "logit":
+            return f"logit_{TOKENS.index(end[1])}"
+        return f"tc_{end[0]}.{transcoder_names[end[0]].index(end[1])}@{last}"
+
+    features = {
+        f"tc_{layer}.{index}": name
+        for layer, names in transcoder_names.items()
+        for index, name in enumerate(names)
+    }
+    edges = [{"source": node_id(u), "target": node_id(d), "sign": sign} for u, d, sign in TRACE_EDGES]
+    return {"prompt": TRACE_PROMPT, "transcoder_features": features, "edges": edges}
+
+
+def circuit_truth(names: dict[str, list[str]], transcoder_names: dict[int, list[str]]) -> dict:
     """circuit.json: every feature's role, the planted edges with signs, the prompt."""
 
     def node_id(key: tuple[str, int, str]) -> str:
@@ -348,13 +429,16 @@ def circuit_truth(names: dict[str, list[str]]) -> dict:
             "firing at that position (the others fire earlier). "
             "Edge sign: +1 when the source raises the target feature's activation, -1 when it "
             "lowers it. direct_edges join adjacent sites (fast.py); resid_edges join resid "
-            "layers through everything between them, at the last position (pipe.py)."
+            "layers through everything between them, at the last position (pipe.py). trace: "
+            "trace.py's planted path in its prompt (transcoder features tc_{layer}.{index}@{position}; "
+            "edge sign: +1 when the source raises the target's pre-activation or logit)."
         ),
         "prompt": PROMPT,
         "target": TARGET,
         "features": features,
         "direct_edges": edges(DIRECT_EDGES),
         "resid_edges": edges(RESID_EDGES),
+        "trace": trace_truth(transcoder_names),
     }
 
 
@@ -362,12 +446,13 @@ def circuit_truth(names: dict[str, list[str]]) -> dict:
 
 
 def build(out_dir: Path) -> None:
-    """Write model/, saes/, circuit.json and corpus.txt under `out_dir`."""
+    """Write model/, saes/, transcoders/, circuit.json and corpus.txt under `out_dir`."""
     rng = np.random.default_rng(SEED)
     geometry = Geometry(rng)
     model_dir = out_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
-    build_model(geometry).save_pretrained(model_dir)
+    model = build_model(geometry)
+    model.save_pretrained(model_dir)
     build_tokenizer().save_pretrained(model_dir)
     names = {}
     for site in HOOKS:
@@ -377,7 +462,15 @@ def build(out_dir: Path) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "cfg.json").write_text(json.dumps(sae_cfg(site, layer), indent=2) + "\n")
             save_file(weights, str(folder / "sae_weights.safetensors"))
-    (out_dir / "circuit.json").write_text(json.dumps(circuit_truth(names), indent=2) + "\n")
+    transcoder_names = {}
+    for layer in range(N_LAYERS):  # after the SAEs: draws nothing from rng, so their files stay as they were
+        weights, transcoder_names[layer] = build_transcoder(model, layer)
+        folder = out_dir / "transcoders" / f"mlp_{layer}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cfg.json").write_text(json.dumps(transcoder_cfg(layer), indent=2) + "\n")
+        save_file(weights, str(folder / "sae_weights.safetensors"))
+    truth = circuit_truth(names, transcoder_names)
+    (out_dir / "circuit.json").write_text(json.dumps(truth, indent=2) + "\n")
     (out_dir / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
 
 

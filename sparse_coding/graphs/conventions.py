@@ -3,8 +3,8 @@
 `sentences(script, settings)` words them for the script that made the result
 and the settings that shaped it (fast.py: METRIC, BASELINE, IG_STEPS and how
 down-nodes were chosen; pipe.py: THRESHOLD_EXP and pins; val.py:
-VALIDATION_ERRORS). A graph's metadata records them as ``sign_convention``,
-val.py's report too, and the image legend and the viewer legend are drawn
+VALIDATION_ERRORS; steer.py: none). A graph's metadata records them as
+``sign_convention``, val.py's and steer.py's reports too, and the image legend and the viewer legend are drawn
 from that record, so a picture pasted into a paper says what its graph's
 file says.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-SCRIPTS = ("pipe.py", "fast.py", "val.py")
+SCRIPTS = ("pipe.py", "fast.py", "trace.py", "val.py", "steer.py")
 METRIC_TEXT = {
     "cross_entropy": "m = cross-entropy of the answer, -log p(answer)",
     "logprob": "m = -log p(answer), as cross-entropy (METRIC logprob reports log p)",
@@ -36,7 +36,7 @@ def sentences(script: str, settings: Mapping[str, Any] | None = None) -> dict[st
     """What each quantity of `script`'s result means, given the config values that shaped it.
 
     Args:
-        script: "pipe.py", "fast.py" or "val.py".
+        script: "pipe.py", "fast.py", "trace.py", "val.py" or "steer.py".
         settings: config keys as a run records them (``config.to_metadata()``);
             missing keys take their defaults. fast.py also reads
             ``down_node_selection`` ("thresholds" when hist.py chose the down-nodes).
@@ -49,8 +49,12 @@ def sentences(script: str, settings: Mapping[str, Any] | None = None) -> dict[st
         return _fast(settings)
     if script == "pipe.py":
         return _pipe(settings)
+    if script == "trace.py":
+        return _trace(settings)
     if script == "val.py":
         return _val(settings)
+    if script == "steer.py":
+        return dict(_STEER)
     raise ValueError(f"no sentences for script {script!r}; known: {', '.join(SCRIPTS)}")
 
 
@@ -67,16 +71,27 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
         ),
         "node attribution": (
             f"{estimate} of m(node at {BASELINE_TEXT.get(baseline, baseline)}) - m(clean), "
-            f"{METRIC_TEXT.get(metric, metric)}; summed over positions, mean over examples: "
+            f"{METRIC_TEXT.get(metric, metric)}; {_positions_text(settings)}, mean over examples: "
             f"positive = the node supports the answer"
         ),
-        "node activation": "the feature's largest activation over the prompt's positions",
+        "node activation": (
+            "the feature's largest activation at the node's position (id @position, BOS = 0)"
+            if settings.get("NODE_POSITIONS") == "each"
+            else "the feature's largest activation over the prompt's positions"
+        ),
         "logit cells": (
-            "W_dec[feature] . W_U (direct effect on the logits, final layer norm ignored): "
+            "direct logit effect of W_dec[feature], centred and times the final layer norm's gain, "
+            "through W_U (its 1/std left out; tokens rank as on Neuronpedia): "
             "blue = the feature promotes the token, red = it suppresses it"
         ),
         "nodes": fast_selection(settings),
     }
+
+
+def _positions_text(settings: Mapping[str, Any]) -> str:
+    if settings.get("NODE_POSITIONS") == "each":
+        return "one node per token position (id @position, BOS = 0)"
+    return "summed over positions"
 
 
 def fast_selection(settings: Mapping[str, Any]) -> str:
@@ -90,8 +105,10 @@ def fast_selection(settings: Mapping[str, Any]) -> str:
         )
     if settings.get("SELECTION") == "threshold":
         return (
-            f"down-nodes: |attribution| > {settings.get('NODE_THRESHOLD', 0.1)}; edges: |effect| > "
-            f"{settings.get('EDGE_THRESHOLD', 0.01)}"
+            f"Marks et al.: nodes (features and errors) with |attribution| > "
+            f"{settings.get('NODE_THRESHOLD', 0.1)}; edges between two such nodes with |effect| > "
+            f"{settings.get('EDGE_THRESHOLD', 0.01)}, read at the (example, position) entries whose own "
+            f"|attribution| passes the node threshold"
         )
     return (
         f"down-nodes: the {settings.get('NUM_DOWN_NODES', 5)} largest |attribution| per site; edges: the "
@@ -123,6 +140,42 @@ def pipe_selection(settings: Mapping[str, Any]) -> str:
     return f"edges: {kept}; ablated: {start}, then every feature an edge reached"
 
 
+def _trace(settings: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "colour": f"blue = u raises d (for a logit: the logit), red = lowers it; {_OPACITY}",
+        "edge": (
+            "direct effect of u on d in the local replacement model (transcoders in place of the MLPs, "
+            "with error nodes; attention patterns and layer-norm scales frozen at the prompt's run): "
+            "u's value times the derivative of d's pre-activation (for a logit: the logit minus the mean "
+            "logit) along paths through no other node: positive = u raises d"
+        ),
+        "node attribution": (
+            "influence on the logits (circuit-tracer): the probability-weighted share of the logits' "
+            "inputs that flows from the node along all paths, each edge counted as its share of its "
+            "target's |inputs|; unsigned"
+        ),
+        "node activation": (
+            "a feature's activation at its position; a logit's probability; an error node's norm"
+        ),
+        "replacement score": (
+            "influence of the token embeddings / (that + influence of the error nodes): 1 = the "
+            "tokens reach the logits through features only"
+        ),
+        "completeness score": (
+            "influence-weighted mean over nodes of the share of a node's input that comes from no error node"
+        ),
+        "logit cells": (
+            "decoder row (a cross-layer feature's decoders summed over the layers it writes), centred and "
+            "times the final layer norm's gain, through W_U (tokens rank as on Neuronpedia): "
+            "blue = the feature promotes the token, red = it suppresses it"
+        ),
+        "nodes": (
+            f"pruned by influence: nodes carrying {settings.get('TRACE_NODE_THRESHOLD', 0.8)} and edges "
+            f"carrying {settings.get('TRACE_EDGE_THRESHOLD', 0.98)} of the cumulative influence"
+        ),
+    }
+
+
 def _val(settings: Mapping[str, Any]) -> dict[str, str]:
     errors = str(settings.get("VALIDATION_ERRORS") or "keep")
     return {
@@ -151,5 +204,28 @@ _VAL_ERRORS = {
         "SAE error terms mean-ablated like features (VALIDATION_ERRORS: ablate): in m(C) at every site "
         "whose error node is not in the circuit, in m(empty) at every site, in m(M\\C) at the circuit's "
         "error nodes"
+    ),
+}
+
+
+_STEER = {
+    "intervention": (
+        "set v: the feature's activation becomes v; scale c: it is multiplied by c; add v: "
+        "v * W_dec[i] is added whether the feature fires or not (times the input's layer-norm std "
+        "for SAEs with layer-normalised inputs, so v is in the feature's activation units); each "
+        "changes the site by (new - old activation) * decoder row, the SAE error term kept"
+    ),
+    "change": (
+        "p(steered) - p(clean) of a next token, both models reading the clean continuation: "
+        "'rose' = more likely under the intervention, 'fell' = less likely"
+    ),
+    "kl": "KL(clean || steered) of the next-token distributions in nats, on the clean continuation",
+    "activation": (
+        "the SAE's own activation (as on Neuronpedia) on the clean continuation, without (clean) and "
+        "with (steered) the intervention; an intervened feature's steered value is after its edit"
+    ),
+    "curve": (
+        "x = the swept value (set: the activation, scale: the factor, add: v); y = each watched "
+        "feature's activation at the prompt's last token and log p(answer) after it"
     ),
 }

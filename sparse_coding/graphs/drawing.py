@@ -182,7 +182,9 @@ def _place_legend(
     return Placement(f"{centre[0]:.2f},{centre[1]:.2f}", below_chars)
 
 
-def _draw_once(graph: Graph, image_path: Path, fmt: str, options: RenderOptions, timeout_s: float) -> None:
+def _draw_once(
+    graph: Graph, image_path: Path, fmt: str, options: RenderOptions, timeout_s: float, work_dir: Path | None
+) -> None:
     """Draw the strongest ``options.max_drawn_edges`` edges of ``graph`` into ``image_path``."""
     shown = strongest_edges(graph, options.max_drawn_edges)
     notes = _pruning_note(shown, graph)
@@ -190,7 +192,7 @@ def _draw_once(graph: Graph, image_path: Path, fmt: str, options: RenderOptions,
         logger.info("drawing %d nodes with compact labels to stay readable", len(shown.nodes))
     if notes:
         logger.info("graph has %d edges: %s", len(graph.edges), notes[0])
-    with tempfile.TemporaryDirectory(prefix="sc_draw_") as folder:
+    with tempfile.TemporaryDirectory(prefix="sc_draw_", dir=work_dir) as folder:
         source_path = Path(folder) / "drawing.dot"
         laid_out, options = _graph_layout(shown, options, source_path, timeout_s)
         placement = _place_legend(shown, notes, laid_out, options, source_path, timeout_s)
@@ -216,19 +218,22 @@ def draw_image(
     fmt: str,
     options: RenderOptions | None = None,
     timeout_s: float = 120.0,
+    work_dir: Path | None = None,
 ) -> None:
     """Draw a graph's image within the layout budget; size alone never fails it.
 
     Draws the strongest ``max_drawn_edges`` edges; if ``dot`` still runs past
     ``timeout_s``, redraws once with compact labels and
     ``fallback_drawn_edges`` edges. The caption says what was left out.
+    Graphviz's source files go to a temp folder inside `work_dir` (default:
+    the system's temp folder), removed afterwards.
 
     Raises:
         GraphFileError: dot is missing or failed, or even the fallback timed out.
     """
     options = options or RenderOptions()
     try:
-        _draw_once(graph, image_path, fmt, options, timeout_s)
+        _draw_once(graph, image_path, fmt, options, timeout_s, work_dir)
     except RenderTimeout:
         logger.warning(
             "dot timed out after %.0f s; redrawing with compact labels and the %d strongest edges",
@@ -243,4 +248,4 @@ def draw_image(
             fast_layout_nodes=0,
             max_drawn_edges=min(options.max_drawn_edges, options.fallback_drawn_edges),
         )
-        _draw_once(graph, image_path, fmt, fallback, timeout_s)
+        _draw_once(graph, image_path, fmt, fallback, timeout_s, work_dir)

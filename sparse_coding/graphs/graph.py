@@ -1,9 +1,10 @@
-"""The cognition graph: feature and error nodes joined by causal-effect edges.
+"""The cognition graph: feature and error nodes joined by causal-effect edges, and its ``.json`` form.
 
 One ``Graph`` type is built by every algorithm (pipe.py ablations, fast.py
-attributions) and is independent of Graphviz: ``graph_files`` reads and writes
-it, ``render`` draws it. Node ids follow docs/design.md (see
-``sparse_coding.nodes``):
+attributions) and is independent of Graphviz: it serialises itself
+(``to_json``/``from_json``, the canonical file `graph_files` writes),
+``render`` draws it and ``viewer`` shows it. Node ids follow docs/design.md
+(see ``sparse_coding.nodes``):
 
 - feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
 - error node:   ``{site}_error_{layer}``, e.g. ``mlp_error_7``
@@ -18,6 +19,13 @@ A freshly computed graph has values but no runs yet; `Graph.add_run` ties
 them to their run. An edge measured again is never duplicated or overwritten:
 the new run's value joins the others.
 
+The ``.json`` is read strictly and written so that it always reads back: an
+edge whose end is not a node, a run list that is not a list of records, a
+non-finite number (NaN, infinity, ``1e400``) or a value of the wrong type is
+a ``ValueError`` naming it, on reading and (`check`) before writing. Its
+records are written one per line; edges, the bulk of a big graph, by a
+formatter that gives json's bytes at half its time (measured on 40,811 edges).
+
 Edges and nodes of an imported ``.dot`` that carry no measurement (a hand
 drawn arrow without ``effect``, a note) are kept in ``user`` and redrawn as
 they were.
@@ -26,252 +34,47 @@ they were.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import re
 import secrets
-import statistics
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
-from sparse_coding.nodes import HOOK_ORDER, SITES, hook_position, parse_node_id
+from sparse_coding.graphs.elements import (
+    MEASURED,
+    Context,
+    Edge,
+    Node,
+    UserDrawing,
+    finite,
+    loads_strict,
+    mapping,
+    sequence,
+    text,
+)
 
-# Where a site sits inside its block when the node carries no hook name. The
-# resid default is hook_resid_pre: the default resid SAEs (res-jb) read there.
-_DEFAULT_SITE_ORDER: dict[str, int] = {
-    "resid": HOOK_ORDER["hook_resid_pre"],
-    "attn": HOOK_ORDER["hook_attn_out"],
-    "mlp": HOOK_ORDER["hook_mlp_out"],
-}
-MEASURED = ("activation", "attribution")  # node values kept per run
+__all__ = [
+    "MEASURED",
+    "Context",
+    "Edge",
+    "Graph",
+    "Node",
+    "UserDrawing",
+    "finite",
+    "loads_strict",
+    "new_run_id",
+    "prompt_tokens",
+    "run_record",
+]
+
 _RUNS_LISTED = 5  # runs named in the summary node; all are in the .json
-
-
-@dataclass
-class Context:
-    """One top-activating context of a feature: tokens around its maximum."""
-
-    tokens: list[str]
-    activations: list[float]
-
-    def __post_init__(self) -> None:
-        if len(self.tokens) != len(self.activations):
-            raise ValueError(
-                f"a context needs one activation per token; got {len(self.tokens)} "
-                f"tokens and {len(self.activations)} activations"
-            )
-
-
-@dataclass
-class Node:
-    """A feature (or SAE error term) at one site and layer.
-
-    ``activation`` and ``attribution`` are the means of ``runs`` (run id ->
-    {"activation": a, "attribution": b}) once the node belongs to a stored
-    graph; the annotation fields (contexts, logits, explanation) describe the
-    feature itself and are filled from cached contexts, the unembedding, or
-    Neuronpedia.
-    """
-
-    id: str
-    site: str
-    layer: int
-    feature: int | None
-    activation: float | None = None
-    attribution: float | None = None
-    hook: str | None = None
-    neuronpedia_id: str | None = None
-    contexts: list[Context] = field(default_factory=list)
-    logits_up: list[tuple[str, float]] = field(default_factory=list)
-    logits_down: list[tuple[str, float]] = field(default_factory=list)
-    explanation: str | None = None
-    runs: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @classmethod
-    def from_id(cls, node_id: str, **attrs: Any) -> Node:
-        """Build a node whose site, layer and feature are parsed from its id."""
-        parsed = parse_node_id(node_id)
-        return cls(
-            id=node_id,
-            site=parsed.site,
-            layer=parsed.layer,
-            feature=parsed.feature,
-            **attrs,
-        )
-
-    @property
-    def is_error(self) -> bool:
-        """True for an SAE error node (it has no feature index)."""
-        return self.feature is None
-
-    def rank_key(self) -> tuple[int, int, int]:
-        """(layer, order in block, site index): sorting by it gives forward order.
-
-        Uses the hook when known (resid_pre and resid_post differ); sites that
-        are not SAE sites (e.g. logits) sort after every layer.
-        """
-        if self.site not in _DEFAULT_SITE_ORDER:
-            return (1 << 30, 0, 0)
-        layer, order = self.layer, _DEFAULT_SITE_ORDER[self.site]
-        if self.hook:
-            try:
-                layer, order = hook_position(self.hook)
-            except ValueError:
-                pass  # an unknown hook name still ranks by site and layer
-        return (layer, order, SITES.index(self.site))
-
-    def annotations(self) -> dict[str, Any]:
-        """The non-empty annotation fields, as JSON-ready values."""
-        data: dict[str, Any] = {}
-        if self.contexts:
-            data["contexts"] = [{"tokens": c.tokens, "activations": c.activations} for c in self.contexts]
-        if self.logits_up:
-            data["logits_up"] = [[t, v] for t, v in self.logits_up]
-        if self.logits_down:
-            data["logits_down"] = [[t, v] for t, v in self.logits_down]
-        if self.explanation is not None:
-            data["explanation"] = self.explanation
-        return data
-
-    def to_dict(self) -> dict[str, Any]:
-        """The node as the JSON object of docs/design.md (plus ``n_runs`` and ``runs``)."""
-        keys = ("id", "site", "layer", "feature", *MEASURED, "hook", "neuronpedia_id")
-        data = {key: getattr(self, key) for key in keys} | self.annotations()
-        if self.runs:
-            data |= {"n_runs": len(self.runs), "runs": self.runs}
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Node:
-        """Inverse of ``to_dict``; raises KeyError/TypeError/ValueError on bad data."""
-        contexts = data.get("contexts", [])
-        return cls(
-            id=str(data["id"]),
-            site=str(data["site"]),
-            layer=int(data["layer"]),
-            feature=_int_or_none(data.get("feature")),
-            activation=_float_or_none(data.get("activation")),
-            attribution=_float_or_none(data.get("attribution")),
-            hook=_str_or_none(data.get("hook")),
-            neuronpedia_id=_str_or_none(data.get("neuronpedia_id")),
-            contexts=[
-                Context([str(t) for t in c["tokens"]], [float(a) for a in c["activations"]]) for c in contexts
-            ],
-            logits_up=_pairs(data.get("logits_up", [])),
-            logits_down=_pairs(data.get("logits_down", [])),
-            explanation=_str_or_none(data.get("explanation")),
-            runs={
-                str(run): {str(k): float(v) for k, v in values.items()}
-                for run, values in (data.get("runs") or {}).items()
-            },
-        )
-
-    def copy(self) -> Node:
-        """A copy whose lists and run values are its own; their items are never mutated."""
-        lists = {"contexts": list(self.contexts), "logits_up": list(self.logits_up)}
-        runs = {run: dict(values) for run, values in self.runs.items()}
-        return replace(self, **lists, logits_down=list(self.logits_down), runs=runs)
-
-    def untied(self) -> bool:
-        """True when the node holds measured values that belong to no run yet."""
-        return not self.runs and any(getattr(self, key) is not None for key in MEASURED)
-
-    def tie(self, run_id: str) -> None:
-        """Record the node's measured values as those of run `run_id`."""
-        values = {key: value for key in MEASURED if (value := getattr(self, key)) is not None}
-        self.runs = {run_id: values} if values else {}
-
-    def merge(self, newer: Node) -> None:
-        """Fold another measurement of the same node into this one, in place.
-
-        Values tied to runs join this node's runs, and the drawn values become
-        the means over the runs; untied values (the same run adding a node
-        twice) replace the old ones. Identity fields from the newer node win;
-        annotations are kept from whichever is richer (non-empty beats empty,
-        the newer wins when both are non-empty).
-        """
-        if newer.id != self.id:
-            raise ValueError(f"cannot merge node {newer.id!r} into {self.id!r}")
-        for f in fields(self):
-            value = getattr(newer, f.name)
-            if f.name == "runs" or value is None or (isinstance(value, list) and not value):
-                continue
-            setattr(self, f.name, list(value) if isinstance(value, list) else value)
-        if newer.runs:
-            self.runs.update({run: dict(values) for run, values in newer.runs.items()})
-            for key in MEASURED:
-                measured = [values[key] for values in self.runs.values() if key in values]
-                setattr(self, key, statistics.fmean(measured) if measured else None)
-
-
-@dataclass
-class Edge:
-    """A causal effect of ``source`` on ``target`` (sign: raises or lowers).
-
-    ``effect`` is the mean of ``runs`` (run id -> effect) once the edge
-    belongs to a stored graph.
-    """
-
-    source: str
-    target: str
-    effect: float
-    runs: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"source", "target", "effect"}`` plus ``n_runs`` and ``runs`` when tied to runs."""
-        data: dict[str, Any] = {"source": self.source, "target": self.target, "effect": self.effect}
-        if self.runs:
-            data |= {"n_runs": len(self.runs), "runs": self.runs}
-        return data
-
-    def merge(self, other: Edge) -> None:
-        """Add another run's values; untied values (the same run) replace the old one."""
-        if not other.runs:
-            self.effect, self.runs = other.effect, {}
-            return
-        self.runs.update(other.runs)
-        self.effect = statistics.fmean(self.runs.values())
-
-
-@dataclass
-class UserDrawing:
-    """What an imported ``.dot`` drew without a measurement: kept and redrawn as it was.
-
-    Attributes:
-        graph_attrs: graph attributes (e.g. ``label``).
-        nodes: node name -> attributes, for names that are not node ids.
-        edges: (source, target) -> attributes, for edges without ``effect``.
-    """
-
-    graph_attrs: dict[str, str] = field(default_factory=dict)
-    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
-    edges: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.graph_attrs or self.nodes or self.edges)
-
-    def update(self, other: UserDrawing) -> None:
-        self.graph_attrs.update(other.graph_attrs)
-        self.nodes.update({name: dict(attrs) for name, attrs in other.nodes.items()})
-        self.edges.update({key: dict(attrs) for key, attrs in other.edges.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "graph_attrs": self.graph_attrs,
-            "nodes": self.nodes,
-            "edges": [{"source": s, "target": t, "attrs": a} for (s, t), a in self.edges.items()],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UserDrawing:
-        return cls(
-            graph_attrs={str(k): str(v) for k, v in data.get("graph_attrs", {}).items()},
-            nodes={str(n): {str(k): str(v) for k, v in a.items()} for n, a in data.get("nodes", {}).items()},
-            edges={
-                (str(e["source"]), str(e["target"])): {str(k): str(v) for k, v in e["attrs"].items()}
-                for e in data.get("edges", [])
-            },
-        )
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str).encode
 
 
 @dataclass
@@ -394,18 +197,16 @@ class Graph:
         """Nodes in forward order (then by id): the canonical file order."""
         return sorted(self.nodes.values(), key=lambda n: (n.rank_key(), _id_key(n)))
 
-    def sorted_edges(self) -> list[Edge]:
-        """Edges ordered by their source's, then their target's, node order."""
-        order = {node.id: i for i, node in enumerate(self.sorted_nodes())}
-        missing = len(order)
+    def sorted_edges(self, order: dict[str, int] | None = None) -> list[Edge]:
+        """Edges ordered by their source's, then their target's, node order (`order`: node id ->
+        position in `sorted_nodes`, when the caller has it); ends that are no node sort last, by id."""
+        order = order or {node.id: i for i, node in enumerate(self.sorted_nodes())}
+        n = len(order) + 1
+        if all(s in order and t in order for s, t in self.edges):  # one int per edge: the fast key
+            return sorted(self.edges.values(), key=lambda e: order[e.source] * n + order[e.target])
         return sorted(
             self.edges.values(),
-            key=lambda e: (
-                order.get(e.source, missing),
-                e.source,
-                order.get(e.target, missing),
-                e.target,
-            ),
+            key=lambda e: (order.get(e.source, n), e.source, order.get(e.target, n), e.target),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -417,18 +218,146 @@ class Graph:
         }
         return data | ({"user_drawing": self.user.to_dict()} if self.user else {})
 
+    def to_pandas(self, *, per_run: bool = False) -> tuple[Any, Any]:
+        """(nodes, edges) as pandas DataFrames (needs ``pip install -e ".[analysis]"``).
+
+        Nodes: id, site, layer, feature, position (None when summed), activation,
+        attribution, hook, neuronpedia_id, explanation, n_runs; edges: source,
+        target, effect, n_runs. With `per_run`, one row per run value instead
+        (a ``run`` column; values measured by that run).
+        """
+        from sparse_coding.graphs.tables import graph_frames
+
+        return graph_frames(self, per_run=per_run)
+
+    def to_networkx(self) -> Any:
+        """A networkx DiGraph: node attributes as in `to_pandas`, edge attributes ``effect`` and
+        ``abs_effect`` (needs ``pip install -e ".[analysis]"``)."""
+        from sparse_coding.graphs.tables import graph_networkx
+
+        return graph_networkx(self)
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Graph:
-        """Inverse of ``to_dict``; raises KeyError/TypeError/ValueError on bad data."""
-        graph = cls(metadata=dict(data.get("metadata") or {}))
-        for item in data["nodes"]:
+    def from_dict(cls, data: object) -> Graph:
+        """Inverse of ``to_dict``, strict: a ValueError names the node, edge, run or field that is wrong."""
+        data = mapping(data, "the file")
+        graph = cls(metadata=dict(mapping(data.get("metadata") or {}, "metadata")))
+        for i, run in enumerate(sequence(graph.metadata.get("runs", []), "metadata.runs")):
+            text(mapping(run, f"metadata.runs[{i}]").get("id"), f"metadata.runs[{i}].id")
+        for item in sequence(data.get("nodes"), "nodes"):
             graph.add_node(Node.from_dict(item))
-        for item in data["edges"]:
-            runs = {str(run): float(value) for run, value in (item.get("runs") or {}).items()}
-            edge = Edge(str(item["source"]), str(item["target"]), finite(item["effect"]), runs)
+        for item in sequence(data.get("edges"), "edges"):
+            edge = Edge.from_dict(item)
             graph.edges[(edge.source, edge.target)] = edge
         graph.user = UserDrawing.from_dict(data.get("user_drawing") or {})
+        _check_ends(graph)
         return graph
+
+    def check(self) -> None:
+        """Raise ValueError naming the first value no graph file may hold (see `from_dict`)."""
+        for node in self.nodes.values():
+            if not _all_finite(_numbers(node)):
+                _name_bad_value(node)
+        edges = list(self.edges.values())
+        if not _all_finite([e.effect for e in edges] + [v for e in edges for v in e.runs.values()]):
+            for edge in edges:
+                for run, value in [("", edge.effect), *edge.runs.items()]:
+                    finite(value, f"edge {edge.source} -> {edge.target} {f'run {run}' if run else 'effect'}")
+        _check_ends(self)
+
+    def to_json(self, header: Mapping[str, Any] | None = None) -> str:
+        """The graph's ``.json`` text: `header` keys first, then nodes and edges one per line.
+
+        Raises:
+            ValueError: a non-finite number (`check` names where).
+        """
+        records = {
+            "nodes": [_ENCODE(node.to_dict()) for node in self.sorted_nodes()],
+            "edges": _edge_lines(self.sorted_edges()),
+        }
+        data = dict(header or {}) | {"nodes": None, "edges": None, "metadata": self.metadata}
+        if self.user:
+            data["user_drawing"] = self.user.to_dict()
+        fields_ = []
+        for key, value in data.items():
+            lines = records.get(key)
+            body = _ENCODE(value) if lines is None else "[\n" + ",\n".join(lines) + "\n]" if lines else "[]"
+            fields_.append(f"{encode_basestring(key)}: {body}")
+        text_ = "{\n" + ",\n".join(fields_) + "\n}\n"
+        return _SURROGATE_RE.sub(lambda m: f"\\u{ord(m[0]):04x}", text_)
+
+    @classmethod
+    def from_json(cls, text_: str | bytes) -> Graph:
+        """Inverse of ``to_json``; raises ValueError naming what is wrong (header keys are ignored)."""
+        return cls.from_dict(loads_strict(text_))
+
+
+def _numbers(node: Node) -> list[Any]:
+    """Every number a node holds."""
+    values = [getattr(node, key) for key in MEASURED if getattr(node, key) is not None]
+    values += [value for values_ in node.runs.values() for value in values_.values()]
+    values += [value for context in node.contexts for value in context.activations]
+    return values + [value for _, value in node.logits_up + node.logits_down]
+
+
+def _all_finite(values: list[Any]) -> bool:
+    """Every value a finite int or float (fast; `_name_bad_value` says which one is not)."""
+    try:
+        return all(map(math.isfinite, values)) and not any(isinstance(v, bool) for v in values)
+    except TypeError:
+        return False
+
+
+def _name_bad_value(node: Node) -> None:
+    """Raise the ValueError of `finite` for the node's first value that is no finite number."""
+    for key in MEASURED:
+        if (value := getattr(node, key)) is not None:
+            finite(value, f"node {node.id} {key}")
+    for run, values in node.runs.items():
+        for key, value in values.items():
+            finite(value, f"node {node.id} run {run} {key}")
+    for context in node.contexts:
+        for value in context.activations:
+            finite(value, f"node {node.id} context activation")
+    for _, value in node.logits_up + node.logits_down:
+        finite(value, f"node {node.id} logit value")
+
+
+def _check_ends(graph: Graph) -> None:
+    """Every edge joins two nodes of the graph."""
+    for source, target in graph.edges:
+        for end in (source, target):
+            if end not in graph.nodes:
+                raise ValueError(f"the edge {source} -> {target} names the node {end}, which the graph lacks")
+
+
+def _edge_lines(edges: list[Edge]) -> list[str]:
+    """``json.dumps(edge.to_dict())`` with compact separators, written out for an edge's few keys."""
+    q, number, lines = encode_basestring, float.__repr__, []
+    quoted: dict[str, str] = {}  # run ids: the same few on every edge
+    for edge in edges:
+        head = f'{{"source":{q(edge.source)},"target":{q(edge.target)},"effect":{number(float(edge.effect))}'
+        if not edge.runs:
+            lines.append(head + "}")
+            continue
+        runs = []
+        for run, value in edge.runs.items():
+            if (key := quoted.get(run)) is None:
+                key = quoted[run] = q(run)
+            runs.append(f"{key}:{number(float(value))}")
+        lines.append(f'{head},"n_runs":{len(runs)},"runs":{{{",".join(runs)}}}}}')
+    return lines
+
+
+def prompt_tokens(metadata: dict[str, Any]) -> list[str] | None:
+    """The token strings of the prompt a graph was computed on (BOS first when prepended): a fresh
+    graph's own ``prompt_tokens``, else its latest run's that has them; None if none does."""
+    if metadata.get("prompt_tokens"):
+        return list(metadata["prompt_tokens"])
+    for run in reversed(metadata.get("runs") or []):
+        if run.get("prompt_tokens"):
+            return list(run["prompt_tokens"])
+    return None
 
 
 def new_run_id() -> str:
@@ -467,27 +396,3 @@ def _id_key(node: Node) -> tuple[int, int, str]:
     if node.feature is None:
         return (1, 0, node.id)
     return (0, node.feature, node.id)
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _pairs(items: Any) -> list[tuple[str, float]]:
-    return [(str(token), float(value)) for token, value in items]
-
-
-def finite(value: object) -> float:
-    """A stored number as a float; inf and nan are no value a run writes (ValueError)."""
-    number = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(number):
-        raise ValueError(f"non-finite number {value!r}")
-    return number

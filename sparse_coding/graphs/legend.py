@@ -97,12 +97,13 @@ def _short(name: str) -> str:
 
 
 def text_shown(run: dict[str, Any]) -> str:
-    """What the run explained: fast.py its examples, pipe.py and val.py the text INTERP_SOURCE picks."""
+    """What the run explained: fast.py its examples, trace.py its prompt, pipe.py and val.py the text
+    INTERP_SOURCE picks."""
     config = _settings(run)
     if graph_script(run) == "fast.py" and config.get("PAIRS_FILE"):
         return f"pairs file {_short(str(config['PAIRS_FILE']))}"
     source = config.get("INTERP_SOURCE") or ("dataset" if config.get("DATASET") else "prompt")
-    if graph_script(run) != "fast.py" and source == "dataset" and config.get("DATASET"):
+    if graph_script(run) in ("pipe.py", "val.py") and source == "dataset" and config.get("DATASET"):
         return f"dataset {_short(str(config['DATASET']))}"
     return f"prompt {_cut(str(run.get('prompt')), _PROMPT_CHARS)!r}"
 

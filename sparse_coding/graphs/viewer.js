@@ -3,9 +3,12 @@
  * scGraphViewer.init(root, data) builds the toolbar, the canvas and the side
  * panel inside `root` from the page data written by viewer.py:
  *   data.nodes: [{id, hook, row, error, activation, attribution, contexts,
- *                 up, down, explanation, url, runs}]
+ *                 up, down, explanation, url, steer, runs}]
  *   data.edges: [[sourceIndex, targetIndex, effect, runs]]
- *   data.rows, data.runs, data.caption (lines), data.legend
+ *   data.rows, data.runs, data.caption (lines), data.legend, data.tokens
+ * Positioned nodes (id@position, with data.tokens the prompt's tokens) are
+ * laid out on a token axis instead: one column per position, in token order,
+ * the tokens written under the lowest row.
  * It opens on a readable view of any graph: above INITIAL_EDGES edges the
  * slider starts at the |effect| that shows the strongest INITIAL_EDGES (one
  * click on "all edges" or the slider shows the rest); the shown nodes are
@@ -20,6 +23,7 @@
 (function () {
   "use strict";
   var NODE_W = 130, NODE_H = 34, GAP_X = 14, ROW_H = 96, SLIDER_STEPS = 1000;
+  var EMPTY_W = 50;  /* a token column without nodes */
   var INITIAL_EDGES = 300, LEGIBLE_ZOOM = 0.8, MAX_ZOOM = 1.5, LABEL_W = 90;
   var BLUE = [33, 102, 172], RED = [178, 24, 43];
 
@@ -77,6 +81,37 @@
         lines.push({ row: r, first: start === 0, nodes: chunk, y: y });
       }
     });
+    return lines;
+  }
+
+  /* Positioned nodes: each row in forward order, each position a column as wide as its fullest row. */
+  function tokenLayout(nodes, nRows, nodeOn, nTokens) {
+    var byRow = [], width = new Array(nTokens).fill(0), lines = [], start = [];
+    for (var r = 0; r < nRows; r++) byRow.push([]);
+    nodes.forEach(function (n, i) { n.placed = false; if (nodeOn[i]) byRow[n.row].push(i); });
+    byRow.forEach(function (row) {
+      var count = {};
+      row.forEach(function (i) {
+        var p = nodes[i].position;
+        count[p] = (count[p] || 0) + 1;
+        width[p] = Math.max(width[p], count[p]);
+      });
+    });
+    var x = 0;
+    var span = width.map(function (w) { return w ? w * (NODE_W + GAP_X) - GAP_X : EMPTY_W; });
+    span.forEach(function (w, p) { start[p] = x; x += w + 2 * GAP_X; });
+    byRow.forEach(function (row, r) {
+      if (!row.length) return;
+      var used = {}, y = lines.length * ROW_H;
+      row.sort(function (a, b) { return nodes[a].position - nodes[b].position || a - b; });
+      row.forEach(function (i) {
+        var p = nodes[i].position, k = used[p] || 0;
+        used[p] = k + 1;
+        nodes[i].x = start[p] + k * (NODE_W + GAP_X); nodes[i].y = y; nodes[i].placed = true;
+      });
+      lines.push({ row: r, first: true, nodes: row, y: y });
+    });
+    lines.columns = span.map(function (w, p) { return [start[p], w]; });
     return lines;
   }
 
@@ -181,6 +216,47 @@
       return row;
     }
 
+    // steer.py commands for the selected feature (viewer.py's `steer`: [label, text] pairs), each
+    // with a copy button; the clipboard API where the page may use it, else a selected textarea.
+    function steerBox(lines) {
+      var box = el("div", "sc-steer");
+      box.appendChild(el("div", "sc-heading", "test it with steer.py (add --config PATH for yours)"));
+      lines.forEach(function (line) {
+        var row = el("div", "sc-steer-row");
+        var button = el("button", "sc-copy", "copy");
+        button.title = "copy the " + line[0] + " command";
+        button.addEventListener("click", function () { copyText(line[1], button); });
+        row.appendChild(el("span", "sc-steer-label", line[0]));
+        row.appendChild(el("pre", "sc-steer-code", line[1]));
+        row.appendChild(button);
+        box.appendChild(row);
+      });
+      return box;
+    }
+
+    function copyText(text, button) {
+      var done = function () {
+        button.textContent = "copied";
+        setTimeout(function () { button.textContent = "copy"; }, 1500);
+      };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(text).then(done, function () { copyBySelection(text) && done(); });
+      } else if (copyBySelection(text)) {
+        done();
+      }
+    }
+
+    function copyBySelection(text) {
+      var area = el("textarea", "sc-copy-area");
+      area.value = text;
+      root.appendChild(area);
+      area.select();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      root.removeChild(area);
+      return ok;
+    }
+
     function sideNode(i) {
       var n = nodes[i];
       side.textContent = "";
@@ -196,6 +272,7 @@
         side.appendChild(link);
       }
       if (n.explanation) side.appendChild(el("div", "sc-explanation", n.explanation));
+      if (n.steer && n.steer.length) side.appendChild(steerBox(n.steer));
       var maxAct = 0;
       n.contexts.forEach(function (c) { c.activations.forEach(function (a) { maxAct = Math.max(maxAct, a); }); });
       var contexts = el("div", "sc-contexts");
@@ -277,7 +354,9 @@
         if (on) visibleNodes++;
         return on;
       });
-      lines = layout(nodes, edges, data.rows.length, state.nodeOn, state.edgeOn, perLine);
+      lines = data.tokens
+        ? tokenLayout(nodes, data.rows.length, state.nodeOn, data.tokens.length)
+        : layout(nodes, edges, data.rows.length, state.nodeOn, state.edgeOn, perLine);
       if (state.selected >= 0 && !state.nodeOn[state.selected]) state.selected = -1;
       var p = state.selected >= 0 ? paths(state.selected) : null;
       state.pathNodes = p && p[0];
@@ -308,6 +387,10 @@
       var xs = [], ys = [];
       nodes.forEach(function (n, i) { if (state.nodeOn[i] && n.placed) { xs.push(n.x); ys.push(n.y); } });
       if (!xs.length) return null;
+      if (lines.columns) {
+        var last = lines.columns[lines.columns.length - 1];
+        return [-LABEL_W, Math.min.apply(null, ys) - 20, last[0] + last[1] + 10, lines.length * ROW_H];
+      }
       return [Math.min.apply(null, xs) - LABEL_W, Math.min.apply(null, ys) - 20,
         Math.max.apply(null, xs) + NODE_W + 10, Math.max.apply(null, ys) + NODE_H + 20];
     }
@@ -379,6 +462,27 @@
       ctx.globalAlpha = 1;
     }
 
+    /* The token axis under the lowest row: each position's token (and index) centred on its column. */
+    function drawTokens() {
+      var y = lines.length * ROW_H - (ROW_H - NODE_H) / 2;
+      ctx.fillStyle = "#111111";
+      ctx.textAlign = "center";
+      lines.columns.forEach(function (column, p) {
+        var centre = column[0] + column[1] / 2;
+        ctx.font = "bold 13px Helvetica, Arial, sans-serif";
+        ctx.fillText(visible(data.tokens[p]), centre, y, column[1]);
+        ctx.font = "10px Helvetica, Arial, sans-serif";
+        ctx.fillText("@" + p, centre, y + 14);
+        ctx.strokeStyle = "#dddddd";
+        ctx.lineWidth = 1 / state.zoom;
+        ctx.beginPath();
+        ctx.moveTo(column[0] - GAP_X / 2, -20);
+        ctx.lineTo(column[0] - GAP_X / 2, y + 18);
+        ctx.stroke();
+      });
+      ctx.textAlign = "left";
+    }
+
     function draw() {
       var dpr = window.devicePixelRatio || 1;
       ctx.setTransform(1, 0, 0, 1, 0, 0);
@@ -398,9 +502,11 @@
       ctx.fillStyle = "#666666";
       ctx.font = "11px Helvetica, Arial, sans-serif";
       lines.forEach(function (line) {
-        if (line.first) ctx.fillText(data.rows[line.row], nodes[line.nodes[0]].x - 86, line.y + 20, 80);
+        var left = lines.columns ? 0 : nodes[line.nodes[0]].x;
+        if (line.first) ctx.fillText(data.rows[line.row], left - 86, line.y + 20, 80);
       });
       nodes.forEach(function (n, i) { if (state.nodeOn[i] && n.placed) drawNode(n, i); });
+      if (lines.columns) drawTokens();
       root.dataset.zoom = state.zoom.toFixed(3);
       ctx.setLineDash([]);
     }

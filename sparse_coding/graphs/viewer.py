@@ -3,7 +3,7 @@
 The page is ``<stem>.html`` beside the image: the graph's data as inline JSON,
 ``viewer.css`` and ``viewer.js`` inlined, no CDN and no request, so it opens
 from ``file://`` on an air-gapped server and inside a Jupyter output cell
-(``IPython.display.HTML(viewer_fragment(graph.to_dict()))``). It opens on the
+(``IPython.display.HTML(viewer_fragment(graph))``). It opens on the
 strongest edges of a big graph, each site and layer in forward order, wrapped
 to the window (``viewer.js``).
 
@@ -11,9 +11,9 @@ The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (package
 data): no registry library to vendor or pin, and a canvas redraws thousands of
 edges per frame where as many SVG elements would not (docs/benchmarks.md).
 
-Everything the page shows is read from the canonical JSON form through
-``viewer_data``, the one adapter to change when that schema changes. Labels
-are data, never markup: the JSON is embedded with ``<`` escaped (so
+Everything the page shows is read from the `Graph` through ``viewer_data``,
+the one adapter to change when the graph changes. Labels are data, never
+markup: the JSON is embedded with ``<`` escaped (so
 ``</script>`` and ``<!--`` inside a token cannot end the script), and the
 script sets every label with ``textContent``.
 """
@@ -21,14 +21,14 @@ script sets every label with ``textContent``.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from sparse_coding import storage
-from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.config.steering import steer_commands
+from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
 from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
 from sparse_coding.graphs.markup import shown_logits
 
@@ -39,15 +39,12 @@ def _asset(name: str) -> str:
     return resources.files("sparse_coding.graphs").joinpath(name).read_text(encoding="utf-8")
 
 
-def _run_indices(item: dict[str, Any], run_index: dict[str, int]) -> list[int] | None:
-    """The runs (indices into metadata["runs"]) a node or edge was measured in; None = unknown.
-
-    The canonical JSON keys an item's ``runs`` by run id (`graph_files`).
-    """
-    runs = item.get("runs")
-    if runs is None:
+def _run_indices(runs: dict[str, Any], run_index: dict[str, int]) -> list[int] | None:
+    """The runs (indices into metadata["runs"]) a node or edge was measured in; None for no run."""
+    if not runs:
         return None
-    return sorted(run_index[str(key)] for key in runs if str(key) in run_index)
+    found = [run_index[key] for key in runs if key in run_index]
+    return sorted(found) if len(found) > 1 else found
 
 
 def _run_labels(metadata: dict[str, Any]) -> list[str]:
@@ -64,68 +61,74 @@ def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:
     return f"{base}/{node.neuronpedia_id.strip('/')}/{node.feature}"
 
 
-def _finite(value: float | None) -> float | None:
-    """JSON has no NaN or infinity: such a number is shown as n/a."""
-    return value if value is not None and math.isfinite(value) else None
-
-
 def _cells(pairs: list[tuple[str, float]]) -> list[list[Any]]:
-    """The logit cells the image draws (`markup.shown_logits`), non-finite values as 0."""
-    return [[token, _finite(value) or 0.0] for token, value in shown_logits(pairs)]
+    """The logit cells the image draws (`markup.shown_logits`)."""
+    return [[token, value] for token, value in shown_logits(pairs)]
 
 
 def _row_label(node: Node) -> str:
     return node.hook or f"{node.site} {node.layer}"
 
 
-def viewer_data(graph_json: dict[str, Any]) -> dict[str, Any]:
-    """The page's data from a graph's canonical JSON form (what ``graph_files`` writes as .json).
+def _node_data(node: Node, row: int, metadata: dict[str, Any], run_index: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "position": node.position,
+        "hook": node.hook,
+        "row": row,
+        "error": node.is_error,
+        "activation": node.activation,
+        "attribution": node.attribution,
+        "contexts": [{"tokens": c.tokens, "activations": c.activations} for c in node.contexts],
+        "up": _cells(node.logits_up),
+        "down": _cells(node.logits_down),
+        "explanation": node.explanation,
+        "url": _page_url(node, metadata),
+        "steer": [list(line) for line in steer_commands(node.id)],
+        "runs": _run_indices(node.runs, run_index),
+    }
+
+
+def viewer_data(graph: Graph) -> dict[str, Any]:
+    """The page's data from a graph (its numbers are finite: see `Graph.check`).
 
     Returns:
         ``nodes`` (forward order, each with its row), ``edges`` as
-        ``[source index, target index, effect, runs]``, row labels, run
-        labels, caption lines and legend (the image's, from `legend`).
+        ``[source index, target index, effect, runs]`` (runs: indices into the
+        run list, or null for a value of no run), row labels, run labels,
+        caption lines and legend (the image's, from `legend`).
     """
-    metadata = dict(graph_json.get("metadata") or {})
-    nodes = [(item, Node.from_dict(item)) for item in graph_json["nodes"]]
-    rank_keys = sorted({node.rank_key() for _, node in nodes})
+    metadata = graph.metadata
+    nodes = graph.sorted_nodes()
+    rank_keys = sorted({node.rank_key() for node in nodes})
     row_of = {key: row for row, key in enumerate(rank_keys)}
     rows = [""] * len(rank_keys)
-    for _, node in nodes:
+    for node in nodes:
         rows[row_of[node.rank_key()]] = rows[row_of[node.rank_key()]] or _row_label(node)
-    index = {node.id: i for i, (_, node) in enumerate(nodes)}
+    index = {node.id: i for i, node in enumerate(nodes)}
     run_index = {str(run.get("id")): i for i, run in enumerate(metadata.get("runs") or [])}
     return {
-        "nodes": [
-            {
-                "id": node.id,
-                "hook": node.hook,
-                "row": row_of[node.rank_key()],
-                "error": node.is_error,
-                "activation": _finite(node.activation),
-                "attribution": _finite(node.attribution),
-                "contexts": [
-                    {"tokens": c.tokens, "activations": [_finite(a) or 0.0 for a in c.activations]}
-                    for c in node.contexts
-                ],
-                "up": _cells(node.logits_up),
-                "down": _cells(node.logits_down),
-                "explanation": node.explanation,
-                "url": _page_url(node, metadata),
-                "runs": _run_indices(item, run_index),
-            }
-            for item, node in nodes
-        ],
+        "nodes": [_node_data(node, row_of[node.rank_key()], metadata, run_index) for node in nodes],
         "edges": [
-            [index[e["source"]], index[e["target"]], float(e["effect"]), _run_indices(e, run_index)]
-            for e in graph_json["edges"]
-            if e["source"] in index and e["target"] in index and math.isfinite(float(e["effect"]))
+            [index[e.source], index[e.target], e.effect, _run_indices(e.runs, run_index)]
+            for e in graph.sorted_edges()
+            if e.source in index and e.target in index
         ],
         "rows": rows,
         "runs": _run_labels(metadata),
         "caption": caption_lines(metadata),
         "legend": [list(entry) for entry in legend_entries(metadata)],
+        "tokens": _token_axis(metadata, nodes),
     }
+
+
+def _token_axis(metadata: dict[str, Any], nodes: list[Node]) -> list[str] | None:
+    """The prompt's tokens when every node is positioned (the page then draws a token axis), else None."""
+    tokens = prompt_tokens(metadata)
+    positions = [node.position for node in nodes]
+    if not tokens or not positions or None in positions or max(positions) >= len(tokens):
+        return None
+    return tokens
 
 
 def script_safe_json(value: Any) -> str:
@@ -134,15 +137,15 @@ def script_safe_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def viewer_fragment(graph_json: dict[str, Any], *, root_id: str | None = None) -> str:
+def viewer_fragment(graph: Graph, *, root_id: str | None = None) -> str:
     """The viewer as one HTML fragment (style, root element, data, script) for a page or a notebook cell.
 
     Args:
-        graph_json: the graph's canonical JSON form (``Graph.to_dict()``).
+        graph: the graph shown.
         root_id: the root element's id; by default a fresh one, so the same
             graph shown twice in one notebook gets two working viewers.
     """
-    data = script_safe_json(viewer_data(graph_json))
+    data = script_safe_json(viewer_data(graph))
     root_id = root_id or f"sc-viewer-{uuid.uuid4().hex[:12]}"
     boot = (
         "(function () { var t0 = performance.now();"
@@ -159,20 +162,20 @@ def viewer_fragment(graph_json: dict[str, Any], *, root_id: str | None = None) -
     )
 
 
-def viewer_page(graph_json: dict[str, Any]) -> str:
+def viewer_page(graph: Graph) -> str:
     """A whole HTML document holding the viewer; it makes no request of any kind."""
-    title = caption_text(dict(graph_json.get("metadata") or {}))
+    title = caption_text(graph.metadata)
     safe_title = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">\n'
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\n"
         f'<title>{safe_title}</title></head>\n<body class="sc-page">\n'
-        f"{viewer_fragment(graph_json, root_id='sc-viewer')}</body></html>\n"
+        f"{viewer_fragment(graph, root_id='sc-viewer')}</body></html>\n"
     )
 
 
 def write_viewer(graph: Graph, html_path: Path) -> Path:
     """Write a graph's viewer page to `html_path` (atomically); graph files get theirs on every save."""
-    storage.write_atomic(Path(html_path), viewer_page(graph.to_dict()))
+    storage.write_atomic(Path(html_path), viewer_page(graph))
     return Path(html_path)

@@ -2,22 +2,23 @@
 
 Kept apart from `contexts` (the streaming collection) because this is what
 pipe.py and fast.py read back: a `ContextCache` turns the stored arrays into
-label contexts, and `save`/`load` are its file format, written atomically.
+label contexts, and `to_bytes`/`from_bytes` are its file format.
 
 A cache holds the features that were asked for (the nodes of the graphs
 published so far), not every feature of every site, and grows with each run
 (`merged`): row r of a site is feature ``features[r]``.
 
-On disk (`save`/`load`): one ``<stem>.npz`` (compressed numpy), written
-atomically by `sparse_coding.storage`, so arrays and header can never come
-from two runs. It holds, per site key K: ``K/act`` (d_sae, k) float32
-peak activation (0 = no entry), ``K/seq`` and ``K/pos`` (d_sae, k) int64
-sequence index and peak position, ``K/window`` (d_sae, k, 2 VIEW + 1) float32
-activations around the peak; for the referenced sequences, ``seq_ids`` (n,)
+On disk (`to_bytes`/`from_bytes`, through one `sparse_coding.cache.Cache`,
+see `contexts_cache`): one ``<stem>.npz`` (compressed numpy), written
+atomically, so arrays and header can never come from two runs. It holds,
+per site key K: ``K/act`` (d_sae, k) float32 peak activation (0 = no
+entry), ``K/seq`` and ``K/pos`` (d_sae, k) int64 sequence index and peak
+position, ``K/window`` (d_sae, k, 2 VIEW + 1) float32 activations around the
+peak; for the referenced sequences, ``seq_ids`` (n,)
 their stream indices, ``offsets`` (n + 1,) and ``tokens`` (total,) their
 concatenated token ids; and ``header`` (uint8, UTF-8 JSON): ``format``,
 ``view``, ``per_feature``, ``sources`` (site key -> SAE source),
-``fingerprint`` (`storage.cache_fingerprint`: model, every SAE's source and
+``fingerprint`` (`cache.cache_fingerprint`: model, every SAE's source and
 weights file, the dataset's identity, the text settings; see
 `sparse_coding.pipelines.publish.fingerprint`) and ``vocab`` (token id ->
 string, for the ids used). A cache that `stale_reasons` finds fault with (an
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from sparse_coding import storage
+from sparse_coding.cache import Cache, Stored, fingerprint_differences
 from sparse_coding.errors import DatasetError
 from sparse_coding.graphs.graph import Context
 
@@ -83,6 +85,11 @@ class ContextCache:
     def save(self, path: Path) -> None:
         """Write `<stem>.npz`, arrays and header in one file, atomically."""
         path = Path(path).with_suffix(".npz")
+        storage.write_atomic(path, self.to_bytes())
+        logger.info("Saved contexts of %d sites to %s", len(self.arrays), path)
+
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` file's bytes: arrays and header."""
         seq_ids = np.array(sorted(self.sequences), dtype=np.int64)
         lengths = [len(self.sequences[int(i)]) for i in seq_ids]
         arrays = {f"{key}/{name}": value for key, site in self.arrays.items() for name, value in site.items()}
@@ -102,8 +109,7 @@ class ContextCache:
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        storage.write_atomic(path, buffer.getvalue())
-        logger.info("Saved contexts of %d sites to %s", len(self.arrays), path)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: Path) -> "ContextCache":
@@ -114,7 +120,20 @@ class ContextCache:
         """
         path = Path(path).with_suffix(".npz")
         try:
-            with np.load(path) as npz:
+            data = path.read_bytes()
+        except OSError as e:
+            raise DatasetError(f"context cache {path} is not readable: {e}") from e
+        return cls.from_bytes(data, path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: Path) -> "ContextCache":
+        """Inverse of `to_bytes`; `path` names the file in errors.
+
+        Raises:
+            DatasetError: the bytes are not a cache of this format.
+        """
+        try:
+            with np.load(io.BytesIO(data)) as npz:
                 raw = {name: npz[name] for name in npz.files}
             header = json.loads(raw.pop("header").tobytes().decode("utf-8")) if "header" in raw else {}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -141,7 +160,7 @@ class ContextCache:
         SAEs are not among the reasons: a changed SAE invalidates its own site
         only (`for_saes`). It may hold more contexts per feature than asked.
         """
-        reasons = storage.fingerprint_differences(self.fingerprint | {"saes": {}}, fingerprint | {"saes": {}})
+        reasons = fingerprint_differences(self.fingerprint | {"saes": {}}, fingerprint | {"saes": {}})
         if self.per_feature < per_feature:
             reasons.append(f"SEQ_PER_DIM_CAP was {self.per_feature}, now {per_feature}")
         if self.view != view:
@@ -154,7 +173,7 @@ class ContextCache:
         return sorted(set(features) - set(held.tolist()))
 
     def for_saes(self, saes: dict[str, dict[str, Any]]) -> "ContextCache":
-        """This cache without the sites whose SAE identity (`storage.sae_identity`) differs from `saes`."""
+        """This cache without the sites whose SAE identity (`cache.sae_identity`) differs from `saes`."""
         held = self.fingerprint.get("saes", {})
         kept = {key: site for key, site in self.arrays.items() if held.get(key) == saes.get(key)}
         return replace(
@@ -208,3 +227,16 @@ def _site_arrays(raw: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]
 def _sequences(raw: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
     offsets = raw["offsets"]
     return {int(seq): raw["tokens"][offsets[i] : offsets[i + 1]] for i, seq in enumerate(raw["seq_ids"])}
+
+
+def contexts_cache(path: Path, key: dict[str, Any], *, per_feature: int, view: int, inside: Path) -> Cache:
+    """The contexts cache file for a run whose fingerprint is `key` (see `ContextCache.stale_reasons`)."""
+
+    def decode(data: bytes) -> tuple[dict[str, Any], ContextCache]:
+        cache = ContextCache.from_bytes(data, path)
+        return cache.fingerprint, cache
+
+    def why_stale(stored: Stored[ContextCache], key: dict[str, Any]) -> list[str]:
+        return stored.value.stale_reasons(key, per_feature, view)
+
+    return Cache(path, key, lambda cache, key: cache.to_bytes(), decode, why_stale, inside)

@@ -8,8 +8,9 @@ import torch
 
 from sparse_coding.config import DTYPE_NAMES
 from sparse_coding.errors import ConfigError, SparseCodingError
-from sparse_coding.models.transformer import GPT2, GPT2Config
-from sparse_coding.tokenizer import Tokenizer, load_tokenizer, model_file
+from sparse_coding.models.transformer import GPT2, GPT2Config, check_shapes, checkpoint_names
+from sparse_coding.models.weights import load_pickled, load_safetensors, safetensors_shapes
+from sparse_coding.tokenizer import Tokenizer, check_tokenizer, load_tokenizer, model_file
 
 logger = logging.getLogger(__name__)
 
@@ -65,32 +66,42 @@ def load_model(
 ) -> tuple[GPT2, Tokenizer]:
     """A GPT-2 (hub id or local folder in Hugging Face format) in eval mode, and its tokenizer.
 
-    The safetensors weights are read straight onto `device` and cast to `dtype`
-    once; the model is built on the meta device, so nothing is initialised and
-    then overwritten (see `models.transformer` for why not transformers' class).
+    config.json, the tokenizer and the weights' shapes are checked before any
+    weight is read; each tensor is then read on the CPU, cast to `dtype` and
+    moved to `device` (`models.weights`). The model is built on the meta
+    device, so nothing is initialised and then overwritten (see
+    `models.transformer` for why not transformers' class).
+
+    Raises:
+        SparseCodingError: the folder or repo lacks a file, or a file does not fit the others.
     """
     start = time.perf_counter()
+    where = f"MODEL_DIR {model_dir!r}"
     try:
         tokenizer = load_tokenizer(model_dir)
         config_path, weights_path = _model_files(model_dir)
     except (OSError, ValueError) as e:
         raise SparseCodingError(
-            f"MODEL_DIR {model_dir!r} could not be loaded as a Hugging Face GPT-2 "
+            f"{where} could not be loaded as a Hugging Face GPT-2 "
             f"(a hub id such as 'openai-community/gpt2' or a local folder with config.json): {e}"
         ) from e
     config = GPT2Config.from_file(config_path)
-    if len(tokenizer) > config.vocab_size:
-        raise SparseCodingError(
-            f"MODEL_DIR {model_dir!r}: its tokenizer has {len(tokenizer)} tokens but the model's "
-            f"embedding only {config.vocab_size}; the tokenizer belongs to another model"
-        )
-    state = _read_weights(weights_path, device)
-    state = {
-        name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state.items()
-    }
-    model = GPT2.from_state_dict(config, state, f"MODEL_DIR {model_dir!r} ({weights_path.name})")
+    check_tokenizer(tokenizer, model_dir, vocab_size=config.vocab_size, bos_token_id=config.bos_token_id)
+    model = _read_model(config, weights_path, device, dtype, f"{where} ({weights_path.name})")
     logger.info("Loaded %s on %s (%s) in %.1fs", model_dir, device, dtype, time.perf_counter() - start)
     return model, tokenizer
+
+
+def _read_model(config: GPT2Config, path: Path, device: torch.device, dtype: torch.dtype, where: str) -> GPT2:
+    """The GPT2 of a weights file; a safetensors file's shapes are checked before its data is read."""
+    if path.suffix != ".safetensors":
+        return GPT2.from_state_dict(config, load_pickled(path, device, dtype, where), where)
+    shapes = safetensors_shapes(path, SparseCodingError, where)
+    mapping = checkpoint_names(list(shapes), config.tie_word_embeddings)
+    with torch.device("meta"):
+        check_shapes(GPT2(config), {ours: shapes[theirs] for theirs, ours in mapping.items()}, where)
+    state = load_safetensors(path, list(mapping), device, dtype, SparseCodingError)
+    return GPT2.from_state_dict(config, state, where)
 
 
 # Weight files a Hugging Face GPT-2 folder may hold, preferred first.
@@ -98,22 +109,18 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _model_files(model_dir: str) -> tuple[Path, Path]:
-    """config.json and the weights file of a local folder or a hub repo (downloaded or cached)."""
+    """config.json and the weights file of a local folder or a hub repo (cached or downloaded)."""
     config = model_file(model_dir, "config.json")
     weights = next((path for name in WEIGHT_FILES if (path := model_file(model_dir, name))), None)
     if config is None or weights is None:
+        from sparse_coding.hub_files import why_hub_cannot_be_asked
+
+        why = None if Path(model_dir).is_dir() else why_hub_cannot_be_asked()
         raise OSError(
-            f"it needs config.json and one of {', '.join(WEIGHT_FILES)} (offline, in the Hugging Face cache)"
+            f"it needs config.json and one of {', '.join(WEIGHT_FILES)}"
+            + (f" in the Hugging Face cache ({why})" if why else "")
         )
     return config, weights
-
-
-def _read_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path, device=str(device))
-    return torch.load(path, map_location=device, weights_only=True)
 
 
 def tokenize_prompt(

@@ -1,40 +1,58 @@
-"""Load the SAEs of chosen (site, layer) pairs, after checking that they fit the device."""
+"""Load the SAEs of chosen (site, layer) pairs, after checking that they fit the device and agree on BOS.
+
+Both checks read the SAEs' cfg.json files only, so a run that cannot succeed
+stops before any weight is read.
+"""
 
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 
 from sparse_coding.errors import SAELoadError, SparseCodingError
-from sparse_coding.models.sae_sources import fetch_files, resolve_source
-from sparse_coding.models.saes import SAE, load_sae
+from sparse_coding.models.memory import Pass, estimate
+from sparse_coding.models.saes import SAE, SAEConfig, load_sae, read_sae_config
 from sparse_coding.progress import progress
 
 logger = logging.getLogger(__name__)
 
 
+def read_configs(sources: Mapping[str, str], sites: Iterable[tuple[str, int]]) -> list[SAEConfig]:
+    """The cfg.json of the SAE of each (site, layer) of `sites`, in order; no weights are read."""
+    return [read_sae_config(sources[site], layer) for site, layer in sites]
+
+
 def load_saes(
-    sources: Mapping[str, str], sites: Iterable[tuple[str, int]], device: torch.device, dtype: torch.dtype
+    sources: Mapping[str, str],
+    sites: Iterable[tuple[str, int]],
+    device: torch.device,
+    dtype: torch.dtype,
+    passes: Sequence[Pass] = (),
+    d_vocab: int = 50257,
 ) -> list[SAE]:
     """Load the SAE of each (site, layer) of `sites`, in order, from `sources`.
 
-    Checks first that they fit the device (`check_memory`), then that each SAE
-    reads the site and layer it was loaded for.
+    Checks first that they fit the device with the working set of `passes`
+    (`check_memory`), then that each SAE reads the site and layer it was loaded for.
 
     Args:
         sources: site -> SAE source (a RESID_SAES/ATTN_SAES/MLP_SAES value).
         sites: (site, layer) pairs, e.g. ``[("resid", 9), ("attn", 10)]``; every
             site must have a source in `sources`.
         dtype: the SAEs' dtype (SAE_DTYPE resolved against the model's).
+        passes: the batched passes the script makes (`pipelines.loading.script_passes`).
+        d_vocab: the model's vocabulary (the passes' logits).
 
     Raises:
         SparseCodingError: the SAEs would not fit the device.
         SAELoadError: an SAE reads another site's hook or another layer.
     """
     chosen = [(site, layer, sources[site]) for site, layer in sites]
-    check_memory([(source, layer) for _, layer, source in chosen], device, dtype)
+    cfgs = read_configs(sources, [(site, layer) for site, layer, _ in chosen])
+    check_memory(cfgs, [layer for _, layer, _ in chosen], device, dtype, passes, d_vocab)
     start = time.perf_counter()
     saes = [
         _checked(load_sae(source, layer, device=device, dtype=dtype), site, layer, source)
@@ -59,44 +77,52 @@ def _checked(sae: SAE, site: str, layer: int, source: str) -> SAE:
     return sae
 
 
-# Working memory beyond the weights: activations, autograd graphs and batch
-# buffers of a 12-token prompt stay under a few hundred MB per site on GPT-2
-# small; a fixed margin per SAE keeps the estimate conservative.
-ACTIVATION_MARGIN_BYTES = 64 * 2**20
-
-
-def check_memory(saes: list[tuple[str, int]], device: torch.device, dtype: torch.dtype) -> None:
+def check_memory(
+    cfgs: Sequence[SAEConfig],
+    layers: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype,
+    passes: Sequence[Pass] = (),
+    d_vocab: int = 50257,
+) -> None:
     """Stop before loading when the SAEs would not fit the device, saying what to change.
 
-    Args:
-        saes: (source, layer) of each SAE to load.
-
-    The estimate is the SAE weight files' size at SAE_DTYPE plus a margin per
-    SAE; free memory is the device's (CUDA) or the machine's available RAM.
+    The estimate (`models.memory.estimate`) is the SAEs' weights at `dtype`
+    plus the largest pass's working set; free memory is the device's (CUDA,
+    after the model is loaded) or the machine's available RAM.
     """
-    files = [fetch_files(resolve_source(source, layer))[1] for source, layer in saes]
-    stored = sum(path.stat().st_size for path in files)
-    needed = stored * torch.finfo(dtype).bits // 32 + ACTIVATION_MARGIN_BYTES * len(files)
+    if not cfgs:
+        return
+    needed = estimate(cfgs, dtype, passes, d_vocab=d_vocab, device_type=device.type)
     free = _free_bytes(device)
-    logger.info("SAEs need ~%.1f GiB at %s; %.1f GiB free on %s", needed / 2**30, dtype, free / 2**30, device)
-    if free and needed > free:
+    logger.info(
+        "SAEs need ~%.2f GiB at %s (weights %.2f GiB, working set %.2f GiB); %.1f GiB free on %s",
+        needed.total / 2**30,
+        dtype,
+        needed.weights / 2**30,
+        needed.working / 2**30,
+        free / 2**30,
+        device,
+    )
+    if free and needed.total > free:
         raise SparseCodingError(
-            f"The {len(files)} SAEs for ACTS_LAYERS_SLICE layers {_span(saes)} need about "
-            f"{needed / 2**30:.1f} GiB at {dtype}, but {device} has {free / 2**30:.1f} GiB free. "
-            f"Set SAE_DTYPE to bfloat16 (halves it), narrow ACTS_LAYERS_SLICE, or unset a site "
-            f"(ATTN_SAES/MLP_SAES)"
+            f"The {len(cfgs)} SAEs for ACTS_LAYERS_SLICE layers {min(layers)}:{max(layers) + 1} need about "
+            f"{needed.total / 2**30:.2f} GiB at {dtype} (weights {needed.weights / 2**30:.2f} GiB, working "
+            f"set {needed.working / 2**30:.2f} GiB), but {device} has {free / 2**30:.2f} GiB free. "
+            f"Set SAE_DTYPE to bfloat16 (halves the weights), narrow ACTS_LAYERS_SLICE, lower BATCH_SIZE, "
+            f"or unset a site (ATTN_SAES/MLP_SAES)"
         )
 
 
-def _span(saes: list[tuple[str, int]]) -> str:
-    """'start:stop' of the layers of `saes` (ACTS_LAYERS_SLICE's when they fill it)."""
-    layers = [layer for _, layer in saes]
-    return f"{min(layers)}:{max(layers) + 1}"
-
-
 def _free_bytes(device: torch.device) -> int:
+    """Free bytes on `device`: CUDA's own count, else the machine's available RAM (0 if unknown)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():  # MemAvailable counts the page cache the kernel would give back
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):

@@ -7,6 +7,7 @@ A source (the value of RESID_SAES / ATTN_SAES / MLP_SAES) is one of:
 Each resolved folder holds SAELens' ``cfg.json`` + ``sae_weights.safetensors``.
 """
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import SAELoadError
+from sparse_coding.nodes import hook_position
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -107,30 +109,68 @@ def resolve_source(source: str, layer: int) -> ResolvedSource:
     )
 
 
-def fetch_files(resolved: ResolvedSource) -> tuple[Path, Path]:
-    """Paths of (cfg.json, sae_weights.safetensors), downloading from the hub if needed."""
+def fetch_file(resolved: ResolvedSource, name: str) -> Path:
+    """The path of `name` (CFG_FILE or WEIGHTS_FILE) of the SAE folder, downloading it if needed.
+
+    Raises:
+        SAELoadError: a local folder lacks it, the hub has none, or it is not cached and the hub
+            cannot be asked (offline or unreachable: said at once, not after the hub library's retries).
+    """
     if resolved.local_dir is not None:
-        cfg, weights = resolved.local_dir / CFG_FILE, resolved.local_dir / WEIGHTS_FILE
-        for path in (cfg, weights):
-            if not path.is_file():
-                raise SAELoadError(
-                    f"SAE folder {resolved.local_dir} has no {path.name}; an SAELens folder holds "
-                    f"{CFG_FILE} and {WEIGHTS_FILE}"
-                )
-        return cfg, weights
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        path = resolved.local_dir / name
+        if not path.is_file():
+            raise SAELoadError(
+                f"SAE folder {resolved.local_dir} has no {path.name}; an SAELens folder holds "
+                f"{CFG_FILE} and {WEIGHTS_FILE}"
+            )
+        return path
+    from sparse_coding.hub_files import hub_file
 
     try:
-        return tuple(
-            Path(hf_hub_download(resolved.repo_id, f"{resolved.folder}/{name}"))
-            for name in (CFG_FILE, WEIGHTS_FILE)
-        )  # type: ignore[return-value]
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
+        path = hub_file(
+            resolved.repo_id,
+            f"{resolved.folder}/{name}",
+            what=f"SAE {resolved.description}",
+            error=SAELoadError,
+        )
+    except OSError as e:
         raise SAELoadError(
             f"Could not fetch SAE {resolved.description} from the hub: {e}. Check the repo id and "
             f"folder, network access, and HF_TOKEN for private repos"
         ) from e
+    if path is None:
+        raise SAELoadError(
+            f"SAE {resolved.description}: the hub repo {resolved.repo_id} has no {resolved.folder}/{name}; "
+            f"check the folder template (an SAELens folder holds {CFG_FILE} and {WEIGHTS_FILE})"
+        )
+    return path
+
+
+def read_cfg(resolved: ResolvedSource) -> tuple[Path, dict[str, Any]]:
+    """The SAE folder's cfg.json path and its contents in one form (`normalize_cfg`); no weights.
+
+    Raises:
+        SAELoadError: the cfg is missing, not JSON, or not an SAELens cfg of a supported hook.
+    """
+    cfg_path = fetch_file(resolved, CFG_FILE)
+    try:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SAELoadError(
+            f"SAE cfg {cfg_path} is not readable JSON ({type(e).__name__}: {e}); an SAELens cfg.json is a "
+            f"JSON object with d_in, d_sae and hook_name (or hook_point)"
+        ) from e
+    norm = normalize_cfg(raw, str(cfg_path))
+    try:
+        hook_position(norm["hook_name"])
+    except ValueError as e:
+        raise SAELoadError(f"SAE cfg {cfg_path}: {e}") from e
+    return cfg_path, norm
+
+
+def fetch_files(resolved: ResolvedSource) -> tuple[Path, Path]:
+    """Paths of (cfg.json, sae_weights.safetensors), downloading from the hub if needed."""
+    return fetch_file(resolved, CFG_FILE), fetch_file(resolved, WEIGHTS_FILE)
 
 
 def _mapping(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:

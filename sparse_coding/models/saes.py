@@ -12,7 +12,6 @@ inputs are in the SAE's own convention (TransformerLens activations); the
 splicer converts the Hugging Face model's activations into it.
 """
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from sparse_coding.errors import SAELoadError
-from sparse_coding.models.sae_sources import fetch_files, normalize_cfg, resolve_source
+from sparse_coding.models.sae_sources import WEIGHTS_FILE, fetch_file, read_cfg, resolve_source
+from sparse_coding.models.weights import load_safetensors, safetensors_shapes
 from sparse_coding.nodes import hook_position
 
 logger = logging.getLogger(__name__)
@@ -152,8 +151,20 @@ class SAE(nn.Module):
     def neuronpedia_id(self) -> str | None:
         return self.cfg.neuronpedia_id
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype inputs are centred and normalised in: at least float32, whatever the weights'.
+
+        GPT-2's activations have outlier dimensions and shared offsets; centring
+        and layer norm in bfloat16 lose the small dimensions against them, and
+        TopK membership flips. The encoder product alone runs at the weights' dtype.
+        """
+        return torch.promote_types(self.W_enc.dtype, torch.float32)
+
     def normalize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(x_n, mu, std): SAELens' run-time input normalisation; identity without layer norm."""
+        """(x_n, mu, std): SAELens' run-time input normalisation; identity without layer norm.
+        Computed in `input_dtype`."""
+        x = x.to(torch.promote_types(x.dtype, self.input_dtype))
         if self.cfg.normalize_activations != "layer_norm":
             return x, torch.zeros_like(x[..., :1]), torch.ones_like(x[..., :1])
         mu = x.mean(dim=-1, keepdim=True)
@@ -176,7 +187,8 @@ class SAE(nn.Module):
         return (sae_in[tokens] * self.W_enc[:, features].T).sum(-1) + self.b_enc[features]
 
     def _sae_in(self, x_n: Tensor) -> Tensor:
-        return x_n - self.b_dec * self.cfg.apply_b_dec_to_input
+        """The encoder's input at the weights' dtype: b_dec subtracted at x_n's precision first."""
+        return (x_n - self.b_dec * self.cfg.apply_b_dec_to_input).to(self.W_enc.dtype)
 
     def activate(self, pre: Tensor) -> Tensor:
         """The SAE's activation function applied to pre-activations."""
@@ -188,8 +200,7 @@ class SAE(nn.Module):
         Like SAELens, a layer-norm SAE remembers this input's mean and scale so
         that `decode` restores them.
         """
-        x = x.to(self.W_enc.dtype)
-        x_n, mu, std = self.normalize(x)
+        x_n, mu, std = self.normalize(x.to(self.input_dtype))
         self._ln_stats = (mu, std)
         return self.activate(self.pre_activations(x_n))
 
@@ -199,7 +210,7 @@ class SAE(nn.Module):
         Every activation is at most ReLU of its pre-activation, so this bounds
         a TopK feature's value without the full-width encode.
         """
-        x_n, _, _ = self.normalize(x.to(self.W_enc.dtype))
+        x_n, _, _ = self.normalize(x.to(self.input_dtype))
         return self.pre_activations(x_n, features)
 
     def encode_features(self, x: Tensor, features: Tensor) -> Tensor:
@@ -213,7 +224,7 @@ class SAE(nn.Module):
         if self.cfg.activation == "topk" and len(features) * self.cfg.k > self.d_sae:
             return self.encode(x)[..., features]
         if self.cfg.activation == "topk":
-            x_n, _, _ = self.normalize(x.to(self.W_enc.dtype))
+            x_n, _, _ = self.normalize(x.to(self.input_dtype))
             pre = self.pre_activations(x_n)
             chosen = (pre.topk(self.cfg.k, dim=-1).indices[..., None] == features).any(dim=-2)
             return torch.relu(pre[..., features]) * chosen
@@ -235,6 +246,30 @@ class SAE(nn.Module):
         return self.decode(self.encode(x))
 
 
+def read_sae_config(source: str, layer: int) -> SAEConfig:
+    """One layer's SAE as its cfg.json describes it; no weights are read.
+
+    Args:
+        source: any value valid for RESID_SAES / ATTN_SAES / MLP_SAES.
+        layer: the model layer; fills ``{layer}``.
+
+    Raises:
+        SAELoadError: the folder or its cfg.json is missing or not an SAELens cfg.
+    """
+    resolved = resolve_source(source, layer)
+    _, norm = read_cfg(resolved)
+    center = resolved.center_writing_weights
+    if center is None:
+        # TransformerLens' from_pretrained centres writing weights by default.
+        center = True if norm["center_writing_weights"] is None else bool(norm["center_writing_weights"])
+    return SAEConfig(
+        **{k: v for k, v in norm.items() if k not in ("center_writing_weights", "neuronpedia_id")},
+        center_writing_weights=center,
+        neuronpedia_id=resolved.neuronpedia_id or norm["neuronpedia_id"],
+        source=resolved.description,
+    )
+
+
 def load_sae(
     source: str,
     layer: int,
@@ -247,59 +282,54 @@ def load_sae(
         source: any value valid for RESID_SAES / ATTN_SAES / MLP_SAES.
         layer: the model layer; fills ``{layer}``.
         device: where the weights live (default CPU).
-        dtype: weight dtype (default: as stored).
+        dtype: weight dtype (default: as stored); each tensor is cast on the CPU
+            before it moves to `device`.
+
+    Raises:
+        SAELoadError: the files are missing, unreadable, or do not fit each other; a hub file is
+            not cached and the hub cannot be asked (said at once, without retries).
     """
-    resolved = resolve_source(source, layer)
-    cfg_path, weights_path = fetch_files(resolved)
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise SAELoadError(f"SAE cfg {cfg_path} is not readable JSON: {e}") from e
-    norm = normalize_cfg(raw, str(cfg_path))
-    try:
-        hook_position(norm["hook_name"])
-    except ValueError as e:
-        raise SAELoadError(f"SAE cfg {cfg_path}: {e}") from e
-    center = resolved.center_writing_weights
-    if center is None:
-        # TransformerLens' from_pretrained centres writing weights by default.
-        center = True if norm["center_writing_weights"] is None else bool(norm["center_writing_weights"])
-    cfg = SAEConfig(
-        **{k: v for k, v in norm.items() if k not in ("center_writing_weights", "neuronpedia_id")},
-        center_writing_weights=center,
-        neuronpedia_id=resolved.neuronpedia_id or norm["neuronpedia_id"],
-        source=resolved.description,
-    )
-    weights = _read_weights(weights_path, cfg, torch.device(device or "cpu"))
-    if dtype is not None:
-        weights = {name: value.to(dtype) for name, value in weights.items()}
-    sae = SAE(cfg, weights)
+    cfg = read_sae_config(source, layer)
+    weights_path = fetch_file(resolve_source(source, layer), WEIGHTS_FILE)
+    sae = SAE(cfg, _read_weights(weights_path, cfg, torch.device(device or "cpu"), dtype))
     sae.weights_path = weights_path
     return sae
 
 
-def _read_weights(path, cfg: SAEConfig, device: torch.device) -> dict[str, Tensor]:
-    """The weight tensors, read from the file straight onto `device`, checked against the cfg."""
-    try:
-        weights = load_file(str(path), device=str(device))
-    except Exception as e:  # safetensors raises its own error types
-        raise SAELoadError(f"SAE weights {path} are not a readable safetensors file: {e}") from e
-    if "log_threshold" in weights and "threshold" not in weights:
-        weights["threshold"] = weights.pop("log_threshold").exp()
-    expected = {
+def weight_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors an SAE of `cfg` holds, by SAELens name, and their shapes."""
+    shapes = {
         "W_enc": (cfg.d_in, cfg.d_sae),
         "b_enc": (cfg.d_sae,),
         "W_dec": (cfg.d_sae, cfg.d_in),
         "b_dec": (cfg.d_in,),
     }
-    if cfg.activation == "jumprelu":
-        expected["threshold"] = (cfg.d_sae,)
+    return shapes | ({"threshold": (cfg.d_sae,)} if cfg.activation == "jumprelu" else {})
+
+
+def _read_weights(
+    path: Path, cfg: SAEConfig, device: torch.device, dtype: torch.dtype | None
+) -> dict[str, Tensor]:
+    """The weight tensors, checked against the cfg from the file's header, then read one at a time
+    (a stored `log_threshold` becomes `threshold`, as SAELens does)."""
+    stored = safetensors_shapes(path, SAELoadError, f"SAE weights of {cfg.source}")
+    expected = weight_shapes(cfg)
+    renamed = (
+        {"threshold": "log_threshold"} if "threshold" not in stored and "log_threshold" in stored else {}
+    )
     for name, shape in expected.items():
-        if name not in weights:
+        found = renamed.get(name, name)
+        if found not in stored:
             raise SAELoadError(f"SAE weights {path} lack {name!r}; expected {sorted(expected)}")
-        if tuple(weights[name].shape) != shape:
+        if stored[found] != shape:
             raise SAELoadError(
-                f"SAE weights {path}: {name} has shape {tuple(weights[name].shape)}, "
+                f"SAE weights {path}: {found} has shape {stored[found]}, "
                 f"but cfg.json (d_in={cfg.d_in}, d_sae={cfg.d_sae}) implies {shape}"
             )
-    return {name: weights[name] for name in expected}
+    plain = [name for name in expected if name not in renamed]
+    weights = load_safetensors(path, plain, device, dtype, SAELoadError)
+    if renamed:
+        log_threshold = load_safetensors(path, ["log_threshold"], torch.device("cpu"), None, SAELoadError)
+        threshold = log_threshold["log_threshold"].exp()
+        weights["threshold"] = (threshold if dtype is None else threshold.to(dtype)).to(device)
+    return weights

@@ -13,11 +13,18 @@ gradients against `GPT2LMHeadModel` itself.
 Hook points (see `sparse_coding.splicing.splice`): `transformer.h[L]`'s input
 (resid_pre) and output (resid_post), `.attn`'s output (attn_out, a tensor) and
 `.mlp`'s output (mlp_out).
+
+Generation (`forward_cached`) keeps every layer's keys and values in a
+`KVCache`, so each new token costs one position's forward instead of the
+whole prefix's; it also takes left-padded batches (positions count real
+tokens only), so prompts of different lengths generate side by side. The
+hooks see the same tensors there, one chunk of positions at a time.
 """
 
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -80,9 +87,14 @@ class GPT2Config:
     @classmethod
     def from_file(cls, path: Path) -> "GPT2Config":
         try:
-            values = json.loads(path.read_text())
+            values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise SparseCodingError(f"{path}: not a readable config.json ({e})") from e
+        if not isinstance(values, dict):
+            raise SparseCodingError(
+                f"{path} holds a JSON {type(values).__name__}; a model's config.json is an object of "
+                f"settings such as n_layer, n_embd and vocab_size"
+            )
         return cls.from_dict(values, str(path))
 
 
@@ -128,9 +140,18 @@ class Attention(nn.Module):
         """(..., n_head, pos, head_dim) -> (..., pos, d_model)."""
         return x.transpose(-2, -3).flatten(-2)
 
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
-        """x (batch, pos, d_model) after ln_1; allowed (batch or 1, 1, pos, pos)."""
+    def forward(self, x: Tensor, allowed: Tensor, cache: "LayerCache | None" = None) -> Tensor:
+        """x (batch, pos, d_model) after ln_1; allowed (batch or 1, 1, pos, cache.start + pos).
+
+        With a `cache`, this chunk's keys and values are stored after the
+        `cache.start` positions already there, and the queries attend to all of them.
+        """
         queries, keys, values = (self.heads(part) for part in self.c_attn(x).chunk(3, dim=-1))
+        if cache is not None:
+            end = cache.start + x.shape[-2]
+            cache.keys[..., cache.start : end, :] = keys
+            cache.values[..., cache.start : end, :] = values
+            keys, values = cache.keys[..., :end, :], cache.values[..., :end, :]
         return self.c_proj(self.merge_heads(attend(queries, keys, values, allowed, self.scale)))
 
 
@@ -156,8 +177,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, hidden: Tensor, allowed: Tensor) -> Tensor:
-        hidden = hidden + self.attn(self.ln_1(hidden), allowed)
+    def forward(self, hidden: Tensor, allowed: Tensor, cache: "LayerCache | None" = None) -> Tensor:
+        hidden = hidden + self.attn(self.ln_1(hidden), allowed, cache)
         return hidden + self.mlp(self.ln_2(hidden))
 
 
@@ -224,31 +245,38 @@ class GPT2(nn.Module):
         """Logits (batch, pos, vocab)."""
         return self.unembed(self.run_blocks(self.embed(input_ids), 0, self.config.n_layer, attention_mask))
 
+    def forward_cached(
+        self, input_ids: Tensor, attention_mask: Tensor, cache: "KVCache | None" = None
+    ) -> Tensor:
+        """Final residual stream (batch, n, d_model) of `input_ids` (batch, n) following the
+        `cache.length` positions already in `cache` (none without one), which it extends.
+
+        `attention_mask` (batch, cache.length + n) marks real tokens over every
+        position so far; padding may be on the left, as each token's position
+        counts the real tokens before it. Pad positions attend to themselves only.
+        """
+        start = 0 if cache is None else cache.length
+        n = input_ids.shape[1]
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+        hidden = self.transformer.wte(input_ids) + self.transformer.wpe(positions)
+        allowed = cached_causal_mask(start, n, attention_mask.bool())
+        for layer, block in enumerate(self.transformer.h):
+            hidden = block(hidden, allowed, None if cache is None else cache.layer(layer, start))
+        if cache is not None:
+            cache.length = start + n
+        return hidden
+
     @classmethod
     def from_state_dict(cls, config: GPT2Config, state: dict[str, Tensor], source: str) -> "GPT2":
         """The model with `state`'s tensors as its parameters (no copies, no random init).
 
-        Accepts both a `GPT2LMHeadModel`'s names and a `GPT2Model`'s (no
-        `transformer.` prefix, as on the hub's openai-community/gpt2), and drops
-        the causal-mask buffers old checkpoints carry (`attn.bias`).
+        Accepts a `GPT2LMHeadModel`'s names and a `GPT2Model`'s (see `checkpoint_names`).
         """
-        names = {}
-        for name, tensor in state.items():
-            if name.endswith((".attn.bias", ".attn.masked_bias")):
-                continue
-            names[name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"] = tensor
-        if config.tie_word_embeddings:
-            names.pop("lm_head.weight", None)
+        mapping = checkpoint_names(list(state), config.tie_word_embeddings)
+        names = {ours: state[theirs] for theirs, ours in mapping.items()}
         with torch.device("meta"):
             model = cls(config)
-        expected = {name for name, _ in model.named_parameters()}
-        missing, unexpected = sorted(expected - set(names)), sorted(set(names) - expected)
-        if missing or unexpected:
-            raise SparseCodingError(
-                f"{source}: the weights do not fit a GPT-2 of its config.json "
-                f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
-                f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''})"
-            )
+        check_shapes(model, {name: tuple(tensor.shape) for name, tensor in names.items()}, source)
         model.load_state_dict(names, assign=True, strict=False)
         if config.tie_word_embeddings:
             model.lm_head.weight = model.transformer.wte.weight
@@ -262,9 +290,94 @@ class GPT2(nn.Module):
         return cls.from_state_dict(config, state, type(hf_model).__name__)
 
 
+def checkpoint_names(names: list[str], tied: bool) -> dict[str, str]:
+    """Checkpoint tensor name -> `GPT2` parameter name, for the tensors the model uses.
+
+    A `GPT2LMHeadModel`'s names are kept; a `GPT2Model`'s (no `transformer.` prefix, as on the
+    hub's openai-community/gpt2) get it; the causal-mask buffers old checkpoints carry
+    (`attn.bias`, `attn.masked_bias`) and a tied `lm_head.weight` are left out.
+    """
+    mapping = {}
+    for name in names:
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or (tied and name == "lm_head.weight"):
+            continue
+        mapping[name] = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
+    return mapping
+
+
+# config.json keys that size each kind of parameter, named when a shape disagrees.
+_SIZE_KEYS = {
+    "wte": "vocab_size, n_embd",
+    "lm_head": "vocab_size, n_embd",
+    "wpe": "n_positions, n_embd",
+    "mlp.c_": "n_inner, n_embd",
+}
+
+
+def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """The checkpoint's tensors (`GPT2` names -> shapes) are exactly the parameters of `model` (built
+    on the meta device from config.json), else one message naming the tensors and config keys."""
+    expected = {name: tuple(param.shape) for name, param in model.named_parameters()}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise SparseCodingError(
+            f"{source}: the weights do not fit a GPT-2 of its config.json "
+            f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+            f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''})"
+        )
+    wrong = [name for name in expected if shapes[name] != expected[name]]
+    if wrong:
+        name = wrong[0]
+        keys = next((keys for part, keys in _SIZE_KEYS.items() if part in name), "n_embd")
+        raise SparseCodingError(
+            f"{source}: {len(wrong)} weight(s) do not have the shapes config.json implies, e.g. {name} is "
+            f"{list(shapes[name])} but config.json ({keys}) makes it {list(expected[name])}; the config "
+            f"and the weights belong to different models"
+        )
+
+
 def causal_mask(n_pos: int, attention_mask: Tensor | None, device: torch.device) -> Tensor:
     """(batch or 1, 1, pos, pos) bool: where a query may attend (earlier real tokens and itself)."""
     allowed = torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()[None, None]
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None, None, :]
     return allowed
+
+
+def cached_causal_mask(start: int, n: int, real: Tensor) -> Tensor:
+    """(batch, 1, n, start + n) bool: queries at positions start.. start + n - 1 may attend to
+    earlier and equal positions that are real (`real`: (batch, start + n)), pads to themselves."""
+    query = torch.arange(start, start + n, device=real.device)[:, None]
+    key = torch.arange(start + n, device=real.device)[None, :]
+    return ((key <= query) & real[:, None, None, :]) | (key == query)
+
+
+class LayerCache(NamedTuple):
+    """One layer's slice of a KVCache: where the next chunk's keys and values go."""
+
+    keys: Tensor  # (batch, n_head, max_len, head_dim)
+    values: Tensor
+    start: int  # positions already stored
+
+
+class KVCache:
+    """Every layer's attention keys and values of the positions run so far, preallocated.
+
+    Made with `KVCache.for_model(model, batch, max_len)`; `GPT2.forward_cached`
+    fills it chunk by chunk (the prompt, then one token per step).
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        self.keys = keys  # (n_layer, batch, n_head, max_len, head_dim)
+        self.values = values
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, model: GPT2, batch: int, max_len: int) -> "KVCache":
+        config = model.config
+        shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
+        empty = torch.empty(shape, device=model.device, dtype=model.dtype)
+        return cls(empty, torch.empty_like(empty))
+
+    def layer(self, index: int, start: int) -> LayerCache:
+        return LayerCache(self.keys[index], self.values[index], start)

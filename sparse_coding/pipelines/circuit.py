@@ -1,7 +1,8 @@
 """val.py's circuit and the settings it is validated with, known before anything loads.
 
 The circuit is VALIDATION_DIMS_PINNED or the feature nodes of a pipe.py /
-fast.py graph file (``--from-graph``, one run's with ``--run``), as site key
+fast.py graph file (a positioned node, ``resid_9.331@7``, as its feature at
+every position: val.py ablates features) (``--from-graph``, one run's with ``--run``), as site key
 -> sorted feature indices (``{"resid_3": [331]}``), with a graph's error
 nodes beside it. Its layers are checked against ACTS_LAYERS_SLICE here,
 before the model and SAEs load, whenever the model's layer count is known
@@ -23,7 +24,7 @@ from sparse_coding.config import Config, config_from_dict
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
-from sparse_coding.nodes import parse_node_id, parse_site_key, site_key
+from sparse_coding.nodes import parse_positioned_id, parse_site_key, site_key
 from sparse_coding.pipelines.preflight import layers_before_loading
 
 logger = logging.getLogger(__name__)
@@ -52,20 +53,27 @@ def circuit_from_graph(graph: Graph, path: Path, run: str | None = None) -> Circ
     """
     node_ids = graph.nodes.keys() if run is None else graph.run_node_ids(_known_run(graph, path, run))
     circuit: Circuit = {}
+    positioned = 0
     for node_id in node_ids:
         try:
-            site, layer, feature = parse_node_id(node_id)
+            (site, layer, feature), position = parse_positioned_id(node_id)
         except ValueError:  # e.g. a logit node
             continue
         if feature is not None:
             circuit.setdefault(site_key(site, layer), []).append(feature)
+            positioned += position is not None
+    if positioned:
+        logger.info(
+            "%s: %d positioned feature nodes (id@position) count as their feature at every position; "
+            "val.py ablates features, not positions",
+            path,
+            positioned,
+        )
+    circuit = {key: sorted(set(dims)) for key, dims in circuit.items()}
     n_features = sum(map(len, circuit.values()))
     if not n_features:
         raise GraphFileError(f"graph file {path} has no feature nodes to validate ({runs_text(graph, run)})")
-    skipped = len(node_ids) - n_features
-    logger.info(
-        "%s (%s): %d feature nodes, %d others skipped", path, runs_text(graph, run), n_features, skipped
-    )
+    logger.info("%s (%s): %d features to validate", path, runs_text(graph, run), n_features)
     return {key: sorted(dims) for key, dims in sorted(circuit.items())}
 
 
@@ -102,7 +110,7 @@ def error_nodes_from_graph(graph: Graph, run: str | None = None) -> list[str]:
     keys = set()
     for node_id in node_ids:
         try:
-            site, layer, feature = parse_node_id(node_id)
+            (site, layer, feature), _ = parse_positioned_id(node_id)
         except ValueError:  # e.g. a logit node
             continue
         if feature is None:

@@ -20,12 +20,11 @@ from typing import NamedTuple
 
 from sparse_coding.config import Config
 from sparse_coding.errors import SparseCodingError
+from sparse_coding.hub_files import why_hub_cannot_be_asked
 from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, resolve_source
 
 logger = logging.getLogger(__name__)
 
-# Seconds to wait for the hub before calling the network unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
 MODEL_FILES = ("config.json", "tokenizer.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # one of them
 MODEL_FETCH = ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors")
@@ -48,19 +47,20 @@ DEMO_HINT = (
 
 
 class Download(NamedTuple):
-    """One thing a run fetches from the hub: what it is, its repo, its files (any one of a tuple), size."""
+    """One thing a run fetches from the hub: what it is, its repo, its files (any one of a tuple), the
+    patterns `hf download --include` fetches it by (empty: a model, fetched by file name), size."""
 
     what: str
     repo_id: str
     files: tuple[str | tuple[str, ...], ...]
-    folder: str | None
+    includes: tuple[str, ...]
     mb: int | None
 
 
 def model_download(model_id: str) -> Download:
     """MODEL_DIR as a hub download: config, weights and tokenizer."""
     mb = KNOWN_MODELS.get(model_id, (None, None))[1]
-    return Download(f"model {model_id}", model_id, (*MODEL_FILES, WEIGHT_FILES), None, mb)
+    return Download(f"model {model_id}", model_id, (*MODEL_FILES, WEIGHT_FILES), (), mb)
 
 
 def sae_downloads(config: Config, sae_sites: Iterable[tuple[str, int]]) -> list[Download]:
@@ -78,7 +78,7 @@ def sae_downloads(config: Config, sae_sites: Iterable[tuple[str, int]]) -> list[
                     f"SAE {resolved.description}",
                     resolved.repo_id,
                     files,
-                    resolved.folder,
+                    (f"{resolved.folder}/*",),
                     SAE_MB.get(source),
                 )
             )
@@ -103,10 +103,10 @@ def _fetch_commands(missing: list[Download]) -> str:
     folders: dict[str, list[str]] = {}
     commands = []
     for download in missing:
-        if download.folder is None:  # a model: its files, not every format the repo holds
+        if not download.includes:  # a model: its files, not every format the repo holds
             commands.append(f"hf download {download.repo_id} {' '.join(MODEL_FETCH)}")
         else:
-            folders.setdefault(download.repo_id, []).append(f"'{download.folder}/*'")
+            folders.setdefault(download.repo_id, []).extend(f"'{glob}'" for glob in download.includes)
     commands += [f"hf download {repo} --include {' '.join(globs)}" for repo, globs in folders.items()]
     return "; ".join(commands)
 
@@ -136,11 +136,8 @@ def check_downloads(downloads: list[Download], unlisted: str = "") -> None:
     missing = [d for d in downloads if not _cached(d)]
     if not missing:
         return
-    if constants.HF_HUB_OFFLINE:
-        why = "HF_HUB_OFFLINE is set"
-    elif (problem := _hub_unreachable(constants.ENDPOINT)) is not None:
-        why = f"the hub {constants.ENDPOINT} cannot be reached ({problem})"
-    else:
+    why = why_hub_cannot_be_asked()
+    if why is None:
         total = sum(d.mb for d in missing if d.mb is not None)
         if total:
             logger.info(
@@ -148,14 +145,3 @@ def check_downloads(downloads: list[Download], unlisted: str = "") -> None:
             )
         return
     raise SparseCodingError(missing_message(missing, why, str(Path(constants.HF_HUB_CACHE)), unlisted))
-
-
-def _hub_unreachable(endpoint: str) -> str | None:
-    """None when the hub answers within HUB_PROBE_TIMEOUT_S, else why not."""
-    import requests
-
-    try:
-        requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=False)
-    except requests.RequestException as e:
-        return type(e).__name__
-    return None

@@ -3,8 +3,8 @@
 Examples come from PAIRS_FILE (NUM_EXAMPLES JSONL rows), else from PROMPT
 (+ PATCH_PROMPT, ANSWER, PATCH_ANSWER) as one example; they are batched by
 BATCH_SIZE. METRIC, BASELINE, IG_STEPS, SELECTION (NUM_DOWN_NODES /
-NUM_UP_NODES or NODE_THRESHOLD / EDGE_THRESHOLD) and NODE_ESTIMATOR shape the
-graph; hist.py's cached thresholds, when they match the run, choose down-nodes.
+NUM_UP_NODES or NODE_THRESHOLD / EDGE_THRESHOLD), NODE_POSITIONS and
+NODE_ESTIMATOR shape the graph; hist.py's cached thresholds, when they match the run, choose down-nodes.
 """
 
 import logging
@@ -21,7 +21,7 @@ from sparse_coding.graphs.graph import Graph
 from sparse_coding.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, warn_unknown_prompts
-from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.resume import file_input, run_checkpoint
 from sparse_coding.pipelines.threshold_cache import Thresholds, load_thresholds
@@ -43,7 +43,7 @@ def config_example_batches(
 ) -> list[ExampleBatch]:
     """The config's examples, tokenized by `pairs`' rule and right-padded into BATCH_SIZE batches."""
     examples = [
-        tokenize_pair(pair, tokenizer, prepend_bos=config.PREPEND_BOS, max_len=context_len)
+        tokenize_pair(pair, tokenizer, prepend_bos=config.prepend_bos, max_len=context_len)
         for pair in config_pairs(config)
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -62,6 +62,7 @@ def graph_options(config: Config, *, has_patch_answers: bool) -> GraphOptions:
         node_threshold=config.NODE_THRESHOLD,
         edge_threshold=config.EDGE_THRESHOLD,
         exact=config.NODE_ESTIMATOR == "exact",
+        node_positions=config.NODE_POSITIONS,
     )
 
 
@@ -93,6 +94,7 @@ def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> G
         thresholds=thresholds.values if thresholds else None,
     )
     graph.metadata["examples"] = examples_source(config)
+    graph.metadata |= prompt_metadata(spliced, batches[0], tokenizer)
     return graph
 
 
@@ -100,6 +102,21 @@ def shared_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | Non
     """hist.py's cached thresholds as rank 0 reads them from its DATA_DIR, on every rank's device."""
     thresholds = distributed.broadcast(load_thresholds(config, spliced) if distributed.is_main() else None)
     return None if thresholds is None else distributed.move(thresholds, spliced.device)
+
+
+def prompt_metadata(spliced: SplicedModel, batch: ExampleBatch, tokenizer: Tokenizer) -> dict:
+    """The first example's tokens (BOS = position 0 when prepended), the answer the metric explains
+    and the model's probability of it."""
+    ids = batch.input_ids[0, : int(batch.attention_mask[0].sum())].tolist()
+    answer = int(batch.answers[0])
+    with torch.no_grad():
+        logits = spliced(batch.input_ids[:1], batch.attention_mask[:1])[0, batch.last[0]]
+    return {
+        "prompt_tokens": [tokenizer.decode([token]) for token in ids],
+        "answer_token": tokenizer.decode([answer]),
+        "answer_token_id": answer,
+        "answer_probability": float(torch.softmax(logits.float(), -1)[answer]),
+    }
 
 
 def examples_source(config: Config) -> str:
@@ -119,7 +136,8 @@ def run_fast(
     their checkpoint (`sparse_coding.checkpoints`).
     """
     phases = phases or PhaseTimer()
-    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    spliced, tokenizer = load_spliced_model(config, phases=phases, script="fast")
+    config = settled(config, spliced)
     warn_unknown_prompts(config, tokenizer, examples=True)
     inputs = {"PAIRS_FILE": file_input(config.PAIRS_FILE)}
     with run_checkpoint(config, "fast.py", spliced, resume=resume, inputs=inputs):

@@ -15,7 +15,7 @@ from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
-from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.resume import run_checkpoint
 from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_thresholds
 from sparse_coding.splicing.splice import SplicedModel
@@ -31,7 +31,8 @@ def run_hist(config: Config, phases: PhaseTimer | None = None, *, resume: bool =
     Under torchrun the ranks share the passes and rank 0 writes (the other ranks return "").
     """
     phases = phases or PhaseTimer()
-    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    spliced, tokenizer = load_spliced_model(config, phases=phases, script="hist")
+    config = settled(config, spliced)
     with run_checkpoint(config, "hist.py", spliced, resume=resume):
         with phases.phase("compute: thresholds"):
             result = thresholds_from_config(config, spliced, tokenizer)

@@ -62,7 +62,7 @@ def config_batches(
         tokenizer,
         batch_size=config.BATCH_SIZE,
         max_len=min(config.MAX_SEQ_LEN, context_len),
-        prepend_bos=config.PREPEND_BOS,
+        prepend_bos=config.prepend_bos,
         device=device,
     )
 

@@ -6,14 +6,17 @@ or as explicit (site, layer) pairs (val.py: its circuit's sites), and gets
 MODEL_DIR with exactly those SAEs spliced.
 """
 
+import dataclasses
 import logging
 from collections.abc import Collection
 
 from sparse_coding import distributed
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
+from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
-from sparse_coding.models.loading import load_saes
+from sparse_coding.models.loading import load_saes, read_configs
+from sparse_coding.models.memory import Pass
 from sparse_coding.nodes import site_key
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
@@ -29,8 +32,13 @@ def load_spliced_model(
     pairs: Collection[tuple[str, int]] | None = None,
     source: str = "ACTS_LAYERS_SLICE",
     phases: PhaseTimer | None = None,
+    script: str | None = None,
 ) -> tuple[SplicedModel, Tokenizer]:
     """MODEL_DIR with the SAEs of `pairs`, or of `sites` at every layer of ACTS_LAYERS_SLICE.
+
+    The SAEs' cfg.json files are read first: they settle PREPEND_BOS
+    (`spliced.prepend_bos`; see `settled`) and the memory check, both before
+    any SAE weight is read.
 
     Args:
         sites: sites to splice at every layer of the slice (default: every
@@ -39,9 +47,11 @@ def load_spliced_model(
             each site must have an SAE source.
         source: what asked for `pairs` (e.g. "VALIDATION_DIMS_PINNED"), named in errors.
         phases: times "model load" and "SAE load" when given.
+        script: "fast", "pipe", "val" or "hist": whose batched passes the memory
+            check counts (`models.memory.script_passes`); None: DATASET batches.
 
     Raises:
-        ConfigError: a pair's site has no SAE source.
+        ConfigError: a pair's site has no SAE source, or PREPEND_BOS is unset and the SAEs disagree.
         SAELoadError: an SAE reads another site or layer than it was loaded for.
         SparseCodingError: the model cannot be loaded or the SAEs would not fit.
     """
@@ -56,17 +66,20 @@ def load_spliced_model(
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
         pairs = [(site, layer) for site in chosen for layer in config.layer_range(model.config.n_layer)]
     with phases.phase("SAE load"):
-        saes = load_saes(config.sae_sources, pairs, device, resolve_dtype(config.SAE_DTYPE, model_dtype))
-    mismatched = [sae.cfg.source for sae in saes if sae.cfg.prepend_bos != config.PREPEND_BOS]
-    if mismatched:
-        logger.warning(
-            "PREPEND_BOS is %s, but %d SAE(s) were trained the other way (e.g. %s); activations at the "
-            "first positions may differ from their dashboards",
-            config.PREPEND_BOS,
-            len(mismatched),
-            mismatched[0],
-        )
-    return SplicedModel(model, saes), tokenizer
+        trained = {cfg.source: cfg.prepend_bos for cfg in read_configs(config.sae_sources, pairs)}
+        prepend_bos, mismatched = settle_prepend_bos(config.PREPEND_BOS, trained)
+        warn_bos_mismatch(prepend_bos, mismatched)
+        prompt_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + prepend_bos
+        passes = script_passes(config, script, prompt_tokens)
+        sae_dtype = resolve_dtype(config.SAE_DTYPE, model_dtype)
+        saes = load_saes(config.sae_sources, pairs, device, sae_dtype, passes, model.config.vocab_size)
+    return SplicedModel(model, saes, prepend_bos), tokenizer
+
+
+def settled(config: Config, spliced: SplicedModel) -> Config:
+    """`config` with PREPEND_BOS as the run uses it (an unset key takes the SAEs' convention), so
+    that tokenizing, caches and the graph's metadata all see one value."""
+    return dataclasses.replace(config, PREPEND_BOS=spliced.prepend_bos)
 
 
 def check_sources(config: Config, pairs: Collection[tuple[str, int]], source: str) -> None:
@@ -78,3 +91,23 @@ def check_sources(config: Config, pairs: Collection[tuple[str, int]], source: st
     ]
     if unset:
         raise ConfigError(f"{source} pins sites whose SAE key is unset: {', '.join(unset)}")
+
+
+def script_passes(config: Config, script: str | None, prompt_tokens: int) -> list[Pass]:
+    """The batched passes `script` ("fast", "pipe", "val", "hist"; None: a notebook's encode of
+    DATASET batches) makes with `config`, for the memory check (`models.memory`); `prompt_tokens`:
+    PROMPT's tokens, BOS included."""
+    dataset = Pass("encode", config.BATCH_SIZE, config.MAX_SEQ_LEN)
+    labels = [Pass("labels", config.BATCH_SIZE, config.MAX_SEQ_LEN)] if config.DATASET else []
+    if script == "fast":
+        n_examples = config.NUM_EXAMPLES if config.PAIRS_FILE else 1
+        positions = config.MAX_SEQ_LEN if config.PAIRS_FILE else prompt_tokens
+        means = [dataset] if config.BASELINE == "mean" else []
+        return [Pass("attribution", min(config.BATCH_SIZE, n_examples), positions), *labels, *means]
+    if script == "pipe":
+        rows, limit = config.NUM_SEQUENCES_INTERPED, config.MAX_SEQ_INTERPED_LEN
+        positions = limit if config.interp_source == "dataset" else max(prompt_tokens, 1)
+        return [Pass("encode", rows, positions), Pass("ablation", 0, 0), *labels]
+    if script == "val":
+        return [Pass("validation", config.BATCH_SIZE, config.MAX_SEQ_LEN)]
+    return [dataset]

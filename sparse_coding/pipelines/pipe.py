@@ -20,7 +20,7 @@ from sparse_coding.errors import ConfigError, DatasetError, EmptyResultError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import interpreted_texts, warn_unknown_prompts
-from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.resume import run_checkpoint
 from sparse_coding.splicing.splice import SplicedModel
@@ -44,7 +44,8 @@ def run_pipe(
     from its checkpoint.
     """
     phases = phases or PhaseTimer()
-    spliced, tokenizer = load_spliced_model(config, sites=("resid",), phases=phases)
+    spliced, tokenizer = load_spliced_model(config, sites=("resid",), phases=phases, script="pipe")
+    config = settled(config, spliced)
     warn_unknown_prompts(config, tokenizer)
     with run_checkpoint(config, "pipe.py", spliced, resume=resume):
         with phases.phase("compute: ablation graph"):
@@ -81,7 +82,7 @@ def interpreted_batch(config: Config, tokenizer: Tokenizer, device: torch.device
         tokenizer,
         batch_size=config.NUM_SEQUENCES_INTERPED,
         max_len=limit if from_dataset else limit + 1,
-        prepend_bos=config.PREPEND_BOS,
+        prepend_bos=config.prepend_bos,
         device=device,
     )
     batch = next(batches, None)

@@ -2,10 +2,13 @@
 
 A run that cannot succeed should say so in its first second, not after
 minutes of loading: an image extension dot cannot draw, an existing graph file
-that cannot be read, an output folder that cannot be written, a local
-MODEL_DIR that does not exist, and — offline or without network — anything
-missing from the Hugging Face cache (one message listing every download with
-its size, `downloads`, instead of a retry per file).
+that cannot be read (read as strictly as the merge reads it: an edge to a
+missing node, a non-finite number, runs of the wrong type), an output folder
+that cannot be written or that a link leads out of DATA_DIR, a PAIRS_FILE that
+is not JSON Lines text, a local MODEL_DIR that does not exist, and — offline
+or without network — anything missing from the Hugging Face cache (one
+message listing every download with its size, `downloads`, instead of a retry
+per file).
 """
 
 import json
@@ -14,10 +17,20 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from sparse_coding import storage
 from sparse_coding.config import Config
+from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
-from sparse_coding.pipelines.downloads import KNOWN_MODELS, check_downloads, model_download, sae_downloads
+from sparse_coding.models.bos import settle_prepend_bos
+from sparse_coding.models.sae_sources import read_cfg, resolve_source
+from sparse_coding.pipelines.downloads import (
+    KNOWN_MODELS,
+    Download,
+    check_downloads,
+    model_download,
+    sae_downloads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +42,8 @@ def preflight(
     sites: Iterable[str] | None = None,
     sae_sites: Iterable[tuple[str, int]] | None = None,
     min_prompt_tokens: int = 0,
+    examples: bool = False,
+    extra_downloads: Iterable[Download] = (),
 ) -> None:
     """Fail now, with one message, on what would fail after loading.
 
@@ -38,36 +53,48 @@ def preflight(
             ACTS_LAYERS_SLICE (default: every configured site).
         sae_sites: instead, exactly the (site, layer) SAEs it loads.
         min_prompt_tokens: PROMPT's fewest tokens, BOS included (fast.py: 2).
+        examples: the script reads PAIRS_FILE when it is set (fast.py, val.py).
+        extra_downloads: hub downloads beyond the model and SAEs (trace.py's transcoders), listed
+            in the same offline message.
 
     Raises:
         SparseCodingError: the first problem found, naming the key or file.
     """
     out_dir = config.model_data_dir(config.MODEL_DIR)
+    check_writable(config.DATA_DIR, out_dir)
     if graph_files is not None:
         dot_name, image_name = graph_files
         check_output_names(out_dir / dot_name, out_dir / image_name)
         load_graph(out_dir / dot_name)
-    check_writable(out_dir)
+    if examples and config.PAIRS_FILE is not None:
+        from sparse_coding.pairs import read_pairs_file  # imports torch: only runs that read pairs pay
+
+        read_pairs_file(Path(config.PAIRS_FILE).expanduser(), config.NUM_EXAMPLES)
     model_dir = local_model_dir(config.MODEL_DIR)
+    model_config = _model_config(config.MODEL_DIR, model_dir)
     unlisted = ""
     if sae_sites is None:
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
-        layers = layers_before_loading(config)
+        layers = layers_before_loading(config, model_config)
         sae_sites = [(site, layer) for site in chosen for layer in layers or []]
         if layers is None and chosen:
             unlisted = (
                 f"; and the {', '.join(chosen)} SAEs of ACTS_LAYERS_SLICE (listed once config.json is cached)"
             )
+    sae_sites = list(sae_sites)
     downloads = [] if model_dir is not None else [model_download(config.MODEL_DIR)]
-    check_downloads(downloads + sae_downloads(config, sae_sites), unlisted)
+    check_downloads(downloads + sae_downloads(config, sae_sites) + list(extra_downloads), unlisted)
+    prepend_bos = settled_prepend_bos(config, sae_sites)
     if min_prompt_tokens:
-        check_prompt_length(config, min_prompt_tokens)
+        check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config)
 
 
-def check_writable(out_dir: Path) -> None:
-    """The run's output folder exists (or can be made) and takes a file."""
+def check_writable(data_dir: Path, out_dir: Path) -> None:
+    """The run's output folder exists (or can be made), lies inside DATA_DIR (no link leads out) and
+    takes a file."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        storage.check_inside(data_dir, out_dir)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as e:
@@ -96,24 +123,58 @@ def local_model_dir(model_dir: str) -> Path | None:
     return path
 
 
-def model_layer_count(config: Config) -> int | None:
-    """MODEL_DIR's number of blocks before loading it: from its config.json (local or cached), or
-    the table of known hub models; None when neither says."""
+def _model_config(model_id: str, model_dir: Path | None) -> dict | None:
+    """The model's config.json, if it is local or cached (for its layer count).
+
+    Raises:
+        ConfigError: it is JSON but not an object of settings with a usable n_layer.
+    """
     from huggingface_hub import try_to_load_from_cache
 
-    model_dir = local_model_dir(config.MODEL_DIR)
-    path = model_dir / "config.json" if model_dir else try_to_load_from_cache(config.MODEL_DIR, "config.json")
-    if isinstance(path, (str, Path)):
-        try:
-            return int(json.loads(Path(path).read_text(encoding="utf-8"))["n_layer"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # the loader reports it with its own message
+    path = model_dir / "config.json" if model_dir else try_to_load_from_cache(model_id, "config.json")
+    if not isinstance(path, (str, Path)):
+        return None
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the loader reports it with its own message
+    n_layer = values.get("n_layer", 12) if isinstance(values, dict) else None
+    if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer < 1:
+        raise ConfigError(
+            f"MODEL_DIR {model_id!r}: {path} holds {shown(values)}; a model's config.json is a JSON object "
+            f"of settings such as n_layer (a positive integer), n_embd and vocab_size, as on the hub"
+        )
+    return values
+
+
+def settled_prepend_bos(config: Config, sae_sites: Iterable[tuple[str, int]]) -> bool:
+    """PREPEND_BOS as the run will use it, from the SAEs' cfg.json files alone (`models.bos`).
+
+    Raises:
+        ConfigError: PREPEND_BOS is unset and the SAEs were trained both ways.
+        SAELoadError: an SAE's cfg.json is missing or not an SAELens cfg.
+    """
+    trained = {}
+    for site, layer in sae_sites:
+        if site in config.sae_sources:
+            resolved = resolve_source(config.sae_sources[site], layer)
+            trained[resolved.description] = read_cfg(resolved)[1]["prepend_bos"]
+    return settle_prepend_bos(config.PREPEND_BOS, trained)[0]
+
+
+def model_layer_count(config: Config, model_config: dict | None = None) -> int | None:
+    """MODEL_DIR's number of blocks before loading it: from its config.json (local or cached), or
+    the table of known hub models; None when neither says."""
+    if model_config is None:
+        model_config = _model_config(config.MODEL_DIR, local_model_dir(config.MODEL_DIR))
+    if model_config is not None:
+        return int(model_config.get("n_layer", 12))
     return KNOWN_MODELS.get(config.MODEL_DIR, (None, None))[0]
 
 
-def layers_before_loading(config: Config) -> range | None:
+def layers_before_loading(config: Config, model_config: dict | None = None) -> range | None:
     """The layers ACTS_LAYERS_SLICE selects, known before the model loads; None when not yet known."""
-    n_layers = model_layer_count(config)
+    n_layers = model_layer_count(config, model_config)
     return config.layer_range(n_layers) if n_layers is not None else _explicit_layers(config)
 
 
@@ -125,15 +186,23 @@ def _explicit_layers(config: Config) -> range | None:
     return None
 
 
-def check_prompt_length(config: Config, min_tokens: int) -> None:
-    """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone."""
-    from sparse_coding.tokenizer import load_tokenizer  # no torch: a short PROMPT fails at once
+def check_prompt_length(
+    config: Config, min_tokens: int, prepend_bos: bool, model_config: dict | None = None
+) -> None:
+    """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone, once the
+    tokenizer is known to belong to the model of `model_config` (its config.json)."""
+    from sparse_coding.tokenizer import check_tokenizer, load_tokenizer  # no torch: fails at once
 
     try:
         tokenizer = load_tokenizer(config.MODEL_DIR)
     except (OSError, ValueError):
         return  # load_model reports an unloadable MODEL_DIR with its own message
-    n_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + int(config.PREPEND_BOS)
+    vocab_size = (model_config or {}).get("vocab_size")
+    if isinstance(vocab_size, int):
+        bos_token_id = model_config.get("bos_token_id")
+        bos_token_id = bos_token_id if isinstance(bos_token_id, int) else None
+        check_tokenizer(tokenizer, config.MODEL_DIR, vocab_size=vocab_size, bos_token_id=bos_token_id)
+    n_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + int(prepend_bos)
     if n_tokens < min_tokens:
         raise ConfigError(
             f"PROMPT {config.PROMPT[:80]!r} has {n_tokens} token(s), BOS included; fast.py explains the "

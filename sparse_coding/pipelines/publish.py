@@ -3,8 +3,11 @@
 Shared by pipe.py and fast.py: metadata (this run's record), top-activating
 contexts (from the contexts cache, collected where it lacks them), direct
 logit effects, Neuronpedia explanations, then `graph_files.update_graph_files`
-(locked merge into the canonical .json, the .dot and image redrawn, all in
-one crash-consistent commit).
+(locked merge into the canonical .json, the .dot, image and page redrawn).
+The caches the labels grew (contexts, Neuronpedia answers) are written only
+after the graph files are committed, so a run that fails changes nothing; a
+cache that cannot be written then is a warning, since the run's result is
+saved.
 """
 
 import logging
@@ -12,17 +15,19 @@ import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sparse_coding import distributed, storage
+from sparse_coding import cache as caches
+from sparse_coding import distributed
 from sparse_coding.config import Config
-from sparse_coding.errors import DatasetError
+from sparse_coding.errors import StorageError
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
-from sparse_coding.labels.context_cache import ContextCache
+from sparse_coding.labels.context_cache import ContextCache, contexts_cache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
+from sparse_coding.sharing.wandb_runs import log_run, wandb_settings
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -81,35 +86,71 @@ def publish_graph(
     graph.metadata.update(run_metadata(config, sources, script, graph.metadata.get("down_node_selection")))
     out_dir = config.model_data_dir(config.MODEL_DIR)
     with phases.phase("labels: contexts"):
-        contexts = load_or_collect(config, spliced, tokenizer, features=wanted_features(graph))
+        contexts, grown = collect_missing(config, spliced, tokenizer, features=wanted_features(graph))
         if not distributed.is_main():  # under torchrun the other ranks share the contexts pass, no more
             return Published(graph, out_dir / dot_name, "")
         add_contexts(graph, contexts, config.TOP_K)
     with phases.phase("labels: logit cells"):
         add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
     with phases.phase("labels: Neuronpedia"):
-        if config.NEURONPEDIA:  # only runs that ask for annotations import requests
-            from sparse_coding.labels.neuronpedia import annotate_graph
-
-            annotate_graph(
-                graph, base_url=config.NEURONPEDIA_URL, cache_dir=config.DATA_DIR / "neuronpedia_cache"
-            )
-        else:
-            logger.info("Neuronpedia annotations off (NEURONPEDIA: false)")
+        answers = neuronpedia_answers(graph, config)
     graph.metadata["phases"] = phases.metadata()
     dot_path = out_dir / dot_name
     with phases.phase("write and render"):
         merged = update_graph_files(graph, dot_path, out_dir / image_name, new_graph=new_graph)
+    _save_caches([grown, *answers])  # after the graph: a failed run leaves every cache as it was
     written = [str(dot_path), dot_path.with_suffix(".json").name]
     if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
         written.append(image_name)
     written.append(viewer_path_for(dot_path, out_dir / image_name).name)
+    log_config_run(
+        config,
+        script=script,
+        summary=run_summary(graph, merged),
+        files=[dot_path.with_suffix(".json"), viewer_path_for(dot_path, out_dir / image_name)],
+        image=out_dir / image_name,
+        out_dir=out_dir,
+    )
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; "
         f"wrote {', '.join(written)}"
     )
     return Published(merged, dot_path, line)
+
+
+def neuronpedia_answers(graph: Graph, config: Config) -> list[tuple[caches.Cache, Any]]:
+    """Annotate `graph` from Neuronpedia (when NEURONPEDIA is on); returns the answers to cache."""
+    if not config.NEURONPEDIA:
+        logger.info("Neuronpedia annotations off (NEURONPEDIA: false)")
+        return []
+    from sparse_coding.labels.neuronpedia import annotate_graph  # only runs that ask import requests
+
+    cache_dir = config.DATA_DIR / "neuronpedia_cache"
+    return annotate_graph(
+        graph, base_url=config.NEURONPEDIA_URL, cache_dir=cache_dir, defer_cache=True
+    ).answers
+
+
+def log_config_run(config: Config, **run: Any) -> None:
+    """`wandb_runs.log_run` with the config's W&B keys and values (nothing without a project)."""
+    settings = wandb_settings(config.WANDB_PROJECT, config.WANDB_ENTITY, config.WANDB_MODE)
+    log_run(settings, run_config=config.to_metadata(), **run)
+
+
+def run_summary(graph: Graph, merged: Graph) -> dict[str, Any]:
+    """A run's summary numbers for W&B: this run's and the merged graph's size, explained share, timings."""
+    summary = {
+        "nodes": len(graph.nodes),
+        "edges": len(graph.edges),
+        "graph_nodes": len(merged.nodes),
+        "graph_edges": len(merged.edges),
+    }
+    if graph.metadata.get("fraction_explained") is not None:
+        summary["fraction_explained"] = graph.metadata["fraction_explained"]
+    phases = graph.metadata.get("phases") or {}
+    timings = {f"seconds/{name}": value for name, value in phases.items() if isinstance(value, (int, float))}
+    return summary | timings
 
 
 def wanted_features(graph: Graph) -> dict[str, list[int]]:
@@ -128,14 +169,26 @@ def add_contexts(graph: Graph, contexts: ContextCache, top_k: int) -> None:
             node.contexts = contexts.contexts(f"{node.site}_{node.layer}", node.feature, top_k)
 
 
+def _save_caches(pending: list[tuple[caches.Cache, Any] | None]) -> None:
+    """Write the caches this run grew, now that its graph is committed; a failure only warns."""
+    for item in pending:
+        if item is None:
+            continue
+        cache, value = item
+        try:
+            cache.save(value)
+        except StorageError as e:
+            logger.warning("the graph was saved, but the cache %s was not: %s", cache.path, e)
+
+
 def fingerprint(config: Config, spliced: SplicedModel) -> dict[str, Any]:
-    """What a cache's contexts depend on (`storage.cache_fingerprint`): model, SAEs, text and its settings."""
+    """What a cache's contexts depend on (`cache.cache_fingerprint`): model, SAEs, text and its settings."""
     keys = ("DATASET_CONFIG", "DATASET_SPLIT", "DATASET_TEXT_COLUMN", "NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN")
     text = {key: getattr(config, key) for key in keys} if config.DATASET else {"PROMPT": config.PROMPT}
     saes = {
-        site.key: storage.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
+        site.key: caches.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
     }
-    return storage.cache_fingerprint(
+    return caches.cache_fingerprint(
         model=config.MODEL_DIR,
         saes=saes,
         dataset=config.DATASET,
@@ -155,21 +208,45 @@ def load_or_collect(
     *,
     features: dict[str, list[int]],
 ) -> ContextCache:
+    """Contexts of `features` (site key -> indices), from the cache where it has them; the cache
+    is grown and saved at once (`collect_missing` leaves the saving to its caller)."""
+    cache, grown = collect_missing(config, spliced, tokenizer, features=features)
+    _save_caches([grown])
+    return cache
+
+
+def collect_missing(
+    config: Config,
+    spliced: SplicedModel,
+    tokenizer: Tokenizer,
+    *,
+    features: dict[str, list[int]],
+) -> tuple[ContextCache, tuple[caches.Cache, ContextCache] | None]:
     """Contexts of `features` (site key -> indices) on the config's text, from the cache where it has them.
 
     The features the cache lacks (or holds from another SAE source) are
     collected in one pass over the text and merged in, so the cache grows with
     what the graphs ask for and a rerun of the same graph reads no text.
-    Under torchrun rank 0 reads and writes the cache and every rank shares the
+    Under torchrun rank 0 reads and saves the cache and every rank shares the
     pass; the other ranks get the fresh contexts only.
+
+    Returns:
+        The contexts, and (cache file, grown value) to save once the run's
+        outputs are written, or None when nothing new was collected.
     """
-    path = cache_path(config)
     current = fingerprint(config, spliced)
-    cache = _usable_cache(path, config, current) if distributed.is_main() else None
+    store = contexts_cache(
+        cache_path(config),
+        current,
+        per_feature=config.SEQ_PER_DIM_CAP,
+        view=config.VIEW,
+        inside=config.DATA_DIR,
+    )
+    cache = _usable_cache(store, config, current) if distributed.is_main() else None
     missing = distributed.broadcast(_missing(cache, features, spliced) if cache is not None else None)
     if not missing:
-        logger.info("Contexts of all %d asked features are cached in %s", _count(features), path)
-        return cache
+        logger.info("Contexts of all %d asked features are cached in %s", _count(features), store.path)
+        return cache, None
     logger.info(
         "Collecting contexts of %d features (%d cached)", _count(missing), _count(features) - _count(missing)
     )
@@ -187,10 +264,9 @@ def load_or_collect(
     )
     fresh.fingerprint = current | {"saes": {key: current["saes"][key] for key in fresh.arrays}}
     if cache is None:
-        return fresh
+        return fresh, None
     cache = cache.merged(fresh)
-    cache.save(path)
-    return cache
+    return cache, (store, cache)
 
 
 def _missing(
@@ -201,9 +277,16 @@ def _missing(
     return {key: dims for key, dims in missing.items() if dims}
 
 
-def _usable_cache(path: Path, config: Config, current: dict[str, Any]) -> ContextCache:
-    """The cache at `path` less what `current` (its fingerprint for this run) rules out; else an empty one."""
-    empty = ContextCache(
+def _usable_cache(store: caches.Cache, config: Config, current: dict[str, Any]) -> ContextCache:
+    """The stored cache less what `current` (its fingerprint for this run) rules out; else an empty one."""
+    lookup = store.load()
+    if lookup.value is not None:
+        return lookup.value.for_saes(current["saes"])
+    if lookup.problem.startswith("unreadable"):
+        logger.warning("Context cache %s is %s; collecting again", store.path, lookup.problem)
+    elif lookup.problem != "absent":
+        logger.info("Context cache %s is %s; collecting again", store.path, lookup.problem)
+    return ContextCache(
         config.VIEW,
         config.SEQ_PER_DIM_CAP,
         sources={},
@@ -212,18 +295,6 @@ def _usable_cache(path: Path, config: Config, current: dict[str, Any]) -> Contex
         vocab={},
         fingerprint=current | {"saes": {}},
     )
-    if not path.is_file():
-        return empty
-    try:
-        cache = ContextCache.load(path)
-    except DatasetError as e:
-        logger.warning("%s; collecting again", e)
-        return empty
-    reasons = cache.stale_reasons(current, config.SEQ_PER_DIM_CAP, config.VIEW)
-    if reasons:
-        logger.info("Context cache %s is stale (%s); collecting again", path, "; ".join(reasons))
-        return empty
-    return cache.for_saes(current["saes"])
 
 
 def _count(features: dict[str, list[int]]) -> int:

@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from sparse_coding import storage
-from sparse_coding.checkpoints import RunCheckpoint, checkpointed
+from sparse_coding import cache
+from sparse_coding.checkpoints import RunCheckpoint, checkpoint_file, checkpointed
 from sparse_coding.config import Config
 from sparse_coding.splicing.splice import SplicedModel
 
@@ -37,12 +37,9 @@ def run_checkpoint(
         resume: continue from the checkpoint on disk (``--resume``), else start over.
         inputs: the script's other inputs (files it reads, command-line choices), JSON-ready.
     """
-    return checkpointed(
-        checkpoint_path(config, script),
-        run_fingerprint(config, spliced, script, inputs or {}),
-        every=config.CHECKPOINT_EVERY,
-        resume=resume,
-    )
+    fingerprint = run_fingerprint(config, spliced, script, inputs or {})
+    store = checkpoint_file(checkpoint_path(config, script), fingerprint, inside=config.DATA_DIR)
+    return checkpointed(store, every=config.CHECKPOINT_EVERY, resume=resume)
 
 
 def checkpoint_path(config: Config, script: str) -> Path:
@@ -53,12 +50,12 @@ def checkpoint_path(config: Config, script: str) -> Path:
 def run_fingerprint(
     config: Config, spliced: SplicedModel, script: str, inputs: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """What a run's result depends on (`storage.cache_fingerprint`), to tell a checkpoint's run apart."""
+    """What a run's result depends on (`cache.cache_fingerprint`), to tell a checkpoint's run apart."""
     saes = {
-        site.key: storage.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
+        site.key: cache.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
     }
     keys = {key: value for key, value in config.to_metadata().items() if key not in UNSHAPING_KEYS}
-    return storage.cache_fingerprint(
+    return cache.cache_fingerprint(
         model=config.MODEL_DIR,
         saes=saes,
         dataset=config.DATASET,
@@ -67,5 +64,5 @@ def run_fingerprint(
 
 
 def file_input(path: str | Path | None) -> dict[str, Any] | None:
-    """A file a run reads, by its identity (`storage.path_identity`); None when unset."""
-    return None if path is None else storage.path_identity(Path(path))
+    """A file a run reads, by its identity (`cache.path_identity`); None when unset."""
+    return None if path is None else cache.path_identity(Path(path))

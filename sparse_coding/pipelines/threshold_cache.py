@@ -4,11 +4,11 @@ Kept apart from `thresholds` (the preclustering and percentile maths)
 because it is file handling: what a cache depends on, atomic writes, and
 telling a stale cache from a usable one in words.
 
-Cache, under `config.model_data_dir(MODEL_DIR)`, written atomically by
-`sparse_coding.storage`:
+Cache (one `sparse_coding.cache.Cache`), under
+`config.model_data_dir(MODEL_DIR)`, written atomically:
 - `thresholds.safetensors`: one float32 (d_sae,) tensor per site key (`resid_9`).
 - `thresholds.json`: what the thresholds depend on, the
-  `storage.cache_fingerprint` (`model`; `saes`: per site key its source and
+  `cache.cache_fingerprint` (`model`; `saes`: per site key its source and
   weights file identity; `dataset_identity`: a local file's path, size and
   mtime, or a hub name and revision; `dataset`: DATASET, DATASET_CONFIG,
   DATASET_SPLIT, DATASET_TEXT_COLUMN, NUM_SEQUENCES_EVALED, MAX_SEQ_LEN,
@@ -30,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import Tensor
 
 from sparse_coding import distributed, storage
 from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name, samples_to_resolve
+from sparse_coding.cache import Cache, Stored, cache_fingerprint, fingerprint_differences, sae_identity
 from sparse_coding.config import Config
+from sparse_coding.errors import StorageError
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
@@ -55,10 +57,10 @@ class Thresholds:
 
 
 def cache_key(config: Config, spliced: SplicedModel) -> dict[str, Any]:
-    """Everything cached thresholds depend on (`storage.cache_fingerprint`), as JSON-ready values."""
+    """Everything cached thresholds depend on (`cache.cache_fingerprint`), as JSON-ready values."""
     layer = config.layer_range(spliced.n_layers).start
     saes = {
-        site.key: storage.sae_identity(config.sae_sources.get(site.kind), site.sae.weights_path)
+        site.key: sae_identity(config.sae_sources.get(site.kind), site.sae.weights_path)
         for site in spliced.sites
     }
     keys = DATASET_KEYS + ("NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN", "PREPEND_BOS")
@@ -72,9 +74,21 @@ def cache_key(config: Config, spliced: SplicedModel) -> dict[str, Any]:
         },
         "percentile": config.THRESHOLD_PERCENTILE,
     }
-    return storage.cache_fingerprint(
-        model=config.MODEL_DIR, saes=saes, dataset=config.DATASET, settings=settings
-    )
+    return cache_fingerprint(model=config.MODEL_DIR, saes=saes, dataset=config.DATASET, settings=settings)
+
+
+def thresholds_cache(config: Config, spliced: SplicedModel) -> Cache[dict[str, Tensor]]:
+    """The thresholds file for this run: it serves when its key matches and it covers every spliced site."""
+
+    def encode(values: dict[str, Tensor], metadata: dict[str, Any]) -> bytes:
+        text = json.dumps(metadata, indent=2, sort_keys=True)
+        return save(values, metadata={"thresholds_json": text})
+
+    def why_stale(stored: Stored[dict[str, Tensor]], key: dict[str, Any]) -> list[str]:
+        return _differences(stored.key, key, stored.value, spliced)
+
+    path = config.model_data_dir(config.MODEL_DIR) / THRESHOLDS_FILE
+    return Cache(path, cache_key(config, spliced), encode, _decode, why_stale, inside=config.DATA_DIR)
 
 
 def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResult) -> Path:
@@ -83,8 +97,8 @@ def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResu
     The safetensors header carries the same JSON, so a pair of files from two
     different runs can never be mistaken for one cache.
     """
-    directory = config.model_data_dir(config.MODEL_DIR)
-    metadata = cache_key(config, spliced) | {
+    store = thresholds_cache(config, spliced)
+    store.key |= {
         "slice": config.ACTS_LAYERS_SLICE,
         "n_sequences": len(result.cut_positions),
         "n_tokens": int(result.cluster_sizes.sum()),
@@ -93,13 +107,11 @@ def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResu
         "percentile_resolved": result.n_kept >= samples_to_resolve(config.THRESHOLD_PERCENTILE),
         "world_size": distributed.world_size(),
     }
-    text = json.dumps(metadata, indent=2, sort_keys=True)
-    tensors = {key: value.float().contiguous().cpu() for key, value in result.thresholds.items()}
-    path = directory / THRESHOLDS_FILE
-    storage.write_atomic(path, save(tensors, metadata={"thresholds_json": text}))
-    storage.write_atomic(directory / METADATA_FILE, text + "\n")  # for people; the header's copy is read
-    logger.info("Wrote thresholds for %d sites to %s", len(tensors), path)
-    return path
+    store.save({key: value.float().contiguous().cpu() for key, value in result.thresholds.items()})
+    text = json.dumps(store.key, indent=2, sort_keys=True) + "\n"  # for people; the header's copy is read
+    storage.write_atomic(store.path.with_name(METADATA_FILE), text, inside=config.DATA_DIR)
+    logger.info("Wrote thresholds for %d sites to %s", len(result.thresholds), store.path)
+    return store.path
 
 
 def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
@@ -112,19 +124,19 @@ def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
     if config.DATASET is None:
         logger.info("DATASET is unset, so no dataset thresholds apply (hist.py computes them from DATASET)")
         return None
-    path = config.model_data_dir(config.MODEL_DIR) / THRESHOLDS_FILE
-    if not path.is_file():
-        logger.info("No cached thresholds at %s; run hist.py to compute them", path)
-        return None
+    store = thresholds_cache(config, spliced)
     try:
-        cached, values = _read_cache(path)
-        differences = _differences(cached, cache_key(config, spliced), values, spliced)
-    except (OSError, KeyError, ValueError, TypeError, AttributeError, SafetensorError) as e:
-        logger.warning("Ignoring cached thresholds %s: unreadable (%s); rerun hist.py", path, e)
+        stored = store.read()
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, SafetensorError, StorageError) as e:
+        logger.warning("Ignoring cached thresholds %s: unreadable (%s); rerun hist.py", store.path, e)
         return None
-    if differences:
-        logger.warning("Ignoring stale thresholds %s (rerun hist.py): %s", path, "; ".join(differences))
+    if stored is None:
+        logger.info("No cached thresholds at %s; run hist.py to compute them", store.path)
         return None
+    if differences := store.why_stale(stored, store.key):
+        logger.warning("Ignoring stale thresholds %s (rerun hist.py): %s", store.path, "; ".join(differences))
+        return None
+    cached, values, path = stored.key, stored.value, store.path
     cluster = cached["cluster"]
     description = (
         f"{cached['percentile']}th-percentile thresholds from {cached['n_kept']} of {cached['n_sequences']} "
@@ -134,20 +146,20 @@ def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
     return Thresholds({site.key: values[site.key].to(spliced.device) for site in spliced.sites}, description)
 
 
-def _read_cache(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
-        if "thresholds_json" not in metadata:
-            raise ValueError("no thresholds_json metadata in its header")
-        cached = json.loads(metadata["thresholds_json"])
-    return cached, load_file(str(path))
+def _decode(data: bytes) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(the key in the safetensors header, the tensors)."""
+    header_length = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_length]).get("__metadata__") or {}
+    if "thresholds_json" not in metadata:
+        raise ValueError("no thresholds_json metadata in its header")
+    return json.loads(metadata["thresholds_json"]), load(data)
 
 
 def _differences(
     cached: dict[str, Any], current: dict[str, Any], values: dict[str, Tensor], spliced: SplicedModel
 ) -> list[str]:
     """What keeps a cache from serving this run, in words; empty when it fits."""
-    found = storage.fingerprint_differences(cached, current)
+    found = fingerprint_differences(cached, current)
     for site in spliced.sites:
         if site.key not in values or site.key not in cached.get("saes", {}):
             found.append(f"no threshold for site {site.key}")

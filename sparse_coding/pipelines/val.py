@@ -29,7 +29,8 @@ from sparse_coding.pipelines.inputs import (
     interpreted_texts,
     warn_unknown_prompts,
 )
-from sparse_coding.pipelines.loading import check_sources, load_spliced_model
+from sparse_coding.pipelines.loading import check_sources, load_spliced_model, settled
+from sparse_coding.pipelines.publish import log_config_run
 from sparse_coding.pipelines.resume import file_input, run_checkpoint
 from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
@@ -61,6 +62,7 @@ def run_val(
     spliced, tokenizer = load_circuit_model(
         config, circuit, circuit_errors=circuit_errors, source=source, phases=phases
     )
+    config = settled(config, spliced)
     warn_unknown_prompts(config, tokenizer)
     inputs = {"from_graph": file_input(from_graph), "run": run}
     with run_checkpoint(config, "val.py", spliced, resume=resume, inputs=inputs):
@@ -120,6 +122,9 @@ def _validated(
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
     metadata = {"pairs": pairs, "config": config.to_metadata(), "world_size": distributed.world_size()}
     write_report(data | metadata, path)
+    numbers = {"faithfulness": result.faithfulness, "completeness": result.completeness, "kl": result.kl}
+    timings = {f"seconds/{name}": value for name, value in phases.metadata().items()}
+    log_config_run(config, script="val.py", summary=numbers | timings, files=[path], out_dir=path.parent)
     pairs_text = "" if pairs is None else f"\n{format_pairs_report(pairs)}"
     return f"{format_report(data)}{pairs_text}\n\nWrote {path}"
 
@@ -145,7 +150,7 @@ def load_circuit_model(
     pairs = [parse_site_key(key) for key in [*circuit, *circuit_errors]]
     check_sources(config, pairs, source)
     check_pins_before_loading(config, [*circuit, *circuit_errors], source)
-    spliced, tokenizer = load_spliced_model(config, phases=phases)
+    spliced, tokenizer = load_spliced_model(config, phases=phases, script="val")
     check_within_slice(config, pairs, config.layer_range(spliced.n_layers), source)
     check_circuit(spliced, circuit, source=source, circuit_errors=circuit_errors)
     return spliced, tokenizer

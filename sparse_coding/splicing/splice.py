@@ -17,12 +17,21 @@ Sites and their places in the model (TransformerLens names):
 
 SAEs trained on TransformerLens models with centred writing weights
 (`gpt2-small-res-jb`) read ``x - mean(x)``; `Site.code` does that conversion.
+
+Editing features (`edit_features`: set, scale, add; zero and patch
+ablations are the same edit) changes x by the edited features' decoder rows
+only: ``x' = x + sum_e (new_e - a_e) * scale * W_dec[f_e]``, the error term
+and every other feature kept, so an edit that changes nothing returns x
+bit for bit. It asks three things of a site: `decoder_scale`, `feats_at`
+and `decode_rows`; another kind of dictionary (a transcoder) that answers
+them is edited by the same code.
 """
 
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -70,8 +79,9 @@ class Site:
         return hook_position(self.sae.hook_name)
 
     def to_sae_space(self, x: Tensor) -> Tensor:
-        """Model activation -> the SAE's input convention."""
-        x = x.to(self.sae.W_enc.dtype)
+        """Model activation -> the SAE's input convention, in at least float32 (`SAE.input_dtype`):
+        only the encoder product runs at SAE_DTYPE."""
+        x = x.to(torch.promote_types(x.dtype, self.sae.input_dtype))
         return x - x.mean(dim=-1, keepdim=True) if self.sae.cfg.center_writing_weights else x
 
     def feats(self, x: Tensor) -> Tensor:
@@ -81,6 +91,20 @@ class Site:
     def feats_of(self, x: Tensor, features: Tensor) -> Tensor:
         """The SAE's own activations (..., n) of the chosen `features` only."""
         return self.sae.encode_features(self.to_sae_space(x), features)
+
+    def feats_at(self, x: Tensor, rows: Tensor, positions: Tensor, features: Tensor) -> Tensor:
+        """Activations (n,): feature features[e] at x[rows[e], positions[e]] (x: (batch, pos, d_model)).
+
+        Each distinct token is encoded once, for the distinct features only.
+        """
+        tokens, token_index = (rows * x.shape[1] + positions).unique(return_inverse=True)
+        chosen, feature_index = features.unique(return_inverse=True)
+        return self.feats_of(x.flatten(0, -2)[tokens], chosen)[token_index, feature_index]
+
+    def decoder_scale(self, x: Tensor) -> Tensor:
+        """(..., 1): the coefficient of decoder rows in x's reconstruction (layer-norm std, else 1),
+        in the SAE's dtype."""
+        return self.sae.normalize(self.to_sae_space(x))[2]
 
     def pre_of(self, x: Tensor, features: Tensor | slice) -> Tensor:
         """Encoder pre-activations (..., n) of the chosen `features` only."""
@@ -119,7 +143,7 @@ class Site:
 
     def _error(self, x: Tensor, decoded: Tensor, mu: Tensor, std: Tensor) -> Tensor:
         """x - x_hat in model space, from the decoded feature sum (..., d_in) and x's LN stats."""
-        x_hat = (decoded + self.sae.b_dec) * std + mu
+        x_hat = (decoded.to(mu.dtype) + self.sae.b_dec) * std + mu
         if self.sae.cfg.center_writing_weights:
             x_hat = x_hat + x.to(x_hat.dtype).mean(dim=-1, keepdim=True)
         return x - x_hat.to(x.dtype)
@@ -135,8 +159,9 @@ Intervention = Callable[[Site, Tensor], Tensor]
 class SplicedModel:
     """A GPT-2 with SAEs at some sites; run it under an intervention."""
 
-    def __init__(self, model: GPT2, saes: list[SAE]) -> None:
+    def __init__(self, model: GPT2, saes: list[SAE], prepend_bos: bool = True) -> None:
         self.model = model
+        self.prepend_bos = prepend_bos  # whether inputs start with BOS, as its SAEs were trained
         n_layers, d_model = model.config.n_layer, model.config.n_embd
         for sae in saes:
             if sae.d_in != d_model:
@@ -236,6 +261,52 @@ def record_codes(codes: dict[str, SiteCode]) -> Intervention:
     return record
 
 
+class FeatureEdits(NamedTuple):
+    """Edits of single activations at one site: entry e sets feature features[e] at
+    (rows[e], positions[e]) to ``factor[e] * activation + offset[e]``.
+
+    set v: factor 0, offset v; scale c: factor c, offset 0; add v: factor 1,
+    offset v (added whether the feature fires or not). Offsets are in the
+    SAE's activation units (`edit_features` multiplies them by the decoder
+    scale), or node values (activation * scale) with ``node_values=True``.
+    """
+
+    rows: Tensor  # (n,) long: batch rows
+    positions: Tensor  # (n,) long: columns of the site's activation
+    features: Tensor  # (n,) long
+    factor: Tensor  # (n,) float
+    offset: Tensor  # (n,) float
+
+
+def edit_features(site: Site, x: Tensor, edits: FeatureEdits, *, node_values: bool = False) -> Tensor:
+    """x (batch, pos, d_model) with `edits` applied through the decoder, error term kept.
+
+    ``x' = x + sum_e (new_e - a_e) * scale * W_dec[f_e]``, the activations a_e
+    re-read from x (only where the factor is not 1: an `add` reads nothing).
+    """
+    if len(edits.rows) == 0:
+        return x
+    scale = site.decoder_scale(x)[edits.rows, edits.positions, 0]  # (n,)
+    change = edits.offset.to(scale.dtype) * (1 if node_values else scale)
+    reads = edits.factor != 1
+    if bool(reads.any()):
+        acts = site.feats_at(x, edits.rows[reads], edits.positions[reads], edits.features[reads])
+        read_change = (edits.factor[reads].to(acts.dtype) - 1) * acts * scale[reads]
+        change = change.index_add(0, reads.nonzero()[:, 0], read_change.to(change.dtype))
+    rows = site.decode_rows(change, edits.features).to(x.dtype)  # (n, d_model)
+    return x + torch.zeros_like(x).index_put_((edits.rows, edits.positions), rows, accumulate=True)
+
+
+def feature_edits(edits: dict[str, FeatureEdits], *, node_values: bool = False) -> Intervention:
+    """Intervention applying each site's `FeatureEdits` (see `edit_features`); other sites run plain."""
+
+    def edit(site: Site, x: Tensor) -> Tensor:
+        chosen = edits.get(site.key)
+        return x if chosen is None else edit_features(site, x, chosen, node_values=node_values)
+
+    return edit
+
+
 def zero_ablation(
     targets: dict[str, Tensor],
     codes: dict[str, SiteCode] | None = None,
@@ -252,25 +323,19 @@ def zero_ablation(
 
     The new activation is ``x - sum of ablated f * scale * W_dec[f]``: features
     are re-read from the current (possibly already changed) input and the error
-    term is that input's own, as in Marks et al.
+    term is that input's own, as in Marks et al. It is `edit_features`' set.
     """
+    edits = {}
+    for key, chosen in targets.items():
+        rows, positions, features = chosen.unbind(-1)
+        zeros = torch.zeros(len(chosen), device=chosen.device)
+        offset = values[key] if values is not None and key in values else zeros
+        edits[key] = FeatureEdits(rows, positions, features, zeros, offset)
+    apply = feature_edits(edits, node_values=True)
 
     def ablate(site: Site, x: Tensor) -> Tensor:
-        if site.key not in targets and codes is None:
-            return x
-        code = site.code(x)
         if codes is not None:
-            codes[site.key] = code
-        chosen = targets.get(site.key)
-        if chosen is None or len(chosen) == 0:
-            return x
-        rows, positions, features = chosen.unbind(-1)
-        removed = code.feats[rows, positions, features] * code.scale[rows, positions, 0].to(code.feats.dtype)
-        if values is not None and site.key in values:
-            removed = removed - values[site.key].to(removed.dtype)
-        delta = torch.zeros_like(x).index_put_(
-            (rows, positions), site.decode_rows(removed, features).to(x.dtype), accumulate=True
-        )
-        return x - delta
+            codes[site.key] = site.code(x)
+        return apply(site, x)
 
     return ablate

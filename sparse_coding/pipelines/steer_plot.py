@@ -1,0 +1,72 @@
+"""The response curve drawn with matplotlib: PNG and SVG bytes from response_curve.json's data.
+
+Top panel: each watched feature's activation at the prompt's last token
+against the swept value (one line per node id); bottom panel: log p(answer)
+after that token. Mean over the prompts when there are several. The caption
+states the sign convention. Drawn on a `Figure` of its own (no pyplot), so a
+notebook's backend and figures are left alone.
+"""
+
+import io
+import textwrap
+
+from matplotlib.figure import Figure
+
+from sparse_coding.config.steering import positions_text
+
+AXIS_LABELS = {
+    "set": "{node} set to x (its activation)",
+    "scale": "{node} scaled by x (x = 1: unchanged)",
+    "add": "{node}: x * W_dec added (x in activation units)",
+}
+
+
+def _mean(per_prompt: list[list[float]]) -> list[float]:
+    return [sum(column) / len(column) for column in zip(*per_prompt, strict=True)]
+
+
+def curve_figure(data: dict) -> Figure:
+    """The figure of one response curve (`steer_report.curve_data`)."""
+    panels = [name for name in ("watched", "answer_logprob") if data[name]]
+    figure = Figure(figsize=(7.5, 2.2 + 2.6 * len(panels)), layout="constrained")
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    x = data["values"]
+    mean_of = f" (mean over {len(data['prompts'])} prompts)" if len(data["prompts"]) > 1 else ""
+    for ax, panel in zip(axes, panels, strict=True):
+        if panel == "watched":
+            for node, values in data["watched"].items():
+                ax.plot(x, _mean(values), marker="o", markersize=3, label=node)
+            ax.set_ylabel(f"activation at the\nprompt's last token{mean_of}")
+            ax.legend(title="watched feature", fontsize="small")
+        else:
+            ax.plot(x, _mean(data["answer_logprob"]), marker="o", markersize=3, color="black")
+            ax.set_ylabel(f"log p({data['answer']!r})\nafter the prompt{mean_of}")
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel(AXIS_LABELS[data["kind"]].format(node=data["node"]))
+    positions = data["positions"]
+    where = positions_text(positions if isinstance(positions, str) else tuple(positions))
+    figure.suptitle(f"Response curve of {data['node']} ({data['kind']} at {where})")
+    figure.get_layout_engine().set(h_pad=0.15)
+    caption = data["sign_convention"]["curve"]
+    figure.supxlabel(_wrap(caption, 110), fontsize="small", color="dimgray")
+    return figure
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def curve_images(data: dict) -> dict[str, bytes]:
+    """{"png": ..., "svg": ...} of the curve."""
+    figure = curve_figure(data)
+    images = {}
+    for fmt in ("png", "svg"):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=150 if fmt == "png" else None, metadata=_metadata(fmt))
+        images[fmt] = buffer.getvalue()
+    return images
+
+
+def _metadata(fmt: str) -> dict:
+    """No creation date in the files, so the same curve writes the same bytes."""
+    return {"Date": None} if fmt == "svg" else {}

@@ -1,0 +1,196 @@
+"""steer.py's reports: steering.json and response_curve.json, and the text researchers read.
+
+``steering.json``: ``source``, ``interventions`` (node, kind, value,
+positions, in words), ``watched``, ``generation`` (decoding settings),
+``sequences`` (per prompt and return sequence: ``prompt``, ``clean`` and
+``steered`` text and token ids, ``steps``: per generated step the clean
+token with its probability clean and steered (``p_clean``, ``p_steered``),
+``kl`` and the tokens that ``rose`` and ``fell`` most as rows of ``token``,
+``id``, ``clean``, ``steered``, ``change``; ``activations``: per node, clean
+and steered, at the prompt's last token and the mean over the continuation),
+``sign_convention``, ``run`` (script, time, world_size: 1), ``config``.
+
+``response_curve.json``: ``node``, ``kind``, ``positions``, ``values``,
+``prompts``, ``watched`` (node -> per prompt, per value), ``answer``,
+``answer_logprob``, ``top_tokens`` (per prompt and value), ``sign_convention``, ``run``, ``config``.
+"""
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from torch import Tensor
+
+from sparse_coding.algorithms.generation import Sampling
+from sparse_coding.algorithms.response_curve import CurveResult
+from sparse_coding.algorithms.steering import SteerResult, TokenChanges
+from sparse_coding.graphs.conventions import sentences
+from sparse_coding.pipelines.steer_plan import SteerPlan
+from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.tokens import token_text
+
+SHOWN_PER_STEP = 3  # rose/fell tokens per step in the printed report (all LOGIT_TOKENS in the JSON)
+
+
+def to_json(data: dict[str, Any]) -> str:
+    """Strict JSON (no NaN), indented."""
+    return json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False)
+
+
+def steering_data(result: SteerResult, plan: SteerPlan, tokenizer: Tokenizer, sampling: Sampling) -> dict:
+    """steering.json's fields but ``config``."""
+    n_samples = len(result.clean_tokens) // len(plan.texts)
+    sequences = [
+        _sequence(result, row, plan.texts[row // n_samples], row % n_samples, tokenizer, plan)
+        for row in range(len(result.clean_tokens))
+    ]
+    return {
+        "source": plan.source,
+        "interventions": [asdict(edit) | {"description": edit.describe()} for edit in plan.edits],
+        "watched": list(plan.watch),
+        "generation": asdict(sampling)
+        | {"decoding": "greedy" if sampling.greedy else "sampled", "return_sequences": n_samples},
+        "sequences": sequences,
+        "sign_convention": sentences("steer.py"),
+    }
+
+
+def _sequence(
+    result: SteerResult, row: int, prompt: str, sample: int, tokenizer: Tokenizer, plan: SteerPlan
+) -> dict:
+    clean, steered = result.clean_tokens[row].tolist(), result.steered_tokens[row].tolist()
+    steps = [
+        {
+            "step": step,
+            "token": token_text(tokenizer, token),
+            "p_clean": float(result.chosen.clean[row, step, 0]),
+            "p_steered": float(result.chosen.steered[row, step, 0]),
+            "kl": float(result.kl[row, step]),
+            "rose": _token_rows(result.rose, row, step, tokenizer, sign=1),
+            "fell": _token_rows(result.fell, row, step, tokenizer, sign=-1),
+        }
+        for step, token in enumerate(clean)
+    ]
+    last = result.prompts.width - 1
+    intervened = {edit.node for edit in plan.edits}
+    activations = {
+        node: {
+            "intervened": node in intervened,
+            "clean_last_prompt": float(before[row, last]),
+            "steered_last_prompt": float(after[row, last]),
+            "clean_mean_generated": float(before[row, last + 1 :].mean()),
+            "steered_mean_generated": float(after[row, last + 1 :].mean()),
+        }
+        for node, (before, after) in result.activations.items()
+    }
+    return {
+        "prompt": prompt,
+        "sample": sample,
+        "clean": tokenizer.decode(clean),
+        "steered": tokenizer.decode(steered),
+        "clean_tokens": clean,
+        "steered_tokens": steered,
+        "steps": steps,
+        "activations": activations,
+    }
+
+
+def _token_rows(changes: TokenChanges, row: int, step: int, tokenizer: Tokenizer, sign: int) -> list[dict]:
+    """The tokens of one step whose change has `sign` (a step may have fewer than k)."""
+    ids, clean, steered = (t[row, step].tolist() for t in changes)
+    return [
+        {"token": token_text(tokenizer, i), "id": i, "clean": c, "steered": s, "change": s - c}
+        for i, c, s in zip(ids, clean, steered, strict=True)
+        if (s - c) * sign > 0
+    ]
+
+
+def format_steering_report(data: dict) -> str:
+    """The terminal report: interventions, texts side by side, per-step changes, activations."""
+    generation = data["generation"]
+    lines = [
+        f"steer.py: {len(data['interventions'])} intervention(s) from {data['source']}, "
+        f"{generation['decoding']} decoding, {generation['max_new_tokens']} new tokens",
+        *(f"  {edit['description']}" for edit in data["interventions"]),
+    ]
+    for sequence in data["sequences"]:
+        lines += ["", *_sequence_lines(sequence, generation["return_sequences"])]
+    lines += ["", f"Changes: {data['sign_convention']['change']}; KL: {data['sign_convention']['kl']}"]
+    return "\n".join(lines)
+
+
+def _sequence_lines(sequence: dict, n_samples: int) -> list[str]:
+    sample = f" (sample {sequence['sample'] + 1}/{n_samples})" if n_samples > 1 else ""
+    lines = [
+        f"Prompt {sequence['prompt']!r}{sample}",
+        f"  clean:   {sequence['clean']!r}",
+        f"  steered: {sequence['steered']!r}",
+        f"  {'step':>4}  {'clean token':<16} {'p clean':>8} {'p steered':>9} {'KL':>8}  "
+        f"rose (p steered - p clean) | fell",
+    ]
+    for step in sequence["steps"]:
+        rose, fell = (_changes_text(step[name][:SHOWN_PER_STEP]) for name in ("rose", "fell"))
+        probs = f"{step['p_clean']:>8.4f} {step['p_steered']:>9.4f} {step['kl']:>8.4f}"
+        lines.append(f"  {step['step'] + 1:>4}  {step['token']!r:<16} {probs}  {rose} | {fell}")
+    lines.append("  activations, clean -> steered: at the prompt's last token; mean over the continuation")
+    for node, acts in sequence["activations"].items():
+        mark = "*" if acts["intervened"] else " "
+        lines.append(
+            f"  {mark} {node:<16} {acts['clean_last_prompt']:9.4f} -> {acts['steered_last_prompt']:<9.4f}"
+            f"  {acts['clean_mean_generated']:9.4f} -> {acts['steered_mean_generated']:.4f}"
+        )
+    return lines
+
+
+def _changes_text(rows: list[dict]) -> str:
+    return ", ".join(f"{row['token']!r} {row['change']:+.3f}" for row in rows) or "-"
+
+
+def curve_data(result: CurveResult, plan: SteerPlan, tokenizer: Tokenizer) -> dict:
+    """response_curve.json's fields but ``config``."""
+    spec = plan.curve
+
+    def table(values: Tensor | None) -> list[list[float]] | None:
+        return None if values is None else values.tolist()
+
+    top = [
+        [
+            [{"token": token_text(tokenizer, i), "id": i, "prob": p} for i, p in zip(ids, probs, strict=True)]
+            for ids, probs in zip(prompt_ids, prompt_probs, strict=True)
+        ]
+        for prompt_ids, prompt_probs in zip(result.top_ids.tolist(), result.top_probs.tolist(), strict=True)
+    ]
+    return {
+        "node": spec.node,
+        "kind": spec.kind,
+        "positions": spec.positions if isinstance(spec.positions, str) else list(spec.positions),
+        "values": result.values,
+        "prompts": plan.texts,
+        "watched": {node: table(values) for node, values in result.watched.items()},
+        "answer": spec.answer,
+        "answer_logprob": table(result.answer_logprob),
+        "top_tokens": top,
+        "sign_convention": sentences("steer.py"),
+    }
+
+
+def format_curve_report(data: dict) -> str:
+    """The curve as a table: one row per value, mean over prompts."""
+    watched = list(data["watched"])
+    answer = [f"log p({data['answer']!r})"] if data["answer"] is not None else []
+    header = ["value", *watched, *answer]
+    lines = [
+        f"Response curve: {data['node']} ({data['kind']}) over {len(data['prompts'])} prompt(s), "
+        f"read at each prompt's last token",
+        "  ".join(f"{name:>14}" for name in header),
+    ]
+    for i, value in enumerate(data["values"]):
+        cells = [value, *(_mean(data["watched"][node], i) for node in watched)]
+        if answer:
+            cells.append(_mean(data["answer_logprob"], i))
+        lines.append("  ".join(f"{cell:>14.4f}" for cell in cells))
+    return "\n".join(lines)
+
+
+def _mean(per_prompt: list[list[float]], i: int) -> float:
+    return sum(row[i] for row in per_prompt) / len(per_prompt)

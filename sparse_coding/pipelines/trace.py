@@ -1,0 +1,124 @@
+"""trace.py's pipeline: config -> model and transcoders -> attribution graph -> graph files.
+
+TRANSCODERS replace every MLP of MODEL_DIR; the graph explains the next token
+after TRACE_PROMPT (else PROMPT), with TRACE_* shaping pruning, logit nodes
+and batching (`algorithms.trace_graph`). `pipelines.trace_publish` turns the
+result into the project's Graph and writes it.
+"""
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from sparse_coding.algorithms.trace_graph import TraceGraph, TraceOptions, trace_graph
+from sparse_coding.config import Config
+from sparse_coding.errors import ConfigError
+from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype, tokenize_prompt
+from sparse_coding.models.transformer import GPT2
+from sparse_coding.phases import PhaseTimer
+from sparse_coding.pipelines.downloads import Download
+from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.transcoders.loading import load_transcoders
+from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer
+from sparse_coding.transcoders.transcoder import TranscoderSet
+
+logger = logging.getLogger(__name__)
+
+
+def trace_options(config: Config) -> TraceOptions:
+    """The TraceOptions of the config's TRACE_* keys."""
+    return TraceOptions(
+        node_threshold=config.TRACE_NODE_THRESHOLD,
+        edge_threshold=config.TRACE_EDGE_THRESHOLD,
+        logit_mass=config.TRACE_LOGIT_MASS,
+        max_logits=config.TRACE_MAX_LOGITS,
+        max_feature_nodes=config.TRACE_MAX_FEATURE_NODES,
+        batch_size=config.TRACE_BATCH_SIZE,
+    )
+
+
+def trace_prompt(config: Config) -> str:
+    """The text trace.py explains the next token of."""
+    return config.TRACE_PROMPT if config.TRACE_PROMPT is not None else config.PROMPT
+
+
+def transcoder_downloads(config: Config) -> list[Download]:
+    """Every hub download TRANSCODERS needs, one per layer (for preflight's offline check)."""
+    if not config.TRANSCODERS:
+        raise ConfigError("TRANSCODERS is unset; trace.py needs transcoders, e.g. 'gpt2-small-transcoders'")
+    n_layers = _model_layers(config.MODEL_DIR)
+    downloads = []
+    for layer in release_layers(config.TRANSCODERS, n_layers):
+        resolved = resolve_layer(config.TRANSCODERS, layer)
+        if needed := hub_files(resolved):
+            names = tuple(name for _, name in needed)
+            downloads.append(Download(f"transcoder {resolved.description}", needed[0][0], names, names, None))
+    return downloads
+
+
+def _model_layers(model_dir: str) -> int:
+    """The model's block count from its config.json when local or cached; else GPT-2 small's 12."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    local = Path(model_dir).expanduser() / "config.json"
+    path = local if local.is_file() else try_to_load_from_cache(model_dir, "config.json")
+    try:
+        return int(json.loads(Path(path).read_text(encoding="utf-8")).get("n_layer", 12))
+    except (OSError, TypeError, ValueError):
+        return 12  # the loader reports an unreadable model with its own message
+
+
+def load_trace_inputs(
+    config: Config, phases: PhaseTimer
+) -> tuple[GPT2, Tokenizer, TranscoderSet, torch.Tensor]:
+    """MODEL_DIR, its tokenizer, TRANSCODERS for it, and the prompt's token ids (pos,)."""
+    device = resolve_device(config.DEVICE)
+    dtype = resolve_dtype(config.DTYPE)
+    with phases.phase("model load"):
+        model, tokenizer = load_model(config.MODEL_DIR, device, dtype)
+    with phases.phase("transcoder load"):
+        transcoders = load_transcoders(
+            config.TRANSCODERS, n_layers=model.config.n_layer, d_model=model.config.n_embd, device=device,
+            dtype=resolve_dtype(config.SAE_DTYPE, dtype), lazy_decoders=config.TRANSCODER_LAZY_DECODERS,
+        )  # fmt: skip
+    ids = tokenize_prompt(
+        tokenizer,
+        trace_prompt(config),
+        prepend_bos=trace_prepend_bos(config),
+        max_len=model.config.n_positions,
+    )
+    return model, tokenizer, transcoders, ids[0].to(device)
+
+
+def trace_prepend_bos(config: Config) -> bool:
+    """PREPEND_BOS for trace.py: the key when set, else True. The transcoders' files record no BOS
+    convention the way SAE cfgs do; circuit-tracer always prepends it, and BOS carries no nodes."""
+    return True if config.PREPEND_BOS is None else config.PREPEND_BOS
+
+
+def compute_trace(
+    config: Config, phases: PhaseTimer | None = None
+) -> tuple[TraceGraph, GPT2, Tokenizer, TranscoderSet]:
+    """The attribution graph of the config's prompt, with the model, tokenizer and transcoders it used."""
+    phases = phases or PhaseTimer()
+    model, tokenizer, transcoders, ids = load_trace_inputs(config, phases)
+    with phases.phase("compute: attribution graph"):
+        bos = tokenizer.bos_token_id if trace_prepend_bos(config) else None
+        graph = trace_graph(model, transcoders, ids, bos_token_id=bos, options=trace_options(config))
+    for name, seconds in graph.phases.items():
+        logger.info("trace %s: %.1fs", name, seconds)
+    return graph, model, tokenizer, transcoders
+
+
+def run_trace(config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False) -> str:
+    """Build trace.py's graph and merge it into TRACE_DOT_FILE (+ .json, image, viewer); the closing line."""
+    from sparse_coding.pipelines.trace_publish import publish_trace
+
+    phases = phases or PhaseTimer()
+    config = dataclasses.replace(config, PREPEND_BOS=trace_prepend_bos(config))
+    graph, model, tokenizer, transcoders = compute_trace(config, phases)
+    return publish_trace(graph, config, model, tokenizer, transcoders, phases=phases, new_graph=new_graph)

@@ -1,0 +1,1 @@
+"""Transcoders and cross-layer transcoders: published layouts, the replacement model, interventions."""

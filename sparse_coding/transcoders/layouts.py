@@ -1,0 +1,261 @@
+"""Read one layer of a published transcoder layout into one form (facts: docs/transcoders.md).
+
+Four layouts, told apart by their files:
+
+    saelens   cfg.json + sae_weights.safetensors       arena-demos-transcoder; SAELens "transcoder"
+    dunefsky  sae.json + sae.safetensors + sae_info.json  jacobdunefsky/gpt2small-transcoders
+    pickle    <name>.pt                                 pchlenski/gpt2-transcoders (original files)
+    sparsify  cfg.json + sae.safetensors               EleutherAI gpt2-mntss-* (cross-layer if n_targets)
+
+Every reader returns a `LayerWeights`, whose one formula is
+
+    f = act((x - b_in) @ W_enc + b_enc)                    x: the layer's input (`input_hook`)
+    y_T = sum over source layers S of f_S @ W_dec[S block] + b_out (+ x_T @ W_skip.T)
+
+with one decoder block (this layer's features) for a per-layer transcoder
+and blocks for every source layer 0..T for a cross-layer transcoder stored by
+target layer (sparsify's layout).
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from sparse_coding.config.yaml_file import shown
+from sparse_coding.errors import SAELoadError, TranscoderLoadError
+from sparse_coding.models.sae_sources import normalize_cfg
+from sparse_coding.transcoders.files import SafetensorsRows, load_pickled_state, load_tensors, tensor_names
+
+# TransformerLens hook a transcoder reads -> how it is computed from the block's h_mid (docs/transcoders.md).
+INPUT_HOOKS = {
+    "ln2.hook_normalized": "(h_mid - mean) / sqrt(var + eps), ln_2 without gain and bias",
+    "hook_resid_mid": "h_mid, the input of ln_2",
+}
+# Files that identify each folder layout, in the order they are tried.
+FOLDER_LAYOUTS = {
+    "saelens": ("cfg.json", "sae_weights.safetensors"),
+    "dunefsky": ("sae.json", "sae.safetensors", "sae_info.json"),
+    "sparsify": ("cfg.json", "sae.safetensors"),
+}
+# SAELens architecture -> the activation its transcoder classes apply.
+SAELENS_TRANSCODERS = {
+    "transcoder": "standard",
+    "skip_transcoder": "standard",
+    "jumprelu_transcoder": "jumprelu",
+}
+# sae_info.json sublayer names (Dunefsky's attribution tool) -> TransformerLens hook.
+DUNEFSKY_SUBLAYERS = {"mlp_in": "ln2.hook_normalized", "mid": "hook_resid_mid"}
+DUNEFSKY_ACTIVATIONS = {"relu": "relu", "top_k": "topk"}
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """What one layer's transcoder file says about itself, in one form."""
+
+    layout: str
+    d_in: int
+    d_sae: int
+    d_out: int
+    activation: str  # "relu" | "topk" | "jumprelu" (models.saes.ACTIVATIONS)
+    k: int | None
+    input_hook: str  # a key of INPUT_HOOKS
+    n_sources: int  # decoder blocks stored with this layer: 1, or layer + 1 (cross-layer)
+
+
+@dataclass
+class LayerWeights:
+    """One layer's weights; `W_dec` may be rows read on demand (`SafetensorsRows`)."""
+
+    cfg: LayerConfig
+    W_enc: Tensor  # (d_in, d_sae)
+    b_enc: Tensor  # (d_sae,)
+    b_in: Tensor | None  # (d_in,) subtracted from the input before encoding
+    threshold: Tensor | None  # (d_sae,) JumpReLU
+    W_dec: Tensor | SafetensorsRows  # (n_sources * d_sae, d_out)
+    b_out: Tensor  # (d_out,)
+    W_skip: Tensor | None  # (d_out, d_in)
+
+
+def folder_layout(names: set[str]) -> str | None:
+    """The layout whose files are all among `names`, else None."""
+    return next((layout for layout, files in FOLDER_LAYOUTS.items() if set(files) <= names), None)
+
+
+def read_layer(layout: str, files: dict[str, Path], layer: int, *, lazy: bool, where: str) -> LayerWeights:
+    """Read one layer of `layout` from `files` (file name -> path); `where` names it in errors."""
+    readers = {"saelens": _saelens, "dunefsky": _dunefsky, "sparsify": _sparsify, "pickle": _pickle}
+    try:
+        weights = readers[layout](files, layer, lazy)
+    except (KeyError, TypeError, ValueError, SAELoadError) as e:
+        raise TranscoderLoadError(f"Transcoder {where} ({layout} layout) is malformed: {e}") from e
+    _check_shapes(weights, where)
+    return weights
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TranscoderLoadError(f"{path} is not readable JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise TranscoderLoadError(f"{path} must hold a JSON object, got {shown(data)}")
+    return data
+
+
+def _hook_suffix(hook: str, layer: int, what: str) -> str:
+    """The part of ``blocks.{layer}.X`` after the layer, checked against INPUT_HOOKS or hook_mlp_out."""
+    prefix = f"blocks.{layer}."
+    if not hook.startswith(prefix):
+        raise TranscoderLoadError(f"its {what} {hook!r} is not in layer {layer} ('{prefix}...')")
+    return hook.removeprefix(prefix)
+
+
+def _input_hook(hook: str, layer: int) -> str:
+    suffix = _hook_suffix(hook, layer, "input hook")
+    if suffix not in INPUT_HOOKS:
+        raise TranscoderLoadError(
+            f"its input hook {hook!r} is not supported; supported: "
+            f"{', '.join(f'blocks.{layer}.{name}' for name in INPUT_HOOKS)}"
+        )
+    return suffix
+
+
+def _output_hook(hook: str, layer: int) -> None:
+    if _hook_suffix(hook, layer, "output hook") != "hook_mlp_out":
+        raise TranscoderLoadError(f"it writes {hook!r}; trace.py replaces MLPs: blocks.{layer}.hook_mlp_out")
+
+
+def _decoder(path: Path, tensors: dict[str, Tensor], name: str, lazy: bool) -> Tensor | SafetensorsRows:
+    return SafetensorsRows(path, name) if lazy else tensors[name]
+
+
+def _load(path: Path, lazy: bool, decoder: str) -> dict[str, Tensor]:
+    """Every tensor of a .safetensors file; without the decoder when it is read lazily."""
+    if not lazy:
+        return load_tensors(path)
+    return load_tensors(path, [name for name in tensor_names(path) if name != decoder])
+
+
+def _saelens(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
+    raw = _json(files["cfg.json"])
+    architecture = str(raw.get("architecture") or "standard")
+    is_transcoder = architecture in SAELENS_TRANSCODERS
+    norm = normalize_cfg({**raw, "architecture": SAELENS_TRANSCODERS.get(architecture, architecture)}, "")
+    if norm["normalize_activations"] != "none":
+        raise TranscoderLoadError("normalize_activations must be 'none' for a transcoder")
+    hook_out = raw.get("hook_name_out") or (raw.get("metadata") or {}).get("hook_name_out")
+    if hook_out:
+        _output_hook(str(hook_out), layer)
+    path = files["sae_weights.safetensors"]
+    tensors = _load(path, lazy, "W_dec")
+    b_dec = tensors["b_dec"]
+    apply_b_in = norm["apply_b_dec_to_input"] and not is_transcoder
+    out_bias = "b_dec_out" if raw.get("use_b_dec_out") else "b_dec"
+    cfg = LayerConfig(
+        "saelens", norm["d_in"], norm["d_sae"], int(raw.get("d_out", norm["d_in"])), norm["activation"],
+        norm["k"], _input_hook(norm["hook_name"], layer), 1,
+    )  # fmt: skip
+    threshold = tensors.get("threshold")
+    if threshold is None and "log_threshold" in tensors:
+        threshold = tensors["log_threshold"].exp()
+    return LayerWeights(
+        cfg, tensors["W_enc"], tensors["b_enc"], b_dec if apply_b_in else None, threshold,
+        _decoder(path, tensors, "W_dec", lazy), tensors[out_bias], tensors.get("W_skip"),
+    )  # fmt: skip
+
+
+def _dunefsky(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
+    sae, info = _json(files["sae.json"]), _json(files["sae_info.json"])
+    inp, out = info["input_layer"], info["output_layer"]
+    if (
+        inp["sublayer"] not in DUNEFSKY_SUBLAYERS
+        or out["sublayer"] != "mlp_out"
+        or {inp["layer"], out["layer"]} != {layer}
+    ):
+        raise TranscoderLoadError(
+            f"sae_info.json reads {inp['layer']}/{inp['sublayer']} and writes "
+            f"{out['layer']}/{out['sublayer']}; trace.py needs layer {layer}'s "
+            f"{' or '.join(DUNEFSKY_SUBLAYERS)} -> mlp_out"
+        )
+    if sae.get("act_fn", "relu") not in DUNEFSKY_ACTIVATIONS:
+        raise TranscoderLoadError(
+            f"act_fn {sae.get('act_fn')!r}; supported: {', '.join(DUNEFSKY_ACTIVATIONS)}"
+        )
+    path = files["sae.safetensors"]
+    tensors = _load(path, lazy, "W_dec")
+    cfg = LayerConfig(
+        "dunefsky", int(sae["d_in"]), int(sae["num_features"]), int(sae.get("d_out") or sae["d_in"]),
+        DUNEFSKY_ACTIVATIONS[sae.get("act_fn", "relu")], sae.get("top_k"),
+        DUNEFSKY_SUBLAYERS[inp["sublayer"]], 1,
+    )  # fmt: skip
+    return LayerWeights(
+        cfg, tensors["W_enc"], tensors["b_enc"], None, None, _decoder(path, tensors, "W_dec", lazy),
+        tensors["b_dec"], None,
+    )  # fmt: skip
+
+
+def _pickle(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
+    path = next(iter(files.values()))
+    raw, state = load_pickled_state(path)
+    if raw and not raw.get("is_transcoder", True):
+        raise TranscoderLoadError("its cfg says is_transcoder: false (an SAE, not a transcoder)")
+    input_hook = _input_hook(str(raw.get("hook_point", f"blocks.{layer}.ln2.hook_normalized")), layer)
+    _output_hook(str(raw.get("out_hook_point", f"blocks.{layer}.hook_mlp_out")), layer)
+    d_in, d_sae = state["W_enc"].shape
+    cfg = LayerConfig("pickle", d_in, d_sae, state["W_dec"].shape[1], "relu", None, input_hook, 1)
+    return LayerWeights(
+        cfg, state["W_enc"], state["b_enc"], state["b_dec"], None, state["W_dec"], state["b_dec_out"], None
+    )
+
+
+def _sparsify(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
+    raw = _json(files["cfg.json"])
+    if not raw.get("transcode"):
+        raise TranscoderLoadError("cfg.json has transcode: false (a sparse autoencoder, not a transcoder)")
+    if raw.get("activation", "topk") != "topk" or raw.get("normalize_io"):
+        raise TranscoderLoadError(
+            f"activation {raw.get('activation')!r}, normalize_io {raw.get('normalize_io')!r}; supported: "
+            f"activation 'topk' without normalize_io"
+        )
+    cross_layer = int(raw.get("n_targets") or 0) > 0
+    n_sources = int(raw.get("n_sources") or 1) if cross_layer else 1
+    if cross_layer and n_sources != layer + 1:
+        raise TranscoderLoadError(
+            f"n_sources is {n_sources}; layer {layer} of a cross-layer set has {layer + 1}"
+        )
+    path = files["sae.safetensors"]
+    tensors = _load(path, lazy, "W_dec")
+    d_sae, d_in = tensors["encoder.weight"].shape
+    cfg = LayerConfig(
+        "sparsify", d_in, d_sae, int(raw["d_in"]), "topk", int(raw["k"]), "hook_resid_mid", n_sources
+    )
+    return LayerWeights(
+        cfg, tensors["encoder.weight"].T, tensors["encoder.bias"], None, None,
+        _decoder(path, tensors, "W_dec", lazy), tensors["b_dec"], tensors.get("W_skip"),
+    )  # fmt: skip
+
+
+def _check_shapes(w: LayerWeights, where: str) -> None:
+    """Every tensor's shape against the cfg (the decoder's rows: n_sources blocks of d_sae)."""
+    c = w.cfg
+    expected = {
+        "W_enc": (w.W_enc, (c.d_in, c.d_sae)),
+        "b_enc": (w.b_enc, (c.d_sae,)),
+        "W_dec": (w.W_dec, (c.n_sources * c.d_sae, c.d_out)),
+        "b_out": (w.b_out, (c.d_out,)),
+        "b_in": (w.b_in, (c.d_in,)),
+        "threshold": (w.threshold, (c.d_sae,)),
+        "W_skip": (w.W_skip, (c.d_out, c.d_in)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise TranscoderLoadError(
+                f"Transcoder {where}: {name} has shape {tuple(tensor.shape)}, but its cfg "
+                f"(d_in={c.d_in}, d_sae={c.d_sae}, d_out={c.d_out}, {c.n_sources} decoder block(s)) "
+                f"implies {shape}"
+            )
+    if c.activation == "jumprelu" and w.threshold is None:
+        raise TranscoderLoadError(f"Transcoder {where} is JumpReLU but its weights have no threshold")
