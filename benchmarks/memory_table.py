@@ -31,17 +31,9 @@ HOOKS = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_o
 def cfgs(d_sae: int, sites: tuple[str, ...], layers: range) -> list[SAEConfig]:
     return [
         SAEConfig(
-            d_in=768,
-            d_sae=d_sae,
-            hook_name=f"blocks.{layer}.{HOOKS[site]}",
-            activation="topk",
-            k=32,
-            normalize_activations="layer_norm",
-            apply_b_dec_to_input=True,
-            prepend_bos=False,
-            center_writing_weights=False,
-            neuronpedia_id=None,
-            source=f"{site} {layer}",
+            d_in=768, d_sae=d_sae, hook_name=f"blocks.{layer}.{HOOKS[site]}", activation="topk", k=32,
+            normalize_activations="layer_norm", apply_b_dec_to_input=True, prepend_bos=False,
+            center_writing_weights=False, neuronpedia_id=None, source=f"{site} {layer}",
         )  # fmt: skip
         for layer in layers
         for site in sites
