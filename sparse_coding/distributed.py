@@ -13,9 +13,13 @@ What the ranks share, and how (the dataset passes, `sparse_coding.sharding`,
 are the callers):
 - `all_sum`: sums and counts, in float64, by one all-reduce;
 - `all_max`: running maxima, by all-reduce;
-- `all_gather`: every rank's candidates (top-k entries, column sets, cluster
-  vectors), in rank order, for the caller to merge;
+- `all_gather` (`gather`: to rank 0 only): every rank's candidates (top-k
+  entries, column sets, cluster vectors), in rank order, for the caller to
+  merge;
 - `broadcast`: rank 0's decision (a cache's contents, a checkpoint) to all.
+All of them go through the CPU (gloo), tensors moved there first: what the
+passes reduce is small beside the model's work, and ranks that share one GPU
+(DEVICE cuda:0) then need no NCCL communicator.
 
 Rank 0 alone logs, draws progress bars, writes files and takes the graph
 lock (`is_main`). A collective that fails because another rank stopped, or
@@ -102,9 +106,11 @@ def session(timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     if dist.is_initialized():  # the caller's group (a notebook, a test driver)
         yield
         return
+    # The reductions here move to the CPU (gloo: they are small); NCCL serves CUDA tensors, if any.
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_device(torch.device("cuda")))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and local < torch.cuda.device_count():
+        torch.cuda.set_device(local)  # ranks sharing one GPU (DEVICE cuda:0) keep their DEVICE
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as e:
