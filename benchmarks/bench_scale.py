@@ -12,13 +12,15 @@ Workloads, on GPT-2-small-shaped random weights (`random_weights`: resid SAEs
 of 24576 ReLU latents, attn/mlp SAEs of 32768 TopK-32 latents) over the slice:
   - fast: `gradient_graph` over `--pairs` contrastive pairs of 12 tokens
     (logit_diff, patch baseline), `--batch-size` per pass;
-  - hist: `compute_thresholds` (three passes; 99.9th percentile) over
+  - hist: `compute_thresholds` (three passes; 99.99th percentile) over
     `--sequences` random sequences of `--max-len` / 2 to `--max-len` tokens,
     batches of 16;
   - contexts: `collect_contexts` of 64 random features per site over the same
     sequences.
 Each rank builds the same weights from the same seeds. Times are rank 0's,
-from a barrier before a workload to its end (every pass ends in a collective).
+from a barrier before a workload to its end (every pass ends in a collective);
+CPU seconds are summed over the ranks and threads, so they say what the work
+costs whatever else the machine runs.
 With `--device cuda:0` both ranks share one GPU; `--device cuda` gives each
 rank its own (LOCAL_RANK).
 """
@@ -62,15 +64,17 @@ class NumberTokenizer:
         return f"<{token_id}>"
 
 
-def timed(run) -> float:
+def timed(run) -> tuple[float, float]:
+    """Rank 0's wall seconds for `run` and the CPU seconds every rank (every thread) spent on it."""
     distributed.all_sum(0.0)  # a barrier: every rank starts together
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run()
-    return time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    return time.perf_counter() - start, distributed.all_sum(cpu)
 
 
 def workloads(args: argparse.Namespace, device: torch.device) -> dict:
-    """Rank 0's seconds per workload, with the amount of work each did."""
+    """Per workload: rank 0's wall seconds, the amount of work, its unit, and all ranks' CPU seconds."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     start, stop = map(int, args.slice.split(":"))
@@ -87,33 +91,28 @@ def workloads(args: argparse.Namespace, device: torch.device) -> dict:
     features = {
         site.key: torch.randperm(site.sae.d_sae, generator=gen)[:64].tolist() for site in spliced.sites
     }
-    return {
-        "fast": (timed(lambda: gradient_graph(spliced, pairs, options)), args.pairs, "examples"),
+    runs = {
+        "fast": (lambda: gradient_graph(spliced, pairs, options), args.pairs, "examples"),
         "hist": (
-            timed(
-                lambda: compute_thresholds(
-                    spliced,
-                    stream,
-                    cluster_layer=start,
-                    n_clusters=8,
-                    keeper_cluster=1,
-                    seed=0,
-                    percentile=99.99,
-                )
+            lambda: compute_thresholds(
+                spliced, stream, cluster_layer=start, n_clusters=8, keeper_cluster=1, seed=0, percentile=99.99
             ),
             3 * tokens,
             "tokens",
         ),
         "contexts": (
-            timed(
-                lambda: collect_contexts(
-                    spliced, NumberTokenizer(), stream(), features=features, per_feature=10, view=5
-                )
+            lambda: collect_contexts(
+                spliced, NumberTokenizer(), stream(), features=features, per_feature=10, view=5
             ),
             tokens,
             "tokens",
         ),
     }
+    results = {}
+    for name, (run, amount, unit) in runs.items():
+        wall, cpu = timed(run)
+        results[name] = (wall, amount, unit, cpu)
+    return results
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -148,21 +147,27 @@ def run_setup(args: argparse.Namespace, ranks: int, threads: int) -> dict:
 
 
 def report(measured: dict[str, dict]) -> None:
-    """A markdown table: throughput per set-up, the two ranks' speed-ups; peak memory per rank."""
+    """Markdown tables: throughput per set-up and the two ranks' speed-ups; CPU seconds (all ranks and
+    threads: what the work costs, whatever else the machine runs); peak memory per rank."""
     names = [name for name, _, _ in SETUPS]
     print(f"| workload | {' | '.join(names)} | 2 ranks vs 1 thread | 2 ranks vs 2 threads |")
     print("|---|---|---|---|---|---|")
-    for work, (_, amount, unit) in measured[names[0]]["results"].items():
+    for work, (_, amount, unit, _) in measured[names[0]]["results"].items():
         seconds = [measured[name]["results"][work][0] for name in names]
         rates = [amount / s for s in seconds]
         cells = [f"{rate:.1f} {unit}/s ({s:.1f} s)" for rate, s in zip(rates, seconds, strict=True)]
         speedup = rates[2] / rates[0]
         versus = f"{speedup:.2f}x (efficiency {speedup / 2:.0%}) | {rates[2] / rates[1]:.2f}x"
         print(f"| {work} ({amount} {unit}) | {' | '.join(cells)} | {versus} |")
+    print(f"\n| CPU seconds, all ranks | {' | '.join(names)} | 2 ranks' CPU vs 1 rank's |")
+    print("|---|---|---|---|---|")
+    for work in measured[names[0]]["results"]:
+        cpu = [measured[name]["results"][work][3] for name in names]
+        print(f"| {work} | {' | '.join(f'{c:.1f}' for c in cpu)} | {cpu[2] / cpu[0]:.2f}x |")
     peaks = "; ".join(
         f"{name}: {', '.join(f'{p:.2f}' for p in measured[name]['peaks'])} GiB" for name in names
     )
-    print(f"peak memory per rank (RSS; GPU memory on CUDA): {peaks}")
+    print(f"\npeak memory per rank (RSS; GPU memory on CUDA): {peaks}")
 
 
 def main() -> None:
