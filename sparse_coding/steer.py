@@ -84,6 +84,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
             "RESID_SAES",
             "ATTN_SAES",
             "MLP_SAES",
+            "TRANSCODERS (tc_, clt_ nodes)",
             "LOGIT_TOKENS",
         ],
         section="steer.py — test a graph by intervening",

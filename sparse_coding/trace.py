@@ -29,7 +29,10 @@ def main(config: Config, args: argparse.Namespace) -> str:
             graph_files=(config.TRACE_DOT_FILE, config.TRACE_FILE),
             sites=(),
             min_prompt_tokens=1,
+            prompt_key="PROMPT" if config.TRACE_PROMPT is None else "TRACE_PROMPT",
+            prompt_use="trace.py explains the token after it",
             extra_downloads=transcoder_downloads(config),
+            transcoders=True,
         )
     with args.phases.phase("import"):
         from sparse_coding.pipelines.trace import run_trace

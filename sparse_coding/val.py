@@ -27,6 +27,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
             check_pins_before_loading,
             circuit_and_source,
             config_for_graph,
+            transcoder_keys,
         )
         from sparse_coding.pipelines.preflight import preflight
 
@@ -34,7 +35,12 @@ def main(config: Config, args: argparse.Namespace) -> str:
             config = config_for_graph(config, args.from_graph, explicit=args.config_given)
         circuit, errors, source = circuit_and_source(config, args.from_graph, args.run)
         check_pins_before_loading(config, [*circuit, *errors], source)
-        preflight(config, examples=True)
+        if transcoder_keys(circuit):  # M: every transcoder layer, no SAE
+            from sparse_coding.pipelines.trace import transcoder_downloads
+
+            preflight(config, examples=True, sites=(), extra_downloads=transcoder_downloads(config))
+        else:
+            preflight(config, examples=True)
     with args.phases.phase("import"):
         from sparse_coding.pipelines.val import run_val
 
@@ -61,6 +67,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
             "RESID_SAES",
             "ATTN_SAES",
             "MLP_SAES",
+            "TRANSCODERS (a trace.py graph's features)",
             "LOGIT_TOKENS",
         ],
         section="val.py — validate a circuit",

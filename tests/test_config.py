@@ -195,11 +195,11 @@ def test_out_of_range_values_name_the_key_and_the_valid_range(tmp_path, capsys, 
     assert key in message and line.split(": ")[1] in message
 
 
-def test_a_config_without_any_sae_source_is_an_error(tmp_path, capsys):
+def test_a_config_without_any_sae_source_or_transcoders_is_an_error(tmp_path, capsys):
     message = fail_through_script(
-        write_config(tmp_path, "RESID_SAES: null\nATTN_SAES: ''\nMLP_SAES: None\n"), capsys
+        write_config(tmp_path, "RESID_SAES: null\nATTN_SAES: ''\nMLP_SAES: None\nTRANSCODERS: null\n"), capsys
     )
-    assert all(key in message for key in ("RESID_SAES", "ATTN_SAES", "MLP_SAES"))
+    assert all(key in message for key in ("RESID_SAES", "ATTN_SAES", "MLP_SAES", "TRANSCODERS"))
 
 
 def test_a_bug_keeps_its_traceback(tmp_path):

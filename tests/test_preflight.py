@@ -274,3 +274,53 @@ def test_offline_a_cached_model_config_without_its_weights_is_still_a_missing_do
     message = str(info.value)
     assert "model openai-community/gpt2" in message and "gpt2-small-resid-post-v5-32k layer 1" in message
     assert "lacks 3 of the downloads" in message  # the model, resid 1, mlp 1: all at once
+
+
+@pytest.mark.parametrize("script", ["pipe", "fast", "hist", "val"])
+def test_a_config_with_transcoders_alone_is_valid_and_serves_trace_only(
+    tmp_path, tiny_model_dir, sae_templates, capsys, monkeypatch, nothing_loads, script
+):
+    from transcoder_files import write_set
+
+    template, _ = write_set(tmp_path / "tc", "dunefsky", 3)
+    unset = {"RESID_SAES": None, "ATTN_SAES": None, "MLP_SAES": None}
+    (tmp_path / "d.txt").write_text("the sky is blue\nthe sun is hot\n")
+    raw = _raw(
+        tmp_path,
+        tiny_model_dir,
+        sae_templates,
+        **unset,
+        TRANSCODERS=template,
+        DATASET=str(tmp_path / "d.txt"),
+    )
+    config_from_dict(raw)  # valid: trace.py runs on it (tests/test_trace_script.py)
+    raw["VALIDATION_DIMS_PINNED"] = {"resid_0": [1]}
+    line = _fail_script(tmp_path, capsys, monkeypatch, script, raw)
+    assert "unset: this script splices SAEs there" in line and "trace.py only" in line, line
+    with pytest.raises(SparseCodingError, match="TRANSCODERS are all unset"):
+        config_from_dict(raw | {"TRANSCODERS": None})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"TRACE_PROMPT": "x " * 80}, "more than the model's context of 64 positions"),
+        ({"PROMPT": "x " * 80, "TRACE_PROMPT": None}, "PROMPT 'x x"),
+    ],
+)
+def test_trace_checks_the_prompt_it_explains_before_anything_loads(
+    tmp_path, tiny_model_dir, sae_templates, capsys, monkeypatch, nothing_loads, overrides, words
+):
+    from transcoder_files import write_set
+
+    import sparse_coding.pipelines.trace as trace
+
+    monkeypatch.setattr(trace, "load_model", nothing_loads_either)
+    template, _ = write_set(tmp_path / "tc", "dunefsky", 3)
+    raw = _raw(tmp_path, tiny_model_dir, sae_templates, TRANSCODERS=template, **overrides)
+    line = _fail_script(tmp_path, capsys, monkeypatch, "trace", raw)
+    assert words in line, line
+
+
+def nothing_loads_either(*args, **kwargs):
+    raise AssertionError("the model was loaded before the failing check")

@@ -118,7 +118,7 @@ def steer_error(tmp_path, capsys, monkeypatch, argv=(), **overrides) -> str:
     ("overrides", "words"),
     [
         ({"STEER": [{"node": "attn_0.x", "set": 0}]}, ["unknown node", "attn_0.x"]),
-        ({"STEER": [{"node": "tc_0.4@3", "set": 0}]}, ["transcoder feature", "tc_0.4"]),
+        ({"STEER": [{"node": "tc_0.4@3", "set": 0}], "TRANSCODERS": None}, ["TRANSCODERS", "tc_0.4"]),
         ({"STEER": [{"node": "embed@3", "set": 0}]}, ["unknown node", "embed"]),
         ({"STEER": [{"node": "attn_0.99", "set": 0}]}, ["attn_0.99", "beyond its SAE", "0..7"]),
         ({"STEER": [{"node": "attn_0.4", "set": 0, "positions": [40]}]}, ["beyond the prompt", "-9..8"]),

@@ -55,3 +55,34 @@ def test_offline_a_release_missing_from_the_cache_is_named_before_loading(make_c
     config = make_config(TRANSCODERS="gpt2-small-transcoders")
     with pytest.raises(SparseCodingError, match="HF_HUB_OFFLINE.*jacobdunefsky/gpt2small-transcoders"):
         run_trace(config)
+
+
+def test_a_config_with_transcoders_alone_traces(tmp_path, make_config):
+    template, _ = write_set(tmp_path / "tc", "dunefsky", 3)
+    unset = {"RESID_SAES": None, "ATTN_SAES": None, "MLP_SAES": None}
+    written = run_trace(make_config(**unset, TRANSCODERS=template, TRACE_PROMPT="When Mary and John"))
+    assert written["metadata"]["runs"][0]["sae_sources"] == {"transcoders": template}
+
+
+@pytest.mark.parametrize("layout", ["arena", "saelens_transcoder"])
+def test_trace_tokenizes_as_the_transcoders_were_trained_unless_prepend_bos_says_otherwise(
+    tmp_path, make_config, caplog, layout
+):
+    from sparse_coding.pipelines.trace import trace_prepend_bos
+    from sparse_coding.transcoders.sources import RELEASES, trained_prepend_bos
+
+    assert all(trained_prepend_bos(name) is True for name in RELEASES)  # docs/transcoders.md: each with BOS
+    template, _ = write_set(tmp_path / "tc", layout, 3)
+    assert trained_prepend_bos(template) is True  # the cfg's prepend_bos (top level or under metadata)
+    cfg = next((tmp_path / "tc").glob("*0*/cfg.json"))
+    raw = json.loads(cfg.read_text())
+    raw.get("metadata", raw)["prepend_bos"] = False
+    cfg.write_text(json.dumps(raw))
+    assert trace_prepend_bos(make_config(TRANSCODERS=template, PREPEND_BOS=None)) is False
+    with caplog.at_level("WARNING"):
+        assert trace_prepend_bos(make_config(TRANSCODERS=template, PREPEND_BOS=True), warn=True) is True
+    assert "trained without BOS" in caplog.text
+    unknown = tmp_path / "sparsify"
+    template, _ = write_set(unknown, "sparsify", 3)
+    assert trained_prepend_bos(template) is None  # nothing recorded: BOS, as circuit-tracer prepends it
+    assert trace_prepend_bos(make_config(TRANSCODERS=template, PREPEND_BOS=None)) is True

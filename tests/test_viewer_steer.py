@@ -28,7 +28,8 @@ def test_page_data_carries_steer_commands_for_features_and_none_for_error_nodes(
     assert lines["config"] == 'STEER:\n  - {node: "attn_1.3", set: 0.0}'
     positioned = dict(steer_commands("resid_9.331@7"))
     assert positioned["ablate"] == "sparse-coding steer --node resid_9.331@7 --set 0"
-    assert steer_commands("tc_3.12@5") == steer_commands("logit_262") == []  # not steerable by steer.py
+    assert dict(steer_commands("tc_3.12@5"))["ablate"] == "sparse-coding steer --node tc_3.12@5 --set 0"
+    assert steer_commands("mlp_error_3@5") == steer_commands("logit_262") == steer_commands("embed@2") == []
 
 
 def select_by_search(root, node_id: str) -> None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_coding.algorithms.steering import Watch, edited_activations, site_edits, watch_of
+from sparse_coding.algorithms.steering import Watch, site_edits, watch_of, with_edits
 from sparse_coding.config.steering import CurveSpec, kind_factors
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.nodes import parse_node_id
@@ -110,10 +110,12 @@ def _reading_last(
     rows = torch.arange(len(lengths), device=lengths.device)
 
     def read(site: Site, x: Tensor) -> Tensor:
-        if site.key in watch:
-            last = x[rows, lengths - 1][:, None]  # (rows, 1, d_model)
-            at_last = _at_last(edits.get(site.key), lengths)
-            record[site.key] = edited_activations(site, last, watch[site.key], at_last)[:, 0]
+        if site.key in watch and site.reads:  # a cross-layer transcoder's features: where they are read
+            features = watch[site.key]
+            k = len(features)
+            at = (rows.repeat_interleave(k), (lengths - 1).repeat_interleave(k), features.repeat(len(rows)))
+            acts = site.feats_at(x, *at).float().view(len(rows), 1, k)  # (rows, 1, k)
+            record[site.key] = with_edits(acts, features, _at_last(edits.get(site.key), lengths))[:, 0]
         return apply(site, x)
 
     return read

@@ -119,10 +119,12 @@ def mean_ablation(
         errors: site keys whose error term is mean-ablated too.
 
     ``x' = x + scale * (mean[S] @ W_dec[S] - sum of active f_i W_dec[i], i in S)``:
-    the means' part is one vector, the rest needs only the active features'
-    decoder rows; the site's constant term is unchanged, and its error too
-    unless listed (then ``- error + mean error``).
+    the means' part is one vector (computed once per site), the rest needs
+    only the active features' decoder rows; the site's constant term is
+    unchanged, and its error too unless listed (then ``- error + mean error``).
+    A transcoder feature is ablated at every MLP output it writes.
     """
+    constants: dict[int, Tensor] = {}
 
     def ablate(site: Site, x: Tensor) -> Tensor:
         chosen = features.get(site.key)
@@ -134,8 +136,9 @@ def mean_ablation(
         if on_features:
             scale = code.scale.to(code.feats.dtype)  # (batch, pos, 1)
             removed = _decode_active(site, code.feats * chosen * scale).to(x.dtype)
-            constant = torch.where(chosen, means.features[site.key], 0) @ site.sae.W_dec  # (d_model,)
-            x = x + (scale * constant).to(x.dtype) - removed
+            if id(site) not in constants:  # (d_model,)
+                constants[id(site)] = site.decode(torch.where(chosen, means.features[site.key], 0))
+            x = x + (scale * constants[id(site)]).to(x.dtype) - removed
         if on_error:
             x = x - code.error + means.errors[site.key].to(x.dtype)
         return x
@@ -151,22 +154,24 @@ def _decode_active(site: Site, values: Tensor) -> Tensor:
     the dense product's memory, e.g. random SAEs), the dense product is used.
     """
     active = values != 0
-    if int(active.sum()) * site.sae.d_in > values.numel():
-        return values @ site.sae.W_dec
+    if int(active.sum()) * site.d_model > values.numel():
+        return site.decode(values)
     rows, positions, feats = active.nonzero().unbind(-1)
     decoded = site.decode_rows(values[active], feats)  # (n_active, d_model)
-    out = values.new_zeros(*values.shape[:-1], site.sae.d_in)
+    out = values.new_zeros(*values.shape[:-1], site.d_model)
     return out.index_put_((rows, positions), decoded, accumulate=True)
 
 
 def _summing_parts(sums: SiteMeans, real: Tensor) -> Intervention:
-    """Intervention adding each site's features and errors over real tokens into `sums` (NumPy, CPU)."""
+    """Intervention adding each site's features and errors over real tokens into `sums` (NumPy, CPU),
+    once per key (at a transcoder layer's reading site); errors where the site computes them."""
 
     def record(site: Site, x: Tensor) -> Tensor:
-        if site.key in sums.features:
+        if site.key in sums.features and site.reads:
             code = site.code(x)
             sums.features[site.key] += _cpu_total(code.feats[real])  # (n_real, d_sae) summed
-            sums.errors[site.key] += _cpu_total(code.error[real])
+            if code.error is not None:
+                sums.errors[site.key] += _cpu_total(code.error[real])
         return x
 
     return record
@@ -193,9 +198,9 @@ def mean_ablations(
 ) -> dict[str, Intervention]:
     """The interventions of m(C), m(M \\ C) and m(empty), keyed as VARIANTS, over every spliced site."""
     inside = {}
-    for site in spliced.sites:
-        inside[site.key] = torch.zeros(site.sae.d_sae, dtype=torch.bool, device=spliced.device)
-        inside[site.key][circuit.get(site.key, [])] = True
+    for key, site in spliced.by_key.items():
+        inside[key] = torch.zeros(site.d_sae, dtype=torch.bool, device=spliced.device)
+        inside[key][circuit.get(key, [])] = True
     outside = {key: ~mask for key, mask in inside.items()}
     every = {key: torch.ones_like(mask) for key, mask in inside.items()}
     all_sites = set(inside)
@@ -217,14 +222,14 @@ def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: I
     Runs the blocks only up to the last of `sites`: nothing after it is needed.
     Under torchrun each rank sums its share of the batches (`sharding.run_pass`).
     """
-    saes = {key: spliced.by_key[key].sae for key in sites}
-    stop = 1 + max((sae.layer for sae in saes.values()), default=-1)
+    chosen = {key: spliced.by_key[key] for key in sites}
+    stop = 1 + max((site.layer for site in chosen.values()), default=-1)
 
     def empty() -> Sums:
         return Sums(
             {
-                "features": {key: np.zeros(sae.d_sae) for key, sae in saes.items()},
-                "errors": {key: np.zeros(sae.d_in) for key, sae in saes.items()},
+                "features": {key: np.zeros(site.d_sae) for key, site in chosen.items()},
+                "errors": {key: np.zeros(site.d_model) for key, site in chosen.items()},
                 "n_tokens": 0,
             }
         )
@@ -245,9 +250,7 @@ def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: I
 
     def means(sums: dict[str, np.ndarray]) -> dict[str, Tensor]:
         return {
-            key: torch.from_numpy((total / n_tokens).astype(np.float32)).to(
-                spliced.device, saes[key].W_dec.dtype
-            )
+            key: torch.from_numpy((total / n_tokens).astype(np.float32)).to(spliced.device, chosen[key].dtype)
             for key, total in sums.items()
         }
 
@@ -421,10 +424,11 @@ def check_circuit(
     missing = [repr(key) for key in [*circuit, *circuit_errors] if key not in spliced.by_key]
     if missing:
         raise ConfigError(
-            f"{source} pins {', '.join(missing)}, which no spliced SAE reads; spliced: "
-            f"{', '.join(spliced.by_key) or 'none'} (does an SAE read another hook?)"
+            f"{source} pins {', '.join(missing)}, which no spliced SAE or transcoder reads; spliced: "
+            f"{', '.join(spliced.by_key) or 'none'} (does an SAE read another hook? is TRANSCODERS "
+            f"the graph's set?)"
         )
-    widths = {key: spliced.by_key[key].sae.d_sae for key in circuit}
+    widths = {key: spliced.by_key[key].d_sae for key in circuit}
     bad = [
         f"{key!r} index {index} (width {widths[key]}, valid 0..{widths[key] - 1})"
         for key, dims in circuit.items()

@@ -489,9 +489,10 @@ def _check_values(config: Config, where: str) -> None:
         value = getattr(config, key)
         if value is not None and value not in DTYPE_NAMES:
             raise ConfigError(f"Config key {key}{where} is {shown(value)}; valid: {', '.join(DTYPE_NAMES)}")
-    if not config.sae_sources:
+    if not config.sae_sources and not config.TRANSCODERS:
         raise ConfigError(
-            f"RESID_SAES, ATTN_SAES and MLP_SAES{where} are all unset; set at least one SAE source"
+            f"RESID_SAES, ATTN_SAES, MLP_SAES and TRANSCODERS{where} are all unset; set at least one SAE "
+            f"source (or TRANSCODERS, for trace.py alone)"
         )
     _check_trace(config, where)
 

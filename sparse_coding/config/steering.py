@@ -1,7 +1,8 @@
 """The STEER and CURVE keys: interventions on features, named by node id, as typed values.
 
 An intervention is ``{node: "resid_9.331", set: 0.0 | scale: 2.0 | add: 8.0,
-positions: all | prompt | generated | [ints]}``:
+positions: all | prompt | generated | [ints]}``; the node is an SAE feature
+or a transcoder feature (``tc_3.12``, ``clt_3.12``: TRANSCODERS):
 
 - ``set`` clamps the feature's activation to the value, ``scale`` multiplies
   it, ``add`` adds ``value * W_dec[i]`` (times the layer-norm scale for SAEs
@@ -16,7 +17,8 @@ answer: token, positions}``: the intervention ``kind`` (default ``scale``) at
 ``steps`` values from ``from`` to ``to``.
 
 Everything here is checked from the text alone; the SAE widths and the
-prompt's length are checked by steer.py before the model loads.
+prompt's length are checked by steer.py before the model loads, the
+transcoders' kind and width once they are loaded.
 """
 
 import math
@@ -25,7 +27,7 @@ from typing import Any
 
 from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import ConfigError
-from sparse_coding.nodes import SITES, parse_node_id, site_key
+from sparse_coding.nodes import parse_node_id, site_key
 
 KINDS = ("set", "scale", "add")
 POSITION_WORDS = ("all", "prompt", "generated")
@@ -114,16 +116,10 @@ def parse_feature_node(text: Any, where: str) -> tuple[str, int | None]:
         parsed = parse_node_id(node)
     except ValueError as e:
         raise ConfigError(f"{where}: unknown node: {e}") from e
-    if parsed.site not in SITES:
-        raise ConfigError(
-            f"{where}: {node!r} is a transcoder feature; steer.py steers SAE features (sites "
-            f"{', '.join(SITES)}) so far; edit transcoder features from a notebook with "
-            f"sparse_coding.transcoders.interventions.transcoder_interventions"
-        )
     if parsed.feature is None:
         raise ConfigError(
-            f"{where}: {node!r} is an SAE error node; only features ('{{site}}_{{layer}}.{{index}}', "
-            f"e.g. 'resid_9.331') can be set, scaled or steered"
+            f"{where}: {node!r} is an error node; only features ('{{site}}_{{layer}}.{{index}}', "
+            f"e.g. 'resid_9.331' or the transcoder feature 'tc_3.12') can be set, scaled or steered"
         )
     if not position:
         return node, None

@@ -3,10 +3,11 @@
 `sentences(script, settings)` words them for the script that made the result
 and the settings that shaped it (fast.py: METRIC, BASELINE, IG_STEPS and how
 down-nodes were chosen; pipe.py: THRESHOLD_EXP and pins; val.py:
-VALIDATION_ERRORS; steer.py: none). A graph's metadata records them as
-``sign_convention``, val.py's and steer.py's reports too, and the image legend and the viewer legend are drawn
-from that record, so a picture pasted into a paper says what its graph's
-file says.
+VALIDATION_ERRORS, and ``spliced: transcoders`` for a transcoder circuit;
+steer.py: none). A graph's metadata records them as ``sign_convention``,
+val.py's and steer.py's reports too, and the image legend and the viewer
+legend are drawn from that record, so a picture pasted into a paper says
+what its graph's file says.
 
 One sign rule underlies them: positive (blue) means the upstream node pushes
 what is downstream of it up; for fast.py, what is downstream is the answer
@@ -173,15 +174,28 @@ def _trace(settings: Mapping[str, Any]) -> dict[str, str]:
             f"pruned by influence: nodes carrying {settings.get('TRACE_NODE_THRESHOLD', 0.8)} and edges "
             f"carrying {settings.get('TRACE_EDGE_THRESHOLD', 0.98)} of the cumulative influence"
         ),
+        "box": (
+            "a transcoder feature tc_layer.index@position (clt_: cross-layer, read at that layer), a token "
+            "embedding embed@position or a logit logit_tokenid; rows: id, numbers, top-activating contexts, "
+            "+ / − next-token cells, Neuronpedia explanation"
+        ),
+        "error node": (
+            "MLP error node mlp_error_layer@position: the MLP's output minus its transcoders' "
+            "reconstruction at that position"
+        ),
     }
 
 
 def _val(settings: Mapping[str, Any]) -> dict[str, str]:
     errors = str(settings.get("VALIDATION_ERRORS") or "keep")
+    transcoders = settings.get("spliced") == "transcoders"
     return {
-        "ablation": "the circuit's features zeroed at every position, SAE error terms kept",
+        "ablation": (
+            f"the circuit's features zeroed at every position, {'MLP' if transcoders else 'SAE'} error "
+            f"terms kept"
+        ),
         "baseline": "mean ablation (each feature set to its mean activation over the real tokens evaluated)",
-        "errors": _VAL_ERRORS.get(errors, errors),
+        "errors": _VAL_TRANSCODER_ERRORS if transcoders else _VAL_ERRORS.get(errors, errors),
         "change": (
             "p(ablated) - p(clean) of the next token after the last token: 'increases' are tokens the "
             "ablation makes more likely (the circuit suppressed them), 'decreases' tokens it makes "
@@ -198,6 +212,10 @@ def _val(settings: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+_VAL_TRANSCODER_ERRORS = (
+    "transcoder circuit: each MLP's error term (its output minus its transcoders' reconstruction) kept "
+    "in every run, so a transcoder feature is ablated by changing only its own decoded contribution"
+)
 _VAL_ERRORS = {
     "keep": "SAE error terms kept at every site in every run (VALIDATION_ERRORS: keep)",
     "ablate": (
@@ -213,7 +231,9 @@ _STEER = {
         "set v: the feature's activation becomes v; scale c: it is multiplied by c; add v: "
         "v * W_dec[i] is added whether the feature fires or not (times the input's layer-norm std "
         "for SAEs with layer-normalised inputs, so v is in the feature's activation units); each "
-        "changes the site by (new - old activation) * decoder row, the SAE error term kept"
+        "changes the site by (new - old activation) * decoder row, the SAE error term kept; a "
+        "transcoder feature changes every MLP output it writes (a cross-layer one: its layer's and "
+        "every later one's), the MLP's error term kept"
     ),
     "change": (
         "p(steered) - p(clean) of a next token, both models reading the clean continuation: "

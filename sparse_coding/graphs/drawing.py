@@ -36,6 +36,7 @@ from sparse_coding.graphs.render import (
     RenderOptions,
     RenderTimeout,
     dot_source,
+    drawn_rank,
     drawn_rows,
     legend_markup,
     quote,
@@ -129,7 +130,7 @@ def pinned_layout(graph: Graph, options: RenderOptions) -> bool:
     edges per row (or rows wrapped, where an edge crosses many) the rows
     stretch side by side and the layout is slow; the nodes alone are quick.
     """
-    wrapped = len(drawn_rows(graph, options)) > len({node.rank_key() for node in graph.nodes.values()})
+    wrapped = len(drawn_rows(graph, options)) > len({drawn_rank(node) for node in graph.nodes.values()})
     return wrapped or use_compact_labels(graph, options) or len(graph.edges) > options.max_spline_edges
 
 

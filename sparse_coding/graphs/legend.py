@@ -79,11 +79,16 @@ def meaning(run: dict[str, Any]) -> dict[str, str]:
 
 
 def legend_entries(metadata: dict[str, Any]) -> list[LegendEntry]:
-    """What each mark means, from the latest run's sentences (the graph's metadata)."""
-    signs = meaning(latest_run(metadata))
+    """What each mark means, from the latest run's sentences (the graph's metadata); boxes as its
+    script words them (trace.py: transcoder features, embeddings, logits, MLP error nodes), else
+    SAE features and error nodes."""
+    run = latest_run(metadata)
+    signs = meaning(run)
     entries = [LegendEntry(symbol, signs[key]) for key, symbol in _ROWS.items() if key in signs]
-    entries.append(LegendEntry("box", _BOX))
-    entries.append(LegendEntry("dotted box", _DOTTED))
+    script = graph_script(run)
+    boxes = sentences(script, _settings(run)) if script in SCRIPTS else {}  # graphs recorded before
+    entries.append(LegendEntry("box", signs.get("box") or boxes.get("box") or _BOX))
+    entries.append(LegendEntry("dotted box", signs.get("error node") or boxes.get("error node") or _DOTTED))
     return entries
 
 
@@ -115,6 +120,9 @@ def selection_text(run: dict[str, Any]) -> str:
         exp = config.get("THRESHOLD_EXP", 5.0)
         kept = "every non-zero edge" if exp is None else f"edges |effect| > 2**{exp}"
         return kept + (", from the pinned feature" if config.get("DIMS_PINNED") else "")
+    if script == "trace.py":
+        nodes, edges = config.get("TRACE_NODE_THRESHOLD", 0.8), config.get("TRACE_EDGE_THRESHOLD", 0.98)
+        return f"pruned to {nodes} / {edges} of the influence (nodes / edges)"
     if script != "fast.py":
         return "nodes as imported"
     if config.get("down_node_selection") == "thresholds":

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 IMAGE_FORMATS = ("svg", "png")
 LEGEND_NODE_ID = "__legend__"
 _SPINE_WEIGHT = 10
+POSITIONED_ROW = 16  # nodes of one per token per drawn row before their rank wraps: a 16-token prompt
 RANKSEP_IN = 0.6
 _BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
 
@@ -220,13 +221,31 @@ def row_width(n_nodes: int, options: RenderOptions) -> int:
     return max(options.min_row_nodes, math.ceil(math.sqrt(0.8 * n_nodes)))
 
 
+def drawn_rank(node: Node) -> tuple[int, int]:
+    """The rank a node is drawn in: its layer and place in the block (a transcoder layer's features
+    and MLP error nodes share one)."""
+    return node.rank_key()[:2]
+
+
 def drawn_rows(graph: Graph, options: RenderOptions) -> list[list[Node]]:
-    """Nodes by (layer, site) in forward order, each rank cut into rows of ``row_width``."""
-    groups: dict[tuple[int, int, int], list[Node]] = {}
+    """Nodes by layer and place in the block in forward order (a transcoder layer's features and MLP
+    errors together), each rank cut into rows of ``row_width``. Positioned nodes keep token order, and a
+    rank of one node per token wraps only past ``POSITIONED_ROW`` nodes, so a short prompt's embeddings
+    stay on one row."""
+    groups: dict[tuple[int, int], list[Node]] = {}
     for node in graph.sorted_nodes():
-        groups.setdefault(node.rank_key(), []).append(node)
+        groups.setdefault(drawn_rank(node), []).append(node)
     width = row_width(len(graph.nodes), options)
-    return [nodes[i : i + width] for nodes in groups.values() for i in range(0, len(nodes), width)]
+    rows = []
+    for nodes in groups.values():
+        positions = [node.position for node in nodes]
+        size = width
+        if None not in positions:
+            nodes = sorted(nodes, key=lambda node: node.position)  # stable: forward order within a token
+            if len(set(positions)) == len(positions):  # one node per token (the embeddings): a token row
+                size = max(width, min(len(nodes), POSITIONED_ROW))
+        rows += [nodes[i : i + size] for i in range(0, len(nodes), size)]
+    return rows
 
 
 def _rank_lines(

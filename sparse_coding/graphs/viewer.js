@@ -6,9 +6,11 @@
  *                 up, down, explanation, url, steer, runs}]
  *   data.edges: [[sourceIndex, targetIndex, effect, runs]]
  *   data.rows, data.runs, data.caption (lines), data.legend, data.tokens
- * Positioned nodes (id@position, with data.tokens the prompt's tokens) are
+ * Positioned nodes (id@position, with data.tokens the prompt's tokens; a
+ * node's column is its position, a trace.py logit's the last token's) are
  * laid out on a token axis instead: one column per position, in token order,
- * the tokens written under the lowest row.
+ * rows from the first (token embeddings) at the bottom to the last (logits)
+ * at the top, the tokens written under the lowest row.
  * It opens on a readable view of any graph: above INITIAL_EDGES edges the
  * slider starts at the |effect| that shows the strongest INITIAL_EDGES (one
  * click on "all edges" or the slider shows the rest); the shown nodes are
@@ -84,7 +86,8 @@
     return lines;
   }
 
-  /* Positioned nodes: each row in forward order, each position a column as wide as its fullest row. */
+  /* Positioned nodes: rows in forward order from the bottom up, each token a column as wide as its
+   * fullest row. */
   function tokenLayout(nodes, nRows, nodeOn, nTokens) {
     var byRow = [], width = new Array(nTokens).fill(0), lines = [], start = [];
     for (var r = 0; r < nRows; r++) byRow.push([]);
@@ -92,7 +95,7 @@
     byRow.forEach(function (row) {
       var count = {};
       row.forEach(function (i) {
-        var p = nodes[i].position;
+        var p = nodes[i].column;
         count[p] = (count[p] || 0) + 1;
         width[p] = Math.max(width[p], count[p]);
       });
@@ -100,19 +103,25 @@
     var x = 0;
     var span = width.map(function (w) { return w ? w * (NODE_W + GAP_X) - GAP_X : EMPTY_W; });
     span.forEach(function (w, p) { start[p] = x; x += w + 2 * GAP_X; });
-    byRow.forEach(function (row, r) {
+    byRow.slice().reverse().forEach(function (row, j) {
       if (!row.length) return;
       var used = {}, y = lines.length * ROW_H;
-      row.sort(function (a, b) { return nodes[a].position - nodes[b].position || a - b; });
+      row.sort(function (a, b) { return nodes[a].column - nodes[b].column || a - b; });
       row.forEach(function (i) {
-        var p = nodes[i].position, k = used[p] || 0;
+        var p = nodes[i].column, k = used[p] || 0;
         used[p] = k + 1;
         nodes[i].x = start[p] + k * (NODE_W + GAP_X); nodes[i].y = y; nodes[i].placed = true;
       });
-      lines.push({ row: r, first: true, nodes: row, y: y });
+      lines.push({ row: nRows - 1 - j, first: true, nodes: row, y: y });
     });
     lines.columns = span.map(function (w, p) { return [start[p], w]; });
     return lines;
+  }
+
+  /* An edge's ends: from the source box's side that faces the target to the target's facing side. */
+  function edgeEnds(s, t) {
+    var up = t.y < s.y;
+    return [s.x + NODE_W / 2, up ? s.y : s.y + NODE_H, t.x + NODE_W / 2, up ? t.y + NODE_H : t.y];
   }
 
   function init(root, data) {
@@ -404,7 +413,8 @@
       state.ty = (h - (box[3] - box[1]) * state.zoom) / 2 - box[1] * state.zoom;
     }
 
-    /* The first view: the whole graph if it fits at a legible zoom, else its top at that zoom. */
+    /* The first view: the whole graph if it fits at a legible zoom, else its top at that zoom (on a token
+     * axis, its top right: the last token, whose next token the graph explains). */
     function firstView() {
       var box = extent();
       if (!box) return;
@@ -412,7 +422,8 @@
       var zoom = Math.min(w / (box[2] - box[0]), h / (box[3] - box[1]), MAX_ZOOM);
       if (zoom >= LEGIBLE_ZOOM) { fit(MAX_ZOOM); return; }
       state.zoom = LEGIBLE_ZOOM;
-      state.tx = Math.max(0, (w - (box[2] - box[0]) * state.zoom) / 2) - box[0] * state.zoom;
+      var spare = w - (box[2] - box[0]) * state.zoom;
+      state.tx = (lines.columns ? Math.min(0, spare) : Math.max(0, spare / 2)) - box[0] * state.zoom;
       state.ty = -box[1] * state.zoom;
     }
 
@@ -432,9 +443,9 @@
         ctx.lineWidth = Math.max(0.5 + 2.5 * level, 1 / state.zoom);
         ctx.beginPath();
         buckets[key].forEach(function (e) {
-          var s = nodes[e[0]], t = nodes[e[1]];
-          ctx.moveTo(s.x + NODE_W / 2, s.y + NODE_H);
-          ctx.lineTo(t.x + NODE_W / 2, t.y);
+          var end = edgeEnds(nodes[e[0]], nodes[e[1]]);
+          ctx.moveTo(end[0], end[1]);
+          ctx.lineTo(end[2], end[3]);
         });
         ctx.stroke();
       });
@@ -491,19 +502,21 @@
       if (state.pathEdges) drawEdges(true);
       drawEdges(false);
       if (state.hoverEdge >= 0) {
-        var e = edges[state.hoverEdge], s = nodes[e[0]], t = nodes[e[1]];
+        var e = edges[state.hoverEdge], end = edgeEnds(nodes[e[0]], nodes[e[1]]);
         ctx.strokeStyle = "#ffb000";
         ctx.lineWidth = 4 / state.zoom;
         ctx.beginPath();
-        ctx.moveTo(s.x + NODE_W / 2, s.y + NODE_H);
-        ctx.lineTo(t.x + NODE_W / 2, t.y);
+        ctx.moveTo(end[0], end[1]);
+        ctx.lineTo(end[2], end[3]);
         ctx.stroke();
       }
       ctx.fillStyle = "#666666";
       ctx.font = "11px Helvetica, Arial, sans-serif";
+      var shownLeft = -state.tx / state.zoom + 4;  /* a token axis' row labels stay in view, above their row */
       lines.forEach(function (line) {
-        var left = lines.columns ? 0 : nodes[line.nodes[0]].x;
-        if (line.first) ctx.fillText(data.rows[line.row], left - 86, line.y + 20, 80);
+        if (!line.first) return;
+        if (lines.columns) ctx.fillText(data.rows[line.row], Math.max(-86, shownLeft), line.y - 6);
+        else ctx.fillText(data.rows[line.row], nodes[line.nodes[0]].x - 86, line.y + 20, 80);
       });
       nodes.forEach(function (n, i) { if (state.nodeOn[i] && n.placed) drawNode(n, i); });
       if (lines.columns) drawTokens();
@@ -539,8 +552,8 @@
       var best = -1, bestD = 5 / state.zoom;
       edges.forEach(function (e, k) {
         if (!state.edgeOn[k]) return;
-        var s = nodes[e[0]], t = nodes[e[1]];
-        var ax = s.x + NODE_W / 2, ay = s.y + NODE_H, dx = t.x + NODE_W / 2 - ax, dy = t.y - ay;
+        var end = edgeEnds(nodes[e[0]], nodes[e[1]]);
+        var ax = end[0], ay = end[1], dx = end[2] - ax, dy = end[3] - ay;
         var len2 = dx * dx + dy * dy || 1;
         var u = Math.max(0, Math.min(1, ((p[0] - ax) * dx + (p[1] - ay) * dy) / len2));
         var d = Math.hypot(p[0] - ax - u * dx, p[1] - ay - u * dy);

@@ -31,6 +31,8 @@ from sparse_coding.config.steering import steer_commands
 from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
 from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
 from sparse_coding.graphs.markup import shown_logits
+from sparse_coding.graphs.render import drawn_rank
+from sparse_coding.nodes import parse_any_id
 
 NEURONPEDIA_PAGES = "https://www.neuronpedia.org"
 
@@ -66,14 +68,27 @@ def _cells(pairs: list[tuple[str, float]]) -> list[list[Any]]:
     return [[token, value] for token, value in shown_logits(pairs)]
 
 
+_ROW_LABELS = {"embed": "token embeddings", "logit": "logits"}  # trace.py's rows without a hook
+
+
 def _row_label(node: Node) -> str:
-    return node.hook or f"{node.site} {node.layer}"
+    return node.hook or _ROW_LABELS.get(node.site) or f"{node.site} {node.layer}"
 
 
-def _node_data(node: Node, row: int, metadata: dict[str, Any], run_index: dict[str, int]) -> dict[str, Any]:
+def _column(node: Node, tokens: list[str] | None) -> int | None:
+    """The token column of a node on a token axis: its position; a logit's, the last token's."""
+    if node.position is not None or not tokens:
+        return node.position
+    return len(tokens) - 1 if parse_any_id(node.id).kind == "logit" else None
+
+
+def _node_data(
+    node: Node, row: int, metadata: dict[str, Any], run_index: dict[str, int], tokens: list[str] | None
+) -> dict[str, Any]:
     return {
         "id": node.id,
         "position": node.position,
+        "column": _column(node, tokens),
         "hook": node.hook,
         "row": row,
         "error": node.is_error,
@@ -100,15 +115,15 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
     """
     metadata = graph.metadata
     nodes = graph.sorted_nodes()
-    rank_keys = sorted({node.rank_key() for node in nodes})
-    row_of = {key: row for row, key in enumerate(rank_keys)}
-    rows = [""] * len(rank_keys)
+    row_of = {key: row for row, key in enumerate(sorted({drawn_rank(node) for node in nodes}))}
+    rows = [""] * len(row_of)
     for node in nodes:
-        rows[row_of[node.rank_key()]] = rows[row_of[node.rank_key()]] or _row_label(node)
+        rows[row_of[drawn_rank(node)]] = rows[row_of[drawn_rank(node)]] or _row_label(node)
     index = {node.id: i for i, node in enumerate(nodes)}
     run_index = {str(run.get("id")): i for i, run in enumerate(metadata.get("runs") or [])}
+    tokens = _token_axis(metadata, nodes)
     return {
-        "nodes": [_node_data(node, row_of[node.rank_key()], metadata, run_index) for node in nodes],
+        "nodes": [_node_data(node, row_of[drawn_rank(node)], metadata, run_index, tokens) for node in nodes],
         "edges": [
             [index[e.source], index[e.target], e.effect, _run_indices(e.runs, run_index)]
             for e in graph.sorted_edges()
@@ -118,15 +133,16 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
         "runs": _run_labels(metadata),
         "caption": caption_lines(metadata),
         "legend": [list(entry) for entry in legend_entries(metadata)],
-        "tokens": _token_axis(metadata, nodes),
+        "tokens": tokens,
     }
 
 
 def _token_axis(metadata: dict[str, Any], nodes: list[Node]) -> list[str] | None:
-    """The prompt's tokens when every node is positioned (the page then draws a token axis), else None."""
+    """The prompt's tokens when every node has a token column (positioned nodes, and trace.py's logits
+    at the last token): the page then draws a token axis; else None."""
     tokens = prompt_tokens(metadata)
-    positions = [node.position for node in nodes]
-    if not tokens or not positions or None in positions or max(positions) >= len(tokens):
+    columns = [_column(node, tokens) for node in nodes]
+    if not tokens or not columns or None in columns or max(columns) >= len(tokens):
         return None
     return tokens
 

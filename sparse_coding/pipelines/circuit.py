@@ -1,11 +1,14 @@
 """val.py's circuit and the settings it is validated with, known before anything loads.
 
 The circuit is VALIDATION_DIMS_PINNED or the feature nodes of a pipe.py /
-fast.py graph file (a positioned node, ``resid_9.331@7``, as its feature at
-every position: val.py ablates features) (``--from-graph``, one run's with ``--run``), as site key
--> sorted feature indices (``{"resid_3": [331]}``), with a graph's error
-nodes beside it. Its layers are checked against ACTS_LAYERS_SLICE here,
-before the model and SAEs load, whenever the model's layer count is known
+fast.py / trace.py graph file (a positioned node, ``resid_9.331@7``, as its
+feature at every position: val.py ablates features) (``--from-graph``, one
+run's with ``--run``), as site key -> sorted feature indices
+(``{"resid_3": [331]}``, ``{"tc_3": [12]}``), with a graph's error nodes
+beside it. A trace.py graph's error nodes are its transcoders' MLP error
+terms, which val.py keeps in every run, so they join no circuit. Its SAE
+layers are checked against ACTS_LAYERS_SLICE here, before the model and SAEs
+load, whenever the model's layer count is known
 (`preflight.model_layer_count`) or the slice's bounds are explicit.
 
 A graph remembers the settings of the runs that made it: without
@@ -18,20 +21,23 @@ Light on purpose (no torch): the script's preflight phase runs all of it.
 """
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from sparse_coding.config import Config, config_from_dict
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
-from sparse_coding.nodes import parse_positioned_id, parse_site_key, site_key
+from sparse_coding.nodes import TRANSCODER_KINDS, parse_positioned_id, parse_site_key, site_key
 from sparse_coding.pipelines.preflight import layers_before_loading
 
 logger = logging.getLogger(__name__)
 
 Circuit = dict[str, list[int]]  # site key ("attn_7") -> sorted feature indices
-SOURCE_KEYS = ("MODEL_DIR", "RESID_SAES", "ATTN_SAES", "MLP_SAES")
+SOURCE_KEYS = ("MODEL_DIR", "RESID_SAES", "ATTN_SAES", "MLP_SAES", "TRANSCODERS")
 HARDWARE_KEYS = ("DEVICE", "DTYPE", "SAE_DTYPE")
+# steer.py's keys shape no circuit, and a run records them in another spelling than a config's.
+STEER_KEYS = ("STEER", "CURVE")
 
 
 def circuit_from_config(config: Config) -> Circuit:
@@ -133,7 +139,17 @@ def circuit_and_source(
         return circuit_from_config(config), [], "VALIDATION_DIMS_PINNED"
     stored = read_graph(graph)
     circuit = circuit_from_graph(stored, graph, run)
-    return circuit, error_nodes_from_graph(stored, run), f"graph file {graph} ({runs_text(stored, run)})"
+    errors = error_nodes_from_graph(stored, run)
+    if transcoder_keys(circuit) and errors:
+        logger.info("%s: its %d MLP error node(s) are transcoder error terms, kept in every run", graph,
+                    len(errors))  # fmt: skip
+        errors = []
+    return circuit, errors, f"graph file {graph} ({runs_text(stored, run)})"
+
+
+def transcoder_keys(keys: Iterable[str]) -> list[str]:
+    """The keys of transcoder layers (``tc_3``, ``clt_3``) among circuit site keys."""
+    return [key for key in keys if key.split("_", 1)[0] in TRANSCODER_KINDS]
 
 
 def check_within_slice(
@@ -152,8 +168,10 @@ def check_within_slice(
 
 
 def check_pins_before_loading(config: Config, keys: list[str], source: str) -> None:
-    """The circuit's site keys against the slice, before any model or SAE loads (when decidable)."""
-    check_within_slice(config, [parse_site_key(key) for key in keys], layers_before_loading(config), source)
+    """The circuit's SAE site keys against the slice, before any model or SAE loads (when decidable);
+    transcoder keys are every transcoder layer's, whatever the slice."""
+    pairs = [parse_site_key(key) for key in keys if key not in transcoder_keys(keys)]
+    check_within_slice(config, pairs, layers_before_loading(config), source)
 
 
 def config_for_graph(config: Config, path: Path, *, explicit: bool) -> Config:
@@ -178,7 +196,7 @@ def config_for_graph(config: Config, path: Path, *, explicit: bool) -> Config:
                 f"indices name features of those SAEs; drop --config to validate with the graph's settings"
             )
         return config
-    settings = {key: value for key, value in recorded.items() if key not in HARDWARE_KEYS}
+    settings = {key: value for key, value in recorded.items() if key not in HARDWARE_KEYS + STEER_KEYS}
     ours = {key: getattr(config, key) for key in HARDWARE_KEYS}
     logger.info(
         "No --config: validating with the settings of %s's latest run (model %s, slice %s)",

@@ -3,12 +3,15 @@
 Each script names the SAE sites it needs, either as whole sites over
 ACTS_LAYERS_SLICE (pipe.py: resid; fast.py and hist.py: every configured site)
 or as explicit (site, layer) pairs (val.py: its circuit's sites), and gets
-MODEL_DIR with exactly those SAEs spliced.
+MODEL_DIR with exactly those SAEs spliced; steer.py and val.py also ask for
+TRANSCODERS when they edit transcoder features (`splicing.transcoder_site`).
 """
 
 import dataclasses
 import logging
 from collections.abc import Collection
+
+import torch
 
 from sparse_coding import distributed
 from sparse_coding.config import Config
@@ -17,10 +20,14 @@ from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype
 from sparse_coding.models.loading import load_saes, read_configs
 from sparse_coding.models.memory import Pass
+from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import site_key
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.transcoders.loading import load_transcoders
+from sparse_coding.transcoders.sources import transcoders_bos
+from sparse_coding.transcoders.transcoder import TranscoderSet
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,7 @@ def load_spliced_model(
     source: str = "ACTS_LAYERS_SLICE",
     phases: PhaseTimer | None = None,
     script: str | None = None,
+    transcoders: bool = False,
 ) -> tuple[SplicedModel, Tokenizer]:
     """MODEL_DIR with the SAEs of `pairs`, or of `sites` at every layer of ACTS_LAYERS_SLICE.
 
@@ -49,6 +57,7 @@ def load_spliced_model(
         phases: times "model load" and "SAE load" when given.
         script: "fast", "pipe", "val" or "hist": whose batched passes the memory
             check counts (`models.memory.script_passes`); None: DATASET batches.
+        transcoders: also splice TRANSCODERS (their BOS convention joins the SAEs').
 
     Raises:
         ConfigError: a pair's site has no SAE source, or PREPEND_BOS is unset and the SAEs disagree.
@@ -67,13 +76,31 @@ def load_spliced_model(
         pairs = [(site, layer) for site in chosen for layer in config.layer_range(model.config.n_layer)]
     with phases.phase("SAE load"):
         trained = {cfg.source: cfg.prepend_bos for cfg in read_configs(config.sae_sources, pairs)}
+        if transcoders:
+            trained |= transcoders_bos(config.TRANSCODERS)
         prepend_bos, mismatched = settle_prepend_bos(config.PREPEND_BOS, trained)
         warn_bos_mismatch(prepend_bos, mismatched)
         prompt_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + prepend_bos
         passes = script_passes(config, script, prompt_tokens)
         sae_dtype = resolve_dtype(config.SAE_DTYPE, model_dtype)
         saes = load_saes(config.sae_sources, pairs, device, sae_dtype, passes, model.config.vocab_size)
-    return SplicedModel(model, saes, prepend_bos), tokenizer
+    spliced_transcoders = None
+    if transcoders:
+        with phases.phase("transcoder load"):
+            spliced_transcoders = load_config_transcoders(config, model, device, sae_dtype)
+    return SplicedModel(model, saes, prepend_bos, spliced_transcoders), tokenizer
+
+
+def load_config_transcoders(
+    config: Config, model: GPT2, device: torch.device, dtype: torch.dtype
+) -> TranscoderSet:
+    """TRANSCODERS for `model`, on `device` at `dtype` (decoders as TRANSCODER_LAZY_DECODERS says)."""
+    if not config.TRANSCODERS:
+        raise ConfigError("TRANSCODERS is unset; transcoder features (tc_..., clt_...) need it")
+    return load_transcoders(
+        config.TRANSCODERS, n_layers=model.config.n_layer, d_model=model.config.n_embd, device=device,
+        dtype=dtype, lazy_decoders=config.TRANSCODER_LAZY_DECODERS,
+    )  # fmt: skip
 
 
 def settled(config: Config, spliced: SplicedModel) -> Config:

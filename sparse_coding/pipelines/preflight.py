@@ -24,6 +24,7 @@ from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
 from sparse_coding.models.bos import settle_prepend_bos
 from sparse_coding.models.sae_sources import read_cfg, resolve_source
+from sparse_coding.nodes import SITES
 from sparse_coding.pipelines.downloads import (
     KNOWN_MODELS,
     Download,
@@ -34,6 +35,8 @@ from sparse_coding.pipelines.downloads import (
 
 logger = logging.getLogger(__name__)
 
+FAST_PROMPT_USE = "fast.py explains the prompt's last token from the tokens before it"
+
 
 def preflight(
     config: Config,
@@ -42,8 +45,11 @@ def preflight(
     sites: Iterable[str] | None = None,
     sae_sites: Iterable[tuple[str, int]] | None = None,
     min_prompt_tokens: int = 0,
+    prompt_key: str = "PROMPT",
+    prompt_use: str = FAST_PROMPT_USE,
     examples: bool = False,
     extra_downloads: Iterable[Download] = (),
+    transcoders: bool = False,
 ) -> None:
     """Fail now, with one message, on what would fail after loading.
 
@@ -52,10 +58,14 @@ def preflight(
         sites: the sites whose SAEs the script loads at every layer of
             ACTS_LAYERS_SLICE (default: every configured site).
         sae_sites: instead, exactly the (site, layer) SAEs it loads.
-        min_prompt_tokens: PROMPT's fewest tokens, BOS included (fast.py: 2).
+        min_prompt_tokens: the prompt's fewest tokens, BOS included (fast.py: 2); it is checked
+            too against the model's context.
+        prompt_key: the key holding the prompt the script explains (trace.py: TRACE_PROMPT when set),
+            and `prompt_use` what it does with it, for the message.
         examples: the script reads PAIRS_FILE when it is set (fast.py, val.py).
         extra_downloads: hub downloads beyond the model and SAEs (trace.py's transcoders), listed
             in the same offline message.
+        transcoders: the run splices TRANSCODERS: their BOS convention counts.
 
     Raises:
         SparseCodingError: the first problem found, naming the key or file.
@@ -75,6 +85,13 @@ def preflight(
     unlisted = ""
     if sae_sites is None:
         chosen = [site for site in config.sae_sources if sites is None or site in sites]
+        if not chosen and sites != ():
+            keys = " and ".join(f"{site.upper()}_SAES" for site in (sites or SITES))
+            raise ConfigError(
+                f"{keys} {'is' if sites and len(sites) == 1 else 'are all'} unset: this script splices SAEs "
+                f"there (a config with TRANSCODERS alone serves trace.py only); set an SAE source, e.g. "
+                f"RESID_SAES: gpt2-small-res-jb"
+            )
         layers = layers_before_loading(config, model_config)
         sae_sites = [(site, layer) for site in chosen for layer in layers or []]
         if layers is None and chosen:
@@ -84,9 +101,9 @@ def preflight(
     sae_sites = list(sae_sites)
     downloads = [] if model_dir is not None else [model_download(config.MODEL_DIR)]
     check_downloads(downloads + sae_downloads(config, sae_sites) + list(extra_downloads), unlisted)
-    prepend_bos = settled_prepend_bos(config, sae_sites)
+    prepend_bos = settled_prepend_bos(config, sae_sites, transcoders=transcoders)
     if min_prompt_tokens:
-        check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config)
+        check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config, prompt_key, prompt_use)
 
 
 def check_writable(data_dir: Path, out_dir: Path) -> None:
@@ -147,8 +164,11 @@ def _model_config(model_id: str, model_dir: Path | None) -> dict | None:
     return values
 
 
-def settled_prepend_bos(config: Config, sae_sites: Iterable[tuple[str, int]]) -> bool:
-    """PREPEND_BOS as the run will use it, from the SAEs' cfg.json files alone (`models.bos`).
+def settled_prepend_bos(
+    config: Config, sae_sites: Iterable[tuple[str, int]], *, transcoders: bool = False
+) -> bool:
+    """PREPEND_BOS as the run will use it, from the SAEs' cfg.json files alone (`models.bos`), and
+    TRANSCODERS' convention when the run splices them.
 
     Raises:
         ConfigError: PREPEND_BOS is unset and the SAEs were trained both ways.
@@ -159,6 +179,10 @@ def settled_prepend_bos(config: Config, sae_sites: Iterable[tuple[str, int]]) ->
         if site in config.sae_sources:
             resolved = resolve_source(config.sae_sources[site], layer)
             trained[resolved.description] = read_cfg(resolved)[1]["prepend_bos"]
+    if transcoders and config.TRANSCODERS:
+        from sparse_coding.transcoders.sources import transcoders_bos  # imports torch
+
+        trained |= transcoders_bos(config.TRANSCODERS)
     return settle_prepend_bos(config.PREPEND_BOS, trained)[0]
 
 
@@ -187,10 +211,16 @@ def _explicit_layers(config: Config) -> range | None:
 
 
 def check_prompt_length(
-    config: Config, min_tokens: int, prepend_bos: bool, model_config: dict | None = None
+    config: Config,
+    min_tokens: int,
+    prepend_bos: bool,
+    model_config: dict | None = None,
+    prompt_key: str = "PROMPT",
+    prompt_use: str = FAST_PROMPT_USE,
 ) -> None:
-    """PROMPT has at least `min_tokens` tokens (BOS included), from the tokenizer alone, once the
-    tokenizer is known to belong to the model of `model_config` (its config.json)."""
+    """The prompt under `prompt_key` has at least `min_tokens` tokens (BOS included) and fits the
+    model's context, from the tokenizer alone, once the tokenizer is known to belong to the model of
+    `model_config` (its config.json); `prompt_use` says why it needs them."""
     from sparse_coding.tokenizer import check_tokenizer, load_tokenizer  # no torch: fails at once
 
     try:
@@ -202,9 +232,16 @@ def check_prompt_length(
         bos_token_id = model_config.get("bos_token_id")
         bos_token_id = bos_token_id if isinstance(bos_token_id, int) else None
         check_tokenizer(tokenizer, config.MODEL_DIR, vocab_size=vocab_size, bos_token_id=bos_token_id)
-    n_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + int(prepend_bos)
+    prompt = getattr(config, prompt_key)
+    n_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + int(prepend_bos)
     if n_tokens < min_tokens:
         raise ConfigError(
-            f"PROMPT {config.PROMPT[:80]!r} has {n_tokens} token(s), BOS included; fast.py explains the "
-            f"prompt's last token from the tokens before it, so it needs at least {min_tokens}"
+            f"{prompt_key} {prompt[:80]!r} has {n_tokens} token(s), BOS included; {prompt_use}, so it "
+            f"needs at least {min_tokens}"
+        )
+    context = (model_config or {}).get("n_positions")
+    if isinstance(context, int) and n_tokens > context:
+        raise ConfigError(
+            f"{prompt_key} {prompt[:80]!r} has {n_tokens} tokens, BOS included, more than the model's "
+            f"context of {context} positions; shorten it"
         )

@@ -98,7 +98,7 @@ def publish_graph(
     dot_path = out_dir / dot_name
     with phases.phase("write and render"):
         merged = update_graph_files(graph, dot_path, out_dir / image_name, new_graph=new_graph)
-    _save_caches([grown, *answers])  # after the graph: a failed run leaves every cache as it was
+    save_caches([grown, *answers])  # after the graph: a failed run leaves every cache as it was
     written = [str(dot_path), dot_path.with_suffix(".json").name]
     if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
         written.append(image_name)
@@ -169,7 +169,7 @@ def add_contexts(graph: Graph, contexts: ContextCache, top_k: int) -> None:
             node.contexts = contexts.contexts(f"{node.site}_{node.layer}", node.feature, top_k)
 
 
-def _save_caches(pending: list[tuple[caches.Cache, Any] | None]) -> None:
+def save_caches(pending: list[tuple[caches.Cache, Any] | None]) -> None:
     """Write the caches this run grew, now that its graph is committed; a failure only warns."""
     for item in pending:
         if item is None:
@@ -211,7 +211,7 @@ def load_or_collect(
     """Contexts of `features` (site key -> indices), from the cache where it has them; the cache
     is grown and saved at once (`collect_missing` leaves the saving to its caller)."""
     cache, grown = collect_missing(config, spliced, tokenizer, features=features)
-    _save_caches([grown])
+    save_caches([grown])
     return cache
 
 

@@ -2,7 +2,8 @@
 
 The plan (`pipelines.steer_plan`: interventions from STEER or a graph,
 prompts, checks) is made before anything loads. Only the SAEs of the
-intervened and watched nodes are loaded, so every other site runs plain.
+intervened and watched nodes are loaded, so every other site runs plain;
+TRANSCODERS too when a node is a transcoder feature.
 Generation (`algorithms.steering.steer`) writes ``DATA_DIR/<model>/steering.json``;
 a response curve (`algorithms.response_curve`) writes
 ``response_curve.{json,png,svg}``; both return the printed report.
@@ -21,7 +22,7 @@ from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.loading import load_spliced_model
-from sparse_coding.pipelines.steer_plan import SteerPlan
+from sparse_coding.pipelines.steer_plan import SteerPlan, check_transcoder_nodes
 from sparse_coding.pipelines.steer_plot import curve_images
 from sparse_coding.pipelines.steer_report import (
     curve_data,
@@ -46,7 +47,10 @@ def run_steer(config: Config, plan: SteerPlan, phases: PhaseTimer | None = None)
         The printed report.
     """
     phases = phases or PhaseTimer()
-    spliced, tokenizer = load_spliced_model(config, pairs=plan.pairs, source=plan.source, phases=phases)
+    spliced, tokenizer = load_spliced_model(
+        config, pairs=plan.pairs, source=plan.source, phases=phases, transcoders=plan.transcoders
+    )
+    check_transcoder_nodes(config, plan, spliced.transcoders)
     run = _run_curve if plan.curve is not None else _run_generation
     return run(config, plan, spliced, tokenizer, phases)
 

@@ -1,17 +1,19 @@
 """What steer.py will do, decided and checked before the model and the SAEs load.
 
 The interventions come from STEER, or from a graph (``--from-graph``: its
-`top` strongest feature nodes, by |attribution| (fast.py) or else their
-largest |edge effect| (pipe.py), each set, scaled or steered alike, the
-graph's other feature nodes watched); a response curve from CURVE
-(``--curve``). The prompts are the texts pipe.py reads: PROMPT, or the first
-NUM_SEQUENCES_INTERPED rows of DATASET (INTERP_SOURCE), each at most
-MAX_SEQ_INTERPED_LEN tokens.
+`top` strongest feature nodes, by |attribution| (fast.py; trace.py's
+influence) or else their largest |edge effect| (pipe.py), each set, scaled
+or steered alike, the graph's other feature nodes watched); a response curve
+from CURVE (``--curve``). The prompts are the texts pipe.py reads: PROMPT, or
+the first NUM_SEQUENCES_INTERPED rows of DATASET (INTERP_SOURCE), each at
+most MAX_SEQ_INTERPED_LEN tokens.
 
 Checked here, each with one message naming the key, the value and what is
-valid: every node's site has an SAE source, its index lies within that SAE's
-width (its cfg.json), every listed position lies within every prompt, and
-the curve's answer is one token.
+valid: every SAE node's site has an SAE source and its index lies within
+that SAE's width (its cfg.json); transcoder nodes (``tc_``, ``clt_``) need
+TRANSCODERS, of their kind and width once loaded (`check_transcoder_nodes`);
+every listed position lies within every prompt, and the curve's answer is
+one token.
 """
 
 import itertools
@@ -26,10 +28,11 @@ from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.models.sae_sources import read_cfg, resolve_source
-from sparse_coding.nodes import SITES, parse_node_id
+from sparse_coding.nodes import SITES, TRANSCODER_KINDS, parse_node_id
 from sparse_coding.pipelines.inputs import interpreted_texts
 from sparse_coding.pipelines.preflight import preflight, settled_prepend_bos
 from sparse_coding.tokenizer import Tokenizer, load_tokenizer
+from sparse_coding.transcoders.transcoder import KINDS, TranscoderSet
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +71,13 @@ class SteerPlan:
 
     @property
     def pairs(self) -> list[tuple[str, int]]:
-        """The (site, layer) SAEs to load: those of the nodes, no others."""
-        return list(dict.fromkeys(parse_node_id(node)[:2] for node in self.nodes))
+        """The (site, layer) SAEs to load: those of the SAE nodes, no others."""
+        return sae_pairs(self.nodes)
+
+    @property
+    def transcoders(self) -> bool:
+        """True when some node is a transcoder feature: TRANSCODERS is spliced too."""
+        return any(parse_node_id(node).site in TRANSCODER_KINDS for node in self.nodes)
 
     @property
     def prompts(self) -> list[list[int]]:
@@ -89,9 +97,10 @@ def plan_steering(
     edits, watch, source = _interventions(config, command_line, curve)
     curve_spec = config.CURVE if curve else None
     nodes = [e.node for e in edits] + list(watch) + ([curve_spec.node, *curve_spec.watch] if curve else [])
-    pairs = list(dict.fromkeys(parse_node_id(node)[:2] for node in nodes))
+    pairs = sae_pairs(nodes)
     check_sources_set(config, nodes, pairs, source)
-    preflight(config, sae_sites=pairs)
+    transcoders = any(parse_node_id(node).site in TRANSCODER_KINDS for node in nodes)
+    preflight(config, sae_sites=pairs, extra_downloads=_transcoder_downloads(config) if transcoders else ())
     tokenizer = load_tokenizer(config.MODEL_DIR)
     texts = list(itertools.islice(interpreted_texts(config), config.NUM_SEQUENCES_INTERPED))
     plan = SteerPlan(
@@ -100,7 +109,9 @@ def plan_steering(
         curve=curve_spec,
         source=source,
         texts=texts,
-        batch=_prompt_batch(config, tokenizer, texts, settled_prepend_bos(config, pairs)),
+        batch=_prompt_batch(
+            config, tokenizer, texts, settled_prepend_bos(config, pairs, transcoders=transcoders)
+        ),
         answer_id=_answer_id(tokenizer, curve_spec.answer) if curve and curve_spec.answer else None,
     )
     check_plan(config, plan)
@@ -154,8 +165,27 @@ def _answer_id(tokenizer: Tokenizer, answer: str) -> int:
     return ids[0]
 
 
+def sae_pairs(nodes: list[str]) -> list[tuple[str, int]]:
+    """The (site, layer) of every SAE feature node, once each (transcoder nodes have none)."""
+    parsed = (parse_node_id(node) for node in nodes)
+    return list(dict.fromkeys(node[:2] for node in parsed if node.site in SITES))
+
+
+def _transcoder_downloads(config: Config) -> list:
+    from sparse_coding.pipelines.trace import transcoder_downloads  # imports torch
+
+    return transcoder_downloads(config)
+
+
 def check_sources_set(config: Config, nodes: list[str], pairs: list[tuple[str, int]], source: str) -> None:
-    """Every node's site has an SAE source (RESID_SAES, ATTN_SAES, MLP_SAES)."""
+    """Every SAE node's site has an SAE source (RESID_SAES, ATTN_SAES, MLP_SAES); transcoder nodes
+    have TRANSCODERS."""
+    tc_nodes = [node for node in nodes if parse_node_id(node).site in TRANSCODER_KINDS]
+    if tc_nodes and not config.TRANSCODERS:
+        raise ConfigError(
+            f"{source} names the transcoder feature(s) {', '.join(dict.fromkeys(tc_nodes))}, but TRANSCODERS "
+            f"is unset; set it to the transcoders the graph was traced with, e.g. 'gpt2-small-transcoders'"
+        )
     unset = sorted({f"{site.upper()}_SAES" for site, _ in pairs if site not in config.sae_sources})
     if unset:
         named = [node for node in nodes if f"{parse_node_id(node).site.upper()}_SAES" in unset]
@@ -165,10 +195,12 @@ def check_sources_set(config: Config, nodes: list[str], pairs: list[tuple[str, i
 
 
 def check_plan(config: Config, plan: SteerPlan) -> None:
-    """Every node's index lies within its SAE's width; every position lies within every prompt."""
+    """Every SAE node's index lies within its SAE's width; every position lies within every prompt."""
     widths = {pair: sae_width(config.sae_sources[pair[0]], pair[1]) for pair in plan.pairs}
     for node in plan.nodes:
         site, layer, feature = parse_node_id(node)
+        if site in TRANSCODER_KINDS:
+            continue
         if feature >= widths[site, layer]:
             raise ConfigError(
                 f"{plan.source} names {node}, beyond its SAE ({config.sae_sources[site]} layer {layer} has "
@@ -194,6 +226,27 @@ def _check_positions(plan: SteerPlan, node: str, positions: Positions) -> None:
             )
 
 
+def check_transcoder_nodes(config: Config, plan: SteerPlan, transcoders: TranscoderSet | None) -> None:
+    """Every transcoder node is of the loaded set's kind (``tc_`` per-layer, ``clt_`` cross-layer),
+    reads a layer it holds, and lies within its width."""
+    for node in plan.nodes:
+        kind, layer, feature = parse_node_id(node)
+        if kind not in TRANSCODER_KINDS or transcoders is None:
+            continue
+        what = f"{plan.source} names {node}, but TRANSCODERS {config.TRANSCODERS!r}"
+        if kind != transcoders.kind:
+            raise ConfigError(
+                f"{what} holds {KINDS[transcoders.kind]}, whose features are "
+                f"'{transcoders.kind}_{{layer}}.{{index}}'; set TRANSCODERS to the set the node comes from"
+            )
+        if layer not in transcoders.layers:
+            raise ConfigError(f"{what} has no transcoder at layer {layer}; it has {list(transcoders.layers)}")
+        if feature >= transcoders.d_sae:
+            raise ConfigError(
+                f"{what} has {transcoders.d_sae} features per layer: valid indices 0..{transcoders.d_sae - 1}"
+            )
+
+
 def sae_width(source: str, layer: int) -> int:
     """d_sae of one layer's SAE, from its cfg.json (no weights read)."""
     return read_cfg(resolve_source(source, layer))[1]["d_sae"]
@@ -216,8 +269,7 @@ def graph_edits(choice: CommandLineEdits) -> tuple[list[FeatureEdit], list[str],
     ranked = sorted(_feature_strengths(graph).items(), key=lambda item: (-item[1], item[0]))
     if not ranked:
         raise GraphFileError(
-            f"graph file {path} has no SAE feature nodes ({', '.join(SITES)}) to steer; transcoder "
-            f"graphs (trace.py) are not steerable by steer.py yet"
+            f"graph file {path} has no feature nodes ({', '.join(SITES + TRANSCODER_KINDS)}) to steer"
         )
     edits = []
     for node_id, _ in ranked[: choice.top]:
@@ -236,10 +288,10 @@ def _feature_strengths(graph: Graph) -> dict[str, float]:
     features = {}
     for node_id, node in graph.nodes.items():
         try:
-            site, _, feature = parse_node_id(node_id.partition("@")[0])
+            _, _, feature = parse_node_id(node_id.partition("@")[0])
         except ValueError:  # a logit, embedding or other non-feature node
             continue
-        if feature is not None and site in SITES:  # SAE features; transcoder features are not steered
+        if feature is not None:
             features[node_id] = node
     if any(node.attribution is not None for node in features.values()):
         return {node_id: abs(node.attribution or 0.0) for node_id, node in features.items()}

@@ -15,13 +15,14 @@ import torch
 from sparse_coding.algorithms.trace_graph import TraceGraph, TraceOptions, trace_graph
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
+from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype, tokenize_prompt
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.downloads import Download
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.transcoders.loading import load_transcoders
-from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer
+from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer, transcoders_bos
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
 logger = logging.getLogger(__name__)
@@ -94,10 +95,15 @@ def load_trace_inputs(
     return model, tokenizer, transcoders, ids[0].to(device)
 
 
-def trace_prepend_bos(config: Config) -> bool:
-    """PREPEND_BOS for trace.py: the key when set, else True. The transcoders' files record no BOS
-    convention the way SAE cfgs do; circuit-tracer always prepends it, and BOS carries no nodes."""
-    return True if config.PREPEND_BOS is None else config.PREPEND_BOS
+def trace_prepend_bos(config: Config, *, warn: bool = False) -> bool:
+    """PREPEND_BOS for trace.py: unset, as TRANSCODERS were trained (`sources.trained_prepend_bos`;
+    True when nothing records it, as circuit-tracer always prepends it); set, the key (`warn`:
+    saying so when the transcoders were trained the other way)."""
+    trained = {} if not config.TRANSCODERS else transcoders_bos(config.TRANSCODERS)
+    value, mismatched = settle_prepend_bos(config.PREPEND_BOS, trained)
+    if warn:
+        warn_bos_mismatch(value, mismatched)
+    return value
 
 
 def compute_trace(
@@ -119,6 +125,6 @@ def run_trace(config: Config, phases: PhaseTimer | None = None, *, new_graph: bo
     from sparse_coding.pipelines.trace_publish import publish_trace
 
     phases = phases or PhaseTimer()
-    config = dataclasses.replace(config, PREPEND_BOS=trace_prepend_bos(config))
+    config = dataclasses.replace(config, PREPEND_BOS=trace_prepend_bos(config, warn=True))
     graph, model, tokenizer, transcoders = compute_trace(config, phases)
     return publish_trace(graph, config, model, tokenizer, transcoders, phases=phases, new_graph=new_graph)

@@ -7,10 +7,13 @@ Node values: `activation` (a feature's activation, a logit's probability, an
 error node's norm), `attribution` (influence on the logits). Labels:
 features' top-activating contexts on DATASET (else the prompt) and logit
 cells (their decoder rows through the unembedding); the token of each
-embedding and logit node as its explanation. Neuronpedia explanations: none
-of the transcoder sources names its Neuronpedia set, so none are fetched. The graph's metadata
-holds the sign convention, the replacement and completeness scores, the
-logit targets and the prompt's tokens.
+embedding and logit node as its explanation; Neuronpedia explanations where
+a Neuronpedia set holds the transcoders' features (`sources.neuronpedia_set`:
+Dunefsky et al.'s, as ``gpt2-small/{layer}-tres-dc``), fetched as for SAE
+graphs (NEURONPEDIA). The graph's metadata holds the sign convention, the
+replacement and completeness scores, the logit targets, the prompt's tokens
+and each kept node's cumulative influence share (circuit-tracer's pruning
+score, which a Neuronpedia export carries).
 """
 
 import logging
@@ -28,22 +31,24 @@ from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, with_position
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
-from sparse_coding.pipelines.publish import run_metadata
+from sparse_coding.pipelines.publish import neuronpedia_answers, run_metadata, save_caches
 from sparse_coding.pipelines.trace import trace_prompt
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
+from sparse_coding.transcoders.sources import neuronpedia_set
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
 logger = logging.getLogger(__name__)
 
 
-def node_records(tg: TraceGraph, tokenizer: Tokenizer) -> list[Node]:
-    """Every node of the (unpruned) graph, in adjacency order, with its values."""
+def node_records(tg: TraceGraph, tokenizer: Tokenizer, source: str = "") -> list[Node]:
+    """Every node of the (unpruned) graph, in adjacency order, with its values; feature nodes carry
+    their Neuronpedia set when TRANSCODERS `source` has one."""
     rep = tg.replacement
     n_layers, n_pos = rep.errors.shape[:2]
     nodes = [
         Node(with_position(feature_id(tg.kind, layer, index), pos), tg.kind, layer, index, activation=act,
-             hook=f"blocks.{layer}.hook_mlp_out")
+             hook=f"blocks.{layer}.hook_mlp_out", neuronpedia_id=neuronpedia_set(source, layer))
         for layer, pos, index, act in zip(*(column.tolist() for column in tg.features), strict=True)
     ]  # fmt: skip
     norms = rep.errors.norm(dim=-1).tolist()  # (n_layers, pos)
@@ -67,9 +72,9 @@ def node_records(tg: TraceGraph, tokenizer: Tokenizer) -> list[Node]:
     return nodes
 
 
-def to_graph(tg: TraceGraph, tokenizer: Tokenizer) -> Graph:
+def to_graph(tg: TraceGraph, tokenizer: Tokenizer, source: str = "") -> Graph:
     """The pruned graph: kept nodes, and kept edges source -> target with their direct effect."""
-    nodes = node_records(tg, tokenizer)
+    nodes = node_records(tg, tokenizer, source)
     graph = Graph()
     for i in torch.nonzero(tg.pruned.node_mask).flatten().tolist():
         graph.add_node(nodes[i])
@@ -140,6 +145,8 @@ def trace_metadata(tg: TraceGraph, config: Config, tokenizer: Tokenizer, transco
         f"{kept_nodes} of {tg.counts.total} nodes kept; replacement score {tg.replacement_score:.3f}, "
         f"completeness score {tg.completeness_score:.3f}"
     )
+    kept = torch.nonzero(tg.pruned.node_mask[: tg.counts.total - tg.counts.logits]).flatten().tolist()
+    ids = [node.id for node in node_records(tg, tokenizer)]
     return run_metadata(config, {"transcoders": config.TRANSCODERS}, "trace.py") | {
         "prompt": trace_prompt(config),
         "prompt_tokens": [token_text(tokenizer, int(t)) for t in tg.replacement.input_ids],
@@ -154,6 +161,7 @@ def trace_metadata(tg: TraceGraph, config: Config, tokenizer: Tokenizer, transco
             "kept_edges": kept_edges,
         },  # fmt: skip
         "summary": summary,
+        "cumulative_influence": {ids[i]: round(float(tg.pruned.cumulative[i]), 6) for i in kept},
     }
 
 
@@ -162,17 +170,20 @@ def publish_trace(
     phases: PhaseTimer, new_graph: bool = False,
 ) -> str:  # fmt: skip
     """Label the pruned graph and merge it into DATA_DIR/<model>/TRACE_DOT_FILE (+ .json, image, viewer)."""
-    graph = to_graph(tg, tokenizer)
+    graph = to_graph(tg, tokenizer, config.TRANSCODERS)
     with phases.phase("labels: contexts"):
         add_contexts(graph, tg, transcoders, model, tokenizer, config)
     with phases.phase("labels: logit cells"):
         add_logit_cells(graph, tg, transcoders, model, tokenizer, config.LOGIT_TOKENS)
+    with phases.phase("labels: Neuronpedia"):
+        answers = neuronpedia_answers(graph, config)
     graph.metadata = trace_metadata(tg, config, tokenizer, transcoders)
     graph.metadata["phases"] = phases.metadata() | {f"trace: {k}": round(v, 3) for k, v in tg.phases.items()}
     out_dir = config.model_data_dir(config.MODEL_DIR)
     dot_path, image_path = out_dir / config.TRACE_DOT_FILE, out_dir / config.TRACE_FILE
     with phases.phase("write and render"):
         merged = update_graph_files(graph, dot_path, image_path, new_graph=new_graph)
+    save_caches(answers)  # after the graph: a failed run leaves the cache as it was
     written = [str(dot_path), dot_path.with_suffix(".json").name]
     if shutil.which("dot") is not None:
         written.append(image_path.name)

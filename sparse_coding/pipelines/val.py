@@ -3,7 +3,9 @@
 VALIDATION_DIMS_PINNED or a pipe.py/fast.py graph file becomes a `Circuit`
 (`pipelines.circuit`, checked against the slice before anything loads), with a
 graph's error nodes as site keys beside it; the model is loaded with every SAE site
-of ACTS_LAYERS_SLICE (Marks et al.'s M); `validate_circuit`
+of ACTS_LAYERS_SLICE (Marks et al.'s M), or, for a trace.py graph's transcoder
+features, with every TRANSCODERS layer (M is then the replacement model with
+its error terms: the model itself); `validate_circuit`
 (`sparse_coding.algorithms.validation`, which defines the measures) runs over
 DATASET or PROMPT; the report is printed and written to
 DATA_DIR/<model>/validation.json.
@@ -16,12 +18,14 @@ from pathlib import Path
 from sparse_coding import distributed
 from sparse_coding.algorithms.validation import Circuit, check_circuit, feature_means, validate_circuit
 from sparse_coding.config import Config
+from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import parse_site_key
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.circuit import (
     check_pins_before_loading,
     check_within_slice,
     circuit_and_source,
+    transcoder_keys,
 )
 from sparse_coding.pipelines.inputs import (
     BatchStream,
@@ -147,10 +151,37 @@ def load_circuit_model(
         ConfigError: a pinned site has no SAE source, lies outside
             ACTS_LAYERS_SLICE, or pins an index beyond its SAE's width.
     """
+    if transcoder_keys(circuit):
+        return load_transcoder_circuit_model(config, circuit, source=source, phases=phases)
     pairs = [parse_site_key(key) for key in [*circuit, *circuit_errors]]
     check_sources(config, pairs, source)
     check_pins_before_loading(config, [*circuit, *circuit_errors], source)
     spliced, tokenizer = load_spliced_model(config, phases=phases, script="val")
     check_within_slice(config, pairs, config.layer_range(spliced.n_layers), source)
     check_circuit(spliced, circuit, source=source, circuit_errors=circuit_errors)
+    return spliced, tokenizer
+
+
+def load_transcoder_circuit_model(
+    config: Config, circuit: Circuit, *, source: str, phases: PhaseTimer | None = None
+) -> tuple[SplicedModel, Tokenizer]:
+    """MODEL_DIR with every TRANSCODERS layer spliced (M of a trace.py circuit), checked against it.
+
+    Raises:
+        ConfigError: the circuit mixes SAE and transcoder features, VALIDATION_ERRORS is not
+            ``keep``, TRANSCODERS is unset, or a feature is not one of its layers' or widths'.
+    """
+    sae_keys = [key for key in circuit if key not in transcoder_keys(circuit)]
+    if sae_keys:
+        raise ConfigError(
+            f"{source} mixes SAE features ({', '.join(sae_keys)}) with transcoder features "
+            f"({', '.join(transcoder_keys(circuit))}); validate each kind of circuit on its own"
+        )
+    if config.VALIDATION_ERRORS != "keep":
+        raise ConfigError(
+            f"VALIDATION_ERRORS is {config.VALIDATION_ERRORS!r}, but {source} is a transcoder circuit, whose "
+            f"MLP error terms val.py keeps in every run; set VALIDATION_ERRORS: keep"
+        )
+    spliced, tokenizer = load_spliced_model(config, pairs=[], phases=phases, script="val", transcoders=True)
+    check_circuit(spliced, circuit, source=source)
     return spliced, tokenizer

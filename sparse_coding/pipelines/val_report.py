@@ -27,18 +27,30 @@ from torch import Tensor
 from sparse_coding import storage
 from sparse_coding.algorithms.validation import ValidationResult
 from sparse_coding.graphs.conventions import sentences
+from sparse_coding.pipelines.circuit import transcoder_keys
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
 
 
+def meaning_of(result: ValidationResult) -> dict[str, str]:
+    """val.py's sentences for this result: its error mode, and whether it validated transcoders."""
+    spliced = "transcoders" if transcoder_keys(result.sites) else "saes"
+    return sentences("val.py", {"VALIDATION_ERRORS": result.errors, "spliced": spliced})
+
+
 def held_fixed(result: ValidationResult) -> dict[str, str]:
     """What M is and what happened to the error terms, in words."""
+    spliced = (
+        "every transcoder layer spliced (with its error term: the model itself)"
+        if transcoder_keys(result.sites)
+        else "every SAE site of the slice spliced"
+    )
     return {
         "model": (
-            f"M = the model with every SAE site of the slice spliced ({len(result.sites)}: "
-            f"{', '.join(result.sites)}); m(C) and m(empty) mean-ablate features at all of them"
+            f"M = the model with {spliced} ({len(result.sites)}: {', '.join(result.sites)}); m(C) and "
+            f"m(empty) mean-ablate features at all of them"
         ),
-        "errors": sentences("val.py", {"VALIDATION_ERRORS": result.errors})["errors"]
+        "errors": meaning_of(result)["errors"]
         + (f"; circuit error nodes: {', '.join(result.circuit_errors)}" if result.circuit_errors else ""),
     }
 
@@ -70,7 +82,7 @@ def report_data(
     result: ValidationResult, tokenizer: Tokenizer, *, logit_tokens: int, source: str, data: str
 ) -> dict[str, Any]:
     """The JSON-ready report: validation.json's fields but ``config``."""
-    meaning = sentences("val.py", {"VALIDATION_ERRORS": result.errors})
+    meaning = meaning_of(result)
     return {
         "circuit": result.circuit,
         "circuit_errors": result.circuit_errors,

@@ -1,5 +1,5 @@
-"""A fast.py graph as Neuronpedia's attribution-graph JSON (the file circuit-tracer writes and
-Neuronpedia's graph pages read).
+"""A fast.py or trace.py graph as Neuronpedia's attribution-graph JSON (the file circuit-tracer
+writes and Neuronpedia's graph pages read).
 
 Fields (Neuronpedia's graph-schema.json, circuit-tracer's frontend/graph_models.py):
 ``metadata`` (slug, scan = the Neuronpedia model id, prompt_tokens, prompt,
@@ -9,19 +9,28 @@ feature, layer, ctx_idx, feature_type, jsNodeId, clerp, activation, influence)
 and ``links`` (source, target, weight). `GRAPH_SCHEMA` is our schema of those
 fields, with circuit-tracer's stricter types.
 
-What our graph's numbers become there:
-- node_id and jsNodeId: our node id (unique; links name them); feature: the
-  SAE feature index (-1 for an error node, the token id for the answer);
-  layer: the model layer; feature_type, from `NODE_KINDS` by node kind and
-  site; clerp: the Neuronpedia explanation when the graph has one.
-- ctx_idx: a positioned node's position (BOS = 0); a summed node stands for
-  every position and is placed at the last prompt token, where the answer is
-  predicted.
-- links: weight = our edge effect, unchanged. fast.py's sign: positive = the
-  source supports the answer through the target (its attribution along that
-  edge), where Neuronpedia's own graphs mean "the source raises the target".
-  Each node of the slice's last site also links to the answer node with its
-  attribution as weight.
+What our graph's numbers become there (`NODE_KINDS`, one row per node kind
+and site, says which rule fills feature_type, layer, ctx_idx and feature):
+- node_id and jsNodeId: our node id (unique; links name them).
+- feature: a feature's ``(layer + index)(layer + index + 1)/2 + index``, the
+  Cantor pairing of its layer and index that Neuronpedia's schema-1 graphs
+  carry (its pages unpair it to fetch ``{layer}-{source set}/{index}``);
+  -1 for an error node; an embedding's position; a logit's token id.
+- layer: the model layer; ``E`` for embeddings; one past the last for
+  logits (Neuronpedia stacks them on top); ctx_idx: a positioned node's
+  position (BOS = 0); a summed node stands for every position and is placed
+  at the last prompt token, where the answer is predicted; logits too.
+- clerp: the Neuronpedia explanation when the graph has one; a logit's
+  ``Output "tok" (p=...)`` (Neuronpedia reads the probability from it);
+  empty for embeddings and errors (Neuronpedia writes their own).
+- activation: a feature's; influence: trace.py's cumulative influence share
+  (circuit-tracer's pruning score: the share of the total influence held by
+  the node and every node above it, which Neuronpedia's pruning slider reads).
+- links: weight = our edge effect, unchanged. trace.py's sign is
+  Neuronpedia's own ("the source raises the target"). fast.py's: positive =
+  the source supports the answer through the target (its attribution along
+  that edge); each node of the slice's last site also links to the answer
+  node with its attribution as weight.
 pipe.py graphs are refused: their effects are ablation changes over one or
 many sequences at the last position, with no prompt to put on the axis.
 """
@@ -32,25 +41,52 @@ import json
 import re
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from sparse_coding import __version__
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
+from sparse_coding.nodes import parse_any_id
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")  # Neuronpedia's slugs and model ids
 SCHEMA_VERSION = 1
-# (node kind, site) -> feature_type in Neuronpedia's vocabulary; trace.py's kinds join this table.
-NODE_KINDS: dict[tuple[str, str | None], str] = {
-    ("feature", "resid"): "cross layer transcoder",
-    ("feature", "mlp"): "cross layer transcoder",
-    ("feature", "attn"): "lorsa",
-    ("error", "resid"): "mlp reconstruction error",
-    ("error", "mlp"): "mlp reconstruction error",
-    ("error", "attn"): "lorsa error",
-    ("logit", None): "logit",
+SCRIPTS = ("fast.py", "trace.py")
+
+
+class NodeKind(NamedTuple):
+    """How one kind of node is written: Neuronpedia's feature_type, and the rules for its numbers.
+
+    layer: "own" (the node's layer), "E" (the embeddings' row), "above" (one past the node's own,
+    which is the model's layer count for a logit); ctx: "own" (the node's position, a summed node's
+    the last token) or "last"; feature: "cantor" (layer and index paired), "none" (-1),
+    "position" or "token" (the node's token id).
+    """
+
+    feature_type: str
+    layer: str = "own"
+    ctx: str = "own"
+    feature: str = "cantor"
+
+
+# (node kind, site) -> how it is written, in Neuronpedia's vocabulary.
+NODE_KINDS: dict[tuple[str, str | None], NodeKind] = {
+    ("feature", "resid"): NodeKind("cross layer transcoder"),
+    ("feature", "mlp"): NodeKind("cross layer transcoder"),
+    ("feature", "attn"): NodeKind("lorsa"),
+    ("feature", "tc"): NodeKind("cross layer transcoder"),  # circuit-tracer's type for per-layer ones too
+    ("feature", "clt"): NodeKind("cross layer transcoder"),
+    ("error", "resid"): NodeKind("mlp reconstruction error", feature="none"),
+    ("error", "mlp"): NodeKind("mlp reconstruction error", feature="none"),
+    ("error", "attn"): NodeKind("lorsa error", feature="none"),
+    ("embed", None): NodeKind("embedding", layer="E", feature="position"),
+    ("logit", None): NodeKind("logit", layer="above", ctx="last", feature="token"),
 }
 QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+
+
+def cantor(layer: int, index: int) -> int:
+    """The Cantor pairing of a feature's layer and index, as Neuronpedia's schema-1 graphs store it."""
+    return (layer + index) * (layer + index + 1) // 2 + index
 
 
 def graph_schema() -> dict[str, Any]:
@@ -69,19 +105,23 @@ def check_name(kind: str, value: str) -> str:
 
 
 def to_neuronpedia(graph: Graph, *, slug: str) -> dict[str, Any]:
-    """The attribution-graph JSON object of a fast.py graph; GraphFileError when it cannot say it."""
+    """The attribution-graph JSON object of a fast.py or trace.py graph; GraphFileError when it
+    cannot say it."""
     meta = _latest_run(graph)
-    if meta.get("script") != "fast.py":
+    if meta.get("script") not in SCRIPTS:
         raise GraphFileError(
-            f"only fast.py graphs export to Neuronpedia; this graph is {meta.get('script')!r}'s. pipe.py's "
-            f"ablation effects are measured at the last position over one or many sequences, which the "
-            f"format's per-token nodes cannot say; export it --to csv or parquet"
+            f"only fast.py and trace.py graphs export to Neuronpedia; this graph is "
+            f"{meta.get('script')!r}'s. pipe.py's ablation effects are measured at the last position over "
+            f"one or many sequences, which the format's per-token nodes cannot say; export it --to csv or "
+            f"parquet"
         )
-    tokens = _tokens(graph)
+    tokens = _tokens(graph, str(meta.get("script")))
     last = len(tokens) - 1
-    nodes = [_node_entry(node, last) for node in graph.sorted_nodes()]
+    influence = meta.get("cumulative_influence") or {}
+    logits = {int(t["token_id"]): t for t in meta.get("logit_targets") or []}  # trace.py: likeliest first
+    nodes = [_node_entry(node, last, influence.get(node.id), logits) for node in graph.sorted_nodes()]
     links = [{"source": e.source, "target": e.target, "weight": e.effect} for e in graph.sorted_edges()]
-    answer = _answer(graph, meta, last)
+    answer = _answer(graph, meta, last) if meta.get("script") == "fast.py" else None
     if answer is not None:
         nodes.append(answer)
         links += _answer_links(graph, answer["node_id"])
@@ -97,14 +137,14 @@ def _latest_run(graph: Graph) -> dict[str, Any]:
     return graph.runs[-1] if graph.runs else graph.metadata
 
 
-def _tokens(graph: Graph) -> list[str]:
+def _tokens(graph: Graph, script: str) -> list[str]:
     """The prompt tokens; the runs of a merged graph must agree on them."""
     tokens = prompt_tokens(graph.metadata)
     seen = {tuple(run["prompt_tokens"]) for run in graph.runs if run.get("prompt_tokens")}
     if not tokens or len(seen) > 1:
         why = "records no prompt tokens" if not tokens else f"merges runs on {len(seen)} different prompts"
         raise GraphFileError(
-            f"the graph {why}; Neuronpedia's format puts one tokenized prompt on its axis. Run fast.py "
+            f"the graph {why}; Neuronpedia's format puts one tokenized prompt on its axis. Run {script} "
             f"again with --new-graph (one prompt per graph) and export that"
         )
     positions = [node.position for node in graph.nodes.values() if node.position is not None]
@@ -113,19 +153,46 @@ def _tokens(graph: Graph) -> list[str]:
     return tokens
 
 
-def _node_entry(node: Node, last: int) -> dict[str, Any]:
-    kind = "error" if node.is_error else "feature"
-    return {
+def node_kind(node: Node) -> NodeKind:
+    """How a node is written (`NODE_KINDS`), from its id."""
+    kind = parse_any_id(node.id).kind
+    return NODE_KINDS[(kind, node.site if kind in ("feature", "error") else None)]
+
+
+def _node_entry(
+    node: Node, last: int, influence: float | None, logits: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """One node of the file: its kind's rules applied (module docstring); `logits`: trace.py's logit
+    targets by token id, likeliest first (circuit-tracer's target logit)."""
+    kind = node_kind(node)
+    layer = {"own": str(node.layer), "E": "E", "above": str(node.layer + 1)}[kind.layer]
+    position = last if kind.ctx == "last" or node.position is None else node.position
+    feature = {
+        "cantor": lambda: cantor(node.layer, node.feature),
+        "none": lambda: -1,
+        "position": lambda: position,
+        "token": lambda: node.feature,
+    }[kind.feature]()
+    entry = {
         "node_id": node.id,
-        "feature": -1 if node.feature is None else node.feature,
-        "layer": str(node.layer),
-        "ctx_idx": last if node.position is None else node.position,
-        "feature_type": NODE_KINDS[(kind, node.site)],
+        "feature": feature,
+        "layer": layer,
+        "ctx_idx": position,
+        "feature_type": kind.feature_type,
         "jsNodeId": node.id,
-        "clerp": node.explanation or "",
-        "activation": node.activation,
-        "influence": None,
+        "clerp": (node.explanation or "") if kind.feature == "cantor" else "",
+        "activation": node.activation if kind.feature == "cantor" else None,
+        "influence": influence,
     }
+    if kind.feature == "token":  # a trace.py logit: its probability is its activation
+        probability = float(node.activation or 0.0)
+        token = logits.get(node.feature, {}).get("token", "")
+        entry |= {
+            "clerp": f'Output "{token}" (p={probability:.3f})',
+            "token_prob": probability,
+            "is_target_logit": bool(logits) and node.feature == next(iter(logits)),
+        }
+    return entry
 
 
 def _answer(graph: Graph, meta: dict[str, Any], last: int) -> dict[str, Any] | None:
@@ -140,7 +207,7 @@ def _answer(graph: Graph, meta: dict[str, Any], last: int) -> dict[str, Any] | N
         "feature": token_id,
         "layer": str(max(layers, default=0) + 1),
         "ctx_idx": last,
-        "feature_type": NODE_KINDS[("logit", None)],
+        "feature_type": NODE_KINDS[("logit", None)].feature_type,
         "jsNodeId": f"logit_{token_id}",
         "clerp": f'Output "{meta.get("answer_token", "")}" (p={shown})',
         "token_prob": 0.0 if probability is None else float(probability),
@@ -182,12 +249,20 @@ def _metadata(graph: Graph, meta: dict[str, Any], tokens: list[str], slug: str) 
     }
     if sets:
         metadata["feature_details"] = sets
-    if config.get("SELECTION") == "threshold":
-        metadata["pruning_settings"] = {
-            "node_threshold": config.get("NODE_THRESHOLD"),
-            "edge_threshold": config.get("EDGE_THRESHOLD"),
-        }
+    pruning = _pruning_keys(meta)
+    if pruning:
+        metadata["pruning_settings"] = {name: config.get(key) for name, key in pruning.items()}
+        metadata["node_threshold"] = config.get(pruning["node_threshold"])
     return metadata
+
+
+def _pruning_keys(meta: dict[str, Any]) -> dict[str, str]:
+    """The config keys of the run's node and edge thresholds, when it pruned by threshold."""
+    if meta.get("script") == "trace.py":
+        return {"node_threshold": "TRACE_NODE_THRESHOLD", "edge_threshold": "TRACE_EDGE_THRESHOLD"}
+    if (meta.get("config") or {}).get("SELECTION") == "threshold":
+        return {"node_threshold": "NODE_THRESHOLD", "edge_threshold": "EDGE_THRESHOLD"}
+    return {}
 
 
 def _neuronpedia_sources(graph: Graph, meta: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -206,7 +281,7 @@ def _neuronpedia_sources(graph: Graph, meta: dict[str, Any]) -> tuple[str, dict[
         name = str(meta.get("model") or graph.metadata.get("model") or "model").rstrip("/").split("/")[-1]
         scan = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     sets = {}
-    main = by_site.get("resid") or by_site.get("mlp")
+    main = next((by_site[site] for site in ("resid", "mlp", "tc", "clt") if site in by_site), None)
     if main:
         sets["neuronpedia_source_set"] = main
     if by_site.get("attn"):
@@ -215,6 +290,13 @@ def _neuronpedia_sources(graph: Graph, meta: dict[str, Any]) -> tuple[str, dict[
 
 
 def _description(meta: dict[str, Any]) -> str:
+    if meta.get("script") == "trace.py":
+        return (
+            f"sparse_coding trace.py attribution graph (circuit-tracer's method) through "
+            f"{meta.get('transcoders') or 'transcoders'}; nodes per token position. Link weight = direct "
+            f"effect in the local replacement model: positive = the source raises the target. "
+            f"{meta.get('summary', '')}"
+        ).strip()
     positioned = (meta.get("config") or {}).get("NODE_POSITIONS") == "each"
     where = (
         "one node per token position"

@@ -23,15 +23,16 @@ ablations are the same edit) changes x by the edited features' decoder rows
 only: ``x' = x + sum_e (new_e - a_e) * scale * W_dec[f_e]``, the error term
 and every other feature kept, so an edit that changes nothing returns x
 bit for bit. It asks three things of a site: `decoder_scale`, `feats_at`
-and `decode_rows`; another kind of dictionary (a transcoder) that answers
-them is edited by the same code.
+and `decode_rows`; transcoders answer them too (`transcoder_site`), so their
+features are edited by the same code: a spliced model may hold SAE sites,
+transcoder sites, or both.
 """
 
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -40,6 +41,9 @@ from sparse_coding.errors import SAELoadError
 from sparse_coding.models.saes import SAE, decoder_sum, grouped_rows_sum
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import hook_position, site_key
+
+if TYPE_CHECKING:
+    from sparse_coding.transcoders.transcoder import TranscoderSet
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class SiteCode:
 
     feats: Tensor  # (..., d_sae) the SAE's own activations (as on Neuronpedia)
     scale: Tensor  # (..., 1) coefficient of decoder rows: layer-norm std, else 1
-    error: Tensor  # (..., d_model) x - x_hat, in model space and dtype
+    error: Tensor | None  # (..., d_model) x - x_hat, in model space and dtype; None: not computed
 
     @property
     def values(self) -> Tensor:
@@ -65,6 +69,7 @@ class Site:
     sae: SAE
     kind: str  # "resid" | "attn" | "mlp"
     layer: int
+    reads = True  # the one site of its key (a cross-layer transcoder's key has several; not a field)
 
     @property
     def key(self) -> str:
@@ -77,6 +82,38 @@ class Site:
     @property
     def order(self) -> tuple[int, int]:
         return hook_position(self.sae.hook_name)
+
+    @property
+    def d_sae(self) -> int:
+        return self.sae.d_sae
+
+    @property
+    def d_model(self) -> int:
+        return self.sae.d_in
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sae.W_dec.dtype
+
+    def register(self, model: GPT2, intervention: "Intervention") -> list:
+        """Forward hooks that replace the site's activation x by ``intervention(self, x)``."""
+        block = model.transformer.h[self.layer]
+        if self.hook == "hook_resid_pre":
+            return [block.register_forward_pre_hook(_edit_block_input(self, intervention))]
+        outputs = {"hook_attn_out": block.attn, "hook_mlp_out": block.mlp, "hook_resid_post": block}
+        if self.hook in outputs:
+            return [outputs[self.hook].register_forward_hook(lambda m, a, out: intervention(self, out))]
+        # hook_resid_mid = resid_pre + attn_out: edit it through the attention output.
+        captured: list[Tensor] = []
+        capture = _edit_block_input(self, lambda s, x: captured.append(x) or x)
+
+        def edit_mid(module, args, out):
+            pre = captured.pop()
+            mid = pre + out
+            new_mid = intervention(self, mid)
+            return out if new_mid is mid else new_mid - pre
+
+        return [block.register_forward_pre_hook(capture), block.attn.register_forward_hook(edit_mid)]
 
     def to_sae_space(self, x: Tensor) -> Tensor:
         """Model activation -> the SAE's input convention, in at least float32 (`SAE.input_dtype`):
@@ -152,15 +189,31 @@ class Site:
         """values[..., None] * W_dec[features]: the decoded contribution of single features."""
         return (values.to(self.sae.W_dec.dtype)[..., None] * self.sae.W_dec[features]).to(values.dtype)
 
+    def decode(self, values: Tensor) -> Tensor:
+        """values (..., d_sae) @ W_dec: the features' part of the reconstruction, without its biases."""
+        return values.to(self.sae.W_dec.dtype) @ self.sae.W_dec
 
+
+# Called at every site (an SAE `Site` or a `TranscoderSite`) with its activation x; returns x'.
 Intervention = Callable[[Site, Tensor], Tensor]
 
 
 class SplicedModel:
-    """A GPT-2 with SAEs at some sites; run it under an intervention."""
+    """A GPT-2 with SAEs at some sites (and transcoders at some MLPs); run it under an intervention.
 
-    def __init__(self, model: GPT2, saes: list[SAE], prepend_bos: bool = True) -> None:
+    ``sites`` holds every place an intervention is called, in forward order;
+    ``by_key`` the site of each key (a transcoder layer's reading site).
+    """
+
+    def __init__(
+        self,
+        model: GPT2,
+        saes: list[SAE],
+        prepend_bos: bool = True,
+        transcoders: "TranscoderSet | None" = None,
+    ) -> None:
         self.model = model
+        self.transcoders = transcoders
         self.prepend_bos = prepend_bos  # whether inputs start with BOS, as its SAEs were trained
         n_layers, d_model = model.config.n_layer, model.config.n_embd
         for sae in saes:
@@ -172,10 +225,16 @@ class SplicedModel:
                 raise SAELoadError(
                     f"SAE {sae.cfg.source} reads {sae.hook_name}, outside the model's {n_layers} layers"
                 )
-        self.sites = sorted((Site(sae, sae.site, sae.layer) for sae in saes), key=lambda s: s.order)
-        self.by_key = {site.key: site for site in self.sites}
-        if len(self.by_key) != len(self.sites):
+        sae_sites = [Site(sae, sae.site, sae.layer) for sae in saes]
+        if len({site.key for site in sae_sites}) != len(sae_sites):
             raise SAELoadError("Two SAEs splice the same site; give each (site, layer) one SAE")
+        sites: list = sae_sites
+        if transcoders is not None:
+            from sparse_coding.splicing.transcoder_site import transcoder_sites
+
+            sites = sites + transcoder_sites(transcoders, model)
+        self.sites = sorted(sites, key=lambda s: s.order)
+        self.by_key = {site.key: site for site in self.sites if site.reads}
 
     @property
     def device(self) -> torch.device:
@@ -189,36 +248,13 @@ class SplicedModel:
     def intervene(self, intervention: Intervention) -> Iterator[None]:
         """Call `intervention` at every site during forwards run inside the block."""
         handles = []
-        captured: dict[int, Tensor] = {}
         try:
             for site in self.sites:
-                handles += self._register(site, intervention, captured)
+                handles += site.register(self.model, intervention)
             yield
         finally:
             for handle in handles:
                 handle.remove()
-            captured.clear()
-
-    def _register(self, site: Site, intervention: Intervention, captured: dict[int, Tensor]) -> list:
-        block = self.model.transformer.h[site.layer]
-        if site.hook == "hook_resid_pre":
-            return [block.register_forward_pre_hook(_edit_block_input(site, intervention))]
-        outputs = {"hook_attn_out": block.attn, "hook_mlp_out": block.mlp, "hook_resid_post": block}
-        if site.hook in outputs:
-            return [outputs[site.hook].register_forward_hook(lambda m, a, out: intervention(site, out))]
-        # hook_resid_mid = resid_pre + attn_out: edit it through the attention output.
-        capture = _edit_block_input(site, lambda s, x: captured.__setitem__(site.layer, x) or x)
-
-        def edit_mid(module, args, out):
-            pre = captured.pop(site.layer)
-            mid = pre + out
-            new_mid = intervention(site, mid)
-            return out if new_mid is mid else new_mid - pre
-
-        return [
-            block.register_forward_pre_hook(capture),
-            block.attn.register_forward_hook(edit_mid),
-        ]
 
     def embed(self, input_ids: Tensor) -> Tensor:
         """Token + position embeddings (batch, pos, d_model)."""

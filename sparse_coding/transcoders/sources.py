@@ -6,8 +6,14 @@ A TRANSCODERS value is one of:
 - a local template ``/path/to/folder_{layer}`` (or ``./...``, ``~/...``).
 A folder is read in whichever layout its files make (`layouts.FOLDER_LAYOUTS`);
 a ``.pt`` file is one of Dunefsky et al.'s original pickles.
+
+Each release records how its transcoders were trained to see text: with a
+BOS (``<|endoftext|>``) first or not (`trained_prepend_bos`; the facts and
+their sources are in docs/transcoders.md). A run tokenizes as its
+transcoders were trained, as it does for SAEs (`models.bos`).
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,33 +32,38 @@ class TranscoderRelease:
     layout: str
     layers: range | None  # None: one per model layer
     about: str
+    prepend_bos: bool  # trained on contexts that start with BOS
+    neuronpedia: str | None = None  # Neuronpedia set of its features, ``{layer}`` filled in
 
 
+# Dunefsky et al.'s transcoders (all three packagings hold the same features) are Neuronpedia's
+# "tres-dc" sets; no Neuronpedia set holds EleutherAI's (docs/transcoders.md).
+_TRES_DC = "gpt2-small/{layer}-tres-dc"
 RELEASES: dict[str, TranscoderRelease] = {
     "gpt2-small-transcoders": TranscoderRelease(
         "jacobdunefsky/gpt2small-transcoders", "gpt2-small-dun-chl-mlp-tc{layer}", "dunefsky", None,
-        "Dunefsky et al. 2024 per-layer transcoders, 24576 ReLU features per layer",
+        "Dunefsky et al. 2024 per-layer transcoders, 24576 ReLU features per layer", True, _TRES_DC,
     ),
     "gpt2-small-transcoders-original": TranscoderRelease(
         "pchlenski/gpt2-transcoders",
         "final_sparse_autoencoder_gpt2-small_blocks.{layer}.ln2.hook_normalized_24576.pt", "pickle", None,
-        "the same transcoders as first published (pickles)",
+        "the same transcoders as first published (pickles)", True, _TRES_DC,
     ),
     "gpt2-small-transcoders-arena": TranscoderRelease(
         "callummcdougall/arena-demos-transcoder", "gpt2-small-layer-{layer}-mlp-transcoder-folded-b_dec_out",
-        "saelens", range(9), "the same transcoders in SAELens folders, layers 0-8 only",
+        "saelens", range(9), "the same transcoders in SAELens folders, layers 0-8 only", True, _TRES_DC,
     ),
     "gpt2-small-transcoders-relu-sp6-skip": TranscoderRelease(
         "EleutherAI/gpt2-mntss-transcoder-relu-sp6-skip", "h.{layer}.mlp", "sparsify", None,
-        "EleutherAI per-layer skip transcoders (sparsify folders)",
+        "EleutherAI per-layer skip transcoders (sparsify folders)", True,
     ),
     "gpt2-small-clt-relu-sp8": TranscoderRelease(
         "EleutherAI/gpt2-mntss-transcoder-clt-relu-sp8", "h.{layer}.mlp", "sparsify", None,
-        "EleutherAI cross-layer transcoder, 16384 features per layer, 4.5 GB",
+        "EleutherAI cross-layer transcoder, 16384 features per layer, 4.5 GB", True,
     ),
     "gpt2-small-clt-relu-sp10-1b": TranscoderRelease(
         "EleutherAI/gpt2-mntss-transcoder-clt-relu-sp10-1b", "h.{layer}.mlp", "sparsify", None,
-        "EleutherAI cross-layer transcoder (sparsity 10, 1B tokens)",
+        "EleutherAI cross-layer transcoder (sparsity 10, 1B tokens)", True,
     ),
 }  # fmt: skip
 
@@ -73,6 +84,48 @@ def release_layers(source: str, n_layers: int) -> range:
     release = RELEASES.get(source)
     layers = release.layers if release and release.layers is not None else range(n_layers)
     return range(min(layers.start, n_layers), min(layers.stop, n_layers))
+
+
+def trained_prepend_bos(source: str) -> bool | None:
+    """Whether `source`'s transcoders were trained on contexts starting with BOS: the release's fact,
+    else a SAELens cfg.json's ``prepend_bos`` (top level or under ``metadata``) of its first layer,
+    local or in the Hugging Face cache; None when nothing records it."""
+    if source in RELEASES:
+        return RELEASES[source].prepend_bos
+    try:
+        resolved = resolve_layer(source, 0)
+    except TranscoderLoadError:
+        return None
+    path = _cached_file(resolved, "cfg.json")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+    except (OSError, ValueError):
+        return None
+    recorded = cfg.get("prepend_bos", (cfg.get("metadata") or {}).get("prepend_bos"))
+    return recorded if isinstance(recorded, bool) else None
+
+
+def transcoders_bos(source: str) -> dict[str, bool]:
+    """{description: prepend_bos} of a TRANSCODERS value for `models.bos.settle_prepend_bos`; empty
+    when nothing records its convention."""
+    trained = trained_prepend_bos(source)
+    return {} if trained is None else {f"TRANSCODERS {source}": trained}
+
+
+def neuronpedia_set(source: str, layer: int) -> str | None:
+    """The Neuronpedia set of a layer's features (``gpt2-small/8-tres-dc``), when one holds them."""
+    release = RELEASES.get(source)
+    return release.neuronpedia.format(layer=layer) if release and release.neuronpedia else None
+
+
+def _cached_file(resolved: "ResolvedLayer", name: str) -> Path | None:
+    """A file of a layer's folder, locally or from the Hugging Face cache (never downloaded)."""
+    if resolved.local is not None:
+        return resolved.local / name if (resolved.local / name).is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(resolved.repo_id, f"{resolved.path}/{name}")
+    return Path(found) if isinstance(found, str) else None
 
 
 def resolve_layer(source: str, layer: int) -> ResolvedLayer:
