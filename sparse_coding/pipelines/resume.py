@@ -51,9 +51,7 @@ def run_fingerprint(
     config: Config, spliced: SplicedModel, script: str, inputs: Mapping[str, Any]
 ) -> dict[str, Any]:
     """What a run's result depends on (`cache.cache_fingerprint`), to tell a checkpoint's run apart."""
-    saes = {
-        site.key: cache.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
-    }
+    saes = {site.key: _site_identity(site) for site in spliced.sites}
     keys = {key: value for key, value in config.to_metadata().items() if key not in UNSHAPING_KEYS}
     return cache.cache_fingerprint(
         model=config.MODEL_DIR,
@@ -61,6 +59,14 @@ def run_fingerprint(
         dataset=config.DATASET,
         settings={"script": script, "config": keys, "inputs": dict(inputs), "sites": sorted(saes)},
     )
+
+
+def _site_identity(site: Any) -> dict[str, Any]:
+    """An SAE site by its source and weights file; a transcoder site by its TRANSCODERS source."""
+    sae = getattr(site, "sae", None)
+    if sae is None:
+        return cache.sae_identity(site.transcoders.source, None)
+    return cache.sae_identity(sae.cfg.source, sae.weights_path)
 
 
 def file_input(path: str | Path | None) -> dict[str, Any] | None:
