@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from sparse_coding import distributed
 from sparse_coding.allocator import keep_freed_memory
 from sparse_coding.config import DEFAULT_CONFIG_PATH, FIELDS, Config, load_config
 from sparse_coding.config.schema import script_keys
@@ -50,6 +51,7 @@ def build_parser(
     prog: str | None = None,
     *,
     graph_output: bool = False,
+    dataset_passes: bool = False,
     outputs: Sequence[str] = (),
     script: str | None = None,
     section: str | None = None,
@@ -59,6 +61,8 @@ def build_parser(
     Args:
         prog: the program name in usage lines (``sparse-coding pipe``).
         graph_output: add `--new-graph` (pipe.py, fast.py).
+        dataset_passes: add `--resume` and `--timeout`: the script's passes over data run
+            under torchrun and resume from checkpoints (pipe.py, fast.py, val.py, hist.py).
         outputs: what the script writes, shown under --help.
         script: its name (``fast``): the config keys that shape its result are shown under --help.
         section: the README section that explains it.
@@ -82,6 +86,8 @@ def build_parser(
     loudness.add_argument(
         "-v", "--verbose", action="store_true", help="log details too, e.g. the wall time of every phase"
     )
+    if dataset_passes:
+        _add_dataset_pass_options(parser)
     if graph_output:
         parser.add_argument(
             "--new-graph",
@@ -90,6 +96,23 @@ def build_parser(
             "<name>.before-<run id>.*, not deleted)",
         )
     return parser
+
+
+def _add_dataset_pass_options(parser: argparse.ArgumentParser) -> None:
+    """`--resume` (checkpoints) and `--timeout` (torchrun) for the scripts with dataset passes."""
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the dataset passes of a killed run from their checkpoint (CHECKPOINT_EVERY; "
+        'README "Scaling out"); without it a run starts over',
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: seconds a rank waits for the others before the run ends (default: %(default)s)",
+    )
 
 
 def run_script(
@@ -107,32 +130,52 @@ def run_script(
     args = parser.parse_args(argv)
     from tqdm.contrib.logging import logging_redirect_tqdm  # after --help, which stays instant
 
+    main_rank = distributed.launched_rank() == 0  # under torchrun the other ranks log errors only
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if args.quiet else logging.INFO if main_rank else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if args.verbose:
+    if args.verbose and main_rank:
         logger.setLevel(logging.DEBUG)
     args.phases = PhaseTimer()
     args.config_given = args.config is not None
     keep_freed_memory()  # batched CPU work reuses freed blocks instead of re-faulting them
     exit_cleanly_on_sigterm()  # docker stop / kill: unwind like Ctrl-C, removing temp files
     try:
-        with logging_redirect_tqdm():  # a log line during a progress bar gets a line of its own
+        if not hasattr(args, "timeout") and distributed.launched_world_size() > 1:
+            raise SparseCodingError(
+                f"{parser.prog} runs as one process; start it without torchrun (torchrun shares the "
+                f"dataset passes of pipe.py, fast.py, val.py and hist.py)"
+            )
+        with distributed.session(getattr(args, "timeout", None)), logging_redirect_tqdm():
+            # a log line during a progress bar gets a line of its own
             line = main(load_config(args.config or DEFAULT_CONFIG_PATH), args)
     except SparseCodingError as e:
         _fail(str(e))
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
+            _claim_failure()
             raise
         _fail(_environment_error(e))
     except KeyboardInterrupt:
-        print("interrupted; existing graph files were left as they were", file=sys.stderr)
+        if distributed.first_failure():
+            print("interrupted; existing graph files were left as they were", file=sys.stderr)
         sys.exit(130)
-    logger.info("Done in %.1fs%s", args.phases.total(), _peak_gpu_memory())
-    logger.debug("Wall time by phase:\n%s", args.phases.table())
-    print(line)
+    except Exception:
+        _claim_failure()
+        raise
+    if main_rank:
+        logger.info("Done in %.1fs%s", args.phases.total(), _peak_gpu_memory())
+        logger.debug("Wall time by phase:\n%s", args.phases.table())
+        print(line)
+
+
+def _claim_failure() -> None:
+    """Under torchrun, count this rank's bug as the run's failure, so the ranks it takes down stay
+    quiet and its traceback is the one printed."""
+    if distributed.launched_world_size() > 1:
+        distributed.first_failure()
 
 
 def _environment_error(e: OSError) -> str:
@@ -204,8 +247,9 @@ def _started_as(programs: Sequence[str]) -> bool:
 
 
 def _fail(message: str) -> NoReturn:
-    """One paragraph on stderr, exit status 1."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    """One paragraph on stderr, exit status 1; under torchrun, from the first rank that fails only."""
+    if distributed.first_failure():
+        print(f"error: {distributed.failure_prefix()}{' '.join(message.split())}", file=sys.stderr)
     sys.exit(1)
 
 

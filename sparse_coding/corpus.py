@@ -76,15 +76,17 @@ COUNTED_FILE_BYTES = 64 * 2**20
 
 def count_texts(source: TextSource) -> int | None:
     """How many texts `load_texts` yields, where that is cheap to know: the prompt, a local
-    .txt/.jsonl file up to COUNTED_FILE_BYTES (its non-blank lines), a parquet file (its row
-    count); None for hub datasets and bigger files. For progress totals only."""
+    .txt/.jsonl file up to COUNTED_FILE_BYTES (its non-blank lines, read one at a time up to
+    `max_sequences`), a parquet file (its row count); None for hub datasets and bigger files.
+    For progress totals only."""
     if source.dataset is None:
         return 1
     path = Path(source.dataset).expanduser()
     if not path.is_file():
         return None
     if path.suffix in (".txt", ".jsonl") and path.stat().st_size <= COUNTED_FILE_BYTES:
-        count = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+        with path.open("rb") as lines:  # line by line: memory stays flat whatever the file's size
+            count = sum(1 for _ in itertools.islice(filter(bytes.strip, lines), source.max_sequences))
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

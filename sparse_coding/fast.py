@@ -29,7 +29,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.fast import run_fast
 
-    return run_fast(config, args.phases, new_graph=args.new_graph)
+    return run_fast(config, args.phases, new_graph=args.new_graph, resume=args.resume)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -37,6 +37,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(
         DESCRIPTION,
         prog,
+        dataset_passes=True,
         graph_output=True,
         outputs=["GRADS_DOT_FILE (.dot) + .json + .html, GRADS_FILE (image), merged into earlier runs'"],
         script="fast",

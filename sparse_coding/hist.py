@@ -40,7 +40,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.hist import run_hist
 
-    return run_hist(config, args.phases)
+    return run_hist(config, args.phases, resume=args.resume)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -48,6 +48,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(
         DESCRIPTION,
         prog,
+        dataset_passes=True,
         outputs=["thresholds.safetensors + thresholds.json (read by fast.py)"],
         script="hist",
         section="hist.py — dataset thresholds for fast.py",

@@ -30,7 +30,9 @@ def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.pipe import run_pipe
 
-    return run_pipe(config, args.phases, new_graph=args.new_graph, allow_empty=args.allow_empty)
+    return run_pipe(
+        config, args.phases, new_graph=args.new_graph, allow_empty=args.allow_empty, resume=args.resume
+    )
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -38,6 +40,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(
         DESCRIPTION,
         prog,
+        dataset_passes=True,
         graph_output=True,
         outputs=["GRAPH_DOT_FILE (.dot) + .json + .html, GRAPH_FILE (image), merged into earlier runs'"],
         script="pipe",

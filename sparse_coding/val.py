@@ -44,7 +44,7 @@ def main(config: Config, args: argparse.Namespace) -> str:
     with args.phases.phase("import"):
         from sparse_coding.pipelines.val import run_val
 
-    return run_val(config, args.phases, from_graph=args.from_graph, run=args.run)
+    return run_val(config, args.phases, from_graph=args.from_graph, run=args.run, resume=args.resume)
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -52,6 +52,7 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = build_parser(
         DESCRIPTION,
         prog,
+        dataset_passes=True,
         outputs=["validation.json"],
         script="val",
         section="val.py — validate a circuit",

@@ -199,6 +199,22 @@ def test_many_examples_in_padded_batches_give_the_mean_of_single_example_effects
     assert 0 < fraction_explained(summary) < 1
 
 
+def test_batches_beyond_the_kept_ones_recompute_phase_one_and_give_the_same_graph(loaded, monkeypatch):
+    from sparse_coding.algorithms import attribution_graph
+
+    spliced, tokenizer = loaded
+    texts = ["When Mary and John went to the store", "The quick brown fox jumps", "In 1969 the first humans"]
+    examples = [tokenize_pair(Pair(text), tokenizer, prepend_bos=True, max_len=64) for text in texts]
+    batches = example_batches(examples, batch_size=1, pad_id=0, device="cpu")
+    options = GraphOptions(CE, num_down_nodes=2, exact=True)
+    kept = attribution_graph.gradient_graph(spliced, batches, options)
+    monkeypatch.setattr(attribution_graph, "KEPT_BATCHES", 1)
+
+    recomputed = attribution_graph.gradient_graph(spliced, batches, options)
+
+    assert recomputed.to_dict() == kept.to_dict()
+
+
 def _edge_values(edge_sets) -> dict:
     """(down site, row, up site, up feature or None) -> effect."""
     return {
@@ -430,7 +446,7 @@ def test_down_nodes_from_thresholds_are_logged_and_recorded_per_site(loaded, pai
     with caplog.at_level(logging.INFO):
         graph = gradient_graph(spliced, [batch], GraphOptions(CE), thresholds=thresholds)
     summary = summarize([node_attributions(spliced, batch, metric=CE)])
-    counts = {key: int((s.last_activation > 0.05).any(0).sum()) for key, s in summary.items()}
+    counts = {key: int((s.max_last_activation > 0.05).sum()) for key, s in summary.items()}
     assert graph.metadata["down_nodes_per_site"] == counts
     logged = ", ".join(f"{key}: {n}" for key, n in counts.items())
     assert f"Down-nodes from hist.py thresholds per site: {logged}" in caplog.text

@@ -26,7 +26,8 @@ def nothing_loads(monkeypatch):
 
 
 def _args(**values) -> argparse.Namespace:
-    defaults = {"from_graph": None, "run": None, "config_given": True, "phases": PhaseTimer()}
+    defaults = {"from_graph": None, "run": None, "config_given": True, "resume": False}
+    defaults["phases"] = PhaseTimer()
     return argparse.Namespace(**(defaults | values))
 
 

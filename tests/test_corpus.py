@@ -91,3 +91,55 @@ def test_batches_are_made_lazily_from_an_endless_stream(tokenizer):
     endless = (f"sequence {i}" for i in itertools.count())
     first = next(iter_batches(endless, tokenizer, batch_size=2, max_len=8, prepend_bos=True, device="cpu"))
     assert first.input_ids.shape[0] == 2
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_reading_a_local_file_takes_the_same_memory_for_100_000_lines_as_for_1_000(tmp_path, suffix):
+    """The reader (counting for progress totals, then reading) holds a line at a time, not the file."""
+    import tracemalloc
+
+    from sparse_coding.corpus import TextSource, count_texts
+
+    def reader_peak(n: int) -> int:
+        path = tmp_path / f"corpus{n}{suffix}"
+        lines = (f"Sequence {i}: the quick brown fox jumps over {i} lazy dogs." for i in range(n))
+        path.write_text("".join((json.dumps({"text": t}) if suffix == ".jsonl" else t) + "\n" for t in lines))
+        source = TextSource("unused", str(path), None, "train", "text", max_sequences=10**9)
+        tracemalloc.start()
+        try:
+            assert count_texts(source) == n
+            assert sum(1 for _ in load_texts(source)) == n
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = reader_peak(1_000), reader_peak(100_000)  # files of ~60 kB and ~6 MB
+
+    assert large < small + 256 * 1024, (small, large)
+
+
+def test_a_hub_dataset_is_streamed_and_read_only_as_far_as_the_run_needs(make_config, monkeypatch):
+    import datasets
+
+    asked, served = {}, []
+
+    class Stream:
+        features = {"text": None}
+
+        def __iter__(self):
+            for i in itertools.count():  # endless: only a lazy reader finishes
+                served.append(i)
+                yield {"text": f"text {i}"}
+
+    def load_dataset(name, config, *, split, streaming=False):
+        asked.update(name=name, split=split, streaming=streaming)
+        return Stream()
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    config = make_config(DATASET="someone/corpus", NUM_SEQUENCES_EVALED=5)
+
+    texts = list(load_texts(text_source(config)))
+
+    assert texts == [f"text {i}" for i in range(5)]
+    assert asked == {"name": "someone/corpus", "split": "train", "streaming": True}
+    assert len(served) <= 6

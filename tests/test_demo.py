@@ -42,6 +42,7 @@ def run(script: str, config: Config, **args) -> None:
         "allow_empty": False,
         "from_graph": None,
         "run": None,
+        "resume": False,
     }
     module.main(config, argparse.Namespace(**(defaults | args)))
 

@@ -157,7 +157,10 @@ def test_val_of_the_demo_trace_graph_recovers_the_planted_path_whole(demo_trace)
     from sparse_coding.val import main
 
     config, graph = demo_trace
-    main(config, argparse.Namespace(phases=PhaseTimer(), from_graph=graph, run=None, config_given=True))
+    main(
+        config,
+        argparse.Namespace(phases=PhaseTimer(), from_graph=graph, run=None, config_given=True, resume=False),
+    )
     report = json.loads((config.model_data_dir(config.MODEL_DIR) / "validation.json").read_text())
     ends = {end for edge in TRUTH["trace"]["edges"] for end in (edge["source"], edge["target"])}
     planted = {end.split("@")[0] for end in ends if end.startswith("tc_")}
@@ -195,7 +198,10 @@ def test_a_transcoder_node_that_the_set_cannot_hold_is_named(demo_trace, overrid
     with pytest.raises(ConfigError) as info:
         if node is None:
             main(
-                config, argparse.Namespace(phases=PhaseTimer(), from_graph=graph, run=None, config_given=True)
+                config,
+                argparse.Namespace(
+                    phases=PhaseTimer(), from_graph=graph, run=None, config_given=True, resume=False
+                ),
             )
         else:
             run_steer(config, node=[node], set=0.0)

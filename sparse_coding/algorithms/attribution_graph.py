@@ -24,18 +24,25 @@ Phases:
        (Marks et al. 2024, section 3), the nodes of phase 3 and the edges
        with |mean| > EDGE_THRESHOLD whose both ends are such nodes; the
        features' share of total |attribution| as the summary.
+
+Phases 1-2, 4 and 5 fold each batch into running totals
+(`attribution_totals`, `sharding.run_pass`): under torchrun each rank
+computes its share of the batches and the totals are added over the ranks.
 """
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from sparse_coding.algorithms.attribution import SiteAttribution, node_attributions, timed
 from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
+from sparse_coding.algorithms.attribution_totals import EdgeTotals, NodeSummary, NodeTotals
 from sparse_coding.algorithms.circuit_selection import build_graph, site_layer
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.algorithms.node_slots import SUMMED, NodeLayout, layout_for
@@ -44,9 +51,13 @@ from sparse_coding.config.schema import Baseline, NodePositions, Selection
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.nodes import error_id, feature_id
 from sparse_coding.pairs import ExampleBatch
+from sparse_coding.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)
+
+# Batches (per rank) whose phase 1 is kept for phases 4-5; a batch beyond them is computed again.
+KEPT_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -72,31 +83,6 @@ class GraphOptions:
         return self.node_threshold if self.selection == "threshold" else None
 
 
-@dataclass
-class NodeSummary:
-    """One site's node attributions over all examples, per slot (`node_slots`)."""
-
-    slots: Tensor  # (n,) sorted: the nodes measured at the site (errors first)
-    mean: Tensor  # (n,) mean over examples
-    std: Tensor  # (n,) population std over examples
-    max_activation: Tensor  # (d_sae,) over every position
-    position_activation: Tensor  # (n, d_sae) per node position (summed: n = 1, every position)
-    last_activation: Tensor  # (n_examples, d_sae)
-
-    def mean_of(self, slots: Tensor) -> Tensor:
-        """The mean of each slot, 0 for a slot never measured."""
-        return _lookup(self.slots, self.mean, slots)
-
-    def std_of(self, slots: Tensor) -> Tensor:
-        return _lookup(self.slots, self.std, slots)
-
-
-def _lookup(keys: Tensor, values: Tensor, wanted: Tensor) -> Tensor:
-    index = torch.searchsorted(keys, wanted).clamp(max=max(len(keys) - 1, 0))
-    found = keys[index] == wanted if len(keys) else torch.zeros_like(wanted, dtype=torch.bool)
-    return torch.where(found, values[index] if len(keys) else 0.0, torch.zeros((), dtype=values.dtype))
-
-
 def gradient_graph(
     spliced: SplicedModel,
     batches: list[ExampleBatch],
@@ -114,24 +100,58 @@ def gradient_graph(
     """
     n_examples = sum(len(batch) for batch in batches)
     layout = layout_for(options.node_positions, [int(n) for b in batches for n in b.attention_mask.sum(1)])
+    attributions = _kept_attributions(spliced, options, means)
     with timed(f"Node attributions ({n_examples} examples, {len(batches)} batches)"):
-        per_batch = [_node_phase(spliced, batch, options, means) for batch in batches]
-    summaries = summarize(per_batch, layout)
+        nodes = run_pass(
+            "fast: nodes",
+            batches,
+            empty=lambda: NodeTotals.for_model(spliced, layout),
+            add=lambda totals, i, batch: totals.add(attributions(i, batch)),
+            desc="Node attributions",
+            total=len(batches),
+            leave=False,
+        )
+    summaries = nodes.summaries(spliced.device)
     down_nodes = choose_down_nodes(summaries, options, thresholds=thresholds, layout=layout)
     with timed("Edges"):
-        edge_sets = mean_edges(
-            [
-                _edge_phase(spliced, b, a, down_nodes, options, layout)
-                for b, a in zip(batches, per_batch, strict=True)
-            ],
-            n_examples,
+        edge_totals = run_pass(
+            "fast: edges",
+            batches,
+            empty=EdgeTotals,
+            add=lambda totals, i, batch: totals.add(
+                _edge_phase(spliced, batch, attributions(i, batch), down_nodes, options, layout)
+            ),
+            desc="Edges of the examples",
+            total=len(batches),
+            leave=False,
         )
-    graph = build_graph(spliced, summaries, edge_sets, options, layout)
+    graph = build_graph(spliced, summaries, edge_totals.means(n_examples, spliced.device), options, layout)
     graph.metadata |= _metadata(summaries, down_nodes, options, n_examples, thresholds)
     if options.node_estimator == "exact":
         with timed("Exact node effects"):
-            graph.metadata["exact"] = exact_check(spliced, batches, per_batch, summaries, down_nodes, options)
+            graph.metadata["exact"] = exact_check(
+                spliced, batches, attributions, summaries, down_nodes, options
+            )
     return graph
+
+
+def _kept_attributions(
+    spliced: SplicedModel, options: GraphOptions, means: dict[str, Tensor] | None
+) -> Callable[[int, ExampleBatch], dict[str, SiteAttribution]]:
+    """`attributions(index, batch)`: phase 1 of this rank's batch at `index`. The first KEPT_BATCHES
+    are kept for phases 4 and 5; the others (and those done before a resumed run's checkpoint) are
+    computed again there, so memory does not grow with the number of examples."""
+    kept: dict[int, dict[str, SiteAttribution]] = {}
+
+    def attributions(index: int, batch: ExampleBatch) -> dict[str, SiteAttribution]:
+        if index in kept:
+            return kept[index]
+        computed = _node_phase(spliced, batch, options, means)
+        if len(kept) < KEPT_BATCHES:
+            kept[index] = computed
+        return computed
+
+    return attributions
 
 
 def _node_phase(
@@ -172,48 +192,11 @@ def _edge_phase(
 def summarize(
     per_batch: list[dict[str, SiteAttribution]], layout: NodeLayout = SUMMED
 ) -> dict[str, NodeSummary]:
-    """Phase 2: per site and node (slot), mean and std over every example of every batch."""
-    summaries = {}
-    for key in per_batch[0]:
-        examples, slots, values = [], [], []
-        offset = 0
-        for attrs in per_batch:
-            attr = attrs[key]
-            lv = attr.leaves
-            batch, n_pos = attr.error_entry_ie.shape
-            positions = torch.arange(n_pos, device=lv.tokens.device)
-            examples += [
-                offset + lv.rows,
-                offset + torch.arange(batch, device=lv.tokens.device).repeat_interleave(n_pos),
-            ]
-            slots += [
-                layout.feature_slots(lv.features, lv.positions),
-                layout.error_slots(positions).repeat(batch),
-            ]
-            values += [attr.entry_ie, attr.error_entry_ie.flatten()]
-            offset += batch
-        unique, column = torch.cat(slots).unique(return_inverse=True)
-        table = (
-            values[0]
-            .new_zeros(offset, len(unique))
-            .index_put((torch.cat(examples), column), torch.cat(values), accumulate=True)
-        )  # (n_examples, n_slots)
-        summaries[key] = NodeSummary(
-            unique,
-            table.mean(0),
-            table.std(0, correction=0),
-            torch.stack([attrs[key].max_activation for attrs in per_batch]).amax(0),
-            _position_activation([attrs[key] for attrs in per_batch], layout),
-            torch.cat([attrs[key].last_activation for attrs in per_batch]),
-        )
-    return summaries
-
-
-def _position_activation(attributions: list[SiteAttribution], layout: NodeLayout) -> Tensor:
-    """(layout.n, d_sae): the largest activation at each node position over every example."""
-    if not layout.positioned:
-        return torch.stack([a.max_activation for a in attributions]).amax(0)[None]
-    return torch.stack([a.position_activation for a in attributions]).amax(0)
+    """Phase 2 on one process's batches: per site and node (slot), mean and std over every example."""
+    totals = NodeTotals.empty_like(per_batch[0], layout)
+    for attributions in per_batch:
+        totals.add(attributions)
+    return totals.summaries(next(iter(per_batch[0].values())).entry_ie.device)
 
 
 def choose_down_nodes(
@@ -231,8 +214,8 @@ def choose_down_nodes(
             chosen[key] = summary.slots[scores > options.node_threshold]
             continue
         if thresholds is not None and key in thresholds:
-            over = summary.last_activation > thresholds[key].to(summary.last_activation)
-            features = over.any(0).nonzero().flatten()
+            over = summary.max_last_activation > thresholds[key].to(summary.max_last_activation)
+            features = over.nonzero().flatten()
             last = torch.full_like(features, layout.n_positions - 1)
             picked = layout.feature_slots(features, last)
         else:
@@ -249,18 +232,11 @@ def choose_down_nodes(
 
 
 def mean_edges(per_batch: list[list[EdgeSet]], n_examples: int) -> list[EdgeSet]:
-    """Phase 4: each edge's mean over examples; batches' columns (upstream nodes) are aligned first."""
-    return [_aligned_sum(sets).scaled(1 / n_examples) for sets in zip(*per_batch, strict=True)]
-
-
-def _aligned_sum(sets: tuple[EdgeSet, ...]) -> EdgeSet:
-    """One site pair's edge sets of several batches added, over the union of their upstream nodes."""
-    first = sets[0]
-    columns = torch.cat([s.up_slots for s in sets]).unique()
-    total = first.effects.new_zeros(first.effects.shape[0], len(columns))
-    for s in sets:
-        total[:, torch.searchsorted(columns, s.up_slots)] += s.effects
-    return EdgeSet(first.down_site, first.down_slots, first.up_site, columns, total)
+    """Phase 4 on one process's batches: each edge's mean over examples, batches' columns aligned first."""
+    totals = EdgeTotals()
+    for sets in per_batch:
+        totals.add(sets)
+    return totals.means(n_examples, per_batch[0][0].effects.device)
 
 
 def fraction_explained(summaries: dict[str, NodeSummary]) -> float:
@@ -273,26 +249,36 @@ def fraction_explained(summaries: dict[str, NodeSummary]) -> float:
 def exact_check(
     spliced: SplicedModel,
     batches: list[ExampleBatch],
-    per_batch: list[dict[str, SiteAttribution]],
+    attributions: Callable[[int, ExampleBatch], dict[str, SiteAttribution]],
     summaries: dict[str, NodeSummary],
     down_nodes: dict[str, Tensor],
     options: GraphOptions,
 ) -> dict:
     """Phase 5: exact mean effects of the down-nodes and every site's error node, and their
-    correlation with the estimates."""
+    correlation with the estimates. `attributions(index, batch)` gives a batch's phase 1."""
     n_examples = sum(len(batch) for batch in batches)
     down_nodes = {key: slots[slots >= 0] for key, slots in down_nodes.items()}  # summed: slot = feature
     keys = list(down_nodes)
-    sums = [
-        (
-            exact_effects(spliced, b, a, down_nodes, metric=options.metric),
-            exact_error_effects(spliced, b, a, keys, metric=options.metric),
-        )
-        for b, a in zip(batches, per_batch, strict=True)
-    ]
-    features = torch.cat([sum(f[key] for f, _ in sums) / n_examples for key in keys])
-    errors = torch.stack([sum(e[key] for _, e in sums) / n_examples for key in keys])
-    exact = torch.cat([features, errors.to(features)])
+
+    def add(sums: Sums, index: int, batch: ExampleBatch) -> None:
+        attrs = attributions(index, batch)
+        features = exact_effects(spliced, batch, attrs, down_nodes, metric=options.metric)
+        errors = exact_error_effects(spliced, batch, attrs, keys, metric=options.metric)
+        for key in keys:
+            sums.values["features"][key] += features[key].detach().cpu().double().numpy()
+            sums.values["errors"][key] += float(errors[key])
+
+    def empty() -> Sums:
+        features = {key: np.zeros(len(down_nodes[key])) for key in keys}
+        return Sums({"features": features, "errors": dict.fromkeys(keys, 0.0)})
+
+    sums = run_pass(
+        "fast: exact", batches, empty=empty, add=add, desc="Exact effects", total=len(batches)
+    ).values
+    features = torch.from_numpy(np.concatenate([sums["features"][key] for key in keys]) / n_examples).float()
+    errors = torch.tensor([sums["errors"][key] / n_examples for key in keys])
+    exact = torch.cat([features, errors.to(features)]).to(spliced.device)
+    features = exact[: len(features)]
     feature_estimates = torch.cat([summaries[key].mean_of(f) for key, f in down_nodes.items()])
     error_estimates = torch.cat([summaries[key].mean_of(torch.tensor([-1])) for key in keys])
     estimate = torch.cat([feature_estimates, error_estimates])

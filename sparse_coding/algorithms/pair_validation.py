@@ -9,6 +9,7 @@ all features, mean-ablated at the circuit's sites, error terms kept):
 
 NaN (JSON null) when m(M) = m(empty). Patch inputs are not used here: the
 circuit is validated on the clean inputs, as the graph's metric reads them.
+Under torchrun each rank sums its share of the examples (`sparse_coding.sharding`).
 """
 
 import math
@@ -23,6 +24,7 @@ from sparse_coding.algorithms.validation import Circuit, SiteMeans, mean_ablatio
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
 from sparse_coding.pairs import ExampleBatch
+from sparse_coding.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
 
 
@@ -54,15 +56,20 @@ def pair_faithfulness(
     spliced site mean-ablated outside the circuit, error terms per `errors`.
     """
     ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)
-    sums = {"full": 0.0, "circuit": 0.0, "empty": 0.0}
-    n_examples = 0
-    for batch in batches:
-        sums["full"] += float(losses(spliced, batch, metric).sum())
+
+    def add(sums: Sums, index: int, batch: ExampleBatch) -> None:
+        sums.values["full"] += float(losses(spliced, batch, metric).sum())
         for name in ("circuit", "empty"):
             with spliced.intervene(ablations[name]):
-                sums[name] += float(losses(spliced, batch, metric).sum())
-        n_examples += len(batch)
-    m = {name: total / n_examples for name, total in sums.items()}
+                sums.values[name] += float(losses(spliced, batch, metric).sum())
+        sums.values["n_examples"] += len(batch)
+
+    def empty() -> Sums:
+        return Sums({"full": 0.0, "circuit": 0.0, "empty": 0.0, "n_examples": 0})
+
+    totals = run_pass("pair faithfulness", batches, empty=empty, add=add, desc="Pairs", leave=False).values
+    n_examples = totals["n_examples"]
+    m = {name: totals[name] / n_examples for name in ("full", "circuit", "empty")}
     span = m["full"] - m["empty"]
     ratio = (m["circuit"] - m["empty"]) / span if span else math.nan
     return PairFaithfulness(metric.name, n_examples, m["full"], m["circuit"], m["empty"], ratio)

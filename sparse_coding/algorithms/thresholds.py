@@ -58,6 +58,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -65,10 +66,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparse_coding import distributed
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.nodes import site_key
-from sparse_coding.progress import progress
+from sparse_coding.sharding import run_pass
 from sparse_coding.splicing.splice import Site, SplicedModel
 
 if TYPE_CHECKING:  # scikit-learn loads only when hist.py clusters (fast.py reads its cache without it)
@@ -150,28 +152,75 @@ def fit_clusters(
     seed: int,
     n_batches: int | None = None,
 ) -> MiniBatchKMeans:
-    """Phase 1: MiniBatchKMeans on unit-normalised residual vectors, chunk by chunk."""
-    from sklearn.cluster import MiniBatchKMeans
+    """Phase 1: MiniBatchKMeans on unit-normalised residual vectors, chunk by chunk.
 
-    kmeans = MiniBatchKMeans(n_clusters, random_state=seed, batch_size=FIT_CHUNK_TOKENS, compute_labels=False)
-    chunk: list[np.ndarray] = []
-    n_chunk = n_tokens = 0
-    for batch in progress(batches(), total=n_batches, desc="hist 1/3: fitting clusters"):
-        chunk.append(_unit_vectors(spliced, batch, layer))
-        n_chunk, n_tokens = n_chunk + len(chunk[-1]), n_tokens + len(chunk[-1])
-        if n_chunk >= max(FIT_CHUNK_TOKENS, n_clusters):
-            kmeans.partial_fit(np.concatenate(chunk))
-            chunk, n_chunk = [], 0
-    if n_tokens == 0:
+    Under torchrun each rank computes its batches' vectors and rank 0 fits them
+    in stream order after every round of batches (`_FitState.reduce`), so the
+    chunks, and the fit, are a single process's.
+    """
+
+    def add(state: _FitState, index: int, batch: TokenBatch) -> None:
+        state.pending.append((index, _unit_vectors(spliced, batch, layer)))
+
+    state = run_pass(
+        "hist: clusters",
+        batches(),
+        empty=lambda: _FitState.empty(n_clusters, seed),
+        add=add,
+        desc="hist 1/3: fitting clusters",
+        total=n_batches,
+        sync_every=distributed.world_size(),
+    )
+    if state.n_tokens == 0:
         raise DatasetError("DATASET yielded no tokens; check DATASET and its texts")
-    if not hasattr(kmeans, "cluster_centers_") and n_chunk < n_clusters:
+    if not hasattr(state.kmeans, "cluster_centers_") and distributed.broadcast(state.n_chunk) < n_clusters:
         raise ConfigError(
-            f"NUM_CLUSTERS is {n_clusters}, but the dataset gave only {n_tokens} tokens "
+            f"NUM_CLUSTERS is {n_clusters}, but the dataset gave only {state.n_tokens} tokens "
             f"to cluster; lower NUM_CLUSTERS or raise NUM_SEQUENCES_EVALED"
         )
-    if chunk:
-        kmeans.partial_fit(np.concatenate(chunk))
-    return kmeans
+    if state.chunk:
+        state.kmeans.partial_fit(np.concatenate(state.chunk))
+    return distributed.broadcast(state.kmeans)
+
+
+@dataclass
+class _FitState:
+    """Phase 1's running fit: rank 0's k-means and unfitted chunk; each rank's vectors not yet reduced."""
+
+    kmeans: MiniBatchKMeans
+    chunk: list[np.ndarray]  # rank 0: vectors not fitted yet, in stream order
+    pending: list[tuple[int, np.ndarray]]  # (batch index, vectors) computed here since the last reduce
+    n_tokens: int = 0  # tokens absorbed so far (rank 0's count, on every rank after a reduce)
+
+    @classmethod
+    def empty(cls, n_clusters: int, seed: int) -> _FitState:
+        from sklearn.cluster import MiniBatchKMeans
+
+        kmeans = MiniBatchKMeans(
+            n_clusters, random_state=seed, batch_size=FIT_CHUNK_TOKENS, compute_labels=False
+        )
+        return cls(kmeans, [], [])
+
+    @property
+    def n_chunk(self) -> int:
+        return sum(map(len, self.chunk))
+
+    def reduce(self) -> _FitState:
+        """Rank 0 fits every rank's pending vectors in stream order; the fit and counts go to every rank."""
+        gathered = distributed.gather(self.pending)
+        if gathered is not None:  # rank 0
+            for _, vectors in sorted((entry for part in gathered for entry in part), key=lambda e: e[0]):
+                self._absorb(vectors)
+        self.pending = []
+        self.kmeans, self.n_tokens = distributed.broadcast((self.kmeans, self.n_tokens))
+        return self
+
+    def _absorb(self, vectors: np.ndarray) -> None:
+        self.chunk.append(vectors)
+        self.n_tokens += len(vectors)
+        if self.n_chunk >= max(FIT_CHUNK_TOKENS, self.kmeans.n_clusters):
+            self.kmeans.partial_fit(np.concatenate(self.chunk))
+            self.chunk = []
 
 
 def assign_cuts(
@@ -188,42 +237,94 @@ def assign_cuts(
     Raises:
         DatasetError: no sequence reaches `keeper_cluster`.
     """
-    cuts: list[Tensor] = []
-    sizes = torch.zeros(kmeans.n_clusters, dtype=torch.long)
-    for batch in progress(batches(), total=n_batches, desc="hist 2/3: assigning clusters"):
+
+    def add(state: _CutState, index: int, batch: TokenBatch) -> None:
         mask = _cluster_tokens(batch, spliced).cpu()
         labels = torch.full(mask.shape, -1)  # (batch, pos); -1 at padding and BOS
         labels[mask] = torch.from_numpy(kmeans.predict(_unit_vectors(spliced, batch, layer))).long()
-        sizes += torch.bincount(labels[mask], minlength=kmeans.n_clusters)
+        state.sizes += torch.bincount(labels[mask], minlength=kmeans.n_clusters)
         hit = labels == keeper_cluster
         # argmax returns the first maximum: the first token in the keeper cluster.
-        cuts.append(torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1))
+        state.cuts[index] = torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1)
+
+    state = run_pass(
+        "hist: cuts",
+        batches(),
+        empty=lambda: _CutState({}, torch.zeros(kmeans.n_clusters, dtype=torch.long)),
+        add=add,
+        desc="hist 2/3: assigning clusters",
+        total=n_batches,
+    )
+    cuts = [state.cuts[index] for index in sorted(state.cuts)]
     if not any(bool((c >= 0).any()) for c in cuts):
         raise DatasetError(
             f"No sequence reaches KEEPER_CLUSTER_INDEX {keeper_cluster}: tokens per "
-            f"cluster are {sizes.tolist()}; choose a cluster with tokens, or change "
+            f"cluster are {state.sizes.tolist()}; choose a cluster with tokens, or change "
             f"NUM_CLUSTERS, SEED or the dataset"
         )
-    return torch.cat(cuts), sizes
+    return torch.cat(cuts), state.sizes
+
+
+@dataclass
+class _CutState:
+    """Phase 2's cut positions per batch index, and tokens per cluster."""
+
+    cuts: dict[int, Tensor]  # batch index -> (batch,) long
+    sizes: Tensor  # (n_clusters,) long
+
+    def reduce(self) -> _CutState:
+        """Every rank's cuts and summed cluster sizes, on every rank."""
+        cuts = {index: c for part in distributed.all_gather(self.cuts) for index, c in part.items()}
+        return _CutState(cuts, distributed.all_sum(self.sizes))
 
 
 def collect_top_values(
     spliced: SplicedModel, batches: BatchStream, cuts: Tensor, *, m: int, n_batches: int | None = None
 ) -> dict[str, Tensor]:
     """Phase 3: site key -> (<= m, d_sae) largest activations at the cuts, descending."""
-    top: dict[str, Tensor] = {}
-    for batch in progress(batches(), total=n_batches, desc="hist 3/3: SAE activations"):
+
+    def add(state: _TopState, index: int, batch: TokenBatch) -> None:
         batch_cuts = cuts[batch.first_index : batch.first_index + len(batch.input_ids)]
         rows = (batch_cuts >= 0).nonzero().squeeze(1).to(batch.input_ids.device)
         if len(rows) == 0:
-            continue
+            return
         positions = batch_cuts.to(rows.device)[rows]
         width = int(positions.max()) + 1  # later tokens cannot change earlier positions
         ids, mask = batch.input_ids[rows, :width], batch.attention_mask[rows, :width]
         for key, values in _feats_at(spliced, ids, mask, positions).items():
-            stacked = values if key not in top else torch.cat([top[key], values])
-            top[key] = stacked.topk(min(m, len(stacked)), dim=0).values
-    return top
+            state.absorb(key, values)
+
+    state = run_pass(
+        "hist: top values",
+        batches(),
+        empty=lambda: _TopState({}, m, spliced.device),
+        add=add,
+        desc="hist 3/3: SAE activations",
+        total=n_batches,
+        device=spliced.device,
+    )
+    return state.top
+
+
+@dataclass
+class _TopState:
+    """Phase 3's running top-m activations per site and feature."""
+
+    top: dict[str, Tensor]  # site key -> (<= m, d_sae), descending
+    m: int
+    device: torch.device
+
+    def absorb(self, key: str, values: Tensor) -> None:
+        stacked = values if key not in self.top else torch.cat([self.top[key], values])
+        self.top[key] = stacked.topk(min(self.m, len(stacked)), dim=0).values
+
+    def reduce(self) -> _TopState:
+        """Every rank's candidates merged (top-m of their union), on every rank."""
+        merged = _TopState({}, self.m, self.device)
+        for part in distributed.all_gather(self.top):
+            for key, values in part.items():
+                merged.absorb(key, values.to(self.device))
+        return merged
 
 
 def samples_to_resolve(percentile: float) -> int:

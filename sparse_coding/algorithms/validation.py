@@ -35,7 +35,9 @@ zero) over every real position; the next-token distribution after each
 sequence's last real token, averaged over sequences.
 
 Sums are taken in float32 per batch on the device and accumulated in float64
-on the CPU (NumPy): MPS has no float64.
+on the CPU (NumPy): MPS has no float64. Under torchrun each rank sums its
+share of the batches and the sums are added over the ranks
+(`sparse_coding.sharding`).
 
 Phases:
     1. means: a clean pass sums every site's features and errors over real tokens.
@@ -62,8 +64,9 @@ from torch import Tensor
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
 from sparse_coding.corpus import TokenBatch
+from sparse_coding.distributed import all_sum
 from sparse_coding.errors import ConfigError, DatasetError
-from sparse_coding.progress import progress
+from sparse_coding.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
 
 logger = logging.getLogger(__name__)
@@ -222,29 +225,41 @@ def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: I
     """Each feature's mean activation (d_sae,) and the mean error term (d_model,) over the real tokens.
 
     Runs the blocks only up to the last of `sites`: nothing after it is needed.
+    Under torchrun each rank sums its share of the batches (`sharding.run_pass`).
     """
     chosen = {key: spliced.by_key[key] for key in sites}
-    sums = SiteMeans(
-        {key: np.zeros(site.d_sae) for key, site in chosen.items()},
-        {key: np.zeros(site.d_model) for key, site in chosen.items()},
-    )
     stop = 1 + max((site.layer for site in chosen.values()), default=-1)
-    n_tokens = 0
-    for batch in progress(batches, desc="Feature means", unit="batch", leave=False):
+
+    def empty() -> Sums:
+        return Sums(
+            {
+                "features": {key: np.zeros(site.d_sae) for key, site in chosen.items()},
+                "errors": {key: np.zeros(site.d_model) for key, site in chosen.items()},
+                "n_tokens": 0,
+            }
+        )
+
+    def add(sums: Sums, index: int, batch: TokenBatch) -> None:
         real = batch.attention_mask.bool()
-        with spliced.intervene(_summing_parts(sums, real)):
+        parts = SiteMeans(sums.values["features"], sums.values["errors"])
+        with spliced.intervene(_summing_parts(parts, real)):
             spliced.run_blocks(spliced.embed(batch.input_ids), 0, stop, batch.attention_mask)
-        n_tokens += int(real.sum())
+        sums.values["n_tokens"] += int(real.sum())
+
+    totals = run_pass(
+        "feature means", batches, empty=empty, add=add, desc="Feature means", leave=False
+    ).values
+    n_tokens = totals["n_tokens"]
     if n_tokens == 0:
         raise DatasetError("the evaluated data has no tokens; check PROMPT or DATASET")
 
-    def means(totals: dict[str, np.ndarray]) -> dict[str, Tensor]:
+    def means(sums: dict[str, np.ndarray]) -> dict[str, Tensor]:
         return {
             key: torch.from_numpy((total / n_tokens).astype(np.float32)).to(spliced.device, chosen[key].dtype)
-            for key, total in totals.items()
+            for key, total in sums.items()
         }
 
-    return SiteMeans(means(sums.features), means(sums.errors))
+    return SiteMeans(means(totals["features"]), means(totals["errors"]))
 
 
 @dataclass
@@ -253,11 +268,15 @@ class _Sums:
 
     probs_clean: np.ndarray  # (d_vocab,)
     probs_ablated: np.ndarray  # (d_vocab,)
-    ce: dict[str, float] = field(default_factory=dict)  # variant -> summed CE
+    ce: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("full", "zero", *VARIANTS), 0.0))
     kl: float = 0.0
     n_predictions: int = 0
     n_tokens: int = 0
     n_sequences: int = 0
+
+    def reduce(self) -> "_Sums":
+        """Every rank's sums added (float64), on every rank."""
+        return all_sum(self)
 
 
 def _log_probs(spliced: SplicedModel, batch: TokenBatch, intervention: Intervention | None = None) -> Tensor:
@@ -284,7 +303,7 @@ def _last_probs(log_probs: Tensor, batch: TokenBatch) -> np.ndarray:
 
 
 def _add(sums: _Sums, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
-    sums.ce[name] = sums.ce.get(name, 0.0) + _cross_entropy_sum(log_probs, batch)
+    sums.ce[name] += _cross_entropy_sum(log_probs, batch)
 
 
 def _add_batch(
@@ -334,7 +353,8 @@ def validate_circuit(
         means: every site's means to ablate to; default: from `batches`.
     """
     check_circuit(spliced, circuit, source="circuit", circuit_errors=circuit_errors)
-    batches = list(batches)
+    if iter(batches) is batches:  # an iterator: kept for the second pass (a list or re-stream is read twice)
+        batches = list(batches)
     start = time.perf_counter()
     if means is None:
         means = feature_means(spliced, batches, spliced.by_key)
@@ -342,11 +362,18 @@ def validate_circuit(
     start = time.perf_counter()
     ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)
     d_vocab = spliced.model.config.vocab_size
-    sums = _Sums(np.zeros(d_vocab), np.zeros(d_vocab))
-    for batch in progress(batches, desc="Validating", unit="batch"):
+
+    def add(sums: _Sums, index: int, batch: TokenBatch) -> None:
         _add_batch(spliced, batch, circuit, ablations, sums)
-    n = len(batches)
-    logger.info("Phase 2, 5 forwards x %d batches: %.1fs", n, time.perf_counter() - start)
+
+    sums = run_pass(
+        "validation",
+        batches,
+        empty=lambda: _Sums(np.zeros(d_vocab), np.zeros(d_vocab)),
+        add=add,
+        desc="Validating",
+    )
+    logger.info("Phase 2, 5 forwards x %d sequences: %.1fs", sums.n_sequences, time.perf_counter() - start)
     if sums.n_predictions == 0:
         raise DatasetError(
             "the evaluated text has no next token to predict; PROMPT or DATASET "

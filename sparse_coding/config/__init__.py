@@ -151,6 +151,8 @@ class Config:
     PREPEND_BOS: bool | None = key(None,
         doc="prepend `<|endoftext|>`; null: as the SAEs were trained (refused when they disagree)")
     SEED: int = key(0, between=Between(0, 2**32 - 1), doc="seeds thinning, k-means and sampling")
+    CHECKPOINT_EVERY: int = key(100, "pipe fast val hist", between=Between(0, 10**9),
+        doc="dataset passes save their state every this many batches, for --resume; 0 = off")
     # SAEs per site.
     RESID_SAES: str | None = key("gpt2-small-resid-post-v5-32k", SAE_SCRIPTS, check=check_path_text,
         doc="resid SAEs: a release, or a hub or local `{layer}` template")

@@ -47,9 +47,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparse_coding import distributed
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.labels.context_cache import ContextCache
-from sparse_coding.progress import progress
+from sparse_coding.sharding import run_pass
 from sparse_coding.splicing.splice import Site, SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 from sparse_coding.tokens import token_text
@@ -104,6 +105,23 @@ class SiteTopK:
         """Stream indices of the sequences some entry points to."""
         return self.seq[self.act > 0].unique()
 
+    @classmethod
+    def merged(cls, parts: list["SiteTopK"]) -> "SiteTopK":
+        """The top-k of several partial top-ks of the same features (disjoint sequences), by the
+        order `update` keeps: larger peak first, on ties the earlier sequence."""
+        k = len(parts[0].act)
+        act, seq = torch.cat([p.act for p in parts]), torch.cat([p.seq for p in parts])
+        order = seq.argsort(dim=0, stable=True)  # earlier sequences first, then a stable sort by peak
+        order = order.gather(0, act.gather(0, order).argsort(dim=0, descending=True, stable=True))[:k]
+        window = torch.cat([p.window for p in parts])
+        return cls(
+            parts[0].features,
+            act.gather(0, order),
+            seq.gather(0, order),
+            torch.cat([p.pos for p in parts]).gather(0, order),
+            window.gather(0, order[..., None].expand(-1, -1, window.shape[-1])),
+        )
+
 
 def collect_contexts(
     spliced: SplicedModel,
@@ -139,20 +157,23 @@ def collect_contexts(
         for key, dims in features.items()
         if dims
     }
-    sequences: dict[int, Tensor] = {}
     if not tops:
         return ContextCache(view, per_feature, sources={}, arrays={}, sequences={}, vocab={})
-    reads = {key: [0, 0] for key in tops}  # per site: tokens that needed exact TopK membership, columns read
-    tokens = 0
-    for batch in progress(batches, desc="Collecting contexts", total=total, unit="batch"):
-        batch = TokenBatch(
-            batch.input_ids.to(device),
-            batch.attention_mask.to(device),
-            batch.first_index,
-        )
-        tokens += int(batch.attention_mask.sum())
-        _stream_batch(spliced, batch, tops, reads)
-        _keep_referenced(sequences, batch, tops)
+
+    def add(state: _ContextState, index: int, batch: TokenBatch) -> None:
+        batch = TokenBatch(batch.input_ids.to(device), batch.attention_mask.to(device), batch.first_index)
+        state.counts["tokens"] += int(batch.attention_mask.sum())
+        _stream_batch(spliced, batch, state.tops, state.counts["reads"])
+        _keep_referenced(state.sequences, batch, state.tops)
+
+    def empty() -> _ContextState:
+        fresh = {key: SiteTopK.empty(per_feature, top.features, view) for key, top in tops.items()}
+        return _ContextState(fresh, {}, {"tokens": 0, "reads": {key: [0, 0] for key in tops}})
+
+    state = run_pass(
+        "contexts", batches, empty=empty, add=add, desc="Collecting contexts", total=total, device=device
+    )
+    tops, sequences = state.tops, state.sequences
     cache = ContextCache(
         view=view,
         per_feature=per_feature,
@@ -168,7 +189,14 @@ def collect_contexts(
         len(sequences),
         time.perf_counter() - start,
     )
-    for key, (exact, columns) in reads.items():
+    _log_reads(spliced, state.counts)
+    return cache
+
+
+def _log_reads(spliced: SplicedModel, counts: dict) -> None:
+    """Per TopK site, how many tokens needed exact membership and how much of the encoder was read."""
+    tokens = counts["tokens"]
+    for key, (exact, columns) in counts["reads"].items():
         if spliced.by_key[key].sae.cfg.activation == "topk":
             logger.debug(
                 "%s: %d of %d tokens needed exact TopK membership; encoder columns read: %.1f%% of a "
@@ -178,7 +206,27 @@ def collect_contexts(
                 tokens,
                 100 * columns / max(tokens * spliced.by_key[key].sae.d_sae, 1),
             )
-    return cache
+
+
+@dataclass
+class _ContextState:
+    """The pass's running top-k per site, the token ids they reference, and what reading cost."""
+
+    tops: dict[str, SiteTopK]
+    sequences: dict[int, Tensor]  # stream index -> token ids
+    counts: dict  # "tokens": real tokens read; "reads": site key -> [exact-membership tokens, columns]
+
+    def reduce(self) -> "_ContextState":
+        """Every rank's top-ks merged, with the sequences they still reference, on every rank."""
+        parts = distributed.all_gather((self.tops, self.sequences))
+        device = next(iter(self.tops.values())).act.device
+        tops = {
+            key: distributed.move(SiteTopK.merged([part[0][key] for part in parts]), device)
+            for key in self.tops
+        }
+        needed = set(torch.cat([top.referenced() for top in tops.values()]).tolist())
+        sequences = {i: ids.to(device) for part in parts for i, ids in part[1].items() if i in needed}
+        return _ContextState(tops, sequences, distributed.all_sum(self.counts))
 
 
 def _stream_batch(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from sparse_coding import distributed
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
 from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.algorithms.validation import feature_means
@@ -22,7 +23,8 @@ from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, warn_unknown_prompts
 from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.publish import publish_graph
-from sparse_coding.pipelines.threshold_cache import load_thresholds
+from sparse_coding.pipelines.resume import file_input, run_checkpoint
+from sparse_coding.pipelines.threshold_cache import Thresholds, load_thresholds
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -66,7 +68,7 @@ def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> G
         config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
     )
     options = config.options(GraphOptions, metric=METRICS[config.METRIC])
-    thresholds = load_thresholds(config, spliced)
+    thresholds = shared_thresholds(config, spliced)
     logger.info("Down-nodes: %s", thresholds.description if thresholds else options.selection)
     graph = gradient_graph(
         spliced,
@@ -78,6 +80,12 @@ def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> G
     graph.metadata["examples"] = examples_source(config)
     graph.metadata |= prompt_metadata(spliced, batches[0], tokenizer)
     return graph
+
+
+def shared_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
+    """hist.py's cached thresholds as rank 0 reads them from its DATA_DIR, on every rank's device."""
+    thresholds = distributed.broadcast(load_thresholds(config, spliced) if distributed.is_main() else None)
+    return None if thresholds is None else distributed.move(thresholds, spliced.device)
 
 
 def prompt_metadata(spliced: SplicedModel, batch: ExampleBatch, tokenizer: Tokenizer) -> dict:
@@ -102,23 +110,32 @@ def examples_source(config: Config) -> str:
     return "PROMPT + PATCH_PROMPT" if config.PATCH_PROMPT else "PROMPT"
 
 
-def run_fast(config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False) -> str:
-    """Build fast.py's graph over every configured site of the slice and publish it; the closing line."""
+def run_fast(
+    config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False, resume: bool = False
+) -> str:
+    """Build fast.py's graph over every configured site of the slice and publish it; the closing line.
+
+    Under torchrun the ranks share the examples, the feature means and the
+    contexts pass, and rank 0 writes; `resume` continues those passes from
+    their checkpoint (`sparse_coding.checkpoints`).
+    """
     phases = phases or PhaseTimer()
     spliced, tokenizer = load_spliced_model(config, phases=phases, script="fast")
     config = settled(config, spliced)
     warn_unknown_prompts(config, tokenizer, examples=True)
-    with phases.phase("compute: gradient graph"):
-        graph = fast_graph(config, spliced, tokenizer)
-    published = publish_graph(
-        graph,
-        config,
-        spliced,
-        tokenizer,
-        dot_name=config.GRADS_DOT_FILE,
-        image_name=config.GRADS_FILE,
-        script="fast.py",
-        phases=phases,
-        new_graph=new_graph,
-    )
+    inputs = {"PAIRS_FILE": file_input(config.PAIRS_FILE)}
+    with run_checkpoint(config, "fast.py", spliced, resume=resume, inputs=inputs):
+        with phases.phase("compute: gradient graph"):
+            graph = fast_graph(config, spliced, tokenizer)
+        published = publish_graph(
+            graph,
+            config,
+            spliced,
+            tokenizer,
+            dot_name=config.GRADS_DOT_FILE,
+            image_name=config.GRADS_FILE,
+            script="fast.py",
+            phases=phases,
+            new_graph=new_graph,
+        )
     return published.line

@@ -8,6 +8,7 @@ is `sparse_coding.algorithms.thresholds`; the cache format is
 import logging
 from collections.abc import Iterable
 
+from sparse_coding import distributed
 from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds, samples_to_resolve
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch
@@ -15,6 +16,7 @@ from sparse_coding.errors import ConfigError
 from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
 from sparse_coding.pipelines.loading import load_spliced_model, settled
+from sparse_coding.pipelines.resume import run_checkpoint
 from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_thresholds
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
@@ -22,15 +24,22 @@ from sparse_coding.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 
-def run_hist(config: Config, phases: PhaseTimer | None = None) -> str:
-    """Compute and cache the thresholds of every site of the slice (DATASET set); returns the closing line."""
+def run_hist(config: Config, phases: PhaseTimer | None = None, *, resume: bool = False) -> str:
+    """Compute and cache the thresholds of every site of the slice (DATASET set); returns the closing line.
+
+    `resume` continues the passes of a killed run from their checkpoint (`sparse_coding.checkpoints`).
+    Under torchrun the ranks share the passes and rank 0 writes (the other ranks return "").
+    """
     phases = phases or PhaseTimer()
     spliced, tokenizer = load_spliced_model(config, phases=phases, script="hist")
     config = settled(config, spliced)
-    with phases.phase("compute: thresholds"):
-        result = thresholds_from_config(config, spliced, tokenizer)
-    with phases.phase("write"):
-        path = save_thresholds(config, spliced, result)
+    with run_checkpoint(config, "hist.py", spliced, resume=resume):
+        with phases.phase("compute: thresholds"):
+            result = thresholds_from_config(config, spliced, tokenizer)
+        if not distributed.is_main():
+            return ""
+        with phases.phase("write"):
+            path = save_thresholds(config, spliced, result)
     return (
         f"hist.py: thresholds for {len(result.thresholds)} sites from {result.n_kept} of "
         f"{len(result.cut_positions)} sequences (cluster {config.KEEPER_CLUSTER_INDEX} of "

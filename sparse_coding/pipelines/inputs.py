@@ -3,7 +3,7 @@
 import itertools
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -26,10 +26,12 @@ def text_source(config: Config) -> TextSource:
     )
 
 
-def interpreted_texts(config: Config) -> Iterator[str]:
-    """The texts pipe.py and val.py explain (INTERP_SOURCE), logging which, with the first one."""
+def interpreted_texts(config: Config, *, announce: bool = True) -> Iterator[str]:
+    """The texts pipe.py and val.py explain (INTERP_SOURCE); `announce` logs which, with the first one."""
     source = config.interp_source
     texts = iter([config.PROMPT]) if source == "prompt" else load_texts(text_source(config))
+    if not announce:
+        return texts
     first = next(texts, None)
     if first is None:
         return iter(())
@@ -63,6 +65,17 @@ def config_batches(
         prepend_bos=config.prepend_bos,
         device=device,
     )
+
+
+class BatchStream:
+    """Batches that are read again, from their texts, each time they are iterated: a pass that walks
+    the data twice (val.py) holds one batch at a time, never the whole dataset."""
+
+    def __init__(self, make: Callable[[], Iterator[TokenBatch]]) -> None:
+        self._make = make
+
+    def __iter__(self) -> Iterator[TokenBatch]:
+        return self._make()
 
 
 def expected_batches(config: Config) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Collection
 
 import torch
 
+from sparse_coding import distributed
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
 from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
@@ -66,7 +67,7 @@ def load_spliced_model(
     if pairs is not None:
         check_sources(config, pairs, source)
     phases = phases or PhaseTimer()
-    device = resolve_device(config.DEVICE)
+    device = distributed.local_device(resolve_device(config.DEVICE))  # under torchrun: this rank's GPU
     model_dtype = resolve_dtype(config.DTYPE)
     with phases.phase("model load"):
         model, tokenizer = load_model(config.MODEL_DIR, device, model_dtype)

@@ -23,6 +23,7 @@ from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import interpreted_texts, warn_unknown_prompts
 from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.publish import publish_graph
+from sparse_coding.pipelines.resume import run_checkpoint
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.tokenizer import Tokenizer
 
@@ -30,26 +31,37 @@ logger = logging.getLogger(__name__)
 
 
 def run_pipe(
-    config: Config, phases: PhaseTimer | None = None, *, new_graph: bool = False, allow_empty: bool = False
+    config: Config,
+    phases: PhaseTimer | None = None,
+    *,
+    new_graph: bool = False,
+    allow_empty: bool = False,
+    resume: bool = False,
 ) -> str:
-    """Build pipe.py's graph on the resid SAEs and publish it; returns the closing line."""
+    """Build pipe.py's graph on the resid SAEs and publish it; returns the closing line.
+
+    Under torchrun every rank computes the (one-batch) ablation graph and the
+    ranks share the contexts pass; rank 0 writes. `resume` continues that pass
+    from its checkpoint.
+    """
     phases = phases or PhaseTimer()
     spliced, tokenizer = load_spliced_model(config, sites=("resid",), phases=phases, script="pipe")
     config = settled(config, spliced)
     warn_unknown_prompts(config, tokenizer)
-    with phases.phase("compute: ablation graph"):
-        graph = pipe_graph(config, spliced, tokenizer, allow_empty=allow_empty)
-    published = publish_graph(
-        graph,
-        config,
-        spliced,
-        tokenizer,
-        dot_name=config.GRAPH_DOT_FILE,
-        image_name=config.GRAPH_FILE,
-        script="pipe.py",
-        phases=phases,
-        new_graph=new_graph,
-    )
+    with run_checkpoint(config, "pipe.py", spliced, resume=resume):
+        with phases.phase("compute: ablation graph"):
+            graph = pipe_graph(config, spliced, tokenizer, allow_empty=allow_empty)
+        published = publish_graph(
+            graph,
+            config,
+            spliced,
+            tokenizer,
+            dot_name=config.GRAPH_DOT_FILE,
+            image_name=config.GRAPH_FILE,
+            script="pipe.py",
+            phases=phases,
+            new_graph=new_graph,
+        )
     return published.line
 
 

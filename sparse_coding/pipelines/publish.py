@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sparse_coding import cache as caches
+from sparse_coding import distributed
 from sparse_coding.config import Config
 from sparse_coding.errors import StorageError
 from sparse_coding.graphs.conventions import sentences
@@ -45,6 +46,7 @@ def run_metadata(
     settings = config.to_metadata()
     return {
         "script": script,
+        "world_size": distributed.world_size(),
         "sign_convention": sentences(script, settings | {"down_node_selection": selection}),
         "prompt": config.PROMPT,
         "model": config.MODEL_DIR,
@@ -85,6 +87,8 @@ def publish_graph(
     out_dir = config.model_data_dir(config.MODEL_DIR)
     with phases.phase("labels: contexts"):
         contexts, grown = collect_missing(config, spliced, tokenizer, features=wanted_features(graph))
+        if not distributed.is_main():  # under torchrun the other ranks share the contexts pass, no more
+            return Published(graph, out_dir / dot_name, "")
         add_contexts(graph, contexts, config.TOP_K)
     with phases.phase("labels: logit cells"):
         add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
@@ -223,6 +227,8 @@ def collect_missing(
     The features the cache lacks (or holds from another SAE source) are
     collected in one pass over the text and merged in, so the cache grows with
     what the graphs ask for and a rerun of the same graph reads no text.
+    Under torchrun rank 0 reads and saves the cache and every rank shares the
+    pass; the other ranks get the fresh contexts only.
 
     Returns:
         The contexts, and (cache file, grown value) to save once the run's
@@ -236,9 +242,8 @@ def collect_missing(
         view=config.VIEW,
         inside=config.DATA_DIR,
     )
-    cache = _usable_cache(store, config, current)
-    missing = {key: cache.missing(key, dims) for key, dims in features.items() if key in spliced.by_key}
-    missing = {key: dims for key, dims in missing.items() if dims}
+    cache = _usable_cache(store, config, current) if distributed.is_main() else None
+    missing = distributed.broadcast(_missing(cache, features, spliced) if cache is not None else None)
     if not missing:
         logger.info("Contexts of all %d asked features are cached in %s", _count(features), store.path)
         return cache, None
@@ -258,8 +263,18 @@ def collect_missing(
         total=expected_batches(config),
     )
     fresh.fingerprint = current | {"saes": {key: current["saes"][key] for key in fresh.arrays}}
+    if cache is None:
+        return fresh, None
     cache = cache.merged(fresh)
     return cache, (store, cache)
+
+
+def _missing(
+    cache: ContextCache, features: dict[str, list[int]], spliced: SplicedModel
+) -> dict[str, list[int]]:
+    """Site key -> the asked features of spliced sites that `cache` lacks (sites with none left out)."""
+    missing = {key: cache.missing(key, dims) for key, dims in features.items() if key in spliced.by_key}
+    return {key: dims for key, dims in missing.items() if dims}
 
 
 def _usable_cache(store: caches.Cache, config: Config, current: dict[str, Any]) -> ContextCache:

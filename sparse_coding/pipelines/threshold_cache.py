@@ -16,7 +16,8 @@ Cache (one `sparse_coding.cache.Cache`), under
   `percentile`: THRESHOLD_PERCENTILE), plus `slice`, the counts
   (`n_sequences`, `n_tokens`, `n_kept`, `cluster_sizes`) and
   `percentile_resolved` (`samples_to_resolve`: whether n_kept was enough for
-  the percentile to lie below the maximum) for people. The safetensors header
+  the percentile to lie below the maximum) and `world_size` (processes that
+  computed them) for people. The safetensors header
   holds the same JSON (`thresholds_json`), and that copy is the one read, so
   two files from different runs are never taken as one cache.
 `load_thresholds` uses a cache only when the fingerprints agree and it covers
@@ -33,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from sparse_coding import storage
+from sparse_coding import distributed, storage
 from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name, samples_to_resolve
 from sparse_coding.cache import Cache, Stored, cache_fingerprint, fingerprint_differences, sae_identity
 from sparse_coding.config import Config
@@ -104,6 +105,7 @@ def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResu
         "n_kept": result.n_kept,
         "cluster_sizes": result.cluster_sizes.tolist(),
         "percentile_resolved": result.n_kept >= samples_to_resolve(config.THRESHOLD_PERCENTILE),
+        "world_size": distributed.world_size(),
     }
     store.save({key: value.float().contiguous().cpu() for key, value in result.thresholds.items()})
     text = json.dumps(store.key, indent=2, sort_keys=True) + "\n"  # for people; the header's copy is read

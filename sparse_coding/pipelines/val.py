@@ -15,6 +15,7 @@ import logging
 from collections.abc import Collection
 from pathlib import Path
 
+from sparse_coding import distributed
 from sparse_coding.algorithms.validation import Circuit, check_circuit, feature_means, validate_circuit
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
@@ -26,9 +27,15 @@ from sparse_coding.pipelines.circuit import (
     circuit_and_source,
     transcoder_keys,
 )
-from sparse_coding.pipelines.inputs import config_batches, interpreted_texts, warn_unknown_prompts
+from sparse_coding.pipelines.inputs import (
+    BatchStream,
+    config_batches,
+    interpreted_texts,
+    warn_unknown_prompts,
+)
 from sparse_coding.pipelines.loading import check_sources, load_spliced_model, settled
 from sparse_coding.pipelines.publish import log_config_run
+from sparse_coding.pipelines.resume import file_input, run_checkpoint
 from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
 from sparse_coding.splicing.splice import SplicedModel
@@ -43,8 +50,13 @@ def run_val(
     *,
     from_graph: Path | None = None,
     run: str | None = None,
+    resume: bool = False,
 ) -> str:
     """Validate the circuit of `from_graph` (its run `run`, default all) or VALIDATION_DIMS_PINNED.
+
+    Under torchrun the ranks share the passes over the data and rank 0 writes
+    the report (the other ranks return ""); `resume` continues the passes of a
+    killed run from their checkpoint (`sparse_coding.checkpoints`).
 
     Returns:
         The printed report.
@@ -56,13 +68,29 @@ def run_val(
     )
     config = settled(config, spliced)
     warn_unknown_prompts(config, tokenizer)
-    batches = list(
-        config_batches(
+    inputs = {"from_graph": file_input(from_graph), "run": run}
+    with run_checkpoint(config, "val.py", spliced, resume=resume, inputs=inputs):
+        return _validated(config, phases, spliced, tokenizer, (circuit, circuit_errors, source), from_graph)
+
+
+def _validated(
+    config: Config,
+    phases: PhaseTimer,
+    spliced: SplicedModel,
+    tokenizer: Tokenizer,
+    circuit_of: tuple[Circuit, list[str], str],
+    from_graph: Path | None,
+) -> str:
+    """The validation passes and the report (`run_val`); rank 0 writes it."""
+    circuit, circuit_errors, source = circuit_of
+    interpreted_texts(config)  # logs which text is explained, once
+    batches = BatchStream(  # read again for each pass: memory does not grow with the dataset
+        lambda: config_batches(
             config,
             tokenizer,
             device=spliced.device,
             context_len=spliced.model.config.n_positions,
-            texts=interpreted_texts(config),
+            texts=interpreted_texts(config, announce=False),
         )
     )
     with phases.phase("compute: validation"):
@@ -93,8 +121,11 @@ def run_val(
         if config.interp_source == "dataset"
         else f"PROMPT {config.PROMPT!r}",
     )
+    if not distributed.is_main():
+        return ""
     path = config.model_data_dir(config.MODEL_DIR) / "validation.json"
-    write_report(data | {"pairs": pairs, "config": config.to_metadata()}, path)
+    metadata = {"pairs": pairs, "config": config.to_metadata(), "world_size": distributed.world_size()}
+    write_report(data | metadata, path)
     numbers = {"faithfulness": result.faithfulness, "completeness": result.completeness, "kl": result.kl}
     timings = {f"seconds/{name}": value for name, value in phases.metadata().items()}
     log_config_run(config, script="val.py", summary=numbers | timings, files=[path], out_dir=path.parent)

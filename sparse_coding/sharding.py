@@ -1,0 +1,112 @@
+"""One pass over a stream of batches, split over the ranks of a run, reduced exactly, checkpointed.
+
+Every rank walks the same stream (the same texts, tokenized and padded into
+the same batches) and computes the batches whose index i has
+i % world_size == rank; it skips the others. So each batch is computed as a
+single process computes it, and only how the per-batch results are combined
+depends on the number of processes: sums and counts in float64
+(`distributed.all_sum`), candidates (top-k entries, top-m values, cluster
+vectors) gathered and merged by the rule a single process follows. Results
+of 1, 2 or 3 ranks then agree to float64 rounding, and selections made from
+them are the same.
+
+A pass's state is an object with ``reduce()``: a collective that combines
+every rank's partial state; the whole is on rank 0 afterwards (and on every
+rank where the state says so, e.g. sums). At each checkpoint
+(`sparse_coding.checkpoints`, every CHECKPOINT_EVERY batches of the whole
+stream) the state is reduced and saved by rank 0, and the other ranks start
+again from an empty state, so the saved state is the run's and does not
+depend on how many ranks made it. An interrupted pass resumes on rank 0
+from it, at the batch after the checkpoint. A finished pass saves its result
+too, when it was at least CHECKPOINT_EVERY batches long (a shorter one is
+simply run again: a one-prompt fast.py writes no checkpoint).
+
+The stream is read by every rank: tokenizing is cheap beside the model, and
+it keeps the batches (and so the results) independent of the rank count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from sparse_coding import checkpoints, distributed
+from sparse_coding.progress import progress
+
+B = TypeVar("B")
+
+
+class PassState(Protocol):
+    def reduce(self) -> PassState:
+        """Every rank's partial state combined (a collective); the whole is on rank 0 at least."""
+
+
+S = TypeVar("S", bound=PassState)
+
+
+def run_pass(
+    name: str,
+    batches: Iterable[B],
+    *,
+    empty: Callable[[], S],
+    add: Callable[[S, int, B], None],
+    desc: str,
+    total: int | None = None,
+    unit: str = "batch",
+    sync_every: int = 0,
+    device: Any = None,
+    leave: bool = True,
+) -> S:
+    """Fold this rank's share of `batches` into a state and reduce it over the ranks.
+
+    Args:
+        name: the pass's name in the run's checkpoint ("hist: clusters").
+        batches: the whole stream, the same on every rank; read once.
+        empty: a fresh state with nothing added.
+        add: ``add(state, index, batch)`` folds the batch at `index` of the stream in.
+        desc, total, unit, leave: the progress bar (rank 0 only; `total` counts the whole stream).
+        sync_every: also reduce after every this many batches (0: only at
+            checkpoints and the end), for states that must not grow between.
+        device: where a state read back from a checkpoint is put.
+
+    Returns:
+        The reduced state: whole on rank 0 (and wherever its `reduce` puts it).
+    """
+    checkpoint = checkpoints.current()
+    key = checkpoint.pass_name(name) if checkpoint else name
+    start, done, saved = checkpoint.restore(key) if checkpoint else (0, False, None)
+    if done:
+        return saved if device is None else distributed.move(saved, device)
+    state = empty() if saved is None else (saved if device is None else distributed.move(saved, device))
+    size, rank = distributed.world_size(), distributed.rank()
+    every = checkpoint.every if checkpoint else 0
+    end = start
+    for index, batch in enumerate(progress(batches, total=total, desc=desc, unit=unit, leave=leave)):
+        if index < start:
+            continue
+        if index % size == rank:
+            add(state, index, batch)
+        end = index + 1
+        at_checkpoint = every > 0 and end % every == 0
+        if at_checkpoint or (sync_every and end % sync_every == 0):
+            state = state.reduce()
+            if at_checkpoint:
+                checkpoint.save(key, end, state)
+            if rank != 0:
+                state = empty()
+    state = state.reduce()
+    if checkpoint and end >= every:  # a pass shorter than CHECKPOINT_EVERY is redone, not saved
+        checkpoint.save(key, end, state, done=True)
+    return state
+
+
+@dataclass
+class Sums:
+    """A pass state of running sums and counts: nested dicts of numpy arrays, floats and ints."""
+
+    values: dict[str, Any]
+
+    def reduce(self) -> Sums:
+        """Every rank's sums added, in float64, on every rank."""
+        return Sums(distributed.all_sum(self.values))
