@@ -24,8 +24,8 @@ setup(
     entry_points={"console_scripts": ["sparse-coding=sparse_coding.cli:main"]},
     install_requires=[
         "torch>=2.6,<3",  # transformers 5 needs torch >= 2.6
-        "transformers>=5.0,<6",  # tokenizer files sparse_coding/tokenizer.py does not reproduce
-        "tokenizers>=0.22",  # sparse_coding/tokenizer.py; transformers 5 needs it too
+        "transformers>=5.0,<6",  # tokenizer files sparse_coding/text/tokenizer.py does not reproduce
+        "tokenizers>=0.22",  # sparse_coding/text/tokenizer.py; transformers 5 needs it too
         "safetensors>=0.4",
         "huggingface_hub>=0.24",
         "pyyaml>=6",
@@ -33,7 +33,7 @@ setup(
         "graphviz>=0.20",
         "requests>=2.31",
         "urllib3>=2",  # Neuronpedia: Retry, and bodies read with read1 under a deadline
-        "filelock>=3.12",  # graph locks (sparse_coding/storage.py); huggingface_hub needs it too
+        "filelock>=3.12",  # graph locks (sparse_coding/files/storage.py); huggingface_hub needs it too
         "tqdm>=4.66",
         "datasets>=2.19",
         "scikit-learn>=1.3",

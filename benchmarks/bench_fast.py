@@ -46,14 +46,14 @@ from sparse_coding.algorithms.attribution_graph import (  # noqa: E402
     summarize,
 )
 from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
-from sparse_coding.allocator import keep_freed_memory  # noqa: E402
-from sparse_coding.corpus import TokenBatch  # noqa: E402
 from sparse_coding.graphs.graph_files import save_graph  # noqa: E402
 from sparse_coding.labels.contexts import collect_contexts  # noqa: E402
 from sparse_coding.labels.logit_lens import add_logit_effects  # noqa: E402
-from sparse_coding.pairs import token_batch  # noqa: E402
 from sparse_coding.pipelines.publish import wanted_features  # noqa: E402
+from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import Site, SplicedModel  # noqa: E402
+from sparse_coding.text.corpus import TokenBatch  # noqa: E402
+from sparse_coding.text.pairs import token_batch  # noqa: E402
 
 COUNTS = {"forward": 0, "backward": 0}
 
@@ -155,7 +155,7 @@ def sync(device: str) -> None:
 
 
 def main() -> None:
-    keep_freed_memory()  # as the scripts do (sparse_coding.allocator)
+    keep_freed_memory()  # as the scripts do (sparse_coding.runtime.allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--slice", default="0:12")

@@ -24,9 +24,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from random_weights import calibrate_saes, random_gpt2, random_sae  # noqa: E402
 
 from sparse_coding.algorithms.thresholds import compute_thresholds, top_count  # noqa: E402
-from sparse_coding.allocator import keep_freed_memory  # noqa: E402
-from sparse_coding.corpus import TokenBatch  # noqa: E402
+from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
+from sparse_coding.text.corpus import TokenBatch  # noqa: E402
 
 BOS = 50256
 
@@ -48,7 +48,7 @@ def random_batches(n_sequences: int, batch_size: int, max_len: int, device: str)
 
 
 def main() -> None:
-    keep_freed_memory()  # as the scripts do (sparse_coding.allocator)
+    keep_freed_memory()  # as the scripts do (sparse_coding.runtime.allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sequences", type=int, default=2000)

@@ -39,14 +39,14 @@ from random_weights import IdNames, random_gpt2
 from torch import Tensor
 
 from sparse_coding.algorithms.ablation_graph import ablation_graph
-from sparse_coding.allocator import keep_freed_memory  # noqa: E402
-from sparse_coding.corpus import TokenBatch
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import save_graph
 from sparse_coding.graphs.viewer import write_viewer
 from sparse_coding.models.saes import SAE, SAEConfig
 from sparse_coding.nodes import feature_id
+from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.text.corpus import TokenBatch
 
 LAYERS = [9, 10, 11]
 D_SAE = 24576
@@ -179,7 +179,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    keep_freed_memory()  # as the scripts do (sparse_coding.allocator)
+    keep_freed_memory()  # as the scripts do (sparse_coding.runtime.allocator)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--loop-subset", type=int, default=25, help="loop candidates per layer (0: all)")

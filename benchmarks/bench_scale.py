@@ -43,13 +43,13 @@ from bench_hist import random_batches  # noqa: E402
 from bench_sfc import random_pairs, spliced_random_gpt2  # noqa: E402
 from random_weights import calibrate_saes  # noqa: E402
 
-from sparse_coding import distributed  # noqa: E402
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph  # noqa: E402
 from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
 from sparse_coding.algorithms.thresholds import compute_thresholds  # noqa: E402
-from sparse_coding.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.labels.contexts import collect_contexts  # noqa: E402
-from sparse_coding.pairs import token_batch  # noqa: E402
+from sparse_coding.runtime import distributed  # noqa: E402
+from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
+from sparse_coding.text.pairs import token_batch  # noqa: E402
 
 SETUPS = (("1 rank x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("2 ranks x 1 thread", 2, 1))
 

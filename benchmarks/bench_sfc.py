@@ -26,9 +26,9 @@ from random_weights import calibrate_saes, random_gpt2, random_sae  # noqa: E402
 
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph  # noqa: E402
 from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
-from sparse_coding.allocator import keep_freed_memory  # noqa: E402
-from sparse_coding.pairs import ExampleBatch, token_batch  # noqa: E402
+from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
+from sparse_coding.text.pairs import ExampleBatch, token_batch  # noqa: E402
 
 N_TOKENS = 12
 
@@ -62,7 +62,7 @@ def timed_graph(
 
 
 def main() -> None:
-    keep_freed_memory()  # as the scripts do (sparse_coding.allocator)
+    keep_freed_memory()  # as the scripts do (sparse_coding.runtime.allocator)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--slice", default="9:12")

@@ -38,10 +38,10 @@ from random_weights import calibrate_saes, random_gpt2, random_sae  # noqa: E402
 from sparse_coding.algorithms.generation import Sampling, generate, left_padded  # noqa: E402
 from sparse_coding.algorithms.response_curve import response_curve  # noqa: E402
 from sparse_coding.algorithms.steering import site_edits, steering  # noqa: E402
-from sparse_coding.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.config.steering import CurveSpec, FeatureEdit  # noqa: E402
-from sparse_coding.corpus import TokenBatch  # noqa: E402
+from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
+from sparse_coding.text.corpus import TokenBatch  # noqa: E402
 
 LAYERS = range(9, 12)
 # What a timing reads: wall time, or with --cpu-time the process's CPU time, which on a machine

@@ -25,7 +25,7 @@ _EXPORTS = {
     "gradient_graph": "sparse_coding.algorithms.attribution_graph",
     "GraphOptions": "sparse_coding.algorithms.attribution_graph",
     "METRICS": "sparse_coding.algorithms.metrics",
-    "token_batch": "sparse_coding.pairs",
+    "token_batch": "sparse_coding.text.pairs",
     "ablation_graph": "sparse_coding.algorithms.ablation_graph",
     "validate_circuit": "sparse_coding.algorithms.validation",
     "compute_thresholds": "sparse_coding.algorithms.thresholds",

@@ -306,8 +306,8 @@ def hooks(model, fns: dict):
 def float64_prompt(tmp_path_factory, model_dir: Path, templates: dict[str, str], prompt: str):
     """(spliced model in float64 with every tiny SAE site, the prompt as one example batch)."""
     from sparse_coding.config import config_from_dict
-    from sparse_coding.pairs import Pair, example_batches, tokenize_pair
     from sparse_coding.pipelines.loading import load_spliced_model
+    from sparse_coding.text.pairs import Pair, example_batches, tokenize_pair
 
     data = tmp_path_factory.mktemp("data")
     config = config_from_dict(tiny_config_dict(data, model_dir, templates) | {"DTYPE": "float64"})

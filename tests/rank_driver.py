@@ -33,7 +33,8 @@ import sklearn.cluster  # noqa: E402, F401
 import sparse_coding.pipelines.fast  # noqa: E402, F401
 import sparse_coding.pipelines.hist  # noqa: E402, F401
 import sparse_coding.pipelines.val  # noqa: E402, F401
-from sparse_coding import checkpoints, cli, distributed  # noqa: E402
+from sparse_coding import cli  # noqa: E402
+from sparse_coding.runtime import checkpoints, distributed  # noqa: E402
 
 
 def free_port() -> int:

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from sparse_coding.allocator import keep_freed_memory
+from sparse_coding.runtime.allocator import keep_freed_memory
 
 FAULTS_OF_A_LATER_ROUND = """
 import resource, sys, torch
-from sparse_coding.allocator import keep_freed_memory
+from sparse_coding.runtime.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 for _ in range(4):  # rounds of six 60 MB tensors, every page touched, then freed

@@ -19,7 +19,7 @@ from sparse_coding.algorithms.attribution_graph import (
     summarize,
 )
 from sparse_coding.algorithms.metrics import METRICS
-from sparse_coding.pairs import Pair, tokenize_pair
+from sparse_coding.text.pairs import Pair, tokenize_pair
 
 CE = METRICS["cross_entropy"]
 

@@ -14,8 +14,8 @@ from sparse_coding.algorithms.attribution_edges import edges, upstream_sites
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
 from sparse_coding.algorithms.attribution_graph import GraphOptions, choose_down_nodes, mean_edges, summarize
 from sparse_coding.algorithms.metrics import METRICS
-from sparse_coding.pairs import Pair, example_batches, token_batch, tokenize_pair
 from sparse_coding.pipelines.loading import load_spliced_model
+from sparse_coding.text.pairs import Pair, example_batches, token_batch, tokenize_pair
 
 CE, LOGIT_DIFF = METRICS["cross_entropy"], METRICS["logit_diff"]
 N_TOKENS = 9

@@ -18,7 +18,7 @@ from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_gr
 from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import error_id, feature_id, with_position
-from sparse_coding.pairs import Pair, example_batches, tokenize_pair
+from sparse_coding.text.pairs import Pair, example_batches, tokenize_pair
 
 CE = METRICS["cross_entropy"]
 PROMPT = "When Mary and John went to the store, John gave"

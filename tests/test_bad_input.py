@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config, config_from_dict, load_config
-from sparse_coding.corpus import load_texts
 from sparse_coding.errors import ConfigError, DatasetError, SAELoadError, SparseCodingError
 from sparse_coding.models.gpt2 import resolve_device
 from sparse_coding.models.sae_sources import normalize_cfg
 from sparse_coding.models.saes import load_sae
 from sparse_coding.pipelines.inputs import text_source
+from sparse_coding.text.corpus import load_texts
 
 FIELDS = [f.name for f in Config.__dataclass_fields__.values() if f.name != "source_path"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_coding import cache
 from sparse_coding.errors import StorageError
+from sparse_coding.files import cache
 
 
 def json_cache(path: Path, key: dict, **kwargs) -> cache.Cache:

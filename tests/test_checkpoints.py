@@ -4,11 +4,11 @@ import pytest
 from conftest import CORPUS
 from safetensors.torch import load_file
 
-from sparse_coding import checkpoints
 from sparse_coding.errors import ConfigError
 from sparse_coding.pipelines.hist import run_hist
 from sparse_coding.pipelines.resume import checkpoint_path
 from sparse_coding.pipelines.threshold_cache import THRESHOLDS_FILE
+from sparse_coding.runtime import checkpoints
 
 
 class Killed(Exception):

@@ -11,7 +11,7 @@ from sparse_coding.config import DEFAULT_CONFIG_PATH, load_config
 from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.graph import Graph, Node, run_record
 from sparse_coding.graphs.graph_files import save_graph
-from sparse_coding.phases import PhaseTimer
+from sparse_coding.runtime.phases import PhaseTimer
 
 
 @pytest.fixture

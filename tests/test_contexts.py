@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import hooks
 
-from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.models.saes import load_sae
 from sparse_coding.pipelines.inputs import text_source
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.publish import cache_path, fingerprint, load_or_collect
+from sparse_coding.text.corpus import iter_batches, load_texts
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

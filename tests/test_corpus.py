@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.errors import DatasetError
 from sparse_coding.pipelines.inputs import text_source
+from sparse_coding.text.corpus import iter_batches, load_texts
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_reading_a_local_file_takes_the_same_memory_for_100_000_lines_as_for_1_0
     """The reader (counting for progress totals, then reading) holds a line at a time, not the file."""
     import tracemalloc
 
-    from sparse_coding.corpus import TextSource, count_texts
+    from sparse_coding.text.corpus import TextSource, count_texts
 
     def reader_peak(n: int) -> int:
         path = tmp_path / f"corpus{n}{suffix}"

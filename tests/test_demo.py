@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sparse_coding.config import Config, config_from_dict
-from sparse_coding.phases import PhaseTimer
+from sparse_coding.runtime.phases import PhaseTimer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "sparse_coding" / "demo"

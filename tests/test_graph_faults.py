@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_coding import storage
 from sparse_coding.errors import GraphFileError, StorageError
+from sparse_coding.files import storage
 from sparse_coding.graphs import graph_writer
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, save_graph, update_graph_files

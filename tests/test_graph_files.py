@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_coding import storage
 from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
+from sparse_coding.files import storage
 from sparse_coding.graphs import dot_import, graph_files, graph_writer
 from sparse_coding.graphs.dot_format import graph_to_dot
 from sparse_coding.graphs.dot_import import graph_from_dot

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = """
 import logging, sys, time
 from pathlib import Path
-from sparse_coding import storage
+from sparse_coding.files import storage
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import update_graph_files
 

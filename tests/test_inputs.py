@@ -7,7 +7,7 @@ from pathlib import Path
 from sparse_coding.algorithms.thresholds import samples_to_resolve
 from sparse_coding.config import load_config
 from sparse_coding.pipelines.inputs import expected_batches, warn_unknown_words
-from sparse_coding.tokenizer import load_tokenizer
+from sparse_coding.text.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "sparse_coding" / "demo"

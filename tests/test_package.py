@@ -26,7 +26,7 @@ def test_importing_the_package_loads_no_torch():
 
 
 def test_the_scripts_and_the_demo_tokenizer_load_without_transformers():
-    """Importing transformers cost every start 1-2 s; `sparse_coding.tokenizer` reads the files without it."""
+    """Importing transformers slows every start; `sparse_coding.text.tokenizer` reads the files without it."""
     code = (
         "import sys\n"
         "import sparse_coding.pipelines.pipe, sparse_coding.pipelines.fast\n"

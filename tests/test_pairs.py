@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from sparse_coding.errors import DatasetError
-from sparse_coding.pairs import Pair, example_batches, read_pairs_file, tokenize_pair
+from sparse_coding.text.pairs import Pair, example_batches, read_pairs_file, tokenize_pair
 
 
 @pytest.fixture(scope="module")

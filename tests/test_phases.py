@@ -2,7 +2,7 @@
 
 import time
 
-from sparse_coding.phases import PhaseTimer
+from sparse_coding.runtime.phases import PhaseTimer
 
 
 def test_phases_add_up_in_order_and_the_rest_is_other():

@@ -21,8 +21,8 @@ from sparse_coding.graphs.graph import Context, Graph, Node, run_record
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.graphs.legend import legend_entries
 from sparse_coding.graphs.viewer import viewer_data, write_viewer
-from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.publish import run_metadata
+from sparse_coding.runtime.phases import PhaseTimer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "sparse_coding" / "config" / "demo_config.yaml"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_coding import progress as progress_module
-from sparse_coding.progress import progress
+from sparse_coding.runtime import progress as progress_module
+from sparse_coding.runtime.progress import progress
 
 REPO = Path(__file__).resolve().parents[1]
 

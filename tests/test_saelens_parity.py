@@ -128,7 +128,7 @@ def parity(tmp_path_factory, published_folders):
 
         patch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
         patch.setattr(constants, "HF_HUB_OFFLINE", True)
-        from sparse_coding.tokenizer import load_tokenizer
+        from sparse_coding.text.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(GPT2_REPO)
         ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from sparse_coding.cli.export import export_graph
+from sparse_coding.cli.export import run as export_run
 from sparse_coding.config import load_config
 from sparse_coding.errors import GraphFileError
-from sparse_coding.export import export_graph
-from sparse_coding.export import run as export_run
 from sparse_coding.graphs.graph import Graph, Node, run_record
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.sharing.neuronpedia_graph import NODE_KINDS, cantor, graph_schema, to_neuronpedia

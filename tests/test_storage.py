@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_coding import storage
 from sparse_coding.errors import StorageError
+from sparse_coding.files import storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_the_lock_is_exclusive_across_processes_and_waits(tmp_path, caplog):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from sparse_coding import storage\n"
+            "import sys, time; from pathlib import Path; from sparse_coding.files import storage\n"
             "with storage.file_lock(Path(sys.argv[1]), what='g'):\n"
             "    print('held', flush=True); time.sleep(1.0)",
             str(lock),
@@ -196,12 +196,12 @@ def test_the_package_imports_without_posix_only_modules():
     """`import sparse_coding` and its storage layer work where fcntl does not exist (Windows)."""
     code = (
         "import sys; sys.modules['fcntl'] = None; sys.modules['termios'] = None\n"
-        "import sparse_coding, sparse_coding.storage, sparse_coding.cache, sparse_coding.cli\n"
+        "import sparse_coding, sparse_coding.files.storage, sparse_coding.files.cache, sparse_coding.cli\n"
         "import sparse_coding.graphs.graph_files, sparse_coding.labels.neuronpedia\n"
         "from pathlib import Path; import tempfile\n"
         "folder = Path(tempfile.mkdtemp())\n"
-        "sparse_coding.storage.write_atomic(folder / 'a', 'x')\n"
-        "with sparse_coding.storage.file_lock(folder / '.lock', what='a'):\n"
+        "sparse_coding.files.storage.write_atomic(folder / 'a', 'x')\n"
+        "with sparse_coding.files.storage.file_lock(folder / '.lock', what='a'):\n"
         "    pass\n"
         "print('ok')"
     )

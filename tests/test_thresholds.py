@@ -21,13 +21,13 @@ from sparse_coding.algorithms.thresholds import (
     top_count,
 )
 from sparse_coding.config import config_from_dict
-from sparse_coding.corpus import iter_batches, load_texts
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.models.saes import load_sae
 from sparse_coding.pipelines.hist import thresholds_from_config
 from sparse_coding.pipelines.inputs import text_source
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.threshold_cache import load_thresholds, save_thresholds
+from sparse_coding.text.corpus import iter_batches, load_texts
 
 SUBJECTS = ["The cat", "A young engineer", "My neighbour", "The old sailor"]
 ACTIONS = [

@@ -1,4 +1,4 @@
-"""`sparse_coding.tokenizer.Tokenizer` against `AutoTokenizer.from_pretrained` of the same files.
+"""`sparse_coding.text.tokenizer.Tokenizer` against `AutoTokenizer.from_pretrained` of the same files.
 
 The GPT-2 folders hold a byte-level BPE trained here; each variant changes
 what transformers reads differently from tokenizer.json (the class, the
@@ -15,7 +15,7 @@ import torch
 from conftest import CORPUS
 from transformers import AutoTokenizer, GPT2Tokenizer
 
-from sparse_coding.tokenizer import Tokenizer, UnreproducedTokenizer, load_tokenizer
+from sparse_coding.text.tokenizer import Tokenizer, UnreproducedTokenizer, load_tokenizer
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "sparse_coding" / "demo" / "model"
 EOT = "<|endoftext|>"
@@ -253,7 +253,7 @@ def test_files_outside_the_reproduced_cases_load_through_transformers(tmp_path, 
     folder = gpt2_folder(tmp_path / case, bpe_files, settings, json_changes=json_changes)
     with pytest.raises(UnreproducedTokenizer, match=reason):
         Tokenizer.from_pretrained(str(folder))
-    with caplog.at_level(logging.DEBUG, logger="sparse_coding.tokenizer"):
+    with caplog.at_level(logging.DEBUG, logger="sparse_coding.text.tokenizer"):
         loaded = load_tokenizer(str(folder))
     assert not isinstance(loaded, Tokenizer) and reason in caplog.text
     assert_same(loaded, reference(folder))

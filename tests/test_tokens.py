@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from sparse_coding.tokens import token_text
+from sparse_coding.text.tokens import token_text
 
 
 @pytest.fixture(scope="module")

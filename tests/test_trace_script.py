@@ -10,7 +10,7 @@ from transcoder_files import write_set
 from sparse_coding.algorithms.trace_graph import TraceOptions, trace_graph
 from sparse_coding.models.gpt2 import load_model, tokenize_prompt
 from sparse_coding.nodes import parse_any_id
-from sparse_coding.phases import PhaseTimer
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.transcoders.loading import load_transcoders
 
 

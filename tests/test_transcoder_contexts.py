@@ -4,9 +4,9 @@ import torch
 from conftest import CORPUS, D_MODEL
 from transcoder_files import write_set
 
-from sparse_coding.corpus import iter_batches
 from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts
 from sparse_coding.models.gpt2 import load_model
+from sparse_coding.text.corpus import iter_batches
 from sparse_coding.transcoders.loading import load_transcoders
 
 

@@ -16,9 +16,9 @@ from sparse_coding.algorithms.generation import Sampling, left_padded
 from sparse_coding.algorithms.response_curve import response_curve
 from sparse_coding.algorithms.steering import read_under_edits, site_edits, steer, steering, watch_of
 from sparse_coding.config.steering import CurveSpec, FeatureEdit
-from sparse_coding.corpus import iter_batches
 from sparse_coding.models.gpt2 import load_model
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.text.corpus import iter_batches
 from sparse_coding.transcoders.loading import load_transcoders
 
 N_LAYERS = 3
@@ -190,7 +190,7 @@ def test_a_cross_layer_feature_writes_every_later_mlp_output(model, tmp_path):
 
 
 def test_a_response_curve_reads_what_the_reference_reads(spliced_set, tiny_model_dir):
-    from sparse_coding.tokenizer import load_tokenizer
+    from sparse_coding.text.tokenizer import load_tokenizer
 
     spliced, layout, weights = spliced_set
     prefix = KINDS[layout]

@@ -22,11 +22,11 @@ from transcoder_files import D_TC, SPARSIFY_K, write_set
 
 from sparse_coding.algorithms.validation import validate_circuit
 from sparse_coding.config import config_from_dict
-from sparse_coding.corpus import iter_batches
 from sparse_coding.errors import ConfigError
 from sparse_coding.models.gpt2 import load_model
-from sparse_coding.phases import PhaseTimer
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.text.corpus import iter_batches
 from sparse_coding.transcoders.loading import load_transcoders
 
 N_LAYERS = 3

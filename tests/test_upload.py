@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from sparse_coding.cli.upload import run as upload_run
 from sparse_coding.errors import ConfigError
 from sparse_coding.sharing.upload import UploadError, api_base, upload
-from sparse_coding.upload import run as upload_run
 
 KEY = "np-secret-key"
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from conftest import MpsLikeDtypes, module_hook
 
 from sparse_coding.algorithms.validation import SiteMeans, feature_means, validate_circuit
-from sparse_coding.corpus import iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.dot_format import graph_to_dot
@@ -23,6 +22,7 @@ from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.pipelines.circuit import circuit_from_config, circuit_from_graph, read_graph
 from sparse_coding.pipelines.val import load_circuit_model
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
+from sparse_coding.text.corpus import iter_batches
 
 TEXTS = [
     "When Mary and John went to the store, John gave a drink to",

@@ -59,14 +59,14 @@ from sparse_coding.algorithms.ablation_rows import (
     rows_per_forward,
 )
 from sparse_coding.config import DEFAULTS
-from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import feature_id, site_key
-from sparse_coding.progress import progress
+from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
-from sparse_coding.tokenizer import Tokenizer
-from sparse_coding.tokens import token_text
+from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.tokenizer import Tokenizer
+from sparse_coding.text.tokens import token_text
 
 logger = logging.getLogger(__name__)
 

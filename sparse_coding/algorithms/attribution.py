@@ -41,9 +41,9 @@ from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.config.schema import Baseline
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.saes import grouped_rows_sum
-from sparse_coding.pairs import ExampleBatch
-from sparse_coding.progress import progress
+from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
+from sparse_coding.text.pairs import ExampleBatch
 
 logger = logging.getLogger(__name__)
 

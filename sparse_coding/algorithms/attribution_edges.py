@@ -31,9 +31,9 @@ from torch import Tensor
 
 from sparse_coding.algorithms.attribution import SiteAttribution
 from sparse_coding.algorithms.node_slots import SUMMED, NodeLayout
-from sparse_coding.pairs import ExampleBatch
-from sparse_coding.progress import progress
+from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.text.pairs import ExampleBatch
 
 # Down-nodes per vmapped backward: bounds the batch's extra memory.
 MAX_BATCHED_ROWS = 64

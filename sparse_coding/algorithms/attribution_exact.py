@@ -23,8 +23,8 @@ from torch import Tensor
 from sparse_coding.algorithms.ablation_rows import rows_per_forward
 from sparse_coding.algorithms.attribution import SiteAttribution, losses
 from sparse_coding.algorithms.metrics import Metric
-from sparse_coding.pairs import ExampleBatch
 from sparse_coding.splicing.splice import SplicedModel, zero_ablation
+from sparse_coding.text.pairs import ExampleBatch
 
 logger = logging.getLogger(__name__)
 

@@ -50,9 +50,9 @@ from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import Baseline, NodePositions, Selection
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.nodes import error_id, feature_id
-from sparse_coding.pairs import ExampleBatch
-from sparse_coding.sharding import Sums, run_pass
+from sparse_coding.runtime.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.text.pairs import ExampleBatch
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Running totals of fast.py's attributions over many examples, and their reduction over ranks.
 
 `gradient_graph` folds each batch of examples into these as it goes
-(`sparse_coding.sharding.run_pass`), so what it keeps grows with the nodes
+(`sparse_coding.runtime.sharding.run_pass`), so what it keeps grows with the nodes
 measured, not with the examples, and several ranks (torchrun) can each fold
 their share in and add the totals up:
 
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from sparse_coding import distributed
 from sparse_coding.algorithms.attribution import SiteAttribution
 from sparse_coding.algorithms.attribution_edges import EdgeSet
 from sparse_coding.algorithms.node_slots import SUMMED, NodeLayout
+from sparse_coding.runtime import distributed
 from sparse_coding.splicing.splice import SplicedModel
 
 

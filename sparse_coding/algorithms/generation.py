@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sparse_coding.config import DEFAULTS
 from sparse_coding.models.transformer import KVCache
-from sparse_coding.progress import progress
+from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Intervention, SplicedModel
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ all features, mean-ablated at the circuit's sites, error terms kept):
 
 NaN (JSON null) when m(M) = m(empty). Patch inputs are not used here: the
 circuit is validated on the clean inputs, as the graph's metric reads them.
-Under torchrun each rank sums its share of the examples (`sparse_coding.sharding`).
+Under torchrun each rank sums its share of the examples (`sparse_coding.runtime.sharding`).
 """
 
 import math
@@ -23,9 +23,9 @@ from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.algorithms.validation import Circuit, SiteMeans, mean_ablations
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
-from sparse_coding.pairs import ExampleBatch
-from sparse_coding.sharding import Sums, run_pass
+from sparse_coding.runtime.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.text.pairs import ExampleBatch
 
 
 class PairFaithfulness(NamedTuple):

@@ -66,12 +66,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_coding import distributed
-from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.nodes import site_key
-from sparse_coding.sharding import run_pass
+from sparse_coding.runtime import distributed
+from sparse_coding.runtime.sharding import run_pass
 from sparse_coding.splicing.splice import Site, SplicedModel
+from sparse_coding.text.corpus import TokenBatch
 
 if TYPE_CHECKING:  # scikit-learn loads only when hist.py clusters (fast.py reads its cache without it)
     from sklearn.cluster import MiniBatchKMeans

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from sparse_coding.models.transformer import GPT2
-from sparse_coding.progress import progress
+from sparse_coding.runtime.progress import progress
 from sparse_coding.transcoders.replacement import (
     Frozen,
     Replacement,

@@ -37,7 +37,7 @@ sequence's last real token, averaged over sequences.
 Sums are taken in float32 per batch on the device and accumulated in float64
 on the CPU (NumPy): MPS has no float64. Under torchrun each rank sums its
 share of the batches and the sums are added over the ranks
-(`sparse_coding.sharding`).
+(`sparse_coding.runtime.sharding`).
 
 Phases:
     1. means: a clean pass sums every site's features and errors over real tokens.
@@ -63,11 +63,11 @@ from torch import Tensor
 
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
-from sparse_coding.corpus import TokenBatch
-from sparse_coding.distributed import all_sum
 from sparse_coding.errors import ConfigError, DatasetError
-from sparse_coding.sharding import Sums, run_pass
+from sparse_coding.runtime.distributed import all_sum
+from sparse_coding.runtime.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
+from sparse_coding.text.corpus import TokenBatch
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from sparse_coding import (
     tokenize_prompt,
     validate_circuit,
 )
-from sparse_coding.corpus import iter_batches
+from sparse_coding.text.corpus import iter_batches
 
 config = load_config("sparse_coding/config/demo_config.yaml")
 spliced, tokenizer = load_spliced_model(config)  # the model + 9 SAEs (resid, attn, mlp x 3 layers)

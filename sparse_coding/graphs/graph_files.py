@@ -33,8 +33,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from sparse_coding import storage
 from sparse_coding.errors import GraphFileError
+from sparse_coding.files import storage
 from sparse_coding.graphs.dot_format import FORMAT
 from sparse_coding.graphs.dot_import import import_dot
 from sparse_coding.graphs.graph import Graph, loads_strict, new_run_id, run_record

@@ -44,8 +44,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparse_coding import storage
 from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
+from sparse_coding.files import storage
 from sparse_coding.graphs.dot_format import DERIVED_NOTE, FORMAT, graph_to_dot
 from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Edge, Graph, Node

@@ -9,7 +9,7 @@ every token must become well-formed XML text that still looks like the token:
   otherwise be drawn as the node's id;
 - control characters (newline, tab, NUL, DEL, C1), which XML 1.0 forbids or
   fonts draw as nothing, are drawn as their code in ASCII (``<0x0A>``), the
-  notation `sparse_coding.tokens` uses for bytes of split characters;
+  notation `sparse_coding.text.tokens` uses for bytes of split characters;
   invisible format characters (bidi controls such as U+202E, zero-width
   spaces, soft hyphens) and code points XML forbids (lone surrogates,
   U+FFFE/F) are drawn as ``<U+202E>``, so none can hide or reorder text;

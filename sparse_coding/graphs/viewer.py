@@ -26,9 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sparse_coding import storage
 from sparse_coding.config.schema import NEURONPEDIA_URL
 from sparse_coding.config.steering import steer_commands
+from sparse_coding.files import storage
 from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
 from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
 from sparse_coding.graphs.markup import shown_logits

@@ -8,7 +8,7 @@ A cache holds the features that were asked for (the nodes of the graphs
 published so far), not every feature of every site, and grows with each run
 (`merged`): row r of a site is feature ``features[r]``.
 
-On disk (`to_bytes`/`from_bytes`, through one `sparse_coding.cache.Cache`,
+On disk (`to_bytes`/`from_bytes`, through one `sparse_coding.files.cache.Cache`,
 see `contexts_cache`): one ``<stem>.npz`` (compressed numpy), written
 atomically, so arrays and header can never come from two runs. It holds,
 per site key K: ``K/act`` (d_sae, k) float32 peak activation (0 = no
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from sparse_coding import storage
-from sparse_coding.cache import Cache, Stored, fingerprint_differences
 from sparse_coding.errors import DatasetError
+from sparse_coding.files import storage
+from sparse_coding.files.cache import Cache, Stored, fingerprint_differences
 from sparse_coding.graphs.graph import Context
 
 logger = logging.getLogger(__name__)

@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sparse_coding import distributed
-from sparse_coding.corpus import TokenBatch
 from sparse_coding.labels.context_cache import ContextCache
-from sparse_coding.sharding import run_pass
+from sparse_coding.runtime import distributed
+from sparse_coding.runtime.sharding import run_pass
 from sparse_coding.splicing.splice import Site, SplicedModel
-from sparse_coding.tokenizer import Tokenizer
-from sparse_coding.tokens import token_text
+from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.tokenizer import Tokenizer
+from sparse_coding.text.tokens import token_text
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from torch import Tensor
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
-from sparse_coding.tokens import token_text
+from sparse_coding.text.tokenizer import Tokenizer
+from sparse_coding.text.tokens import token_text
 
 
 def direct_logit_effects(model: GPT2, rows: Tensor) -> Tensor:

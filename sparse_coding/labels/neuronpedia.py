@@ -17,7 +17,7 @@ never a dependency of a run:
 - answers, including "not found" (a 404, or a 200 whose body is ``null`` or
   ``[]``: older versions of Neuronpedia's feature route built the 404 body
   without returning it, so they answer ``null``), are cached on disk, one
-  `sparse_coding.cache.Cache` file per feature and one folder per server, so
+  `sparse_coding.files.cache.Cache` file per feature and one folder per server, so
   a feature is fetched once across runs; a "not found" is asked again after a
   week and an answer after a month, as Neuronpedia adds and revises
   explanations. Cache paths are built with
@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sparse_coding import storage
-from sparse_coding.cache import Cache, Stored
 from sparse_coding.config import redact_url
 from sparse_coding.config.schema import NEURONPEDIA_URL
 from sparse_coding.errors import StorageError
+from sparse_coding.files import storage
+from sparse_coding.files.cache import Cache, Stored
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.labels.neuronpedia_http import API_KEY_HEADER, Client, FetchError
 

@@ -19,13 +19,13 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from sparse_coding.corpus import TokenBatch
 from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.labels.contexts import SiteTopK, _keep_referenced, _to_numpy, _vocab
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import site_key
-from sparse_coding.progress import progress
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.runtime.progress import progress
+from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.transcoders.replacement import layer_scale, transcoder_input
 from sparse_coding.transcoders.transcoder import TranscoderSet
 

@@ -11,7 +11,7 @@ from sparse_coding.config.schema import DtypeName
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.transformer import GPT2, GPT2Config, check_shapes, checkpoint_names
 from sparse_coding.models.weights import load_pickled, load_safetensors, safetensors_shapes
-from sparse_coding.tokenizer import Tokenizer, check_tokenizer, load_tokenizer, model_file
+from sparse_coding.text.tokenizer import Tokenizer, check_tokenizer, load_tokenizer, model_file
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _model_files(model_dir: str) -> tuple[Path, Path]:
     config = model_file(model_dir, "config.json")
     weights = next((path for name in WEIGHT_FILES if (path := model_file(model_dir, name))), None)
     if config is None or weights is None:
-        from sparse_coding.hub_files import why_hub_cannot_be_asked
+        from sparse_coding.files.hub_files import why_hub_cannot_be_asked
 
         why = None if Path(model_dir).is_dir() else why_hub_cannot_be_asked()
         raise OSError(

@@ -15,7 +15,7 @@ import torch
 from sparse_coding.errors import SAELoadError, SparseCodingError
 from sparse_coding.models.memory import Pass, estimate
 from sparse_coding.models.saes import SAE, SAEConfig, load_sae, read_sae_config
-from sparse_coding.progress import progress
+from sparse_coding.runtime.progress import progress
 
 logger = logging.getLogger(__name__)
 

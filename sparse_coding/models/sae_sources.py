@@ -124,7 +124,7 @@ def fetch_file(resolved: ResolvedSource, name: str) -> Path:
                 f"{CFG_FILE} and {WEIGHTS_FILE}"
             )
         return path
-    from sparse_coding.hub_files import hub_file
+    from sparse_coding.files.hub_files import hub_file
 
     try:
         path = hub_file(

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from sparse_coding.config import Config
 from sparse_coding.errors import SparseCodingError
-from sparse_coding.hub_files import why_hub_cannot_be_asked
+from sparse_coding.files.hub_files import why_hub_cannot_be_asked
 from sparse_coding.models.sae_sources import CFG_FILE, WEIGHTS_FILE, resolve_source
 
 logger = logging.getLogger(__name__)

@@ -12,21 +12,21 @@ from pathlib import Path
 
 import torch
 
-from sparse_coding import distributed
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
 from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.algorithms.validation import feature_means
 from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph
-from sparse_coding.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
-from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, warn_unknown_prompts
 from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.resume import file_input, run_checkpoint
 from sparse_coding.pipelines.threshold_cache import Thresholds, load_thresholds
+from sparse_coding.runtime import distributed
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def run_fast(
 
     Under torchrun the ranks share the examples, the feature means and the
     contexts pass, and rank 0 writes; `resume` continues those passes from
-    their checkpoint (`sparse_coding.checkpoints`).
+    their checkpoint (`sparse_coding.runtime.checkpoints`).
     """
     phases = phases or PhaseTimer()
     spliced, tokenizer = load_spliced_model(config, phases=phases, script="fast")

@@ -8,18 +8,18 @@ is `sparse_coding.algorithms.thresholds`; the cache format is
 import logging
 from collections.abc import Iterable
 
-from sparse_coding import distributed
 from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds, samples_to_resolve
 from sparse_coding.config import Config
-from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
-from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
 from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.resume import run_checkpoint
 from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_thresholds
+from sparse_coding.runtime import distributed
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def run_hist(config: Config, phases: PhaseTimer | None = None, *, resume: bool = False) -> str:
     """Compute and cache the thresholds of every site of the slice (DATASET set); returns the closing line.
 
-    `resume` continues the passes of a killed run from their checkpoint (`sparse_coding.checkpoints`).
+    `resume` continues the passes of a killed run from their checkpoint (`sparse_coding.runtime.checkpoints`).
     Under torchrun the ranks share the passes and rank 0 writes (the other ranks return "").
     """
     phases = phases or PhaseTimer()

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from sparse_coding.config import Config
-from sparse_coding.corpus import TextSource, TokenBatch, count_texts, iter_batches, load_texts
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.corpus import TextSource, TokenBatch, count_texts, iter_batches, load_texts
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

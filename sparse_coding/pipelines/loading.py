@@ -13,7 +13,6 @@ from collections.abc import Collection
 
 import torch
 
-from sparse_coding import distributed
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
 from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
@@ -22,9 +21,10 @@ from sparse_coding.models.loading import load_saes, read_configs
 from sparse_coding.models.memory import Pass
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import site_key
-from sparse_coding.phases import PhaseTimer
+from sparse_coding.runtime import distributed
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.transcoders.loading import load_transcoders
 from sparse_coding.transcoders.sources import transcoders_bos
 from sparse_coding.transcoders.transcoder import TranscoderSet

@@ -15,17 +15,17 @@ import torch
 
 from sparse_coding.algorithms.ablation_graph import AblationResult, ablation_graph
 from sparse_coding.config import Config
-from sparse_coding.corpus import TokenBatch, iter_batches
 from sparse_coding.errors import ConfigError, DatasetError, EmptyResultError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.nodes import site_key
-from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import interpreted_texts, warn_unknown_prompts
 from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.resume import run_checkpoint
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.corpus import TokenBatch, iter_batches
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

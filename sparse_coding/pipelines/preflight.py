@@ -17,10 +17,10 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from sparse_coding import storage
 from sparse_coding.config import Config
 from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import ConfigError, GraphFileError
+from sparse_coding.files import storage
 from sparse_coding.graphs.graph_files import check_output_names, load_graph
 from sparse_coding.models.bos import settle_prepend_bos
 from sparse_coding.models.sae_sources import read_cfg, resolve_source
@@ -77,7 +77,7 @@ def preflight(
         check_output_names(out_dir / dot_name, out_dir / image_name)
         load_graph(out_dir / dot_name)
     if examples and config.PAIRS_FILE is not None:
-        from sparse_coding.pairs import read_pairs_file  # imports torch: only runs that read pairs pay
+        from sparse_coding.text.pairs import read_pairs_file  # imports torch: only runs that read pairs pay
 
         read_pairs_file(Path(config.PAIRS_FILE).expanduser(), config.NUM_EXAMPLES)
     model_dir = local_model_dir(config.MODEL_DIR)
@@ -221,7 +221,7 @@ def check_prompt_length(
     """The prompt under `prompt_key` has at least `min_tokens` tokens (BOS included) and fits the
     model's context, from the tokenizer alone, once the tokenizer is known to belong to the model of
     `model_config` (its config.json); `prompt_use` says why it needs them."""
-    from sparse_coding.tokenizer import check_tokenizer, load_tokenizer  # no torch: fails at once
+    from sparse_coding.text.tokenizer import check_tokenizer, load_tokenizer  # no torch: fails at once
 
     try:
         tokenizer = load_tokenizer(config.MODEL_DIR)

@@ -15,21 +15,21 @@ import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sparse_coding import cache as caches
-from sparse_coding import distributed
 from sparse_coding.config import Config
 from sparse_coding.errors import StorageError
+from sparse_coding.files import cache as caches
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
 from sparse_coding.labels.context_cache import ContextCache, contexts_cache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
-from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
+from sparse_coding.runtime import distributed
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.sharing.wandb_runs import log_run, wandb_settings
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A script run's checkpoint, from the config: where it lives and what must match to resume it.
 
-`run_checkpoint` opens `sparse_coding.checkpoints.checkpointed` for one run of
+`run_checkpoint` opens `sparse_coding.runtime.checkpoints.checkpointed` for one run of
 a script: the file DATA_DIR/<model>/checkpoints/<script>.ckpt, saved every
 CHECKPOINT_EVERY batches, and the fingerprint a checkpoint must share with the
 run to be resumed: the model's and SAEs' files, the dataset's identity,
@@ -13,9 +13,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from sparse_coding import cache
-from sparse_coding.checkpoints import RunCheckpoint, checkpoint_file, checkpointed
 from sparse_coding.config import Config
+from sparse_coding.files import cache
+from sparse_coding.runtime.checkpoints import RunCheckpoint, checkpoint_file, checkpointed
 from sparse_coding.splicing.splice import SplicedModel
 
 CHECKPOINT_DIR = "checkpoints"

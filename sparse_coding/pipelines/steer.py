@@ -13,14 +13,12 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sparse_coding import storage
 from sparse_coding.algorithms.generation import Sampling, left_padded
 from sparse_coding.algorithms.response_curve import response_curve
 from sparse_coding.algorithms.steering import steer
 from sparse_coding.config import Config
-from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError
-from sparse_coding.phases import PhaseTimer
+from sparse_coding.files import storage
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.steer_plan import SteerPlan, check_transcoder_nodes
 from sparse_coding.pipelines.steer_plot import curve_images
@@ -31,8 +29,10 @@ from sparse_coding.pipelines.steer_report import (
     steering_data,
     to_json,
 )
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

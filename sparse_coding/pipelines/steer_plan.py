@@ -23,7 +23,6 @@ from pathlib import Path
 
 from sparse_coding.config import Config
 from sparse_coding.config.steering import CurveSpec, FeatureEdit, Positions, parse_edit
-from sparse_coding.corpus import TokenBatch, iter_batches
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.graphs.graph_files import load_graph
@@ -31,7 +30,8 @@ from sparse_coding.models.sae_sources import read_cfg, resolve_source
 from sparse_coding.nodes import SITES, TRANSCODER_KINDS, parse_node_id
 from sparse_coding.pipelines.inputs import interpreted_texts
 from sparse_coding.pipelines.preflight import preflight, settled_prepend_bos
-from sparse_coding.tokenizer import Tokenizer, load_tokenizer
+from sparse_coding.text.corpus import TokenBatch, iter_batches
+from sparse_coding.text.tokenizer import Tokenizer, load_tokenizer
 from sparse_coding.transcoders.transcoder import KINDS, TranscoderSet
 
 logger = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from sparse_coding.algorithms.response_curve import CurveResult
 from sparse_coding.algorithms.steering import SteerResult, TokenChanges
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.pipelines.steer_plan import SteerPlan
-from sparse_coding.tokenizer import Tokenizer
-from sparse_coding.tokens import token_text
+from sparse_coding.text.tokenizer import Tokenizer
+from sparse_coding.text.tokens import token_text
 
 SHOWN_PER_STEP = 3  # rose/fell tokens per step in the printed report (all LOGIT_TOKENS in the JSON)
 

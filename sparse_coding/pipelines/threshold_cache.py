@@ -4,7 +4,7 @@ Kept apart from `thresholds` (the preclustering and percentile maths)
 because it is file handling: what a cache depends on, atomic writes, and
 telling a stale cache from a usable one in words.
 
-Cache (one `sparse_coding.cache.Cache`), under
+Cache (one `sparse_coding.files.cache.Cache`), under
 `config.model_data_dir(MODEL_DIR)`, written atomically:
 - `thresholds.safetensors`: one float32 (d_sae,) tensor per site key (`resid_9`).
 - `thresholds.json`: what the thresholds depend on, the
@@ -34,11 +34,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from sparse_coding import distributed, storage
 from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name, samples_to_resolve
-from sparse_coding.cache import Cache, Stored, cache_fingerprint, fingerprint_differences, sae_identity
 from sparse_coding.config import Config
 from sparse_coding.errors import StorageError
+from sparse_coding.files import storage
+from sparse_coding.files.cache import Cache, Stored, cache_fingerprint, fingerprint_differences, sae_identity
+from sparse_coding.runtime import distributed
 from sparse_coding.splicing.splice import SplicedModel
 
 logger = logging.getLogger(__name__)

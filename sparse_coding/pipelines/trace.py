@@ -18,9 +18,9 @@ from sparse_coding.errors import ConfigError
 from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype, tokenize_prompt
 from sparse_coding.models.transformer import GPT2
-from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.downloads import Download
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.runtime.phases import PhaseTimer
+from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.transcoders.loading import load_transcoders
 from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer, transcoders_bos
 from sparse_coding.transcoders.transcoder import TranscoderSet

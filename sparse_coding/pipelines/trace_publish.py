@@ -29,12 +29,12 @@ from sparse_coding.labels.logit_lens import set_logit_cells
 from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts, site_key
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, with_position
-from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.pipelines.publish import neuronpedia_answers, run_metadata, save_caches
 from sparse_coding.pipelines.trace import trace_prompt
-from sparse_coding.tokenizer import Tokenizer
-from sparse_coding.tokens import token_text
+from sparse_coding.runtime.phases import PhaseTimer
+from sparse_coding.text.tokenizer import Tokenizer
+from sparse_coding.text.tokens import token_text
 from sparse_coding.transcoders.sources import neuronpedia_set
 from sparse_coding.transcoders.transcoder import TranscoderSet
 

@@ -15,12 +15,10 @@ import logging
 from collections.abc import Collection
 from pathlib import Path
 
-from sparse_coding import distributed
 from sparse_coding.algorithms.validation import Circuit, check_circuit, feature_means, validate_circuit
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import parse_site_key
-from sparse_coding.phases import PhaseTimer
 from sparse_coding.pipelines.circuit import (
     check_pins_before_loading,
     check_within_slice,
@@ -38,8 +36,10 @@ from sparse_coding.pipelines.publish import log_config_run
 from sparse_coding.pipelines.resume import file_input, run_checkpoint
 from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
 from sparse_coding.pipelines.val_report import format_report, report_data, write_report
+from sparse_coding.runtime import distributed
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def run_val(
 
     Under torchrun the ranks share the passes over the data and rank 0 writes
     the report (the other ranks return ""); `resume` continues the passes of a
-    killed run from their checkpoint (`sparse_coding.checkpoints`).
+    killed run from their checkpoint (`sparse_coding.runtime.checkpoints`).
 
     Returns:
         The printed report.

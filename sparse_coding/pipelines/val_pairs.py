@@ -21,7 +21,7 @@ from sparse_coding.graphs.conventions import METRIC_TEXT, sentences
 from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.pipelines.fast import config_example_batches, examples_source
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

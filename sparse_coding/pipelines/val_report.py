@@ -24,12 +24,12 @@ from typing import Any
 
 from torch import Tensor
 
-from sparse_coding import storage
 from sparse_coding.algorithms.validation import ValidationResult
+from sparse_coding.files import storage
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.pipelines.circuit import transcoder_keys
-from sparse_coding.tokenizer import Tokenizer
-from sparse_coding.tokens import token_text
+from sparse_coding.text.tokenizer import Tokenizer
+from sparse_coding.text.tokens import token_text
 
 
 def meaning_of(result: ValidationResult) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Put a Neuronpedia graph file on Neuronpedia (`sparse-coding upload FILE`, `sparse_coding/upload.py`).
+"""Put a Neuronpedia graph file on Neuronpedia (`sparse-coding upload FILE`, `sparse_coding/cli/upload.py`).
 
 Neuronpedia's three steps (its routes /api/graph/signed-put and /api/graph/save-to-db):
 1. POST {NEURONPEDIA_URL}/api/graph/signed-put with header ``x-api-key`` and

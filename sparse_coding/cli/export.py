@@ -15,10 +15,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparse_coding import storage
 from sparse_coding.cli import build_parser, run_as_program, run_script
 from sparse_coding.config import Config
 from sparse_coding.errors import GraphFileError
+from sparse_coding.files import storage
 from sparse_coding.pipelines.circuit import read_graph
 
 logger = logging.getLogger(__name__)
@@ -83,4 +83,4 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_as_program(run, __file__, "sparse_coding.export")
+    run_as_program(run, __file__, "sparse_coding.cli.export")

@@ -45,4 +45,4 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_as_program(run, __file__, "sparse_coding.upload")
+    run_as_program(run, __file__, "sparse_coding.cli.upload")

@@ -4,7 +4,7 @@ A `Cache` is one file holding a value and the key it was computed for (the
 model, SAEs, text and settings it depends on, see `cache_fingerprint`); it
 serves a run only when `why_stale` finds nothing against this run's key, and
 says in words why not otherwise. Files are written with
-`sparse_coding.storage.write_atomic`, inside DATA_DIR. Callers save a cache
+`sparse_coding.files.storage.write_atomic`, inside DATA_DIR. Callers save a cache
 after the run's own outputs are committed, so a failed run never replaces one.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sparse_coding.errors import SparseCodingError, StorageError
-from sparse_coding.storage import check_inside, write_atomic
+from sparse_coding.files.storage import check_inside, write_atomic
 
 T = TypeVar("T")
 

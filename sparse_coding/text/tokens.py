@@ -8,7 +8,7 @@ Neuronpedia do. (Control and invisible characters are escaped where text is
 drawn, by `sparse_coding.graphs.markup.visible_text`.)
 """
 
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.tokenizer import Tokenizer
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 A script that reads a dataset opens one `checkpointed` block around its
 computation (`sparse_coding.pipelines.resume` builds it from the config).
-Inside it, each pass over the data (`sparse_coding.sharding.run_pass`) saves
+Inside it, each pass over the data (`sparse_coding.runtime.sharding.run_pass`) saves
 its reduced state (sums, candidate heaps, cluster statistics) and its
 position in the data every CHECKPOINT_EVERY batches, and its final state when
 it ends (passes shorter than that save nothing), so that a run killed at any
@@ -11,7 +11,7 @@ finished pass is read back and the interrupted one continues where its last
 checkpoint stood.
 
 The file is DATA_DIR/<model>/checkpoints/<script>.ckpt (``hist.ckpt``), one
-per script, written by rank 0 alone, atomically (a `sparse_coding.cache.Cache`,
+per script, written by rank 0 alone, atomically (a `sparse_coding.files.cache.Cache`,
 so a kill mid-write leaves the previous checkpoint). It holds ``format``,
 ``fingerprint`` (`cache.cache_fingerprint`: the model's and SAEs' files,
 the dataset's identity, every config key but CHECKPOINT_EVERY, and the
@@ -36,9 +36,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sparse_coding import distributed
-from sparse_coding.cache import Cache
 from sparse_coding.errors import ConfigError
+from sparse_coding.files.cache import Cache
+from sparse_coding.runtime import distributed
 
 logger = logging.getLogger(__name__)
 

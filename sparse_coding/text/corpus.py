@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from sparse_coding.errors import DatasetError
-from sparse_coding.tokenizer import Tokenizer
+from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ them are the same.
 A pass's state is an object with ``reduce()``: a collective that combines
 every rank's partial state; the whole is on rank 0 afterwards (and on every
 rank where the state says so, e.g. sums). At each checkpoint
-(`sparse_coding.checkpoints`, every CHECKPOINT_EVERY batches of the whole
+(`sparse_coding.runtime.checkpoints`, every CHECKPOINT_EVERY batches of the whole
 stream) the state is reduced and saved by rank 0, and the other ranks start
 again from an empty state, so the saved state is the run's and does not
 depend on how many ranks made it. An interrupted pass resumes on rank 0
@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sparse_coding import checkpoints, distributed
-from sparse_coding.progress import progress
+from sparse_coding.runtime import checkpoints, distributed
+from sparse_coding.runtime.progress import progress
 
 B = TypeVar("B")
 

@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from sparse_coding import distributed
-from sparse_coding.allocator import keep_freed_memory
 from sparse_coding.config import DEFAULT_CONFIG_PATH, FIELDS, Config, load_config
 from sparse_coding.config.schema import script_keys
 from sparse_coding.errors import SparseCodingError
-from sparse_coding.phases import PhaseTimer
-from sparse_coding.storage import exit_cleanly_on_sigterm, full_disk_text
+from sparse_coding.files.storage import exit_cleanly_on_sigterm, full_disk_text
+from sparse_coding.runtime import distributed
+from sparse_coding.runtime.allocator import keep_freed_memory
+from sparse_coding.runtime.phases import PhaseTimer
 
 logger = logging.getLogger("sparse_coding")
 
@@ -41,8 +41,8 @@ SCRIPTS = {
     "steer": "sparse_coding.steer",
     "trace": "sparse_coding.trace",
     "demo": "sparse_coding.demo.run",
-    "export": "sparse_coding.export",
-    "upload": "sparse_coding.upload",
+    "export": "sparse_coding.cli.export",
+    "upload": "sparse_coding.cli.upload",
 }
 
 

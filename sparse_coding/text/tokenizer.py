@@ -44,7 +44,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from sparse_coding.errors import ConfigError
-from sparse_coding.hub_files import hub_file, why_hub_cannot_be_asked
+from sparse_coding.files.hub_files import hub_file, why_hub_cannot_be_asked
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@
 - Paths built from data (`safe_path`) and paths a run writes (`check_inside`)
   must resolve inside their base folder, so no link leads a write out of
   DATA_DIR.
-- Caches (`sparse_coding.cache`) write through `write_atomic`.
+- Caches (`sparse_coding.files.cache`) write through `write_atomic`.
 
 Nothing here imports a POSIX-only module: `import sparse_coding` works on Windows.
 """

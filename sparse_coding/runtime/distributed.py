@@ -9,7 +9,7 @@ does nothing and every helper here sees one process: world size 1, rank 0,
 reductions return their input unchanged. A process group the caller already
 joined is used as it is.
 
-What the ranks share, and how (the dataset passes, `sparse_coding.sharding`,
+What the ranks share, and how (the dataset passes, `sparse_coding.runtime.sharding`,
 are the callers):
 - `all_sum`: sums and counts, in float64, by one all-reduce;
 - `all_max`: running maxima, by all-reduce;
