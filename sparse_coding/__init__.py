@@ -1,6 +1,7 @@
 """sparse_coding: circuit discovery in GPT-2 small with sparse autoencoders.
 
-The scripts (`pipe.py`, `fast.py`, `val.py`, `hist.py`, `steer.py`) are thin front doors;
+The scripts (`pipe.py`, `fast.py`, `val.py`, `hist.py`, `steer.py`, `trace.py`) are
+three-line front doors over `sparse_coding.cli`;
 from a notebook, the names below are one import away
 (``from sparse_coding import load_config, load_spliced_model, ...``). They load
 on first use, so importing the package stays cheap.

@@ -1,4 +1,4 @@
-"""`python3 -m sparse_coding pipe|fast|val|hist|steer [--config PATH]`, as the `sparse-coding` command."""
+"""`python3 -m sparse_coding pipe|fast|val|hist|steer|trace|demo|export|upload [--config PATH]`."""
 
 from sparse_coding.cli import main
 

@@ -65,7 +65,7 @@ def rank_main(rank: int, launch: dict, argv: list[str], port: int, log: str) -> 
     if launch.get("kill"):
         kill_when_saving(*launch["kill"])
     try:
-        cli.main(argv)
+        cli.main(argv=argv)
     except SystemExit as e:
         if e.code:
             raise

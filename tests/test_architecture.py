@@ -1,9 +1,10 @@
 """The package's imports run one way: each layer imports only the layers before it.
 
-Read from the folder names: foundation -> config -> models -> transcoders -> splicing ->
-graphs -> algorithms -> labels -> sharing -> pipelines -> cli -> scripts. The check
-walks every module's import statements (ast, nothing is imported), so a
-back-arrow fails here before it tangles the package.
+Read from the folder names: the shared vocabulary (errors, node ids) -> files ->
+config, runtime and text -> models and graphs -> transcoders -> splicing ->
+algorithms, labels and sharing -> pipelines -> cli -> the front doors. The
+check walks every module's import statements (ast, nothing is imported), so
+a back-arrow fails here before it tangles the package.
 """
 
 import ast
@@ -29,20 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # Only these read the Config object: everything below takes explicit arguments.
-CONFIG_READERS = {
-    "pipelines",
-    "cli",
-    "pipe",
-    "fast",
-    "val",
-    "hist",
-    "steer",
-    "trace",
-    "export",
-    "upload",
-    "__main__",
-    "demo",
-}
+CONFIG_READERS = {"pipelines", "cli", "pipe", "fast", "val", "hist", "steer", "trace", "__main__", "demo"}
 CONFIG_NAMES = {"Config", "load_config", "config_from_dict"}
 
 

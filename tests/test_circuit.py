@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sparse_coding import val
+from sparse_coding.cli import val
 from sparse_coding.config import DEFAULT_CONFIG_PATH, load_config
 from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.graph import Graph, Node, run_record

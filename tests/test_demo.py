@@ -35,7 +35,7 @@ def demo_config(data_dir: Path, **overrides) -> Config:
 
 def run(script: str, config: Config, **args) -> None:
     """A script's main() in-process, with the arguments its parser would give it."""
-    module = __import__(f"sparse_coding.{script}", fromlist=["main"])
+    module = __import__(f"sparse_coding.cli.{script}", fromlist=["main"])
     defaults = {
         "phases": PhaseTimer(),
         "new_graph": False,

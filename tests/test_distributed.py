@@ -240,7 +240,7 @@ def test_a_failing_rank_ends_every_rank_with_one_message_and_no_hang(write_confi
         "    return real(*args)\n"
         "validation._add_batch = failing\n"
         "from sparse_coding import cli\n"
-        "cli.main(sys.argv[1:])\n"
+        "cli.main(argv=sys.argv[1:])\n"
     )
     began = time.monotonic()
 

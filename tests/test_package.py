@@ -49,7 +49,7 @@ def test_the_console_command_hands_each_script_its_own_arguments(script, capsys)
     from sparse_coding.cli import main
 
     with pytest.raises(SystemExit) as done:
-        main([script, "--help"])
+        main(argv=[script, "--help"])
     assert done.value.code == 0
     usage = capsys.readouterr().out
     assert usage.startswith(f"usage: sparse-coding {script} ") and "--config" in usage
@@ -60,7 +60,7 @@ def test_the_console_command_without_a_script_lists_the_scripts(capsys):
     from sparse_coding.cli import main
 
     with pytest.raises(SystemExit) as done:
-        main(["plot"])
+        main(argv=["plot"])
     assert done.value.code == 2
     assert "sparse-coding {pipe|fast|val|hist|steer|trace|demo|export|upload}" in capsys.readouterr().err
 

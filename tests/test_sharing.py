@@ -9,8 +9,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from sparse_coding.cli import run
 from sparse_coding.cli.export import export_graph
-from sparse_coding.cli.export import run as export_run
 from sparse_coding.config import load_config
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Graph, Node, run_record
@@ -189,7 +189,7 @@ def test_dunefsky_transcoder_features_point_at_neuronpedias_tres_dc_sets(trace_g
 def test_tables_export_holds_every_node_and_edge(demo_graph, fmt, capsys):
     import pandas as pd
 
-    export_run([str(demo_graph), "--to", fmt, "-q"], prog="sparse-coding export")
+    run("export", [str(demo_graph), "--to", fmt, "-q"], prog="sparse-coding export")
     assert "export: wrote" in capsys.readouterr().out
     read = pd.read_csv if fmt == "csv" else pd.read_parquet
     nodes = read(demo_graph.with_name(f"grads_graph.nodes.{fmt}"))

@@ -36,7 +36,7 @@ def demo_raw(data_dir: Path, **overrides) -> dict:
 
 
 def run_steer(config: Config, **args) -> None:
-    from sparse_coding.steer import main
+    from sparse_coding.cli.steer import main
 
     defaults = {"phases": PhaseTimer(), "from_graph": None, "node": None, "top": None, "curve": False}
     defaults |= {"set": None, "scale": None, "add": None}
@@ -97,7 +97,7 @@ def test_the_response_curve_of_mlp_0_4_to_mlp_1_6_is_monotone_and_drawn(tmp_path
 def steer_error(tmp_path, capsys, monkeypatch, argv=(), **overrides) -> str:
     """The one-paragraph error of a steer.py run that must stop before the model loads."""
     import sparse_coding.pipelines.loading as loading
-    from sparse_coding.steer import run
+    from sparse_coding.cli import run
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
@@ -106,7 +106,7 @@ def steer_error(tmp_path, capsys, monkeypatch, argv=(), **overrides) -> str:
     path = tmp_path / "steer.yaml"
     path.write_text(yaml.safe_dump(demo_raw(tmp_path, **overrides)))
     with pytest.raises(SystemExit) as info:
-        run(["--config", str(path), "-q", *argv])
+        run("steer", ["--config", str(path), "-q", *argv])
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -205,15 +205,15 @@ def test_node_on_the_command_line_replaces_steer(tmp_path):
 
 
 def test_the_viewers_commands_run_as_given(tmp_path):
+    from sparse_coding.cli import run
     from sparse_coding.config.steering import FeatureEdit, steer_commands
-    from sparse_coding.steer import run
 
     lines = dict(steer_commands("attn_0.4"))
     path = tmp_path / "steer.yaml"
     path.write_text(yaml.safe_dump(demo_raw(tmp_path)))
     command = lines["ablate"].split()
     assert command[:2] == ["sparse-coding", "steer"]
-    run([*command[2:], "--config", str(path), "-q"])
+    run(command[1], [*command[2:], "--config", str(path), "-q"])
     data = json.loads(next(tmp_path.rglob("steering.json")).read_text())
     assert [(e["node"], e["kind"], e["value"]) for e in data["interventions"]] == [("attn_0.4", "set", 0.0)]
     pasted = config_from_dict(demo_raw(tmp_path) | yaml.safe_load(lines["config"]))

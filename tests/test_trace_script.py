@@ -15,7 +15,7 @@ from sparse_coding.transcoders.loading import load_transcoders
 
 
 def run_trace(config) -> dict:
-    import sparse_coding.trace as trace
+    import sparse_coding.cli.trace as trace
 
     trace.main(config, argparse.Namespace(phases=PhaseTimer(), new_graph=False))
     return json.loads((config.model_data_dir(config.MODEL_DIR) / "trace_graph.json").read_text())

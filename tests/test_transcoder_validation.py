@@ -140,7 +140,7 @@ def demo_trace(tmp_path_factory):
 
 
 def run_steer(config, **args):
-    from sparse_coding.steer import main
+    from sparse_coding.cli.steer import main
 
     defaults = {"phases": PhaseTimer(), "from_graph": None, "node": None, "top": None, "curve": False}
     main(config, argparse.Namespace(**(defaults | {"set": None, "scale": None, "add": None} | args)))
@@ -154,7 +154,7 @@ def p_hot(report, which: str) -> float:
 
 
 def test_val_of_the_demo_trace_graph_recovers_the_planted_path_whole(demo_trace):
-    from sparse_coding.val import main
+    from sparse_coding.cli.val import main
 
     config, graph = demo_trace
     main(
@@ -191,7 +191,7 @@ def test_steering_a_planted_transcoder_feature_off_takes_hot_away(demo_trace):
     ],
 )
 def test_a_transcoder_node_that_the_set_cannot_hold_is_named(demo_trace, overrides, node, words):
-    from sparse_coding.val import main
+    from sparse_coding.cli.val import main
 
     config, graph = demo_trace
     config = demo_config(config.DATA_DIR, **overrides)

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sparse_coding.cli.upload import run as upload_run
+from sparse_coding.cli import run
 from sparse_coding.errors import ConfigError
 from sparse_coding.sharing.upload import UploadError, api_base, upload
 
@@ -173,14 +173,14 @@ def test_dry_run_sends_nothing_and_a_missing_key_is_a_clear_error(
 ):
     config = tmp_path / "c.yaml"
     config.write_text(f'NEURONPEDIA_URL: "{server.url}"\n')
-    upload_run([str(graph_file), "--dry-run", "--config", str(config), "-q"])
+    run("upload", [str(graph_file), "--dry-run", "--config", str(config), "-q"])
     assert "nothing sent" in capsys.readouterr().out and server.requests == []
     monkeypatch.delenv("NEURONPEDIA_API_KEY", raising=False)
     with pytest.raises(SystemExit):
-        upload_run([str(graph_file), "--config", str(config), "-q"])
+        run("upload", [str(graph_file), "--config", str(config), "-q"])
     assert "NEURONPEDIA_API_KEY is unset" in capsys.readouterr().err
     monkeypatch.setenv("NEURONPEDIA_API_KEY", KEY)
     _success(server)
-    upload_run([str(graph_file), "--config", str(config), "-q"])
+    run("upload", [str(graph_file), "--config", str(config), "-q"])
     out = capsys.readouterr()
     assert "saved on" in out.out and KEY not in out.out + out.err

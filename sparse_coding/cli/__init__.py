@@ -1,11 +1,13 @@
-"""The one wrapper every script runs through: `--config`, logging, clean errors.
+"""The one entry every script runs through: its command line, `--config`, logging, clean errors.
 
-User-fixable problems (`SparseCodingError`, and a full disk, read-only mount
-or missing permission) become one paragraph on stderr and exit status 1;
-anything else is a bug and keeps its traceback. The scripts run their
-preflight checks and import their pipeline inside `main`, so `--help` and
-config errors never wait for torch. `main` is the `sparse-coding
-pipe|fast|val|hist|steer|trace` console command.
+The front doors (`pipe.py`, `fast.py`, `val.py`, `hist.py`, `steer.py`,
+`trace.py`) and the `sparse-coding SCRIPT` console command all call `main`.
+Each script's own part is one module here (`sparse_coding.cli.fast`, ...):
+its `command_line` (options, description, --help) and its `main(config, args)`,
+which runs its preflight checks and imports its pipeline, so `--help` and config
+errors never wait for torch. User-fixable problems (`SparseCodingError`, and a
+full disk, read-only mount or missing permission) become one paragraph on
+stderr and exit status 1; anything else is a bug and keeps its traceback.
 """
 
 import argparse
@@ -33,17 +35,10 @@ logger = logging.getLogger("sparse_coding")
 # a read-only mount, missing permissions. Any other OSError keeps its traceback.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
-SCRIPTS = {
-    "pipe": "sparse_coding.pipe",
-    "fast": "sparse_coding.fast",
-    "val": "sparse_coding.val",
-    "hist": "sparse_coding.hist",
-    "steer": "sparse_coding.steer",
-    "trace": "sparse_coding.trace",
-    "demo": "sparse_coding.demo.run",
-    "export": "sparse_coding.cli.export",
-    "upload": "sparse_coding.cli.upload",
-}
+# The commands of `sparse-coding`: each a module sparse_coding.cli.<name> with `command_line` and `main`,
+# but the demo, which writes a config and runs fast, pipe and val on it.
+SCRIPTS = ("pipe", "fast", "val", "hist", "steer", "trace", "demo", "export", "upload")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def build_parser(
@@ -253,12 +248,30 @@ def _fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`sparse-coding SCRIPT [--config PATH] ...`: run a script (pipe.py, fast.py, val.py, hist.py,
-    steer.py, trace.py, ...) or the demo, then end the process when it was started as that command
-    (`run_as_program`)."""
+def run(script: str, argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Parse `script`'s arguments (`argv`, default sys.argv[1:]) and run it, without ending the process
+    (the demo and tests call this; `main` is the programs' entry)."""
+    if script == "demo":
+        importlib.import_module("sparse_coding.demo.run").run(argv, prog)
+        return
+    command = importlib.import_module(f"sparse_coding.cli.{script}")
+    run_script(command.main, command.DESCRIPTION, argv, parser=command.command_line(prog))
+
+
+def main(script: str | None = None, argv: Sequence[str] | None = None) -> None:
+    """Run `script` (a front door's ``main("fast")``), or the one the first argument names (the
+    `sparse-coding SCRIPT [--config PATH] ...` console command), then end the process when it was
+    started as that program (`run_as_program`)."""
+    # A front door run as a file put its folder on sys.path, where the package's folders and modules
+    # (config, trace, ...) would shadow top-level modules of those names.
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != PACKAGE_DIR]
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in SCRIPTS:
+    if script is not None:
+        programs, prog = (str(PACKAGE_DIR / f"{script}.py"), f"sparse_coding.{script}"), None
+    elif argv and argv[0] in SCRIPTS:
+        programs, prog = ("sparse-coding", "sparse_coding"), f"sparse-coding {argv[0]}"
+        script, argv = argv[0], argv[1:]
+    else:
         names = "|".join(SCRIPTS)
         print(f"usage: sparse-coding {{{names}}} [--config PATH] [-q] [-v] [...]", file=sys.stderr)
         print(
@@ -268,5 +281,4 @@ def main(argv: Sequence[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
-    script, prog = importlib.import_module(SCRIPTS[argv[0]]), f"sparse-coding {argv[0]}"
-    run_as_program(lambda: script.run(argv[1:], prog=prog), "sparse-coding", "sparse_coding")
+    run_as_program(lambda: run(script, argv, prog), *programs)

@@ -12,10 +12,9 @@ import argparse
 import json
 import logging
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
-from sparse_coding.cli import build_parser, run_as_program, run_script
+from sparse_coding.cli import build_parser
 from sparse_coding.config import Config
 from sparse_coding.errors import GraphFileError
 from sparse_coding.files import storage
@@ -72,15 +71,12 @@ def _require(module: str, what: str) -> None:
         raise GraphFileError(f'--to {what} needs {module}: pip install -e ".[analysis]"')
 
 
-def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
-    """Parse export's arguments and run it; `sparse-coding export` calls this."""
+def command_line(prog: str | None = None) -> argparse.ArgumentParser:
+    """export's command line: the options every script takes (`build_parser`) and its own."""
     parser = build_parser(DESCRIPTION, prog, section="Sharing graphs")
     parser.add_argument("graph", help="the graph's .json (or .dot)")
     parser.add_argument("--to", required=True, choices=FORMATS, help="the format to write")
     parser.add_argument("--slug", help="Neuronpedia slug ([A-Za-z0-9_.-]; default: the file's stem)")
     parser.add_argument("--out", type=Path, help="folder to write into (default: beside the graph)")
-    run_script(main, DESCRIPTION, argv, parser=parser)
+    return parser
 
-
-if __name__ == "__main__":
-    run_as_program(run, __file__, "sparse_coding.cli.export")

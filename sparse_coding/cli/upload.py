@@ -5,10 +5,9 @@ A thin front door: the client is `sparse_coding.sharing.upload`.
 
 import argparse
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-from sparse_coding.cli import build_parser, run_as_program, run_script
+from sparse_coding.cli import build_parser
 from sparse_coding.config import Config, redact_url
 from sparse_coding.errors import ConfigError
 from sparse_coding.sharing.upload import api_base, check_file, upload
@@ -34,15 +33,12 @@ def main(config: Config, args: argparse.Namespace) -> str:
     return f"upload: {path.name} saved on {redact_url(base)}: {reply.get('url') or reply}"
 
 
-def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
-    """Parse upload's arguments and run it; `sparse-coding upload` calls this."""
+def command_line(prog: str | None = None) -> argparse.ArgumentParser:
+    """upload's command line: the options every script takes (`build_parser`) and its own."""
     parser = build_parser(DESCRIPTION, prog, section="Sharing graphs")
     parser.add_argument("file", help="a <stem>.neuronpedia.json file (sparse-coding export --to neuronpedia)")
     parser.add_argument(
         "--dry-run", action="store_true", help="check the file and say where it would go; send nothing"
     )
-    run_script(main, DESCRIPTION, argv, parser=parser)
+    return parser
 
-
-if __name__ == "__main__":
-    run_as_program(run, __file__, "sparse_coding.cli.upload")

@@ -37,7 +37,7 @@ def write_demo_config(out_dir: Path) -> Path:
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Write the demo config into OUT_DIR and run fast.py, pipe.py and val.py on it, quietly."""
-    from sparse_coding import fast, pipe, val
+    from sparse_coding.cli import run as run_command
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -46,5 +46,5 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     args = parser.parse_args(argv)
     config = write_demo_config(Path(args.out_dir))
     print(f"demo: config {config}")
-    for script in (fast, pipe, val):
-        script.run(["--config", str(config), "-q"], prog=f"{script.__name__.rsplit('.', 1)[1]}.py")
+    for script in ("fast", "pipe", "val"):
+        run_command(script, ["--config", str(config), "-q"], prog=f"{script}.py")
