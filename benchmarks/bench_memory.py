@@ -100,7 +100,8 @@ def run_phase(spliced: SplicedModel, phase: str, rows: int, positions: int) -> N
         )
         collect_contexts(spliced, IdNames(), [batch], features=features, per_feature=10, view=5)
     elif phase == "val":
-        from sparse_coding.algorithms.validation import feature_means, validate_circuit
+        from sparse_coding.algorithms.feature_means import feature_means
+        from sparse_coding.algorithms.validation import validate_circuit
         from sparse_coding.text.corpus import TokenBatch
 
         batches = [TokenBatch(ids, torch.ones_like(ids), 0)]

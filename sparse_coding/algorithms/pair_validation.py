@@ -19,8 +19,9 @@ from typing import NamedTuple
 import torch
 
 from sparse_coding.algorithms.attribution import losses
+from sparse_coding.algorithms.feature_means import SiteMeans
 from sparse_coding.algorithms.metrics import Metric
-from sparse_coding.algorithms.validation import Circuit, SiteMeans, mean_ablations
+from sparse_coding.algorithms.validation import Circuit, mean_ablations
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
 from sparse_coding.runtime.sharding import Sums, run_pass

@@ -40,7 +40,8 @@ share of the batches and the sums are added over the ranks
 (`sparse_coding.runtime.sharding`).
 
 Phases:
-    1. means: a clean pass sums every site's features and errors over real tokens.
+    1. means: a clean pass sums every site's features and errors over real tokens
+       (`sparse_coding.algorithms.feature_means`, which fast.py's mean baseline uses too).
     2. evaluation: per batch, the clean forward and the four ablated ones.
     3. ratios: faithfulness and completeness from the summed metric values.
 
@@ -61,11 +62,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparse_coding.algorithms.feature_means import SiteMeans, cpu_total, feature_means
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.runtime.distributed import all_sum
-from sparse_coding.runtime.sharding import Sums, run_pass
+from sparse_coding.runtime.sharding import run_pass
 from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
 from sparse_coding.text.corpus import TokenBatch
 
@@ -77,13 +79,6 @@ VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
 # Below this |m(M) - m(empty)| (nats of mean CE) the ratios divide noise by
 # noise (a 1e-4 change in m(C) would move faithfulness by 0.1): undefined.
 MIN_METRIC_SPAN = 1e-3
-
-
-class SiteMeans(NamedTuple):
-    """What mean ablation sets a site's parts to: means over the real tokens evaluated."""
-
-    features: dict[str, Tensor]  # site key -> (d_sae,) mean activation
-    errors: dict[str, Tensor]  # site key -> (d_model,) mean SAE error term
 
 
 class ValidationResult(NamedTuple):
@@ -163,26 +158,6 @@ def _decode_active(site: Site, values: Tensor) -> Tensor:
     return out.index_put_((rows, positions), decoded, accumulate=True)
 
 
-def _summing_parts(sums: SiteMeans, real: Tensor) -> Intervention:
-    """Intervention adding each site's features and errors over real tokens into `sums` (NumPy, CPU),
-    once per key (at a transcoder layer's reading site); errors where the site computes them."""
-
-    def record(site: Site, x: Tensor) -> Tensor:
-        if site.key in sums.features and site.reads:
-            code = site.code(x)
-            sums.features[site.key] += _cpu_total(code.feats[real])  # (n_real, d_sae) summed
-            if code.error is not None:
-                sums.errors[site.key] += _cpu_total(code.error[real])
-        return x
-
-    return record
-
-
-def _cpu_total(values: Tensor) -> np.ndarray:
-    """Column sums in float32 on the device, as float64 on the CPU (MPS has no float64)."""
-    return values.float().sum(dim=0).cpu().numpy().astype(np.float64)
-
-
 def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
     """(n, 3) rows (batch row, position, feature): each circuit feature, each real token."""
     where = real.nonzero()  # (n_real, 2)
@@ -218,48 +193,6 @@ def mean_ablations(
 
 
 # ---------------------------------------------------------------- the passes
-
-
-@torch.no_grad()
-def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: Iterable[str]) -> SiteMeans:
-    """Each feature's mean activation (d_sae,) and the mean error term (d_model,) over the real tokens.
-
-    Runs the blocks only up to the last of `sites`: nothing after it is needed.
-    Under torchrun each rank sums its share of the batches (`sharding.run_pass`).
-    """
-    chosen = {key: spliced.by_key[key] for key in sites}
-    stop = 1 + max((site.layer for site in chosen.values()), default=-1)
-
-    def empty() -> Sums:
-        return Sums(
-            {
-                "features": {key: np.zeros(site.d_sae) for key, site in chosen.items()},
-                "errors": {key: np.zeros(site.d_model) for key, site in chosen.items()},
-                "n_tokens": 0,
-            }
-        )
-
-    def add(sums: Sums, index: int, batch: TokenBatch) -> None:
-        real = batch.attention_mask.bool()
-        parts = SiteMeans(sums.values["features"], sums.values["errors"])
-        with spliced.intervene(_summing_parts(parts, real)):
-            spliced.run_blocks(spliced.embed(batch.input_ids), 0, stop, batch.attention_mask)
-        sums.values["n_tokens"] += int(real.sum())
-
-    totals = run_pass(
-        "feature means", batches, empty=empty, add=add, desc="Feature means", leave=False
-    ).values
-    n_tokens = totals["n_tokens"]
-    if n_tokens == 0:
-        raise DatasetError("the evaluated data has no tokens; check PROMPT or DATASET")
-
-    def means(sums: dict[str, np.ndarray]) -> dict[str, Tensor]:
-        return {
-            key: torch.from_numpy((total / n_tokens).astype(np.float32)).to(spliced.device, chosen[key].dtype)
-            for key, total in sums.items()
-        }
-
-    return SiteMeans(means(totals["features"]), means(totals["errors"]))
 
 
 @dataclass
@@ -299,7 +232,7 @@ def _last_probs(log_probs: Tensor, batch: TokenBatch) -> np.ndarray:
     """Sum over sequences of p(next token) after each one's last real token."""
     last = batch.attention_mask.sum(dim=1) - 1
     rows = torch.arange(len(last), device=last.device)
-    return _cpu_total(log_probs[rows, last].exp())
+    return cpu_total(log_probs[rows, last].exp())
 
 
 def _add(sums: _Sums, name: str, log_probs: Tensor, batch: TokenBatch) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
+from sparse_coding.algorithms.feature_means import feature_means
 from sparse_coding.algorithms.metrics import METRICS
-from sparse_coding.algorithms.validation import feature_means
 from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph
 from sparse_coding.pipelines.inputs import config_batches, warn_unknown_prompts
