@@ -52,7 +52,7 @@ from sparse_coding.labels.logit_lens import add_logit_effects  # noqa: E402
 from sparse_coding.pipelines.publish import wanted_features  # noqa: E402
 from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import Site, SplicedModel  # noqa: E402
-from sparse_coding.text.corpus import TokenBatch  # noqa: E402
+from sparse_coding.text.batches import TokenBatch  # noqa: E402
 from sparse_coding.text.pairs import token_batch  # noqa: E402
 
 COUNTS = {"forward": 0, "backward": 0}

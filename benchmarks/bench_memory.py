@@ -86,13 +86,13 @@ def run_phase(spliced: SplicedModel, phase: str, rows: int, positions: int) -> N
     if phase == "fast":
         from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_graph
         from sparse_coding.algorithms.metrics import METRICS
-        from sparse_coding.text.pairs import ExampleBatch
+        from sparse_coding.text.batches import TokenBatch
 
-        batch = ExampleBatch(ids[:, :-1], torch.ones_like(ids[:, :-1]), ids[:, -1], None, None)
+        batch = TokenBatch(ids[:, :-1], torch.ones_like(ids[:, :-1]), answers=ids[:, -1])
         gradient_graph(spliced, [batch], GraphOptions(metric=METRICS["cross_entropy"]))
     elif phase == "contexts":
         from sparse_coding.labels.contexts import collect_contexts
-        from sparse_coding.text.corpus import TokenBatch
+        from sparse_coding.text.batches import TokenBatch
 
         batch = TokenBatch(ids, torch.ones_like(ids), 0)
         features = (
@@ -102,7 +102,7 @@ def run_phase(spliced: SplicedModel, phase: str, rows: int, positions: int) -> N
     elif phase == "val":
         from sparse_coding.algorithms.feature_means import feature_means
         from sparse_coding.algorithms.validation import validate_circuit
-        from sparse_coding.text.corpus import TokenBatch
+        from sparse_coding.text.batches import TokenBatch
 
         batches = [TokenBatch(ids, torch.ones_like(ids), 0)]
         means = feature_means(spliced, batches, spliced.by_key)
@@ -110,7 +110,7 @@ def run_phase(spliced: SplicedModel, phase: str, rows: int, positions: int) -> N
         validate_circuit(spliced, batches, circuit=circuit, means=means)
     else:
         from sparse_coding.algorithms.ablation_graph import ablation_graph
-        from sparse_coding.text.corpus import TokenBatch
+        from sparse_coding.text.batches import TokenBatch
 
         batch = TokenBatch(ids, torch.ones_like(ids), 0)
         layers = [site.layer for site in spliced.sites]

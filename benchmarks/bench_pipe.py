@@ -46,7 +46,7 @@ from sparse_coding.models.saes import SAE, SAEConfig
 from sparse_coding.nodes import feature_id
 from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 
 LAYERS = [9, 10, 11]
 D_SAE = 24576

@@ -28,7 +28,8 @@ from sparse_coding.algorithms.attribution_graph import GraphOptions, gradient_gr
 from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
 from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
-from sparse_coding.text.pairs import ExampleBatch, token_batch  # noqa: E402
+from sparse_coding.text.batches import TokenBatch  # noqa: E402
+from sparse_coding.text.pairs import token_batch  # noqa: E402
 
 N_TOKENS = 12
 
@@ -52,7 +53,7 @@ def random_pairs(n: int, gen: torch.Generator, device: str) -> tuple[torch.Tenso
 
 
 def timed_graph(
-    spliced: SplicedModel, batches: list[ExampleBatch], options: GraphOptions, device: str
+    spliced: SplicedModel, batches: list[TokenBatch], options: GraphOptions, device: str
 ) -> float:
     start = time.perf_counter()
     gradient_graph(spliced, batches, options)

@@ -41,7 +41,7 @@ from sparse_coding.algorithms.steering import site_edits, steering  # noqa: E402
 from sparse_coding.config.steering import CurveSpec, FeatureEdit  # noqa: E402
 from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
-from sparse_coding.text.corpus import TokenBatch  # noqa: E402
+from sparse_coding.text.batches import TokenBatch  # noqa: E402
 
 LAYERS = range(9, 12)
 # What a timing reads: wall time, or with --cpu-time the process's CPU time, which on a machine

@@ -26,7 +26,7 @@ from sparse_coding.algorithms.metrics import METRICS  # noqa: E402
 from sparse_coding.config import config_from_dict  # noqa: E402
 from sparse_coding.models.gpt2 import tokenize_prompt  # noqa: E402
 from sparse_coding.pipelines.loading import load_spliced_model  # noqa: E402
-from sparse_coding.text.corpus import TokenBatch  # noqa: E402
+from sparse_coding.text.batches import TokenBatch  # noqa: E402
 from sparse_coding.text.pairs import token_batch  # noqa: E402
 
 PROMPT = "When Mary and John went to the store, John gave"

@@ -17,7 +17,7 @@ from sparse_coding.algorithms.steering import read_under_edits, steer, watch_of
 from sparse_coding.config import config_from_dict
 from sparse_coding.config.steering import CurveSpec, FeatureEdit
 from sparse_coding.pipelines.loading import load_spliced_model
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 
 PROMPTS = [[0, 17, 42, 99, 7, 250, 3, 61], [0, 5, 61, 128, 9]]
 CONTINUATION = [[11, 12, 13, 14, 15], [21, 22, 23, 24, 25]]

@@ -64,7 +64,7 @@ from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.nodes import feature_id, site_key
 from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.text.tokens import token_text
 

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from sparse_coding.splicing.splice import Site, SplicedModel
 from sparse_coding.splicing.suffix import PrefixCache, SparseEdit, Suffixes, block_keys_values, run_suffix
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 
 # Blocks computed before a resid site's stream: hook_resid_pre L is block L's
 # input, hook_resid_post L its output (= block L+1's input).

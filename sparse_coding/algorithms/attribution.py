@@ -43,7 +43,7 @@ from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.saes import grouped_rows_sum
 from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Intervention, Site, SiteCode, SplicedModel, record_codes
-from sparse_coding.text.pairs import ExampleBatch
+from sparse_coding.text.batches import TokenBatch
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class SiteAttribution:
     position_activation: Tensor  # (pos, d_sae) largest activation at each position over the examples
 
 
-def losses(spliced: SplicedModel, batch: ExampleBatch, metric: Metric, repeat: int = 1) -> Tensor:
+def losses(spliced: SplicedModel, batch: TokenBatch, metric: Metric, repeat: int = 1) -> Tensor:
     """The metric's loss per row (repeat * batch,) for the batch repeated `repeat` times (step-major)."""
     logits = spliced(batch.input_ids.repeat(repeat, 1), batch.attention_mask.repeat(repeat, 1))
     rows = torch.arange(logits.shape[0], device=logits.device)
@@ -136,7 +136,7 @@ def site_runs(
 
 def all_leaves(
     spliced: SplicedModel,
-    batch: ExampleBatch,
+    batch: TokenBatch,
     *,
     baseline: Baseline,
     means: dict[str, Tensor] | None = None,
@@ -200,7 +200,7 @@ def site_leaves(
 
 def node_attributions(
     spliced: SplicedModel,
-    batch: ExampleBatch,
+    batch: TokenBatch,
     *,
     metric: Metric,
     baseline: str = "zero",
@@ -230,7 +230,7 @@ def node_attributions(
 
 
 def _clean_gradients(
-    spliced: SplicedModel, batch: ExampleBatch, metric: Metric, leaves: dict[str, SiteLeaves]
+    spliced: SplicedModel, batch: TokenBatch, metric: Metric, leaves: dict[str, SiteLeaves]
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """grad_v m and grad_e m of every site at the clean point: one forward, one backward."""
     value_leaves = {key: lv.values.clone().requires_grad_() for key, lv in leaves.items()}
@@ -249,7 +249,7 @@ def _clean_gradients(
 
 
 def _integrated_gradients(
-    spliced: SplicedModel, batch: ExampleBatch, metric: Metric, leaves: dict[str, SiteLeaves], steps: int
+    spliced: SplicedModel, batch: TokenBatch, metric: Metric, leaves: dict[str, SiteLeaves], steps: int
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Mean gradients along a' -> a, one site at a time, steps x examples as one batch (midpoint rule)."""
     alphas = (torch.arange(steps, device=batch.input_ids.device) + 0.5) / steps
@@ -276,7 +276,7 @@ def _replace_site(key: str, leaves: SiteLeaves, values: Tensor, error: Tensor) -
 
 def _site_attribution(
     site: Site,
-    batch: ExampleBatch,
+    batch: TokenBatch,
     leaves: SiteLeaves,
     code: SiteCode,
     grad_v: Tensor,

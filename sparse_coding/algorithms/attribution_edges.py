@@ -33,7 +33,7 @@ from sparse_coding.algorithms.attribution import SiteAttribution
 from sparse_coding.algorithms.node_slots import SUMMED, NodeLayout
 from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
-from sparse_coding.text.pairs import ExampleBatch
+from sparse_coding.text.batches import TokenBatch
 
 # Down-nodes per vmapped backward: bounds the batch's extra memory.
 MAX_BATCHED_ROWS = 64
@@ -73,7 +73,7 @@ def path_alphas(steps: int, device: torch.device, dtype: torch.dtype) -> Tensor:
 
 def edges(
     spliced: SplicedModel,
-    batch: ExampleBatch,
+    batch: TokenBatch,
     attributions: dict[str, SiteAttribution],
     down_nodes: dict[str, Tensor],
     *,

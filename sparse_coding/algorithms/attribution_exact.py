@@ -24,14 +24,14 @@ from sparse_coding.algorithms.ablation_rows import rows_per_forward
 from sparse_coding.algorithms.attribution import SiteAttribution, losses
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.splicing.splice import SplicedModel, zero_ablation
-from sparse_coding.text.pairs import ExampleBatch
+from sparse_coding.text.batches import TokenBatch
 
 logger = logging.getLogger(__name__)
 
 
 def exact_effects(
     spliced: SplicedModel,
-    batch: ExampleBatch,
+    batch: TokenBatch,
     attributions: dict[str, SiteAttribution],
     nodes: dict[str, Tensor],
     *,
@@ -53,7 +53,7 @@ def exact_effects(
 
 
 def _rows(
-    batch: ExampleBatch, attributions: dict[str, SiteAttribution], nodes: dict[str, Tensor]
+    batch: TokenBatch, attributions: dict[str, SiteAttribution], nodes: dict[str, Tensor]
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
     """The ablation rows: per site, (n, 3) targets (row, position, feature) and their baseline values;
     and per row its example and its node's index among all nodes."""
@@ -74,7 +74,7 @@ def _rows(
 
 def _run_rows(
     spliced: SplicedModel,
-    batch: ExampleBatch,
+    batch: TokenBatch,
     metric: Metric,
     targets: dict[str, Tensor],
     values: dict[str, Tensor],
@@ -93,7 +93,7 @@ def _run_rows(
 
 def exact_error_effects(
     spliced: SplicedModel,
-    batch: ExampleBatch,
+    batch: TokenBatch,
     attributions: dict[str, SiteAttribution],
     keys: list[str],
     *,

@@ -52,7 +52,7 @@ from sparse_coding.graphs.graph import Graph
 from sparse_coding.nodes import error_id, feature_id
 from sparse_coding.runtime.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.pairs import ExampleBatch
+from sparse_coding.text.batches import TokenBatch
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class GraphOptions:
 
 def gradient_graph(
     spliced: SplicedModel,
-    batches: list[ExampleBatch],
+    batches: list[TokenBatch],
     options: GraphOptions,
     *,
     means: dict[str, Tensor] | None = None,
@@ -137,13 +137,13 @@ def gradient_graph(
 
 def _kept_attributions(
     spliced: SplicedModel, options: GraphOptions, means: dict[str, Tensor] | None
-) -> Callable[[int, ExampleBatch], dict[str, SiteAttribution]]:
+) -> Callable[[int, TokenBatch], dict[str, SiteAttribution]]:
     """`attributions(index, batch)`: phase 1 of this rank's batch at `index`. The first KEPT_BATCHES
     are kept for phases 4 and 5; the others (and those done before a resumed run's checkpoint) are
     computed again there, so memory does not grow with the number of examples."""
     kept: dict[int, dict[str, SiteAttribution]] = {}
 
-    def attributions(index: int, batch: ExampleBatch) -> dict[str, SiteAttribution]:
+    def attributions(index: int, batch: TokenBatch) -> dict[str, SiteAttribution]:
         if index in kept:
             return kept[index]
         computed = _node_phase(spliced, batch, options, means)
@@ -155,7 +155,7 @@ def _kept_attributions(
 
 
 def _node_phase(
-    spliced: SplicedModel, batch: ExampleBatch, options: GraphOptions, means: dict[str, Tensor] | None
+    spliced: SplicedModel, batch: TokenBatch, options: GraphOptions, means: dict[str, Tensor] | None
 ) -> dict[str, SiteAttribution]:
     """Phase 1 for one batch."""
     return node_attributions(
@@ -170,7 +170,7 @@ def _node_phase(
 
 def _edge_phase(
     spliced: SplicedModel,
-    batch: ExampleBatch,
+    batch: TokenBatch,
     attributions: dict[str, SiteAttribution],
     down_nodes: dict[str, Tensor],
     options: GraphOptions,
@@ -248,8 +248,8 @@ def fraction_explained(summaries: dict[str, NodeSummary]) -> float:
 
 def exact_check(
     spliced: SplicedModel,
-    batches: list[ExampleBatch],
-    attributions: Callable[[int, ExampleBatch], dict[str, SiteAttribution]],
+    batches: list[TokenBatch],
+    attributions: Callable[[int, TokenBatch], dict[str, SiteAttribution]],
     summaries: dict[str, NodeSummary],
     down_nodes: dict[str, Tensor],
     options: GraphOptions,
@@ -260,7 +260,7 @@ def exact_check(
     down_nodes = {key: slots[slots >= 0] for key, slots in down_nodes.items()}  # summed: slot = feature
     keys = list(down_nodes)
 
-    def add(sums: Sums, index: int, batch: ExampleBatch) -> None:
+    def add(sums: Sums, index: int, batch: TokenBatch) -> None:
         attrs = attributions(index, batch)
         features = exact_effects(spliced, batch, attrs, down_nodes, metric=options.metric)
         errors = exact_error_effects(spliced, batch, attrs, keys, metric=options.metric)

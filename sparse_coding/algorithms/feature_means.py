@@ -17,7 +17,7 @@ from torch import Tensor
 from sparse_coding.errors import DatasetError
 from sparse_coding.runtime.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import Intervention, Site, SplicedModel
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 
 
 class SiteMeans(NamedTuple):

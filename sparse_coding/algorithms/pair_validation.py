@@ -26,7 +26,7 @@ from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
 from sparse_coding.runtime.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.pairs import ExampleBatch
+from sparse_coding.text.batches import TokenBatch
 
 
 class PairFaithfulness(NamedTuple):
@@ -43,7 +43,7 @@ class PairFaithfulness(NamedTuple):
 @torch.no_grad()
 def pair_faithfulness(
     spliced: SplicedModel,
-    batches: Iterable[ExampleBatch],
+    batches: Iterable[TokenBatch],
     *,
     circuit: Circuit,
     circuit_errors: Collection[str] = (),
@@ -58,7 +58,7 @@ def pair_faithfulness(
     """
     ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)
 
-    def add(sums: Sums, index: int, batch: ExampleBatch) -> None:
+    def add(sums: Sums, index: int, batch: TokenBatch) -> None:
         sums.values["full"] += float(losses(spliced, batch, metric).sum())
         for name in ("circuit", "empty"):
             with spliced.intervene(ablations[name]):

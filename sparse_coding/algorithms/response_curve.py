@@ -27,7 +27,7 @@ from sparse_coding.algorithms.steering import Watch, site_edits, watch_of, with_
 from sparse_coding.config.steering import CurveSpec, kind_factors
 from sparse_coding.nodes import parse_node_id
 from sparse_coding.splicing.splice import FeatureEdits, Intervention, Site, SplicedModel, feature_edits
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 
 logger = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ from sparse_coding.nodes import site_key
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.sharding import run_pass
 from sparse_coding.splicing.splice import Site, SplicedModel
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 
 if TYPE_CHECKING:  # scikit-learn loads only when hist.py clusters (fast.py reads its cache without it)
     from sklearn.cluster import MiniBatchKMeans

@@ -69,7 +69,7 @@ from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.runtime.distributed import all_sum
 from sparse_coding.runtime.sharding import run_pass
 from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 
 logger = logging.getLogger(__name__)
 

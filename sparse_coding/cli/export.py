@@ -79,4 +79,3 @@ def command_line(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--slug", help="Neuronpedia slug ([A-Za-z0-9_.-]; default: the file's stem)")
     parser.add_argument("--out", type=Path, help="folder to write into (default: beside the graph)")
     return parser
-

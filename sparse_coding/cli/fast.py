@@ -35,4 +35,3 @@ def command_line(prog: str | None = None) -> argparse.ArgumentParser:
         script="fast",
         section="fast.py — gradient cognition graph",
     )
-

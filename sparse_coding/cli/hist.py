@@ -47,4 +47,3 @@ def command_line(prog: str | None = None) -> argparse.ArgumentParser:
         script="hist",
         section="hist.py — dataset thresholds for fast.py",
     )
-

@@ -45,4 +45,3 @@ def command_line(prog: str | None = None) -> argparse.ArgumentParser:
         help="when THRESHOLD_EXP keeps no edge, warn and write the graph anyway (default: exit 1)",
     )
     return parser
-

@@ -89,4 +89,3 @@ def command_line(prog: str | None = None) -> argparse.ArgumentParser:
         "--curve", action="store_true", help="draw the response curve of the CURVE key instead of generating"
     )
     return parser
-

@@ -42,4 +42,3 @@ def command_line(prog: str | None = None) -> argparse.ArgumentParser:
         script="trace",
         section="trace.py — transcoder attribution graph",
     )
-

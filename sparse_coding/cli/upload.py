@@ -41,4 +41,3 @@ def command_line(prog: str | None = None) -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check the file and say where it would go; send nothing"
     )
     return parser
-

@@ -66,4 +66,3 @@ def command_line(prog: str | None = None) -> argparse.ArgumentParser:
         "summary node); default: the nodes of all runs",
     )
     return parser
-

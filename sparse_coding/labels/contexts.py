@@ -51,7 +51,7 @@ from sparse_coding.labels.context_cache import ContextCache
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.sharding import run_pass
 from sparse_coding.splicing.splice import Site, SplicedModel
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.text.tokens import token_text
 

@@ -24,7 +24,7 @@ from sparse_coding.labels.contexts import SiteTopK, _keep_referenced, _to_numpy,
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import site_key
 from sparse_coding.runtime.progress import progress
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.transcoders.replacement import layer_scale, transcoder_input
 from sparse_coding.transcoders.transcoder import TranscoderSet

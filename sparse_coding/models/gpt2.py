@@ -11,6 +11,7 @@ from sparse_coding.config.schema import DtypeName
 from sparse_coding.errors import ConfigError, SparseCodingError
 from sparse_coding.models.transformer import GPT2, GPT2Config, check_shapes, checkpoint_names
 from sparse_coding.models.weights import load_pickled, load_safetensors, safetensors_shapes
+from sparse_coding.text.batches import text_ids
 from sparse_coding.text.tokenizer import Tokenizer, check_tokenizer, load_tokenizer, model_file
 
 logger = logging.getLogger(__name__)
@@ -128,9 +129,7 @@ def tokenize_prompt(
     tokenizer: Tokenizer, text: str, *, prepend_bos: bool, max_len: int | None = None
 ) -> torch.Tensor:
     """Token ids (1, pos) of one prompt, with BOS (`<|endoftext|>`) first when asked."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if prepend_bos:
-        ids = [tokenizer.bos_token_id, *ids]
+    ids = text_ids(tokenizer, text, prepend_bos=prepend_bos)
     if not ids:
         raise ConfigError("PROMPT is empty; give it some text")
     if max_len is not None and len(ids) > max_len:

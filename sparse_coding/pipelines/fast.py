@@ -25,7 +25,8 @@ from sparse_coding.pipelines.threshold_cache import Thresholds, load_thresholds
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.pairs import ExampleBatch, Pair, example_batches, read_pairs_file, tokenize_pair
+from sparse_coding.text.batches import TokenBatch
+from sparse_coding.text.pairs import Pair, example_batches, read_pairs_file, tokenize_pair
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def config_pairs(config: Config) -> list[Pair]:
 
 def config_example_batches(
     config: Config, tokenizer: Tokenizer, *, device: torch.device, context_len: int
-) -> list[ExampleBatch]:
+) -> list[TokenBatch]:
     """The config's examples, tokenized by `pairs`' rule and right-padded into BATCH_SIZE batches."""
     examples = [
         tokenize_pair(pair, tokenizer, prepend_bos=config.prepend_bos, max_len=context_len)
@@ -88,7 +89,7 @@ def shared_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | Non
     return None if thresholds is None else distributed.move(thresholds, spliced.device)
 
 
-def prompt_metadata(spliced: SplicedModel, batch: ExampleBatch, tokenizer: Tokenizer) -> dict:
+def prompt_metadata(spliced: SplicedModel, batch: TokenBatch, tokenizer: Tokenizer) -> dict:
     """The first example's tokens (BOS = position 0 when prepended), the answer the metric explains
     and the model's probability of it."""
     ids = batch.input_ids[0, : int(batch.attention_mask[0].sum())].tolist()

@@ -18,7 +18,7 @@ from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_threshol
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.corpus import TokenBatch
+from sparse_coding.text.batches import TokenBatch
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from sparse_coding.config import Config
-from sparse_coding.text.corpus import TextSource, TokenBatch, count_texts, iter_batches, load_texts
+from sparse_coding.text.batches import TokenBatch, text_ids
+from sparse_coding.text.corpus import TextSource, count_texts, iter_batches, load_texts
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def warn_unknown_words(tokenizer: Tokenizer, text: str, key: str = "PROMPT") -> 
     unknown = [
         word
         for word in text.split()
-        if word not in specials and special_ids & set(tokenizer(word, add_special_tokens=False)["input_ids"])
+        if word not in specials and special_ids & set(text_ids(tokenizer, word, prepend_bos=False))
     ]
     if unknown:
         total = len(text.split())

@@ -24,6 +24,7 @@ from sparse_coding.nodes import site_key
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.text.batches import text_ids
 from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.transcoders.loading import load_transcoders
 from sparse_coding.transcoders.sources import transcoders_bos
@@ -80,7 +81,7 @@ def load_spliced_model(
             trained |= transcoders_bos(config.TRANSCODERS)
         prepend_bos, mismatched = settle_prepend_bos(config.PREPEND_BOS, trained)
         warn_bos_mismatch(prepend_bos, mismatched)
-        prompt_tokens = len(tokenizer(config.PROMPT, add_special_tokens=False)["input_ids"]) + prepend_bos
+        prompt_tokens = len(text_ids(tokenizer, config.PROMPT, prepend_bos=prepend_bos))
         passes = script_passes(config, script, prompt_tokens)
         sae_dtype = resolve_dtype(config.SAE_DTYPE, model_dtype)
         saes = load_saes(config.sae_sources, pairs, device, sae_dtype, passes, model.config.vocab_size)

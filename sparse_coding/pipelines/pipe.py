@@ -24,7 +24,8 @@ from sparse_coding.pipelines.publish import publish_graph
 from sparse_coding.pipelines.resume import run_checkpoint
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.corpus import TokenBatch, iter_batches
+from sparse_coding.text.batches import TokenBatch
+from sparse_coding.text.corpus import iter_batches
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)

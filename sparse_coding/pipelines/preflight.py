@@ -32,6 +32,7 @@ from sparse_coding.pipelines.downloads import (
     model_download,
     sae_downloads,
 )
+from sparse_coding.text.batches import text_ids
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def check_prompt_length(
         bos_token_id = bos_token_id if isinstance(bos_token_id, int) else None
         check_tokenizer(tokenizer, config.MODEL_DIR, vocab_size=vocab_size, bos_token_id=bos_token_id)
     prompt = getattr(config, prompt_key)
-    n_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + int(prepend_bos)
+    n_tokens = len(text_ids(tokenizer, prompt, prepend_bos=prepend_bos))
     if n_tokens < min_tokens:
         raise ConfigError(
             f"{prompt_key} {prompt[:80]!r} has {n_tokens} token(s), BOS included; {prompt_use}, so it "

@@ -30,7 +30,8 @@ from sparse_coding.models.sae_sources import read_cfg, resolve_source
 from sparse_coding.nodes import SITES, TRANSCODER_KINDS, parse_node_id
 from sparse_coding.pipelines.inputs import interpreted_texts
 from sparse_coding.pipelines.preflight import preflight, settled_prepend_bos
-from sparse_coding.text.corpus import TokenBatch, iter_batches
+from sparse_coding.text.batches import TokenBatch, text_ids
+from sparse_coding.text.corpus import iter_batches
 from sparse_coding.text.tokenizer import Tokenizer, load_tokenizer
 from sparse_coding.transcoders.transcoder import KINDS, TranscoderSet
 
@@ -156,7 +157,7 @@ def _prompt_batch(config: Config, tokenizer: Tokenizer, texts: list[str], prepen
 
 
 def _answer_id(tokenizer: Tokenizer, answer: str) -> int:
-    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    ids = text_ids(tokenizer, answer, prepend_bos=False)
     if len(ids) != 1:
         raise ConfigError(
             f"CURVE answer {answer!r} is {len(ids)} tokens ({ids}); give one token, with its leading "

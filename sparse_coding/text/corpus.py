@@ -23,26 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from sparse_coding.errors import DatasetError
+from sparse_coding.text.batches import TokenBatch, padded, text_ids
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenBatch:
-    """Right-padded token ids of consecutive sequences of a stream."""
-
-    input_ids: Tensor  # (batch, pos) long, right-padded with the pad id
-    attention_mask: Tensor  # (batch, pos) long, 1 = real token
-    first_index: int  # index of the batch's first sequence in the stream
-
-    @property
-    def lengths(self) -> Tensor:
-        """Real tokens per sequence (batch,)."""
-        return self.attention_mask.sum(dim=1)
 
 
 @dataclass(frozen=True)
@@ -231,25 +217,12 @@ def iter_batches(
     sequences = (ids for ids in (_token_ids(tokenizer, t, prepend_bos, max_len) for t in texts) if ids)
     first_index = 0
     while chunk := list(itertools.islice(sequences, batch_size)):
-        yield _pad(chunk, pad_id, first_index, device)
+        input_ids, attention_mask = padded(chunk, pad_id)
+        yield TokenBatch(input_ids.to(device), attention_mask.to(device), first_index)
         first_index += len(chunk)
 
 
 def _token_ids(tokenizer: Tokenizer, text: str, prepend_bos: bool, max_len: int) -> list[int]:
     """Ids of one text, BOS first when asked, truncated; [] when the text has no tokens."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        return []
-    if prepend_bos:
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids[:max_len]
-
-
-def _pad(chunk: list[list[int]], pad_id: int, first_index: int, device: torch.device | str) -> TokenBatch:
-    width = max(map(len, chunk))
-    input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-    for row, ids in enumerate(chunk):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return TokenBatch(input_ids.to(device), attention_mask.to(device), first_index)
+    ids = text_ids(tokenizer, text, prepend_bos=prepend_bos)
+    return ids[:max_len] if len(ids) > prepend_bos else []

@@ -8,8 +8,8 @@ its input; with one, the prompt is the input and the answer (exactly one
 token) is predicted after it. Clean and patch inputs must have the same token
 length, so that position p of one is position p of the other.
 
-Batches are right-padded: every row's real tokens come first, so positions
-and attention need no shift, and each row is read at its last real token.
+Batches are `sparse_coding.text.batches.TokenBatch`es with answers: right-padded,
+each row read at its last real token.
 """
 
 import json
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from sparse_coding.errors import DatasetError
+from sparse_coding.text.batches import TokenBatch, padded, text_ids
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -48,33 +49,6 @@ class Example:
     answer: int
     patch_ids: list[int] | None
     patch_answer: int | None
-
-
-@dataclass
-class ExampleBatch:
-    """Right-padded examples; patch tensors are None when the examples have no patch input."""
-
-    input_ids: Tensor  # (batch, pos)
-    attention_mask: Tensor  # (batch, pos) 1 = real token
-    answers: Tensor  # (batch,)
-    patch_ids: Tensor | None  # (batch, pos), same mask as input_ids
-    patch_answers: Tensor | None  # (batch,)
-
-    @property
-    def last(self) -> Tensor:
-        """(batch,) each row's last real position, where its answer is predicted."""
-        return self.attention_mask.sum(dim=1) - 1
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def select(self, rows: Tensor) -> "ExampleBatch":
-        """The examples at `rows` (repeats allowed), e.g. one row per ablation."""
-        patch_ids = None if self.patch_ids is None else self.patch_ids[rows]
-        patch_answers = None if self.patch_answers is None else self.patch_answers[rows]
-        return ExampleBatch(
-            self.input_ids[rows], self.attention_mask[rows], self.answers[rows], patch_ids, patch_answers
-        )
 
 
 def read_pairs_file(path: Path, limit: int) -> list[Pair]:
@@ -154,8 +128,7 @@ def _input_and_answer(
     max_len: int,
     where: str,
 ) -> tuple[list[int], int]:
-    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    ids = [tokenizer.bos_token_id, *ids] if prepend_bos else ids
+    ids = text_ids(tokenizer, prefix, prepend_bos=prepend_bos)
     if answer is None:
         if len(ids) < 2:
             raise DatasetError(
@@ -164,7 +137,7 @@ def _input_and_answer(
             )
         ids, answer_id = ids[:-1], ids[-1]
     else:
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        answer_ids = text_ids(tokenizer, answer, prepend_bos=False)
         if len(answer_ids) != 1:
             raise DatasetError(
                 f"{where} answer {answer!r} is {len(answer_ids)} tokens {answer_ids}; an answer must be "
@@ -178,19 +151,25 @@ def _input_and_answer(
     return ids, answer_id
 
 
-def token_batch(tokens: Tensor, patch_tokens: Tensor | None = None) -> ExampleBatch:
+def token_batch(tokens: Tensor, patch_tokens: Tensor | None = None) -> TokenBatch:
     """Unpadded prompts (batch, pos) as one batch: each row's last token is its answer."""
     if tokens.shape[1] < 2:
         raise DatasetError("a prompt needs at least two tokens: the input and the answer after it")
     mask = torch.ones_like(tokens[:, :-1])
     if patch_tokens is None:
-        return ExampleBatch(tokens[:, :-1], mask, tokens[:, -1], None, None)
-    return ExampleBatch(tokens[:, :-1], mask, tokens[:, -1], patch_tokens[:, :-1], patch_tokens[:, -1])
+        return TokenBatch(tokens[:, :-1], mask, answers=tokens[:, -1])
+    return TokenBatch(
+        tokens[:, :-1],
+        mask,
+        answers=tokens[:, -1],
+        patch_ids=patch_tokens[:, :-1],
+        patch_answers=patch_tokens[:, -1],
+    )
 
 
 def example_batches(
     examples: Sequence[Example], *, batch_size: int, pad_id: int, device: torch.device | str
-) -> list[ExampleBatch]:
+) -> list[TokenBatch]:
     """Right-padded batches of `batch_size` examples (all with a patch input, or none)."""
     with_patch = {example.patch_ids is not None for example in examples}
     if len(with_patch) > 1:
@@ -201,24 +180,16 @@ def example_batches(
     ]
 
 
-def _pad(chunk: Sequence[Example], pad_id: int, device: torch.device | str) -> ExampleBatch:
-    width = max(len(example.clean_ids) for example in chunk)
-    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-    patch = torch.full_like(ids, pad_id)
-    mask = torch.zeros_like(ids)
-    for row, example in enumerate(chunk):
-        n = len(example.clean_ids)
-        ids[row, :n] = torch.tensor(example.clean_ids)
-        mask[row, :n] = 1
-        if example.patch_ids is not None:
-            patch[row, :n] = torch.tensor(example.patch_ids)
+def _pad(chunk: Sequence[Example], pad_id: int, device: torch.device | str) -> TokenBatch:
+    ids, mask = padded([example.clean_ids for example in chunk], pad_id)
     has_patch = chunk[0].patch_ids is not None
+    patch = padded([example.patch_ids for example in chunk], pad_id)[0] if has_patch else None
     answers = torch.tensor([example.answer for example in chunk])
     patch_answers = [example.patch_answer for example in chunk]
-    return ExampleBatch(
+    return TokenBatch(
         ids.to(device),
         mask.to(device),
-        answers.to(device),
-        patch.to(device) if has_patch else None,
-        torch.tensor(patch_answers).to(device) if None not in patch_answers else None,
+        answers=answers.to(device),
+        patch_ids=patch.to(device) if has_patch else None,
+        patch_answers=torch.tensor(patch_answers).to(device) if None not in patch_answers else None,
     )

@@ -1,12 +1,8 @@
 """GPT-2's tokenizer through the `tokenizers` library, without importing transformers.
 
-Why: transformers' tokenizer cost every script's start 1.1-1.8 s on a busy
-2-core CPU (torch imported, then AutoTokenizer.from_pretrained of the demo
-model: 3.6-4.4 s against 2.2-2.8 s with this module), nearly all of it in
-`import transformers`, whose package init indexes every model module;
-`tokenizers`, the Rust library transformers wraps, imports in ~10 ms.
-`Tokenizer` gives what transformers 5's
-`AutoTokenizer.from_pretrained(model_dir)` gives (ids, decoding, special
+Why: `import transformers` indexes every model module, a large share of a short script's start
+(docs/benchmarks.md); `tokenizers`, the Rust library it wraps, does not. `Tokenizer` gives what
+transformers 5's `AutoTokenizer.from_pretrained(model_dir)` gives (ids, decoding, special
 tokens) for a local folder or hub repo whose config.json has model_type gpt2
 and that has a tokenizer.json, when tokenizer_config.json's `tokenizer_class`
 (or config.json's) is
