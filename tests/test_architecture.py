@@ -118,3 +118,26 @@ def test_algorithms_and_labels_never_print():
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
     ]
     assert printing == []
+
+
+FRONT_DOORS = ("pipe", "fast", "val", "hist", "steer", "trace")
+
+
+def test_every_front_door_is_the_same_few_lines_over_the_one_cli_entry():
+    """Options, help and preflight live in sparse_coding/cli/<script>.py; a front door only finds the
+    package (run as a file) and calls `cli.main` with its name."""
+    bodies = {
+        name: (PACKAGE / f"{name}.py")
+        .read_text(encoding="utf-8")
+        .split("\n", 1)[1]
+        .replace(f'"{name}"', '"X"')
+        for name in FRONT_DOORS
+    }
+    assert len(set(bodies.values())) == 1
+    calls = [
+        node
+        for node in ast.walk(ast.parse(bodies["fast"]))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "main"
+    ]
+    assert len(calls) == 1 and "from sparse_coding.cli import main" in bodies["fast"]
+    assert len([line for line in bodies["fast"].splitlines() if line.strip()]) <= 6
