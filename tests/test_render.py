@@ -15,7 +15,7 @@ from sparse_coding.graphs.dot_import import graph_from_dot
 from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, save_graph
-from sparse_coding.graphs.markup import escape_text
+from sparse_coding.graphs.markup import escape_text, label_size
 from sparse_coding.graphs.render import (
     RenderOptions,
     RenderTimeout,
@@ -287,3 +287,43 @@ def test_edges_and_logit_cells_carry_their_numbers_as_svg_tooltips(tmp_path):
     assert svg_edges(tmp_path / "g.svg")["attn_0.2->mlp_0.3"] == "attn_0.2 → mlp_0.3: effect -0.5"
     titles = [a.get(XLINK_TITLE) for a in ET.parse(tmp_path / "g.svg").getroot().iter(f"{SVG}a")]
     assert "0.125" in titles
+
+
+def _graphviz_sizes(labels: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """Name -> (width, height) in points that dot gives each HTML-like label."""
+    lines = [f'  "{name}" [label={label}];' for name, label in labels.items()]
+    source = 'digraph { node [shape=plain, fontname="Helvetica", fontsize="11"];\n' + "\n".join(lines) + "\n}"
+    out = subprocess.run(["dot", "-Tjson0"], input=source.encode(), capture_output=True, check=True)
+    objects = json.loads(out.stdout)["objects"]
+    return {o["name"]: (72 * float(o["width"]), 72 * float(o["height"])) for o in objects}
+
+
+def test_label_sizes_bound_the_sizes_graphviz_draws_labels_at():
+    graph = big_graph(6, 10)
+    for i, node in enumerate(graph.nodes.values()):
+        node.contexts = [Context(["Ġthe", " ü", "日本", "W" * i, "<&>"], [1.0, 0.5, 0.0, 2.0, 0.1])]
+        node.logits_up, node.explanation = [("Ġmoon", 0.5), ("%@", 0.25)], "the explanation " * (i % 3)
+    labels = {
+        f"{node.id} {'compact' if compact else 'full'}": render.node_markup(node, compact, RenderOptions())
+        for node in graph.nodes.values()
+        for compact in (False, True)
+    }
+    labels["legend"] = render.legend_markup(graph, ["a note that wraps " * 6], 60)
+    drawn = _graphviz_sizes(labels)
+    for name, label in labels.items():
+        width, height = label_size(label)
+        assert drawn[name][0] <= width <= 1.4 * drawn[name][0] + 10, name
+        assert drawn[name][1] <= height <= 1.2 * drawn[name][1] + 10, name
+
+
+def test_a_pinned_layout_puts_rows_of_boxes_side_by_side_without_overlap():
+    graph = big_graph(12, 30)
+    laid_out, options = drawing.row_layout(graph, RenderOptions(max_full_nodes=10))
+    boxes = [b for name, b in laid_out.boxes.items() if not name.startswith("__")]
+    assert len(boxes) == len(graph.nodes) and options.max_row_nodes is not None
+    for a in boxes:
+        assert 0 <= a.x - a.width / 2 and a.x + a.width / 2 <= laid_out.width and 0 <= a.y <= laid_out.height
+        for b in boxes:
+            apart_x = abs(a.x - b.x) >= (a.width + b.width) / 2 + 18
+            apart_y = abs(a.y - b.y) >= (a.height + b.height) / 2 + 0.6 * 72 - 1e-6
+            assert a is b or apart_x or apart_y

@@ -35,7 +35,7 @@ from typing import NamedTuple
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Edge, Graph, Node
 from sparse_coding.graphs.legend import caption_lines, legend_entries
-from sparse_coding.graphs.markup import compact_label, legend_label, node_label
+from sparse_coding.graphs.markup import compact_label, legend_label, node_label, top_left
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +57,11 @@ _GRAPH_ATTRS = {
 
 
 class Placement(NamedTuple):
-    """Where the caption + legend block goes in a pinned drawing: its centre (``"x,y"``, points) and the
-    characters per line it is wrapped to."""
+    """Where the caption + legend block goes in a pinned drawing: the centre (``"x,y"``, points) and
+    size (points) of the box it is drawn at the top left of, and the characters per line it is wrapped to."""
 
     pos: str
+    size: tuple[float, float]
     chars: int
 
 
@@ -144,6 +145,11 @@ def _compact_note(graph: Graph, options: RenderOptions) -> str:
     )
 
 
+def caption_notes(graph: Graph, notes: Sequence[str], options: RenderOptions) -> list[str]:
+    """The caption's notes: `notes`, and a note saying so when the labels are compact."""
+    return [*notes, _compact_note(graph, options)] if use_compact_labels(graph, options) else list(notes)
+
+
 def legend_markup(graph: Graph, notes: Sequence[str], chars: int) -> str:
     """The caption + legend block of a graph as an HTML-like label, wrapped at `chars` characters."""
     return legend_label(caption_lines(graph.metadata), notes, legend_entries(graph.metadata), chars)
@@ -164,7 +170,8 @@ def shared_labels() -> Iterator[None]:
         _LABELS.reset(token)
 
 
-def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, str]:
+def node_markup(node: Node, compact: bool, options: RenderOptions) -> str:
+    """The node's HTML-like label, built once per node while `shared_labels` is open."""
     cache, key = _LABELS.get(), (node.id, compact, options.max_contexts, options.max_logits)
     label = cache.get(key) if cache is not None else None
     if label is None:
@@ -175,26 +182,27 @@ def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, 
         )
         if cache is not None:
             cache[key] = label
-    return {"label": label, "tooltip": node.id}
+    return label
+
+
+_ALPHAS = [f"{alpha:02x}" for alpha in range(256)]
 
 
 def edge_colour(effect: float, largest: float) -> str:
     """Blue pushes the downstream node up, red down; alpha by magnitude (capped at ``largest``)."""
     if effect == 0 or largest <= 0:
         return _GREY + "80"
-    alpha = round(255 * max(0.15, min(1.0, abs(effect) / largest)))
-    return f"{_BLUE if effect > 0 else _RED}{alpha:02x}"
-
-
-def _touches_error(edge: Edge, graph: Graph) -> bool:
-    ends = (graph.nodes.get(edge.source), graph.nodes.get(edge.target))
-    return any(node is not None and node.is_error for node in ends)
+    share = abs(effect) / largest
+    alpha = 38 if share <= 0.15 else 255 if share >= 1 else round(255 * share)  # 38 = round(255 * 0.15)
+    return (_BLUE if effect > 0 else _RED) + _ALPHAS[alpha]
 
 
 def colour_scale(graph: Graph) -> float:
     """The |effect| drawn at full colour: the largest feature edge (any edge if none)."""
-    feature = [abs(e.effect) for e in graph.edges.values() if not _touches_error(e, graph)]
-    return max(feature or [abs(e.effect) for e in graph.edges.values()], default=0.0)
+    errors = {node.id for node in graph.nodes.values() if node.is_error}
+    edges = graph.edges.values()
+    feature = [abs(e.effect) for e in edges if e.source not in errors and e.target not in errors]
+    return max(feature or [abs(e.effect) for e in edges], default=0.0)
 
 
 def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
@@ -270,7 +278,8 @@ def _rank_lines(
         lines.append(f"    {quote(anchor)} {_attr_list(attrs)};")
         for node in nodes:
             attrs = {
-                **_node_attrs(node, compact, options),
+                "label": node_markup(node, compact, options),
+                "tooltip": node.id,
                 **node_attrs.get(node.id, {}),
             }
             lines.append(f"    {quote(node.id)} {_attr_list(attrs)};")
@@ -324,7 +333,7 @@ def dot_source(
     """
     options = options or RenderOptions()
     compact = use_compact_labels(graph, options)
-    notes = [*notes, _compact_note(graph, options)] if compact else list(notes)
+    notes = caption_notes(graph, notes, options)
     if positions is None:
         top = _layout_limits(graph, options)
     else:
@@ -338,7 +347,10 @@ def dot_source(
     lines.append("  edge [arrowsize=0.6];")
     pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
     if isinstance(legend, Placement):
-        attrs = {"label": legend_markup(graph, notes, legend.chars), "pos": f"{legend.pos}!"}
+        attrs = {
+            "label": top_left(legend_markup(graph, notes, legend.chars), legend.size),
+            "pos": f"{legend.pos}!",
+        }
         lines.append(f"  {quote(LEGEND_NODE_ID)} {_attr_list(attrs)};")
     lines += _rank_lines(drawn_rows(graph, options), {**pins, **(node_attrs or {})}, compact, options)
     largest, splines = colour_scale(graph), splines or {}
