@@ -15,7 +15,8 @@ from sparse_coding.graphs.dot_import import graph_from_dot
 from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, save_graph
-from sparse_coding.graphs.markup import escape_text, label_size
+from sparse_coding.graphs.label_size import label_size
+from sparse_coding.graphs.markup import escape_text
 from sparse_coding.graphs.render import (
     RenderOptions,
     RenderTimeout,

@@ -6,7 +6,7 @@
    node boxes and dot's edge splines. A big or wrapped graph is laid out here,
    as dot lays out its rows without edges (boxes left to right ``nodesep``
    apart, rows ``ranksep`` apart), each box sized from its label
-   (`markup.label_size`), rows fitted for a ~2:1 picture; its edges are drawn
+   (`label_size`), rows fitted for a ~2:1 picture; its edges are drawn
    straight: dot would route every edge through each row it crosses, which
    stretches rows side by side, and its layout would be most of the writing
    cost of a 40,000-edge graph;
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sparse_coding.graphs.graph import Graph
-from sparse_coding.graphs.markup import label_size
+from sparse_coding.graphs.label_size import label_size
 from sparse_coding.graphs.render import (
     RANKSEP_IN,
     Placement,
@@ -184,7 +184,7 @@ def _window_scale(width: float, height: float, options: RenderOptions) -> float:
 
 def _place_legend(graph: Graph, notes: list[str], graph_box: Layout, options: RenderOptions) -> Placement:
     """The legend block beside the graph (a column) or below it (the graph's width), whichever shows the
-    graph larger in a 4:3 window; both wrappings sized by `markup.label_size`."""
+    graph larger in a 4:3 window; both wrappings sized by `label_size`."""
     beside_chars = options.legend_chars
     below_chars = max(beside_chars, int(graph_box.width / _CHAR_PT))
     notes = caption_notes(graph, notes, options)  # as `dot_source` writes them

@@ -28,8 +28,7 @@ import functools
 import math
 import textwrap
 import unicodedata
-import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from sparse_coding.graphs.graph import Context, Node
 
@@ -253,84 +252,3 @@ def legend_label(
             f"{_wrapped(meaning, max(20, width - symbol_chars))}</FONT></TD></TR>"
         )
     return f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">{"".join(rows)}</TABLE>>'
-
-
-# ---------------------------------------------------------------- size
-
-
-# Widths in em of ASCII 32..126 in DejaVu Sans (what Graphviz draws "Helvetica" with where no Helvetica is
-# installed; other sans fonts are narrower), rounded up; others at most 1 em, East Asian wide 1.25; bold at
-# most _BOLD times regular.
-_EM_HUNDREDTHS = """
-32 41 46 84 64 96 78 28 40 40 50 84 32 37 32 34 64 64 64 64 64 64 64 64 64 64 34 34 84 84 84 54
-100 69 69 70 78 64 58 78 76 30 30 66 56 87 75 79 61 79 70 64 62 74 69 99 69 62 69 40 34 40 84 50
-50 62 64 55 64 62 36 64 64 28 28 58 28 98 64 62 64 64 42 53 40 64 60 82 60 60 53 64 34 64 84
-"""
-_EM = dict(zip(map(chr, range(32, 127)), (int(w) / 100 for w in _EM_HUNDREDTHS.split()), strict=True))
-_EM["\u00a0"] = _EM[" "]  # spaces are drawn as no-break spaces
-_BOLD = 1.27
-_LINE_EM = 1.1  # line height in em, as Graphviz spaces lines
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def text_width(text: str, size: float, bold: bool = False) -> float:
-    """An upper bound of the width in points of `text` drawn at `size` points."""
-    em = 0.0
-    for char in text:
-        wide = not char.isascii() and unicodedata.east_asian_width(char) in "WF"
-        em += _EM.get(char, 1.25 if wide else 1.0)
-    return math.ceil(em * size * (_BOLD if bold else 1.0)) + 1  # + 1: Graphviz rounds each run up
-
-
-def label_size(label: str, size: float = 11.0) -> tuple[float, float]:
-    """An upper bound of the (width, height) in points Graphviz gives an HTML-like label (``<...>``)
-    at font `size`: tables sized as Graphviz sizes them, text by `text_width`."""
-    root = ET.fromstring(label[1:-1])
-    return _table_size(root, size, False) if root.tag == "TABLE" else _text_size(root, size, False)
-
-
-def _table_size(table: ET.Element, size: float, bold: bool) -> tuple[float, float]:
-    border = int(table.get("BORDER", 1))
-    pad = 2 * (int(table.get("CELLPADDING", 2)) + int(table.get("CELLBORDER", border)))
-    spacing = int(table.get("CELLSPACING", 2))
-    rows = [[(int(td.get("COLSPAN", 1)), _cell_size(td, size, bold)) for td in tr] for tr in table]
-    widths = [0.0] * max(sum(span for span, _ in row) for row in rows)
-    for spanning in (False, True):  # single columns first, then cells spanning several
-        for row in rows:
-            col = 0
-            for span, (width, _) in row:
-                short = width + pad - sum(widths[col : col + span]) - (span - 1) * spacing
-                if (span > 1) == spanning and short > 0:
-                    widths[col + span - 1] += short
-                col += span
-    heights = [max(height for _, (_, height) in row) + pad for row in rows]
-    gaps = 2 * border + spacing
-    return sum(widths) + len(widths) * spacing + gaps, sum(heights) + len(heights) * spacing + gaps
-
-
-def _cell_size(cell: ET.Element, size: float, bold: bool) -> tuple[float, float]:
-    tables = cell.findall("TABLE")
-    return _table_size(tables[0], size, bold) if tables else _text_size(cell, size, bold)
-
-
-def _text_size(element: ET.Element, size: float, bold: bool) -> tuple[float, float]:
-    lines: list[list[tuple[str, float, bool]]] = [[]]
-    for run in _runs(element, size, bold):
-        if run is None:  # <BR/>
-            lines.append([])
-        elif run[0]:
-            lines[-1].append(run)
-    width = max(sum(text_width(*run) for run in line) for line in lines)
-    height = sum(math.ceil(_LINE_EM * max((run[1] for run in line), default=size)) for line in lines)
-    return width, height
-
-
-def _runs(element: ET.Element, size: float, bold: bool) -> Iterator[tuple[str, float, bool] | None]:
-    """(text, font size, bold) of each run of text under `element`; None for a line break."""
-    yield element.text or "", size, bold
-    for child in element:
-        if child.tag == "BR":
-            yield None
-        else:
-            yield from _runs(child, float(child.get("POINT-SIZE", size)), bold or child.tag == "B")
-        yield child.tail or "", size, bold
