@@ -337,12 +337,14 @@ def _edge_lines(edges: list[Edge]) -> list[str]:
     for edge in edges:
         source = quoted.get(edge.source) or quoted.setdefault(edge.source, encode_basestring(edge.source))
         target = quoted.get(edge.target) or quoted.setdefault(edge.target, encode_basestring(edge.target))
-        head = f'{{"source":{source},"target":{target},"effect":{number(float(edge.effect))}'
+        effect_text = number(float(edge.effect))  # a run's value is often the effect itself: written once
+        head = f'{{"source":{source},"target":{target},"effect":{effect_text}'
         if not edge.runs:
             lines.append(head + "}")
             continue
         runs = [
-            f"{quoted.get(run) or quoted.setdefault(run, encode_basestring(run))}:{number(float(value))}"
+            f"{quoted.get(run) or quoted.setdefault(run, encode_basestring(run))}:"
+            f"{effect_text if value is edge.effect else number(float(value))}"
             for run, value in edge.runs.items()
         ]
         lines.append(f'{head},"n_runs":{len(runs)},"runs":{{{",".join(runs)}}}}}')

@@ -44,7 +44,8 @@ def _run_indices(runs: dict[str, Any], run_index: dict[str, int]) -> list[int] |
     """The runs (indices into metadata["runs"]) a node or edge was measured in; None for no run."""
     if not runs:
         return None
-    return sorted(run_index[key] for key in runs if key in run_index)
+    found = [run_index[key] for key in runs if key in run_index]
+    return sorted(found) if len(found) > 1 else found
 
 
 def _run_labels(metadata: dict[str, Any]) -> list[str]:
@@ -120,13 +121,10 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
     index = {node.id: i for i, node in enumerate(nodes)}
     run_index = {str(run.get("id")): i for i, run in enumerate(metadata.get("runs") or [])}
     tokens = _token_axis(metadata, nodes)
-    edge_runs: dict[tuple[str, ...], list[int] | None] = {}  # edges share a few run lists: each made once
-    for runs in {tuple(e.runs) for e in graph.edges.values()}:
-        edge_runs[runs] = _run_indices(dict.fromkeys(runs), run_index)
     return {
         "nodes": [_node_data(node, row_of[drawn_rank(node)], metadata, run_index, tokens) for node in nodes],
         "edges": [
-            [index[e.source], index[e.target], e.effect, edge_runs[tuple(e.runs)]]
+            [index[e.source], index[e.target], e.effect, _run_indices(e.runs, run_index)]
             for e in graph.sorted_edges()
             if e.source in index and e.target in index
         ],
