@@ -8,23 +8,17 @@ from pathlib import Path
 import pytest
 
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graphs import drawing, render
+from sparse_coding.graphs import drawing, graphviz, render
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.dot_format import graph_to_dot
 from sparse_coding.graphs.dot_import import graph_from_dot
 from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, save_graph
+from sparse_coding.graphs.graphviz import RenderTimeout, image_format, render_image
 from sparse_coding.graphs.label_size import label_size
 from sparse_coding.graphs.markup import escape_text
-from sparse_coding.graphs.render import (
-    RenderOptions,
-    RenderTimeout,
-    dot_source,
-    edge_colour,
-    image_format,
-    render_image,
-)
+from sparse_coding.graphs.render import RenderOptions, dot_source, edge_colour
 
 SVG = "{http://www.w3.org/2000/svg}"
 XLINK_TITLE = "{http://www.w3.org/1999/xlink}title"
@@ -148,7 +142,7 @@ def test_dot_running_past_its_timeout_is_a_clear_error(tmp_path, monkeypatch):
         assert kwargs["timeout"] == 0.5
         raise subprocess.TimeoutExpired(command, kwargs["timeout"])
 
-    monkeypatch.setattr(render.subprocess, "run", too_slow)
+    monkeypatch.setattr(graphviz.subprocess, "run", too_slow)
     with pytest.raises(GraphFileError, match="longer than"):
         render_image(tmp_path / "g.dot", tmp_path / "g.svg", fmt="svg", timeout_s=0.5)
 

@@ -36,20 +36,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.graphviz import RenderTimeout, render_image, run_graphviz
 from sparse_coding.graphs.label_size import label_size
 from sparse_coding.graphs.render import (
     RANKSEP_IN,
     Placement,
     RenderOptions,
-    RenderTimeout,
     caption_notes,
     dot_source,
     drawn_rank,
     drawn_rows,
     legend_markup,
     node_markup,
-    render_image,
-    run_graphviz,
     use_compact_labels,
 )
 

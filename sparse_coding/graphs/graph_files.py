@@ -39,7 +39,8 @@ from sparse_coding.graphs.dot_format import FORMAT
 from sparse_coding.graphs.dot_import import import_dot
 from sparse_coding.graphs.graph import Graph, loads_strict, new_run_id, run_record
 from sparse_coding.graphs.graph_writer import Stored, Targets, gc_paused, write_graph
-from sparse_coding.graphs.render import RenderOptions, image_format
+from sparse_coding.graphs.graphviz import image_format
+from sparse_coding.graphs.render import RenderOptions
 
 logger = logging.getLogger(__name__)
 

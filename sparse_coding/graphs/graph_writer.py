@@ -51,7 +51,8 @@ from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
 from sparse_coding.graphs.dot_format import DERIVED_NOTE, FORMAT, graph_to_dot
 from sparse_coding.graphs.drawing import Drawing
 from sparse_coding.graphs.graph import Edge, Graph, Node
-from sparse_coding.graphs.render import RenderOptions, image_format, shared_labels
+from sparse_coding.graphs.graphviz import image_format
+from sparse_coding.graphs.render import RenderOptions, shared_labels
 from sparse_coding.graphs.viewer import viewer_page
 
 logger = logging.getLogger(__name__)
