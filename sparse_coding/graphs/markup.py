@@ -54,6 +54,7 @@ _XML_REFS = {
     "]": "&#93;",
     "\\": "\\\\",  # Graphviz's escString: \\N would be drawn as the node id
 }
+_XML_TABLE = str.maketrans(_XML_REFS)
 # Unicode categories drawn as escapes: format characters (bidi controls,
 # zero-width spaces, soft hyphen) and line/paragraph separators.
 _INVISIBLE = {"Cf", "Zl", "Zp"}
@@ -71,13 +72,15 @@ def _visible_char(char: str) -> str:
 
 def visible_text(text: str) -> str:
     """Text as drawn: controls as ``<0x0A>``, invisible characters as ``<U+202E>``, spaces as no-break."""
-    return "".join(_visible_char(char) for char in text).replace(" ", "\u00a0")
+    if not text.isprintable():  # printable text (most) has none of the characters `_visible_char` changes
+        text = "".join(_visible_char(char) for char in text)
+    return text.replace(" ", "\u00a0")
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def escape_text(text: str) -> str:
     """Escape arbitrary text for an HTML-like label so that it renders as itself (tokens repeat: cached)."""
-    return "".join(_XML_REFS.get(char, char) for char in visible_text(text))
+    return visible_text(text).translate(_XML_TABLE)
 
 
 def _mix(colour: tuple[int, int, int], strength: float) -> str:
