@@ -1,6 +1,7 @@
 """Render and drawing: colours, ranks, caption and legend, degradation, the layout budget, timeouts."""
 
 import json
+import logging
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -249,6 +250,33 @@ def test_a_dot_timeout_redraws_with_compact_labels_and_fewer_edges_and_does_not_
     assert "compact&#160;labels" not in sources[0] and "compact&#160;labels" in sources[1]
     assert [s.count("effect ") for s in sources] == [len(graph.edges), 5]
     assert (tmp_path / "g.svg").is_file()
+
+
+def test_a_dot_layout_timeout_falls_back_too_and_a_second_timeout_fails(tmp_path, monkeypatch, caplog):
+    real, commands = drawing.run_graphviz, []
+
+    def layout_too_slow(command, source_path, timeout_s):
+        commands.append(command[0])
+        if "-Tjson0" in command:  # dot laying out the small graph with its splines
+            raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
+        return real(command, source_path, timeout_s)
+
+    monkeypatch.setattr(drawing, "run_graphviz", layout_too_slow)
+    graph = big_graph(6, 8)  # small: dot lays it out with its edges
+    assert not drawing.pinned_layout(graph, RenderOptions())
+    with caplog.at_level(logging.WARNING, logger="sparse_coding.graphs.drawing"):
+        draw_image(graph, tmp_path / "g.svg", fmt="svg", timeout_s=5)
+    assert commands == ["dot"]  # the fallback lays out in rows: no second dot layout
+    assert "redrawing with compact labels" in caplog.text
+    assert "compact\u00a0labels" in (tmp_path / "g.svg").read_text(encoding="utf-8")
+
+    def draw_too_slow(source, image, *, fmt, timeout_s, pinned):
+        raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
+
+    monkeypatch.setattr(drawing, "render_image", draw_too_slow)  # the fallback's drawing times out too
+    with pytest.raises(RenderTimeout):
+        draw_image(graph, tmp_path / "h.svg", fmt="svg", timeout_s=5, work_dir=tmp_path)
+    assert not (tmp_path / "h.svg").exists() and not list(tmp_path.glob("sc_draw_*"))  # its source removed
 
 
 def _svg_aspect(svg_path: Path) -> float:

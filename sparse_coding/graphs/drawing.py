@@ -200,12 +200,14 @@ def _place_legend(graph: Graph, notes: list[str], graph_box: Layout, options: Re
 
 @dataclass
 class Drawing:
-    """An image being drawn in two steps: `prepare` lays it out and writes Graphviz's source (Python),
-    `render` runs Graphviz on it, so that a caller can write other files meanwhile (`graph_writer`).
+    """An image drawn in two steps: `prepare` lays it out and writes Graphviz's source (in Python, but
+    for a small graph's dot layout), `render` runs Graphviz on it, so that a caller can write other
+    files meanwhile (`graph_writer`).
 
-    `render` draws the strongest ``max_drawn_edges`` edges; if Graphviz runs past ``timeout_s``, it
-    prepares and draws once more with compact labels and ``fallback_drawn_edges`` edges. Graphviz's
-    source goes to a temp folder inside `work_dir` (default: the system's temp folder), removed after.
+    It draws the strongest ``max_drawn_edges`` edges; if Graphviz runs past ``timeout_s`` (laying out
+    or drawing), it prepares and draws once more with compact labels and ``fallback_drawn_edges``
+    edges. Graphviz's source goes to a temp folder inside `work_dir` (default: the system's temp
+    folder), removed once drawn.
     """
 
     graph: Graph
@@ -215,17 +217,74 @@ class Drawing:
     timeout_s: float = 120.0
     work_dir: Path | None = None
     source_path: Path | None = None
+    fell_back: bool = False
 
-    def prepare(self) -> Drawing:
-        """Lay the graph out and write the source that draws it (the strongest edges and the legend)."""
+    def prepare(self) -> None:
+        """Lay the graph out and write the source that draws it (the strongest edges and the legend).
+
+        Raises:
+            GraphFileError: Graphviz is missing or failed, or even the fallback timed out.
+        """
+        if self.source_path is None:
+            self.source_path = Path(tempfile.mkdtemp(prefix="sc_draw_", dir=self.work_dir)) / "drawing.dot"
+        try:
+            try:
+                self._write_source()
+            except RenderTimeout as e:
+                self._fall_back(e)
+                self._write_source()
+        except BaseException:
+            shutil.rmtree(self.source_path.parent, ignore_errors=True)
+            raise
+
+    def render(self) -> None:
+        """Draw the prepared source into the image (again with fewer edges if Graphviz runs out of time).
+
+        Raises:
+            GraphFileError: Graphviz is missing or failed, or even the fallback timed out.
+        """
+        assert self.source_path is not None, "prepare() first"
+        try:
+            try:
+                self._render()
+            except RenderTimeout as e:
+                self._fall_back(e)
+                self._write_source()
+                self._render()
+        finally:
+            shutil.rmtree(self.source_path.parent, ignore_errors=True)
+
+    def _fall_back(self, timeout: RenderTimeout) -> None:
+        """Switch to the fallback drawing, once; a second timeout is raised."""
+        if self.fell_back:
+            raise timeout
+        logger.warning(
+            "dot timed out after %.0f s; redrawing with compact labels and the %d strongest edges",
+            self.timeout_s,
+            self.options.fallback_drawn_edges,
+        )
+        self.fell_back = True
+        self.options = dataclasses.replace(
+            self.options,
+            max_full_nodes=0,
+            max_label_cells=0,
+            max_spline_edges=0,
+            fast_layout_nodes=0,
+            max_drawn_edges=min(self.options.max_drawn_edges, self.options.fallback_drawn_edges),
+        )
+
+    def _render(self) -> None:
+        assert self.source_path is not None
+        render_image(self.source_path, self.image_path, fmt=self.fmt, timeout_s=self.timeout_s, pinned=True)
+
+    def _write_source(self) -> None:
+        assert self.source_path is not None
         shown = strongest_edges(self.graph, self.options.max_drawn_edges)
         notes = _pruning_note(shown, self.graph)
         if use_compact_labels(shown, self.options):
             logger.info("drawing %d nodes with compact labels to stay readable", len(shown.nodes))
         if notes:
             logger.info("graph has %d edges: %s", len(self.graph.edges), notes[0])
-        if self.source_path is None:
-            self.source_path = Path(tempfile.mkdtemp(prefix="sc_draw_", dir=self.work_dir)) / "drawing.dot"
         laid_out, options = _graph_layout(shown, self.options, self.source_path, self.timeout_s)
         placement = _place_legend(shown, notes, laid_out, options)
         positions = {name: f"{b.x:.2f},{b.y:.2f}" for name, b in laid_out.boxes.items()}
@@ -240,39 +299,6 @@ class Drawing:
             graph_attrs=size | ({"dpi": str(options.png_dpi)} if self.fmt == "png" else {}),
         )
         self.source_path.write_text(source, encoding="utf-8")
-        return self
-
-    def render(self) -> None:
-        """Draw the prepared source into the image (again with fewer edges if Graphviz runs out of time).
-
-        Raises:
-            GraphFileError: Graphviz is missing or failed, or even the fallback timed out.
-        """
-        assert self.source_path is not None, "prepare() first"
-        try:
-            render_image(
-                self.source_path, self.image_path, fmt=self.fmt, timeout_s=self.timeout_s, pinned=True
-            )
-        except RenderTimeout:
-            logger.warning(
-                "dot timed out after %.0f s; redrawing with compact labels and the %d strongest edges",
-                self.timeout_s,
-                self.options.fallback_drawn_edges,
-            )
-            self.options = dataclasses.replace(
-                self.options,
-                max_full_nodes=0,
-                max_label_cells=0,
-                max_spline_edges=0,
-                fast_layout_nodes=0,
-                max_drawn_edges=min(self.options.max_drawn_edges, self.options.fallback_drawn_edges),
-            )
-            self.prepare()
-            render_image(
-                self.source_path, self.image_path, fmt=self.fmt, timeout_s=self.timeout_s, pinned=True
-            )
-        finally:
-            shutil.rmtree(self.source_path.parent, ignore_errors=True)
 
 
 def draw_image(
@@ -290,10 +316,5 @@ def draw_image(
         GraphFileError: dot is missing or failed, or even the fallback timed out.
     """
     drawing = Drawing(graph, image_path, fmt, options or RenderOptions(), timeout_s, work_dir)
-    try:
-        drawing.prepare()
-    except BaseException:
-        if drawing.source_path is not None:
-            shutil.rmtree(drawing.source_path.parent, ignore_errors=True)
-        raise
+    drawing.prepare()
     drawing.render()

@@ -144,7 +144,7 @@ def _draw_all(
             work = commit.scratch(image.with_name(image.name + ".drawing"))
             drawing = Drawing(graph, image_temp, image_format(image), options, timeout_s, work)
             try:
-                drawing.prepare()  # alone: its Python would share the interpreter with the worker's
+                drawing.prepare()  # before the worker: Python threads only take turns, Graphviz waits
             except GraphFileError as e:
                 raise _drawing_failed(image, image_temp, e, None) from e
         texts = pool.submit(contextvars.copy_context().run, _write_texts, graph, options, targets, temps)
