@@ -331,7 +331,26 @@ def test_label_sizes_bound_the_sizes_graphviz_draws_labels_at():
         for node in graph.nodes.values()
         for compact in (False, True)
     }
-    labels["legend"] = render.legend_markup(graph, ["a note that wraps " * 6], 60)
+    for chars in (40, 60, 150):
+        notes = render.caption_notes(graph, ["a note that wraps " * 6], RenderOptions(max_full_nodes=2))
+        labels[f"legend {chars}"] = render.legend_markup(graph, notes, chars)
+    ascii_text = escape_text("".join(map(chr, range(32, 127))))
+    table = '<TABLE BORDER="{}" CELLBORDER="{}" CELLSPACING="{}" CELLPADDING="{}">{}</TABLE>'
+    labels |= {  # hand-made: every ASCII character plain and bold, spans, nested tables, lines of mixed sizes
+        "ascii": f"<{ascii_text}>",
+        "bold": f"<<B>{ascii_text}</B>>",
+        "span": "<"
+        + table.format(
+            1, 1, 2, 2, f'<TR><TD COLSPAN="3">{"W" * 30}</TD></TR><TR><TD>i</TD><TD>ii</TD><TD>iii</TD></TR>'
+        )
+        + ">",
+        "nested": "<"
+        + table.format(
+            0, 0, 0, 1, "<TR><TD>" + table.format(1, 0, 4, 3, "<TR><TD>x</TD></TR>") + "</TD><TD>yy</TD></TR>"
+        )
+        + ">",
+        "lines": '<<FONT POINT-SIZE="9">small</FONT><BR/><FONT POINT-SIZE="14">big <B>bold</B></FONT><BR/>x>',
+    }
     drawn = _graphviz_sizes(labels)
     for name, label in labels.items():
         width, height = label_size(label)

@@ -4,11 +4,15 @@ A pinned drawing (`drawing`) lays its rows out from these sizes, and sizes
 its legend block with them. Tables are sized as Graphviz sizes them: each
 column as wide as its widest cell plus padding and cell border, spanning cells
 widening their last column, each row as tall as its tallest cell, then cell
-spacing and the table's border around it all. Text is measured with the widths
-of DejaVu Sans, the widest of the sans fonts that fontconfig draws
-"Helvetica" with (Liberation Sans and Nimbus Sans are narrower), so each size
-is an upper bound of what Graphviz draws, and close to it (tests/test_render.py
-checks both against Graphviz's own layout of a range of labels).
+spacing and the table's border around it all. Text is measured per character:
+printable ASCII by the widest advance Graphviz (2.43, pango) drew each
+character with at 8-14 pt where "Helvetica" is drawn with DejaVu Sans (glyph
+advances are rounded, so a run of ``W`` is wider than its em widths add up
+to), and never less than DejaVu Sans's own widths; other characters at most
+1.05 em, East Asian wide ones 1.3 em (a few rare symbols, such as U+2031, are
+wider). So a size is an upper bound of what Graphviz draws, and close to it:
+tests/test_render.py checks both against Graphviz's own layout of a range of
+labels.
 """
 
 from __future__ import annotations
@@ -18,16 +22,15 @@ import math
 import unicodedata
 import xml.etree.ElementTree as ET
 
-# Widths in em of ASCII 32..126 in DejaVu Sans, rounded up; other characters at most 1 em, East Asian wide
-# ones 1.25; bold at most _BOLD times regular.
+# Widths in hundredths of an em of ASCII 32..126 (see above); bold at most _BOLD times as wide.
 _EM_HUNDREDTHS = """
-32 41 46 84 64 96 78 28 40 40 50 84 32 37 32 34 64 64 64 64 64 64 64 64 64 64 34 34 84 84 84 54
-100 69 69 70 78 64 58 78 76 30 30 66 56 87 75 79 61 79 70 64 62 74 69 99 69 62 69 40 34 40 84 50
-50 62 64 55 64 62 36 64 64 28 28 58 28 98 64 62 64 64 42 53 40 64 60 82 60 60 53 64 34 64 84
+35 42 51 86 67 98 81 31 42 42 53 86 35 38 35 38 67 67 67 67 67 67 67 67 67 67 38 38 86 86 86 57
+104 75 70 70 78 67 61 78 76 34 34 69 59 91 76 83 63 83 70 67 62 76 70 104 70 66 70 42 38 42 86 53
+53 66 67 59 67 66 36 67 67 31 31 61 31 101 67 66 67 67 42 57 42 67 62 85 62 62 57 67 38 67 86
 """
 _EM = dict(zip(map(chr, range(32, 127)), (int(w) / 100 for w in _EM_HUNDREDTHS.split()), strict=True))
 _EM["\u00a0"] = _EM[" "]  # spaces are drawn as no-break spaces
-_BOLD = 1.27
+_BOLD = 1.26
 _LINE_EM = 1.1  # line height in em, as Graphviz spaces lines
 
 Size = tuple[float, float]
@@ -41,7 +44,7 @@ def text_width(text: str, size: float, bold: bool = False) -> float:
     for char in text:
         width = _EM.get(char)
         if width is None:
-            width = 1.25 if unicodedata.east_asian_width(char) in "WF" else 1.0
+            width = 1.3 if unicodedata.east_asian_width(char) in "WF" else 1.05
         em += width
     return math.ceil(em * size * (_BOLD if bold else 1.0)) + 1  # + 1: Graphviz rounds each run up
 
@@ -49,8 +52,9 @@ def text_width(text: str, size: float, bold: bool = False) -> float:
 def label_size(label: str, size: float = 11.0) -> Size:
     """An upper bound of the (width, height) in points Graphviz gives an HTML-like label (``<...>``)
     drawn at font `size`."""
-    root = ET.fromstring(label[1:-1])
-    return _table_size(root, size, False) if root.tag == "TABLE" else _text_size(root, size, False)
+    root = ET.fromstring(f"<LABEL>{label[1:-1]}</LABEL>")  # a table, or text
+    table = root.find("TABLE")
+    return _text_size(root, size, False) if table is None else _table_size(table, size, False)
 
 
 def _table_size(table: ET.Element, size: float, bold: bool) -> Size:
