@@ -342,18 +342,20 @@ def _check_ends(graph: Graph) -> None:
 
 def _edge_lines(edges: list[Edge]) -> list[str]:
     """``json.dumps(edge.to_dict())`` with compact separators, written out for an edge's few keys."""
-    q, number, lines = encode_basestring, float.__repr__, []
-    quoted: dict[str, str] = {}  # run ids: the same few on every edge
+    number, quoted, lines = float.__repr__, {}, []  # node and run ids, each quoted once
     for edge in edges:
-        head = f'{{"source":{q(edge.source)},"target":{q(edge.target)},"effect":{number(float(edge.effect))}'
+        source = quoted.get(edge.source) or quoted.setdefault(edge.source, encode_basestring(edge.source))
+        target = quoted.get(edge.target) or quoted.setdefault(edge.target, encode_basestring(edge.target))
+        effect_text = number(float(edge.effect))  # a run's value is often the effect itself: written once
+        head = f'{{"source":{source},"target":{target},"effect":{effect_text}'
         if not edge.runs:
             lines.append(head + "}")
             continue
-        runs = []
-        for run, value in edge.runs.items():
-            if (key := quoted.get(run)) is None:
-                key = quoted[run] = q(run)
-            runs.append(f"{key}:{number(float(value))}")
+        runs = [
+            f"{quoted.get(run) or quoted.setdefault(run, encode_basestring(run))}:"
+            f"{effect_text if value is edge.effect else number(float(value))}"
+            for run, value in edge.runs.items()
+        ]
         lines.append(f'{head},"n_runs":{len(runs)},"runs":{{{",".join(runs)}}}}}')
     return lines
 
