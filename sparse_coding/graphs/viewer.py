@@ -1,7 +1,7 @@
 """One self-contained HTML page per graph, for exploring it by clicking.
 
 The page is ``<stem>.html`` beside the image: the graph's data as inline JSON,
-``viewer.css`` and ``viewer.js`` inlined, no CDN and no request, so it opens
+``viewer.css`` and the script's parts (``SCRIPT_PARTS``) inlined, no CDN and no request, so it opens
 from ``file://`` on an air-gapped server and inside a Jupyter output cell
 (``IPython.display.HTML(viewer_fragment(graph))``). It opens on the
 strongest edges of a big graph, each site and layer in forward order, wrapped
@@ -36,8 +36,29 @@ from sparse_coding.graphs.render import drawn_rank
 from sparse_coding.nodes import parse_any_id
 
 
+# The viewer's script in parts (each file says what it holds), inlined in this order: a part uses
+# only the names of the parts before it, and the last, viewer.js, defines window.scGraphViewer.
+SCRIPT_PARTS = (
+    "viewer_common.js",
+    "viewer_layout.js",
+    "viewer_state.js",
+    "viewer_camera.js",
+    "viewer_drawing.js",
+    "viewer_steer.js",
+    "viewer_panel.js",
+    "viewer.js",
+)
+
+
 def _asset(name: str) -> str:
     return resources.files("sparse_coding.graphs").joinpath(name).read_text(encoding="utf-8")
+
+
+def viewer_script() -> str:
+    """The parts as one script, in one function scope: a page or notebook that holds two viewers
+    declares each name twice without a clash."""
+    parts = "\n".join(_asset(name) for name in SCRIPT_PARTS)
+    return f'(() => {{\n"use strict";\n{parts}}})();'
 
 
 def _run_indices(runs: dict[str, Any], run_index: dict[str, int]) -> list[int] | None:
@@ -163,9 +184,9 @@ def viewer_fragment(graph: Graph, *, root_id: str | None = None) -> str:
     data = script_safe_json(viewer_data(graph))
     root_id = root_id or f"sc-viewer-{uuid.uuid4().hex[:12]}"
     boot = (
-        "(function () { var t0 = performance.now();"
-        f' var root = document.getElementById("{root_id}");'
-        f' var data = JSON.parse(document.getElementById("{root_id}-data").textContent);'
+        "(() => { const t0 = performance.now();"
+        f' const root = document.getElementById("{root_id}");'
+        f' const data = JSON.parse(document.getElementById("{root_id}-data").textContent);'
         " scGraphViewer.init(root, data);"
         " root.dataset.firstRenderMs = (performance.now() - t0).toFixed(1); })();"
     )
@@ -173,7 +194,7 @@ def viewer_fragment(graph: Graph, *, root_id: str | None = None) -> str:
         f"<style>{_asset('viewer.css')}</style>\n"
         f'<div class="sc-viewer" id="{root_id}"></div>\n'
         f'<script type="application/json" id="{root_id}-data">{data}</script>\n'
-        f"<script>{_asset('viewer.js')}\n{boot}</script>\n"
+        f"<script>{viewer_script()}\n{boot}</script>\n"
     )
 
 
