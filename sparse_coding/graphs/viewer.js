@@ -1,28 +1,9 @@
-/* sparse_coding graph viewer: one canvas, no libraries, no network.
- *
- * scGraphViewer.init(root, data) builds the toolbar, the canvas and the side panel inside `root` from
- * the page data written by viewer.py:
- *   data.nodes: [{id, hook, row, column, error, activation, attribution, contexts, up, down,
- *                 explanation, url, steer, runs}]
- *   data.edges: [[sourceIndex, targetIndex, effect, runs]]
- *   data.rows, data.runs, data.caption (lines), data.legend, data.tokens
- * viewer.py inlines the parts into one script, in this order: viewer_common.js (constants, helpers),
- * viewer_layout.js (where nodes go, what is under a point), viewer_state.js (filters, selection,
- * paths, search), viewer_camera.js (pan and zoom), viewer_drawing.js (the canvas),
- * viewer_steer.js and viewer_panel.js (the side panel), then this file: the Viewer ties them to the
- * DOM and its events.
- * Positioned nodes (id@position, with data.tokens the prompt's tokens; a node's column is its
- * position, a trace.py logit's the last token's) are laid out on a token axis: one column per
- * position, in token order, rows from the first (token embeddings) at the bottom to the last (logits)
- * at the top, the tokens written under the lowest row.
- * It opens on a readable view of any graph: above INITIAL_EDGES edges the slider starts at the
- * |effect| that shows the strongest INITIAL_EDGES (one click on "all edges" or the slider shows the
- * rest); the shown nodes are laid out again on every change, each site and layer in forward order and
- * wrapped into lines that fit the window at a legible zoom; the view starts at the top, at that zoom
- * or larger.
- * The state a test needs is kept on root.dataset (visibleNodes, visibleEdges, threshold,
- * searchMatches, selected, pathNodes, zoom, firstRenderMs, applyMs) and root.scViewer.
- */
+/* sparse_coding graph viewer: one canvas, no libraries, no network (the parts: docs/internals.md).
+ * scGraphViewer.init(root, data) builds toolbar, canvas and side panel in `root` from viewer.py's data:
+ *   nodes: [{id, hook, row, column, error, activation, attribution, contexts, up, down, explanation,
+ *            url, steer, runs}], edges: [[source, target, effect, runs]], rows, runs, caption, legend, tokens
+ * What a test reads is on root.dataset (visibleNodes, visibleEdges, threshold, searchMatches, selected,
+ * pathNodes, zoom, firstRenderMs, applyMs) and root.scViewer. */
 class Viewer {
   constructor(root, data) {
     this.root = root;
@@ -46,7 +27,8 @@ class Viewer {
     const { root } = this;
     root.textContent = "";
     const bar = el("div", "sc-bar");
-    this.search = Object.assign(el("input", "sc-search"), { type: "search", placeholder: "search id or context token" });
+    const placeholder = "search id or context token";
+    this.search = Object.assign(el("input", "sc-search"), { type: "search", placeholder });
     this.slider = Object.assign(el("input", "sc-slider"), { type: "range", min: 0, max: SLIDER_STEPS, value: 0 });
     this.thresholdText = el("span", "sc-threshold");
     this.errorBox = Object.assign(el("input"), { type: "checkbox", checked: true, className: "sc-errors" });
@@ -70,7 +52,8 @@ class Viewer {
   /* The first view: the strongest edges of a big graph, wrapped to the stage's width. */
   open() {
     this.painter.resize(this.stage);
-    this.perLine = Math.max(4, Math.floor(((this.stage.clientWidth || 800) / LEGIBLE_ZOOM - LABEL_W) / (NODE_W + GAP_X)));
+    const width = (this.stage.clientWidth || 800) / LEGIBLE_ZOOM - LABEL_W;
+    this.perLine = Math.max(4, Math.floor(width / (NODE_W + GAP_X)));
     const step = this.state.openingStep();
     if (step !== null) this.slider.value = step;
     this.apply();
@@ -88,7 +71,8 @@ class Viewer {
       : forwardLayout(data.nodes, data.edges, data.rows.length, state.nodeOn, state.edgeOn, this.perLine);
     state.trace();
     this.thresholdText.textContent = fmt(state.threshold);
-    this.counts.textContent = `${visibleNodes} / ${data.nodes.length} nodes, ${visibleEdges} / ${data.edges.length} edges`;
+    this.counts.textContent =
+      `${visibleNodes} / ${data.nodes.length} nodes, ${visibleEdges} / ${data.edges.length} edges`;
     root.dataset.visibleNodes = visibleNodes;
     root.dataset.visibleEdges = visibleEdges;
     root.dataset.threshold = String(state.threshold);
@@ -173,7 +157,8 @@ class Viewer {
       camera.zoomAt(evt.clientX - box.left, evt.clientY - box.top, Math.exp(-evt.deltaY * 0.0015));
       this.redrawSoon();
     }, { passive: false });
-    if (window.ResizeObserver) new ResizeObserver(() => { this.painter.resize(this.stage); this.draw(); }).observe(this.stage);
+    const resized = () => { this.painter.resize(this.stage); this.draw(); };
+    if (window.ResizeObserver) new ResizeObserver(resized).observe(this.stage);
   }
 
   nodeAt(evt) {
@@ -190,7 +175,8 @@ class Viewer {
     }
     if (i >= 0) {
       const n = nodes[i];
-      this.showTip(evt, [n.id, `hook ${n.hook || "n/a"}`, `activation ${fmt(n.activation)}`, `attribution ${fmt(n.attribution)}`]);
+      this.showTip(evt, [n.id, `hook ${n.hook || "n/a"}`, `activation ${fmt(n.activation)}`,
+        `attribution ${fmt(n.attribution)}`]);
     } else if (k >= 0) {
       const [s, t, effect] = edges[k];
       this.showTip(evt, [`${nodes[s].id} → ${nodes[t].id}`, `effect ${fmt(effect)}`]);
@@ -214,7 +200,8 @@ class Viewer {
     return {
       screenPoint: (id) => {
         const box = canvas.getBoundingClientRect(), n = nodes[index(id)];
-        return [box.left + camera.tx + (n.x + NODE_W / 2) * camera.zoom, box.top + camera.ty + (n.y + NODE_H / 2) * camera.zoom];
+        return [box.left + camera.tx + (n.x + NODE_W / 2) * camera.zoom,
+          box.top + camera.ty + (n.y + NODE_H / 2) * camera.zoom];
       },
       screenBoxes: () => {
         const box = canvas.getBoundingClientRect();

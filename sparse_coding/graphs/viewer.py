@@ -35,9 +35,9 @@ from sparse_coding.graphs.markup import shown_logits
 from sparse_coding.graphs.render import drawn_rank
 from sparse_coding.nodes import parse_any_id
 
-
-# The viewer's script in parts (each file says what it holds), inlined in this order: a part uses
-# only the names of the parts before it, and the last, viewer.js, defines window.scGraphViewer.
+# The viewer's script in parts (each file opens with what it holds), inlined in reading order: helpers,
+# layout, state, camera, drawing, side panel, then viewer.js, whose Viewer ties them to the DOM and
+# which defines window.scGraphViewer.
 SCRIPT_PARTS = (
     "viewer_common.js",
     "viewer_layout.js",
@@ -54,11 +54,25 @@ def _asset(name: str) -> str:
     return resources.files("sparse_coding.graphs").joinpath(name).read_text(encoding="utf-8")
 
 
+def _code_lines(source: str) -> list[str]:
+    """A part's lines less blank lines and whole-line comments (a ``/*`` line through the line ending
+    ``*/``; a ``//`` line): the comments are for readers of the source and cost the page nothing. The
+    parts write no string across lines, so no such line is inside a string."""
+    kept, in_comment = [], False
+    for line in source.splitlines():
+        text = line.strip()
+        if in_comment or text.startswith("/*"):
+            in_comment = not text.endswith("*/")
+        elif text and not text.startswith("//"):
+            kept.append(line)
+    return kept
+
+
 def viewer_script() -> str:
-    """The parts as one script, in one function scope: a page or notebook that holds two viewers
+    """The parts as one script in one function scope, so that a page or notebook holding two viewers
     declares each name twice without a clash."""
-    parts = "\n".join(_asset(name) for name in SCRIPT_PARTS)
-    return f'(() => {{\n"use strict";\n{parts}}})();'
+    lines = [line for name in SCRIPT_PARTS for line in _code_lines(_asset(name))]
+    return '(() => {\n"use strict";\n' + "\n".join(lines) + "\n})();"
 
 
 def _run_indices(runs: dict[str, Any], run_index: dict[str, int]) -> list[int] | None:

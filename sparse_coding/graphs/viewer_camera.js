@@ -1,10 +1,7 @@
 /* Pan and zoom: a world point (x, y) is drawn at (tx + x * zoom, ty + y * zoom) on the stage. */
 class Camera {
   constructor(stage) {
-    this.stage = stage;
-    this.tx = 0;
-    this.ty = 0;
-    this.zoom = 1;
+    Object.assign(this, { stage, tx: 0, ty: 0, zoom: 1 });
   }
 
   size() {

@@ -1,5 +1,4 @@
-/* The viewer's shared constants and small helpers: box geometry, colours, DOM elements, number and
- * token text. Every label goes in as textContent: a token such as "<script>" is shown, never parsed. */
+/* Constants and helpers. Labels are set as textContent (or fillText): "<script>" is shown, not parsed. */
 const NODE_W = 130, NODE_H = 34, GAP_X = 14, ROW_H = 96, SLIDER_STEPS = 1000;
 const EMPTY_W = 50;  /* a token column without nodes */
 const INITIAL_EDGES = 300, LEGIBLE_ZOOM = 0.8, MAX_ZOOM = 1.5, LABEL_W = 90;

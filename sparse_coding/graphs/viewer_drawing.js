@@ -1,13 +1,8 @@
-/* The canvas: edges in colour and width buckets, node boxes, row labels and the token axis, drawn from
- * the state, the camera and the current layout. */
+/* The canvas: edges (bucketed by colour and width), boxes, row labels, token axis. */
 class Painter {
   constructor(canvas, data, state, camera) {
-    this.canvas = canvas;
-    this.ctx = canvas.getContext("2d");
-    this.data = data;
-    this.state = state;
-    this.camera = camera;
-    this.scale = edgeScale(data.nodes, data.edges, state.absSorted);
+    const ctx = canvas.getContext("2d"), scale = edgeScale(data.nodes, data.edges, state.absSorted);
+    Object.assign(this, { canvas, ctx, data, state, camera, scale });
   }
 
   resize(stage) {

@@ -1,5 +1,5 @@
-/* Where the shown nodes go (writing n.x, n.y, n.placed) and what lies under a point. A layout is a
- * list of lines {row, first, nodes, y}, one ROW_H apart; a token axis adds lines.columns. */
+/* Where the shown nodes go (n.x, n.y, n.placed) and what lies under a point. A layout is a list of
+ * lines {row, first, nodes, y}, ROW_H apart; on a token axis with lines.columns ([left, width]). */
 
 /* The shown nodes in lines: each row (site and layer) in forward order, wrapped after `perLine`
  * boxes. A row that fits one line is ordered by the mean x of its upstream neighbours (fewer
@@ -87,7 +87,8 @@ function extent(nodes, nodeOn, lines) {
     const last = lines.columns[lines.columns.length - 1];
     return [-LABEL_W, Math.min(...ys) - 20, last[0] + last[1] + 10, lines.length * ROW_H];
   }
-  return [Math.min(...xs) - LABEL_W, Math.min(...ys) - 20, Math.max(...xs) + NODE_W + 10, Math.max(...ys) + NODE_H + 20];
+  return [Math.min(...xs) - LABEL_W, Math.min(...ys) - 20,
+    Math.max(...xs) + NODE_W + 10, Math.max(...ys) + NODE_H + 20];
 }
 
 /* The node whose box holds the world point p, or -1. */

@@ -1,6 +1,5 @@
-/* The side panel: with no selection the caption, legend, run checkboxes and search results; with one,
- * the node's facts, Neuronpedia link, steer.py commands, top contexts, logit cells and its strongest
- * shown edges. `actions.select(i, centre)` and `actions.toggleRun(i, on)` go back to the viewer. */
+/* The side panel: caption, legend, runs and search results; or the selected node's facts, link, steer
+ * commands, contexts, logit cells and edges. Clicks go to actions.select(i, centre), toggleRun(i, on). */
 class SidePanel {
   constructor(side, root, data, state, actions) {
     Object.assign(this, { side, root, data, state, actions });
@@ -73,7 +72,8 @@ class SidePanel {
     list.appendChild(el("div", "sc-heading", `${strongest.length} visible edges`));
     for (const k of strongest.slice(0, 20)) {
       const [s, t, effect] = edges[k];
-      list.appendChild(el("div", effect >= 0 ? "sc-up" : "sc-down", `${nodes[s].id} → ${nodes[t].id}: ${fmt(effect)}`));
+      const text = `${nodes[s].id} → ${nodes[t].id}: ${fmt(effect)}`;
+      list.appendChild(el("div", effect >= 0 ? "sc-up" : "sc-down", text));
     }
     return list;
   }

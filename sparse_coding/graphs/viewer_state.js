@@ -1,23 +1,14 @@
-/* What the page shows, without the DOM: the filters (|effect| threshold, error nodes, runs), the edges
- * and nodes that pass them, the selected node with the paths through it, the hovered box or edge and
- * the search matches. */
+/* What the page shows, without the DOM: filters (|effect|, error nodes, runs), the edges and nodes
+ * that pass them, the selection and the paths through it, the hovered box or edge, search matches. */
 class ViewState {
   constructor(data) {
-    this.nodes = data.nodes;
-    this.edges = data.edges;
-    this.absSorted = this.edges.map((e) => Math.abs(e[2])).sort((a, b) => a - b);
-    this.threshold = 0;
-    this.showErrors = true;
-    this.runsOn = data.runs.map(() => true);
-    this.selected = -1;
-    this.hoverNode = -1;
-    this.hoverEdge = -1;
-    this.matches = null;  /* node indices, or null with no search */
-    this.matchSet = null;
-    this.nodeOn = [];
-    this.edgeOn = [];
-    this.pathNodes = null;  /* Sets of node and edge indices on a path through the selected node */
-    this.pathEdges = null;
+    const { nodes, edges, runs } = data;
+    Object.assign(this, {
+      nodes, edges, absSorted: edges.map((e) => Math.abs(e[2])).sort((a, b) => a - b),
+      threshold: 0, showErrors: true, runsOn: runs.map(() => true), selected: -1, hoverNode: -1, hoverEdge: -1,
+      matches: null, matchSet: null,  /* node indices (array, Set), or null with no search */
+      nodeOn: [], edgeOn: [], pathNodes: null, pathEdges: null,  /* Sets: on a path through the selected node */
+    });
   }
 
   /* Above INITIAL_EDGES edges, the threshold that shows the strongest INITIAL_EDGES; the slider step

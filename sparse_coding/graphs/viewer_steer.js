@@ -1,5 +1,5 @@
-/* steer.py commands for the selected feature (viewer.py's `steer`: [label, text] pairs), each with a
- * copy button; the clipboard API where the page may use it, else a selected textarea in `root`. */
+/* steer.py commands ([label, text] pairs), each with a copy button: the clipboard API where the page
+ * may use it, else a selected textarea in `root`. */
 function steerBox(lines, root) {
   const box = el("div", "sc-steer");
   box.appendChild(el("div", "sc-heading", "test it with steer.py (add --config PATH for yours)"));
