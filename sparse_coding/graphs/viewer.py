@@ -1,15 +1,16 @@
 """One self-contained HTML page per graph, for exploring it by clicking.
 
 The page is ``<stem>.html`` beside the image: the graph's data as inline JSON,
-``viewer.css`` and the script's parts (``SCRIPT_PARTS``) inlined, no CDN and no request, so it opens
-from ``file://`` on an air-gapped server and inside a Jupyter output cell
-(``IPython.display.HTML(viewer_fragment(graph))``). It opens on the
-strongest edges of a big graph, each site and layer in forward order, wrapped
-to the window (``viewer.js``).
+``viewer.css`` and the script inlined, no CDN and no request, so it opens from
+``file://`` on an air-gapped server and inside a Jupyter output cell
+(``IPython.display.HTML(viewer_fragment(graph))``). It opens on the strongest
+edges of a big graph, each site and layer in forward order, wrapped to the
+window.
 
-The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (package
-data): no registry library to vendor or pin, and a canvas redraws thousands of
-edges per frame where as many SVG elements would not (docs/benchmarks.md).
+The drawing is hand-written JavaScript on one ``<canvas>``, in parts
+(``SCRIPT_PARTS``, package data; docs/internals.md maps them): no registry
+library to vendor or pin, and a canvas redraws thousands of edges per frame
+where as many SVG elements would not (docs/benchmarks.md).
 
 Everything the page shows is read from the `Graph` through ``viewer_data``,
 the one adapter to change when the graph changes. Labels are data, never
