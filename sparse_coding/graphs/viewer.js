@@ -76,7 +76,7 @@ class Viewer {
     root.dataset.visibleNodes = visibleNodes;
     root.dataset.visibleEdges = visibleEdges;
     root.dataset.threshold = String(state.threshold);
-    root.dataset.pathNodes = state.pathNodes ? state.pathNodes.size : "";
+    root.dataset.pathNodes = state.pathNodes ? state.pathNodes.reduce((count, on) => count + on, 0) : "";
     this.showPanel();
     this.draw();
     root.dataset.applyMs = (performance.now() - t0).toFixed(2);

@@ -33,7 +33,7 @@ class Painter {
     const { ctx, state } = this, nodes = this.data.nodes, buckets = new Map();
     this.data.edges.forEach((e, k) => {
       if (!state.edgeOn[k]) return;
-      const onPath = state.pathEdges ? state.pathEdges.has(k) : true;
+      const onPath = state.pathEdges ? state.pathEdges[k] === 1 : true;
       if (onPath === dimmed) return;
       const level = Math.max(1, Math.min(10, Math.round(10 * Math.abs(e[2]) / this.scale)));
       const key = (e[2] >= 0 ? "b" : "r") + level;
@@ -79,7 +79,7 @@ class Painter {
 
   drawNode(n, i) {
     const { ctx, state } = this, zoom = this.camera.zoom;
-    const dim = state.pathNodes && !state.pathNodes.has(i);
+    const dim = state.pathNodes && !state.pathNodes[i];
     const match = state.matches && state.matchSet.has(i);
     ctx.globalAlpha = dim ? 0.25 : 1;
     ctx.fillStyle = i === state.selected ? "#fff3c4" : match ? "#e6f0fa" : "#ffffff";

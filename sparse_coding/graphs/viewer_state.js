@@ -7,7 +7,7 @@ class ViewState {
       nodes, edges, absSorted: edges.map((e) => Math.abs(e[2])).sort((a, b) => a - b),
       threshold: 0, showErrors: true, runsOn: runs.map(() => true), selected: -1, hoverNode: -1, hoverEdge: -1,
       matches: null, matchSet: null,  /* node indices (array, Set), or null with no search */
-      nodeOn: [], edgeOn: [], pathNodes: null, pathEdges: null,  /* Sets: on a path through the selected node */
+      nodeOn: [], edgeOn: [], pathNodes: null, pathEdges: null,  /* 1 on a path through the selected node */
     });
   }
 
@@ -58,19 +58,24 @@ class ViewState {
     this.pathEdges = found && found[1];
   }
 
+  /* Flags (Uint8Array) of the nodes and edges on a shown path down from, or up to, node `start`. */
   paths(start) {
-    const pathNodes = new Set([start]), pathEdges = new Set();
+    const { nodes, edges, edgeOn } = this;
+    const pathNodes = new Uint8Array(nodes.length), pathEdges = new Uint8Array(edges.length);
+    pathNodes[start] = 1;
     for (const [far, near] of [[0, 1], [1, 0]]) {
-      let frontier = new Set([start]);
-      const seen = new Set([start]);
-      while (frontier.size) {
-        const next = new Set();
-        this.edges.forEach((e, k) => {
-          if (!this.edgeOn[k] || !frontier.has(e[near])) return;
-          pathEdges.add(k);
+      const seen = new Uint8Array(nodes.length);
+      let frontier = new Uint8Array(nodes.length), found = 1;
+      seen[start] = 1; frontier[start] = 1;
+      while (found) {
+        const next = new Uint8Array(nodes.length);
+        found = 0;
+        edges.forEach((e, k) => {
+          if (!edgeOn[k] || !frontier[e[near]]) return;
+          pathEdges[k] = 1;
           const other = e[far];
-          pathNodes.add(other);
-          if (!seen.has(other)) { seen.add(other); next.add(other); }
+          pathNodes[other] = 1;
+          if (!seen[other]) { seen[other] = 1; next[other] = 1; found++; }
         });
         frontier = next;
       }
