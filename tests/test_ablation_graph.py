@@ -62,19 +62,19 @@ def _encode(sae, x):
 
 def _reference(model, saes, ids, layer, feature):
     """Brute force: zero one feature at every position, error kept; last-position clean - ablated."""
-    sae, nxt = saes[layer], saes.get(layer + 1)
+    sae, next_sae = saes[layer], saes.get(layer + 1)
     hook = sae.hook_name.rsplit(".", 1)[1]
 
     def forward(edit):
         seen = {}
         handles = [_stream_hook(model, hook, layer, edit)]
-        if nxt is not None:
+        if next_sae is not None:
             handles.append(_stream_hook(model, hook, layer + 1, lambda x: seen.setdefault("next", x)))
         with torch.no_grad():
             logits = model(ids)[0, -1]
         for handle in handles:
             handle.remove()
-        return (None if nxt is None else _encode(nxt, seen["next"])[0, -1]), logits.log_softmax(-1)
+        return (None if next_sae is None else _encode(next_sae, seen["next"])[0, -1]), logits.log_softmax(-1)
 
     def ablate(x):
         acts = _encode(sae, x)[..., feature : feature + 1]  # (1, pos, 1)
@@ -84,7 +84,7 @@ def _reference(model, saes, ids, layer, feature):
 
     clean_feats, clean_logp = forward(lambda x: x)
     feats, logp = forward(ablate)
-    return (None if nxt is None else clean_feats - feats), clean_logp - logp
+    return (None if next_sae is None else clean_feats - feats), clean_logp - logp
 
 
 def _saes(config, spliced):

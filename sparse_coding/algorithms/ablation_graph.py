@@ -145,19 +145,19 @@ def ablation_graph(
     candidates = _first_candidates(clean_layers[0], thinning, pinned.get(sites[0].layer), seed)
     results = []
     for index, layer in enumerate(clean_layers):
-        nxt = clean_layers[index + 1] if index + 1 < len(clean_layers) else None
+        next_layer = clean_layers[index + 1] if index + 1 < len(clean_layers) else None
         # Only the first layer's candidates may go undrawn (no edge kept, not pinned);
         # later candidates are edge targets or pinned, so all of them get logit cells.
-        drawn_only = index == 0 and nxt is not None
+        drawn_only = index == 0 and next_layer is not None
         pin = pinned.get(layer.site.layer) if drawn_only else None
         effects = _ablate_layer(
-            spliced, clean, layer, nxt, candidates, logit_tokens, threshold_exp, rows, drawn_only, pin
+            spliced, clean, layer, next_layer, candidates, logit_tokens, threshold_exp, rows, drawn_only, pin
         )
         if index == 0 and not effects.any_effect:
             raise _zero_effect_error(layer, pinned)
         results.append(effects)
-        if nxt is not None:
-            candidates = _next_candidates(effects, pinned.get(nxt.site.layer))
+        if next_layer is not None:
+            candidates = _next_candidates(effects, pinned.get(next_layer.site.layer))
     graph = _assemble(clean_layers, results, tokenizer, pinned)
     collected = sum(r.collected for r in results)
     plotted = sum(r.plotted for r in results)
@@ -228,7 +228,7 @@ def _ablate_layer(
     spliced: SplicedModel,
     clean: CleanRun,
     layer: ResidLayer,
-    nxt: "ResidLayer | None",
+    next_layer: "ResidLayer | None",
     candidates: Tensor,
     logit_tokens: int,
     threshold_exp: float | None,
@@ -259,8 +259,8 @@ def _ablate_layer(
         with torch.inference_mode():
             ablated = AblatedRows(clean, layer, chunk)
             wanted = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
-            if nxt is not None:
-                feat_eff = ablated.run_to_next(spliced, nxt, keep_stream)
+            if next_layer is not None:
+                feat_eff = ablated.run_to_next(spliced, next_layer, keep_stream)
                 has_edge, changed = _record_edges(out, chunk, feat_eff, threshold_exp)
                 if drawn_only and changed:
                     wanted = has_edge if pinned is None else has_edge | (chunk == pinned)

@@ -263,7 +263,7 @@ def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: I
 
 
 @dataclass
-class _Sums:
+class _ValidationTotals:
     """Running float64 sums over batches, on the CPU."""
 
     probs_clean: np.ndarray  # (d_vocab,)
@@ -274,7 +274,7 @@ class _Sums:
     n_tokens: int = 0
     n_sequences: int = 0
 
-    def reduce(self) -> "_Sums":
+    def reduce(self) -> "_ValidationTotals":
         """Every rank's sums added (float64), on every rank."""
         return all_sum(self)
 
@@ -302,7 +302,7 @@ def _last_probs(log_probs: Tensor, batch: TokenBatch) -> np.ndarray:
     return _cpu_total(log_probs[rows, last].exp())
 
 
-def _add(sums: _Sums, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
+def _add_cross_entropy(sums: _ValidationTotals, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
     sums.ce[name] += _cross_entropy_sum(log_probs, batch)
 
 
@@ -311,7 +311,7 @@ def _add_batch(
     batch: TokenBatch,
     circuit: Circuit,
     ablations: dict[str, Intervention],
-    sums: _Sums,
+    sums: _ValidationTotals,
 ) -> None:
     """Phase 2 for one batch: clean, zeroed and mean-ablated forwards into `sums`."""
     real = batch.attention_mask.bool()
@@ -319,13 +319,13 @@ def _add_batch(
     zeroed = _log_probs(spliced, batch, zero_ablation(_zero_targets(circuit, real)))
     kl = F.kl_div(zeroed, clean, log_target=True, reduction="none").sum(dim=-1)
     sums.kl += float(kl[real].sum())
-    _add(sums, "full", clean, batch)
-    _add(sums, "zero", zeroed, batch)
+    _add_cross_entropy(sums, "full", clean, batch)
+    _add_cross_entropy(sums, "zero", zeroed, batch)
     sums.probs_clean += _last_probs(clean, batch)
     sums.probs_ablated += _last_probs(zeroed, batch)
     del clean, zeroed, kl  # from here on, one vocabulary-sized tensor at a time
     for name, intervention in ablations.items():
-        _add(sums, name, _log_probs(spliced, batch, intervention), batch)
+        _add_cross_entropy(sums, name, _log_probs(spliced, batch, intervention), batch)
     sums.n_predictions += int(batch.attention_mask[:, 1:].sum())
     sums.n_tokens += int(real.sum())
     sums.n_sequences += len(real)
@@ -363,13 +363,13 @@ def validate_circuit(
     ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)
     d_vocab = spliced.model.config.vocab_size
 
-    def add(sums: _Sums, index: int, batch: TokenBatch) -> None:
+    def add(sums: _ValidationTotals, index: int, batch: TokenBatch) -> None:
         _add_batch(spliced, batch, circuit, ablations, sums)
 
     sums = run_pass(
         "validation",
         batches,
-        empty=lambda: _Sums(np.zeros(d_vocab), np.zeros(d_vocab)),
+        empty=lambda: _ValidationTotals(np.zeros(d_vocab), np.zeros(d_vocab)),
         add=add,
         desc="Validating",
     )
@@ -383,7 +383,7 @@ def validate_circuit(
 
 
 def _result(
-    circuit: Circuit, circuit_errors: list[str], sites: list[str], errors: ErrorMode, sums: _Sums
+    circuit: Circuit, circuit_errors: list[str], sites: list[str], errors: ErrorMode, sums: _ValidationTotals
 ) -> ValidationResult:
     """Phase 3: means of the sums, faithfulness and completeness."""
     ce = {name: total / sums.n_predictions for name, total in sums.ce.items()}

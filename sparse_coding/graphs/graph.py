@@ -95,8 +95,8 @@ class Graph:
 
     def copy(self) -> Graph:
         """A copy that tying and merging leave the original alone: nodes as `Node.copy`, edges
-        with their own run values, metadata and hand-drawn parts deep-copied (a deep copy of
-        every edge took ~2 s on a 59k-edge graph)."""
+        with their own run values, metadata and hand-drawn parts deep-copied (not a deep copy
+        of every edge, whose fields are never mutated)."""
         return Graph(
             nodes={key: node.copy() for key, node in self.nodes.items()},
             edges={key: Edge(e.source, e.target, e.effect, dict(e.runs)) for key, e in self.edges.items()},
@@ -121,7 +121,7 @@ class Graph:
         return self.metadata.get("runs", [])
 
     def add_run(self, record: dict[str, Any]) -> None:
-        """Tie every value that belongs to no run yet to the run `record` (which has an ``id``).
+        """Assign every value that belongs to no run yet to the run `record` (which has an ``id``).
 
         A freshly computed graph's metadata is replaced by its run list: put
         its fields into `record` first (see `run_record`).
@@ -129,20 +129,21 @@ class Graph:
         if "runs" not in self.metadata:
             self.metadata = {"runs": []}
         for node in self.nodes.values():
-            if node.untied():
-                node.tie(record["id"])
+            if node.has_values_of_no_run():
+                node.assign_run(record["id"])
         for edge in self.edges.values():
             if not edge.runs:
                 edge.runs = {record["id"]: edge.effect}
         self.metadata["runs"].append(copy.deepcopy(record))
         self._describe()
 
-    def untied(self) -> bool:
+    def has_values_of_no_run(self) -> bool:
         """True when some node or edge value belongs to no run (a fresh or imported graph)."""
-        return any(n.untied() for n in self.nodes.values()) or any(not e.runs for e in self.edges.values())
+        nodes = any(n.has_values_of_no_run() for n in self.nodes.values())
+        return nodes or any(not e.runs for e in self.edges.values())
 
     def merge(self, other: Graph) -> None:
-        """Grow this graph by another one, in place (both tied to their runs, see `add_run`).
+        """Grow this graph by another one, in place (both assigned to their runs, see `add_run`).
 
         Nodes merge by id, an edge measured again gains the new run's value
         (drawn at the mean), runs are listed once each, oldest first, and the
