@@ -137,7 +137,7 @@ class AblatedRows:
             self.hidden = layer.clean[at_token] - delta.to(layer.clean.dtype)
             self.edit = SparseEdit(layer.clean, values != 0)
 
-    def run_to_next(self, spliced: SplicedModel, next_layer: ResidLayer, keep_stream: bool) -> Tensor:
+    def run_to_next(self, spliced: SplicedModel, next_layer: ResidLayer, *, keep_stream: bool) -> Tensor:
         """Blocks up to the next site; mean clean - ablated features (m, d_sae) there, last position.
 
         With `keep_stream`, every suffix token is carried to the next site, where
