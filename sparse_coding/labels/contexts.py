@@ -173,24 +173,30 @@ def collect_contexts(
     state = run_pass(
         "contexts", batches, empty=empty, add=add, desc="Collecting contexts", total=total, device=device
     )
-    tops, sequences = state.tops, state.sequences
-    cache = ContextCache(
-        view=view,
-        per_feature=per_feature,
-        sources={key: spliced.by_key[key].sae.cfg.source for key in tops},
-        arrays={key: _to_numpy(top) for key, top in tops.items()},
-        sequences={i: ids.cpu().numpy() for i, ids in sequences.items()},
-        vocab=_vocab(tokenizer, sequences.values()),
-    )
+    cache = _context_cache(state, spliced, tokenizer, view, per_feature)
     logger.info(
         "Collected contexts of %d features at %d sites from %d sequences in %.1fs",
-        sum(len(top.features) for top in tops.values()),
-        len(tops),
-        len(sequences),
+        sum(len(top.features) for top in state.tops.values()),
+        len(state.tops),
+        len(state.sequences),
         time.perf_counter() - start,
     )
     _log_reads(spliced, state.counts)
     return cache
+
+
+def _context_cache(
+    state: "_ContextState", spliced: SplicedModel, tokenizer: Tokenizer, view: int, per_feature: int
+) -> ContextCache:
+    """The collected top contexts as a ContextCache (host arrays, token strings)."""
+    return ContextCache(
+        view=view,
+        per_feature=per_feature,
+        sources={key: spliced.by_key[key].sae.cfg.source for key in state.tops},
+        arrays={key: _to_numpy(top) for key, top in state.tops.items()},
+        sequences={i: ids.cpu().numpy() for i, ids in state.sequences.items()},
+        vocab=_vocab(tokenizer, state.sequences.values()),
+    )
 
 
 def _log_reads(spliced: SplicedModel, counts: dict) -> None:
