@@ -9,7 +9,8 @@ import logging
 from collections.abc import Iterable
 
 from sparse_coding import distributed
-from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds, samples_to_resolve
+from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds
+from sparse_coding.algorithms.top_percentile import samples_to_resolve
 from sparse_coding.config import Config
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError

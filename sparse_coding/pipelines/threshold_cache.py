@@ -35,7 +35,8 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from sparse_coding import distributed, storage
-from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name, samples_to_resolve
+from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name
+from sparse_coding.algorithms.top_percentile import samples_to_resolve
 from sparse_coding.cache import Cache, Stored, cache_fingerprint, fingerprint_differences, sae_identity
 from sparse_coding.config import Config
 from sparse_coding.errors import StorageError
