@@ -206,7 +206,7 @@ def test_batches_beyond_the_kept_ones_recompute_phase_one_and_give_the_same_grap
     texts = ["When Mary and John went to the store", "The quick brown fox jumps", "In 1969 the first humans"]
     examples = [tokenize_pair(Pair(text), tokenizer, prepend_bos=True, max_len=64) for text in texts]
     batches = example_batches(examples, batch_size=1, pad_id=0, device="cpu")
-    options = GraphOptions(CE, num_down_nodes=2, exact=True)
+    options = GraphOptions(CE, num_down_nodes=2, node_estimator="exact")
     kept = attribution_graph.gradient_graph(spliced, batches, options)
     monkeypatch.setattr(attribution_graph, "KEPT_BATCHES", 1)
 

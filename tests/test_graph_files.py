@@ -227,6 +227,23 @@ def test_a_run_with_other_sae_sources_is_refused_naming_both_and_nothing_is_writ
     assert snapshot(set_aside[".dot"], set_aside[".json"], set_aside[".svg"]) == before
 
 
+def test_a_trace_run_on_other_tokens_is_refused_since_its_positions_name_other_tokens(paths):
+    dot, js, svg = paths
+
+    def trace_run(tokens: list[str]) -> Graph:
+        graph = run_graph(prompt="".join(tokens))
+        graph.metadata |= {"script": "trace.py", "prompt_tokens": tokens}
+        return graph
+
+    update_graph_files(trace_run(["<|endoftext|>", "The", " cat"]), dot, svg)
+    update_graph_files(trace_run(["<|endoftext|>", "The", " cat"]), dot, svg)  # the same tokens merge
+    before = snapshot(dot, js, svg)
+    with pytest.raises(GraphFileError, match=r"token positions.*' dog'") as refused:
+        update_graph_files(trace_run(["<|endoftext|>", "The", " dog"]), dot, svg)
+    assert "--new-graph" in str(refused.value)
+    assert snapshot(dot, js, svg) == before
+
+
 def test_an_unreadable_dot_stops_the_run_and_is_not_overwritten(paths):
     dot, js, svg = paths
     dot.parent.mkdir(parents=True)

@@ -163,7 +163,8 @@ class Graph:
         self._describe()
 
     def conflicts(self, run: dict[str, Any]) -> list[str]:
-        """Why a run's values cannot be compared with this graph's (other model or SAE sources), in words."""
+        """Why a run's values cannot be compared with this graph's (other model or SAE sources; for trace.py,
+        another prompt, since its node ids name token positions), in words."""
         found = []
         model = self.metadata.get("model")
         if model and run.get("model") and run["model"] != model:
@@ -172,6 +173,14 @@ class Graph:
         for key, source in sorted((run.get("sae_sources") or {}).items()):
             if key in ours and ours[key] != source:
                 found.append(f"{key}: the graph's SAE is {ours[key]!r}, this run's {source!r}")
+        if run.get("script") == "trace.py" and run.get("prompt_tokens"):
+            traced = [r.get("prompt_tokens") for r in self.runs if r.get("script") == "trace.py"]
+            theirs = [tokens for tokens in traced if tokens]
+            if theirs and theirs[-1] != run["prompt_tokens"]:
+                found.append(
+                    f"trace.py's nodes name token positions (@N): the graph's prompt is the tokens "
+                    f"{theirs[-1]!r}, this run's {run['prompt_tokens']!r}"
+                )
         return found
 
     def run_node_ids(self, run_id: str) -> set[str]:
