@@ -41,9 +41,9 @@ MEASURED = ("activation", "attribution")  # node values kept per run
 # ---------------------------------------------------------------- strict readers of JSON values
 
 
-def loads_strict(text_: str | bytes) -> Any:
+def loads_strict(json_text: str | bytes) -> Any:
     """JSON as graph files are read: NaN, Infinity and numbers too large for a float are refused."""
-    return json.loads(text_, parse_constant=_refuse_constant, parse_float=_finite_float)
+    return json.loads(json_text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _refuse_constant(name: str) -> float:
