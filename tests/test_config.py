@@ -414,3 +414,16 @@ def test_deeply_nested_yaml_is_one_paragraph(tmp_path, capsys):
         write_config(tmp_path, "PROMPT: " + "[" * 50_000 + "]" * 50_000 + "\n"), capsys
     )
     assert str(tmp_path) in message
+
+
+def test_the_settings_a_run_records_read_back_as_the_same_config():
+    """A graph's run record holds `to_metadata`; val.py --from-graph reads it back as a config."""
+    demo = load_config(Path(__file__).parents[1] / "sparse_coding" / "config" / "demo_config.yaml")
+    config = dataclasses.replace(
+        demo, CURVE=dataclasses.replace(demo.CURVE, positions=(1, 3)), THRESHOLD_EXP=None, DEVICE=None
+    )
+    assert config.STEER and config.CURVE
+    back = config_from_dict(config.to_metadata())
+    for field in dataclasses.fields(Config):
+        if field.name != "source_path":
+            assert getattr(back, field.name) == getattr(config, field.name), field.name

@@ -308,8 +308,8 @@ class Config:
         """JSON-ready key values, for graph and result metadata."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values.pop("source_path")
-        values["STEER"] = [dataclasses.asdict(edit) for edit in self.STEER]
-        values["CURVE"] = None if self.CURVE is None else dataclasses.asdict(self.CURVE)
+        values["STEER"] = [edit.as_config() for edit in self.STEER]
+        values["CURVE"] = None if self.CURVE is None else self.CURVE.as_config()
         values["DATA_DIR"] = str(self.DATA_DIR)
         values["NEURONPEDIA_URL"] = redact_url(self.NEURONPEDIA_URL)
         return values

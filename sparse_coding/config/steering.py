@@ -61,6 +61,10 @@ class FeatureEdit:
         """(factor, offset) with new activation = factor * activation + offset."""
         return kind_factors(self.kind, self.value)
 
+    def as_config(self) -> dict[str, Any]:
+        """As a STEER entry is written in a config (`parse_edit` reads it back)."""
+        return {"node": self.node, self.kind: self.value, "positions": _positions_value(self.positions)}
+
     def describe(self) -> str:
         """In words, e.g. 'resid_9.331 set to 0 at all positions'."""
         verb = {"set": "set to", "scale": "scaled by", "add": "plus"}[self.kind]
@@ -90,6 +94,16 @@ class CurveSpec:
 
     def edit(self, value: float) -> FeatureEdit:
         return FeatureEdit(self.node, self.kind, value, self.positions)
+
+    def as_config(self) -> dict[str, Any]:
+        """As CURVE is written in a config (`parse_curve` reads it back)."""
+        ends = {"from": self.start, "to": self.stop, "steps": self.steps, "watch": list(self.watch)}
+        return {"node": self.node, "kind": self.kind, **ends, "answer": self.answer,
+                "positions": _positions_value(self.positions)}  # fmt: skip
+
+
+def _positions_value(positions: Positions) -> str | list[int]:
+    return positions if isinstance(positions, str) else list(positions)
 
 
 def positions_text(positions: Positions) -> str:

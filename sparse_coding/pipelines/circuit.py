@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 Circuit = dict[str, list[int]]  # site key ("attn_7") -> sorted feature indices
 SOURCE_KEYS = ("MODEL_DIR", "RESID_SAES", "ATTN_SAES", "MLP_SAES", "TRANSCODERS")
 HARDWARE_KEYS = ("DEVICE", "DTYPE", "SAE_DTYPE")
-# steer.py's keys shape no circuit, and a run records them in another spelling than a config's.
-STEER_KEYS = ("STEER", "CURVE")
 
 
 def circuit_from_config(config: Config) -> Circuit:
@@ -196,7 +194,7 @@ def config_for_graph(config: Config, path: Path, *, explicit: bool) -> Config:
                 f"indices name features of those SAEs; drop --config to validate with the graph's settings"
             )
         return config
-    settings = {key: value for key, value in recorded.items() if key not in HARDWARE_KEYS + STEER_KEYS}
+    settings = {key: value for key, value in recorded.items() if key not in HARDWARE_KEYS}
     ours = {key: getattr(config, key) for key in HARDWARE_KEYS}
     logger.info(
         "No --config: validating with the settings of %s's latest run (model %s, slice %s)",
