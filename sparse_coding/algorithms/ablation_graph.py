@@ -237,8 +237,8 @@ def _ablate_layer(
         pinned: the feature pinned at `layer`, drawn with or without an edge.
     """
     out = LayerEffects.none_yet(candidates)
-    may_skip = first and next_layer is not None
-    carry_stream = _logit_pass_wants_most_rows(may_skip, ablations.threshold_exp)
+    may_go_undrawn = first and next_layer is not None
+    carry_stream = _logit_pass_wants_most_rows(may_go_undrawn, ablations.threshold_exp)
     for chunk in _chunks(candidates, ablations, layer.site.key):
         with torch.inference_mode():
             ablated = AblatedRows(ablations.clean, layer, chunk)
@@ -246,7 +246,7 @@ def _ablate_layer(
             if next_layer is not None:
                 feature_effects = ablated.run_to_next(ablations.spliced, next_layer, keep_stream=carry_stream)
                 has_edge, changed = record_edges(out, chunk, feature_effects, ablations.threshold_exp)
-                if may_skip:
+                if may_go_undrawn:
                     drawn = drawn_candidates(chunk, has_edge, changed, pinned)
             logit_effects = ablated.logit_effects(ablations.spliced, drawn)
         record_logits(out, drawn, logit_effects, ablations.logit_tokens)
@@ -261,14 +261,14 @@ def _chunks(candidates: Tensor, ablations: _Ablations, key: str) -> Iterator[Ten
         yield candidates[lo : lo + per_chunk]
 
 
-def _logit_pass_wants_most_rows(may_skip: bool, threshold_exp: float | None) -> bool:
+def _logit_pass_wants_most_rows(may_go_undrawn: bool, threshold_exp: float | None) -> bool:
     """Whether ablated streams are carried on from the next layer to the logit pass.
 
     The logit pass wants nearly every row unless a threshold leaves most
     first-layer candidates undrawn; only then does it redo the blocks up to
     the next layer for its few rows instead (`AblatedRows.run_to_next`).
     """
-    return not may_skip or threshold_exp is None
+    return not may_go_undrawn or threshold_exp is None
 
 
 def drawn_candidates(chunk: Tensor, has_edge: Tensor, changed: bool, pinned: int | None) -> Tensor:
