@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparse_coding import distributed
-from sparse_coding.algorithms.top_percentile import TopValues, percentile_from_top, top_count
+from sparse_coding.algorithms.top_percentile import percentile_from_top, top_count
 from sparse_coding.corpus import TokenBatch
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.nodes import site_key
@@ -264,7 +264,7 @@ def collect_top_values(
 ) -> dict[str, Tensor]:
     """Phase 3: site key -> (<= m, d_sae) largest activations at the cuts, descending."""
 
-    def add(state: TopValues, index: int, batch: TokenBatch) -> None:
+    def add(state: _TopState, index: int, batch: TokenBatch) -> None:
         batch_cuts = cuts[batch.first_index : batch.first_index + len(batch.input_ids)]
         rows = (batch_cuts >= 0).nonzero().squeeze(1).to(batch.input_ids.device)
         if len(rows) == 0:
@@ -278,13 +278,34 @@ def collect_top_values(
     state = run_pass(
         "hist: top values",
         batches(),
-        empty=lambda: TopValues({}, m, spliced.device),
+        empty=lambda: _TopState({}, m, spliced.device),
         add=add,
         desc="hist 3/3: SAE activations",
         total=n_batches,
         device=spliced.device,
     )
     return state.top
+
+
+@dataclass
+class _TopState:
+    """Phase 3's running top-m activations per site and feature."""
+
+    top: dict[str, Tensor]  # site key -> (<= m, d_sae), descending
+    m: int
+    device: torch.device
+
+    def absorb(self, key: str, values: Tensor) -> None:
+        stacked = values if key not in self.top else torch.cat([self.top[key], values])
+        self.top[key] = stacked.topk(min(self.m, len(stacked)), dim=0).values
+
+    def reduce(self) -> _TopState:
+        """Every rank's candidates merged (top-m of their union), on every rank."""
+        merged = _TopState({}, self.m, self.device)
+        for part in distributed.all_gather(self.top):
+            for key, values in part.items():
+                merged.absorb(key, values.to(self.device))
+        return merged
 
 
 def _neuron_acts(spliced: SplicedModel, batch: TokenBatch, layer: int) -> Tensor:

@@ -25,33 +25,8 @@ largest values, i.e. about the maximum, and `sparse_coding.pipelines.hist` warns
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import torch
 from torch import Tensor
-
-from sparse_coding import distributed
-
-
-@dataclass
-class TopValues:
-    """A running top-m per key and column, merged over ranks."""
-
-    top: dict[str, Tensor]  # site key -> (<= m, d_sae), descending
-    m: int
-    device: torch.device
-
-    def absorb(self, key: str, values: Tensor) -> None:
-        stacked = values if key not in self.top else torch.cat([self.top[key], values])
-        self.top[key] = stacked.topk(min(self.m, len(stacked)), dim=0).values
-
-    def reduce(self) -> TopValues:
-        """Every rank's candidates merged (top-m of their union), on every rank."""
-        merged = TopValues({}, self.m, self.device)
-        for part in distributed.all_gather(self.top):
-            for key, values in part.items():
-                merged.absorb(key, values.to(self.device))
-        return merged
 
 
 def samples_to_resolve(percentile: float) -> int:
