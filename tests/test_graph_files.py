@@ -56,7 +56,7 @@ def run_graph(prompt: str = "The cat", effect: float = 0.5, extra: str | None = 
 
 
 def stored_graph(run_id: str = "r1", **kwargs) -> Graph:
-    """A graph as a run leaves it in the files: its values tied to run `run_id`."""
+    """A graph as a run leaves it in the files: its values assigned to run `run_id`."""
     graph = run_graph(**kwargs)
     graph.add_run(run_record(graph.metadata, run_id))
     return graph

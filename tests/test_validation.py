@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from conftest import MpsLikeDtypes, module_hook
 
-from sparse_coding.algorithms.validation import SiteMeans, feature_means, validate_circuit
+from sparse_coding.algorithms.mean_ablation import SiteMeans
+from sparse_coding.algorithms.validation import feature_means, validate_circuit
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.dot_format import graph_to_dot

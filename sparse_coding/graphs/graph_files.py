@@ -243,7 +243,7 @@ def update_graph_files(
 
     Args:
         new: a freshly computed graph (its metadata is its run's record) or
-            a graph already tied to its runs.
+            a graph already assigned to its runs.
         new_graph: keep the stored graph's files aside and start a new one.
 
     Returns:

@@ -1,10 +1,8 @@
 """GPT-2's tokenizer through the `tokenizers` library, without importing transformers.
 
-Why: transformers' tokenizer cost every script's start 1.1-1.8 s on a busy
-2-core CPU (torch imported, then AutoTokenizer.from_pretrained of the demo
-model: 3.6-4.4 s against 2.2-2.8 s with this module), nearly all of it in
-`import transformers`, whose package init indexes every model module;
-`tokenizers`, the Rust library transformers wraps, imports in ~10 ms.
+Why: transformers' tokenizer adds `import transformers` to every script's
+start, whose package init indexes every model module; `tokenizers`, the Rust
+library transformers wraps, imports on its own (figures in docs/benchmarks.md, Start-up).
 `Tokenizer` gives what transformers 5's
 `AutoTokenizer.from_pretrained(model_dir)` gives (ids, decoding, special
 tokens) for a local folder or hub repo whose config.json has model_type gpt2
