@@ -10,7 +10,7 @@ setup(
     package_data={
         "sparse_coding": [
             "config/*.yaml",
-            "graphs/viewer.js",
+            "graphs/viewer*.js",
             "graphs/viewer.css",
             "demo/*.json",
             "demo/*.txt",

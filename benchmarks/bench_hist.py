@@ -23,7 +23,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from random_weights import calibrate_saes, random_gpt2, random_sae  # noqa: E402
 
-from sparse_coding.algorithms.thresholds import compute_thresholds, top_count  # noqa: E402
+from sparse_coding.algorithms.thresholds import compute_thresholds  # noqa: E402
+from sparse_coding.algorithms.top_percentile import top_count  # noqa: E402
 from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.splicing.splice import SplicedModel  # noqa: E402
 from sparse_coding.text.batches import TokenBatch  # noqa: E402

@@ -96,7 +96,7 @@ def _calibrate(spliced: SplicedModel, ids: Tensor) -> float:
 
 def _loop_reference(model, spliced: SplicedModel, ids: Tensor, layer: int, feature: int):
     """One whole-model forward with a plain hook; next-layer features and log-probs at the end."""
-    site, nxt = spliced.by_key[f"resid_{layer}"], spliced.by_key.get(f"resid_{layer + 1}")
+    site, next_site = spliced.by_key[f"resid_{layer}"], spliced.by_key.get(f"resid_{layer + 1}")
     seen = {}
 
     def ablate(module, args):
@@ -105,13 +105,13 @@ def _loop_reference(model, spliced: SplicedModel, ids: Tensor, layer: int, featu
         return (x - acts * site.sae.W_dec[feature], *args[1:])
 
     handles = [model.transformer.h[layer].register_forward_pre_hook(ablate)]
-    if nxt is not None:
+    if next_site is not None:
         handles.append(
             model.transformer.h[layer + 1].register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
         )
     with torch.inference_mode():
         logits = model(ids)[0, -1]
-        feats = None if nxt is None else nxt.sae.encode(nxt.to_sae_space(seen["x"]))[0, -1]
+        feats = None if next_site is None else next_site.sae.encode(next_site.to_sae_space(seen["x"]))[0, -1]
     for handle in handles:
         handle.remove()
     return feats, logits.float().log_softmax(-1)

@@ -25,7 +25,8 @@ from pathlib import Path
 from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, save_graph
-from sparse_coding.graphs.render import RenderOptions, RenderTimeout
+from sparse_coding.graphs.graphviz import RenderTimeout
+from sparse_coding.graphs.render import RenderOptions
 from sparse_coding.nodes import SITES
 
 _WORDS = [

@@ -16,6 +16,7 @@ feature reads), token embeddings ``embed@{pos}`` and output logits
 ``logit_{token id}`` (at the last position).
 """
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -136,6 +137,7 @@ def parse_site_key(key: int | str) -> tuple[str, int]:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def hook_position(hook_name: str) -> tuple[int, int]:
     """(layer, order within the block) of a TransformerLens hook name.
 

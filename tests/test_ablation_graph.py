@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 
-from sparse_coding.algorithms.ablation_graph import LARGEST_KEPT, _largest, ablation_graph
+from sparse_coding.algorithms.ablation_effects import (
+    LARGEST_KEPT,
+    LayerEffects,
+    largest_values,
+    record_edges,
+    record_logits,
+)
+from sparse_coding.algorithms.ablation_graph import ablation_graph, drawn_candidates
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.models.saes import load_sae
@@ -62,19 +69,19 @@ def _encode(sae, x):
 
 def _reference(model, saes, ids, layer, feature):
     """Brute force: zero one feature at every position, error kept; last-position clean - ablated."""
-    sae, nxt = saes[layer], saes.get(layer + 1)
+    sae, next_sae = saes[layer], saes.get(layer + 1)
     hook = sae.hook_name.rsplit(".", 1)[1]
 
     def forward(edit):
         seen = {}
         handles = [_stream_hook(model, hook, layer, edit)]
-        if nxt is not None:
+        if next_sae is not None:
             handles.append(_stream_hook(model, hook, layer + 1, lambda x: seen.setdefault("next", x)))
         with torch.no_grad():
             logits = model(ids)[0, -1]
         for handle in handles:
             handle.remove()
-        return (None if nxt is None else _encode(nxt, seen["next"])[0, -1]), logits.log_softmax(-1)
+        return (None if next_sae is None else _encode(next_sae, seen["next"])[0, -1]), logits.log_softmax(-1)
 
     def ablate(x):
         acts = _encode(sae, x)[..., feature : feature + 1]  # (1, pos, 1)
@@ -84,7 +91,7 @@ def _reference(model, saes, ids, layer, feature):
 
     clean_feats, clean_logp = forward(lambda x: x)
     feats, logp = forward(ablate)
-    return (None if nxt is None else clean_feats - feats), clean_logp - logp
+    return (None if next_sae is None else clean_feats - feats), clean_logp - logp
 
 
 def _saes(config, spliced):
@@ -291,6 +298,49 @@ def test_the_largest_effects_kept_over_chunks_equal_one_top_k_over_all_of_them()
     chunks += [torch.rand(400, 40, generator=gen), torch.zeros(200, 40)]
     largest = torch.zeros(0)
     for index, chunk in enumerate(chunks):
-        largest = _largest(largest, chunk)
+        largest = largest_values(largest, chunk)
         seen = torch.cat([c.flatten() for c in chunks[: index + 1]])
         assert torch.equal(largest, seen.topk(min(LARGEST_KEPT, len(seen))).values)
+
+
+@pytest.mark.parametrize("pinned", [None, 7, 99])
+@pytest.mark.parametrize("changed", [True, False])
+def test_first_layer_candidates_are_drawn_when_they_keep_an_edge_or_are_pinned(pinned, changed):
+    """Against a loop; when nothing changed, every candidate gets its logit cells."""
+    chunk = torch.tensor([3, 7, 11, 20])
+    has_edge = torch.tensor([True, False, False, True])
+    got = drawn_candidates(chunk, has_edge, changed, pinned).tolist()
+    expected = [not changed or bool(e) or int(c) == pinned for c, e in zip(chunk, has_edge, strict=True)]
+    assert got == expected
+
+
+def test_recorded_edges_and_mass_match_a_loop_over_every_effect():
+    gen = torch.Generator().manual_seed(1)
+    chunk = torch.tensor([4, 9, 13])
+    effects = torch.randn(3, 6, generator=gen) * (torch.rand(3, 6, generator=gen) > 0.5)
+    effects[1] = 0  # a candidate that changed nothing keeps no edge
+    out = LayerEffects.none_yet(chunk)
+    has_edge, changed = record_edges(out, chunk, effects, threshold_exp=-1.0)
+    expected = [
+        (int(chunk[i]), j, float(effects[i, j]))
+        for i in range(3)
+        for j in range(6)
+        if abs(effects[i, j]) > 0.5
+    ]
+    assert out.edges == expected and changed and out.any_effect
+    assert has_edge.tolist() == [any(e[0] == int(c) for e in expected) for c in chunk]
+    assert out.collected == pytest.approx(float(sum(abs(v) for v in effects.flatten())))
+    assert out.plotted == pytest.approx(sum(abs(e[2]) for e in expected))
+
+
+def test_recorded_logit_cells_are_each_drawn_candidates_moved_tokens_in_order():
+    logit_effects = torch.tensor([[0.5, -0.2, 0.0, 0.9], [-0.1, -0.3, 0.2, 0.0]])
+    out = LayerEffects.none_yet(torch.tensor([1, 2, 3]))
+    record_logits(out, torch.tensor([True, False, True]), logit_effects, logit_tokens=3)
+    assert out.logits_up == [[(3, pytest.approx(0.9)), (0, 0.5)], [], [(2, pytest.approx(0.2))]]
+    assert out.logits_down == [
+        [(1, pytest.approx(-0.2))],
+        [],
+        [(1, pytest.approx(-0.3)), (0, pytest.approx(-0.1))],
+    ]
+    assert out.any_effect

@@ -40,7 +40,7 @@ def test_a_row_whose_ablation_changes_nothing_changes_every_effect_by_exactly_ze
         clean = clean_run(spliced, batch, sites)
         with torch.inference_mode():
             rows = AblatedRows(clean, clean.layers[index], torch.stack([silent, loud]))
-            feature_change = rows.run_to_next(spliced, clean.layers[index + 1], keep_stream)
+            feature_change = rows.run_to_next(spliced, clean.layers[index + 1], keep_stream=keep_stream)
             logit_change = rows.logit_effects(spliced, torch.ones(2, dtype=torch.bool))
         assert (feature_change[0] == 0).all() and (logit_change[0] == 0).all()
         assert feature_change[1].abs().max() > 0 and logit_change[1].abs().max() > 0

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from sparse_coding.algorithms.validation import ValidationResult, _result, _Sums
+from sparse_coding.algorithms.validation import ValidationResult, _result, _ValidationTotals
 from sparse_coding.errors import EmptyResultError
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.pipe import pipe_graph
@@ -45,7 +45,7 @@ def test_allow_empty_writes_the_graph_without_edges_and_warns(make_config, caplo
 
 
 def _validation(empty: float, circuit: float) -> ValidationResult:
-    sums = _Sums(
+    sums = _ValidationTotals(
         probs_clean=np.ones(3),
         probs_ablated=np.ones(3),
         ce={"full": 2.0, "zero": 3.0, "circuit": circuit, "without_circuit": empty, "empty": empty},

@@ -133,7 +133,7 @@ def test_a_copy_ties_and_merges_as_a_deep_copy_would_and_leaves_the_original_alo
         graph.merge(one_run("r2", "two", {("resid_0.1", "resid_1.2"): 5.0}, attribution=1.0))
         graph.nodes["resid_0.1"].logits_up.append(("y", 2.0))
     assert copied.to_dict() == deep.to_dict()
-    assert fresh.to_dict() == before and fresh.untied()
+    assert fresh.to_dict() == before and fresh.has_values_of_no_run()
 
 
 def test_merging_the_same_run_twice_changes_nothing():

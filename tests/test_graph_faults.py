@@ -15,7 +15,7 @@ import pytest
 
 from sparse_coding.errors import GraphFileError, StorageError
 from sparse_coding.files import storage
-from sparse_coding.graphs import graph_writer
+from sparse_coding.graphs import drawing
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, save_graph, update_graph_files
 
@@ -116,7 +116,7 @@ def test_a_disk_that_fills_while_the_graph_is_drawn_changes_nothing_and_a_retry_
         def no_space(*args, **kwargs):
             raise GraphFileError("dot could not draw drawing.dot: gvwrite_no_z problem 1")
 
-        monkeypatch.setattr(graph_writer, "draw_image", no_space)
+        monkeypatch.setattr(drawing, "render_image", no_space)
     with pytest.raises(StorageError) as full:
         update_graph_files(big, dot, svg)
     message = str(full.value)

@@ -14,7 +14,7 @@ import pytest
 
 from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
 from sparse_coding.files import storage
-from sparse_coding.graphs import dot_import, graph_files, graph_writer
+from sparse_coding.graphs import dot_import, drawing, graph_files
 from sparse_coding.graphs.dot_format import graph_to_dot
 from sparse_coding.graphs.dot_import import graph_from_dot
 from sparse_coding.graphs.dot_parser import parse_dot
@@ -56,7 +56,7 @@ def run_graph(prompt: str = "The cat", effect: float = 0.5, extra: str | None = 
 
 
 def stored_graph(run_id: str = "r1", **kwargs) -> Graph:
-    """A graph as a run leaves it in the files: its values tied to run `run_id`."""
+    """A graph as a run leaves it in the files: its values assigned to run `run_id`."""
     graph = run_graph(**kwargs)
     graph.add_run(run_record(graph.metadata, run_id))
     return graph
@@ -337,7 +337,7 @@ def test_when_dot_fails_nothing_is_written_and_a_retry_adds_the_run_once(paths, 
     def broken(*args, **kwargs):
         raise GraphFileError("dot could not draw it")
 
-    monkeypatch.setattr(graph_writer, "draw_image", broken)
+    monkeypatch.setattr(drawing, "render_image", broken)
     run = run_graph(prompt="new")
     with pytest.raises(GraphFileError, match="nothing was written"):
         update_graph_files(run, dot, svg)

@@ -4,7 +4,7 @@ import json
 import logging
 from pathlib import Path
 
-from sparse_coding.algorithms.thresholds import samples_to_resolve
+from sparse_coding.algorithms.top_percentile import samples_to_resolve
 from sparse_coding.config import load_config
 from sparse_coding.pipelines.inputs import expected_batches, warn_unknown_words
 from sparse_coding.text.tokenizer import load_tokenizer

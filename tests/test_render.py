@@ -1,6 +1,7 @@
 """Render and drawing: colours, ranks, caption and legend, degradation, the layout budget, timeouts."""
 
 import json
+import logging
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -8,22 +9,17 @@ from pathlib import Path
 import pytest
 
 from sparse_coding.errors import GraphFileError
-from sparse_coding.graphs import drawing, render
+from sparse_coding.graphs import drawing, graphviz, render
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.dot_format import graph_to_dot
 from sparse_coding.graphs.dot_import import graph_from_dot
 from sparse_coding.graphs.drawing import draw_image
 from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.graph_files import load_graph, save_graph
+from sparse_coding.graphs.graphviz import RenderTimeout, image_format, render_image
+from sparse_coding.graphs.label_size import label_size
 from sparse_coding.graphs.markup import escape_text
-from sparse_coding.graphs.render import (
-    RenderOptions,
-    RenderTimeout,
-    dot_source,
-    edge_colour,
-    image_format,
-    render_image,
-)
+from sparse_coding.graphs.render import RenderOptions, dot_source, edge_colour
 
 SVG = "{http://www.w3.org/2000/svg}"
 XLINK_TITLE = "{http://www.w3.org/1999/xlink}title"
@@ -147,7 +143,7 @@ def test_dot_running_past_its_timeout_is_a_clear_error(tmp_path, monkeypatch):
         assert kwargs["timeout"] == 0.5
         raise subprocess.TimeoutExpired(command, kwargs["timeout"])
 
-    monkeypatch.setattr(render.subprocess, "run", too_slow)
+    monkeypatch.setattr(graphviz.subprocess, "run", too_slow)
     with pytest.raises(GraphFileError, match="longer than"):
         render_image(tmp_path / "g.dot", tmp_path / "g.svg", fmt="svg", timeout_s=0.5)
 
@@ -256,6 +252,33 @@ def test_a_dot_timeout_redraws_with_compact_labels_and_fewer_edges_and_does_not_
     assert (tmp_path / "g.svg").is_file()
 
 
+def test_a_dot_layout_timeout_falls_back_too_and_a_second_timeout_fails(tmp_path, monkeypatch, caplog):
+    real, commands = drawing.run_graphviz, []
+
+    def layout_too_slow(command, source_path, timeout_s):
+        commands.append(command[0])
+        if "-Tjson0" in command:  # dot laying out the small graph with its splines
+            raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
+        return real(command, source_path, timeout_s)
+
+    monkeypatch.setattr(drawing, "run_graphviz", layout_too_slow)
+    graph = big_graph(6, 8)  # small: dot lays it out with its edges
+    assert not drawing.pinned_layout(graph, RenderOptions())
+    with caplog.at_level(logging.WARNING, logger="sparse_coding.graphs.drawing"):
+        draw_image(graph, tmp_path / "g.svg", fmt="svg", timeout_s=5)
+    assert commands == ["dot"]  # the fallback lays out in rows: no second dot layout
+    assert "redrawing with compact labels" in caplog.text
+    assert "compact\u00a0labels" in (tmp_path / "g.svg").read_text(encoding="utf-8")
+
+    def draw_too_slow(source, image, *, fmt, timeout_s, pinned):
+        raise RenderTimeout(f"dot took longer than {timeout_s:.0f} s")
+
+    monkeypatch.setattr(drawing, "render_image", draw_too_slow)  # the fallback's drawing times out too
+    with pytest.raises(RenderTimeout):
+        draw_image(graph, tmp_path / "h.svg", fmt="svg", timeout_s=5, work_dir=tmp_path)
+    assert not (tmp_path / "h.svg").exists() and not list(tmp_path.glob("sc_draw_*"))  # its source removed
+
+
 def _svg_aspect(svg_path: Path) -> float:
     root = ET.parse(svg_path).getroot()
     return float(root.get("width").removesuffix("pt")) / float(root.get("height").removesuffix("pt"))
@@ -287,3 +310,62 @@ def test_edges_and_logit_cells_carry_their_numbers_as_svg_tooltips(tmp_path):
     assert svg_edges(tmp_path / "g.svg")["attn_0.2->mlp_0.3"] == "attn_0.2 → mlp_0.3: effect -0.5"
     titles = [a.get(XLINK_TITLE) for a in ET.parse(tmp_path / "g.svg").getroot().iter(f"{SVG}a")]
     assert "0.125" in titles
+
+
+def _graphviz_sizes(labels: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """Name -> (width, height) in points that dot gives each HTML-like label."""
+    lines = [f'  "{name}" [label={label}];' for name, label in labels.items()]
+    source = 'digraph { node [shape=plain, fontname="Helvetica", fontsize="11"];\n' + "\n".join(lines) + "\n}"
+    out = subprocess.run(["dot", "-Tjson0"], input=source.encode(), capture_output=True, check=True)
+    objects = json.loads(out.stdout)["objects"]
+    return {o["name"]: (72 * float(o["width"]), 72 * float(o["height"])) for o in objects}
+
+
+def test_label_sizes_bound_the_sizes_graphviz_draws_labels_at():
+    graph = big_graph(6, 10)
+    for i, node in enumerate(graph.nodes.values()):
+        node.contexts = [Context(["Ġthe", " ü", "日本", "W" * i, "<&>"], [1.0, 0.5, 0.0, 2.0, 0.1])]
+        node.logits_up, node.explanation = [("Ġmoon", 0.5), ("%@", 0.25)], "the explanation " * (i % 3)
+    labels = {
+        f"{node.id} {'compact' if compact else 'full'}": render.node_markup(node, compact, RenderOptions())
+        for node in graph.nodes.values()
+        for compact in (False, True)
+    }
+    for chars in (40, 60, 150):
+        notes = render.caption_notes(graph, ["a note that wraps " * 6], RenderOptions(max_full_nodes=2))
+        labels[f"legend {chars}"] = render.legend_markup(graph, notes, chars)
+    ascii_text = escape_text("".join(map(chr, range(32, 127))))
+    table = '<TABLE BORDER="{}" CELLBORDER="{}" CELLSPACING="{}" CELLPADDING="{}">{}</TABLE>'
+    labels |= {  # hand-made: every ASCII character plain and bold, spans, nested tables, lines of mixed sizes
+        "ascii": f"<{ascii_text}>",
+        "bold": f"<<B>{ascii_text}</B>>",
+        "span": "<"
+        + table.format(
+            1, 1, 2, 2, f'<TR><TD COLSPAN="3">{"W" * 30}</TD></TR><TR><TD>i</TD><TD>ii</TD><TD>iii</TD></TR>'
+        )
+        + ">",
+        "nested": "<"
+        + table.format(
+            0, 0, 0, 1, "<TR><TD>" + table.format(1, 0, 4, 3, "<TR><TD>x</TD></TR>") + "</TD><TD>yy</TD></TR>"
+        )
+        + ">",
+        "lines": '<<FONT POINT-SIZE="9">small</FONT><BR/><FONT POINT-SIZE="14">big <B>bold</B></FONT><BR/>x>',
+    }
+    drawn = _graphviz_sizes(labels)
+    for name, label in labels.items():
+        width, height = label_size(label)
+        assert drawn[name][0] <= width <= 1.4 * drawn[name][0] + 10, name
+        assert drawn[name][1] <= height <= 1.2 * drawn[name][1] + 10, name
+
+
+def test_a_pinned_layout_puts_rows_of_boxes_side_by_side_without_overlap():
+    graph = big_graph(12, 30)
+    laid_out, options = drawing.row_layout(graph, RenderOptions(max_full_nodes=10))
+    boxes = [b for name, b in laid_out.boxes.items() if not name.startswith("__")]
+    assert len(boxes) == len(graph.nodes) and options.max_row_nodes is not None
+    for a in boxes:
+        assert 0 <= a.x - a.width / 2 and a.x + a.width / 2 <= laid_out.width and 0 <= a.y <= laid_out.height
+        for b in boxes:
+            apart_x = abs(a.x - b.x) >= (a.width + b.width) / 2 + 18
+            apart_y = abs(a.y - b.y) >= (a.height + b.height) / 2 + 0.6 * 72 - 1e-6
+            assert a is b or apart_x or apart_y

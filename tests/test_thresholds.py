@@ -13,13 +13,8 @@ from hypothesis import strategies as st
 from sklearn.cluster import MiniBatchKMeans
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sparse_coding.algorithms.thresholds import (
-    assign_cuts,
-    fit_clusters,
-    percentile_from_top,
-    samples_to_resolve,
-    top_count,
-)
+from sparse_coding.algorithms.thresholds import assign_cuts, fit_clusters
+from sparse_coding.algorithms.top_percentile import percentile_from_top, samples_to_resolve, top_count
 from sparse_coding.config import config_from_dict
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.models.saes import load_sae

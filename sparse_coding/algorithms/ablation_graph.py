@@ -43,13 +43,19 @@ Phases:
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from sparse_coding.algorithms.ablation_effects import (
+    LARGEST_KEPT,
+    LayerEffects,
+    record_edges,
+    record_logits,
+)
 from sparse_coding.algorithms.ablation_rows import (
     STREAM_OFFSET,
     AblatedRows,
@@ -71,11 +77,6 @@ from sparse_coding.text.tokens import token_text
 logger = logging.getLogger(__name__)
 
 
-# How many of the largest effects a result keeps, to tell a user whose
-# THRESHOLD_EXP drops every edge which value would keep this many.
-LARGEST_KEPT = 100
-
-
 class AblationResult(NamedTuple):
     """The graph and the effect mass behind its summary."""
 
@@ -86,18 +87,15 @@ class AblationResult(NamedTuple):
     largest_effects: list[float]  # the LARGEST_KEPT largest |e| measured, descending
 
 
-@dataclass
-class _Effects:
-    """What a layer's candidates did (phase 3), candidate-major."""
+@dataclass(frozen=True)
+class _Ablations:
+    """What every layer's ablations share: the model, its clean run and the user's options."""
 
-    candidates: Tensor  # (n,)
-    edges: list[tuple[int, int, float]]  # (candidate, target feature, e)
-    logits_up: list[list[tuple[int, float]]]  # per candidate: (token id, change)
-    logits_down: list[list[tuple[int, float]]]
-    collected: float
-    plotted: float
-    any_effect: bool
-    largest: Tensor  # (<= LARGEST_KEPT,) the largest |e| so far, descending
+    spliced: SplicedModel
+    clean: CleanRun
+    rows: int  # (candidate, sequence) rows per forward
+    threshold_exp: float | None
+    logit_tokens: int
 
 
 def ablation_graph(
@@ -141,37 +139,17 @@ def ablation_graph(
     clean = clean_run(spliced, batch, sites)
     logger.info("Clean pass over %d sequences in %.2fs", len(clean.last), time.perf_counter() - start)
     rows = max_rows or rows_per_forward(spliced, batch, sites)
-    clean_layers = clean.layers
-    candidates = _first_candidates(clean_layers[0], thinning, pinned.get(sites[0].layer), seed)
-    results = []
-    for index, layer in enumerate(clean_layers):
-        nxt = clean_layers[index + 1] if index + 1 < len(clean_layers) else None
-        # Only the first layer's candidates may go undrawn (no edge kept, not pinned);
-        # later candidates are edge targets or pinned, so all of them get logit cells.
-        drawn_only = index == 0 and nxt is not None
-        pin = pinned.get(layer.site.layer) if drawn_only else None
-        effects = _ablate_layer(
-            spliced, clean, layer, nxt, candidates, logit_tokens, threshold_exp, rows, drawn_only, pin
-        )
-        if index == 0 and not effects.any_effect:
-            raise _zero_effect_error(layer, pinned)
-        results.append(effects)
-        if nxt is not None:
-            candidates = _next_candidates(effects, pinned.get(nxt.site.layer))
-    graph = _assemble(clean_layers, results, tokenizer, pinned)
-    collected = sum(r.collected for r in results)
-    plotted = sum(r.plotted for r in results)
+    ablations = _Ablations(spliced, clean, rows, threshold_exp, logit_tokens)
+    candidates = _first_candidates(clean.layers[0], thinning, pinned.get(sites[0].layer), seed)
+    results = _ablate_layers(ablations, candidates, pinned)
+    graph = _assemble(clean.layers, results, tokenizer, pinned)
     logger.info(
         "Ablation graph: %d nodes, %d edges in %.2fs",
         len(graph.nodes),
         len(graph.edges),
         time.perf_counter() - start,
     )
-    ablated = {
-        layer.site.layer: r.candidates.tolist() for layer, r in zip(clean_layers, results, strict=True)
-    }
-    largest = torch.cat([r.largest for r in results]).sort(descending=True).values[:LARGEST_KEPT]
-    return AblationResult(graph, collected, plotted, ablated, largest.tolist())
+    return _result(graph, clean.layers, results)
 
 
 def _resid_site(spliced: SplicedModel, layer: int) -> Site:
@@ -216,7 +194,7 @@ def _first_candidates(layer: ResidLayer, thinning: float, pinned: int | None, se
     return active[order.to(device)].sort().values
 
 
-def _next_candidates(effects: _Effects, pinned: int | None) -> Tensor:
+def _next_candidates(effects: LayerEffects, pinned: int | None) -> Tensor:
     """Phase 2 for later layers: targets of an edge, plus the pinned feature."""
     targets = {target for _, target, _ in effects.edges}
     if pinned is not None:
@@ -224,111 +202,91 @@ def _next_candidates(effects: _Effects, pinned: int | None) -> Tensor:
     return torch.tensor(sorted(targets), dtype=torch.long, device=effects.candidates.device)
 
 
-def _ablate_layer(
-    spliced: SplicedModel,
-    clean: CleanRun,
-    layer: ResidLayer,
-    nxt: "ResidLayer | None",
-    candidates: Tensor,
-    logit_tokens: int,
-    threshold_exp: float | None,
-    rows: int,
-    drawn_only: bool,
-    pinned: int | None,
-) -> _Effects:
-    """Phase 3: every candidate of one layer, `rows` (candidate, sequence) rows per forward.
+def _ablate_layers(ablations: _Ablations, candidates: Tensor, pinned: dict[int, int]) -> list[LayerEffects]:
+    """Phases 2 and 3, layer by layer: the first layer's `candidates`, then each layer's edge targets."""
+    layers = ablations.clean.layers
+    results = []
+    for layer, next_layer in zip(layers, [*layers[1:], None], strict=True):
+        first = not results
+        effects = _ablate_layer(
+            ablations, layer, next_layer, candidates, first=first, pinned=pinned.get(layer.site.layer)
+        )
+        if first and not effects.any_effect:
+            raise _zero_effect_error(layer, pinned)
+        results.append(effects)
+        if next_layer is not None:
+            candidates = _next_candidates(effects, pinned.get(next_layer.site.layer))
+    return results
 
-    With `drawn_only`, logit cells are computed only for candidates that keep
-    an edge or are pinned (the others are not drawn), unless no candidate of
-    the chunk changed any feature: then all, so that the zero-effect check
-    stays exact.
+
+def _ablate_layer(
+    ablations: _Ablations,
+    layer: ResidLayer,
+    next_layer: ResidLayer | None,
+    candidates: Tensor,
+    *,
+    first: bool,
+    pinned: int | None,
+) -> LayerEffects:
+    """Phase 3: ablate every candidate of `layer`, a chunk of rows per forward.
+
+    Args:
+        next_layer: the layer whose features receive the edges; None for the
+            last layer, whose candidates get logit cells only.
+        first: the first layer, whose candidates may go undrawn.
+        pinned: the feature pinned at `layer`, drawn with or without an edge.
     """
-    out = _Effects(candidates, [], [], [], 0.0, 0.0, False, torch.zeros(0, device=candidates.device))
-    # The logit pass wants nearly every row unless a threshold leaves most first-layer
-    # candidates undrawn; only then is redoing its blocks for the few cheaper than carrying all.
-    keep_stream = not drawn_only or threshold_exp is None
-    per_chunk = max(1, rows // len(clean.last))
-    chunks = range(0, len(candidates), per_chunk)
-    for lo in progress(
-        chunks,
-        desc=f"Ablating {layer.site.key}",
-        leave=False,
-        disable=len(chunks) < 2,
-    ):
-        chunk = candidates[lo : lo + per_chunk]
+    out = LayerEffects.none_yet(candidates)
+    may_go_undrawn = first and next_layer is not None
+    carry_stream = _logit_pass_wants_most_rows(may_go_undrawn, ablations.threshold_exp)
+    for chunk in _chunks(candidates, ablations, layer.site.key):
         with torch.inference_mode():
-            ablated = AblatedRows(clean, layer, chunk)
-            wanted = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
-            if nxt is not None:
-                feat_eff = ablated.run_to_next(spliced, nxt, keep_stream)
-                has_edge, changed = _record_edges(out, chunk, feat_eff, threshold_exp)
-                if drawn_only and changed:
-                    wanted = has_edge if pinned is None else has_edge | (chunk == pinned)
-            logit_eff = ablated.logit_effects(spliced, wanted)
-        _record_logits(out, wanted, logit_eff, logit_tokens)
+            ablated = AblatedRows(ablations.clean, layer, chunk)
+            drawn = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
+            if next_layer is not None:
+                feature_effects = ablated.run_to_next(ablations.spliced, next_layer, keep_stream=carry_stream)
+                has_edge, changed = record_edges(out, chunk, feature_effects, ablations.threshold_exp)
+                if may_go_undrawn:
+                    drawn = drawn_candidates(chunk, has_edge, changed, pinned)
+            logit_effects = ablated.logit_effects(ablations.spliced, drawn)
+        record_logits(out, drawn, logit_effects, ablations.logit_tokens)
     return out
 
 
-def _record_edges(
-    out: _Effects, chunk: Tensor, feat_eff: Tensor, threshold_exp: float | None
-) -> tuple[Tensor, bool]:
-    """Phase 4 per chunk: threshold edges, drop the dense effects.
+def _chunks(candidates: Tensor, ablations: _Ablations, key: str) -> Iterator[Tensor]:
+    """Slices of `candidates` whose (candidate, sequence) rows fit one forward, with a progress bar."""
+    per_chunk = max(1, ablations.rows // len(ablations.clean.last))
+    starts = range(0, len(candidates), per_chunk)
+    for lo in progress(starts, desc=f"Ablating {key}", leave=False, disable=len(starts) < 2):
+        yield candidates[lo : lo + per_chunk]
 
-    Returns which candidates kept an edge (m,) and whether any feature changed at all.
+
+def _logit_pass_wants_most_rows(may_go_undrawn: bool, threshold_exp: float | None) -> bool:
+    """Whether ablated streams are carried on from the next layer to the logit pass.
+
+    The logit pass wants nearly every row unless a threshold leaves most
+    first-layer candidates undrawn; only then does it redo the blocks up to
+    the next layer for its few rows instead (`AblatedRows.run_to_next`).
     """
-    magnitude = feat_eff.abs()
-    keep = magnitude > 2.0**threshold_exp if threshold_exp is not None else magnitude > 0
-    collected = float(magnitude.sum())
-    out.collected += collected
-    out.any_effect |= collected > 0
-    out.plotted += float(magnitude[keep].sum())
-    out.largest = _largest(out.largest, magnitude.float())
-    cand, target = keep.nonzero(as_tuple=True)
-    values = feat_eff[cand, target].tolist()
-    out.edges += list(zip(chunk[cand].tolist(), target.tolist(), values, strict=True))
-    has_edge = torch.zeros(len(chunk), dtype=torch.bool, device=chunk.device)
-    return has_edge.index_fill_(0, cand.unique(), True), collected > 0
+    return not may_go_undrawn or threshold_exp is None
 
 
-def _largest(largest: Tensor, magnitude: Tensor) -> Tensor:
-    """The LARGEST_KEPT largest values of `largest` (descending) and `magnitude` (m, width), descending.
-
-    A top-k over all m x width values is slow on a CPU. Each row's
-    maximum is a distinct value, so at least LARGEST_KEPT values are >= the
-    LARGEST_KEPT-th largest of the row maxima and `largest`; only those are sorted.
-    """
-    pool = torch.cat([largest, magnitude.amax(dim=1)])
-    if len(pool) >= LARGEST_KEPT:
-        bound = pool.topk(LARGEST_KEPT).values[-1]
-        largest, magnitude = largest[largest >= bound], magnitude[magnitude >= bound]
-    seen = torch.cat([largest, magnitude.flatten()])
-    return seen.topk(min(LARGEST_KEPT, len(seen))).values
+def drawn_candidates(chunk: Tensor, has_edge: Tensor, changed: bool, pinned: int | None) -> Tensor:
+    """Which first-layer candidates (m,) are drawn, so need logit cells: those that keep an edge
+    or are pinned; all of them when no candidate changed any feature, so that the zero-effect
+    check sees every logit change."""
+    if not changed:
+        return torch.ones_like(has_edge)
+    return has_edge if pinned is None else has_edge | (chunk == pinned)
 
 
-def _record_logits(out: _Effects, wanted: Tensor, logit_eff: Tensor, logit_tokens: int) -> None:
-    """Phase 4 per chunk: the most raised and lowered tokens of each wanted candidate; none for others."""
-    k = min(logit_tokens, logit_eff.shape[1])
-    up, down = logit_eff.topk(k, dim=1), logit_eff.topk(k, dim=1, largest=False)
-    # One device-to-host copy per chunk, not four per candidate.
-    up_ids, up_values, down_ids, down_values = (
-        t.cpu() for t in (up.indices, up.values, down.indices, down.values)
-    )
-    out.any_effect |= k > 0 and bool((up_values[:, 0] > 0).any() or (down_values[:, 0] < 0).any())
-    row = 0
-    for is_wanted in wanted.tolist():
-        if not is_wanted:
-            out.logits_up.append([])
-            out.logits_down.append([])
-            continue
-        out.logits_up.append(_cells(up_ids[row], up_values[row], raised=True))
-        out.logits_down.append(_cells(down_ids[row], down_values[row], raised=False))
-        row += 1
-
-
-def _cells(ids: Tensor, values: Tensor, raised: bool) -> list[tuple[int, float]]:
-    """(token id, change) pairs that moved the stated way."""
-    pairs = zip(ids.tolist(), values.tolist(), strict=True)
-    return [(i, v) for i, v in pairs if (v > 0 if raised else v < 0)]
+def _result(graph: Graph, layers: list[ResidLayer], results: list[LayerEffects]) -> AblationResult:
+    """The graph with the sums over every layer's effects."""
+    ablated = {layer.site.layer: r.candidates.tolist() for layer, r in zip(layers, results, strict=True)}
+    largest = torch.cat([r.largest for r in results]).sort(descending=True).values[:LARGEST_KEPT]
+    collected = sum(r.collected for r in results)
+    plotted = sum(r.plotted for r in results)
+    return AblationResult(graph, collected, plotted, ablated, largest.tolist())
 
 
 def _zero_effect_error(layer: ResidLayer, pinned: dict[int, int]) -> ExactlyZeroEffectError:
@@ -349,7 +307,7 @@ def _zero_effect_error(layer: ResidLayer, pinned: dict[int, int]) -> ExactlyZero
 
 def _assemble(
     layers: list[ResidLayer],
-    results: list[_Effects],
+    results: list[LayerEffects],
     tokenizer: Tokenizer,
     pinned: dict[int, int],
 ) -> Graph:

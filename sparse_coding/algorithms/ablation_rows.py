@@ -137,7 +137,7 @@ class AblatedRows:
             self.hidden = layer.clean[at_token] - delta.to(layer.clean.dtype)
             self.edit = SparseEdit(layer.clean, values != 0)
 
-    def run_to_next(self, spliced: SplicedModel, nxt: ResidLayer, keep_stream: bool) -> Tensor:
+    def run_to_next(self, spliced: SplicedModel, next_layer: ResidLayer, *, keep_stream: bool) -> Tensor:
         """Blocks up to the next site; mean clean - ablated features (m, d_sae) there, last position.
 
         With `keep_stream`, every suffix token is carried to the next site, where
@@ -147,17 +147,17 @@ class AblatedRows:
         candidates it wants.
         """
         if self.suffixes is None:  # no candidate fires anywhere: every effect is exactly 0
-            return torch.zeros(len(self.chunk), nxt.site.sae.d_sae, device=self.chunk.device)
-        blocks = spliced.model.transformer.h[self.at : nxt.stream]
+            return torch.zeros(len(self.chunk), next_layer.site.sae.d_sae, device=self.chunk.device)
+        blocks = spliced.model.transformer.h[self.at : next_layer.stream]
         if keep_stream:
             self.hidden = run_suffix(blocks, self.hidden, self.suffixes, self.cache, self.at, edit=self.edit)
-            self.at, self.edit = nxt.stream, None
+            self.at, self.edit = next_layer.stream, None
             read = self.hidden[self.suffixes.read]
         else:
             read = run_suffix(
                 blocks, self.hidden, self.suffixes, self.cache, self.at, read=True, edit=self.edit
             )
-        feats = nxt.site.feats(read).float()
+        feats = next_layer.site.feats(read).float()
         return mean_change(feats, self.base, self.cand, len(self.chunk), self.n_seq)
 
     def logit_effects(self, spliced: SplicedModel, wanted: Tensor) -> Tensor:
@@ -202,7 +202,7 @@ def mean_change(values: Tensor, base: Tensor, cand: Tensor, n_out: int, n_seq: i
 
     One sparse product: each ablated row adds +1/S times its base row and
     -1/S times itself to its candidate's output row, so `values` is read once,
-    with no gathered copies (half the time of gathering, on a CPU). Devices
+    with no gathered copies. Devices
     without sparse kernels (MPS before torch 2.10) gather instead.
     """
     ablated = (cand >= 0).nonzero()[:, 0]

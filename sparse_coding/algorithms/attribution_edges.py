@@ -19,9 +19,8 @@ One "cut" forward (S x examples rows) serves every down-node: each site
 outputs ``sum v W_dec + const + e`` from fresh leaves and ignores its input,
 so a backward from d stops at the sites directly upstream of it. Backwards
 for one site's down-nodes run as one batched backward (vmap over at most
-MAX_BATCHED_ROWS seeds), which measured faster than one backward per node on
-both a 2-core CPU and an H100 (benchmarks/bench_fast.py); the per-node loop
-remains as the low-memory path.
+MAX_BATCHED_ROWS seeds; benchmarks/bench_fast.py compares it with one
+backward per node); the per-node loop remains as the low-memory path.
 """
 
 from dataclasses import dataclass

@@ -75,7 +75,7 @@ class GraphOptions:
     edge_threshold: float = DEFAULTS.EDGE_THRESHOLD
     node_estimator: str = DEFAULTS.NODE_ESTIMATOR  # "exact": also patch each down-node (summed nodes)
     node_positions: NodePositions = DEFAULTS.NODE_POSITIONS
-    batched_edges: bool = True  # vmapped backwards per site (faster) or one per down-node (least memory)
+    batched_edges: bool = True  # vmapped backwards per site, or one per down-node (least memory)
 
     @property
     def gate(self) -> float | None:

@@ -93,10 +93,10 @@ def top_edges(edge_set: EdgeSet, num_up_nodes: int) -> list[KeptEdge]:
     return result
 
 
-def trace_up(bottom: set[Slot], edges_: list[KeptEdge]) -> tuple[set[Slot], list[KeptEdge]]:
+def trace_up(bottom: set[Slot], edges: list[KeptEdge]) -> tuple[set[Slot], list[KeptEdge]]:
     """Nodes and edges with a path to a bottom node."""
     into: dict[Slot, list[KeptEdge]] = {}
-    for edge in edges_:
+    for edge in edges:
         into.setdefault(edge[1], []).append(edge)
     reached, frontier, kept = set(bottom), list(bottom), []
     while frontier:

@@ -20,8 +20,8 @@ import torch
 
 from sparse_coding.algorithms.attribution import losses
 from sparse_coding.algorithms.feature_means import SiteMeans
+from sparse_coding.algorithms.mean_ablation import Circuit, mean_ablations
 from sparse_coding.algorithms.metrics import Metric
-from sparse_coding.algorithms.validation import Circuit, mean_ablations
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
 from sparse_coding.runtime.sharding import Sums, run_pass
@@ -53,7 +53,7 @@ def pair_faithfulness(
 ) -> PairFaithfulness:
     """Faithfulness of `circuit` over `batches` with `metric` (see the module docstring).
 
-    C and the empty circuit are val.py's (`validation.mean_ablations`): every
+    C and the empty circuit are val.py's (`mean_ablation.mean_ablations`): every
     spliced site mean-ablated outside the circuit, error terms per `errors`.
     """
     ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)

@@ -63,19 +63,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparse_coding.algorithms.feature_means import SiteMeans, cpu_total, feature_means
+from sparse_coding.algorithms.mean_ablation import VARIANTS, Circuit, mean_ablations
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.runtime.distributed import all_sum
 from sparse_coding.runtime.sharding import run_pass
-from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
+from sparse_coding.splicing.splice import Intervention, SplicedModel, zero_ablation
 from sparse_coding.text.batches import TokenBatch
 
 logger = logging.getLogger(__name__)
 
-Circuit = dict[str, list[int]]  # site key ("attn_7") -> sorted feature indices
-
-VARIANTS = ("circuit", "without_circuit", "empty")  # m(C), m(M \ C), m(empty)
 # Below this |m(M) - m(empty)| (nats of mean CE) the ratios divide noise by
 # noise (a 1e-4 change in m(C) would move faithfulness by 0.1): undefined.
 MIN_METRIC_SPAN = 1e-3
@@ -101,61 +99,6 @@ class ValidationResult(NamedTuple):
     probs_ablated: Tensor
 
 
-# ---------------------------------------------------------------- interventions
-
-
-def mean_ablation(
-    features: dict[str, Tensor], means: SiteMeans, errors: Collection[str] = ()
-) -> Intervention:
-    """Intervention that sets chosen features (and error terms) to their means at every position.
-
-    Args:
-        features: site key -> (d_sae,) bool mask of the features to mean-ablate.
-        means: every site's feature and error means.
-        errors: site keys whose error term is mean-ablated too.
-
-    ``x' = x + scale * (mean[S] @ W_dec[S] - sum of active f_i W_dec[i], i in S)``:
-    the means' part is one vector (computed once per site), the rest needs
-    only the active features' decoder rows; the site's constant term is
-    unchanged, and its error too unless listed (then ``- error + mean error``).
-    A transcoder feature is ablated at every MLP output it writes.
-    """
-    constants: dict[int, Tensor] = {}
-
-    def ablate(site: Site, x: Tensor) -> Tensor:
-        chosen = features.get(site.key)
-        on_features = chosen is not None and bool(chosen.any())
-        on_error = site.key in errors
-        if not (on_features or on_error):
-            return x
-        code = site.code(x)
-        if on_features:
-            scale = code.scale.to(code.feats.dtype)  # (batch, pos, 1)
-            removed = _decode_active(site, code.feats * chosen * scale).to(x.dtype)
-            if id(site) not in constants:  # (d_model,)
-                constants[id(site)] = site.decode(torch.where(chosen, means.features[site.key], 0))
-            x = x + (scale * constants[id(site)]).to(x.dtype) - removed
-        if on_error:
-            x = x - code.error + means.errors[site.key].to(x.dtype)
-        return x
-
-    return ablate
-
-
-def _decode_active(site: Site, values: Tensor) -> Tensor:
-    """values (batch, pos, d_sae) @ W_dec, through the nonzero entries' decoder rows.
-
-    Trained SAEs activate a few dozen features per token, so the rows cost
-    far less than the dense product; when they would not (more rows than
-    the dense product's memory, e.g. random SAEs), the dense product is used.
-    """
-    active = values != 0
-    if int(active.sum()) * site.d_model > values.numel():
-        return site.decode(values)
-    rows, positions, feats = active.nonzero().unbind(-1)
-    decoded = site.decode_rows(values[active], feats)  # (n_active, d_model)
-    out = values.new_zeros(*values.shape[:-1], site.d_model)
-    return out.index_put_((rows, positions), decoded, accumulate=True)
 
 
 def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
@@ -169,34 +112,11 @@ def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
     return targets
 
 
-def mean_ablations(
-    spliced: SplicedModel,
-    circuit: Circuit,
-    circuit_errors: Collection[str],
-    means: SiteMeans,
-    errors: ErrorMode,
-) -> dict[str, Intervention]:
-    """The interventions of m(C), m(M \\ C) and m(empty), keyed as VARIANTS, over every spliced site."""
-    inside = {}
-    for key, site in spliced.by_key.items():
-        inside[key] = torch.zeros(site.d_sae, dtype=torch.bool, device=spliced.device)
-        inside[key][circuit.get(key, [])] = True
-    outside = {key: ~mask for key, mask in inside.items()}
-    every = {key: torch.ones_like(mask) for key, mask in inside.items()}
-    all_sites = set(inside)
-    if errors == "ablate":
-        ablated_errors = (all_sites - set(circuit_errors), set(circuit_errors), all_sites)
-    else:
-        ablated_errors = (set(), set(), set())
-    chosen = zip(VARIANTS, (outside, inside, every), ablated_errors, strict=True)
-    return {name: mean_ablation(f, means, e) for name, f, e in chosen}
-
-
 # ---------------------------------------------------------------- the passes
 
 
 @dataclass
-class _Sums:
+class _ValidationTotals:
     """Running float64 sums over batches, on the CPU."""
 
     probs_clean: np.ndarray  # (d_vocab,)
@@ -207,7 +127,7 @@ class _Sums:
     n_tokens: int = 0
     n_sequences: int = 0
 
-    def reduce(self) -> "_Sums":
+    def reduce(self) -> "_ValidationTotals":
         """Every rank's sums added (float64), on every rank."""
         return all_sum(self)
 
@@ -235,7 +155,7 @@ def _last_probs(log_probs: Tensor, batch: TokenBatch) -> np.ndarray:
     return cpu_total(log_probs[rows, last].exp())
 
 
-def _add(sums: _Sums, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
+def _add_cross_entropy(sums: _ValidationTotals, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
     sums.ce[name] += _cross_entropy_sum(log_probs, batch)
 
 
@@ -244,7 +164,7 @@ def _add_batch(
     batch: TokenBatch,
     circuit: Circuit,
     ablations: dict[str, Intervention],
-    sums: _Sums,
+    sums: _ValidationTotals,
 ) -> None:
     """Phase 2 for one batch: clean, zeroed and mean-ablated forwards into `sums`."""
     real = batch.attention_mask.bool()
@@ -252,13 +172,13 @@ def _add_batch(
     zeroed = _log_probs(spliced, batch, zero_ablation(_zero_targets(circuit, real)))
     kl = F.kl_div(zeroed, clean, log_target=True, reduction="none").sum(dim=-1)
     sums.kl += float(kl[real].sum())
-    _add(sums, "full", clean, batch)
-    _add(sums, "zero", zeroed, batch)
+    _add_cross_entropy(sums, "full", clean, batch)
+    _add_cross_entropy(sums, "zero", zeroed, batch)
     sums.probs_clean += _last_probs(clean, batch)
     sums.probs_ablated += _last_probs(zeroed, batch)
     del clean, zeroed, kl  # from here on, one vocabulary-sized tensor at a time
     for name, intervention in ablations.items():
-        _add(sums, name, _log_probs(spliced, batch, intervention), batch)
+        _add_cross_entropy(sums, name, _log_probs(spliced, batch, intervention), batch)
     sums.n_predictions += int(batch.attention_mask[:, 1:].sum())
     sums.n_tokens += int(real.sum())
     sums.n_sequences += len(real)
@@ -296,13 +216,13 @@ def validate_circuit(
     ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)
     d_vocab = spliced.model.config.vocab_size
 
-    def add(sums: _Sums, index: int, batch: TokenBatch) -> None:
+    def add(sums: _ValidationTotals, index: int, batch: TokenBatch) -> None:
         _add_batch(spliced, batch, circuit, ablations, sums)
 
     sums = run_pass(
         "validation",
         batches,
-        empty=lambda: _Sums(np.zeros(d_vocab), np.zeros(d_vocab)),
+        empty=lambda: _ValidationTotals(np.zeros(d_vocab), np.zeros(d_vocab)),
         add=add,
         desc="Validating",
     )
@@ -316,7 +236,7 @@ def validate_circuit(
 
 
 def _result(
-    circuit: Circuit, circuit_errors: list[str], sites: list[str], errors: ErrorMode, sums: _Sums
+    circuit: Circuit, circuit_errors: list[str], sites: list[str], errors: ErrorMode, sums: _ValidationTotals
 ) -> ValidationResult:
     """Phase 3: means of the sums, faithfulness and completeness."""
     ce = {name: total / sums.n_predictions for name, total in sums.ce.items()}

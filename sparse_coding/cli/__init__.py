@@ -24,7 +24,12 @@ from typing import NoReturn
 from sparse_coding.config import DEFAULT_CONFIG_PATH, FIELDS, Config, load_config
 from sparse_coding.config.schema import script_keys
 from sparse_coding.errors import SparseCodingError
-from sparse_coding.files.storage import exit_cleanly_on_sigterm, full_disk_text
+from sparse_coding.files.storage import (
+    FULL_DISK_ERRNOS,
+    NOT_WRITABLE_ERRNOS,
+    exit_cleanly_on_sigterm,
+    full_disk_text,
+)
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.allocator import keep_freed_memory
 from sparse_coding.runtime.phases import PhaseTimer
@@ -33,7 +38,7 @@ logger = logging.getLogger("sparse_coding")
 
 # OSErrors that come from the machine, not from a bug: a full disk or quota,
 # a read-only mount, missing permissions. Any other OSError keeps its traceback.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+ENVIRONMENT_ERRNOS = FULL_DISK_ERRNOS | NOT_WRITABLE_ERRNOS | {errno.EROFS}
 
 # The commands of `sparse-coding`: each a module sparse_coding.cli.<name> with `command_line` and `main`,
 # but the demo, which writes a config and runs fast, pipe and val on it.
@@ -177,7 +182,7 @@ def _environment_error(e: OSError) -> str:
     """A full disk, read-only mount or missing permission, in words: the file, its folder, the space free."""
     where = Path(e.filename) if e.filename else None
     space = ""
-    if where is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if where is not None and e.errno in FULL_DISK_ERRNOS:
         space = f"; {full_disk_text(where.parent, None)} in its folder {where.parent}"
     return (
         f"{where or 'a file'}: {e.strerror}{space}; files already there were left as they were. "

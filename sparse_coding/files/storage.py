@@ -42,6 +42,10 @@ from sparse_coding.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
+# A write failed for lack of space (disk or quota), or for lack of permission.
+FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 _UMASK_LOCK = threading.Lock()
 
@@ -109,11 +113,11 @@ def storage_error(target: Path, e: OSError, needed: int | None = None) -> Storag
     """A `StorageError` for a failed write of `target`: the folder, the reason and the fix."""
     target = Path(target)
     reason = os.strerror(e.errno) if e.errno else str(e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in FULL_DISK_ERRNOS:
         hint = f"{full_disk_text(target.parent, needed)}; free some space or set DATA_DIR to another disk"
     elif e.errno == errno.EROFS:
         hint = "the folder is on a read-only file system; choose another DATA_DIR"
-    elif e.errno in (errno.EACCES, errno.EPERM):
+    elif e.errno in NOT_WRITABLE_ERRNOS:
         hint = "the folder is not writable by this user; fix its permissions or use another DATA_DIR"
     else:
         hint = "check the folder"

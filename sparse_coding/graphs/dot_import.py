@@ -15,7 +15,7 @@ it (`graph_files`), and the ``.json`` written then holds everything it said:
   that are not node ids are the user's drawing, kept and drawn again as they
   were.
 
-Values the file does not tie to a run become the run of the import (script
+Values the file does not assign to a run become the run of the import (script
 ``imported``, ``imported_from`` the file's name); a file written before runs
 were kept apart describes its last run at the top of its metadata, and that
 description becomes the import's run record.
@@ -58,8 +58,8 @@ def _drawing_only(name: str, attrs: dict[str, str]) -> bool:
     return name.startswith("__") or attrs.get("style") == "invis"
 
 
-def _tied_or_edited(runs: dict, means: dict[str, float | None], merged: Node | Edge) -> dict:
-    """`runs` when their means are the values written beside them, else {} (edited by hand: untied)."""
+def _runs_unless_edited(runs: dict, means: dict[str, float | None], merged: Node | Edge) -> dict:
+    """`runs` when their means are the values written beside them, else {} (edited by hand: no run)."""
     return runs if all(getattr(merged, key) == value for key, value in means.items()) else {}
 
 
@@ -82,7 +82,7 @@ def _node_from_dot(node_id: str, attrs: dict[str, str]) -> Node:
         runs = Node.from_dict(data | {"runs": loads_strict(attrs["sc_runs"])}).runs
         probe = dataclasses.replace(node, runs={})
         probe.merge(dataclasses.replace(node, runs=runs))
-        node.runs = _tied_or_edited(probe.runs, values, probe)
+        node.runs = _runs_unless_edited(probe.runs, values, probe)
     return node
 
 
@@ -93,7 +93,7 @@ def _edge_from_dot(source: str, target: str, attrs: dict[str, str]) -> Edge:
         runs = Edge.from_dict(data | {"runs": loads_strict(attrs["sc_runs"])}).runs
         probe = Edge(source, target, 0.0, {})
         probe.merge(Edge(source, target, 0.0, runs))
-        edge.runs = _tied_or_edited(probe.runs, {"effect": edge.effect}, probe)
+        edge.runs = _runs_unless_edited(probe.runs, {"effect": edge.effect}, probe)
     return edge
 
 
@@ -129,8 +129,8 @@ def _graph_from_parsed(parsed: DotGraph) -> Graph:
 
 
 def graph_from_dot(text: str) -> Graph:
-    """A Graph from .dot text (this tool's, a hand-made one, or the seed tool's), values untied where
-    the file does not tie them to runs.
+    """A Graph from .dot text (this tool's, a hand-made one, or the seed tool's), values of no run where
+    the file does not assign them to runs.
 
     Raises:
         ValueError, KeyError, TypeError: the text is not a graph this module reads.
@@ -139,13 +139,13 @@ def graph_from_dot(text: str) -> Graph:
 
 
 def import_dot(dot_path: Path, text: str) -> Graph:
-    """The graph of `dot_path` (read as `text`), its untied values tied to a run of the import.
+    """The graph of `dot_path` (read as `text`), its values of no run assigned to a run of the import.
 
     Raises:
         ValueError, KeyError, TypeError: the text is not a graph this module reads.
     """
     graph = graph_from_dot(text)
-    if graph.untied():
+    if graph.has_values_of_no_run():
         described = {} if graph.runs else graph.metadata
         graph.add_run(run_record({"script": "imported", **described, "imported_from": Path(dot_path).name}))
     graph.check()

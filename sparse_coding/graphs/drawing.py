@@ -1,13 +1,16 @@
 """Draw a graph's image: the graph first, its caption and legend beside or below it.
 
-``draw_image`` works in three steps, each a Graphviz call under a timeout:
+``draw_image`` works in three steps:
 
-1. lay out the graph alone (``dot -Tjson0``): node boxes and, for small
-   graphs, dot's edge splines. A big or wrapped graph is laid out without its
-   edges, rows fitted to the boxes' measured size for a ~2:1 picture, and its
-   edges are later drawn straight: dot routes every edge through each row it
-   crosses, which stretches rows side by side and makes the layout slow;
-2. measure the caption + legend block wrapped two ways, beside the graph (a
+1. lay out the graph alone. A small graph is laid out by ``dot -Tjson0``:
+   node boxes and dot's edge splines. A big or wrapped graph is laid out here,
+   as dot lays out its rows without edges (boxes left to right ``nodesep``
+   apart, rows ``ranksep`` apart), each box sized from its label
+   (`label_size`), rows fitted for a ~2:1 picture; its edges are drawn
+   straight: dot would route every edge through each row it crosses, which
+   stretches rows side by side, and its layout would be most of the writing
+   cost of a 40,000-edge graph;
+2. size the caption + legend block wrapped two ways, beside the graph (a
    narrow column) or below it (the graph's width), and keep the arrangement
    that shows the graph largest in a 4:3 window;
 3. draw everything at those positions (``neato -n2``), scaled down to fit
@@ -22,32 +25,36 @@ alone never fails a run.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import logging
 import math
+import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from sparse_coding.graphs.graph import Graph
+from sparse_coding.graphs.graphviz import RenderTimeout, render_image, run_graphviz
+from sparse_coding.graphs.label_size import label_size
 from sparse_coding.graphs.render import (
     RANKSEP_IN,
     Placement,
     RenderOptions,
-    RenderTimeout,
+    caption_notes,
     dot_source,
     drawn_rank,
     drawn_rows,
     legend_markup,
-    quote,
-    render_image,
-    run_graphviz,
+    node_markup,
     use_compact_labels,
 )
 
 logger = logging.getLogger(__name__)
 
 _GAP_PT = 24.0  # between the graph and its legend block
+_NODESEP_PT = 18.0  # between boxes of a row: dot's default nodesep, 0.25 in
 _CHAR_PT = 5.4  # width of one 9-10 pt Helvetica character, for wrapping the block to the graph's width
 _WINDOW = (4.0, 3.0)  # the screen shape the arrangement is chosen for
 
@@ -89,12 +96,34 @@ def layout(source_path: Path, timeout_s: float) -> Layout:
     return Layout(boxes, splines, width, height)
 
 
-def _fitted_row_width(boxes: dict[str, Box], n_nodes: int, options: RenderOptions) -> int:
+def _fitted_row_width(sizes: list[tuple[float, float]], options: RenderOptions) -> int:
     """Nodes per row for a ~2:1 image from the boxes' median size: k w = 2 (n / k) (h + ranksep)."""
-    sizes = sorted((b.width, b.height) for name, b in boxes.items() if not name.startswith("__"))
-    width, height = sizes[len(sizes) // 2] if sizes else (1.0, 1.0)
-    k = math.sqrt(2 * n_nodes * (height + 72 * RANKSEP_IN) / max(width, 1.0))
+    width, height = sorted(sizes)[len(sizes) // 2] if sizes else (1.0, 1.0)
+    k = math.sqrt(2 * len(sizes) * (height + 72 * RANKSEP_IN) / max(width, 1.0))
     return max(options.min_row_nodes, math.ceil(k))
+
+
+def row_layout(graph: Graph, options: RenderOptions) -> tuple[Layout, RenderOptions]:
+    """Boxes in rows as dot places nodes alone: each row left to right from its (invisible) anchor at
+    x = 0, centred on one line; rows top to bottom, ``ranksep`` apart. Without `max_row_nodes`, rows are
+    fitted for a ~2:1 picture."""
+    compact = use_compact_labels(graph, options)
+    sizes = {node.id: label_size(node_markup(node, compact, options)) for node in graph.nodes.values()}
+    if options.max_row_nodes is None:
+        options = dataclasses.replace(options, max_row_nodes=_fitted_row_width(list(sizes.values()), options))
+    boxes, top, right = {}, 0.0, 0.0
+    for i, row in enumerate(drawn_rows(graph, options)):
+        height = max(sizes[node.id][1] for node in row)
+        y, x = top - height / 2, 0.0
+        boxes[f"__rank_{i}"] = Box(0.0, y, 0.0, 0.0)
+        for node in row:
+            width = sizes[node.id][0]
+            boxes[node.id] = Box(x + _NODESEP_PT + width / 2, y, width, height)
+            x += _NODESEP_PT + width
+        top, right = top - height - 72 * RANKSEP_IN, max(right, x)
+    bottom = top + 72 * RANKSEP_IN  # y = 0 at the lowest row's bottom, as in dot's coordinates
+    boxes = {name: b._replace(y=b.y - bottom, height=sizes.get(name, (0, 0))[1]) for name, b in boxes.items()}
+    return Layout(boxes, {}, right, -bottom), options
 
 
 def strongest_edges(graph: Graph, n_edges: int) -> Graph:
@@ -105,7 +134,7 @@ def strongest_edges(graph: Graph, n_edges: int) -> Graph:
     """
     if len(graph.edges) <= n_edges:
         return graph
-    kept = sorted(graph.edges.values(), key=lambda e: -abs(e.effect))[:n_edges]
+    kept = heapq.nlargest(n_edges, graph.edges.values(), key=lambda e: abs(e.effect))
     joined = {e.source for e in kept} | {e.target for e in kept}
     with_edges = {e.source for e in graph.edges.values()} | {e.target for e in graph.edges.values()}
     nodes = {k: n for k, n in graph.nodes.items() if k in joined or k not in with_edges}
@@ -137,16 +166,10 @@ def pinned_layout(graph: Graph, options: RenderOptions) -> bool:
 def _graph_layout(
     graph: Graph, options: RenderOptions, path: Path, timeout_s: float
 ) -> tuple[Layout, RenderOptions]:
-    """The graph laid out alone (no caption): with dot's edges, or nodes only when `pinned_layout`."""
-    if not pinned_layout(graph, options):
-        path.write_text(dot_source(graph, options=options, legend=False), encoding="utf-8")
-        return layout(path, timeout_s), options
-    nodes_only = Graph(nodes=graph.nodes, metadata=graph.metadata)
-    if options.max_row_nodes is None:
-        path.write_text(dot_source(nodes_only, options=options, legend=False), encoding="utf-8")
-        width = _fitted_row_width(layout(path, timeout_s).boxes, len(graph.nodes), options)
-        options = dataclasses.replace(options, max_row_nodes=width)
-    path.write_text(dot_source(nodes_only, options=options, legend=False), encoding="utf-8")
+    """The graph laid out alone (no caption): by dot with its edges, or in rows when `pinned_layout`."""
+    if pinned_layout(graph, options):
+        return row_layout(graph, options)
+    path.write_text(dot_source(graph, options=options, legend=False), encoding="utf-8")
     return layout(path, timeout_s), options
 
 
@@ -157,46 +180,113 @@ def _window_scale(width: float, height: float, options: RenderOptions) -> float:
     return min(1.0, window_w / max(width, 1.0), window_h / max(height, 1.0))
 
 
-def _place_legend(
-    graph: Graph, notes: list[str], graph_box: Layout, options: RenderOptions, path: Path, timeout_s: float
-) -> Placement:
+def _place_legend(graph: Graph, notes: list[str], graph_box: Layout, options: RenderOptions) -> Placement:
     """The legend block beside the graph (a column) or below it (the graph's width), whichever shows the
-    graph larger in a 4:3 window; measured by laying out both wrappings once."""
+    graph larger in a 4:3 window; both wrappings sized by `label_size`."""
     beside_chars = options.legend_chars
     below_chars = max(beside_chars, int(graph_box.width / _CHAR_PT))
-    blocks = {
-        "beside": legend_markup(graph, notes, beside_chars),
-        "below": legend_markup(graph, notes, below_chars),
-    }
-    lines = [f"  {quote(name)} [label={label}];" for name, label in blocks.items()]
-    source = "digraph legend {\n  node [shape=plain];\n" + "\n".join(lines) + "\n}\n"
-    path.write_text(source, encoding="utf-8")
-    sizes = layout(path, timeout_s).boxes
+    notes = caption_notes(graph, notes, options)  # as `dot_source` writes them
+    beside = label_size(legend_markup(graph, notes, beside_chars))
+    below = label_size(legend_markup(graph, notes, below_chars))
     w, h = graph_box.width, graph_box.height
-    beside, below = sizes["beside"], sizes["below"]
-    beside_scale = _window_scale(w + _GAP_PT + beside.width, max(h, beside.height), options)
-    below_scale = _window_scale(max(w, below.width), h + _GAP_PT + below.height, options)
+    beside_scale = _window_scale(w + _GAP_PT + beside[0], max(h, beside[1]), options)
+    below_scale = _window_scale(max(w, below[0]), h + _GAP_PT + below[1], options)
     if beside_scale >= below_scale:
-        centre = (w + _GAP_PT + beside.width / 2, h - beside.height / 2)
-        return Placement(f"{centre[0]:.2f},{centre[1]:.2f}", beside_chars)
-    centre = (below.width / 2, -_GAP_PT - below.height / 2)
-    return Placement(f"{centre[0]:.2f},{centre[1]:.2f}", below_chars)
+        centre = (w + _GAP_PT + beside[0] / 2, h - beside[1] / 2)
+        return Placement(f"{centre[0]:.2f},{centre[1]:.2f}", beside, beside_chars)
+    centre = (below[0] / 2, -_GAP_PT - below[1] / 2)
+    return Placement(f"{centre[0]:.2f},{centre[1]:.2f}", below, below_chars)
 
 
-def _draw_once(
-    graph: Graph, image_path: Path, fmt: str, options: RenderOptions, timeout_s: float, work_dir: Path | None
-) -> None:
-    """Draw the strongest ``options.max_drawn_edges`` edges of ``graph`` into ``image_path``."""
-    shown = strongest_edges(graph, options.max_drawn_edges)
-    notes = _pruning_note(shown, graph)
-    if use_compact_labels(shown, options):
-        logger.info("drawing %d nodes with compact labels to stay readable", len(shown.nodes))
-    if notes:
-        logger.info("graph has %d edges: %s", len(graph.edges), notes[0])
-    with tempfile.TemporaryDirectory(prefix="sc_draw_", dir=work_dir) as folder:
-        source_path = Path(folder) / "drawing.dot"
-        laid_out, options = _graph_layout(shown, options, source_path, timeout_s)
-        placement = _place_legend(shown, notes, laid_out, options, source_path, timeout_s)
+@dataclass
+class Drawing:
+    """An image drawn in two steps: `prepare` lays it out and writes Graphviz's source (in Python, but
+    for a small graph's dot layout), `render` runs Graphviz on it, so that a caller can write other
+    files meanwhile (`graph_writer`).
+
+    It draws the strongest ``max_drawn_edges`` edges; if Graphviz runs past ``timeout_s`` (laying out
+    or drawing), it prepares and draws once more with compact labels and ``fallback_drawn_edges``
+    edges. Graphviz's source goes to a temp folder inside `work_dir` (default: the system's temp
+    folder), removed once drawn.
+    """
+
+    graph: Graph
+    image_path: Path
+    fmt: str
+    options: RenderOptions = field(default_factory=RenderOptions)
+    timeout_s: float = 120.0
+    work_dir: Path | None = None
+    source_path: Path | None = None
+    fell_back: bool = False
+
+    def prepare(self) -> None:
+        """Lay the graph out and write the source that draws it (the strongest edges and the legend).
+
+        Raises:
+            GraphFileError: Graphviz is missing or failed, or even the fallback timed out.
+        """
+        if self.source_path is None:
+            self.source_path = Path(tempfile.mkdtemp(prefix="sc_draw_", dir=self.work_dir)) / "drawing.dot"
+        try:
+            try:
+                self._write_source()
+            except RenderTimeout as e:
+                self._fall_back(e)
+                self._write_source()
+        except BaseException:
+            shutil.rmtree(self.source_path.parent, ignore_errors=True)
+            raise
+
+    def render(self) -> None:
+        """Draw the prepared source into the image (again with fewer edges if Graphviz runs out of time).
+
+        Raises:
+            GraphFileError: Graphviz is missing or failed, or even the fallback timed out.
+        """
+        assert self.source_path is not None, "prepare() first"
+        try:
+            try:
+                self._render()
+            except RenderTimeout as e:
+                self._fall_back(e)
+                self._write_source()
+                self._render()
+        finally:
+            shutil.rmtree(self.source_path.parent, ignore_errors=True)
+
+    def _fall_back(self, timeout: RenderTimeout) -> None:
+        """Switch to the fallback drawing, once; a second timeout is raised."""
+        if self.fell_back:
+            raise timeout
+        logger.warning(
+            "dot timed out after %.0f s; redrawing with compact labels and the %d strongest edges",
+            self.timeout_s,
+            self.options.fallback_drawn_edges,
+        )
+        self.fell_back = True
+        self.options = dataclasses.replace(
+            self.options,
+            max_full_nodes=0,
+            max_label_cells=0,
+            max_spline_edges=0,
+            fast_layout_nodes=0,
+            max_drawn_edges=min(self.options.max_drawn_edges, self.options.fallback_drawn_edges),
+        )
+
+    def _render(self) -> None:
+        assert self.source_path is not None
+        render_image(self.source_path, self.image_path, fmt=self.fmt, timeout_s=self.timeout_s, pinned=True)
+
+    def _write_source(self) -> None:
+        assert self.source_path is not None
+        shown = strongest_edges(self.graph, self.options.max_drawn_edges)
+        notes = _pruning_note(shown, self.graph)
+        if use_compact_labels(shown, self.options):
+            logger.info("drawing %d nodes with compact labels to stay readable", len(shown.nodes))
+        if notes:
+            logger.info("graph has %d edges: %s", len(self.graph.edges), notes[0])
+        laid_out, options = _graph_layout(shown, self.options, self.source_path, self.timeout_s)
+        placement = _place_legend(shown, notes, laid_out, options)
         positions = {name: f"{b.x:.2f},{b.y:.2f}" for name, b in laid_out.boxes.items()}
         size = {"size": f"{options.max_inches:.2f},{options.max_inches * _WINDOW[1] / _WINDOW[0]:.2f}"}
         source = dot_source(
@@ -206,10 +296,9 @@ def _draw_once(
             positions=positions,
             splines=laid_out.splines,
             legend=placement,
-            graph_attrs=size | ({"dpi": str(options.png_dpi)} if fmt == "png" else {}),
+            graph_attrs=size | ({"dpi": str(options.png_dpi)} if self.fmt == "png" else {}),
         )
-        source_path.write_text(source, encoding="utf-8")
-        render_image(source_path, image_path, fmt=fmt, timeout_s=timeout_s, pinned=True)
+        self.source_path.write_text(source, encoding="utf-8")
 
 
 def draw_image(
@@ -221,32 +310,11 @@ def draw_image(
     timeout_s: float = 120.0,
     work_dir: Path | None = None,
 ) -> None:
-    """Draw a graph's image within the layout budget; size alone never fails it.
-
-    Draws the strongest ``max_drawn_edges`` edges; if ``dot`` still runs past
-    ``timeout_s``, redraws once with compact labels and
-    ``fallback_drawn_edges`` edges. The caption says what was left out.
-    Graphviz's source files go to a temp folder inside `work_dir` (default:
-    the system's temp folder), removed afterwards.
+    """Draw a graph's image within the layout budget; size alone never fails it (see `Drawing`).
 
     Raises:
         GraphFileError: dot is missing or failed, or even the fallback timed out.
     """
-    options = options or RenderOptions()
-    try:
-        _draw_once(graph, image_path, fmt, options, timeout_s, work_dir)
-    except RenderTimeout:
-        logger.warning(
-            "dot timed out after %.0f s; redrawing with compact labels and the %d strongest edges",
-            timeout_s,
-            options.fallback_drawn_edges,
-        )
-        fallback = dataclasses.replace(
-            options,
-            max_full_nodes=0,
-            max_label_cells=0,
-            max_spline_edges=0,
-            fast_layout_nodes=0,
-            max_drawn_edges=min(options.max_drawn_edges, options.fallback_drawn_edges),
-        )
-        _draw_once(graph, image_path, fmt, fallback, timeout_s, work_dir)
+    drawing = Drawing(graph, image_path, fmt, options or RenderOptions(), timeout_s, work_dir)
+    drawing.prepare()
+    drawing.render()

@@ -41,9 +41,9 @@ MEASURED = ("activation", "attribution")  # node values kept per run
 # ---------------------------------------------------------------- strict readers of JSON values
 
 
-def loads_strict(text_: str | bytes) -> Any:
+def loads_strict(json_text: str | bytes) -> Any:
     """JSON as graph files are read: NaN, Infinity and numbers too large for a float are refused."""
-    return json.loads(text_, parse_constant=_refuse_constant, parse_float=_finite_float)
+    return json.loads(json_text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _refuse_constant(name: str) -> float:
@@ -258,11 +258,11 @@ class Node:
         runs = {run: dict(values) for run, values in self.runs.items()}
         return replace(self, **lists, logits_down=list(self.logits_down), runs=runs)
 
-    def untied(self) -> bool:
+    def has_values_of_no_run(self) -> bool:
         """True when the node holds measured values that belong to no run yet."""
         return not self.runs and any(getattr(self, key) is not None for key in MEASURED)
 
-    def tie(self, run_id: str) -> None:
+    def assign_run(self, run_id: str) -> None:
         """Record the node's measured values as those of run `run_id`."""
         values = {key: value for key in MEASURED if (value := getattr(self, key)) is not None}
         self.runs = {run_id: values} if values else {}
@@ -270,8 +270,8 @@ class Node:
     def merge(self, newer: Node) -> None:
         """Fold another measurement of the same node into this one, in place.
 
-        Values tied to runs join this node's runs, and the drawn values become
-        the means over the runs; untied values (the same run adding a node
+        Values assigned to runs join this node's runs, and the drawn values become
+        the means over the runs; values of no run (the same run adding a node
         twice) replace the old ones. Identity fields from the newer node win;
         annotations are kept from whichever is richer (non-empty beats empty,
         the newer wins when both are non-empty).
@@ -304,7 +304,7 @@ class Edge:
     runs: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"source", "target", "effect"}`` plus ``n_runs`` and ``runs`` when tied to runs."""
+        """``{"source", "target", "effect"}`` plus ``n_runs`` and ``runs`` when assigned to runs."""
         data: dict[str, Any] = {"source": self.source, "target": self.target, "effect": self.effect}
         if self.runs:
             data |= {"n_runs": len(self.runs), "runs": self.runs}
@@ -328,7 +328,7 @@ class Edge:
         )
 
     def merge(self, other: Edge) -> None:
-        """Add another run's values; untied values (the same run) replace the old one."""
+        """Add another run's values; values of no run (the same run) replace the old one."""
         if not other.runs:
             self.effect, self.runs = other.effect, {}
             return

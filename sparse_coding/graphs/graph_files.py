@@ -38,8 +38,9 @@ from sparse_coding.files import storage
 from sparse_coding.graphs.dot_format import FORMAT
 from sparse_coding.graphs.dot_import import import_dot
 from sparse_coding.graphs.graph import Graph, loads_strict, new_run_id, run_record
-from sparse_coding.graphs.graph_writer import Stored, Targets, write_graph
-from sparse_coding.graphs.render import RenderOptions, image_format
+from sparse_coding.graphs.graph_writer import Stored, Targets, gc_paused, write_graph
+from sparse_coding.graphs.graphviz import image_format
+from sparse_coding.graphs.render import RenderOptions
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def save_graph(
     dot_path = Path(dot_path)
     image_path = Path(image_path) if image_path is not None else None
     check_output_names(dot_path, image_path)
-    with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"):
+    with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"), gc_paused():
         try:
             stored = read_stored(dot_path)
         except GraphFileError:
@@ -242,7 +243,7 @@ def update_graph_files(
 
     Args:
         new: a freshly computed graph (its metadata is its run's record) or
-            a graph already tied to its runs.
+            a graph already assigned to its runs.
         new_graph: keep the stored graph's files aside and start a new one.
 
     Returns:
@@ -257,10 +258,11 @@ def update_graph_files(
     dot_path = Path(dot_path)
     image_path = Path(image_path) if image_path is not None else None
     check_output_names(dot_path, image_path)
-    run = new.copy()
+    with gc_paused():
+        run = new.copy()
     if not run.runs:
         run.add_run(run_record(new.metadata, new_run_id()))
-    with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"):
+    with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"), gc_paused():
         stored = read_stored(dot_path)
         merged = run  # the run alone starts a graph: it is a copy already
         if stored is not None and not new_graph:

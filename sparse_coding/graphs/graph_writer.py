@@ -5,12 +5,11 @@ The ``.json`` is the graph; the others are drawn from it and never read back.
 
 1. the graph's values are checked (`Graph.check`): no file may hold a value
    the reader would refuse;
-2. every file is drawn to a temp file beside its target: the image by
-   Graphviz in this thread while a worker writes the ``.dot``, the page and
-   the ``.json``'s records (measured: the worker's text and the layout take
-   about as long each, and the layout waits on Graphviz, not on Python). A
-   full disk or a Graphviz failure here leaves every file as it was, so a
-   retry adds the run once;
+2. every file is drawn to a temp file beside its target: the image's
+   Graphviz source first, then the image by Graphviz while a worker thread
+   writes the ``.dot``, the page and the ``.json``'s records. A full disk or
+   a Graphviz failure here leaves every file as it was, so a retry adds the
+   run once;
 3. a derived file on disk whose hash is neither the one the stored ``.json``
    recorded for it nor the one that file replaced was written by someone
    else (an edit by hand): it is moved aside as ``<stem>.edited-<time><ext>``
@@ -32,7 +31,9 @@ moment.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import gc
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +49,10 @@ from pathlib import Path
 from sparse_coding.errors import GraphFileError, SparseCodingError, StorageError
 from sparse_coding.files import storage
 from sparse_coding.graphs.dot_format import DERIVED_NOTE, FORMAT, graph_to_dot
-from sparse_coding.graphs.drawing import draw_image
+from sparse_coding.graphs.drawing import Drawing
 from sparse_coding.graphs.graph import Edge, Graph, Node
-from sparse_coding.graphs.render import RenderOptions, image_format, shared_labels
+from sparse_coding.graphs.graphviz import image_format
+from sparse_coding.graphs.render import RenderOptions, shared_labels
 from sparse_coding.graphs.viewer import viewer_page
 
 logger = logging.getLogger(__name__)
@@ -69,25 +72,18 @@ class Stored:
 
 
 class _InOrder(Graph):
-    """The graph being written, its nodes and edges already in file order: the four writers each ask
-    for that order, and sorting 40,000 edges took a tenth of a second each time."""
+    """The graph being written, its file order found once: the four writers each ask for it."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph.nodes, graph.edges, graph.metadata, graph.user)
+        self.node_order = graph.sorted_nodes()
+        self.edge_order = graph.sorted_edges({node.id: i for i, node in enumerate(self.node_order)})
 
     def sorted_nodes(self) -> list[Node]:
-        return list(self.nodes.values())
+        return self.node_order
 
     def sorted_edges(self, order: dict[str, int] | None = None) -> list[Edge]:
-        return list(self.edges.values())
-
-
-def _in_order(graph: Graph) -> _InOrder:
-    nodes = graph.sorted_nodes()
-    order = {node.id: i for i, node in enumerate(nodes)}
-    return _InOrder(
-        nodes={node.id: node for node in nodes},
-        edges={(e.source, e.target): e for e in graph.sorted_edges(order)},
-        metadata=graph.metadata,
-        user=graph.user,
-    )
+        return self.edge_order
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,6 @@ def _write_texts(
     """The worker's part: the .dot and the page written whole, the .json all but its record of the
     derived files (`write_graph` appends it). Returns the .dot's and page's hashes by name, and the
     bytes written."""
-    graph = _in_order(graph)
     texts = {  # the .dot last: its labels are the image's, which the drawing builds meanwhile
         targets.json: graph.to_json({"format": FORMAT}).encode("utf-8").removesuffix(b"\n}\n"),
         targets.page: viewer_page(graph).encode("utf-8"),
@@ -138,18 +133,26 @@ def _write_texts(
 def _draw_all(
     graph: Graph, commit: storage.Commit, targets: Targets, options: RenderOptions, timeout_s: float
 ) -> dict[str, str]:
-    """Every file to its temp: the image by Graphviz here, the rest by a worker meanwhile; returns hashes."""
+    """Every file to its temp: the image's source first, then Graphviz draws it while a worker writes
+    the rest; returns the hashes."""
     temps = {path: commit.temp(path) for path in (targets.dot, targets.json, targets.page)}
+    graph = _InOrder(graph)
     with shared_labels(), ThreadPoolExecutor(1, thread_name_prefix="graph_writer") as pool:
+        drawing = None
+        if targets.image is not None:
+            image, image_temp = targets.image, commit.temp(targets.image)
+            work = commit.scratch(image.with_name(image.name + ".drawing"))
+            drawing = Drawing(graph, image_temp, image_format(image), options, timeout_s, work)
+            try:
+                drawing.prepare()  # before the worker: Python threads only take turns, Graphviz waits
+            except GraphFileError as e:
+                raise _drawing_failed(image, image_temp, e, None) from e
         texts = pool.submit(contextvars.copy_context().run, _write_texts, graph, options, targets, temps)
         try:
-            if targets.image is None:
+            if drawing is None:
                 return texts.result()[0]
-            image, image_temp = targets.image, commit.temp(targets.image)
             try:
-                work = commit.scratch(image.with_name(image.name + ".drawing"))
-                fmt = image_format(image)
-                draw_image(graph, image_temp, fmt=fmt, options=options, timeout_s=timeout_s, work_dir=work)
+                drawing.render()
             except GraphFileError as e:
                 raise _drawing_failed(image, image_temp, e, texts) from e
             hashes = texts.result()[0]
@@ -160,6 +163,20 @@ def _draw_all(
         data = re.sub(rb"(<svg\b)", f"<!-- {DERIVED_NOTE} -->\n".encode() + rb"\1", data, count=1)
     storage.fill(image_temp, data)
     return hashes | {image.name: _sha256(data)}
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a graph is copied, merged and written: that allocates
+    a few objects per edge and node, none in a reference cycle, and each collection would walk the whole
+    graph again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _wait(texts: Future) -> None:
@@ -175,10 +192,10 @@ def _wait(texts: Future) -> None:
         raise interrupted
 
 
-def _drawing_failed(image: Path, temp: Path, e: GraphFileError, texts: Future) -> SparseCodingError:
+def _drawing_failed(image: Path, temp: Path, e: GraphFileError, texts: Future | None) -> SparseCodingError:
     """Graphviz's failure, as a full disk (the room needed, the room free) when the folder has almost none."""
     free = storage.free_space(image.parent)
-    if free is None or free >= _FULL_DISK_BYTES:
+    if free is None or free >= _FULL_DISK_BYTES or texts is None:
         return GraphFileError(f"{e}; nothing was written: the graph files there were left as they were")
     if (failed := texts.exception()) is not None:
         return failed  # the other files did not fit either: that message says how much they need

@@ -24,6 +24,8 @@ attribute; the ``.dot`` writer puts them in as they are.
 
 from __future__ import annotations
 
+import functools
+import math
 import textwrap
 import unicodedata
 from collections.abc import Sequence
@@ -52,6 +54,7 @@ _XML_REFS = {
     "]": "&#93;",
     "\\": "\\\\",  # Graphviz's escString: \\N would be drawn as the node id
 }
+_XML_TABLE = str.maketrans(_XML_REFS)
 # Unicode categories drawn as escapes: format characters (bidi controls,
 # zero-width spaces, soft hyphen) and line/paragraph separators.
 _INVISIBLE = {"Cf", "Zl", "Zp"}
@@ -69,12 +72,15 @@ def _visible_char(char: str) -> str:
 
 def visible_text(text: str) -> str:
     """Text as drawn: controls as ``<0x0A>``, invisible characters as ``<U+202E>``, spaces as no-break."""
-    return "".join(_visible_char(char) for char in text).replace(" ", "\u00a0")
+    if not text.isprintable():  # printable text (most) has none of the characters `_visible_char` changes
+        text = "".join(_visible_char(char) for char in text)
+    return text.replace(" ", "\u00a0")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def escape_text(text: str) -> str:
-    """Escape arbitrary text for an HTML-like label so that it renders as itself."""
-    return "".join(_XML_REFS.get(char, char) for char in visible_text(text))
+    """Escape arbitrary text for an HTML-like label so that it renders as itself (tokens repeat: cached)."""
+    return visible_text(text).translate(_XML_TABLE)
 
 
 def _mix(colour: tuple[int, int, int], strength: float) -> str:
@@ -203,6 +209,15 @@ def compact_label(node: Node) -> str:
     """Small label for big graphs: id, numbers, the top context around its peak, a few logits."""
     contexts = [_around_peak(c, _COMPACT_CONTEXT_RADIUS) for c in unique_contexts(node.contexts)[:1]]
     return _label(node, contexts, _COMPACT_LOGITS, _COMPACT_EXPLANATION_CHARS)
+
+
+def top_left(label: str, size: tuple[float, float]) -> str:
+    """`label` at the top left of a box of `size` points (at least its own size, `label_size`)."""
+    width, height = (math.ceil(length) for length in size)
+    box = (
+        f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0" WIDTH="{width}" HEIGHT="{height}"'
+    )
+    return f'<{box} FIXEDSIZE="TRUE"><TR><TD ALIGN="LEFT" VALIGN="TOP">{label[1:-1]}</TD></TR></TABLE>>'
 
 
 def summary_label(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Graphviz source for a Graph: ranks, colours, labels, caption and legend; and running Graphviz.
+"""Graphviz source for a Graph: ranks, colours, labels, caption and legend (`graphviz` runs Graphviz on it).
 
 Layout: one rank per (layer, site) in forward order (resid_pre, attn,
 resid_mid, mlp, resid_post; see ``nodes.hook_position``), held in order by an
@@ -25,21 +25,16 @@ import contextvars
 import itertools
 import logging
 import math
-import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
-from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Edge, Graph, Node
 from sparse_coding.graphs.legend import caption_lines, legend_entries
-from sparse_coding.graphs.markup import compact_label, legend_label, node_label
+from sparse_coding.graphs.markup import compact_label, legend_label, node_label, top_left
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FORMATS = ("svg", "png")
 LEGEND_NODE_ID = "__legend__"
 _SPINE_WEIGHT = 10
 POSITIONED_ROW = 16  # nodes of one per token per drawn row before their rank wraps: a 16-token prompt
@@ -57,15 +52,12 @@ _GRAPH_ATTRS = {
 
 
 class Placement(NamedTuple):
-    """Where the caption + legend block goes in a pinned drawing: its centre (``"x,y"``, points) and the
-    characters per line it is wrapped to."""
+    """Where the caption + legend block goes in a pinned drawing: the centre (``"x,y"``, points) and
+    size (points) of the box it is drawn at the top left of, and the characters per line it is wrapped to."""
 
     pos: str
+    size: tuple[float, float]
     chars: int
-
-
-class RenderTimeout(GraphFileError):
-    """``dot`` ran past its timeout: the graph is too big to draw in time."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +136,11 @@ def _compact_note(graph: Graph, options: RenderOptions) -> str:
     )
 
 
+def caption_notes(graph: Graph, notes: Sequence[str], options: RenderOptions) -> list[str]:
+    """The caption's notes: `notes`, and a note saying so when the labels are compact."""
+    return [*notes, _compact_note(graph, options)] if use_compact_labels(graph, options) else list(notes)
+
+
 def legend_markup(graph: Graph, notes: Sequence[str], chars: int) -> str:
     """The caption + legend block of a graph as an HTML-like label, wrapped at `chars` characters."""
     return legend_label(caption_lines(graph.metadata), notes, legend_entries(graph.metadata), chars)
@@ -164,7 +161,8 @@ def shared_labels() -> Iterator[None]:
         _LABELS.reset(token)
 
 
-def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, str]:
+def node_markup(node: Node, compact: bool, options: RenderOptions) -> str:
+    """The node's HTML-like label, built once per node while `shared_labels` is open."""
     cache, key = _LABELS.get(), (node.id, compact, options.max_contexts, options.max_logits)
     label = cache.get(key) if cache is not None else None
     if label is None:
@@ -175,26 +173,27 @@ def _node_attrs(node: Node, compact: bool, options: RenderOptions) -> dict[str, 
         )
         if cache is not None:
             cache[key] = label
-    return {"label": label, "tooltip": node.id}
+    return label
+
+
+_ALPHAS = [f"{alpha:02x}" for alpha in range(256)]
 
 
 def edge_colour(effect: float, largest: float) -> str:
     """Blue pushes the downstream node up, red down; alpha by magnitude (capped at ``largest``)."""
     if effect == 0 or largest <= 0:
         return _GREY + "80"
-    alpha = round(255 * max(0.15, min(1.0, abs(effect) / largest)))
-    return f"{_BLUE if effect > 0 else _RED}{alpha:02x}"
-
-
-def _touches_error(edge: Edge, graph: Graph) -> bool:
-    ends = (graph.nodes.get(edge.source), graph.nodes.get(edge.target))
-    return any(node is not None and node.is_error for node in ends)
+    share = abs(effect) / largest
+    alpha = 38 if share <= 0.15 else 255 if share >= 1 else round(255 * share)  # 38 = round(255 * 0.15)
+    return (_BLUE if effect > 0 else _RED) + _ALPHAS[alpha]
 
 
 def colour_scale(graph: Graph) -> float:
     """The |effect| drawn at full colour: the largest feature edge (any edge if none)."""
-    feature = [abs(e.effect) for e in graph.edges.values() if not _touches_error(e, graph)]
-    return max(feature or [abs(e.effect) for e in graph.edges.values()], default=0.0)
+    errors = {node.id for node in graph.nodes.values() if node.is_error}
+    edges = graph.edges.values()
+    feature = [abs(e.effect) for e in edges if e.source not in errors and e.target not in errors]
+    return max(feature or [abs(e.effect) for e in edges], default=0.0)
 
 
 def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
@@ -270,7 +269,8 @@ def _rank_lines(
         lines.append(f"    {quote(anchor)} {_attr_list(attrs)};")
         for node in nodes:
             attrs = {
-                **_node_attrs(node, compact, options),
+                "label": node_markup(node, compact, options),
+                "tooltip": node.id,
                 **node_attrs.get(node.id, {}),
             }
             lines.append(f"    {quote(node.id)} {_attr_list(attrs)};")
@@ -289,6 +289,22 @@ def _layout_limits(graph: Graph, options: RenderOptions) -> dict[str, str]:
     if len(graph.edges) > options.max_spline_edges:
         limits["splines"] = "line"
     return limits
+
+
+def _edge_lines(
+    graph: Graph, splines: Mapping[tuple[str, str], str], edge_attrs: Mapping[tuple[str, str], Attrs]
+) -> list[str]:
+    """One line per edge: drawn attributes, dot's spline if any, then the caller's attributes."""
+    largest, lines = colour_scale(graph), []
+    for edge in graph.sorted_edges():
+        key = (edge.source, edge.target)
+        attrs = {
+            **_edge_attrs(edge, graph, largest),
+            **({"pos": splines[key]} if key in splines else {}),
+            **edge_attrs.get(key, {}),
+        }
+        lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {_attr_list(attrs)};")
+    return lines
 
 
 def dot_source(
@@ -323,8 +339,7 @@ def dot_source(
         DOT text; nodes and edges in the graph's canonical order.
     """
     options = options or RenderOptions()
-    compact = use_compact_labels(graph, options)
-    notes = [*notes, _compact_note(graph, options)] if compact else list(notes)
+    notes = caption_notes(graph, notes, options)
     if positions is None:
         top = _layout_limits(graph, options)
     else:
@@ -336,70 +351,13 @@ def dot_source(
     lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
     lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')
     lines.append("  edge [arrowsize=0.6];")
-    pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
     if isinstance(legend, Placement):
-        attrs = {"label": legend_markup(graph, notes, legend.chars), "pos": f"{legend.pos}!"}
+        block = top_left(legend_markup(graph, notes, legend.chars), legend.size)
+        attrs = {"label": block, "pos": f"{legend.pos}!"}
         lines.append(f"  {quote(LEGEND_NODE_ID)} {_attr_list(attrs)};")
+    pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
+    compact = use_compact_labels(graph, options)
     lines += _rank_lines(drawn_rows(graph, options), {**pins, **(node_attrs or {})}, compact, options)
-    largest, splines = colour_scale(graph), splines or {}
-    for edge in graph.sorted_edges():
-        key = (edge.source, edge.target)
-        attrs = {
-            **_edge_attrs(edge, graph, largest),
-            **({"pos": splines[key]} if key in splines else {}),
-            **(edge_attrs or {}).get(key, {}),
-        }
-        lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {_attr_list(attrs)};")
+    lines += _edge_lines(graph, splines or {}, edge_attrs or {})
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def image_format(image_path: Path) -> str:
-    """``svg`` or ``png`` from the file extension; anything else is a user error."""
-    fmt = image_path.suffix.lower().lstrip(".")
-    if fmt not in IMAGE_FORMATS:
-        choices = [f".{f}" for f in IMAGE_FORMATS]
-        raise GraphFileError(
-            f"image file {image_path} has extension {image_path.suffix!r}; use one of {choices}"
-        )
-    return fmt
-
-
-def run_graphviz(command: list[str], source_path: Path, timeout_s: float) -> str:
-    """Run a Graphviz program on ``source_path`` under a timeout; returns its stdout.
-
-    Raises:
-        RenderTimeout: it ran past ``timeout_s``.
-        GraphFileError: Graphviz is missing or the program failed.
-    """
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except FileNotFoundError as e:
-        raise GraphFileError(
-            "the Graphviz 'dot' program is not installed (Debian: apt-get install graphviz)"
-        ) from e
-    except subprocess.TimeoutExpired as e:
-        raise RenderTimeout(
-            f"dot took longer than {timeout_s:.0f} s to draw the graph (too big to draw in time; "
-            f"raise the timeout or draw fewer nodes)"
-        ) from e
-    if result.returncode != 0:
-        raise GraphFileError(f"dot could not draw {source_path}: {result.stderr.strip()[:500]}")
-    if result.stderr.strip():
-        logger.info("%s: %s", command[0], result.stderr.strip()[:500])
-    logger.debug("%s drew %s in %.1f s", command[0], source_path.name, time.perf_counter() - start)
-    return result.stdout
-
-
-def render_image(
-    source_path: Path, image_path: Path, *, fmt: str, timeout_s: float = 120.0, pinned: bool = False
-) -> None:
-    """Draw a source file into ``image_path`` with ``dot`` (or, ``pinned``, at its nodes' ``pos``).
-
-    Raises:
-        RenderTimeout: Graphviz ran past ``timeout_s``.
-        GraphFileError: Graphviz is missing or failed.
-    """
-    engine = ["neato", "-n2"] if pinned else ["dot"]
-    run_graphviz([*engine, f"-T{fmt}", "-o", str(image_path), str(source_path)], source_path, timeout_s)

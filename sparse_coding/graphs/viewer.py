@@ -1,15 +1,16 @@
 """One self-contained HTML page per graph, for exploring it by clicking.
 
 The page is ``<stem>.html`` beside the image: the graph's data as inline JSON,
-``viewer.css`` and ``viewer.js`` inlined, no CDN and no request, so it opens
-from ``file://`` on an air-gapped server and inside a Jupyter output cell
-(``IPython.display.HTML(viewer_fragment(graph))``). It opens on the
-strongest edges of a big graph, each site and layer in forward order, wrapped
-to the window (``viewer.js``).
+``viewer.css`` and the script inlined, no CDN and no request, so it opens from
+``file://`` on an air-gapped server and inside a Jupyter output cell
+(``IPython.display.HTML(viewer_fragment(graph))``). It opens on the strongest
+edges of a big graph, each site and layer in forward order, wrapped to the
+window.
 
-The drawing is hand-written vanilla JavaScript on one ``<canvas>`` (package
-data): no registry library to vendor or pin, and a canvas redraws thousands of
-edges per frame where as many SVG elements would not (docs/benchmarks.md).
+The drawing is hand-written JavaScript on one ``<canvas>``, in parts
+(``SCRIPT_PARTS``, package data; docs/internals.md maps them): no registry
+library to vendor or pin, and a canvas redraws thousands of edges per frame
+where as many SVG elements would not (docs/benchmarks.md).
 
 Everything the page shows is read from the `Graph` through ``viewer_data``,
 the one adapter to change when the graph changes. Labels are data, never
@@ -35,9 +36,44 @@ from sparse_coding.graphs.markup import shown_logits
 from sparse_coding.graphs.render import drawn_rank
 from sparse_coding.nodes import parse_any_id
 
+# The viewer's script in parts (each file opens with what it holds), inlined in reading order: helpers,
+# layout, state, camera, drawing, side panel, then viewer.js, whose Viewer ties them to the DOM and
+# which defines window.scGraphViewer.
+SCRIPT_PARTS = (
+    "viewer_common.js",
+    "viewer_layout.js",
+    "viewer_state.js",
+    "viewer_camera.js",
+    "viewer_drawing.js",
+    "viewer_steer.js",
+    "viewer_panel.js",
+    "viewer.js",
+)
+
 
 def _asset(name: str) -> str:
     return resources.files("sparse_coding.graphs").joinpath(name).read_text(encoding="utf-8")
+
+
+def _code_lines(source: str) -> list[str]:
+    """A part's lines less blank lines and whole-line comments (a ``/*`` line through the line ending
+    ``*/``; a ``//`` line): the comments are for readers of the source and cost the page nothing. The
+    parts write no string across lines, so no such line is inside a string."""
+    kept, in_comment = [], False
+    for line in source.splitlines():
+        text = line.strip()
+        if in_comment or text.startswith("/*"):
+            in_comment = not text.endswith("*/")
+        elif text and not text.startswith("//"):
+            kept.append(line)
+    return kept
+
+
+def viewer_script() -> str:
+    """The parts as one script in one function scope, so that a page or notebook holding two viewers
+    declares each name twice without a clash."""
+    lines = [line for name in SCRIPT_PARTS for line in _code_lines(_asset(name))]
+    return '(() => {\n"use strict";\n' + "\n".join(lines) + "\n})();"
 
 
 def _run_indices(runs: dict[str, Any], run_index: dict[str, int]) -> list[int] | None:
@@ -163,9 +199,9 @@ def viewer_fragment(graph: Graph, *, root_id: str | None = None) -> str:
     data = script_safe_json(viewer_data(graph))
     root_id = root_id or f"sc-viewer-{uuid.uuid4().hex[:12]}"
     boot = (
-        "(function () { var t0 = performance.now();"
-        f' var root = document.getElementById("{root_id}");'
-        f' var data = JSON.parse(document.getElementById("{root_id}-data").textContent);'
+        "(() => { const t0 = performance.now();"
+        f' const root = document.getElementById("{root_id}");'
+        f' const data = JSON.parse(document.getElementById("{root_id}-data").textContent);'
         " scGraphViewer.init(root, data);"
         " root.dataset.firstRenderMs = (performance.now() - t0).toFixed(1); })();"
     )
@@ -173,7 +209,7 @@ def viewer_fragment(graph: Graph, *, root_id: str | None = None) -> str:
         f"<style>{_asset('viewer.css')}</style>\n"
         f'<div class="sc-viewer" id="{root_id}"></div>\n'
         f'<script type="application/json" id="{root_id}-data">{data}</script>\n'
-        f"<script>{_asset('viewer.js')}\n{boot}</script>\n"
+        f"<script>{viewer_script()}\n{boot}</script>\n"
     )
 
 

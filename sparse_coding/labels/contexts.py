@@ -173,24 +173,30 @@ def collect_contexts(
     state = run_pass(
         "contexts", batches, empty=empty, add=add, desc="Collecting contexts", total=total, device=device
     )
-    tops, sequences = state.tops, state.sequences
-    cache = ContextCache(
-        view=view,
-        per_feature=per_feature,
-        sources={key: spliced.by_key[key].sae.cfg.source for key in tops},
-        arrays={key: _to_numpy(top) for key, top in tops.items()},
-        sequences={i: ids.cpu().numpy() for i, ids in sequences.items()},
-        vocab=_vocab(tokenizer, sequences.values()),
-    )
+    cache = _context_cache(state, spliced, tokenizer, view, per_feature)
     logger.info(
         "Collected contexts of %d features at %d sites from %d sequences in %.1fs",
-        sum(len(top.features) for top in tops.values()),
-        len(tops),
-        len(sequences),
+        sum(len(top.features) for top in state.tops.values()),
+        len(state.tops),
+        len(state.sequences),
         time.perf_counter() - start,
     )
     _log_reads(spliced, state.counts)
     return cache
+
+
+def _context_cache(
+    state: "_ContextState", spliced: SplicedModel, tokenizer: Tokenizer, view: int, per_feature: int
+) -> ContextCache:
+    """The collected top contexts as a ContextCache (host arrays, token strings)."""
+    return ContextCache(
+        view=view,
+        per_feature=per_feature,
+        sources={key: spliced.by_key[key].sae.cfg.source for key in state.tops},
+        arrays={key: _to_numpy(top) for key, top in state.tops.items()},
+        sequences={i: ids.cpu().numpy() for i, ids in state.sequences.items()},
+        vocab=_vocab(tokenizer, state.sequences.values()),
+    )
 
 
 def _log_reads(spliced: SplicedModel, counts: dict) -> None:
@@ -273,37 +279,37 @@ def _asked_activations(site: Site, x: Tensor, top: SiteTopK, mask: Tensor) -> tu
     feats = torch.zeros(*x.shape[:-1], len(asked), dtype=site.sae.W_enc.dtype, device=x.device)
     columns = n_real * (len(asked) + _width(probe))
     if exact.any():
-        pre, open_ = pre[exact], uncertain[exact]
+        pre, unsettled = pre[exact], uncertain[exact]
         beaten = _count_above(probe_top[exact], pre, k) + _count_above(
             pre.topk(min(k, len(asked))).values, pre, k
         )
-        feats[exact], read = _topk_membership(site, x[exact], pre, open_ & (beaten < k), beaten, rest)
+        feats[exact], read = _topk_membership(site, x[exact], pre, unsettled & (beaten < k), beaten, rest)
         columns += read
     return feats, int(exact.sum()), columns
 
 
 def _topk_membership(
-    site: Site, x: Tensor, pre: Tensor, open_: Tensor, beaten: Tensor, chunks: list["_Chunk"]
+    site: Site, x: Tensor, pre: Tensor, unsettled: Tensor, beaten: Tensor, chunks: list["_Chunk"]
 ) -> tuple[Tensor, int]:
     """Exact TopK activations (m, n) of the asked features at m tokens, and the columns read.
 
     A feature is on where fewer than k others have a larger pre-activation.
     `beaten` (m, n) counts those found so far (probe and asked features);
-    `open_` marks the pairs not yet settled. The remaining encoder columns are
+    `unsettled` marks the pairs not yet settled. The remaining encoder columns are
     read chunk by chunk, only at tokens with an open pair: most uncertain
     features meet k larger ones within a chunk or two, and only tokens where
     an asked feature is really on read the whole width. Equal pre-activations
     at the k-th place (which TopK breaks arbitrarily) count as not beating.
     """
     k, read = site.sae.cfg.k, 0
-    rows = open_.any(dim=-1).nonzero()[:, 0]
+    rows = unsettled.any(dim=-1).nonzero()[:, 0]
     for chunk in chunks:
         if len(rows) == 0:
             break
         beaten[rows] += _count_above(_chunk_top(site, x[rows], chunk, k), pre[rows], k)
         read += len(rows) * _width(chunk)
-        open_[rows] &= beaten[rows] < k
-        rows = rows[open_[rows].any(dim=-1)]
+        unsettled[rows] &= beaten[rows] < k
+        rows = rows[unsettled[rows].any(dim=-1)]
     return torch.relu(pre) * (beaten < k), read  # beaten < k: a pair that stayed open to the end
 
 

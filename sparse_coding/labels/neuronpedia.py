@@ -229,6 +229,13 @@ def _wanted(node: Node) -> bool:
     return node.explanation is None or not (node.logits_up or node.logits_down)
 
 
+def _apply_all(nodes: list[Node], infos: dict[tuple[str, int], FeatureInfo | None]) -> None:
+    """Fill what each node lacks from its feature's info, where one was found."""
+    for node in nodes:
+        if (info := infos.get((str(node.neuronpedia_id), int(node.feature)))) is not None:  # type: ignore[arg-type]
+            _apply(node, info)
+
+
 def _apply(node: Node, info: FeatureInfo) -> None:
     if node.explanation is None and info.explanation:
         node.explanation = info.explanation
@@ -251,21 +258,20 @@ def _lookup(
     return fetch(client, *key, max_logits), cache, False
 
 
-def _warn_failures(failures: dict[tuple[str, int], str], total: int) -> None:
-    if not failures:
-        return
-    counts = Counter(failures.values())
-    reasons = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
-    (np_id, index), kind = next(iter(failures.items()))
-    logger.warning(
-        "Neuronpedia: %d of %d features drawn without annotations (%s; e.g. %s/%d: %s)",
-        len(failures),
-        total,
-        reasons,
-        np_id,
-        index,
-        kind,
-    )
+def _report(stats: AnnotationStats, failures: dict[tuple[str, int], str]) -> None:
+    """One warning summarising the failures, if any, then one line of counts."""
+    if failures:
+        counts = Counter(failures.values())
+        reasons = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+        (np_id, index), kind = next(iter(failures.items()))
+        logger.warning(
+            "Neuronpedia: %d of %d features drawn without annotations (%s; e.g. %s/%d: %s)",
+            len(failures), stats.features, reasons, np_id, index, kind,
+        )  # fmt: skip
+    logger.info(
+        "Neuronpedia: %d features, %d cached, %d fetched, %d requests",
+        stats.features, stats.from_cache, stats.fetched, stats.requests,
+    )  # fmt: skip
 
 
 def annotate_graph(
@@ -294,8 +300,7 @@ def annotate_graph(
         graph: annotated in place.
         enabled: False skips Neuronpedia entirely (offline runs).
         base_url: Neuronpedia server, e.g. a self-hosted instance.
-        cache_dir: folder of the on-disk cache (a folder per server, one small
-            JSON per feature).
+        cache_dir: the on-disk cache (a folder per server, a small JSON per feature).
         api_key: sent as ``x-api-key``; defaults to ``$NEURONPEDIA_API_KEY``.
         timeout_s: per-request deadline (connect, headers and body together).
         max_workers: concurrent requests.
@@ -303,27 +308,21 @@ def annotate_graph(
             waiting as urllib3's ``Retry`` does (``backoff_s * 2**(n - 1)`` from the
             second retry on) or ``Retry-After``, at most ``max_backoff_s``.
         max_logits: up-/down-weighted tokens kept per feature.
-        max_network_failures: after this many network-level failures the
-            remaining features are skipped.
-        budget_s: seconds the whole call may spend on Neuronpedia; features
-            still unfetched then are skipped (and counted in the warning).
-        defer_cache: leave the fetched answers in ``stats.answers`` for the
-            caller to cache (after its own outputs are written).
+        max_network_failures: network-level failures after which the rest are skipped.
+        budget_s: seconds the whole call may spend on Neuronpedia; the rest are skipped.
+        defer_cache: leave fetched answers in ``stats.answers`` for the caller to cache.
 
     Returns:
         Counts of features looked up, cache hits, fetches, failures and requests.
     """
-    stats = AnnotationStats()
     nodes = [n for n in graph.nodes.values() if _wanted(n)]
     keys = sorted({(str(n.neuronpedia_id), int(n.feature)) for n in nodes})  # type: ignore[arg-type]
-    stats.features = len(keys)
+    stats = AnnotationStats(features=len(keys))
     if not enabled or not keys:
         logger.info("Neuronpedia annotations %s", "off" if not enabled else "not needed")
         return stats
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-    headers = {API_KEY_HEADER: key} if key else {}
     client = Client(
-        base_url, headers, timeout_s, retries, backoff_s, max_backoff_s, max_network_failures,
+        base_url, _headers(api_key), timeout_s, retries, backoff_s, max_backoff_s, max_network_failures,
         time.monotonic() + budget_s,
     )  # fmt: skip
     results, failures = _lookup_all(
@@ -331,16 +330,16 @@ def annotate_graph(
     )
     if not defer_cache:
         _save(stats.answers)
-    for node in nodes:
-        if (info := results.get((str(node.neuronpedia_id), int(node.feature)))) is not None:  # type: ignore[arg-type]
-            _apply(node, info)
+    _apply_all(nodes, results)
     stats.requests = client.requests_sent
-    _warn_failures(failures, len(keys))
-    logger.info(
-        "Neuronpedia: %d features, %d cached, %d fetched, %d requests",
-        stats.features, stats.from_cache, stats.fetched, stats.requests,
-    )  # fmt: skip
+    _report(stats, failures)
     return stats
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    """The API key header, from `api_key` or else ``$NEURONPEDIA_API_KEY``; none without a key."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return {API_KEY_HEADER: key} if key else {}
 
 
 def _server_cache(cache_dir: Path, base_url: str) -> Path | None:

@@ -219,19 +219,7 @@ def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
             )
     kwargs = _mapping(cfg, "activation_fn_kwargs", where)
     d_in, d_sae = _size(cfg, "d_in", where), _size(cfg, "d_sae", where)
-    architecture = str(cfg.get("architecture") or "standard").lower()
-    activation_fn = str(cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu").lower()
-    if architecture in ("jumprelu", "jump_relu"):
-        activation = "jumprelu"
-    elif architecture == "topk" or activation_fn == "topk":
-        activation = "topk"
-    elif architecture == "standard" and activation_fn == "relu":
-        activation = "relu"
-    else:
-        raise SAELoadError(
-            f"SAE cfg {where}: architecture {architecture!r} with activation {activation_fn!r} is not "
-            f"supported; supported: standard+relu, topk, jumprelu"
-        )
+    activation = _activation(cfg, where)
     k = kwargs.get("k", cfg.get("k"))
     if activation == "topk" and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d_sae):
         raise SAELoadError(
@@ -259,3 +247,19 @@ def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
         "center_writing_weights": model_kwargs.get("center_writing_weights"),
         "neuronpedia_id": cfg["neuronpedia_id"] if isinstance(cfg.get("neuronpedia_id"), str) else None,
     }
+
+
+def _activation(cfg: dict[str, Any], where: str) -> str:
+    """ "relu", "topk" or "jumprelu", from a cfg's architecture and activation function."""
+    architecture = str(cfg.get("architecture") or "standard").lower()
+    activation_fn = str(cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu").lower()
+    if architecture in ("jumprelu", "jump_relu"):
+        return "jumprelu"
+    if architecture == "topk" or activation_fn == "topk":
+        return "topk"
+    if architecture == "standard" and activation_fn == "relu":
+        return "relu"
+    raise SAELoadError(
+        f"SAE cfg {where}: architecture {architecture!r} with activation {activation_fn!r} is not "
+        f"supported; supported: standard+relu, topk, jumprelu"
+    )

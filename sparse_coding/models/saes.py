@@ -57,8 +57,8 @@ def decoder_sum(feats: Tensor, W_dec: Tensor) -> Tensor:
     """``feats @ W_dec`` (..., d_in), reading only the decoder rows of active features.
 
     SAE activations are sparse (tens of d_sae's tens of thousands per token),
-    so summing their rows (one embedding bag) is several times faster than the
-    dense product, forward and backward, and equal to it up to float rounding.
+    so summing their rows (one embedding bag) does a small fraction of the
+    dense product's work, forward and backward, and equal to it up to float rounding.
     Gradients reach the active entries only, as the activations' own backward
     leaves them anyway. Dense inputs, and MPS (no embedding bag there), take
     the product.

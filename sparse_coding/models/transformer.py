@@ -188,7 +188,7 @@ class Trunk(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         # Uninitialised (`_weight`): the weights come from a checkpoint, and nn.Embedding's own
-        # normal_ init on the meta device would import torch._dynamo (~2 s).
+        # normal_ init on the meta device would import torch._dynamo.
         self.wte = nn.Embedding(
             config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd)
         )

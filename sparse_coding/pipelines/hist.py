@@ -8,7 +8,8 @@ is `sparse_coding.algorithms.thresholds`; the cache format is
 import logging
 from collections.abc import Iterable
 
-from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds, samples_to_resolve
+from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds
+from sparse_coding.algorithms.top_percentile import samples_to_resolve
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
 from sparse_coding.pipelines.inputs import config_batches, expected_batches

@@ -85,26 +85,35 @@ def preflight(
     model_config = _model_config(config.MODEL_DIR, model_dir)
     unlisted = ""
     if sae_sites is None:
-        chosen = [site for site in config.sae_sources if sites is None or site in sites]
-        if not chosen and sites != ():
-            keys = " and ".join(f"{site.upper()}_SAES" for site in (sites or SITES))
-            raise ConfigError(
-                f"{keys} {'is' if sites and len(sites) == 1 else 'are all'} unset: this script splices SAEs "
-                f"there (a config with TRANSCODERS alone serves trace.py only); set an SAE source, e.g. "
-                f"RESID_SAES: gpt2-small-res-jb"
-            )
-        layers = layers_before_loading(config, model_config)
-        sae_sites = [(site, layer) for site in chosen for layer in layers or []]
-        if layers is None and chosen:
-            unlisted = (
-                f"; and the {', '.join(chosen)} SAEs of ACTS_LAYERS_SLICE (listed once config.json is cached)"
-            )
+        sae_sites, unlisted = _slice_sae_sites(config, sites, model_config)
     sae_sites = list(sae_sites)
     downloads = [] if model_dir is not None else [model_download(config.MODEL_DIR)]
     check_downloads(downloads + sae_downloads(config, sae_sites) + list(extra_downloads), unlisted)
     prepend_bos = settled_prepend_bos(config, sae_sites, transcoders=transcoders)
     if min_prompt_tokens:
         check_prompt_length(config, min_prompt_tokens, prepend_bos, model_config, prompt_key, prompt_use)
+
+
+def _slice_sae_sites(
+    config: Config, sites: Iterable[str] | None, model_config: dict | None
+) -> tuple[list[tuple[str, int]], str]:
+    """The (site, layer) SAEs of `sites` over ACTS_LAYERS_SLICE, and what the offline message adds
+    when the slice's layers are unknown before the model's config.json is cached."""
+    chosen = [site for site in config.sae_sources if sites is None or site in sites]
+    if not chosen and sites != ():
+        keys = " and ".join(f"{site.upper()}_SAES" for site in (sites or SITES))
+        raise ConfigError(
+            f"{keys} {'is' if sites and len(sites) == 1 else 'are all'} unset: this script splices SAEs "
+            f"there (a config with TRANSCODERS alone serves trace.py only); set an SAE source, e.g. "
+            f"RESID_SAES: gpt2-small-res-jb"
+        )
+    layers = layers_before_loading(config, model_config)
+    if layers is None and chosen:
+        unlisted = (
+            f"; and the {', '.join(chosen)} SAEs of ACTS_LAYERS_SLICE (listed once config.json is cached)"
+        )
+        return [], unlisted
+    return [(site, layer) for site in chosen for layer in layers or []], ""
 
 
 def check_writable(data_dir: Path, out_dir: Path) -> None:

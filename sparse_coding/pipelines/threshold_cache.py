@@ -34,7 +34,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name, samples_to_resolve
+from sparse_coding.algorithms.thresholds import ThresholdResult, cluster_hook_name
+from sparse_coding.algorithms.top_percentile import samples_to_resolve
 from sparse_coding.config import Config
 from sparse_coding.errors import StorageError
 from sparse_coding.files import storage
