@@ -168,11 +168,6 @@ def read_cfg(resolved: ResolvedSource) -> tuple[Path, dict[str, Any]]:
     return cfg_path, norm
 
 
-def fetch_files(resolved: ResolvedSource) -> tuple[Path, Path]:
-    """Paths of (cfg.json, sae_weights.safetensors), downloading from the hub if needed."""
-    return fetch_file(resolved, CFG_FILE), fetch_file(resolved, WEIGHTS_FILE)
-
-
 def _mapping(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     """An optional object field of the cfg ({} when absent or null)."""
     value = cfg.get(key) or {}
