@@ -206,3 +206,26 @@ def test_a_transcoder_node_that_the_set_cannot_hold_is_named(demo_trace, overrid
         else:
             run_steer(config, node=[node], set=0.0)
     assert all(word in str(info.value) for word in words), str(info.value)
+
+
+def test_a_checkpoint_knows_a_transcoder_file_edited_between_a_kill_and_resume(tmp_path, tiny_model_dir):
+    """A run's checkpoint fingerprint holds each transcoder layer's files, so --resume refuses a checkpoint
+    made with other weights at the same TRANSCODERS source."""
+    from sparse_coding.files.cache import fingerprint_differences
+    from sparse_coding.pipelines.resume import run_fingerprint
+
+    model, _ = load_model(str(tiny_model_dir), torch.device("cpu"), torch.float32)
+    template, _ = write_set(tmp_path, "dunefsky", N_LAYERS)
+
+    def fingerprint():
+        tcs = load_transcoders(template, n_layers=N_LAYERS, d_model=D_MODEL, dtype=torch.float32)
+        spliced = SplicedModel(model, [], transcoders=tcs)
+        return run_fingerprint(demo_config(tmp_path / "data"), spliced, "val.py", {}), tcs
+
+    before, tcs = fingerprint()
+    assert fingerprint_differences(before, fingerprint()[0]) == []
+    edited = tcs.files[1][0]
+    edited.write_bytes(edited.read_bytes())  # the same bytes, written again: a new mtime
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    differences = fingerprint_differences(before, fingerprint()[0])
+    assert differences and any("tc_1" in line for line in differences), differences

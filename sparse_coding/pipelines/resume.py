@@ -62,10 +62,13 @@ def run_fingerprint(
 
 
 def _site_identity(site: Any) -> dict[str, Any]:
-    """An SAE site by its source and weights file; a transcoder site by its TRANSCODERS source."""
+    """An SAE site by its source and weights file; a transcoder site by its source and its layer's files."""
     sae = getattr(site, "sae", None)
     if sae is None:
-        return cache.sae_identity(site.transcoders.source, None)
+        files = site.transcoders.files.get(site.layer, [])
+        folder = str(files[0].parent) if files else None
+        weights = {"path": folder, "files": [cache.path_identity(path) for path in files]}
+        return {"source": site.transcoders.source, "weights": weights}
     return cache.sae_identity(sae.cfg.source, sae.weights_path)
 
 

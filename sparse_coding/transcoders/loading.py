@@ -61,6 +61,7 @@ def load_transcoders(
         _check_width(weights, d_model, resolved.description)
         read[layer] = _to(weights, torch.device(device), dtype)
     transcoders = TranscoderSet(read, n_layers, source)
+    transcoders.files = {layer: sorted(files[layer][2].values()) for layer in read}
     missing = sorted(set(range(n_layers)) - set(read))
     if missing:
         logger.warning(

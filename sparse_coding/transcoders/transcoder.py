@@ -13,6 +13,7 @@ error term. Encoding follows each layout's own formula (`layouts`).
 """
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -32,6 +33,7 @@ class TranscoderSet:
             raise TranscoderLoadError(f"TRANSCODERS {source!r} holds no layer of this {n_layers}-layer model")
         self.layers = dict(sorted(layers.items()))
         self.n_layers, self.source = n_layers, source
+        self.files: dict[int, list[Path]] = {}  # layer -> the files it was read from (`load_transcoders`)
         first = next(iter(self.layers.values())).cfg
         self.kind = (
             "clt" if first.n_sources > 1 or any(w.cfg.n_sources > 1 for w in self.layers.values()) else "tc"
