@@ -155,6 +155,25 @@ def test_the_page_lays_a_trace_graph_out_by_layer_and_token(browser, tmp_path):
     browser.save_screenshot(str(tmp_path / "trace.png"))
 
 
+def test_a_trace_graph_a_little_wider_than_the_window_opens_whole(browser, tmp_path):
+    """Eight token columns need a zoom under the legible one (0.8) but above 0.6: every box is shown, none
+    cut at the window's left edge; a long prompt still opens at its last token."""
+    from sparse_coding.graphs.viewer import write_viewer
+
+    for n_tokens, whole in ((8, True), (40, False)):
+        tokens = ["<|endoftext|>", *(f" w{p}" for p in range(1, n_tokens))]
+        browser.get(write_viewer(_trace_graph(tokens), tmp_path / f"trace{n_tokens}.html").as_uri())
+        root = browser.find_element("css selector", ".sc-viewer")
+        stage = browser.execute_script(
+            "const r = arguments[0].querySelector('canvas').getBoundingClientRect();"
+            "return [r.left, r.right]",
+            root,
+        )
+        boxes = browser.execute_script("return arguments[0].scViewer.screenBoxes()", root)
+        inside = [stage[0] - 0.5 <= left and left + width <= stage[1] + 0.5 for _, left, _, width, _ in boxes]
+        assert all(inside) == whole, (n_tokens, stage, boxes)
+
+
 def test_the_image_draws_a_trace_graphs_tokens_in_order_and_a_layers_errors_beside_its_features():
     from sparse_coding.graphs.render import RenderOptions, drawn_rows
 

@@ -2,6 +2,7 @@
 const NODE_W = 130, NODE_H = 34, GAP_X = 14, ROW_H = 96, SLIDER_STEPS = 1000;
 const EMPTY_W = 50;  /* a token column without nodes */
 const INITIAL_EDGES = 300, LEGIBLE_ZOOM = 0.8, MAX_ZOOM = 1.5, LABEL_W = 90;
+const WHOLE_TOKENS_ZOOM = 0.6;  /* a token axis this close to fitting opens whole, a little smaller */
 const BLUE = [33, 102, 172], RED = [178, 24, 43];
 
 const el = (tag, className, text) => {
