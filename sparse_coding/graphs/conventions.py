@@ -1,13 +1,9 @@
 """What a graph's or report's numbers and colours mean: the one source of those sentences.
 
-`sentences(script, settings)` words them for the script that made the result
-and the settings that shaped it (fast.py: METRIC, BASELINE, IG_STEPS and how
-down-nodes were chosen; pipe.py: THRESHOLD_EXP and pins; val.py:
-VALIDATION_ERRORS, and ``spliced: transcoders`` for a transcoder circuit;
-steer.py: none). A graph's metadata records them as ``sign_convention``,
-val.py's and steer.py's reports too, and the image legend and the viewer
-legend are drawn from that record, so a picture pasted into a paper says
-what its graph's file says.
+`sentences(script, settings)` words them for the script and the config values
+that shaped the result. A run records them as ``sign_convention``, and the
+image and viewer legends are drawn from that record, so a picture pasted into
+a paper says what its graph's file says.
 
 One sign rule underlies them: positive (blue) means the upstream node pushes
 what is downstream of it up; for fast.py, what is downstream is the answer

@@ -1,34 +1,20 @@
 """The cognition graph: feature and error nodes joined by causal-effect edges, and its ``.json`` form.
 
-One ``Graph`` type is built by every algorithm (pipe.py ablations, fast.py
-attributions) and is independent of Graphviz: it serialises itself
-(``to_json``/``from_json``, the canonical file `graph_files` writes),
+One ``Graph`` type is built by every algorithm and serialises itself
+(``to_json``/``from_json``, the canonical file `graph_files` writes);
 ``render`` draws it and ``viewer`` shows it. Node ids follow docs/design.md
-(see ``sparse_coding.nodes``):
+(``sparse_coding.nodes``): ``resid_3.331`` for a feature, ``mlp_error_7`` for
+an error node.
 
-- feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
-- error node:   ``{site}_error_{layer}``, e.g. ``mlp_error_7``
+Graphs *merge* across runs, and runs are kept apart: every measured value (a
+node's ``activation`` and ``attribution``, an edge's ``effect``) is stored per
+run in ``runs`` (run id -> value), ``metadata["runs"]`` holds one record per
+run, and the value drawn and used is the **mean over the runs that measured
+it**. A freshly computed graph has values but no runs yet; `Graph.add_run`
+assigns them to their run.
 
-Researchers trace circuits over many runs, so graphs *merge*, and runs are
-kept apart: every measured value (a node's ``activation`` and
-``attribution``, an edge's ``effect``) is stored per run in ``runs`` (run id
--> value), and ``metadata["runs"]`` holds one record per run (id, time,
-script, prompt or dataset, model, SAE sources, config). The value drawn and
-used is the **mean over the runs that measured it** (``len(runs)`` of them).
-A freshly computed graph has values but no runs yet; `Graph.add_run` assigns
-them to their run. An edge measured again is never duplicated or overwritten:
-the new run's value joins the others.
-
-The ``.json`` is read strictly and written so that it always reads back: an
-edge whose end is not a node, a run list that is not a list of records, a
-non-finite number (NaN, infinity, ``1e400``) or a value of the wrong type is
-a ``ValueError`` naming it, on reading and (`check`) before writing. Its
-records are written one per line; edges, the bulk of a big graph, by a
-formatter written out for an edge's few keys (the same bytes as json's).
-
-Edges and nodes of an imported ``.dot`` that carry no measurement (a hand
-drawn arrow without ``effect``, a note) are kept in ``user`` and redrawn as
-they were.
+The ``.json`` is read strictly (`elements`) and checked before writing
+(`check`), so it always reads back.
 """
 
 from __future__ import annotations
@@ -94,9 +80,7 @@ class Graph:
     user: UserDrawing = field(default_factory=UserDrawing)
 
     def copy(self) -> Graph:
-        """A copy that tying and merging leave the original alone: nodes as `Node.copy`, edges
-        with their own run values, metadata and hand-drawn parts deep-copied (not a deep copy
-        of every edge, whose fields are never mutated)."""
+        """A copy that merging leaves the original alone (edges, never mutated, are not deep-copied)."""
         return Graph(
             nodes={key: node.copy() for key, node in self.nodes.items()},
             edges={key: Edge(e.source, e.target, e.effect, dict(e.runs)) for key, e in self.edges.items()},
@@ -123,9 +107,8 @@ class Graph:
     def add_run(self, record: dict[str, Any]) -> None:
         """Assign every value that belongs to no run yet to the run `record` (which has an ``id``).
 
-        A freshly computed graph's metadata is replaced by its run list: put
-        its fields into `record` first (see `run_record`).
-        """
+        A freshly computed graph's metadata is replaced by its run list: put its fields into
+        `record` first (`run_record`)."""
         if "runs" not in self.metadata:
             self.metadata = {"runs": []}
         for node in self.nodes.values():
@@ -143,12 +126,8 @@ class Graph:
         return nodes or any(not e.runs for e in self.edges.values())
 
     def merge(self, other: Graph) -> None:
-        """Grow this graph by another one, in place (both assigned to their runs, see `add_run`).
-
-        Nodes merge by id, an edge measured again gains the new run's value
-        (drawn at the mean), runs are listed once each, oldest first, and the
-        whole-graph metadata is recomputed.
-        """
+        """Grow this graph by another one, in place (both assigned to their runs, see `add_run`): an edge
+        measured again gains the new run's value, never duplicated; runs are listed once, oldest first."""
         for node in other.nodes.values():
             self.add_node(node)
         for key, edge in other.edges.items():
@@ -269,11 +248,8 @@ class Graph:
         check_ends(self)
 
     def to_json(self, header: Mapping[str, Any] | None = None) -> str:
-        """The graph's ``.json`` text: `header` keys first, then nodes and edges one per line.
-
-        Raises:
-            ValueError: a non-finite number (`check` names where).
-        """
+        """The graph's ``.json`` text: `header` keys first, then nodes and edges one per line; a
+        non-finite number is a ValueError (`check` names where)."""
         records = {
             "nodes": [_ENCODE(node.to_dict()) for node in self.sorted_nodes()],
             "edges": _edge_lines(self.sorted_edges()),

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 def check_numbers(nodes: Iterable[Node], edges: Iterable[Edge]) -> None:
     """Raise the ValueError of `finite` for the first node or edge value that is no finite number."""
     for node in nodes:
-        if not _all_finite(_numbers(node)):
-            _name_bad_value(node)
+        values = _node_values(node)
+        if not _all_finite([value for _, value in values]):
+            for what, value in values:
+                finite(value, f"node {node.id} {what}")
     edges = list(edges)
     if not _all_finite([e.effect for e in edges] + [v for e in edges for v in e.runs.values()]):
         for edge in edges:
@@ -28,35 +30,22 @@ def check_numbers(nodes: Iterable[Node], edges: Iterable[Edge]) -> None:
                 finite(value, f"edge {edge.source} -> {edge.target} {f'run {run}' if run else 'effect'}")
 
 
-def _numbers(node: Node) -> list[Any]:
-    """Every number a node holds."""
-    values = [getattr(node, key) for key in MEASURED if getattr(node, key) is not None]
-    values += [value for run_values in node.runs.values() for value in run_values.values()]
-    values += [value for context in node.contexts for value in context.activations]
-    return values + [value for _, value in node.logits_up + node.logits_down]
+def _node_values(node: Node) -> list[tuple[str, Any]]:
+    """(what, value) for every number a node holds."""
+    values = [(key, getattr(node, key)) for key in MEASURED if getattr(node, key) is not None]
+    values += [
+        (f"run {run} {key}", v) for run, run_values in node.runs.items() for key, v in run_values.items()
+    ]
+    values += [("context activation", v) for context in node.contexts for v in context.activations]
+    return values + [("logit value", v) for _, v in node.logits_up + node.logits_down]
 
 
 def _all_finite(values: list[Any]) -> bool:
-    """Every value a finite int or float (fast; `_name_bad_value` says which one is not)."""
+    """Every value a finite int or float (fast; `finite` says which one is not)."""
     try:
         return all(map(math.isfinite, values)) and not any(isinstance(v, bool) for v in values)
     except TypeError:
         return False
-
-
-def _name_bad_value(node: Node) -> None:
-    """Raise the ValueError of `finite` for the node's first value that is no finite number."""
-    for key in MEASURED:
-        if (value := getattr(node, key)) is not None:
-            finite(value, f"node {node.id} {key}")
-    for run, values in node.runs.items():
-        for key, value in values.items():
-            finite(value, f"node {node.id} run {run} {key}")
-    for context in node.contexts:
-        for value in context.activations:
-            finite(value, f"node {node.id} context activation")
-    for _, value in node.logits_up + node.logits_down:
-        finite(value, f"node {node.id} logit value")
 
 
 def check_ends(graph: Graph) -> None:

@@ -1,12 +1,8 @@
 """The caption and legend drawn with every graph, in the image and the HTML viewer.
 
-A picture pasted into a paper must explain itself: what an arrow, its colour
-and opacity, a box's rows and a dotted box mean (the legend), and which
-script, text and node choice it shows (the caption). The legend's sentences
-are the graph's own ``sign_convention`` record, written by
-`conventions.sentences` when the run was made, so legend and metadata agree.
-A merged graph's caption summarises its runs in a few lines; every run is in
-the ``.json`` and listed by the viewer.
+A picture pasted into a paper must explain itself: what an arrow, its colour,
+a box and a dotted box mean (the legend, the graph's own ``sign_convention``
+record), and which script, text and node choice it shows (the caption).
 """
 
 from __future__ import annotations
@@ -14,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from sparse_coding.graphs.conventions import SCRIPTS, sentences
 
@@ -38,13 +34,6 @@ _DOTTED = "SAE error node: what the SAE misses at that site"
 _PROMPT_CHARS = 60  # a prompt longer than this is cut in the caption (the .json holds it whole)
 
 
-class LegendEntry(NamedTuple):
-    """One legend row: the thing drawn and what it means."""
-
-    symbol: str
-    meaning: str
-
-
 def runs_of(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     """The graph's run records, oldest first; a never-merged graph's metadata is its one run."""
     runs = metadata.get("runs")
@@ -53,14 +42,9 @@ def runs_of(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     return [metadata]
 
 
-def latest_run(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The record of the graph's latest run (`graph_files` keeps them in ``runs``); else the metadata."""
-    return runs_of(metadata)[-1]
-
-
 def graph_script(metadata: dict[str, Any]) -> str | None:
     """The script that made the graph (latest run), e.g. ``"pipe.py"``."""
-    script = metadata.get("script") or latest_run(metadata).get("script")
+    script = metadata.get("script") or runs_of(metadata)[-1].get("script")
     return str(script) if script else None
 
 
@@ -78,17 +62,16 @@ def meaning(run: dict[str, Any]) -> dict[str, str]:
     return sentences(script, _settings(run)) if script in SCRIPTS else dict(_GENERIC)
 
 
-def legend_entries(metadata: dict[str, Any]) -> list[LegendEntry]:
-    """What each mark means, from the latest run's sentences (the graph's metadata); boxes as its
-    script words them (trace.py: transcoder features, embeddings, logits, MLP error nodes), else
-    SAE features and error nodes."""
-    run = latest_run(metadata)
+def legend_entries(metadata: dict[str, Any]) -> list[tuple[str, str]]:
+    """(symbol, meaning) rows from the latest run's sentences; boxes as its script words them
+    (trace.py: transcoder features, embeddings, logits, MLP error nodes), else SAE features and errors."""
+    run = runs_of(metadata)[-1]
     signs = meaning(run)
-    entries = [LegendEntry(symbol, signs[key]) for key, symbol in _ROWS.items() if key in signs]
+    entries = [(symbol, signs[key]) for key, symbol in _ROWS.items() if key in signs]
     script = graph_script(run)
     boxes = sentences(script, _settings(run)) if script in SCRIPTS else {}  # graphs recorded before
-    entries.append(LegendEntry("box", signs.get("box") or boxes.get("box") or _BOX))
-    entries.append(LegendEntry("dotted box", signs.get("error node") or boxes.get("error node") or _DOTTED))
+    entries.append(("box", signs.get("box") or boxes.get("box") or _BOX))
+    entries.append(("dotted box", signs.get("error node") or boxes.get("error node") or _DOTTED))
     return entries
 
 
@@ -171,8 +154,3 @@ def caption_lines(metadata: dict[str, Any]) -> list[str]:
     if len(signs) > 1:
         lines.append("runs measured different quantities (METRIC, BASELINE...); the legend is the latest's")
     return lines
-
-
-def caption_text(metadata: dict[str, Any]) -> str:
-    """The caption's first line: a title for the viewer page."""
-    return caption_lines(metadata)[0]

@@ -1,22 +1,12 @@
-"""One self-contained HTML page per graph, for exploring it by clicking.
+"""One self-contained HTML page per graph, for exploring it by clicking (docs/internals.md).
 
-The page is ``<stem>.html`` beside the image: the graph's data as inline JSON,
-``viewer.css`` and the script inlined, no CDN and no request, so it opens from
-``file://`` on an air-gapped server and inside a Jupyter output cell
-(``IPython.display.HTML(viewer_fragment(graph))``). It opens on the strongest
-edges of a big graph, each site and layer in forward order, wrapped to the
-window.
-
-The drawing is hand-written JavaScript on one ``<canvas>``, in parts
-(``SCRIPT_PARTS``, package data; docs/internals.md maps them): no registry
-library to vendor or pin, and a canvas redraws thousands of edges per frame
-where as many SVG elements would not (docs/benchmarks.md).
-
-Everything the page shows is read from the `Graph` through ``viewer_data``,
-the one adapter to change when the graph changes. Labels are data, never
-markup: the JSON is embedded with ``<`` escaped (so
-``</script>`` and ``<!--`` inside a token cannot end the script), and the
-script sets every label with ``textContent``.
+The page, ``<image stem>.html``, inlines the graph's data as JSON, ``viewer.css``
+and the script (``SCRIPT_PARTS``): it makes no request, so it opens from
+``file://`` on an air-gapped server and in a Jupyter cell
+(``IPython.display.HTML(viewer_fragment(graph))``). ``viewer_data`` is the one
+adapter from the `Graph`. Labels are data, never markup: the JSON is embedded
+with ``<`` escaped (a ``</script>`` inside a token cannot end the script), and
+the script sets every label with ``textContent``.
 """
 
 from __future__ import annotations
@@ -31,7 +21,7 @@ from sparse_coding.config.schema import NEURONPEDIA_URL
 from sparse_coding.config.steering import steer_commands
 from sparse_coding.files import storage
 from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
-from sparse_coding.graphs.legend import caption_lines, caption_text, legend_entries, run_label
+from sparse_coding.graphs.legend import caption_lines, legend_entries, run_label
 from sparse_coding.graphs.markup import shown_logits
 from sparse_coding.graphs.render import drawn_rank
 from sparse_coding.nodes import parse_any_id
@@ -82,11 +72,6 @@ def _run_indices(runs: dict[str, Any], run_index: dict[str, int]) -> list[int] |
         return None
     found = [run_index[key] for key in runs if key in run_index]
     return sorted(found) if len(found) > 1 else found
-
-
-def _run_labels(metadata: dict[str, Any]) -> list[str]:
-    """One line per merged run: id, script, prompt (or dataset) and how it chose its nodes."""
-    return [run_label(run) for run in metadata.get("runs") or []]
 
 
 def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:
@@ -165,7 +150,7 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
             if e.source in index and e.target in index
         ],
         "rows": rows,
-        "runs": _run_labels(metadata),
+        "runs": [run_label(run) for run in metadata.get("runs") or []],
         "caption": caption_lines(metadata),
         "legend": [list(entry) for entry in legend_entries(metadata)],
         "tokens": tokens,
@@ -215,7 +200,7 @@ def viewer_fragment(graph: Graph, *, root_id: str | None = None) -> str:
 
 def viewer_page(graph: Graph) -> str:
     """A whole HTML document holding the viewer; it makes no request of any kind."""
-    title = caption_text(graph.metadata)
+    title = caption_lines(graph.metadata)[0]
     safe_title = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">\n'
