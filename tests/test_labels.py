@@ -12,8 +12,8 @@ from sparse_coding.graphs.graph import Context, Graph, Node
 from sparse_coding.graphs.markup import (
     compact_label,
     escape_text,
+    legend_label,
     node_label,
-    summary_label,
     visible_text,
 )
 
@@ -135,8 +135,8 @@ def test_identical_context_rows_are_drawn_once():
     assert label.count(">same<") == 1 and label.count(">other<") == 1
 
 
-def test_summary_label_escapes_its_text():
-    assert "~73%&#160;&lt;x&gt;" in summary_label("~73% <x>")
+def test_the_caption_escapes_the_summary_text():
+    assert "~73%&#160;&lt;x&gt;" in legend_label(["~73% <x>"], [], [], 60)
 
 
 NASTY = [

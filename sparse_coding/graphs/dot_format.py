@@ -1,19 +1,13 @@
 """The ``.dot`` of a graph: the drawing of every node and edge, written from the Graph, never read back.
 
-The ``.dot`` is derived from the canonical ``.json`` and says so in its first
-line. It holds every node and edge: the nodes as ``render.dot_source`` draws
-them (ranks, labels, caption), the edges in their colour
-(``render.edge_colour``), and the numbers of the design contract, so that
-Graphviz users and scripts find them without the ``.json``: node
-``activation``, ``attribution`` and ``hook``; edge ``effect`` (the mean over
-runs) with a ``tooltip`` giving the number of runs when there are several.
-The edge lines are written here rather than by ``dot_source``: a graph keeps
-every edge (tens of thousands), and its image draws only the strongest
-(`drawing`), with their widths and layout weights; written directly they
-take a third of the time. graph ``sc_format`` marks the file as
-this tool's and ``sc_user_graph`` (JSON) keeps the graph attributes of an
-imported drawing. Floats are written with ``repr``. A ``.dot`` without its
-``.json`` is imported (`dot_import`), so these numbers are not lost even then.
+It holds the nodes as ``render.dot_source`` draws them and every edge in its
+colour, with the numbers of the design contract, so that Graphviz users and
+scripts find them without the ``.json``: node ``activation``, ``attribution``
+and ``hook``; edge ``effect`` (the mean over runs). The edge lines are written
+here rather than by ``dot_source``: a graph keeps every edge (tens of
+thousands), the image draws only the strongest, and written directly they take
+a third of the time. Graph ``sc_format`` marks the file as this tool's and
+``sc_user_graph`` (JSON) keeps the graph attributes of an imported drawing.
 """
 
 from __future__ import annotations

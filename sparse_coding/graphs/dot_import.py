@@ -1,24 +1,17 @@
-"""Import a ``.dot`` that has no ``.json``: the one place a ``.dot`` is ever read.
+"""Import a ``.dot`` that has no ``.json``: the one place a ``.dot`` is ever read (once, by `graph_files`).
 
-A graph's ``.json`` is the graph; the ``.dot`` beside it is drawn from it and
-never read back. A ``.dot`` alone is imported once, when a run first finds
-it (`graph_files`), and the ``.json`` written then holds everything it said:
-
-- this tool's own files, including the older formats whose ``.dot`` carried
-  the data (graph ``sc_format``/``sc_metadata``/``sc_user_graph``; node
-  ``sc_site``, ``sc_layer``, ``sc_feature``, ``sc_annotations``; ``sc_runs``
-  on nodes and edges, kept as runs when the values beside them are their
-  means, else taken as edited by hand);
-- hand-made files and the seed tool's (sparse_circuit_discovery:
-  ``9.331`` -> ``resid_9.331``, ``resid_error_9.0`` -> ``resid_error_9``):
-  edges with ``effect`` become measured edges, and edges without it and nodes
-  that are not node ids are the user's drawing, kept and drawn again as they
-  were.
+It reads this tool's own files, including older formats whose ``.dot``
+carried the data (graph ``sc_metadata``/``sc_user_graph``; node ``sc_site``,
+``sc_layer``, ``sc_feature``, ``sc_annotations``; ``sc_runs``, kept as runs
+when the values beside them are their means, else taken as edited by hand),
+and hand-made files and the seed tool's (``9.331`` -> ``resid_9.331``,
+``resid_error_9.0`` -> ``resid_error_9``): edges with ``effect`` become
+measured edges; edges without it and nodes that are not node ids are the
+user's drawing, kept and drawn again as they were.
 
 Values the file does not assign to a run become the run of the import (script
-``imported``, ``imported_from`` the file's name); a file written before runs
-were kept apart describes its last run at the top of its metadata, and that
-description becomes the import's run record.
+``imported``); a file written before runs were kept apart describes its last
+run in its metadata, and that becomes the import's run record.
 """
 
 from __future__ import annotations
@@ -129,21 +122,14 @@ def _graph_from_parsed(parsed: DotGraph) -> Graph:
 
 
 def graph_from_dot(text: str) -> Graph:
-    """A Graph from .dot text (this tool's, a hand-made one, or the seed tool's), values of no run where
-    the file does not assign them to runs.
-
-    Raises:
-        ValueError, KeyError, TypeError: the text is not a graph this module reads.
-    """
+    """A Graph from .dot text, values of no run where the file does not assign them to runs; ValueError,
+    KeyError or TypeError when the text is not a graph this module reads."""
     return _graph_from_parsed(parse_dot(text))
 
 
 def import_dot(dot_path: Path, text: str) -> Graph:
-    """The graph of `dot_path` (read as `text`), its values of no run assigned to a run of the import.
-
-    Raises:
-        ValueError, KeyError, TypeError: the text is not a graph this module reads.
-    """
+    """The graph of `dot_path` (read as `text`), its values of no run assigned to a run of the import;
+    raises as `graph_from_dot`."""
     graph = graph_from_dot(text)
     if graph.has_values_of_no_run():
         described = {} if graph.runs else graph.metadata

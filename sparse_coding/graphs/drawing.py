@@ -1,25 +1,17 @@
 """Draw a graph's image: the graph first, its caption and legend beside or below it.
 
-``draw_image`` works in three steps:
+1. lay out the graph alone: a small graph by ``dot -Tjson0`` (boxes and
+   dot's edge splines); a big or wrapped one here, as dot places rows without
+   edges, each box sized by `label_size`, its edges drawn straight (dot would
+   route every edge through each row it crosses, stretching the rows);
+2. place the caption + legend block beside or below the graph, whichever
+   shows the graph larger in a 4:3 window;
+3. draw everything at those positions (``neato -n2``), scaled to fit
+   ``RenderOptions.max_inches``.
 
-1. lay out the graph alone. A small graph is laid out by ``dot -Tjson0``:
-   node boxes and dot's edge splines. A big or wrapped graph is laid out here,
-   as dot lays out its rows without edges (boxes left to right ``nodesep``
-   apart, rows ``ranksep`` apart), each box sized from its label
-   (`label_size`), rows fitted for a ~2:1 picture; its edges are drawn
-   straight: dot would route every edge through each row it crosses, which
-   stretches rows side by side, and its layout would be most of the writing
-   cost of a 40,000-edge graph;
-2. size the caption + legend block wrapped two ways, beside the graph (a
-   narrow column) or below it (the graph's width), and keep the arrangement
-   that shows the graph largest in a 4:3 window;
-3. draw everything at those positions (``neato -n2``), scaled down to fit
-   ``RenderOptions.max_inches`` so that the picture opens whole on a screen.
-
-Only the ``max_drawn_edges`` strongest edges are drawn (the caption says so;
-the ``.dot``/``.json``/``.html`` keep every edge). If Graphviz still runs out
-of time, the image is redrawn with compact labels and fewer edges, so size
-alone never fails a run.
+Only the ``max_drawn_edges`` strongest edges are drawn (the caption says so);
+if Graphviz still runs out of time, the image is redrawn with compact labels
+and fewer edges, so size alone never fails a run.
 """
 
 from __future__ import annotations
@@ -153,12 +145,7 @@ def _pruning_note(shown: Graph, graph: Graph) -> list[str]:
 
 
 def pinned_layout(graph: Graph, options: RenderOptions) -> bool:
-    """Big or wrapped drawings place nodes without their edges, then draw edges as straight lines.
-
-    dot routes every edge through each row it crosses, so with hundreds of
-    edges per row (or rows wrapped, where an edge crosses many) the rows
-    stretch side by side and the layout is slow; the nodes alone are quick.
-    """
+    """Big or wrapped drawings place nodes without their edges, then draw edges straight (see above)."""
     wrapped = len(drawn_rows(graph, options)) > len({drawn_rank(node) for node in graph.nodes.values()})
     return wrapped or use_compact_labels(graph, options) or len(graph.edges) > options.max_spline_edges
 
@@ -200,15 +187,9 @@ def _place_legend(graph: Graph, notes: list[str], graph_box: Layout, options: Re
 
 @dataclass
 class Drawing:
-    """An image drawn in two steps: `prepare` lays it out and writes Graphviz's source (in Python, but
-    for a small graph's dot layout), `render` runs Graphviz on it, so that a caller can write other
-    files meanwhile (`graph_writer`).
-
-    It draws the strongest ``max_drawn_edges`` edges; if Graphviz runs past ``timeout_s`` (laying out
-    or drawing), it prepares and draws once more with compact labels and ``fallback_drawn_edges``
-    edges. Graphviz's source goes to a temp folder inside `work_dir` (default: the system's temp
-    folder), removed once drawn.
-    """
+    """An image drawn in two steps: `prepare` lays it out and writes Graphviz's source, `render` runs
+    Graphviz on it, so that a caller can write other files meanwhile (`graph_writer`). The source goes
+    to a temp folder inside `work_dir` (default: the system's), removed once drawn."""
 
     graph: Graph
     image_path: Path
@@ -220,11 +201,8 @@ class Drawing:
     fell_back: bool = False
 
     def prepare(self) -> None:
-        """Lay the graph out and write the source that draws it (the strongest edges and the legend).
-
-        Raises:
-            GraphFileError: Graphviz is missing or failed, or even the fallback timed out.
-        """
+        """Lay the graph out and write the source that draws it; GraphFileError if Graphviz is missing
+        or failed, or even the fallback timed out."""
         if self.source_path is None:
             self.source_path = Path(tempfile.mkdtemp(prefix="sc_draw_", dir=self.work_dir)) / "drawing.dot"
         try:
@@ -238,11 +216,8 @@ class Drawing:
             raise
 
     def render(self) -> None:
-        """Draw the prepared source into the image (again with fewer edges if Graphviz runs out of time).
-
-        Raises:
-            GraphFileError: Graphviz is missing or failed, or even the fallback timed out.
-        """
+        """Draw the prepared source into the image (again with fewer edges if Graphviz runs out of time);
+        raises as `prepare`."""
         assert self.source_path is not None, "prepare() first"
         try:
             try:
@@ -310,11 +285,7 @@ def draw_image(
     timeout_s: float = 120.0,
     work_dir: Path | None = None,
 ) -> None:
-    """Draw a graph's image within the layout budget; size alone never fails it (see `Drawing`).
-
-    Raises:
-        GraphFileError: dot is missing or failed, or even the fallback timed out.
-    """
+    """Draw a graph's image within the layout budget; raises as `Drawing.prepare`."""
     drawing = Drawing(graph, image_path, fmt, options or RenderOptions(), timeout_s, work_dir)
     drawing.prepare()
     drawing.render()

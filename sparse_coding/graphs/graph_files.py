@@ -1,30 +1,24 @@
 """Graph files: the canonical ``.json``, and the ``.dot``, image and page drawn from it.
 
-``<stem>.json`` (beside the ``.dot``, same stem) is the graph
-(`Graph.to_json`); the ``.dot`` (`dot_format`), the image (svg/png by
-extension, `drawing`) and the interactive page ``<image stem>.html``
-(`viewer`) are drawn from it on every write and never read back. The
-``.json``::
+``<stem>.json`` (beside the ``.dot``) is the graph (`Graph.to_json`); the
+``.dot`` (`dot_format`), the image (svg/png by extension, `drawing`) and the
+page ``<image stem>.html`` (`viewer`) are drawn from it on every write and
+never read back. The ``.json``::
 
     {"format": 3,
      "nodes": [...], "edges": [...], "metadata": {...}, "user_drawing": {...},
      "derived": {"<file name>": {"sha256": "<hash as written>", "previous": "<hash it replaced>"}}}
 
-(nodes, edges and metadata as `Graph.to_dict` gives them; ``derived`` is
-what tells an edited derived file from a stale one, see `graph_writer`).
+(nodes, edges and metadata as `Graph.to_dict` gives them; ``derived`` tells
+an edited derived file from a stale one, see `graph_writer`, which gives the
+write order).
 
 `update_graph_files` reads, merges and writes under the graph's lock
-(``.<dot name>.lock``), so concurrent runs merge one after the other; the
-checks that can fail all run before any file is replaced, and the ``.json``
-is renamed into place before the files drawn from it (`graph_writer` gives
-the order and why a crash anywhere leaves a graph the next run completes).
-
-Reading (`load_graph`) reads the ``.json`` alone, without a lock (a rename
-replaces it whole). A ``.dot`` with no ``.json`` (hand-made, or written by
-the seed tool sparse_circuit_discovery) is imported once (`dot_import`), as
-is the ``.dot`` of a format-1 pair (written when the ``.dot`` carried the
-data). A graph file that cannot be read is an error that names it, and it is
-never overwritten.
+(``.<dot name>.lock``), so concurrent runs merge one after the other.
+`load_graph` reads the ``.json`` alone, without a lock (a rename replaces it
+whole). A ``.dot`` with no ``.json`` (hand-made, or the seed tool's), and the
+``.dot`` of a format-1 pair, are imported once (`dot_import`). A graph file
+that cannot be read is an error that names it, and it is never overwritten.
 """
 
 from __future__ import annotations
@@ -157,11 +151,7 @@ def read_stored(dot_path: Path) -> Stored | None:
 def load_graph(dot_path: Path) -> Graph | None:
     """Load a stored graph (its ``.json``, or an imported ``.dot``); either file of the pair may be named.
 
-    Returns:
-        The graph, or None when neither the ``.dot`` nor its ``.json`` exists.
-
-    Raises:
-        GraphFileError: a graph file exists but cannot be read (named in the message).
+    Returns None when neither file exists; raises as `read_stored`.
     """
     dot_path = Path(dot_path)
     if dot_path.suffix == ".json":
@@ -239,15 +229,13 @@ def update_graph_files(
     timeout_s: float = 120.0,
     new_graph: bool = False,
 ) -> Graph:
-    """Merge a run's graph into the stored one and save, holding the graph's lock throughout.
+    """Merge a run's graph into the stored one, save, and return the merged graph, holding the graph's
+    lock throughout.
 
     Args:
         new: a freshly computed graph (its metadata is its run's record) or
             a graph already assigned to its runs.
         new_graph: keep the stored graph's files aside and start a new one.
-
-    Returns:
-        The merged graph.
 
     Raises:
         GraphFileError: the stored graph is unreadable (it is not

@@ -15,11 +15,9 @@ every token must become well-formed XML text that still looks like the token:
   U+FFFE/F) are drawn as ``<U+202E>``, so none can hide or reorder text;
 - spaces become no-break spaces so leading/trailing spaces of GPT-2 tokens
   (" the") stay visible in a cell instead of being trimmed;
-- GPT-2 byte-level tokens (``Ġ``, ``Ċ``) and emoji are ordinary code points
-  and pass through unchanged.
+- GPT-2 byte-level tokens (``Ġ``, ``Ċ``) and emoji pass through unchanged.
 
-Labels are plain strings of the form ``<...>`` ready for a ``label=``
-attribute; the ``.dot`` writer puts them in as they are.
+Labels are strings ``<...>``, written into a ``label=`` attribute as they are.
 """
 
 from __future__ import annotations
@@ -55,9 +53,7 @@ _XML_REFS = {
     "\\": "\\\\",  # Graphviz's escString: \\N would be drawn as the node id
 }
 _XML_TABLE = str.maketrans(_XML_REFS)
-# Unicode categories drawn as escapes: format characters (bidi controls,
-# zero-width spaces, soft hyphen) and line/paragraph separators.
-_INVISIBLE = {"Cf", "Zl", "Zp"}
+_INVISIBLE = {"Cf", "Zl", "Zp"}  # Unicode categories drawn as escapes: format characters, separators
 
 
 def _visible_char(char: str) -> str:
@@ -191,16 +187,8 @@ def _label(node: Node, contexts: Sequence[Context], max_logits: int | None, expl
 
 
 def node_label(node: Node, *, max_contexts: int | None = None, max_logits: int | None = None) -> str:
-    """Full HTML-like label: id, hook, contexts (each distinct row once), logits, explanation.
-
-    Args:
-        node: the node to describe.
-        max_contexts: draw at most this many contexts (TOP_K); None draws all.
-        max_logits: at most this many up- and down-weighted tokens (LOGIT_TOKENS).
-
-    Returns:
-        A ``<...>`` label string.
-    """
+    """Full label: id, hook, at most `max_contexts` distinct contexts (TOP_K; None: all), at most
+    `max_logits` up- and down-weighted tokens (LOGIT_TOKENS), explanation."""
     contexts = unique_contexts(node.contexts)[:max_contexts]
     return _label(node, contexts, max_logits, _MAX_EXPLANATION_CHARS)
 
@@ -218,11 +206,6 @@ def top_left(label: str, size: tuple[float, float]) -> str:
         f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0" WIDTH="{width}" HEIGHT="{height}"'
     )
     return f'<{box} FIXEDSIZE="TRUE"><TR><TD ALIGN="LEFT" VALIGN="TOP">{label[1:-1]}</TD></TR></TABLE>>'
-
-
-def summary_label(text: str) -> str:
-    """Label of the summary node, e.g. "features explain ~73% of the effect"."""
-    return f'<<TABLE BORDER="0"><TR><TD><B>{escape_text(text)}</B></TD></TR></TABLE>>'
 
 
 def _wrapped(text: str, width: int) -> str:

@@ -1,21 +1,13 @@
 """Graphviz source for a Graph: ranks, colours, labels, caption and legend (`graphviz` runs Graphviz on it).
 
-Layout: one rank per (layer, site) in forward order (resid_pre, attn,
-resid_mid, mlp, resid_post; see ``nodes.hook_position``), held in order by an
-invisible chain of rank anchors; a rank wider than the row width wraps onto
-several rows, so a 300-feature layer is not an 18,000 pt strip. Residual-stream
-edges (resid -> resid) get a high weight so the resid features form a straight
-spine. Edge colours follow the graph's own sentences (``legend``): blue
-positive, red negative, with alpha and width by magnitude relative to the
-largest feature edge (error-node edges, often the largest, are capped).
-Error nodes are drawn dotted. The caption and legend form one block: the
-graph label at the bottom of a ``.dot``, or a node that ``drawing`` places
-beside or below the laid-out graph in an image.
-
-Big graphs degrade visibly instead of hanging: above ``max_full_nodes``
-nodes or ``max_label_cells`` label cells the labels are compact, splines
-become straight lines, and Graphviz always runs under a timeout.
-``drawing.draw_image`` turns a graph into its image within the layout budget.
+One rank per (layer, site) in forward order (``nodes.hook_position``), held
+in order by an invisible chain of rank anchors; a rank wider than the row
+width wraps onto several rows, so a 300-feature layer is not an 18,000 pt
+strip. Resid -> resid edges get a high weight so the resid features form a
+straight spine. Edges are blue when positive, red when negative, with alpha
+and width by magnitude relative to the largest feature edge (error-node
+edges, often the largest, are capped). Above ``max_full_nodes`` nodes or
+``max_label_cells`` label cells the labels are compact.
 """
 
 from __future__ import annotations
@@ -211,10 +203,8 @@ def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
 
 
 def row_width(n_nodes: int, options: RenderOptions) -> int:
-    """Nodes per drawn row: ~sqrt(n) keeps a wrapped graph near 2:1 for boxes ~2.5x wider than tall.
-
-    A pinned drawing refits it to the boxes' measured size (``_fitted_row_width``).
-    """
+    """Nodes per drawn row: ~sqrt(n) keeps a wrapped graph near 2:1 for boxes ~2.5x wider than tall
+    (a pinned drawing refits it to the boxes' measured size)."""
     if options.max_row_nodes is not None:
         return options.max_row_nodes
     return max(options.min_row_nodes, math.ceil(math.sqrt(0.8 * n_nodes)))
@@ -322,21 +312,15 @@ def dot_source(
     """Graphviz source for a graph, deterministic for the same graph.
 
     Args:
-        graph: the graph to draw.
-        options: label sizes and degradation thresholds.
-        node_attrs, edge_attrs, graph_attrs: extra attributes (e.g. the
-            machine-readable data written by ``graph_files``) merged into the
+        node_attrs, edge_attrs, graph_attrs: extra attributes merged into the
             drawn ones; they win on a clash.
         notes: extra caption lines (e.g. which edges the image leaves out).
-        positions: node name -> ``"x,y"`` (points, from ``drawing.layout``):
-            every node is pinned there (``neato -n2``).
+        positions: node name -> ``"x,y"`` (points): every node is pinned
+            there (``neato -n2``).
         splines: (source, target) -> dot's spline for the edge (with
             `positions`); edges without one are straight.
         legend: the caption + legend block: True draws it as the graph's
             label (below), False leaves it out, a `Placement` pins it as a node.
-
-    Returns:
-        DOT text; nodes and edges in the graph's canonical order.
     """
     options = options or RenderOptions()
     notes = caption_notes(graph, notes, options)
