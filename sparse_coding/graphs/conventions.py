@@ -30,16 +30,14 @@ _OPACITY = "opacity and width = |value| relative to the largest feature edge dra
 
 
 def sentences(script: str, settings: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """What each quantity of `script`'s result means, given the config values that shaped it.
+    """Quantity -> sentence (``{"edge": ..., "colour": ...}``): what each quantity of `script`'s result
+    means, given the config values that shaped it.
 
     Args:
         script: "pipe.py", "fast.py", "trace.py", "val.py" or "steer.py".
         settings: config keys as a run records them (``config.to_metadata()``);
             missing keys take their defaults. fast.py also reads
             ``down_node_selection`` ("thresholds" when hist.py chose the down-nodes).
-
-    Returns:
-        Quantity -> sentence, e.g. ``{"edge": ..., "colour": ...}``.
     """
     settings = settings or {}
     if script == "fast.py":

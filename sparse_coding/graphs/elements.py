@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -67,10 +68,6 @@ def finite(value: object, what: str = "a stored number") -> float:
     return number
 
 
-def _optional_number(value: object, what: str) -> float | None:
-    return None if value is None else finite(value, what)
-
-
 def integer(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{what} is {_shown(value)}, not an integer")
@@ -83,8 +80,9 @@ def text(value: object, what: str) -> str:
     return value
 
 
-def _optional_text(value: object, what: str) -> str | None:
-    return None if value is None else text(value, what)
+def _optional(read: Callable[[object, str], Any], value: object, what: str) -> Any:
+    """`read(value, what)`, or None for None."""
+    return None if value is None else read(value, what)
 
 
 def mapping(value: object, what: str) -> dict[str, Any]:
@@ -185,11 +183,8 @@ class Node:
         return self.feature is None
 
     def rank_key(self) -> tuple[int, int, int]:
-        """(layer, order in block, site index): sorting by it gives forward order.
-
-        Uses the hook when known (resid_pre and resid_post differ); sites that
-        are not SAE sites (e.g. logits) sort after every layer.
-        """
+        """(layer, order in block, site index): sorting by it gives forward order. Uses the hook when
+        known (resid_pre and resid_post differ); sites that are not SAE sites (logits) sort last."""
         if self.site not in _DEFAULT_SITE_ORDER:
             return (1 << 30, 0, 0)
         layer, order = self.layer, _DEFAULT_SITE_ORDER[self.site]
@@ -232,18 +227,18 @@ class Node:
             id=node_id,
             site=text(data.get("site"), f"{where} site"),
             layer=integer(data.get("layer"), f"{where} layer"),
-            feature=None if data.get("feature") is None else integer(data["feature"], f"{where} feature"),
-            activation=_optional_number(data.get("activation"), f"{where} activation"),
-            attribution=_optional_number(data.get("attribution"), f"{where} attribution"),
-            hook=_optional_text(data.get("hook"), f"{where} hook"),
-            neuronpedia_id=_optional_text(data.get("neuronpedia_id"), f"{where} neuronpedia_id"),
+            feature=_optional(integer, data.get("feature"), f"{where} feature"),
+            activation=_optional(finite, data.get("activation"), f"{where} activation"),
+            attribution=_optional(finite, data.get("attribution"), f"{where} attribution"),
+            hook=_optional(text, data.get("hook"), f"{where} hook"),
+            neuronpedia_id=_optional(text, data.get("neuronpedia_id"), f"{where} neuronpedia_id"),
             contexts=[
                 Context.from_dict(c, f"{where} context {i}")
                 for i, c in enumerate(sequence(data.get("contexts", []), f"{where} contexts"))
             ],
             logits_up=_pairs(data.get("logits_up", []), f"{where} logits_up"),
             logits_down=_pairs(data.get("logits_down", []), f"{where} logits_down"),
-            explanation=_optional_text(data.get("explanation"), f"{where} explanation"),
+            explanation=_optional(text, data.get("explanation"), f"{where} explanation"),
             runs={
                 run: {
                     k: finite(v, f"{where} run {run} {k}") for k, v in mapping(values, f"{where} run").items()
@@ -292,11 +287,8 @@ class Node:
 
 @dataclass
 class Edge:
-    """A causal effect of ``source`` on ``target`` (sign: raises or lowers).
-
-    ``effect`` is the mean of ``runs`` (run id -> effect) once the edge
-    belongs to a stored graph.
-    """
+    """A causal effect of ``source`` on ``target`` (sign: raises or lowers); ``effect`` is the mean of
+    ``runs`` (run id -> effect) once the edge belongs to a stored graph."""
 
     source: str
     target: str
@@ -314,10 +306,8 @@ class Edge:
     def from_dict(cls, data: object) -> Edge:
         """Inverse of ``to_dict``; a ValueError names the edge and the field that is wrong."""
         data = mapping(data, "an edge")
-        source, target = (
-            text(data.get("source"), "an edge's source"),
-            text(data.get("target"), "an edge's target"),
-        )
+        source = text(data.get("source"), "an edge's source")
+        target = text(data.get("target"), "an edge's target")
         where = f"edge {source} -> {target}"
         runs = mapping(data.get("runs") or {}, f"{where} runs")
         return cls(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import secrets
 import time
@@ -42,7 +43,6 @@ from sparse_coding.graphs.elements import (
     sequence,
     text,
 )
-from sparse_coding.graphs.graph_checks import check_ends, check_numbers
 
 __all__ = [
     "MEASURED",
@@ -239,13 +239,13 @@ class Graph:
             edge = Edge.from_dict(item)
             graph.edges[(edge.source, edge.target)] = edge
         graph.user = UserDrawing.from_dict(data.get("user_drawing") or {})
-        check_ends(graph)
+        _check_ends(graph)
         return graph
 
     def check(self) -> None:
         """Raise ValueError naming the first value no graph file may hold (see `from_dict`)."""
-        check_numbers(self.nodes.values(), self.edges.values())
-        check_ends(self)
+        _check_numbers(self)
+        _check_ends(self)
 
     def to_json(self, header: Mapping[str, Any] | None = None) -> str:
         """The graph's ``.json`` text: `header` keys first, then nodes and edges one per line; a
@@ -338,3 +338,43 @@ def _id_key(node: Node) -> tuple[int, int, str]:
     if node.feature is None:
         return (1, 0, node.id)
     return (0, node.feature, node.id)
+
+
+def _check_numbers(graph: Graph) -> None:
+    """Raise the ValueError of `finite` for the first node or edge value that is no finite number."""
+    for node in graph.nodes.values():
+        values = _node_values(node)
+        if not _all_finite([value for _, value in values]):
+            for what, value in values:
+                finite(value, f"node {node.id} {what}")
+    edges = graph.edges.values()
+    if not _all_finite([e.effect for e in edges] + [v for e in edges for v in e.runs.values()]):
+        for edge in edges:
+            for run, value in [("", edge.effect), *edge.runs.items()]:
+                finite(value, f"edge {edge.source} -> {edge.target} {f'run {run}' if run else 'effect'}")
+
+
+def _node_values(node: Node) -> list[tuple[str, Any]]:
+    """(what, value) for every number a node holds."""
+    values = [(key, getattr(node, key)) for key in MEASURED if getattr(node, key) is not None]
+    values += [
+        (f"run {run} {key}", v) for run, run_values in node.runs.items() for key, v in run_values.items()
+    ]
+    values += [("context activation", v) for context in node.contexts for v in context.activations]
+    return values + [("logit value", v) for _, v in node.logits_up + node.logits_down]
+
+
+def _all_finite(values: list[Any]) -> bool:
+    """Every value a finite int or float (fast; `finite` says which one is not)."""
+    try:
+        return all(map(math.isfinite, values)) and not any(isinstance(v, bool) for v in values)
+    except TypeError:
+        return False
+
+
+def _check_ends(graph: Graph) -> None:
+    """Every edge joins two nodes of the graph."""
+    for source, target in graph.edges:
+        for end in (source, target):
+            if end not in graph.nodes:
+                raise ValueError(f"the edge {source} -> {target} names the node {end}, which the graph lacks")

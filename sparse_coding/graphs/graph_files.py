@@ -56,13 +56,8 @@ def _lock_path(dot_path: Path) -> Path:
 
 
 def check_output_names(dot_path: Path, image_path: Path | None) -> None:
-    """Refuse, before any work, graph file names that would overwrite each other.
-
-    Raises:
-        GraphFileError: the ``.dot`` is named like its ``.json`` twin, the
-            image like the ``.dot`` or the ``.json``, or the image extension is
-            not ``.svg``/``.png``.
-    """
+    """Refuse, before any work, graph file names that would overwrite each other (GraphFileError), or an
+    image extension other than ``.svg``/``.png``."""
     dot_path, twin = Path(dot_path), json_path_for(dot_path)
     if dot_path == twin:
         raise GraphFileError(
@@ -125,11 +120,8 @@ def _derived_record(data: dict, fmt: int) -> dict[str, dict[str, str | None]]:
 
 
 def read_stored(dot_path: Path) -> Stored | None:
-    """The stored graph of `dot_path` (its .json, or an imported .dot); None when neither file exists.
-
-    Raises:
-        GraphFileError: a graph file exists but cannot be read (named in the message).
-    """
+    """The stored graph of `dot_path` (its .json, or an imported .dot); None when neither file exists,
+    GraphFileError naming a graph file that exists but cannot be read."""
     json_path = json_path_for(dot_path)
     if not json_path.exists():
         if not dot_path.exists():

@@ -30,12 +30,8 @@ def image_format(image_path: Path) -> str:
 
 
 def run_graphviz(command: list[str], source_path: Path, timeout_s: float) -> str:
-    """Run a Graphviz program on ``source_path`` under a timeout; returns its stdout.
-
-    Raises:
-        RenderTimeout: it ran past ``timeout_s``.
-        GraphFileError: Graphviz is missing or the program failed.
-    """
+    """Run a Graphviz program on ``source_path`` and return its stdout; RenderTimeout past `timeout_s`,
+    GraphFileError when Graphviz is missing or the program failed."""
     start = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -59,11 +55,7 @@ def run_graphviz(command: list[str], source_path: Path, timeout_s: float) -> str
 def render_image(
     source_path: Path, image_path: Path, *, fmt: str, timeout_s: float = 120.0, pinned: bool = False
 ) -> None:
-    """Draw a source file into ``image_path`` with ``dot`` (or, ``pinned``, at its nodes' ``pos``).
-
-    Raises:
-        RenderTimeout: Graphviz ran past ``timeout_s``.
-        GraphFileError: Graphviz is missing or failed.
-    """
+    """Draw a source file into ``image_path`` with ``dot`` (or, ``pinned``, at its nodes' ``pos``);
+    raises as `run_graphviz`."""
     engine = ["neato", "-n2"] if pinned else ["dot"]
     run_graphviz([*engine, f"-T{fmt}", "-o", str(image_path), str(source_path)], source_path, timeout_s)

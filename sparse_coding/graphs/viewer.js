@@ -77,14 +77,10 @@ class Viewer {
     root.dataset.visibleEdges = visibleEdges;
     root.dataset.threshold = String(state.threshold);
     root.dataset.pathNodes = state.pathNodes ? state.pathNodes.reduce((count, on) => count + on, 0) : "";
-    this.showPanel();
+    if (state.selected >= 0) this.panel.showNode(state.selected);
+    else this.panel.showInfo();
     this.draw();
     root.dataset.applyMs = (performance.now() - t0).toFixed(2);
-  }
-
-  showPanel() {
-    if (this.state.selected >= 0) this.panel.showNode(this.state.selected);
-    else this.panel.showInfo();
   }
 
   draw() {
@@ -146,7 +142,9 @@ class Viewer {
       this.redrawSoon();
     });
     window.addEventListener("mouseup", (evt) => {
-      if (drag && !drag.moved && evt.target === canvas) this.select(this.nodeAt(evt), false);
+      if (drag && !drag.moved && evt.target === canvas) {
+        this.select(nodeAt(this.data.nodes, this.lines, camera.world(evt, canvas)), false);
+      }
       drag = null;
     });
     canvas.addEventListener("mousemove", (evt) => { if (!drag) this.hover(evt); });
@@ -159,10 +157,6 @@ class Viewer {
     }, { passive: false });
     const resized = () => { this.painter.resize(this.stage); this.draw(); };
     if (window.ResizeObserver) new ResizeObserver(resized).observe(this.stage);
-  }
-
-  nodeAt(evt) {
-    return nodeAt(this.data.nodes, this.lines, this.camera.world(evt, this.canvas));
   }
 
   hover(evt) {
