@@ -195,23 +195,18 @@ class Node:
                 pass  # an unknown hook name still ranks by site and layer
         return (layer, order, SITES.index(self.site) if self.site in SITES else len(SITES))
 
-    def annotations(self) -> dict[str, Any]:
-        """The non-empty annotation fields, as JSON-ready values."""
-        data: dict[str, Any] = {}
-        if self.contexts:
-            data["contexts"] = [{"tokens": c.tokens, "activations": c.activations} for c in self.contexts]
-        if self.logits_up:
-            data["logits_up"] = [[t, v] for t, v in self.logits_up]
-        if self.logits_down:
-            data["logits_down"] = [[t, v] for t, v in self.logits_down]
-        if self.explanation is not None:
-            data["explanation"] = self.explanation
-        return data
-
     def to_dict(self) -> dict[str, Any]:
-        """The node as the JSON object of docs/design.md (plus ``n_runs`` and ``runs``)."""
+        """The node as the JSON object of docs/design.md: annotations when not empty, ``n_runs`` and
+        ``runs`` when assigned to runs."""
         keys = ("id", "site", "layer", "feature", *MEASURED, "hook", "neuronpedia_id")
-        data = {key: getattr(self, key) for key in keys} | self.annotations()
+        annotations = {
+            "contexts": [{"tokens": c.tokens, "activations": c.activations} for c in self.contexts],
+            "logits_up": [[t, v] for t, v in self.logits_up],
+            "logits_down": [[t, v] for t, v in self.logits_down],
+            "explanation": self.explanation,
+        }
+        data = {key: getattr(self, key) for key in keys}
+        data |= {key: value for key, value in annotations.items() if value not in ([], None)}
         if self.runs:
             data |= {"n_runs": len(self.runs), "runs": self.runs}
         return data

@@ -3,26 +3,22 @@
 The ``.json`` is the graph; the others are drawn from it and never read back.
 `write_graph` works in this order, so that a run that fails changes nothing:
 
-1. the graph's values are checked (`Graph.check`): no file may hold a value
-   the reader would refuse;
-2. every file is drawn to a temp file beside its target: the image's
-   Graphviz source first, then the image by Graphviz while a worker thread
-   writes the ``.dot``, the page and the ``.json``'s records. A full disk or
-   a Graphviz failure here leaves every file as it was, so a retry adds the
-   run once;
+1. the values are checked (`Graph.check`): no file may hold a value the
+   reader would refuse;
+2. every file is drawn to a temp file beside its target (the image by
+   Graphviz while a worker thread writes the rest): a full disk or a Graphviz
+   failure here leaves every file as it was, so a retry adds the run once;
 3. a derived file on disk whose hash is neither the one the stored ``.json``
-   recorded for it nor the one that file replaced was written by someone
-   else (an edit by hand): it is moved aside as ``<stem>.edited-<time><ext>``
-   with a warning (``imported-`` for the files of a ``.dot`` imported
-   without ``.json``), never parsed, never lost;
-4. the ``.json`` is completed with its record of the derived files (last in
-   the file: ``"derived": {name: {"sha256", "previous"}}``, the hash each
-   was written with and the hash of the file it replaced) and renamed over
-   the old one: the run joins the graph here. The ``.dot``, image and page
-   are renamed after it. A crash between those renames leaves the new
-   ``.json`` beside files of the previous write; their hashes are the
-   ``previous`` ones recorded, so the next write knows them for stale (not
-   edited) and draws them again.
+   recorded for it nor the one that file replaced was edited by hand (or
+   written by another program): it is moved aside as
+   ``<stem>.edited-<time><ext>`` (``imported-`` beside a ``.dot`` imported
+   without ``.json``) with a warning, never parsed, never lost;
+4. the ``.json`` ends with its record of the derived files (``"derived":
+   {name: {"sha256", "previous"}}``: the hash each was written with, and the
+   hash of the file it replaced) and is renamed over the old one: the run
+   joins the graph here. The derived files are renamed after it; a crash
+   between those renames leaves files whose hashes are the ``previous`` ones,
+   so the next write knows them for stale (not edited) and draws them again.
 
 ``--new-graph`` keeps the old files as ``<stem>.before-<run id><ext>`` (hard
 links, else copies) just before step 4, so the old graph is whole at every

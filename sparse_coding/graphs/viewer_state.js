@@ -53,9 +53,7 @@ class ViewState {
   /* Drops a selection the filters hide; the shown paths up and down from the selected node. */
   trace() {
     if (this.selected >= 0 && !this.nodeOn[this.selected]) this.selected = -1;
-    const found = this.selected >= 0 ? this.paths(this.selected) : null;
-    this.pathNodes = found && found[0];
-    this.pathEdges = found && found[1];
+    [this.pathNodes, this.pathEdges] = this.selected >= 0 ? this.paths(this.selected) : [null, null];
   }
 
   /* Flags (Uint8Array) of the nodes and edges on a shown path down from, or up to, node `start`. */
