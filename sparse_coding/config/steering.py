@@ -1,24 +1,13 @@
 """The STEER and CURVE keys: interventions on features, named by node id, as typed values.
 
-An intervention is ``{node: "resid_9.331", set: 0.0 | scale: 2.0 | add: 8.0,
-positions: all | prompt | generated | [ints]}``; the node is an SAE feature
-or a transcoder feature (``tc_3.12``, ``clt_3.12``: TRANSCODERS):
-
-- ``set`` clamps the feature's activation to the value, ``scale`` multiplies
-  it, ``add`` adds ``value * W_dec[i]`` (times the layer-norm scale for SAEs
-  with layer-normalised inputs) whether the feature fires or not;
-- ``positions`` are token indices of the text, BOS = 0: ``all`` (default),
-  ``prompt``, ``generated`` (the new tokens), or a list of prompt positions,
-  negative ones counting from the prompt's end (-1: its last token). A node
-  id may carry its position instead: ``resid_9.331@7``.
-
-A response curve is ``{node, kind, from, to, steps, watch: [node ids],
-answer: token, positions}``: the intervention ``kind`` (default ``scale``) at
-``steps`` values from ``from`` to ``to``.
-
-Everything here is checked from the text alone; the SAE widths and the
-prompt's length are checked by steer.py before the model loads, the
-transcoders' kind and width once they are loaded.
+An intervention is ``{node: "resid_9.331", set: 0.0 | scale: 2.0 | add: 8.0, positions: all |
+prompt | generated | [ints]}`` on an SAE or a transcoder feature (``tc_3.12``, ``clt_3.12``); a
+node id may carry its position instead (``resid_9.331@7``). A response curve is ``{node, kind,
+from, to, steps, watch: [node ids], answer: token, positions}``: the intervention ``kind``
+(default ``scale``) at ``steps`` values from ``from`` to ``to``. What they do is defined in
+docs/design.md ("Interventions"). Everything here is checked from the text alone; the SAE widths
+and the prompt's length are checked by steer.py before the model loads, the transcoders' kind
+and width once they are loaded.
 """
 
 import math
