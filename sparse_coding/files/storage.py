@@ -305,14 +305,8 @@ def fill(temp: Path, data: bytes, *, sync: bool = True, append: bool = False) ->
 
 
 def write_atomic(path: Path, data: bytes | str, *, inside: Path | None = None) -> None:
-    """Replace `path` by `data` atomically (unique temp, fsync, rename, folder fsync, umask mode).
-
-    Args:
-        inside: when given, the folder `path` is in must resolve inside it.
-
-    Raises:
-        StorageError: the folder is full, read-only, not writable, or leads outside `inside`.
-    """
+    """Replace `path` by `data` atomically (unique temp, fsync, rename, folder fsync, umask mode);
+    StorageError when the folder is full, read-only, not writable, or leads outside `inside`."""
     if inside is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         check_inside(inside, Path(path).parent)
@@ -335,15 +329,9 @@ def exit_cleanly_on_sigterm() -> None:
 
 @contextlib.contextmanager
 def file_lock(path: Path, *, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (a `filelock` lock file, created if needed), logging a wait.
-
-    Args:
-        path: the lock file; kept afterwards. A symbolic link there is refused, never followed.
-        what: what is locked, for the log line ("the graph g.json").
-
-    Raises:
-        StorageError: the lock file is a link, or its folder cannot be written.
-    """
+    """Hold an exclusive lock on `path` (a `filelock` lock file, created if needed and kept), logging a
+    wait for `what` ("the graph g.json"); StorageError when `path` is a link (never followed) or its
+    folder cannot be written."""
     path = Path(path)
     if path.is_symlink():
         raise StorageError(

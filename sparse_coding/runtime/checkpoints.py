@@ -114,17 +114,9 @@ def current() -> RunCheckpoint | None:
 
 @contextlib.contextmanager
 def checkpointed(store: Cache[dict[str, dict]], *, every: int, resume: bool) -> Iterator[RunCheckpoint]:
-    """Checkpoint the dataset passes run inside the block in `store`; on success, remove the file.
-
-    Args:
-        store: the checkpoint file (`checkpoint_file`), rank 0's.
-        every: CHECKPOINT_EVERY (0: save nothing).
-        resume: continue from the checkpoint on disk (``--resume``), else start over.
-
-    Raises:
-        ConfigError: ``--resume`` and the checkpoint on disk is unreadable or
-            was written by a run with other settings (each named).
-    """
+    """Checkpoint the dataset passes run inside the block in `store` (`checkpoint_file`, rank 0's)
+    every `every` batches; on success, remove the file. With `resume` (``--resume``), continue from
+    the file, a ConfigError when it is unreadable or was written with other settings (each named)."""
     passes, problem = _opened(store, resume) if distributed.is_main() else ({}, None)
     problem = distributed.broadcast(problem)
     if problem:

@@ -194,19 +194,9 @@ def iter_batches(
     prepend_bos: bool,
     device: torch.device | str = "cpu",
 ) -> Iterator[TokenBatch]:
-    """Tokenize `texts` lazily into right-padded batches of `batch_size` sequences.
-
-    Args:
-        texts: any stream of strings; read one batch at a time.
-        tokenizer: the model's tokenizer; its pad id (else EOS) pads.
-        batch_size: sequences per batch (the last may be smaller).
-        max_len: tokens per sequence, BOS included; longer ones are truncated.
-        prepend_bos: put the tokenizer's BOS first, as the SAEs were trained.
-        device: where the batch tensors are placed.
-
-    Yields:
-        TokenBatch per `batch_size` non-empty sequences.
-    """
+    """`texts`, read one batch at a time, as TokenBatches of `batch_size` non-empty sequences (the
+    last may be smaller) on `device`: BOS first when `prepend_bos`, truncated to `max_len` tokens
+    (BOS included), right-padded with the tokenizer's pad id (else EOS)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sequences = (ids for ids in (_token_ids(tokenizer, t, prepend_bos, max_len) for t in texts) if ids)
     first_index = 0
