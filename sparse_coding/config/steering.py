@@ -204,10 +204,10 @@ def parse_curve(value: Any, key: str, where: str) -> CurveSpec:
         value, here, {"node", "kind", "from", "to", "steps", "watch", "answer", "positions"}, CURVE_EXAMPLE
     )
     node, positions = _node_and_positions(entry, here, ("all", "prompt"))
-    kind = entry.get("kind", "scale")
+    kind = entry.get("kind", CurveSpec.kind)
     if kind not in KINDS:
         raise ConfigError(f"{here}: kind is {shown(kind)}; valid: {', '.join(KINDS)}")
-    steps = entry.get("steps", 11)
+    steps = entry.get("steps", CurveSpec.steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= MAX_CURVE_STEPS:
         raise ConfigError(f"{here}: steps must be an integer in 2..{MAX_CURVE_STEPS}, got {shown(steps)}")
     watch = entry.get("watch", [])
@@ -221,8 +221,8 @@ def parse_curve(value: Any, key: str, where: str) -> CurveSpec:
         raise ConfigError(f"{here}: answer must be a token's text, e.g. ' hot', got {shown(answer)}")
     if not watched and answer is None:
         raise ConfigError(f"{here} has neither watch nor answer: name what to read, e.g. {CURVE_EXAMPLE}")
-    start = _number(entry.get("from", 0.0), f"{here}: from")
-    stop = _number(entry.get("to", 1.0), f"{here}: to")
+    start = _number(entry.get("from", CurveSpec.start), f"{here}: from")
+    stop = _number(entry.get("to", CurveSpec.stop), f"{here}: to")
     return CurveSpec(node, kind, start, stop, steps, watched, answer, positions)
 
 
