@@ -220,11 +220,9 @@ def _split(flat: torch.Tensor, leaves: list[Any]) -> list[Any]:
     import numpy as np
     import torch
 
-    out, start = [], 0
-    for leaf in leaves:
-        size = leaf.numel() if isinstance(leaf, torch.Tensor) else int(np.size(leaf))
-        part = flat[start : start + size]
-        start += size
+    sizes = [leaf.numel() if isinstance(leaf, torch.Tensor) else int(np.size(leaf)) for leaf in leaves]
+    out = []
+    for leaf, part in zip(leaves, flat.split(sizes), strict=True):
         if isinstance(leaf, torch.Tensor):
             out.append(part.reshape(leaf.shape).to(leaf.device, leaf.dtype))
         elif isinstance(leaf, np.ndarray):
