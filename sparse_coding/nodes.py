@@ -1,19 +1,9 @@
 """Node ids and the forward order of SAE sites.
 
-A *site* is where an SAE reads and is spliced: ``resid``, ``attn`` or ``mlp``.
-Ids are fixed by docs/design.md and used everywhere (.dot, JSON, config,
-printed output):
-
-- feature node: ``{site}_{layer}.{index}``, e.g. ``resid_3.331``
-- error node:   ``{site}_error_{layer}``, e.g. ``mlp_error_7``
-- site key:     ``{site}_{layer}``, e.g. ``attn_4`` (config keys; an int means resid)
-
-Positioned nodes (one token position each, BOS = 0) add ``@{position}``:
-``resid_9.331@7``, ``mlp_error_9@7``. Transcoder graphs (trace.py) also have
-per-layer transcoder features ``tc_{layer}.{index}@{pos}``, cross-layer
-transcoder features ``clt_{layer}.{index}@{pos}`` (layer = the layer the
-feature reads), token embeddings ``embed@{pos}`` and output logits
-``logit_{token id}`` (at the last position).
+A *site* is where an SAE reads and is spliced: ``resid``, ``attn`` or ``mlp``. The ids
+(``resid_3.331``, ``mlp_error_7``, site key ``attn_4``, positioned ``resid_9.331@7`` with BOS = 0,
+and trace.py's ``tc_3.12@5``, ``clt_3.12@5``, ``embed@0``, ``logit_262``) are fixed by
+docs/design.md ("Node ids") and used everywhere: .dot, JSON, config, printed output.
 """
 
 import functools
@@ -70,8 +60,7 @@ def site_key(site: str, layer: int) -> str:
 
 class AnyNodeId(NamedTuple):
     """Any node id (trace.py's included), parsed: ``kind`` is "feature", "error", "embed" or "logit";
-    ``index`` is the
-    feature index (a logit's token id); ``position`` is None for summed nodes and logits."""
+    ``index`` is the feature index (a logit's token id); ``position`` is None for summed nodes and logits."""
 
     kind: str
     site: str | None
@@ -153,8 +142,6 @@ def hook_position(hook_name: str) -> tuple[int, int]:
     return int(match[1]), HOOK_ORDER[match[2]]
 
 
-# Positioned nodes: an id may end in ``@{position}`` (token index, BOS = 0),
-# e.g. ``resid_9.331@7`` or ``mlp_error_9@7``; summed nodes carry no suffix.
 _POSITION_RE = re.compile(r"^(.+)@(\d+)$")
 
 

@@ -1,15 +1,10 @@
 """One frozen, validated config object for every script: `Config`, whose fields are the schema.
 
-`load_config(path)` reads `central_config.yaml`, checks every key once and
-returns a `Config`. Each field holds a key's default, type, range and
-one-line meaning (`schema.key`); the shipped YAML restates the defaults with
-comments that say why. A key left out takes its default; `null` (or `None`,
-or empty) unsets a key typed ``X | None`` and keeps the default elsewhere. An
-unknown key warns, with the valid key it is a near-misspelling of; keys of the
-seed tool's config that this tool does not use are named together in one info
-line (`seed.py`). Checks that need the model or the SAEs (layer range, SAE
-width) are methods here too, called once those are loaded. Code that receives
-a Config trusts its values: nothing downstream checks them again.
+`load_config(path)` reads `central_config.yaml`, checks every key once against its field
+(`schema.key`: default, type, range, meaning) and returns a `Config`. A key left out takes its
+default; `null` (or `None`, or empty) unsets a key typed ``X | None`` and keeps the default
+elsewhere. An unknown key warns, naming the key it nearly spells; the seed tool's keys this tool
+does not use share one info line (`seed.py`). Code that receives a Config trusts its values.
 """
 
 import dataclasses
@@ -79,11 +74,7 @@ SAE_SCRIPTS = "pipe fast val hist steer"
 
 @dataclass(frozen=True)
 class Config:
-    """Every key of central_config.yaml: its default, type, range and meaning (`schema.key`).
-
-    A missing key takes the default below. A key typed `X | None` is unset
-    (None) when null; other keys keep their default when null.
-    """
+    """Every key of central_config.yaml: its default, type, range and meaning (`schema.key`)."""
 
     # fmt: off
     # Key hyperparameters.
@@ -323,14 +314,12 @@ def load_config(path: str | Path | None = None) -> Config:
     """Read and validate a YAML config (default: the central config)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     raw = read_yaml(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
+    if raw is not None and not isinstance(raw, dict):
         raise ConfigError(
             f"Config file {path} must be a mapping of KEY: value lines, "
             f"got a {type(raw).__name__}: {shown(raw)}"
         )
-    return config_from_dict(raw, source_path=path)
+    return config_from_dict(raw or {}, source_path=path)
 
 
 def config_from_dict(raw: dict[str, Any], source_path: Path | None = None) -> Config:

@@ -1,16 +1,8 @@
-"""Checks of single config values that need more than a type and a range, and of keys together.
-
-- Output names (GRAPH_FILE, GRAPH_DOT_FILE, ...) are one file name inside
-  DATA_DIR/<model>/ (no folder part, not ``.`` or ``..``), or an absolute path
-  the user chose; an image name ends in a format Graphviz draws here
-  (``.svg``, ``.png``). No path holds a NUL byte, which no file system accepts.
-- NEURONPEDIA_URL is an http(s) URL with a host.
-- ACTS_LAYERS_SLICE reads as a Python slice without a step; pinned dims map
-  int layers or ``{site}_{layer}`` keys to feature indices.
-- `check_together`: the rules that join keys (fast.py's examples, hist.py's
-  cluster, INTERP_SOURCE and DATASET, at least one SAE site).
+"""Checks of single config values that need more than a type and a range (`schema.key`'s `check`
+and `parse`), and `check_together`: the rules that join keys.
 """
 
+import functools
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -106,7 +98,7 @@ def check_slice(key: str, value: str, where: str) -> None:
     parse_slice(value)
 
 
-def _parse_pinned(key: str, value: Any, where: str, *, several: bool) -> dict[str, Any]:
+def _parse_pinned(value: Any, key: str, where: str, *, several: bool) -> dict[str, Any]:
     """Pinned dims: keys are int layers or 'site_layer'; values one int, or (`several`) int lists."""
     shape = "{layer: [index, ...]}" if several else "{layer: index}"
     example = "{9: [331, 12], 'attn_10': [5]}" if several else "{9: 331, 'mlp_10': 5}"
@@ -141,14 +133,8 @@ def _parse_pinned(key: str, value: Any, where: str, *, several: bool) -> dict[st
     return result
 
 
-def parse_pinned_feature(value: Any, key: str, where: str) -> dict[str, int]:
-    """DIMS_PINNED: site key -> one feature."""
-    return _parse_pinned(key, value, where, several=False)
-
-
-def parse_pinned_features(value: Any, key: str, where: str) -> dict[str, list[int]]:
-    """VALIDATION_DIMS_PINNED: site key -> features."""
-    return _parse_pinned(key, value, where, several=True)
+parse_pinned_feature = functools.partial(_parse_pinned, several=False)  # DIMS_PINNED: site key -> feature
+parse_pinned_features = functools.partial(_parse_pinned, several=True)  # VALIDATION_DIMS_PINNED
 
 
 def check_together(values: dict[str, Any], where: str) -> None:

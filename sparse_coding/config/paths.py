@@ -1,19 +1,14 @@
 """Where a config's paths point: relative to the config file, never to the working directory.
 
 Every relative path in a config (MODEL_DIR, DATASET, PAIRS_FILE, the SAE and transcoder
-templates, DATA_DIR) is read against the folder of the config file that
-holds it, so a run gives the same result from any working directory; a
-config given as a dict (a notebook) reads against the working directory. A
-value is a path when it says so (``/``, ``~``, ``./``, ``../``), when it
-cannot be a hub name (a MODEL_DIR with two slashes, a DATASET ending in
-``.txt``/``.jsonl``/``.parquet``, any PAIRS_FILE) or when it names something
-that exists there; anything else (``openai-community/gpt2``, a release
-name, ``owner/repo/folder_{layer}``) is left for the hub.
-
-Outputs go to DATA_DIR, by default ``data`` beside the config file; a
-DATA_DIR inside an installed (site-packages) copy of this package is
-replaced by ``sparse_coding_data`` in the working directory, since an
-installed package is no place for a user's files.
+templates, DATA_DIR) is read against the folder of the config file that holds it (a config
+given as a dict: the working directory), so a run gives the same result from any working
+directory. A value is a path when it says so (``/``, ``~``, ``./``, ``../``), when it cannot
+be a hub name (a MODEL_DIR with two slashes, a DATASET ending in ``.txt``/``.jsonl``/``.parquet``,
+any PAIRS_FILE) or when it names something that exists there; anything else
+(``openai-community/gpt2``, a release name, ``owner/repo/folder_{layer}``) is left for the hub.
+An installed (site-packages) copy of this package is no place for a user's files: a DATA_DIR
+inside one becomes ``sparse_coding_data`` in the working directory.
 """
 
 import logging

@@ -72,13 +72,6 @@ def is_seed_config(keys: Iterable[str]) -> bool:
 def unused_seed_keys_line(keys: Iterable[str]) -> str | None:
     """One line naming the unused seed keys present, grouped by reason; None when there are none."""
     present = [key for key in keys if key in _REASON]
-    groups = {
-        reason: [key for key in present if _REASON[key] == reason]
-        for reason in UNUSED_SEED_KEYS
-        if any(_REASON[key] == reason for key in present)
-    }
-    if not groups:
-        return None
-    return "not used by sparse_coding: " + "; ".join(
-        f"{', '.join(keys)} ({reason})" for reason, keys in groups.items()
-    )
+    groups = {reason: [key for key in present if _REASON[key] == reason] for reason in UNUSED_SEED_KEYS}
+    line = "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in groups.items() if keys)
+    return f"not used by sparse_coding: {line}" if line else None

@@ -1,24 +1,13 @@
 """The STEER and CURVE keys: interventions on features, named by node id, as typed values.
 
-An intervention is ``{node: "resid_9.331", set: 0.0 | scale: 2.0 | add: 8.0,
-positions: all | prompt | generated | [ints]}``; the node is an SAE feature
-or a transcoder feature (``tc_3.12``, ``clt_3.12``: TRANSCODERS):
-
-- ``set`` clamps the feature's activation to the value, ``scale`` multiplies
-  it, ``add`` adds ``value * W_dec[i]`` (times the layer-norm scale for SAEs
-  with layer-normalised inputs) whether the feature fires or not;
-- ``positions`` are token indices of the text, BOS = 0: ``all`` (default),
-  ``prompt``, ``generated`` (the new tokens), or a list of prompt positions,
-  negative ones counting from the prompt's end (-1: its last token). A node
-  id may carry its position instead: ``resid_9.331@7``.
-
-A response curve is ``{node, kind, from, to, steps, watch: [node ids],
-answer: token, positions}``: the intervention ``kind`` (default ``scale``) at
-``steps`` values from ``from`` to ``to``.
-
-Everything here is checked from the text alone; the SAE widths and the
-prompt's length are checked by steer.py before the model loads, the
-transcoders' kind and width once they are loaded.
+An intervention is ``{node: "resid_9.331", set: 0.0 | scale: 2.0 | add: 8.0, positions: all |
+prompt | generated | [ints]}`` on an SAE or a transcoder feature (``tc_3.12``, ``clt_3.12``); a
+node id may carry its position instead (``resid_9.331@7``). A response curve is ``{node, kind,
+from, to, steps, watch: [node ids], answer: token, positions}``: the intervention ``kind``
+(default ``scale``) at ``steps`` values from ``from`` to ``to``. What they do is defined in
+docs/design.md ("Interventions"). Everything here is checked from the text alone; the SAE widths
+and the prompt's length are checked by steer.py before the model loads, the transcoders' kind
+and width once they are loaded.
 """
 
 import math
@@ -215,10 +204,10 @@ def parse_curve(value: Any, key: str, where: str) -> CurveSpec:
         value, here, {"node", "kind", "from", "to", "steps", "watch", "answer", "positions"}, CURVE_EXAMPLE
     )
     node, positions = _node_and_positions(entry, here, ("all", "prompt"))
-    kind = entry.get("kind", "scale")
+    kind = entry.get("kind", CurveSpec.kind)
     if kind not in KINDS:
         raise ConfigError(f"{here}: kind is {shown(kind)}; valid: {', '.join(KINDS)}")
-    steps = entry.get("steps", 11)
+    steps = entry.get("steps", CurveSpec.steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= MAX_CURVE_STEPS:
         raise ConfigError(f"{here}: steps must be an integer in 2..{MAX_CURVE_STEPS}, got {shown(steps)}")
     watch = entry.get("watch", [])
@@ -232,8 +221,8 @@ def parse_curve(value: Any, key: str, where: str) -> CurveSpec:
         raise ConfigError(f"{here}: answer must be a token's text, e.g. ' hot', got {shown(answer)}")
     if not watched and answer is None:
         raise ConfigError(f"{here} has neither watch nor answer: name what to read, e.g. {CURVE_EXAMPLE}")
-    start = _number(entry.get("from", 0.0), f"{here}: from")
-    stop = _number(entry.get("to", 1.0), f"{here}: to")
+    start = _number(entry.get("from", CurveSpec.start), f"{here}: from")
+    stop = _number(entry.get("to", CurveSpec.stop), f"{here}: to")
     return CurveSpec(node, kind, start, stop, steps, watched, answer, positions)
 
 

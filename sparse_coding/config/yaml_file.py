@@ -50,12 +50,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: Path) -> Any:
-    """The parsed contents of a YAML config file.
-
-    Raises:
-        ConfigError: the path is no file, is not UTF-8 text, is not valid
-            YAML, repeats a key, expands beyond MAX_EXPANDED_NODES or nests too deeply.
-    """
+    """The parsed contents of a YAML config file; ConfigError for each failure the module names."""
     if path.is_dir():
         raise ConfigError(f"Config path {path} is a folder; pass --config PATH to a YAML file")
     if not path.is_file():

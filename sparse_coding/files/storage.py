@@ -1,24 +1,15 @@
-"""Files under DATA_DIR: whole-file writes, locks, caches, and paths that stay inside.
+"""Files under DATA_DIR: whole-file writes, locks, and paths that stay inside.
 
-- Writes. Every file is written to a temp file beside its target (named
-  ``.{target}.{pid}.{random}.tmp``, created exclusively, so never through a
-  link), flushed, fsynced and given the permissions the umask allows, then
-  renamed over the target (`write_atomic`; `Commit` for several files renamed
-  in a chosen order). A rename replaces a link at the target, it never writes
-  through it. Temps of a failed or interrupted write are removed on the way
-  out (exceptions, Ctrl-C, SIGTERM); a SIGKILL's are removed by the next
-  write in that folder (`remove_stale_temps`, by the dead process id).
-- A full disk, read-only or unwritable folder is a `StorageError` that names
-  the folder, and for a full disk the space the write needed and the space
-  free; the previous files are left as they were.
-- Locks: `file_lock` is a `filelock` lock on a file beside the data, refused
-  when that name is a symbolic link.
-- Paths built from data (`safe_path`) and paths a run writes (`check_inside`)
-  must resolve inside their base folder, so no link leads a write out of
-  DATA_DIR.
-- Caches (`sparse_coding.files.cache`) write through `write_atomic`.
-
-Nothing here imports a POSIX-only module: `import sparse_coding` works on Windows.
+Every file is written to a temp beside its target (``.{target}.{pid}.{random}.tmp``, created
+exclusively, so never through a link), fsynced, given the permissions the umask allows and renamed
+over the target (`write_atomic`; `Commit` for several files renamed in a chosen order): a rename
+replaces a link at the target, it never writes through it. Temps of a failed or interrupted write
+(exceptions, Ctrl-C, SIGTERM) are removed on the way out, a SIGKILL's by the next write in that
+folder (`remove_stale_temps`). A full disk, read-only or unwritable folder is a `StorageError`
+naming the folder (`storage_error`), and the previous files are left as they were. Paths built
+from data (`safe_path`) and paths a run writes (`check_inside`) must resolve inside their base
+folder, so no link leads a write out of DATA_DIR. Nothing here imports a POSIX-only module:
+`import sparse_coding` works on Windows.
 """
 
 from __future__ import annotations
@@ -314,14 +305,8 @@ def fill(temp: Path, data: bytes, *, sync: bool = True, append: bool = False) ->
 
 
 def write_atomic(path: Path, data: bytes | str, *, inside: Path | None = None) -> None:
-    """Replace `path` by `data` atomically (unique temp, fsync, rename, folder fsync, umask mode).
-
-    Args:
-        inside: when given, the folder `path` is in must resolve inside it.
-
-    Raises:
-        StorageError: the folder is full, read-only, not writable, or leads outside `inside`.
-    """
+    """Replace `path` by `data` atomically (unique temp, fsync, rename, folder fsync, umask mode);
+    StorageError when the folder is full, read-only, not writable, or leads outside `inside`."""
     if inside is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         check_inside(inside, Path(path).parent)
@@ -344,15 +329,9 @@ def exit_cleanly_on_sigterm() -> None:
 
 @contextlib.contextmanager
 def file_lock(path: Path, *, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (a `filelock` lock file, created if needed), logging a wait.
-
-    Args:
-        path: the lock file; kept afterwards. A symbolic link there is refused, never followed.
-        what: what is locked, for the log line ("the graph g.json").
-
-    Raises:
-        StorageError: the lock file is a link, or its folder cannot be written.
-    """
+    """Hold an exclusive lock on `path` (a `filelock` lock file, created if needed and kept), logging a
+    wait for `what` ("the graph g.json"); StorageError when `path` is a link (never followed) or its
+    folder cannot be written."""
     path = Path(path)
     if path.is_symlink():
         raise StorageError(

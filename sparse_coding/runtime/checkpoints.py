@@ -1,28 +1,16 @@
 """Resumable runs: the dataset passes' partial state, saved every CHECKPOINT_EVERY batches.
 
-A script that reads a dataset opens one `checkpointed` block around its
-computation (`sparse_coding.pipelines.resume` builds it from the config).
-Inside it, each pass over the data (`sparse_coding.runtime.sharding.run_pass`) saves
-its reduced state (sums, candidate heaps, cluster statistics) and its
-position in the data every CHECKPOINT_EVERY batches, and its final state when
-it ends (passes shorter than that save nothing), so that a run killed at any
-point loses at most that many batches of a pass: with ``--resume`` each
-finished pass is read back and the interrupted one continues where its last
-checkpoint stood.
-
-The file is DATA_DIR/<model>/checkpoints/<script>.ckpt (``hist.ckpt``), one
-per script, written by rank 0 alone, atomically (a `sparse_coding.files.cache.Cache`,
-so a kill mid-write leaves the previous checkpoint). It holds ``format``,
-``fingerprint`` (`cache.cache_fingerprint`: the model's and SAEs' files,
-the dataset's identity, every config key but CHECKPOINT_EVERY, and the
-script's inputs such as PAIRS_FILE or ``--from-graph``) and, per pass, its
-``position`` (global batches done), ``done`` and ``state``. A checkpoint whose
-fingerprint differs from the run's is refused, naming each difference. States
-are pickled (torch.save): k-means is a scikit-learn object; a checkpoint is
-the tool's own file in DATA_DIR, trusted like the config. The number of
-processes is not part of it: a run checkpointed by 2 ranks resumes on 1 or 8
-(the saved state is the reduction over every rank). A run that ends without
-an error removes its checkpoint.
+A script that reads a dataset opens one `checkpointed` block around its computation
+(`sparse_coding.pipelines.resume`); each pass inside it (`sharding.run_pass`) saves its reduced
+state and position, and its final state, so a killed run loses at most CHECKPOINT_EVERY batches
+of a pass: with ``--resume`` each finished pass is read back and the interrupted one continues.
+The file, DATA_DIR/<model>/checkpoints/<script>.ckpt, is a `files.cache.Cache` written by rank 0
+alone: ``format``, ``fingerprint`` (`cache.cache_fingerprint`: the model's and SAEs' files, the
+dataset, every config key but CHECKPOINT_EVERY, the script's inputs; one that differs is refused,
+naming each difference) and per pass its ``position``, ``done`` and ``state``. States are pickled
+(torch.save: k-means is a scikit-learn object; the file is the tool's own in DATA_DIR, trusted
+like the config). The rank count is not part of it: a run checkpointed by 2 ranks resumes on 1
+or 8. A run that ends without an error removes its checkpoint.
 """
 
 from __future__ import annotations
@@ -126,17 +114,9 @@ def current() -> RunCheckpoint | None:
 
 @contextlib.contextmanager
 def checkpointed(store: Cache[dict[str, dict]], *, every: int, resume: bool) -> Iterator[RunCheckpoint]:
-    """Checkpoint the dataset passes run inside the block in `store`; on success, remove the file.
-
-    Args:
-        store: the checkpoint file (`checkpoint_file`), rank 0's.
-        every: CHECKPOINT_EVERY (0: save nothing).
-        resume: continue from the checkpoint on disk (``--resume``), else start over.
-
-    Raises:
-        ConfigError: ``--resume`` and the checkpoint on disk is unreadable or
-            was written by a run with other settings (each named).
-    """
+    """Checkpoint the dataset passes run inside the block in `store` (`checkpoint_file`, rank 0's)
+    every `every` batches; on success, remove the file. With `resume` (``--resume``), continue from
+    the file, a ConfigError when it is unreadable or was written with other settings (each named)."""
     passes, problem = _opened(store, resume) if distributed.is_main() else ({}, None)
     problem = distributed.broadcast(problem)
     if problem:

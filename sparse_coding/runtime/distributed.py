@@ -1,31 +1,15 @@
 """Several processes, one run: torch.distributed as the scripts use it under `torchrun`.
 
-`torchrun --nproc-per-node N -m sparse_coding fast --config C` starts N copies
-of a script with RANK, WORLD_SIZE, LOCAL_RANK and a rendezvous address in the
-environment. `session` joins them into one process group (gloo for CPU
-tensors, NCCL for CUDA ones, each rank on its own GPU, `local_device`) and
-leaves it at the end; without those variables (a plain run, a notebook) it
-does nothing and every helper here sees one process: world size 1, rank 0,
-reductions return their input unchanged. A process group the caller already
-joined is used as it is.
-
-What the ranks share, and how (the dataset passes, `sparse_coding.runtime.sharding`,
-are the callers):
-- `all_sum`: sums and counts, in float64, by one all-reduce;
-- `all_max`: running maxima, by all-reduce;
-- `all_gather` (`gather`: to rank 0 only): every rank's candidates (top-k
-  entries, column sets, cluster vectors), in rank order, for the caller to
-  merge;
-- `broadcast`: rank 0's decision (a cache's contents, a checkpoint) to all.
-All of them go through the CPU (gloo), tensors moved there first: what the
-passes reduce is small beside the model's work, and ranks that share one GPU
-(DEVICE cuda:0) then need no NCCL communicator.
-
-Rank 0 alone logs, draws progress bars, writes files and takes the graph
-lock (`is_main`). A collective that fails because another rank stopped, or
-that waits longer than the session's timeout, raises `DistributedError`.
-`first_failure` lets exactly one rank print the run's error: the first to
-register it in torchrun's key-value store.
+`session` joins torchrun's process group (gloo for CPU tensors, NCCL for CUDA ones, each rank on
+its own GPU: `local_device`) and leaves it at the end; without torchrun's variables (a plain run,
+a notebook) every helper here sees one process: world size 1, rank 0, reductions return their
+input. A process group the caller already joined is used as it is. The collectives (`all_sum`,
+`all_max` in float64; `all_gather`, `gather`, `broadcast` of picklable objects) go through the
+CPU (gloo), tensors moved there first: what the dataset passes (`sharding`) reduce is small
+beside the model's work, and ranks sharing one GPU (DEVICE cuda:0) then need no NCCL
+communicator. Rank 0 alone logs, writes files and takes the graph lock (`is_main`); a collective
+whose peer stopped or timed out raises `DistributedError`; `first_failure` lets exactly one rank
+print the run's error. What a run promises: docs/design.md, "Several processes and resumed runs".
 """
 
 from __future__ import annotations
@@ -236,11 +220,9 @@ def _split(flat: torch.Tensor, leaves: list[Any]) -> list[Any]:
     import numpy as np
     import torch
 
-    out, start = [], 0
-    for leaf in leaves:
-        size = leaf.numel() if isinstance(leaf, torch.Tensor) else int(np.size(leaf))
-        part = flat[start : start + size]
-        start += size
+    sizes = [leaf.numel() if isinstance(leaf, torch.Tensor) else int(np.size(leaf)) for leaf in leaves]
+    out = []
+    for leaf, part in zip(leaves, flat.split(sizes), strict=True):
         if isinstance(leaf, torch.Tensor):
             out.append(part.reshape(leaf.shape).to(leaf.device, leaf.dtype))
         elif isinstance(leaf, np.ndarray):

@@ -1,15 +1,10 @@
 """Progress bars that follow the log level, end at 100%, and never garble a log.
 
-Every long loop wraps its iterable in `progress` instead of tqdm directly, so
-one switch (the "sparse_coding" logger's level, set by the script wrapper)
-hides them all, and a notebook that logs at WARNING gets no bars either.
-Bars are drawn only where they redraw in place (a terminal, a notebook): in
-a log redirected to a file their carriage returns would glue log lines onto
-bar fragments. A total is an estimate (e.g. NUM_SEQUENCES_EVALED / BATCH_SIZE
-for a hub dataset); when the data ends before it, the bar's total becomes
-what was done, so a finished bar reads 100%. The script wrapper routes log
-lines through tqdm (`logging_redirect_tqdm`), so a log line printed while a
-bar runs gets a line of its own.
+Long loops wrap their iterables in `progress`, not tqdm, so the "sparse_coding" logger's level
+(set by the script wrapper; a notebook logging at WARNING) hides every bar. Bars are drawn only
+where they redraw in place (a terminal, a notebook): in a log redirected to a file their carriage
+returns would glue log lines onto bar fragments; the script wrapper routes log lines through tqdm
+(`logging_redirect_tqdm`). A bar whose data ends before its estimated total ends at 100%.
 """
 
 import logging

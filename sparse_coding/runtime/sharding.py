@@ -1,28 +1,14 @@
 """One pass over a stream of batches, split over the ranks of a run, reduced exactly, checkpointed.
 
-Every rank walks the same stream (the same texts, tokenized and padded into
-the same batches) and computes the batches whose index i has
-i % world_size == rank; it skips the others. So each batch is computed as a
-single process computes it, and only how the per-batch results are combined
-depends on the number of processes: sums and counts in float64
-(`distributed.all_sum`), candidates (top-k entries, top-m values, cluster
-vectors) gathered and merged by the rule a single process follows. Results
-of 1, 2 or 3 ranks then agree to float64 rounding, and selections made from
-them are the same.
-
-A pass's state is an object with ``reduce()``: a collective that combines
-every rank's partial state; the whole is on rank 0 afterwards (and on every
-rank where the state says so, e.g. sums). At each checkpoint
-(`sparse_coding.runtime.checkpoints`, every CHECKPOINT_EVERY batches of the whole
-stream) the state is reduced and saved by rank 0, and the other ranks start
-again from an empty state, so the saved state is the run's and does not
-depend on how many ranks made it. An interrupted pass resumes on rank 0
-from it, at the batch after the checkpoint. A finished pass saves its result
-too, when it was at least CHECKPOINT_EVERY batches long (a shorter one is
-simply run again: a one-prompt fast.py writes no checkpoint).
-
-The stream is read by every rank: tokenizing is cheap beside the model, and
-it keeps the batches (and so the results) independent of the rank count.
+Every rank walks the same stream (tokenizing is cheap beside the model, and it keeps the batches
+independent of the rank count) and computes the batches whose index i has i % world_size == rank,
+each as a single process computes it; only how the per-batch results are combined depends on the
+number of processes (`PassState.reduce`: float64 sums, gathered candidates merged by the single
+process's rule). At each checkpoint (every CHECKPOINT_EVERY batches of the whole stream) the
+state is reduced and saved by rank 0 and the other ranks start again from an empty state, so the
+saved state is the run's whatever the rank count; an interrupted pass resumes on rank 0 at the
+batch after it. A pass shorter than CHECKPOINT_EVERY saves nothing and is simply run again.
+docs/internals.md ("Dataset passes on several processes") lists the states.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
-"""The one batch type and the one padding rule, and the one way a text becomes token ids.
+"""The one batch type, the one padding rule, and the one way a text becomes token ids.
 
-Every script tokenizes a text the same way (`text_ids`: the tokenizer adds
-no special tokens; BOS first when the SAEs were trained with it) and batches
-right-padded: every row's real tokens come first, so positions and
-attention need no shift, and each row is read at its last real token
-(`padded`). A batch of a text stream (`sparse_coding.text.corpus`) numbers
-its rows from `first_index`; a batch of fast.py's examples
-(`sparse_coding.text.pairs`) also holds each row's answer, the token
-predicted after its last real one, and optionally a patch input of the same
-length with its own answer.
+`text_ids`: the tokenizer adds no special tokens; BOS first when the SAEs were trained with it.
+`padded`: right-padded, so every row's real tokens come first, positions and attention need no
+shift, and each row is read at its last real token.
 """
 
 from __future__ import annotations

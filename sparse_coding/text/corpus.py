@@ -1,17 +1,12 @@
 """Text sources and padded token batches: the one way every script reads data.
 
-`load_texts` turns a `TextSource` into a stream of strings: the prompt alone
-when no dataset is set, else a hub dataset (streamed with `datasets`) or a
-local ``.txt`` (one sequence per line, blank lines skipped), ``.jsonl`` or
-``.parquet`` file. (`sparse_coding.pipelines.inputs` builds the source from
-the config's PROMPT and DATASET keys.) `iter_batches` tokenizes that stream lazily into
-right-padded batches, so memory depends on BATCH_SIZE and MAX_SEQ_LEN, never
-on the dataset's length.
-
-Sequence indices (`TokenBatch.first_index`) count the sequences
-`iter_batches` yields, in stream order; texts that tokenize to nothing are
-skipped and not counted, so re-running the same stream reproduces the same
-indices.
+`load_texts` turns a `TextSource` (`sparse_coding.pipelines.inputs` builds it from PROMPT and
+DATASET) into a stream of strings: the prompt alone, or a hub dataset (streamed with `datasets`)
+or a local ``.txt`` (one sequence per line, blank lines skipped), ``.jsonl`` or ``.parquet``
+file. `iter_batches` tokenizes that stream lazily into right-padded batches, so memory depends on
+BATCH_SIZE and MAX_SEQ_LEN, never on the dataset's length. Sequence indices
+(`TokenBatch.first_index`) count the sequences it yields: texts that tokenize to nothing are
+skipped and not counted.
 """
 
 import contextlib
@@ -175,9 +170,8 @@ def _hub_texts(source: TextSource) -> Iterator[str]:
             f"{source.split!r}) could not be loaded: it is neither a local "
             f"{'/'.join(_LOCAL_READERS)} file nor a loadable hub dataset ({e})"
         ) from e
-    columns = list(stream.features or {}) if stream.features is not None else None
-    if columns is not None and source.text_column not in columns:
-        raise _missing_column(source.dataset, source.text_column, columns)
+    if stream.features is not None and source.text_column not in stream.features:
+        raise _missing_column(source.dataset, source.text_column, list(stream.features))
     for record in stream:
         if source.text_column not in record:
             raise _missing_column(source.dataset, source.text_column, list(record))
@@ -200,19 +194,9 @@ def iter_batches(
     prepend_bos: bool,
     device: torch.device | str = "cpu",
 ) -> Iterator[TokenBatch]:
-    """Tokenize `texts` lazily into right-padded batches of `batch_size` sequences.
-
-    Args:
-        texts: any stream of strings; read one batch at a time.
-        tokenizer: the model's tokenizer; its pad id (else EOS) pads.
-        batch_size: sequences per batch (the last may be smaller).
-        max_len: tokens per sequence, BOS included; longer ones are truncated.
-        prepend_bos: put the tokenizer's BOS first, as the SAEs were trained.
-        device: where the batch tensors are placed.
-
-    Yields:
-        TokenBatch per `batch_size` non-empty sequences.
-    """
+    """`texts`, read one batch at a time, as TokenBatches of `batch_size` non-empty sequences (the
+    last may be smaller) on `device`: BOS first when `prepend_bos`, truncated to `max_len` tokens
+    (BOS included), right-padded with the tokenizer's pad id (else EOS)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sequences = (ids for ids in (_token_ids(tokenizer, t, prepend_bos, max_len) for t in texts) if ids)
     first_index = 0

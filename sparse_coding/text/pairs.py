@@ -7,9 +7,6 @@ an answer, a prompt's last token is its answer and the tokens before it are
 its input; with one, the prompt is the input and the answer (exactly one
 token) is predicted after it. Clean and patch inputs must have the same token
 length, so that position p of one is position p of the other.
-
-Batches are `sparse_coding.text.batches.TokenBatch`es with answers: right-padded,
-each row read at its last real token.
 """
 
 import json
@@ -155,15 +152,12 @@ def token_batch(tokens: Tensor, patch_tokens: Tensor | None = None) -> TokenBatc
     """Unpadded prompts (batch, pos) as one batch: each row's last token is its answer."""
     if tokens.shape[1] < 2:
         raise DatasetError("a prompt needs at least two tokens: the input and the answer after it")
-    mask = torch.ones_like(tokens[:, :-1])
-    if patch_tokens is None:
-        return TokenBatch(tokens[:, :-1], mask, answers=tokens[:, -1])
     return TokenBatch(
         tokens[:, :-1],
-        mask,
+        torch.ones_like(tokens[:, :-1]),
         answers=tokens[:, -1],
-        patch_ids=patch_tokens[:, :-1],
-        patch_answers=patch_tokens[:, -1],
+        patch_ids=None if patch_tokens is None else patch_tokens[:, :-1],
+        patch_answers=None if patch_tokens is None else patch_tokens[:, -1],
     )
 
 
