@@ -20,6 +20,7 @@ that reads (`reads`): per-key bookkeeping (means, records) happens there once.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,16 +33,6 @@ if TYPE_CHECKING:
     from sparse_coding.models.transformer import GPT2
     from sparse_coding.splicing.splice import Intervention, SiteCode
     from sparse_coding.transcoders.transcoder import TranscoderSet
-
-
-class _Release:
-    """A hook-like handle whose removal forgets the inputs kept during the forwards."""
-
-    def __init__(self, inputs: dict[int, Tensor]) -> None:
-        self.inputs = inputs
-
-    def remove(self) -> None:
-        self.inputs.clear()
 
 
 class TranscoderSite:
@@ -87,7 +78,7 @@ class TranscoderSite:
             keep = self.inputs.__setitem__
             handles.append(blocks[self.layer].ln_2.register_forward_pre_hook(
                 lambda module, args: keep(self.layer, args[0])))  # fmt: skip
-            handles.append(_Release(self.inputs))
+            handles.append(SimpleNamespace(remove=self.inputs.clear))  # removed: forget the kept inputs
         mlp = blocks[self.target].mlp
         handles.append(mlp.register_forward_hook(lambda module, args, out: intervention(self, out)))
         return handles
