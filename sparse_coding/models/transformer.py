@@ -10,15 +10,10 @@ has the names of a `GPT2LMHeadModel` (`transformer.h.0.attn.c_attn.weight`,
 and `tests/test_transformer.py` checks logits, every site's activation and
 gradients against `GPT2LMHeadModel` itself.
 
-Hook points (see `sparse_coding.splicing.splice`): `transformer.h[L]`'s input
-(resid_pre) and output (resid_post), `.attn`'s output (attn_out, a tensor) and
-`.mlp`'s output (mlp_out).
-
-Generation (`forward_cached`) keeps every layer's keys and values in a
-`KVCache`, so each new token costs one position's forward instead of the
-whole prefix's; it also takes left-padded batches (positions count real
-tokens only), so prompts of different lengths generate side by side. The
-hooks see the same tensors there, one chunk of positions at a time.
+Hook points (`splicing.splice`): each block's input and output, and its
+`.attn` and `.mlp` outputs. Generation (`forward_cached`, `KVCache`) runs one
+position per new token on left-padded batches; hooks see the same tensors
+there, one chunk of positions at a time.
 """
 
 import json

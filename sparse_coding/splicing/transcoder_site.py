@@ -2,20 +2,15 @@
 
 A transcoder feature read at layer S writes to MLP S's output (per-layer
 transcoders) or to MLP T's output for every T >= S (a cross-layer
-transcoder). So a set of transcoders is spliced as one site per (S, T):
-
-- a forward pre-hook on block S's ``ln_2`` keeps its input h_mid (the
-  transcoder reads ``ln2.hook_normalized`` or ``hook_resid_mid`` of it);
-- a forward hook on MLP T's output calls the intervention with that site and
-  the output x. The site's features are those of h_mid at S, read in the same
-  forward, whatever x is; its decoder rows are W_dec[S -> T].
+transcoder), so a set of transcoders is spliced as one site per (S, T): a
+forward pre-hook on block S's ``ln_2`` keeps its input h_mid, whose features
+the site reads in the same forward whatever x is, and a forward hook on MLP
+T's output x calls the intervention; its decoder rows are W_dec[S -> T].
 
 All sites of layer S share the key ``{kind}_{S}`` (``tc_3``, ``clt_3``), the
 key of its feature ids, so an edit keyed by it reaches every output the
-feature writes: ``mlp_out_T + (new - a) * W_dec[S -> T, i]``. The MLP output
-is the reconstruction plus its error, so the error term is kept and an edit
-that changes nothing returns x bit for bit. The site ``(S, S)`` is the one
-that reads (`reads`): per-key bookkeeping (means, records) happens there once.
+feature writes: ``mlp_out_T + (new - a) * W_dec[S -> T, i]``, the MLP's error
+kept. The site ``(S, S)`` reads (`reads`): per-key bookkeeping happens there once.
 """
 
 from __future__ import annotations

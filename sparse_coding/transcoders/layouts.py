@@ -7,14 +7,10 @@ Four layouts, told apart by their files:
     pickle    <name>.pt                                 pchlenski/gpt2-transcoders (original files)
     sparsify  cfg.json + sae.safetensors               EleutherAI gpt2-mntss-* (cross-layer if n_targets)
 
-Every reader returns a `LayerWeights`, whose one formula is
-
-    f = act((x - b_in) @ W_enc + b_enc)                    x: the layer's input (`input_hook`)
-    y_T = sum over source layers S of f_S @ W_dec[S block] + b_out (+ x_T @ W_skip.T)
-
-with one decoder block (this layer's features) for a per-layer transcoder
-and blocks for every source layer 0..T for a cross-layer transcoder stored by
-target layer (sparsify's layout).
+Every reader returns a `LayerWeights`: features f = act((x - b_in) @ W_enc + b_enc)
+of the layer's input x (`input_hook`), decoded as `transcoder` says; a
+cross-layer transcoder (sparsify's layout) stores at target layer T the
+decoder blocks of every source layer 0..T.
 """
 
 import json
