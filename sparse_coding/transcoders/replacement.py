@@ -131,7 +131,7 @@ def frozen_forward(
     *,
     read_layer: int | None = None,
 ) -> Tensor:
-    """The replacement model's linear forward over the first n = len(embeds) positions.
+    """The replacement model's linear forward over the first n = len(embeds) positions: (n, d_model).
 
     Args:
         embeds: (n, d_model) token embeddings (the positional embeddings are added here).
@@ -139,9 +139,6 @@ def frozen_forward(
             (a stacked tensor or one tensor per layer).
         read_layer: return block L's transcoder input (blocks < L run whole, then L's attention);
             None runs every block and returns the final layer norm's output.
-
-    Returns:
-        (n, d_model): the transcoder input of `read_layer`, or the final normalised stream.
     """
     n = embeds.shape[-2]
     h = embeds + model.transformer.wpe.weight[:n]
