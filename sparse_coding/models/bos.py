@@ -18,16 +18,13 @@ ONE_FAMILY = "gpt2-small-resid-post-v5-32k, gpt2-small-attn-out-v5-32k, gpt2-sma
 
 
 def settle_prepend_bos(explicit: bool | None, trained: Mapping[str, bool]) -> tuple[bool, list[str]]:
-    """PREPEND_BOS for a run, and the SAEs it contradicts.
+    """(PREPEND_BOS for a run, the SAEs trained the other way).
 
     Args:
-        explicit: the PREPEND_BOS key (None: unset).
+        explicit: the PREPEND_BOS key; None (unset) takes the SAEs' shared convention (True when
+            there are none), a value is kept and the SAEs it contradicts are returned so that the
+            caller can warn once (`warn_bos_mismatch`).
         trained: SAE description -> its cfg's prepend_bos.
-
-    Returns:
-        (the value, the SAEs trained the other way): unset, the SAEs' shared
-        convention (True when there are none); set, the key's value, and the SAEs
-        it contradicts so that the caller can warn once (`warn_bos_mismatch`).
 
     Raises:
         ConfigError: PREPEND_BOS is unset and the SAEs disagree, naming them and the fixes.

@@ -23,15 +23,8 @@ DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in typing.
 def available_devices() -> list[str]:
     """Device types usable on this machine, best first."""
     mps = getattr(torch.backends, "mps", None)
-    return [
-        name
-        for name, usable in (
-            ("cuda", torch.cuda.is_available()),
-            ("mps", bool(mps and mps.is_available())),
-            ("cpu", True),
-        )
-        if usable
-    ]
+    usable = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "cpu": True}
+    return [name for name, ok in usable.items() if ok]
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -69,10 +62,8 @@ def load_model(
     """A GPT-2 (hub id or local folder in Hugging Face format) in eval mode, and its tokenizer.
 
     config.json, the tokenizer and the weights' shapes are checked before any
-    weight is read; each tensor is then read on the CPU, cast to `dtype` and
-    moved to `device` (`models.weights`). The model is built on the meta
-    device, so nothing is initialised and then overwritten (see
-    `models.transformer` for why not transformers' class).
+    weight is read (`models.weights`); the model is built on the meta device,
+    so nothing is initialised and then overwritten.
 
     Raises:
         SparseCodingError: the folder or repo lacks a file, or a file does not fit the others.

@@ -1,8 +1,4 @@
-"""Load the SAEs of chosen (site, layer) pairs, after checking that they fit the device and agree on BOS.
-
-Both checks read the SAEs' cfg.json files only, so a run that cannot succeed
-stops before any weight is read.
-"""
+"""Load the SAEs of chosen (site, layer) pairs, after checking from their cfg.json files that they fit."""
 
 import logging
 import os

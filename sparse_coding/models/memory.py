@@ -1,9 +1,7 @@
 """How much memory a run's SAEs need: their weights at the run's dtype plus the script's working set.
 
-Weights: every SAE's tensors (W_enc, W_dec, biases, JumpReLU thresholds) at
-SAE_DTYPE, counted from its cfg.json's d_in and d_sae; each tensor is cast on
-the CPU before it moves to the device (`models.weights`), so nothing larger
-is ever on the device.
+Weights: every SAE's tensors at SAE_DTYPE (`saes.weight_shapes` of its
+cfg.json), each cast on the CPU before it moves to the device (`models.weights`).
 
 Working set: a script's batched passes hold dense (rows, positions, d_sae)
 arrays and, where they reach the unembedding, (rows, positions, d_vocab)

@@ -247,11 +247,7 @@ class SAE(nn.Module):
 
 
 def read_sae_config(source: str, layer: int) -> SAEConfig:
-    """One layer's SAE as its cfg.json describes it; no weights are read.
-
-    Args:
-        source: any value valid for RESID_SAES / ATTN_SAES / MLP_SAES.
-        layer: the model layer; fills ``{layer}``.
+    """One layer's SAE (arguments as `load_sae`'s) as its cfg.json describes it; no weights are read.
 
     Raises:
         SAELoadError: the folder or its cfg.json is missing or not an SAELens cfg.

@@ -10,15 +10,10 @@ has the names of a `GPT2LMHeadModel` (`transformer.h.0.attn.c_attn.weight`,
 and `tests/test_transformer.py` checks logits, every site's activation and
 gradients against `GPT2LMHeadModel` itself.
 
-Hook points (see `sparse_coding.splicing.splice`): `transformer.h[L]`'s input
-(resid_pre) and output (resid_post), `.attn`'s output (attn_out, a tensor) and
-`.mlp`'s output (mlp_out).
-
-Generation (`forward_cached`) keeps every layer's keys and values in a
-`KVCache`, so each new token costs one position's forward instead of the
-whole prefix's; it also takes left-padded batches (positions count real
-tokens only), so prompts of different lengths generate side by side. The
-hooks see the same tensors there, one chunk of positions at a time.
+Hook points (`splicing.splice`): each block's input and output, and its
+`.attn` and `.mlp` outputs. Generation (`forward_cached`, `KVCache`) runs one
+position per new token on left-padded batches; hooks see the same tensors
+there, one chunk of positions at a time.
 """
 
 import json
@@ -110,13 +105,17 @@ class Projection(nn.Module):
         return F.linear(x, self.weight.T, self.bias)
 
 
-def attend(queries: Tensor, keys: Tensor, values: Tensor, allowed: Tensor, scale: float) -> Tensor:
-    """Softmax attention (..., n_head, n_query, head_dim); `allowed` broadcasts to the scores
-    (..., n_query, n_key). The softmax runs in at least float32 (bfloat16 models too)."""
+def attention_weights(queries: Tensor, keys: Tensor, allowed: Tensor, scale: float) -> Tensor:
+    """Softmax attention weights (..., n_head, n_query, n_key); `allowed` broadcasts to them. The
+    softmax runs in at least float32 (bfloat16 models too)."""
     scores = (queries @ keys.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    softmax_dtype = torch.promote_types(scores.dtype, torch.float32)
-    return scores.softmax(dim=-1, dtype=softmax_dtype).to(values.dtype) @ values
+    return scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+
+
+def attend(queries: Tensor, keys: Tensor, values: Tensor, allowed: Tensor, scale: float) -> Tensor:
+    """`attention_weights` applied to `values`: (..., n_head, n_query, head_dim)."""
+    return attention_weights(queries, keys, allowed, scale).to(values.dtype) @ values
 
 
 class Attention(nn.Module):
@@ -130,6 +129,10 @@ class Attention(nn.Module):
             self.scale /= float(layer_idx + 1)
         self.c_attn = Projection(config.n_embd, 3 * config.n_embd)
         self.c_proj = Projection(config.n_embd, config.n_embd)
+
+    def project(self, x: Tensor, start: int, stop: int | None = None) -> Tensor:
+        """Columns start:stop of c_attn(x) alone (queries, then keys, then values, d_model each)."""
+        return F.linear(x, self.c_attn.weight[:, start:stop].T, self.c_attn.bias[start:stop])
 
     def heads(self, x: Tensor) -> Tensor:
         """(..., pos, d_model) -> (..., n_head, pos, head_dim)."""

@@ -20,12 +20,8 @@ SAEs trained on TransformerLens models with centred writing weights
 
 Editing features (`edit_features`: set, scale, add; zero and patch
 ablations are the same edit) changes x by the edited features' decoder rows
-only: ``x' = x + sum_e (new_e - a_e) * scale * W_dec[f_e]``, the error term
-and every other feature kept, so an edit that changes nothing returns x
-bit for bit. It asks three things of a site: `decoder_scale`, `feats_at`
-and `decode_rows`; transcoders answer them too (`transcoder_site`), so their
-features are edited by the same code: a spliced model may hold SAE sites,
-transcoder sites, or both.
+only. Transcoder sites (`transcoder_site`) answer what it asks of a site, so
+a spliced model may hold SAE sites, transcoder sites, or both.
 """
 
 import logging

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sparse_coding.models.transformer import Block, attend
@@ -114,7 +113,7 @@ class SparseEdit:
 
 def block_keys_values(block: Block, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """A block's attention keys and values (..., n_head, pos, head_dim) for its input (..., pos, d_model)."""
-    keys, values = _project_keys_values(block, block.ln_1(hidden)).split(hidden.shape[-1], dim=-1)
+    keys, values = block.attn.project(block.ln_1(hidden), hidden.shape[-1]).split(hidden.shape[-1], dim=-1)
     return block.attn.heads(keys), block.attn.heads(values)
 
 
@@ -155,7 +154,7 @@ def _block(
         qkv = block.attn.c_attn(normed)
         queries, kv = qkv[:, :d_model], qkv[:, d_model:]
     else:
-        queries = _project_queries(block, normed)
+        queries = block.attn.project(normed, 0, d_model)
         kv = _edited_keys_values(block, hidden, suffixes, cache, index, edit)
     mixed = []
     for group in suffixes.groups:
@@ -180,10 +179,10 @@ def _block_at(
 ) -> Tensor:
     """One block computed at each row's read position only: (rows, d_model)."""
     if edit is None:
-        kv = _project_keys_values(block, block.ln_1(hidden))
+        kv = block.attn.project(block.ln_1(hidden), hidden.shape[-1])
     else:
         kv = _edited_keys_values(block, hidden, suffixes, cache, index, edit)
-    queries = _project_queries(block, block.ln_1(hidden[suffixes.read]))
+    queries = block.attn.project(block.ln_1(hidden[suffixes.read]), 0, hidden.shape[-1])
     mixed = []
     per_group = queries.split([len(group.seq) for group in suffixes.groups])
     for group, group_queries in zip(suffixes.groups, per_group, strict=True):
@@ -194,13 +193,6 @@ def _block_at(
         )
     at = hidden[suffixes.read] + block.attn.c_proj(torch.cat(mixed))
     return at + block.mlp(block.ln_2(at))
-
-
-def _project_queries(block: Block, normed: Tensor) -> Tensor:
-    """The query columns of the block's qkv projection: (..., d_model)."""
-    d_model = normed.shape[-1]
-    projection = block.attn.c_attn
-    return F.linear(normed, projection.weight[:, :d_model].T, projection.bias[:d_model])
 
 
 def _edited_keys_values(
@@ -217,16 +209,9 @@ def _edited_keys_values(
     )
     changed = edit.changed.nonzero()[:, 0]
     clean = edit.clean[suffixes.seq[changed], suffixes.pos[changed]]
-    both = _project_keys_values(block, block.ln_1(torch.cat([hidden[changed], clean.to(hidden.dtype)])))
-    edited, unedited = both.split(len(changed))
+    normed = block.ln_1(torch.cat([hidden[changed], clean.to(hidden.dtype)]))
+    edited, unedited = block.attn.project(normed, hidden.shape[-1]).split(len(changed))
     return kv.index_add_(0, changed, edited - unedited)
-
-
-def _project_keys_values(block: Block, normed: Tensor) -> Tensor:
-    """The key and value columns of the block's qkv projection: (..., 2 * d_model)."""
-    d_model = normed.shape[-1]
-    projection = block.attn.c_attn
-    return F.linear(normed, projection.weight[:, d_model:].T, projection.bias[d_model:])
 
 
 def _attend_group(

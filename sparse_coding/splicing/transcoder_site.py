@@ -2,24 +2,20 @@
 
 A transcoder feature read at layer S writes to MLP S's output (per-layer
 transcoders) or to MLP T's output for every T >= S (a cross-layer
-transcoder). So a set of transcoders is spliced as one site per (S, T):
-
-- a forward pre-hook on block S's ``ln_2`` keeps its input h_mid (the
-  transcoder reads ``ln2.hook_normalized`` or ``hook_resid_mid`` of it);
-- a forward hook on MLP T's output calls the intervention with that site and
-  the output x. The site's features are those of h_mid at S, read in the same
-  forward, whatever x is; its decoder rows are W_dec[S -> T].
+transcoder), so a set of transcoders is spliced as one site per (S, T): a
+forward pre-hook on block S's ``ln_2`` keeps its input h_mid, whose features
+the site reads in the same forward whatever x is, and a forward hook on MLP
+T's output x calls the intervention; its decoder rows are W_dec[S -> T].
 
 All sites of layer S share the key ``{kind}_{S}`` (``tc_3``, ``clt_3``), the
 key of its feature ids, so an edit keyed by it reaches every output the
-feature writes: ``mlp_out_T + (new - a) * W_dec[S -> T, i]``. The MLP output
-is the reconstruction plus its error, so the error term is kept and an edit
-that changes nothing returns x bit for bit. The site ``(S, S)`` is the one
-that reads (`reads`): per-key bookkeeping (means, records) happens there once.
+feature writes: ``mlp_out_T + (new - a) * W_dec[S -> T, i]``, the MLP's error
+kept. The site ``(S, S)`` reads (`reads`): per-key bookkeeping happens there once.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,16 +28,6 @@ if TYPE_CHECKING:
     from sparse_coding.models.transformer import GPT2
     from sparse_coding.splicing.splice import Intervention, SiteCode
     from sparse_coding.transcoders.transcoder import TranscoderSet
-
-
-class _Release:
-    """A hook-like handle whose removal forgets the inputs kept during the forwards."""
-
-    def __init__(self, inputs: dict[int, Tensor]) -> None:
-        self.inputs = inputs
-
-    def remove(self) -> None:
-        self.inputs.clear()
 
 
 class TranscoderSite:
@@ -87,7 +73,7 @@ class TranscoderSite:
             keep = self.inputs.__setitem__
             handles.append(blocks[self.layer].ln_2.register_forward_pre_hook(
                 lambda module, args: keep(self.layer, args[0])))  # fmt: skip
-            handles.append(_Release(self.inputs))
+            handles.append(SimpleNamespace(remove=self.inputs.clear))  # removed: forget the kept inputs
         mlp = blocks[self.target].mlp
         handles.append(mlp.register_forward_hook(lambda module, args, out: intervention(self, out)))
         return handles

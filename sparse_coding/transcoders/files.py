@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import Tensor
 
 from sparse_coding.errors import TranscoderLoadError
@@ -39,12 +39,7 @@ class SafetensorsRows:
 
     def __init__(self, path: Path, name: str) -> None:
         self.path, self.name = Path(path), name
-        try:
-            with open(self.path, "rb") as f:
-                header_len = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(header_len))
-        except (OSError, ValueError) as e:
-            raise TranscoderLoadError(f"{self.path} is not a readable safetensors file: {e}") from e
+        header_len, header = _header(self.path)
         if name not in header:
             raise TranscoderLoadError(f"{self.path} has no tensor {name!r}; it holds {sorted(header)}")
         info = header[name]
@@ -65,25 +60,26 @@ class SafetensorsRows:
         return tensor.view(torch.bfloat16) if self.dtype == torch.bfloat16 else tensor
 
 
-def tensor_names(path: Path) -> dict[str, list[int]]:
-    """Name -> shape of every tensor in a .safetensors file (from its header alone)."""
+def _header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(length, contents) of a .safetensors file's JSON header."""
     try:
         with open(path, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            length = int.from_bytes(f.read(8), "little")
+            return length, json.loads(f.read(length))
     except (OSError, ValueError) as e:
         raise TranscoderLoadError(f"{path} is not a readable safetensors file: {e}") from e
-    return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
 
 
-def load_tensors(path: Path, names: list[str] | None = None, device: str = "cpu") -> dict[str, Tensor]:
-    """The tensors of a .safetensors file (only `names` when given) on `device`."""
+def tensor_names(path: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in a .safetensors file (from its header alone)."""
+    return {name: info["shape"] for name, info in _header(path)[1].items() if name != "__metadata__"}
+
+
+def load_tensors(path: Path, skip: str | None = None) -> dict[str, Tensor]:
+    """The tensors of a .safetensors file on the CPU, all but `skip`."""
     try:
-        if names is None:
-            return load_file(str(path), device=device)
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device=device) as f:
-            return {name: f.get_tensor(name) for name in names if name in f.keys()}
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {name: f.get_tensor(name) for name in f.keys() if name != skip}
     except Exception as e:  # safetensors raises its own error types
         raise TranscoderLoadError(f"{path} is not a readable safetensors file: {e}") from e
 
@@ -100,11 +96,11 @@ PickledConfig.__module__ = "sae_training.config"
 PickledConfig.__qualname__ = PickledConfig.__name__ = "LanguageModelSAERunnerConfig"
 
 
-def load_pickled_state(path: Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(cfg attributes, state dict) of a ``{"cfg", "state_dict"}`` pickle, weights-only."""
+def load_pickled_state(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(cfg attributes, state dict) of a ``{"cfg", "state_dict"}`` pickle, weights-only, on the CPU."""
     try:
         with torch.serialization.safe_globals([PickledConfig]):
-            data = torch.load(path, map_location=device, weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise TranscoderLoadError(
             f"{path} could not be read as Dunefsky et al.'s transcoder pickle with torch.load("

@@ -7,14 +7,10 @@ Four layouts, told apart by their files:
     pickle    <name>.pt                                 pchlenski/gpt2-transcoders (original files)
     sparsify  cfg.json + sae.safetensors               EleutherAI gpt2-mntss-* (cross-layer if n_targets)
 
-Every reader returns a `LayerWeights`, whose one formula is
-
-    f = act((x - b_in) @ W_enc + b_enc)                    x: the layer's input (`input_hook`)
-    y_T = sum over source layers S of f_S @ W_dec[S block] + b_out (+ x_T @ W_skip.T)
-
-with one decoder block (this layer's features) for a per-layer transcoder
-and blocks for every source layer 0..T for a cross-layer transcoder stored by
-target layer (sparsify's layout).
+Every reader returns a `LayerWeights`: features f = act((x - b_in) @ W_enc + b_enc)
+of the layer's input x (`input_hook`), decoded as `transcoder` says; a
+cross-layer transcoder (sparsify's layout) stores at target layer T the
+decoder blocks of every source layer 0..T.
 """
 
 import json
@@ -27,7 +23,7 @@ from torch import Tensor
 from sparse_coding.config.yaml_file import shown
 from sparse_coding.errors import SAELoadError, TranscoderLoadError
 from sparse_coding.models.sae_sources import normalize_cfg
-from sparse_coding.transcoders.files import SafetensorsRows, load_pickled_state, load_tensors, tensor_names
+from sparse_coding.transcoders.files import SafetensorsRows, load_pickled_state, load_tensors
 
 # TransformerLens hook a transcoder reads -> how it is computed from the block's h_mid (docs/transcoders.md).
 INPUT_HOOKS = {
@@ -132,13 +128,6 @@ def _decoder(path: Path, tensors: dict[str, Tensor], name: str, lazy: bool) -> T
     return SafetensorsRows(path, name) if lazy else tensors[name]
 
 
-def _load(path: Path, lazy: bool, decoder: str) -> dict[str, Tensor]:
-    """Every tensor of a .safetensors file; without the decoder when it is read lazily."""
-    if not lazy:
-        return load_tensors(path)
-    return load_tensors(path, [name for name in tensor_names(path) if name != decoder])
-
-
 def _saelens(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
     raw = _json(files["cfg.json"])
     architecture = str(raw.get("architecture") or "standard")
@@ -150,7 +139,7 @@ def _saelens(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
     if hook_out:
         _output_hook(str(hook_out), layer)
     path = files["sae_weights.safetensors"]
-    tensors = _load(path, lazy, "W_dec")
+    tensors = load_tensors(path, skip="W_dec" if lazy else None)
     b_dec = tensors["b_dec"]
     apply_b_in = norm["apply_b_dec_to_input"] and not is_transcoder
     out_bias = "b_dec_out" if raw.get("use_b_dec_out") else "b_dec"
@@ -185,7 +174,7 @@ def _dunefsky(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
             f"act_fn {sae.get('act_fn')!r}; supported: {', '.join(DUNEFSKY_ACTIVATIONS)}"
         )
     path = files["sae.safetensors"]
-    tensors = _load(path, lazy, "W_dec")
+    tensors = load_tensors(path, skip="W_dec" if lazy else None)
     cfg = LayerConfig(
         "dunefsky", int(sae["d_in"]), int(sae["num_features"]), int(sae.get("d_out") or sae["d_in"]),
         DUNEFSKY_ACTIVATIONS[sae.get("act_fn", "relu")], sae.get("top_k"),
@@ -227,7 +216,7 @@ def _sparsify(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
             f"n_sources is {n_sources}; layer {layer} of a cross-layer set has {layer + 1}"
         )
     path = files["sae.safetensors"]
-    tensors = _load(path, lazy, "W_dec")
+    tensors = load_tensors(path, skip="W_dec" if lazy else None)
     d_sae, d_in = tensors["encoder.weight"].shape
     cfg = LayerConfig(
         "sparsify", d_in, d_sae, int(raw["d_in"]), "topk", int(raw["k"]), "hook_resid_mid", n_sources

@@ -24,7 +24,6 @@ from sparse_coding.transcoders.transcoder import TranscoderSet
 
 logger = logging.getLogger(__name__)
 
-DECODER_NAMES = ("W_dec",)
 # Working memory per transcoder layer beyond its weights (its active rows and products).
 LAYER_MARGIN_BYTES = 64 * 2**20
 
@@ -121,9 +120,5 @@ def _stored_bytes(path, lazy: bool) -> int:
         return 0
     if path.suffix != ".safetensors" or not lazy:
         return path.stat().st_size
-    shapes = tensor_names(path)
-    total = path.stat().st_size
-    for name in DECODER_NAMES:
-        if name in shapes:
-            total -= 4 * shapes[name][0] * shapes[name][1]
-    return max(total, 0)
+    decoder = tensor_names(path).get("W_dec", [0, 0])
+    return max(path.stat().st_size - 4 * decoder[0] * decoder[1], 0)

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparse_coding.models.transformer import GPT2
+from sparse_coding.models.transformer import GPT2, attention_weights
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
 
@@ -87,17 +86,13 @@ def transcoder_input(h_mid: Tensor, scale: Tensor, hook: str) -> Tensor:
 def attention_pattern(attn: nn.Module, x: Tensor) -> Tensor:
     """Causal softmax attention weights (..., n_head, pos, pos) of ln_1's output x (..., pos, d)."""
     queries, keys, _ = (attn.heads(part) for part in attn.c_attn(x).chunk(3, dim=-1))
-    scores = (queries @ keys.transpose(-1, -2)) * attn.scale
-    n = x.shape[-2]
-    allowed = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    return scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(x.dtype)
+    allowed = torch.ones(x.shape[-2], x.shape[-2], dtype=torch.bool, device=x.device).tril()
+    return attention_weights(queries, keys, allowed, attn.scale).to(x.dtype)
 
 
 def attention_with_pattern(attn: nn.Module, x: Tensor, pattern: Tensor) -> Tensor:
     """The attention output given its pattern: only values and output projection act on x."""
-    d_model = x.shape[-1]
-    values = F.linear(x, attn.c_attn.weight[:, 2 * d_model :].T, attn.c_attn.bias[2 * d_model :])
+    values = attn.project(x, 2 * x.shape[-1])
     return attn.c_proj(attn.merge_heads(pattern @ attn.heads(values)))
 
 
@@ -136,7 +131,7 @@ def frozen_forward(
     *,
     read_layer: int | None = None,
 ) -> Tensor:
-    """The replacement model's linear forward over the first n = len(embeds) positions.
+    """The replacement model's linear forward over the first n = len(embeds) positions: (n, d_model).
 
     Args:
         embeds: (n, d_model) token embeddings (the positional embeddings are added here).
@@ -144,9 +139,6 @@ def frozen_forward(
             (a stacked tensor or one tensor per layer).
         read_layer: return block L's transcoder input (blocks < L run whole, then L's attention);
             None runs every block and returns the final layer norm's output.
-
-    Returns:
-        (n, d_model): the transcoder input of `read_layer`, or the final normalised stream.
     """
     n = embeds.shape[-2]
     h = embeds + model.transformer.wpe.weight[:n]

@@ -1,16 +1,13 @@
 """Where transcoders come from: known releases (data), `{layer}` templates, the files of one layer.
 
-A TRANSCODERS value is one of:
-- a known release name, e.g. ``gpt2-small-transcoders`` (see RELEASES);
-- a hub template ``owner/repo/folder_{layer}`` (or ``.../file_{layer}.pt``);
-- a local template ``/path/to/folder_{layer}`` (or ``./...``, ``~/...``).
-A folder is read in whichever layout its files make (`layouts.FOLDER_LAYOUTS`);
-a ``.pt`` file is one of Dunefsky et al.'s original pickles.
+A TRANSCODERS value is a known release name (see RELEASES) or a hub or local
+``{layer}`` template as for SAEs (`models.sae_sources`), whose path may also
+end in ``.pt``: one of Dunefsky et al.'s original pickles. A folder is read in
+whichever layout its files make (`layouts.FOLDER_LAYOUTS`).
 
-Each release records how its transcoders were trained to see text: with a
-BOS (``<|endoftext|>``) first or not (`trained_prepend_bos`; the facts and
-their sources are in docs/transcoders.md). A run tokenizes as its
-transcoders were trained, as it does for SAEs (`models.bos`).
+Each release records whether its transcoders were trained with a BOS
+(``<|endoftext|>``) first (`trained_prepend_bos`; facts and sources:
+docs/transcoders.md); a run tokenizes as they were trained (`models.bos`).
 """
 
 import json

@@ -35,9 +35,7 @@ class TranscoderSet:
         self.n_layers, self.source = n_layers, source
         self.files: dict[int, list[Path]] = {}  # layer -> the files it was read from (`load_transcoders`)
         first = next(iter(self.layers.values())).cfg
-        self.kind = (
-            "clt" if first.n_sources > 1 or any(w.cfg.n_sources > 1 for w in self.layers.values()) else "tc"
-        )
+        self.kind = "clt" if any(w.cfg.n_sources > 1 for w in self.layers.values()) else "tc"
         self.d_sae = first.d_sae
         for layer, weights in self.layers.items():
             expected = layer + 1 if self.kind == "clt" else 1
