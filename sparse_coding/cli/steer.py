@@ -6,8 +6,6 @@ prints the clean and steered continuations side by side with the tokens whose
 probability rose and fell most at each step; ``--curve`` sweeps the CURVE key's
 intervention instead and draws the response of watched features and the
 answer. Writes DATA_DIR/<model>/steering.json (or response_curve.{json,png,svg}).
-
-Run as sparse_coding/steer.py or `sparse-coding steer`; `sparse_coding.cli` adds the shared options.
 """
 
 import argparse
@@ -58,7 +56,6 @@ def command_line_edits(args: argparse.Namespace):
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """steer's command line: the options every script takes (`build_parser`) and its own."""
     parser = build_parser(
         DESCRIPTION,
         prog,

@@ -95,22 +95,42 @@ def publish_graph(
     with phases.phase("labels: Neuronpedia"):
         answers = neuronpedia_answers(graph, config)
     graph.metadata["phases"] = phases.metadata()
+    published = write_graph(graph, config, dot_name, image_name, script, phases, new_graph, [grown, *answers])
+    log_config_run(
+        config,
+        script=script,
+        summary=run_summary(graph, published.merged),
+        files=[
+            published.dot_path.with_suffix(".json"),
+            viewer_path_for(published.dot_path, out_dir / image_name),
+        ],
+        image=out_dir / image_name,
+        out_dir=out_dir,
+    )
+    return published
+
+
+def write_graph(
+    graph: Graph,
+    config: Config,
+    dot_name: str,
+    image_name: str,
+    script: str,
+    phases: PhaseTimer,
+    new_graph: bool,
+    pending: list[tuple[caches.Cache, Any] | None],
+) -> Published:
+    """Merge the labelled `graph` into DATA_DIR/<model>/<dot_name> (+ .json, image, viewer page), then
+    save the `pending` caches its labels grew (`save_caches`); pipe.py, fast.py and trace.py."""
+    out_dir = config.model_data_dir(config.MODEL_DIR)
     dot_path = out_dir / dot_name
     with phases.phase("write and render"):
         merged = update_graph_files(graph, dot_path, out_dir / image_name, new_graph=new_graph)
-    save_caches([grown, *answers])  # after the graph: a failed run leaves every cache as it was
+    save_caches(pending)  # after the graph: a failed run leaves every cache as it was
     written = [str(dot_path), dot_path.with_suffix(".json").name]
     if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
         written.append(image_name)
     written.append(viewer_path_for(dot_path, out_dir / image_name).name)
-    log_config_run(
-        config,
-        script=script,
-        summary=run_summary(graph, merged),
-        files=[dot_path.with_suffix(".json"), viewer_path_for(dot_path, out_dir / image_name)],
-        image=out_dir / image_name,
-        out_dir=out_dir,
-    )
     line = (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; "
