@@ -48,12 +48,8 @@ def curve_figure(data: dict) -> Figure:
     figure.suptitle(f"Response curve of {data['node']} ({data['kind']} at {where})")
     figure.get_layout_engine().set(h_pad=0.15)
     caption = data["sign_convention"]["curve"]
-    figure.supxlabel(_wrap(caption, 110), fontsize="small", color="dimgray")
+    figure.supxlabel("\n".join(textwrap.wrap(caption, 110)), fontsize="small", color="dimgray")
     return figure
-
-
-def _wrap(text: str, width: int) -> str:
-    return "\n".join(textwrap.wrap(text, width))
 
 
 def curve_images(data: dict) -> dict[str, bytes]:
