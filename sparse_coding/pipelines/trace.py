@@ -19,9 +19,9 @@ from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype, tokenize_prompt
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.pipelines.downloads import Download
+from sparse_coding.pipelines.loading import load_config_transcoders
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.text.tokenizer import Tokenizer
-from sparse_coding.transcoders.loading import load_transcoders
 from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer, transcoders_bos
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
@@ -70,10 +70,7 @@ def load_trace_inputs(
     with phases.phase("model load"):
         model, tokenizer = load_model(config.MODEL_DIR, device, dtype)
     with phases.phase("transcoder load"):
-        transcoders = load_transcoders(
-            config.TRANSCODERS, n_layers=model.config.n_layer, d_model=model.config.n_embd, device=device,
-            dtype=resolve_dtype(config.SAE_DTYPE, dtype), lazy_decoders=config.TRANSCODER_LAZY_DECODERS,
-        )  # fmt: skip
+        transcoders = load_config_transcoders(config, model, device, resolve_dtype(config.SAE_DTYPE, dtype))
     ids = tokenize_prompt(
         tokenizer,
         trace_prompt(config),
