@@ -1,11 +1,8 @@
 """The steer.py command: test what a graph claims by intervening on features and generating.
 
-Applies the STEER interventions (or ``--node ID``'s, or a graph's strongest
-feature nodes, ``--from-graph PATH``) while generating from PROMPT or DATASET rows, and
-prints the clean and steered continuations side by side with the tokens whose
+Prints the clean and steered continuations side by side with the tokens whose
 probability rose and fell most at each step; ``--curve`` sweeps the CURVE key's
-intervention instead and draws the response of watched features and the
-answer. Writes DATA_DIR/<model>/steering.json (or response_curve.{json,png,svg}).
+intervention instead and draws the response of watched features and the answer.
 """
 
 import argparse

@@ -1,9 +1,6 @@
-"""Label a freshly computed graph and merge it into the graph files of a run.
+"""Label a freshly computed graph and merge it into the graph files of a run (pipe.py, fast.py;
+trace.py shares `write_graph`).
 
-Shared by pipe.py and fast.py: metadata (this run's record), top-activating
-contexts (from the contexts cache, collected where it lacks them), direct
-logit effects, Neuronpedia explanations, then `graph_files.update_graph_files`
-(locked merge into the canonical .json, the .dot, image and page redrawn).
 The caches the labels grew (contexts, Neuronpedia answers) are written only
 after the graph files are committed, so a run that fails changes nothing; a
 cache that cannot be written then is a warning, since the run's result is
