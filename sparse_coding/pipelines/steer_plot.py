@@ -1,10 +1,7 @@
 """The response curve drawn with matplotlib: PNG and SVG bytes from response_curve.json's data.
 
-Top panel: each watched feature's activation at the prompt's last token
-against the swept value (one line per node id); bottom panel: log p(answer)
-after that token. Mean over the prompts when there are several. The caption
-states the sign convention. Drawn on a `Figure` of its own (no pyplot), so a
-notebook's backend and figures are left alone.
+Drawn on a `Figure` of its own (no pyplot), so a notebook's backend and
+figures are left alone.
 """
 
 import io
