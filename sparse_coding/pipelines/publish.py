@@ -1,5 +1,5 @@
-"""Label a freshly computed graph and merge it into the graph files of a run (pipe.py, fast.py;
-trace.py shares `write_graph`).
+"""Label a freshly computed pipe.py or fast.py graph and merge it into the run's graph files
+(trace.py shares `closing_line` and `save_caches`).
 
 The caches the labels grew (contexts, Neuronpedia answers) are written only
 after the graph files are committed, so a run that fails changes nothing; a
@@ -92,48 +92,32 @@ def publish_graph(
     with phases.phase("labels: Neuronpedia"):
         answers = neuronpedia_answers(graph, config)
     graph.metadata["phases"] = phases.metadata()
-    published = write_graph(graph, config, dot_name, image_name, script, phases, new_graph, [grown, *answers])
+    dot_path, image_path = out_dir / dot_name, out_dir / image_name
+    with phases.phase("write and render"):
+        merged = update_graph_files(graph, dot_path, image_path, new_graph=new_graph)
+    save_caches([grown, *answers])  # after the graph: a failed run leaves every cache as it was
     log_config_run(
         config,
         script=script,
-        summary=run_summary(graph, published.merged),
-        files=[
-            published.dot_path.with_suffix(".json"),
-            viewer_path_for(published.dot_path, out_dir / image_name),
-        ],
-        image=out_dir / image_name,
+        summary=run_summary(graph, merged),
+        files=[dot_path.with_suffix(".json"), viewer_path_for(dot_path, image_path)],
+        image=image_path,
         out_dir=out_dir,
     )
-    return published
+    return Published(merged, dot_path, closing_line(script, graph, merged, dot_path, image_path))
 
 
-def write_graph(
-    graph: Graph,
-    config: Config,
-    dot_name: str,
-    image_name: str,
-    script: str,
-    phases: PhaseTimer,
-    new_graph: bool,
-    pending: list[tuple[caches.Cache, Any] | None],
-) -> Published:
-    """Merge the labelled `graph` into DATA_DIR/<model>/<dot_name> (+ .json, image, viewer page), then
-    save the `pending` caches its labels grew (`save_caches`); pipe.py, fast.py and trace.py."""
-    out_dir = config.model_data_dir(config.MODEL_DIR)
-    dot_path = out_dir / dot_name
-    with phases.phase("write and render"):
-        merged = update_graph_files(graph, dot_path, out_dir / image_name, new_graph=new_graph)
-    save_caches(pending)  # after the graph: a failed run leaves every cache as it was
+def closing_line(script: str, graph: Graph, merged: Graph, dot_path: Path, image_path: Path) -> str:
+    """The terminal's line for a run's graph merged into `merged`: sizes, summary, the files written."""
     written = [str(dot_path), dot_path.with_suffix(".json").name]
     if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
-        written.append(image_name)
-    written.append(viewer_path_for(dot_path, out_dir / image_name).name)
-    line = (
+        written.append(image_path.name)
+    written.append(viewer_path_for(dot_path, image_path).name)
+    return (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; "
         f"wrote {', '.join(written)}"
     )
-    return Published(merged, dot_path, line)
 
 
 def neuronpedia_answers(graph: Graph, config: Config) -> list[tuple[caches.Cache, Any]]:

@@ -23,12 +23,13 @@ import torch
 from sparse_coding.algorithms.trace_graph import TraceGraph
 from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.labels.logit_lens import set_logit_cells
 from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts, site_key
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, with_position
 from sparse_coding.pipelines.inputs import config_batches
-from sparse_coding.pipelines.publish import neuronpedia_answers, run_metadata, write_graph
+from sparse_coding.pipelines.publish import closing_line, neuronpedia_answers, run_metadata, save_caches
 from sparse_coding.pipelines.trace import trace_prompt
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.text.tokenizer import Tokenizer
@@ -177,6 +178,9 @@ def publish_trace(
         answers = neuronpedia_answers(graph, config)
     graph.metadata = trace_metadata(tg, config, tokenizer, transcoders)
     graph.metadata["phases"] = phases.metadata() | {f"trace: {k}": round(v, 3) for k, v in tg.phases.items()}
-    return write_graph(
-        graph, config, config.TRACE_DOT_FILE, config.TRACE_FILE, "trace.py", phases, new_graph, answers
-    ).line
+    out_dir = config.model_data_dir(config.MODEL_DIR)
+    dot_path, image_path = out_dir / config.TRACE_DOT_FILE, out_dir / config.TRACE_FILE
+    with phases.phase("write and render"):
+        merged = update_graph_files(graph, dot_path, image_path, new_graph=new_graph)
+    save_caches(answers)  # after the graph: a failed run leaves the cache as it was
+    return closing_line("trace.py", graph, merged, dot_path, image_path)
