@@ -72,7 +72,6 @@ def _require(module: str, what: str) -> None:
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """export's command line: the options every script takes (`build_parser`) and its own."""
     parser = build_parser(DESCRIPTION, prog, section="Sharing graphs")
     parser.add_argument("graph", help="the graph's .json (or .dot)")
     parser.add_argument("--to", required=True, choices=FORMATS, help="the format to write")

@@ -1,7 +1,4 @@
-"""The fast.py command: gradient cognition graph (Marks et al. 2024) over resid, attn and mlp SAEs.
-
-Run as sparse_coding/fast.py or `sparse-coding fast`; `sparse_coding.cli` adds the shared options.
-"""
+"""The fast.py command: gradient cognition graph (Marks et al. 2024) over resid, attn and mlp SAEs."""
 
 import argparse
 
@@ -25,7 +22,6 @@ def main(config: Config, args: argparse.Namespace) -> str:
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """fast's command line: the options every script takes (`build_parser`) and its own."""
     return build_parser(
         DESCRIPTION,
         prog,

@@ -1,13 +1,7 @@
 """The hist.py command: precluster DATASET and cache percentile SAE activation thresholds.
 
-k-means on neuron-basis residual activations at the first layer of
-ACTS_LAYERS_SLICE picks the sequences that reach KEEPER_CLUSTER_INDEX; each
-spliced SAE feature's threshold is the THRESHOLD_PERCENTILE (99.99th) percentile
-of its activation at their cut ends, with a warning when too few sequences were
-kept for it to resolve (see `sparse_coding.algorithms.thresholds`). fast.py reads
-the cache (`sparse_coding.pipelines.threshold_cache`).
-
-Run as sparse_coding/hist.py or `sparse-coding hist`; `sparse_coding.cli` adds the shared options.
+The maths is `sparse_coding.algorithms.thresholds`; fast.py reads the cache
+(`sparse_coding.pipelines.threshold_cache`).
 """
 
 import argparse
@@ -38,7 +32,6 @@ def main(config: Config, args: argparse.Namespace) -> str:
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """hist's command line: the options every script takes (`build_parser`) and its own."""
     return build_parser(
         DESCRIPTION,
         prog,

@@ -1,11 +1,5 @@
-"""The pipe.py command: ablation cognition graph on the residual-stream SAEs.
-
-Zero-ablates resid features at each layer of ACTS_LAYERS_SLICE and draws their
-effects on the next layer's features and on the next-token log-probabilities
-(see `sparse_coding.algorithms.ablation_graph`).
-
-Run as sparse_coding/pipe.py or `sparse-coding pipe`; `sparse_coding.cli` adds the shared options.
-"""
+"""The pipe.py command: ablation cognition graph on the residual-stream SAEs
+(`sparse_coding.algorithms.ablation_graph`)."""
 
 import argparse
 
@@ -29,7 +23,6 @@ def main(config: Config, args: argparse.Namespace) -> str:
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """pipe's command line: the options every script takes (`build_parser`) and its own."""
     parser = build_parser(
         DESCRIPTION,
         prog,

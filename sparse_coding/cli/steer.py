@@ -1,13 +1,8 @@
 """The steer.py command: test what a graph claims by intervening on features and generating.
 
-Applies the STEER interventions (or ``--node ID``'s, or a graph's strongest
-feature nodes, ``--from-graph PATH``) while generating from PROMPT or DATASET rows, and
-prints the clean and steered continuations side by side with the tokens whose
+Prints the clean and steered continuations side by side with the tokens whose
 probability rose and fell most at each step; ``--curve`` sweeps the CURVE key's
-intervention instead and draws the response of watched features and the
-answer. Writes DATA_DIR/<model>/steering.json (or response_curve.{json,png,svg}).
-
-Run as sparse_coding/steer.py or `sparse-coding steer`; `sparse_coding.cli` adds the shared options.
+intervention instead and draws the response of watched features and the answer.
 """
 
 import argparse
@@ -58,7 +53,6 @@ def command_line_edits(args: argparse.Namespace):
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """steer's command line: the options every script takes (`build_parser`) and its own."""
     parser = build_parser(
         DESCRIPTION,
         prog,

@@ -1,7 +1,4 @@
-"""The trace.py command: attribution graph through transcoders (Ameisen et al. 2025, "Circuit Tracing").
-
-Run as sparse_coding/trace.py or `sparse-coding trace`; `sparse_coding.cli` adds the shared options.
-"""
+"""The trace.py command: attribution graph through transcoders (Ameisen et al. 2025, "Circuit Tracing")."""
 
 import argparse
 
@@ -33,7 +30,6 @@ def main(config: Config, args: argparse.Namespace) -> str:
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """trace's command line: the options every script takes (`build_parser`) and its own."""
     return build_parser(
         DESCRIPTION,
         prog,

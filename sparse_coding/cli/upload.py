@@ -34,7 +34,6 @@ def main(config: Config, args: argparse.Namespace) -> str:
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """upload's command line: the options every script takes (`build_parser`) and its own."""
     parser = build_parser(DESCRIPTION, prog, section="Sharing graphs")
     parser.add_argument("file", help="a <stem>.neuronpedia.json file (sparse-coding export --to neuronpedia)")
     parser.add_argument(

@@ -3,8 +3,6 @@
 Ablates every feature of VALIDATION_DIMS_PINNED (or of a graph's feature nodes,
 ``--from-graph PATH``) over DATASET or PROMPT (INTERP_SOURCE), prints how
 next-token probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
-
-Run as sparse_coding/val.py or `sparse-coding val`; `sparse_coding.cli` adds the shared options.
 """
 
 import argparse
@@ -43,7 +41,6 @@ def main(config: Config, args: argparse.Namespace) -> str:
 
 
 def command_line(prog: str | None = None) -> argparse.ArgumentParser:
-    """val's command line: the options every script takes (`build_parser`) and its own."""
     parser = build_parser(
         DESCRIPTION,
         prog,

@@ -1,27 +1,22 @@
-"""val.py's circuit and the settings it is validated with, known before anything loads.
+"""val.py's circuit and the settings it is validated with, known before anything loads (no torch).
 
 The circuit is VALIDATION_DIMS_PINNED or the feature nodes of a pipe.py /
-fast.py / trace.py graph file (a positioned node, ``resid_9.331@7``, as its
-feature at every position: val.py ablates features) (``--from-graph``, one
-run's with ``--run``), as site key -> sorted feature indices
-(``{"resid_3": [331]}``, ``{"tc_3": [12]}``), with a graph's error nodes
-beside it. A trace.py graph's error nodes are its transcoders' MLP error
-terms, which val.py keeps in every run, so they join no circuit. Its SAE
-layers are checked against ACTS_LAYERS_SLICE here, before the model and SAEs
-load, whenever the model's layer count is known
-(`preflight.model_layer_count`) or the slice's bounds are explicit.
+fast.py / trace.py graph file (``--from-graph``, one run's with ``--run``; a
+positioned node ``resid_9.331@7`` counts as its feature at every position), as
+site key -> sorted feature indices (``{"resid_3": [331]}``, ``{"tc_3": [12]}``),
+with a graph's error nodes beside it. A trace.py graph's error nodes are its
+transcoders' MLP error terms, which val.py keeps in every run, so they join no
+circuit. Its SAE layers are checked against ACTS_LAYERS_SLICE before loading
+whenever the layer count (`preflight.model_layer_count`) or the slice's bounds are known.
 
-A graph remembers the settings of the runs that made it: without
-``--config``, val.py validates it with its latest run's model, SAEs, slice
-and text (the hardware keys excepted); with a ``--config`` whose model or
-SAE sources differ from the graph's, it stops, since the feature indices
+Without ``--config``, val.py validates a graph with its latest run's model,
+SAEs, slice and text (the hardware keys excepted); a ``--config`` whose model
+or SAE sources differ from the graph's stops it, since the feature indices
 would name other features.
-
-Light on purpose (no torch): the script's preflight phase runs all of it.
 """
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from sparse_coding.config import Config, config_from_dict
@@ -55,16 +50,11 @@ def circuit_from_graph(graph: Graph, path: Path, run: str | None = None) -> Circ
     Raises:
         GraphFileError: the graph has no such run, or no feature node to validate.
     """
-    node_ids = graph.nodes.keys() if run is None else graph.run_node_ids(_known_run(graph, path, run))
     circuit: Circuit = {}
     positioned = 0
-    for node_id in node_ids:
-        try:
-            (site, layer, feature), position = parse_positioned_id(node_id)
-        except ValueError:  # e.g. a logit node
-            continue
+    for key, feature, position in _parsed_nodes(graph, run if run is None else _known_run(graph, path, run)):
         if feature is not None:
-            circuit.setdefault(site_key(site, layer), []).append(feature)
+            circuit.setdefault(key, []).append(feature)
             positioned += position is not None
     if positioned:
         logger.info(
@@ -73,12 +63,12 @@ def circuit_from_graph(graph: Graph, path: Path, run: str | None = None) -> Circ
             path,
             positioned,
         )
-    circuit = {key: sorted(set(dims)) for key, dims in circuit.items()}
+    circuit = {key: sorted(set(dims)) for key, dims in sorted(circuit.items())}
     n_features = sum(map(len, circuit.values()))
     if not n_features:
         raise GraphFileError(f"graph file {path} has no feature nodes to validate ({runs_text(graph, run)})")
     logger.info("%s (%s): %d features to validate", path, runs_text(graph, run), n_features)
-    return {key: sorted(dims) for key, dims in sorted(circuit.items())}
+    return circuit
 
 
 def _known_run(graph: Graph, path: Path, run: str) -> str:
@@ -110,16 +100,18 @@ def read_graph(path: Path) -> Graph:
 
 def error_nodes_from_graph(graph: Graph, run: str | None = None) -> list[str]:
     """Site keys of a graph's error nodes (``mlp_error_7`` -> ``mlp_7``), of one run if given."""
-    node_ids = graph.nodes.keys() if run is None else graph.run_node_ids(run)
-    keys = set()
-    for node_id in node_ids:
+    return sorted({key for key, feature, _ in _parsed_nodes(graph, run) if feature is None})
+
+
+def _parsed_nodes(graph: Graph, run: str | None) -> Iterator[tuple[str, int | None, int | None]]:
+    """(site key, feature (None: an error node), position) of each SAE, transcoder or error node
+    of `graph` (of one run, if given)."""
+    for node_id in graph.nodes.keys() if run is None else graph.run_node_ids(run):
         try:
-            (site, layer, feature), _ = parse_positioned_id(node_id)
+            (site, layer, feature), position = parse_positioned_id(node_id)
         except ValueError:  # e.g. a logit node
             continue
-        if feature is None:
-            keys.add(site_key(site, layer))
-    return sorted(keys)
+        yield site_key(site, layer), feature, position
 
 
 def circuit_and_source(

@@ -1,10 +1,8 @@
 """fast.py's pipeline: config -> examples -> gradient graph (Marks et al. 2024) -> graph files.
 
-Examples come from PAIRS_FILE (NUM_EXAMPLES JSONL rows), else from PROMPT
-(+ PATCH_PROMPT, ANSWER, PATCH_ANSWER) as one example; they are batched by
-BATCH_SIZE. METRIC, BASELINE, IG_STEPS, SELECTION (NUM_DOWN_NODES /
-NUM_UP_NODES or NODE_THRESHOLD / EDGE_THRESHOLD), NODE_POSITIONS and
-NODE_ESTIMATOR shape the graph; hist.py's cached thresholds, when they match the run, choose down-nodes.
+Examples come from PAIRS_FILE, else from PROMPT (+ PATCH_PROMPT, ANSWER,
+PATCH_ANSWER) as one example; hist.py's cached thresholds, when they match the
+run, choose down-nodes.
 """
 
 import logging

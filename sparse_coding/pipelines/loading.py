@@ -1,11 +1,5 @@
-"""From a Config to a spliced model: the one loading path every script shares.
-
-Each script names the SAE sites it needs, either as whole sites over
-ACTS_LAYERS_SLICE (pipe.py: resid; fast.py and hist.py: every configured site)
-or as explicit (site, layer) pairs (val.py: its circuit's sites), and gets
-MODEL_DIR with exactly those SAEs spliced; steer.py and val.py also ask for
-TRANSCODERS when they edit transcoder features (`splicing.transcoder_site`).
-"""
+"""From a Config to a spliced model: the one loading path every script shares, with exactly the
+SAEs (and TRANSCODERS) a script names spliced."""
 
 import dataclasses
 import logging

@@ -1,11 +1,5 @@
-"""pipe.py's run: from a Config to the published ablation graph.
-
-The algorithm is `sparse_coding.algorithms.ablation_graph` (spliced model,
-token batch and keyword options in, graph out); this is its config glue:
-which sequences are interpreted (PROMPT or the first NUM_SEQUENCES_INTERPED
-of DATASET), which resid features DIMS_PINNED pins, the graph's summary, and
-publishing it.
-"""
+"""pipe.py's run: the config glue of `sparse_coding.algorithms.ablation_graph`: which sequences
+are interpreted, which resid features DIMS_PINNED pins, the graph's summary, and publishing it."""
 
 import itertools
 import logging

@@ -1,14 +1,9 @@
 """Checks that need only the config and the files, run before any model or SAE loads.
 
 A run that cannot succeed should say so in its first second, not after
-minutes of loading: an image extension dot cannot draw, an existing graph file
-that cannot be read (read as strictly as the merge reads it: an edge to a
-missing node, a non-finite number, runs of the wrong type), an output folder
-that cannot be written or that a link leads out of DATA_DIR, a PAIRS_FILE that
-is not JSON Lines text, a local MODEL_DIR that does not exist, and — offline
-or without network — anything missing from the Hugging Face cache (one
-message listing every download with its size, `downloads`, instead of a retry
-per file).
+minutes of loading. An existing graph file is read as strictly as the merge
+reads it; offline or without network, one message lists every download missing
+from the Hugging Face cache, with its size (`downloads`), instead of a retry per file.
 """
 
 import json

@@ -1,9 +1,6 @@
-"""Label a freshly computed graph and merge it into the graph files of a run.
+"""Label a freshly computed pipe.py or fast.py graph and merge it into the run's graph files
+(trace.py shares `closing_line` and `save_caches`).
 
-Shared by pipe.py and fast.py: metadata (this run's record), top-activating
-contexts (from the contexts cache, collected where it lacks them), direct
-logit effects, Neuronpedia explanations, then `graph_files.update_graph_files`
-(locked merge into the canonical .json, the .dot, image and page redrawn).
 The caches the labels grew (contexts, Neuronpedia answers) are written only
 after the graph files are committed, so a run that fails changes nothing; a
 cache that cannot be written then is a warning, since the run's result is
@@ -95,28 +92,32 @@ def publish_graph(
     with phases.phase("labels: Neuronpedia"):
         answers = neuronpedia_answers(graph, config)
     graph.metadata["phases"] = phases.metadata()
-    dot_path = out_dir / dot_name
+    dot_path, image_path = out_dir / dot_name, out_dir / image_name
     with phases.phase("write and render"):
-        merged = update_graph_files(graph, dot_path, out_dir / image_name, new_graph=new_graph)
+        merged = update_graph_files(graph, dot_path, image_path, new_graph=new_graph)
     save_caches([grown, *answers])  # after the graph: a failed run leaves every cache as it was
-    written = [str(dot_path), dot_path.with_suffix(".json").name]
-    if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
-        written.append(image_name)
-    written.append(viewer_path_for(dot_path, out_dir / image_name).name)
     log_config_run(
         config,
         script=script,
         summary=run_summary(graph, merged),
-        files=[dot_path.with_suffix(".json"), viewer_path_for(dot_path, out_dir / image_name)],
-        image=out_dir / image_name,
+        files=[dot_path.with_suffix(".json"), viewer_path_for(dot_path, image_path)],
+        image=image_path,
         out_dir=out_dir,
     )
-    line = (
+    return Published(merged, dot_path, closing_line(script, graph, merged, dot_path, image_path))
+
+
+def closing_line(script: str, graph: Graph, merged: Graph, dot_path: Path, image_path: Path) -> str:
+    """The terminal's line for a run's graph merged into `merged`: sizes, summary, the files written."""
+    written = [str(dot_path), dot_path.with_suffix(".json").name]
+    if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
+        written.append(image_path.name)
+    written.append(viewer_path_for(dot_path, image_path).name)
+    return (
         f"{script}: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
         f"{len(merged.edges)} edges in the graph); {graph.metadata.get('summary', '')}; "
         f"wrote {', '.join(written)}"
     )
-    return Published(merged, dot_path, line)
 
 
 def neuronpedia_answers(graph: Graph, config: Config) -> list[tuple[caches.Cache, Any]]:

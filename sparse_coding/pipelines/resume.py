@@ -1,11 +1,8 @@
 """A script run's checkpoint, from the config: where it lives and what must match to resume it.
 
-`run_checkpoint` opens `sparse_coding.runtime.checkpoints.checkpointed` for one run of
-a script: the file DATA_DIR/<model>/checkpoints/<script>.ckpt, saved every
-CHECKPOINT_EVERY batches, and the fingerprint a checkpoint must share with the
-run to be resumed: the model's and SAEs' files, the dataset's identity,
-every config key except those that do not shape the result (UNSHAPING_KEYS),
-and the script's own inputs (PAIRS_FILE's identity, ``--from-graph``).
+`run_checkpoint` opens `sparse_coding.runtime.checkpoints.checkpointed` for one
+run of a script, saved every CHECKPOINT_EVERY batches; a checkpoint is resumed
+only by a run with the same fingerprint (`run_fingerprint`).
 """
 
 from collections.abc import Mapping

@@ -1,12 +1,7 @@
-"""steer.py's run: load the SAEs the plan names, generate or sweep, write and report.
+"""steer.py's run: load the SAEs the plan (`pipelines.steer_plan`) names, generate or sweep, write and report.
 
-The plan (`pipelines.steer_plan`: interventions from STEER or a graph,
-prompts, checks) is made before anything loads. Only the SAEs of the
-intervened and watched nodes are loaded, so every other site runs plain;
-TRANSCODERS too when a node is a transcoder feature.
-Generation (`algorithms.steering.steer`) writes ``DATA_DIR/<model>/steering.json``;
-a response curve (`algorithms.response_curve`) writes
-``response_curve.{json,png,svg}``; both return the printed report.
+Only the SAEs of the intervened and watched nodes are loaded, so every other
+site runs plain; TRANSCODERS too when a node is a transcoder feature.
 """
 
 import logging

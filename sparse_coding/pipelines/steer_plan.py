@@ -1,19 +1,12 @@
 """What steer.py will do, decided and checked before the model and the SAEs load.
 
-The interventions come from STEER, or from a graph (``--from-graph``: its
+The interventions come from STEER, ``--node``, or a graph (``--from-graph``: its
 `top` strongest feature nodes, by |attribution| (fast.py; trace.py's
-influence) or else their largest |edge effect| (pipe.py), each set, scaled
-or steered alike, the graph's other feature nodes watched); a response curve
-from CURVE (``--curve``). The prompts are the texts pipe.py reads: PROMPT, or
-the first NUM_SEQUENCES_INTERPED rows of DATASET (INTERP_SOURCE), each at
-most MAX_SEQ_INTERPED_LEN tokens.
-
-Checked here, each with one message naming the key, the value and what is
-valid: every SAE node's site has an SAE source and its index lies within
-that SAE's width (its cfg.json); transcoder nodes (``tc_``, ``clt_``) need
-TRANSCODERS, of their kind and width once loaded (`check_transcoder_nodes`);
-every listed position lies within every prompt, and the curve's answer is
-one token.
+influence) or else their largest |edge effect| (pipe.py), the graph's other
+feature nodes watched); a response curve from CURVE (``--curve``). The prompts
+are the texts pipe.py reads: PROMPT, or the first NUM_SEQUENCES_INTERPED rows
+of DATASET (INTERP_SOURCE), each at most MAX_SEQ_INTERPED_LEN tokens. Every
+check here raises one message naming the key, the value and what is valid.
 """
 
 import itertools
@@ -25,9 +18,9 @@ from sparse_coding.config import Config
 from sparse_coding.config.steering import CurveSpec, FeatureEdit, Positions, parse_edit
 from sparse_coding.errors import ConfigError, GraphFileError
 from sparse_coding.graphs.graph import Graph
-from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.models.sae_sources import read_cfg, resolve_source
 from sparse_coding.nodes import SITES, TRANSCODER_KINDS, parse_node_id
+from sparse_coding.pipelines.circuit import read_graph
 from sparse_coding.pipelines.inputs import interpreted_texts
 from sparse_coding.pipelines.preflight import preflight, settled_prepend_bos
 from sparse_coding.text.batches import TokenBatch, text_ids
@@ -101,7 +94,12 @@ def plan_steering(
     pairs = sae_pairs(nodes)
     check_sources_set(config, nodes, pairs, source)
     transcoders = any(parse_node_id(node).site in TRANSCODER_KINDS for node in nodes)
-    preflight(config, sae_sites=pairs, extra_downloads=_transcoder_downloads(config) if transcoders else ())
+    downloads = []
+    if transcoders:
+        from sparse_coding.pipelines.trace import transcoder_downloads  # imports torch
+
+        downloads = transcoder_downloads(config)
+    preflight(config, sae_sites=pairs, extra_downloads=downloads)
     tokenizer = load_tokenizer(config.MODEL_DIR)
     texts = list(itertools.islice(interpreted_texts(config), config.NUM_SEQUENCES_INTERPED))
     plan = SteerPlan(
@@ -170,12 +168,6 @@ def sae_pairs(nodes: list[str]) -> list[tuple[str, int]]:
     """The (site, layer) of every SAE feature node, once each (transcoder nodes have none)."""
     parsed = (parse_node_id(node) for node in nodes)
     return list(dict.fromkeys(node[:2] for node in parsed if node.site in SITES))
-
-
-def _transcoder_downloads(config: Config) -> list:
-    from sparse_coding.pipelines.trace import transcoder_downloads  # imports torch
-
-    return transcoder_downloads(config)
 
 
 def check_sources_set(config: Config, nodes: list[str], pairs: list[tuple[str, int]], source: str) -> None:
@@ -262,11 +254,7 @@ def node_edits(choice: CommandLineEdits) -> list[FeatureEdit]:
 def graph_edits(choice: CommandLineEdits) -> tuple[list[FeatureEdit], list[str], str]:
     """The graph's `top` strongest feature nodes as edits, its other feature nodes as watched ones."""
     path = choice.graph
-    if path.suffix not in (".json", ".dot"):
-        raise GraphFileError(f"graph file {path} must end in .json or .dot")
-    graph = load_graph(path) if path.is_file() else None
-    if graph is None:
-        raise GraphFileError(f"graph file {path} does not exist")
+    graph = read_graph(path)
     ranked = sorted(_feature_strengths(graph).items(), key=lambda item: (-item[1], item[0]))
     if not ranked:
         raise GraphFileError(

@@ -1,10 +1,7 @@
 """The response curve drawn with matplotlib: PNG and SVG bytes from response_curve.json's data.
 
-Top panel: each watched feature's activation at the prompt's last token
-against the swept value (one line per node id); bottom panel: log p(answer)
-after that token. Mean over the prompts when there are several. The caption
-states the sign convention. Drawn on a `Figure` of its own (no pyplot), so a
-notebook's backend and figures are left alone.
+Drawn on a `Figure` of its own (no pyplot), so a notebook's backend and
+figures are left alone.
 """
 
 import io
@@ -48,12 +45,8 @@ def curve_figure(data: dict) -> Figure:
     figure.suptitle(f"Response curve of {data['node']} ({data['kind']} at {where})")
     figure.get_layout_engine().set(h_pad=0.15)
     caption = data["sign_convention"]["curve"]
-    figure.supxlabel(_wrap(caption, 110), fontsize="small", color="dimgray")
+    figure.supxlabel("\n".join(textwrap.wrap(caption, 110)), fontsize="small", color="dimgray")
     return figure
-
-
-def _wrap(text: str, width: int) -> str:
-    return "\n".join(textwrap.wrap(text, width))
 
 
 def curve_images(data: dict) -> dict[str, bytes]:

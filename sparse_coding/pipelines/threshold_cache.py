@@ -1,8 +1,4 @@
-"""The cache of hist.py's thresholds: written by hist.py, read by fast.py.
-
-Kept apart from `thresholds` (the preclustering and percentile maths)
-because it is file handling: what a cache depends on, atomic writes, and
-telling a stale cache from a usable one in words.
+"""The cache of hist.py's thresholds: written by hist.py, read by fast.py (the maths is `thresholds`).
 
 Cache (one `sparse_coding.files.cache.Cache`), under
 `config.model_data_dir(MODEL_DIR)`, written atomically:
@@ -20,8 +16,6 @@ Cache (one `sparse_coding.files.cache.Cache`), under
   computed them) for people. The safetensors header
   holds the same JSON (`thresholds_json`), and that copy is the one read, so
   two files from different runs are never taken as one cache.
-`load_thresholds` uses a cache only when the fingerprints agree and it covers
-every spliced site (it may cover more).
 """
 
 import json
@@ -87,18 +81,20 @@ def thresholds_cache(config: Config, spliced: SplicedModel) -> Cache[dict[str, T
         return save(values, metadata={"thresholds_json": text})
 
     def why_stale(stored: Stored[dict[str, Tensor]], key: dict[str, Any]) -> list[str]:
-        return _differences(stored.key, key, stored.value, spliced)
+        found = fingerprint_differences(stored.key, key)
+        for site in spliced.sites:
+            if site.key not in stored.value or site.key not in stored.key.get("saes", {}):
+                found.append(f"no threshold for site {site.key}")
+            elif (shape := tuple(stored.value[site.key].shape)) != (site.sae.d_sae,):
+                found.append(f"{site.key} has {shape[0]} thresholds, its SAE {site.sae.d_sae} features")
+        return found
 
     path = config.model_data_dir(config.MODEL_DIR) / THRESHOLDS_FILE
     return Cache(path, cache_key(config, spliced), encode, _decode, why_stale, inside=config.DATA_DIR)
 
 
 def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResult) -> Path:
-    """Write thresholds.safetensors and thresholds.json atomically; returns the safetensors path.
-
-    The safetensors header carries the same JSON, so a pair of files from two
-    different runs can never be mistaken for one cache.
-    """
+    """Write thresholds.safetensors and thresholds.json atomically; returns the safetensors path."""
     store = thresholds_cache(config, spliced)
     store.key |= {
         "slice": config.ACTS_LAYERS_SLICE,
@@ -155,18 +151,3 @@ def _decode(data: bytes) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if "thresholds_json" not in metadata:
         raise ValueError("no thresholds_json metadata in its header")
     return json.loads(metadata["thresholds_json"]), load(data)
-
-
-def _differences(
-    cached: dict[str, Any], current: dict[str, Any], values: dict[str, Tensor], spliced: SplicedModel
-) -> list[str]:
-    """What keeps a cache from serving this run, in words; empty when it fits."""
-    found = fingerprint_differences(cached, current)
-    for site in spliced.sites:
-        if site.key not in values or site.key not in cached.get("saes", {}):
-            found.append(f"no threshold for site {site.key}")
-        elif tuple(values[site.key].shape) != (site.sae.d_sae,):
-            found.append(
-                f"{site.key} has {values[site.key].shape[0]} thresholds, its SAE {site.sae.d_sae} features"
-            )
-    return found

@@ -10,8 +10,6 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import torch
-
 from sparse_coding.algorithms.trace_graph import TraceGraph, TraceOptions, trace_graph
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
@@ -19,9 +17,9 @@ from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype, tokenize_prompt
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.pipelines.downloads import Download
+from sparse_coding.pipelines.loading import load_config_transcoders
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.text.tokenizer import Tokenizer
-from sparse_coding.transcoders.loading import load_transcoders
 from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer, transcoders_bos
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
@@ -61,28 +59,6 @@ def _model_layers(model_dir: str) -> int:
         return 12  # the loader reports an unreadable model with its own message
 
 
-def load_trace_inputs(
-    config: Config, phases: PhaseTimer
-) -> tuple[GPT2, Tokenizer, TranscoderSet, torch.Tensor]:
-    """MODEL_DIR, its tokenizer, TRANSCODERS for it, and the prompt's token ids (pos,)."""
-    device = resolve_device(config.DEVICE)
-    dtype = resolve_dtype(config.DTYPE)
-    with phases.phase("model load"):
-        model, tokenizer = load_model(config.MODEL_DIR, device, dtype)
-    with phases.phase("transcoder load"):
-        transcoders = load_transcoders(
-            config.TRANSCODERS, n_layers=model.config.n_layer, d_model=model.config.n_embd, device=device,
-            dtype=resolve_dtype(config.SAE_DTYPE, dtype), lazy_decoders=config.TRANSCODER_LAZY_DECODERS,
-        )  # fmt: skip
-    ids = tokenize_prompt(
-        tokenizer,
-        trace_prompt(config),
-        prepend_bos=trace_prepend_bos(config),
-        max_len=model.config.n_positions,
-    )
-    return model, tokenizer, transcoders, ids[0].to(device)
-
-
 def trace_prepend_bos(config: Config, *, warn: bool = False) -> bool:
     """PREPEND_BOS for trace.py: unset, as TRANSCODERS were trained (`sources.trained_prepend_bos`;
     True when nothing records it, as circuit-tracer always prepends it); set, the key (`warn`:
@@ -99,9 +75,18 @@ def compute_trace(
 ) -> tuple[TraceGraph, GPT2, Tokenizer, TranscoderSet]:
     """The attribution graph of the config's prompt, with the model, tokenizer and transcoders it used."""
     phases = phases or PhaseTimer()
-    model, tokenizer, transcoders, ids = load_trace_inputs(config, phases)
+    device = resolve_device(config.DEVICE)
+    dtype = resolve_dtype(config.DTYPE)
+    with phases.phase("model load"):
+        model, tokenizer = load_model(config.MODEL_DIR, device, dtype)
+    with phases.phase("transcoder load"):
+        transcoders = load_config_transcoders(config, model, device, resolve_dtype(config.SAE_DTYPE, dtype))
+    prepend_bos = trace_prepend_bos(config)
+    ids = tokenize_prompt(
+        tokenizer, trace_prompt(config), prepend_bos=prepend_bos, max_len=model.config.n_positions
+    )[0].to(device)
     with phases.phase("compute: attribution graph"):
-        bos = tokenizer.bos_token_id if trace_prepend_bos(config) else None
+        bos = tokenizer.bos_token_id if prepend_bos else None
         graph = trace_graph(
             model, transcoders, ids, bos_token_id=bos, options=config.options(TraceOptions, prefix="TRACE_")
         )

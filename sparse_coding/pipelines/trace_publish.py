@@ -17,20 +17,19 @@ score, which a Neuronpedia export carries).
 """
 
 import logging
-import shutil
 
 import torch
 
 from sparse_coding.algorithms.trace_graph import TraceGraph
 from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
+from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.labels.logit_lens import set_logit_cells
 from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts, site_key
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, with_position
 from sparse_coding.pipelines.inputs import config_batches
-from sparse_coding.pipelines.publish import neuronpedia_answers, run_metadata, save_caches
+from sparse_coding.pipelines.publish import closing_line, neuronpedia_answers, run_metadata, save_caches
 from sparse_coding.pipelines.trace import trace_prompt
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.text.tokenizer import Tokenizer
@@ -184,11 +183,4 @@ def publish_trace(
     with phases.phase("write and render"):
         merged = update_graph_files(graph, dot_path, image_path, new_graph=new_graph)
     save_caches(answers)  # after the graph: a failed run leaves the cache as it was
-    written = [str(dot_path), dot_path.with_suffix(".json").name]
-    if shutil.which("dot") is not None:
-        written.append(image_path.name)
-    written.append(viewer_path_for(dot_path, image_path).name)
-    return (
-        f"trace.py: {len(graph.nodes)} nodes, {len(graph.edges)} edges this run ({len(merged.nodes)} nodes, "
-        f"{len(merged.edges)} edges in the graph); {graph.metadata['summary']}; wrote {', '.join(written)}"
-    )
+    return closing_line("trace.py", graph, merged, dot_path, image_path)

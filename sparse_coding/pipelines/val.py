@@ -1,14 +1,9 @@
-"""val.py's run: the circuit from the config or a graph file, its SAEs, the report.
+"""val.py's run: the circuit from the config or a graph file (`pipelines.circuit`), its SAEs, the report.
 
-VALIDATION_DIMS_PINNED or a pipe.py/fast.py graph file becomes a `Circuit`
-(`pipelines.circuit`, checked against the slice before anything loads), with a
-graph's error nodes as site keys beside it; the model is loaded with every SAE site
-of ACTS_LAYERS_SLICE (Marks et al.'s M), or, for a trace.py graph's transcoder
-features, with every TRANSCODERS layer (M is then the replacement model with
-its error terms: the model itself); `validate_circuit`
-(`sparse_coding.algorithms.validation`, which defines the measures) runs over
-DATASET or PROMPT; the report is printed and written to
-DATA_DIR/<model>/validation.json.
+The model is loaded with every SAE site of ACTS_LAYERS_SLICE (Marks et al.'s
+M), or, for a trace.py graph's transcoder features, with every TRANSCODERS
+layer (M is then the replacement model with its error terms: the model
+itself); `sparse_coding.algorithms.validation` defines the measures.
 """
 
 import logging
