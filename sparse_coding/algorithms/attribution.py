@@ -32,6 +32,8 @@ active in the clean run or the baseline; 3. node attributions. Edges are in
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -316,19 +318,11 @@ def check_finite(grads) -> None:
         )
 
 
-def timed(label: str):
-    """Context manager logging a phase's wall time."""
-    return _Timer(label)
-
-
-class _Timer:
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def __enter__(self) -> "_Timer":
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start
-        logger.info("%s: %.2fs", self.label, self.seconds)
+@contextmanager
+def timed(label: str) -> Iterator[None]:
+    """Log a phase's wall time."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        logger.info("%s: %.2fs", label, time.perf_counter() - start)

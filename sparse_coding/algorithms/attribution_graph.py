@@ -18,12 +18,8 @@ Phases:
        Marks et al.'s code (saprmarks/feature-circuits, `get_circuit`) does;
     5. optionally (exact) the down-nodes' exact effects, and the correlation
        of the linear estimates with them;
-    6. graph: topk, per down-node and upstream site the NUM_UP_NODES most
-       positive and most negative feature edges plus the upstream error
-       edges, pruned to what reaches the slice's last layer; threshold
-       (Marks et al. 2024, section 3), the nodes of phase 3 and the edges
-       with |mean| > EDGE_THRESHOLD whose both ends are such nodes; the
-       features' share of total |attribution| as the summary.
+    6. graph: the nodes and edges SELECTION keeps (`circuit_selection`), and
+       the features' share of total |attribution| as the summary.
 
 Phases 1-2, 4 and 5 fold each batch into running totals
 (`attribution_totals`, `sharding.run_pass`): under torchrun each rank
@@ -113,14 +109,27 @@ def gradient_graph(
         )
     summaries = nodes.summaries(spliced.device)
     down_nodes = choose_down_nodes(summaries, options, thresholds=thresholds, layout=layout)
+
+    def add_edges(totals: EdgeTotals, index: int, batch: TokenBatch) -> None:
+        """Phase 4 for one batch: edges summed over its examples."""
+        sets = edges(
+            spliced,
+            batch,
+            attributions(index, batch),
+            down_nodes,
+            batched=options.batched_edges,
+            ig_steps=options.ig_steps,
+            layout=layout,
+            node_threshold=options.gate,
+        )
+        totals.add(sets)
+
     with timed("Edges"):
         edge_totals = run_pass(
             "fast: edges",
             batches,
             empty=EdgeTotals,
-            add=lambda totals, i, batch: totals.add(
-                _edge_phase(spliced, batch, attributions(i, batch), down_nodes, options, layout)
-            ),
+            add=add_edges,
             desc="Edges of the examples",
             total=len(batches),
             leave=False,
@@ -146,47 +155,19 @@ def _kept_attributions(
     def attributions(index: int, batch: TokenBatch) -> dict[str, SiteAttribution]:
         if index in kept:
             return kept[index]
-        computed = _node_phase(spliced, batch, options, means)
+        computed = node_attributions(
+            spliced,
+            batch,
+            metric=options.metric,
+            baseline=options.baseline,
+            means=means,
+            ig_steps=options.ig_steps,
+        )
         if len(kept) < KEPT_BATCHES:
             kept[index] = computed
         return computed
 
     return attributions
-
-
-def _node_phase(
-    spliced: SplicedModel, batch: TokenBatch, options: GraphOptions, means: dict[str, Tensor] | None
-) -> dict[str, SiteAttribution]:
-    """Phase 1 for one batch."""
-    return node_attributions(
-        spliced,
-        batch,
-        metric=options.metric,
-        baseline=options.baseline,
-        means=means,
-        ig_steps=options.ig_steps,
-    )
-
-
-def _edge_phase(
-    spliced: SplicedModel,
-    batch: TokenBatch,
-    attributions: dict[str, SiteAttribution],
-    down_nodes: dict[str, Tensor],
-    options: GraphOptions,
-    layout: NodeLayout,
-) -> list[EdgeSet]:
-    """Phase 4 for one batch: edges summed over its examples."""
-    return edges(
-        spliced,
-        batch,
-        attributions,
-        down_nodes,
-        batched=options.batched_edges,
-        ig_steps=options.ig_steps,
-        layout=layout,
-        node_threshold=options.gate,
-    )
 
 
 def summarize(
