@@ -34,10 +34,8 @@ warning. Also measured: CE clean m(M) and ablated m(zero); mean KL(clean ||
 zero) over every real position; the next-token distribution after each
 sequence's last real token, averaged over sequences.
 
-Sums are taken in float32 per batch on the device and accumulated in float64
-on the CPU (NumPy): MPS has no float64. Under torchrun each rank sums its
-share of the batches and the sums are added over the ranks
-(`sparse_coding.runtime.sharding`).
+Sums are accumulated as `feature_means` accumulates them (float64 on the CPU,
+added over torchrun ranks).
 
 Phases:
     1. means: a clean pass sums every site's features and errors over real tokens
@@ -99,8 +97,6 @@ class ValidationResult(NamedTuple):
     probs_ablated: Tensor
 
 
-
-
 def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
     """(n, 3) rows (batch row, position, feature): each circuit feature, each real token."""
     where = real.nonzero()  # (n_real, 2)
@@ -110,9 +106,6 @@ def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
         rows = where.repeat_interleave(len(feats), dim=0)
         targets[key] = torch.cat([rows, feats.repeat(len(where))[:, None]], dim=1)
     return targets
-
-
-# ---------------------------------------------------------------- the passes
 
 
 @dataclass
@@ -155,10 +148,6 @@ def _last_probs(log_probs: Tensor, batch: TokenBatch) -> np.ndarray:
     return cpu_total(log_probs[rows, last].exp())
 
 
-def _add_cross_entropy(sums: _ValidationTotals, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
-    sums.ce[name] += _cross_entropy_sum(log_probs, batch)
-
-
 def _add_batch(
     spliced: SplicedModel,
     batch: TokenBatch,
@@ -172,13 +161,13 @@ def _add_batch(
     zeroed = _log_probs(spliced, batch, zero_ablation(_zero_targets(circuit, real)))
     kl = F.kl_div(zeroed, clean, log_target=True, reduction="none").sum(dim=-1)
     sums.kl += float(kl[real].sum())
-    _add_cross_entropy(sums, "full", clean, batch)
-    _add_cross_entropy(sums, "zero", zeroed, batch)
+    sums.ce["full"] += _cross_entropy_sum(clean, batch)
+    sums.ce["zero"] += _cross_entropy_sum(zeroed, batch)
     sums.probs_clean += _last_probs(clean, batch)
     sums.probs_ablated += _last_probs(zeroed, batch)
     del clean, zeroed, kl  # from here on, one vocabulary-sized tensor at a time
     for name, intervention in ablations.items():
-        _add_cross_entropy(sums, name, _log_probs(spliced, batch, intervention), batch)
+        sums.ce[name] += _cross_entropy_sum(_log_probs(spliced, batch, intervention), batch)
     sums.n_predictions += int(batch.attention_mask[:, 1:].sum())
     sums.n_tokens += int(real.sum())
     sums.n_sequences += len(real)
