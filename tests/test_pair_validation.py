@@ -13,7 +13,7 @@ from conftest import hooks, node_value, tiny_config_dict
 
 from sparse_coding.algorithms.feature_means import SiteMeans
 from sparse_coding.algorithms.metrics import METRICS
-from sparse_coding.algorithms.pair_validation import pair_faithfulness
+from sparse_coding.algorithms.validation import pair_faithfulness
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.text.pairs import token_batch
 

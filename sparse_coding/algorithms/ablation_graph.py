@@ -29,13 +29,11 @@ Phases:
    INIT_THINNING_FACTOR, or the pinned one); inactive ones change nothing,
    exactly, and are skipped. Later layers: the features that received an
    edge, plus a pinned one.
-3. Batched ablations (`ablation_rows.AblatedRows`): ablations are a batch
-   dimension, one row per (candidate, sequence) pair where the candidate is
-   active, plus unablated base rows to compare with. Rows run from the
-   cached stream at L through the blocks up to
-   L+1 only (feature effects, read at the last position), then on to the
-   logits. First-layer candidates that keep no edge are never drawn, so
-   their rows skip the logit pass.
+3. Batched ablations (`ablation_rows.AblatedRows`): one row per (candidate,
+   sequence) pair where the candidate is active, plus unablated base rows,
+   run from the cached stream at L to L+1 (feature effects, read at the last
+   position), then on to the logits. First-layer candidates that keep no
+   edge are never drawn, so their rows skip the logit pass.
 4. Graph: edges, logit cells, node activations. The last slice layer has no
    L+1 SAE loaded (the slice names the SAEs the user chose), so its
    candidates get logit cells only.
@@ -238,7 +236,9 @@ def _ablate_layer(
     """
     out = LayerEffects.none_yet(candidates)
     may_go_undrawn = first and next_layer is not None
-    carry_stream = _logit_pass_wants_most_rows(may_go_undrawn, ablations.threshold_exp)
+    # The logit pass wants nearly every row, so ablated streams are carried on to it, unless a
+    # threshold leaves most first-layer candidates undrawn: then it redoes the blocks for its few rows.
+    carry_stream = not may_go_undrawn or ablations.threshold_exp is None
     for chunk in _chunks(candidates, ablations, layer.site.key):
         with torch.inference_mode():
             ablated = AblatedRows(ablations.clean, layer, chunk)
@@ -259,16 +259,6 @@ def _chunks(candidates: Tensor, ablations: _Ablations, key: str) -> Iterator[Ten
     starts = range(0, len(candidates), per_chunk)
     for lo in progress(starts, desc=f"Ablating {key}", leave=False, disable=len(starts) < 2):
         yield candidates[lo : lo + per_chunk]
-
-
-def _logit_pass_wants_most_rows(may_go_undrawn: bool, threshold_exp: float | None) -> bool:
-    """Whether ablated streams are carried on from the next layer to the logit pass.
-
-    The logit pass wants nearly every row unless a threshold leaves most
-    first-layer candidates undrawn; only then does it redo the blocks up to
-    the next layer for its few rows instead (`AblatedRows.run_to_next`).
-    """
-    return not may_go_undrawn or threshold_exp is None
 
 
 def drawn_candidates(chunk: Tensor, has_edge: Tensor, changed: bool, pinned: int | None) -> Tensor:

@@ -32,6 +32,8 @@ active in the clean run or the baseline; 3. node attributions. Edges are in
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -252,7 +254,7 @@ def _integrated_gradients(
     spliced: SplicedModel, batch: TokenBatch, metric: Metric, leaves: dict[str, SiteLeaves], steps: int
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Mean gradients along a' -> a, one site at a time, steps x examples as one batch (midpoint rule)."""
-    alphas = (torch.arange(steps, device=batch.input_ids.device) + 0.5) / steps
+    alphas = path_alphas(steps, batch.input_ids.device, torch.float32)
     mean_v, mean_e = {}, {}
     for key in progress(leaves, desc="Integrated gradients", leave=False):
         lv = leaves[key]
@@ -263,6 +265,13 @@ def _integrated_gradients(
         check_finite((gv, ge))
         mean_v[key], mean_e[key] = gv.mean(0), ge.mean(0)
     return mean_v, mean_e
+
+
+def path_alphas(steps: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Points on the path: the clean point alone for 1 step, else the midpoint rule."""
+    if steps == 1:
+        return torch.ones(1, device=device, dtype=dtype)
+    return (torch.arange(steps, device=device, dtype=dtype) + 0.5) / steps
 
 
 def _replace_site(key: str, leaves: SiteLeaves, values: Tensor, error: Tensor) -> Intervention:
@@ -316,19 +325,11 @@ def check_finite(grads) -> None:
         )
 
 
-def timed(label: str):
-    """Context manager logging a phase's wall time."""
-    return _Timer(label)
-
-
-class _Timer:
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def __enter__(self) -> "_Timer":
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start
-        logger.info("%s: %.2fs", self.label, self.seconds)
+@contextmanager
+def timed(label: str) -> Iterator[None]:
+    """Log a phase's wall time."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        logger.info("%s: %.2fs", label, time.perf_counter() - start)

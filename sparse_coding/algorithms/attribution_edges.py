@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparse_coding.algorithms.attribution import SiteAttribution
+from sparse_coding.algorithms.attribution import SiteAttribution, path_alphas
 from sparse_coding.algorithms.node_slots import SUMMED, NodeLayout
 from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Site, SplicedModel
@@ -61,13 +61,6 @@ def upstream_sites(spliced: SplicedModel, down: Site) -> list[Site]:
     resid_positions = [i for i, site in enumerate(before) if site.kind == "resid"]
     start = resid_positions[-1] if resid_positions else 0
     return before[start:]
-
-
-def path_alphas(steps: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Points on the path: the clean point alone for 1 step, else the midpoint rule."""
-    if steps == 1:
-        return torch.ones(1, device=device, dtype=dtype)
-    return (torch.arange(steps, device=device, dtype=dtype) + 0.5) / steps
 
 
 def edges(
@@ -181,23 +174,16 @@ def _down_node_grads(
         (lv.rows, lv.positions, lv.features), attr.grad_values
     )
     node_values = down.selected_feats(x, features, gate).to(x.dtype)
-    node_values = node_values * _scale(down, x)  # (steps, batch, pos, n): value = activation * scale
+    _, _, std = down.sae.normalize(down.to_sae_space(x))  # differentiable: layer-norm std, else 1
+    node_values = node_values * std.to(x.dtype)  # (steps, batch, pos, n): value = activation * scale
     n = len(column)
     seeds = torch.zeros(n, *node_values.shape, dtype=x.dtype, device=x.device)
     seed_values = grad_dense[..., features[column]].movedim(-1, 0) * masks[n_errors:].to(x.dtype)
     seeds[torch.arange(n), ..., column] = seed_values[:, None]
-    feature_rows = (
-        _vjps(node_values, leaves, seeds, batched=batched)
-        if n
-        else [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
-    )
+    feature_rows = _vjps(node_values, leaves, seeds, batched=batched)
     error = down.error_at(x, tokens, on)
     error_seeds = attr.grad_error[None, None] * masks[:n_errors, None, ..., None].to(x.dtype)
-    error_rows = (
-        _vjps(error, leaves, error_seeds.expand(-1, *error.shape), batched=batched)
-        if n_errors
-        else [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
-    )
+    error_rows = _vjps(error, leaves, error_seeds.expand(-1, *error.shape), batched=batched)
     return [torch.cat([e, f]) for e, f in zip(error_rows, feature_rows, strict=True)]
 
 
@@ -221,6 +207,8 @@ def _vjps(output: Tensor, leaves: list[Tensor], seeds: Tensor, *, batched: bool)
     Batching multiplies the backward's memory by its rows, so at most
     MAX_BATCHED_ROWS seeds go through one backward (thresholds can pick many).
     """
+    if not len(seeds):
+        return [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
     if batched:
         chunks = [
             torch.autograd.grad(
@@ -242,12 +230,6 @@ def _vjps(output: Tensor, leaves: list[Tensor], seeds: Tensor, *, batched: bool)
         torch.stack([row[i] if row[i] is not None else torch.zeros_like(leaf) for row in rows])
         for i, leaf in enumerate(leaves)
     ]
-
-
-def _scale(site: Site, x: Tensor) -> Tensor:
-    """The node-value scale of a site's input, differentiable: layer-norm std, else 1."""
-    _, _, std = site.sae.normalize(site.to_sae_space(x))
-    return std.to(x.dtype)
 
 
 def _edge_sets(

@@ -9,13 +9,12 @@ with features re-read from each site's current input and error terms kept
 patching or IG estimate of `attribution` approximates it to first order. An
 error node at its baseline adds (baseline error - clean error) to its site's
 output (the baseline error of `attribution.site_leaves`), which leaves that
-site's features as they are. Each (node, example)
-pair is one row of a batch, the rows running in chunks of
-`ablation_rows.rows_per_forward` (pairs where a feature is inactive clean and
-at baseline change nothing and are not run).
+site's features as they are. Each (node, example) pair is one row of a batch,
+the rows running in chunks of `ablation_rows.rows_per_forward` (pairs where a
+feature is inactive clean and at baseline change nothing and are not run).
 """
 
-import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -23,10 +22,8 @@ from torch import Tensor
 from sparse_coding.algorithms.ablation_rows import rows_per_forward
 from sparse_coding.algorithms.attribution import SiteAttribution, losses
 from sparse_coding.algorithms.metrics import Metric
-from sparse_coding.splicing.splice import SplicedModel, zero_ablation
+from sparse_coding.splicing.splice import Intervention, Site, SplicedModel, zero_ablation
 from sparse_coding.text.batches import TokenBatch
-
-logger = logging.getLogger(__name__)
 
 
 def exact_effects(
@@ -39,17 +36,18 @@ def exact_effects(
 ) -> dict[str, Tensor]:
     """Per site key, (n,) exact effects of the features `nodes[key]`, summed over the batch's examples."""
     targets, values, example, node = _rows(batch, attributions, nodes)
-    chunk = rows_per_forward(spliced, batch, spliced.sites)
-    with torch.no_grad():
-        clean = losses(spliced, batch, metric)
-        changes = [
-            _run_rows(spliced, batch, metric, targets, values, example, range(start, start + chunk))
-            - clean[example[start : start + chunk]]
-            for start in range(0, len(example), chunk)
-        ]
-    per_row = torch.cat(changes) if changes else clean.new_zeros(0)
-    sums = clean.new_zeros(sum(len(f) for f in nodes.values())).index_add(0, node, per_row)
-    return dict(zip(nodes, sums.split([len(f) for f in nodes.values()]), strict=True))
+
+    def ablated(rows: slice) -> Intervention:
+        chunk_targets, chunk_values = {}, {}
+        for key, site_targets in targets.items():
+            inside = (site_targets[:, 0] >= rows.start) & (site_targets[:, 0] < rows.stop)
+            chunk_targets[key] = site_targets[inside] - site_targets.new_tensor([rows.start, 0, 0])
+            chunk_values[key] = values[key][inside]
+        return zero_ablation(chunk_targets, values=chunk_values)
+
+    sizes = [len(f) for f in nodes.values()]
+    sums = _summed_changes(spliced, batch, metric, example, node, sum(sizes), ablated)
+    return dict(zip(nodes, sums.split(sizes), strict=True))
 
 
 def _rows(
@@ -72,25 +70,6 @@ def _rows(
     return targets, values, torch.cat(examples), torch.cat(node_index)
 
 
-def _run_rows(
-    spliced: SplicedModel,
-    batch: TokenBatch,
-    metric: Metric,
-    targets: dict[str, Tensor],
-    values: dict[str, Tensor],
-    example: Tensor,
-    rows: range,
-) -> Tensor:
-    """Losses of the ablation rows `rows` (one chunk), each with its node at baseline."""
-    chunk_targets, chunk_values = {}, {}
-    for key, site_targets in targets.items():
-        inside = (site_targets[:, 0] >= rows.start) & (site_targets[:, 0] < rows.stop)
-        chunk_targets[key] = site_targets[inside] - site_targets.new_tensor([rows.start, 0, 0])
-        chunk_values[key] = values[key][inside]
-    with spliced.intervene(zero_ablation(chunk_targets, values=chunk_values)):
-        return losses(spliced, batch.select(example[rows.start : rows.stop]), metric)
-
-
 def exact_error_effects(
     spliced: SplicedModel,
     batch: TokenBatch,
@@ -106,23 +85,41 @@ def exact_error_effects(
     example = torch.arange(n, device=batch.input_ids.device).repeat(len(keys))
     real = batch.attention_mask[..., None].bool()
     index = {key: i for i, key in enumerate(keys)}
-    leaves = {key: attributions[key].leaves for key in keys}
-    deltas = {key: (lv.base_error - lv.error) * real for key, lv in leaves.items()}
+    deltas = {
+        key: (attributions[key].leaves.base_error - attributions[key].leaves.error) * real for key in keys
+    }
+
+    def ablated(rows: slice) -> Intervention:
+        def patch(site: Site, x: Tensor) -> Tensor:
+            if site.key not in deltas:
+                return x
+            chosen = (site_of_row[rows] == index[site.key])[:, None, None]
+            return x + (deltas[site.key][example[rows]] * chosen).to(x.dtype)
+
+        return patch
+
+    sums = _summed_changes(spliced, batch, metric, example, site_of_row, len(keys), ablated)
+    return dict(zip(keys, sums, strict=True))
+
+
+def _summed_changes(
+    spliced: SplicedModel,
+    batch: TokenBatch,
+    metric: Metric,
+    example: Tensor,
+    node: Tensor,
+    n_nodes: int,
+    ablated: Callable[[slice], Intervention],
+) -> Tensor:
+    """(n_nodes,): per node, the sum over its rows of loss(row) - loss(clean), row i being example
+    `example[i]` under `ablated(chunk of rows)`, in chunks of `rows_per_forward` rows."""
     chunk = rows_per_forward(spliced, batch, spliced.sites)
     changes = []
     with torch.no_grad():
         clean = losses(spliced, batch, metric)
         for start in range(0, len(example), chunk):
             rows = slice(start, start + chunk)
-
-            def patch(site, x: Tensor, rows: slice = rows) -> Tensor:
-                if site.key not in deltas:
-                    return x
-                chosen = (site_of_row[rows] == index[site.key])[:, None, None]
-                return x + (deltas[site.key][example[rows]] * chosen).to(x.dtype)
-
-            with spliced.intervene(patch):
+            with spliced.intervene(ablated(rows)):
                 changes.append(losses(spliced, batch.select(example[rows]), metric) - clean[example[rows]])
     per_row = torch.cat(changes) if changes else clean.new_zeros(0)
-    sums = clean.new_zeros(len(keys)).index_add(0, site_of_row, per_row)
-    return dict(zip(keys, sums, strict=True))
+    return clean.new_zeros(n_nodes).index_add(0, node, per_row)

@@ -18,12 +18,8 @@ Phases:
        Marks et al.'s code (saprmarks/feature-circuits, `get_circuit`) does;
     5. optionally (exact) the down-nodes' exact effects, and the correlation
        of the linear estimates with them;
-    6. graph: topk, per down-node and upstream site the NUM_UP_NODES most
-       positive and most negative feature edges plus the upstream error
-       edges, pruned to what reaches the slice's last layer; threshold
-       (Marks et al. 2024, section 3), the nodes of phase 3 and the edges
-       with |mean| > EDGE_THRESHOLD whose both ends are such nodes; the
-       features' share of total |attribution| as the summary.
+    6. graph: the nodes and edges SELECTION keeps (`circuit_selection`), and
+       the features' share of total |attribution| as the summary.
 
 Phases 1-2, 4 and 5 fold each batch into running totals
 (`attribution_totals`, `sharding.run_pass`): under torchrun each rank
@@ -146,26 +142,19 @@ def _kept_attributions(
     def attributions(index: int, batch: TokenBatch) -> dict[str, SiteAttribution]:
         if index in kept:
             return kept[index]
-        computed = _node_phase(spliced, batch, options, means)
+        computed = node_attributions(
+            spliced,
+            batch,
+            metric=options.metric,
+            baseline=options.baseline,
+            means=means,
+            ig_steps=options.ig_steps,
+        )
         if len(kept) < KEPT_BATCHES:
             kept[index] = computed
         return computed
 
     return attributions
-
-
-def _node_phase(
-    spliced: SplicedModel, batch: TokenBatch, options: GraphOptions, means: dict[str, Tensor] | None
-) -> dict[str, SiteAttribution]:
-    """Phase 1 for one batch."""
-    return node_attributions(
-        spliced,
-        batch,
-        metric=options.metric,
-        baseline=options.baseline,
-        means=means,
-        ig_steps=options.ig_steps,
-    )
 
 
 def _edge_phase(

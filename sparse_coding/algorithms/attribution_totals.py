@@ -20,7 +20,7 @@ all-reduce, maxima by an all-reduce with MAX.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -179,7 +179,7 @@ class EdgeTotals:
 
     def add(self, sets: list[EdgeSet]) -> None:
         """Fold in one batch's edge sets (`attribution_edges.edges`: the same site pairs, same order)."""
-        sets = [_cpu64(s) for s in sets]
+        sets = [replace(s, effects=s.effects.double()) for s in distributed.to_cpu(sets)]
         self.sets = (
             sets if self.sets is None else [aligned_sum(pair) for pair in zip(self.sets, sets, strict=True)]
         )
@@ -207,15 +207,5 @@ def aligned_sum(sets: tuple[EdgeSet, ...] | list[EdgeSet]) -> EdgeSet:
     return EdgeSet(first.down_site, first.down_slots, first.up_site, columns, total)
 
 
-def _cpu64(value):
-    """A tensor as float64 on the CPU; an EdgeSet with its tensors on the CPU, effects float64."""
-    if isinstance(value, EdgeSet):
-        cpu = distributed.to_cpu
-        return EdgeSet(
-            value.down_site,
-            cpu(value.down_slots),
-            value.up_site,
-            cpu(value.up_slots),
-            cpu(value.effects).double(),
-        )
+def _cpu64(value: Tensor) -> Tensor:
     return value.detach().cpu().double()  # MPS has no float64: to the CPU first

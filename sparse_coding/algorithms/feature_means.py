@@ -32,7 +32,6 @@ def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: I
     """Each feature's mean activation (d_sae,) and the mean error term (d_model,) over the real tokens.
 
     Runs the blocks only up to the last of `sites`: nothing after it is needed.
-    Under torchrun each rank sums its share of the batches (`sharding.run_pass`).
     """
     chosen = {key: spliced.by_key[key] for key in sites}
     stop = 1 + max((site.layer for site in chosen.values()), default=-1)

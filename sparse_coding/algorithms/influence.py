@@ -97,12 +97,6 @@ def cumulative_shares(scores: Tensor) -> Tensor:
     return shares
 
 
-def edge_scores(adjacency: Tensor, logit_weights: Tensor) -> Tensor:
-    """Each edge's share of influence (n, n): normalised weight times (target influence + logit weight)."""
-    normalized = normalize_rows(adjacency)
-    return normalized * (total_influence(normalized, logit_weights) + logit_weights)[:, None]
-
-
 def prune(
     adjacency: Tensor,
     logit_weights: Tensor,
@@ -119,8 +113,9 @@ def prune(
     nodes[counts.token_slice.start :] = True
     # Edge scores within the kept nodes: the submatrix holds every non-zero entry of the masked graph.
     chosen = torch.nonzero(nodes).flatten()
-    kept = adjacency[chosen][:, chosen]
-    scores = edge_scores(kept, logit_weights[chosen])
+    kept, weights = adjacency[chosen][:, chosen], logit_weights[chosen]
+    normalized = normalize_rows(kept)
+    scores = normalized * (total_influence(normalized, weights) + weights)[:, None]
     edges = torch.zeros_like(adjacency, dtype=torch.bool)
     edges[chosen[:, None], chosen[None, :]] = (scores >= share_threshold(scores, edge_share)) & (kept != 0)
     inner = counts.token_slice.start  # features and error nodes

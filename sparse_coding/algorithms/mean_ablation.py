@@ -1,10 +1,7 @@
 r"""Mean ablation: interventions that set chosen SAE features (and error terms) to their means.
 
-Mean-ablating features S at a site (``x = (f * scale) @ W_dec + const + error``)
-gives ``x' = x + sum_{i in S} (mean_i - f_i) * scale * W_dec[i]``; an ablated
-error term becomes its mean (``x' = x - error + mean error``). `mean_ablations`
-builds the three ablated models of circuit validation (`validation`): C, M \ C
-and empty.
+`mean_ablations` builds the three ablated models of circuit validation: C, M \ C and empty
+(`validation`'s docstring gives their definitions and the formulas).
 """
 
 from collections.abc import Collection

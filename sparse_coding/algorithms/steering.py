@@ -86,11 +86,6 @@ def watch_of(nodes: Sequence[str], device: torch.device | str) -> Watch:
     return {key: torch.tensor(features, device=device) for key, features in grouped.items()}
 
 
-def edited_activations(site: Site, x: Tensor, features: Tensor, edits: FeatureEdits | None) -> Tensor:
-    """(batch, n, k) activations of `features` in x, the edited entries at their new value."""
-    return with_edits(site.feats_of(x, features).float(), features, edits)
-
-
 def with_edits(acts: Tensor, features: Tensor, edits: FeatureEdits | None) -> Tensor:
     """Activations (batch, n, k) of `features` with the entries `edits` sets at their new value."""
     if edits is None or len(edits.rows) == 0:
@@ -112,7 +107,8 @@ def steering(
 
     def intervene(site: Site, x: Tensor) -> Tensor:
         if record is not None and watch and site.key in watch and site.reads:
-            record[site.key] = edited_activations(site, x, watch[site.key], edits.get(site.key))
+            features = watch[site.key]
+            record[site.key] = with_edits(site.feats_of(x, features).float(), features, edits.get(site.key))
         return apply(site, x)
 
     return intervene

@@ -25,9 +25,7 @@ Phases (each one stream over the dataset; memory does not grow with its length):
     the last position of the cut sequence. Each site's SAE encodes only that
     position (one (d_sae,) vector per kept sequence and site), and a running
     top-m per feature (`top_percentile`) absorbs it.
- 4. Percentile of each feature from its top-m values.
-
-Why a running top-m and not every value: `top_percentile` (the arithmetic).
+ 4. Percentile of each feature from its top-m values (why top-m suffices: `top_percentile`).
 
 The thresholds' cache (`thresholds.safetensors`, `thresholds.json`) is read
 and written by `sparse_coding.pipelines.threshold_cache`.

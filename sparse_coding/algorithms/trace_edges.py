@@ -63,9 +63,8 @@ class Targets(NamedTuple):
 class Sources:
     """Every source node's vectors, laid out for batched contraction (columns as NodeCounts)."""
 
-    decoders: dict[
-        int, tuple[Tensor, Tensor]
-    ]  # target layer T -> (pos, max_n, d) scaled rows, (pos, max_n) cols
+    # target layer T -> (pos, max_n, d) scaled rows, (pos, max_n) cols
+    decoders: dict[int, tuple[Tensor, Tensor]]
     errors: Tensor  # (n_layers, pos, d)
     embeds: Tensor  # (pos, d)
     n_features: int

@@ -19,7 +19,6 @@ Phases:
 """
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -38,6 +37,7 @@ from sparse_coding.algorithms.influence import (
 from sparse_coding.algorithms.trace_edges import Sources, Targets, edge_rows, sources
 from sparse_coding.config import DEFAULTS
 from sparse_coding.models.transformer import GPT2
+from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.transcoders.replacement import ActiveFeatures, Replacement, replace
 from sparse_coding.transcoders.transcoder import TranscoderSet
 
@@ -84,10 +84,6 @@ class TraceGraph:
     kind: str  # "tc" | "clt"
     phases: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def n_pos(self) -> int:
-        return len(self.replacement.input_ids)
-
 
 def logit_targets(model: GPT2, logits: Tensor, *, mass: float, max_logits: int) -> LogitTargets:
     """The likeliest next tokens after the last position until their probability reaches `mass`."""
@@ -109,33 +105,39 @@ def trace_graph(
     options: TraceOptions,
 ) -> TraceGraph:
     """The pruned attribution graph of one prompt (pos,) through the replacement model."""
-    phases: dict[str, float] = {}
-    start = time.perf_counter()
-    replacement = replace(model, transcoders, input_ids, bos_token_id=bos_token_id)
-    logits = logit_targets(
-        model, replacement.logits[-1], mass=options.logit_mass, max_logits=options.max_logits
-    )
-    srcs = sources(transcoders, replacement)
-    phases["forward"] = time.perf_counter() - start
+    timer = PhaseTimer()
+    with timer.phase("forward"):
+        replacement = replace(model, transcoders, input_ids, bos_token_id=bos_token_id)
+        logits = logit_targets(
+            model, replacement.logits[-1], mass=options.logit_mass, max_logits=options.max_logits
+        )
+        srcs = sources(transcoders, replacement)
     logger.info("%d active features, %d logit nodes", len(replacement.features.layer), len(logits.token_ids))
-    start = time.perf_counter()
-    adjacency, kept = _adjacency(model, transcoders, replacement, srcs, logits, options)
-    phases["edges"] = time.perf_counter() - start
-    start = time.perf_counter()
-    n_layers, n_pos = replacement.errors.shape[:2]
-    counts = NodeCounts(len(kept), n_layers * n_pos, n_pos, len(logits.token_ids))
-    weights = torch.zeros(counts.total, dtype=adjacency.dtype)
-    weights[-counts.logits :] = logits.probabilities.cpu().to(adjacency.dtype)
-    normalized = normalize_rows(adjacency)
-    influence = total_influence(normalized, weights)
-    scores = scores_of(normalized, influence, weights, counts)
-    del normalized
-    shares = {"node_share": options.node_threshold, "edge_share": options.edge_threshold}
-    pruned = prune(adjacency, weights, counts, **shares, influence=influence)
-    phases["pruning"] = time.perf_counter() - start
+    with timer.phase("edges"):
+        adjacency, kept = _adjacency(model, transcoders, replacement, srcs, logits, options)
+    with timer.phase("pruning"):
+        n_layers, n_pos = replacement.errors.shape[:2]
+        counts = NodeCounts(len(kept), n_layers * n_pos, n_pos, len(logits.token_ids))
+        weights = torch.zeros(counts.total, dtype=adjacency.dtype)
+        weights[-counts.logits :] = logits.probabilities.cpu().to(adjacency.dtype)
+        normalized = normalize_rows(adjacency)
+        influence = total_influence(normalized, weights)
+        scores = scores_of(normalized, influence, weights, counts)
+        del normalized
+        shares = {"node_share": options.node_threshold, "edge_share": options.edge_threshold}
+        pruned = prune(adjacency, weights, counts, **shares, influence=influence)
     features = ActiveFeatures(*(column[kept] for column in replacement.features))
     return TraceGraph(
-        replacement, features, logits, adjacency, counts, influence, pruned, *scores, transcoders.kind, phases
+        replacement,
+        features,
+        logits,
+        adjacency,
+        counts,
+        influence,
+        pruned,
+        *scores,
+        transcoders.kind,
+        timer.seconds,
     )
 
 

@@ -34,16 +34,17 @@ warning. Also measured: CE clean m(M) and ablated m(zero); mean KL(clean ||
 zero) over every real position; the next-token distribution after each
 sequence's last real token, averaged over sequences.
 
-Sums are taken in float32 per batch on the device and accumulated in float64
-on the CPU (NumPy): MPS has no float64. Under torchrun each rank sums its
-share of the batches and the sums are added over the ranks
-(`sparse_coding.runtime.sharding`).
+Sums are accumulated as `feature_means` accumulates them (float64 on the CPU,
+added over torchrun ranks).
 
 Phases:
     1. means: a clean pass sums every site's features and errors over real tokens
        (`sparse_coding.algorithms.feature_means`, which fast.py's mean baseline uses too).
     2. evaluation: per batch, the clean forward and the four ablated ones.
     3. ratios: faithfulness and completeness from the summed metric values.
+
+`pair_faithfulness` measures faithfulness on fast.py's examples instead, with
+the graph's metric (Marks et al. 2024).
 
 Where the circuit comes from (config pins, graph files) and the model it is
 validated on are in `sparse_coding.pipelines.val`; validation.json and the printed
@@ -62,13 +63,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sparse_coding.algorithms.attribution import losses
 from sparse_coding.algorithms.feature_means import SiteMeans, cpu_total, feature_means
 from sparse_coding.algorithms.mean_ablation import VARIANTS, Circuit, mean_ablations
+from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
 from sparse_coding.errors import ConfigError, DatasetError
 from sparse_coding.runtime.distributed import all_sum
-from sparse_coding.runtime.sharding import run_pass
+from sparse_coding.runtime.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import Intervention, SplicedModel, zero_ablation
 from sparse_coding.text.batches import TokenBatch
 
@@ -99,8 +102,6 @@ class ValidationResult(NamedTuple):
     probs_ablated: Tensor
 
 
-
-
 def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
     """(n, 3) rows (batch row, position, feature): each circuit feature, each real token."""
     where = real.nonzero()  # (n_real, 2)
@@ -110,9 +111,6 @@ def _zero_targets(circuit: Circuit, real: Tensor) -> dict[str, Tensor]:
         rows = where.repeat_interleave(len(feats), dim=0)
         targets[key] = torch.cat([rows, feats.repeat(len(where))[:, None]], dim=1)
     return targets
-
-
-# ---------------------------------------------------------------- the passes
 
 
 @dataclass
@@ -155,10 +153,6 @@ def _last_probs(log_probs: Tensor, batch: TokenBatch) -> np.ndarray:
     return cpu_total(log_probs[rows, last].exp())
 
 
-def _add_cross_entropy(sums: _ValidationTotals, name: str, log_probs: Tensor, batch: TokenBatch) -> None:
-    sums.ce[name] += _cross_entropy_sum(log_probs, batch)
-
-
 def _add_batch(
     spliced: SplicedModel,
     batch: TokenBatch,
@@ -172,13 +166,13 @@ def _add_batch(
     zeroed = _log_probs(spliced, batch, zero_ablation(_zero_targets(circuit, real)))
     kl = F.kl_div(zeroed, clean, log_target=True, reduction="none").sum(dim=-1)
     sums.kl += float(kl[real].sum())
-    _add_cross_entropy(sums, "full", clean, batch)
-    _add_cross_entropy(sums, "zero", zeroed, batch)
+    sums.ce["full"] += _cross_entropy_sum(clean, batch)
+    sums.ce["zero"] += _cross_entropy_sum(zeroed, batch)
     sums.probs_clean += _last_probs(clean, batch)
     sums.probs_ablated += _last_probs(zeroed, batch)
     del clean, zeroed, kl  # from here on, one vocabulary-sized tensor at a time
     for name, intervention in ablations.items():
-        _add_cross_entropy(sums, name, _log_probs(spliced, batch, intervention), batch)
+        sums.ce[name] += _cross_entropy_sum(_log_probs(spliced, batch, intervention), batch)
     sums.n_predictions += int(batch.attention_mask[:, 1:].sum())
     sums.n_tokens += int(real.sum())
     sums.n_sequences += len(real)
@@ -293,3 +287,56 @@ def check_circuit(
     ]
     if bad:
         raise ConfigError(f"{source} pins features beyond their SAE: {'; '.join(bad)}")
+
+
+class PairFaithfulness(NamedTuple):
+    """m(M), m(C), m(empty) as mean losses over the examples, and the ratio."""
+
+    metric: str
+    n_examples: int
+    full: float
+    circuit: float
+    empty: float
+    faithfulness: float
+
+
+@torch.no_grad()
+def pair_faithfulness(
+    spliced: SplicedModel,
+    batches: Iterable[TokenBatch],
+    *,
+    circuit: Circuit,
+    circuit_errors: Collection[str] = (),
+    errors: ErrorMode = DEFAULTS.VALIDATION_ERRORS,
+    metric: Metric,
+    means: SiteMeans,
+) -> PairFaithfulness:
+    """Faithfulness of `circuit` on fast.py's examples, with fast.py's metric.
+
+    m is the fast.py graph's (`metrics`: a loss of each example's answer at
+    its clean input's last real position), averaged over the examples; C and
+    empty are the mean ablations above (`mean_ablation.mean_ablations`):
+
+        faithfulness = (m(C) - m(empty)) / (m(M) - m(empty))     1: C recovers M
+
+    NaN (JSON null) when m(M) = m(empty). Patch inputs are not used here: the
+    circuit is validated on the clean inputs, as the graph's metric reads them.
+    """
+    ablations = mean_ablations(spliced, circuit, circuit_errors, means, errors)
+
+    def add(sums: Sums, index: int, batch: TokenBatch) -> None:
+        sums.values["full"] += float(losses(spliced, batch, metric).sum())
+        for name in ("circuit", "empty"):
+            with spliced.intervene(ablations[name]):
+                sums.values[name] += float(losses(spliced, batch, metric).sum())
+        sums.values["n_examples"] += len(batch)
+
+    def empty() -> Sums:
+        return Sums({"full": 0.0, "circuit": 0.0, "empty": 0.0, "n_examples": 0})
+
+    totals = run_pass("pair faithfulness", batches, empty=empty, add=add, desc="Pairs", leave=False).values
+    n_examples = totals["n_examples"]
+    m = {name: totals[name] / n_examples for name in ("full", "circuit", "empty")}
+    span = m["full"] - m["empty"]
+    ratio = (m["circuit"] - m["empty"]) / span if span else math.nan
+    return PairFaithfulness(metric.name, n_examples, m["full"], m["circuit"], m["empty"], ratio)

@@ -15,7 +15,7 @@ from typing import Any
 from sparse_coding.algorithms.feature_means import SiteMeans
 from sparse_coding.algorithms.mean_ablation import Circuit
 from sparse_coding.algorithms.metrics import METRICS
-from sparse_coding.algorithms.pair_validation import pair_faithfulness
+from sparse_coding.algorithms.validation import pair_faithfulness
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.conventions import METRIC_TEXT, sentences
