@@ -193,13 +193,13 @@ def fetch(client: Client, neuronpedia_id: str, index: int, max_logits: int) -> F
         FetchError: why it could not be fetched.
     """
     url = feature_url(client.base_url, neuronpedia_id, index)
-    answer = client.get(url, source=neuronpedia_id)
-    if answer.status == 404:
+    status, body = client.get(url, source=neuronpedia_id)
+    if status == 404:
         return None
-    if answer.status != 200:
-        raise FetchError(f"HTTP {answer.status}", redact_url(url))
+    if status != 200:
+        raise FetchError(f"HTTP {status}", redact_url(url))
     try:
-        data = json.loads(answer.body)
+        data = json.loads(body)
         return None if data is None or data == [] else parse_feature(data, max_logits)
     except (ValueError, TypeError) as e:
         raise FetchError("malformed JSON", redact_url(url)) from e

@@ -48,14 +48,6 @@ class FetchError(Exception):
         self.network = network
 
 
-@dataclass
-class Answer:
-    """One HTTP answer, its body read in full (within the size cap and the deadline)."""
-
-    status: int
-    body: bytes
-
-
 # ---------------------------------------------------------------- the deadline
 
 
@@ -255,8 +247,9 @@ class Client:
         with self.lock:
             return self.network_failures >= self.max_network_failures
 
-    def get(self, url: str, source: str) -> Answer:
-        """GET `url` (a feature of SAE set `source`) within the deadline, retried as the class says."""
+    def get(self, url: str, source: str) -> tuple[int, bytes]:
+        """GET `url` (a feature of SAE set `source`) within the deadline, retried as the class says:
+        the status and the whole body (within the size cap)."""
         if self.offline():
             raise FetchError("skipped", "Neuronpedia unreachable earlier in this run", network=True)
         timeout = min(self.timeout_s, self.remaining())
@@ -264,7 +257,7 @@ class Client:
         _EXCHANGE.current = exchange
         try:
             with self.session().get(url, headers=self.headers, timeout=timeout, stream=True) as response:
-                return Answer(response.status_code, _read_body(response, exchange.deadline))
+                return response.status_code, _read_body(response, exchange.deadline)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             with self.lock:
                 self.network_failures += 1
