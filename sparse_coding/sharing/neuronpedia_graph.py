@@ -107,7 +107,7 @@ def check_name(kind: str, value: str) -> str:
 def to_neuronpedia(graph: Graph, *, slug: str) -> dict[str, Any]:
     """The attribution-graph JSON object of a fast.py or trace.py graph; GraphFileError when it
     cannot say it."""
-    meta = _latest_run(graph)
+    meta = graph.runs[-1] if graph.runs else graph.metadata
     if meta.get("script") not in SCRIPTS:
         raise GraphFileError(
             f"only fast.py and trace.py graphs export to Neuronpedia; this graph is "
@@ -133,10 +133,6 @@ def to_neuronpedia(graph: Graph, *, slug: str) -> dict[str, Any]:
     }
 
 
-def _latest_run(graph: Graph) -> dict[str, Any]:
-    return graph.runs[-1] if graph.runs else graph.metadata
-
-
 def _tokens(graph: Graph, script: str) -> list[str]:
     """The prompt tokens; the runs of a merged graph must agree on them."""
     tokens = prompt_tokens(graph.metadata)
@@ -153,18 +149,13 @@ def _tokens(graph: Graph, script: str) -> list[str]:
     return tokens
 
 
-def node_kind(node: Node) -> NodeKind:
-    """How a node is written (`NODE_KINDS`), from its id."""
-    kind = parse_any_id(node.id).kind
-    return NODE_KINDS[(kind, node.site if kind in ("feature", "error") else None)]
-
-
 def _node_entry(
     node: Node, last: int, influence: float | None, logits: dict[int, dict[str, Any]]
 ) -> dict[str, Any]:
     """One node of the file: its kind's rules applied (module docstring); `logits`: trace.py's logit
     targets by token id, likeliest first (circuit-tracer's target logit)."""
-    kind = node_kind(node)
+    kind_name = parse_any_id(node.id).kind
+    kind = NODE_KINDS[(kind_name, node.site if kind_name in ("feature", "error") else None)]
     layer = {"own": str(node.layer), "E": "E", "above": str(node.layer + 1)}[kind.layer]
     position = last if kind.ctx == "last" or node.position is None else node.position
     feature = {
