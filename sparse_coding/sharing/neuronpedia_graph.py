@@ -1,14 +1,9 @@
 """A fast.py or trace.py graph as Neuronpedia's attribution-graph JSON (the file circuit-tracer
 writes and Neuronpedia's graph pages read).
 
-Fields (Neuronpedia's graph-schema.json, circuit-tracer's frontend/graph_models.py):
-``metadata`` (slug, scan = the Neuronpedia model id, prompt_tokens, prompt,
-feature_details, info, pruning_settings, schema_version, transcoder_list),
-``qParams`` (the viewer's saved state, empty here), ``nodes`` (node_id,
-feature, layer, ctx_idx, feature_type, jsNodeId, clerp, activation, influence)
-and ``links`` (source, target, weight). `GRAPH_SCHEMA` is our schema of those
-fields, with circuit-tracer's stricter types.
-
+The fields are those of Neuronpedia's graph-schema.json and circuit-tracer's
+frontend/graph_models.py (``qParams``, the viewer's saved state, empty here);
+`graph_schema` is our schema of them, with circuit-tracer's stricter types.
 What our graph's numbers become there (`NODE_KINDS`, one row per node kind
 and site, says which rule fills feature_type, layer, ctx_idx and feature):
 - node_id and jsNodeId: our node id (unique; links name them).
