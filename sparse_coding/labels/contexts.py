@@ -157,12 +157,8 @@ def collect_contexts(
     device = spliced.device
     if features is None:
         features = {site.key: list(range(site.sae.d_sae)) for site in spliced.sites}
-    tops = {
-        key: SiteTopK.empty(per_feature, torch.tensor(sorted(set(dims)), device=device), view)
-        for key, dims in features.items()
-        if dims
-    }
-    if not tops:
+    asked = {key: torch.tensor(sorted(set(dims)), device=device) for key, dims in features.items() if dims}
+    if not asked:
         return to_cache({}, {}, {}, tokenizer, view, per_feature)
 
     def add(state: _ContextState, index: int, batch: TokenBatch) -> None:
@@ -172,8 +168,8 @@ def collect_contexts(
         _keep_referenced(state.sequences, batch, state.tops.values())
 
     def empty() -> _ContextState:
-        fresh = {key: SiteTopK.empty(per_feature, top.features, view) for key, top in tops.items()}
-        return _ContextState(fresh, {}, {"tokens": 0, "reads": {key: [0, 0] for key in tops}})
+        fresh = {key: SiteTopK.empty(per_feature, dims, view) for key, dims in asked.items()}
+        return _ContextState(fresh, {}, {"tokens": 0, "reads": {key: [0, 0] for key in asked}})
 
     state = run_pass(
         "contexts", batches, empty=empty, add=add, desc="Collecting contexts", total=total, device=device
