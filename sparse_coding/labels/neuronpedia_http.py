@@ -42,10 +42,9 @@ _EXCHANGE = threading.local()  # .current: the thread's `_Exchange` while a requ
 class FetchError(Exception):
     """One feature could not be fetched; ``kind`` summarises why ("HTTP 500")."""
 
-    def __init__(self, kind: str, detail: str = "", network: bool = False) -> None:
+    def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
-        self.network = network
 
 
 # ---------------------------------------------------------------- the deadline
@@ -230,7 +229,7 @@ class Client:
         """Seconds left of the run's budget; FetchError when none are."""
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise FetchError("skipped: Neuronpedia time budget spent", network=True)
+            raise FetchError("skipped: Neuronpedia time budget spent")
         return left
 
     def wait_cap(self) -> float:
@@ -251,7 +250,7 @@ class Client:
         """GET `url` (a feature of SAE set `source`) within the deadline, retried as the class says:
         the status and the whole body (within the size cap)."""
         if self.offline():
-            raise FetchError("skipped", "Neuronpedia unreachable earlier in this run", network=True)
+            raise FetchError("skipped", "Neuronpedia unreachable earlier in this run")
         timeout = min(self.timeout_s, self.remaining())
         exchange = _Exchange(self, source, _Deadline(self.timeout_s, self.deadline))
         _EXCHANGE.current = exchange
@@ -262,9 +261,7 @@ class Client:
             with self.lock:
                 self.network_failures += 1
             timed_out = exchange.deadline.expired or isinstance(e, (requests.Timeout, TimeoutError))
-            raise FetchError(
-                "timeout" if timed_out else "no connection", type(e).__name__, network=True
-            ) from e
+            raise FetchError("timeout" if timed_out else "no connection", type(e).__name__) from e
         finally:
             exchange.deadline.close()
             _EXCHANGE.current = None
