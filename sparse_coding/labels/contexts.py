@@ -301,13 +301,10 @@ def _topk_membership(
 ) -> tuple[Tensor, int]:
     """Exact TopK activations (m, n) of the asked features at m tokens, and the columns read.
 
-    A feature is on where fewer than k others have a larger pre-activation.
-    `beaten` (m, n) counts those found so far (probe and asked features);
-    `unsettled` marks the pairs not yet settled. The remaining encoder columns are
-    read chunk by chunk, only at tokens with an open pair: most uncertain
-    features meet k larger ones within a chunk or two, and only tokens where
-    an asked feature is really on read the whole width. Equal pre-activations
-    at the k-th place (which TopK breaks arbitrarily) count as not beating.
+    `beaten` (m, n) counts the larger pre-activations found so far (probe and asked features);
+    `unsettled` marks the pairs still open; the other chunks are read only at tokens with an open
+    pair (see the module docstring). Equal pre-activations at the k-th place (which TopK breaks
+    arbitrarily) count as not beating.
     """
     k, read = site.sae.cfg.k, 0
     rows = unsettled.any(dim=-1).nonzero()[:, 0]
