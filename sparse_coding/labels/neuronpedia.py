@@ -273,10 +273,8 @@ def annotate_graph(
     budget_s: float = DEFAULT_BUDGET_S,
     defer_cache: bool = False,
 ) -> AnnotationStats:
-    """Fill explanations (and missing logits) of feature nodes from Neuronpedia.
-
-    Never raises for network, HTTP or JSON problems: affected nodes stay
-    unannotated and one warning summarises them.
+    """Fill explanations (and missing logits) of feature nodes from Neuronpedia; never raises for
+    network, HTTP or JSON problems (see the module docstring).
 
     Args:
         graph: annotated in place.
