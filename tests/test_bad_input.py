@@ -262,4 +262,4 @@ def test_a_corrupt_contexts_cache_is_a_dataset_error_so_it_is_collected_again(tm
     (tmp_path / "c.json").write_text(header)
     (tmp_path / "c.npz").write_bytes(npz)
     with pytest.raises(DatasetError, match="context cache"):
-        ContextCache.load(tmp_path / "c")
+        ContextCache.from_bytes((tmp_path / "c.npz").read_bytes(), tmp_path / "c.npz")

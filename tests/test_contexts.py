@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import hooks
 
-from sparse_coding.labels.context_cache import ContextCache
+from sparse_coding.labels.context_cache import contexts_cache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.models.saes import load_sae
 from sparse_coding.pipelines.inputs import text_source
@@ -118,8 +118,9 @@ def test_the_cache_round_trips_and_detects_stale_sources(dataset_config, tmp_pat
     cache = _collect(dataset_config, spliced, tokenizer)
     current = fingerprint(dataset_config, spliced)
     cache.fingerprint = current
-    cache.save(tmp_path / "c.npz")
-    loaded = ContextCache.load(tmp_path / "c.npz")
+    store = contexts_cache(tmp_path / "c.npz", current, per_feature=3, view=2, inside=tmp_path)
+    store.save(cache)
+    loaded = store.read().value
     for feature in range(8):
         assert loaded.contexts("resid_1", feature, 3) == cache.contexts("resid_1", feature, 3)
     assert loaded.stale_reasons(current, 3, 2) == []

@@ -124,7 +124,7 @@ def build_model(geometry: Geometry) -> GPT2LMHeadModel:
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if not _is_layer_norm_gain(name):  # layer norms stay the identity (gain 1, bias 0)
+            if not name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):  # layer norms: the identity
                 param.zero_()
         transformer = model.transformer
         transformer.wpe.weight[:] = BIAS_NORM * geometry.vector("bias")
@@ -141,10 +141,6 @@ def build_model(geometry: Geometry) -> GPT2LMHeadModel:
         for token, (direction, gain) in UNEMBED.items():
             model.lm_head.weight[TOKENS.index(token)] = gain * geometry.reader(direction)
     return model.eval()
-
-
-def _is_layer_norm_gain(name: str) -> bool:
-    return name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
 
 
 def _plant_copy_head(attn: torch.nn.Module, geometry: Geometry, read: str, write: str) -> None:

@@ -1,35 +1,28 @@
-"""The collected top contexts of SAE features, and their on-disk format.
+"""The collected top contexts of SAE features (`ContextCache`), and their on-disk format.
 
-Kept apart from `contexts` (the streaming collection) because this is what
-pipe.py and fast.py read back: a `ContextCache` turns the stored arrays into
-label contexts, and `to_bytes`/`from_bytes` are its file format.
-
-A cache holds the features that were asked for (the nodes of the graphs
-published so far), not every feature of every site, and grows with each run
+A cache holds the features asked for so far (the nodes of the graphs
+published), not every feature of every site, and grows with each run
 (`merged`): row r of a site is feature ``features[r]``.
 
-On disk (`to_bytes`/`from_bytes`, through one `sparse_coding.files.cache.Cache`,
-see `contexts_cache`): one ``<stem>.npz`` (compressed numpy), written
-atomically, so arrays and header can never come from two runs. It holds,
-per site key K: ``K/act`` (d_sae, k) float32 peak activation (0 = no
-entry), ``K/seq`` and ``K/pos`` (d_sae, k) int64 sequence index and peak
-position, ``K/window`` (d_sae, k, 2 VIEW + 1) float32 activations around the
-peak; for the referenced sequences, ``seq_ids`` (n,)
-their stream indices, ``offsets`` (n + 1,) and ``tokens`` (total,) their
-concatenated token ids; and ``header`` (uint8, UTF-8 JSON): ``format``,
-``view``, ``per_feature``, ``sources`` (site key -> SAE source),
-``fingerprint`` (`cache.cache_fingerprint`: model, every SAE's source and
-weights file, the dataset's identity, the text settings; see
-`sparse_coding.pipelines.publish.fingerprint`) and ``vocab`` (token id ->
-string, for the ids used). A cache that `stale_reasons` finds fault with (an
-edited corpus, other text settings, fewer contexts per feature) starts over;
-a site whose SAE changed is dropped (`for_saes`); then
+On disk (`contexts_cache`, one `sparse_coding.files.cache.Cache`, written
+atomically): one ``<stem>.npz`` (compressed numpy). It holds, per site key K:
+``K/features`` (n,) the features, ``K/act`` (n, k) float32 peak activation
+(0 = no entry), ``K/seq`` and ``K/pos`` (n, k) int64 sequence index and peak
+position, ``K/window`` (n, k, 2 VIEW + 1) float32 activations around the
+peak; for the referenced sequences, ``seq_ids`` (m,) their stream indices,
+``offsets`` (m + 1,) and ``tokens`` (total,) their concatenated token ids;
+and ``header`` (uint8, UTF-8 JSON): ``format``, ``view``, ``per_feature``,
+``sources`` (site key -> SAE source), ``fingerprint`` (model, every SAE's
+source and weights file, the dataset's identity, the text settings; see
+`sparse_coding.pipelines.publish.fingerprint`), ``meta`` and ``vocab`` (token
+id -> string, for the ids used). A cache that `stale_reasons` finds
+fault with (an edited corpus, other text settings, fewer contexts per
+feature) starts over; a site whose SAE changed is dropped (`for_saes`); then
 `sparse_coding.pipelines.publish.load_or_collect` collects what is missing.
 """
 
 import io
 import json
-import logging
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,11 +31,8 @@ from typing import Any
 import numpy as np
 
 from sparse_coding.errors import DatasetError
-from sparse_coding.files import storage
 from sparse_coding.files.cache import Cache, Stored, fingerprint_differences
 from sparse_coding.graphs.graph import Context
-
-logger = logging.getLogger(__name__)
 
 FORMAT = 3
 ARRAY_NAMES = ("features", "act", "seq", "pos", "window")
@@ -82,12 +72,6 @@ class ContextCache:
             result.append(Context(tokens, acts))
         return result
 
-    def save(self, path: Path) -> None:
-        """Write `<stem>.npz`, arrays and header in one file, atomically."""
-        path = Path(path).with_suffix(".npz")
-        storage.write_atomic(path, self.to_bytes())
-        logger.info("Saved contexts of %d sites to %s", len(self.arrays), path)
-
     def to_bytes(self) -> bytes:
         """The ``.npz`` file's bytes: arrays and header."""
         seq_ids = np.array(sorted(self.sequences), dtype=np.int64)
@@ -110,20 +94,6 @@ class ContextCache:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
-
-    @classmethod
-    def load(cls, path: Path) -> "ContextCache":
-        """Read a cache written by `save`.
-
-        Raises:
-            DatasetError: the file is missing, unreadable or of another format.
-        """
-        path = Path(path).with_suffix(".npz")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise DatasetError(f"context cache {path} is not readable: {e}") from e
-        return cls.from_bytes(data, path)
 
     @classmethod
     def from_bytes(cls, data: bytes, path: Path) -> "ContextCache":

@@ -32,10 +32,8 @@ What one batch costs at a site:
   there has met k larger ones; only tokens where one is really on read the
   whole width. The floors rise as the stream goes on.
 
-The collected contexts are a `sparse_coding.labels.context_cache.ContextCache`,
-which also holds their on-disk format. A cache whose SAE sources or
-fingerprint (see `sparse_coding.pipelines.publish`) differ from the run's is
-stale and is collected again.
+The result is a `sparse_coding.labels.context_cache.ContextCache` (its file
+format and staleness rules are there).
 """
 
 import logging
@@ -101,6 +99,16 @@ class SiteTopK:
         window = torch.cat([self.window, _windows_at(feats, pos, mask.sum(dim=1), self.view)])
         self.window = window.gather(0, order[..., None].expand(-1, -1, window.shape[-1]))
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Host arrays in the cache's layout: rows are features."""
+        return {
+            "features": self.features.cpu().numpy(),
+            "act": self.act.T.float().cpu().numpy(),
+            "seq": self.seq.T.cpu().numpy(),
+            "pos": self.pos.T.cpu().numpy(),
+            "window": self.window.transpose(0, 1).cpu().numpy(),
+        }
+
     def referenced(self) -> Tensor:
         """Stream indices of the sequences some entry points to."""
         return self.seq[self.act > 0].unique()
@@ -144,36 +152,30 @@ def collect_contexts(
         per_feature: contexts kept per feature (SEQ_PER_DIM_CAP).
         view: tokens shown either side of the peak (VIEW).
         total: number of batches, for the progress bar (optional).
-
-    Returns:
-        A ContextCache over the asked features.
     """
     start = time.perf_counter()
     device = spliced.device
     if features is None:
         features = {site.key: list(range(site.sae.d_sae)) for site in spliced.sites}
-    tops = {
-        key: SiteTopK.empty(per_feature, torch.tensor(sorted(set(dims)), device=device), view)
-        for key, dims in features.items()
-        if dims
-    }
-    if not tops:
-        return ContextCache(view, per_feature, sources={}, arrays={}, sequences={}, vocab={})
+    asked = {key: torch.tensor(sorted(set(dims)), device=device) for key, dims in features.items() if dims}
+    if not asked:
+        return to_cache({}, {}, {}, tokenizer, view, per_feature)
 
     def add(state: _ContextState, index: int, batch: TokenBatch) -> None:
-        batch = TokenBatch(batch.input_ids.to(device), batch.attention_mask.to(device), batch.first_index)
+        batch = distributed.move(batch, device)
         state.counts["tokens"] += int(batch.attention_mask.sum())
         _stream_batch(spliced, batch, state.tops, state.counts["reads"])
-        _keep_referenced(state.sequences, batch, state.tops)
+        _keep_referenced(state.sequences, batch, state.tops.values())
 
     def empty() -> _ContextState:
-        fresh = {key: SiteTopK.empty(per_feature, top.features, view) for key, top in tops.items()}
-        return _ContextState(fresh, {}, {"tokens": 0, "reads": {key: [0, 0] for key in tops}})
+        fresh = {key: SiteTopK.empty(per_feature, dims, view) for key, dims in asked.items()}
+        return _ContextState(fresh, {}, {"tokens": 0, "reads": {key: [0, 0] for key in asked}})
 
     state = run_pass(
         "contexts", batches, empty=empty, add=add, desc="Collecting contexts", total=total, device=device
     )
-    cache = _context_cache(state, spliced, tokenizer, view, per_feature)
+    sources = {key: spliced.by_key[key].sae.cfg.source for key in state.tops}
+    cache = to_cache(state.tops, sources, state.sequences, tokenizer, view, per_feature)
     logger.info(
         "Collected contexts of %d features at %d sites from %d sequences in %.1fs",
         sum(len(top.features) for top in state.tops.values()),
@@ -185,17 +187,23 @@ def collect_contexts(
     return cache
 
 
-def _context_cache(
-    state: "_ContextState", spliced: SplicedModel, tokenizer: Tokenizer, view: int, per_feature: int
+def to_cache(
+    tops: Mapping[str, SiteTopK],
+    sources: dict[str, str],
+    sequences: dict[int, Tensor],
+    tokenizer: Tokenizer,
+    view: int,
+    per_feature: int,
 ) -> ContextCache:
-    """The collected top contexts as a ContextCache (host arrays, token strings)."""
+    """Collected top-ks (site key -> SiteTopK) as a ContextCache: host arrays, token strings."""
+    token_ids = sorted(set().union(*(set(s.tolist()) for s in sequences.values())))
     return ContextCache(
         view=view,
         per_feature=per_feature,
-        sources={key: spliced.by_key[key].sae.cfg.source for key in state.tops},
-        arrays={key: _to_numpy(top) for key, top in state.tops.items()},
-        sequences={i: ids.cpu().numpy() for i, ids in state.sequences.items()},
-        vocab=_vocab(tokenizer, state.sequences.values()),
+        sources=sources,
+        arrays={key: top.arrays() for key, top in tops.items()},
+        sequences={i: ids.cpu().numpy() for i, ids in sequences.items()},
+        vocab={i: token_text(tokenizer, i) for i in token_ids},
     )
 
 
@@ -293,13 +301,10 @@ def _topk_membership(
 ) -> tuple[Tensor, int]:
     """Exact TopK activations (m, n) of the asked features at m tokens, and the columns read.
 
-    A feature is on where fewer than k others have a larger pre-activation.
-    `beaten` (m, n) counts those found so far (probe and asked features);
-    `unsettled` marks the pairs not yet settled. The remaining encoder columns are
-    read chunk by chunk, only at tokens with an open pair: most uncertain
-    features meet k larger ones within a chunk or two, and only tokens where
-    an asked feature is really on read the whole width. Equal pre-activations
-    at the k-th place (which TopK breaks arbitrarily) count as not beating.
+    `beaten` (m, n) counts the larger pre-activations found so far (probe and asked features);
+    `unsettled` marks the pairs still open; the other chunks are read only at tokens with an open
+    pair (see the module docstring). Equal pre-activations at the k-th place (which TopK breaks
+    arbitrarily) count as not beating.
     """
     k, read = site.sae.cfg.k, 0
     rows = unsettled.any(dim=-1).nonzero()[:, 0]
@@ -357,26 +362,11 @@ def _windows_at(feats: Tensor, pos: Tensor, lengths: Tensor, view: int) -> Tenso
     return feats.gather(1, index).transpose(1, 2) * valid
 
 
-def _keep_referenced(sequences: dict[int, Tensor], batch: TokenBatch, tops: dict[str, SiteTopK]) -> None:
-    """Keep token ids of the sequences the top-k still points to; drop the rest."""
-    needed = set(torch.cat([top.referenced() for top in tops.values()]).tolist())
+def _keep_referenced(sequences: dict[int, Tensor], batch: TokenBatch, tops: Iterable[SiteTopK]) -> None:
+    """Keep token ids of the sequences the top-ks still point to; drop the rest."""
+    needed = set(torch.cat([top.referenced() for top in tops]).tolist())
     for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask, strict=True)):
         if batch.first_index + row in needed:
             sequences[batch.first_index + row] = ids[mask.bool()].clone()
     for index in set(sequences) - needed:
         del sequences[index]
-
-
-def _to_numpy(top: SiteTopK) -> dict[str, np.ndarray]:
-    return {
-        "features": top.features.cpu().numpy(),
-        "act": top.act.T.float().cpu().numpy(),
-        "seq": top.seq.T.cpu().numpy(),
-        "pos": top.pos.T.cpu().numpy(),
-        "window": top.window.transpose(0, 1).cpu().numpy(),
-    }
-
-
-def _vocab(tokenizer: Tokenizer, sequences: Iterable[Tensor]) -> dict[int, str]:
-    ids = sorted(set().union(*(set(s.tolist()) for s in sequences)))
-    return {i: token_text(tokenizer, i) for i in ids}

@@ -30,14 +30,6 @@ from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.text.tokens import token_text
 
 
-def direct_logit_effects(model: GPT2, rows: Tensor) -> Tensor:
-    """(n, d_vocab) effects of decoder rows (n, d_model) on the logits, as in the module docstring."""
-    unembed = model.lm_head.weight  # (d_vocab, d_model)
-    rows = rows.to(unembed.dtype)
-    centred = rows - rows.mean(dim=-1, keepdim=True)
-    return (centred * model.transformer.ln_f.weight) @ unembed.T
-
-
 def add_logit_effects(graph: Graph, spliced: SplicedModel, tokenizer: Tokenizer, *, n_tokens: int) -> None:
     """Fill logits_up / logits_down of every feature node of `graph` that has none."""
     if n_tokens == 0:
@@ -58,10 +50,12 @@ def add_logit_effects(graph: Graph, spliced: SplicedModel, tokenizer: Tokenizer,
 def set_logit_cells(
     nodes: list[Node], rows: Tensor, model: GPT2, tokenizer: Tokenizer, *, n_tokens: int
 ) -> None:
-    """Fill each node's logits_up / logits_down from its decoder row (rows (n, d_model)) through the
-    final layer norm's gain and the unembedding (`direct_logit_effects`): the `n_tokens` most
-    promoted and most suppressed tokens."""
-    effects = direct_logit_effects(model, rows)  # (n_nodes, d_vocab)
+    """Fill each node's logits_up / logits_down: the `n_tokens` tokens its decoder row (rows (n, d_model))
+    most promotes and most suppresses, by the module docstring's effect."""
+    unembed = model.lm_head.weight  # (d_vocab, d_model)
+    rows = rows.to(unembed.dtype)
+    centred = rows - rows.mean(dim=-1, keepdim=True)
+    effects = (centred * model.transformer.ln_f.weight) @ unembed.T  # (n_nodes, d_vocab)
     k = min(n_tokens, effects.shape[1])
     up, down = effects.topk(k, dim=1), (-effects).topk(k, dim=1)
     for i, node in enumerate(nodes):

@@ -6,32 +6,24 @@ For every feature node with a ``neuronpedia_id`` (the SAE set, e.g.
 explanation (and its logits if it has none). Neuronpedia is a convenience,
 never a dependency of a run:
 
-- every request has a wall-clock deadline over the whole exchange and a body
-  size cap; 429 and 5xx are retried by urllib3's ``Retry`` with exponential
-  backoff, honouring ``Retry-After`` up to a cap, a 5xx at most once per run
-  per SAE set (`neuronpedia_http`); the whole run spends at most ``budget_s``
-  (30 s) on Neuronpedia, then goes on without it, saying how many features
-  were left unannotated;
+- requests run concurrently in a thread pool, each under a deadline and
+  retried as `neuronpedia_http` says; the whole run spends at most
+  ``budget_s`` (30 s) on Neuronpedia, and after a few network-level failures
+  the rest are skipped, so an offline run costs one timeout, not one per node;
 - explanations and token strings are cut to a length a label can show, with
   an ellipsis; values that are not finite numbers are dropped;
 - answers, including "not found" (a 404, or a 200 whose body is ``null`` or
   ``[]``: older versions of Neuronpedia's feature route built the 404 body
-  without returning it, so they answer ``null``), are cached on disk, one
-  `sparse_coding.files.cache.Cache` file per feature and one folder per server, so
-  a feature is fetched once across runs; a "not found" is asked again after a
-  week and an answer after a month, as Neuronpedia adds and revises
-  explanations. Cache paths are built with
+  without returning it), are cached one file per feature and one folder per
+  server, and asked again after a week ("not found") or a month (an answer),
+  as Neuronpedia adds and revises explanations. Paths go through
   `storage.safe_path`, so an SAE cfg's ``neuronpedia_id`` (``../../x``) never
   leads out of the cache, and a link there only leaves that feature uncached;
-- requests run concurrently in a thread pool, and after a few network-level
-  failures (no network, refused, timed out) the rest are skipped, so an
-  offline run costs one timeout, not one per node;
 - any failure leaves the node drawn without annotations and ends in a single
   summarised warning;
-- the API key (``NEURONPEDIA_API_KEY``, header ``x-api-key``) is only ever put
-  in headers of requests to the configured host (a redirect to another host
-  drops it), never logged, cached or written; credentials in the base URL
-  (``https://user:pass@host``) are never logged either (`redact_url`).
+- the API key (``NEURONPEDIA_API_KEY``) only goes to the configured host
+  (`neuronpedia_http`) and is never logged, cached or written; nor are
+  credentials in the base URL (`redact_url`).
 """
 
 from __future__ import annotations
@@ -146,12 +138,6 @@ def parse_feature(data: Any, max_logits: int = 10) -> FeatureInfo:
 # ---------------------------------------------------------------- cache
 
 
-def server_cache_dir(cache_dir: Path, base_url: str) -> Path:
-    """The cache folder of one server: answers of another server (a self-hosted one) never mix in."""
-    server = base_url.split("://", 1)[-1].strip("/")
-    return storage.safe_path(cache_dir, server)
-
-
 def _encode(info: FeatureInfo | None, key: dict[str, Any]) -> bytes:
     data = (
         {"missing": True}
@@ -207,13 +193,13 @@ def fetch(client: Client, neuronpedia_id: str, index: int, max_logits: int) -> F
         FetchError: why it could not be fetched.
     """
     url = feature_url(client.base_url, neuronpedia_id, index)
-    answer = client.get(url, source=neuronpedia_id)
-    if answer.status == 404:
+    status, body = client.get(url, source=neuronpedia_id)
+    if status == 404:
         return None
-    if answer.status != 200:
-        raise FetchError(f"HTTP {answer.status}", redact_url(url))
+    if status != 200:
+        raise FetchError(f"HTTP {status}", redact_url(url))
     try:
-        data = json.loads(answer.body)
+        data = json.loads(body)
         return None if data is None or data == [] else parse_feature(data, max_logits)
     except (ValueError, TypeError) as e:
         raise FetchError("malformed JSON", redact_url(url)) from e
@@ -232,15 +218,11 @@ def _wanted(node: Node) -> bool:
 def _apply_all(nodes: list[Node], infos: dict[tuple[str, int], FeatureInfo | None]) -> None:
     """Fill what each node lacks from its feature's info, where one was found."""
     for node in nodes:
-        if (info := infos.get((str(node.neuronpedia_id), int(node.feature)))) is not None:  # type: ignore[arg-type]
-            _apply(node, info)
-
-
-def _apply(node: Node, info: FeatureInfo) -> None:
-    if node.explanation is None and info.explanation:
-        node.explanation = info.explanation
-    if not node.logits_up and not node.logits_down:
-        node.logits_up, node.logits_down = list(info.logits_up), list(info.logits_down)
+        info = infos.get((str(node.neuronpedia_id), int(node.feature)))  # type: ignore[arg-type]
+        if info is not None and node.explanation is None and info.explanation:
+            node.explanation = info.explanation
+        if info is not None and not node.logits_up and not node.logits_down:
+            node.logits_up, node.logits_down = list(info.logits_up), list(info.logits_down)
 
 
 def _lookup(
@@ -291,10 +273,8 @@ def annotate_graph(
     budget_s: float = DEFAULT_BUDGET_S,
     defer_cache: bool = False,
 ) -> AnnotationStats:
-    """Fill explanations (and missing logits) of feature nodes from Neuronpedia.
-
-    Never raises for network, HTTP or JSON problems: affected nodes stay
-    unannotated and one warning summarises them.
+    """Fill explanations (and missing logits) of feature nodes from Neuronpedia; never raises for
+    network, HTTP or JSON problems (see the module docstring).
 
     Args:
         graph: annotated in place.
@@ -311,9 +291,6 @@ def annotate_graph(
         max_network_failures: network-level failures after which the rest are skipped.
         budget_s: seconds the whole call may spend on Neuronpedia; the rest are skipped.
         defer_cache: leave fetched answers in ``stats.answers`` for the caller to cache.
-
-    Returns:
-        Counts of features looked up, cache hits, fetches, failures and requests.
     """
     nodes = [n for n in graph.nodes.values() if _wanted(n)]
     keys = sorted({(str(n.neuronpedia_id), int(n.feature)) for n in nodes})  # type: ignore[arg-type]
@@ -343,9 +320,10 @@ def _headers(api_key: str | None) -> dict[str, str]:
 
 
 def _server_cache(cache_dir: Path, base_url: str) -> Path | None:
-    """The server's cache folder; None (with a warning) when a link leads it out of `cache_dir`."""
+    """The server's cache folder (a self-hosted server's answers never mix in); None (with a warning)
+    when a link leads it out of `cache_dir`."""
     try:
-        return server_cache_dir(cache_dir, redact_url(base_url))
+        return storage.safe_path(cache_dir, redact_url(base_url).split("://", 1)[-1].strip("/"))
     except StorageError as e:
         logger.warning("Neuronpedia answers are not cached this run: %s", e)
         return None

@@ -42,18 +42,9 @@ _EXCHANGE = threading.local()  # .current: the thread's `_Exchange` while a requ
 class FetchError(Exception):
     """One feature could not be fetched; ``kind`` summarises why ("HTTP 500")."""
 
-    def __init__(self, kind: str, detail: str = "", network: bool = False) -> None:
+    def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
-        self.network = network
-
-
-@dataclass
-class Answer:
-    """One HTTP answer, its body read in full (within the size cap and the deadline)."""
-
-    status: int
-    body: bytes
 
 
 # ---------------------------------------------------------------- the deadline
@@ -238,7 +229,7 @@ class Client:
         """Seconds left of the run's budget; FetchError when none are."""
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise FetchError("skipped: Neuronpedia time budget spent", network=True)
+            raise FetchError("skipped: Neuronpedia time budget spent")
         return left
 
     def wait_cap(self) -> float:
@@ -255,23 +246,22 @@ class Client:
         with self.lock:
             return self.network_failures >= self.max_network_failures
 
-    def get(self, url: str, source: str) -> Answer:
-        """GET `url` (a feature of SAE set `source`) within the deadline, retried as the class says."""
+    def get(self, url: str, source: str) -> tuple[int, bytes]:
+        """GET `url` (a feature of SAE set `source`) within the deadline, retried as the class says:
+        the status and the whole body (within the size cap)."""
         if self.offline():
-            raise FetchError("skipped", "Neuronpedia unreachable earlier in this run", network=True)
+            raise FetchError("skipped", "Neuronpedia unreachable earlier in this run")
         timeout = min(self.timeout_s, self.remaining())
         exchange = _Exchange(self, source, _Deadline(self.timeout_s, self.deadline))
         _EXCHANGE.current = exchange
         try:
             with self.session().get(url, headers=self.headers, timeout=timeout, stream=True) as response:
-                return Answer(response.status_code, _read_body(response, exchange.deadline))
+                return response.status_code, _read_body(response, exchange.deadline)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             with self.lock:
                 self.network_failures += 1
             timed_out = exchange.deadline.expired or isinstance(e, (requests.Timeout, TimeoutError))
-            raise FetchError(
-                "timeout" if timed_out else "no connection", type(e).__name__, network=True
-            ) from e
+            raise FetchError("timeout" if timed_out else "no connection", type(e).__name__) from e
         finally:
             exchange.deadline.close()
             _EXCHANGE.current = None

@@ -1,15 +1,10 @@
-"""Top-activating contexts of transcoder features, collected in one pass over the text.
+"""Top-activating contexts of transcoder features: the statistic of `labels.contexts`, in one pass.
 
-The same statistic as `labels.contexts` for SAE features: per sequence, the
-feature's maximum over its real tokens; the `per_feature` sequences where it
-peaks highest; `view` tokens either side of the peak with the feature's
-activation on each. `contexts.SiteTopK` keeps the running top-k and
-`context_cache.ContextCache` turns it into labels. Each batch runs the model
-up to the last asked layer; each asked layer's transcoder input is read
-before its ``ln_2`` and only the asked features are encoded (ReLU and
-JumpReLU: their encoder columns; TopK: the full encode its membership needs).
-The graph's own few features on DATASET (else PROMPT) are collected per run,
-not cached on disk.
+Each batch runs the model up to the last asked layer; each asked layer's
+transcoder input is read before its ``ln_2`` and only the asked features are
+encoded (ReLU and JumpReLU: their encoder columns; TopK: the full encode its
+membership needs). The graph's own few features on DATASET (else PROMPT) are
+collected per run, not cached on disk.
 """
 
 import logging
@@ -20,9 +15,10 @@ import torch
 from torch import Tensor
 
 from sparse_coding.labels.context_cache import ContextCache
-from sparse_coding.labels.contexts import SiteTopK, _keep_referenced, _to_numpy, _vocab
+from sparse_coding.labels.contexts import SiteTopK, _keep_referenced, to_cache
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.nodes import site_key
+from sparse_coding.runtime.distributed import move
 from sparse_coding.runtime.progress import progress
 from sparse_coding.text.batches import TokenBatch
 from sparse_coding.text.tokenizer import Tokenizer
@@ -58,19 +54,14 @@ def collect_transcoder_contexts(
     sequences: dict[int, Tensor] = {}
     if tops:
         for batch in progress(batches, desc="Collecting transcoder contexts", unit="batch"):
-            batch = TokenBatch(batch.input_ids.to(device), batch.attention_mask.to(device), batch.first_index)
+            batch = move(batch, device)
             _stream_batch(model, transcoders, batch, tops)
-            _keep_referenced(sequences, batch, {str(layer): top for layer, top in tops.items()})
+            _keep_referenced(sequences, batch, tops.values())
     logger.info("Collected contexts of %d transcoder features in %.1fs",
                 sum(len(top.features) for top in tops.values()), time.perf_counter() - start)  # fmt: skip
-    return ContextCache(
-        view=view,
-        per_feature=per_feature,
-        sources={site_key(transcoders.kind, layer): transcoders.source for layer in tops},
-        arrays={site_key(transcoders.kind, layer): _to_numpy(top) for layer, top in tops.items()},
-        sequences={i: ids.cpu().numpy() for i, ids in sequences.items()},
-        vocab=_vocab(tokenizer, sequences.values()),
-    )
+    keyed = {site_key(transcoders.kind, layer): top for layer, top in tops.items()}
+    sources = dict.fromkeys(keyed, transcoders.source)
+    return to_cache(keyed, sources, sequences, tokenizer, view, per_feature)
 
 
 def _stream_batch(

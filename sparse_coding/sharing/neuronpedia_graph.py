@@ -1,14 +1,9 @@
 """A fast.py or trace.py graph as Neuronpedia's attribution-graph JSON (the file circuit-tracer
 writes and Neuronpedia's graph pages read).
 
-Fields (Neuronpedia's graph-schema.json, circuit-tracer's frontend/graph_models.py):
-``metadata`` (slug, scan = the Neuronpedia model id, prompt_tokens, prompt,
-feature_details, info, pruning_settings, schema_version, transcoder_list),
-``qParams`` (the viewer's saved state, empty here), ``nodes`` (node_id,
-feature, layer, ctx_idx, feature_type, jsNodeId, clerp, activation, influence)
-and ``links`` (source, target, weight). `GRAPH_SCHEMA` is our schema of those
-fields, with circuit-tracer's stricter types.
-
+The fields are those of Neuronpedia's graph-schema.json and circuit-tracer's
+frontend/graph_models.py (``qParams``, the viewer's saved state, empty here);
+`graph_schema` is our schema of them, with circuit-tracer's stricter types.
 What our graph's numbers become there (`NODE_KINDS`, one row per node kind
 and site, says which rule fills feature_type, layer, ctx_idx and feature):
 - node_id and jsNodeId: our node id (unique; links name them).
@@ -107,7 +102,7 @@ def check_name(kind: str, value: str) -> str:
 def to_neuronpedia(graph: Graph, *, slug: str) -> dict[str, Any]:
     """The attribution-graph JSON object of a fast.py or trace.py graph; GraphFileError when it
     cannot say it."""
-    meta = _latest_run(graph)
+    meta = graph.runs[-1] if graph.runs else graph.metadata
     if meta.get("script") not in SCRIPTS:
         raise GraphFileError(
             f"only fast.py and trace.py graphs export to Neuronpedia; this graph is "
@@ -133,10 +128,6 @@ def to_neuronpedia(graph: Graph, *, slug: str) -> dict[str, Any]:
     }
 
 
-def _latest_run(graph: Graph) -> dict[str, Any]:
-    return graph.runs[-1] if graph.runs else graph.metadata
-
-
 def _tokens(graph: Graph, script: str) -> list[str]:
     """The prompt tokens; the runs of a merged graph must agree on them."""
     tokens = prompt_tokens(graph.metadata)
@@ -153,18 +144,13 @@ def _tokens(graph: Graph, script: str) -> list[str]:
     return tokens
 
 
-def node_kind(node: Node) -> NodeKind:
-    """How a node is written (`NODE_KINDS`), from its id."""
-    kind = parse_any_id(node.id).kind
-    return NODE_KINDS[(kind, node.site if kind in ("feature", "error") else None)]
-
-
 def _node_entry(
     node: Node, last: int, influence: float | None, logits: dict[int, dict[str, Any]]
 ) -> dict[str, Any]:
     """One node of the file: its kind's rules applied (module docstring); `logits`: trace.py's logit
     targets by token id, likeliest first (circuit-tracer's target logit)."""
-    kind = node_kind(node)
+    kind_name = parse_any_id(node.id).kind
+    kind = NODE_KINDS[(kind_name, node.site if kind_name in ("feature", "error") else None)]
     layer = {"own": str(node.layer), "E": "E", "above": str(node.layer + 1)}[kind.layer]
     position = last if kind.ctx == "last" or node.position is None else node.position
     feature = {

@@ -89,15 +89,7 @@ def upload(path: Path, *, base_url: str, api_key: str, http: urllib3.PoolManager
     data, metadata = check_file(path)
     base = api_base(base_url)
     http = http or urllib3.PoolManager(retries=RETRIES, timeout=TIMEOUT)
-    key = {"x-api-key": api_key}
-    signed = _json_call(
-        http,
-        "signed-put",
-        "POST",
-        f"{base}/api/graph/signed-put",
-        {"filename": path.name, "contentLength": len(data)},
-        key,
-    )
+    signed = _post(http, base, "signed-put", {"filename": path.name, "contentLength": len(data)}, api_key)
     if not isinstance(signed.get("url"), str) or "putRequestId" not in signed:
         raise UploadError(
             f"signed-put: {urlsplit(base).hostname} replied without a url and putRequestId: {signed}"
@@ -107,26 +99,19 @@ def upload(path: Path, *, base_url: str, api_key: str, http: urllib3.PoolManager
     )
     _check("PUT to the signed url", put, urlsplit(signed["url"]).hostname)
     logger.info("uploaded %s (%d bytes) for slug %s", path.name, len(data), metadata["slug"])
-    return _json_call(
-        http,
-        "save-to-db",
-        "POST",
-        f"{base}/api/graph/save-to-db",
-        {"putRequestId": signed["putRequestId"]},
-        key,
-    )
+    return _post(http, base, "save-to-db", {"putRequestId": signed["putRequestId"]}, api_key)
 
 
-def _json_call(
-    http: urllib3.PoolManager, step: str, method: str, url: str, body: dict, headers: dict[str, str]
-) -> dict:
-    """One API request with the key; its JSON reply, or UploadError naming the step and the reason."""
+def _post(http: urllib3.PoolManager, base: str, step: str, body: dict, api_key: str) -> dict:
+    """POST to the step's route (``{base}/api/graph/{step}``) with the key; its JSON reply, or
+    UploadError naming the step and the reason."""
+    url = f"{base}/api/graph/{step}"
     try:
         response = http.request(
-            method,
+            "POST",
             url,
             body=json.dumps(body),
-            headers={"Content-Type": "application/json", **headers},
+            headers={"Content-Type": "application/json", "x-api-key": api_key},
             redirect=False,
         )
     except urllib3.exceptions.HTTPError as e:

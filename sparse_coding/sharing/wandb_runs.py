@@ -55,31 +55,29 @@ def log_run(
         )
         return
     try:  # any failure of the service or the package: the run's own outputs are written already
-        _log(wandb, settings, run_config, script, summary, files, image, out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            **settings,
+            dir=os.environ.get("WANDB_DIR") or str(out_dir),
+            job_type=script.removesuffix(".py"),
+            config=dict(run_config),
+        )
+        try:
+            run.summary.update(dict(summary))
+            if image is not None and image.suffix == ".png" and image.is_file():
+                run.log({"graph": wandb.Image(str(image))})
+            artifact = wandb.Artifact(_artifact_name(script, files), type="graph")
+            for path in [*files, *([image] if image is not None else [])]:
+                if path.is_file():
+                    artifact.add_file(str(path))
+            run.log_artifact(artifact)
+        finally:
+            run.finish()
+        logger.info(
+            "Logged the run to W&B project %s (%s)", settings["project"], settings.get("mode", "online")
+        )
     except Exception as e:  # noqa: BLE001
         logger.warning("W&B logging failed (%s: %s); the run's files are written", type(e).__name__, e)
-
-
-def _log(wandb, settings, run_config, script, summary, files, image, out_dir) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        **settings,
-        dir=os.environ.get("WANDB_DIR") or str(out_dir),
-        job_type=script.removesuffix(".py"),
-        config=dict(run_config),
-    )
-    try:
-        run.summary.update(dict(summary))
-        if image is not None and image.suffix == ".png" and image.is_file():
-            run.log({"graph": wandb.Image(str(image))})
-        artifact = wandb.Artifact(_artifact_name(script, files), type="graph")
-        for path in [*files, *([image] if image is not None else [])]:
-            if path.is_file():
-                artifact.add_file(str(path))
-        run.log_artifact(artifact)
-    finally:
-        run.finish()
-    logger.info("Logged the run to W&B project %s (%s)", settings["project"], settings.get("mode", "online"))
 
 
 def _artifact_name(script: str, files: list[Path]) -> str:
