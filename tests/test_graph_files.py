@@ -450,6 +450,24 @@ def test_a_dot_without_its_json_is_imported_keeping_edges_without_effect(paths):
     assert original.read_text(encoding="utf-8") == hand_made  # imported once, never lost
 
 
+def test_an_imported_html_label_is_drawn_again_as_html(paths):
+    """The derived .dot writes a user's HTML label as HTML: Graphviz draws the markup, not its text."""
+    dot, _, svg = paths
+    dot.parent.mkdir(parents=True)
+    dot.write_text(
+        'digraph notes { idea [shape=note, label=<<b>check</b> this>]; idea -> "resid_3.2" '
+        "[xlabel=<<i>why</i>>]; }",
+        encoding="utf-8",
+    )
+    update_graph_files(run_graph(prompt="new"), dot, svg)
+    text = dot.read_text(encoding="utf-8")
+    assert '"idea" [shape="note", label=<<b>check</b> this>];' in text
+    assert '"idea" -> "resid_3.2" [xlabel=<<i>why</i>>];' in text
+    drawn = subprocess.run(["dot", "-Tsvg"], input=text, capture_output=True, text=True, check=True).stdout
+    words = [t.text for t in ET.fromstring(drawn).iter("{http://www.w3.org/2000/svg}text")]
+    assert "check" in words and "why" in words and not any("<b>" in (w or "") for w in words)
+
+
 def test_a_seed_graph_grows_with_its_nodes_mapped_to_this_tools_ids(paths):
     dot, js, svg = paths
     dot.parent.mkdir(parents=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.graphs.render import RenderOptions, colour_scale, dot_source, edge_colour, quote
+from sparse_coding.graphs.render import RenderOptions, attr_list, colour_scale, dot_source, edge_colour, quote
 
 FORMAT = 3  # of the .json and the .dot together
 DERIVED_NOTE = "Drawn by sparse_coding from its canonical .json twin (same name)"
@@ -54,13 +54,10 @@ def _edge_lines(graph: Graph) -> list[str]:
 
 def _user_lines(graph: Graph) -> list[str]:
     """The user's own drawing (kept from an imported .dot), as DOT statements."""
-    lines = []
-    for name, attrs in graph.user.nodes.items():
-        lines.append(f"  {quote(name)} [{', '.join(f'{k}={quote(v)}' for k, v in attrs.items())}];")
+    lines = [f"  {quote(name)} {attr_list(attrs)};" for name, attrs in graph.user.nodes.items()]
     for (source, target), attrs in graph.user.edges.items():
         if (source, target) not in graph.edges:  # a measured edge replaces the drawn one
-            attr_text = ", ".join(f"{k}={quote(v)}" for k, v in attrs.items())
-            lines.append(f"  {quote(source)} -> {quote(target)} [{attr_text}];")
+            lines.append(f"  {quote(source)} -> {quote(target)} {attr_list(attrs)};")
     return lines
 
 

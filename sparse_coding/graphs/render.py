@@ -100,11 +100,14 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _attr_list(attrs: Mapping[str, str]) -> str:
+HTML_KEYS = {"label", "xlabel", "headlabel", "taillabel"}  # the attributes Graphviz reads HTML in
+
+
+def attr_list(attrs: Mapping[str, str]) -> str:
     """``[k="v", label=<...>]``: HTML labels (``<...>``) are written as they are."""
     parts = []
     for key, value in attrs.items():
-        is_html = key == "label" and value.startswith("<") and value.endswith(">")
+        is_html = key in HTML_KEYS and value.startswith("<") and value.endswith(">")
         parts.append(f"{key}={value if is_html else quote(value)}")
     return "[" + ", ".join(parts) + "]"
 
@@ -256,14 +259,14 @@ def _rank_lines(
             "label": "",
             **node_attrs.get(anchor, {}),
         }
-        lines.append(f"    {quote(anchor)} {_attr_list(attrs)};")
+        lines.append(f"    {quote(anchor)} {attr_list(attrs)};")
         for node in nodes:
             attrs = {
                 "label": node_markup(node, compact, options),
                 "tooltip": node.id,
                 **node_attrs.get(node.id, {}),
             }
-            lines.append(f"    {quote(node.id)} {_attr_list(attrs)};")
+            lines.append(f"    {quote(node.id)} {attr_list(attrs)};")
         lines.append("  }")
     for upper, lower in itertools.pairwise(anchors):
         lines.append(f"  {quote(upper)} -> {quote(lower)} [style=invis];")
@@ -293,7 +296,7 @@ def _edge_lines(
             **({"pos": splines[key]} if key in splines else {}),
             **edge_attrs.get(key, {}),
         }
-        lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {_attr_list(attrs)};")
+        lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {attr_list(attrs)};")
     return lines
 
 
@@ -332,13 +335,13 @@ def dot_source(
         label = legend_markup(graph, notes, options.legend_chars)
         top.update({"label": label, "labelloc": "b", "labeljust": "l"})
     top = _GRAPH_ATTRS | top | dict(graph_attrs or {})
-    lines = ["digraph cognition {", f"  graph {_attr_list(top)};"]
+    lines = ["digraph cognition {", f"  graph {attr_list(top)};"]
     lines.append('  node [shape=plain, fontname="Helvetica", fontsize="11"];')
     lines.append("  edge [arrowsize=0.6];")
     if isinstance(legend, Placement):
         block = top_left(legend_markup(graph, notes, legend.chars), legend.size)
         attrs = {"label": block, "pos": f"{legend.pos}!"}
-        lines.append(f"  {quote(LEGEND_NODE_ID)} {_attr_list(attrs)};")
+        lines.append(f"  {quote(LEGEND_NODE_ID)} {attr_list(attrs)};")
     pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
     compact = use_compact_labels(graph, options)
     lines += _rank_lines(drawn_rows(graph, options), {**pins, **(node_attrs or {})}, compact, options)
