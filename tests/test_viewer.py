@@ -4,6 +4,7 @@ Expected values are computed here from the graph's JSON (the counts a
 correct page must show), never read back from the page's own code.
 """
 
+import itertools
 import json
 import random
 from collections import deque
@@ -53,11 +54,13 @@ def random_graph(n_nodes: int, n_edges: int, seed: int = 0) -> Graph:
         )
     for layer in range(3):
         graph.add_node(Node.from_id(f"mlp_error_{layer}", attribution=rng.gauss(0, 1)))
-    ordered = graph.sorted_nodes()
-    while len(graph.edges) < n_edges:
-        a, b = sorted(rng.sample(range(len(ordered)), 2))
-        if ordered[a].rank_key() < ordered[b].rank_key():
-            graph.add_edge(ordered[a].id, ordered[b].id, rng.gauss(0, 1))
+    forward = [
+        (a.id, b.id)
+        for a, b in itertools.combinations(graph.sorted_nodes(), 2)
+        if a.rank_key() < b.rank_key()
+    ]
+    for source, target in rng.sample(forward, n_edges):
+        graph.add_edge(source, target, rng.gauss(0, 1))
     return graph
 
 
