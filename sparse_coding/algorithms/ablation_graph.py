@@ -48,18 +48,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sparse_coding.algorithms.ablation_effects import (
-    LARGEST_KEPT,
-    LayerEffects,
-    record_edges,
-    record_logits,
-)
 from sparse_coding.algorithms.ablation_rows import (
+    LARGEST_KEPT,
     STREAM_OFFSET,
     AblatedRows,
     CleanRun,
+    LayerEffects,
     ResidLayer,
     clean_run,
+    record_edges,
+    record_logits,
     rows_per_forward,
 )
 from sparse_coding.config import DEFAULTS
