@@ -64,8 +64,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparse_coding.algorithms.attribution import losses
-from sparse_coding.algorithms.feature_means import SiteMeans, cpu_total, feature_means
-from sparse_coding.algorithms.mean_ablation import VARIANTS, Circuit, mean_ablations
+from sparse_coding.algorithms.feature_means import (
+    VARIANTS,
+    Circuit,
+    SiteMeans,
+    cpu_total,
+    feature_means,
+    mean_ablations,
+)
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
@@ -315,7 +321,7 @@ def pair_faithfulness(
 
     m is the fast.py graph's (`metrics`: a loss of each example's answer at
     its clean input's last real position), averaged over the examples; C and
-    empty are the mean ablations above (`mean_ablation.mean_ablations`):
+    empty are the mean ablations above (`feature_means.mean_ablations`):
 
         faithfulness = (m(C) - m(empty)) / (m(M) - m(empty))     1: C recovers M
 
