@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_coding.algorithms.steering import Watch, site_edits, watch_of, with_edits
+from sparse_coding.algorithms.steering import Watch, by_node, site_edits, watch_of, with_edits
 from sparse_coding.config.steering import CurveSpec, kind_factors
 from sparse_coding.nodes import parse_node_id
 from sparse_coding.splicing.splice import FeatureEdits, Intervention, Site, SplicedModel, feature_edits
@@ -78,12 +78,9 @@ def response_curve(
     ]
     after = {key: torch.cat([chunk[0][key] for chunk in chunks]) for key in chunks[0][0]}
     log_probs = torch.cat([chunk[1] for chunk in chunks]).view(len(lengths), len(values), -1)
-    by_site = before | after
-    watched = {}
-    for key, features in watch.items():
-        for column, feature in enumerate(features.tolist()):
-            node = f"{key}.{feature}"
-            watched[node] = by_site[key][:, column].view(len(lengths), len(values)).cpu()
+    watched = {
+        node: acts.view(len(lengths), len(values)) for node, acts in by_node(watch, before | after).items()
+    }
     top = log_probs.topk(min(top_tokens, log_probs.shape[-1]), dim=-1)
     answer = None if answer_id is None else log_probs[..., answer_id].cpu()
     logger.info(
