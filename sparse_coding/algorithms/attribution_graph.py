@@ -182,7 +182,8 @@ def summarize(
     per_batch: list[dict[str, SiteAttribution]], layout: NodeLayout = SUMMED
 ) -> dict[str, NodeSummary]:
     """Phase 2 on one process's batches: per site and node (slot), mean and std over every example."""
-    totals = NodeTotals.empty_like(per_batch[0], layout)
+    widths = {key: (a.feature_ie.shape[1], a.entry_ie.dtype) for key, a in per_batch[0].items()}
+    totals = NodeTotals.empty(widths, layout)
     for attributions in per_batch:
         totals.add(attributions)
     return totals.summaries(next(iter(per_batch[0].values())).entry_ie.device)

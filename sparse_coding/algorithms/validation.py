@@ -34,12 +34,8 @@ warning. Also measured: CE clean m(M) and ablated m(zero); mean KL(clean ||
 zero) over every real position; the next-token distribution after each
 sequence's last real token, averaged over sequences.
 
-Sums are accumulated as `feature_means` accumulates them (float64 on the CPU,
-added over torchrun ranks).
-
-Phases:
-    1. means: a clean pass sums every site's features and errors over real tokens
-       (`sparse_coding.algorithms.feature_means`, which fast.py's mean baseline uses too).
+Phases (sums in float64 on the CPU, added over torchrun ranks):
+    1. means: a clean pass sums every site's features and errors over real tokens (`feature_means`).
     2. evaluation: per batch, the clean forward and the four ablated ones.
     3. ratios: faithfulness and completeness from the summed metric values.
 
