@@ -72,9 +72,10 @@ def response_curve(
     with spliced.intervene(_reading_last(watch, record, lengths)):
         prefix = spliced.run_blocks(spliced.embed(batch.input_ids), 0, start, batch.attention_mask)
     before = {key: acts.repeat_interleave(len(values), 0) for key, acts in record.items()}
+    every_row = range(len(lengths) * len(values))
     chunks = [
-        _sweep_rows(spliced, batch, prefix, spec, values, rows, watch, start)
-        for rows in _row_chunks(batch, values)
+        _sweep_rows(spliced, batch, prefix, spec, values, every_row[i : i + MAX_ROWS], watch, start)
+        for i in range(0, len(every_row), MAX_ROWS)
     ]
     after = {key: torch.cat([chunk[0][key] for chunk in chunks]) for key in chunks[0][0]}
     log_probs = torch.cat([chunk[1] for chunk in chunks]).view(len(lengths), len(values), -1)
@@ -90,11 +91,6 @@ def response_curve(
         time.perf_counter() - began,
     )
     return CurveResult(spec.values, watched, answer, top.indices.cpu(), top.values.exp().cpu())
-
-
-def _row_chunks(batch: TokenBatch, values: Tensor) -> list[range]:
-    n_rows = len(batch.input_ids) * len(values)
-    return [range(i, min(i + MAX_ROWS, n_rows)) for i in range(0, n_rows, MAX_ROWS)]
 
 
 def _reading_last(
