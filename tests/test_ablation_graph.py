@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from sparse_coding.algorithms.ablation_effects import (
+from sparse_coding.algorithms.ablation_graph import ablation_graph, drawn_candidates
+from sparse_coding.algorithms.ablation_rows import (
     LARGEST_KEPT,
     LayerEffects,
     largest_values,
     record_edges,
     record_logits,
 )
-from sparse_coding.algorithms.ablation_graph import ablation_graph, drawn_candidates
 from sparse_coding.errors import ConfigError, ExactlyZeroEffectError
 from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.models.saes import load_sae

@@ -48,18 +48,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sparse_coding.algorithms.ablation_effects import (
-    LARGEST_KEPT,
-    LayerEffects,
-    record_edges,
-    record_logits,
-)
 from sparse_coding.algorithms.ablation_rows import (
+    LARGEST_KEPT,
     STREAM_OFFSET,
     AblatedRows,
     CleanRun,
+    LayerEffects,
     ResidLayer,
     clean_run,
+    record_edges,
+    record_logits,
     rows_per_forward,
 )
 from sparse_coding.config import DEFAULTS
@@ -226,14 +224,9 @@ def _ablate_layer(
     first: bool,
     pinned: int | None,
 ) -> LayerEffects:
-    """Phase 3: ablate every candidate of `layer`, a chunk of rows per forward.
-
-    Args:
-        next_layer: the layer whose features receive the edges; None for the
-            last layer, whose candidates get logit cells only.
-        first: the first layer, whose candidates may go undrawn.
-        pinned: the feature pinned at `layer`, drawn with or without an edge.
-    """
+    """Phase 3: ablate every candidate of `layer`, a chunk of rows per forward, into `next_layer`'s
+    features (None for the last layer: logit cells only). Candidates of the `first` layer may go
+    undrawn, except the `pinned` feature."""
     out = LayerEffects.none_yet(candidates)
     may_go_undrawn = first and next_layer is not None
     # The logit pass wants nearly every row, so ablated streams are carried on to it, unless a

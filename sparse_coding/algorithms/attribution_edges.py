@@ -51,9 +51,6 @@ class EdgeSet:
     up_slots: Tensor  # (m,) sorted
     effects: Tensor  # (n, m), summed over the batch's examples
 
-    def scaled(self, factor: float) -> "EdgeSet":
-        return EdgeSet(self.down_site, self.down_slots, self.up_site, self.up_slots, self.effects * factor)
-
 
 def upstream_sites(spliced: SplicedModel, down: Site) -> list[Site]:
     """Sites directly upstream of `down`: the nearest resid site before it and the attn/mlp sites between."""

@@ -39,13 +39,13 @@ from sparse_coding.algorithms.attribution import SiteAttribution, node_attributi
 from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
 from sparse_coding.algorithms.attribution_totals import EdgeTotals, NodeSummary, NodeTotals
-from sparse_coding.algorithms.circuit_selection import build_graph, site_layer
+from sparse_coding.algorithms.circuit_selection import build_graph
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.algorithms.node_slots import SUMMED, NodeLayout, layout_for
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import Baseline, NodePositions, Selection
 from sparse_coding.graphs.graph import Graph
-from sparse_coding.nodes import error_id, feature_id
+from sparse_coding.nodes import error_id, feature_id, parse_site_key
 from sparse_coding.runtime.sharding import Sums, run_pass
 from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.text.batches import TokenBatch
@@ -182,7 +182,8 @@ def summarize(
     per_batch: list[dict[str, SiteAttribution]], layout: NodeLayout = SUMMED
 ) -> dict[str, NodeSummary]:
     """Phase 2 on one process's batches: per site and node (slot), mean and std over every example."""
-    totals = NodeTotals.empty_like(per_batch[0], layout)
+    widths = {key: (a.feature_ie.shape[1], a.entry_ie.dtype) for key, a in per_batch[0].items()}
+    totals = NodeTotals.empty(widths, layout)
     for attributions in per_batch:
         totals.add(attributions)
     return totals.summaries(next(iter(per_batch[0].values())).entry_ie.device)
@@ -281,8 +282,8 @@ def exact_check(
         correlation,
         _correlation(estimate[: len(features)], features),
     )
-    ids = [feature_id(*site_layer(key), int(f)) for key, dims in down_nodes.items() for f in dims]
-    ids += [error_id(*site_layer(key)) for key in keys]
+    ids = [feature_id(*parse_site_key(key), int(f)) for key, dims in down_nodes.items() for f in dims]
+    ids += [error_id(*parse_site_key(key)) for key in keys]
     return {
         "correlation": None if math.isnan(correlation) else correlation,
         "effects": {node_id: float(v) for node_id, v in zip(ids, exact, strict=True)},

@@ -110,12 +110,6 @@ class NodeTotals:
         }
         return cls.empty(widths, layout)
 
-    @classmethod
-    def empty_like(cls, attributions: dict[str, SiteAttribution], layout: NodeLayout = SUMMED) -> NodeTotals:
-        """Nothing folded in yet, for the sites of one batch's attributions."""
-        widths = {key: (a.feature_ie.shape[1], a.entry_ie.dtype) for key, a in attributions.items()}
-        return cls.empty(widths, layout)
-
     def add(self, attributions: dict[str, SiteAttribution]) -> None:
         """Fold in one batch's attributions (`attribution.node_attributions`)."""
         for key, attr in attributions.items():

@@ -41,7 +41,7 @@ def build_graph(
     else:
         kept = [edge for edge_set in edge_sets for edge in top_edges(edge_set, options.num_up_nodes)]
         bottom_layer = max(site.layer for site in spliced.sites)
-        bottom = {down for _, down, _ in kept if site_layer(down[0])[1] == bottom_layer}
+        bottom = {down for _, down, _ in kept if spliced.by_key[down[0]].layer == bottom_layer}
         nodes, kept = trace_up(bottom, kept)
     graph = Graph()
     ids = {node: layout.node_id(*node) for node in nodes}
@@ -106,11 +106,6 @@ def trace_up(bottom: set[Slot], edges: list[KeptEdge]) -> tuple[set[Slot], list[
                 reached.add(edge[0])
                 frontier.append(edge[0])
     return reached, kept
-
-
-def site_layer(key: str) -> tuple[str, int]:
-    site, layer = key.rsplit("_", 1)
-    return site, int(layer)
 
 
 def _node(spliced: SplicedModel, summary: NodeSummary, layout: NodeLayout, node: Slot, node_id: str) -> Node:

@@ -32,6 +32,7 @@ from sparse_coding.config import DEFAULTS
 from sparse_coding.models.transformer import KVCache
 from sparse_coding.runtime.progress import progress
 from sparse_coding.splicing.splice import Intervention, SplicedModel
+from sparse_coding.text.batches import padded
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +81,9 @@ class Prompts(NamedTuple):
 
 def left_padded(prompts: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> Prompts:
     """Prompts (token id lists, none empty) as one left-padded batch."""
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt) :] = 1
+    ids, mask = padded([prompt[::-1] for prompt in prompts], pad_id)  # reversed rows, right-padded
     lengths = torch.tensor([len(p) for p in prompts])
-    return Prompts(ids.to(device), mask.to(device), lengths.to(device))
+    return Prompts(ids.flip(1).to(device), mask.flip(1).to(device), lengths.to(device))
 
 
 def next_tokens(logits: Tensor, sampling: Sampling, uniforms: Tensor | None) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from sparse_coding.config.schema import NodePositions
 from sparse_coding.errors import ConfigError
-from sparse_coding.nodes import error_id, feature_id, with_position
+from sparse_coding.nodes import error_id, feature_id, parse_site_key, with_position
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,13 @@ class NodeLayout:
 
     def node_id(self, key: str, slot: int) -> str:
         """The node id of a slot of site `key` (``attn_4``)."""
-        site, layer = key.rsplit("_", 1)
+        site, layer = parse_site_key(key)
         if slot < 0:
             position = -1 - slot
-            base = error_id(site, int(layer))
+            base = error_id(site, layer)
         else:
             position = slot % self.n
-            base = feature_id(site, int(layer), slot // self.n)
+            base = feature_id(site, layer, slot // self.n)
         return with_position(base, position if self.positioned else None)
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_coding.algorithms.steering import Watch, site_edits, watch_of, with_edits
+from sparse_coding.algorithms.steering import Watch, by_node, site_edits, watch_of, with_edits
 from sparse_coding.config.steering import CurveSpec, kind_factors
 from sparse_coding.nodes import parse_node_id
 from sparse_coding.splicing.splice import FeatureEdits, Intervention, Site, SplicedModel, feature_edits
@@ -72,18 +72,16 @@ def response_curve(
     with spliced.intervene(_reading_last(watch, record, lengths)):
         prefix = spliced.run_blocks(spliced.embed(batch.input_ids), 0, start, batch.attention_mask)
     before = {key: acts.repeat_interleave(len(values), 0) for key, acts in record.items()}
+    every_row = range(len(lengths) * len(values))
     chunks = [
-        _sweep_rows(spliced, batch, prefix, spec, values, rows, watch, start)
-        for rows in _row_chunks(batch, values)
+        _sweep_rows(spliced, batch, prefix, spec, values, every_row[i : i + MAX_ROWS], watch, start)
+        for i in range(0, len(every_row), MAX_ROWS)
     ]
     after = {key: torch.cat([chunk[0][key] for chunk in chunks]) for key in chunks[0][0]}
     log_probs = torch.cat([chunk[1] for chunk in chunks]).view(len(lengths), len(values), -1)
-    by_site = before | after
-    watched = {}
-    for key, features in watch.items():
-        for column, feature in enumerate(features.tolist()):
-            node = f"{key}.{feature}"
-            watched[node] = by_site[key][:, column].view(len(lengths), len(values)).cpu()
+    watched = {
+        node: acts.view(len(lengths), len(values)) for node, acts in by_node(watch, before | after).items()
+    }
     top = log_probs.topk(min(top_tokens, log_probs.shape[-1]), dim=-1)
     answer = None if answer_id is None else log_probs[..., answer_id].cpu()
     logger.info(
@@ -93,11 +91,6 @@ def response_curve(
         time.perf_counter() - began,
     )
     return CurveResult(spec.values, watched, answer, top.indices.cpu(), top.values.exp().cpu())
-
-
-def _row_chunks(batch: TokenBatch, values: Tensor) -> list[range]:
-    n_rows = len(batch.input_ids) * len(values)
-    return [range(i, min(i + MAX_ROWS, n_rows)) for i in range(0, n_rows, MAX_ROWS)]
 
 
 def _reading_last(

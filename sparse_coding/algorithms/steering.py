@@ -86,6 +86,15 @@ def watch_of(nodes: Sequence[str], device: torch.device | str) -> Watch:
     return {key: torch.tensor(features, device=device) for key, features in grouped.items()}
 
 
+def by_node(watch: Watch, acts: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Node id -> its column of the per-site activations `acts` (site key -> (..., k)), on the CPU."""
+    return {
+        f"{key}.{feature}": acts[key][..., column].cpu()
+        for key, features in watch.items()
+        for column, feature in enumerate(features.tolist())
+    }
+
+
 def with_edits(acts: Tensor, features: Tensor, edits: FeatureEdits | None) -> Tensor:
     """Activations (batch, n, k) of `features` with the entries `edits` sets at their new value."""
     if edits is None or len(edits.rows) == 0:
@@ -173,24 +182,14 @@ def steer(
         "Phase 1, generation (%d rows x %d tokens, twice): %.1fs", *clean.shape, time.perf_counter() - start
     )
     start = time.perf_counter()
-    nodes = list(dict.fromkeys([*(edit.node for edit in edits), *watch]))
-    logits, acts = {}, {}
-    for name, chosen in (("clean", ()), ("steered", edits)):
-        logits[name], acts[name] = read_under_edits(
-            spliced, rows, clean, chosen, watch_of(nodes, clean.device)
-        )
-    kl, chosen, rose, fell = _step_changes(logits["clean"], logits["steered"], clean, top_tokens)
+    recorded = watch_of(list(dict.fromkeys([*(edit.node for edit in edits), *watch])), clean.device)
+    logits_clean, acts_clean = read_under_edits(spliced, rows, clean, (), recorded)
+    logits_steered, acts_steered = read_under_edits(spliced, rows, clean, edits, recorded)
+    kl, chosen, rose, fell = _step_changes(logits_clean, logits_steered, clean, top_tokens)
     logger.info("Phase 2, comparison on the clean text: %.1fs", time.perf_counter() - start)
-    return SteerResult(rows, clean.cpu(), steered.cpu(), kl, chosen, rose, fell, _by_node(nodes, acts))
-
-
-def _by_node(nodes: Sequence[str], acts: dict[str, dict[str, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:
-    """node -> (clean, steered) activations (rows, positions) on the CPU, from each run's per-site record."""
-    out = {}
-    for key, features in watch_of(nodes, "cpu").items():
-        for column, feature in enumerate(features.tolist()):
-            out[f"{key}.{feature}"] = tuple(acts[run][key][..., column].cpu() for run in ("clean", "steered"))
-    return out
+    steered_acts = by_node(recorded, acts_steered)
+    activations = {node: (a, steered_acts[node]) for node, a in by_node(recorded, acts_clean).items()}
+    return SteerResult(rows, clean.cpu(), steered.cpu(), kl, chosen, rose, fell, activations)
 
 
 def read_under_edits(

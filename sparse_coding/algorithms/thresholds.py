@@ -109,16 +109,18 @@ def compute_thresholds(
         kmeans = fit_clusters(
             spliced, batches, layer=cluster_layer, n_clusters=n_clusters, seed=seed, n_batches=n_batches
         )
-        logger.info("Phase 1: %d clusters at %s (%.1fs)", n_clusters, hook, _since(start))
+        logger.info("Phase 1: %d clusters at %s (%.1fs)", n_clusters, hook, time.perf_counter() - start)
         cuts, sizes = assign_cuts(
             spliced, batches, kmeans, layer=cluster_layer, keeper_cluster=keeper_cluster, n_batches=n_batches
         )
         n_kept = int((cuts >= 0).sum())
-        logger.info("Phase 2: %d of %d sequences kept (%.1fs)", n_kept, len(cuts), _since(start))
+        logger.info(
+            "Phase 2: %d of %d sequences kept (%.1fs)", n_kept, len(cuts), time.perf_counter() - start
+        )
         m = top_count(n_kept, percentile)
         top = collect_top_values(spliced, batches, cuts, m=m, n_batches=n_batches)
     thresholds = {key: percentile_from_top(v, n_kept, percentile) for key, v in top.items()}
-    logger.info("Phase 3: %d sites' thresholds (%.1fs)", len(thresholds), _since(start))
+    logger.info("Phase 3: %d sites' thresholds (%.1fs)", len(thresholds), time.perf_counter() - start)
     return ThresholdResult(thresholds, kmeans, cuts, sizes, hook)
 
 
@@ -354,7 +356,3 @@ def _feats_at(
     with spliced.intervene(encode_at):
         spliced.run_blocks(spliced.embed(input_ids), 0, last_layer + 1, attention_mask)
     return feats
-
-
-def _since(start: float) -> float:
-    return time.perf_counter() - start

@@ -148,10 +148,10 @@ def _adjacency(
     """(adjacency (n, n) in NodeCounts order, indices of the attributed features)."""
     f = replacement.features
     n_layers, n_pos = replacement.errors.shape[:2]
-    n_logits = len(logits.token_ids)
-    logit_rows = edge_rows(model, transcoders, replacement, srcs, _logit_targets(logits, n_layers, n_pos),
-                           batch_size=options.batch_size)  # fmt: skip
-    batch = options.batch_size
+    n_logits, batch = len(logits.token_ids), options.batch_size
+    layer = torch.full((n_logits,), n_layers, device=logits.directions.device)  # n_layers: the logits
+    logit_targets = Targets(layer, torch.full_like(layer, n_pos - 1), logits.directions)
+    logit_rows = edge_rows(model, transcoders, replacement, srcs, logit_targets, batch_size=batch)
     cap = len(f.layer) if options.max_feature_nodes is None else min(options.max_feature_nodes, len(f.layer))
     if cap == len(f.layer):
         kept = torch.arange(len(f.layer))
@@ -168,16 +168,6 @@ def _adjacency(
     adjacency[: len(kept), : len(columns)] = feature_rows[:, columns]
     adjacency[-n_logits:, : len(columns)] = logit_rows[:, columns]
     return adjacency, kept
-
-
-def _logit_targets(logits: LogitTargets, n_layers: int, n_pos: int) -> Targets:
-    k = len(logits.token_ids)
-    device = logits.directions.device
-    return Targets(
-        torch.full((k,), n_layers, device=device),
-        torch.full((k,), n_pos - 1, device=device),
-        logits.directions,
-    )
 
 
 def _feature_targets(transcoders: TranscoderSet, f: ActiveFeatures, chosen: Tensor) -> Targets:

@@ -34,12 +34,8 @@ warning. Also measured: CE clean m(M) and ablated m(zero); mean KL(clean ||
 zero) over every real position; the next-token distribution after each
 sequence's last real token, averaged over sequences.
 
-Sums are accumulated as `feature_means` accumulates them (float64 on the CPU,
-added over torchrun ranks).
-
-Phases:
-    1. means: a clean pass sums every site's features and errors over real tokens
-       (`sparse_coding.algorithms.feature_means`, which fast.py's mean baseline uses too).
+Phases (sums in float64 on the CPU, added over torchrun ranks):
+    1. means: a clean pass sums every site's features and errors over real tokens (`feature_means`).
     2. evaluation: per batch, the clean forward and the four ablated ones.
     3. ratios: faithfulness and completeness from the summed metric values.
 
@@ -64,8 +60,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparse_coding.algorithms.attribution import losses
-from sparse_coding.algorithms.feature_means import SiteMeans, cpu_total, feature_means
-from sparse_coding.algorithms.mean_ablation import VARIANTS, Circuit, mean_ablations
+from sparse_coding.algorithms.feature_means import (
+    VARIANTS,
+    Circuit,
+    SiteMeans,
+    cpu_total,
+    feature_means,
+    mean_ablations,
+)
 from sparse_coding.algorithms.metrics import Metric
 from sparse_coding.config import DEFAULTS
 from sparse_coding.config.schema import ErrorMode
@@ -315,7 +317,7 @@ def pair_faithfulness(
 
     m is the fast.py graph's (`metrics`: a loss of each example's answer at
     its clean input's last real position), averaged over the examples; C and
-    empty are the mean ablations above (`mean_ablation.mean_ablations`):
+    empty are the mean ablations above (`feature_means.mean_ablations`):
 
         faithfulness = (m(C) - m(empty)) / (m(M) - m(empty))     1: C recovers M
 

@@ -10,8 +10,7 @@ import logging
 from collections.abc import Collection
 from pathlib import Path
 
-from sparse_coding.algorithms.feature_means import feature_means
-from sparse_coding.algorithms.mean_ablation import Circuit
+from sparse_coding.algorithms.feature_means import Circuit, feature_means
 from sparse_coding.algorithms.validation import check_circuit, validate_circuit
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError

@@ -12,8 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sparse_coding.algorithms.feature_means import SiteMeans
-from sparse_coding.algorithms.mean_ablation import Circuit
+from sparse_coding.algorithms.feature_means import Circuit, SiteMeans
 from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.algorithms.validation import pair_faithfulness
 from sparse_coding.config import Config
