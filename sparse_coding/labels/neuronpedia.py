@@ -73,11 +73,8 @@ class FeatureInfo:
 
 @dataclass
 class AnnotationStats:
-    """Counts of one ``annotate_graph`` call; ``requests`` counts HTTP requests sent.
-
-    ``answers`` holds what was fetched as (cache file, answer) pairs: written
-    at once, or left to the caller with ``defer_cache`` (`Cache.save`).
-    """
+    """Counts of one ``annotate_graph`` call, and what it fetched as (cache file, answer) pairs:
+    written at once, or left to the caller with ``defer_cache`` (`Cache.save`)."""
 
     features: int = 0
     from_cache: int = 0
@@ -348,17 +345,16 @@ def _lookup_all(
             except FetchError as e:
                 failures[key] = e.kind
                 stats.failed += 1
-                continue
             except Exception as e:  # a run never fails because of Neuronpedia
                 logger.debug("Neuronpedia lookup of %s/%d failed", *key, exc_info=True)
                 failures[key] = f"unexpected {type(e).__name__}"
                 stats.failed += 1
-                continue
-            results[key] = info
-            stats.from_cache += cached
-            stats.fetched += not cached
-            if cache is not None and not cached:
-                stats.answers.append((cache, info))
-            if info is None:
-                failures[key] = NOT_FOUND
+            else:
+                results[key] = info
+                stats.from_cache += cached
+                stats.fetched += not cached
+                if cache is not None and not cached:
+                    stats.answers.append((cache, info))
+                if info is None:
+                    failures[key] = NOT_FOUND
     return results, failures
