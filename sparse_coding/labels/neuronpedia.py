@@ -103,12 +103,9 @@ def _pairs(strings: Any, values: Any, limit: int) -> list[tuple[str, float]]:
 
 def _explanation(data: dict[str, Any]) -> str | None:
     for item in data.get("explanations") or []:
-        if (
-            isinstance(item, dict)
-            and isinstance(item.get("description"), str)
-            and item["description"].strip()
-        ):
-            return _cut(item["description"].strip(), MAX_EXPLANATION_CHARS)
+        text = item.get("description") if isinstance(item, dict) else None
+        if isinstance(text, str) and text.strip():
+            return _cut(text.strip(), MAX_EXPLANATION_CHARS)
     return None
 
 

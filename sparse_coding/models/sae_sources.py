@@ -204,9 +204,7 @@ def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SAELoadError(f"SAE cfg {where} must be a JSON object, got {shown(raw)}")
     cfg = {**raw, **_mapping(raw, "metadata", where)}
-    for old, new in _RENAMED_KEYS.items():
-        if old in cfg and new not in cfg:
-            cfg[new] = cfg[old]
+    cfg |= {new: cfg[old] for old, new in _RENAMED_KEYS.items() if old in cfg and new not in cfg}
     for key in ("d_in", "d_sae", "hook_name"):
         if key not in cfg:
             raise SAELoadError(
