@@ -73,11 +73,8 @@ class FeatureInfo:
 
 @dataclass
 class AnnotationStats:
-    """Counts of one ``annotate_graph`` call; ``requests`` counts HTTP requests sent.
-
-    ``answers`` holds what was fetched as (cache file, answer) pairs: written
-    at once, or left to the caller with ``defer_cache`` (`Cache.save`).
-    """
+    """Counts of one ``annotate_graph`` call, and what it fetched as (cache file, answer) pairs:
+    written at once, or left to the caller with ``defer_cache`` (`Cache.save`)."""
 
     features: int = 0
     from_cache: int = 0
@@ -106,12 +103,9 @@ def _pairs(strings: Any, values: Any, limit: int) -> list[tuple[str, float]]:
 
 def _explanation(data: dict[str, Any]) -> str | None:
     for item in data.get("explanations") or []:
-        if (
-            isinstance(item, dict)
-            and isinstance(item.get("description"), str)
-            and item["description"].strip()
-        ):
-            return _cut(item["description"].strip(), MAX_EXPLANATION_CHARS)
+        text = item.get("description") if isinstance(item, dict) else None
+        if isinstance(text, str) and text.strip():
+            return _cut(text.strip(), MAX_EXPLANATION_CHARS)
     return None
 
 
@@ -348,17 +342,16 @@ def _lookup_all(
             except FetchError as e:
                 failures[key] = e.kind
                 stats.failed += 1
-                continue
             except Exception as e:  # a run never fails because of Neuronpedia
                 logger.debug("Neuronpedia lookup of %s/%d failed", *key, exc_info=True)
                 failures[key] = f"unexpected {type(e).__name__}"
                 stats.failed += 1
-                continue
-            results[key] = info
-            stats.from_cache += cached
-            stats.fetched += not cached
-            if cache is not None and not cached:
-                stats.answers.append((cache, info))
-            if info is None:
-                failures[key] = NOT_FOUND
+            else:
+                results[key] = info
+                stats.from_cache += cached
+                stats.fetched += not cached
+                if cache is not None and not cached:
+                    stats.answers.append((cache, info))
+                if info is None:
+                    failures[key] = NOT_FOUND
     return results, failures

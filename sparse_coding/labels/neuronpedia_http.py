@@ -268,12 +268,7 @@ class Client:
 
 
 def _read_body(response: requests.Response, deadline: _Deadline) -> bytes:
-    """The whole body, a chunk at a time, so that neither its size nor its duration is unbounded.
-
-    Raises:
-        FetchError: over MAX_BODY_BYTES.
-        TimeoutError: not finished by the deadline (a server trickling bytes).
-    """
+    """The whole body, a chunk at a time, within MAX_BODY_BYTES and the deadline (a server may trickle)."""
     body = bytearray()
     while chunk := response.raw.read1(65536, decode_content=True):
         body += chunk

@@ -20,16 +20,11 @@ logger = logging.getLogger(__name__)
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in typing.get_args(DtypeName)}
 
 
-def available_devices() -> list[str]:
-    """Device types usable on this machine, best first."""
-    mps = getattr(torch.backends, "mps", None)
-    usable = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "cpu": True}
-    return [name for name, ok in usable.items() if ok]
-
-
 def resolve_device(name: str | None = None) -> torch.device:
     """`name` if given (DEVICE key) and usable here, else CUDA, then MPS, then CPU."""
-    usable = available_devices()
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "cpu": True}
+    usable = [kind for kind, ok in available.items() if ok]
     if not name:
         return torch.device(usable[0])
     try:

@@ -46,13 +46,13 @@ def load_saes(
         SparseCodingError: the SAEs would not fit the device.
         SAELoadError: an SAE reads another site's hook or another layer.
     """
-    chosen = [(site, layer, sources[site]) for site, layer in sites]
-    cfgs = read_configs(sources, [(site, layer) for site, layer, _ in chosen])
-    check_memory(cfgs, [layer for _, layer, _ in chosen], device, dtype, passes, d_vocab)
+    sites = list(sites)
+    cfgs = read_configs(sources, sites)
+    check_memory(cfgs, [layer for _, layer in sites], device, dtype, passes, d_vocab)
     start = time.perf_counter()
     saes = [
-        _checked(load_sae(source, layer, device=device, dtype=dtype), site, layer, source)
-        for site, layer, source in progress(chosen, desc="Loading SAEs", leave=False)
+        _checked(load_sae(sources[site], layer, device=device, dtype=dtype), site, layer, sources[site])
+        for site, layer in progress(sites, desc="Loading SAEs", leave=False)
     ]
     logger.info("Loaded %d SAEs in %.1fs", len(saes), time.perf_counter() - start)
     return saes

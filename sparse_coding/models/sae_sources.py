@@ -146,8 +146,8 @@ def fetch_file(resolved: ResolvedSource, name: str) -> Path:
     return path
 
 
-def read_cfg(resolved: ResolvedSource) -> tuple[Path, dict[str, Any]]:
-    """The SAE folder's cfg.json path and its contents in one form (`normalize_cfg`); no weights.
+def read_cfg(resolved: ResolvedSource) -> dict[str, Any]:
+    """The SAE folder's cfg.json in one form (`normalize_cfg`); no weights.
 
     Raises:
         SAELoadError: the cfg is missing, not JSON, or not an SAELens cfg of a supported hook.
@@ -165,7 +165,7 @@ def read_cfg(resolved: ResolvedSource) -> tuple[Path, dict[str, Any]]:
         hook_position(norm["hook_name"])
     except ValueError as e:
         raise SAELoadError(f"SAE cfg {cfg_path}: {e}") from e
-    return cfg_path, norm
+    return norm
 
 
 def _mapping(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -204,9 +204,7 @@ def normalize_cfg(raw: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SAELoadError(f"SAE cfg {where} must be a JSON object, got {shown(raw)}")
     cfg = {**raw, **_mapping(raw, "metadata", where)}
-    for old, new in _RENAMED_KEYS.items():
-        if old in cfg and new not in cfg:
-            cfg[new] = cfg[old]
+    cfg |= {new: cfg[old] for old, new in _RENAMED_KEYS.items() if old in cfg and new not in cfg}
     for key in ("d_in", "d_sae", "hook_name"):
         if key not in cfg:
             raise SAELoadError(

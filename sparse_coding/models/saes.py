@@ -253,7 +253,7 @@ def read_sae_config(source: str, layer: int) -> SAEConfig:
         SAELoadError: the folder or its cfg.json is missing or not an SAELens cfg.
     """
     resolved = resolve_source(source, layer)
-    _, norm = read_cfg(resolved)
+    norm = read_cfg(resolved)
     center = resolved.center_writing_weights
     if center is None:
         # TransformerLens' from_pretrained centres writing weights by default.

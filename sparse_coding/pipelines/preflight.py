@@ -183,7 +183,7 @@ def settled_prepend_bos(
     for site, layer in sae_sites:
         if site in config.sae_sources:
             resolved = resolve_source(config.sae_sources[site], layer)
-            trained[resolved.description] = read_cfg(resolved)[1]["prepend_bos"]
+            trained[resolved.description] = read_cfg(resolved)["prepend_bos"]
     if transcoders and config.TRANSCODERS:
         from sparse_coding.transcoders.sources import transcoders_bos  # imports torch
 

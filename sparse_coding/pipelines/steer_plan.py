@@ -242,7 +242,7 @@ def check_transcoder_nodes(config: Config, plan: SteerPlan, transcoders: Transco
 
 def sae_width(source: str, layer: int) -> int:
     """d_sae of one layer's SAE, from its cfg.json (no weights read)."""
-    return read_cfg(resolve_source(source, layer))[1]["d_sae"]
+    return read_cfg(resolve_source(source, layer))["d_sae"]
 
 
 def node_edits(choice: CommandLineEdits) -> list[FeatureEdit]:

@@ -16,11 +16,9 @@ Rows are grouped by p. All rows' suffix tokens lie in one flat
 (tokens, d_model) matrix, so layer norms, projections and MLPs run as one
 large matrix product per block; only attention works group by group.
 
-This is the incremental decoding of language-model serving, written on the
-block's own modules (`ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp`) and
-the attention of `models.transformer.attend`. It equals
-`SplicedModel.run_blocks` to float rounding; `tests/test_suffix.py` checks
-both read modes against it.
+This is the incremental decoding of language-model serving, on the block's own
+modules. It equals `SplicedModel.run_blocks` to float rounding;
+`tests/test_suffix.py` checks both read modes against it.
 """
 
 from collections.abc import Sequence

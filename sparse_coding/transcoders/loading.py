@@ -72,9 +72,7 @@ def load_transcoders(
 
 
 def _is_cross_layer(layout: str, paths: dict) -> bool:
-    if layout != "sparsify":
-        return False
-    return int(json.loads(paths["cfg.json"].read_text()).get("n_targets") or 0) > 0
+    return layout == "sparsify" and int(json.loads(paths["cfg.json"].read_text()).get("n_targets") or 0) > 0
 
 
 def _check_width(weights: LayerWeights, d_model: int, where: str) -> None:
