@@ -4,7 +4,7 @@
 its own GPU: `local_device`) and leaves it at the end; without torchrun's variables (a plain run,
 a notebook) every helper here sees one process: world size 1, rank 0, reductions return their
 input. A process group the caller already joined is used as it is. The collectives (`all_sum`,
-`all_max` in float64; `all_gather`, `gather`, `broadcast` of picklable objects) go through the
+`all_max` in float64; `all_gather`, `broadcast` of picklable objects) go through the
 CPU (gloo), tensors moved there first: what the dataset passes (`sharding`) reduce is small
 beside the model's work, and ranks sharing one GPU (DEVICE cuda:0) then need no NCCL
 communicator. Rank 0 alone logs, writes files and takes the graph lock (`is_main`); a collective
@@ -172,16 +172,6 @@ def all_gather(value: T) -> list[T]:
     return gathered
 
 
-def gather(value: T) -> list[T] | None:
-    """Every rank's `value` (any picklable object) on rank 0, in rank order; None on the other ranks."""
-    dist = _dist()
-    if dist is None:
-        return [value]
-    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    _collective("gather", dist.gather_object, to_cpu(value), gathered, dst=0)
-    return gathered
-
-
 def broadcast(value: T) -> T:
     """Rank 0's `value` on every rank (any picklable object)."""
     dist = _dist()
@@ -272,18 +262,15 @@ def first_failure() -> bool:
     if launched_world_size() <= 1:
         return True
     try:
-        store = _failure_store or _agent_store()
+        # The session's store, else torchrun's own, which outlives every rank (none under another launcher).
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = _failure_store or (_store_client() if agent else None)
         if store is None:
             return True
         key = f"{_FAILURE_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
         return store.add(f"{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
     except Exception:  # no store to ask (it went down with its host): better twice than never
         return True
-
-
-def _agent_store():
-    """A client of torchrun's own store, which outlives every rank; None when another launcher started us."""
-    return _store_client() if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
 
 
 def _store_client():
