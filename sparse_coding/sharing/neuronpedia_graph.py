@@ -40,7 +40,7 @@ from typing import Any
 from sparse_coding import __version__
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
-from sparse_coding.nodes import parse_any_id
+from sparse_coding.nodes import node_kind
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")  # Neuronpedia's slugs and model ids
 SCHEMA_VERSION = 1
@@ -133,7 +133,7 @@ def _node_entry(
 ) -> dict[str, Any]:
     """One node of the file: its kind's rules applied (module docstring); `logits`: trace.py's logit
     targets by token id, likeliest first (circuit-tracer's target logit)."""
-    kind = parse_any_id(node.id).kind
+    kind = node_kind(node.id)
     position = last if kind == "logit" or node.position is None else node.position
     if kind == "feature":
         feature = cantor(node.layer, node.feature)
