@@ -140,7 +140,6 @@ def cache_fingerprint(
     model: str,
     saes: Mapping[str, dict[str, Any]],
     dataset: str | None,
-    revision: str | None = None,
     settings: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Everything a cache depends on, JSON-ready: a cache serves a run whose fingerprint has no `differences`.
@@ -148,14 +147,14 @@ def cache_fingerprint(
     Args:
         model: MODEL_DIR.
         saes: site key -> `sae_identity` of every SAE the cache holds values of.
-        dataset, revision: DATASET (a local path or a hub name) and its revision; None for PROMPT.
+        dataset: DATASET (a local path or a hub name); None for PROMPT.
         settings: named groups of every other value that shapes the cache
             (e.g. ``{"dataset": {...}, "cluster": {...}}``).
     """
     return {
         "model": model_identity(model),
         "saes": dict(sorted(saes.items())),
-        "dataset_identity": dataset_identity(dataset, revision=revision),
+        "dataset_identity": dataset_identity(dataset),
         **settings,
     }
 
