@@ -1,15 +1,11 @@
-"""Several processes, one run: torch.distributed as the scripts use it under `torchrun`.
+"""Several processes, one run: torch.distributed as the scripts use it under `torchrun` (what a run
+promises: docs/design.md, "Several processes and resumed runs").
 
-`session` joins torchrun's process group (gloo for CPU tensors, NCCL for CUDA ones, each rank on
-its own GPU: `local_device`) and leaves it at the end; without torchrun's variables (a plain run,
-a notebook) every helper here sees one process: world size 1, rank 0, reductions return their
-input. A process group the caller already joined is used as it is. The collectives (`all_sum`,
-`all_max` in float64; `all_gather`, `broadcast` of picklable objects) go through the
-CPU (gloo), tensors moved there first: what the dataset passes (`sharding`) reduce is small
-beside the model's work, and ranks sharing one GPU (DEVICE cuda:0) then need no NCCL
-communicator. Rank 0 alone logs, writes files and takes the graph lock (`is_main`); a collective
-whose peer stopped or timed out raises `DistributedError`; `first_failure` lets exactly one rank
-print the run's error. What a run promises: docs/design.md, "Several processes and resumed runs".
+`session` joins torchrun's process group and leaves it at the end; without torchrun's variables (a
+plain run, a notebook) every helper here sees one process: world size 1, rank 0, reductions return
+their input. The collectives go through the CPU (gloo), tensors moved there first: what the dataset
+passes (`sharding`) reduce is small beside the model's work, and ranks sharing one GPU (DEVICE
+cuda:0) then need no NCCL communicator.
 """
 
 from __future__ import annotations
