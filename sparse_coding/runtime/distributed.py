@@ -168,6 +168,16 @@ def all_gather(value: T) -> list[T]:
     return gathered
 
 
+def gather(value: T) -> list[T] | None:
+    """Every rank's `value` (any picklable object) on rank 0, in rank order; None on the other ranks."""
+    dist = _dist()
+    if dist is None:
+        return [value]
+    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    _collective("gather", dist.gather_object, to_cpu(value), gathered, dst=0)
+    return gathered
+
+
 def broadcast(value: T) -> T:
     """Rank 0's `value` on every rank (any picklable object)."""
     dist = _dist()
