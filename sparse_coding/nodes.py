@@ -58,17 +58,6 @@ def site_key(site: str, layer: int) -> str:
     return f"{site}_{layer}"
 
 
-class AnyNodeId(NamedTuple):
-    """Any node id (trace.py's included), parsed: ``kind`` is "feature", "error", "embed" or "logit";
-    ``index`` is the feature index (a logit's token id); ``position`` is None for summed nodes and logits."""
-
-    kind: str
-    site: str | None
-    layer: int | None
-    index: int | None
-    position: int | None
-
-
 def embed_id(position: int) -> str:
     """Id of the token embedding at `position`, e.g. ``embed@0``."""
     return f"embed@{position}"
@@ -93,20 +82,17 @@ def parse_node_id(node_id: str) -> NodeId:
     )
 
 
-def parse_any_id(node_id: str) -> AnyNodeId:
-    """Parse any node id: features and errors (summed or ``@{position}``), ``embed@{pos}``,
-    ``logit_{token id}``; raises ValueError naming the accepted forms."""
-    if match := _EMBED_RE.fullmatch(node_id):
-        return AnyNodeId("embed", None, None, None, int(match[1]))
-    if match := _LOGIT_RE.fullmatch(node_id):
-        return AnyNodeId("logit", None, None, int(match[1]), None)
+def node_kind(node_id: str) -> str:
+    """The kind of any node id, trace.py's included: "feature" or "error" (summed or ``@{position}``),
+    "embed" (``embed@{pos}``) or "logit" (``logit_{token id}``); ValueError naming the accepted forms."""
+    if _EMBED_RE.fullmatch(node_id):
+        return "embed"
+    if _LOGIT_RE.fullmatch(node_id):
+        return "logit"
     try:
-        site, layer, index = parse_node_id(node_id)
+        return "error" if parse_node_id(node_id).feature is None else "feature"
     except ValueError as e:
         raise ValueError(f"{e}; or 'embed@{{position}}', or 'logit_{{token id}}'") from None
-    return AnyNodeId(
-        "feature" if index is not None else "error", site, layer, index, split_position(node_id)[1]
-    )
 
 
 def parse_site_key(key: int | str) -> tuple[str, int]:

@@ -11,6 +11,7 @@ from sparse_coding.nodes import (
     error_id,
     feature_id,
     hook_position,
+    node_kind,
     parse_node_id,
     parse_site_key,
     site_key,
@@ -118,3 +119,18 @@ def test_hook_positions_sort_sites_in_forward_order():
 def test_an_unsupported_hook_lists_the_supported_hooks(bad):
     with pytest.raises(ValueError, match="hook_resid_pre"):
         hook_position(bad)
+
+
+@pytest.mark.parametrize(
+    ("node_id", "kind"),
+    [("resid_3.331", "feature"), ("tc_3.12@5", "feature"), ("mlp_error_7@4", "error"), ("embed@0", "embed"),
+     ("logit_262", "logit")],
+)  # fmt: skip
+def test_every_node_id_has_a_kind(node_id, kind):
+    assert node_kind(node_id) == kind
+
+
+@pytest.mark.parametrize("bad", ["embed_0", "embed@", "logit_x", "resid_3"])
+def test_an_id_of_no_kind_names_every_accepted_form(bad):
+    with pytest.raises(ValueError, match="'embed@{position}', or 'logit_{token id}'"):
+        node_kind(bad)

@@ -54,7 +54,7 @@ def test_the_demo_graph_exports_a_valid_neuronpedia_file_with_the_graphs_nodes_a
     for node_id, entry in ours.items():
         node = graph.nodes[node_id]
         kind = "error" if node.is_error else "feature"
-        assert entry["feature_type"] == NODE_KINDS[(kind, node.site)].feature_type
+        assert entry["feature_type"] == NODE_KINDS[(kind, node.site)]
         assert entry["feature"] == (-1 if node.is_error else cantor(node.layer, node.feature))
         assert entry["layer"] == str(node.layer)
         assert entry["ctx_idx"] == (len(tokens) - 1 if node.position is None else node.position)

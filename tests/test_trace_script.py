@@ -9,7 +9,7 @@ from transcoder_files import write_set
 
 from sparse_coding.algorithms.trace_graph import TraceOptions, trace_graph
 from sparse_coding.models.gpt2 import load_model, tokenize_prompt
-from sparse_coding.nodes import parse_any_id
+from sparse_coding.nodes import node_kind
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.transcoders.loading import load_transcoders
 
@@ -37,7 +37,7 @@ def test_the_graph_file_holds_the_pruned_graph_with_positioned_ids(tmp_path, mak
     )
     assert len(written["nodes"]) == int(graph.pruned.node_mask.sum())
     assert len(written["edges"]) == int(graph.pruned.edge_mask.sum())
-    kinds = {parse_any_id(node["id"]).kind for node in written["nodes"]}
+    kinds = {node_kind(node["id"]) for node in written["nodes"]}
     assert kinds <= {"feature", "error", "embed", "logit"} and {"embed", "logit"} <= kinds
     assert all(node["site"] == "clt" for node in written["nodes"] if node["id"].startswith("clt_"))
     run = written["metadata"]["runs"][0]

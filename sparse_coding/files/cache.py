@@ -46,22 +46,14 @@ def key_differences(stored: Stored[Any], key: Mapping[str, Any]) -> list[str]:
 
 @dataclass
 class Cache(Generic[T]):
-    """A value computed once and kept in one file, with the key (inputs and settings) it depends on.
-
-    Attributes:
-        path: the file.
-        key: what this run's value would depend on (JSON-ready, see `cache_fingerprint`).
-        encode: (value, key) -> the file's bytes, the key stored inside them.
-        decode: the file's bytes -> (stored key, value); raises on a damaged file.
-        why_stale: (what is stored, this run's key) -> reasons it cannot serve the run; [] when it can.
-        inside: the folder every write must stay in (DATA_DIR).
-    """
+    """A value computed once and kept in one file, with the `key` this run's value would depend on
+    (JSON-ready inputs and settings, see `cache_fingerprint`); every write stays `inside` (DATA_DIR)."""
 
     path: Path
     key: dict[str, Any]
-    encode: Callable[[T, dict[str, Any]], bytes]
-    decode: Callable[[bytes], tuple[dict[str, Any], T]]
-    why_stale: Callable[[Stored[T], dict[str, Any]], list[str]] = key_differences
+    encode: Callable[[T, dict[str, Any]], bytes]  # (value, key) -> the file's bytes, the key inside them
+    decode: Callable[[bytes], tuple[dict[str, Any], T]]  # -> (stored key, value); raises when damaged
+    why_stale: Callable[[Stored[T], dict[str, Any]], list[str]] = key_differences  # [] when it serves
     inside: Path | None = None
 
     def read(self) -> Stored[T] | None:
@@ -140,7 +132,6 @@ def cache_fingerprint(
     model: str,
     saes: Mapping[str, dict[str, Any]],
     dataset: str | None,
-    revision: str | None = None,
     settings: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Everything a cache depends on, JSON-ready: a cache serves a run whose fingerprint has no `differences`.
@@ -148,14 +139,14 @@ def cache_fingerprint(
     Args:
         model: MODEL_DIR.
         saes: site key -> `sae_identity` of every SAE the cache holds values of.
-        dataset, revision: DATASET (a local path or a hub name) and its revision; None for PROMPT.
+        dataset: DATASET (a local path or a hub name); None for PROMPT.
         settings: named groups of every other value that shapes the cache
             (e.g. ``{"dataset": {...}, "cluster": {...}}``).
     """
     return {
         "model": model_identity(model),
         "saes": dict(sorted(saes.items())),
-        "dataset_identity": dataset_identity(dataset, revision=revision),
+        "dataset_identity": dataset_identity(dataset),
         **settings,
     }
 

@@ -20,30 +20,24 @@ PROBE_MEMORY_S = 60.0
 _probes: dict[str, tuple[float, str | None]] = {}
 
 
-def hub_unreachable(endpoint: str) -> str | None:
-    """None when the hub answers within HUB_PROBE_TIMEOUT_S, else why not (remembered a while)."""
-    now = time.monotonic()
-    if endpoint in _probes and now - _probes[endpoint][0] < PROBE_MEMORY_S:
-        return _probes[endpoint][1]
-    import requests
-
-    try:
-        requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=False)
-        problem = None
-    except requests.RequestException as e:
-        problem = type(e).__name__
-    _probes[endpoint] = (now, problem)
-    return problem
-
-
 def why_hub_cannot_be_asked() -> str | None:
-    """ "HF_HUB_OFFLINE is set" or "the hub ... cannot be reached (...)"; None when it can be asked."""
+    """ "HF_HUB_OFFLINE is set" or "the hub ... cannot be reached (...)"; None when it answers within
+    HUB_PROBE_TIMEOUT_S (a probe's answer is remembered for PROBE_MEMORY_S)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    problem = hub_unreachable(constants.ENDPOINT)
-    return None if problem is None else f"the hub {constants.ENDPOINT} cannot be reached ({problem})"
+    endpoint, now = constants.ENDPOINT, time.monotonic()
+    if endpoint not in _probes or now - _probes[endpoint][0] >= PROBE_MEMORY_S:
+        import requests
+
+        try:
+            requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=False)
+            problem = None
+        except requests.RequestException as e:
+            problem = f"the hub {endpoint} cannot be reached ({type(e).__name__})"
+        _probes[endpoint] = (now, problem)
+    return _probes[endpoint][1]
 
 
 def hub_file(

@@ -56,11 +56,6 @@ def _umask() -> int:
     return mask
 
 
-def file_mode() -> int:
-    """Permissions of a new file: what ``open()`` would give (0666 minus the umask)."""
-    return 0o666 & ~_umask()
-
-
 def _fsync_folder(folder: Path) -> None:
     """Make renames in `folder` durable; systems that cannot sync folders (Windows) are skipped."""
     try:
@@ -260,7 +255,7 @@ class Commit:
 
     def apply(self, order: Sequence[Path] = ()) -> None:
         """Rename every temp over its target (those in `order` first, in that order) and sync the folders."""
-        mode = file_mode()
+        mode = 0o666 & ~_umask()  # what open() would give a new file
         targets = [Path(t) for t in order if Path(t) in self.temps]
         targets += [t for t in self.temps if t not in targets]
         try:

@@ -24,7 +24,7 @@ from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
 from sparse_coding.graphs.legend import caption_lines, legend_entries, run_label
 from sparse_coding.graphs.markup import shown_logits
 from sparse_coding.graphs.render import drawn_rank
-from sparse_coding.nodes import parse_any_id
+from sparse_coding.nodes import node_kind
 
 # The viewer's script in parts (each file opens with what it holds), inlined in reading order: helpers,
 # layout, state, camera, drawing, side panel, then viewer.js, whose Viewer ties them to the DOM and
@@ -99,7 +99,7 @@ def _column(node: Node, tokens: list[str] | None) -> int | None:
     """The token column of a node on a token axis: its position; a logit's, the last token's."""
     if node.position is not None or not tokens:
         return node.position
-    return len(tokens) - 1 if parse_any_id(node.id).kind == "logit" else None
+    return len(tokens) - 1 if node_kind(node.id) == "logit" else None
 
 
 def _node_data(

@@ -1,16 +1,12 @@
-"""Resumable runs: the dataset passes' partial state, saved every CHECKPOINT_EVERY batches.
+"""Resumable runs: the dataset passes' partial state, saved every CHECKPOINT_EVERY batches (what a
+run promises: docs/design.md, "Several processes and resumed runs").
 
 A script that reads a dataset opens one `checkpointed` block around its computation
 (`sparse_coding.pipelines.resume`); each pass inside it (`sharding.run_pass`) saves its reduced
-state and position, and its final state, so a killed run loses at most CHECKPOINT_EVERY batches
-of a pass: with ``--resume`` each finished pass is read back and the interrupted one continues.
-The file, DATA_DIR/<model>/checkpoints/<script>.ckpt, is a `files.cache.Cache` written by rank 0
-alone: ``format``, ``fingerprint`` (`cache.cache_fingerprint`: the model's and SAEs' files, the
-dataset, every config key but CHECKPOINT_EVERY, the script's inputs; one that differs is refused,
-naming each difference) and per pass its ``position``, ``done`` and ``state``. States are pickled
-(torch.save: k-means is a scikit-learn object; the file is the tool's own in DATA_DIR, trusted
-like the config). The rank count is not part of it: a run checkpointed by 2 ranks resumes on 1
-or 8. A run that ends without an error removes its checkpoint.
+state and position, and its final state. The file is a `files.cache.Cache` written by rank 0
+alone: ``format``, ``fingerprint`` (`cache.cache_fingerprint`) and per pass its ``position``,
+``done`` and ``state``. States are pickled (torch.save: k-means is a scikit-learn object; the file
+is the tool's own in DATA_DIR, trusted like the config).
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
-"""Several processes, one run: torch.distributed as the scripts use it under `torchrun`.
+"""Several processes, one run: torch.distributed as the scripts use it under `torchrun` (what a run
+promises: docs/design.md, "Several processes and resumed runs").
 
-`session` joins torchrun's process group (gloo for CPU tensors, NCCL for CUDA ones, each rank on
-its own GPU: `local_device`) and leaves it at the end; without torchrun's variables (a plain run,
-a notebook) every helper here sees one process: world size 1, rank 0, reductions return their
-input. A process group the caller already joined is used as it is. The collectives (`all_sum`,
-`all_max` in float64; `all_gather`, `gather`, `broadcast` of picklable objects) go through the
-CPU (gloo), tensors moved there first: what the dataset passes (`sharding`) reduce is small
-beside the model's work, and ranks sharing one GPU (DEVICE cuda:0) then need no NCCL
-communicator. Rank 0 alone logs, writes files and takes the graph lock (`is_main`); a collective
-whose peer stopped or timed out raises `DistributedError`; `first_failure` lets exactly one rank
-print the run's error. What a run promises: docs/design.md, "Several processes and resumed runs".
+`session` joins torchrun's process group and leaves it at the end; without torchrun's variables (a
+plain run, a notebook) every helper here sees one process: world size 1, rank 0, reductions return
+their input. The collectives go through the CPU (gloo), tensors moved there first: what the dataset
+passes (`sharding`) reduce is small beside the model's work, and ranks sharing one GPU (DEVICE
+cuda:0) then need no NCCL communicator.
 """
 
 from __future__ import annotations
@@ -272,18 +268,15 @@ def first_failure() -> bool:
     if launched_world_size() <= 1:
         return True
     try:
-        store = _failure_store or _agent_store()
+        # The session's store, else torchrun's own, which outlives every rank (none under another launcher).
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = _failure_store or (_store_client() if agent else None)
         if store is None:
             return True
         key = f"{_FAILURE_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
         return store.add(f"{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", 1) == 1
     except Exception:  # no store to ask (it went down with its host): better twice than never
         return True
-
-
-def _agent_store():
-    """A client of torchrun's own store, which outlives every rank; None when another launcher started us."""
-    return _store_client() if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
 
 
 def _store_client():

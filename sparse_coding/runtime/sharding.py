@@ -1,14 +1,10 @@
-"""One pass over a stream of batches, split over the ranks of a run, reduced exactly, checkpointed.
+"""One pass over a stream of batches, split over the ranks of a run, reduced exactly, checkpointed:
+docs/internals.md, "Dataset passes on several processes" (the rule, the checkpoints, the states).
 
-Every rank walks the same stream (tokenizing is cheap beside the model, and it keeps the batches
-independent of the rank count) and computes the batches whose index i has i % world_size == rank,
-each as a single process computes it; only how the per-batch results are combined depends on the
-number of processes (`PassState.reduce`: float64 sums, gathered candidates merged by the single
-process's rule). At each checkpoint (every CHECKPOINT_EVERY batches of the whole stream) the
-state is reduced and saved by rank 0 and the other ranks start again from an empty state, so the
-saved state is the run's whatever the rank count; an interrupted pass resumes on rank 0 at the
-batch after it. A pass shorter than CHECKPOINT_EVERY saves nothing and is simply run again.
-docs/internals.md ("Dataset passes on several processes") lists the states.
+Every rank walks the whole stream (tokenizing is cheap beside the model, and it keeps the batches
+independent of the rank count) and computes the batches whose index modulo the world size is its
+rank, each as a single process computes it; only their combining (`PassState.reduce`: float64
+sums, gathered candidates merged by the single process's rule) depends on the rank count.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ writes and Neuronpedia's graph pages read).
 The fields are those of Neuronpedia's graph-schema.json and circuit-tracer's
 frontend/graph_models.py (``qParams``, the viewer's saved state, empty here);
 `graph_schema` is our schema of them, with circuit-tracer's stricter types.
-What our graph's numbers become there (`NODE_KINDS`, one row per node kind
-and site, says which rule fills feature_type, layer, ctx_idx and feature):
+What our graph's numbers become there (feature_type per node kind and site: `NODE_KINDS`):
 - node_id and jsNodeId: our node id (unique; links name them).
 - feature: a feature's ``(layer + index)(layer + index + 1)/2 + index``, the
   Cantor pairing of its layer and index that Neuronpedia's schema-1 graphs
@@ -36,45 +35,30 @@ import json
 import re
 import time
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any
 
 from sparse_coding import __version__
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Graph, Node, prompt_tokens
-from sparse_coding.nodes import parse_any_id
+from sparse_coding.nodes import node_kind
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")  # Neuronpedia's slugs and model ids
 SCHEMA_VERSION = 1
 SCRIPTS = ("fast.py", "trace.py")
 
 
-class NodeKind(NamedTuple):
-    """How one kind of node is written: Neuronpedia's feature_type, and the rules for its numbers.
-
-    layer: "own" (the node's layer), "E" (the embeddings' row), "above" (one past the node's own,
-    which is the model's layer count for a logit); ctx: "own" (the node's position, a summed node's
-    the last token) or "last"; feature: "cantor" (layer and index paired), "none" (-1),
-    "position" or "token" (the node's token id).
-    """
-
-    feature_type: str
-    layer: str = "own"
-    ctx: str = "own"
-    feature: str = "cantor"
-
-
-# (node kind, site) -> how it is written, in Neuronpedia's vocabulary.
-NODE_KINDS: dict[tuple[str, str | None], NodeKind] = {
-    ("feature", "resid"): NodeKind("cross layer transcoder"),
-    ("feature", "mlp"): NodeKind("cross layer transcoder"),
-    ("feature", "attn"): NodeKind("lorsa"),
-    ("feature", "tc"): NodeKind("cross layer transcoder"),  # circuit-tracer's type for per-layer ones too
-    ("feature", "clt"): NodeKind("cross layer transcoder"),
-    ("error", "resid"): NodeKind("mlp reconstruction error", feature="none"),
-    ("error", "mlp"): NodeKind("mlp reconstruction error", feature="none"),
-    ("error", "attn"): NodeKind("lorsa error", feature="none"),
-    ("embed", None): NodeKind("embedding", layer="E", feature="position"),
-    ("logit", None): NodeKind("logit", layer="above", ctx="last", feature="token"),
+# (node kind, site) -> Neuronpedia's feature_type.
+NODE_KINDS: dict[tuple[str, str | None], str] = {
+    ("feature", "resid"): "cross layer transcoder",
+    ("feature", "mlp"): "cross layer transcoder",
+    ("feature", "attn"): "lorsa",
+    ("feature", "tc"): "cross layer transcoder",  # circuit-tracer's type for per-layer ones too
+    ("feature", "clt"): "cross layer transcoder",
+    ("error", "resid"): "mlp reconstruction error",
+    ("error", "mlp"): "mlp reconstruction error",
+    ("error", "attn"): "lorsa error",
+    ("embed", None): "embedding",
+    ("logit", None): "logit",
 }
 QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
 
@@ -149,28 +133,24 @@ def _node_entry(
 ) -> dict[str, Any]:
     """One node of the file: its kind's rules applied (module docstring); `logits`: trace.py's logit
     targets by token id, likeliest first (circuit-tracer's target logit)."""
-    kind_name = parse_any_id(node.id).kind
-    kind = NODE_KINDS[(kind_name, node.site if kind_name in ("feature", "error") else None)]
-    layer = {"own": str(node.layer), "E": "E", "above": str(node.layer + 1)}[kind.layer]
-    position = last if kind.ctx == "last" or node.position is None else node.position
-    feature = {
-        "cantor": lambda: cantor(node.layer, node.feature),
-        "none": lambda: -1,
-        "position": lambda: position,
-        "token": lambda: node.feature,
-    }[kind.feature]()
+    kind = node_kind(node.id)
+    position = last if kind == "logit" or node.position is None else node.position
+    if kind == "feature":
+        feature = cantor(node.layer, node.feature)
+    else:
+        feature = {"error": -1, "embed": position, "logit": node.feature}[kind]
     entry = {
         "node_id": node.id,
         "feature": feature,
-        "layer": layer,
+        "layer": "E" if kind == "embed" else str(node.layer + 1 if kind == "logit" else node.layer),
         "ctx_idx": position,
-        "feature_type": kind.feature_type,
+        "feature_type": NODE_KINDS[(kind, node.site if kind in ("feature", "error") else None)],
         "jsNodeId": node.id,
-        "clerp": (node.explanation or "") if kind.feature == "cantor" else "",
-        "activation": node.activation if kind.feature == "cantor" else None,
+        "clerp": (node.explanation or "") if kind == "feature" else "",
+        "activation": node.activation if kind == "feature" else None,
         "influence": influence,
     }
-    if kind.feature == "token":  # a trace.py logit: its probability is its activation
+    if kind == "logit":  # a trace.py logit: its probability is its activation
         probability = float(node.activation or 0.0)
         token = logits.get(node.feature, {}).get("token", "")
         entry |= {
@@ -193,7 +173,7 @@ def _answer(graph: Graph, meta: dict[str, Any], last: int) -> dict[str, Any] | N
         "feature": token_id,
         "layer": str(max(layers, default=0) + 1),
         "ctx_idx": last,
-        "feature_type": NODE_KINDS[("logit", None)].feature_type,
+        "feature_type": NODE_KINDS[("logit", None)],
         "jsNodeId": f"logit_{token_id}",
         "clerp": f'Output "{meta.get("answer_token", "")}" (p={shown})',
         "token_prob": 0.0 if probability is None else float(probability),
@@ -205,14 +185,12 @@ def _answer(graph: Graph, meta: dict[str, Any], last: int) -> dict[str, Any] | N
 
 def _answer_links(graph: Graph, answer_id: str) -> list[dict[str, Any]]:
     """Each node of the last site to the answer, weighted by its attribution."""
-    nodes = [node for node in graph.nodes.values() if node.attribution is not None]
-    if not nodes:
-        return []
-    bottom = max(node.rank_key() for node in nodes)
+    nodes = [node for node in graph.sorted_nodes() if node.attribution is not None]
+    bottom = max((node.rank_key() for node in nodes), default=None)
     return [
         {"source": node.id, "target": answer_id, "weight": node.attribution}
-        for node in graph.sorted_nodes()
-        if node.attribution is not None and node.rank_key() == bottom
+        for node in nodes
+        if node.rank_key() == bottom
     ]
 
 

@@ -105,7 +105,7 @@ def upload(path: Path, *, base_url: str, api_key: str, http: urllib3.PoolManager
 def _post(http: urllib3.PoolManager, base: str, step: str, body: dict, api_key: str) -> dict:
     """POST to the step's route (``{base}/api/graph/{step}``) with the key; its JSON reply, or
     UploadError naming the step and the reason."""
-    url = f"{base}/api/graph/{step}"
+    url, host = f"{base}/api/graph/{step}", urlsplit(base).hostname
     try:
         response = http.request(
             "POST",
@@ -115,16 +115,14 @@ def _post(http: urllib3.PoolManager, base: str, step: str, body: dict, api_key: 
             redirect=False,
         )
     except urllib3.exceptions.HTTPError as e:
-        raise UploadError(f"{step}: no answer from {urlsplit(url).hostname} ({type(e).__name__}: {e})") from e
-    _check(step, response, urlsplit(url).hostname)
+        raise UploadError(f"{step}: no answer from {host} ({type(e).__name__}: {e})") from e
+    _check(step, response, host)
     try:
         reply = json.loads(response.data)
     except ValueError as e:
-        raise UploadError(
-            f"{step}: {urlsplit(url).hostname} replied with no JSON: {response.data[:200]!r}"
-        ) from e
+        raise UploadError(f"{step}: {host} replied with no JSON: {response.data[:200]!r}") from e
     if not isinstance(reply, dict):
-        raise UploadError(f"{step}: {urlsplit(url).hostname} replied {reply!r}, not a JSON object")
+        raise UploadError(f"{step}: {host} replied {reply!r}, not a JSON object")
     return reply
 
 

@@ -66,7 +66,8 @@ def log_run(
             run.summary.update(dict(summary))
             if image is not None and image.suffix == ".png" and image.is_file():
                 run.log({"graph": wandb.Image(str(image))})
-            artifact = wandb.Artifact(_artifact_name(script, files), type="graph")
+            stem = files[0].with_suffix("").name if files else script
+            artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "-", stem), type="graph")
             for path in [*files, *([image] if image is not None else [])]:
                 if path.is_file():
                     artifact.add_file(str(path))
@@ -78,8 +79,3 @@ def log_run(
         )
     except Exception as e:  # noqa: BLE001
         logger.warning("W&B logging failed (%s: %s); the run's files are written", type(e).__name__, e)
-
-
-def _artifact_name(script: str, files: list[Path]) -> str:
-    stem = files[0].with_suffix("").name if files else script
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", stem)

@@ -8,7 +8,7 @@ shift, and each row is read at its last real token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where a batch is built: preflight tokenizes without it
@@ -42,19 +42,9 @@ class TokenBatch:
         return self.input_ids.shape[0]
 
     def select(self, rows: Tensor) -> TokenBatch:
-        """The rows at `rows` (repeats allowed), e.g. one row per ablation."""
-
-        def take(values: Tensor | None) -> Tensor | None:
-            return None if values is None else values[rows]
-
-        return replace(
-            self,
-            input_ids=self.input_ids[rows],
-            attention_mask=self.attention_mask[rows],
-            answers=take(self.answers),
-            patch_ids=take(self.patch_ids),
-            patch_answers=take(self.patch_answers),
-        )
+        """The rows at `rows` (repeats allowed) of every tensor, e.g. one row per ablation."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "first_index"}
+        return replace(self, **{name: t[rows] for name, t in tensors.items() if t is not None})
 
 
 def text_ids(tokenizer: Tokenizer, text: str, *, prepend_bos: bool) -> list[int]:

@@ -56,10 +56,8 @@ COUNTED_FILE_BYTES = 64 * 2**20
 
 
 def count_texts(source: TextSource) -> int | None:
-    """How many texts `load_texts` yields, where that is cheap to know: the prompt, a local
-    .txt/.jsonl file up to COUNTED_FILE_BYTES (its non-blank lines, read one at a time up to
-    `max_sequences`), a parquet file (its row count); None for hub datasets and bigger files.
-    For progress totals only."""
+    """How many texts `load_texts` yields (for progress totals) where that is cheap to know: the
+    prompt, a local .txt/.jsonl up to COUNTED_FILE_BYTES, a parquet file; None elsewhere."""
     if source.dataset is None:
         return 1
     path = Path(source.dataset).expanduser()
@@ -198,15 +196,10 @@ def iter_batches(
     last may be smaller) on `device`: BOS first when `prepend_bos`, truncated to `max_len` tokens
     (BOS included), right-padded with the tokenizer's pad id (else EOS)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sequences = (ids for ids in (_token_ids(tokenizer, t, prepend_bos, max_len) for t in texts) if ids)
+    encoded = (text_ids(tokenizer, text, prepend_bos=prepend_bos) for text in texts)
+    sequences = (ids[:max_len] for ids in encoded if len(ids) > prepend_bos)  # BOS alone is no text
     first_index = 0
     while chunk := list(itertools.islice(sequences, batch_size)):
         input_ids, attention_mask = padded(chunk, pad_id)
         yield TokenBatch(input_ids.to(device), attention_mask.to(device), first_index)
         first_index += len(chunk)
-
-
-def _token_ids(tokenizer: Tokenizer, text: str, prepend_bos: bool, max_len: int) -> list[int]:
-    """Ids of one text, BOS first when asked, truncated; [] when the text has no tokens."""
-    ids = text_ids(tokenizer, text, prepend_bos=prepend_bos)
-    return ids[:max_len] if len(ids) > prepend_bos else []

@@ -177,13 +177,10 @@ def example_batches(
 def _pad(chunk: Sequence[Example], pad_id: int, device: torch.device | str) -> TokenBatch:
     ids, mask = padded([example.clean_ids for example in chunk], pad_id)
     has_patch = chunk[0].patch_ids is not None
-    patch = padded([example.patch_ids for example in chunk], pad_id)[0] if has_patch else None
-    answers = torch.tensor([example.answer for example in chunk])
-    patch_answers = [example.patch_answer for example in chunk]
     return TokenBatch(
         ids.to(device),
         mask.to(device),
-        answers=answers.to(device),
-        patch_ids=patch.to(device) if has_patch else None,
-        patch_answers=torch.tensor(patch_answers).to(device) if None not in patch_answers else None,
+        answers=torch.tensor([example.answer for example in chunk], device=device),
+        patch_ids=padded([e.patch_ids for e in chunk], pad_id)[0].to(device) if has_patch else None,
+        patch_answers=torch.tensor([e.patch_answer for e in chunk], device=device) if has_patch else None,
     )
