@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-SCRIPTS = ("pipe.py", "fast.py", "trace.py", "val.py", "steer.py")
 METRIC_TEXT = {
     "cross_entropy": "m = cross-entropy of the answer, -log p(answer)",
     "logprob": "m = -log p(answer), as cross-entropy (METRIC logprob reports log p)",
@@ -39,18 +38,9 @@ def sentences(script: str, settings: Mapping[str, Any] | None = None) -> dict[st
             missing keys take their defaults. fast.py also reads
             ``down_node_selection`` ("thresholds" when hist.py chose the down-nodes).
     """
-    settings = settings or {}
-    if script == "fast.py":
-        return _fast(settings)
-    if script == "pipe.py":
-        return _pipe(settings)
-    if script == "trace.py":
-        return _trace(settings)
-    if script == "val.py":
-        return _val(settings)
-    if script == "steer.py":
-        return dict(_STEER)
-    raise ValueError(f"no sentences for script {script!r}; known: {', '.join(SCRIPTS)}")
+    if script not in SCRIPTS:
+        raise ValueError(f"no sentences for script {script!r}; known: {', '.join(SCRIPTS)}")
+    return _BY_SCRIPT[script](settings or {})
 
 
 def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -243,3 +233,11 @@ _STEER = {
         "feature's activation at the prompt's last token and log p(answer) after it"
     ),
 }
+
+
+def _steer(settings: Mapping[str, Any]) -> dict[str, str]:
+    return dict(_STEER)
+
+
+_BY_SCRIPT = {"pipe.py": _pipe, "fast.py": _fast, "trace.py": _trace, "val.py": _val, "steer.py": _steer}
+SCRIPTS = tuple(_BY_SCRIPT)
