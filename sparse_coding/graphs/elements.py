@@ -323,13 +323,8 @@ class Edge:
 
 @dataclass
 class UserDrawing:
-    """What an imported ``.dot`` drew without a measurement: kept and redrawn as it was.
-
-    Attributes:
-        graph_attrs: graph attributes (e.g. ``label``).
-        nodes: node name -> attributes, for names that are not node ids.
-        edges: (source, target) -> attributes, for edges without ``effect``.
-    """
+    """What an imported ``.dot`` drew without a measurement, kept and redrawn as it was: its graph
+    attributes, its nodes whose names are no node ids, and its edges without ``effect``."""
 
     graph_attrs: dict[str, str] = field(default_factory=dict)
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)
