@@ -48,6 +48,8 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
     baseline = str(settings.get("BASELINE") or "zero")
     steps = int(settings.get("IG_STEPS") or 1)
     estimate = "first-order estimate" if steps == 1 else f"integrated-gradients estimate ({steps} steps)"
+    each = settings.get("NODE_POSITIONS") == "each"
+    positions = "one node per token position (id @position, BOS = 0)" if each else "summed over positions"
     return {
         "colour": f"blue = supports the answer through this path, red = works against it; {_OPACITY}",
         "edge": (
@@ -56,12 +58,12 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
         ),
         "node attribution": (
             f"{estimate} of m(node at {BASELINE_TEXT.get(baseline, baseline)}) - m(clean), "
-            f"{METRIC_TEXT.get(metric, metric)}; {_positions_text(settings)}, mean over examples: "
+            f"{METRIC_TEXT.get(metric, metric)}; {positions}, mean over examples: "
             f"positive = the node supports the answer"
         ),
         "node activation": (
             "the feature's largest activation at the node's position (id @position, BOS = 0)"
-            if settings.get("NODE_POSITIONS") == "each"
+            if each
             else "the feature's largest activation over the prompt's positions"
         ),
         "logit cells": (
@@ -71,12 +73,6 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
         ),
         "nodes": fast_selection(settings),
     }
-
-
-def _positions_text(settings: Mapping[str, Any]) -> str:
-    if settings.get("NODE_POSITIONS") == "each":
-        return "one node per token position (id @position, BOS = 0)"
-    return "summed over positions"
 
 
 def fast_selection(settings: Mapping[str, Any]) -> str:

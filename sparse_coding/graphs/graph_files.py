@@ -142,9 +142,7 @@ def read_stored(dot_path: Path) -> Stored | None:
 
 def load_graph(dot_path: Path) -> Graph | None:
     """Load a stored graph (its ``.json``, or an imported ``.dot``); either file of the pair may be named.
-
-    Returns None when neither file exists; raises as `read_stored`.
-    """
+    None when neither file exists; raises as `read_stored`."""
     dot_path = Path(dot_path)
     if dot_path.suffix == ".json":
         dot_path = dot_path.with_suffix(".dot")
