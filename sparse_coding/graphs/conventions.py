@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-SCRIPTS = ("pipe.py", "fast.py", "trace.py", "val.py", "steer.py")
 METRIC_TEXT = {
     "cross_entropy": "m = cross-entropy of the answer, -log p(answer)",
     "logprob": "m = -log p(answer), as cross-entropy (METRIC logprob reports log p)",
@@ -39,18 +38,9 @@ def sentences(script: str, settings: Mapping[str, Any] | None = None) -> dict[st
             missing keys take their defaults. fast.py also reads
             ``down_node_selection`` ("thresholds" when hist.py chose the down-nodes).
     """
-    settings = settings or {}
-    if script == "fast.py":
-        return _fast(settings)
-    if script == "pipe.py":
-        return _pipe(settings)
-    if script == "trace.py":
-        return _trace(settings)
-    if script == "val.py":
-        return _val(settings)
-    if script == "steer.py":
-        return dict(_STEER)
-    raise ValueError(f"no sentences for script {script!r}; known: {', '.join(SCRIPTS)}")
+    if script not in SCRIPTS:
+        raise ValueError(f"no sentences for script {script!r}; known: {', '.join(SCRIPTS)}")
+    return _BY_SCRIPT[script](settings or {})
 
 
 def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -58,6 +48,8 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
     baseline = str(settings.get("BASELINE") or "zero")
     steps = int(settings.get("IG_STEPS") or 1)
     estimate = "first-order estimate" if steps == 1 else f"integrated-gradients estimate ({steps} steps)"
+    each = settings.get("NODE_POSITIONS") == "each"
+    positions = "one node per token position (id @position, BOS = 0)" if each else "summed over positions"
     return {
         "colour": f"blue = supports the answer through this path, red = works against it; {_OPACITY}",
         "edge": (
@@ -66,12 +58,12 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
         ),
         "node attribution": (
             f"{estimate} of m(node at {BASELINE_TEXT.get(baseline, baseline)}) - m(clean), "
-            f"{METRIC_TEXT.get(metric, metric)}; {_positions_text(settings)}, mean over examples: "
+            f"{METRIC_TEXT.get(metric, metric)}; {positions}, mean over examples: "
             f"positive = the node supports the answer"
         ),
         "node activation": (
             "the feature's largest activation at the node's position (id @position, BOS = 0)"
-            if settings.get("NODE_POSITIONS") == "each"
+            if each
             else "the feature's largest activation over the prompt's positions"
         ),
         "logit cells": (
@@ -81,12 +73,6 @@ def _fast(settings: Mapping[str, Any]) -> dict[str, str]:
         ),
         "nodes": fast_selection(settings),
     }
-
-
-def _positions_text(settings: Mapping[str, Any]) -> str:
-    if settings.get("NODE_POSITIONS") == "each":
-        return "one node per token position (id @position, BOS = 0)"
-    return "summed over positions"
 
 
 def fast_selection(settings: Mapping[str, Any]) -> str:
@@ -243,3 +229,11 @@ _STEER = {
         "feature's activation at the prompt's last token and log p(answer) after it"
     ),
 }
+
+
+def _steer(settings: Mapping[str, Any]) -> dict[str, str]:
+    return dict(_STEER)
+
+
+_BY_SCRIPT = {"pipe.py": _pipe, "fast.py": _fast, "trace.py": _trace, "val.py": _val, "steer.py": _steer}
+SCRIPTS = tuple(_BY_SCRIPT)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.graphs.graph import MEASURED, Graph, Node
 from sparse_coding.graphs.render import RenderOptions, attr_list, colour_scale, dot_source, edge_colour, quote
 
 FORMAT = 3  # of the .json and the .dot together
@@ -26,10 +26,7 @@ def _runs_text(n_runs: int) -> str:
 
 
 def _node_data_attrs(node: Node) -> dict[str, str]:
-    attrs = {}
-    for key in ("activation", "attribution"):
-        if (value := getattr(node, key)) is not None:
-            attrs[key] = repr(value)
+    attrs = {key: repr(value) for key in MEASURED if (value := getattr(node, key)) is not None}
     if node.hook is not None:
         attrs["hook"] = node.hook
     if node.runs:
@@ -65,8 +62,7 @@ def graph_to_dot(graph: Graph, options: RenderOptions | None = None) -> str:
     """The derived ``.dot`` text: a header comment, the drawing, and the contract's numbers."""
     graph_attrs = {"sc_format": str(FORMAT)}
     if graph.user.graph_attrs:
-        user_graph = json.dumps(graph.user.graph_attrs)
-        graph_attrs |= {"sc_user_graph": user_graph, **graph.user.graph_attrs}
+        graph_attrs |= {"sc_user_graph": json.dumps(graph.user.graph_attrs), **graph.user.graph_attrs}
     text = dot_source(
         Graph(nodes=graph.nodes, metadata=graph.metadata),
         options=options,

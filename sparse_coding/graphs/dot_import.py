@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sparse_coding.graphs.dot_parser import DotGraph, parse_dot
+from sparse_coding.graphs.dot_parser import parse_dot
 from sparse_coding.graphs.graph import MEASURED, Edge, Graph, Node, finite, loads_strict, run_record
 from sparse_coding.nodes import parse_positioned_id
 
@@ -90,7 +90,10 @@ def _edge_from_dot(source: str, target: str, attrs: dict[str, str]) -> Edge:
     return edge
 
 
-def _graph_from_parsed(parsed: DotGraph) -> Graph:
+def graph_from_dot(text: str) -> Graph:
+    """A Graph from .dot text, values of no run where the file does not assign them to runs; ValueError,
+    KeyError or TypeError when the text is not a graph this module reads."""
+    parsed = parse_dot(text)
     ours = "sc_format" in parsed.graph_attrs
     graph = Graph(metadata=dict(loads_strict(parsed.graph_attrs.get("sc_metadata", "{}"))))
     user_graph = parsed.graph_attrs.get("sc_user_graph")
@@ -119,12 +122,6 @@ def _graph_from_parsed(parsed: DotGraph) -> Graph:
                 )
         graph.edges[(names[source], names[target])] = _edge_from_dot(names[source], names[target], attrs)
     return graph
-
-
-def graph_from_dot(text: str) -> Graph:
-    """A Graph from .dot text, values of no run where the file does not assign them to runs; ValueError,
-    KeyError or TypeError when the text is not a graph this module reads."""
-    return _graph_from_parsed(parse_dot(text))
 
 
 def import_dot(dot_path: Path, text: str) -> Graph:

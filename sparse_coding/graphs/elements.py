@@ -68,33 +68,26 @@ def finite(value: object, what: str = "a stored number") -> float:
     return number
 
 
-def integer(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} is {_shown(value)}, not an integer")
-    return value
+def _reader(kind: type, noun: str) -> Callable[[object, str], Any]:
+    """`read(value, what)`: `value` if it is a `kind` (a bool is no int), else a ValueError naming `what`."""
+
+    def read(value: object, what: str) -> Any:
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(f"{what} is {_shown(value)}, not {noun}")
+        return value
+
+    return read
 
 
-def text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} is {_shown(value)}, not a string")
-    return value
+integer = _reader(int, "an integer")
+text = _reader(str, "a string")
+mapping = _reader(dict, "an object")
+sequence = _reader(list, "a list")
 
 
 def _optional(read: Callable[[object, str], Any], value: object, what: str) -> Any:
     """`read(value, what)`, or None for None."""
     return None if value is None else read(value, what)
-
-
-def mapping(value: object, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} is {_shown(value)}, not an object")
-    return value
-
-
-def sequence(value: object, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ValueError(f"{what} is {_shown(value)}, not a list")
-    return value
 
 
 def _shown(value: object) -> str:
@@ -323,13 +316,8 @@ class Edge:
 
 @dataclass
 class UserDrawing:
-    """What an imported ``.dot`` drew without a measurement: kept and redrawn as it was.
-
-    Attributes:
-        graph_attrs: graph attributes (e.g. ``label``).
-        nodes: node name -> attributes, for names that are not node ids.
-        edges: (source, target) -> attributes, for edges without ``effect``.
-    """
+    """What an imported ``.dot`` drew without a measurement, kept and redrawn as it was: its graph
+    attributes, its nodes whose names are no node ids, and its edges without ``effect``."""
 
     graph_attrs: dict[str, str] = field(default_factory=dict)
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)

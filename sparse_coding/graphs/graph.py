@@ -8,10 +8,8 @@ an error node.
 
 Graphs *merge* across runs, and runs are kept apart: every measured value (a
 node's ``activation`` and ``attribution``, an edge's ``effect``) is stored per
-run in ``runs`` (run id -> value), ``metadata["runs"]`` holds one record per
-run, and the value drawn and used is the **mean over the runs that measured
-it**. A freshly computed graph has values but no runs yet; `Graph.add_run`
-assigns them to their run.
+run in ``runs`` (run id -> value), and the value drawn and used is the **mean
+over the runs that measured it**.
 
 The ``.json`` is read strictly (`elements`) and checked before writing
 (`check`), so it always reads back.
@@ -53,7 +51,6 @@ __all__ = [
     "UserDrawing",
     "finite",
     "loads_strict",
-    "new_run_id",
     "prompt_tokens",
     "run_record",
 ]
@@ -175,9 +172,7 @@ class Graph:
         models = [run["model"] for run in self.runs if run.get("model")]
         if models:
             self.metadata["model"] = models[-1]
-        sources: dict[str, str] = {}
-        for run in self.runs:
-            sources.update(run.get("sae_sources") or {})
+        sources = {key: source for run in self.runs for key, source in (run.get("sae_sources") or {}).items()}
         if sources:
             self.metadata["sae_sources"] = dict(sorted(sources.items()))
         self.metadata["summary"] = graph_summary(self.runs)
@@ -294,22 +289,17 @@ def _edge_lines(edges: list[Edge]) -> list[str]:
 def prompt_tokens(metadata: dict[str, Any]) -> list[str] | None:
     """The token strings of the prompt a graph was computed on (BOS first when prepended): a fresh
     graph's own ``prompt_tokens``, else its latest run's that has them; None if none does."""
-    if metadata.get("prompt_tokens"):
-        return list(metadata["prompt_tokens"])
-    for run in reversed(metadata.get("runs") or []):
-        if run.get("prompt_tokens"):
-            return list(run["prompt_tokens"])
+    for record in (metadata, *reversed(metadata.get("runs") or [])):
+        if record.get("prompt_tokens"):
+            return list(record["prompt_tokens"])
     return None
 
 
-def new_run_id() -> str:
-    """A run id that sorts by time and never repeats: ``20260101T120000Z-3fa2``."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
-
-
 def run_record(metadata: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
-    """A run's record from a freshly computed graph's metadata: its fields plus ``id`` and ``time``."""
-    record = {"id": run_id or new_run_id(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    """A run's record from a freshly computed graph's metadata: its fields plus ``id`` (by default one
+    that sorts by time and never repeats: ``20260101T120000Z-3fa2``) and ``time``."""
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+    record = {"id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return record | copy.deepcopy({k: v for k, v in metadata.items() if k != "runs"})
 
 
@@ -335,9 +325,7 @@ def graph_summary(runs: list[dict[str, Any]]) -> str:
 
 def _id_key(node: Node) -> tuple[int, int, str]:
     """Error nodes after features; features by index, so 9 sorts before 10."""
-    if node.feature is None:
-        return (1, 0, node.id)
-    return (0, node.feature, node.id)
+    return (1, 0, node.id) if node.feature is None else (0, node.feature, node.id)
 
 
 def _check_numbers(graph: Graph) -> None:

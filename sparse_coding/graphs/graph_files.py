@@ -31,7 +31,7 @@ from sparse_coding.errors import GraphFileError
 from sparse_coding.files import storage
 from sparse_coding.graphs.dot_format import FORMAT
 from sparse_coding.graphs.dot_import import import_dot
-from sparse_coding.graphs.graph import Graph, loads_strict, new_run_id, run_record
+from sparse_coding.graphs.graph import Graph, loads_strict, run_record
 from sparse_coding.graphs.graph_writer import Stored, Targets, gc_paused, write_graph
 from sparse_coding.graphs.graphviz import image_format
 from sparse_coding.graphs.render import RenderOptions
@@ -142,9 +142,7 @@ def read_stored(dot_path: Path) -> Stored | None:
 
 def load_graph(dot_path: Path) -> Graph | None:
     """Load a stored graph (its ``.json``, or an imported ``.dot``); either file of the pair may be named.
-
-    Returns None when neither file exists; raises as `read_stored`.
-    """
+    None when neither file exists; raises as `read_stored`."""
     dot_path = Path(dot_path)
     if dot_path.suffix == ".json":
         dot_path = dot_path.with_suffix(".dot")
@@ -156,11 +154,7 @@ def load_graph(dot_path: Path) -> Graph | None:
 
 
 def _targets(dot_path: Path, image_path: Path | None) -> Targets:
-    return Targets(json_path_for(dot_path), dot_path, image_path, viewer_path_for(dot_path, image_path))
-
-
-def _image_or_none(dot_path: Path, image_path: Path | None) -> Path | None:
-    """The image to draw: None without one, or (with a warning) without Graphviz."""
+    """The files to write; without Graphviz (a warning) no image, and the page named after the .dot."""
     if image_path is not None and shutil.which("dot") is None:
         logger.warning(
             "Graphviz 'dot' is not installed (Debian: apt-get install graphviz; macOS: brew "
@@ -168,8 +162,8 @@ def _image_or_none(dot_path: Path, image_path: Path | None) -> Path | None:
             dot_path,
             image_path,
         )
-        return None
-    return image_path
+        image_path = None
+    return Targets(json_path_for(dot_path), dot_path, image_path, viewer_path_for(dot_path, image_path))
 
 
 def save_graph(
@@ -195,7 +189,7 @@ def save_graph(
             stored = read_stored(dot_path)
         except GraphFileError:
             stored = None  # overwritten as it is asked; its derived files are moved aside
-        targets = _targets(dot_path, _image_or_none(dot_path, image_path))
+        targets = _targets(dot_path, image_path)
         write_graph(graph, targets, options or RenderOptions(), timeout_s, stored)
 
 
@@ -241,13 +235,13 @@ def update_graph_files(
     with gc_paused():
         run = new.copy()
     if not run.runs:
-        run.add_run(run_record(new.metadata, new_run_id()))
+        run.add_run(run_record(new.metadata))
     with storage.file_lock(_lock_path(dot_path), what=f"the graph {dot_path}"), gc_paused():
         stored = read_stored(dot_path)
         merged = run  # the run alone starts a graph: it is a copy already
         if stored is not None and not new_graph:
             merged = _merged(stored.graph, run, dot_path)
         set_aside = run.runs[-1]["id"] if new_graph and stored is not None else None
-        targets = _targets(dot_path, _image_or_none(dot_path, image_path))
+        targets = _targets(dot_path, image_path)
         write_graph(merged, targets, options or RenderOptions(), timeout_s, stored, set_aside)
     return merged

@@ -40,12 +40,7 @@ Run = tuple[str, float, bool]  # text, font size in points, bold
 @functools.lru_cache(maxsize=1 << 16)
 def text_width(text: str, size: float, bold: bool = False) -> float:
     """An upper bound of the width in points of one line of `text` drawn at `size` points."""
-    em = 0.0
-    for char in text:
-        width = _EM.get(char)
-        if width is None:
-            width = 1.3 if unicodedata.east_asian_width(char) in "WF" else 1.05
-        em += width
+    em = sum(_EM[c] if c in _EM else 1.3 if unicodedata.east_asian_width(c) in "WF" else 1.05 for c in text)
     return math.ceil(em * size * (_BOLD if bold else 1.0)) + 1  # + 1: Graphviz rounds each run up
 
 

@@ -36,10 +36,8 @@ _PROMPT_CHARS = 60  # a prompt longer than this is cut in the caption (the .json
 
 def runs_of(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     """The graph's run records, oldest first; a never-merged graph's metadata is its one run."""
-    runs = metadata.get("runs")
-    if isinstance(runs, list) and runs:
-        return [run for run in runs if isinstance(run, dict)] or [metadata]
-    return [metadata]
+    runs = metadata.get("runs") if isinstance(metadata.get("runs"), list) else []
+    return [run for run in runs if isinstance(run, dict)] or [metadata]
 
 
 def graph_script(metadata: dict[str, Any]) -> str | None:

@@ -112,13 +112,10 @@ def attr_list(attrs: Mapping[str, str]) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-def _label_cells(node: Node) -> int:
-    return sum(len(c.tokens) for c in node.contexts) + len(node.logits_up) + len(node.logits_down)
-
-
 def use_compact_labels(graph: Graph, options: RenderOptions) -> bool:
     """True when full labels would make the image unreadable or the layout too slow."""
-    cells = sum(_label_cells(n) for n in graph.nodes.values())
+    nodes = graph.nodes.values()
+    cells = sum(sum(len(c.tokens) for c in n.contexts) + len(n.logits_up) + len(n.logits_down) for n in nodes)
     return len(graph.nodes) > options.max_full_nodes or cells > options.max_label_cells
 
 

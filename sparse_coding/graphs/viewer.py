@@ -70,8 +70,7 @@ def _run_indices(runs: dict[str, Any], run_index: dict[str, int]) -> list[int] |
     """The runs (indices into metadata["runs"]) a node or edge was measured in; None for no run."""
     if not runs:
         return None
-    found = [run_index[key] for key in runs if key in run_index]
-    return sorted(found) if len(found) > 1 else found
+    return sorted(run_index[key] for key in runs if key in run_index)
 
 
 def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:

@@ -33,7 +33,7 @@ class Camera {
 
   /* The node's box in the middle of the stage, at a legible zoom or closer. */
   centreOn(n) {
-    this.zoom = Math.max(this.zoom, 0.8);
+    this.zoom = Math.max(this.zoom, LEGIBLE_ZOOM);
     this.tx = this.stage.clientWidth / 2 - (n.x + NODE_W / 2) * this.zoom;
     this.ty = this.stage.clientHeight / 2 - (n.y + NODE_H / 2) * this.zoom;
   }

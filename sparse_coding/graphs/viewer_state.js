@@ -35,19 +35,15 @@ class ViewState {
   filter() {
     const touched = new Uint8Array(this.nodes.length);
     const allowed = this.nodes.map((n) => (this.showErrors || !n.error) && this.runOn(n.runs));
-    let visibleEdges = 0, visibleNodes = 0;
+    let visibleEdges = 0;
     this.edgeOn = this.edges.map((e) => {
       const on = Math.abs(e[2]) >= this.threshold && allowed[e[0]] && allowed[e[1]] && this.runOn(e[3]);
       if (on) { touched[e[0]] = 1; touched[e[1]] = 1; visibleEdges++; }
       return on;
     });
     const pruning = this.threshold > 0;
-    this.nodeOn = this.nodes.map((n, i) => {
-      const on = allowed[i] && (!pruning || touched[i] === 1);
-      if (on) visibleNodes++;
-      return on;
-    });
-    return { visibleNodes, visibleEdges };
+    this.nodeOn = this.nodes.map((n, i) => allowed[i] && (!pruning || touched[i] === 1));
+    return { visibleNodes: this.nodeOn.filter(Boolean).length, visibleEdges };
   }
 
   /* Drops a selection the filters hide; the shown paths up and down from the selected node. */
