@@ -126,7 +126,7 @@ def run_fast(
     with run_checkpoint(config, "fast.py", spliced, resume=resume, inputs=inputs):
         with phases.phase("compute: gradient graph"):
             graph = fast_graph(config, spliced, tokenizer)
-        published = publish_graph(
+        return publish_graph(
             graph,
             config,
             spliced,
@@ -137,4 +137,3 @@ def run_fast(
             phases=phases,
             new_graph=new_graph,
         )
-    return published.line

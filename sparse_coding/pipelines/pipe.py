@@ -46,7 +46,7 @@ def run_pipe(
     with run_checkpoint(config, "pipe.py", spliced, resume=resume):
         with phases.phase("compute: ablation graph"):
             graph = pipe_graph(config, spliced, tokenizer, allow_empty=allow_empty)
-        published = publish_graph(
+        return publish_graph(
             graph,
             config,
             spliced,
@@ -57,7 +57,6 @@ def run_pipe(
             phases=phases,
             new_graph=new_graph,
         )
-    return published.line
 
 
 def interpreted_batch(config: Config, tokenizer: Tokenizer, device: torch.device) -> TokenBatch:
