@@ -64,10 +64,6 @@ def interpreted_batch(config: Config, tokenizer: Tokenizer, device: torch.device
 
     Dataset sequences are truncated to MAX_SEQ_INTERPED_LEN tokens; PROMPT is
     never truncated (that would change the token whose prediction is explained).
-
-    Raises:
-        ConfigError: PROMPT is longer than MAX_SEQ_INTERPED_LEN tokens.
-        DatasetError: no sequence has any token.
     """
     limit = config.MAX_SEQ_INTERPED_LEN
     from_dataset = config.interp_source == "dataset"
@@ -101,11 +97,7 @@ def interpreted_batch(config: Config, tokenizer: Tokenizer, device: torch.device
 
 
 def resid_pins(config: Config) -> dict[int, int]:
-    """DIMS_PINNED as layer -> feature; pipe.py ablates resid features only.
-
-    Raises:
-        ConfigError: a pin names an attn or mlp site.
-    """
+    """DIMS_PINNED as layer -> feature; pipe.py ablates resid features only."""
     pins = {}
     for (site, layer), feature in config.pinned_dims.items():
         if site != "resid":
