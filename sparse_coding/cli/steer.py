@@ -1,9 +1,5 @@
-"""The steer.py command: test what a graph claims by intervening on features and generating.
-
-Prints the clean and steered continuations side by side with the tokens whose
-probability rose and fell most at each step; ``--curve`` sweeps the CURVE key's
-intervention instead and draws the response of watched features and the answer.
-"""
+"""The steer.py command: test what a graph claims by intervening on features and generating, or
+draw the response curve of one intervention (``--curve``)."""
 
 import argparse
 from pathlib import Path

@@ -6,8 +6,7 @@ positioned node ``resid_9.331@7`` counts as its feature at every position), as
 site key -> sorted feature indices (``{"resid_3": [331]}``, ``{"tc_3": [12]}``),
 with a graph's error nodes beside it. A trace.py graph's error nodes are its
 transcoders' MLP error terms, which val.py keeps in every run, so they join no
-circuit. Its SAE layers are checked against ACTS_LAYERS_SLICE before loading
-whenever the layer count (`preflight.model_layer_count`) or the slice's bounds are known.
+circuit.
 
 Without ``--config``, val.py validates a graph with its latest run's model,
 SAEs, slice and text (the hardware keys excepted); a ``--config`` whose model
