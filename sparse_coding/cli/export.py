@@ -6,8 +6,6 @@ attribution-graph file, `neuronpedia_graph`), or ``<stem>.nodes.csv`` +
 written atomically; the graph itself is only read.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import logging

@@ -37,8 +37,7 @@ def curve_figure(data: dict) -> Figure:
             ax.set_ylabel(f"log p({data['answer']!r})\nafter the prompt{mean_of}")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel(AXIS_LABELS[data["kind"]].format(node=data["node"]))
-    positions = data["positions"]
-    where = positions_text(positions if isinstance(positions, str) else tuple(positions))
+    where = positions_text(data["positions"])  # a word or a list of indices, as in the JSON
     figure.suptitle(f"Response curve of {data['node']} ({data['kind']} at {where})")
     figure.get_layout_engine().set(h_pad=0.15)
     caption = data["sign_convention"]["curve"]

@@ -24,6 +24,7 @@ from torch import Tensor
 from sparse_coding.algorithms.generation import Sampling
 from sparse_coding.algorithms.response_curve import CurveResult
 from sparse_coding.algorithms.steering import SteerResult, TokenChanges
+from sparse_coding.config.steering import positions_value
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.pipelines.steer_plan import SteerPlan
 from sparse_coding.text.tokenizer import Tokenizer
@@ -163,7 +164,7 @@ def curve_data(result: CurveResult, plan: SteerPlan, tokenizer: Tokenizer) -> di
     return {
         "node": spec.node,
         "kind": spec.kind,
-        "positions": spec.positions if isinstance(spec.positions, str) else list(spec.positions),
+        "positions": positions_value(spec.positions),
         "values": result.values,
         "prompts": plan.texts,
         "watched": {node: table(values) for node, values in result.watched.items()},
