@@ -54,12 +54,12 @@ def test_the_closing_line_names_no_image_when_graphviz_is_missing(make_config, m
     graph = gradient_graph(spliced, [batch], options)
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name: None if name == "dot" else real_which(name))
-    published = publish_graph(
+    line = publish_graph(
         graph, config, spliced, tokenizer, dot_name="g.dot", image_name="g.svg", script="fast.py"
     )
     out = config.model_data_dir(config.MODEL_DIR)
     assert not (out / "g.svg").exists() and (out / "g.dot").exists()
-    assert "g.svg" not in published.line and "g.json" in published.line
+    assert "g.svg" not in line and "g.json" in line
 
 
 def test_hist_prints_one_summary_line_when_there_is_nothing_to_do(tmp_path):

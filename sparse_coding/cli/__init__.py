@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from sparse_coding.config import DEFAULT_CONFIG_PATH, FIELDS, Config, load_config
+from sparse_coding.config import DEFAULT_CONFIG_PATH, FIELDS, PACKAGE_DIR, Config, load_config
 from sparse_coding.config.schema import script_keys
 from sparse_coding.errors import SparseCodingError
 from sparse_coding.files.storage import (
@@ -43,7 +43,6 @@ ENVIRONMENT_ERRNOS = FULL_DISK_ERRNOS | NOT_WRITABLE_ERRNOS | {errno.EROFS}
 # The commands of `sparse-coding`: each a module sparse_coding.cli.<name> with `command_line` and `main`,
 # but the demo, which writes a config and runs fast, pipe and val on it.
 SCRIPTS = ("pipe", "fast", "val", "hist", "steer", "trace", "demo", "export", "upload")
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def build_parser(

@@ -6,8 +6,6 @@ attribution-graph file, `neuronpedia_graph`), or ``<stem>.nodes.csv`` +
 written atomically; the graph itself is only read.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import logging
@@ -26,21 +24,16 @@ DESCRIPTION = "Export a graph to Neuronpedia's attribution-graph JSON, or to CSV
 FORMATS = ("neuronpedia", "csv", "parquet")
 
 
-def default_slug(path: Path) -> str:
-    """A Neuronpedia slug from the graph's file stem (``grads_graph`` -> ``grads_graph``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem) or "graph"
-
-
 def export_graph(path: Path, fmt: str, *, slug: str | None = None, out_dir: Path | None = None) -> list[Path]:
     """Write `path`'s graph in format `fmt`; the files written."""
     graph = read_graph(path)
     folder = out_dir or path.parent
-    stem = path.with_suffix("").name
+    stem = path.stem
     if fmt == "neuronpedia":
         from sparse_coding.sharing.neuronpedia_graph import to_neuronpedia
 
         target = folder / f"{stem}.neuronpedia.json"
-        data = to_neuronpedia(graph, slug=slug or default_slug(path))
+        data = to_neuronpedia(graph, slug=slug or re.sub(r"[^A-Za-z0-9_.-]", "-", stem) or "graph")
         storage.write_atomic(target, json.dumps(data, indent=1, allow_nan=False))
         return [target]
     nodes, edges = graph.to_pandas()

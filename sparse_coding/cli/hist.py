@@ -1,8 +1,4 @@
-"""The hist.py command: precluster DATASET and cache percentile SAE activation thresholds.
-
-The maths is `sparse_coding.algorithms.thresholds`; fast.py reads the cache
-(`sparse_coding.pipelines.threshold_cache`).
-"""
+"""The hist.py command: precluster DATASET and cache percentile SAE activation thresholds."""
 
 import argparse
 import logging

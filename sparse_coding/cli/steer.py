@@ -1,19 +1,15 @@
-"""The steer.py command: test what a graph claims by intervening on features and generating.
-
-Prints the clean and steered continuations side by side with the tokens whose
-probability rose and fell most at each step; ``--curve`` sweeps the CURVE key's
-intervention instead and draws the response of watched features and the answer.
-"""
+"""The steer.py command: test what a graph claims by intervening on features and generating, or
+draw the response curve of one intervention (``--curve``)."""
 
 import argparse
 from pathlib import Path
 
 from sparse_coding.cli import build_parser
 from sparse_coding.config import Config
+from sparse_coding.config.steering import KINDS
 from sparse_coding.errors import ConfigError
 
 DESCRIPTION = "Set, scale or steer features and generate; or draw a response curve (--curve)."
-EDIT_KINDS = ("set", "scale", "add")
 
 
 def main(config: Config, args: argparse.Namespace) -> str:
@@ -31,7 +27,7 @@ def command_line_edits(args: argparse.Namespace):
     """--node or --from-graph with their options as CommandLineEdits (None: the STEER key)."""
     from sparse_coding.pipelines.steer_plan import DEFAULT_TOP, CommandLineEdits
 
-    given = [f"--{kind}" for kind in EDIT_KINDS if getattr(args, kind) is not None]
+    given = [f"--{kind}" for kind in KINDS if getattr(args, kind) is not None]
     nodes = tuple(args.node or ())
     if args.from_graph is None and not nodes:
         if given or args.top is not None:
@@ -46,7 +42,7 @@ def command_line_edits(args: argparse.Namespace):
         raise ConfigError("--top picks a graph's strongest nodes; give the graph with --from-graph PATH")
     if args.curve:
         raise ConfigError("--curve sweeps the CURVE key's node; drop --node/--from-graph, or drop --curve")
-    kind = next((kind for kind in EDIT_KINDS if getattr(args, kind) is not None), "set")
+    kind = next((kind for kind in KINDS if getattr(args, kind) is not None), "set")
     value = getattr(args, kind) if getattr(args, kind) is not None else 0.0
     top = DEFAULT_TOP if args.top is None else args.top
     return CommandLineEdits(nodes, args.from_graph, top, kind, value)

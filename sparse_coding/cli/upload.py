@@ -1,7 +1,4 @@
-"""`sparse-coding upload FILE [--dry-run]`: put a <stem>.neuronpedia.json on NEURONPEDIA_URL.
-
-A thin front door: the client is `sparse_coding.sharing.upload`.
-"""
+"""`sparse-coding upload FILE [--dry-run]`: put a <stem>.neuronpedia.json on NEURONPEDIA_URL."""
 
 import argparse
 import os

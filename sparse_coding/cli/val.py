@@ -1,9 +1,4 @@
-"""The val.py command: validate a circuit by ablating it whole (faithfulness and completeness).
-
-Ablates every feature of VALIDATION_DIMS_PINNED (or of a graph's feature nodes,
-``--from-graph PATH``) over DATASET or PROMPT (INTERP_SOURCE), prints how
-next-token probabilities and loss change, and writes DATA_DIR/<model>/validation.json.
-"""
+"""The val.py command: validate a circuit by ablating it whole (faithfulness and completeness)."""
 
 import argparse
 from pathlib import Path

@@ -297,8 +297,7 @@ class Config:
 
     def to_metadata(self) -> dict[str, Any]:
         """JSON-ready key values, for graph and result metadata."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        values.pop("source_path")
+        values = {f.name: getattr(self, f.name) for f in FIELDS}
         values["STEER"] = [edit.as_config() for edit in self.STEER]
         values["CURVE"] = None if self.CURVE is None else self.CURVE.as_config()
         values["DATA_DIR"] = str(self.DATA_DIR)

@@ -1,12 +1,9 @@
-"""The config's schema: each key's type, range and one-line meaning live on its `Config` field.
+"""The config's schema: each key's type, range and one-line meaning live on its `Config` field (`key`).
 
-A field is declared with `key(default, scripts, doc=..., between=..., check=..., parse=...)`:
-its annotation is its type (``Literal[...]`` for a fixed set of values, ``X | None``
-where null unsets it), `between` its range, `doc` one line for people, and
-`scripts` the scripts whose result it shapes. From the fields come the checks
-(`parse_value`), `--help`'s key lists (`script_keys`) and the README's config
-table (`config_table`); tests hold the shipped YAML's keys, order, defaults and
-comments to them.
+A field's annotation is its type (``Literal[...]`` for a fixed set of values, ``X | None`` where
+null unsets it). From the fields come the checks (`parse_value`), `--help`'s key lists
+(`script_keys`) and the README's config table (`config_table`); tests hold the shipped YAML's
+keys, order, defaults and comments to them.
 """
 
 import dataclasses

@@ -52,7 +52,7 @@ class FeatureEdit:
 
     def as_config(self) -> dict[str, Any]:
         """As a STEER entry is written in a config (`parse_edit` reads it back)."""
-        return {"node": self.node, self.kind: self.value, "positions": _positions_value(self.positions)}
+        return {"node": self.node, self.kind: self.value, "positions": positions_value(self.positions)}
 
     def describe(self) -> str:
         """In words, e.g. 'resid_9.331 set to 0 at all positions'."""
@@ -88,10 +88,11 @@ class CurveSpec:
         """As CURVE is written in a config (`parse_curve` reads it back)."""
         ends = {"from": self.start, "to": self.stop, "steps": self.steps, "watch": list(self.watch)}
         return {"node": self.node, "kind": self.kind, **ends, "answer": self.answer,
-                "positions": _positions_value(self.positions)}  # fmt: skip
+                "positions": positions_value(self.positions)}  # fmt: skip
 
 
-def _positions_value(positions: Positions) -> str | list[int]:
+def positions_value(positions: Positions) -> str | list[int]:
+    """As positions are written in a config or a JSON file."""
     return positions if isinstance(positions, str) else list(positions)
 
 

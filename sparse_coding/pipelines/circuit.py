@@ -6,8 +6,7 @@ positioned node ``resid_9.331@7`` counts as its feature at every position), as
 site key -> sorted feature indices (``{"resid_3": [331]}``, ``{"tc_3": [12]}``),
 with a graph's error nodes beside it. A trace.py graph's error nodes are its
 transcoders' MLP error terms, which val.py keeps in every run, so they join no
-circuit. Its SAE layers are checked against ACTS_LAYERS_SLICE before loading
-whenever the layer count (`preflight.model_layer_count`) or the slice's bounds are known.
+circuit.
 
 Without ``--config``, val.py validates a graph with its latest run's model,
 SAEs, slice and text (the hardware keys excepted); a ``--config`` whose model
@@ -45,11 +44,7 @@ def circuit_from_config(config: Config) -> Circuit:
 
 
 def circuit_from_graph(graph: Graph, path: Path, run: str | None = None) -> Circuit:
-    """The feature nodes of a pipe.py/fast.py graph (of one run, if given); error and other nodes skipped.
-
-    Raises:
-        GraphFileError: the graph has no such run, or no feature node to validate.
-    """
+    """The feature nodes of a pipe.py/fast.py graph (of one run, if given); error and other nodes skipped."""
     circuit: Circuit = {}
     positioned = 0
     for key, feature, position in _parsed_nodes(graph, run if run is None else _known_run(graph, path, run)):
@@ -165,11 +160,8 @@ def check_pins_before_loading(config: Config, keys: list[str], source: str) -> N
 
 
 def config_for_graph(config: Config, path: Path, *, explicit: bool) -> Config:
-    """The config a graph is validated with: its latest run's settings unless `explicit` (--config).
-
-    Raises:
-        ConfigError: an explicit config names another model or other SAE sources than the graph.
-    """
+    """The config a graph is validated with: its latest run's settings unless `explicit` (--config),
+    which must name the graph's model and SAE sources."""
     runs = read_graph(path).runs
     recorded = runs[-1].get("config") if runs and isinstance(runs[-1].get("config"), dict) else None
     if recorded is None:

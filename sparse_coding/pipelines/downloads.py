@@ -11,8 +11,6 @@ Sizes are data: GPT-2 small's hub weights file, and each known release's
 (2 d_in d_sae + d_sae + d_in numbers of 4 bytes, d_in = 768).
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Iterable
 from pathlib import Path

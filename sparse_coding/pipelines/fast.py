@@ -1,9 +1,4 @@
-"""fast.py's pipeline: config -> examples -> gradient graph (Marks et al. 2024) -> graph files.
-
-Examples come from PAIRS_FILE, else from PROMPT (+ PATCH_PROMPT, ANSWER,
-PATCH_ANSWER) as one example; hist.py's cached thresholds, when they match the
-run, choose down-nodes.
-"""
+"""fast.py's pipeline: config -> examples -> gradient graph (Marks et al. 2024) -> graph files."""
 
 import logging
 from pathlib import Path
@@ -82,7 +77,8 @@ def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> G
 
 
 def shared_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
-    """hist.py's cached thresholds as rank 0 reads them from its DATA_DIR, on every rank's device."""
+    """hist.py's cached thresholds (when they match the run, they choose down-nodes) as rank 0 reads them
+    from its DATA_DIR, on every rank's device."""
     thresholds = distributed.broadcast(load_thresholds(config, spliced) if distributed.is_main() else None)
     return None if thresholds is None else distributed.move(thresholds, spliced.device)
 
@@ -126,7 +122,7 @@ def run_fast(
     with run_checkpoint(config, "fast.py", spliced, resume=resume, inputs=inputs):
         with phases.phase("compute: gradient graph"):
             graph = fast_graph(config, spliced, tokenizer)
-        published = publish_graph(
+        return publish_graph(
             graph,
             config,
             spliced,
@@ -137,4 +133,3 @@ def run_fast(
             phases=phases,
             new_graph=new_graph,
         )
-    return published.line

@@ -49,7 +49,6 @@ def load_spliced_model(
         pairs: explicit (site, layer) pairs, e.g. ``[("resid", 9), ("attn", 10)]``;
             each site must have an SAE source.
         source: what asked for `pairs` (e.g. "VALIDATION_DIMS_PINNED"), named in errors.
-        phases: times "model load" and "SAE load" when given.
         script: "fast", "pipe", "val" or "hist": whose batched passes the memory
             check counts (`models.memory.script_passes`); None: DATASET batches.
         transcoders: also splice TRANSCODERS (their BOS convention joins the SAEs').

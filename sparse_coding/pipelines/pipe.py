@@ -46,7 +46,7 @@ def run_pipe(
     with run_checkpoint(config, "pipe.py", spliced, resume=resume):
         with phases.phase("compute: ablation graph"):
             graph = pipe_graph(config, spliced, tokenizer, allow_empty=allow_empty)
-        published = publish_graph(
+        return publish_graph(
             graph,
             config,
             spliced,
@@ -57,7 +57,6 @@ def run_pipe(
             phases=phases,
             new_graph=new_graph,
         )
-    return published.line
 
 
 def interpreted_batch(config: Config, tokenizer: Tokenizer, device: torch.device) -> TokenBatch:
@@ -65,10 +64,6 @@ def interpreted_batch(config: Config, tokenizer: Tokenizer, device: torch.device
 
     Dataset sequences are truncated to MAX_SEQ_INTERPED_LEN tokens; PROMPT is
     never truncated (that would change the token whose prediction is explained).
-
-    Raises:
-        ConfigError: PROMPT is longer than MAX_SEQ_INTERPED_LEN tokens.
-        DatasetError: no sequence has any token.
     """
     limit = config.MAX_SEQ_INTERPED_LEN
     from_dataset = config.interp_source == "dataset"
@@ -102,11 +97,7 @@ def interpreted_batch(config: Config, tokenizer: Tokenizer, device: torch.device
 
 
 def resid_pins(config: Config) -> dict[int, int]:
-    """DIMS_PINNED as layer -> feature; pipe.py ablates resid features only.
-
-    Raises:
-        ConfigError: a pin names an attn or mlp site.
-    """
+    """DIMS_PINNED as layer -> feature; pipe.py ablates resid features only."""
     pins = {}
     for (site, layer), feature in config.pinned_dims.items():
         if site != "resid":

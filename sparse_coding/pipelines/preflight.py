@@ -62,9 +62,6 @@ def preflight(
         extra_downloads: hub downloads beyond the model and SAEs (trace.py's transcoders), listed
             in the same offline message.
         transcoders: the run splices TRANSCODERS: their BOS convention counts.
-
-    Raises:
-        SparseCodingError: the first problem found, naming the key or file.
     """
     out_dir = config.model_data_dir(config.MODEL_DIR)
     check_writable(config.DATA_DIR, out_dir)
@@ -127,11 +124,8 @@ def check_writable(data_dir: Path, out_dir: Path) -> None:
 
 
 def local_model_dir(model_dir: str) -> Path | None:
-    """MODEL_DIR as a local folder when it is meant as one (a path, not 'owner/name').
-
-    Raises:
-        ConfigError: it reads as a path but the folder or its config.json is missing.
-    """
+    """MODEL_DIR as a local folder when it is meant as one (a path, not 'owner/name'), which must
+    hold a config.json."""
     path = Path(model_dir).expanduser()
     if not (model_dir.startswith(("/", ".", "~")) or model_dir.count("/") > 1 or path.exists()):
         return None
@@ -146,11 +140,8 @@ def local_model_dir(model_dir: str) -> Path | None:
 
 
 def _model_config(model_id: str, model_dir: Path | None) -> dict | None:
-    """The model's config.json, if it is local or cached (for its layer count).
-
-    Raises:
-        ConfigError: it is JSON but not an object of settings with a usable n_layer.
-    """
+    """The model's config.json, if it is local or cached (for its layer count); a JSON value that is
+    no object of settings with a usable n_layer is a ConfigError."""
     from huggingface_hub import try_to_load_from_cache
 
     path = model_dir / "config.json" if model_dir else try_to_load_from_cache(model_id, "config.json")

@@ -10,7 +10,7 @@ saved.
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from sparse_coding.config import Config
 from sparse_coding.errors import StorageError
@@ -52,14 +52,6 @@ def run_metadata(
     }
 
 
-class Published(NamedTuple):
-    """What a run wrote: the merged graph, its .dot, and a line for the terminal."""
-
-    merged: Graph
-    dot_path: Path
-    line: str
-
-
 def publish_graph(
     graph: Graph,
     config: Config,
@@ -71,8 +63,9 @@ def publish_graph(
     script: str,
     phases: PhaseTimer | None = None,
     new_graph: bool = False,
-) -> Published:
-    """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image).
+) -> str:
+    """Annotate `graph` and merge it into DATA_DIR/<model>/<dot_name> (+ .json and the image); returns
+    the terminal's closing line ("" on the other ranks under torchrun).
 
     `phases` times the labels and the writing; the phases up to writing go
     into the graph's metadata (``phases``, seconds). `new_graph` sets the
@@ -85,7 +78,7 @@ def publish_graph(
     with phases.phase("labels: contexts"):
         contexts, grown = collect_missing(config, spliced, tokenizer, features=wanted_features(graph))
         if not distributed.is_main():  # under torchrun the other ranks share the contexts pass, no more
-            return Published(graph, out_dir / dot_name, "")
+            return ""
         add_contexts(graph, contexts, config.TOP_K)
     with phases.phase("labels: logit cells"):
         add_logit_effects(graph, spliced, tokenizer, n_tokens=config.LOGIT_TOKENS)
@@ -104,7 +97,7 @@ def publish_graph(
         image=image_path,
         out_dir=out_dir,
     )
-    return Published(merged, dot_path, closing_line(script, graph, merged, dot_path, image_path))
+    return closing_line(script, graph, merged, dot_path, image_path)
 
 
 def closing_line(script: str, graph: Graph, merged: Graph, dot_path: Path, image_path: Path) -> str:

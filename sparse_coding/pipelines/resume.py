@@ -1,9 +1,4 @@
-"""A script run's checkpoint, from the config: where it lives and what must match to resume it.
-
-`run_checkpoint` opens `sparse_coding.runtime.checkpoints.checkpointed` for one
-run of a script, saved every CHECKPOINT_EVERY batches; a checkpoint is resumed
-only by a run with the same fingerprint (`run_fingerprint`).
-"""
+"""A script run's checkpoint, from the config: where it lives and what must match to resume it."""
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -28,7 +23,8 @@ def run_checkpoint(
     resume: bool,
     inputs: Mapping[str, Any] | None = None,
 ) -> AbstractContextManager[RunCheckpoint]:
-    """The `checkpointed` block of one run of `script` ("hist.py") on `spliced`.
+    """The `runtime.checkpoints.checkpointed` block of one run of `script` ("hist.py") on `spliced`, saved
+    every CHECKPOINT_EVERY batches and resumed only by a run of the same `run_fingerprint`.
 
     Args:
         resume: continue from the checkpoint on disk (``--resume``), else start over.

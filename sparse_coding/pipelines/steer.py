@@ -36,11 +36,7 @@ CURVE_STEM = "response_curve"
 
 
 def run_steer(config: Config, plan: SteerPlan, phases: PhaseTimer | None = None) -> str:
-    """Run `plan` (generation, or its response curve) and write its files.
-
-    Returns:
-        The printed report.
-    """
+    """Run `plan` (generation, or its response curve) and write its files; returns the printed report."""
     phases = phases or PhaseTimer()
     spliced, tokenizer = load_spliced_model(
         config, pairs=plan.pairs, source=plan.source, phases=phases, transcoders=plan.transcoders

@@ -83,11 +83,7 @@ class SteerPlan:
 def plan_steering(
     config: Config, *, command_line: CommandLineEdits | None = None, curve: bool = False
 ) -> SteerPlan:
-    """The run's plan, checked against the SAEs' cfg.json and the tokenized prompts.
-
-    Raises:
-        ConfigError, GraphFileError, SAELoadError: one message naming what to change.
-    """
+    """The run's plan, checked against the SAEs' cfg.json and the tokenized prompts."""
     edits, watch, source = _interventions(config, command_line, curve)
     curve_spec = config.CURVE if curve else None
     nodes = [e.node for e in edits] + list(watch) + ([curve_spec.node, *curve_spec.watch] if curve else [])

@@ -10,16 +10,13 @@ import textwrap
 from matplotlib.figure import Figure
 
 from sparse_coding.config.steering import positions_text
+from sparse_coding.pipelines.steer_report import prompt_means
 
 AXIS_LABELS = {
     "set": "{node} set to x (its activation)",
     "scale": "{node} scaled by x (x = 1: unchanged)",
     "add": "{node}: x * W_dec added (x in activation units)",
 }
-
-
-def _mean(per_prompt: list[list[float]]) -> list[float]:
-    return [sum(column) / len(column) for column in zip(*per_prompt, strict=True)]
 
 
 def curve_figure(data: dict) -> Figure:
@@ -32,16 +29,15 @@ def curve_figure(data: dict) -> Figure:
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "watched":
             for node, values in data["watched"].items():
-                ax.plot(x, _mean(values), marker="o", markersize=3, label=node)
+                ax.plot(x, prompt_means(values), marker="o", markersize=3, label=node)
             ax.set_ylabel(f"activation at the\nprompt's last token{mean_of}")
             ax.legend(title="watched feature", fontsize="small")
         else:
-            ax.plot(x, _mean(data["answer_logprob"]), marker="o", markersize=3, color="black")
+            ax.plot(x, prompt_means(data["answer_logprob"]), marker="o", markersize=3, color="black")
             ax.set_ylabel(f"log p({data['answer']!r})\nafter the prompt{mean_of}")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel(AXIS_LABELS[data["kind"]].format(node=data["node"]))
-    positions = data["positions"]
-    where = positions_text(positions if isinstance(positions, str) else tuple(positions))
+    where = positions_text(data["positions"])  # a word or a list of indices, as in the JSON
     figure.suptitle(f"Response curve of {data['node']} ({data['kind']} at {where})")
     figure.get_layout_engine().set(h_pad=0.15)
     caption = data["sign_convention"]["curve"]

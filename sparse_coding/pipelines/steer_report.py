@@ -24,6 +24,7 @@ from torch import Tensor
 from sparse_coding.algorithms.generation import Sampling
 from sparse_coding.algorithms.response_curve import CurveResult
 from sparse_coding.algorithms.steering import SteerResult, TokenChanges
+from sparse_coding.config.steering import positions_value
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.pipelines.steer_plan import SteerPlan
 from sparse_coding.text.tokenizer import Tokenizer
@@ -163,7 +164,7 @@ def curve_data(result: CurveResult, plan: SteerPlan, tokenizer: Tokenizer) -> di
     return {
         "node": spec.node,
         "kind": spec.kind,
-        "positions": spec.positions if isinstance(spec.positions, str) else list(spec.positions),
+        "positions": positions_value(spec.positions),
         "values": result.values,
         "prompts": plan.texts,
         "watched": {node: table(values) for node, values in result.watched.items()},
@@ -179,18 +180,18 @@ def format_curve_report(data: dict) -> str:
     watched = list(data["watched"])
     answer = [f"log p({data['answer']!r})"] if data["answer"] is not None else []
     header = ["value", *watched, *answer]
+    columns = [data["values"], *(prompt_means(data["watched"][node]) for node in watched)]
+    if answer:
+        columns.append(prompt_means(data["answer_logprob"]))
     lines = [
         f"Response curve: {data['node']} ({data['kind']}) over {len(data['prompts'])} prompt(s), "
         f"read at each prompt's last token",
         "  ".join(f"{name:>14}" for name in header),
     ]
-    for i, value in enumerate(data["values"]):
-        cells = [value, *(_mean(data["watched"][node], i) for node in watched)]
-        if answer:
-            cells.append(_mean(data["answer_logprob"], i))
-        lines.append("  ".join(f"{cell:>14.4f}" for cell in cells))
+    lines += ["  ".join(f"{cell:>14.4f}" for cell in cells) for cells in zip(*columns, strict=True)]
     return "\n".join(lines)
 
 
-def _mean(per_prompt: list[list[float]], i: int) -> float:
-    return sum(row[i] for row in per_prompt) / len(per_prompt)
+def prompt_means(per_prompt: list[list[float]]) -> list[float]:
+    """Per swept value, the mean over prompts."""
+    return [sum(column) / len(column) for column in zip(*per_prompt, strict=True)]

@@ -113,12 +113,7 @@ def save_thresholds(config: Config, spliced: SplicedModel, result: ThresholdResu
 
 
 def load_thresholds(config: Config, spliced: SplicedModel) -> Thresholds | None:
-    """Cached thresholds for every spliced site, or None (logged) when absent or stale.
-
-    A cache is used only when the model, dataset settings, cluster settings and
-    percentile match the current config, and it holds a threshold of the right
-    width from the same SAE source for every site of `spliced` (it may hold more).
-    """
+    """Cached thresholds of every spliced site, or None (logged) when absent or stale (`thresholds_cache`)."""
     if config.DATASET is None:
         logger.info("DATASET is unset, so no dataset thresholds apply (hist.py computes them from DATASET)")
         return None

@@ -8,7 +8,6 @@ result into the project's Graph and writes it.
 
 import dataclasses
 import logging
-from pathlib import Path
 
 from sparse_coding.algorithms.trace_graph import TraceGraph, TraceOptions, trace_graph
 from sparse_coding.config import Config
@@ -18,6 +17,7 @@ from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype,
 from sparse_coding.models.transformer import GPT2
 from sparse_coding.pipelines.downloads import Download
 from sparse_coding.pipelines.loading import load_config_transcoders
+from sparse_coding.pipelines.preflight import model_layer_count
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.transcoders.sources import hub_files, release_layers, resolve_layer, transcoders_bos
@@ -35,7 +35,7 @@ def transcoder_downloads(config: Config) -> list[Download]:
     """Every hub download TRANSCODERS needs, one per layer (for preflight's offline check)."""
     if not config.TRANSCODERS:
         raise ConfigError("TRANSCODERS is unset; trace.py needs transcoders, e.g. 'gpt2-small-transcoders'")
-    n_layers = _model_layers(config.MODEL_DIR)
+    n_layers = model_layer_count(config) or 12  # unknown before download: GPT-2 small's
     downloads = []
     for layer in release_layers(config.TRANSCODERS, n_layers):
         resolved = resolve_layer(config.TRANSCODERS, layer)
@@ -43,20 +43,6 @@ def transcoder_downloads(config: Config) -> list[Download]:
             names = tuple(name for _, name in needed)
             downloads.append(Download(f"transcoder {resolved.description}", needed[0][0], names, names, None))
     return downloads
-
-
-def _model_layers(model_dir: str) -> int:
-    """The model's block count from its config.json when local or cached; else GPT-2 small's 12."""
-    import json
-
-    from huggingface_hub import try_to_load_from_cache
-
-    local = Path(model_dir).expanduser() / "config.json"
-    path = local if local.is_file() else try_to_load_from_cache(model_dir, "config.json")
-    try:
-        return int(json.loads(Path(path).read_text(encoding="utf-8")).get("n_layer", 12))
-    except (OSError, TypeError, ValueError):
-        return 12  # the loader reports an unreadable model with its own message
 
 
 def trace_prepend_bos(config: Config, *, warn: bool = False) -> bool:

@@ -48,14 +48,12 @@ def run_val(
     run: str | None = None,
     resume: bool = False,
 ) -> str:
-    """Validate the circuit of `from_graph` (its run `run`, default all) or VALIDATION_DIMS_PINNED.
+    """Validate the circuit of `from_graph` (its run `run`, default all) or VALIDATION_DIMS_PINNED;
+    returns the printed report.
 
     Under torchrun the ranks share the passes over the data and rank 0 writes
     the report (the other ranks return ""); `resume` continues the passes of a
     killed run from their checkpoint (`sparse_coding.runtime.checkpoints`).
-
-    Returns:
-        The printed report.
     """
     phases = phases or PhaseTimer()
     circuit, circuit_errors, source = circuit_and_source(config, from_graph, run)
