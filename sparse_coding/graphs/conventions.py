@@ -206,33 +206,30 @@ _VAL_ERRORS = {
 }
 
 
-_STEER = {
-    "intervention": (
-        "set v: the feature's activation becomes v; scale c: it is multiplied by c; add v: "
-        "v * W_dec[i] is added whether the feature fires or not (times the input's layer-norm std "
-        "for SAEs with layer-normalised inputs, so v is in the feature's activation units); each "
-        "changes the site by (new - old activation) * decoder row, the SAE error term kept; a "
-        "transcoder feature changes every MLP output it writes (a cross-layer one: its layer's and "
-        "every later one's), the MLP's error term kept"
-    ),
-    "change": (
-        "p(steered) - p(clean) of a next token, both models reading the clean continuation: "
-        "'rose' = more likely under the intervention, 'fell' = less likely"
-    ),
-    "kl": "KL(clean || steered) of the next-token distributions in nats, on the clean continuation",
-    "activation": (
-        "the SAE's own activation (as on Neuronpedia) on the clean continuation, without (clean) and "
-        "with (steered) the intervention; an intervened feature's steered value is after its edit"
-    ),
-    "curve": (
-        "x = the swept value (set: the activation, scale: the factor, add: v); y = each watched "
-        "feature's activation at the prompt's last token and log p(answer) after it"
-    ),
-}
-
-
 def _steer(settings: Mapping[str, Any]) -> dict[str, str]:
-    return dict(_STEER)
+    return {
+        "intervention": (
+            "set v: the feature's activation becomes v; scale c: it is multiplied by c; add v: "
+            "v * W_dec[i] is added whether the feature fires or not (times the input's layer-norm std "
+            "for SAEs with layer-normalised inputs, so v is in the feature's activation units); each "
+            "changes the site by (new - old activation) * decoder row, the SAE error term kept; a "
+            "transcoder feature changes every MLP output it writes (a cross-layer one: its layer's and "
+            "every later one's), the MLP's error term kept"
+        ),
+        "change": (
+            "p(steered) - p(clean) of a next token, both models reading the clean continuation: "
+            "'rose' = more likely under the intervention, 'fell' = less likely"
+        ),
+        "kl": "KL(clean || steered) of the next-token distributions in nats, on the clean continuation",
+        "activation": (
+            "the SAE's own activation (as on Neuronpedia) on the clean continuation, without (clean) and "
+            "with (steered) the intervention; an intervened feature's steered value is after its edit"
+        ),
+        "curve": (
+            "x = the swept value (set: the activation, scale: the factor, add: v); y = each watched "
+            "feature's activation at the prompt's last token and log p(answer) after it"
+        ),
+    }
 
 
 _BY_SCRIPT = {"pipe.py": _pipe, "fast.py": _fast, "trace.py": _trace, "val.py": _val, "steer.py": _steer}

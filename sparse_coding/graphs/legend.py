@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_coding.graphs.conventions import SCRIPTS, sentences
+from sparse_coding.graphs.markup import truncate
 
 _GENERIC = {
     "edge": "edge u -> d: positive (blue): u pushes d up, negative (red): u pushes d down",
@@ -73,10 +74,6 @@ def legend_entries(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     return entries
 
 
-def _cut(text: str, n_chars: int) -> str:
-    return text if len(text) <= n_chars else text[: n_chars - 1] + "…"
-
-
 def _short(name: str) -> str:
     """A local file by its name (the .json holds the path), a hub dataset as it is."""
     return Path(name).name if Path(name).is_absolute() else name
@@ -91,7 +88,7 @@ def text_shown(run: dict[str, Any]) -> str:
     source = config.get("INTERP_SOURCE") or ("dataset" if config.get("DATASET") else "prompt")
     if graph_script(run) in ("pipe.py", "val.py") and source == "dataset" and config.get("DATASET"):
         return f"dataset {_short(str(config['DATASET']))}"
-    return f"prompt {_cut(str(run.get('prompt')), _PROMPT_CHARS)!r}"
+    return f"prompt {truncate(str(run.get('prompt')), _PROMPT_CHARS)!r}"
 
 
 def selection_text(run: dict[str, Any]) -> str:

@@ -142,14 +142,9 @@ def _logit_row(label: str, logits: Sequence[tuple[str, float]], scale: float) ->
     return f"<TR><TD>{inner}</TD></TR>"
 
 
-def _explanation_row(explanation: str, max_chars: int) -> str:
-    text = explanation if len(explanation) <= max_chars else explanation[: max_chars - 1] + "…"
-    return f"<TR><TD><I>{escape_text(text)}</I></TD></TR>"
-
-
-def _table(rows: list[str], dotted: bool) -> str:
-    style = ' STYLE="DOTTED"' if dotted else ""
-    return f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0"{style}>{"".join(rows)}</TABLE>>'
+def truncate(text: str, n_chars: int) -> str:
+    """`text`, cut to `n_chars` characters with "…" when longer."""
+    return text if len(text) <= n_chars else text[: n_chars - 1] + "…"
 
 
 def unique_contexts(contexts: Sequence[Context]) -> list[Context]:
@@ -171,7 +166,7 @@ def _around_peak(context: Context, radius: int) -> Context:
 
 
 def _label(node: Node, contexts: Sequence[Context], max_logits: int | None, explanation_chars: int) -> str:
-    """The box: header, context strips, + / − logit rows, explanation."""
+    """The box (dotted for an error node): header, context strips, + / − logit rows, explanation."""
     rows = _header_rows(node)
     scale = max((a for c in contexts for a in c.activations), default=0.0)
     rows += [_context_row(c, scale) for c in contexts]
@@ -182,8 +177,9 @@ def _label(node: Node, contexts: Sequence[Context], max_logits: int | None, expl
     if down:
         rows.append(_logit_row("−", down, logit_scale))
     if node.explanation:
-        rows.append(_explanation_row(node.explanation, explanation_chars))
-    return _table(rows, dotted=node.is_error)
+        rows.append(f"<TR><TD><I>{escape_text(truncate(node.explanation, explanation_chars))}</I></TD></TR>")
+    style = ' STYLE="DOTTED"' if node.is_error else ""
+    return f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0"{style}>{"".join(rows)}</TABLE>>'
 
 
 def node_label(node: Node, *, max_contexts: int | None = None, max_logits: int | None = None) -> str:

@@ -119,18 +119,17 @@ def use_compact_labels(graph: Graph, options: RenderOptions) -> bool:
     return len(graph.nodes) > options.max_full_nodes or cells > options.max_label_cells
 
 
-def _compact_note(graph: Graph, options: RenderOptions) -> str:
-    if options.max_full_nodes == 0:
-        return "compact labels: full labels took too long to draw"
-    return (
-        f"compact labels: {len(graph.nodes)} nodes (full labels up to "
-        f"{options.max_full_nodes} nodes / {options.max_label_cells} token cells)"
-    )
-
-
 def caption_notes(graph: Graph, notes: Sequence[str], options: RenderOptions) -> list[str]:
     """The caption's notes: `notes`, and a note saying so when the labels are compact."""
-    return [*notes, _compact_note(graph, options)] if use_compact_labels(graph, options) else list(notes)
+    if not use_compact_labels(graph, options):
+        return list(notes)
+    if options.max_full_nodes == 0:
+        return [*notes, "compact labels: full labels took too long to draw"]
+    return [
+        *notes,
+        f"compact labels: {len(graph.nodes)} nodes (full labels up to "
+        f"{options.max_full_nodes} nodes / {options.max_label_cells} token cells)",
+    ]
 
 
 def legend_markup(graph: Graph, notes: Sequence[str], chars: int) -> str:
@@ -202,14 +201,6 @@ def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
     return attrs
 
 
-def row_width(n_nodes: int, options: RenderOptions) -> int:
-    """Nodes per drawn row: ~sqrt(n) keeps a wrapped graph near 2:1 for boxes ~2.5x wider than tall
-    (a pinned drawing refits it to the boxes' measured size)."""
-    if options.max_row_nodes is not None:
-        return options.max_row_nodes
-    return max(options.min_row_nodes, math.ceil(math.sqrt(0.8 * n_nodes)))
-
-
 def drawn_rank(node: Node) -> tuple[int, int]:
     """The rank a node is drawn in: its layer and place in the block (a transcoder layer's features
     and MLP error nodes share one)."""
@@ -218,13 +209,15 @@ def drawn_rank(node: Node) -> tuple[int, int]:
 
 def drawn_rows(graph: Graph, options: RenderOptions) -> list[list[Node]]:
     """Nodes by layer and place in the block in forward order (a transcoder layer's features and MLP
-    errors together), each rank cut into rows of ``row_width``. Positioned nodes keep token order, and a
-    rank of one node per token wraps only past ``POSITIONED_ROW`` nodes, so a short prompt's embeddings
+    errors together), each rank cut into rows of ``max_row_nodes``. Positioned nodes keep token order, and
+    a rank of one node per token wraps only past ``POSITIONED_ROW`` nodes, so a short prompt's embeddings
     stay on one row."""
     groups: dict[tuple[int, int], list[Node]] = {}
     for node in graph.sorted_nodes():
         groups.setdefault(drawn_rank(node), []).append(node)
-    width = row_width(len(graph.nodes), options)
+    width = options.max_row_nodes
+    if width is None:  # ~sqrt(n) keeps a wrapped graph near 2:1 for boxes ~2.5x wider than tall
+        width = max(options.min_row_nodes, math.ceil(math.sqrt(0.8 * len(graph.nodes))))
     rows = []
     for nodes in groups.values():
         positions = [node.position for node in nodes]
@@ -281,18 +274,12 @@ def _layout_limits(graph: Graph, options: RenderOptions) -> dict[str, str]:
     return limits
 
 
-def _edge_lines(
-    graph: Graph, splines: Mapping[tuple[str, str], str], edge_attrs: Mapping[tuple[str, str], Attrs]
-) -> list[str]:
-    """One line per edge: drawn attributes, dot's spline if any, then the caller's attributes."""
+def _edge_lines(graph: Graph, splines: Mapping[tuple[str, str], str]) -> list[str]:
+    """One line per edge: drawn attributes and dot's spline if any."""
     largest, lines = colour_scale(graph), []
     for edge in graph.sorted_edges():
         key = (edge.source, edge.target)
-        attrs = {
-            **_edge_attrs(edge, graph, largest),
-            **({"pos": splines[key]} if key in splines else {}),
-            **edge_attrs.get(key, {}),
-        }
+        attrs = _edge_attrs(edge, graph, largest) | ({"pos": splines[key]} if key in splines else {})
         lines.append(f"  {quote(edge.source)} -> {quote(edge.target)} {attr_list(attrs)};")
     return lines
 
@@ -302,7 +289,6 @@ def dot_source(
     *,
     options: RenderOptions | None = None,
     node_attrs: Mapping[str, Attrs] | None = None,
-    edge_attrs: Mapping[tuple[str, str], Attrs] | None = None,
     graph_attrs: Attrs | None = None,
     notes: Sequence[str] = (),
     positions: Mapping[str, str] | None = None,
@@ -312,8 +298,8 @@ def dot_source(
     """Graphviz source for a graph, deterministic for the same graph.
 
     Args:
-        node_attrs, edge_attrs, graph_attrs: extra attributes merged into the
-            drawn ones; they win on a clash.
+        node_attrs, graph_attrs: extra attributes merged into the drawn ones;
+            they win on a clash.
         notes: extra caption lines (e.g. which edges the image leaves out).
         positions: node name -> ``"x,y"`` (points): every node is pinned
             there (``neato -n2``).
@@ -342,6 +328,6 @@ def dot_source(
     pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
     compact = use_compact_labels(graph, options)
     lines += _rank_lines(drawn_rows(graph, options), {**pins, **(node_attrs or {})}, compact, options)
-    lines += _edge_lines(graph, splines or {}, edge_attrs or {})
+    lines += _edge_lines(graph, splines or {})
     lines.append("}")
     return "\n".join(lines) + "\n"
