@@ -245,11 +245,6 @@ class Node:
         """True when the node holds measured values that belong to no run yet."""
         return not self.runs and any(getattr(self, key) is not None for key in MEASURED)
 
-    def assign_run(self, run_id: str) -> None:
-        """Record the node's measured values as those of run `run_id`."""
-        values = {key: value for key in MEASURED if (value := getattr(self, key)) is not None}
-        self.runs = {run_id: values} if values else {}
-
     def merge(self, newer: Node) -> None:
         """Fold another measurement of the same node into this one, in place.
 

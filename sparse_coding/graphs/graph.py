@@ -110,7 +110,7 @@ class Graph:
             self.metadata = {"runs": []}
         for node in self.nodes.values():
             if node.has_values_of_no_run():
-                node.assign_run(record["id"])
+                node.runs = {record["id"]: {k: v for k in MEASURED if (v := getattr(node, k)) is not None}}
         for edge in self.edges.values():
             if not edge.runs:
                 edge.runs = {record["id"]: edge.effect}

@@ -26,9 +26,8 @@ from sparse_coding.graphs.markup import shown_logits
 from sparse_coding.graphs.render import drawn_rank
 from sparse_coding.nodes import node_kind
 
-# The viewer's script in parts (each file opens with what it holds), inlined in reading order: helpers,
-# layout, state, camera, drawing, side panel, then viewer.js, whose Viewer ties them to the DOM and
-# which defines window.scGraphViewer.
+# The viewer's script in parts, inlined in this order (each file opens with what it holds); viewer.js ties
+# them to the DOM and defines window.scGraphViewer.
 SCRIPT_PARTS = (
     "viewer_common.js",
     "viewer_layout.js",
@@ -134,10 +133,10 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
     """
     metadata = graph.metadata
     nodes = graph.sorted_nodes()
-    row_of = {key: row for row, key in enumerate(sorted({drawn_rank(node) for node in nodes}))}
-    rows = [""] * len(row_of)
+    labels: dict[tuple[int, int], str] = {}  # a row's label: its first node's
     for node in nodes:
-        rows[row_of[drawn_rank(node)]] = rows[row_of[drawn_rank(node)]] or _row_label(node)
+        labels.setdefault(drawn_rank(node), _row_label(node))
+    row_of = {rank: row for row, rank in enumerate(sorted(labels))}
     index = {node.id: i for i, node in enumerate(nodes)}
     run_index = {str(run.get("id")): i for i, run in enumerate(metadata.get("runs") or [])}
     tokens = _token_axis(metadata, nodes)
@@ -148,7 +147,7 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
             for e in graph.sorted_edges()
             if e.source in index and e.target in index
         ],
-        "rows": rows,
+        "rows": [labels[rank] for rank in row_of],
         "runs": [run_label(run) for run in metadata.get("runs") or []],
         "caption": caption_lines(metadata),
         "legend": [list(entry) for entry in legend_entries(metadata)],

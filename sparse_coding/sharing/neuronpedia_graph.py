@@ -167,11 +167,10 @@ def _answer(graph: Graph, meta: dict[str, Any], last: int) -> dict[str, Any] | N
         return None
     token_id, probability = int(meta["answer_token_id"]), meta.get("answer_probability")
     shown = "n/a" if probability is None else f"{probability:.3f}"
-    layers = [node.layer for node in graph.nodes.values()]
     return {
         "node_id": f"logit_{token_id}",
         "feature": token_id,
-        "layer": str(max(layers, default=0) + 1),
+        "layer": str(max((node.layer for node in graph.nodes.values()), default=0) + 1),
         "ctx_idx": last,
         "feature_type": NODE_KINDS[("logit", None)],
         "jsNodeId": f"logit_{token_id}",
@@ -213,8 +212,7 @@ def _metadata(graph: Graph, meta: dict[str, Any], tokens: list[str], slug: str) 
     }
     if sets:
         metadata["feature_details"] = sets
-    pruning = _pruning_keys(meta)
-    if pruning:
+    if pruning := _pruning_keys(meta):
         metadata["pruning_settings"] = {name: config.get(key) for name, key in pruning.items()}
         metadata["node_threshold"] = config.get(pruning["node_threshold"])
     return metadata

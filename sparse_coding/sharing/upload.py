@@ -84,11 +84,11 @@ def api_base(url: str) -> str:
     )
 
 
-def upload(path: Path, *, base_url: str, api_key: str, http: urllib3.PoolManager | None = None) -> dict:
+def upload(path: Path, *, base_url: str, api_key: str) -> dict:
     """The three steps for `path`; the save step's reply (Neuronpedia's answer, e.g. the graph's url)."""
     data, metadata = check_file(path)
     base = api_base(base_url)
-    http = http or urllib3.PoolManager(retries=RETRIES, timeout=TIMEOUT)
+    http = urllib3.PoolManager(retries=RETRIES, timeout=TIMEOUT)
     signed = _post(http, base, "signed-put", {"filename": path.name, "contentLength": len(data)}, api_key)
     if not isinstance(signed.get("url"), str) or "putRequestId" not in signed:
         raise UploadError(
