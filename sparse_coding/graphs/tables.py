@@ -43,13 +43,9 @@ def graph_frames(graph: Graph, *, per_run: bool = False) -> tuple[pandas.DataFra
 
     nodes, edges = graph.sorted_nodes(), graph.sorted_edges()
     if not per_run:
-        node_rows = [node_row(node) for node in nodes]
-        edge_rows = [
-            {"source": e.source, "target": e.target, "effect": e.effect, "n_runs": len(e.runs)} for e in edges
-        ]
-        return pd.DataFrame(node_rows, columns=list(NODE_COLUMNS)), pd.DataFrame(
-            edge_rows, columns=list(EDGE_COLUMNS)
-        )
+        edge_rows = [(e.source, e.target, e.effect, len(e.runs)) for e in edges]
+        node_frame = pd.DataFrame([node_row(node) for node in nodes], columns=list(NODE_COLUMNS))
+        return node_frame, pd.DataFrame(edge_rows, columns=list(EDGE_COLUMNS))
     identity = [key for key in NODE_COLUMNS if key not in ("activation", "attribution", "n_runs")]
     node_rows = [
         {key: getattr(node, key) for key in identity}
@@ -57,11 +53,7 @@ def graph_frames(graph: Graph, *, per_run: bool = False) -> tuple[pandas.DataFra
         for node in nodes
         for run, values in node.runs.items()
     ]
-    edge_rows = [
-        {"source": e.source, "target": e.target, "run": run, "effect": value}
-        for e in edges
-        for run, value in e.runs.items()
-    ]
+    edge_rows = [(e.source, e.target, run, value) for e in edges for run, value in e.runs.items()]
     return (
         pd.DataFrame(node_rows, columns=[*identity, "run", "activation", "attribution"]),
         pd.DataFrame(edge_rows, columns=["source", "target", "run", "effect"]),

@@ -26,8 +26,7 @@ from sparse_coding.graphs.markup import shown_logits
 from sparse_coding.graphs.render import drawn_rank
 from sparse_coding.nodes import node_kind
 
-# The viewer's script in parts, inlined in this order (each file opens with what it holds); viewer.js ties
-# them to the DOM and defines window.scGraphViewer.
+# The viewer's script in parts, inlined in this order (docs/internals.md says what each holds).
 SCRIPT_PARTS = (
     "viewer_common.js",
     "viewer_layout.js",
