@@ -171,8 +171,7 @@ def _down_node_grads(
         (lv.rows, lv.positions, lv.features), attr.grad_values
     )
     node_values = down.selected_feats(x, features, gate).to(x.dtype)
-    _, _, std = down.sae.normalize(down.to_sae_space(x))  # differentiable: layer-norm std, else 1
-    node_values = node_values * std.to(x.dtype)  # (steps, batch, pos, n): value = activation * scale
+    node_values = node_values * down.decoder_scale(x).to(x.dtype)  # value = activation * scale
     n = len(column)
     seeds = torch.zeros(n, *node_values.shape, dtype=x.dtype, device=x.device)
     seed_values = grad_dense[..., features[column]].movedim(-1, 0) * masks[n_errors:].to(x.dtype)
