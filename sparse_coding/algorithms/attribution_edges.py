@@ -198,11 +198,8 @@ def _active_entries(down: Site, x: Tensor, leaves) -> tuple[Tensor, Tensor]:
 
 
 def _vjps(output: Tensor, leaves: list[Tensor], seeds: Tensor, *, batched: bool) -> list[Tensor]:
-    """Vector-Jacobian products of `output` for each seed (rows), as vmapped backwards or a loop.
-
-    Batching multiplies the backward's memory by its rows, so at most
-    MAX_BATCHED_ROWS seeds go through one backward (thresholds can pick many).
-    """
+    """Vector-Jacobian products of `output` for each seed (rows), as vmapped backwards of at most
+    MAX_BATCHED_ROWS seeds (thresholds can pick many), or a loop."""
     if not len(seeds):
         return [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
     if batched:
