@@ -109,27 +109,14 @@ def gradient_graph(
         )
     summaries = nodes.summaries(spliced.device)
     down_nodes = choose_down_nodes(summaries, options, thresholds=thresholds, layout=layout)
-
-    def add_edges(totals: EdgeTotals, index: int, batch: TokenBatch) -> None:
-        """Phase 4 for one batch: edges summed over its examples."""
-        sets = edges(
-            spliced,
-            batch,
-            attributions(index, batch),
-            down_nodes,
-            batched=options.batched_edges,
-            ig_steps=options.ig_steps,
-            layout=layout,
-            node_threshold=options.gate,
-        )
-        totals.add(sets)
-
     with timed("Edges"):
         edge_totals = run_pass(
             "fast: edges",
             batches,
             empty=EdgeTotals,
-            add=add_edges,
+            add=lambda totals, i, batch: totals.add(
+                _edge_phase(spliced, batch, attributions(i, batch), down_nodes, options, layout)
+            ),
             desc="Edges of the examples",
             total=len(batches),
             leave=False,
@@ -168,6 +155,27 @@ def _kept_attributions(
         return computed
 
     return attributions
+
+
+def _edge_phase(
+    spliced: SplicedModel,
+    batch: TokenBatch,
+    attributions: dict[str, SiteAttribution],
+    down_nodes: dict[str, Tensor],
+    options: GraphOptions,
+    layout: NodeLayout,
+) -> list[EdgeSet]:
+    """Phase 4 for one batch: edges summed over its examples."""
+    return edges(
+        spliced,
+        batch,
+        attributions,
+        down_nodes,
+        batched=options.batched_edges,
+        ig_steps=options.ig_steps,
+        layout=layout,
+        node_threshold=options.gate,
+    )
 
 
 def summarize(
