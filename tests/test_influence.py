@@ -7,10 +7,11 @@ import torch
 
 from sparse_coding.algorithms.influence import (
     NodeCounts,
-    graph_scores,
     node_influence,
+    normalize_rows,
     partial_influence,
     prune,
+    scores_of,
     share_threshold,
 )
 
@@ -124,7 +125,7 @@ def test_scores_of_a_six_node_graph_by_hand():
     explained = [fr(2, 3), 1, 1, 1, fr(1, 2), 1]  # 1 - each node's input share from e0
     weight = [inf + lw for inf, lw in zip(influence, [0, 0, 0, 0, fr(6, 10), fr(4, 10)], strict=True)]
     completeness = sum(e * x for e, x in zip(explained, weight, strict=True)) / sum(weight)
-    got = graph_scores(a, w, counts)
+    got = scores_of(normalize_rows(a), node_influence(a, w), w, counts)
     assert got == pytest.approx((float(replacement), float(completeness)), rel=1e-12)
     assert float(replacement) == pytest.approx(61 / 120)
 

@@ -209,8 +209,7 @@ def mean_change(values: Tensor, base: Tensor, cand: Tensor, n_out: int, n_seq: i
 
     One sparse product: each ablated row adds +1/S times its base row and
     -1/S times itself to its candidate's output row, so `values` is read once,
-    with no gathered copies. Devices
-    without sparse kernels (MPS before torch 2.10) gather instead.
+    with no gathered copies. Devices without sparse kernels (MPS before torch 2.10) gather instead.
     """
     ablated = (cand >= 0).nonzero()[:, 0]
     if values.device.type not in SPARSE_DEVICES:

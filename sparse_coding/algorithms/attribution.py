@@ -162,8 +162,7 @@ def all_leaves(
             base_values = means[key].to(code.feats.dtype) * code.scale.to(code.feats.dtype)
         else:
             base_values = torch.zeros_like(code.feats)
-        base = (base_values * real, patch_inputs.get(key))
-        leaves[key] = site_leaves(site, inputs[key], code, real, *base)
+        leaves[key] = site_leaves(site, inputs[key], code, real, base_values * real, patch_inputs.get(key))
     return leaves, codes
 
 

@@ -171,8 +171,7 @@ def _down_node_grads(
         (lv.rows, lv.positions, lv.features), attr.grad_values
     )
     node_values = down.selected_feats(x, features, gate).to(x.dtype)
-    _, _, std = down.sae.normalize(down.to_sae_space(x))  # differentiable: layer-norm std, else 1
-    node_values = node_values * std.to(x.dtype)  # (steps, batch, pos, n): value = activation * scale
+    node_values = node_values * down.decoder_scale(x).to(x.dtype)  # value = activation * scale
     n = len(column)
     seeds = torch.zeros(n, *node_values.shape, dtype=x.dtype, device=x.device)
     seed_values = grad_dense[..., features[column]].movedim(-1, 0) * masks[n_errors:].to(x.dtype)
@@ -199,11 +198,8 @@ def _active_entries(down: Site, x: Tensor, leaves) -> tuple[Tensor, Tensor]:
 
 
 def _vjps(output: Tensor, leaves: list[Tensor], seeds: Tensor, *, batched: bool) -> list[Tensor]:
-    """Vector-Jacobian products of `output` for each seed (rows), as vmapped backwards or a loop.
-
-    Batching multiplies the backward's memory by its rows, so at most
-    MAX_BATCHED_ROWS seeds go through one backward (thresholds can pick many).
-    """
+    """Vector-Jacobian products of `output` for each seed (rows), as vmapped backwards of at most
+    MAX_BATCHED_ROWS seeds (thresholds can pick many), or a loop."""
     if not len(seeds):
         return [leaf.new_zeros(0, *leaf.shape) for leaf in leaves]
     if batched:

@@ -206,7 +206,7 @@ def choose_down_nodes(
         if thresholds is not None and key in thresholds:
             over = summary.max_last_activation > thresholds[key].to(summary.max_last_activation)
             features = over.nonzero().flatten()
-            last = torch.full_like(features, layout.n_positions - 1)
+            last = torch.full_like(features, layout.n - 1)
             picked = layout.feature_slots(features, last)
         else:
             feature_scores = torch.where(summary.slots >= 0, scores, torch.zeros_like(scores))

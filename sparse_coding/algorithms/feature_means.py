@@ -53,8 +53,19 @@ def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: I
 
     def add(sums: Sums, index: int, batch: TokenBatch) -> None:
         real = batch.attention_mask.bool()
-        parts = SiteMeans(sums.values["features"], sums.values["errors"])
-        with spliced.intervene(_summing_parts(parts, real)):
+        features, errors = sums.values["features"], sums.values["errors"]
+
+        def record(site: Site, x: Tensor) -> Tensor:
+            """Add the site's features and errors over real tokens (NumPy, CPU), once per key (at a
+            transcoder layer's reading site); errors where the site computes them."""
+            if site.key in features and site.reads:
+                code = site.code(x)
+                features[site.key] += cpu_total(code.feats[real])  # (n_real, d_sae) summed
+                if code.error is not None:
+                    errors[site.key] += cpu_total(code.error[real])
+            return x
+
+        with spliced.intervene(record):
             spliced.run_blocks(spliced.embed(batch.input_ids), 0, stop, batch.attention_mask)
         sums.values["n_tokens"] += int(real.sum())
 
@@ -72,21 +83,6 @@ def feature_means(spliced: SplicedModel, batches: Iterable[TokenBatch], sites: I
         }
 
     return SiteMeans(means(totals["features"]), means(totals["errors"]))
-
-
-def _summing_parts(sums: SiteMeans, real: Tensor) -> Intervention:
-    """Intervention adding each site's features and errors over real tokens into `sums` (NumPy, CPU),
-    once per key (at a transcoder layer's reading site); errors where the site computes them."""
-
-    def record(site: Site, x: Tensor) -> Tensor:
-        if site.key in sums.features and site.reads:
-            code = site.code(x)
-            sums.features[site.key] += cpu_total(code.feats[real])  # (n_real, d_sae) summed
-            if code.error is not None:
-                sums.errors[site.key] += cpu_total(code.error[real])
-        return x
-
-    return record
 
 
 def cpu_total(values: Tensor) -> np.ndarray:

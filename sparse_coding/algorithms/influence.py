@@ -128,17 +128,11 @@ def prune(
             return Pruned(nodes, edges, cumulative_shares(influence))
 
 
-def graph_scores(adjacency: Tensor, logit_weights: Tensor, counts: NodeCounts) -> tuple[float, float]:
-    """(replacement score, completeness score) of a graph (module docstring)."""
-    normalized = normalize_rows(adjacency)
-    influence = total_influence(normalized, logit_weights)
-    return scores_of(normalized, influence, logit_weights, counts)
-
-
 def scores_of(
     normalized: Tensor, influence: Tensor, logit_weights: Tensor, counts: NodeCounts
 ) -> tuple[float, float]:
-    """`graph_scores` from the normalised adjacency and the influence, when already computed."""
+    """(replacement score, completeness score) of a graph (module docstring), from its normalised
+    adjacency and its influence."""
     tokens = influence[counts.token_slice].sum()
     errors = influence[counts.error_slice].sum()
     replacement = tokens / (tokens + errors).clamp(min=1e-10)

@@ -26,11 +26,7 @@ class NodeLayout:
     """How token positions map to nodes: `positioned` False sums them (n = 1)."""
 
     positioned: bool = False
-    n_positions: int = 1
-
-    @property
-    def n(self) -> int:
-        return self.n_positions if self.positioned else 1
+    n: int = 1  # node positions: the examples' token length when positioned
 
     def position_of(self, positions: Tensor) -> Tensor:
         """The node position of each token position: itself, or 0 when summed."""
@@ -48,11 +44,10 @@ class NodeLayout:
 
     def positions_mask(self, slots: Tensor, n_tokens: int) -> Tensor:
         """(len(slots), n_tokens) bool: the token positions each slot covers."""
-        positions = torch.arange(n_tokens, device=slots.device)
         if not self.positioned:
             return torch.ones(len(slots), n_tokens, dtype=torch.bool, device=slots.device)
         own = torch.where(slots < 0, -1 - slots, slots % self.n)
-        return own[:, None] == positions[None, :]
+        return own[:, None] == torch.arange(n_tokens, device=slots.device)[None, :]
 
     def node_id(self, key: str, slot: int) -> str:
         """The node id of a slot of site `key` (``attn_4``)."""
@@ -76,7 +71,7 @@ def layout_for(node_positions: NodePositions, widths: list[int]) -> NodeLayout:
             f"thing in every example, as in templatic data); got lengths {sorted(set(widths))}. "
             f"Use examples of equal length, or NODE_POSITIONS sum"
         )
-    return NodeLayout(positioned=True, n_positions=widths[0])
+    return NodeLayout(positioned=True, n=widths[0])
 
 
 SUMMED = NodeLayout()  # nodes summed over positions, the default

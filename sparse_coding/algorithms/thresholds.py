@@ -348,8 +348,7 @@ def _feats_at(
     feats: dict[str, Tensor] = {}
 
     def encode_at(site: Site, x: Tensor) -> Tensor:
-        x_at = site.to_sae_space(x[rows, positions])
-        feats[site.key] = site.sae.encode(x_at).float()
+        feats[site.key] = site.feats(x[rows, positions]).float()
         return x
 
     last_layer = max(site.layer for site in spliced.sites)

@@ -51,6 +51,7 @@ import logging
 import math
 import time
 from collections.abc import Collection, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -134,11 +135,8 @@ class _ValidationTotals:
 
 def _log_probs(spliced: SplicedModel, batch: TokenBatch, intervention: Intervention | None = None) -> Tensor:
     """log p (batch, pos, d_vocab) in float32, under `intervention` if given."""
-    if intervention is None:
-        logits = spliced(batch.input_ids, batch.attention_mask)
-        return F.log_softmax(logits.float(), dim=-1)
-    with spliced.intervene(intervention):
-        return _log_probs(spliced, batch)
+    with spliced.intervene(intervention) if intervention is not None else nullcontext():
+        return F.log_softmax(spliced(batch.input_ids, batch.attention_mask).float(), dim=-1)
 
 
 def _cross_entropy_sum(log_probs: Tensor, batch: TokenBatch) -> float:

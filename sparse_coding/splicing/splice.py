@@ -267,11 +267,9 @@ class SplicedModel:
         """Logits of the final residual stream."""
         return self.model.unembed(resid_final)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (batch, pos, d_vocab) of the whole model, under the active intervention."""
         return self.model(input_ids, attention_mask)
-
-    __call__ = forward
 
 
 def _edit_block_input(site: Site, intervention: Intervention) -> Callable:
