@@ -56,9 +56,7 @@ def thresholds_from_config(config: Config, spliced: SplicedModel, tokenizer: Tok
         )
 
     def batches() -> Iterable[TokenBatch]:
-        return config_batches(
-            config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-        )
+        return config_batches(config, tokenizer, spliced.model)
 
     result = compute_thresholds(
         spliced,

@@ -244,9 +244,7 @@ def collect_missing(
     logger.info(
         "Collecting contexts of %d features (%d cached)", _count(missing), _count(features) - _count(missing)
     )
-    batches = config_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-    )
+    batches = config_batches(config, tokenizer, spliced.model)
     fresh = collect_contexts(
         spliced,
         tokenizer,

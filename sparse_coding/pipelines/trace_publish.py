@@ -116,9 +116,7 @@ def add_contexts(
         wanted.setdefault(node.layer, []).append(node.feature)
     if not wanted:
         return
-    batches = config_batches(
-        config, tokenizer, device=transcoders.device, context_len=model.config.n_positions
-    )
+    batches = config_batches(config, tokenizer, model)
     cache = collect_transcoder_contexts(
         model,
         transcoders,
