@@ -22,6 +22,7 @@ from sparse_coding.labels.context_cache import ContextCache, contexts_cache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
+from sparse_coding.pipelines.resume import site_identity
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.sharing.wandb_runs import log_run, wandb_settings
@@ -179,9 +180,7 @@ def fingerprint(config: Config, spliced: SplicedModel) -> dict[str, Any]:
     """What a cache's contexts depend on (`cache.cache_fingerprint`): model, SAEs, text and its settings."""
     keys = ("DATASET_CONFIG", "DATASET_SPLIT", "DATASET_TEXT_COLUMN", "NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN")
     text = {key: getattr(config, key) for key in keys} if config.DATASET else {"PROMPT": config.PROMPT}
-    saes = {
-        site.key: caches.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
-    }
+    saes = {site.key: site_identity(site) for site in spliced.sites}
     return caches.cache_fingerprint(
         model=config.MODEL_DIR,
         saes=saes,
