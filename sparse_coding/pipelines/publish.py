@@ -277,15 +277,7 @@ def _usable_cache(store: caches.Cache, config: Config, current: dict[str, Any]) 
         logger.warning("Context cache %s is %s; collecting again", store.path, lookup.problem)
     elif lookup.problem != "absent":
         logger.info("Context cache %s is %s; collecting again", store.path, lookup.problem)
-    return ContextCache(
-        config.VIEW,
-        config.SEQ_PER_DIM_CAP,
-        sources={},
-        arrays={},
-        sequences={},
-        vocab={},
-        fingerprint=current | {"saes": {}},
-    )
+    return ContextCache(config.VIEW, config.SEQ_PER_DIM_CAP, fingerprint=current | {"saes": {}})
 
 
 def _count(features: dict[str, list[int]]) -> int:
