@@ -243,11 +243,10 @@ def collect_missing(
     logger.info(
         "Collecting contexts of %d features (%d cached)", _count(missing), _count(features) - _count(missing)
     )
-    batches = config_batches(config, tokenizer, spliced.model)
     fresh = collect_contexts(
         spliced,
         tokenizer,
-        batches,
+        config_batches(config, tokenizer, spliced.model),
         features=missing,
         per_feature=config.SEQ_PER_DIM_CAP,
         view=config.VIEW,
