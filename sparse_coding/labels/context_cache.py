@@ -44,10 +44,10 @@ class ContextCache:
 
     view: int
     per_feature: int
-    sources: dict[str, str]
-    arrays: dict[str, dict[str, np.ndarray]]  # site key -> features/act/seq/pos/window
-    sequences: dict[int, np.ndarray]  # stream index -> token ids
-    vocab: dict[int, str]
+    sources: dict[str, str] = field(default_factory=dict)
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # site key -> ARRAY_NAMES arrays
+    sequences: dict[int, np.ndarray] = field(default_factory=dict)  # stream index -> token ids
+    vocab: dict[int, str] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 

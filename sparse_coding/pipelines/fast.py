@@ -10,6 +10,7 @@ from sparse_coding.algorithms.feature_means import feature_means
 from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.config import Config
 from sparse_coding.graphs.graph import Graph
+from sparse_coding.models.transformer import GPT2
 from sparse_coding.pipelines.inputs import config_batches, warn_unknown_prompts
 from sparse_coding.pipelines.loading import load_spliced_model, settled
 from sparse_coding.pipelines.publish import publish_graph
@@ -32,16 +33,15 @@ def config_pairs(config: Config) -> list[Pair]:
     return [Pair(config.PROMPT, config.PATCH_PROMPT, config.ANSWER, config.PATCH_ANSWER)]
 
 
-def config_example_batches(
-    config: Config, tokenizer: Tokenizer, *, device: torch.device, context_len: int
-) -> list[TokenBatch]:
-    """The config's examples, tokenized by `pairs`' rule and right-padded into BATCH_SIZE batches."""
+def config_example_batches(config: Config, tokenizer: Tokenizer, model: GPT2) -> list[TokenBatch]:
+    """The config's examples, tokenized by `pairs`' rule (at most `model`'s n_positions tokens) and
+    right-padded into BATCH_SIZE batches on its device."""
     examples = [
-        tokenize_pair(pair, tokenizer, prepend_bos=config.prepend_bos, max_len=context_len)
+        tokenize_pair(pair, tokenizer, prepend_bos=config.prepend_bos, max_len=model.config.n_positions)
         for pair in config_pairs(config)
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return example_batches(examples, batch_size=config.BATCH_SIZE, pad_id=pad_id, device=device)
+    return example_batches(examples, batch_size=config.BATCH_SIZE, pad_id=pad_id, device=model.device)
 
 
 def baseline_means(
@@ -50,17 +50,13 @@ def baseline_means(
     """BASELINE mean: every site's feature means over DATASET (else PROMPT), as val.py computes them."""
     if config.BASELINE != "mean":
         return None
-    batches = config_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-    )
+    batches = config_batches(config, tokenizer, spliced.model)
     return feature_means(spliced, batches, spliced.by_key).features
 
 
 def fast_graph(config: Config, spliced: SplicedModel, tokenizer: Tokenizer) -> Graph:
     """The gradient graph of the config's examples, unlabelled."""
-    batches = config_example_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-    )
+    batches = config_example_batches(config, tokenizer, spliced.model)
     options = config.options(GraphOptions, metric=METRICS[config.METRIC])
     thresholds = shared_thresholds(config, spliced)
     logger.info("Down-nodes: %s", thresholds.description if thresholds else options.selection)

@@ -6,7 +6,6 @@ is `sparse_coding.algorithms.thresholds`; the cache format is
 """
 
 import logging
-from collections.abc import Iterable
 
 from sparse_coding.algorithms.thresholds import ThresholdResult, compute_thresholds
 from sparse_coding.algorithms.top_percentile import samples_to_resolve
@@ -19,7 +18,6 @@ from sparse_coding.pipelines.threshold_cache import METADATA_FILE, save_threshol
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.batches import TokenBatch
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -54,15 +52,9 @@ def thresholds_from_config(config: Config, spliced: SplicedModel, tokenizer: Tok
         raise ConfigError(
             "DATASET is unset; thresholds need a dataset (a hub name or a .txt/.jsonl/.parquet file)"
         )
-
-    def batches() -> Iterable[TokenBatch]:
-        return config_batches(
-            config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-        )
-
     result = compute_thresholds(
         spliced,
-        batches,
+        lambda: config_batches(config, tokenizer, spliced.model),
         cluster_layer=config.layer_range(spliced.n_layers).start,
         n_clusters=config.NUM_CLUSTERS,
         keeper_cluster=config.KEEPER_CLUSTER_INDEX,

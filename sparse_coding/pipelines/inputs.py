@@ -5,9 +5,8 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 
-import torch
-
 from sparse_coding.config import Config
+from sparse_coding.models.transformer import GPT2
 from sparse_coding.text.batches import TokenBatch, text_ids
 from sparse_coding.text.corpus import TextSource, count_texts, iter_batches, load_texts
 from sparse_coding.text.tokenizer import Tokenizer
@@ -46,25 +45,17 @@ def interpreted_texts(config: Config, *, announce: bool = True) -> Iterator[str]
 
 
 def config_batches(
-    config: Config,
-    tokenizer: Tokenizer,
-    *,
-    device: torch.device | str,
-    context_len: int,
-    texts: Iterable[str] | None = None,
+    config: Config, tokenizer: Tokenizer, model: GPT2, texts: Iterable[str] | None = None
 ) -> Iterator[TokenBatch]:
-    """`texts` (default: the config's DATASET, else PROMPT) as BATCH_SIZE batches of <= MAX_SEQ_LEN tokens.
-
-    `context_len` (the model's n_positions) caps MAX_SEQ_LEN so no sequence
-    overruns the model's position embeddings.
-    """
+    """`texts` (default: the config's DATASET, else PROMPT) as BATCH_SIZE batches on `model`'s device, of
+    <= MAX_SEQ_LEN tokens and at most its n_positions (no sequence overruns its position embeddings)."""
     return iter_batches(
         load_texts(text_source(config)) if texts is None else texts,
         tokenizer,
         batch_size=config.BATCH_SIZE,
-        max_len=min(config.MAX_SEQ_LEN, context_len),
+        max_len=min(config.MAX_SEQ_LEN, model.config.n_positions),
         prepend_bos=config.prepend_bos,
-        device=device,
+        device=model.device,
     )
 
 

@@ -22,6 +22,7 @@ from sparse_coding.labels.context_cache import ContextCache, contexts_cache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
 from sparse_coding.pipelines.inputs import config_batches, expected_batches
+from sparse_coding.pipelines.resume import site_identity
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.sharing.wandb_runs import log_run, wandb_settings
@@ -179,9 +180,7 @@ def fingerprint(config: Config, spliced: SplicedModel) -> dict[str, Any]:
     """What a cache's contexts depend on (`cache.cache_fingerprint`): model, SAEs, text and its settings."""
     keys = ("DATASET_CONFIG", "DATASET_SPLIT", "DATASET_TEXT_COLUMN", "NUM_SEQUENCES_EVALED", "MAX_SEQ_LEN")
     text = {key: getattr(config, key) for key in keys} if config.DATASET else {"PROMPT": config.PROMPT}
-    saes = {
-        site.key: caches.sae_identity(site.sae.cfg.source, site.sae.weights_path) for site in spliced.sites
-    }
+    saes = {site.key: site_identity(site) for site in spliced.sites}
     return caches.cache_fingerprint(
         model=config.MODEL_DIR,
         saes=saes,
@@ -244,13 +243,10 @@ def collect_missing(
     logger.info(
         "Collecting contexts of %d features (%d cached)", _count(missing), _count(features) - _count(missing)
     )
-    batches = config_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-    )
     fresh = collect_contexts(
         spliced,
         tokenizer,
-        batches,
+        config_batches(config, tokenizer, spliced.model),
         features=missing,
         per_feature=config.SEQ_PER_DIM_CAP,
         view=config.VIEW,
@@ -280,15 +276,7 @@ def _usable_cache(store: caches.Cache, config: Config, current: dict[str, Any]) 
         logger.warning("Context cache %s is %s; collecting again", store.path, lookup.problem)
     elif lookup.problem != "absent":
         logger.info("Context cache %s is %s; collecting again", store.path, lookup.problem)
-    return ContextCache(
-        config.VIEW,
-        config.SEQ_PER_DIM_CAP,
-        sources={},
-        arrays={},
-        sequences={},
-        vocab={},
-        fingerprint=current | {"saes": {}},
-    )
+    return ContextCache(config.VIEW, config.SEQ_PER_DIM_CAP, fingerprint=current | {"saes": {}})
 
 
 def _count(features: dict[str, list[int]]) -> int:

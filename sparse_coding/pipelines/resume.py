@@ -44,7 +44,7 @@ def run_fingerprint(
     config: Config, spliced: SplicedModel, script: str, inputs: Mapping[str, Any]
 ) -> dict[str, Any]:
     """What a run's result depends on (`cache.cache_fingerprint`), to tell a checkpoint's run apart."""
-    saes = {site.key: _site_identity(site) for site in spliced.sites}
+    saes = {site.key: site_identity(site) for site in spliced.sites}
     keys = {key: value for key, value in config.to_metadata().items() if key not in UNSHAPING_KEYS}
     return cache.cache_fingerprint(
         model=config.MODEL_DIR,
@@ -54,7 +54,7 @@ def run_fingerprint(
     )
 
 
-def _site_identity(site: Any) -> dict[str, Any]:
+def site_identity(site: Any) -> dict[str, Any]:
     """An SAE site by its source and weights file; a transcoder site by its source and its layer's files."""
     sae = getattr(site, "sae", None)
     if sae is None:

@@ -24,9 +24,9 @@ from sparse_coding.pipelines.steer_report import (
     steering_data,
     to_json,
 )
+from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.batches import TokenBatch
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def _run_generation(
 def _run_curve(
     config: Config, plan: SteerPlan, spliced: SplicedModel, tokenizer: Tokenizer, phases: PhaseTimer
 ) -> str:
-    batch = TokenBatch(
-        plan.batch.input_ids.to(spliced.device), plan.batch.attention_mask.to(spliced.device), 0
-    )
+    batch = distributed.move(plan.batch, spliced.device)
     with phases.phase("compute: response curve"):
         result = response_curve(
             spliced, batch, plan.curve, answer_id=plan.answer_id, top_tokens=config.LOGIT_TOKENS

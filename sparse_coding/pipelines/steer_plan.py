@@ -56,22 +56,9 @@ class SteerPlan:
     texts: list[str]
     batch: TokenBatch  # the prompts, right-padded
     answer_id: int | None  # the curve's answer token
-
-    @property
-    def nodes(self) -> list[str]:
-        """Every feature node the run reads, intervened first."""
-        curve = [] if self.curve is None else [self.curve.node, *self.curve.watch]
-        return list(dict.fromkeys([*(edit.node for edit in self.edits), *self.watch, *curve]))
-
-    @property
-    def pairs(self) -> list[tuple[str, int]]:
-        """The (site, layer) SAEs to load: those of the SAE nodes, no others."""
-        return sae_pairs(self.nodes)
-
-    @property
-    def transcoders(self) -> bool:
-        """True when some node is a transcoder feature: TRANSCODERS is spliced too."""
-        return any(parse_node_id(node).site in TRANSCODER_KINDS for node in self.nodes)
+    nodes: list[str]  # every feature node the run reads, intervened first
+    pairs: list[tuple[str, int]]  # the (site, layer) SAEs to load: those of the SAE nodes, no others
+    transcoders: bool  # some node is a transcoder feature: TRANSCODERS is spliced too
 
     @property
     def prompts(self) -> list[list[int]]:
@@ -86,7 +73,8 @@ def plan_steering(
     """The run's plan, checked against the SAEs' cfg.json and the tokenized prompts."""
     edits, watch, source = _interventions(config, command_line, curve)
     curve_spec = config.CURVE if curve else None
-    nodes = [e.node for e in edits] + list(watch) + ([curve_spec.node, *curve_spec.watch] if curve else [])
+    curve_nodes = [curve_spec.node, *curve_spec.watch] if curve else []
+    nodes = list(dict.fromkeys([*(e.node for e in edits), *watch, *curve_nodes]))
     pairs = sae_pairs(nodes)
     check_sources_set(config, nodes, pairs, source)
     transcoders = any(parse_node_id(node).site in TRANSCODER_KINDS for node in nodes)
@@ -108,6 +96,9 @@ def plan_steering(
             config, tokenizer, texts, settled_prepend_bos(config, pairs, transcoders=transcoders)
         ),
         answer_id=_answer_id(tokenizer, curve_spec.answer) if curve and curve_spec.answer else None,
+        nodes=nodes,
+        pairs=pairs,
+        transcoders=transcoders,
     )
     check_plan(config, plan)
     return plan

@@ -17,6 +17,8 @@ AXIS_LABELS = {
     "scale": "{node} scaled by x (x = 1: unchanged)",
     "add": "{node}: x * W_dec added (x in activation units)",
 }
+# savefig's options per format: no creation date in the SVG, so the same curve writes the same bytes.
+IMAGE_OPTIONS = {"png": {"dpi": 150}, "svg": {"metadata": {"Date": None}}}
 
 
 def curve_figure(data: dict) -> Figure:
@@ -49,13 +51,8 @@ def curve_images(data: dict) -> dict[str, bytes]:
     """{"png": ..., "svg": ...} of the curve."""
     figure = curve_figure(data)
     images = {}
-    for fmt in ("png", "svg"):
+    for fmt, options in IMAGE_OPTIONS.items():
         buffer = io.BytesIO()
-        figure.savefig(buffer, format=fmt, dpi=150 if fmt == "png" else None, metadata=_metadata(fmt))
+        figure.savefig(buffer, format=fmt, **options)
         images[fmt] = buffer.getvalue()
     return images
-
-
-def _metadata(fmt: str) -> dict:
-    """No creation date in the files, so the same curve writes the same bytes."""
-    return {"Date": None} if fmt == "svg" else {}

@@ -116,14 +116,11 @@ def add_contexts(
         wanted.setdefault(node.layer, []).append(node.feature)
     if not wanted:
         return
-    batches = config_batches(
-        config, tokenizer, device=transcoders.device, context_len=model.config.n_positions
-    )
     cache = collect_transcoder_contexts(
         model,
         transcoders,
         tokenizer,
-        batches,
+        config_batches(config, tokenizer, model),
         features=wanted,
         per_feature=config.SEQ_PER_DIM_CAP,
         view=config.VIEW,

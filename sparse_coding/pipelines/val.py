@@ -79,13 +79,7 @@ def _validated(
     circuit, circuit_errors, source = circuit_of
     interpreted_texts(config)  # logs which text is explained, once
     batches = BatchStream(  # read again for each pass: memory does not grow with the dataset
-        lambda: config_batches(
-            config,
-            tokenizer,
-            device=spliced.device,
-            context_len=spliced.model.config.n_positions,
-            texts=interpreted_texts(config, announce=False),
-        )
+        lambda: config_batches(config, tokenizer, spliced.model, interpreted_texts(config, announce=False))
     )
     with phases.phase("compute: validation"):
         means = feature_means(spliced, batches, spliced.by_key)

@@ -52,9 +52,7 @@ def pairs_report(
         return None
     if name is not None and name != config.METRIC:
         logger.info("Using the graph's metric %s (METRIC is %s)", name, config.METRIC)
-    batches = config_example_batches(
-        config, tokenizer, device=spliced.device, context_len=spliced.model.config.n_positions
-    )
+    batches = config_example_batches(config, tokenizer, spliced.model)
     metric = METRICS[name or config.METRIC]
     if metric.needs_patch_answer and batches[0].patch_answers is None:  # the graph's metric, not METRIC's
         raise ConfigError(

@@ -32,29 +32,6 @@ from sparse_coding.text.tokenizer import Tokenizer
 from sparse_coding.text.tokens import token_text
 
 
-def meaning_of(result: ValidationResult) -> dict[str, str]:
-    """val.py's sentences for this result: its error mode, and whether it validated transcoders."""
-    spliced = "transcoders" if transcoder_keys(result.sites) else "saes"
-    return sentences("val.py", {"VALIDATION_ERRORS": result.errors, "spliced": spliced})
-
-
-def held_fixed(result: ValidationResult) -> dict[str, str]:
-    """What M is and what happened to the error terms, in words."""
-    spliced = (
-        "every transcoder layer spliced (with its error term: the model itself)"
-        if transcoder_keys(result.sites)
-        else "every SAE site of the slice spliced"
-    )
-    return {
-        "model": (
-            f"M = the model with {spliced} ({len(result.sites)}: {', '.join(result.sites)}); m(C) and "
-            f"m(empty) mean-ablate features at all of them"
-        ),
-        "errors": meaning_of(result)["errors"]
-        + (f"; circuit error nodes: {', '.join(result.circuit_errors)}" if result.circuit_errors else ""),
-    }
-
-
 def next_token_changes(
     result: ValidationResult, tokenizer: Tokenizer, k: int
 ) -> dict[str, list[dict[str, Any]]]:
@@ -82,7 +59,16 @@ def report_data(
     result: ValidationResult, tokenizer: Tokenizer, *, logit_tokens: int, source: str, data: str
 ) -> dict[str, Any]:
     """The JSON-ready report: validation.json's fields but ``config``."""
-    meaning = meaning_of(result)
+    transcoders = bool(transcoder_keys(result.sites))
+    meaning = sentences(
+        "val.py", {"VALIDATION_ERRORS": result.errors, "spliced": "transcoders" if transcoders else "saes"}
+    )
+    spliced = (
+        "every transcoder layer spliced (with its error term: the model itself)"
+        if transcoders
+        else "every SAE site of the slice spliced"
+    )
+    errors = f"; circuit error nodes: {', '.join(result.circuit_errors)}" if result.circuit_errors else ""
     return {
         "circuit": result.circuit,
         "circuit_errors": result.circuit_errors,
@@ -94,7 +80,11 @@ def report_data(
         "n_tokens": result.n_tokens,
         "ablation": meaning["ablation"],
         "baseline": meaning["baseline"],
-        **held_fixed(result),
+        "model": (
+            f"M = the model with {spliced} ({len(result.sites)}: {', '.join(result.sites)}); m(C) and "
+            f"m(empty) mean-ablate features at all of them"
+        ),
+        "errors": meaning["errors"] + errors,
         "ce_clean": result.ce_clean,
         "ce_ablated": result.ce_ablated,
         "kl_clean_ablated": result.kl,
