@@ -48,16 +48,6 @@ from sparse_coding.config.yaml_file import read_yaml, shown
 from sparse_coding.errors import ConfigError
 from sparse_coding.nodes import parse_site_key
 
-__all__ = [
-    "DEFAULTS",
-    "DEFAULT_CONFIG_PATH",
-    "FIELDS",
-    "Config",
-    "config_from_dict",
-    "load_config",
-    "redact_url",
-]
-
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 

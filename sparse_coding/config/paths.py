@@ -27,9 +27,7 @@ _SAE_KEYS = ("RESID_SAES", "ATTN_SAES", "MLP_SAES", "TRANSCODERS")
 
 def _is_path(key: str, value: str, base: Path) -> bool:
     """Whether config value `value` of `key` names a local file or folder (rules in the module doc)."""
-    if value.startswith(_EXPLICIT) or value in (".", ".."):
-        return True
-    if key == "PAIRS_FILE":
+    if key == "PAIRS_FILE" or value.startswith(_EXPLICIT) or value in (".", ".."):
         return True
     if key == "MODEL_DIR":
         return value.count("/") > 1 or (base / value).exists()
@@ -57,7 +55,8 @@ def data_dir(value: str | Path | None, base: Path) -> Path:
     installed package."""
     path = Path(value if value is not None else DEFAULT_DATA_DIR_NAME).expanduser()
     path = (path if path.is_absolute() else base / path).resolve()
-    if _installed() and path.is_relative_to(PACKAGE_DIR):
+    installed = not {"site-packages", "dist-packages"}.isdisjoint(PACKAGE_DIR.parts)  # not a source checkout
+    if installed and path.is_relative_to(PACKAGE_DIR):
         fallback = (Path.cwd() / INSTALLED_FALLBACK).resolve()
         logger.info(
             "DATA_DIR %s lies inside the installed package; writing to %s instead (set DATA_DIR to choose)",
@@ -66,8 +65,3 @@ def data_dir(value: str | Path | None, base: Path) -> Path:
         )
         return fallback
     return path
-
-
-def _installed() -> bool:
-    """True when this package runs from an installed copy (site-packages), not a source checkout."""
-    return any(part in ("site-packages", "dist-packages") for part in PACKAGE_DIR.parts)

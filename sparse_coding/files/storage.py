@@ -199,15 +199,10 @@ def remove_stale_temps(folder: Path) -> int:
 
 
 class Commit:
-    """New files written to temps beside their targets, then renamed over them together.
-
-    Use as ``with Commit() as commit: commit.write(path, data)``: the targets
-    are replaced when the block ends without an exception (`apply`, in the
-    order written, or the order given to `apply`), and every temp left is
-    removed in any case. A file is never half-written; a crash part-way
-    through the renames leaves some targets new and some old, so callers
-    that need more say which file is renamed first (see `graph_files`).
-    """
+    """New files written to temps beside their targets (``with Commit() as commit: commit.write(path,
+    data)``), renamed over them when the block ends without an exception, in the order written or the
+    order given to `apply`; every temp left is removed in any case. A crash during the renames leaves
+    some targets new and some old, so `graph_writer` says which is renamed first (the .json)."""
 
     def __init__(self) -> None:
         self.temps: dict[Path, Path] = {}  # target -> temp file

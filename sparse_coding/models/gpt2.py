@@ -2,7 +2,6 @@
 
 import logging
 import time
-import typing
 from pathlib import Path
 
 import torch
@@ -15,9 +14,6 @@ from sparse_coding.text.batches import text_ids
 from sparse_coding.text.tokenizer import Tokenizer, check_tokenizer, load_tokenizer, model_file
 
 logger = logging.getLogger(__name__)
-
-# The dtype names the config validates, as torch dtypes.
-DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in typing.get_args(DtypeName)}
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -42,13 +38,9 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str | None, default: torch.dtype = torch.float32) -> torch.dtype:
-    """Torch dtype of a DTYPE / SAE_DTYPE value; `default` when unset."""
-    if name is None:
-        return default
-    if name not in DTYPES:
-        raise ConfigError(f"dtype {name!r} is not supported; valid: {', '.join(DTYPES)}")
-    return DTYPES[name]
+def resolve_dtype(name: DtypeName | None, default: torch.dtype = torch.float32) -> torch.dtype:
+    """Torch dtype of a DTYPE / SAE_DTYPE value (the config checked it); `default` when unset."""
+    return default if name is None else getattr(torch, name)
 
 
 def load_model(

@@ -35,7 +35,6 @@ def run_pass(
     add: Callable[[S, int, B], None],
     desc: str,
     total: int | None = None,
-    unit: str = "batch",
     sync_every: int = 0,
     device: Any = None,
     leave: bool = True,
@@ -47,7 +46,7 @@ def run_pass(
         batches: the whole stream, the same on every rank; read once.
         empty: a fresh state with nothing added.
         add: ``add(state, index, batch)`` folds the batch at `index` of the stream in.
-        desc, total, unit, leave: the progress bar (rank 0 only; `total` counts the whole stream).
+        desc, total, leave: the progress bar (rank 0 only; `total` counts the whole stream).
         sync_every: also reduce after every this many batches (0: only at
             checkpoints and the end), for states that must not grow between.
         device: where a state read back from a checkpoint is put.
@@ -64,7 +63,7 @@ def run_pass(
     size, rank = distributed.world_size(), distributed.rank()
     every = checkpoint.every if checkpoint else 0
     end = start
-    for index, batch in enumerate(progress(batches, total=total, desc=desc, unit=unit, leave=leave)):
+    for index, batch in enumerate(progress(batches, total=total, desc=desc, unit="batch", leave=leave)):
         if index < start:
             continue
         if index % size == rank:

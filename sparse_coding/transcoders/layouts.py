@@ -124,8 +124,10 @@ def _output_hook(hook: str, layer: int) -> None:
         raise TranscoderLoadError(f"it writes {hook!r}; trace.py replaces MLPs: blocks.{layer}.hook_mlp_out")
 
 
-def _decoder(path: Path, tensors: dict[str, Tensor], name: str, lazy: bool) -> Tensor | SafetensorsRows:
-    return SafetensorsRows(path, name) if lazy else tensors[name]
+def _tensors(path: Path, lazy: bool) -> dict[str, Tensor | SafetensorsRows]:
+    """A weights file's tensors; with `lazy`, W_dec as rows read on demand."""
+    tensors = load_tensors(path, skip="W_dec" if lazy else None)
+    return tensors | {"W_dec": SafetensorsRows(path, "W_dec")} if lazy else tensors
 
 
 def _saelens(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
@@ -138,9 +140,7 @@ def _saelens(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
     hook_out = raw.get("hook_name_out") or (raw.get("metadata") or {}).get("hook_name_out")
     if hook_out:
         _output_hook(str(hook_out), layer)
-    path = files["sae_weights.safetensors"]
-    tensors = load_tensors(path, skip="W_dec" if lazy else None)
-    b_dec = tensors["b_dec"]
+    tensors = _tensors(files["sae_weights.safetensors"], lazy)
     apply_b_in = norm["apply_b_dec_to_input"] and not is_transcoder
     out_bias = "b_dec_out" if raw.get("use_b_dec_out") else "b_dec"
     cfg = LayerConfig(
@@ -151,8 +151,8 @@ def _saelens(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
     if threshold is None and "log_threshold" in tensors:
         threshold = tensors["log_threshold"].exp()
     return LayerWeights(
-        cfg, tensors["W_enc"], tensors["b_enc"], b_dec if apply_b_in else None, threshold,
-        _decoder(path, tensors, "W_dec", lazy), tensors[out_bias], tensors.get("W_skip"),
+        cfg, tensors["W_enc"], tensors["b_enc"], tensors["b_dec"] if apply_b_in else None, threshold,
+        tensors["W_dec"], tensors[out_bias], tensors.get("W_skip"),
     )  # fmt: skip
 
 
@@ -173,15 +173,14 @@ def _dunefsky(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
         raise TranscoderLoadError(
             f"act_fn {sae.get('act_fn')!r}; supported: {', '.join(DUNEFSKY_ACTIVATIONS)}"
         )
-    path = files["sae.safetensors"]
-    tensors = load_tensors(path, skip="W_dec" if lazy else None)
+    tensors = _tensors(files["sae.safetensors"], lazy)
     cfg = LayerConfig(
         "dunefsky", int(sae["d_in"]), int(sae["num_features"]), int(sae.get("d_out") or sae["d_in"]),
         DUNEFSKY_ACTIVATIONS[sae.get("act_fn", "relu")], sae.get("top_k"),
         DUNEFSKY_SUBLAYERS[inp["sublayer"]], 1,
     )  # fmt: skip
     return LayerWeights(
-        cfg, tensors["W_enc"], tensors["b_enc"], None, None, _decoder(path, tensors, "W_dec", lazy),
+        cfg, tensors["W_enc"], tensors["b_enc"], None, None, tensors["W_dec"],
         tensors["b_dec"], None,
     )  # fmt: skip
 
@@ -215,15 +214,14 @@ def _sparsify(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
         raise TranscoderLoadError(
             f"n_sources is {n_sources}; layer {layer} of a cross-layer set has {layer + 1}"
         )
-    path = files["sae.safetensors"]
-    tensors = load_tensors(path, skip="W_dec" if lazy else None)
+    tensors = _tensors(files["sae.safetensors"], lazy)
     d_sae, d_in = tensors["encoder.weight"].shape
     cfg = LayerConfig(
         "sparsify", d_in, d_sae, int(raw["d_in"]), "topk", int(raw["k"]), "hook_resid_mid", n_sources
     )
     return LayerWeights(
         cfg, tensors["encoder.weight"].T, tensors["encoder.bias"], None, None,
-        _decoder(path, tensors, "W_dec", lazy), tensors["b_dec"], tensors.get("W_skip"),
+        tensors["W_dec"], tensors["b_dec"], tensors.get("W_skip"),
     )  # fmt: skip
 
 

@@ -47,10 +47,8 @@ def load_transcoders(
             or the weights would not fit the device.
     """
     start = time.perf_counter()
-    layers = release_layers(source, n_layers)
-    files = {
-        layer: (resolve_layer(source, layer), *layer_files(resolve_layer(source, layer))) for layer in layers
-    }
+    resolved = {layer: resolve_layer(source, layer) for layer in release_layers(source, n_layers)}
+    files = {layer: (where, *layer_files(where)) for layer, where in resolved.items()}
     cross_layer = any(_is_cross_layer(layout, paths) for _, layout, paths in files.values())
     lazy = cross_layer if lazy_decoders is None else lazy_decoders
     check_memory([paths for _, _, paths in files.values()], torch.device(device), dtype, lazy=lazy)

@@ -109,7 +109,7 @@ def clean_run(
         patterns.append(attention_pattern(block.attn, x1))
         h_mid = h + attention_with_pattern(block.attn, x1, patterns[-1])
         ln2.append(layer_scale(h_mid, block.ln_2.eps))
-        inputs.append(transcoder_input(h_mid, ln2[-1], _hook(transcoders, layer)))
+        inputs.append(transcoder_input(h_mid, ln2[-1], transcoders.input_hook(layer)))
         outputs.append(block.mlp(frozen_layer_norm(h_mid, block.ln_2, ln2[-1])))
         h = h_mid + outputs[-1]
     lnf = layer_scale(h, model.transformer.ln_f.eps)
@@ -118,36 +118,26 @@ def clean_run(
     return frozen, torch.stack(inputs), torch.stack(outputs), logits
 
 
-def _hook(transcoders: TranscoderSet, layer: int) -> str:
-    return transcoders.input_hook(layer) if layer in transcoders.layers else "ln2.hook_normalized"
-
-
 def frozen_forward(
     model: GPT2,
     transcoders: TranscoderSet,
     frozen: Frozen,
     embeds: Tensor,
     mlp_leaves: Tensor | Sequence[Tensor],
-    *,
-    read_layer: int | None = None,
 ) -> Tensor:
     """The replacement model's linear forward over the first n = len(embeds) positions: (n, d_model).
 
     Args:
         embeds: (n, d_model) token embeddings (the positional embeddings are added here).
-        mlp_leaves: (>= L, n, d_model) MLP outputs of the blocks run, without their skip connections
-            (a stacked tensor or one tensor per layer).
-        read_layer: return block L's transcoder input (blocks < L run whole, then L's attention);
-            None runs every block and returns the final layer norm's output.
+        mlp_leaves: (n_layers, n, d_model) MLP outputs without their skip connections (a stacked
+            tensor or one tensor per layer).
     """
     n = embeds.shape[-2]
     h = embeds + model.transformer.wpe.weight[:n]
     for layer, block in enumerate(model.transformer.h):
         x1 = frozen_layer_norm(h, block.ln_1, frozen.ln1[layer, :n])
         h_mid = h + attention_with_pattern(block.attn, x1, frozen.patterns[layer, :, :n, :n])
-        x = transcoder_input(h_mid, frozen.ln2[layer, :n], _hook(transcoders, layer))
-        if layer == read_layer:
-            return x
+        x = transcoder_input(h_mid, frozen.ln2[layer, :n], transcoders.input_hook(layer))
         skip = transcoders.skip(layer)
         h = h_mid + mlp_leaves[layer] + (x @ skip.T if skip is not None else 0)
     return frozen_layer_norm(h, model.transformer.ln_f, frozen.lnf[:n])

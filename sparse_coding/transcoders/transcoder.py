@@ -52,7 +52,8 @@ class TranscoderSet:
             )
 
     def input_hook(self, layer: int) -> str:
-        return self.layers[layer].cfg.input_hook
+        """The hook `layer`'s transcoder reads; without one, ``ln2.hook_normalized`` (the MLP input)."""
+        return self.layers[layer].cfg.input_hook if layer in self.layers else "ln2.hook_normalized"
 
     def targets(self, source_layer: int) -> list[int]:
         """The layers whose MLP output a feature read at `source_layer` writes to."""
