@@ -19,6 +19,7 @@ import yaml
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config, config_from_dict
 from sparse_coding.graphs.graph import Graph, Node
+from sparse_coding.pipelines.steer_plot import curve_images
 from sparse_coding.runtime.phases import PhaseTimer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +92,9 @@ def test_the_response_curve_of_mlp_0_4_to_mlp_1_6_is_monotone_and_drawn(tmp_path
         assert all(b >= a for a, b in zip(series, series[1:], strict=False)) and series[-1] > series[0]
     folder = config.model_data_dir(config.MODEL_DIR)
     assert (folder / "response_curve.png").read_bytes().startswith(b"\x89PNG")
-    assert b"mlp_1.6" in (folder / "response_curve.svg").read_bytes()
+    svg = (folder / "response_curve.svg").read_bytes()
+    assert b"mlp_1.6" in svg
+    assert curve_images(data)["svg"] == svg  # the same curve, the same bytes (no date, no random ids)
 
 
 def steer_error(tmp_path, capsys, monkeypatch, argv=(), **overrides) -> str:

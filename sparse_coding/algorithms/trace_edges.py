@@ -150,7 +150,7 @@ def _sweep(
         skip = transcoders.skip(layer)
         into_x = grad[:here] @ skip if skip is not None else torch.zeros_like(grad[:here])
         into_x[above:] += injected[above:here]  # the targets read at this layer join here
-        hook = transcoders.input_hook(layer) if layer in transcoders.layers else "ln2.hook_normalized"
+        hook = transcoders.input_hook(layer)
         mid = grad[:here]  # a view: updated in place, as the stream's gradient before block `layer`
         mid += input_adjoint(into_x, frozen.ln2[layer, :n], hook)
         block = model.transformer.h[layer]

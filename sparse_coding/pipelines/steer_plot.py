@@ -7,6 +7,7 @@ figures are left alone.
 import io
 import textwrap
 
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from sparse_coding.config.steering import positions_text
@@ -17,8 +18,10 @@ AXIS_LABELS = {
     "scale": "{node} scaled by x (x = 1: unchanged)",
     "add": "{node}: x * W_dec added (x in activation units)",
 }
-# savefig's options per format: no creation date in the SVG, so the same curve writes the same bytes.
+# savefig's options per format. The SVG has no creation date and its element ids are hashed with a fixed
+# salt (matplotlib draws a random one by default), so the same curve writes the same bytes.
 IMAGE_OPTIONS = {"png": {"dpi": 150}, "svg": {"metadata": {"Date": None}}}
+SVG_ID_SALT = {"svg.hashsalt": "sparse_coding"}
 
 
 def curve_figure(data: dict) -> Figure:
@@ -53,6 +56,7 @@ def curve_images(data: dict) -> dict[str, bytes]:
     images = {}
     for fmt, options in IMAGE_OPTIONS.items():
         buffer = io.BytesIO()
-        figure.savefig(buffer, format=fmt, **options)
+        with rc_context(SVG_ID_SALT):
+            figure.savefig(buffer, format=fmt, **options)
         images[fmt] = buffer.getvalue()
     return images
