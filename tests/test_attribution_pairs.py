@@ -12,7 +12,8 @@ from conftest import hooks, node_value, plain_activations, sae_error, tiny_confi
 from sparse_coding.algorithms.attribution import losses, node_attributions
 from sparse_coding.algorithms.attribution_edges import edges, upstream_sites
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
-from sparse_coding.algorithms.attribution_graph import GraphOptions, choose_down_nodes, mean_edges, summarize
+from sparse_coding.algorithms.attribution_graph import GraphOptions, choose_down_nodes, summarize
+from sparse_coding.algorithms.attribution_totals import EdgeTotals
 from sparse_coding.algorithms.metrics import METRICS
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.text.pairs import Pair, example_batches, token_batch, tokenize_pair
@@ -189,10 +190,10 @@ def test_many_examples_in_padded_batches_give_the_mean_of_single_example_effects
     for b, a in zip(singles, alone, strict=True):
         for key, value in _edge_values(edges(spliced, b, a, down, batched=True)).items():
             expected[key] = expected.get(key, 0.0) + value / 3
-    batched = mean_edges(
-        [edges(spliced, b, a, down, batched=True) for b, a in zip(batches, together, strict=True)], 3
-    )
-    got = _edge_values(batched)
+    totals = EdgeTotals()
+    for b, a in zip(batches, together, strict=True):
+        totals.add(edges(spliced, b, a, down, batched=True))
+    got = _edge_values(totals.means(3, "cpu"))
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-7, abs=1e-10), key

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from sparse_coding.algorithms.attribution import SiteAttribution, node_attributions, timed
-from sparse_coding.algorithms.attribution_edges import EdgeSet, edges
+from sparse_coding.algorithms.attribution_edges import edges
 from sparse_coding.algorithms.attribution_exact import exact_effects, exact_error_effects
 from sparse_coding.algorithms.attribution_totals import EdgeTotals, NodeSummary, NodeTotals
 from sparse_coding.algorithms.circuit_selection import build_graph
@@ -115,7 +115,16 @@ def gradient_graph(
             batches,
             empty=EdgeTotals,
             add=lambda totals, i, batch: totals.add(
-                _edge_phase(spliced, batch, attributions(i, batch), down_nodes, options, layout)
+                edges(
+                    spliced,
+                    batch,
+                    attributions(i, batch),
+                    down_nodes,
+                    batched=options.batched_edges,
+                    ig_steps=options.ig_steps,
+                    layout=layout,
+                    node_threshold=options.gate,
+                )
             ),
             desc="Edges of the examples",
             total=len(batches),
@@ -155,27 +164,6 @@ def _kept_attributions(
         return computed
 
     return attributions
-
-
-def _edge_phase(
-    spliced: SplicedModel,
-    batch: TokenBatch,
-    attributions: dict[str, SiteAttribution],
-    down_nodes: dict[str, Tensor],
-    options: GraphOptions,
-    layout: NodeLayout,
-) -> list[EdgeSet]:
-    """Phase 4 for one batch: edges summed over its examples."""
-    return edges(
-        spliced,
-        batch,
-        attributions,
-        down_nodes,
-        batched=options.batched_edges,
-        ig_steps=options.ig_steps,
-        layout=layout,
-        node_threshold=options.gate,
-    )
 
 
 def summarize(
@@ -219,14 +207,6 @@ def choose_down_nodes(
         )
         logger.info("Down-nodes from hist.py thresholds per site: %s", counts)
     return chosen
-
-
-def mean_edges(per_batch: list[list[EdgeSet]], n_examples: int) -> list[EdgeSet]:
-    """Phase 4 on one process's batches: each edge's mean over examples, batches' columns aligned first."""
-    totals = EdgeTotals()
-    for sets in per_batch:
-        totals.add(sets)
-    return totals.means(n_examples, per_batch[0][0].effects.device)
 
 
 def fraction_explained(summaries: dict[str, NodeSummary]) -> float:

@@ -39,7 +39,6 @@ class NodeSummary:
     slots: Tensor  # (n,) sorted: the nodes measured at the site (errors first)
     mean: Tensor  # (n,) mean over examples
     std: Tensor  # (n,) population std over examples
-    max_activation: Tensor  # (d_sae,) over every position
     position_activation: Tensor  # (n, d_sae) per node position (summed: n = 1, every position)
     max_last_activation: Tensor  # (d_sae,) largest activation at an example's last real position
 
@@ -143,7 +142,6 @@ class NodeTotals:
                 sums.slots.to(device),
                 mean.to(device, dtype),
                 std.to(device, dtype),
-                maxima["activation"].to(device),
                 positions.to(device),
                 maxima["last"].to(device),
             )

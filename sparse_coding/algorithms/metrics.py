@@ -23,11 +23,10 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Metric:
-    """A metric as a loss of last-position logits; `reported_sign` turns the loss into the metric's value."""
+    """A metric as a loss of last-position logits."""
 
     name: str
     loss: Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (logits, answers, patch_answers) -> (batch,)
-    reported_sign: float
     needs_patch_answer: bool
 
 
@@ -46,7 +45,7 @@ def _logit_diff(logits: Tensor, answers: Tensor, patch_answers: Tensor | None) -
 
 
 METRICS: dict[str, Metric] = {
-    "cross_entropy": Metric("cross_entropy", _cross_entropy, 1.0, False),
-    "logprob": Metric("logprob", _cross_entropy, -1.0, False),
-    "logit_diff": Metric("logit_diff", _logit_diff, 1.0, True),
+    "cross_entropy": Metric("cross_entropy", _cross_entropy, False),
+    "logprob": Metric("logprob", _cross_entropy, False),
+    "logit_diff": Metric("logit_diff", _logit_diff, True),
 }
