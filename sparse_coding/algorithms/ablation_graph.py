@@ -29,11 +29,9 @@ Phases:
    INIT_THINNING_FACTOR, or the pinned one); inactive ones change nothing,
    exactly, and are skipped. Later layers: the features that received an
    edge, plus a pinned one.
-3. Batched ablations (`ablation_rows.AblatedRows`): one row per (candidate,
-   sequence) pair where the candidate is active, plus unablated base rows,
-   run from the cached stream at L to L+1 (feature effects, read at the last
-   position), then on to the logits. First-layer candidates that keep no
-   edge are never drawn, so their rows skip the logit pass.
+3. Batched ablations (`ablation_rows`, which describes the rows): feature
+   effects at L+1, then logit effects for the drawn candidates only
+   (first-layer candidates that keep no edge are never drawn).
 4. Graph: edges, logit cells, node activations. The last slice layer has no
    L+1 SAE loaded (the slice names the SAEs the user chose), so its
    candidates get logit cells only.

@@ -22,8 +22,6 @@ needs 10,000 kept sequences. Below that, it is interpolated between the two
 largest values, i.e. about the maximum, and `sparse_coding.pipelines.hist` warns.
 """
 
-from __future__ import annotations
-
 import math
 
 from torch import Tensor
