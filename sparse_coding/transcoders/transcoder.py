@@ -84,10 +84,6 @@ class TranscoderSet:
         rows = w.W_dec[features.to(stored_on) + block * self.d_sae]
         return rows.to(device=w.W_enc.device, dtype=w.W_enc.dtype)
 
-    def output_bias(self, target_layer: int) -> Tensor:
-        """b_out (d_out,) of a layer's reconstruction."""
-        return self.layers[target_layer].b_out
-
     def skip(self, target_layer: int) -> Tensor | None:
         """W_skip (d_out, d_in) of a layer, if any."""
         return self.layers[target_layer].W_skip if target_layer in self.layers else None
