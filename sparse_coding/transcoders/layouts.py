@@ -51,7 +51,6 @@ DUNEFSKY_ACTIVATIONS = {"relu": "relu", "top_k": "topk"}
 class LayerConfig:
     """What one layer's transcoder file says about itself, in one form."""
 
-    layout: str
     d_in: int
     d_sae: int
     d_out: int
@@ -144,7 +143,7 @@ def _saelens(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
     apply_b_in = norm["apply_b_dec_to_input"] and not is_transcoder
     out_bias = "b_dec_out" if raw.get("use_b_dec_out") else "b_dec"
     cfg = LayerConfig(
-        "saelens", norm["d_in"], norm["d_sae"], int(raw.get("d_out", norm["d_in"])), norm["activation"],
+        norm["d_in"], norm["d_sae"], int(raw.get("d_out", norm["d_in"])), norm["activation"],
         norm["k"], _input_hook(norm["hook_name"], layer), 1,
     )  # fmt: skip
     threshold = tensors.get("threshold")
@@ -175,7 +174,7 @@ def _dunefsky(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
         )
     tensors = _tensors(files["sae.safetensors"], lazy)
     cfg = LayerConfig(
-        "dunefsky", int(sae["d_in"]), int(sae["num_features"]), int(sae.get("d_out") or sae["d_in"]),
+        int(sae["d_in"]), int(sae["num_features"]), int(sae.get("d_out") or sae["d_in"]),
         DUNEFSKY_ACTIVATIONS[sae.get("act_fn", "relu")], sae.get("top_k"),
         DUNEFSKY_SUBLAYERS[inp["sublayer"]], 1,
     )  # fmt: skip
@@ -193,7 +192,7 @@ def _pickle(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
     input_hook = _input_hook(str(raw.get("hook_point", f"blocks.{layer}.ln2.hook_normalized")), layer)
     _output_hook(str(raw.get("out_hook_point", f"blocks.{layer}.hook_mlp_out")), layer)
     d_in, d_sae = state["W_enc"].shape
-    cfg = LayerConfig("pickle", d_in, d_sae, state["W_dec"].shape[1], "relu", None, input_hook, 1)
+    cfg = LayerConfig(d_in, d_sae, state["W_dec"].shape[1], "relu", None, input_hook, 1)
     return LayerWeights(
         cfg, state["W_enc"], state["b_enc"], state["b_dec"], None, state["W_dec"], state["b_dec_out"], None
     )
@@ -216,9 +215,7 @@ def _sparsify(files: dict[str, Path], layer: int, lazy: bool) -> LayerWeights:
         )
     tensors = _tensors(files["sae.safetensors"], lazy)
     d_sae, d_in = tensors["encoder.weight"].shape
-    cfg = LayerConfig(
-        "sparsify", d_in, d_sae, int(raw["d_in"]), "topk", int(raw["k"]), "hook_resid_mid", n_sources
-    )
+    cfg = LayerConfig(d_in, d_sae, int(raw["d_in"]), "topk", int(raw["k"]), "hook_resid_mid", n_sources)
     return LayerWeights(
         cfg, tensors["encoder.weight"].T, tensors["encoder.bias"], None, None,
         tensors["W_dec"], tensors["b_dec"], tensors.get("W_skip"),
