@@ -193,9 +193,6 @@ def active_features(transcoders: TranscoderSet, inputs: Tensor, n_constant_posit
         acts[:n_constant_positions] = 0
         pos, index = acts.nonzero(as_tuple=True)
         parts.append((torch.full_like(pos, layer), pos, index, acts[pos, index]))
-    if not parts:
-        empty = torch.zeros(0, dtype=torch.long, device=inputs.device)
-        return ActiveFeatures(empty, empty, empty, inputs.new_zeros(0))
     return ActiveFeatures(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 

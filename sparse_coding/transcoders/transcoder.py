@@ -32,11 +32,10 @@ class TranscoderSet:
         if not layers:
             raise TranscoderLoadError(f"TRANSCODERS {source!r} holds no layer of this {n_layers}-layer model")
         self.layers = dict(sorted(layers.items()))
-        self.n_layers, self.source = n_layers, source
+        self.source = source
         self.files: dict[int, list[Path]] = {}  # layer -> the files it was read from (`load_transcoders`)
-        first = next(iter(self.layers.values())).cfg
         self.kind = "clt" if any(w.cfg.n_sources > 1 for w in self.layers.values()) else "tc"
-        self.d_sae = first.d_sae
+        self.d_sae = next(iter(self.layers.values())).cfg.d_sae
         for layer, weights in self.layers.items():
             expected = layer + 1 if self.kind == "clt" else 1
             if weights.cfg.d_sae != self.d_sae or weights.cfg.n_sources != expected:
