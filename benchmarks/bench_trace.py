@@ -67,7 +67,7 @@ def random_transcoders(kind: str, device: str) -> TranscoderSet:
         n_sources = layer + 1 if clt else 1
         hook = "hook_resid_mid" if clt else "ln2.hook_normalized"
         activation, k = ("topk", 128) if clt else ("relu", None)
-        cfg = LayerConfig(kind, D_MODEL, width, D_MODEL, activation, k, hook, n_sources)
+        cfg = LayerConfig(D_MODEL, width, D_MODEL, activation, k, hook, n_sources)
         decoder = (GeneratedRows(n_sources * width, gen) if clt else
                    torch.randn(width, D_MODEL, generator=gen) * 0.05 / D_MODEL**0.5)  # fmt: skip
         w_enc = torch.randn(D_MODEL, width, generator=gen) / D_MODEL**0.5

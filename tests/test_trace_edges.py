@@ -17,7 +17,7 @@ from transformers import GPT2LMHeadModel
 from sparse_coding.algorithms.trace_graph import TraceOptions, trace_graph
 from sparse_coding.models.gpt2 import load_model
 from sparse_coding.transcoders.loading import load_transcoders
-from sparse_coding.transcoders.replacement import frozen_forward, mlp_leaves, replace
+from sparse_coding.transcoders.replacement import decode_features, frozen_forward, replace
 
 N_LAYERS = 3
 PROMPT = "When Mary and John went"
@@ -128,7 +128,10 @@ def test_the_replacement_model_with_errors_reproduces_the_logits(tmp_path, model
     replacement = replace(model, tcs, ids, bos_token_id=bos)
     expected = hf(ids[None]).logits[0]
     torch.testing.assert_close(replacement.logits, expected, rtol=1e-10, atol=1e-10)
-    final = frozen_forward(model, tcs, replacement.frozen, replacement.embeds, mlp_leaves(replacement, tcs))
+    # The frozen forward's MLP inputs rebuilt from their parts: constant + decoded features + error.
+    decoded = decode_features(tcs, replacement.features, replacement.errors.shape)
+    leaves = replacement.constant + decoded.to(replacement.constant.dtype) + replacement.errors
+    final = frozen_forward(model, tcs, replacement.frozen, replacement.embeds, leaves)
     torch.testing.assert_close(model.lm_head(final), expected, rtol=1e-10, atol=1e-10)
     assert replacement.errors.abs().max() > 0.1  # random transcoders: the errors carry real weight
 

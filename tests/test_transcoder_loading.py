@@ -62,7 +62,7 @@ def test_each_layout_encodes_and_decodes_by_its_own_formula(tmp_path, layout, la
         torch.testing.assert_close(tcs.encode(layer, xs[layer]), acts[layer], rtol=1e-12, atol=1e-12)
         assert (acts[layer] > 0).any() and (acts[layer] == 0).any()
     for target in range(N_LAYERS):
-        ours = tcs.output_bias(target) + (
+        ours = tcs.layers[target].b_out + (
             xs[target] @ tcs.skip(target).T if tcs.skip(target) is not None else 0
         )
         for source in range(N_LAYERS):

@@ -21,7 +21,6 @@ Phases (`generate`):
 
 import logging
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -99,9 +98,6 @@ def next_tokens(logits: Tensor, sampling: Sampling, uniforms: Tensor | None) -> 
     return order.gather(-1, pick.clamp(max=cdf.shape[-1] - 1))[:, 0]
 
 
-InterventionAt = Callable[[Tensor], Intervention | None]  # token indices (batch, n) -> intervention
-
-
 class Generated(NamedTuple):
     tokens: Tensor  # (batch, max_new_tokens)
     logits: Tensor | None  # (batch, max_new_tokens, d_vocab) float32, when asked for
@@ -113,7 +109,7 @@ def generate(
     prompts: Prompts,
     sampling: Sampling,
     *,
-    intervention_at: InterventionAt | None = None,
+    intervention_at: Callable[[Tensor], Intervention | None] | None = None,
     keep_logits: bool = False,
     desc: str = "Generating",
 ) -> Generated:
@@ -139,7 +135,7 @@ def generate(
     for step in progress(range(steps), desc=desc, unit="token", leave=False):
         columns = prompts.token_index(start, start + ids.shape[1])
         intervention = None if intervention_at is None else intervention_at(columns)
-        with spliced.intervene(intervention) if intervention is not None else nullcontext():
+        with spliced.intervene(intervention):
             hidden = model.forward_cached(ids, mask, cache)
         step_logits = model.unembed(hidden[:, -1]).float()
         ids = next_tokens(step_logits, sampling, None if uniforms is None else uniforms[:, step])[:, None]

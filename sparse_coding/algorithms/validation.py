@@ -51,7 +51,6 @@ import logging
 import math
 import time
 from collections.abc import Collection, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -135,7 +134,7 @@ class _ValidationTotals:
 
 def _log_probs(spliced: SplicedModel, batch: TokenBatch, intervention: Intervention | None = None) -> Tensor:
     """log p (batch, pos, d_vocab) in float32, under `intervention` if given."""
-    with spliced.intervene(intervention) if intervention is not None else nullcontext():
+    with spliced.intervene(intervention):
         return F.log_softmax(spliced(batch.input_ids, batch.attention_mask).float(), dim=-1)
 
 

@@ -241,11 +241,11 @@ class SplicedModel:
         return self.model.config.n_layer
 
     @contextmanager
-    def intervene(self, intervention: Intervention) -> Iterator[None]:
-        """Call `intervention` at every site during forwards run inside the block."""
+    def intervene(self, intervention: Intervention | None) -> Iterator[None]:
+        """Call `intervention` at every site during forwards run inside the block (None: none)."""
         handles = []
         try:
-            for site in self.sites:
+            for site in self.sites if intervention is not None else []:
                 handles += site.register(self.model, intervention)
             yield
         finally:

@@ -17,8 +17,7 @@ import torch
 from sparse_coding.errors import TranscoderLoadError
 from sparse_coding.models.loading import _free_bytes
 from sparse_coding.runtime.progress import progress
-from sparse_coding.transcoders.files import tensor_names
-from sparse_coding.transcoders.layouts import LayerWeights, read_layer
+from sparse_coding.transcoders.layouts import LayerWeights, read_layer, tensor_names
 from sparse_coding.transcoders.sources import layer_files, release_layers, resolve_layer
 from sparse_coding.transcoders.transcoder import TranscoderSet
 

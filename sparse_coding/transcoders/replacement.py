@@ -20,7 +20,6 @@ implements it:
    logits exactly.
 """
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -57,13 +56,10 @@ class Replacement:
     input_ids: Tensor  # (pos,)
     frozen: Frozen
     embeds: Tensor  # (pos, d_model) token embeddings (the positional ones are a constant)
-    inputs: Tensor  # (n_layers, pos, d_model) transcoder inputs, each in its layer's convention
-    mlp_out: Tensor  # (n_layers, pos, d_model) clean MLP outputs
     logits: Tensor  # (pos, d_vocab) clean logits
     features: ActiveFeatures
     constant: Tensor  # (n_layers, pos, d_model) output bias, skip, BOS position
     errors: Tensor  # (n_layers, pos, d_model)
-    n_constant_positions: int  # leading positions whose MLP outputs are constants (BOS)
 
 
 def layer_scale(x: Tensor, eps: float) -> Tensor:
@@ -119,18 +115,13 @@ def clean_run(
 
 
 def frozen_forward(
-    model: GPT2,
-    transcoders: TranscoderSet,
-    frozen: Frozen,
-    embeds: Tensor,
-    mlp_leaves: Tensor | Sequence[Tensor],
+    model: GPT2, transcoders: TranscoderSet, frozen: Frozen, embeds: Tensor, mlp_leaves: Tensor
 ) -> Tensor:
     """The replacement model's linear forward over the first n = len(embeds) positions: (n, d_model).
 
     Args:
         embeds: (n, d_model) token embeddings (the positional embeddings are added here).
-        mlp_leaves: (n_layers, n, d_model) MLP outputs without their skip connections (a stacked
-            tensor or one tensor per layer).
+        mlp_leaves: (n_layers, n, d_model) MLP outputs without their skip connections.
     """
     n = embeds.shape[-2]
     h = embeds + model.transformer.wpe.weight[:n]
@@ -167,13 +158,6 @@ def input_adjoint(g: Tensor, scale: Tensor, hook: str) -> Tensor:
     return g if hook == "hook_resid_mid" else layer_norm_adjoint(g, scale)
 
 
-def mlp_leaves(replacement: "Replacement", transcoders: TranscoderSet) -> Tensor:
-    """(n_layers, pos, d_model) the frozen forward's MLP inputs rebuilt from their parts:
-    constant + the features' decoded rows + error (equal to the clean outputs less skips)."""
-    decoded = decode_features(transcoders, replacement.features, replacement.mlp_out.shape)
-    return replacement.constant + decoded.to(replacement.constant.dtype) + replacement.errors
-
-
 @torch.no_grad()
 def replace(
     model: GPT2, transcoders: TranscoderSet, input_ids: Tensor, *, bos_token_id: int | None
@@ -184,14 +168,12 @@ def replace(
     features = active_features(transcoders, inputs, n_const)
     constant = torch.zeros_like(outputs)
     for layer in transcoders.layers:
-        constant[layer] = transcoders.output_bias(layer).to(outputs.dtype)
+        constant[layer] = transcoders.layers[layer].b_out.to(outputs.dtype)
     leaves = outputs - _skips(transcoders, inputs)
     constant[:, :n_const] = leaves[:, :n_const]
     errors = leaves - constant - decode_features(transcoders, features, outputs.shape).to(outputs.dtype)
     embeds = model.transformer.wte.weight[input_ids]
-    return Replacement(
-        input_ids, frozen, embeds, inputs, outputs, logits, features, constant, errors, n_const
-    )
+    return Replacement(input_ids, frozen, embeds, logits, features, constant, errors)
 
 
 def _skips(transcoders: TranscoderSet, inputs: Tensor) -> Tensor:
@@ -211,9 +193,6 @@ def active_features(transcoders: TranscoderSet, inputs: Tensor, n_constant_posit
         acts[:n_constant_positions] = 0
         pos, index = acts.nonzero(as_tuple=True)
         parts.append((torch.full_like(pos, layer), pos, index, acts[pos, index]))
-    if not parts:
-        empty = torch.zeros(0, dtype=torch.long, device=inputs.device)
-        return ActiveFeatures(empty, empty, empty, inputs.new_zeros(0))
     return ActiveFeatures(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 

@@ -11,7 +11,7 @@ docs/transcoders.md); a run tokenizes as they were trained (`models.bos`).
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sparse_coding.errors import TranscoderLoadError
@@ -170,7 +170,7 @@ def layer_files(resolved: ResolvedLayer) -> tuple[str, dict[str, Path]]:
     problems = []
     for layout in layouts:
         try:
-            return layout, _download(resolved, layout)
+            return layout, _download(hub_files(replace(resolved, layout=layout)), layout)
         except TranscoderLoadError as e:
             problems.append(str(e))
     raise TranscoderLoadError(
@@ -196,14 +196,11 @@ def _local_files(resolved: ResolvedLayer) -> tuple[str, dict[str, Path]]:
     return layout, {name: path / name for name in FOLDER_LAYOUTS[layout]}
 
 
-def _download(resolved: ResolvedLayer, layout: str) -> dict[str, Path]:
+def _download(files: list[tuple[str, str]], layout: str) -> dict[str, Path]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    names = (
-        [resolved.path] if layout == "pickle" else [f"{resolved.path}/{n}" for n in FOLDER_LAYOUTS[layout]]
-    )
     try:
-        return {name.rsplit("/", 1)[-1]: Path(hf_hub_download(resolved.repo_id, name)) for name in names}
+        return {name.rsplit("/", 1)[-1]: Path(hf_hub_download(repo, name)) for repo, name in files}
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
         raise TranscoderLoadError(f"{layout} layout: {str(e).splitlines()[0]}") from e

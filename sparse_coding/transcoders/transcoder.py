@@ -32,11 +32,10 @@ class TranscoderSet:
         if not layers:
             raise TranscoderLoadError(f"TRANSCODERS {source!r} holds no layer of this {n_layers}-layer model")
         self.layers = dict(sorted(layers.items()))
-        self.n_layers, self.source = n_layers, source
+        self.source = source
         self.files: dict[int, list[Path]] = {}  # layer -> the files it was read from (`load_transcoders`)
-        first = next(iter(self.layers.values())).cfg
         self.kind = "clt" if any(w.cfg.n_sources > 1 for w in self.layers.values()) else "tc"
-        self.d_sae = first.d_sae
+        self.d_sae = next(iter(self.layers.values())).cfg.d_sae
         for layer, weights in self.layers.items():
             expected = layer + 1 if self.kind == "clt" else 1
             if weights.cfg.d_sae != self.d_sae or weights.cfg.n_sources != expected:
@@ -83,10 +82,6 @@ class TranscoderSet:
         stored_on = w.W_dec.device if isinstance(w.W_dec, Tensor) else "cpu"  # rows read from disk: CPU
         rows = w.W_dec[features.to(stored_on) + block * self.d_sae]
         return rows.to(device=w.W_enc.device, dtype=w.W_enc.dtype)
-
-    def output_bias(self, target_layer: int) -> Tensor:
-        """b_out (d_out,) of a layer's reconstruction."""
-        return self.layers[target_layer].b_out
 
     def skip(self, target_layer: int) -> Tensor | None:
         """W_skip (d_out, d_in) of a layer, if any."""
