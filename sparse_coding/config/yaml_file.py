@@ -21,11 +21,7 @@ MAX_EXPANDED_NODES = 100_000
 
 _short = reprlib.Repr()
 _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 80, 80, 6, 6, 3
-
-
-def shown(value: Any) -> str:
-    """A bounded repr for error messages: never the whole of a huge value."""
-    return _short.repr(value)
+shown = _short.repr  # a bounded repr for error messages: never the whole of a huge value
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -163,23 +163,19 @@ def _write_vector(geometry: Geometry, writes: dict[str, float]) -> torch.Tensor:
 # ------------------------------------------------------------------ the SAEs
 
 
-def site_dictionary(site: str, layer: int, geometry: Geometry) -> dict[str, torch.Tensor]:
-    """Feature name -> decoder row for the features that can fire at one site."""
-    if site == "resid":
-        return {name: geometry.vector(name) for name in DIRECTIONS if name != "bias"}
-    if site == "attn":
-        return {write: geometry.vector(write) for _, write in ATTENTION_COPIES.values()}
-    return {n.name: _write_vector(geometry, n.writes) for n in NEURONS.get(layer, [])}
-
-
 def build_sae(site: str, layer: int, geometry: Geometry, rng: np.random.Generator) -> tuple[dict, list[str]]:
     """SAELens weights of one site and the name of each feature index ("dead_k" for dead ones).
 
-    Live features: decoder = the planted vector, encoder = its dual basis, so
-    the activation is the planted amount. Dead features read and write random
-    mixtures of unused coordinate pairs, which nothing ever writes.
+    Live features (those that can fire at the site): decoder = the planted vector, encoder = its dual
+    basis, so the activation is the planted amount. Dead features read and write random mixtures of
+    unused coordinate pairs, which nothing ever writes.
     """
-    live = site_dictionary(site, layer, geometry)
+    if site == "resid":
+        live = {name: geometry.vector(name) for name in DIRECTIONS if name != "bias"}
+    elif site == "attn":
+        live = {write: geometry.vector(write) for _, write in ATTENTION_COPIES.values()}
+    else:
+        live = {n.name: _write_vector(geometry, n.writes) for n in NEURONS.get(layer, [])}
     width = SAE_WIDTHS[site]
     n_dead = width - len(live)
     unused = torch.stack([pair_vector(p) for p in geometry.unused])  # (n_unused, d_in)

@@ -1,11 +1,8 @@
 """One cache type for every value a run computes once and reuses: contexts, thresholds, Neuronpedia answers.
 
-A `Cache` is one file holding a value and the key it was computed for (the
-model, SAEs, text and settings it depends on, see `cache_fingerprint`); it
-serves a run only when `why_stale` finds nothing against this run's key, and
-says in words why not otherwise. Files are written with
-`sparse_coding.files.storage.write_atomic`, inside DATA_DIR. Callers save a cache
-after the run's own outputs are committed, so a failed run never replaces one.
+A `Cache` is one file holding a value and the key it was computed for (`cache_fingerprint`); it serves
+a run only when `why_stale` finds nothing against this run's key, and says in words why not otherwise.
+Callers save a cache after the run's own outputs are committed, so a failed run never replaces one.
 """
 
 from __future__ import annotations

@@ -13,9 +13,7 @@ from pathlib import Path
 
 from sparse_coding.errors import SparseCodingError
 
-# Seconds to wait for the hub before calling the network unreachable.
 HUB_PROBE_TIMEOUT_S = 3.0
-# Seconds a probe's answer is reused, so a run with many files probes once.
 PROBE_MEMORY_S = 60.0
 _probes: dict[str, tuple[float, str | None]] = {}
 

@@ -116,12 +116,6 @@ def storage_error(target: Path, e: OSError, needed: int | None = None) -> Storag
 # ---------------------------------------------------------------- paths
 
 
-def safe_component(text: str) -> str:
-    """One path component from arbitrary text: no separators, never ``.`` or ``..`` (they become ``%2E``)."""
-    cleaned = re.sub(r"[^\w.-]", "_", text) or "_"
-    return "%2E" * len(cleaned) if cleaned.strip(".") == "" else cleaned
-
-
 def check_inside(base: Path, path: Path) -> Path:
     """`path` when it resolves inside `base` (links followed), else a StorageError naming both."""
     base, path = Path(base), Path(path)
@@ -134,12 +128,15 @@ def check_inside(base: Path, path: Path) -> Path:
 
 
 def safe_path(base: Path, *parts: str) -> Path:
-    """``base/part/...`` with every part sanitised (`safe_component`) and checked inside `base`.
+    """``base/part/...``, each part made one path component from arbitrary text (no separators; ``.``
+    and ``..`` become ``%2E``), checked inside `base`.
 
     Raises:
         StorageError: the path would leave `base` through a link.
     """
-    return check_inside(base, Path(base).joinpath(*(safe_component(p) for p in parts)))
+    names = [re.sub(r"[^\w.-]", "_", part) or "_" for part in parts]
+    names = ["%2E" * len(name) if name.strip(".") == "" else name for name in names]
+    return check_inside(base, Path(base).joinpath(*names))
 
 
 # ---------------------------------------------------------------- temps and commits

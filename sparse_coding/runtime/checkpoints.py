@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1
 
-_current: contextvars.ContextVar[RunCheckpoint | None] = contextvars.ContextVar("checkpoint", default=None)
+# The checkpoint of the `checkpointed` block this code runs in, if any.
+current: contextvars.ContextVar[RunCheckpoint | None] = contextvars.ContextVar("checkpoint", default=None)
 
 
 class RunCheckpoint:
@@ -103,11 +104,6 @@ def _loaded(data: bytes) -> Any:
         raise ValueError(str(e)) from e
 
 
-def current() -> RunCheckpoint | None:
-    """The checkpoint of the `checkpointed` block this code runs in, if any."""
-    return _current.get()
-
-
 @contextlib.contextmanager
 def checkpointed(store: Cache[dict[str, dict]], *, every: int, resume: bool) -> Iterator[RunCheckpoint]:
     """Checkpoint the dataset passes run inside the block in `store` (`checkpoint_file`, rank 0's)
@@ -118,11 +114,11 @@ def checkpointed(store: Cache[dict[str, dict]], *, every: int, resume: bool) -> 
     if problem:
         raise ConfigError(problem)
     checkpoint = RunCheckpoint(store, every, passes)
-    token = _current.set(checkpoint)
+    token = current.set(checkpoint)
     try:
         yield checkpoint
     finally:
-        _current.reset(token)
+        current.reset(token)
     if distributed.is_main() and store.path.exists():
         store.path.unlink()
         logger.info("Run finished; removed its checkpoint %s", store.path)

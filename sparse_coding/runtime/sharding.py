@@ -54,7 +54,7 @@ def run_pass(
     Returns:
         The reduced state: whole on rank 0 (and wherever its `reduce` puts it).
     """
-    checkpoint = checkpoints.current()
+    checkpoint = checkpoints.current.get()
     key = checkpoint.pass_name(name) if checkpoint else name
     start, done, saved = checkpoint.restore(key) if checkpoint else (0, False, None)
     if done:

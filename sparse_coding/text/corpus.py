@@ -94,7 +94,6 @@ def _dataset_texts(source: TextSource) -> Iterator[str]:
 
 
 def _txt_texts(path: Path, column: str) -> Iterator[str]:
-    """One sequence per line; blank lines are skipped."""
     with _utf8_lines(path) as lines:
         for line in lines:
             if line.strip():

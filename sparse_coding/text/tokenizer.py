@@ -2,30 +2,16 @@
 
 Why: `import transformers` indexes every model module, a large share of a short script's start
 (docs/benchmarks.md); `tokenizers`, the Rust library it wraps, does not. `Tokenizer` gives what
-transformers 5's `AutoTokenizer.from_pretrained(model_dir)` gives (ids, decoding, special
-tokens) for a local folder or hub repo whose config.json has model_type gpt2
-and that has a tokenizer.json, when tokenizer_config.json's `tokenizer_class`
-(or config.json's) is
-
-- `TokenizersBackend` or `PreTrainedTokenizerFast` (the demo model):
-  tokenizer.json as it is;
-- `GPT2Tokenizer`, `GPT2TokenizerFast` or none (the hub's
-  openai-community/gpt2, whose tokenizer.json is in the 2020 format: a
-  `model` without `type`, vocab and merges only): transformers keeps only tokenizer.json's vocab,
-  merges and post-processor and rebuilds the rest (`GPT2Tokenizer.__init__`):
-  a plain BPE, no normalizer, a byte-level pre-tokenizer whose
-  add_prefix_space is tokenizer_config.json's (default false), not the
-  json's, and a byte-level decoder.
-
-In both, the added tokens and bos/eos/unk/pad are combined from
-tokenizer_config.json, special_tokens_map.json and tokenizer.json's
-`added_tokens` as `PreTrainedTokenizerBase._from_pretrained` and
-`TokenizersBackend.__init__` do (`GPT2Tokenizer`: `<|endoftext|>` by
-default). Anything else (no tokenizer.json, another class, a
-tokenizer_config.json key outside `_KNOWN_KEYS` or at a value not reproduced,
-such as add_bos_token true, truncation or padding in tokenizer.json) raises
-`UnreproducedTokenizer`; `load_tokenizer` loads those with
-transformers. tests/test_tokenizer.py checks both against AutoTokenizer.
+transformers 5's `AutoTokenizer.from_pretrained(model_dir)` gives (ids, decoding, special tokens)
+for a local folder or hub repo with a tokenizer.json and a config.json of model_type gpt2, when
+`tokenizer_class` (tokenizer_config.json's, else config.json's) is `TokenizersBackend` or
+`PreTrainedTokenizerFast` (the demo model: tokenizer.json as it is), or `GPT2Tokenizer`,
+`GPT2TokenizerFast` or none (the hub's openai-community/gpt2: rebuilt, see `_gpt2_backend`); the
+added and special tokens are combined as transformers combines them (`_added_and_special_tokens`).
+Anything else (no tokenizer.json, another class, a tokenizer_config.json key outside `_KNOWN_KEYS`
+or at a value not reproduced, such as add_bos_token true, truncation or padding in tokenizer.json)
+raises `UnreproducedTokenizer`; `load_tokenizer` loads those with transformers.
+tests/test_tokenizer.py checks both against AutoTokenizer.
 """
 
 import functools
@@ -243,12 +229,13 @@ def _special_value(value: Any, where: str) -> str | AddedToken | None:
 def _added_and_special_tokens(
     model_dir: str, settings: dict, serialized: dict, json_file: Path, rebuild: bool
 ) -> tuple[dict[int, AddedToken], dict[str, str | AddedToken | None]]:
-    """The added tokens (by id) and named special tokens transformers passes to the tokenizer class.
+    """The added tokens (by id) and named special tokens transformers passes to the tokenizer class
+    (`PreTrainedTokenizerBase._from_pretrained`; `GPT2Tokenizer`'s bos/eos/unk default: `<|endoftext|>`).
 
-    tokenizer_config.json's `added_tokens_decoder` wins; without it, transformers
-    reads special_tokens_map.json (its values override tokenizer_config.json's)
-    and tokenizer.json's `added_tokens`. A named special token whose text is an
-    added token becomes that AddedToken (the same object, as transformers).
+    tokenizer_config.json's `added_tokens_decoder` wins; without it, transformers reads
+    special_tokens_map.json (its values override tokenizer_config.json's) and tokenizer.json's
+    `added_tokens`. A named special token whose text is an added token becomes that AddedToken (the
+    same object, as transformers).
     """
     values = {key: settings[key] for key in _SPECIAL if key in settings}
     added: dict[int, AddedToken] = {}
@@ -283,7 +270,9 @@ def _added_and_special_tokens(
 
 
 def _gpt2_backend(serialized: dict, settings: dict, json_file: Path) -> Backend:
-    """tokenizer.json's vocab, merges and post-processor in `GPT2Tokenizer`'s own pipeline."""
+    """tokenizer.json's vocab, merges and post-processor in the pipeline `GPT2Tokenizer.__init__` builds:
+    a plain BPE, no normalizer, a byte-level pre-tokenizer whose add_prefix_space is
+    tokenizer_config.json's (default false), not the json's, and a byte-level decoder."""
     model = serialized.get("model", {})
     # tokenizers before 0.9 wrote no model type; the hub's openai-community/gpt2 file (2020) is such a
     # BPE: vocab and merges only.
