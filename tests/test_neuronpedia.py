@@ -8,6 +8,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +20,7 @@ from sparse_coding.labels.neuronpedia import (
     feature_url,
     parse_feature,
 )
+from sparse_coding.pipelines.publish import neuronpedia_answers, save_caches
 
 SET = "gpt2-small/3-res-jb"
 SECRET = "sk-test-secret-key-123"
@@ -160,8 +162,11 @@ def graph_of(*indices: int) -> Graph:
 
 
 def annotate(graph: Graph, server, cache: Path, **kwargs):
+    """annotate_graph, then its answers cached as the scripts cache them."""
     options = dict(base_url=server.url, cache_dir=cache, timeout_s=0.3, retries=2, backoff_s=0.01)
-    return annotate_graph(graph, **{**options, **kwargs})
+    stats = annotate_graph(graph, **{**options, **kwargs})
+    save_caches(stats.answers)
+    return stats
 
 
 def test_feature_url_follows_the_api():
@@ -321,8 +326,8 @@ def test_annotated_nodes_are_not_requested_again(server, tmp_path):
 
 def test_disabled_sends_nothing(server, tmp_path):
     graph = graph_of(1)
-    stats = annotate(graph, server, tmp_path, enabled=False)
-    assert stats.requests == 0 and server.requests == []
+    config = SimpleNamespace(NEURONPEDIA=False, NEURONPEDIA_URL=server.url, DATA_DIR=tmp_path)
+    assert neuronpedia_answers(graph, config) == [] and server.requests == []
     assert graph.nodes["resid_3.1"].explanation is None
 
 

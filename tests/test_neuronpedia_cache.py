@@ -9,6 +9,7 @@ import pytest
 
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.labels.neuronpedia import annotate_graph
+from sparse_coding.pipelines.publish import save_caches
 
 HOSTILE_IDS = ["../../x", "..", "../../../../../../tmp/x", "a/../../b", "./../x", "//x//..//.."]
 
@@ -50,6 +51,7 @@ def test_hostile_neuronpedia_ids_write_nothing_outside_the_cache_folder(tmp_path
     for layer, np_id in enumerate(HOSTILE_IDS):
         graph.add_node(Node.from_id(f"resid_{layer}.3", neuronpedia_id=np_id))
     stats = annotate_graph(graph, base_url=server_url, cache_dir=cache, max_workers=2)
+    save_caches(stats.answers)
     assert stats.fetched == len(HOSTILE_IDS) and all(n.explanation for n in graph.nodes.values())
     after = files_under(tmp_path)
     assert {p: b for p, b in after.items() if not p.is_relative_to(cache)} == before
@@ -71,5 +73,6 @@ def test_a_link_in_the_cache_folder_leaves_features_uncached_and_never_fails_the
     graph = Graph()
     graph.add_node(Node.from_id("resid_3.7", neuronpedia_id="gpt2-small/3-res-jb"))
     stats = annotate_graph(graph, base_url=server_url, cache_dir=cache)
+    save_caches(stats.answers)
     assert graph.nodes["resid_3.7"].explanation and stats.fetched == 1
     assert list(outside.rglob("*")) == [] and list(cache.rglob("*.json")) == []

@@ -15,10 +15,15 @@ from sparse_coding.config import load_config
 from sparse_coding.errors import GraphFileError
 from sparse_coding.graphs.graph import Graph, Node, run_record
 from sparse_coding.graphs.graph_files import load_graph
-from sparse_coding.sharing.neuronpedia_graph import NODE_KINDS, cantor, graph_schema, to_neuronpedia
+from sparse_coding.sharing.neuronpedia_graph import NODE_KINDS, cantor, to_neuronpedia
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "sparse_coding" / "config" / "demo_config.yaml"
+SCHEMA = REPO / "sparse_coding" / "sharing" / "attribution_graph.schema.json"  # our schema of the export
+
+
+def graph_schema() -> dict:
+    return json.loads(SCHEMA.read_text())
 
 
 @pytest.fixture(scope="module", params=["sum", "each"])

@@ -32,14 +32,12 @@ from sparse_coding.text.tokens import token_text
 
 def add_logit_effects(graph: Graph, spliced: SplicedModel, tokenizer: Tokenizer, *, n_tokens: int) -> None:
     """Fill logits_up / logits_down of every feature node of `graph` that has none."""
-    if n_tokens == 0:
-        return
     nodes = [
         node
         for node in graph.nodes.values()
         if node.feature is not None and not node.logits_up and node.site_key in spliced.by_key
     ]
-    if not nodes:
+    if not nodes or n_tokens == 0:
         return
     with torch.no_grad():
         rows = torch.stack([spliced.by_key[node.site_key].sae.W_dec[node.feature] for node in nodes])

@@ -15,8 +15,9 @@ never a dependency of a run:
 - answers, including "not found" (a 404, or a 200 whose body is ``null`` or
   ``[]``: older versions of Neuronpedia's feature route built the 404 body
   without returning it), are cached one file per feature and one folder per
-  server, and asked again after a week ("not found") or a month (an answer),
-  as Neuronpedia adds and revises explanations. Paths go through
+  server (the caller writes `AnnotationStats.answers`), and asked again after
+  a week ("not found") or a month (an answer), as Neuronpedia adds and
+  revises explanations. Paths go through
   `storage.safe_path`, so an SAE cfg's ``neuronpedia_id`` (``../../x``) never
   leads out of the cache, and a link there only leaves that feature uncached;
 - any failure leaves the node drawn without annotations and ends in a single
@@ -73,8 +74,8 @@ class FeatureInfo:
 
 @dataclass
 class AnnotationStats:
-    """Counts of one ``annotate_graph`` call, and what it fetched as (cache file, answer) pairs:
-    written at once, or left to the caller with ``defer_cache`` (`Cache.save`)."""
+    """Counts of one ``annotate_graph`` call, and what it fetched as (cache file, answer) pairs for
+    the caller to write (`Cache.save`)."""
 
     features: int = 0
     from_cache: int = 0
@@ -157,26 +158,6 @@ def _too_old(stored: Stored[FeatureInfo | None], key: dict[str, Any]) -> list[st
     return [f"{stored.age_s / 86400:.0f} days old"] if stored.age_s > ttl else []
 
 
-def feature_cache(cache_dir: Path, neuronpedia_id: str, index: int) -> Cache[FeatureInfo | None]:
-    """``cache_dir/<id parts>/<index>.json``; ids come from SAE cfgs, so ``..`` never leaves the cache.
-
-    Raises:
-        StorageError: a link in the cache folder leads out of it.
-    """
-    parts = [p for p in neuronpedia_id.strip("/").split("/") if p]
-    path = storage.safe_path(cache_dir, *parts, f"{int(index)}.json")
-    return Cache(path, {}, _encode, _decode, _too_old, inside=cache_dir)
-
-
-def _save(answers: list[tuple[Cache, FeatureInfo | None]]) -> None:
-    """Write fetched answers to their cache files; a cache is never a reason to fail a run."""
-    for cache, info in answers:
-        try:
-            cache.save(info)
-        except StorageError as e:
-            logger.debug("could not cache %s: %s", cache.path, e)
-
-
 # ---------------------------------------------------------------- fetch
 
 
@@ -222,10 +203,14 @@ def _apply_all(nodes: list[Node], infos: dict[tuple[str, int], FeatureInfo | Non
 def _lookup(
     client: Client, cache_dir: Path | None, key: tuple[str, int], max_logits: int
 ) -> tuple[FeatureInfo | None, Cache | None, bool]:
-    """(info or None, its cache file (None: not cached), came from cache); raises FetchError."""
+    """(info or None, its cache file ``cache_dir/<id parts>/<index>.json`` (None: not cached), came from
+    cache); raises FetchError."""
     cache = None
     try:
-        cache = feature_cache(cache_dir, *key) if cache_dir is not None else None
+        if cache_dir is not None:
+            parts = [part for part in key[0].split("/") if part]
+            path = storage.safe_path(cache_dir, *parts, f"{key[1]}.json")
+            cache = Cache(path, {}, _encode, _decode, _too_old, inside=cache_dir)
     except StorageError as e:  # a link in the cache folder: this feature is not cached
         logger.debug("not caching %s/%d: %s", *key, e)
     lookup = cache.load() if cache is not None else None
@@ -253,7 +238,6 @@ def _report(stats: AnnotationStats, failures: dict[tuple[str, int], str]) -> Non
 def annotate_graph(
     graph: Graph,
     *,
-    enabled: bool = True,
     base_url: str = NEURONPEDIA_URL,
     cache_dir: Path,
     api_key: str | None = None,
@@ -265,14 +249,12 @@ def annotate_graph(
     max_logits: int = 10,
     max_network_failures: int = 3,
     budget_s: float = DEFAULT_BUDGET_S,
-    defer_cache: bool = False,
 ) -> AnnotationStats:
     """Fill explanations (and missing logits) of feature nodes from Neuronpedia; never raises for
     network, HTTP or JSON problems (see the module docstring).
 
     Args:
         graph: annotated in place.
-        enabled: False skips Neuronpedia entirely (offline runs).
         base_url: Neuronpedia server, e.g. a self-hosted instance.
         cache_dir: the on-disk cache (a folder per server, a small JSON per feature).
         api_key: sent as ``x-api-key``; defaults to ``$NEURONPEDIA_API_KEY``.
@@ -284,13 +266,12 @@ def annotate_graph(
         max_logits: up-/down-weighted tokens kept per feature.
         max_network_failures: network-level failures after which the rest are skipped.
         budget_s: seconds the whole call may spend on Neuronpedia; the rest are skipped.
-        defer_cache: leave fetched answers in ``stats.answers`` for the caller to cache.
     """
     nodes = [n for n in graph.nodes.values() if _wanted(n)]
     keys = sorted({(str(n.neuronpedia_id), int(n.feature)) for n in nodes})  # type: ignore[arg-type]
     stats = AnnotationStats(features=len(keys))
-    if not enabled or not keys:
-        logger.info("Neuronpedia annotations %s", "off" if not enabled else "not needed")
+    if not keys:
+        logger.info("Neuronpedia annotations not needed")
         return stats
     client = Client(
         base_url, _headers(api_key), timeout_s, retries, backoff_s, max_backoff_s, max_network_failures,
@@ -299,8 +280,6 @@ def annotate_graph(
     results, failures = _lookup_all(
         client, _server_cache(cache_dir, base_url), keys, max_workers, max_logits, stats
     )
-    if not defer_cache:
-        _save(stats.answers)
     _apply_all(nodes, results)
     stats.requests = client.requests_sent
     _report(stats, failures)

@@ -225,13 +225,6 @@ class Client:
         with self.lock:
             self.requests_sent += 1
 
-    def remaining(self) -> float:
-        """Seconds left of the run's budget; FetchError when none are."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise FetchError("skipped: Neuronpedia time budget spent")
-        return left
-
     def wait_cap(self) -> float:
         return max(0.0, min(self.max_backoff_s, self.deadline - time.monotonic()))
 
@@ -242,16 +235,15 @@ class Client:
             self.retried_sources.add(source)
             return first
 
-    def offline(self) -> bool:
-        with self.lock:
-            return self.network_failures >= self.max_network_failures
-
     def get(self, url: str, source: str) -> tuple[int, bytes]:
         """GET `url` (a feature of SAE set `source`) within the deadline, retried as the class says:
         the status and the whole body (within the size cap)."""
-        if self.offline():
+        if self.network_failures >= self.max_network_failures:
             raise FetchError("skipped", "Neuronpedia unreachable earlier in this run")
-        timeout = min(self.timeout_s, self.remaining())
+        left = self.deadline - time.monotonic()  # of the run's budget
+        if left <= 0:
+            raise FetchError("skipped: Neuronpedia time budget spent")
+        timeout = min(self.timeout_s, left)
         exchange = _Exchange(self, source, _Deadline(self.timeout_s, self.deadline))
         _EXCHANGE.current = exchange
         try:

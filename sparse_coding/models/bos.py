@@ -13,9 +13,6 @@ from sparse_coding.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# A family whose SAEs agree, named in the refusal.
-ONE_FAMILY = "gpt2-small-resid-post-v5-32k, gpt2-small-attn-out-v5-32k, gpt2-small-mlp-out-v5-32k"
-
 
 def settle_prepend_bos(explicit: bool | None, trained: Mapping[str, bool]) -> tuple[bool, list[str]]:
     """(PREPEND_BOS for a run, the SAEs trained the other way).
@@ -37,7 +34,8 @@ def settle_prepend_bos(explicit: bool | None, trained: Mapping[str, bool]) -> tu
         raise ConfigError(
             f"PREPEND_BOS is unset and the SAEs were trained both ways: {len(with_bos)} with BOS "
             f"(e.g. {with_bos[0]}) and {len(without)} without (e.g. {without[0]}); one forward cannot "
-            f"match both. Choose SAEs of one family (e.g. the OpenAI v5 sets at every site: {ONE_FAMILY}), "
+            f"match both. Choose SAEs of one family (e.g. the OpenAI v5 sets at every site: "
+            f"gpt2-small-resid-post-v5-32k, gpt2-small-attn-out-v5-32k, gpt2-small-mlp-out-v5-32k), "
             f"or set PREPEND_BOS: true or false to accept that the others differ from their dashboards"
         )
     return not without, []

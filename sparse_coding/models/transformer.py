@@ -19,7 +19,6 @@ there, one chunk of positions at a time.
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +122,7 @@ class Attention(nn.Module):
 
     def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
         self.head_dim = config.n_embd // config.n_head
         self.scale = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
         if config.scale_attn_by_inverse_layer_idx:
@@ -143,18 +143,19 @@ class Attention(nn.Module):
         """(..., n_head, pos, head_dim) -> (..., pos, d_model)."""
         return x.transpose(-2, -3).flatten(-2)
 
-    def forward(self, x: Tensor, allowed: Tensor, cache: "LayerCache | None" = None) -> Tensor:
-        """x (batch, pos, d_model) after ln_1; allowed (batch or 1, 1, pos, cache.start + pos).
+    def forward(self, x: Tensor, allowed: Tensor, cache: "KVCache | None" = None) -> Tensor:
+        """x (batch, pos, d_model) after ln_1; allowed (batch or 1, 1, pos, cache.length + pos).
 
         With a `cache`, this chunk's keys and values are stored after the
-        `cache.start` positions already there, and the queries attend to all of them.
+        `cache.length` positions already there, and the queries attend to all of them.
         """
         queries, keys, values = (self.heads(part) for part in self.c_attn(x).chunk(3, dim=-1))
         if cache is not None:
-            end = cache.start + x.shape[-2]
-            cache.keys[..., cache.start : end, :] = keys
-            cache.values[..., cache.start : end, :] = values
-            keys, values = cache.keys[..., :end, :], cache.values[..., :end, :]
+            start, end = cache.length, cache.length + x.shape[-2]
+            cached_keys, cached_values = cache.keys[self.layer_idx], cache.values[self.layer_idx]
+            cached_keys[..., start:end, :] = keys
+            cached_values[..., start:end, :] = values
+            keys, values = cached_keys[..., :end, :], cached_values[..., :end, :]
         return self.c_proj(self.merge_heads(attend(queries, keys, values, allowed, self.scale)))
 
 
@@ -180,7 +181,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, hidden: Tensor, allowed: Tensor, cache: "LayerCache | None" = None) -> Tensor:
+    def forward(self, hidden: Tensor, allowed: Tensor, cache: "KVCache | None" = None) -> Tensor:
         hidden = hidden + self.attn(self.ln_1(hidden), allowed, cache)
         return hidden + self.mlp(self.ln_2(hidden))
 
@@ -263,8 +264,8 @@ class GPT2(nn.Module):
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
         hidden = self.transformer.wte(input_ids) + self.transformer.wpe(positions)
         allowed = cached_causal_mask(start, n, attention_mask.bool())
-        for layer, block in enumerate(self.transformer.h):
-            hidden = block(hidden, allowed, None if cache is None else cache.layer(layer, start))
+        for block in self.transformer.h:
+            hidden = block(hidden, allowed, cache)
         if cache is not None:
             cache.length = start + n
         return hidden
@@ -355,14 +356,6 @@ def cached_causal_mask(start: int, n: int, real: Tensor) -> Tensor:
     return ((key <= query) & real[:, None, None, :]) | (key == query)
 
 
-class LayerCache(NamedTuple):
-    """One layer's slice of a KVCache: where the next chunk's keys and values go."""
-
-    keys: Tensor  # (batch, n_head, max_len, head_dim)
-    values: Tensor
-    start: int  # positions already stored
-
-
 class KVCache:
     """Every layer's attention keys and values of the positions run so far, preallocated.
 
@@ -381,6 +374,3 @@ class KVCache:
         shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
         empty = torch.empty(shape, device=model.device, dtype=model.dtype)
         return cls(empty, torch.empty_like(empty))
-
-    def layer(self, index: int, start: int) -> LayerCache:
-        return LayerCache(self.keys[index], self.values[index], start)

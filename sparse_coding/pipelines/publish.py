@@ -122,9 +122,7 @@ def neuronpedia_answers(graph: Graph, config: Config) -> list[tuple[caches.Cache
     from sparse_coding.labels.neuronpedia import annotate_graph  # only runs that ask import requests
 
     cache_dir = config.DATA_DIR / "neuronpedia_cache"
-    return annotate_graph(
-        graph, base_url=config.NEURONPEDIA_URL, cache_dir=cache_dir, defer_cache=True
-    ).answers
+    return annotate_graph(graph, base_url=config.NEURONPEDIA_URL, cache_dir=cache_dir).answers
 
 
 def log_config_run(config: Config, **run: Any) -> None:

@@ -3,7 +3,7 @@ writes and Neuronpedia's graph pages read).
 
 The fields are those of Neuronpedia's graph-schema.json and circuit-tracer's
 frontend/graph_models.py (``qParams``, the viewer's saved state, empty here);
-`graph_schema` is our schema of them, with circuit-tracer's stricter types.
+``attribution_graph.schema.json`` here is our schema of them, with circuit-tracer's stricter types.
 What our graph's numbers become there (feature_type per node kind and site: `NODE_KINDS`):
 - node_id and jsNodeId: our node id (unique; links name them).
 - feature: a feature's ``(layer + index)(layer + index + 1)/2 + index``, the
@@ -31,10 +31,8 @@ many sequences at the last position, with no prompt to put on the axis.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from importlib import resources
 from typing import Any
 
 from sparse_coding import __version__
@@ -66,12 +64,6 @@ QPARAMS = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "
 def cantor(layer: int, index: int) -> int:
     """The Cantor pairing of a feature's layer and index, as Neuronpedia's schema-1 graphs store it."""
     return (layer + index) * (layer + index + 1) // 2 + index
-
-
-def graph_schema() -> dict[str, Any]:
-    """Our JSON schema of the attribution-graph file (package data)."""
-    text = resources.files("sparse_coding.sharing").joinpath("attribution_graph.schema.json").read_text()
-    return json.loads(text)
 
 
 def check_name(kind: str, value: str) -> str:
