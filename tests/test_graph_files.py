@@ -563,6 +563,19 @@ def test_a_format_1_pair_loads_from_its_dot_through_the_import_keeping_its_run(p
     assert loaded == Graph.from_json((OLD_FILES / "graph.json").read_text(encoding="utf-8"))
 
 
+def test_an_old_dot_value_edited_by_hand_belongs_to_no_run_the_others_keep_theirs():
+    text = (OLD_FILES / "graph.dot").read_text(encoding="utf-8")
+    edited = text.replace('activation="1.0", attribution="-1e-12"', 'activation="1.5", attribution="-1e-12"')
+    edited = edited.replace('effect="0.5", sc_runs', 'effect="0.7", sc_runs')
+    assert 'activation="1.5"' in edited and 'effect="0.7"' in edited
+    graph = graph_from_dot(edited)
+    assert graph.nodes["resid_4.2"].activation == 1.5 and graph.nodes["resid_4.2"].runs == {}
+    assert graph.nodes["resid_3.331"].runs == {"r1": {"activation": 2.5, "attribution": 0.1 + 0.2}}
+    assert graph.edges[("resid_3.331", "resid_4.2")].effect == 0.7
+    assert graph.edges[("resid_3.331", "resid_4.2")].runs == {}
+    assert graph.edges[("mlp_error_3", "resid_4.2")].runs == {"r1": -0.2}
+
+
 def test_a_format_2_pair_loads_from_its_json_and_its_dot_is_redrawn_not_moved_aside(paths, caplog):
     dot, js, svg = paths
     shutil.copytree(OLD_FILES, dot.parent)  # written by the version before (.json format 2)

@@ -311,8 +311,9 @@ class Edge:
 
 @dataclass
 class UserDrawing:
-    """What an imported ``.dot`` drew without a measurement, kept and redrawn as it was: its graph
-    attributes, its nodes whose names are no node ids, and its edges without ``effect``."""
+    """A DOT drawing's attributes of the graph, of each node, of each edge (`dot_parser` reads a file
+    into one). A graph keeps what an imported ``.dot`` drew without a measurement, redrawn as it was:
+    its graph attributes, its nodes whose names are no node ids, and its edges without ``effect``."""
 
     graph_attrs: dict[str, str] = field(default_factory=dict)
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)
