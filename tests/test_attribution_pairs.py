@@ -213,7 +213,7 @@ def test_batches_beyond_the_kept_ones_recompute_phase_one_and_give_the_same_grap
 
     recomputed = attribution_graph.gradient_graph(spliced, batches, options)
 
-    assert recomputed.to_dict() == kept.to_dict()
+    assert recomputed.to_json() == kept.to_json()
 
 
 def _edge_values(edge_sets) -> dict:

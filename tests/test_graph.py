@@ -1,6 +1,7 @@
 """Graph: merge semantics (runs kept apart, mean drawn), forward order, and its .json read back exactly."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -116,7 +117,7 @@ def test_merge_keeps_every_run_apart_and_draws_the_mean():
     assert "prompt" not in merged.metadata  # no single run describes the whole graph
     summary = merged.metadata["summary"]
     assert summary.startswith("3 runs") and all(f"run r{i}" in summary for i in (1, 2, 3))
-    edge_json = next(e for e in merged.to_dict()["edges"] if e["source"] == "resid_0.1")
+    edge_json = next(e for e in json.loads(merged.to_json())["edges"] if e["source"] == "resid_0.1")
     assert edge_json["n_runs"] == 3 and edge_json["runs"] == {"r1": 1.0, "r2": 4.0, "r3": 7.0}
 
 
@@ -125,22 +126,22 @@ def test_a_copy_ties_and_merges_as_a_deep_copy_would_and_leaves_the_original_alo
     fresh.add_node(feature("resid_0.1", attribution=0.5, logits_up=[("x", 1.0)]))
     fresh.add_node(feature("resid_1.2", attribution=0.25))
     fresh.add_edge("resid_0.1", "resid_1.2", 3.0)
-    before = copy.deepcopy(fresh.to_dict())
+    before = fresh.to_json()
     record = run_record(fresh.metadata, "r1")
     copied, deep = fresh.copy(), copy.deepcopy(fresh)
     for graph in (copied, deep):
         graph.add_run(record)
         graph.merge(one_run("r2", "two", {("resid_0.1", "resid_1.2"): 5.0}, attribution=1.0))
         graph.nodes["resid_0.1"].logits_up.append(("y", 2.0))
-    assert copied.to_dict() == deep.to_dict()
-    assert fresh.to_dict() == before and fresh.has_values_of_no_run()
+    assert copied.to_json() == deep.to_json()
+    assert fresh.to_json() == before and fresh.has_values_of_no_run()
 
 
 def test_merging_the_same_run_twice_changes_nothing():
     run = one_run("r1", "one", {("resid_0.1", "resid_1.2"): 1.0}, attribution=0.5)
     merged = Graph()
     merged.merge(run)
-    once = Graph.from_dict(merged.to_dict())
+    once = Graph.from_json(merged.to_json())
     merged.merge(run)
     assert merged == once
 
@@ -186,7 +187,7 @@ def test_sorted_nodes_follow_the_forward_pass():
     ]
 
 
-def test_dict_round_trip_is_exact():
+def test_json_round_trip_is_exact():
     graph = Graph(metadata={"prompt": "p", "config": {"TOP_K": 6}})
     graph.add_node(
         feature(
@@ -203,7 +204,7 @@ def test_dict_round_trip_is_exact():
     )
     graph.add_node(feature("mlp_error_2"))
     graph.add_edge("mlp_error_2", "resid_3.331", 0.3)
-    assert Graph.from_dict(graph.to_dict()) == graph
+    assert Graph.from_json(graph.to_json()) == graph
 
 
 # ---------------------------------------------------------------- the .json: what is written reads back

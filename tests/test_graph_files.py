@@ -87,7 +87,7 @@ def test_a_derived_dot_is_never_parsed_and_an_empty_graph_reloads(paths, monkeyp
     --allow-empty) reloads as well."""
     dot, _, svg = paths
     graph = stored_graph()  # one run record: its time is compared below, so it is made once
-    expected = graph.to_dict()
+    expected = graph.to_json()
     save_graph(graph, dot, svg)
     dot.write_text(dot.read_text(encoding="utf-8") + "// my note\n", encoding="utf-8")
     empty = Graph(metadata={"prompt": "p"})
@@ -98,7 +98,7 @@ def test_a_derived_dot_is_never_parsed_and_an_empty_graph_reloads(paths, monkeyp
         raise AssertionError("a derived .dot was parsed")
 
     monkeypatch.setattr(dot_import, "parse_dot", refuse)
-    assert load_graph(dot).to_dict() == expected
+    assert load_graph(dot).to_json() == expected
     assert not load_graph(dot.with_name("empty.dot")).nodes
 
 
@@ -554,13 +554,26 @@ def test_a_format_1_pair_loads_from_its_dot_through_the_import_keeping_its_run(p
     dot, js, svg = paths
     dot.parent.mkdir(parents=True)
     shutil.copy(OLD_FILES / "graph.dot", dot)  # the .dot carried the data then
-    stale = run_graph(prompt="old run", effect=9.0).to_dict()  # a crash between the old two renames
-    js.write_text(json.dumps(stale), encoding="utf-8")  # no "format": written by the old code
+    stale = run_graph(prompt="old run", effect=9.0).to_json()  # a crash between the old two renames
+    js.write_text(stale, encoding="utf-8")  # no "format": written by the old code
     loaded = load_graph(dot)
     (run,) = loaded.runs
     assert run["id"] == "r1" and run["prompt"] == "old run"
     assert loaded.edges[("resid_3.331", "resid_4.2")].runs == {"r1": 0.5}
     assert loaded == Graph.from_json((OLD_FILES / "graph.json").read_text(encoding="utf-8"))
+
+
+def test_an_old_dot_value_edited_by_hand_belongs_to_no_run_the_others_keep_theirs():
+    text = (OLD_FILES / "graph.dot").read_text(encoding="utf-8")
+    edited = text.replace('activation="1.0", attribution="-1e-12"', 'activation="1.5", attribution="-1e-12"')
+    edited = edited.replace('effect="0.5", sc_runs', 'effect="0.7", sc_runs')
+    assert 'activation="1.5"' in edited and 'effect="0.7"' in edited
+    graph = graph_from_dot(edited)
+    assert graph.nodes["resid_4.2"].activation == 1.5 and graph.nodes["resid_4.2"].runs == {}
+    assert graph.nodes["resid_3.331"].runs == {"r1": {"activation": 2.5, "attribution": 0.1 + 0.2}}
+    assert graph.edges[("resid_3.331", "resid_4.2")].effect == 0.7
+    assert graph.edges[("resid_3.331", "resid_4.2")].runs == {}
+    assert graph.edges[("mlp_error_3", "resid_4.2")].runs == {"r1": -0.2}
 
 
 def test_a_format_2_pair_loads_from_its_json_and_its_dot_is_redrawn_not_moved_aside(paths, caplog):

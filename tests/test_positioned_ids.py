@@ -48,7 +48,7 @@ def test_positioned_nodes_merge_per_position_and_keep_their_runs():
     assert sorted(first.nodes) == ["resid_1.5", "resid_1.5@2", "resid_1.5@3"]
     assert sorted(first.nodes["resid_1.5@3"].runs) == ["a", "b"]
     assert first.nodes["resid_1.5@2"].position == 2 and first.nodes["resid_1.5"].position is None
-    again = Graph.from_dict(first.to_dict())
+    again = Graph.from_json(first.to_json())
     assert again.nodes["resid_1.5@3"].feature == 5 and again.nodes["resid_1.5@3"].position == 3
 
 
@@ -165,8 +165,7 @@ def test_a_trace_graph_a_little_wider_than_the_window_opens_whole(browser, tmp_p
         browser.get(write_viewer(_trace_graph(tokens), tmp_path / f"trace{n_tokens}.html").as_uri())
         root = browser.find_element("css selector", ".sc-viewer")
         stage = browser.execute_script(
-            "const r = arguments[0].querySelector('canvas').getBoundingClientRect();"
-            "return [r.left, r.right]",
+            "const r = arguments[0].querySelector('canvas').getBoundingClientRect();return [r.left, r.right]",
             root,
         )
         boxes = browser.execute_script("return arguments[0].scViewer.screenBoxes()", root)

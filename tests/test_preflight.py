@@ -107,7 +107,7 @@ def test_a_stored_graph_json_of_the_wrong_shape_fails_before_the_model_loads(
     graph.add_node(Node.from_id("resid_2.0", activation=1.0))
     graph.add_edge("resid_1.0", "resid_2.0", 0.5)
     graph.add_run(run_record(graph.metadata, "r1"))
-    data = graph.to_dict()
+    data = json.loads(graph.to_json())
     change(data)
     out.mkdir(parents=True)
     (out / "grads_graph.json").write_text(json.dumps(data).replace("Infinity", "1e400"))

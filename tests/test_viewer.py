@@ -69,7 +69,7 @@ def page(tmp_path_factory):
     """A 60-node graph's page on disk, with its JSON form."""
     graph = random_graph(60, 200)
     path = write_viewer(graph, tmp_path_factory.mktemp("viewer") / "graph.html")
-    return path, graph.to_dict()  # the expected counts are computed from the graph's JSON form
+    return path, json.loads(graph.to_json())  # the expected counts are computed from the graph's JSON form
 
 
 def opened(browser, path: Path):
@@ -218,7 +218,7 @@ def test_selecting_a_node_highlights_everything_upstream_and_downstream(browser,
 
 
 def test_a_run_filter_hides_what_only_that_run_measured(browser, tmp_path):
-    graph_json = random_graph(20, 40).to_dict()
+    graph_json = json.loads(random_graph(20, 40).to_json())
     graph_json["metadata"]["runs"] = [
         {"id": "run-a", "script": "fast.py", "prompt": "a"},
         {"id": "run-b", "script": "fast.py", "prompt": "b"},

@@ -51,9 +51,13 @@ def _drawing_only(name: str, attrs: dict[str, str]) -> bool:
     return name.startswith("__") or attrs.get("style") == "invis"
 
 
-def _runs_unless_edited(runs: dict, means: dict[str, float | None], merged: Node | Edge) -> dict:
-    """`runs` when their means are the values written beside them, else {} (edited by hand: no run)."""
-    return runs if all(getattr(merged, key) == value for key, value in means.items()) else {}
+def _runs_unless_edited(kind: type[Node | Edge], data: dict, sc_runs: str, keys: tuple[str, ...]) -> dict:
+    """The runs of `sc_runs` when their means are the values written beside them (`data`), else {}
+    (edited by hand: no run)."""
+    item = kind.from_dict(data | {"runs": loads_strict(sc_runs)})
+    means = dataclasses.replace(item, runs={})
+    means.merge(item)
+    return item.runs if all(getattr(means, key) == getattr(item, key) for key in keys) else {}
 
 
 def _node_from_dot(node_id: str, attrs: dict[str, str]) -> Node:
@@ -72,10 +76,7 @@ def _node_from_dot(node_id: str, attrs: dict[str, str]) -> Node:
         data.update(loads_strict(attrs["sc_annotations"]))
     node = Node.from_dict(data)
     if "sc_runs" in attrs:
-        runs = Node.from_dict(data | {"runs": loads_strict(attrs["sc_runs"])}).runs
-        probe = dataclasses.replace(node, runs={})
-        probe.merge(dataclasses.replace(node, runs=runs))
-        node.runs = _runs_unless_edited(probe.runs, values, probe)
+        node.runs = _runs_unless_edited(Node, data, attrs["sc_runs"], MEASURED)
     return node
 
 
@@ -83,10 +84,7 @@ def _edge_from_dot(source: str, target: str, attrs: dict[str, str]) -> Edge:
     data: dict[str, Any] = {"source": source, "target": target, "effect": float(attrs["effect"])}
     edge = Edge.from_dict(data)
     if "sc_runs" in attrs:
-        runs = Edge.from_dict(data | {"runs": loads_strict(attrs["sc_runs"])}).runs
-        probe = Edge(source, target, 0.0, {})
-        probe.merge(Edge(source, target, 0.0, runs))
-        edge.runs = _runs_unless_edited(probe.runs, {"effect": edge.effect}, probe)
+        edge.runs = _runs_unless_edited(Edge, data, attrs["sc_runs"], ("effect",))
     return edge
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+
+from sparse_coding.graphs.elements import UserDrawing
 
 _SCAN_RE = re.compile(
     r"""(?P<skip>\s+|//[^\n]*|/\*.*?\*/|(?m:^\#[^\n]*))
@@ -20,15 +21,6 @@ _SCAN_RE = re.compile(
 )
 _ANGLE_RE = re.compile(r"[<>]")
 _KEYWORDS = {"graph", "digraph", "subgraph", "node", "edge", "strict"}
-
-
-@dataclass
-class DotGraph:
-    """What a .dot file says: attributes of the graph, of each node, of each edge."""
-
-    graph_attrs: dict[str, str] = field(default_factory=dict)
-    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
-    edges: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 def _unquote(body: str) -> str:
@@ -80,12 +72,12 @@ def _tokens(text: str) -> list[tuple[str, str]]:
 
 
 class _DotParser:
-    """Recursive descent over the DOT grammar, recording into a DotGraph."""
+    """Recursive descent over the DOT grammar, recording into a UserDrawing."""
 
     def __init__(self, text: str) -> None:
         self.tokens = _tokens(text)
         self.pos = 0
-        self.out = DotGraph()
+        self.out = UserDrawing()
 
     def peek(self, offset: int = 0) -> tuple[str, str]:
         index = self.pos + offset
@@ -106,7 +98,7 @@ class _DotParser:
             return True
         return False
 
-    def parse(self) -> DotGraph:
+    def parse(self) -> UserDrawing:
         self.accept("kw", "strict")
         if not (self.accept("kw", "digraph") or self.accept("kw", "graph")):
             raise ValueError("a .dot file starts with 'digraph' or 'graph'")
@@ -185,6 +177,6 @@ class _DotParser:
         return attrs
 
 
-def parse_dot(text: str) -> DotGraph:
-    """Parse DOT text; raises ValueError naming what was expected and where."""
+def parse_dot(text: str) -> UserDrawing:
+    """What DOT text draws, as a UserDrawing; raises ValueError naming what was expected and where."""
     return _DotParser(text).parse()

@@ -1,10 +1,11 @@
 """The parts of a `Graph`: feature and error nodes, edges, contexts, and an imported file's drawing.
 
-Each part has its JSON form (``to_dict``) and reads it back strictly
-(``from_dict``): a value of the wrong type, a non-finite number (NaN, an
-infinity, or ``1e400``, which JSON parsers read as infinity) or a missing
-key is a ``ValueError`` naming the node or edge and the field, so a damaged
-graph file is refused with a sentence, never half-loaded.
+Each part has its JSON form (``to_dict``; an edge's is written by
+`Graph.to_json`) and reads it back strictly (``from_dict``): a value of the
+wrong type, a non-finite number (NaN, an infinity, or ``1e400``, which JSON
+parsers read as infinity) or a missing key is a ``ValueError`` naming the
+node or edge and the field, so a damaged graph file is refused with a
+sentence, never half-loaded.
 """
 
 from __future__ import annotations
@@ -278,16 +279,10 @@ class Edge:
     effect: float
     runs: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """``{"source", "target", "effect"}`` plus ``n_runs`` and ``runs`` when assigned to runs."""
-        data: dict[str, Any] = {"source": self.source, "target": self.target, "effect": self.effect}
-        if self.runs:
-            data |= {"n_runs": len(self.runs), "runs": self.runs}
-        return data
-
     @classmethod
     def from_dict(cls, data: object) -> Edge:
-        """Inverse of ``to_dict``; a ValueError names the edge and the field that is wrong."""
+        """An edge's JSON object (`Graph.to_json` writes it); a ValueError names the edge and the field
+        that is wrong."""
         data = mapping(data, "an edge")
         source = text(data.get("source"), "an edge's source")
         target = text(data.get("target"), "an edge's target")
@@ -311,8 +306,9 @@ class Edge:
 
 @dataclass
 class UserDrawing:
-    """What an imported ``.dot`` drew without a measurement, kept and redrawn as it was: its graph
-    attributes, its nodes whose names are no node ids, and its edges without ``effect``."""
+    """A DOT drawing's attributes of the graph, of each node, of each edge (`dot_parser` reads a file
+    into one). A graph keeps what an imported ``.dot`` drew without a measurement, redrawn as it was:
+    its graph attributes, its nodes whose names are no node ids, and its edges without ``effect``."""
 
     graph_attrs: dict[str, str] = field(default_factory=dict)
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -193,15 +193,6 @@ class Graph:
             key=lambda e: (order.get(e.source, n), e.source, order.get(e.target, n), e.target),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """The ``.json`` object of docs/design.md, in canonical order."""
-        data = {
-            "nodes": [node.to_dict() for node in self.sorted_nodes()],
-            "edges": [edge.to_dict() for edge in self.sorted_edges()],
-            "metadata": self.metadata,
-        }
-        return data | ({"user_drawing": self.user.to_dict()} if self.user else {})
-
     def to_pandas(self, *, per_run: bool = False) -> tuple[Any, Any]:
         """(nodes, edges) as pandas DataFrames (needs ``pip install -e ".[analysis]"``).
 
@@ -223,7 +214,7 @@ class Graph:
 
     @classmethod
     def from_dict(cls, data: object) -> Graph:
-        """Inverse of ``to_dict``, strict: a ValueError names the node, edge, run or field that is wrong."""
+        """The graph of a parsed ``.json``, read strictly: a ValueError names the node, edge, run or field."""
         data = mapping(data, "the file")
         graph = cls(metadata=dict(mapping(data.get("metadata") or {}, "metadata")))
         for i, run in enumerate(sequence(graph.metadata.get("runs", []), "metadata.runs")):
@@ -243,8 +234,8 @@ class Graph:
         _check_ends(self)
 
     def to_json(self, header: Mapping[str, Any] | None = None) -> str:
-        """The graph's ``.json`` text: `header` keys first, then nodes and edges one per line; a
-        non-finite number is a ValueError (`check` names where)."""
+        """The graph's ``.json`` text (docs/design.md), in canonical order: `header` keys first, then nodes
+        and edges one per line; a non-finite number is a ValueError (`check` names where)."""
         records = {
             "nodes": [_ENCODE(node.to_dict()) for node in self.sorted_nodes()],
             "edges": _edge_lines(self.sorted_edges()),
@@ -267,7 +258,8 @@ class Graph:
 
 
 def _edge_lines(edges: list[Edge]) -> list[str]:
-    """``json.dumps(edge.to_dict())`` with compact separators, written out for an edge's few keys."""
+    """Each edge's JSON object, ``{"source", "target", "effect"}`` plus ``n_runs`` and ``runs`` when
+    assigned to runs, written out for these few keys."""
     number, quoted, lines = float.__repr__, {}, []  # node and run ids, each quoted once
     for edge in edges:
         source = quoted.get(edge.source) or quoted.setdefault(edge.source, encode_basestring(edge.source))

@@ -9,7 +9,7 @@ never read back. The ``.json``::
      "nodes": [...], "edges": [...], "metadata": {...}, "user_drawing": {...},
      "derived": {"<file name>": {"sha256": "<hash as written>", "previous": "<hash it replaced>"}}}
 
-(nodes, edges and metadata as `Graph.to_dict` gives them; ``derived`` tells
+(nodes, edges and metadata as `Graph.to_json` writes them; ``derived`` tells
 an edited derived file from a stale one, see `graph_writer`, which gives the
 write order).
 
