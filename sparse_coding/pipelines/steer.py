@@ -16,9 +16,9 @@ from sparse_coding.errors import ConfigError
 from sparse_coding.files import storage
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.steer_plan import SteerPlan, check_transcoder_nodes
-from sparse_coding.pipelines.steer_plot import curve_images
 from sparse_coding.pipelines.steer_report import (
     curve_data,
+    curve_images,
     format_curve_report,
     format_steering_report,
     steering_data,
