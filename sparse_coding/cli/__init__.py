@@ -86,20 +86,7 @@ def build_parser(
         "-v", "--verbose", action="store_true", help="log details too, e.g. the wall time of every phase"
     )
     if dataset_passes:
-        parser.add_argument(
-            "--resume",
-            action="store_true",
-            help="continue the dataset passes of a killed run from their checkpoint (CHECKPOINT_EVERY; "
-            'README "Scaling out"); without it a run starts over',
-        )
-        parser.add_argument(
-            "--timeout",
-            type=float,
-            default=distributed.DEFAULT_TIMEOUT_S,
-            metavar="SECONDS",
-            help="under torchrun: seconds a rank waits for the others before the run ends "
-            "(default: %(default)s)",
-        )
+        _add_dataset_pass_options(parser)
     if graph_output:
         parser.add_argument(
             "--new-graph",
@@ -108,6 +95,23 @@ def build_parser(
             "<name>.before-<run id>.*, not deleted)",
         )
     return parser
+
+
+def _add_dataset_pass_options(parser: argparse.ArgumentParser) -> None:
+    """`--resume` (checkpoints) and `--timeout` (torchrun) for the scripts with dataset passes."""
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the dataset passes of a killed run from their checkpoint (CHECKPOINT_EVERY; "
+        'README "Scaling out"); without it a run starts over',
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: seconds a rank waits for the others before the run ends (default: %(default)s)",
+    )
 
 
 def run_script(
