@@ -35,7 +35,7 @@ from random_weights import IdNames, random_gpt2  # noqa: E402
 from sparse_coding.algorithms import trace_edges  # noqa: E402
 from sparse_coding.algorithms.trace_graph import TraceOptions, trace_graph  # noqa: E402
 from sparse_coding.graphs.graph_files import save_graph  # noqa: E402
-from sparse_coding.pipelines.trace_publish import add_logit_cells, to_graph  # noqa: E402
+from sparse_coding.pipelines.trace import add_logit_cells, to_graph  # noqa: E402
 from sparse_coding.runtime.allocator import keep_freed_memory  # noqa: E402
 from sparse_coding.transcoders.layouts import LayerConfig, LayerWeights  # noqa: E402
 from sparse_coding.transcoders.replacement import clean_run  # noqa: E402

@@ -156,8 +156,7 @@ def test_cumulative_influence_is_circuit_tracers_pruning_score(tmp_path, make_co
     of equal influence in some order)."""
     import torch
 
-    from sparse_coding.pipelines.trace import compute_trace
-    from sparse_coding.pipelines.trace_publish import node_records, trace_metadata
+    from sparse_coding.pipelines.trace import compute_trace, node_records, trace_metadata
 
     config = dataclasses.replace(load_config(DEMO_CONFIG), DATA_DIR=tmp_path)
     tg, _, tokenizer, transcoders = compute_trace(config)

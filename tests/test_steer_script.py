@@ -19,7 +19,7 @@ import yaml
 from sparse_coding.cli import run_script
 from sparse_coding.config import Config, config_from_dict
 from sparse_coding.graphs.graph import Graph, Node
-from sparse_coding.pipelines.steer_plot import curve_images
+from sparse_coding.pipelines.steer_report import curve_images
 from sparse_coding.runtime.phases import PhaseTimer
 
 REPO = Path(__file__).resolve().parents[1]

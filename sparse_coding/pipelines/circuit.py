@@ -39,8 +39,7 @@ def circuit_from_config(config: Config) -> Circuit:
             "VALIDATION_DIMS_PINNED is unset; pin the circuit to validate, e.g. "
             "{9: [331, 12], 'attn_10': [5]}, or pass --from-graph PATH"
         )
-    pins = config.validation_dims.items()
-    return {site_key(*key): sorted(set(dims)) for key, dims in pins}
+    return {site_key(*key): sorted(set(dims)) for key, dims in config.validation_dims.items()}
 
 
 def circuit_from_graph(graph: Graph, path: Path, run: str | None = None) -> Circuit:

@@ -31,8 +31,6 @@ from sparse_coding.text.batches import text_ids
 
 logger = logging.getLogger(__name__)
 
-FAST_PROMPT_USE = "fast.py explains the prompt's last token from the tokens before it"
-
 
 def preflight(
     config: Config,
@@ -42,7 +40,7 @@ def preflight(
     sae_sites: Iterable[tuple[str, int]] | None = None,
     min_prompt_tokens: int = 0,
     prompt_key: str = "PROMPT",
-    prompt_use: str = FAST_PROMPT_USE,
+    prompt_use: str = "fast.py explains the prompt's last token from the tokens before it",
     examples: bool = False,
     extra_downloads: Iterable[Download] = (),
     transcoders: bool = False,
@@ -210,9 +208,9 @@ def check_prompt_length(
     config: Config,
     min_tokens: int,
     prepend_bos: bool,
-    model_config: dict | None = None,
-    prompt_key: str = "PROMPT",
-    prompt_use: str = FAST_PROMPT_USE,
+    model_config: dict | None,
+    prompt_key: str,
+    prompt_use: str,
 ) -> None:
     """The prompt under `prompt_key` has at least `min_tokens` tokens (BOS included) and fits the
     model's context, from the tokenizer alone, once the tokenizer is known to belong to the model of

@@ -31,8 +31,6 @@ from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-CONTEXTS_CACHE = "contexts/top_contexts.npz"
-
 
 def run_metadata(
     config: Config, sae_sources: dict[str, str], script: str, selection: str | None = None
@@ -189,7 +187,7 @@ def fingerprint(config: Config, spliced: SplicedModel) -> dict[str, Any]:
 
 def cache_path(config: Config) -> Path:
     """DATA_DIR/<model>/contexts/top_contexts.npz (arrays and header in one file)."""
-    return config.model_data_dir(config.MODEL_DIR) / CONTEXTS_CACHE
+    return config.model_data_dir(config.MODEL_DIR) / "contexts" / "top_contexts.npz"
 
 
 def load_or_collect(

@@ -10,7 +10,6 @@ from sparse_coding.files import cache
 from sparse_coding.runtime.checkpoints import RunCheckpoint, checkpoint_file, checkpointed
 from sparse_coding.splicing.splice import SplicedModel
 
-CHECKPOINT_DIR = "checkpoints"
 # Keys that do not shape a run's result: changing them between a kill and --resume is fine.
 UNSHAPING_KEYS = ("CHECKPOINT_EVERY",)
 
@@ -37,7 +36,7 @@ def run_checkpoint(
 
 def checkpoint_path(config: Config, script: str) -> Path:
     """DATA_DIR/<model>/checkpoints/<script stem>.ckpt."""
-    return config.model_data_dir(config.MODEL_DIR) / CHECKPOINT_DIR / f"{Path(script).stem}.ckpt"
+    return config.model_data_dir(config.MODEL_DIR) / "checkpoints" / f"{Path(script).stem}.ckpt"
 
 
 def run_fingerprint(

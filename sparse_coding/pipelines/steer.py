@@ -16,9 +16,9 @@ from sparse_coding.errors import ConfigError
 from sparse_coding.files import storage
 from sparse_coding.pipelines.loading import load_spliced_model
 from sparse_coding.pipelines.steer_plan import SteerPlan, check_transcoder_nodes
-from sparse_coding.pipelines.steer_plot import curve_images
 from sparse_coding.pipelines.steer_report import (
     curve_data,
+    curve_images,
     format_curve_report,
     format_steering_report,
     steering_data,
@@ -30,9 +30,6 @@ from sparse_coding.splicing.splice import SplicedModel
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
-
-STEERING_FILE = "steering.json"
-CURVE_STEM = "response_curve"
 
 
 def run_steer(config: Config, plan: SteerPlan, phases: PhaseTimer | None = None) -> str:
@@ -50,10 +47,11 @@ def _run_generation(
     config: Config, plan: SteerPlan, spliced: SplicedModel, tokenizer: Tokenizer, phases: PhaseTimer
 ) -> str:
     sampling = _sampling(config, spliced, plan)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with phases.phase("compute: generation"):
         result = steer(
             spliced,
-            left_padded(plan.prompts, _pad_id(tokenizer), spliced.device),
+            left_padded(plan.prompts, pad_id, spliced.device),
             plan.edits,
             sampling=sampling,
             num_return_sequences=1 if sampling.greedy else config.NUM_RETURN_SEQUENCES,
@@ -61,7 +59,7 @@ def _run_generation(
             top_tokens=config.LOGIT_TOKENS,
         )
     data = steering_data(result, plan, tokenizer, sampling)
-    path = config.model_data_dir(config.MODEL_DIR) / STEERING_FILE
+    path = config.model_data_dir(config.MODEL_DIR) / "steering.json"
     with phases.phase("write"):
         storage.write_atomic(path, to_json(data | run_record(config)))
     return f"{format_steering_report(data)}\n\nWrote {path}"
@@ -76,7 +74,7 @@ def _run_curve(
             spliced, batch, plan.curve, answer_id=plan.answer_id, top_tokens=config.LOGIT_TOKENS
         )
     data = curve_data(result, plan, tokenizer)
-    stem = config.model_data_dir(config.MODEL_DIR) / CURVE_STEM
+    stem = config.model_data_dir(config.MODEL_DIR) / "response_curve"
     with phases.phase("write"):
         paths = write_curve(data | run_record(config), stem)
     return f"{format_curve_report(data)}\n\nWrote {', '.join(map(str, paths))}"
@@ -104,10 +102,6 @@ def _sampling(config: Config, spliced: SplicedModel, plan: SteerPlan) -> Samplin
             config.NUM_RETURN_SEQUENCES,
         )
     return sampling
-
-
-def _pad_id(tokenizer: Tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def write_curve(data: dict, stem: Path) -> list[Path]:

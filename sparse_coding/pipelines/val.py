@@ -7,13 +7,18 @@ itself); `sparse_coding.algorithms.validation` defines the measures.
 """
 
 import logging
+import math
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
-from sparse_coding.algorithms.feature_means import Circuit, feature_means
-from sparse_coding.algorithms.validation import check_circuit, validate_circuit
+from sparse_coding.algorithms.feature_means import Circuit, SiteMeans, feature_means
+from sparse_coding.algorithms.metrics import METRICS
+from sparse_coding.algorithms.validation import check_circuit, pair_faithfulness, validate_circuit
 from sparse_coding.config import Config
 from sparse_coding.errors import ConfigError
+from sparse_coding.graphs.conventions import METRIC_TEXT, sentences
+from sparse_coding.graphs.graph_files import load_graph
 from sparse_coding.nodes import parse_site_key
 from sparse_coding.pipelines.circuit import (
     check_pins_before_loading,
@@ -21,6 +26,7 @@ from sparse_coding.pipelines.circuit import (
     circuit_and_source,
     transcoder_keys,
 )
+from sparse_coding.pipelines.fast import config_example_batches, examples_source
 from sparse_coding.pipelines.inputs import (
     BatchStream,
     config_batches,
@@ -30,8 +36,7 @@ from sparse_coding.pipelines.inputs import (
 from sparse_coding.pipelines.loading import check_sources, load_spliced_model, settled
 from sparse_coding.pipelines.publish import log_config_run
 from sparse_coding.pipelines.resume import file_input, run_checkpoint
-from sparse_coding.pipelines.val_pairs import format_pairs_report, pairs_report
-from sparse_coding.pipelines.val_report import format_report, report_data, write_report
+from sparse_coding.pipelines.val_report import format_pairs_report, format_report, report_data, write_report
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
@@ -173,3 +178,59 @@ def load_transcoder_circuit_model(
     spliced, tokenizer = load_spliced_model(config, pairs=[], phases=phases, script="val", transcoders=True)
     check_circuit(spliced, circuit, source=source)
     return spliced, tokenizer
+
+
+def graph_metric(path: Path | None) -> str | None:
+    """The METRIC a fast.py graph file was built with (its latest run), or None."""
+    if path is None:
+        return None
+    graph = load_graph(path)
+    metadata = graph.metadata if graph is not None else {}
+    runs = metadata.get("runs") or [metadata]
+    return runs[-1].get("metric")
+
+
+def pairs_report(
+    config: Config,
+    spliced: SplicedModel,
+    tokenizer: Tokenizer,
+    *,
+    circuit: Circuit,
+    circuit_errors: list[str],
+    means: SiteMeans,
+    graph: Path | None,
+) -> dict[str, Any] | None:
+    """Faithfulness on the config's fast.py examples, as report data; None when there are none to use.
+
+    The metric is the graph's when it records one, else METRIC; the ablation is
+    val.py's mean ablation at the circuit's sites (the report says so), not the
+    graph's BASELINE, since faithfulness compares a circuit against ablating the rest.
+    """
+    name = graph_metric(graph)
+    if name is None and config.PAIRS_FILE is None and config.PATCH_PROMPT is None:
+        return None
+    if name is not None and name != config.METRIC:
+        logger.info("Using the graph's metric %s (METRIC is %s)", name, config.METRIC)
+    batches = config_example_batches(config, tokenizer, spliced.model)
+    metric = METRICS[name or config.METRIC]
+    if metric.needs_patch_answer and batches[0].patch_answers is None:  # the graph's metric, not METRIC's
+        raise ConfigError(
+            f"the graph's metric {metric.name} compares the answer with a patch answer; set PATCH_PROMPT "
+            f"or PAIRS_FILE to validate on fast.py's examples"
+        )
+    result = pair_faithfulness(
+        spliced,
+        batches,
+        circuit=circuit,
+        circuit_errors=circuit_errors,
+        errors=config.VALIDATION_ERRORS,
+        metric=metric,
+        means=means,
+    )
+    faithfulness = result.faithfulness if math.isfinite(result.faithfulness) else None  # strict JSON
+    return result._asdict() | {
+        "faithfulness": faithfulness,
+        "examples": examples_source(config),
+        "ablation": sentences("val.py")["baseline"],
+        "metric_meaning": METRIC_TEXT[metric.name],
+    }

@@ -12,7 +12,7 @@ and what held fixed), ``sites`` (every spliced site), ``circuit_errors``, ``ce_c
 ``completeness`` (null when undefined), ``next_token`` (``clean_top``,
 ``increases``, ``decreases``, ``ablated_top``: rows of ``token``, ``id``,
 ``clean``, ``ablated``, ``change`` = ablated - clean), ``pairs`` (faithfulness
-on fast.py's examples with the graph's metric, `pipelines.val_pairs`; null when
+on fast.py's examples with the graph's metric, `pipelines.val.pairs_report`; null when
 not run), ``sign_convention`` (what each quantity's sign means,
 `graphs.conventions`), ``config`` (every config key).
 """
@@ -158,3 +158,13 @@ def _metric_lines(data: dict[str, Any]) -> list[str]:
 
 def _ratio_text(value: float | None, meaning: str) -> str:
     return "undefined, m(M) ~ m(empty)" if value is None else f"{value:.4f}  ({meaning})"
+
+
+def format_pairs_report(data: dict[str, Any]) -> str:
+    """The line val.py prints for `pairs_report`'s data."""
+    ratio = "undefined (m(M) = m(empty))" if data["faithfulness"] is None else f"{data['faithfulness']:.3f}"
+    return (
+        f"On fast.py's examples ({data['examples']}, {data['n_examples']}), metric {data['metric']} "
+        f"(a loss): m(M) {data['full']:.4f}, m(C) {data['circuit']:.4f}, m(empty) {data['empty']:.4f}; "
+        f"faithfulness {ratio} ({data['ablation']})"
+    )
