@@ -101,13 +101,9 @@ def _fmt(value: float | None) -> str:
 def _header_rows(node: Node) -> list[str]:
     """The id in bold, then hook and the numbers that placed the node here."""
     rows = [f"<TR><TD><B>{escape_text(node.id)}</B></TD></TR>"]
-    facts = []
-    if node.hook:
-        facts.append(node.hook)
-    if node.activation is not None:
-        facts.append(f"act {_fmt(node.activation)}")
-    if node.attribution is not None:
-        facts.append(f"attr {_fmt(node.attribution)}")
+    numbers = {"act": node.activation, "attr": node.attribution}
+    facts = [node.hook] if node.hook else []
+    facts += [f"{name} {_fmt(value)}" for name, value in numbers.items() if value is not None]
     if facts:
         rows.append(f'<TR><TD><FONT POINT-SIZE="9">{escape_text("  ".join(facts))}</FONT></TD></TR>')
     return rows
@@ -149,13 +145,11 @@ def truncate(text: str, n_chars: int) -> str:
 
 def unique_contexts(contexts: Sequence[Context]) -> list[Context]:
     """Contexts with repeated token rows dropped (the first is kept), order kept."""
-    seen: set[tuple[str, ...]] = set()
-    unique = []
+    first: dict[tuple[str, ...], Context] = {}
     for context in contexts:
-        if context.tokens and tuple(context.tokens) not in seen:
-            seen.add(tuple(context.tokens))
-            unique.append(context)
-    return unique
+        if context.tokens:
+            first.setdefault(tuple(context.tokens), context)
+    return list(first.values())
 
 
 def _around_peak(context: Context, radius: int) -> Context:
@@ -172,10 +166,7 @@ def _label(node: Node, contexts: Sequence[Context], max_logits: int | None, expl
     rows += [_context_row(c, scale) for c in contexts]
     up, down = (shown_logits(cells)[:max_logits] for cells in (node.logits_up, node.logits_down))
     logit_scale = max((abs(v) for _, v in (*up, *down)), default=0.0)
-    if up:
-        rows.append(_logit_row("+", up, logit_scale))
-    if down:
-        rows.append(_logit_row("−", down, logit_scale))
+    rows += [_logit_row(sign, cells, logit_scale) for sign, cells in (("+", up), ("−", down)) if cells]
     if node.explanation:
         rows.append(f"<TR><TD><I>{escape_text(truncate(node.explanation, explanation_chars))}</I></TD></TR>")
     style = ' STYLE="DOTTED"' if node.is_error else ""
@@ -222,8 +213,7 @@ def legend_label(
     rows = []
     for i, line in enumerate([*caption, *notes]):
         text = _wrapped(line, width)
-        size = 11 if i == 0 else 10
-        text = f"<B>{text}</B>" if i == 0 else text
+        size, text = (11, f"<B>{text}</B>") if i == 0 else (10, text)
         cell = f'<TD COLSPAN="2" ALIGN="LEFT" BALIGN="LEFT"><FONT POINT-SIZE="{size}">{text}</FONT></TD>'
         rows.append(f"<TR>{cell}</TR>")
     symbol_chars = max((len(symbol) for symbol, _ in legend), default=0)
