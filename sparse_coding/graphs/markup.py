@@ -115,10 +115,8 @@ def _context_row(context: Context, scale: float) -> str:
     for token, act in zip(context.tokens, context.activations, strict=True):
         strength = act / scale if scale > 0 else 0.0
         cells.append(_cell(token, _mix(_BLUE, strength), strength, title=_fmt(act)))
-    inner = (
-        f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
-    )
-    return f"<TR><TD>{inner}</TD></TR>"
+    table = '<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">'
+    return f"<TR><TD>{table}<TR>{''.join(cells)}</TR></TABLE></TD></TR>"
 
 
 def shown_logits(cells: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -132,10 +130,8 @@ def _logit_row(label: str, logits: Sequence[tuple[str, float]], scale: float) ->
     for token, value in logits:
         strength = abs(value) / scale if scale > 0 else 0.0
         cells.append(_cell(token, _mix(_BLUE if value > 0 else _RED, strength), strength, title=_fmt(value)))
-    inner = (
-        f'<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
-    )
-    return f"<TR><TD>{inner}</TD></TR>"
+    table = '<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1">'
+    return f"<TR><TD>{table}<TR>{''.join(cells)}</TR></TABLE></TD></TR>"
 
 
 def truncate(text: str, n_chars: int) -> str:
