@@ -150,16 +150,6 @@ def pinned_layout(graph: Graph, options: RenderOptions) -> bool:
     return wrapped or use_compact_labels(graph, options) or len(graph.edges) > options.max_spline_edges
 
 
-def _graph_layout(
-    graph: Graph, options: RenderOptions, path: Path, timeout_s: float
-) -> tuple[Layout, RenderOptions]:
-    """The graph laid out alone (no caption): by dot with its edges, or in rows when `pinned_layout`."""
-    if pinned_layout(graph, options):
-        return row_layout(graph, options)
-    path.write_text(dot_source(graph, options=options, legend=False), encoding="utf-8")
-    return layout(path, timeout_s), options
-
-
 def _window_scale(width: float, height: float, options: RenderOptions) -> float:
     """How much a drawing of `width` x `height` points shrinks to fit a 4:3 window of max_inches."""
     window_w = 72 * options.max_inches
@@ -179,10 +169,8 @@ def _place_legend(graph: Graph, notes: list[str], graph_box: Layout, options: Re
     beside_scale = _window_scale(w + _GAP_PT + beside[0], max(h, beside[1]), options)
     below_scale = _window_scale(max(w, below[0]), h + _GAP_PT + below[1], options)
     if beside_scale >= below_scale:
-        centre = (w + _GAP_PT + beside[0] / 2, h - beside[1] / 2)
-        return Placement(f"{centre[0]:.2f},{centre[1]:.2f}", beside, beside_chars)
-    centre = (below[0] / 2, -_GAP_PT - below[1] / 2)
-    return Placement(f"{centre[0]:.2f},{centre[1]:.2f}", below, below_chars)
+        return Placement(f"{w + _GAP_PT + beside[0] / 2:.2f},{h - beside[1] / 2:.2f}", beside, beside_chars)
+    return Placement(f"{below[0] / 2:.2f},{-_GAP_PT - below[1] / 2:.2f}", below, below_chars)
 
 
 @dataclass
@@ -260,7 +248,13 @@ class Drawing:
             logger.info("drawing %d nodes with compact labels to stay readable", len(shown.nodes))
         if notes:
             logger.info("graph has %d edges: %s", len(self.graph.edges), notes[0])
-        laid_out, options = _graph_layout(shown, self.options, self.source_path, self.timeout_s)
+        if pinned_layout(shown, self.options):
+            laid_out, options = row_layout(shown, self.options)
+        else:  # laid out alone (no caption) by dot, with its edges
+            self.source_path.write_text(
+                dot_source(shown, options=self.options, legend=False), encoding="utf-8"
+            )
+            laid_out, options = layout(self.source_path, self.timeout_s), self.options
         placement = _place_legend(shown, notes, laid_out, options)
         positions = {name: f"{b.x:.2f},{b.y:.2f}" for name, b in laid_out.boxes.items()}
         size = {"size": f"{options.max_inches:.2f},{options.max_inches * _WINDOW[1] / _WINDOW[0]:.2f}"}

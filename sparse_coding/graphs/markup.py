@@ -101,13 +101,9 @@ def _fmt(value: float | None) -> str:
 def _header_rows(node: Node) -> list[str]:
     """The id in bold, then hook and the numbers that placed the node here."""
     rows = [f"<TR><TD><B>{escape_text(node.id)}</B></TD></TR>"]
-    facts = []
-    if node.hook:
-        facts.append(node.hook)
-    if node.activation is not None:
-        facts.append(f"act {_fmt(node.activation)}")
-    if node.attribution is not None:
-        facts.append(f"attr {_fmt(node.attribution)}")
+    numbers = {"act": node.activation, "attr": node.attribution}
+    facts = [node.hook] if node.hook else []
+    facts += [f"{name} {_fmt(value)}" for name, value in numbers.items() if value is not None]
     if facts:
         rows.append(f'<TR><TD><FONT POINT-SIZE="9">{escape_text("  ".join(facts))}</FONT></TD></TR>')
     return rows
@@ -119,10 +115,8 @@ def _context_row(context: Context, scale: float) -> str:
     for token, act in zip(context.tokens, context.activations, strict=True):
         strength = act / scale if scale > 0 else 0.0
         cells.append(_cell(token, _mix(_BLUE, strength), strength, title=_fmt(act)))
-    inner = (
-        f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
-    )
-    return f"<TR><TD>{inner}</TD></TR>"
+    table = '<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">'
+    return f"<TR><TD>{table}<TR>{''.join(cells)}</TR></TABLE></TD></TR>"
 
 
 def shown_logits(cells: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -136,10 +130,8 @@ def _logit_row(label: str, logits: Sequence[tuple[str, float]], scale: float) ->
     for token, value in logits:
         strength = abs(value) / scale if scale > 0 else 0.0
         cells.append(_cell(token, _mix(_BLUE if value > 0 else _RED, strength), strength, title=_fmt(value)))
-    inner = (
-        f'<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1"><TR>{"".join(cells)}</TR></TABLE>'
-    )
-    return f"<TR><TD>{inner}</TD></TR>"
+    table = '<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="1">'
+    return f"<TR><TD>{table}<TR>{''.join(cells)}</TR></TABLE></TD></TR>"
 
 
 def truncate(text: str, n_chars: int) -> str:
@@ -149,13 +141,11 @@ def truncate(text: str, n_chars: int) -> str:
 
 def unique_contexts(contexts: Sequence[Context]) -> list[Context]:
     """Contexts with repeated token rows dropped (the first is kept), order kept."""
-    seen: set[tuple[str, ...]] = set()
-    unique = []
+    first: dict[tuple[str, ...], Context] = {}
     for context in contexts:
-        if context.tokens and tuple(context.tokens) not in seen:
-            seen.add(tuple(context.tokens))
-            unique.append(context)
-    return unique
+        if context.tokens:
+            first.setdefault(tuple(context.tokens), context)
+    return list(first.values())
 
 
 def _around_peak(context: Context, radius: int) -> Context:
@@ -172,10 +162,7 @@ def _label(node: Node, contexts: Sequence[Context], max_logits: int | None, expl
     rows += [_context_row(c, scale) for c in contexts]
     up, down = (shown_logits(cells)[:max_logits] for cells in (node.logits_up, node.logits_down))
     logit_scale = max((abs(v) for _, v in (*up, *down)), default=0.0)
-    if up:
-        rows.append(_logit_row("+", up, logit_scale))
-    if down:
-        rows.append(_logit_row("−", down, logit_scale))
+    rows += [_logit_row(sign, cells, logit_scale) for sign, cells in (("+", up), ("−", down)) if cells]
     if node.explanation:
         rows.append(f"<TR><TD><I>{escape_text(truncate(node.explanation, explanation_chars))}</I></TD></TR>")
     style = ' STYLE="DOTTED"' if node.is_error else ""
@@ -222,8 +209,7 @@ def legend_label(
     rows = []
     for i, line in enumerate([*caption, *notes]):
         text = _wrapped(line, width)
-        size = 11 if i == 0 else 10
-        text = f"<B>{text}</B>" if i == 0 else text
+        size, text = (11, f"<B>{text}</B>") if i == 0 else (10, text)
         cell = f'<TD COLSPAN="2" ALIGN="LEFT" BALIGN="LEFT"><FONT POINT-SIZE="{size}">{text}</FONT></TD>'
         rows.append(f"<TR>{cell}</TR>")
     symbol_chars = max((len(symbol) for symbol, _ in legend), default=0)

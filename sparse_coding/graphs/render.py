@@ -27,13 +27,12 @@ from sparse_coding.graphs.markup import compact_label, legend_label, node_label,
 
 logger = logging.getLogger(__name__)
 
-LEGEND_NODE_ID = "__legend__"
-_SPINE_WEIGHT = 10
 POSITIONED_ROW = 16  # nodes of one per token per drawn row before their rank wraps: a 16-token prompt
 RANKSEP_IN = 0.6
 _BLUE, _RED, _GREY = "#2166ac", "#b2182b", "#969696"
 
 Attrs = Mapping[str, str]
+_ANCHOR_ATTRS = {"style": "invis", "shape": "point", "width": "0", "height": "0", "label": ""}
 _GRAPH_ATTRS = {
     "rankdir": "TB",
     "newrank": "true",
@@ -167,16 +166,12 @@ def node_markup(node: Node, compact: bool, options: RenderOptions) -> str:
     return label
 
 
-_ALPHAS = [f"{alpha:02x}" for alpha in range(256)]
-
-
 def edge_colour(effect: float, largest: float) -> str:
     """Blue pushes the downstream node up, red down; alpha by magnitude (capped at ``largest``)."""
     if effect == 0 or largest <= 0:
         return _GREY + "80"
-    share = abs(effect) / largest
-    alpha = 38 if share <= 0.15 else 255 if share >= 1 else round(255 * share)  # 38 = round(255 * 0.15)
-    return (_BLUE if effect > 0 else _RED) + _ALPHAS[alpha]
+    alpha = round(255 * min(1.0, max(0.15, abs(effect) / largest)))
+    return f"{_BLUE if effect > 0 else _RED}{alpha:02x}"
 
 
 def colour_scale(graph: Graph) -> float:
@@ -197,7 +192,7 @@ def _edge_attrs(edge: Edge, graph: Graph, largest: float) -> dict[str, str]:
     }
     source, target = graph.nodes.get(edge.source), graph.nodes.get(edge.target)
     if source and target and source.site == target.site == "resid":
-        attrs["weight"] = str(_SPINE_WEIGHT)
+        attrs["weight"] = "10"
     return attrs
 
 
@@ -235,31 +230,17 @@ def _rank_lines(
 ) -> list[str]:
     """One ``rank=same`` subgraph per drawn row, each with an invisible anchor."""
     lines: list[str] = []
-    anchors = []
     for i, nodes in enumerate(rows):
         anchor = f"__rank_{i}"
-        anchors.append(anchor)
         lines.append(f"  subgraph {quote('rank_' + str(i))} {{")
         lines.append("    rank=same;")
-        attrs = {
-            "style": "invis",
-            "shape": "point",
-            "width": "0",
-            "height": "0",
-            "label": "",
-            **node_attrs.get(anchor, {}),
-        }
-        lines.append(f"    {quote(anchor)} {attr_list(attrs)};")
+        lines.append(f"    {quote(anchor)} {attr_list(_ANCHOR_ATTRS | node_attrs.get(anchor, {}))};")
         for node in nodes:
-            attrs = {
-                "label": node_markup(node, compact, options),
-                "tooltip": node.id,
-                **node_attrs.get(node.id, {}),
-            }
-            lines.append(f"    {quote(node.id)} {attr_list(attrs)};")
+            attrs = {"label": node_markup(node, compact, options), "tooltip": node.id}
+            lines.append(f"    {quote(node.id)} {attr_list(attrs | node_attrs.get(node.id, {}))};")
         lines.append("  }")
-    for upper, lower in itertools.pairwise(anchors):
-        lines.append(f"  {quote(upper)} -> {quote(lower)} [style=invis];")
+    anchors = [quote(f"__rank_{i}") for i in range(len(rows))]
+    lines += [f"  {upper} -> {lower} [style=invis];" for upper, lower in itertools.pairwise(anchors)]
     return lines
 
 
@@ -310,10 +291,7 @@ def dot_source(
     """
     options = options or RenderOptions()
     notes = caption_notes(graph, notes, options)
-    if positions is None:
-        top = _layout_limits(graph, options)
-    else:
-        top = {"splines": "true" if splines else "line"}
+    top = _layout_limits(graph, options) if positions is None else {"splines": "true" if splines else "line"}
     if legend is True:
         label = legend_markup(graph, notes, options.legend_chars)
         top.update({"label": label, "labelloc": "b", "labeljust": "l"})
@@ -324,7 +302,7 @@ def dot_source(
     if isinstance(legend, Placement):
         block = top_left(legend_markup(graph, notes, legend.chars), legend.size)
         attrs = {"label": block, "pos": f"{legend.pos}!"}
-        lines.append(f"  {quote(LEGEND_NODE_ID)} {attr_list(attrs)};")
+        lines.append(f"  {quote('__legend__')} {attr_list(attrs)};")
     pins = {name: {"pos": f"{xy}!"} for name, xy in (positions or {}).items()}
     compact = use_compact_labels(graph, options)
     lines += _rank_lines(drawn_rows(graph, options), {**pins, **(node_attrs or {})}, compact, options)

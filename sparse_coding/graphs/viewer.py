@@ -11,6 +11,7 @@ the script sets every label with ``textContent``.
 
 from __future__ import annotations
 
+import html
 import json
 import uuid
 from importlib import resources
@@ -80,11 +81,6 @@ def _page_url(node: Node, metadata: dict[str, Any]) -> str | None:
     return f"{base}/{node.neuronpedia_id.strip('/')}/{node.feature}"
 
 
-def _cells(pairs: list[tuple[str, float]]) -> list[list[Any]]:
-    """The logit cells the image draws (`markup.shown_logits`)."""
-    return [[token, value] for token, value in shown_logits(pairs)]
-
-
 _ROW_LABELS = {"embed": "token embeddings", "logit": "logits"}  # trace.py's rows without a hook
 
 
@@ -112,11 +108,11 @@ def _node_data(
         "activation": node.activation,
         "attribution": node.attribution,
         "contexts": [{"tokens": c.tokens, "activations": c.activations} for c in node.contexts],
-        "up": _cells(node.logits_up),
-        "down": _cells(node.logits_down),
+        "up": shown_logits(node.logits_up),  # the logit cells the image draws
+        "down": shown_logits(node.logits_down),
         "explanation": node.explanation,
         "url": _page_url(node, metadata),
-        "steer": [list(line) for line in steer_commands(node.id)],
+        "steer": steer_commands(node.id),
         "runs": _run_indices(node.runs, run_index),
     }
 
@@ -149,7 +145,7 @@ def viewer_data(graph: Graph) -> dict[str, Any]:
         "rows": [labels[rank] for rank in row_of],
         "runs": [run_label(run) for run in metadata.get("runs") or []],
         "caption": caption_lines(metadata),
-        "legend": [list(entry) for entry in legend_entries(metadata)],
+        "legend": legend_entries(metadata),
         "tokens": tokens,
     }
 
@@ -197,13 +193,12 @@ def viewer_fragment(graph: Graph, *, root_id: str | None = None) -> str:
 
 def viewer_page(graph: Graph) -> str:
     """A whole HTML document holding the viewer; it makes no request of any kind."""
-    title = caption_lines(graph.metadata)[0]
-    safe_title = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    title = html.escape(caption_lines(graph.metadata)[0], quote=False)
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">\n'
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\n"
-        f'<title>{safe_title}</title></head>\n<body class="sc-page">\n'
+        f'<title>{title}</title></head>\n<body class="sc-page">\n'
         f"{viewer_fragment(graph, root_id='sc-viewer')}</body></html>\n"
     )
 

@@ -21,12 +21,10 @@ class Camera {
    * rather than cut one column off), else its top at that zoom (on a token axis, its top right: the last
    * token, whose next token the graph explains). */
   firstView(box, tokenAxis) {
-    if (!box) return;
-    const [w, h] = this.size();
-    const zoom = Math.min(w / (box[2] - box[0]), h / (box[3] - box[1]), MAX_ZOOM);
-    if (zoom >= (tokenAxis ? WHOLE_TOKENS_ZOOM : LEGIBLE_ZOOM)) { this.fit(box, MAX_ZOOM); return; }
+    this.fit(box, MAX_ZOOM);
+    if (!box || this.zoom >= (tokenAxis ? WHOLE_TOKENS_ZOOM : LEGIBLE_ZOOM)) return;
     this.zoom = LEGIBLE_ZOOM;
-    const spare = w - (box[2] - box[0]) * this.zoom;
+    const spare = this.size()[0] - (box[2] - box[0]) * this.zoom;
     this.tx = (tokenAxis ? Math.min(0, spare) : Math.max(0, spare / 2)) - box[0] * this.zoom;
     this.ty = -box[1] * this.zoom;
   }
