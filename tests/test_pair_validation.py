@@ -106,3 +106,44 @@ def test_val_from_a_fast_graph_reports_faithfulness_on_the_pairs_with_the_graphs
     report = json.loads(report_path.read_text())["pairs"]
     assert report["metric"] == "logit_diff" and report["n_examples"] == 1
     assert "mean ablation" in report["ablation"]
+
+
+def test_metric_logprob_is_reported_as_log_p_with_cross_entropys_faithfulness(
+    tmp_path, tiny_model_dir, sae_templates
+):
+    """METRIC logprob attributes -log p as cross_entropy does; val.py reports its m values as log p."""
+    from sparse_coding.config import config_from_dict
+    from sparse_coding.pipelines.fast import config_example_batches
+    from sparse_coding.pipelines.val import pairs_report
+    from sparse_coding.pipelines.val_report import format_pairs_report
+
+    keys = tiny_config_dict(tmp_path, tiny_model_dir, sae_templates) | {
+        "DTYPE": "float64",
+        "PATCH_PROMPT": "When John and Mary went to the store, Mary gave a drink to",
+    }
+    spliced, tokenizer = load_spliced_model(config_from_dict(keys))
+    means = {key: torch.zeros(spliced.by_key[key].sae.d_sae, dtype=torch.float64) for key in spliced.by_key}
+    site_means = SiteMeans(means, {key: torch.zeros(spliced.model.config.n_embd) for key in means})
+    reports = {}
+    for metric in ("cross_entropy", "logprob"):
+        config = config_from_dict(keys | {"METRIC": metric})
+        reports[metric] = pairs_report(
+            config,
+            spliced,
+            tokenizer,
+            circuit={"resid_1": [2, 5]},
+            circuit_errors=[],
+            means=site_means,
+            graph=None,
+        )
+    (batch,) = config_example_batches(config, tokenizer, spliced.model)
+    with torch.no_grad():
+        last = batch.attention_mask.sum(1) - 1
+        logits = spliced.model(batch.input_ids)[torch.arange(len(last)), last]
+    log_p = float(torch.log_softmax(logits.double(), -1)[torch.arange(len(last)), batch.answers].mean())
+    ce, lp = reports["cross_entropy"], reports["logprob"]
+    assert ce["full"] == pytest.approx(-log_p, rel=1e-9) and lp["full"] == pytest.approx(log_p, rel=1e-9)
+    assert [lp[k] for k in ("circuit", "empty")] == [-ce[k] for k in ("circuit", "empty")]
+    assert lp["faithfulness"] == ce["faithfulness"]
+    assert f"metric logprob (log p): m(M) {log_p:.4f}," in format_pairs_report(lp)
+    assert f"metric cross_entropy (a loss): m(M) {-log_p:.4f}," in format_pairs_report(ce)

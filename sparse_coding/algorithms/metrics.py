@@ -23,11 +23,12 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Metric:
-    """A metric as a loss of last-position logits."""
+    """A metric as a loss of last-position logits; reports show `reported_sign` times the loss."""
 
     name: str
     loss: Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (logits, answers, patch_answers) -> (batch,)
     needs_patch_answer: bool
+    reported_sign: float = 1.0
 
 
 def _at_least_float32(logits: Tensor) -> Tensor:
@@ -46,6 +47,6 @@ def _logit_diff(logits: Tensor, answers: Tensor, patch_answers: Tensor | None) -
 
 METRICS: dict[str, Metric] = {
     "cross_entropy": Metric("cross_entropy", _cross_entropy, False),
-    "logprob": Metric("logprob", _cross_entropy, False),
+    "logprob": Metric("logprob", _cross_entropy, False, reported_sign=-1.0),
     "logit_diff": Metric("logit_diff", _logit_diff, True),
 }

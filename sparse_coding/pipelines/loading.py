@@ -50,7 +50,7 @@ def load_spliced_model(
             each site must have an SAE source.
         source: what asked for `pairs` (e.g. "VALIDATION_DIMS_PINNED"), named in errors.
         script: "fast", "pipe", "val" or "hist": whose batched passes the memory
-            check counts (`models.memory.script_passes`); None: DATASET batches.
+            check counts (`script_passes`); None: DATASET batches.
         transcoders: also splice TRANSCODERS (their BOS convention joins the SAEs').
 
     Raises:

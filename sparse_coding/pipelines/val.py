@@ -228,7 +228,12 @@ def pairs_report(
         means=means,
     )
     faithfulness = result.faithfulness if math.isfinite(result.faithfulness) else None  # strict JSON
+    sign = metric.reported_sign  # logprob: m shown as log p, the loss being -log p
     return result._asdict() | {
+        "full": sign * result.full,
+        "circuit": sign * result.circuit,
+        "empty": sign * result.empty,
+        "reported_as": "log p" if sign < 0 else "a loss",
         "faithfulness": faithfulness,
         "examples": examples_source(config),
         "ablation": sentences("val.py")["baseline"],

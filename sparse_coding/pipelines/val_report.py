@@ -165,6 +165,7 @@ def format_pairs_report(data: dict[str, Any]) -> str:
     ratio = "undefined (m(M) = m(empty))" if data["faithfulness"] is None else f"{data['faithfulness']:.3f}"
     return (
         f"On fast.py's examples ({data['examples']}, {data['n_examples']}), metric {data['metric']} "
-        f"(a loss): m(M) {data['full']:.4f}, m(C) {data['circuit']:.4f}, m(empty) {data['empty']:.4f}; "
+        f"({data['reported_as']}): m(M) {data['full']:.4f}, m(C) {data['circuit']:.4f}, "
+        f"m(empty) {data['empty']:.4f}; "
         f"faithfulness {ratio} ({data['ablation']})"
     )
