@@ -166,12 +166,16 @@ def node_markup(node: Node, compact: bool, options: RenderOptions) -> str:
     return label
 
 
+_ALPHAS = [f"{alpha:02x}" for alpha in range(256)]  # formatted once: a write colours every edge twice
+
+
 def edge_colour(effect: float, largest: float) -> str:
     """Blue pushes the downstream node up, red down; alpha by magnitude (capped at ``largest``)."""
     if effect == 0 or largest <= 0:
         return _GREY + "80"
-    alpha = round(255 * min(1.0, max(0.15, abs(effect) / largest)))
-    return f"{_BLUE if effect > 0 else _RED}{alpha:02x}"
+    share = abs(effect) / largest
+    alpha = 38 if share <= 0.15 else 255 if share >= 1 else round(255 * share)  # 38 = round(255 * 0.15)
+    return (_BLUE if effect > 0 else _RED) + _ALPHAS[alpha]
 
 
 def colour_scale(graph: Graph) -> float:
