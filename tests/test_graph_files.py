@@ -323,7 +323,8 @@ def test_a_failure_at_every_step_of_the_commit_leaves_the_old_or_the_new_graph(
         assert "moved aside" not in caplog.text and not [
             p for p in dot.parent.iterdir() if ".edited-" in p.name
         ]
-        assert len(load_graph(dot).runs) == got[1] + 1
+        runs = [(run["id"], run.get("prompt")) for run in load_graph(dot).runs]
+        assert len(runs) == got[1] + 1, (k, done, runs, caplog.text)  # the state, should it ever fail
         if done:
             break
     assert len(outcomes) > 2 and outcomes[0] == "old" and outcomes[-1] == "new"
