@@ -19,7 +19,7 @@ from sparse_coding.pipelines.threshold_cache import Thresholds, load_thresholds
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
-from sparse_coding.text.batches import TokenBatch
+from sparse_coding.text.batches import TokenBatch, pad_id
 from sparse_coding.text.pairs import Pair, example_batches, read_pairs_file, tokenize_pair
 from sparse_coding.text.tokenizer import Tokenizer
 
@@ -40,8 +40,9 @@ def config_example_batches(config: Config, tokenizer: Tokenizer, model: GPT2) ->
         tokenize_pair(pair, tokenizer, prepend_bos=config.prepend_bos, max_len=model.config.n_positions)
         for pair in config_pairs(config)
     ]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return example_batches(examples, batch_size=config.BATCH_SIZE, pad_id=pad_id, device=model.device)
+    return example_batches(
+        examples, batch_size=config.BATCH_SIZE, pad_id=pad_id(tokenizer), device=model.device
+    )
 
 
 def baseline_means(

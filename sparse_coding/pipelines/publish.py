@@ -17,7 +17,7 @@ from sparse_coding.errors import StorageError
 from sparse_coding.files import cache as caches
 from sparse_coding.graphs.conventions import sentences
 from sparse_coding.graphs.graph import Graph
-from sparse_coding.graphs.graph_files import update_graph_files, viewer_path_for
+from sparse_coding.graphs.graph_files import json_path_for, update_graph_files, viewer_path_for
 from sparse_coding.labels.context_cache import ContextCache, contexts_cache
 from sparse_coding.labels.contexts import collect_contexts
 from sparse_coding.labels.logit_lens import add_logit_effects
@@ -92,7 +92,7 @@ def publish_graph(
         config,
         script=script,
         summary=run_summary(graph, merged),
-        files=[dot_path.with_suffix(".json"), viewer_path_for(dot_path, image_path)],
+        files=[json_path_for(dot_path), viewer_path_for(dot_path, image_path)],
         image=image_path,
         out_dir=out_dir,
     )
@@ -101,7 +101,7 @@ def publish_graph(
 
 def closing_line(script: str, graph: Graph, merged: Graph, dot_path: Path, image_path: Path) -> str:
     """The terminal's line for a run's graph merged into `merged`: sizes, summary, the files written."""
-    written = [str(dot_path), dot_path.with_suffix(".json").name]
+    written = [str(dot_path), json_path_for(dot_path).name]
     if shutil.which("dot") is not None:  # without Graphviz save_graph skips the image (and warns)
         written.append(image_path.name)
     written.append(viewer_path_for(dot_path, image_path).name)

@@ -27,6 +27,7 @@ from sparse_coding.pipelines.steer_report import (
 from sparse_coding.runtime import distributed
 from sparse_coding.runtime.phases import PhaseTimer
 from sparse_coding.splicing.splice import SplicedModel
+from sparse_coding.text.batches import pad_id
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,10 @@ def _run_generation(
     config: Config, plan: SteerPlan, spliced: SplicedModel, tokenizer: Tokenizer, phases: PhaseTimer
 ) -> str:
     sampling = _sampling(config, spliced, plan)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with phases.phase("compute: generation"):
         result = steer(
             spliced,
-            left_padded(plan.prompts, pad_id, spliced.device),
+            left_padded(plan.prompts, pad_id(tokenizer), spliced.device),
             plan.edits,
             sampling=sampling,
             num_return_sequences=1 if sampling.greedy else config.NUM_RETURN_SEQUENCES,

@@ -264,7 +264,7 @@ def _feature_strengths(graph: Graph) -> dict[str, float]:
     features = {}
     for node_id, node in graph.nodes.items():
         try:
-            _, _, feature = parse_node_id(node_id.partition("@")[0])
+            _, _, feature = parse_node_id(node_id)
         except ValueError:  # a logit, embedding or other non-feature node
             continue
         if feature is not None:

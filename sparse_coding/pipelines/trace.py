@@ -30,11 +30,11 @@ from sparse_coding.errors import ConfigError
 from sparse_coding.graphs.graph import Graph, Node
 from sparse_coding.graphs.graph_files import update_graph_files
 from sparse_coding.labels.logit_lens import set_logit_cells
-from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts, site_key
+from sparse_coding.labels.transcoder_contexts import collect_transcoder_contexts
 from sparse_coding.models.bos import settle_prepend_bos, warn_bos_mismatch
 from sparse_coding.models.gpt2 import load_model, resolve_device, resolve_dtype, tokenize_prompt
 from sparse_coding.models.transformer import GPT2
-from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, with_position
+from sparse_coding.nodes import embed_id, error_id, feature_id, logit_id, site_key, with_position
 from sparse_coding.pipelines.downloads import Download
 from sparse_coding.pipelines.inputs import config_batches
 from sparse_coding.pipelines.loading import load_config_transcoders

@@ -53,6 +53,11 @@ def text_ids(tokenizer: Tokenizer, text: str, *, prepend_bos: bool) -> list[int]
     return [tokenizer.bos_token_id, *ids] if prepend_bos else ids
 
 
+def pad_id(tokenizer: Tokenizer) -> int:
+    """The id padding writes: the tokenizer's pad token, else its end of text (GPT-2 has no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """(input_ids, attention_mask), both (len(rows), longest row) long: each row's ids first, then pad_id."""
     import torch

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from sparse_coding.errors import DatasetError
-from sparse_coding.text.batches import TokenBatch, padded, text_ids
+from sparse_coding.text.batches import TokenBatch, pad_id, padded, text_ids
 from sparse_coding.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -194,11 +194,11 @@ def iter_batches(
     """`texts`, read one batch at a time, as TokenBatches of `batch_size` non-empty sequences (the
     last may be smaller) on `device`: BOS first when `prepend_bos`, truncated to `max_len` tokens
     (BOS included), right-padded with the tokenizer's pad id (else EOS)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     encoded = (text_ids(tokenizer, text, prepend_bos=prepend_bos) for text in texts)
     sequences = (ids[:max_len] for ids in encoded if len(ids) > prepend_bos)  # BOS alone is no text
     first_index = 0
     while chunk := list(itertools.islice(sequences, batch_size)):
-        input_ids, attention_mask = padded(chunk, pad_id)
+        input_ids, attention_mask = padded(chunk, pad)
         yield TokenBatch(input_ids.to(device), attention_mask.to(device), first_index)
         first_index += len(chunk)
